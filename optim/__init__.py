@@ -1,0 +1,8 @@
+"""minigrad.optim: optimizers on raw NumPy arrays keyed by parameter name.
+
+See optim/base.py for the interface and how to write a new optimizer.
+``optim.create(name, params, **kw)`` builds any registered optimizer; ``optim.available()``
+lists them. Modules that register optimizers are imported below.
+"""
+from .base import (Optimizer, available, create, flatten_state_dict, param_groups_no_decay,
+                   register, unflatten_state_dict)

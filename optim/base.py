@@ -1,0 +1,394 @@
+"""The optimizer interface: optimizers update raw NumPy arrays, keyed by parameter name.
+
+A model produces ``(loss, grads)``; an optimizer turns ``(params, grads)`` into new params,
+updating the arrays **in place**::
+
+    params = {n: p.data for n, p in model.named_parameters()}
+    opt = optim.create("adamw", params, lr=3e-4, weight_decay=0.1)
+    loss, grads = ...                      # grads: dict name -> ndarray, same shape and dtype
+    opt.step(grads)
+
+``params`` may be a dict name -> array, an iterable of (name, array) pairs (objects with a
+``.data`` ndarray, e.g. ``Parameter``, are unwrapped), or a list of parameter groups
+``[{"params": {...}, "lr": 1e-3, "weight_decay": 0.0}, ...]``; keys missing from a group are
+filled from the optimizer's defaults.
+
+Writing a new optimizer
+-----------------------
+Subclass :class:`Optimizer`, pass the hyperparameters to ``super().__init__`` and override
+``_update``, which is called once per parameter that has a gradient::
+
+    @register("signsgd")
+    class SignSGD(Optimizer):
+        '''sign-SGD: theta <- theta - lr * sign(g).'''
+        def __init__(self, params, lr=1e-3):
+            super().__init__(params, lr=lr)
+
+        def _update(self, name, p, g, state, group):
+            p -= group["lr"] * np.sign(g)     # update IN PLACE
+
+``state`` is this parameter's dict (persisted by ``state_dict``; put ndarrays and Python
+scalars in it only). Optional hooks: ``_begin_step(grads)`` (sees all gradients before any
+update, e.g. for a global norm; return False to skip the step) and ``_end_step(grads)``;
+``self.global_state`` holds optimizer-wide state (also persisted). Methods that evaluate the
+loss (zeroth-order, line search) override ``step`` and use ``closure``.
+
+Checkpoints
+-----------
+``state_dict()`` is a nested dict (``{"state": {name: {key: value}}, "param_groups": [...],
+"global_state": {...}}``) of ndarrays and Python scalars. ``flatten_state_dict`` turns it into
+``{str: ndarray}`` that ``np.savez`` stores with ``allow_pickle=False``; ``unflatten_state_dict``
+inverts it exactly, so a resumed run follows the same trajectory bit for bit::
+
+    np.savez("ckpt.npz", **optim.flatten_state_dict(opt.state_dict()))
+    with np.load("ckpt.npz", allow_pickle=False) as f:
+        opt.load_state_dict(optim.unflatten_state_dict(dict(f)))
+
+Bad input (unknown/missing gradient name, shape or dtype mismatch, negative learning rate,
+non-finite gradient) raises ``ValueError``/``TypeError`` naming the parameter **before any
+array is modified**. A gradient given as ``None`` means "no gradient": that parameter is skipped
+(as PyTorch skips ``p.grad is None``). With ``nonfinite="skip"`` a step whose gradients contain
+NaN/inf is skipped entirely (``opt.skipped_steps`` counts them) instead of raising.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+from collections.abc import Mapping
+
+import numpy as np
+
+__all__ = [
+    "Optimizer", "register", "create", "available", "param_groups_no_decay",
+    "flatten_state_dict", "unflatten_state_dict",
+]
+
+# ----------------------------------------------------------------------------- registry
+_REGISTRY: dict = {}
+
+
+def register(name, *aliases):
+    """Class/factory decorator: make ``optim.create(name, params, **kw)`` build it.
+
+    The decorated object is any callable ``(params, **kw) -> Optimizer``. Registering a
+    different object under a taken name raises (so two helpers cannot silently collide)."""
+    def deco(obj):
+        for n in (name, *aliases):
+            key = n.lower()
+            if key in _REGISTRY and _REGISTRY[key] is not obj:
+                raise ValueError(f"optimizer name {n!r} is already registered to {_REGISTRY[key]!r}")
+            _REGISTRY[key] = obj
+        return obj
+    return deco
+
+
+def available():
+    """Sorted list of registered optimizer names (for ``create`` and the training CLI)."""
+    _load_builtin()
+    return sorted(_REGISTRY)
+
+
+def create(name, params, **kw):
+    """Build the optimizer registered as ``name`` (case-insensitive) on ``params``."""
+    _load_builtin()
+    key = str(name).lower()
+    if key not in _REGISTRY:
+        raise ValueError(f"unknown optimizer {name!r}; available: {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[key](params, **kw)
+
+
+def _load_builtin():
+    # Importing the package registers the built-in optimizers (and other helpers' modules).
+    import optim  # noqa: F401
+
+
+# ----------------------------------------------------------------------------- helpers
+def _as_array(name, p):
+    if not isinstance(p, np.ndarray) and isinstance(getattr(p, "data", None), np.ndarray):
+        p = p.data  # a Tensor/Parameter: optimize its storage in place
+    if not isinstance(p, np.ndarray):
+        raise TypeError(f"parameter {name!r}: expected a numpy ndarray, got {type(p).__name__}")
+    if not np.issubdtype(p.dtype, np.floating):
+        raise TypeError(f"parameter {name!r}: dtype {p.dtype} is not floating point")
+    if not p.flags.writeable:
+        raise ValueError(f"parameter {name!r}: array is read-only; optimizers update in place")
+    return p
+
+
+def _named(params, where="params"):
+    """dict / iterable of (name, array) -> dict name -> ndarray (order kept)."""
+    if isinstance(params, Mapping):
+        items = list(params.items())
+    else:
+        items = list(params)
+        for it in items:
+            if not (isinstance(it, tuple) and len(it) == 2 and isinstance(it[0], str)):
+                raise TypeError(f"{where}: expected a dict name -> array or (name, array) pairs, "
+                                f"got an item of type {type(it).__name__}")
+    out = {}
+    for n, p in items:
+        if not isinstance(n, str):
+            raise TypeError(f"{where}: parameter names must be str, got {n!r}")
+        if n in out:
+            raise ValueError(f"{where}: duplicate parameter name {n!r}")
+        out[n] = _as_array(n, p)
+    return out
+
+
+def param_groups_no_decay(params, weight_decay, **group_kw):
+    """Two groups: parameters with ndim >= 2 (matrices, embeddings) get ``weight_decay``;
+    1-D/0-D ones (biases, norm gains) get 0. Empty groups are dropped. Extra keys
+    (e.g. ``lr``) go into both groups."""
+    named = _named(params)
+    decay = {n: p for n, p in named.items() if p.ndim >= 2}
+    no_decay = {n: p for n, p in named.items() if p.ndim < 2}
+    groups = []
+    if decay:
+        groups.append({"params": decay, "weight_decay": weight_decay, **group_kw})
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0, **group_kw})
+    return groups
+
+
+# ----------------------------------------------------------------------------- base class
+class Optimizer:
+    """Base class. ``Optimizer(params, **defaults)``; see the module docstring."""
+
+    def __init__(self, params, *, nonfinite="raise", **defaults):
+        if nonfinite not in ("raise", "skip"):
+            raise ValueError(f"nonfinite must be 'raise' or 'skip', got {nonfinite!r}")
+        self.defaults = dict(defaults)
+        self.nonfinite = nonfinite
+        self.param_groups: list = []
+        self.state: dict = {}          # name -> {key: ndarray | scalar}
+        self.global_state: dict = {}   # optimizer-wide scalars/arrays (e.g. FISTA's t_k)
+        self.skipped_steps = 0
+        if isinstance(params, (list, tuple)) and params and isinstance(params[0], Mapping):
+            groups = list(params)
+        else:
+            groups = [{"params": params}]
+        for g in groups:
+            self.add_param_group(g)
+        if not self.param_groups:
+            raise ValueError("optimizer got an empty parameter list")
+
+    # -- groups ---------------------------------------------------------------
+    def add_param_group(self, group):
+        if not isinstance(group, Mapping) or "params" not in group:
+            raise TypeError("a parameter group is a dict with a 'params' entry")
+        g = {k: v for k, v in group.items() if k != "params"}
+        for k, v in self.defaults.items():
+            g.setdefault(k, v)
+        g = {"params": _named(group["params"], "param group"), **g}
+        if not g["params"]:
+            return
+        taken = {n: p for grp in self.param_groups for n, p in grp["params"].items()}
+        for n, p in g["params"].items():
+            if n in taken:
+                raise ValueError(f"parameter {n!r} appears in more than one group")
+            for m, q in taken.items():
+                if q is p:
+                    raise ValueError(f"parameters {n!r} and {m!r} are the same array (tied weights "
+                                     f"must be passed once)")
+        self._check_group(g)
+        self.param_groups.append(g)
+
+    def _check_group(self, group):
+        """Validate a group's hyperparameters; subclasses extend (call super())."""
+        lr = group.get("lr", 0.0)
+        if not (isinstance(lr, (int, float, np.floating)) and math.isfinite(lr) and lr >= 0):
+            names = list(group["params"])[:3]
+            raise ValueError(f"invalid learning rate {lr!r} for parameters {names}...: "
+                             f"must be a finite number >= 0")
+        wd = group.get("weight_decay", 0.0)
+        if wd is not None and not (math.isfinite(wd) and wd >= 0):
+            raise ValueError(f"invalid weight_decay {wd!r}: must be >= 0")
+
+    @property
+    def params(self):
+        """All parameters, dict name -> array (the live arrays)."""
+        return {n: p for g in self.param_groups for n, p in g["params"].items()}
+
+    # -- validation -----------------------------------------------------------
+    def _check_grads(self, grads):
+        """Check everything before touching anything. Returns False if the step is skipped."""
+        if not isinstance(grads, Mapping):
+            raise TypeError(f"step(grads): expected a dict name -> ndarray, got {type(grads).__name__}")
+        params = self.params
+        unknown = [n for n in grads if n not in params]
+        if unknown:
+            raise ValueError(f"gradient given for unknown parameter(s) {unknown}; "
+                             f"known: {list(params)[:8]}{'...' if len(params) > 8 else ''}")
+        missing = [n for n in params if n not in grads]
+        if missing:
+            raise ValueError(f"no gradient for parameter(s) {missing} (pass None explicitly to "
+                             f"skip a parameter this step)")
+        for group in self.param_groups:
+            self._check_group(group)  # a scheduler may have changed lr
+        finite = True
+        for n, g in grads.items():
+            if g is None:
+                continue
+            if not isinstance(g, np.ndarray):
+                raise TypeError(f"gradient of {n!r}: expected a numpy ndarray, got {type(g).__name__}"
+                                f" (for a Tensor pass .grad or .data)")
+            p = params[n]
+            if g.shape != p.shape:
+                raise ValueError(f"gradient of {n!r} has shape {g.shape}, parameter has {p.shape}")
+            if g.dtype != p.dtype:
+                raise TypeError(f"gradient of {n!r} has dtype {g.dtype}, parameter has {p.dtype}; "
+                                f"cast it (g.astype(p.dtype)) or keep master weights in {g.dtype}")
+            if not np.isfinite(g).all():
+                if self.nonfinite == "raise":
+                    bad = int(np.size(g) - np.isfinite(g).sum())
+                    raise FloatingPointError(f"gradient of {n!r} has {bad} non-finite value(s) "
+                                             f"(NaN/inf); use nonfinite='skip' to skip such steps")
+                finite = False
+        if not finite:
+            self.skipped_steps += 1
+        return finite
+
+    # -- stepping -------------------------------------------------------------
+    def step(self, grads=None, closure=None):
+        """Update the parameters in place from ``grads`` (dict name -> ndarray).
+
+        ``closure`` (used when ``grads`` is None) is called once and must return
+        ``(loss, grads)``; its loss is returned. Returns None when given ``grads``."""
+        loss = None
+        if grads is None:
+            if closure is None:
+                raise ValueError("step() needs grads or a closure returning (loss, grads)")
+            out = closure()
+            if not (isinstance(out, tuple) and len(out) == 2):
+                raise TypeError(f"{type(self).__name__} needs gradients: the closure must return "
+                                f"(loss, grads), got {type(out).__name__}")
+            loss, grads = out
+        if not self._check_grads(grads):
+            return loss
+        if self._begin_step(grads) is False:
+            return loss
+        for group in self.param_groups:
+            for name, p in group["params"].items():
+                g = grads[name]
+                if g is None:
+                    continue
+                self._update(name, p, g, self.state.setdefault(name, {}), group)
+        self._end_step(grads)
+        return loss
+
+    def _begin_step(self, grads):
+        """Hook: sees all (validated) gradients before any update. Return False to skip."""
+        return True
+
+    def _update(self, name, p, g, state, group):
+        """Update one parameter ``p`` IN PLACE from its gradient ``g``."""
+        raise NotImplementedError(f"{type(self).__name__} must implement _update")
+
+    def _end_step(self, grads):
+        """Hook: after all parameters were updated."""
+
+    # -- state ----------------------------------------------------------------
+    def state_bytes(self):
+        """Bytes held by optimizer state arrays (not the parameters or gradients)."""
+        n = sum(v.nbytes for st in self.state.values() for v in st.values() if isinstance(v, np.ndarray))
+        return n + sum(v.nbytes for v in self.global_state.values() if isinstance(v, np.ndarray))
+
+    def state_dict(self):
+        """Deep copy of the state: ndarrays and Python scalars only (see module docstring)."""
+        groups = [{**{k: copy.deepcopy(v) for k, v in g.items() if k != "params"},
+                   "params": list(g["params"])} for g in self.param_groups]
+        return {"state": {n: {k: _copy(v) for k, v in st.items()} for n, st in self.state.items()},
+                "param_groups": groups,
+                "global_state": {k: _copy(v) for k, v in self.global_state.items()},
+                "skipped_steps": self.skipped_steps}
+
+    def load_state_dict(self, sd):
+        """Restore a ``state_dict``; the parameter names and groups must match exactly."""
+        groups = sd["param_groups"]
+        if len(groups) != len(self.param_groups):
+            raise ValueError(f"state_dict has {len(groups)} param groups, optimizer has "
+                             f"{len(self.param_groups)}")
+        for i, (saved, mine) in enumerate(zip(groups, self.param_groups)):
+            if list(saved["params"]) != list(mine["params"]):
+                raise ValueError(f"param group {i}: saved names {list(saved['params'])[:5]} do not "
+                                 f"match the optimizer's {list(mine['params'])[:5]}")
+        params = self.params
+        unknown = [n for n in sd["state"] if n not in params]
+        if unknown:
+            raise ValueError(f"state_dict has state for unknown parameter(s) {unknown}")
+        for saved, mine in zip(groups, self.param_groups):
+            for k, v in saved.items():
+                if k != "params":
+                    mine[k] = copy.deepcopy(v)
+        self.state = {n: {k: _copy(v) for k, v in st.items()} for n, st in sd["state"].items()}
+        self.global_state = {k: _copy(v) for k, v in sd.get("global_state", {}).items()}
+        self.skipped_steps = int(sd.get("skipped_steps", 0))
+
+    def __repr__(self):
+        lines = [f"{type(self).__name__}("]
+        for i, g in enumerate(self.param_groups):
+            hp = ", ".join(f"{k}={v}" for k, v in g.items() if k != "params")
+            lines.append(f"  group {i}: {len(g['params'])} params, {hp}")
+        return "\n".join(lines) + "\n)"
+
+
+def _copy(v):
+    return v.copy() if isinstance(v, np.ndarray) else copy.deepcopy(v)
+
+
+# ----------------------------------------------------------------------------- flat checkpoints
+_META = "__optim_meta__"
+
+
+def flatten_state_dict(sd, prefix=""):
+    """Nested optimizer ``state_dict`` -> ``{str: ndarray}`` (savable with allow_pickle=False).
+
+    Arrays are stored as themselves; every scalar, string, tuple and the structure go into one
+    JSON string under ``prefix + "__optim_meta__"`` (JSON round-trips Python floats exactly)."""
+    flat, arrays = {}, []
+
+    def enc(v, path):
+        if isinstance(v, np.ndarray):
+            key = f"{prefix}{len(arrays)}:{path}"
+            flat[key] = v.copy()
+            arrays.append(key)
+            return {"__array__": key}
+        if isinstance(v, np.generic):
+            return {"__npscalar__": v.dtype.str, "v": v.item()}
+        if isinstance(v, tuple):
+            return {"__tuple__": [enc(x, f"{path}/{i}") for i, x in enumerate(v)]}
+        if isinstance(v, list):
+            return [enc(x, f"{path}/{i}") for i, x in enumerate(v)]
+        if isinstance(v, Mapping):
+            if not all(isinstance(k, str) for k in v):
+                raise TypeError(f"state_dict key at {path!r} is not a str")
+            return {"__dict__": {k: enc(x, f"{path}/{k}") for k, x in v.items()}}
+        if v is None or isinstance(v, (bool, int, float, str)):
+            return v
+        raise TypeError(f"cannot flatten state_dict entry {path!r} of type {type(v).__name__}")
+
+    meta = enc(sd, "")
+    flat[prefix + _META] = np.array(json.dumps(meta))
+    return flat
+
+
+def unflatten_state_dict(flat, prefix=""):
+    """Inverse of :func:`flatten_state_dict`."""
+    if prefix + _META not in flat:
+        raise KeyError(f"{prefix + _META!r} not found: not a flattened optimizer state_dict")
+
+    def dec(v):
+        if isinstance(v, list):
+            return [dec(x) for x in v]
+        if isinstance(v, dict):
+            if "__array__" in v:
+                return np.array(flat[v["__array__"]])
+            if "__npscalar__" in v:
+                return np.dtype(v["__npscalar__"]).type(v["v"])
+            if "__tuple__" in v:
+                return tuple(dec(x) for x in v["__tuple__"])
+            return {k: dec(x) for k, x in v["__dict__"].items()}
+        return v
+
+    return dec(json.loads(str(flat[prefix + _META][()])))
