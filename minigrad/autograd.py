@@ -1,0 +1,233 @@
+"""The tape: how a graph of Functions is recorded and walked backwards.
+
+Read this file first. Every op in minigrad is a `Function` with two static methods side by side:
+
+    forward(ctx, *arrays, **options) -> ndarray     # compute the output from NumPy arrays
+    backward(ctx, grad) -> tuple of ndarrays        # vector-Jacobian product: grad wrt each input
+
+`Function.apply` runs `forward` and, when any input needs a gradient, links the output Tensor to a
+`Context` holding the inputs and whatever `forward` saved with `ctx.save_for_backward(...)`.
+`Tensor.backward()` sorts the recorded graph (iteratively, so deep graphs do not overflow the
+Python stack), walks it from the output to the leaves, calls each `backward` once with the sum of
+the gradients that reached its output, and accumulates into the leaves' `.grad`.
+
+`save_for_backward` is the only way an op keeps arrays alive for backward. That single path lets
+`minigrad.memory` count activation bytes exactly: listeners registered with
+`add_saved_listener(fn)` are called as `fn("save", ctx, objs)` when arrays are saved and
+`fn("free", ctx, objs)` when backward releases them.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Callable
+
+import numpy as np
+
+_state = {"grad_enabled": True, "anomaly": False}
+_saved_listeners: list[Callable[[str, "Context", tuple], None]] = []
+
+
+# ---------------------------------------------------------------- modes
+def is_grad_enabled() -> bool:
+    return _state["grad_enabled"]
+
+
+class no_grad(contextlib.ContextDecorator):
+    """Disable graph recording (context manager or decorator), like `torch.no_grad`.
+
+    Inside it ops compute only their forward and save nothing, so inference and zeroth-order
+    methods use the memory of a forward pass.
+    """
+
+    def __enter__(self):
+        self._prev = _state["grad_enabled"]
+        _state["grad_enabled"] = False
+        return self
+
+    def __exit__(self, *exc):
+        _state["grad_enabled"] = self._prev
+        return False
+
+
+class enable_grad(contextlib.ContextDecorator):
+    """Re-enable graph recording inside a `no_grad` region (used by activation checkpointing)."""
+
+    def __enter__(self):
+        self._prev = _state["grad_enabled"]
+        _state["grad_enabled"] = True
+        return self
+
+    def __exit__(self, *exc):
+        _state["grad_enabled"] = self._prev
+        return False
+
+
+class detect_anomaly(contextlib.ContextDecorator):
+    """Raise at the first op whose forward output or backward gradient holds NaN or inf.
+
+    The error names the op, which pass produced it, and the input shapes. It costs one
+    `isfinite` scan per op, so it is off by default.
+    """
+
+    def __enter__(self):
+        self._prev = _state["anomaly"]
+        _state["anomaly"] = True
+        return self
+
+    def __exit__(self, *exc):
+        _state["anomaly"] = self._prev
+        return False
+
+
+def add_saved_listener(fn: Callable[[str, "Context", tuple], None]) -> None:
+    """Call `fn(event, ctx, objs)` on every save ("save") and release ("free") of backward state."""
+    _saved_listeners.append(fn)
+
+
+def remove_saved_listener(fn) -> None:
+    _saved_listeners.remove(fn)
+
+
+def saved_nbytes(objs) -> int:
+    """Bytes of the NumPy arrays in `objs` (nested tuples/lists allowed; other objects count 0)."""
+    total = 0
+    for o in objs:
+        if isinstance(o, np.ndarray):
+            total += o.nbytes
+        elif isinstance(o, (tuple, list)):
+            total += saved_nbytes(o)
+    return total
+
+
+# ---------------------------------------------------------------- the tape
+class Context:
+    """What one op remembers between its forward and its backward."""
+
+    def __init__(self, fn: type["Function"], inputs: tuple, requires_grad: bool):
+        self.fn = fn
+        self.name = fn.__name__
+        self.inputs = inputs  # the input Tensors (kept only while the graph lives)
+        self.requires_grad = requires_grad
+        self.needs_input_grad = tuple(t.requires_grad for t in inputs)
+        self.saved: tuple = ()
+        self.released = False
+
+    def save_for_backward(self, *objs: Any) -> None:
+        """Keep `objs` (arrays, or small tuples of arrays and scalars) for backward.
+
+        Does nothing when no gradient is needed, so `no_grad` forwards hold no activations.
+        """
+        if not self.requires_grad:
+            return
+        self.saved = objs
+        for fn in _saved_listeners:
+            fn("save", self, objs)
+
+    def release(self) -> None:
+        if self.saved:
+            for fn in _saved_listeners:
+                fn("free", self, self.saved)
+        self.saved = ()
+        self.inputs = ()
+        self.released = True
+
+
+class Function:
+    """Base class of every differentiable primitive. Subclasses define `forward` and `backward`."""
+
+    @staticmethod
+    def forward(ctx: Context, *arrays, **options):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    @staticmethod
+    def backward(ctx: Context, grad):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    @classmethod
+    def apply(cls, *inputs, **options):
+        from .tensor import Tensor
+
+        tensors = tuple(x if isinstance(x, Tensor) else Tensor(x) for x in inputs)
+        requires = _state["grad_enabled"] and any(t.requires_grad for t in tensors)
+        ctx = Context(cls, tensors, requires)
+        out = cls.forward(ctx, *(t.data for t in tensors), **options)
+        if _state["anomaly"]:
+            _check_finite(out, cls.__name__, "forward", tensors)
+        result = Tensor(out, requires_grad=requires)
+        if requires:
+            result._ctx = ctx
+        else:
+            ctx.inputs = ()
+        return result
+
+
+def _check_finite(arr, name, where, tensors):
+    if isinstance(arr, np.ndarray) and arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        shapes = ", ".join(str(t.shape) for t in tensors)
+        bad = "NaN" if np.isnan(arr).any() else "inf"
+        raise FloatingPointError(
+            f"detect_anomaly: {where} of {name} produced {bad} (input shapes: {shapes})"
+        )
+
+
+def _topological_order(root) -> list:
+    """Nodes reachable from `root` that need grads, children before parents, without recursion."""
+    order, visited = [], set()
+    stack = [(root, False)]
+    while stack:
+        node, done = stack.pop()
+        if done:
+            order.append(node)
+            continue
+        if id(node) in visited:
+            continue
+        visited.add(id(node))
+        stack.append((node, True))
+        ctx = node._ctx
+        if ctx is not None:
+            for inp in ctx.inputs:
+                if inp.requires_grad and id(inp) not in visited:
+                    stack.append((inp, False))
+    return order
+
+
+def backward(root, grad: np.ndarray, retain_graph: bool = False) -> None:
+    """Propagate `grad` (d loss / d root) from `root` to every leaf that requires grad."""
+    order = _topological_order(root)
+    grads = {id(root): grad}
+    for node in reversed(order):
+        g = grads.pop(id(node), None)
+        ctx = node._ctx
+        if ctx is None:  # a leaf: accumulate, as PyTorch does, until zero_grad
+            if g is not None:
+                if node.grad is None:
+                    node.grad = np.array(g, dtype=node.dtype, copy=True)
+                else:
+                    node.grad += g
+            continue
+        if ctx.released:
+            raise RuntimeError(
+                f"backward through {ctx.name} a second time: its saved arrays were freed by the "
+                "first backward. Pass retain_graph=True to the first backward() to keep them."
+            )
+        if g is None:
+            continue
+        in_grads = ctx.fn.backward(ctx, g)
+        if not isinstance(in_grads, tuple):
+            in_grads = (in_grads,)
+        for inp, ig in zip(ctx.inputs, in_grads):
+            if ig is None or not inp.requires_grad:
+                continue
+            if ig.shape != inp.shape:
+                raise RuntimeError(
+                    f"{ctx.name}.backward returned a gradient of shape {ig.shape} for an input "
+                    f"of shape {inp.shape}"
+                )
+            if _state["anomaly"]:
+                _check_finite(ig, ctx.name, "backward", ctx.inputs)
+            if ig.dtype != inp.dtype:
+                ig = ig.astype(inp.dtype)
+            key = id(inp)
+            grads[key] = ig if key not in grads else grads[key] + ig
+        if not retain_graph:
+            ctx.release()

@@ -1,0 +1,346 @@
+"""Fused neural-network ops (import as `F`), each one Function with forward beside backward.
+
+Fusing an op (rather than composing it from primitives) saves what backward needs and nothing
+else: softmax keeps only its output, layer norm only the input, mean and 1/std, cross-entropy
+only the logits and one log-sum-exp per row. Shape legend: B batch, T time, C channels,
+H heads, D head size, V vocabulary, N rows.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .autograd import Function
+from .tensor import Tensor, unbroadcast
+
+try:  # exact GELU needs erf; SciPy's is vectorised, math.erf is the fallback
+    from scipy.special import erf as _erf
+except ImportError:  # pragma: no cover - depends on the environment
+    _erf = np.vectorize(math.erf, otypes=[np.float64])
+
+
+def _t(x) -> Tensor:
+    return x if isinstance(x, Tensor) else Tensor(x)
+
+
+def _ints(x, op: str) -> np.ndarray:
+    arr = x.data if isinstance(x, Tensor) else np.asarray(x)
+    if arr.dtype.kind not in "iu":
+        raise TypeError(f"{op}: indices must be integers, got dtype {arr.dtype}")
+    return arr
+
+
+# ================================================================ linear
+class Linear(Function):
+    """y = x @ W^T + b with W of shape (out, in), as torch.nn.functional.linear."""
+
+    @staticmethod
+    def forward(ctx, x, w, b=None):
+        if x.shape[-1] != w.shape[1]:
+            raise ValueError(
+                f"linear: input has {x.shape[-1]} features (shape {x.shape}) but weight "
+                f"{w.shape} expects {w.shape[1]}; weight is (out_features, in_features)"
+            )
+        ctx.save_for_backward(x, w)
+        y = x @ w.T
+        return y if b is None else y + b
+
+    @staticmethod
+    def backward(ctx, g):
+        x, w = ctx.saved
+        gx = g @ w  # y = x @ W^T  =>  dx = g @ W
+        g2 = g.reshape(-1, g.shape[-1])
+        gw = g2.T @ x.reshape(-1, x.shape[-1])  # dW = g^T @ x, summed over all rows
+        gb = g2.sum(axis=0) if len(ctx.inputs) == 3 else None
+        return (gx, gw) if gb is None else (gx, gw, gb)
+
+
+def linear(x, weight, bias=None) -> Tensor:
+    if bias is None:
+        return Linear.apply(_t(x), weight)
+    return Linear.apply(_t(x), weight, bias)
+
+
+def relu(x) -> Tensor:
+    return _t(x).relu()
+
+
+# ================================================================ GELU
+_C = math.sqrt(2.0 / math.pi)
+
+
+class GELU(Function):
+    """GELU(x) = x·Φ(x); `approximate="tanh"` uses 0.5·x·(1 + tanh(√(2/π)(x + 0.044715x³)))."""
+
+    @staticmethod
+    def forward(ctx, x, *, approximate="tanh"):
+        ctx.approximate = approximate
+        ctx.save_for_backward(x)
+        if approximate == "tanh":
+            return 0.5 * x * (1 + np.tanh(_C * (x + 0.044715 * x**3)))
+        return (0.5 * x * (1 + _erf(x / math.sqrt(2)))).astype(x.dtype)
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved
+        if ctx.approximate == "tanh":
+            t = np.tanh(_C * (x + 0.044715 * x**3))
+            dt = (1 - t * t) * _C * (1 + 3 * 0.044715 * x * x)
+            return (g * (0.5 * (1 + t) + 0.5 * x * dt),)
+        cdf = 0.5 * (1 + _erf(x / math.sqrt(2)))
+        pdf = np.exp(-0.5 * x * x) / math.sqrt(2 * math.pi)
+        return ((g * (cdf + x * pdf)).astype(x.dtype),)
+
+
+def gelu(x, approximate: str = "tanh") -> Tensor:
+    if approximate not in ("tanh", "none"):
+        raise ValueError(f"gelu: approximate must be 'tanh' or 'none', got {approximate!r}")
+    return GELU.apply(_t(x), approximate=approximate)
+
+
+# ================================================================ softmax family
+class Softmax(Function):
+    @staticmethod
+    def forward(ctx, x, *, axis=-1):
+        e = np.exp(x - x.max(axis=axis, keepdims=True))
+        y = e / e.sum(axis=axis, keepdims=True)
+        ctx.axis = axis
+        ctx.save_for_backward(y)
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        (y,) = ctx.saved
+        # dx = y * (g - <g, y>): the Jacobian diag(y) - y y^T applied to g
+        return (y * (g - (g * y).sum(axis=ctx.axis, keepdims=True)),)
+
+
+class LogSoftmax(Function):
+    @staticmethod
+    def forward(ctx, x, *, axis=-1):
+        m = x.max(axis=axis, keepdims=True)
+        y = x - (m + np.log(np.exp(x - m).sum(axis=axis, keepdims=True)))
+        ctx.axis = axis
+        ctx.save_for_backward(y)
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        (y,) = ctx.saved
+        return (g - np.exp(y) * g.sum(axis=ctx.axis, keepdims=True),)
+
+
+def softmax(x, axis: int = -1) -> Tensor:
+    return Softmax.apply(_t(x), axis=axis)
+
+
+def log_softmax(x, axis: int = -1) -> Tensor:
+    return LogSoftmax.apply(_t(x), axis=axis)
+
+
+class CrossEntropy(Function):
+    """Fused log-softmax + negative log-likelihood over rows of logits (N, V).
+
+    Saves the logits and one log-sum-exp per row; backward rebuilds softmax from them, so the
+    probabilities are never stored.
+    """
+
+    @staticmethod
+    def forward(ctx, logits, *, targets, ignore_index, reduction):
+        m = logits.max(axis=-1, keepdims=True)
+        lse = m + np.log(np.exp(logits - m).sum(axis=-1, keepdims=True))  # (N, 1)
+        keep = targets != ignore_index
+        safe = np.where(keep, targets, 0)
+        loss = (lse[:, 0] - logits[np.arange(len(logits)), safe]) * keep  # (N,)
+        ctx.reduction, ctx.count = reduction, int(keep.sum())
+        ctx.save_for_backward(logits, lse, safe, keep)
+        if reduction == "none":
+            return loss
+        total = loss.sum()
+        return np.asarray(total if reduction == "sum" else total / ctx.count, dtype=logits.dtype)
+
+    @staticmethod
+    def backward(ctx, g):
+        logits, lse, safe, keep = ctx.saved
+        # d loss_i / d logits_i = softmax(logits_i) - onehot(target_i)
+        grad = np.exp(logits - lse)
+        grad[np.arange(len(logits)), safe] -= 1
+        if ctx.reduction == "none":
+            scale = (g * keep)[:, None]
+        else:
+            scale = (g / ctx.count if ctx.reduction == "mean" else g) * keep[:, None]
+        return (grad * scale,)
+
+
+def cross_entropy(logits, targets, ignore_index: int = -100, reduction: str = "mean") -> Tensor:
+    """Cross-entropy of `logits` (N, V) or (V,) against integer `targets` (N,) or ()."""
+    logits = _t(logits)
+    targets = _ints(targets, "cross_entropy")
+    if reduction not in ("mean", "sum", "none"):
+        raise ValueError(f"cross_entropy: reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+    single = logits.ndim == 1
+    if single:
+        logits, targets = logits.reshape(1, -1), targets.reshape(1)
+    if logits.ndim != 2 or targets.shape != logits.shape[:1]:
+        raise ValueError(
+            f"cross_entropy: expected logits (N, V) and targets (N,), got {logits.shape} and "
+            f"{targets.shape}; flatten with logits.reshape(-1, V), targets.reshape(-1)"
+        )
+    V = logits.shape[1]
+    bad = (targets != ignore_index) & ((targets < 0) | (targets >= V))
+    if bad.any():
+        raise IndexError(
+            f"cross_entropy: target {targets[bad][0]} is out of range for {V} classes "
+            f"(ignore_index={ignore_index})"
+        )
+    out = CrossEntropy.apply(logits, targets=targets, ignore_index=ignore_index, reduction=reduction)
+    return out.reshape(()) if single and reduction == "none" else out
+
+
+def mse_loss(input, target, reduction: str = "mean") -> Tensor:
+    d = _t(input) - target
+    sq = d * d
+    if reduction == "none":
+        return sq
+    return sq.sum() if reduction == "sum" else sq.mean()
+
+
+# ================================================================ layer norm
+class LayerNorm(Function):
+    """Normalise over the last axis, then scale and shift. Saves x, mean and 1/std only."""
+
+    @staticmethod
+    def forward(ctx, x, w=None, b=None, *, eps=1e-5):
+        mean = x.mean(axis=-1, keepdims=True)
+        var = ((x - mean) ** 2).mean(axis=-1, keepdims=True)
+        rstd = 1.0 / np.sqrt(var + eps)
+        xhat = (x - mean) * rstd
+        ctx.has = (w is not None, b is not None)
+        ctx.save_for_backward(x, w, mean, rstd)
+        y = xhat * w if w is not None else xhat
+        return y + b if b is not None else y
+
+    @staticmethod
+    def backward(ctx, g):
+        x, w, mean, rstd = ctx.saved
+        xhat = (x - mean) * rstd  # recomputed rather than stored
+        rows = g.reshape(-1, g.shape[-1])
+        gw = (rows * xhat.reshape(rows.shape)).sum(axis=0) if ctx.has[0] else None
+        gb = rows.sum(axis=0) if ctx.has[1] else None
+        gxhat = g * w if w is not None else g
+        # y = xhat*w + b, xhat = (x - mean)*rstd  =>  dx = rstd*(dxhat - mean(dxhat) - xhat*mean(dxhat*xhat))
+        gx = rstd * (
+            gxhat - gxhat.mean(axis=-1, keepdims=True) - xhat * (gxhat * xhat).mean(axis=-1, keepdims=True)
+        )
+        return (gx,) + tuple(gr for gr, has in zip((gw, gb), ctx.has) if has)
+
+
+def layer_norm(x, weight=None, bias=None, eps: float = 1e-5) -> Tensor:
+    x = _t(x)
+    for name, p in (("weight", weight), ("bias", bias)):
+        if p is not None and p.shape != x.shape[-1:]:
+            raise ValueError(
+                f"layer_norm: {name} has shape {p.shape} but the input's last axis is {x.shape[-1]}"
+            )
+    args = [x] + [p for p in (weight, bias) if p is not None]
+    if weight is None and bias is not None:
+        raise ValueError("layer_norm: a bias without a weight is not supported")
+    return LayerNorm.apply(*args, eps=eps)
+
+
+# ================================================================ embedding, dropout
+class Embedding(Function):
+    @staticmethod
+    def forward(ctx, weight, *, idx):
+        ctx.save_for_backward(idx)
+        ctx.shape = weight.shape
+        return weight[idx]
+
+    @staticmethod
+    def backward(ctx, g):
+        (idx,) = ctx.saved
+        gw = np.zeros(ctx.shape, dtype=g.dtype)
+        np.add.at(gw, idx.ravel(), g.reshape(-1, ctx.shape[1]))  # repeated tokens add up
+        return (gw,)
+
+
+def embedding(idx, weight) -> Tensor:
+    idx = _ints(idx, "embedding")
+    if idx.size and (idx.min() < 0 or idx.max() >= weight.shape[0]):
+        bad = idx.max() if idx.max() >= weight.shape[0] else idx.min()
+        raise IndexError(f"embedding: index {bad} is out of range for a table of {weight.shape[0]} rows")
+    return Embedding.apply(weight, idx=idx)
+
+
+class Dropout(Function):
+    """Zero each element with probability p and scale the survivors by 1/(1-p) (inverted dropout)."""
+
+    @staticmethod
+    def forward(ctx, x, *, keep, p):
+        ctx.scale = x.dtype.type(1.0 / (1.0 - p))
+        ctx.save_for_backward(keep)  # a bool mask: 1 byte per element
+        return x * keep * ctx.scale
+
+    @staticmethod
+    def backward(ctx, g):
+        (keep,) = ctx.saved
+        return (g * keep * ctx.scale,)
+
+
+def dropout(x, p: float = 0.5, training: bool = True, rng=None) -> Tensor:
+    """Inverted dropout; the identity when not `training` or p == 0. `rng`: Generator or seed."""
+    x = _t(x)
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"dropout: p must be in [0, 1], got {p}")
+    if not training or p == 0.0:
+        return x
+    if p == 1.0:
+        return x * 0.0
+    keep = np.random.default_rng(rng).random(x.shape) >= p
+    return Dropout.apply(x, keep=keep, p=p)
+
+
+# ================================================================ attention
+class Attention(Function):
+    """softmax(q k^T · scale + mask) v over the last two axes, e.g. q (B, H, Tq, D).
+
+    The causal mask is aligned to the bottom right: query i (of Tq) sees keys j <= i + Tk - Tq,
+    so a chunk of new queries attends to a KV cache of earlier keys plus itself. With Tq == Tk
+    this is the usual lower-triangular mask. The plain version saves the (Tq, Tk) probabilities;
+    the flash kernel recomputes them from one log-sum-exp per query row instead.
+    """
+
+    @staticmethod
+    def forward(ctx, q, k, v, *, causal, scale):
+        s = (q @ np.swapaxes(k, -1, -2)) * scale  # (B, H, Tq, Tk)
+        if causal:
+            Tq, Tk = s.shape[-2:]
+            s = np.where(np.tri(Tq, Tk, Tk - Tq, dtype=bool), s, -np.inf)
+        p = np.exp(s - s.max(axis=-1, keepdims=True))
+        p /= p.sum(axis=-1, keepdims=True)  # (B, H, Tq, Tk)
+        ctx.scale = scale
+        ctx.save_for_backward(q, k, v, p)
+        return p @ v  # (B, H, Tq, Dv)
+
+    @staticmethod
+    def backward(ctx, g):
+        q, k, v, p = ctx.saved
+        gv = np.swapaxes(p, -1, -2) @ g  # o = p @ v  =>  dv = p^T @ do
+        gp = g @ np.swapaxes(v, -1, -2)  #                dp = do @ v^T
+        gs = p * (gp - (gp * p).sum(axis=-1, keepdims=True)) * ctx.scale  # softmax backward
+        gq = gs @ k  # s = q @ k^T * scale  =>  dq = ds @ k, dk = ds^T @ q
+        gk = np.swapaxes(gs, -1, -2) @ q
+        return unbroadcast(gq, q.shape), unbroadcast(gk, k.shape), unbroadcast(gv, v.shape)
+
+
+def scaled_dot_product_attention(q, k, v, causal: bool = False, scale: float | None = None) -> Tensor:
+    """Attention of q (..., Tq, D) over k (..., Tk, D) and v (..., Tk, Dv); scale defaults to 1/√D."""
+    q, k, v = _t(q), _t(k), _t(v)
+    if q.shape[-1] != k.shape[-1] or k.shape[-2] != v.shape[-2]:
+        raise ValueError(
+            f"scaled_dot_product_attention: q {q.shape}, k {k.shape}, v {v.shape} need "
+            "q and k to share the last axis and k and v the second-to-last"
+        )
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    return Attention.apply(q, k, v, causal=causal, scale=scale)

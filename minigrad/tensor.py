@@ -1,0 +1,667 @@
+"""Tensor and the primitive ops, each forward written beside its backward.
+
+Broadcasting: binary ops broadcast like NumPy; their backward sums the gradient back to each
+input's shape with `unbroadcast`, so every gradient has its input's shape.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import autograd
+from .autograd import Function
+
+
+def unbroadcast(grad: np.ndarray, shape: tuple) -> np.ndarray:
+    """Sum `grad` over the axes that broadcasting added or stretched, giving an array of `shape`."""
+    if grad.shape == shape:
+        return grad
+    extra = grad.ndim - len(shape)
+    axes = tuple(range(extra)) + tuple(
+        i + extra for i, n in enumerate(shape) if n == 1 and grad.shape[i + extra] != 1
+    )
+    return grad.sum(axis=axes, keepdims=True).reshape(shape)
+
+
+def _broadcast_shape(op: str, *shapes) -> tuple:
+    try:
+        return np.broadcast_shapes(*shapes)
+    except ValueError:
+        raise ValueError(
+            f"{op}: shapes {' and '.join(map(str, shapes))} do not broadcast "
+            "(trailing dimensions must be equal or 1; reshape or unsqueeze one operand)"
+        ) from None
+
+
+# ================================================================ elementwise binary ops
+class Add(Function):
+    @staticmethod
+    def forward(ctx, a, b):
+        ctx.shapes = (a.shape, b.shape)
+        _broadcast_shape("add", a.shape, b.shape)
+        return a + b
+
+    @staticmethod
+    def backward(ctx, g):
+        sa, sb = ctx.shapes
+        return unbroadcast(g, sa), unbroadcast(g, sb)
+
+
+class Sub(Function):
+    @staticmethod
+    def forward(ctx, a, b):
+        ctx.shapes = (a.shape, b.shape)
+        _broadcast_shape("sub", a.shape, b.shape)
+        return a - b
+
+    @staticmethod
+    def backward(ctx, g):
+        sa, sb = ctx.shapes
+        return unbroadcast(g, sa), unbroadcast(-g, sb)
+
+
+class Mul(Function):
+    @staticmethod
+    def forward(ctx, a, b):
+        _broadcast_shape("mul", a.shape, b.shape)
+        ctx.save_for_backward(a, b)
+        return a * b
+
+    @staticmethod
+    def backward(ctx, g):
+        a, b = ctx.saved
+        return unbroadcast(g * b, a.shape), unbroadcast(g * a, b.shape)
+
+
+class Div(Function):
+    @staticmethod
+    def forward(ctx, a, b):
+        _broadcast_shape("div", a.shape, b.shape)
+        ctx.save_for_backward(a, b)
+        return a / b
+
+    @staticmethod
+    def backward(ctx, g):
+        a, b = ctx.saved
+        return unbroadcast(g / b, a.shape), unbroadcast(-g * a / (b * b), b.shape)
+
+
+class Pow(Function):
+    """a ** b for a tensor exponent; `PowScalar` handles the common constant exponent."""
+
+    @staticmethod
+    def forward(ctx, a, b):
+        _broadcast_shape("pow", a.shape, b.shape)
+        out = a**b
+        ctx.save_for_backward(a, b, out)
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        a, b, out = ctx.saved
+        ga = g * b * a ** (b - 1)
+        # d(a^b)/db = a^b log a, defined only for a > 0
+        gb = g * out * np.log(np.where(a > 0, a, 1.0)) if ctx.needs_input_grad[1] else None
+        return unbroadcast(ga, a.shape), None if gb is None else unbroadcast(gb, b.shape)
+
+
+class PowScalar(Function):
+    @staticmethod
+    def forward(ctx, a, *, p):
+        ctx.p = p
+        ctx.save_for_backward(a)
+        return a**p
+
+    @staticmethod
+    def backward(ctx, g):
+        (a,) = ctx.saved
+        return (g * ctx.p * a ** (ctx.p - 1),)
+
+
+class Maximum(Function):
+    """Elementwise max; at ties the gradient is split equally between the two inputs."""
+
+    @staticmethod
+    def forward(ctx, a, b):
+        _broadcast_shape("maximum", a.shape, b.shape)
+        ctx.save_for_backward(a, b)
+        return np.maximum(a, b)
+
+    @staticmethod
+    def backward(ctx, g):
+        a, b = ctx.saved
+        wa = (a > b) + 0.5 * (a == b)
+        return unbroadcast(g * wa, a.shape), unbroadcast(g * (1 - wa), b.shape)
+
+
+class MatMul(Function):
+    """a @ b with NumPy semantics (1-D operands promoted, batch dims broadcast)."""
+
+    @staticmethod
+    def forward(ctx, a, b):
+        if a.ndim == 0 or b.ndim == 0:
+            raise ValueError("matmul: operands must be at least 1-D; use * for scalars")
+        if a.shape[-1] != b.shape[-2 if b.ndim > 1 else 0]:
+            raise ValueError(
+                f"matmul: shapes {a.shape} and {b.shape} are not aligned: "
+                f"{a.shape[-1]} (last dim of a) != {b.shape[-2 if b.ndim > 1 else 0]} "
+                "(second-to-last dim of b); transpose one operand"
+            )
+        ctx.save_for_backward(a, b)
+        return a @ b
+
+    @staticmethod
+    def backward(ctx, g):
+        a, b = ctx.saved
+        a2 = a[None, :] if a.ndim == 1 else a  # promote 1-D operands as forward did
+        b2 = b[:, None] if b.ndim == 1 else b
+        g2 = g.reshape(np.broadcast_shapes(a2.shape[:-2], b2.shape[:-2]) + (a2.shape[-2], b2.shape[-1]))
+        ga = g2 @ np.swapaxes(b2, -1, -2)  # y = a @ b  =>  da = g @ b^T
+        gb = np.swapaxes(a2, -1, -2) @ g2  #               db = a^T @ g
+        ga = unbroadcast(ga, a2.shape).reshape(a.shape)
+        gb = unbroadcast(gb, b2.shape).reshape(b.shape)
+        return ga, gb
+
+
+# ================================================================ elementwise unary ops
+class Neg(Function):
+    @staticmethod
+    def forward(ctx, a):
+        return -a
+
+    @staticmethod
+    def backward(ctx, g):
+        return (-g,)
+
+
+class Exp(Function):
+    @staticmethod
+    def forward(ctx, a):
+        out = np.exp(a)
+        ctx.save_for_backward(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        (out,) = ctx.saved
+        return (g * out,)
+
+
+class Log(Function):
+    @staticmethod
+    def forward(ctx, a):
+        ctx.save_for_backward(a)
+        return np.log(a)
+
+    @staticmethod
+    def backward(ctx, g):
+        (a,) = ctx.saved
+        return (g / a,)
+
+
+class Sqrt(Function):
+    @staticmethod
+    def forward(ctx, a):
+        out = np.sqrt(a)
+        ctx.save_for_backward(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        (out,) = ctx.saved
+        return (g / (2 * out),)
+
+
+class Tanh(Function):
+    @staticmethod
+    def forward(ctx, a):
+        out = np.tanh(a)
+        ctx.save_for_backward(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        (out,) = ctx.saved
+        return (g * (1 - out * out),)
+
+
+class Sigmoid(Function):
+    @staticmethod
+    def forward(ctx, a):
+        # 0.5 * (1 + tanh(a / 2)) never overflows, unlike 1 / (1 + exp(-a))
+        out = 0.5 * (1 + np.tanh(0.5 * a))
+        ctx.save_for_backward(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        (out,) = ctx.saved
+        return (g * out * (1 - out),)
+
+
+class Relu(Function):
+    @staticmethod
+    def forward(ctx, a):
+        out = np.maximum(a, 0)
+        ctx.save_for_backward(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        (out,) = ctx.saved
+        return (g * (out > 0),)
+
+
+class Abs(Function):
+    @staticmethod
+    def forward(ctx, a):
+        ctx.save_for_backward(a)
+        return np.abs(a)
+
+    @staticmethod
+    def backward(ctx, g):
+        (a,) = ctx.saved
+        return (g * np.sign(a),)
+
+
+class Clip(Function):
+    """Clamp to [lo, hi]; the gradient passes only where the input was strictly inside."""
+
+    @staticmethod
+    def forward(ctx, a, *, lo, hi):
+        ctx.save_for_backward(a)
+        ctx.bounds = (lo, hi)
+        return np.clip(a, lo, hi)
+
+    @staticmethod
+    def backward(ctx, g):
+        (a,) = ctx.saved
+        lo, hi = ctx.bounds
+        inside = np.ones(a.shape, dtype=bool)
+        if lo is not None:
+            inside &= a > lo
+        if hi is not None:
+            inside &= a < hi
+        return (g * inside,)
+
+
+class Where(Function):
+    @staticmethod
+    def forward(ctx, a, b, *, cond):
+        _broadcast_shape("where", cond.shape, a.shape, b.shape)
+        ctx.save_for_backward(cond)
+        ctx.shapes = (a.shape, b.shape)
+        return np.where(cond, a, b)
+
+    @staticmethod
+    def backward(ctx, g):
+        (cond,) = ctx.saved
+        sa, sb = ctx.shapes
+        return unbroadcast(np.where(cond, g, 0), sa), unbroadcast(np.where(cond, 0, g), sb)
+
+
+# ================================================================ reductions
+def _norm_axis(axis, ndim):
+    if axis is None:
+        return tuple(range(ndim))
+    axes = (axis,) if isinstance(axis, int) else tuple(axis)
+    return tuple(a % ndim for a in axes) if ndim else ()
+
+
+def _expand_reduced(g, shape, axes, keepdims):
+    """Give a reduced gradient back its reduced axes (as size 1) so it broadcasts to `shape`."""
+    if not keepdims:
+        g = np.expand_dims(g, axes) if axes else g
+    return g
+
+
+class Sum(Function):
+    @staticmethod
+    def forward(ctx, a, *, axis=None, keepdims=False):
+        ctx.shape, ctx.axes, ctx.keepdims = a.shape, _norm_axis(axis, a.ndim), keepdims
+        return np.asarray(a.sum(axis=axis, keepdims=keepdims))
+
+    @staticmethod
+    def backward(ctx, g):
+        g = _expand_reduced(g, ctx.shape, ctx.axes, ctx.keepdims)
+        return (np.broadcast_to(g, ctx.shape).copy(),)
+
+
+class Mean(Function):
+    @staticmethod
+    def forward(ctx, a, *, axis=None, keepdims=False):
+        ctx.shape, ctx.axes, ctx.keepdims = a.shape, _norm_axis(axis, a.ndim), keepdims
+        ctx.count = int(np.prod([a.shape[i] for i in ctx.axes]))
+        return np.asarray(a.mean(axis=axis, keepdims=keepdims))
+
+    @staticmethod
+    def backward(ctx, g):
+        g = _expand_reduced(g, ctx.shape, ctx.axes, ctx.keepdims)
+        return (np.broadcast_to(g / ctx.count, ctx.shape).copy(),)
+
+
+class Max(Function):
+    """max over axes; when several elements tie for the max they share the gradient equally."""
+
+    @staticmethod
+    def forward(ctx, a, *, axis=None, keepdims=False, reduce=np.max):
+        out = np.asarray(reduce(a, axis=axis, keepdims=True))
+        ctx.save_for_backward(a == out)
+        ctx.axes, ctx.keepdims = _norm_axis(axis, a.ndim), keepdims
+        return out if keepdims else np.asarray(out.squeeze(axis=ctx.axes) if ctx.axes else out)
+
+    @staticmethod
+    def backward(ctx, g):
+        (hit,) = ctx.saved
+        g = _expand_reduced(g, hit.shape, ctx.axes, ctx.keepdims)
+        return (g * hit / hit.sum(axis=ctx.axes, keepdims=True),)
+
+
+# ================================================================ shape ops
+class Reshape(Function):
+    @staticmethod
+    def forward(ctx, a, *, shape):
+        ctx.shape = a.shape
+        try:
+            return a.reshape(shape)
+        except ValueError:
+            raise ValueError(
+                f"reshape: cannot reshape {a.shape} ({a.size} elements) into {shape}"
+            ) from None
+
+    @staticmethod
+    def backward(ctx, g):
+        return (g.reshape(ctx.shape),)
+
+
+class Transpose(Function):
+    @staticmethod
+    def forward(ctx, a, *, axes):
+        ctx.axes = axes
+        return np.transpose(a, axes)
+
+    @staticmethod
+    def backward(ctx, g):
+        return (np.transpose(g, np.argsort(ctx.axes)),)
+
+
+class Expand(Function):
+    @staticmethod
+    def forward(ctx, a, *, shape):
+        ctx.shape = a.shape
+        _broadcast_shape("expand", a.shape, shape)
+        return np.broadcast_to(a, shape)
+
+    @staticmethod
+    def backward(ctx, g):
+        return (unbroadcast(g, ctx.shape),)
+
+
+class GetItem(Function):
+    """a[index]; backward scatters into zeros, adding where integer indices repeat."""
+
+    @staticmethod
+    def forward(ctx, a, *, index):
+        ctx.shape = a.shape
+        ctx.save_for_backward(index)
+        return np.asarray(a[index])
+
+    @staticmethod
+    def backward(ctx, g):
+        (index,) = ctx.saved
+        out = np.zeros(ctx.shape, dtype=g.dtype)
+        np.add.at(out, index, g)
+        return (out,)
+
+
+class Cat(Function):
+    @staticmethod
+    def forward(ctx, *arrays, axis=0):
+        ctx.axis = axis
+        ctx.sizes = [a.shape[axis] for a in arrays]
+        try:
+            return np.concatenate(arrays, axis=axis)
+        except ValueError:
+            shapes = ", ".join(str(a.shape) for a in arrays)
+            raise ValueError(f"cat: shapes {shapes} differ outside axis {axis}") from None
+
+    @staticmethod
+    def backward(ctx, g):
+        return tuple(np.split(g, np.cumsum(ctx.sizes)[:-1], axis=ctx.axis))
+
+
+class Stack(Function):
+    @staticmethod
+    def forward(ctx, *arrays, axis=0):
+        ctx.axis = axis
+        if len({a.shape for a in arrays}) > 1:
+            shapes = ", ".join(str(a.shape) for a in arrays)
+            raise ValueError(f"stack: all inputs need the same shape, got {shapes}")
+        return np.stack(arrays, axis=axis)
+
+    @staticmethod
+    def backward(ctx, g):
+        return tuple(np.moveaxis(g, ctx.axis, 0))
+
+
+# ================================================================ Tensor
+def _as_array(data, dtype=None) -> np.ndarray:
+    if isinstance(data, Tensor):
+        data = data.data
+    if isinstance(data, np.ndarray):
+        return data if dtype is None else data.astype(dtype, copy=False)
+    arr = np.asarray(data, dtype=dtype)
+    if dtype is None and arr.dtype == np.float64:
+        arr = arr.astype(np.float32)  # Python floats become float32, as in PyTorch
+    return arr
+
+
+class Tensor:
+    """An n-d array that remembers how it was computed, so gradients can flow back to it.
+
+    `data` is the NumPy array; `grad` accumulates d loss / d self for tensors that require grad.
+    """
+
+    __array_priority__ = 100  # make `ndarray + Tensor` call Tensor.__radd__
+
+    def __init__(self, data, requires_grad: bool = False, dtype=None):
+        self.data = _as_array(data, dtype)
+        if requires_grad and self.data.dtype.kind not in "fc":
+            raise TypeError(
+                f"only floating-point tensors can require grad; got dtype {self.data.dtype}. "
+                "Convert first, e.g. Tensor(x.astype(np.float32), requires_grad=True)"
+            )
+        self.requires_grad = requires_grad
+        self.grad: np.ndarray | None = None
+        self._ctx = None
+
+    # ------------------------------------------------------------ attributes
+    shape = property(lambda self: self.data.shape)
+    dtype = property(lambda self: self.data.dtype)
+    ndim = property(lambda self: self.data.ndim)
+    size = property(lambda self: self.data.size)
+    is_leaf = property(lambda self: self._ctx is None)
+
+    def __repr__(self):
+        grad = ", requires_grad=True" if self.requires_grad else ""
+        return f"Tensor({np.array2string(self.data, precision=4, threshold=20)}{grad})"
+
+    def __len__(self):
+        return len(self.data)
+
+    def item(self):
+        return self.data.item()
+
+    def numpy(self) -> np.ndarray:
+        return self.data
+
+    def detach(self) -> "Tensor":
+        return Tensor(self.data)
+
+    def backward(self, grad=None, retain_graph: bool = False) -> None:
+        """Accumulate d self / d leaf (times `grad`) into every leaf's `.grad`."""
+        if not self.requires_grad:
+            raise RuntimeError("backward: this tensor does not require grad and has no graph")
+        if grad is None:
+            if self.size != 1:
+                raise RuntimeError(
+                    f"backward: grad can be implicit only for a scalar output, but the output has "
+                    f"shape {self.shape}; pass grad=<array of that shape> or reduce with .sum()"
+                )
+            grad = np.ones(self.shape, dtype=self.dtype)
+        else:
+            grad = _as_array(grad, self.dtype)
+            if grad.shape != self.shape:
+                raise ValueError(f"backward: grad has shape {grad.shape}, output has {self.shape}")
+        autograd.backward(self, grad, retain_graph=retain_graph)
+
+    # ------------------------------------------------------------ operators
+    def _other(self, x):
+        return x if isinstance(x, Tensor) else Tensor(_as_array(x, self.dtype))
+
+    def __add__(self, x): return Add.apply(self, self._other(x))
+    def __radd__(self, x): return Add.apply(self._other(x), self)
+    def __sub__(self, x): return Sub.apply(self, self._other(x))
+    def __rsub__(self, x): return Sub.apply(self._other(x), self)
+    def __mul__(self, x): return Mul.apply(self, self._other(x))
+    def __rmul__(self, x): return Mul.apply(self._other(x), self)
+    def __truediv__(self, x): return Div.apply(self, self._other(x))
+    def __rtruediv__(self, x): return Div.apply(self._other(x), self)
+    def __matmul__(self, x): return MatMul.apply(self, self._other(x))
+    def __rmatmul__(self, x): return MatMul.apply(self._other(x), self)
+    def __neg__(self): return Neg.apply(self)
+
+    def __pow__(self, x):
+        if isinstance(x, (int, float)):
+            return PowScalar.apply(self, p=x)
+        return Pow.apply(self, self._other(x))
+
+    def __rpow__(self, x):
+        return Pow.apply(self._other(x), self)
+
+    def __getitem__(self, index):
+        if isinstance(index, Tensor):
+            index = index.data
+        elif isinstance(index, tuple):
+            index = tuple(i.data if isinstance(i, Tensor) else i for i in index)
+        elif isinstance(index, list):
+            index = np.asarray(index)
+        return GetItem.apply(self, index=index)
+
+    # ------------------------------------------------------------ math
+    def exp(self): return Exp.apply(self)
+    def log(self): return Log.apply(self)
+    def sqrt(self): return Sqrt.apply(self)
+    def tanh(self): return Tanh.apply(self)
+    def sigmoid(self): return Sigmoid.apply(self)
+    def relu(self): return Relu.apply(self)
+    def abs(self): return Abs.apply(self)
+
+    def clip(self, min=None, max=None):
+        return Clip.apply(self, lo=min, hi=max)
+
+    def sum(self, axis=None, keepdims=False): return Sum.apply(self, axis=axis, keepdims=keepdims)
+    def mean(self, axis=None, keepdims=False): return Mean.apply(self, axis=axis, keepdims=keepdims)
+    def max(self, axis=None, keepdims=False): return Max.apply(self, axis=axis, keepdims=keepdims)
+
+    def min(self, axis=None, keepdims=False):
+        return Max.apply(self, axis=axis, keepdims=keepdims, reduce=np.min)
+
+    def var(self, axis=None, keepdims=False, correction=1):
+        """Variance with Bessel's `correction` (1 = unbiased, as torch.var's default)."""
+        n = int(np.prod([self.shape[i] for i in _norm_axis(axis, self.ndim)]))
+        d = self - self.mean(axis=axis, keepdims=True)
+        return (d * d).sum(axis=axis, keepdims=keepdims) / max(n - correction, 0)
+
+    # ------------------------------------------------------------ shapes
+    def reshape(self, *shape):
+        shape = shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape
+        return Reshape.apply(self, shape=tuple(shape))
+
+    view = reshape
+
+    def transpose(self, *axes):
+        """No axes: reverse all axes. Two axes: swap them, as torch.transpose(x, i, j) does."""
+        if not axes:
+            return self.T
+        if len(axes) != 2:
+            raise ValueError(f"transpose takes two axes to swap (got {axes}); use permute for a full order")
+        i, j = (a % self.ndim for a in axes)
+        perm = list(range(self.ndim))
+        perm[i], perm[j] = perm[j], perm[i]
+        return Transpose.apply(self, axes=tuple(perm))
+
+    def permute(self, *axes):
+        """Reorder all axes, as torch.permute / np.transpose(x, axes)."""
+        if len(axes) == 1 and isinstance(axes[0], (tuple, list)):
+            axes = tuple(axes[0])
+        if sorted(a % self.ndim for a in axes) != list(range(self.ndim)):
+            raise ValueError(f"permute: {axes} is not a permutation of the {self.ndim} axes of {self.shape}")
+        return Transpose.apply(self, axes=tuple(a % self.ndim for a in axes))
+
+    @property
+    def T(self):
+        return Transpose.apply(self, axes=tuple(reversed(range(self.ndim))))
+
+    def expand(self, *shape):
+        shape = shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape
+        # -1 keeps the existing size, as in PyTorch
+        lead = len(shape) - self.ndim
+        shape = tuple(self.shape[i - lead] if s == -1 else s for i, s in enumerate(shape))
+        return Expand.apply(self, shape=shape)
+
+    def squeeze(self, axis=None):
+        if axis is None:
+            shape = tuple(s for s in self.shape if s != 1)
+        else:
+            axes = _norm_axis(axis, self.ndim)
+            for a in axes:
+                if self.shape[a] != 1:
+                    raise ValueError(f"squeeze: axis {a} has size {self.shape[a]}, not 1 (shape {self.shape})")
+            shape = tuple(s for i, s in enumerate(self.shape) if i not in axes)
+        return self.reshape(shape)
+
+    def unsqueeze(self, axis):
+        axis = axis % (self.ndim + 1)
+        return self.reshape(self.shape[:axis] + (1,) + self.shape[axis:])
+
+
+# ================================================================ constructors
+def tensor(data, requires_grad: bool = False, dtype=None) -> Tensor:
+    return Tensor(data, requires_grad=requires_grad, dtype=dtype)
+
+
+def zeros(*shape, dtype=np.float32, requires_grad=False) -> Tensor:
+    shape = shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape
+    return Tensor(np.zeros(shape, dtype=dtype), requires_grad=requires_grad)
+
+
+def ones(*shape, dtype=np.float32, requires_grad=False) -> Tensor:
+    shape = shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape
+    return Tensor(np.ones(shape, dtype=dtype), requires_grad=requires_grad)
+
+
+def randn(*shape, rng=None, dtype=np.float32, requires_grad=False) -> Tensor:
+    """Standard normal samples; pass `rng` (np.random.Generator or seed) for reproducibility."""
+    shape = shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape
+    rng = np.random.default_rng(rng)
+    return Tensor(rng.standard_normal(shape).astype(dtype), requires_grad=requires_grad)
+
+
+def cat(tensors, axis=0) -> Tensor:
+    return Cat.apply(*tensors, axis=axis)
+
+
+def stack(tensors, axis=0) -> Tensor:
+    return Stack.apply(*tensors, axis=axis)
+
+
+def where(cond, a, b) -> Tensor:
+    cond = cond.data if isinstance(cond, Tensor) else np.asarray(cond)
+    a = a if isinstance(a, Tensor) else Tensor(a)
+    b = b if isinstance(b, Tensor) else Tensor(_as_array(b, a.dtype))
+    return Where.apply(a, b, cond=cond.astype(bool))
+
+
+def maximum(a, b) -> Tensor:
+    a = a if isinstance(a, Tensor) else Tensor(a)
+    return Maximum.apply(a, a._other(b))
