@@ -6,3 +6,10 @@ lists them. Modules that register optimizers are imported below.
 """
 from .base import (Optimizer, available, create, flatten_state_dict, param_groups_no_decay,
                    register, unflatten_state_dict)
+from .sgd import AGD, GD, SGD, HeavyBall
+from .adaptive import AdaGrad, Adam, AdamW, RMSProp
+from .perturbed import PerturbedGD
+from . import prox
+from .prox import FISTA, ISTA
+from . import sampling, schedules
+from .schedules import LRScheduler, clip_grad_norm_

@@ -155,6 +155,10 @@ def param_groups_no_decay(params, weight_decay, **group_kw):
 class Optimizer:
     """Base class. ``Optimizer(params, **defaults)``; see the module docstring."""
 
+    #: group keys not saved by ``state_dict`` (objects such as prox operators; they are
+    #: rebuilt by the constructor and kept by ``load_state_dict``).
+    _unsaved_hparams: tuple = ()
+
     def __init__(self, params, *, nonfinite="raise", **defaults):
         if nonfinite not in ("raise", "skip"):
             raise ValueError(f"nonfinite must be 'raise' or 'skip', got {nonfinite!r}")
@@ -296,7 +300,8 @@ class Optimizer:
 
     def state_dict(self):
         """Deep copy of the state: ndarrays and Python scalars only (see module docstring)."""
-        groups = [{**{k: copy.deepcopy(v) for k, v in g.items() if k != "params"},
+        groups = [{**{k: copy.deepcopy(v) for k, v in g.items()
+                      if k != "params" and k not in self._unsaved_hparams},
                    "params": list(g["params"])} for g in self.param_groups]
         return {"state": {n: {k: _copy(v) for k, v in st.items()} for n, st in self.state.items()},
                 "param_groups": groups,
@@ -319,7 +324,7 @@ class Optimizer:
             raise ValueError(f"state_dict has state for unknown parameter(s) {unknown}")
         for saved, mine in zip(groups, self.param_groups):
             for k, v in saved.items():
-                if k != "params":
+                if k != "params" and k not in self._unsaved_hparams:
                     mine[k] = copy.deepcopy(v)
         self.state = {n: {k: _copy(v) for k, v in st.items()} for n, st in sd["state"].items()}
         self.global_state = {k: _copy(v) for k, v in sd.get("global_state", {}).items()}

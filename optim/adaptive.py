@@ -1,0 +1,178 @@
+"""Adaptive methods: AdaGrad, RMSProp, Adam, AdamW (with the AMSGrad flag). Lecture 2.
+
+Where epsilon and weight decay sit (they decide whether a reference test passes; see
+ALGORITHMS.md "Conventions that break reference tests"):
+
+* eps is added **outside** the square root, to the **bias-corrected** second moment:
+  ``theta <- theta - lr * m_hat / (sqrt(v_hat) + eps)`` with ``m_hat = m/(1-b1^t)``,
+  ``v_hat = v/(1-b2^t)`` (torch form; computed as torch does: ``denom = sqrt(v)/sqrt(1-b2^t) + eps``,
+  ``step = lr/(1-b1^t)``). The "efficient" Kingma form puts eps on the uncorrected sqrt(v) and
+  differs only through eps.
+* ``Adam(weight_decay=wd)`` is **L2**: ``g <- g + wd*theta`` before the moments (torch.optim.Adam).
+* ``AdamW(weight_decay=wd)`` is **decoupled** (Loshchilov & Hutter 2019, torch form): first
+  ``theta <- theta*(1 - lr*wd)``, then the Adam step. Note torch multiplies wd by the full lr,
+  the paper by the schedule multiplier only (lambda_torch = lambda_paper/alpha).
+* AdaGrad and RMSProp have **no bias correction** (first RMSProp step is lr/sqrt(1-alpha)).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .base import Optimizer, register
+
+__all__ = ["AdaGrad", "RMSProp", "Adam", "AdamW"]
+
+
+@register("adagrad")
+class AdaGrad(Optimizer):
+    """AdaGrad (Duchi, Hazan, Singer, JMLR 2011), torch.optim.Adagrad semantics:
+
+        g <- g + wd*theta;  G <- G + g^2;  lr_t = lr / (1 + (t-1)*lr_decay)
+        theta <- theta - lr_t * g / (sqrt(G) + eps)
+
+    Memory: N."""
+
+    def __init__(self, params, lr=1e-2, lr_decay=0.0, weight_decay=0.0,
+                 initial_accumulator_value=0.0, eps=1e-10, **kw):
+        super().__init__(params, lr=lr, lr_decay=lr_decay, weight_decay=weight_decay,
+                         initial_accumulator_value=initial_accumulator_value, eps=eps, **kw)
+
+    def _update(self, name, p, g, state, group):
+        if "sum" not in state:
+            state["step"] = 0
+            state["sum"] = np.full_like(p, group["initial_accumulator_value"])
+        state["step"] += 1
+        if group["weight_decay"]:
+            g = g + group["weight_decay"] * p
+        clr = group["lr"] / (1.0 + (state["step"] - 1) * group["lr_decay"])
+        state["sum"] += g * g
+        p -= clr * (g / (np.sqrt(state["sum"]) + group["eps"]))
+
+
+@register("rmsprop")
+class RMSProp(Optimizer):
+    """RMSProp (Hinton, Coursera lecture 6e), torch.optim.RMSprop semantics:
+
+        g <- g + wd*theta;  v <- alpha*v + (1-alpha)*g^2
+        centered: a <- alpha*a + (1-alpha)*g;  denom = sqrt(v - a^2) + eps, else sqrt(v) + eps
+        momentum > 0: buf <- momentum*buf + g/denom; theta <- theta - lr*buf
+        else:         theta <- theta - lr*g/denom
+
+    Memory: N (+N centered, +N momentum)."""
+
+    def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0,
+                 centered=False, **kw):
+        super().__init__(params, lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay,
+                         momentum=momentum, centered=centered, **kw)
+
+    def _check_group(self, group):
+        super()._check_group(group)
+        if not 0.0 <= group["alpha"] < 1.0:
+            raise ValueError(f"alpha must be in [0, 1), got {group['alpha']}")
+
+    def _update(self, name, p, g, state, group):
+        a = group["alpha"]
+        if "square_avg" not in state:
+            state["step"] = 0
+            state["square_avg"] = np.zeros_like(p)
+            if group["centered"]:
+                state["grad_avg"] = np.zeros_like(p)
+            if group["momentum"] > 0:
+                state["momentum_buffer"] = np.zeros_like(p)
+        state["step"] += 1
+        if group["weight_decay"]:
+            g = g + group["weight_decay"] * p
+        v = state["square_avg"]
+        v *= a
+        v += (1.0 - a) * (g * g)
+        if group["centered"]:
+            ga = state["grad_avg"]
+            ga *= a
+            ga += (1.0 - a) * g
+            denom = np.sqrt(v - ga * ga) + group["eps"]
+        else:
+            denom = np.sqrt(v) + group["eps"]
+        if group["momentum"] > 0:
+            buf = state["momentum_buffer"]
+            buf *= group["momentum"]
+            buf += g / denom
+            p -= group["lr"] * buf
+        else:
+            p -= group["lr"] * (g / denom)
+
+
+@register("adam")
+class Adam(Optimizer):
+    """Adam (Kingma & Ba, ICLR 2015) in the torch form; ``weight_decay`` is L2 (coupled).
+
+        g <- g + wd*theta                                   (Adam only)
+        theta <- theta*(1 - lr*wd)                          (AdamW only, before the step)
+        m <- b1*m + (1-b1)*g;  v <- b2*v + (1-b2)*g^2;  vmax <- max(vmax, v) if amsgrad
+        theta <- theta - (lr/(1-b1^t)) * m / (sqrt(v or vmax)/sqrt(1-b2^t) + eps)
+
+    First step: m_hat = g, v_hat = g^2, so every coordinate moves by lr*g/(|g|+eps) ~ lr*sign(g).
+    Memory: 2N (3N with amsgrad)."""
+
+    decoupled = False
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
+                 amsgrad=False, **kw):
+        super().__init__(params, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
+                         amsgrad=amsgrad, **kw)
+
+    def _check_group(self, group):
+        super()._check_group(group)
+        b1, b2 = group["betas"]
+        if not (0.0 <= b1 < 1.0 and 0.0 <= b2 < 1.0):
+            raise ValueError(f"betas must be in [0, 1), got {group['betas']}")
+        if not group["eps"] >= 0:
+            raise ValueError(f"eps must be >= 0, got {group['eps']}")
+
+    def _update(self, name, p, g, state, group):
+        b1, b2 = group["betas"]
+        lr, wd = group["lr"], group["weight_decay"]
+        if "exp_avg" not in state:
+            state["step"] = 0
+            state["exp_avg"] = np.zeros_like(p)
+            state["exp_avg_sq"] = np.zeros_like(p)
+            if group["amsgrad"]:
+                state["max_exp_avg_sq"] = np.zeros_like(p)
+        state["step"] += 1
+        t = state["step"]
+        if wd:
+            if self.decoupled:
+                p *= 1.0 - lr * wd
+            else:
+                g = g + wd * p
+        m, v = state["exp_avg"], state["exp_avg_sq"]
+        m *= b1
+        m += (1.0 - b1) * g
+        v *= b2
+        v += (1.0 - b2) * (g * g)
+        if group["amsgrad"]:
+            np.maximum(state["max_exp_avg_sq"], v, out=state["max_exp_avg_sq"])
+            v = state["max_exp_avg_sq"]
+        step_size = lr / (1.0 - b1 ** t)
+        denom = np.sqrt(v) / math.sqrt(1.0 - b2 ** t) + group["eps"]
+        p -= step_size * (m / denom)
+
+
+@register("adamw")
+class AdamW(Adam):
+    """AdamW (Loshchilov & Hutter, ICLR 2019), torch.optim.AdamW form: decoupled decay
+    ``theta <- theta*(1 - lr*wd)`` first, then the Adam step (see ``Adam``). Default wd 1e-2."""
+
+    decoupled = True
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2,
+                 amsgrad=False, **kw):
+        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                         amsgrad=amsgrad, **kw)
+
+
+@register("amsgrad")
+def _amsgrad(params, **kw):
+    """Adam with amsgrad=True (Reddi, Kale, Kumar, ICLR 2018)."""
+    return Adam(params, amsgrad=True, **kw)

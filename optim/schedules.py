@@ -1,0 +1,159 @@
+"""Learning-rate schedules usable with any optimizer, and gradient clipping by global norm.
+
+A schedule is a multiplier ``f(step) -> float``; ``LRScheduler(opt, f)`` sets every group's
+``lr = base_lr * f(step)`` (like torch's LambdaLR: construction applies f(0), each
+``sched.step()`` advances by one). Base lrs are the groups' lrs at construction, stored in
+``group["initial_lr"]``. ``state_dict`` holds the step count and base lrs (not f).
+
+    sched = optim.schedules.create("cosine", opt, total_steps=1000, warmup_steps=100)
+    for it in range(1000):
+        opt.step(grads); sched.step()
+
+Multipliers (``warmup`` = linear ramp from 1/warmup_steps to 1 over the first warmup steps):
+
+* ``constant()``                                     1
+* ``step_decay(step_size, gamma)``                   gamma ** (t // step_size)
+* ``cosine(total_steps, warmup_steps, min_ratio)``   warmup, then min + (1-min)(1+cos(pi*s))/2
+* ``wsd(total_steps, warmup_steps, decay_frac, min_ratio)``  warmup-stable-decay (Hu et al.,
+  MiniCPM 2024): warmup, constant, then linear decay to min_ratio over the last decay_frac.
+* ``linear(total_steps, warmup_steps, end_ratio)``   warmup, then linear to end_ratio
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+__all__ = ["constant", "step_decay", "cosine", "wsd", "linear", "LRScheduler", "create",
+           "available", "clip_grad_norm_", "global_grad_norm"]
+
+
+def _warm(t, warmup_steps):
+    return (t + 1) / warmup_steps if t < warmup_steps else None
+
+
+def constant():
+    return lambda t: 1.0
+
+
+def step_decay(step_size, gamma=0.1):
+    if step_size <= 0:
+        raise ValueError(f"step_size must be > 0, got {step_size}")
+    return lambda t: gamma ** (t // step_size)
+
+
+def cosine(total_steps, warmup_steps=0, min_ratio=0.0):
+    def f(t):
+        w = _warm(t, warmup_steps)
+        if w is not None:
+            return w
+        s = min(max((t - warmup_steps) / max(1, total_steps - warmup_steps), 0.0), 1.0)
+        return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * s))
+    return f
+
+
+def wsd(total_steps, warmup_steps=0, decay_frac=0.1, min_ratio=0.0):
+    decay_steps = max(1, int(round(decay_frac * total_steps)))
+    decay_start = total_steps - decay_steps
+
+    def f(t):
+        w = _warm(t, warmup_steps)
+        if w is not None:
+            return w
+        if t < decay_start:
+            return 1.0
+        s = min((t - decay_start) / decay_steps, 1.0)
+        return 1.0 + (min_ratio - 1.0) * s
+    return f
+
+
+def linear(total_steps, warmup_steps=0, end_ratio=0.0):
+    def f(t):
+        w = _warm(t, warmup_steps)
+        if w is not None:
+            return w
+        s = min(max((t - warmup_steps) / max(1, total_steps - warmup_steps), 0.0), 1.0)
+        return 1.0 + (end_ratio - 1.0) * s
+    return f
+
+
+_SCHEDULES = {"constant": constant, "step": step_decay, "cosine": cosine, "wsd": wsd,
+              "linear": linear}
+
+
+def available():
+    return sorted(_SCHEDULES)
+
+
+def create(name, optimizer, **kw):
+    """``LRScheduler(optimizer, <schedule name>(**kw))``."""
+    if name not in _SCHEDULES:
+        raise ValueError(f"unknown schedule {name!r}; available: {available()}")
+    return LRScheduler(optimizer, _SCHEDULES[name](**kw))
+
+
+class LRScheduler:
+    """Sets ``group["lr"] = group["initial_lr"] * lr_lambda(t)`` for every param group."""
+
+    def __init__(self, optimizer, lr_lambda):
+        self.optimizer, self.lr_lambda = optimizer, lr_lambda
+        for g in optimizer.param_groups:
+            g.setdefault("initial_lr", g["lr"])
+        self.last_step = 0
+        self._apply()
+
+    def _apply(self):
+        m = float(self.lr_lambda(self.last_step))
+        if not (math.isfinite(m) and m >= 0):
+            raise ValueError(f"schedule multiplier at step {self.last_step} is {m}: must be >= 0")
+        for g in self.optimizer.param_groups:
+            g["lr"] = g["initial_lr"] * m
+
+    def step(self):
+        self.last_step += 1
+        self._apply()
+
+    def get_last_lr(self):
+        return [g["lr"] for g in self.optimizer.param_groups]
+
+    def state_dict(self):
+        return {"last_step": self.last_step,
+                "base_lrs": [g["initial_lr"] for g in self.optimizer.param_groups]}
+
+    def load_state_dict(self, sd):
+        for g, lr in zip(self.optimizer.param_groups, sd["base_lrs"]):
+            g["initial_lr"] = lr
+        self.last_step = int(sd["last_step"])
+        self._apply()
+
+
+def global_grad_norm(grads, norm_type=2.0):
+    """Norm of all gradients concatenated (None entries ignored), computed in float64."""
+    gs = [g for g in grads.values() if g is not None]
+    if not gs:
+        return 0.0
+    if norm_type == math.inf:
+        return max(float(np.max(np.abs(g))) if g.size else 0.0 for g in gs)
+    return float(sum(float(np.sum(np.abs(g.astype(np.float64)) ** norm_type)) for g in gs)
+                 ** (1.0 / norm_type))
+
+
+def clip_grad_norm_(grads, max_norm, norm_type=2.0, error_if_nonfinite=False, eps=1e-6):
+    """Scale all gradients IN PLACE by min(1, max_norm / (total_norm + eps)) (torch semantics).
+
+    ``grads``: dict name -> ndarray (None entries skipped). Returns the total norm before
+    clipping. A NaN/inf total norm raises if ``error_if_nonfinite``, else grads are left alone."""
+    if max_norm < 0:
+        raise ValueError(f"max_norm must be >= 0, got {max_norm}")
+    total = global_grad_norm(grads, norm_type)
+    if not math.isfinite(total):
+        if error_if_nonfinite:
+            bad = [n for n, g in grads.items() if g is not None and not np.isfinite(g).all()]
+            raise FloatingPointError(f"total gradient norm is {total}; non-finite in {bad}")
+        return total
+    coef = max_norm / (total + eps)
+    if coef < 1.0:
+        for g in grads.values():
+            if g is not None:
+                g *= g.dtype.type(coef)
+    return total

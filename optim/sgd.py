@@ -1,0 +1,156 @@
+"""Gradient descent, SGD with momentum (PyTorch and heavy-ball forms), Nesterov.
+
+Two ways to write momentum (Lecture 2; ALGORITHMS.md "Conventions" §4):
+
+* **PyTorch form** (``SGD``, ``momentum=mu``): ``b <- mu*b + (1-dampening)*g``,
+  ``theta <- theta - lr*b``. The buffer is in *gradient* units; ``lr`` multiplies it at use.
+  ``nesterov=True`` steps along ``g + mu*b`` instead of ``b``.
+* **Heavy-ball / Polyak form** (``HeavyBall``): ``theta_{k+1} = theta_k - lr*g_k +
+  beta*(theta_k - theta_{k-1})``, i.e. the velocity ``v <- beta*v - lr*g``, ``theta <- theta + v``
+  is in *parameter* units (the Sutskever et al. 2013 form).
+
+With a constant lr and dampening 0 the two produce the same iterates (v = -lr*b). They differ
+when the lr changes: the PyTorch form rescales all past momentum by the new lr at once; the
+heavy-ball form keeps past velocity and applies the new lr only to new gradients.
+
+``AGD`` is Nesterov's accelerated gradient in its textbook form (y-sequence) with the convex
+schedule (k-1)/(k+2) or a constant momentum (strongly convex case); see its docstring for how
+its parameter arrays hold the extrapolated point.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .base import Optimizer, register
+
+__all__ = ["GD", "SGD", "HeavyBall", "AGD"]
+
+
+@register("gd")
+class GD(Optimizer):
+    """Gradient descent x <- x - lr*grad (Cauchy 1847; Lecture 1).
+
+    ``weight_decay`` adds the L2 term lr*wd*x (coupled, as in torch SGD). Memory: 0.
+    With full gradients it is GD; with minibatch gradients it is plain SGD."""
+
+    def __init__(self, params, lr=1e-2, weight_decay=0.0, **kw):
+        super().__init__(params, lr=lr, weight_decay=weight_decay, **kw)
+
+    def _update(self, name, p, g, state, group):
+        if group["weight_decay"]:
+            g = g + group["weight_decay"] * p
+        p -= group["lr"] * g
+
+
+@register("sgd")
+class SGD(Optimizer):
+    """SGD with optional momentum in the PyTorch form (torch.optim.SGD semantics, [doc]):
+
+        g <- g + wd*theta                      (L2 weight decay, coupled)
+        b <- g                  on the first step, else  b <- mu*b + (1 - dampening)*g
+        d <- g + mu*b  if nesterov  else  b
+        theta <- theta - lr*d
+
+    Memory: N (the buffer) if momentum > 0, else 0."""
+
+    def __init__(self, params, lr=1e-2, momentum=0.0, dampening=0.0, weight_decay=0.0,
+                 nesterov=False, **kw):
+        if nesterov and (momentum <= 0 or dampening != 0):
+            raise ValueError("nesterov=True needs momentum > 0 and dampening = 0")
+        super().__init__(params, lr=lr, momentum=momentum, dampening=dampening,
+                         weight_decay=weight_decay, nesterov=nesterov, **kw)
+
+    def _check_group(self, group):
+        super()._check_group(group)
+        if not 0.0 <= group["momentum"] < 1.0:
+            raise ValueError(f"momentum must be in [0, 1), got {group['momentum']}")
+
+    def _update(self, name, p, g, state, group):
+        mu = group["momentum"]
+        if group["weight_decay"]:
+            g = g + group["weight_decay"] * p
+        if mu:
+            if "momentum_buffer" not in state:
+                state["momentum_buffer"] = g.copy()
+            else:
+                b = state["momentum_buffer"]
+                b *= mu
+                b += (1.0 - group["dampening"]) * g
+            b = state["momentum_buffer"]
+            g = g + mu * b if group["nesterov"] else b
+        p -= group["lr"] * g
+
+
+@register("momentum")
+def _momentum(params, lr=1e-2, momentum=0.9, **kw):
+    """SGD with PyTorch-form momentum 0.9 by default."""
+    return SGD(params, lr=lr, momentum=momentum, **kw)
+
+
+@register("nesterov")
+def _nesterov(params, lr=1e-2, momentum=0.9, **kw):
+    """SGD with PyTorch-form Nesterov momentum (nesterov=True), momentum 0.9 by default."""
+    return SGD(params, lr=lr, momentum=momentum, nesterov=True, **kw)
+
+
+@register("heavyball")
+class HeavyBall(Optimizer):
+    """Polyak's heavy ball (1964) in parameter units:
+
+        v <- beta*v - lr*(g + wd*theta),   theta <- theta + v
+
+    i.e. theta_{k+1} = theta_k - lr*g_k + beta*(theta_k - theta_{k-1}). Quadratic-optimal
+    constants: beta = ((sqrt(k)-1)/(sqrt(k)+1))^2, lr = 4/(sqrt(L)+sqrt(mu))^2 [unverified].
+    Memory: N."""
+
+    def __init__(self, params, lr=1e-2, beta=0.9, weight_decay=0.0, **kw):
+        super().__init__(params, lr=lr, beta=beta, weight_decay=weight_decay, **kw)
+
+    def _update(self, name, p, g, state, group):
+        if group["weight_decay"]:
+            g = g + group["weight_decay"] * p
+        v = state.setdefault("velocity", np.zeros_like(p))
+        v *= group["beta"]
+        v -= group["lr"] * g
+        p += v
+
+
+def nesterov_momentum(k, schedule):
+    """Momentum coefficient beta_k of the y-sequence for iteration k >= 1.
+
+    ``"convex"``: (k-1)/(k+2) (Nesterov 1983, rate 2L||x0-x*||^2/(k+1)^2);
+    a float: constant momentum, e.g. (sqrt(kappa)-1)/(sqrt(kappa)+1) for mu-strongly convex."""
+    if schedule == "convex":
+        return (k - 1) / (k + 2)
+    return float(schedule)
+
+
+@register("agd", "nesterov_agd")
+class AGD(Optimizer):
+    """Nesterov's accelerated gradient, y-sequence form (Nesterov 1983; Lecture 2):
+
+        x_{k+1} = y_k - lr*grad f(y_k)
+        y_{k+1} = x_{k+1} + beta_{k+1} * (x_{k+1} - x_k)
+
+    The gradient must be taken at y, so **the parameter arrays hold y_k** and the iterate x_k
+    lives in ``state[name]["x"]`` (``opt.iterates()`` returns them all). ``momentum`` is
+    ``"convex"`` ((k-1)/(k+2)) or a float (strongly convex: (sqrt(kappa)-1)/(sqrt(kappa)+1)
+    with lr = 1/L gives rate (1-1/sqrt(kappa))^k [unverified]). Memory: N."""
+
+    def __init__(self, params, lr=1e-2, momentum="convex", **kw):
+        super().__init__(params, lr=lr, momentum=momentum, **kw)
+
+    def _update(self, name, p, g, state, group):
+        k = state.get("step", 0) + 1           # this step produces x_{k+1}
+        state["step"] = k
+        x_old = state.get("x")
+        if x_old is None:
+            x_old = p.copy()                   # x_1 = y_1
+        x_new = p - group["lr"] * g
+        beta = nesterov_momentum(k + 1, group["momentum"])
+        p[...] = x_new + beta * (x_new - x_old)
+        state["x"] = x_new
+
+    def iterates(self):
+        """dict name -> x_k (the non-extrapolated iterate; equals the param before any step)."""
+        return {n: self.state[n]["x"] if n in self.state else p for n, p in self.params.items()}
