@@ -1,0 +1,283 @@
+"""minigrad.precision: formats, rounding, bit patterns, block scaling.
+
+Cross-checks against ml_dtypes (the `precision` extra) on every representable value and every
+midpoint; checks the half-ulp bound, ties-to-even and the unbiasedness of stochastic rounding;
+checks that block scales never let a block overflow.
+"""
+import ml_dtypes
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")
+from hypothesis import given, strategies as st
+
+from minigrad import precision as P
+
+SMALL = ["fp16", "bf16", "fp8_e4m3", "fp8_e5m2", "fp4_e2m1"]
+
+
+def ml_type(fmt):
+    name = P.finfo(fmt).ml_dtype
+    return np.dtype(getattr(ml_dtypes, name, None) or getattr(np, name))
+
+
+def same(a, b):
+    """Equal as float32 values, NaN == NaN, and the sign of zero must agree."""
+    a = np.asarray(a, np.float32)
+    b = np.asarray(b, np.float32)
+    return np.array_equal(a, b, equal_nan=True) and np.array_equal(np.signbit(a[a == 0]),
+                                                                  np.signbit(b[b == 0]))
+
+
+def probe_points(fmt):
+    """Every finite value, every midpoint, the float32 neighbours of each, plus out-of-range values."""
+    v = np.unique(P.representable_values(fmt))  # -0 and +0 collapse: add both back below
+    mids = (v[:-1] + v[1:]) / 2
+    f = P.finfo(fmt)
+    top = np.array([f.max + P.ulp(f.max, fmt) / 2, f.max + P.ulp(f.max, fmt), 2 * f.max])
+    top = np.concatenate([top, -top])
+    pts = np.concatenate([v, mids, top, [0.0, -0.0]]).astype(np.float32)
+    up = np.nextafter(pts, np.float32(np.inf))
+    down = np.nextafter(pts, np.float32(-np.inf))
+    pts = np.concatenate([pts, up, down])
+    return pts[np.isfinite(pts)]
+
+
+# ---------------------------------------------------------------- formats and bit patterns
+@pytest.mark.parametrize("fmt", SMALL)
+def test_decode_matches_ml_dtypes_on_every_code(fmt):
+    f = P.finfo(fmt)
+    codes = np.arange(1 << f.bits, dtype=np.uint32)
+    ref = codes.astype(P._uint_for(f.bits)).view(ml_type(fmt)).astype(np.float32)
+    assert same(P.decode(codes, fmt), ref)
+
+
+@pytest.mark.parametrize("fmt", SMALL)
+def test_encode_inverts_decode_on_every_nonnan_code(fmt):
+    f = P.finfo(fmt)
+    codes = np.arange(1 << f.bits)
+    vals = P.decode(codes, fmt)
+    keep = ~np.isnan(vals)
+    assert np.array_equal(P.encode(vals[keep], fmt).astype(np.int64), codes[keep])
+
+
+@pytest.mark.parametrize("fmt", SMALL)
+def test_encode_matches_ml_dtypes_bits(fmt):
+    pts = probe_points(fmt)
+    ref = pts.astype(ml_type(fmt))
+    f = P.finfo(fmt)
+    refbits = ref.view(P._uint_for(f.bits)) if f.bits >= 8 else ref.view(np.uint8)
+    mine = P.encode(pts, fmt)
+    ok = ~np.isnan(ref.astype(np.float32))
+    assert np.array_equal(mine[ok], refbits[ok])
+
+
+def test_format_constants():
+    assert P.finfo("fp16").max == 65504 and P.finfo("fp16").smallest_subnormal == 2.0 ** -24
+    assert P.finfo("fp8_e4m3").max == 448 and P.finfo("fp8_e5m2").max == 57344
+    assert P.finfo("fp4_e2m1").max == 6
+    assert sorted(set(np.abs(P.representable_values("fp4_e2m1")))) == [0, 0.5, 1, 1.5, 2, 3, 4, 6]
+    for fmt in SMALL:
+        fi = ml_dtypes.finfo(ml_type(fmt))
+        f = P.finfo(fmt)
+        assert f.max == float(fi.max) and f.eps == float(fi.eps)
+        assert f.smallest_normal == float(fi.smallest_normal)
+        assert f.smallest_subnormal == float(fi.smallest_subnormal)
+    assert P.bits_per_element("mxfp4") == 4.25 and P.bits_per_element("nvfp4") == 4.5
+
+
+# ---------------------------------------------------------------- nearest rounding
+@pytest.mark.parametrize("fmt", SMALL)
+def test_nearest_matches_ml_dtypes_on_values_midpoints_and_neighbours(fmt):
+    pts = probe_points(fmt)
+    ref = pts.astype(ml_type(fmt)).astype(np.float32)
+    assert same(P.quantize(pts, fmt), ref)
+
+
+@pytest.mark.parametrize("fmt", SMALL)
+def test_ties_go_to_even(fmt):
+    v = np.unique(P.representable_values(fmt))
+    mids = ((v[:-1] + v[1:]) / 2).astype(np.float32)
+    q = P.quantize(mids, fmt)
+    lo, hi = v[:-1], v[1:]
+    assert np.all((q == lo) | (q == hi))  # a neighbour, never anything else
+    codes = P.encode(q, fmt).astype(np.int64)
+    assert np.all(codes & 1 == 0), "a tie must land on the neighbour with an even last mantissa bit"
+
+
+@pytest.mark.parametrize("fmt", SMALL + ["fp32"])
+@given(data=st.data())
+def test_nearest_errs_by_at_most_half_an_ulp(fmt, data):
+    f = P.finfo(fmt)
+    lim = min(f.max, 3e38)
+    x = np.array(data.draw(st.lists(st.floats(-lim, lim, allow_nan=False, width=64), min_size=1,
+                                    max_size=50)))
+    q = P.quantize(x, fmt).astype(np.float64)
+    err = np.abs(q - x)
+    assert np.all(err <= P.ulp(x, fmt) / 2)
+    assert np.all(np.abs(q) <= f.max)
+
+
+def test_float64_inputs_round_once():
+    """x = 1 + 2^-11 + 2^-40 is just above the fp16 midpoint: direct rounding goes up, while going
+    through float32 first lands exactly on the midpoint and ties down to 1."""
+    x = np.array([1 + 2 ** -11 + 2 ** -40, 1 + 2 ** -8 + 2 ** -40])
+    assert P.quantize(x[:1], "fp16")[0] == 1 + 2 ** -10
+    assert P.quantize(x[1:], "bf16")[0] == 1 + 2 ** -7
+    rng = np.random.default_rng(0)
+    y = rng.standard_normal(2000) * 10.0 ** rng.integers(-40, 38, 2000)
+    y = np.concatenate([y, rng.standard_normal(200) * 1e-42])  # float32 subnormals
+    assert same(P.quantize(y, "fp32"), y.astype(np.float32))
+    assert same(P.quantize(y, "fp16"), y.astype(np.float16).astype(np.float32))
+
+
+def test_overflow_saturation_and_nan_rules():
+    big = np.array([1e6, -1e6, np.inf, -np.inf, np.nan])
+    assert same(P.quantize(big, "fp16"), [np.inf, -np.inf, np.inf, -np.inf, np.nan])
+    assert same(P.quantize(big, "fp8_e5m2"), [np.inf, -np.inf, np.inf, -np.inf, np.nan])
+    assert np.isnan(P.quantize(big, "fp8_e4m3")).all()
+    assert same(P.quantize(big, "fp8_e4m3", saturate=True), [448, -448, 448, -448, np.nan])
+    assert same(P.quantize(big, "fp16", saturate=True), [65504, -65504, 65504, -65504, np.nan])
+    assert same(P.quantize(big[:4], "fp4_e2m1"), [6, -6, 6, -6])
+    assert np.isnan(P.quantize([np.nan], "fp4_e2m1")[0])
+    with pytest.raises(ValueError, match="no NaN"):
+        P.encode([np.nan], "fp4_e2m1")
+    # IEEE's threshold: 65519 rounds to 65504, 65520 (the midpoint to 65536) overflows
+    assert P.quantize([65519.0], "fp16")[0] == 65504 and np.isinf(P.quantize([65520.0], "fp16")[0])
+    assert P.quantize([464.0], "fp8_e4m3")[0] == 448 and np.isnan(P.quantize([465.0], "fp8_e4m3")[0])
+
+
+def test_lecture_facts():
+    """ALGORITHMS.md L6 [num] lines: fp16 underflow and update stagnation, bf16 stagnation."""
+    assert P.quantize([2 ** -25.5], "fp16")[0] == 0
+    assert P.quantize([2 ** -24], "fp16")[0] == 2 ** -24
+    assert P.quantize([1 + 1e-4], "fp16")[0] == 1
+    assert P.quantize([1 + 6e-4], "fp16")[0] == 1 + 2 ** -10
+    assert P.quantize([1 + 1e-3], "bf16")[0] == 1
+
+
+def test_bad_arguments_say_what_to_do():
+    with pytest.raises(ValueError, match="fp16"):
+        P.quantize([1.0], "fp17")
+    with pytest.raises(ValueError, match="rounding"):
+        P.quantize([1.0], "fp16", rounding="up")
+    with pytest.raises(ValueError, match="scale_rule"):
+        P.quantize([1.0], "fp16", scale_rule="ceil")
+    with pytest.raises(ValueError, match="scalar"):
+        P.quantize(1.0, "mxfp4")
+
+
+# ---------------------------------------------------------------- stochastic rounding
+@pytest.mark.parametrize("fmt", ["fp16", "bf16", "fp8_e4m3", "fp8_e5m2", "fp4_e2m1"])
+def test_stochastic_rounding_is_unbiased(fmt):
+    """Each draw is lo or hi, hi with probability p = (x - lo)/(hi - lo); so the sample mean of N
+    draws has variance p(1-p)(hi-lo)^2 / N. We require |mean - x| <= 5 sigma (two-sided
+    probability of failure < 1e-6 per point for a fixed seed that we do not tune)."""
+    rng = np.random.default_rng(1234)
+    v = np.unique(P.representable_values(fmt))
+    v = v[np.isfinite(v)]
+    idx = rng.choice(len(v) - 1, size=20, replace=len(v) - 1 < 20)
+    lo, hi = v[idx], v[idx + 1]
+    frac = rng.uniform(0.02, 0.98, size=20)
+    x = (lo + frac * (hi - lo)).astype(np.float32).astype(np.float64)
+    N = 4000
+    draws = P.quantize(np.broadcast_to(x, (N, 20)), fmt, rounding="stochastic", rng=rng).astype(np.float64)
+    assert np.all((draws == lo) | (draws == hi))
+    p = (x - lo) / (hi - lo)
+    sigma = np.sqrt(p * (1 - p) / N) * (hi - lo)
+    assert np.all(np.abs(draws.mean(0) - x) <= 5 * sigma)
+    # representable values are left alone
+    assert np.array_equal(P.quantize(v, fmt, rounding="stochastic", rng=rng), v.astype(np.float32))
+
+
+def test_stochastic_rounding_rescues_tiny_updates_on_average():
+    """1000 updates of +1e-4 to 1.0 in fp16: nearest stalls at 1.0, stochastic reaches ~1.1."""
+    rng = np.random.default_rng(0)
+    w_near = np.float32(1.0)
+    w_sr = np.float32(1.0)
+    for _ in range(1000):
+        w_near = P.quantize([w_near + 1e-4], "fp16")[0]
+        w_sr = P.quantize([np.float64(w_sr) + 1e-4], "fp16", "stochastic", rng)[0]
+    assert w_near == 1.0
+    assert abs(w_sr - 1.1) < 0.03
+
+
+# ---------------------------------------------------------------- block formats
+def heavy(rng, shape):
+    return rng.standard_t(3, size=shape).astype(np.float32)
+
+
+@pytest.mark.parametrize("fmt", ["mxfp8_e4m3", "mxfp4", "nvfp4"])
+@pytest.mark.parametrize("rule", [None, "ceil"])
+def test_block_scales_never_overflow(fmt, rule):
+    """Finite input -> finite output for every block, at any magnitude (scales follow the data);
+    every block's scaled values stay within the element format's max."""
+    rng = np.random.default_rng(3)
+    elem, block, kind = P.BLOCK_FORMATS[fmt]
+    emax = P.finfo(elem).max
+    x = heavy(rng, (6, 4 * block + 5))  # a ragged last block
+    x[0] *= 1e30
+    x[1] *= 1e-30
+    x[2, :block] = 0.0  # an all-zero block
+    x[3] *= 60000.0
+    enc = P.encode(x, fmt, scale_rule=rule)
+    q = P.decode(enc)
+    assert q.shape == x.shape and np.all(np.isfinite(q))
+    assert same(q, P.quantize(x, fmt, scale_rule=rule))
+    S = enc.block_scale_values()
+    assert np.all(np.isfinite(S)) and np.all(S >= 0)
+    elems = P.decode(enc.codes, elem)
+    assert np.all(np.abs(elems) <= emax)
+    # dequantized = element value x block scale, exactly
+    recon = (elems.astype(np.float64) * S[..., None]).astype(np.float32)
+    assert same(recon.reshape(6, -1)[:, : x.shape[1]], q)
+    if kind == "e8m0":
+        m, _ = np.frexp(S)
+        assert np.all(m == 0.5), "every MX scale is a power of two"
+    else:
+        assert np.all(P.decode(enc.scales, "fp8_e4m3") <= 448)
+    if rule == "ceil":  # no element is clipped: |x| / scale <= element max (float32 slack)
+        xb = P._blockify(x, block, "t").astype(np.float64)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = np.where(S[..., None] > 0, np.abs(xb) / S[..., None], 0)
+        assert np.all(ratio <= emax * (1 + 1e-6))
+
+
+def test_mx_floor_rule_saturates_blocks_with_large_max_mantissa():
+    """Floor scaling puts amax/X in [4, 8) for fp4: a block max of mantissa > 1.5 (e.g. 7·2^k)
+    saturates to 6·X, and 'ceil' avoids it."""
+    rng = np.random.default_rng(4)
+    x = rng.uniform(-1, 1, (8, 32)).astype(np.float32)
+    x[:, 0] = 1.875 * 2.0 ** np.arange(8)  # mantissa 1.875 > 1.5
+    enc = P.encode(x, "mxfp4")
+    X = enc.block_scale_values()[:, 0]
+    assert np.all(np.abs(P.decode(enc)[:, 0]) == 6 * X)  # saturated
+    assert np.all(np.abs(P.quantize(x, "mxfp4", scale_rule="ceil")[:, 0] - x[:, 0]) <= 0.25 * x[:, 0])
+    # a block max with mantissa <= 1.5 does not saturate
+    y = x.copy()
+    y[:, 0] = 1.5 * 2.0 ** np.arange(8)
+    assert np.array_equal(P.quantize(y, "mxfp4")[:, 0], y[:, 0])
+
+
+@pytest.mark.parametrize("dist", ["gauss", "student_t"])
+def test_rmse_orders_nvfp4_mxfp4_per_tensor_fp4(dist):
+    rng = np.random.default_rng(5)
+    x = (rng.standard_normal((64, 256)) if dist == "gauss" else rng.standard_t(3, (64, 256)))
+    x = x.astype(np.float32)
+    rmse = {f: np.sqrt(np.mean((P.quantize(x, f) - x) ** 2)) for f in ["nvfp4", "mxfp4"]}
+    rmse["tensor_fp4"] = np.sqrt(np.mean((P.scaled_quantize(x, "fp4_e2m1") - x) ** 2))
+    assert rmse["nvfp4"] < rmse["mxfp4"] < rmse["tensor_fp4"]
+
+
+@pytest.mark.parametrize("fmt", ["mxfp8_e4m3", "mxfp4", "nvfp4"])
+def test_block_stochastic_rounding_is_unbiased_given_the_scales(fmt):
+    """Scales depend only on amax, so with the block max pinned, the mean of SR draws -> x."""
+    rng = np.random.default_rng(6)
+    elem, block, _ = P.BLOCK_FORMATS[fmt]
+    x = rng.uniform(-1, 1, (1, block)).astype(np.float32)
+    x[0, 0] = 1.0
+    N = 4000
+    draws = P.quantize(np.broadcast_to(x, (N, block)), fmt, "stochastic", rng).astype(np.float64)
+    S = P.encode(x, fmt).block_scale_values()[0, 0]
+    gap = P.ulp(x[0] / S, elem) * S  # the two neighbours are this far apart
+    assert np.all(np.abs(draws.mean(0) - x[0]) <= 5 * gap * 0.5 / np.sqrt(N))
