@@ -187,14 +187,15 @@ class Optimizer:
         g = {"params": _named(group["params"], "param group"), **g}
         if not g["params"]:
             return
-        taken = {n: p for grp in self.param_groups for n, p in grp["params"].items()}
+        taken = {n for grp in self.param_groups for n in grp["params"]}
+        by_id = {id(p): n for grp in self.param_groups for n, p in grp["params"].items()}
         for n, p in g["params"].items():
             if n in taken:
                 raise ValueError(f"parameter {n!r} appears in more than one group")
-            for m, q in taken.items():
-                if q is p:
-                    raise ValueError(f"parameters {n!r} and {m!r} are the same array (tied weights "
-                                     f"must be passed once)")
+            if id(p) in by_id:
+                raise ValueError(f"parameters {n!r} and {by_id[id(p)]!r} are the same array "
+                                 f"(tied weights must be passed once)")
+            by_id[id(p)] = n
         self._check_group(g)
         self.param_groups.append(g)
 
