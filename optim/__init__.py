@@ -13,3 +13,4 @@ from . import prox
 from .prox import FISTA, ISTA
 from . import sampling, schedules
 from .schedules import LRScheduler, clip_grad_norm_
+from . import zo  # registers zo-sgd, mezo, lozo
