@@ -447,6 +447,8 @@ class Stack(Function):
 def _as_array(data, dtype=None) -> np.ndarray:
     if isinstance(data, Tensor):
         data = data.data
+    if isinstance(data, np.generic):  # NumPy scalars (what ufuncs return for 0-d) keep their dtype
+        data = np.asarray(data)
     if isinstance(data, np.ndarray):
         return data if dtype is None else data.astype(dtype, copy=False)
     arr = np.asarray(data, dtype=dtype)
