@@ -25,6 +25,7 @@ import numpy as np
 
 _state = {"grad_enabled": True, "anomaly": False}
 _saved_listeners: list[Callable[[str, "Context", tuple], None]] = []
+_op_listeners: list[Callable[[str, "Context", Any], None]] = []
 
 
 # ---------------------------------------------------------------- modes
@@ -86,6 +87,17 @@ def add_saved_listener(fn: Callable[[str, "Context", tuple], None]) -> None:
 
 def remove_saved_listener(fn) -> None:
     _saved_listeners.remove(fn)
+
+
+def add_op_listener(fn: Callable[[str, "Context", Any], None]) -> None:
+    """Call `fn("forward", ctx, out)` after every op's forward (ctx.inputs still set, even under
+    no_grad) and `fn("backward", ctx, in_grads)` after every op's backward. Used by
+    `minigrad.memory.count_flops`; keep listeners cheap."""
+    _op_listeners.append(fn)
+
+
+def remove_op_listener(fn) -> None:
+    _op_listeners.remove(fn)
 
 
 def saved_nbytes(objs) -> int:
@@ -153,6 +165,8 @@ class Function:
         out = cls.forward(ctx, *(t.data for t in tensors), **options)
         if _state["anomaly"]:
             _check_finite(out, cls.__name__, "forward", tensors)
+        for fn in _op_listeners:
+            fn("forward", ctx, out)
         result = Tensor(out, requires_grad=requires)
         if requires:
             result._ctx = ctx
@@ -215,6 +229,8 @@ def backward(root, grad: np.ndarray, retain_graph: bool = False) -> None:
         in_grads = ctx.fn.backward(ctx, g)
         if not isinstance(in_grads, tuple):
             in_grads = (in_grads,)
+        for fn in _op_listeners:
+            fn("backward", ctx, in_grads)
         for inp, ig in zip(ctx.inputs, in_grads):
             if ig is None or not inp.requires_grad:
                 continue
