@@ -11,6 +11,7 @@ import math
 
 import numpy as np
 
+from . import amp
 from .autograd import Function
 from .tensor import Tensor, unbroadcast
 
@@ -42,13 +43,19 @@ class Linear(Function):
                 f"linear: input has {x.shape[-1]} features (shape {x.shape}) but weight "
                 f"{w.shape} expects {w.shape[1]}; weight is (out_features, in_features)"
             )
+        ctx.amp = amp.current_policy()  # mixed precision (minigrad.amp.autocast); None = float32
+        if ctx.amp is not None:  # round x and W to the compute format; the product accumulates in fp32
+            x, w = amp.cast_inputs(ctx.amp, x, w)
         ctx.save_for_backward(x, w)
         y = x @ w.T
-        return y if b is None else y + b
+        y = y if b is None else y + b
+        return y if ctx.amp is None else amp.cast_output(ctx.amp, y)
 
     @staticmethod
     def backward(ctx, g):
         x, w = ctx.saved
+        if ctx.amp is not None:  # the incoming gradient is stored in the gradient format
+            g = amp.cast_grad(ctx.amp, g)
         gx = g @ w  # y = x @ W^T  =>  dx = g @ W
         g2 = g.reshape(-1, g.shape[-1])
         gw = g2.T @ x.reshape(-1, x.shape[-1])  # dW = g^T @ x, summed over all rows

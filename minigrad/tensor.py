@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import autograd
+from . import amp, autograd
 from .autograd import Function
 
 
@@ -146,12 +146,17 @@ class MatMul(Function):
                 f"{a.shape[-1]} (last dim of a) != {b.shape[-2 if b.ndim > 1 else 0]} "
                 "(second-to-last dim of b); transpose one operand"
             )
+        ctx.amp = amp.current_policy()  # mixed precision (minigrad.amp.autocast); None = float32
+        if ctx.amp is not None:  # round both operands to the compute format; accumulate in fp32
+            a, b = amp.cast_inputs(ctx.amp, a, b, b_is_weight=False)
         ctx.save_for_backward(a, b)
-        return a @ b
+        return a @ b if ctx.amp is None else amp.cast_output(ctx.amp, a @ b)
 
     @staticmethod
     def backward(ctx, g):
         a, b = ctx.saved
+        if ctx.amp is not None:  # the incoming gradient is stored in the gradient format
+            g = amp.cast_grad(ctx.amp, g)
         a2 = a[None, :] if a.ndim == 1 else a  # promote 1-D operands as forward did
         b2 = b[:, None] if b.ndim == 1 else b
         g2 = g.reshape(np.broadcast_shapes(a2.shape[:-2], b2.shape[:-2]) + (a2.shape[-2], b2.shape[-1]))

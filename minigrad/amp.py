@@ -1,0 +1,451 @@
+"""Mixed-precision training, emulated: compute policy, FP32 master weights, loss scaling.
+
+Reference: Micikevicius et al., "Mixed Precision Training", ICLR 2018 (master weights, loss
+scaling, FP32 accumulation); Micikevicius et al. 2022, "FP8 Formats for Deep Learning" (E4M3
+forward, E5M2 backward, per-tensor scaling); PyTorch's ``torch.amp.GradScaler`` for the dynamic
+scaler's defaults. Course: lecture 6 (slides 13_mixed).
+
+Every value still lives in a float32 array; "fp16" means "a float32 array whose values fp16 can
+hold" (see `minigrad.precision`). That is enough to reproduce every failure the lecture shows:
+
+* underflow -- gradients below 2^-24 become 0 in fp16 (fixed by loss scaling);
+* update stagnation -- w + Δw == w in fp16 when |Δw| < ulp(w)/2 (fixed by fp32 master weights);
+* overflow -- scaled gradients past 65504 become inf (the dynamic scaler skips the step).
+
+The three pieces
+----------------
+1. ``Policy`` + ``autocast(policy)``: inside the context, ``F.linear`` and ``@`` (MatMul) round their
+   inputs to ``policy.compute`` (the weight operand of linear to ``policy.weight``), multiply in
+   float32 (= FP32 accumulation), and round the output to ``policy.compute`` if
+   ``policy.round_output``; their backward rounds the incoming gradient to ``policy.grad``. The
+   activations they save for backward are therefore their compute-format inputs. Every other op
+   (softmax, layer norm, GELU, the loss, attention) runs in float32, as torch.autocast keeps
+   reductions and normalisations in fp32. The policy is recorded per op at forward time, so a
+   backward called after the ``with`` block still uses it.
+2. ``LossScaler`` (static) and ``DynamicLossScaler``: multiply the loss by S before backward,
+   divide the gradients by S after; the dynamic one halves S and skips the step on inf/NaN and
+   doubles S after ``growth_interval`` clean steps.
+3. ``MixedPrecisionOptimizer(opt, ...)``: wraps any optimizer from ``optim`` (built on the model's
+   arrays as usual). It keeps FP32 master copies, points the optimizer at them, and writes the
+   low-precision copy back into the model's arrays after each step; without master weights the
+   optimizer updates the model's arrays, which are rounded to the low format after every step.
+
+Typical loop::
+
+    model_params = {n: p.data for n, p in model.named_parameters()}
+    opt = optim.create("adamw", model_params, lr=1e-3)
+    mp = amp.MixedPrecisionOptimizer(opt, param_format="fp16", scaler=amp.DynamicLossScaler())
+    policy = amp.Policy.preset("fp16")
+    for step in range(n):
+        model.zero_grad()
+        with amp.autocast(policy):
+            _, loss = model(x, y)
+        mp.backward(loss)                     # loss.backward(grad = S)
+        mp.step({n: p.grad for n, p in model.named_parameters()})   # unscale, check, update
+
+The hook in the core is two short blocks in ``functional.Linear`` and ``tensor.MatMul`` that call
+`cast_inputs`/`cast_output`/`cast_grad` only when ``ctx.amp`` (the policy at forward time) is set;
+with no autocast active they cost one attribute lookup.
+"""
+from __future__ import annotations
+
+import math
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import precision as P
+
+__all__ = [
+    "Policy", "autocast", "current_policy", "cast_inputs", "cast_output", "cast_grad", "grad_stats",
+    "LossScaler", "DynamicLossScaler", "MixedPrecisionOptimizer", "underflow_fraction",
+]
+
+
+# ----------------------------------------------------------------------------------------------
+# Policy and autocast
+# ----------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Policy:
+    """What precision the matmuls of a forward/backward pass use.
+
+    compute: format of matmul/linear inputs (activations) and of saved activations.
+    weight: format of linear's weight operand (default: `compute`).
+    grad: format of the gradient entering a matmul's backward (default: `compute`).
+    round_output: round matmul outputs to `compute` (they are accumulated in float32 first).
+    scaling: "none", or "tensor" for the FP8 recipe -- each operand is scaled by max_fmt/amax
+             before the cast and unscaled after (current scaling; Transformer Engine's default
+             'delayed scaling' uses an amax history instead). Block formats carry their own scales.
+    """
+
+    compute: str = "fp32"
+    weight: str | None = None
+    grad: str | None = None
+    round_output: bool = True
+    scaling: str = "none"
+    name: str = ""
+
+    def __post_init__(self):
+        for f in (self.compute, self.weight, self.grad):
+            if f is not None and f not in P.ALL_FORMATS:
+                raise ValueError(f"Policy: unknown format {f!r}; choose one of {list(P.ALL_FORMATS)}")
+        if self.scaling not in ("none", "tensor"):
+            raise ValueError(f"Policy: scaling must be 'none' or 'tensor', got {self.scaling!r}")
+
+    @property
+    def weight_fmt(self) -> str:
+        return self.weight or self.compute
+
+    @property
+    def grad_fmt(self) -> str:
+        return self.grad or self.compute
+
+    @staticmethod
+    def preset(name: str) -> "Policy":
+        """fp32 | fp16 | bf16 | fp8 (E4M3 forward, E5M2 gradients, per-tensor scaling) | mxfp8 |
+        nvfp4 (NVFP4 matmul inputs and weights, bf16 gradients)."""
+        presets = {
+            "fp32": Policy("fp32", round_output=False, name="fp32"),
+            "fp16": Policy("fp16", name="fp16"),
+            "bf16": Policy("bf16", name="bf16"),
+            "fp8": Policy("fp8_e4m3", grad="fp8_e5m2", round_output=False, scaling="tensor",
+                          name="fp8"),
+            "mxfp8": Policy("mxfp8_e4m3", grad="bf16", round_output=False, name="mxfp8"),
+            "nvfp4": Policy("nvfp4", grad="bf16", round_output=False, name="nvfp4"),
+        }
+        if name not in presets:
+            raise ValueError(f"Policy.preset: unknown {name!r}; choose one of {list(presets)}")
+        return presets[name]
+
+
+_local = threading.local()
+
+
+def current_policy() -> Policy | None:
+    """The innermost active autocast policy, or None (full float32)."""
+    stack = getattr(_local, "stack", None)
+    return stack[-1] if stack else None
+
+
+@contextmanager
+def autocast(policy: Policy | str | None):
+    """Run linear / matmul under `policy` (a Policy or a preset name; None turns autocast off)."""
+    if isinstance(policy, str):
+        policy = Policy.preset(policy)
+    if policy is not None and not isinstance(policy, Policy):
+        raise TypeError(f"autocast: expected a Policy, a preset name or None, got {type(policy).__name__}")
+    if not hasattr(_local, "stack"):
+        _local.stack = []
+    _local.stack.append(policy)
+    try:
+        yield policy
+    finally:
+        _local.stack.pop()
+
+
+def _cast(x: np.ndarray, fmt: str, scaling: str) -> np.ndarray:
+    if fmt == "fp32" and x.dtype == np.float32:
+        return x
+    if scaling == "tensor" and fmt in P.FORMATS and fmt != "fp32":
+        return P.scaled_quantize(x, fmt)
+    return P.quantize(x, fmt)
+
+
+def cast_inputs(policy: Policy, a: np.ndarray, b: np.ndarray, b_is_weight: bool = True):
+    """Round matmul operands: `a` to policy.compute, `b` to policy.weight (or compute)."""
+    fb = policy.weight_fmt if b_is_weight else policy.compute
+    return _cast(a, policy.compute, policy.scaling), _cast(b, fb, policy.scaling)
+
+
+def cast_output(policy: Policy, y: np.ndarray) -> np.ndarray:
+    """Round a float32-accumulated matmul result to the compute format (if the policy says so)."""
+    if not policy.round_output or policy.compute not in P.FORMATS:
+        return y
+    return _cast(y, policy.compute, "none")
+
+
+class _GradStats:
+    """Counts, over all gradients rounded by `cast_grad`, how many nonzero values became 0."""
+
+    def __init__(self):
+        self.reset()
+
+    def reset(self):
+        self.total = 0
+        self.nonzero = 0
+        self.underflow = 0
+        self.nonfinite = 0
+
+    @property
+    def underflow_fraction(self) -> float:
+        return self.underflow / self.nonzero if self.nonzero else 0.0
+
+    def __repr__(self):
+        return (f"GradStats(total={self.total}, underflow={self.underflow} "
+                f"({100 * self.underflow_fraction:.3f}% of nonzero), nonfinite={self.nonfinite})")
+
+
+_stats = _GradStats()
+
+
+def grad_stats() -> _GradStats:
+    """Counters of the gradients rounded inside autocast'ed backward passes (call .reset())."""
+    return _stats
+
+
+def cast_grad(policy: Policy, g: np.ndarray) -> np.ndarray:
+    """Round the gradient entering a matmul's backward to policy.grad; count underflows."""
+    fmt = policy.grad_fmt
+    if fmt == "fp32":
+        return g
+    q = _cast(g, fmt, policy.scaling)
+    nz = g != 0
+    _stats.total += g.size
+    _stats.nonzero += int(nz.sum())
+    _stats.underflow += int((nz & (q == 0)).sum())
+    _stats.nonfinite += int(g.size - np.isfinite(q).sum())
+    return q
+
+
+def underflow_fraction(grads, fmt: str = "fp16") -> float:
+    """Fraction of the nonzero values in `grads` (dict or array) that `fmt` rounds to 0."""
+    arrs = grads.values() if isinstance(grads, dict) else [grads]
+    nz = under = 0
+    for g in arrs:
+        if g is None:
+            continue
+        m = g != 0
+        nz += int(m.sum())
+        under += int((m & (P.quantize(g, fmt) == 0)).sum())
+    return under / nz if nz else 0.0
+
+
+# ----------------------------------------------------------------------------------------------
+# Loss scaling
+# ----------------------------------------------------------------------------------------------
+class LossScaler:
+    """Static loss scaling: backpropagate S·loss, divide the gradients by S.
+
+    A step whose unscaled gradients contain inf/NaN is still skipped (parameters unchanged) and
+    counted in `skipped_steps`; S itself never changes.
+    """
+
+    def __init__(self, scale: float = 1.0):
+        if not (scale > 0 and math.isfinite(scale)):
+            raise ValueError(f"LossScaler: scale must be a finite number > 0, got {scale!r}")
+        self.scale = float(scale)
+        self.skipped_steps = 0
+        self.steps = 0
+
+    def backward(self, loss, retain_graph: bool = False):
+        """loss.backward with upstream gradient S (a minigrad Tensor with a scalar loss)."""
+        loss.backward(np.full(loss.shape, self.scale, dtype=loss.dtype), retain_graph=retain_graph)
+
+    def unscale(self, grads: dict) -> tuple[dict, bool]:
+        """(grads / S in float32, all finite?)."""
+        inv = np.float32(1.0 / self.scale)
+        out, finite = {}, True
+        for n, g in grads.items():
+            if g is None:
+                out[n] = None
+                continue
+            u = (g.astype(np.float32) * inv).astype(np.float32)
+            finite = finite and bool(np.isfinite(u).all())
+            out[n] = u
+        return out, finite
+
+    def update(self, found_inf: bool) -> None:
+        self.steps += 1
+        if found_inf:
+            self.skipped_steps += 1
+
+    def state_dict(self):
+        return {"scale": self.scale, "skipped_steps": self.skipped_steps, "steps": self.steps}
+
+    def load_state_dict(self, sd):
+        self.scale = float(sd["scale"])
+        self.skipped_steps = int(sd["skipped_steps"])
+        self.steps = int(sd["steps"])
+
+
+class DynamicLossScaler(LossScaler):
+    """Dynamic loss scaling (Micikevicius et al. 2018, §3.2; torch GradScaler defaults [doc]).
+
+    On a step with inf/NaN gradients: skip it and S <- S·backoff_factor. After `growth_interval`
+    consecutive finite steps: S <- S·growth_factor. S stays within [min_scale, max_scale].
+    """
+
+    def __init__(self, init_scale: float = 2.0 ** 16, growth_factor: float = 2.0,
+                 backoff_factor: float = 0.5, growth_interval: int = 2000,
+                 min_scale: float = 2.0 ** -24, max_scale: float = 2.0 ** 64):
+        super().__init__(init_scale)
+        if not growth_factor > 1 or not 0 < backoff_factor < 1:
+            raise ValueError(f"DynamicLossScaler: need growth_factor > 1 and 0 < backoff_factor < 1, "
+                             f"got {growth_factor}, {backoff_factor}")
+        if int(growth_interval) < 1:
+            raise ValueError(f"DynamicLossScaler: growth_interval must be >= 1, got {growth_interval}")
+        self.growth_factor = float(growth_factor)
+        self.backoff_factor = float(backoff_factor)
+        self.growth_interval = int(growth_interval)
+        self.min_scale, self.max_scale = float(min_scale), float(max_scale)
+        self.good_steps = 0
+
+    def update(self, found_inf: bool) -> None:
+        super().update(found_inf)
+        if found_inf:
+            self.scale = max(self.scale * self.backoff_factor, self.min_scale)
+            self.good_steps = 0
+        else:
+            self.good_steps += 1
+            if self.good_steps >= self.growth_interval:
+                self.scale = min(self.scale * self.growth_factor, self.max_scale)
+                self.good_steps = 0
+
+    def state_dict(self):
+        return {**super().state_dict(), "good_steps": self.good_steps}
+
+    def load_state_dict(self, sd):
+        super().load_state_dict(sd)
+        self.good_steps = int(sd["good_steps"])
+
+
+# ----------------------------------------------------------------------------------------------
+# Master weights around any optimizer
+# ----------------------------------------------------------------------------------------------
+class MixedPrecisionOptimizer:
+    """Low-precision model weights, optional FP32 masters, loss scaling, around any `optim` optimizer.
+
+    optimizer: an `optim.Optimizer` built on the model's arrays (before its first step).
+    param_format: the format the model's weights are stored in ("fp16", "bf16", "nvfp4", ...).
+    master_weights: keep FP32 masters (the optimizer updates them; the model gets a rounded copy).
+        Without masters the optimizer updates the model's arrays directly and they are rounded
+        back to `param_format` after every step -- tiny updates are lost (update stagnation).
+    grad_format: the format the model's parameter gradients arrive in (default: param_format for
+        fp16/bf16, else fp32). Gradients are rounded to it before unscaling, which is where an
+        unscaled fp16 gradient underflows; `last_underflow` reports the fraction that did.
+    scaler: a `LossScaler` / `DynamicLossScaler` (default: a static scaler with S = 1).
+    keep_fp32: names (or a predicate name, array -> bool) of parameters left in float32; by
+        default, for block formats, every parameter with ndim < 2 (biases, norm gains).
+    rounding: "nearest" or "stochastic" rounding of the model's weights (rng: seed or Generator).
+
+    Counters: `skipped_steps`, `steps`, `last_underflow`, `underflow_history`.
+    Optimizer state stays FP32 in both modes (the lecture's point is the weight update itself).
+    """
+
+    def __init__(self, optimizer, param_format: str = "fp16", master_weights: bool = True,
+                 grad_format: str | None = None, scaler: LossScaler | None = None,
+                 keep_fp32=None, rounding: str = "nearest", rng=None):
+        if param_format not in P.ALL_FORMATS:
+            raise ValueError(f"MixedPrecisionOptimizer: unknown param_format {param_format!r}; "
+                             f"choose one of {list(P.ALL_FORMATS)}")
+        if not hasattr(optimizer, "param_groups") or not hasattr(optimizer, "step"):
+            raise TypeError("MixedPrecisionOptimizer wraps an optim.Optimizer instance "
+                            f"(got {type(optimizer).__name__})")
+        if getattr(optimizer, "state", None):
+            raise ValueError("MixedPrecisionOptimizer: wrap the optimizer before its first step "
+                             "(its state already refers to the old parameter arrays)")
+        if grad_format is None:
+            grad_format = param_format if param_format in ("fp16", "bf16") else "fp32"
+        self.optimizer = optimizer
+        self.param_format = param_format
+        self.grad_format = grad_format
+        self.master_weights = bool(master_weights)
+        self.scaler = scaler if scaler is not None else LossScaler(1.0)
+        self.rounding = rounding
+        self.rng = np.random.default_rng(rng) if rounding == "stochastic" else None
+        self.model_params = {n: p for g in optimizer.param_groups for n, p in g["params"].items()}
+        for n, p in self.model_params.items():
+            if p.dtype != np.float32:
+                raise TypeError(f"MixedPrecisionOptimizer: parameter {n!r} is {p.dtype}; the "
+                                f"emulation keeps low-precision values in float32 arrays")
+        if keep_fp32 is None:
+            keep = (lambda n, p: p.ndim < 2) if param_format in P.BLOCK_FORMATS else (lambda n, p: False)
+        elif callable(keep_fp32):
+            keep = keep_fp32
+        else:
+            names = set(keep_fp32)
+            keep = lambda n, p: n in names  # noqa: E731
+        self.low = {n for n, p in self.model_params.items() if not keep(n, p)}
+        self.masters = {}
+        if self.master_weights:
+            for g in optimizer.param_groups:
+                for n in list(g["params"]):
+                    m = g["params"][n].astype(np.float32, copy=True)
+                    self.masters[n] = m
+                    g["params"][n] = m  # the optimizer now updates the fp32 master
+        self.steps = 0
+        self.skipped_steps = 0
+        self.last_underflow = 0.0
+        self.underflow_history: list[float] = []
+        self._write_model()
+
+    # -- helpers ------------------------------------------------------------------------
+    def _round(self, a: np.ndarray) -> np.ndarray:
+        return P.quantize(a, self.param_format, self.rounding, self.rng)
+
+    def _write_model(self):
+        """Model arrays <- param_format(master) (or <- param_format(themselves) without masters)."""
+        for n, p in self.model_params.items():
+            src = self.masters[n] if self.master_weights else p
+            if n in self.low:
+                p[...] = self._round(src)
+            elif self.master_weights:
+                p[...] = src
+
+    def backward(self, loss, retain_graph: bool = False):
+        """loss.backward() with the loss scaled by the scaler's S."""
+        self.scaler.backward(loss, retain_graph=retain_graph)
+
+    @property
+    def loss_scale(self) -> float:
+        return self.scaler.scale
+
+    # -- the step -----------------------------------------------------------------------
+    def step(self, grads: dict) -> bool:
+        """Round scaled grads to grad_format, unscale, skip on inf/NaN, else update. True if updated."""
+        unknown = [n for n in grads if n not in self.model_params]
+        if unknown:
+            raise ValueError(f"MixedPrecisionOptimizer.step: gradients for unknown parameters {unknown}")
+        stored, nz, under = {}, 0, 0
+        for n, g in grads.items():
+            if g is None:
+                stored[n] = None
+                continue
+            g32 = np.asarray(g, dtype=np.float32)
+            q = P.quantize(g32, self.grad_format) if self.grad_format != "fp32" else g32
+            m = g32 != 0
+            nz += int(m.sum())
+            under += int((m & (q == 0)).sum())
+            stored[n] = q
+        self.last_underflow = under / nz if nz else 0.0
+        self.underflow_history.append(self.last_underflow)
+        unscaled, finite = self.scaler.unscale(stored)
+        self.scaler.update(not finite)
+        self.steps += 1
+        if not finite:
+            self.skipped_steps += 1
+            return False  # parameters (masters and model copies) untouched
+        self.optimizer.step(unscaled)
+        self._write_model()
+        return True
+
+    def state_dict(self):
+        return {"optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
+                "masters": {n: m.copy() for n, m in self.masters.items()},
+                "steps": self.steps, "skipped_steps": self.skipped_steps}
+
+    def load_state_dict(self, sd):
+        self.optimizer.load_state_dict(sd["optimizer"])
+        self.scaler.load_state_dict(sd["scaler"])
+        for n, m in sd["masters"].items():
+            self.masters[n][...] = m
+        self.steps, self.skipped_steps = int(sd["steps"]), int(sd["skipped_steps"])
+        self._write_model()
+
+    def __repr__(self):
+        return (f"MixedPrecisionOptimizer({type(self.optimizer).__name__}, param_format="
+                f"{self.param_format!r}, master_weights={self.master_weights}, grad_format="
+                f"{self.grad_format!r}, scale={self.scaler.scale:g}, skipped={self.skipped_steps})")
+
