@@ -131,8 +131,9 @@ class GroupLasso(Prox):
         return self.lam * float(self._norms(x).sum())
 
     def prox(self, z, eta=1.0):
-        n = self._norms(z)
-        scale = np.maximum(1.0 - eta * self.lam / np.maximum(n, np.finfo(np.float64).tiny), 0.0)
+        n, t = self._norms(z), eta * self.lam
+        with np.errstate(divide="ignore", invalid="ignore"):
+            scale = np.where(n > t, 1.0 - t / n, 0.0)
         return z * scale
 
     def conjugate(self):
