@@ -1,0 +1,118 @@
+"""LR schedules (shape, use with any optimizer), clipping by global norm, SGD samplers."""
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import optim
+from optim import schedules
+from optim.sampling import ImportanceSampling, RandomReshuffling, WithReplacement, make_sampler
+
+
+def lrs(name, n, base=0.1, **kw):
+    p = {"x": np.zeros(2)}
+    opt = optim.SGD(p, lr=base)
+    s = schedules.create(name, opt, **kw)
+    out = []
+    for _ in range(n):
+        out.append(opt.param_groups[0]["lr"])
+        s.step()
+    return np.array(out)
+
+
+def test_cosine_with_warmup():
+    lr = lrs("cosine", 110, total_steps=100, warmup_steps=10, min_ratio=0.1)
+    np.testing.assert_allclose(lr[:10], 0.1 * np.arange(1, 11) / 10)
+    assert lr[10] == pytest.approx(0.1)
+    assert lr[55] == pytest.approx(0.1 * (0.1 + 0.9 * 0.5))      # halfway through the decay
+    np.testing.assert_allclose(lr[100:], 0.01)
+    assert np.all(np.diff(lr[10:]) <= 1e-15)
+
+
+def test_wsd_linear_step_constant():
+    lr = lrs("wsd", 100, total_steps=100, warmup_steps=5, decay_frac=0.2, min_ratio=0.0)
+    assert np.all(lr[5:80] == 0.1) and lr[80] == pytest.approx(0.1) and lr[99] == pytest.approx(0.1 / 20)
+    lr = lrs("linear", 11, total_steps=10, end_ratio=0.5)
+    np.testing.assert_allclose(lr, 0.1 * np.r_[np.linspace(1, 0.5, 11)[:10], 0.5])
+    lr = lrs("step", 7, step_size=3, gamma=0.5)
+    np.testing.assert_allclose(lr, 0.1 * 0.5 ** np.array([0, 0, 0, 1, 1, 1, 2]))
+    assert np.all(lrs("constant", 5) == 0.1)
+    with pytest.raises(ValueError, match="unknown schedule"):
+        schedules.create("nope", optim.SGD({"x": np.zeros(1)}))
+
+
+def test_scheduler_scales_every_group_and_drives_any_optimizer():
+    p = optim.param_groups_no_decay({"w": np.ones((2, 2)), "b": np.ones(2)}, 0.1, lr=1.0)
+    p[1]["lr"] = 0.5
+    for name in ("adamw", "rmsprop", "heavyball", "fista"):
+        opt = optim.create(name, [dict(g) for g in p])
+        s = schedules.create("step", opt, step_size=1, gamma=0.5)
+        s.step()
+        s.step()
+        assert s.get_last_lr() == [0.25, 0.125]
+
+
+@given(seed=st.integers(0, 1000), max_norm=st.floats(0.01, 10))
+def test_clip_grad_norm(seed, max_norm):
+    rng = np.random.default_rng(seed)
+    g = {"a": rng.standard_normal((3, 4)).astype(np.float32), "b": rng.standard_normal(5),
+         "c": None}
+    orig = {k: v.copy() for k, v in g.items() if v is not None}
+    total = schedules.clip_grad_norm_(g, max_norm)
+    expect = math.sqrt(sum(float(np.sum(v.astype(np.float64) ** 2)) for v in orig.values()))
+    assert total == pytest.approx(expect, rel=1e-12)
+    new = schedules.global_grad_norm(g)
+    assert new == pytest.approx(min(expect, max_norm), rel=1e-5)
+    coef = new / expect
+    for k in orig:                                   # direction kept, dtype kept
+        np.testing.assert_allclose(g[k], orig[k] * coef, rtol=1e-5)
+        assert g[k].dtype == orig[k].dtype
+
+
+def test_clip_nonfinite():
+    g = {"a": np.array([1.0, np.nan])}
+    assert math.isnan(schedules.clip_grad_norm_(g, 1.0))
+    with pytest.raises(FloatingPointError, match="'a'"):
+        schedules.clip_grad_norm_(g, 1.0, error_if_nonfinite=True)
+
+
+def test_random_reshuffling_visits_each_index_once_per_epoch():
+    s = RandomReshuffling(10, batch_size=4, seed=0)
+    for _ in range(3):
+        idx = np.concatenate([s.next()[0] for _ in range(3)])   # 4 + 4 + 2
+        assert sorted(idx) == list(range(10))
+
+
+def test_with_replacement_is_uniform():
+    s = WithReplacement(5, batch_size=20000, seed=1)
+    idx, w = s.next()
+    assert np.all(w == 1)
+    np.testing.assert_allclose(np.bincount(idx, minlength=5) / 20000, 0.2, atol=0.015)
+
+
+def test_importance_sampling_weights_make_the_estimate_unbiased():
+    rng = np.random.default_rng(0)
+    n = 7
+    grads = rng.standard_normal((n, 3))
+    s = ImportanceSampling(rng.uniform(0.1, 2.0, n), batch_size=1)
+    # exact expectation over the sampling distribution: sum_i p_i w_i grad_i = mean_i grad_i
+    w = 1.0 / (n * s.p)
+    np.testing.assert_allclose((s.p * w) @ grads, grads.mean(0), rtol=1e-12)
+    # and the sampler returns exactly those weights, at the right frequencies
+    s = ImportanceSampling(s.p, batch_size=40000, seed=2)
+    idx, ws = s.next()
+    np.testing.assert_allclose(ws, w[idx])
+    np.testing.assert_allclose(np.bincount(idx, minlength=n) / 40000, s.p, atol=0.01)
+
+
+def test_sampler_state_round_trip():
+    for kind in ("replacement", "reshuffle", "importance"):
+        a = make_sampler(kind, 9, 2, seed=3, probs=np.arange(1, 10))
+        a.next()
+        sd = optim.unflatten_state_dict(optim.flatten_state_dict(a.state_dict()))
+        rest = [a.next()[0] for _ in range(7)]
+        b = make_sampler(kind, 9, 2, seed=99, probs=np.arange(1, 10))
+        b.load_state_dict(sd)
+        assert all(np.array_equal(x, b.next()[0]) for x in rest)
