@@ -1,0 +1,130 @@
+"""Hypothesis strategies for the autodiff core's tests.
+
+What the gradient tests need, and why (see /work/shared/STYLE.md, "Numerical traps"):
+
+- small shapes (finite differences cost two forwards per element), including 0-d and size-1 axes;
+- mutually broadcastable shapes, so every binary op's backward must undo broadcasting;
+- float64 values (finite differences in float32 are dominated by rounding);
+- values kept off kinks and domain edges: relu/abs at 0, log/sqrt near 0, clip bounds, and
+  max/min ties, where the derivative jumps and a central difference straddles two slopes;
+- non-contiguous arrays (a drawn axis permutation, and optionally a step-2 slice), so that an op
+  which silently assumes C order (e.g. `reshape(-1)` expected to be a view) is caught.
+
+Element values come from hypothesis itself (`fill=st.nothing()`: every element drawn, so arrays
+are not mostly one repeated value) and shrink to readable counterexamples.
+"""
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+MAX_SIDE = 4
+
+
+# ---------------------------------------------------------------- shapes
+def shapes(min_dims: int = 0, max_dims: int = 3, min_side: int = 1, max_side: int = MAX_SIDE):
+    """Array shapes with `min_dims..max_dims` axes of `min_side..max_side` elements."""
+    return hnp.array_shapes(min_dims=min_dims, max_dims=max_dims, min_side=min_side, max_side=max_side)
+
+
+def broadcastable_shapes(num_shapes: int = 2, min_dims: int = 0, max_dims: int = 3, max_side: int = 3):
+    """`num_shapes` shapes that broadcast together (some axes 1 or missing): a tuple of shapes."""
+    return hnp.mutually_broadcastable_shapes(
+        num_shapes=num_shapes, min_dims=min_dims, max_dims=max_dims, max_side=max_side
+    ).map(lambda bs: bs.input_shapes)
+
+
+@st.composite
+def shape_and_axis(draw, min_dims: int = 1, max_dims: int = 3, max_side: int = MAX_SIDE, multi: bool = True):
+    """(shape, axis) where axis is None, one axis (maybe negative) or, if `multi`, a tuple of axes."""
+    shape = draw(shapes(min_dims=min_dims, max_dims=max_dims, max_side=max_side))
+    nd = len(shape)
+    options = [st.none()] + ([st.integers(-nd, nd - 1)] if nd else [])
+    if multi and nd >= 2:
+        options.append(st.lists(st.integers(0, nd - 1), min_size=1, max_size=nd, unique=True).map(tuple))
+    return shape, draw(st.one_of(*options))
+
+
+# ---------------------------------------------------------------- values
+def _floats(lo: float, hi: float):
+    return st.floats(lo, hi, allow_nan=False, allow_infinity=False, allow_subnormal=False, width=64)
+
+
+def _push_off(x: np.ndarray, kinks, margin: float) -> np.ndarray:
+    """Move every element closer than `margin` to a kink onto the kink +/- margin (its own side)."""
+    for c in kinks:
+        near = np.abs(x - c) < margin
+        x = np.where(near, np.where(x >= c, c + margin, c - margin), x)
+    return x
+
+
+@st.composite
+def arrays(draw, shape, lo: float = -2.0, hi: float = 2.0, kinks=(), margin: float = 0.05,
+           distinct: bool = False, noncontiguous=None):
+    """A float64 array of `shape` with values in [lo, hi] (a shape strategy is drawn first).
+
+    kinks:    points the values must stay `margin` away from (e.g. (0.0,) for relu/abs).
+    distinct: all values at least ~0.4*(hi-lo)/size apart (no max/min ties, no sort ambiguity).
+    noncontiguous: True -> always a strided view, None -> drawn, False -> C-contiguous.
+    """
+    if isinstance(shape, st.SearchStrategy):
+        shape = draw(shape)
+    shape = tuple(shape)
+    n = int(np.prod(shape, dtype=np.int64))
+    if distinct and n > 0:
+        # A drawn order of n evenly spaced slots, each jittered by at most 30% of a slot.
+        order = np.array(draw(st.permutations(range(n))), dtype=np.float64)
+        jitter = np.array(draw(st.lists(_floats(-0.3, 0.3), min_size=n, max_size=n)))
+        width = (hi - lo) / n
+        x = (lo + (order + 0.5 + jitter) * width).reshape(shape)
+    else:
+        x = draw(hnp.arrays(np.float64, shape, elements=_floats(lo, hi), fill=st.nothing()))
+    x = _push_off(np.asarray(x, dtype=np.float64), kinks, margin)
+    if noncontiguous is None:
+        noncontiguous = draw(st.booleans())
+    if noncontiguous:
+        x = draw(as_noncontiguous(x))
+    return x
+
+
+@st.composite
+def as_noncontiguous(draw, x: np.ndarray):
+    """A strided view equal to `x`: stored in a drawn axis order, optionally every 2nd element.
+
+    The result has `x`'s shape and values but (for ndim >= 1) not its C-order layout, and it is
+    writable (gradcheck perturbs it in place) with no two elements sharing memory.
+    """
+    x = np.asarray(x)
+    if x.ndim == 0:
+        return x.copy()
+    perm = draw(st.permutations(range(x.ndim)))
+    step_axis = draw(st.none() | st.integers(0, x.ndim - 1))
+    stored_shape = [x.shape[p] for p in perm]
+    if step_axis is not None:
+        stored_shape[step_axis] *= 2
+    base = np.full(stored_shape, np.nan)  # NaN padding: any read of a gap would show up
+    sl = [slice(None)] * x.ndim
+    if step_axis is not None:
+        sl[step_axis] = slice(None, None, 2)
+    view = base[tuple(sl)]
+    view[...] = x.transpose(perm)
+    out = view.transpose(np.argsort(perm))
+    assert out.shape == x.shape and np.array_equal(out, x)
+    return out
+
+
+def positive_arrays(shape, lo: float = 0.2, hi: float = 3.0, **kw):
+    """Values in [lo, hi] with lo > 0: for log, sqrt, division and pow bases (off the 0 edge)."""
+    return arrays(shape, lo=lo, hi=hi, **kw)
+
+
+def int_indices(size: int, shape, allow_repeats: bool = True):
+    """An integer index array of `shape` into an axis of `size`; repeats allowed (and likely)."""
+    return hnp.arrays(np.int64, shape, elements=st.integers(0, size - 1),
+                      unique=not allow_repeats, fill=st.nothing())
+
+
+def seeds():
+    """A seed for np.random.default_rng: for bulk data (attention inputs, dropout masks)."""
+    return st.integers(0, 2**32 - 1)

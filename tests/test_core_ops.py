@@ -1,0 +1,367 @@
+"""Every Tensor primitive's backward, checked by `minigrad.gradcheck` under hypothesis in float64.
+
+gradcheck compares the tape's vector-Jacobian product for a random covector with central
+differences, element by element, so a backward that forgets its upstream gradient, a transpose,
+or the sum that undoes broadcasting fails here. Inputs are drawn by tests/strategies.py: small
+shapes, broadcastable pairs, values off kinks, and non-contiguous layouts.
+"""
+import numpy as np
+import pytest
+from hypothesis import assume, given, strategies as st
+
+import minigrad as mg
+
+from strategies import (
+    arrays,
+    as_noncontiguous,
+    broadcastable_shapes,
+    int_indices,
+    positive_arrays,
+    shape_and_axis,
+    shapes,
+)
+
+
+def gc(fn, *arrays_):
+    """gradcheck `fn` on fresh float64 leaves; also every grad must have its input's shape."""
+    xs = [mg.Tensor(a, requires_grad=True) for a in arrays_]
+    assert mg.gradcheck(fn, xs)
+    for x in xs:
+        assert x.grad is not None and x.grad.shape == x.shape
+    return xs
+
+
+def _close(t, expected):
+    assert t.shape == np.shape(expected)
+    np.testing.assert_allclose(t.data, expected, rtol=1e-12, atol=1e-12)
+
+
+# ================================================================ binary ops, broadcasting
+BINARY = {
+    "add": (lambda a, b: a + b, np.add),
+    "sub": (lambda a, b: a - b, np.subtract),
+    "mul": (lambda a, b: a * b, np.multiply),
+    "div": (lambda a, b: a / b, np.divide),
+    "pow": (lambda a, b: a**b, np.power),
+}
+
+
+@pytest.mark.parametrize("name", list(BINARY))
+@given(data=st.data())
+def test_binary_ops_broadcast(name, data):
+    sa, sb = data.draw(broadcastable_shapes(2))
+    a = data.draw(positive_arrays(sa) if name == "pow" else arrays(sa))
+    # divisors and exponents away from 0 so the quotient / power is well conditioned
+    b = data.draw(positive_arrays(sb, 0.5, 2.0) if name in ("div", "pow") else arrays(sb))
+    op, ref = BINARY[name]
+    xa, xb = gc(op, a, b)
+    _close(op(xa, xb), ref(a, b))
+
+
+@pytest.mark.parametrize("name", list(BINARY))
+@given(data=st.data())
+def test_binary_ops_with_constants_on_either_side(name, data):
+    """Python scalars, NumPy scalars and plain ndarrays on the left and on the right."""
+    shape = data.draw(shapes())
+    x = data.draw(positive_arrays(shape, 0.5, 2.0))
+    kind = data.draw(st.sampled_from(["float", "int", "np_scalar", "array"]))
+    if kind == "array":
+        c = data.draw(positive_arrays(shape[-1:], 0.5, 2.0))  # broadcasts against x
+    else:
+        c = data.draw(st.floats(0.5, 2.0))
+        c = {"float": c, "int": int(round(c)) or 1, "np_scalar": np.float64(c)}[kind]
+    op, ref = BINARY[name]
+    gc(lambda t: op(t, c), x)
+    gc(lambda t: op(c, t), x)
+    _close(op(mg.Tensor(x), c), ref(x, c))
+    out = op(c, mg.Tensor(x))
+    assert isinstance(out, mg.Tensor)  # ndarray (op) Tensor must reach Tensor's reflected op
+    _close(out, ref(c, x))
+
+
+@given(x=positive_arrays(shapes()), p=st.sampled_from([2, 3, -1, 0.5, 2.5, -1.5, 0]))
+def test_pow_scalar_exponent(x, p):
+    (t,) = gc(lambda a: a**p, x)
+    _close(t**p, x**p)
+
+
+@given(x=arrays(shapes()))
+def test_neg(x):
+    gc(lambda a: -a, x)
+    _close(-mg.Tensor(x), -x)
+
+
+@given(data=st.data())
+def test_maximum_broadcast(data):
+    sa, sb = data.draw(broadcastable_shapes(2))
+    # a on the quarter grid, b on the grid shifted by 1/8: never equal, never within 1/8
+    a = np.round(data.draw(arrays(sa)) * 4) / 4
+    b = np.round(data.draw(arrays(sb)) * 4) / 4 + 0.125
+    gc(mg.maximum, a, b)
+    _close(mg.maximum(mg.Tensor(a), mg.Tensor(b)), np.maximum(a, b))
+
+
+def test_maximum_tie_splits_the_gradient():
+    a, b = mg.Tensor(np.array([1.0, 2.0, 3.0]), requires_grad=True), mg.Tensor(np.array([1.0, 1.0, 4.0]), requires_grad=True)
+    mg.maximum(a, b).backward(np.ones(3))
+    np.testing.assert_array_equal(a.grad, [0.5, 1.0, 0.0])
+    np.testing.assert_array_equal(b.grad, [0.5, 0.0, 1.0])
+
+
+@st.composite
+def matmul_shapes(draw):
+    mode = draw(st.sampled_from(["1d@1d", "1d@nd", "nd@1d", "nd@nd"]))
+    n, k, m = (draw(st.integers(1, 3)) for _ in range(3))
+    ba, bb = draw(broadcastable_shapes(2, max_dims=2, max_side=3))
+    sa = (k,) if mode.startswith("1d") else ba + (n, k)
+    sb = (k,) if mode.endswith("1d") else bb + (k, m)
+    return sa, sb
+
+
+@given(data=st.data())
+def test_matmul(data):
+    sa, sb = data.draw(matmul_shapes())
+    a, b = data.draw(arrays(sa)), data.draw(arrays(sb))
+    xa, xb = gc(lambda u, v: u @ v, a, b)
+    _close(xa @ xb, a @ b)
+    gc(lambda u: u @ b, a)  # ndarray on the right
+    gc(lambda v: a @ v, b)  # ndarray on the left (__rmatmul__)
+
+
+# ================================================================ unary elementwise
+UNARY = {
+    "exp": (np.exp, dict(lo=-2.0, hi=2.0)),
+    "log": (np.log, dict(lo=0.1, hi=3.0)),
+    "sqrt": (np.sqrt, dict(lo=0.1, hi=3.0)),
+    "tanh": (np.tanh, dict(lo=-3.0, hi=3.0)),
+    "sigmoid": (lambda x: 1 / (1 + np.exp(-x)), dict(lo=-6.0, hi=6.0)),
+    "relu": (lambda x: np.maximum(x, 0), dict(kinks=(0.0,))),
+    "abs": (np.abs, dict(kinks=(0.0,))),
+}
+
+
+@pytest.mark.parametrize("name", list(UNARY))
+@given(data=st.data())
+def test_unary(name, data):
+    ref, kw = UNARY[name]
+    x = data.draw(arrays(shapes(), **kw))
+    (t,) = gc(lambda a: getattr(a, name)(), x)
+    out = getattr(t, name)()
+    assert out.shape == x.shape
+    np.testing.assert_allclose(out.data, ref(x), rtol=1e-12, atol=1e-15)
+
+
+@given(data=st.data())
+def test_clip(data):
+    lo = data.draw(st.none() | st.floats(-1.5, 0.0))
+    hi = data.draw(st.none() | st.floats(0.5, 1.5))
+    assume(lo is not None or hi is not None)
+    kinks = tuple(c for c in (lo, hi) if c is not None)
+    x = data.draw(arrays(shapes(), kinks=kinks))
+    (t,) = gc(lambda a: a.clip(lo, hi), x)
+    _close(t.clip(lo, hi), np.clip(x, lo, hi))
+    inside = np.ones(x.shape, bool) if lo is None else x > lo
+    if hi is not None:
+        inside &= x < hi
+    np.testing.assert_array_equal(t.grad != 0, inside & (t.grad != 0))  # no grad outside the bounds
+
+
+# ================================================================ reductions
+@pytest.mark.parametrize("name", ["sum", "mean"])
+@given(sa=shape_and_axis(min_dims=0), keepdims=st.booleans(), data=st.data())
+def test_sum_mean(name, sa, keepdims, data):
+    shape, axis = sa
+    if len(shape) == 0:
+        axis = None
+    x = data.draw(arrays(shape))
+    (t,) = gc(lambda a: getattr(a, name)(axis=axis, keepdims=keepdims), x)
+    _close(getattr(t, name)(axis=axis, keepdims=keepdims), getattr(np, name)(x, axis=axis, keepdims=keepdims))
+
+
+@pytest.mark.parametrize("name", ["max", "min"])
+@given(sa=shape_and_axis(), keepdims=st.booleans(), data=st.data())
+def test_max_min(name, sa, keepdims, data):
+    shape, axis = sa
+    x = data.draw(arrays(shape, distinct=True))  # no ties: the max is differentiable
+    (t,) = gc(lambda a: getattr(a, name)(axis=axis, keepdims=keepdims), x)
+    _close(getattr(t, name)(axis=axis, keepdims=keepdims), getattr(np, name)(x, axis=axis, keepdims=keepdims))
+
+
+def test_max_ties_share_the_gradient():
+    x = mg.Tensor(np.array([[1.0, 3.0, 3.0], [2.0, 0.0, 2.0]]), requires_grad=True)
+    x.max(axis=1).backward(np.array([1.0, 4.0]))
+    np.testing.assert_array_equal(x.grad, [[0, 0.5, 0.5], [2.0, 0, 2.0]])
+
+
+@given(sa=shape_and_axis(), keepdims=st.booleans(), correction=st.sampled_from([0, 1, 2]), data=st.data())
+def test_var(sa, keepdims, correction, data):
+    shape, axis = sa
+    n = int(np.prod([shape[i] for i in ((axis,) if isinstance(axis, int) else axis or range(len(shape)))]))
+    assume(n > correction)
+    x = data.draw(arrays(shape))
+    (t,) = gc(lambda a: a.var(axis=axis, keepdims=keepdims, correction=correction), x)
+    _close(t.var(axis=axis, keepdims=keepdims, correction=correction),
+           np.var(x, axis=axis, keepdims=keepdims, ddof=correction))
+
+
+# ================================================================ shape ops
+@given(data=st.data())
+def test_reshape(data):
+    shape = data.draw(shapes())
+    x = data.draw(arrays(shape))
+    n = x.size
+    target = data.draw(st.sampled_from([(n,), (-1,), (1, n), (n, 1, 1), tuple(reversed(shape)), (-1, 1)]))
+    (t,) = gc(lambda a: a.reshape(target), x)
+    _close(t.reshape(*target), x.reshape(target))
+    _close(t.view(target), x.reshape(target))
+
+
+@given(data=st.data())
+def test_transpose_permute_T(data):
+    shape = data.draw(shapes(min_dims=1))
+    x = data.draw(arrays(shape))
+    nd = len(shape)
+    i, j = data.draw(st.integers(-nd, nd - 1)), data.draw(st.integers(-nd, nd - 1))
+    perm = data.draw(st.permutations(range(nd)))
+    (t,) = gc(lambda a: a.transpose(i, j), x)
+    _close(t.transpose(i, j), np.swapaxes(x, i, j))  # swaps two axes, like torch.transpose
+    gc(lambda a: a.permute(*perm), x)
+    _close(t.permute(perm), np.transpose(x, perm))
+    gc(lambda a: a.T, x)
+    _close(t.T, x.T)
+    _close(t.transpose(), x.T)
+
+
+@given(data=st.data())
+def test_expand(data):
+    shape = data.draw(shapes(max_dims=2, max_side=3))
+    lead = tuple(data.draw(st.lists(st.integers(1, 3), max_size=2)))
+    target = lead + tuple(data.draw(st.integers(1, 3)) if s == 1 else s for s in shape)
+    x = data.draw(arrays(shape))
+    (t,) = gc(lambda a: a.expand(target), x)
+    _close(t.expand(*target), np.broadcast_to(x, target))
+    minus = lead + (-1,) * len(shape)  # -1 keeps a size, as in torch
+    _close(t.expand(minus), np.broadcast_to(x, lead + shape))
+
+
+@given(data=st.data())
+def test_squeeze_unsqueeze(data):
+    shape = data.draw(shapes(max_side=2))
+    x = data.draw(arrays(shape))
+    nd = len(shape)
+    (t,) = gc(lambda a: a.squeeze(), x)
+    _close(t.squeeze(), np.squeeze(x))
+    ones_ = [i for i, s in enumerate(shape) if s == 1]
+    if ones_:
+        ax = data.draw(st.sampled_from(ones_))
+        gc(lambda a: a.squeeze(ax), x)
+        _close(t.squeeze(ax), np.squeeze(x, ax))
+    ax = data.draw(st.integers(-nd - 1, nd))
+    gc(lambda a: a.unsqueeze(ax), x)
+    _close(t.unsqueeze(ax), np.expand_dims(x, ax))
+
+
+# ================================================================ indexing
+@st.composite
+def index_for(draw, shape):
+    """A basic or advanced index into `shape`: ints, slices (any step), integer arrays with repeats."""
+    parts = []
+    array_used = False
+    for n in shape[: draw(st.integers(1, len(shape)))]:
+        kind = draw(st.sampled_from(["int", "slice", "array"] if not array_used else ["int", "slice"]))
+        if kind == "int":
+            parts.append(draw(st.integers(-n, n - 1)))
+        elif kind == "slice":
+            start = draw(st.none() | st.integers(-n, n))
+            stop = draw(st.none() | st.integers(-n, n))
+            parts.append(slice(start, stop, draw(st.sampled_from([None, 1, 2, -1, -2]))))
+        else:
+            array_used = True
+            parts.append(draw(int_indices(n, draw(shapes(min_dims=1, max_dims=2, max_side=4)))))
+    if len(parts) == 1 and draw(st.booleans()):
+        return parts[0]  # a bare int / slice / array, not a tuple
+    return tuple(parts)
+
+
+@given(data=st.data())
+def test_getitem(data):
+    shape = data.draw(shapes(min_dims=1))
+    x = data.draw(arrays(shape))
+    index = data.draw(index_for(shape))
+    (t,) = gc(lambda a: a[index], x)
+    _close(t[index], x[index])
+
+
+@given(data=st.data())
+def test_getitem_repeated_indices_add_up(data):
+    shape = data.draw(shapes(min_dims=1, max_dims=2))
+    x = data.draw(arrays(shape))
+    idx = data.draw(int_indices(shape[0], (6,)))
+    (t,) = gc(lambda a: a[idx], x)
+    t.grad = None
+    t[idx].backward(np.ones((6,) + shape[1:]))
+    counts = np.bincount(idx, minlength=shape[0]).astype(float)
+    np.testing.assert_array_equal(t.grad, np.broadcast_to(counts.reshape((-1,) + (1,) * (len(shape) - 1)), shape))
+    # a list and a Tensor of indices mean the same as the array
+    _close(t[list(idx)], x[idx])
+    _close(t[mg.Tensor(idx)], x[idx])
+
+
+# ================================================================ cat, stack, where
+@given(data=st.data())
+def test_cat(data):
+    base = data.draw(shapes(min_dims=1, max_dims=3, max_side=3))
+    nd = len(base)
+    axis = data.draw(st.integers(-nd, nd - 1))
+    count = data.draw(st.integers(1, 3))
+    shapes_ = [base[: axis % nd] + (data.draw(st.integers(1, 3)),) + base[axis % nd + 1:] for _ in range(count)]
+    xs = [data.draw(arrays(s)) for s in shapes_]
+    ts = gc(lambda *a: mg.cat(list(a), axis=axis), *xs)
+    _close(mg.cat(ts, axis=axis), np.concatenate(xs, axis=axis))
+
+
+@given(data=st.data())
+def test_stack(data):
+    shape = data.draw(shapes(max_dims=2, max_side=3))
+    axis = data.draw(st.integers(-len(shape) - 1, len(shape)))
+    xs = [data.draw(arrays(shape)) for _ in range(data.draw(st.integers(1, 3)))]
+    ts = gc(lambda *a: mg.stack(a, axis=axis), *xs)
+    _close(mg.stack(ts, axis=axis), np.stack(xs, axis=axis))
+
+
+@given(data=st.data())
+def test_where(data):
+    sc, sa, sb = data.draw(broadcastable_shapes(3))
+    cond = np.asarray(data.draw(st.lists(st.booleans(), min_size=int(np.prod(sc)), max_size=int(np.prod(sc)))),
+                      dtype=bool).reshape(sc)
+    a, b = data.draw(arrays(sa)), data.draw(arrays(sb))
+    ta, tb = gc(lambda u, v: mg.where(cond, u, v), a, b)
+    _close(mg.where(mg.Tensor(cond), ta, tb), np.where(cond, a, b))
+    gc(lambda u: mg.where(cond, u, 0.5), a)  # a scalar branch
+
+
+# ================================================================ broadcasting keeps shapes
+@given(data=st.data())
+def test_broadcast_grads_keep_input_shapes(data):
+    """A chain mixing several broadcasting ops: every leaf's grad has exactly the leaf's shape."""
+    sa, sb, sc = data.draw(broadcastable_shapes(3))
+    a, b, c = (mg.Tensor(data.draw(arrays(s)), requires_grad=True) for s in (sa, sb, sc))
+    out = ((a * b - c) / (1.0 + b * b) + mg.maximum(a, c)).sum()
+    out.backward()
+    for t, s in ((a, sa), (b, sb), (c, sc)):
+        assert t.grad.shape == s
+
+
+@given(x=arrays(shapes(min_dims=2), noncontiguous=True), data=st.data())
+def test_noncontiguous_inputs_match_contiguous(x, data):
+    """The same values in a strided layout give the same outputs and gradients."""
+    xc = np.ascontiguousarray(x)
+    v = data.draw(arrays(x.shape[:-1], noncontiguous=False))
+    outs = []
+    for arr in (x, xc):
+        t = mg.Tensor(arr, requires_grad=True)
+        y = (t.exp() * t).sum(axis=-1) * v + (t.T * t.T).sum() + t[..., 0]
+        y.sum().backward()
+        outs.append((y.data, t.grad))
+    np.testing.assert_array_equal(outs[0][0], outs[1][0])
+    np.testing.assert_array_equal(outs[0][1], outs[1][1])
