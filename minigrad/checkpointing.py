@@ -1,0 +1,153 @@
+"""Activation checkpointing: keep a function's inputs, recompute its inside during backward.
+
+Chen, Xu, Zhang, Guestrin 2016, "Training Deep Nets with Sublinear Memory Cost"
+(arXiv 1604.06174); Lecture 5. `checkpoint(fn, *args)` runs `fn` without recording a graph,
+so none of the arrays its ops would save for backward are kept: only `args` are. When backward
+reaches the result, `fn` runs again on the kept inputs with the graph on, and that small graph
+is backpropagated at once (and freed) before the walk continues. Memory for a stack of L blocks
+drops from L blocks' activations to L block inputs plus one block's activations, for the price
+of one more forward of each block (about 1/3 more matmul FLOPs per step).
+
+    y = minigrad.checkpoint(block, x, rng=gen)     # same value and gradients as block(x, rng=gen)
+
+Gradients: parameters used inside `fn` receive their gradients from the recomputed graph
+directly (accumulated into `.grad`, as any backward does); gradients of the tensor arguments are
+returned to the outer graph. With a deterministic `fn` they are bit-for-bit those of the plain
+call (tests/test_checkpoint.py).
+
+Randomness (dropout): the recomputation must draw the same masks. Every `np.random.Generator`
+passed in `args`/`kwargs`, or held as an attribute by `fn`'s modules (when `fn` is an
+`nn.Module` or a bound method of one), and NumPy's global legacy RNG, are snapshotted before the
+forward; backward rewinds them, recomputes, and then puts them back where they were, so the rest
+of training draws exactly what it would have drawn. Any other source of randomness (a generator
+created inside `fn`, a global you mutate, time) makes `fn` non-deterministic: do not checkpoint
+such a function.
+
+Parameters: the result requires grad when an argument or a parameter of `fn` does. Parameters
+are found when `fn` is a Module or a bound method of one; for a plain closure over parameters
+pass them with `params=[...]`.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .autograd import Function, backward as _backward, enable_grad, is_grad_enabled, no_grad
+from .tensor import Tensor
+
+__all__ = ["checkpoint", "Checkpoint", "is_recomputing"]
+
+_state = {"recomputing": 0}
+
+
+def is_recomputing() -> bool:
+    """True while a checkpointed function is being re-run in backward (FLOP counters use it)."""
+    return _state["recomputing"] > 0
+
+
+def _owner_module(fn):
+    from .nn import Module
+
+    if isinstance(fn, Module):
+        return fn
+    owner = getattr(fn, "__self__", None)
+    return owner if isinstance(owner, Module) else None
+
+
+def _generators(fn, args, kwargs) -> list:
+    """The np.random.Generator objects `fn` may draw from (see the module docstring)."""
+    found, seen = [], set()
+
+    def add(g):
+        if isinstance(g, np.random.Generator) and id(g) not in seen:
+            seen.add(id(g))
+            found.append(g)
+
+    for a in list(args) + list(kwargs.values()):
+        add(a)
+        if isinstance(a, (list, tuple)):
+            for x in a:
+                add(x)
+    mod = _owner_module(fn)
+    if mod is not None:
+        for m in mod.modules():
+            for v in vars(m).values():
+                add(v)
+    return found
+
+
+class Checkpoint(Function):
+    """forward: run `fn` under no_grad, keep only the tensor inputs.
+    backward: rewind the RNGs, rerun `fn` with the graph on, backpropagate it, restore the RNGs.
+
+    Inputs: the tensor arguments of `fn`, then the parameters of `fn` (passed only so that the
+    result requires grad; their gradients come from the recomputed graph, so backward returns
+    None for them)."""
+
+    @staticmethod
+    def forward(ctx, *arrays, fn, template, kwargs, n_args, gens):
+        ctx.user_fn, ctx.template, ctx.kwargs, ctx.n_args, ctx.gens = fn, template, kwargs, n_args, gens
+        ctx.rng_states = [g.bit_generator.state for g in gens]
+        ctx.np_state = np.random.get_state()
+        with no_grad():
+            out = fn(*_fill(template, [Tensor(a) for a in arrays[:n_args]]), **kwargs)
+        if not isinstance(out, Tensor):
+            raise TypeError(f"checkpoint: fn must return one Tensor, got {type(out).__name__}")
+        ctx.save_for_backward(*arrays[:n_args])  # the block inputs: all that is kept
+        return out.data
+
+    @staticmethod
+    def backward(ctx, g):
+        saved = ctx.saved
+        needs = ctx.needs_input_grad
+        leaves = [Tensor(a, requires_grad=needs[i]) for i, a in enumerate(saved)]
+        now = [gen.bit_generator.state for gen in ctx.gens]
+        np_now = np.random.get_state()
+        _state["recomputing"] += 1
+        try:
+            for gen, st in zip(ctx.gens, ctx.rng_states):
+                gen.bit_generator.state = st
+            np.random.set_state(ctx.np_state)
+            with enable_grad():
+                out = ctx.user_fn(*_fill(ctx.template, leaves), **ctx.kwargs)
+        finally:
+            _state["recomputing"] -= 1
+            for gen, st in zip(ctx.gens, now):
+                gen.bit_generator.state = st
+            np.random.set_state(np_now)
+        if out.requires_grad:
+            _backward(out, np.asarray(g, dtype=out.dtype))
+        grads = tuple(
+            (leaf.grad if leaf.grad is not None else np.zeros_like(leaf.data)) if needs[i] else None
+            for i, leaf in enumerate(leaves)
+        )
+        return grads + (None,) * (len(ctx.inputs) - len(saved))
+
+
+def _fill(template, tensors):
+    it = iter(tensors)
+    return [next(it) if t is _SLOT else t for t in template]
+
+
+_SLOT = object()
+
+
+def checkpoint(fn, *args, params=None, **kwargs):
+    """`fn(*args, **kwargs)` with activation checkpointing; returns the same Tensor value.
+
+    Tensor positional arguments are the differentiable inputs; other positional arguments and
+    all keyword arguments are passed through as constants. `fn` must return one Tensor and be
+    deterministic given its inputs and the generators it is handed (see the module docstring).
+    Outside of gradient recording (no_grad) this is just `fn(*args, **kwargs)`.
+    """
+    if not callable(fn):
+        raise TypeError(f"checkpoint: fn must be callable, got {type(fn).__name__}")
+    if not is_grad_enabled():
+        return fn(*args, **kwargs)
+    template = [_SLOT if isinstance(a, Tensor) else a for a in args]
+    tensors = [a for a in args if isinstance(a, Tensor)]
+    mod = _owner_module(fn)
+    extra = list(params) if params is not None else (list(mod.parameters()) if mod is not None else [])
+    ids = {id(t) for t in tensors}
+    extra = [p for p in extra if id(p) not in ids and p.requires_grad]
+    return Checkpoint.apply(*tensors, *extra, fn=fn, template=template, kwargs=kwargs,
+                            n_args=len(tensors), gens=_generators(fn, args, kwargs))
