@@ -1,0 +1,99 @@
+"""minigrad.checkpoint on small modules: same values and gradients as the plain call, dropout
+masks redrawn identically, fewer bytes kept, float64 gradient check."""
+import numpy as np
+import pytest
+
+import minigrad
+import minigrad.functional as F
+from minigrad import memory, nn
+
+
+class Layer(nn.Module):
+    def __init__(self, dim, p, seed):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, 3 * dim, rng=seed)
+        self.fc2 = nn.Linear(3 * dim, dim, rng=seed + 1)
+        self.drop = nn.Dropout(p, rng=seed + 2)  # holds its own Generator
+
+    def forward(self, x, rng=None):
+        h = F.gelu(self.fc1(x))
+        if rng is not None:
+            h = F.dropout(h, 0.3, True, rng)
+        return x + self.drop(self.fc2(h))
+
+
+def _run(layers, x0, ckpt, rng_seed=5):
+    rng = np.random.default_rng(rng_seed)
+    for m in layers:
+        m.zero_grad()
+    x = minigrad.Tensor(x0, requires_grad=True)
+    with memory.track() as led:
+        h = x
+        for m in layers:
+            h = minigrad.checkpoint(m, h, rng=rng) if ckpt else m(h, rng=rng)
+        loss = (h * h).mean()
+        loss.backward()
+    grads = {f"{i}.{n}": p.grad.copy() for i, m in enumerate(layers) for n, p in m.named_parameters()}
+    return loss.item(), x.grad.copy(), grads, led.peak["activations"], rng.random()
+
+
+@pytest.mark.parametrize("p", [0.0, 0.4])
+def test_checkpointed_stack_has_identical_gradients_and_keeps_less(p):
+    dim, n = 8, 4
+    layers = [Layer(dim, p, seed=10 * i) for i in range(n)]
+    x0 = np.random.default_rng(0).standard_normal((5, dim)).astype(np.float32)
+    plain = _run(layers, x0, ckpt=False)
+    layers2 = [Layer(dim, p, seed=10 * i) for i in range(n)]  # same weights, fresh generators
+    ck = _run(layers2, x0, ckpt=True)
+    assert plain[0] == ck[0]
+    assert np.array_equal(plain[1], ck[1])
+    for k in plain[2]:
+        assert np.array_equal(plain[2][k], ck[2][k]), k
+    assert plain[4] == ck[4]  # the caller's generator continues exactly as without checkpointing
+    assert ck[3] < plain[3]
+
+
+def test_closure_with_explicit_params_and_constants():
+    w = nn.Parameter(np.random.default_rng(1).standard_normal((4, 4)).astype(np.float32))
+    x = minigrad.Tensor(np.ones((2, 4), np.float32))  # needs no grad: only w makes it differentiable
+
+    def f(x, scale):
+        return (x @ w * scale).tanh()
+
+    y = minigrad.checkpoint(f, x, 0.5, params=[w])
+    assert y.requires_grad
+    y.sum().backward()
+    g_ck = w.grad.copy()
+    w.grad = None
+    f(x, 0.5).sum().backward()
+    assert np.array_equal(g_ck, w.grad)
+
+
+def test_gradcheck_float64():
+    rng = np.random.default_rng(2)
+    lin = nn.Linear(3, 3, dtype=np.float64, rng=3)
+    x = minigrad.Tensor(rng.standard_normal((2, 3)), requires_grad=True)
+    minigrad.gradcheck(lambda t: minigrad.checkpoint(lambda u: lin(u).tanh() * u, t), [x])
+
+
+def test_no_grad_is_a_plain_call_and_bad_fn_is_named():
+    x = minigrad.randn(3, 3, rng=0, requires_grad=True)
+    with minigrad.no_grad():
+        y = minigrad.checkpoint(lambda t: t * 2.0, x)
+    assert not y.requires_grad and np.array_equal(y.data, x.data * 2)
+    with pytest.raises(TypeError, match="one Tensor"):
+        minigrad.checkpoint(lambda t: (t, t), x)
+    with pytest.raises(TypeError, match="callable"):
+        minigrad.checkpoint(3, x)
+
+
+def test_flop_counter_separates_recomputation():
+    lin = nn.Linear(6, 6, rng=0)
+    x = minigrad.randn(4, 6, rng=1, requires_grad=True)
+    with memory.count_flops() as plain:
+        lin(x).sum().backward()
+    with memory.count_flops() as ck:
+        minigrad.checkpoint(lin, x).sum().backward()
+    assert (ck.forward, ck.backward) == (plain.forward, plain.backward)
+    assert ck.recompute == plain.forward == 2 * 4 * 6 * 6
+    assert ck.hardware_total == ck.total + ck.recompute
