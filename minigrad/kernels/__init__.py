@@ -1,0 +1,305 @@
+"""Fused Numba kernels behind minigrad's ops (the "numba" backend).
+
+Each public function here validates and reshapes its NumPy inputs, then calls one
+`@njit(cache=True)` kernel from a sibling module; `minigrad.kernels.reference` holds a plain
+NumPy twin with the same signature, and tests/test_kernels*.py hold each kernel to its twin.
+
+    module        kernels                                   twin in reference.py
+    matmul.py     bmm (BLAS per batch item), matmul_tiled   bmm, matmul_tiled
+    softmax.py    softmax, log_softmax, cross_entropy       softmax_*, log_softmax_*, cross_entropy_*
+    layernorm.py  layer_norm fwd/bwd (saves mean, rstd)     layer_norm_*
+    gelu.py       GELU (tanh approximation) fwd/bwd         gelu_*
+    attention.py  flash-style attention fwd/bwd             attention_* (naive O(T^2))
+    adamw.py      fused AdamW over flat buffers             adamw_step
+
+Conventions: every kernel is parallel over output elements only (thread-private reductions),
+runs in float32 or float64 (the dtype of its inputs), and computes exponentials with a
+vectorisable polynomial in float32 (`_math.py`). Importing this package imports Numba, after
+`minigrad.backend` has set up its threading layer and cache directory.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import backend as _backend  # noqa: F401  (prepares Numba's environment first)
+from . import _math
+from .adamw import adamw_step as _adamw_step
+from .attention import attention_bwd as _attention_bwd, attention_fwd as _attention_fwd
+from .gelu import gelu_bwd as _gelu_bwd, gelu_fwd as _gelu_fwd
+from .layernorm import layer_norm_bwd as _ln_bwd, layer_norm_fwd as _ln_fwd
+from .matmul import bmm as _bmm, matmul_tiled as _matmul_tiled
+from .softmax import (cross_entropy_bwd as _ce_bwd, cross_entropy_fwd as _ce_fwd,
+                      log_softmax_bwd as _lsm_bwd, log_softmax_fwd as _lsm_fwd,
+                      softmax_bwd as _sm_bwd, softmax_fwd as _sm_fwd)
+
+try:  # np.dot inside Numba needs SciPy's BLAS; make it single-threaded (see _math).
+    import scipy.linalg.cython_blas  # noqa: F401
+
+    NUMBA_BLAS_SINGLE_THREADED = _math.single_thread_numba_blas()
+except ImportError:  # pragma: no cover
+    NUMBA_BLAS_SINGLE_THREADED = False
+
+__all__ = [
+    "bmm", "matmul_tiled", "softmax_forward", "softmax_backward", "log_softmax_forward",
+    "log_softmax_backward", "cross_entropy_forward", "cross_entropy_backward",
+    "layer_norm_forward", "layer_norm_backward", "gelu_forward", "gelu_backward",
+    "attention_forward", "attention_backward", "adamw_step", "ATTN_BLOCK_Q", "ATTN_BLOCK_K",
+]
+
+_FLOATS = (np.float32, np.float64)
+
+
+def _float_array(x, name, op):
+    """C-contiguous float32/float64 view or copy of `x` (other dtypes are refused, not cast)."""
+    x = np.asarray(x)
+    if x.dtype not in _FLOATS:
+        raise TypeError(f"{op}: {name} must be float32 or float64, got {x.dtype}; "
+                        f"cast it first, e.g. {name}.astype(np.float32)")
+    return np.ascontiguousarray(x)
+
+
+def _rows(x, name, op):
+    x = _float_array(x, name, op)
+    if x.ndim == 0:
+        raise ValueError(f"{op}: {name} must have at least one axis, got a scalar")
+    return x.reshape(-1, x.shape[-1]) if x.size else x.reshape(0, max(x.shape[-1], 0))
+
+
+def _same_shape(a, b, names, op):
+    if a.shape != b.shape:
+        raise ValueError(f"{op}: {names[0]} has shape {a.shape} but {names[1]} has shape {b.shape}; "
+                         "they must match")
+
+
+# ----------------------------------------------------------------------------- matmul
+def bmm(a, b):
+    """Batched matmul a (N, M, K) @ b (N, K, P) -> (N, M, P), one BLAS GEMM per batch item."""
+    a = _float_array(a, "a", "bmm")
+    b = _float_array(b, "b", "bmm")
+    if a.ndim != 3 or b.ndim != 3 or a.shape[0] != b.shape[0] or a.shape[2] != b.shape[1]:
+        raise ValueError(f"bmm: need a (N, M, K) and b (N, K, P), got {a.shape} and {b.shape}")
+    dtype = np.result_type(a, b)
+    a, b = a.astype(dtype, copy=False), b.astype(dtype, copy=False)
+    out = np.empty((a.shape[0], a.shape[1], b.shape[2]), dtype)
+    if a.shape[2] == 0:
+        out.fill(0)
+    elif out.size:
+        _bmm(a, b, out)
+    return out
+
+
+def matmul_tiled(a, b, tile=64):
+    """a (M, K) @ b (K, P) with the teaching loop kernel (see matmul.py)."""
+    a = _float_array(a, "a", "matmul_tiled")
+    b = _float_array(b, "b", "matmul_tiled")
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[0]:
+        raise ValueError(f"matmul_tiled: need a (M, K) and b (K, P), got {a.shape} and {b.shape}")
+    dtype = np.result_type(a, b)
+    out = np.empty((a.shape[0], b.shape[1]), dtype)
+    _matmul_tiled(a.astype(dtype, copy=False), b.astype(dtype, copy=False), out, int(tile))
+    return out
+
+
+# ----------------------------------------------------------------------------- softmax family
+def softmax_forward(x):
+    """softmax over the last axis."""
+    x = _float_array(x, "x", "softmax")
+    y = np.empty_like(x)
+    _sm_fwd(_rows(x, "x", "softmax"), y.reshape(-1, x.shape[-1]) if x.ndim else y)
+    return y
+
+
+def softmax_backward(y, dy):
+    """Gradient of softmax given its output y and upstream dy."""
+    y = _float_array(y, "y", "softmax_backward")
+    dy = _float_array(dy, "dy", "softmax_backward").astype(y.dtype, copy=False)
+    _same_shape(y, dy, ("y", "dy"), "softmax_backward")
+    dx = np.empty_like(y)
+    _sm_bwd(_rows(y, "y", "softmax_backward"), _rows(dy, "dy", "softmax_backward"),
+            dx.reshape(-1, y.shape[-1]))
+    return dx
+
+
+def log_softmax_forward(x):
+    x = _float_array(x, "x", "log_softmax")
+    y = np.empty_like(x)
+    _lsm_fwd(_rows(x, "x", "log_softmax"), y.reshape(-1, x.shape[-1]))
+    return y
+
+
+def log_softmax_backward(y, dy):
+    y = _float_array(y, "y", "log_softmax_backward")
+    dy = _float_array(dy, "dy", "log_softmax_backward").astype(y.dtype, copy=False)
+    _same_shape(y, dy, ("y", "dy"), "log_softmax_backward")
+    dx = np.empty_like(y)
+    _lsm_bwd(_rows(y, "y", "log_softmax_backward"), _rows(dy, "dy", "log_softmax_backward"),
+             dx.reshape(-1, y.shape[-1]))
+    return dx
+
+
+def _targets(targets, n, v, ignore_index, op):
+    t = np.ascontiguousarray(targets)
+    if not np.issubdtype(t.dtype, np.integer):
+        raise TypeError(f"{op}: targets must be integer class indices, got dtype {t.dtype}")
+    t = t.reshape(-1).astype(np.int64, copy=False)
+    if t.shape[0] != n:
+        raise ValueError(f"{op}: {n} rows of logits but {t.shape[0]} targets")
+    bad = (t != ignore_index) & ((t < 0) | (t >= v))
+    if bad.any():
+        raise IndexError(f"{op}: target {t[bad][0]} out of range for {v} classes "
+                         f"(ignore_index={ignore_index})")
+    return t
+
+
+def cross_entropy_forward(logits, targets, ignore_index=-100):
+    """Fused log-softmax + NLL: per-row loss (N,) and log-sum-exp (N,) of logits (N, V)."""
+    x = _float_array(logits, "logits", "cross_entropy")
+    if x.ndim != 2:
+        raise ValueError(f"cross_entropy: logits must be (N, V), got {x.shape}; reshape first")
+    t = _targets(targets, x.shape[0], x.shape[1], ignore_index, "cross_entropy")
+    loss = np.empty(x.shape[0], x.dtype)
+    lse = np.empty(x.shape[0], x.dtype)
+    _ce_fwd(x, t, int(ignore_index), loss, lse)
+    return loss, lse
+
+
+def cross_entropy_backward(logits, targets, lse, row_grad, ignore_index=-100):
+    """dlogits (N, V) = row_grad[:, None] * (softmax - onehot); ignored rows get 0."""
+    x = _float_array(logits, "logits", "cross_entropy_backward")
+    t = _targets(targets, x.shape[0], x.shape[1], ignore_index, "cross_entropy_backward")
+    lse = _float_array(lse, "lse", "cross_entropy_backward").astype(x.dtype, copy=False)
+    g = np.ascontiguousarray(np.broadcast_to(np.asarray(row_grad, x.dtype), (x.shape[0],)))
+    d = np.empty_like(x)
+    _ce_bwd(x, t, int(ignore_index), lse, g, d)
+    return d
+
+
+# ----------------------------------------------------------------------------- layer norm
+def layer_norm_forward(x, weight, bias, eps=1e-5):
+    """Layer norm over the last axis; returns (y, mean, rstd), mean/rstd of shape x.shape[:-1].
+    weight/bias may be None (1 and 0)."""
+    x = _float_array(x, "x", "layer_norm")
+    c = x.shape[-1]
+    w = np.ones(c, x.dtype) if weight is None else _float_array(weight, "weight", "layer_norm").astype(x.dtype, copy=False)
+    b = np.zeros(c, x.dtype) if bias is None else _float_array(bias, "bias", "layer_norm").astype(x.dtype, copy=False)
+    if w.shape != (c,) or b.shape != (c,):
+        raise ValueError(f"layer_norm: weight {w.shape} and bias {b.shape} must be ({c},) for x {x.shape}")
+    x2 = _rows(x, "x", "layer_norm")
+    y = np.empty_like(x)
+    mean = np.empty(x2.shape[0], x.dtype)
+    rstd = np.empty(x2.shape[0], x.dtype)
+    _ln_fwd(x2, w, b, float(eps), y.reshape(x2.shape), mean, rstd)
+    return y, mean.reshape(x.shape[:-1]), rstd.reshape(x.shape[:-1])
+
+
+def layer_norm_backward(dy, x, weight, mean, rstd):
+    """Returns (dx, dweight, dbias) of layer norm from the saved mean and rstd."""
+    x = _float_array(x, "x", "layer_norm_backward")
+    dy = _float_array(dy, "dy", "layer_norm_backward").astype(x.dtype, copy=False)
+    _same_shape(x, dy, ("x", "dy"), "layer_norm_backward")
+    c = x.shape[-1]
+    w = np.ones(c, x.dtype) if weight is None else _float_array(weight, "weight", "layer_norm_backward").astype(x.dtype, copy=False)
+    x2 = _rows(x, "x", "layer_norm_backward")
+    n = x2.shape[0]
+    nchunks = max(1, min(n, 16))
+    dw_part = np.empty((nchunks, c), x.dtype)
+    db_part = np.empty((nchunks, c), x.dtype)
+    dx = np.empty_like(x)
+    _ln_bwd(dy.reshape(x2.shape), x2, w,
+            np.ascontiguousarray(mean, x.dtype).reshape(-1), np.ascontiguousarray(rstd, x.dtype).reshape(-1),
+            dx.reshape(x2.shape), dw_part, db_part)
+    return dx, dw_part.sum(axis=0), db_part.sum(axis=0)
+
+
+# ----------------------------------------------------------------------------- GELU
+def gelu_forward(x):
+    """GELU, tanh approximation, elementwise."""
+    x = _float_array(x, "x", "gelu")
+    y = np.empty_like(x)
+    _gelu_fwd(x.reshape(-1), y.reshape(-1))
+    return y
+
+
+def gelu_backward(x, dy):
+    x = _float_array(x, "x", "gelu_backward")
+    dy = _float_array(dy, "dy", "gelu_backward").astype(x.dtype, copy=False)
+    _same_shape(x, dy, ("x", "dy"), "gelu_backward")
+    dx = np.empty_like(x)
+    _gelu_bwd(x.reshape(-1), dy.reshape(-1), dx.reshape(-1))
+    return dx
+
+
+# ----------------------------------------------------------------------------- attention
+ATTN_BLOCK_Q = 64
+ATTN_BLOCK_K = 64
+
+
+def _attn_inputs(q, k, v, op):
+    q = _float_array(q, "q", op)
+    dtype = q.dtype
+    k = _float_array(k, "k", op).astype(dtype, copy=False)
+    v = _float_array(v, "v", op).astype(dtype, copy=False)
+    if q.ndim < 2 or k.ndim != q.ndim or v.ndim != q.ndim:
+        raise ValueError(f"{op}: q, k, v must be (..., T, D) with the same rank, got {q.shape}, {k.shape}, {v.shape}")
+    if k.shape != v.shape or q.shape[:-2] != k.shape[:-2] or q.shape[-1] != k.shape[-1]:
+        raise ValueError(f"{op}: need q (..., T, D), k and v (..., S, D) with equal leading dims; "
+                         f"got q {q.shape}, k {k.shape}, v {v.shape}")
+    lead = q.shape[:-2]
+    t, d = q.shape[-2:]
+    s = k.shape[-2]
+    return (q.reshape(-1, t, d), k.reshape(-1, s, d), v.reshape(-1, s, d), lead)
+
+
+def attention_forward(q, k, v, causal=True, scale=None, causal_offset=0):
+    """Flash-style attention over (..., T, D) arrays; returns (o, lse) with lse (..., T).
+
+    Query i sees key j iff j <= i + causal_offset when causal (0 = PyTorch's is_causal)."""
+    q3, k3, v3, lead = _attn_inputs(q, k, v, "attention")
+    if causal and causal_offset < 0:
+        raise ValueError("attention: causal_offset must be >= 0 (otherwise some query rows see no key)")
+    t, d = q3.shape[1:]
+    scale = 1.0 / np.sqrt(d) if scale is None else float(scale)
+    o = np.empty_like(q3)
+    lse = np.empty(q3.shape[:2], q3.dtype)
+    if k3.shape[1] == 0:
+        raise ValueError("attention: k and v have no keys (S = 0)")
+    if o.size:
+        _attention_fwd(q3, k3, v3, bool(causal), int(causal_offset), scale,
+                       ATTN_BLOCK_Q, ATTN_BLOCK_K, o, lse)
+    return o.reshape(lead + (t, d)), lse.reshape(lead + (t,))
+
+
+def attention_backward(q, k, v, o, lse, do, causal=True, scale=None, causal_offset=0):
+    """Gradients (dq, dk, dv) of flash-style attention, recomputing scores from q, k, lse."""
+    q3, k3, v3, lead = _attn_inputs(q, k, v, "attention_backward")
+    t, d = q3.shape[1:]
+    s = k3.shape[1]
+    o3 = _float_array(o, "o", "attention_backward").astype(q3.dtype, copy=False).reshape(q3.shape)
+    do3 = _float_array(do, "do", "attention_backward").astype(q3.dtype, copy=False).reshape(q3.shape)
+    lse2 = _float_array(lse, "lse", "attention_backward").astype(q3.dtype, copy=False).reshape(q3.shape[:2])
+    scale = 1.0 / np.sqrt(d) if scale is None else float(scale)
+    dq = np.empty_like(q3)
+    dk = np.empty_like(k3)
+    dv = np.empty_like(v3)
+    if q3.size and s:
+        _attention_bwd(q3, k3, v3, o3, lse2, do3, bool(causal), int(causal_offset), scale,
+                       ATTN_BLOCK_Q, ATTN_BLOCK_K, dq, dk, dv)
+    return dq.reshape(lead + (t, d)), dk.reshape(lead + (s, d)), dv.reshape(lead + (s, d))
+
+
+# ----------------------------------------------------------------------------- AdamW
+def adamw_step(p, g, m, v, lr, beta1, beta2, eps, weight_decay, step):
+    """One fused AdamW step, in place on flat, C-contiguous arrays of one dtype (usually float32)."""
+    arrays = {"p": p, "g": g, "m": m, "v": v}
+    for name, a in arrays.items():
+        if not isinstance(a, np.ndarray) or a.ndim != 1 or not a.flags.c_contiguous or a.dtype != p.dtype:
+            raise ValueError(f"adamw_step: {name} must be a flat C-contiguous {p.dtype} array "
+                             f"(got {getattr(a, 'shape', None)} {getattr(a, 'dtype', type(a))})")
+        if a.shape != p.shape:
+            raise ValueError(f"adamw_step: {name} has shape {a.shape}, p has {p.shape}")
+    if p.dtype not in _FLOATS:
+        raise TypeError(f"adamw_step: buffers must be float32/float64, got {p.dtype}")
+    if step < 1:
+        raise ValueError(f"adamw_step: step counts from 1, got {step}")
+    _adamw_step(p, g, m, v, float(lr), float(beta1), float(beta2), float(eps),
+                float(weight_decay), int(step))

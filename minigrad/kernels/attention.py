@@ -1,0 +1,167 @@
+"""Causal (or full) scaled dot-product attention in the FlashAttention manner.
+
+FlashAttention (Dao et al., NeurIPS 2022, arXiv 2205.14135) and FlashAttention-2 (Dao 2023,
+arXiv 2307.08691), on a CPU: for each block of queries, loop over blocks of keys/values,
+keep a running row max m, running sum l and unnormalised output O (the online softmax of
+Milakov & Gimelshein 2018):
+
+    S = Q_i K_j^T * scale (+ causal mask)     m' = max(m, rowmax S)
+    P = exp(S - m')                           l  = exp(m - m') l + rowsum P
+    O = exp(m - m') O + P V_j                 m  = m'
+    finish: O /= l,  LSE = m + log l
+
+Only O and one LSE per query row are saved; backward recomputes S and P tile by tile from Q,
+K and LSE. Memory therefore grows as O(B*H*T*D) (plus two tiles of scratch per thread), never
+O(T^2). Under the causal mask, key tiles entirely in a query tile's future are skipped (about
+half the work at long T).
+
+Layout: q (BH, T, D), k and v (BH, S, D), C-contiguous; query i sees key j iff
+j <= i + causal_offset (causal_offset=0 is PyTorch's `is_causal=True`; a decoder that appends
+T new queries after S - T cached keys uses causal_offset = S - T). The tile products are BLAS
+GEMMs (`np.dot` -> SciPy's OpenBLAS); the kernels are parallel over the B*H heads only, so
+each thread owns its head's outputs (dq, dk, dv included: no shared writes).
+NumPy twins: `reference.attention_fwd/attention_bwd` (the plain O(T^2) computation).
+"""
+import numpy as np
+from numba import njit, prange
+
+from ._math import FASTMATH, fast_exp, typed
+
+
+@njit(parallel=True, fastmath=FASTMATH, cache=True)
+def attention_fwd(q, k, v, causal, causal_offset, scale, block_q, block_k, o, lse):
+    """Forward: writes o (BH, T, D) and lse (BH, T). Saves for backward: o and lse only."""
+    bh_n, t_n, d_n = q.shape
+    s_n = k.shape[1]
+    sc = typed(q, scale)
+    for bh in prange(bh_n):
+        sbuf = np.empty(block_q * block_k, q.dtype)
+        pvbuf = np.empty(block_q * d_n, q.dtype)
+        m = np.empty(block_q, q.dtype)
+        l = np.empty(block_q, q.dtype)
+        for i0 in range(0, t_n, block_q):
+            i1 = min(i0 + block_q, t_n)
+            br = i1 - i0
+            qi = q[bh, i0:i1]
+            acc = o[bh, i0:i1]
+            for r in range(br):
+                m[r] = -np.inf
+                l[r] = 0.0
+                for d in range(d_n):
+                    acc[r, d] = 0.0
+            j_end = s_n
+            if causal:
+                j_end = min(s_n, i1 - 1 + causal_offset + 1)   # later key tiles are all masked
+            for j0 in range(0, j_end, block_k):
+                j1 = min(j0 + block_k, j_end)
+                bc = j1 - j0
+                s = sbuf[: br * bc].reshape((br, bc))
+                np.dot(qi, k[bh, j0:j1].T, s)
+                for r in range(br):
+                    nvis = bc
+                    if causal:
+                        nvis = min(bc, i0 + r + causal_offset - j0 + 1)
+                    if nvis <= 0:
+                        for c in range(bc):
+                            s[r, c] = 0.0
+                        continue
+                    mx = m[r]
+                    for c in range(nvis):
+                        mx = max(mx, s[r, c] * sc)
+                    alpha = fast_exp(m[r] - mx)
+                    rs = typed(q, 0.0)
+                    for c in range(nvis):
+                        pe = fast_exp(s[r, c] * sc - mx)
+                        s[r, c] = pe
+                        rs += pe
+                    for c in range(nvis, bc):
+                        s[r, c] = 0.0
+                    l[r] = l[r] * alpha + rs
+                    m[r] = mx
+                    for d in range(d_n):
+                        acc[r, d] *= alpha
+                pv = pvbuf[: br * d_n].reshape((br, d_n))
+                np.dot(s, v[bh, j0:j1], pv)
+                for r in range(br):
+                    for d in range(d_n):
+                        acc[r, d] += pv[r, d]
+            for r in range(br):
+                inv = typed(q, 1.0) / l[r]
+                for d in range(d_n):
+                    acc[r, d] *= inv
+                lse[bh, i0 + r] = m[r] + np.log(l[r])
+
+
+@njit(parallel=True, fastmath=FASTMATH, cache=True)
+def attention_bwd(q, k, v, o, lse, do, causal, causal_offset, scale, block_q, block_k, dq, dk, dv):
+    """Backward (FlashAttention-2 order): for each key tile j (outer) and query tile i (inner),
+
+        P = exp(Q_i K_j^T scale - LSE_i)          dV_j += P^T dO_i
+        dP = dO_i V_j^T                           dS = P * (dP - delta_i) * scale
+        dQ_i += dS K_j                            dK_j += dS^T Q_i
+
+    with delta_i = rowsum(dO_i * O_i). Query tiles entirely before key tile j (all masked) are
+    skipped. Parallel over heads; writes dq, dk, dv."""
+    bh_n, t_n, d_n = q.shape
+    s_n = k.shape[1]
+    sc = typed(q, scale)
+    for bh in prange(bh_n):
+        sbuf = np.empty(block_q * block_k, q.dtype)
+        dpbuf = np.empty(block_q * block_k, q.dtype)
+        kdbuf = np.empty(block_k * d_n, q.dtype)
+        qdbuf = np.empty(block_q * d_n, q.dtype)
+        delta = np.empty(t_n, q.dtype)
+        for i in range(t_n):
+            acc = typed(q, 0.0)
+            for d in range(d_n):
+                acc += do[bh, i, d] * o[bh, i, d]
+            delta[i] = acc
+            for d in range(d_n):
+                dq[bh, i, d] = 0.0
+        for j0 in range(0, s_n, block_k):
+            j1 = min(j0 + block_k, s_n)
+            bc = j1 - j0
+            dkj = dk[bh, j0:j1]
+            dvj = dv[bh, j0:j1]
+            for c in range(bc):
+                for d in range(d_n):
+                    dkj[c, d] = 0.0
+                    dvj[c, d] = 0.0
+            i_start = 0
+            if causal:
+                first = max(0, j0 - causal_offset)      # first query row that sees key j0
+                i_start = (first // block_q) * block_q
+            tmp_kd = kdbuf[: bc * d_n].reshape((bc, d_n))
+            for i0 in range(i_start, t_n, block_q):
+                i1 = min(i0 + block_q, t_n)
+                br = i1 - i0
+                s = sbuf[: br * bc].reshape((br, bc))
+                dp = dpbuf[: br * bc].reshape((br, bc))
+                np.dot(q[bh, i0:i1], k[bh, j0:j1].T, s)
+                for r in range(br):
+                    nvis = bc
+                    if causal:
+                        nvis = max(0, min(bc, i0 + r + causal_offset - j0 + 1))
+                    li = lse[bh, i0 + r]
+                    for c in range(nvis):
+                        s[r, c] = fast_exp(s[r, c] * sc - li)
+                    for c in range(nvis, bc):
+                        s[r, c] = 0.0
+                np.dot(s.T, do[bh, i0:i1], tmp_kd)
+                for c in range(bc):
+                    for d in range(d_n):
+                        dvj[c, d] += tmp_kd[c, d]
+                np.dot(do[bh, i0:i1], v[bh, j0:j1].T, dp)
+                for r in range(br):
+                    dl = delta[i0 + r]
+                    for c in range(bc):
+                        dp[r, c] = s[r, c] * (dp[r, c] - dl) * sc
+                tmp_qd = qdbuf[: br * d_n].reshape((br, d_n))
+                np.dot(dp, k[bh, j0:j1], tmp_qd)
+                for r in range(br):
+                    for d in range(d_n):
+                        dq[bh, i0 + r, d] += tmp_qd[r, d]
+                np.dot(dp.T, q[bh, i0:i1], tmp_kd)
+                for c in range(bc):
+                    for d in range(d_n):
+                        dkj[c, d] += tmp_kd[c, d]

@@ -1,0 +1,47 @@
+"""Matrix products: batched GEMM calling BLAS per batch item, and a tiled loop GEMM for teaching.
+
+`np.dot` inside a Numba kernel calls SciPy's OpenBLAS (SciPy must be installed); see
+`_math.single_thread_numba_blas` for why that BLAS runs single-threaded under `prange`.
+NumPy twins: `reference.py`.
+"""
+import numpy as np
+from numba import njit, prange
+
+from ._math import FASTMATH
+
+
+@njit(parallel=True, cache=True)
+def bmm(a, b, out):
+    """out[i] = a[i] @ b[i] for every batch item i; a (N, M, K), b (N, K, P), out (N, M, P).
+
+    Parallel over the batch (each thread owns whole output matrices); each product is one
+    BLAS GEMM. Saves nothing (the matmul op keeps a and b for its backward)."""
+    for i in prange(a.shape[0]):
+        np.dot(a[i], b[i], out[i])
+
+
+@njit(parallel=True, fastmath=FASTMATH, cache=True)
+def matmul_tiled(a, b, out, tile):
+    """out = a @ b with plain loops, tiled so each (tile x tile) block of b stays in cache.
+
+    For teaching: i-k-j loop order makes the innermost loop a contiguous axpy over a row of b
+    that LLVM vectorises; tiling k and j keeps the touched part of b in L1/L2. It still reaches
+    only a fraction of BLAS (no register blocking, no packing). Parallel over row tiles of the
+    output; every reduction over k accumulates into the thread's own output rows."""
+    m, kk = a.shape
+    p = b.shape[1]
+    for ti in prange((m + tile - 1) // tile):
+        i0 = ti * tile
+        i1 = min(m, i0 + tile)
+        for i in range(i0, i1):
+            for j in range(p):
+                out[i, j] = 0.0
+        for k0 in range(0, kk, tile):
+            k1 = min(kk, k0 + tile)
+            for j0 in range(0, p, tile):
+                j1 = min(p, j0 + tile)
+                for i in range(i0, i1):
+                    for k in range(k0, k1):
+                        aik = a[i, k]
+                        for j in range(j0, j1):
+                            out[i, j] += aik * b[k, j]

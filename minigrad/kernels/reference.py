@@ -1,0 +1,127 @@
+"""Plain NumPy twins of every kernel: the specification the Numba kernels are tested against.
+
+Same signatures and return values as the wrappers in `minigrad.kernels` (which call the fused
+Numba kernels). Written for clarity, not speed; the "numpy" backend of `minigrad.functional`
+computes the same formulas.
+"""
+import numpy as np
+
+
+def bmm(a, b):
+    """a (N, M, K) @ b (N, K, P) -> (N, M, P)."""
+    return np.matmul(a, b)
+
+
+def matmul_tiled(a, b, tile=64):
+    """a (M, K) @ b (K, P) (the tiled loop kernel's twin; `tile` does not change the result)."""
+    return a @ b
+
+
+def softmax_forward(x):
+    """softmax over the last axis."""
+    e = np.exp(x - x.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def softmax_backward(y, dy):
+    """dx = y * (dy - sum(dy * y)) given the forward output y."""
+    return y * (dy - (dy * y).sum(axis=-1, keepdims=True))
+
+
+def log_softmax_forward(x):
+    m = x.max(axis=-1, keepdims=True)
+    return x - m - np.log(np.exp(x - m).sum(axis=-1, keepdims=True))
+
+
+def log_softmax_backward(y, dy):
+    return dy - np.exp(y) * dy.sum(axis=-1, keepdims=True)
+
+
+def cross_entropy_forward(logits, targets, ignore_index=-100):
+    """Per-row loss (N,) and log-sum-exp (N,) of logits (N, V); ignored rows get loss 0."""
+    m = logits.max(axis=-1, keepdims=True)
+    lse = (m + np.log(np.exp(logits - m).sum(axis=-1, keepdims=True)))[:, 0]
+    keep = targets != ignore_index
+    safe = np.where(keep, targets, 0)
+    loss = np.where(keep, lse - logits[np.arange(len(targets)), safe], 0.0).astype(logits.dtype)
+    return loss, lse.astype(logits.dtype)
+
+
+def cross_entropy_backward(logits, targets, lse, row_grad, ignore_index=-100):
+    """dlogits = row_grad[:, None] * (softmax(logits) - onehot(targets)); ignored rows are 0."""
+    p = np.exp(logits - lse[:, None])
+    keep = targets != ignore_index
+    p[np.arange(len(targets))[keep], targets[keep]] -= 1.0
+    return (p * np.where(keep, row_grad, 0.0)[:, None]).astype(logits.dtype)
+
+
+def layer_norm_forward(x, weight, bias, eps=1e-5):
+    """Normalise the last axis; returns (y, mean, rstd) with mean/rstd of shape x.shape[:-1]."""
+    mean = x.mean(axis=-1, keepdims=True)
+    var = ((x - mean) ** 2).mean(axis=-1, keepdims=True)
+    rstd = 1.0 / np.sqrt(var + eps)
+    y = (x - mean) * rstd * weight + bias
+    return y, mean[..., 0], rstd[..., 0]
+
+
+def layer_norm_backward(dy, x, weight, mean, rstd):
+    """Returns (dx, dweight, dbias) from the saved mean and rstd."""
+    xhat = (x - mean[..., None]) * rstd[..., None]
+    g = dy * weight
+    dx = rstd[..., None] * (g - g.mean(axis=-1, keepdims=True)
+                            - xhat * (g * xhat).mean(axis=-1, keepdims=True))
+    red = tuple(range(dy.ndim - 1))
+    return dx, (dy * xhat).sum(axis=red), dy.sum(axis=red)
+
+
+_K0 = np.sqrt(2.0 / np.pi)
+
+
+def gelu_forward(x):
+    """GELU, tanh approximation."""
+    return 0.5 * x * (1.0 + np.tanh(_K0 * (x + 0.044715 * x ** 3)))
+
+
+def gelu_backward(x, dy):
+    t = np.tanh(_K0 * (x + 0.044715 * x ** 3))
+    return dy * (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * _K0 * (1.0 + 3 * 0.044715 * x * x))
+
+
+def _mask(t, s, causal, causal_offset):
+    if not causal:
+        return np.ones((t, s), dtype=bool)
+    return np.arange(s)[None, :] <= np.arange(t)[:, None] + causal_offset
+
+
+def attention_forward(q, k, v, causal=True, scale=None, causal_offset=0):
+    """Naive O(T^2) attention over (..., T, D) arrays; returns (o, lse) with lse (..., T)."""
+    scale = 1.0 / np.sqrt(q.shape[-1]) if scale is None else scale
+    s = (q @ np.swapaxes(k, -1, -2)) * scale
+    s = np.where(_mask(q.shape[-2], k.shape[-2], causal, causal_offset), s, -np.inf)
+    m = s.max(axis=-1, keepdims=True)
+    p = np.exp(s - m)
+    l = p.sum(axis=-1, keepdims=True)
+    return ((p / l) @ v).astype(q.dtype), (m + np.log(l))[..., 0].astype(q.dtype)
+
+
+def attention_backward(q, k, v, o, lse, do, causal=True, scale=None, causal_offset=0):
+    """Gradients (dq, dk, dv) of the naive attention, from the full probability matrix."""
+    scale = 1.0 / np.sqrt(q.shape[-1]) if scale is None else scale
+    s = (q @ np.swapaxes(k, -1, -2)) * scale
+    mask = _mask(q.shape[-2], k.shape[-2], causal, causal_offset)
+    p = np.where(mask, np.exp(s - lse[..., None]), 0.0)
+    dv = np.swapaxes(p, -1, -2) @ do
+    dp = do @ np.swapaxes(v, -1, -2)
+    ds = p * (dp - (do * o).sum(axis=-1, keepdims=True)) * scale
+    return (ds @ k).astype(q.dtype), (np.swapaxes(ds, -1, -2) @ q).astype(q.dtype), dv.astype(q.dtype)
+
+
+def adamw_step(p, g, m, v, lr, beta1, beta2, eps, weight_decay, step):
+    """In-place AdamW step on flat arrays (torch.optim.AdamW arithmetic)."""
+    p *= 1.0 - lr * weight_decay
+    m *= beta1
+    m += (1.0 - beta1) * g
+    v *= beta2
+    v += (1.0 - beta2) * g * g
+    denom = np.sqrt(v) / np.sqrt(1.0 - beta2 ** step) + eps
+    p -= (lr / (1.0 - beta1 ** step)) * m / denom

@@ -1,0 +1,129 @@
+"""Softmax, log-softmax and fused log-softmax + negative log-likelihood (cross-entropy).
+
+All kernels see a C-contiguous 2-D array (rows, n) and work along the last axis; the wrappers
+in `minigrad.kernels` reshape. Each kernel is `parallel=True` over rows only: a thread owns
+whole output rows, every reduction (max, sum) lives in thread-local scalars, so there are no
+shared writes. The exponentials go through `fast_exp` (vectorisable; see `_math.py`).
+NumPy twins: `minigrad.kernels.reference`.
+"""
+import numpy as np
+from numba import njit, prange
+
+from ._math import FASTMATH, fast_exp, typed
+
+
+@njit(parallel=True, fastmath=FASTMATH, cache=True)
+def softmax_fwd(x, y):
+    """y[i] = exp(x[i] - max x[i]) / sum(...), row by row.
+
+    Fuses max, exp, sum and scale (three sweeps over a row that sits in L1, one pass over
+    memory). Parallel over rows (output elements) only. Saves for backward: y (the caller)."""
+    n = x.shape[1]
+    for i in prange(x.shape[0]):
+        m = typed(x, -np.inf)
+        for j in range(n):
+            m = max(m, x[i, j])
+        s = typed(x, 0.0)
+        for j in range(n):
+            e = fast_exp(x[i, j] - m)
+            y[i, j] = e
+            s += e
+        inv = typed(x, 1.0) / s
+        for j in range(n):
+            y[i, j] *= inv
+
+
+@njit(parallel=True, fastmath=FASTMATH, cache=True)
+def softmax_bwd(y, dy, dx):
+    """dx = y * (dy - sum(dy * y)) row by row (the softmax Jacobian-vector product).
+
+    Needs only the forward output y. Parallel over rows only."""
+    n = y.shape[1]
+    for i in prange(y.shape[0]):
+        s = typed(y, 0.0)
+        for j in range(n):
+            s += dy[i, j] * y[i, j]
+        for j in range(n):
+            dx[i, j] = y[i, j] * (dy[i, j] - s)
+
+
+@njit(parallel=True, fastmath=FASTMATH, cache=True)
+def log_softmax_fwd(x, y):
+    """y[i] = x[i] - logsumexp(x[i]); fused max / sum-exp / subtract. Parallel over rows.
+
+    Saves for backward: y (softmax is recomputed as exp(y))."""
+    n = x.shape[1]
+    for i in prange(x.shape[0]):
+        m = typed(x, -np.inf)
+        for j in range(n):
+            m = max(m, x[i, j])
+        s = typed(x, 0.0)
+        for j in range(n):
+            s += fast_exp(x[i, j] - m)
+        lse = m + np.log(s)
+        for j in range(n):
+            y[i, j] = x[i, j] - lse
+
+
+@njit(parallel=True, fastmath=FASTMATH, cache=True)
+def log_softmax_bwd(y, dy, dx):
+    """dx = dy - exp(y) * sum(dy) row by row. Parallel over rows only."""
+    n = y.shape[1]
+    for i in prange(y.shape[0]):
+        s = typed(y, 0.0)
+        for j in range(n):
+            s += dy[i, j]
+        for j in range(n):
+            dx[i, j] = dy[i, j] - fast_exp(y[i, j]) * s
+
+
+@njit(parallel=True, fastmath=FASTMATH, cache=True)
+def cross_entropy_fwd(logits, targets, ignore_index, loss, lse):
+    """Fused log-softmax + NLL: loss[i] = logsumexp(logits[i]) - logits[i, targets[i]].
+
+    One pass over each row of logits with an *online* max/sum (Milakov & Gimelshein 2018),
+    in chunks of 32 so the exponentials vectorise: when a chunk raises the running max m to
+    m', the running sum is rescaled by exp(m - m'). No probabilities are written anywhere.
+    Rows whose target is `ignore_index` get loss 0. Parallel over rows only.
+    Saves for backward: lse (one float per row), besides the logits the caller keeps."""
+    n = logits.shape[1]
+    for i in prange(logits.shape[0]):
+        m = typed(logits, -np.inf)
+        s = typed(logits, 0.0)
+        for c0 in range(0, n, 32):
+            c1 = min(c0 + 32, n)
+            cm = m
+            for j in range(c0, c1):
+                cm = max(cm, logits[i, j])
+            if cm > m:
+                s *= fast_exp(m - cm) if m > -np.inf else typed(logits, 0.0)
+                m = cm
+            for j in range(c0, c1):
+                s += fast_exp(logits[i, j] - m)
+        lse[i] = m + np.log(s)
+        t = targets[i]
+        if t == ignore_index:
+            loss[i] = 0.0
+        else:
+            loss[i] = lse[i] - logits[i, t]
+
+
+@njit(parallel=True, fastmath=FASTMATH, cache=True)
+def cross_entropy_bwd(logits, targets, ignore_index, lse, row_grad, dlogits):
+    """dlogits[i] = row_grad[i] * (softmax(logits[i]) - onehot(targets[i])).
+
+    softmax is recomputed as exp(logits - lse) from the saved lse, written straight into the
+    gradient (one pass). `row_grad[i]` is dL/dloss[i]: it carries the reduction (1/count for
+    'mean'), and ignored rows get a zero gradient. Parallel over rows only."""
+    n = logits.shape[1]
+    for i in prange(logits.shape[0]):
+        t = targets[i]
+        g = row_grad[i]
+        if t == ignore_index:
+            for j in range(n):
+                dlogits[i, j] = 0.0
+            continue
+        li = lse[i]
+        for j in range(n):
+            dlogits[i, j] = g * fast_exp(logits[i, j] - li)
+        dlogits[i, t] -= g
