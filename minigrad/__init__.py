@@ -3,6 +3,7 @@
 Where to read first: `autograd.py` (the tape), `tensor.py` (primitive ops, forward beside
 backward), `functional.py` (fused NN ops), `nn.py` (modules), `gradcheck.py` (how we prove it).
 """
+from .backend import get_backend, set_backend, use_backend  # first: sets up Numba's environment
 from . import functional, nn
 from .autograd import (
     add_saved_listener,
@@ -21,4 +22,5 @@ __all__ = [
     "Tensor", "tensor", "zeros", "ones", "randn", "cat", "stack", "where", "maximum",
     "no_grad", "enable_grad", "is_grad_enabled", "detect_anomaly", "gradcheck", "GradcheckError",
     "add_saved_listener", "remove_saved_listener", "functional", "nn", "memory", "checkpoint",
+    "set_backend", "get_backend", "use_backend",
 ]
