@@ -167,10 +167,14 @@ class LoZO(ZerothOrderOptimizer):
                         self._add_(p, z, -lr * c)
                     else:
                         if "m" not in st:
-                            st["m"] = (c * z).astype(z.dtype, copy=False)
+                            z *= c
+                            st["m"] = z.copy()
                         else:
+                            z *= (1 - beta) * c
                             st["m"] *= beta
-                            st["m"] += (1 - beta) * c * z
-                        self._add_(p, st["m"].copy(), -lr)
+                            st["m"] += z
+                            z[...] = st["m"]
+                        self._add_(p, z, -lr)
+                    del z  # free it before the next tensor's z is drawn
         self.global_state.update(step=t + 1, c=c, loss_plus=lp, loss_minus=lm)
         return 0.5 * (lp + lm)

@@ -83,8 +83,8 @@ class MeZO(ZerothOrderOptimizer):
         c = (lp - lm) / (2 * self.eps)
         for group in self.param_groups:
             for name, p in group["params"].items():
-                z = self.noise(name, p.shape, p.dtype, t)
                 self._decay_(p, group)
-                self._add_(p, z, -group["lr"] * c)
+                # (a temporary passed straight in: it is freed before the next one exists)
+                self._add_(p, self.noise(name, p.shape, p.dtype, t), -group["lr"] * c)
         self.global_state.update(step=t + 1, c=c, loss_plus=lp, loss_minus=lm)
         return 0.5 * (lp + lm)

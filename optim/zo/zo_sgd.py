@@ -71,6 +71,7 @@ class ZOSGD(ZerothOrderOptimizer):
             for name, p in self.params.items():
                 z = self.noise(name, p.shape, p.dtype, t, tag=k + 1)
                 ss += float(np.dot(z.ravel(), z.ravel()))  # (views: no copy)
+                del z  # free it before the next tensor's z is drawn
             out.append(1.0 / math.sqrt(ss))
         return out
 
@@ -130,6 +131,7 @@ class ZOSGD(ZerothOrderOptimizer):
                     g[...] = st["momentum_buffer"]
                 self._decay_(p, group)
                 self._add_(p, g, -group["lr"])
+                del g
         loss = f0 if f0 is not None else float(np.mean(losses))
         self.global_state.update(step=t + 1, c=cs, loss=loss)
         return loss
