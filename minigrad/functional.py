@@ -11,7 +11,7 @@ import math
 
 import numpy as np
 
-from . import amp
+from . import amp, backend
 from .autograd import Function
 from .tensor import Tensor, unbroadcast
 
@@ -19,6 +19,19 @@ try:  # exact GELU needs erf; SciPy's is vectorised, math.erf is the fallback
     from scipy.special import erf as _erf
 except ImportError:  # pragma: no cover - depends on the environment
     _erf = np.vectorize(math.erf, otypes=[np.float64])
+
+
+def _fused(x):
+    """`minigrad.kernels` (fused Numba kernels) under the numba backend for a float32/float64
+    input `x`, else None (plain NumPy: other backend, or e.g. float16 under autocast).
+
+    Each fused op below asks this once in forward and keeps the answer in `ctx.fused`, so its
+    backward uses the same backend as its forward even if the backend is switched in between."""
+    if backend.get_backend() != "numba" or x.dtype not in (np.float32, np.float64):
+        return None
+    from . import kernels
+
+    return kernels
 
 
 def _t(x) -> Tensor:
@@ -84,6 +97,9 @@ class GELU(Function):
     def forward(ctx, x, *, approximate="tanh"):
         ctx.approximate = approximate
         ctx.save_for_backward(x)
+        ctx.fused = _fused(x) if approximate == "tanh" else None
+        if ctx.fused is not None:
+            return ctx.fused.gelu_forward(x)
         if approximate == "tanh":
             return 0.5 * x * (1 + np.tanh(_C * (x + 0.044715 * x**3)))
         return (0.5 * x * (1 + _erf(x / math.sqrt(2)))).astype(x.dtype)
@@ -91,6 +107,8 @@ class GELU(Function):
     @staticmethod
     def backward(ctx, g):
         (x,) = ctx.saved
+        if ctx.fused is not None:
+            return (ctx.fused.gelu_backward(x, g),)
         if ctx.approximate == "tanh":
             t = np.tanh(_C * (x + 0.044715 * x**3))
             dt = (1 - t * t) * _C * (1 + 3 * 0.044715 * x * x)
@@ -110,6 +128,12 @@ def gelu(x, approximate: str = "tanh") -> Tensor:
 class Softmax(Function):
     @staticmethod
     def forward(ctx, x, *, axis=-1):
+        ctx.fused = _fused(x) if axis in (-1, x.ndim - 1) else None
+        if ctx.fused is not None:
+            y = ctx.fused.softmax_forward(x)
+            ctx.axis = axis
+            ctx.save_for_backward(y)
+            return y
         e = np.exp(x - x.max(axis=axis, keepdims=True))
         y = e / e.sum(axis=axis, keepdims=True)
         ctx.axis = axis
@@ -119,6 +143,8 @@ class Softmax(Function):
     @staticmethod
     def backward(ctx, g):
         (y,) = ctx.saved
+        if ctx.fused is not None:
+            return (ctx.fused.softmax_backward(y, g),)
         # dx = y * (g - <g, y>): the Jacobian diag(y) - y y^T applied to g
         return (y * (g - (g * y).sum(axis=ctx.axis, keepdims=True)),)
 
@@ -126,6 +152,12 @@ class Softmax(Function):
 class LogSoftmax(Function):
     @staticmethod
     def forward(ctx, x, *, axis=-1):
+        ctx.fused = _fused(x) if axis in (-1, x.ndim - 1) else None
+        if ctx.fused is not None:
+            y = ctx.fused.log_softmax_forward(x)
+            ctx.axis = axis
+            ctx.save_for_backward(y)
+            return y
         m = x.max(axis=axis, keepdims=True)
         y = x - (m + np.log(np.exp(x - m).sum(axis=axis, keepdims=True)))
         ctx.axis = axis
@@ -135,6 +167,8 @@ class LogSoftmax(Function):
     @staticmethod
     def backward(ctx, g):
         (y,) = ctx.saved
+        if ctx.fused is not None:
+            return (ctx.fused.log_softmax_backward(y, g),)
         return (g - np.exp(y) * g.sum(axis=ctx.axis, keepdims=True),)
 
 
@@ -155,11 +189,16 @@ class CrossEntropy(Function):
 
     @staticmethod
     def forward(ctx, logits, *, targets, ignore_index, reduction):
-        m = logits.max(axis=-1, keepdims=True)
-        lse = m + np.log(np.exp(logits - m).sum(axis=-1, keepdims=True))  # (N, 1)
         keep = targets != ignore_index
         safe = np.where(keep, targets, 0)
-        loss = (lse[:, 0] - logits[np.arange(len(logits)), safe]) * keep  # (N,)
+        ctx.fused = _fused(logits)
+        if ctx.fused is not None:  # one pass over each row, online max/sum
+            loss, lse = ctx.fused.cross_entropy_forward(logits, targets, ignore_index)
+            lse = lse[:, None]
+        else:
+            m = logits.max(axis=-1, keepdims=True)
+            lse = m + np.log(np.exp(logits - m).sum(axis=-1, keepdims=True))  # (N, 1)
+            loss = (lse[:, 0] - logits[np.arange(len(logits)), safe]) * keep  # (N,)
         ctx.reduction, ctx.count = reduction, int(keep.sum())
         ctx.save_for_backward(logits, lse, safe, keep)
         if reduction == "none":
@@ -170,13 +209,15 @@ class CrossEntropy(Function):
     @staticmethod
     def backward(ctx, g):
         logits, lse, safe, keep = ctx.saved
-        # d loss_i / d logits_i = softmax(logits_i) - onehot(target_i)
-        grad = np.exp(logits - lse)
-        grad[np.arange(len(logits)), safe] -= 1
         if ctx.reduction == "none":
             scale = (g * keep)[:, None]
         else:
             scale = (g / ctx.count if ctx.reduction == "mean" else g) * keep[:, None]
+        if ctx.fused is not None:  # writes scale * (softmax - onehot) in one pass
+            return (ctx.fused.cross_entropy_backward(logits, safe, lse[:, 0], scale[:, 0]),)
+        # d loss_i / d logits_i = softmax(logits_i) - onehot(target_i)
+        grad = np.exp(logits - lse)
+        grad[np.arange(len(logits)), safe] -= 1
         return (grad * scale,)
 
 
@@ -219,6 +260,12 @@ class LayerNorm(Function):
 
     @staticmethod
     def forward(ctx, x, w=None, b=None, *, eps=1e-5):
+        ctx.has = (w is not None, b is not None)
+        ctx.fused = _fused(x)
+        if ctx.fused is not None:
+            y, mean, rstd = ctx.fused.layer_norm_forward(x, w, b, eps)
+            ctx.save_for_backward(x, w, mean[..., None], rstd[..., None])
+            return y
         mean = x.mean(axis=-1, keepdims=True)
         var = ((x - mean) ** 2).mean(axis=-1, keepdims=True)
         rstd = 1.0 / np.sqrt(var + eps)
@@ -231,6 +278,9 @@ class LayerNorm(Function):
     @staticmethod
     def backward(ctx, g):
         x, w, mean, rstd = ctx.saved
+        if ctx.fused is not None:
+            gx, gw, gb = ctx.fused.layer_norm_backward(g, x, w, mean, rstd)
+            return (gx,) + tuple(gr for gr, has in zip((gw, gb), ctx.has) if has)
         xhat = (x - mean) * rstd  # recomputed rather than stored
         rows = g.reshape(-1, g.shape[-1])
         gw = (rows * xhat.reshape(rows.shape)).sum(axis=0) if ctx.has[0] else None
@@ -320,6 +370,12 @@ class Attention(Function):
 
     @staticmethod
     def forward(ctx, q, k, v, *, causal, scale):
+        ctx.fused = _fused(q) if _flash_ok(q, k, v) else None
+        if ctx.fused is not None:  # flash-style: saves o and one log-sum-exp per query row
+            ctx.flash = dict(causal=causal, scale=scale, causal_offset=k.shape[-2] - q.shape[-2])
+            o, lse = ctx.fused.attention_forward(q, k, v, **ctx.flash)
+            ctx.save_for_backward(q, k, v, o, lse)
+            return o
         s = (q @ np.swapaxes(k, -1, -2)) * scale  # (B, H, Tq, Tk)
         if causal:
             Tq, Tk = s.shape[-2:]
@@ -332,6 +388,8 @@ class Attention(Function):
 
     @staticmethod
     def backward(ctx, g):
+        if ctx.fused is not None:
+            return ctx.fused.attention_backward(*ctx.saved, g, **ctx.flash)
         q, k, v, p = ctx.saved
         gv = np.swapaxes(p, -1, -2) @ g  # o = p @ v  =>  dv = p^T @ do
         gp = g @ np.swapaxes(v, -1, -2)  #                dp = do @ v^T
@@ -339,6 +397,13 @@ class Attention(Function):
         gq = gs @ k  # s = q @ k^T * scale  =>  dq = ds @ k, dk = ds^T @ q
         gk = np.swapaxes(gs, -1, -2) @ q
         return unbroadcast(gq, q.shape), unbroadcast(gk, k.shape), unbroadcast(gv, v.shape)
+
+
+def _flash_ok(q, k, v) -> bool:
+    """The flash kernel needs equal batch dims, Dv == D, float inputs and Tk >= Tq."""
+    return (q.ndim >= 2 and q.shape[:-2] == k.shape[:-2] and k.shape == v.shape
+            and q.shape[-1] == k.shape[-1] and k.shape[-2] >= q.shape[-2] > 0
+            and q.dtype.kind == "f" and q.dtype == k.dtype == v.dtype)
 
 
 def scaled_dot_product_attention(q, k, v, causal: bool = False, scale: float | None = None) -> Tensor:

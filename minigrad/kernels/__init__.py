@@ -55,7 +55,7 @@ def _float_array(x, name, op):
     if x.dtype not in _FLOATS:
         raise TypeError(f"{op}: {name} must be float32 or float64, got {x.dtype}; "
                         f"cast it first, e.g. {name}.astype(np.float32)")
-    return np.ascontiguousarray(x)
+    return np.asarray(x, order="C")  # (np.ascontiguousarray would turn a 0-d array into 1-d)
 
 
 def _rows(x, name, op):
