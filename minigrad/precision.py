@@ -36,9 +36,10 @@ Rounding
 ``rounding="nearest"``: round to nearest, ties to even (IEEE default). ``rounding="stochastic"``:
 round up with probability equal to the distance to the lower neighbour divided by the gap, so the
 expectation equals the input (Gupta et al., "Deep Learning with Limited Numerical Precision", ICML
-2015). Both are written on the integer significand (see `_round_significand`), which is what hardware
-does. They work from float64 bits, so float64 inputs are rounded once (no double rounding through
-float32).
+2015). Both are written on the integer significand (see `_round_significand`, ``impl="bits"``), which is
+what hardware does; a float64-arithmetic twin (`_round_arithmetic`, the default ``impl="fast"``) gives
+identical nearest results about 5x faster. Both work in float64, so float64 inputs are rounded once
+(no double rounding through float32).
 
 Block-scaled formats
 --------------------
@@ -242,12 +243,34 @@ def _round_significand(x64: np.ndarray, fmt: Format, rounding: str, rng) -> np.n
     return np.where(sign, -mag, mag)
 
 
-def _quantize_element(x, fmt: Format, rounding: str, rng, saturate) -> np.ndarray:
+def _round_arithmetic(x64: np.ndarray, fmt: Format, rounding: str, rng) -> np.ndarray:
+    """The fast twin of `_round_significand`, in float64 arithmetic (about 5x faster).
+
+    With q the quantum exponent as above, x·2^-q is exact (a power-of-two scaling), so
+    rint (which rounds half to even) or floor + a uniform draw gives the rounded multiple of 2^q.
+    For nearest rounding the tests require it to equal the bit-by-bit version on every probe.
+    """
+    _, ex = np.frexp(x64)  # |x| = m·2^ex with m in [0.5, 1): the leading bit has exponent ex-1
+    q = np.maximum(ex - 1, fmt.emin) - fmt.man_bits
+    y = np.ldexp(x64, -q)
+    if rounding == "nearest":
+        n = np.rint(y)
+    else:
+        lo = np.floor(y)
+        n = lo + (rng.random(y.shape) < (y - lo))  # up with probability = the fractional part
+        n = np.where(x64 == 0, x64, n)  # keep the sign of zero
+    return np.ldexp(n, q)
+
+
+_IMPLS = {"fast": _round_arithmetic, "bits": _round_significand}
+
+
+def _quantize_element(x, fmt: Format, rounding: str, rng, saturate, impl="fast") -> np.ndarray:
     """Round to an element format; apply the overflow / inf / NaN rules; return float32."""
     x64 = np.array(x, dtype=np.float64, copy=True)
     finite = np.isfinite(x64)
     xin = np.where(finite, x64, 0.0)
-    y = _round_significand(xin, fmt, rounding, rng)
+    y = _IMPLS[impl](xin, fmt, rounding, rng)
 
     over = np.abs(y) > fmt.max
     rule = "saturate" if saturate else fmt.overflow
@@ -280,7 +303,7 @@ def _rng(rounding, rng, where):
 
 
 def quantize(x, fmt: str, rounding: str = "nearest", rng=None, *, saturate: bool | None = None,
-             scale_rule: str | None = None) -> np.ndarray:
+             scale_rule: str | None = None, impl: str = "fast") -> np.ndarray:
     """Round `x` to format `fmt`; return float32 values that the format represents exactly.
 
     x: array-like (float16/32/64). fmt: one of `ALL_FORMATS`. rounding: "nearest" (ties to even) or
@@ -288,17 +311,22 @@ def quantize(x, fmt: str, rounding: str = "nearest", rng=None, *, saturate: bool
     True clamps overflow and ±inf to ±max (default: the format's own rule, see the module docstring).
     scale_rule: block formats only -- "floor" (MX default, OCP spec) / "nearest" (NVFP4 default) or
     "ceil" (never saturate an element).
+    impl: "bits" runs the bit-by-bit integer version written for reading (`_round_significand`),
+    "fast" (default) its float64-arithmetic twin (`_round_arithmetic`); nearest rounding is
+    identical between them (tested), stochastic rounding is unbiased in both (different draws).
     The output has x's shape; for block formats blocks run along the last axis.
     """
     _check_fmt(fmt, "quantize")
     rng = _rng(rounding, rng, "quantize")
+    if impl not in _IMPLS:
+        raise ValueError(f"quantize: impl must be 'fast' or 'bits', got {impl!r}")
     if fmt in FORMATS:
         if scale_rule is not None:
             raise ValueError(f"quantize: scale_rule applies to block formats only, not {fmt!r}")
-        return _quantize_element(x, FORMATS[fmt], rounding, rng, saturate)
+        return _quantize_element(x, FORMATS[fmt], rounding, rng, saturate, impl)
     if saturate is not None:
         raise ValueError(f"quantize: block format {fmt!r} always saturates its elements; drop saturate=")
-    return decode(_encode_block(x, fmt, rounding, rng, scale_rule))
+    return decode(_encode_block(x, fmt, rounding, rng, scale_rule, impl))
 
 
 def ulp(x, fmt: str) -> np.ndarray:
@@ -436,7 +464,7 @@ def _blockify(x, block, where):
     return x.reshape(x.shape[:-1] + (x.shape[-1] // block, block))
 
 
-def _encode_block(x, fmt, rounding, rng, scale_rule) -> BlockEncoded:
+def _encode_block(x, fmt, rounding, rng, scale_rule, impl="fast") -> BlockEncoded:
     elem_name, block, kind = BLOCK_FORMATS[fmt]
     ef = FORMATS[elem_name]
     shape = np.shape(x)
@@ -457,7 +485,7 @@ def _encode_block(x, fmt, rounding, rng, scale_rule) -> BlockEncoded:
         scodes = encode_e8m0(shared)
         X = decode_e8m0(scodes)[..., None]
         with np.errstate(invalid="ignore"):
-            P = _quantize_element(B / X, ef, rounding, rng, saturate=True)
+            P = _quantize_element(B / X, ef, rounding, rng, True, impl)
         P = np.where(np.isnan(X), np.nan, P)
         codes = _encode_element(np.where(np.isnan(P), 0.0, P), ef)
         codes = np.where(np.isnan(P), 0, codes).astype(np.uint8)  # block NaN lives in its scale
@@ -484,7 +512,7 @@ def _encode_block(x, fmt, rounding, rng, scale_rule) -> BlockEncoded:
     block_dec = (b.astype(f32) * s_dec).astype(f32)  # what `decode` multiplies by
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         enc = np.where(block_dec > 0, f32(1.0) / block_dec, f32(0.0)).astype(f32)
-    P = _quantize_element(B32 * enc[..., None], ef, rounding, rng, saturate=True)
+    P = _quantize_element(B32 * enc[..., None], ef, rounding, rng, True, impl)
     codes = _encode_element(P, ef).astype(np.uint8)
     return BlockEncoded(fmt, codes, scodes, s_dec, shape)
 
@@ -505,7 +533,7 @@ def encode(x, fmt: str, rounding: str = "nearest", rng=None, **kw):
     rng = _rng(rounding, rng, "encode")
     if fmt in FORMATS:
         return _encode_element(quantize(x, fmt, rounding, rng, **kw), FORMATS[fmt])
-    return _encode_block(x, fmt, rounding, rng, kw.get("scale_rule"))
+    return _encode_block(x, fmt, rounding, rng, kw.get("scale_rule"), kw.get("impl", "fast"))
 
 
 def decode(codes, fmt: str | None = None) -> np.ndarray:

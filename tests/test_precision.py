@@ -87,18 +87,28 @@ def test_format_constants():
 
 
 # ---------------------------------------------------------------- nearest rounding
+@pytest.mark.parametrize("impl", ["bits", "fast"])
 @pytest.mark.parametrize("fmt", SMALL)
-def test_nearest_matches_ml_dtypes_on_values_midpoints_and_neighbours(fmt):
+def test_nearest_matches_ml_dtypes_on_values_midpoints_and_neighbours(fmt, impl):
     pts = probe_points(fmt)
     ref = pts.astype(ml_type(fmt)).astype(np.float32)
-    assert same(P.quantize(pts, fmt), ref)
+    assert same(P.quantize(pts, fmt, impl=impl), ref)
 
 
+@pytest.mark.parametrize("fmt", SMALL + ["fp32"])
+def test_fast_twin_equals_bit_by_bit_rounding(fmt):
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal(5000) * 2.0 ** rng.integers(-160, 140, 5000)
+    pts = np.concatenate([x, probe_points(fmt) if fmt != "fp32" else x[:0], [0.0, -0.0]])
+    assert same(P.quantize(pts, fmt, impl="fast"), P.quantize(pts, fmt, impl="bits"))
+
+
+@pytest.mark.parametrize("impl", ["bits", "fast"])
 @pytest.mark.parametrize("fmt", SMALL)
-def test_ties_go_to_even(fmt):
+def test_ties_go_to_even(fmt, impl):
     v = np.unique(P.representable_values(fmt))
     mids = ((v[:-1] + v[1:]) / 2).astype(np.float32)
-    q = P.quantize(mids, fmt)
+    q = P.quantize(mids, fmt, impl=impl)
     lo, hi = v[:-1], v[1:]
     assert np.all((q == lo) | (q == hi))  # a neighbour, never anything else
     codes = P.encode(q, fmt).astype(np.int64)
@@ -112,7 +122,7 @@ def test_nearest_errs_by_at_most_half_an_ulp(fmt, data):
     lim = min(f.max, 3e38)
     x = np.array(data.draw(st.lists(st.floats(-lim, lim, allow_nan=False, width=64), min_size=1,
                                     max_size=50)))
-    q = P.quantize(x, fmt).astype(np.float64)
+    q = P.quantize(x, fmt, impl="bits").astype(np.float64)
     err = np.abs(q - x)
     assert np.all(err <= P.ulp(x, fmt) / 2)
     assert np.all(np.abs(q) <= f.max)
@@ -168,8 +178,9 @@ def test_bad_arguments_say_what_to_do():
 
 
 # ---------------------------------------------------------------- stochastic rounding
+@pytest.mark.parametrize("impl", ["bits", "fast"])
 @pytest.mark.parametrize("fmt", ["fp16", "bf16", "fp8_e4m3", "fp8_e5m2", "fp4_e2m1"])
-def test_stochastic_rounding_is_unbiased(fmt):
+def test_stochastic_rounding_is_unbiased(fmt, impl):
     """Each draw is lo or hi, hi with probability p = (x - lo)/(hi - lo); so the sample mean of N
     draws has variance p(1-p)(hi-lo)^2 / N. We require |mean - x| <= 5 sigma (two-sided
     probability of failure < 1e-6 per point for a fixed seed that we do not tune)."""
@@ -181,13 +192,13 @@ def test_stochastic_rounding_is_unbiased(fmt):
     frac = rng.uniform(0.02, 0.98, size=20)
     x = (lo + frac * (hi - lo)).astype(np.float32).astype(np.float64)
     N = 4000
-    draws = P.quantize(np.broadcast_to(x, (N, 20)), fmt, rounding="stochastic", rng=rng).astype(np.float64)
+    draws = P.quantize(np.broadcast_to(x, (N, 20)), fmt, "stochastic", rng, impl=impl).astype(np.float64)
     assert np.all((draws == lo) | (draws == hi))
     p = (x - lo) / (hi - lo)
     sigma = np.sqrt(p * (1 - p) / N) * (hi - lo)
     assert np.all(np.abs(draws.mean(0) - x) <= 5 * sigma)
     # representable values are left alone
-    assert np.array_equal(P.quantize(v, fmt, rounding="stochastic", rng=rng), v.astype(np.float32))
+    assert np.array_equal(P.quantize(v, fmt, "stochastic", rng, impl=impl), v.astype(np.float32))
 
 
 def test_stochastic_rounding_rescues_tiny_updates_on_average():
