@@ -389,3 +389,28 @@ def test_mezo_and_lozo_train_a_minigrad_module_under_no_grad():
         for _ in range(200):
             opt.step(closure=closure)
         assert float(closure().item()) < 0.6 * l0
+
+
+from hypothesis import given, strategies as st  # noqa: E402
+
+
+@given(st.sampled_from(["mezo", "lozo"]), st.sampled_from([np.float64, np.float32, np.float16]),
+       st.lists(st.tuples(st.integers(1, 7), st.integers(1, 7)), min_size=1, max_size=3),
+       st.floats(1e-4, 1e-1), st.integers(0, 2**31 - 1))
+def test_perturb_and_restore_bound_holds_for_any_shapes_dtypes_eps(name, dtype, shapes, eps, seed):
+    rng = np.random.default_rng(seed)
+    P = {f"p{i}": rng.standard_normal(s).astype(dtype) for i, s in enumerate(shapes)}
+    P["v"] = rng.standard_normal(3).astype(dtype)
+    before = {n: p.astype(np.float64) for n, p in P.items()}
+    opt = optim.create(name, P, lr=0.0, eps=eps, seed=seed, rank=2) if name == "lozo" else \
+        optim.create(name, P, lr=0.0, eps=eps, seed=seed)
+    opt.step(closure=lambda: 0.0)
+    u = float(np.finfo(dtype).eps) / 2
+    for n, p in P.items():
+        if name == "mezo" or p.ndim < 2:
+            a = np.abs(opt.noise(n, p.shape, dtype, 0).astype(np.float64) * eps)
+        else:
+            a = np.abs((opt.U(n, 0) @ opt.state[n]["V"].T).astype(np.float64) * eps)
+        err = np.abs(p.astype(np.float64) - before[n])
+        # 3u(|θ| + |a|), plus the rounding of a itself (a LoZO matmul in float16/32 adds ~r·u)
+        assert np.all(err <= 4 * u * (np.abs(before[n]) + a) + 1e-300), (n, err.max())
