@@ -82,9 +82,12 @@ class ImportanceSampling(_Sampler):
             raise ValueError("probs must be a 1-D array of non-negative finite weights, sum > 0")
         super().__init__(p.size, batch_size, seed)
         self.p = p / p.sum()
+        self._cdf = np.cumsum(self.p)
+        self._cdf[-1] = 1.0
 
     def next(self):
-        idx = self.rng.choice(self.n, size=self.batch_size, p=self.p)
+        # inverse-CDF sampling (rng.choice(p=...) re-validates p on every call: ~10x slower)
+        idx = np.searchsorted(self._cdf, self.rng.random(self.batch_size), side="right")
         return idx, 1.0 / (self.n * self.p[idx])
 
 

@@ -1,0 +1,415 @@
+"""Convex lab (Lectures 1, 2, 6): measured suboptimality vs the theoretical rates.
+
+    .venv/bin/python demos/convex_lab.py            # full sizes, PNGs into docs/ (~15 s)
+    .venv/bin/python demos/convex_lab.py --small    # quick sizes (the test uses this)
+
+Problems on generated data, each solved to high accuracy first (x*):
+* least squares   f(x) = 1/(2n) ||Ax - b||^2               (x* by lstsq)
+* logistic        f(x) = 1/n sum log(1 + exp(-y_i a_i^T x)) + mu/2 ||x||^2   (x* by Newton)
+* LASSO           f(x) = 1/(2n) ||Ax - b||^2 + lam ||x||_1  (x* by restarted FISTA + support
+                  polish; verified by its optimality conditions to 1e-8)
+and a strict saddle f(x, y) = x^2/2 + y^4/4 - y^2/2 where GD stalls and perturbed GD escapes.
+
+Every method is the library's optimizer driven by raw gradients (optim.create(...).step(grads)).
+Theoretical curves (each line's label says which):
+* GD, lr = 1/L, mu-strongly convex: f(x_k) - f* <= (1 - mu/L)^k (f(x_0) - f*).
+* Nesterov, lr = 1/L, momentum (sqrt(k)-1)/(sqrt(k)+1): f(x_k) - f* <= (1 - 1/sqrt(kappa))^k
+  (f(x_0) - f* + mu/2 ||x_0 - x*||^2) (Nesterov 2004, Thm 2.2.3 form) [unverified constant].
+* SGD, step gamma < 1/sup_i L_i: E||x_k - x*||^2 <= (1 - 2 gamma mu (1 - gamma sup L))^k ||x_0 - x*||^2
+  + gamma sigma^2 / (mu (1 - gamma sup L)), sigma^2 = E||grad f_i(x*)||^2 (Needell, Srebro, Ward
+  2014, Thm 2.1) [unverified: recalled from memory]; importance sampling p_i ~ L_i replaces
+  sup L by mean L and sigma^2 by the reweighted variance (a faster rate, a different floor).
+  The SGD panels plot ||x_k - x*||^2, what the theorem bounds. Random reshuffling has no line (it is not covered by that theorem).
+* ISTA: F(x_k) - F* <= L ||x_0 - x*||^2 / (2k); FISTA: <= 2 L ||x_0 - x*||^2 / (k+1)^2
+  (Beck & Teboulle 2009).
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import optim  # noqa: E402
+from optim.prox import L1  # noqa: E402
+from optim.sampling import make_sampler  # noqa: E402
+
+FLOOR = 1e-16  # plots clip suboptimality here (float64 rounding)
+
+
+# ----------------------------------------------------------------------------- problems
+def make_least_squares(n, d, rng):
+    """Rows with heterogeneous norms (so importance sampling matters), columns scaled for kappa."""
+    a = rng.standard_normal((n, d)) * np.geomspace(1.0, 0.1, d)
+    a *= np.exp(rng.normal(0.0, 0.8, n))[:, None]
+    x_true = rng.standard_normal(d)
+    b = a @ x_true + 0.5 * rng.standard_normal(n)
+    xs = np.linalg.lstsq(a, b, rcond=None)[0]
+    h = a.T @ a / n
+    ev = np.linalg.eigvalsh(h)
+    return {
+        "name": "least squares", "a": a, "b": b, "xs": xs, "mu": ev[0], "L": ev[-1],
+        "Li": np.sum(a * a, axis=1),
+        "f": lambda x: 0.5 * np.mean((a @ x - b) ** 2),
+        "grad": lambda x: a.T @ (a @ x - b) / n,
+        "grad_i": lambda x, idx: a[idx] * (a[idx] @ x - b[idx])[:, None],
+    }
+
+
+def make_logistic(n, d, mu, rng):
+    a = rng.standard_normal((n, d)) * np.exp(rng.normal(0.0, 0.6, n))[:, None]
+    w = rng.standard_normal(d)
+    y = np.where(rng.random(n) < 1 / (1 + np.exp(-a @ w)), 1.0, -1.0)
+
+    def f(x):
+        return float(np.mean(np.logaddexp(0.0, -y * (a @ x)))) + 0.5 * mu * x @ x
+
+    def grad(x):
+        s = -y / (1 + np.exp(y * (a @ x)))
+        return a.T @ s / n + mu * x
+
+    def grad_i(x, idx):
+        s = -y[idx] / (1 + np.exp(y[idx] * (a[idx] @ x)))
+        return a[idx] * s[:, None] + mu * x
+
+    xs = np.zeros(d)                                   # Newton's method to machine precision
+    for _ in range(50):
+        sig = 1 / (1 + np.exp(-a @ xs))
+        hess = (a.T * (sig * (1 - sig))) @ a / n + mu * np.eye(d)
+        step = np.linalg.solve(hess, grad(xs))
+        xs -= step
+        if np.linalg.norm(step) < 1e-15:
+            break
+    L = np.linalg.eigvalsh(a.T @ a).max() / (4 * n) + mu
+    return {"name": "logistic regression", "a": a, "y": y, "xs": xs, "mu": mu, "L": L,
+            "Li": np.sum(a * a, axis=1) / 4 + mu, "f": f, "grad": grad, "grad_i": grad_i}
+
+
+def make_lasso(n, d, rng):
+    a = rng.standard_normal((n, d))
+    x_true = np.zeros(d)
+    k = max(3, d // 10)
+    x_true[rng.choice(d, k, replace=False)] = rng.standard_normal(k) * 2
+    b = a @ x_true + 0.1 * rng.standard_normal(n)
+    lam = 0.1 * np.abs(a.T @ b).max() / n
+    L = np.linalg.eigvalsh(a.T @ a).max() / n
+    pb = {"name": "LASSO", "a": a, "b": b, "lam": lam, "L": L,
+          "f": lambda x: 0.5 * np.mean((a @ x - b) ** 2),
+          "grad": lambda x: a.T @ (a @ x - b) / n}
+    pb["F"] = lambda x: pb["f"](x) + lam * np.abs(x).sum()
+    pb["xs"] = solve_lasso(pb)
+    pb["kkt"] = lasso_kkt_residual(pb, pb["xs"])
+    return pb
+
+
+def lasso_kkt_residual(pb, x):
+    """max violation of 0 in grad f(x) + lam * subdiff ||x||_1:
+    grad_i = -lam sign(x_i) on the support, |grad_i| <= lam off it."""
+    g, lam = pb["grad"](x), pb["lam"]
+    on = x != 0
+    r_on = np.abs(g[on] + lam * np.sign(x[on])).max(initial=0.0)
+    r_off = np.maximum(np.abs(g[~on]) - lam, 0.0).max(initial=0.0)
+    return float(max(r_on, r_off))
+
+
+def solve_lasso(pb, tol=1e-12, max_iter=50_000):
+    """FISTA with function-value restart (O'Donoghue & Candes 2015), then a support polish:
+    on the support S with signs s, x_S solves (A_S^T A_S / n) x_S = A_S^T b / n - lam s."""
+    d = pb["a"].shape[1]
+    p = {"x": np.zeros(d)}
+    opt = optim.FISTA(p, lr=1 / pb["L"], prox=L1(pb["lam"]))
+    best = math.inf
+    for _ in range(max_iter):
+        opt.step({"x": pb["grad"](p["x"])})
+        x = opt.iterates()["x"]
+        val = pb["F"](x)
+        if val > best:                                   # restart the momentum
+            p["x"][...] = x
+            opt = optim.FISTA(p, lr=1 / pb["L"], prox=L1(pb["lam"]))
+        best = min(best, val)
+        if lasso_kkt_residual(pb, x) < tol:
+            break
+    x = opt.iterates()["x"].copy()
+    on = x != 0
+    a, b, n = pb["a"], pb["b"], pb["a"].shape[0]
+    if on.any():
+        a_s = a[:, on]
+        xs_on = np.linalg.solve(a_s.T @ a_s / n, a_s.T @ b / n - pb["lam"] * np.sign(x[on]))
+        cand = np.zeros(d)
+        cand[on] = xs_on
+        if np.all(np.sign(xs_on) == np.sign(x[on])) and \
+                lasso_kkt_residual(pb, cand) <= lasso_kkt_residual(pb, x):
+            x = cand
+    return x
+
+
+# ----------------------------------------------------------------------------- runners
+def run_deterministic(pb, name, iters, **kw):
+    d = pb["xs"].size
+    p = {"x": np.zeros(d)}
+    opt = optim.create(name, p, **kw)
+    obj = pb.get("F", pb["f"])
+    fs = pb["F"](pb["xs"]) if "F" in pb else pb["f"](pb["xs"])
+    gaps = [obj(p["x"]) - fs]
+    for _ in range(iters):
+        opt.step({"x": pb["grad"](p["x"])})
+        x = opt.iterates()["x"] if hasattr(opt, "iterates") else p["x"]
+        gaps.append(obj(x) - fs)
+    return np.maximum(np.array(gaps), FLOOR)
+
+
+def sgd_setup(pb, kind):
+    """Step size and NSW bound constants for a sampler kind."""
+    n = pb["Li"].size
+    g_star = pb["grad_i"](pb["xs"], np.arange(n))          # per-sample gradients at x*
+    sq = np.sum(g_star ** 2, axis=1)
+    if kind == "importance":
+        probs = pb["Li"] / pb["Li"].sum()
+        sup_l = pb["Li"].mean()
+        sigma2 = float(np.mean(sq * pb["Li"].mean() / pb["Li"]))   # sum p_i ||w_i g_i||^2
+    else:
+        probs = None
+        sup_l = pb["Li"].max()
+        sigma2 = float(np.mean(sq))
+    gamma = 1.0 / (2.0 * sup_l)
+    return probs, gamma, sup_l, sigma2
+
+
+def run_sgd(pb, kind, epochs, seed=0):
+    n, d = pb["Li"].size, pb["xs"].size
+    probs, gamma, sup_l, sigma2 = sgd_setup(pb, kind)
+    sampler = make_sampler(kind, n, batch_size=1, seed=seed, probs=probs)
+    p = {"x": np.zeros(d)}
+    opt = optim.create("sgd", p, lr=gamma)
+    xs = pb["xs"]
+    dist = [float(np.sum((p["x"] - xs) ** 2))]
+    for _ in range(epochs):
+        for _ in range(n):
+            idx, w = sampler.next()
+            opt.step({"x": (w[:, None] * pb["grad_i"](p["x"], idx)).mean(axis=0)})
+        dist.append(float(np.sum((p["x"] - xs) ** 2)))
+    # the NSW bound on E||x_k - x*||^2, once per epoch (n steps)
+    mu = pb["mu"]
+    k = np.arange(epochs + 1) * n
+    bound = ((1 - 2 * gamma * mu * (1 - gamma * sup_l)) ** k * dist[0]
+             + gamma * sigma2 / (mu * (1 - gamma * sup_l)))
+    return np.maximum(np.array(dist), FLOOR), bound
+
+
+def strongly_convex_bounds(pb, iters):
+    mu, L, xs = pb["mu"], pb["L"], pb["xs"]
+    k = np.arange(iters + 1)
+    f0 = pb["f"](np.zeros_like(xs)) - pb["f"](xs)
+    gd = (1 - mu / L) ** k * f0
+    nest = (1 - math.sqrt(mu / L)) ** k * (f0 + mu / 2 * xs @ xs)
+    return gd, nest
+
+
+def nesterov_momentum(pb):
+    sk = math.sqrt(pb["L"] / pb["mu"])
+    return (sk - 1) / (sk + 1)
+
+
+# ----------------------------------------------------------------------------- figures
+def _plt():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+COLORS = {"GD": "C0", "Nesterov": "C1", "with replacement": "C2", "reshuffling": "C3",
+          "importance": "C4", "ISTA": "C0", "FISTA": "C1"}
+
+
+def plot_smooth(pb, det, sgd, path, iters, epochs):
+    plt = _plt()
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
+    k = np.arange(iters + 1)
+    gd_b, nest_b = strongly_convex_bounds(pb, iters)
+    ax1.semilogy(k, det["GD"], color=COLORS["GD"], label="GD, lr=1/L")
+    ax1.semilogy(k, np.maximum(gd_b, FLOOR), "--", color=COLORS["GD"], label="(1-1/κ)^k bound")
+    ax1.semilogy(k, det["Nesterov"], color=COLORS["Nesterov"], label="Nesterov")
+    ax1.semilogy(k, np.maximum(nest_b, FLOOR), "--", color=COLORS["Nesterov"],
+                 label="(1-1/√κ)^k bound")
+    ax1.set_ylim(FLOOR, None)
+    ax1.set_xlabel("iteration (full gradients)")
+    ax1.set_ylabel("f(x_k) - f*")
+    ax1.set_title(f"{pb['name']}: κ = {pb['L'] / pb['mu']:.0f}")
+    ax1.legend(fontsize=7)
+    e = np.arange(epochs + 1)
+    for kind, label in (("replacement", "with replacement"), ("reshuffle", "reshuffling"),
+                        ("importance", "importance")):
+        gaps, bound = sgd[kind]
+        ax2.semilogy(e, gaps, color=COLORS[label], label=f"SGD {label}")
+        if kind != "reshuffle":
+            ax2.semilogy(e, bound, "--", color=COLORS[label], label=f"bound ({label})")
+    ax2.set_xlabel("epoch (n single-sample steps)")
+    ax2.set_ylabel("‖x − x*‖²")
+    ax2.set_title("SGD, constant step 1/(2 sup L_i) (IS: 1/(2 mean L_i))", fontsize=9)
+    ax2.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def plot_lasso(pb, det, path, iters):
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    k = np.arange(1, iters + 1)
+    r0 = float(pb["xs"] @ pb["xs"])
+    L = pb["L"]
+    ax.loglog(k, det["ISTA"][1:], color=COLORS["ISTA"], label="ISTA")
+    ax.loglog(k, L * r0 / (2 * k), "--", color=COLORS["ISTA"], label="L‖x0−x*‖²/(2k)")
+    ax.loglog(k, det["FISTA"][1:], color=COLORS["FISTA"], label="FISTA")
+    ax.loglog(k, 2 * L * r0 / (k + 1) ** 2, "--", color=COLORS["FISTA"], label="2L‖x0−x*‖²/(k+1)²")
+    ax.set_ylim(FLOOR, None)
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("F(x_k) - F*")
+    nnz = int(np.count_nonzero(pb["xs"]))
+    ax.set_title(f"LASSO: {nnz}/{pb['xs'].size} nonzeros, KKT residual {pb['kkt']:.1e}", fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+# ----------------------------------------------------------------------------- saddle
+def saddle_f(x):
+    return 0.5 * x[0] ** 2 + 0.25 * x[1] ** 4 - 0.5 * x[1] ** 2
+
+
+def saddle_grad(x):
+    return np.array([x[0], x[1] ** 3 - x[1]])
+
+
+def run_saddle(iters=300, seed=0):
+    out = {}
+    for name, kw in (("GD", {}), ("perturbed GD", dict(g_thres=1e-3, radius=1e-2, t_thres=20,
+                                                     seed=seed))):
+        p = {"x": np.array([1.0, 0.0])}
+        opt = optim.create("gd" if name == "GD" else "perturbed_gd", p, lr=0.1, **kw)
+        traj = [p["x"].copy()]
+        for _ in range(iters):
+            opt.step({"x": saddle_grad(p["x"])})
+            traj.append(p["x"].copy())
+        out[name] = np.array(traj)
+        if name != "GD":
+            out["perturbations"] = opt.perturbations
+    escaped = np.nonzero(np.abs(out["perturbed GD"][:, 1]) > 0.5)[0]
+    out["escape_iter"] = int(escaped[0]) if escaped.size else None
+    near = np.nonzero(np.linalg.norm(out["GD"], axis=1) < 1e-3)[0]     # when GD reached the saddle
+    out["gd_at_saddle_iter"] = int(near[0]) if near.size else None
+    return out
+
+
+def plot_saddle(res, path):
+    plt = _plt()
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
+    xx, yy = np.meshgrid(np.linspace(-1.2, 1.2, 200), np.linspace(-1.5, 1.5, 200))
+    ax1.contour(xx, yy, saddle_f(np.array([xx, yy])), levels=30, linewidths=0.5, cmap="gray")
+    for name, c in (("GD", "C0"), ("perturbed GD", "C3")):
+        t = res[name]
+        ax1.plot(t[:, 0], t[:, 1], ".-", ms=2, lw=1, color=c, label=name)
+        ax2.plot([saddle_f(x) for x in t], color=c, label=name)
+    ax1.plot([0], [0], "kx", label="strict saddle (0,0)")
+    ax1.plot([0, 0], [-1, 1], "k*", label="minima (0,±1)")
+    ax1.set_title("f = x²/2 + y⁴/4 − y²/2, start (1, 0)", fontsize=9)
+    ax1.legend(fontsize=7)
+    ax2.axhline(0, color="k", lw=0.5, ls=":")
+    ax2.axhline(-0.25, color="k", lw=0.5, ls="--")
+    ax2.set_xlabel("iteration")
+    ax2.set_ylabel("f")
+    ax2.set_title(f"GD stalls at the saddle (f = 0); PGD escapes (|y| > 1/2 at iteration "
+                  f"{res['escape_iter']}) to f* = −1/4", fontsize=9)
+    ax2.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+# ----------------------------------------------------------------------------- main
+def main(small=False, outdir="docs", plots=True, seed=0, verbose=True):
+    t0 = time.perf_counter()
+    rng = np.random.default_rng(seed)
+    if small:
+        ls_size, lg_size, lasso_size, iters, epochs = (120, 10), (150, 8), (40, 80), 150, 8
+    else:
+        ls_size, lg_size, lasso_size, iters, epochs = (400, 30), (600, 20), (120, 300), 600, 20
+    os.makedirs(outdir, exist_ok=True) if plots else None
+    summary = {}
+
+    for pb in (make_least_squares(*ls_size, rng), make_logistic(*lg_size, 1e-2, rng)):
+        det = {"GD": run_deterministic(pb, "gd", iters, lr=1 / pb["L"]),
+               "Nesterov": run_deterministic(pb, "agd", iters, lr=1 / pb["L"],
+                                             momentum=nesterov_momentum(pb))}
+        sgd = {kind: run_sgd(pb, kind, epochs, seed=seed)
+               for kind in ("replacement", "reshuffle", "importance")}
+        gd_b, nest_b = strongly_convex_bounds(pb, iters)
+        key = pb["name"].replace(" ", "_")
+        summary[key] = {
+            "kappa": pb["L"] / pb["mu"],
+            "gd_below_bound": bool(np.all(det["GD"] <= np.maximum(gd_b, FLOOR) * (1 + 1e-9))),
+            "nesterov_below_bound": bool(np.all(det["Nesterov"] <= np.maximum(nest_b, FLOOR) * (1 + 1e-9))),
+            "gd_final": float(det["GD"][-1]), "nesterov_final": float(det["Nesterov"][-1]),
+            **{f"sgd_{k}_final": float(v[0][-1]) for k, v in sgd.items()},
+            **{f"sgd_{k}_bound_final": float(v[1][-1]) for k, v in sgd.items()},
+        }
+        if plots:
+            path = os.path.join(outdir, f"convex_{key}.png")
+            plot_smooth(pb, det, sgd, path, iters, epochs)
+            summary[key]["png"] = path
+
+    pb = make_lasso(*lasso_size, rng)
+    det = {"ISTA": run_deterministic(pb, "ista", iters, lr=1 / pb["L"], prox=L1(pb["lam"])),
+           "FISTA": run_deterministic(pb, "fista", iters, lr=1 / pb["L"], prox=L1(pb["lam"]))}
+    k = np.arange(1, iters + 1)
+    r0 = float(pb["xs"] @ pb["xs"])
+    summary["lasso"] = {
+        "kkt_residual": pb["kkt"], "nnz": int(np.count_nonzero(pb["xs"])), "d": pb["xs"].size,
+        "ista_below_bound": bool(np.all(det["ISTA"][1:] <= pb["L"] * r0 / (2 * k) + 1e-12)),
+        "fista_below_bound": bool(np.all(det["FISTA"][1:] <= 2 * pb["L"] * r0 / (k + 1) ** 2 + 1e-12)),
+        "ista_final": float(det["ISTA"][-1]), "fista_final": float(det["FISTA"][-1]),
+    }
+    if plots:
+        path = os.path.join(outdir, "convex_lasso.png")
+        plot_lasso(pb, det, path, iters)
+        summary["lasso"]["png"] = path
+
+    res = run_saddle()
+    summary["saddle"] = {"gd_final": res["GD"][-1].tolist(), "pgd_final": res["perturbed GD"][-1].tolist(),
+                         "perturbations": res["perturbations"], "escape_iter": res["escape_iter"],
+                         "gd_at_saddle_iter": res["gd_at_saddle_iter"]}
+    if plots:
+        path = os.path.join(outdir, "convex_saddle.png")
+        plot_saddle(res, path)
+        summary["saddle"]["png"] = path
+    summary["seconds"] = time.perf_counter() - t0
+    if verbose:
+        for name, s in summary.items():
+            if isinstance(s, dict):
+                print(f"{name:14s}", ", ".join(f"{k}={_fmt(v)}" for k, v in s.items()))
+        print(f"total {summary['seconds']:.1f} s")
+    return summary
+
+
+def _fmt(v):
+    if isinstance(v, float):
+        return f"{v:.3g}"
+    if isinstance(v, list):
+        return "[" + ", ".join(f"{x:.3g}" for x in v) + "]"
+    return str(v)
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--small", action="store_true", help="quick sizes (for tests)")
+    ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "docs"))
+    ap.add_argument("--no-plots", action="store_true")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    main(small=args.small, outdir=args.out, plots=not args.no_plots, seed=args.seed)
