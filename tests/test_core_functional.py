@@ -1,0 +1,323 @@
+"""Every fused op in `minigrad.functional`, checked by gradcheck under hypothesis in float64.
+
+The fused ops hand-write their backward (softmax's Jacobian product, cross-entropy's
+softmax-minus-onehot, layer norm's three-term formula, attention's chain of four products), so
+each is checked against finite differences with a random upstream covector, and its forward
+against a plain NumPy formula. When the kernels' backend switch exists (`minigrad.set_backend`),
+every test runs on each available backend.
+"""
+import contextlib
+import math
+
+import numpy as np
+import pytest
+from hypothesis import assume, given, strategies as st
+
+import minigrad as mg
+import minigrad.functional as F
+
+from strategies import arrays, int_indices, positive_arrays, seeds, shapes
+
+
+def _backends():
+    if not hasattr(mg, "set_backend"):
+        return ["numpy"]
+    from minigrad import backend
+
+    return ["numpy"] + (["numba"] if backend.numba_available() else [])
+
+
+BACKENDS = _backends()
+
+
+@contextlib.contextmanager
+def backend(name):
+    if not hasattr(mg, "set_backend"):
+        yield
+        return
+    previous = mg.set_backend(name)
+    try:
+        yield
+    finally:
+        mg.set_backend(previous)
+
+
+by_backend = pytest.mark.parametrize("bk", BACKENDS)
+
+
+def gc(fn, *arrays_, **kw):
+    xs = [mg.Tensor(a, requires_grad=True) for a in arrays_]
+    assert mg.gradcheck(fn, xs, **kw)
+    for x in xs:
+        assert x.grad is not None and x.grad.shape == x.shape
+    return xs
+
+
+def close(t, expected, tol=1e-12):
+    assert t.shape == np.shape(expected)
+    np.testing.assert_allclose(t.data, expected, rtol=tol, atol=tol)
+
+
+def np_softmax(x, axis=-1):
+    e = np.exp(x - x.max(axis=axis, keepdims=True))
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+# ================================================================ linear, activations
+@by_backend
+@given(data=st.data(), bias=st.booleans())
+def test_linear(bk, data, bias):
+    lead = data.draw(shapes(max_dims=2, max_side=3))
+    n_in, n_out = data.draw(st.integers(1, 4)), data.draw(st.integers(1, 4))
+    x, w = data.draw(arrays(lead + (n_in,))), data.draw(arrays((n_out, n_in)))
+    b = data.draw(arrays((n_out,)))
+    with backend(bk):
+        if bias:
+            tx, tw, tb = gc(F.linear, x, w, b)
+            close(F.linear(tx, tw, tb), x @ w.T + b)
+        else:
+            tx, tw = gc(F.linear, x, w)
+            close(F.linear(tx, tw), x @ w.T)
+
+
+@by_backend
+@given(x=arrays(shapes(), kinks=(0.0,)))
+def test_relu(bk, x):
+    with backend(bk):
+        (t,) = gc(F.relu, x)
+        close(F.relu(t), np.maximum(x, 0))
+
+
+@by_backend
+@pytest.mark.parametrize("approximate", ["tanh", "none"])
+@given(x=arrays(shapes(), lo=-4.0, hi=4.0))
+def test_gelu(bk, approximate, x):
+    from math import erf
+
+    with backend(bk):
+        (t,) = gc(lambda a: F.gelu(a, approximate=approximate), x)
+        out = F.gelu(t, approximate=approximate)
+    if approximate == "tanh":
+        ref = 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3)))
+    else:
+        ref = 0.5 * x * (1 + np.vectorize(erf)(x / math.sqrt(2)))
+    close(out, ref, tol=1e-12)
+
+
+# ================================================================ softmax family
+@by_backend
+@pytest.mark.parametrize("name", ["softmax", "log_softmax"])
+@given(data=st.data())
+def test_softmax_log_softmax(bk, name, data):
+    shape = data.draw(shapes(min_dims=1))
+    axis = data.draw(st.integers(-len(shape), len(shape) - 1))
+    x = data.draw(arrays(shape, lo=-5.0, hi=5.0))
+    fn = getattr(F, name)
+    with backend(bk):
+        (t,) = gc(lambda a: fn(a, axis=axis), x)
+        out = fn(t, axis=axis)
+    p = np_softmax(x, axis)
+    close(out, p if name == "softmax" else np.log(p), tol=1e-12)
+
+
+@by_backend
+def test_softmax_is_shift_invariant_and_stable(bk):
+    x = np.array([[1000.0, 1001.0, 1002.0], [-1000.0, -1001.0, -1002.0]])
+    with backend(bk):
+        p = F.softmax(mg.Tensor(x)).data
+        lp = F.log_softmax(mg.Tensor(x)).data
+    assert np.isfinite(p).all() and np.isfinite(lp).all()
+    np.testing.assert_allclose(p[0], np_softmax(np.array([0.0, 1.0, 2.0])), rtol=1e-12)
+    np.testing.assert_allclose(lp[1], np.log(np_softmax(np.array([0.0, -1.0, -2.0]))), rtol=1e-12)
+
+
+@st.composite
+def logits_and_targets(draw, allow_ignored=True):
+    n, v = draw(st.integers(1, 5)), draw(st.integers(1, 5))
+    logits = draw(arrays((n, v), lo=-4.0, hi=4.0))
+    targets = draw(int_indices(v, (n,)))
+    if allow_ignored:
+        ignored = np.array(draw(st.lists(st.booleans(), min_size=n, max_size=n)))
+        targets = np.where(ignored, -100, targets)
+    return logits, targets
+
+
+def np_cross_entropy(logits, targets, ignore_index=-100, reduction="mean"):
+    logp = np.log(np_softmax(logits))
+    keep = targets != ignore_index
+    per = np.where(keep, -logp[np.arange(len(targets)), np.where(keep, targets, 0)], 0.0)
+    return {"none": per, "sum": per.sum(), "mean": per.sum() / max(keep.sum(), 1)}[reduction]
+
+
+@by_backend
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@given(lt=logits_and_targets())
+def test_cross_entropy(bk, reduction, lt):
+    logits, targets = lt
+    assume(reduction != "mean" or (targets != -100).any())  # a mean over no rows is NaN, as in torch
+    with backend(bk):
+        (t,) = gc(lambda a: F.cross_entropy(a, targets, reduction=reduction), logits)
+        out = F.cross_entropy(t, targets, reduction=reduction)
+    close(out, np_cross_entropy(logits, targets, reduction=reduction), tol=1e-12)
+    assert not t.grad[targets == -100].any()  # ignored rows get no gradient
+
+
+@by_backend
+@given(lt=logits_and_targets(allow_ignored=False), data=st.data())
+def test_cross_entropy_custom_ignore_index_and_single_row(bk, lt, data):
+    logits, targets = lt
+    ignore = int(data.draw(st.sampled_from(list(targets))))  # a real class id as the ignore label
+    assume((targets != ignore).any())
+    with backend(bk):
+        (t,) = gc(lambda a: F.cross_entropy(a, targets, ignore_index=ignore), logits)
+        close(F.cross_entropy(t, targets, ignore_index=ignore), np_cross_entropy(logits, targets, ignore))
+        # a single row (V,) with a scalar target is the same as a batch of one
+        gc(lambda a: F.cross_entropy(a, targets[0]), logits[0])
+        close(F.cross_entropy(mg.Tensor(logits[0]), targets[0], reduction="none"),
+              np_cross_entropy(logits[:1], targets[:1], reduction="none")[0])
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@given(data=st.data())
+def test_mse_loss(reduction, data):
+    shape = data.draw(shapes())
+    x, y = data.draw(arrays(shape)), data.draw(arrays(shape))
+    tx, ty = gc(lambda a, b: F.mse_loss(a, b, reduction=reduction), x, y)
+    ref = (x - y) ** 2
+    close(F.mse_loss(tx, ty, reduction=reduction), {"none": ref, "sum": ref.sum(), "mean": ref.mean()}[reduction])
+    gc(lambda a: F.mse_loss(a, y, reduction=reduction), x)  # an ndarray target
+
+
+# ================================================================ layer norm
+@by_backend
+@pytest.mark.parametrize("affine", ["weight_bias", "weight", "none"])
+@given(data=st.data(), eps=st.sampled_from([1e-5, 1e-2]))
+def test_layer_norm(bk, affine, data, eps):
+    lead = data.draw(shapes(max_dims=2, max_side=3))
+    c = data.draw(st.integers(2, 5))
+    x = data.draw(arrays(lead + (c,), distinct=True))  # distinct: variance well away from 0
+    w, b = data.draw(arrays((c,))), data.draw(arrays((c,)))
+    args = {"weight_bias": (x, w, b), "weight": (x, w), "none": (x,)}[affine]
+    with backend(bk):
+        ts = gc(lambda *a: F.layer_norm(*a, eps=eps), *args)
+        out = F.layer_norm(*ts, eps=eps)
+    mu, var = x.mean(-1, keepdims=True), x.var(-1, keepdims=True)
+    ref = (x - mu) / np.sqrt(var + eps)
+    if affine != "none":
+        ref = ref * w
+    if affine == "weight_bias":
+        ref = ref + b
+    close(out, ref, tol=1e-10)
+
+
+# ================================================================ embedding, dropout
+@by_backend
+@given(data=st.data())
+def test_embedding_repeated_indices(bk, data):
+    num, dim = data.draw(st.integers(1, 5)), data.draw(st.integers(1, 3))
+    w = data.draw(arrays((num, dim)))
+    idx = data.draw(int_indices(num, data.draw(shapes(min_dims=1, max_dims=2, max_side=5))))
+    with backend(bk):
+        (tw,) = gc(lambda a: F.embedding(idx, a), w)
+        close(F.embedding(idx, tw), w[idx])
+        tw.grad = None
+        F.embedding(idx, tw).backward(np.ones(idx.shape + (dim,)))
+    counts = np.bincount(idx.ravel(), minlength=num).astype(float)
+    np.testing.assert_array_equal(tw.grad, np.repeat(counts[:, None], dim, axis=1))
+
+
+@by_backend
+@given(x=arrays(shapes(min_dims=1)), p=st.sampled_from([0.1, 0.5, 0.9]), seed=seeds())
+def test_dropout_fixed_rng(bk, x, p, seed):
+    with backend(bk):
+        (t,) = gc(lambda a: F.dropout(a, p, True, rng=seed), x)  # same seed -> same mask every call
+        out = F.dropout(t, p, True, rng=seed).data
+        again = F.dropout(t, p, True, rng=seed).data
+    np.testing.assert_array_equal(out, again)
+    kept = out != 0
+    nz = x != 0
+    np.testing.assert_allclose(out[kept], x[kept] / (1 - p), rtol=1e-12)
+    # the gradient is the mask scaled by 1/(1-p): d out / d x for kept elements
+    assert not t.grad[nz & ~kept].any()
+    # evaluation mode and p=0 are the identity; p=1 drops everything
+    assert F.dropout(t, p, training=False) is t
+    assert F.dropout(t, 0.0, training=True) is t
+    assert not F.dropout(t, 1.0, training=True, rng=seed).data.any()
+
+
+def test_dropout_keeps_about_1_minus_p_and_preserves_the_mean():
+    x = mg.Tensor(np.ones(20000))
+    out = F.dropout(x, 0.3, True, rng=0).data
+    kept = (out != 0).mean()
+    assert abs(kept - 0.7) < 4 * math.sqrt(0.3 * 0.7 / 20000)
+    assert abs(out.mean() - 1.0) < 0.05
+
+
+# ================================================================ attention
+@st.composite
+def qkv(draw, same_t=False):
+    lead = draw(st.sampled_from([(), (1,), (2,), (2, 1), (1, 2)]))
+    tk = draw(st.integers(1, 4))
+    tq = tk if same_t else draw(st.integers(1, tk))  # Tq <= Tk (a chunk of queries over a cache)
+    d, dv = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    q = draw(arrays(lead + (tq, d)))
+    k = draw(arrays(lead + (tk, d)))
+    v = draw(arrays(lead + (tk, dv)))
+    return q, k, v
+
+
+def np_attention(q, k, v, causal, scale):
+    s = q @ np.swapaxes(k, -1, -2) * scale
+    if causal:
+        tq, tk = s.shape[-2:]
+        s = np.where(np.tri(tq, tk, tk - tq, dtype=bool), s, -np.inf)  # bottom-right aligned
+    return np_softmax(s) @ v
+
+
+@by_backend
+@pytest.mark.parametrize("causal", [False, True])
+@given(t=qkv(), scale=st.none() | st.floats(0.2, 2.0))
+def test_attention(bk, causal, t, scale):
+    q, k, v = t
+    with backend(bk):
+        tq, tk, tv = gc(lambda a, b, c: F.scaled_dot_product_attention(a, b, c, causal=causal, scale=scale), q, k, v)
+        out = F.scaled_dot_product_attention(tq, tk, tv, causal=causal, scale=scale)
+    close(out, np_attention(q, k, v, causal, 1 / math.sqrt(q.shape[-1]) if scale is None else scale), tol=1e-12)
+
+
+@by_backend
+def test_attention_causal_first_query_sees_only_the_first_key_and_last_sees_all(bk):
+    rng = np.random.default_rng(0)
+    q, k, v = rng.standard_normal((1, 4, 3)), rng.standard_normal((1, 4, 3)), rng.standard_normal((1, 4, 2))
+    with backend(bk):
+        out = F.scaled_dot_product_attention(mg.Tensor(q), mg.Tensor(k), mg.Tensor(v), causal=True).data
+        full = F.scaled_dot_product_attention(mg.Tensor(q), mg.Tensor(k), mg.Tensor(v)).data
+    np.testing.assert_allclose(out[0, 0], v[0, 0], rtol=1e-12)
+    np.testing.assert_allclose(out[0, -1], full[0, -1], rtol=1e-12)
+    # a chunk of Tq=2 queries over Tk=4 keys: the chunk's rows are the last rows of the full causal
+    with backend(bk):
+        chunk = F.scaled_dot_product_attention(mg.Tensor(q[:, 2:]), mg.Tensor(k), mg.Tensor(v), causal=True).data
+    np.testing.assert_allclose(chunk, out[:, 2:], rtol=1e-12)
+
+
+# ================================================================ errors name the op and shapes
+def test_functional_errors_are_clear():
+    x = mg.Tensor(np.zeros((2, 3)))
+    with pytest.raises(ValueError, match=r"linear: .*\(2, 3\).*\(4, 5\)"):
+        F.linear(x, mg.Tensor(np.zeros((4, 5))))
+    with pytest.raises(ValueError, match=r"cross_entropy: expected logits \(N, V\)"):
+        F.cross_entropy(x, np.zeros(3, dtype=np.int64))
+    with pytest.raises(IndexError, match="cross_entropy: target 3 is out of range for 3 classes"):
+        F.cross_entropy(x, np.array([0, 3]))
+    with pytest.raises(TypeError, match="cross_entropy: indices must be integers"):
+        F.cross_entropy(x, np.array([0.0, 1.0]))
+    with pytest.raises(IndexError, match="embedding: index 7 is out of range for a table of 3 rows"):
+        F.embedding(np.array([0, 7]), x.T)
+    with pytest.raises(ValueError, match=r"layer_norm: weight has shape \(2,\)"):
+        F.layer_norm(x, mg.Tensor(np.ones(2)))
+    with pytest.raises(ValueError, match="scaled_dot_product_attention"):
+        F.scaled_dot_product_attention(x, mg.Tensor(np.zeros((2, 4))), x)
+    with pytest.raises(ValueError, match="dropout: p must be in"):
+        F.dropout(x, 1.5)
+    with pytest.raises(ValueError, match="gelu: approximate"):
+        F.gelu(x, approximate="erf")
