@@ -408,7 +408,7 @@ def _fmt(v):
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--small", action="store_true", help="quick sizes (for tests)")
-    ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "docs"))
+    ap.add_argument("--out", default=os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "docs")))
     ap.add_argument("--no-plots", action="store_true")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
