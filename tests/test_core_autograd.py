@@ -70,3 +70,267 @@ def test_gradcheck_large_input_uses_random_elements_and_a_direction():
     assert mg.gradcheck(lambda a: a.tanh(), [x], max_elements=50)
     with pytest.raises(mg.GradcheckError):
         mg.gradcheck(_ForgetsUpstream.apply, [mg.Tensor(x.data * 0.1, requires_grad=True)], max_elements=50)
+
+
+# ---------------------------------------------------------------- accumulation
+def test_two_backward_calls_double_a_leafs_grad():
+    rng = np.random.default_rng(0)
+    x = mg.Tensor(rng.standard_normal((3, 2)), requires_grad=True)
+    w = mg.Tensor(rng.standard_normal((2, 4)), requires_grad=True)
+    loss = ((x @ w).tanh() * x.sum(axis=1, keepdims=True)).sum()
+    loss.backward(retain_graph=True)
+    gx, gw = x.grad.copy(), w.grad.copy()
+    loss.backward()
+    np.testing.assert_allclose(x.grad, 2 * gx, rtol=1e-15)
+    np.testing.assert_allclose(w.grad, 2 * gw, rtol=1e-15)
+
+
+def test_grads_accumulate_across_graphs_until_cleared():
+    x = mg.Tensor(np.array([1.0, -2.0, 3.0]), requires_grad=True)
+    (x * x).sum().backward()  # 2x
+    (3 * x).sum().backward()  # + 3
+    np.testing.assert_array_equal(x.grad, 2 * x.data + 3)
+    x.grad = None
+    x.exp().sum().backward()
+    np.testing.assert_array_equal(x.grad, np.exp(x.data))
+
+
+def test_a_tensor_used_twice_gets_both_contributions():
+    """Diamond: y = a*b + a with b = exp(a); the tape must sum the paths before a's backward."""
+    a = mg.Tensor(np.array([0.3, -0.7]), requires_grad=True)
+    b = a.exp()
+    y = (a * b + a).sum()
+    y.backward()
+    np.testing.assert_allclose(a.grad, np.exp(a.data) * (1 + a.data) + 1, rtol=1e-14)
+
+
+def test_backward_with_explicit_grad_and_non_leaf_grads_are_not_kept():
+    x = mg.Tensor(np.arange(6.0).reshape(2, 3), requires_grad=True)
+    h = x * 2
+    y = h + 1
+    v = np.array([[1.0, -1.0, 2.0], [0.5, 0.0, 3.0]])
+    y.backward(v)
+    np.testing.assert_array_equal(x.grad, 2 * v)
+    assert h.grad is None  # only leaves accumulate, as in PyTorch without retain_grad
+
+
+def test_integer_inputs_pass_through_and_constants_get_no_grad():
+    x = mg.Tensor(np.array([1.0, 2.0]), requires_grad=True)
+    c = mg.Tensor(np.array([3.0, 4.0]))
+    (x * c).sum().backward()
+    assert c.grad is None
+    np.testing.assert_array_equal(x.grad, c.data)
+
+
+# ---------------------------------------------------------------- graph freeing
+def test_backward_twice_without_retain_graph_raises_a_clear_error():
+    x = mg.Tensor(np.array([1.0, 2.0]), requires_grad=True)
+    y = (x.exp() * x).sum()
+    y.backward()
+    with pytest.raises(RuntimeError, match=r"second time.*retain_graph=True"):
+        y.backward()
+
+
+def _saved_bytes_log():
+    log = []
+
+    def listener(event, ctx, objs):
+        log.append((event, ctx.name, mg.autograd.saved_nbytes(objs)))
+
+    return log, listener
+
+
+def test_graph_is_freed_after_backward_and_every_saved_byte_released():
+    log, listener = _saved_bytes_log()
+    mg.add_saved_listener(listener)
+    try:
+        rng = np.random.default_rng(1)
+        x = mg.Tensor(rng.standard_normal((4, 3)), requires_grad=True)
+        w = mg.Tensor(rng.standard_normal((3, 5)), requires_grad=True)
+        h = (x @ w).tanh()
+        loss = mg.functional.cross_entropy(h, np.array([0, 1, 4, 2]))
+        saves = [e for e in log if e[0] == "save"]
+        assert {n for _, n, _ in saves} >= {"MatMul", "Tanh", "CrossEntropy"}
+        held = sum(b for _, _, b in saves)
+        assert held >= x.data.nbytes + w.data.nbytes + 4 * 5 * 8  # matmul inputs + tanh output
+        loss.backward()
+        frees = [e for e in log if e[0] == "free"]
+        assert sum(b for _, _, b in frees) == held
+        assert sorted(n for _, n, _ in frees) == sorted(n for _, n, _ in saves)
+        # the nodes dropped their inputs and saved arrays: nothing keeps the graph alive
+        assert loss._ctx.released and loss._ctx.saved == () and loss._ctx.inputs == ()
+        assert h._ctx.saved == () and h._ctx.inputs == ()
+    finally:
+        mg.remove_saved_listener(listener)
+
+
+def test_retain_graph_keeps_saved_arrays():
+    log, listener = _saved_bytes_log()
+    mg.add_saved_listener(listener)
+    try:
+        x = mg.Tensor(np.array([0.5, 1.5]), requires_grad=True)
+        y = (x.sqrt() * x).sum()
+        y.backward(retain_graph=True)
+        assert not [e for e in log if e[0] == "free"]
+        y.backward()
+        assert len([e for e in log if e[0] == "free"]) == len([e for e in log if e[0] == "save"])
+    finally:
+        mg.remove_saved_listener(listener)
+
+
+def test_chain_of_100000_ops_backpropagates_without_recursion_error():
+    """An iterative topological sort: no RecursionError. Twice (retain_graph), then the retained
+    100,000-node graph is dropped, which must not overflow the C stack while deallocating."""
+    x = mg.Tensor(np.array([1.0, -2.0]), requires_grad=True)
+    y = x
+    for _ in range(100_000):
+        y = -y
+    y.sum().backward(retain_graph=True)  # an even number of negations: d y / d x = 1
+    np.testing.assert_array_equal(x.grad, [1.0, 1.0])
+    y.sum().backward()
+    np.testing.assert_array_equal(x.grad, [2.0, 2.0])
+    del y
+
+
+# ---------------------------------------------------------------- no_grad
+def test_no_grad_context_records_nothing():
+    log, listener = _saved_bytes_log()
+    mg.add_saved_listener(listener)
+    try:
+        x = mg.Tensor(np.array([1.0, 2.0]), requires_grad=True)
+        assert mg.is_grad_enabled()
+        with mg.no_grad():
+            assert not mg.is_grad_enabled()
+            y = (x.exp() * x).sum()
+        assert mg.is_grad_enabled()
+        assert not y.requires_grad and y._ctx is None and log == []
+        with pytest.raises(RuntimeError, match="does not require grad"):
+            y.backward()
+    finally:
+        mg.remove_saved_listener(listener)
+
+
+def test_no_grad_decorator_and_nesting_restore_the_mode():
+    @mg.no_grad()
+    def infer(t):
+        assert not mg.is_grad_enabled()
+        with mg.enable_grad():
+            inner = t * 2
+        return t * 3, inner
+
+    x = mg.Tensor(np.ones(2), requires_grad=True)
+    out, inner = infer(x)
+    assert not out.requires_grad and inner.requires_grad
+    assert mg.is_grad_enabled()
+    with pytest.raises(ZeroDivisionError):
+        with mg.no_grad():
+            1 / 0
+    assert mg.is_grad_enabled()  # restored after an exception
+
+
+# ---------------------------------------------------------------- detect_anomaly
+def test_detect_anomaly_forward_names_the_op():
+    x = mg.Tensor(np.array([-1.0, 1.0]), requires_grad=True)
+    with np.errstate(invalid="ignore"):
+        assert np.isnan(x.log().data[0])  # off by default: NaN just propagates
+        with mg.detect_anomaly():
+            with pytest.raises(FloatingPointError, match=r"forward of Log produced NaN \(input shapes: \(2,\)\)"):
+                x.log()
+
+
+def test_detect_anomaly_backward_names_the_op():
+    x = mg.Tensor(np.array([0.0, 4.0]), requires_grad=True)
+    with np.errstate(divide="ignore"), mg.detect_anomaly():
+        y = (x.sqrt() * 3.0).sum()  # sqrt(0) is fine, its derivative is not
+        with pytest.raises(FloatingPointError, match=r"backward of Sqrt produced inf"):
+            y.backward()
+    assert not mg.autograd._state["anomaly"]
+
+
+def test_detect_anomaly_as_decorator():
+    @mg.detect_anomaly()
+    def f(t):
+        return t / 0.0
+
+    with np.errstate(divide="ignore"), pytest.raises(FloatingPointError, match="Div"):
+        f(mg.Tensor(np.ones(1), requires_grad=True))
+
+
+# ---------------------------------------------------------------- clear errors
+@pytest.mark.parametrize(
+    "op, name",
+    [
+        (lambda a, b: a + b, "add"),
+        (lambda a, b: a - b, "sub"),
+        (lambda a, b: a * b, "mul"),
+        (lambda a, b: a / b, "div"),
+        (lambda a, b: a**b, "pow"),
+        (lambda a, b: mg.maximum(a, b), "maximum"),
+        (lambda a, b: mg.where(np.ones((2, 3), bool), a, b), "where"),
+    ],
+)
+def test_incompatible_shapes_name_the_op_and_both_shapes(op, name):
+    a = mg.Tensor(np.ones((2, 3)), requires_grad=True)
+    b = mg.Tensor(np.ones((4,)), requires_grad=True)
+    with pytest.raises(ValueError, match=rf"{name}: shapes \(2, 3\) and .*\(4,\)"):
+        op(a, b)
+
+
+def test_shape_errors_of_matmul_reshape_cat_stack_expand_squeeze():
+    a = mg.Tensor(np.ones((2, 3)))
+    with pytest.raises(ValueError, match=r"matmul: shapes \(2, 3\) and \(2, 3\) are not aligned"):
+        a @ a
+    with pytest.raises(ValueError, match=r"reshape: cannot reshape \(2, 3\) \(6 elements\) into \(4, 2\)"):
+        a.reshape(4, 2)
+    with pytest.raises(ValueError, match=r"cat: shapes \(2, 3\), \(2, 4\) differ outside axis 0"):
+        mg.cat([a, mg.Tensor(np.ones((2, 4)))])
+    with pytest.raises(ValueError, match=r"stack: all inputs need the same shape"):
+        mg.stack([a, a.T])
+    with pytest.raises(ValueError, match=r"expand: shapes \(2, 3\) and \(2, 4\)"):
+        a.expand(2, 4)
+    with pytest.raises(ValueError, match=r"squeeze: axis 0 has size 2"):
+        a.squeeze(0)
+    with pytest.raises(ValueError, match=r"permute"):
+        a.permute(0, 0)
+
+
+def test_backward_on_a_non_scalar_without_grad_is_refused():
+    x = mg.Tensor(np.ones((2, 2)), requires_grad=True)
+    y = x * 2
+    with pytest.raises(RuntimeError, match=r"only for a scalar output.*shape \(2, 2\).*\.sum\(\)"):
+        y.backward()
+    with pytest.raises(ValueError, match=r"grad has shape \(3,\), output has \(2, 2\)"):
+        y.backward(np.ones(3))
+
+
+@pytest.mark.parametrize("dtype", [np.int64, np.int32, np.uint8, bool])
+def test_requires_grad_on_integer_data_is_refused(dtype):
+    with pytest.raises(TypeError, match="only floating-point tensors can require grad"):
+        mg.Tensor(np.zeros(3, dtype=dtype), requires_grad=True)
+
+
+# ---------------------------------------------------------------- small API facts
+def test_constructors_and_accessors():
+    assert mg.zeros(2, 3).shape == (2, 3) and mg.zeros((2, 3)).dtype == np.float32
+    assert mg.ones(4).data.sum() == 4
+    a, b = mg.randn(3, 2, rng=7), mg.randn(3, 2, rng=7)
+    np.testing.assert_array_equal(a.data, b.data)
+    assert a.dtype == np.float32 and a.ndim == 2 and a.size == 6 and len(a) == 3
+    t = mg.tensor([[1.0, 2.0]], requires_grad=True)
+    assert t.requires_grad and t.is_leaf and not (t * 2).is_leaf
+    assert mg.tensor(np.array(3.5)).item() == 3.5
+    d = (t * 2).detach()
+    assert not d.requires_grad and d._ctx is None
+    assert isinstance(t.numpy(), np.ndarray)
+    assert mg.Tensor(np.ones(2), dtype=np.float64).dtype == np.float64
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_dtypes_are_preserved_through_forward_and_backward(dtype):
+    rng = np.random.default_rng(0)
+    x = mg.Tensor(rng.standard_normal((3, 4)).astype(dtype), requires_grad=True)
+    w = mg.Tensor(rng.standard_normal((4,)).astype(dtype), requires_grad=True)
+    y = (x * w + 1.5).tanh().mean() * 2.0
+    assert y.dtype == dtype
+    y.backward()
+    assert x.grad.dtype == dtype and w.grad.dtype == dtype
