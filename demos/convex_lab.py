@@ -8,7 +8,8 @@ Problems on generated data, each solved to high accuracy first (x*):
 * logistic        f(x) = 1/n sum log(1 + exp(-y_i a_i^T x)) + mu/2 ||x||^2   (x* by Newton)
 * LASSO           f(x) = 1/(2n) ||Ax - b||^2 + lam ||x||_1  (x* by restarted FISTA + support
                   polish; verified by its optimality conditions to 1e-8)
-and a strict saddle f(x, y) = x^2/2 + y^4/4 - y^2/2 where GD stalls and perturbed GD escapes.
+and a strict saddle f(x, y) = x^2/2 + y^4/4 - y^2/2 where GD stalls and perturbed GD escapes,
+plus the same saddle embedded in d dimensions: PGD's escape time grows like log d.
 
 Every method is the library's optimizer driven by raw gradients (optim.create(...).step(grads)).
 Theoretical curves (each line's label says which):
@@ -307,9 +308,39 @@ def run_saddle(iters=300, seed=0):
     return out
 
 
+def escape_vs_dimension(dims, seeds, lr=0.1, radius=1e-2, max_iter=5000):
+    """Median iterations from the first perturbation to |y| > 1/2 for the saddle embedded in d
+    dimensions, f = 1/2 sum_{i<d-1} x_i^2 + y^4/4 - y^2/2 (one negative-curvature direction,
+    start x_i = 1, y = 0). Prediction: the noise puts ~radius/sqrt(d) on y, which grows by
+    (1 + lr) per step, so escape ~ const + ln(d) / (2 ln(1 + lr)): logarithmic in d."""
+    med = []
+    for d in dims:
+        times = []
+        for seed in seeds:
+            p = {"x": np.zeros(d)}
+            p["x"][:-1] = 1.0
+            opt = optim.create("perturbed_gd", p, lr=lr, g_thres=1e-3, radius=radius, t_thres=20,
+                               seed=seed)
+            first = None
+            for t in range(max_iter):
+                g = p["x"].copy()
+                g[-1] = p["x"][-1] ** 3 - p["x"][-1]
+                opt.step({"x": g})
+                if first is None and opt.perturbations:
+                    first = t
+                if abs(p["x"][-1]) > 0.5:
+                    times.append(t - first)
+                    break
+            else:
+                times.append(np.inf)
+        med.append(float(np.median(times)))
+    slope = 1.0 / (2.0 * math.log(1.0 + lr))
+    return np.array(dims), np.array(med), slope
+
+
 def plot_saddle(res, path):
     plt = _plt()
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
+    fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(13, 3.8))
     xx, yy = np.meshgrid(np.linspace(-1.2, 1.2, 200), np.linspace(-1.5, 1.5, 200))
     ax1.contour(xx, yy, saddle_f(np.array([xx, yy])), levels=30, linewidths=0.5, cmap="gray")
     for name, c in (("GD", "C0"), ("perturbed GD", "C3")):
@@ -324,9 +355,17 @@ def plot_saddle(res, path):
     ax2.axhline(-0.25, color="k", lw=0.5, ls="--")
     ax2.set_xlabel("iteration")
     ax2.set_ylabel("f")
-    ax2.set_title(f"GD stalls at the saddle (f = 0); PGD escapes (|y| > 1/2 at iteration "
-                  f"{res['escape_iter']}) to f* = −1/4", fontsize=9)
+    ax2.set_title(f"GD stalls at f = 0; PGD escapes (iter. {res['escape_iter']}) to f* = −1/4",
+                  fontsize=9)
     ax2.legend(fontsize=7)
+    dims, med, slope = res["dims"], res["escape_median"], res["slope"]
+    ax3.semilogx(dims, med, "o-", color="C3", label="PGD, median over seeds")
+    ax3.semilogx(dims, med[0] + slope * np.log(dims / dims[0]), "k--",
+                 label="ln(d)/(2 ln(1+η)) prediction")
+    ax3.set_xlabel("dimension d (one negative-curvature direction)")
+    ax3.set_ylabel("iterations to escape")
+    ax3.set_title("escape time grows like log d", fontsize=9)
+    ax3.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
@@ -381,9 +420,14 @@ def main(small=False, outdir="docs", plots=True, seed=0, verbose=True):
         summary["lasso"]["png"] = path
 
     res = run_saddle()
+    dims = [2, 64, 2048] if small else [2, 8, 32, 128, 512, 2048, 8192]
+    res["dims"], res["escape_median"], res["slope"] = escape_vs_dimension(
+        dims, range(5 if small else 10))
     summary["saddle"] = {"gd_final": res["GD"][-1].tolist(), "pgd_final": res["perturbed GD"][-1].tolist(),
                          "perturbations": res["perturbations"], "escape_iter": res["escape_iter"],
-                         "gd_at_saddle_iter": res["gd_at_saddle_iter"]}
+                         "gd_at_saddle_iter": res["gd_at_saddle_iter"],
+                         "escape_median_by_d": dict(zip(map(int, res["dims"]), res["escape_median"])),
+                         "escape_predicted_slope_per_ln_d": res["slope"]}
     if plots:
         path = os.path.join(outdir, "convex_saddle.png")
         plot_saddle(res, path)
@@ -402,6 +446,8 @@ def _fmt(v):
         return f"{v:.3g}"
     if isinstance(v, list):
         return "[" + ", ".join(f"{x:.3g}" for x in v) + "]"
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{k}: {_fmt(x)}" for k, x in v.items()) + "}"
     return str(v)
 
 

@@ -33,5 +33,12 @@ def test_convex_lab_small(tmp_path):
     assert np.linalg.norm(sad["gd_final"]) < 1e-8                   # GD stuck at the saddle
     assert abs(abs(sad["pgd_final"][1]) - 1) < 0.05                 # PGD at a minimum
     assert sad["escape_iter"] is not None and sad["perturbations"] >= 1
+    # escape time in d dimensions grows like ln(d)/(2 ln(1+lr)), not like d
+    esc = sad["escape_median_by_d"]
+    dims = sorted(esc)
+    assert all(np.isfinite(esc[d]) for d in dims)
+    growth = esc[dims[-1]] - esc[dims[0]]
+    predicted = sad["escape_predicted_slope_per_ln_d"] * np.log(dims[-1] / dims[0])
+    assert 0.5 * predicted < growth < 2 * predicted, (esc, predicted)
     for r in (ls, s["logistic_regression"], lasso, sad):
         assert os.path.getsize(r["png"]) < 200_000
