@@ -1,0 +1,261 @@
+"""Every fused Numba kernel against its plain NumPy twin (minigrad.kernels.reference).
+
+The kernels run in float32 (their production dtype) and are compared with the twin evaluated in
+float64 on the same float32 inputs, so the tolerance measures the kernel's float32 error, not the
+twin's. Shapes are drawn by hypothesis and include sizes that are not multiples of any tile or
+block (attention tiles are 64, GELU/AdamW blocks 8192/16384, the tiled matmul's tile is drawn).
+Small shapes keep the suite quick; Numba compiles each kernel once per process (cached on disk).
+"""
+import numpy as np
+import pytest
+from hypothesis import given, strategies as st
+
+import minigrad.kernels as K
+import minigrad.kernels.reference as R
+
+F32_RTOL, F32_ATOL = 2e-5, 2e-5   # float32 kernel vs float64 twin, values of order 1
+
+
+def close32(got, want, scale=1.0):
+    assert got.dtype == np.float32, got.dtype
+    assert got.shape == np.shape(want)
+    np.testing.assert_allclose(got, want, rtol=F32_RTOL * 10, atol=F32_ATOL * scale)
+
+
+def f32(rng, shape, scale=1.0):
+    return (rng.standard_normal(shape) * scale).astype(np.float32)
+
+
+def up(*arrays):
+    return [a.astype(np.float64) for a in arrays]
+
+
+seeds = st.integers(0, 2**31 - 1)
+rows = st.integers(1, 9)
+cols = st.integers(1, 300)
+
+
+# ----------------------------------------------------------------------------- exp polynomial
+def test_fast_exp_accuracy_over_the_float32_range():
+    x = np.linspace(-88, 88, 200_001).astype(np.float32)
+    # softmax of a two-element row [0, t] is 1/(1+e^t): exercises exp over the whole range
+    pairs = np.stack([np.zeros_like(x), x], axis=1)
+    got = K.softmax_forward(pairs)[:, 0].astype(np.float64)
+    want = 1.0 / (1.0 + np.exp(x.astype(np.float64)))
+    # relative error ~2 ulp; below e^-87 the polynomial is clamped (absolute error < 2e-38)
+    np.testing.assert_allclose(got, want, rtol=2e-6, atol=2e-38)
+
+
+# ----------------------------------------------------------------------------- softmax family
+@given(seeds, rows, cols, st.floats(0.1, 30.0))
+def test_softmax_matches_twin(seed, n, v, scale):
+    rng = np.random.default_rng(seed)
+    x, dy = f32(rng, (n, v), scale), f32(rng, (n, v))
+    y = K.softmax_forward(x)
+    close32(y, R.softmax_forward(*up(x)))
+    np.testing.assert_allclose(y.sum(-1), 1.0, rtol=1e-5)
+    y64 = R.softmax_forward(*up(x)).astype(np.float32)
+    close32(K.softmax_backward(y64, dy), R.softmax_backward(*up(y64, dy)))
+
+
+@given(seeds, rows, cols, st.floats(0.1, 30.0))
+def test_log_softmax_matches_twin(seed, n, v, scale):
+    rng = np.random.default_rng(seed)
+    x, dy = f32(rng, (n, v), scale), f32(rng, (n, v))
+    y = K.log_softmax_forward(x)
+    close32(y, R.log_softmax_forward(*up(x)), scale=scale * 5)
+    close32(K.log_softmax_backward(y, dy), R.log_softmax_backward(*up(y, dy)), scale=v ** 0.5)
+
+
+@given(seeds, st.integers(1, 40), cols, st.floats(0.1, 30.0), st.booleans())
+def test_cross_entropy_matches_twin(seed, n, v, scale, with_ignored):
+    rng = np.random.default_rng(seed)
+    x = f32(rng, (n, v), scale)
+    t = rng.integers(0, v, n)
+    if with_ignored:
+        t[rng.random(n) < 0.3] = -100
+    loss, lse = K.cross_entropy_forward(x, t)
+    loss_r, lse_r = R.cross_entropy_forward(*up(x), t)
+    close32(lse, lse_r, scale=scale * 5)
+    close32(loss, loss_r, scale=scale * 5)
+    assert np.all(loss[t == -100] == 0)
+    g = f32(rng, (n,))
+    d = K.cross_entropy_backward(x, t, lse, g)
+    close32(d, R.cross_entropy_backward(*up(x), t, lse_r, g.astype(np.float64)))
+    assert np.all(d[t == -100] == 0)
+    # each kept row of softmax - onehot sums to zero
+    np.testing.assert_allclose(d.sum(-1), 0.0, atol=1e-5 * max(1.0, np.abs(g).max()))
+
+
+def test_cross_entropy_rejects_bad_targets():
+    x = np.zeros((3, 5), np.float32)
+    with pytest.raises(IndexError, match="out of range for 5 classes"):
+        K.cross_entropy_forward(x, np.array([0, 5, 1]))
+    with pytest.raises(TypeError, match="integer"):
+        K.cross_entropy_forward(x, np.array([0.0, 1.0, 2.0]))
+
+
+def test_cross_entropy_extreme_logits_stay_finite():
+    x = np.array([[1e4, -1e4, 0.0], [-3e4, -3e4, -3e4]], np.float32)
+    loss, lse = K.cross_entropy_forward(x, np.array([1, 2]))
+    assert np.isfinite(loss).all() and np.isfinite(lse).all()
+    # float32 spacing at 3e4 is ~2e-3: lse = -3e4 + log 3 cannot be finer than that
+    np.testing.assert_allclose(loss, [2e4, np.log(3.0)], rtol=1e-6, atol=4e-3)
+
+
+# ----------------------------------------------------------------------------- layer norm
+@given(seeds, st.integers(1, 70), st.integers(1, 200), st.booleans(), st.floats(-3, 3))
+def test_layer_norm_matches_twin(seed, n, c, affine, shift):
+    rng = np.random.default_rng(seed)
+    x = f32(rng, (n, c)) + np.float32(shift)
+    w = f32(rng, (c,)) if affine else None
+    b = f32(rng, (c,)) if affine else None
+    dy = f32(rng, (n, c))
+    y, mean, rstd = K.layer_norm_forward(x, w, b, 1e-5)
+    wr = np.ones(c) if w is None else w.astype(np.float64)
+    br = np.zeros(c) if b is None else b.astype(np.float64)
+    y_r, mean_r, rstd_r = R.layer_norm_forward(*up(x), wr, br, 1e-5)
+    assert mean.shape == rstd.shape == (n,)
+    close32(mean, mean_r)
+    close32(rstd, rstd_r, scale=float(rstd_r.max()))
+    close32(y, y_r, scale=10)
+    dx, dw, db = K.layer_norm_backward(dy, x, w, mean, rstd)
+    dx_r, dw_r, db_r = R.layer_norm_backward(*up(dy, x), wr, mean_r, rstd_r)
+    close32(dx, dx_r, scale=10 * float(rstd_r.max()))
+    close32(dw, dw_r, scale=n)
+    close32(db, db_r, scale=n)
+
+
+def test_layer_norm_keeps_leading_axes():
+    rng = np.random.default_rng(0)
+    x = f32(rng, (2, 3, 5))
+    y, mean, rstd = K.layer_norm_forward(x, None, None)
+    assert y.shape == x.shape and mean.shape == rstd.shape == (2, 3)
+    dx, dw, db = K.layer_norm_backward(np.ones_like(x), x, None, mean, rstd)
+    assert dx.shape == x.shape and dw.shape == db.shape == (5,)
+
+
+# ----------------------------------------------------------------------------- GELU
+@given(seeds, st.integers(1, 20_000), st.floats(0.1, 20.0))
+def test_gelu_matches_twin(seed, n, scale):
+    rng = np.random.default_rng(seed)
+    x, dy = f32(rng, (n,), scale), f32(rng, (n,))
+    close32(K.gelu_forward(x), R.gelu_forward(*up(x)), scale=scale)
+    close32(K.gelu_backward(x, dy), R.gelu_backward(*up(x, dy)))
+
+
+def test_gelu_saturates_without_overflow():
+    x = np.array([-1e6, -100, -10, 0, 10, 100, 1e6], np.float32)
+    y = K.gelu_forward(x)
+    assert np.isfinite(y).all()
+    np.testing.assert_allclose(y, R.gelu_forward(x.astype(np.float64)), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(K.gelu_backward(x, np.ones_like(x)), [0, 0, 0, 0.5, 1, 1, 1], atol=1e-6)
+
+
+def test_gelu_propagates_nan():
+    y = K.gelu_forward(np.array([np.nan, 1.0], np.float32))
+    assert np.isnan(y[0]) and np.isfinite(y[1])
+
+
+# ----------------------------------------------------------------------------- attention
+@given(seeds, st.integers(1, 2), st.integers(1, 3), st.integers(1, 150), st.integers(0, 70),
+       st.integers(1, 40), st.booleans())
+def test_flash_attention_matches_naive_twin(seed, b, h, t, extra_keys, d, causal):
+    rng = np.random.default_rng(seed)
+    s = t + extra_keys                      # S >= T: a KV cache of `extra_keys` earlier keys
+    q, do = f32(rng, (b, h, t, d)), f32(rng, (b, h, t, d))
+    k, v = f32(rng, (b, h, s, d)), f32(rng, (b, h, s, d))
+    kw = dict(causal=causal, scale=None, causal_offset=s - t)
+    o, lse = K.attention_forward(q, k, v, **kw)
+    o_r, lse_r = R.attention_forward(*up(q, k, v), **kw)
+    close32(o, o_r)
+    close32(lse, lse_r, scale=5)
+    grads = K.attention_backward(q, k, v, o, lse, do, **kw)
+    grads_r = R.attention_backward(*up(q, k, v), o_r, lse_r, *up(do), **kw)
+    for got, want in zip(grads, grads_r):
+        close32(got, want, scale=5)
+
+
+@given(seeds, st.integers(1, 130), st.integers(1, 16))
+def test_flash_attention_float64_matches_naive_to_1e10(seed, t, d):
+    # ALGORITHMS.md: tiled == naive within 1e-10 in fp64, T not a multiple of the tile.
+    rng = np.random.default_rng(seed)
+    q, k, v, do = (rng.standard_normal((1, 2, t, d)) for _ in range(4))
+    o, lse = K.attention_forward(q, k, v, causal=True)
+    o_r, lse_r = R.attention_forward(q, k, v, causal=True)
+    np.testing.assert_allclose(o, o_r, atol=1e-10)
+    np.testing.assert_allclose(lse, lse_r, atol=1e-10)
+    for got, want in zip(K.attention_backward(q, k, v, o, lse, do, causal=True),
+                         R.attention_backward(q, k, v, o_r, lse_r, do, causal=True)):
+        np.testing.assert_allclose(got, want, atol=1e-10)
+
+
+def test_flash_attention_first_row_sees_only_itself():
+    rng = np.random.default_rng(1)
+    q, k, v = (f32(rng, (1, 1, 70, 8)) for _ in range(3))
+    o, _ = K.attention_forward(q, k, v, causal=True)
+    np.testing.assert_allclose(o[0, 0, 0], v[0, 0, 0], rtol=1e-6)
+    # changing future keys/values leaves earlier outputs untouched (no leakage across tiles)
+    k2, v2 = k.copy(), v.copy()
+    k2[..., 65:, :] += 5.0
+    v2[..., 65:, :] -= 3.0
+    o2, _ = K.attention_forward(q, k2, v2, causal=True)
+    np.testing.assert_array_equal(o[..., :65, :], o2[..., :65, :])
+
+
+def test_attention_rejects_mismatched_shapes():
+    q = np.zeros((1, 2, 4, 8), np.float32)
+    with pytest.raises(ValueError, match="attention"):
+        K.attention_forward(q, np.zeros((1, 2, 4, 4), np.float32), np.zeros((1, 2, 4, 4), np.float32))
+
+
+# ----------------------------------------------------------------------------- matmul
+@given(seeds, st.integers(1, 5), st.integers(1, 40), st.integers(1, 40), st.integers(1, 40))
+def test_bmm_matches_twin(seed, n, m, k, p):
+    rng = np.random.default_rng(seed)
+    a, b = f32(rng, (n, m, k)), f32(rng, (n, k, p))
+    close32(K.bmm(a, b), R.bmm(*up(a, b)), scale=k ** 0.5)
+
+
+@given(seeds, st.integers(1, 50), st.integers(1, 50), st.integers(1, 50), st.integers(1, 20))
+def test_tiled_matmul_matches_twin(seed, m, k, p, tile):
+    rng = np.random.default_rng(seed)
+    a, b = f32(rng, (m, k)), f32(rng, (k, p))
+    close32(K.matmul_tiled(a, b, tile=tile), R.matmul_tiled(*up(a, b)), scale=k ** 0.5)
+
+
+# ----------------------------------------------------------------------------- AdamW
+@given(seeds, st.integers(1, 40_000), st.floats(1e-4, 1e-1), st.floats(0.0, 0.2), st.integers(1, 3))
+def test_adamw_matches_twin(seed, n, lr, wd, steps):
+    rng = np.random.default_rng(seed)
+    p = f32(rng, (n,))
+    m, v = np.zeros(n, np.float32), np.zeros(n, np.float32)
+    p_r, m_r, v_r = up(p, m, v)
+    for step in range(1, steps + 1):
+        g = f32(rng, (n,))
+        K.adamw_step(p, g, m, v, lr, 0.9, 0.95, 1e-8, wd, step)
+        R.adamw_step(p_r, g.astype(np.float64), m_r, v_r, lr, 0.9, 0.95, 1e-8, wd, step)
+    close32(m, m_r)
+    close32(v, v_r)
+    close32(p, p_r, scale=lr)
+
+
+def test_adamw_matches_torch_when_available():
+    torch = pytest.importorskip("torch", reason="torch is optional (pip install -e .[bench])")
+    rng = np.random.default_rng(3)
+    p0 = f32(rng, (1000,))
+    p, m, v = p0.copy(), np.zeros_like(p0), np.zeros_like(p0)
+    tp = torch.nn.Parameter(torch.from_numpy(p0.copy()))
+    opt = torch.optim.AdamW([tp], lr=3e-3, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1)
+    for step in range(1, 4):
+        g = f32(rng, (1000,))
+        K.adamw_step(p, g, m, v, 3e-3, 0.9, 0.95, 1e-8, 0.1, step)
+        tp.grad = torch.from_numpy(g.copy())
+        opt.step()
+    np.testing.assert_allclose(p, tp.detach().numpy(), rtol=1e-6, atol=1e-6)
+
+
+def test_adamw_rejects_non_flat_buffers():
+    p = np.zeros((2, 3), np.float32)
+    with pytest.raises(ValueError, match="flat"):
+        K.adamw_step(p, p, p, p, 1e-3, 0.9, 0.999, 1e-8, 0.0, 1)

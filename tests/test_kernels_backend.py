@@ -1,0 +1,144 @@
+"""The backend switch: environment variable, set_backend, NUMBA_DISABLE_JIT, cache directory,
+and that the numba backend's fused ops agree with the numpy backend's on the same inputs."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from hypothesis import given, strategies as st
+
+import minigrad as mg
+import minigrad.functional as F
+from minigrad import backend
+
+
+def _run(code, **env):
+    full = {k: v for k, v in os.environ.items() if k != "MINIGRAD_BACKEND"}
+    full.update(env)
+    out = subprocess.run([sys.executable, "-c", code], env=full, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip()
+
+
+def test_defaults_and_environment_choices():
+    """numba backend + workqueue threading layer by default; the user's environment wins."""
+    code = "import os, minigrad; print(minigrad.get_backend(), os.environ['NUMBA_THREADING_LAYER'])"
+    env = {k: v for k, v in os.environ.items() if k not in ("NUMBA_THREADING_LAYER", "MINIGRAD_BACKEND")}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert out.stdout.strip() == "numba workqueue", out.stderr
+    assert _run(code, MINIGRAD_BACKEND="numpy", NUMBA_THREADING_LAYER="omp") == "numpy omp"
+
+
+def test_bad_backend_names_are_refused():
+    with pytest.raises(ValueError, match="one of"):
+        mg.set_backend("cuda")
+    out = subprocess.run([sys.executable, "-c", "import minigrad"], capture_output=True, text=True,
+                         env={**os.environ, "MINIGRAD_BACKEND": "torch"}, timeout=300)
+    assert out.returncode != 0 and "MINIGRAD_BACKEND" in out.stderr
+
+
+def test_set_backend_returns_previous_and_use_backend_restores():
+    start = mg.get_backend()
+    prev = mg.set_backend("numpy")
+    assert prev == start and mg.get_backend() == "numpy"
+    with mg.use_backend("numba"):
+        assert mg.get_backend() == "numba"
+    assert mg.get_backend() == "numpy"
+    mg.set_backend(start)
+
+
+def test_kernels_run_with_numba_jit_disabled():
+    code = (
+        "import numpy as np, minigrad.kernels as K, minigrad.kernels.reference as R\n"
+        "rng = np.random.default_rng(0)\n"
+        "q, k, v, do = (rng.standard_normal((1, 2, 9, 4)).astype(np.float32) for _ in range(4))\n"
+        "o, lse = K.attention_forward(q, k, v, causal=True)\n"
+        "g = K.attention_backward(q, k, v, o, lse, do, causal=True)\n"
+        "o2, lse2 = R.attention_forward(q, k, v, causal=True)\n"
+        "g2 = R.attention_backward(q, k, v, o2, lse2, do, causal=True)\n"
+        "x = rng.standard_normal((3, 7)).astype(np.float32)\n"
+        "errs = [abs(o - o2).max()] + [abs(a - b).max() for a, b in zip(g, g2)]\n"
+        "errs.append(abs(K.gelu_forward(x) - R.gelu_forward(x)).max())\n"
+        "errs.append(abs(K.softmax_forward(x) - R.softmax_forward(x)).max())\n"
+        "import numba; print(numba.config.DISABLE_JIT, max(errs) < 1e-5)\n"
+    )
+    assert _run(code, NUMBA_DISABLE_JIT="1") == "1 True"
+
+
+def test_cache_dir_falls_back_to_user_cache(monkeypatch, tmp_path):
+    real = backend._writable_dir
+    monkeypatch.setattr(backend, "_writable_dir", lambda p: "kernels" not in p and real(p))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert backend._choose_cache_dir() == os.path.join(str(tmp_path), "minigrad", "numba")
+    # nothing writable at all: no cache dir, and no exception
+    monkeypatch.setattr(backend, "_writable_dir", lambda p: False)
+    assert backend._choose_cache_dir() is None
+
+
+# ----------------------------------------------------------------------------- dispatch
+def _both(fn, *arrays):
+    outs = {}
+    for name in ("numpy", "numba"):
+        with mg.use_backend(name):
+            xs = [mg.Tensor(a, requires_grad=True) for a in arrays]
+            y = fn(*xs)
+            g = np.random.default_rng(7).standard_normal(y.shape).astype(y.dtype)
+            y.backward(g)
+            outs[name] = [y.data] + [x.grad for x in xs]
+    return outs["numpy"], outs["numba"]
+
+
+@given(st.integers(0, 10_000), st.integers(1, 3), st.integers(1, 70), st.integers(1, 20))
+def test_numba_and_numpy_backends_agree_float32(seed, b, t, c):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((b, t, c)).astype(np.float32)
+    w = rng.standard_normal(c).astype(np.float32)
+    bias = rng.standard_normal(c).astype(np.float32)
+    for fn, args in [
+        (lambda x: F.gelu(x), (x,)),
+        (lambda x: F.softmax(x), (x,)),
+        (lambda x: F.log_softmax(x), (x,)),
+        (lambda x, w, b: F.layer_norm(x, w, b), (x, w, bias)),
+        (lambda x: F.scaled_dot_product_attention(x, x * 0.5, x, causal=True), (x[:, None],)),
+    ]:
+        ref, got = _both(fn, *args)
+        for r, gt in zip(ref, got):
+            assert gt.dtype == np.float32
+            np.testing.assert_allclose(gt, r, rtol=1e-4, atol=1e-4)
+
+
+def test_cross_entropy_backends_agree_with_ignore_index():
+    rng = np.random.default_rng(0)
+    logits = rng.standard_normal((37, 11)).astype(np.float32) * 3
+    t = rng.integers(0, 11, 37)
+    t[::5] = -100
+    for reduction in ("mean", "sum", "none"):
+        res = {}
+        for name in ("numpy", "numba"):
+            with mg.use_backend(name):
+                x = mg.Tensor(logits, requires_grad=True)
+                y = F.cross_entropy(x, t, reduction=reduction)
+                y.backward(np.ones(y.shape, np.float32))
+                res[name] = (y.data, x.grad)
+        np.testing.assert_allclose(res["numba"][0], res["numpy"][0], rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(res["numba"][1], res["numpy"][1], rtol=1e-5, atol=1e-6)
+
+
+def test_attention_with_kv_cache_offsets_uses_bottom_right_mask():
+    # the core's causal mask is bottom-right aligned: Tq new queries after Tk - Tq cached keys
+    rng = np.random.default_rng(0)
+    q = rng.standard_normal((1, 2, 3, 8))
+    k, v = rng.standard_normal((1, 2, 10, 8)), rng.standard_normal((1, 2, 10, 8))
+    ref, got = _both(lambda q, k, v: F.scaled_dot_product_attention(q, k, v, causal=True), q, k, v)
+    for r, gt in zip(ref, got):
+        np.testing.assert_allclose(gt, r, rtol=1e-10, atol=1e-12)
+
+
+def test_backend_is_fixed_per_op_between_forward_and_backward():
+    x = mg.Tensor(np.random.default_rng(0).standard_normal((4, 6)), requires_grad=True)
+    with mg.use_backend("numba"):
+        y = F.layer_norm(x)
+    with mg.use_backend("numpy"):
+        y.backward(np.ones((4, 6)))  # saved (x, mean, rstd) are consumed by the numba backward
+    assert np.allclose(x.grad, 0.0, atol=1e-12)  # layer norm's rows are shift-invariant
