@@ -183,8 +183,10 @@ def _layer_comparison(costs: GPTCosts) -> dict:
                                                "fused kernel recomputes p" if flash else ""),
         "attention: 2nd s² tensor (scores or dropout(p))": (a * s * s, 0,
                                                             "no attention dropout; backward needs p only"),
-        "attention: output o and log-sum-exp (fused)": (0, (s * h + a * s) if flash else 0,
-                                                        "what flash attention keeps instead" if flash else "numpy path saves p instead"),
+        "attention: output o and log-sum-exp (fused)": (0, ((s * h if a > 1 else 0) + a * s) if flash else 0,
+                                                        ("what flash attention keeps instead" + ("" if a > 1 else
+                                                         "; o is the projection's input (1 head)"))
+                                                        if flash else "numpy path saves p instead"),
         "attention: input of the output projection": (s * h, s * h, ""),
         "MLP: input of c_fc": (s * h, s * h, ""),
         "MLP: GELU input (4h)": (4 * s * h, 4 * s * h, ""),
@@ -199,9 +201,14 @@ def _layer_comparison(costs: GPTCosts) -> dict:
 
 
 def _attention_layer_bytes(b, s, h, a, d, flash):
-    """Bytes the attention op keeps: q,k,v (+ p on numpy; + o and lse in the fused kernel)."""
+    """Bytes the attention op keeps: q,k,v (+ p on numpy; + o and lse in the fused kernel).
+
+    With one head, the fused output o (B, 1, T, hs) permuted to (B, T, 1, hs) is still
+    contiguous, so the output projection's saved input is a *view* of o: no extra bytes."""
     qkv = 3 * b * s * h * d
-    return qkv + (b * s * h * d + b * a * s * d if flash else b * a * s * s * d)
+    if not flash:
+        return qkv + b * a * s * s * d
+    return qkv + (b * s * h * d if a > 1 else 0) + b * a * s * d
 
 
 def gpt_costs(config, batch_size: int, optimizer="adamw", dtype_bytes: int = 4, seq_len=None,
