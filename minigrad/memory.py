@@ -147,16 +147,16 @@ class GPTCosts:
                    "   (lecture: (48·l·h² + b·l·(2s²a + 14sh))×4, no v·h)")
         out += ["", f"parameters: exact {self.params:,} vs lecture 12·l·h² + v·h = {lec['params']:,}"]
         for name, n in self.params_terms.items():
-            out.append(f"  {name:<52}{n:>12,}")
+            out.append(f"  {name:<58}{n:>12,}")
         out += ["", "activations per layer per sample (values; lecture 2·s²·a + 14·s·h):",
-                f"  {'term':<44}{'lecture':>12}{'minigrad':>12}  note"]
+                f"  {'term':<50}{'lecture':>12}{'minigrad':>12}  note"]
         for name, (lv, mv, note) in _layer_comparison(self).items():
-            out.append(f"  {name:<44}{lv:>12,}{mv:>12,}  {note}")
+            out.append(f"  {name:<50}{lv:>12,}{mv:>12,}  {note}")
         out += ["", f"activation bytes of the whole step (b={b}), by what is saved:"]
         for name, n in self.activation_terms.items():
-            out.append(f"  {name:<52}{fmt_bytes(n):>14}")
-        out.append(f"  {'total':<52}{fmt_bytes(self.bytes['activations']):>14}")
-        out.append(f"  {'with activation checkpointing (peak)':<52}"
+            out.append(f"  {name:<66}{fmt_bytes(n):>14}")
+        out.append(f"  {'total':<66}{fmt_bytes(self.bytes['activations']):>14}")
+        out.append(f"  {'with activation checkpointing (peak)':<66}"
                    f"{fmt_bytes(self.activations_checkpointed):>14}")
         f = self.flops_per_token
         out += ["", "matmul FLOPs per token: forward {:,}  backward {:,}  total {:,}".format(
