@@ -1,0 +1,259 @@
+"""Kernel benchmark: minigrad-numba vs minigrad-numpy vs PyTorch CPU, same process, same threads.
+
+    python -m bench.kernels [--threads 2] [--repeat 7] [--quick]
+
+Prints one markdown table: median wall time (ms) of each case after warm-up (Numba compiles
+and the first-touch page faults are excluded), and the ratio minigrad-numba / PyTorch (lower
+is better; <= 1.0 means at least as fast as PyTorch). Every minigrad case goes through the
+public API (Tensors, `minigrad.functional`, `.backward()`), so the autograd overhead counts.
+The attention rows also report peak traced memory (tracemalloc: NumPy's allocations; Numba's
+per-thread tile scratch, a few KB, is not traced) of the flash kernel vs the O(T^2) version.
+Run by hand, never in CI. PyTorch is optional (`pip install -e .[bench]`).
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import platform
+import statistics
+import sys
+import time
+import tracemalloc
+
+
+def _setup_threads(n: int) -> None:
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
+        os.environ.setdefault(var, str(n))
+
+
+def median_time(fn, repeat: int, warmup: int = 2, min_time: float = 0.0) -> float:
+    """Median seconds of `fn()` over `repeat` runs after `warmup` runs."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeat):
+        gc.collect()
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def peak_traced_mb(fn) -> float:
+    gc.collect()
+    tracemalloc.start()
+    tracemalloc.reset_peak()
+    fn()
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    return peak / 2**20
+
+
+def machine_line(threads: int) -> str:
+    import numba
+    import numpy as np
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    parts = [f"{cpu}, {os.cpu_count()} logical CPUs, {threads} threads",
+             f"Python {platform.python_version()}", f"NumPy {np.__version__}", f"Numba {numba.__version__}"]
+    try:
+        import torch
+
+        parts.append(f"PyTorch {torch.__version__}")
+    except ImportError:
+        parts.append("PyTorch not installed")
+    return "; ".join(parts)
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeat", type=int, default=7)
+    ap.add_argument("--quick", action="store_true", help="fewer and smaller cases (a smoke run)")
+    args = ap.parse_args(argv)
+    _setup_threads(args.threads)
+
+    import numba
+    import numpy as np
+
+    import minigrad as mg
+    import minigrad.functional as F
+
+    numba.set_num_threads(args.threads)
+    try:
+        import torch
+
+        torch.set_num_threads(args.threads)
+        tF = torch.nn.functional
+    except ImportError:
+        torch = None
+
+    rng = np.random.default_rng(0)
+    rows = []  # (case, numba_s, numpy_s, torch_s, note)
+
+    def mg_case(make, backward=True):
+        """Timer for a minigrad case: make() -> (output Tensor, leaves); backward with ones-like grad."""
+        def run():
+            out, leaves = make()
+            if backward:
+                out.backward(np.ones(out.shape, out.dtype))
+            return out
+        return run
+
+    def both_backends(run):
+        res = {}
+        for name in ("numba", "numpy"):
+            with mg.use_backend(name):
+                res[name] = median_time(run, args.repeat)
+        return res["numba"], res["numpy"]
+
+    def torch_case(make, backward=True):
+        def run():
+            out = make()
+            if backward:
+                out.backward(torch.ones_like(out))
+            return out
+        return run
+
+    def add(case, run_mg, run_torch, note=""):
+        nb, npy = both_backends(run_mg)
+        tt = median_time(run_torch, args.repeat) if (torch is not None and run_torch) else None
+        rows.append((case, nb, npy, tt, note))
+        print(f"  done: {case}", file=sys.stderr, flush=True)
+
+    # ---------------------------------------------------------------- GEMM (forward only)
+    sizes = [256, 512] if args.quick else [256, 512, 1024, 2048]
+    for n in sizes:
+        a = rng.standard_normal((n, n)).astype(np.float32)
+        b = rng.standard_normal((n, n)).astype(np.float32)
+        ta, tb = mg.Tensor(a), mg.Tensor(b)
+        run_t = None
+        if torch is not None:
+            xa, xb = torch.from_numpy(a), torch.from_numpy(b)
+            run_t = lambda xa=xa, xb=xb: xa @ xb
+        add(f"GEMM {n}x{n}x{n} (fwd)", lambda ta=ta, tb=tb: ta @ tb, run_t,
+            "BLAS in both backends")
+
+    # ---------------------------------------------------------------- softmax
+    x = rng.standard_normal((64, 4, 128, 128)).astype(np.float32)
+    if args.quick:
+        x = x[:8]
+
+    def mk_softmax():
+        t = mg.Tensor(x, requires_grad=True)
+        return F.softmax(t), [t]
+
+    run_t = None
+    if torch is not None:
+        def run_t():
+            t = torch.from_numpy(x).requires_grad_()
+            y = torch.softmax(t, -1)
+            y.backward(torch.ones_like(y))
+    add(f"softmax {x.shape} fwd+bwd", mg_case(mk_softmax), run_t)
+
+    # ---------------------------------------------------------------- layer norm
+    for c in (256, 768):
+        n = 1024 if args.quick else 8192
+        xl = rng.standard_normal((n, c)).astype(np.float32)
+        wl = rng.standard_normal(c).astype(np.float32)
+        bl = rng.standard_normal(c).astype(np.float32)
+
+        def mk_ln(xl=xl, wl=wl, bl=bl):
+            t = mg.Tensor(xl, requires_grad=True)
+            w = mg.Tensor(wl, requires_grad=True)
+            b = mg.Tensor(bl, requires_grad=True)
+            return F.layer_norm(t, w, b), [t, w, b]
+
+        run_t = None
+        if torch is not None:
+            def run_t(xl=xl, wl=wl, bl=bl, c=c):
+                t = torch.from_numpy(xl).requires_grad_()
+                w = torch.from_numpy(wl).requires_grad_()
+                b = torch.from_numpy(bl).requires_grad_()
+                y = tF.layer_norm(t, (c,), w, b)
+                y.backward(torch.ones_like(y))
+        add(f"layer norm {n}x{c} fwd+bwd", mg_case(mk_ln), run_t)
+
+    # ---------------------------------------------------------------- GELU
+    xg = rng.standard_normal((8, 256, 1536)).astype(np.float32)
+
+    def mk_gelu():
+        t = mg.Tensor(xg, requires_grad=True)
+        return F.gelu(t), [t]
+
+    run_t = None
+    if torch is not None:
+        def run_t():
+            t = torch.from_numpy(xg).requires_grad_()
+            y = tF.gelu(t, approximate="tanh")
+            y.backward(torch.ones_like(y))
+    add(f"GELU(tanh) {xg.shape} fwd+bwd", mg_case(mk_gelu), run_t)
+
+    # ---------------------------------------------------------------- cross-entropy
+    xc = rng.standard_normal((8 * 256, 65)).astype(np.float32)
+    tc = rng.integers(0, 65, xc.shape[0])
+
+    def mk_ce():
+        t = mg.Tensor(xc, requires_grad=True)
+        return F.cross_entropy(t, tc), [t]
+
+    run_t = None
+    if torch is not None:
+        ttc = torch.from_numpy(tc)
+
+        def run_t():
+            t = torch.from_numpy(xc).requires_grad_()
+            tF.cross_entropy(t, ttc).backward()
+    add(f"cross-entropy {xc.shape} fwd+bwd", mg_case(mk_ce), run_t)
+
+    # ---------------------------------------------------------------- attention
+    shapes = [(16, 4, 128, 32), (8, 8, 256, 64), (4, 12, 1024, 64)]
+    if args.quick:
+        shapes = shapes[:2]
+    for shp in shapes:
+        q, k, v = (rng.standard_normal(shp).astype(np.float32) for _ in range(3))
+
+        def mk_att(q=q, k=k, v=v):
+            ts = [mg.Tensor(a, requires_grad=True) for a in (q, k, v)]
+            return F.scaled_dot_product_attention(*ts, causal=True), ts
+
+        run_t = None
+        if torch is not None:
+            def run_t(q=q, k=k, v=v):
+                ts = [torch.from_numpy(a).requires_grad_() for a in (q, k, v)]
+                y = tF.scaled_dot_product_attention(*ts, is_causal=True)
+                y.backward(torch.ones_like(y))
+        note = ""
+        if shp[2] >= 1024:
+            with mg.use_backend("numba"):
+                flash_mb = peak_traced_mb(mg_case(mk_att))
+            with mg.use_backend("numpy"):
+                naive_mb = peak_traced_mb(mg_case(mk_att))
+            note = f"peak traced memory: flash {flash_mb:.0f} MB vs O(T^2) {naive_mb:.0f} MB"
+        add(f"causal attention {shp} fwd+bwd", mg_case(mk_att), run_t, note)
+
+    # ---------------------------------------------------------------- table
+    print()
+    print(f"Machine: {machine_line(args.threads)}")
+    print(f"Median of {args.repeat} runs after 2 warm-up runs; times in ms; ratio = numba / PyTorch "
+          "(lower is better).")
+    print()
+    print("| case | minigrad-numba | minigrad-numpy | PyTorch CPU | numba / PyTorch | note |")
+    print("|---|---:|---:|---:|---:|---|")
+    for case, nb, npy, tt, note in rows:
+        ts = f"{tt * 1e3:.2f}" if tt is not None else "n/a"
+        ratio = f"{nb / tt:.2f}x" if tt else "n/a"
+        print(f"| {case} | {nb * 1e3:.2f} | {npy * 1e3:.2f} | {ts} | {ratio} | {note} |")
+
+
+if __name__ == "__main__":
+    main()
