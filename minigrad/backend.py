@@ -33,9 +33,10 @@ import sys
 import tempfile
 from contextlib import contextmanager
 
-__all__ = ["set_backend", "get_backend", "use_backend", "numba_available", "BACKENDS"]
+__all__ = ["set_backend", "get_backend", "use_backend", "numba_available", "fused_kernels", "BACKENDS"]
 
 BACKENDS = ("numba", "numpy")
+_FLOAT_DTYPES = ("float32", "float64")
 
 
 def _writable_dir(path: str) -> bool:
@@ -138,6 +139,18 @@ def set_backend(name: str) -> str:
     global _BACKEND
     previous, _BACKEND = _BACKEND, _validate(name)
     return previous
+
+
+def fused_kernels(x):
+    """`minigrad.kernels` when the numba backend is active and `x` is float32/float64, else None.
+
+    The ops call this once in forward and keep the answer in `ctx.fused`, so a backward always
+    runs on the backend of its forward, even if the backend is switched in between."""
+    if _BACKEND != "numba" or getattr(x, "dtype", None) not in _FLOAT_DTYPES:
+        return None
+    from . import kernels
+
+    return kernels
 
 
 @contextmanager

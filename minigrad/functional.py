@@ -21,17 +21,7 @@ except ImportError:  # pragma: no cover - depends on the environment
     _erf = np.vectorize(math.erf, otypes=[np.float64])
 
 
-def _fused(x):
-    """`minigrad.kernels` (fused Numba kernels) under the numba backend for a float32/float64
-    input `x`, else None (plain NumPy: other backend, or e.g. float16 under autocast).
-
-    Each fused op below asks this once in forward and keeps the answer in `ctx.fused`, so its
-    backward uses the same backend as its forward even if the backend is switched in between."""
-    if backend.get_backend() != "numba" or x.dtype not in (np.float32, np.float64):
-        return None
-    from . import kernels
-
-    return kernels
+_fused = backend.fused_kernels  # minigrad.kernels under the numba backend, else None
 
 
 def _t(x) -> Tensor:
@@ -60,6 +50,9 @@ class Linear(Function):
         if ctx.amp is not None:  # round x and W to the compute format; the product accumulates in fp32
             x, w = amp.cast_inputs(ctx.amp, x, w)
         ctx.save_for_backward(x, w)
+        ctx.fused = _fused(x) if ctx.amp is None else None
+        if ctx.fused is not None:  # one 2-D GEMM over all rows, bias added in place
+            return ctx.fused.linear_forward(x, w, b)
         y = x @ w.T
         y = y if b is None else y + b
         return y if ctx.amp is None else amp.cast_output(ctx.amp, y)
@@ -69,6 +62,9 @@ class Linear(Function):
         x, w = ctx.saved
         if ctx.amp is not None:  # the incoming gradient is stored in the gradient format
             g = amp.cast_grad(ctx.amp, g)
+        if ctx.fused is not None:
+            gx, gw, gb = ctx.fused.linear_backward(x, w, g, need_bias=len(ctx.inputs) == 3)
+            return (gx, gw) if gb is None else (gx, gw, gb)
         gx = g @ w  # y = x @ W^T  =>  dx = g @ W
         g2 = g.reshape(-1, g.shape[-1])
         gw = g2.T @ x.reshape(-1, x.shape[-1])  # dW = g^T @ x, summed over all rows

@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import amp, autograd
+from .backend import fused_kernels as _fused
 from .autograd import Function
 
 
@@ -150,6 +151,9 @@ class MatMul(Function):
         if ctx.amp is not None:  # round both operands to the compute format; accumulate in fp32
             a, b = amp.cast_inputs(ctx.amp, a, b, b_is_weight=False)
         ctx.save_for_backward(a, b)
+        ctx.fused = _fused(a) if ctx.amp is None else None
+        if ctx.fused is not None:  # batched products as one GEMM / threads over the batch
+            return ctx.fused.matmul_forward(a, b)
         return a @ b if ctx.amp is None else amp.cast_output(ctx.amp, a @ b)
 
     @staticmethod
@@ -157,6 +161,8 @@ class MatMul(Function):
         a, b = ctx.saved
         if ctx.amp is not None:  # the incoming gradient is stored in the gradient format
             g = amp.cast_grad(ctx.amp, g)
+        if ctx.fused is not None and (grads := ctx.fused.matmul_backward(a, b, g)) is not None:
+            return grads
         a2 = a[None, :] if a.ndim == 1 else a  # promote 1-D operands as forward did
         b2 = b[:, None] if b.ndim == 1 else b
         g2 = g.reshape(np.broadcast_shapes(a2.shape[:-2], b2.shape[:-2]) + (a2.shape[-2], b2.shape[-1]))

@@ -40,7 +40,7 @@ except ImportError:  # pragma: no cover
     NUMBA_BLAS_SINGLE_THREADED = False
 
 __all__ = [
-    "bmm", "matmul_tiled", "softmax_forward", "softmax_backward", "log_softmax_forward",
+    "bmm", "matmul_tiled", "linear_forward", "linear_backward", "matmul_forward", "matmul_backward", "softmax_forward", "softmax_backward", "log_softmax_forward",
     "log_softmax_backward", "cross_entropy_forward", "cross_entropy_backward",
     "layer_norm_forward", "layer_norm_backward", "gelu_forward", "gelu_backward",
     "attention_forward", "attention_backward", "adamw_step", "ATTN_BLOCK_Q", "ATTN_BLOCK_K",
@@ -98,6 +98,57 @@ def matmul_tiled(a, b, tile=64):
     out = np.empty((a.shape[0], b.shape[1]), dtype)
     _matmul_tiled(a.astype(dtype, copy=False), b.astype(dtype, copy=False), out, int(tile))
     return out
+
+
+def linear_forward(x, w, b=None):
+    """y = x @ w.T + b for x (..., in), w (out, in): ONE 2-D GEMM over all leading rows.
+
+    Not a Numba kernel: the GEMM is NumPy's multi-threaded BLAS. What it fixes is the batching:
+    `x @ w.T` with a 3-D x makes NumPy call GEMM once per batch item (B small GEMMs, each
+    paying a thread hand-off), while a (B*T, in) @ (in, out) product is one large GEMM.
+    The bias is added in place (no second output-sized temporary)."""
+    x2 = x.reshape(-1, x.shape[-1])
+    y = x2 @ w.T
+    if b is not None:
+        y += b
+    return y.reshape(x.shape[:-1] + (w.shape[0],))
+
+
+def linear_backward(x, w, g, need_bias=True):
+    """(dx, dw, db) of y = x @ w.T + b, each from one 2-D GEMM / one reduction over rows."""
+    g2 = g.reshape(-1, g.shape[-1])
+    x2 = x.reshape(-1, x.shape[-1])
+    dx = (g2 @ w).reshape(x.shape)
+    dw = g2.T @ x2
+    db = g2.sum(axis=0) if need_bias else None
+    return dx, dw, db
+
+
+def matmul_forward(a, b):
+    """a @ b with NumPy semantics, batched products routed to one GEMM where possible:
+    (..., K) @ (K, P) becomes one 2-D GEMM over all rows of a; equal-batch 3-D+ operands
+    go to `bmm` (one single-threaded BLAS GEMM per batch item, items spread over threads)."""
+    if a.ndim >= 3 and b.ndim == 2:
+        return (a.reshape(-1, a.shape[-1]) @ b).reshape(a.shape[:-1] + (b.shape[1],))
+    if a.ndim >= 3 and a.ndim == b.ndim and a.shape[:-2] == b.shape[:-2] and a.dtype == b.dtype \
+            and a.dtype in _FLOATS:
+        lead = a.shape[:-2]
+        out = bmm(a.reshape((-1,) + a.shape[-2:]), b.reshape((-1,) + b.shape[-2:]))
+        return out.reshape(lead + out.shape[-2:])
+    return a @ b
+
+
+def matmul_backward(a, b, g):
+    """(da, db) of y = a @ b for the two batched cases `matmul_forward` speeds up, else None
+    (the caller then uses its plain NumPy backward)."""
+    if a.ndim >= 3 and b.ndim == 2:  # db sums over all rows: one GEMM
+        a2, g2 = a.reshape(-1, a.shape[-1]), g.reshape(-1, g.shape[-1])
+        return (g2 @ b.T).reshape(a.shape), a2.T @ g2
+    if a.ndim >= 3 and a.ndim == b.ndim and a.shape[:-2] == b.shape[:-2] and a.dtype == b.dtype \
+            and a.dtype in _FLOATS and g.shape == a.shape[:-1] + b.shape[-1:]:
+        return (matmul_forward(g, np.swapaxes(b, -1, -2)),
+                matmul_forward(np.swapaxes(a, -1, -2), g))
+    return None
 
 
 # ----------------------------------------------------------------------------- softmax family
