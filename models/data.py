@@ -106,10 +106,12 @@ class TextData:
         block_size: context length T; both splits must hold at least T + 1 tokens.
         val_fraction: the last fraction of the tokens is the validation split.
         cache_dir: where to keep ``tokens-<hash>.npy``; None disables the cache.
+        write_cache: write a missing cache file now; with False, call :meth:`save_cache` later
+            (the CLI validates all its inputs before it writes anything).
     """
 
     def __init__(self, text: str, tokenizer=None, block_size: int = 128, val_fraction: float = 0.1,
-                 cache_dir=None, description: str = "text"):
+                 cache_dir=None, description: str = "text", write_cache: bool = True):
         if not text:
             raise DataError("the corpus is empty")
         if not 0.0 < val_fraction < 1.0:
@@ -124,7 +126,6 @@ class TextData:
                                   + b"\0" + self.tokenizer.to_json().encode()).hexdigest()[:20]
         ids = None
         if cache_dir is not None:
-            os.makedirs(cache_dir, exist_ok=True)
             self.cache_path = os.path.join(os.fspath(cache_dir), f"tokens-{self.key}.npy")
             if os.path.exists(self.cache_path):
                 try:
@@ -133,28 +134,37 @@ class TextData:
                         ids = None
                 except (OSError, ValueError):
                     ids = None                      # corrupt cache: rebuild it
-        if ids is None:
+        fresh = ids is None
+        if fresh:
             try:
-                arr = self.tokenizer.encode_array(text)
+                ids = self.tokenizer.encode_array(text).astype(np.uint16)
             except TokenizerError as e:
                 raise DataError(str(e)) from None
-            arr = arr.astype(np.uint16)
-            if self.cache_path is not None:
-                _atomic_save_npy(self.cache_path, arr)
-                ids = np.load(self.cache_path, mmap_mode="r", allow_pickle=False)
-            else:
-                ids = arr
-        self.ids = ids
         n = len(ids)
         n_val = int(round(n * val_fraction))
         n_train = n - n_val
         need = self.block_size + 1
-        if n_train < need or n_val < need:
+        if n_train < need or n_val < need:       # checked before anything is written
             raise DataError(
                 f"corpus too short: {n:,} tokens give {n_train:,} train / {n_val:,} val tokens, but each "
                 f"split needs at least block_size+1 = {need}; use a longer text or a smaller --preset")
-        self.train = Split("train", ids[:n_train])
-        self.val = Split("val", ids[n_train:])
+        self._n_train = n_train
+        self._set_ids(ids)
+        if fresh and write_cache:
+            self.save_cache()
+
+    def _set_ids(self, ids):
+        self.ids = ids
+        self.train = Split("train", ids[:self._n_train])
+        self.val = Split("val", ids[self._n_train:])
+
+    def save_cache(self) -> None:
+        """Write the token ids to the cache (if it is not there yet) and read them back by memmap."""
+        if self.cache_path is None or isinstance(self.ids, np.memmap):
+            return
+        os.makedirs(os.path.dirname(self.cache_path) or ".", exist_ok=True)
+        _atomic_save_npy(self.cache_path, np.asarray(self.ids, dtype=np.uint16))
+        self._set_ids(np.load(self.cache_path, mmap_mode="r", allow_pickle=False))
 
     @property
     def vocab_size(self) -> int:
@@ -177,7 +187,7 @@ class TextData:
         ids = self.split(split).ids
         windows = np.lib.stride_tricks.sliding_window_view(ids, T + 1)   # (N-T, T+1), no copy
         w = windows[np.asarray(starts)].astype(np.int64)                  # (B, T+1)
-        return w[:, :-1], w[:, 1:]
+        return np.ascontiguousarray(w[:, :-1]), np.ascontiguousarray(w[:, 1:])
 
     def fixed_batches(self, split: str, n_batches: int, batch_size: int, seed: int = 1234, block_size=None):
         """The same ``n_batches`` batches every call (for comparable validation losses)."""

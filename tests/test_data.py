@@ -111,3 +111,11 @@ def test_every_start_reachable_including_last():
         firsts.update(x[:, 0].tolist())
     val = np.asarray(d.val.ids)
     assert firsts == set(val[: len(val) - 8].tolist())
+
+
+def test_deferred_cache_write(tmp_path):
+    d = TextData(TEXT, block_size=16, cache_dir=tmp_path / "c", write_cache=False)
+    assert not (tmp_path / "c").exists()
+    d.save_cache()
+    assert os.path.exists(d.cache_path) and isinstance(d.ids, np.memmap)
+    assert d.tokenizer.decode(np.concatenate([d.train.ids, d.val.ids])) == TEXT

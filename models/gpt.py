@@ -1,0 +1,288 @@
+"""A GPT language model in one readable file, on minigrad's autodiff core.
+
+Follows the design of nanoGPT's ``model.py`` (Karpathy), i.e. GPT-2 (Radford et al. 2019,
+"Language Models are Unsupervised Multitask Learners"): token + position embeddings,
+pre-LayerNorm transformer blocks, a fused q/k/v projection, causal self-attention, a GELU MLP of
+width 4C, a final LayerNorm and an output head tied to the token embedding. Residual output
+projections start with std 0.02/sqrt(2·n_layer) (GPT-2 §2.3). Attention is "Attention Is All You
+Need" (Vaswani et al. 2017) scaled dot-product attention.
+
+``generate`` decodes with a KV cache: each new token runs the network on that one position and
+attends to the keys/values of all earlier positions, kept per layer (see ALGORITHMS.md "KV cache":
+o_t = softmax(q_t·K_{≤t}ᵀ/√d)·V_{≤t}). Cached logits equal a full forward (tests/test_gpt.py).
+
+Legend: B = batch, T = time (sequence), C = channels (n_embd), V = vocab, nh = heads, hs = C/nh.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+
+import numpy as np
+
+import minigrad
+import minigrad.functional as F
+from minigrad import nn
+from minigrad.autograd import Function
+
+__all__ = ["GPTConfig", "GPT", "PRESETS", "preset"]
+
+
+class _LastAxisSlice(Function):
+    """x[..., lo:hi]. Backward writes g into that slice of zeros. (Tensor indexing's general
+    backward scatters with np.add.at, which made the q/k/v split ~30% of a training step.)"""
+
+    @staticmethod
+    def forward(ctx, x, *, lo, hi):
+        ctx.shape, ctx.lo, ctx.hi = x.shape, lo, hi
+        return x[..., lo:hi]
+
+    @staticmethod
+    def backward(ctx, g):
+        gx = np.zeros(ctx.shape, dtype=g.dtype)
+        gx[..., ctx.lo:ctx.hi] = g
+        return (gx,)
+
+
+@dataclass
+class GPTConfig:
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 128
+    block_size: int = 128
+    vocab_size: int = 65
+    dropout: float = 0.0
+    bias: bool = True
+    checkpoint: bool = False    # activation checkpointing of each block in training (minigrad.checkpoint)
+
+    def __post_init__(self):
+        for name in ("n_layer", "n_head", "n_embd", "block_size", "vocab_size"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, np.integer)) or v < 1:
+                raise ValueError(f"GPTConfig.{name}={v!r} must be a positive integer")
+        if self.n_embd % self.n_head:
+            raise ValueError(f"GPTConfig: n_embd={self.n_embd} must be divisible by n_head={self.n_head}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"GPTConfig.dropout={self.dropout} must be in [0, 1)")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "GPTConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"GPTConfig: unknown field(s) {sorted(unknown)}")
+        return cls(**d)
+
+
+# Presets from issue 3: model shape plus the batch size it is trained with.
+PRESETS = {
+    "tiny":   dict(config=dict(n_layer=2, n_head=4, n_embd=64, block_size=64), batch_size=32),
+    "small":  dict(config=dict(n_layer=4, n_head=4, n_embd=128, block_size=128), batch_size=16),
+    "medium": dict(config=dict(n_layer=6, n_head=6, n_embd=384, block_size=256), batch_size=8),
+}
+
+
+def preset(name: str, **overrides) -> tuple[GPTConfig, int]:
+    """``(GPTConfig, batch_size)`` for a preset name; ``overrides`` replace config fields."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    p = PRESETS[name]
+    return GPTConfig(**{**p["config"], **overrides}), p["batch_size"]
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, cfg: GPTConfig, dtype, rng):
+        super().__init__()
+        self.n_head = cfg.n_head
+        self.n_embd = cfg.n_embd
+        self.dropout = cfg.dropout
+        self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.bias, dtype=dtype, rng=rng)  # fused q, k, v
+        self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias, dtype=dtype, rng=rng)
+
+    def forward(self, x, cache=None, rng=None):
+        """x: (B, T, C). ``cache`` is None (training) or a dict {"k", "v"} of earlier positions'
+        keys/values (B, nh, T_past, hs) as arrays, extended in place with this call's."""
+        B, T, C = x.shape
+        nh, hs = self.n_head, C // self.n_head
+        qkv = self.c_attn(x)                                         # (B, T, 3C): fused q, k, v
+        q, k, v = (_LastAxisSlice.apply(qkv, lo=i * C, hi=(i + 1) * C)   # each (B, T, C)
+                   .reshape(B, T, nh, hs).transpose(1, 2)                # -> (B, nh, T, hs)
+                   for i in range(3))
+        if cache is not None:
+            # KV cache (generation, no grad): append this call's keys/values to the earlier ones
+            if cache.get("k") is not None:
+                k = minigrad.Tensor(np.concatenate([cache["k"], k.data], axis=2))  # (B, nh, T_past+T, hs)
+                v = minigrad.Tensor(np.concatenate([cache["v"], v.data], axis=2))  # (B, nh, T_past+T, hs)
+            cache["k"], cache["v"] = k.data, v.data
+        # causal mask aligned bottom-right: new query i sees all cached keys and new keys <= i
+        y = F.scaled_dot_product_attention(q, k, v, causal=True)    # (B, nh, T, hs)
+        y = y.transpose(1, 2).reshape(B, T, C)                       # (B, T, nh, hs) -> (B, T, C)
+        y = self.c_proj(y)                                           # (B, T, C)
+        if self.dropout and self.training:
+            y = F.dropout(y, self.dropout, True, rng)
+        return y
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: GPTConfig, dtype, rng):
+        super().__init__()
+        self.dropout = cfg.dropout
+        self.c_fc = nn.Linear(cfg.n_embd, 4 * cfg.n_embd, bias=cfg.bias, dtype=dtype, rng=rng)
+        self.c_proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd, bias=cfg.bias, dtype=dtype, rng=rng)
+
+    def forward(self, x, rng=None):
+        x = F.gelu(self.c_fc(x))                                     # (B, T, 4C)
+        x = self.c_proj(x)                                           # (B, T, C)
+        if self.dropout and self.training:
+            x = F.dropout(x, self.dropout, True, rng)
+        return x
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: GPTConfig, dtype, rng):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias, dtype=dtype)
+        self.attn = CausalSelfAttention(cfg, dtype, rng)
+        self.ln_2 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias, dtype=dtype)
+        self.mlp = MLP(cfg, dtype, rng)
+
+    def forward(self, x, cache=None, rng=None):
+        x = x + self.attn(self.ln_1(x), cache=cache, rng=rng)        # pre-LN residual
+        x = x + self.mlp(self.ln_2(x), rng=rng)
+        return x
+
+
+class GPT(nn.Module):
+    """``GPT(config, dtype=np.float32, seed=0)``; ``forward(idx, targets=None) -> (logits, loss)``."""
+
+    def __init__(self, config: GPTConfig, dtype=np.float32, seed: int = 0):
+        super().__init__()
+        self.config = config
+        self.dtype = np.dtype(dtype)
+        rng = np.random.default_rng(seed)
+        self.wte = nn.Embedding(config.vocab_size, config.n_embd, dtype=dtype)   # tied with the head
+        self.wpe = nn.Embedding(config.block_size, config.n_embd, dtype=dtype)
+        self.h = nn.ModuleList([Block(config, dtype, rng) for _ in range(config.n_layer)])
+        self.ln_f = nn.LayerNorm(config.n_embd, bias=config.bias, dtype=dtype)
+        # dropout masks come from this generator; its state is part of a checkpoint
+        self.dropout_rng = np.random.default_rng(seed + 1)
+
+        # GPT-2 init: N(0, 0.02) weights, zero biases, residual projections N(0, 0.02/sqrt(2L)).
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                std = 0.02 / math.sqrt(2 * config.n_layer)
+            else:
+                std = 0.02
+            if name.endswith(".bias"):
+                p.data[...] = 0
+            elif ".ln_" in name or name.startswith("ln_"):
+                p.data[...] = 1
+            else:
+                p.data[...] = rng.normal(0.0, std, size=p.shape).astype(self.dtype)
+
+    def num_params(self, non_embedding: bool = True) -> int:
+        n = sum(p.size for p in self.parameters())
+        return n - self.wpe.weight.size if non_embedding else n
+
+    def forward(self, idx, targets=None, caches=None, pos0: int = 0):
+        """idx: int array (B, T) -> logits (B, T, V); loss = mean cross-entropy if targets given.
+
+        ``caches`` (one dict per layer) and ``pos0`` are used by :meth:`generate`."""
+        idx = np.asarray(idx.data if isinstance(idx, minigrad.Tensor) else idx)
+        if idx.ndim != 2 or not np.issubdtype(idx.dtype, np.integer):
+            raise ValueError(f"GPT.forward: idx must be an integer array (B, T), got {idx.dtype} {idx.shape}")
+        B, T = idx.shape
+        if pos0 + T > self.config.block_size:
+            raise ValueError(f"GPT.forward: positions {pos0}..{pos0 + T - 1} exceed block_size="
+                             f"{self.config.block_size}; crop the input to the last {self.config.block_size} tokens")
+        if idx.size and (idx.min() < 0 or idx.max() >= self.config.vocab_size):
+            raise ValueError(f"GPT.forward: token ids must be in [0, {self.config.vocab_size}), "
+                             f"got [{idx.min()}, {idx.max()}]")
+        pos = np.arange(pos0, pos0 + T)
+        tok_emb = F.embedding(idx, self.wte.weight)                  # (B, T, C)
+        pos_emb = F.embedding(pos, self.wpe.weight)                  # (T, C)
+        x = tok_emb + pos_emb                                        # (B, T, C)
+        if self.config.dropout and self.training:
+            x = F.dropout(x, self.config.dropout, True, self.dropout_rng)
+        for i, block in enumerate(self.h):
+            if self.config.checkpoint and caches is None and minigrad.is_grad_enabled():
+                x = minigrad.checkpoint(block, x, rng=self.dropout_rng)  # recompute in backward
+            else:
+                x = block(x, cache=None if caches is None else caches[i], rng=self.dropout_rng)
+        x = self.ln_f(x)                                             # (B, T, C)
+        logits = F.linear(x, self.wte.weight)                        # (B, T, V), tied head
+        loss = None
+        if targets is not None:
+            targets = np.asarray(targets.data if isinstance(targets, minigrad.Tensor) else targets)
+            if targets.shape != (B, T):
+                raise ValueError(f"GPT.forward: targets shape {targets.shape} != idx shape {(B, T)}")
+            V = self.config.vocab_size
+            loss = F.cross_entropy(logits.reshape(B * T, V), targets.reshape(B * T))
+        return logits, loss
+
+    def loss_and_grads(self, idx, targets):
+        """One forward + backward: ``(loss as float, {name: grad ndarray})`` for the optimizer."""
+        self.zero_grad()
+        _, loss = self(idx, targets)
+        loss.backward()
+        grads = {n: (p.grad if p.grad is not None else np.zeros_like(p.data))
+                 for n, p in self.named_parameters()}
+        return float(loss.item()), grads
+
+    def generate(self, idx, max_new_tokens: int, temperature: float = 1.0, top_k=None, rng=None,
+                 use_cache: bool = True):
+        """Sample ``max_new_tokens`` tokens after ``idx`` (B, T0); returns (B, T0 + max_new_tokens).
+
+        With ``use_cache`` the prompt is run once and then each new token costs one position.
+        When the context reaches ``block_size`` the oldest half is dropped and the cache rebuilt
+        from the rest (positions restart at 0), so each token costs O(block_size) amortised.
+        ``temperature`` 0 means greedy decoding.
+        """
+        if rng is None:
+            rng = np.random.default_rng()
+        idx = np.asarray(idx, dtype=np.int64)
+        if idx.ndim == 1:
+            idx = idx[None]
+        if idx.shape[1] == 0:
+            raise ValueError("GPT.generate: give at least one prompt token")
+        bs = self.config.block_size
+        was_training = self.training
+        self.eval()
+        out = idx
+        try:
+            with minigrad.no_grad():
+                caches, n_cached = None, 0
+                for _ in range(max_new_tokens):
+                    if not use_cache:
+                        logits, _ = self(out[:, -bs:])
+                    elif caches is None or n_cached >= bs:
+                        keep = out[:, -(bs // 2 if caches is not None else bs):]
+                        caches = [{} for _ in self.h]
+                        logits, _ = self(keep, caches=caches, pos0=0)    # prefill
+                        n_cached = keep.shape[1]
+                    else:
+                        logits, _ = self(out[:, -1:], caches=caches, pos0=n_cached)
+                        n_cached += 1
+                    nxt = self._sample(logits.data[:, -1, :], temperature, top_k, rng)
+                    out = np.concatenate([out, nxt[:, None]], axis=1)
+        finally:
+            self.train(was_training)
+        return out
+
+    @staticmethod
+    def _sample(logits, temperature, top_k, rng):
+        """logits (B, V) -> next ids (B,)."""
+        logits = logits.astype(np.float64)
+        if temperature == 0:
+            return logits.argmax(-1)
+        logits = logits / temperature
+        if top_k is not None:
+            k = min(int(top_k), logits.shape[-1])
+            kth = np.sort(logits, axis=-1)[:, -k][:, None]
+            logits = np.where(logits < kth, -np.inf, logits)
+        p = np.exp(logits - logits.max(-1, keepdims=True))
+        p /= p.sum(-1, keepdims=True)
+        return np.array([rng.choice(p.shape[-1], p=row) for row in p], dtype=np.int64)

@@ -1,0 +1,199 @@
+"""GPT model: shapes, tying, init, float64 gradcheck, KV-cache decoding == full forward, generate."""
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+import minigrad
+from models.gpt import GPT, GPTConfig, PRESETS, preset
+
+MICRO = dict(n_layer=2, n_head=2, n_embd=8, block_size=6, vocab_size=7)
+
+
+def _ids(rng, cfg, B, T):
+    return rng.integers(0, cfg.vocab_size, (B, T))
+
+
+def test_presets_match_issue():
+    want = {"tiny": (2, 4, 64, 64, 32), "small": (4, 4, 128, 128, 16), "medium": (6, 6, 384, 256, 8)}
+    for name, (L, H, C, T, B) in want.items():
+        cfg, batch = preset(name)
+        assert (cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.block_size, batch) == (L, H, C, T, B)
+    with pytest.raises(ValueError, match="unknown preset"):
+        preset("huge")
+    assert set(PRESETS) == set(want)
+
+
+def test_config_validation_and_roundtrip():
+    with pytest.raises(ValueError, match="divisible"):
+        GPTConfig(n_embd=10, n_head=3)
+    with pytest.raises(ValueError, match="vocab_size"):
+        GPTConfig(vocab_size=0)
+    cfg = GPTConfig(**MICRO, checkpoint=True)
+    assert GPTConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_shapes_tying_and_param_count():
+    cfg = GPTConfig(**MICRO)
+    m = GPT(cfg)
+    names = [n for n, _ in m.named_parameters()]
+    assert len(names) == len(set(names))
+    assert "wte.weight" in names and not any("head" in n for n in names)
+    C, V, L, T = cfg.n_embd, cfg.vocab_size, cfg.n_layer, cfg.block_size
+    per_block = 2 * 2 * C + (3 * C * C + 3 * C) + (C * C + C) + (4 * C * C + 4 * C) + (4 * C * C + C)
+    assert sum(p.size for p in m.parameters()) == V * C + T * C + L * per_block + 2 * C
+    idx = _ids(np.random.default_rng(0), cfg, 3, 5)
+    logits, loss = m(idx)
+    assert logits.shape == (3, 5, V) and loss is None
+    # the head IS the token embedding: changing wte changes the logits through both uses
+    m.wte.weight.data[2] += 1.0
+    assert not np.allclose(m(idx)[0].data, logits.data)
+
+
+def test_init_statistics():
+    cfg = GPTConfig(n_layer=4, n_head=4, n_embd=64, block_size=32, vocab_size=50)
+    m = GPT(cfg, seed=1)
+    params = dict(m.named_parameters())
+    proj = np.concatenate([params[f"h.{i}.attn.c_proj.weight"].data.ravel() for i in range(4)]
+                          + [params[f"h.{i}.mlp.c_proj.weight"].data.ravel() for i in range(4)])
+    assert proj.std() == pytest.approx(0.02 / math.sqrt(2 * 4), rel=0.03)
+    assert params["h.0.mlp.c_fc.weight"].data.std() == pytest.approx(0.02, rel=0.05)
+    assert np.all(params["h.0.attn.c_attn.bias"].data == 0) and np.all(params["ln_f.weight"].data == 1)
+    # at init the predictions are close to uniform: loss ~ ln(V)
+    rng = np.random.default_rng(0)
+    idx = _ids(rng, cfg, 4, 32)
+    _, loss = m(idx, _ids(rng, cfg, 4, 32))
+    assert loss.item() == pytest.approx(math.log(50), abs=0.1)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_gradcheck_float64(bias):
+    cfg = GPTConfig(**MICRO, bias=bias)
+    m = GPT(cfg, dtype=np.float64, seed=2)
+    # move LayerNorm gains/biases and zero biases off their init so every path is exercised
+    prng = np.random.default_rng(7)
+    for n, p in m.named_parameters():
+        assert p.dtype == np.float64
+        p.data[...] += prng.normal(0, 0.1, p.shape)
+    rng = np.random.default_rng(3)
+    idx, tgt = _ids(rng, cfg, 2, 6), _ids(rng, cfg, 2, 6)
+    params = [p for _, p in m.named_parameters()]
+    # per parameter: up to 12 random elements plus one random direction through all of them
+    minigrad.gradcheck(lambda *ps: m(idx)[0], params, atol=1e-6, rtol=1e-5, max_elements=12)  # logits
+    minigrad.gradcheck(lambda *ps: m(idx, tgt)[1], params, atol=1e-6, rtol=1e-5, max_elements=12)  # loss
+
+
+def test_loss_and_grads_matches_backward():
+    cfg = GPTConfig(**MICRO)
+    m = GPT(cfg, dtype=np.float64)
+    rng = np.random.default_rng(0)
+    idx, tgt = _ids(rng, cfg, 2, 6), _ids(rng, cfg, 2, 6)
+    loss, grads = m.loss_and_grads(idx, tgt)
+    assert set(grads) == {n for n, _ in m.named_parameters()}
+    loss2, grads2 = m.loss_and_grads(idx, tgt)   # zeroed in between: no accumulation
+    assert loss == loss2
+    for n in grads:
+        assert np.array_equal(grads[n], grads2[n])
+
+
+def test_activation_checkpointing_gives_same_gradients():
+    cfg = GPTConfig(**MICRO)
+    rng = np.random.default_rng(0)
+    idx, tgt = _ids(rng, cfg, 2, 6), _ids(rng, cfg, 2, 6)
+    a = GPT(cfg, dtype=np.float64, seed=4)
+    b = GPT(GPTConfig(**MICRO, checkpoint=True), dtype=np.float64, seed=4)
+    la, ga = a.loss_and_grads(idx, tgt)
+    lb, gb = b.loss_and_grads(idx, tgt)
+    assert la == pytest.approx(lb, abs=1e-12)
+    for n in ga:
+        np.testing.assert_allclose(ga[n], gb[n], atol=1e-12)
+
+
+def _cached_logits(m, idx, n_prompt):
+    """Prefill n_prompt tokens, then feed the rest one at a time; return logits (B, T, V)."""
+    caches = [{} for _ in m.h]
+    with minigrad.no_grad():
+        out = [m(idx[:, :n_prompt], caches=caches)[0].data]
+        for t in range(n_prompt, idx.shape[1]):
+            out.append(m(idx[:, t:t + 1], caches=caches, pos0=t)[0].data)
+    return np.concatenate(out, axis=1)
+
+
+@given(n_layer=st.integers(1, 3), n_head=st.sampled_from([1, 2, 4]), T=st.integers(1, 10),
+       n_prompt=st.integers(1, 10), B=st.integers(1, 3), seed=st.integers(0, 1000))
+@settings(max_examples=15)
+def test_kv_cache_equals_full_forward(n_layer, n_head, T, n_prompt, B, seed):
+    cfg = GPTConfig(n_layer=n_layer, n_head=n_head, n_embd=8 * n_head, block_size=10, vocab_size=13)
+    m = GPT(cfg, dtype=np.float64, seed=seed)
+    m.eval()
+    idx = _ids(np.random.default_rng(seed), cfg, B, T)
+    with minigrad.no_grad():
+        full = m(idx)[0].data
+    np.testing.assert_allclose(_cached_logits(m, idx, min(n_prompt, T)), full, rtol=0, atol=1e-10)
+
+
+def test_kv_cache_float32_within_1e5():
+    cfg, _ = preset("tiny", vocab_size=30)
+    m = GPT(cfg, seed=0)
+    m.eval()
+    idx = _ids(np.random.default_rng(1), cfg, 2, 40)
+    with minigrad.no_grad():
+        full = m(idx)[0].data
+    np.testing.assert_allclose(_cached_logits(m, idx, 7), full, atol=1e-5)
+
+
+def test_generate_greedy_matches_uncached_argmax():
+    cfg = GPTConfig(n_layer=2, n_head=2, n_embd=16, block_size=16, vocab_size=11)
+    m = GPT(cfg, dtype=np.float64, seed=5)
+    prng = np.random.default_rng(9)
+    for _, p in m.named_parameters():       # sharpen the logits so argmax is well separated
+        p.data[...] += prng.normal(0, 0.3, p.shape)
+    prompt = np.array([[1, 2, 3], [4, 5, 6]])
+    out = m.generate(prompt, 10, temperature=0)
+    ref = prompt.copy()
+    with minigrad.no_grad():
+        for _ in range(10):
+            nxt = m(ref)[0].data[:, -1].argmax(-1)
+            ref = np.concatenate([ref, nxt[:, None]], axis=1)
+    assert np.array_equal(out, ref)
+    assert np.array_equal(m.generate(prompt, 10, temperature=0, use_cache=False), ref)
+
+
+def test_generate_sampling_seeded_top_k_and_past_block_size():
+    cfg = GPTConfig(n_layer=1, n_head=2, n_embd=8, block_size=8, vocab_size=9)
+    m = GPT(cfg, seed=0)
+    prompt = np.array([[1, 2]])
+    a = m.generate(prompt, 30, temperature=1.0, top_k=3, rng=np.random.default_rng(0))
+    b = m.generate(prompt, 30, temperature=1.0, top_k=3, rng=np.random.default_rng(0))
+    assert a.shape == (1, 32) and np.array_equal(a, b)
+    assert np.array_equal(a[:, :2], prompt) and a.min() >= 0 and a.max() < 9
+    assert m.training    # generate restores the mode it found
+    # top_k=1 is greedy
+    g = m.generate(prompt, 12, temperature=1.0, top_k=1, rng=np.random.default_rng(1))
+    assert np.array_equal(g, m.generate(prompt, 12, temperature=0))
+
+
+def test_forward_errors():
+    cfg = GPTConfig(**MICRO)
+    m = GPT(cfg)
+    with pytest.raises(ValueError, match="block_size"):
+        m(np.zeros((1, 7), dtype=np.int64))
+    with pytest.raises(ValueError, match=r"token ids must be in \[0, 7\)"):
+        m(np.full((1, 3), 7))
+    with pytest.raises(ValueError, match="targets shape"):
+        m(np.zeros((1, 3), dtype=np.int64), np.zeros((1, 2), dtype=np.int64))
+    with pytest.raises(ValueError, match="integer"):
+        m(np.zeros((1, 3)))
+
+
+def test_dropout_train_vs_eval():
+    cfg = GPTConfig(**{**MICRO, "dropout": 0.5})
+    m = GPT(cfg, seed=0)
+    idx = _ids(np.random.default_rng(0), cfg, 2, 6)
+    m.eval()
+    e1, e2 = m(idx)[0].data, m(idx)[0].data
+    assert np.array_equal(e1, e2)
+    m.train()
+    t1, t2 = m(idx)[0].data, m(idx)[0].data
+    assert not np.array_equal(t1, t2) and not np.array_equal(t1, e1)
