@@ -407,12 +407,19 @@ class Expand(Function):
         return (unbroadcast(g, ctx.shape),)
 
 
+def _is_basic(index) -> bool:
+    """True for ints, slices, Ellipsis and None (a view; no element can be picked twice)."""
+    parts = index if isinstance(index, tuple) else (index,)
+    return all(isinstance(i, (int, np.integer, slice, type(Ellipsis), type(None))) for i in parts)
+
+
 class GetItem(Function):
     """a[index]; backward scatters into zeros, adding where integer indices repeat."""
 
     @staticmethod
     def forward(ctx, a, *, index):
         ctx.shape = a.shape
+        ctx.basic = _is_basic(index)
         ctx.save_for_backward(index)
         return np.asarray(a[index])
 
@@ -420,7 +427,10 @@ class GetItem(Function):
     def backward(ctx, g):
         (index,) = ctx.saved
         out = np.zeros(ctx.shape, dtype=g.dtype)
-        np.add.at(out, index, g)
+        if ctx.basic:  # a view picks each element at most once: plain assignment is exact
+            out[index] = g
+        else:  # integer arrays may repeat an index: add.at sums the repeats
+            np.add.at(out, index, g)
         return (out,)
 
 
