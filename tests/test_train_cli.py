@@ -1,0 +1,168 @@
+"""The training CLI: resume == uninterrupted, Ctrl-C saves, outputs, and bad input -> one line, exit 2."""
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(ROOT, "demos", "train_gpt.py")
+_spec = importlib.util.spec_from_file_location("train_gpt", SCRIPT)
+train_gpt = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(train_gpt)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    from pydoc_data import topics
+    text = "\n".join(topics.topics[k] for k in sorted(topics.topics))[:40_000]
+    path = tmp_path_factory.mktemp("corpus") / "corpus.txt"
+    path.write_text(text, encoding="utf-8")
+    return str(path)
+
+
+def _args(corpus, out, *extra):
+    return ["--preset", "tiny", "--data", corpus, "--out", str(out), "--steps", "12", "--batch-size", "4",
+            "--eval-every", "4", "--eval-batches", "2", "--warmup", "3", "--max-minutes", "0",
+            "--sample-chars", "20", "--no-progress", "--seed", "7", *extra]
+
+
+def _load(out):
+    with np.load(os.path.join(out, "ckpt.npz"), allow_pickle=False) as f:
+        return {k: f[k] for k in f.files}
+
+
+def _snapshot(d):
+    snap = {}
+    for root, _, files in os.walk(d):
+        for name in files:
+            p = os.path.join(root, name)
+            with open(p, "rb") as f:
+                snap[p] = (os.stat(p).st_mtime_ns, f.read())
+    return snap
+
+
+@pytest.fixture(scope="module")
+def full_run(corpus, tmp_path_factory):
+    out = tmp_path_factory.mktemp("full")
+    assert train_gpt.main(_args(corpus, out)) == 0
+    return out
+
+
+def test_outputs_of_a_run(full_run, capsys):
+    names = set(os.listdir(full_run))
+    assert {"ckpt.npz", "manifest.json", "loss.png", "samples.txt", "cache"} <= names
+    assert not [n for n in names if ".tmp" in n]
+    man = json.load(open(os.path.join(full_run, "manifest.json")))
+    assert man["step"] == 12 and man["config"]["n_layer"] == 2 and man["last_val_loss"] > 0
+    ck = _load(full_run)
+    meta = json.loads(str(ck["meta"]))
+    assert meta["step"] == 12 and meta["config"] == man["config"]
+    assert ck["history/val_step"].tolist() == [0, 4, 8, 12]
+    assert len(ck["history/train_loss"]) == 12
+    assert any(k.startswith("optim/") for k in ck)
+    assert "=== step 12" in open(os.path.join(full_run, "samples.txt"), encoding="utf-8").read()
+    with open(os.path.join(full_run, "loss.png"), "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    # training made progress on the fixed validation batches
+    assert ck["history/val_loss"][-1] < ck["history/val_loss"][0]
+
+
+def test_interrupt_then_resume_equals_uninterrupted(corpus, full_run, tmp_path, capsys):
+    out = tmp_path / "resumed"
+
+    def ctrl_c_at_5(step):
+        if step == 5:
+            signal.raise_signal(signal.SIGINT)      # what Ctrl-C does; the handler saves and stops
+
+    assert train_gpt.main(_args(corpus, out), on_step=ctrl_c_at_5) == 130
+    assert "interrupted at step 5" in capsys.readouterr().out
+    part = _load(out)
+    assert json.loads(str(part["meta"]))["step"] == 5
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler   # handler restored
+
+    assert train_gpt.main(_args(corpus, out, "--resume")) == 0
+    a, b = _load(full_run), _load(out)
+    assert a["history/train_loss"].tolist() == b["history/train_loss"].tolist()   # bit for bit
+    assert a["history/val_loss"].tolist() == b["history/val_loss"].tolist()
+    for k in a:
+        if k.startswith(("param/", "optim/")):
+            assert np.array_equal(a[k], b[k]), k
+
+
+def test_real_ctrl_c_in_a_subprocess(corpus, tmp_path):
+    out = tmp_path / "sig"
+    args = _args(corpus, out)
+    args[args.index("--steps") + 1] = "100000"
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen([sys.executable, SCRIPT, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env)
+    try:
+        for line in proc.stdout:                # wait until training runs
+            if line.startswith("step 4:"):
+                break
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr and "checkpoint saved" in stdout
+    meta = json.loads(str(_load(out)["meta"]))
+    assert meta["step"] >= 4
+
+
+def _bad(capsys, argv, out_dir):
+    before = _snapshot(out_dir) if os.path.exists(out_dir) else None
+    code = train_gpt.main(argv)
+    err = capsys.readouterr().err
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("train_gpt.py: error:"), err
+    if before is None:
+        assert not os.path.exists(out_dir)
+    else:
+        assert _snapshot(out_dir) == before          # nothing written or overwritten
+    return lines[0]
+
+
+def test_bad_data_files(tmp_path, capsys, corpus):
+    out = str(tmp_path / "o")
+    assert "no such file" in _bad(capsys, _args(str(tmp_path / "nope.txt"), out), out)
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    assert "empty" in _bad(capsys, _args(str(empty), out), out)
+    latin = tmp_path / "latin.txt"
+    latin.write_bytes("Schön".encode("latin-1") * 100)
+    assert "not UTF-8" in _bad(capsys, _args(str(latin), out), out)
+    short = tmp_path / "short.txt"
+    short.write_text("to be or not to be\n" * 20)     # 380 chars: val split < one block of 65
+    assert "corpus too short" in _bad(capsys, _args(str(short), out), out)
+
+
+def test_bad_options(tmp_path, capsys, corpus):
+    out = str(tmp_path / "o")
+    assert "unknown preset 'huge'" in _bad(capsys, _args(corpus, out, "--preset", "huge"), out)
+    assert "unknown optimizer 'sgdd'" in _bad(capsys, _args(corpus, out, "--optimizer", "sgdd"), out)
+    assert "--steps" in _bad(capsys, _args(corpus, out, "--steps", "0"), out)
+    assert "invalid int" in _bad(capsys, _args(corpus, out, "--steps", "many"), out)
+    assert "no checkpoint" in _bad(capsys, _args(corpus, out, "--resume"), out)
+
+
+def test_checkpoint_from_another_config(tmp_path, capsys, corpus, full_run):
+    out = tmp_path / "other"
+    import shutil
+    shutil.copytree(full_run, out)
+    line = _bad(capsys, _args(corpus, out, "--resume", "--preset", "small"), str(out))
+    assert "another run" in line and "n_layer" in line
+    line = _bad(capsys, _args(corpus, out, "--resume", "--batch-size", "8"), str(out))
+    assert "batch size" in line
+    (out / "ckpt.npz").write_bytes(b"not a checkpoint")
+    before = _snapshot(str(out))
+    assert "cannot read checkpoint" in _bad(capsys, _args(corpus, out, "--resume"), str(out))
+    assert _snapshot(str(out)) == before
