@@ -23,25 +23,8 @@ import numpy as np
 import minigrad
 import minigrad.functional as F
 from minigrad import nn
-from minigrad.autograd import Function
 
 __all__ = ["GPTConfig", "GPT", "PRESETS", "preset"]
-
-
-class _LastAxisSlice(Function):
-    """x[..., lo:hi]. Backward writes g into that slice of zeros. (Tensor indexing's general
-    backward scatters with np.add.at, which made the q/k/v split ~30% of a training step.)"""
-
-    @staticmethod
-    def forward(ctx, x, *, lo, hi):
-        ctx.shape, ctx.lo, ctx.hi = x.shape, lo, hi
-        return x[..., lo:hi]
-
-    @staticmethod
-    def backward(ctx, g):
-        gx = np.zeros(ctx.shape, dtype=g.dtype)
-        gx[..., ctx.lo:ctx.hi] = g
-        return (gx,)
 
 
 @dataclass
@@ -108,8 +91,8 @@ class CausalSelfAttention(nn.Module):
         B, T, C = x.shape
         nh, hs = self.n_head, C // self.n_head
         qkv = self.c_attn(x)                                         # (B, T, 3C): fused q, k, v
-        q, k, v = (_LastAxisSlice.apply(qkv, lo=i * C, hi=(i + 1) * C)   # each (B, T, C)
-                   .reshape(B, T, nh, hs).transpose(1, 2)                # -> (B, nh, T, hs)
+        q, k, v = (qkv[:, :, i * C:(i + 1) * C]                      # each (B, T, C)
+                   .reshape(B, T, nh, hs).transpose(1, 2)             # -> (B, nh, T, hs)
                    for i in range(3))
         if cache is not None:
             # KV cache (generation, no grad): append this call's keys/values to the earlier ones
