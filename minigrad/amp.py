@@ -177,6 +177,7 @@ class _GradStats:
         self.nonzero = 0
         self.underflow = 0
         self.nonfinite = 0
+        self.recording = None  # set to a list to collect |g| of every gradient entering a matmul
 
     @property
     def underflow_fraction(self) -> float:
@@ -198,6 +199,8 @@ def grad_stats() -> _GradStats:
 def cast_grad(policy: Policy, g: np.ndarray) -> np.ndarray:
     """Round the gradient entering a matmul's backward to policy.grad; count underflows."""
     fmt = policy.grad_fmt
+    if _stats.recording is not None:  # e.g. the demo's histogram of activation gradients
+        _stats.recording.append(np.abs(g).ravel().astype(np.float32))
     if fmt == "fp32":
         return g
     q = _cast(g, fmt, policy.scaling)

@@ -14,6 +14,7 @@ from hypothesis import given, strategies as st
 from minigrad import precision as P
 
 SMALL = ["fp16", "bf16", "fp8_e4m3", "fp8_e5m2", "fp4_e2m1"]
+IMPLS = list(P._IMPLS)  # "fast", "bits" and, when Numba imports, "numba"
 
 
 def ml_type(fmt):
@@ -87,7 +88,7 @@ def test_format_constants():
 
 
 # ---------------------------------------------------------------- nearest rounding
-@pytest.mark.parametrize("impl", ["bits", "fast"])
+@pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("fmt", SMALL)
 def test_nearest_matches_ml_dtypes_on_values_midpoints_and_neighbours(fmt, impl):
     pts = probe_points(fmt)
@@ -100,10 +101,14 @@ def test_fast_twin_equals_bit_by_bit_rounding(fmt):
     rng = np.random.default_rng(7)
     x = rng.standard_normal(5000) * 2.0 ** rng.integers(-160, 140, 5000)
     pts = np.concatenate([x, probe_points(fmt) if fmt != "fp32" else x[:0], [0.0, -0.0]])
-    assert same(P.quantize(pts, fmt, impl="fast"), P.quantize(pts, fmt, impl="bits"))
+    ref = P.quantize(pts, fmt, impl="bits")
+    for impl in IMPLS:
+        assert same(P.quantize(pts, fmt, impl=impl), ref), impl
+        assert same(P.quantize(pts.astype(np.float32), fmt, impl=impl),
+                    P.quantize(pts.astype(np.float32), fmt, impl="bits")), impl
 
 
-@pytest.mark.parametrize("impl", ["bits", "fast"])
+@pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("fmt", SMALL)
 def test_ties_go_to_even(fmt, impl):
     v = np.unique(P.representable_values(fmt))
@@ -178,7 +183,7 @@ def test_bad_arguments_say_what_to_do():
 
 
 # ---------------------------------------------------------------- stochastic rounding
-@pytest.mark.parametrize("impl", ["bits", "fast"])
+@pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("fmt", ["fp16", "bf16", "fp8_e4m3", "fp8_e5m2", "fp4_e2m1"])
 def test_stochastic_rounding_is_unbiased(fmt, impl):
     """Each draw is lo or hi, hi with probability p = (x - lo)/(hi - lo); so the sample mean of N

@@ -1,0 +1,237 @@
+"""Mixed precision, watched: gradient underflow, loss scaling, master weights, FP8 and NVFP4.
+
+Two panels, one PNG (default docs/mixed_precision.png):
+
+1. Histogram of log2 |gradient| of the GPT at initialisation (fp32): parameter gradients and the
+   activation gradients entering every linear layer in backward, with fp16's limits marked. The
+   fraction below 2^-24 (fp16's smallest subnormal) is what fp16 would flush to zero without loss
+   scaling; a scale S moves every value up by log2 S.
+2. Training curves (same seed, same batches) for
+     fp32 | fp16 without master weights and without loss scaling | fp16 + fp32 master weights, no
+     loss scaling | fp16 + master + dynamic loss scaling | bf16 + master | fp8 (E4M3 forward, E5M2
+     gradients, per-tensor scaling) | NVFP4 weights (fp32 master, fp32 compute).
+
+Everything is emulated in NumPy by `minigrad.precision` (rounding) and `minigrad.amp` (autocast,
+loss scaling, master weights), so a run is slower than fp32, not faster.
+
+    python demos/mixed_precision.py                      # GPT `tiny` preset, ~3 min on 2 cores
+    python demos/mixed_precision.py --steps 60 --model mlp    # quick look
+    python demos/mixed_precision.py --recipes fp32,fp16_master_dynamic,bf16
+
+Options: --steps, --lr, --batch-size, --preset, --model gpt|mlp, --recipes, --seed, --out,
+--cache-dir, --max-chars.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+# Single-threaded BLAS: the matrices here are small, and on a shared 2-core machine BLAS threads
+# competing with other work made each step ~3x slower (measured). Set the variable to override.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import minigrad  # noqa: E402
+import minigrad.functional as F  # noqa: E402
+import optim  # noqa: E402
+from minigrad import amp, nn  # noqa: E402
+from minigrad import precision as P  # noqa: E402
+
+# key: (label, autocast policy, param_format, master weights, loss scaler factory)
+RECIPES = {
+    "fp32": ("fp32", None, "fp32", True, None),
+    "fp16_nomaster": ("fp16, no master weights, no loss scaling", "fp16", "fp16", False, None),
+    "fp16_master": ("fp16 + fp32 master weights, no loss scaling", "fp16", "fp16", True, None),
+    "fp16_master_dynamic": ("fp16 + master + dynamic loss scaling", "fp16", "fp16", True,
+                            lambda: amp.DynamicLossScaler(init_scale=2.0 ** 16, growth_interval=100)),
+    "bf16": ("bf16 + master weights", "bf16", "bf16", True, None),
+    "fp8": ("fp8: E4M3 forward, E5M2 gradients (per-tensor scaled)", "fp8", "fp32", True, None),
+    "nvfp4": ("NVFP4 weights (fp32 master, fp32 compute)", None, "nvfp4", True, None),
+}
+
+
+class CharMLP(nn.Module):
+    """Fallback model: predict each next character from the previous `ctx` ones (an MLP LM)."""
+
+    def __init__(self, vocab, ctx=8, emb=32, hidden=256, seed=0):
+        super().__init__()
+        rng = np.random.default_rng(seed)
+        self.ctx = ctx
+        self.wte = nn.Embedding(vocab, emb, rng=rng)
+        self.fc1 = nn.Linear(ctx * emb, hidden, rng=rng)
+        self.fc2 = nn.Linear(hidden, vocab, rng=rng)
+
+    def forward(self, idx, targets=None):
+        B, T = idx.shape
+        pad = np.concatenate([np.zeros((B, self.ctx - 1), idx.dtype), idx], axis=1)
+        win = np.lib.stride_tricks.sliding_window_view(pad, self.ctx, axis=1)  # (B, T, ctx)
+        e = F.embedding(np.ascontiguousarray(win), self.wte.weight)  # (B, T, ctx, emb)
+        h = F.gelu(self.fc1(e.reshape(B, T, -1)))
+        logits = self.fc2(h)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.reshape(B * T, -1), targets.reshape(B * T))
+        return logits, loss
+
+
+def build(args, vocab):
+    if args.model == "gpt":
+        from models.gpt import GPT, preset
+        cfg, bs = preset(args.preset, vocab_size=vocab)
+        return (lambda: GPT(cfg, seed=args.seed)), cfg.block_size, bs
+    return (lambda: CharMLP(vocab, seed=args.seed)), 64, 32
+
+
+def gradient_histogram(model, batch):
+    """fp32 gradients at initialisation: parameter grads and activation grads entering linears."""
+    x, y = batch
+    model.zero_grad()
+    stats = amp.grad_stats()
+    stats.reset()
+    stats.recording = []
+    with amp.autocast("fp32"):  # fp32 policy: nothing is rounded, but cast_grad records |g|
+        _, loss = model(x, y)
+    loss.backward()
+    act = np.concatenate(stats.recording)
+    stats.reset()
+    par = np.concatenate([np.abs(p.grad).ravel() for _, p in model.named_parameters()
+                          if p.grad is not None])
+    return par, act
+
+
+def train(recipe, make_model, data, args, batch_size, block):
+    label, policy, pfmt, master, scaler_f = RECIPES[recipe]
+    model = make_model()
+    params = {n: p.data for n, p in model.named_parameters()}
+    opt = optim.create("adamw", params, lr=args.lr, weight_decay=0.0)
+    mp = amp.MixedPrecisionOptimizer(opt, pfmt, master_weights=master,
+                                     scaler=scaler_f() if scaler_f else None)
+    rng = np.random.default_rng(args.seed + 1)  # same batches for every recipe
+    losses, act_under = [], []
+    stats = amp.grad_stats()
+    t0 = time.perf_counter()
+    for step in range(args.steps):
+        x, y = data.get_batch("train", batch_size, rng, block)
+        model.zero_grad()
+        stats.reset()
+        with amp.autocast(policy):
+            _, loss = model(x, y)
+        mp.backward(loss)
+        mp.step({n: p.grad for n, p in model.named_parameters()})
+        losses.append(float(loss.item()))
+        act_under.append(stats.underflow_fraction)
+    val = []
+    with minigrad.no_grad(), amp.autocast(policy):
+        for xv, yv in data.fixed_batches("val", 4, batch_size, seed=123, block_size=block):
+            val.append(float(model(xv, yv)[1].item()))
+    return dict(label=label, losses=np.array(losses), val=float(np.mean(val)),
+                skipped=mp.skipped_steps, scale=mp.loss_scale,
+                param_underflow=float(np.mean(mp.underflow_history)),
+                act_underflow=float(np.mean(act_under)), seconds=time.perf_counter() - t0)
+
+
+def smooth(v, k=10):
+    if len(v) < k:
+        return v
+    c = np.cumsum(np.insert(v, 0, 0.0))
+    out = (c[k:] - c[:-k]) / k
+    return np.concatenate([v[: k - 1], out])
+
+
+def plot(par, act, runs, args, title):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(13, 4.8))
+    bins = np.arange(-60, 4, 1.0)
+    for arr, name, c in ((par, "parameter gradients", "tab:blue"),
+                         (act, "activation gradients (into linears)", "tab:orange")):
+        nz = arr[arr > 0]
+        frac = np.mean(nz < 2.0 ** -24) if nz.size else 0.0
+        ax0.hist(np.log2(nz), bins=bins, alpha=0.55, color=c, density=True,
+                 label=f"{name}: {100 * frac:.2f}% < 2^-24")
+    for v, txt, ls in ((-24, "fp16 min subnormal 2^-24", "-"), (-14, "fp16 min normal 2^-14", "--"),
+                       (-24 - 16, "2^-24 / S, S = 2^16", ":")):
+        ax0.axvline(v, color="k", ls=ls, lw=1)
+        ax0.text(v + 0.4, ax0.get_ylim()[1] * 0.92, txt, rotation=90, va="top", fontsize=8)
+    ax0.set_xlabel("log2 |g|")
+    ax0.set_ylabel("density")
+    ax0.set_title(f"{title}: gradient magnitudes at init (fp32)")
+    ax0.legend(fontsize=8, loc="upper left")
+
+    for key, r in runs.items():
+        ax1.plot(smooth(r["losses"]), lw=1.3,
+                 label=f"{r['label']}  (val {r['val']:.3f}, skipped {r['skipped']})")
+    ax1.set_xlabel("step")
+    ax1.set_ylabel("train loss (10-step mean)")
+    ax1.set_title(f"{title}: training curves, AdamW lr={args.lr:g}, same batches")
+    ax1.legend(fontsize=7)
+    ax1.grid(alpha=0.3)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    fig.savefig(args.out, dpi=90)
+    print(f"wrote {args.out} ({os.path.getsize(args.out) / 1024:.0f} KB)")
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--steps", type=int, default=120)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--batch-size", type=int, default=None)
+    ap.add_argument("--preset", default="tiny")
+    ap.add_argument("--model", choices=["gpt", "mlp"], default="gpt")
+    ap.add_argument("--recipes", default=",".join(RECIPES),
+                    help=f"comma-separated subset of {', '.join(RECIPES)}")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default="docs/mixed_precision.png")
+    ap.add_argument("--cache-dir", default=os.path.join("out", "cache"),
+                    help="where the tokenized corpus is cached ('' disables)")
+    ap.add_argument("--max-chars", type=int, default=None, help="use only the first N characters")
+    args = ap.parse_args(argv)
+    recipes = [r.strip() for r in args.recipes.split(",") if r.strip()]
+    bad = [r for r in recipes if r not in RECIPES]
+    if bad:
+        ap.error(f"unknown recipe(s) {bad}; choose from {', '.join(RECIPES)}")
+    if args.steps < 1:
+        ap.error("--steps must be >= 1")
+
+    from models.data import TextData, load_text
+    text, desc = load_text(notice=False)
+    if args.max_chars:
+        text = text[: args.max_chars]
+    data = TextData(text, block_size=64, cache_dir=args.cache_dir or None, description=desc)
+    make_model, block, bs = build(args, data.vocab_size)
+    batch_size = args.batch_size or bs
+    title = f"GPT '{args.preset}'" if args.model == "gpt" else "char-MLP"
+    print(f"{title} on {desc}: {args.steps} steps x batch {batch_size} x T={block}")
+
+    hist_batch = data.get_batch("train", batch_size, np.random.default_rng(args.seed + 1), block)
+    par, act = gradient_histogram(make_model(), hist_batch)
+    for name, arr in (("parameter", par), ("activation", act)):
+        nz = arr[arr > 0]
+        print(f"  {name:10s} grads: {nz.size:9,d} nonzero, median |g| = 2^{np.log2(np.median(nz)):.1f}, "
+              f"{100 * np.mean(nz < 2.0 ** -24):.3f}% < 2^-24, {100 * np.mean(nz < 2.0 ** -14):.2f}% < 2^-14, "
+              f"{100 * P.quantize(nz, 'fp16').__eq__(0).mean():.3f}% round to 0 in fp16")
+
+    from tqdm import tqdm
+    runs = {}
+    for key in tqdm(recipes, desc="recipes"):
+        runs[key] = train(key, make_model, data, args, batch_size, block)
+    print(f"\n{'recipe':58s} {'train':>7s} {'val':>7s} {'skip':>5s} {'scale':>8s} "
+          f"{'p-underflow':>11s} {'a-underflow':>11s} {'sec':>6s}")
+    for key, r in runs.items():
+        tr = r["losses"][-10:].mean()
+        print(f"{r['label']:58s} {tr:7.4f} {r['val']:7.4f} {r['skipped']:5d} {r['scale']:8.0f} "
+              f"{100 * r['param_underflow']:10.3f}% {100 * r['act_underflow']:10.3f}% {r['seconds']:6.1f}")
+    plot(par, act, runs, args, title)
+    return runs
+
+
+if __name__ == "__main__":
+    main()
