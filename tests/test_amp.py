@@ -187,14 +187,14 @@ class MLP(nn.Module):
         return self.fc3(F.relu(self.fc2(F.relu(self.fc1(x)))))
 
 
-def train(policy, param_format, master, scaler, steps=60, seed=0):
+def train(policy, param_format, master, scaler, steps=40, seed=0):
     rng = np.random.default_rng(seed)
     X = rng.standard_normal((512, 16)).astype(np.float32)
     T = rng.standard_normal((16, 4)).astype(np.float32)
     Y = np.argmax(np.tanh(X @ T) + 0.5 * rng.standard_normal((512, 4)), axis=1)  # noisy labels
     model = MLP(np.random.default_rng(seed + 1))
     params = {n: p.data for n, p in model.named_parameters()}
-    mp = amp.MixedPrecisionOptimizer(optim.create("adam", params, lr=3e-3), param_format,
+    mp = amp.MixedPrecisionOptimizer(optim.create("adam", params, lr=5e-3), param_format,
                                      master_weights=master, scaler=scaler)
     losses = []
     for _ in range(steps):
@@ -210,11 +210,11 @@ def train(policy, param_format, master, scaler, steps=60, seed=0):
 
 
 def test_mixed_precision_training_matches_fp32_within_tolerance():
-    """Stated tolerance: after 60 full-batch Adam steps on a noisy 4-class problem, the final
+    """Stated tolerance: after 40 full-batch Adam steps on a noisy 4-class problem, the final
     training loss (evaluated in fp32 on the model's low-precision weights) of fp16 + masters +
     dynamic scaling, of bf16 + masters, and of fp8 (E4M3 forward, E5M2 gradients, per-tensor
     scaling) is within 2% (relative) of the fp32 run's; each run must have learned something
-    (loss < 60% of the initial ln 4). Measured when written: 0.00%, 0.06%, 0.3%."""
+    (loss < 60% of the initial ln 4). Measured when written: 0.06%, 0.03%, 0.24%."""
     base, _ = train(None, "fp32", True, None)
     init = np.log(4)
     assert base < 0.6 * init
@@ -227,4 +227,18 @@ def test_mixed_precision_training_matches_fp32_within_tolerance():
         final, mp = train(pol, pf, master, scaler)
         assert abs(final - base) <= 0.02 * base, (name, final, base)
         if scaler is not None:
-            assert mp.steps == 60 and mp.skipped_steps < 5
+            assert mp.steps == 40 and mp.skipped_steps < 5
+
+
+@pytest.mark.parametrize("name", ["mxfp8", "nvfp4"])
+def test_block_format_policies_quantize_both_operands_along_the_contraction_axis(name):
+    rng = np.random.default_rng(4)
+    x = minigrad.Tensor(rng.standard_normal((6, 64)).astype(np.float32))
+    w = minigrad.Tensor(rng.standard_normal((5, 64)).astype(np.float32), requires_grad=True)
+    pol = amp.Policy.preset(name)
+    with amp.autocast(pol):
+        y = F.linear(x, w)
+    xq, wq = P.quantize(x.data, pol.compute), P.quantize(w.data, pol.weight_fmt)
+    np.testing.assert_array_equal(y.data, xq @ wq.T)
+    y.backward(np.ones(y.shape, np.float32))
+    np.testing.assert_array_equal(w.grad, np.ones((5, 6), np.float32) @ xq)
