@@ -14,9 +14,10 @@ the losses then equal those of an uninterrupted run with the same seed.
 The recipe is nanoGPT's (``train.py``): AdamW (weight decay only on 2-D parameters), linear
 warmup then cosine decay to lr/10, gradient clipping at global norm 1, validation on a fixed set
 of batches every ``--eval-every`` steps. ``--max-minutes`` bounds the whole run (start-up, eval
-and the final sample included): if the measured speed says ``--steps`` will not fit, the
-schedule is shortened (once, after 20 timed steps, and again at each evaluation if needed) so
-that the cosine still ends at its minimum; the chosen horizon is saved in the checkpoint.
+and the final sample included): from the measured speed (after 20 steps, then every 100) the
+schedule's length is set to the number of steps that fit, at most ``--steps``, so that the
+cosine still ends at its minimum; the horizon is saved in the checkpoint. ``--max-minutes 0``
+makes the run deterministic (exactly ``--steps`` steps).
 
 Bad input (missing/empty/non-UTF-8 ``--data``, corpus shorter than a block, unknown preset or
 optimizer, a checkpoint of another configuration) prints one line and exits with code 2 before
@@ -24,15 +25,43 @@ anything in ``--out`` is written.
 """
 from __future__ import annotations
 
-import argparse
-import json
-import math
-import os
-import signal
-import sys
 import time
 
-import numpy as np
+_T_START = time.perf_counter()   # --max-minutes counts from here (imports and Numba compiles included)
+
+import argparse  # noqa: E402
+import collections  # noqa: E402
+import json  # noqa: E402
+import math  # noqa: E402
+import os  # noqa: E402
+import signal  # noqa: E402
+import sys  # noqa: E402
+
+
+def _blas_threads_from_argv(argv) -> int:
+    """--blas-threads must act before NumPy loads OpenBLAS, so it is read ahead of argparse."""
+    for i, a in enumerate(argv):
+        v = a.split("=", 1)[1] if a.startswith("--blas-threads=") else (
+            argv[i + 1] if a == "--blas-threads" and i + 1 < len(argv) else None)
+        if v is not None:
+            try:
+                return int(v)
+            except ValueError:
+                return 1   # argparse reports the bad value later
+    return 1
+
+
+if __name__ == "__main__":
+    # The GEMMs of these models are small ((B*T, C) x (C, 3C) with C = 128). On a busy 2-core
+    # machine a second OpenBLAS thread made a (128, 2048) x (2048, 128) GEMM 50x slower (3 ms ->
+    # 150 ms: its threads spin while they wait for a core); one thread is the robust default.
+    # (Not measured on an idle machine, where two threads may be somewhat faster: --blas-threads 2.)
+    _n = _blas_threads_from_argv(sys.argv[1:])
+    if _n > 0:
+        for _var in ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ.setdefault(_var, str(_n))
+
+import numpy as np  # noqa: E402
 
 # allow `python demos/train_gpt.py` from a source checkout without installing
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -62,12 +91,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(description="Train a character-level GPT on CPU with minigrad.",
                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--preset", default="small", help=f"model size: {', '.join(PRESETS)}")
-    p.add_argument("--steps", type=int, default=2000, help="optimizer steps (the schedule's length)")
+    p.add_argument("--steps", type=int, default=3000,
+                   help="optimizer steps (the schedule's length; fewer if --max-minutes says so)")
     p.add_argument("--batch-size", type=int, default=None, help="sequences per step (default: the preset's)")
-    p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate")
+    p.add_argument("--lr", type=float, default=3e-3, help="peak learning rate")
     p.add_argument("--min-lr-ratio", type=float, default=0.1, help="final lr = lr * this")
-    p.add_argument("--warmup", type=int, default=50, help="linear warmup steps")
+    p.add_argument("--warmup", type=int, default=60, help="linear warmup steps")
     p.add_argument("--weight-decay", type=float, default=0.1, help="decoupled weight decay (2-D params only)")
+    p.add_argument("--beta2", type=float, default=0.99, help="Adam's beta2 (0.99 suits small models, as nanoGPT)")
     p.add_argument("--grad-clip", type=float, default=1.0, help="clip the global gradient norm (0: off)")
     p.add_argument("--optimizer", default="adamw", help="any name in optim.available()")
     p.add_argument("--data", default=None, help="a UTF-8 text file (default: Shakespeare's works)")
@@ -81,6 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sample-chars", type=int, default=300, help="length of the final sample")
     p.add_argument("--dropout", type=float, default=0.0)
     p.add_argument("--no-progress", action="store_true", help="no tqdm bar (log lines instead)")
+    p.add_argument("--blas-threads", type=int, default=1,
+                   help="OpenBLAS threads when run as a script (0: the library's default; "
+                        "an already set OPENBLAS_NUM_THREADS wins)")
     return p
 
 
@@ -204,14 +238,17 @@ def sample_text(model: GPT, tok, n_chars: int, seed: int, prompt: str = "\n") ->
 
 # ---------------------------------------------------------------------------------------------
 
-def _make_optimizer(name, model, lr, weight_decay):
+def _make_optimizer(name, model, lr, weight_decay, beta2):
+    """``optim.create`` with weight decay on 2-D parameters only and betas=(0.9, beta2) where the
+    optimizer takes them; optimizers without those options get what they accept."""
     params = {n: p.data for n, p in model.named_parameters()}
     groups = optim.param_groups_no_decay(params, weight_decay)
-    try:
-        return optim.create(name, groups, lr=lr)
-    except TypeError:
-        # an optimizer without weight decay: one plain group
-        return optim.create(name, params, lr=lr)
+    for p_arg, kw in ((groups, {"betas": (0.9, beta2)}), (groups, {}), (params, {})):
+        try:
+            return optim.create(name, p_arg, lr=lr, **kw)
+        except TypeError:
+            continue
+    return optim.create(name, params, lr=lr)     # let its own error speak
 
 
 def _rng_state(rng: np.random.Generator):
@@ -224,7 +261,7 @@ def _set_rng_state(rng: np.random.Generator, state):
 
 def run(args, on_step=None) -> int:
     """Train as ``args`` say; ``on_step(step)`` (tests) is called after every optimizer step."""
-    t_start = time.perf_counter()
+    t_start = _T_START if __name__ == "__main__" else time.perf_counter()
     # ---- validate everything before writing anything ----------------------------------------
     if args.preset not in PRESETS:
         raise UsageError(f"unknown preset {args.preset!r}; choose one of {', '.join(PRESETS)}")
@@ -278,7 +315,7 @@ def run(args, on_step=None) -> int:
     os.makedirs(args.out, exist_ok=True)
     data.save_cache()
     model = GPT(config, seed=args.seed)
-    opt = _make_optimizer(args.optimizer, model, args.lr, args.weight_decay)
+    opt = _make_optimizer(args.optimizer, model, args.lr, args.weight_decay, args.beta2)
     rng = np.random.default_rng(args.seed)
     history = {"train_step": [], "train_loss": [], "val_step": [], "val_loss": []}
     step, horizon = 0, args.steps
@@ -330,7 +367,7 @@ def run(args, on_step=None) -> int:
     tokens_per_step = batch_size * config.block_size
     val_loss = history["val_loss"][-1] if history["val_loss"] else float("nan")
     t_eval = 0.0                                   # measured cost of one evaluation
-    timed_steps, timed_secs = 0, 0.0
+    recent = collections.deque(maxlen=200)         # durations of the latest steps
     model.train()
     try:
         while step < horizon:
@@ -360,19 +397,19 @@ def run(args, on_step=None) -> int:
             history["train_step"].append(step)
             history["train_loss"].append(loss)
             if step > 3:                            # skip warm-up effects (JIT, caches)
-                timed_steps += 1
-                timed_secs += dt
-            # fit the schedule into the time budget (only ever shortens it)
-            if budget and timed_steps >= 20 and (timed_steps == 20 or step % args.eval_every == 0):
-                per_step = timed_secs / timed_steps
-                elapsed = time.perf_counter() - t_start
-                remaining_evals = (horizon - step) // args.eval_every + 1
-                reserve = remaining_evals * t_eval + 3 * t_eval + 15.0   # final eval, sample, save
-                fit = step + int((budget - elapsed - reserve) / per_step)
-                if fit < horizon:
-                    horizon = max(step + 1, fit)
+                recent.append(dt)
+            # fit the schedule into the time budget: re-plan after 20 timed steps, then every 100
+            if budget and len(recent) >= 20 and (len(recent) == 20 or step % 100 == 0):
+                per_step = sum(recent) / len(recent)
+                left = budget - (time.perf_counter() - t_start)
+                evals_left = (horizon - step) // args.eval_every + 1        # the last one included
+                reserve = evals_left * t_eval + 15.0 + 0.05 * left          # + sample, plot, save, slack
+                fit = min(args.steps, step + max(1, int((left - reserve) / per_step)))
+                if abs(fit - horizon) > 0.01 * horizon:
+                    verb = "shortened" if fit < horizon else "lengthened"
+                    horizon = fit
                     msg = (f"time budget {args.max_minutes:g} min: at {per_step:.2f} s/step the schedule "
-                           f"is shortened to {horizon} steps")
+                           f"is {verb} to {horizon} steps")
                     if bar is not None:
                         bar.total = horizon
                         bar.write(msg)
@@ -403,7 +440,8 @@ def run(args, on_step=None) -> int:
     with open(os.path.join(args.out, "samples.txt"), "a", encoding="utf-8") as f:
         f.write(f"=== step {step}, val loss {val_loss:.4f} ===\n{sample}\n\n")
     minutes = (time.perf_counter() - t_start) / 60
-    print(f"step {step}: val loss {val_loss:.4f} nats/token after {minutes:.1f} min; "
+    speed = f", {sum(recent) / len(recent):.2f} s/step recently" if recent else ""
+    print(f"step {step}: val loss {val_loss:.4f} nats/token after {minutes:.1f} min{speed}; "
           f"wrote {path}, {plot}, {os.path.join(args.out, 'samples.txt')}")
     print("-" * 60)
     print(sample)
