@@ -259,3 +259,13 @@ def test_adamw_rejects_non_flat_buffers():
     p = np.zeros((2, 3), np.float32)
     with pytest.raises(ValueError, match="flat"):
         K.adamw_step(p, p, p, p, 1e-3, 0.9, 0.999, 1e-8, 0.0, 1)
+
+
+# ----------------------------------------------------------------------------- embedding
+@given(seeds, st.integers(1, 30), st.integers(1, 70), st.integers(1, 40))
+def test_embedding_backward_matches_twin(seed, num, n, dim):
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, num, (n,))          # repeated ids are likely: they must add up
+    g = f32(rng, (n, dim))
+    close32(K.embedding_backward(idx, g, (num, dim)),
+            R.embedding_backward(idx, g.astype(np.float64), (num, dim)), scale=n ** 0.5)

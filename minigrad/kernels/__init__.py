@@ -10,6 +10,7 @@ NumPy twin with the same signature, and tests/test_kernels*.py hold each kernel 
     layernorm.py  layer_norm fwd/bwd (saves mean, rstd)     layer_norm_*
     gelu.py       GELU (tanh approximation) fwd/bwd         gelu_*
     attention.py  flash-style attention fwd/bwd             attention_* (naive O(T^2))
+    embedding.py  embedding backward (serial scatter-add)   embedding_backward
     adamw.py      fused AdamW over flat buffers             adamw_step
 
 Conventions: every kernel is parallel over output elements only (thread-private reductions),
@@ -25,6 +26,7 @@ from .. import backend as _backend  # noqa: F401  (prepares Numba's environment 
 from . import _math
 from .adamw import adamw_step as _adamw_step
 from .attention import attention_bwd as _attention_bwd, attention_fwd as _attention_fwd
+from .embedding import embedding_bwd as _embedding_bwd
 from .gelu import gelu_bwd as _gelu_bwd, gelu_fwd as _gelu_fwd
 from .layernorm import layer_norm_bwd as _ln_bwd, layer_norm_fwd as _ln_fwd
 from .matmul import bmm as _bmm, matmul_tiled as _matmul_tiled
@@ -43,7 +45,7 @@ __all__ = [
     "bmm", "matmul_tiled", "linear_forward", "linear_backward", "matmul_forward", "matmul_backward", "softmax_forward", "softmax_backward", "log_softmax_forward",
     "log_softmax_backward", "cross_entropy_forward", "cross_entropy_backward",
     "layer_norm_forward", "layer_norm_backward", "gelu_forward", "gelu_backward",
-    "attention_forward", "attention_backward", "adamw_step", "ATTN_BLOCK_Q", "ATTN_BLOCK_K",
+    "attention_forward", "attention_backward", "embedding_backward", "adamw_step", "ATTN_BLOCK_Q", "ATTN_BLOCK_K",
 ]
 
 _FLOATS = (np.float32, np.float64)
@@ -336,6 +338,21 @@ def attention_backward(q, k, v, o, lse, do, causal=True, scale=None, causal_offs
         _attention_bwd(q3, k3, v3, o3, lse2, do3, bool(causal), int(causal_offset), scale,
                        ATTN_BLOCK_Q, ATTN_BLOCK_K, dq, dk, dv)
     return dq.reshape(lead + (t, d)), dk.reshape(lead + (s, d)), dv.reshape(lead + (s, d))
+
+
+# ----------------------------------------------------------------------------- embedding
+def embedding_backward(idx, g, shape):
+    """Gradient (num, dim) of `weight[idx]` given the output gradient g (idx.shape + (dim,))."""
+    num, dim = shape
+    g2 = _float_array(g, "g", "embedding_backward").reshape(-1, dim)
+    i = np.asarray(idx).reshape(-1).astype(np.int64, copy=False)
+    if i.shape[0] != g2.shape[0]:
+        raise ValueError(f"embedding_backward: {i.shape[0]} indices but {g2.shape[0]} gradient rows")
+    if i.size and (i.min() < 0 or i.max() >= num):
+        raise IndexError(f"embedding_backward: index out of range for a table of {num} rows")
+    out = np.zeros((num, dim), g2.dtype)
+    _embedding_bwd(i, g2, out)
+    return out
 
 
 # ----------------------------------------------------------------------------- AdamW

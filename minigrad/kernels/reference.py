@@ -116,6 +116,13 @@ def attention_backward(q, k, v, o, lse, do, causal=True, scale=None, causal_offs
     return (ds @ k).astype(q.dtype), (np.swapaxes(ds, -1, -2) @ q).astype(q.dtype), dv.astype(q.dtype)
 
 
+def embedding_backward(idx, g, shape):
+    """Scatter-add rows of g into a zero (num, dim) table at idx (repeated ids add up)."""
+    out = np.zeros(shape, g.dtype)
+    np.add.at(out, np.asarray(idx).reshape(-1), g.reshape(-1, shape[1]))
+    return out
+
+
 def adamw_step(p, g, m, v, lr, beta1, beta2, eps, weight_decay, step):
     """In-place AdamW step on flat arrays (torch.optim.AdamW arithmetic)."""
     p *= 1.0 - lr * weight_decay
