@@ -6,10 +6,14 @@ Two panels, one PNG (default docs/mixed_precision.png):
    activation gradients entering every linear layer in backward, with fp16's limits marked. The
    fraction below 2^-24 (fp16's smallest subnormal) is what fp16 would flush to zero without loss
    scaling; a scale S moves every value up by log2 S.
-2. Training curves (same seed, same batches) for
+2. Training curves (same seed, same batches; AdamW with warmup + cosine decay) for
      fp32 | fp16 without master weights and without loss scaling | fp16 + fp32 master weights, no
      loss scaling | fp16 + master + dynamic loss scaling | bf16 + master | fp8 (E4M3 forward, E5M2
      gradients, per-tensor scaling) | NVFP4 weights (fp32 master, fp32 compute).
+
+3. The gap of each recipe's loss to fp32's on the same batch, and 4. the fraction of weight
+   updates smaller than half an ulp of the stored weight (lost without master weights, kept in the
+   master with them).
 
 Everything is emulated in NumPy by `minigrad.precision` (rounding) and `minigrad.amp` (autocast,
 loss scaling, master weights), so a run is slower than fp32, not faster.
@@ -111,6 +115,8 @@ def train(recipe, make_model, data, args, batch_size, block):
     opt = optim.create("adamw", params, lr=args.lr, weight_decay=0.0)
     mp = amp.MixedPrecisionOptimizer(opt, pfmt, master_weights=master,
                                      scaler=scaler_f() if scaler_f else None)
+    sched = optim.schedules.create("cosine", opt, total_steps=args.steps,
+                                   warmup_steps=min(10, args.steps // 10), min_ratio=args.min_lr_ratio)
     rng = np.random.default_rng(args.seed + 1)  # same batches for every recipe
     losses, act_under = [], []
     stats = amp.grad_stats()
@@ -123,6 +129,7 @@ def train(recipe, make_model, data, args, batch_size, block):
             _, loss = model(x, y)
         mp.backward(loss)
         mp.step({n: p.grad for n, p in model.named_parameters()})
+        sched.step()
         losses.append(float(loss.item()))
         act_under.append(stats.underflow_fraction)
     val = []
@@ -130,17 +137,18 @@ def train(recipe, make_model, data, args, batch_size, block):
         for xv, yv in data.fixed_batches("val", 4, batch_size, seed=123, block_size=block):
             val.append(float(model(xv, yv)[1].item()))
     return dict(label=label, losses=np.array(losses), val=float(np.mean(val)),
+                stalled=np.array(mp.stalled_history) if pfmt != "fp32" else None,
                 skipped=mp.skipped_steps, scale=mp.loss_scale,
                 param_underflow=float(np.mean(mp.underflow_history)),
                 act_underflow=float(np.mean(act_under)), seconds=time.perf_counter() - t0)
 
 
 def smooth(v, k=10):
-    if len(v) < k:
-        return v
-    c = np.cumsum(np.insert(v, 0, 0.0))
-    out = (c[k:] - c[:-k]) / k
-    return np.concatenate([v[: k - 1], out])
+    """Trailing mean over the last k values (fewer at the start)."""
+    c = np.cumsum(np.insert(np.asarray(v, dtype=np.float64), 0, 0.0))
+    i = np.arange(1, len(v) + 1)
+    lo = np.maximum(i - k, 0)
+    return (c[i] - c[lo]) / (i - lo)
 
 
 def plot(par, act, runs, args, title):
@@ -148,7 +156,8 @@ def plot(par, act, runs, args, title):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(13, 4.8))
+    fig, axes = plt.subplots(2, 2, figsize=(14, 9))
+    (ax0, ax1), (ax2, ax3) = axes
     bins = np.arange(-60, 4, 1.0)
     for arr, name, c in ((par, "parameter gradients", "tab:blue"),
                          (act, "activation gradients (into linears)", "tab:orange")):
@@ -156,26 +165,51 @@ def plot(par, act, runs, args, title):
         frac = np.mean(nz < 2.0 ** -24) if nz.size else 0.0
         ax0.hist(np.log2(nz), bins=bins, alpha=0.55, color=c, density=True,
                  label=f"{name}: {100 * frac:.2f}% < 2^-24")
+    top = ax0.get_ylim()[1]
     for v, txt, ls in ((-24, "fp16 min subnormal 2^-24", "-"), (-14, "fp16 min normal 2^-14", "--"),
                        (-24 - 16, "2^-24 / S, S = 2^16", ":")):
         ax0.axvline(v, color="k", ls=ls, lw=1)
-        ax0.text(v + 0.4, ax0.get_ylim()[1] * 0.92, txt, rotation=90, va="top", fontsize=8)
+        ax0.text(v - 1.0, top * 0.6, txt, rotation=90, va="top", ha="right", fontsize=8)
     ax0.set_xlabel("log2 |g|")
     ax0.set_ylabel("density")
-    ax0.set_title(f"{title}: gradient magnitudes at init (fp32)")
+    ax0.set_title(f"(1) {title}: gradient magnitudes at init (fp32)")
     ax0.legend(fontsize=8, loc="upper left")
 
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    col = {k: colors[i % len(colors)] for i, k in enumerate(runs)}
     for key, r in runs.items():
-        ax1.plot(smooth(r["losses"]), lw=1.3,
+        ax1.plot(smooth(r["losses"]), lw=1.3, color=col[key],
                  label=f"{r['label']}  (val {r['val']:.3f}, skipped {r['skipped']})")
     ax1.set_xlabel("step")
     ax1.set_ylabel("train loss (10-step mean)")
-    ax1.set_title(f"{title}: training curves, AdamW lr={args.lr:g}, same batches")
+    ax1.set_title(f"(2) training: AdamW lr={args.lr:g}, cosine to {args.min_lr_ratio:g}x, same batches")
     ax1.legend(fontsize=7)
     ax1.grid(alpha=0.3)
+
+    base = runs.get("fp32")
+    if base is not None:
+        for key, r in runs.items():
+            if key != "fp32":
+                ax2.plot(smooth(r["losses"] - base["losses"], 20), lw=1.2, color=col[key], label=r["label"])
+        ax2.axhline(0, color="k", lw=0.8)
+        ax2.set_ylabel("loss - fp32 loss (same batch, 20-step mean)")
+    ax2.set_xlabel("step")
+    ax2.set_title("(3) gap to fp32")
+    ax2.grid(alpha=0.3)
+    ax2.legend(fontsize=7)
+
+    for key, r in runs.items():
+        if r["stalled"] is not None and len(r["stalled"]):
+            ax3.plot(np.arange(len(r["stalled"])), 100 * np.asarray(r["stalled"]), lw=1.2,
+                     color=col[key], label=r["label"])
+    ax3.set_xlabel("step")
+    ax3.set_ylabel("% of updated weights whose stored value did not change")
+    ax3.set_title("(4) updates below half an ulp of the stored weight")
+    ax3.grid(alpha=0.3)
+    ax3.legend(fontsize=7)
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    fig.savefig(args.out, dpi=90)
+    fig.savefig(args.out, dpi=72)
     print(f"wrote {args.out} ({os.path.getsize(args.out) / 1024:.0f} KB)")
 
 
@@ -183,6 +217,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--steps", type=int, default=120)
     ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--min-lr-ratio", type=float, default=0.1, help="cosine schedule floor (x lr)")
     ap.add_argument("--batch-size", type=int, default=None)
     ap.add_argument("--preset", default="tiny")
     ap.add_argument("--model", choices=["gpt", "mlp"], default="gpt")
@@ -224,11 +259,16 @@ def main(argv=None):
     for key in tqdm(recipes, desc="recipes"):
         runs[key] = train(key, make_model, data, args, batch_size, block)
     print(f"\n{'recipe':58s} {'train':>7s} {'val':>7s} {'skip':>5s} {'scale':>8s} "
-          f"{'p-underflow':>11s} {'a-underflow':>11s} {'sec':>6s}")
+          f"{'p-underflow':>11s} {'a-underflow':>11s} {'stalled':>8s} {'sec':>6s}")
     for key, r in runs.items():
         tr = r["losses"][-10:].mean()
+        st = f"{100 * np.mean(r['stalled']):7.2f}%" if r["stalled"] is not None else f"{'-':>8s}"
         print(f"{r['label']:58s} {tr:7.4f} {r['val']:7.4f} {r['skipped']:5d} {r['scale']:8.0f} "
-              f"{100 * r['param_underflow']:10.3f}% {100 * r['act_underflow']:10.3f}% {r['seconds']:6.1f}")
+              f"{100 * r['param_underflow']:10.3f}% {100 * r['act_underflow']:10.3f}% {st} "
+              f"{r['seconds']:6.1f}")
+    print("train = mean of the last 10 training losses; val = 4 fixed validation batches in the "
+          "recipe's precision;\np-/a-underflow = nonzero parameter / activation gradient values "
+          "flushed to 0; stalled = updated weights whose stored value did not change (mean over steps)")
     plot(par, act, runs, args, title)
     return runs
 

@@ -333,7 +333,10 @@ class MixedPrecisionOptimizer:
         default, for block formats, every parameter with ndim < 2 (biases, norm gains).
     rounding: "nearest" or "stochastic" rounding of the model's weights (rng: seed or Generator).
 
-    Counters: `skipped_steps`, `steps`, `last_underflow`, `underflow_history`.
+    Counters: `skipped_steps`, `steps`; `last_underflow` / `underflow_history` (fraction of nonzero
+    parameter-gradient values that `grad_format` flushed to 0); `last_stalled` / `stalled_history`
+    (fraction of the values the optimizer changed whose low-precision model copy did not change:
+    updates below half an ulp -- lost for good without masters, accumulated in the master with).
     Optimizer state stays FP32 in both modes (the lecture's point is the weight update itself).
     """
 
@@ -382,6 +385,8 @@ class MixedPrecisionOptimizer:
         self.skipped_steps = 0
         self.last_underflow = 0.0
         self.underflow_history: list[float] = []
+        self.last_stalled = 0.0
+        self.stalled_history: list[float] = []
         self._write_model()
 
     # -- helpers ------------------------------------------------------------------------
@@ -430,8 +435,17 @@ class MixedPrecisionOptimizer:
         if not finite:
             self.skipped_steps += 1
             return False  # parameters (masters and model copies) untouched
+        # What is about to change: the masters (with them) or the model's arrays (without).
+        src = self.masters if self.master_weights else self.model_params
+        before_src = {n: src[n].copy() for n in self.low}
+        before_model = {n: self.model_params[n].copy() for n in self.low}
         self.optimizer.step(unscaled)
+        moved = {n: src[n] != before_src[n] for n in self.low}  # the optimizer changed it
         self._write_model()
+        tried = sum(int(m.sum()) for m in moved.values())
+        stalled = sum(int((moved[n] & (self.model_params[n] == before_model[n])).sum()) for n in self.low)
+        self.last_stalled = stalled / tried if tried else 0.0
+        self.stalled_history.append(self.last_stalled)
         return True
 
     def state_dict(self):

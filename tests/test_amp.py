@@ -140,8 +140,10 @@ def test_sub_half_ulp_update_needs_master_weights(fmt):
         mp = amp.MixedPrecisionOptimizer(optim.create("sgd", p, lr=1.0), fmt, master_weights=masters)
         for _ in range(1000):
             mp.step(g)
-        results[masters] = (p["w"].copy(), mp.masters.get("w"))
+        results[masters] = (p["w"].copy(), mp.masters.get("w"), np.mean(mp.stalled_history))
     assert np.all(results[False][0] == 1.0)
+    assert results[False][2] == 1.0  # every update stalled...
+    assert 0 < results[True][2] < 1.0  # ...with masters most still do, but some land
     master = results[True][1]
     step = -P.quantize(g["w"], fmt)[0]  # the gradient arrives in fmt (bf16: 1.00136e-4)
     assert np.allclose(master, 1 + 1000 * step, atol=2e-5)
