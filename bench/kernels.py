@@ -81,6 +81,7 @@ def main(argv=None) -> None:
     ap.add_argument("--quick", action="store_true", help="fewer and smaller cases (a smoke run)")
     args = ap.parse_args(argv)
     _setup_threads(args.threads)
+    load0 = " ".join(f"{x:.1f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
 
     import numba
     import numpy as np
@@ -245,7 +246,7 @@ def main(argv=None) -> None:
     print()
     print(f"Machine: {machine_line(args.threads)}")
     print(f"Median of {args.repeat} runs after 2 warm-up runs; times in ms; ratio = numba / PyTorch "
-          "(lower is better).")
+          f"(lower is better). Load average before the run: {load0}.")
     print()
     print("| case | minigrad-numba | minigrad-numpy | PyTorch CPU | numba / PyTorch | note |")
     print("|---|---:|---:|---:|---:|---|")
