@@ -13,7 +13,8 @@ reset between runs through /proc/self/clear_refs). Ratios are minigrad-numba / P
 process start to the end of the first `tiny` training step with warm (cached) and cold
 (empty cache directory) Numba kernels.
 
-Optimizers: minigrad-numba runs the fused `minigrad.kernels.adamw_step` per parameter;
+Optimizers: minigrad-numba runs the fused `minigrad.kernels.adamw_step` once per step over a
+flat float32 buffer holding every parameter (`FusedAdamW` below);
 minigrad-numpy runs `optim.AdamW` (plain NumPy); PyTorch runs `torch.optim.AdamW` (its CPU
 default, the for-loop implementation). Run by hand, never in CI.
 """
@@ -57,14 +58,31 @@ def peak_rss_mb() -> float:
 
 # ----------------------------------------------------------------------------- minigrad
 class FusedAdamW:
-    """AdamW through the fused Numba kernel, one call per parameter (a flat view of each)."""
+    """AdamW as ONE fused kernel call over a flat float32 buffer (llm.c style).
+
+    At construction every parameter's data becomes a view into one flat buffer `flat`; each
+    step copies the gradients into the flat gradient buffer (one memcpy per parameter) and
+    runs `minigrad.kernels.adamw_step` once over all P elements: one parallel kernel launch
+    per step instead of one per parameter, and no NumPy temporaries."""
 
     def __init__(self, named_params, lr=LR, betas=BETAS, eps=EPS, weight_decay=WD):
         import numpy as np
 
         self.params = dict(named_params)
-        self.m = {n: np.zeros_like(p.data) for n, p in self.params.items()}
-        self.v = {n: np.zeros_like(p.data) for n, p in self.params.items()}
+        sizes = [p.data.size for p in self.params.values()]
+        dtype = next(iter(self.params.values())).data.dtype
+        self.flat = np.empty(sum(sizes), dtype)
+        self.gflat = np.zeros_like(self.flat)
+        self.views = {}
+        off = 0
+        for (n, p), size in zip(self.params.items(), sizes):
+            view = self.flat[off:off + size]
+            view[:] = p.data.reshape(-1)
+            p.data = view.reshape(p.data.shape)      # the parameter now lives in the flat buffer
+            self.views[n] = (off, size)
+            off += size
+        self.m = np.zeros_like(self.flat)
+        self.v = np.zeros_like(self.flat)
         self.hp = (lr, betas[0], betas[1], eps, weight_decay)
         self.t = 0
 
@@ -72,12 +90,14 @@ class FusedAdamW:
         from minigrad.kernels import adamw_step
 
         self.t += 1
-        lr, b1, b2, eps, wd = self.hp
         for n, p in self.params.items():
+            off, size = self.views[n]
             if p.grad is None:
-                continue
-            adamw_step(p.data.reshape(-1), p.grad.reshape(-1), self.m[n].reshape(-1),
-                       self.v[n].reshape(-1), lr, b1, b2, eps, wd, self.t)
+                self.gflat[off:off + size] = 0
+            else:
+                self.gflat[off:off + size] = p.grad.reshape(-1)
+        lr, b1, b2, eps, wd = self.hp
+        adamw_step(self.flat, self.gflat, self.m, self.v, lr, b1, b2, eps, wd, self.t)
 
 
 def minigrad_trainer(preset_name: str, backend: str):
