@@ -192,7 +192,8 @@ def plot(par, act, runs, args, title):
             if key != "fp32":
                 ax2.plot(smooth(r["losses"] - base["losses"], 20), lw=1.2, color=col[key], label=r["label"])
         ax2.axhline(0, color="k", lw=0.8)
-        ax2.set_ylabel("loss - fp32 loss (same batch, 20-step mean)")
+        ax2.set_yscale("symlog", linthresh=1e-3)  # linear within ±1e-3, logarithmic beyond
+        ax2.set_ylabel("loss - fp32 loss (same batch, 20-step mean; symlog)")
     ax2.set_xlabel("step")
     ax2.set_title("(3) gap to fp32")
     ax2.grid(alpha=0.3)
