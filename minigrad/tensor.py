@@ -312,10 +312,16 @@ class Where(Function):
 
 # ================================================================ reductions
 def _norm_axis(axis, ndim):
+    """axis (None, an int, or a tuple/list of ints) -> tuple of non-negative axes, validated."""
     if axis is None:
         return tuple(range(ndim))
-    axes = (axis,) if isinstance(axis, int) else tuple(axis)
-    return tuple(a % ndim for a in axes) if ndim else ()
+    axes = (axis,) if isinstance(axis, (int, np.integer)) else tuple(axis)
+    if ndim == 0:  # a 0-d tensor reduces over nothing, whatever axis is named (as in PyTorch)
+        return ()
+    for a in axes:
+        if not -ndim <= a < ndim:
+            raise ValueError(f"axis {a} is out of range for a tensor with {ndim} dimensions")
+    return tuple(sorted({a % ndim for a in axes}))
 
 
 def _expand_reduced(g, shape, axes, keepdims):
@@ -329,7 +335,7 @@ class Sum(Function):
     @staticmethod
     def forward(ctx, a, *, axis=None, keepdims=False):
         ctx.shape, ctx.axes, ctx.keepdims = a.shape, _norm_axis(axis, a.ndim), keepdims
-        return np.asarray(a.sum(axis=axis, keepdims=keepdims))
+        return np.asarray(a.sum(axis=ctx.axes, keepdims=keepdims))
 
     @staticmethod
     def backward(ctx, g):
@@ -342,7 +348,7 @@ class Mean(Function):
     def forward(ctx, a, *, axis=None, keepdims=False):
         ctx.shape, ctx.axes, ctx.keepdims = a.shape, _norm_axis(axis, a.ndim), keepdims
         ctx.count = int(np.prod([a.shape[i] for i in ctx.axes]))
-        return np.asarray(a.mean(axis=axis, keepdims=keepdims))
+        return np.asarray(a.mean(axis=ctx.axes, keepdims=keepdims))
 
     @staticmethod
     def backward(ctx, g):
@@ -355,9 +361,9 @@ class Max(Function):
 
     @staticmethod
     def forward(ctx, a, *, axis=None, keepdims=False, reduce=np.max):
-        out = np.asarray(reduce(a, axis=axis, keepdims=True))
-        ctx.save_for_backward(a == out)
         ctx.axes, ctx.keepdims = _norm_axis(axis, a.ndim), keepdims
+        out = np.asarray(reduce(a, axis=ctx.axes, keepdims=True))
+        ctx.save_for_backward(a == out)
         return out if keepdims else np.asarray(out.squeeze(axis=ctx.axes) if ctx.axes else out)
 
     @staticmethod
@@ -671,10 +677,14 @@ def randn(*shape, rng=None, dtype=np.float32, requires_grad=False) -> Tensor:
 
 
 def cat(tensors, axis=0) -> Tensor:
+    if not tensors:
+        raise ValueError("cat: expected a non-empty sequence of tensors")
     return Cat.apply(*tensors, axis=axis)
 
 
 def stack(tensors, axis=0) -> Tensor:
+    if not tensors:
+        raise ValueError("stack: expected a non-empty sequence of tensors")
     return Stack.apply(*tensors, axis=axis)
 
 

@@ -334,3 +334,16 @@ def test_dtypes_are_preserved_through_forward_and_backward(dtype):
     assert y.dtype == dtype
     y.backward()
     assert x.grad.dtype == dtype and w.grad.dtype == dtype
+
+
+def test_reduction_axis_as_list_and_out_of_range():
+    import numpy as np
+    import minigrad as mg
+
+    x = mg.Tensor(np.arange(24.0).reshape(2, 3, 4), requires_grad=True)
+    assert x.sum(axis=[0, 2]).shape == (3,)
+    np.testing.assert_array_equal(x.max(axis=[0, -1]).data, x.data.max(axis=(0, 2)))
+    with pytest.raises(ValueError, match="axis 3 is out of range"):
+        x.sum(axis=3)
+    with pytest.raises(ValueError, match="non-empty"):
+        mg.stack([])
