@@ -244,3 +244,26 @@ def test_block_format_policies_quantize_both_operands_along_the_contraction_axis
     np.testing.assert_array_equal(y.data, xq @ wq.T)
     y.backward(np.ones(y.shape, np.float32))
     np.testing.assert_array_equal(w.grad, np.ones((5, 6), np.float32) @ xq)
+
+
+def test_wrapper_state_dict_resumes_bit_for_bit():
+    rng = np.random.default_rng(5)
+    grads = [{"w": rng.standard_normal((3, 4)).astype(np.float32) * 1e-3} for _ in range(6)]
+
+    def make():
+        p = {"w": np.linspace(-1, 1, 12, dtype=np.float32).reshape(3, 4)}
+        return p, amp.MixedPrecisionOptimizer(optim.create("adam", p, lr=1e-3), "fp16",
+                                              scaler=amp.DynamicLossScaler(init_scale=8.0, growth_interval=2))
+    p1, mp1 = make()
+    for g in grads[:3]:
+        mp1.step({"w": g["w"] * np.float32(mp1.loss_scale)})
+    sd = mp1.state_dict()
+    for g in grads[3:]:
+        mp1.step({"w": g["w"] * np.float32(mp1.loss_scale)})
+    p2, mp2 = make()
+    mp2.load_state_dict(sd)
+    for g in grads[3:]:
+        mp2.step({"w": g["w"] * np.float32(mp2.loss_scale)})
+    np.testing.assert_array_equal(p1["w"], p2["w"])
+    np.testing.assert_array_equal(mp1.masters["w"], mp2.masters["w"])
+    assert mp1.loss_scale == mp2.loss_scale == 64.0
