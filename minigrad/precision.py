@@ -52,13 +52,17 @@ to 6·X, and for e4m3 (max 448, emax 8) values in (448, 512)·X saturate. ``scal
 the next power of two when needed so no element saturates.
 
 NVFP4 (NVIDIA Blackwell): per-tensor encode scale s = 448·6 / amax(tensor) (1 if amax is 0), block
-scale b = e4m3(amax(block)/6 · s) (round to nearest), elements q = e2m1(clamp(x · s / b, ±6)),
-dequantized x̂ = q · b / s. This follows a reference reimplementation of Transformer Engine's
-NVFP4 recipe (TE tests `test_nvfp4_quantize_exact.py`); TE's own CUDA kernel was NOT read, so the
-exact float32 operation order is [unverified]. Because amax(block) ≤ amax(tensor) the block scale
-never exceeds 448, so the e4m3 scale cannot overflow; but rounding b to nearest can put x·s/b up to
-6·(1 + 2^-4) and those values saturate to 6. ``scale_rule="ceil"`` rounds b up instead (no element
-saturates).
+scale b = e4m3(amax(block) · (s · 1/6)) (round to nearest, saturating), elements
+q = e2m1(x / (b · s_dec)) with s_dec = 1/s (saturating), dequantized x̂ = q · (b · s_dec). This is
+[code] NVIDIA Transformer Engine, common/cast/nvfp4/core_nvfp4.cuh
+(`compute_global_encode_scaling_factor_FP4`, `compute_decoding_scaling_factor`) and the NVFP4
+quantize kernel (``block_scale_inverse = 1 / (S_dec_b · S_dec)``), read in a public copy of that file;
+the float32 operation order follows it, but no bit-exact comparison against TE was run (no GPU).
+The random Hadamard transform, 2-D 16x16 weight blocks and the stochastic rounding of gradients
+of the NVFP4 pretraining recipe are not part of this format function.
+Because amax(block) ≤ amax(tensor) the block scale never exceeds 448, so the e4m3 scale cannot
+overflow; but rounding b to nearest can put x·s/b up to 6·(1 + 2^-4), and those values saturate to 6.
+``scale_rule="ceil"`` rounds b up instead (no element saturates).
 
 Blocks run along the last axis; a last axis that is not a multiple of the block size is padded with
 zeros for the scale computation (padding never changes a block's amax).
@@ -580,7 +584,8 @@ def _encode_block(x, fmt, rounding, rng, scale_rule, impl="auto") -> BlockEncode
     with np.errstate(divide="ignore", over="ignore"):
         s_enc = f32(min(f32(6.0 * 448.0) / amax_t, np.finfo(f32).max)) if amax_t > 0 else f32(1.0)
     s_dec = f32(f32(1.0) / s_enc)
-    b_target = (amax.astype(f32) / f32(6.0)) * s_enc  # the ideal block decode scale, <= 448
+    # the ideal block decode scale (<= 448), in TE's operation order: amax · (s_enc · (1/6))
+    b_target = np.minimum(amax.astype(f32) * (s_enc * f32(1.0 / 6.0)), np.finfo(f32).max)
     b = _quantize_element(b_target, e4m3, "nearest", None, saturate=True)
     if rule == "ceil":  # next e4m3 value up wherever nearest rounded down
         b = np.where(b < b_target, _next_up_e4m3(b), b)
