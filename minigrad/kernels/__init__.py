@@ -14,6 +14,7 @@ NumPy twin with the same signature, and tests/test_kernels*.py hold each kernel 
     adamw.py      fused AdamW over flat buffers             adamw_step
 
 Conventions: every kernel is parallel over output elements only (thread-private reductions),
+has a serial twin used for small inputs (see SERIAL_BELOW),
 runs in float32 or float64 (the dtype of its inputs), and computes exponentials with a
 vectorisable polynomial in float32 (`_math.py`). Importing this package imports Numba, after
 `minigrad.backend` has set up its threading layer and cache directory.
@@ -24,15 +25,11 @@ import numpy as np
 
 from .. import backend as _backend  # noqa: F401  (prepares Numba's environment first)
 from . import _math
-from .adamw import adamw_step as _adamw_step
-from .attention import attention_bwd as _attention_bwd, attention_fwd as _attention_fwd
+import numba
+
+from . import adamw as _adamw, attention as _att, gelu as _gelu, layernorm as _ln, softmax as _sm
 from .embedding import embedding_bwd as _embedding_bwd
-from .gelu import gelu_bwd as _gelu_bwd, gelu_fwd as _gelu_fwd
-from .layernorm import layer_norm_bwd as _ln_bwd, layer_norm_fwd as _ln_fwd
 from .matmul import bmm as _bmm, matmul_tiled as _matmul_tiled
-from .softmax import (cross_entropy_bwd as _ce_bwd, cross_entropy_fwd as _ce_fwd,
-                      log_softmax_bwd as _lsm_bwd, log_softmax_fwd as _lsm_fwd,
-                      softmax_bwd as _sm_bwd, softmax_fwd as _sm_fwd)
 
 try:  # np.dot inside Numba needs SciPy's BLAS; make it single-threaded (see _math).
     import scipy.linalg.cython_blas  # noqa: F401
@@ -49,6 +46,15 @@ __all__ = [
 ]
 
 _FLOATS = (np.float32, np.float64)
+
+# Below this many elements of work a kernel runs its serial version in the calling thread:
+# waking Numba's worker threads costs tens of microseconds (more on a busy machine), more than
+# e.g. a layer norm over a (1, 128) decoding step. With one Numba thread, always serial.
+SERIAL_BELOW = 1 << 15
+
+
+def _parallel(work: int) -> bool:
+    return work >= SERIAL_BELOW and numba.get_num_threads() > 1
 
 
 def _float_array(x, name, op):
@@ -158,7 +164,11 @@ def softmax_forward(x):
     """softmax over the last axis."""
     x = _float_array(x, "x", "softmax")
     y = np.empty_like(x)
-    _sm_fwd(_rows(x, "x", "softmax"), y.reshape(-1, x.shape[-1]) if x.ndim else y)
+    x2, y2 = _rows(x, "x", "softmax"), y.reshape(-1, x.shape[-1])
+    if _parallel(x.size):
+        _sm.softmax_fwd(x2, y2)
+    else:
+        _sm._softmax_rows(x2, y2, 0, x2.shape[0])
     return y
 
 
@@ -168,15 +178,23 @@ def softmax_backward(y, dy):
     dy = _float_array(dy, "dy", "softmax_backward").astype(y.dtype, copy=False)
     _same_shape(y, dy, ("y", "dy"), "softmax_backward")
     dx = np.empty_like(y)
-    _sm_bwd(_rows(y, "y", "softmax_backward"), _rows(dy, "dy", "softmax_backward"),
+    args = (_rows(y, "y", "softmax_backward"), _rows(dy, "dy", "softmax_backward"),
             dx.reshape(-1, y.shape[-1]))
+    if _parallel(y.size):
+        _sm.softmax_bwd(*args)
+    else:
+        _sm._softmax_bwd_rows(*args, 0, args[0].shape[0])
     return dx
 
 
 def log_softmax_forward(x):
     x = _float_array(x, "x", "log_softmax")
     y = np.empty_like(x)
-    _lsm_fwd(_rows(x, "x", "log_softmax"), y.reshape(-1, x.shape[-1]))
+    args = (_rows(x, "x", "log_softmax"), y.reshape(-1, x.shape[-1]))
+    if _parallel(x.size):
+        _sm.log_softmax_fwd(*args)
+    else:
+        _sm._log_softmax_rows(*args, 0, args[0].shape[0])
     return y
 
 
@@ -185,8 +203,12 @@ def log_softmax_backward(y, dy):
     dy = _float_array(dy, "dy", "log_softmax_backward").astype(y.dtype, copy=False)
     _same_shape(y, dy, ("y", "dy"), "log_softmax_backward")
     dx = np.empty_like(y)
-    _lsm_bwd(_rows(y, "y", "log_softmax_backward"), _rows(dy, "dy", "log_softmax_backward"),
-             dx.reshape(-1, y.shape[-1]))
+    args = (_rows(y, "y", "log_softmax_backward"), _rows(dy, "dy", "log_softmax_backward"),
+            dx.reshape(-1, y.shape[-1]))
+    if _parallel(y.size):
+        _sm.log_softmax_bwd(*args)
+    else:
+        _sm._log_softmax_bwd_rows(*args, 0, args[0].shape[0])
     return dx
 
 
@@ -212,7 +234,10 @@ def cross_entropy_forward(logits, targets, ignore_index=-100):
     t = _targets(targets, x.shape[0], x.shape[1], ignore_index, "cross_entropy")
     loss = np.empty(x.shape[0], x.dtype)
     lse = np.empty(x.shape[0], x.dtype)
-    _ce_fwd(x, t, int(ignore_index), loss, lse)
+    if _parallel(x.size):
+        _sm.cross_entropy_fwd(x, t, int(ignore_index), loss, lse)
+    else:
+        _sm._cross_entropy_rows(x, t, int(ignore_index), loss, lse, 0, x.shape[0])
     return loss, lse
 
 
@@ -223,7 +248,10 @@ def cross_entropy_backward(logits, targets, lse, row_grad, ignore_index=-100):
     lse = _float_array(lse, "lse", "cross_entropy_backward").astype(x.dtype, copy=False)
     g = np.ascontiguousarray(np.broadcast_to(np.asarray(row_grad, x.dtype), (x.shape[0],)))
     d = np.empty_like(x)
-    _ce_bwd(x, t, int(ignore_index), lse, g, d)
+    if _parallel(x.size):
+        _sm.cross_entropy_bwd(x, t, int(ignore_index), lse, g, d)
+    else:
+        _sm._cross_entropy_bwd_rows(x, t, int(ignore_index), lse, g, d, 0, x.shape[0])
     return d
 
 
@@ -241,7 +269,10 @@ def layer_norm_forward(x, weight, bias, eps=1e-5):
     y = np.empty_like(x)
     mean = np.empty(x2.shape[0], x.dtype)
     rstd = np.empty(x2.shape[0], x.dtype)
-    _ln_fwd(x2, w, b, float(eps), y.reshape(x2.shape), mean, rstd)
+    if _parallel(x.size):
+        _ln.layer_norm_fwd(x2, w, b, float(eps), y.reshape(x2.shape), mean, rstd)
+    else:
+        _ln._layer_norm_rows(x2, w, b, float(eps), y.reshape(x2.shape), mean, rstd, 0, x2.shape[0])
     return y, mean.reshape(x.shape[:-1]), rstd.reshape(x.shape[:-1])
 
 
@@ -254,13 +285,16 @@ def layer_norm_backward(dy, x, weight, mean, rstd):
     w = np.ones(c, x.dtype) if weight is None else _float_array(weight, "weight", "layer_norm_backward").astype(x.dtype, copy=False)
     x2 = _rows(x, "x", "layer_norm_backward")
     n = x2.shape[0]
-    nchunks = max(1, min(n, 16))
+    nchunks = max(1, min(n, 16)) if _parallel(x.size) else 1
     dw_part = np.empty((nchunks, c), x.dtype)
     db_part = np.empty((nchunks, c), x.dtype)
     dx = np.empty_like(x)
-    _ln_bwd(dy.reshape(x2.shape), x2, w,
-            np.ascontiguousarray(mean, x.dtype).reshape(-1), np.ascontiguousarray(rstd, x.dtype).reshape(-1),
-            dx.reshape(x2.shape), dw_part, db_part)
+    args = (dy.reshape(x2.shape), x2, w, np.ascontiguousarray(mean, x.dtype).reshape(-1),
+            np.ascontiguousarray(rstd, x.dtype).reshape(-1), dx.reshape(x2.shape))
+    if nchunks > 1:
+        _ln.layer_norm_bwd(*args, dw_part, db_part)
+    else:
+        _ln._layer_norm_bwd_rows(*args, dw_part[0], db_part[0], 0, n)
     return dx, dw_part.sum(axis=0), db_part.sum(axis=0)
 
 
@@ -269,7 +303,10 @@ def gelu_forward(x):
     """GELU, tanh approximation, elementwise."""
     x = _float_array(x, "x", "gelu")
     y = np.empty_like(x)
-    _gelu_fwd(x.reshape(-1), y.reshape(-1))
+    if _parallel(x.size):
+        _gelu.gelu_fwd(x.reshape(-1), y.reshape(-1))
+    else:
+        _gelu._gelu_fwd_range(x.reshape(-1), y.reshape(-1), 0, x.size)
     return y
 
 
@@ -278,7 +315,10 @@ def gelu_backward(x, dy):
     dy = _float_array(dy, "dy", "gelu_backward").astype(x.dtype, copy=False)
     _same_shape(x, dy, ("x", "dy"), "gelu_backward")
     dx = np.empty_like(x)
-    _gelu_bwd(x.reshape(-1), dy.reshape(-1), dx.reshape(-1))
+    if _parallel(x.size):
+        _gelu.gelu_bwd(x.reshape(-1), dy.reshape(-1), dx.reshape(-1))
+    else:
+        _gelu._gelu_bwd_range(x.reshape(-1), dy.reshape(-1), dx.reshape(-1), 0, x.size)
     return dx
 
 
@@ -317,8 +357,8 @@ def attention_forward(q, k, v, causal=True, scale=None, causal_offset=0):
     if k3.shape[1] == 0:
         raise ValueError("attention: k and v have no keys (S = 0)")
     if o.size:
-        _attention_fwd(q3, k3, v3, bool(causal), int(causal_offset), scale,
-                       ATTN_BLOCK_Q, ATTN_BLOCK_K, o, lse)
+        kernel = _att.attention_fwd if _parallel(q3.shape[0] * t * k3.shape[1]) else _att.attention_fwd_serial
+        kernel(q3, k3, v3, bool(causal), int(causal_offset), scale, ATTN_BLOCK_Q, ATTN_BLOCK_K, o, lse)
     return o.reshape(lead + (t, d)), lse.reshape(lead + (t,))
 
 
@@ -335,8 +375,9 @@ def attention_backward(q, k, v, o, lse, do, causal=True, scale=None, causal_offs
     dk = np.empty_like(k3)
     dv = np.empty_like(v3)
     if q3.size and s:
-        _attention_bwd(q3, k3, v3, o3, lse2, do3, bool(causal), int(causal_offset), scale,
-                       ATTN_BLOCK_Q, ATTN_BLOCK_K, dq, dk, dv)
+        kernel = _att.attention_bwd if _parallel(q3.shape[0] * t * s) else _att.attention_bwd_serial
+        kernel(q3, k3, v3, o3, lse2, do3, bool(causal), int(causal_offset), scale,
+               ATTN_BLOCK_Q, ATTN_BLOCK_K, dq, dk, dv)
     return dq.reshape(lead + (t, d)), dk.reshape(lead + (s, d)), dv.reshape(lead + (s, d))
 
 
@@ -369,5 +410,8 @@ def adamw_step(p, g, m, v, lr, beta1, beta2, eps, weight_decay, step):
         raise TypeError(f"adamw_step: buffers must be float32/float64, got {p.dtype}")
     if step < 1:
         raise ValueError(f"adamw_step: step counts from 1, got {step}")
-    _adamw_step(p, g, m, v, float(lr), float(beta1), float(beta2), float(eps),
-                float(weight_decay), int(step))
+    hp = (float(lr), float(beta1), float(beta2), float(eps), float(weight_decay), int(step))
+    if _parallel(p.size):
+        _adamw.adamw_step(p, g, m, v, *hp)
+    else:
+        _adamw._adamw_range(p, g, m, v, *hp, 0, p.size)

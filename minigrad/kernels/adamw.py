@@ -11,17 +11,15 @@ from numba import njit, prange
 
 from ._math import FASTMATH, typed
 
-_BLOCK = 16384
+BLOCK = 16384
 
 
-@njit(parallel=True, fastmath=FASTMATH, cache=True)
-def adamw_step(p, g, m, v, lr, beta1, beta2, eps, weight_decay, step):
-    """One AdamW step in place on flat arrays p, m, v (g read only); `step` counts from 1.
+@njit(fastmath=FASTMATH, cache=True)
+def _adamw_range(p, g, m, v, lr, beta1, beta2, eps, weight_decay, step, i0, i1):
+    """One AdamW step in place on elements [i0, i1) of flat arrays p, m, v (g read only).
 
     Fuses decay, both moment updates, bias correction and the parameter update: one pass over
-    four arrays instead of ~10 NumPy temporaries. Parallel over blocks of elements; each
-    element is touched by one thread only. Saves nothing (m and v are the optimizer state)."""
-    n = p.shape[0]
+    four arrays instead of ~10 NumPy temporaries. Saves nothing (m, v are the optimizer state)."""
     b1 = typed(p, beta1)
     b2 = typed(p, beta2)
     omb1 = typed(p, 1.0 - beta1)
@@ -30,11 +28,19 @@ def adamw_step(p, g, m, v, lr, beta1, beta2, eps, weight_decay, step):
     step_size = typed(p, lr / (1.0 - beta1 ** step))
     inv_sqrt_bc2 = typed(p, 1.0 / np.sqrt(1.0 - beta2 ** step))
     e = typed(p, eps)
-    for blk in prange((n + _BLOCK - 1) // _BLOCK):
-        for i in range(blk * _BLOCK, min(n, (blk + 1) * _BLOCK)):
-            gi = g[i]
-            mi = b1 * m[i] + omb1 * gi
-            vi = b2 * v[i] + omb2 * gi * gi
-            m[i] = mi
-            v[i] = vi
-            p[i] = p[i] * decay - step_size * mi / (np.sqrt(vi) * inv_sqrt_bc2 + e)
+    for i in range(i0, i1):
+        gi = g[i]
+        mi = b1 * m[i] + omb1 * gi
+        vi = b2 * v[i] + omb2 * gi * gi
+        m[i] = mi
+        v[i] = vi
+        p[i] = p[i] * decay - step_size * mi / (np.sqrt(vi) * inv_sqrt_bc2 + e)
+
+
+@njit(parallel=True, cache=True)
+def adamw_step(p, g, m, v, lr, beta1, beta2, eps, weight_decay, step):
+    """Parallel over blocks of elements (each element touched by one thread); `step` from 1."""
+    n = p.shape[0]
+    for blk in prange((n + BLOCK - 1) // BLOCK):
+        _adamw_range(p, g, m, v, lr, beta1, beta2, eps, weight_decay, step,
+                     blk * BLOCK, min(n, (blk + 1) * BLOCK))

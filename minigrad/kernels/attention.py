@@ -186,3 +186,23 @@ def attention_bwd(q, k, v, o, lse, do, causal, causal_offset, scale, block_q, bl
     for bh in prange(q.shape[0]):
         _attention_bwd_head(q[bh], k[bh], v[bh], o[bh], lse[bh], do[bh], causal, causal_offset,
                             sc, block_q, block_k, dq[bh], dk[bh], dv[bh])
+
+
+@njit(cache=True)
+def attention_fwd_serial(q, k, v, causal, causal_offset, scale, block_q, block_k, o, lse):
+    """attention_fwd without threads, for small problems (e.g. one decoding step with a KV
+    cache), where waking worker threads costs more than the work."""
+    sc = typed(q, scale)
+    for bh in range(q.shape[0]):
+        _attention_fwd_head(q[bh], k[bh], v[bh], causal, causal_offset, sc, block_q, block_k,
+                            o[bh], lse[bh])
+
+
+@njit(cache=True)
+def attention_bwd_serial(q, k, v, o, lse, do, causal, causal_offset, scale, block_q, block_k,
+                         dq, dk, dv):
+    """attention_bwd without threads, for small problems."""
+    sc = typed(q, scale)
+    for bh in range(q.shape[0]):
+        _attention_bwd_head(q[bh], k[bh], v[bh], o[bh], lse[bh], do[bh], causal, causal_offset,
+                            sc, block_q, block_k, dq[bh], dk[bh], dv[bh])

@@ -1,7 +1,9 @@
 """Layer normalisation forward/backward (Ba, Kiros & Hinton 2016, arXiv 1607.06450).
 
 y = (x - mean) * rstd * w + b over the last axis, rstd = 1/sqrt(var + eps) (biased variance,
-like PyTorch). The kernels see C-contiguous (N, C) arrays. NumPy twins: `reference.py`.
+like PyTorch). The kernels see C-contiguous (N, C) arrays. Serial `_*_rows` functions do the
+work on a range of rows; the `parallel=True` drivers hand rows (or row chunks) to them.
+NumPy twins: `reference.py`.
 """
 import numpy as np
 from numba import njit, prange
@@ -9,16 +11,14 @@ from numba import njit, prange
 from ._math import FASTMATH, typed
 
 
-@njit(parallel=True, fastmath=FASTMATH, cache=True)
-def layer_norm_fwd(x, w, b, eps, y, mean, rstd):
-    """Fuses mean, variance (two-pass, for accuracy), normalise, scale and shift.
-
-    Parallel over rows (each thread owns whole output rows). Saves for backward only
-    mean (N,) and rstd (N,); x-hat is recomputed from x in backward."""
-    n, c = x.shape
+@njit(fastmath=FASTMATH, cache=True)
+def _layer_norm_rows(x, w, b, eps, y, mean, rstd, r0, r1):
+    """Fuses mean, variance (two-pass, for accuracy), normalise, scale and shift for rows
+    r0..r1-1. Saves for backward only mean (N,) and rstd (N,); x-hat is recomputed."""
+    c = x.shape[1]
     inv_c = typed(x, 1.0 / c)
     e = typed(x, eps)
-    for i in prange(n):
+    for i in range(r0, r1):
         s = typed(x, 0.0)
         for j in range(c):
             s += x[i, j]
@@ -34,36 +34,51 @@ def layer_norm_fwd(x, w, b, eps, y, mean, rstd):
             y[i, j] = (x[i, j] - mu) * r * w[j] + b[j]
 
 
-@njit(parallel=True, fastmath=FASTMATH, cache=True)
-def layer_norm_bwd(dy, x, w, mean, rstd, dx, dw_part, db_part):
-    """dx = rstd * (g - mean(g) - xhat * mean(g * xhat)), g = dy * w, xhat recomputed.
+@njit(parallel=True, cache=True)
+def layer_norm_fwd(x, w, b, eps, y, mean, rstd):
+    """Parallel over rows (each thread owns whole output rows); see `_layer_norm_rows`."""
+    for i in prange(x.shape[0]):
+        _layer_norm_rows(x, w, b, eps, y, mean, rstd, i, i + 1)
 
-    dw = sum_i dy * xhat and db = sum_i dy are reductions over rows; to keep "parallel over
-    output elements only", rows are split into dw_part.shape[0] chunks, chunk p owns row p of
-    dw_part/db_part (thread-private partial sums), and the caller adds the few partial rows.
-    Parallel over row chunks."""
-    n, c = x.shape
-    nchunks = dw_part.shape[0]
+
+@njit(fastmath=FASTMATH, cache=True)
+def _layer_norm_bwd_rows(dy, x, w, mean, rstd, dx, dw_row, db_row, r0, r1):
+    """dx = rstd * (g - mean(g) - xhat * mean(g * xhat)), g = dy * w, xhat recomputed, for rows
+    r0..r1-1; their contributions to dw = sum dy * xhat and db = sum dy go to the private
+    partial rows dw_row, db_row (set to zero first)."""
+    c = x.shape[1]
     inv_c = typed(x, 1.0 / c)
+    for j in range(c):
+        dw_row[j] = 0.0
+        db_row[j] = 0.0
+    for i in range(r0, r1):
+        mu = mean[i]
+        r = rstd[i]
+        sg = typed(x, 0.0)
+        sgx = typed(x, 0.0)
+        for j in range(c):
+            xh = (x[i, j] - mu) * r
+            g = dy[i, j] * w[j]
+            sg += g
+            sgx += g * xh
+            dw_row[j] += dy[i, j] * xh
+            db_row[j] += dy[i, j]
+        sg *= inv_c
+        sgx *= inv_c
+        for j in range(c):
+            xh = (x[i, j] - mu) * r
+            dx[i, j] = r * (dy[i, j] * w[j] - sg - xh * sgx)
+
+
+@njit(parallel=True, cache=True)
+def layer_norm_bwd(dy, x, w, mean, rstd, dx, dw_part, db_part):
+    """dw and db are reductions over rows; to keep "parallel over output elements only", the
+    rows are split into dw_part.shape[0] chunks, chunk p owns row p of dw_part/db_part
+    (thread-private partial sums), and the caller adds the few partial rows.
+    Parallel over row chunks; see `_layer_norm_bwd_rows`."""
+    n = x.shape[0]
+    nchunks = dw_part.shape[0]
     per = (n + nchunks - 1) // nchunks
     for p in prange(nchunks):
-        for j in range(c):
-            dw_part[p, j] = 0.0
-            db_part[p, j] = 0.0
-        for i in range(p * per, min(n, (p + 1) * per)):
-            mu = mean[i]
-            r = rstd[i]
-            sg = typed(x, 0.0)
-            sgx = typed(x, 0.0)
-            for j in range(c):
-                xh = (x[i, j] - mu) * r
-                g = dy[i, j] * w[j]
-                sg += g
-                sgx += g * xh
-                dw_part[p, j] += dy[i, j] * xh
-                db_part[p, j] += dy[i, j]
-            sg *= inv_c
-            sgx *= inv_c
-            for j in range(c):
-                xh = (x[i, j] - mu) * r
-                dx[i, j] = r * (dy[i, j] * w[j] - sg - xh * sgx)
+        _layer_norm_bwd_rows(dy, x, w, mean, rstd, dx, dw_part[p], db_part[p],
+                             min(n, p * per), min(n, (p + 1) * per))

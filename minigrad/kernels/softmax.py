@@ -1,9 +1,11 @@
 """Softmax, log-softmax and fused log-softmax + negative log-likelihood (cross-entropy).
 
 All kernels see a C-contiguous 2-D array (rows, n) and work along the last axis; the wrappers
-in `minigrad.kernels` reshape. Each kernel is `parallel=True` over rows only: a thread owns
-whole output rows, every reduction (max, sum) lives in thread-local scalars, so there are no
-shared writes. The exponentials go through `fast_exp` (vectorisable; see `_math.py`).
+in `minigrad.kernels` reshape. Each operation is a serial `_*_rows(..., r0, r1)` function over
+a range of rows (called directly for small inputs, where a parallel launch costs more than the
+work) and a `parallel=True` driver whose `prange` hands single rows to it: a thread owns whole
+output rows and every reduction (max, sum) lives in thread-local scalars, so there are no
+shared writes. Exponentials go through `fast_exp` (vectorisable; see `_math.py`).
 NumPy twins: `minigrad.kernels.reference`.
 """
 import numpy as np
@@ -12,14 +14,14 @@ from numba import njit, prange
 from ._math import FASTMATH, fast_exp, typed
 
 
-@njit(parallel=True, fastmath=FASTMATH, cache=True)
-def softmax_fwd(x, y):
-    """y[i] = exp(x[i] - max x[i]) / sum(...), row by row.
+@njit(fastmath=FASTMATH, cache=True)
+def _softmax_rows(x, y, r0, r1):
+    """y[i] = exp(x[i] - max x[i]) / sum(...) for rows r0..r1-1.
 
-    Fuses max, exp, sum and scale (three sweeps over a row that sits in L1, one pass over
-    memory). Parallel over rows (output elements) only. Saves for backward: y (the caller)."""
+    Fuses max, exp, sum and scale (three sweeps over a row that sits in L1: one pass over
+    memory). Saves for backward: y (the caller)."""
     n = x.shape[1]
-    for i in prange(x.shape[0]):
+    for i in range(r0, r1):
         m = typed(x, -np.inf)
         for j in range(n):
             m = max(m, x[i, j])
@@ -33,13 +35,19 @@ def softmax_fwd(x, y):
             y[i, j] *= inv
 
 
-@njit(parallel=True, fastmath=FASTMATH, cache=True)
-def softmax_bwd(y, dy, dx):
-    """dx = y * (dy - sum(dy * y)) row by row (the softmax Jacobian-vector product).
+@njit(parallel=True, cache=True)
+def softmax_fwd(x, y):
+    """Parallel over rows (output elements) only; see `_softmax_rows`."""
+    for i in prange(x.shape[0]):
+        _softmax_rows(x, y, i, i + 1)
 
-    Needs only the forward output y. Parallel over rows only."""
+
+@njit(fastmath=FASTMATH, cache=True)
+def _softmax_bwd_rows(y, dy, dx, r0, r1):
+    """dx = y * (dy - sum(dy * y)) row by row (the softmax Jacobian-vector product).
+    Needs only the forward output y."""
     n = y.shape[1]
-    for i in prange(y.shape[0]):
+    for i in range(r0, r1):
         s = typed(y, 0.0)
         for j in range(n):
             s += dy[i, j] * y[i, j]
@@ -47,13 +55,19 @@ def softmax_bwd(y, dy, dx):
             dx[i, j] = y[i, j] * (dy[i, j] - s)
 
 
-@njit(parallel=True, fastmath=FASTMATH, cache=True)
-def log_softmax_fwd(x, y):
-    """y[i] = x[i] - logsumexp(x[i]); fused max / sum-exp / subtract. Parallel over rows.
+@njit(parallel=True, cache=True)
+def softmax_bwd(y, dy, dx):
+    """Parallel over rows only; see `_softmax_bwd_rows`."""
+    for i in prange(y.shape[0]):
+        _softmax_bwd_rows(y, dy, dx, i, i + 1)
 
+
+@njit(fastmath=FASTMATH, cache=True)
+def _log_softmax_rows(x, y, r0, r1):
+    """y[i] = x[i] - logsumexp(x[i]); fused max / sum-exp / subtract.
     Saves for backward: y (softmax is recomputed as exp(y))."""
     n = x.shape[1]
-    for i in prange(x.shape[0]):
+    for i in range(r0, r1):
         m = typed(x, -np.inf)
         for j in range(n):
             m = max(m, x[i, j])
@@ -65,11 +79,18 @@ def log_softmax_fwd(x, y):
             y[i, j] = x[i, j] - lse
 
 
-@njit(parallel=True, fastmath=FASTMATH, cache=True)
-def log_softmax_bwd(y, dy, dx):
-    """dx = dy - exp(y) * sum(dy) row by row. Parallel over rows only."""
+@njit(parallel=True, cache=True)
+def log_softmax_fwd(x, y):
+    """Parallel over rows only; see `_log_softmax_rows`."""
+    for i in prange(x.shape[0]):
+        _log_softmax_rows(x, y, i, i + 1)
+
+
+@njit(fastmath=FASTMATH, cache=True)
+def _log_softmax_bwd_rows(y, dy, dx, r0, r1):
+    """dx = dy - exp(y) * sum(dy) row by row."""
     n = y.shape[1]
-    for i in prange(y.shape[0]):
+    for i in range(r0, r1):
         s = typed(y, 0.0)
         for j in range(n):
             s += dy[i, j]
@@ -77,17 +98,24 @@ def log_softmax_bwd(y, dy, dx):
             dx[i, j] = dy[i, j] - fast_exp(y[i, j]) * s
 
 
-@njit(parallel=True, fastmath=FASTMATH, cache=True)
-def cross_entropy_fwd(logits, targets, ignore_index, loss, lse):
+@njit(parallel=True, cache=True)
+def log_softmax_bwd(y, dy, dx):
+    """Parallel over rows only; see `_log_softmax_bwd_rows`."""
+    for i in prange(y.shape[0]):
+        _log_softmax_bwd_rows(y, dy, dx, i, i + 1)
+
+
+@njit(fastmath=FASTMATH, cache=True)
+def _cross_entropy_rows(logits, targets, ignore_index, loss, lse, r0, r1):
     """Fused log-softmax + NLL: loss[i] = logsumexp(logits[i]) - logits[i, targets[i]].
 
     One pass over each row of logits with an *online* max/sum (Milakov & Gimelshein 2018),
     in chunks of 32 so the exponentials vectorise: when a chunk raises the running max m to
     m', the running sum is rescaled by exp(m - m'). No probabilities are written anywhere.
-    Rows whose target is `ignore_index` get loss 0. Parallel over rows only.
+    Rows whose target is `ignore_index` get loss 0.
     Saves for backward: lse (one float per row), besides the logits the caller keeps."""
     n = logits.shape[1]
-    for i in prange(logits.shape[0]):
+    for i in range(r0, r1):
         m = typed(logits, -np.inf)
         s = typed(logits, 0.0)
         for c0 in range(0, n, 32):
@@ -108,15 +136,22 @@ def cross_entropy_fwd(logits, targets, ignore_index, loss, lse):
             loss[i] = lse[i] - logits[i, t]
 
 
-@njit(parallel=True, fastmath=FASTMATH, cache=True)
-def cross_entropy_bwd(logits, targets, ignore_index, lse, row_grad, dlogits):
+@njit(parallel=True, cache=True)
+def cross_entropy_fwd(logits, targets, ignore_index, loss, lse):
+    """Parallel over rows only; see `_cross_entropy_rows`."""
+    for i in prange(logits.shape[0]):
+        _cross_entropy_rows(logits, targets, ignore_index, loss, lse, i, i + 1)
+
+
+@njit(fastmath=FASTMATH, cache=True)
+def _cross_entropy_bwd_rows(logits, targets, ignore_index, lse, row_grad, dlogits, r0, r1):
     """dlogits[i] = row_grad[i] * (softmax(logits[i]) - onehot(targets[i])).
 
     softmax is recomputed as exp(logits - lse) from the saved lse, written straight into the
     gradient (one pass). `row_grad[i]` is dL/dloss[i]: it carries the reduction (1/count for
-    'mean'), and ignored rows get a zero gradient. Parallel over rows only."""
+    'mean'), and ignored rows get a zero gradient."""
     n = logits.shape[1]
-    for i in prange(logits.shape[0]):
+    for i in range(r0, r1):
         t = targets[i]
         g = row_grad[i]
         if t == ignore_index:
@@ -127,3 +162,10 @@ def cross_entropy_bwd(logits, targets, ignore_index, lse, row_grad, dlogits):
         for j in range(n):
             dlogits[i, j] = g * fast_exp(logits[i, j] - li)
         dlogits[i, t] -= g
+
+
+@njit(parallel=True, cache=True)
+def cross_entropy_bwd(logits, targets, ignore_index, lse, row_grad, dlogits):
+    """Parallel over rows only; see `_cross_entropy_bwd_rows`."""
+    for i in prange(logits.shape[0]):
+        _cross_entropy_bwd_rows(logits, targets, ignore_index, lse, row_grad, dlogits, i, i + 1)
