@@ -14,7 +14,7 @@ the losses then equal those of an uninterrupted run with the same seed.
 The recipe is nanoGPT's (``train.py``): AdamW (weight decay only on 2-D parameters), linear
 warmup then cosine decay to lr/10, gradient clipping at global norm 1, validation on a fixed set
 of batches every ``--eval-every`` steps. ``--max-minutes`` bounds the whole run (start-up, eval
-and the final sample included): from the measured speed (after 20 steps, then every 100) the
+and the final sample included): from the measured speed (after 40 steps, then every 100) the
 schedule's length is set to the number of steps that fit, at most ``--steps``, so that the
 cosine still ends at its minimum; the horizon is saved in the checkpoint. ``--max-minutes 0``
 makes the run deterministic (exactly ``--steps`` steps).
@@ -399,8 +399,9 @@ def run(args, on_step=None) -> int:
             history["train_loss"].append(loss)
             if step > 3:                            # skip warm-up effects (JIT, caches)
                 recent.append(dt)
-            # fit the schedule into the time budget: re-plan after 20 timed steps, then every 100
-            if budget and len(recent) >= 20 and (len(recent) == 20 or step % 100 == 0):
+            # fit the schedule into the time budget: plan after 40 timed steps (the warmup does not
+            # depend on the horizon), then re-plan every 100 steps
+            if budget and len(recent) >= 40 and (len(recent) == 40 or step % 100 == 0):
                 per_step = sum(recent) / len(recent)
                 left = budget - (time.perf_counter() - t_start)
                 evals_left = (horizon - step) // args.eval_every + 1        # the last one included
