@@ -45,7 +45,14 @@ Typical loop::
 
 The hook in the core is two short blocks in ``functional.Linear`` and ``tensor.MatMul`` that call
 `cast_inputs`/`cast_output`/`cast_grad` only when ``ctx.amp`` (the policy at forward time) is set;
-with no autocast active they cost one attribute lookup.
+with no autocast active they cost one attribute lookup. Under autocast, Linear takes its NumPy path
+(the fused Numba GEMM is used only without a policy).
+
+Limits (not emulated): FP8 scaling is "current" (amax of the tensor being cast), not Transformer
+Engine's delayed scaling from an amax history; block formats (MXFP8, NVFP4) quantize every operand
+along its last axis, which is the contraction axis for x and W in forward but not for every
+operand of the backward products; saved arrays are still float32 in memory, so byte counts of
+activations do not shrink (count them as bits_per_element(fmt)/32 of the float32 size).
 """
 from __future__ import annotations
 
