@@ -311,6 +311,9 @@ def run(args, on_step=None) -> int:
                     "batch size differs" if meta["batch_size"] != batch_size else "data differ")
             raise UsageError(f"checkpoint {ckpt_path} is from another run ({what}); use the same "
                              f"--preset/--data/--batch-size, or a fresh --out")
+        if meta["args"]["optimizer"].lower() != args.optimizer.lower():
+            raise UsageError(f"checkpoint {ckpt_path} was trained with --optimizer {meta['args']['optimizer']}, "
+                             f"not {args.optimizer}; pass the same optimizer, or a fresh --out")
 
     # ---- inputs are good: from here on we may write ---------------------------------------------
     os.makedirs(args.out, exist_ok=True)

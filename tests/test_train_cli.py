@@ -162,6 +162,8 @@ def test_checkpoint_from_another_config(tmp_path, capsys, corpus, full_run):
     assert "another run" in line and "n_layer" in line
     line = _bad(capsys, _args(corpus, out, "--resume", "--batch-size", "8"), str(out))
     assert "batch size" in line
+    line = _bad(capsys, _args(corpus, out, "--resume", "--optimizer", "sgd"), str(out))
+    assert "--optimizer adamw" in line
     (out / "ckpt.npz").write_bytes(b"not a checkpoint")
     before = _snapshot(str(out))
     assert "cannot read checkpoint" in _bad(capsys, _args(corpus, out, "--resume"), str(out))
