@@ -25,8 +25,6 @@ import numpy as np
 
 from .. import backend as _backend  # noqa: F401  (prepares Numba's environment first)
 from . import _math
-import numba
-
 from . import adamw as _adamw, attention as _att, gelu as _gelu, layernorm as _ln, softmax as _sm
 from .embedding import embedding_bwd as _embedding_bwd
 from .matmul import bmm as _bmm, matmul_tiled as _matmul_tiled
@@ -49,12 +47,12 @@ _FLOATS = (np.float32, np.float64)
 
 # Below this many elements of work a kernel runs its serial version in the calling thread:
 # waking Numba's worker threads costs tens of microseconds (more on a busy machine), more than
-# e.g. a layer norm over a (1, 128) decoding step. With one Numba thread, always serial.
+# e.g. a layer norm over a (1, 128) decoding step.
 SERIAL_BELOW = 1 << 15
 
 
 def _parallel(work: int) -> bool:
-    return work >= SERIAL_BELOW and numba.get_num_threads() > 1
+    return work >= SERIAL_BELOW
 
 
 def _float_array(x, name, op):

@@ -1,9 +1,13 @@
 """GELU, tanh approximation (Hendrycks & Gimpel 2016, arXiv 1606.08415), as in GPT-2.
 
 gelu(x) = 0.5 x (1 + tanh(u)),  u = sqrt(2/pi) (x + 0.044715 x^3).
-Elementwise over a flat C-contiguous array. `_gelu_*_range` is the serial loop over elements
-[i0, i1) that LLVM vectorises (tanh through the vectorisable `fast_tanh`, see `_math.py`); the
-`parallel=True` drivers hand blocks of output elements to it. NumPy twins: `reference.py`.
+Elementwise over a flat C-contiguous array. `_gelu_*_range` is the loop over elements [i0, i1)
+(tanh through the vectorisable `fast_tanh`, see `_math.py`); the `parallel=True` drivers hand
+blocks of output elements to it. It is inlined into the drivers at Numba-IR level
+(inline="always"): inside a parallel kernel Numba marks the arrays as non-aliasing, and only
+then does LLVM vectorise this loop (measured 4x faster than the same loop in a plain @njit,
+where x and dx might alias). The serial path (small arrays only) runs it unvectorised.
+NumPy twins: `reference.py`.
 """
 from numba import njit, prange
 
@@ -12,7 +16,7 @@ from ._math import FASTMATH, fast_tanh, typed
 BLOCK = 8192
 
 
-@njit(fastmath=FASTMATH, cache=True)
+@njit(fastmath=FASTMATH, cache=True, inline="always")
 def _gelu_fwd_range(x, y, i0, i1):
     """y = gelu(x) on [i0, i1). Fuses the cube, tanh and products (NumPy needs ~7 temporaries).
     Saves for backward: nothing beyond x itself (tanh is recomputed)."""
@@ -34,7 +38,7 @@ def gelu_fwd(x, y):
         _gelu_fwd_range(x, y, blk * BLOCK, min(n, (blk + 1) * BLOCK))
 
 
-@njit(fastmath=FASTMATH, cache=True)
+@njit(fastmath=FASTMATH, cache=True, inline="always")
 def _gelu_bwd_range(x, dy, dx, i0, i1):
     """dx = dy * [0.5 (1 + t) + 0.5 x (1 - t^2) sqrt(2/pi) (1 + 3*0.044715 x^2)], t recomputed."""
     k0 = typed(x, 0.7978845608028654)
