@@ -372,6 +372,7 @@ def run(args, on_step=None) -> int:
     val_loss = history["val_loss"][-1] if history["val_loss"] else float("nan")
     t_eval = 0.0                                   # measured cost of one evaluation
     recent = collections.deque(maxlen=200)         # durations of the latest steps
+    cpu_secs, cpu_steps = 0.0, 0                   # CPU time of this process per step
     model.train()
     try:
         while step < horizon:
@@ -385,7 +386,7 @@ def run(args, on_step=None) -> int:
                     print(f"step {step}: val loss {val_loss:.4f}", flush=True)
             if interrupted:
                 break
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             lr = lr_at(step, args.lr, args.warmup, horizon, args.min_lr_ratio)
             for g in opt.param_groups:
                 g["lr"] = lr
@@ -402,6 +403,8 @@ def run(args, on_step=None) -> int:
             history["train_loss"].append(loss)
             if step > 3:                            # skip warm-up effects (JIT, caches)
                 recent.append(dt)
+                cpu_secs += time.process_time() - c0
+                cpu_steps += 1
             # fit the schedule into the time budget: plan after 40 timed steps (the warmup does not
             # depend on the horizon), then re-plan every 100 steps
             if budget and len(recent) >= 40 and (len(recent) == 40 or step % 100 == 0):
@@ -446,7 +449,8 @@ def run(args, on_step=None) -> int:
     with open(os.path.join(args.out, "samples.txt"), "a" if args.resume else "w", encoding="utf-8") as f:
         f.write(f"=== step {step}, val loss {val_loss:.4f} ===\n{sample}\n\n")
     minutes = (time.perf_counter() - t_start) / 60
-    speed = f", {sum(recent) / len(recent):.2f} s/step recently" if recent else ""
+    speed = (f", {sum(recent) / len(recent):.2f} s/step recently (CPU {cpu_secs / cpu_steps:.2f} s/step)"
+             if recent else "")
     print(f"step {step}: val loss {val_loss:.4f} nats/token after {minutes:.1f} min{speed}; "
           f"wrote {path}, {plot}, {os.path.join(args.out, 'samples.txt')}")
     print("-" * 60)
