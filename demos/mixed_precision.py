@@ -56,7 +56,12 @@ RECIPES = {
     "bf16": ("bf16 + master weights", "bf16", "bf16", True, None),
     "fp8": ("fp8: E4M3 forward, E5M2 gradients (per-tensor scaled)", "fp8", "fp32", True, None),
     "nvfp4": ("NVFP4 weights (fp32 master, fp32 compute)", None, "nvfp4", True, None),
+    # optional (not in the default plot): bf16 weights without masters, nearest vs stochastic rounding
+    "bf16_nomaster": ("bf16, no master weights", "bf16", "bf16", False, None),
+    "bf16_nomaster_sr": ("bf16, no master weights, stochastic rounding", "bf16", "bf16", False, None),
 }
+DEFAULT = ["fp32", "fp16_nomaster", "fp16_master", "fp16_master_dynamic", "bf16", "fp8", "nvfp4"]
+STOCHASTIC = {"bf16_nomaster_sr"}
 
 
 class CharMLP(nn.Module):
@@ -114,7 +119,9 @@ def train(recipe, make_model, data, args, batch_size, block):
     params = {n: p.data for n, p in model.named_parameters()}
     opt = optim.create("adamw", params, lr=args.lr, weight_decay=0.0)
     mp = amp.MixedPrecisionOptimizer(opt, pfmt, master_weights=master,
-                                     scaler=scaler_f() if scaler_f else None)
+                                     scaler=scaler_f() if scaler_f else None,
+                                     rounding="stochastic" if recipe in STOCHASTIC else "nearest",
+                                     rng=args.seed)
     sched = optim.schedules.create("cosine", opt, total_steps=args.steps,
                                    warmup_steps=min(10, args.steps // 10), min_ratio=args.min_lr_ratio)
     rng = np.random.default_rng(args.seed + 1)  # same batches for every recipe
@@ -222,8 +229,8 @@ def main(argv=None):
     ap.add_argument("--batch-size", type=int, default=None)
     ap.add_argument("--preset", default="tiny")
     ap.add_argument("--model", choices=["gpt", "mlp"], default="gpt")
-    ap.add_argument("--recipes", default=",".join(RECIPES),
-                    help=f"comma-separated subset of {', '.join(RECIPES)}")
+    ap.add_argument("--recipes", default=",".join(DEFAULT),
+                    help=f"comma-separated subset of {', '.join(RECIPES)} (default: the first 7)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="docs/mixed_precision.png")
     ap.add_argument("--cache-dir", default=os.path.join("out", "cache"),
