@@ -545,7 +545,13 @@ class Tensor:
 
     # ------------------------------------------------------------ operators
     def _other(self, x):
-        return x if isinstance(x, Tensor) else Tensor(_as_array(x, self.dtype))
+        """A constant operand as a Tensor. It takes a float tensor's dtype (so `x * 0.5` stays
+        float32); next to an integer tensor it is promoted instead, so `int_t * 0.5` is not
+        truncated to 0."""
+        if isinstance(x, Tensor):
+            return x
+        dtype = self.dtype if self.dtype.kind in "fc" else np.result_type(self.dtype, x)
+        return Tensor(_as_array(x, dtype))
 
     def __add__(self, x): return Add.apply(self, self._other(x))
     def __radd__(self, x): return Add.apply(self._other(x), self)
@@ -614,6 +620,9 @@ class Tensor:
             return self.T
         if len(axes) != 2:
             raise ValueError(f"transpose takes two axes to swap (got {axes}); use permute for a full order")
+        for a in axes:
+            if not -self.ndim <= a < self.ndim:
+                raise ValueError(f"transpose: axis {a} is out of range for shape {self.shape}")
         i, j = (a % self.ndim for a in axes)
         perm = list(range(self.ndim))
         perm[i], perm[j] = perm[j], perm[i]
@@ -635,6 +644,11 @@ class Tensor:
         shape = shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape
         # -1 keeps the existing size, as in PyTorch
         lead = len(shape) - self.ndim
+        if -1 in shape[:lead]:
+            raise ValueError(
+                f"expand: -1 (keep the size) is not allowed in a new leading axis: {self.shape} "
+                f"-> {shape}; give that axis's size"
+            )
         shape = tuple(self.shape[i - lead] if s == -1 else s for i, s in enumerate(shape))
         return Expand.apply(self, shape=shape)
 
@@ -650,6 +664,11 @@ class Tensor:
         return self.reshape(shape)
 
     def unsqueeze(self, axis):
+        if not -self.ndim - 1 <= axis <= self.ndim:
+            raise ValueError(
+                f"unsqueeze: axis {axis} is out of range for shape {self.shape} "
+                f"(valid: {-self.ndim - 1} to {self.ndim})"
+            )
         axis = axis % (self.ndim + 1)
         return self.reshape(self.shape[:axis] + (1,) + self.shape[axis:])
 

@@ -292,6 +292,13 @@ def test_shape_errors_of_matmul_reshape_cat_stack_expand_squeeze():
         a.squeeze(0)
     with pytest.raises(ValueError, match=r"permute"):
         a.permute(0, 0)
+    # out-of-range axes used to wrap around silently (transpose(0, 2) swapped axis 0 with itself)
+    with pytest.raises(ValueError, match=r"transpose: axis 2 is out of range for shape \(2, 3\)"):
+        a.transpose(0, 2)
+    with pytest.raises(ValueError, match=r"unsqueeze: axis 3 is out of range .*-3 to 2"):
+        a.unsqueeze(3)
+    with pytest.raises(ValueError, match=r"expand: -1 .* new leading axis"):
+        a.expand(-1, 2, 3)  # used to read a size from the wrong end of the shape
 
 
 def test_backward_on_a_non_scalar_without_grad_is_refused():
@@ -334,6 +341,15 @@ def test_dtypes_are_preserved_through_forward_and_backward(dtype):
     assert y.dtype == dtype
     y.backward()
     assert x.grad.dtype == dtype and w.grad.dtype == dtype
+
+
+def test_float_constants_are_not_truncated_by_an_integer_tensor():
+    t = mg.Tensor(np.array([1, 2, 3]))
+    np.testing.assert_array_equal((t * 0.5).data, [0.5, 1.0, 1.5])
+    np.testing.assert_array_equal((0.5 * t).data, [0.5, 1.0, 1.5])
+    np.testing.assert_array_equal((t / np.array([2.0, 4.0, 4.0])).data, [0.5, 0.5, 0.75])
+    assert (t + 1).dtype == t.dtype  # integer constants keep an integer tensor integer
+    assert (mg.Tensor(np.ones(2, np.float32)) * 0.5).dtype == np.float32  # floats: tensor's dtype
 
 
 def test_reduction_axis_as_list_and_out_of_range():
