@@ -76,6 +76,11 @@ class Linear(Function):
 
 
 def linear(x, weight, bias=None) -> Tensor:
+    if bias is not None and bias.shape != weight.shape[:1]:
+        raise ValueError(
+            f"linear: bias has shape {bias.shape} but weight {weight.shape} has "
+            f"{weight.shape[0]} output features; bias must be ({weight.shape[0]},)"
+        )
     if bias is None:
         return Linear.apply(_t(x), weight)
     return Linear.apply(_t(x), weight, bias)
@@ -246,7 +251,19 @@ def cross_entropy(logits, targets, ignore_index: int = -100, reduction: str = "m
 
 
 def mse_loss(input, target, reduction: str = "mean") -> Tensor:
-    d = _t(input) - target
+    """Mean squared error; `input` and `target` must have the same shape.
+
+    PyTorch only warns when they differ; here it is an error, since broadcasting e.g. (N, 1)
+    against (N,) silently compares every prediction with every target."""
+    if reduction not in ("mean", "sum", "none"):
+        raise ValueError(f"mse_loss: reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+    input = _t(input)
+    if np.shape(target) != input.shape:
+        raise ValueError(
+            f"mse_loss: input has shape {input.shape} but target has {np.shape(target)}; "
+            "reshape one of them (broadcasting would compare every pair)"
+        )
+    d = input - target
     sq = d * d
     if reduction == "none":
         return sq
@@ -269,7 +286,6 @@ class LayerNorm(Function):
         var = ((x - mean) ** 2).mean(axis=-1, keepdims=True)
         rstd = 1.0 / np.sqrt(var + eps)
         xhat = (x - mean) * rstd
-        ctx.has = (w is not None, b is not None)
         ctx.save_for_backward(x, w, mean, rstd)
         y = xhat * w if w is not None else xhat
         return y + b if b is not None else y
@@ -326,6 +342,8 @@ class Embedding(Function):
 
 def embedding(idx, weight) -> Tensor:
     idx = _ints(idx, "embedding")
+    if weight.ndim != 2:
+        raise ValueError(f"embedding: weight must be a 2-D table (rows, dim), got shape {weight.shape}")
     if idx.size and (idx.min() < 0 or idx.max() >= weight.shape[0]):
         bad = idx.max() if idx.max() >= weight.shape[0] else idx.min()
         raise IndexError(f"embedding: index {bad} is out of range for a table of {weight.shape[0]} rows")
@@ -416,5 +434,12 @@ def scaled_dot_product_attention(q, k, v, causal: bool = False, scale: float | N
             f"scaled_dot_product_attention: q {q.shape}, k {k.shape}, v {v.shape} need "
             "q and k to share the last axis and k and v the second-to-last"
         )
+    try:
+        np.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2])
+    except ValueError:
+        raise ValueError(
+            f"scaled_dot_product_attention: batch axes of q {q.shape}, k {k.shape}, v {v.shape} "
+            "(all but the last two) do not broadcast"
+        ) from None
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
     return Attention.apply(q, k, v, causal=causal, scale=scale)

@@ -321,3 +321,15 @@ def test_functional_errors_are_clear():
         F.dropout(x, 1.5)
     with pytest.raises(ValueError, match="gelu: approximate"):
         F.gelu(x, approximate="erf")
+    # these used to end in a NumPy traceback, or (mse_loss) in a silently broadcast result
+    with pytest.raises(ValueError, match=r"linear: bias has shape \(5,\) .* must be \(4,\)"):
+        F.linear(x, mg.Tensor(np.zeros((4, 3))), mg.Tensor(np.zeros(5)))
+    with pytest.raises(ValueError, match=r"embedding: weight must be a 2-D table .*\(3,\)"):
+        F.embedding(np.array([0, 1]), mg.Tensor(np.zeros(3)))
+    with pytest.raises(ValueError, match=r"scaled_dot_product_attention: batch axes .* do not broadcast"):
+        q = mg.Tensor(np.zeros((2, 3, 4)))
+        F.scaled_dot_product_attention(q, np.zeros((2, 5, 4)), np.zeros((3, 5, 4)))
+    with pytest.raises(ValueError, match=r"mse_loss: input has shape \(4, 1\) but target has \(4,\)"):
+        F.mse_loss(mg.Tensor(np.zeros((4, 1))), np.zeros(4))
+    with pytest.raises(ValueError, match="mse_loss: reduction"):
+        F.mse_loss(x, np.zeros((2, 3)), reduction="avg")
