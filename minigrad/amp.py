@@ -420,9 +420,18 @@ class MixedPrecisionOptimizer:
     # -- the step -----------------------------------------------------------------------
     def step(self, grads: dict) -> bool:
         """Round scaled grads to grad_format, unscale, skip on inf/NaN, else update. True if updated."""
+        # Validate before the scaler and the counters change: a rejected call must not grow S.
         unknown = [n for n in grads if n not in self.model_params]
         if unknown:
             raise ValueError(f"MixedPrecisionOptimizer.step: gradients for unknown parameters {unknown}")
+        missing = [n for n in self.model_params if n not in grads]
+        if missing:
+            raise ValueError(f"MixedPrecisionOptimizer.step: no gradient for parameter(s) {missing} "
+                             "(pass None explicitly to skip a parameter this step)")
+        for n, g in grads.items():
+            if g is not None and np.shape(g) != self.model_params[n].shape:
+                raise ValueError(f"MixedPrecisionOptimizer.step: gradient of {n!r} has shape "
+                                 f"{np.shape(g)}, parameter has {self.model_params[n].shape}")
         stored, nz, under = {}, 0, 0
         for n, g in grads.items():
             if g is None:

@@ -177,6 +177,20 @@ def test_wrapper_validates_and_block_formats_keep_vectors_fp32():
         amp.Policy("fp7")
 
 
+def test_a_rejected_step_changes_nothing_not_even_the_loss_scale():
+    p = {"w": np.ones((2, 2), np.float32), "b": np.ones(2, np.float32)}
+    mp = amp.MixedPrecisionOptimizer(optim.create("sgd", p, lr=0.1), "fp16",
+                                     scaler=amp.DynamicLossScaler(init_scale=8.0, growth_interval=1))
+    w0 = p["w"].copy()
+    with pytest.raises(ValueError, match=r"no gradient for parameter\(s\) \['b'\]"):
+        mp.step({"w": np.ones((2, 2), np.float32)})
+    with pytest.raises(ValueError, match=r"gradient of 'w' has shape \(3, 2\), parameter has \(2, 2\)"):
+        mp.step({"w": np.ones((3, 2), np.float32), "b": np.ones(2, np.float32)})
+    # before the fix each rejected call still counted a clean step and doubled S
+    assert mp.loss_scale == 8.0 and mp.steps == 0 and mp.underflow_history == []
+    np.testing.assert_array_equal(p["w"], w0)
+
+
 # ---------------------------------------------------------------- training a small model
 class MLP(nn.Module):
     def __init__(self, rng):
