@@ -132,16 +132,14 @@ def gelu(x, approximate: str = "tanh") -> Tensor:
 class Softmax(Function):
     @staticmethod
     def forward(ctx, x, *, axis=-1):
+        ctx.axis = axis
         ctx.fused = _fused(x) if axis in (-1, x.ndim - 1) else None
         if ctx.fused is not None:
             y = ctx.fused.softmax_forward(x)
-            ctx.axis = axis
-            ctx.save_for_backward(y)
-            return y
-        e = np.exp(x - x.max(axis=axis, keepdims=True))
-        y = e / e.sum(axis=axis, keepdims=True)
-        ctx.axis = axis
-        ctx.save_for_backward(y)
+        else:
+            e = np.exp(x - x.max(axis=axis, keepdims=True))
+            y = e / e.sum(axis=axis, keepdims=True)
+        ctx.save_for_backward(y)  # the output is all backward needs
         return y
 
     @staticmethod
@@ -156,16 +154,14 @@ class Softmax(Function):
 class LogSoftmax(Function):
     @staticmethod
     def forward(ctx, x, *, axis=-1):
+        ctx.axis = axis
         ctx.fused = _fused(x) if axis in (-1, x.ndim - 1) else None
         if ctx.fused is not None:
             y = ctx.fused.log_softmax_forward(x)
-            ctx.axis = axis
-            ctx.save_for_backward(y)
-            return y
-        m = x.max(axis=axis, keepdims=True)
-        y = x - (m + np.log(np.exp(x - m).sum(axis=axis, keepdims=True)))
-        ctx.axis = axis
-        ctx.save_for_backward(y)
+        else:
+            m = x.max(axis=axis, keepdims=True)
+            y = x - (m + np.log(np.exp(x - m).sum(axis=axis, keepdims=True)))
+        ctx.save_for_backward(y)  # softmax = exp(y): the output is all backward needs
         return y
 
     @staticmethod
