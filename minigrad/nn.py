@@ -206,11 +206,8 @@ class Dropout(Module):
         return f"p={self.p}"
 
 
-class Sequential(Module):
-    def __init__(self, *modules):
-        super().__init__()
-        for i, m in enumerate(modules):
-            setattr(self, str(i), m)
+class _Container(Module):
+    """Indexing, len and iteration over the submodules, in registration order."""
 
     def __getitem__(self, i):
         return list(self._modules.values())[i]
@@ -221,13 +218,20 @@ class Sequential(Module):
     def __iter__(self):
         return iter(self._modules.values())
 
+
+class Sequential(_Container):
+    def __init__(self, *modules):
+        super().__init__()
+        for i, m in enumerate(modules):
+            setattr(self, str(i), m)
+
     def forward(self, x):
         for m in self._modules.values():
             x = m(x)
         return x
 
 
-class ModuleList(Module):
+class ModuleList(_Container):
     def __init__(self, modules=()):
         super().__init__()
         for m in modules:
@@ -236,12 +240,3 @@ class ModuleList(Module):
     def append(self, module):
         setattr(self, str(len(self._modules)), module)
         return self
-
-    def __getitem__(self, i):
-        return list(self._modules.values())[i]
-
-    def __len__(self):
-        return len(self._modules)
-
-    def __iter__(self):
-        return iter(self._modules.values())
