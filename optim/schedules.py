@@ -121,6 +121,9 @@ class LRScheduler:
                 "base_lrs": [g["initial_lr"] for g in self.optimizer.param_groups]}
 
     def load_state_dict(self, sd):
+        if len(sd["base_lrs"]) != len(self.optimizer.param_groups):
+            raise ValueError(f"LRScheduler.load_state_dict: {len(sd['base_lrs'])} base lrs for "
+                             f"{len(self.optimizer.param_groups)} param groups")
         for g, lr in zip(self.optimizer.param_groups, sd["base_lrs"]):
             g["initial_lr"] = lr
         self.last_step = int(sd["last_step"])

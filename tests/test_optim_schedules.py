@@ -54,6 +54,20 @@ def test_scheduler_scales_every_group_and_drives_any_optimizer():
         assert s.get_last_lr() == [0.25, 0.125]
 
 
+def test_scheduler_state_dict_resumes_and_rejects_other_group_counts():
+    p = {"w": np.ones((2, 2)), "b": np.ones(2)}
+    a = optim.schedules.create("cosine", optim.SGD(p, lr=0.1), total_steps=10, warmup_steps=2)
+    for _ in range(4):
+        a.step()
+    b = optim.schedules.create("cosine", optim.SGD(dict(p), lr=0.1), total_steps=10, warmup_steps=2)
+    b.load_state_dict(a.state_dict())
+    assert b.get_last_lr() == a.get_last_lr() and b.last_step == 4
+    two = optim.SGD(optim.param_groups_no_decay(p, 0.0), lr=0.1)  # two groups
+    c = optim.schedules.create("cosine", two, total_steps=10)
+    with pytest.raises(ValueError, match="1 base lrs for 2 param groups"):
+        c.load_state_dict(a.state_dict())  # used to set the first group and ignore the second
+
+
 @given(seed=st.integers(0, 1000), max_norm=st.floats(0.01, 10))
 def test_clip_grad_norm(seed, max_norm):
     rng = np.random.default_rng(seed)
