@@ -33,51 +33,53 @@ def is_grad_enabled() -> bool:
     return _state["grad_enabled"]
 
 
-class no_grad(contextlib.ContextDecorator):
+class _Mode(contextlib.ContextDecorator):
+    """Set `_state[key] = value` inside the block and restore the previous value after it.
+
+    Previous values are kept on a stack, not in one slot: a decorator instance is entered again
+    by every call of the function it wraps, so a recursive call would otherwise overwrite the
+    outer call's saved value (and leave the mode switched on after the outermost call)."""
+
+    key: str
+    value: bool
+
+    def __init__(self):
+        self._prev: list[bool] = []
+
+    def __enter__(self):
+        self._prev.append(_state[self.key])
+        _state[self.key] = self.value
+        return self
+
+    def __exit__(self, *exc):
+        _state[self.key] = self._prev.pop()
+        return False
+
+
+class no_grad(_Mode):
     """Disable graph recording (context manager or decorator), like `torch.no_grad`.
 
     Inside it ops compute only their forward and save nothing, so inference and zeroth-order
     methods use the memory of a forward pass.
     """
 
-    def __enter__(self):
-        self._prev = _state["grad_enabled"]
-        _state["grad_enabled"] = False
-        return self
-
-    def __exit__(self, *exc):
-        _state["grad_enabled"] = self._prev
-        return False
+    key, value = "grad_enabled", False
 
 
-class enable_grad(contextlib.ContextDecorator):
+class enable_grad(_Mode):
     """Re-enable graph recording inside a `no_grad` region (used by activation checkpointing)."""
 
-    def __enter__(self):
-        self._prev = _state["grad_enabled"]
-        _state["grad_enabled"] = True
-        return self
-
-    def __exit__(self, *exc):
-        _state["grad_enabled"] = self._prev
-        return False
+    key, value = "grad_enabled", True
 
 
-class detect_anomaly(contextlib.ContextDecorator):
+class detect_anomaly(_Mode):
     """Raise at the first op whose forward output or backward gradient holds NaN or inf.
 
     The error names the op, which pass produced it, and the input shapes. It costs one
     `isfinite` scan per op, so it is off by default.
     """
 
-    def __enter__(self):
-        self._prev = _state["anomaly"]
-        _state["anomaly"] = True
-        return self
-
-    def __exit__(self, *exc):
-        _state["anomaly"] = self._prev
-        return False
+    key, value = "anomaly", True
 
 
 def add_saved_listener(fn: Callable[[str, "Context", tuple], None]) -> None:

@@ -227,6 +227,13 @@ def test_no_grad_decorator_and_nesting_restore_the_mode():
             1 / 0
     assert mg.is_grad_enabled()  # restored after an exception
 
+    @mg.no_grad()
+    def recursive(n):  # one decorator instance entered again before it exits
+        return recursive(n - 1) if n else mg.is_grad_enabled()
+
+    assert recursive(3) is False
+    assert mg.is_grad_enabled()  # was left False: the inner call overwrote the saved mode
+
 
 # ---------------------------------------------------------------- detect_anomaly
 def test_detect_anomaly_forward_names_the_op():
