@@ -13,7 +13,7 @@ of one more forward of each block (about 1/3 more matmul FLOPs per step).
 Gradients: parameters used inside `fn` receive their gradients from the recomputed graph
 directly (accumulated into `.grad`, as any backward does); gradients of the tensor arguments are
 returned to the outer graph. With a deterministic `fn` they are bit-for-bit those of the plain
-call (tests/test_checkpoint.py).
+call (tests/test_checkpoint_core.py, tests/test_checkpoint_gpt.py).
 
 Randomness (dropout): the recomputation must draw the same masks. Every `np.random.Generator`
 passed in `args`/`kwargs`, or held as an attribute by `fn`'s modules (when `fn` is an
@@ -23,6 +23,9 @@ of training draws exactly what it would have drawn. Any other source of randomne
 created inside `fn`, a global you mutate, time) makes `fn` non-deterministic: do not checkpoint
 such a function.
 
+Mixed precision: the `minigrad.amp.autocast` policy active during the forward is restored for
+the recomputation, since backward usually runs outside the autocast block.
+
 Parameters: the result requires grad when an argument or a parameter of `fn` does. Parameters
 are found when `fn` is a Module or a bound method of one; for a plain closure over parameters
 pass them with `params=[...]`.
@@ -31,6 +34,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import amp
 from .autograd import Function, backward as _backward, enable_grad, is_grad_enabled, no_grad
 from .tensor import Tensor
 
@@ -87,6 +91,7 @@ class Checkpoint(Function):
     def forward(ctx, *arrays, fn, template, kwargs, n_args, gens):
         ctx.user_fn, ctx.template, ctx.kwargs, ctx.n_args, ctx.gens = fn, template, kwargs, n_args, gens
         ctx.rng_states = [g.bit_generator.state for g in gens]
+        ctx.policy = amp.current_policy()  # backward usually runs outside autocast: recompute under this
         ctx.np_state = np.random.get_state()
         with no_grad():
             out = fn(*_fill(template, [Tensor(a) for a in arrays[:n_args]]), **kwargs)
@@ -107,7 +112,7 @@ class Checkpoint(Function):
             for gen, st in zip(ctx.gens, ctx.rng_states):
                 gen.bit_generator.state = st
             np.random.set_state(ctx.np_state)
-            with enable_grad():
+            with enable_grad(), amp.autocast(ctx.policy):
                 out = ctx.user_fn(*_fill(ctx.template, leaves), **ctx.kwargs)
         finally:
             _state["recomputing"] -= 1

@@ -76,6 +76,26 @@ def test_gradcheck_float64():
     minigrad.gradcheck(lambda t: minigrad.checkpoint(lambda u: lin(u).tanh() * u, t), [x])
 
 
+def test_recomputation_uses_the_forwards_autocast_policy():
+    """Backward runs outside `autocast`; recomputing in fp32 gave gradients of another forward."""
+    from minigrad import amp
+
+    lin = nn.Linear(8, 8, rng=0)
+    x0 = np.random.default_rng(1).standard_normal((4, 8)).astype(np.float32)
+
+    def run(ckpt):
+        lin.zero_grad()
+        x = minigrad.Tensor(x0, requires_grad=True)
+        with amp.autocast("bf16"):
+            y = minigrad.checkpoint(lin, x) if ckpt else lin(x)
+            y = y.tanh()
+        (y * y).sum().backward()
+        return x.grad.copy(), lin.weight.grad.copy()
+
+    (gx, gw), (cx, cw) = run(False), run(True)
+    assert np.array_equal(gx, cx) and np.array_equal(gw, cw)
+
+
 def test_no_grad_is_a_plain_call_and_bad_fn_is_named():
     x = minigrad.randn(3, 3, rng=0, requires_grad=True)
     with minigrad.no_grad():
