@@ -22,13 +22,12 @@ import time
 
 import numpy as np
 
-import minigrad
 import optim
 from minigrad import memory
 from minigrad.backend import numba_available, use_backend
 from models.gpt import GPT, GPTConfig, preset
 
-CATS = ("params", "grads", "optimizer", "activations")
+CATS = memory.CATEGORIES  # params, grads, optimizer, activations
 MiB = 2 ** 20
 
 
