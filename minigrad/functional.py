@@ -437,5 +437,11 @@ def scaled_dot_product_attention(q, k, v, causal: bool = False, scale: float | N
             f"scaled_dot_product_attention: batch axes of q {q.shape}, k {k.shape}, v {v.shape} "
             "(all but the last two) do not broadcast"
         ) from None
+    if causal and q.shape[-2] > k.shape[-2]:
+        raise ValueError(
+            f"scaled_dot_product_attention: causal with {q.shape[-2]} queries but {k.shape[-2]} keys: "
+            "the mask is aligned to the bottom right (query i sees keys j <= i + Tk - Tq), so the "
+            f"first {q.shape[-2] - k.shape[-2]} queries would see no key (NaN); pass at least as many keys"
+        )
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
     return Attention.apply(q, k, v, causal=causal, scale=scale)

@@ -329,6 +329,8 @@ def test_functional_errors_are_clear():
     with pytest.raises(ValueError, match=r"scaled_dot_product_attention: batch axes .* do not broadcast"):
         q = mg.Tensor(np.zeros((2, 3, 4)))
         F.scaled_dot_product_attention(q, np.zeros((2, 5, 4)), np.zeros((3, 5, 4)))
+    with pytest.raises(ValueError, match=r"causal with 4 queries but 2 keys.*NaN"):  # was NaN rows
+        F.scaled_dot_product_attention(np.zeros((1, 4, 3)), np.zeros((1, 2, 3)), np.zeros((1, 2, 3)), causal=True)
     with pytest.raises(ValueError, match=r"mse_loss: input has shape \(4, 1\) but target has \(4,\)"):
         F.mse_loss(mg.Tensor(np.zeros((4, 1))), np.zeros(4))
     with pytest.raises(ValueError, match="mse_loss: reduction"):
