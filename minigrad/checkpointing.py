@@ -128,6 +128,10 @@ class Checkpoint(Function):
         return grads + (None,) * (len(ctx.inputs) - len(saved))
 
 
+def _needs_grad(x) -> bool:
+    return isinstance(x, Tensor) and x.requires_grad
+
+
 def _fill(template, tensors):
     it = iter(tensors)
     return [next(it) if t is _SLOT else t for t in template]
@@ -140,7 +144,8 @@ def checkpoint(fn, *args, params=None, **kwargs):
     """`fn(*args, **kwargs)` with activation checkpointing; returns the same Tensor value.
 
     Tensor positional arguments are the differentiable inputs; other positional arguments and
-    all keyword arguments are passed through as constants. `fn` must return one Tensor and be
+    all keyword arguments are passed through as constants (a Tensor that requires grad among
+    them is refused, since its gradient would be lost). `fn` must return one Tensor and be
     deterministic given its inputs and the generators it is handed (see the module docstring).
     Outside of gradient recording (no_grad) this is just `fn(*args, **kwargs)`.
     """
@@ -148,6 +153,16 @@ def checkpoint(fn, *args, params=None, **kwargs):
         raise TypeError(f"checkpoint: fn must be callable, got {type(fn).__name__}")
     if not is_grad_enabled():
         return fn(*args, **kwargs)
+    # Only top-level positional Tensors are inputs of the recorded op; a Tensor elsewhere would
+    # be treated as a constant and its gradient silently dropped.
+    hidden = [f"keyword argument {k!r}" for k, v in kwargs.items() if _needs_grad(v)]
+    hidden += [f"an element of positional argument {i}" for i, a in enumerate(args)
+               if isinstance(a, (list, tuple)) and any(_needs_grad(x) for x in a)]
+    if hidden:
+        raise TypeError(
+            f"checkpoint: {', '.join(hidden)} is a Tensor that requires grad; checkpoint differentiates "
+            "only Tensors passed directly as positional arguments: pass it as checkpoint(fn, ..., t, ...)"
+        )
     template = [_SLOT if isinstance(a, Tensor) else a for a in args]
     tensors = [a for a in args if isinstance(a, Tensor)]
     mod = _owner_module(fn)

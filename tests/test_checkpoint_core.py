@@ -105,6 +105,14 @@ def test_no_grad_is_a_plain_call_and_bad_fn_is_named():
         minigrad.checkpoint(lambda t: (t, t), x)
     with pytest.raises(TypeError, match="callable"):
         minigrad.checkpoint(3, x)
+    # a differentiable Tensor outside the top-level positional arguments used to lose its grad
+    w = minigrad.randn(3, 3, rng=1, requires_grad=True)
+    with pytest.raises(TypeError, match="keyword argument 'w' is a Tensor that requires grad"):
+        minigrad.checkpoint(lambda t, w: t @ w, x, w=w)
+    with pytest.raises(TypeError, match="an element of positional argument 1"):
+        minigrad.checkpoint(lambda t, ws: t @ ws[0], x, [w])
+    const = minigrad.randn(3, 3, rng=2)  # constants (no grad) may go anywhere
+    assert minigrad.checkpoint(lambda t, c: t @ c, x, c=const).requires_grad
 
 
 def test_flop_counter_separates_recomputation():
