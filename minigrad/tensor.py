@@ -710,8 +710,7 @@ def stack(tensors, axis=0) -> Tensor:
 def where(cond, a, b) -> Tensor:
     cond = cond.data if isinstance(cond, Tensor) else np.asarray(cond)
     a = a if isinstance(a, Tensor) else Tensor(a)
-    b = b if isinstance(b, Tensor) else Tensor(_as_array(b, a.dtype))
-    return Where.apply(a, b, cond=cond.astype(bool))
+    return Where.apply(a, a._other(b), cond=cond.astype(bool))
 
 
 def maximum(a, b) -> Tensor:

@@ -356,6 +356,8 @@ def test_float_constants_are_not_truncated_by_an_integer_tensor():
     np.testing.assert_array_equal((0.5 * t).data, [0.5, 1.0, 1.5])
     np.testing.assert_array_equal((t / np.array([2.0, 4.0, 4.0])).data, [0.5, 0.5, 0.75])
     assert (t + 1).dtype == t.dtype  # integer constants keep an integer tensor integer
+    np.testing.assert_array_equal(mg.where(np.array([True, False, True]), t, 0.5).data, [1.0, 0.5, 3.0])
+    np.testing.assert_array_equal(mg.maximum(t, 1.5).data, [1.5, 2.0, 3.0])
     assert (mg.Tensor(np.ones(2, np.float32)) * 0.5).dtype == np.float32  # floats: tensor's dtype
 
 
