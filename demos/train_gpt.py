@@ -95,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=3000,
                    help="optimizer steps (the schedule's length; fewer if --max-minutes says so)")
     p.add_argument("--batch-size", type=int, default=None, help="sequences per step (default: the preset's)")
-    p.add_argument("--lr", type=float, default=3e-3, help="peak learning rate")
+    p.add_argument("--lr", type=float, default=6e-3, help="peak learning rate")
     p.add_argument("--min-lr-ratio", type=float, default=0.1, help="final lr = lr * this")
     p.add_argument("--warmup", type=int, default=60, help="linear warmup steps")
     p.add_argument("--weight-decay", type=float, default=0.1, help="decoupled weight decay (2-D params only)")
@@ -215,6 +215,8 @@ def plot_losses(out_dir: str, history: dict, title: str) -> str:
         ax.plot(history["val_step"], history["val_loss"], "o-", color="tab:orange", lw=1.5, ms=4, label="validation")
     ax.set_xlabel("step")
     ax.set_ylabel("cross-entropy (nats/token)")
+    if history["val_loss"]:
+        title += f" - val {history['val_loss'][-1]:.3f} at step {int(history['val_step'][-1])}"
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend()
