@@ -187,6 +187,18 @@ def _proc_kb(field):
     return None
 
 
+def _fixed_mmap_threshold(nbytes=64 * 1024):
+    """glibc raises its mmap threshold after large frees and then keeps freed buffers in the heap,
+    so RSS would count memory that is no longer live (we saw MeZO's RSS peak exceed the forward's
+    by about the size of the parameters). A fixed threshold (mallopt M_MMAP_THRESHOLD = -3) sends
+    every buffer >= nbytes to mmap, returned on free. Same as MALLOC_MMAP_THRESHOLD_=65536."""
+    try:
+        import ctypes
+        return bool(ctypes.CDLL("libc.so.6").mallopt(-3, int(nbytes)))
+    except (OSError, AttributeError):
+        return False
+
+
 def _reset_rss_peak():
     """Linux: return freed heap pages to the OS (glibc malloc_trim), then reset VmHWM (the peak
     RSS) to the current RSS by writing 5 to /proc/self/clear_refs. Returns False elsewhere."""
@@ -212,9 +224,12 @@ def measure_memory(base, x, y, a, rss=True):
     growth over the step: gradients, activations kept for backward, transient buffers.
 
     Cross-check, ``rss_peak``: the same step again without tracemalloc: growth of the peak RSS
-    over the step (after malloc_trim and a VmHWM reset) plus the same held bytes.
+    over the step (after malloc_trim and a VmHWM reset, with glibc's mmap threshold fixed so that
+    freed buffers leave the RSS) plus the same held bytes.
     """
     out = {}
+    if rss:
+        _fixed_mmap_threshold()
     for method in ("forward", "mezo", "lozo", "adamw"):
         gc.collect()
         model = clone(base)
@@ -316,17 +331,17 @@ def main(argv=None):
                         "if absent, pretrain one here")
     p.add_argument("--pretrain-steps", type=int, default=300)
     p.add_argument("--pretrain-lr", type=float, default=3e-3)
-    p.add_argument("--adamw-steps", type=int, default=150)
-    p.add_argument("--zo-steps", type=int, default=600)
-    p.add_argument("--adamw-lr", type=float, default=3e-4)
-    p.add_argument("--mezo-lr", type=float, default=1e-4)
-    p.add_argument("--lozo-lr", type=float, default=3e-5)
+    p.add_argument("--adamw-steps", type=int, default=100)
+    p.add_argument("--zo-steps", type=int, default=500)
+    p.add_argument("--adamw-lr", type=float, default=1e-3)
+    p.add_argument("--mezo-lr", type=float, default=1e-3)
+    p.add_argument("--lozo-lr", type=float, default=5e-4)
     p.add_argument("--eps", type=float, default=1e-3)
     p.add_argument("--rank", type=int, default=2)
     p.add_argument("--nu", type=int, default=50, help="LoZO: resample V every nu steps")
     p.add_argument("--lozo-momentum", type=float, default=0.0)
-    p.add_argument("--n-evals", type=int, default=12)
-    p.add_argument("--eval-batches", type=int, default=4)
+    p.add_argument("--n-evals", type=int, default=10)
+    p.add_argument("--eval-batches", type=int, default=3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--docs", default="docs")
     p.add_argument("--skip-train", action="store_true", help="memory measurement only")
@@ -401,6 +416,7 @@ def main(argv=None):
         plot_loss(hists, os.path.join(a.docs, "zo_finetune_loss.png"),
                   f"Fine-tuning a pretrained '{a.preset}' GPT on held-out text "
                   f"(MeZO lr {a.mezo_lr:g}, LoZO lr {a.lozo_lr:g} r={a.rank} ν={a.nu}, ε={a.eps:g})")
+    os.makedirs(OUT, exist_ok=True)   # (again: a long run may outlive a cleanup of out/)
     with open(os.path.join(OUT, f"results_{a.preset}.json"), "w") as fh:
         json.dump(results, fh, indent=1)
     print(f"[zo_finetune] figures in {a.docs}/, numbers in {OUT}/results_{a.preset}.json")
