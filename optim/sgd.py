@@ -106,6 +106,11 @@ class HeavyBall(Optimizer):
     def __init__(self, params, lr=1e-2, beta=0.9, weight_decay=0.0, **kw):
         super().__init__(params, lr=lr, beta=beta, weight_decay=weight_decay, **kw)
 
+    def _check_group(self, group):
+        super()._check_group(group)
+        if not 0.0 <= group["beta"] < 1.0:
+            raise ValueError(f"beta must be in [0, 1), got {group['beta']}")
+
     def _update(self, name, p, g, state, group):
         if group["weight_decay"]:
             g = g + group["weight_decay"] * p
@@ -139,6 +144,12 @@ class AGD(Optimizer):
 
     def __init__(self, params, lr=1e-2, momentum="convex", **kw):
         super().__init__(params, lr=lr, momentum=momentum, **kw)
+
+    def _check_group(self, group):
+        super()._check_group(group)
+        m = group["momentum"]
+        if not (m == "convex" or (isinstance(m, (int, float)) and 0.0 <= m < 1.0)):
+            raise ValueError(f"momentum must be 'convex' or a number in [0, 1), got {m!r}")
 
     def _update(self, name, p, g, state, group):
         k = state.get("step", 0) + 1           # this step produces x_{k+1}

@@ -122,6 +122,17 @@ def test_bad_lr_rejected_at_construction_and_at_step(lr):
     assert all(np.array_equal(p[n], snap[n]) for n in p)
 
 
+@pytest.mark.parametrize("make", [
+    lambda p: optim.HeavyBall(p, beta=1.5),
+    lambda p: optim.AGD(p, momentum="strong"),   # used to fail only at the first step
+    lambda p: optim.AGD(p, momentum=-0.1),
+    lambda p: optim.SGD(p, momentum=1.0),
+])
+def test_bad_momentum_rejected_at_construction(make):
+    with pytest.raises(ValueError, match="(beta|momentum) must be"):
+        make(make_params())
+
+
 def test_nonfinite_skip_option_skips_whole_step():
     p = make_params()
     opt = optim.Adam(p, lr=1e-2, nonfinite="skip")
