@@ -19,6 +19,8 @@ its parameter arrays hold the extrapolated point.
 """
 from __future__ import annotations
 
+from numbers import Real
+
 import numpy as np
 
 from .base import Optimizer, register
@@ -148,7 +150,7 @@ class AGD(Optimizer):
     def _check_group(self, group):
         super()._check_group(group)
         m = group["momentum"]
-        if not (m == "convex" or (isinstance(m, (int, float)) and 0.0 <= m < 1.0)):
+        if not (isinstance(m, str) and m == "convex" or isinstance(m, Real) and 0.0 <= m < 1.0):
             raise ValueError(f"momentum must be 'convex' or a number in [0, 1), got {m!r}")
 
     def _update(self, name, p, g, state, group):
