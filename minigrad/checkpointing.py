@@ -23,8 +23,9 @@ of training draws exactly what it would have drawn. Any other source of randomne
 created inside `fn`, a global you mutate, time) makes `fn` non-deterministic: do not checkpoint
 such a function.
 
-Mixed precision: the `minigrad.amp.autocast` policy active during the forward is restored for
-the recomputation, since backward usually runs outside the autocast block.
+Mixed precision and backends: the `minigrad.amp.autocast` policy and the kernel backend active
+during the forward are restored for the recomputation, since backward usually runs outside the
+`autocast` / `use_backend` block.
 
 Parameters: the result requires grad when an argument or a parameter of `fn` does. Parameters
 are found when `fn` is a Module or a bound method of one; for a plain closure over parameters
@@ -34,7 +35,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import amp
+from . import amp, backend
 from .autograd import Function, backward as _backward, enable_grad, is_grad_enabled, no_grad
 from .tensor import Tensor
 
@@ -92,6 +93,7 @@ class Checkpoint(Function):
         ctx.user_fn, ctx.template, ctx.kwargs, ctx.n_args, ctx.gens = fn, template, kwargs, n_args, gens
         ctx.rng_states = [g.bit_generator.state for g in gens]
         ctx.policy = amp.current_policy()  # backward usually runs outside autocast: recompute under this
+        ctx.backend = backend.get_backend()  # and on the forward's kernels, as every op's backward does
         ctx.np_state = np.random.get_state()
         with no_grad():
             out = fn(*_fill(template, [Tensor(a) for a in arrays[:n_args]]), **kwargs)
@@ -112,7 +114,7 @@ class Checkpoint(Function):
             for gen, st in zip(ctx.gens, ctx.rng_states):
                 gen.bit_generator.state = st
             np.random.set_state(ctx.np_state)
-            with enable_grad(), amp.autocast(ctx.policy):
+            with enable_grad(), amp.autocast(ctx.policy), backend.use_backend(ctx.backend):
                 out = ctx.user_fn(*_fill(ctx.template, leaves), **ctx.kwargs)
         finally:
             _state["recomputing"] -= 1

@@ -96,6 +96,33 @@ def test_recomputation_uses_the_forwards_autocast_policy():
     assert np.array_equal(gx, cx) and np.array_equal(gw, cw)
 
 
+def test_recomputation_uses_the_forwards_backend():
+    """Forward on the numpy backend, backward on numba: the recomputation must use numpy again
+    (every op's backward runs on its forward's backend), or the gradients differ in round-off."""
+    from minigrad import backend
+
+    lin, ln = nn.Linear(16, 16, rng=0), nn.LayerNorm(16)
+    params = list(lin.parameters()) + list(ln.parameters())
+
+    def f(t):
+        return F.gelu(lin(ln(t)))
+
+    x0 = np.random.default_rng(1).standard_normal((8, 16)).astype(np.float32)
+
+    def run(ckpt):
+        lin.zero_grad()
+        ln.zero_grad()
+        x = minigrad.Tensor(x0, requires_grad=True)
+        with backend.use_backend("numpy"):
+            y = minigrad.checkpoint(f, x, params=params) if ckpt else f(x)
+        with backend.use_backend("numba"):
+            (y * y).sum().backward()
+        return x.grad.copy(), lin.weight.grad.copy(), ln.weight.grad.copy()
+
+    for plain, ck in zip(run(False), run(True)):
+        assert np.array_equal(plain, ck)
+
+
 def test_no_grad_is_a_plain_call_and_bad_fn_is_named():
     x = minigrad.randn(3, 3, rng=0, requires_grad=True)
     with minigrad.no_grad():
