@@ -27,16 +27,19 @@ def _setup_threads(n: int) -> None:
         os.environ.setdefault(var, str(n))
 
 
-def median_time(fn, repeat: int, warmup: int = 2, min_time: float = 0.0) -> float:
+CLOCK = time.perf_counter
+
+
+def median_time(fn, repeat: int, warmup: int = 2) -> float:
     """Median seconds of `fn()` over `repeat` runs after `warmup` runs."""
     for _ in range(warmup):
         fn()
     times = []
     for _ in range(repeat):
         gc.collect()
-        t0 = time.perf_counter()
+        t0 = CLOCK()
         fn()
-        times.append(time.perf_counter() - t0)
+        times.append(CLOCK() - t0)
     return statistics.median(times)
 
 
@@ -79,7 +82,11 @@ def main(argv=None) -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=7)
     ap.add_argument("--quick", action="store_true", help="fewer and smaller cases (a smoke run)")
+    ap.add_argument("--clock", choices=("wall", "process"), default="wall",
+                    help="process = CPU time of the process (robust on a shared machine; use with --threads 1)")
     args = ap.parse_args(argv)
+    global CLOCK
+    CLOCK = time.perf_counter if args.clock == "wall" else time.process_time
     _setup_threads(args.threads)
     load0 = " ".join(f"{x:.1f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
 
@@ -245,7 +252,7 @@ def main(argv=None) -> None:
     # ---------------------------------------------------------------- table
     print()
     print(f"Machine: {machine_line(args.threads)}")
-    print(f"Median of {args.repeat} runs after 2 warm-up runs; times in ms; ratio = numba / PyTorch "
+    print(f"Clock: {args.clock}. Median of {args.repeat} runs after 2 warm-up runs; times in ms; ratio = numba / PyTorch "
           f"(lower is better). Load average before the run: {load0}.")
     print()
     print("| case | minigrad-numba | minigrad-numpy | PyTorch CPU | numba / PyTorch | note |")
