@@ -117,7 +117,7 @@ class MLP(nn.Module):
         self.c_proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd, bias=cfg.bias, dtype=dtype, rng=rng)
 
     def forward(self, x, rng=None):
-        x = F.gelu(self.c_fc(x))                                     # (B, T, 4C)
+        x = F.gelu(self.c_fc(x))                                     # (B, T, 4C); tanh form, as GPT-2
         x = self.c_proj(x)                                           # (B, T, C)
         if self.dropout and self.training:
             x = F.dropout(x, self.dropout, True, rng)
