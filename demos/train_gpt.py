@@ -72,6 +72,7 @@ from models.data import DataError, TextData, load_text  # noqa: E402
 from models.gpt import GPT, GPTConfig, PRESETS, preset  # noqa: E402
 from models.tokenizer import TokenizerError, tokenizer_from_dict  # noqa: E402
 from optim.schedules import clip_grad_norm_, cosine  # noqa: E402
+from optim.zo import ZerothOrderOptimizer  # noqa: E402
 
 CKPT = "ckpt.npz"
 MANIFEST = "manifest.json"
@@ -260,6 +261,12 @@ def _make_optimizer(name, model, lr, weight_decay, beta2):
     return optim.create(name, params, lr=lr)     # let its own error speak
 
 
+@minigrad.no_grad()
+def _forward_loss(model: GPT, x, y) -> float:
+    """The loss without a graph: what a zeroth-order optimizer's closure evaluates."""
+    return float(model(x, y)[1].item())
+
+
 def _rng_state(rng: np.random.Generator):
     return rng.bit_generator.state
 
@@ -401,10 +408,14 @@ def run(args, on_step=None) -> int:
             for g in opt.param_groups:
                 g["lr"] = lr
             x, y = data.get_batch("train", batch_size, rng)
-            loss, grads = model.loss_and_grads(x, y)
-            if args.grad_clip > 0:
-                clip_grad_norm_(grads, args.grad_clip)
-            opt.step(grads)
+            if isinstance(opt, ZerothOrderOptimizer):
+                # MeZO, LoZO, ZO-SGD: loss evaluations only, at inference memory
+                loss = opt.step(closure=lambda: _forward_loss(model, x, y))
+            else:
+                loss, grads = model.loss_and_grads(x, y)
+                if args.grad_clip > 0:
+                    clip_grad_norm_(grads, args.grad_clip)
+                opt.step(grads)
             step += 1
             dt = time.perf_counter() - t0
             if on_step is not None:
