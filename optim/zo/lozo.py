@@ -122,17 +122,7 @@ class LoZO(ZerothOrderOptimizer):
     def _zo_step(self, closure):
         t = self.global_state["step"]
         V_old = self._resample_V(t)
-        offset = 0
-        try:
-            self.perturb_(t, +1)
-            offset = 1
-            lp = self._loss(closure)
-            self.perturb_(t, -2)
-            offset = -1
-            lm = self._loss(closure)
-        finally:
-            if offset:
-                self.perturb_(t, -offset)
+        lp, lm = self._two_point_losses(closure, t)
         if not (math.isfinite(lp) and math.isfinite(lm)):
             return self._bad_loss(lp, lm)
         c = (lp - lm) / (2 * self.eps)
