@@ -5,12 +5,9 @@ import importlib.util
 import os
 
 import numpy as np
-import pytest
 
-pytest.importorskip("models.gpt")
-
-from minigrad.backend import use_backend  # noqa: E402
-from models.gpt import GPT, GPTConfig  # noqa: E402
+from minigrad.backend import use_backend
+from models.gpt import GPT, GPTConfig
 
 _DEMO = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "demos", "zo_finetune.py")
 
