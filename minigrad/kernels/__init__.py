@@ -170,19 +170,23 @@ def softmax_forward(x):
     return y
 
 
+def _row_backward(y, dy, op, parallel_kernel, serial_kernel):
+    """dx from a row-wise op's saved output y and upstream dy, with the op's kernel pair."""
+    y = _float_array(y, "y", op)
+    dy = _float_array(dy, "dy", op).astype(y.dtype, copy=False)
+    _same_shape(y, dy, ("y", "dy"), op)
+    dx = np.empty_like(y)
+    args = (_rows(y, "y", op), _rows(dy, "dy", op), dx.reshape(-1, y.shape[-1]))
+    if _parallel(y.size):
+        parallel_kernel(*args)
+    else:
+        serial_kernel(*args, 0, args[0].shape[0])
+    return dx
+
+
 def softmax_backward(y, dy):
     """Gradient of softmax given its output y and upstream dy."""
-    y = _float_array(y, "y", "softmax_backward")
-    dy = _float_array(dy, "dy", "softmax_backward").astype(y.dtype, copy=False)
-    _same_shape(y, dy, ("y", "dy"), "softmax_backward")
-    dx = np.empty_like(y)
-    args = (_rows(y, "y", "softmax_backward"), _rows(dy, "dy", "softmax_backward"),
-            dx.reshape(-1, y.shape[-1]))
-    if _parallel(y.size):
-        _sm.softmax_bwd(*args)
-    else:
-        _sm._softmax_bwd_rows(*args, 0, args[0].shape[0])
-    return dx
+    return _row_backward(y, dy, "softmax_backward", _sm.softmax_bwd, _sm._softmax_bwd_rows)
 
 
 def log_softmax_forward(x):
@@ -197,17 +201,8 @@ def log_softmax_forward(x):
 
 
 def log_softmax_backward(y, dy):
-    y = _float_array(y, "y", "log_softmax_backward")
-    dy = _float_array(dy, "dy", "log_softmax_backward").astype(y.dtype, copy=False)
-    _same_shape(y, dy, ("y", "dy"), "log_softmax_backward")
-    dx = np.empty_like(y)
-    args = (_rows(y, "y", "log_softmax_backward"), _rows(dy, "dy", "log_softmax_backward"),
-            dx.reshape(-1, y.shape[-1]))
-    if _parallel(y.size):
-        _sm.log_softmax_bwd(*args)
-    else:
-        _sm._log_softmax_bwd_rows(*args, 0, args[0].shape[0])
-    return dx
+    """Gradient of log-softmax given its output y and upstream dy."""
+    return _row_backward(y, dy, "log_softmax_backward", _sm.log_softmax_bwd, _sm._log_softmax_bwd_rows)
 
 
 def _targets(targets, n, v, ignore_index, op):
