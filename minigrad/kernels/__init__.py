@@ -37,7 +37,7 @@ except ImportError:  # pragma: no cover
     NUMBA_BLAS_SINGLE_THREADED = False
 
 __all__ = [
-    "bmm", "matmul_tiled", "linear_forward", "linear_backward", "matmul_forward", "matmul_backward", "softmax_forward", "softmax_backward", "log_softmax_forward",
+    "bmm", "matmul_tiled", "matmul_forward", "matmul_backward", "softmax_forward", "softmax_backward", "log_softmax_forward",
     "log_softmax_backward", "cross_entropy_forward", "cross_entropy_backward",
     "layer_norm_forward", "layer_norm_backward", "gelu_forward", "gelu_backward",
     "attention_forward", "attention_backward", "embedding_backward", "adamw_step", "ATTN_BLOCK_Q", "ATTN_BLOCK_K",
@@ -104,30 +104,6 @@ def matmul_tiled(a, b, tile=64):
     out = np.empty((a.shape[0], b.shape[1]), dtype)
     _matmul_tiled(a.astype(dtype, copy=False), b.astype(dtype, copy=False), out, int(tile))
     return out
-
-
-def linear_forward(x, w, b=None):
-    """y = x @ w.T + b for x (..., in), w (out, in): ONE 2-D GEMM over all leading rows.
-
-    Not a Numba kernel: the GEMM is NumPy's multi-threaded BLAS. What it fixes is the batching:
-    `x @ w.T` with a 3-D x makes NumPy call GEMM once per batch item (B small GEMMs, each
-    paying a thread hand-off), while a (B*T, in) @ (in, out) product is one large GEMM.
-    The bias is added in place (no second output-sized temporary)."""
-    x2 = x.reshape(-1, x.shape[-1])
-    y = x2 @ w.T
-    if b is not None:
-        y += b
-    return y.reshape(x.shape[:-1] + (w.shape[0],))
-
-
-def linear_backward(x, w, g, need_bias=True):
-    """(dx, dw, db) of y = x @ w.T + b, each from one 2-D GEMM / one reduction over rows."""
-    g2 = g.reshape(-1, g.shape[-1])
-    x2 = x.reshape(-1, x.shape[-1])
-    dx = (g2 @ w).reshape(x.shape)
-    dw = g2.T @ x2
-    db = g2.sum(axis=0) if need_bias else None
-    return dx, dw, db
 
 
 def matmul_forward(a, b):
