@@ -22,16 +22,17 @@ import time
 import tracemalloc
 
 
-def _setup_threads(n: int) -> None:
+def setup_threads(n: int) -> None:
+    """Same thread count for every pool (call before NumPy, Numba or torch start theirs)."""
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
         os.environ.setdefault(var, str(n))
 
 
-CLOCK = time.perf_counter
+CLOCK = time.perf_counter  # time.process_time with --clock process (set by either bench's main)
 
 
 def median_time(fn, repeat: int, warmup: int = 2) -> float:
-    """Median seconds of `fn()` over `repeat` runs after `warmup` runs."""
+    """Median seconds of `fn()` over `repeat` runs after `warmup` runs, on `CLOCK`."""
     for _ in range(warmup):
         fn()
     times = []
@@ -87,7 +88,7 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     global CLOCK
     CLOCK = time.perf_counter if args.clock == "wall" else time.process_time
-    _setup_threads(args.threads)
+    setup_threads(args.threads)
     load0 = " ".join(f"{x:.1f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
 
     import numba

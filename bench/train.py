@@ -29,6 +29,9 @@ import sys
 import tempfile
 import time
 
+from bench import kernels as bench_kernels
+from bench.kernels import median_time
+
 PRESET_STEPS = {"tiny": 30, "small": 12, "medium": 5}
 LR, BETAS, WD, EPS = 3e-4, (0.9, 0.95), 0.1, 1e-8
 
@@ -257,22 +260,6 @@ def torch_generate(new_tokens: int):
 
 
 # ----------------------------------------------------------------------------- timing
-CLOCK = time.perf_counter
-LOAD0 = "n/a"
-
-
-def time_steps(step, steps: int, warmup: int):
-    for _ in range(warmup):
-        step()
-    times = []
-    for _ in range(steps):
-        gc.collect()
-        t0 = CLOCK()
-        step()
-        times.append(CLOCK() - t0)
-    return statistics.median(times)
-
-
 STARTUP_CODE = r"""
 import time, sys
 t0 = time.perf_counter()
@@ -312,13 +299,10 @@ def main(argv=None):
                          "the whole process, robust when other jobs share the cores (use with "
                          "--threads 1: with more threads it also counts spin-waiting)")
     args = ap.parse_args(argv)
-    global CLOCK
-    CLOCK = time.perf_counter if args.clock == "wall" else time.process_time
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
-        os.environ.setdefault(var, str(args.threads))
+    bench_kernels.CLOCK = time.perf_counter if args.clock == "wall" else time.process_time
+    bench_kernels.setup_threads(args.threads)
 
-    global LOAD0
-    LOAD0 = " ".join(f"{x:.1f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
+    load0 = " ".join(f"{x:.1f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
     import numba
 
     import minigrad  # noqa: F401  (sets up Numba's environment)
@@ -344,7 +328,7 @@ def main(argv=None):
                 step, tokens = torch_trainer(name)
             else:
                 step, tokens = minigrad_trainer(name, impl)
-            t = time_steps(step, steps, args.warmup)
+            t = median_time(step, steps, args.warmup)
             results[(name, impl)] = (tokens / t, peak_rss_mb())
             print(f"  {name} {impl}: {tokens / t:,.0f} tokens/s", file=sys.stderr, flush=True)
             del step
@@ -353,7 +337,7 @@ def main(argv=None):
     gen = {}
     for impl in impls:
         run = torch_generate(args.gen_tokens) if impl == "torch" else minigrad_generate(impl, args.gen_tokens)
-        gen[impl] = args.gen_tokens / time_steps(run, 3, 1)
+        gen[impl] = args.gen_tokens / median_time(run, 3, 1)
         print(f"  generate {impl}: {gen[impl]:,.0f} tokens/s", file=sys.stderr, flush=True)
 
     startup = None
@@ -369,7 +353,7 @@ def main(argv=None):
 
     print()
     print(f"Machine: {machine_line(args.threads)}")
-    print(f"Clock: {args.clock}; load average before the run: {LOAD0}")
+    print(f"Clock: {args.clock}; load average before the run: {load0}")
     print(f"Training: median step time over timed steps after {args.warmup} warm-up steps; "
           "ratio = minigrad-numba / PyTorch (higher is better).")
     print()
