@@ -42,14 +42,19 @@ def step_decay(step_size, gamma=0.1):
     return lambda t: gamma ** (t // step_size)
 
 
-def cosine(total_steps, warmup_steps=0, min_ratio=0.0):
+def _warmup_then(total_steps, warmup_steps, shape):
+    """Warmup, then ``shape(s)`` with s in [0, 1] the fraction of the post-warmup steps done."""
     def f(t):
         w = _warm(t, warmup_steps)
         if w is not None:
             return w
-        s = min(max((t - warmup_steps) / max(1, total_steps - warmup_steps), 0.0), 1.0)
-        return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * s))
+        return shape(min(max((t - warmup_steps) / max(1, total_steps - warmup_steps), 0.0), 1.0))
     return f
+
+
+def cosine(total_steps, warmup_steps=0, min_ratio=0.0):
+    return _warmup_then(total_steps, warmup_steps,
+                        lambda s: min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * s)))
 
 
 def wsd(total_steps, warmup_steps=0, decay_frac=0.1, min_ratio=0.0):
@@ -68,13 +73,7 @@ def wsd(total_steps, warmup_steps=0, decay_frac=0.1, min_ratio=0.0):
 
 
 def linear(total_steps, warmup_steps=0, end_ratio=0.0):
-    def f(t):
-        w = _warm(t, warmup_steps)
-        if w is not None:
-            return w
-        s = min(max((t - warmup_steps) / max(1, total_steps - warmup_steps), 0.0), 1.0)
-        return 1.0 + (end_ratio - 1.0) * s
-    return f
+    return _warmup_then(total_steps, warmup_steps, lambda s: 1.0 + (end_ratio - 1.0) * s)
 
 
 _SCHEDULES = {"constant": constant, "step": step_decay, "cosine": cosine, "wsd": wsd,
