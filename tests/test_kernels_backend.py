@@ -101,6 +101,9 @@ def test_numba_and_numpy_backends_agree_float32(seed, b, t, c):
         (lambda x: F.log_softmax(x), (x,)),
         (lambda x, w, b: F.layer_norm(x, w, b), (x, w, bias)),
         (lambda x: F.scaled_dot_product_attention(x, x * 0.5, x, causal=True), (x[:, None],)),
+        (lambda x: x @ x.transpose(1, 2), (x,)),  # equal batch dims: bmm
+        (lambda x, w: x @ (w[:, None] * w), (x, w)),  # (B, T, C) @ (C, C): one 2-D GEMM
+        (lambda x: F.embedding(np.array([[0, t - 1, 0]]), x[0]), (x,)),  # scatter-add backward
     ]:
         ref, got = _both(fn, *args)
         for r, gt in zip(ref, got):
