@@ -25,6 +25,11 @@ variables once, at import):
   start takes well under a second. Numba's default place is ``__pycache__`` beside the source;
   when that is not writable we choose ``$XDG_CACHE_HOME/minigrad/numba`` (``~/.cache/...``),
   then a directory in the system temp dir. Import never fails because of the cache.
+
+And it keeps freed memory for reuse (Linux with glibc only; see `tune_malloc`): glibc hands
+every buffer above its mmap threshold (128 KiB, rising to at most 32 MiB) straight to the
+kernel and back, so each new activation or gradient array page-faults on first touch. That
+was measured to cost a quarter of a `small` GPT training step (264 ms -> 194 ms per step).
 """
 from __future__ import annotations
 
@@ -83,6 +88,41 @@ def _prepare_numba_environment() -> None:
 
 
 _prepare_numba_environment()
+
+# glibc mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
+_MALLOC_ENV = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_")
+
+
+def tune_malloc(mmap_threshold: int = 256 << 20, trim_threshold: int = 512 << 20,
+                top_pad: int = 64 << 20) -> bool:
+    """Let glibc's malloc reuse freed large buffers instead of returning them to the OS.
+
+    A training step allocates and frees the same few dozen array sizes every step. By default
+    glibc serves each one above its mmap threshold with a fresh `mmap` and unmaps it on free,
+    so every page of every new array faults on first touch (a 4 MB gradient: 3.4 ms instead of
+    0.13 ms to fill). With a fixed high mmap threshold and trim threshold, freed blocks stay in
+    the heap and the next step's arrays reuse them. The price: the resident size stays near
+    the peak after a large free (up to `trim_threshold` bytes are kept). Returns True when the
+    settings were applied.
+
+    Called once at `import minigrad`. It does nothing when MINIGRAD_MALLOC=default, when any
+    of glibc's own MALLOC_*_ variables is set (the user has chosen), or without glibc."""
+    if os.environ.get("MINIGRAD_MALLOC", "").strip().lower() == "default":
+        return False
+    if not sys.platform.startswith("linux") or any(v in os.environ for v in _MALLOC_ENV):
+        return False
+    try:
+        import ctypes
+
+        mallopt = ctypes.CDLL(None).mallopt  # absent on musl: AttributeError
+    except (OSError, AttributeError):
+        return False
+    return all(mallopt(opt, int(value)) == 1 for opt, value in (
+        (_M_MMAP_THRESHOLD, mmap_threshold), (_M_TRIM_THRESHOLD, trim_threshold), (_M_TOP_PAD, top_pad)))
+
+
+MALLOC_TUNED = tune_malloc()
 
 try:  # Numba is a hard dependency in setup.cfg, but the package must still work without it.
     import numba  # noqa: F401

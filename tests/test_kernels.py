@@ -298,8 +298,10 @@ def test_parallel_drivers_match_serial(monkeypatch):
         return out + [p, m, vv]
 
     monkeypatch.setattr(K, "_parallel", lambda work: False)
+    monkeypatch.setattr(K, "_attn_parallel", lambda *dims: False)
     serial = run_all()
     monkeypatch.setattr(K, "_parallel", lambda work: True)
+    monkeypatch.setattr(K, "_attn_parallel", lambda *dims: True)
     parallel = run_all()
     for a, c in zip(serial, parallel):
         np.testing.assert_allclose(c, a, rtol=1e-5, atol=1e-5)

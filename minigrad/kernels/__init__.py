@@ -45,10 +45,12 @@ __all__ = [
 
 _FLOATS = (np.float32, np.float64)
 
-# Below this many elements of work a kernel runs its serial version in the calling thread:
-# waking Numba's worker threads costs tens of microseconds (more on a busy machine), more than
-# e.g. a layer norm over a (1, 128) decoding step.
-SERIAL_BELOW = 1 << 15
+# Below this many elements of work a kernel runs its serial version in the calling thread.
+# Waking Numba's worker threads (workqueue layer) was measured at 0.2-0.5 ms per parallel
+# launch on this 2-core machine, about what a vectorised serial kernel needs for 10^6 float32
+# elements: layer norm, GELU, softmax, cross-entropy and AdamW ran as fast or faster serially
+# up to (2048, 512) and about even at (2048, 1536); 2 threads won clearly from ~6*10^6.
+SERIAL_BELOW = 1 << 21
 
 
 def _parallel(work: int) -> bool:
@@ -275,7 +277,7 @@ def gelu_forward(x):
     if _parallel(x.size):
         _gelu.gelu_fwd(x.reshape(-1), y.reshape(-1))
     else:
-        _gelu._gelu_fwd_range(x.reshape(-1), y.reshape(-1), 0, x.size)
+        _gelu._gelu_fwd_serial(x.reshape(-1), y.reshape(-1))
     return y
 
 
@@ -287,13 +289,20 @@ def gelu_backward(x, dy):
     if _parallel(x.size):
         _gelu.gelu_bwd(x.reshape(-1), dy.reshape(-1), dx.reshape(-1))
     else:
-        _gelu._gelu_bwd_range(x.reshape(-1), dy.reshape(-1), dx.reshape(-1), 0, x.size)
+        _gelu._gelu_bwd_serial(x.reshape(-1), dy.reshape(-1), dx.reshape(-1))
     return dx
 
 
 # ----------------------------------------------------------------------------- attention
 ATTN_BLOCK_Q = 64
 ATTN_BLOCK_K = 64
+# Attention does D multiply-adds per score, so threads pay off sooner than for elementwise
+# kernels: measured, (32, 4, 64, 16) backward gains from 2 threads, a 100-token prefill does not.
+ATTN_SERIAL_BELOW = 1 << 22  # in units of BH * T * S * D
+
+
+def _attn_parallel(bh, t, s, d) -> bool:
+    return bh * t * s * d >= ATTN_SERIAL_BELOW
 
 
 def _attn_inputs(q, k, v, op):
@@ -326,7 +335,7 @@ def attention_forward(q, k, v, causal=True, scale=None, causal_offset=0):
     if k3.shape[1] == 0:
         raise ValueError("attention: k and v have no keys (S = 0)")
     if o.size:
-        kernel = _att.attention_fwd if _parallel(q3.shape[0] * t * k3.shape[1]) else _att.attention_fwd_serial
+        kernel = _att.attention_fwd if _attn_parallel(q3.shape[0], t, k3.shape[1], d) else _att.attention_fwd_serial
         kernel(q3, k3, v3, bool(causal), int(causal_offset), scale, ATTN_BLOCK_Q, ATTN_BLOCK_K, o, lse)
     return o.reshape(lead + (t, d)), lse.reshape(lead + (t,))
 
@@ -344,7 +353,7 @@ def attention_backward(q, k, v, o, lse, do, causal=True, scale=None, causal_offs
     dk = np.empty_like(k3)
     dv = np.empty_like(v3)
     if q3.size and s:
-        kernel = _att.attention_bwd if _parallel(q3.shape[0] * t * s) else _att.attention_bwd_serial
+        kernel = _att.attention_bwd if _attn_parallel(q3.shape[0], t, s, d) else _att.attention_bwd_serial
         kernel(q3, k3, v3, o3, lse2, do3, bool(causal), int(causal_offset), scale,
                ATTN_BLOCK_Q, ATTN_BLOCK_K, dq, dk, dv)
     return dq.reshape(lead + (t, d)), dk.reshape(lead + (s, d)), dv.reshape(lead + (s, d))
@@ -383,4 +392,4 @@ def adamw_step(p, g, m, v, lr, beta1, beta2, eps, weight_decay, step):
     if _parallel(p.size):
         _adamw.adamw_step(p, g, m, v, *hp)
     else:
-        _adamw._adamw_range(p, g, m, v, *hp, 0, p.size)
+        _adamw._adamw_serial(p, g, m, v, *hp)

@@ -14,9 +14,10 @@ from ._math import FASTMATH, typed
 BLOCK = 16384
 
 
-@njit(fastmath=FASTMATH, cache=True)
-def _adamw_range(p, g, m, v, lr, beta1, beta2, eps, weight_decay, step, i0, i1):
-    """One AdamW step in place on elements [i0, i1) of flat arrays p, m, v (g read only).
+@njit(fastmath=FASTMATH, error_model="numpy", cache=True)
+def _adamw_serial(p, g, m, v, lr, beta1, beta2, eps, weight_decay, step):
+    """One AdamW step in place on flat arrays p, m, v (g read only); indices start at 0 so
+    that the loop vectorises (see gelu.py).
 
     Fuses decay, both moment updates, bias correction and the parameter update: one pass over
     four arrays instead of ~10 NumPy temporaries. Saves nothing (m, v are the optimizer state)."""
@@ -28,7 +29,7 @@ def _adamw_range(p, g, m, v, lr, beta1, beta2, eps, weight_decay, step, i0, i1):
     step_size = typed(p, lr / (1.0 - beta1 ** step))
     inv_sqrt_bc2 = typed(p, 1.0 / np.sqrt(1.0 - beta2 ** step))
     e = typed(p, eps)
-    for i in range(i0, i1):
+    for i in range(p.shape[0]):
         gi = g[i]
         mi = b1 * m[i] + omb1 * gi
         vi = b2 * v[i] + omb2 * gi * gi
@@ -42,5 +43,5 @@ def adamw_step(p, g, m, v, lr, beta1, beta2, eps, weight_decay, step):
     """Parallel over blocks of elements (each element touched by one thread); `step` from 1."""
     n = p.shape[0]
     for blk in prange((n + BLOCK - 1) // BLOCK):
-        _adamw_range(p, g, m, v, lr, beta1, beta2, eps, weight_decay, step,
-                     blk * BLOCK, min(n, (blk + 1) * BLOCK))
+        i0, i1 = blk * BLOCK, min(n, (blk + 1) * BLOCK)
+        _adamw_serial(p[i0:i1], g[i0:i1], m[i0:i1], v[i0:i1], lr, beta1, beta2, eps, weight_decay, step)

@@ -28,7 +28,7 @@ from numba import njit, prange
 from ._math import FASTMATH, fast_exp, typed
 
 
-@njit(fastmath=FASTMATH, cache=True)
+@njit(fastmath=FASTMATH, error_model="numpy", cache=True)
 def _attention_fwd_head(q, k, v, causal, causal_offset, sc, block_q, block_k, o, lse):
     """One head: q (T, D), k and v (S, D) -> o (T, D), lse (T,). Serial; see attention_fwd."""
     t_n, d_n = q.shape
@@ -103,7 +103,7 @@ def attention_fwd(q, k, v, causal, causal_offset, scale, block_q, block_k, o, ls
                             o[bh], lse[bh])
 
 
-@njit(fastmath=FASTMATH, cache=True)
+@njit(fastmath=FASTMATH, error_model="numpy", cache=True)
 def _attention_bwd_head(q, k, v, o, lse, do, causal, causal_offset, sc, block_q, block_k,
                         dq, dk, dv):
     """One head of attention_bwd: q, o, do, dq (T, D); k, v, dk, dv (S, D); lse (T,). Serial."""
@@ -188,7 +188,7 @@ def attention_bwd(q, k, v, o, lse, do, causal, causal_offset, scale, block_q, bl
                             sc, block_q, block_k, dq[bh], dk[bh], dv[bh])
 
 
-@njit(cache=True)
+@njit(error_model="numpy", cache=True)
 def attention_fwd_serial(q, k, v, causal, causal_offset, scale, block_q, block_k, o, lse):
     """attention_fwd without threads, for small problems (e.g. one decoding step with a KV
     cache), where waking worker threads costs more than the work."""
@@ -198,7 +198,7 @@ def attention_fwd_serial(q, k, v, causal, causal_offset, scale, block_q, block_k
                             o[bh], lse[bh])
 
 
-@njit(cache=True)
+@njit(error_model="numpy", cache=True)
 def attention_bwd_serial(q, k, v, o, lse, do, causal, causal_offset, scale, block_q, block_k,
                          dq, dk, dv):
     """attention_bwd without threads, for small problems."""

@@ -8,7 +8,7 @@ from numba import njit
 from ._math import FASTMATH
 
 
-@njit(fastmath=FASTMATH, cache=True)
+@njit(fastmath=FASTMATH, error_model="numpy", cache=True)
 def embedding_bwd(idx, g, out):
     """out[idx[i], :] += g[i, :] for every row i; out must start at zero.
 

@@ -11,7 +11,7 @@ from numba import njit, prange
 from ._math import FASTMATH, typed
 
 
-@njit(fastmath=FASTMATH, cache=True)
+@njit(fastmath=FASTMATH, error_model="numpy", cache=True)
 def _layer_norm_rows(x, w, b, eps, y, mean, rstd, r0, r1):
     """Fuses mean, variance (two-pass, for accuracy), normalise, scale and shift for rows
     r0..r1-1. Saves for backward only mean (N,) and rstd (N,); x-hat is recomputed."""
@@ -41,7 +41,7 @@ def layer_norm_fwd(x, w, b, eps, y, mean, rstd):
         _layer_norm_rows(x, w, b, eps, y, mean, rstd, i, i + 1)
 
 
-@njit(fastmath=FASTMATH, cache=True)
+@njit(fastmath=FASTMATH, error_model="numpy", cache=True)
 def _layer_norm_bwd_rows(dy, x, w, mean, rstd, dx, dw_row, db_row, r0, r1):
     """dx = rstd * (g - mean(g) - xhat * mean(g * xhat)), g = dy * w, xhat recomputed, for rows
     r0..r1-1; their contributions to dw = sum dy * xhat and db = sum dy go to the private

@@ -14,7 +14,7 @@ from numba import njit, prange
 from ._math import FASTMATH, fast_exp, typed
 
 
-@njit(fastmath=FASTMATH, cache=True)
+@njit(fastmath=FASTMATH, error_model="numpy", cache=True)
 def _softmax_rows(x, y, r0, r1):
     """y[i] = exp(x[i] - max x[i]) / sum(...) for rows r0..r1-1.
 
@@ -42,7 +42,7 @@ def softmax_fwd(x, y):
         _softmax_rows(x, y, i, i + 1)
 
 
-@njit(fastmath=FASTMATH, cache=True)
+@njit(fastmath=FASTMATH, error_model="numpy", cache=True)
 def _softmax_bwd_rows(y, dy, dx, r0, r1):
     """dx = y * (dy - sum(dy * y)) row by row (the softmax Jacobian-vector product).
     Needs only the forward output y."""
@@ -62,7 +62,7 @@ def softmax_bwd(y, dy, dx):
         _softmax_bwd_rows(y, dy, dx, i, i + 1)
 
 
-@njit(fastmath=FASTMATH, cache=True)
+@njit(fastmath=FASTMATH, error_model="numpy", cache=True)
 def _log_softmax_rows(x, y, r0, r1):
     """y[i] = x[i] - logsumexp(x[i]); fused max / sum-exp / subtract.
     Saves for backward: y (softmax is recomputed as exp(y))."""
@@ -86,7 +86,7 @@ def log_softmax_fwd(x, y):
         _log_softmax_rows(x, y, i, i + 1)
 
 
-@njit(fastmath=FASTMATH, cache=True)
+@njit(fastmath=FASTMATH, error_model="numpy", cache=True)
 def _log_softmax_bwd_rows(y, dy, dx, r0, r1):
     """dx = dy - exp(y) * sum(dy) row by row."""
     n = y.shape[1]
@@ -105,7 +105,7 @@ def log_softmax_bwd(y, dy, dx):
         _log_softmax_bwd_rows(y, dy, dx, i, i + 1)
 
 
-@njit(fastmath=FASTMATH, cache=True)
+@njit(fastmath=FASTMATH, error_model="numpy", cache=True)
 def _cross_entropy_rows(logits, targets, ignore_index, loss, lse, r0, r1):
     """Fused log-softmax + NLL: loss[i] = logsumexp(logits[i]) - logits[i, targets[i]].
 
@@ -143,7 +143,7 @@ def cross_entropy_fwd(logits, targets, ignore_index, loss, lse):
         _cross_entropy_rows(logits, targets, ignore_index, loss, lse, i, i + 1)
 
 
-@njit(fastmath=FASTMATH, cache=True)
+@njit(fastmath=FASTMATH, error_model="numpy", cache=True)
 def _cross_entropy_bwd_rows(logits, targets, ignore_index, lse, row_grad, dlogits, r0, r1):
     """dlogits[i] = row_grad[i] * (softmax(logits[i]) - onehot(targets[i])).
 
