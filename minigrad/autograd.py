@@ -26,6 +26,7 @@ import numpy as np
 _state = {"grad_enabled": True, "anomaly": False}
 _saved_listeners: list[Callable[[str, "Context", tuple], None]] = []
 _op_listeners: list[Callable[[str, "Context", Any], None]] = []
+Tensor: Any = None  # minigrad.tensor.Tensor, set by tensor.py (which imports this module first)
 
 
 # ---------------------------------------------------------------- modes
@@ -115,16 +116,22 @@ def saved_nbytes(objs) -> int:
 
 # ---------------------------------------------------------------- the tape
 class Context:
-    """What one op remembers between its forward and its backward."""
+    """What one op remembers between its forward and its backward.
 
-    def __init__(self, fn: type["Function"], inputs: tuple, requires_grad: bool):
+    Ops may set any attribute of their own on it (ctx.shapes, ctx.axis, ...)."""
+
+    saved: tuple = ()  # class defaults: most contexts never set them, and each store costs per op
+    released = False
+
+    def __init__(self, fn: type["Function"], inputs: tuple, requires_grad: bool, needs_input_grad: tuple):
         self.fn = fn
-        self.name = fn.__name__
         self.inputs = inputs  # the input Tensors (kept only while the graph lives)
         self.requires_grad = requires_grad
-        self.needs_input_grad = tuple(t.requires_grad for t in inputs)
-        self.saved: tuple = ()
-        self.released = False
+        self.needs_input_grad = needs_input_grad  # t.requires_grad of each input
+
+    @property
+    def name(self) -> str:
+        return self.fn.__name__
 
     def save_for_backward(self, *objs: Any) -> None:
         """Keep `objs` (arrays, or small tuples of arrays and scalars) for backward.
@@ -159,14 +166,18 @@ class Function:
 
     @classmethod
     def apply(cls, *inputs, **options):
-        from .tensor import Tensor
-
-        tensors = tuple(x if isinstance(x, Tensor) else Tensor(x) for x in inputs)
-        requires = _state["grad_enabled"] and any(t.requires_grad for t in tensors)
-        ctx = Context(cls, tensors, requires)
-        out = cls.forward(ctx, *(t.data for t in tensors), **options)
+        # This runs once per op (about 90 times per generated token), so it avoids genexprs and
+        # the import statement a lazy `from .tensor import Tensor` would execute on every call.
+        for x in inputs:
+            if not isinstance(x, Tensor):
+                inputs = tuple([x if isinstance(x, Tensor) else Tensor(x) for x in inputs])
+                break
+        needs = tuple([t.requires_grad for t in inputs])
+        requires = _state["grad_enabled"] and True in needs
+        ctx = Context(cls, inputs, requires, needs)
+        out = cls.forward(ctx, *[t.data for t in inputs], **options)
         if _state["anomaly"]:
-            _check_finite(out, cls.__name__, "forward", tensors)
+            _check_finite(out, cls.__name__, "forward", inputs)
         for fn in _op_listeners:
             fn("forward", ctx, out)
         result = Tensor(out, requires_grad=requires)

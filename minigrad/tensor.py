@@ -24,6 +24,8 @@ def unbroadcast(grad: np.ndarray, shape: tuple) -> np.ndarray:
 
 
 def _broadcast_shape(op: str, *shapes) -> tuple:
+    if shapes.count(shapes[0]) == len(shapes):  # the common case; np.broadcast_shapes costs ~2 us
+        return shapes[0]
     try:
         return np.broadcast_shapes(*shapes)
     except ValueError:
@@ -493,7 +495,8 @@ class Tensor:
     __array_priority__ = 100  # make `ndarray + Tensor` call Tensor.__radd__
 
     def __init__(self, data, requires_grad: bool = False, dtype=None):
-        self.data = _as_array(data, dtype)
+        # every op output passes here: skip _as_array's isinstance chain for a plain ndarray
+        self.data = data if dtype is None and type(data) is np.ndarray else _as_array(data, dtype)
         if requires_grad and self.data.dtype.kind not in "fc":
             raise TypeError(
                 f"only floating-point tensors can require grad; got dtype {self.data.dtype}. "
@@ -671,6 +674,9 @@ class Tensor:
             )
         axis = axis % (self.ndim + 1)
         return self.reshape(self.shape[:axis] + (1,) + self.shape[axis:])
+
+
+autograd.Tensor = Tensor  # Function.apply wraps inputs and outputs in it
 
 
 # ================================================================ constructors
