@@ -388,27 +388,102 @@ class Attention(Function):
             o, lse = ctx.fused.attention_forward(q, k, v, **ctx.flash)
             ctx.save_for_backward(q, k, v, o, lse)
             return o
-        s = (q @ np.swapaxes(k, -1, -2)) * scale  # (B, H, Tq, Tk)
-        if causal:
-            Tq, Tk = s.shape[-2:]
-            s = np.where(np.tri(Tq, Tk, Tk - Tq, dtype=bool), s, -np.inf)
-        p = np.exp(s - s.max(axis=-1, keepdims=True))
-        p /= p.sum(axis=-1, keepdims=True)  # (B, H, Tq, Tk)
+        o, p = _plain_attention(q, k, v, causal, scale)
         ctx.scale = scale
         ctx.save_for_backward(q, k, v, p)
-        return p @ v  # (B, H, Tq, Dv)
+        return o
 
     @staticmethod
     def backward(ctx, g):
         if ctx.fused is not None:
             return ctx.fused.attention_backward(*ctx.saved, g, **ctx.flash)
         q, k, v, p = ctx.saved
-        gv = np.swapaxes(p, -1, -2) @ g  # o = p @ v  =>  dv = p^T @ do
-        gp = g @ np.swapaxes(v, -1, -2)  #                dp = do @ v^T
-        gs = p * (gp - (gp * p).sum(axis=-1, keepdims=True)) * ctx.scale  # softmax backward
-        gq = gs @ k  # s = q @ k^T * scale  =>  dq = ds @ k, dk = ds^T @ q
-        gk = np.swapaxes(gs, -1, -2) @ q
+        gq, gk, gv = _plain_attention_grads(q, k, v, p, g, ctx.scale)
         return unbroadcast(gq, q.shape), unbroadcast(gk, k.shape), unbroadcast(gv, v.shape)
+
+
+def _plain_attention(q, k, v, causal, scale):
+    """The readable O(T²) attention: returns o = p @ v and the probabilities p (B, H, Tq, Tk)."""
+    s = (q @ np.swapaxes(k, -1, -2)) * scale  # (B, H, Tq, Tk)
+    if causal:
+        Tq, Tk = s.shape[-2:]
+        s = np.where(np.tri(Tq, Tk, Tk - Tq, dtype=bool), s, -np.inf)
+    p = np.exp(s - s.max(axis=-1, keepdims=True))
+    p /= p.sum(axis=-1, keepdims=True)
+    return p @ v, p  # (B, H, Tq, Dv)
+
+
+def _plain_attention_grads(q, k, v, p, g, scale):
+    """(dq, dk, dv) of `_plain_attention` from its saved probabilities p and upstream g."""
+    gv = np.swapaxes(p, -1, -2) @ g  # o = p @ v  =>  dv = p^T @ do
+    gp = g @ np.swapaxes(v, -1, -2)  #                dp = do @ v^T
+    gs = p * (gp - (gp * p).sum(axis=-1, keepdims=True)) * scale  # softmax backward
+    gq = gs @ k  # s = q @ k^T * scale  =>  dq = ds @ k, dk = ds^T @ q
+    gk = np.swapaxes(gs, -1, -2) @ q
+    return gq, gk, gv
+
+
+class QKVAttention(Function):
+    """Multi-head self-attention read straight from a fused projection qkv (B, T, 3C).
+
+    Equal to splitting qkv into q, k, v, each reshaped to heads (B, nh, T, hs) with hs = C/nh,
+    `scaled_dot_product_attention`, and merging the heads back to (B, T, C) -- as llm.c's
+    attention_forward does it, in one op: no split, transpose or merge copies, and backward
+    returns one dqkv (B, T, 3C) instead of three slice gradients to add up. The flash kernel
+    saves qkv, o and one log-sum-exp per query row; the numpy path saves qkv and p.
+    """
+
+    @staticmethod
+    def forward(ctx, qkv, *, n_head, causal, scale):
+        ctx.n_head, ctx.causal, ctx.scale = n_head, causal, scale
+        ctx.fused = _fused(qkv)
+        if ctx.fused is not None:
+            o, lse = ctx.fused.attention_qkv_forward(qkv, n_head, causal=causal, scale=scale)
+            ctx.save_for_backward(qkv, o, lse)
+            return o
+        B, T, C3 = qkv.shape
+        q, k, v = _split_heads(qkv, n_head)  # views, (B, nh, T, hs)
+        o, p = _plain_attention(q, k, v, causal, scale)
+        ctx.save_for_backward(qkv, p)
+        return o.transpose(0, 2, 1, 3).reshape(B, T, C3 // 3)  # merge heads: (B, T, C)
+
+    @staticmethod
+    def backward(ctx, g):
+        if ctx.fused is not None:
+            return (ctx.fused.attention_qkv_backward(*ctx.saved, g, ctx.n_head, causal=ctx.causal,
+                                                      scale=ctx.scale),)
+        qkv, p = ctx.saved
+        B, T, C3 = qkv.shape
+        do = g.reshape(B, T, ctx.n_head, -1).transpose(0, 2, 1, 3)  # split heads of g
+        grads = _plain_attention_grads(*_split_heads(qkv, ctx.n_head), p, do, ctx.scale)
+        return (np.concatenate([x.transpose(0, 2, 1, 3).reshape(B, T, C3 // 3) for x in grads], axis=-1),)
+
+
+def _split_heads(qkv, n_head):
+    """qkv (B, T, 3C) -> views q, k, v of shape (B, nh, T, hs)."""
+    B, T, C3 = qkv.shape
+    C = C3 // 3
+    return [qkv[:, :, i * C:(i + 1) * C].reshape(B, T, n_head, C // n_head).transpose(0, 2, 1, 3)
+            for i in range(3)]
+
+
+def qkv_attention(qkv, n_head: int, causal: bool = True, scale: float | None = None) -> Tensor:
+    """Self-attention of the fused projection qkv (B, T, 3C) over n_head heads -> (B, T, C).
+
+    qkv holds q | k | v along its last axis, head h of each in columns h*hs:(h+1)*hs with
+    hs = C / n_head; scale defaults to 1/√hs. The output has the heads side by side."""
+    qkv = _t(qkv)
+    if not isinstance(n_head, (int, np.integer)) or n_head < 1:
+        raise ValueError(f"qkv_attention: n_head must be a positive integer, got {n_head!r}")
+    if qkv.ndim != 3 or qkv.shape[-1] % (3 * n_head):
+        raise ValueError(
+            f"qkv_attention: qkv must be (B, T, 3C) with C divisible by n_head={n_head}, got "
+            f"shape {qkv.shape}; it is the output of one Linear(C, 3C) projection")
+    if qkv.dtype.kind != "f":
+        raise TypeError(f"qkv_attention: qkv must be floating point, got {qkv.dtype}")
+    hs = qkv.shape[-1] // 3 // n_head
+    scale = 1.0 / math.sqrt(hs) if scale is None else float(scale)
+    return QKVAttention.apply(qkv, n_head=int(n_head), causal=bool(causal), scale=scale)
 
 
 def _flash_ok(q, k, v) -> bool:

@@ -201,14 +201,12 @@ def _layer_comparison(costs: GPTCosts) -> dict:
 
 
 def _attention_layer_bytes(b, s, h, a, d, flash):
-    """Bytes the attention op keeps: q,k,v (+ p on numpy; + o and lse in the fused kernel).
-
-    With one head, the fused output o (B, 1, T, hs) permuted to (B, T, 1, hs) is still
-    contiguous, so the output projection's saved input is a *view* of o: no extra bytes."""
+    """Bytes the attention op (`F.qkv_attention`) keeps: qkv (+ p on numpy; + lse in the fused
+    kernel). Its output o (B, T, C) is the output projection's saved input, counted there."""
     qkv = 3 * b * s * h * d
     if not flash:
         return qkv + b * a * s * s * d
-    return qkv + (b * s * h * d if a > 1 else 0) + b * a * s * d
+    return qkv + b * a * s * d
 
 
 def gpt_costs(config, batch_size: int, optimizer="adamw", dtype_bytes: int = 4, seq_len=None,
@@ -271,8 +269,8 @@ def gpt_costs(config, batch_size: int, optimizer="adamw", dtype_bytes: int = 4, 
     layer = {
         "ln_1: input x, mean, 1/std (LayerNorm)": bsh * d + 2 * b * s * d,
         "c_attn: input (Linear)": bsh * d,
-        ("attention: q, k, v, o, log-sum-exp (fused)" if flash else
-         "attention: q, k, v and probabilities p (Attention)"): _attention_layer_bytes(b, s, h, a, d, flash),
+        ("attention: qkv, log-sum-exp (fused)" if flash else
+         "attention: qkv and probabilities p"): _attention_layer_bytes(b, s, h, a, d, flash),
         "attn c_proj: input (Linear)": bsh * d,
         "ln_2: input x, mean, 1/std (LayerNorm)": bsh * d + 2 * b * s * d,
         "c_fc: input (Linear)": bsh * d,
@@ -585,6 +583,9 @@ def _op_forward_flops(ctx) -> int:
     if name == "Linear":
         x, w = shapes[0], shapes[1]
         return 2 * _prod(x[:-1]) * w[0] * w[1]
+    if name == "QKVAttention":  # one input qkv (B, T, 3C): nh heads of size C/nh, T queries and keys
+        b, t, c3 = shapes[0]
+        return 2 * 2 * b * t * t * (c3 // 3)  # q·kᵀ and p·v, summed over the heads
     if "attention" in name.lower() and len(shapes) >= 3:
         q, k, v = shapes[:3]
         batch = _prod(np.broadcast_shapes(q[:-2], k[:-2]))

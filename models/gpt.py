@@ -88,25 +88,34 @@ class CausalSelfAttention(nn.Module):
     def forward(self, x, cache=None, rng=None):
         """x: (B, T, C). ``cache`` is None (training) or a dict {"k", "v"} of earlier positions'
         keys/values (B, nh, T_past, hs) as arrays, extended in place with this call's."""
-        B, T, C = x.shape
-        nh, hs = self.n_head, C // self.n_head
         qkv = self.c_attn(x)                                         # (B, T, 3C): fused q, k, v
-        q, k, v = (qkv[:, :, i * C:(i + 1) * C]                      # each (B, T, C)
-                   .reshape(B, T, nh, hs).transpose(1, 2)             # -> (B, nh, T, hs)
-                   for i in range(3))
-        if cache is not None:
-            # KV cache (generation, no grad): append this call's keys/values to the earlier ones
-            if cache.get("k") is not None:
-                k = minigrad.Tensor(np.concatenate([cache["k"], k.data], axis=2))  # (B, nh, T_past+T, hs)
-                v = minigrad.Tensor(np.concatenate([cache["v"], v.data], axis=2))  # (B, nh, T_past+T, hs)
-            cache["k"], cache["v"] = k.data, v.data
-        # causal mask aligned bottom-right: new query i sees all cached keys and new keys <= i
-        y = F.scaled_dot_product_attention(q, k, v, causal=True)    # (B, nh, T, hs)
-        y = y.transpose(1, 2).reshape(B, T, C)                       # (B, T, nh, hs) -> (B, T, C)
+        if cache is None:
+            # split into heads, causal attention, merge heads: one op (llm.c's attention_forward)
+            y = F.qkv_attention(qkv, self.n_head, causal=True)       # (B, T, C)
+        else:
+            y = self._attend_cached(qkv, cache)                      # (B, T, C)
         y = self.c_proj(y)                                           # (B, T, C)
         if self.dropout and self.training:
             y = F.dropout(y, self.dropout, True, rng)
         return y
+
+
+    def _attend_cached(self, qkv, cache):
+        """Generation (no grad): attend to this call's and all earlier positions' keys/values.
+        ``cache`` holds k and v (B, nh, T_past, hs) of earlier calls; this call's are appended."""
+        B, T, C3 = qkv.shape
+        C = C3 // 3
+        nh, hs = self.n_head, C // self.n_head
+        q, k, v = (qkv[:, :, i * C:(i + 1) * C]                      # each (B, T, C)
+                   .reshape(B, T, nh, hs).transpose(1, 2)             # -> (B, nh, T, hs)
+                   for i in range(3))
+        if cache.get("k") is not None:
+            k = minigrad.Tensor(np.concatenate([cache["k"], k.data], axis=2))  # (B, nh, T_past+T, hs)
+            v = minigrad.Tensor(np.concatenate([cache["v"], v.data], axis=2))  # (B, nh, T_past+T, hs)
+        cache["k"], cache["v"] = k.data, v.data
+        # causal mask aligned bottom-right: new query i sees all cached keys and new keys <= i
+        y = F.scaled_dot_product_attention(q, k, v, causal=True)    # (B, nh, T, hs)
+        return y.transpose(1, 2).reshape(B, T, C)                    # (B, T, nh, hs) -> (B, T, C)
 
 
 class MLP(nn.Module):

@@ -286,6 +286,30 @@ def test_attention(bk, causal, t, scale):
 
 
 @by_backend
+@pytest.mark.parametrize("causal", [False, True])
+@given(b=st.integers(1, 2), t=st.integers(1, 4), n_head=st.integers(1, 3), hs=st.integers(1, 2),
+       scale=st.none() | st.floats(0.2, 2.0), seed=seeds())
+def test_qkv_attention_is_split_heads_attention_merge(bk, causal, b, t, n_head, hs, scale, seed):
+    """F.qkv_attention(qkv) equals splitting q|k|v into heads, attention, and merging the heads
+    (the forward to 1e-12); its one-array backward passes gradcheck on both backends."""
+    c = n_head * hs
+    x = np.random.default_rng(seed).standard_normal((b, t, 3 * c))
+    with backend(bk):
+        (tx,) = gc(lambda a: F.qkv_attention(a, n_head, causal=causal, scale=scale), x)
+        out = F.qkv_attention(tx, n_head, causal=causal, scale=scale)
+    q, k, v = (x[:, :, i * c:(i + 1) * c].reshape(b, t, n_head, hs).transpose(0, 2, 1, 3) for i in range(3))
+    want = np_attention(q, k, v, causal, 1 / math.sqrt(hs) if scale is None else scale)
+    close(out, want.transpose(0, 2, 1, 3).reshape(b, t, c), tol=1e-12)
+
+
+def test_qkv_attention_rejects_a_width_not_split_into_heads():
+    with pytest.raises(ValueError, match=r"qkv_attention: qkv must be \(B, T, 3C\) with C divisible by n_head=4"):
+        F.qkv_attention(np.zeros((1, 2, 18), np.float32), 4)
+    with pytest.raises(ValueError, match="n_head must be a positive integer"):
+        F.qkv_attention(np.zeros((1, 2, 6), np.float32), 0)
+
+
+@by_backend
 def test_attention_causal_first_query_sees_only_the_first_key_and_last_sees_all(bk):
     rng = np.random.default_rng(0)
     q, k, v = rng.standard_normal((1, 4, 3)), rng.standard_normal((1, 4, 3)), rng.standard_normal((1, 4, 2))

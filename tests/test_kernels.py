@@ -178,6 +178,21 @@ def test_flash_attention_matches_naive_twin(seed, b, h, t, extra_keys, d, causal
         close32(got, want, scale=5)
 
 
+@given(seeds, st.integers(1, 2), st.integers(1, 3), st.integers(1, 150), st.integers(1, 20), st.booleans())
+def test_qkv_attention_matches_twin(seed, b, n_head, t, hs, causal):
+    """The fused-layout kernels (q|k|v read from one (B, T, 3C) array, o and dqkv written with the
+    heads side by side) against split -> naive attention -> merge, over odd T and head sizes."""
+    rng = np.random.default_rng(seed)
+    c = n_head * hs
+    qkv, do = f32(rng, (b, t, 3 * c)), f32(rng, (b, t, c))
+    o, lse = K.attention_qkv_forward(qkv, n_head, causal=causal)
+    o_r, lse_r = R.attention_qkv_forward(*up(qkv), n_head, causal=causal)
+    close32(o, o_r)
+    close32(lse, lse_r, scale=5)
+    close32(K.attention_qkv_backward(qkv, o, lse, do, n_head, causal=causal),
+            R.attention_qkv_backward(*up(qkv), o_r, lse_r, *up(do), n_head, causal=causal), scale=5)
+
+
 @given(seeds, st.integers(1, 100), st.integers(1, 16))
 def test_flash_attention_float64_matches_naive_to_1e10(seed, t, d):
     # ALGORITHMS.md: tiled == naive within 1e-10 in fp64, T not a multiple of the tile.
@@ -293,6 +308,9 @@ def test_parallel_drivers_match_serial(monkeypatch):
                K.gelu_forward(flat), K.gelu_backward(flat, flat[::-1].copy())]
         o, lse = K.attention_forward(q, k, v, causal=True)
         out += [o, lse, *K.attention_backward(q, k, v, o, lse, do, causal=True)]
+        qkv = q.transpose(0, 2, 1, 3).reshape(3, 70, 16).repeat(3, axis=2)    # (B, T, 3C), 2 heads of 8
+        o, lse = K.attention_qkv_forward(qkv, 2)
+        out += [o, lse, K.attention_qkv_backward(qkv, o, lse, o[::-1].copy(), 2)]
         p, m, vv = flat.copy(), np.zeros_like(flat), np.zeros_like(flat)
         K.adamw_step(p, flat[::-1].copy(), m, vv, 1e-2, 0.9, 0.95, 1e-8, 0.1, 1)
         return out + [p, m, vv]

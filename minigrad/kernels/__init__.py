@@ -9,7 +9,8 @@ NumPy twin with the same signature, and tests/test_kernels*.py hold each kernel 
     softmax.py    softmax, log_softmax, cross_entropy       softmax_*, log_softmax_*, cross_entropy_*
     layernorm.py  layer_norm fwd/bwd (saves mean, rstd)     layer_norm_*
     gelu.py       GELU (tanh approximation) fwd/bwd         gelu_*
-    attention.py  flash-style attention fwd/bwd             attention_* (naive O(T^2))
+    attention.py  flash-style attention fwd/bwd, also       attention_* (naive O(T^2)),
+                  straight from a fused qkv (B, T, 3C)      attention_qkv_*
     embedding.py  embedding backward (serial scatter-add)   embedding_backward
     adamw.py      fused AdamW over flat buffers             adamw_step
 
@@ -40,7 +41,8 @@ __all__ = [
     "bmm", "matmul_tiled", "matmul_forward", "matmul_backward", "softmax_forward", "softmax_backward", "log_softmax_forward",
     "log_softmax_backward", "cross_entropy_forward", "cross_entropy_backward",
     "layer_norm_forward", "layer_norm_backward", "gelu_forward", "gelu_backward",
-    "attention_forward", "attention_backward", "embedding_backward", "adamw_step", "ATTN_BLOCK_Q", "ATTN_BLOCK_K",
+    "attention_forward", "attention_backward", "attention_qkv_forward", "attention_qkv_backward",
+    "embedding_backward", "adamw_step", "ATTN_BLOCK_Q", "ATTN_BLOCK_K",
 ]
 
 _FLOATS = (np.float32, np.float64)
@@ -357,6 +359,52 @@ def attention_backward(q, k, v, o, lse, do, causal=True, scale=None, causal_offs
         kernel(q3, k3, v3, o3, lse2, do3, bool(causal), int(causal_offset), scale,
                ATTN_BLOCK_Q, ATTN_BLOCK_K, dq, dk, dv)
     return dq.reshape(lead + (t, d)), dk.reshape(lead + (s, d)), dv.reshape(lead + (s, d))
+
+
+def _qkv_input(qkv, n_head, op):
+    qkv = _float_array(qkv, "qkv", op)
+    if qkv.ndim != 3 or qkv.shape[2] % 3 or (qkv.shape[2] // 3) % max(int(n_head), 1) or n_head < 1:
+        raise ValueError(f"{op}: qkv must be (B, T, 3C) with C divisible by n_head={n_head}, "
+                         f"got shape {qkv.shape}")
+    return qkv
+
+
+def attention_qkv_forward(qkv, n_head, causal=True, scale=None):
+    """Flash-style self-attention straight from the fused projection qkv (B, T, 3C).
+
+    Returns (o, lse): o (B, T, C) with the heads side by side (what the output projection
+    reads), lse (B, n_head, T). Equal to splitting q, k, v into heads (B, nh, T, hs) and calling
+    `attention_forward`, without the split and merge copies."""
+    qkv = _qkv_input(qkv, n_head, "attention_qkv")
+    b, t, c3 = qkv.shape
+    c = c3 // 3
+    hs = c // n_head
+    scale = 1.0 / np.sqrt(hs) if scale is None else float(scale)
+    o = np.empty((b, t, c), qkv.dtype)
+    lse = np.empty((b, n_head, t), qkv.dtype)
+    if o.size:
+        kernel = _att.attention_qkv_fwd if _attn_parallel(b * n_head, t, t, hs) else _att.attention_qkv_fwd_serial
+        kernel(qkv, int(n_head), bool(causal), scale, ATTN_BLOCK_Q, ATTN_BLOCK_K, o, lse)
+    return o, lse
+
+
+def attention_qkv_backward(qkv, o, lse, do, n_head, causal=True, scale=None):
+    """dqkv (B, T, 3C) of `attention_qkv_forward`, given its o, lse and the upstream do (B, T, C)."""
+    qkv = _qkv_input(qkv, n_head, "attention_qkv_backward")
+    b, t, c3 = qkv.shape
+    hs = c3 // 3 // n_head
+    o = _float_array(o, "o", "attention_qkv_backward").astype(qkv.dtype, copy=False)
+    do = _float_array(do, "do", "attention_qkv_backward").astype(qkv.dtype, copy=False)
+    lse = _float_array(lse, "lse", "attention_qkv_backward").astype(qkv.dtype, copy=False)
+    if o.shape != (b, t, c3 // 3) or do.shape != o.shape or lse.shape != (b, n_head, t):
+        raise ValueError(f"attention_qkv_backward: o {o.shape}, do {do.shape}, lse {lse.shape} do not "
+                         f"match qkv {qkv.shape} with n_head={n_head}")
+    scale = 1.0 / np.sqrt(hs) if scale is None else float(scale)
+    dqkv = np.empty_like(qkv)
+    if qkv.size:
+        kernel = _att.attention_qkv_bwd if _attn_parallel(b * n_head, t, t, hs) else _att.attention_qkv_bwd_serial
+        kernel(qkv, o, lse, do, int(n_head), bool(causal), scale, ATTN_BLOCK_Q, ATTN_BLOCK_K, dqkv)
+    return dqkv
 
 
 # ----------------------------------------------------------------------------- embedding

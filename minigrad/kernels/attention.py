@@ -206,3 +206,84 @@ def attention_bwd_serial(q, k, v, o, lse, do, causal, causal_offset, scale, bloc
     for bh in range(q.shape[0]):
         _attention_bwd_head(q[bh], k[bh], v[bh], o[bh], lse[bh], do[bh], causal, causal_offset,
                             sc, block_q, block_k, dq[bh], dk[bh], dv[bh])
+
+
+# ----------------------------------------------------------------------------- fused q/k/v layout
+# GPT's self-attention gets q, k and v from one projection qkv (B, T, 3C): head h of q is the
+# column block qkv[b, :, h*hs:(h+1)*hs], of k the block C further, of v 2C further (hs = C/nh).
+# The kernels below read those strided blocks directly and write o (B, T, C) with the heads
+# side by side, as llm.c's attention_forward does: no split, transpose or merge copies outside
+# the kernel, and backward writes dq, dk, dv straight into one dqkv (B, T, 3C). Each (b, h)
+# task copies its head into contiguous (T, hs) scratch (in cache), runs the per-head flash code
+# above, and writes back its own columns of o / dqkv only: no two tasks write the same element.
+
+
+@njit(fastmath=FASTMATH, error_model="numpy", cache=True)
+def _qkv_fwd_task(qkv, n_head, causal, sc, block_q, block_k, o, lse, bh):
+    """Head bh = b * n_head + h of attention_qkv_fwd."""
+    b, h = bh // n_head, bh % n_head
+    c = o.shape[2]
+    hs = c // n_head
+    c0 = h * hs
+    q = np.ascontiguousarray(qkv[b, :, c0:c0 + hs])                    # (T, hs)
+    k = np.ascontiguousarray(qkv[b, :, c + c0:c + c0 + hs])
+    v = np.ascontiguousarray(qkv[b, :, 2 * c + c0:2 * c + c0 + hs])
+    oh = np.empty_like(q)
+    _attention_fwd_head(q, k, v, causal, 0, sc, block_q, block_k, oh, lse[b, h])
+    o[b, :, c0:c0 + hs] = oh                                           # heads side by side
+
+
+@njit(parallel=True, cache=True)
+def attention_qkv_fwd(qkv, n_head, causal, scale, block_q, block_k, o, lse):
+    """Forward from the fused projection: qkv (B, T, 3C) -> o (B, T, C), lse (B, nh, T).
+    Saves for backward: o and lse (and the op keeps qkv, its input). Parallel over the B*nh
+    heads; each writes only its own columns of o and its own row of lse."""
+    sc = typed(qkv, scale)
+    for bh in prange(qkv.shape[0] * n_head):
+        _qkv_fwd_task(qkv, n_head, causal, sc, block_q, block_k, o, lse, bh)
+
+
+@njit(error_model="numpy", cache=True)
+def attention_qkv_fwd_serial(qkv, n_head, causal, scale, block_q, block_k, o, lse):
+    """attention_qkv_fwd without threads, for small problems."""
+    sc = typed(qkv, scale)
+    for bh in range(qkv.shape[0] * n_head):
+        _qkv_fwd_task(qkv, n_head, causal, sc, block_q, block_k, o, lse, bh)
+
+
+@njit(fastmath=FASTMATH, error_model="numpy", cache=True)
+def _qkv_bwd_task(qkv, o, lse, do, n_head, causal, sc, block_q, block_k, dqkv, bh):
+    """Head bh of attention_qkv_bwd."""
+    b, h = bh // n_head, bh % n_head
+    c = o.shape[2]
+    hs = c // n_head
+    c0 = h * hs
+    q = np.ascontiguousarray(qkv[b, :, c0:c0 + hs])
+    k = np.ascontiguousarray(qkv[b, :, c + c0:c + c0 + hs])
+    v = np.ascontiguousarray(qkv[b, :, 2 * c + c0:2 * c + c0 + hs])
+    oh = np.ascontiguousarray(o[b, :, c0:c0 + hs])
+    doh = np.ascontiguousarray(do[b, :, c0:c0 + hs])
+    dq = np.empty_like(q)
+    dk = np.empty_like(k)
+    dv = np.empty_like(v)
+    _attention_bwd_head(q, k, v, oh, lse[b, h], doh, causal, 0, sc, block_q, block_k, dq, dk, dv)
+    dqkv[b, :, c0:c0 + hs] = dq
+    dqkv[b, :, c + c0:c + c0 + hs] = dk
+    dqkv[b, :, 2 * c + c0:2 * c + c0 + hs] = dv
+
+
+@njit(parallel=True, cache=True)
+def attention_qkv_bwd(qkv, o, lse, do, n_head, causal, scale, block_q, block_k, dqkv):
+    """Backward of attention_qkv_fwd: dqkv (B, T, 3C) from do (B, T, C), recomputing scores
+    from q, k and lse. Parallel over heads; each writes only its own columns of dqkv."""
+    sc = typed(qkv, scale)
+    for bh in prange(qkv.shape[0] * n_head):
+        _qkv_bwd_task(qkv, o, lse, do, n_head, causal, sc, block_q, block_k, dqkv, bh)
+
+
+@njit(error_model="numpy", cache=True)
+def attention_qkv_bwd_serial(qkv, o, lse, do, n_head, causal, scale, block_q, block_k, dqkv):
+    """attention_qkv_bwd without threads, for small problems."""
+    sc = typed(qkv, scale)
+    for bh in range(qkv.shape[0] * n_head):
+        _qkv_bwd_task(qkv, o, lse, do, n_head, causal, sc, block_q, block_k, dqkv, bh)
