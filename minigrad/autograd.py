@@ -222,13 +222,22 @@ def backward(root, grad: np.ndarray, retain_graph: bool = False) -> None:
     """Propagate `grad` (d loss / d root) from `root` to every leaf that requires grad."""
     order = _topological_order(root)
     grads = {id(root): grad}
+    # Keys whose buffer this backward allocated itself (the sum of two gradients). Nothing else
+    # refers to such a buffer, so it may be added into in place and become a leaf's .grad as is.
+    # Any other gradient may alias an op's saved array, the caller's grad, or another gradient
+    # (Add.backward returns the same g for both inputs), so it is never written to.
+    owned: set[int] = set()
     for node in reversed(order):
-        g = grads.pop(id(node), None)
+        key = id(node)
+        g = grads.pop(key, None)
         ctx = node._ctx
         if ctx is None:  # a leaf: accumulate, as PyTorch does, until zero_grad
             if g is not None:
                 if node.grad is None:
-                    node.grad = np.array(g, dtype=node.dtype, copy=True)
+                    if key in owned and g.dtype == node.dtype:
+                        node.grad = g
+                    else:  # a copy, so that .grad never aliases another array
+                        node.grad = np.array(g, dtype=node.dtype, copy=True)
                 else:
                     node.grad += g
             continue
@@ -256,7 +265,15 @@ def backward(root, grad: np.ndarray, retain_graph: bool = False) -> None:
                 _check_finite(ig, ctx.name, "backward", ctx.inputs)
             if ig.dtype != inp.dtype:
                 ig = ig.astype(inp.dtype)
-            key = id(inp)
-            grads[key] = ig if key not in grads else grads[key] + ig
+            k = id(inp)
+            acc = grads.get(k)
+            if acc is None:
+                grads[k] = ig
+            elif k in owned:
+                acc += ig
+            else:
+                grads[k] = acc = acc + ig
+                if isinstance(acc, np.ndarray):  # not a NumPy scalar (0-d), which += would rebind
+                    owned.add(k)
         if not retain_graph:
             ctx.release()

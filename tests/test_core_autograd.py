@@ -104,6 +104,48 @@ def test_a_tensor_used_twice_gets_both_contributions():
     np.testing.assert_allclose(a.grad, np.exp(a.data) * (1 + a.data) + 1, rtol=1e-14)
 
 
+def test_gradients_never_alias_each_other_the_callers_grad_or_forward_arrays():
+    """backward adds into a gradient buffer in place only when it allocated that buffer itself.
+
+    Add.backward returns the same array for both inputs and passes the upstream grad through
+    unchanged, so an in-place sum into anything else would corrupt a sibling's gradient or
+    the caller's array; a .grad that aliased another array would be corrupted by the next
+    accumulation or by zero_grad(set_to_none=False)."""
+    rng = np.random.default_rng(0)
+    a = mg.Tensor(rng.standard_normal((2, 3)), requires_grad=True)
+    b = mg.Tensor(rng.standard_normal((2, 3)), requires_grad=True)
+    x = mg.Tensor(rng.standard_normal((2, 3)), requires_grad=True)
+    h = a + b                  # h's gradient is a sum (two uses below); Add hands it to a and b
+    y = ((x + x) + x) + h + h + x * 2.0
+    v = rng.standard_normal((2, 3))
+    v0 = v.copy()
+    y.backward(v, retain_graph=True)
+    np.testing.assert_array_equal(v, v0)  # the caller's grad is never written to
+    np.testing.assert_allclose(x.grad, 5 * v, rtol=1e-14)
+    np.testing.assert_allclose(a.grad, 2 * v, rtol=1e-14)
+    np.testing.assert_allclose(b.grad, 2 * v, rtol=1e-14)
+    grads = [a.grad, b.grad, x.grad]
+    arrays = grads + [v, a.data, b.data, x.data, h.data, y.data]
+    for i, g in enumerate(grads):
+        for other in arrays[i + 1:]:
+            assert not np.shares_memory(g, other)
+    # writing to one .grad leaves the others alone; a second backward adds into each .grad
+    b.grad.fill(0)
+    np.testing.assert_allclose(a.grad, 2 * v, rtol=1e-14)
+    y.backward(v)
+    np.testing.assert_array_equal(v, v0)
+    np.testing.assert_allclose(x.grad, 10 * v, rtol=1e-14)
+    np.testing.assert_allclose(a.grad, 4 * v, rtol=1e-14)
+    np.testing.assert_allclose(b.grad, 2 * v, rtol=1e-14)
+
+
+def test_a_zero_dim_tensor_used_three_times_gets_an_array_grad():
+    """Ufuncs on 0-d arrays return NumPy scalars, which cannot be added into in place."""
+    x = mg.Tensor(np.array(0.5), requires_grad=True)
+    (x * x + x * 3.0 + x.exp()).backward()
+    assert isinstance(x.grad, np.ndarray) and x.grad.shape == ()
+    np.testing.assert_allclose(x.grad, 2 * 0.5 + 3 + np.exp(0.5), rtol=1e-15)
+
 def test_backward_with_explicit_grad_and_non_leaf_grads_are_not_kept():
     x = mg.Tensor(np.arange(6.0).reshape(2, 3), requires_grad=True)
     h = x * 2
