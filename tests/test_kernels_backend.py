@@ -1,6 +1,7 @@
 """The backend switch: environment variable, set_backend, NUMBA_DISABLE_JIT, cache directory,
 and that the numba backend's fused ops agree with the numpy backend's on the same inputs."""
 import os
+import platform
 import subprocess
 import sys
 
@@ -61,6 +62,9 @@ def test_kernels_run_with_numba_jit_disabled():
         "errs = [abs(o - o2).max()] + [abs(a - b).max() for a, b in zip(g, g2)]\n"
         "errs.append(abs(K.gelu_forward(x) - R.gelu_forward(x)).max())\n"
         "errs.append(abs(K.softmax_forward(x) - R.softmax_forward(x)).max())\n"
+        "K._attn_parallel = lambda *dims: True  # the head ranges in two threads, as plain Python\n"
+        "qkv = rng.standard_normal((2, 5, 12)).astype(np.float32)\n"
+        "errs.append(abs(K.attention_qkv_forward(qkv, 2)[0] - R.attention_qkv_forward(qkv, 2)[0]).max())\n"
         "import numba; print(numba.config.DISABLE_JIT, max(errs) < 1e-5)\n"
     )
     assert _run(code, NUMBA_DISABLE_JIT="1") == "1 True"
@@ -74,6 +78,43 @@ def test_cache_dir_falls_back_to_user_cache(monkeypatch, tmp_path):
     # nothing writable at all: no cache dir, and no exception
     monkeypatch.setattr(backend, "_writable_dir", lambda p: False)
     assert backend._choose_cache_dir() is None
+
+
+def test_malloc_tuning_respects_the_users_choice():
+    code = "from minigrad import backend; print(backend.MALLOC_TUNED)"
+    assert _run(code, MINIGRAD_MALLOC="default") == "False"
+    assert _run(code, MALLOC_MMAP_THRESHOLD_="131072") == "False"  # glibc's own variable wins
+    if sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc":
+        assert _run(code) == "True"
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_attention_thread_pool_works_in_a_forked_child(monkeypatch):
+    """The head ranges run in a thread pool; a fork copies the pool object but not its threads,
+    so the child must make its own (a stale pool would hang the child forever)."""
+    import multiprocessing
+
+    import minigrad.kernels as K
+
+    monkeypatch.setattr(K, "_attn_parallel", lambda *dims: True)
+    qkv = np.random.default_rng(0).standard_normal((2, 9, 12)).astype(np.float32)
+    want, _ = K.attention_qkv_forward(qkv, 2)             # the parent's pool now exists
+    ctx = multiprocessing.get_context("fork")
+    child = ctx.Process(target=_attention_in_child, args=(qkv, want))
+    child.start()
+    child.join(120)
+    alive = child.is_alive()
+    if alive:
+        child.kill()
+    assert not alive and child.exitcode == 0
+
+
+def _attention_in_child(qkv, want):
+    import minigrad.kernels as K
+
+    K._attn_parallel = lambda *dims: True
+    got, _ = K.attention_qkv_forward(qkv, 2)
+    os._exit(0 if np.array_equal(got, want) else 1)
 
 
 # ----------------------------------------------------------------------------- dispatch

@@ -15,13 +15,17 @@ NumPy twin with the same signature, and tests/test_kernels*.py hold each kernel 
     adamw.py      fused AdamW over flat buffers             adamw_step
 
 Conventions: every kernel is parallel over output elements only (thread-private reductions),
-has a serial twin used for small inputs (see SERIAL_BELOW),
+has a serial version used for small inputs (see SERIAL_BELOW; the attention kernels instead
+run ranges of heads in a small thread pool, see `_over_heads`),
 runs in float32 or float64 (the dtype of its inputs), and computes exponentials with a
 vectorisable polynomial in float32 (`_math.py`). Importing this package imports Numba, after
 `minigrad.backend` has set up its threading layer and cache directory.
 """
 from __future__ import annotations
 
+import os
+
+import numba
 import numpy as np
 
 from .. import backend as _backend  # noqa: F401  (prepares Numba's environment first)
@@ -307,6 +311,37 @@ def _attn_parallel(bh, t, s, d) -> bool:
     return bh * t * s * d >= ATTN_SERIAL_BELOW
 
 
+_pool = {"pid": None, "executor": None}
+
+
+def _executor(workers: int):
+    """The thread pool of `_over_heads`, made again after a fork (threads do not survive one)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    pool = _pool["executor"]
+    if _pool["pid"] != os.getpid() or pool is None or pool._max_workers < workers:
+        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="minigrad-kernel")
+        _pool.update(pid=os.getpid(), executor=pool)
+    return pool
+
+
+def _over_heads(kernel, n_heads, parallel, *args):
+    """Run `kernel(*args, h0, h1)` over heads [0, n_heads): in the calling thread, or split into
+    one contiguous range per thread (Numba's thread count, `numba.set_num_threads`), the last
+    range in the calling thread. The kernels release the GIL, so the ranges run at once; each
+    writes only its own heads' outputs."""
+    threads = min(numba.get_num_threads(), n_heads) if parallel else 1
+    if threads <= 1:
+        kernel(*args, 0, n_heads)
+        return
+    bounds = [n_heads * i // threads for i in range(threads + 1)]
+    pool = _executor(threads - 1)
+    futures = [pool.submit(kernel, *args, bounds[i], bounds[i + 1]) for i in range(threads - 1)]
+    kernel(*args, bounds[-2], bounds[-1])
+    for f in futures:
+        f.result()
+
+
 def _attn_inputs(q, k, v, op):
     q = _float_array(q, "q", op)
     dtype = q.dtype
@@ -337,8 +372,8 @@ def attention_forward(q, k, v, causal=True, scale=None, causal_offset=0):
     if k3.shape[1] == 0:
         raise ValueError("attention: k and v have no keys (S = 0)")
     if o.size:
-        kernel = _att.attention_fwd if _attn_parallel(q3.shape[0], t, k3.shape[1], d) else _att.attention_fwd_serial
-        kernel(q3, k3, v3, bool(causal), int(causal_offset), scale, ATTN_BLOCK_Q, ATTN_BLOCK_K, o, lse)
+        _over_heads(_att.attention_fwd, q3.shape[0], _attn_parallel(q3.shape[0], t, k3.shape[1], d),
+                    q3, k3, v3, bool(causal), int(causal_offset), scale, ATTN_BLOCK_Q, ATTN_BLOCK_K, o, lse)
     return o.reshape(lead + (t, d)), lse.reshape(lead + (t,))
 
 
@@ -355,9 +390,9 @@ def attention_backward(q, k, v, o, lse, do, causal=True, scale=None, causal_offs
     dk = np.empty_like(k3)
     dv = np.empty_like(v3)
     if q3.size and s:
-        kernel = _att.attention_bwd if _attn_parallel(q3.shape[0], t, s, d) else _att.attention_bwd_serial
-        kernel(q3, k3, v3, o3, lse2, do3, bool(causal), int(causal_offset), scale,
-               ATTN_BLOCK_Q, ATTN_BLOCK_K, dq, dk, dv)
+        _over_heads(_att.attention_bwd, q3.shape[0], _attn_parallel(q3.shape[0], t, s, d),
+                    q3, k3, v3, o3, lse2, do3, bool(causal), int(causal_offset), scale,
+                    ATTN_BLOCK_Q, ATTN_BLOCK_K, dq, dk, dv)
     return dq.reshape(lead + (t, d)), dk.reshape(lead + (s, d)), dv.reshape(lead + (s, d))
 
 
@@ -383,8 +418,8 @@ def attention_qkv_forward(qkv, n_head, causal=True, scale=None):
     o = np.empty((b, t, c), qkv.dtype)
     lse = np.empty((b, n_head, t), qkv.dtype)
     if o.size:
-        kernel = _att.attention_qkv_fwd if _attn_parallel(b * n_head, t, t, hs) else _att.attention_qkv_fwd_serial
-        kernel(qkv, int(n_head), bool(causal), scale, ATTN_BLOCK_Q, ATTN_BLOCK_K, o, lse)
+        _over_heads(_att.attention_qkv_fwd, b * n_head, _attn_parallel(b * n_head, t, t, hs),
+                    qkv, int(n_head), bool(causal), scale, ATTN_BLOCK_Q, ATTN_BLOCK_K, o, lse)
     return o, lse
 
 
@@ -402,8 +437,8 @@ def attention_qkv_backward(qkv, o, lse, do, n_head, causal=True, scale=None):
     scale = 1.0 / np.sqrt(hs) if scale is None else float(scale)
     dqkv = np.empty_like(qkv)
     if qkv.size:
-        kernel = _att.attention_qkv_bwd if _attn_parallel(b * n_head, t, t, hs) else _att.attention_qkv_bwd_serial
-        kernel(qkv, o, lse, do, int(n_head), bool(causal), scale, ATTN_BLOCK_Q, ATTN_BLOCK_K, dqkv)
+        _over_heads(_att.attention_qkv_bwd, b * n_head, _attn_parallel(b * n_head, t, t, hs),
+                    qkv, o, lse, do, int(n_head), bool(causal), scale, ATTN_BLOCK_Q, ATTN_BLOCK_K, dqkv)
     return dqkv
 
 

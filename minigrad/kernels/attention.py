@@ -18,12 +18,16 @@ half the work at long T).
 Layout: q (BH, T, D), k and v (BH, S, D), C-contiguous; query i sees key j iff
 j <= i + causal_offset (causal_offset=0 is PyTorch's `is_causal=True`; a decoder that appends
 T new queries after S - T cached keys uses causal_offset = S - T). The tile products are BLAS
-GEMMs (`np.dot` -> SciPy's OpenBLAS); the kernels are parallel over the B*H heads only, so
-each thread owns its head's outputs (dq, dk, dv included: no shared writes).
+GEMMs (`np.dot` -> SciPy's OpenBLAS). Each driver runs a range of heads h0..h1-1 and releases
+the GIL (`nogil=True`); `minigrad.kernels` splits the B*H heads into one range per thread and
+runs them at once, so each thread owns its heads' outputs (dq, dk, dv included: no shared
+writes). Why Python threads rather than `prange`: on the 2-core machine a `prange` launch on
+Numba's workqueue layer cost 0.2-0.5 ms against ~0.05 ms to hand a range to a waiting thread,
+and the `parallel=True` versions of these drivers took 15-18 s each to compile (cold start).
 NumPy twins: `reference.attention_fwd/attention_bwd` (the plain O(T^2) computation).
 """
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from ._math import FASTMATH, fast_exp, typed
 
@@ -90,15 +94,13 @@ def _attention_fwd_head(q, k, v, causal, causal_offset, sc, block_q, block_k, o,
             lse[i0 + r] = m[r] + np.log(l[r])
 
 
-@njit(parallel=True, cache=True)
-def attention_fwd(q, k, v, causal, causal_offset, scale, block_q, block_k, o, lse):
-    """Forward: writes o (BH, T, D) and lse (BH, T). Saves for backward: o and lse only.
-
-    Parallel over heads (each thread owns its heads' rows of o and lse); the per-head work is
-    the serial `_attention_fwd_head` (kept separate so Numba's parallel compiler only sees
-    this small loop: it compiles ~3x faster)."""
+@njit(error_model="numpy", nogil=True, cache=True)
+def attention_fwd(q, k, v, causal, causal_offset, scale, block_q, block_k, o, lse, h0, h1):
+    """Forward for heads h0..h1-1: writes o (BH, T, D) and lse (BH, T) of those heads only.
+    Saves for backward: o and lse only. Releases the GIL: `minigrad.kernels` runs disjoint
+    ranges of heads in several threads at once (see `_over_heads`)."""
     sc = typed(q, scale)
-    for bh in prange(q.shape[0]):
+    for bh in range(h0, h1):
         _attention_fwd_head(q[bh], k[bh], v[bh], causal, causal_offset, sc, block_q, block_k,
                             o[bh], lse[bh])
 
@@ -172,38 +174,20 @@ def _attention_bwd_head(q, k, v, o, lse, do, causal, causal_offset, sc, block_q,
                     dkj[c, d] += tmp_kd[c, d]                  # dK_j += dS^T Q_i
 
 
-@njit(parallel=True, cache=True)
-def attention_bwd(q, k, v, o, lse, do, causal, causal_offset, scale, block_q, block_k, dq, dk, dv):
-    """Backward (FlashAttention-2 order): for each key tile j (outer) and query tile i (inner),
+@njit(error_model="numpy", nogil=True, cache=True)
+def attention_bwd(q, k, v, o, lse, do, causal, causal_offset, scale, block_q, block_k, dq, dk, dv,
+                  h0, h1):
+    """Backward (FlashAttention-2 order) for heads h0..h1-1: for each key tile j (outer) and
+    query tile i (inner),
 
         P = exp(Q_i K_j^T scale - LSE_i)          dV_j += P^T dO_i
         dP = dO_i V_j^T                           dS = P * (dP - delta_i) * scale
         dQ_i += dS K_j                            dK_j += dS^T Q_i
 
     with delta_i = rowsum(dO_i * O_i). Query tiles entirely before key tile j (all masked) are
-    skipped. Parallel over heads: a head's dq, dk and dv are written by one thread only."""
+    skipped. A head's dq, dk and dv are written by the thread that owns the head only."""
     sc = typed(q, scale)
-    for bh in prange(q.shape[0]):
-        _attention_bwd_head(q[bh], k[bh], v[bh], o[bh], lse[bh], do[bh], causal, causal_offset,
-                            sc, block_q, block_k, dq[bh], dk[bh], dv[bh])
-
-
-@njit(error_model="numpy", cache=True)
-def attention_fwd_serial(q, k, v, causal, causal_offset, scale, block_q, block_k, o, lse):
-    """attention_fwd without threads, for small problems (e.g. one decoding step with a KV
-    cache), where waking worker threads costs more than the work."""
-    sc = typed(q, scale)
-    for bh in range(q.shape[0]):
-        _attention_fwd_head(q[bh], k[bh], v[bh], causal, causal_offset, sc, block_q, block_k,
-                            o[bh], lse[bh])
-
-
-@njit(error_model="numpy", cache=True)
-def attention_bwd_serial(q, k, v, o, lse, do, causal, causal_offset, scale, block_q, block_k,
-                         dq, dk, dv):
-    """attention_bwd without threads, for small problems."""
-    sc = typed(q, scale)
-    for bh in range(q.shape[0]):
+    for bh in range(h0, h1):
         _attention_bwd_head(q[bh], k[bh], v[bh], o[bh], lse[bh], do[bh], causal, causal_offset,
                             sc, block_q, block_k, dq[bh], dk[bh], dv[bh])
 
@@ -218,6 +202,26 @@ def attention_bwd_serial(q, k, v, o, lse, do, causal, causal_offset, scale, bloc
 # above, and writes back its own columns of o / dqkv only: no two tasks write the same element.
 
 
+@njit(error_model="numpy", cache=True)
+def _gather_head(src, b, c0, hs):
+    """Copy the column block src[b, :, c0:c0+hs] into a new C-contiguous (T, hs) array.
+    (Plain loops: `np.ascontiguousarray` of a strided slice took seconds longer to compile.)"""
+    t_n = src.shape[1]
+    out = np.empty((t_n, hs), src.dtype)
+    for i in range(t_n):
+        for d in range(hs):
+            out[i, d] = src[b, i, c0 + d]
+    return out
+
+
+@njit(error_model="numpy", cache=True)
+def _scatter_head(head, dst, b, c0):
+    """dst[b, :, c0:c0+hs] = head (T, hs)."""
+    for i in range(head.shape[0]):
+        for d in range(head.shape[1]):
+            dst[b, i, c0 + d] = head[i, d]
+
+
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
 def _qkv_fwd_task(qkv, n_head, causal, sc, block_q, block_k, o, lse, bh):
     """Head bh = b * n_head + h of attention_qkv_fwd."""
@@ -225,29 +229,21 @@ def _qkv_fwd_task(qkv, n_head, causal, sc, block_q, block_k, o, lse, bh):
     c = o.shape[2]
     hs = c // n_head
     c0 = h * hs
-    q = np.ascontiguousarray(qkv[b, :, c0:c0 + hs])                    # (T, hs)
-    k = np.ascontiguousarray(qkv[b, :, c + c0:c + c0 + hs])
-    v = np.ascontiguousarray(qkv[b, :, 2 * c + c0:2 * c + c0 + hs])
+    q = _gather_head(qkv, b, c0, hs)                                   # (T, hs)
+    k = _gather_head(qkv, b, c + c0, hs)
+    v = _gather_head(qkv, b, 2 * c + c0, hs)
     oh = np.empty_like(q)
     _attention_fwd_head(q, k, v, causal, 0, sc, block_q, block_k, oh, lse[b, h])
-    o[b, :, c0:c0 + hs] = oh                                           # heads side by side
+    _scatter_head(oh, o, b, c0)                                        # heads side by side
 
 
-@njit(parallel=True, cache=True)
-def attention_qkv_fwd(qkv, n_head, causal, scale, block_q, block_k, o, lse):
-    """Forward from the fused projection: qkv (B, T, 3C) -> o (B, T, C), lse (B, nh, T).
-    Saves for backward: o and lse (and the op keeps qkv, its input). Parallel over the B*nh
-    heads; each writes only its own columns of o and its own row of lse."""
+@njit(error_model="numpy", nogil=True, cache=True)
+def attention_qkv_fwd(qkv, n_head, causal, scale, block_q, block_k, o, lse, h0, h1):
+    """Forward from the fused projection for heads h0..h1-1 of the B*nh: qkv (B, T, 3C) ->
+    o (B, T, C), lse (B, nh, T). Saves for backward: o and lse (the op keeps qkv, its input).
+    Each head writes only its own columns of o and its own row of lse."""
     sc = typed(qkv, scale)
-    for bh in prange(qkv.shape[0] * n_head):
-        _qkv_fwd_task(qkv, n_head, causal, sc, block_q, block_k, o, lse, bh)
-
-
-@njit(error_model="numpy", cache=True)
-def attention_qkv_fwd_serial(qkv, n_head, causal, scale, block_q, block_k, o, lse):
-    """attention_qkv_fwd without threads, for small problems."""
-    sc = typed(qkv, scale)
-    for bh in range(qkv.shape[0] * n_head):
+    for bh in range(h0, h1):
         _qkv_fwd_task(qkv, n_head, causal, sc, block_q, block_k, o, lse, bh)
 
 
@@ -258,32 +254,23 @@ def _qkv_bwd_task(qkv, o, lse, do, n_head, causal, sc, block_q, block_k, dqkv, b
     c = o.shape[2]
     hs = c // n_head
     c0 = h * hs
-    q = np.ascontiguousarray(qkv[b, :, c0:c0 + hs])
-    k = np.ascontiguousarray(qkv[b, :, c + c0:c + c0 + hs])
-    v = np.ascontiguousarray(qkv[b, :, 2 * c + c0:2 * c + c0 + hs])
-    oh = np.ascontiguousarray(o[b, :, c0:c0 + hs])
-    doh = np.ascontiguousarray(do[b, :, c0:c0 + hs])
+    q = _gather_head(qkv, b, c0, hs)
+    k = _gather_head(qkv, b, c + c0, hs)
+    v = _gather_head(qkv, b, 2 * c + c0, hs)
     dq = np.empty_like(q)
     dk = np.empty_like(k)
     dv = np.empty_like(v)
-    _attention_bwd_head(q, k, v, oh, lse[b, h], doh, causal, 0, sc, block_q, block_k, dq, dk, dv)
-    dqkv[b, :, c0:c0 + hs] = dq
-    dqkv[b, :, c + c0:c + c0 + hs] = dk
-    dqkv[b, :, 2 * c + c0:2 * c + c0 + hs] = dv
+    _attention_bwd_head(q, k, v, _gather_head(o, b, c0, hs), lse[b, h], _gather_head(do, b, c0, hs),
+                        causal, 0, sc, block_q, block_k, dq, dk, dv)
+    _scatter_head(dq, dqkv, b, c0)
+    _scatter_head(dk, dqkv, b, c + c0)
+    _scatter_head(dv, dqkv, b, 2 * c + c0)
 
 
-@njit(parallel=True, cache=True)
-def attention_qkv_bwd(qkv, o, lse, do, n_head, causal, scale, block_q, block_k, dqkv):
-    """Backward of attention_qkv_fwd: dqkv (B, T, 3C) from do (B, T, C), recomputing scores
-    from q, k and lse. Parallel over heads; each writes only its own columns of dqkv."""
+@njit(error_model="numpy", nogil=True, cache=True)
+def attention_qkv_bwd(qkv, o, lse, do, n_head, causal, scale, block_q, block_k, dqkv, h0, h1):
+    """Backward of attention_qkv_fwd for heads h0..h1-1: dqkv (B, T, 3C) from do (B, T, C),
+    recomputing scores from q, k and lse. Each head writes only its own columns of dqkv."""
     sc = typed(qkv, scale)
-    for bh in prange(qkv.shape[0] * n_head):
-        _qkv_bwd_task(qkv, o, lse, do, n_head, causal, sc, block_q, block_k, dqkv, bh)
-
-
-@njit(error_model="numpy", cache=True)
-def attention_qkv_bwd_serial(qkv, o, lse, do, n_head, causal, scale, block_q, block_k, dqkv):
-    """attention_qkv_bwd without threads, for small problems."""
-    sc = typed(qkv, scale)
-    for bh in range(qkv.shape[0] * n_head):
+    for bh in range(h0, h1):
         _qkv_bwd_task(qkv, o, lse, do, n_head, causal, sc, block_q, block_k, dqkv, bh)
