@@ -181,16 +181,20 @@ def set_backend(name: str) -> str:
     return previous
 
 
+_kernels = None  # minigrad.kernels once fused_kernels has imported it
+
+
 def fused_kernels(x):
     """`minigrad.kernels` when the numba backend is active and `x` is float32/float64, else None.
 
     The ops call this once in forward and keep the answer in `ctx.fused`, so a backward always
     runs on the backend of its forward, even if the backend is switched in between."""
+    global _kernels
     if _BACKEND != "numba" or getattr(x, "dtype", None) not in _FLOAT_DTYPES:
         return None
-    from . import kernels
-
-    return kernels
+    if _kernels is None:  # imported on first use; kept, as an import statement costs ~0.7 us per op
+        from . import kernels as _kernels
+    return _kernels
 
 
 @contextmanager
