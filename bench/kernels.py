@@ -91,11 +91,10 @@ def main(argv=None) -> None:
     setup_threads(args.threads)
     load0 = " ".join(f"{x:.1f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
 
+    import minigrad as mg  # first: sets up Numba's and OpenBLAS's environment
+    import minigrad.functional as F
     import numba
     import numpy as np
-
-    import minigrad as mg
-    import minigrad.functional as F
 
     numba.set_num_threads(args.threads)
     try:

@@ -303,9 +303,8 @@ def main(argv=None):
     bench_kernels.setup_threads(args.threads)
 
     load0 = " ".join(f"{x:.1f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
+    import minigrad  # noqa: F401  (first: sets up Numba's and OpenBLAS's environment)
     import numba
-
-    import minigrad  # noqa: F401  (sets up Numba's environment)
     from bench.kernels import machine_line
 
     numba.set_num_threads(args.threads)
