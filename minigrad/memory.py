@@ -183,10 +183,10 @@ def _layer_comparison(costs: GPTCosts) -> dict:
                                                "fused kernel recomputes p" if flash else ""),
         "attention: 2nd s² tensor (scores or dropout(p))": (a * s * s, 0,
                                                             "no attention dropout; backward needs p only"),
-        "attention: output o and log-sum-exp (fused)": (0, ((s * h if a > 1 else 0) + a * s) if flash else 0,
-                                                        ("what flash attention keeps instead" + ("" if a > 1 else
-                                                         "; o is the projection's input (1 head)"))
-                                                        if flash else "numpy path saves p instead"),
+        "attention: log-sum-exp per query row (fused)": (0, a * s if flash else 0,
+                                                         "what flash attention keeps instead of p; its "
+                                                         "output o is the projection's input" if flash
+                                                         else "numpy path saves p instead"),
         "attention: input of the output projection": (s * h, s * h, ""),
         "MLP: input of c_fc": (s * h, s * h, ""),
         "MLP: GELU input (4h)": (4 * s * h, 4 * s * h, ""),
