@@ -5,7 +5,7 @@ Each public function here validates and reshapes its NumPy inputs, then calls on
 NumPy twin with the same signature, and tests/test_kernels*.py hold each kernel to its twin.
 
     module        kernels                                   twin in reference.py
-    matmul.py     bmm (BLAS per batch item), matmul_tiled   bmm, matmul_tiled
+    matmul.py     bmm (BLAS per batch item), matmul_tiled   bmm, matmul_tiled (prange, for teaching)
     softmax.py    softmax, log_softmax, cross_entropy       softmax_*, log_softmax_*, cross_entropy_*
     layernorm.py  layer_norm fwd/bwd (saves mean, rstd)     layer_norm_*
     gelu.py       GELU (tanh approximation) fwd/bwd         gelu_*
@@ -14,10 +14,10 @@ NumPy twin with the same signature, and tests/test_kernels*.py hold each kernel 
     embedding.py  embedding backward (serial scatter-add)   embedding_backward
     adamw.py      fused AdamW over flat buffers             adamw_step
 
-Conventions: every kernel is parallel over output elements only (thread-private reductions),
-has a serial version used for small inputs (see SERIAL_BELOW; the attention kernels instead
-run ranges of heads in a small thread pool, see `_over_heads`),
-runs in float32 or float64 (the dtype of its inputs), and computes exponentials with a
+Conventions: every kernel is parallel over output elements only (thread-private reductions):
+it works on a range of rows, elements, heads or batch items with the GIL released, and
+`_parallel_for` runs one range per thread for large inputs (below SERIAL_BELOW the whole range
+runs in the calling thread). Every kernel runs in float32 or float64 (the dtype of its inputs), and computes exponentials with a
 vectorisable polynomial in float32 (`_math.py`). Importing this package imports Numba, after
 `minigrad.backend` has set up its threading layer and cache directory.
 """
@@ -51,16 +51,52 @@ __all__ = [
 
 _FLOATS = (np.float32, np.float64)
 
-# Below this many elements of work a kernel runs its serial version in the calling thread.
-# Waking Numba's worker threads (workqueue layer) was measured at 0.2-0.5 ms per parallel
-# launch on this 2-core machine, about what a vectorised serial kernel needs for 10^6 float32
-# elements: layer norm, GELU, softmax, cross-entropy and AdamW ran as fast or faster serially
-# up to (2048, 512) and about even at (2048, 1536); 2 threads won clearly from ~6*10^6.
-SERIAL_BELOW = 1 << 21
+# Below this many elements of work a kernel runs in the calling thread only. Handing a range to
+# a second thread (`_parallel_for`) was measured at ~0.14 ms median (0.3 ms at the 90th
+# percentile) on this 2-core VM, mostly the wake-up of the idle second CPU; the vectorised row and
+# elementwise kernels do ~10^6 float32 elements in that time. Measured: 2 threads lost up to
+# (2048, 512), were about even at (2048, 1536) and won clearly from ~6*10^6 elements.
+SERIAL_BELOW = 1 << 22
 
 
 def _parallel(work: int) -> bool:
     return work >= SERIAL_BELOW
+
+
+_pool = {"pid": None, "executor": None}
+
+
+def _executor(workers: int):
+    """The thread pool of `_parallel_for`, made again after a fork (threads do not survive one)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    pool = _pool["executor"]
+    if _pool["pid"] != os.getpid() or pool is None or pool._max_workers < workers:
+        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="minigrad-kernel")
+        _pool.update(pid=os.getpid(), executor=pool)
+    return pool
+
+
+def _parallel_for(kernel, n, parallel, *args):
+    """Run `kernel(*args, lo, hi)` over items [0, n) (rows, elements, heads, batch items): in the
+    calling thread, or split into one contiguous range per thread (Numba's thread count,
+    `numba.set_num_threads`), the last range in the calling thread. The kernels release the
+    GIL, so the ranges run at once; each writes only its own items' outputs.
+
+    Why not `prange`: on the 2-core VM a launch on Numba's workqueue layer cost 0.2-0.5 ms (its
+    idle workers poll with short sleeps, which also slowed OpenBLAS), against 0.05-0.14 ms to
+    hand a range to a thread of this pool that waits on a lock (more when the second CPU is
+    idle and must be woken); and `parallel=True` kernels compile several times slower."""
+    threads = min(numba.get_num_threads(), n) if parallel else 1
+    if threads <= 1:
+        kernel(*args, 0, n)
+        return
+    bounds = [n * i // threads for i in range(threads + 1)]
+    pool = _executor(threads - 1)
+    futures = [pool.submit(kernel, *args, bounds[i], bounds[i + 1]) for i in range(threads - 1)]
+    kernel(*args, bounds[-2], bounds[-1])
+    for f in futures:
+        f.result()
 
 
 def _float_array(x, name, op):
@@ -98,7 +134,7 @@ def bmm(a, b):
     if a.shape[2] == 0:
         out.fill(0)
     elif out.size:
-        _bmm(a, b, out)
+        _parallel_for(_bmm, a.shape[0], _parallel(out.size * a.shape[2]), a, b, out)
     return out
 
 
@@ -147,46 +183,37 @@ def softmax_forward(x):
     x = _float_array(x, "x", "softmax")
     y = np.empty_like(x)
     x2, y2 = _rows(x, "x", "softmax"), y.reshape(-1, x.shape[-1])
-    if _parallel(x.size):
-        _sm.softmax_fwd(x2, y2)
-    else:
-        _sm._softmax_rows(x2, y2, 0, x2.shape[0])
+    _parallel_for(_sm.softmax_fwd, x2.shape[0], _parallel(x.size), x2, y2)
     return y
 
 
-def _row_backward(y, dy, op, parallel_kernel, serial_kernel):
-    """dx from a row-wise op's saved output y and upstream dy, with the op's kernel pair."""
+def _row_backward(y, dy, op, kernel):
+    """dx from a row-wise op's saved output y and upstream dy, with the op's row kernel."""
     y = _float_array(y, "y", op)
     dy = _float_array(dy, "dy", op).astype(y.dtype, copy=False)
     _same_shape(y, dy, ("y", "dy"), op)
     dx = np.empty_like(y)
     args = (_rows(y, "y", op), _rows(dy, "dy", op), dx.reshape(-1, y.shape[-1]))
-    if _parallel(y.size):
-        parallel_kernel(*args)
-    else:
-        serial_kernel(*args, 0, args[0].shape[0])
+    _parallel_for(kernel, args[0].shape[0], _parallel(y.size), *args)
     return dx
 
 
 def softmax_backward(y, dy):
     """Gradient of softmax given its output y and upstream dy."""
-    return _row_backward(y, dy, "softmax_backward", _sm.softmax_bwd, _sm._softmax_bwd_rows)
+    return _row_backward(y, dy, "softmax_backward", _sm.softmax_bwd)
 
 
 def log_softmax_forward(x):
     x = _float_array(x, "x", "log_softmax")
     y = np.empty_like(x)
     args = (_rows(x, "x", "log_softmax"), y.reshape(-1, x.shape[-1]))
-    if _parallel(x.size):
-        _sm.log_softmax_fwd(*args)
-    else:
-        _sm._log_softmax_rows(*args, 0, args[0].shape[0])
+    _parallel_for(_sm.log_softmax_fwd, args[0].shape[0], _parallel(x.size), *args)
     return y
 
 
 def log_softmax_backward(y, dy):
     """Gradient of log-softmax given its output y and upstream dy."""
-    return _row_backward(y, dy, "log_softmax_backward", _sm.log_softmax_bwd, _sm._log_softmax_bwd_rows)
+    return _row_backward(y, dy, "log_softmax_backward", _sm.log_softmax_bwd)
 
 
 def _targets(targets, n, v, ignore_index, op):
@@ -211,10 +238,7 @@ def cross_entropy_forward(logits, targets, ignore_index=-100):
     t = _targets(targets, x.shape[0], x.shape[1], ignore_index, "cross_entropy")
     loss = np.empty(x.shape[0], x.dtype)
     lse = np.empty(x.shape[0], x.dtype)
-    if _parallel(x.size):
-        _sm.cross_entropy_fwd(x, t, int(ignore_index), loss, lse)
-    else:
-        _sm._cross_entropy_rows(x, t, int(ignore_index), loss, lse, 0, x.shape[0])
+    _parallel_for(_sm.cross_entropy_fwd, x.shape[0], _parallel(x.size), x, t, int(ignore_index), loss, lse)
     return loss, lse
 
 
@@ -225,10 +249,7 @@ def cross_entropy_backward(logits, targets, lse, row_grad, ignore_index=-100):
     lse = _float_array(lse, "lse", "cross_entropy_backward").astype(x.dtype, copy=False)
     g = np.ascontiguousarray(np.broadcast_to(np.asarray(row_grad, x.dtype), (x.shape[0],)))
     d = np.empty_like(x)
-    if _parallel(x.size):
-        _sm.cross_entropy_bwd(x, t, int(ignore_index), lse, g, d)
-    else:
-        _sm._cross_entropy_bwd_rows(x, t, int(ignore_index), lse, g, d, 0, x.shape[0])
+    _parallel_for(_sm.cross_entropy_bwd, x.shape[0], _parallel(x.size), x, t, int(ignore_index), lse, g, d)
     return d
 
 
@@ -246,10 +267,8 @@ def layer_norm_forward(x, weight, bias, eps=1e-5):
     y = np.empty_like(x)
     mean = np.empty(x2.shape[0], x.dtype)
     rstd = np.empty(x2.shape[0], x.dtype)
-    if _parallel(x.size):
-        _ln.layer_norm_fwd(x2, w, b, float(eps), y.reshape(x2.shape), mean, rstd)
-    else:
-        _ln._layer_norm_rows(x2, w, b, float(eps), y.reshape(x2.shape), mean, rstd, 0, x2.shape[0])
+    _parallel_for(_ln.layer_norm_fwd, x2.shape[0], _parallel(x.size),
+                  x2, w, b, float(eps), y.reshape(x2.shape), mean, rstd)
     return y, mean.reshape(x.shape[:-1]), rstd.reshape(x.shape[:-1])
 
 
@@ -262,16 +281,14 @@ def layer_norm_backward(dy, x, weight, mean, rstd):
     w = np.ones(c, x.dtype) if weight is None else _float_array(weight, "weight", "layer_norm_backward").astype(x.dtype, copy=False)
     x2 = _rows(x, "x", "layer_norm_backward")
     n = x2.shape[0]
-    nchunks = max(1, min(n, 16)) if _parallel(x.size) else 1
+    parallel = _parallel(x.size)
+    nchunks = max(1, min(n, numba.get_num_threads())) if parallel else 1  # one per thread
     dw_part = np.empty((nchunks, c), x.dtype)
     db_part = np.empty((nchunks, c), x.dtype)
     dx = np.empty_like(x)
-    args = (dy.reshape(x2.shape), x2, w, np.ascontiguousarray(mean, x.dtype).reshape(-1),
-            np.ascontiguousarray(rstd, x.dtype).reshape(-1), dx.reshape(x2.shape))
-    if nchunks > 1:
-        _ln.layer_norm_bwd(*args, dw_part, db_part)
-    else:
-        _ln._layer_norm_bwd_rows(*args, dw_part[0], db_part[0], 0, n)
+    _parallel_for(_ln.layer_norm_bwd, nchunks, parallel, dy.reshape(x2.shape), x2, w,
+                  np.ascontiguousarray(mean, x.dtype).reshape(-1),
+                  np.ascontiguousarray(rstd, x.dtype).reshape(-1), dx.reshape(x2.shape), dw_part, db_part)
     return dx, dw_part.sum(axis=0), db_part.sum(axis=0)
 
 
@@ -280,10 +297,7 @@ def gelu_forward(x):
     """GELU, tanh approximation, elementwise."""
     x = _float_array(x, "x", "gelu")
     y = np.empty_like(x)
-    if _parallel(x.size):
-        _gelu.gelu_fwd(x.reshape(-1), y.reshape(-1))
-    else:
-        _gelu._gelu_fwd_serial(x.reshape(-1), y.reshape(-1))
+    _parallel_for(_gelu.gelu_fwd, x.size, _parallel(x.size), x.reshape(-1), y.reshape(-1))
     return y
 
 
@@ -292,10 +306,7 @@ def gelu_backward(x, dy):
     dy = _float_array(dy, "dy", "gelu_backward").astype(x.dtype, copy=False)
     _same_shape(x, dy, ("x", "dy"), "gelu_backward")
     dx = np.empty_like(x)
-    if _parallel(x.size):
-        _gelu.gelu_bwd(x.reshape(-1), dy.reshape(-1), dx.reshape(-1))
-    else:
-        _gelu._gelu_bwd_serial(x.reshape(-1), dy.reshape(-1), dx.reshape(-1))
+    _parallel_for(_gelu.gelu_bwd, x.size, _parallel(x.size), x.reshape(-1), dy.reshape(-1), dx.reshape(-1))
     return dx
 
 
@@ -309,37 +320,6 @@ ATTN_SERIAL_BELOW = 1 << 22  # in units of BH * T * S * D
 
 def _attn_parallel(bh, t, s, d) -> bool:
     return bh * t * s * d >= ATTN_SERIAL_BELOW
-
-
-_pool = {"pid": None, "executor": None}
-
-
-def _executor(workers: int):
-    """The thread pool of `_over_heads`, made again after a fork (threads do not survive one)."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    pool = _pool["executor"]
-    if _pool["pid"] != os.getpid() or pool is None or pool._max_workers < workers:
-        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="minigrad-kernel")
-        _pool.update(pid=os.getpid(), executor=pool)
-    return pool
-
-
-def _over_heads(kernel, n_heads, parallel, *args):
-    """Run `kernel(*args, h0, h1)` over heads [0, n_heads): in the calling thread, or split into
-    one contiguous range per thread (Numba's thread count, `numba.set_num_threads`), the last
-    range in the calling thread. The kernels release the GIL, so the ranges run at once; each
-    writes only its own heads' outputs."""
-    threads = min(numba.get_num_threads(), n_heads) if parallel else 1
-    if threads <= 1:
-        kernel(*args, 0, n_heads)
-        return
-    bounds = [n_heads * i // threads for i in range(threads + 1)]
-    pool = _executor(threads - 1)
-    futures = [pool.submit(kernel, *args, bounds[i], bounds[i + 1]) for i in range(threads - 1)]
-    kernel(*args, bounds[-2], bounds[-1])
-    for f in futures:
-        f.result()
 
 
 def _attn_inputs(q, k, v, op):
@@ -372,7 +352,7 @@ def attention_forward(q, k, v, causal=True, scale=None, causal_offset=0):
     if k3.shape[1] == 0:
         raise ValueError("attention: k and v have no keys (S = 0)")
     if o.size:
-        _over_heads(_att.attention_fwd, q3.shape[0], _attn_parallel(q3.shape[0], t, k3.shape[1], d),
+        _parallel_for(_att.attention_fwd, q3.shape[0], _attn_parallel(q3.shape[0], t, k3.shape[1], d),
                     q3, k3, v3, bool(causal), int(causal_offset), scale, ATTN_BLOCK_Q, ATTN_BLOCK_K, o, lse)
     return o.reshape(lead + (t, d)), lse.reshape(lead + (t,))
 
@@ -390,7 +370,7 @@ def attention_backward(q, k, v, o, lse, do, causal=True, scale=None, causal_offs
     dk = np.empty_like(k3)
     dv = np.empty_like(v3)
     if q3.size and s:
-        _over_heads(_att.attention_bwd, q3.shape[0], _attn_parallel(q3.shape[0], t, s, d),
+        _parallel_for(_att.attention_bwd, q3.shape[0], _attn_parallel(q3.shape[0], t, s, d),
                     q3, k3, v3, o3, lse2, do3, bool(causal), int(causal_offset), scale,
                     ATTN_BLOCK_Q, ATTN_BLOCK_K, dq, dk, dv)
     return dq.reshape(lead + (t, d)), dk.reshape(lead + (s, d)), dv.reshape(lead + (s, d))
@@ -418,7 +398,7 @@ def attention_qkv_forward(qkv, n_head, causal=True, scale=None):
     o = np.empty((b, t, c), qkv.dtype)
     lse = np.empty((b, n_head, t), qkv.dtype)
     if o.size:
-        _over_heads(_att.attention_qkv_fwd, b * n_head, _attn_parallel(b * n_head, t, t, hs),
+        _parallel_for(_att.attention_qkv_fwd, b * n_head, _attn_parallel(b * n_head, t, t, hs),
                     qkv, int(n_head), bool(causal), scale, ATTN_BLOCK_Q, ATTN_BLOCK_K, o, lse)
     return o, lse
 
@@ -437,7 +417,7 @@ def attention_qkv_backward(qkv, o, lse, do, n_head, causal=True, scale=None):
     scale = 1.0 / np.sqrt(hs) if scale is None else float(scale)
     dqkv = np.empty_like(qkv)
     if qkv.size:
-        _over_heads(_att.attention_qkv_bwd, b * n_head, _attn_parallel(b * n_head, t, t, hs),
+        _parallel_for(_att.attention_qkv_bwd, b * n_head, _attn_parallel(b * n_head, t, t, hs),
                     qkv, o, lse, do, int(n_head), bool(causal), scale, ATTN_BLOCK_Q, ATTN_BLOCK_K, dqkv)
     return dqkv
 
@@ -472,7 +452,4 @@ def adamw_step(p, g, m, v, lr, beta1, beta2, eps, weight_decay, step):
     if step < 1:
         raise ValueError(f"adamw_step: step counts from 1, got {step}")
     hp = (float(lr), float(beta1), float(beta2), float(eps), float(weight_decay), int(step))
-    if _parallel(p.size):
-        _adamw.adamw_step(p, g, m, v, *hp)
-    else:
-        _adamw._adamw_serial(p, g, m, v, *hp)
+    _parallel_for(_adamw.adamw_step, p.size, _parallel(p.size), p, g, m, v, *hp)

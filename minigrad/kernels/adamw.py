@@ -7,11 +7,9 @@ The same arithmetic as `torch.optim.AdamW` (decoupled weight decay applied first
 NumPy twin: `reference.adamw_step`.
 """
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from ._math import FASTMATH, typed
-
-BLOCK = 16384
 
 
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
@@ -38,10 +36,7 @@ def _adamw_serial(p, g, m, v, lr, beta1, beta2, eps, weight_decay, step):
         p[i] = p[i] * decay - step_size * mi / (np.sqrt(vi) * inv_sqrt_bc2 + e)
 
 
-@njit(parallel=True, cache=True)
-def adamw_step(p, g, m, v, lr, beta1, beta2, eps, weight_decay, step):
-    """Parallel over blocks of elements (each element touched by one thread); `step` from 1."""
-    n = p.shape[0]
-    for blk in prange((n + BLOCK - 1) // BLOCK):
-        i0, i1 = blk * BLOCK, min(n, (blk + 1) * BLOCK)
-        _adamw_serial(p[i0:i1], g[i0:i1], m[i0:i1], v[i0:i1], lr, beta1, beta2, eps, weight_decay, step)
+@njit(nogil=True, cache=True)
+def adamw_step(p, g, m, v, lr, beta1, beta2, eps, weight_decay, step, i0, i1):
+    """Elements i0..i1-1 (each element touched by one thread), GIL released; `step` from 1."""
+    _adamw_serial(p[i0:i1], g[i0:i1], m[i0:i1], v[i0:i1], lr, beta1, beta2, eps, weight_decay, step)

@@ -21,10 +21,8 @@ T new queries after S - T cached keys uses causal_offset = S - T). The tile prod
 GEMMs (`np.dot` -> SciPy's OpenBLAS). Each driver runs a range of heads h0..h1-1 and releases
 the GIL (`nogil=True`); `minigrad.kernels` splits the B*H heads into one range per thread and
 runs them at once, so each thread owns its heads' outputs (dq, dk, dv included: no shared
-writes). Why Python threads rather than `prange`: on the 2-core machine a `prange` launch on
-Numba's workqueue layer cost 0.2-0.5 ms against ~0.05 ms to hand a range to a waiting thread,
-and the `parallel=True` versions of these drivers took 15-18 s each to compile (cold start).
-NumPy twins: `reference.attention_fwd/attention_bwd` (the plain O(T^2) computation).
+writes). Why Python threads rather than `prange`: see `minigrad.kernels._parallel_for` (cheaper
+launches; the `parallel=True` versions of these drivers took 15-18 s each to compile).
 """
 import numpy as np
 from numba import njit

@@ -1,18 +1,18 @@
 """Layer normalisation forward/backward (Ba, Kiros & Hinton 2016, arXiv 1607.06450).
 
 y = (x - mean) * rstd * w + b over the last axis, rstd = 1/sqrt(var + eps) (biased variance,
-like PyTorch). The kernels see C-contiguous (N, C) arrays. Serial `_*_rows` functions do the
-work on a range of rows; the `parallel=True` drivers hand rows (or row chunks) to them.
+like PyTorch). The kernels see C-contiguous (N, C) arrays and work on a range of rows (or row
+chunks), releasing the GIL; the wrappers split large inputs into one range per thread.
 NumPy twins: `reference.py`.
 """
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from ._math import FASTMATH, typed
 
 
-@njit(fastmath=FASTMATH, error_model="numpy", cache=True)
-def _layer_norm_rows(x, w, b, eps, y, mean, rstd, r0, r1):
+@njit(fastmath=FASTMATH, error_model="numpy", nogil=True, cache=True)
+def layer_norm_fwd(x, w, b, eps, y, mean, rstd, r0, r1):
     """Fuses mean, variance (two-pass, for accuracy), normalise, scale and shift for rows
     r0..r1-1. Saves for backward only mean (N,) and rstd (N,); x-hat is recomputed."""
     c = x.shape[1]
@@ -32,13 +32,6 @@ def _layer_norm_rows(x, w, b, eps, y, mean, rstd, r0, r1):
         rstd[i] = r
         for j in range(c):
             y[i, j] = (x[i, j] - mu) * r * w[j] + b[j]
-
-
-@njit(parallel=True, cache=True)
-def layer_norm_fwd(x, w, b, eps, y, mean, rstd):
-    """Parallel over rows (each thread owns whole output rows); see `_layer_norm_rows`."""
-    for i in prange(x.shape[0]):
-        _layer_norm_rows(x, w, b, eps, y, mean, rstd, i, i + 1)
 
 
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
@@ -70,15 +63,14 @@ def _layer_norm_bwd_rows(dy, x, w, mean, rstd, dx, dw_row, db_row, r0, r1):
             dx[i, j] = r * (dy[i, j] * w[j] - sg - xh * sgx)
 
 
-@njit(parallel=True, cache=True)
-def layer_norm_bwd(dy, x, w, mean, rstd, dx, dw_part, db_part):
+@njit(error_model="numpy", nogil=True, cache=True)
+def layer_norm_bwd(dy, x, w, mean, rstd, dx, dw_part, db_part, p0, p1):
     """dw and db are reductions over rows; to keep "parallel over output elements only", the
-    rows are split into dw_part.shape[0] chunks, chunk p owns row p of dw_part/db_part
-    (thread-private partial sums), and the caller adds the few partial rows.
-    Parallel over row chunks; see `_layer_norm_bwd_rows`."""
+    rows are split into P = dw_part.shape[0] chunks, chunk p owns row p of dw_part/db_part
+    (thread-private partial sums), and the caller adds the few partial rows. Runs chunks
+    p0..p1-1 (a thread gets a range of chunks); see `_layer_norm_bwd_rows`."""
     n = x.shape[0]
     nchunks = dw_part.shape[0]
-    per = (n + nchunks - 1) // nchunks
-    for p in prange(nchunks):
+    for p in range(p0, p1):
         _layer_norm_bwd_rows(dy, x, w, mean, rstd, dx, dw_part[p], db_part[p],
-                             min(n, p * per), min(n, (p + 1) * per))
+                             n * p // nchunks, n * (p + 1) // nchunks)

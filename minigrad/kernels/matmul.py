@@ -1,7 +1,7 @@
 """Matrix products: batched GEMM calling BLAS per batch item, and a tiled loop GEMM for teaching.
 
 `np.dot` inside a Numba kernel calls SciPy's OpenBLAS (SciPy must be installed); see
-`_math.single_thread_numba_blas` for why that BLAS runs single-threaded under `prange`.
+`_math.single_thread_numba_blas` for why that BLAS runs single-threaded when our threads call it.
 NumPy twins: `reference.py`.
 """
 import numpy as np
@@ -10,13 +10,13 @@ from numba import njit, prange
 from ._math import FASTMATH
 
 
-@njit(parallel=True, cache=True)
-def bmm(a, b, out):
-    """out[i] = a[i] @ b[i] for every batch item i; a (N, M, K), b (N, K, P), out (N, M, P).
+@njit(nogil=True, cache=True)
+def bmm(a, b, out, i0, i1):
+    """out[i] = a[i] @ b[i] for batch items i0..i1-1; a (N, M, K), b (N, K, P), out (N, M, P).
 
-    Parallel over the batch (each thread owns whole output matrices); each product is one
-    BLAS GEMM. Saves nothing (the matmul op keeps a and b for its backward)."""
-    for i in prange(a.shape[0]):
+    Each thread gets its own range of batch items (whole output matrices) and the GIL is
+    released; each product is one BLAS GEMM. Saves nothing (the matmul op keeps a and b)."""
+    for i in range(i0, i1):
         np.dot(a[i], b[i], out[i])
 
 

@@ -1,21 +1,21 @@
 """Softmax, log-softmax and fused log-softmax + negative log-likelihood (cross-entropy).
 
 All kernels see a C-contiguous 2-D array (rows, n) and work along the last axis; the wrappers
-in `minigrad.kernels` reshape. Each operation is a serial `_*_rows(..., r0, r1)` function over
-a range of rows (called directly for small inputs, where a parallel launch costs more than the
-work) and a `parallel=True` driver whose `prange` hands single rows to it: a thread owns whole
-output rows and every reduction (max, sum) lives in thread-local scalars, so there are no
-shared writes. Exponentials go through `fast_exp` (vectorisable; see `_math.py`).
+in `minigrad.kernels` reshape. Each kernel works on a range of rows r0..r1-1 and releases the
+GIL; the wrappers run it over all rows in the calling thread, or over one range of rows per
+thread for large inputs (`minigrad.kernels._parallel_for`): a thread owns whole output rows and
+every reduction (max, sum) lives in thread-local scalars, so there are no shared writes.
+Exponentials go through `fast_exp` (vectorisable; see `_math.py`).
 NumPy twins: `minigrad.kernels.reference`.
 """
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from ._math import FASTMATH, fast_exp, typed
 
 
-@njit(fastmath=FASTMATH, error_model="numpy", cache=True)
-def _softmax_rows(x, y, r0, r1):
+@njit(fastmath=FASTMATH, error_model="numpy", nogil=True, cache=True)
+def softmax_fwd(x, y, r0, r1):
     """y[i] = exp(x[i] - max x[i]) / sum(...) for rows r0..r1-1.
 
     Fuses max, exp, sum and scale (three sweeps over a row that sits in L1: one pass over
@@ -35,15 +35,9 @@ def _softmax_rows(x, y, r0, r1):
             y[i, j] *= inv
 
 
-@njit(parallel=True, cache=True)
-def softmax_fwd(x, y):
-    """Parallel over rows (output elements) only; see `_softmax_rows`."""
-    for i in prange(x.shape[0]):
-        _softmax_rows(x, y, i, i + 1)
 
-
-@njit(fastmath=FASTMATH, error_model="numpy", cache=True)
-def _softmax_bwd_rows(y, dy, dx, r0, r1):
+@njit(fastmath=FASTMATH, error_model="numpy", nogil=True, cache=True)
+def softmax_bwd(y, dy, dx, r0, r1):
     """dx = y * (dy - sum(dy * y)) row by row (the softmax Jacobian-vector product).
     Needs only the forward output y."""
     n = y.shape[1]
@@ -55,15 +49,9 @@ def _softmax_bwd_rows(y, dy, dx, r0, r1):
             dx[i, j] = y[i, j] * (dy[i, j] - s)
 
 
-@njit(parallel=True, cache=True)
-def softmax_bwd(y, dy, dx):
-    """Parallel over rows only; see `_softmax_bwd_rows`."""
-    for i in prange(y.shape[0]):
-        _softmax_bwd_rows(y, dy, dx, i, i + 1)
 
-
-@njit(fastmath=FASTMATH, error_model="numpy", cache=True)
-def _log_softmax_rows(x, y, r0, r1):
+@njit(fastmath=FASTMATH, error_model="numpy", nogil=True, cache=True)
+def log_softmax_fwd(x, y, r0, r1):
     """y[i] = x[i] - logsumexp(x[i]); fused max / sum-exp / subtract.
     Saves for backward: y (softmax is recomputed as exp(y))."""
     n = x.shape[1]
@@ -79,15 +67,9 @@ def _log_softmax_rows(x, y, r0, r1):
             y[i, j] = x[i, j] - lse
 
 
-@njit(parallel=True, cache=True)
-def log_softmax_fwd(x, y):
-    """Parallel over rows only; see `_log_softmax_rows`."""
-    for i in prange(x.shape[0]):
-        _log_softmax_rows(x, y, i, i + 1)
 
-
-@njit(fastmath=FASTMATH, error_model="numpy", cache=True)
-def _log_softmax_bwd_rows(y, dy, dx, r0, r1):
+@njit(fastmath=FASTMATH, error_model="numpy", nogil=True, cache=True)
+def log_softmax_bwd(y, dy, dx, r0, r1):
     """dx = dy - exp(y) * sum(dy) row by row."""
     n = y.shape[1]
     for i in range(r0, r1):
@@ -98,15 +80,9 @@ def _log_softmax_bwd_rows(y, dy, dx, r0, r1):
             dx[i, j] = dy[i, j] - fast_exp(y[i, j]) * s
 
 
-@njit(parallel=True, cache=True)
-def log_softmax_bwd(y, dy, dx):
-    """Parallel over rows only; see `_log_softmax_bwd_rows`."""
-    for i in prange(y.shape[0]):
-        _log_softmax_bwd_rows(y, dy, dx, i, i + 1)
 
-
-@njit(fastmath=FASTMATH, error_model="numpy", cache=True)
-def _cross_entropy_rows(logits, targets, ignore_index, loss, lse, r0, r1):
+@njit(fastmath=FASTMATH, error_model="numpy", nogil=True, cache=True)
+def cross_entropy_fwd(logits, targets, ignore_index, loss, lse, r0, r1):
     """Fused log-softmax + NLL: loss[i] = logsumexp(logits[i]) - logits[i, targets[i]].
 
     One pass over each row of logits with an *online* max/sum (Milakov & Gimelshein 2018),
@@ -136,15 +112,9 @@ def _cross_entropy_rows(logits, targets, ignore_index, loss, lse, r0, r1):
             loss[i] = lse[i] - logits[i, t]
 
 
-@njit(parallel=True, cache=True)
-def cross_entropy_fwd(logits, targets, ignore_index, loss, lse):
-    """Parallel over rows only; see `_cross_entropy_rows`."""
-    for i in prange(logits.shape[0]):
-        _cross_entropy_rows(logits, targets, ignore_index, loss, lse, i, i + 1)
 
-
-@njit(fastmath=FASTMATH, error_model="numpy", cache=True)
-def _cross_entropy_bwd_rows(logits, targets, ignore_index, lse, row_grad, dlogits, r0, r1):
+@njit(fastmath=FASTMATH, error_model="numpy", nogil=True, cache=True)
+def cross_entropy_bwd(logits, targets, ignore_index, lse, row_grad, dlogits, r0, r1):
     """dlogits[i] = row_grad[i] * (softmax(logits[i]) - onehot(targets[i])).
 
     softmax is recomputed as exp(logits - lse) from the saved lse, written straight into the
@@ -163,9 +133,3 @@ def _cross_entropy_bwd_rows(logits, targets, ignore_index, lse, row_grad, dlogit
             dlogits[i, j] = g * fast_exp(logits[i, j] - li)
         dlogits[i, t] -= g
 
-
-@njit(parallel=True, cache=True)
-def cross_entropy_bwd(logits, targets, ignore_index, lse, row_grad, dlogits):
-    """Parallel over rows only; see `_cross_entropy_bwd_rows`."""
-    for i in prange(logits.shape[0]):
-        _cross_entropy_bwd_rows(logits, targets, ignore_index, lse, row_grad, dlogits, i, i + 1)
