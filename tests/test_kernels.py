@@ -3,10 +3,10 @@
 The kernels run in float32 (their production dtype) and are compared with the twin evaluated in
 float64 on the same float32 inputs, so the tolerance measures the kernel's float32 error, not the
 twin's. Shapes are drawn by hypothesis and include sizes that are not multiples of any tile or
-block (attention tiles are 64, GELU/AdamW blocks 8192/16384, the tiled matmul's tile is drawn).
-Small shapes keep the suite quick; Numba compiles each kernel once per process (cached on disk).
-Small inputs take each kernel's serial path (below `SERIAL_BELOW` elements of work); the
-multi-threaded drivers are held to the serial path by `test_parallel_drivers_match_serial`.
+block (attention tiles are 64, the tiled matmul's tile is drawn). Small shapes keep the suite
+quick; Numba compiles each kernel once per process (cached on disk). Small inputs run in the
+calling thread (below `SERIAL_BELOW` elements of work); the split into one range per thread is
+held to that path by `test_parallel_drivers_match_serial`, on ranges that do not split evenly.
 """
 import numpy as np
 import pytest
