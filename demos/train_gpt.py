@@ -60,6 +60,9 @@ if __name__ == "__main__":
     if _n > 0:
         for _var in ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
             os.environ.setdefault(_var, str(_n))
+    # NumPy loads before minigrad here, so set what minigrad.backend would (OpenBLAS's workers
+    # sleep ~1.5 ms after a GEMM instead of spinning ~0.1 s; matters with --blas-threads 2)
+    os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "22")
 
 import numpy as np  # noqa: E402
 

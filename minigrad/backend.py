@@ -128,8 +128,13 @@ def tune_malloc(mmap_threshold: int = 256 << 20, trim_threshold: int = 512 << 20
         mallopt = ctypes.CDLL(None).mallopt  # absent on musl: AttributeError
     except (OSError, AttributeError):
         return False
-    return all(mallopt(opt, int(value)) == 1 for opt, value in (
-        (_M_MMAP_THRESHOLD, mmap_threshold), (_M_TRIM_THRESHOLD, trim_threshold), (_M_TOP_PAD, top_pad)))
+    # every setting is applied even if one fails; glibc builds that cap the mmap threshold at
+    # 32 MiB (HEAP_MAX_SIZE / 2) refuse a larger one, so fall back to that cap
+    mmap_ok = mallopt(_M_MMAP_THRESHOLD, int(mmap_threshold)) == 1 or \
+        mallopt(_M_MMAP_THRESHOLD, min(int(mmap_threshold), 32 << 20)) == 1
+    trim_ok = mallopt(_M_TRIM_THRESHOLD, int(trim_threshold)) == 1
+    pad_ok = mallopt(_M_TOP_PAD, int(top_pad)) == 1
+    return mmap_ok and trim_ok and pad_ok
 
 
 MALLOC_TUNED = tune_malloc()

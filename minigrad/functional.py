@@ -481,6 +481,8 @@ def qkv_attention(qkv, n_head: int, causal: bool = True, scale: float | None = N
             f"shape {qkv.shape}; it is the output of one Linear(C, 3C) projection")
     if qkv.dtype.kind != "f":
         raise TypeError(f"qkv_attention: qkv must be floating point, got {qkv.dtype}")
+    if qkv.shape[1] == 0:
+        raise ValueError(f"qkv_attention: the sequence is empty (qkv shape {qkv.shape}); T must be >= 1")
     hs = qkv.shape[-1] // 3 // n_head
     scale = 1.0 / math.sqrt(hs) if scale is None else float(scale)
     return QKVAttention.apply(qkv, n_head=int(n_head), causal=bool(causal), scale=scale)

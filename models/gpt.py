@@ -100,14 +100,14 @@ class CausalSelfAttention(nn.Module):
             y = F.dropout(y, self.dropout, True, rng)
         return y
 
-
     def _attend_cached(self, qkv, cache):
         """Generation: attend to this call's and all earlier positions' keys/values.
 
         ``cache`` is a dict per layer; the first call allocates k and v buffers (B, nh,
         block_size, hs) and later calls write their keys/values after the ``n`` filled
-        positions, in place (no copy of the whole cache per token). Inference only: it works on
-        the arrays, outside the graph, so a decoding step is 1 op here instead of ~12."""
+        positions, in place. (The attention kernel still copies the filled part into one
+        contiguous array per call: O(n) per token, small next to the layer's GEMMs.) Inference
+        only: it works on the arrays, outside the graph, so the cached attention is 1 op."""
         if minigrad.is_grad_enabled():
             raise RuntimeError("GPT: the KV cache is for generation; call it under minigrad.no_grad()")
         B, T, C3 = qkv.shape
@@ -120,6 +120,12 @@ class CausalSelfAttention(nn.Module):
             cache["k"] = np.empty((B, nh, self.block_size, hs), qkv.dtype)
             cache["v"] = np.empty_like(cache["k"])
             cache["n"] = 0
+        elif cache["k"].shape[0] != B or cache["k"].dtype != qkv.dtype:
+            raise ValueError(f"GPT: this KV cache holds batch {cache['k'].shape[0]} ({cache['k'].dtype}), "
+                             f"the input has batch {B} ({qkv.dtype}); start a new cache (a fresh dict per layer)")
+        if cache["n"] + T > self.block_size:
+            raise ValueError(f"GPT: the KV cache holds {cache['n']} positions, {T} more exceed block_size="
+                             f"{self.block_size}; start a new cache from the last tokens (as generate does)")
         n = cache["n"]
         cache["k"][:, :, n:n + T] = k                                # append this call's keys
         cache["v"][:, :, n:n + T] = v                                # and values
@@ -205,6 +211,9 @@ class GPT(nn.Module):
         if idx.size and (idx.min() < 0 or idx.max() >= self.config.vocab_size):
             raise ValueError(f"GPT.forward: token ids must be in [0, {self.config.vocab_size}), "
                              f"got [{idx.min()}, {idx.max()}]")
+        if caches is not None and caches[0].get("n", 0) != pos0:
+            raise ValueError(f"GPT.forward: pos0={pos0} but the KV cache holds {caches[0].get('n', 0)} "
+                             "positions; pass pos0 equal to the cached length")
         pos = np.arange(pos0, pos0 + T)
         tok_emb = F.embedding(idx, self.wte.weight)                  # (B, T, C)
         pos_emb = F.embedding(pos, self.wpe.weight)                  # (T, C)
@@ -263,7 +272,7 @@ class GPT(nn.Module):
                     if not use_cache:
                         logits, _ = self(out[:, -bs:])
                     elif caches is None or n_cached >= bs:
-                        keep = out[:, -(bs // 2 if caches is not None else bs):]
+                        keep = out[:, -(max(1, bs // 2) if caches is not None else bs):]
                         caches = [{} for _ in self.h]
                         logits, _ = self(keep, caches=caches, pos0=0)    # prefill
                         n_cached = keep.shape[1]

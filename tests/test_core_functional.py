@@ -307,6 +307,9 @@ def test_qkv_attention_rejects_a_width_not_split_into_heads():
         F.qkv_attention(np.zeros((1, 2, 18), np.float32), 4)
     with pytest.raises(ValueError, match="n_head must be a positive integer"):
         F.qkv_attention(np.zeros((1, 2, 6), np.float32), 0)
+    for bk in BACKENDS:  # the same error on both backends (numba used to return empty arrays)
+        with backend(bk), pytest.raises(ValueError, match="the sequence is empty"):
+            F.qkv_attention(np.zeros((1, 0, 6), np.float32), 1)
 
 
 @by_backend

@@ -120,6 +120,32 @@ def _cached_logits(m, idx, n_prompt):
     return np.concatenate(out, axis=1)
 
 
+def test_kv_cache_misuse_gets_a_clear_error():
+    m = GPT(GPTConfig(**MICRO))
+    bs = m.config.block_size
+    idx = np.zeros((2, bs), np.int64)
+    with minigrad.no_grad():
+        caches = [{} for _ in m.h]
+        m(idx[:, :3], caches=caches)
+        with pytest.raises(ValueError, match="pos0=5 but the KV cache holds 3 positions"):
+            m(idx[:, 3:4], caches=caches, pos0=5)
+        with pytest.raises(ValueError, match="holds batch 2 .* the input has batch 1"):
+            m(idx[:1, 3:4], caches=caches, pos0=3)
+        full = [{} for _ in m.h]
+        m(idx[:, :bs], caches=full)
+        with pytest.raises(ValueError, match="exceed block_size"):   # positions and cache both full
+            m(idx[:, :1], caches=full, pos0=bs)
+    with pytest.raises(RuntimeError, match="no_grad"):
+        m(idx[:, :1], caches=[{} for _ in m.h])
+
+
+def test_generate_with_a_block_of_one_token():
+    m = GPT(GPTConfig(**{**MICRO, "block_size": 1}))
+    out = m.generate(np.zeros((1, 1), np.int64), 3, temperature=0)
+    assert out.shape == (1, 4)
+    np.testing.assert_array_equal(out, m.generate(np.zeros((1, 1), np.int64), 3, temperature=0, use_cache=False))
+
+
 @given(n_layer=st.integers(1, 3), n_head=st.sampled_from([1, 2, 4]), T=st.integers(1, 10),
        n_prompt=st.integers(1, 10), B=st.integers(1, 3), seed=st.integers(0, 1000))
 @settings(max_examples=15)

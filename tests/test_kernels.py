@@ -290,27 +290,29 @@ def test_embedding_backward_matches_twin(seed, num, n, dim):
 
 # ----------------------------------------------------------------------------- parallel drivers
 def test_parallel_drivers_match_serial(monkeypatch):
-    """Force the prange drivers on shapes that do not split evenly into
-    rows/blocks/heads per thread, and compare with the serial path: the same per-row (per-head,
-    per-block) code runs in both, so results agree to float32 rounding of the partial sums."""
+    """Split every kernel over 3 threads, on shapes whose rows, elements, heads and batch items
+    do not split evenly, and compare with the calling-thread path: each item runs the same code
+    in both, so results are identical -- except layer norm's dw, db, which add per-chunk partial
+    sums (float32 rounding). A spy checks that the pool really ran ranges."""
     rng = np.random.default_rng(11)
     x, dy = f32(rng, (37, 129), 3), f32(rng, (37, 129))
     w, b = f32(rng, (129,)), f32(rng, (129,))
     t = rng.integers(0, 129, 37)
-    q, k, v, do = (f32(rng, (3, 2, 70, 8)) for _ in range(4))
+    q, k, v, do = (f32(rng, (7, 1, 70, 8)) for _ in range(4))      # 7 heads over 3 threads
     flat = f32(rng, (40_001,))
+    a3, b3 = f32(rng, (5, 9, 6)), f32(rng, (5, 6, 4))
 
     def run_all():
         out = [K.softmax_forward(x), K.softmax_backward(x, dy), K.log_softmax_forward(x),
                K.log_softmax_backward(x, dy), *K.cross_entropy_forward(x, t),
                K.cross_entropy_backward(x, t, x[:, 0].copy(), dy[:, 0].copy()),
                *K.layer_norm_forward(x, w, b), *K.layer_norm_backward(dy, x, w, x[:, 1].copy(), np.abs(x[:, 2]) + 1),
-               K.gelu_forward(flat), K.gelu_backward(flat, flat[::-1].copy())]
+               K.gelu_forward(flat), K.gelu_backward(flat, flat[::-1].copy()), K.bmm(a3, b3)]
         o, lse = K.attention_forward(q, k, v, causal=True)
         out += [o, lse, *K.attention_backward(q, k, v, o, lse, do, causal=True)]
-        qkv = q.transpose(0, 2, 1, 3).reshape(3, 70, 16).repeat(3, axis=2)    # (B, T, 3C), 2 heads of 8
-        o, lse = K.attention_qkv_forward(qkv, 2)
-        out += [o, lse, K.attention_qkv_backward(qkv, o, lse, o[::-1].copy(), 2)]
+        qkv = q.transpose(1, 2, 0, 3).reshape(1, 70, 56).repeat(3, axis=2)    # (B, T, 3C), 7 heads of 8
+        o, lse = K.attention_qkv_forward(qkv, 7)
+        out += [o, lse, K.attention_qkv_backward(qkv, o, lse, o[:, ::-1].copy(), 7)]
         p, m, vv = flat.copy(), np.zeros_like(flat), np.zeros_like(flat)
         K.adamw_step(p, flat[::-1].copy(), m, vv, 1e-2, 0.9, 0.95, 1e-8, 0.1, 1)
         return out + [p, m, vv]
@@ -320,6 +322,36 @@ def test_parallel_drivers_match_serial(monkeypatch):
     serial = run_all()
     monkeypatch.setattr(K, "_parallel", lambda work: True)
     monkeypatch.setattr(K, "_attn_parallel", lambda *dims: True)
+    monkeypatch.setattr(K, "_num_threads", lambda: 3)
+    ranges = []
+    pool = K._executor(2)
+    submit = pool.submit
+    monkeypatch.setattr(pool, "submit", lambda fn, *args: ranges.append(args[-2:]) or submit(fn, *args))
     parallel = run_all()
-    for a, c in zip(serial, parallel):
-        np.testing.assert_allclose(c, a, rtol=1e-5, atol=1e-5)
+    assert len(ranges) == 2 * 16 and (0, 12) in ranges    # 16 kernels, 2 pool ranges each
+    ln_dw_db = {11, 12}                                    # positions of dw, db in run_all's list
+    for i, (a, c) in enumerate(zip(serial, parallel)):
+        if i in ln_dw_db:
+            np.testing.assert_allclose(c, a, rtol=1e-5, atol=1e-5)
+        else:
+            np.testing.assert_array_equal(c, a)
+
+
+def test_parallel_for_waits_for_every_range_when_one_raises(monkeypatch):
+    """An error in one range must not leave another thread still writing after the caller
+    has seen it (AdamW's in-place update would go on changing the parameters)."""
+    import time
+
+    monkeypatch.setattr(K, "_num_threads", lambda: 2)
+    out = np.zeros(2)
+
+    def kernel(out, lo, hi):
+        if lo == 0:      # the pool's range: slow, then writes
+            time.sleep(0.2)
+            out[0] = 1.0
+        else:            # the calling thread's range fails at once
+            raise ValueError("boom")
+
+    with pytest.raises(ValueError, match="boom"):
+        K._parallel_for(kernel, 2, True, out)
+    assert out[0] == 1.0    # the pool's range had finished before the error was raised

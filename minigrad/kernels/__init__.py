@@ -5,7 +5,7 @@ Each public function here validates and reshapes its NumPy inputs, then calls on
 NumPy twin with the same signature, and tests/test_kernels*.py hold each kernel to its twin.
 
     module        kernels                                   twin in reference.py
-    matmul.py     bmm (BLAS per batch item), matmul_tiled   bmm, matmul_tiled (prange, for teaching)
+    matmul.py     bmm (BLAS per batch item), matmul_tiled   bmm, matmul_tiled
     softmax.py    softmax, log_softmax, cross_entropy       softmax_*, log_softmax_*, cross_entropy_*
     layernorm.py  layer_norm fwd/bwd (saves mean, rstd)     layer_norm_*
     gelu.py       GELU (tanh approximation) fwd/bwd         gelu_*
@@ -17,13 +17,16 @@ NumPy twin with the same signature, and tests/test_kernels*.py hold each kernel 
 Conventions: every kernel is parallel over output elements only (thread-private reductions):
 it works on a range of rows, elements, heads or batch items with the GIL released, and
 `_parallel_for` runs one range per thread for large inputs (below SERIAL_BELOW the whole range
-runs in the calling thread). Every kernel runs in float32 or float64 (the dtype of its inputs), and computes exponentials with a
-vectorisable polynomial in float32 (`_math.py`). Importing this package imports Numba, after
+runs in the calling thread). Two exceptions: `embedding_bwd` is serial (repeated ids would
+race) and the teaching `matmul_tiled` shows Numba's own `prange`. Every kernel runs in float32
+or float64 (the dtype of its inputs) and computes exponentials with a vectorisable polynomial
+in float32 (`_math.py`). Importing this package imports Numba, after
 `minigrad.backend` has set up its threading layer and cache directory.
 """
 from __future__ import annotations
 
 import os
+from concurrent.futures import wait as futures_wait
 
 import numba
 import numpy as np
@@ -77,26 +80,36 @@ def _executor(workers: int):
     return pool
 
 
+def _num_threads() -> int:
+    """Threads for `_parallel_for`: Numba's setting (`numba.set_num_threads`, NUMBA_NUM_THREADS).
+    Numba keeps that setting per calling thread, so it is read on every call."""
+    return numba.get_num_threads()
+
+
 def _parallel_for(kernel, n, parallel, *args):
     """Run `kernel(*args, lo, hi)` over items [0, n) (rows, elements, heads, batch items): in the
-    calling thread, or split into one contiguous range per thread (Numba's thread count,
-    `numba.set_num_threads`), the last range in the calling thread. The kernels release the
-    GIL, so the ranges run at once; each writes only its own items' outputs.
+    calling thread, or split into one contiguous range per thread (`_num_threads`), the last
+    range in the calling thread. The kernels release the GIL, so the ranges run at once; each
+    writes only its own items' outputs. It returns only when every range has finished, also
+    when one of them raised (so no thread is still writing when the caller sees the error).
 
     Why not `prange`: on the 2-core VM a launch on Numba's workqueue layer cost 0.2-0.5 ms (its
     idle workers poll with short sleeps, which also slowed OpenBLAS), against 0.05-0.14 ms to
     hand a range to a thread of this pool that waits on a lock (more when the second CPU is
     idle and must be woken); and `parallel=True` kernels compile several times slower."""
-    threads = min(numba.get_num_threads(), n) if parallel else 1
+    threads = min(_num_threads(), n) if parallel else 1
     if threads <= 1:
         kernel(*args, 0, n)
         return
     bounds = [n * i // threads for i in range(threads + 1)]
     pool = _executor(threads - 1)
     futures = [pool.submit(kernel, *args, bounds[i], bounds[i + 1]) for i in range(threads - 1)]
-    kernel(*args, bounds[-2], bounds[-1])
+    try:
+        kernel(*args, bounds[-2], bounds[-1])
+    finally:
+        futures_wait(futures)
     for f in futures:
-        f.result()
+        f.result()  # re-raises a pool thread's exception
 
 
 def _float_array(x, name, op):
@@ -282,7 +295,7 @@ def layer_norm_backward(dy, x, weight, mean, rstd):
     x2 = _rows(x, "x", "layer_norm_backward")
     n = x2.shape[0]
     parallel = _parallel(x.size)
-    nchunks = max(1, min(n, numba.get_num_threads())) if parallel else 1  # one per thread
+    nchunks = max(1, min(n, 16)) if parallel else 1  # fixed: dw, db do not depend on the thread count
     dw_part = np.empty((nchunks, c), x.dtype)
     db_part = np.empty((nchunks, c), x.dtype)
     dx = np.empty_like(x)
@@ -353,7 +366,7 @@ def attention_forward(q, k, v, causal=True, scale=None, causal_offset=0):
         raise ValueError("attention: k and v have no keys (S = 0)")
     if o.size:
         _parallel_for(_att.attention_fwd, q3.shape[0], _attn_parallel(q3.shape[0], t, k3.shape[1], d),
-                    q3, k3, v3, bool(causal), int(causal_offset), scale, ATTN_BLOCK_Q, ATTN_BLOCK_K, o, lse)
+                      q3, k3, v3, bool(causal), int(causal_offset), scale, ATTN_BLOCK_Q, ATTN_BLOCK_K, o, lse)
     return o.reshape(lead + (t, d)), lse.reshape(lead + (t,))
 
 
@@ -371,8 +384,8 @@ def attention_backward(q, k, v, o, lse, do, causal=True, scale=None, causal_offs
     dv = np.empty_like(v3)
     if q3.size and s:
         _parallel_for(_att.attention_bwd, q3.shape[0], _attn_parallel(q3.shape[0], t, s, d),
-                    q3, k3, v3, o3, lse2, do3, bool(causal), int(causal_offset), scale,
-                    ATTN_BLOCK_Q, ATTN_BLOCK_K, dq, dk, dv)
+                      q3, k3, v3, o3, lse2, do3, bool(causal), int(causal_offset), scale,
+                      ATTN_BLOCK_Q, ATTN_BLOCK_K, dq, dk, dv)
     return dq.reshape(lead + (t, d)), dk.reshape(lead + (s, d)), dv.reshape(lead + (s, d))
 
 
@@ -399,7 +412,7 @@ def attention_qkv_forward(qkv, n_head, causal=True, scale=None):
     lse = np.empty((b, n_head, t), qkv.dtype)
     if o.size:
         _parallel_for(_att.attention_qkv_fwd, b * n_head, _attn_parallel(b * n_head, t, t, hs),
-                    qkv, int(n_head), bool(causal), scale, ATTN_BLOCK_Q, ATTN_BLOCK_K, o, lse)
+                      qkv, int(n_head), bool(causal), scale, ATTN_BLOCK_Q, ATTN_BLOCK_K, o, lse)
     return o, lse
 
 
@@ -418,7 +431,7 @@ def attention_qkv_backward(qkv, o, lse, do, n_head, causal=True, scale=None):
     dqkv = np.empty_like(qkv)
     if qkv.size:
         _parallel_for(_att.attention_qkv_bwd, b * n_head, _attn_parallel(b * n_head, t, t, hs),
-                    qkv, o, lse, do, int(n_head), bool(causal), scale, ATTN_BLOCK_Q, ATTN_BLOCK_K, dqkv)
+                      qkv, o, lse, do, int(n_head), bool(causal), scale, ATTN_BLOCK_Q, ATTN_BLOCK_K, dqkv)
     return dqkv
 
 

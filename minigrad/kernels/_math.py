@@ -115,9 +115,9 @@ def single_thread_numba_blas():
     """Make the BLAS that Numba calls (SciPy's OpenBLAS) single-threaded; True if it worked.
 
     `np.dot` inside a Numba kernel calls SciPy's bundled OpenBLAS, a *second* BLAS with its own
-    thread pool (NumPy has another). Our kernels already run one GEMM per Numba thread
-    (a range of batch items or heads per thread), so letting each GEMM spawn threads too oversubscribes the
-    cores. NumPy's own BLAS (used by `a @ b` outside the kernels) is not touched. This is a
+    thread pool (NumPy has another). Our kernels already run one GEMM per thread of
+    `kernels._parallel_for` (a range of batch items or heads each), so letting each GEMM spawn
+    threads too oversubscribes the cores. NumPy's own BLAS (used by `a @ b` outside the kernels) is not touched. This is a
     process-wide setting of SciPy's BLAS; code that needs multi-threaded `scipy.linalg` can
     call `scipy_openblas_set_num_threads(n)` back, or set MINIGRAD_NUMBA_BLAS_THREADS=n.
     """

@@ -96,7 +96,7 @@ def _attention_fwd_head(q, k, v, causal, causal_offset, sc, block_q, block_k, o,
 def attention_fwd(q, k, v, causal, causal_offset, scale, block_q, block_k, o, lse, h0, h1):
     """Forward for heads h0..h1-1: writes o (BH, T, D) and lse (BH, T) of those heads only.
     Saves for backward: o and lse only. Releases the GIL: `minigrad.kernels` runs disjoint
-    ranges of heads in several threads at once (see `_over_heads`)."""
+    ranges of heads in several threads at once (see `_parallel_for`)."""
     sc = typed(q, scale)
     for bh in range(h0, h1):
         _attention_fwd_head(q[bh], k[bh], v[bh], causal, causal_offset, sc, block_q, block_k,

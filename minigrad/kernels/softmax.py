@@ -35,7 +35,6 @@ def softmax_fwd(x, y, r0, r1):
             y[i, j] *= inv
 
 
-
 @njit(fastmath=FASTMATH, error_model="numpy", nogil=True, cache=True)
 def softmax_bwd(y, dy, dx, r0, r1):
     """dx = y * (dy - sum(dy * y)) row by row (the softmax Jacobian-vector product).
@@ -47,7 +46,6 @@ def softmax_bwd(y, dy, dx, r0, r1):
             s += dy[i, j] * y[i, j]
         for j in range(n):
             dx[i, j] = y[i, j] * (dy[i, j] - s)
-
 
 
 @njit(fastmath=FASTMATH, error_model="numpy", nogil=True, cache=True)
@@ -67,7 +65,6 @@ def log_softmax_fwd(x, y, r0, r1):
             y[i, j] = x[i, j] - lse
 
 
-
 @njit(fastmath=FASTMATH, error_model="numpy", nogil=True, cache=True)
 def log_softmax_bwd(y, dy, dx, r0, r1):
     """dx = dy - exp(y) * sum(dy) row by row."""
@@ -78,7 +75,6 @@ def log_softmax_bwd(y, dy, dx, r0, r1):
             s += dy[i, j]
         for j in range(n):
             dx[i, j] = dy[i, j] - fast_exp(y[i, j]) * s
-
 
 
 @njit(fastmath=FASTMATH, error_model="numpy", nogil=True, cache=True)
@@ -110,7 +106,6 @@ def cross_entropy_fwd(logits, targets, ignore_index, loss, lse, r0, r1):
             loss[i] = 0.0
         else:
             loss[i] = lse[i] - logits[i, t]
-
 
 
 @njit(fastmath=FASTMATH, error_model="numpy", nogil=True, cache=True)
