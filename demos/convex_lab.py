@@ -158,7 +158,7 @@ def run_deterministic(pb, name, iters, **kw):
     gaps = [obj(p["x"]) - fs]
     for _ in range(iters):
         opt.step({"x": pb["grad"](p["x"])})
-        x = opt.iterates()["x"] if hasattr(opt, "iterates") else p["x"]
+        x = opt.iterates()["x"]
         gaps.append(obj(x) - fs)
     return np.maximum(np.array(gaps), FLOOR)
 

@@ -159,7 +159,7 @@ def save_checkpoint(out_dir: str, model: GPT, opt, meta: dict, history: dict) ->
     manifest = {
         "format_version": FORMAT_VERSION, "checkpoint": CKPT, "step": meta["step"],
         "config": meta["config"], "preset": meta["args"]["preset"], "optimizer": meta["args"]["optimizer"],
-        "num_params": int(sum(p.size for p in model.parameters())),
+        "num_params": model.num_parameters(),
         "last_val_loss": history["val_loss"][-1] if history["val_loss"] else None,
         "last_train_loss": history["train_loss"][-1] if history["train_loss"] else None,
         "data": meta["data"], "horizon": meta["horizon"], "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -361,7 +361,7 @@ def run(args, on_step=None) -> int:
             horizon = args.steps          # an explicit new --steps extends/shortens the run
     val_batches = data.fixed_batches("val", args.eval_batches, batch_size, seed=args.seed + 1)
 
-    n_params = sum(p.size for p in model.parameters())
+    n_params = model.num_parameters()
     print(f"data: {data_desc}: {len(data.ids):,} tokens (vocab {data.vocab_size}), "
           f"train {len(data.train):,} / val {len(data.val):,}")
     print(f"model: {args.preset} {config.n_layer} layers, {config.n_head} heads, {config.n_embd} dims, "

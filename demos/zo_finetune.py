@@ -367,7 +367,7 @@ def main(argv=None):
         base = pretrain(cfg, a.batch_size, data, a.pretrain_steps, a.pretrain_lr, a.seed)
         source = f"{a.pretrain_steps} AdamW steps on the training split"
     base.eval()
-    n_params = sum(p.data.size for p in base.parameters())
+    n_params = base.num_parameters()
     val = np.asarray(data.val.ids)
     cut = int(0.8 * len(val))
     ft, ev = Windows(val[:cut], cfg.block_size), Windows(val[cut:], cfg.block_size)

@@ -193,10 +193,6 @@ class GPT(nn.Module):
             else:
                 p.data[...] = rng.normal(0.0, std, size=p.shape).astype(self.dtype)
 
-    def num_params(self, non_embedding: bool = True) -> int:
-        n = sum(p.size for p in self.parameters())
-        return n - self.wpe.weight.size if non_embedding else n
-
     def forward(self, idx, targets=None, caches=None, pos0: int = 0):
         """idx: int array (B, T) -> logits (B, T, V); loss = mean cross-entropy if targets given.
 

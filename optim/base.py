@@ -158,6 +158,9 @@ class Optimizer:
     #: group keys not saved by ``state_dict`` (objects such as prox operators; they are
     #: rebuilt by the constructor and kept by ``load_state_dict``).
     _unsaved_hparams: tuple = ()
+    #: methods whose parameters hold an extrapolated point (AGD, FISTA) keep the iterate x_k in
+    #: ``state[name][_iterate_key]``; for all others the parameter is the iterate.
+    _iterate_key: str | None = None
 
     def __init__(self, params, *, nonfinite="raise", **defaults):
         if nonfinite not in ("raise", "skip"):
@@ -298,6 +301,12 @@ class Optimizer:
         """Bytes held by optimizer state arrays (not the parameters or gradients)."""
         n = sum(v.nbytes for st in self.state.values() for v in st.values() if isinstance(v, np.ndarray))
         return n + sum(v.nbytes for v in self.global_state.values() if isinstance(v, np.ndarray))
+
+    def iterates(self) -> dict:
+        """dict name -> the iterate x_k the method is at (the parameter itself, except for
+        methods that take gradients at an extrapolated point; see ``_iterate_key``)."""
+        key = self._iterate_key
+        return {n: self.state[n][key] if key and n in self.state else p for n, p in self.params.items()}
 
     def state_dict(self):
         """Deep copy of the state: ndarrays and Python scalars only (see module docstring)."""

@@ -26,6 +26,7 @@ import math
 import numpy as np
 
 from .base import Optimizer, register
+from .schedules import global_grad_norm
 
 __all__ = ["PerturbedGD", "jin_parameters"]
 
@@ -70,7 +71,7 @@ class PerturbedGD(Optimizer):
         """A joint sample, as dict name -> array: uniform in the ball (or on the sphere)."""
         params = self.params
         z = {n: self._rng.standard_normal(params[n].shape) for n in names}
-        norm = math.sqrt(sum(float(np.sum(v * v)) for v in z.values()))
+        norm = global_grad_norm(z)
         d = sum(v.size for v in z.values())
         scale = self.radius / max(norm, 1e-300)
         if ball:
@@ -87,7 +88,7 @@ class PerturbedGD(Optimizer):
             self._xi = self._direction(names, ball=False)
             return True
         self._xi = None
-        gnorm = math.sqrt(sum(float(np.sum(np.square(grads[n], dtype=np.float64))) for n in names))
+        gnorm = global_grad_norm(grads)
         if gnorm <= self.g_thres and t - gs["t_noise"] > self.t_thres:
             xi = self._direction(names, ball=True)
             params = self.params

@@ -247,6 +247,8 @@ class FISTA(_ProxGradBase):
     The gradient is taken at y, so **the parameter arrays hold y**; the iterate x is
     ``state[name]["x"]`` (``opt.iterates()``). Memory: N."""
 
+    _iterate_key = "x"
+
     def _update(self, name, p, g, state, group):
         if "x" not in state:
             state["x"], state["t"] = p.copy(), 1.0        # x_0 = y_1
@@ -255,7 +257,3 @@ class FISTA(_ProxGradBase):
         t_next = (1.0 + math.sqrt(1.0 + 4.0 * t * t)) / 2.0
         p[...] = x_new + ((t - 1.0) / t_next) * (x_new - state["x"])
         state["x"], state["t"] = x_new, t_next
-
-    def iterates(self):
-        """dict name -> x_k (the prox-feasible iterate)."""
-        return {n: self.state[n]["x"] if n in self.state else p for n, p in self.params.items()}

@@ -144,6 +144,8 @@ class AGD(Optimizer):
     ``"convex"`` ((k-1)/(k+2)) or a float (strongly convex: (sqrt(kappa)-1)/(sqrt(kappa)+1)
     with lr = 1/L gives rate (1-1/sqrt(kappa))^k [unverified]). Memory: N."""
 
+    _iterate_key = "x"
+
     def __init__(self, params, lr=1e-2, momentum="convex", **kw):
         super().__init__(params, lr=lr, momentum=momentum, **kw)
 
@@ -163,7 +165,3 @@ class AGD(Optimizer):
         beta = nesterov_momentum(k + 1, group["momentum"])
         p[...] = x_new + beta * (x_new - x_old)
         state["x"] = x_new
-
-    def iterates(self):
-        """dict name -> x_k (the non-extrapolated iterate; equals the param before any step)."""
-        return {n: self.state[n]["x"] if n in self.state else p for n, p in self.params.items()}

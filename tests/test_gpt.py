@@ -42,7 +42,7 @@ def test_shapes_tying_and_param_count():
     assert "wte.weight" in names and not any("head" in n for n in names)
     C, V, L, T = cfg.n_embd, cfg.vocab_size, cfg.n_layer, cfg.block_size
     per_block = 2 * 2 * C + (3 * C * C + 3 * C) + (C * C + C) + (4 * C * C + 4 * C) + (4 * C * C + C)
-    assert sum(p.size for p in m.parameters()) == V * C + T * C + L * per_block + 2 * C
+    assert m.num_parameters() == V * C + T * C + L * per_block + 2 * C
     idx = _ids(np.random.default_rng(0), cfg, 3, 5)
     logits, loss = m(idx)
     assert logits.shape == (3, 5, V) and loss is None

@@ -182,7 +182,7 @@ def _iters_to(opt_fn, h, x0, tol=1e-6, max_iter=100_000):
     opt = opt_fn(p)
     for k in range(1, max_iter):
         opt.step({"x": h @ p["x"]})
-        x = opt.iterates()["x"] if hasattr(opt, "iterates") else p["x"]
+        x = opt.iterates()["x"]
         if np.linalg.norm(x) <= tol * np.linalg.norm(x0):
             return k
     return max_iter

@@ -137,7 +137,7 @@ def test_lasso_solution_satisfies_kkt(method):
     opt = optim.create(method, p, lr=1 / L, prox=L1(lam))
     for _ in range(3000 if method == "ista" else 1500):
         opt.step({"x": a.T @ (a @ p["x"] - b)})
-    x = opt.iterates()["x"] if method == "fista" else p["x"]
+    x = opt.iterates()["x"]
     g = a.T @ (a @ x - b)
     nz = x != 0
     assert nz.sum() >= 1 and (~nz).sum() >= 1
@@ -163,7 +163,7 @@ def test_fista_beats_ista_and_both_meet_their_rates():
         gap = []
         for k in range(1, 101):
             opt.step({"x": a.T @ (a @ p["x"] - b)})
-            x = opt.iterates()["x"] if cls is optim.FISTA else p["x"]
+            x = opt.iterates()["x"]
             gap.append(F(x) - fstar)
         gaps[cls.__name__] = np.array(gap)
     k = np.arange(1, 101)
