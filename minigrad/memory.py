@@ -50,7 +50,7 @@ from . import autograd
 from .nn import Parameter
 
 __all__ = [
-    "gpt_costs", "GPTCosts", "lecture_costs", "optimizer_state_multiplier",
+    "gpt_costs", "GPTCosts", "optimizer_state_multiplier",
     "track", "MemoryLedger", "count_flops", "FlopCounter", "matmul_flops", "measure_peak_flops",
     "fmt_bytes",
 ]
@@ -67,7 +67,6 @@ def fmt_bytes(n: float) -> str:
         if abs(n) < 1024 or unit == "TiB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
         n /= 1024
-    return f"{n:.2f} TiB"  # pragma: no cover
 
 
 # ============================================================================ analytic
@@ -325,15 +324,6 @@ def gpt_costs(config, batch_size: int, optimizer="adamw", dtype_bytes: int = 4, 
                     notes=notes)
 
 
-def lecture_costs(n_layer, n_embd, n_head, seq_len, batch_size, vocab_size=0, dtype_bytes=4) -> dict:
-    """The lecture's formulas alone: params 12lh² + vh, activations b·l·(2s²a + 14sh) values,
-    total (48lh² + b·l·(2s²a + 14sh)) × dtype_bytes."""
-    l, h, a, s, b = n_layer, n_embd, n_head, seq_len, batch_size
-    return {"params": 12 * l * h * h + vocab_size * h,
-            "activation_values": b * l * (2 * s * s * a + 14 * s * h),
-            "total_bytes": (48 * l * h * h + b * l * (2 * s * s * a + 14 * s * h)) * dtype_bytes}
-
-
 # ============================================================================ live ledger
 def _root(a: np.ndarray) -> np.ndarray:
     while isinstance(a.base, np.ndarray):
@@ -408,8 +398,6 @@ class MemoryLedger:
         self.peak = dict(self.current)
         self.peak_by_op: dict[str, int] = {}
         self.events = 0
-        self.elapsed = 0.0
-        self.timeline: list[tuple[str, int]] = []  # (event, activation bytes) at every event
         self._active = False
 
     # ------------------------------------------------------------------ parameters
@@ -428,7 +416,7 @@ class MemoryLedger:
             self._save(ctx, objs)
         else:
             self._release(id(ctx), sample=False)
-        self._sample(event)
+        self._sample()
 
     def _save(self, ctx, objs):
         key = id(ctx)
@@ -466,7 +454,7 @@ class MemoryLedger:
             if not rec["spans"]:
                 del self._roots[rid]
         if sample:
-            self._sample("gc")
+            self._sample()
 
     def _recount(self, rid):
         rec = self._roots[rid]
@@ -477,7 +465,7 @@ class MemoryLedger:
         self._by_op[rec["op"]] = self._by_op.get(rec["op"], 0) + delta
 
     # ------------------------------------------------------------------ sampling
-    def _sample(self, label):
+    def _sample(self):
         cur = self.current
         cur["params"] = sum(p.data.nbytes for p in self._params.values())
         cur["grads"] = sum(p.grad.nbytes for p in self._params.values() if p.grad is not None)
@@ -488,27 +476,23 @@ class MemoryLedger:
                 self.peak[k] = v
                 if k == "activations":
                     self.peak_by_op = {op: n for op, n in self._by_op.items() if n}
-        self.timeline.append((label, cur["activations"]))
 
-    def snapshot(self, label: str = "snapshot") -> dict:
+    def snapshot(self) -> dict:
         """Record the current bytes now (e.g. after `optimizer.step`); returns `current`."""
-        self._sample(label)
+        self._sample()
         return dict(self.current)
 
     # ------------------------------------------------------------------ context
     def __enter__(self):
         self._active = True
-        self._t0 = time.perf_counter()
         autograd.add_saved_listener(self._listener)
-        self._sample("start")
+        self._sample()
         return self
 
     def __exit__(self, *exc):
         autograd.remove_saved_listener(self._listener)
-        self._sample("end")
+        self._sample()
         self._active = False
-        self.elapsed = time.perf_counter() - self._t0
-        self._params_list = list(self._params.values())
         self._params = {}  # do not keep the model alive through the ledger
         self._optimizers = []
         return False
