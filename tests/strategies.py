@@ -16,8 +16,11 @@ are not mostly one repeated value) and shrink to readable counterexamples.
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
+
+import minigrad as mg
 
 MAX_SIDE = 4
 
@@ -128,3 +131,22 @@ def int_indices(size: int, shape, allow_repeats: bool = True):
 def seeds():
     """A seed for np.random.default_rng: for bulk data (attention inputs, dropout masks)."""
     return st.integers(0, 2**32 - 1)
+
+
+# ---------------------------------------------------------------- shared checks
+BACKENDS = ["numpy"] + (["numba"] if mg.backend.numba_available() else [])
+by_backend = pytest.mark.parametrize("bk", BACKENDS)
+
+
+def gc(fn, *arrays_):
+    """gradcheck `fn` on fresh float64 leaves; also every grad must have its input's shape."""
+    xs = [mg.Tensor(a, requires_grad=True) for a in arrays_]
+    assert mg.gradcheck(fn, xs)
+    for x in xs:
+        assert x.grad is not None and x.grad.shape == x.shape
+    return xs
+
+
+def close(t, expected, tol=1e-12):
+    assert t.shape == np.shape(expected)
+    np.testing.assert_allclose(t.data, expected, rtol=tol, atol=tol)

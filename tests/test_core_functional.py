@@ -3,10 +3,8 @@
 The fused ops hand-write their backward (softmax's Jacobian product, cross-entropy's
 softmax-minus-onehot, layer norm's three-term formula, attention's chain of four products), so
 each is checked against finite differences with a random upstream covector, and its forward
-against a plain NumPy formula. When the kernels' backend switch exists (`minigrad.set_backend`),
-every test runs on each available backend.
+against a plain NumPy formula. Every test runs on each available backend (numpy, numba).
 """
-import contextlib
 import math
 
 import numpy as np
@@ -16,46 +14,7 @@ from hypothesis import assume, given, strategies as st
 import minigrad as mg
 import minigrad.functional as F
 
-from strategies import arrays, int_indices, positive_arrays, seeds, shapes
-
-
-def _backends():
-    if not hasattr(mg, "set_backend"):
-        return ["numpy"]
-    from minigrad import backend
-
-    return ["numpy"] + (["numba"] if backend.numba_available() else [])
-
-
-BACKENDS = _backends()
-
-
-@contextlib.contextmanager
-def backend(name):
-    if not hasattr(mg, "set_backend"):
-        yield
-        return
-    previous = mg.set_backend(name)
-    try:
-        yield
-    finally:
-        mg.set_backend(previous)
-
-
-by_backend = pytest.mark.parametrize("bk", BACKENDS)
-
-
-def gc(fn, *arrays_, **kw):
-    xs = [mg.Tensor(a, requires_grad=True) for a in arrays_]
-    assert mg.gradcheck(fn, xs, **kw)
-    for x in xs:
-        assert x.grad is not None and x.grad.shape == x.shape
-    return xs
-
-
-def close(t, expected, tol=1e-12):
-    assert t.shape == np.shape(expected)
-    np.testing.assert_allclose(t.data, expected, rtol=tol, atol=tol)
+from strategies import BACKENDS, arrays, by_backend, close, gc, int_indices, positive_arrays, seeds, shapes
 
 
 def np_softmax(x, axis=-1):
@@ -71,7 +30,7 @@ def test_linear(bk, data, bias):
     n_in, n_out = data.draw(st.integers(1, 4)), data.draw(st.integers(1, 4))
     x, w = data.draw(arrays(lead + (n_in,))), data.draw(arrays((n_out, n_in)))
     b = data.draw(arrays((n_out,)))
-    with backend(bk):
+    with mg.use_backend(bk):
         if bias:
             tx, tw, tb = gc(F.linear, x, w, b)
             close(F.linear(tx, tw, tb), x @ w.T + b)
@@ -83,7 +42,7 @@ def test_linear(bk, data, bias):
 @by_backend
 @given(x=arrays(shapes(), kinks=(0.0,)))
 def test_relu(bk, x):
-    with backend(bk):
+    with mg.use_backend(bk):
         (t,) = gc(F.relu, x)
         close(F.relu(t), np.maximum(x, 0))
 
@@ -94,7 +53,7 @@ def test_relu(bk, x):
 def test_gelu(bk, approximate, x):
     from math import erf
 
-    with backend(bk):
+    with mg.use_backend(bk):
         (t,) = gc(lambda a: F.gelu(a, approximate=approximate), x)
         out = F.gelu(t, approximate=approximate)
     if approximate == "tanh":
@@ -113,7 +72,7 @@ def test_softmax_log_softmax(bk, name, data):
     axis = data.draw(st.integers(-len(shape), len(shape) - 1))
     x = data.draw(arrays(shape, lo=-5.0, hi=5.0))
     fn = getattr(F, name)
-    with backend(bk):
+    with mg.use_backend(bk):
         (t,) = gc(lambda a: fn(a, axis=axis), x)
         out = fn(t, axis=axis)
     p = np_softmax(x, axis)
@@ -123,7 +82,7 @@ def test_softmax_log_softmax(bk, name, data):
 @by_backend
 def test_softmax_is_shift_invariant_and_stable(bk):
     x = np.array([[1000.0, 1001.0, 1002.0], [-1000.0, -1001.0, -1002.0]])
-    with backend(bk):
+    with mg.use_backend(bk):
         p = F.softmax(mg.Tensor(x)).data
         lp = F.log_softmax(mg.Tensor(x)).data
     assert np.isfinite(p).all() and np.isfinite(lp).all()
@@ -155,7 +114,7 @@ def np_cross_entropy(logits, targets, ignore_index=-100, reduction="mean"):
 def test_cross_entropy(bk, reduction, lt):
     logits, targets = lt
     assume(reduction != "mean" or (targets != -100).any())  # a mean over no rows is NaN, as in torch
-    with backend(bk):
+    with mg.use_backend(bk):
         (t,) = gc(lambda a: F.cross_entropy(a, targets, reduction=reduction), logits)
         out = F.cross_entropy(t, targets, reduction=reduction)
     close(out, np_cross_entropy(logits, targets, reduction=reduction), tol=1e-12)
@@ -168,7 +127,7 @@ def test_cross_entropy_custom_ignore_index_and_single_row(bk, lt, data):
     logits, targets = lt
     ignore = int(data.draw(st.sampled_from(list(targets))))  # a real class id as the ignore label
     assume((targets != ignore).any())
-    with backend(bk):
+    with mg.use_backend(bk):
         (t,) = gc(lambda a: F.cross_entropy(a, targets, ignore_index=ignore), logits)
         close(F.cross_entropy(t, targets, ignore_index=ignore), np_cross_entropy(logits, targets, ignore))
         # a single row (V,) with a scalar target is the same as a batch of one
@@ -198,7 +157,7 @@ def test_layer_norm(bk, affine, data, eps):
     x = data.draw(arrays(lead + (c,), distinct=True))  # distinct: variance well away from 0
     w, b = data.draw(arrays((c,))), data.draw(arrays((c,)))
     args = {"weight_bias": (x, w, b), "weight": (x, w), "none": (x,)}[affine]
-    with backend(bk):
+    with mg.use_backend(bk):
         ts = gc(lambda *a: F.layer_norm(*a, eps=eps), *args)
         out = F.layer_norm(*ts, eps=eps)
     mu, var = x.mean(-1, keepdims=True), x.var(-1, keepdims=True)
@@ -217,7 +176,7 @@ def test_embedding_repeated_indices(bk, data):
     num, dim = data.draw(st.integers(1, 5)), data.draw(st.integers(1, 3))
     w = data.draw(arrays((num, dim)))
     idx = data.draw(int_indices(num, data.draw(shapes(min_dims=1, max_dims=2, max_side=5))))
-    with backend(bk):
+    with mg.use_backend(bk):
         (tw,) = gc(lambda a: F.embedding(idx, a), w)
         close(F.embedding(idx, tw), w[idx])
         tw.grad = None
@@ -229,7 +188,7 @@ def test_embedding_repeated_indices(bk, data):
 @by_backend
 @given(x=arrays(shapes(min_dims=1)), p=st.sampled_from([0.1, 0.5, 0.9]), seed=seeds())
 def test_dropout_fixed_rng(bk, x, p, seed):
-    with backend(bk):
+    with mg.use_backend(bk):
         (t,) = gc(lambda a: F.dropout(a, p, True, rng=seed), x)  # same seed -> same mask every call
         out = F.dropout(t, p, True, rng=seed).data
         again = F.dropout(t, p, True, rng=seed).data
@@ -279,7 +238,7 @@ def np_attention(q, k, v, causal, scale):
 @given(t=qkv(), scale=st.none() | st.floats(0.2, 2.0))
 def test_attention(bk, causal, t, scale):
     q, k, v = t
-    with backend(bk):
+    with mg.use_backend(bk):
         tq, tk, tv = gc(lambda a, b, c: F.scaled_dot_product_attention(a, b, c, causal=causal, scale=scale), q, k, v)
         out = F.scaled_dot_product_attention(tq, tk, tv, causal=causal, scale=scale)
     close(out, np_attention(q, k, v, causal, 1 / math.sqrt(q.shape[-1]) if scale is None else scale), tol=1e-12)
@@ -294,7 +253,7 @@ def test_qkv_attention_is_split_heads_attention_merge(bk, causal, b, t, n_head, 
     (the forward to 1e-12); its one-array backward passes gradcheck on both backends."""
     c = n_head * hs
     x = np.random.default_rng(seed).standard_normal((b, t, 3 * c))
-    with backend(bk):
+    with mg.use_backend(bk):
         (tx,) = gc(lambda a: F.qkv_attention(a, n_head, causal=causal, scale=scale), x)
         out = F.qkv_attention(tx, n_head, causal=causal, scale=scale)
     q, k, v = (x[:, :, i * c:(i + 1) * c].reshape(b, t, n_head, hs).transpose(0, 2, 1, 3) for i in range(3))
@@ -308,7 +267,7 @@ def test_qkv_attention_rejects_a_width_not_split_into_heads():
     with pytest.raises(ValueError, match="n_head must be a positive integer"):
         F.qkv_attention(np.zeros((1, 2, 6), np.float32), 0)
     for bk in BACKENDS:  # the same error on both backends (numba used to return empty arrays)
-        with backend(bk), pytest.raises(ValueError, match="the sequence is empty"):
+        with mg.use_backend(bk), pytest.raises(ValueError, match="the sequence is empty"):
             F.qkv_attention(np.zeros((1, 0, 6), np.float32), 1)
 
 
@@ -316,13 +275,13 @@ def test_qkv_attention_rejects_a_width_not_split_into_heads():
 def test_attention_causal_first_query_sees_only_the_first_key_and_last_sees_all(bk):
     rng = np.random.default_rng(0)
     q, k, v = rng.standard_normal((1, 4, 3)), rng.standard_normal((1, 4, 3)), rng.standard_normal((1, 4, 2))
-    with backend(bk):
+    with mg.use_backend(bk):
         out = F.scaled_dot_product_attention(mg.Tensor(q), mg.Tensor(k), mg.Tensor(v), causal=True).data
         full = F.scaled_dot_product_attention(mg.Tensor(q), mg.Tensor(k), mg.Tensor(v)).data
     np.testing.assert_allclose(out[0, 0], v[0, 0], rtol=1e-12)
     np.testing.assert_allclose(out[0, -1], full[0, -1], rtol=1e-12)
     # a chunk of Tq=2 queries over Tk=4 keys: the chunk's rows are the last rows of the full causal
-    with backend(bk):
+    with mg.use_backend(bk):
         chunk = F.scaled_dot_product_attention(mg.Tensor(q[:, 2:]), mg.Tensor(k), mg.Tensor(v), causal=True).data
     np.testing.assert_allclose(chunk, out[:, 2:], rtol=1e-12)
 

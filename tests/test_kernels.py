@@ -234,6 +234,27 @@ def test_bmm_matches_twin(seed, n, m, k, p):
     close32(K.bmm(a, b), R.bmm(*up(a, b)), scale=k ** 0.5)
 
 
+@given(seeds, st.sampled_from(["rows", "batch", "batch4", "broadcast"]), st.integers(1, 3),
+       st.integers(1, 20), st.integers(1, 20), st.integers(1, 20))
+def test_matmul_routes_match_twin(seed, route, n, m, k, p):
+    """matmul_forward/backward on each route: (..., K) @ (K, P) as one GEMM over all rows, equal
+    batch dims through bmm, and broadcast batch dims left to NumPy (backward returns None)."""
+    rng = np.random.default_rng(seed)
+    a_shape, b_shape = {"rows": ((n, 2, m, k), (k, p)), "batch": ((n, m, k), (n, k, p)),
+                        "batch4": ((n, 2, m, k), (n, 2, k, p)), "broadcast": ((1, m, k), (n + 1, k, p))}[route]
+    a, b = f32(rng, a_shape), f32(rng, b_shape)
+    y = K.matmul_forward(a, b)
+    close32(y, R.matmul_forward(*up(a, b)), scale=k ** 0.5)
+    g = f32(rng, y.shape)
+    grads = K.matmul_backward(a, b, g)
+    if route == "broadcast":
+        assert grads is None
+        return
+    for got, want in zip(grads, R.matmul_backward(*up(a, b, g))):
+        assert got.shape == want.shape
+        close32(got, want, scale=(n * 2 * m * max(k, p)) ** 0.5)
+
+
 @given(seeds, st.integers(1, 50), st.integers(1, 50), st.integers(1, 50), st.integers(1, 20))
 def test_tiled_matmul_matches_twin(seed, m, k, p, tile):
     rng = np.random.default_rng(seed)

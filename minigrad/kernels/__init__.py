@@ -6,6 +6,7 @@ NumPy twin with the same signature, and tests/test_kernels*.py hold each kernel 
 
     module        kernels                                   twin in reference.py
     matmul.py     bmm (BLAS per batch item), matmul_tiled   bmm, matmul_tiled
+                  (matmul_forward/backward route to them)   matmul_forward, matmul_backward
     softmax.py    softmax, log_softmax, cross_entropy       softmax_*, log_softmax_*, cross_entropy_*
     layernorm.py  layer_norm fwd/bwd (saves mean, rstd)     layer_norm_*
     gelu.py       GELU (tanh approximation) fwd/bwd         gelu_*
@@ -163,14 +164,19 @@ def matmul_tiled(a, b, tile=64):
     return out
 
 
+def _bmm_ok(a, b) -> bool:
+    """Equal batch dims (3-D and up) and one float dtype: a batch of GEMMs for `bmm`."""
+    return a.ndim >= 3 and a.ndim == b.ndim and a.shape[:-2] == b.shape[:-2] and a.dtype == b.dtype \
+        and a.dtype in _FLOATS
+
+
 def matmul_forward(a, b):
     """a @ b with NumPy semantics, batched products routed to one GEMM where possible:
     (..., K) @ (K, P) becomes one 2-D GEMM over all rows of a; equal-batch 3-D+ operands
     go to `bmm` (one single-threaded BLAS GEMM per batch item, items spread over threads)."""
     if a.ndim >= 3 and b.ndim == 2:
         return (a.reshape(-1, a.shape[-1]) @ b).reshape(a.shape[:-1] + (b.shape[1],))
-    if a.ndim >= 3 and a.ndim == b.ndim and a.shape[:-2] == b.shape[:-2] and a.dtype == b.dtype \
-            and a.dtype in _FLOATS:
+    if _bmm_ok(a, b):
         lead = a.shape[:-2]
         out = bmm(a.reshape((-1,) + a.shape[-2:]), b.reshape((-1,) + b.shape[-2:]))
         return out.reshape(lead + out.shape[-2:])
@@ -183,8 +189,7 @@ def matmul_backward(a, b, g):
     if a.ndim >= 3 and b.ndim == 2:  # db sums over all rows: one GEMM
         a2, g2 = a.reshape(-1, a.shape[-1]), g.reshape(-1, g.shape[-1])
         return (g2 @ b.T).reshape(a.shape), a2.T @ g2
-    if a.ndim >= 3 and a.ndim == b.ndim and a.shape[:-2] == b.shape[:-2] and a.dtype == b.dtype \
-            and a.dtype in _FLOATS and g.shape == a.shape[:-1] + b.shape[-1:]:
+    if _bmm_ok(a, b):
         return (matmul_forward(g, np.swapaxes(b, -1, -2)),
                 matmul_forward(np.swapaxes(a, -1, -2), g))
     return None

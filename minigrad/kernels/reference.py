@@ -17,6 +17,19 @@ def matmul_tiled(a, b, tile=64):
     return a @ b
 
 
+def matmul_forward(a, b):
+    """a @ b, NumPy's matmul."""
+    return a @ b
+
+
+def matmul_backward(a, b, g):
+    """(da, db) of y = a @ b for a (..., M, K) with b (K, P) (db sums over the batch) or with b
+    (..., K, P) of the same batch dims."""
+    da = g @ np.swapaxes(b, -1, -2)
+    db = np.swapaxes(a, -1, -2) @ g
+    return da, (db.reshape((-1,) + db.shape[-2:]).sum(axis=0) if b.ndim == 2 else db)
+
+
 def softmax_forward(x):
     """softmax over the last axis."""
     e = np.exp(x - x.max(axis=-1, keepdims=True))
