@@ -441,11 +441,9 @@ class QKVAttention(Function):
             o, lse = ctx.fused.attention_qkv_forward(qkv, n_head, causal=causal, scale=scale)
             ctx.save_for_backward(qkv, o, lse)
             return o
-        B, T, C3 = qkv.shape
-        q, k, v = _split_heads(qkv, n_head)  # views, (B, nh, T, hs)
-        o, p = _plain_attention(q, k, v, causal, scale)
+        o, p = _plain_attention(*_split_qkv(qkv, n_head), causal, scale)
         ctx.save_for_backward(qkv, p)
-        return o.transpose(0, 2, 1, 3).reshape(B, T, C3 // 3)  # merge heads: (B, T, C)
+        return _merge_heads(o)  # (B, T, C)
 
     @staticmethod
     def backward(ctx, g):
@@ -453,18 +451,26 @@ class QKVAttention(Function):
             return (ctx.fused.attention_qkv_backward(*ctx.saved, g, ctx.n_head, causal=ctx.causal,
                                                       scale=ctx.scale),)
         qkv, p = ctx.saved
-        B, T, C3 = qkv.shape
-        do = g.reshape(B, T, ctx.n_head, -1).transpose(0, 2, 1, 3)  # split heads of g
-        grads = _plain_attention_grads(*_split_heads(qkv, ctx.n_head), p, do, ctx.scale)
-        return (np.concatenate([x.transpose(0, 2, 1, 3).reshape(B, T, C3 // 3) for x in grads], axis=-1),)
+        grads = _plain_attention_grads(*_split_qkv(qkv, ctx.n_head), p, _split_heads(g, ctx.n_head), ctx.scale)
+        return (np.concatenate([_merge_heads(x) for x in grads], axis=-1),)  # dq | dk | dv
 
 
-def _split_heads(qkv, n_head):
+def _split_heads(x, n_head):
+    """(B, T, C) array -> view (B, nh, T, C/nh): head h is columns h*hs:(h+1)*hs."""
+    B, T, C = x.shape
+    return x.reshape(B, T, n_head, C // n_head).transpose(0, 2, 1, 3)
+
+
+def _merge_heads(x):
+    """(B, nh, T, hs) array -> (B, T, nh*hs): the heads side by side again."""
+    B, nh, T, hs = x.shape
+    return x.transpose(0, 2, 1, 3).reshape(B, T, nh * hs)
+
+
+def _split_qkv(qkv, n_head):
     """qkv (B, T, 3C) -> views q, k, v of shape (B, nh, T, hs)."""
-    B, T, C3 = qkv.shape
-    C = C3 // 3
-    return [qkv[:, :, i * C:(i + 1) * C].reshape(B, T, n_head, C // n_head).transpose(0, 2, 1, 3)
-            for i in range(3)]
+    C = qkv.shape[-1] // 3
+    return [_split_heads(qkv[:, :, i * C:(i + 1) * C], n_head) for i in range(3)]
 
 
 def qkv_attention(qkv, n_head: int, causal: bool = True, scale: float | None = None) -> Tensor:

@@ -339,10 +339,8 @@ def test_parallel_drivers_match_serial(monkeypatch):
         return out + [p, m, vv]
 
     monkeypatch.setattr(K, "_parallel", lambda work: False)
-    monkeypatch.setattr(K, "_attn_parallel", lambda *dims: False)
     serial = run_all()
     monkeypatch.setattr(K, "_parallel", lambda work: True)
-    monkeypatch.setattr(K, "_attn_parallel", lambda *dims: True)
     monkeypatch.setattr(K, "_num_threads", lambda: 3)
     ranges = []
     pool = K._executor(2)

@@ -41,9 +41,9 @@ from .matmul import bmm as _bmm, matmul_tiled as _matmul_tiled
 try:  # np.dot inside Numba needs SciPy's BLAS; make it single-threaded (see _math).
     import scipy.linalg.cython_blas  # noqa: F401
 
-    NUMBA_BLAS_SINGLE_THREADED = _math.single_thread_numba_blas()
+    _math.single_thread_numba_blas()
 except ImportError:  # pragma: no cover
-    NUMBA_BLAS_SINGLE_THREADED = False
+    pass
 
 __all__ = [
     "bmm", "matmul_tiled", "matmul_forward", "matmul_backward", "softmax_forward", "softmax_backward", "log_softmax_forward",
@@ -55,11 +55,13 @@ __all__ = [
 
 _FLOATS = (np.float32, np.float64)
 
-# Below this many elements of work a kernel runs in the calling thread only. Handing a range to
-# a second thread (`_parallel_for`) was measured at ~0.14 ms median (0.3 ms at the 90th
-# percentile) on this 2-core VM, mostly the wake-up of the idle second CPU; the vectorised row and
-# elementwise kernels do ~10^6 float32 elements in that time. Measured: 2 threads lost up to
-# (2048, 512), were about even at (2048, 1536) and won clearly from ~6*10^6 elements.
+# Below this much work a kernel runs in the calling thread only. Work counts elements for the row
+# and elementwise kernels and multiply-adds for bmm and attention (B*H*T*S*D), which do more per
+# element. Handing a range to a second thread (`_parallel_for`) was measured at ~0.14 ms median
+# (0.3 ms at the 90th percentile) on this 2-core VM, mostly waking the idle second CPU. Measured
+# break-even: the row and elementwise kernels lost on 2 threads up to (2048, 512), were even at
+# (2048, 1536) and won from ~6*10^6 elements; attention backward at (32, 4, 64, 16) (8*10^6
+# multiply-adds) won, a 100-token prefill (10^6) did not.
 SERIAL_BELOW = 1 << 22
 
 
@@ -95,9 +97,9 @@ def _parallel_for(kernel, n, parallel, *args):
     when one of them raised (so no thread is still writing when the caller sees the error).
 
     Why not `prange`: on the 2-core VM a launch on Numba's workqueue layer cost 0.2-0.5 ms (its
-    idle workers poll with short sleeps, which also slowed OpenBLAS), against 0.05-0.14 ms to
-    hand a range to a thread of this pool that waits on a lock (more when the second CPU is
-    idle and must be woken); and `parallel=True` kernels compile several times slower."""
+    idle workers poll with short sleeps, which also slowed OpenBLAS), against ~0.14 ms to hand
+    a range to a thread of this pool (see SERIAL_BELOW); and `parallel=True` kernels compile
+    several times slower."""
     threads = min(_num_threads(), n) if parallel else 1
     if threads <= 1:
         kernel(*args, 0, n)
@@ -331,13 +333,6 @@ def gelu_backward(x, dy):
 # ----------------------------------------------------------------------------- attention
 ATTN_BLOCK_Q = 64
 ATTN_BLOCK_K = 64
-# Attention does D multiply-adds per score, so threads pay off sooner than for elementwise
-# kernels: measured, (32, 4, 64, 16) backward gains from 2 threads, a 100-token prefill does not.
-ATTN_SERIAL_BELOW = 1 << 22  # in units of BH * T * S * D
-
-
-def _attn_parallel(bh, t, s, d) -> bool:
-    return bh * t * s * d >= ATTN_SERIAL_BELOW
 
 
 def _attn_inputs(q, k, v, op):
@@ -370,7 +365,7 @@ def attention_forward(q, k, v, causal=True, scale=None, causal_offset=0):
     if k3.shape[1] == 0:
         raise ValueError("attention: k and v have no keys (S = 0)")
     if o.size:
-        _parallel_for(_att.attention_fwd, q3.shape[0], _attn_parallel(q3.shape[0], t, k3.shape[1], d),
+        _parallel_for(_att.attention_fwd, q3.shape[0], _parallel(q3.shape[0] * t * k3.shape[1] * d),
                       q3, k3, v3, bool(causal), int(causal_offset), scale, ATTN_BLOCK_Q, ATTN_BLOCK_K, o, lse)
     return o.reshape(lead + (t, d)), lse.reshape(lead + (t,))
 
@@ -388,7 +383,7 @@ def attention_backward(q, k, v, o, lse, do, causal=True, scale=None, causal_offs
     dk = np.empty_like(k3)
     dv = np.empty_like(v3)
     if q3.size and s:
-        _parallel_for(_att.attention_bwd, q3.shape[0], _attn_parallel(q3.shape[0], t, s, d),
+        _parallel_for(_att.attention_bwd, q3.shape[0], _parallel(q3.shape[0] * t * s * d),
                       q3, k3, v3, o3, lse2, do3, bool(causal), int(causal_offset), scale,
                       ATTN_BLOCK_Q, ATTN_BLOCK_K, dq, dk, dv)
     return dq.reshape(lead + (t, d)), dk.reshape(lead + (s, d)), dv.reshape(lead + (s, d))
@@ -416,7 +411,7 @@ def attention_qkv_forward(qkv, n_head, causal=True, scale=None):
     o = np.empty((b, t, c), qkv.dtype)
     lse = np.empty((b, n_head, t), qkv.dtype)
     if o.size:
-        _parallel_for(_att.attention_qkv_fwd, b * n_head, _attn_parallel(b * n_head, t, t, hs),
+        _parallel_for(_att.attention_qkv_fwd, b * n_head, _parallel(b * n_head * t * t * hs),
                       qkv, int(n_head), bool(causal), scale, ATTN_BLOCK_Q, ATTN_BLOCK_K, o, lse)
     return o, lse
 
@@ -435,7 +430,7 @@ def attention_qkv_backward(qkv, o, lse, do, n_head, causal=True, scale=None):
     scale = 1.0 / np.sqrt(hs) if scale is None else float(scale)
     dqkv = np.empty_like(qkv)
     if qkv.size:
-        _parallel_for(_att.attention_qkv_bwd, b * n_head, _attn_parallel(b * n_head, t, t, hs),
+        _parallel_for(_att.attention_qkv_bwd, b * n_head, _parallel(b * n_head * t * t * hs),
                       qkv, o, lse, do, int(n_head), bool(causal), scale, ATTN_BLOCK_Q, ATTN_BLOCK_K, dqkv)
     return dqkv
 

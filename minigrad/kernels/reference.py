@@ -6,6 +6,9 @@ computes the same formulas.
 """
 import numpy as np
 
+# head layout only (views and a transpose), shared with the numpy backend of F.qkv_attention
+from ..functional import _merge_heads, _split_heads, _split_qkv
+
 
 def bmm(a, b):
     """a (N, M, K) @ b (N, K, P) -> (N, M, P)."""
@@ -129,32 +132,16 @@ def attention_backward(q, k, v, o, lse, do, causal=True, scale=None, causal_offs
     return (ds @ k).astype(q.dtype), (np.swapaxes(ds, -1, -2) @ q).astype(q.dtype), dv.astype(q.dtype)
 
 
-def _split_heads(qkv, n_head):
-    """qkv (B, T, 3C) -> q, k, v each (B, nh, T, hs)."""
-    b, t, c3 = qkv.shape
-    c = c3 // 3
-    return [qkv[:, :, i * c:(i + 1) * c].reshape(b, t, n_head, c // n_head).transpose(0, 2, 1, 3)
-            for i in range(3)]
-
-
-def _merge_heads(x):
-    """(B, nh, T, hs) -> (B, T, nh*hs)."""
-    b, nh, t, hs = x.shape
-    return x.transpose(0, 2, 1, 3).reshape(b, t, nh * hs)
-
-
 def attention_qkv_forward(qkv, n_head, causal=True, scale=None):
     """Split qkv into heads, naive attention, merge heads: (o (B, T, C), lse (B, nh, T))."""
-    o, lse = attention_forward(*_split_heads(qkv, n_head), causal=causal, scale=scale)
+    o, lse = attention_forward(*_split_qkv(qkv, n_head), causal=causal, scale=scale)
     return _merge_heads(o), lse
 
 
 def attention_qkv_backward(qkv, o, lse, do, n_head, causal=True, scale=None):
     """dqkv (B, T, 3C): the three head gradients merged and concatenated along the channels."""
-    b, t, c = o.shape
-    split = lambda x: x.reshape(b, t, n_head, c // n_head).transpose(0, 2, 1, 3)  # noqa: E731
-    grads = attention_backward(*_split_heads(qkv, n_head), split(o), lse, split(do),
-                               causal=causal, scale=scale)
+    grads = attention_backward(*_split_qkv(qkv, n_head), _split_heads(o, n_head), lse,
+                               _split_heads(do, n_head), causal=causal, scale=scale)
     return np.concatenate([_merge_heads(g) for g in grads], axis=-1)
 
 
