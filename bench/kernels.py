@@ -31,6 +31,16 @@ def setup_threads(n: int) -> None:
 CLOCK = time.perf_counter  # time.process_time with --clock process (set by either bench's main)
 
 
+def set_clock(name: str) -> None:
+    """--clock wall (perf_counter: what a user waits) or process (CPU time of the process)."""
+    global CLOCK
+    CLOCK = time.perf_counter if name == "wall" else time.process_time
+
+
+def load_average() -> str:
+    return " ".join(f"{x:.1f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
+
+
 def median_time(fn, repeat: int, warmup: int = 2) -> float:
     """Median seconds of `fn()` over `repeat` runs after `warmup` runs, on `CLOCK`."""
     for _ in range(warmup):
@@ -86,10 +96,9 @@ def main(argv=None) -> None:
     ap.add_argument("--clock", choices=("wall", "process"), default="wall",
                     help="process = CPU time of the process (robust on a shared machine; use with --threads 1)")
     args = ap.parse_args(argv)
-    global CLOCK
-    CLOCK = time.perf_counter if args.clock == "wall" else time.process_time
+    set_clock(args.clock)
     setup_threads(args.threads)
-    load0 = " ".join(f"{x:.1f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
+    load0 = load_average()
 
     import minigrad as mg  # first: sets up Numba's and OpenBLAS's environment
     import minigrad.functional as F
@@ -108,15 +117,6 @@ def main(argv=None) -> None:
     rng = np.random.default_rng(0)
     rows = []  # (case, numba_s, numpy_s, torch_s, note)
 
-    def mg_case(make, backward=True):
-        """Timer for a minigrad case: make() -> (output Tensor, leaves); backward with ones-like grad."""
-        def run():
-            out, leaves = make()
-            if backward:
-                out.backward(np.ones(out.shape, out.dtype))
-            return out
-        return run
-
     def both_backends(run):
         res = {}
         for name in ("numba", "numpy"):
@@ -124,13 +124,19 @@ def main(argv=None) -> None:
                 res[name] = median_time(run, args.repeat)
         return res["numba"], res["numpy"]
 
-    def torch_case(make, backward=True):
-        def run():
-            out = make()
-            if backward:
+    def fwd_bwd(arrays, mg_fn, torch_fn):
+        """Timers of fn(*leaves) forward + backward (upstream ones), leaves made from `arrays`:
+        (minigrad run, PyTorch run or None). Every minigrad run goes through the public API."""
+        def run_mg():
+            out = mg_fn(*[mg.Tensor(a, requires_grad=True) for a in arrays])
+            out.backward(np.ones(out.shape, out.dtype))
+
+        run_t = None
+        if torch is not None:
+            def run_t():
+                out = torch_fn(*[torch.from_numpy(a).requires_grad_() for a in arrays])
                 out.backward(torch.ones_like(out))
-            return out
-        return run
+        return run_mg, run_t
 
     def add(case, run_mg, run_torch, note=""):
         nb, npy = both_backends(run_mg)
@@ -155,99 +161,42 @@ def main(argv=None) -> None:
     x = rng.standard_normal((64, 4, 128, 128)).astype(np.float32)
     if args.quick:
         x = x[:8]
-
-    def mk_softmax():
-        t = mg.Tensor(x, requires_grad=True)
-        return F.softmax(t), [t]
-
-    run_t = None
-    if torch is not None:
-        def run_t():
-            t = torch.from_numpy(x).requires_grad_()
-            y = torch.softmax(t, -1)
-            y.backward(torch.ones_like(y))
-    add(f"softmax {x.shape} fwd+bwd", mg_case(mk_softmax), run_t)
+    add(f"softmax {x.shape} fwd+bwd", *fwd_bwd([x], F.softmax, lambda t: torch.softmax(t, -1)))
 
     # ---------------------------------------------------------------- layer norm
     for c in (256, 768):
         n = 1024 if args.quick else 8192
-        xl = rng.standard_normal((n, c)).astype(np.float32)
-        wl = rng.standard_normal(c).astype(np.float32)
-        bl = rng.standard_normal(c).astype(np.float32)
-
-        def mk_ln(xl=xl, wl=wl, bl=bl):
-            t = mg.Tensor(xl, requires_grad=True)
-            w = mg.Tensor(wl, requires_grad=True)
-            b = mg.Tensor(bl, requires_grad=True)
-            return F.layer_norm(t, w, b), [t, w, b]
-
-        run_t = None
-        if torch is not None:
-            def run_t(xl=xl, wl=wl, bl=bl, c=c):
-                t = torch.from_numpy(xl).requires_grad_()
-                w = torch.from_numpy(wl).requires_grad_()
-                b = torch.from_numpy(bl).requires_grad_()
-                y = tF.layer_norm(t, (c,), w, b)
-                y.backward(torch.ones_like(y))
-        add(f"layer norm {n}x{c} fwd+bwd", mg_case(mk_ln), run_t)
+        arrays = [rng.standard_normal(shape).astype(np.float32) for shape in ((n, c), (c,), (c,))]
+        add(f"layer norm {n}x{c} fwd+bwd",
+            *fwd_bwd(arrays, F.layer_norm, lambda t, w, b, c=c: tF.layer_norm(t, (c,), w, b)))
 
     # ---------------------------------------------------------------- GELU
     xg = rng.standard_normal((8, 256, 1536)).astype(np.float32)
-
-    def mk_gelu():
-        t = mg.Tensor(xg, requires_grad=True)
-        return F.gelu(t), [t]
-
-    run_t = None
-    if torch is not None:
-        def run_t():
-            t = torch.from_numpy(xg).requires_grad_()
-            y = tF.gelu(t, approximate="tanh")
-            y.backward(torch.ones_like(y))
-    add(f"GELU(tanh) {xg.shape} fwd+bwd", mg_case(mk_gelu), run_t)
+    add(f"GELU(tanh) {xg.shape} fwd+bwd", *fwd_bwd([xg], F.gelu, lambda t: tF.gelu(t, approximate="tanh")))
 
     # ---------------------------------------------------------------- cross-entropy
     xc = rng.standard_normal((8 * 256, 65)).astype(np.float32)
     tc = rng.integers(0, 65, xc.shape[0])
-
-    def mk_ce():
-        t = mg.Tensor(xc, requires_grad=True)
-        return F.cross_entropy(t, tc), [t]
-
-    run_t = None
-    if torch is not None:
-        ttc = torch.from_numpy(tc)
-
-        def run_t():
-            t = torch.from_numpy(xc).requires_grad_()
-            tF.cross_entropy(t, ttc).backward()
-    add(f"cross-entropy {xc.shape} fwd+bwd", mg_case(mk_ce), run_t)
+    ttc = torch.from_numpy(tc) if torch is not None else None
+    add(f"cross-entropy {xc.shape} fwd+bwd",
+        *fwd_bwd([xc], lambda t: F.cross_entropy(t, tc), lambda t: tF.cross_entropy(t, ttc)))
 
     # ---------------------------------------------------------------- attention
     shapes = [(16, 4, 128, 32), (8, 8, 256, 64), (4, 12, 1024, 64)]
     if args.quick:
         shapes = shapes[:2]
     for shp in shapes:
-        q, k, v = (rng.standard_normal(shp).astype(np.float32) for _ in range(3))
-
-        def mk_att(q=q, k=k, v=v):
-            ts = [mg.Tensor(a, requires_grad=True) for a in (q, k, v)]
-            return F.scaled_dot_product_attention(*ts, causal=True), ts
-
-        run_t = None
-        if torch is not None:
-            def run_t(q=q, k=k, v=v):
-                ts = [torch.from_numpy(a).requires_grad_() for a in (q, k, v)]
-                y = tF.scaled_dot_product_attention(*ts, is_causal=True)
-                y.backward(torch.ones_like(y))
+        qkv = [rng.standard_normal(shp).astype(np.float32) for _ in range(3)]
+        run_mg, run_t = fwd_bwd(qkv, lambda q, k, v: F.scaled_dot_product_attention(q, k, v, causal=True),
+                                lambda q, k, v: tF.scaled_dot_product_attention(q, k, v, is_causal=True))
         note = ""
         if shp[2] >= 1024:
             with mg.use_backend("numba"):
-                flash_mb = peak_traced_mb(mg_case(mk_att))
+                flash_mb = peak_traced_mb(run_mg)
             with mg.use_backend("numpy"):
-                naive_mb = peak_traced_mb(mg_case(mk_att))
+                naive_mb = peak_traced_mb(run_mg)
             note = f"peak traced memory: flash {flash_mb:.0f} MB vs O(T^2) {naive_mb:.0f} MB"
-        add(f"causal attention {shp} fwd+bwd", mg_case(mk_att), run_t, note)
+        add(f"causal attention {shp} fwd+bwd", run_mg, run_t, note)
 
     # ---------------------------------------------------------------- table
     print()

@@ -261,14 +261,10 @@ def torch_generate(new_tokens: int):
 
 # ----------------------------------------------------------------------------- timing
 STARTUP_CODE = r"""
-import time, sys
-t0 = time.perf_counter()
-import numpy as np
 import minigrad, minigrad.kernels
 from bench.train import minigrad_trainer
 step, _ = minigrad_trainer("tiny", "numba")
 step()
-print(f"{time.perf_counter() - t0:.2f}")
 """
 
 
@@ -299,10 +295,10 @@ def main(argv=None):
                          "the whole process, robust when other jobs share the cores (use with "
                          "--threads 1: with more threads it also counts spin-waiting)")
     args = ap.parse_args(argv)
-    bench_kernels.CLOCK = time.perf_counter if args.clock == "wall" else time.process_time
+    bench_kernels.set_clock(args.clock)
     bench_kernels.setup_threads(args.threads)
 
-    load0 = " ".join(f"{x:.1f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
+    load0 = bench_kernels.load_average()
     import minigrad  # noqa: F401  (first: sets up Numba's and OpenBLAS's environment)
     import numba
     from bench.kernels import machine_line
