@@ -107,16 +107,9 @@ def forward_backward_on_tape(X, y, W1, b1, W2, b2, activation):
     """The same network with minigrad; returns (loss, grads, [(op, bytes, arrays)], weight ids)."""
     saved = []
 
-    def arrays_in(objs):
-        for o in objs:
-            if isinstance(o, np.ndarray):
-                yield o
-            elif isinstance(o, (tuple, list)):
-                yield from arrays_in(o)
-
     def listener(event, ctx, objs):
         if event == "save":
-            saved.append((ctx.name, mg.autograd.saved_nbytes(objs), list(arrays_in(objs))))
+            saved.append((ctx.name, mg.autograd.saved_nbytes(objs), list(mg.autograd.saved_arrays(objs))))
 
     leaves = {n: mg.Tensor(a.copy(), requires_grad=True) for n, a in
               (("X", X), ("W1", W1), ("b1", b1), ("W2", W2), ("b2", b2))}

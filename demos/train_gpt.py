@@ -72,7 +72,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import minigrad  # noqa: E402
 import optim  # noqa: E402
 from models.data import DataError, TextData, load_text  # noqa: E402
-from models.gpt import GPT, GPTConfig, PRESETS, preset  # noqa: E402
+from models.gpt import GPT, PRESETS, preset  # noqa: E402
 from models.tokenizer import TokenizerError, tokenizer_from_dict  # noqa: E402
 from optim.schedules import clip_grad_norm_, cosine  # noqa: E402
 from optim.zo import ZerothOrderOptimizer  # noqa: E402

@@ -14,12 +14,12 @@ from .autograd import (
     remove_saved_listener,
 )
 from .gradcheck import GradcheckError, gradcheck
-from .tensor import Tensor, cat, maximum, ones, randn, stack, tensor, where, zeros
+from .tensor import Tensor, as_tensor, cat, maximum, ones, randn, stack, tensor, where, zeros
 from . import memory  # noqa: E402  (minigrad.memory: bytes and FLOPs, measured and predicted)
 from .checkpointing import checkpoint  # noqa: E402  (activation checkpointing)
 
 __all__ = [
-    "Tensor", "tensor", "zeros", "ones", "randn", "cat", "stack", "where", "maximum",
+    "Tensor", "tensor", "as_tensor", "zeros", "ones", "randn", "cat", "stack", "where", "maximum",
     "no_grad", "enable_grad", "is_grad_enabled", "detect_anomaly", "gradcheck", "GradcheckError",
     "add_saved_listener", "remove_saved_listener", "functional", "nn", "memory", "checkpoint",
     "set_backend", "get_backend", "use_backend",

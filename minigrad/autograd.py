@@ -103,15 +103,18 @@ def remove_op_listener(fn) -> None:
     _op_listeners.remove(fn)
 
 
-def saved_nbytes(objs) -> int:
-    """Bytes of the NumPy arrays in `objs` (nested tuples/lists allowed; other objects count 0)."""
-    total = 0
+def saved_arrays(objs):
+    """The NumPy arrays in `objs` (what an op saved: nested tuples/lists allowed, others skipped)."""
     for o in objs:
         if isinstance(o, np.ndarray):
-            total += o.nbytes
+            yield o
         elif isinstance(o, (tuple, list)):
-            total += saved_nbytes(o)
-    return total
+            yield from saved_arrays(o)
+
+
+def saved_nbytes(objs) -> int:
+    """Bytes of the NumPy arrays in `objs` (other objects count 0)."""
+    return sum(a.nbytes for a in saved_arrays(objs))
 
 
 # ---------------------------------------------------------------- the tape
@@ -234,7 +237,7 @@ def backward(root, grad: np.ndarray, retain_graph: bool = False) -> None:
         if ctx is None:  # a leaf: accumulate, as PyTorch does, until zero_grad
             if g is not None:
                 if node.grad is None:
-                    if key in owned and g.dtype == node.dtype:
+                    if key in owned:  # built from gradients already cast to node.dtype
                         node.grad = g
                     else:  # a copy, so that .grad never aliases another array
                         node.grad = np.array(g, dtype=node.dtype, copy=True)

@@ -58,8 +58,9 @@ def _owner_module(fn):
     return owner if isinstance(owner, Module) else None
 
 
-def _generators(fn, args, kwargs) -> list:
-    """The np.random.Generator objects `fn` may draw from (see the module docstring)."""
+def _generators(mod, args, kwargs) -> list:
+    """The np.random.Generator objects `fn` may draw from: in its arguments and, when `fn` is
+    (a method of) the Module `mod`, held by its modules (see the module docstring)."""
     found, seen = [], set()
 
     def add(g):
@@ -72,7 +73,6 @@ def _generators(fn, args, kwargs) -> list:
         if isinstance(a, (list, tuple)):
             for x in a:
                 add(x)
-    mod = _owner_module(fn)
     if mod is not None:
         for m in mod.modules():
             for v in vars(m).values():
@@ -172,4 +172,4 @@ def checkpoint(fn, *args, params=None, **kwargs):
     ids = {id(t) for t in tensors}
     extra = [p for p in extra if id(p) not in ids and p.requires_grad]
     return Checkpoint.apply(*tensors, *extra, fn=fn, template=template, kwargs=kwargs,
-                            n_args=len(tensors), gens=_generators(fn, args, kwargs))
+                            n_args=len(tensors), gens=_generators(mod, args, kwargs))

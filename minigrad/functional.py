@@ -13,7 +13,7 @@ import numpy as np
 
 from . import amp, backend
 from .autograd import Function
-from .tensor import Tensor, unbroadcast
+from .tensor import Tensor, as_tensor, unbroadcast
 
 def _erf(x):
     """erf for exact GELU. SciPy's is imported on first use: it costs 0.2 s of `import minigrad`."""
@@ -23,10 +23,6 @@ def _erf(x):
 
 
 _fused = backend.fused_kernels  # minigrad.kernels under the numba backend, else None
-
-
-def _t(x) -> Tensor:
-    return x if isinstance(x, Tensor) else Tensor(x)
 
 
 def _ints(x, op: str) -> np.ndarray:
@@ -78,12 +74,12 @@ def linear(x, weight, bias=None) -> Tensor:
             f"{weight.shape[0]} output features; bias must be ({weight.shape[0]},)"
         )
     if bias is None:
-        return Linear.apply(_t(x), weight)
-    return Linear.apply(_t(x), weight, bias)
+        return Linear.apply(as_tensor(x), weight)
+    return Linear.apply(as_tensor(x), weight, bias)
 
 
 def relu(x) -> Tensor:
-    return _t(x).relu()
+    return as_tensor(x).relu()
 
 
 # ================================================================ GELU
@@ -121,7 +117,7 @@ class GELU(Function):
 def gelu(x, approximate: str = "tanh") -> Tensor:
     if approximate not in ("tanh", "none"):
         raise ValueError(f"gelu: approximate must be 'tanh' or 'none', got {approximate!r}")
-    return GELU.apply(_t(x), approximate=approximate)
+    return GELU.apply(as_tensor(x), approximate=approximate)
 
 
 # ================================================================ softmax family
@@ -169,11 +165,11 @@ class LogSoftmax(Function):
 
 
 def softmax(x, axis: int = -1) -> Tensor:
-    return Softmax.apply(_t(x), axis=axis)
+    return Softmax.apply(as_tensor(x), axis=axis)
 
 
 def log_softmax(x, axis: int = -1) -> Tensor:
-    return LogSoftmax.apply(_t(x), axis=axis)
+    return LogSoftmax.apply(as_tensor(x), axis=axis)
 
 
 class CrossEntropy(Function):
@@ -219,7 +215,7 @@ class CrossEntropy(Function):
 
 def cross_entropy(logits, targets, ignore_index: int = -100, reduction: str = "mean") -> Tensor:
     """Cross-entropy of `logits` (N, V) or (V,) against integer `targets` (N,) or ()."""
-    logits = _t(logits)
+    logits = as_tensor(logits)
     targets = _ints(targets, "cross_entropy")
     if reduction not in ("mean", "sum", "none"):
         raise ValueError(f"cross_entropy: reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
@@ -249,7 +245,7 @@ def mse_loss(input, target, reduction: str = "mean") -> Tensor:
     against (N,) silently compares every prediction with every target."""
     if reduction not in ("mean", "sum", "none"):
         raise ValueError(f"mse_loss: reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
-    input = _t(input)
+    input = as_tensor(input)
     if np.shape(target) != input.shape:
         raise ValueError(
             f"mse_loss: input has shape {input.shape} but target has {np.shape(target)}; "
@@ -301,7 +297,7 @@ class LayerNorm(Function):
 
 
 def layer_norm(x, weight=None, bias=None, eps: float = 1e-5) -> Tensor:
-    x = _t(x)
+    x = as_tensor(x)
     for name, p in (("weight", weight), ("bias", bias)):
         if p is not None and p.shape != x.shape[-1:]:
             raise ValueError(
@@ -359,7 +355,7 @@ class Dropout(Function):
 
 def dropout(x, p: float = 0.5, training: bool = True, rng=None) -> Tensor:
     """Inverted dropout; the identity when not `training` or p == 0. `rng`: Generator or seed."""
-    x = _t(x)
+    x = as_tensor(x)
     if not 0.0 <= p <= 1.0:
         raise ValueError(f"dropout: p must be in [0, 1], got {p}")
     if not training or p == 0.0:
@@ -478,7 +474,7 @@ def qkv_attention(qkv, n_head: int, causal: bool = True, scale: float | None = N
 
     qkv holds q | k | v along its last axis, head h of each in columns h*hs:(h+1)*hs with
     hs = C / n_head; scale defaults to 1/√hs. The output has the heads side by side."""
-    qkv = _t(qkv)
+    qkv = as_tensor(qkv)
     if not isinstance(n_head, (int, np.integer)) or n_head < 1:
         raise ValueError(f"qkv_attention: n_head must be a positive integer, got {n_head!r}")
     if qkv.ndim != 3 or qkv.shape[-1] % (3 * n_head):
@@ -503,7 +499,7 @@ def _flash_ok(q, k, v) -> bool:
 
 def scaled_dot_product_attention(q, k, v, causal: bool = False, scale: float | None = None) -> Tensor:
     """Attention of q (..., Tq, D) over k (..., Tk, D) and v (..., Tk, Dv); scale defaults to 1/√D."""
-    q, k, v = _t(q), _t(k), _t(v)
+    q, k, v = as_tensor(q), as_tensor(k), as_tensor(v)
     if q.shape[-1] != k.shape[-1] or k.shape[-2] != v.shape[-2]:
         raise ValueError(
             f"scaled_dot_product_attention: q {q.shape}, k {k.shape}, v {v.shape} need "

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from .autograd import no_grad
-from .tensor import Tensor
+from .tensor import as_tensor
 
 
 class GradcheckError(AssertionError):
@@ -25,7 +25,7 @@ def gradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-4, seed=0, max_elements=2
     get that many random elements plus a check along one random direction covering all.
     Raises GradcheckError naming the input, the element and both values. Returns True.
     """
-    inputs = [x if isinstance(x, Tensor) else Tensor(x) for x in inputs]
+    inputs = [as_tensor(x) for x in inputs]
     for i, x in enumerate(inputs):
         if x.requires_grad and x.dtype != np.float64:
             raise TypeError(

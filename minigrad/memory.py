@@ -356,13 +356,6 @@ def _union_length(spans) -> int:
     return total
 
 
-def _arrays(objs):
-    for o in objs:
-        if isinstance(o, np.ndarray):
-            yield o
-        elif isinstance(o, (tuple, list)):
-            yield from _arrays(o)
-
 
 class MemoryLedger:
     """Live bytes of parameters, gradients, optimizer state and saved activations, with peaks.
@@ -423,7 +416,7 @@ class MemoryLedger:
         if key in self._ctx:  # an op saved twice: the second call replaces the first
             self._release(key, sample=False)
         entries = []
-        for arr in _arrays(objs):
+        for arr in autograd.saved_arrays(objs):
             root = _root(arr)
             rid = id(root)
             if rid in self._param_roots:

@@ -101,10 +101,10 @@ class Pow(Function):
     @staticmethod
     def backward(ctx, g):
         a, b, out = ctx.saved
-        ga = g * b * a ** (b - 1)
+        ga = unbroadcast(g * b * a ** (b - 1), a.shape) if ctx.needs_input_grad[0] else None
         # d(a^b)/db = a^b log a, defined only for a > 0
-        gb = g * out * np.log(np.where(a > 0, a, 1.0)) if ctx.needs_input_grad[1] else None
-        return unbroadcast(ga, a.shape), None if gb is None else unbroadcast(gb, b.shape)
+        gb = unbroadcast(g * out * np.log(np.where(a > 0, a, 1.0)), b.shape) if ctx.needs_input_grad[1] else None
+        return ga, gb
 
 
 class PowScalar(Function):
@@ -326,8 +326,8 @@ def _norm_axis(axis, ndim):
     return tuple(sorted({a % ndim for a in axes}))
 
 
-def _expand_reduced(g, shape, axes, keepdims):
-    """Give a reduced gradient back its reduced axes (as size 1) so it broadcasts to `shape`."""
+def _expand_reduced(g, axes, keepdims):
+    """Give a reduced gradient back its reduced axes (as size 1) so it broadcasts to the input."""
     if not keepdims:
         g = np.expand_dims(g, axes) if axes else g
     return g
@@ -341,7 +341,7 @@ class Sum(Function):
 
     @staticmethod
     def backward(ctx, g):
-        g = _expand_reduced(g, ctx.shape, ctx.axes, ctx.keepdims)
+        g = _expand_reduced(g, ctx.axes, ctx.keepdims)
         return (np.broadcast_to(g, ctx.shape).copy(),)
 
 
@@ -354,7 +354,7 @@ class Mean(Function):
 
     @staticmethod
     def backward(ctx, g):
-        g = _expand_reduced(g, ctx.shape, ctx.axes, ctx.keepdims)
+        g = _expand_reduced(g, ctx.axes, ctx.keepdims)
         return (np.broadcast_to(g / ctx.count, ctx.shape).copy(),)
 
 
@@ -371,7 +371,7 @@ class Max(Function):
     @staticmethod
     def backward(ctx, g):
         (hit,) = ctx.saved
-        g = _expand_reduced(g, hit.shape, ctx.axes, ctx.keepdims)
+        g = _expand_reduced(g, ctx.axes, ctx.keepdims)
         return (g * hit / hit.sum(axis=ctx.axes, keepdims=True),)
 
 
@@ -684,6 +684,11 @@ def tensor(data, requires_grad: bool = False, dtype=None) -> Tensor:
     return Tensor(data, requires_grad=requires_grad, dtype=dtype)
 
 
+def as_tensor(x) -> Tensor:
+    """`x` itself if it is a Tensor (its graph kept), else a constant Tensor of it (torch.as_tensor)."""
+    return x if isinstance(x, Tensor) else Tensor(x)
+
+
 def zeros(*shape, dtype=np.float32, requires_grad=False) -> Tensor:
     shape = shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape
     return Tensor(np.zeros(shape, dtype=dtype), requires_grad=requires_grad)
@@ -715,10 +720,10 @@ def stack(tensors, axis=0) -> Tensor:
 
 def where(cond, a, b) -> Tensor:
     cond = cond.data if isinstance(cond, Tensor) else np.asarray(cond)
-    a = a if isinstance(a, Tensor) else Tensor(a)
+    a = as_tensor(a)
     return Where.apply(a, a._other(b), cond=cond.astype(bool))
 
 
 def maximum(a, b) -> Tensor:
-    a = a if isinstance(a, Tensor) else Tensor(a)
+    a = as_tensor(a)
     return Maximum.apply(a, a._other(b))

@@ -14,7 +14,7 @@ from hypothesis import assume, given, strategies as st
 import minigrad as mg
 import minigrad.functional as F
 
-from strategies import BACKENDS, arrays, by_backend, close, gc, int_indices, positive_arrays, seeds, shapes
+from strategies import BACKENDS, arrays, by_backend, close, gc, int_indices, seeds, shapes
 
 
 def np_softmax(x, axis=-1):

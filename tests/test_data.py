@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from models.data import DataError, TextData, load_text
-from models.tokenizer import BPETokenizer, CharTokenizer
+from models.tokenizer import BPETokenizer
 
 TEXT = "".join(f"line {i}: the quick brown fox jumps over the lazy dog.\n" for i in range(200))
 

@@ -80,7 +80,7 @@ def test_fused_attention_bytes_match_and_the_ledger_shows_the_saving(kw):
         with use_backend(be):
             led[be] = _step(GPT(long), x, y)
     assert led["numba"].peak["activations"] < led["numpy"].peak["activations"]
-    a, s, h, b, l = long.n_head, 24, long.n_embd, 2, long.n_layer
+    a, s, b, l = long.n_head, 24, 2, long.n_layer
     saved = (a * s * s - a * s) * 4 * b * l  # p  vs  one log-sum-exp per query row
     assert led["numpy"].peak["activations"] - led["numba"].peak["activations"] == saved
 

@@ -46,8 +46,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
-
 from ..base import register
 from .base import ZerothOrderOptimizer
 
