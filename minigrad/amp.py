@@ -45,8 +45,8 @@ Typical loop::
 
 The hook in the core is two short blocks in ``functional.Linear`` and ``tensor.MatMul`` that call
 `cast_inputs`/`cast_output`/`cast_grad` only when ``ctx.amp`` (the policy at forward time) is set;
-with no autocast active they cost one attribute lookup. Under autocast, Linear takes its NumPy path
-(the fused Numba GEMM is used only without a policy).
+with no autocast active they cost one `current_policy()` call. Under autocast, MatMul takes its
+NumPy path (its fused batched route is used only without a policy).
 
 Limits (not emulated): FP8 scaling is "current" (amax of the tensor being cast), not Transformer
 Engine's delayed scaling from an amax history; block formats (MXFP8, NVFP4) quantize every operand
@@ -203,6 +203,12 @@ def grad_stats() -> _GradStats:
     return _stats
 
 
+def _nonzero_and_flushed(g, q) -> tuple[int, int]:
+    """(nonzero values of g, how many of them q -- g rounded to a format -- flushed to 0)."""
+    nz = g != 0
+    return int(nz.sum()), int((nz & (q == 0)).sum())
+
+
 def cast_grad(policy: Policy, g: np.ndarray) -> np.ndarray:
     """Round the gradient entering a matmul's backward to policy.grad; count underflows."""
     fmt = policy.grad_fmt
@@ -211,10 +217,10 @@ def cast_grad(policy: Policy, g: np.ndarray) -> np.ndarray:
     if fmt == "fp32":
         return g
     q = _cast(g, fmt, policy.scaling)
-    nz = g != 0
+    nonzero, flushed = _nonzero_and_flushed(g, q)
     _stats.total += g.size
-    _stats.nonzero += int(nz.sum())
-    _stats.underflow += int((nz & (q == 0)).sum())
+    _stats.nonzero += nonzero
+    _stats.underflow += flushed
     _stats.nonfinite += int(g.size - np.isfinite(q).sum())
     return q
 
@@ -226,9 +232,8 @@ def underflow_fraction(grads, fmt: str = "fp16") -> float:
     for g in arrs:
         if g is None:
             continue
-        m = g != 0
-        nz += int(m.sum())
-        under += int((m & (P.quantize(g, fmt) == 0)).sum())
+        counts = _nonzero_and_flushed(g, P.quantize(g, fmt))
+        nz, under = nz + counts[0], under + counts[1]
     return under / nz if nz else 0.0
 
 
@@ -439,9 +444,8 @@ class MixedPrecisionOptimizer:
                 continue
             g32 = np.asarray(g, dtype=np.float32)
             q = P.quantize(g32, self.grad_format) if self.grad_format != "fp32" else g32
-            m = g32 != 0
-            nz += int(m.sum())
-            under += int((m & (q == 0)).sum())
+            counts = _nonzero_and_flushed(g32, q)
+            nz, under = nz + counts[0], under + counts[1]
             stored[n] = q
         self.last_underflow = under / nz if nz else 0.0
         self.underflow_history.append(self.last_underflow)

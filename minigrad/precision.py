@@ -274,7 +274,6 @@ def _round_arithmetic(x: np.ndarray, fmt: Format, rounding: str, rng) -> np.ndar
 
 _IMPLS = {"fast": _round_arithmetic, "bits": _round_significand}
 _RULE_CODE = {"inf": 0, "nan": 1, "saturate": 2}
-_NB_BLOCK = 8192
 
 # 2^k for k in [-1074, 1023] (every power of two float64 holds): the Numba kernel scales by table
 # lookup instead of calling ldexp, which is several times slower per element.
@@ -282,10 +281,17 @@ _POW2_OFFSET = 1074
 _POW2 = np.ldexp(1.0, np.arange(-1074, 1024)).astype(np.float64)
 
 if backend.numba_available():
-    from numba import njit, prange
+    from numba import njit
 
-    @njit(parallel=True, cache=True)  # no fastmath: NaN and inf must behave
-    def _round_nb(x, xbits, u, out, emin, man, maxv, rule, pow2):
+    @njit(nogil=True, cache=True)  # no fastmath: NaN and inf must behave
+    def _round_nb(x, xbits, u, out, emin, man, maxv, rule, pow2, i0, i1):
+        """Elements i0..i1-1 of the "numba" impl (GIL released: `minigrad.kernels._parallel_for`
+        gives each thread its own range of output elements); see `_round_nb_serial`."""
+        _round_nb_serial(x[i0:i1], xbits[i0:i1], u[i0:i1] if u.shape[0] else u, out[i0:i1],
+                         emin, man, maxv, rule, pow2)
+
+    @njit(cache=True)  # no fastmath: NaN and inf must behave
+    def _round_nb_serial(x, xbits, u, out, emin, man, maxv, rule, pow2):
         """One pass of `_round_arithmetic` + the overflow rules, per element (the "numba" impl).
 
         x: flat float64; xbits: the same memory viewed as int64 (the exponent field is read from
@@ -294,26 +300,24 @@ if backend.numba_available():
         Works on |x| and puts the sign back, like the bit-by-bit version. The loop body has no
         data-dependent branch in the common path (a tie-breaking `if` made it ~25x slower):
         np.rint rounds half to even, and ±inf / NaN flow through the arithmetic unchanged
-        (inf·2^k = inf, NaN stays NaN). Parallel over blocks of output elements; NumPy twins:
-        `_round_arithmetic` and `_round_significand`.
+        (inf·2^k = inf, NaN stays NaN). The loop runs from index 0 over (sliced) flat arrays.
+        NumPy twins: `_round_arithmetic` and `_round_significand`.
         """
-        n = x.shape[0]
         stochastic = u.shape[0] > 0
-        for blk in prange((n + _NB_BLOCK - 1) // _NB_BLOCK):
-            for i in range(blk * _NB_BLOCK, min(n, (blk + 1) * _NB_BLOCK)):
-                a = abs(x[i])
-                efield = (xbits[i] >> 52) & 0x7FF
-                q = max(efield - 1023, emin) - man  # the quantum is 2^q
-                y = a * pow2[_POW2_OFFSET - q]  # exact: a / 2^q
-                if stochastic:
-                    f = math.floor(y)
-                    f += 1.0 if u[i] < y - f else 0.0  # up with probability = the fraction
-                else:
-                    f = np.rint(y)  # nearest, ties to even
-                r = f * pow2[_POW2_OFFSET + q]  # exact: f * 2^q
-                if r > maxv:  # overflow (and inf): rare, so this branch predicts well
-                    r = np.inf if rule == 0 else (np.nan if rule == 1 else maxv)
-                out[i] = math.copysign(r, x[i])  # the sign bit back (also gives -0.0)
+        for i in range(x.shape[0]):
+            a = abs(x[i])
+            efield = (xbits[i] >> 52) & 0x7FF
+            q = max(efield - 1023, emin) - man  # the quantum is 2^q
+            y = a * pow2[_POW2_OFFSET - q]  # exact: a / 2^q
+            if stochastic:
+                f = math.floor(y)
+                f += 1.0 if u[i] < y - f else 0.0  # up with probability = the fraction
+            else:
+                f = np.rint(y)  # nearest, ties to even
+            r = f * pow2[_POW2_OFFSET + q]  # exact: f * 2^q
+            if r > maxv:  # overflow (and inf): rare, so this branch predicts well
+                r = np.inf if rule == 0 else (np.nan if rule == 1 else maxv)
+            out[i] = math.copysign(r, x[i])  # the sign bit back (also gives -0.0)
     _IMPLS["numba"] = _round_nb
 
 
@@ -331,7 +335,10 @@ def _quantize_numba(x, fmt: Format, rounding, rng, saturate) -> np.ndarray:
     u = rng.random(xf.size) if rounding == "stochastic" else np.empty(0)
     out = np.empty(xf.size, np.float32)
     rule = _RULE_CODE["saturate" if saturate else fmt.overflow]
-    _round_nb(xf, xf.view(np.int64), u, out, fmt.emin, fmt.man_bits, fmt.max, rule, _POW2)
+    from .kernels import _parallel, _parallel_for
+
+    _parallel_for(_round_nb, xf.size, _parallel(xf.size), xf, xf.view(np.int64), u, out,
+                  fmt.emin, fmt.man_bits, fmt.max, rule, _POW2)
     return out.reshape(x.shape)
 
 
@@ -406,7 +413,7 @@ def quantize(x, fmt: str, rounding: str = "nearest", rng=None, *, saturate: bool
         return _quantize_element(x, FORMATS[fmt], rounding, rng, saturate, impl)
     if saturate is not None:
         raise ValueError(f"quantize: block format {fmt!r} always saturates its elements; drop saturate=")
-    return decode(_encode_block(x, fmt, rounding, rng, scale_rule, impl))
+    return decode(_encode_block(x, fmt, rounding, rng, scale_rule, impl, "quantize"))
 
 
 def ulp(x, fmt: str) -> np.ndarray:
@@ -544,11 +551,11 @@ def _blockify(x, block, where):
     return x.reshape(x.shape[:-1] + (x.shape[-1] // block, block))
 
 
-def _encode_block(x, fmt, rounding, rng, scale_rule, impl="auto") -> BlockEncoded:
+def _encode_block(x, fmt, rounding, rng, scale_rule, impl, where) -> BlockEncoded:
     elem_name, block, kind = BLOCK_FORMATS[fmt]
     ef = FORMATS[elem_name]
     shape = np.shape(x)
-    B = _blockify(x, block, "quantize" if rounding else "encode").astype(np.float64)
+    B = _blockify(x, block, where).astype(np.float64)
     with np.errstate(invalid="ignore"):
         amax = np.max(np.abs(B), axis=-1)  # NaN propagates
     if kind == "e8m0":
@@ -614,23 +621,17 @@ def encode(x, fmt: str, rounding: str = "nearest", rng=None, **kw):
     rng = _rng(rounding, rng, "encode")
     if fmt in FORMATS:
         return _encode_element(quantize(x, fmt, rounding, rng, **kw), FORMATS[fmt])
-    return _encode_block(x, fmt, rounding, rng, kw.get("scale_rule"), kw.get("impl", "auto"))
+    return _encode_block(x, fmt, rounding, rng, kw.get("scale_rule"), kw.get("impl", "auto"), "encode")
 
 
 def decode(codes, fmt: str | None = None) -> np.ndarray:
     """float32 values of bit patterns (element formats) or of a `BlockEncoded` record."""
     if isinstance(codes, BlockEncoded):
         enc = codes
-        elem, block, kind = BLOCK_FORMATS[enc.fmt]
-        P = _decode_element(enc.codes, FORMATS[elem])
-        if kind == "e8m0":
-            X = decode_e8m0(enc.scales)[..., None]
-            with np.errstate(invalid="ignore"):
-                out = (P.astype(np.float64) * X).astype(np.float32)
-        else:
-            block_dec = (_decode_element(enc.scales, FORMATS["fp8_e4m3"])
-                         * np.float32(enc.tensor_scale)).astype(np.float32)
-            out = (P * block_dec[..., None]).astype(np.float32)
+        P = _decode_element(enc.codes, FORMATS[BLOCK_FORMATS[enc.fmt][0]])
+        # a <= 3-bit significand times a <= 24-bit scale is exact in float64: one rounding
+        with np.errstate(invalid="ignore"):
+            out = (P.astype(np.float64) * enc.block_scale_values()[..., None]).astype(np.float32)
         out = out.reshape(out.shape[:-2] + (-1,))[..., : enc.shape[-1]]
         return out.reshape(enc.shape)
     if fmt is None:

@@ -156,20 +156,24 @@ def test_float64_inputs_round_once():
     assert same(P.quantize(y, "fp16"), y.astype(np.float16).astype(np.float32))
 
 
-def test_overflow_saturation_and_nan_rules():
+@pytest.mark.parametrize("impl", IMPLS)
+def test_overflow_saturation_and_nan_rules(impl):
+    """Every implementation (the NumPy twins and the Numba kernel) applies the same rules."""
     big = np.array([1e6, -1e6, np.inf, -np.inf, np.nan])
-    assert same(P.quantize(big, "fp16"), [np.inf, -np.inf, np.inf, -np.inf, np.nan])
-    assert same(P.quantize(big, "fp8_e5m2"), [np.inf, -np.inf, np.inf, -np.inf, np.nan])
-    assert np.isnan(P.quantize(big, "fp8_e4m3")).all()
-    assert same(P.quantize(big, "fp8_e4m3", saturate=True), [448, -448, 448, -448, np.nan])
-    assert same(P.quantize(big, "fp16", saturate=True), [65504, -65504, 65504, -65504, np.nan])
-    assert same(P.quantize(big[:4], "fp4_e2m1"), [6, -6, 6, -6])
-    assert np.isnan(P.quantize([np.nan], "fp4_e2m1")[0])
+    assert same(P.quantize(big, "fp16", impl=impl), [np.inf, -np.inf, np.inf, -np.inf, np.nan])
+    assert same(P.quantize(big, "fp8_e5m2", impl=impl), [np.inf, -np.inf, np.inf, -np.inf, np.nan])
+    assert np.isnan(P.quantize(big, "fp8_e4m3", impl=impl)).all()
+    assert same(P.quantize(big, "fp8_e4m3", saturate=True, impl=impl), [448, -448, 448, -448, np.nan])
+    assert same(P.quantize(big, "fp16", saturate=True, impl=impl), [65504, -65504, 65504, -65504, np.nan])
+    assert same(P.quantize(big[:4], "fp4_e2m1", impl=impl), [6, -6, 6, -6])
+    assert np.isnan(P.quantize([np.nan], "fp4_e2m1", impl=impl)[0])
     with pytest.raises(ValueError, match="no NaN"):
         P.encode([np.nan], "fp4_e2m1")
     # IEEE's threshold: 65519 rounds to 65504, 65520 (the midpoint to 65536) overflows
-    assert P.quantize([65519.0], "fp16")[0] == 65504 and np.isinf(P.quantize([65520.0], "fp16")[0])
-    assert P.quantize([464.0], "fp8_e4m3")[0] == 448 and np.isnan(P.quantize([465.0], "fp8_e4m3")[0])
+    assert P.quantize([65519.0], "fp16", impl=impl)[0] == 65504
+    assert np.isinf(P.quantize([65520.0], "fp16", impl=impl)[0])
+    assert P.quantize([464.0], "fp8_e4m3", impl=impl)[0] == 448
+    assert np.isnan(P.quantize([465.0], "fp8_e4m3", impl=impl)[0])
 
 
 def test_lecture_facts():
@@ -307,3 +311,16 @@ def test_block_stochastic_rounding_is_unbiased_given_the_scales(fmt):
     S = P.encode(x, fmt).block_scale_values()[0, 0]
     gap = P.ulp(x[0] / S, elem) * S  # the two neighbours are this far apart
     assert np.all(np.abs(draws.mean(0) - x[0]) <= 5 * gap * 0.5 / np.sqrt(N))
+
+
+@pytest.mark.skipif("numba" not in IMPLS, reason="Numba is not installed")
+@pytest.mark.parametrize("rounding", ["nearest", "stochastic"])
+def test_numba_kernel_split_over_threads_equals_one_thread(monkeypatch, rounding):
+    """The kernel's element ranges over 3 threads give the bits of one pass (same uniforms)."""
+    import minigrad.kernels as K
+
+    x = np.random.default_rng(3).standard_normal(10_001) * 1e3
+    one = P.quantize(x, "fp8_e4m3", rounding, rng=5, impl="numba")
+    monkeypatch.setattr(K, "_parallel", lambda work: True)
+    monkeypatch.setattr(K, "_num_threads", lambda: 3)
+    assert same(P.quantize(x, "fp8_e4m3", rounding, rng=5, impl="numba"), one)
