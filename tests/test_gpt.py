@@ -139,6 +139,24 @@ def test_kv_cache_misuse_gets_a_clear_error():
         m(idx[:, :1], caches=[{} for _ in m.h])
 
 
+def test_a_cached_decoding_step_is_ten_ops_per_layer_plus_five():
+    """Embeddings (2) and their sum, per layer ln_1, c_attn, the cached attention, c_proj, the
+    residual add, ln_2, c_fc, GELU, c_proj and the add, then ln_f and the head."""
+    for n_layer in (1, 3):
+        m = GPT(GPTConfig(**{**MICRO, "n_layer": n_layer}))
+        ops = []
+        listener = lambda event, ctx, out: ops.append(ctx.name) if event == "forward" else None  # noqa: E731
+        with minigrad.no_grad():
+            caches = [{} for _ in m.h]
+            m(np.zeros((1, 3), np.int64), caches=caches)
+            minigrad.autograd.add_op_listener(listener)
+            try:
+                m(np.zeros((1, 1), np.int64), caches=caches, pos0=3)
+            finally:
+                minigrad.autograd.remove_op_listener(listener)
+        assert len(ops) == 10 * n_layer + 5, ops
+
+
 def test_generate_with_a_block_of_one_token():
     m = GPT(GPTConfig(**{**MICRO, "block_size": 1}))
     out = m.generate(np.zeros((1, 1), np.int64), 3, temperature=0)
