@@ -251,12 +251,13 @@ def sample_text(model: GPT, tok, n_chars: int, seed: int, prompt: str = "\n") ->
 
 # ---------------------------------------------------------------------------------------------
 
-def _make_optimizer(name, model, lr, weight_decay, beta2):
+def _make_optimizer(name, model, lr, weight_decay, beta2, seed):
     """``optim.create`` with weight decay on 2-D parameters only and betas=(0.9, beta2) where the
-    optimizer takes them; optimizers without those options get what they accept."""
+    optimizer takes them, and the run's seed for the zeroth-order ones (their noise); optimizers
+    without those options get what they accept."""
     params = {n: p.data for n, p in model.named_parameters()}
     groups = optim.param_groups_no_decay(params, weight_decay)
-    for p_arg, kw in ((groups, {"betas": (0.9, beta2)}), (groups, {}), (params, {})):
+    for p_arg, kw in ((groups, {"betas": (0.9, beta2)}), (groups, {"seed": seed}), (groups, {}), (params, {})):
         try:
             return optim.create(name, p_arg, lr=lr, **kw)
         except TypeError:
@@ -339,7 +340,7 @@ def run(args, on_step=None) -> int:
     os.makedirs(args.out, exist_ok=True)
     data.save_cache()
     model = GPT(config, seed=args.seed)
-    opt = _make_optimizer(args.optimizer, model, args.lr, args.weight_decay, args.beta2)
+    opt = _make_optimizer(args.optimizer, model, args.lr, args.weight_decay, args.beta2, args.seed)
     rng = np.random.default_rng(args.seed)
     history = {"train_step": [], "train_loss": [], "val_step": [], "val_loss": []}
     step, horizon = 0, args.steps
@@ -412,8 +413,13 @@ def run(args, on_step=None) -> int:
                 g["lr"] = lr
             x, y = data.get_batch("train", batch_size, rng)
             if isinstance(opt, ZerothOrderOptimizer):
-                # MeZO, LoZO, ZO-SGD: loss evaluations only, at inference memory
-                loss = opt.step(closure=lambda: _forward_loss(model, x, y))
+                # MeZO, LoZO, ZO-SGD: loss evaluations only, at inference memory; in eval mode,
+                # so that both evaluations of a step see the same network (no dropout masks)
+                model.eval()
+                try:
+                    loss = opt.step(closure=lambda: _forward_loss(model, x, y))
+                finally:
+                    model.train()
             else:
                 loss, grads = model.loss_and_grads(x, y)
                 if args.grad_clip > 0:

@@ -180,3 +180,8 @@ def test_zeroth_order_optimizer_trains_through_the_cli(corpus, tmp_path, capsys)
     fresh = train_gpt.GPT(train_gpt.preset("tiny", vocab_size=manifest["config"]["vocab_size"])[0], seed=7)
     moved = [k for k, v in params.items() if not np.array_equal(v, fresh.state_dict().get(k.split("/", 1)[-1], v))]
     assert moved, "MeZO left every parameter where it started"
+    again = tmp_path / "mezo_again"   # the run's --seed fixes MeZO's noise too: the same run again
+    assert train_gpt.main(_args(corpus, again, "--optimizer", "mezo", "--lr", "1e-4")) == 0
+    for k, v in _load(again).items():
+        if k.startswith("param"):
+            np.testing.assert_array_equal(v, params[k])
