@@ -118,20 +118,22 @@ class ZerothOrderOptimizer(Optimizer):
     def _zo_step(self, closure):
         raise NotImplementedError
 
-    def _two_point_losses(self, closure, t):
-        """(f(θ+εz_t), f(θ−εz_t)) through the subclass's in-place ``perturb_(t, scale)``;
-        θ is restored afterwards, also when the closure raises."""
-        offset = 0  # how many ε·z are currently added to θ
+    def _two_point_losses(self, closure, perturb, central=True):
+        """(f(θ+δ), f(θ−δ)) -- or (f(θ+δ), None) when not ``central`` -- where ``perturb(s)``
+        adds s·δ to θ in place. θ is restored afterwards, also when the closure raises."""
+        offset = 0  # how many δ are currently added to θ
+        lm = None
         try:
-            self.perturb_(t, +1)
+            perturb(+1)
             offset = 1
             lp = self._loss(closure)
-            self.perturb_(t, -2)
-            offset = -1
-            lm = self._loss(closure)
+            if central:
+                perturb(-2)
+                offset = -1
+                lm = self._loss(closure)
         finally:
             if offset:
-                self.perturb_(t, -offset)
+                perturb(-offset)
         return lp, lm
 
     def _bad_loss(self, *losses):

@@ -120,7 +120,7 @@ class LoZO(ZerothOrderOptimizer):
     def _zo_step(self, closure):
         t = self.global_state["step"]
         V_old = self._resample_V(t)
-        lp, lm = self._two_point_losses(closure, t)
+        lp, lm = self._two_point_losses(closure, lambda s: self.perturb_(t, s))
         if not (math.isfinite(lp) and math.isfinite(lm)):
             return self._bad_loss(lp, lm)
         c = (lp - lm) / (2 * self.eps)

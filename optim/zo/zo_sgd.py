@@ -68,8 +68,8 @@ class ZOSGD(ZerothOrderOptimizer):
         out = []
         for k in range(self.q):
             ss = 0.0
-            for name, p in self.params.items():
-                z = self.noise(name, p.shape, p.dtype, t, tag=k + 1)
+            for name in self.params:
+                z = self.u(name, t, k)
                 ss += float(np.dot(z.ravel(), z.ravel()))  # (views: no copy)
                 del z  # free it before the next tensor's z is drawn
             out.append(1.0 / math.sqrt(ss))
@@ -77,7 +77,7 @@ class ZOSGD(ZerothOrderOptimizer):
 
     def _perturb_(self, t, k, alpha):
         for name, p in self.params.items():
-            self._add_(p, self.noise(name, p.shape, p.dtype, t, tag=k + 1), alpha)
+            self._add_(p, self.u(name, t, k), alpha)
 
     def _zo_step(self, closure):
         t = self.global_state["step"]
@@ -88,18 +88,8 @@ class ZOSGD(ZerothOrderOptimizer):
         if f0 is not None and not math.isfinite(f0):
             return self._bad_loss(f0)
         for k in range(self.q):
-            offset = 0.0
-            try:
-                self._perturb_(t, k, +mu * inv[k])
-                offset = 1.0
-                lp = self._loss(closure)
-                if self.kind == "central":
-                    self._perturb_(t, k, -2 * mu * inv[k])
-                    offset = -1.0
-                    lm = self._loss(closure)
-            finally:
-                if offset:
-                    self._perturb_(t, k, -offset * mu * inv[k])
+            lp, lm = self._two_point_losses(
+                closure, lambda s, k=k: self._perturb_(t, k, s * mu * inv[k]), central=self.kind == "central")
             if self.kind == "central":
                 losses += [lp, lm]
                 c = (lp - lm) / (2 * mu)
@@ -114,10 +104,10 @@ class ZOSGD(ZerothOrderOptimizer):
         beta = self.momentum
         for group in self.param_groups:
             for name, p in group["params"].items():
-                g = self.noise(name, p.shape, p.dtype, t, tag=1)
+                g = self.u(name, t, 0)
                 g *= coef[0]
                 for k in range(1, self.q):
-                    z = self.noise(name, p.shape, p.dtype, t, tag=k + 1)
+                    z = self.u(name, t, k)
                     z *= coef[k]
                     g += z
                     del z
