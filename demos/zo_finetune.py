@@ -39,9 +39,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import minigrad  # noqa: E402
 import minigrad.memory  # noqa: E402,F401
 import optim  # noqa: E402
-from models.data import TextData, load_text  # noqa: E402
+from models.data import TextData, load_text, windows  # noqa: E402
 from models.gpt import GPT, GPTConfig, preset  # noqa: E402
 from models.tokenizer import tokenizer_from_dict  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import train_gpt  # noqa: E402  (its checkpoint reader)
 
 try:
     from tqdm import tqdm
@@ -62,9 +65,7 @@ class Windows:
             raise ValueError(f"text of {len(self.ids)} tokens is shorter than block_size+2 = {T + 2}")
 
     def batch(self, B, rng):
-        starts = rng.integers(0, len(self.ids) - self.T - 1, size=B)
-        w = np.lib.stride_tricks.sliding_window_view(self.ids, self.T + 1)[starts].astype(np.int64)
-        return np.ascontiguousarray(w[:, :-1]), np.ascontiguousarray(w[:, 1:])
+        return windows(self.ids, rng.integers(0, len(self.ids) - self.T - 1, size=B), self.T)
 
 
 def eval_loss(model, batches):
@@ -81,13 +82,11 @@ def load_checkpoint(path):
     if not os.path.isfile(f):
         return None
     try:
-        with np.load(f, allow_pickle=False) as z:
-            meta = json.loads(str(z["meta"][()]))
-            params = {k[len("param/"):]: z[k] for k in z.files if k.startswith("param/")}
+        meta, params, _, _ = train_gpt.load_checkpoint(f)   # the CLI's reader (format check included)
         model = GPT(GPTConfig.from_dict(meta["config"]))
         model.load_state_dict(params)
         tok = tokenizer_from_dict(meta["tokenizer"]) if "tokenizer" in meta else None
-    except (OSError, ValueError, KeyError, TypeError) as e:
+    except (train_gpt.UsageError, ValueError, KeyError, TypeError) as e:
         print(f"[zo_finetune] cannot use checkpoint {f} ({e}); pretraining instead")
         return None
     print(f"[zo_finetune] pretrained GPT from {f} (step {meta.get('step')})")

@@ -87,6 +87,13 @@ def _atomic_save_npy(path: str, arr: np.ndarray) -> None:
     os.replace(tmp, path)
 
 
+def windows(ids, starts, T):
+    """(x, y) int64 (B, T): x[b] = ids[s_b : s_b+T], y[b] = ids[s_b+1 : s_b+T+1] for s_b in starts."""
+    w = np.lib.stride_tricks.sliding_window_view(ids, T + 1)   # (N-T, T+1), no copy
+    w = w[np.asarray(starts)].astype(np.int64)                  # (B, T+1)
+    return np.ascontiguousarray(w[:, :-1]), np.ascontiguousarray(w[:, 1:])
+
+
 @dataclass
 class Split:
     name: str
@@ -184,10 +191,7 @@ class TextData:
 
     def batch_at(self, split: str, starts, block_size=None):
         T = self.block_size if block_size is None else int(block_size)
-        ids = self.split(split).ids
-        windows = np.lib.stride_tricks.sliding_window_view(ids, T + 1)   # (N-T, T+1), no copy
-        w = windows[np.asarray(starts)].astype(np.int64)                  # (B, T+1)
-        return np.ascontiguousarray(w[:, :-1]), np.ascontiguousarray(w[:, 1:])
+        return windows(self.split(split).ids, starts, T)
 
     def fixed_batches(self, split: str, n_batches: int, batch_size: int, seed: int = 1234, block_size=None):
         """The same ``n_batches`` batches every call (for comparable validation losses)."""

@@ -41,8 +41,6 @@ class TokenizerError(ValueError):
 
 
 class _Base:
-    kind = "base"
-
     @property
     def vocab_size(self) -> int:
         raise NotImplementedError
@@ -77,8 +75,6 @@ class _Base:
 
 class CharTokenizer(_Base):
     """One id per character; the vocabulary is the sorted set of characters of the text."""
-
-    kind = "char"
 
     def __init__(self, chars):
         chars = list(chars)
@@ -133,10 +129,21 @@ class CharTokenizer(_Base):
         return {"type": "char", "version": 1, "chars": "".join(self.chars)}
 
 
+def _merge(word: list, pair: tuple, new_id: int) -> list:
+    """`word` with every occurrence of the adjacent `pair` replaced by `new_id`, left to right."""
+    out, i = [], 0
+    while i < len(word):
+        if i + 1 < len(word) and word[i] == pair[0] and word[i + 1] == pair[1]:
+            out.append(new_id)
+            i += 2
+        else:
+            out.append(word[i])
+            i += 1
+    return out
+
+
 class BPETokenizer(_Base):
     """Byte-level BPE: ids 0..255 are bytes, id 256+r is the r-th learned merge."""
-
-    kind = "bpe"
 
     def __init__(self, merges, pattern: str = _CHUNK_PATTERN):
         self.merges = [(int(a), int(b)) for a, b in merges]
@@ -184,21 +191,13 @@ class BPETokenizer(_Base):
                 break
             new_id = 256 + len(merges)
             merges.append(pair)
-            a, b = pair
             changed = set()
             for w in where.pop(pair):
                 word, f = words[w], freq[w]
                 for p in zip(word, word[1:]):                # forget this chunk's old pairs
                     pair_count[p] -= f
                     changed.add(p)
-                out, i = [], 0
-                while i < len(word):                         # apply the merge left to right
-                    if i + 1 < len(word) and word[i] == a and word[i + 1] == b:
-                        out.append(new_id)
-                        i += 2
-                    else:
-                        out.append(word[i])
-                        i += 1
+                out = _merge(word, pair, new_id)
                 words[w] = out
                 for p in zip(out, out[1:]):                  # count its new pairs
                     pair_count[p] += f
@@ -232,15 +231,7 @@ class BPETokenizer(_Base):
             r = self.ranks.get(best)
             if r is None:
                 break
-            out, i = [], 0
-            while i < len(word):
-                if i + 1 < len(word) and word[i] == best[0] and word[i + 1] == best[1]:
-                    out.append(256 + r)
-                    i += 2
-                else:
-                    out.append(word[i])
-                    i += 1
-            word = out
+            word = _merge(word, best, 256 + r)
         ids = tuple(word)
         if len(self._cache) < 200_000:
             self._cache[chunk] = ids
