@@ -20,7 +20,7 @@ import math
 
 import numpy as np
 
-from .base import Optimizer, register
+from .base import Optimizer, check_fraction, register
 
 __all__ = ["AdaGrad", "RMSProp", "Adam", "AdamW"]
 
@@ -69,8 +69,7 @@ class RMSProp(Optimizer):
 
     def _check_group(self, group):
         super()._check_group(group)
-        if not 0.0 <= group["alpha"] < 1.0:
-            raise ValueError(f"alpha must be in [0, 1), got {group['alpha']}")
+        check_fraction(group["alpha"], "alpha")
 
     def _update(self, name, p, g, state, group):
         a = group["alpha"]
@@ -124,8 +123,7 @@ class Adam(Optimizer):
 
     def _check_group(self, group):
         super()._check_group(group)
-        b1, b2 = group["betas"]
-        if not (0.0 <= b1 < 1.0 and 0.0 <= b2 < 1.0):
+        if not all(0.0 <= b < 1.0 for b in group["betas"]):
             raise ValueError(f"betas must be in [0, 1), got {group['betas']}")
         if not group["eps"] >= 0:
             raise ValueError(f"eps must be >= 0, got {group['eps']}")

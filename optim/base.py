@@ -104,6 +104,18 @@ def _load_builtin():
 
 
 # ----------------------------------------------------------------------------- helpers
+def check_fraction(value, what: str) -> None:
+    """Raise ValueError unless 0 <= value < 1 (momentum, EMA decay rates)."""
+    if not 0.0 <= value < 1.0:
+        raise ValueError(f"{what} must be in [0, 1), got {value!r}")
+
+
+def check_count(value, what: str) -> None:
+    """Raise ValueError unless value is an integer >= 1 (queries, ranks, intervals)."""
+    if int(value) != value or value < 1:
+        raise ValueError(f"{what} must be an integer >= 1, got {value!r}")
+
+
 def _as_array(name, p):
     if not isinstance(p, np.ndarray) and isinstance(getattr(p, "data", None), np.ndarray):
         p = p.data  # a Tensor/Parameter: optimize its storage in place

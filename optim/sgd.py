@@ -23,7 +23,7 @@ from numbers import Real
 
 import numpy as np
 
-from .base import Optimizer, register
+from .base import Optimizer, check_fraction, register
 
 __all__ = ["GD", "SGD", "HeavyBall", "AGD"]
 
@@ -64,8 +64,7 @@ class SGD(Optimizer):
 
     def _check_group(self, group):
         super()._check_group(group)
-        if not 0.0 <= group["momentum"] < 1.0:
-            raise ValueError(f"momentum must be in [0, 1), got {group['momentum']}")
+        check_fraction(group["momentum"], "momentum")
 
     def _update(self, name, p, g, state, group):
         mu = group["momentum"]
@@ -110,8 +109,7 @@ class HeavyBall(Optimizer):
 
     def _check_group(self, group):
         super()._check_group(group)
-        if not 0.0 <= group["beta"] < 1.0:
-            raise ValueError(f"beta must be in [0, 1), got {group['beta']}")
+        check_fraction(group["beta"], "beta")
 
     def _update(self, name, p, g, state, group):
         if group["weight_decay"]:

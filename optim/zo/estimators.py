@@ -57,6 +57,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..base import check_count
+
 __all__ = [
     "coordinate_estimate", "gaussian_estimate", "sphere_estimate", "lowrank_estimate",
     "gaussian_direction", "sphere_direction", "central_variance",
@@ -73,8 +75,7 @@ def _check(x, mu, q=1, where="estimator"):
                         f"{type(x).__name__}{'' if not isinstance(x, np.ndarray) else ' of ' + str(x.dtype)}")
     if not (np.isfinite(mu) and mu > 0):
         raise ValueError(f"{where}: the smoothing radius mu must be a finite number > 0, got {mu!r}")
-    if int(q) != q or q < 1:
-        raise ValueError(f"{where}: the number of queries q must be an integer >= 1, got {q!r}")
+    check_count(q, f"{where}: the number of queries q")
 
 
 def _rng(rng):

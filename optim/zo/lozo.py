@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import math
 
-from ..base import register
+from ..base import check_count, check_fraction, register
 from .base import ZerothOrderOptimizer
 
 __all__ = ["LoZO"]
@@ -63,12 +63,9 @@ class LoZO(ZerothOrderOptimizer):
 
     def __init__(self, params, lr=1e-6, eps=1e-3, rank=2, step_interval=50, momentum=0.0,
                  weight_decay=0.0, normalize=False, seed=None, nonfinite="raise"):
-        if int(rank) != rank or rank < 1:
-            raise ValueError(f"LoZO: rank must be an integer >= 1, got {rank!r}")
-        if int(step_interval) != step_interval or step_interval < 1:
-            raise ValueError(f"LoZO: step_interval (ν) must be an integer >= 1, got {step_interval!r}")
-        if not (0.0 <= momentum < 1.0):
-            raise ValueError(f"LoZO: momentum β must be in [0, 1), got {momentum!r}")
+        check_count(rank, "LoZO: rank")
+        check_count(step_interval, "LoZO: step_interval (ν)")
+        check_fraction(momentum, "LoZO: momentum β")
         super().__init__(params, eps=eps, seed=seed, nonfinite=nonfinite, lr=lr,
                          weight_decay=weight_decay)
         self.rank, self.step_interval = int(rank), int(step_interval)

@@ -28,7 +28,7 @@ import math
 
 import numpy as np
 
-from ..base import register
+from ..base import check_count, check_fraction, register
 from .base import ZerothOrderOptimizer
 
 __all__ = ["ZOSGD"]
@@ -46,10 +46,8 @@ class ZOSGD(ZerothOrderOptimizer):
             raise ValueError(f"ZO-SGD: direction must be 'gaussian' or 'sphere', got {direction!r}")
         if kind not in ("central", "forward"):
             raise ValueError(f"ZO-SGD: kind must be 'central' or 'forward', got {kind!r}")
-        if int(q) != q or q < 1:
-            raise ValueError(f"ZO-SGD: q (queries per step) must be an integer >= 1, got {q!r}")
-        if not (0.0 <= momentum < 1.0):
-            raise ValueError(f"ZO-SGD: momentum must be in [0, 1), got {momentum!r}")
+        check_count(q, "ZO-SGD: q (queries per step)")
+        check_fraction(momentum, "ZO-SGD: momentum")
         super().__init__(params, eps=eps, seed=seed, nonfinite=nonfinite, lr=lr,
                          weight_decay=weight_decay)
         self.q, self.direction, self.kind = int(q), direction, kind
