@@ -154,7 +154,7 @@ def run_deterministic(pb, name, iters, **kw):
     p = {"x": np.zeros(d)}
     opt = optim.create(name, p, **kw)
     obj = pb.get("F", pb["f"])
-    fs = pb["F"](pb["xs"]) if "F" in pb else pb["f"](pb["xs"])
+    fs = obj(pb["xs"])
     gaps = [obj(p["x"]) - fs]
     for _ in range(iters):
         opt.step({"x": pb["grad"](p["x"])})
@@ -210,9 +210,17 @@ def strongly_convex_bounds(pb, iters):
     return gd, nest
 
 
-def nesterov_momentum(pb):
+def strongly_convex_momentum(pb):
+    """Nesterov's constant momentum (√κ−1)/(√κ+1) for a μ-strongly convex, L-smooth problem."""
     sk = math.sqrt(pb["L"] / pb["mu"])
     return (sk - 1) / (sk + 1)
+
+
+def lasso_bounds(pb, iters):
+    """Beck & Teboulle's bounds at k = 1..iters: ISTA L r0/(2k), FISTA 2 L r0/(k+1)^2."""
+    k = np.arange(1, iters + 1)
+    r0 = float(pb["xs"] @ pb["xs"])
+    return k, pb["L"] * r0 / (2 * k), 2 * pb["L"] * r0 / (k + 1) ** 2
 
 
 # ----------------------------------------------------------------------------- figures
@@ -227,11 +235,17 @@ COLORS = {"GD": "C0", "Nesterov": "C1", "with replacement": "C2", "reshuffling":
           "importance": "C4", "ISTA": "C0", "FISTA": "C1"}
 
 
-def plot_smooth(pb, det, sgd, path, iters, epochs):
+def _save(plt, fig, path):
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def plot_smooth(pb, det, sgd, bounds, path, iters, epochs):
     plt = _plt()
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
     k = np.arange(iters + 1)
-    gd_b, nest_b = strongly_convex_bounds(pb, iters)
+    gd_b, nest_b = bounds
     ax1.semilogy(k, det["GD"], color=COLORS["GD"], label="GD, lr=1/L")
     ax1.semilogy(k, np.maximum(gd_b, FLOOR), "--", color=COLORS["GD"], label="(1-1/κ)^k bound")
     ax1.semilogy(k, det["Nesterov"], color=COLORS["Nesterov"], label="Nesterov")
@@ -253,30 +267,24 @@ def plot_smooth(pb, det, sgd, path, iters, epochs):
     ax2.set_ylabel("‖x − x*‖²")
     ax2.set_title("SGD, constant step 1/(2 sup L_i) (IS: 1/(2 mean L_i))", fontsize=9)
     ax2.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
-def plot_lasso(pb, det, path, iters):
+def plot_lasso(pb, det, bounds, path):
     plt = _plt()
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    k = np.arange(1, iters + 1)
-    r0 = float(pb["xs"] @ pb["xs"])
-    L = pb["L"]
+    k, ista_b, fista_b = bounds
     ax.loglog(k, det["ISTA"][1:], color=COLORS["ISTA"], label="ISTA")
-    ax.loglog(k, L * r0 / (2 * k), "--", color=COLORS["ISTA"], label="L‖x0−x*‖²/(2k)")
+    ax.loglog(k, ista_b, "--", color=COLORS["ISTA"], label="L‖x0−x*‖²/(2k)")
     ax.loglog(k, det["FISTA"][1:], color=COLORS["FISTA"], label="FISTA")
-    ax.loglog(k, 2 * L * r0 / (k + 1) ** 2, "--", color=COLORS["FISTA"], label="2L‖x0−x*‖²/(k+1)²")
+    ax.loglog(k, fista_b, "--", color=COLORS["FISTA"], label="2L‖x0−x*‖²/(k+1)²")
     ax.set_ylim(FLOOR, None)
     ax.set_xlabel("iteration")
     ax.set_ylabel("F(x_k) - F*")
     nnz = int(np.count_nonzero(pb["xs"]))
     ax.set_title(f"LASSO: {nnz}/{pb['xs'].size} nonzeros, KKT residual {pb['kkt']:.1e}", fontsize=9)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 # ----------------------------------------------------------------------------- saddle
@@ -366,9 +374,7 @@ def plot_saddle(res, path):
     ax3.set_ylabel("iterations to escape")
     ax3.set_title("escape time grows like log d", fontsize=9)
     ax3.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 # ----------------------------------------------------------------------------- main
@@ -385,7 +391,7 @@ def main(small=False, outdir="docs", plots=True, seed=0, verbose=True):
     for pb in (make_least_squares(*ls_size, rng), make_logistic(*lg_size, 1e-2, rng)):
         det = {"GD": run_deterministic(pb, "gd", iters, lr=1 / pb["L"]),
                "Nesterov": run_deterministic(pb, "agd", iters, lr=1 / pb["L"],
-                                             momentum=nesterov_momentum(pb))}
+                                             momentum=strongly_convex_momentum(pb))}
         sgd = {kind: run_sgd(pb, kind, epochs, seed=seed)
                for kind in ("replacement", "reshuffle", "importance")}
         gd_b, nest_b = strongly_convex_bounds(pb, iters)
@@ -400,23 +406,22 @@ def main(small=False, outdir="docs", plots=True, seed=0, verbose=True):
         }
         if plots:
             path = os.path.join(outdir, f"convex_{key}.png")
-            plot_smooth(pb, det, sgd, path, iters, epochs)
+            plot_smooth(pb, det, sgd, (gd_b, nest_b), path, iters, epochs)
             summary[key]["png"] = path
 
     pb = make_lasso(*lasso_size, rng)
     det = {"ISTA": run_deterministic(pb, "ista", iters, lr=1 / pb["L"], prox=L1(pb["lam"])),
            "FISTA": run_deterministic(pb, "fista", iters, lr=1 / pb["L"], prox=L1(pb["lam"]))}
-    k = np.arange(1, iters + 1)
-    r0 = float(pb["xs"] @ pb["xs"])
+    bounds = lasso_bounds(pb, iters)
     summary["lasso"] = {
         "kkt_residual": pb["kkt"], "nnz": int(np.count_nonzero(pb["xs"])), "d": pb["xs"].size,
-        "ista_below_bound": bool(np.all(det["ISTA"][1:] <= pb["L"] * r0 / (2 * k) + 1e-12)),
-        "fista_below_bound": bool(np.all(det["FISTA"][1:] <= 2 * pb["L"] * r0 / (k + 1) ** 2 + 1e-12)),
+        "ista_below_bound": bool(np.all(det["ISTA"][1:] <= bounds[1] + 1e-12)),
+        "fista_below_bound": bool(np.all(det["FISTA"][1:] <= bounds[2] + 1e-12)),
         "ista_final": float(det["ISTA"][-1]), "fista_final": float(det["FISTA"][-1]),
     }
     if plots:
         path = os.path.join(outdir, "convex_lasso.png")
-        plot_lasso(pb, det, path, iters)
+        plot_lasso(pb, det, bounds, path)
         summary["lasso"]["png"] = path
 
     res = run_saddle()
