@@ -192,7 +192,8 @@ class Function:
 
 
 def _check_finite(arr, name, where, tensors):
-    if isinstance(arr, np.ndarray) and arr.dtype.kind == "f" and not np.isfinite(arr).all():
+    # np.generic too: a ufunc on a 0-d array returns a NumPy scalar (e.g. a scalar loss)
+    if isinstance(arr, (np.ndarray, np.generic)) and arr.dtype.kind == "f" and not np.isfinite(arr).all():
         shapes = ", ".join(str(t.shape) for t in tensors)
         bad = "NaN" if np.isnan(arr).any() else "inf"
         raise FloatingPointError(

@@ -297,6 +297,17 @@ def test_detect_anomaly_backward_names_the_op():
     assert not mg.autograd._state["anomaly"]
 
 
+def test_detect_anomaly_sees_zero_dim_results():
+    """Ufuncs on 0-d arrays return NumPy scalars; a NaN loss or an inf scalar gradient must
+    still be caught (scalar losses are where anomaly detection is used most)."""
+    with np.errstate(invalid="ignore", divide="ignore"), mg.detect_anomaly():
+        with pytest.raises(FloatingPointError, match="forward of Log produced NaN"):
+            mg.Tensor(np.array(-1.0), requires_grad=True).log()
+        y = mg.Tensor(np.array(0.0), requires_grad=True).sqrt()
+        with pytest.raises(FloatingPointError, match="backward of Sqrt produced inf"):
+            y.backward()
+
+
 def test_detect_anomaly_as_decorator():
     @mg.detect_anomaly()
     def f(t):
