@@ -125,7 +125,7 @@ def _float_array(x, name, op):
 
 
 def _rows(x, name, op):
-    x = _float_array(x, name, op)
+    """A validated array (see `_float_array`) as 2-D rows over its last axis (a view)."""
     if x.ndim == 0:
         raise ValueError(f"{op}: {name} must have at least one axis, got a scalar")
     return x.reshape(-1, x.shape[-1]) if x.size else x.reshape(0, max(x.shape[-1], 0))
@@ -198,12 +198,12 @@ def matmul_backward(a, b, g):
 
 
 # ----------------------------------------------------------------------------- softmax family
-def softmax_forward(x):
-    """softmax over the last axis."""
-    x = _float_array(x, "x", "softmax")
+def _row_forward(x, op, kernel):
+    """y from a row-wise op's kernel over the last axis of x."""
+    x = _float_array(x, "x", op)
     y = np.empty_like(x)
-    x2, y2 = _rows(x, "x", "softmax"), y.reshape(-1, x.shape[-1])
-    _parallel_for(_sm.softmax_fwd, x2.shape[0], _parallel(x.size), x2, y2)
+    x2 = _rows(x, "x", op)
+    _parallel_for(kernel, x2.shape[0], _parallel(x.size), x2, _rows(y, "y", op))
     return y
 
 
@@ -213,9 +213,14 @@ def _row_backward(y, dy, op, kernel):
     dy = _float_array(dy, "dy", op).astype(y.dtype, copy=False)
     _same_shape(y, dy, ("y", "dy"), op)
     dx = np.empty_like(y)
-    args = (_rows(y, "y", op), _rows(dy, "dy", op), dx.reshape(-1, y.shape[-1]))
+    args = (_rows(y, "y", op), _rows(dy, "dy", op), _rows(dx, "dx", op))
     _parallel_for(kernel, args[0].shape[0], _parallel(y.size), *args)
     return dx
+
+
+def softmax_forward(x):
+    """softmax over the last axis."""
+    return _row_forward(x, "softmax", _sm.softmax_fwd)
 
 
 def softmax_backward(y, dy):
@@ -224,11 +229,8 @@ def softmax_backward(y, dy):
 
 
 def log_softmax_forward(x):
-    x = _float_array(x, "x", "log_softmax")
-    y = np.empty_like(x)
-    args = (_rows(x, "x", "log_softmax"), y.reshape(-1, x.shape[-1]))
-    _parallel_for(_sm.log_softmax_fwd, args[0].shape[0], _parallel(x.size), *args)
-    return y
+    """log-softmax over the last axis."""
+    return _row_forward(x, "log_softmax", _sm.log_softmax_fwd)
 
 
 def log_softmax_backward(y, dy):
