@@ -2,7 +2,7 @@
 
 Fusing an op (rather than composing it from primitives) saves what backward needs and nothing
 else: softmax keeps only its output, layer norm only the input, mean and 1/std, cross-entropy
-only the logits and one log-sum-exp per row. Shape legend: B batch, T time, C channels,
+the logits, one log-sum-exp per row and the targets (with a mask of the non-ignored rows). Shape legend: B batch, T time, C channels,
 H heads, D head size, V vocabulary, N rows.
 """
 from __future__ import annotations
@@ -175,8 +175,8 @@ def log_softmax(x, axis: int = -1) -> Tensor:
 class CrossEntropy(Function):
     """Fused log-softmax + negative log-likelihood over rows of logits (N, V).
 
-    Saves the logits and one log-sum-exp per row; backward rebuilds softmax from them, so the
-    probabilities are never stored.
+    Saves the logits, one log-sum-exp per row and the targets with their ignore mask; backward
+    rebuilds softmax from them, so the probabilities are never stored.
     """
 
     @staticmethod
@@ -264,7 +264,6 @@ class LayerNorm(Function):
 
     @staticmethod
     def forward(ctx, x, w=None, b=None, *, eps=1e-5):
-        ctx.has = (w is not None, b is not None)
         ctx.fused = _fused(x)
         if ctx.fused is not None:
             y, mean, rstd = ctx.fused.layer_norm_forward(x, w, b, eps)
@@ -281,19 +280,20 @@ class LayerNorm(Function):
     @staticmethod
     def backward(ctx, g):
         x, w, mean, rstd = ctx.saved
+        n_params = len(ctx.inputs) - 1  # 0, 1 (weight) or 2 (and bias; never a lone bias)
         if ctx.fused is not None:
             gx, gw, gb = ctx.fused.layer_norm_backward(g, x, w, mean, rstd)
-            return (gx,) + tuple(gr for gr, has in zip((gw, gb), ctx.has) if has)
+            return (gx, gw, gb)[:1 + n_params]
         xhat = (x - mean) * rstd  # recomputed rather than stored
         rows = g.reshape(-1, g.shape[-1])
-        gw = (rows * xhat.reshape(rows.shape)).sum(axis=0) if ctx.has[0] else None
-        gb = rows.sum(axis=0) if ctx.has[1] else None
+        gw = (rows * xhat.reshape(rows.shape)).sum(axis=0) if n_params >= 1 else None
+        gb = rows.sum(axis=0) if n_params == 2 else None
         gxhat = g * w if w is not None else g
         # y = xhat*w + b, xhat = (x - mean)*rstd  =>  dx = rstd*(dxhat - mean(dxhat) - xhat*mean(dxhat*xhat))
         gx = rstd * (
             gxhat - gxhat.mean(axis=-1, keepdims=True) - xhat * (gxhat * xhat).mean(axis=-1, keepdims=True)
         )
-        return (gx,) + tuple(gr for gr, has in zip((gw, gb), ctx.has) if has)
+        return (gx, gw, gb)[:1 + n_params]
 
 
 def layer_norm(x, weight=None, bias=None, eps: float = 1e-5) -> Tensor:

@@ -224,6 +224,9 @@ def test_attention_rejects_mismatched_shapes():
     q = np.zeros((1, 2, 4, 8), np.float32)
     with pytest.raises(ValueError, match="attention"):
         K.attention_forward(q, np.zeros((1, 2, 4, 4), np.float32), np.zeros((1, 2, 4, 4), np.float32))
+    empty = np.zeros((1, 2, 0, 8), np.float32)
+    with pytest.raises(ValueError, match=r"attention: k and v have no keys \(S = 0\)"):
+        K.attention_forward(q, empty, empty, causal=False)
 
 
 # ----------------------------------------------------------------------------- matmul

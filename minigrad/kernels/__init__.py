@@ -350,6 +350,8 @@ def _attn_inputs(q, k, v, op):
     lead = q.shape[:-2]
     t, d = q.shape[-2:]
     s = k.shape[-2]
+    if s == 0:  # (checked before the reshape, which cannot infer -1 from an empty array)
+        raise ValueError(f"{op}: k and v have no keys (S = 0)")
     return (q.reshape(-1, t, d), k.reshape(-1, s, d), v.reshape(-1, s, d), lead)
 
 
@@ -364,8 +366,6 @@ def attention_forward(q, k, v, causal=True, scale=None, causal_offset=0):
     scale = 1.0 / np.sqrt(d) if scale is None else float(scale)
     o = np.empty_like(q3)
     lse = np.empty(q3.shape[:2], q3.dtype)
-    if k3.shape[1] == 0:
-        raise ValueError("attention: k and v have no keys (S = 0)")
     if o.size:
         _parallel_for(_att.attention_fwd, q3.shape[0], _parallel(q3.shape[0] * t * k3.shape[1] * d),
                       q3, k3, v3, bool(causal), int(causal_offset), scale, ATTN_BLOCK_Q, ATTN_BLOCK_K, o, lse)
