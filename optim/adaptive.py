@@ -35,9 +35,9 @@ class AdaGrad(Optimizer):
     Memory: N."""
 
     def __init__(self, params, lr=1e-2, lr_decay=0.0, weight_decay=0.0,
-                 initial_accumulator_value=0.0, eps=1e-10, **kw):
+                 initial_accumulator_value=0.0, eps=1e-10, *, nonfinite="raise"):
         super().__init__(params, lr=lr, lr_decay=lr_decay, weight_decay=weight_decay,
-                         initial_accumulator_value=initial_accumulator_value, eps=eps, **kw)
+                         initial_accumulator_value=initial_accumulator_value, eps=eps, nonfinite=nonfinite)
 
     def _update(self, name, p, g, state, group):
         if "sum" not in state:
@@ -63,9 +63,9 @@ class RMSProp(Optimizer):
     Memory: N (+N centered, +N momentum)."""
 
     def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0,
-                 centered=False, **kw):
+                 centered=False, *, nonfinite="raise"):
         super().__init__(params, lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay,
-                         momentum=momentum, centered=centered, **kw)
+                         momentum=momentum, centered=centered, nonfinite=nonfinite)
 
     def _check_group(self, group):
         super()._check_group(group)
@@ -117,9 +117,9 @@ class Adam(Optimizer):
     decoupled = False
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
-                 amsgrad=False, **kw):
+                 amsgrad=False, *, nonfinite="raise"):
         super().__init__(params, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
-                         amsgrad=amsgrad, **kw)
+                         amsgrad=amsgrad, nonfinite=nonfinite)
 
     def _check_group(self, group):
         super()._check_group(group)
@@ -165,9 +165,9 @@ class AdamW(Adam):
     decoupled = True
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2,
-                 amsgrad=False, **kw):
+                 amsgrad=False, *, nonfinite="raise"):
         super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
-                         amsgrad=amsgrad, **kw)
+                         amsgrad=amsgrad, nonfinite=nonfinite)
 
 
 @register("amsgrad")

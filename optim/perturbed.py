@@ -51,12 +51,12 @@ class PerturbedGD(Optimizer):
     ``opt.perturbations`` counts the perturbations. Memory: 0 (plus the RNG state)."""
 
     def __init__(self, params, lr=1e-2, g_thres=1e-3, radius=1e-2, t_thres=10, noise="threshold",
-                 seed=0, **kw):
+                 seed=0, *, nonfinite="raise"):
         if noise not in ("threshold", "always"):
             raise ValueError(f"noise must be 'threshold' or 'always', got {noise!r}")
         if radius < 0 or g_thres < 0 or t_thres < 0:
             raise ValueError("radius, g_thres and t_thres must be >= 0")
-        super().__init__(params, lr=lr, **kw)
+        super().__init__(params, lr=lr, nonfinite=nonfinite)
         self.g_thres, self.radius, self.t_thres, self.noise = g_thres, radius, int(t_thres), noise
         self._rng = np.random.default_rng(seed)
         self.global_state.update(t=0, t_noise=-(self.t_thres + 1), perturbations=0,

@@ -216,8 +216,8 @@ class Simplex(Prox):
 class _ProxGradBase(Optimizer):
     _unsaved_hparams = ("prox",)
 
-    def __init__(self, params, lr=1e-2, prox=None, **kw):
-        super().__init__(params, lr=lr, prox=prox, **kw)
+    def __init__(self, params, lr=1e-2, prox=None, *, nonfinite="raise"):
+        super().__init__(params, lr=lr, prox=prox, nonfinite=nonfinite)
 
     def _prox(self, group, z):
         h = group["prox"]

@@ -35,8 +35,8 @@ class GD(Optimizer):
     ``weight_decay`` adds the L2 term lr*wd*x (coupled, as in torch SGD). Memory: 0.
     With full gradients it is GD; with minibatch gradients it is plain SGD."""
 
-    def __init__(self, params, lr=1e-2, weight_decay=0.0, **kw):
-        super().__init__(params, lr=lr, weight_decay=weight_decay, **kw)
+    def __init__(self, params, lr=1e-2, weight_decay=0.0, *, nonfinite="raise"):
+        super().__init__(params, lr=lr, weight_decay=weight_decay, nonfinite=nonfinite)
 
     def _update(self, name, p, g, state, group):
         if group["weight_decay"]:
@@ -56,11 +56,11 @@ class SGD(Optimizer):
     Memory: N (the buffer) if momentum > 0, else 0."""
 
     def __init__(self, params, lr=1e-2, momentum=0.0, dampening=0.0, weight_decay=0.0,
-                 nesterov=False, **kw):
+                 nesterov=False, *, nonfinite="raise"):
         if nesterov and (momentum <= 0 or dampening != 0):
             raise ValueError("nesterov=True needs momentum > 0 and dampening = 0")
         super().__init__(params, lr=lr, momentum=momentum, dampening=dampening,
-                         weight_decay=weight_decay, nesterov=nesterov, **kw)
+                         weight_decay=weight_decay, nesterov=nesterov, nonfinite=nonfinite)
 
     def _check_group(self, group):
         super()._check_group(group)
@@ -104,8 +104,8 @@ class HeavyBall(Optimizer):
     constants: beta = ((sqrt(k)-1)/(sqrt(k)+1))^2, lr = 4/(sqrt(L)+sqrt(mu))^2 [unverified].
     Memory: N."""
 
-    def __init__(self, params, lr=1e-2, beta=0.9, weight_decay=0.0, **kw):
-        super().__init__(params, lr=lr, beta=beta, weight_decay=weight_decay, **kw)
+    def __init__(self, params, lr=1e-2, beta=0.9, weight_decay=0.0, *, nonfinite="raise"):
+        super().__init__(params, lr=lr, beta=beta, weight_decay=weight_decay, nonfinite=nonfinite)
 
     def _check_group(self, group):
         super()._check_group(group)
@@ -144,8 +144,8 @@ class AGD(Optimizer):
 
     _iterate_key = "x"
 
-    def __init__(self, params, lr=1e-2, momentum="convex", **kw):
-        super().__init__(params, lr=lr, momentum=momentum, **kw)
+    def __init__(self, params, lr=1e-2, momentum="convex", *, nonfinite="raise"):
+        super().__init__(params, lr=lr, momentum=momentum, nonfinite=nonfinite)
 
     def _check_group(self, group):
         super()._check_group(group)

@@ -231,3 +231,10 @@ def test_state_bytes_counts_moments():
     gd = optim.GD(make_params())
     gd.step(grads_at(p, 0))
     assert gd.state_bytes() == 0
+
+
+@pytest.mark.parametrize("name", optim.available())
+def test_a_misspelled_hyperparameter_is_an_error_for_every_optimizer(name):
+    """A typo such as momentun=0.9 must not be stored silently in the group (and ignored)."""
+    with pytest.raises(TypeError, match="momentun"):
+        optim.create(name, {"x": np.zeros(3)}, lr=0.1, momentun=0.9)
