@@ -283,21 +283,21 @@ except ImportError:  # optional dev dependency (setup.cfg extra "bench")
     torch = None
 
 TORCH_CASES = [
-    ("adamw", dict(lr=1e-2, weight_decay=0.1), "AdamW", {}),
-    ("adamw", dict(lr=1e-2, betas=(0.8, 0.95), weight_decay=0.1, amsgrad=True), "AdamW", {}),
-    ("adam", dict(lr=1e-2, weight_decay=0.05), "Adam", {}),
-    ("sgd", dict(lr=0.05, momentum=0.9, dampening=0.1, weight_decay=0.01), "SGD", {}),
-    ("sgd", dict(lr=0.05, momentum=0.9, nesterov=True, weight_decay=0.01), "SGD", {}),
+    ("adamw", dict(lr=1e-2, weight_decay=0.1), "AdamW"),
+    ("adamw", dict(lr=1e-2, betas=(0.8, 0.95), weight_decay=0.1, amsgrad=True), "AdamW"),
+    ("adam", dict(lr=1e-2, weight_decay=0.05), "Adam"),
+    ("sgd", dict(lr=0.05, momentum=0.9, dampening=0.1, weight_decay=0.01), "SGD"),
+    ("sgd", dict(lr=0.05, momentum=0.9, nesterov=True, weight_decay=0.01), "SGD"),
     ("adagrad", dict(lr=0.05, lr_decay=0.01, weight_decay=0.01, initial_accumulator_value=0.1),
-     "Adagrad", {}),
+     "Adagrad"),
     ("rmsprop", dict(lr=0.01, alpha=0.9, momentum=0.5, centered=True, weight_decay=0.01),
-     "RMSprop", {}),
+     "RMSprop"),
 ]
 
 
 @pytest.mark.skipif(torch is None, reason="torch not installed: reference-step tests skipped")
-@pytest.mark.parametrize("name,kw,tname,_", TORCH_CASES, ids=[f"{c[0]}-{i}" for i, c in enumerate(TORCH_CASES)])
-def test_matches_torch_optim_for_10_steps(name, kw, tname, _):
+@pytest.mark.parametrize("name,kw,tname", TORCH_CASES, ids=[f"{c[0]}-{i}" for i, c in enumerate(TORCH_CASES)])
+def test_matches_torch_optim_for_10_steps(name, kw, tname):
     rng = np.random.default_rng(0)
     shapes = {"w": (5, 4), "b": (4,)}
     p = {n: rng.standard_normal(s).astype(np.float32) for n, s in shapes.items()}

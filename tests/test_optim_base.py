@@ -175,33 +175,31 @@ def test_closure_returns_loss_and_steps():
 def test_state_dict_round_trip_is_bit_identical(name, tmp_path):
     """Run 6 steps; vs run 3, checkpoint to .npz (allow_pickle=False), restore into a fresh
     optimizer (and a scheduler), run 3 more: the parameters must be equal bit for bit."""
-    kw = EXTRA.get(name, {})
+    def build(p):
+        opt = optim.create(name, p, lr=0.01, **EXTRA.get(name, {}))
+        return opt, optim.schedules.create("cosine", opt, total_steps=6, warmup_steps=2)
+
+    def run(opt, sched, p, steps):
+        for t in steps:
+            opt.step(grads_at(p, t))
+            sched.step()
+
     pa = make_params()
-    opt = optim.create(name, pa, lr=0.01, **kw)
-    sched = optim.schedules.create("cosine", opt, total_steps=6, warmup_steps=2)
-    for t in range(6):
-        opt.step(grads_at(pa, t))
-        sched.step()
+    run(*build(pa), pa, range(6))
 
     pb = make_params()
-    opt = optim.create(name, pb, lr=0.01, **kw)
-    sched = optim.schedules.create("cosine", opt, total_steps=6, warmup_steps=2)
-    for t in range(3):
-        opt.step(grads_at(pb, t))
-        sched.step()
+    opt, sched = build(pb)
+    run(opt, sched, pb, range(3))
     np.savez(tmp_path / "ck.npz", **{f"p.{n}": v for n, v in pb.items()},
              **optim.flatten_state_dict(opt.state_dict(), prefix="opt."),
              **optim.flatten_state_dict(sched.state_dict(), prefix="sched."))
     with np.load(tmp_path / "ck.npz", allow_pickle=False) as f:
         ck = dict(f)
     pc = {n: ck[f"p.{n}"] for n in pb}
-    opt = optim.create(name, pc, lr=0.01, **kw)
-    sched = optim.schedules.create("cosine", opt, total_steps=6, warmup_steps=2)
+    opt, sched = build(pc)
     opt.load_state_dict(optim.unflatten_state_dict(ck, prefix="opt."))
     sched.load_state_dict(optim.unflatten_state_dict(ck, prefix="sched."))
-    for t in range(3, 6):
-        opt.step(grads_at(pc, t))
-        sched.step()
+    run(opt, sched, pc, range(3, 6))
     for n in pa:
         assert np.array_equal(pa[n], pc[n]), (name, n)
     if name == "perturbed_gd":
