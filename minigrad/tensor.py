@@ -472,6 +472,11 @@ class Stack(Function):
         return tuple(np.moveaxis(g, ctx.axis, 0))
 
 
+def _shape_arg(args: tuple) -> tuple:
+    """A shape (or axes) given as f(2, 3) or f((2, 3)): both become (2, 3)."""
+    return tuple(args[0]) if len(args) == 1 and isinstance(args[0], (tuple, list)) else args
+
+
 # ================================================================ Tensor
 def _as_array(data, dtype=None) -> np.ndarray:
     if isinstance(data, Tensor):
@@ -612,7 +617,7 @@ class Tensor:
 
     # ------------------------------------------------------------ shapes
     def reshape(self, *shape):
-        shape = shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape
+        shape = _shape_arg(shape)
         return Reshape.apply(self, shape=tuple(shape))
 
     view = reshape
@@ -633,8 +638,7 @@ class Tensor:
 
     def permute(self, *axes):
         """Reorder all axes, as torch.permute / np.transpose(x, axes)."""
-        if len(axes) == 1 and isinstance(axes[0], (tuple, list)):
-            axes = tuple(axes[0])
+        axes = _shape_arg(axes)
         if sorted(a % self.ndim for a in axes) != list(range(self.ndim)):
             raise ValueError(f"permute: {axes} is not a permutation of the {self.ndim} axes of {self.shape}")
         return Transpose.apply(self, axes=tuple(a % self.ndim for a in axes))
@@ -644,7 +648,7 @@ class Tensor:
         return Transpose.apply(self, axes=tuple(reversed(range(self.ndim))))
 
     def expand(self, *shape):
-        shape = shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape
+        shape = _shape_arg(shape)
         # -1 keeps the existing size, as in PyTorch
         lead = len(shape) - self.ndim
         if -1 in shape[:lead]:
@@ -690,18 +694,18 @@ def as_tensor(x) -> Tensor:
 
 
 def zeros(*shape, dtype=np.float32, requires_grad=False) -> Tensor:
-    shape = shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape
+    shape = _shape_arg(shape)
     return Tensor(np.zeros(shape, dtype=dtype), requires_grad=requires_grad)
 
 
 def ones(*shape, dtype=np.float32, requires_grad=False) -> Tensor:
-    shape = shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape
+    shape = _shape_arg(shape)
     return Tensor(np.ones(shape, dtype=dtype), requires_grad=requires_grad)
 
 
 def randn(*shape, rng=None, dtype=np.float32, requires_grad=False) -> Tensor:
     """Standard normal samples; pass `rng` (np.random.Generator or seed) for reproducibility."""
-    shape = shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape
+    shape = _shape_arg(shape)
     rng = np.random.default_rng(rng)
     return Tensor(rng.standard_normal(shape).astype(dtype), requires_grad=requires_grad)
 
