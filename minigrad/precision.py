@@ -268,7 +268,7 @@ def _round_arithmetic(x: np.ndarray, fmt: Format, rounding: str, rng) -> np.ndar
     else:
         lo = np.floor(y)
         n = lo + (rng.random(y.shape, dtype=y.dtype) < (y - lo))  # up with probability = fraction
-        n = np.where(x == 0, x, n)  # keep the sign of zero
+        n = np.copysign(n, x)  # keep the sign of a zero result (and of x == 0), as the bit version
     return np.ldexp(n, q)
 
 
@@ -611,8 +611,9 @@ def _next_up_e4m3(b):
     return np.minimum(b + ulp(b, "fp8_e4m3"), f.max).astype(np.float32)
 
 
-def encode(x, fmt: str, rounding: str = "nearest", rng=None, **kw):
-    """Bit patterns of quantize(x, fmt, ...).
+def encode(x, fmt: str, rounding: str = "nearest", rng=None, *, saturate: bool | None = None,
+           scale_rule: str | None = None, impl: str = "auto"):
+    """Bit patterns of quantize(x, fmt, ...) (the same options, checked the same way).
 
     Element formats: an unsigned integer array (uint8 for 8- and 4-bit formats, uint16, uint32),
     laid out sign | exponent | mantissa. Block formats: a `BlockEncoded` record.
@@ -620,8 +621,11 @@ def encode(x, fmt: str, rounding: str = "nearest", rng=None, **kw):
     _check_fmt(fmt, "encode")
     rng = _rng(rounding, rng, "encode")
     if fmt in FORMATS:
-        return _encode_element(quantize(x, fmt, rounding, rng, **kw), FORMATS[fmt])
-    return _encode_block(x, fmt, rounding, rng, kw.get("scale_rule"), kw.get("impl", "auto"), "encode")
+        q = quantize(x, fmt, rounding, rng, saturate=saturate, scale_rule=scale_rule, impl=impl)
+        return _encode_element(q, FORMATS[fmt])
+    if saturate is not None:
+        raise ValueError(f"encode: block format {fmt!r} always saturates its elements; drop saturate=")
+    return _encode_block(x, fmt, rounding, rng, scale_rule, impl, "encode")
 
 
 def decode(codes, fmt: str | None = None) -> np.ndarray:

@@ -324,3 +324,16 @@ def test_numba_kernel_split_over_threads_equals_one_thread(monkeypatch, rounding
     monkeypatch.setattr(K, "_parallel", lambda work: True)
     monkeypatch.setattr(K, "_num_threads", lambda: 3)
     assert same(P.quantize(x, "fp8_e4m3", rounding, rng=5, impl="numba"), one)
+
+
+def test_stochastic_rounding_keeps_the_sign_of_a_zero_result_in_every_impl():
+    x = np.array([-1e-9, 1e-9, -0.0, 0.0])
+    for impl in IMPLS:
+        assert same(P.quantize(x, "fp16", "stochastic", rng=0, impl=impl), [-0.0, 0.0, -0.0, 0.0]), impl
+
+
+def test_encode_checks_its_options_like_quantize():
+    with pytest.raises(ValueError, match="always saturates"):
+        P.encode(np.ones(32), "mxfp8_e4m3", saturate=True)
+    with pytest.raises(TypeError):
+        P.encode(np.ones(4), "fp16", saturte=True)
