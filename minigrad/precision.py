@@ -38,8 +38,8 @@ round up with probability equal to the distance to the lower neighbour divided b
 expectation equals the input (Gupta et al., "Deep Learning with Limited Numerical Precision", ICML
 2015). Both are written on the integer significand (see `_round_significand`, ``impl="bits"``), which is
 what hardware does; a NumPy-arithmetic twin (`_round_arithmetic`, ``impl="fast"``) gives
-identical nearest results about 5x faster, and a one-pass Numba kernel (``impl="numba"``, the
-default under minigrad's numba backend) faster again. All work in float64 (or exactly in float32), so
+identical nearest results faster (~5x, measured once when written), and a one-pass Numba
+kernel (``impl="numba"``, the default under minigrad's numba backend) faster again. All work in float64 (or exactly in float32), so
 float64 inputs are rounded once (no double rounding through float32).
 
 Block-scaled formats
@@ -252,7 +252,7 @@ def _round_significand(x64: np.ndarray, fmt: Format, rounding: str, rng) -> np.n
 
 
 def _round_arithmetic(x: np.ndarray, fmt: Format, rounding: str, rng) -> np.ndarray:
-    """The fast twin of `_round_significand`, in floating-point arithmetic (about 5-10x faster).
+    """The fast twin of `_round_significand`, in floating-point arithmetic.
 
     With q the quantum exponent as above, x·2^-q is exact (a power-of-two scaling), so
     rint (which rounds half to even) or floor + a uniform draw gives the rounded multiple of 2^q.
