@@ -1,4 +1,4 @@
-"""Hypothesis strategies for the autodiff core's tests.
+"""Hypothesis strategies for the autodiff core's tests, and helpers the test files share.
 
 What the gradient tests need, and why (see /work/shared/STYLE.md, "Numerical traps"):
 
@@ -14,6 +14,9 @@ Element values come from hypothesis itself (`fill=st.nothing()`: every element d
 are not mostly one repeated value) and shrink to readable counterexamples.
 """
 from __future__ import annotations
+
+import importlib.util
+import os
 
 import numpy as np
 import pytest
@@ -150,3 +153,12 @@ def gc(fn, *arrays_):
 def close(t, expected, tol=1e-12):
     assert t.shape == np.shape(expected)
     np.testing.assert_allclose(t.data, expected, rtol=tol, atol=tol)
+
+
+def load_demo(filename: str):
+    """Import demos/<filename> as a module (the demos are scripts, not a package)."""
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "demos", filename)
+    spec = importlib.util.spec_from_file_location(os.path.splitext(filename)[0] + "_demo", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod

@@ -1,21 +1,12 @@
 """Smoke test of demos/mixed_precision.py on the GPT: a few steps of three recipes, one PNG."""
-import importlib.util
-import os
 
 import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def load_demo():
-    spec = importlib.util.spec_from_file_location("mp_demo", os.path.join(ROOT, "demos", "mixed_precision.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+from strategies import load_demo
 
 
 def test_demo_runs_on_the_gpt_and_writes_a_png(tmp_path):
-    demo = load_demo()
+    demo = load_demo("mixed_precision.py")
     out = tmp_path / "mp.png"
     runs = demo.main(["--steps", "3", "--batch-size", "4", "--recipes",
                       "fp32,fp16_master_dynamic,nvfp4", "--out", str(out),

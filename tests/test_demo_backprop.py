@@ -1,19 +1,14 @@
 """demos/backprop_by_hand.py: the hand-written matrix-form backward agrees with the tape."""
-import importlib.util
 import runpy
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from strategies import load_demo
+
+
 DEMO = Path(__file__).resolve().parents[1] / "demos" / "backprop_by_hand.py"
-
-
-def load_demo():
-    spec = importlib.util.spec_from_file_location("backprop_by_hand", DEMO)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 @pytest.mark.parametrize("activation", ["tanh", "relu"])
@@ -30,7 +25,7 @@ def test_demo_runs_and_every_gradient_matches_the_tape(activation, capsys, monke
 
 
 def test_hand_gradients_equal_the_tape_to_round_off():
-    demo = load_demo()
+    demo = load_demo("backprop_by_hand.py")
     rng = np.random.default_rng(3)
     B, D, H, C = 4, 3, 6, 5
     args = (rng.standard_normal((B, D)), rng.integers(0, C, B), rng.standard_normal((H, D)),
@@ -46,7 +41,7 @@ def test_hand_gradients_equal_the_tape_to_round_off():
 
 
 def test_demo_exits_nonzero_on_a_mismatch(capsys):
-    demo = load_demo()
+    demo = load_demo("backprop_by_hand.py")
     honest = demo.forward_backward_by_hand
 
     def buggy(*a):

@@ -1,21 +1,13 @@
 """The convex lab at small sizes: rates respected, LASSO optimality to 1e-8, saddle escape."""
-import importlib.util
 import os
 
 import numpy as np
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-
-
-def load_lab():
-    spec = importlib.util.spec_from_file_location("convex_lab", os.path.join(HERE, "..", "demos", "convex_lab.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+from strategies import load_demo
 
 
 def test_convex_lab_small(tmp_path):
-    s = load_lab().main(small=True, outdir=str(tmp_path), verbose=False)
+    s = load_demo("convex_lab.py").main(small=True, outdir=str(tmp_path), verbose=False)
     for key in ("least_squares", "logistic_regression"):
         r = s[key]
         assert r["gd_below_bound"] and r["nesterov_below_bound"], r

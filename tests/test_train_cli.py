@@ -1,5 +1,4 @@
 """The training CLI: resume == uninterrupted, Ctrl-C saves, outputs, and bad input -> one line, exit 2."""
-import importlib.util
 import json
 import os
 import signal
@@ -9,11 +8,12 @@ import sys
 import numpy as np
 import pytest
 
+from strategies import load_demo
+
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "demos", "train_gpt.py")
-_spec = importlib.util.spec_from_file_location("train_gpt", SCRIPT)
-train_gpt = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(train_gpt)
+train_gpt = load_demo("train_gpt.py")
 
 
 @pytest.fixture(scope="module")

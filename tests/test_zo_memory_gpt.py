@@ -1,22 +1,13 @@
 """The memory claim of MeZO on a (very small) GPT, measured the way demos/zo_finetune.py does:
 a MeZO step peaks at about a forward pass (one tensor-sized z on top), far below a backprop
 AdamW step, whose activations, gradients and moments MeZO does not have."""
-import importlib.util
-import os
 
 import numpy as np
 
 from minigrad.backend import use_backend
 from models.gpt import GPT, GPTConfig
 
-_DEMO = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "demos", "zo_finetune.py")
-
-
-def _demo():
-    spec = importlib.util.spec_from_file_location("zo_finetune_demo", _DEMO)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+from strategies import load_demo
 
 
 class _Args:
@@ -24,7 +15,7 @@ class _Args:
 
 
 def test_mezo_step_peak_is_a_forward_pass_and_far_below_adamw():
-    demo = _demo()
+    demo = load_demo("zo_finetune.py")
     cfg = GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=32, vocab_size=40)
     base = GPT(cfg, seed=0)
     rng = np.random.default_rng(0)
