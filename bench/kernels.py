@@ -23,9 +23,10 @@ import tracemalloc
 
 
 def setup_threads(n: int) -> None:
-    """Same thread count for every pool (call before NumPy, Numba or torch start theirs)."""
+    """Same thread count for every pool (call before NumPy, Numba or torch start theirs). Set
+    outright: a value already in the environment would silently differ from --threads."""
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
-        os.environ.setdefault(var, str(n))
+        os.environ[var] = str(n)
 
 
 CLOCK = time.perf_counter  # time.process_time with --clock process (set by either bench's main)

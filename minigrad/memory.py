@@ -147,10 +147,8 @@ class GPTCosts:
         out += ["", f"parameters: exact {self.params:,} vs lecture 12·l·h² + v·h = {lec['params']:,}"]
         for name, n in self.params_terms.items():
             out.append(f"  {name:<58}{n:>12,}")
-        out += ["", "activations per layer per sample (values; lecture 2·s²·a + 14·s·h):",
-                f"  {'term':<50}{'lecture':>12}{'minigrad':>12}  note"]
-        for name, (lv, mv, note) in _layer_comparison(self).items():
-            out.append(f"  {name:<50}{lv:>12,}{mv:>12,}  {note}")
+        out += ["", "activations per layer per sample (values; lecture 2·s²·a + 14·s·h):"]
+        out += _layer_comparison_lines(self)
         out += ["", f"activation bytes of the whole step (b={b}), by what is saved:"]
         for name, n in self.activation_terms.items():
             out.append(f"  {name:<66}{fmt_bytes(n):>14}")
@@ -197,6 +195,12 @@ def _layer_comparison(costs: GPTCosts) -> dict:
     mine = sum(m for _, m, _ in rows.values())
     rows["total"] = (lec_total, mine, "")
     return rows
+
+
+def _layer_comparison_lines(costs: GPTCosts) -> list:
+    """`_layer_comparison` as indented text lines: a header, then one row per term."""
+    return [f"  {'term (values)':<50}{'lecture':>12}{'minigrad':>12}  note"] + [
+        f"  {name:<50}{lv:>12,}{mv:>12,}  {note}" for name, (lv, mv, note) in _layer_comparison(costs).items()]
 
 
 def _attention_layer_bytes(b, s, h, a, d, flash):
@@ -510,10 +514,8 @@ class MemoryLedger:
             for op, n in sorted(self.peak_by_op.items(), key=lambda kv: -kv[1]):
                 lines.append(f"  {op:<24}{fmt_bytes(n):>13}")
         if expected is not None:
-            lines += ["", "the lecture's 2·s²·a + 14·s·h per layer per sample, beside what minigrad saves:",
-                      f"  {'term (values)':<50}{'lecture':>11}{'minigrad':>11}  note"]
-            for name, (lv, mv, note) in _layer_comparison(expected).items():
-                lines.append(f"  {name:<50}{lv:>11,}{mv:>11,}  {note}")
+            lines += ["", "the lecture's 2·s²·a + 14·s·h per layer per sample, beside what minigrad saves:"]
+            lines += _layer_comparison_lines(expected)
             outside = expected.bytes["activations"] - expected.config.n_layer * sum(
                 expected.activation_layer_terms.values())
             lines.append(f"  outside the layers (ids, ln_f, head input, logits b·s·v, ...): "
