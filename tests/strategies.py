@@ -136,6 +136,17 @@ def seeds():
     return st.integers(0, 2**32 - 1)
 
 
+@st.composite
+def matmul_shapes(draw):
+    """Operand shapes for `@`: 1-D and n-D operands, batch dims that broadcast."""
+    mode = draw(st.sampled_from(["1d@1d", "1d@nd", "nd@1d", "nd@nd"]))
+    n, k, m = (draw(st.integers(1, 3)) for _ in range(3))
+    ba, bb = draw(broadcastable_shapes(2, max_dims=2, max_side=3))
+    sa = (k,) if mode.startswith("1d") else ba + (n, k)
+    sb = (k,) if mode.endswith("1d") else bb + (k, m)
+    return sa, sb
+
+
 # ---------------------------------------------------------------- shared checks
 BACKENDS = ["numpy"] + (["numba"] if mg.backend.numba_available() else [])
 by_backend = pytest.mark.parametrize("bk", BACKENDS)

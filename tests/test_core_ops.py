@@ -15,6 +15,7 @@ from strategies import (
     arrays,
     broadcastable_shapes,
     by_backend,
+    matmul_shapes,
     close,
     gc,
     int_indices,
@@ -94,16 +95,6 @@ def test_maximum_tie_splits_the_gradient():
     mg.maximum(a, b).backward(np.ones(3))
     np.testing.assert_array_equal(a.grad, [0.5, 1.0, 0.0])
     np.testing.assert_array_equal(b.grad, [0.5, 0.0, 1.0])
-
-
-@st.composite
-def matmul_shapes(draw):
-    mode = draw(st.sampled_from(["1d@1d", "1d@nd", "nd@1d", "nd@nd"]))
-    n, k, m = (draw(st.integers(1, 3)) for _ in range(3))
-    ba, bb = draw(broadcastable_shapes(2, max_dims=2, max_side=3))
-    sa = (k,) if mode.startswith("1d") else ba + (n, k)
-    sb = (k,) if mode.endswith("1d") else bb + (k, m)
-    return sa, sb
 
 
 @by_backend  # the numba backend routes batched products to one GEMM or to bmm

@@ -15,7 +15,7 @@ import torch.nn.functional as TF  # noqa: E402
 import minigrad as mg  # noqa: E402
 import minigrad.functional as F  # noqa: E402
 
-from strategies import arrays, broadcastable_shapes, int_indices, positive_arrays, shape_and_axis, shapes  # noqa: E402
+from strategies import arrays, broadcastable_shapes, int_indices, matmul_shapes, positive_arrays, shape_and_axis, shapes  # noqa: E402
 torch.set_num_threads(1)  # small tensors; leave the other core to the other tests
 RTOL, ATOL = 1e-10, 1e-12
 # A cross-check, not the proof (gradcheck is): a third of the profile's examples keeps CI quick.
@@ -84,11 +84,7 @@ def test_pow_scalar(x, p):
 @parity_settings
 @given(data=st.data())
 def test_matmul(data):
-    mode = data.draw(st.sampled_from(["1d@1d", "1d@nd", "nd@1d", "nd@nd"]))
-    n, k, m = (data.draw(st.integers(1, 3)) for _ in range(3))
-    ba, bb = data.draw(broadcastable_shapes(2, max_dims=2))
-    sa = (k,) if mode.startswith("1d") else ba + (n, k)
-    sb = (k,) if mode.endswith("1d") else bb + (k, m)
+    sa, sb = data.draw(matmul_shapes())
     parity(lambda a, b: a @ b, torch.matmul, data.draw(arrays(sa)), data.draw(arrays(sb)))
 
 
