@@ -1,6 +1,6 @@
 """Hypothesis strategies for the autodiff core's tests, and helpers the test files share.
 
-What the gradient tests need, and why (see /work/shared/STYLE.md, "Numerical traps"):
+What the gradient tests need, and why:
 
 - small shapes (finite differences cost two forwards per element), including 0-d and size-1 axes;
 - mutually broadcastable shapes, so every binary op's backward must undo broadcasting;
