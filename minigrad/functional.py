@@ -61,10 +61,11 @@ class Linear(Function):
         if ctx.amp is not None:  # the incoming gradient is stored in the gradient format
             g = amp.cast_grad(ctx.amp, g)
         g2 = g.reshape(-1, g.shape[-1])  # (N, out)
-        gx = (g2 @ w).reshape(x.shape)  # y = x @ W^T  =>  dx = g @ W
-        gw = g2.T @ x.reshape(-1, x.shape[-1])  # dW = g^T @ x, summed over all rows
-        gb = g2.sum(axis=0) if len(ctx.inputs) == 3 else None
-        return (gx, gw) if gb is None else (gx, gw, gb)
+        needs = ctx.needs_input_grad  # a frozen weight (requires_grad False) costs no GEMM
+        gx = (g2 @ w).reshape(x.shape) if needs[0] else None  # y = x @ W^T  =>  dx = g @ W
+        gw = g2.T @ x.reshape(-1, x.shape[-1]) if needs[1] else None  # dW = g^T @ x, over all rows
+        gb = g2.sum(axis=0) if len(needs) == 3 and needs[2] else None
+        return (gx, gw) if len(needs) == 2 else (gx, gw, gb)
 
 
 def linear(x, weight, bias=None) -> Tensor:

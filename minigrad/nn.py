@@ -12,10 +12,13 @@ from .tensor import Tensor
 
 
 class Parameter(Tensor):
-    """A Tensor that a Module registers as learnable; it always requires grad."""
+    """A Tensor that a Module registers as learnable.
 
-    def __init__(self, data, dtype=None):
-        super().__init__(data, requires_grad=True, dtype=dtype)
+    It requires grad unless frozen with `requires_grad_(False)`; a frozen parameter is still a
+    parameter: `named_parameters()` lists it and `state_dict()` saves it (as in PyTorch)."""
+
+    def __init__(self, data, requires_grad: bool = True, dtype=None):
+        super().__init__(data, requires_grad=requires_grad, dtype=dtype)
 
     def __repr__(self):
         return "Parameter " + super().__repr__()
@@ -95,6 +98,16 @@ class Module:
 
     def eval(self) -> "Module":
         return self.train(False)
+
+    def requires_grad_(self, requires_grad: bool = True) -> "Module":
+        """Freeze (False) or unfreeze (True) every parameter of this module and its submodules.
+
+        A frozen parameter gets no gradient (`p.grad is None` after backward), so an optimizer
+        stepping on `{name: p.grad}` leaves it and keeps no state for it. Select the trainable
+        ones with `p.requires_grad`, as in PyTorch."""
+        for p in self.parameters():
+            p.requires_grad_(requires_grad)
+        return self
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         for p in self.parameters():

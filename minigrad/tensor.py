@@ -534,6 +534,24 @@ class Tensor:
     def detach(self) -> "Tensor":
         return Tensor(self.data)
 
+    def requires_grad_(self, requires_grad: bool = True) -> "Tensor":
+        """Switch gradient tracking of this leaf in place and return it (torch.Tensor.requires_grad_).
+
+        `p.requires_grad_(False)` freezes a parameter: backward leaves `p.grad` None, and ops
+        that check `ctx.needs_input_grad` (Linear, Pow) skip computing its gradient."""
+        if requires_grad and self.data.dtype.kind not in "fc":
+            raise TypeError(
+                f"requires_grad_: only floating-point tensors can require grad; got dtype "
+                f"{self.data.dtype}. Convert first, e.g. Tensor(x.astype(np.float32)).requires_grad_()"
+            )
+        if not requires_grad and not self.is_leaf:
+            raise RuntimeError(
+                "requires_grad_(False): this tensor is the output of an op, not a leaf; "
+                "use .detach() for a copy without history"
+            )
+        self.requires_grad = bool(requires_grad)
+        return self
+
     def backward(self, grad=None, retain_graph: bool = False) -> None:
         """Accumulate d self / d leaf (times `grad`) into every leaf's `.grad`."""
         if not self.requires_grad:

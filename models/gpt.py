@@ -233,13 +233,13 @@ class GPT(nn.Module):
         return logits, loss
 
     def loss_and_grads(self, idx, targets):
-        """One forward + backward: ``(loss as float, {name: grad ndarray})`` for the optimizer."""
+        """One forward + backward: ``(loss as float, {name: grad ndarray or None})`` for the
+        optimizer. A frozen parameter (``requires_grad_(False)``) has None: no gradient, so the
+        optimizer skips it."""
         self.zero_grad()
         _, loss = self(idx, targets)
         loss.backward()
-        grads = {n: (p.grad if p.grad is not None else np.zeros_like(p.data))
-                 for n, p in self.named_parameters()}
-        return float(loss.item()), grads
+        return float(loss.item()), {n: p.grad for n, p in self.named_parameters()}
 
     def generate(self, idx, max_new_tokens: int, temperature: float = 1.0, top_k=None, rng=None,
                  use_cache: bool = True):
