@@ -25,7 +25,7 @@ import math
 import numpy as np
 
 __all__ = ["constant", "step_decay", "cosine", "wsd", "linear", "LRScheduler", "create",
-           "available", "clip_grad_norm_", "global_grad_norm"]
+           "available", "get", "clip_grad_norm_", "global_grad_norm"]
 
 
 def _warm(t, warmup_steps):
@@ -84,11 +84,16 @@ def available():
     return sorted(_SCHEDULES)
 
 
-def create(name, optimizer, **kw):
-    """``LRScheduler(optimizer, <schedule name>(**kw))``."""
+def get(name):
+    """The multiplier factory registered as ``name`` (e.g. ``get("cosine") is cosine``)."""
     if name not in _SCHEDULES:
         raise ValueError(f"unknown schedule {name!r}; available: {available()}")
-    return LRScheduler(optimizer, _SCHEDULES[name](**kw))
+    return _SCHEDULES[name]
+
+
+def create(name, optimizer, **kw):
+    """``LRScheduler(optimizer, <schedule name>(**kw))``."""
+    return LRScheduler(optimizer, get(name)(**kw))
 
 
 class LRScheduler:
@@ -110,6 +115,11 @@ class LRScheduler:
 
     def step(self):
         self.last_step += 1
+        self._apply()
+
+    def set_step(self, step):
+        """Jump to ``step`` and apply its lr (a resumed run; a multiplier whose length changed)."""
+        self.last_step = int(step)
         self._apply()
 
     def get_last_lr(self):

@@ -1,0 +1,210 @@
+"""The checkpoint format: one ``.npz`` of arrays and a ``manifest.json`` that vouches for it.
+
+A checkpoint directory holds
+
+* ``ckpt.npz`` -- every array, loaded with ``allow_pickle=False``:
+  ``param/<name>`` (the model's parameters and buffers, ``Module.state_dict`` names),
+  ``optim/<key>`` (the optimizer's ``state_dict``, flattened by ``optim.flatten_state_dict``),
+  ``history/<key>`` (float64 series such as ``train_loss``), and ``meta``: one JSON string with
+  the format version, the model's class and config, the step, the RNG states and whatever the
+  caller adds (tokenizer, data description, CLI arguments).
+* ``manifest.json`` -- human-readable: format version, step, config, last losses, the shape and
+  dtype of every array, and the SHA-256 of ``ckpt.npz``. Loading checks that hash, so a
+  truncated, bit-flipped or swapped arrays file is refused instead of half-read.
+
+Both files are written under a temporary name and renamed, so a crash (or Ctrl-C) while saving
+leaves the previous checkpoint intact. Every way a checkpoint can be unusable -- missing,
+truncated, not an npz, another format version, a manifest that does not match -- raises
+:class:`CheckpointError` with one line that names the file and what is wrong.
+
+    path = save_checkpoint("out", model, optimizer, history=h, meta={"tokenizer": tok.to_dict()})
+    ckpt = load_checkpoint("out")              # the directory or the .npz
+    model = ckpt.build_model()                 # a GPT with the saved config and weights
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+import zipfile
+from dataclasses import dataclass, field
+
+import numpy as np
+
+import optim
+
+__all__ = ["FORMAT_VERSION", "CKPT", "MANIFEST", "CheckpointError", "Checkpoint",
+           "save_checkpoint", "load_checkpoint", "checkpoint_path", "model_classes"]
+
+FORMAT_VERSION = 2
+CKPT = "ckpt.npz"
+MANIFEST = "manifest.json"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used; the message is one line naming the file."""
+
+
+def model_classes() -> dict:
+    """Model classes a checkpoint can rebuild, by the name stored in its meta: (class, config class)."""
+    from models.gpt import GPT, GPTConfig
+    return {"GPT": (GPT, GPTConfig)}
+
+
+def checkpoint_path(path) -> str:
+    """``path`` itself if it names a file, else ``path/ckpt.npz``."""
+    path = os.fspath(path)
+    return path if path.endswith(".npz") else os.path.join(path, CKPT)
+
+
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _json_array(obj) -> np.ndarray:
+    return np.array(json.dumps(obj))          # a 0-d unicode array: fine with allow_pickle=False
+
+
+@dataclass
+class Checkpoint:
+    """What :func:`load_checkpoint` returns. ``meta`` is the JSON dict saved with it."""
+
+    path: str
+    params: dict
+    optimizer_state: dict | None
+    history: dict
+    meta: dict
+    manifest: dict = field(default_factory=dict)
+
+    @property
+    def step(self) -> int:
+        return int(self.meta.get("step", 0))
+
+    @property
+    def config(self) -> dict:
+        return self.meta["model"]["config"]
+
+    def build_model(self, **overrides):
+        """A fresh model of the saved class and config, with the saved weights.
+
+        ``overrides`` replace config fields that do not change parameter shapes (e.g. dropout)."""
+        spec = self.meta.get("model") or {}
+        classes = model_classes()
+        if spec.get("class") not in classes:
+            raise CheckpointError(f"checkpoint {self.path}: unknown model class {spec.get('class')!r}; "
+                                  f"known: {', '.join(classes)}")
+        cls, config_cls = classes[spec["class"]]
+        try:
+            model = cls(config_cls.from_dict({**spec["config"], **overrides}))
+            model.load_state_dict(self.params, strict=True)
+        except (KeyError, ValueError, TypeError) as e:
+            raise CheckpointError(f"checkpoint {self.path}: cannot rebuild the {spec['class']} ({e})") from None
+        return model
+
+    def tokenizer(self):
+        """The tokenizer saved in ``meta['tokenizer']``."""
+        from models.tokenizer import TokenizerError, tokenizer_from_dict
+        if "tokenizer" not in self.meta:
+            raise CheckpointError(f"checkpoint {self.path} holds no tokenizer")
+        try:
+            return tokenizer_from_dict(self.meta["tokenizer"])
+        except (TokenizerError, KeyError, TypeError) as e:
+            raise CheckpointError(f"checkpoint {self.path}: bad tokenizer ({e})") from None
+
+
+def save_checkpoint(out_dir, model, optimizer=None, *, history=None, meta=None) -> str:
+    """Write ``out_dir/ckpt.npz`` and ``out_dir/manifest.json`` atomically; returns the npz path.
+
+    ``model`` needs ``state_dict()`` (and a ``config`` with ``to_dict()`` to be rebuildable);
+    ``optimizer`` anything with ``state_dict()`` (an ``optim.Optimizer`` or the mixed-precision
+    wrapper); ``history`` a dict of number lists; ``meta`` JSON-serialisable extras (they must
+    not use the keys this function writes: format_version, model)."""
+    meta = dict(meta or {})
+    for k in ("format_version", "model"):
+        if k in meta:
+            raise ValueError(f"save_checkpoint: meta key {k!r} is written by save_checkpoint itself")
+    config = getattr(model, "config", None)
+    meta["format_version"] = FORMAT_VERSION
+    meta["model"] = {"class": type(model).__name__,
+                     "config": config.to_dict() if hasattr(config, "to_dict") else None}
+    arrays = {f"param/{n}": a for n, a in model.state_dict().items()}
+    if optimizer is not None:
+        for k, v in optim.flatten_state_dict(optimizer.state_dict()).items():
+            arrays[f"optim/{k}"] = v
+    history = history or {}
+    for k, v in history.items():
+        arrays[f"history/{k}"] = np.asarray(v, dtype=np.float64)
+    arrays["meta"] = _json_array(meta)
+
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, CKPT)
+    tmp = path + ".tmp.npz"
+    np.savez(tmp, **arrays)
+    digest = _sha256(tmp)
+    os.replace(tmp, path)
+
+    def last(key):
+        v = history.get(key)
+        return float(v[-1]) if v is not None and len(v) else None
+
+    manifest = {
+        "format_version": FORMAT_VERSION, "checkpoint": CKPT, "sha256": digest,
+        "step": meta.get("step"), "model": meta["model"]["class"], "config": meta["model"]["config"],
+        "num_params": int(sum(p.size for p in model.parameters())) if hasattr(model, "parameters") else None,
+        "last_val_loss": last("val_loss"), "last_train_loss": last("train_loss"),
+        "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        **{k: meta[k] for k in ("optimizer", "preset", "data") if k in meta},
+        "arrays": {k: [list(v.shape), str(v.dtype)] for k, v in arrays.items() if k != "meta"},
+    }
+    mpath = os.path.join(out_dir, MANIFEST)
+    with open(mpath + ".tmp", "w", encoding="utf-8") as f:
+        json.dump(manifest, f, indent=1)
+    os.replace(mpath + ".tmp", mpath)
+    return path
+
+
+def load_checkpoint(path) -> Checkpoint:
+    """Read a checkpoint written by :func:`save_checkpoint` (``path``: its directory or npz).
+
+    Raises :class:`CheckpointError` (one line) when the file is missing, its manifest is missing
+    or does not vouch for it (SHA-256), it is not a readable npz, or it has another format version."""
+    npz = checkpoint_path(path)
+    if not os.path.isfile(npz):
+        raise CheckpointError(f"no checkpoint at {npz}")
+    mpath = os.path.join(os.path.dirname(npz), MANIFEST)
+    try:
+        with open(mpath, encoding="utf-8") as f:
+            manifest = json.load(f)
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint {npz} has no {MANIFEST} beside it (it vouches for the "
+                              f"arrays file); was it copied without it?") from None
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"checkpoint {npz}: unreadable {MANIFEST} ({e})") from None
+    if not isinstance(manifest, dict) or manifest.get("format_version") != FORMAT_VERSION:
+        have = manifest.get("format_version") if isinstance(manifest, dict) else None
+        raise CheckpointError(f"checkpoint {npz} has format version {have!r}; this minigrad reads "
+                              f"version {FORMAT_VERSION}")
+    if manifest.get("sha256") != _sha256(npz):
+        raise CheckpointError(f"checkpoint {npz} does not match its {MANIFEST} (SHA-256 differs): the "
+                              f"file is truncated, corrupted or from another run")
+    try:
+        with np.load(npz, allow_pickle=False) as f:
+            arrays = {k: f[k] for k in f.files}
+        meta = json.loads(str(arrays.pop("meta")))
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+        raise CheckpointError(f"cannot read checkpoint {npz}: {e}") from None
+    if not isinstance(meta, dict) or meta.get("format_version") != FORMAT_VERSION:
+        have = meta.get("format_version") if isinstance(meta, dict) else None
+        raise CheckpointError(f"checkpoint {npz} has format version {have!r}; this minigrad reads "
+                              f"version {FORMAT_VERSION}")
+    params = {k[len("param/"):]: v for k, v in arrays.items() if k.startswith("param/")}
+    flat = {k[len("optim/"):]: v for k, v in arrays.items() if k.startswith("optim/")}
+    ostate = optim.unflatten_state_dict(flat) if flat else None
+    history = {k[len("history/"):]: v.tolist() for k, v in arrays.items() if k.startswith("history/")}
+    return Checkpoint(path=npz, params=params, optimizer_state=ostate, history=history, meta=meta,
+                      manifest=manifest)

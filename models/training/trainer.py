@@ -1,0 +1,378 @@
+"""The training loop every model and optimizer in minigrad runs through.
+
+One step, whatever the optimizer (the loop never asks for its class; the optimizer declares
+what it needs, see ``optim.base``)::
+
+    first-order (opt.uses_gradients):              zeroth-order (not opt.uses_gradients):
+      model.zero_grad()                              model.eval()
+      loss = loss_fn(model, batch)  [autocast]       opt.step(closure=lambda: loss_fn(model, batch)
+      (loss * opt.loss_scale).backward()                                      under no_grad)
+      grads = {name: p.grad}   (None: frozen)        model.train()
+      opt.unscale_(grads)       (mixed precision: true gradients from here on)
+      for hook in grad_hooks: hook(grads)            (clipping; later compression, all-reduce)
+      opt.step(grads)
+
+Around it, :meth:`Trainer.fit` adds what every run wants: the learning-rate schedule (a
+multiplier from ``optim.schedules`` times each group's base lr), evaluation on fixed batches
+every ``eval_every`` steps, a wall-clock budget that fits the schedule's length to the measured
+speed, a tqdm bar (or log lines), the loss history, callbacks, and Ctrl-C / SIGTERM handling:
+the current step finishes, :meth:`fit` returns with ``interrupted`` set, and the caller saves.
+
+The state that makes a resumed run bit-identical to an uninterrupted one -- step, schedule
+length, history, the batch generator, every ``np.random.Generator`` held by the model (dropout)
+and the optimizer's state -- is what :meth:`Trainer.save` writes and :meth:`Trainer.restore`
+reads, through ``models.training.checkpoint``.
+"""
+from __future__ import annotations
+
+import collections
+import inspect
+import math
+import signal
+import threading
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+import minigrad
+from minigrad import amp
+import optim
+from optim.schedules import LRScheduler, clip_grad_norm_
+
+from .checkpoint import Checkpoint, CheckpointError, save_checkpoint
+
+__all__ = ["Trainer", "FitResult", "lm_loss", "evaluate", "clip_grad_norm", "module_generators"]
+
+
+def lm_loss(model, batch):
+    """``loss_fn`` of a language model called as ``model(x, targets) -> (logits, loss)``."""
+    x, y = batch
+    return model(x, y)[1]
+
+
+def evaluate(model, loss_fn, batches, autocast=None) -> float:
+    """Mean loss over ``batches`` in eval mode, without a graph (the model's mode is restored)."""
+    was = model.training
+    model.eval()
+    try:
+        with minigrad.no_grad(), amp.autocast(autocast):
+            losses = [float(loss_fn(model, b).item()) for b in batches]
+    finally:
+        model.train(was)
+    return float(np.mean(losses))
+
+
+def clip_grad_norm(max_norm: float, norm_type: float = 2.0):
+    """A gradient hook: scale all gradients in place so their global norm is <= ``max_norm``
+    (``optim.clip_grad_norm_``, torch semantics). The total norm before clipping is kept in
+    ``hook.last_norm``."""
+    if not (max_norm > 0 and math.isfinite(max_norm)):
+        raise ValueError(f"clip_grad_norm: max_norm must be a finite number > 0, got {max_norm!r}")
+
+    def hook(grads):
+        hook.last_norm = clip_grad_norm_(grads, max_norm, norm_type)
+    hook.last_norm = None
+    hook.__name__ = f"clip_grad_norm({max_norm:g})"
+    return hook
+
+
+def module_generators(model) -> dict:
+    """Every ``np.random.Generator`` attribute of the model's modules, by dotted name
+    (a GPT's ``dropout_rng``): their states go into a checkpoint."""
+    found = {}
+    for mname, mod in model.named_modules():
+        for attr, v in vars(mod).items():
+            if isinstance(v, np.random.Generator):
+                found[f"{mname}.{attr}" if mname else attr] = v
+    return found
+
+
+@dataclass
+class FitResult:
+    """What :meth:`Trainer.fit` reports: the step reached, whether a signal stopped it early,
+    whether the time budget did, the last validation loss and the wall time of the call."""
+
+    step: int
+    interrupted: bool
+    out_of_time: bool
+    val_loss: float
+    seconds: float
+
+
+class Trainer:
+    """Train ``model`` with ``optimizer`` on batches drawn by ``batches(rng)``.
+
+    model        an ``nn.Module`` (its parameters' ``.grad`` are read after backward)
+    loss_fn      ``loss_fn(model, batch) -> Tensor`` (a scalar loss), e.g. :func:`lm_loss`
+    optimizer    any registered optimizer built on the model's arrays (``optim.create``), or the
+                 mixed-precision wrapper ``minigrad.amp.MixedPrecisionOptimizer``
+    batches      ``batches(rng) -> batch``; ``rng`` is the trainer's own Generator (seeded by
+                 ``seed``, saved in checkpoints), so the batch sequence is reproducible
+    steps        the schedule's length (the step target)
+    schedule     a name from ``optim.schedules`` ("cosine", "linear", "wsd", "step", "constant")
+                 and ``schedule_kwargs`` (e.g. warmup_steps, min_ratio) without total_steps,
+                 which is the current horizon (``steps``, or fewer under a time budget). Each
+                 group's lr is its base lr (its lr at construction) times the multiplier.
+    grad_hooks   callables ``hook(grads)`` run in order between backward and the step; they
+                 change the dict of gradient arrays in place (see :func:`clip_grad_norm`)
+    eval_batches a list of batches for validation (the same every evaluation); None: no eval
+    eval_every   validate before steps 0, k, 2k, ... and after the last step
+    time_budget  seconds for the whole run counted from ``start_time`` (default: now); the
+                 schedule is shortened to the steps that fit (measured after 40 steps, then
+                 every 100), keeping ``reserve_seconds`` free for saving and sampling
+    autocast     a ``minigrad.amp`` policy (or preset name) for the forward passes
+    on_step      ``on_step(trainer)`` after every optimizer step; ``on_eval(trainer, val_loss)``
+    progress     a tqdm bar; False prints a line every ``log_every`` steps
+    """
+
+    def __init__(self, model, loss_fn, optimizer, batches, *, steps: int, schedule: str = "constant",
+                 schedule_kwargs=None, grad_hooks=(), eval_batches=None, eval_every: int = 250,
+                 time_budget: float | None = None, start_time: float | None = None,
+                 reserve_seconds: float = 25.0, autocast=None, seed: int = 0, on_step=None,
+                 on_eval=None, progress: bool = True, log_every: int = 50, tokens_per_step=None):
+        if int(steps) != steps or steps < 1:
+            raise ValueError(f"Trainer: steps must be an integer >= 1, got {steps!r}")
+        if int(eval_every) != eval_every or eval_every < 1:
+            raise ValueError(f"Trainer: eval_every must be an integer >= 1, got {eval_every!r}")
+        if time_budget is not None and not time_budget >= 0:
+            raise ValueError(f"Trainer: time_budget must be >= 0 seconds, got {time_budget!r}")
+        for h in grad_hooks:
+            if not callable(h):
+                raise TypeError(f"Trainer: grad_hooks must be callables hook(grads), got {type(h).__name__}")
+        self.model, self.loss_fn, self.optimizer, self.batches = model, loss_fn, optimizer, batches
+        self.grad_hooks = list(grad_hooks)
+        self.eval_batches = eval_batches
+        self.eval_every = int(eval_every)
+        self.time_budget = time_budget or None
+        self.start_time = time.perf_counter() if start_time is None else start_time
+        self.reserve_seconds = reserve_seconds
+        self.autocast = autocast
+        self.on_step, self.on_eval = on_step, on_eval
+        self.progress, self.log_every = progress, log_every
+        self.tokens_per_step = tokens_per_step
+        self.target = int(steps)          # the step count asked for
+        self.horizon = int(steps)         # the schedule's current length (<= target under a budget)
+        self.step = 0
+        self.rng = np.random.default_rng(seed)
+        self.history = {"train_step": [], "train_loss": [], "val_step": [], "val_loss": []}
+        self.schedule_name = schedule
+        self.schedule_kwargs = dict(schedule_kwargs or {})
+        factory = optim.schedules.get(schedule)
+        self._takes_horizon = "total_steps" in inspect.signature(factory).parameters
+        self._factory = factory
+        factory(**self._schedule_args())   # bad schedule options fail here, not mid-run
+        self.scheduler = LRScheduler(optimizer, self._multiplier)
+        self.interrupted = False
+        self.last_loss = float("nan")
+
+    # ------------------------------------------------------------------ schedule
+    def _schedule_args(self):
+        return {**self.schedule_kwargs, **({"total_steps": self.horizon} if self._takes_horizon else {})}
+
+    def _multiplier(self, step):
+        return self._factory(**self._schedule_args())(step)
+
+    @property
+    def lr(self) -> float:
+        """The first group's current learning rate."""
+        return self.optimizer.param_groups[0]["lr"]
+
+    # ------------------------------------------------------------------ one step
+    def train_step(self, batch=None) -> float:
+        """One optimizer step on ``batch`` (drawn from ``batches`` when None); returns the loss.
+
+        The learning rate of step ``self.step`` is set first, from the current horizon."""
+        opt, model = self.optimizer, self.model
+        self.scheduler.set_step(self.step)
+        if batch is None:
+            batch = self.batches(self.rng)
+        if opt.uses_gradients:
+            model.zero_grad()
+            with amp.autocast(self.autocast):
+                loss_t = self.loss_fn(model, batch)
+            scale = opt.loss_scale
+            if scale == 1.0:
+                loss_t.backward()
+            else:
+                loss_t.backward(np.full(loss_t.shape, scale, dtype=loss_t.dtype))
+            grads = {n: p.grad for n, p in model.named_parameters()}
+            opt.unscale_(grads)
+            for hook in self.grad_hooks:
+                hook(grads)
+            opt.step(grads)
+            loss = float(loss_t.item())
+        else:
+            # loss evaluations only; in eval mode, so that every evaluation of one step sees the
+            # same network (no dropout masks), and without a graph (inference memory)
+            was = model.training
+            model.eval()
+            try:
+                loss = opt.step(closure=lambda: self._forward_loss(batch))
+            finally:
+                model.train(was)
+        self.step += 1
+        self.last_loss = float(loss)
+        return self.last_loss
+
+    def _forward_loss(self, batch) -> float:
+        with minigrad.no_grad(), amp.autocast(self.autocast):
+            return float(self.loss_fn(self.model, batch).item())
+
+    def evaluate(self) -> float:
+        """Validation loss on ``eval_batches``, recorded in the history at the current step."""
+        v = evaluate(self.model, self.loss_fn, self.eval_batches, self.autocast)
+        self.history["val_step"].append(self.step)
+        self.history["val_loss"].append(v)
+        if self.on_eval is not None:
+            self.on_eval(self, v)
+        return v
+
+    def _evaluated_now(self) -> bool:
+        return bool(self.history["val_step"]) and self.history["val_step"][-1] == self.step
+
+    # ------------------------------------------------------------------ the loop
+    def fit(self) -> FitResult:
+        """Train until ``horizon`` steps are done, the time budget is spent or a signal arrives."""
+        t_fit = time.perf_counter()
+        budget = self.time_budget
+        bar = None
+        if self.progress:
+            from tqdm import tqdm
+            bar = tqdm(total=self.horizon, initial=self.step, unit="step", dynamic_ncols=True)
+
+        def say(msg):
+            (bar.write if bar is not None else print)(msg)
+
+        has_eval = self.eval_batches is not None
+        val_loss = self.history["val_loss"][-1] if self.history["val_loss"] else float("nan")
+        t_eval = 0.0                                   # measured cost of one evaluation
+        recent = collections.deque(maxlen=200)         # durations of the latest steps
+        out_of_time = False
+        restore = self._catch_signals()
+        self.model.train()
+        try:
+            while self.step < self.horizon:
+                if has_eval and self.step % self.eval_every == 0 and not self._evaluated_now():
+                    t0 = time.perf_counter()
+                    val_loss = self.evaluate()
+                    t_eval = time.perf_counter() - t0
+                    if bar is None:
+                        print(f"step {self.step}: val loss {val_loss:.4f}", flush=True)
+                if self.interrupted:
+                    break
+                t0 = time.perf_counter()
+                loss = self.train_step()
+                dt = time.perf_counter() - t0
+                self.history["train_step"].append(self.step)
+                self.history["train_loss"].append(loss)
+                if self.on_step is not None:
+                    self.on_step(self)
+                if self.step > 3:                      # skip warm-up effects (JIT, caches)
+                    recent.append(dt)
+                # fit the schedule into the time budget: plan after 40 timed steps (the warmup
+                # does not depend on the horizon), then re-plan every 100 steps
+                if budget and len(recent) >= 40 and (len(recent) == 40 or self.step % 100 == 0):
+                    self._fit_horizon(sum(recent) / len(recent), t_eval, say, bar)
+                speed = f" {self.tokens_per_step / dt:,.0f} tok/s" if self.tokens_per_step else ""
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix_str(f"loss {loss:.3f} val {val_loss:.3f} lr {self.lr:.2e}{speed}",
+                                        refresh=False)
+                elif self.step % self.log_every == 0:
+                    print(f"step {self.step}: loss {loss:.4f} lr {self.lr:.2e}{speed}", flush=True)
+                if budget and time.perf_counter() - self.start_time > budget - t_eval - self.reserve_seconds:
+                    out_of_time = self.step < self.horizon   # hard stop: keep the budget's promise
+                    break
+            if has_eval and not self.interrupted and not self._evaluated_now():
+                val_loss = self.evaluate()
+        finally:
+            if bar is not None:
+                bar.close()
+            restore()
+        self._recent = recent
+        return FitResult(step=self.step, interrupted=self.interrupted, out_of_time=out_of_time,
+                         val_loss=val_loss, seconds=time.perf_counter() - t_fit)
+
+    def seconds_per_step(self) -> float | None:
+        """Mean duration of the latest steps of the last :meth:`fit` (None before any)."""
+        recent = getattr(self, "_recent", None)
+        return sum(recent) / len(recent) if recent else None
+
+    def _fit_horizon(self, per_step, t_eval, say, bar):
+        left = self.time_budget - (time.perf_counter() - self.start_time)
+        evals_left = ((self.horizon - self.step) // self.eval_every + 1) if self.eval_batches is not None else 0
+        reserve = evals_left * t_eval + self.reserve_seconds + 0.05 * left   # + save, sample, slack
+        fit = min(self.target, self.step + max(1, int((left - reserve) / per_step)))
+        if abs(fit - self.horizon) > 0.01 * self.horizon:
+            verb = "shortened" if fit < self.horizon else "lengthened"
+            self.horizon = fit
+            if bar is not None:
+                bar.total = fit
+            say(f"time budget {self.time_budget / 60:g} min: at {per_step:.2f} s/step the schedule "
+                f"is {verb} to {fit} steps")
+
+    def _catch_signals(self):
+        """Ctrl-C and SIGTERM finish the current step and stop the loop; a second Ctrl-C aborts
+        at once. Returns the function that puts the previous handlers back."""
+        if threading.current_thread() is not threading.main_thread():
+            return lambda: None                       # signals reach only the main thread
+
+        def on_signal(signum, frame):
+            if self.interrupted and signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            self.interrupted = True
+
+        old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+
+        def restore():
+            for s, h in old.items():
+                signal.signal(s, h)
+        return restore
+
+    # ------------------------------------------------------------------ checkpoints
+    def state_meta(self) -> dict:
+        """The loop's own resumable state, as JSON: step, target, horizon, schedule, RNG states."""
+        return {"step": self.step, "target": self.target, "horizon": self.horizon,
+                "schedule": {"name": self.schedule_name, "kwargs": self.schedule_kwargs},
+                "rng": {"batches": self.rng.bit_generator.state,
+                        **{f"model.{k}": g.bit_generator.state
+                           for k, g in module_generators(self.model).items()}}}
+
+    def save(self, out_dir, meta=None) -> str:
+        """``save_checkpoint`` of the model, the optimizer, the history and the loop's state
+        (plus ``meta``, e.g. the tokenizer and the CLI's arguments)."""
+        return save_checkpoint(out_dir, self.model, self.optimizer, history=self.history,
+                               meta={**(meta or {}), "trainer": self.state_meta(), "step": self.step})
+
+    def restore(self, ckpt: Checkpoint, *, target: int | None = None) -> None:
+        """Continue from ``ckpt``: weights, optimizer state, history, step, horizon and RNGs.
+
+        ``target`` (a new step count) replaces the saved one; without it the run finishes the
+        saved target. Raises CheckpointError when the checkpoint does not fit this model or
+        optimizer (names, shapes, optimizer kind)."""
+        try:
+            self.model.load_state_dict(ckpt.params, strict=True)
+        except (KeyError, ValueError) as e:
+            raise CheckpointError(f"checkpoint {ckpt.path}: {e}") from None
+        if ckpt.optimizer_state is None:
+            raise CheckpointError(f"checkpoint {ckpt.path} holds no optimizer state to resume from")
+        try:
+            self.optimizer.load_state_dict(ckpt.optimizer_state)
+        except (ValueError, KeyError, TypeError) as e:
+            raise CheckpointError(f"checkpoint {ckpt.path}: its optimizer state does not fit "
+                                  f"{type(self.optimizer).__name__} ({e})") from None
+        tm = ckpt.meta.get("trainer") or {}
+        rng = tm.get("rng") or {}
+        try:
+            self.step, self.target, self.horizon = int(tm["step"]), int(tm["target"]), int(tm["horizon"])
+            self.rng.bit_generator.state = rng["batches"]
+            for k, g in module_generators(self.model).items():
+                g.bit_generator.state = rng[f"model.{k}"]
+        except (KeyError, TypeError, ValueError) as e:
+            raise CheckpointError(f"checkpoint {ckpt.path}: incomplete trainer state ({e})") from None
+        if target is not None and target != self.target:
+            self.target = self.horizon = int(target)
+        self.history = {k: list(v) for k, v in ckpt.history.items()}
+        for k in ("train_step", "train_loss", "val_step", "val_loss"):
+            self.history.setdefault(k, [])
