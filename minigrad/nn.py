@@ -1,9 +1,16 @@
-"""Modules and parameters with PyTorch's names: named_parameters, state_dict, train/eval, zero_grad."""
+"""Modules and parameters with PyTorch's names: named_parameters, state_dict, train/eval, zero_grad.
+
+Beyond PyTorch, a module describes its structure as plain data for name-keyed optimizers
+(`optim` never imports a model): `param_blocks()` (which parameters form a layer),
+`param_roles()` (what each parameter does, one of `ROLES`) and `param_splits()` (fused weights
+seen as several matrices, made into views by `optim.split_matrices`).
+"""
 from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from typing import Iterator
+from dataclasses import dataclass, field
+from typing import ClassVar, Iterator
 
 import numpy as np
 
@@ -24,8 +31,73 @@ class Parameter(Tensor):
         return "Parameter " + super().__repr__()
 
 
+#: What a parameter does, by role name: the vocabulary of `Module.param_roles()` and of role
+#: rules in `optim.param_groups`. Layers give the generic roles (`Module.own_param_roles`);
+#: a model refines them (models.gpt.GPT names its transformer matrices).
+ROLES = {
+    "embedding": "rows of a lookup table (Embedding.weight; also a head tied to it)",
+    "norm": "a normalisation layer's gain or shift (LayerNorm weight and bias)",
+    "bias": "a Linear layer's bias",
+    "linear": "a Linear layer's weight that the model gives no more specific role",
+    "attn_qkv": "attention's fused query/key/value projection weight (3C, C)",
+    "attn_q": "the query rows [0, C) of attn_qkv (a split part)",
+    "attn_k": "the key rows [C, 2C) of attn_qkv (a split part)",
+    "attn_v": "the value rows [2C, 3C) of attn_qkv (a split part)",
+    "attn_out": "attention's output projection weight (C, C)",
+    "mlp_in": "the MLP's expanding weight (4C, C)",
+    "mlp_out": "the MLP's contracting weight (C, 4C)",
+    "other": "a parameter of a module that declares no role for it",
+}
+
+
+@dataclass
+class ParamBlock:
+    """A named set of parameters that belong together (a layer, the embeddings), as plain data.
+
+    `params`: parameter names, in `named_parameters()` order. `roles`: {name: role} for each of
+    them (see `ROLES`). `splits`: {name: ((part, role, (start, stop)), ...)} for a fused weight
+    that is several matrices stacked by rows; `optim.split_matrices` turns it into views
+    "name:part" of rows [start, stop), and `optim.split_roles` gives each part its role.
+    """
+
+    name: str
+    params: tuple[str, ...]
+    roles: dict[str, str]
+    splits: dict[str, tuple[tuple[str, str, tuple[int, int]], ...]] = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.params = tuple(self.params)
+        if len(set(self.params)) != len(self.params):
+            raise ValueError(f"ParamBlock {self.name!r}: a parameter is listed twice in {self.params}")
+        if set(self.roles) != set(self.params):
+            raise ValueError(
+                f"ParamBlock {self.name!r}: roles must name exactly the block's parameters; "
+                f"without a role: {[n for n in self.params if n not in self.roles]}, "
+                f"not in the block: {[n for n in self.roles if n not in self.params]}"
+            )
+        outside = [n for n in self.splits if n not in self.params]
+        if outside:
+            raise ValueError(f"ParamBlock {self.name!r}: splits name parameters outside the block: {outside}")
+
+
+def layer_roles(module: "Module") -> dict[str, str]:
+    """{name: role} for every parameter of `module`, in `named_parameters()` order, as declared
+    by the layer that owns it (`own_param_roles`; "other" where it declares none). A tied
+    parameter takes the role from its first owner, the one `named_parameters()` names it by."""
+    roles, seen = {}, set()
+    for mname, mod in module.named_modules():
+        for pname, p in mod._parameters.items():
+            if id(p) not in seen:
+                seen.add(id(p))
+                roles[f"{mname}.{pname}" if mname else pname] = mod.own_param_roles.get(pname, "other")
+    return roles
+
+
 class Module:
     """Base class: assigning a Parameter or Module attribute registers it, in order."""
+
+    #: role (see `ROLES`) of each parameter this module registers itself, by attribute name
+    own_param_roles: ClassVar[dict[str, str]] = {}
 
     def __init__(self):
         object.__setattr__(self, "_parameters", OrderedDict())
@@ -89,6 +161,29 @@ class Module:
 
     def num_parameters(self) -> int:
         return sum(p.size for p in self.parameters())
+
+    # ------------------------------------------------------------ structure for optimizers
+    def param_blocks(self) -> list[ParamBlock]:
+        """The parameters grouped into blocks, each parameter in exactly one, in
+        `named_parameters()` order: first a block "" of this module's own parameters, then one
+        block per direct child module (named as the child), in registration order. Blocks
+        without parameters are left out. Roles come from `layer_roles`; no splits.
+
+        Models override this to describe themselves (e.g. models.gpt.GPT)."""
+        roles = layer_roles(self)
+        members: dict[str, list[str]] = {}
+        for name in roles:  # own parameter names have no dot; a child's start with "child."
+            members.setdefault(name.split(".", 1)[0] if "." in name else "", []).append(name)
+        return [ParamBlock(block, tuple(names), {n: roles[n] for n in names})
+                for block, names in members.items()]
+
+    def param_roles(self) -> dict[str, str]:
+        """{parameter name: role} over all blocks (see `ROLES`)."""
+        return {n: r for block in self.param_blocks() for n, r in block.roles.items()}
+
+    def param_splits(self) -> dict[str, tuple[tuple[str, str, tuple[int, int]], ...]]:
+        """{fused parameter name: its parts} over all blocks (see `ParamBlock`)."""
+        return {n: parts for block in self.param_blocks() for n, parts in block.splits.items()}
 
     # ------------------------------------------------------------ modes and grads
     def train(self, mode: bool = True) -> "Module":
@@ -164,6 +259,8 @@ class Module:
 class Linear(Module):
     """y = x W^T + b; W (out, in) initialised U(-1/√in, 1/√in) as in PyTorch."""
 
+    own_param_roles = {"weight": "linear", "bias": "bias"}
+
     def __init__(self, in_features, out_features, bias=True, dtype=np.float32, rng=None):
         super().__init__()
         rng = np.random.default_rng(rng)
@@ -180,6 +277,8 @@ class Linear(Module):
 
 
 class Embedding(Module):
+    own_param_roles = {"weight": "embedding"}
+
     def __init__(self, num_embeddings, embedding_dim, dtype=np.float32, rng=None):
         super().__init__()
         rng = np.random.default_rng(rng)
@@ -193,6 +292,8 @@ class Embedding(Module):
 
 
 class LayerNorm(Module):
+    own_param_roles = {"weight": "norm", "bias": "norm"}
+
     def __init__(self, dim, eps=1e-5, bias=True, dtype=np.float32):
         super().__init__()
         self.eps = eps

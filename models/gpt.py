@@ -5,11 +5,15 @@ Follows the design of nanoGPT's ``model.py`` (Karpathy), i.e. GPT-2 (Radford et 
 pre-LayerNorm transformer blocks, a fused q/k/v projection, causal self-attention, a GELU MLP of
 width 4C, a final LayerNorm and an output head tied to the token embedding. Residual output
 projections start with std 0.02/sqrt(2·n_layer) (GPT-2 §2.3). Attention is "Attention Is All You
-Need" (Vaswani et al. 2017) scaled dot-product attention.
+Need" (Vaswani et al. 2017, arXiv:1706.03762) scaled dot-product attention.
 
-``generate`` decodes with a KV cache: each new token runs the network on that one position and
-attends to the keys/values of all earlier positions, kept per layer (see ALGORITHMS.md "KV cache":
-o_t = softmax(q_t·K_{≤t}ᵀ/√d)·V_{≤t}). Cached logits equal a full forward (tests/test_gpt.py).
+``generate`` decodes with a KV cache (as in Pope et al. 2022, "Efficiently Scaling Transformer
+Inference", arXiv:2211.05102): each new token runs the network on that one position and attends
+to the keys/values of all earlier positions, kept per layer: o_t = softmax(q_t·K_{≤t}ᵀ/√d)·V_{≤t}.
+Cached logits equal a full forward (tests/test_gpt.py).
+
+``param_blocks`` describes the model to name-keyed optimizers: the embeddings, each layer, the
+final norm, with a role per parameter and the fused q/k/v weight split into three matrices.
 
 Legend: B = batch, T = time (sequence), C = channels (n_embd), V = vocab, nh = heads, hs = C/nh.
 """
@@ -60,7 +64,7 @@ class GPTConfig:
         return cls(**d)
 
 
-# Presets from issue 3: model shape plus the batch size it is trained with.
+# Model shape plus the batch size it is trained with.
 PRESETS = {
     "tiny":   dict(config=dict(n_layer=2, n_head=4, n_embd=64, block_size=64), batch_size=32),
     "small":  dict(config=dict(n_layer=4, n_head=4, n_embd=128, block_size=128), batch_size=16),
@@ -165,6 +169,11 @@ class Block(nn.Module):
         return x
 
 
+#: roles (minigrad.nn.ROLES) of a layer's weight matrices, by their name inside the layer
+LAYER_MATRIX_ROLES = {"attn.c_attn.weight": "attn_qkv", "attn.c_proj.weight": "attn_out",
+                      "mlp.c_fc.weight": "mlp_in", "mlp.c_proj.weight": "mlp_out"}
+
+
 class GPT(nn.Module):
     """``GPT(config, dtype=np.float32, seed=0)``; ``forward(idx, targets=None) -> (logits, loss)``."""
 
@@ -231,6 +240,32 @@ class GPT(nn.Module):
             V = self.config.vocab_size
             loss = F.cross_entropy(logits.reshape(B * T, V), targets.reshape(B * T))
         return logits, loss
+
+    def param_blocks(self) -> list[nn.ParamBlock]:
+        """Blocks, in order: "embeddings" (wte, wpe), one per layer "h.0" ... "h.{L-1}", and
+        "head" (ln_f). The output head has no weight of its own: it is tied to wte, so it trains,
+        freezes and is scheduled with the "embeddings" block.
+
+        Roles (see minigrad.nn.ROLES): "embedding" (wte, wpe), "norm" (LayerNorm weights and
+        biases), "bias" (Linear biases), "attn_qkv" (the fused c_attn.weight), "attn_out",
+        "mlp_in", "mlp_out" (`LAYER_MATRIX_ROLES`). Each layer's c_attn.weight (3C, C) is split
+        by rows into "q" [0, C), "k" [C, 2C), "v" [2C, 3C) with roles "attn_q", "attn_k",
+        "attn_v" (views by optim.split_matrices)."""
+        roles = nn.layer_roles(self)
+        for name in roles:
+            if name.startswith("h."):  # "h.0.attn.c_attn.weight" -> "attn.c_attn.weight"
+                roles[name] = LAYER_MATRIX_ROLES.get(name.split(".", 2)[2], roles[name])
+        C = self.config.n_embd
+        qkv = tuple((part, f"attn_{part}", (i * C, (i + 1) * C)) for i, part in enumerate("qkv"))
+
+        def block(name, prefixes, splits=None):
+            names = tuple(n for n in roles if n.startswith(prefixes))
+            return nn.ParamBlock(name, names, {n: roles[n] for n in names}, splits or {})
+
+        return [block("embeddings", ("wte.", "wpe.")),
+                *(block(f"h.{i}", f"h.{i}.", {f"h.{i}.attn.c_attn.weight": qkv})
+                  for i in range(self.config.n_layer)),
+                block("head", "ln_f.")]
 
     def loss_and_grads(self, idx, targets):
         """One forward + backward: ``(loss as float, {name: grad ndarray or None})`` for the

@@ -6,6 +6,7 @@ lists them. Modules that register optimizers are imported below.
 """
 from .base import (Optimizer, available, create, flatten_state_dict, param_groups_no_decay,
                    register, unflatten_state_dict)
+from .groups import split_matrices, split_roles
 from .sgd import AGD, GD, SGD, HeavyBall
 from .adaptive import AdaGrad, Adam, AdamW, RMSProp
 from .perturbed import PerturbedGD

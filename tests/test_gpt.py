@@ -15,7 +15,7 @@ def _ids(rng, cfg, B, T):
     return rng.integers(0, cfg.vocab_size, (B, T))
 
 
-def test_presets_match_issue():
+def test_presets_give_the_documented_shapes_and_batch_sizes():
     want = {"tiny": (2, 4, 64, 64, 32), "small": (4, 4, 128, 128, 16), "medium": (6, 6, 384, 256, 8)}
     for name, (L, H, C, T, B) in want.items():
         cfg, batch = preset(name)
