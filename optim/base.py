@@ -60,7 +60,7 @@ from collections.abc import Mapping
 import numpy as np
 
 __all__ = [
-    "Optimizer", "register", "create", "available", "param_groups_no_decay",
+    "Optimizer", "register", "create", "available",
     "flatten_state_dict", "unflatten_state_dict",
 ]
 
@@ -146,21 +146,6 @@ def _named(params, where="params"):
             raise ValueError(f"{where}: duplicate parameter name {n!r}")
         out[n] = _as_array(n, p)
     return out
-
-
-def param_groups_no_decay(params, weight_decay, **group_kw):
-    """Two groups: parameters with ndim >= 2 (matrices, embeddings) get ``weight_decay``;
-    1-D/0-D ones (biases, norm gains) get 0. Empty groups are dropped. Extra keys
-    (e.g. ``lr``) go into both groups."""
-    named = _named(params)
-    decay = {n: p for n, p in named.items() if p.ndim >= 2}
-    no_decay = {n: p for n, p in named.items() if p.ndim < 2}
-    groups = []
-    if decay:
-        groups.append({"params": decay, "weight_decay": weight_decay, **group_kw})
-    if no_decay:
-        groups.append({"params": no_decay, "weight_decay": 0.0, **group_kw})
-    return groups
 
 
 # ----------------------------------------------------------------------------- base class

@@ -1,4 +1,4 @@
-"""Parameter blocks, roles and q/k/v splits (minigrad.nn, models.gpt, optim.split_matrices)."""
+"""Parameter blocks, roles and q/k/v splits (minigrad.nn, models.gpt) and rule-based groups (optim)."""
 import numpy as np
 import pytest
 from hypothesis import given, strategies as st
@@ -156,3 +156,97 @@ def test_param_block_checks_its_roles_and_splits():
         nn.ParamBlock("b", ("x", "x"), {"x": "norm"})
     with pytest.raises(ValueError, match=r"splits name parameters outside the block: \['w'\]"):
         nn.ParamBlock("b", ("x",), {"x": "linear"}, {"w": (("a", "attn_q", (0, 1)),)})
+
+
+# ---------------------------------------------------------------- param_groups
+def test_param_groups_with_gpt_roles():
+    m = _gpt()
+    params = {n: p.data for n, p in m.named_parameters()}
+    roles = m.param_roles()
+    groups = optim.param_groups(params, [
+        {"role": ["norm", "bias", "embedding"], "weight_decay": 0.0},
+        {"role": "mlp_out", "lr": 1e-4},
+    ], roles=roles, lr=1e-3, weight_decay=0.1)
+    no_decay, mlp_out, rest = groups
+    assert list(no_decay["params"]) == [n for n in params if roles[n] in ("norm", "bias", "embedding")]
+    assert list(mlp_out["params"]) == ["h.0.mlp.c_proj.weight", "h.1.mlp.c_proj.weight"]
+    assert set(rest["params"]) == {n for n in params if roles[n] in ("attn_qkv", "attn_out", "mlp_in")}
+    assert {k: v for k, v in no_decay.items() if k != "params"} == {"lr": 1e-3, "weight_decay": 0.0}
+    assert {k: v for k, v in mlp_out.items() if k != "params"} == {"lr": 1e-4, "weight_decay": 0.1}
+    assert {k: v for k, v in rest.items() if k != "params"} == {"lr": 1e-3, "weight_decay": 0.1}
+    assert all(g["params"][n] is params[n] for g in groups for n in g["params"])
+    opt = optim.create("adamw", groups)
+    assert [g["lr"] for g in opt.param_groups] == [1e-3, 1e-4, 1e-3]
+
+
+def test_param_groups_first_matching_rule_wins_and_empty_groups_are_dropped():
+    params = {"a.weight": np.ones((2, 2)), "a.bias": np.ones(2), "b.weight": np.ones((2, 2)), "c": np.ones(())}
+    groups = optim.param_groups(params, [
+        {"name": ["a.*", "nothing"], "ndim": ">=2", "lr": 1.0},
+        {"name": "a.*", "lr": 2.0},
+        {"name": "zzz*", "lr": 3.0},  # matches nothing: dropped
+        {"ndim": 0, "lr": 4.0},
+    ])
+    assert [(list(g["params"]), g["lr"]) for g in groups[:3]] == [
+        (["a.weight"], 1.0), (["a.bias"], 2.0), (["c"], 4.0)]
+    assert list(groups[3]["params"]) == ["b.weight"] and set(groups[3]) == {"params"}
+    everything = optim.param_groups(params, [{"lr": 5.0}])  # a rule without matchers takes all
+    assert len(everything) == 1 and list(everything[0]["params"]) == list(params)
+    assert optim.param_groups(params, [{"momentum_typo": 1}])[0]["momentum_typo"] == 1  # the optimizer refuses it
+
+
+def test_param_groups_split_parts_with_their_roles():
+    m = _gpt()
+    splits = m.param_splits()
+    parts = optim.split_matrices({n: p.data for n, p in m.named_parameters()}, splits)
+    roles = optim.split_roles(m.param_roles(), splits)
+    q, rest = optim.param_groups(parts, [{"role": "attn_q", "lr": 0.1}], roles=roles)
+    assert list(q["params"]) == ["h.0.attn.c_attn.weight:q", "h.1.attn.c_attn.weight:q"]
+    with pytest.raises(ValueError, match="'h.0.attn.c_attn.weight:q' has no entry in roles.*split_roles"):
+        optim.param_groups(parts, [{"role": "attn_q"}], roles=m.param_roles())
+
+
+def test_param_groups_bad_rules_are_refused_with_the_fix():
+    params = {"w": np.ones((2, 2))}
+    with pytest.raises(ValueError, match=r"rule 0 .*role.*no roles were given.*param_roles\(\)"):
+        optim.param_groups(params, [{"role": "norm", "weight_decay": 0.0}])
+    with pytest.raises(ValueError, match=r"rule 1 .*ndim must be an int or a comparison"):
+        optim.param_groups(params, [{"ndim": 2}, {"ndim": "=>2"}])
+    with pytest.raises(ValueError, match="cannot list them under 'params'"):
+        optim.param_groups(params, [{"params": {"w": params["w"]}}])
+    with pytest.raises(ValueError, match="name must be a string or a non-empty list"):
+        optim.param_groups(params, [{"name": []}])
+    with pytest.raises(TypeError, match="rule 0 must be a dict"):
+        optim.param_groups(params, ["w"])
+    with pytest.raises(TypeError, match="rules must be a list"):
+        optim.param_groups(params, {"name": "w"})
+
+
+def _old_param_groups_no_decay(params, weight_decay, **group_kw):
+    """The two-group split as it was written before param_groups existed."""
+    decay = {n: p for n, p in params.items() if p.ndim >= 2}
+    no_decay = {n: p for n, p in params.items() if p.ndim < 2}
+    groups = []
+    if decay:
+        groups.append({"params": decay, "weight_decay": weight_decay, **group_kw})
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0, **group_kw})
+    return groups
+
+
+@given(ndims=st.lists(st.integers(0, 3), min_size=1, max_size=8),
+       wd=st.floats(0, 1), extra=st.dictionaries(st.sampled_from(["lr", "eps"]), st.floats(0, 1)))
+def test_param_groups_no_decay_gives_the_same_groups_in_the_same_order(ndims, wd, extra):
+    params = {f"p{i}": np.zeros((2,) * d) for i, d in enumerate(ndims)}
+    new = optim.param_groups_no_decay(params, wd, **extra)
+    old = _old_param_groups_no_decay(params, wd, **extra)
+    assert [list(g["params"]) for g in new] == [list(g["params"]) for g in old]
+    assert [{k: v for k, v in g.items() if k != "params"} for g in new] == \
+           [{k: v for k, v in g.items() if k != "params"} for g in old]
+    assert all(g["params"][n] is params[n] for g in new for n in g["params"])
+
+
+def test_name_patterns_are_fnmatch_and_case_sensitive():
+    params = {"h.0.mlp.c_fc.weight": np.ones((2, 2)), "H.0.mlp.c_fc.weight": np.ones((2, 2))}
+    (hit, _) = optim.param_groups(params, [{"name": "h.?.mlp.*", "lr": 1.0}])
+    assert list(hit["params"]) == ["h.0.mlp.c_fc.weight"]
