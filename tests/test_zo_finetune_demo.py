@@ -1,0 +1,59 @@
+"""Smoke test of demos/zo_finetune.py: a --quick run shrunk by flags writes its figures and
+results into --out (and nowhere else), reuses its cached pretraining, and bad input is one line."""
+
+import json
+import math
+
+import pytest
+
+from strategies import load_demo
+
+SMALL = ["--quick", "--pretrain-steps", "4", "--adamw-steps", "3", "--zo-steps", "4", "--n-evals", "2",
+         "--eval-batches", "1", "--batch-size", "4", "--max-chars", "200000", "--no-progress"]
+
+
+def test_quick_run_writes_into_out_and_reuses_the_pretrained_gpt(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)            # anything written outside --out / --cache-dir shows up here
+    demo = load_demo("zo_finetune.py")
+    assert demo.main(SMALL + ["--out", "tmp", "--cache-dir", "cache"]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "tmp"]
+    assert sorted(p.name for p in (tmp_path / "tmp").iterdir()) == [
+        "results_tiny.json", "zo_finetune_loss.png", "zo_finetune_memory.png"]
+    for png in ("zo_finetune_loss.png", "zo_finetune_memory.png"):
+        assert (tmp_path / "tmp" / png).stat().st_size > 10_000
+    res = json.loads((tmp_path / "tmp" / "results_tiny.json").read_text())
+    assert res["preset"] == "tiny" and res["args"]["out"] == "tmp"
+    assert set(res["memory"]) == {"forward", "mezo", "lozo", "adamw"}
+    assert res["memory"]["mezo"]["grads"] == 0 < res["memory"]["adamw"]["grads"]
+    runs = res["runs"]
+    # evaluations before step 0, every steps // n_evals steps, and after the last step
+    assert runs["adamw"]["step"] == [0, 1, 2, 3] and runs["mezo"]["step"] == [0, 2, 4]
+    # a backprop step is one forward pass, a MeZO/LoZO step two
+    assert runs["adamw"]["forward_passes"] == [0, 1, 2, 3]
+    assert runs["mezo"]["forward_passes"] == runs["lozo"]["forward_passes"] == [0, 4, 8]
+    for h in runs.values():
+        assert all(math.isfinite(v) for v in h["eval_loss"])
+        assert h["time"][0] == 0.0 and h["time"] == sorted(h["time"]) and h["time"][-1] > 0
+        # the same pretrained model, the same evaluation batches: the same starting loss
+        assert h["eval_loss"][0] == runs["adamw"]["eval_loss"][0]
+    assert runs["adamw"]["eval_loss"][-1] < runs["adamw"]["eval_loss"][0]
+    capsys.readouterr()
+
+    # the pretraining was cached as a checkpoint and is loaded instead of repeated
+    assert demo.main(SMALL + ["--out", "tmp2", "--cache-dir", "cache", "--skip-train"]) == 0
+    assert "pretrained GPT from cache" in capsys.readouterr().out
+    assert sorted(p.name for p in (tmp_path / "tmp2").iterdir()) == ["results_tiny.json", "zo_finetune_memory.png"]
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["--zo-steps", "0"], "--zo-steps must be >= 1, got 0"),
+    (["--mezo-lr", "nan"], "--mezo-lr must be a positive number"),
+    (["--docs", "x"], "unrecognized arguments: --docs x"),
+    (["--ckpt", "missing"], "no checkpoint at missing"),
+])
+def test_bad_arguments_are_one_line_and_exit_2(tmp_path, monkeypatch, capsys, argv, says):
+    monkeypatch.chdir(tmp_path)
+    assert load_demo("zo_finetune.py").main(["--quick", "--cache-dir", ""] + argv) == 2
+    captured = capsys.readouterr()
+    assert captured.err.count("\n") == 1 and says in captured.err, captured.err
+    assert list(tmp_path.iterdir()) == []         # nothing written
