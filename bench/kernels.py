@@ -27,6 +27,8 @@ def setup_threads(n: int) -> None:
     outright: a value already in the environment would silently differ from --threads."""
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
         os.environ[var] = str(n)
+    # read once when NumPy loads, so not settable by minigrad.configure_runtime (minigrad.backend)
+    os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "22")
 
 
 CLOCK = time.perf_counter  # time.process_time with --clock process (set by either bench's main)
@@ -101,11 +103,12 @@ def main(argv=None) -> None:
     setup_threads(args.threads)
     load0 = load_average()
 
-    import minigrad as mg  # first: sets up Numba's and OpenBLAS's environment
+    import minigrad as mg
     import minigrad.functional as F
     import numba
     import numpy as np
 
+    mg.configure_runtime()
     numba.set_num_threads(args.threads)
     try:
         import torch

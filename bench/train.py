@@ -299,10 +299,11 @@ def main(argv=None):
     bench_kernels.setup_threads(args.threads)
 
     load0 = bench_kernels.load_average()
-    import minigrad  # noqa: F401  (first: sets up Numba's and OpenBLAS's environment)
+    import minigrad
     import numba
     from bench.kernels import machine_line
 
+    minigrad.configure_runtime()
     numba.set_num_threads(args.threads)
     impls = args.only.split(",")
     try:

@@ -1,15 +1,17 @@
 """The tape: how a graph of Functions is recorded and walked backwards.
 
-Read this file first. Every op in minigrad is a `Function` with two static methods side by side:
+Read this file first. Every op in minigrad is a `Function` (minigrad/tensor.py, beside the
+`Tensor` it returns) with two static methods side by side:
 
     forward(ctx, *arrays, **options) -> ndarray     # compute the output from NumPy arrays
     backward(ctx, grad) -> tuple of ndarrays        # vector-Jacobian product: grad wrt each input
 
 `Function.apply` runs `forward` and, when any input needs a gradient, links the output Tensor to a
-`Context` holding the inputs and whatever `forward` saved with `ctx.save_for_backward(...)`.
-`Tensor.backward()` sorts the recorded graph (iteratively, so deep graphs do not overflow the
-Python stack), walks it from the output to the leaves, calls each `backward` once with the sum of
-the gradients that reached its output, and accumulates into the leaves' `.grad`.
+`Context` (below) holding the inputs and whatever `forward` saved with `ctx.save_for_backward(...)`.
+`Tensor.backward()` calls `backward` here, which sorts the recorded graph (iteratively, so deep
+graphs do not overflow the Python stack), walks it from the output to the leaves, calls each op's
+`backward` once with the sum of the gradients that reached its output, and accumulates into the
+leaves' `.grad`. This module needs no Tensor class: it only follows `tensor._ctx` links.
 
 `save_for_backward` is the only way an op keeps arrays alive for backward. That single path lets
 `minigrad.memory` count activation bytes exactly: listeners registered with
@@ -26,7 +28,6 @@ import numpy as np
 _state = {"grad_enabled": True, "anomaly": False}
 _saved_listeners: list[Callable[[str, "Context", tuple], None]] = []
 _op_listeners: list[Callable[[str, "Context", Any], None]] = []
-Tensor: Any = None  # minigrad.tensor.Tensor, set by tensor.py (which imports this module first)
 
 
 # ---------------------------------------------------------------- modes
@@ -154,41 +155,6 @@ class Context:
         self.saved = ()
         self.inputs = ()
         self.released = True
-
-
-class Function:
-    """Base class of every differentiable primitive. Subclasses define `forward` and `backward`."""
-
-    @staticmethod
-    def forward(ctx: Context, *arrays, **options):  # pragma: no cover - abstract
-        raise NotImplementedError
-
-    @staticmethod
-    def backward(ctx: Context, grad):  # pragma: no cover - abstract
-        raise NotImplementedError
-
-    @classmethod
-    def apply(cls, *inputs, **options):
-        # This runs once per op (about 90 times per generated token), so it avoids genexprs and
-        # the import statement a lazy `from .tensor import Tensor` would execute on every call.
-        for x in inputs:
-            if not isinstance(x, Tensor):
-                inputs = tuple([x if isinstance(x, Tensor) else Tensor(x) for x in inputs])
-                break
-        needs = tuple([t.requires_grad for t in inputs])
-        requires = _state["grad_enabled"] and True in needs
-        ctx = Context(cls, inputs, requires, needs)
-        out = cls.forward(ctx, *[t.data for t in inputs], **options)
-        if _state["anomaly"]:
-            _check_finite(out, cls.__name__, "forward", inputs)
-        for fn in _op_listeners:
-            fn("forward", ctx, out)
-        result = Tensor(out, requires_grad=requires)
-        if requires:
-            result._ctx = ctx
-        else:
-            ctx.inputs = ()
-        return result
 
 
 def _check_finite(arr, name, where, tensors):

@@ -1,4 +1,4 @@
-"""Backend choice: fused Numba kernels ("numba") or plain NumPy ("numpy").
+"""Backend choice: fused Numba kernels ("numba") or plain NumPy ("numpy"); runtime settings.
 
 Every fused op in `minigrad.functional` has a plain NumPy forward/backward (the "numpy"
 backend, the readable reference) and, when Numba imports, a call into `minigrad.kernels`
@@ -15,129 +15,45 @@ The start-up choice comes from the environment variable ``MINIGRAD_BACKEND`` (``
 still works: the kernels then run as (slow) plain Python, which lets you step through them in
 a debugger.
 
-This module also prepares Numba's (and OpenBLAS's) environment *before* they are imported
-(they read these variables once, at import):
+Runtime settings. Importing minigrad changes no process-wide state (no environment variable, no
+allocator or thread-pool setting). `configure_runtime()` (also `minigrad.configure_runtime()`)
+is the one explicit call that applies the settings measured to speed up training on CPU; a
+training script or benchmark calls it once at start:
 
-- ``NUMBA_THREADING_LAYER=workqueue`` unless the user chose a layer. Numba's default OpenMP
-  layer leaves its workers spinning after a parallel kernel, which was measured to slow the
-  next OpenBLAS GEMM by up to 7x on a 2-core machine.
-- ``NUMBA_CACHE_DIR``: the compiled kernels are cached on disk (``cache=True``) so that a warm
-  start takes well under a second. Numba's default place is ``__pycache__`` beside the source;
-  when that is not writable we choose ``$XDG_CACHE_HOME/minigrad/numba`` (``~/.cache/...``),
-  then a directory in the system temp dir. Import never fails because of the cache.
+- malloc keeps freed memory for reuse (`tune_malloc`; Linux with glibc only): glibc hands every
+  buffer above its mmap threshold (128 KiB, rising to at most 32 MiB) straight to the kernel
+  and back, so each new activation or gradient array page-faults on first touch. That was
+  measured to cost a quarter of a `small` GPT training step (264 ms -> 194 ms per step).
+- Numba's threading layer is "workqueue" unless the user chose one: Numba's default OpenMP
+  layer leaves its workers spinning after a parallel (`prange`) kernel, which was measured to
+  slow the next OpenBLAS GEMM by up to 7x on a 2-core machine.
+- The BLAS that `np.dot` calls inside the kernels runs single-threaded (see
+  `_single_thread_numba_blas`).
 
-And it keeps freed memory for reuse (Linux with glibc only; see `tune_malloc`): glibc hands
-every buffer above its mmap threshold (128 KiB, rising to at most 32 MiB) straight to the
-kernel and back, so each new activation or gradient array page-faults on first touch. That
-was measured to cost a quarter of a `small` GPT training step (264 ms -> 194 ms per step).
+One setting cannot be applied after import: OpenBLAS reads ``OPENBLAS_THREAD_TIMEOUT`` once,
+when NumPy loads it, and `import minigrad` loads NumPy. A command-line program that wants it
+sets it first, before importing NumPy or minigrad (demos/train_gpt.py and bench/ do):
+
+    os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "22")    # OPENBLAS_THREAD_TIMEOUT below
+
+OpenBLAS's worker threads busy-wait for 2^n CPU cycles after each GEMM before they sleep (n = 28
+by default: ~0.1 s). In a training step the next GEMM is rarely that close, but our attention
+threads are: with a worker spinning on the second core, a `small` step's attention took 78 ms
+instead of 43 ms. n = 22 (~1.5 ms) keeps the workers warm between back-to-back GEMMs and frees
+the core soon after (measured: small 10.0k -> 12.6k tokens/s, tiny 45k -> 53k).
 """
 from __future__ import annotations
 
 import os
 import sys
-import tempfile
 from contextlib import contextmanager
 
-__all__ = ["set_backend", "get_backend", "use_backend", "numba_available", "fused_kernels", "BACKENDS"]
+__all__ = ["set_backend", "get_backend", "use_backend", "numba_available", "fused_kernels", "BACKENDS",
+           "configure_runtime", "tune_malloc", "OPENBLAS_THREAD_TIMEOUT"]
 
 BACKENDS = ("numba", "numpy")
 _FLOAT_DTYPES = ("float32", "float64")
-
-
-def _writable_dir(path: str) -> bool:
-    """True when `path` exists (or can be created) and a file can be written in it."""
-    try:
-        os.makedirs(path, exist_ok=True)
-        probe = tempfile.NamedTemporaryFile(dir=path, prefix=".minigrad-probe-", delete=True)
-        probe.close()
-        return True
-    except OSError:
-        return False
-
-
-def _choose_cache_dir() -> str | None:
-    """Where Numba should cache compiled kernels; None means "Numba's default is fine"."""
-    kernels_dir = os.path.join(os.path.dirname(os.path.abspath(__file__)), "kernels", "__pycache__")
-    if _writable_dir(kernels_dir):
-        return None
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    for candidate in (os.path.join(base, "minigrad", "numba"),
-                      os.path.join(tempfile.gettempdir(), f"minigrad-numba-{os.getuid() if hasattr(os, 'getuid') else 'user'}")):
-        if _writable_dir(candidate):
-            return candidate
-    return None  # nothing writable: Numba then simply compiles without caching
-
-
-def _prepare_numba_environment() -> None:
-    """Set Numba's environment variables before its first import (the user's choice wins)."""
-    if "numba" in sys.modules:
-        # Too late for the environment: Numba read it already. The threading layer is only
-        # fixed at the first parallel launch, so we may still steer it via the config object.
-        try:
-            from numba.core import config
-            if "NUMBA_THREADING_LAYER" not in os.environ and config.THREADING_LAYER == "default":
-                config.THREADING_LAYER = "workqueue"
-        except Exception:  # pragma: no cover - exotic Numba builds
-            pass
-        return
-    os.environ.setdefault("NUMBA_THREADING_LAYER", "workqueue")
-    if "NUMBA_CACHE_DIR" not in os.environ:
-        cache_dir = _choose_cache_dir()
-        if cache_dir is not None:
-            os.environ["NUMBA_CACHE_DIR"] = cache_dir
-
-
-_prepare_numba_environment()
-
-# OpenBLAS's worker threads busy-wait for 2^n CPU cycles after each GEMM before they sleep
-# (n = 28 by default: ~0.1 s). In a training step the next GEMM is rarely that close, but our
-# attention threads are: with a worker spinning on the second core, a `small` step's attention
-# took 78 ms instead of 43 ms. n = 22 (~1.5 ms) keeps the workers warm between back-to-back
-# GEMMs and frees the core soon after (measured: small 10.0k -> 12.6k tokens/s, tiny 45k -> 53k).
-# OpenBLAS reads this once, when NumPy loads it: it only acts if minigrad is imported first.
-OPENBLAS_THREAD_TIMEOUT = "22"
-if "numpy" not in sys.modules:
-    os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", OPENBLAS_THREAD_TIMEOUT)
-
-# glibc mallopt parameters (malloc.h)
-_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
-_MALLOC_ENV = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_")
-
-
-def tune_malloc(mmap_threshold: int = 256 << 20, trim_threshold: int = 512 << 20,
-                top_pad: int = 64 << 20) -> bool:
-    """Let glibc's malloc reuse freed large buffers instead of returning them to the OS.
-
-    A training step allocates and frees the same few dozen array sizes every step. By default
-    glibc serves each one above its mmap threshold with a fresh `mmap` and unmaps it on free,
-    so every page of every new array faults on first touch (a 4 MB gradient: 3.4 ms instead of
-    0.13 ms to fill). With a fixed high mmap threshold and trim threshold, freed blocks stay in
-    the heap and the next step's arrays reuse them. The price: the resident size stays near
-    the peak after a large free (up to `trim_threshold` bytes are kept). Returns True when the
-    settings were applied.
-
-    Called once at `import minigrad`. It does nothing when MINIGRAD_MALLOC=default, when any
-    of glibc's own MALLOC_*_ variables is set (the user has chosen), or without glibc."""
-    if os.environ.get("MINIGRAD_MALLOC", "").strip().lower() == "default":
-        return False
-    if not sys.platform.startswith("linux") or any(v in os.environ for v in _MALLOC_ENV):
-        return False
-    try:
-        import ctypes
-
-        mallopt = ctypes.CDLL(None).mallopt  # absent on musl: AttributeError
-    except (OSError, AttributeError):
-        return False
-    # every setting is applied even if one fails; glibc builds that cap the mmap threshold at
-    # 32 MiB (HEAP_MAX_SIZE / 2) refuse a larger one, so fall back to that cap
-    mmap_ok = mallopt(_M_MMAP_THRESHOLD, int(mmap_threshold)) == 1 or \
-        mallopt(_M_MMAP_THRESHOLD, min(int(mmap_threshold), 32 << 20)) == 1
-    trim_ok = mallopt(_M_TRIM_THRESHOLD, int(trim_threshold)) == 1
-    pad_ok = mallopt(_M_TOP_PAD, int(top_pad)) == 1
-    return mmap_ok and trim_ok and pad_ok
-
-
-MALLOC_TUNED = tune_malloc()
+OPENBLAS_THREAD_TIMEOUT = "22"  # the value to set before NumPy loads (see the module docstring)
 
 try:  # Numba is a hard dependency in setup.cfg, but the package must still work without it.
     import numba  # noqa: F401
@@ -220,3 +136,100 @@ def use_backend(name: str):
         yield name
     finally:
         set_backend(previous)
+
+
+# ---------------------------------------------------------------- runtime settings
+# glibc mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
+_MALLOC_ENV = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_")
+
+
+def tune_malloc(mmap_threshold: int = 256 << 20, trim_threshold: int = 512 << 20,
+                top_pad: int = 64 << 20) -> bool:
+    """Let glibc's malloc reuse freed large buffers instead of returning them to the OS.
+
+    A training step allocates and frees the same few dozen array sizes every step. By default
+    glibc serves each one above its mmap threshold with a fresh `mmap` and unmaps it on free,
+    so every page of every new array faults on first touch (a 4 MB gradient: 3.4 ms instead of
+    0.13 ms to fill). With a fixed high mmap threshold and trim threshold, freed blocks stay in
+    the heap and the next step's arrays reuse them. The price: the resident size stays near
+    the peak after a large free (up to `trim_threshold` bytes are kept). Returns True when the
+    settings were applied.
+
+    Applied by `configure_runtime()`. It does nothing when MINIGRAD_MALLOC=default, when any
+    of glibc's own MALLOC_*_ variables is set (the user has chosen), or without glibc."""
+    if os.environ.get("MINIGRAD_MALLOC", "").strip().lower() == "default":
+        return False
+    if not sys.platform.startswith("linux") or any(v in os.environ for v in _MALLOC_ENV):
+        return False
+    try:
+        import ctypes
+
+        mallopt = ctypes.CDLL(None).mallopt  # absent on musl: AttributeError
+    except (OSError, AttributeError):
+        return False
+    # every setting is applied even if one fails; glibc builds that cap the mmap threshold at
+    # 32 MiB (HEAP_MAX_SIZE / 2) refuse a larger one, so fall back to that cap
+    mmap_ok = mallopt(_M_MMAP_THRESHOLD, int(mmap_threshold)) == 1 or \
+        mallopt(_M_MMAP_THRESHOLD, min(int(mmap_threshold), 32 << 20)) == 1
+    trim_ok = mallopt(_M_TRIM_THRESHOLD, int(trim_threshold)) == 1
+    pad_ok = mallopt(_M_TOP_PAD, int(top_pad)) == 1
+    return mmap_ok and trim_ok and pad_ok
+
+
+def _single_thread_numba_blas() -> bool:
+    """Make the BLAS that Numba calls (SciPy's OpenBLAS) single-threaded; True if it worked.
+
+    `np.dot` inside a Numba kernel calls SciPy's bundled OpenBLAS, a *second* BLAS with its own
+    thread pool (NumPy has another). Our kernels already run one GEMM per thread of
+    `kernels._parallel_for` (a range of batch items or heads each), so letting each GEMM spawn
+    threads too oversubscribes the cores. NumPy's own BLAS (used by `a @ b` outside the
+    kernels) is not touched. This is a process-wide setting of SciPy's BLAS; code that needs
+    multi-threaded `scipy.linalg` can call `scipy_openblas_set_num_threads(n)` back, or set
+    MINIGRAD_NUMBA_BLAS_THREADS=n before `configure_runtime()`."""
+    try:
+        import ctypes
+        import glob
+
+        import scipy
+
+        n = int(os.environ.get("MINIGRAD_NUMBA_BLAS_THREADS", "1"))
+        root = os.path.dirname(os.path.dirname(scipy.__file__))
+        for path in glob.glob(os.path.join(root, "scipy.libs", "libscipy_openblas*.so*")):
+            fn = getattr(ctypes.CDLL(path), "scipy_openblas_set_num_threads", None)
+            if fn is not None:
+                fn(n)
+                return True
+    except Exception:  # no SciPy, another BLAS build: the kernels still work, only slower
+        pass
+    return False
+
+
+def _workqueue_threading_layer() -> str | None:
+    """Numba's threading layer, set to "workqueue" unless the user chose one; None without Numba.
+
+    Numba picks its layer from `config.THREADING_LAYER` at the first parallel kernel launch, so
+    this acts when called before that (only the teaching `kernels.matmul_tiled` is a `prange`
+    kernel). Numba re-reads its configuration when a NUMBA_* variable changes later."""
+    if not _NUMBA_OK:
+        return None
+    from numba.core import config
+
+    if "NUMBA_THREADING_LAYER" not in os.environ and config.THREADING_LAYER == "default":
+        config.THREADING_LAYER = "workqueue"
+    return config.THREADING_LAYER
+
+
+def configure_runtime() -> dict:
+    """Apply minigrad's recommended process-wide speed settings (the module docstring says why);
+    returns what each one did:
+
+        "malloc"           True when `tune_malloc()` applied glibc's settings
+        "threading_layer"  Numba's threading layer after the call (None without Numba)
+        "numba_blas"       True when the BLAS inside the kernels was made single-threaded
+
+    Call it once, at the start of a training script or benchmark, before the first step; a
+    second call changes nothing more. OPENBLAS_THREAD_TIMEOUT must be set before NumPy loads,
+    so it is not applied here (module docstring)."""
+    return {"malloc": tune_malloc(), "threading_layer": _workqueue_threading_layer(),
+            "numba_blas": _single_thread_numba_blas()}

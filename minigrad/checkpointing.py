@@ -36,8 +36,9 @@ from __future__ import annotations
 import numpy as np
 
 from . import amp, backend
-from .autograd import Function, backward as _backward, enable_grad, is_grad_enabled, no_grad
-from .tensor import Tensor
+from .autograd import backward as _backward, enable_grad, is_grad_enabled, no_grad
+from .nn import Module
+from .tensor import Function, Tensor
 
 __all__ = ["checkpoint", "Checkpoint", "is_recomputing"]
 
@@ -50,8 +51,6 @@ def is_recomputing() -> bool:
 
 
 def _owner_module(fn):
-    from .nn import Module
-
     if isinstance(fn, Module):
         return fn
     owner = getattr(fn, "__self__", None)

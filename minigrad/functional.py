@@ -12,8 +12,8 @@ import math
 import numpy as np
 
 from . import amp, backend
-from .autograd import Function
-from .tensor import Tensor, as_tensor, unbroadcast
+from .tensor import Function, Tensor, as_tensor, unbroadcast
+
 
 def _erf(x):
     """erf for exact GELU. SciPy's is imported on first use: it costs 0.2 s of `import minigrad`."""

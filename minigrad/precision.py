@@ -281,7 +281,7 @@ _POW2_OFFSET = 1074
 _POW2 = np.ldexp(1.0, np.arange(-1074, 1024)).astype(np.float64)
 
 if backend.numba_available():
-    from numba import njit
+    from ._numba_cache import njit
 
     @njit(nogil=True, cache=True)  # no fastmath: NaN and inf must behave
     def _round_nb(x, xbits, u, out, emin, man, maxv, rule, pow2, i0, i1):

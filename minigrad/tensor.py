@@ -8,8 +8,8 @@ from __future__ import annotations
 import numpy as np
 
 from . import amp, autograd
+from .autograd import Context, _check_finite, _op_listeners, _state
 from .backend import fused_kernels as _fused
-from .autograd import Function
 
 
 def unbroadcast(grad: np.ndarray, shape: tuple) -> np.ndarray:
@@ -33,6 +33,43 @@ def _broadcast_shape(op: str, *shapes) -> tuple:
             f"{op}: shapes {' and '.join(map(str, shapes))} do not broadcast "
             "(trailing dimensions must be equal or 1; reshape or unsqueeze one operand)"
         ) from None
+
+
+# ================================================================ Function: the base of every op
+class Function:
+    """Base class of every differentiable primitive. Subclasses define `forward` and `backward`
+    (see minigrad/autograd.py)."""
+
+    @staticmethod
+    def forward(ctx: Context, *arrays, **options):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    @staticmethod
+    def backward(ctx: Context, grad):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    @classmethod
+    def apply(cls, *inputs, **options):
+        # This runs once per op (about 90 times per generated token), so it avoids genexprs and
+        # reads the tape's state (autograd._state, _op_listeners) through names bound at import.
+        for x in inputs:
+            if not isinstance(x, Tensor):
+                inputs = tuple([x if isinstance(x, Tensor) else Tensor(x) for x in inputs])
+                break
+        needs = tuple([t.requires_grad for t in inputs])
+        requires = _state["grad_enabled"] and True in needs
+        ctx = Context(cls, inputs, requires, needs)
+        out = cls.forward(ctx, *[t.data for t in inputs], **options)
+        if _state["anomaly"]:
+            _check_finite(out, cls.__name__, "forward", inputs)
+        for fn in _op_listeners:
+            fn("forward", ctx, out)
+        result = Tensor(out, requires_grad=requires)
+        if requires:
+            result._ctx = ctx
+        else:
+            ctx.inputs = ()
+        return result
 
 
 # ================================================================ elementwise binary ops
@@ -696,9 +733,6 @@ class Tensor:
             )
         axis = axis % (self.ndim + 1)
         return self.reshape(self.shape[:axis] + (1,) + self.shape[axis:])
-
-
-autograd.Tensor = Tensor  # Function.apply wraps inputs and outputs in it
 
 
 # ================================================================ constructors

@@ -1,4 +1,5 @@
 """The backend switch: environment variable, set_backend, NUMBA_DISABLE_JIT, cache directory,
+import without side effects, configure_runtime,
 and that the numba backend's fused ops agree with the numpy backend's on the same inputs."""
 import os
 import platform
@@ -11,7 +12,8 @@ from hypothesis import given, strategies as st
 
 import minigrad as mg
 import minigrad.functional as F
-from minigrad import backend
+import minigrad.kernels as K
+from minigrad import _numba_cache
 
 
 def _run(code, **env):
@@ -23,12 +25,14 @@ def _run(code, **env):
 
 
 def test_defaults_and_environment_choices():
-    """numba backend + workqueue threading layer by default; the user's environment wins."""
-    code = "import os, minigrad; print(minigrad.get_backend(), os.environ['NUMBA_THREADING_LAYER'])"
+    """numba backend by default, the workqueue threading layer once configure_runtime() runs;
+    the user's environment wins."""
+    code = ("import minigrad; from numba.core import config; layer = config.THREADING_LAYER; "
+            "print(minigrad.get_backend(), layer, minigrad.configure_runtime()['threading_layer'])")
     env = {k: v for k, v in os.environ.items() if k not in ("NUMBA_THREADING_LAYER", "MINIGRAD_BACKEND")}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
-    assert out.stdout.strip() == "numba workqueue", out.stderr
-    assert _run(code, MINIGRAD_BACKEND="numpy", NUMBA_THREADING_LAYER="omp") == "numpy omp"
+    assert out.stdout.strip() == "numba default workqueue", out.stderr
+    assert _run(code, MINIGRAD_BACKEND="numpy", NUMBA_THREADING_LAYER="omp") == "numpy omp omp"
 
 
 def test_bad_backend_names_are_refused():
@@ -71,18 +75,73 @@ def test_kernels_run_with_numba_jit_disabled():
     assert _run(code, NUMBA_DISABLE_JIT="1") == "1 True"
 
 
+def test_import_changes_no_process_wide_state():
+    """No environment variable is written and glibc's mallopt is not called by importing
+    minigrad (or its kernels); configure_runtime() is where mallopt runs."""
+    code = (
+        "import ctypes, os, sys\n"
+        "calls = []\n"
+        "class Spy(ctypes.CDLL):  # records every lookup of mallopt in a loaded library\n"
+        "    def __getattr__(self, name):\n"
+        "        if name == 'mallopt':\n"
+        "            calls.append(name)\n"
+        "        return super().__getattr__(name)\n"
+        "ctypes.CDLL = Spy\n"
+        "env = dict(os.environ)\n"
+        "import minigrad, minigrad.kernels\n"
+        "assert dict(os.environ) == env, set(os.environ.items()) ^ set(env.items())\n"
+        "assert calls == [], calls\n"
+        "print(minigrad.configure_runtime()['malloc'], len(calls) > 0)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "MINIGRAD_MALLOC"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    if sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc":
+        assert out.stdout.strip() == "True True"
+
+
 def test_cache_dir_falls_back_to_user_cache(monkeypatch, tmp_path):
-    real = backend._writable_dir
-    monkeypatch.setattr(backend, "_writable_dir", lambda p: "kernels" not in p and real(p))
+    real = _numba_cache._writable_dir
+    kernels_dir = os.path.dirname(K.__file__)
+    assert _numba_cache._choose_cache_dir(kernels_dir) == ""  # Numba's default: __pycache__ beside
+    pycache = os.path.join(kernels_dir, "__pycache__")
+    monkeypatch.setattr(_numba_cache, "_writable_dir", lambda p: p != pycache and real(p))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    assert backend._choose_cache_dir() == os.path.join(str(tmp_path), "minigrad", "numba")
+    assert _numba_cache._choose_cache_dir(kernels_dir) == os.path.join(str(tmp_path), "minigrad", "numba")
     # nothing writable at all: no cache dir, and no exception
-    monkeypatch.setattr(backend, "_writable_dir", lambda p: False)
-    assert backend._choose_cache_dir() is None
+    monkeypatch.setattr(_numba_cache, "_writable_dir", lambda p: False)
+    assert _numba_cache._choose_cache_dir(kernels_dir) is None
 
 
-def test_malloc_tuning_respects_the_users_choice():
-    code = "from minigrad import backend; print(backend.MALLOC_TUNED)"
+def test_kernels_cache_in_the_fallback_dir_and_load_from_it(tmp_path):
+    """With the kernels' __pycache__ read-only (simulated), the first process compiles into
+    $XDG_CACHE_HOME/minigrad/numba and a second process loads from there (a warm start); Numba's
+    own setting is left as it was."""
+    code = (
+        "import os\n"
+        "import minigrad._numba_cache as c\n"
+        "real = c._writable_dir\n"
+        "c._writable_dir = lambda p: not p.endswith(os.path.join('kernels', '__pycache__')) and real(p)\n"
+        "import numpy as np, minigrad.kernels as K\n"
+        "from numba.core import config\n"
+        "K.gelu_forward(np.ones(5, np.float32))\n"
+        "stats = K._gelu.gelu_fwd.stats\n"
+        "print(sum(stats.cache_hits.values()), sum(stats.cache_misses.values()), repr(config.CACHE_DIR))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"}
+    env["XDG_CACHE_HOME"] = str(tmp_path)
+    runs = []
+    for _ in range(2):
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr
+        runs.append(out.stdout.split())
+    assert runs[0] == ["0", "1", "''"]   # compiled, and written to the fallback directory
+    assert runs[1] == ["1", "0", "''"]   # loaded from it
+    assert any(f.endswith(".nbi") for _, _, files in os.walk(tmp_path / "minigrad" / "numba") for f in files)
+
+
+def test_configure_runtime_malloc_respects_the_users_choice():
+    code = "from minigrad import backend; print(backend.tune_malloc())"
     assert _run(code, MINIGRAD_MALLOC="default") == "False"
     assert _run(code, MALLOC_MMAP_THRESHOLD_="131072") == "False"  # glibc's own variable wins
     if sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc":

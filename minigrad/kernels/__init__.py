@@ -21,8 +21,10 @@ it works on a range of rows, elements, heads or batch items with the GIL release
 runs in the calling thread). Two exceptions: `embedding_bwd` is serial (repeated ids would
 race) and the teaching `matmul_tiled` shows Numba's own `prange`. Every kernel runs in float32
 or float64 (the dtype of its inputs) and computes exponentials with a vectorisable polynomial
-in float32 (`_math.py`). Importing this package imports Numba, after
-`minigrad.backend` has set up its threading layer and cache directory.
+in float32 (`_math.py`). Importing this package imports Numba and defines the kernels; each is
+compiled at its first call or loaded from Numba's on-disk cache (`minigrad._numba_cache` says
+where). It changes no process-wide setting: `minigrad.configure_runtime()` applies the recommended ones (Numba's
+threading layer, single-threaded BLAS inside the kernels, malloc tuning).
 """
 from __future__ import annotations
 
@@ -32,18 +34,9 @@ from concurrent.futures import wait as futures_wait
 import numba
 import numpy as np
 
-from .. import backend as _backend  # noqa: F401  (prepares Numba's environment first)
-from . import _math
 from . import adamw as _adamw, attention as _att, gelu as _gelu, layernorm as _ln, softmax as _sm
 from .embedding import embedding_bwd as _embedding_bwd
 from .matmul import bmm as _bmm, matmul_tiled as _matmul_tiled
-
-try:  # np.dot inside Numba needs SciPy's BLAS; make it single-threaded (see _math).
-    import scipy.linalg.cython_blas  # noqa: F401
-
-    _math.single_thread_numba_blas()
-except ImportError:  # pragma: no cover
-    pass
 
 __all__ = [
     "bmm", "matmul_tiled", "matmul_forward", "matmul_backward", "softmax_forward", "softmax_backward", "log_softmax_forward",

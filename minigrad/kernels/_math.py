@@ -28,8 +28,6 @@ Caching note: Numba's on-disk cache keys each kernel on its own source file only
 this file, delete the `__pycache__/*.nbi|*.nbc` files of the kernels (or touch them).
 """
 import math
-import os
-import glob
 
 import numpy as np
 from numba import njit, types
@@ -110,29 +108,3 @@ def _fast_tanh_ov(x):
         return impl
     return lambda x: math.tanh(x)
 
-
-def single_thread_numba_blas():
-    """Make the BLAS that Numba calls (SciPy's OpenBLAS) single-threaded; True if it worked.
-
-    `np.dot` inside a Numba kernel calls SciPy's bundled OpenBLAS, a *second* BLAS with its own
-    thread pool (NumPy has another). Our kernels already run one GEMM per thread of
-    `kernels._parallel_for` (a range of batch items or heads each), so letting each GEMM spawn
-    threads too oversubscribes the cores. NumPy's own BLAS (used by `a @ b` outside the kernels) is not touched. This is a
-    process-wide setting of SciPy's BLAS; code that needs multi-threaded `scipy.linalg` can
-    call `scipy_openblas_set_num_threads(n)` back, or set MINIGRAD_NUMBA_BLAS_THREADS=n.
-    """
-    try:
-        import ctypes
-        import scipy
-
-        n = int(os.environ.get("MINIGRAD_NUMBA_BLAS_THREADS", "1"))
-        root = os.path.dirname(os.path.dirname(scipy.__file__))
-        for path in glob.glob(os.path.join(root, "scipy.libs", "libscipy_openblas*.so*")):
-            lib = ctypes.CDLL(path)
-            fn = getattr(lib, "scipy_openblas_set_num_threads", None)
-            if fn is not None:
-                fn(n)
-                return True
-    except Exception:
-        pass
-    return False

@@ -7,8 +7,8 @@ The same arithmetic as `torch.optim.AdamW` (decoupled weight decay applied first
 NumPy twin: `reference.adamw_step`.
 """
 import numpy as np
-from numba import njit
 
+from .._numba_cache import njit
 from ._math import FASTMATH, typed
 
 

@@ -25,8 +25,8 @@ writes). Why Python threads rather than `prange`: see `minigrad.kernels._paralle
 launches; the `parallel=True` versions of these drivers took 15-18 s each to compile).
 """
 import numpy as np
-from numba import njit
 
+from .._numba_cache import njit
 from ._math import FASTMATH, fast_exp, typed
 
 

@@ -3,8 +3,7 @@
 NumPy twin: `reference.embedding_backward` (np.add.at, which is correct but slow: it runs an
 unbuffered generic loop per element).
 """
-from numba import njit
-
+from .._numba_cache import njit
 from ._math import FASTMATH
 
 

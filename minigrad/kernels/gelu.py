@@ -11,8 +11,7 @@ for the tanh's division) and indices that start at 0 (a loop over `range(i0, i1)
 negative indices, and Numba's wrap-around handling of those blocks vectorisation).
 NumPy twins: `reference.py`.
 """
-from numba import njit
-
+from .._numba_cache import njit
 from ._math import FASTMATH, fast_tanh, typed
 
 

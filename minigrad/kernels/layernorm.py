@@ -6,8 +6,8 @@ chunks), releasing the GIL; the wrappers split large inputs into one range per t
 NumPy twins: `reference.py`.
 """
 import numpy as np
-from numba import njit
 
+from .._numba_cache import njit
 from ._math import FASTMATH, typed
 
 

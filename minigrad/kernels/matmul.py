@@ -1,12 +1,14 @@
 """Matrix products: batched GEMM calling BLAS per batch item, and a tiled loop GEMM for teaching.
 
 `np.dot` inside a Numba kernel calls SciPy's OpenBLAS (SciPy must be installed); see
-`_math.single_thread_numba_blas` for why that BLAS runs single-threaded when our threads call it.
+`minigrad.backend._single_thread_numba_blas` (applied by `minigrad.configure_runtime()`) for why
+that BLAS should run single-threaded when our threads call it.
 NumPy twins: `reference.py`.
 """
 import numpy as np
-from numba import njit, prange
+from numba import prange
 
+from .._numba_cache import njit
 from ._math import FASTMATH
 
 

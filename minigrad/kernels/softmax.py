@@ -9,8 +9,8 @@ Exponentials go through `fast_exp` (vectorisable; see `_math.py`).
 NumPy twins: `minigrad.kernels.reference`.
 """
 import numpy as np
-from numba import njit
 
+from .._numba_cache import njit
 from ._math import FASTMATH, fast_exp, typed
 
 

@@ -1,0 +1,71 @@
+"""`njit` for minigrad's kernels: Numba's, with the on-disk cache put where it can be written.
+
+Every compiled kernel is decorated with `cache=True`, so that a warm start loads it from disk in
+well under a second instead of compiling it again. Numba caches in the `__pycache__` beside the
+source, else in its user-wide directory (~/.cache/numba); when neither can be written, decorating
+a `cache=True` function raises, which would make `import minigrad` fail on a read-only install
+with a read-only home. So when the `__pycache__` beside a kernel's source is not writable,
+`njit` points Numba's `config.CACHE_DIR` (read when a kernel is decorated) at
+`$XDG_CACHE_HOME/minigrad/numba` (default ~/.cache/...), else at a directory in the system temp
+dir, while it decorates that kernel, and puts the setting back afterwards: other libraries'
+kernels cache where they would have. A cache directory chosen by the user (NUMBA_CACHE_DIR)
+always wins; with no writable place at all the kernel is compiled at every start.
+
+This module imports only the standard library until a kernel is decorated (a leaf of the
+import graph: `minigrad.kernels` and `minigrad.precision` both use it).
+"""
+from __future__ import annotations
+
+import inspect
+import os
+import tempfile
+
+__all__ = ["njit"]
+
+
+def _writable_dir(path: str) -> bool:
+    """True when `path` exists (or can be created) and a file can be written in it."""
+    try:
+        os.makedirs(path, exist_ok=True)
+        probe = tempfile.NamedTemporaryFile(dir=path, prefix=".minigrad-probe-", delete=True)
+        probe.close()
+        return True
+    except OSError:
+        return False
+
+
+def _choose_cache_dir(source_dir: str) -> str | None:
+    """Where Numba should cache the kernels defined in `source_dir`: "" for Numba's default (the
+    `__pycache__` beside them is writable), None when no candidate is writable."""
+    if _writable_dir(os.path.join(source_dir, "__pycache__")):
+        return ""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    user = os.getuid() if hasattr(os, "getuid") else "user"
+    for candidate in (os.path.join(base, "minigrad", "numba"),
+                      os.path.join(tempfile.gettempdir(), f"minigrad-numba-{user}")):
+        if _writable_dir(candidate):
+            return candidate
+    return None
+
+
+def njit(**options):
+    """`numba.njit(**options)`; with `cache=True` the kernel caches in a writable place (above)."""
+    import numba
+    from numba.core import config
+
+    if not options.get("cache") or config.CACHE_DIR:
+        return numba.njit(**options)
+
+    def decorate(fn):
+        cache_dir = _choose_cache_dir(os.path.dirname(os.path.abspath(inspect.getfile(fn))))
+        if cache_dir == "":
+            return numba.njit(**options)(fn)
+        if cache_dir is None:  # nowhere to write: compiled at every start instead
+            return numba.njit(**{**options, "cache": False})(fn)
+        config.CACHE_DIR = cache_dir
+        try:
+            return numba.njit(**options)(fn)
+        finally:
+            config.CACHE_DIR = ""
+
+    return decorate
