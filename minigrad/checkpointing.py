@@ -38,7 +38,7 @@ import numpy as np
 from . import amp, backend
 from .autograd import backward as _backward, enable_grad, is_grad_enabled, no_grad
 from .nn import Module
-from .tensor import Function, Tensor
+from .tensor import Function, Tensor, no_matmul_flops
 
 __all__ = ["checkpoint", "Checkpoint", "is_recomputing"]
 
@@ -86,6 +86,10 @@ class Checkpoint(Function):
     Inputs: the tensor arguments of `fn`, then the parameters of `fn` (passed only so that the
     result requires grad; their gradients come from the recomputed graph, so backward returns
     None for them)."""
+
+    # The ops inside `fn` report their own FLOPs: in forward (they run under no_grad, which
+    # count_flops sees) and when backward recomputes them (counted as recomputation).
+    flops = staticmethod(no_matmul_flops)
 
     @staticmethod
     def forward(ctx, *arrays, fn, template, kwargs, n_args, gens):

@@ -12,7 +12,7 @@ import math
 import numpy as np
 
 from . import amp, backend
-from .tensor import Function, Tensor, as_tensor, unbroadcast
+from .tensor import Function, Tensor, as_tensor, matmul_flops, no_matmul_flops, unbroadcast
 
 
 def _erf(x):
@@ -35,6 +35,11 @@ def _ints(x, op: str) -> np.ndarray:
 # ================================================================ linear
 class Linear(Function):
     """y = x @ W^T + b with W of shape (out, in), as torch.nn.functional.linear."""
+
+    @staticmethod
+    def flops(ctx) -> int:
+        x, w = ctx.inputs[:2]
+        return matmul_flops(x.shape, w.shape[::-1])  # x @ W^T; the bias add is not a product
 
     @staticmethod
     def forward(ctx, x, w, b=None):
@@ -90,6 +95,8 @@ _C = math.sqrt(2.0 / math.pi)
 class GELU(Function):
     """GELU(x) = x·Φ(x); `approximate="tanh"` uses 0.5·x·(1 + tanh(√(2/π)(x + 0.044715x³)))."""
 
+    flops = staticmethod(no_matmul_flops)
+
     @staticmethod
     def forward(ctx, x, *, approximate="tanh"):
         ctx.approximate = approximate
@@ -123,6 +130,8 @@ def gelu(x, approximate: str = "tanh") -> Tensor:
 
 # ================================================================ softmax family
 class Softmax(Function):
+    flops = staticmethod(no_matmul_flops)
+
     @staticmethod
     def forward(ctx, x, *, axis=-1):
         ctx.axis = axis
@@ -145,6 +154,8 @@ class Softmax(Function):
 
 
 class LogSoftmax(Function):
+    flops = staticmethod(no_matmul_flops)
+
     @staticmethod
     def forward(ctx, x, *, axis=-1):
         ctx.axis = axis
@@ -179,6 +190,8 @@ class CrossEntropy(Function):
     Saves the logits, one log-sum-exp per row and the targets with their ignore mask; backward
     rebuilds softmax from them, so the probabilities are never stored.
     """
+
+    flops = staticmethod(no_matmul_flops)
 
     @staticmethod
     def forward(ctx, logits, *, targets, ignore_index, reduction):
@@ -263,6 +276,8 @@ def mse_loss(input, target, reduction: str = "mean") -> Tensor:
 class LayerNorm(Function):
     """Normalise over the last axis, then scale and shift. Saves x, mean and 1/std only."""
 
+    flops = staticmethod(no_matmul_flops)
+
     @staticmethod
     def forward(ctx, x, w=None, b=None, *, eps=1e-5):
         ctx.fused = _fused(x)
@@ -312,6 +327,8 @@ def layer_norm(x, weight=None, bias=None, eps: float = 1e-5) -> Tensor:
 
 # ================================================================ embedding, dropout
 class Embedding(Function):
+    flops = staticmethod(no_matmul_flops)
+
     @staticmethod
     def forward(ctx, weight, *, idx):
         ctx.save_for_backward(idx)
@@ -341,6 +358,8 @@ def embedding(idx, weight) -> Tensor:
 
 class Dropout(Function):
     """Zero each element with probability p and scale the survivors by 1/(1-p) (inverted dropout)."""
+
+    flops = staticmethod(no_matmul_flops)
 
     @staticmethod
     def forward(ctx, x, *, keep, p):
@@ -376,6 +395,12 @@ class Attention(Function):
     this is the usual lower-triangular mask. The plain version saves the (Tq, Tk) probabilities;
     the flash kernel recomputes them from one log-sum-exp per query row instead.
     """
+
+    @staticmethod
+    def flops(ctx) -> int:
+        q, k, v = (t.shape for t in ctx.inputs)
+        p = np.broadcast_shapes(q[:-2], k[:-2]) + (q[-2], k[-2])  # the probabilities (..., Tq, Tk)
+        return matmul_flops(q, k[:-2] + (k[-1], k[-2])) + matmul_flops(p, v)  # q·kᵀ, then p·v
 
     @staticmethod
     def forward(ctx, q, k, v, *, causal, scale):
@@ -429,6 +454,11 @@ class QKVAttention(Function):
     returns one dqkv (B, T, 3C) instead of three slice gradients to add up. The flash kernel
     saves qkv, o and one log-sum-exp per query row; the numpy path saves qkv and p.
     """
+
+    @staticmethod
+    def flops(ctx) -> int:
+        b, t, c3 = ctx.inputs[0].shape
+        return 2 * 2 * b * t * t * (c3 // 3)  # q·kᵀ and p·v, T queries × T keys, summed over heads
 
     @staticmethod
     def forward(ctx, qkv, *, n_head, causal, scale):

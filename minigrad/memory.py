@@ -47,7 +47,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import autograd
+from .checkpointing import is_recomputing
 from .nn import Parameter
+from .tensor import matmul_flops
 
 __all__ = [
     "gpt_costs", "GPTCosts", "optimizer_state_multiplier",
@@ -535,51 +537,17 @@ def track(model=None, optimizer=None, params=None) -> MemoryLedger:
 
 
 # ============================================================================ FLOPs
-def _prod(t) -> int:
-    return int(np.prod(t, dtype=np.int64)) if len(t) else 1
-
-
-def matmul_flops(a_shape, b_shape) -> int:
-    """2·m·n·k (times the broadcast batch) for a @ b with NumPy's matmul rules."""
-    a2 = (1,) + tuple(a_shape) if len(a_shape) == 1 else tuple(a_shape)
-    b2 = tuple(b_shape) + (1,) if len(b_shape) == 1 else tuple(b_shape)
-    batch = _prod(np.broadcast_shapes(a2[:-2], b2[:-2]))
-    m, k, n = a2[-2], a2[-1], b2[-1]
-    return 2 * batch * m * n * k
-
-
-def _recomputing() -> bool:
-    from .checkpointing import is_recomputing
-    return is_recomputing()
-
-
-def _op_forward_flops(ctx) -> int:
-    """Matmul FLOPs of one op's forward, from its name and input shapes; 0 for other ops."""
-    name = ctx.name
-    shapes = [t.shape for t in ctx.inputs]
-    if name == "MatMul":
-        return matmul_flops(shapes[0], shapes[1])
-    if name == "Linear":
-        x, w = shapes[0], shapes[1]
-        return 2 * _prod(x[:-1]) * w[0] * w[1]
-    if name == "QKVAttention":  # one input qkv (B, T, 3C): nh heads of size C/nh, T queries and keys
-        b, t, c3 = shapes[0]
-        return 2 * 2 * b * t * t * (c3 // 3)  # q·kᵀ and p·v, summed over the heads
-    if "attention" in name.lower() and len(shapes) >= 3:
-        q, k, v = shapes[:3]
-        batch = _prod(np.broadcast_shapes(q[:-2], k[:-2]))
-        tq, tk = q[-2], k[-2]
-        return 2 * batch * tq * tk * q[-1] + 2 * batch * tq * tk * v[-1]  # q·kᵀ, then p·v
-    return 0
-
-
 class FlopCounter:
-    """Counts matmul FLOPs of every op run inside it (see `count_flops`)."""
+    """Counts matmul FLOPs of every op run inside it (see `count_flops`).
 
-    def __init__(self, peak_flops: float | None = None):
+    `unknown_ops`: names of the ops seen that do not say their FLOPs (counted 0)."""
+
+    def __init__(self, peak_flops: float | None = None, strict: bool = False):
         if peak_flops is not None and not peak_flops > 0:
             raise ValueError(f"count_flops: peak_flops must be > 0 (FLOP/s), got {peak_flops}")
         self.peak_flops = peak_flops
+        self.strict = strict
+        self.unknown_ops: set[str] = set()
         self.forward = 0
         self.backward = 0
         self.recompute = 0  # forwards re-run by activation checkpointing (not model FLOPs)
@@ -608,17 +576,29 @@ class FlopCounter:
         return self.flops_per_second / self.peak_flops
 
     def _listener(self, event, ctx, payload):
-        n = _op_forward_flops(ctx)
+        flops = ctx.fn.flops
+        if flops is None:
+            if self.strict:
+                op = ctx.fn
+                raise NotImplementedError(
+                    f"count_flops(strict=True): op {op.__module__}.{op.__qualname__} does not say "
+                    "its FLOPs; give it a staticmethod flops(ctx) -> int (the matmul FLOPs of one "
+                    "forward; flops = staticmethod(minigrad.tensor.no_matmul_flops) for none), or "
+                    "count with strict=False, which counts it 0 and lists it in unknown_ops")
+            self.unknown_ops.add(ctx.name)
+            return
+        n = flops(ctx)
         if not n:
             return
-        if event == "forward" and _recomputing():
+        if event == "forward" and is_recomputing():
             self.recompute += n
             key = f"{ctx.name} recompute"
             self.by_op[key] = self.by_op.get(key, 0) + n
             return
         if event == "backward":
             # each operand gradient is one product as large as the forward's (attention: the
-            # 4 products dv, dp, dq, dk = twice its 2 forward products); all are computed
+            # 4 products dv, dp, dq, dk = twice its 2 forward products). Model FLOPs count both,
+            # also when an op skips the gradient of a frozen operand.
             n *= 2
             self.backward += n
         else:
@@ -642,21 +622,26 @@ class FlopCounter:
                  f"time {self.elapsed:.3f} s  ->  {self.flops_per_second / 1e9:.2f} GFLOP/s"]
         if self.peak_flops is not None:
             lines.append(f"MFU {100 * self.mfu:.1f}% of a {self.peak_flops / 1e9:.1f} GFLOP/s peak")
+        if self.unknown_ops:
+            lines.append(f"not counted (these ops do not say their FLOPs): {', '.join(sorted(self.unknown_ops))}")
         for k, v in sorted(self.by_op.items(), key=lambda kv: -kv[1]):
             lines.append(f"  {k:<24}{v:>18,}")
         return "\n".join(lines)
 
 
-def count_flops(peak_flops: float | None = None) -> FlopCounter:
-    """Context manager counting matmul FLOPs (2·m·n·k per product) of MatMul, Linear and
-    attention ops, forward and backward, also under no_grad.
+def count_flops(peak_flops: float | None = None, strict: bool = False) -> FlopCounter:
+    """Context manager counting matmul FLOPs (2·m·n·k per product), forward and backward, also
+    under no_grad. Each op says the FLOPs of its forward (`Function.flops`: MatMul, Linear and
+    the attention ops do matrix products, the others 0); backward counts twice the forward, one
+    product per operand gradient. An op that does not say (a user-defined Function without
+    `flops`) is counted 0 and named in `.unknown_ops`; with `strict=True` it raises instead.
 
     `peak_flops` (FLOP/s) is the machine's peak, which you supply (e.g. cores × GHz × FLOPs per
     cycle, or `measure_peak_flops()`); then `.mfu` = counted FLOPs / time / peak. Counted are
     *model* FLOPs: work a fused kernel redoes (flash attention recomputes q·kᵀ in backward) or
     skips (masked tiles) does not change the count, as in PaLM's MFU.
     """
-    return FlopCounter(peak_flops)
+    return FlopCounter(peak_flops, strict)
 
 
 def measure_peak_flops(n: int = 1024, repeat: int = 5, dtype=np.float32) -> float:

@@ -38,7 +38,16 @@ def _broadcast_shape(op: str, *shapes) -> tuple:
 # ================================================================ Function: the base of every op
 class Function:
     """Base class of every differentiable primitive. Subclasses define `forward` and `backward`
-    (see minigrad/autograd.py)."""
+    (see minigrad/autograd.py) and say how many matmul FLOPs their forward does.
+
+    `flops(ctx) -> int` is a staticmethod written next to `forward`: the multiply-add FLOPs
+    (2·m·n·k per matrix product) of one forward, from `ctx.inputs` (the input Tensors); 0 for
+    an op without a matrix product. `minigrad.memory.count_flops` asks every op it sees. The
+    base class's None means "this op does not say" (a user-defined op): counted as 0 and
+    listed, or refused with `count_flops(strict=True)`.
+    """
+
+    flops = None
 
     @staticmethod
     def forward(ctx: Context, *arrays, **options):  # pragma: no cover - abstract
@@ -72,8 +81,29 @@ class Function:
         return result
 
 
+def no_matmul_flops(ctx) -> int:
+    """`Function.flops` of an op without a matrix product: 0 (elementwise work, reductions and
+    copies are not counted, as in the 6N rule). Ops use it as `flops = staticmethod(no_matmul_flops)`."""
+    return 0
+
+
+def _prod(shape) -> int:
+    return int(np.prod(shape, dtype=np.int64)) if len(shape) else 1
+
+
+def matmul_flops(a_shape, b_shape) -> int:
+    """2·m·n·k (times the broadcast batch) for a @ b with NumPy's matmul rules."""
+    a2 = (1,) + tuple(a_shape) if len(a_shape) == 1 else tuple(a_shape)
+    b2 = tuple(b_shape) + (1,) if len(b_shape) == 1 else tuple(b_shape)
+    batch = _prod(np.broadcast_shapes(a2[:-2], b2[:-2]))
+    m, k, n = a2[-2], a2[-1], b2[-1]
+    return 2 * batch * m * n * k
+
+
 # ================================================================ elementwise binary ops
 class Add(Function):
+    flops = staticmethod(no_matmul_flops)
+
     @staticmethod
     def forward(ctx, a, b):
         ctx.shapes = (a.shape, b.shape)
@@ -87,6 +117,8 @@ class Add(Function):
 
 
 class Sub(Function):
+    flops = staticmethod(no_matmul_flops)
+
     @staticmethod
     def forward(ctx, a, b):
         ctx.shapes = (a.shape, b.shape)
@@ -100,6 +132,8 @@ class Sub(Function):
 
 
 class Mul(Function):
+    flops = staticmethod(no_matmul_flops)
+
     @staticmethod
     def forward(ctx, a, b):
         _broadcast_shape("mul", a.shape, b.shape)
@@ -113,6 +147,8 @@ class Mul(Function):
 
 
 class Div(Function):
+    flops = staticmethod(no_matmul_flops)
+
     @staticmethod
     def forward(ctx, a, b):
         _broadcast_shape("div", a.shape, b.shape)
@@ -127,6 +163,8 @@ class Div(Function):
 
 class Pow(Function):
     """a ** b for a tensor exponent; `PowScalar` handles the common constant exponent."""
+
+    flops = staticmethod(no_matmul_flops)
 
     @staticmethod
     def forward(ctx, a, b):
@@ -145,6 +183,8 @@ class Pow(Function):
 
 
 class PowScalar(Function):
+    flops = staticmethod(no_matmul_flops)
+
     @staticmethod
     def forward(ctx, a, *, p):
         ctx.p = p
@@ -159,6 +199,8 @@ class PowScalar(Function):
 
 class Maximum(Function):
     """Elementwise max; at ties the gradient is split equally between the two inputs."""
+
+    flops = staticmethod(no_matmul_flops)
 
     @staticmethod
     def forward(ctx, a, b):
@@ -175,6 +217,11 @@ class Maximum(Function):
 
 class MatMul(Function):
     """a @ b with NumPy semantics (1-D operands promoted, batch dims broadcast)."""
+
+    @staticmethod
+    def flops(ctx) -> int:
+        a, b = ctx.inputs
+        return matmul_flops(a.shape, b.shape)
 
     @staticmethod
     def forward(ctx, a, b):
@@ -214,6 +261,8 @@ class MatMul(Function):
 
 # ================================================================ elementwise unary ops
 class Neg(Function):
+    flops = staticmethod(no_matmul_flops)
+
     @staticmethod
     def forward(ctx, a):
         return -a
@@ -224,6 +273,8 @@ class Neg(Function):
 
 
 class Exp(Function):
+    flops = staticmethod(no_matmul_flops)
+
     @staticmethod
     def forward(ctx, a):
         out = np.exp(a)
@@ -237,6 +288,8 @@ class Exp(Function):
 
 
 class Log(Function):
+    flops = staticmethod(no_matmul_flops)
+
     @staticmethod
     def forward(ctx, a):
         ctx.save_for_backward(a)
@@ -249,6 +302,8 @@ class Log(Function):
 
 
 class Sqrt(Function):
+    flops = staticmethod(no_matmul_flops)
+
     @staticmethod
     def forward(ctx, a):
         out = np.sqrt(a)
@@ -262,6 +317,8 @@ class Sqrt(Function):
 
 
 class Tanh(Function):
+    flops = staticmethod(no_matmul_flops)
+
     @staticmethod
     def forward(ctx, a):
         out = np.tanh(a)
@@ -275,6 +332,8 @@ class Tanh(Function):
 
 
 class Sigmoid(Function):
+    flops = staticmethod(no_matmul_flops)
+
     @staticmethod
     def forward(ctx, a):
         # 0.5 * (1 + tanh(a / 2)) never overflows, unlike 1 / (1 + exp(-a))
@@ -289,6 +348,8 @@ class Sigmoid(Function):
 
 
 class Relu(Function):
+    flops = staticmethod(no_matmul_flops)
+
     @staticmethod
     def forward(ctx, a):
         out = np.maximum(a, 0)
@@ -302,6 +363,8 @@ class Relu(Function):
 
 
 class Abs(Function):
+    flops = staticmethod(no_matmul_flops)
+
     @staticmethod
     def forward(ctx, a):
         ctx.save_for_backward(a)
@@ -315,6 +378,8 @@ class Abs(Function):
 
 class Clip(Function):
     """Clamp to [lo, hi]; the gradient passes only where the input was strictly inside."""
+
+    flops = staticmethod(no_matmul_flops)
 
     @staticmethod
     def forward(ctx, a, *, lo, hi):
@@ -335,6 +400,8 @@ class Clip(Function):
 
 
 class Where(Function):
+    flops = staticmethod(no_matmul_flops)
+
     @staticmethod
     def forward(ctx, a, b, *, cond):
         _broadcast_shape("where", cond.shape, a.shape, b.shape)
@@ -371,6 +438,8 @@ def _expand_reduced(g, axes, keepdims):
 
 
 class Sum(Function):
+    flops = staticmethod(no_matmul_flops)
+
     @staticmethod
     def forward(ctx, a, *, axis=None, keepdims=False):
         ctx.shape, ctx.axes, ctx.keepdims = a.shape, _norm_axis(axis, a.ndim), keepdims
@@ -383,6 +452,8 @@ class Sum(Function):
 
 
 class Mean(Function):
+    flops = staticmethod(no_matmul_flops)
+
     @staticmethod
     def forward(ctx, a, *, axis=None, keepdims=False):
         ctx.shape, ctx.axes, ctx.keepdims = a.shape, _norm_axis(axis, a.ndim), keepdims
@@ -397,6 +468,8 @@ class Mean(Function):
 
 class Max(Function):
     """max over axes; when several elements tie for the max they share the gradient equally."""
+
+    flops = staticmethod(no_matmul_flops)
 
     @staticmethod
     def forward(ctx, a, *, axis=None, keepdims=False, reduce=np.max):
@@ -414,6 +487,8 @@ class Max(Function):
 
 # ================================================================ shape ops
 class Reshape(Function):
+    flops = staticmethod(no_matmul_flops)
+
     @staticmethod
     def forward(ctx, a, *, shape):
         ctx.shape = a.shape
@@ -430,6 +505,8 @@ class Reshape(Function):
 
 
 class Transpose(Function):
+    flops = staticmethod(no_matmul_flops)
+
     @staticmethod
     def forward(ctx, a, *, axes):
         ctx.axes = axes
@@ -441,6 +518,8 @@ class Transpose(Function):
 
 
 class Expand(Function):
+    flops = staticmethod(no_matmul_flops)
+
     @staticmethod
     def forward(ctx, a, *, shape):
         ctx.shape = a.shape
@@ -461,6 +540,8 @@ def _is_basic(index) -> bool:
 class GetItem(Function):
     """a[index]; backward scatters into zeros, adding where integer indices repeat."""
 
+    flops = staticmethod(no_matmul_flops)
+
     @staticmethod
     def forward(ctx, a, *, index):
         ctx.shape = a.shape
@@ -480,6 +561,8 @@ class GetItem(Function):
 
 
 class Cat(Function):
+    flops = staticmethod(no_matmul_flops)
+
     @staticmethod
     def forward(ctx, *arrays, axis=0):
         ctx.axis = axis
@@ -496,6 +579,8 @@ class Cat(Function):
 
 
 class Stack(Function):
+    flops = staticmethod(no_matmul_flops)
+
     @staticmethod
     def forward(ctx, *arrays, axis=0):
         ctx.axis = axis

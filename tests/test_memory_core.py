@@ -1,13 +1,18 @@
 """minigrad.memory on plain ops: the ledger's byte accounting (views, parameters, dropped
-graphs) and exact matmul FLOP counts."""
+graphs) and exact matmul FLOP counts, which every op reports itself (`Function.flops`)."""
 import gc
+import importlib
+import inspect
+import pkgutil
 
 import numpy as np
+import pytest
 from hypothesis import given, strategies as st
 
 import minigrad
 import minigrad.functional as F
 from minigrad import memory
+from minigrad.tensor import Function
 
 
 def test_ledger_counts_shared_memory_once_and_excludes_parameters():
@@ -61,3 +66,62 @@ def test_matmul_flops_follow_numpy_rules():
     assert memory.matmul_flops((5,), (5, 3)) == 2 * 5 * 3
     assert memory.matmul_flops((2, 1, 4, 5), (3, 5, 6)) == 2 * 6 * 4 * 5 * 6
     assert memory.matmul_flops((4, 5), (5,)) == 2 * 4 * 5
+
+
+def _function_subclasses(cls=Function):
+    for sub in cls.__subclasses__():
+        yield sub
+        yield from _function_subclasses(sub)
+
+
+def test_every_op_of_minigrad_says_its_flops():
+    for info in pkgutil.walk_packages(minigrad.__path__, "minigrad."):
+        importlib.import_module(info.name)  # every module, so that every op class is defined
+    ops = [c for c in _function_subclasses() if c.__module__.startswith("minigrad.")]
+    assert {"MatMul", "Linear", "Attention", "QKVAttention", "Checkpoint", "Add"} <= {c.__name__ for c in ops}
+    silent = [f"{c.__module__}.{c.__qualname__}" for c in ops if c.flops is None]
+    assert not silent, f"ops without a flops(ctx) staticmethod: {silent}"
+    for c in ops:  # a staticmethod of ctx
+        assert isinstance(inspect.getattr_static(c, "flops"), staticmethod), c
+
+
+class Square(Function):
+    """A user-defined op that does not say its FLOPs."""
+
+    @staticmethod
+    def forward(ctx, a):
+        ctx.save_for_backward(a)
+        return a * a
+
+    @staticmethod
+    def backward(ctx, g):
+        (a,) = ctx.saved
+        return (2 * a * g,)
+
+
+def test_an_op_without_flops_is_listed_or_refused_in_strict_mode():
+    x = minigrad.Tensor(np.ones((2, 3), np.float32), requires_grad=True)
+    w = minigrad.Tensor(np.ones((3, 4), np.float32), requires_grad=True)
+    with memory.count_flops() as fc:
+        Square.apply(x @ w).sum().backward()
+    assert fc.unknown_ops == {"Square"}
+    assert (fc.forward, fc.backward) == (2 * 2 * 3 * 4, 2 * 2 * 2 * 3 * 4)  # the matmul only
+    assert "Square" in fc.report()
+    with pytest.raises(NotImplementedError, match=r"test_memory_core\.Square does not say its FLOPs"):
+        with memory.count_flops(strict=True):
+            Square.apply(x)
+    with memory.count_flops(strict=True) as fc:  # ops that say: strict counts as usual
+        (x @ w).sum().backward()
+    assert fc.total == 3 * 2 * 2 * 3 * 4 and not fc.unknown_ops
+
+
+@given(b=st.integers(1, 2), t=st.integers(1, 5), n_head=st.integers(1, 3), hs=st.integers(1, 4))
+def test_fused_qkv_attention_counts_the_flops_of_its_split_form(b, t, n_head, hs):
+    c = n_head * hs
+    qkv = minigrad.Tensor(np.random.default_rng(0).standard_normal((b, t, 3 * c)).astype(np.float32))
+    with memory.count_flops(strict=True) as fused:
+        F.qkv_attention(qkv, n_head)
+    q, k, v = (qkv[:, :, i * c:(i + 1) * c].reshape(b, t, n_head, hs).transpose(1, 2) for i in range(3))
+    with memory.count_flops(strict=True) as split:
+        F.scaled_dot_product_attention(q, k, v, causal=True)
+    assert fused.forward == split.forward == 2 * 2 * b * n_head * t * t * hs
