@@ -2,9 +2,11 @@
 
 See optim/base.py for the interface and how to write a new optimizer.
 ``optim.create(name, params, **kw)`` builds any registered optimizer; ``optim.available()``
-lists them. Modules that register optimizers are imported below.
+lists them and ``optim.accepts(name)`` gives the keyword arguments one takes. Modules that
+register optimizers are imported below.
 """
-from .base import Optimizer, available, create, flatten_state_dict, register, unflatten_state_dict
+from .base import (Optimizer, accepts, available, create, flatten_state_dict, register,
+                   unflatten_state_dict)
 from .groups import param_groups, param_groups_no_decay, split_matrices, split_roles
 from .sgd import AGD, GD, SGD, HeavyBall
 from .adaptive import AdaGrad, Adam, AdamW, RMSProp

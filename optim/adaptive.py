@@ -1,7 +1,7 @@
 """Adaptive methods: AdaGrad, RMSProp, Adam, AdamW (with the AMSGrad flag). Lecture 2.
 
-Where epsilon and weight decay sit (they decide whether a reference test passes; see
-ALGORITHMS.md "Conventions that break reference tests"):
+Where epsilon and weight decay sit (they decide whether a step-for-step comparison with
+torch.optim passes):
 
 * eps is added **outside** the square root, to the **bias-corrected** second moment:
   ``theta <- theta - lr * m_hat / (sqrt(v_hat) + eps)`` with ``m_hat = m/(1-b1^t)``,
@@ -49,6 +49,9 @@ class AdaGrad(Optimizer):
         clr = group["lr"] / (1.0 + (state["step"] - 1) * group["lr_decay"])
         state["sum"] += g * g
         p -= clr * (g / (np.sqrt(state["sum"]) + group["eps"]))
+
+    def _state_nbytes(self, p, group):
+        return p.nbytes
 
 
 @register("rmsprop")
@@ -101,10 +104,14 @@ class RMSProp(Optimizer):
         else:
             p -= group["lr"] * (g / denom)
 
+    def _state_nbytes(self, p, group):
+        return p.nbytes * (1 + bool(group["centered"]) + (group["momentum"] > 0))
+
 
 @register("adam")
 class Adam(Optimizer):
-    """Adam (Kingma & Ba, ICLR 2015) in the torch form; ``weight_decay`` is L2 (coupled).
+    """Adam (Kingma & Ba, ICLR 2015, arXiv 1412.6980) in the torch form; ``weight_decay`` is L2
+    (coupled).
 
         g <- g + wd*theta                                   (Adam only)
         theta <- theta*(1 - lr*wd)                          (AdamW only, before the step)
@@ -156,11 +163,15 @@ class Adam(Optimizer):
         denom = np.sqrt(v) / math.sqrt(1.0 - b2 ** t) + group["eps"]
         p -= step_size * (m / denom)
 
+    def _state_nbytes(self, p, group):
+        return p.nbytes * (3 if group["amsgrad"] else 2)
+
 
 @register("adamw")
 class AdamW(Adam):
-    """AdamW (Loshchilov & Hutter, ICLR 2019), torch.optim.AdamW form: decoupled decay
-    ``theta <- theta*(1 - lr*wd)`` first, then the Adam step (see ``Adam``). Default wd 1e-2."""
+    """AdamW (Loshchilov & Hutter, ICLR 2019, arXiv 1711.05101), torch.optim.AdamW form:
+    decoupled decay ``theta <- theta*(1 - lr*wd)`` first, then the Adam step (see ``Adam``).
+    Default wd 1e-2."""
 
     decoupled = True
 
@@ -171,6 +182,7 @@ class AdamW(Adam):
 
 
 @register("amsgrad")
-def _amsgrad(params, **kw):
-    """Adam with amsgrad=True (Reddi, Kale, Kumar, ICLR 2018)."""
-    return Adam(params, amsgrad=True, **kw)
+def _amsgrad(params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, *, nonfinite="raise"):
+    """Adam with amsgrad=True (Reddi, Kale, Kumar, ICLR 2018, arXiv 1904.09237)."""
+    return Adam(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=True,
+                nonfinite=nonfinite)

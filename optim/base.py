@@ -11,12 +11,43 @@ updating the arrays **in place**::
 ``params`` may be a dict name -> array, an iterable of (name, array) pairs (objects with a
 ``.data`` ndarray, e.g. ``Parameter``, are unwrapped), or a list of parameter groups
 ``[{"params": {...}, "lr": 1e-3, "weight_decay": 0.0}, ...]``; keys missing from a group are
-filled from the optimizer's defaults.
+filled from the optimizer's defaults. A group key that is not one of the optimizer's
+hyperparameters (``opt.defaults``; plus ``"initial_lr"``, which ``LRScheduler`` sets) is a
+``ValueError``: every key a group holds is honoured by the update.
+
+The step protocol
+-----------------
+A training loop drives every optimizer (and ``minigrad.amp.MixedPrecisionOptimizer``, which
+has the same interface) the same way, without looking at its class::
+
+    if opt.uses_gradients:
+        model.zero_grad()
+        loss = model(x, y)
+        (loss * opt.loss_scale).backward()
+        grads = {n: p.grad for n, p in model.named_parameters()}
+        opt.unscale_(grads)            # in place: grads are now the true gradients
+        clip_grad_norm_(grads, 1.0)    # optional: anything that needs the true gradients
+        opt.step(grads)
+    else:                              # zeroth-order: fn() -> loss, under minigrad.no_grad()
+        loss = opt.step(closure=lambda: eval_loss(model, x, y))
+    if opt.last_step_skipped: ...      # nonfinite="skip", or a loss scaler found inf/NaN
+
+* ``uses_gradients`` (class attribute): True, or False for zeroth-order methods, whose
+  ``step(closure=fn)`` calls ``fn() -> loss`` itself.
+* ``loss_scale`` (1.0) and ``unscale_(grads)`` (no-op): a loss-scaling wrapper scales the loss
+  and divides the gradients in place.
+* ``last_step_skipped``: False after a step that updated the parameters, True after one that
+  was skipped; set by every step.
+* ``expected_state_bytes()``: the bytes ``state_bytes()`` reports once every parameter has
+  taken a step, computed from the parameters' shapes and dtypes and their groups' options
+  (memory models ask the optimizer rather than keep a table of their own).
+* ``optim.accepts(name)``: the keyword arguments the registered optimizer takes.
 
 Writing a new optimizer
 -----------------------
-Subclass :class:`Optimizer`, pass the hyperparameters to ``super().__init__`` and override
-``_update``, which is called once per parameter that has a gradient::
+Subclass :class:`Optimizer`, pass the hyperparameters to ``super().__init__``, override
+``_update``, which is called once per parameter that has a gradient, and ``_state_nbytes``,
+the bytes of the state ``_update`` keeps for one parameter::
 
     @register("signsgd")
     class SignSGD(Optimizer):
@@ -25,13 +56,18 @@ Subclass :class:`Optimizer`, pass the hyperparameters to ``super().__init__`` an
             super().__init__(params, lr=lr)
 
         def _update(self, name, p, g, state, group):
-            p -= group["lr"] * np.sign(g)     # update IN PLACE
+            p -= group["lr"] * np.sign(g)     # update IN PLACE; hyperparameters from the group
+
+        def _state_nbytes(self, p, group):
+            return 0                          # keeps no arrays
 
 ``state`` is this parameter's dict (persisted by ``state_dict``; put ndarrays and Python
 scalars in it only). Optional hooks: ``_begin_step(grads)`` (sees all gradients before any
-update, e.g. for a global norm; return False to skip the step) and ``_end_step(grads)``;
-``self.global_state`` holds optimizer-wide state (also persisted). Methods that evaluate the
-loss (zeroth-order, line search) override ``step`` and use ``closure``.
+update, e.g. for a global norm; return False when the hook has done the whole step itself,
+so that no per-parameter update runs) and ``_end_step(grads)``; ``self.global_state`` holds
+optimizer-wide state (also persisted; a class that keeps arrays there adds their bytes in
+``expected_state_bytes``). Methods that evaluate the loss (zeroth-order, line search) override
+``step`` and use ``closure``.
 
 Checkpoints
 -----------
@@ -46,13 +82,16 @@ inverts it exactly, so a resumed run follows the same trajectory bit for bit::
 
 Bad input (unknown/missing gradient name, shape or dtype mismatch, negative learning rate,
 non-finite gradient) raises ``ValueError``/``TypeError`` naming the parameter **before any
-array is modified**. A gradient given as ``None`` means "no gradient": that parameter is skipped
-(as PyTorch skips ``p.grad is None``). With ``nonfinite="skip"`` a step whose gradients contain
-NaN/inf is skipped entirely (``opt.skipped_steps`` counts them) instead of raising.
+array is modified**. A gradient given as ``None`` means "no gradient": that parameter gets no
+update, no weight decay and no state this step (as PyTorch skips ``p.grad is None``); the set
+of parameters with gradients may change from step to step. With ``nonfinite="skip"`` a step
+whose gradients contain NaN/inf is skipped entirely (``opt.skipped_steps`` counts them,
+``opt.last_step_skipped`` is True) instead of raising.
 """
 from __future__ import annotations
 
 import copy
+import inspect
 import json
 import math
 from collections.abc import Mapping
@@ -60,7 +99,7 @@ from collections.abc import Mapping
 import numpy as np
 
 __all__ = [
-    "Optimizer", "register", "create", "available",
+    "Optimizer", "register", "create", "available", "accepts",
     "flatten_state_dict", "unflatten_state_dict",
 ]
 
@@ -89,13 +128,31 @@ def available():
     return sorted(_REGISTRY)
 
 
-def create(name, params, **kw):
-    """Build the optimizer registered as ``name`` (case-insensitive) on ``params``."""
+def _lookup(name):
     _load_builtin()
     key = str(name).lower()
     if key not in _REGISTRY:
         raise ValueError(f"unknown optimizer {name!r}; available: {', '.join(sorted(_REGISTRY))}")
-    return _REGISTRY[key](params, **kw)
+    return _REGISTRY[key]
+
+
+def create(name, params, **kw):
+    """Build the optimizer registered as ``name`` (case-insensitive) on ``params``."""
+    return _lookup(name)(params, **kw)
+
+
+def accepts(name) -> frozenset:
+    """The keyword arguments ``optim.create(name, params, ...)`` takes (read from the signature
+    of the registered class or factory), e.g. to pass ``betas=`` only where it is understood::
+
+        kw = {"betas": (0.9, 0.95)} if "betas" in optim.accepts(name) else {}
+    """
+    sig = inspect.signature(_lookup(name))
+    if any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
+        raise TypeError(f"optimizer {name!r} is registered as a callable taking **kwargs, so the "
+                        f"keywords it accepts are unknown; give it an explicit signature")
+    return frozenset(n for n, p in sig.parameters.items()
+                     if n != "params" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
 
 
 def _load_builtin():
@@ -152,6 +209,8 @@ def _named(params, where="params"):
 class Optimizer:
     """Base class. ``Optimizer(params, **defaults)``; see the module docstring."""
 
+    #: False for zeroth-order methods: ``step(closure=fn)`` with ``fn() -> loss``, no gradients.
+    uses_gradients: bool = True
     #: group keys not saved by ``state_dict`` (objects such as prox operators; they are
     #: rebuilt by the constructor and kept by ``load_state_dict``).
     _unsaved_hparams: tuple = ()
@@ -168,6 +227,7 @@ class Optimizer:
         self.state: dict = {}          # name -> {key: ndarray | scalar}
         self.global_state: dict = {}   # optimizer-wide scalars/arrays (e.g. FISTA's t_k)
         self.skipped_steps = 0
+        self.last_step_skipped = False
         if isinstance(params, (list, tuple)) and params and isinstance(params[0], Mapping):
             groups = list(params)
         else:
@@ -182,6 +242,10 @@ class Optimizer:
         if not isinstance(group, Mapping) or "params" not in group:
             raise TypeError("a parameter group is a dict with a 'params' entry")
         g = {k: v for k, v in group.items() if k != "params"}
+        unknown = [k for k in g if k not in self.defaults and k != "initial_lr"]
+        if unknown:
+            raise ValueError(f"{type(self).__name__}: unknown param group key(s) {unknown}; a group "
+                             f"may set {sorted(self.defaults)} (and 'initial_lr')")
         for k, v in self.defaults.items():
             g.setdefault(k, v)
         g = {"params": _named(group["params"], "param group"), **g}
@@ -269,9 +333,9 @@ class Optimizer:
                 raise TypeError(f"{type(self).__name__} needs gradients: the closure must return "
                                 f"(loss, grads), got {type(out).__name__}")
             loss, grads = out
-        if not self._check_grads(grads):
-            return loss
-        if self._begin_step(grads) is False:
+        finite = self._check_grads(grads)
+        self.last_step_skipped = not finite
+        if not finite or self._begin_step(grads) is False:
             return loss
         for group in self.param_groups:
             for name, p in group["params"].items():
@@ -283,7 +347,8 @@ class Optimizer:
         return loss
 
     def _begin_step(self, grads):
-        """Hook: sees all (validated) gradients before any update. Return False to skip."""
+        """Hook: sees all (validated) gradients before any update. Return False when it has
+        done the whole step itself (no per-parameter update runs then)."""
         return True
 
     def _update(self, name, p, g, state, group):
@@ -293,11 +358,32 @@ class Optimizer:
     def _end_step(self, grads):
         """Hook: after all parameters were updated."""
 
+    # -- the rest of the step protocol (see the module docstring) ------------------
+    @property
+    def loss_scale(self) -> float:
+        """The factor the loss is multiplied by before backward (a loss-scaling wrapper's S)."""
+        return 1.0
+
+    def unscale_(self, grads) -> None:
+        """Turn backpropagated gradients of ``loss * loss_scale`` into true gradients, in place.
+        Nothing to do without loss scaling."""
+
     # -- state ----------------------------------------------------------------
     def state_bytes(self):
         """Bytes held by optimizer state arrays (not the parameters or gradients)."""
         n = sum(v.nbytes for st in self.state.values() for v in st.values() if isinstance(v, np.ndarray))
         return n + sum(v.nbytes for v in self.global_state.values() if isinstance(v, np.ndarray))
+
+    def expected_state_bytes(self) -> int:
+        """``state_bytes()`` once every parameter has taken a step, computed from the shapes,
+        dtypes and group options alone (no step needed)."""
+        return sum(int(self._state_nbytes(p, group))
+                   for group in self.param_groups for p in group["params"].values())
+
+    def _state_nbytes(self, p, group) -> int:
+        """Bytes of the state arrays ``_update`` keeps for parameter ``p`` of ``group``."""
+        raise NotImplementedError(f"{type(self).__name__} must implement _state_nbytes(p, group) "
+                                  f"for expected_state_bytes()")
 
     def iterates(self) -> dict:
         """dict name -> the iterate x_k the method is at (the parameter itself, except for

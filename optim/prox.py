@@ -216,44 +216,55 @@ class Simplex(Prox):
 class _ProxGradBase(Optimizer):
     _unsaved_hparams = ("prox",)
 
-    def __init__(self, params, lr=1e-2, prox=None, *, nonfinite="raise"):
-        super().__init__(params, lr=lr, prox=prox, nonfinite=nonfinite)
+    def __init__(self, params, lr=1e-2, prox=None, weight_decay=0.0, *, nonfinite="raise"):
+        super().__init__(params, lr=lr, prox=prox, weight_decay=weight_decay, nonfinite=nonfinite)
 
-    def _prox(self, group, z):
+    def _forward_backward(self, group, p, g):
+        """prox_{lr h}(p - lr*(g + wd*p)), in p's dtype (some prox maps promote)."""
+        if group["weight_decay"]:
+            g = g + group["weight_decay"] * p
+        z = p - group["lr"] * g
         h = group["prox"]
-        return np.array(z, copy=True) if h is None else h.prox(z, group["lr"])
+        return z if h is None else h.prox(z, group["lr"]).astype(p.dtype, copy=False)
 
 
 @register("ista", "proxgrad")
 class ISTA(_ProxGradBase):
     """Proximal gradient / forward-backward splitting (ISTA, Lecture 1):
 
-        x <- prox_{lr h}(x - lr * grad f(x)),   lr <= 1/L;  F(x_k) - F* = O(1/k).
+        x <- prox_{lr h}(x - lr * (grad f(x) + wd*x)),   lr <= 1/L;  F(x_k) - F* = O(1/k).
 
-    ``prox`` is a ``Prox`` object per group (None: plain GD). Memory: 0."""
+    ``prox`` is a ``Prox`` object per group (None: plain GD). ``weight_decay`` is an L2 term
+    wd/2 ||x||^2 added to the smooth part f (coupled, as torch.optim.SGD). Memory: 0."""
 
     def _update(self, name, p, g, state, group):
-        p[...] = self._prox(group, p - group["lr"] * g)
+        p[...] = self._forward_backward(group, p, g)
+
+    def _state_nbytes(self, p, group):
+        return 0
 
 
 @register("fista")
 class FISTA(_ProxGradBase):
     """FISTA (Beck & Teboulle 2009), O(1/k^2):
 
-        x_k = prox_{lr h}(y_k - lr * grad f(y_k))
+        x_k = prox_{lr h}(y_k - lr * (grad f(y_k) + wd*y_k))
         t_{k+1} = (1 + sqrt(1 + 4 t_k^2)) / 2,   t_1 = 1
         y_{k+1} = x_k + ((t_k - 1) / t_{k+1}) (x_k - x_{k-1})
 
     The gradient is taken at y, so **the parameter arrays hold y**; the iterate x is
-    ``state[name]["x"]`` (``opt.iterates()``). Memory: N."""
+    ``state[name]["x"]`` (``opt.iterates()``). ``weight_decay`` as in ``ISTA``. Memory: N."""
 
     _iterate_key = "x"
 
     def _update(self, name, p, g, state, group):
         if "x" not in state:
             state["x"], state["t"] = p.copy(), 1.0        # x_0 = y_1
-        x_new = self._prox(group, p - group["lr"] * g)
+        x_new = self._forward_backward(group, p, g)
         t = state["t"]
         t_next = (1.0 + math.sqrt(1.0 + 4.0 * t * t)) / 2.0
         p[...] = x_new + ((t - 1.0) / t_next) * (x_new - state["x"])
         state["x"], state["t"] = x_new, t_next
+
+    def _state_nbytes(self, p, group):
+        return p.nbytes                                   # x (t is a Python float)

@@ -1,6 +1,6 @@
 """Gradient descent, SGD with momentum (PyTorch and heavy-ball forms), Nesterov.
 
-Two ways to write momentum (Lecture 2; ALGORITHMS.md "Conventions" §4):
+Two ways to write momentum (Lecture 2):
 
 * **PyTorch form** (``SGD``, ``momentum=mu``): ``b <- mu*b + (1-dampening)*g``,
   ``theta <- theta - lr*b``. The buffer is in *gradient* units; ``lr`` multiplies it at use.
@@ -16,6 +16,9 @@ heavy-ball form keeps past velocity and applies the new lr only to new gradients
 ``AGD`` is Nesterov's accelerated gradient in its textbook form (y-sequence) with the convex
 schedule (k-1)/(k+2) or a constant momentum (strongly convex case); see its docstring for how
 its parameter arrays hold the extrapolated point.
+
+``weight_decay`` is L2 coupled into the gradient in every class here (g <- g + wd*theta, as
+torch.optim.SGD does).
 """
 from __future__ import annotations
 
@@ -43,6 +46,9 @@ class GD(Optimizer):
             g = g + group["weight_decay"] * p
         p -= group["lr"] * g
 
+    def _state_nbytes(self, p, group):
+        return 0
+
 
 @register("sgd")
 class SGD(Optimizer):
@@ -57,14 +63,15 @@ class SGD(Optimizer):
 
     def __init__(self, params, lr=1e-2, momentum=0.0, dampening=0.0, weight_decay=0.0,
                  nesterov=False, *, nonfinite="raise"):
-        if nesterov and (momentum <= 0 or dampening != 0):
-            raise ValueError("nesterov=True needs momentum > 0 and dampening = 0")
         super().__init__(params, lr=lr, momentum=momentum, dampening=dampening,
                          weight_decay=weight_decay, nesterov=nesterov, nonfinite=nonfinite)
 
     def _check_group(self, group):
         super()._check_group(group)
         check_fraction(group["momentum"], "momentum")
+        if group["nesterov"] and (group["momentum"] <= 0 or group["dampening"] != 0):
+            raise ValueError(f"nesterov=True needs momentum > 0 and dampening = 0, got momentum="
+                             f"{group['momentum']!r}, dampening={group['dampening']!r}")
 
     def _update(self, name, p, g, state, group):
         mu = group["momentum"]
@@ -81,17 +88,23 @@ class SGD(Optimizer):
             g = g + mu * b if group["nesterov"] else b
         p -= group["lr"] * g
 
+    def _state_nbytes(self, p, group):
+        return p.nbytes if group["momentum"] else 0
+
 
 @register("momentum")
-def _momentum(params, lr=1e-2, momentum=0.9, **kw):
+def _momentum(params, lr=1e-2, momentum=0.9, dampening=0.0, weight_decay=0.0, nesterov=False, *,
+              nonfinite="raise"):
     """SGD with PyTorch-form momentum 0.9 by default."""
-    return SGD(params, lr=lr, momentum=momentum, **kw)
+    return SGD(params, lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
+               nesterov=nesterov, nonfinite=nonfinite)
 
 
 @register("nesterov")
-def _nesterov(params, lr=1e-2, momentum=0.9, **kw):
+def _nesterov(params, lr=1e-2, momentum=0.9, weight_decay=0.0, *, nonfinite="raise"):
     """SGD with PyTorch-form Nesterov momentum (nesterov=True), momentum 0.9 by default."""
-    return SGD(params, lr=lr, momentum=momentum, nesterov=True, **kw)
+    return SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=True,
+               nonfinite=nonfinite)
 
 
 @register("heavyball")
@@ -119,6 +132,9 @@ class HeavyBall(Optimizer):
         v -= group["lr"] * g
         p += v
 
+    def _state_nbytes(self, p, group):
+        return p.nbytes
+
 
 def nesterov_momentum(k, schedule):
     """Momentum coefficient beta_k of the y-sequence for iteration k >= 1.
@@ -140,12 +156,14 @@ class AGD(Optimizer):
     The gradient must be taken at y, so **the parameter arrays hold y_k** and the iterate x_k
     lives in ``state[name]["x"]`` (``opt.iterates()`` returns them all). ``momentum`` is
     ``"convex"`` ((k-1)/(k+2)) or a float (strongly convex: (sqrt(kappa)-1)/(sqrt(kappa)+1)
-    with lr = 1/L gives rate (1-1/sqrt(kappa))^k [unverified]). Memory: N."""
+    with lr = 1/L gives rate (1-1/sqrt(kappa))^k [unverified]). ``weight_decay`` adds
+    wd*y to the gradient (L2 on f, taken at y like the gradient). Memory: N."""
 
     _iterate_key = "x"
 
-    def __init__(self, params, lr=1e-2, momentum="convex", *, nonfinite="raise"):
-        super().__init__(params, lr=lr, momentum=momentum, nonfinite=nonfinite)
+    def __init__(self, params, lr=1e-2, momentum="convex", weight_decay=0.0, *, nonfinite="raise"):
+        super().__init__(params, lr=lr, momentum=momentum, weight_decay=weight_decay,
+                         nonfinite=nonfinite)
 
     def _check_group(self, group):
         super()._check_group(group)
@@ -159,7 +177,12 @@ class AGD(Optimizer):
         x_old = state.get("x")
         if x_old is None:
             x_old = p.copy()                   # x_1 = y_1
+        if group["weight_decay"]:
+            g = g + group["weight_decay"] * p
         x_new = p - group["lr"] * g
         beta = nesterov_momentum(k + 1, group["momentum"])
         p[...] = x_new + beta * (x_new - x_old)
         state["x"] = x_new
+
+    def _state_nbytes(self, p, group):
+        return p.nbytes                        # x (the step counter is a Python int)

@@ -124,7 +124,7 @@ def test_bad_lr_rejected_at_construction_and_at_step(lr):
 
 @pytest.mark.parametrize("make", [
     lambda p: optim.HeavyBall(p, beta=1.5),
-    lambda p: optim.AGD(p, momentum="strong"),   # used to fail only at the first step
+    lambda p: optim.AGD(p, momentum="strong"),   # refused at construction, not at the first step
     lambda p: optim.AGD(p, momentum=-0.1),
     lambda p: optim.SGD(p, momentum=1.0),
 ])

@@ -112,7 +112,7 @@ def test_mezo_replay_reproduces_z_bit_for_bit():
 
 
 def test_lozo_replay_reproduces_U_and_V_across_resample_steps():
-    # ν = 2: steps 0 and 2 resample V (where the reference's U stream desyncs, LOZO #3).
+    # ν = 2: steps 0 and 2 resample V (drawing V must not shift U's stream; optim/zo/base.py).
     P = {n: np.zeros_like(p) for n, p in make_params().items()}
     opt = LoZO(P, lr=0.5, eps=1e-3, rank=2, step_interval=2, seed=3)
     Vs = []
@@ -187,7 +187,7 @@ def test_restore_after_perturbation_within_documented_bound():
     assert r32.max() <= 3 * 2.0**-24
     assert r16.max() <= 3 * 2.0**-11
     assert (r64 == 0).mean() > 0.3          # most float64 elements come back bitwise
-    assert r16.max() > 1e3 * r32.max()       # fp16 drift is visible (MeZO issue #42)
+    assert r16.max() > 1e3 * r32.max()       # fp16 drift is visible
 
 
 # ----------------------------------------------------------------------------- expectation

@@ -10,8 +10,9 @@ and a tag (1 = the perturbation z / U, 2 = LoZO's V, k+1 = query k of ZO-SGD). S
 * a tensor is regenerated bit for bit whenever it is needed again (perturb, un-perturb,
   update), and nothing parameter-sized is ever stored;
 * the streams are independent of the order in which parameters are visited, and drawing V
-  cannot shift the stream of U (the RNG desync of the LoZO reference code, LOZO issue #3,
-  cannot happen);
+  cannot shift the stream of U (in the LoZO reference code, optsuite/LOZO
+  large_models/LOZOtrainer.py, V and U come from one ``torch.manual_seed`` stream, so whether
+  a call draws V changes the U it draws);
 * no global RNG is touched (re-seeding the global RNG, as the MeZO reference does, makes all
   later randomness of the program a function of the step seed).
 
@@ -39,7 +40,7 @@ import numpy as np
 
 from ..base import Optimizer
 
-__all__ = ["ZerothOrderOptimizer"]
+__all__ = ["ZerothOrderOptimizer", "noise_dtype"]
 
 
 def _as_float(v, where):
@@ -53,6 +54,13 @@ def _as_float(v, where):
         raise TypeError(f"{where}: the closure must return a scalar loss, got {type(v).__name__}") from None
 
 
+def noise_dtype(dtype) -> np.dtype:
+    """The dtype noise for a parameter of ``dtype`` is drawn in (and what state built from it,
+    e.g. LoZO's V, is stored in): float32/float64 natively, float32 for narrower types."""
+    dt = np.dtype(dtype)
+    return dt if dt in (np.float32, np.float64) else np.dtype(np.float32)
+
+
 class ZerothOrderOptimizer(Optimizer):
     """Base class of ZO-SGD, MeZO and LoZO: ``step(closure=...)`` only.
 
@@ -63,7 +71,14 @@ class ZerothOrderOptimizer(Optimizer):
 
     ``seed``: the run's seed (int >= 0). ``None`` draws one from the OS and records it in
     ``global_state["seed"]``, so the run can still be replayed from the state_dict.
+
+    Param groups may set ``lr`` and ``weight_decay`` (decoupled: θ ← θ − η·(ĝ + λθ)); ``eps``,
+    ``seed`` and the method's other options are per optimizer (a group cannot set them).
+    ``last_step_skipped`` is True after a step whose losses were non-finite with
+    ``nonfinite="skip"``.
     """
+
+    uses_gradients = False
 
     def __init__(self, params, *, eps, seed=None, nonfinite="raise", **defaults):
         super().__init__(params, nonfinite=nonfinite, **defaults)
@@ -94,9 +109,7 @@ class ZerothOrderOptimizer(Optimizer):
 
         Drawn in ``dtype`` for float32/float64 (NumPy draws each natively), in float32 for
         narrower types (the update then adds it in float32 and rounds once)."""
-        dt = np.dtype(dtype)
-        draw = dt if dt in (np.float32, np.float64) else np.float32
-        return self.generator(name, t, tag).standard_normal(shape, dtype=draw)
+        return self.generator(name, t, tag).standard_normal(shape, dtype=noise_dtype(dtype))
 
     # -- closure ----------------------------------------------------------------
     def _loss(self, closure):
@@ -113,7 +126,10 @@ class ZerothOrderOptimizer(Optimizer):
                              f"(the same minibatch on every call, evaluated under no_grad)")
         for g in self.param_groups:
             self._check_group(g)
-        return self._zo_step(closure)
+        skipped = self.skipped_steps
+        loss = self._zo_step(closure)
+        self.last_step_skipped = self.skipped_steps > skipped
+        return loss
 
     def _zo_step(self, closure):
         raise NotImplementedError
@@ -153,7 +169,8 @@ class ZerothOrderOptimizer(Optimizer):
         z *= alpha
         np.add(p, z, out=p, casting="unsafe")
 
-    def _decay_(self, p, group):
-        wd = group.get("weight_decay", 0.0) or 0.0
+    @staticmethod
+    def _decay_(p, group):
+        wd = group["weight_decay"]
         if wd:
             p *= (1.0 - group["lr"] * wd)

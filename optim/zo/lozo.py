@@ -24,11 +24,10 @@ Scaling of the estimator (exact on quadratics, G = ∇_W f):
 * over U with V fixed: E_U[c·UVᵀ] = G·V·Vᵀ (G restricted to span V, times ‖V‖-ish factors);
   its mean over V is r·G again.
 
-The reference uses s = 1, i.e. no 1/r (the learning rate absorbs r; ALGORITHMS.md L9 marks
-this [unverified] against the paper's text). That is the default here, so learning rates
-carry over from the reference. With ``normalize=True``, s = 1/r and the matrix part of the
-update has expectation exactly −η·G, like MeZO's (vectors are never rescaled: their z-part
-already has expectation −η·g).
+The reference uses s = 1, i.e. no 1/r (the learning rate absorbs r; [unverified] against the
+paper's text). That is the default here, so learning rates carry over from the reference. With
+``normalize=True``, s = 1/r and the matrix part of the update has expectation exactly −η·G,
+like MeZO's (vectors are never rescaled: their z-part already has expectation −η·g).
 
 LoZO-M (``momentum=β > 0``): the momentum of a matrix is kept as N ∈ R^{m×r} (M = N·Vᵀ):
 
@@ -39,7 +38,8 @@ LoZO-M (``momentum=β > 0``): the momentum of a matrix is kept as N ∈ R^{m×r}
 On the first step N = c·U, as in the reference. Vectors keep a full momentum buffer
 (β·m + (1−β)·c·z; vectors are small).
 
-Memory: parameters, V (and N) per matrix — ``state_bytes()`` reports them — plus one
+Memory: parameters, V (and N) per matrix and, with momentum, m per vector —
+``state_bytes()`` reports them, ``expected_state_bytes()`` predicts them — plus one
 tensor-sized temporary (U·Vᵀ of the matrix being visited).
 """
 from __future__ import annotations
@@ -47,7 +47,7 @@ from __future__ import annotations
 import math
 
 from ..base import check_count, check_fraction, register
-from .base import ZerothOrderOptimizer
+from .base import ZerothOrderOptimizer, noise_dtype
 
 __all__ = ["LoZO"]
 
@@ -163,3 +163,10 @@ class LoZO(ZerothOrderOptimizer):
                     del z  # free it before the next tensor's z is drawn
         self.global_state.update(step=t + 1, c=c, loss_plus=lp, loss_minus=lm)
         return 0.5 * (lp + lm)
+
+    def _state_nbytes(self, p, group):
+        item = noise_dtype(p.dtype).itemsize  # V, N and m are built from the noise
+        if p.ndim < 2:
+            return p.size * item if self.momentum else 0
+        m, n = p.shape[0], p.size // p.shape[0]
+        return self.rank * (n + (m if self.momentum else 0)) * item

@@ -78,3 +78,6 @@ class MeZO(ZerothOrderOptimizer):
                 self._add_(p, self.noise(name, p.shape, p.dtype, t), -group["lr"] * c)
         self.global_state.update(step=t + 1, c=c, loss_plus=lp, loss_minus=lm)
         return 0.5 * (lp + lm)
+
+    def _state_nbytes(self, p, group):
+        return 0

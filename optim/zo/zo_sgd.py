@@ -29,7 +29,7 @@ import math
 import numpy as np
 
 from ..base import check_count, check_fraction, register
-from .base import ZerothOrderOptimizer
+from .base import ZerothOrderOptimizer, noise_dtype
 
 __all__ = ["ZOSGD"]
 
@@ -123,3 +123,6 @@ class ZOSGD(ZerothOrderOptimizer):
         loss = f0 if f0 is not None else float(np.mean(losses))
         self.global_state.update(step=t + 1, c=cs, loss=loss)
         return loss
+
+    def _state_nbytes(self, p, group):
+        return p.size * noise_dtype(p.dtype).itemsize if self.momentum else 0
