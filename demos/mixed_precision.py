@@ -1,6 +1,6 @@
 """Mixed precision, watched: gradient underflow, loss scaling, master weights, FP8 and NVFP4.
 
-Two panels, one PNG (default docs/mixed_precision.png):
+Four panels in one PNG, ``--out/mixed_precision.png``:
 
 1. Histogram of log2 |gradient| of the GPT at initialisation (fp32): parameter gradients and the
    activation gradients entering every linear layer in backward, with fp16's limits marked. The
@@ -10,24 +10,32 @@ Two panels, one PNG (default docs/mixed_precision.png):
      fp32 | fp16 without master weights and without loss scaling | fp16 + fp32 master weights, no
      loss scaling | fp16 + master + dynamic loss scaling | bf16 + master | fp8 (E4M3 forward, E5M2
      gradients, per-tensor scaling) | NVFP4 weights (fp32 master, fp32 compute).
-
 3. The gap of each recipe's loss to fp32's on the same batch, and 4. the fraction of weight
    updates smaller than half an ulp of the stored weight (lost without master weights, kept in the
    master with them).
+
+Every recipe runs through ``models.training.Trainer`` with
+``minigrad.amp.MixedPrecisionOptimizer`` and the recipe's autocast policy; the per-step counters
+come from its ``on_step`` callback. The results table is printed and written to
+``--out/mixed_precision_results.md`` (the per-step losses to ``mixed_precision_results.json``).
+Reference: Micikevicius et al. 2018, "Mixed Precision Training", arXiv 1710.03740.
 
 Everything is emulated in NumPy by `minigrad.precision` (rounding) and `minigrad.amp` (autocast,
 loss scaling, master weights), so a run is slower than fp32, not faster.
 
     python demos/mixed_precision.py                      # GPT `tiny` preset, ~3 min on 2 cores
+    python demos/mixed_precision.py --quick              # 20 steps on a slice of the corpus
     python demos/mixed_precision.py --steps 60 --model mlp    # quick look
     python demos/mixed_precision.py --recipes fp32,fp16_master_dynamic,bf16
+    python demos/mixed_precision.py --out docs           # redraw docs/mixed_precision.png
 
-Options: --steps, --lr, --batch-size, --preset, --model gpt|mlp, --recipes, --seed, --out,
---cache-dir, --max-chars.
+Bad input prints one line and exits with code 2.
 """
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import os
 import sys
 import time
@@ -38,13 +46,13 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-import minigrad  # noqa: E402
 import minigrad.functional as F  # noqa: E402
 import optim  # noqa: E402
 from minigrad import amp, nn  # noqa: E402
 from minigrad import precision as P  # noqa: E402
+from models.data import DataError, TextData, load_text  # noqa: E402
+from models.gpt import GPT, PRESETS, preset  # noqa: E402
+from models.training import Trainer, evaluate, lm_loss  # noqa: E402
 
 # key: (label, autocast policy, param_format, master weights, loss scaler factory)
 RECIPES = {
@@ -62,6 +70,17 @@ RECIPES = {
 }
 DEFAULT = ["fp32", "fp16_nomaster", "fp16_master", "fp16_master_dynamic", "bf16", "fp8", "nvfp4"]
 STOCHASTIC = {"bf16_nomaster_sr"}
+# step count and corpus slice of --quick (flags given explicitly win)
+QUICK = {"steps": 20, "max_chars": 200_000}
+
+
+class UsageError(Exception):
+    """Bad command-line input: printed as one line, exit code 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):           # one line instead of usage + message
+        raise UsageError(message)
 
 
 class CharMLP(nn.Module):
@@ -90,7 +109,6 @@ class CharMLP(nn.Module):
 
 def build(args, vocab):
     if args.model == "gpt":
-        from models.gpt import GPT, preset
         cfg, bs = preset(args.preset, vocab_size=vocab)
         return (lambda: GPT(cfg, seed=args.seed)), cfg.block_size, bs
     return (lambda: CharMLP(vocab, seed=args.seed)), 64, 32
@@ -114,39 +132,39 @@ def gradient_histogram(model, batch):
 
 
 def train(recipe, make_model, data, args, batch_size, block):
-    label, policy, pfmt, master, scaler_f = RECIPES[recipe]
+    """One recipe through the Trainer: the same seed and batches for every recipe, AdamW with
+    warmup + cosine; the underflow and stalled-update counters of every step via ``on_step``."""
+    label, policy, pfmt, master, make_scaler = RECIPES[recipe]
     model = make_model()
-    params = {n: p.data for n, p in model.named_parameters()}
-    opt = optim.create("adamw", params, lr=args.lr, weight_decay=0.0)
+    opt = optim.create("adamw", {n: p.data for n, p in model.named_parameters()}, lr=args.lr,
+                       weight_decay=0.0)
     mp = amp.MixedPrecisionOptimizer(opt, pfmt, master_weights=master,
-                                     scaler=scaler_f() if scaler_f else None,
+                                     scaler=make_scaler() if make_scaler else None,
                                      rounding="stochastic" if recipe in STOCHASTIC else "nearest",
                                      rng=args.seed)
-    sched = optim.schedules.create("cosine", opt, total_steps=args.steps,
-                                   warmup_steps=min(10, args.steps // 10), min_ratio=args.min_lr_ratio)
-    rng = np.random.default_rng(args.seed + 1)  # same batches for every recipe
-    losses, act_under = [], []
     stats = amp.grad_stats()
-    t0 = time.perf_counter()
-    for step in range(args.steps):
-        x, y = data.get_batch("train", batch_size, rng, block)
-        model.zero_grad()
+    act_under, param_under, stalled = [], [], []
+
+    def on_step(trainer):
+        act_under.append(stats.underflow_fraction)   # the activation gradients of this backward
         stats.reset()
-        with amp.autocast(policy):
-            _, loss = model(x, y)
-        mp.backward(loss)
-        mp.step({n: p.grad for n, p in model.named_parameters()})
-        sched.step()
-        losses.append(float(loss.item()))
-        act_under.append(stats.underflow_fraction)
-    val = []
-    with minigrad.no_grad(), amp.autocast(policy):
-        for xv, yv in data.fixed_batches("val", 4, batch_size, seed=123, block_size=block):
-            val.append(float(model(xv, yv)[1].item()))
-    return dict(label=label, losses=np.array(losses), val=float(np.mean(val)),
-                stalled=np.array(mp.stalled_history) if pfmt != "fp32" else None,
-                skipped=mp.skipped_steps, scale=mp.loss_scale,
-                param_underflow=float(np.mean(mp.underflow_history)),
+        param_under.append(mp.last_underflow)
+        if not mp.last_step_skipped:                  # a skipped step changed no weight
+            stalled.append(mp.last_stalled)
+
+    trainer = Trainer(model, lm_loss, mp, lambda rng: data.get_batch("train", batch_size, rng, block),
+                      steps=args.steps, schedule="cosine",
+                      schedule_kwargs={"warmup_steps": min(10, args.steps // 10),
+                                       "min_ratio": args.min_lr_ratio},
+                      autocast=policy, seed=args.seed + 1, on_step=on_step, progress=not args.no_progress)
+    t0 = time.perf_counter()
+    stats.reset()
+    trainer.fit()
+    val = evaluate(model, lm_loss, data.fixed_batches("val", 4, batch_size, seed=123, block_size=block),
+                   autocast=policy)
+    return dict(label=label, losses=np.array(trainer.history["train_loss"]), val=val,
+                stalled=np.array(stalled) if pfmt != "fp32" else None,
+                skipped=mp.skipped_steps, scale=mp.loss_scale, param_underflow=float(np.mean(param_under)),
                 act_underflow=float(np.mean(act_under)), seconds=time.perf_counter() - t0)
 
 
@@ -158,7 +176,7 @@ def smooth(v, k=10):
     return (c[i] - c[lo]) / (i - lo)
 
 
-def plot(par, act, runs, args, title):
+def plot(par, act, runs, args, title, path):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -216,35 +234,73 @@ def plot(par, act, runs, args, title):
     ax3.grid(alpha=0.3)
     ax3.legend(fontsize=7)
     fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    fig.savefig(args.out, dpi=72)
-    print(f"wrote {args.out} ({os.path.getsize(args.out) / 1024:.0f} KB)")
+    fig.savefig(path, dpi=72)
+    plt.close(fig)
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--steps", type=int, default=120)
+def results_table(runs) -> str:
+    """The runs as a markdown table, with a legend of its columns."""
+    lines = ["| recipe | train | val | skipped | scale | p-underflow | a-underflow | stalled | sec |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in runs.values():
+        st = f"{100 * np.mean(r['stalled']):.2f}%" if r["stalled"] is not None and len(r["stalled"]) else "-"
+        lines.append(f"| {r['label']} | {r['losses'][-10:].mean():.4f} | {r['val']:.4f} | {r['skipped']} | "
+                     f"{r['scale']:.0f} | {100 * r['param_underflow']:.3f}% | {100 * r['act_underflow']:.3f}% | "
+                     f"{st} | {r['seconds']:.1f} |")
+    return "\n".join(lines) + (
+        "\n\ntrain = mean of the last 10 training losses; val = 4 fixed validation batches in the "
+        "recipe's precision; p-/a-underflow = nonzero parameter / activation gradient values flushed "
+        "to 0; stalled = updated weights whose stored value did not change (mean over steps)\n")
+
+
+def build_parser():
+    ap = _Parser(description=__doc__.split("\n")[0])
+    ap.add_argument("--steps", type=int, default=None, help="optimizer steps per recipe (default 120; --quick: 20)")
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--min-lr-ratio", type=float, default=0.1, help="cosine schedule floor (x lr)")
     ap.add_argument("--batch-size", type=int, default=None)
-    ap.add_argument("--preset", default="tiny")
+    ap.add_argument("--preset", default="tiny", choices=list(PRESETS))
     ap.add_argument("--model", choices=["gpt", "mlp"], default="gpt")
     ap.add_argument("--recipes", default=",".join(DEFAULT),
                     help=f"comma-separated subset of {', '.join(RECIPES)} (default: the first 7)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", default="docs/mixed_precision.png")
+    ap.add_argument("--out", default=os.path.join("out", "mixed_precision"),
+                    help="directory for mixed_precision.png, mixed_precision_results.md and .json")
     ap.add_argument("--cache-dir", default=os.path.join("out", "cache"),
                     help="where the tokenized corpus is cached ('' disables)")
-    ap.add_argument("--max-chars", type=int, default=None, help="use only the first N characters")
-    args = ap.parse_args(argv)
-    recipes = [r.strip() for r in args.recipes.split(",") if r.strip()]
-    bad = [r for r in recipes if r not in RECIPES]
-    if bad:
-        ap.error(f"unknown recipe(s) {bad}; choose from {', '.join(RECIPES)}")
-    if args.steps < 1:
-        ap.error("--steps must be >= 1")
+    ap.add_argument("--max-chars", type=int, default=None,
+                    help="use only the first N characters (--quick: 200,000)")
+    ap.add_argument("--quick", action="store_true", help="a smoke run: 20 steps on a slice of the corpus")
+    ap.add_argument("--no-progress", action="store_true", help="no tqdm bars")
+    return ap
 
-    from models.data import TextData, load_text
+
+def _validate(args):
+    if args.quick:
+        for key, v in QUICK.items():
+            if getattr(args, key) is None:
+                setattr(args, key, v)
+    if args.steps is None:
+        args.steps = 120
+    args.recipes = [r.strip() for r in args.recipes.split(",") if r.strip()]
+    bad = [r for r in args.recipes if r not in RECIPES]
+    if bad or not args.recipes:
+        raise UsageError(f"unknown recipe(s) {bad}; choose from {', '.join(RECIPES)}")
+    for name in ("steps", "batch_size", "max_chars"):
+        v = getattr(args, name)
+        if v is not None and v < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {v}")
+    if not (args.lr > 0 and math.isfinite(args.lr)):
+        raise UsageError(f"--lr must be a positive number, got {args.lr}")
+    if not 0.0 <= args.min_lr_ratio <= 1.0:
+        raise UsageError(f"--min-lr-ratio must be in [0, 1], got {args.min_lr_ratio}")
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise UsageError(f"--out {args.out} is a file, not a directory")
+
+
+def run(args) -> dict:
+    """The demo as the parsed arguments say; returns the runs by recipe."""
+    _validate(args)
     text, desc = load_text(notice=False)
     if args.max_chars:
         text = text[: args.max_chars]
@@ -260,26 +316,35 @@ def main(argv=None):
         nz = arr[arr > 0]
         print(f"  {name:10s} grads: {nz.size:9,d} nonzero, median |g| = 2^{np.log2(np.median(nz)):.1f}, "
               f"{100 * np.mean(nz < 2.0 ** -24):.3f}% < 2^-24, {100 * np.mean(nz < 2.0 ** -14):.2f}% < 2^-14, "
-              f"{100 * P.quantize(nz, 'fp16').__eq__(0).mean():.3f}% round to 0 in fp16")
+              f"{100 * np.mean(P.quantize(nz, 'fp16') == 0):.3f}% round to 0 in fp16")
 
-    from tqdm import tqdm
     runs = {}
-    for key in tqdm(recipes, desc="recipes"):
+    for i, key in enumerate(args.recipes):
+        print(f"recipe {i + 1}/{len(args.recipes)}: {RECIPES[key][0]}")
         runs[key] = train(key, make_model, data, args, batch_size, block)
-    print(f"\n{'recipe':58s} {'train':>7s} {'val':>7s} {'skip':>5s} {'scale':>8s} "
-          f"{'p-underflow':>11s} {'a-underflow':>11s} {'stalled':>8s} {'sec':>6s}")
-    for key, r in runs.items():
-        tr = r["losses"][-10:].mean()
-        st = f"{100 * np.mean(r['stalled']):7.2f}%" if r["stalled"] is not None else f"{'-':>8s}"
-        print(f"{r['label']:58s} {tr:7.4f} {r['val']:7.4f} {r['skipped']:5d} {r['scale']:8.0f} "
-              f"{100 * r['param_underflow']:10.3f}% {100 * r['act_underflow']:10.3f}% {st} "
-              f"{r['seconds']:6.1f}")
-    print("train = mean of the last 10 training losses; val = 4 fixed validation batches in the "
-          "recipe's precision;\np-/a-underflow = nonzero parameter / activation gradient values "
-          "flushed to 0; stalled = updated weights whose stored value did not change (mean over steps)")
-    plot(par, act, runs, args, title)
+    table = results_table(runs)
+    print("\n" + table)
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "mixed_precision_results.md"), "w", encoding="utf-8") as f:
+        f.write(f"{title} on {desc}: {args.steps} steps x batch {batch_size} x T={block}, "
+                f"AdamW lr {args.lr:g}, seed {args.seed}\n\n{table}")
+    with open(os.path.join(args.out, "mixed_precision_results.json"), "w", encoding="utf-8") as f:
+        json.dump({key: {"label": r["label"], "losses": r["losses"].tolist(), "val": r["val"],
+                         "skipped": r["skipped"]} for key, r in runs.items()}, f, indent=1)
+    png = os.path.join(args.out, "mixed_precision.png")
+    plot(par, act, runs, args, title, png)
+    print(f"wrote {png} ({os.path.getsize(png) / 1024:.0f} KB), mixed_precision_results.md and .json in {args.out}/")
     return runs
 
 
+def main(argv=None) -> int:
+    try:
+        run(build_parser().parse_args(argv))
+    except (UsageError, DataError) as e:
+        print(f"mixed_precision.py: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

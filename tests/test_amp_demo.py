@@ -1,20 +1,48 @@
-"""Smoke test of demos/mixed_precision.py on the GPT: a few steps of three recipes, one PNG."""
+"""Smoke test of demos/mixed_precision.py on the GPT: a few steps of three recipes write the PNG,
+the markdown table and the per-step losses into --out; bad input is one line and exit 2."""
 
-import numpy as np
+import json
+import math
+
+import pytest
 
 from strategies import load_demo
 
 
-def test_demo_runs_on_the_gpt_and_writes_a_png(tmp_path):
+def test_demo_runs_on_the_gpt_and_writes_into_out(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)            # anything written outside --out shows up here
     demo = load_demo("mixed_precision.py")
-    out = tmp_path / "mp.png"
-    runs = demo.main(["--steps", "3", "--batch-size", "4", "--recipes",
-                      "fp32,fp16_master_dynamic,nvfp4", "--out", str(out),
-                      "--max-chars", "200000", "--cache-dir", ""])
-    assert out.exists() and out.stat().st_size > 10_000
-    assert set(runs) == {"fp32", "fp16_master_dynamic", "nvfp4"}
+    assert demo.main(["--quick", "--steps", "3", "--batch-size", "4", "--recipes",
+                      "fp32,fp16_master_dynamic,nvfp4", "--out", "mp", "--cache-dir", "",
+                      "--no-progress"]) == 0
+    assert [p.name for p in tmp_path.iterdir()] == ["mp"]
+    out = tmp_path / "mp"
+    assert sorted(p.name for p in out.iterdir()) == [
+        "mixed_precision.png", "mixed_precision_results.json", "mixed_precision_results.md"]
+    assert (out / "mixed_precision.png").stat().st_size > 10_000
+    runs = json.loads((out / "mixed_precision_results.json").read_text())
+    assert list(runs) == ["fp32", "fp16_master_dynamic", "nvfp4"]
     for r in runs.values():
-        assert len(r["losses"]) == 3 and np.all(np.isfinite(r["losses"])) and np.isfinite(r["val"])
+        assert len(r["losses"]) == 3 and all(math.isfinite(v) for v in r["losses"]) and math.isfinite(r["val"])
     # same seed, same batches: the first loss differs only by the rounding of the forward pass
     first = [r["losses"][0] for r in runs.values()]
     assert max(first) - min(first) < 0.05 * first[0]
+    table = (out / "mixed_precision_results.md").read_text()
+    rows = [line for line in table.splitlines() if line.startswith("| ") and not line.startswith("| recipe")]
+    assert [row.split(" | ")[0][2:] for row in rows] == [r["label"] for r in runs.values()]
+    printed = capsys.readouterr().out
+    assert all(row in printed for row in rows)      # the same table is printed
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["--recipes", "fp32,fp17"], "unknown recipe(s) ['fp17']"),
+    (["--steps", "0"], "--steps must be >= 1, got 0"),
+    (["--preset", "huge"], "invalid choice: 'huge'"),
+    (["--lr", "-1"], "--lr must be a positive number"),
+])
+def test_bad_arguments_are_one_line_and_exit_2(tmp_path, monkeypatch, capsys, argv, says):
+    monkeypatch.chdir(tmp_path)
+    assert load_demo("mixed_precision.py").main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and says in err, err
+    assert list(tmp_path.iterdir()) == []         # nothing written
