@@ -1,9 +1,10 @@
 """Mixed-precision training, emulated: compute policy, FP32 master weights, loss scaling.
 
-Reference: Micikevicius et al., "Mixed Precision Training", ICLR 2018 (master weights, loss
-scaling, FP32 accumulation); Micikevicius et al. 2022, "FP8 Formats for Deep Learning" (E4M3
-forward, E5M2 backward, per-tensor scaling); PyTorch's ``torch.amp.GradScaler`` for the dynamic
-scaler's defaults. Course: lecture 6 (slides 13_mixed).
+Reference: Micikevicius et al., "Mixed Precision Training", ICLR 2018, arXiv 1710.03740 (master
+weights, loss scaling, FP32 accumulation); Micikevicius et al. 2022, "FP8 Formats for Deep
+Learning", arXiv 2209.05433 (E4M3 forward, E5M2 backward, per-tensor scaling); PyTorch's
+``torch.amp.GradScaler`` for the dynamic scaler's defaults and ``unscale_``. Course: lecture 6
+(slides 13_mixed).
 
 Every value still lives in a float32 array; "fp16" means "a float32 array whose values fp16 can
 hold" (see `minigrad.precision`). That is enough to reproduce every failure the lecture shows:
@@ -30,7 +31,7 @@ The three pieces
    low-precision copy back into the model's arrays after each step; without master weights the
    optimizer updates the model's arrays, which are rounded to the low format after every step.
 
-Typical loop::
+Typical loop (the wrapper has the optimizer's interface: optim/base.py, "The step protocol")::
 
     model_params = {n: p.data for n, p in model.named_parameters()}
     opt = optim.create("adamw", model_params, lr=1e-3)
@@ -40,8 +41,11 @@ Typical loop::
         model.zero_grad()
         with amp.autocast(policy):
             _, loss = model(x, y)
-        mp.backward(loss)                     # loss.backward(grad = S)
-        mp.step({n: p.grad for n, p in model.named_parameters()})   # unscale, check, update
+        mp.backward(loss)                     # loss.backward(grad = S), S = mp.loss_scale
+        grads = {n: p.grad for n, p in model.named_parameters()}
+        mp.unscale_(grads)                    # optional: round to grad_format, divide by S in place
+        optim.clip_grad_norm_(grads, 1.0)     # ... so that clipping sees the true gradients
+        mp.step(grads)                        # update, or skip on inf/NaN (mp.last_step_skipped)
 
 The hook in the core is two short blocks in ``functional.Linear`` and ``tensor.MatMul`` that call
 `cast_inputs`/`cast_output`/`cast_grad` only when ``ctx.amp`` (the policy at forward time) is set;
@@ -56,6 +60,7 @@ activations do not shrink (count them as bits_per_element(fmt)/32 of the float32
 """
 from __future__ import annotations
 
+import json
 import math
 import threading
 from contextlib import contextmanager
@@ -332,6 +337,14 @@ class DynamicLossScaler(LossScaler):
 class MixedPrecisionOptimizer:
     """Low-precision model weights, optional FP32 masters, loss scaling, around any `optim` optimizer.
 
+    It has the interface of the optimizer it wraps (the step protocol of optim/base.py), so a
+    training loop drives it like any optimizer: `uses_gradients`, `param_groups`, `state`,
+    `state_bytes()` and `expected_state_bytes()` are the wrapped optimizer's (the FP32 masters
+    are not optimizer state: `master_bytes()` reports them); `loss_scale` is the scaler's S;
+    `unscale_(grads)` works like torch.amp.GradScaler.unscale_; `step(grads=None, closure=None)`
+    returns what the wrapped step returns, and `last_step_skipped` is True after a step that
+    found inf/NaN gradients (parameters, masters and optimizer state untouched).
+
     optimizer: an `optim.Optimizer` built on the model's arrays (before its first step).
     param_format: the format the model's weights are stored in ("fp16", "bf16", "nvfp4", ...).
     master_weights: keep FP32 masters (the optimizer updates them; the model gets a rounded copy).
@@ -343,7 +356,12 @@ class MixedPrecisionOptimizer:
     scaler: a `LossScaler` / `DynamicLossScaler` (default: a static scaler with S = 1).
     keep_fp32: names (or a predicate name, array -> bool) of parameters left in float32; by
         default, for block formats, every parameter with ndim < 2 (biases, norm gains).
-    rounding: "nearest" or "stochastic" rounding of the model's weights (rng: seed or Generator).
+    rounding: "nearest" or "stochastic" rounding of the model's weights (rng: seed or Generator;
+        its state is part of `state_dict`, so a resumed run rounds as the uninterrupted one).
+
+    A zeroth-order optimizer (``uses_gradients`` False) is stepped with ``step(closure=fn)``; with
+    masters, the model is rewritten from the perturbed masters before every call of ``fn`` (so
+    ``fn`` evaluates the low-precision model at the perturbed point). Loss scaling does not apply.
 
     Counters: `skipped_steps`, `steps`; `last_underflow` / `underflow_history` (fraction of nonzero
     parameter-gradient values that `grad_format` flushed to 0); `last_stalled` / `stalled_history`
@@ -395,11 +413,42 @@ class MixedPrecisionOptimizer:
                     g["params"][n] = m  # the optimizer now updates the fp32 master
         self.steps = 0
         self.skipped_steps = 0
+        self.last_step_skipped = False
         self.last_underflow = 0.0
         self.underflow_history: list[float] = []
         self.last_stalled = 0.0
         self.stalled_history: list[float] = []
+        self._found_inf = None  # set by unscale_ until the step that consumes it
+        self._rng_before_write = None
         self._write_model()
+
+    # -- the optimizer interface --------------------------------------------------------
+    @property
+    def uses_gradients(self) -> bool:
+        return self.optimizer.uses_gradients
+
+    @property
+    def param_groups(self) -> list:
+        return self.optimizer.param_groups
+
+    @property
+    def state(self) -> dict:
+        return self.optimizer.state
+
+    def state_bytes(self) -> int:
+        """The wrapped optimizer's state bytes (masters excluded: see `master_bytes`)."""
+        return self.optimizer.state_bytes()
+
+    def expected_state_bytes(self) -> int:
+        return self.optimizer.expected_state_bytes()
+
+    def master_bytes(self) -> int:
+        """Bytes of the FP32 master copies (0 without master weights)."""
+        return sum(m.nbytes for m in self.masters.values())
+
+    @property
+    def loss_scale(self) -> float:
+        return self.scaler.scale
 
     # -- helpers ------------------------------------------------------------------------
     def _round(self, a: np.ndarray) -> np.ndarray:
@@ -407,6 +456,8 @@ class MixedPrecisionOptimizer:
 
     def _write_model(self):
         """Model arrays <- param_format(master) (or <- param_format(themselves) without masters)."""
+        if self.rng is not None:  # kept so that a resumed run can redo this very rounding
+            self._rng_before_write = self.rng.bit_generator.state
         for n, p in self.model_params.items():
             src = self.masters[n] if self.master_weights else p
             if n in self.low:
@@ -418,25 +469,33 @@ class MixedPrecisionOptimizer:
         """loss.backward() with the loss scaled by the scaler's S."""
         self.scaler.backward(loss, retain_graph=retain_graph)
 
-    @property
-    def loss_scale(self) -> float:
-        return self.scaler.scale
-
-    # -- the step -----------------------------------------------------------------------
-    def step(self, grads: dict) -> bool:
-        """Round scaled grads to grad_format, unscale, skip on inf/NaN, else update. True if updated."""
-        # Validate before the scaler and the counters change: a rejected call must not grow S.
+    def _check_grads(self, grads, where: str):
+        """Validate before the scaler and the counters change: a rejected call must not grow S."""
+        if not isinstance(grads, dict):
+            raise TypeError(f"MixedPrecisionOptimizer.{where}: expected a dict name -> ndarray, got "
+                            f"{type(grads).__name__}")
         unknown = [n for n in grads if n not in self.model_params]
         if unknown:
-            raise ValueError(f"MixedPrecisionOptimizer.step: gradients for unknown parameters {unknown}")
+            raise ValueError(f"MixedPrecisionOptimizer.{where}: gradients for unknown parameters {unknown}")
         missing = [n for n in self.model_params if n not in grads]
         if missing:
-            raise ValueError(f"MixedPrecisionOptimizer.step: no gradient for parameter(s) {missing} "
+            raise ValueError(f"MixedPrecisionOptimizer.{where}: no gradient for parameter(s) {missing} "
                              "(pass None explicitly to skip a parameter this step)")
         for n, g in grads.items():
             if g is not None and np.shape(g) != self.model_params[n].shape:
-                raise ValueError(f"MixedPrecisionOptimizer.step: gradient of {n!r} has shape "
+                raise ValueError(f"MixedPrecisionOptimizer.{where}: gradient of {n!r} has shape "
                                  f"{np.shape(g)}, parameter has {self.model_params[n].shape}")
+
+    # -- the step -----------------------------------------------------------------------
+    def unscale_(self, grads: dict) -> None:
+        """Turn the backpropagated gradients of S·loss into true gradients, IN PLACE in ``grads``:
+        each is rounded to grad_format (where underflow happens) and divided by S in float32 (the
+        entries are replaced by new float32 arrays); inf/NaN is recorded for the next `step`,
+        which then does not unscale again. Call it at most once per step (then clip, inspect, ...)."""
+        if self._found_inf is not None:
+            raise RuntimeError("MixedPrecisionOptimizer.unscale_: already called since the last step(); "
+                               "the gradients are unscaled already")
+        self._check_grads(grads, "unscale_")
         stored, nz, under = {}, 0, 0
         for n, g in grads.items():
             if g is None:
@@ -450,39 +509,103 @@ class MixedPrecisionOptimizer:
         self.last_underflow = under / nz if nz else 0.0
         self.underflow_history.append(self.last_underflow)
         unscaled, finite = self.scaler.unscale(stored)
-        self.scaler.update(not finite)
+        grads.update(unscaled)
+        self._found_inf = not finite
+
+    def step(self, grads: dict | None = None, closure=None):
+        """One step of the wrapped optimizer; returns what its step returns.
+
+        First-order: ``grads`` are the gradients of S·loss (or ``closure() -> (loss, grads)``
+        gives them). Unless `unscale_` was called since the last step, they are unscaled here (a
+        copy: the caller's dict is left as given). On inf/NaN the step is skipped
+        (`last_step_skipped`), and a dynamic scaler lowers S. Zeroth-order: ``closure() -> loss``."""
+        if not self.uses_gradients:
+            return self._zeroth_order_step(grads, closure)
+        loss = None
+        if grads is None:
+            if closure is None:
+                raise ValueError("MixedPrecisionOptimizer.step() needs grads or a closure returning "
+                                 "(loss, grads)")
+            out = closure()
+            if not (isinstance(out, tuple) and len(out) == 2):
+                raise TypeError(f"MixedPrecisionOptimizer.step: the closure must return (loss, grads), "
+                                f"got {type(out).__name__}")
+            loss, grads = out
+        if self._found_inf is None:
+            grads = dict(grads)
+            self.unscale_(grads)
+        else:
+            self._check_grads(grads, "step")
+        found_inf, self._found_inf = self._found_inf, None
+        self.scaler.update(found_inf)
         self.steps += 1
-        if not finite:
+        if found_inf:
             self.skipped_steps += 1
-            return False  # parameters (masters and model copies) untouched
+            self.last_step_skipped = True
+            return loss  # parameters (masters and model copies) untouched
+        self._update(lambda: self.optimizer.step(grads))
+        self.last_step_skipped = self.optimizer.last_step_skipped
+        return loss
+
+    def _zeroth_order_step(self, grads, closure):
+        if self.master_weights and callable(closure):
+            def on_model():  # the model must see the masters the optimizer perturbed
+                self._write_model()
+                return closure()
+        else:
+            on_model = closure
+        try:
+            loss = self._update(lambda: self.optimizer.step(grads, closure=on_model))
+        except BaseException:
+            if self.master_weights:
+                self._write_model()  # the model may still hold a perturbed copy
+            raise
+        self.steps += 1
+        self.last_step_skipped = self.optimizer.last_step_skipped
+        return loss
+
+    def _update(self, inner_step):
+        """Run the wrapped optimizer's step, write the model, record the stalled fraction."""
         # What is about to change: the masters (with them) or the model's arrays (without).
         src = self.masters if self.master_weights else self.model_params
         before_src = {n: src[n].copy() for n in self.low}
         before_model = {n: self.model_params[n].copy() for n in self.low}
-        self.optimizer.step(unscaled)
+        out = inner_step()
         moved = {n: src[n] != before_src[n] for n in self.low}  # the optimizer changed it
         self._write_model()
         tried = sum(int(m.sum()) for m in moved.values())
         stalled = sum(int((moved[n] & (self.model_params[n] == before_model[n])).sum()) for n in self.low)
         self.last_stalled = stalled / tried if tried else 0.0
         self.stalled_history.append(self.last_stalled)
-        return True
+        return out
 
+    # -- checkpoints --------------------------------------------------------------------
     def state_dict(self):
+        """Optimizer, scaler, masters, counters and the rounding generator (ndarrays and
+        scalars only: `optim.flatten_state_dict` stores it)."""
+        rng = None if self._rng_before_write is None else json.dumps(self._rng_before_write)
         return {"optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
                 "masters": {n: m.copy() for n, m in self.masters.items()},
-                "steps": self.steps, "skipped_steps": self.skipped_steps}
+                "steps": self.steps, "skipped_steps": self.skipped_steps, "rng": rng}
 
     def load_state_dict(self, sd):
+        if (sd.get("rng") is None) != (self.rng is None):
+            raise ValueError(f"MixedPrecisionOptimizer.load_state_dict: the state_dict was saved with "
+                             f"{'nearest' if sd.get('rng') is None else 'stochastic'} rounding, this "
+                             f"wrapper uses {self.rounding!r}")
         self.optimizer.load_state_dict(sd["optimizer"])
         self.scaler.load_state_dict(sd["scaler"])
         for n, m in sd["masters"].items():
             self.masters[n][...] = m
         self.steps, self.skipped_steps = int(sd["steps"]), int(sd["skipped_steps"])
+        self._found_inf = None
+        if self.rng is not None:
+            # Redo the saved run's last write of the model with the generator state it had then:
+            # the model copy and the generator both end where the saved run's did.
+            self.rng.bit_generator.state = json.loads(sd["rng"])
         self._write_model()
 
     def __repr__(self):
         return (f"MixedPrecisionOptimizer({type(self.optimizer).__name__}, param_format="
                 f"{self.param_format!r}, master_weights={self.master_weights}, grad_format="
                 f"{self.grad_format!r}, scale={self.scaler.scale:g}, skipped={self.skipped_steps})")
-

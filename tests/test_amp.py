@@ -98,19 +98,21 @@ def test_dynamic_scaler_skips_inf_steps_and_leaves_params_unchanged():
     master_before = {n: a.copy() for n, a in mp.masters.items()}
     g = {"w": rng.standard_normal((4, 4)).astype(np.float32), "b": np.ones(4, np.float32)}
     g["w"][1, 2] = np.inf
-    assert mp.step(g) is False
+    assert mp.step(g) is None and mp.last_step_skipped
     for n in p:
         np.testing.assert_array_equal(p[n], model_before[n])
         np.testing.assert_array_equal(mp.masters[n], master_before[n])
     assert scaler.scale == 2.0 ** 9 and mp.skipped_steps == 1 and not opt.state
     # a finite gradient that overflows fp16 once scaled is also skipped
     big = {"w": np.full((4, 4), 1000.0, np.float32) * np.float32(scaler.scale), "b": g["b"]}
-    assert mp.step(big) is False and scaler.scale == 2.0 ** 8 and mp.skipped_steps == 2
+    mp.step(big)
+    assert mp.last_step_skipped and scaler.scale == 2.0 ** 8 and mp.skipped_steps == 2
     np.testing.assert_array_equal(p["w"], model_before["w"])
     # three clean steps: the scale doubles, and the parameters move
     clean = {"w": np.ones((4, 4), np.float32), "b": np.ones(4, np.float32)}
     for _ in range(3):
-        assert mp.step(clean) is True
+        mp.step(clean)
+        assert not mp.last_step_skipped
     assert scaler.scale == 2.0 ** 9 and scaler.good_steps == 0
     assert not np.array_equal(p["w"], model_before["w"])
     assert np.array_equal(p["w"], fp16(mp.masters["w"]))  # the model holds the fp16 copy
@@ -129,9 +131,9 @@ def test_dynamic_scaler_torch_defaults_and_growth():
 # ---------------------------------------------------------------- master weights
 @pytest.mark.parametrize("fmt", ["fp16", "bf16"])
 def test_sub_half_ulp_update_needs_master_weights(fmt):
-    """1000 SGD updates of +1e-4 to a weight of 1.0 (ALGORITHMS.md L6). In fp16 half an ulp at 1
-    is 2^-11 ≈ 4.9e-4 > 1e-4, so without masters every rounded update is lost; with an fp32
-    master the weight reaches 1.1 and the model holds fmt(1.1)."""
+    """1000 SGD updates of +1e-4 to a weight of 1.0 (Micikevicius et al. 2018, arXiv 1710.03740,
+    §3.1). In fp16 half an ulp at 1 is 2^-11 ≈ 4.9e-4 > 1e-4, so without masters every rounded
+    update is lost; with an fp32 master the weight reaches 1.1 and the model holds fmt(1.1)."""
     assert 1e-4 < P.ulp(1.0, fmt) / 2
     g = {"w": np.full(3, -1e-4, np.float32)}
     results = {}
@@ -186,7 +188,7 @@ def test_a_rejected_step_changes_nothing_not_even_the_loss_scale():
         mp.step({"w": np.ones((2, 2), np.float32)})
     with pytest.raises(ValueError, match=r"gradient of 'w' has shape \(3, 2\), parameter has \(2, 2\)"):
         mp.step({"w": np.ones((3, 2), np.float32), "b": np.ones(2, np.float32)})
-    # before the fix each rejected call still counted a clean step and doubled S
+    # a rejected call counts no clean step (with growth_interval=1 that would double S)
     assert mp.loss_scale == 8.0 and mp.steps == 0 and mp.underflow_history == []
     np.testing.assert_array_equal(p["w"], w0)
 
@@ -281,3 +283,150 @@ def test_wrapper_state_dict_resumes_bit_for_bit():
     np.testing.assert_array_equal(p1["w"], p2["w"])
     np.testing.assert_array_equal(mp1.masters["w"], mp2.masters["w"])
     assert mp1.loss_scale == mp2.loss_scale == 64.0
+
+
+# ---------------------------------------------------------------- the optimizer interface
+def _true_grads(t, shapes):
+    rng = np.random.default_rng(10 + t)
+    return {n: rng.standard_normal(s).astype(np.float32) for n, s in shapes.items()}
+
+
+@pytest.mark.parametrize("name", optim.available())
+def test_wrapper_is_driven_like_the_optimizer_it_wraps(name):
+    """The protocol loop of optim/base.py, with no look at the class, on every optimizer."""
+    shapes = {"w": (4, 3), "b": (3,)}
+    p = {n: np.random.default_rng(1).standard_normal(s).astype(np.float32) for n, s in shapes.items()}
+    kw = {"seed": 0} if "seed" in optim.accepts(name) else {}
+    inner = optim.create(name, p, lr=1e-2, **kw)
+    mp = amp.MixedPrecisionOptimizer(inner, "fp16", scaler=amp.DynamicLossScaler(init_scale=2.0 ** 10))
+    assert mp.uses_gradients == inner.uses_gradients and mp.param_groups is inner.param_groups
+    assert mp.loss_scale == 2.0 ** 10 and mp.master_bytes() == sum(a.nbytes for a in p.values())
+    before = {n: a.copy() for n, a in p.items()}
+    for t in range(2):
+        if mp.uses_gradients:
+            grads = {n: g * np.float32(mp.loss_scale) for n, g in _true_grads(t, shapes).items()}
+            mp.unscale_(grads)
+            assert mp.step(grads) is None
+        else:
+            def loss():   # reads the model's (low-precision) arrays
+                return float(sum(np.sum((a.astype(np.float64) - 0.5) ** 2) for a in p.values()))
+            assert isinstance(mp.step(closure=loss), float)
+        assert mp.last_step_skipped is False
+    assert mp.state is inner.state
+    assert mp.state_bytes() == inner.state_bytes() == mp.expected_state_bytes()
+    assert any(not np.array_equal(p[n], before[n]) for n in p)
+    for n in p:
+        np.testing.assert_array_equal(p[n], fp16(mp.masters[n]))
+
+
+@pytest.mark.parametrize("true_norm,clipped", [(0.5, False), (4.0, True)])
+def test_unscale_then_clip_sees_the_true_gradients(true_norm, clipped):
+    """Loss scale 2^16: backward gives S·g; unscale_ turns it into g in place, so clipping at
+    1.0 acts on the true norm and the step does not unscale again. The update equals that of an
+    unscaled run clipped the same way, bit for bit."""
+    shapes = {"w": (4, 3), "b": (3,)}
+    start = {n: np.linspace(-1, 1, int(np.prod(s)), dtype=np.float32).reshape(s) for n, s in shapes.items()}
+    g = _true_grads(0, shapes)
+    g = {n: v * np.float32(true_norm / optim.schedules.global_grad_norm(g)) for n, v in g.items()}
+    masters = {}
+    for S in (1.0, 2.0 ** 16):
+        p = {n: a.copy() for n, a in start.items()}
+        mp = amp.MixedPrecisionOptimizer(optim.create("sgd", p, lr=0.1), "fp16", grad_format="fp32",
+                                         scaler=amp.LossScaler(S))
+        grads = {n: v * np.float32(mp.loss_scale) for n, v in g.items()}   # what backward gives
+        mp.unscale_(grads)
+        assert all(v.dtype == np.float32 for v in grads.values())
+        assert optim.clip_grad_norm_(grads, 1.0) == pytest.approx(true_norm, rel=1e-6)
+        with pytest.raises(RuntimeError, match="already called"):
+            mp.unscale_(grads)
+        mp.step(grads)
+        assert not mp.last_step_skipped
+        masters[S] = mp.masters
+        moved = optim.schedules.global_grad_norm({n: mp.masters[n] - start[n] for n in start})
+        assert moved == pytest.approx(0.1 * (1.0 if clipped else true_norm), rel=1e-4)
+    for n in shapes:
+        np.testing.assert_array_equal(masters[2.0 ** 16][n], masters[1.0][n])
+
+
+def test_step_unscales_a_copy_and_unscale_records_found_inf_for_the_step():
+    p = {"w": np.ones(3, np.float32)}
+    mp = amp.MixedPrecisionOptimizer(optim.create("sgd", p, lr=1.0), "fp16",
+                                     scaler=amp.DynamicLossScaler(init_scale=4.0))
+    g = {"w": np.full(3, 4.0, np.float32)}
+    mp.step(g)                                   # unscales a copy: the caller's dict is untouched
+    np.testing.assert_array_equal(g["w"], 4.0)
+    np.testing.assert_array_equal(mp.masters["w"], 0.0)
+    bad = {"w": np.array([1.0, np.inf, 1.0], np.float32)}
+    mp.unscale_(bad)
+    assert mp.loss_scale == 4.0                  # the scaler changes at the step, not before
+    mp.step(bad)
+    assert mp.last_step_skipped and mp.loss_scale == 2.0 and mp.skipped_steps == 1
+    np.testing.assert_array_equal(mp.masters["w"], 0.0)
+    mp.unscale_({"w": np.ones(3, np.float32)})   # allowed again after the step
+
+
+def test_first_order_closure_and_zeroth_order_inner_optimizer():
+    p = {"w": np.ones(3, np.float32)}
+    mp = amp.MixedPrecisionOptimizer(optim.create("sgd", p, lr=0.5), "fp16")
+    assert mp.step(closure=lambda: (7.0, {"w": np.ones(3, np.float32)})) == 7.0
+    np.testing.assert_array_equal(p["w"], 0.5)
+    # MeZO on fp32 masters: the closure reads the model, which is rewritten from the perturbed
+    # masters before every call, so the two losses differ
+    rng = np.random.default_rng(0)
+    q = {"w": rng.standard_normal((8, 8)).astype(np.float32)}
+    zo = amp.MixedPrecisionOptimizer(optim.create("mezo", q, lr=1e-2, eps=1e-2, seed=0), "fp16")
+    seen = []
+
+    def loss():
+        seen.append(q["w"].copy())
+        return float(np.sum(q["w"].astype(np.float64) ** 2))
+    out = zo.step(closure=loss)
+    g = zo.optimizer.global_state
+    assert out == pytest.approx(0.5 * (g["loss_plus"] + g["loss_minus"]))
+    assert g["loss_plus"] != g["loss_minus"] and not zo.last_step_skipped
+    assert all(np.array_equal(s, fp16(s)) for s in seen)       # the model is always fp16
+    np.testing.assert_array_equal(q["w"], fp16(zo.masters["w"]))
+    with pytest.raises(TypeError, match="zeroth-order"):
+        zo.step({"w": np.ones((8, 8), np.float32)})
+
+
+@pytest.mark.parametrize("master", [True, False])
+def test_stochastic_rounding_resume_equals_the_uninterrupted_run(master, tmp_path):
+    """10 steps vs 5 steps, a checkpoint through .npz (allow_pickle=False), a fresh wrapper with
+    another seed, 5 more steps: the model, the masters and the generator agree bit for bit."""
+    shapes = {"w": (6, 5), "b": (5,)}
+
+    def make(seed):
+        p = {n: np.linspace(-1, 1, int(np.prod(s)), dtype=np.float32).reshape(s) for n, s in shapes.items()}
+        mp = amp.MixedPrecisionOptimizer(optim.create("adam", p, lr=1e-3), "bf16", master_weights=master,
+                                         rounding="stochastic", rng=seed,
+                                         scaler=amp.DynamicLossScaler(init_scale=8.0, growth_interval=2))
+        return p, mp
+
+    def run(p, mp, steps):
+        for t in steps:
+            mp.step({n: g * np.float32(mp.loss_scale) for n, g in _true_grads(t, shapes).items()})
+
+    p1, mp1 = make(0)
+    run(p1, mp1, range(10))
+    p2, mp2 = make(0)
+    run(p2, mp2, range(5))
+    np.savez(tmp_path / "ck.npz", **{f"model.{n}": a for n, a in p2.items()},
+             **optim.flatten_state_dict(mp2.state_dict(), prefix="amp."))
+    with np.load(tmp_path / "ck.npz", allow_pickle=False) as f:
+        ck = dict(f)
+    p3, mp3 = make(123)
+    for n in p3:
+        p3[n][...] = ck[f"model.{n}"]
+    mp3.load_state_dict(optim.unflatten_state_dict(ck, prefix="amp."))
+    run(p3, mp3, range(5, 10))
+    for n in shapes:
+        np.testing.assert_array_equal(p3[n], p1[n])
+        if master:
+            np.testing.assert_array_equal(mp3.masters[n], mp1.masters[n])
+    assert mp3.rng.bit_generator.state == mp1.rng.bit_generator.state
+    assert mp3.loss_scale == mp1.loss_scale and mp3.steps == mp1.steps == 10
+    nearest = amp.MixedPrecisionOptimizer(optim.create("adam", {n: np.zeros(s, np.float32) for n, s in
+                                                                shapes.items()}), "bf16")
+    with pytest.raises(ValueError, match="stochastic rounding"):
+        nearest.load_state_dict(mp2.state_dict())
