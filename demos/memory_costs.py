@@ -2,7 +2,7 @@
 
 For each GPT preset (tiny, small, medium at its own batch size) this runs real AdamW training
 steps under `minigrad.memory.track` and prints, per category (parameters, gradients, optimizer
-state, activations), the measured peak, the exact prediction of `minigrad.memory.gpt_costs` and
+state, activations), the measured peak, the exact prediction of `models.costs.gpt_costs` and
 the lecture's simplified formula. It then sweeps sequence length and batch size, measures the
 matmul FLOPs and MFU of each preset's step, and draws two figures:
 
@@ -26,6 +26,7 @@ import numpy as np
 import optim
 from minigrad import memory
 from minigrad.backend import numba_available, use_backend
+from models.costs import gpt_costs
 from models.gpt import GPT, GPTConfig, preset
 
 CATS = memory.CATEGORIES  # params, grads, optimizer, activations
@@ -66,7 +67,7 @@ def preset_table(names, peak_flops):
     for name in names:
         cfg, b = preset(name)
         s = cfg.block_size
-        costs = memory.gpt_costs(cfg, b)
+        costs = gpt_costs(cfg, b)
         led, fc = measure(cfg, b, s, flops=True)
         fc.peak_flops = peak_flops
         ck = measure(GPTConfig(**{**cfg.to_dict(), "checkpoint": True}), b, s)
@@ -103,7 +104,7 @@ def sweep_table(name, seqs, batches):
     from tqdm import tqdm
     for s in tqdm(seqs, desc=f"sweep {name}", leave=False):
         for b in batches:
-            costs = memory.gpt_costs(cfg, b, seq_len=s)
+            costs = gpt_costs(cfg, b, seq_len=s)
             led = measure(cfg, b, s, optimizer=False)
             assert led.peak["activations"] == costs.bytes["activations"], (s, b)
             lec = costs.lecture["bytes"]["activations"]
@@ -159,8 +160,8 @@ def activations_vs_seq(name, seqs, b, path):
         if fused:
             meas["fused attention (numba)"].append(
                 measure(cfg, b, s, backend="numba", optimizer=False).peak["activations"])
-    exact = [memory.gpt_costs(cfg, b, seq_len=s) for s in seqs]
-    flash = [memory.gpt_costs(cfg, b, seq_len=s, backend="numba") for s in seqs]
+    exact = [gpt_costs(cfg, b, seq_len=s) for s in seqs]
+    flash = [gpt_costs(cfg, b, seq_len=s, backend="numba") for s in seqs]
     for i, s in enumerate(seqs):  # the ledger equals the exact count, or the figures below are wrong
         assert meas["plain"][i] == exact[i].bytes["activations"], s
         assert meas["checkpointed"][i] == exact[i].activations_checkpointed, s

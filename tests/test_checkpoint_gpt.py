@@ -5,6 +5,7 @@ import pytest
 
 from minigrad import memory
 from minigrad.backend import use_backend
+from models.costs import gpt_costs
 from models.gpt import GPT, GPTConfig
 
 
@@ -32,7 +33,7 @@ def test_checkpointed_gpt_gradients_equal_and_memory_drops(dropout, backend):
     for n in plain[1]:
         assert np.array_equal(plain[1][n], ck[1][n]), n
     assert plain[3] == ck[3]  # the dropout stream continues as without checkpointing
-    costs = memory.gpt_costs(GPTConfig(**kw), b, backend=backend)
+    costs = gpt_costs(GPTConfig(**kw), b, backend=backend)
     assert plain[2] == costs.bytes["activations"]
     assert ck[2] == costs.activations_checkpointed
     # one block's activations plus the l block inputs (b·s·h floats each), never l blocks'

@@ -1,5 +1,5 @@
-"""minigrad.memory: exact parameter / activation / optimizer bytes of the GPT against the live
-ledger, the lecture's formulas beside them, and exact matmul FLOP counts."""
+"""models.costs.gpt_costs: exact parameter / activation / optimizer bytes of the GPT against
+minigrad.memory's live ledger, the lecture's formulas beside them, and exact matmul FLOP counts."""
 import numpy as np
 import pytest
 
@@ -7,6 +7,7 @@ import minigrad
 import optim
 from minigrad import memory
 from minigrad.backend import use_backend
+from models.costs import gpt_costs, gpt_param_shapes
 from models.gpt import GPT, GPTConfig
 
 # micro configs: bias on/off, dropout on/off, heads != 1, vocab not a multiple of anything
@@ -36,7 +37,7 @@ def _step(model, x, y, opt=None):
 def test_parameter_count_and_bytes_exact(kw):
     cfg = GPTConfig(**kw)
     model = GPT(cfg)
-    costs = memory.gpt_costs(cfg, batch_size=2)
+    costs = gpt_costs(cfg, batch_size=2)
     exact = sum(p.size for _, p in model.named_parameters())  # tied head counted once
     assert costs.params == exact
     assert sum(costs.params_terms.values()) == exact
@@ -59,7 +60,7 @@ def test_activation_bytes_match_saved_array_count_exactly(kw, seq):
     x, y = _batch(cfg, b, s, seed=1)
     with use_backend("numpy"):
         led = _step(GPT(cfg), x, y)
-    costs = memory.gpt_costs(cfg, b, seq_len=s)
+    costs = gpt_costs(cfg, b, seq_len=s)
     assert led.peak["activations"] == costs.bytes["activations"]
     assert sum(costs.activation_terms.values()) == costs.bytes["activations"]
     assert led.current["activations"] == 0  # backward freed everything it saved
@@ -71,7 +72,7 @@ def test_fused_attention_bytes_match_and_the_ledger_shows_the_saving(kw):
     x, y = _batch(cfg, 2, cfg.block_size, seed=2)
     with use_backend("numba"):
         fused = _step(GPT(cfg), x, y).peak["activations"]
-    assert fused == memory.gpt_costs(cfg, 2, backend="numba").bytes["activations"]
+    assert fused == gpt_costs(cfg, 2, backend="numba").bytes["activations"]
     # the s×s probabilities versus the one log-sum-exp per query row kept instead
     long = GPTConfig(**{**kw, "block_size": 24})
     x, y = _batch(long, 2, 24, seed=3)
@@ -91,7 +92,7 @@ def test_eval_mode_keeps_no_dropout_masks_and_no_grad_keeps_nothing():
     x, y = _batch(cfg, 2, cfg.block_size)
     with use_backend("numpy"):
         led = _step(model, x, y)
-        assert led.peak["activations"] == memory.gpt_costs(cfg, 2, training=False).bytes["activations"]
+        assert led.peak["activations"] == gpt_costs(cfg, 2, training=False).bytes["activations"]
         with memory.track(model) as m, minigrad.no_grad():
             model(x, y)
     assert m.peak["activations"] == 0
@@ -104,12 +105,12 @@ def test_report_sets_lecture_terms_beside_the_measurement():
     x, y = _batch(cfg, b, s)
     with use_backend("numpy"):
         led = _step(GPT(cfg), x, y)
-    costs = memory.gpt_costs(cfg, b)
+    costs = gpt_costs(cfg, b)
     text = led.report(costs)
     assert "2·s²·a + 14·s·h" in text
     for term in ("layer-norm inputs", "layer-norm mean and 1/std", "2nd s² tensor", "outside the layers"):
         assert term in text
-    rows = memory._layer_comparison(costs)
+    rows = costs.layer_comparison()
     lecture, mine, _ = rows["total"]
     assert lecture == 14 * s * h + 2 * a * s * s == costs.lecture["activations_per_layer_per_sample_values"]
     assert mine == 16 * s * h + a * s * s + 4 * s  # + 2sh of norm inputs + 4s stats - a·s² of a 2nd s² tensor
@@ -121,19 +122,27 @@ def test_report_sets_lecture_terms_beside_the_measurement():
     assert "Linear" in text and "Attention" in text  # by-op breakdown at the peak
 
 
+@pytest.mark.parametrize("kw", CONFIGS[:2])
+def test_param_shapes_are_the_models(kw):
+    cfg = GPTConfig(**kw)
+    assert gpt_param_shapes(cfg) == {n: p.shape for n, p in GPT(cfg).named_parameters()}
+
+
 @pytest.mark.parametrize("name,kw,mult", [
-    ("adamw", dict(lr=1e-3), 2), ("adam", dict(lr=1e-3), 2),
-    ("sgd", dict(lr=1e-2, momentum=0.9), 1), ("sgd", dict(lr=1e-2), 0),
+    ("adamw", dict(lr=1e-3), 2), ("adam", dict(lr=1e-3), 2), ("adam", dict(amsgrad=True), 3),
+    ("sgd", dict(lr=1e-2, momentum=0.9), 1), ("momentum", {}, 1), ("sgd", dict(lr=1e-2), 0),
 ])
 def test_optimizer_state_bytes(name, kw, mult):
+    """The prediction asks the optimizer (its expected_state_bytes), by name or built: equal to
+    the bytes the live ledger sees after a real step."""
     cfg = GPTConfig(**CONFIGS[0])
     model = GPT(cfg)
     opt = optim.create(name, {n: p.data for n, p in model.named_parameters()}, **kw)
     x, y = _batch(cfg, 2, cfg.block_size)
     led = _step(model, x, y, opt)
     assert led.peak["optimizer"] == mult * led.peak["params"]
-    key = {2: name, 1: "sgd_momentum", 0: "sgd"}[mult]
-    assert memory.gpt_costs(cfg, 2, optimizer=key).bytes["optimizer"] == led.peak["optimizer"]
+    assert gpt_costs(cfg, 2, optimizer=name, optimizer_kwargs=kw).bytes["optimizer"] == led.peak["optimizer"]
+    assert gpt_costs(cfg, 2, optimizer=opt).bytes["optimizer"] == led.peak["optimizer"]
 
 
 def test_gpt_step_flops_equal_the_analytic_count_and_mfu():
@@ -144,7 +153,7 @@ def test_gpt_step_flops_equal_the_analytic_count_and_mfu():
     with memory.count_flops(peak_flops=1e9) as fc:
         _, loss = model(x, y)
         loss.backward()
-    costs = memory.gpt_costs(cfg, b, seq_len=s)
+    costs = gpt_costs(cfg, b, seq_len=s)
     assert fc.forward == costs.flops_per_token["forward"] * b * s
     assert fc.backward == costs.flops_per_token["backward"] * b * s
     assert fc.total == costs.flops_per_step
@@ -160,8 +169,15 @@ def test_gpt_step_flops_equal_the_analytic_count_and_mfu():
 def test_bad_arguments_are_named():
     cfg = GPTConfig(**CONFIGS[0])
     with pytest.raises(ValueError, match="unknown optimizer"):
-        memory.gpt_costs(cfg, 1, optimizer="lion9")
+        gpt_costs(cfg, 1, optimizer="lion9")
+    with pytest.raises(TypeError):  # a misspelt option is refused by the optimizer itself
+        gpt_costs(cfg, 1, optimizer="sgd", optimizer_kwargs={"momentun": 0.9})
+    other = optim.create("adamw", {"w": np.zeros((3, 3), np.float32)})
+    with pytest.raises(ValueError, match="holds 9 parameter values"):
+        gpt_costs(cfg, 1, optimizer=other)
+    with pytest.raises(TypeError, match="optimizer_kwargs"):
+        gpt_costs(cfg, 1, optimizer=other, optimizer_kwargs={"lr": 1.0})
     with pytest.raises(ValueError, match="block_size"):
-        memory.gpt_costs(cfg, 1, seq_len=cfg.block_size + 1)
+        gpt_costs(cfg, 1, seq_len=cfg.block_size + 1)
     with pytest.raises(TypeError, match="state_bytes"):
         memory.track(optimizer=object())
