@@ -104,6 +104,9 @@ __all__ = [
 ]
 
 # ----------------------------------------------------------------------------- registry
+# The built-in optimizers register themselves when optim/__init__.py imports their modules;
+# Python runs it before any import of optim.base completes, so the registry is full by the time
+# create() can be called.
 _REGISTRY: dict = {}
 
 
@@ -124,12 +127,10 @@ def register(name, *aliases):
 
 def available():
     """Sorted list of registered optimizer names (for ``create`` and the training CLI)."""
-    _load_builtin()
     return sorted(_REGISTRY)
 
 
 def _lookup(name):
-    _load_builtin()
     key = str(name).lower()
     if key not in _REGISTRY:
         raise ValueError(f"unknown optimizer {name!r}; available: {', '.join(sorted(_REGISTRY))}")
@@ -153,11 +154,6 @@ def accepts(name) -> frozenset:
                         f"keywords it accepts are unknown; give it an explicit signature")
     return frozenset(n for n, p in sig.parameters.items()
                      if n != "params" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
-
-
-def _load_builtin():
-    # Importing the package registers the built-in optimizers (and other helpers' modules).
-    import optim  # noqa: F401
 
 
 # ----------------------------------------------------------------------------- helpers
