@@ -61,7 +61,7 @@ def test_outputs_of_a_run(full_run, capsys):
     assert man["step"] == 12 and man["config"]["n_layer"] == 2 and man["last_val_loss"] > 0
     ck = _load(full_run)
     meta = json.loads(str(ck["meta"]))
-    assert meta["step"] == 12 and meta["config"] == man["config"]
+    assert meta["step"] == 12 and meta["model"]["config"] == man["config"]
     assert ck["history/val_step"].tolist() == [0, 4, 8, 12]
     assert len(ck["history/train_loss"]) == 12
     assert any(k.startswith("optim/") for k in ck)
@@ -165,7 +165,7 @@ def test_checkpoint_from_another_config(tmp_path, capsys, corpus, full_run):
     assert "--optimizer adamw" in line
     (out / "ckpt.npz").write_bytes(b"not a checkpoint")
     before = _snapshot(str(out))
-    assert "cannot read checkpoint" in _bad(capsys, _args(corpus, out, "--resume"), str(out))
+    assert "does not match its manifest.json" in _bad(capsys, _args(corpus, out, "--resume"), str(out))
     assert _snapshot(str(out)) == before
 
 
@@ -185,3 +185,41 @@ def test_zeroth_order_optimizer_trains_through_the_cli(corpus, tmp_path, capsys)
     for k, v in _load(again).items():
         if k.startswith("param"):
             np.testing.assert_array_equal(v, params[k])
+
+
+# ----------------------------------------------------------------------------- demos/sample.py
+SAMPLE = os.path.join(ROOT, "demos", "sample.py")
+
+
+def _sample(*argv):
+    return subprocess.run([sys.executable, SAMPLE, *argv], capture_output=True, text=True, timeout=120)
+
+
+def test_sample_cli_prints_text_from_a_checkpoint(full_run):
+    first = _sample("--out", str(full_run), "--prompt", "The ", "--tokens", "40", "--temperature", "0.8",
+                    "--top-k", "5", "--seed", "0")
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.startswith("The ") and len(first.stdout.rstrip("\n")) >= 4 + 10
+    again = _sample("--out", os.path.join(str(full_run), "ckpt.npz"), "--prompt", "The ", "--tokens", "40",
+                    "--temperature", "0.8", "--top-k", "5", "--seed", "0")
+    assert again.stdout == first.stdout                       # same seed, same text
+    other = _sample("--out", str(full_run), "--prompt", "The ", "--tokens", "40", "--seed", "1")
+    assert other.stdout != first.stdout
+
+
+def test_sample_cli_bad_input_is_one_line(full_run, tmp_path):
+    import shutil
+    cases = {"missing": (str(tmp_path / "nowhere"), "no checkpoint")}
+    bad = tmp_path / "corrupt"
+    shutil.copytree(full_run, bad)
+    (bad / "ckpt.npz").write_bytes(b"garbage")
+    cases["corrupt"] = (str(bad), "does not match")
+    for name, (out, what) in cases.items():
+        r = _sample("--out", out)
+        assert r.returncode == 2, name
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("sample.py: error:") and what in lines[0], r.stderr
+    r = _sample("--out", str(full_run), "--prompt", "\u00e9\u00e9\u00e9\u4e2d")
+    assert r.returncode == 2 and "--prompt" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    r = _sample("--out", str(full_run), "--tokens", "0")
+    assert r.returncode == 2 and "--tokens" in r.stderr

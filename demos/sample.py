@@ -1,0 +1,69 @@
+#!/usr/bin/env python
+"""Print text from a saved model.
+
+    python demos/sample.py --out out --prompt "ROMEO:" --tokens 500 --temperature 0.8 --top-k 40 --seed 0
+
+Reads the checkpoint that ``demos/train_gpt.py`` wrote to ``--out`` (``ckpt.npz`` and its
+``manifest.json``, or give the ``.npz`` itself), rebuilds the model and its tokenizer from it,
+and prints the prompt followed by ``--tokens`` sampled tokens (KV-cache decoding). The same seed
+gives the same text. A missing or corrupt checkpoint, or a prompt with a character the model's
+tokenizer has never seen, prints one line and exits with code 2.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+
+from models.textgen import sample_text
+from models.tokenizer import TokenizerError
+from models.training import CheckpointError, load_checkpoint
+
+
+class UsageError(Exception):
+    """Bad command-line input: printed as one line, exit code 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise UsageError(message)
+
+
+def build_parser():
+    p = _Parser(description="Print text sampled from a checkpoint of demos/train_gpt.py.",
+                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--out", default="out", help="the training run's output directory (or its ckpt.npz)")
+    p.add_argument("--prompt", default="\n", help="text to continue")
+    p.add_argument("--tokens", type=int, default=500, help="tokens to generate")
+    p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
+    p.add_argument("--top-k", type=int, default=None, help="sample only among the k likeliest tokens")
+    p.add_argument("--seed", type=int, default=0)
+    return p
+
+
+def main(argv=None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        if args.tokens < 1:
+            raise UsageError(f"--tokens must be >= 1, got {args.tokens}")
+        if not (args.temperature >= 0 and math.isfinite(args.temperature)):
+            raise UsageError(f"--temperature must be a finite number >= 0, got {args.temperature}")
+        if args.top_k is not None and args.top_k < 1:
+            raise UsageError(f"--top-k must be >= 1, got {args.top_k}")
+        ckpt = load_checkpoint(args.out)
+        tokenizer = ckpt.tokenizer()
+        model = ckpt.build_model()
+        try:
+            text = sample_text(model, tokenizer, args.tokens, prompt=args.prompt,
+                               temperature=args.temperature, top_k=args.top_k, seed=args.seed)
+        except TokenizerError as e:
+            raise UsageError(f"--prompt: {e}") from None
+    except (UsageError, CheckpointError) as e:
+        print(f"sample.py: error: {e}", file=sys.stderr)
+        return 2
+    print(args.prompt + text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

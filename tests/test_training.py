@@ -1,0 +1,276 @@
+"""The training layer: one loop for every optimizer, resumable bit for bit, and checkpoints that
+refuse to be half-read."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+import optim
+from minigrad import amp
+from models.gpt import GPT, GPTConfig
+from models.training import (CheckpointError, Trainer, clip_grad_norm, evaluate, lm_loss,
+                             load_checkpoint, save_checkpoint)
+
+CFG = dict(n_layer=1, n_head=2, n_embd=16, block_size=8, vocab_size=11)
+
+
+def _tokens(n=4000, seed=0):
+    # a learnable sequence: mostly "next = current + 1 (mod V)", with some noise
+    rng = np.random.default_rng(seed)
+    ids = np.cumsum(rng.choice([1, 1, 1, 2], size=n)) % CFG["vocab_size"]
+    return ids.astype(np.int64)
+
+
+IDS = _tokens()
+
+
+def batches(rng, B=8, T=CFG["block_size"]):
+    starts = rng.integers(0, len(IDS) - T - 1, size=B)
+    x = np.stack([IDS[s:s + T] for s in starts])
+    y = np.stack([IDS[s + 1:s + T + 1] for s in starts])
+    return x, y
+
+
+VAL = [batches(np.random.default_rng(100 + i)) for i in range(2)]
+
+
+def _model(seed=0, **kw):
+    return GPT(GPTConfig(**{**CFG, **kw}), seed=seed)
+
+
+def _adamw(model, lr=3e-3, wd=0.1):
+    params = {n: p.data for n, p in model.named_parameters()}
+    return optim.create("adamw", optim.param_groups_no_decay(params, wd), lr=lr)
+
+
+def _trainer(model, opt, steps=12, **kw):
+    kw = {"schedule": "cosine", "schedule_kwargs": {"warmup_steps": 2, "min_ratio": 0.1},
+          "eval_batches": VAL, "eval_every": 4, "progress": False, "seed": 3, **kw}
+    return Trainer(model, lm_loss, opt, batches, steps=steps, **kw)
+
+
+def _params(model):
+    return {n: p.data.copy() for n, p in model.named_parameters()}
+
+
+def test_adamw_trains_and_records_history():
+    model = _model()
+    tr = _trainer(model, _adamw(model), steps=40)
+    res = tr.fit()
+    assert res.step == 40 and not res.interrupted and not res.out_of_time
+    h = tr.history
+    assert h["train_step"] == list(range(1, 41)) and len(h["train_loss"]) == 40
+    assert h["val_step"] == [0, 4, 8, 12, 16, 20, 24, 28, 32, 36, 40]
+    assert h["val_loss"][-1] < h["val_loss"][0] - 0.3          # it learned the +1 pattern
+    assert res.val_loss == h["val_loss"][-1] == evaluate(model, lm_loss, VAL)
+
+
+def test_the_schedule_sets_every_groups_lr_from_its_base_lr():
+    model = _model()
+    params = {n: p.data for n, p in model.named_parameters()}
+    groups = optim.param_groups_no_decay(params, 0.1)
+    groups[1]["lr"] = 1e-2                                      # a group with its own base lr
+    opt = optim.create("adamw", groups, lr=2e-3)
+    seen = []
+    tr = _trainer(model, opt, steps=10, eval_batches=None,
+                  on_step=lambda t: seen.append([g["lr"] for g in opt.param_groups]))
+    tr.fit()
+    mult = optim.schedules.cosine(10, 2, 0.1)
+    assert seen == [[2e-3 * mult(s), 1e-2 * mult(s)] for s in range(10)]
+
+
+def test_grad_hooks_run_in_order_on_the_gradients_the_optimizer_then_uses():
+    model = _model()
+    calls = []
+
+    def first(grads):
+        calls.append(("first", optim.schedules.global_grad_norm(grads)))
+
+    clip = clip_grad_norm(1e-3)
+
+    def last(grads):
+        calls.append(("last", optim.schedules.global_grad_norm(grads)))
+
+    tr = _trainer(model, _adamw(model), steps=2, eval_batches=None, grad_hooks=[first, clip, last])
+    tr.fit()
+    assert [c[0] for c in calls] == ["first", "last"] * 2
+    assert calls[2][1] == pytest.approx(clip.last_norm, rel=1e-12)    # the clip saw what 'first' saw
+    assert calls[1][1] == pytest.approx(1e-3, rel=1e-4) and calls[3][1] == pytest.approx(1e-3, rel=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["adamw", "mezo", "amp-adamw", "sgd"])
+def test_every_kind_of_optimizer_runs_through_the_same_call(kind):
+    """First-order, zeroth-order and the mixed-precision wrapper: the same Trainer(...).fit()."""
+    model = _model()
+    params = {n: p.data for n, p in model.named_parameters()}
+    if kind == "mezo":
+        opt = optim.create("mezo", params, lr=1e-3, eps=1e-3, seed=0)
+    elif kind == "sgd":
+        opt = optim.create("sgd", params, lr=0.1, momentum=0.9)
+    elif kind == "amp-adamw":
+        opt = amp.MixedPrecisionOptimizer(optim.create("adamw", params, lr=3e-3), "bf16",
+                                          scaler=amp.DynamicLossScaler(init_scale=2.0 ** 10))
+    else:
+        opt = _adamw(model)
+    before = _params(model)
+    tr = _trainer(model, opt, steps=6, autocast="bf16" if kind == "amp-adamw" else None)
+    res = tr.fit()
+    assert res.step == 6 and len(tr.history["train_loss"]) == 6
+    assert all(np.isfinite(tr.history["train_loss"]))
+    moved = [n for n, p in _params(model).items() if not np.array_equal(p, before[n])]
+    assert moved, f"{kind}: no parameter moved"
+    assert not opt.last_step_skipped
+
+
+def test_mixed_precision_clipping_sees_the_true_gradients():
+    """Loss scale 2^16: the clip hook must act on unscaled gradients (norm ~ the fp32 run's)."""
+    norms = {}
+    for scale in (1.0, 2.0 ** 16):
+        model = _model()
+        params = {n: p.data for n, p in model.named_parameters()}
+        opt = amp.MixedPrecisionOptimizer(optim.create("sgd", params, lr=0.1), "fp32",
+                                          scaler=amp.LossScaler(scale))
+        clip = clip_grad_norm(1e6)
+        _trainer(model, opt, steps=1, eval_batches=None, grad_hooks=[clip]).fit()
+        norms[scale] = clip.last_norm
+    assert norms[2.0 ** 16] == pytest.approx(norms[1.0], rel=1e-5)
+
+
+def test_frozen_parameters_stay_bit_identical_through_the_loop():
+    model = _model()
+    model.h[0].attn.requires_grad_(False)
+    frozen = {n: p.data.copy() for n, p in model.named_parameters() if not p.requires_grad}
+    assert frozen
+    opt = _adamw(model, wd=0.5)
+    _trainer(model, opt, steps=5, eval_batches=None).fit()
+    for n, p in model.named_parameters():
+        if n in frozen:
+            assert np.array_equal(p.data, frozen[n]), n
+            assert n not in opt.state
+    assert opt.state                                            # the others did train
+
+
+def test_interrupt_save_restore_equals_the_uninterrupted_run(tmp_path):
+    full_model = _model(dropout=0.1)                            # dropout: the model's RNG must resume too
+    full = _trainer(full_model, _adamw(full_model), steps=10)
+    full.fit()
+
+    model = _model(dropout=0.1)
+    part = _trainer(model, _adamw(model), steps=10,
+                    on_step=lambda t: setattr(t, "interrupted", t.step == 4 or t.interrupted))
+    res = part.fit()
+    assert res.interrupted and res.step == 4
+    part.save(tmp_path, meta={"note": "half"})
+
+    model2 = _model(dropout=0.1)
+    again = _trainer(model2, _adamw(model2), steps=10, seed=99)  # the seed is restored from the checkpoint
+    again.restore(load_checkpoint(tmp_path))
+    assert again.step == 4
+    again.fit()
+    assert again.history["train_loss"] == full.history["train_loss"]
+    assert again.history["val_loss"] == full.history["val_loss"]
+    for n, p in full_model.named_parameters():
+        assert np.array_equal(p.data, dict(model2.named_parameters())[n].data), n
+
+
+def test_restore_with_a_new_target_extends_the_run(tmp_path):
+    model = _model()
+    tr = _trainer(model, _adamw(model), steps=4, eval_batches=None)
+    tr.fit()
+    tr.save(tmp_path)
+    model2 = _model()
+    tr2 = _trainer(model2, _adamw(model2), steps=4, eval_batches=None)
+    tr2.restore(load_checkpoint(tmp_path), target=9)
+    assert tr2.fit().step == 9
+
+
+def test_time_budget_stops_early_and_says_so():
+    model = _model()
+    tr = _trainer(model, _adamw(model), steps=10_000, eval_batches=None, time_budget=0.5,
+                  reserve_seconds=0.0)
+    res = tr.fit()
+    assert res.out_of_time and 0 < res.step < 10_000
+
+
+def test_bad_trainer_arguments_name_the_problem():
+    model = _model()
+    with pytest.raises(ValueError, match="steps"):
+        _trainer(model, _adamw(model), steps=0)
+    with pytest.raises(ValueError, match="unknown schedule 'cosin'"):
+        _trainer(model, _adamw(model), schedule="cosin")
+    with pytest.raises(TypeError, match="grad_hooks"):
+        _trainer(model, _adamw(model), grad_hooks=[1.0])
+
+
+# ----------------------------------------------------------------------------- checkpoints
+@pytest.fixture()
+def saved(tmp_path):
+    model = _model()
+    tr = _trainer(model, _adamw(model), steps=3, eval_batches=None)
+    tr.fit()
+    tr.save(tmp_path, meta={"tokenizer": {"type": "char", "chars": "abcdefghijk"}})
+    return tmp_path, model
+
+
+def test_checkpoint_round_trip_rebuilds_the_model(saved):
+    path, model = saved
+    ck = load_checkpoint(path)
+    assert ck.step == 3 and ck.meta["model"]["class"] == "GPT" and ck.config["n_embd"] == 16
+    rebuilt = ck.build_model()
+    for n, p in model.named_parameters():
+        assert np.array_equal(dict(rebuilt.named_parameters())[n].data, p.data)
+    assert ck.tokenizer().vocab_size == 11
+    man = json.load(open(os.path.join(path, "manifest.json")))
+    assert man["format_version"] == 2 and len(man["sha256"]) == 64 and man["step"] == 3
+    assert not [f for f in os.listdir(path) if ".tmp" in f]
+
+
+@pytest.mark.parametrize("damage", ["truncated", "zero bytes", "bit flip", "foreign", "no manifest",
+                                    "edited manifest", "other version"])
+def test_a_damaged_checkpoint_is_one_clear_error(saved, damage):
+    path, _ = saved
+    npz, man = os.path.join(path, "ckpt.npz"), os.path.join(path, "manifest.json")
+    data = open(npz, "rb").read()
+    if damage == "truncated":
+        open(npz, "wb").write(data[: len(data) // 2])
+    elif damage == "zero bytes":
+        open(npz, "wb").write(b"")
+    elif damage == "bit flip":
+        b = bytearray(data)
+        b[len(b) // 3] ^= 0x10
+        open(npz, "wb").write(bytes(b))
+    elif damage == "foreign":
+        np.savez(npz, x=np.zeros(3))
+    elif damage == "no manifest":
+        os.remove(man)
+    elif damage == "edited manifest":
+        m = json.load(open(man))
+        m["sha256"] = "0" * 64
+        json.dump(m, open(man, "w"))
+    elif damage == "other version":
+        m = json.load(open(man))
+        m["format_version"] = 1
+        json.dump(m, open(man, "w"))
+    with pytest.raises(CheckpointError) as e:
+        load_checkpoint(path)
+    msg = str(e.value)
+    assert "\n" not in msg and "ckpt.npz" in msg
+    if damage == "other version":
+        assert "1" in msg and "2" in msg
+
+
+def test_missing_checkpoint_and_restore_into_the_wrong_optimizer(saved, tmp_path):
+    with pytest.raises(CheckpointError, match="no checkpoint"):
+        load_checkpoint(tmp_path / "nothing")
+    path, _ = saved
+    model = _model()
+    params = {n: p.data for n, p in model.named_parameters()}
+    tr = _trainer(model, optim.create("sgd", params, lr=0.1), steps=3)
+    with pytest.raises(CheckpointError, match="optimizer state does not fit SGD"):
+        tr.restore(load_checkpoint(path))
+
+
+def test_save_checkpoint_refuses_meta_keys_it_owns(tmp_path):
+    with pytest.raises(ValueError, match="format_version"):
+        save_checkpoint(tmp_path, _model(), meta={"format_version": 7})
