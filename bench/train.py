@@ -13,10 +13,11 @@ reset between runs through /proc/self/clear_refs). Ratios are minigrad-numba / P
 process start to the end of the first `tiny` training step with warm (cached) and cold
 (empty cache directory) Numba kernels.
 
-Optimizers: minigrad-numba runs the fused `minigrad.kernels.adamw_step` once per step over a
-flat float32 buffer holding every parameter (`FusedAdamW` below);
-minigrad-numpy runs `optim.AdamW` (plain NumPy); PyTorch runs `torch.optim.AdamW` (its CPU
-default, the for-loop implementation). Run by hand, never in CI.
+A minigrad step is `models.training.Trainer.train_step`, the step every minigrad training run
+takes. Optimizers: minigrad-numba runs the fused `minigrad.kernels.adamw_step` once per step over
+a flat float32 buffer holding every parameter (`FusedAdamW` below); minigrad-numpy runs
+`optim.AdamW` (plain NumPy); PyTorch runs `torch.optim.AdamW` (its CPU default, the for-loop
+implementation). Run by hand, never in CI.
 """
 from __future__ import annotations
 
@@ -64,9 +65,16 @@ class FusedAdamW:
     """AdamW as ONE fused kernel call over a flat float32 buffer (llm.c style).
 
     At construction every parameter's data becomes a view into one flat buffer `flat`; each
-    step copies the gradients into the flat gradient buffer (one memcpy per parameter) and
-    runs `minigrad.kernels.adamw_step` once over all P elements: one parallel kernel launch
-    per step instead of one per parameter, and no NumPy temporaries."""
+    step copies the gradients into the flat gradient buffer (one memcpy per parameter; a None
+    gradient counts as zero) and runs `minigrad.kernels.adamw_step` once over all P elements:
+    one parallel kernel launch per step instead of one per parameter, and no NumPy temporaries.
+
+    It follows the optimizer step protocol of `optim.base`, so `Trainer` drives it like any
+    optimizer: one param group whose "lr" the trainer's schedule sets, `step(grads)`, no loss
+    scaling, never a skipped step."""
+
+    uses_gradients = True
+    loss_scale = 1.0
 
     def __init__(self, named_params, lr=LR, betas=BETAS, eps=EPS, weight_decay=WD):
         import numpy as np
@@ -86,52 +94,53 @@ class FusedAdamW:
             off += size
         self.m = np.zeros_like(self.flat)
         self.v = np.zeros_like(self.flat)
-        self.hp = (lr, betas[0], betas[1], eps, weight_decay)
+        self.param_groups = [{"params": {n: p.data for n, p in self.params.items()}, "lr": lr}]
+        self.hp = (betas[0], betas[1], eps, weight_decay)
         self.t = 0
+        self.last_step_skipped = False
 
-    def step(self):
+    def unscale_(self, grads):
+        """No loss scaling: the gradients are the true ones already."""
+
+    def step(self, grads):
         from minigrad.kernels import adamw_step
 
         self.t += 1
-        for n, p in self.params.items():
-            off, size = self.views[n]
-            if p.grad is None:
+        for n, (off, size) in self.views.items():
+            g = grads[n]
+            if g is None:
                 self.gflat[off:off + size] = 0
             else:
-                self.gflat[off:off + size] = p.grad.reshape(-1)
-        lr, b1, b2, eps, wd = self.hp
-        adamw_step(self.flat, self.gflat, self.m, self.v, lr, b1, b2, eps, wd, self.t)
+                self.gflat[off:off + size] = g.reshape(-1)
+        b1, b2, eps, wd = self.hp
+        adamw_step(self.flat, self.gflat, self.m, self.v, self.param_groups[0]["lr"], b1, b2, eps, wd, self.t)
 
 
 def minigrad_trainer(preset_name: str, backend: str):
-    import numpy as np
-
     import minigrad as mg
     import optim
     from models.gpt import GPT, preset
+    from models.training import Trainer, lm_loss
 
     cfg, batch = preset(preset_name)
     model = GPT(cfg, seed=0)
-    rng = np.random.default_rng(0)
     if backend == "numba":
         opt = FusedAdamW(model.named_parameters())
-        step_opt = opt.step
     else:
         params = {n: p.data for n, p in model.named_parameters()}
         opt = optim.AdamW(params, lr=LR, betas=BETAS, eps=EPS, weight_decay=WD)
 
-        def step_opt():
-            opt.step({n: p.grad for n, p in model.named_parameters()})
+    def random_tokens(rng):
+        return (rng.integers(0, cfg.vocab_size, (batch, cfg.block_size)),
+                rng.integers(0, cfg.vocab_size, (batch, cfg.block_size)))
+
+    # a constant lr, so the schedule's length (steps) plays no part; train_step draws each batch
+    # with random_tokens from the trainer's Generator (seeded with 0)
+    trainer = Trainer(model, lm_loss, opt, random_tokens, steps=1, seed=0, progress=False)
 
     def step():
         with mg.use_backend(backend):
-            idx = rng.integers(0, cfg.vocab_size, (batch, cfg.block_size))
-            tgt = rng.integers(0, cfg.vocab_size, (batch, cfg.block_size))
-            model.zero_grad()
-            _, loss = model(idx, tgt)
-            loss.backward()
-            step_opt()
-            return float(loss.item())
+            return trainer.train_step()
 
     return step, batch * cfg.block_size
 
