@@ -91,7 +91,8 @@ def module_generators(model) -> dict:
 @dataclass
 class FitResult:
     """What :meth:`Trainer.fit` reports: the step reached, whether a signal stopped it early,
-    whether the time budget did, the last validation loss and the wall time of the call."""
+    whether the time budget ended it before the target (the schedule was shortened to fit, or the
+    hard stop hit), the last validation loss and the wall time of the call."""
 
     step: int
     interrupted: bool
@@ -248,7 +249,6 @@ class Trainer:
         val_loss = self.history["val_loss"][-1] if self.history["val_loss"] else float("nan")
         t_eval = 0.0                                   # measured cost of one evaluation
         recent = collections.deque(maxlen=200)         # durations of the latest steps
-        out_of_time = False
         restore = self._catch_signals()
         self.model.train()
         try:
@@ -282,8 +282,7 @@ class Trainer:
                 elif self.step % self.log_every == 0:
                     print(f"step {self.step}: loss {loss:.4f} lr {self.lr:.2e}{speed}", flush=True)
                 if budget and time.perf_counter() - self.start_time > budget - t_eval - self.reserve_seconds:
-                    out_of_time = self.step < self.horizon   # hard stop: keep the budget's promise
-                    break
+                    break                               # hard stop: keep the budget's promise
             if has_eval and not self.interrupted and not self._evaluated_now():
                 val_loss = self.evaluate()
         finally:
@@ -291,6 +290,7 @@ class Trainer:
                 bar.close()
             restore()
         self._recent = recent
+        out_of_time = bool(budget) and not self.interrupted and self.step < self.target
         return FitResult(step=self.step, interrupted=self.interrupted, out_of_time=out_of_time,
                          val_loss=val_loss, seconds=time.perf_counter() - t_fit)
 
@@ -309,7 +309,7 @@ class Trainer:
             self.horizon = fit
             if bar is not None:
                 bar.total = fit
-            say(f"time budget {self.time_budget / 60:g} min: at {per_step:.2f} s/step the schedule "
+            say(f"time budget {self.time_budget / 60:g} min: at {per_step:.3g} s/step the schedule "
                 f"is {verb} to {fit} steps")
 
     def _catch_signals(self):
