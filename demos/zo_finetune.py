@@ -1,9 +1,9 @@
 """Fine-tune a pretrained GPT with backprop AdamW, MeZO and LoZO, and measure what each costs.
 
 Lecture 9: when activations dominate memory, estimate the gradient from forward passes only.
-MeZO (Malladi et al. 2023, arXiv:2305.17333) perturbs the weights in place by ±εz, with z
+MeZO (Malladi et al. 2023, arXiv 2305.17333) perturbs the weights in place by ±εz, with z
 regenerated from a seed, so a training step needs the memory of inference; LoZO (Chen et al.
-2025, arXiv:2410.07698) perturbs each matrix by a rank-r U·Vᵀ instead. This demo
+2025, arXiv 2410.07698) perturbs each matrix by a rank-r U·Vᵀ instead. This demo
 
 1. loads a pretrained GPT (``--ckpt``: a checkpoint of demos/train_gpt.py; by default its
    ``out/ckpt.npz`` when that is the preset asked for) or pretrains one itself on the training
