@@ -3,14 +3,19 @@
 
     python demos/train_gpt.py                       # small preset, Shakespeare, <= 10 minutes
     python demos/train_gpt.py --data my.txt --out out/mine --preset tiny --steps 500
-    python demos/train_gpt.py --out out --resume    # continue the run saved in out/
+    python demos/train_gpt.py --out out --resume    # continue the run saved in out/ (its settings)
+    python demos/train_gpt.py --init-from out --data other.txt --out out/ft   # fine-tune its weights
     python demos/sample.py --out out --prompt "ROMEO:"   # text from the saved model
 
 A thin command line over the training layer (``models.training``): it validates the flags,
 builds the data, the GPT and the optimizer, and hands them to ``Trainer``. Writes to ``--out``:
 ``ckpt.npz`` + ``manifest.json`` (``models.training.checkpoint``), ``loss.png``, ``samples.txt``;
-token ids are cached in ``--out/cache``. Ctrl-C (or SIGTERM) saves a checkpoint and exits with
-code 130; ``--resume`` continues it, and the losses then equal those of an uninterrupted run.
+token ids are cached in ``--out/cache``. A checkpoint is written every ``--save-every`` steps
+(default: at every evaluation); Ctrl-C or SIGTERM finishes the step, saves and exits with code
+130. ``--resume --out DIR`` alone continues a run with the settings saved in it (a flag that
+contradicts them is refused; ``--steps N`` extends the run to N steps), and the losses then equal
+those of an uninterrupted run bit for bit. A fresh run refuses an ``--out`` that already holds a
+checkpoint unless ``--force`` is given.
 
 The recipe is nanoGPT's (``train.py``): AdamW (weight decay only on 2-D parameters), linear
 warmup then cosine decay to lr/10, gradient clipping at global norm 1, validation on a fixed set
@@ -18,9 +23,10 @@ of batches every ``--eval-every`` steps. ``--max-minutes`` bounds the whole run 
 evaluation and the final sample included): the trainer fits the schedule's length to the
 measured speed. ``--max-minutes 0`` makes the run deterministic (exactly ``--steps`` steps).
 
-Bad input (missing/empty/non-UTF-8 ``--data``, corpus shorter than a block, unknown preset or
-optimizer, a checkpoint of another configuration) prints one line and exits with code 2 before
-anything in ``--out`` is written.
+Bad input (any flag out of its range, missing/empty/non-UTF-8 ``--data``, a corpus shorter than a
+block, an unknown preset or optimizer, a damaged checkpoint or one of another run, an ``--out``
+that cannot be written, a batch that does not fit in memory) prints one line and exits with code
+2 before anything in ``--out`` is written. docs/training.md lists every case.
 """
 from __future__ import annotations
 
@@ -32,6 +38,7 @@ import argparse  # noqa: E402
 import math  # noqa: E402
 import os  # noqa: E402
 import sys  # noqa: E402
+import tempfile  # noqa: E402
 
 
 def _blas_threads_from_argv(argv) -> int:
@@ -63,10 +70,12 @@ import numpy as np  # noqa: E402
 
 import minigrad  # noqa: E402
 import optim  # noqa: E402
+from minigrad.memory import fmt_bytes  # noqa: E402
+from models.costs import gpt_costs  # noqa: E402
 from models.data import DataError, TextData, load_text  # noqa: E402
-from models.gpt import GPT, PRESETS, preset  # noqa: E402
+from models.gpt import GPT, PRESETS, GPTConfig, preset  # noqa: E402
 from models.textgen import sample_text  # noqa: E402
-from models.tokenizer import TokenizerError  # noqa: E402
+from models.tokenizer import BPETokenizer, TokenizerError  # noqa: E402
 from models.training import (CKPT, CheckpointError, Trainer, clip_grad_norm, lm_loss,  # noqa: E402
                              load_checkpoint, plot_history)
 
@@ -104,7 +113,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--optimizer", default="adamw", help="any name in optim.available()")
     p.add_argument("--data", default=None, help="a UTF-8 text file; None means Shakespeare's works")
     p.add_argument("--out", default="out", help="output directory")
-    p.add_argument("--resume", action="store_true", help=f"continue from --out/{CKPT}")
+    p.add_argument("--resume", action="store_true",
+                   help=f"continue the run in --out/{CKPT} with its saved settings")
+    p.add_argument("--force", action="store_true", help="start afresh even if --out holds a checkpoint")
+    p.add_argument("--init-from", default=None, metavar="CKPT",
+                   help="start a new run (new data, new optimizer) from this checkpoint's weights, "
+                        "config and tokenizer (a directory or its ckpt.npz)")
+    p.add_argument("--tokenizer", choices=("char", "bpe"), default="char",
+                   help="char: one token per character; bpe: byte-level BPE trained on the text")
+    p.add_argument("--vocab-size", type=int, default=512, help="BPE vocabulary size (--tokenizer bpe)")
+    p.add_argument("--save-every", type=int, default=None,
+                   help="write a checkpoint every N steps; None means at every evaluation")
     p.add_argument("--seed", type=int, default=1337)
     p.add_argument("--eval-every", type=int, default=250, help="validate every N steps")
     p.add_argument("--eval-batches", type=int, default=20, help="fixed validation batches per evaluation")
@@ -130,67 +149,180 @@ def make_optimizer(name, model, lr, weight_decay, beta2, seed):
     return optim.create(name, groups, lr=lr, **kw)
 
 
+# Flags that define a run: on --resume they come from the checkpoint, and an explicit one that
+# differs is refused (--steps may change: it sets a new target; --data is checked by content).
+RUN_FLAGS = ("preset", "batch_size", "lr", "min_lr_ratio", "warmup", "weight_decay", "beta2",
+             "grad_clip", "optimizer", "seed", "eval_every", "eval_batches", "dropout", "tokenizer",
+             "vocab_size", "init_from")
+
+
+def _flag(dest: str) -> str:
+    return "--" + dest.replace("_", "-")
+
+
+def explicit_flags(argv) -> set:
+    """The destinations of the flags written on the command line (not left at their default)."""
+    shadow = build_parser()
+    for action in shadow._actions:
+        action.default = argparse.SUPPRESS
+    return set(vars(shadow.parse_args(argv)))
+
+
 def _validate(args):
+    """Every flag in its range, before anything is read or written."""
     if args.preset not in PRESETS:
         raise UsageError(f"unknown preset {args.preset!r}; choose one of {', '.join(PRESETS)}")
     if args.optimizer.lower() not in optim.available():
         raise UsageError(f"unknown optimizer {args.optimizer!r}; available: {', '.join(optim.available())}")
-    for name in ("steps", "eval_every", "eval_batches"):
-        if getattr(args, name) < 1:
-            raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    if args.batch_size is not None and args.batch_size < 1:
-        raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
+    for dest in ("steps", "eval_every", "eval_batches"):
+        if getattr(args, dest) < 1:
+            raise UsageError(f"{_flag(dest)} must be >= 1, got {getattr(args, dest)}")
+    for dest in ("warmup", "sample_chars"):
+        if getattr(args, dest) < 0:
+            raise UsageError(f"{_flag(dest)} must be >= 0, got {getattr(args, dest)}")
+    for dest in ("batch_size", "save_every"):
+        if getattr(args, dest) is not None and getattr(args, dest) < 1:
+            raise UsageError(f"{_flag(dest)} must be >= 1, got {getattr(args, dest)}")
     if args.lr is None:
         args.lr = PRESET_LR.get(args.preset, 1e-3)
-    if not (args.lr > 0 and math.isfinite(args.lr)):
-        raise UsageError(f"--lr must be a positive number, got {args.lr}")
-    if args.max_minutes < 0:
-        raise UsageError(f"--max-minutes must be >= 0, got {args.max_minutes}")
+    checks = {"lr": (args.lr > 0, "a finite number > 0"),
+              "weight_decay": (args.weight_decay >= 0, "a finite number >= 0"),
+              "grad_clip": (args.grad_clip >= 0, "a finite number >= 0 (0: no clipping)"),
+              "beta2": (0 <= args.beta2 < 1, "in [0, 1)"),
+              "min_lr_ratio": (0 <= args.min_lr_ratio <= 1, "in [0, 1]"),
+              "dropout": (0 <= args.dropout < 1, "in [0, 1)"),
+              "max_minutes": (args.max_minutes >= 0, "a finite number >= 0 (0: no budget)")}
+    for dest, (ok, what) in checks.items():
+        value = getattr(args, dest)
+        if not (ok and math.isfinite(value)):
+            raise UsageError(f"{_flag(dest)} must be {what}, got {value}")
+    if args.tokenizer == "bpe" and not 256 < args.vocab_size <= 65536:
+        raise UsageError(f"--vocab-size must be in (256, 65536] for a byte-level BPE, got {args.vocab_size}")
+    if args.resume and args.init_from:
+        raise UsageError("--resume continues the run in --out; --init-from starts a new one: give one")
+    if args.resume and args.force:
+        raise UsageError("--force starts afresh and --resume continues: give one")
 
 
-def _check_same_run(ckpt, config, data, batch_size, args):
-    """A resumed run must be the run that was saved: same model, data, batch and optimizer."""
+def _adopt_saved_flags(args, explicit, ckpt):
+    """--resume: the run's settings come from the checkpoint; an explicit flag must agree."""
+    saved = ckpt.meta.get("args") or {}
+    for dest in RUN_FLAGS:
+        if dest not in saved:
+            continue
+        if dest in explicit and getattr(args, dest) != saved[dest]:
+            raise UsageError(f"{_flag(dest)} {getattr(args, dest)} contradicts the checkpoint in {args.out}, "
+                             f"trained with {_flag(dest)} {saved[dest]}; drop the flag to continue that "
+                             f"run, or start a new one in a fresh --out")
+        setattr(args, dest, saved[dest])
+    if "data" not in explicit:
+        args.data = saved.get("data")
+
+
+def _check_same_run(ckpt, config, data, batch_size):
+    """The checkpoint's model and data must be this run's (the data file may have changed)."""
     meta, path = ckpt.meta, ckpt.path
     want, have = config.to_dict(), ckpt.config
     if have != want or meta.get("data_key") != data.key or meta.get("batch_size") != batch_size:
         diff = [k for k in want if have.get(k) != want[k]]
         what = (f"config differs in {', '.join(diff)}" if diff else
-                "batch size differs" if meta.get("batch_size") != batch_size else "data differ")
-        raise UsageError(f"checkpoint {path} is from another run ({what}); use the same "
-                         f"--preset/--data/--batch-size, or a fresh --out")
-    if meta["optimizer"].lower() != args.optimizer.lower():
-        raise UsageError(f"checkpoint {path} was trained with --optimizer {meta['optimizer']}, "
-                         f"not {args.optimizer}; pass the same optimizer, or a fresh --out")
+                "batch size differs" if meta.get("batch_size") != batch_size else
+                "the data differ: the text file changed since")
+        raise UsageError(f"checkpoint {path} is from another run ({what}); use a fresh --out")
 
 
-def run(args, on_step=None) -> int:
-    """Train as ``args`` say; ``on_step(step)`` (tests) is called after every optimizer step."""
+def _check_writable(out):
+    try:
+        os.makedirs(out, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".write-test-"):
+            pass
+    except OSError as e:
+        raise UsageError(f"--out {out} is not writable ({e.strerror or e}); choose another directory") from None
+
+
+def _check_fits(config, batch_size, data, optimizer):
+    """A batch must fit in the training split and, with the model, in the memory available."""
+    need = batch_size * config.block_size
+    if need > len(data.train):
+        raise UsageError(f"--batch-size {batch_size} x block {config.block_size} = {need:,} tokens is more "
+                         f"than the whole training split ({len(data.train):,} tokens); use a smaller batch")
+    costs = gpt_costs(config, batch_size, optimizer=optimizer.lower())
+    avail = available_memory()
+    if avail is not None and costs.total_bytes > 0.8 * avail:
+        raise UsageError(f"--batch-size {batch_size} needs about {fmt_bytes(costs.total_bytes)} for one "
+                         f"training step (models.costs.gpt_costs), more than 80% of the "
+                         f"{fmt_bytes(avail)} available; use a smaller batch")
+
+
+def available_memory():
+    """Bytes the kernel says a new process could use now (Linux MemAvailable), or None."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def _tokenizer_for(args, text, ckpt):
+    if ckpt is not None:
+        return ckpt.tokenizer()
+    if args.tokenizer == "bpe":
+        print(f"training a byte-level BPE tokenizer ({args.vocab_size} tokens) on the text ...", flush=True)
+        return BPETokenizer.train(text, args.vocab_size)
+    return None                                        # TextData trains a CharTokenizer
+
+
+def run(args, on_step=None, explicit=frozenset()) -> int:
+    """Train as ``args`` say; ``explicit`` names the flags given on the command line;
+    ``on_step(step)`` (tests) is called after every optimizer step."""
     t_start = _T_START if __name__ == "__main__" else time.perf_counter()
     # ---- validate everything before writing anything ----------------------------------------
     _validate(args)
+    ckpt = init = None
+    if args.resume:
+        ckpt = load_checkpoint(args.out)
+        _adopt_saved_flags(args, explicit, ckpt)
+    elif os.path.exists(os.path.join(args.out, CKPT)) and not args.force:
+        raise UsageError(f"{args.out} already holds a checkpoint; continue it with --resume, overwrite it "
+                         f"with --force, or choose another --out")
+    if args.init_from:
+        init = load_checkpoint(args.init_from)
     try:
         config, preset_batch = preset(args.preset, dropout=args.dropout)
     except ValueError as e:
         raise UsageError(str(e)) from None
+    if init is not None:
+        shape = {k: init.config[k] for k in ("n_layer", "n_head", "n_embd", "block_size")}
+        if "preset" in explicit and shape != {k: getattr(config, k) for k in shape}:
+            raise UsageError(f"--preset {args.preset} is not the shape of --init-from {init.path} ({shape})")
+        config = GPTConfig.from_dict({**init.config, "dropout": args.dropout})
     batch_size = args.batch_size or preset_batch
-    ckpt = None
-    if args.resume:
-        ckpt = load_checkpoint(args.out)
-        args.seed = ckpt.meta["args"]["seed"]          # the validation batches depend on it
     text, data_desc = load_text(args.data)
-    data = TextData(text, tokenizer=ckpt.tokenizer() if ckpt else None, block_size=config.block_size,
+    data = TextData(text, tokenizer=_tokenizer_for(args, text, ckpt or init), block_size=config.block_size,
                     description=data_desc, cache_dir=os.path.join(args.out, "cache"),
                     write_cache=False)                 # written below, once all inputs are good
     config.vocab_size = data.vocab_size
     if ckpt is not None:
-        _check_same_run(ckpt, config, data, batch_size, args)
+        _check_same_run(ckpt, config, data, batch_size)
+    _check_fits(config, batch_size, data, args.optimizer)
+    if args.warmup >= args.steps:
+        print(f"warning: --warmup {args.warmup} >= --steps {args.steps}: the learning rate never "
+              f"reaches its peak, and the cosine decay never starts", file=sys.stderr)
 
     # ---- inputs are good: from here on we may write ---------------------------------------------
-    os.makedirs(args.out, exist_ok=True)
+    _check_writable(args.out)
     data.save_cache()
     minigrad.configure_runtime()
     model = GPT(config, seed=args.seed)
+    if init is not None:
+        model.load_state_dict(init.params)
     opt = make_optimizer(args.optimizer, model, args.lr, args.weight_decay, args.beta2, args.seed)
+    meta = {"optimizer": args.optimizer, "preset": args.preset, "batch_size": batch_size,
+            "tokenizer": data.tokenizer.to_dict(), "data": data_desc, "data_key": data.key,
+            "args": vars(args)}
     trainer = Trainer(
         model, lm_loss, opt, lambda rng: data.get_batch("train", batch_size, rng),
         steps=args.steps, schedule="cosine",
@@ -199,20 +331,22 @@ def run(args, on_step=None) -> int:
         eval_batches=data.fixed_batches("val", args.eval_batches, batch_size, seed=args.seed + 1),
         eval_every=args.eval_every, time_budget=args.max_minutes * 60.0, start_time=t_start,
         reserve_seconds=_END_SECONDS, seed=args.seed, progress=not args.no_progress,
+        save_every=args.save_every or args.eval_every, save_dir=args.out, save_meta=meta,
         on_step=None if on_step is None else (lambda tr: on_step(tr.step)),
         tokens_per_step=batch_size * config.block_size)
     if ckpt is not None:
-        trainer.restore(ckpt, target=args.steps if args.steps != ckpt.meta["args"]["steps"] else None)
+        trainer.restore(ckpt, target=args.steps if "steps" in explicit else None)
+        args.steps = trainer.target
 
     print(f"data: {data_desc}: {len(data.ids):,} tokens (vocab {data.vocab_size}), "
           f"train {len(data.train):,} / val {len(data.val):,}")
     print(f"model: {args.preset} {config.n_layer} layers, {config.n_head} heads, {config.n_embd} dims, "
           f"block {config.block_size}, {model.num_parameters():,} parameters; batch {batch_size}; "
-          f"optimizer {args.optimizer} lr {args.lr:g}" + (f"; resuming at step {trainer.step}" if ckpt else ""))
+          f"optimizer {args.optimizer} lr {args.lr:g}"
+          + (f"; resuming at step {trainer.step} of {trainer.target}" if ckpt else "")
+          + (f"; weights from {init.path} (step {init.step})" if init else ""))
     result = trainer.fit()
-    path = trainer.save(args.out, meta={
-        "optimizer": args.optimizer, "preset": args.preset, "batch_size": batch_size,
-        "tokenizer": data.tokenizer.to_dict(), "data": data_desc, "data_key": data.key, "args": vars(args)})
+    path = trainer.save(args.out, meta=meta)
     plot = plot_history(trainer.history, args.out,
                         f"GPT {args.preset} on {os.path.basename(str(args.data or 'Shakespeare'))}")
     if result.interrupted:
@@ -242,8 +376,9 @@ def run(args, on_step=None) -> int:
 
 def main(argv=None, on_step=None) -> int:
     try:
+        argv = sys.argv[1:] if argv is None else list(argv)
         args = build_parser().parse_args(argv)
-        return run(args, on_step=on_step)
+        return run(args, on_step=on_step, explicit=explicit_flags(argv))
     except (UsageError, DataError, CheckpointError) as e:
         print(f"train_gpt.py: error: {e}", file=sys.stderr)
         return 2

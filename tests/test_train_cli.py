@@ -153,20 +153,171 @@ def test_bad_options(tmp_path, capsys, corpus):
     assert "no checkpoint" in _bad(capsys, _args(corpus, out, "--resume"), out)
 
 
-def test_checkpoint_from_another_config(tmp_path, capsys, corpus, full_run):
+def test_checkpoint_from_another_run(tmp_path, capsys, corpus, full_run):
     out = tmp_path / "other"
     import shutil
     shutil.copytree(full_run, out)
-    line = _bad(capsys, _args(corpus, out, "--resume", "--preset", "small"), str(out))
-    assert "another run" in line and "n_layer" in line
-    line = _bad(capsys, _args(corpus, out, "--resume", "--batch-size", "8"), str(out))
-    assert "batch size" in line
-    line = _bad(capsys, _args(corpus, out, "--resume", "--optimizer", "sgd"), str(out))
-    assert "--optimizer adamw" in line
+    for flags, said in ((("--preset", "small"), "--preset small contradicts"),
+                        (("--batch-size", "8"), "--batch-size 8 contradicts"),
+                        (("--optimizer", "sgd"), "trained with --optimizer adamw"),
+                        (("--lr", "0.1"), "--lr 0.1 contradicts")):
+        line = _bad(capsys, _args(corpus, out, "--resume", *flags), str(out))
+        assert said in line and "fresh --out" in line
+    other_text = tmp_path / "other.txt"                     # same flags, but the text changed
+    other_text.write_text(open(corpus, encoding="utf-8").read()[:-500], encoding="utf-8")
+    assert "the data differ" in _bad(capsys, _args(str(other_text), out, "--resume"), str(out))
     (out / "ckpt.npz").write_bytes(b"not a checkpoint")
     before = _snapshot(str(out))
     assert "does not match its manifest.json" in _bad(capsys, _args(corpus, out, "--resume"), str(out))
     assert _snapshot(str(out)) == before
+
+
+def test_a_fresh_run_never_replaces_a_checkpoint(tmp_path, capsys, corpus, full_run):
+    import shutil
+    out = tmp_path / "taken"
+    shutil.copytree(full_run, out)
+    line = _bad(capsys, _args(corpus, out), str(out))
+    assert "already holds a checkpoint" in line and "--resume" in line and "--force" in line
+    assert train_gpt.main(_args(corpus, out, "--force", "--steps", "3")) == 0
+    assert json.load(open(out / "manifest.json"))["step"] == 3
+
+
+def test_resume_with_new_steps_extends_the_run(tmp_path, capsys, corpus, full_run):
+    import shutil
+    out = tmp_path / "longer"
+    shutil.copytree(full_run, out)
+    assert train_gpt.main(["--resume", "--out", str(out), "--steps", "16", "--no-progress"]) == 0
+    assert json.load(open(out / "manifest.json"))["step"] == 16
+    assert "resuming at step 12 of 16" in capsys.readouterr().out
+
+
+def test_periodic_checkpoints_survive_a_crash(tmp_path, corpus):
+    out = tmp_path / "crash"
+
+    def crash_at_9(step):
+        if step == 9:
+            raise RuntimeError("power cut")
+
+    with pytest.raises(RuntimeError, match="power cut"):
+        train_gpt.main(_args(corpus, out, "--save-every", "4"), on_step=crash_at_9)
+    assert json.load(open(out / "manifest.json"))["step"] == 8           # lost one step, not nine
+
+
+def _wait_for(proc, prefix):
+    """The lines the process printed up to and including the first that starts with ``prefix``."""
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if line.startswith(prefix):
+            return "".join(seen)
+    raise AssertionError(f"the run ended before printing {prefix!r}: {proc.stderr.read()}")
+
+
+def _signalled_run(argv, prefix, sig):
+    """Run the CLI as a process, send ``sig`` once it printed a line starting with ``prefix``."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen([sys.executable, SCRIPT, *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env)
+    try:
+        before = _wait_for(proc, prefix)
+        proc.send_signal(sig)
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return proc.returncode, before + stdout, stderr
+
+
+def test_sigterm_and_ctrl_c_then_resume_with_only_out_equals_the_uninterrupted_run(corpus, tmp_path):
+    reference = tmp_path / "reference"          # a process too: the CLI sets its BLAS threads as a script
+    ran = subprocess.run([sys.executable, SCRIPT, *_args(corpus, reference, "--steps", "60")],
+                         capture_output=True, text=True, timeout=300)
+    assert ran.returncode == 0, ran.stderr
+
+    out = str(tmp_path / "stopped")
+    argv = _args(corpus, out, "--steps", "60")
+    code, stdout, stderr = _signalled_run(argv, "step 4:", signal.SIGTERM)
+    assert code == 130 and "Traceback" not in stderr and "checkpoint saved" in stdout, stderr
+    first = json.load(open(os.path.join(out, "manifest.json")))["step"]
+    assert 4 <= first < 60
+    code, stdout, stderr = _signalled_run(["--resume", "--out", out, "--no-progress"], f"step {first + 4 - first % 4}:",
+                                          signal.SIGINT)
+    assert code == 130 and "Traceback" not in stderr, stderr
+    assert f"resuming at step {first} of 60" in stdout
+    ran = subprocess.run([sys.executable, SCRIPT, "--resume", "--out", out, "--no-progress"],
+                         capture_output=True, text=True, timeout=300)
+    assert ran.returncode == 0, ran.stderr
+    a, b = _load(reference), _load(out)
+    assert a["history/train_loss"].tolist() == b["history/train_loss"].tolist()      # bit for bit
+    assert a["history/val_loss"].tolist() == b["history/val_loss"].tolist()
+    for k in a:
+        if k.startswith(("param/", "optim/")):
+            assert np.array_equal(a[k], b[k]), k
+
+
+@pytest.mark.parametrize("flags, said", [
+    (("--beta2", "1.5"), "--beta2 must be in [0, 1), got 1.5"),
+    (("--weight-decay", "-1"), "--weight-decay must be a finite number >= 0, got -1.0"),
+    (("--warmup", "-10"), "--warmup must be >= 0, got -10"),
+    (("--grad-clip", "-1"), "--grad-clip must be a finite number >= 0"),
+    (("--min-lr-ratio", "5"), "--min-lr-ratio must be in [0, 1], got 5.0"),
+    (("--sample-chars", "-1"), "--sample-chars must be >= 0, got -1"),
+    (("--dropout", "1"), "--dropout must be in [0, 1)"),
+    (("--lr", "nan"), "--lr must be a finite number > 0, got nan"),
+    (("--max-minutes", "-1"), "--max-minutes must be a finite number >= 0"),
+    (("--save-every", "0"), "--save-every must be >= 1, got 0"),
+    (("--batch-size", "0"), "--batch-size must be >= 1, got 0"),
+    (("--eval-every", "0"), "--eval-every must be >= 1, got 0"),
+    (("--tokenizer", "words"), "argument --tokenizer: invalid choice: 'words'"),
+    (("--tokenizer", "bpe", "--vocab-size", "100"), "--vocab-size must be in (256, 65536]"),
+    (("--resume", "--force"), "--force starts afresh and --resume continues"),
+    (("--batch-size", "100000"), "more than the whole training split"),
+])
+def test_every_flag_is_checked_before_anything_is_written(tmp_path, capsys, corpus, flags, said):
+    out = str(tmp_path / "o")
+    assert said in _bad(capsys, _args(corpus, out, *flags), out)
+
+
+def test_out_that_cannot_be_written_and_a_batch_that_cannot_fit(tmp_path, capsys, corpus, monkeypatch):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    out = str(blocker / "sub")
+    assert train_gpt.main(_args(corpus, out)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is not writable" in err[0]
+    monkeypatch.setattr(train_gpt, "available_memory", lambda: 10_000_000)   # a 10 MB machine
+    out = str(tmp_path / "o")
+    assert "more than 80% of the 9.54 MiB available" in _bad(capsys, _args(corpus, out, "--batch-size", "64"), out)
+
+
+def test_warmup_longer_than_the_run_warns(tmp_path, capsys, corpus):
+    assert train_gpt.main(_args(corpus, tmp_path / "w", "--warmup", "20")) == 0
+    assert "warning: --warmup 20 >= --steps 12" in capsys.readouterr().err
+
+
+def test_init_from_starts_a_new_run_from_the_weights(tmp_path, capsys, corpus, full_run):
+    part = tmp_path / "part.txt"                       # other text, the same characters
+    part.write_text(open(corpus, encoding="utf-8").read()[5000:], encoding="utf-8")
+    out = tmp_path / "ft"
+    assert train_gpt.main(_args(str(part), out, "--init-from", str(full_run), "--steps", "2",
+                                "--lr", "1e-9", "--optimizer", "sgd")) == 0
+    assert "weights from" in capsys.readouterr().out
+    start, tuned = _load(full_run), _load(out)
+    assert json.loads(str(tuned["meta"]))["trainer"]["step"] == 2          # a new run: counted from 0
+    for k in start:
+        if k.startswith("param/"):
+            np.testing.assert_allclose(tuned[k], start[k], atol=1e-6)     # lr 1e-9: the weights it began from
+    odd = tmp_path / "odd.txt"
+    odd.write_text("\u4e2d" * 5000, encoding="utf-8")
+    assert "not in the vocabulary" in _bad(capsys, _args(str(odd), tmp_path / "o2", "--init-from", str(full_run)),
+                                           str(tmp_path / "o2"))
+
+
+def test_bpe_tokenizer(tmp_path, capsys, corpus):
+    out = tmp_path / "bpe"
+    assert train_gpt.main(_args(corpus, out, "--tokenizer", "bpe", "--vocab-size", "300", "--steps", "2")) == 0
+    meta = json.loads(str(_load(out)["meta"]))
+    assert meta["tokenizer"]["type"] == "bpe" and meta["model"]["config"]["vocab_size"] == 300
 
 
 def test_zeroth_order_optimizer_trains_through_the_cli(corpus, tmp_path, capsys):

@@ -123,6 +123,8 @@ class Trainer:
                  schedule is shortened to the steps that fit (measured after 40 steps, then
                  every 100), keeping ``reserve_seconds`` free for saving and sampling
     autocast     a ``minigrad.amp`` policy (or preset name) for the forward passes
+    save_every   with ``save_dir``: a checkpoint (:meth:`save`, with ``save_meta``) every k steps, so
+                 a crash loses at most k steps
     on_step      ``on_step(trainer)`` after every optimizer step; ``on_eval(trainer, val_loss)``
     progress     a tqdm bar; False prints a line every ``log_every`` steps
     """
@@ -130,12 +132,16 @@ class Trainer:
     def __init__(self, model, loss_fn, optimizer, batches, *, steps: int, schedule: str = "constant",
                  schedule_kwargs=None, grad_hooks=(), eval_batches=None, eval_every: int = 250,
                  time_budget: float | None = None, start_time: float | None = None,
-                 reserve_seconds: float = 25.0, autocast=None, seed: int = 0, on_step=None,
-                 on_eval=None, progress: bool = True, log_every: int = 50, tokens_per_step=None):
+                 reserve_seconds: float = 25.0, autocast=None, seed: int = 0, save_every=None,
+                 save_dir=None, save_meta=None, on_step=None, on_eval=None, progress: bool = True,
+                 log_every: int = 50, tokens_per_step=None):
         if int(steps) != steps or steps < 1:
             raise ValueError(f"Trainer: steps must be an integer >= 1, got {steps!r}")
         if int(eval_every) != eval_every or eval_every < 1:
             raise ValueError(f"Trainer: eval_every must be an integer >= 1, got {eval_every!r}")
+        if save_every is not None and (int(save_every) != save_every or save_every < 1 or save_dir is None):
+            raise ValueError(f"Trainer: save_every must be an integer >= 1 and needs save_dir, got "
+                             f"{save_every!r} and {save_dir!r}")
         if time_budget is not None and not time_budget >= 0:
             raise ValueError(f"Trainer: time_budget must be >= 0 seconds, got {time_budget!r}")
         for h in grad_hooks:
@@ -150,6 +156,7 @@ class Trainer:
         self.reserve_seconds = reserve_seconds
         self.autocast = autocast
         self.on_step, self.on_eval = on_step, on_eval
+        self.save_every, self.save_dir, self.save_meta = save_every, save_dir, save_meta
         self.progress, self.log_every = progress, log_every
         self.tokens_per_step = tokens_per_step
         self.target = int(steps)          # the step count asked for
@@ -268,6 +275,8 @@ class Trainer:
                 self.history["train_loss"].append(loss)
                 if self.on_step is not None:
                     self.on_step(self)
+                if self.save_every and self.step % self.save_every == 0 and self.step < self.horizon:
+                    self.save(self.save_dir, self.save_meta)
                 if self.step > 3:                      # skip warm-up effects (JIT, caches)
                     recent.append(dt)
                 # fit the schedule into the time budget: plan after 40 timed steps (the warmup
