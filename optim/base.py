@@ -9,11 +9,29 @@ updating the arrays **in place**::
     opt.step(grads)
 
 ``params`` may be a dict name -> array, an iterable of (name, array) pairs (objects with a
-``.data`` ndarray, e.g. ``Parameter``, are unwrapped), or a list of parameter groups
+``.data`` ndarray, e.g. ``Parameter``, are unwrapped), an iterable of Parameters (see "PyTorch
+habits" below), or a list of parameter groups
 ``[{"params": {...}, "lr": 1e-3, "weight_decay": 0.0}, ...]``; keys missing from a group are
 filled from the optimizer's defaults. A group key that is not one of the optimizer's
 hyperparameters (``opt.defaults``; plus ``"initial_lr"``, which ``LRScheduler`` sets) is a
 ``ValueError``: every key a group holds is honoured by the update.
+
+PyTorch habits
+--------------
+An optimizer built from Parameters (recognised by duck typing: a ``.data`` ndarray and a
+``grad`` attribute) keeps the Parameter objects besides their arrays, and is driven as in torch::
+
+    opt = optim.AdamW(model.parameters(), lr=3e-4)   # or model.named_parameters()
+    loss = model(x, y)
+    loss.backward()
+    optim.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()                 # reads p.grad; a parameter whose grad is None is skipped
+    opt.zero_grad()            # p.grad = None (set_to_none=False: fill it with zeros)
+
+``model.parameters()`` carries no names: the parameters are named "0", "1", ... in order,
+counting on across groups, as torch numbers its optimizer state by position. An optimizer built
+from raw arrays has no gradients to read: ``step()`` needs grads or a closure, and
+``zero_grad()`` raises.
 
 The step protocol
 -----------------
@@ -169,6 +187,13 @@ def check_count(value, what: str) -> None:
         raise ValueError(f"{what} must be an integer >= 1, got {value!r}")
 
 
+def _is_parameter(p) -> bool:
+    """A Parameter by duck typing (optim imports no minigrad): a ``.data`` ndarray and a ``grad``
+    attribute (an ndarray, or None when it has no gradient)."""
+    return (not isinstance(p, np.ndarray) and isinstance(getattr(p, "data", None), np.ndarray)
+            and hasattr(p, "grad"))
+
+
 def _as_array(name, p):
     if not isinstance(p, np.ndarray) and isinstance(getattr(p, "data", None), np.ndarray):
         p = p.data  # a Tensor/Parameter: optimize its storage in place
@@ -181,24 +206,32 @@ def _as_array(name, p):
     return p
 
 
-def _named(params, where="params"):
-    """dict / iterable of (name, array) -> dict name -> ndarray (order kept)."""
+def _named_items(params, where="params", first=0):
+    """(name, parameter) pairs of a dict, of (name, parameter) pairs, or of unnamed Parameters
+    (``model.parameters()``), which are named str(first), str(first + 1), ... in order, as torch
+    numbers parameters by position. The parameters are returned as given (not unwrapped)."""
     if isinstance(params, Mapping):
         items = list(params.items())
     else:
+        if isinstance(params, np.ndarray) or _is_parameter(params):
+            raise TypeError(f"{where}: got a single {type(params).__name__}; pass an iterable of "
+                            f"parameters, e.g. [p] or {{'name': p}}")
         items = list(params)
+        if items and all(_is_parameter(it) for it in items):
+            return [(str(first + i), p) for i, p in enumerate(items)]
         for it in items:
-            if not (isinstance(it, tuple) and len(it) == 2 and isinstance(it[0], str)):
-                raise TypeError(f"{where}: expected a dict name -> array or (name, array) pairs, "
+            if not (isinstance(it, tuple) and len(it) == 2):
+                raise TypeError(f"{where}: expected a dict name -> array, (name, array) pairs "
+                                f"(model.named_parameters()) or Parameters only (model.parameters()), "
                                 f"got an item of type {type(it).__name__}")
-    out = {}
-    for n, p in items:
+    names = set()
+    for n, _ in items:
         if not isinstance(n, str):
             raise TypeError(f"{where}: parameter names must be str, got {n!r}")
-        if n in out:
+        if n in names:
             raise ValueError(f"{where}: duplicate parameter name {n!r}")
-        out[n] = _as_array(n, p)
-    return out
+        names.add(n)
+    return items
 
 
 # ----------------------------------------------------------------------------- base class
@@ -224,6 +257,7 @@ class Optimizer:
         self.global_state: dict = {}   # optimizer-wide scalars/arrays (e.g. FISTA's t_k)
         self.skipped_steps = 0
         self.last_step_skipped = False
+        self._tensors: dict = {}       # name -> the Parameter given for it (step() reads .grad)
         if isinstance(params, (list, tuple)) and params and isinstance(params[0], Mapping):
             groups = list(params)
         else:
@@ -244,7 +278,9 @@ class Optimizer:
                              f"may set {sorted(self.defaults)} (and 'initial_lr')")
         for k, v in self.defaults.items():
             g.setdefault(k, v)
-        g = {"params": _named(group["params"], "param group"), **g}
+        items = _named_items(group["params"], "param group",
+                             first=sum(len(grp["params"]) for grp in self.param_groups))
+        g = {"params": {n: _as_array(n, p) for n, p in items}, **g}
         if not g["params"]:
             return
         taken = {n for grp in self.param_groups for n in grp["params"]}
@@ -258,6 +294,7 @@ class Optimizer:
             by_id[id(p)] = n
         self._check_group(g)
         self.param_groups.append(g)
+        self._tensors.update((n, p) for n, p in items if _is_parameter(p))
 
     def _check_group(self, group):
         """Validate a group's hyperparameters; subclasses extend (call super())."""
@@ -319,16 +356,19 @@ class Optimizer:
         """Update the parameters in place from ``grads`` (dict name -> ndarray).
 
         ``closure`` (used when ``grads`` is None) is called once and must return
-        ``(loss, grads)``; its loss is returned. Returns None when given ``grads``."""
+        ``(loss, grads)``; its loss is returned. Returns None when given ``grads``.
+        With neither, an optimizer built from Parameters reads their ``.grad`` (torch's
+        ``opt.step()``)."""
         loss = None
         if grads is None:
             if closure is None:
-                raise ValueError("step() needs grads or a closure returning (loss, grads)")
-            out = closure()
-            if not (isinstance(out, tuple) and len(out) == 2):
-                raise TypeError(f"{type(self).__name__} needs gradients: the closure must return "
-                                f"(loss, grads), got {type(out).__name__}")
-            loss, grads = out
+                grads = self._parameter_grads()
+            else:
+                out = closure()
+                if not (isinstance(out, tuple) and len(out) == 2):
+                    raise TypeError(f"{type(self).__name__} needs gradients: the closure must return "
+                                    f"(loss, grads), got {type(out).__name__}")
+                loss, grads = out
         finite = self._check_grads(grads)
         self.last_step_skipped = not finite
         if not finite or self._begin_step(grads) is False:
@@ -341,6 +381,28 @@ class Optimizer:
                 self._update(name, p, g, self.state.setdefault(name, {}), group)
         self._end_step(grads)
         return loss
+
+    def _parameter_grads(self):
+        """dict name -> ``p.grad`` of the Parameters the optimizer was built from."""
+        arrays = [n for n in self.params if n not in self._tensors]
+        if arrays:
+            raise ValueError(f"step() needs grads or a closure returning (loss, grads): parameter(s) "
+                             f"{arrays[:5]}{'...' if len(arrays) > 5 else ''} were given as arrays, "
+                             f"which hold no .grad (build the optimizer from model.parameters() to "
+                             f"step() on their .grad)")
+        return {n: p.grad for n, p in self._tensors.items()}
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Clear the ``.grad`` of the Parameters the optimizer was built from (torch semantics):
+        set it to None, or with ``set_to_none=False`` fill an existing one with zeros in place."""
+        if not self._tensors:
+            raise TypeError(f"{type(self).__name__}.zero_grad: the optimizer was built from raw "
+                            f"arrays, which hold no gradients; call model.zero_grad() instead")
+        for p in self._tensors.values():
+            if set_to_none or p.grad is None:
+                p.grad = None
+            else:
+                p.grad.fill(0)
 
     def _begin_step(self, grads):
         """Hook: sees all (validated) gradients before any update. Return False when it has

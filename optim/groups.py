@@ -23,7 +23,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from .base import _named
+from .base import _as_array, _named_items
 
 __all__ = ["param_groups", "param_groups_no_decay", "split_matrices", "split_roles"]
 
@@ -79,7 +79,9 @@ def _matcher(rule, where, roles):
 def param_groups(params, rules, roles=None, **defaults):
     """Parameter groups for an optimizer, chosen by ``rules``.
 
-    ``params``: dict name -> array (or Parameter), or (name, array) pairs. ``rules``: a list of
+    ``params``: dict name -> array (or Parameter), (name, array) pairs, or Parameters
+    (``model.parameters()``, named "0", "1", ... by position); Parameters stay Parameters in
+    the groups, so that an optimizer built from them reads their ``.grad``. ``rules``: a list of
     dicts. Their matcher keys select parameters, all of a rule's matchers must hold:
 
     * ``name``: an fnmatch pattern or a list of them (any may match), e.g. ``"h.*.mlp.*"``;
@@ -92,7 +94,7 @@ def param_groups(params, rules, roles=None, **defaults):
     that matches it; the unmatched ones form a last group. Every group holds ``**defaults``
     overridden by its rule's options. Groups come out in rule order; empty ones are dropped.
     """
-    named = _named(params)
+    items = _named_items(params)
     if not isinstance(rules, (list, tuple)):
         raise TypeError(f"param_groups: rules must be a list of dicts, got {type(rules).__name__}")
     selected = []
@@ -106,8 +108,9 @@ def param_groups(params, rules, roles=None, **defaults):
         options = {k: v for k, v in rule.items() if k not in MATCHERS}
         selected.append((_matcher(rule, where, roles), {"params": {}, **defaults, **options}))
     rest = {"params": {}, **defaults}
-    for n, p in named.items():
-        group = next((g for matches, g in selected if matches(n, p)), rest)
+    for n, p in items:
+        array = _as_array(n, p)
+        group = next((g for matches, g in selected if matches(n, array)), rest)
         group["params"][n] = p
     return [g for g in [g for _, g in selected] + [rest] if g["params"]]
 

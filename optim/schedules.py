@@ -21,8 +21,11 @@ Multipliers (``warmup`` = linear ramp from 1/warmup_steps to 1 over the first wa
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 import numpy as np
+
+from .base import _is_parameter
 
 __all__ = ["constant", "step_decay", "cosine", "wsd", "linear", "LRScheduler", "create",
            "available", "get", "clip_grad_norm_", "global_grad_norm"]
@@ -139,9 +142,39 @@ class LRScheduler:
         self._apply()
 
 
+def _gradients(grads, where):
+    """(name, array) of every gradient in ``grads``, None entries (no gradient) left out.
+
+    ``grads``: a dict name -> ndarray, or Parameters -- one, an iterable of them
+    (``model.parameters()``, named "0", "1", ... by position) or (name, Parameter) pairs -- whose
+    ``.grad`` is taken (the array itself, so clipping it clips the Parameter's gradient)."""
+    if isinstance(grads, Mapping):
+        items = list(grads.items())
+    elif isinstance(grads, np.ndarray) or _is_parameter(grads):
+        items = [("0", grads)]
+    else:
+        items = [it if isinstance(it, tuple) and len(it) == 2 and isinstance(it[0], str) else (str(i), it)
+                 for i, it in enumerate(grads)]
+    out = []
+    for n, g in items:
+        if _is_parameter(g):
+            g = g.grad
+        if g is None:
+            continue
+        if not isinstance(g, np.ndarray):
+            raise TypeError(f"{where}: gradient {n!r} must be an ndarray, or a Parameter whose .grad "
+                            f"is used; got {type(g).__name__}")
+        out.append((n, g))
+    return out
+
+
 def global_grad_norm(grads, norm_type=2.0):
-    """Norm of all gradients concatenated (None entries ignored), computed in float64."""
-    gs = [g for g in grads.values() if g is not None]
+    """Norm of all gradients concatenated (None entries ignored), computed in float64.
+    ``grads`` as for :func:`clip_grad_norm_`."""
+    return _total_norm([g for _, g in _gradients(grads, "global_grad_norm")], norm_type)
+
+
+def _total_norm(gs, norm_type):
     if not gs:
         return 0.0
     if norm_type == math.inf:
@@ -153,19 +186,22 @@ def global_grad_norm(grads, norm_type=2.0):
 def clip_grad_norm_(grads, max_norm, norm_type=2.0, error_if_nonfinite=False, eps=1e-6):
     """Scale all gradients IN PLACE by min(1, max_norm / (total_norm + eps)) (torch semantics).
 
-    ``grads``: dict name -> ndarray (None entries skipped). Returns the total norm before
-    clipping. A NaN/inf total norm raises if ``error_if_nonfinite``, else grads are left alone."""
+    ``grads``: a dict name -> ndarray, or Parameters (``model.parameters()``, one Parameter, or
+    ``model.named_parameters()``), whose ``.grad`` is clipped; None gradients are skipped.
+    Returns the total norm before clipping, as a float. A NaN/inf total norm raises if
+    ``error_if_nonfinite``, else the gradients are left alone (torch would multiply them by
+    the NaN or zero coefficient)."""
     if max_norm < 0:
         raise ValueError(f"max_norm must be >= 0, got {max_norm}")
-    total = global_grad_norm(grads, norm_type)
+    named = _gradients(grads, "clip_grad_norm_")
+    total = _total_norm([g for _, g in named], norm_type)
     if not math.isfinite(total):
         if error_if_nonfinite:
-            bad = [n for n, g in grads.items() if g is not None and not np.isfinite(g).all()]
+            bad = [n for n, g in named if not np.isfinite(g).all()]
             raise FloatingPointError(f"total gradient norm is {total}; non-finite in {bad}")
         return total
     coef = max_norm / (total + eps)
     if coef < 1.0:
-        for g in grads.values():
-            if g is not None:
-                g *= g.dtype.type(coef)
+        for _, g in named:
+            g *= g.dtype.type(coef)
     return total
