@@ -8,6 +8,8 @@ imports it. The CLIs in ``demos/`` are thin wrappers around it.
   ``optim.schedules``, gradient hooks, evaluation, time budget, progress, Ctrl-C/SIGTERM.
 * :func:`save_checkpoint` / :func:`load_checkpoint` -- the checkpoint format (``checkpoint.py``).
 * :func:`plot_history` -- the loss curves of a run (``plots.py``).
+* :func:`step_memory` / :func:`forward_memory` -- the measured peak memory of one training step
+  or forward pass, split into parameters, gradients, optimizer state and the rest (``profile.py``).
 
     from models.training import Trainer, lm_loss, clip_grad_norm
     trainer = Trainer(model, lm_loss, opt, lambda rng: data.get_batch("train", 16, rng),
@@ -19,8 +21,10 @@ imports it. The CLIs in ``demos/`` are thin wrappers around it.
 from .checkpoint import (CKPT, FORMAT_VERSION, MANIFEST, Checkpoint, CheckpointError, checkpoint_path,
                          load_checkpoint, save_checkpoint)
 from .plots import plot_history
+from .profile import StepMemory, forward_memory, step_memory
 from .trainer import FitResult, Trainer, clip_grad_norm, evaluate, lm_loss, module_generators
 
 __all__ = ["Trainer", "FitResult", "lm_loss", "evaluate", "clip_grad_norm", "module_generators",
            "save_checkpoint", "load_checkpoint", "Checkpoint", "CheckpointError", "checkpoint_path",
-           "FORMAT_VERSION", "CKPT", "MANIFEST", "plot_history"]
+           "FORMAT_VERSION", "CKPT", "MANIFEST", "plot_history", "step_memory", "forward_memory",
+           "StepMemory"]
