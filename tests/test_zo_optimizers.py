@@ -312,6 +312,64 @@ def test_lozo_m_keeps_m_by_r_momentum_and_reprojects_on_resample():
     assert opt.state_bytes() == 8 * (2 * (5 + 4) + 2 * (4 + 3) + 4 + 3)
 
 
+def _lozo_state(opt, P):
+    """Parameters and every array LoZO-M keeps (V, N per matrix, m per vector), copied."""
+    return {**{n: p.copy() for n, p in P.items()},
+            **{f"{n}/{k}": v.copy() for n, st in opt.state.items() for k, v in st.items()}}
+
+
+def _assert_same_bits(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def _put_back(P, saved):
+    """Restoring θ after ±ε is exact only up to rounding (optim/zo/base.py): after checking the
+    bound, put the saved bits back, so that the rest of the state can be compared bit for bit."""
+    for n, p in P.items():
+        np.testing.assert_allclose(p, saved[n], rtol=4 * 2.0**-53, atol=1e-17)
+        p[...] = saved[n]
+
+
+@pytest.mark.parametrize("failure", ["raise", "skip"])
+def test_lozo_m_step_that_fails_at_a_resample_point_keeps_V_and_N(failure):
+    """A step at a V-resample point that raises (then is retried) or is skipped for a non-finite
+    loss leaves V and N (and the vectors' m) exactly as they were; the run then goes on as the
+    run in which that step never happened."""
+    nu, resample_at, steps = 2, 2, 6
+    kw = dict(lr=1e-2, eps=1e-3, rank=2, step_interval=nu, momentum=0.9, seed=0)
+
+    def bad_closure():
+        if failure == "raise":
+            raise RuntimeError("data loader died")
+        return float("nan")
+
+    P = small_params()
+    f, _ = quad_closure(P)
+    opt = LoZO(P, nonfinite=failure, **kw)
+    ref_P = small_params()
+    ref_f, _ = quad_closure(ref_P)
+    ref = LoZO(ref_P, nonfinite=failure, **kw)
+    for t in range(steps):
+        if t == resample_at:
+            before = _lozo_state(opt, P)
+            if failure == "raise":
+                with pytest.raises(RuntimeError, match="data loader"):
+                    opt.step(closure=bad_closure)
+            else:
+                opt.step(closure=bad_closure)
+                assert opt.last_step_skipped
+                ref.global_state["step"] += 1     # a skipped step still uses up its step number
+            _put_back(P, before)
+            _assert_same_bits(_lozo_state(opt, P), before)
+            assert opt.global_state["step"] == ref.global_state["step"]
+        opt.step(closure=f)
+        ref.step(closure=ref_f)
+    _assert_same_bits(_lozo_state(opt, P), _lozo_state(ref, ref_P))
+    assert "N" in opt.state["w"] and "m" in opt.state["b"]
+
+
 # ----------------------------------------------------------------------------- memory
 def test_no_parameter_sized_temporaries():
     """tracemalloc peak during a step − baseline <= 2 tensors of the largest parameter

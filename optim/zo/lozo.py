@@ -9,7 +9,9 @@ Each matrix W (m×n; a tensor with ndim > 2 is viewed as shape[0] × rest) is pe
 ε·U·Vᵀ instead of ε·Z, where
 
 * V ∈ R^{n×r}, N(0, 1) entries, is drawn every ν steps (``step_interval``) and kept in the
-  state (r·n floats per matrix), and
+  state (r·n floats per matrix) -- stored only when the step that drew it commits, so a step
+  that raises or is skipped (``nonfinite="skip"``) leaves V and N as they were (a skipped step
+  at a multiple of ν keeps the old V until the next multiple), and
 * U ∈ R^{m×r}, N(0, 1) entries, is regenerated from (seed, t, name) every step, never stored.
 
 Vectors (biases, norm gains) get MeZO's full Gaussian z. One step:
@@ -87,37 +89,38 @@ class LoZO(ZerothOrderOptimizer):
         t = self.global_state["step"] if t is None else t
         return self.noise(name, (p.shape[0], self.rank), p.dtype, t, tag=1)
 
-    def _resample_V(self, t):
-        """Draw new V for every matrix if t is a multiple of ν (or V is missing).
-        Returns {name: V_old or None} for the matrices resampled."""
-        old = {}
+    def _bases(self, t):
+        """{name: V} of every matrix at step ``t``: the stored V, or a fresh draw where ``t`` is a
+        multiple of ν (or there is no V yet). Nothing is stored here: the step stores fresh V only
+        once it commits, so a step that raises or is skipped leaves V and N as they were."""
+        V = {}
         for name, p in self.params.items():
             if p.ndim < 2:
                 continue
-            st = self.state.setdefault(name, {})
+            st = self.state.get(name, {})
             if t % self.step_interval == 0 or "V" not in st:
-                n = p.size // p.shape[0]
-                old[name] = st.get("V")
-                st["V"] = self.noise(name, (n, self.rank), p.dtype, t, tag=2)
-        return old
+                V[name] = self.noise(name, (p.size // p.shape[0], self.rank), p.dtype, t, tag=2)
+            else:
+                V[name] = st["V"]
+        return V
 
-    def _direction(self, name, p, t):
+    def _direction(self, name, p, t, V):
         """The perturbation direction of one tensor, a fresh temporary: U·Vᵀ or z."""
         if p.ndim >= 2:
-            return self.U(name, t) @ self.state[name]["V"].T
+            return self.U(name, t) @ V[name].T
         return self.noise(name, p.shape, p.dtype, t, tag=1)
 
-    def perturb_(self, t, scale):
-        """θ ← θ + scale·ε·P(t), tensor by tensor."""
+    def _perturb_(self, t, scale, V):
+        """θ ← θ + scale·ε·P(t), tensor by tensor; ``V`` = ``self._bases(t)``."""
         for name, p in self.params.items():
             tgt = self._mat(p) if p.ndim >= 2 else p
-            self._add_(tgt, self._direction(name, p, t), scale * self.eps)
+            self._add_(tgt, self._direction(name, p, t, V), scale * self.eps)
 
     # -- step -------------------------------------------------------------------
     def _zo_step(self, closure):
         t = self.global_state["step"]
-        V_old = self._resample_V(t)
-        lp, lm = self._two_point_losses(closure, lambda s: self.perturb_(t, s))
+        bases = self._bases(t)
+        lp, lm = self._two_point_losses(closure, lambda s: self._perturb_(t, s, bases))
         if not (math.isfinite(lp) and math.isfinite(lm)):
             return self._bad_loss(lp, lm)
         c = (lp - lm) / (2 * self.eps)
@@ -128,21 +131,22 @@ class LoZO(ZerothOrderOptimizer):
             for name, p in group["params"].items():
                 st = self.state.setdefault(name, {})
                 if p.ndim >= 2:
-                    W, V, U = self._mat(p), st["V"], self.U(name, t)
+                    W, V, U = self._mat(p), bases[name], self.U(name, t)
                     if beta == 0.0:
                         D = U  # the update is c·U·Vᵀ
                         alpha = -lr * s * c
                     else:
                         if "N" not in st:
                             st["N"] = c * U
-                        elif name in V_old and V_old[name] is not None:
+                        elif V is not st["V"]:  # resampled: re-project N onto the new V
                             n = V.shape[0]
-                            st["N"] = beta * st["N"] @ ((V_old[name].T @ V) / n) + (1 - beta) * c * U
+                            st["N"] = beta * st["N"] @ ((st["V"].T @ V) / n) + (1 - beta) * c * U
                         else:
                             st["N"] *= beta
                             st["N"] += (1 - beta) * c * U
                         D = st["N"]
                         alpha = -lr * s
+                    st["V"] = V
                     self._decay_(W, group)
                     self._add_(W, D @ V.T, alpha)
                 else:
