@@ -436,13 +436,17 @@ def scaled_quantize(x, fmt: str, amax: float | None = None, margin: int = 0, rou
 
     `amax` defaults to max|x| (current scaling; Transformer Engine's default "delayed scaling"
     takes it from a history of earlier steps instead). A zero or non-finite amax gives s = 1.
+    An amax so tiny that s overflows float32 (below ~1.3e-36 for fp8_e4m3, ~1.7e-34 for
+    fp8_e5m2) gives s = the float32 max, as in [code] NVIDIA Transformer Engine,
+    common/recipe/recipe_common.cuh (`compute_scale_from_amax`): an infinite s would turn every
+    element into 0 and every zero into NaN (0·inf).
     """
     f = finfo(fmt)
     x = np.asarray(x, dtype=np.float32)
     if amax is None:
         amax = float(np.max(np.abs(x))) if x.size else 0.0
     s = f.max / amax / 2.0 ** margin if (amax > 0 and np.isfinite(amax)) else 1.0
-    s = np.float32(s)
+    s = np.float32(min(s, np.finfo(np.float32).max))
     return (quantize(x * s, fmt, rounding, rng, saturate=True) / s).astype(np.float32)
 
 

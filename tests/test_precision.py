@@ -301,6 +301,39 @@ def test_rmse_orders_nvfp4_mxfp4_per_tensor_fp4(dist):
     assert rmse["nvfp4"] < rmse["mxfp4"] < rmse["tensor_fp4"]
 
 
+F32 = np.finfo(np.float32)
+
+
+@pytest.mark.parametrize("fmt", ["fp8_e4m3", "fp8_e5m2", "fp4_e2m1", "bf16"])
+@pytest.mark.parametrize("amax", [1e-30, 1e-34, 1e-36, 1e-38, 1e-40, 1e-45])  # 1e-38 on: subnormal
+def test_scaled_quantize_of_tiny_subnormal_and_zero_inputs(fmt, amax):
+    """max_fmt / amax overflows float32 for a tiny amax; the scale is then the float32 max (as in
+    Transformer Engine): the result is finite, zeros stay zero, and every value errs by at most
+    half a format ulp at its scaled value (plus the float32 roundings of x·s and q/s)."""
+    f = P.finfo(fmt)
+    x = np.float32(amax) * np.array([1, -0.7, 0.3, -2**-3, 2**-6, 0.0, -0.0], np.float32)
+    out = P.scaled_quantize(x, fmt)
+    assert out.dtype == np.float32 and np.all(np.isfinite(out))
+    assert same(out[x == 0], x[x == 0])
+    assert np.all((out == 0) | (np.sign(out) == np.sign(x)))
+    s = np.float32(min(f.max / float(np.max(np.abs(x))), F32.max))
+    x64 = x.astype(np.float64)
+    bound = 0.5 * P.ulp(x64 * s, fmt) / s * (1 + 2**-20) + 2**-22 * np.abs(x64) + 2.0**-148
+    assert np.all(np.abs(out - x64) <= bound)
+
+
+@pytest.mark.parametrize("fmt", ["fp8_e4m3", "fp8_e5m2"])
+def test_scaled_quantize_with_a_clamped_scale_round_trips_format_values(fmt):
+    """With the scale clamped at the float32 max s, x = v / s for a format value v comes back
+    unchanged wherever x is a normal float32 (a subnormal x has too few bits to hold v / s)."""
+    v = P.representable_values(fmt).astype(np.float32)
+    x = v / F32.max
+    out = P.scaled_quantize(x, fmt, amax=1e-40)
+    normal = np.abs(x) >= F32.tiny
+    assert normal.sum() > 50 and same(out[normal], x[normal])
+    assert np.all(np.isfinite(out)) and same(out[x == 0], x[x == 0])
+
+
 @pytest.mark.parametrize("fmt", ["mxfp8_e4m3", "mxfp4", "nvfp4"])
 def test_block_stochastic_rounding_is_unbiased_given_the_scales(fmt):
     """Scales depend only on amax, so with the block max pinned, the mean of SR draws -> x."""
