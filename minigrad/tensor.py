@@ -1,4 +1,5 @@
-"""Tensor and the primitive ops, each forward written beside its backward.
+"""Function (the base class of every op), Tensor, and the primitive ops, each forward written
+beside its backward.
 
 Broadcasting: binary ops broadcast like NumPy; their backward sums the gradient back to each
 input's shape with `unbroadcast`, so every gradient has its input's shape.
@@ -40,9 +41,9 @@ class Function:
     """Base class of every differentiable primitive. Subclasses define `forward` and `backward`
     (see minigrad/autograd.py) and say how many matmul FLOPs their forward does.
 
-    `flops(ctx) -> int` is a staticmethod written next to `forward`: the multiply-add FLOPs
-    (2·m·n·k per matrix product) of one forward, from `ctx.inputs` (the input Tensors); 0 for
-    an op without a matrix product. `minigrad.memory.count_flops` asks every op it sees. The
+    `flops(ctx) -> int` is a staticmethod written next to `forward`: the FLOPs of the matrix
+    products in one forward (2·m·n·k each), from `ctx.inputs` (the input Tensors); 0 for an op
+    without a matrix product. `minigrad.memory.count_flops` asks every op it sees. The
     base class's None means "this op does not say" (a user-defined op): counted as 0 and
     listed, or refused with `count_flops(strict=True)`.
     """
