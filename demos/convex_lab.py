@@ -1,7 +1,12 @@
 """Convex lab (Lectures 1, 2, 6): measured suboptimality vs the theoretical rates.
 
-    .venv/bin/python demos/convex_lab.py            # full sizes, PNGs into docs/ (~15 s)
-    .venv/bin/python demos/convex_lab.py --small    # quick sizes (the test uses this)
+    .venv/bin/python demos/convex_lab.py              # full sizes into out/convex_lab/ (~10 s)
+    .venv/bin/python demos/convex_lab.py --quick      # smaller problems (the test uses this)
+    .venv/bin/python demos/convex_lab.py --out docs   # redraw the figures of docs/optimizers.md
+
+Writes to --out: convex_least_squares.png, convex_logistic_regression.png, convex_lasso.png,
+convex_saddle.png and convex_lab_results.md (the table it prints: each method's last value
+against its bound). Bad input prints one line and exits with code 2, writing nothing.
 
 Problems on generated data, each solved to high accuracy first (x*):
 * least squares   f(x) = 1/(2n) ||Ax - b||^2               (x* by lstsq)
@@ -30,14 +35,14 @@ import argparse
 import math
 import os
 import sys
+import tempfile
 import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-import optim  # noqa: E402
-from optim.prox import L1  # noqa: E402
-from optim.sampling import make_sampler  # noqa: E402
+import optim
+from optim.prox import L1
+from optim.sampling import make_sampler
 
 FLOOR = 1e-16  # plots clip suboptimality here (float64 rounding)
 
@@ -377,18 +382,27 @@ def plot_saddle(res, path):
     _save(plt, fig, path)
 
 
-# ----------------------------------------------------------------------------- main
-def main(small=False, outdir="docs", plots=True, seed=0, verbose=True):
+# ----------------------------------------------------------------------------- the lab
+# (least squares (n, d), logistic (n, d), LASSO (n, d), iterations, SGD epochs, saddle dims, seeds)
+SIZES = {"full": ((400, 30), (600, 20), (120, 300), 600, 20, [2, 8, 32, 128, 512, 2048, 8192], 10),
+         "quick": ((120, 10), (150, 8), (40, 80), 150, 8, [2, 64, 2048], 5)}
+
+
+def lab(quick=False, seed=0, out=None):
+    """Run every problem; returns the summary the table is made of. With `out`, draws the PNGs
+    there (convex_least_squares, convex_logistic_regression, convex_lasso, convex_saddle)."""
     t0 = time.perf_counter()
+    ls_size, lg_size, lasso_size, iters, epochs, dims, n_seeds = SIZES["quick" if quick else "full"]
     rng = np.random.default_rng(seed)
-    if small:
-        ls_size, lg_size, lasso_size, iters, epochs = (120, 10), (150, 8), (40, 80), 150, 8
-    else:
-        ls_size, lg_size, lasso_size, iters, epochs = (400, 30), (600, 20), (120, 300), 600, 20
-    os.makedirs(outdir, exist_ok=True) if plots else None
     summary = {}
 
-    for pb in (make_least_squares(*ls_size, rng), make_logistic(*lg_size, 1e-2, rng)):
+    def stage(what):
+        print(f"[{time.perf_counter() - t0:5.1f} s] {what}", flush=True)
+
+    for make, size in ((make_least_squares, ls_size), (lambda n, d, r: make_logistic(n, d, 1e-2, r), lg_size)):
+        pb = make(*size, rng)
+        stage(f"{pb['name']} (n={size[0]}, d={size[1]}): GD and Nesterov, {iters} iterations; "
+              f"SGD three ways, {epochs} epochs")
         det = {"GD": run_deterministic(pb, "gd", iters, lr=1 / pb["L"]),
                "Nesterov": run_deterministic(pb, "agd", iters, lr=1 / pb["L"],
                                              momentum=strongly_convex_momentum(pb))}
@@ -397,70 +411,169 @@ def main(small=False, outdir="docs", plots=True, seed=0, verbose=True):
         gd_b, nest_b = strongly_convex_bounds(pb, iters)
         key = pb["name"].replace(" ", "_")
         summary[key] = {
-            "kappa": pb["L"] / pb["mu"],
+            "n": size[0], "d": size[1], "kappa": pb["L"] / pb["mu"],
             "gd_below_bound": bool(np.all(det["GD"] <= np.maximum(gd_b, FLOOR) * (1 + 1e-9))),
             "nesterov_below_bound": bool(np.all(det["Nesterov"] <= np.maximum(nest_b, FLOOR) * (1 + 1e-9))),
             "gd_final": float(det["GD"][-1]), "nesterov_final": float(det["Nesterov"][-1]),
+            "gd_bound_final": float(gd_b[-1]), "nesterov_bound_final": float(nest_b[-1]),
             **{f"sgd_{k}_final": float(v[0][-1]) for k, v in sgd.items()},
             **{f"sgd_{k}_bound_final": float(v[1][-1]) for k, v in sgd.items()},
         }
-        if plots:
-            path = os.path.join(outdir, f"convex_{key}.png")
+        if out is not None:
+            path = os.path.join(out, f"convex_{key}.png")
             plot_smooth(pb, det, sgd, (gd_b, nest_b), path, iters, epochs)
             summary[key]["png"] = path
 
+    stage(f"LASSO (n={lasso_size[0]}, d={lasso_size[1]}): solving to optimality, then ISTA and FISTA, "
+          f"{iters} iterations")
     pb = make_lasso(*lasso_size, rng)
     det = {"ISTA": run_deterministic(pb, "ista", iters, lr=1 / pb["L"], prox=L1(pb["lam"])),
            "FISTA": run_deterministic(pb, "fista", iters, lr=1 / pb["L"], prox=L1(pb["lam"]))}
     bounds = lasso_bounds(pb, iters)
     summary["lasso"] = {
-        "kkt_residual": pb["kkt"], "nnz": int(np.count_nonzero(pb["xs"])), "d": pb["xs"].size,
+        "n": lasso_size[0], "kkt_residual": pb["kkt"], "nnz": int(np.count_nonzero(pb["xs"])), "d": pb["xs"].size,
         "ista_below_bound": bool(np.all(det["ISTA"][1:] <= bounds[1] + 1e-12)),
         "fista_below_bound": bool(np.all(det["FISTA"][1:] <= bounds[2] + 1e-12)),
         "ista_final": float(det["ISTA"][-1]), "fista_final": float(det["FISTA"][-1]),
+        "ista_bound_final": float(bounds[1][-1]), "fista_bound_final": float(bounds[2][-1]),
     }
-    if plots:
-        path = os.path.join(outdir, "convex_lasso.png")
+    if out is not None:
+        path = os.path.join(out, "convex_lasso.png")
         plot_lasso(pb, det, bounds, path)
         summary["lasso"]["png"] = path
 
+    stage(f"strict saddle: GD and perturbed GD; escape time for d = {', '.join(map(str, dims))}, "
+          f"{n_seeds} seeds each")
     res = run_saddle()
-    dims = [2, 64, 2048] if small else [2, 8, 32, 128, 512, 2048, 8192]
-    res["dims"], res["escape_median"], res["slope"] = escape_vs_dimension(
-        dims, range(5 if small else 10))
+    res["dims"], res["escape_median"], res["slope"] = escape_vs_dimension(dims, range(n_seeds))
     summary["saddle"] = {"gd_final": res["GD"][-1].tolist(), "pgd_final": res["perturbed GD"][-1].tolist(),
                          "perturbations": res["perturbations"], "escape_iter": res["escape_iter"],
                          "gd_at_saddle_iter": res["gd_at_saddle_iter"],
                          "escape_median_by_d": dict(zip(map(int, res["dims"]), res["escape_median"])),
                          "escape_predicted_slope_per_ln_d": res["slope"]}
-    if plots:
-        path = os.path.join(outdir, "convex_saddle.png")
+    if out is not None:
+        path = os.path.join(out, "convex_saddle.png")
         plot_saddle(res, path)
         summary["saddle"]["png"] = path
     summary["seconds"] = time.perf_counter() - t0
-    if verbose:
-        for name, s in summary.items():
-            if isinstance(s, dict):
-                print(f"{name:14s}", ", ".join(f"{k}={_fmt(v)}" for k, v in s.items()))
-        print(f"total {summary['seconds']:.1f} s")
+    stage("done")
     return summary
 
 
-def _fmt(v):
-    if isinstance(v, float):
-        return f"{v:.3g}"
-    if isinstance(v, list):
-        return "[" + ", ".join(f"{x:.3g}" for x in v) + "]"
-    if isinstance(v, dict):
-        return "{" + ", ".join(f"{k}: {_fmt(x)}" for k, x in v.items()) + "}"
-    return str(v)
+def _value(v):
+    """A suboptimality or bound for the table; the curves are clipped at FLOOR (float64 rounding)."""
+    return f"≤ {FLOOR:.0e}" if v <= FLOOR else f"{v:.3g}"
+
+
+def _point(p):
+    return f"({p[0]:.2g}, {p[1]:.2g})"
+
+
+def results_table(s) -> str:
+    """The summary as markdown: each method's last value against its bound there, and the saddle."""
+    def below(ok, scope):
+        return f"yes ({scope})" if ok else f"**no** ({scope})"
+
+    rows = ["| problem | method | quantity | value | bound there | below the bound |",
+            "|---|---|---|---:|---:|---|"]
+    for key in ("least_squares", "logistic_regression"):
+        r = s[key]
+        label = f"{key.replace('_', ' ')} (n={r['n']}, d={r['d']}, κ={r['kappa']:.0f})"
+        for method, name in (("gd", "GD"), ("nesterov", "Nesterov")):
+            rows.append(f"| {label} | {name}, lr 1/L | f − f* | {_value(r[f'{method}_final'])} | "
+                        f"{_value(r[f'{method}_bound_final'])} | "
+                        f"{below(r[f'{method}_below_bound'], 'every iteration')} |")
+            label = ""
+        for kind, name in (("replacement", "with replacement"), ("reshuffle", "random reshuffling"),
+                           ("importance", "importance sampling")):
+            final = r[f"sgd_{kind}_final"]
+            if kind == "reshuffle":     # the theorem covers independent sampling only
+                bound, verdict = "—", "no theorem here"
+            else:
+                bound = _value(r[f"sgd_{kind}_bound_final"])
+                verdict = below(final <= r[f"sgd_{kind}_bound_final"], "last epoch; the bound is on the mean")
+            rows.append(f"| | SGD, {name} | ‖x − x*‖² | {_value(final)} | {bound} | {verdict} |")
+    r = s["lasso"]
+    label = f"LASSO (n={r['n']}, d={r['d']}, {r['nnz']} nonzeros, KKT residual {r['kkt_residual']:.1e})"
+    for method, name in (("ista", "ISTA"), ("fista", "FISTA")):
+        rows.append(f"| {label} | {name}, lr 1/L | F − F* | {_value(r[f'{method}_final'])} | "
+                    f"{_value(r[f'{method}_bound_final'])} | {below(r[f'{method}_below_bound'], 'every iteration')} |")
+        label = ""
+
+    sad = s["saddle"]
+    gd_at, esc = sad["gd_at_saddle_iter"], sad["escape_iter"]
+    gd_did = (f"reaches the saddle (‖x‖ < 1e-3) at iteration {gd_at}" if gd_at is not None
+              else "never comes within 1e-3 of the saddle")
+    pgd_did = f"escapes (\\|y\\| > 1/2) at iteration {esc}" if esc is not None else "does not escape"
+    saddle = ["| f = x²/2 + y⁴/4 − y²/2 from (1, 0), lr 0.1 | result |", "|---|---|",
+              f"| GD | {gd_did}; ends at {_point(sad['gd_final'])} |",
+              f"| perturbed GD | {pgd_did} after {sad['perturbations']} perturbations; "
+              f"ends at {_point(sad['pgd_final'])} |"]
+    by_d = sad["escape_median_by_d"]
+    d0 = min(by_d)
+    slope = sad["escape_predicted_slope_per_ln_d"]
+    escape = [f"| d | median iterations to escape | predicted: median at d={d0} + ln(d/{d0}) / (2 ln 1.1) |",
+              "|---:|---:|---:|"]
+    escape += [f"| {d} | {m:g} | {by_d[d0] + slope * math.log(d / d0):.1f} |" for d, m in by_d.items()]
+    return "\n".join(rows + [""] + saddle + [""] + escape)
+
+
+# ----------------------------------------------------------------------------- command line
+class UsageError(Exception):
+    """Bad command-line input: printed as one line, exit code 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):           # one line instead of usage + message
+        raise UsageError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = _Parser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="smaller problems and fewer iterations (~4 s)")
+    ap.add_argument("--out", default=os.path.join("out", "convex_lab"),
+                    help="directory for the convex_*.png figures and convex_lab_results.md")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the problems and the samplers, >= 0")
+    return ap
+
+
+def _validate(args):
+    if args.seed < 0:
+        raise UsageError(f"--seed must be >= 0, got {args.seed}")
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise UsageError(f"--out {args.out} is a file, not a directory")
+    try:
+        os.makedirs(args.out, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=args.out, prefix=".write-test-"):
+            pass
+    except OSError as e:
+        raise UsageError(f"--out {args.out} is not writable ({e.strerror or e}); choose another directory") from None
+
+
+def run(args) -> dict:
+    """The lab as the parsed arguments say; prints and writes the table, returns the summary."""
+    _validate(args)
+    summary = lab(quick=args.quick, seed=args.seed, out=args.out)
+    table = results_table(summary)
+    head = (f"Convex lab, {'quick' if args.quick else 'full'} sizes, seed {args.seed} "
+            f"({summary['seconds']:.1f} s). Value: the last iterate's; bound there: the theoretical "
+            f"line (dashed in the figures) at the same iteration.")
+    print(f"\n{head}\n\n{table}\n")
+    with open(os.path.join(args.out, "convex_lab_results.md"), "w", encoding="utf-8") as f:
+        f.write(f"{head}\n\n{table}\n")
+    print(f"wrote convex_least_squares.png, convex_logistic_regression.png, convex_lasso.png, "
+          f"convex_saddle.png and convex_lab_results.md in {args.out}/")
+    return summary
+
+
+def main(argv=None) -> int:
+    try:
+        run(build_parser().parse_args(argv))
+    except UsageError as e:
+        print(f"convex_lab.py: error: {e}", file=sys.stderr)
+        return 2
+    return 0
 
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--small", action="store_true", help="quick sizes (for tests)")
-    ap.add_argument("--out", default=os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "docs")))
-    ap.add_argument("--no-plots", action="store_true")
-    ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args()
-    main(small=args.small, outdir=args.out, plots=not args.no_plots, seed=args.seed)
+    sys.exit(main())

@@ -1,13 +1,17 @@
-"""The convex lab at small sizes: rates respected, LASSO optimality to 1e-8, saddle escape."""
-import os
-
+"""The convex lab at quick sizes: rates respected, LASSO optimality to 1e-8, saddle escape; the
+command line writes its figures and table into --out only (bad input: one line, exit 2)."""
 import numpy as np
+import pytest
 
 from strategies import load_demo
 
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+FIGURES = ["convex_lasso.png", "convex_least_squares.png", "convex_logistic_regression.png",
+           "convex_saddle.png"]
 
-def test_convex_lab_small(tmp_path):
-    s = load_demo("convex_lab.py").main(small=True, outdir=str(tmp_path), verbose=False)
+
+def test_convex_lab_quick_respects_the_rates():
+    s = load_demo("convex_lab.py").lab(quick=True)
     for key in ("least_squares", "logistic_regression"):
         r = s[key]
         assert r["gd_below_bound"] and r["nesterov_below_bound"], r
@@ -32,5 +36,41 @@ def test_convex_lab_small(tmp_path):
     growth = esc[dims[-1]] - esc[dims[0]]
     predicted = sad["escape_predicted_slope_per_ln_d"] * np.log(dims[-1] / dims[0])
     assert 0.5 * predicted < growth < 2 * predicted, (esc, predicted)
-    for r in (ls, s["logistic_regression"], lasso, sad):
-        assert os.path.getsize(r["png"]) < 200_000
+    assert not any("png" in r for r in (ls, lasso, sad))          # no --out, no figures
+
+
+def test_quick_run_writes_the_figures_and_table_into_out(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)            # anything written outside --out shows up here
+    demo = load_demo("convex_lab.py")
+    assert demo.main(["--quick", "--out", "lab"]) == 0
+    assert [p.name for p in tmp_path.iterdir()] == ["lab"]
+    out = tmp_path / "lab"
+    assert sorted(p.name for p in out.iterdir()) == sorted(FIGURES + ["convex_lab_results.md"])
+    for name in FIGURES:
+        png = (out / name).read_bytes()
+        assert png[:8] == PNG_MAGIC and 10_000 < len(png) < 200_000, name
+    table = (out / "convex_lab_results.md").read_text()
+    rows = [line for line in table.splitlines() if line.startswith("| ")]
+    methods = [row.split(" | ")[1] for row in rows if " lr 1/L " in row or "| SGD, " in row]
+    assert methods == ["GD, lr 1/L", "Nesterov, lr 1/L", "SGD, with replacement", "SGD, random reshuffling",
+                       "SGD, importance sampling"] * 2 + ["ISTA, lr 1/L", "FISTA, lr 1/L"]
+    assert "**no**" not in table                                    # every bound held
+    assert [row.split(" | ")[0] for row in rows if row[2:3].isdigit()] == ["| 2", "| 64", "| 2048"]
+    printed = capsys.readouterr().out
+    assert all(row in printed for row in rows)                      # the same table is printed
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["--seed", "-3"], "--seed must be >= 0, got -3"),
+    (["--seed", "1.5"], "argument --seed: invalid int value: '1.5'"),
+    (["--small"], "unrecognized arguments: --small"),
+    (["--out", "a_file"], "--out a_file is a file, not a directory"),
+    (["--out", "a_file/sub"], "--out a_file/sub is not writable"),
+])
+def test_bad_arguments_are_one_line_and_exit_2(tmp_path, monkeypatch, capsys, argv, says):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a_file").write_text("")
+    assert load_demo("convex_lab.py").main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and says in err, err
+    assert [p.name for p in tmp_path.iterdir()] == ["a_file"]    # nothing written
