@@ -51,13 +51,20 @@ rule max|V|/X lies in [2^emax, 2^(emax+1)), so for fp4 (max 6, emax 2) values in
 to 6·X, and for e4m3 (max 448, emax 8) values in (448, 512)·X saturate. ``scale_rule="ceil"`` picks
 the next power of two when needed so no element saturates.
 
-NVFP4 (NVIDIA Blackwell): per-tensor encode scale s = 448·6 / amax(tensor) (1 if amax is 0), block
+NVFP4 (NVIDIA Blackwell; NVIDIA, "Pretraining Large Language Models with NVFP4", 2025, arXiv
+2509.25149): per-tensor encode scale s = 448·6 / amax(tensor) (1 if amax is 0), block
 scale b = e4m3(amax(block) · (s · 1/6)) (round to nearest, saturating), elements
 q = e2m1(x / (b · s_dec)) with s_dec = 1/s (saturating), dequantized x̂ = q · (b · s_dec). This is
 [code] NVIDIA Transformer Engine, common/cast/nvfp4/core_nvfp4.cuh
 (`compute_global_encode_scaling_factor_FP4`, `compute_decoding_scaling_factor`) and the NVFP4
 quantize kernel (``block_scale_inverse = 1 / (S_dec_b · S_dec)``), read in a public copy of that file;
 the float32 operation order follows it, but no bit-exact comparison against TE was run (no GPU).
+As in TE, the two float32 scales that can overflow are clamped at the float32 max: s when the
+tensor amax is below 448·6/3.4e38 ≈ 7.9e-36, and the per-block reciprocal 1/(b · s_dec) when a
+block amax is below ~6/3.4e38 ≈ 1.8e-38, since b · s_dec ≈ amax(block)/6
+(``compute_scaling_coefficient`` in the same file). The clamp keeps such a block finite but
+shrinks it: its elements are scaled by the float32 max instead of 1/(b · s_dec), so they land
+below 6 and lose accuracy (tiny ones round to zero).
 The random Hadamard transform, 2-D 16x16 weight blocks and the stochastic rounding of gradients
 of the NVFP4 pretraining recipe are not part of this format function.
 Because amax(block) ≤ amax(tensor) the block scale never exceeds 448, so the e4m3 scale cannot
@@ -446,7 +453,7 @@ def scaled_quantize(x, fmt: str, amax: float | None = None, margin: int = 0, rou
     if amax is None:
         amax = float(np.max(np.abs(x))) if x.size else 0.0
     s = f.max / amax / 2.0 ** margin if (amax > 0 and np.isfinite(amax)) else 1.0
-    s = np.float32(min(s, np.finfo(np.float32).max))
+    s = np.float32(min(s, float(np.finfo(np.float32).max)))
     return (quantize(x * s, fmt, rounding, rng, saturate=True) / s).astype(np.float32)
 
 
@@ -602,8 +609,11 @@ def _encode_block(x, fmt, rounding, rng, scale_rule, impl, where) -> BlockEncode
         b = np.where(b < b_target, _next_up_e4m3(b), b)
     scodes = _encode_element(b, e4m3)
     block_dec = (b.astype(f32) * s_dec).astype(f32)  # what `decode` multiplies by
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        enc = np.where(block_dec > 0, f32(1.0) / block_dec, f32(0.0)).astype(f32)
+    # For a block amax below ~1.8e-38, block_dec < 1/float32 max and its reciprocal overflows;
+    # clamp it at the float32 max as TE does: an inf would saturate every element and make 0·inf NaN
+    with np.errstate(divide="ignore", over="ignore"):
+        enc = np.where(block_dec > 0, np.minimum(f32(1.0) / block_dec, np.finfo(f32).max),
+                       f32(0.0)).astype(f32)
     P = _quantize_element(B32 * enc[..., None], ef, rounding, rng, True, impl)
     codes = _encode_element(P, ef).astype(np.uint8)
     return BlockEncoded(fmt, codes, scodes, s_dec, shape)

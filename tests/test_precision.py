@@ -334,6 +334,58 @@ def test_scaled_quantize_with_a_clamped_scale_round_trips_format_values(fmt):
     assert np.all(np.isfinite(out)) and same(out[x == 0], x[x == 0])
 
 
+def nvfp4_blocks(amaxes, seed=0):
+    """One 16-element block per amax: ±U(0, amax) with one element at ±amax and a quarter zeros."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for a in amaxes:
+        b = np.float32(a) * rng.uniform(-1, 1, 16).astype(np.float32)
+        b[rng.permutation(16)[:4]] = 0.0
+        b[rng.integers(16)] = np.float32(a) * rng.choice([-1, 1])
+        out.append(b)
+    return np.concatenate(out).astype(np.float32)
+
+
+NVFP4_TINY = {  # block amaxes of one tensor; a block's reciprocal scale overflows below ~1.8e-38
+    "tiny": [1e-39],
+    "subnormal": [1e-42, 3e-45],
+    "at-the-limit": [1.7e-38, 1e-40],
+    "zeros-next-to-tiny": [1e-39, 0.0],
+    "tiny-next-to-small": [1e-35, 1e-38],   # the tensor scale is finite, that block's reciprocal not
+    "tiny-next-to-normal": [1.0, 1e-39],
+    "all-zero": [0.0, 0.0],
+}
+
+
+@pytest.mark.parametrize("case", list(NVFP4_TINY))
+@pytest.mark.parametrize("rule", [None, "ceil"])
+def test_nvfp4_tiny_subnormal_and_zero_blocks(case, rule):
+    """The per-block reciprocal 1/(b·s_dec) overflows float32 for a block amax below ~1.8e-38; it
+    is clamped at the float32 max, as Transformer Engine does. Such a block's elements then land
+    below 6 (none saturates), zeros stay zero, and no element decodes to more than twice itself
+    (e2m1 rounds at most (0.25, 0.5) up to 0.5; the clamp only shrinks)."""
+    x = nvfp4_blocks(NVFP4_TINY[case])
+    enc = P.encode(x, "nvfp4", scale_rule=rule)
+    q = P.decode(enc)
+    assert np.all(np.isfinite(q)) and same(q[x == 0], x[x == 0])
+    assert np.all((q == 0) | (np.sign(q) == np.sign(x)))
+    assert np.all(np.abs(q.astype(np.float64)) <= 2 * (1 + 2**-20) * np.abs(x.astype(np.float64)))
+    elems = P.decode(enc.codes, "fp4_e2m1").reshape(-1, 16)
+    tiny = np.array([0 < a < 1.7e-38 for a in NVFP4_TINY[case]])
+    assert np.all(np.abs(elems[tiny]) < 6)
+    # the block that holds the tensor's amax is quantized as if it were alone
+    top = int(np.argmax(NVFP4_TINY[case]))
+    assert same(q.reshape(-1, 16)[top], P.quantize(x.reshape(-1, 16)[top], "nvfp4", scale_rule=rule))
+
+
+def test_nvfp4_tiny_block_next_to_a_normal_one_becomes_zero():
+    """Next to a block of amax 1, a block of amax 1e-39 is far below the smallest block scale the
+    tensor scale allows (2^-9 · 1/2688): its e4m3 scale is 0 and it decodes to zeros."""
+    x = nvfp4_blocks([1.0, 1e-39])
+    enc = P.encode(x, "nvfp4")
+    assert enc.scales[1] == 0 and np.all(P.decode(enc)[16:] == 0)
+
+
 @pytest.mark.parametrize("fmt", ["mxfp8_e4m3", "mxfp4", "nvfp4"])
 def test_block_stochastic_rounding_is_unbiased_given_the_scales(fmt):
     """Scales depend only on amax, so with the block max pinned, the mean of SR draws -> x."""
