@@ -4,24 +4,31 @@ For each GPT preset (tiny, small, medium at its own batch size) this runs real A
 steps under `minigrad.memory.track` and prints, per category (parameters, gradients, optimizer
 state, activations), the measured peak, the exact prediction of `models.costs.gpt_costs` and
 the lecture's simplified formula. It then sweeps sequence length and batch size, measures the
-matmul FLOPs and MFU of each preset's step, and draws two figures:
+matmul FLOPs and MFU of each preset's step, and writes into ``--out`` (default out/memory_costs):
 
-    docs/memory_costs_bars.png       stacked bytes per category: measured vs lecture, per preset
-    docs/memory_activations_seq.png  activation bytes vs sequence length: plain, checkpointed,
-                                     fused (flash) attention, and the lecture's formula
+    memory_costs_bars.png        stacked bytes per category: measured vs lecture, per preset
+    memory_activations_seq.png   activation bytes vs sequence length: plain, checkpointed,
+                                 fused (flash) attention, and the lecture's formula
+    memory_costs_results.md      the tables it prints
 
-Run:  python demos/memory_costs.py            (about a minute on 2 cores)
-      python demos/memory_costs.py --quick    (small sweeps, for a smoke test)
+Run:  python demos/memory_costs.py               (about a minute on 2 cores)
+      python demos/memory_costs.py --quick       (tiny and small only, short sweeps: a smoke run)
+      python demos/memory_costs.py --out docs    (redraw the figures of docs/memory.md)
+
+Bad input prints one line and exits with code 2, writing nothing.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import os
 import sys
+import tempfile
 import time
 
 import numpy as np
+from tqdm import tqdm
 
 import optim
 from minigrad import memory
@@ -60,11 +67,11 @@ def mib(n):
     return f"{n / MiB:.2f}"
 
 
-def preset_table(names, peak_flops):
+def preset_table(names, peak_flops, progress=True):
     rows, results = [], {}
     head = ("| preset | params exact / lecture | category | measured MiB | exact MiB | lecture MiB | "
             "checkpointed MiB |\n|---|---|---|---:|---:|---:|---:|")
-    for name in names:
+    for name in tqdm(names, desc="presets", leave=False, disable=not progress):
         cfg, b = preset(name)
         s = cfg.block_size
         costs = gpt_costs(cfg, b)
@@ -96,13 +103,12 @@ def flops_table(results):
     return "\n".join(lines)
 
 
-def sweep_table(name, seqs, batches):
+def sweep_table(name, seqs, batches, progress=True):
     cfg, _ = preset(name)
     lines = [f"Sweep on `{name}` (activations; measured = exact on the numpy backend):", "",
              "| s | b | measured MiB | exact MiB | lecture MiB | lecture / exact |",
              "|---:|---:|---:|---:|---:|---:|"]
-    from tqdm import tqdm
-    for s in tqdm(seqs, desc=f"sweep {name}", leave=False):
+    for s in tqdm(seqs, desc=f"sweep {name}", leave=False, disable=not progress):
         for b in batches:
             costs = gpt_costs(cfg, b, seq_len=s)
             led = measure(cfg, b, s, optimizer=False)
@@ -142,19 +148,18 @@ def bars_png(results, path):
     plt.close(fig)
 
 
-def activations_vs_seq(name, seqs, b, path):
+def activations_vs_seq(name, seqs, b, path, progress=True):
     """Measured activation peaks vs s: plain, checkpointed, fused attention; lines: exact + lecture."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from tqdm import tqdm
 
     base, _ = preset(name)
     cfg = GPTConfig(**{**base.to_dict(), "block_size": max(seqs)})
     ck_cfg = GPTConfig(**{**cfg.to_dict(), "checkpoint": True})
     fused = numba_available()
     meas = {"plain": [], "checkpointed": [], "fused attention (numba)": []}
-    for s in tqdm(seqs, desc="activations vs s", leave=False):
+    for s in tqdm(seqs, desc="activations vs s", leave=False, disable=not progress):
         meas["plain"].append(measure(cfg, b, s, optimizer=False).peak["activations"])
         meas["checkpointed"].append(measure(ck_cfg, b, s, optimizer=False).peak["activations"])
         if fused:
@@ -204,40 +209,91 @@ def activations_vs_seq(name, seqs, b, path):
     return "\n".join(lines)
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true", help="tiny sweeps (smoke test)")
-    ap.add_argument("--outdir", default=os.path.join(os.path.dirname(__file__), "..", "docs"))
+class UsageError(Exception):
+    """Bad command-line input: printed as one line, exit code 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):           # one line instead of usage + message
+        raise UsageError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = _Parser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="tiny and small presets only, short sweeps (a smoke run)")
+    ap.add_argument("--out", default=os.path.join("out", "memory_costs"),
+                    help="directory for the two PNGs and memory_costs_results.md")
     ap.add_argument("--peak-gflops", type=float, default=None,
-                    help="peak GFLOP/s for MFU (default: the best 1024³ float32 matmul measured here)")
-    args = ap.parse_args(argv)
-    os.makedirs(args.outdir, exist_ok=True)
+                    help="peak GFLOP/s for MFU, > 0 (default: the best 1024³ float32 matmul measured here)")
+    ap.add_argument("--no-progress", action="store_true", help="no tqdm bars")
+    return ap
+
+
+def _validate(args):
+    if args.peak_gflops is not None and not (args.peak_gflops > 0 and math.isfinite(args.peak_gflops)):
+        raise UsageError(f"--peak-gflops must be a positive number, got {args.peak_gflops}")
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise UsageError(f"--out {args.out} is a file, not a directory")
+    try:
+        os.makedirs(args.out, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=args.out, prefix=".write-test-"):
+            pass
+    except OSError as e:
+        raise UsageError(f"--out {args.out} is not writable ({e.strerror or e}); choose another directory") from None
+
+
+def run(args) -> str:
+    """The demo as the parsed arguments say; prints the tables and returns them as markdown."""
+    _validate(args)
     t0 = time.time()
-    peak = args.peak_gflops * 1e9 if args.peak_gflops else memory.measure_peak_flops()
+    progress = not args.no_progress
+    sections = []
+
+    def emit(text):
+        print(text, flush=True)
+        sections.append(text)
+
+    if args.peak_gflops:
+        peak = args.peak_gflops * 1e9
+        peak_says = f"peak = {args.peak_gflops:g} GFLOP/s, as given by --peak-gflops"
+    else:
+        print("measuring the peak: the best of five 1024³ float32 matmuls ...", flush=True)
+        peak = memory.measure_peak_flops()
+        peak_says = f"peak = {peak / 1e9:.1f} GFLOP/s, the best 1024³ float32 matmul here"
     names = ["tiny", "small"] if args.quick else ["tiny", "small", "medium"]
 
-    print("## Bytes per category, one AdamW step on the numpy backend\n")
-    table, results = preset_table(names, peak)
-    print(table)
-    print("\n## Matmul FLOPs and MFU (numpy backend; peak = {:.1f} GFLOP/s, the best 1024³ "
-          "float32 matmul here)\n".format(peak / 1e9))
-    print(flops_table(results))
-    print()
+    emit("## Bytes per category, one AdamW step on the numpy backend\n")
+    table, results = preset_table(names, peak, progress)
+    emit(table)
+    emit(f"\n## Matmul FLOPs and MFU (numpy backend; {peak_says})\n")
+    emit(flops_table(results) + "\n")
     seqs = [16, 32] if args.quick else [32, 64, 128]
     batches = [2, 4] if args.quick else [4, 8, 16]
-    print(sweep_table("small", seqs, batches))
-    print()
-    print(f"## What the lecture's formula leaves out ({names[-1]})\n")
-    print("```\n" + results[names[-1]][2].report() + "\n```\n")
-    bars = os.path.join(args.outdir, "memory_costs_bars.png")
+    emit(sweep_table("small", seqs, batches, progress) + "\n")
+    emit(f"## What the lecture's formula leaves out ({names[-1]})\n")
+    emit("```\n" + results[names[-1]][2].report() + "\n```\n")
+    bars = os.path.join(args.out, "memory_costs_bars.png")
     bars_png(results, bars)
-    seq_png = os.path.join(args.outdir, "memory_activations_seq.png")
+    seq_png = os.path.join(args.out, "memory_activations_seq.png")
     sweep = [32, 64, 128] if args.quick else [32, 64, 128, 256, 512]
-    print("## Activation bytes vs sequence length (small, b=4)\n")
-    print(activations_vs_seq("small", sweep, 4, seq_png))
-    print(f"\nwrote {os.path.relpath(bars)} and {os.path.relpath(seq_png)} in {time.time() - t0:.0f} s",
-          file=sys.stderr)
+    emit("## Activation bytes vs sequence length (small, b=4)\n")
+    emit(activations_vs_seq("small", sweep, 4, seq_png, progress))
+    markdown = "\n".join(sections) + "\n"
+    with open(os.path.join(args.out, "memory_costs_results.md"), "w", encoding="utf-8") as f:
+        f.write(markdown)
+    print(f"\nwrote memory_costs_bars.png, memory_activations_seq.png and memory_costs_results.md "
+          f"in {args.out}/ ({time.time() - t0:.0f} s)")
+    return markdown
+
+
+def main(argv=None) -> int:
+    try:
+        run(build_parser().parse_args(argv))
+    except UsageError as e:
+        print(f"memory_costs.py: error: {e}", file=sys.stderr)
+        return 2
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
