@@ -38,12 +38,12 @@ import argparse
 import math
 import os
 import sys
-import tempfile
 
 import numpy as np
 
 import minigrad as mg
 import minigrad.functional as F
+from models import cli
 
 SIZE_MAX = 1024                          # a teaching demo: every array is small enough to print
 SWEEP = tuple(2 ** k for k in range(11))  # batch sizes 1 .. 1024
@@ -51,15 +51,6 @@ QUICK_SWEEP = (1, 4, 16)
 GRADS = ("W2", "b2", "W1", "b1", "X")
 RULES = {"W2": "dZ2^T A1", "b2": "1^T dZ2", "W1": "dZ1^T X", "b1": "1^T dZ1", "X": "dZ1 W1"}
 DIFF_FLOOR = 1e-20                       # an exact 0 is drawn here on the log axis
-
-
-class UsageError(Exception):
-    """Bad command-line input: printed as one line, exit code 2."""
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):           # one line instead of usage + message
-        raise UsageError(message)
 
 
 def human(nbytes: int) -> str:
@@ -237,7 +228,7 @@ def plot(r, sweep, tol, title, path):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = _Parser(description=__doc__.split("\n")[0])
+    ap = cli.ArgumentParser(prog="backprop_by_hand.py", description=__doc__.split("\n")[0])
     for flag, default, what in (("--batch", 8, "B: examples in the batch"), ("--inputs", 5, "D: input features"),
                                 ("--hidden", 16, "H: hidden units"), ("--classes", 3, "C: classes")):
         ap.add_argument(flag, type=int, default=default, help=f"{what}, in [1, {SIZE_MAX}]")
@@ -255,19 +246,12 @@ def _validate(args):
     for name in ("batch", "inputs", "hidden", "classes"):
         v = getattr(args, name)
         if not 1 <= v <= SIZE_MAX:
-            raise UsageError(f"--{name} must be in [1, {SIZE_MAX}], got {v}")
+            raise cli.UsageError(f"--{name} must be in [1, {SIZE_MAX}], got {v}")
     if args.seed < 0:
-        raise UsageError(f"--seed must be >= 0, got {args.seed}")
+        raise cli.UsageError(f"--seed must be >= 0, got {args.seed}")
     if not (args.tol >= 0 and math.isfinite(args.tol)):
-        raise UsageError(f"--tol must be a finite number >= 0, got {args.tol}")
-    if os.path.exists(args.out) and not os.path.isdir(args.out):
-        raise UsageError(f"--out {args.out} is a file, not a directory")
-    try:
-        os.makedirs(args.out, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=args.out, prefix=".write-test-"):
-            pass
-    except OSError as e:
-        raise UsageError(f"--out {args.out} is not writable ({e.strerror or e}); choose another directory") from None
+        raise cli.UsageError(f"--tol must be a finite number >= 0, got {args.tol}")
+    cli.check_out_dir(args.out)
 
 
 def run(args) -> int:
@@ -311,11 +295,7 @@ def run(args) -> int:
 
 
 def main(argv=None) -> int:
-    try:
-        return run(build_parser().parse_args(argv))
-    except UsageError as e:
-        print(f"backprop_by_hand.py: error: {e}", file=sys.stderr)
-        return 2
+    return cli.main(build_parser(), run, argv)
 
 
 if __name__ == "__main__":

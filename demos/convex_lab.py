@@ -35,12 +35,12 @@ import argparse
 import math
 import os
 import sys
-import tempfile
 import time
 
 import numpy as np
 
 import optim
+from models import cli
 from optim.prox import L1
 from optim.sampling import make_sampler
 
@@ -519,17 +519,8 @@ def results_table(s) -> str:
 
 
 # ----------------------------------------------------------------------------- command line
-class UsageError(Exception):
-    """Bad command-line input: printed as one line, exit code 2."""
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):           # one line instead of usage + message
-        raise UsageError(message)
-
-
 def build_parser() -> argparse.ArgumentParser:
-    ap = _Parser(description=__doc__.split("\n")[0])
+    ap = cli.ArgumentParser(prog="convex_lab.py", description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="smaller problems and fewer iterations (~4 s)")
     ap.add_argument("--out", default=os.path.join("out", "convex_lab"),
                     help="directory for the convex_*.png figures and convex_lab_results.md")
@@ -537,22 +528,11 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def _validate(args):
-    if args.seed < 0:
-        raise UsageError(f"--seed must be >= 0, got {args.seed}")
-    if os.path.exists(args.out) and not os.path.isdir(args.out):
-        raise UsageError(f"--out {args.out} is a file, not a directory")
-    try:
-        os.makedirs(args.out, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=args.out, prefix=".write-test-"):
-            pass
-    except OSError as e:
-        raise UsageError(f"--out {args.out} is not writable ({e.strerror or e}); choose another directory") from None
-
-
 def run(args) -> dict:
     """The lab as the parsed arguments say; prints and writes the table, returns the summary."""
-    _validate(args)
+    if args.seed < 0:
+        raise cli.UsageError(f"--seed must be >= 0, got {args.seed}")
+    cli.check_out_dir(args.out)
     summary = lab(quick=args.quick, seed=args.seed, out=args.out)
     table = results_table(summary)
     head = (f"Convex lab, {'quick' if args.quick else 'full'} sizes, seed {args.seed} "
@@ -567,12 +547,7 @@ def run(args) -> dict:
 
 
 def main(argv=None) -> int:
-    try:
-        run(build_parser().parse_args(argv))
-    except UsageError as e:
-        print(f"convex_lab.py: error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return cli.main(build_parser(), run, argv)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,6 @@ import contextlib
 import math
 import os
 import sys
-import tempfile
 import time
 
 import numpy as np
@@ -33,8 +32,10 @@ from tqdm import tqdm
 import optim
 from minigrad import memory
 from minigrad.backend import numba_available, use_backend
+from models import cli
 from models.costs import gpt_costs
 from models.gpt import GPT, GPTConfig, preset
+from models.training import Trainer, lm_loss
 
 CATS = memory.CATEGORIES  # params, grads, optimizer, activations
 MiB = 2 ** 20
@@ -44,22 +45,25 @@ def measure(cfg: GPTConfig, b: int, s: int, backend: str = "numpy", optimizer: b
             flops: bool = False):
     """One training step on random tokens under the ledger (and the FLOP counter when `flops`).
 
-    With `optimizer`, AdamW's state is allocated before the step (one step on zero gradients),
-    so the ledger sees the steady state of training; otherwise only forward + backward run."""
+    With `optimizer`, the step is the one every training run takes (`Trainer.train_step`), and
+    AdamW's state is allocated before it (one step on zero gradients), so the ledger sees the
+    steady state of training; otherwise only forward + backward run."""
     model = GPT(cfg)
     opt = None
+    rng = np.random.default_rng(0)
+    batch = rng.integers(0, cfg.vocab_size, (b, s)), rng.integers(0, cfg.vocab_size, (b, s))
     if optimizer:
         params = {n: p.data for n, p in model.named_parameters()}
         opt = optim.create("adamw", params, lr=1e-4)
         opt.step({n: np.zeros_like(p) for n, p in params.items()})
-    rng = np.random.default_rng(0)
-    x, y = rng.integers(0, cfg.vocab_size, (b, s)), rng.integers(0, cfg.vocab_size, (b, s))
+        step = Trainer(model, lm_loss, opt, batches=None, steps=1, progress=False).train_step
+    else:
+        def step(batch):
+            model.loss_and_grads(*batch)
     fc = memory.FlopCounter()
     with use_backend(backend), memory.track(model, opt) as led:
         with fc if flops else contextlib.nullcontext():
-            _, grads = model.loss_and_grads(x, y)
-            if opt is not None:
-                opt.step(grads)
+            step(batch)
     return (led, fc) if flops else led
 
 
@@ -209,17 +213,8 @@ def activations_vs_seq(name, seqs, b, path, progress=True):
     return "\n".join(lines)
 
 
-class UsageError(Exception):
-    """Bad command-line input: printed as one line, exit code 2."""
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):           # one line instead of usage + message
-        raise UsageError(message)
-
-
 def build_parser() -> argparse.ArgumentParser:
-    ap = _Parser(description=__doc__.split("\n")[0])
+    ap = cli.ArgumentParser(prog="memory_costs.py", description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="tiny and small presets only, short sweeps (a smoke run)")
     ap.add_argument("--out", default=os.path.join("out", "memory_costs"),
                     help="directory for the two PNGs and memory_costs_results.md")
@@ -229,22 +224,11 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def _validate(args):
-    if args.peak_gflops is not None and not (args.peak_gflops > 0 and math.isfinite(args.peak_gflops)):
-        raise UsageError(f"--peak-gflops must be a positive number, got {args.peak_gflops}")
-    if os.path.exists(args.out) and not os.path.isdir(args.out):
-        raise UsageError(f"--out {args.out} is a file, not a directory")
-    try:
-        os.makedirs(args.out, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=args.out, prefix=".write-test-"):
-            pass
-    except OSError as e:
-        raise UsageError(f"--out {args.out} is not writable ({e.strerror or e}); choose another directory") from None
-
-
 def run(args) -> str:
     """The demo as the parsed arguments say; prints the tables and returns them as markdown."""
-    _validate(args)
+    if args.peak_gflops is not None and not (args.peak_gflops > 0 and math.isfinite(args.peak_gflops)):
+        raise cli.UsageError(f"--peak-gflops must be a positive number, got {args.peak_gflops}")
+    cli.check_out_dir(args.out)
     t0 = time.time()
     progress = not args.no_progress
     sections = []
@@ -287,12 +271,7 @@ def run(args) -> str:
 
 
 def main(argv=None) -> int:
-    try:
-        run(build_parser().parse_args(argv))
-    except UsageError as e:
-        print(f"memory_costs.py: error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return cli.main(build_parser(), run, argv)
 
 
 if __name__ == "__main__":

@@ -50,6 +50,7 @@ import minigrad.functional as F  # noqa: E402
 import optim  # noqa: E402
 from minigrad import amp, nn  # noqa: E402
 from minigrad import precision as P  # noqa: E402
+from models import cli  # noqa: E402
 from models.data import DataError, TextData, load_text  # noqa: E402
 from models.gpt import GPT, PRESETS, preset  # noqa: E402
 from models.training import Trainer, evaluate, lm_loss  # noqa: E402
@@ -72,15 +73,6 @@ DEFAULT = ["fp32", "fp16_nomaster", "fp16_master", "fp16_master_dynamic", "bf16"
 STOCHASTIC = {"bf16_nomaster_sr"}
 # step count and corpus slice of --quick (flags given explicitly win)
 QUICK = {"steps": 20, "max_chars": 200_000}
-
-
-class UsageError(Exception):
-    """Bad command-line input: printed as one line, exit code 2."""
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):           # one line instead of usage + message
-        raise UsageError(message)
 
 
 class CharMLP(nn.Module):
@@ -254,7 +246,7 @@ def results_table(runs) -> str:
 
 
 def build_parser():
-    ap = _Parser(description=__doc__.split("\n")[0])
+    ap = cli.ArgumentParser(prog="mixed_precision.py", description=__doc__.split("\n")[0])
     ap.add_argument("--steps", type=int, default=None, help="optimizer steps per recipe (default 120; --quick: 20)")
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--min-lr-ratio", type=float, default=0.1, help="cosine schedule floor (x lr)")
@@ -285,17 +277,15 @@ def _validate(args):
     args.recipes = [r.strip() for r in args.recipes.split(",") if r.strip()]
     bad = [r for r in args.recipes if r not in RECIPES]
     if bad or not args.recipes:
-        raise UsageError(f"unknown recipe(s) {bad}; choose from {', '.join(RECIPES)}")
+        raise cli.UsageError(f"unknown recipe(s) {bad}; choose from {', '.join(RECIPES)}")
     for name in ("steps", "batch_size", "max_chars"):
         v = getattr(args, name)
         if v is not None and v < 1:
-            raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {v}")
+            raise cli.UsageError(f"--{name.replace('_', '-')} must be >= 1, got {v}")
     if not (args.lr > 0 and math.isfinite(args.lr)):
-        raise UsageError(f"--lr must be a positive number, got {args.lr}")
+        raise cli.UsageError(f"--lr must be a positive number, got {args.lr}")
     if not 0.0 <= args.min_lr_ratio <= 1.0:
-        raise UsageError(f"--min-lr-ratio must be in [0, 1], got {args.min_lr_ratio}")
-    if os.path.exists(args.out) and not os.path.isdir(args.out):
-        raise UsageError(f"--out {args.out} is a file, not a directory")
+        raise cli.UsageError(f"--min-lr-ratio must be in [0, 1], got {args.min_lr_ratio}")
 
 
 def run(args) -> dict:
@@ -309,6 +299,7 @@ def run(args) -> dict:
     batch_size = args.batch_size or bs
     title = f"GPT '{args.preset}'" if args.model == "gpt" else "char-MLP"
     print(f"{title} on {desc}: {args.steps} steps x batch {batch_size} x T={block}")
+    cli.check_out_dir(args.out)          # the inputs are good: from here on we may write
 
     hist_batch = data.get_batch("train", batch_size, np.random.default_rng(args.seed + 1), block)
     par, act = gradient_histogram(make_model(), hist_batch)
@@ -324,7 +315,6 @@ def run(args) -> dict:
         runs[key] = train(key, make_model, data, args, batch_size, block)
     table = results_table(runs)
     print("\n" + table)
-    os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "mixed_precision_results.md"), "w", encoding="utf-8") as f:
         f.write(f"{title} on {desc}: {args.steps} steps x batch {batch_size} x T={block}, "
                 f"AdamW lr {args.lr:g}, seed {args.seed}\n\n{table}")
@@ -338,12 +328,7 @@ def run(args) -> dict:
 
 
 def main(argv=None) -> int:
-    try:
-        run(build_parser().parse_args(argv))
-    except (UsageError, DataError) as e:
-        print(f"mixed_precision.py: error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return cli.main(build_parser(), run, argv, errors=(DataError,))
 
 
 if __name__ == "__main__":

@@ -15,23 +15,16 @@ import argparse
 import math
 import sys
 
+from models import cli
 from models.textgen import sample_text
 from models.tokenizer import TokenizerError
 from models.training import CheckpointError, load_checkpoint
 
 
-class UsageError(Exception):
-    """Bad command-line input: printed as one line, exit code 2."""
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):
-        raise UsageError(message)
-
-
 def build_parser():
-    p = _Parser(description="Print text sampled from a checkpoint of demos/train_gpt.py.",
-                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = cli.ArgumentParser(prog="sample.py",
+                           description="Print text sampled from a checkpoint of demos/train_gpt.py.",
+                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--out", default="out", help="the training run's output directory (or its ckpt.npz)")
     p.add_argument("--prompt", default="\n", help="text to continue")
     p.add_argument("--tokens", type=int, default=500, help="tokens to generate")
@@ -41,28 +34,27 @@ def build_parser():
     return p
 
 
-def main(argv=None) -> int:
+def run(args) -> None:
+    """Print the prompt and the text sampled after it, as the parsed arguments say."""
+    if args.tokens < 1:
+        raise cli.UsageError(f"--tokens must be >= 1, got {args.tokens}")
+    if not (args.temperature >= 0 and math.isfinite(args.temperature)):
+        raise cli.UsageError(f"--temperature must be a finite number >= 0, got {args.temperature}")
+    if args.top_k is not None and args.top_k < 1:
+        raise cli.UsageError(f"--top-k must be >= 1, got {args.top_k}")
+    ckpt = load_checkpoint(args.out)
+    tokenizer = ckpt.tokenizer()
+    model = ckpt.build_model()
     try:
-        args = build_parser().parse_args(argv)
-        if args.tokens < 1:
-            raise UsageError(f"--tokens must be >= 1, got {args.tokens}")
-        if not (args.temperature >= 0 and math.isfinite(args.temperature)):
-            raise UsageError(f"--temperature must be a finite number >= 0, got {args.temperature}")
-        if args.top_k is not None and args.top_k < 1:
-            raise UsageError(f"--top-k must be >= 1, got {args.top_k}")
-        ckpt = load_checkpoint(args.out)
-        tokenizer = ckpt.tokenizer()
-        model = ckpt.build_model()
-        try:
-            text = sample_text(model, tokenizer, args.tokens, prompt=args.prompt,
-                               temperature=args.temperature, top_k=args.top_k, seed=args.seed)
-        except TokenizerError as e:
-            raise UsageError(f"--prompt: {e}") from None
-    except (UsageError, CheckpointError) as e:
-        print(f"sample.py: error: {e}", file=sys.stderr)
-        return 2
+        text = sample_text(model, tokenizer, args.tokens, prompt=args.prompt,
+                           temperature=args.temperature, top_k=args.top_k, seed=args.seed)
+    except TokenizerError as e:
+        raise cli.UsageError(f"--prompt: {e}") from None
     print(args.prompt + text)
-    return 0
+
+
+def main(argv=None) -> int:
+    return cli.main(build_parser(), run, argv, errors=(CheckpointError,))
 
 
 if __name__ == "__main__":

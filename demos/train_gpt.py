@@ -38,7 +38,6 @@ import argparse  # noqa: E402
 import math  # noqa: E402
 import os  # noqa: E402
 import sys  # noqa: E402
-import tempfile  # noqa: E402
 
 
 def _blas_threads_from_argv(argv) -> int:
@@ -71,6 +70,7 @@ import numpy as np  # noqa: E402
 import minigrad  # noqa: E402
 import optim  # noqa: E402
 from minigrad.memory import fmt_bytes  # noqa: E402
+from models import cli  # noqa: E402
 from models.costs import gpt_costs  # noqa: E402
 from models.data import DataError, TextData, load_text  # noqa: E402
 from models.gpt import GPT, PRESETS, GPTConfig, preset  # noqa: E402
@@ -86,18 +86,9 @@ PRESET_LR = {"tiny": 6e-3, "small": 6e-3, "medium": 1e-3}
 _END_SECONDS = 25.0   # kept free at the end of --max-minutes: sample, plot, checkpoint (~13 s measured on a busy 2-core machine)
 
 
-class UsageError(Exception):
-    """Bad command-line input: printed as one line, exit code 2."""
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):           # one line instead of usage + message
-        raise UsageError(message)
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(description="Train a character-level GPT on CPU with minigrad.",
-                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = cli.ArgumentParser(prog="train_gpt.py", description="Train a character-level GPT on CPU with minigrad.",
+                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--preset", default="small", help=f"model size: {', '.join(PRESETS)}")
     p.add_argument("--steps", type=int, default=3000,
                    help="optimizer steps (the schedule's length; fewer if --max-minutes says so)")
@@ -171,18 +162,18 @@ def explicit_flags(argv) -> set:
 def _validate(args):
     """Every flag in its range, before anything is read or written."""
     if args.preset not in PRESETS:
-        raise UsageError(f"unknown preset {args.preset!r}; choose one of {', '.join(PRESETS)}")
+        raise cli.UsageError(f"unknown preset {args.preset!r}; choose one of {', '.join(PRESETS)}")
     if args.optimizer.lower() not in optim.available():
-        raise UsageError(f"unknown optimizer {args.optimizer!r}; available: {', '.join(optim.available())}")
+        raise cli.UsageError(f"unknown optimizer {args.optimizer!r}; available: {', '.join(optim.available())}")
     for dest in ("steps", "eval_every", "eval_batches"):
         if getattr(args, dest) < 1:
-            raise UsageError(f"{_flag(dest)} must be >= 1, got {getattr(args, dest)}")
+            raise cli.UsageError(f"{_flag(dest)} must be >= 1, got {getattr(args, dest)}")
     for dest in ("warmup", "sample_chars"):
         if getattr(args, dest) < 0:
-            raise UsageError(f"{_flag(dest)} must be >= 0, got {getattr(args, dest)}")
+            raise cli.UsageError(f"{_flag(dest)} must be >= 0, got {getattr(args, dest)}")
     for dest in ("batch_size", "save_every"):
         if getattr(args, dest) is not None and getattr(args, dest) < 1:
-            raise UsageError(f"{_flag(dest)} must be >= 1, got {getattr(args, dest)}")
+            raise cli.UsageError(f"{_flag(dest)} must be >= 1, got {getattr(args, dest)}")
     if args.lr is None:
         args.lr = PRESET_LR.get(args.preset, 1e-3)
     checks = {"lr": (args.lr > 0, "a finite number > 0"),
@@ -195,13 +186,13 @@ def _validate(args):
     for dest, (ok, what) in checks.items():
         value = getattr(args, dest)
         if not (ok and math.isfinite(value)):
-            raise UsageError(f"{_flag(dest)} must be {what}, got {value}")
+            raise cli.UsageError(f"{_flag(dest)} must be {what}, got {value}")
     if args.tokenizer == "bpe" and not 256 < args.vocab_size <= 65536:
-        raise UsageError(f"--vocab-size must be in (256, 65536] for a byte-level BPE, got {args.vocab_size}")
+        raise cli.UsageError(f"--vocab-size must be in (256, 65536] for a byte-level BPE, got {args.vocab_size}")
     if args.resume and args.init_from:
-        raise UsageError("--resume continues the run in --out; --init-from starts a new one: give one")
+        raise cli.UsageError("--resume continues the run in --out; --init-from starts a new one: give one")
     if args.resume and args.force:
-        raise UsageError("--force starts afresh and --resume continues: give one")
+        raise cli.UsageError("--force starts afresh and --resume continues: give one")
 
 
 def _adopt_saved_flags(args, explicit, ckpt):
@@ -211,7 +202,7 @@ def _adopt_saved_flags(args, explicit, ckpt):
         if dest not in saved:
             continue
         if dest in explicit and getattr(args, dest) != saved[dest]:
-            raise UsageError(f"{_flag(dest)} {getattr(args, dest)} contradicts the checkpoint in {args.out}, "
+            raise cli.UsageError(f"{_flag(dest)} {getattr(args, dest)} contradicts the checkpoint in {args.out}, "
                              f"trained with {_flag(dest)} {saved[dest]}; drop the flag to continue that "
                              f"run, or start a new one in a fresh --out")
         setattr(args, dest, saved[dest])
@@ -228,28 +219,19 @@ def _check_same_run(ckpt, config, data, batch_size):
         what = (f"config differs in {', '.join(diff)}" if diff else
                 "batch size differs" if meta.get("batch_size") != batch_size else
                 "the data differ: the text file changed since")
-        raise UsageError(f"checkpoint {path} is from another run ({what}); use a fresh --out")
-
-
-def _check_writable(out):
-    try:
-        os.makedirs(out, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=out, prefix=".write-test-"):
-            pass
-    except OSError as e:
-        raise UsageError(f"--out {out} is not writable ({e.strerror or e}); choose another directory") from None
+        raise cli.UsageError(f"checkpoint {path} is from another run ({what}); use a fresh --out")
 
 
 def _check_fits(config, batch_size, data, optimizer):
     """A batch must fit in the training split and, with the model, in the memory available."""
     need = batch_size * config.block_size
     if need > len(data.train):
-        raise UsageError(f"--batch-size {batch_size} x block {config.block_size} = {need:,} tokens is more "
+        raise cli.UsageError(f"--batch-size {batch_size} x block {config.block_size} = {need:,} tokens is more "
                          f"than the whole training split ({len(data.train):,} tokens); use a smaller batch")
     costs = gpt_costs(config, batch_size, optimizer=optimizer.lower())
     avail = available_memory()
     if avail is not None and costs.total_bytes > 0.8 * avail:
-        raise UsageError(f"--batch-size {batch_size} needs about {fmt_bytes(costs.total_bytes)} for one "
+        raise cli.UsageError(f"--batch-size {batch_size} needs about {fmt_bytes(costs.total_bytes)} for one "
                          f"training step (models.costs.gpt_costs), more than 80% of the "
                          f"{fmt_bytes(avail)} available; use a smaller batch")
 
@@ -286,18 +268,18 @@ def run(args, on_step=None, explicit=frozenset()) -> int:
         ckpt = load_checkpoint(args.out)
         _adopt_saved_flags(args, explicit, ckpt)
     elif os.path.exists(os.path.join(args.out, CKPT)) and not args.force:
-        raise UsageError(f"{args.out} already holds a checkpoint; continue it with --resume, overwrite it "
+        raise cli.UsageError(f"{args.out} already holds a checkpoint; continue it with --resume, overwrite it "
                          f"with --force, or choose another --out")
     if args.init_from:
         init = load_checkpoint(args.init_from)
     try:
         config, preset_batch = preset(args.preset, dropout=args.dropout)
     except ValueError as e:
-        raise UsageError(str(e)) from None
+        raise cli.UsageError(str(e)) from None
     if init is not None:
         shape = {k: init.config[k] for k in ("n_layer", "n_head", "n_embd", "block_size")}
         if "preset" in explicit and shape != {k: getattr(config, k) for k in shape}:
-            raise UsageError(f"--preset {args.preset} is not the shape of --init-from {init.path} ({shape})")
+            raise cli.UsageError(f"--preset {args.preset} is not the shape of --init-from {init.path} ({shape})")
         config = GPTConfig.from_dict({**init.config, "dropout": args.dropout})
     batch_size = args.batch_size or preset_batch
     text, data_desc = load_text(args.data)
@@ -313,7 +295,7 @@ def run(args, on_step=None, explicit=frozenset()) -> int:
               f"reaches its peak, and the cosine decay never starts", file=sys.stderr)
 
     # ---- inputs are good: from here on we may write ---------------------------------------------
-    _check_writable(args.out)
+    cli.check_out_dir(args.out)
     data.save_cache()
     minigrad.configure_runtime()
     model = GPT(config, seed=args.seed)
@@ -375,13 +357,9 @@ def run(args, on_step=None, explicit=frozenset()) -> int:
 
 
 def main(argv=None, on_step=None) -> int:
-    try:
-        argv = sys.argv[1:] if argv is None else list(argv)
-        args = build_parser().parse_args(argv)
-        return run(args, on_step=on_step, explicit=explicit_flags(argv))
-    except (UsageError, DataError, CheckpointError) as e:
-        print(f"train_gpt.py: error: {e}", file=sys.stderr)
-        return 2
+    argv = sys.argv[1:] if argv is None else list(argv)
+    return cli.main(build_parser(), lambda args: run(args, on_step=on_step, explicit=explicit_flags(argv)),
+                    argv, errors=(DataError, CheckpointError))
 
 
 if __name__ == "__main__":

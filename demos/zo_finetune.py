@@ -44,6 +44,7 @@ import numpy as np
 
 import minigrad
 import optim
+from models import cli
 from models.data import DataError, TextData, load_text, windows
 from models.gpt import GPT, PRESETS, preset
 from models.training import CheckpointError, Trainer, lm_loss, load_checkpoint
@@ -54,15 +55,6 @@ TRAIN_GPT_CKPT = os.path.join("out", "ckpt.npz")    # where demos/train_gpt.py s
 # step counts of a full run and of --quick (flags given explicitly win over both)
 FULL = {"preset": "small", "pretrain_steps": 300, "adamw_steps": 100, "zo_steps": 500}
 QUICK = {"preset": "tiny", "pretrain_steps": 60, "adamw_steps": 20, "zo_steps": 40}
-
-
-class UsageError(Exception):
-    """Bad command-line input: printed as one line, exit code 2."""
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):           # one line instead of usage + message
-        raise UsageError(message)
 
 
 # ----------------------------------------------------------------------------- data
@@ -268,7 +260,7 @@ def print_memory(mem, ratios):
 
 # ----------------------------------------------------------------------------- main
 def build_parser():
-    p = _Parser(description=__doc__.split("\n")[0])
+    p = cli.ArgumentParser(prog="zo_finetune.py", description=__doc__.split("\n")[0])
     p.add_argument("--preset", default=None, choices=list(PRESETS),
                    help=f"model size (default {FULL['preset']}; --quick: {QUICK['preset']})")
     p.add_argument("--ckpt", default=None,
@@ -308,18 +300,16 @@ def _validate(a):
             setattr(a, key, v)
     for name in ("pretrain_steps", "adamw_steps", "zo_steps", "rank", "nu", "n_evals", "eval_batches"):
         if getattr(a, name) < 1:
-            raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(a, name)}")
+            raise cli.UsageError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(a, name)}")
     for name in ("batch_size", "max_chars"):
         if getattr(a, name) is not None and getattr(a, name) < 1:
-            raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(a, name)}")
+            raise cli.UsageError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(a, name)}")
     for name in ("pretrain_lr", "adamw_lr", "mezo_lr", "lozo_lr", "eps"):
         v = getattr(a, name)
         if not (v > 0 and math.isfinite(v)):
-            raise UsageError(f"--{name.replace('_', '-')} must be a positive number, got {v}")
+            raise cli.UsageError(f"--{name.replace('_', '-')} must be a positive number, got {v}")
     if not 0.0 <= a.lozo_momentum < 1.0:
-        raise UsageError(f"--lozo-momentum must be in [0, 1), got {a.lozo_momentum}")
-    if os.path.exists(a.out) and not os.path.isdir(a.out):
-        raise UsageError(f"--out {a.out} is a file, not a directory")
+        raise cli.UsageError(f"--lozo-momentum must be in [0, 1), got {a.lozo_momentum}")
 
 
 def run(a) -> dict:
@@ -347,6 +337,7 @@ def run(a) -> dict:
     val = np.asarray(data.val.ids)
     cut = int(0.8 * len(val))
     ft, ev = Windows(val[:cut], cfg.block_size), Windows(val[cut:], cfg.block_size)
+    cli.check_out_dir(a.out)             # the inputs are good: from here on we may write
     if base is None:
         base = pretrain(cfg, batch_size, data, a)
         source = f"{a.pretrain_steps} AdamW steps on the training split"
@@ -354,7 +345,6 @@ def run(a) -> dict:
     eval_batches = [ev.batch(batch_size, np.random.default_rng(1000 + i)) for i in range(a.eval_batches)]
     print(f"[zo_finetune] preset {a.preset}: {n_params:,} parameters, pretrained by {source}; "
           f"fine-tune on {cut:,} held-out tokens, evaluate on {len(val) - cut:,}")
-    os.makedirs(a.out, exist_ok=True)
     results = {"preset": a.preset, "n_params": n_params, "source": source, "args": vars(a)}
 
     # memory first (it is quick, and independent of the training runs)
@@ -389,12 +379,7 @@ def run(a) -> dict:
 
 
 def main(argv=None) -> int:
-    try:
-        run(build_parser().parse_args(argv))
-    except (UsageError, DataError, CheckpointError) as e:
-        print(f"zo_finetune.py: error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return cli.main(build_parser(), run, argv, errors=(DataError, CheckpointError))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,71 @@
+"""What every command line in ``demos/`` shares: bad input is one line on stderr and exit code 2.
+
+    from models import cli
+
+    def build_parser():
+        ap = cli.ArgumentParser(prog="my_demo.py", description="...")
+        ap.add_argument("--out", default="out/my_demo")
+        return ap
+
+    def run(args):
+        if args.steps < 1:
+            raise cli.UsageError(f"--steps must be >= 1, got {args.steps}")
+        cli.check_out_dir(args.out)          # the last check: it creates the directory
+        ...                                  # from here on the demo may write into args.out
+
+    def main(argv=None) -> int:
+        return cli.main(build_parser(), run, argv, errors=(DataError,))
+
+A flag argparse rejects, a :class:`UsageError` raised by the demo and any exception class in
+``errors`` (e.g. ``models.data.DataError``, ``models.training.CheckpointError``) all end the same
+way: ``<prog>: error: <message>`` on stderr, and :func:`main` returns 2. Every check runs before
+the demo writes anything, so a refused run leaves no files behind.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+
+__all__ = ["UsageError", "ArgumentParser", "check_out_dir", "main"]
+
+
+class UsageError(Exception):
+    """Bad command-line input: printed as one line, exit code 2."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """``argparse.ArgumentParser`` whose errors raise :class:`UsageError` instead of printing the
+    usage and exiting, so that they end as one line, like the demo's own checks. Give ``prog``:
+    it names the demo in every error message, also when ``main`` is called from a test."""
+
+    def error(self, message):
+        raise UsageError(message)
+
+
+def check_out_dir(path) -> None:
+    """Make the output directory ``path`` (given as ``--out``) and check that a file can be
+    created in it; raises :class:`UsageError` naming it otherwise. It creates the directory, so
+    call it after every other check of the input."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise UsageError(f"--out {path} is a file, not a directory")
+    try:
+        os.makedirs(path, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
+            pass
+    except OSError as e:
+        raise UsageError(f"--out {path} is not writable ({e.strerror or e}); choose another directory") from None
+
+
+def main(parser: argparse.ArgumentParser, run, argv=None, errors=()) -> int:
+    """Parse ``argv`` (None: ``sys.argv[1:]``) with ``parser`` and return ``run(args)`` as an exit
+    status: the int it returns, or 0 when it returns anything else (a summary, None).
+    :class:`UsageError` and the exception classes in ``errors`` print ``<parser.prog>: error:
+    <message>`` on stderr and return 2; any other exception propagates."""
+    try:
+        status = run(parser.parse_args(argv))
+    except (UsageError, *errors) as e:
+        print(f"{parser.prog}: error: {e}", file=sys.stderr)
+        return 2
+    return status if isinstance(status, int) else 0
