@@ -173,3 +173,35 @@ def load_demo(filename: str):
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
+
+
+def files_below(root) -> list:
+    """Sorted '/'-separated paths, relative to `root`, of every file below it: what a run wrote."""
+    return sorted(os.path.relpath(os.path.join(d, name), root).replace(os.sep, "/")
+                  for d, _, names in os.walk(root) for name in names)
+
+
+def snapshot(root) -> dict:
+    """Every directory (None) and file ((mtime_ns, bytes)) below `root`, keyed by path: two equal
+    snapshots mean nothing was created, removed, written or rewritten there in between."""
+    snap = {}
+    for d, _, names in os.walk(root):
+        snap[d] = None
+        for name in names:
+            path = os.path.join(d, name)
+            with open(path, "rb") as f:
+                snap[path] = (os.stat(path).st_mtime_ns, f.read())
+    return snap
+
+
+def assert_refused(demo, argv, says: str, capsys, watch) -> str:
+    """`demo.main(argv)` refuses bad input: exit code 2, one line `<demo>.py: error: ...` holding
+    `says` on stderr, and nothing below the directory `watch` created or changed. Returns the line."""
+    before = snapshot(watch)
+    code = demo.main(argv)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.count("\n") == 1 and err.startswith(f"{os.path.basename(demo.__file__)}: error: "), err
+    assert says in err, err
+    assert snapshot(watch) == before, "a refused run wrote files"
+    return err.rstrip("\n")

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from strategies import load_demo
+from strategies import assert_refused, load_demo
 
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -34,16 +34,6 @@ def _args(corpus, out, *extra):
 def _load(out):
     with np.load(os.path.join(out, "ckpt.npz"), allow_pickle=False) as f:
         return {k: f[k] for k in f.files}
-
-
-def _snapshot(d):
-    snap = {}
-    for root, _, files in os.walk(d):
-        for name in files:
-            p = os.path.join(root, name)
-            with open(p, "rb") as f:
-                snap[p] = (os.stat(p).st_mtime_ns, f.read())
-    return snap
 
 
 @pytest.fixture(scope="module")
@@ -116,41 +106,28 @@ def test_real_ctrl_c_in_a_subprocess(corpus, tmp_path):
     assert meta["step"] >= 4
 
 
-def _bad(capsys, argv, out_dir):
-    before = _snapshot(out_dir) if os.path.exists(out_dir) else None
-    code = train_gpt.main(argv)
-    err = capsys.readouterr().err
-    assert code == 2
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("train_gpt.py: error:"), err
-    if before is None:
-        assert not os.path.exists(out_dir)
-    else:
-        assert _snapshot(out_dir) == before          # nothing written or overwritten
-    return lines[0]
-
-
 def test_bad_data_files(tmp_path, capsys, corpus):
     out = str(tmp_path / "o")
-    assert "no such file" in _bad(capsys, _args(str(tmp_path / "nope.txt"), out), out)
+    assert_refused(train_gpt, _args(str(tmp_path / "nope.txt"), out), "no such file", capsys, out)
     empty = tmp_path / "empty.txt"
     empty.write_text("")
-    assert "empty" in _bad(capsys, _args(str(empty), out), out)
+    assert_refused(train_gpt, _args(str(empty), out), "empty", capsys, out)
     latin = tmp_path / "latin.txt"
     latin.write_bytes("Schön".encode("latin-1") * 100)
-    assert "not UTF-8" in _bad(capsys, _args(str(latin), out), out)
+    assert_refused(train_gpt, _args(str(latin), out), "not UTF-8", capsys, out)
     short = tmp_path / "short.txt"
     short.write_text("to be or not to be\n" * 20)     # 380 chars: val split < one block of 65
-    assert "corpus too short" in _bad(capsys, _args(str(short), out), out)
+    assert_refused(train_gpt, _args(str(short), out), "corpus too short", capsys, out)
 
 
 def test_bad_options(tmp_path, capsys, corpus):
     out = str(tmp_path / "o")
-    assert "unknown preset 'huge'" in _bad(capsys, _args(corpus, out, "--preset", "huge"), out)
-    assert "unknown optimizer 'sgdd'" in _bad(capsys, _args(corpus, out, "--optimizer", "sgdd"), out)
-    assert "--steps" in _bad(capsys, _args(corpus, out, "--steps", "0"), out)
-    assert "invalid int" in _bad(capsys, _args(corpus, out, "--steps", "many"), out)
-    assert "no checkpoint" in _bad(capsys, _args(corpus, out, "--resume"), out)
+    for flags, said in ((("--preset", "huge"), "unknown preset 'huge'"),
+                        (("--optimizer", "sgdd"), "unknown optimizer 'sgdd'"),
+                        (("--steps", "0"), "--steps"),
+                        (("--steps", "many"), "invalid int"),
+                        (("--resume",), "no checkpoint")):
+        assert_refused(train_gpt, _args(corpus, out, *flags), said, capsys, out)
 
 
 def test_checkpoint_from_another_run(tmp_path, capsys, corpus, full_run):
@@ -161,23 +138,20 @@ def test_checkpoint_from_another_run(tmp_path, capsys, corpus, full_run):
                         (("--batch-size", "8"), "--batch-size 8 contradicts"),
                         (("--optimizer", "sgd"), "trained with --optimizer adamw"),
                         (("--lr", "0.1"), "--lr 0.1 contradicts")):
-        line = _bad(capsys, _args(corpus, out, "--resume", *flags), str(out))
-        assert said in line and "fresh --out" in line
+        assert "fresh --out" in assert_refused(train_gpt, _args(corpus, out, "--resume", *flags), said, capsys, out)
     other_text = tmp_path / "other.txt"                     # same flags, but the text changed
     other_text.write_text(open(corpus, encoding="utf-8").read()[:-500], encoding="utf-8")
-    assert "the data differ" in _bad(capsys, _args(str(other_text), out, "--resume"), str(out))
+    assert_refused(train_gpt, _args(str(other_text), out, "--resume"), "the data differ", capsys, out)
     (out / "ckpt.npz").write_bytes(b"not a checkpoint")
-    before = _snapshot(str(out))
-    assert "does not match its manifest.json" in _bad(capsys, _args(corpus, out, "--resume"), str(out))
-    assert _snapshot(str(out)) == before
+    assert_refused(train_gpt, _args(corpus, out, "--resume"), "does not match its manifest.json", capsys, out)
 
 
 def test_a_fresh_run_never_replaces_a_checkpoint(tmp_path, capsys, corpus, full_run):
     import shutil
     out = tmp_path / "taken"
     shutil.copytree(full_run, out)
-    line = _bad(capsys, _args(corpus, out), str(out))
-    assert "already holds a checkpoint" in line and "--resume" in line and "--force" in line
+    line = assert_refused(train_gpt, _args(corpus, out), "already holds a checkpoint", capsys, out)
+    assert "--resume" in line and "--force" in line
     assert train_gpt.main(_args(corpus, out, "--force", "--steps", "3")) == 0
     assert json.load(open(out / "manifest.json"))["step"] == 3
 
@@ -275,19 +249,17 @@ def test_sigterm_and_ctrl_c_then_resume_with_only_out_equals_the_uninterrupted_r
 ])
 def test_every_flag_is_checked_before_anything_is_written(tmp_path, capsys, corpus, flags, said):
     out = str(tmp_path / "o")
-    assert said in _bad(capsys, _args(corpus, out, *flags), out)
+    assert_refused(train_gpt, _args(corpus, out, *flags), said, capsys, out)
 
 
 def test_out_that_cannot_be_written_and_a_batch_that_cannot_fit(tmp_path, capsys, corpus, monkeypatch):
     blocker = tmp_path / "a_file"
     blocker.write_text("x")
-    out = str(blocker / "sub")
-    assert train_gpt.main(_args(corpus, out)) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "is not writable" in err[0]
+    assert_refused(train_gpt, _args(corpus, blocker / "sub"), "is not writable", capsys, tmp_path)
     monkeypatch.setattr(train_gpt, "available_memory", lambda: 10_000_000)   # a 10 MB machine
     out = str(tmp_path / "o")
-    assert "more than 80% of the 9.54 MiB available" in _bad(capsys, _args(corpus, out, "--batch-size", "64"), out)
+    assert_refused(train_gpt, _args(corpus, out, "--batch-size", "64"), "more than 80% of the 9.54 MiB available",
+                   capsys, out)
 
 
 def test_warmup_longer_than_the_run_warns(tmp_path, capsys, corpus):
@@ -309,8 +281,8 @@ def test_init_from_starts_a_new_run_from_the_weights(tmp_path, capsys, corpus, f
             np.testing.assert_allclose(tuned[k], start[k], atol=1e-6)     # lr 1e-9: the weights it began from
     odd = tmp_path / "odd.txt"
     odd.write_text("\u4e2d" * 5000, encoding="utf-8")
-    assert "not in the vocabulary" in _bad(capsys, _args(str(odd), tmp_path / "o2", "--init-from", str(full_run)),
-                                           str(tmp_path / "o2"))
+    assert_refused(train_gpt, _args(str(odd), tmp_path / "o2", "--init-from", str(full_run)), "not in the vocabulary",
+                   capsys, tmp_path / "o2")
 
 
 def test_bpe_tokenizer(tmp_path, capsys, corpus):

@@ -1,0 +1,92 @@
+"""models.cli: every way a demo's command line can refuse its input ends as one line and exit 2;
+anything else the demo raises is a bug and propagates. Every demo that writes into --out refuses
+one it cannot write before writing anything."""
+import os
+
+import pytest
+
+from models import cli
+from strategies import assert_refused, load_demo
+
+
+class DemoError(Exception):
+    """An error class a demo declares as bad input (as DataError, CheckpointError)."""
+
+
+def _parser():
+    ap = cli.ArgumentParser(prog="demo.py")
+    ap.add_argument("--steps", type=int, default=1)
+    return ap
+
+
+def test_run_gets_the_parsed_arguments_and_its_int_is_the_exit_status():
+    assert cli.main(_parser(), lambda args: args.steps, ["--steps", "3"]) == 3
+    assert cli.main(_parser(), lambda args: {"summary": 1}, []) == 0     # not an int: success
+
+
+@pytest.mark.parametrize("argv, error, says", [
+    (["--steps", "x"], None, "argument --steps: invalid int value: 'x'"),
+    (["--bogus"], None, "unrecognized arguments: --bogus"),
+    ([], cli.UsageError("--steps must be >= 1, got 0"), "--steps must be >= 1, got 0"),
+    ([], DemoError("corpus too short"), "corpus too short"),
+])
+def test_bad_input_is_one_line_naming_the_program_and_exit_2(capsys, argv, error, says):
+    def run(args):
+        if error is not None:
+            raise error
+    assert cli.main(_parser(), run, argv, errors=(DemoError,)) == 2
+    captured = capsys.readouterr()
+    assert captured.err == f"demo.py: error: {says}\n" and captured.out == ""
+
+
+def test_an_undeclared_exception_propagates(capsys):
+    def run(args):
+        raise DemoError("a bug, not bad input")
+    with pytest.raises(DemoError):
+        cli.main(_parser(), run, [])
+    assert capsys.readouterr().err == ""
+
+
+def test_check_out_dir_makes_the_directory_and_leaves_nothing_in_it(tmp_path):
+    out = tmp_path / "a" / "b"
+    cli.check_out_dir(str(out))
+    assert out.is_dir() and os.listdir(out) == []
+
+
+def test_check_out_dir_refuses_a_file_and_a_path_below_one(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    with pytest.raises(cli.UsageError, match=r"^--out .*a_file is a file, not a directory$"):
+        cli.check_out_dir(str(blocker))
+    with pytest.raises(cli.UsageError, match=r"^--out .*a_file/sub is not writable \(.+\); choose another"):
+        cli.check_out_dir(str(blocker / "sub"))
+    assert os.listdir(tmp_path) == ["a_file"] and blocker.read_text() == "x"
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into a read-only directory")
+def test_check_out_dir_refuses_a_read_only_directory(tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        with pytest.raises(cli.UsageError, match="is not writable"):
+            cli.check_out_dir(str(locked))
+    finally:
+        locked.chmod(0o700)
+
+
+# the flags that keep each demo quick and its caches off, up to the --out check
+DEMOS = {"backprop_by_hand.py": [], "convex_lab.py": [], "memory_costs.py": ["--peak-gflops", "1"],
+         "mixed_precision.py": ["--quick", "--cache-dir", ""],
+         "zo_finetune.py": ["--quick", "--cache-dir", "", "--max-chars", "200000"],
+         "train_gpt.py": ["--preset", "tiny", "--max-minutes", "0", "--no-progress"]}
+
+
+@pytest.mark.parametrize("name", DEMOS)
+@pytest.mark.parametrize("out, says", [("a_file", "--out a_file is a file, not a directory"),
+                                       ("a_file/sub", "--out a_file/sub is not writable")])
+def test_every_demo_refuses_an_out_it_cannot_write_before_writing_anything(name, out, says, tmp_path,
+                                                                            monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a_file").write_text("")
+    assert_refused(load_demo(name), DEMOS[name] + ["--out", out], says, capsys, watch=tmp_path)
