@@ -450,6 +450,9 @@ class MixedPrecisionOptimizer:
     def loss_scale(self) -> float:
         return self.scaler.scale
 
+    def trainable_names(self):
+        return self.optimizer.trainable_names()
+
     # -- helpers ------------------------------------------------------------------------
     def _round(self, a: np.ndarray) -> np.ndarray:
         return P.quantize(a, self.param_format, self.rounding, self.rng)

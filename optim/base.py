@@ -56,6 +56,8 @@ has the same interface) the same way, without looking at its class::
   and divides the gradients in place.
 * ``last_step_skipped``: False after a step that updated the parameters, True after one that
   was skipped; set by every step.
+* ``trainable_names()``: None, or the set of parameter names that need a gradient at the
+  coming step (layer-wise methods); the loop freezes the others (``requires_grad_(False)``).
 * ``expected_state_bytes()``: the bytes ``state_bytes()`` reports once every parameter has
   taken a step, computed from the parameters' shapes and dtypes and their groups' options
   (memory models ask the optimizer rather than keep a table of their own).
@@ -425,6 +427,13 @@ class Optimizer:
     def unscale_(self, grads) -> None:
         """Turn backpropagated gradients of ``loss * loss_scale`` into true gradients, in place.
         Nothing to do without loss scaling."""
+
+    def trainable_names(self):
+        """The names of the parameters that need a gradient at the coming step, or None for all.
+
+        Layer-wise methods (block coordinate descent, LISA, BAdam) return their active set; a
+        training loop freezes the others for that step, so their gradients are not even computed."""
+        return None
 
     # -- state ----------------------------------------------------------------
     def state_bytes(self):

@@ -274,3 +274,35 @@ def test_missing_checkpoint_and_restore_into_the_wrong_optimizer(saved, tmp_path
 def test_save_checkpoint_refuses_meta_keys_it_owns(tmp_path):
     with pytest.raises(ValueError, match="format_version"):
         save_checkpoint(tmp_path, _model(), meta={"format_version": 7})
+
+
+def test_the_loop_freezes_what_the_optimizer_leaves_out_and_logs_its_state_bytes():
+    """trainable_names() narrows the trainable set each step; a user's own freeze is kept."""
+    model = _model()
+    model.wpe.requires_grad_(False)                             # frozen by the user
+    names = [n for n, _ in model.named_parameters()]
+    layer = {n for n in names if n.startswith("h.0.")}
+
+    class OneLayerAdamW(optim.AdamW):
+        def trainable_names(self):
+            return layer | {"wpe.weight"} if self.step_count % 2 == 0 else None
+
+        def step(self, grads=None, closure=None):
+            seen.append({n for n, g in grads.items() if g is not None})
+            super().step(grads)
+            self.step_count += 1
+
+    seen = []
+    params = {n: p.data for n, p in model.named_parameters()}
+    opt = OneLayerAdamW(params, lr=1e-3)
+    opt.step_count = 0
+    tr = _trainer(model, opt, steps=3, eval_batches=None)
+    tr.fit()
+    everyone = set(names) - {"wpe.weight"}
+    assert seen == [layer, everyone, layer]
+    assert not dict(model.named_parameters())["wpe.weight"].requires_grad
+    per_param = {n: 2 * p.nbytes for n, p in params.items()}   # Adam: m and v
+    # the state of a parameter that trained once stays (this optimizer frees nothing)
+    assert tr.history["state_bytes"] == [sum(per_param[n] for n in layer)] + \
+        [sum(per_param[n] for n in everyone)] * 2
+    assert tr.peak_state_bytes == opt.state_bytes() == sum(per_param[n] for n in everyone)

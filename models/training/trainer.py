@@ -3,6 +3,7 @@
 One step, whatever the optimizer (the loop never asks for its class; the optimizer declares
 what it needs, see ``optim.base``)::
 
+    every step: freeze the parameters opt.trainable_names() leaves out (layer-wise methods)
     first-order (opt.uses_gradients):              zeroth-order (not opt.uses_gradients):
       model.zero_grad()                              model.eval()
       loss = loss_fn(model, batch)  [autocast]       opt.step(closure=lambda: loss_fn(model, batch)
@@ -11,6 +12,9 @@ what it needs, see ``optim.base``)::
       opt.unscale_(grads)       (mixed precision: true gradients from here on)
       for hook in grad_hooks: hook(grads)            (clipping; later compression, all-reduce)
       opt.step(grads)
+
+After every step the optimizer's ``state_bytes()`` is recorded (``history["state_bytes"]``,
+``peak_state_bytes``), so a run reports the optimizer memory it really held.
 
 Around it, :meth:`Trainer.fit` adds what every run wants: the learning-rate schedule (a
 multiplier from ``optim.schedules`` times each group's base lr), evaluation on fixed batches
@@ -163,7 +167,8 @@ class Trainer:
         self.horizon = int(steps)         # the schedule's current length (<= target under a budget)
         self.step = 0
         self.rng = np.random.default_rng(seed)
-        self.history = {"train_step": [], "train_loss": [], "val_step": [], "val_loss": []}
+        self.history = {"train_step": [], "train_loss": [], "val_step": [], "val_loss": [],
+                        "state_bytes": []}
         self.schedule_name = schedule
         self.schedule_kwargs = dict(schedule_kwargs or {})
         factory = optim.schedules.get(schedule)
@@ -173,6 +178,9 @@ class Trainer:
         self.scheduler = LRScheduler(optimizer, self._multiplier)
         self.interrupted = False
         self.last_loss = float("nan")
+        # what the user froze stays frozen; the optimizer's trainable set narrows the rest
+        self._user_frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+        self.peak_state_bytes = 0
 
     # ------------------------------------------------------------------ schedule
     def _schedule_args(self):
@@ -195,6 +203,7 @@ class Trainer:
         self.scheduler.set_step(self.step)
         if batch is None:
             batch = self.batches(self.rng)
+        self._apply_trainable(opt.trainable_names())
         if opt.uses_gradients:
             model.zero_grad()
             with amp.autocast(self.autocast):
@@ -221,7 +230,16 @@ class Trainer:
                 model.train(was)
         self.step += 1
         self.last_loss = float(loss)
+        self.last_state_bytes = opt.state_bytes()
+        self.peak_state_bytes = max(self.peak_state_bytes, self.last_state_bytes)
         return self.last_loss
+
+    def _apply_trainable(self, names):
+        """Freeze the parameters the optimizer will not update this step (None: none of them)."""
+        for n, p in self.model.named_parameters():
+            want = n not in self._user_frozen and (names is None or n in names)
+            if p.requires_grad != want:
+                p.requires_grad_(want)
 
     def _forward_loss(self, batch) -> float:
         with minigrad.no_grad(), amp.autocast(self.autocast):
@@ -273,6 +291,7 @@ class Trainer:
                 dt = time.perf_counter() - t0
                 self.history["train_step"].append(self.step)
                 self.history["train_loss"].append(loss)
+                self.history["state_bytes"].append(self.last_state_bytes)
                 if self.on_step is not None:
                     self.on_step(self)
                 if self.save_every and self.step % self.save_every == 0 and self.step < self.horizon:
@@ -383,5 +402,6 @@ class Trainer:
         if target is not None and target != self.target:
             self.target = self.horizon = int(target)
         self.history = {k: list(v) for k, v in ckpt.history.items()}
-        for k in ("train_step", "train_loss", "val_step", "val_loss"):
+        for k in ("train_step", "train_loss", "val_step", "val_loss", "state_bytes"):
             self.history.setdefault(k, [])
+        self.peak_state_bytes = int(max(self.history["state_bytes"], default=0))
