@@ -33,7 +33,6 @@ Bad input prints one line and exits with code 2.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os

@@ -35,6 +35,7 @@ import time
 _T_START = time.perf_counter()   # --max-minutes counts from here (imports and Numba compiles included)
 
 import argparse  # noqa: E402
+import json  # noqa: E402
 import math  # noqa: E402
 import os  # noqa: E402
 import sys  # noqa: E402
@@ -65,7 +66,6 @@ if __name__ == "__main__":
     # spinning ~0.1 s (see minigrad.backend.configure_runtime; matters with --blas-threads 2)
     os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "22")
 
-import numpy as np  # noqa: E402
 
 import minigrad  # noqa: E402
 import optim  # noqa: E402
@@ -102,6 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--beta2", type=float, default=0.99, help="Adam's beta2 (0.99 suits small models, as nanoGPT)")
     p.add_argument("--grad-clip", type=float, default=1.0, help="clip the global gradient norm (0: off)")
     p.add_argument("--optimizer", default="adamw", help="any name in optim.available()")
+    p.add_argument("--opt-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="an option of the optimizer, e.g. --opt-arg momentum=0.9 (repeatable; "
+                        "values are read as JSON where they parse, else as strings)")
     p.add_argument("--data", default=None, help="a UTF-8 text file; None means Shakespeare's works")
     p.add_argument("--out", default="out", help="output directory")
     p.add_argument("--resume", action="store_true",
@@ -129,21 +132,48 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def make_optimizer(name, model, lr, weight_decay, beta2, seed):
+def parse_opt_args(pairs) -> dict:
+    """["momentum=0.9", "nesterov=true", "order=random"] -> {"momentum": 0.9, ...}."""
+    out = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep or not key.isidentifier():
+            raise cli.UsageError(f"--opt-arg {pair!r}: expected KEY=VALUE with KEY a Python name")
+        try:
+            out[key] = json.loads(text)
+        except ValueError:
+            out[key] = text
+    return out
+
+
+def make_optimizer(name, model, lr, weight_decay, beta2, seed, extra=None):
     """``optim.create`` with weight decay on 2-D parameters only where the optimizer takes a
-    weight decay, betas=(0.9, beta2) where it takes betas, and the run's seed where it draws
-    noise (the zeroth-order ones); it is asked what it takes (``optim.accepts``), never probed."""
+    weight decay, betas=(0.9, beta2) where it takes betas, the run's seed where it draws noise
+    (zeroth-order, layer sampling), the model's blocks, roles and fused-matrix splits where it
+    works block by block, and ``extra`` (--opt-arg) on top; it is asked what it takes
+    (``optim.accepts``), never probed."""
     params = {n: p.data for n, p in model.named_parameters()}
     takes = optim.accepts(name)
-    kw = {k: v for k, v in (("betas", (0.9, beta2)), ("seed", seed)) if k in takes}
+    unknown = sorted(set(extra or {}) - takes)
+    if unknown:
+        raise cli.UsageError(f"--opt-arg {unknown[0]}: optimizer {name!r} takes none such; it takes "
+                         f"{', '.join(sorted(takes - {'params'}))}")
+    given = {"betas": (0.9, beta2), "seed": seed,
+             "blocks": lambda: {b.name: list(b.params) for b in model.param_blocks()},
+             "roles": model.param_roles, "splits": model.param_splits}
+    kw = {k: (v() if callable(v) else v) for k, v in given.items() if k in takes}
+    kw.update(extra or {})
     groups = optim.param_groups_no_decay(params, weight_decay) if "weight_decay" in takes else params
-    return optim.create(name, groups, lr=lr, **kw)
+    try:
+        return optim.create(name, groups, lr=lr, **kw)
+    except (ValueError, TypeError) as e:
+        raise cli.UsageError(f"--optimizer {name}: {e}") from None
 
 
 # Flags that define a run: on --resume they come from the checkpoint, and an explicit one that
 # differs is refused (--steps may change: it sets a new target; --data is checked by content).
 RUN_FLAGS = ("preset", "batch_size", "lr", "min_lr_ratio", "warmup", "weight_decay", "beta2",
-             "grad_clip", "optimizer", "seed", "eval_every", "eval_batches", "dropout", "tokenizer",
+             "grad_clip", "optimizer", "opt_arg", "seed", "eval_every", "eval_batches", "dropout", "tokenizer",
              "vocab_size", "init_from")
 
 
@@ -294,14 +324,16 @@ def run(args, on_step=None, explicit=frozenset()) -> int:
         print(f"warning: --warmup {args.warmup} >= --steps {args.steps}: the learning rate never "
               f"reaches its peak, and the cosine decay never starts", file=sys.stderr)
 
-    # ---- inputs are good: from here on we may write ---------------------------------------------
-    cli.check_out_dir(args.out)
-    data.save_cache()
     minigrad.configure_runtime()
     model = GPT(config, seed=args.seed)
     if init is not None:
         model.load_state_dict(init.params)
-    opt = make_optimizer(args.optimizer, model, args.lr, args.weight_decay, args.beta2, args.seed)
+    opt = make_optimizer(args.optimizer, model, args.lr, args.weight_decay, args.beta2, args.seed,
+                         parse_opt_args(args.opt_arg))
+
+    # ---- inputs are good: from here on we may write ---------------------------------------------
+    cli.check_out_dir(args.out)
+    data.save_cache()
     meta = {"optimizer": args.optimizer, "preset": args.preset, "batch_size": batch_size,
             "tokenizer": data.tokenizer.to_dict(), "data": data_desc, "data_key": data.key,
             "args": vars(args)}

@@ -32,7 +32,6 @@ and exits with code 2.
 """
 from __future__ import annotations
 
-import argparse
 import gc
 import json
 import math

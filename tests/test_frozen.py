@@ -3,7 +3,6 @@ import numpy as np
 import pytest
 
 import minigrad as mg
-import minigrad.functional as F
 import optim
 from minigrad import autograd, nn
 from models.gpt import GPT, GPTConfig

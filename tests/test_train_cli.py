@@ -346,3 +346,19 @@ def test_sample_cli_bad_input_is_one_line(full_run, tmp_path):
     assert r.returncode == 2 and "--prompt" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     r = _sample("--out", str(full_run), "--tokens", "0")
     assert r.returncode == 2 and "--tokens" in r.stderr
+
+
+def test_opt_arg_reaches_the_optimizer_and_a_bad_one_is_one_line(tmp_path, capsys, corpus):
+    out = tmp_path / "sgd"
+    assert train_gpt.main(_args(corpus, out, "--optimizer", "sgd", "--lr", "0.05", "--steps", "2",
+                                "--opt-arg", "momentum=0.9", "--opt-arg", "nesterov=true")) == 0
+    capsys.readouterr()
+    groups = json.loads(str(_load(out)["meta"]))["args"]["opt_arg"]
+    assert groups == ["momentum=0.9", "nesterov=true"]
+    state = {k for k in _load(out) if k.startswith("optim/") and "momentum_buffer" in k}
+    assert state, "momentum=0.9 did not reach SGD"
+    o = str(tmp_path / "o")
+    for flags, said in ((("--opt-arg", "momentun=0.9"), "--opt-arg momentun: optimizer 'sgd' takes none such"),
+                        (("--opt-arg", "momentum=1.5"), "--optimizer sgd: momentum must be in [0, 1), got 1.5"),
+                        (("--opt-arg", "momentum"), "expected KEY=VALUE")):
+        assert_refused(train_gpt, _args(corpus, o, "--optimizer", "sgd", *flags), said, capsys, o)
