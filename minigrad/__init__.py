@@ -20,10 +20,27 @@ from .autograd import (
 from .backend import configure_runtime, get_backend, set_backend, use_backend
 from .checkpointing import checkpoint
 from .gradcheck import GradcheckError, gradcheck
-from .tensor import Tensor, as_tensor, cat, maximum, ones, randn, stack, tensor, where, zeros
+from .tensor import (
+    Tensor,
+    arange,
+    as_tensor,
+    cat,
+    default_generator,
+    manual_seed,
+    maximum,
+    ones,
+    ones_like,
+    randn,
+    stack,
+    tensor,
+    where,
+    zeros,
+    zeros_like,
+)
 
 __all__ = [
-    "Tensor", "tensor", "as_tensor", "zeros", "ones", "randn", "cat", "stack", "where", "maximum",
+    "Tensor", "tensor", "as_tensor", "zeros", "ones", "zeros_like", "ones_like", "arange", "randn",
+    "manual_seed", "default_generator", "cat", "stack", "where", "maximum",
     "no_grad", "enable_grad", "is_grad_enabled", "detect_anomaly", "gradcheck", "GradcheckError",
     "add_saved_listener", "remove_saved_listener", "functional", "nn", "memory", "checkpoint",
     "set_backend", "get_backend", "use_backend", "configure_runtime",

@@ -17,6 +17,14 @@ leaves' `.grad`. This module needs no Tensor class: it only follows `tensor._ctx
 `minigrad.memory` count activation bytes exactly: listeners registered with
 `add_saved_listener(fn)` are called as `fn("save", ctx, objs)` when arrays are saved and
 `fn("free", ctx, objs)` when backward releases them.
+
+In-place writes (`x += y` under `no_grad`, see minigrad/tensor.py) could change an array an op
+saved, and its backward would silently be wrong. Instead of torch's per-tensor version counters,
+one counter `_state["inplace_ops"]` numbers the writes: each op remembers its value at forward,
+each written Tensor the number of its last write, and backward raises, naming the op, when a
+tensor written after the op ran shares memory with what the op saved. Not seen: writes to
+`.data` itself (the caller's responsibility, as `.data` is in torch) and, unlike torch, a write
+to `x` when the op saved a tensor that views `x` (basic indexing such as `x[1:]` gives a view).
 """
 from __future__ import annotations
 
@@ -25,7 +33,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-_state = {"grad_enabled": True, "anomaly": False}
+# inplace_ops counts the in-place writes (x += y, ...) so far: see _check_saved_unmodified
+_state = {"grad_enabled": True, "anomaly": False, "inplace_ops": 0}
 _saved_listeners: list[Callable[[str, "Context", tuple], None]] = []
 _op_listeners: list[Callable[[str, "Context", Any], None]] = []
 
@@ -126,6 +135,7 @@ class Context:
 
     saved: tuple = ()  # class defaults: most contexts never set them, and each store costs per op
     released = False
+    inplace_mark = 0  # _state["inplace_ops"] when the op ran (set by Function.apply)
 
     def __init__(self, fn: type["Function"], inputs: tuple, requires_grad: bool, needs_input_grad: tuple):
         self.fn = fn
@@ -165,6 +175,21 @@ def _check_finite(arr, name, where, tensors):
         raise FloatingPointError(
             f"detect_anomaly: {where} of {name} produced {bad} (input shapes: {shapes})"
         )
+
+
+def _check_saved_unmodified(ctx, output) -> None:
+    """Raise if an input or the output of `ctx`'s op was written in place after the op ran and
+    shares memory with an array the op saved for backward (torch's version-counter check)."""
+    saved = list(saved_arrays(ctx.saved))
+    for i, t in enumerate((*ctx.inputs, output)):
+        if t._modified_at > ctx.inplace_mark and any(np.may_share_memory(a, t.data) for a in saved):
+            what = "its output" if t is output else f"input {i}"
+            raise RuntimeError(
+                f"one of the variables needed for gradient computation has been modified by an "
+                f"in-place operation: {ctx.name} saved {what} (shape {t.shape}) for backward, and "
+                f"it was written in place (+=, -=, *=, /=) after {ctx.name} ran. Update it after "
+                "backward(), or write x = x + y to make a new tensor"
+            )
 
 
 def _topological_order(root) -> list:
@@ -218,6 +243,8 @@ def backward(root, grad: np.ndarray, retain_graph: bool = False) -> None:
             )
         if g is None:
             continue
+        if ctx.inplace_mark != _state["inplace_ops"]:  # something was written in place since
+            _check_saved_unmodified(ctx, node)
         in_grads = ctx.fn.backward(ctx, g)
         if not isinstance(in_grads, tuple):
             in_grads = (in_grads,)

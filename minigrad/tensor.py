@@ -3,8 +3,25 @@ beside its backward.
 
 Broadcasting: binary ops broadcast like NumPy; their backward sums the gradient back to each
 input's shape with `unbroadcast`, so every gradient has its input's shape.
+
+Names: NumPy's and PyTorch's both work where they differ. Reductions and axis arguments take
+`axis=`/`keepdims=` or `dim=`/`keepdim=` (`torch_names`); `t.size` is NumPy's element count and
+`t.size()` / `t.size(d)` torch's shape; `t.T`, `.t()`, `.mT`, `.clip`/`.clamp` all exist.
+
+In-place `+=`, `-=`, `*=`, `/=` follow torch's rule. They write into `.data` (the same array, so
+an optimizer-style `p -= lr * p.grad` inside `no_grad()` updates a Parameter) when no gradient is
+recorded: under `no_grad`, or when neither operand requires grad. On a leaf that requires grad,
+with grad mode on, they raise (torch's "a leaf Variable that requires grad is being used in an
+in-place operation"). When grad mode is on and the other operand or a non-leaf `x` requires grad,
+`x += y` records `x + y` as a new Tensor and rebinds the name `x` to it, so gradients are torch's;
+unlike torch, other references to the old tensor do not see the change.
+A tensor written in place after an op saved its array for backward would give a wrong gradient;
+as torch does with version counters, backward then raises naming the op (see `autograd.backward`).
 """
 from __future__ import annotations
+
+import functools
+import numbers
 
 import numpy as np
 
@@ -77,6 +94,7 @@ class Function:
         result = Tensor(out, requires_grad=requires)
         if requires:
             result._ctx = ctx
+            ctx.inplace_mark = _state["inplace_ops"]  # backward checks nothing saved changed since
         else:
             ctx.inputs = ()
         return result
@@ -378,7 +396,8 @@ class Abs(Function):
 
 
 class Clip(Function):
-    """Clamp to [lo, hi]; the gradient passes only where the input was strictly inside."""
+    """Clamp to [lo, hi]; the gradient passes where lo <= x <= hi, bounds included, as in torch
+    (the output follows x on the inside side of a bound)."""
 
     flops = staticmethod(no_matmul_flops)
 
@@ -394,10 +413,25 @@ class Clip(Function):
         lo, hi = ctx.bounds
         inside = np.ones(a.shape, dtype=bool)
         if lo is not None:
-            inside &= a > lo
+            inside &= a >= lo
         if hi is not None:
-            inside &= a < hi
+            inside &= a <= hi
         return (g * inside,)
+
+
+class Cast(Function):
+    """a.astype(dtype); backward casts the gradient back to the input's dtype."""
+
+    flops = staticmethod(no_matmul_flops)
+
+    @staticmethod
+    def forward(ctx, a, *, dtype):
+        ctx.dtype = a.dtype
+        return a.astype(dtype)
+
+    @staticmethod
+    def backward(ctx, g):
+        return (g.astype(ctx.dtype),)
 
 
 class Where(Function):
@@ -600,6 +634,67 @@ def _shape_arg(args: tuple) -> tuple:
     return tuple(args[0]) if len(args) == 1 and isinstance(args[0], (tuple, list)) else args
 
 
+# ================================================================ NumPy's and PyTorch's names
+_TORCH_NAMES = (("dim", "axis"), ("keepdim", "keepdims"))
+
+
+def torch_names(fn):
+    """Let `fn`, which takes NumPy's `axis=` / `keepdims=`, also take PyTorch's `dim=` / `keepdim=`.
+
+    Giving both spellings of one argument is a TypeError, as giving any argument twice is."""
+
+    @functools.wraps(fn)
+    def with_torch_names(*args, **kwargs):
+        if kwargs:
+            for torch_name, name in _TORCH_NAMES:
+                if torch_name in kwargs:
+                    if name in kwargs:
+                        raise TypeError(
+                            f"{fn.__name__}: got both {name}= and {torch_name}= (NumPy's and "
+                            "PyTorch's name for the same argument); pass one of them"
+                        )
+                    kwargs[name] = kwargs.pop(torch_name)
+        return fn(*args, **kwargs)
+
+    return with_torch_names
+
+
+class _Size(int):
+    """`Tensor.size`: the number of elements, an int as NumPy's `a.size` (which code written for
+    arrays reads), that called is PyTorch's `t.size(dim=None)`: the shape as a tuple, or the
+    length of axis `dim`."""
+
+    def __new__(cls, shape: tuple):
+        self = super().__new__(cls, _prod(shape))
+        self.shape = shape
+        return self
+
+    def __call__(self, dim=None):
+        if dim is None:
+            return self.shape
+        nd = len(self.shape)
+        if not -nd <= dim < nd:
+            raise IndexError(
+                f"size: dim {dim} is out of range for shape {self.shape} (valid: {-nd} to {nd - 1})"
+            )
+        return self.shape[dim]
+
+
+def _correction(op: str, correction, unbiased) -> int:
+    """Bessel's correction from torch's two spellings: correction=k, or unbiased=True (1) / False (0)."""
+    if unbiased is not None and correction is not None:
+        raise TypeError(f"{op}: give correction= or unbiased= (True is correction=1, False is 0), not both")
+    if unbiased is not None:
+        return 1 if unbiased else 0
+    return 1 if correction is None else correction
+
+
+# x += y and friends: the op recorded when a gradient must flow, the ufunc that writes into .data
+_INPLACE = {
+    "+=": (Add, np.add), "-=": (Sub, np.subtract), "*=": (Mul, np.multiply), "/=": (Div, np.true_divide),
+}
+
+
 # ================================================================ Tensor
 def _as_array(data, dtype=None) -> np.ndarray:
     if isinstance(data, Tensor):
@@ -621,6 +716,8 @@ class Tensor:
     """
 
     __array_priority__ = 100  # make `ndarray + Tensor` call Tensor.__radd__
+    __hash__ = object.__hash__  # == compares elementwise (as in torch); hashing stays by identity
+    _modified_at = 0  # autograd._state["inplace_ops"] when += and friends last wrote .data
 
     def __init__(self, data, requires_grad: bool = False, dtype=None):
         # every op output passes here: skip _as_array's isinstance chain for a plain ndarray
@@ -638,8 +735,11 @@ class Tensor:
     shape = property(lambda self: self.data.shape)
     dtype = property(lambda self: self.data.dtype)
     ndim = property(lambda self: self.data.ndim)
-    size = property(lambda self: self.data.size)
+    size = property(lambda self: _Size(self.data.shape))  # an int; t.size() is the shape (see _Size)
     is_leaf = property(lambda self: self._ctx is None)
+
+    def numel(self) -> int:
+        return self.data.size
 
     def __repr__(self):
         grad = ", requires_grad=True" if self.requires_grad else ""
@@ -649,13 +749,61 @@ class Tensor:
         return len(self.data)
 
     def item(self):
-        return self.data.item()
+        return self._one_element("item()").item()
+
+    def _one_element(self, what: str) -> np.ndarray:
+        if self.data.size != 1:
+            raise ValueError(
+                f"{what}: only a one-element tensor converts to a Python number; this one has shape "
+                f"{self.shape}; reduce it first (.sum(), .mean(), ...) or index one element"
+            )
+        return self.data
+
+    def __float__(self):
+        return float(self._one_element("float()").item())
+
+    def __int__(self):
+        return int(self._one_element("int()").item())
+
+    def __bool__(self):
+        if self.data.size != 1:
+            raise RuntimeError(
+                f"Boolean value of Tensor with more than one value is ambiguous: shape {self.shape}; "
+                "comparisons are elementwise, so say (a == b).all() or (a == b).any()"
+            )
+        return bool(self.data.item())
 
     def numpy(self) -> np.ndarray:
         return self.data
 
     def detach(self) -> "Tensor":
         return Tensor(self.data)
+
+    def to(self, dtype) -> "Tensor":
+        """This tensor in `dtype` (np.float32, "float64", ...), itself if already so (as torch).
+
+        A floating-point result is differentiable: backward casts the gradient back, so the input
+        gets it in its own dtype. An integer or bool result has no gradient, as in torch.
+        `"cpu"` is accepted and returns the tensor itself: minigrad runs on the CPU only."""
+        if isinstance(dtype, str) and dtype == "cpu":
+            return self
+        try:
+            dtype = np.dtype(dtype)
+        except TypeError:
+            raise TypeError(
+                f"to: expected a NumPy dtype or its name (np.float32, 'float64'), or 'cpu'; got {dtype!r}"
+            ) from None
+        if dtype == self.dtype:
+            return self
+        if dtype.kind not in "fc":
+            return Tensor(self.data.astype(dtype))
+        return Cast.apply(self, dtype=dtype)
+
+    def float(self) -> "Tensor":
+        return self.to(np.float32)
+
+    def double(self) -> "Tensor":
+        return self.to(np.float64)
 
     def requires_grad_(self, requires_grad: bool = True) -> "Tensor":
         """Switch gradient tracking of this leaf in place and return it (torch.Tensor.requires_grad_).
@@ -714,6 +862,62 @@ class Tensor:
     def __rmatmul__(self, x): return MatMul.apply(self._other(x), self)
     def __neg__(self): return Neg.apply(self)
 
+    # comparisons: elementwise, a bool tensor, no gradient (as in torch)
+    def _compare(self, x, ufunc, symbol):
+        if isinstance(x, Tensor):
+            x = x.data
+        elif not isinstance(x, (np.ndarray, np.generic, numbers.Number)):
+            return NotImplemented  # None, a string, ...: Python falls back to identity for ==, !=
+        # a Python number stays one, so NumPy compares in the tensor's dtype (as torch does)
+        _broadcast_shape(symbol, self.shape, np.shape(x))
+        return Tensor(ufunc(self.data, x))
+
+    def __eq__(self, x): return self._compare(x, np.equal, "==")
+    def __ne__(self, x): return self._compare(x, np.not_equal, "!=")
+    def __lt__(self, x): return self._compare(x, np.less, "<")
+    def __le__(self, x): return self._compare(x, np.less_equal, "<=")
+    def __gt__(self, x): return self._compare(x, np.greater, ">")
+    def __ge__(self, x): return self._compare(x, np.greater_equal, ">=")
+
+    # in place (the rule is in the module docstring)
+    def _inplace(self, x, symbol):
+        op, ufunc = _INPLACE[symbol]
+        other = self._other(x)
+        if _state["grad_enabled"] and (self.requires_grad or other.requires_grad):
+            if self.requires_grad and self.is_leaf:
+                raise RuntimeError(
+                    f"a leaf Variable that requires grad is being used in an in-place operation "
+                    f"(x {symbol} y on shape {self.shape}): wrap an update of a parameter in "
+                    f"`with minigrad.no_grad():`, or write x = x {symbol[0]} y for a new tensor"
+                )
+            return op.apply(self, other)  # recorded out of place; Python rebinds the name to it
+        if _broadcast_shape(symbol, self.shape, other.shape) != self.shape:
+            raise ValueError(
+                f"x {symbol} y: y of shape {other.shape} would make x of shape {self.shape} larger; "
+                f"in place the result must keep x's shape (write x = x {symbol[0]} y for a new tensor)"
+            )
+        if not self.data.flags.writeable:
+            raise ValueError(
+                f"x {symbol} y: x (shape {self.shape}) is a read-only view, e.g. from expand; "
+                f"copy it first or write x = x {symbol[0]} y"
+            )
+        try:
+            ufunc(self.data, other.data, out=self.data)
+        except TypeError:  # NumPy's UFuncTypeError: the result would not fit x's dtype
+            raise TypeError(
+                f"x {symbol} y: the result is {np.result_type(self.data, other.data)} and cannot be "
+                f"written into x's {self.dtype} in place; write x = x {symbol[0]} y, or convert x "
+                "first (x.to(np.float32))"
+            ) from None
+        _state["inplace_ops"] += 1
+        self._modified_at = _state["inplace_ops"]
+        return self
+
+    def __iadd__(self, x): return self._inplace(x, "+=")
+    def __isub__(self, x): return self._inplace(x, "-=")
+    def __imul__(self, x): return self._inplace(x, "*=")
+    def __itruediv__(self, x): return self._inplace(x, "/=")
+
     def __pow__(self, x):
         if isinstance(x, (int, float)):
             return PowScalar.apply(self, p=x)
@@ -721,6 +925,9 @@ class Tensor:
 
     def __rpow__(self, x):
         return Pow.apply(self._other(x), self)
+
+    def pow(self, exponent):
+        return self**exponent
 
     def __getitem__(self, index):
         if isinstance(index, Tensor):
@@ -740,21 +947,63 @@ class Tensor:
     def relu(self): return Relu.apply(self)
     def abs(self): return Abs.apply(self)
 
-    def clip(self, min=None, max=None):
+    def clamp(self, min=None, max=None):
+        """Limit to [min, max] (numbers; either may be None). The gradient passes where
+        min <= x <= max, bounds included, as in torch. torch.clip is the same op."""
+        if min is None and max is None:
+            raise ValueError("clamp: give min, max or both (both None would change nothing)")
         return Clip.apply(self, lo=min, hi=max)
 
+    clip = clamp
+
+    # Reductions take axis=/keepdims= or dim=/keepdim=. max and min return the values only, like
+    # torch.amax / amin (torch's t.max(dim) also returns indices: use argmax for those).
+    @torch_names
     def sum(self, axis=None, keepdims=False): return Sum.apply(self, axis=axis, keepdims=keepdims)
+
+    @torch_names
     def mean(self, axis=None, keepdims=False): return Mean.apply(self, axis=axis, keepdims=keepdims)
+
+    @torch_names
     def max(self, axis=None, keepdims=False): return Max.apply(self, axis=axis, keepdims=keepdims)
 
+    @torch_names
     def min(self, axis=None, keepdims=False):
         return Max.apply(self, axis=axis, keepdims=keepdims, reduce=np.min)
 
-    def var(self, axis=None, keepdims=False, correction=1):
-        """Variance with Bessel's `correction` (1 = unbiased, as torch.var's default)."""
+    @torch_names
+    def var(self, axis=None, *, keepdims=False, correction=None, unbiased=None):
+        """Variance with Bessel's `correction` (default 1, unbiased, as torch.var), also spelled
+        unbiased=True/False. Keyword-only after `axis`, so that torch's positional
+        var(dim, unbiased) is refused rather than read as keepdims."""
+        correction = _correction("var", correction, unbiased)
         n = int(np.prod([self.shape[i] for i in _norm_axis(axis, self.ndim)]))
         d = self - self.mean(axis=axis, keepdims=True)
         return (d * d).sum(axis=axis, keepdims=keepdims) / max(n - correction, 0)
+
+    @torch_names
+    def std(self, axis=None, *, keepdims=False, correction=None, unbiased=None):
+        """Standard deviation: the square root of `var` (same arguments)."""
+        correction = _correction("std", correction, unbiased)
+        return self.var(axis=axis, keepdims=keepdims, correction=correction).sqrt()
+
+    # no gradient: integer indices and booleans
+    @torch_names
+    def argmax(self, axis=None, keepdims=False):
+        """Index of the largest element along `axis` (of the flattened tensor for None), int64."""
+        return Tensor(np.argmax(self.data, axis=axis, keepdims=keepdims).astype(np.int64))
+
+    @torch_names
+    def argmin(self, axis=None, keepdims=False):
+        return Tensor(np.argmin(self.data, axis=axis, keepdims=keepdims).astype(np.int64))
+
+    @torch_names
+    def all(self, axis=None, keepdims=False):
+        return Tensor(np.all(self.data, axis=axis, keepdims=keepdims))
+
+    @torch_names
+    def any(self, axis=None, keepdims=False):
+        return Tensor(np.any(self.data, axis=axis, keepdims=keepdims))
 
     # ------------------------------------------------------------ shapes
     def reshape(self, *shape):
@@ -788,6 +1037,34 @@ class Tensor:
     def T(self):
         return Transpose.apply(self, axes=tuple(reversed(range(self.ndim))))
 
+    def t(self):
+        """The transpose of a matrix (a 0-d or 1-D tensor unchanged), as torch.Tensor.t."""
+        if self.ndim > 2:
+            raise ValueError(
+                f"t: expects a tensor with <= 2 dimensions, got shape {self.shape}; use .mT to "
+                "transpose the last two axes, or .transpose(i, j)"
+            )
+        return self.T
+
+    @property
+    def mT(self):
+        """Each matrix of a batch transposed: the last two axes swapped."""
+        if self.ndim < 2:
+            raise ValueError(f"mT: needs at least 2 dimensions (a matrix), got shape {self.shape}")
+        return self.transpose(-2, -1)
+
+    def flatten(self, start_dim=0, end_dim=-1):
+        """Merge axes start_dim..end_dim (inclusive) into one, as torch.flatten; 0-d becomes (1,)."""
+        if self.ndim == 0:
+            return self.reshape(1)
+        for name, d in (("start_dim", start_dim), ("end_dim", end_dim)):
+            if not -self.ndim <= d < self.ndim:
+                raise ValueError(f"flatten: {name} {d} is out of range for shape {self.shape}")
+        s, e = start_dim % self.ndim, end_dim % self.ndim
+        if s > e:
+            raise ValueError(f"flatten: start_dim {start_dim} is after end_dim {end_dim} for shape {self.shape}")
+        return self.reshape(self.shape[:s] + (_prod(self.shape[s:e + 1]),) + self.shape[e + 1:])
+
     def expand(self, *shape):
         shape = _shape_arg(shape)
         # -1 keeps the existing size, as in PyTorch
@@ -800,6 +1077,7 @@ class Tensor:
         shape = tuple(self.shape[i - lead] if s == -1 else s for i, s in enumerate(shape))
         return Expand.apply(self, shape=shape)
 
+    @torch_names
     def squeeze(self, axis=None):
         if axis is None:
             shape = tuple(s for s in self.shape if s != 1)
@@ -811,6 +1089,7 @@ class Tensor:
             shape = tuple(s for i, s in enumerate(self.shape) if i not in axes)
         return self.reshape(shape)
 
+    @torch_names
     def unsqueeze(self, axis):
         if not -self.ndim - 1 <= axis <= self.ndim:
             raise ValueError(
@@ -841,19 +1120,62 @@ def ones(*shape, dtype=np.float32, requires_grad=False) -> Tensor:
     return Tensor(np.ones(shape, dtype=dtype), requires_grad=requires_grad)
 
 
+def zeros_like(x, dtype=None, requires_grad=False) -> Tensor:
+    """Zeros of `x`'s shape and (unless `dtype` is given) dtype; `x` a Tensor or an array."""
+    x = x.data if isinstance(x, Tensor) else np.asarray(x)
+    return Tensor(np.zeros(x.shape, dtype=x.dtype if dtype is None else dtype), requires_grad=requires_grad)
+
+
+def ones_like(x, dtype=None, requires_grad=False) -> Tensor:
+    x = x.data if isinstance(x, Tensor) else np.asarray(x)
+    return Tensor(np.ones(x.shape, dtype=x.dtype if dtype is None else dtype), requires_grad=requires_grad)
+
+
+def arange(start, end=None, step=1, *, dtype=None, requires_grad=False) -> Tensor:
+    """start, start + step, ... below `end` (arange(n): 0..n-1), as torch.arange: int64 from
+    integer arguments, float32 when any is a float (unless `dtype` says otherwise)."""
+    if end is None:
+        start, end = 0, start
+    values = np.arange(start, end, step, dtype=dtype)
+    if dtype is None:
+        values = values.astype(np.float32 if values.dtype.kind == "f" else np.int64)
+    return Tensor(values, requires_grad=requires_grad)
+
+
+# ================================================================ the default random generator
+#: What randomness draws from when no `rng=` is given: `randn`, the initial weights of
+#: `nn.Linear` / `nn.Embedding`, and `F.dropout` / `nn.Dropout` masks. `manual_seed` reseeds it
+#: in place (it stays the same object). NumPy's global RNG (np.random.seed) is a separate one.
+default_generator = np.random.default_rng()
+
+
+def manual_seed(seed: int) -> np.random.Generator:
+    """Seed `default_generator`, as torch.manual_seed seeds torch's; returns it. Randomness given
+    an explicit `rng` (a Generator or a seed) neither uses nor advances it."""
+    default_generator.bit_generator.state = np.random.default_rng(seed).bit_generator.state
+    return default_generator
+
+
+def as_generator(rng=None) -> np.random.Generator:
+    """`default_generator` for None; else np.random.default_rng(rng) (a Generator is returned as
+    is, a seed makes a new one)."""
+    return default_generator if rng is None else np.random.default_rng(rng)
+
+
 def randn(*shape, rng=None, dtype=np.float32, requires_grad=False) -> Tensor:
-    """Standard normal samples; pass `rng` (np.random.Generator or seed) for reproducibility."""
+    """Standard normal samples from `rng` (a Generator or seed; default: `default_generator`)."""
     shape = _shape_arg(shape)
-    rng = np.random.default_rng(rng)
-    return Tensor(rng.standard_normal(shape).astype(dtype), requires_grad=requires_grad)
+    return Tensor(as_generator(rng).standard_normal(shape).astype(dtype), requires_grad=requires_grad)
 
 
+@torch_names
 def cat(tensors, axis=0) -> Tensor:
     if not tensors:
         raise ValueError("cat: expected a non-empty sequence of tensors")
     return Cat.apply(*tensors, axis=axis)
 
 
+@torch_names
 def stack(tensors, axis=0) -> Tensor:
     if not tensors:
         raise ValueError("stack: expected a non-empty sequence of tensors")

@@ -147,6 +147,83 @@ def test_clip(data):
     np.testing.assert_array_equal(t.grad != 0, inside & (t.grad != 0))  # no grad outside the bounds
 
 
+@given(data=st.data())
+def test_clamp(data):
+    lo = data.draw(st.none() | st.floats(-1.5, 0.0))
+    hi = data.draw(st.none() | st.floats(0.5, 1.5))
+    assume(lo is not None or hi is not None)
+    x = data.draw(arrays(shapes(), kinks=tuple(c for c in (lo, hi) if c is not None)))
+    (t,) = gc(lambda a: a.clamp(min=lo, max=hi), x)
+    close(t.clamp(lo, hi), np.clip(x, lo, hi))
+
+
+def test_clamp_and_clip_pass_the_gradient_at_a_bound_as_torch_does():
+    """At x == bound the clamped value still moves with x on one side: torch passes the gradient."""
+    for name in ("clamp", "clip"):
+        x = mg.Tensor(np.array([-1.0, 0.0, 0.5, 1.0, 2.0]), requires_grad=True)
+        getattr(x, name)(0.0, 1.0).backward(np.full(5, 3.0))
+        np.testing.assert_array_equal(x.grad, [0.0, 3.0, 3.0, 3.0, 0.0])
+    x = mg.Tensor(np.array([0.0, 1.0, 2.0]), requires_grad=True)
+    x.clamp(2.0, 1.0).backward(np.ones(3))  # min > max: every element is max, as in torch
+    np.testing.assert_array_equal(x.grad, [0.0, 0.0, 0.0])
+    with pytest.raises(ValueError, match="clamp: give min, max or both"):
+        x.clamp()
+
+
+@given(x=positive_arrays(shapes()), p=st.sampled_from([2, -1, 0.5, 2.5]), data=st.data())
+def test_pow_method(x, p, data):
+    (t,) = gc(lambda a: a.pow(p), x)
+    close(t.pow(p), x**p)
+    e = data.draw(positive_arrays(x.shape, 0.5, 2.0))
+    gc(lambda a, b: a.pow(b), x, e)
+
+
+@given(data=st.data())
+def test_t_and_mT(data):
+    x = data.draw(arrays(shapes(max_dims=2)))
+    (t,) = gc(lambda a: a.t(), x)
+    close(t.t(), x.T)
+    y = data.draw(arrays(shapes(min_dims=2, max_dims=4, max_side=3)))
+    (u,) = gc(lambda a: a.mT, y)
+    close(u.mT, np.swapaxes(y, -1, -2))
+
+
+@given(data=st.data())
+def test_flatten(data):
+    shape = data.draw(shapes(max_dims=4, max_side=3))
+    x = data.draw(arrays(shape))
+    nd = max(len(shape), 1)  # a 0-d tensor flattens to (1,), as in torch
+    start = data.draw(st.integers(0, nd - 1))
+    end = data.draw(st.integers(start, nd - 1))
+    start, end = start - data.draw(st.sampled_from([0, nd])), end - data.draw(st.sampled_from([0, nd]))
+    s, e = start % nd, end % nd
+    expected = x.reshape(shape[:s] + (-1,) + shape[e + 1:]) if shape else x.reshape(1)
+    (t,) = gc(lambda a: a.flatten(start, end), x)
+    close(t.flatten(start, end), expected)
+
+
+@given(sa=shape_and_axis(), keepdims=st.booleans(), correction=st.sampled_from([0, 1, 2]), data=st.data())
+def test_std(sa, keepdims, correction, data):
+    shape, axis = sa
+    n = int(np.prod([shape[i] for i in ((axis,) if isinstance(axis, int) else axis or range(len(shape)))]))
+    assume(n > correction and n > 1)
+    x = data.draw(arrays(shape, distinct=True))  # spread out: the std is far from 0, where sqrt kinks
+    (t,) = gc(lambda a: a.std(axis=axis, keepdims=keepdims, correction=correction), x)
+    close(t.std(axis, keepdims=keepdims, correction=correction),
+          np.std(x, axis=axis, keepdims=keepdims, ddof=correction))
+
+
+@given(x=arrays(shapes()), data=st.data())
+def test_casts(x, data):
+    """float64 -> float32 -> float64 round trip: linear, so the finite differences are exact up to
+    float32 rounding (hence the looser tolerance); the gradient arrives in float64."""
+    w = data.draw(arrays(x.shape, noncontiguous=False)).astype(np.float32)
+    xt = mg.Tensor(x, requires_grad=True)
+    assert mg.gradcheck(lambda a: (a.float() * w).double(), [xt], eps=1e-2, atol=1e-4, rtol=1e-4)
+    assert xt.grad.dtype == np.float64
+    assert mg.gradcheck(lambda a: a.to(np.float32).to("float64") * w, [xt], eps=1e-2, atol=1e-4, rtol=1e-4)
+
+
 # ================================================================ reductions
 @pytest.mark.parametrize("name", ["sum", "mean"])
 @given(sa=shape_and_axis(min_dims=0), keepdims=st.booleans(), data=st.data())
