@@ -12,7 +12,16 @@ import math
 import numpy as np
 
 from . import amp, backend
-from .tensor import Function, Tensor, as_tensor, matmul_flops, no_matmul_flops, unbroadcast
+from .tensor import (
+    Function,
+    Tensor,
+    as_generator,
+    as_tensor,
+    matmul_flops,
+    no_matmul_flops,
+    torch_names,
+    unbroadcast,
+)
 
 
 def _erf(x):
@@ -176,10 +185,12 @@ class LogSoftmax(Function):
         return (g - np.exp(y) * g.sum(axis=ctx.axis, keepdims=True),)
 
 
+@torch_names
 def softmax(x, axis: int = -1) -> Tensor:
     return Softmax.apply(as_tensor(x), axis=axis)
 
 
+@torch_names
 def log_softmax(x, axis: int = -1) -> Tensor:
     return LogSoftmax.apply(as_tensor(x), axis=axis)
 
@@ -189,12 +200,17 @@ class CrossEntropy(Function):
 
     Saves the logits, one log-sum-exp per row and the targets with their ignore mask; backward
     rebuilds softmax from them, so the probabilities are never stored.
+
+    Label smoothing ε (Szegedy et al. 2016, "Rethinking the Inception Architecture", arXiv
+    1512.00567) replaces the one-hot target by q = (1-ε)·onehot + ε/V, as torch does: the loss
+    of a row is lse - <q, logits> = (1-ε)·(lse - logits[t]) + ε·(lse - mean(logits)), and its
+    gradient softmax - q. With ε = 0 nothing extra is computed.
     """
 
     flops = staticmethod(no_matmul_flops)
 
     @staticmethod
-    def forward(ctx, logits, *, targets, ignore_index, reduction):
+    def forward(ctx, logits, *, targets, ignore_index, reduction, label_smoothing=0.0):
         keep = targets != ignore_index
         safe = np.where(keep, targets, 0)
         ctx.fused = _fused(logits)
@@ -205,6 +221,9 @@ class CrossEntropy(Function):
             m = logits.max(axis=-1, keepdims=True)
             lse = m + np.log(np.exp(logits - m).sum(axis=-1, keepdims=True))  # (N, 1)
             loss = (lse[:, 0] - logits[np.arange(len(logits)), safe]) * keep  # (N,)
+        eps = ctx.label_smoothing = label_smoothing
+        if eps:
+            loss = (1 - eps) * loss + eps * (lse[:, 0] - logits.mean(axis=-1)) * keep
         ctx.reduction, ctx.count = reduction, int(keep.sum())
         ctx.save_for_backward(logits, lse, safe, keep)
         if reduction == "none":
@@ -219,37 +238,57 @@ class CrossEntropy(Function):
             scale = (g * keep)[:, None]
         else:
             scale = (g / ctx.count if ctx.reduction == "mean" else g) * keep[:, None]
+        eps = ctx.label_smoothing
         if ctx.fused is not None:  # writes scale * (softmax - onehot) in one pass
-            return (ctx.fused.cross_entropy_backward(logits, safe, lse[:, 0], scale[:, 0]),)
-        # d loss_i / d logits_i = softmax(logits_i) - onehot(target_i)
+            grad = ctx.fused.cross_entropy_backward(logits, safe, lse[:, 0], scale[:, 0])
+            if eps:  # softmax - q = (softmax - onehot) + ε·onehot - ε/V
+                grad[np.arange(len(logits)), safe] += eps * scale[:, 0]
+                grad -= (eps / logits.shape[1]) * scale
+            return (grad,)
+        # d loss_i / d logits_i = softmax(logits_i) - q_i, q_i = (1-ε)·onehot(target_i) + ε/V
         grad = np.exp(logits - lse)
-        grad[np.arange(len(logits)), safe] -= 1
+        grad[np.arange(len(logits)), safe] -= 1 - eps
+        if eps:
+            grad -= eps / logits.shape[1]
         return (grad * scale,)
 
 
-def cross_entropy(logits, targets, ignore_index: int = -100, reduction: str = "mean") -> Tensor:
-    """Cross-entropy of `logits` (N, V) or (V,) against integer `targets` (N,) or ()."""
+def cross_entropy(logits, targets, ignore_index: int = -100, reduction: str = "mean",
+                  label_smoothing: float = 0.0) -> Tensor:
+    """Cross-entropy of `logits` against integer class `targets`, in torch's layouts: logits
+    (N, V) with targets (N,); (V,) with a scalar target; or (N, V, d1, ..., dk) with targets
+    (N, d1, ..., dk), the class axis second (e.g. a score per class and pixel).
+
+    Positions whose target is `ignore_index` count neither in the loss nor in the mean.
+    `label_smoothing` ε in [0, 1] mixes the one-hot target with the uniform distribution, as
+    torch does (see `CrossEntropy`). `reduction="none"` returns a loss of the targets' shape."""
     logits = as_tensor(logits)
     targets = _ints(targets, "cross_entropy")
     if reduction not in ("mean", "sum", "none"):
         raise ValueError(f"cross_entropy: reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
-    single = logits.ndim == 1
-    if single:
-        logits, targets = logits.reshape(1, -1), targets.reshape(1)
-    if logits.ndim != 2 or targets.shape != logits.shape[:1]:
+    if not 0.0 <= label_smoothing <= 1.0:
+        raise ValueError(f"cross_entropy: label_smoothing must be in [0, 1], got {label_smoothing}")
+    expected = logits.shape[:1] + logits.shape[2:] if logits.ndim >= 2 else ()
+    if logits.ndim == 0 or targets.shape != expected:
         raise ValueError(
-            f"cross_entropy: expected logits (N, V) and targets (N,), got {logits.shape} and "
-            f"{targets.shape}; flatten with logits.reshape(-1, V), targets.reshape(-1)"
+            f"cross_entropy: expected logits (N, V) with targets (N,), (V,) with a scalar target, "
+            f"or (N, V, d1, ...) with targets (N, d1, ...); got {logits.shape} and {targets.shape}"
         )
-    V = logits.shape[1]
+    V = logits.shape[0 if logits.ndim == 1 else 1]
     bad = (targets != ignore_index) & ((targets < 0) | (targets >= V))
     if bad.any():
         raise IndexError(
             f"cross_entropy: target {targets[bad][0]} is out of range for {V} classes "
             f"(ignore_index={ignore_index})"
         )
-    out = CrossEntropy.apply(logits, targets=targets, ignore_index=ignore_index, reduction=reduction)
-    return out.reshape(()) if single and reduction == "none" else out
+    if logits.ndim == 1:
+        logits = logits.reshape(1, V)
+    elif logits.ndim > 2:  # rows of V scores: the class axis moved last
+        logits = logits.permute((0,) + tuple(range(2, logits.ndim)) + (1,)).reshape(-1, V)
+    rows = targets.reshape(-1)
+    out = CrossEntropy.apply(logits, targets=rows, ignore_index=ignore_index, reduction=reduction,
+                             label_smoothing=float(label_smoothing))
+    return out.reshape(targets.shape) if reduction == "none" and targets.shape != rows.shape else out
 
 
 def mse_loss(input, target, reduction: str = "mean") -> Tensor:
@@ -374,7 +413,8 @@ class Dropout(Function):
 
 
 def dropout(x, p: float = 0.5, training: bool = True, rng=None) -> Tensor:
-    """Inverted dropout; the identity when not `training` or p == 0. `rng`: Generator or seed."""
+    """Inverted dropout; the identity when not `training` or p == 0. `rng`: a Generator or a
+    seed; None draws from `minigrad.default_generator` (seeded by `minigrad.manual_seed`)."""
     x = as_tensor(x)
     if not 0.0 <= p <= 1.0:
         raise ValueError(f"dropout: p must be in [0, 1], got {p}")
@@ -382,7 +422,7 @@ def dropout(x, p: float = 0.5, training: bool = True, rng=None) -> Tensor:
         return x
     if p == 1.0:
         return x * 0.0
-    keep = np.random.default_rng(rng).random(x.shape) >= p
+    keep = as_generator(rng).random(x.shape) >= p
     return Dropout.apply(x, keep=keep, p=p)
 
 

@@ -136,6 +136,56 @@ def test_cross_entropy_custom_ignore_index_and_single_row(bk, lt, data):
               np_cross_entropy(logits[:1], targets[:1], reduction="none")[0])
 
 
+def np_smoothed_cross_entropy(logits, targets, eps, ignore_index=-100, reduction="mean"):
+    """torch's label smoothing: the target distribution (1 - eps)·onehot + eps/V, rows of (N, V)."""
+    V = logits.shape[1]
+    logp = np.log(np_softmax(logits))
+    keep = targets != ignore_index
+    q = (1 - eps) * np.eye(V)[np.where(keep, targets, 0)] + eps / V
+    per = np.where(keep, -(q * logp).sum(axis=1), 0.0)
+    return {"none": per, "sum": per.sum(), "mean": per.sum() / max(keep.sum(), 1)}[reduction]
+
+
+@by_backend
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@given(lt=logits_and_targets(), eps=st.sampled_from([0.0, 0.1, 0.5, 1.0]))
+def test_cross_entropy_label_smoothing(bk, reduction, lt, eps):
+    logits, targets = lt
+    assume(reduction != "mean" or (targets != -100).any())
+    with mg.use_backend(bk):
+        (t,) = gc(lambda a: F.cross_entropy(a, targets, reduction=reduction, label_smoothing=eps), logits)
+        out = F.cross_entropy(t, targets, reduction=reduction, label_smoothing=eps)
+    close(out, np_smoothed_cross_entropy(logits, targets, eps, reduction=reduction), tol=1e-12)
+    assert not t.grad[targets == -100].any()
+
+
+@st.composite
+def nd_logits_and_targets(draw):
+    """torch's layout: logits (N, V, d1, ..., dk) and targets (N, d1, ..., dk), some ignored."""
+    n, v = draw(st.integers(1, 3)), draw(st.integers(1, 4))
+    rest = draw(shapes(min_dims=1, max_dims=2, max_side=3))
+    logits = draw(arrays((n, v) + rest, lo=-4.0, hi=4.0))
+    targets = draw(int_indices(v, (n,) + rest))
+    ignored = np.array(draw(st.lists(st.booleans(), min_size=targets.size, max_size=targets.size)))
+    return logits, np.where(ignored.reshape(targets.shape), -100, targets)
+
+
+@by_backend
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@given(lt=nd_logits_and_targets(), eps=st.sampled_from([0.0, 0.2]))
+def test_cross_entropy_class_axis_1_of_nd_logits(bk, reduction, lt, eps):
+    """(N, V, d1, ...) is the (N·d1·..., V) case with the class axis moved last."""
+    logits, targets = lt
+    assume(reduction != "mean" or (targets != -100).any())
+    rows = np.moveaxis(logits, 1, -1).reshape(-1, logits.shape[1])
+    with mg.use_backend(bk):
+        (t,) = gc(lambda a: F.cross_entropy(a, targets, reduction=reduction, label_smoothing=eps), logits)
+        out = F.cross_entropy(t, targets, reduction=reduction, label_smoothing=eps)
+    expected = np_smoothed_cross_entropy(rows, targets.reshape(-1), eps, reduction=reduction)
+    close(out, expected.reshape(targets.shape) if reduction == "none" else expected, tol=1e-12)
+    assert not np.moveaxis(t.grad, 1, -1)[targets == -100].any()
+
+
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 @given(data=st.data())
 def test_mse_loss(reduction, data):
@@ -297,6 +347,10 @@ def test_functional_errors_are_clear():
         F.cross_entropy(x, np.array([0, 3]))
     with pytest.raises(TypeError, match="cross_entropy: indices must be integers"):
         F.cross_entropy(x, np.array([0.0, 1.0]))
+    with pytest.raises(ValueError, match=r"cross_entropy: .*\(N, V, d1, \.\.\.\).*got \(2, 3, 4\) and \(2, 3\)"):
+        F.cross_entropy(mg.Tensor(np.zeros((2, 3, 4))), np.zeros((2, 3), dtype=np.int64))
+    with pytest.raises(ValueError, match=r"cross_entropy: label_smoothing must be in \[0, 1\], got -0.1"):
+        F.cross_entropy(x, np.array([0, 1]), label_smoothing=-0.1)
     with pytest.raises(IndexError, match="embedding: index 7 is out of range for a table of 3 rows"):
         F.embedding(np.array([0, 7]), x.T)
     with pytest.raises(ValueError, match=r"layer_norm: weight has shape \(2,\)"):

@@ -156,6 +156,27 @@ def test_var(sa, keepdims, correction, data):
            data.draw(arrays(shape)))
 
 
+@parity_settings
+@given(sa=shape_and_axis(), keepdims=st.booleans(), data=st.data())
+def test_std(sa, keepdims, data):
+    shape, axis = sa
+    assume(int(np.prod([shape[i] for i in _dims(axis, len(shape))])) > 1)
+    x = data.draw(arrays(shape, distinct=True))
+    unbiased = data.draw(st.booleans())
+    parity(lambda t: t.std(dim=axis, unbiased=unbiased, keepdim=keepdims),
+           lambda t: torch.std(t, dim=_dims(axis, t.ndim), unbiased=unbiased, keepdim=keepdims), x)
+
+
+@parity_settings
+@given(data=st.data())
+def test_clamp_on_and_off_the_bounds(data):
+    """Values on the bounds too: torch passes the gradient at x == min and x == max."""
+    lo, hi = data.draw(st.sampled_from([(-0.5, 0.5), (0.0, None), (None, 1.0), (1.0, -1.0)]))
+    shape = data.draw(shapes())
+    x = np.round(data.draw(arrays(shape)) * 2) / 2  # a grid holding both bounds
+    parity(lambda t: t.clamp(min=lo, max=hi), lambda t: torch.clamp(t, min=lo, max=hi), x)
+
+
 # ================================================================ shapes
 @parity_settings
 @given(data=st.data())
@@ -176,6 +197,22 @@ def test_shape_ops(data):
     target = (2,) + tuple(3 if s == 1 else s for s in shape)
     parity(lambda t: t.expand(*target), lambda t: t.expand(*target), x)
     parity(lambda t: t.expand(2, *([-1] * nd)), lambda t: t.expand(2, *([-1] * nd)), x)
+
+
+@parity_settings
+@given(data=st.data())
+def test_torch_named_shape_ops(data):
+    shape = data.draw(shapes(min_dims=2, max_dims=4, max_side=3))
+    x = data.draw(arrays(shape))
+    nd = len(shape)
+    parity(lambda t: t.mT, lambda t: t.mT, x)
+    parity(lambda t: t.flatten(), lambda t: t.flatten(), x)
+    start = data.draw(st.integers(-nd, nd - 1))
+    end = data.draw(st.integers(start % nd, nd - 1))
+    parity(lambda t: t.flatten(start, end), lambda t: t.flatten(start, end), x)
+    matrix = (0,) * (nd - 2)  # the first matrix of the batch
+    parity(lambda t: t[matrix].t(), lambda t: t[matrix].t(), x)
+    parity(lambda t: t.float().double(), lambda t: t.float().double(), x)  # both round to nearest
 
 
 @st.composite
@@ -263,6 +300,24 @@ def test_cross_entropy(reduction, data, ignore_index):
     tt = torch.from_numpy(targets)
     parity(lambda t: F.cross_entropy(t, targets, ignore_index=ignore_index, reduction=reduction),
            lambda t: TF.cross_entropy(t, tt, ignore_index=ignore_index, reduction=reduction), logits)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@parity_settings
+@given(data=st.data(), label_smoothing=st.sampled_from([0.0, 0.1, 1.0]))
+def test_cross_entropy_nd_and_label_smoothing(reduction, data, label_smoothing):
+    """torch's layouts (N, C), (C,) and (N, C, d1, ...) with the class axis 1."""
+    n, c = data.draw(st.integers(1, 3)), data.draw(st.integers(1, 4))
+    rest = data.draw(st.sampled_from([None, (), (2,), (3, 2)]))
+    lshape, tshape = ((c,), ()) if rest is None else ((n, c) + rest, (n,) + rest)
+    logits = data.draw(arrays(lshape, lo=-4.0, hi=4.0))
+    targets = data.draw(int_indices(c, tshape))
+    if targets.size > 1:
+        targets.flat[:: data.draw(st.integers(2, 3))] = -100
+    assume(reduction != "mean" or (targets != -100).any())
+    tt = torch.from_numpy(targets)
+    parity(lambda t: F.cross_entropy(t, targets, reduction=reduction, label_smoothing=label_smoothing),
+           lambda t: TF.cross_entropy(t, tt, reduction=reduction, label_smoothing=label_smoothing), logits)
 
 
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
