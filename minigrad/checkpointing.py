@@ -17,11 +17,11 @@ call (tests/test_checkpoint_core.py, tests/test_checkpoint_gpt.py).
 
 Randomness (dropout): the recomputation must draw the same masks. Every `np.random.Generator`
 passed in `args`/`kwargs`, or held as an attribute by `fn`'s modules (when `fn` is an
-`nn.Module` or a bound method of one), and NumPy's global legacy RNG, are snapshotted before the
-forward; backward rewinds them, recomputes, and then puts them back where they were, so the rest
-of training draws exactly what it would have drawn. Any other source of randomness (a generator
-created inside `fn`, a global you mutate, time) makes `fn` non-deterministic: do not checkpoint
-such a function.
+`nn.Module` or a bound method of one), `minigrad.default_generator` (dropout's without an rng)
+and NumPy's global legacy RNG, are snapshotted before the forward; backward rewinds them,
+recomputes, and then puts them back where they were, so the rest of training draws exactly what
+it would have drawn. Any other source of randomness (a generator created inside `fn`, a global
+you mutate, time) makes `fn` non-deterministic: do not checkpoint such a function.
 
 Mixed precision and backends: the `minigrad.amp.autocast` policy and the kernel backend active
 during the forward are restored for the recomputation, since backward usually runs outside the
@@ -38,7 +38,7 @@ import numpy as np
 from . import amp, backend
 from .autograd import backward as _backward, enable_grad, is_grad_enabled, no_grad
 from .nn import Module
-from .tensor import Function, Tensor, no_matmul_flops
+from .tensor import Function, Tensor, default_generator, no_matmul_flops
 
 __all__ = ["checkpoint", "Checkpoint", "is_recomputing"]
 
@@ -67,6 +67,7 @@ def _generators(mod, args, kwargs) -> list:
             seen.add(id(g))
             found.append(g)
 
+    add(default_generator)
     for a in list(args) + list(kwargs.values()):
         add(a)
         if isinstance(a, (list, tuple)):

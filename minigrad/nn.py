@@ -15,7 +15,7 @@ from typing import ClassVar, Iterator
 import numpy as np
 
 from . import functional as F
-from .tensor import Tensor
+from .tensor import Tensor, as_generator, as_tensor
 
 
 class Parameter(Tensor):
@@ -142,6 +142,26 @@ class Module:
     def modules(self):
         return (m for _, m in self.named_modules())
 
+    def named_children(self) -> Iterator[tuple[str, "Module"]]:
+        """(attribute name, module) of each direct submodule, in registration order; a module
+        registered under two names appears once, under the first (as in torch)."""
+        seen = set()
+        for name, mod in self._modules.items():
+            if id(mod) not in seen:
+                seen.add(id(mod))
+                yield name, mod
+
+    def children(self) -> Iterator["Module"]:
+        return (m for _, m in self.named_children())
+
+    def apply(self, fn) -> "Module":
+        """Call `fn(module)` on every submodule, children before their parent and this module
+        last (torch's order), e.g. to initialise weights; returns self."""
+        for child in self.children():
+            child.apply(fn)
+        fn(self)
+        return self
+
     def named_parameters(self, prefix: str = "") -> Iterator[tuple[str, Parameter]]:
         """(dotted name, parameter) pairs; a parameter shared by two modules appears once."""
         seen = set()
@@ -263,7 +283,7 @@ class Linear(Module):
 
     def __init__(self, in_features, out_features, bias=True, dtype=np.float32, rng=None):
         super().__init__()
-        rng = np.random.default_rng(rng)
+        rng = as_generator(rng)  # None: minigrad.default_generator (see manual_seed)
         bound = 1.0 / math.sqrt(in_features)
         self.in_features, self.out_features = in_features, out_features
         self.weight = Parameter(rng.uniform(-bound, bound, (out_features, in_features)).astype(dtype))
@@ -281,7 +301,7 @@ class Embedding(Module):
 
     def __init__(self, num_embeddings, embedding_dim, dtype=np.float32, rng=None):
         super().__init__()
-        rng = np.random.default_rng(rng)
+        rng = as_generator(rng)  # None: minigrad.default_generator (see manual_seed)
         self.weight = Parameter(rng.standard_normal((num_embeddings, embedding_dim)).astype(dtype))
 
     def forward(self, idx):
@@ -308,10 +328,13 @@ class LayerNorm(Module):
 
 
 class Dropout(Module):
+    """Inverted dropout (F.dropout) while training. Masks come from `rng` (a Generator or a
+    seed), or without one from minigrad.default_generator at each call, as torch's global one."""
+
     def __init__(self, p=0.5, rng=None):
         super().__init__()
         self.p = p
-        self.rng = np.random.default_rng(rng)
+        self.rng = None if rng is None else np.random.default_rng(rng)
 
     def forward(self, x):
         return F.dropout(x, self.p, self.training, self.rng)
@@ -320,6 +343,71 @@ class Dropout(Module):
         return f"p={self.p}"
 
 
+# ================================================================ activations and losses
+class ReLU(Module):
+    def forward(self, x):
+        return F.relu(x)
+
+
+class GELU(Module):
+    """GELU; `approximate="none"` (the exact x·Φ(x), torch's default) or "tanh" (GPT-2's).
+    Note F.gelu defaults to "tanh", the form the GPT uses."""
+
+    def __init__(self, approximate: str = "none"):
+        super().__init__()
+        if approximate not in ("tanh", "none"):
+            raise ValueError(f"GELU: approximate must be 'tanh' or 'none', got {approximate!r}")
+        self.approximate = approximate
+
+    def forward(self, x):
+        return F.gelu(x, approximate=self.approximate)
+
+    def extra_repr(self):
+        return f"approximate={self.approximate!r}"
+
+
+class Tanh(Module):
+    def forward(self, x):
+        return as_tensor(x).tanh()
+
+
+class Sigmoid(Module):
+    def forward(self, x):
+        return as_tensor(x).sigmoid()
+
+
+def _check_reduction(op: str, reduction: str) -> None:
+    if reduction not in ("mean", "sum", "none"):
+        raise ValueError(f"{op}: reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+
+
+class CrossEntropyLoss(Module):
+    """F.cross_entropy(input, target, ...) as a module. The options are keyword-only: torch's
+    first positional argument is a class weight, which minigrad does not support."""
+
+    def __init__(self, *, ignore_index: int = -100, reduction: str = "mean", label_smoothing: float = 0.0):
+        super().__init__()
+        _check_reduction("CrossEntropyLoss", reduction)
+        if not 0.0 <= label_smoothing <= 1.0:
+            raise ValueError(f"CrossEntropyLoss: label_smoothing must be in [0, 1], got {label_smoothing}")
+        self.ignore_index, self.reduction, self.label_smoothing = ignore_index, reduction, label_smoothing
+
+    def forward(self, input, target):
+        return F.cross_entropy(input, target, ignore_index=self.ignore_index, reduction=self.reduction,
+                               label_smoothing=self.label_smoothing)
+
+
+class MSELoss(Module):
+    def __init__(self, *, reduction: str = "mean"):
+        super().__init__()
+        _check_reduction("MSELoss", reduction)
+        self.reduction = reduction
+
+    def forward(self, input, target):
+        return F.mse_loss(input, target, reduction=self.reduction)
+
+
+# ================================================================ containers
 class _Container(Module):
     """Indexing, len and iteration over the submodules, in registration order."""
 
