@@ -71,7 +71,7 @@ class FusedAdamW:
 
     It follows the optimizer step protocol of `optim.base`, so `Trainer` drives it like any
     optimizer: one param group whose "lr" the trainer's schedule sets, `step(grads)`, no loss
-    scaling, never a skipped step."""
+    scaling, never a skipped step, every parameter trainable, m and v as its state bytes."""
 
     uses_gradients = True
     loss_scale = 1.0
@@ -101,6 +101,13 @@ class FusedAdamW:
 
     def unscale_(self, grads):
         """No loss scaling: the gradients are the true ones already."""
+
+    def trainable_names(self):
+        """Every parameter trains (the flat buffer is updated as a whole)."""
+        return None
+
+    def state_bytes(self):
+        return self.m.nbytes + self.v.nbytes
 
     def step(self, grads):
         from minigrad.kernels import adamw_step
