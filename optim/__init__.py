@@ -16,3 +16,4 @@ from .prox import FISTA, ISTA
 from . import sampling, schedules
 from .schedules import LRScheduler, clip_grad_norm_
 from . import zo  # registers zo-sgd, mezo, lozo
+from .block import BAdam, BlockCoordinateDescent, LISA, MISA, block_params  # bcd, lisa, badam, misa
