@@ -593,9 +593,9 @@ class MISA(BlockOptimizer):
     matrix is a module: each parameter with ndim >= 2, and each part of a fused matrix given in
     ``splits`` ({name: ((part, role, (start, stop)), ...)}, ``model.param_splits()``: a GPT's
     q, k, v rows of c_attn), i.e. q, k, v, attention output, MLP in, MLP out of each layer.
-    Their vectors (norm gains and shifts, biases: ndim < 2) train at every step: they are about
-    1% of a layer (the reference freezes them for good); a block without matrices is one
-    module. With ``granularity="layer"`` each block is one module. When only some parts of a fused matrix are active, the whole matrix
+    Their vectors (norm gains and shifts, biases: ndim < 2) train at every step: a GPT layer
+    has 13C of them beside its 12C^2 matrix entries (the reference freezes them for good); a
+    block without matrices is one module. With ``granularity="layer"`` each block is one module. When only some parts of a fused matrix are active, the whole matrix
     gets a gradient (it is one array), but the inner AdamW works on the parts: only the active
     rows are updated and hold state.
 

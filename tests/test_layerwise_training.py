@@ -181,3 +181,20 @@ def test_checkpoint_in_the_middle_of_a_period_resumes_bit_identically(method, tm
         assert again.history[key] == full.history[key], key
     for n, p in full_model.named_parameters():
         assert np.array_equal(p.data, dict(model2.named_parameters())[n].data), n
+
+
+def test_under_the_mixed_precision_wrapper_the_inner_optimizer_steps_the_masters():
+    """minigrad.amp swaps the optimizer's arrays for FP32 masters; the block method's inner
+    optimizer follows, so the active layer's masters move and the inactive ones do not."""
+    from minigrad import amp
+    model = _model()
+    opt = METHODS["lisa"](model)
+    mp = amp.MixedPrecisionOptimizer(opt, "bf16", scaler=amp.DynamicLossScaler(init_scale=2.0 ** 10))
+    masters = {n: m.copy() for n, m in mp.masters.items()}
+    tr = _trainer(model, mp, 3, eval_batches=None, autocast="bf16")
+    tr.fit()
+    blocks = optim.block_params(model.param_blocks())
+    active = set(blocks["embeddings"] + blocks["head"] + blocks[opt.global_state["active"][0]])
+    for n, m in mp.masters.items():
+        assert np.array_equal(m, masters[n]) == (n not in active), n
+    assert tr.history["state_bytes"] == [2 * 4 * _layer_elements(model, active)] * 3
