@@ -362,3 +362,19 @@ def test_opt_arg_reaches_the_optimizer_and_a_bad_one_is_one_line(tmp_path, capsy
                         (("--opt-arg", "momentum=1.5"), "--optimizer sgd: momentum must be in [0, 1), got 1.5"),
                         (("--opt-arg", "momentum"), "expected KEY=VALUE")):
         assert_refused(train_gpt, _args(corpus, o, "--optimizer", "sgd", *flags), said, capsys, o)
+
+
+def test_layerwise_optimizers_get_the_models_blocks(tmp_path, capsys, corpus):
+    out = tmp_path / "lisa"
+    assert train_gpt.main(_args(corpus, out, "--optimizer", "lisa", "--opt-arg", "layers=1",
+                                "--opt-arg", "switch_every=5")) == 0
+    ck = _load(out)
+    # keys look like "optim/8:/state/h.0.attn.c_attn.weight/exp_avg"
+    layers_with_state = {k.split("/state/h.", 1)[1].split(".")[0] for k in ck
+                         if k.startswith("optim/") and "/state/h." in k}
+    assert len(layers_with_state) == 1            # one of the two layers holds Adam state, not both
+    o = str(tmp_path / "o")
+    for flags, said in ((("--optimizer", "lisa", "--opt-arg", "layers=3"), "layers=3 must be an integer from 1"),
+                        (("--optimizer", "badam", "--opt-arg", "switch_every=0"), "switch_every must be an integer >= 1"),
+                        (("--optimizer", "misa", "--opt-arg", "delta=1.5"), "delta (the fraction")):
+        assert_refused(train_gpt, _args(corpus, o, *flags), said, capsys, o)
