@@ -74,6 +74,7 @@ class FusedAdamW:
     scaling, never a skipped step, every parameter trainable, m and v as its state bytes."""
 
     uses_gradients = True
+    uses_closure = False
     loss_scale = 1.0
 
     def __init__(self, named_params, lr=LR, betas=BETAS, eps=EPS, weight_decay=WD):

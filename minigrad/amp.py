@@ -453,6 +453,10 @@ class MixedPrecisionOptimizer:
     def trainable_names(self):
         return self.optimizer.trainable_names()
 
+    @property
+    def uses_closure(self) -> bool:
+        return self.optimizer.uses_closure
+
     # -- helpers ------------------------------------------------------------------------
     def _round(self, a: np.ndarray) -> np.ndarray:
         return P.quantize(a, self.param_format, self.rounding, self.rng)

@@ -52,6 +52,8 @@ has the same interface) the same way, without looking at its class::
 
 * ``uses_gradients`` (class attribute): True, or False for zeroth-order methods, whose
   ``step(closure=fn)`` calls ``fn() -> loss`` itself.
+* ``uses_closure`` (class attribute): False, or True for first-order methods that need several
+  gradients per step; the loop then calls ``step(closure=fn)`` with ``fn() -> (loss, grads)``.
 * ``loss_scale`` (1.0) and ``unscale_(grads)`` (no-op): a loss-scaling wrapper scales the loss
   and divides the gradients in place.
 * ``last_step_skipped``: False after a step that updated the parameters, True after one that
@@ -242,6 +244,10 @@ class Optimizer:
 
     #: False for zeroth-order methods: ``step(closure=fn)`` with ``fn() -> loss``, no gradients.
     uses_gradients: bool = True
+    #: True for first-order methods that evaluate the gradient several times per step (an inner
+    #: solve, a line search): ``step(closure=fn)`` with ``fn() -> (loss, grads)`` at the current
+    #: parameters, called as often as the method needs.
+    uses_closure: bool = False
     #: group keys not saved by ``state_dict`` (objects such as prox operators; they are
     #: rebuilt by the constructor and kept by ``load_state_dict``).
     _unsaved_hparams: tuple = ()

@@ -306,3 +306,29 @@ def test_the_loop_freezes_what_the_optimizer_leaves_out_and_logs_its_state_bytes
     assert tr.history["state_bytes"] == [sum(per_param[n] for n in layer)] + \
         [sum(per_param[n] for n in everyone)] * 2
     assert tr.peak_state_bytes == opt.state_bytes() == sum(per_param[n] for n in everyone)
+
+
+def test_an_optimizer_that_needs_several_gradients_per_step_gets_a_closure():
+    """uses_closure: the loop hands step() a closure -> (loss, grads) at the current parameters."""
+    calls = []
+
+    class TwoLookSGD(optim.SGD):
+        uses_closure = True
+
+        def step(self, grads=None, closure=None):
+            assert grads is None and closure is not None
+            first, g = closure()
+            super().step(g)                                   # a half step ...
+            second, g = closure()                             # ... and a look from there
+            super().step(g)
+            calls.append((first, second))
+            return second
+
+    model = _model()
+    params = {n: p.data for n, p in model.named_parameters()}
+    clip = clip_grad_norm(1e6)
+    tr = _trainer(model, TwoLookSGD(params, lr=0.05), steps=3, eval_batches=None, grad_hooks=[clip])
+    tr.fit()
+    assert len(calls) == 3 and tr.history["train_loss"] == [c[1] for c in calls]
+    assert all(second < first for first, second in calls)    # each look is from a better point
+    assert clip.last_norm is not None                         # the hooks ran inside the closure

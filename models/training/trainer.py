@@ -12,6 +12,9 @@ what it needs, see ``optim.base``)::
       opt.unscale_(grads)       (mixed precision: true gradients from here on)
       for hook in grad_hooks: hook(grads)            (clipping; later compression, all-reduce)
       opt.step(grads)
+    first-order methods that need several gradients per step (opt.uses_closure: an inner solve,
+    a line search) get the lines above from zero_grad to the hooks as a closure instead:
+      opt.step(closure=lambda: (loss, grads))
 
 After every step the optimizer's ``state_bytes()`` is recorded (``history["state_bytes"]``,
 ``peak_state_bytes``), so a run reports the optimizer memory it really held.
@@ -204,21 +207,12 @@ class Trainer:
         if batch is None:
             batch = self.batches(self.rng)
         self._apply_trainable(opt.trainable_names())
-        if opt.uses_gradients:
-            model.zero_grad()
-            with amp.autocast(self.autocast):
-                loss_t = self.loss_fn(model, batch)
-            scale = opt.loss_scale
-            if scale == 1.0:
-                loss_t.backward()
-            else:
-                loss_t.backward(np.full(loss_t.shape, scale, dtype=loss_t.dtype))
-            grads = {n: p.grad for n, p in model.named_parameters()}
-            opt.unscale_(grads)
-            for hook in self.grad_hooks:
-                hook(grads)
+        if opt.uses_gradients and opt.uses_closure:
+            # methods that take several gradients per step (an inner solve, a line search)
+            loss = opt.step(closure=lambda: self._loss_and_grads(batch))
+        elif opt.uses_gradients:
+            loss, grads = self._loss_and_grads(batch)
             opt.step(grads)
-            loss = float(loss_t.item())
         else:
             # loss evaluations only; in eval mode, so that every evaluation of one step sees the
             # same network (no dropout masks), and without a graph (inference memory)
@@ -240,6 +234,24 @@ class Trainer:
             want = n not in self._user_frozen and (names is None or n in names)
             if p.requires_grad != want:
                 p.requires_grad_(want)
+
+    def _loss_and_grads(self, batch):
+        """Forward, backward (of the loss times the optimizer's loss scale), the true gradients
+        and the gradient hooks: ``(loss, {name: grad or None})`` at the current parameters."""
+        opt, model = self.optimizer, self.model
+        model.zero_grad()
+        with amp.autocast(self.autocast):
+            loss_t = self.loss_fn(model, batch)
+        scale = opt.loss_scale
+        if scale == 1.0:
+            loss_t.backward()
+        else:
+            loss_t.backward(np.full(loss_t.shape, scale, dtype=loss_t.dtype))
+        grads = {n: p.grad for n, p in model.named_parameters()}
+        opt.unscale_(grads)
+        for hook in self.grad_hooks:
+            hook(grads)
+        return float(loss_t.item()), grads
 
     def _forward_loss(self, batch) -> float:
         with minigrad.no_grad(), amp.autocast(self.autocast):
