@@ -30,8 +30,11 @@ $(STAMP)-test: $(STAMP)-base
 install: $(STAMP)-base
 install-test: $(STAMP)-test
 
+# A second `make demo` continues the saved run (it only samples if that run had finished);
+# `make demo DEMO_ARGS=--force` starts over.
+DEMO_ARGS ?= $(if $(wildcard out/ckpt.npz),--resume,)
 demo: install
-	$(PY) demos/train_gpt.py
+	$(PY) demos/train_gpt.py $(DEMO_ARGS)
 
 test: install-test
 	HYPOTHESIS_PROFILE=$${HYPOTHESIS_PROFILE:-ci} $(PY) -m pytest -q
