@@ -18,4 +18,4 @@ from .schedules import LRScheduler, clip_grad_norm_
 from . import zo  # registers zo-sgd, mezo, lozo
 from .block import BAdam, BlockCoordinateDescent, LISA, MISA, block_params  # bcd, lisa, badam, misa
 from .subspace import GaLore, GoLore, Flora, RSO  # galore, golore, flora, rso
-from .modern import Lion  # lion
+from .modern import Adafactor, Lion  # adafactor, lion

@@ -18,7 +18,7 @@ def make_params(shapes=SHAPES, seed=0):
 def grads_at(params, t, seed=1):
     """Gradients of a noisy quadratic at the current parameters (so the trajectory matters)."""
     rng = np.random.default_rng([seed, t])
-    return {n: p - 0.3 + 0.5 * rng.standard_normal(p.shape) for n, p in params.items()}
+    return {n: (p - 0.3 + 0.5 * rng.standard_normal(p.shape)).astype(p.dtype) for n, p in params.items()}
 
 
 def run(opt, params, steps, start=0):
@@ -90,3 +90,84 @@ def test_lion_state_bytes_and_resume():
 def test_lion_refuses_bad_options(kw, match):
     with pytest.raises(ValueError, match=match):
         optim.create("lion", make_params(), **kw)
+
+
+# ----------------------------------------------------------------------------- torch parity
+torch = pytest.importorskip("torch")
+
+
+def torch_run(make_opt, params, steps):
+    """torch's optimizer on float64 copies of ``params``, fed the same gradients as ours."""
+    tp = {n: torch.tensor(p, dtype=torch.float64, requires_grad=True) for n, p in params.items()}
+    opt = make_opt(list(tp.values()))
+    for t in range(steps):
+        g = grads_at({n: v.detach().numpy() for n, v in tp.items()}, t)
+        for n, v in tp.items():
+            v.grad = torch.tensor(g[n])
+        opt.step()
+    return {n: v.detach().numpy() for n, v in tp.items()}
+
+
+# ----------------------------------------------------------------------------- Adafactor
+@pytest.mark.parametrize("kw", [{}, {"lr": 0.3, "weight_decay": 0.1}, {"maximize": True},
+                                {"beta2_decay": -0.5, "eps": (1e-30, 1e-2), "d": 1.5}])
+def test_adafactor_equals_torch_on_1d_2d_and_3d_shapes(kw):
+    params = make_params()
+    expected = torch_run(lambda ps: torch.optim.Adafactor(ps, **kw), params, STEPS)
+    run(optim.create("adafactor", params, **kw), params, STEPS)
+    for n in params:
+        np.testing.assert_allclose(params[n], expected[n], rtol=1e-10, atol=0, err_msg=n)
+
+
+def test_adafactor_factored_second_moment_is_exact_for_a_rank_one_g_squared():
+    """G^2 = a b^T with a, b > 0: at t = 1 (beta2_1 = 0) R C / mean(R) = G^2, so U = sign(G),
+    RMS(U) = 1 (no clipping) and the step is alpha_1 * sign(G)."""
+    rng = np.random.default_rng(3)
+    a, b = rng.uniform(0.5, 2, 5), rng.uniform(0.5, 2, 4)
+    G = np.sqrt(np.outer(a, b)) * rng.choice([-1.0, 1.0], (5, 4))
+    p = {"w": rng.standard_normal((5, 4))}
+    w0 = p["w"].copy()
+    optim.create("adafactor", p, lr=0.5).step({"w": G})
+    alpha = max(1e-3, np.sqrt(np.mean(w0 ** 2))) * 0.5
+    np.testing.assert_allclose(w0 - p["w"], alpha * np.sign(G), rtol=1e-12)
+
+
+def test_adafactor_clips_the_update_rms_at_d():
+    """Gradients growing 10-fold per step: the second moment lags behind them, RMS(U) > 1
+    (about 1/sqrt(1 - beta2_t)) from step 2 on, so d = 1 clips the step to RMS alpha_t exactly;
+    d = 2 lets it through, below 2 alpha_t."""
+    rng = np.random.default_rng(4)
+    for d in (1.0, 2.0):
+        p = {"w": rng.standard_normal((6, 3)), "b": rng.standard_normal(4)}
+        opt = optim.create("adafactor", p, d=d)
+        for t in range(1, 6):
+            before = {n: v.copy() for n, v in p.items()}
+            alpha = {n: max(1e-3, np.sqrt(np.mean(v ** 2))) * min(1e-2, t ** -0.5) for n, v in p.items()}
+            opt.step({n: 10.0 ** t * rng.standard_normal(v.shape) for n, v in p.items()})
+            for n in p:
+                step_rms = np.sqrt(np.mean((p[n] - before[n]) ** 2)) / alpha[n]
+                assert step_rms <= d * (1 + 1e-12), (n, t, step_rms)
+                if t > 1 and d == 1.0:
+                    np.testing.assert_allclose(step_rms, d, rtol=1e-12)
+                elif t > 1:
+                    assert 1.0 < step_rms < d, (n, t, step_rms)
+
+
+def test_adafactor_state_bytes_and_resume():
+    params = {n: p.astype(np.float32) for n, p in make_params().items()}
+    opt = optim.create("adafactor", params)
+    # vec: 7; wide 3 x 5: 3 + 5; tall 6 x 2: 6 + 2; cube 2 x (3 x 4): 2 * (3 + 4)
+    assert opt.expected_state_bytes() == 4 * (7 + 8 + 8 + 14)
+    run(opt, params, 1)
+    assert opt.state_bytes() == opt.expected_state_bytes()
+    assert_resumes_bit_for_bit("adafactor", lr=0.1, weight_decay=0.1)
+
+
+@pytest.mark.parametrize("kw,match", [({"beta2_decay": 0.1}, "beta2_decay must be <= 0"),
+                                      ({"eps": (-1.0, 1e-3)}, r"eps\[0\] must be a number >= 0"),
+                                      ({"eps": (None, -1e-3)}, r"eps\[1\] must be a number >= 0"),
+                                      ({"eps": (1e-3,)}, "eps must be a pair"),
+                                      ({"d": 0.5}, "clipping threshold d must be >= 1")])
+def test_adafactor_refuses_bad_options(kw, match):
+    with pytest.raises(ValueError, match=match):
+        optim.create("adafactor", make_params(), **kw)
