@@ -18,4 +18,5 @@ from .schedules import LRScheduler, clip_grad_norm_
 from . import zo  # registers zo-sgd, mezo, lozo
 from .block import BAdam, BlockCoordinateDescent, LISA, MISA, block_params  # bcd, lisa, badam, misa
 from .subspace import GaLore, GoLore, Flora, RSO  # galore, golore, flora, rso
+from .torch_family import NAdam, RAdam, Adamax, Adadelta, ASGD, Rprop  # the rest of torch.optim
 from .modern import Adafactor, Lion  # adafactor, lion
