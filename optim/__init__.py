@@ -20,3 +20,4 @@ from .block import BAdam, BlockCoordinateDescent, LISA, MISA, block_params  # bc
 from .subspace import GaLore, GoLore, Flora, RSO  # galore, golore, flora, rso
 from .torch_family import NAdam, RAdam, Adamax, Adadelta, ASGD, Rprop  # the rest of torch.optim
 from .modern import Adafactor, Lion  # adafactor, lion
+from .preconditioned import Anderson, Shampoo, SOAP  # anderson, shampoo, soap

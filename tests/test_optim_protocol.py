@@ -164,7 +164,8 @@ def test_a_parameter_without_gradient_is_untouched_and_gets_no_state(name, kw):
             g[n] = None
         had_state = {n: copy.deepcopy(opt.state[n]) for n in missing if n in opt.state}
         snap = {n: p[n].copy() for n in missing}
-        others = {n: p[n].copy() for n in p if n not in missing}
+        # SOAP's first gradient of a parameter only builds its preconditioner (as its reference code)
+        others = {n: p[n].copy() for n in p if n not in missing and (name != "soap" or n in opt.state)}
         opt.step(g)
         for n in missing:
             assert np.array_equal(p[n], snap[n]), (name, t, n)
