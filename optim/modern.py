@@ -33,7 +33,7 @@ import numpy as np
 from .base import Optimizer, check_count, check_fraction, register
 from .groups import _parts
 
-__all__ = ["Lion", "Adafactor"]
+__all__ = ["Lion", "Adafactor", "Muon", "newton_schulz", "MUON_ROLES"]
 
 
 def _check_betas(betas, where):
@@ -171,3 +171,211 @@ class Adafactor(Optimizer):
 
 def _rms(a) -> float:
     return float(np.sqrt(np.mean(np.square(a, dtype=np.float64)))) if a.size else 0.0
+
+
+# ----------------------------------------------------------------------------- roles and parts
+def _layout(params, roles, splits, where) -> dict:
+    """{name: [(rows or None, role or None), ...]}: a parameter as a whole, or, when ``splits``
+    names it, its row blocks with the roles ``splits`` gives them."""
+    splits = {} if splits is None else splits
+    if not isinstance(splits, Mapping):
+        raise TypeError(f"{where}: splits must be a dict name -> parts (model.param_splits()), "
+                        f"got {type(splits).__name__}")
+    if roles is not None and not isinstance(roles, Mapping):
+        raise TypeError(f"{where}: roles must be a dict name -> role (model.param_roles()), "
+                        f"got {type(roles).__name__}")
+    out = {}
+    for n, p in params.items():
+        if n in splits:
+            if p.ndim != 2:
+                raise ValueError(f"{where}: splits names {n!r} of shape {p.shape}; only a 2-D matrix "
+                                 f"is split into row blocks")
+            out[n] = [(rows, role) for _, role, rows in _parts(n, splits[n], p.shape[0])]
+        elif roles is None:
+            out[n] = [(None, None)]
+        elif n in roles:
+            out[n] = [(None, roles[n])]
+        else:
+            raise ValueError(f"{where}: no role for parameter {n!r}; give roles for every parameter "
+                             f"(model.param_roles()) or none")
+    return out
+
+
+class _ByRole(Optimizer):
+    """An optimizer whose update of a parameter depends on its role and parts (see ``_layout``),
+    laid out as the parameters join, so that ``add_param_group`` works as usual."""
+
+    def __init__(self, params, *, roles, splits, **defaults):
+        self._roles, self._splits, self._plan = roles, splits, {}
+        super().__init__(params, **defaults)
+        unknown = [n for n in (splits or {}) if n not in self.params]
+        if unknown:
+            raise ValueError(f"{type(self).__name__}: splits name unknown parameter(s) {unknown}")
+
+    def add_param_group(self, group):
+        before = len(self.param_groups)
+        super().add_param_group(group)
+        for g in self.param_groups[before:]:
+            layout = _layout(g["params"], self._roles, self._splits, type(self).__name__)
+            self._plan.update((n, self._plan_of(n, g["params"][n], parts)) for n, parts in layout.items())
+
+    def _plan_of(self, name, p, parts):
+        raise NotImplementedError
+
+    def _planned(self, p, group):
+        """The plan of array ``p`` of ``group`` (by identity; an array this optimizer was not
+        built on, as a wrapper may ask about, is planned as a parameter without role)."""
+        name = next((n for n, q in group["params"].items() if q is p), None)
+        return self._plan[name] if name is not None else self._plan_of(None, p, [(None, None)])
+
+
+# ----------------------------------------------------------------------------- Muon
+#: roles whose 2-D parameters Muon orthogonalizes when ``roles`` is given: the hidden matrices
+#: ("linear", a weight without a more specific role, may be a classifier head: not included)
+MUON_ROLES = frozenset({"attn_qkv", "attn_q", "attn_k", "attn_v", "attn_out", "mlp_in", "mlp_out"})
+
+
+def newton_schulz(G, steps=5, coefficients=(3.4445, -4.7750, 2.0315), eps=1e-7):
+    """The quintic Newton-Schulz iteration of Muon, in G's dtype: X = G/max(||G||_F, eps) (on
+    the wide orientation, so that X X^T is the smaller Gram matrix), then ``steps`` times
+    X <- a X + (b A + c A^2) X with A = X X^T. Each singular value s of X goes to
+    phi(s) = a s + b s^3 + c s^5; Jordan's (a, b, c) maximise the slope at 0 (3.4445) and after
+    5 steps map [1.5e-3, 1] (relative to ||G||_F) into about [0.68, 1.21]: an approximate
+    U V^T of G = U S V^T, not the exact polar factor. torch runs it in bfloat16."""
+    a, b, c = coefficients
+    tall = G.shape[0] > G.shape[1]
+    X = G.T if tall else G
+    X = X / max(float(np.linalg.norm(X.astype(np.float64))), eps)
+    for _ in range(steps):
+        A = X @ X.T
+        X = a * X + (b * A + c * (A @ A)) @ X
+    return X.T if tall else X
+
+
+def _adjusted_lr(lr, fn, shape):
+    A, B = shape[:2]
+    if fn == "match_rms_adamw":
+        return lr * 0.2 * math.sqrt(max(A, B))
+    return lr * math.sqrt(max(1.0, A / B))
+
+
+_ADAMW_KEYS = ("lr", "betas", "eps", "weight_decay")
+
+
+@register("muon")
+class Muon(_ByRole):
+    """Muon, MomentUm Orthogonalized by Newton-Schulz (Jordan, Jin, Boza, You, Cesista, Newhouse,
+    Bernstein 2024, kellerjordan.github.io/posts/muon; torch.optim.Muon), for each hidden
+    matrix W (m x n) with gradient G::
+
+        B <- momentum*B + (1-momentum)*G                 (torch: B.lerp_(G, 1-momentum))
+        U = G + momentum*(B - G) if nesterov else B
+        O = newton_schulz(U, ns_steps, ns_coefficients, eps)
+        W <- W*(1 - lr*wd) - lr_adj*O
+        lr_adj = lr*sqrt(max(1, m/n))          adjust_lr_fn None or "original" (Jordan)
+                 lr*0.2*sqrt(max(m, n))        "match_rms_adamw" (Liu et al. 2025, Moonlight,
+                                               arXiv 2502.16982: the update RMS of AdamW, so
+                                               AdamW's lr and decay carry over)
+
+    Newton-Schulz runs in the parameter's dtype (torch casts to bfloat16).
+
+    Which parameters are Muon matrices: with ``roles`` the 2-D ones whose role is in
+    ``MUON_ROLES``; with ``splits`` a fused matrix is orthogonalized part by part (a GPT's
+    c_attn weight as its q, k and v rows, as Jordan recommends; all parts must be hidden
+    matrices). Without ``roles`` every 2-D parameter is one. Everything else -- embeddings, the
+    head, norms, biases, higher-order tensors -- takes an AdamW step (torch form, see
+    ``optim.AdamW``) with the group's lr and weight_decay and ``adamw_kwargs`` (betas, eps
+    and, to replace the group's, lr and weight_decay). An ``adamw_kwargs`` lr is multiplied by
+    the factor a schedule applied to the group (``lr / initial_lr``), so one schedule drives
+    both. Defaults are torch.optim.Muon's; the AdamW ones, betas (0.9, 0.95) and eps 1e-10, are
+    Jordan's reference (KellerJordan/Muon, muon.py), which uses lr 0.02 for Muon and 3e-4 for
+    AdamW. Muon on the embedding or the head trains worse (Muon issue #13), hence the roles.
+    Memory: mn per Muon matrix (the momentum), 2N per AdamW parameter."""
+
+    def __init__(self, params, lr=1e-3, weight_decay=0.1, momentum=0.95, nesterov=True,
+                 ns_coefficients=(3.4445, -4.7750, 2.0315), eps=1e-7, ns_steps=5, adjust_lr_fn=None,
+                 *, roles=None, splits=None, adamw_kwargs=None, nonfinite="raise"):
+        adamw = {"betas": (0.9, 0.95), "eps": 1e-10, **(adamw_kwargs or {})}
+        unknown = [k for k in adamw if k not in _ADAMW_KEYS]
+        if unknown:
+            raise ValueError(f"Muon: adamw_kwargs takes {list(_ADAMW_KEYS)}, got unknown {unknown}")
+        adamw["betas"] = tuple(adamw["betas"])
+        _check_betas(adamw["betas"], "Muon: adamw_kwargs")
+        _check_eps(adamw["eps"], "Muon: adamw_kwargs")
+        for k in ("lr", "weight_decay"):
+            if k in adamw and not (isinstance(adamw[k], (int, float)) and math.isfinite(adamw[k])
+                                   and adamw[k] >= 0):
+                raise ValueError(f"Muon: adamw_kwargs {k} must be a finite number >= 0, got {adamw[k]!r}")
+        self.adamw_kwargs = adamw
+        super().__init__(params, roles=roles, splits=splits, lr=lr, weight_decay=weight_decay,
+                         momentum=momentum, nesterov=nesterov, ns_coefficients=tuple(ns_coefficients),
+                         eps=eps, ns_steps=ns_steps, adjust_lr_fn=adjust_lr_fn, nonfinite=nonfinite)
+
+    def _check_group(self, group):
+        super()._check_group(group)
+        check_fraction(group["momentum"], "Muon: momentum")
+        check_count(group["ns_steps"], "Muon: ns_steps")
+        if len(group["ns_coefficients"]) != 3:
+            raise ValueError(f"Muon: ns_coefficients must be three numbers (a, b, c), got "
+                             f"{group['ns_coefficients']!r}")
+        _check_eps(group["eps"], "Muon")
+        if group["adjust_lr_fn"] not in (None, "original", "match_rms_adamw"):
+            raise ValueError(f"Muon: adjust_lr_fn must be None, 'original' or 'match_rms_adamw', "
+                             f"got {group['adjust_lr_fn']!r}")
+
+    def _plan_of(self, name, p, parts):
+        """The row ranges to orthogonalize (None: the whole matrix), or None for AdamW."""
+        hidden = [p.ndim == 2 and (role is None or role in MUON_ROLES) for _, role in parts]
+        if all(hidden):
+            return [rows for rows, _ in parts]
+        if any(hidden):
+            raise ValueError(f"Muon: the parts of {name!r} have roles {[r for _, r in parts]}; "
+                             f"either all or none of them must be hidden matrices {sorted(MUON_ROLES)}")
+        return None
+
+    def is_muon(self, name) -> bool:
+        """Whether parameter ``name`` takes Muon's step (else AdamW's)."""
+        return self._plan[name] is not None
+
+    def _update(self, name, p, g, state, group):
+        plan = self._plan[name]
+        if plan is None:
+            return self._adamw(p, g, state, group)
+        mu, lr = group["momentum"], group["lr"]
+        if "momentum_buffer" not in state:
+            state["momentum_buffer"] = np.zeros_like(p)
+        buf = state["momentum_buffer"]
+        buf += (1.0 - mu) * (g - buf)
+        u = g + mu * (buf - g) if group["nesterov"] else buf
+        if group["weight_decay"]:
+            p *= 1.0 - lr * group["weight_decay"]
+        for rows in plan:
+            w, part = (p, u) if rows is None else (p[rows[0]:rows[1]], u[rows[0]:rows[1]])
+            o = newton_schulz(part, group["ns_steps"], group["ns_coefficients"], group["eps"])
+            w -= _adjusted_lr(lr, group["adjust_lr_fn"], w.shape) * o
+
+    def _adamw(self, p, g, state, group):
+        opts = self.adamw_kwargs
+        b1, b2 = opts["betas"]
+        lr = group["lr"]
+        if "lr" in opts:
+            lr = opts["lr"] * (lr / group["initial_lr"] if group.get("initial_lr") else 1.0)
+        wd = opts.get("weight_decay", group["weight_decay"])
+        if "exp_avg" not in state:
+            state["step"] = 0
+            state["exp_avg"] = np.zeros_like(p)
+            state["exp_avg_sq"] = np.zeros_like(p)
+        state["step"] += 1
+        t = state["step"]
+        if wd:
+            p *= 1.0 - lr * wd
+        m, v = state["exp_avg"], state["exp_avg_sq"]
+        m *= b1
+        m += (1.0 - b1) * g
+        v *= b2
+        v += (1.0 - b2) * (g * g)
+        denom = np.sqrt(v) / math.sqrt(1.0 - b2 ** t) + opts["eps"]
+        p -= (lr / (1.0 - b1 ** t)) * (m / denom)
+
+    def _state_nbytes(self, p, group):
+        return p.nbytes * (1 if self._planned(p, group) is not None else 2)

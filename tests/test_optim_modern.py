@@ -171,3 +171,153 @@ def test_adafactor_state_bytes_and_resume():
 def test_adafactor_refuses_bad_options(kw, match):
     with pytest.raises(ValueError, match=match):
         optim.create("adafactor", make_params(), **kw)
+
+
+# ----------------------------------------------------------------------------- Muon
+def _newton_schulz_without_bfloat16(grad, ns_coefficients, ns_steps, eps):
+    """torch.optim._muon._zeropower_via_newtonschulz with its ``grad.bfloat16()`` removed."""
+    a, b, c = ns_coefficients
+    ortho_grad = grad.clone()
+    if grad.size(0) > grad.size(1):
+        ortho_grad = ortho_grad.T
+    ortho_grad.div_(ortho_grad.norm().clamp(min=eps))
+    for _ in range(ns_steps):
+        gram_matrix = ortho_grad @ ortho_grad.T
+        gram_update = torch.addmm(gram_matrix, gram_matrix, gram_matrix, beta=b, alpha=c)
+        ortho_grad = torch.addmm(ortho_grad, gram_update, ortho_grad, beta=a)
+    if grad.size(0) > grad.size(1):
+        ortho_grad = ortho_grad.T
+    return ortho_grad
+
+
+MATRICES = {"wide": (3, 5), "tall": (6, 2), "square": (4, 4)}
+
+
+@pytest.mark.parametrize("kw", [{}, {"lr": 0.02, "weight_decay": 0.0, "nesterov": False},
+                                {"adjust_lr_fn": "match_rms_adamw", "momentum": 0.9, "ns_steps": 3},
+                                {"adjust_lr_fn": "original", "weight_decay": 0.5}])
+def test_muon_equals_torch_muon_in_float64(monkeypatch, kw):
+    from torch.optim import _muon
+    monkeypatch.setattr(_muon, "_zeropower_via_newtonschulz", _newton_schulz_without_bfloat16)
+    params = make_params(MATRICES)
+    expected = torch_run(lambda ps: torch.optim.Muon(ps, **kw), params, STEPS)
+    run(optim.create("muon", params, **kw), params, STEPS)
+    for n in params:
+        np.testing.assert_allclose(params[n], expected[n], rtol=1e-10, atol=0, err_msg=n)
+
+
+def test_newton_schulz_maps_singular_values_into_0_68_to_1_21():
+    rng = np.random.default_rng(5)
+    # phi applied 5 times to every Frobenius-normalised singular value in [1.5e-3, 1]
+    # (the low end, 1.5e-3 itself, lands at 0.6798)
+    s = np.linspace(1.5e-3, 1, 100001)
+    for _ in range(5):
+        s = 3.4445 * s - 4.7750 * s ** 3 + 2.0315 * s ** 5
+    assert 0.679 <= s.min() and s.max() <= 1.21
+    # matrices: Gaussian, and singular values spread over 2.5 decades
+    U, _ = np.linalg.qr(rng.standard_normal((60, 40)))
+    V, _ = np.linalg.qr(rng.standard_normal((40, 40)))
+    spread = (U * np.logspace(0, -2.5, 40)) @ V.T
+    for G in (rng.standard_normal((256, 128)), spread, spread.T):
+        sv = np.linalg.svd(optim.modern.newton_schulz(G), compute_uv=False)
+        assert 0.68 <= sv.min() and sv.max() <= 1.21, (G.shape, sv.min(), sv.max())
+
+
+def test_newton_schulz_is_close_to_the_polar_factor_and_transposes():
+    rng = np.random.default_rng(6)
+    U, _ = np.linalg.qr(rng.standard_normal((12, 8)))
+    V, _ = np.linalg.qr(rng.standard_normal((8, 8)))
+    G = (U * rng.uniform(0.5, 1.0, 8)) @ V.T          # well conditioned
+    O, polar = optim.modern.newton_schulz(G), U @ V.T
+    assert np.sum(O * polar) / (np.linalg.norm(O) * np.linalg.norm(polar)) > 0.99
+    np.testing.assert_array_equal(optim.modern.newton_schulz(G.T), O.T)
+    # invariant to rescaling its input: the momentum's scale does not matter
+    np.testing.assert_allclose(optim.modern.newton_schulz(1e3 * G), O, rtol=1e-10, atol=1e-13)
+
+
+def gpt_like(C=4, V=7, seed=0):
+    """A one-layer GPT's parameters, roles and splits (fused q/k/v rows)."""
+    rng = np.random.default_rng(seed)
+    shapes = {"wte": (V, C), "ln.weight": (C,), "c_attn.weight": (3 * C, C), "c_attn.bias": (3 * C,),
+              "c_proj.weight": (C, C), "c_fc.weight": (4 * C, C), "mlp_proj.weight": (C, 4 * C)}
+    roles = {"wte": "embedding", "ln.weight": "norm", "c_attn.weight": "attn_qkv",
+             "c_attn.bias": "bias", "c_proj.weight": "attn_out", "c_fc.weight": "mlp_in",
+             "mlp_proj.weight": "mlp_out"}
+    splits = {"c_attn.weight": (("q", "attn_q", (0, C)), ("k", "attn_k", (C, 2 * C)),
+                                ("v", "attn_v", (2 * C, 3 * C)))}
+    return {n: rng.standard_normal(s) for n, s in shapes.items()}, roles, splits
+
+
+def test_muon_orthogonalizes_hidden_matrices_part_by_part_and_adamw_does_the_rest():
+    params, roles, splits = gpt_like()
+    kw = dict(lr=0.02, weight_decay=0.1)
+    ours = {n: p.copy() for n, p in params.items()}
+    opt = optim.create("muon", ours, roles=roles, splits=splits, **kw)
+    assert [n for n in ours if opt.is_muon(n)] == ["c_attn.weight", "c_proj.weight", "c_fc.weight",
+                                                   "mlp_proj.weight"]
+    # the same run as Muon on q, k, v as three matrices and AdamW on the rest
+    parts = optim.split_matrices({n: p.copy() for n, p in params.items()}, splits)
+    hidden = {n: p for n, p in parts.items() if n.startswith(("c_attn.weight:", "c_proj", "c_fc", "mlp_proj"))}
+    other = {n: p for n, p in parts.items() if n not in hidden}
+    muon = optim.create("muon", hidden, **kw)
+    adamw = optim.AdamW(other, betas=(0.9, 0.95), eps=1e-10, **kw)
+    for t in range(5):
+        g = grads_at(ours, t)
+        opt.step(g)
+        g_parts = optim.split_matrices(g, splits)
+        muon.step({n: g_parts[n] for n in hidden})
+        adamw.step({n: g_parts[n] for n in other})
+    fused = np.concatenate([hidden[f"c_attn.weight:{k}"] for k in "qkv"])
+    np.testing.assert_array_equal(ours["c_attn.weight"], fused)
+    for n in params:
+        if n != "c_attn.weight":
+            np.testing.assert_array_equal(ours[n], parts[n], err_msg=n)
+    # the fused matrix orthogonalized whole is a different update
+    whole = {n: p.copy() for n, p in params.items()}
+    optim.create("muon", whole, roles=roles, **kw).step(grads_at(whole, 0))
+    once = {n: p.copy() for n, p in params.items()}
+    optim.create("muon", once, roles=roles, splits=splits, **kw).step(grads_at(once, 0))
+    assert not np.allclose(whole["c_attn.weight"], once["c_attn.weight"])
+
+
+def test_muon_without_roles_takes_every_2d_parameter_and_adamw_kwargs_apply():
+    params = make_params()
+    opt = optim.create("muon", params, adamw_kwargs={"lr": 3e-4, "weight_decay": 0.0})
+    assert {n: opt.is_muon(n) for n in params} == {"vec": False, "wide": True, "tall": True, "cube": False}
+    expected = {n: params[n].copy() for n in ("vec", "cube")}
+    adamw = optim.AdamW(expected, lr=3e-4, betas=(0.9, 0.95), eps=1e-10, weight_decay=0.0)
+    sched = optim.LRScheduler(opt, lambda t: 0.5 ** t)   # scales the AdamW lr too
+    for t in range(4):
+        g = grads_at(params, t)
+        opt.step(g)
+        adamw.param_groups[0]["lr"] = 3e-4 * 0.5 ** t
+        adamw.step({n: g[n] for n in expected})
+        sched.step()
+    for n in expected:
+        np.testing.assert_array_equal(params[n], expected[n], err_msg=n)
+
+
+def test_muon_state_bytes_and_resume():
+    params, roles, splits = gpt_like()
+    params = {n: p.astype(np.float32) for n, p in params.items()}
+    opt = optim.create("muon", params, roles=roles, splits=splits)
+    hidden = ("c_attn.weight", "c_proj.weight", "c_fc.weight", "mlp_proj.weight")
+    assert opt.expected_state_bytes() == sum((1 if n in hidden else 2) * p.nbytes for n, p in params.items())
+    run(opt, params, 1)
+    assert opt.state_bytes() == opt.expected_state_bytes()
+    assert_resumes_bit_for_bit("muon", lr=0.02, adamw_kwargs={"lr": 1e-3})
+
+
+@pytest.mark.parametrize("kw,match", [
+    ({"momentum": 1.0}, r"momentum must be in \[0, 1\)"), ({"ns_steps": 0}, "ns_steps must be an integer >= 1"),
+    ({"ns_coefficients": (1.0, 2.0)}, "ns_coefficients must be three numbers"),
+    ({"eps": -1.0}, "eps must be a number >= 0"), ({"adjust_lr_fn": "rms"}, "adjust_lr_fn must be None"),
+    ({"adamw_kwargs": {"momentum": 0.9}}, r"adamw_kwargs takes .* unknown \['momentum'\]"),
+    ({"adamw_kwargs": {"betas": (0.9, 1.5)}}, r"betas\[1\] must be in \[0, 1\)"),
+    ({"adamw_kwargs": {"lr": -1.0}}, "adamw_kwargs lr must be a finite number >= 0"),
+    ({"roles": {"wide": "mlp_in"}}, "no role for parameter 'vec'"),
+    ({"splits": {"nope": (("a", "attn_q", (0, 1)),)}}, r"splits name unknown parameter\(s\) \['nope'\]"),
+])
+def test_muon_refuses_bad_options(kw, match):
+    with pytest.raises(ValueError, match=match):
+        optim.create("muon", make_params(), **kw)
