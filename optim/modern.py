@@ -33,7 +33,7 @@ import numpy as np
 from .base import Optimizer, check_count, check_fraction, register
 from .groups import _parts
 
-__all__ = ["Lion", "Adafactor", "Muon", "newton_schulz", "MUON_ROLES"]
+__all__ = ["Lion", "Adafactor", "Muon", "AdamMini", "newton_schulz", "MUON_ROLES"]
 
 
 def _check_betas(betas, where):
@@ -379,3 +379,123 @@ class Muon(_ByRole):
 
     def _state_nbytes(self, p, group):
         return p.nbytes * (1 if self._planned(p, group) is not None else 2)
+
+
+# ----------------------------------------------------------------------------- Adam-mini
+#: roles with one second moment per output neuron (a row; a token for embeddings)
+_PER_ROW = frozenset({"embedding", "attn_v", "attn_out", "mlp_in", "mlp_out", "linear"})
+
+
+@register("adam-mini")
+class AdamMini(_ByRole):
+    """Adam-mini (Zhang, Chen, Li, Ding, Chen, Ye, Luo, Sun, ICLR 2025, arXiv 2406.16793): Adam
+    with one second moment per block b of parameters instead of one per weight::
+
+        theta <- theta*(1 - lr*wd)
+        m <- b1*m + (1-b1)*g                              (full size)
+        v_b <- b2*v_b + (1-b2)*mean_{i in b}(g_i^2)       (one scalar per block)
+        theta_i <- theta_i - (lr/(1-b1^t)) * m_i / (sqrt(v_b)/sqrt(1-b2^t) + eps),  i in b
+
+    The blocks follow the Hessian's near-block-diagonal structure, by role (with ``roles``;
+    the official code, zyushun/Adam-mini, matches parameter names instead):
+
+    * attn_q, attn_k: one block per head (the rows of a head: the (C, C) weight viewed as
+      (n_head, C*C/n_head)); needs ``n_head``;
+    * attn_qkv (fused, without ``splits``): per head for its q and k rows, per row for v;
+    * embedding (per token), attn_v, attn_out, mlp_in, mlp_out, linear: one per output neuron,
+      i.e. per row;
+    * bias: one per element (plain Adam), as the official v1.1.1 code does;
+    * norm and every other role: one per tensor.
+
+    Without ``roles``: one block per row of a parameter with >= 2 axes (its first axis), one per
+    tensor otherwise. The partition rules here are those of v1.1.1 as described in our course
+    notes [not checked against the v1.1.1 source: the version found (v1.0.x) used full Adam for
+    embedding and output and one block per tensor elsewhere, per head for q/k].
+    Torch-form eps (outside the root, on the bias-corrected moment); the code's default 1e-8
+    (its docstring says 1e-6). The official code also sets weight_decay 0 for names
+    containing "norm"/"ln_f"; here the groups' weight_decay is honoured as given (use
+    ``optim.param_groups_no_decay`` for that). Memory: N + #blocks (about half of AdamW's 2N)."""
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, *,
+                 n_head=None, roles=None, splits=None, nonfinite="raise"):
+        if n_head is not None:
+            check_count(n_head, "Adam-mini: n_head")
+        self.n_head = n_head
+        super().__init__(params, roles=roles, splits=splits, lr=lr, betas=tuple(betas), eps=eps,
+                         weight_decay=weight_decay, nonfinite=nonfinite)
+
+    def _check_group(self, group):
+        super()._check_group(group)
+        _check_betas(group["betas"], "Adam-mini")
+        _check_eps(group["eps"], "Adam-mini")
+
+    def _heads(self, name, role, rows, cols):
+        """Elements per head of a (rows, cols) q or k block."""
+        if self.n_head is None:
+            raise ValueError(f"Adam-mini: {name!r} has role {role!r}, whose blocks are the attention "
+                             f"heads; pass n_head= (the model's number of heads)")
+        if rows % self.n_head:
+            raise ValueError(f"Adam-mini: {name!r} ({role}) has {rows} rows, not divisible by "
+                             f"n_head={self.n_head}")
+        return rows // self.n_head * cols
+
+    def _plan_of(self, name, p, parts):
+        """Segments (start, stop, block size) of the flattened parameter: [start, stop) is cut
+        into blocks of ``size`` consecutive elements."""
+        segments = []
+        row = math.prod(p.shape[1:]) if p.ndim >= 1 else 1
+        for rows, role in parts:
+            start, stop = (0, p.size) if rows is None else (rows[0] * row, rows[1] * row)
+            n_rows = (stop - start) // row if p.ndim >= 1 else 1
+            if role is None:
+                size = row if p.ndim >= 2 else stop - start
+            elif role == "bias":
+                size = 1
+            elif role in ("attn_q", "attn_k"):
+                size = self._heads(name, role, n_rows, row)
+            elif role == "attn_qkv" and p.ndim == 2:
+                if n_rows % 3:
+                    raise ValueError(f"Adam-mini: the fused q/k/v weight {name!r} has {n_rows} rows, "
+                                     f"not a multiple of 3")
+                qk = 2 * n_rows // 3 * row
+                segments.append((start, start + qk, self._heads(name, role, n_rows // 3, row)))
+                start, size = start + qk, row
+            elif role in _PER_ROW and p.ndim >= 2:
+                size = row
+            else:
+                size = stop - start
+            if stop > start:
+                segments.append((start, stop, max(size, 1)))
+        return segments
+
+    def blocks(self, name) -> int:
+        """The number of second-moment blocks of parameter ``name``."""
+        return sum((stop - start) // size for start, stop, size in self._plan[name])
+
+    def _update(self, name, p, g, state, group):
+        b1, b2 = group["betas"]
+        lr, wd = group["lr"], group["weight_decay"]
+        plan = self._plan[name]
+        if "exp_avg" not in state:
+            state["step"] = 0
+            state["exp_avg"] = np.zeros_like(p)
+            state["exp_avg_sq"] = np.zeros(self.blocks(name), dtype=p.dtype)
+        state["step"] += 1
+        t = state["step"]
+        if wd:
+            p *= 1.0 - lr * wd
+        m, v = state["exp_avg"], state["exp_avg_sq"]
+        m *= b1
+        m += (1.0 - b1) * g
+        flat = g.reshape(-1)
+        g2 = np.concatenate([np.mean(np.square(flat[a:b].reshape(-1, s)), axis=1) for a, b, s in plan])
+        v *= b2
+        v += (1.0 - b2) * g2
+        h = np.sqrt(v) / math.sqrt(1.0 - b2 ** t) + group["eps"]
+        sizes = np.concatenate([np.full((b - a) // s, s) for a, b, s in plan])
+        denom = np.repeat(h, sizes).reshape(p.shape)
+        p -= (lr / (1.0 - b1 ** t)) * (m / denom)
+
+    def _state_nbytes(self, p, group):
+        blocks = sum((stop - start) // size for start, stop, size in self._planned(p, group))
+        return p.nbytes + blocks * p.itemsize

@@ -321,3 +321,83 @@ def test_muon_state_bytes_and_resume():
 def test_muon_refuses_bad_options(kw, match):
     with pytest.raises(ValueError, match=match):
         optim.create("muon", make_params(), **kw)
+
+
+# ----------------------------------------------------------------------------- Adam-mini
+def test_adam_mini_with_one_block_per_element_is_adamw_exactly():
+    shapes = {"b1": (5,), "b2": (3,), "col": (6, 1)}
+    roles = {"b1": "bias", "b2": "bias", "col": "mlp_in"}     # a (6, 1) matrix: a row per element
+    kw = dict(lr=1e-2, betas=(0.8, 0.9), eps=1e-6, weight_decay=0.1)
+    ours, ref = make_params(shapes), make_params(shapes)
+    opt = optim.create("adam-mini", ours, roles=roles, **kw)
+    assert [opt.blocks(n) for n in shapes] == [5, 3, 6]
+    adamw = optim.AdamW(ref, **kw)
+    for t in range(STEPS):
+        opt.step(grads_at(ours, t))
+        adamw.step(grads_at(ref, t))
+    for n in shapes:
+        np.testing.assert_array_equal(ours[n], ref[n], err_msg=n)
+
+
+def adam_mini_reference(W, grads, lr, b1, b2, eps, blocks):
+    """Adam-mini on one matrix written out: ``blocks`` rows of W.reshape(blocks, -1) share v."""
+    W, m, v = W.copy(), np.zeros_like(W), np.zeros(blocks)
+    for t, g in enumerate(grads, start=1):
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * np.mean(g.reshape(blocks, -1) ** 2, axis=1)
+        v_hat = np.sqrt(v / (1 - b2 ** t))[:, None]
+        W = W - lr * ((m / (1 - b1 ** t)).reshape(blocks, -1) / (v_hat + eps)).reshape(W.shape)
+    return W
+
+
+def test_adam_mini_blocks_of_a_gpt_layer_follow_the_partition():
+    params, roles, splits = gpt_like(C=4)
+    opt = optim.create("adam-mini", params, n_head=2, roles=roles, splits=splits)
+    counts = {n: opt.blocks(n) for n in params}
+    # c_attn: 2 heads for q, 2 for k, 4 rows of v; per row: wte (tokens), c_proj, c_fc, mlp_proj
+    assert counts == {"wte": 7, "ln.weight": 1, "c_attn.weight": 2 + 2 + 4, "c_attn.bias": 12,
+                      "c_proj.weight": 4, "c_fc.weight": 16, "mlp_proj.weight": 4}
+    n = sum(p.size for p in params.values())
+    assert opt.expected_state_bytes() == 8 * (n + sum(counts.values()))
+    run(opt, params, 1)
+    assert opt.state_bytes() == opt.expected_state_bytes()
+    # the fused matrix without splits is cut the same way
+    fused = optim.create("adam-mini", gpt_like(C=4)[0], n_head=2, roles=roles)
+    assert fused.blocks("c_attn.weight") == 8
+
+
+def test_adam_mini_per_head_and_per_row_updates_are_the_formula():
+    params, roles, splits = gpt_like(C=4)
+    kw = dict(lr=1e-2, betas=(0.9, 0.99), eps=1e-8)
+    start = {n: p.copy() for n, p in params.items()}
+    opt = optim.create("adam-mini", params, n_head=2, roles=roles, splits=splits, **kw)
+    seen = []
+    for t in range(STEPS):
+        g = grads_at(params, t)
+        seen.append(g)
+        opt.step(g)
+    args = (kw["lr"], *kw["betas"], kw["eps"])
+    q = adam_mini_reference(start["c_attn.weight"][:4], [g["c_attn.weight"][:4] for g in seen], *args, blocks=2)
+    v = adam_mini_reference(start["c_attn.weight"][8:], [g["c_attn.weight"][8:] for g in seen], *args, blocks=4)
+    fc = adam_mini_reference(start["c_fc.weight"], [g["c_fc.weight"] for g in seen], *args, blocks=16)
+    ln = adam_mini_reference(start["ln.weight"], [g["ln.weight"] for g in seen], *args, blocks=1)
+    np.testing.assert_allclose(params["c_attn.weight"][:4], q, rtol=1e-10)
+    np.testing.assert_allclose(params["c_attn.weight"][8:], v, rtol=1e-10)
+    np.testing.assert_allclose(params["c_fc.weight"], fc, rtol=1e-10)
+    np.testing.assert_allclose(params["ln.weight"], ln, rtol=1e-10)
+
+
+def test_adam_mini_resumes_bit_for_bit():
+    assert_resumes_bit_for_bit("adam-mini", lr=1e-2, weight_decay=0.1)
+
+
+@pytest.mark.parametrize("kw,match", [
+    ({"betas": (0.9, 1.0)}, r"betas\[1\] must be in \[0, 1\)"), ({"eps": -1e-8}, "eps must be a number >= 0"),
+    ({"n_head": 0}, "n_head must be an integer >= 1"),
+    ({"roles": {"vec": "bias", "wide": "attn_q", "tall": "mlp_in", "cube": "other"}}, "pass n_head="),
+    ({"roles": {"vec": "bias", "wide": "attn_q", "tall": "mlp_in", "cube": "other"}, "n_head": 2},
+     "3 rows, not divisible by n_head=2"),
+])
+def test_adam_mini_refuses_bad_options(kw, match):
+    with pytest.raises(ValueError, match=match):
+        optim.create("adam-mini", make_params(), **kw)
