@@ -1,4 +1,4 @@
-"""Optimizers of the large-model era: Lion, Adafactor, Muon, Adam-mini (Lecture 9).
+"""Optimizers of the large-model era: Lion, Adafactor, Muon, Adam-mini.
 
 Each one spends less memory than AdamW's two floats per weight, or changes the geometry of the
 step, or both:
