@@ -45,6 +45,7 @@ from optim.prox import L1
 from optim.sampling import make_sampler
 
 FLOOR = 1e-16  # plots clip suboptimality here (float64 rounding)
+ANDERSON_M = 5  # Anderson acceleration's memory on the smooth problems
 
 
 # ----------------------------------------------------------------------------- problems
@@ -256,6 +257,7 @@ def plot_smooth(pb, det, sgd, bounds, path, iters, epochs):
     ax1.semilogy(k, det["Nesterov"], color=COLORS["Nesterov"], label="Nesterov")
     ax1.semilogy(k, np.maximum(nest_b, FLOOR), "--", color=COLORS["Nesterov"],
                  label="(1-1/√κ)^k bound")
+    ax1.semilogy(k, det["Anderson"], color="C2", label=f"Anderson (m={ANDERSON_M}), lr=1/L")
     ax1.set_ylim(FLOOR, None)
     ax1.set_xlabel("iteration (full gradients)")
     ax1.set_ylabel("f(x_k) - f*")
@@ -382,15 +384,166 @@ def plot_saddle(res, path):
     _save(plt, fig, path)
 
 
+# ----------------------------------------------------------------------------- stability
+def gd_diverges(h, lr, steps, x0):
+    """GD (the library's) on f(e) = 1/2 e^T H e from x0: does ||e|| end above where it started?"""
+    p = {"x": x0.copy()}
+    opt = optim.create("gd", p, lr=lr)
+    for _ in range(steps):
+        opt.step({"x": h @ p["x"]})
+        if np.linalg.norm(p["x"]) > 1e6 * np.linalg.norm(x0):
+            return True
+    return bool(np.linalg.norm(p["x"]) > np.linalg.norm(x0))
+
+
+def gd_threshold(h, steps, rng, iters=30):
+    """The largest stable lr of GD, measured by bisection on [0, 4/L]."""
+    x0 = rng.standard_normal(len(h))
+    lo, hi = 0.0, 4.0 / np.linalg.eigvalsh(h).max()
+    for _ in range(iters):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (lo, mid) if gd_diverges(h, mid, steps, x0) else (mid, hi)
+    return lo
+
+
+def make_interpolation(n, d, rng):
+    """Over-parameterized least squares (d > n, b = A x_true): every f_i = (a_i^T x - b_i)^2/2 is
+    zero at the minimum, so SGD's noise vanishes there and only its stability matters. Rows have
+    unequal norms (non-uniform per-sample curvature). Returned in the n-dim row space of A (the
+    error never moves in the null space): per-sample Hessians H_i = q_i q_i^T, q_i = Q^T a_i."""
+    a = rng.standard_normal((n, d)) * np.exp(rng.normal(0.0, 0.5, n))[:, None]
+    q = np.linalg.qr(a.T)[0]                      # d x n, orthonormal basis of the row space
+    rows = a @ q
+    hi = np.einsum("ij,ik->ijk", rows, rows)
+    return {"rows": rows, "Hi": hi, "H": hi.mean(axis=0)}
+
+
+def sgd_mean_square_threshold(pb, batch, iters=50):
+    """Largest lr with E[e e^T] not growing, for SGD with batches of B drawn without replacement:
+    E[e e^T] <- T(E[e e^T]) with T = I - lr (I(x)H + H(x)I) + lr^2 ((1-c) H(x)H + c mean_i H_i(x)H_i),
+    c = (n-B)/(B(n-1)) (the sampling-without-replacement variance factor); stable iff rho(T) <= 1.
+    Exact for this linear problem; in 1-D it is Wu, Ma & E's (1 - lr a)^2 + lr^2 s^2 c <= 1."""
+    h, hi = pb["H"], pb["Hi"]
+    n, k = hi.shape[0], len(h)
+    c = (n - batch) / (batch * (n - 1))
+    eye = np.eye(k)
+    first = np.kron(eye, h) + np.kron(h, eye)
+    second = (1 - c) * np.kron(h, h) + c * np.mean([np.kron(m, m) for m in hi], axis=0)
+
+    def stable(lr):
+        return np.abs(np.linalg.eigvals(np.eye(k * k) - lr * first + lr ** 2 * second)).max() <= 1 + 1e-12
+    lo, hi_lr = 0.0, 4.0 / np.linalg.eigvalsh(h).max()
+    for _ in range(iters):
+        mid = 0.5 * (lo + hi_lr)
+        lo, hi_lr = (mid, hi_lr) if stable(mid) else (lo, mid)
+    return lo
+
+
+def wu_ma_e_threshold(pb, batch):
+    """The one-dimensional condition (1 - lr a)^2 + lr^2 s^2 c <= 1 with the sharpness
+    a = lambda_max(H) and non-uniformity s^2 = lambda_max(mean H_i^2 - H^2) (Wu, Ma, E, NeurIPS
+    2018): lr <= 2a / (a^2 + c s^2). In d > 1 a and s come from different directions, so this is a
+    reading of their condition, not a bound we derived."""
+    h, hi = pb["H"], pb["Hi"]
+    n = hi.shape[0]
+    c = (n - batch) / (batch * (n - 1))
+    a = np.linalg.eigvalsh(h).max()
+    s2 = max(np.linalg.eigvalsh(np.mean(hi @ hi, axis=0) - h @ h).max(), 0.0)
+    return 2 * a / (a * a + c * s2)
+
+
+def sgd_measured_threshold(pb, batch, steps, seeds, grid=240):
+    """Largest lr on a grid over (0, 4/L] at which SGD's ||x_k - x*|| has not grown after `steps`
+    steps (mean of log-growth over the seeds), lower grid points all stable too. All lrs of one
+    seed run at once on the same batches (one column each)."""
+    rows = pb["rows"]
+    n, k = rows.shape
+    top = 4.0 / np.linalg.eigvalsh(pb["H"]).max()
+    lrs = np.linspace(top / grid, top, grid)
+    growth = np.zeros(grid)
+    for seed in seeds:
+        rng = np.random.default_rng(seed)
+        e0 = rng.standard_normal((k, 1))
+        e = np.repeat(e0 / np.linalg.norm(e0), grid, axis=1)     # ||e_0|| = 1
+        log_scale = np.zeros(grid)
+        for _ in range(steps):
+            idx = rng.choice(n, batch, replace=False)
+            r = rows[idx]
+            e = e - lrs * (r.T @ (r @ e)) / batch
+            norm = np.linalg.norm(e, axis=0)
+            norm = np.where(np.isfinite(norm) & (norm > 0), norm, 1.0)
+            log_scale += np.log(norm)               # renormalised: log ||e_k|| without overflow
+            e = e / norm
+        growth += log_scale / len(seeds)
+    bad = np.nonzero(growth > 0)[0]
+    last = (bad[0] - 1) if bad.size else grid - 1
+    return float(lrs[last]) if last >= 0 else 0.0
+
+
+def stability(ls_size, gd_steps, sgd_size, sgd_steps, sgd_seeds, rng):
+    """GD's measured threshold on the least-squares Hessian against 2/L (and a scan of lr around
+    it for the figure); SGD's measured largest stable lr for B = 1, 2, 4, ..., n beside the
+    mean-square prediction and Wu, Ma & E's one-dimensional form."""
+    h = make_least_squares(*ls_size, rng)["a"]
+    h = h.T @ h / ls_size[0]
+    big = np.linalg.eigvalsh(h).max()
+    measured = gd_threshold(h, gd_steps, rng)
+    x0 = rng.standard_normal(len(h))
+    scan = np.linspace(0.9, 1.1, 21) * 2 / big
+    final = []
+    for lr in scan:
+        p = {"x": x0.copy()}
+        opt = optim.create("gd", p, lr=lr)
+        for _ in range(gd_steps):
+            opt.step({"x": h @ p["x"]})
+        final.append(np.linalg.norm(p["x"]) / np.linalg.norm(x0))
+    pb = make_interpolation(*sgd_size, rng)
+    n = sgd_size[0]
+    batches = [2 ** i for i in range(int(math.log2(n)) + 1)]
+    return {"gd_L": float(big), "gd_measured": float(measured), "gd_steps": gd_steps,
+            "gd_scan": (scan, np.array(final)),
+            "sgd_n": n, "sgd_d": sgd_size[1], "sgd_a": float(np.linalg.eigvalsh(pb["H"]).max()),
+            "batches": batches,
+            "sgd_measured": [sgd_measured_threshold(pb, b, sgd_steps, range(sgd_seeds)) for b in batches],
+            "sgd_mean_square": [sgd_mean_square_threshold(pb, b) for b in batches],
+            "sgd_wu_ma_e": [wu_ma_e_threshold(pb, b) for b in batches]}
+
+
+def plot_stability(res, path):
+    plt = _plt()
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
+    lrs, final = res["gd_scan"]
+    ax1.semilogy(lrs * res["gd_L"] / 2, final, "o-", ms=3, color="C0", label="‖x_K − x*‖ / ‖x_0 − x*‖")
+    ax1.axvline(res["gd_measured"] * res["gd_L"] / 2, color="C3", label="bisection threshold")
+    ax1.axvline(1.0, color="k", ls="--", label="η = 2/L")
+    ax1.set_xlabel("η L / 2")
+    ax1.set_title(f"GD on least squares, K = {res['gd_steps']} steps: "
+                  f"measured/(2/L) = {res['gd_measured'] * res['gd_L'] / 2:.4f}", fontsize=9)
+    ax1.legend(fontsize=7)
+    b = np.array(res["batches"])
+    ax2.semilogx(b, res["sgd_measured"], "o-", color="C3", label="measured (‖x−x*‖ does not grow)", base=2)
+    ax2.semilogx(b, res["sgd_mean_square"], "s--", color="C0", label="mean-square stability ρ(T) ≤ 1", base=2)
+    ax2.semilogx(b, res["sgd_wu_ma_e"], "^:", color="C2", label="(1−ηa)² + η²s²(n−B)/(B(n−1)) ≤ 1", base=2)
+    ax2.axhline(2 / res["sgd_a"], color="k", ls="--", lw=0.8, label="2/a (GD)")
+    ax2.set_xlabel("batch size B (without replacement)")
+    ax2.set_ylabel("largest stable η")
+    ax2.set_title(f"SGD at an interpolating minimum (n = {res['sgd_n']}, d = {res['sgd_d']})", fontsize=9)
+    ax2.legend(fontsize=7)
+    _save(plt, fig, path)
+
+
 # ----------------------------------------------------------------------------- the lab
 # (least squares (n, d), logistic (n, d), LASSO (n, d), iterations, SGD epochs, saddle dims, seeds)
+# stability panel: GD steps per bisection probe; SGD's interpolation problem (n, d), steps, seeds
+STABILITY = {"full": (2000, (16, 40), 2000, 6), "quick": (800, (8, 20), 800, 3)}
 SIZES = {"full": ((400, 30), (600, 20), (120, 300), 600, 20, [2, 8, 32, 128, 512, 2048, 8192], 10),
          "quick": ((120, 10), (150, 8), (40, 80), 150, 8, [2, 64, 2048], 5)}
 
 
 def lab(quick=False, seed=0, out=None):
     """Run every problem; returns the summary the table is made of. With `out`, draws the PNGs
-    there (convex_least_squares, convex_logistic_regression, convex_lasso, convex_saddle)."""
+    there (convex_least_squares, convex_logistic_regression, convex_lasso, convex_saddle,
+    convex_stability)."""
     t0 = time.perf_counter()
     ls_size, lg_size, lasso_size, iters, epochs, dims, n_seeds = SIZES["quick" if quick else "full"]
     rng = np.random.default_rng(seed)
@@ -405,7 +558,9 @@ def lab(quick=False, seed=0, out=None):
               f"SGD three ways, {epochs} epochs")
         det = {"GD": run_deterministic(pb, "gd", iters, lr=1 / pb["L"]),
                "Nesterov": run_deterministic(pb, "agd", iters, lr=1 / pb["L"],
-                                             momentum=strongly_convex_momentum(pb))}
+                                             momentum=strongly_convex_momentum(pb)),
+               "Anderson": run_deterministic(pb, "anderson", iters, lr=1 / pb["L"],
+                                             history_size=ANDERSON_M)}
         sgd = {kind: run_sgd(pb, kind, epochs, seed=seed)
                for kind in ("replacement", "reshuffle", "importance")}
         gd_b, nest_b = strongly_convex_bounds(pb, iters)
@@ -415,6 +570,9 @@ def lab(quick=False, seed=0, out=None):
             "gd_below_bound": bool(np.all(det["GD"] <= np.maximum(gd_b, FLOOR) * (1 + 1e-9))),
             "nesterov_below_bound": bool(np.all(det["Nesterov"] <= np.maximum(nest_b, FLOOR) * (1 + 1e-9))),
             "gd_final": float(det["GD"][-1]), "nesterov_final": float(det["Nesterov"][-1]),
+            "anderson_final": float(det["Anderson"][-1]),
+            "anderson_iters_to_floor": int(np.argmax(det["Anderson"] <= 1e-12)) if
+            (det["Anderson"] <= 1e-12).any() else None,
             "gd_bound_final": float(gd_b[-1]), "nesterov_bound_final": float(nest_b[-1]),
             **{f"sgd_{k}_final": float(v[0][-1]) for k, v in sgd.items()},
             **{f"sgd_{k}_bound_final": float(v[1][-1]) for k, v in sgd.items()},
@@ -455,6 +613,15 @@ def lab(quick=False, seed=0, out=None):
         path = os.path.join(out, "convex_saddle.png")
         plot_saddle(res, path)
         summary["saddle"]["png"] = path
+    gd_steps, (sn, sd), sgd_steps, sgd_seeds = STABILITY["quick" if quick else "full"]
+    stage(f"stability: GD's largest stable lr by bisection ({gd_steps} steps a probe); SGD's against "
+          f"batch size at an interpolating minimum (n={sn}, d={sd})")
+    res = stability(ls_size, gd_steps, (sn, sd), sgd_steps, sgd_seeds, rng)
+    summary["stability"] = {k: v for k, v in res.items() if k != "gd_scan"}
+    if out is not None:
+        path = os.path.join(out, "convex_stability.png")
+        plot_stability(res, path)
+        summary["stability"]["png"] = path
     summary["seconds"] = time.perf_counter() - t0
     stage("done")
     return summary
@@ -484,6 +651,9 @@ def results_table(s) -> str:
                         f"{_value(r[f'{method}_bound_final'])} | "
                         f"{below(r[f'{method}_below_bound'], 'every iteration')} |")
             label = ""
+        at = r["anderson_iters_to_floor"]
+        rows.append(f"| | Anderson (m={ANDERSON_M}), lr 1/L | f − f* | {_value(r['anderson_final'])} | — | "
+                    f"no rate bound; below 1e-12 {f'at iteration {at}' if at is not None else 'never'} |")
         for kind, name in (("replacement", "with replacement"), ("reshuffle", "random reshuffling"),
                            ("importance", "importance sampling")):
             final = r[f"sgd_{kind}_final"]
@@ -515,7 +685,17 @@ def results_table(s) -> str:
     escape = [f"| d | median iterations to escape | predicted: median at d={d0} + ln(d/{d0}) / (2 ln 1.1) |",
               "|---:|---:|---:|"]
     escape += [f"| {d} | {m:g} | {by_d[d0] + slope * math.log(d / d0):.1f} |" for d, m in by_d.items()]
-    return "\n".join(rows + [""] + saddle + [""] + escape)
+    st_ = s["stability"]
+    ratio = st_["gd_measured"] * st_["gd_L"] / 2
+    stab = ["| stability | B | measured largest stable η | mean-square prediction | "
+            "Wu–Ma–E 1-D form | 2/a |", "|---|---:|---:|---:|---:|---:|",
+            f"| GD on least squares (bisection, {st_['gd_steps']} steps a probe) | all | "
+            f"{st_['gd_measured']:.5g} | — | — | {2 / st_['gd_L']:.5g} (ratio {ratio:.4f}) |"]
+    label = f"SGD at an interpolating minimum (n={st_['sgd_n']}, d={st_['sgd_d']})"
+    for b, m, ms, w in zip(st_["batches"], st_["sgd_measured"], st_["sgd_mean_square"], st_["sgd_wu_ma_e"]):
+        stab.append(f"| {label} | {b} | {m:.4g} | {ms:.4g} | {w:.4g} | {2 / st_['sgd_a']:.4g} |")
+        label = ""
+    return "\n".join(rows + [""] + saddle + [""] + escape + [""] + stab)
 
 
 # ----------------------------------------------------------------------------- command line
@@ -542,7 +722,7 @@ def run(args) -> dict:
     with open(os.path.join(args.out, "convex_lab_results.md"), "w", encoding="utf-8") as f:
         f.write(f"{head}\n\n{table}\n")
     print(f"wrote convex_least_squares.png, convex_logistic_regression.png, convex_lasso.png, "
-          f"convex_saddle.png and convex_lab_results.md in {args.out}/")
+          f"convex_saddle.png, convex_stability.png and convex_lab_results.md in {args.out}/")
     return summary
 
 

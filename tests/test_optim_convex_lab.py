@@ -7,7 +7,7 @@ from strategies import assert_refused, files_below, load_demo
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 FIGURES = ["convex_lasso.png", "convex_least_squares.png", "convex_logistic_regression.png",
-           "convex_saddle.png"]
+           "convex_saddle.png", "convex_stability.png"]
 
 
 def test_convex_lab_quick_respects_the_rates():
@@ -16,6 +16,9 @@ def test_convex_lab_quick_respects_the_rates():
         r = s[key]
         assert r["gd_below_bound"] and r["nesterov_below_bound"], r
         assert r["nesterov_final"] < r["gd_final"]
+        # Anderson (m=5) reaches 1e-12 well before the last iteration and ends at least as low as Nesterov
+        assert r["anderson_iters_to_floor"] is not None and r["anderson_iters_to_floor"] < 100, r
+        assert r["anderson_final"] <= max(r["nesterov_final"], 1e-15)
         for kind in ("replacement", "importance"):
             assert r[f"sgd_{kind}_final"] <= r[f"sgd_{kind}_bound_final"], (key, kind)
     # heterogeneous row norms: importance sampling (p_i ~ L_i) converges faster than uniform
@@ -36,7 +39,18 @@ def test_convex_lab_quick_respects_the_rates():
     growth = esc[dims[-1]] - esc[dims[0]]
     predicted = sad["escape_predicted_slope_per_ln_d"] * np.log(dims[-1] / dims[0])
     assert 0.5 * predicted < growth < 2 * predicted, (esc, predicted)
-    assert not any("png" in r for r in (ls, lasso, sad))          # no --out, no figures
+    stab = s["stability"]
+    # GD on a quadratic: the bisection finds 2/L (from above: at 2/L the top mode only oscillates)
+    assert 1.0 <= stab["gd_measured"] * stab["gd_L"] / 2 < 1.005, stab
+    # SGD: the largest stable lr shrinks as the batch shrinks, equals GD's 2/a at B = n, and
+    # follows the mean-square prediction
+    measured, predicted = np.array(stab["sgd_measured"]), np.array(stab["sgd_mean_square"])
+    assert stab["batches"][-1] == stab["sgd_n"] and np.all(np.diff(measured) > 0), stab
+    assert measured[0] < 0.3 * measured[-1]
+    np.testing.assert_allclose(measured[-1], 2 / stab["sgd_a"], rtol=0.01)
+    np.testing.assert_allclose(predicted[-1], 2 / stab["sgd_a"], rtol=1e-9)
+    np.testing.assert_allclose(measured, predicted, rtol=0.1)
+    assert not any("png" in r for r in (ls, lasso, sad, stab))    # no --out, no figures
 
 
 def test_quick_run_writes_the_figures_and_table_into_out(tmp_path, monkeypatch, capsys):
@@ -51,10 +65,12 @@ def test_quick_run_writes_the_figures_and_table_into_out(tmp_path, monkeypatch, 
     table = (out / "convex_lab_results.md").read_text()
     rows = [line for line in table.splitlines() if line.startswith("| ")]
     methods = [row.split(" | ")[1] for row in rows if " lr 1/L " in row or "| SGD, " in row]
-    assert methods == ["GD, lr 1/L", "Nesterov, lr 1/L", "SGD, with replacement", "SGD, random reshuffling",
-                       "SGD, importance sampling"] * 2 + ["ISTA, lr 1/L", "FISTA, lr 1/L"]
+    assert methods == ["GD, lr 1/L", "Nesterov, lr 1/L", "Anderson (m=5), lr 1/L", "SGD, with replacement",
+                       "SGD, random reshuffling", "SGD, importance sampling"] * 2 + ["ISTA, lr 1/L", "FISTA, lr 1/L"]
     assert "**no**" not in table                                    # every bound held
     assert [row.split(" | ")[0] for row in rows if row[2:3].isdigit()] == ["| 2", "| 64", "| 2048"]
+    assert [row.split(" | ")[1] for row in rows if row.startswith(("| SGD at", "|  | "))][-4:] == \
+        ["1", "2", "4", "8"]                                       # the stability rows, B = 1..n
     printed = capsys.readouterr().out
     assert all(row in printed for row in rows)                      # the same table is printed
 
