@@ -149,8 +149,8 @@ def parse_opt_args(pairs) -> dict:
 def make_optimizer(name, model, lr, weight_decay, beta2, seed, extra=None):
     """``optim.create`` with weight decay on 2-D parameters only where the optimizer takes a
     weight decay, betas=(0.9, beta2) where it takes betas, the run's seed where it draws noise
-    (zeroth-order, layer sampling), the model's blocks, roles and fused-matrix splits where it
-    works block by block, and ``extra`` (--opt-arg) on top; it is asked what it takes
+    (zeroth-order, layer sampling), the model's blocks, roles, fused-matrix splits and head
+    count where it works block by block, and ``extra`` (--opt-arg) on top; it is asked what it takes
     (``optim.accepts``), never probed."""
     params = {n: p.data for n, p in model.named_parameters()}
     takes = optim.accepts(name)
@@ -160,7 +160,7 @@ def make_optimizer(name, model, lr, weight_decay, beta2, seed, extra=None):
                          f"{', '.join(sorted(takes - {'params'}))}")
     given = {"betas": (0.9, beta2), "seed": seed,
              "blocks": lambda: {b.name: list(b.params) for b in model.param_blocks()},
-             "roles": model.param_roles, "splits": model.param_splits}
+             "roles": model.param_roles, "splits": model.param_splits, "n_head": model.config.n_head}
     kw = {k: (v() if callable(v) else v) for k, v in given.items() if k in takes}
     kw.update(extra or {})
     groups = optim.param_groups_no_decay(params, weight_decay) if "weight_decay" in takes else params
