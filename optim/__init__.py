@@ -18,6 +18,6 @@ from .schedules import LRScheduler, clip_grad_norm_
 from . import zo  # registers zo-sgd, mezo, lozo
 from .block import BAdam, BlockCoordinateDescent, LISA, MISA, block_params  # bcd, lisa, badam, misa
 from .subspace import GaLore, GoLore, Flora, RSO  # galore, golore, flora, rso
-from .torch_family import NAdam, RAdam, Adamax, Adadelta, ASGD, Rprop  # the rest of torch.optim
+from .torch_family import NAdam, RAdam, Adamax, Adadelta, ASGD, Rprop, LBFGS  # the rest of torch.optim
 from .modern import Adafactor, AdamMini, Lion, Muon  # adafactor, adam-mini, lion, muon
 from .preconditioned import Anderson, Shampoo, SOAP  # anderson, shampoo, soap

@@ -171,3 +171,166 @@ def test_state_bytes_match_the_memory_lines():
                          ("rprop", 2)):
         opt = optim.create(name, p)
         assert opt.expected_state_bytes() == arrays * n, name
+
+
+# ----------------------------------------------------------------------------- L-BFGS
+def quadratic_problem(seed=1):
+    """f(x) = 1/2 x'Ax - b'x on x = (w (4x3), v (5,)) flattened, A SPD with condition ~100."""
+    rng = np.random.default_rng(seed)
+    Q, _ = np.linalg.qr(rng.standard_normal((17, 17)))
+    A = Q @ np.diag(np.geomspace(1.0, 100.0, 17)) @ Q.T
+    b = rng.standard_normal(17)
+
+    def f(p):
+        x = np.concatenate([p["w"].ravel(), p["v"]])
+        r = A @ x - b
+        return 0.5 * x @ (A @ x) - b @ x, {"w": r[:12].reshape(4, 3), "v": r[12:]}
+    start = {"w": rng.standard_normal((4, 3)), "v": rng.standard_normal(5)}
+    return f, start
+
+
+def logistic_problem(seed=2):
+    """Mean logistic loss of (w (2x3) flattened, c (1,)) on 60 noisy points in 6-D."""
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((60, 6))
+    y = np.where(X @ rng.standard_normal(6) + rng.standard_normal(60) > 0, 1.0, -1.0)
+
+    def f(p):
+        z = y * (X @ p["w"].ravel() + p["c"][0])
+        loss = np.mean(np.logaddexp(0.0, -z))
+        dz = -y / (1.0 + np.exp(z)) / len(y)
+        return loss, {"w": (X.T @ dz).reshape(2, 3), "c": np.array([dz.sum()])}
+    start = {"w": 0.1 * rng.standard_normal((2, 3)), "c": np.zeros(1)}
+    return f, start
+
+
+def lbfgs_ours(f, start, steps, **kw):
+    p = {n: v.copy() for n, v in start.items()}
+    opt = optim.LBFGS(p, **kw)
+    losses = [opt.step(closure=lambda: f(p)) for _ in range(steps)]
+    return p, losses, opt
+
+
+def lbfgs_torch(f, start, steps, weight_decay=0.0, **kw):
+    tp = {n: torch.tensor(v.copy(), requires_grad=True) for n, v in start.items()}
+    topt = torch.optim.LBFGS(list(tp.values()), **kw)
+
+    def closure():
+        p = {n: v.detach().numpy() for n, v in tp.items()}
+        loss, g = f(p)
+        for n in tp:   # the L2 term as part of the objective
+            g[n] = g[n] + weight_decay * p[n]
+            loss += 0.5 * weight_decay * float(np.sum(p[n] ** 2))
+        for n in tp:
+            tp[n].grad = torch.tensor(g[n])
+        return torch.tensor(loss)
+    losses = [float(topt.step(closure)) for _ in range(steps)]
+    return {n: v.detach().numpy() for n, v in tp.items()}, losses
+
+
+LBFGS_CASES = [
+    ("quadratic", {"lr": 0.01, "max_iter": 3}),
+    ("quadratic", {"lr": 0.01, "max_iter": 4, "history_size": 5}),
+    ("quadratic", {"lr": 1.0, "max_iter": 3, "line_search_fn": "strong_wolfe"}),
+    ("quadratic", {"lr": 0.05, "max_iter": 2, "history_size": 3, "weight_decay": 0.5}),
+    ("logistic", {"lr": 0.5, "max_iter": 4, "history_size": 5}),
+    ("logistic", {"lr": 1.0, "max_iter": 5, "line_search_fn": "strong_wolfe"}),
+    ("logistic", {"lr": 1.0, "max_iter": 2, "history_size": 2, "line_search_fn": "strong_wolfe",
+                  "weight_decay": 0.1}),
+]
+
+
+@pytest.mark.parametrize("problem,kw", LBFGS_CASES, ids=[f"{c[0]}-{i}" for i, c in enumerate(LBFGS_CASES)])
+def test_lbfgs_equals_torch_lbfgs_on_the_same_closure(problem, kw):
+    f, start = (quadratic_problem if problem == "quadratic" else logistic_problem)()
+    ours, losses, opt = lbfgs_ours(f, start, STEPS, **kw)
+    ref, ref_losses = lbfgs_torch(f, start, STEPS, **kw)
+    for n in ours:
+        np.testing.assert_allclose(ours[n], ref[n], rtol=1e-10, atol=0, err_msg=n)
+    if not kw.get("weight_decay"):   # (torch's closure returns the loss with the L2 term)
+        np.testing.assert_allclose(losses, ref_losses, rtol=1e-10)
+    assert losses[-1] < 0.9 * losses[0]                      # it optimizes
+    assert opt.global_state["groups"][0]["func_evals"] > STEPS  # several evaluations per step
+
+
+def test_lbfgs_step_grads_is_one_iteration_of_torch_lbfgs():
+    """step(grads) with gradients from a training loop = torch's step with max_iter=1."""
+    f, start = logistic_problem()
+    p = {n: v.copy() for n, v in start.items()}
+    opt = optim.LBFGS(p, lr=0.5, history_size=4)
+    for _ in range(STEPS):
+        opt.step(f(p)[1])
+    ref, _ = lbfgs_torch(f, start, STEPS, lr=0.5, history_size=4, max_iter=1)
+    for n in p:
+        np.testing.assert_allclose(p[n], ref[n], rtol=1e-10, atol=0, err_msg=n)
+
+
+def test_lbfgs_line_search_needs_the_closure():
+    f, start = quadratic_problem()
+    opt = optim.LBFGS(start, line_search_fn="strong_wolfe")
+    with pytest.raises(ValueError, match="line_search_fn='strong_wolfe'.*closure"):
+        opt.step(f(start)[1])
+
+
+def test_lbfgs_solves_a_quadratic_with_the_line_search():
+    f, start = quadratic_problem()
+    start_grad = np.abs(np.concatenate([g.ravel() for g in f(start)[1].values()])).max()
+    p, _, _ = lbfgs_ours(f, start, 10, line_search_fn="strong_wolfe", history_size=10,
+                         tolerance_grad=1e-10, tolerance_change=0.0)
+    grad = np.abs(np.concatenate([g.ravel() for g in f(p)[1].values()])).max()
+    assert start_grad > 1.0 and grad < 1e-6
+
+
+@pytest.mark.parametrize("kw", [{"lr": 0.05, "max_iter": 3, "history_size": 4},
+                                {"max_iter": 3, "line_search_fn": "strong_wolfe"}])
+def test_lbfgs_resumed_mid_way_is_bit_identical(kw):
+    f, start = logistic_problem()
+    whole, _, _ = lbfgs_ours(f, start, STEPS, **kw)
+    p, _, opt = lbfgs_ours(f, start, 12, **kw)
+    flat = optim.flatten_state_dict(opt.state_dict())
+    opt2 = optim.LBFGS(p, **kw)
+    opt2.load_state_dict(optim.unflatten_state_dict(flat))
+    for _ in range(12, STEPS):
+        opt2.step(closure=lambda: f(p))
+    for n in whole:
+        np.testing.assert_array_equal(p[n], whole[n], err_msg=n)
+
+
+def test_lbfgs_a_nonfinite_evaluation_inside_a_step_leaves_everything_as_before():
+    f, start = quadratic_problem()
+    p = {n: v.copy() for n, v in start.items()}
+    opt = optim.LBFGS(p, lr=0.05, max_iter=4, nonfinite="skip")
+    opt.step(closure=lambda: f(p))
+    before, state = {n: v.copy() for n, v in p.items()}, optim.flatten_state_dict(opt.state_dict())
+    calls = []
+
+    def bad_second_call():
+        calls.append(1)
+        loss, g = f(p)
+        if len(calls) == 2:
+            g["v"][0] = np.inf
+        return loss, g
+    opt.step(closure=bad_second_call)
+    assert opt.last_step_skipped and opt.skipped_steps == 1 and len(calls) == 2
+    for n in p:
+        np.testing.assert_array_equal(p[n], before[n])
+    after = optim.flatten_state_dict(opt.state_dict())
+    assert all(np.array_equal(after[k], state[k]) for k in state if not k.endswith("__optim_meta__"))
+
+
+def test_lbfgs_memory_line():
+    p = make_params()
+    n = sum(v.nbytes for v in p.values())
+    opt = optim.LBFGS(p, history_size=7)
+    assert opt.expected_state_bytes() == 16 * n
+    opt.step(grads_at(p, 0))
+    assert opt.state_bytes() == 16 * n
+
+
+@pytest.mark.parametrize("kw,word", [({"max_iter": 0}, "max_iter"), ({"history_size": 1.5}, "history_size"),
+                                     ({"max_eval": 0}, "max_eval"), ({"tolerance_grad": -1.0}, "tolerance_grad"),
+                                     ({"tolerance_change": -1e-9}, "tolerance_change"),
+                                     ({"line_search_fn": "armijo"}, "line_search_fn")])
+def test_lbfgs_bad_options_are_value_errors_naming_them(kw, word):
+    with pytest.raises(ValueError, match=word):
+        optim.LBFGS(make_params(), **kw)
