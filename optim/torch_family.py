@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-from .base import Optimizer, check_count, check_fraction, register
+from .base import Optimizer, check_count, register
 
 __all__ = ["NAdam", "RAdam", "Adamax", "Adadelta", "ASGD", "Rprop", "LBFGS"]
 
