@@ -431,7 +431,8 @@ def sgd_mean_square_threshold(pb, batch, iters=50):
     second = (1 - c) * np.kron(h, h) + c * np.mean([np.kron(m, m) for m in hi], axis=0)
 
     def stable(lr):
-        return np.abs(np.linalg.eigvals(np.eye(k * k) - lr * first + lr ** 2 * second)).max() <= 1 + 1e-12
+        # T is symmetric (every term is a Kronecker product of symmetric matrices)
+        return np.abs(np.linalg.eigvalsh(np.eye(k * k) - lr * first + lr ** 2 * second)).max() <= 1 + 1e-12
     lo, hi_lr = 0.0, 4.0 / np.linalg.eigvalsh(h).max()
     for _ in range(iters):
         mid = 0.5 * (lo + hi_lr)
@@ -535,7 +536,7 @@ def plot_stability(res, path):
 # ----------------------------------------------------------------------------- the lab
 # (least squares (n, d), logistic (n, d), LASSO (n, d), iterations, SGD epochs, saddle dims, seeds)
 # stability panel: GD steps per bisection probe; SGD's interpolation problem (n, d), steps, seeds
-STABILITY = {"full": (2000, (16, 40), 2000, 6), "quick": (800, (8, 20), 800, 3)}
+STABILITY = {"full": (2000, (16, 40), 1000, 4), "quick": (800, (8, 20), 800, 3)}
 SIZES = {"full": ((400, 30), (600, 20), (120, 300), 600, 20, [2, 8, 32, 128, 512, 2048, 8192], 10),
          "quick": ((120, 10), (150, 8), (40, 80), 150, 8, [2, 64, 2048], 5)}
 
