@@ -1,6 +1,6 @@
 """Convex lab (Lectures 1, 2, 6): measured suboptimality vs the theoretical rates.
 
-    .venv/bin/python demos/convex_lab.py              # full sizes into out/convex_lab/ (~10 s)
+    .venv/bin/python demos/convex_lab.py              # full sizes into out/convex_lab/ (~25 s)
     .venv/bin/python demos/convex_lab.py --quick      # smaller problems (the test uses this)
     .venv/bin/python demos/convex_lab.py --out docs   # redraw the figures of docs/optimizers.md
 
