@@ -249,9 +249,6 @@ class _Subspace(Optimizer):
         n, rows = self._units[unit]
         return _rows(self.param_groups[self._group_index[unit]]["params"][n], rows)
 
-    def trainable_names(self):
-        return None
-
     # -- checkpoints ----------------------------------------------------------------
     def _check_loadable(self, sd):
         where = f"{type(self).__name__}.load_state_dict"
@@ -495,7 +492,7 @@ class GaLore(_Projected):
         st = self.inner.state.setdefault(unit, {})
         t = st.get("proj_step", 0)
         G = self._gradient(w, g, group)
-        if "proj" not in st or t % self.update_proj_gap == 0:
+        if t % self.update_proj_gap == 0:
             P = self._new_basis(unit, G, t)
             if self.reproject and "proj" in st:
                 self._reproject(unit, st, st["proj"], P)

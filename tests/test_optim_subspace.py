@@ -143,6 +143,14 @@ def test_stiefel_uniform_has_mean_zero_and_second_moment_r_over_m():
     assert np.all(np.abs(outer.mean(0) - (r / m) * np.eye(m)) <= 6 * outer.std(0) / math.sqrt(S) + 1e-12)
 
 
+def test_gaussian_projection_has_second_moment_identity():
+    """N(0, 1/r) entries: E[P P^T] = I for P of shape (m, r), within 6 standard errors."""
+    m, r, S = 5, 3, 4000
+    rng = np.random.default_rng(1)
+    outer = np.array([P @ P.T for P in (gaussian_projection(rng, (m, r), r) for _ in range(S))])
+    assert np.all(np.abs(outer.mean(0) - np.eye(m)) <= 6 * outer.std(0) / math.sqrt(S))
+
+
 def test_golore_bases_are_orthonormal_keyed_and_new_every_period():
     p = make_params()
     opt = optim.create("golore", p, lr=1e-2, rank=2, update_proj_gap=2, seed=7)
