@@ -23,7 +23,7 @@ GaLore, GoLore, Flora and RSO beside AdamW (Lecture 8).
 Writes into --out: subspace_counterexample.png, subspace_gpt.png, subspace_results.md (the
 tables it prints) and subspace_results.json (the curves).
 
-    python demos/subspace.py               # (a) 20k steps + (b) GPT small, 400 steps a method: ~10 min on 2 cores
+    python demos/subspace.py               # (a) 20k steps + (b) GPT small, 400 steps a method: ~11 min on 2 cores
     python demos/subspace.py --quick       # (a) 5k steps + (b) GPT tiny, 30 steps, a slice of the corpus
     python demos/subspace.py --part a      # the counterexample only (seconds)
     python demos/subspace.py --out docs    # redraw the figures of docs/subspace.md
