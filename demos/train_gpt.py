@@ -78,6 +78,7 @@ from models.textgen import sample_text  # noqa: E402
 from models.tokenizer import BPETokenizer, TokenizerError  # noqa: E402
 from models.training import (CKPT, CheckpointError, Trainer, clip_grad_norm, lm_loss,  # noqa: E402
                              load_checkpoint, plot_history)
+from models.training.optimizers import UnknownOptionError, build_optimizer  # noqa: E402
 
 # Peak learning rates. small: measured here (900 steps, val 1.765 at 6e-3, 1.794 at 1e-2, and a
 # 3e-3 run on a 1200-step schedule was at 1.828 by step 900). tiny: not tuned (same as small).
@@ -144,30 +145,6 @@ def parse_opt_args(pairs) -> dict:
         except ValueError:
             out[key] = text
     return out
-
-
-def make_optimizer(name, model, lr, weight_decay, beta2, seed, extra=None):
-    """``optim.create`` with weight decay on 2-D parameters only where the optimizer takes a
-    weight decay, betas=(0.9, beta2) where it takes betas, the run's seed where it draws noise
-    (zeroth-order, layer sampling), the model's blocks, roles, fused-matrix splits and head
-    count where it works block by block, and ``extra`` (--opt-arg) on top; it is asked what it takes
-    (``optim.accepts``), never probed."""
-    params = {n: p.data for n, p in model.named_parameters()}
-    takes = optim.accepts(name)
-    unknown = sorted(set(extra or {}) - takes)
-    if unknown:
-        raise cli.UsageError(f"--opt-arg {unknown[0]}: optimizer {name!r} takes none such; it takes "
-                         f"{', '.join(sorted(takes - {'params'}))}")
-    given = {"betas": (0.9, beta2), "seed": seed,
-             "blocks": lambda: {b.name: list(b.params) for b in model.param_blocks()},
-             "roles": model.param_roles, "splits": model.param_splits, "n_head": model.config.n_head}
-    kw = {k: (v() if callable(v) else v) for k, v in given.items() if k in takes}
-    kw.update(extra or {})
-    groups = optim.param_groups_no_decay(params, weight_decay) if "weight_decay" in takes else params
-    try:
-        return optim.create(name, groups, lr=lr, **kw)
-    except (ValueError, TypeError) as e:
-        raise cli.UsageError(f"--optimizer {name}: {e}") from None
 
 
 # Flags that define a run: on --resume they come from the checkpoint, and an explicit one that
@@ -328,8 +305,13 @@ def run(args, on_step=None, explicit=frozenset()) -> int:
     model = GPT(config, seed=args.seed)
     if init is not None:
         model.load_state_dict(init.params)
-    opt = make_optimizer(args.optimizer, model, args.lr, args.weight_decay, args.beta2, args.seed,
-                         parse_opt_args(args.opt_arg))
+    try:
+        opt = build_optimizer(args.optimizer, model, args.lr, args.weight_decay, args.beta2, args.seed,
+                              parse_opt_args(args.opt_arg))
+    except UnknownOptionError as e:
+        raise cli.UsageError(f"--opt-arg {e}") from None
+    except (ValueError, TypeError) as e:
+        raise cli.UsageError(f"--optimizer {args.optimizer}: {e}") from None
 
     # ---- inputs are good: from here on we may write ---------------------------------------------
     cli.check_out_dir(args.out)

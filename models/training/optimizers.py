@@ -1,0 +1,41 @@
+"""Build any registered optimizer for a GPT the way the training CLIs do.
+
+``build_optimizer`` asks the optimizer what it takes (``optim.accepts``) and passes what the
+model and the run can give: weight decay on 2-D parameters only (nanoGPT's groups), betas
+(0.9, beta2), the run's seed (zeroth-order noise, layer sampling, random subspaces), the model's
+blocks, roles, fused-matrix splits and head count (layer-wise, subspace and per-head methods),
+then ``extra`` on top.
+"""
+from __future__ import annotations
+
+import optim
+
+__all__ = ["build_optimizer", "UnknownOptionError"]
+
+
+class UnknownOptionError(ValueError):
+    """An ``extra`` option the optimizer does not take; ``key`` names it."""
+
+    def __init__(self, name, key, takes):
+        self.key = key
+        super().__init__(f"{key}: optimizer {name!r} takes none such; it takes "
+                         f"{', '.join(sorted(takes - {'params'}))}")
+
+
+def build_optimizer(name, model, lr, weight_decay=0.0, beta2=0.999, seed=0, extra=None):
+    """``optim.create(name, ...)`` on ``model``'s parameter arrays (see the module docstring).
+
+    Raises :class:`UnknownOptionError` for a key of ``extra`` the optimizer does not take, and
+    the optimizer's own ValueError/TypeError for a value it refuses."""
+    params = {n: p.data for n, p in model.named_parameters()}
+    takes = optim.accepts(name)
+    unknown = sorted(set(extra or {}) - takes)
+    if unknown:
+        raise UnknownOptionError(name, unknown[0], takes)
+    given = {"betas": (0.9, beta2), "seed": seed,
+             "blocks": lambda: {b.name: list(b.params) for b in model.param_blocks()},
+             "roles": model.param_roles, "splits": model.param_splits, "n_head": model.config.n_head}
+    kw = {k: (v() if callable(v) else v) for k, v in given.items() if k in takes}
+    kw.update(extra or {})
+    groups = optim.param_groups_no_decay(params, weight_decay) if "weight_decay" in takes else params
+    return optim.create(name, groups, lr=lr, **kw)
