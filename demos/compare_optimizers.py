@@ -217,7 +217,7 @@ def tables(results, head) -> str:
               "| optimizer | lr | final val loss | seconds | note |", "|---|---:|---:|---:|---|"]
     for b in best:
         for r in sorted((r for r in results if r["optimizer"] == b["optimizer"]), key=lambda r: r["lr"]):
-            note = ("best" if r is b and r["diverged"] is None else "") + (r["diverged"] or "")
+            note = ("best" if r is b and r["diverged"] is None else "") + (r["diverged"] or "").replace("|", "/")
             lines.append(f"| {r['optimizer']} | {r['lr']:g} | {_loss(r)} | {r['seconds']:.1f} | {note} |")
     return "\n".join(lines) + "\n"
 
@@ -365,11 +365,18 @@ def run(args) -> list:
     warm = GPT(cfg, seed=args.seed)           # the first forward and backward pay one-time costs
     lm_loss(warm, val[0]).backward()          # (kernel compilation, caches), not the first run
     results, skipped = [], 0
+
+    def write():
+        with open(os.path.join(args.out, "results.md"), "w", encoding="utf-8") as f:
+            f.write(tables(results, head))
+        plot(results, f"GPT '{args.preset}', {args.steps} steps, best lr each", args.out)
+
     for i, (name, lr) in enumerate(plan, 1):
         want = settings(args, name, lr, batch_size, cfg, data.key)
         path = os.path.join(args.out, "runs", f"{name}_lr{lr:g}.json")
         r = _load(path, want)
-        if r is not None:
+        skipped_now = r is not None
+        if skipped_now:
             skipped += 1
             print(f"[{i}/{len(plan)}] {name} lr {lr:g}: done before ({_loss(r)}), skipped", flush=True)
         else:
@@ -380,9 +387,10 @@ def run(args) -> list:
             print(f"[{i}/{len(plan)}] {name} lr {lr:g}: {end} in {r['seconds']:.1f} s, "
                   f"{r['tokens_per_second']:,.0f} tok/s, state {_mib(r['state_bytes'])}", flush=True)
         results.append(r)
-        with open(os.path.join(args.out, "results.md"), "w", encoding="utf-8") as f:
-            f.write(tables(results, head))
-        plot(results, f"GPT '{args.preset}', {args.steps} steps, best lr each", args.out)
+        if not skipped_now:
+            write()                           # an interrupted sweep leaves its table and plots
+    if skipped_now:
+        write()                               # the last runs were loaded, not trained
     print("\n" + tables(results, head))
     print(f"{len(plan) - skipped} runs trained, {skipped} skipped (done before); wrote results.md, "
           f"loss.png, state.png in {args.out}/")

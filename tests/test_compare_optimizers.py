@@ -1,0 +1,98 @@
+"""demos/compare_optimizers.py: a sweep over a first-order, a zeroth-order and a layer-wise
+optimizer writes the leaderboard (ranked by final validation loss) and its plots; a rerun skips
+finished runs and a changed setting reruns them; a diverging lr is recorded as diverged; bad
+input is one line and exit 2."""
+import json
+import math
+
+from strategies import assert_refused, files_below, load_demo
+
+demo = load_demo("compare_optimizers.py")
+
+SMALL = ["--quick", "--steps", "4", "--eval-every", "2", "--eval-batches", "1", "--batch-size", "4",
+         "--max-chars", "50000", "--cache-dir", "", "--no-progress"]
+
+
+def _leaderboard_rows(md):
+    """(optimizer, best lr, final val loss or None) of the ranked table, in its order."""
+    table = md.split("## Every learning rate tried")[0]
+    rows = [line.split("|")[1:-1] for line in table.splitlines() if line.startswith("| ") and
+            line.split("|")[1].strip().isdigit()]
+    return [(r[1].strip(), float(r[3]), None if r[4].strip() == "diverged" else float(r[4])) for r in rows]
+
+
+def _saved(out):
+    runs = {}
+    for p in sorted((out / "runs").glob("*.json")):
+        runs[p.name] = (p.stat().st_mtime_ns, json.loads(p.read_text())["result"])
+    return runs
+
+
+def test_a_sweep_ranks_by_loss_keeps_the_best_lr_and_a_rerun_skips_it(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)            # anything written outside --out shows up here
+    argv = [*SMALL, "--optimizers", "adamw,mezo,lisa", "--out", "lb"]
+    assert demo.main(argv) == 0
+    out = tmp_path / "lb"
+    names = {f"{m}_lr{lr:g}.json" for m in ("adamw", "mezo", "lisa")
+             for lr in demo.lr_grid(demo.BASE[m][0], 2)}
+    assert files_below(tmp_path) == sorted(["lb/loss.png", "lb/results.md", "lb/state.png",
+                                            *(f"lb/runs/{n}" for n in names)])
+    assert (out / "loss.png").stat().st_size > 10_000 and (out / "state.png").stat().st_size > 5_000
+    runs = _saved(out)
+    results = [r for _, r in runs.values()]
+    assert {r["kind"] for r in results} == {"first-order", "zeroth-order", "layer-wise"}
+    for r in results:
+        assert r["diverged"] is None and r["val_step"] == [0, 2, 4]
+        assert r["final_val_loss"] == r["val_loss"][-1] and math.isfinite(r["final_val_loss"])
+        assert r["tokens_per_second"] > 0
+    state = {r["optimizer"]: r["state_bytes"] for r in results}
+    assert state["mezo"] == 0 < state["lisa"] < state["adamw"]     # LISA holds Adam's moments of some layers
+
+    rows = _leaderboard_rows((out / "results.md").read_text())
+    assert sorted(m for m, _, _ in rows) == ["adamw", "lisa", "mezo"]
+    losses = [loss for _, _, loss in rows]
+    assert losses == sorted(losses)                                   # ranked by final loss
+    for m, lr, loss in rows:                                          # the best of its lrs
+        assert loss == round(min(r["final_val_loss"] for r in results if r["optimizer"] == m), 4)
+        assert lr == next(r["lr"] for r in results if r["optimizer"] == m and round(r["final_val_loss"], 4) == loss)
+    assert rows[-1][0] == "mezo"            # 4 zeroth-order steps barely move the loss
+    capsys.readouterr()
+
+    assert demo.main(argv) == 0                                       # same settings: nothing reruns
+    said = capsys.readouterr().out
+    assert "0 runs trained, 6 skipped" in said
+    assert _saved(out) == runs
+
+    assert demo.main([*argv[:-4], "--optimizers", "mezo", "--weight-decay", "0", "--out", "lb"]) == 0
+    assert "2 runs trained, 0 skipped" in capsys.readouterr().out     # a changed setting: run anew
+    again = _saved(out)
+    for n in names:
+        assert (again[n][0] != runs[n][0]) == n.startswith("mezo")
+
+
+def test_a_diverging_lr_is_recorded_as_diverged_not_a_crash(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(demo.BASE, "sgd", (1e9, {}))                  # gradients overflow in the first steps
+    monkeypatch.setitem(demo.BASE, "mezo", (1e9, {}))                 # so does the zeroth-order loss
+    assert demo.main([*SMALL, "--optimizers", "adamw,sgd,mezo", "--num-lrs", "1",
+                      "--out", str(tmp_path)]) == 0
+    said = capsys.readouterr().out
+    assert "sgd lr 1e+09: diverged (step" in said and "mezo lr 1e+09: diverged (step" in said
+    rows = _leaderboard_rows((tmp_path / "results.md").read_text())
+    assert rows[0][0] == "adamw" and rows[0][2] is not None
+    assert {m for m, _, loss in rows[1:]} == {"sgd", "mezo"} and all(loss is None for _, _, loss in rows[1:])
+    r = json.loads((tmp_path / "runs" / "sgd_lr1e+09.json").read_text())["result"]
+    assert r["final_val_loss"] is None and "non-finite" in r["diverged"]
+
+
+def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
+    out = tmp_path / "o"
+    for flags, says in ((("--optimizers", "adamw,nosuch"), "unknown optimizer(s) ['nosuch']"),
+                        (("--optimizers", ","), "--optimizers: unknown optimizer"),
+                        (("--steps", "0"), "--steps must be >= 1, got 0"),
+                        (("--num-lrs", "9"), "--num-lrs must be from 1 to 7, got 9"),
+                        (("--beta2", "1"), "--beta2 must be in [0, 1), got 1.0"),
+                        (("--weight-decay", "nan"), "--weight-decay must be a finite number >= 0"),
+                        (("--batch-size", "100000"), "more than the training split"),
+                        (("--preset", "huge"), "argument --preset: invalid choice")):
+        assert_refused(demo, [*SMALL, *flags, "--out", str(out)], says, capsys, tmp_path)
+    assert not out.exists()
