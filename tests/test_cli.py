@@ -73,7 +73,8 @@ def test_check_out_dir_refuses_a_directory_nobody_can_write():
 DEMOS = {"backprop_by_hand.py": [], "convex_lab.py": [], "memory_costs.py": ["--peak-gflops", "1"],
          "mixed_precision.py": ["--quick", "--cache-dir", ""],
          "zo_finetune.py": ["--quick", "--cache-dir", "", "--max-chars", "200000"],
-         "train_gpt.py": ["--preset", "tiny", "--max-minutes", "0", "--no-progress"]}
+         "train_gpt.py": ["--preset", "tiny", "--max-minutes", "0", "--no-progress"],
+         "layerwise.py": ["--quick", "--cache-dir", ""]}
 
 
 @pytest.mark.parametrize("name", DEMOS)
