@@ -363,6 +363,7 @@ def run(args, on_step=None, explicit=frozenset()) -> int:
     per_step = trainer.seconds_per_step()
     speed = f", {per_step:.2f} s/step recently" if per_step else ""
     print(f"step {trainer.step}: val loss {result.val_loss:.4f} nats/token after {minutes:.1f} min{speed}; "
+          f"optimizer state {fmt_bytes(trainer.peak_state_bytes)} at its peak ({args.optimizer}); "
           f"wrote {path}, {plot}, {os.path.join(args.out, 'samples.txt')}")
     print("-" * 60)
     print(sample)

@@ -1,5 +1,6 @@
 """The training CLI: resume == uninterrupted, Ctrl-C saves, outputs, and bad input -> one line, exit 2."""
 import json
+import re
 import os
 import signal
 import subprocess
@@ -368,6 +369,8 @@ def test_layerwise_optimizers_get_the_models_blocks(tmp_path, capsys, corpus):
     out = tmp_path / "lisa"
     assert train_gpt.main(_args(corpus, out, "--optimizer", "lisa", "--opt-arg", "layers=1",
                                 "--opt-arg", "switch_every=5")) == 0
+    said = capsys.readouterr().out
+    assert re.search(r"optimizer state [\d.]+ KiB at its peak \(lisa\)", said), said
     ck = _load(out)
     # keys look like "optim/8:/state/h.0.attn.c_attn.weight/exp_avg"
     layers_with_state = {k.split("/state/h.", 1)[1].split(".")[0] for k in ck
