@@ -74,7 +74,9 @@ DEMOS = {"backprop_by_hand.py": [], "convex_lab.py": [], "memory_costs.py": ["--
          "mixed_precision.py": ["--quick", "--cache-dir", ""],
          "zo_finetune.py": ["--quick", "--cache-dir", "", "--max-chars", "200000"],
          "train_gpt.py": ["--preset", "tiny", "--max-minutes", "0", "--no-progress"],
-         "layerwise.py": ["--quick", "--cache-dir", ""]}
+         "layerwise.py": ["--quick", "--cache-dir", ""],
+         "subspace.py": ["--quick", "--cache-dir", ""],
+         "compare_optimizers.py": ["--quick", "--cache-dir", "", "--optimizers", "adamw"]}
 
 
 @pytest.mark.parametrize("name", DEMOS)
