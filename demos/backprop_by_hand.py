@@ -44,6 +44,7 @@ import numpy as np
 import minigrad as mg
 import minigrad.functional as F
 from models import cli
+from models.training import pyplot, save_figure
 
 SIZE_MAX = 1024                          # a teaching demo: every array is small enough to print
 SWEEP = tuple(2 ** k for k in range(11))  # batch sizes 1 .. 1024
@@ -197,9 +198,7 @@ def sweep_table(sweep) -> str:
 
 
 def plot(r, sweep, tol, title, path):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
     names = ["loss", *GRADS]
@@ -223,8 +222,7 @@ def plot(r, sweep, tol, title, path):
     ax2.set_title("what forward stores for backward grows like B", fontsize=9)
     ax2.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    save_figure(fig, path, dpi=80)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -54,7 +54,7 @@ import optim  # noqa: E402
 from models import cli  # noqa: E402
 from models.data import DataError, TextData, load_text  # noqa: E402
 from models.gpt import GPT, PRESETS, preset  # noqa: E402
-from models.training import Trainer, clip_grad_norm, lm_loss  # noqa: E402
+from models.training import Trainer, clip_grad_norm, lm_loss, pyplot, save_figure  # noqa: E402
 from models.training.optimizers import build_optimizer  # noqa: E402
 
 # Names registered for an optimizer that is already run under another name.
@@ -223,9 +223,7 @@ def tables(results, head) -> str:
 
 
 def plot(results, title, out):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     best = best_runs(results)
     styles = ["-", "--", ":", "-."]
@@ -250,8 +248,7 @@ def plot(results, title, out):
     ax1.set_title("the same runs against time")
     fig.legend(loc="center right", fontsize=8, ncol=1)
     fig.tight_layout(rect=(0, 0, 0.84, 1))
-    fig.savefig(os.path.join(out, "loss.png"), dpi=72)
-    plt.close(fig)
+    save_figure(fig, os.path.join(out, "loss.png"), dpi=72)
 
     order = sorted(best, key=lambda r: r["state_bytes"])
     fig, ax = plt.subplots(figsize=(9, max(3.0, 0.28 * len(order) + 1)))
@@ -262,8 +259,7 @@ def plot(results, title, out):
     ax.set_xlabel("optimizer state (MiB, peak of state_bytes())")
     ax.set_title(f"optimizer state held ({title}; red: diverged at its best lr)")
     fig.tight_layout()
-    fig.savefig(os.path.join(out, "state.png"), dpi=72)
-    plt.close(fig)
+    save_figure(fig, os.path.join(out, "state.png"), dpi=72)
 
 
 # ----------------------------------------------------------------------------- command line
@@ -281,20 +277,15 @@ def build_parser():
     ap.add_argument("--weight-decay", type=float, default=0.1, help="decoupled, on matrices only")
     ap.add_argument("--beta2", type=float, default=0.99, help="beta2 wherever the optimizer takes betas")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--max-chars", type=int, default=None, help="use only the first N characters (--quick 200,000)")
-    ap.add_argument("--cache-dir", default=os.path.join("out", "cache"),
-                    help="where the tokenized corpus is cached ('' disables)")
-    ap.add_argument("--out", default=os.path.join("out", "compare_optimizers"),
-                    help="directory for runs/*.json, results.md, loss.png, state.png")
-    ap.add_argument("--quick", action="store_true", help="GPT tiny, 40 steps, 2 lrs per optimizer")
-    ap.add_argument("--no-progress", action="store_true", help="no tqdm bars")
+    cli.add_corpus_arguments(ap, max_chars_help="use only the first N characters (--quick 200,000)")
+    cli.add_output_arguments(ap, os.path.join("out", "compare_optimizers"),
+                             out_help="directory for runs/*.json, results.md, loss.png, state.png",
+                             quick_help="GPT tiny, 40 steps, 2 lrs per optimizer")
     return ap
 
 
 def _validate(args):
-    for key, v in (QUICK if args.quick else FULL).items():
-        if getattr(args, key) is None:
-            setattr(args, key, v)
+    cli.fill_defaults(args, QUICK, FULL)
     names = optimizer_names()
     if args.optimizers is None:
         args.optimizers = names

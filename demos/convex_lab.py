@@ -41,6 +41,7 @@ import numpy as np
 
 import optim
 from models import cli
+from models.training import pyplot, save_figure
 from optim.prox import L1
 from optim.sampling import make_sampler
 
@@ -230,25 +231,17 @@ def lasso_bounds(pb, iters):
 
 
 # ----------------------------------------------------------------------------- figures
-def _plt():
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
-
-
 COLORS = {"GD": "C0", "Nesterov": "C1", "with replacement": "C2", "reshuffling": "C3",
           "importance": "C4", "ISTA": "C0", "FISTA": "C1"}
 
 
-def _save(plt, fig, path):
+def _save(fig, path):
     fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    save_figure(fig, path, dpi=80)
 
 
 def plot_smooth(pb, det, sgd, bounds, path, iters, epochs):
-    plt = _plt()
+    plt = pyplot()
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
     k = np.arange(iters + 1)
     gd_b, nest_b = bounds
@@ -274,11 +267,11 @@ def plot_smooth(pb, det, sgd, bounds, path, iters, epochs):
     ax2.set_ylabel("‖x − x*‖²")
     ax2.set_title("SGD, constant step 1/(2 sup L_i) (IS: 1/(2 mean L_i))", fontsize=9)
     ax2.legend(fontsize=7)
-    _save(plt, fig, path)
+    _save(fig, path)
 
 
 def plot_lasso(pb, det, bounds, path):
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     k, ista_b, fista_b = bounds
     ax.loglog(k, det["ISTA"][1:], color=COLORS["ISTA"], label="ISTA")
@@ -291,7 +284,7 @@ def plot_lasso(pb, det, bounds, path):
     nnz = int(np.count_nonzero(pb["xs"]))
     ax.set_title(f"LASSO: {nnz}/{pb['xs'].size} nonzeros, KKT residual {pb['kkt']:.1e}", fontsize=9)
     ax.legend(fontsize=7)
-    _save(plt, fig, path)
+    _save(fig, path)
 
 
 # ----------------------------------------------------------------------------- saddle
@@ -354,7 +347,7 @@ def escape_vs_dimension(dims, seeds, lr=0.1, radius=1e-2, max_iter=5000):
 
 
 def plot_saddle(res, path):
-    plt = _plt()
+    plt = pyplot()
     fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(13, 3.8))
     xx, yy = np.meshgrid(np.linspace(-1.2, 1.2, 200), np.linspace(-1.5, 1.5, 200))
     ax1.contour(xx, yy, saddle_f(np.array([xx, yy])), levels=30, linewidths=0.5, cmap="gray")
@@ -381,7 +374,7 @@ def plot_saddle(res, path):
     ax3.set_ylabel("iterations to escape")
     ax3.set_title("escape time grows like log d", fontsize=9)
     ax3.legend(fontsize=7)
-    _save(plt, fig, path)
+    _save(fig, path)
 
 
 # ----------------------------------------------------------------------------- stability
@@ -511,7 +504,7 @@ def stability(ls_size, gd_steps, sgd_size, sgd_steps, sgd_seeds, rng):
 
 
 def plot_stability(res, path):
-    plt = _plt()
+    plt = pyplot()
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
     lrs, final = res["gd_scan"]
     ax1.semilogy(lrs * res["gd_L"] / 2, final, "o-", ms=3, color="C0", label="‖x_K − x*‖ / ‖x_0 − x*‖")
@@ -530,7 +523,7 @@ def plot_stability(res, path):
     ax2.set_ylabel("largest stable η")
     ax2.set_title(f"SGD at an interpolating minimum (n = {res['sgd_n']}, d = {res['sgd_d']})", fontsize=9)
     ax2.legend(fontsize=7)
-    _save(plt, fig, path)
+    _save(fig, path)
 
 
 # ----------------------------------------------------------------------------- the lab

@@ -87,7 +87,7 @@ import optim  # noqa: E402
 from models import cli  # noqa: E402
 from models.data import DataError, TextData, load_text  # noqa: E402
 from models.gpt import GPT, PRESETS, preset  # noqa: E402
-from models.training import Trainer, clip_grad_norm, lm_loss  # noqa: E402
+from models.training import Trainer, clip_grad_norm, lm_loss, pyplot, save_figure  # noqa: E402
 
 # --quick: a 4-layer `tiny` GPT (the 2-layer preset has no LISA layer that is less than half of
 # the model: its embeddings and one layer are 54% of it), a slice of the corpus, short runs
@@ -216,9 +216,7 @@ def convex_table(res, a) -> str:
 
 
 def plot_convex(res, a, path):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     fig, ax = plt.subplots(1, 2, figsize=(12, 4.3))
     styles = {"gd": ("k", "--"), "cyclic": ("tab:purple", "-"), "reshuffle": ("tab:brown", "-"),
               "uniform": ("tab:gray", "-"), "uniform_lmax": ("tab:olive", "-"),
@@ -248,8 +246,7 @@ def plot_convex(res, a, path):
         x.grid(alpha=0.3)
         x.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    save_figure(fig, path, dpi=80)
 
 
 # ============================================================================= (b) GPT
@@ -368,9 +365,7 @@ def memory_check(runs) -> list:
 
 
 def plot_gpt(runs, title, path):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     fig, ax = plt.subplots(1, 2, figsize=(12, 4.3))
     # the y range is that of the curves below the initial loss: a spike above it would flatten
     # every other curve, so it leaves the chart and its legend entry gives its height
@@ -390,14 +385,11 @@ def plot_gpt(runs, title, path):
         x.legend(fontsize=8)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    save_figure(fig, path, dpi=80)
 
 
 def plot_memory(runs, title, path):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7.5, 4))
     keys = list(runs)
     mib = np.array([runs[m]["peak_state_bytes"] for m in keys]) / 2**20
@@ -415,8 +407,7 @@ def plot_memory(runs, title, path):
     ax.set_ylim(0, mib.max() * 1.25)
     ax.set_title(title, fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    save_figure(fig, path, dpi=80)
 
 
 # ============================================================================= CLI
@@ -441,21 +432,16 @@ def build_parser():
     p.add_argument("--seeds", type=int, default=None,
                    help=f"convex: runs averaged per random rule (default {FULL['seeds']})")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max-chars", type=int, default=None, help="use only the first N characters of the corpus")
-    p.add_argument("--out", default=os.path.join("out", "layerwise"),
-                   help="directory for the figures and layerwise_results.md")
-    p.add_argument("--cache-dir", default=os.path.join("out", "cache"),
-                   help="where the tokenized corpus is cached ('' disables)")
-    p.add_argument("--quick", action="store_true",
-                   help="a smoke run: a 4-layer tiny GPT, few steps, a short convex run (explicit flags win)")
-    p.add_argument("--no-progress", action="store_true", help="no tqdm bars")
+    cli.add_corpus_arguments(p)
+    cli.add_output_arguments(p, os.path.join("out", "layerwise"),
+                             out_help="directory for the figures and layerwise_results.md",
+                             quick_help="a smoke run: a 4-layer tiny GPT, few steps, a short convex run "
+                                        "(explicit flags win)")
     return p
 
 
 def _validate(a):
-    for key, v in (QUICK if a.quick else FULL).items():
-        if getattr(a, key) is None:
-            setattr(a, key, v)
+    cli.fill_defaults(a, QUICK, FULL)
     a.methods = [m.strip() for m in a.methods.split(",") if m.strip()]
     bad = [m for m in a.methods if m not in LABELS]
     if bad or not a.methods:

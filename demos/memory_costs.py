@@ -35,7 +35,7 @@ from minigrad.backend import numba_available, use_backend
 from models import cli
 from models.costs import gpt_costs
 from models.gpt import GPT, GPTConfig, preset
-from models.training import Trainer, lm_loss
+from models.training import Trainer, lm_loss, pyplot, save_figure
 
 CATS = memory.CATEGORIES  # params, grads, optimizer, activations
 MiB = 2 ** 20
@@ -125,9 +125,7 @@ def sweep_table(name, seqs, batches, progress=True):
 
 
 def bars_png(results, path):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     colors = {"params": "#4c72b0", "grads": "#55a868", "optimizer": "#c44e52", "activations": "#8172b2"}
     fig, axes = plt.subplots(1, len(results), figsize=(3.2 * len(results), 3.6))
@@ -148,15 +146,12 @@ def bars_png(results, path):
                loc="lower center")
     fig.suptitle("Training memory by category (AdamW, float32)", fontsize=10)
     fig.tight_layout(rect=(0, 0.07, 1, 1))
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    save_figure(fig, path, dpi=90)
 
 
 def activations_vs_seq(name, seqs, b, path, progress=True):
     """Measured activation peaks vs s: plain, checkpointed, fused attention; lines: exact + lecture."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     base, _ = preset(name)
     cfg = GPTConfig(**{**base.to_dict(), "block_size": max(seqs)})
@@ -202,8 +197,7 @@ def activations_vs_seq(name, seqs, b, path, progress=True):
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3, which="both")
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    save_figure(fig, path, dpi=90)
     lines = ["| s | plain MiB | checkpointed MiB | numba backend MiB | fused predicted MiB | lecture MiB |",
              "|---:|---:|---:|---:|---:|---:|"]
     for i, s in enumerate(seqs):
@@ -215,12 +209,11 @@ def activations_vs_seq(name, seqs, b, path, progress=True):
 
 def build_parser() -> argparse.ArgumentParser:
     ap = cli.ArgumentParser(prog="memory_costs.py", description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true", help="tiny and small presets only, short sweeps (a smoke run)")
-    ap.add_argument("--out", default=os.path.join("out", "memory_costs"),
-                    help="directory for the two PNGs and memory_costs_results.md")
     ap.add_argument("--peak-gflops", type=float, default=None,
                     help="peak GFLOP/s for MFU, > 0 (default: the best 1024³ float32 matmul measured here)")
-    ap.add_argument("--no-progress", action="store_true", help="no tqdm bars")
+    cli.add_output_arguments(ap, os.path.join("out", "memory_costs"),
+                             out_help="directory for the two PNGs and memory_costs_results.md",
+                             quick_help="tiny and small presets only, short sweeps (a smoke run)")
     return ap
 
 

@@ -52,7 +52,7 @@ from minigrad import precision as P  # noqa: E402
 from models import cli  # noqa: E402
 from models.data import DataError, TextData, load_text  # noqa: E402
 from models.gpt import GPT, PRESETS, preset  # noqa: E402
-from models.training import Trainer, evaluate, lm_loss  # noqa: E402
+from models.training import Trainer, evaluate, lm_loss, pyplot, save_figure  # noqa: E402
 
 # key: (label, autocast policy, param_format, master weights, loss scaler factory)
 RECIPES = {
@@ -70,8 +70,9 @@ RECIPES = {
 }
 DEFAULT = ["fp32", "fp16_nomaster", "fp16_master", "fp16_master_dynamic", "bf16", "fp8", "nvfp4"]
 STOCHASTIC = {"bf16_nomaster_sr"}
-# step count and corpus slice of --quick (flags given explicitly win)
+# step count and corpus slice with and without --quick (flags given explicitly win)
 QUICK = {"steps": 20, "max_chars": 200_000}
+FULL = {"steps": 120}
 
 
 class CharMLP(nn.Module):
@@ -168,9 +169,7 @@ def smooth(v, k=10):
 
 
 def plot(par, act, runs, args, title, path):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, axes = plt.subplots(2, 2, figsize=(14, 9))
     (ax0, ax1), (ax2, ax3) = axes
@@ -225,8 +224,7 @@ def plot(par, act, runs, args, title, path):
     ax3.grid(alpha=0.3)
     ax3.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=72)
-    plt.close(fig)
+    save_figure(fig, path, dpi=72)
 
 
 def results_table(runs) -> str:
@@ -255,24 +253,15 @@ def build_parser():
     ap.add_argument("--recipes", default=",".join(DEFAULT),
                     help=f"comma-separated subset of {', '.join(RECIPES)} (default: the first 7)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", default=os.path.join("out", "mixed_precision"),
-                    help="directory for mixed_precision.png, mixed_precision_results.md and .json")
-    ap.add_argument("--cache-dir", default=os.path.join("out", "cache"),
-                    help="where the tokenized corpus is cached ('' disables)")
-    ap.add_argument("--max-chars", type=int, default=None,
-                    help="use only the first N characters (--quick: 200,000)")
-    ap.add_argument("--quick", action="store_true", help="a smoke run: 20 steps on a slice of the corpus")
-    ap.add_argument("--no-progress", action="store_true", help="no tqdm bars")
+    cli.add_corpus_arguments(ap, max_chars_help="use only the first N characters (--quick: 200,000)")
+    cli.add_output_arguments(ap, os.path.join("out", "mixed_precision"),
+                             out_help="directory for mixed_precision.png, mixed_precision_results.md and .json",
+                             quick_help="a smoke run: 20 steps on a slice of the corpus")
     return ap
 
 
 def _validate(args):
-    if args.quick:
-        for key, v in QUICK.items():
-            if getattr(args, key) is None:
-                setattr(args, key, v)
-    if args.steps is None:
-        args.steps = 120
+    cli.fill_defaults(args, QUICK, FULL)
     args.recipes = [r.strip() for r in args.recipes.split(",") if r.strip()]
     bad = [r for r in args.recipes if r not in RECIPES]
     if bad or not args.recipes:

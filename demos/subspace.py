@@ -48,7 +48,7 @@ import optim  # noqa: E402
 from models import cli  # noqa: E402
 from models.data import DataError, TextData, load_text  # noqa: E402
 from models.gpt import GPT, PRESETS, preset  # noqa: E402
-from models.training import Trainer, lm_loss  # noqa: E402
+from models.training import Trainer, lm_loss, pyplot, save_figure  # noqa: E402
 
 CE_METHODS = ("sgd", "galore", "golore")
 CE_LABELS = {"sgd": "SGD (full)", "galore": "GaLore (SVD basis)", "golore": "GoLore (random basis)"}
@@ -101,9 +101,7 @@ def ce_table(curves, steps) -> str:
 
 
 def plot_counterexample(curves, args, path):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(8, 4.5))
     for m, v in curves.items():
@@ -116,8 +114,7 @@ def plot_counterexample(curves, args, path):
     ax.grid(alpha=0.3, which="both")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=72)
-    plt.close(fig)
+    save_figure(fig, path, dpi=72)
 
 
 # ----------------------------------------------------------------------------- (b)
@@ -178,9 +175,7 @@ def gpt_table(runs) -> str:
 
 
 def plot_gpt(runs, title, path):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, (ax0, ax1, ax2) = plt.subplots(1, 3, figsize=(16, 4.6))
     for r in runs.values():
@@ -200,8 +195,7 @@ def plot_gpt(runs, title, path):
     ax2.set_ylabel("optimizer state (MiB, peak)")
     ax2.set_title("optimizer state held")
     fig.tight_layout()
-    fig.savefig(path, dpi=72)
-    plt.close(fig)
+    save_figure(fig, path, dpi=72)
 
 
 # ----------------------------------------------------------------------------- command line
@@ -221,20 +215,15 @@ def build_parser():
     ap.add_argument("--eval-batches", type=int, default=8, help="fixed validation batches")
     ap.add_argument("--batch-size", type=int, default=None, help="sequences per step (default: the preset's)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--max-chars", type=int, default=None, help="use only the first N characters (--quick 200,000)")
-    ap.add_argument("--cache-dir", default=os.path.join("out", "cache"),
-                    help="where the tokenized corpus is cached ('' disables)")
-    ap.add_argument("--out", default=os.path.join("out", "subspace"),
-                    help="directory for the figures, subspace_results.md and .json")
-    ap.add_argument("--quick", action="store_true", help="a smoke run: short (a), GPT tiny for 30 steps")
-    ap.add_argument("--no-progress", action="store_true", help="no tqdm bars")
+    cli.add_corpus_arguments(ap, max_chars_help="use only the first N characters (--quick 200,000)")
+    cli.add_output_arguments(ap, os.path.join("out", "subspace"),
+                             out_help="directory for the figures, subspace_results.md and .json",
+                             quick_help="a smoke run: short (a), GPT tiny for 30 steps")
     return ap
 
 
 def _validate(args):
-    for key, v in (QUICK if args.quick else DEFAULTS).items():
-        if getattr(args, key) is None:
-            setattr(args, key, v)
+    cli.fill_defaults(args, QUICK, DEFAULTS)
     args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     bad = [m for m in args.methods if m not in GPT_METHODS]
     if bad or not args.methods:

@@ -46,7 +46,7 @@ import optim
 from models import cli
 from models.data import DataError, TextData, load_text, windows
 from models.gpt import GPT, PRESETS, preset
-from models.training import CheckpointError, Trainer, lm_loss, load_checkpoint
+from models.training import CheckpointError, Trainer, lm_loss, load_checkpoint, pyplot, save_figure
 from models.training.profile import forward_memory, step_memory
 
 METHODS = ("adamw", "mezo", "lozo")
@@ -194,9 +194,7 @@ LABELS = {"adamw": "AdamW (backprop)", "mezo": "MeZO", "lozo": "LoZO", "forward"
 
 
 def plot_loss(hists, path, title):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     fig, ax = plt.subplots(1, 2, figsize=(10, 3.8))
     for m, h in hists.items():
         ax[0].plot(h["forward_passes"], h["eval_loss"], "-o", ms=3, color=COLORS[m], label=LABELS[m])
@@ -210,14 +208,11 @@ def plot_loss(hists, path, title):
     ax[0].legend()
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    save_figure(fig, path, dpi=90)
 
 
 def plot_memory(mem, path, title):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     order = ["forward", "mezo", "lozo", "adamw"]
     parts = [("params", "parameters", "#4c72b0"), ("grads", "gradients", "#dd8452"),
              ("optimizer_state", "optimizer state", "#55a868"),
@@ -235,8 +230,7 @@ def plot_memory(mem, path, title):
     ax.set_title(title, fontsize=10)
     ax.set_ylim(0, bottom.max() * 1.15)
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    save_figure(fig, path, dpi=90)
 
 
 def print_memory(mem, ratios):
@@ -281,22 +275,17 @@ def build_parser():
     p.add_argument("--n-evals", type=int, default=10)
     p.add_argument("--eval-batches", type=int, default=3)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max-chars", type=int, default=None, help="use only the first N characters of the corpus")
-    p.add_argument("--out", default=os.path.join("out", "zo_finetune"),
-                   help="directory for the figures and the results JSON")
-    p.add_argument("--cache-dir", default=os.path.join("out", "cache"),
-                   help="token ids and the pretrained GPT are cached here ('' disables)")
     p.add_argument("--skip-train", action="store_true", help="memory measurement only")
-    p.add_argument("--quick", action="store_true",
-                   help=f"smoke run: the {QUICK['preset']} preset and few steps (explicit flags still win)")
-    p.add_argument("--no-progress", action="store_true", help="no tqdm bars")
+    cli.add_corpus_arguments(p, cache_dir_help="token ids and the pretrained GPT are cached here ('' disables)")
+    cli.add_output_arguments(p, os.path.join("out", "zo_finetune"),
+                             out_help="directory for the figures and the results JSON",
+                             quick_help=f"smoke run: the {QUICK['preset']} preset and few steps "
+                                        "(explicit flags still win)")
     return p
 
 
 def _validate(a):
-    for key, v in (QUICK if a.quick else FULL).items():
-        if getattr(a, key) is None:
-            setattr(a, key, v)
+    cli.fill_defaults(a, QUICK, FULL)
     for name in ("pretrain_steps", "adamw_steps", "zo_steps", "rank", "nu", "n_evals", "eval_batches"):
         if getattr(a, name) < 1:
             raise cli.UsageError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(a, name)}")

@@ -28,7 +28,8 @@ import os
 import sys
 import tempfile
 
-__all__ = ["UsageError", "ArgumentParser", "check_out_dir", "main"]
+__all__ = ["UsageError", "ArgumentParser", "add_output_arguments", "add_corpus_arguments", "fill_defaults",
+           "check_out_dir", "main"]
 
 
 class UsageError(Exception):
@@ -42,6 +43,30 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def error(self, message):
         raise UsageError(message)
+
+
+def add_output_arguments(parser, out, out_help, quick_help) -> None:
+    """The flags of a demo that writes results: ``--out`` (default ``out``), ``--quick`` (a smoke
+    run, described by ``quick_help``) and ``--no-progress``."""
+    parser.add_argument("--out", default=out, help=out_help)
+    parser.add_argument("--quick", action="store_true", help=quick_help)
+    parser.add_argument("--no-progress", action="store_true", help="no tqdm bars")
+
+
+def add_corpus_arguments(parser, max_chars_help="use only the first N characters of the corpus",
+                         cache_dir_help="where the tokenized corpus is cached ('' disables)") -> None:
+    """The flags of a demo that trains on the default corpus: ``--max-chars`` (None: all of it)
+    and ``--cache-dir`` (default ``out/cache``)."""
+    parser.add_argument("--max-chars", type=int, default=None, help=max_chars_help)
+    parser.add_argument("--cache-dir", default=os.path.join("out", "cache"), help=cache_dir_help)
+
+
+def fill_defaults(args, quick: dict, full: dict) -> None:
+    """Set each argument named in ``quick`` (with ``--quick``) or ``full`` (without) that is still
+    None to the value given there, so that a flag given explicitly wins over both."""
+    for key, value in (quick if args.quick else full).items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
 
 
 def check_out_dir(path) -> None:

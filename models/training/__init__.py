@@ -7,7 +7,8 @@ imports it. The CLIs in ``demos/`` are thin wrappers around it.
   drawn by ``batches(rng)``, any registered optimizer through one step protocol, a schedule from
   ``optim.schedules``, gradient hooks, evaluation, time budget, progress, Ctrl-C/SIGTERM.
 * :func:`save_checkpoint` / :func:`load_checkpoint` -- the checkpoint format (``checkpoint.py``).
-* :func:`plot_history` -- the loss curves of a run (``plots.py``).
+* :func:`plot_history` -- the loss curves of a run; :func:`pyplot` / :func:`save_figure` -- the
+  Agg backend and the save-and-close every demo figure goes through (``plots.py``).
 * :func:`step_memory` / :func:`forward_memory` -- the measured peak memory of one training step
   or forward pass, split into parameters, gradients, optimizer state and the rest (``profile.py``).
 
@@ -20,11 +21,11 @@ imports it. The CLIs in ``demos/`` are thin wrappers around it.
 """
 from .checkpoint import (CKPT, FORMAT_VERSION, MANIFEST, Checkpoint, CheckpointError, checkpoint_path,
                          load_checkpoint, save_checkpoint)
-from .plots import plot_history
+from .plots import plot_history, pyplot, save_figure
 from .profile import StepMemory, forward_memory, step_memory
 from .trainer import FitResult, Trainer, clip_grad_norm, evaluate, lm_loss, module_generators
 
 __all__ = ["Trainer", "FitResult", "lm_loss", "evaluate", "clip_grad_norm", "module_generators",
            "save_checkpoint", "load_checkpoint", "Checkpoint", "CheckpointError", "checkpoint_path",
-           "FORMAT_VERSION", "CKPT", "MANIFEST", "plot_history", "step_memory", "forward_memory",
+           "FORMAT_VERSION", "CKPT", "MANIFEST", "plot_history", "pyplot", "save_figure", "step_memory", "forward_memory",
            "StepMemory"]

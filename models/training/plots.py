@@ -5,16 +5,31 @@ import os
 
 import numpy as np
 
-__all__ = ["plot_history"]
+__all__ = ["plot_history", "pyplot", "save_figure"]
+
+
+def pyplot():
+    """``matplotlib.pyplot`` on the Agg backend (files only, no display), imported on first use
+    so that code which never plots does not need matplotlib."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def save_figure(fig, path: str, dpi: int = 80) -> str:
+    """Write ``fig`` to ``path`` and close it (pyplot holds every open figure until closed).
+    Returns the path."""
+    fig.savefig(path, dpi=dpi)
+    pyplot().close(fig)
+    return path
 
 
 def plot_history(history: dict, out_dir: str, title: str, name: str = "loss.png") -> str:
     """Train loss per step (raw and a running mean) and validation loss, written atomically to
     ``out_dir/name``; ``loss.txt`` (step, val loss) when matplotlib is not installed. Returns the path."""
     try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        plt = pyplot()
     except ImportError:
         path = os.path.join(out_dir, "loss.txt")
         with open(path, "w", encoding="utf-8") as f:
