@@ -5,6 +5,7 @@ import pytest
 
 import optim
 from optim.base import Optimizer
+from optim_helpers import grads_at
 
 MINE = ["adagrad", "adam", "adamw", "agd", "amsgrad", "fista", "gd", "heavyball", "ista",
         "momentum", "nesterov", "perturbed_gd", "rmsprop", "sgd"]
@@ -18,15 +19,6 @@ def make_params(dtype=np.float32, seed=0):
     return {"emb.weight": rng.standard_normal((5, 3)).astype(dtype),
             "ln.bias": rng.standard_normal(3).astype(dtype),
             "head.weight": rng.standard_normal((3, 4)).astype(dtype)}
-
-
-def grads_at(params, t):
-    """A deterministic gradient field: grad of sum((p - c)^2 * scale) plus step-dependent noise."""
-    out = {}
-    for i, (n, p) in enumerate(params.items()):
-        rng = np.random.default_rng(1000 * t + i)
-        out[n] = (2.0 * (p - 0.5) + rng.standard_normal(p.shape)).astype(p.dtype)
-    return out
 
 
 def test_registry_lists_and_creates_everything():

@@ -10,6 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import optim
+from optim_helpers import copy_params, grads_at, same_params
 
 BLOCKS = {"emb": ["emb"], "l0": ["l0.w", "l0.b"], "l1": ["l1.w", "l1.b"], "l2": ["l2.w", "l2.b"],
           "head": ["head"]}
@@ -21,23 +22,6 @@ def make_params(dtype=np.float64, seed=0):
     shapes = {"emb": (5, 3), "l0.w": (6, 3), "l0.b": (6,), "l1.w": (3, 6), "l1.b": (3,),
               "l2.w": (4, 3), "l2.b": (4,), "head": (3,)}
     return {n: rng.standard_normal(s).astype(dtype) for n, s in shapes.items()}
-
-
-def grads_at(params, t):
-    """The gradient of sum((p - 0.5)^2) plus noise that depends on the step: never zero."""
-    out = {}
-    for i, (n, p) in enumerate(params.items()):
-        rng = np.random.default_rng(1000 * t + i)
-        out[n] = (2.0 * (p - 0.5) + rng.standard_normal(p.shape)).astype(p.dtype)
-    return out
-
-
-def snapshot(params):
-    return {n: p.copy() for n, p in params.items()}
-
-
-def same(a, b):
-    return a.keys() == b.keys() and all(np.array_equal(a[n], b[n]) for n in a)
 
 
 # method name -> keyword arguments giving several blocks and switches within a short run
@@ -91,7 +75,7 @@ def test_one_block_holding_every_parameter_is_the_inner_optimizer(case):
     run_steps(optim.create(name, two_groups(a), blocks={"all": list(a)}, lr=1e-2, weight_decay=0.1,
                            **kw), a, 20)
     run_steps(optim.create(inner, two_groups(b), lr=1e-2, weight_decay=0.1, **inner_kw), b, 20)
-    assert same(a, b)
+    assert same_params(a, b)
 
 
 def test_lisa_with_every_layer_active_and_bcd_with_blocks_none_are_adamw_and_gd():
@@ -99,10 +83,10 @@ def test_lisa_with_every_layer_active_and_bcd_with_blocks_none_are_adamw_and_gd(
     layers = {"x": ["emb", "l0.w", "l0.b"], "y": ["l1.w", "l1.b", "l2.w"], "z": ["l2.b", "head"]}
     run_steps(optim.create("lisa", a, blocks=layers, always=[], layers=3, switch_every=2, **ADAM), a, 20)
     run_steps(optim.AdamW(b, **ADAM), b, 20)
-    assert same(a, b)
+    assert same_params(a, b)
     run_steps(optim.create("bcd", c, lr=0.05), c, 20)          # blocks=None: one block
     run_steps(optim.GD(d, lr=0.05), d, 20)
-    assert same(c, d)
+    assert same_params(c, d)
 
 
 def test_badam_resets_adam_at_every_switch_also_to_the_same_block():
@@ -124,7 +108,7 @@ def test_inactive_blocks_stay_bit_identical_and_the_state_is_the_active_sets(key
     for t in range(24):
         names = opt.trainable_names()
         expected = opt.expected_state_bytes()
-        before = snapshot(params)
+        before = copy_params(params)
         opt.step(grads_at(params, t))
         if names is None:       # Gauss-Southwell chose now; expected was the largest block's
             names = opt.trainable_names()
@@ -220,7 +204,7 @@ def test_resume_in_the_middle_of_a_period_is_bit_identical(key, tmp_path):
     again.load_state_dict(optim.unflatten_state_dict(ck, prefix="opt."))
     rest = active_sequence(again, pc, 13, t0=10)
     assert part + rest == full
-    assert same(pa, pc)
+    assert same_params(pa, pc)
 
 
 def test_a_skipped_step_does_not_advance_the_period():
@@ -448,7 +432,7 @@ def test_misa_modules_are_the_matrices_and_the_parts_of_a_fused_one():
         active = opt.active_blocks()
         assert sum({"mlp.w": 8, "mlp.w2": 8}.get(m, 4) for m in active) <= 0.25 * total
         assert ("att.w" in opt.trainable_names()) == any(m.startswith("att.w:") for m in active)
-        before = snapshot(p)
+        before = copy_params(p)
         opt.step(grads_at(p, t))
         rows = {"q": slice(0, 2), "k": slice(2, 4), "v": slice(4, 6)}
         for part, r in rows.items():           # the fused matrix moves only in its active rows

@@ -13,6 +13,7 @@ import optim
 from models.gpt import GPT, GPTConfig
 from models.training import Trainer, lm_loss, load_checkpoint
 from optim.subspace import gaussian_projection, stiefel_uniform
+from optim_helpers import copy_params, grads_at
 
 TALL, WIDE = (8, 5), (5, 8)
 
@@ -22,19 +23,6 @@ def make_params(dtype=np.float64, seed=0):
     return {"tall": rng.standard_normal(TALL).astype(dtype),
             "wide": rng.standard_normal(WIDE).astype(dtype),
             "bias": rng.standard_normal(5).astype(dtype)}
-
-
-def grads_at(params, t):
-    """The gradient of sum((p - 0.5)^2) plus step-dependent noise: never zero, never low rank."""
-    out = {}
-    for i, (n, p) in enumerate(params.items()):
-        rng = np.random.default_rng(1000 * t + i)
-        out[n] = (2.0 * (p - 0.5) + rng.standard_normal(p.shape)).astype(p.dtype)
-    return out
-
-
-def snapshot(params):
-    return {n: p.copy() for n, p in params.items()}
 
 
 def span_projector(P, side):
@@ -232,7 +220,7 @@ def test_flora_moves_its_momentum_to_the_new_basis_every_update_proj_gap_steps()
 @pytest.mark.parametrize("projection", ["gaussian", "haar"])
 def test_one_inner_gd_step_of_rso_from_b_zero_is_theta_minus_eta_p_pt_grad(projection):
     p = make_params()
-    theta = snapshot(p)
+    theta = copy_params(p)
     eta = 0.05
     opt = optim.create("rso", p, lr=eta, rank=2, inner="sgd", projection=projection, eta=1.0, seed=4)
     P = {n: opt.basis(n) for n in ("tall", "wide")}

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import optim
+from optim_helpers import grads_at
 
 STEPS = 25
 
@@ -14,16 +15,6 @@ def make_params(seed=0):
     rng = np.random.default_rng(seed)
     return {"b": rng.standard_normal(7), "w": rng.standard_normal((4, 3)),
             "conv": rng.standard_normal((2, 3, 2))}
-
-
-def grads_at(params, t):
-    """A gradient that depends on the parameters (a quadratic pull to 0.5) plus step noise, so
-    a wrong parameter update also changes every later gradient."""
-    out = {}
-    for i, (n, p) in enumerate(params.items()):
-        rng = np.random.default_rng(1000 * t + i)
-        out[n] = 2.0 * (p - 0.5) + rng.standard_normal(p.shape)
-    return out
 
 
 def run_ours(name, kw, steps=STEPS, params=None):
