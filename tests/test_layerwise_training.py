@@ -7,7 +7,8 @@ import pytest
 
 import optim
 from models.gpt import GPT, GPTConfig
-from models.training import Trainer, lm_loss, load_checkpoint
+from models.training import Trainer, lm_loss
+from optim_helpers import assert_resumes_mid_period
 
 CFG = dict(n_layer=4, n_head=2, n_embd=16, block_size=8, vocab_size=11)
 IDS = (np.cumsum(np.random.default_rng(0).choice([1, 1, 1, 2], size=4000)) % CFG["vocab_size"]).astype(np.int64)
@@ -163,24 +164,7 @@ def test_misa_updates_only_the_active_rows_of_the_fused_qkv_weight():
 # ----------------------------------------------------------------------------- resume
 @pytest.mark.parametrize("method", list(METHODS))
 def test_checkpoint_in_the_middle_of_a_period_resumes_bit_identically(method, tmp_path):
-    full_model = _model()
-    full = _trainer(full_model, METHODS[method](full_model), 10)
-    full.fit()
-
-    model = _model()
-    part = _trainer(model, METHODS[method](model), 10,
-                    on_step=lambda t: setattr(t, "interrupted", t.step == 4 or t.interrupted))
-    assert part.fit().step == 4                               # periods of 3 steps: 1 of 3 done
-    part.save(tmp_path)
-
-    model2 = _model(seed=5)                                   # weights come from the checkpoint
-    again = _trainer(model2, METHODS[method](model2, seed=99), 10, seed=98)   # seeds too
-    again.restore(load_checkpoint(tmp_path))
-    again.fit()
-    for key in ("train_loss", "val_loss", "state_bytes"):
-        assert again.history[key] == full.history[key], key
-    for n, p in full_model.named_parameters():
-        assert np.array_equal(p.data, dict(model2.named_parameters())[n].data), n
+    assert_resumes_mid_period(_model, METHODS[method], _trainer, tmp_path, other_seeds={"seed": 99})
 
 
 def test_under_the_mixed_precision_wrapper_the_inner_optimizer_steps_the_masters():

@@ -11,9 +11,9 @@ from hypothesis import strategies as st
 
 import optim
 from models.gpt import GPT, GPTConfig
-from models.training import Trainer, lm_loss, load_checkpoint
+from models.training import Trainer, lm_loss
 from optim.subspace import gaussian_projection, stiefel_uniform
-from optim_helpers import copy_params, grads_at
+from optim_helpers import assert_resumes_mid_period, copy_params, grads_at
 
 TALL, WIDE = (8, 5), (5, 8)
 
@@ -399,26 +399,10 @@ def _trainer(model, opt, steps, **kw):
 
 @pytest.mark.parametrize("name", list(METHODS))
 def test_checkpoint_in_the_middle_of_a_period_resumes_bit_identically(name, tmp_path):
-    full_model = _model()
-    full = _trainer(full_model, _opt(name, full_model), 10)
-    full.fit()
-    assert full.history["train_loss"][-1] < full.history["train_loss"][0]
-
-    model = _model()
-    part = _trainer(model, _opt(name, model), 10,
-                    on_step=lambda t: setattr(t, "interrupted", t.step == 4 or t.interrupted))
-    assert part.fit().step == 4                               # periods of 3 steps: 1 of 3 done
-    part.save(tmp_path)
-
-    model2 = _model(seed=5)                                   # weights come from the checkpoint
     seeded = {"seed": 99} if "seed" in optim.accepts(name) else {}
-    again = _trainer(model2, _opt(name, model2, **seeded), 10, seed=98)   # seeds too
-    again.restore(load_checkpoint(tmp_path))
-    again.fit()
-    for key in ("train_loss", "val_loss", "state_bytes"):
-        assert again.history[key] == full.history[key], key
-    for n, p in full_model.named_parameters():
-        assert np.array_equal(p.data, dict(model2.named_parameters())[n].data), n
+    full = assert_resumes_mid_period(_model, lambda model, **kw: _opt(name, model, **kw), _trainer, tmp_path,
+                                     other_seeds=seeded)
+    assert full.history["train_loss"][-1] < full.history["train_loss"][0]
 
 
 def test_a_checkpoint_of_another_method_or_rank_is_refused():
