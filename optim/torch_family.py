@@ -32,6 +32,15 @@ def _l2(p, g, group):
     return g + group["weight_decay"] * p if group["weight_decay"] else g
 
 
+def _weight_decay(p, g, group):
+    """Weight decay as the group says: decoupled (``theta <- theta*(1 - lr*wd)`` in place, the
+    gradient returned as it is) or coupled (the gradient ``g + wd*theta`` returned)."""
+    if group["weight_decay"] and group["decoupled_weight_decay"]:
+        p *= 1.0 - group["lr"] * group["weight_decay"]
+        return g
+    return _l2(p, g, group)
+
+
 @register("nadam")
 class NAdam(Optimizer):
     """NAdam, Adam with Nesterov momentum (Dozat, ICLR 2016 workshop, "Incorporating Nesterov
@@ -62,7 +71,7 @@ class NAdam(Optimizer):
 
     def _update(self, name, p, g, state, group):
         b1, b2 = group["betas"]
-        lr, wd = group["lr"], group["weight_decay"]
+        lr = group["lr"]
         if "exp_avg" not in state:
             state["step"] = 0
             state["mu_product"] = 1.0
@@ -70,11 +79,7 @@ class NAdam(Optimizer):
             state["exp_avg_sq"] = np.zeros_like(p)
         state["step"] += 1
         t = state["step"]
-        if wd:
-            if group["decoupled_weight_decay"]:
-                p *= 1.0 - lr * wd
-            else:
-                g = g + wd * p
+        g = _weight_decay(p, g, group)
         mu = b1 * (1.0 - 0.5 * 0.96 ** (t * group["momentum_decay"]))
         mu_next = b1 * (1.0 - 0.5 * 0.96 ** ((t + 1) * group["momentum_decay"]))
         state["mu_product"] *= mu
@@ -119,18 +124,14 @@ class RAdam(Optimizer):
 
     def _update(self, name, p, g, state, group):
         b1, b2 = group["betas"]
-        lr, wd = group["lr"], group["weight_decay"]
+        lr = group["lr"]
         if "exp_avg" not in state:
             state["step"] = 0
             state["exp_avg"] = np.zeros_like(p)
             state["exp_avg_sq"] = np.zeros_like(p)
         state["step"] += 1
         t = state["step"]
-        if wd:
-            if group["decoupled_weight_decay"]:
-                p *= 1.0 - lr * wd
-            else:
-                g = g + wd * p
+        g = _weight_decay(p, g, group)
         m, v = state["exp_avg"], state["exp_avg_sq"]
         m += (1.0 - b1) * (g - m)
         v *= b2
