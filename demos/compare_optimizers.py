@@ -330,9 +330,7 @@ def _load(path, want):
 def run(args) -> list:
     """The sweep as the parsed arguments say; returns every run's result."""
     _validate(args)
-    text, desc = load_text(notice=False)
-    if args.max_chars:
-        text = text[: args.max_chars]
+    text, desc = load_text(notice=False, max_chars=args.max_chars)
     cfg, preset_batch = preset(args.preset)
     data = TextData(text, block_size=cfg.block_size, cache_dir=args.cache_dir or None, description=desc,
                     write_cache=False)        # written below, once every input is good

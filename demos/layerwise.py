@@ -470,9 +470,7 @@ def run(a) -> dict:
     _validate(a)
     gpt = a.part in ("all", "gpt")
     if gpt:
-        text, desc = load_text(notice=True)
-        if a.max_chars:
-            text = text[:a.max_chars]
+        text, desc = load_text(notice=True, max_chars=a.max_chars)
         cfg, batch_size = preset(a.preset, **({"n_layer": a.n_layer} if a.n_layer else {}))
         batch_size = a.batch_size or batch_size
         data = TextData(text, block_size=cfg.block_size, cache_dir=a.cache_dir or None, description=desc)

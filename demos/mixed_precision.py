@@ -279,9 +279,7 @@ def _validate(args):
 def run(args) -> dict:
     """The demo as the parsed arguments say; returns the runs by recipe."""
     _validate(args)
-    text, desc = load_text(notice=False)
-    if args.max_chars:
-        text = text[: args.max_chars]
+    text, desc = load_text(notice=False, max_chars=args.max_chars)
     data = TextData(text, block_size=64, cache_dir=args.cache_dir or None, description=desc)
     make_model, block, bs = build(args, data.vocab_size)
     batch_size = args.batch_size or bs

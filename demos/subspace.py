@@ -246,9 +246,7 @@ def run(args) -> dict:
     summary, md, curves = {}, [], {}
     do_a, do_b = args.part in ("a", "both"), args.part in ("b", "both")
     if do_b:
-        text, desc = load_text(notice=False)
-        if args.max_chars:
-            text = text[: args.max_chars]
+        text, desc = load_text(notice=False, max_chars=args.max_chars)
         cfg, preset_batch = preset(args.preset)
         data = TextData(text, block_size=cfg.block_size, cache_dir=args.cache_dir or None, description=desc,
                         write_cache=False)     # written below, once every input is good

@@ -303,9 +303,7 @@ def _validate(a):
 def run(a) -> dict:
     """The demo as the parsed arguments ``a`` say; returns the results (also written as JSON)."""
     _validate(a)
-    text, desc = load_text(notice=True)
-    if a.max_chars:
-        text = text[:a.max_chars]
+    text, desc = load_text(notice=True, max_chars=a.max_chars)
     cfg, batch_size = preset(a.preset)
     batch_size = a.batch_size or batch_size
     cache_dir = a.cache_dir or None

@@ -54,10 +54,14 @@ def default_corpus(notice=True) -> tuple[str, str]:
         return text, "Python's pydoc_data.topics (fallback)"
 
 
-def load_text(path=None, notice=True) -> tuple[str, str]:
-    """Return ``(text, description)`` for ``path`` (a UTF-8 file) or the default corpus."""
-    if path is None:
-        return default_corpus(notice=notice)
+def load_text(path=None, notice=True, max_chars=None) -> tuple[str, str]:
+    """Return ``(text, description)`` for ``path`` (a UTF-8 file) or the default corpus; with
+    ``max_chars`` (None or 0: all), only the first ``max_chars`` characters of the text."""
+    text, description = default_corpus(notice=notice) if path is None else _read_text(path)
+    return (text[:max_chars] if max_chars else text), description
+
+
+def _read_text(path) -> tuple[str, str]:
     path = os.fspath(path)
     if not os.path.exists(path):
         raise DataError(f"--data {path}: no such file")

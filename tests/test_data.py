@@ -15,6 +15,15 @@ def test_default_corpus_loads():
     assert len(text) > 100_000 and desc
 
 
+def test_max_chars_keeps_the_start_of_the_text(tmp_path):
+    p = tmp_path / "t.txt"
+    p.write_text(TEXT, encoding="utf-8")
+    assert load_text(p, max_chars=100) == (TEXT[:100], load_text(p)[1])
+    assert load_text(p, max_chars=None)[0] == load_text(p, max_chars=0)[0] == TEXT
+    corpus, desc = load_text(None, notice=False)
+    assert load_text(None, notice=False, max_chars=5000) == (corpus[:5000], desc)
+
+
 def test_fallback_when_package_missing(monkeypatch, capsys):
     import models.data as d
     monkeypatch.setattr(d, "DEFAULT_PACKAGE", "no_such_package_xyz")
