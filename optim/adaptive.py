@@ -20,7 +20,7 @@ import math
 
 import numpy as np
 
-from .base import Optimizer, check_fraction, register
+from .base import Optimizer, check_betas, check_eps, check_fraction, register
 
 __all__ = ["AdaGrad", "RMSProp", "Adam", "AdamW"]
 
@@ -130,10 +130,8 @@ class Adam(Optimizer):
 
     def _check_group(self, group):
         super()._check_group(group)
-        if not all(0.0 <= b < 1.0 for b in group["betas"]):
-            raise ValueError(f"betas must be in [0, 1), got {group['betas']}")
-        if not group["eps"] >= 0:
-            raise ValueError(f"eps must be >= 0, got {group['eps']}")
+        check_betas(group["betas"], type(self).__name__)
+        check_eps(group["eps"], type(self).__name__)
 
     def _update(self, name, p, g, state, group):
         b1, b2 = group["betas"]

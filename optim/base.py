@@ -185,6 +185,21 @@ def check_fraction(value, what: str) -> None:
         raise ValueError(f"{what} must be in [0, 1), got {value!r}")
 
 
+def check_betas(betas, where: str) -> None:
+    """Raise ValueError unless ``betas`` is a pair (beta1, beta2) of numbers in [0, 1) (the decay
+    rates of Adam-style moments); ``where`` names the optimizer in the message."""
+    if len(betas) != 2:
+        raise ValueError(f"{where}: betas must be a pair (beta1, beta2), got {betas!r}")
+    for i, b in enumerate(betas):
+        check_fraction(b, f"{where}: betas[{i}]")
+
+
+def check_eps(eps, where: str, what: str = "eps") -> None:
+    """Raise ValueError unless ``eps`` (the term that keeps a denominator off zero) is a number >= 0."""
+    if not (isinstance(eps, (int, float, np.floating)) and eps >= 0):
+        raise ValueError(f"{where}: {what} must be a number >= 0, got {eps!r}")
+
+
 def check_count(value, what: str) -> None:
     """Raise ValueError unless value is an integer >= 1 (queries, ranks, intervals)."""
     if int(value) != value or value < 1:

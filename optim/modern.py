@@ -30,22 +30,10 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from .base import Optimizer, check_count, check_fraction, register
+from .base import Optimizer, check_betas, check_count, check_eps, check_fraction, register
 from .groups import _parts
 
 __all__ = ["Lion", "Adafactor", "Muon", "AdamMini", "newton_schulz", "MUON_ROLES"]
-
-
-def _check_betas(betas, where):
-    if len(betas) != 2:
-        raise ValueError(f"{where}: betas must be a pair (beta1, beta2), got {betas!r}")
-    check_fraction(betas[0], f"{where}: betas[0]")
-    check_fraction(betas[1], f"{where}: betas[1]")
-
-
-def _check_eps(eps, where, name="eps"):
-    if not (isinstance(eps, (int, float, np.floating)) and eps >= 0):
-        raise ValueError(f"{where}: {name} must be a number >= 0, got {eps!r}")
 
 
 # ----------------------------------------------------------------------------- Lion
@@ -69,7 +57,7 @@ class Lion(Optimizer):
 
     def _check_group(self, group):
         super()._check_group(group)
-        _check_betas(group["betas"], "Lion")
+        check_betas(group["betas"], "Lion")
 
     def _update(self, name, p, g, state, group):
         b1, b2 = group["betas"]
@@ -124,8 +112,8 @@ class Adafactor(Optimizer):
         if len(eps) != 2:
             raise ValueError(f"Adafactor: eps must be a pair (eps1 or None, eps2), got {eps!r}")
         if eps[0] is not None:
-            _check_eps(eps[0], "Adafactor", "eps[0]")
-        _check_eps(eps[1], "Adafactor", "eps[1]")
+            check_eps(eps[0], "Adafactor", "eps[0]")
+        check_eps(eps[1], "Adafactor", "eps[1]")
         if not group["d"] >= 1:
             raise ValueError(f"Adafactor: the clipping threshold d must be >= 1, got {group['d']!r}")
 
@@ -300,8 +288,8 @@ class Muon(_ByRole):
         if unknown:
             raise ValueError(f"Muon: adamw_kwargs takes {list(_ADAMW_KEYS)}, got unknown {unknown}")
         adamw["betas"] = tuple(adamw["betas"])
-        _check_betas(adamw["betas"], "Muon: adamw_kwargs")
-        _check_eps(adamw["eps"], "Muon: adamw_kwargs")
+        check_betas(adamw["betas"], "Muon: adamw_kwargs")
+        check_eps(adamw["eps"], "Muon: adamw_kwargs")
         for k in ("lr", "weight_decay"):
             if k in adamw and not (isinstance(adamw[k], (int, float)) and math.isfinite(adamw[k])
                                    and adamw[k] >= 0):
@@ -318,7 +306,7 @@ class Muon(_ByRole):
         if len(group["ns_coefficients"]) != 3:
             raise ValueError(f"Muon: ns_coefficients must be three numbers (a, b, c), got "
                              f"{group['ns_coefficients']!r}")
-        _check_eps(group["eps"], "Muon")
+        check_eps(group["eps"], "Muon")
         if group["adjust_lr_fn"] not in (None, "original", "match_rms_adamw"):
             raise ValueError(f"Muon: adjust_lr_fn must be None, 'original' or 'match_rms_adamw', "
                              f"got {group['adjust_lr_fn']!r}")
@@ -426,8 +414,8 @@ class AdamMini(_ByRole):
 
     def _check_group(self, group):
         super()._check_group(group)
-        _check_betas(group["betas"], "Adam-mini")
-        _check_eps(group["eps"], "Adam-mini")
+        check_betas(group["betas"], "Adam-mini")
+        check_eps(group["eps"], "Adam-mini")
 
     def _heads(self, name, role, rows, cols):
         """Elements per head of a (rows, cols) q or k block."""

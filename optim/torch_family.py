@@ -12,19 +12,9 @@ import math
 
 import numpy as np
 
-from .base import Optimizer, check_count, register
+from .base import Optimizer, check_betas, check_count, check_eps, register
 
 __all__ = ["NAdam", "RAdam", "Adamax", "Adadelta", "ASGD", "Rprop", "LBFGS"]
-
-
-def _check_betas(betas):
-    if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
-        raise ValueError(f"betas must be two numbers in [0, 1), got {betas!r}")
-
-
-def _check_eps(eps):
-    if not eps >= 0:
-        raise ValueError(f"eps must be >= 0, got {eps!r}")
 
 
 def _l2(p, g, group):
@@ -64,8 +54,8 @@ class NAdam(Optimizer):
 
     def _check_group(self, group):
         super()._check_group(group)
-        _check_betas(group["betas"])
-        _check_eps(group["eps"])
+        check_betas(group["betas"], "NAdam")
+        check_eps(group["eps"], "NAdam")
         if not group["momentum_decay"] >= 0:
             raise ValueError(f"momentum_decay must be >= 0, got {group['momentum_decay']!r}")
 
@@ -119,8 +109,8 @@ class RAdam(Optimizer):
 
     def _check_group(self, group):
         super()._check_group(group)
-        _check_betas(group["betas"])
-        _check_eps(group["eps"])
+        check_betas(group["betas"], "RAdam")
+        check_eps(group["eps"], "RAdam")
 
     def _update(self, name, p, g, state, group):
         b1, b2 = group["betas"]
@@ -170,8 +160,8 @@ class Adamax(Optimizer):
 
     def _check_group(self, group):
         super()._check_group(group)
-        _check_betas(group["betas"])
-        _check_eps(group["eps"])
+        check_betas(group["betas"], "Adamax")
+        check_eps(group["eps"], "Adamax")
 
     def _update(self, name, p, g, state, group):
         b1, b2 = group["betas"]
@@ -212,7 +202,7 @@ class Adadelta(Optimizer):
         super()._check_group(group)
         if not 0.0 <= group["rho"] <= 1.0:
             raise ValueError(f"rho must be in [0, 1], got {group['rho']!r}")
-        _check_eps(group["eps"])
+        check_eps(group["eps"], "Adadelta")
 
     def _update(self, name, p, g, state, group):
         rho, eps = group["rho"], group["eps"]

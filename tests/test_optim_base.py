@@ -228,3 +228,19 @@ def test_a_misspelled_hyperparameter_is_an_error_for_every_optimizer(name):
     """A typo such as momentun=0.9 must not be stored silently in the group (and ignored)."""
     with pytest.raises(TypeError, match="momentun"):
         optim.create(name, {"x": np.zeros(3)}, lr=0.1, momentun=0.9)
+
+
+@pytest.mark.parametrize("name, kw, says", [
+    ("adam", {"betas": (0.9, 1.0)}, r"Adam: betas\[1\] must be in \[0, 1\), got 1.0"),
+    ("adamw", {"eps": -1e-8}, "AdamW: eps must be a number >= 0"),
+    ("nadam", {"betas": (0.9,)}, r"NAdam: betas must be a pair \(beta1, beta2\)"),
+    ("radam", {"betas": (-0.1, 0.999)}, r"RAdam: betas\[0\] must be in \[0, 1\)"),
+    ("adamax", {"eps": -1.0}, "Adamax: eps must be a number >= 0"),
+    ("lion", {"betas": (0.9, 0.99, 0.9)}, "Lion: betas must be a pair"),
+])
+def test_betas_and_eps_are_checked_alike_and_name_the_optimizer(name, kw, says):
+    params = make_params()
+    before = {n: p.copy() for n, p in params.items()}
+    with pytest.raises(ValueError, match=says):
+        optim.create(name, params, **kw)
+    assert all(np.array_equal(params[n], before[n]) for n in params)
