@@ -332,3 +332,29 @@ def test_an_optimizer_that_needs_several_gradients_per_step_gets_a_closure():
     assert len(calls) == 3 and tr.history["train_loss"] == [c[1] for c in calls]
     assert all(second < first for first, second in calls)    # each look is from a better point
     assert clip.last_norm is not None                         # the hooks ran inside the closure
+
+
+def test_a_save_stopped_between_its_two_renames_still_loads(tmp_path, monkeypatch):
+    """The arrays file is swapped in, then the power goes: the pending manifest vouches for it."""
+    model = _model()
+    tr = _trainer(model, _adamw(model), steps=2, eval_batches=None)
+    tr.fit()
+    tr.save(tmp_path)
+    tr.fit()                                                    # nothing left to do: same step
+    tr.step = 5                                                 # a later state to save
+    import models.training.checkpoint as ck
+    real = os.replace
+    calls = []
+
+    def power_cut(src, dst):
+        calls.append(dst)
+        if dst.endswith("manifest.json"):
+            raise KeyboardInterrupt("power cut")
+        real(src, dst)
+
+    monkeypatch.setattr(ck.os, "replace", power_cut)
+    with pytest.raises(KeyboardInterrupt):
+        tr.save(tmp_path)
+    monkeypatch.setattr(ck.os, "replace", real)
+    assert calls[0].endswith("ckpt.npz")                        # the arrays were already swapped in
+    assert load_checkpoint(tmp_path).step == 5                  # ... and they load

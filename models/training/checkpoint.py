@@ -12,8 +12,8 @@ A checkpoint directory holds
   dtype of every array, and the SHA-256 of ``ckpt.npz``. Loading checks that hash, so a
   truncated, bit-flipped or swapped arrays file is refused instead of half-read.
 
-Both files are written under a temporary name and renamed, so a crash (or Ctrl-C) while saving
-leaves the previous checkpoint intact. Every way a checkpoint can be unusable -- missing,
+Both files are written under a temporary name and renamed, manifest first on disk, so a crash
+(or Ctrl-C) while saving leaves either the previous checkpoint or the new one loadable. Every way a checkpoint can be unusable -- missing,
 truncated, not an npz, another format version, a manifest that does not match -- raises
 :class:`CheckpointError` with one line that names the file and what is wrong.
 
@@ -146,7 +146,6 @@ def save_checkpoint(out_dir, model, optimizer=None, *, history=None, meta=None) 
     tmp = path + ".tmp.npz"
     np.savez(tmp, **arrays)
     digest = _sha256(tmp)
-    os.replace(tmp, path)
 
     def last(key):
         v = history.get(key)
@@ -161,11 +160,27 @@ def save_checkpoint(out_dir, model, optimizer=None, *, history=None, meta=None) 
         **{k: meta[k] for k in ("optimizer", "preset", "data") if k in meta},
         "arrays": {k: [list(v.shape), str(v.dtype)] for k, v in arrays.items() if k != "meta"},
     }
+    # The new manifest is on disk before the arrays are swapped in: a crash between the two
+    # renames leaves manifest.json.tmp vouching for the new ckpt.npz, which load_checkpoint accepts.
     mpath = os.path.join(out_dir, MANIFEST)
     with open(mpath + ".tmp", "w", encoding="utf-8") as f:
         json.dump(manifest, f, indent=1)
+    os.replace(tmp, path)
     os.replace(mpath + ".tmp", mpath)
     return path
+
+
+def _pending_manifest(mpath, digest):
+    """``manifest.json.tmp`` if it vouches for the arrays file (``save_checkpoint`` was stopped
+    after renaming the arrays and before renaming the manifest), else None."""
+    try:
+        with open(mpath + ".tmp", encoding="utf-8") as f:
+            pending = json.load(f)
+    except (OSError, ValueError):
+        return None
+    ok = isinstance(pending, dict) and pending.get("sha256") == digest \
+        and pending.get("format_version") == FORMAT_VERSION
+    return pending if ok else None
 
 
 def load_checkpoint(path) -> Checkpoint:
@@ -189,7 +204,10 @@ def load_checkpoint(path) -> Checkpoint:
         have = manifest.get("format_version") if isinstance(manifest, dict) else None
         raise CheckpointError(f"checkpoint {npz} has format version {have!r}; this minigrad reads "
                               f"version {FORMAT_VERSION}")
-    if manifest.get("sha256") != _sha256(npz):
+    digest = _sha256(npz)
+    if manifest.get("sha256") != digest:
+        manifest = _pending_manifest(mpath, digest) or manifest   # a save interrupted between renames
+    if manifest.get("sha256") != digest:
         raise CheckpointError(f"checkpoint {npz} does not match its {MANIFEST} (SHA-256 differs): the "
                               f"file is truncated, corrupted or from another run")
     try:
