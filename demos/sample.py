@@ -26,7 +26,7 @@ def build_parser():
                            description="Print text sampled from a checkpoint of demos/train_gpt.py.",
                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--out", default="out", help="the training run's output directory (or its ckpt.npz)")
-    p.add_argument("--prompt", default="\n", help="text to continue")
+    p.add_argument("--prompt", default=None, help="text to continue (default: a newline, or nothing if the model has none)")
     p.add_argument("--tokens", type=int, default=500, help="tokens to generate")
     p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
     p.add_argument("--top-k", type=int, default=None, help="sample only among the k likeliest tokens")
@@ -45,12 +45,23 @@ def run(args) -> None:
     ckpt = load_checkpoint(args.out)
     tokenizer = ckpt.tokenizer()
     model = ckpt.build_model()
+    prompt = args.prompt
+    if prompt is None:                                 # a newline, if the text had any
+        prompt = "\n" if _encodes(tokenizer, "\n") else ""
     try:
-        text = sample_text(model, tokenizer, args.tokens, prompt=args.prompt,
+        text = sample_text(model, tokenizer, args.tokens, prompt=prompt,
                            temperature=args.temperature, top_k=args.top_k, seed=args.seed)
     except TokenizerError as e:
         raise cli.UsageError(f"--prompt: {e}") from None
-    print(args.prompt + text)
+    print(prompt + text)
+
+
+def _encodes(tokenizer, text) -> bool:
+    try:
+        tokenizer.encode(text)
+        return True
+    except TokenizerError:
+        return False
 
 
 def main(argv=None) -> int:

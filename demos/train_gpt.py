@@ -203,18 +203,25 @@ def _validate(args):
 
 
 def _adopt_saved_flags(args, explicit, ckpt):
-    """--resume: the run's settings come from the checkpoint; an explicit flag must agree."""
+    """--resume: the run's settings come from the checkpoint; an explicit flag must agree.
+
+    Values are compared as the run used them (the batch size after the preset's default, the
+    optimizer options parsed). The time budget is taken too, but may be changed."""
     saved = ckpt.meta.get("args") or {}
+    resolved = {"batch_size": (args.batch_size, ckpt.meta.get("batch_size")),
+                "opt_arg": (parse_opt_args(args.opt_arg), parse_opt_args(saved.get("opt_arg", [])))}
     for dest in RUN_FLAGS:
         if dest not in saved:
             continue
-        if dest in explicit and getattr(args, dest) != saved[dest]:
+        given, had = resolved.get(dest, (getattr(args, dest), saved[dest]))
+        if dest in explicit and given != had:
             raise cli.UsageError(f"{_flag(dest)} {getattr(args, dest)} contradicts the checkpoint in {args.out}, "
-                             f"trained with {_flag(dest)} {saved[dest]}; drop the flag to continue that "
-                             f"run, or start a new one in a fresh --out")
+                                 f"trained with {_flag(dest)} {had}; drop the flag to continue that "
+                                 f"run, or start a new one in a fresh --out")
         setattr(args, dest, saved[dest])
-    if "data" not in explicit:
-        args.data = saved.get("data")
+    for dest in ("data", "max_minutes"):
+        if dest not in explicit and dest in saved:
+            setattr(args, dest, saved[dest])
 
 
 def _check_same_run(ckpt, config, data, batch_size):
@@ -277,8 +284,12 @@ def run(args, on_step=None, explicit=frozenset()) -> int:
     elif os.path.exists(os.path.join(args.out, CKPT)) and not args.force:
         raise cli.UsageError(f"{args.out} already holds a checkpoint; continue it with --resume, overwrite it "
                          f"with --force, or choose another --out")
-    if args.init_from:
+    if args.init_from and ckpt is None:                 # a resumed fine-tune has its weights already
         init = load_checkpoint(args.init_from)
+        if "preset" not in explicit and init.meta.get("preset") in PRESETS:
+            args.preset = init.meta["preset"]          # its batch size and lr, unless given
+            if "lr" not in explicit:
+                args.lr = PRESET_LR[args.preset]
     try:
         config, preset_batch = preset(args.preset, dropout=args.dropout)
     except ValueError as e:
@@ -287,7 +298,9 @@ def run(args, on_step=None, explicit=frozenset()) -> int:
         shape = {k: init.config[k] for k in ("n_layer", "n_head", "n_embd", "block_size")}
         if "preset" in explicit and shape != {k: getattr(config, k) for k in shape}:
             raise cli.UsageError(f"--preset {args.preset} is not the shape of --init-from {init.path} ({shape})")
-        config = GPTConfig.from_dict({**init.config, "dropout": args.dropout})
+    source = init or ckpt
+    if source is not None:                             # the model's shape is the checkpoint's
+        config = GPTConfig.from_dict({**source.config, "dropout": args.dropout})
     batch_size = args.batch_size or preset_batch
     text, data_desc = load_text(args.data)
     data = TextData(text, tokenizer=_tokenizer_for(args, text, ckpt or init), block_size=config.block_size,
@@ -297,6 +310,17 @@ def run(args, on_step=None, explicit=frozenset()) -> int:
     if ckpt is not None:
         _check_same_run(ckpt, config, data, batch_size)
     _check_fits(config, batch_size, data, args.optimizer)
+    target = None                                      # a resumed run keeps its saved target ...
+    if ckpt is not None:
+        saved = ckpt.meta["trainer"]
+        if "steps" in explicit:                        # ... unless --steps sets a new one
+            target = args.steps
+        elif "max_minutes" in explicit and saved["horizon"] < saved["target"]:
+            target = saved["target"]                   # a run the old budget cut short goes on
+        if target is not None and target < ckpt.step:
+            raise cli.UsageError(f"--steps {target} is below the step the checkpoint reached "
+                                 f"({ckpt.step}); give more steps to continue, or a fresh --out")
+        args.steps = target or saved["target"]
     if args.warmup >= args.steps:
         print(f"warning: --warmup {args.warmup} >= --steps {args.steps}: the learning rate never "
               f"reaches its peak, and the cosine decay never starts", file=sys.stderr)
@@ -331,8 +355,7 @@ def run(args, on_step=None, explicit=frozenset()) -> int:
         on_step=None if on_step is None else (lambda tr: on_step(tr.step)),
         tokens_per_step=batch_size * config.block_size)
     if ckpt is not None:
-        trainer.restore(ckpt, target=args.steps if "steps" in explicit else None)
-        args.steps = trainer.target
+        trainer.restore(ckpt, target=target)
 
     print(f"data: {data_desc}: {len(data.ids):,} tokens (vocab {data.vocab_size}), "
           f"train {len(data.train):,} / val {len(data.val):,}")
@@ -359,7 +382,8 @@ def run(args, on_step=None, explicit=frozenset()) -> int:
     minutes = (time.perf_counter() - t_start) / 60
     if result.out_of_time:
         print(f"--max-minutes {args.max_minutes:g} ended the run at step {trainer.step} of {trainer.target} "
-              f"(the schedule was fitted to the time; --max-minutes 0 runs every step)")
+              f"(the schedule was fitted to the time); continue it with --resume --out {args.out} "
+              f"--max-minutes M (0: no limit)")
     per_step = trainer.seconds_per_step()
     speed = f", {per_step:.2f} s/step recently" if per_step else ""
     print(f"step {trainer.step}: val loss {result.val_loss:.4f} nats/token after {minutes:.1f} min{speed}; "

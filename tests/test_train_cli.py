@@ -381,3 +381,42 @@ def test_layerwise_optimizers_get_the_models_blocks(tmp_path, capsys, corpus):
                         (("--optimizer", "badam", "--opt-arg", "switch_every=0"), "switch_every must be an integer >= 1"),
                         (("--optimizer", "misa", "--opt-arg", "delta=1.5"), "delta (the fraction")):
         assert_refused(train_gpt, _args(corpus, o, *flags), said, capsys, o)
+
+
+def test_resume_keeps_the_runs_time_budget_and_can_extend_a_run_the_budget_cut_short(tmp_path, capsys, corpus):
+    out = tmp_path / "budget"
+    assert train_gpt.main(_args(corpus, out, "--max-minutes", "0.0001")) == 0      # stops after one step
+    said = capsys.readouterr().out
+    assert "ended the run at step 1 of 12" in said and f"--resume --out {out} --max-minutes M" in said
+    assert train_gpt.main(["--resume", "--out", str(out), "--no-progress"]) == 0   # keeps its budget ...
+    assert json.load(open(out / "manifest.json"))["step"] == 2                     # ... so one more step
+    capsys.readouterr()
+    assert train_gpt.main(["--resume", "--out", str(out), "--no-progress", "--max-minutes", "0"]) == 0
+    assert json.load(open(out / "manifest.json"))["step"] == 12                    # the full target
+    assert json.loads(str(_load(out)["meta"]))["args"]["max_minutes"] == 0
+    o = str(out)
+    assert_refused(train_gpt, ["--resume", "--out", o, "--steps", "4"], "--steps 4 is below the step", capsys, o)
+
+
+def test_a_resumed_fine_tune_needs_not_its_source_and_init_from_takes_the_sources_preset(tmp_path, capsys,
+                                                                                        corpus, full_run):
+    import shutil
+    source = tmp_path / "source"
+    shutil.copytree(full_run, source)
+    out = tmp_path / "ft"
+    args = ["--init-from", str(source), "--data", corpus, "--out", str(out), "--steps", "6", "--max-minutes", "0",
+            "--no-progress", "--eval-every", "3", "--eval-batches", "2", "--sample-chars", "5"]
+    assert train_gpt.main(args, on_step=lambda s: s == 3 and signal.raise_signal(signal.SIGINT)) == 130
+    assert "model: tiny 2 layers" in capsys.readouterr().out   # the source's preset, not the default 'small'
+    shutil.rmtree(source)
+    assert train_gpt.main(["--resume", "--out", str(out), "--no-progress"]) == 0
+    assert json.load(open(out / "manifest.json"))["step"] == 6
+
+
+def test_sample_without_a_prompt_on_a_text_without_newlines(tmp_path):
+    flat = tmp_path / "flat.txt"
+    flat.write_text("abcabcabd" * 3000, encoding="utf-8")
+    out = tmp_path / "flat"
+    assert train_gpt.main(_args(str(flat), out, "--steps", "2")) == 0
+    r = _sample("--out", str(out), "--tokens", "8")
+    assert r.returncode == 0 and len(r.stdout.strip()) == 8, r.stderr

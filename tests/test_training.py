@@ -358,3 +358,25 @@ def test_a_save_stopped_between_its_two_renames_still_loads(tmp_path, monkeypatc
     monkeypatch.setattr(ck.os, "replace", real)
     assert calls[0].endswith("ckpt.npz")                        # the arrays were already swapped in
     assert load_checkpoint(tmp_path).step == 5                  # ... and they load
+
+
+def test_a_first_save_stopped_before_its_manifest_still_loads_and_fit_starts_uninterrupted(tmp_path, monkeypatch):
+    model = _model()
+    tr = _trainer(model, _adamw(model), steps=3, eval_batches=None,
+                  on_step=lambda t: setattr(t, "interrupted", t.step == 1 or t.interrupted))
+    assert tr.fit().interrupted and tr.step == 1
+    assert not tr.fit().interrupted and tr.step == 3              # a second fit() starts afresh
+    import models.training.checkpoint as ck
+    real = os.replace
+
+    def power_cut(src, dst):
+        if dst.endswith("manifest.json"):
+            raise KeyboardInterrupt("power cut")
+        real(src, dst)
+
+    monkeypatch.setattr(ck.os, "replace", power_cut)
+    with pytest.raises(KeyboardInterrupt):
+        tr.save(tmp_path)
+    monkeypatch.setattr(ck.os, "replace", real)
+    assert not os.path.exists(tmp_path / "manifest.json")
+    assert load_checkpoint(tmp_path).step == 3

@@ -195,9 +195,11 @@ def load_checkpoint(path) -> Checkpoint:
     try:
         with open(mpath, encoding="utf-8") as f:
             manifest = json.load(f)
-    except FileNotFoundError:
-        raise CheckpointError(f"checkpoint {npz} has no {MANIFEST} beside it (it vouches for the "
-                              f"arrays file); was it copied without it?") from None
+    except FileNotFoundError:                          # the very first save may have stopped short
+        manifest = _pending_manifest(mpath, _sha256(npz))
+        if manifest is None:
+            raise CheckpointError(f"checkpoint {npz} has no {MANIFEST} beside it (it vouches for the "
+                                  f"arrays file); was it copied without it?") from None
     except (OSError, ValueError) as e:
         raise CheckpointError(f"checkpoint {npz}: unreadable {MANIFEST} ({e})") from None
     if not isinstance(manifest, dict) or manifest.get("format_version") != FORMAT_VERSION:

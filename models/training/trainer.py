@@ -273,6 +273,7 @@ class Trainer:
     def fit(self) -> FitResult:
         """Train until ``horizon`` steps are done, the time budget is spent or a signal arrives."""
         t_fit = time.perf_counter()
+        self.interrupted = False
         budget = self.time_budget
         bar = None
         if self.progress:
@@ -388,8 +389,9 @@ class Trainer:
     def restore(self, ckpt: Checkpoint, *, target: int | None = None) -> None:
         """Continue from ``ckpt``: weights, optimizer state, history, step, horizon and RNGs.
 
-        ``target`` (a new step count) replaces the saved one; without it the run finishes the
-        saved target. Raises CheckpointError when the checkpoint does not fit this model or
+        ``target`` (a new step count, >= the saved step) replaces the saved one and the schedule
+        spans it again (also a run a time budget cut short); without it the run finishes where
+        the saved schedule ends. Raises CheckpointError when the checkpoint does not fit this model or
         optimizer (names, shapes, optimizer kind)."""
         try:
             self.model.load_state_dict(ckpt.params, strict=True)
@@ -411,7 +413,10 @@ class Trainer:
                 g.bit_generator.state = rng[f"model.{k}"]
         except (KeyError, TypeError, ValueError) as e:
             raise CheckpointError(f"checkpoint {ckpt.path}: incomplete trainer state ({e})") from None
-        if target is not None and target != self.target:
+        if target is not None:                         # a new target: the schedule spans it again
+            if target < self.step:
+                raise CheckpointError(f"checkpoint {ckpt.path} reached step {self.step}; a target of "
+                                      f"{target} steps is behind it")
             self.target = self.horizon = int(target)
         self.history = {k: list(v) for k, v in ckpt.history.items()}
         for k in ("train_step", "train_loss", "val_step", "val_loss", "state_bytes"):
