@@ -334,29 +334,34 @@ def test_an_optimizer_that_needs_several_gradients_per_step_gets_a_closure():
     assert clip.last_norm is not None                         # the hooks ran inside the closure
 
 
+def _save_with_a_power_cut_before_the_manifest(trainer, out, monkeypatch):
+    """trainer.save(out), stopped just before manifest.json is renamed into place; returns the
+    destinations renamed before the cut."""
+    import models.training.checkpoint as ck
+    real, renamed = os.replace, []
+
+    def power_cut(src, dst):
+        if dst.endswith("manifest.json"):
+            raise KeyboardInterrupt("power cut")
+        renamed.append(dst)
+        real(src, dst)
+
+    monkeypatch.setattr(ck.os, "replace", power_cut)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.save(out)
+    monkeypatch.setattr(ck.os, "replace", real)
+    return renamed
+
+
 def test_a_save_stopped_between_its_two_renames_still_loads(tmp_path, monkeypatch):
     """The arrays file is swapped in, then the power goes: the pending manifest vouches for it."""
     model = _model()
     tr = _trainer(model, _adamw(model), steps=2, eval_batches=None)
     tr.fit()
     tr.save(tmp_path)
-    tr.fit()                                                    # nothing left to do: same step
     tr.step = 5                                                 # a later state to save
-    import models.training.checkpoint as ck
-    real = os.replace
-    calls = []
-
-    def power_cut(src, dst):
-        calls.append(dst)
-        if dst.endswith("manifest.json"):
-            raise KeyboardInterrupt("power cut")
-        real(src, dst)
-
-    monkeypatch.setattr(ck.os, "replace", power_cut)
-    with pytest.raises(KeyboardInterrupt):
-        tr.save(tmp_path)
-    monkeypatch.setattr(ck.os, "replace", real)
-    assert calls[0].endswith("ckpt.npz")                        # the arrays were already swapped in
+    renamed = _save_with_a_power_cut_before_the_manifest(tr, tmp_path, monkeypatch)
+    assert [os.path.basename(d) for d in renamed] == ["ckpt.npz"]   # the arrays were swapped in
     assert load_checkpoint(tmp_path).step == 5                  # ... and they load
 
 
@@ -366,17 +371,6 @@ def test_a_first_save_stopped_before_its_manifest_still_loads_and_fit_starts_uni
                   on_step=lambda t: setattr(t, "interrupted", t.step == 1 or t.interrupted))
     assert tr.fit().interrupted and tr.step == 1
     assert not tr.fit().interrupted and tr.step == 3              # a second fit() starts afresh
-    import models.training.checkpoint as ck
-    real = os.replace
-
-    def power_cut(src, dst):
-        if dst.endswith("manifest.json"):
-            raise KeyboardInterrupt("power cut")
-        real(src, dst)
-
-    monkeypatch.setattr(ck.os, "replace", power_cut)
-    with pytest.raises(KeyboardInterrupt):
-        tr.save(tmp_path)
-    monkeypatch.setattr(ck.os, "replace", real)
+    _save_with_a_power_cut_before_the_manifest(tr, tmp_path, monkeypatch)
     assert not os.path.exists(tmp_path / "manifest.json")
     assert load_checkpoint(tmp_path).step == 3
