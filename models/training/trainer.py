@@ -177,7 +177,8 @@ class Trainer:
         factory = optim.schedules.get(schedule)
         self._takes_horizon = "total_steps" in inspect.signature(factory).parameters
         self._factory = factory
-        factory(**self._schedule_args())   # bad schedule options fail here, not mid-run
+        self._curve = (None, None)          # (horizon, multiplier) built for that horizon
+        self._multiplier(0)                 # bad schedule options fail here, not mid-run
         self.scheduler = LRScheduler(optimizer, self._multiplier)
         self.interrupted = False
         self.last_loss = float("nan")
@@ -190,7 +191,10 @@ class Trainer:
         return {**self.schedule_kwargs, **({"total_steps": self.horizon} if self._takes_horizon else {})}
 
     def _multiplier(self, step):
-        return self._factory(**self._schedule_args())(step)
+        """The schedule's multiplier at ``step``, for the current horizon (rebuilt when it changes)."""
+        if self._curve[0] != self.horizon:
+            self._curve = (self.horizon, self._factory(**self._schedule_args()))
+        return self._curve[1](step)
 
     @property
     def lr(self) -> float:
