@@ -29,12 +29,29 @@ to `x` when the op saved a tensor that views `x` (basic indexing such as `x[1:]`
 from __future__ import annotations
 
 import contextlib
+import threading
 from typing import Any, Callable
 
 import numpy as np
 
-# inplace_ops counts the in-place writes (x += y, ...) so far: see _check_saved_unmodified
-_state = {"grad_enabled": True, "anomaly": False, "inplace_ops": 0}
+class _ThreadState(threading.local):
+    """The modes, one set per thread, as PyTorch's grad mode is thread-local: `no_grad` entered
+    on one thread (a simulated worker of `optim.dist.SimComm`, say) leaves the others recording.
+    A new thread starts with the defaults. Read and written as `_state["grad_enabled"]`."""
+
+    def __init__(self):
+        self.grad_enabled = True
+        self.anomaly = False
+        self.inplace_ops = 0    # in-place writes (x += y, ...) so far: see _check_saved_unmodified
+
+    def __getitem__(self, key):
+        return getattr(self, key)
+
+    def __setitem__(self, key, value):
+        setattr(self, key, value)
+
+
+_state = _ThreadState()
 _saved_listeners: list[Callable[[str, "Context", tuple], None]] = []
 _op_listeners: list[Callable[[str, "Context", Any], None]] = []
 

@@ -1,0 +1,1 @@
+"""Model parallelism: tensor- and pipeline-parallel GPT on the optim.dist communicator."""

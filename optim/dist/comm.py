@@ -1,0 +1,497 @@
+"""Communicators: the collective and point-to-point calls distributed training is built from.
+
+Every distributed algorithm in ``optim.dist`` is written once, for one worker, against the
+``Communicator`` interface below, and runs on either backend with the same results, bit for bit:
+
+    SimComm(n)   n workers as threads of this process, deterministic; for tests and teaching.
+    MPIComm()    one worker per MPI process (``optim/dist/mpi.py``), started with
+                 ``mpiexec -n 4 python demos/distributed.py ...``.
+
+    def worker(comm):                       # comm.rank in 0..comm.size-1
+        g = local_gradient(comm.rank)
+        return comm.allreduce(g, op="mean") # the same array on every rank
+
+    results = launch(worker, workers=4)     # SimComm(4), or MPIComm under mpiexec
+
+The calls (every rank of the communicator makes each collective call, in the same order):
+
+    allreduce(x, op)    sum or mean over ranks, as a ring all-reduce: reduce-scatter, all-gather
+    broadcast(x, root)  the root's array on every rank
+    allgather(x)        every rank's array, stacked: shape (size, *x.shape)
+    neighbor_exchange(x, sources, dests)   send x to each of dests, receive one array per source
+    barrier()           wait for all
+    split(color)        a communicator of the ranks that passed the same color
+    send(x, dest) / recv(source)           point to point (send is buffered: it returns at once)
+
+Determinism. A sum of floats depends on its order, so the order is part of the contract: the
+flattened array is cut into ``size`` chunks with ``np.array_split`` and chunk c is summed as
+``((x_c + x_{c+1}) + x_{c+2}) + ...`` (ranks taken mod size, starting at rank c) -- the order a
+ring all-reduce adds in. Both backends use it, so a SimComm run reproduces an ``mpiexec`` run.
+
+Bytes. Each rank counts the bytes it sends and receives (``bytes_sent``, ``bytes_received``)
+under one wire model, the same in both backends:
+
+    allreduce   ring: 2(n-1) chunk messages each way per rank, 2(n-1)/n * nbytes when n | N
+    broadcast   the root sends nbytes to each other rank; each other rank receives nbytes
+    allgather   each rank sends its nbytes to each other rank and receives theirs
+    neighbor_exchange   nbytes to each dest; what arrives from each source
+    send, recv  the array's nbytes;  barrier, split: 0
+
+Faults. Every rank must give a collective the same shape and dtype (``neighbor_exchange`` and
+point-to-point excepted); otherwise each rank raises ``CommError`` naming every rank's shape and
+dtype. In SimComm a rank that raises makes the others raise ``CommAborted`` at their next call and
+``run`` raises ``WorkerError("rank 2 raised ValueError: ...")``; ranks that all wait with none able
+to go on raise ``DeadlockError`` naming what each waits for. Under MPI a raising rank aborts the
+job with its rank and error printed.
+
+How SimComm runs n workers in one process: each rank is a thread, but only one thread runs at a
+time. A rank runs until it must wait (a collective not everyone has joined, a ``recv`` with no
+message), then hands the turn to the next rank in rank order that can go on. The run is therefore
+deterministic, no two ranks ever execute NumPy or Numba code at once, and shared state such as a
+global random generator is consumed in a fixed order. (minigrad's grad mode is thread-local, as
+PyTorch's, so ``no_grad`` on one simulated rank leaves the others recording.)
+"""
+from __future__ import annotations
+
+import os
+import threading
+from collections import deque
+from typing import Callable, Sequence
+
+import numpy as np
+
+__all__ = ["Communicator", "SimComm", "launch", "CommError", "CommAborted", "DeadlockError",
+           "WorkerError", "ring_bounds", "ring_sum", "ring_traffic", "check_same_arrays",
+           "mpi_world_size"]
+
+
+class CommError(RuntimeError):
+    """A collective was called inconsistently across ranks (shapes, dtypes, graph, order)."""
+
+
+class CommAborted(CommError):
+    """Another rank failed; this rank stops at its next communication call."""
+
+
+class DeadlockError(CommError):
+    """Every rank that has not finished waits for something no rank can provide."""
+
+
+class WorkerError(RuntimeError):
+    """A worker of ``SimComm.run`` raised; the message names its rank, ``__cause__`` is the error."""
+
+    def __init__(self, rank: int, error: BaseException):
+        super().__init__(f"rank {rank} raised {type(error).__name__}: {error}")
+        self.rank = rank
+        self.error = error
+
+
+# ------------------------------------------------------------------ the ring, shared by backends
+def ring_bounds(numel: int, size: int) -> list[tuple[int, int]]:
+    """[start, stop) of each of the ``size`` chunks of a flat array, as ``np.array_split`` cuts it
+    (the first ``numel % size`` chunks are one element longer)."""
+    base, extra = divmod(numel, size)
+    bounds, start = [], 0
+    for c in range(size):
+        stop = start + base + (c < extra)
+        bounds.append((start, stop))
+        start = stop
+    return bounds
+
+
+def ring_sum(flats: Sequence[np.ndarray]) -> np.ndarray:
+    """The sum of equal-length flat arrays (one per rank) in ring order: chunk c is
+    ``((x_c + x_{c+1}) + x_{c+2}) + ...``, ranks mod n. This is what rank c-1 holds after the
+    reduce-scatter half of a ring all-reduce, where each rank adds its own chunk to the partial
+    sum it receives from its left neighbour."""
+    n = len(flats)
+    out = np.empty_like(flats[0])
+    for c, (lo, hi) in enumerate(ring_bounds(flats[0].size, n)):
+        acc = flats[c][lo:hi].copy()
+        for j in range(1, n):
+            acc += flats[(c + j) % n][lo:hi]
+        out[lo:hi] = acc
+    return out
+
+
+def ring_traffic(numel: int, size: int, rank: int) -> tuple[int, int]:
+    """(elements sent, elements received) by ``rank`` in a ring all-reduce of ``numel`` elements.
+
+    Reduce-scatter step s (0..n-2): rank r sends chunk (r - s) mod n to r + 1 and receives chunk
+    (r - s - 1) mod n from r - 1. All-gather step s: rank r sends chunk (r + 1 - s) mod n, the one
+    it completed or just received, and receives chunk (r - s) mod n."""
+    if size == 1:
+        return 0, 0
+    chunk = [hi - lo for lo, hi in ring_bounds(numel, size)]
+    sent = sum(chunk[(rank - s) % size] + chunk[(rank + 1 - s) % size] for s in range(size - 1))
+    received = sum(chunk[(rank - s - 1) % size] + chunk[(rank - s) % size] for s in range(size - 1))
+    return sent, received
+
+
+def check_same_arrays(op: str, descriptions: Sequence[tuple[tuple, str]]) -> None:
+    """Raise ``CommError`` naming every rank's (shape, dtype) unless all ranks agree."""
+    if any(d != descriptions[0] for d in descriptions):
+        each = ", ".join(f"rank {r} {shape} {dtype}" for r, (shape, dtype) in enumerate(descriptions))
+        raise CommError(f"{op}: the ranks passed different arrays ({each}); every rank must pass "
+                        f"the same shape and dtype")
+
+
+def _describe(x: np.ndarray) -> tuple[tuple, str]:
+    return tuple(x.shape), str(x.dtype)
+
+
+def _check_op(op: str) -> None:
+    if op not in ("sum", "mean"):
+        raise ValueError(f"allreduce: op must be 'sum' or 'mean', got {op!r}")
+
+
+# ------------------------------------------------------------------ the interface
+class Communicator:
+    """One rank's view of a group of workers. Subclasses implement the calls; the byte counters,
+    argument checks and the reduction order are shared."""
+
+    rank: int
+    size: int
+
+    def __init__(self, rank: int, size: int):
+        self.rank, self.size = rank, size
+        self.bytes_sent = 0
+        self.bytes_received = 0
+
+    def reset_counters(self) -> None:
+        self.bytes_sent = self.bytes_received = 0
+
+    def _count(self, sent: int, received: int) -> None:
+        self.bytes_sent += int(sent)
+        self.bytes_received += int(received)
+
+    def _count_allreduce(self, x: np.ndarray) -> None:
+        sent, received = ring_traffic(x.size, self.size, self.rank)
+        self._count(sent * x.itemsize, received * x.itemsize)
+
+    def _count_broadcast(self, x: np.ndarray, root: int) -> None:
+        if self.rank == root:
+            self._count((self.size - 1) * x.nbytes, 0)
+        else:
+            self._count(0, x.nbytes)
+
+    def _count_allgather(self, x: np.ndarray) -> None:
+        self._count((self.size - 1) * x.nbytes, (self.size - 1) * x.nbytes)
+
+    def _check_root(self, root: int) -> None:
+        if not 0 <= root < self.size:
+            raise ValueError(f"broadcast: root {root} is not a rank of this communicator (size {self.size})")
+
+    def _check_peer(self, op: str, peer: int) -> None:
+        if not 0 <= peer < self.size or peer == self.rank:
+            raise ValueError(f"{op}: rank {self.rank} cannot exchange with rank {peer} "
+                             f"(ranks are 0..{self.size - 1}, not itself)")
+
+    def allreduce(self, x, op: str = "sum") -> np.ndarray:
+        raise NotImplementedError
+
+    def broadcast(self, x, root: int = 0) -> np.ndarray:
+        raise NotImplementedError
+
+    def allgather(self, x) -> np.ndarray:
+        raise NotImplementedError
+
+    def neighbor_exchange(self, x, sources: Sequence[int], dests: Sequence[int]) -> list[np.ndarray]:
+        raise NotImplementedError
+
+    def send(self, x, dest: int, tag: int = 0) -> None:
+        raise NotImplementedError
+
+    def recv(self, source: int, tag: int = 0) -> np.ndarray:
+        raise NotImplementedError
+
+    def barrier(self) -> None:
+        raise NotImplementedError
+
+    def split(self, color: int) -> "Communicator":
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(rank={self.rank}, size={self.size})"
+
+
+# ------------------------------------------------------------------ simulated workers
+class _World:
+    """The threads of one ``SimComm.run`` and the turn they pass: one runs, the rest wait."""
+
+    def __init__(self, n: int):
+        self.n = n
+        self.cv = threading.Condition()
+        self.turn = 0
+        self.ready: list[Callable[[], bool] | None] = [None] * n   # None: can run
+        self.waits_for = [""] * n
+        self.done = [False] * n
+        self.failure: tuple[int, BaseException] | None = None
+        self.slots: dict = {}          # (communicator key, call number) -> one collective
+        self.mail: dict = {}           # (communicator key, source, dest, tag) -> deque of arrays
+
+    def _runnable(self, r: int) -> bool:
+        return not self.done[r] and (self.ready[r] is None or self.ready[r]())
+
+    def _pass_turn(self, r: int) -> None:
+        """Give the turn to the next rank after r (r itself last) that can go on."""
+        for step in range(1, self.n + 1):
+            q = (r + step) % self.n
+            if self._runnable(q):
+                self.turn = q
+                self.cv.notify_all()
+                return
+        if all(self.done):
+            return
+        waiting = "; ".join(f"rank {q} waits in {self.waits_for[q]}" for q in range(self.n)
+                            if not self.done[q])
+        finished = [q for q in range(self.n) if self.done[q]]
+        extra = f" (ranks {finished} have finished)" if finished else ""
+        self.failure = (r, DeadlockError(f"no rank can go on: {waiting}{extra}"))
+        self.cv.notify_all()
+
+    def _raise_if_failed(self, r: int) -> None:
+        if self.failure is not None:
+            rank, error = self.failure
+            if isinstance(error, DeadlockError):
+                raise error
+            raise CommAborted(f"rank {r} stopped: rank {rank} raised {type(error).__name__}")
+
+    def wait_turn(self, r: int) -> None:
+        with self.cv:
+            self.cv.wait_for(lambda: self.turn == r or self.failure is not None)
+            self._raise_if_failed(r)
+
+    def block(self, r: int, ready: Callable[[], bool], what: str) -> None:
+        """Rank r (holding the turn) goes on once ``ready()``; meanwhile the others run."""
+        with self.cv:
+            self._raise_if_failed(r)
+            if ready():
+                return
+            self.ready[r], self.waits_for[r] = ready, what
+            self._pass_turn(r)
+            self.cv.wait_for(lambda: (self.turn == r and ready()) or self.failure is not None)
+            self.ready[r], self.waits_for[r] = None, ""
+            self._raise_if_failed(r)
+
+    def finish(self, r: int, error: BaseException | None) -> None:
+        with self.cv:
+            self.done[r] = True
+            if error is not None and self.failure is None:
+                self.failure = (r, error)
+                self.cv.notify_all()
+            elif self.failure is None and self.turn == r:
+                self._pass_turn(r)
+
+
+class _Collective:
+    """One collective call: what each rank brought, and the outcome computed once for all."""
+
+    def __init__(self):
+        self.entries: dict[int, tuple] = {}
+        self.outcome = None
+        self.taken = 0
+
+
+class SimComm:
+    """``n`` simulated workers in this process: ``SimComm(4).run(fn, *args)`` calls
+    ``fn(comm, *args)`` once per rank, each with its own ``Communicator``, and returns the list of
+    results in rank order. Deterministic: see the module docstring for how the ranks take turns."""
+
+    def __init__(self, n: int):
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+            raise ValueError(f"SimComm: the number of workers must be an integer >= 1, got {n!r}")
+        self.n = int(n)
+
+    def run(self, fn: Callable, *args, **kwargs) -> list:
+        world = _World(self.n)
+        members = tuple(range(self.n))
+        results: list = [None] * self.n
+
+        def body(r: int) -> None:
+            error = None
+            try:
+                world.wait_turn(r)
+                results[r] = fn(SimRank(world, ("world",), members, r), *args, **kwargs)
+            except BaseException as e:      # noqa: BLE001 -- reported by run() with its rank
+                error = e
+            world.finish(r, error)
+
+        threads = [threading.Thread(target=body, args=(r,), name=f"SimComm rank {r}", daemon=True)
+                   for r in range(self.n)]
+        for t in threads:
+            t.start()
+        try:
+            for t in threads:
+                t.join()
+        except KeyboardInterrupt:
+            with world.cv:
+                if world.failure is None:
+                    world.failure = (-1, KeyboardInterrupt())
+                world.cv.notify_all()
+            raise
+        if world.failure is not None:
+            rank, error = world.failure
+            if isinstance(error, DeadlockError):
+                raise error
+            raise WorkerError(rank, error) from error
+        return results
+
+    def __repr__(self) -> str:
+        return f"SimComm({self.n})"
+
+
+class SimRank(Communicator):
+    """One simulated rank of a ``SimComm`` run (or of a communicator split from it)."""
+
+    def __init__(self, world: _World, key: tuple, members: tuple[int, ...], rank: int):
+        super().__init__(rank, len(members))
+        self._world, self._key, self._members = world, key, members
+        self._me = members[rank]          # this rank's thread in the world
+        self._calls = 0
+
+    # -- the collective machinery: every rank deposits, the first to go on computes for all
+    def _collective(self, op: str, payload, compute: Callable[[dict], object]):
+        world, n = self._world, self.size
+        key = (self._key, self._calls)
+        self._calls += 1
+        with world.cv:
+            slot = world.slots.setdefault(key, _Collective())
+            slot.entries[self.rank] = (op, payload)
+        world.block(self._me, lambda: len(slot.entries) == n, f"{op} (call {key[1]} on {self._label()})")
+        with world.cv:
+            if slot.outcome is None:
+                ops = {r: e[0] for r, e in slot.entries.items()}
+                if len(set(ops.values())) > 1:
+                    each = ", ".join(f"rank {r} {ops[r]}" for r in sorted(ops))
+                    slot.outcome = CommError(f"collective call {key[1]} differs across ranks: {each}; "
+                                             f"every rank must make the same calls in the same order")
+                else:
+                    try:
+                        slot.outcome = ("ok", compute({r: e[1] for r, e in slot.entries.items()}))
+                    except CommError as e:
+                        slot.outcome = e
+            slot.taken += 1
+            if slot.taken == n:
+                del world.slots[key]
+            outcome = slot.outcome
+        if isinstance(outcome, CommError):
+            raise CommError(str(outcome))
+        return outcome[1]
+
+    def _label(self) -> str:
+        return "the world" if self._key == ("world",) else f"split {self._key[1:]}"
+
+    def _same_arrays(self, op: str, arrays: dict) -> list[np.ndarray]:
+        ordered = [arrays[r] for r in range(self.size)]
+        check_same_arrays(op, [_describe(a) for a in ordered])
+        return ordered
+
+    # -- collectives
+    def allreduce(self, x, op: str = "sum") -> np.ndarray:
+        _check_op(op)
+        x = np.asarray(x)
+
+        def compute(arrays):
+            ordered = self._same_arrays("allreduce", arrays)
+            total = ring_sum([np.ascontiguousarray(a).reshape(-1) for a in ordered])
+            return (total / self.size if op == "mean" else total).reshape(x.shape)
+
+        out = self._collective(f"allreduce({op})", x, compute)
+        self._count_allreduce(x)
+        return out.copy()
+
+    def broadcast(self, x, root: int = 0) -> np.ndarray:
+        self._check_root(root)
+        x = np.asarray(x)
+
+        def compute(arrays):
+            return self._same_arrays("broadcast", arrays)[root].copy()
+
+        out = self._collective(f"broadcast(root={root})", x, compute)
+        self._count_broadcast(x, root)
+        return out.copy()
+
+    def allgather(self, x) -> np.ndarray:
+        x = np.asarray(x)
+        out = self._collective("allgather", x, lambda arrays: np.stack(self._same_arrays("allgather", arrays)))
+        self._count_allgather(x)
+        return out.copy()
+
+    def neighbor_exchange(self, x, sources: Sequence[int], dests: Sequence[int]) -> list[np.ndarray]:
+        x = np.asarray(x)
+        sources, dests = [int(s) for s in sources], [int(d) for d in dests]
+        for peer in sources + dests:
+            self._check_peer("neighbor_exchange", peer)
+
+        def compute(entries):
+            for i, (_, _, out_i) in entries.items():
+                for j in out_i:
+                    if i not in entries[j][1]:
+                        raise CommError(f"neighbor_exchange: rank {i} sends to rank {j}, but rank {j} "
+                                        f"does not list {i} among its sources {entries[j][1]}")
+            for j, (_, in_j, _) in entries.items():
+                for i in in_j:
+                    if j not in entries[i][2]:
+                        raise CommError(f"neighbor_exchange: rank {j} expects rank {i}, but rank {i} "
+                                        f"does not list {j} among its dests {entries[i][2]}")
+            return {r: e[0] for r, e in entries.items()}
+
+        sent = self._collective("neighbor_exchange", (x, sources, dests), compute)
+        received = [sent[s].copy() for s in sources]
+        self._count(len(dests) * x.nbytes, sum(a.nbytes for a in received))
+        return received
+
+    def barrier(self) -> None:
+        self._collective("barrier", None, lambda _: None)
+
+    def split(self, color: int) -> "SimRank":
+        call = self._calls
+        colors = self._collective("split", int(color), lambda entries: dict(entries))
+        group = tuple(r for r in range(self.size) if colors[r] == int(color))
+        members = tuple(self._members[r] for r in group)
+        return SimRank(self._world, self._key + (call, int(color)), members, group.index(self.rank))
+
+    # -- point to point
+    def send(self, x, dest: int, tag: int = 0) -> None:
+        self._check_peer("send", dest)
+        x = np.array(x, copy=True)          # buffered: the caller may reuse x at once
+        world = self._world
+        with world.cv:
+            world.mail.setdefault((self._key, self.rank, dest, tag), deque()).append(x)
+        self._count(x.nbytes, 0)
+
+    def recv(self, source: int, tag: int = 0) -> np.ndarray:
+        self._check_peer("recv", source)
+        world = self._world
+        box = (self._key, source, self.rank, tag)
+        world.block(self._me, lambda: bool(world.mail.get(box)), f"recv(source={source}, tag={tag})")
+        with world.cv:
+            x = world.mail[box].popleft()
+        self._count(0, x.nbytes)
+        return x
+
+
+# ------------------------------------------------------------------ choosing the backend
+def mpi_world_size() -> int:
+    """The number of ranks when this process was started by ``mpiexec`` (1 otherwise), read from
+    the environment the launcher sets, so mpi4py is imported only when it is needed."""
+    for var in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MPI_LOCALNRANKS", "PMIX_SIZE"):
+        if os.environ.get(var, "").isdigit():
+            return int(os.environ[var])
+    return 1
+
+
+def launch(fn: Callable, *args, workers: int | None = None, **kwargs) -> list:
+    """Run ``fn(comm, *args, **kwargs)`` on every worker and return all ranks' results in rank order.
+
+    Under ``mpiexec -n k`` (k > 1) the ranks are the MPI processes (``workers`` must be None or k)
+    and every process gets the full list; otherwise ``SimComm(workers or 1)`` simulates them."""
+    size = mpi_world_size()
+    if size > 1:
+        if workers is not None and workers != size:
+            raise CommError(f"launch: workers={workers} but mpiexec started {size} ranks; "
+                            f"pass the same number or leave workers unset")
+        from .mpi import MPIComm
+        return MPIComm().run(fn, *args, **kwargs)
+    return SimComm(1 if workers is None else workers).run(fn, *args, **kwargs)
