@@ -1,0 +1,270 @@
+"""Tensor parallelism (models.parallel.tensor): the f and g operators against their definitions,
+shards that gather back to the whole model, TP on 2 and 4 simulated workers equal to one process
+(loss, gradients and parameters over several clipped AdamW steps, float64), the bytes a step
+sends against the formula, SimComm equal to `mpiexec -n 2` bit for bit, and the refusals."""
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import minigrad as mg
+import optim
+from models.gpt import GPT, GPTConfig
+from models.parallel.tensor import (TensorParallelGPT, check_tp_degree, clip_grad_norm_tp,
+                                    copy_to_tensor_parallel, gather_state_dict, reduce_from_tensor_parallel,
+                                    shard_state_dict, sharding, tp_bytes_per_step)
+from models.training import Trainer, clip_grad_norm, lm_loss
+from models.training.optimizers import build_optimizer
+from optim.dist.comm import SimComm, WorkerError, ring_traffic
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG = GPTConfig(n_layer=2, n_head=4, n_embd=32, block_size=16, vocab_size=11)
+BATCH = 4
+
+
+def _program():
+    """tests/mpi_programs/tp_train.py as a module: the same worker SimComm and mpiexec run."""
+    path = os.path.join(ROOT, "tests", "mpi_programs", "tp_train.py")
+    spec = importlib.util.spec_from_file_location("tp_train_program", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _batches(seed=0, vocab=CONFIG.vocab_size, T=CONFIG.block_size):
+    tokens = np.random.default_rng(seed).integers(0, vocab, (64, T + 1))
+
+    def batches(rng):
+        rows = tokens[rng.integers(0, len(tokens), BATCH)]
+        return rows[:, :-1], rows[:, 1:]
+    return batches
+
+
+def _assert_close(got, want, what, tol=1e-10):
+    """Relative to the tensor's largest entry: 1e-10 in float64 is summation order, not a bug."""
+    scale = max(float(np.max(np.abs(want))), 1e-300)
+    err = float(np.max(np.abs(got - want))) / scale
+    assert err <= tol, f"{what}: relative error {err:.2e} > {tol:g}"
+
+
+# ---------------------------------------------------------------- f and g
+def test_f_is_identity_forward_and_sums_the_gradient_over_ranks_backward():
+    n = 3
+    x0 = np.arange(6.0).reshape(2, 3)
+    coef = [np.random.default_rng(r).standard_normal((2, 3)) for r in range(n)]
+
+    def worker(comm):
+        x = mg.tensor(x0, requires_grad=True)
+        y = copy_to_tensor_parallel(x, comm)
+        (y * mg.tensor(coef[comm.rank])).sum().backward()     # rank r's loss: <c_r, y>
+        return y.data, x.grad, comm.bytes_sent
+    for y, grad, sent in SimComm(n).run(worker):
+        np.testing.assert_array_equal(y, x0)                 # forward: no communication
+        np.testing.assert_allclose(grad, sum(coef), rtol=1e-14)
+        assert sent == ring_traffic(x0.size, n, 0)[0] * 8    # one all-reduce, in backward
+
+
+def test_g_sums_over_ranks_forward_and_passes_the_gradient_through_backward():
+    n = 3
+    xs = [np.random.default_rng(10 + r).standard_normal((2, 3)) for r in range(n)]
+    coef = np.random.default_rng(7).standard_normal((2, 3))
+
+    def worker(comm):
+        x = mg.tensor(xs[comm.rank], requires_grad=True)
+        y = reduce_from_tensor_parallel(x, comm)
+        sent_forward = comm.bytes_sent
+        (y * mg.tensor(coef)).sum().backward()
+        return y.data, x.grad, sent_forward, comm.bytes_sent
+    out = SimComm(n).run(worker)
+    for y, grad, sent_forward, sent in out:
+        np.testing.assert_array_equal(y, out[0][0])          # the same bits on every rank
+        np.testing.assert_allclose(y, sum(xs), rtol=1e-14)
+        np.testing.assert_array_equal(grad, coef)
+        assert sent_forward > 0 and sent == sent_forward     # backward sends nothing
+
+
+# ---------------------------------------------------------------- shards
+@pytest.mark.parametrize("size", [1, 2, 4])
+def test_shards_gather_back_to_the_whole_state_dict_and_hold_the_right_heads(size):
+    full = GPT(CONFIG, dtype=np.float64, seed=1).state_dict()
+    shards = [shard_state_dict(full, CONFIG, r, size) for r in range(size)]
+    gathered = SimComm(size).run(lambda comm: gather_state_dict(shards[comm.rank], comm))
+    for g in gathered:
+        assert list(g) == list(full)
+        for name in full:
+            np.testing.assert_array_equal(g[name], full[name])
+    C, c = CONFIG.n_embd, CONFIG.n_embd // size
+    for r, shard in enumerate(shards):
+        qkv = shard["h.1.attn.c_attn.weight"]                # (3C/t, C): q, k, v rows of rank r's heads
+        assert qkv.shape == (3 * c, C)
+        for part in range(3):
+            np.testing.assert_array_equal(qkv[part * c:(part + 1) * c],
+                                          full["h.1.attn.c_attn.weight"][part * C + r * c: part * C + (r + 1) * c])
+        np.testing.assert_array_equal(shard["h.1.attn.c_proj.weight"],
+                                      full["h.1.attn.c_proj.weight"][:, r * c:(r + 1) * c])
+        np.testing.assert_array_equal(shard["h.0.mlp.c_fc.weight"],
+                                      full["h.0.mlp.c_fc.weight"][4 * r * c:4 * (r + 1) * c])
+        np.testing.assert_array_equal(shard["h.0.mlp.c_proj.bias"], full["h.0.mlp.c_proj.bias"])
+    replicated = [n for n in full if sharding(n) is None]
+    assert "wte.weight" in replicated and "h.0.ln_1.weight" in replicated and "h.0.attn.c_proj.bias" in replicated
+    assert sum(sharding(n) is not None for n in full) == 6 * CONFIG.n_layer
+
+
+def test_the_tp_model_starts_from_the_single_process_weights_and_splits_q_k_v_per_shard():
+    def worker(comm):
+        model = TensorParallelGPT(CONFIG, comm, dtype=np.float64, seed=5)
+        return gather_state_dict(model.state_dict(), comm), model.param_splits()
+    full = GPT(CONFIG, dtype=np.float64, seed=5).state_dict()
+    for state, splits in SimComm(2).run(worker):
+        assert all(np.array_equal(state[n], full[n]) for n in full)
+        c = CONFIG.n_embd // 2
+        assert splits["h.0.attn.c_attn.weight"] == (("q", "attn_q", (0, c)), ("k", "attn_k", (c, 2 * c)),
+                                                    ("v", "attn_v", (2 * c, 3 * c)))
+
+
+# ---------------------------------------------------------------- equal to one process
+def _train(model, steps, hooks_after=()):
+    """AdamW with weight decay and clipping at a norm the gradients exceed, dropout on: the loss,
+    the gradients after clipping and the last clipping norm of every step."""
+    opt = build_optimizer("adamw", model, lr=3e-3, weight_decay=0.1)
+    clip = clip_grad_norm_tp(model, 0.5) if isinstance(model, TensorParallelGPT) else clip_grad_norm(0.5)
+    seen = {"grads": [], "norms": []}
+
+    def record(grads):
+        seen["grads"].append({n: g.copy() for n, g in grads.items()})
+        seen["norms"].append(clip.last_norm)
+    trainer = Trainer(model, lm_loss, opt, _batches(), steps=steps, grad_hooks=[clip, record, *hooks_after],
+                      progress=False, seed=3)
+    trainer.fit()
+    return trainer.history["train_loss"], seen
+
+
+@pytest.mark.parametrize("size", [2, 4])
+def test_tp_training_equals_one_process_in_loss_gradients_and_parameters(size):
+    config = GPTConfig(**{**CONFIG.to_dict(), "dropout": 0.1})
+    steps = 4
+    single = GPT(config, dtype=np.float64, seed=2)
+    losses, seen = _train(single, steps)
+
+    def worker(comm):
+        model = TensorParallelGPT(config, comm, dtype=np.float64, seed=2)
+        tp_losses, tp_seen = _train(model, steps)
+        grads = [gather_state_dict(g, comm) for g in tp_seen["grads"]]
+        local = tp_seen["grads"][-1]
+        return tp_losses, grads, tp_seen["norms"], gather_state_dict(model.state_dict(), comm), local
+    out = SimComm(size).run(worker)
+    assert min(seen["norms"]) > 0.5                          # clipping acted at every step
+    for rank, (tp_losses, grads, norms, params, local) in enumerate(out):
+        np.testing.assert_allclose(tp_losses, losses, rtol=1e-10)
+        np.testing.assert_allclose(norms, seen["norms"], rtol=1e-10)
+        for step in range(steps):
+            for name, g in seen["grads"][step].items():
+                _assert_close(grads[step][name], g, f"rank {rank} step {step} grad {name}")
+        for name, p in single.state_dict().items():
+            _assert_close(params[name], p, f"rank {rank} parameter {name}")
+        for name, g in local.items():                        # replicated: the same bits everywhere
+            if sharding(name) is None:
+                np.testing.assert_array_equal(g, out[0][4][name], err_msg=name)
+
+
+@pytest.mark.parametrize("norm_type", [1.0, np.inf])
+def test_clip_grad_norm_tp_is_the_single_process_norm_for_other_norms(norm_type):
+    batch = _batches()(np.random.default_rng(0))
+    single = GPT(CONFIG, dtype=np.float64, seed=4)
+    _, grads = single.loss_and_grads(*batch)
+    want = optim.clip_grad_norm_(grads, 1e-3, norm_type)
+
+    def worker(comm):
+        model = TensorParallelGPT(CONFIG, comm, dtype=np.float64, seed=4)
+        _, g = model.loss_and_grads(*batch)
+        hook = clip_grad_norm_tp(model, 1e-3, norm_type)
+        hook(g)
+        return hook.last_norm, gather_state_dict(g, comm)
+    for norm, clipped in SimComm(2).run(worker):
+        assert norm == pytest.approx(want, rel=1e-10)
+        for name in grads:
+            _assert_close(clipped[name], grads[name], name)
+
+
+def test_a_step_sends_four_all_reduces_of_the_activation_per_layer_and_the_norm():
+    batch = _batches()(np.random.default_rng(0))
+    B, T = batch[0].shape
+
+    def worker(comm):
+        model = TensorParallelGPT(CONFIG, comm, dtype=np.float64)
+        comm.reset_counters()
+        _, grads = model.loss_and_grads(*batch)
+        clip_grad_norm_tp(model, 1.0)(grads)
+        return comm.bytes_sent
+    for size in (2, 4):
+        formula = tp_bytes_per_step(CONFIG, B, T, size, 8)
+        assert formula == 4 * CONFIG.n_layer * 2 * (size - 1) / size * B * T * CONFIG.n_embd * 8
+        for rank, sent in enumerate(SimComm(size).run(worker)):
+            assert sent == formula + ring_traffic(1, size, rank)[0] * 8
+
+
+def test_activation_checkpointing_recomputes_through_the_all_reduces():
+    config = GPTConfig(**{**CONFIG.to_dict(), "checkpoint": True})
+    batch = _batches()(np.random.default_rng(1))
+    loss, grads = GPT(config, dtype=np.float64, seed=6).loss_and_grads(*batch)
+
+    def worker(comm):
+        model = TensorParallelGPT(config, comm, dtype=np.float64, seed=6)
+        tp_loss, g = model.loss_and_grads(*batch)
+        return tp_loss, gather_state_dict(g, comm)
+    for tp_loss, tp_grads in SimComm(2).run(worker):
+        assert tp_loss == pytest.approx(loss, rel=1e-10)
+        for name in grads:
+            _assert_close(tp_grads[name], grads[name], name)
+
+
+# ---------------------------------------------------------------- SimComm == mpiexec
+def test_simcomm_and_mpiexec_agree_bit_for_bit(tmp_path):
+    pytest.importorskip("mpi4py", reason="mpi4py is not installed (pip install -e .[dist]); MPI test skipped")
+    mpiexec = os.path.join(os.path.dirname(sys.executable), "mpiexec")
+    if not os.path.exists(mpiexec):
+        mpiexec = shutil.which("mpiexec")
+    if mpiexec is None:
+        pytest.skip("no mpiexec beside the Python interpreter or on PATH; MPI test skipped")
+    program = _program()
+    sim = SimComm(2).run(program.worker)
+    out = str(tmp_path / "tp.npz")
+    run = subprocess.run([mpiexec, "-n", "2", sys.executable, program.__file__, out],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    for rank, want in enumerate(sim):
+        got = np.load(program.rank_path(out, rank))
+        assert sorted(got.files) == sorted(want)
+        for key in want:
+            np.testing.assert_array_equal(got[key], want[key], err_msg=f"rank {rank} {key}")
+
+
+# ---------------------------------------------------------------- bad input
+@pytest.mark.parametrize("size", [3, 8])
+def test_a_degree_that_does_not_divide_the_heads_is_one_error_naming_the_numbers(size):
+    msg = rf"n_head=4 heads \(n_embd=32, MLP hidden size 4\*n_embd=128\) do not split evenly over {size} ranks"
+    with pytest.raises(ValueError, match=msg):
+        check_tp_degree(CONFIG, size)
+    with pytest.raises(ValueError, match=msg):
+        shard_state_dict(GPT(CONFIG).state_dict(), CONFIG, 0, size)
+    with pytest.raises(WorkerError, match=msg):
+        SimComm(size).run(lambda comm: TensorParallelGPT(CONFIG, comm))
+
+
+def test_other_refusals_name_what_is_wrong():
+    with pytest.raises(ValueError, match=r"rank 2 is not in 0\.\.1"):
+        shard_state_dict(GPT(CONFIG).state_dict(), CONFIG, 2, 2)
+    with pytest.raises(ValueError, match="must be an integer >= 1, got 0"):
+        check_tp_degree(CONFIG, 0)
+
+    def worker(comm):
+        model = TensorParallelGPT(CONFIG, comm)
+        with pytest.raises(ValueError, match="max_norm must be a finite number > 0, got 0"):
+            clip_grad_norm_tp(model, 0)
+        with pytest.raises(NotImplementedError, match="gather_state_dict"):
+            model.generate(np.zeros((1, 2), dtype=np.int64), 1)
+    SimComm(2).run(worker)
