@@ -1,0 +1,49 @@
+"""The language-model demos (demos/ngram.py, word2vec.py, rnn_lm.py, seq2seq.py, bert.py) on tiny
+settings: each writes its table and figures into --out and reports what it measured; bad input is
+one line and exit 2 with nothing written."""
+import os
+import re
+
+import pytest
+
+from strategies import assert_refused, files_below, load_demo
+
+
+@pytest.fixture
+def tiny_text(tmp_path):
+    """A small UTF-8 corpus that repeats: every model learns something from it in seconds."""
+    lines = ["ROMEO: but soft, what light through yonder window breaks?",
+             "JULIET: o romeo, romeo, wherefore art thou romeo?",
+             "ROMEO: it is the east, and juliet is the sun.",
+             "JULIET: deny thy father and refuse thy name."]
+    path = tmp_path / "tiny.txt"
+    path.write_text("\n".join(lines * 60) + "\n", encoding="utf-8")
+    return str(path)
+
+
+# --------------------------------------------------------------------------------- ngram
+def test_ngram_demo_writes_its_tables_and_the_best_model_is_kneser_ney(tmp_path, monkeypatch, tiny_text):
+    monkeypatch.chdir(tmp_path)
+    result = load_demo("ngram.py").run(load_demo("ngram.py").build_parser().parse_args(
+        ["--data", tiny_text, "--out", "ng", "--max-order", "5", "--word-max-order", "2", "--sample-chars", "50"]))
+    assert files_below(tmp_path / "ng") == ["ngram.png", "ngram_results.md", "ngram_sample.txt"]
+    chars = result["chars"]
+    assert chars[5]["kneser_ney"] < chars[2]["kneser_ney"] < chars[1]["kneser_ney"]
+    assert result["best"]["smoothing"] == "kneser_ney"
+    md = (tmp_path / "ng" / "ngram_results.md").read_text()
+    best = result["best"]
+    assert f"Best: order {best['order']}, kneser ney, {best['nats_per_char']:.4f} nats/char" in md
+    assert md.count(f"**{best['nats_per_char']:.4f}**") == 1          # bold in its table
+    assert [int(m) for m in re.findall(r"^\| (\d) \|", md, re.M)] == [1, 2, 3, 4, 5, 1, 2]   # chars, words
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["--max-order", "0"], "--max-order must be in [1, 9]"),
+    (["--word-max-order", "5"], "--word-max-order must be in [0, 4]"),
+    (["--data", "missing.txt"], "--data missing.txt: no such file"),
+    (["--data", "empty.txt"], "--data empty.txt: the file is empty"),
+])
+def test_ngram_demo_refuses_bad_input(argv, says, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "empty.txt").write_text("")
+    assert_refused(load_demo("ngram.py"), argv + ["--out", "ng"], says, capsys, watch=tmp_path)
