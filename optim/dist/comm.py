@@ -62,6 +62,7 @@ import numpy as np
 
 __all__ = ["Communicator", "SimComm", "launch", "CommError", "CommAborted", "DeadlockError",
            "WorkerError", "ring_bounds", "ring_sum", "ring_traffic", "check_same_arrays",
+           "check_same_calls", "check_graph",
            "mpi_world_size"]
 
 
@@ -134,6 +135,29 @@ def check_same_arrays(op: str, descriptions: Sequence[tuple[tuple, str]]) -> Non
         each = ", ".join(f"rank {r} {shape} {dtype}" for r, (shape, dtype) in enumerate(descriptions))
         raise CommError(f"{op}: the ranks passed different arrays ({each}); every rank must pass "
                         f"the same shape and dtype")
+
+
+def check_same_calls(call: int, labels: Sequence[str]) -> None:
+    """Raise ``CommError`` unless every rank made the same collective call (labels in rank order)."""
+    if any(label != labels[0] for label in labels):
+        each = ", ".join(f"rank {r} {label}" for r, label in enumerate(labels))
+        raise CommError(f"collective call {call} differs across ranks: {each}; "
+                        f"every rank must make the same calls in the same order")
+
+
+def check_graph(sources: Sequence[Sequence[int]], dests: Sequence[Sequence[int]]) -> None:
+    """Raise ``CommError`` unless j is in rank i's dests exactly when i is in rank j's sources
+    (``sources[r]`` and ``dests[r]`` are rank r's lists)."""
+    for i, out_i in enumerate(dests):
+        for j in out_i:
+            if i not in sources[j]:
+                raise CommError(f"neighbor_exchange: rank {i} sends to rank {j}, but rank {j} "
+                                f"does not list {i} among its sources {sources[j]}")
+    for j, in_j in enumerate(sources):
+        for i in in_j:
+            if j not in dests[i]:
+                raise CommError(f"neighbor_exchange: rank {j} expects rank {i}, but rank {i} "
+                                f"does not list {j} among its dests {dests[i]}")
 
 
 def _describe(x: np.ndarray) -> tuple[tuple, str]:
@@ -361,16 +385,11 @@ class SimRank(Communicator):
         world.block(self._me, lambda: len(slot.entries) == n, f"{op} (call {key[1]} on {self._label()})")
         with world.cv:
             if slot.outcome is None:
-                ops = {r: e[0] for r, e in slot.entries.items()}
-                if len(set(ops.values())) > 1:
-                    each = ", ".join(f"rank {r} {ops[r]}" for r in sorted(ops))
-                    slot.outcome = CommError(f"collective call {key[1]} differs across ranks: {each}; "
-                                             f"every rank must make the same calls in the same order")
-                else:
-                    try:
-                        slot.outcome = ("ok", compute({r: e[1] for r, e in slot.entries.items()}))
-                    except CommError as e:
-                        slot.outcome = e
+                try:
+                    check_same_calls(key[1], [slot.entries[r][0] for r in range(n)])
+                    slot.outcome = ("ok", compute({r: e[1] for r, e in slot.entries.items()}))
+                except CommError as e:
+                    slot.outcome = e
             slot.taken += 1
             if slot.taken == n:
                 del world.slots[key]
@@ -425,16 +444,7 @@ class SimRank(Communicator):
             self._check_peer("neighbor_exchange", peer)
 
         def compute(entries):
-            for i, (_, _, out_i) in entries.items():
-                for j in out_i:
-                    if i not in entries[j][1]:
-                        raise CommError(f"neighbor_exchange: rank {i} sends to rank {j}, but rank {j} "
-                                        f"does not list {i} among its sources {entries[j][1]}")
-            for j, (_, in_j, _) in entries.items():
-                for i in in_j:
-                    if j not in entries[i][2]:
-                        raise CommError(f"neighbor_exchange: rank {j} expects rank {i}, but rank {i} "
-                                        f"does not list {j} among its dests {entries[i][2]}")
+            check_graph([entries[r][1] for r in range(self.size)], [entries[r][2] for r in range(self.size)])
             return {r: e[0] for r, e in entries.items()}
 
         sent = self._collective("neighbor_exchange", (x, sources, dests), compute)
