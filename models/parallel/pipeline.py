@@ -41,14 +41,15 @@ Two details make every stage agree with one process:
   first stage reads the tokens, the last the targets. The last stage broadcasts the loss, so every
   rank's history holds it.
 
-Gradient hooks see only their stage's gradients: a global-norm clip would need the norms summed
-over the stages first. The optimizer's loss scale multiplies the accumulated gradients, not each
+Gradient hooks see only their stage's gradients; :func:`clip_grad_norm_pp` clips by the whole
+model's norm (one all-reduce of one number). The optimizer's loss scale multiplies the accumulated gradients, not each
 micro-batch's backward. Dropout is refused: the stages would draw masks in another order than
 one process.
 """
 from __future__ import annotations
 
 import contextlib
+import math
 import threading
 from dataclasses import dataclass
 
@@ -63,7 +64,7 @@ from minigrad.tensor import Function, Tensor, no_matmul_flops
 from models.gpt import GPT, GPTConfig
 
 __all__ = ["SCHEDULES", "partition_layers", "stage_ops", "expected_bubble", "simulate", "Timeline",
-           "TimedOp", "plot_timeline", "PipelineStage", "pipeline_loss", "train_pipeline",
+           "TimedOp", "plot_timeline", "PipelineStage", "pipeline_loss", "clip_grad_norm_pp", "train_pipeline",
            "pipeline_bytes"]
 
 SCHEDULES = ("gpipe", "1f1b")
@@ -471,6 +472,39 @@ def pipeline_loss(stage: PipelineStage, batch) -> Tensor:
     return stage.run(idx, targets)
 
 
+def clip_grad_norm_pp(stage: PipelineStage, max_norm: float, norm_type: float = 2.0, eps: float = 1e-6):
+    """A Trainer gradient hook: ``models.training.clip_grad_norm`` for a pipeline stage.
+
+    The norm is the one-process model's: every stage's sum of |g|^p, all-reduced (max for the
+    inf-norm), with the tied ``wte.weight`` counted once (on the first stage; the last holds the
+    same gradient). Every stage scales by the same min(1, max_norm / (norm + eps)), as torch.
+    ``hook.last_norm`` keeps the norm before clipping."""
+    if not (max_norm > 0 and math.isfinite(max_norm)):
+        raise ValueError(f"clip_grad_norm_pp: max_norm must be a finite number > 0, got {max_norm!r}")
+    if not norm_type >= 1:
+        raise ValueError(f"clip_grad_norm_pp: norm_type must be >= 1 (or inf), got {norm_type!r}")
+    comm = stage.comm
+
+    def hook(grads):
+        named = [(n, g) for n, g in grads.items() if g is not None]
+        counted = [g for n, g in named if not (n == "wte.weight" and stage.is_last and not stage.is_first)]
+        if norm_type == math.inf:
+            local = max((float(np.max(np.abs(g))) for g in counted if g.size), default=0.0)
+            total = float(comm.allgather(np.array([local])).max())
+        else:
+            local = sum(float(np.sum(np.abs(g.astype(np.float64)) ** norm_type)) for g in counted)
+            total = float(comm.allreduce(np.array([local]))[0]) ** (1.0 / norm_type)
+        hook.last_norm = total
+        coef = max_norm / (total + eps)
+        if math.isfinite(total) and coef < 1.0:
+            for _, g in named:
+                g *= g.dtype.type(coef)
+
+    hook.last_norm = None
+    hook.__name__ = f"clip_grad_norm_pp({max_norm:g})"
+    return hook
+
+
 def pipeline_bytes(config: GPTConfig, batch_size: int, seq_len: int, micro_batches: int, stages: int,
                    stage: int, itemsize: int) -> tuple[int, int]:
     """(sent, received) bytes of ``stage`` in one training batch: m activations (b, T, C) to the
@@ -487,7 +521,8 @@ def pipeline_bytes(config: GPTConfig, batch_size: int, seq_len: int, micro_batch
 def train_pipeline(comm, config: GPTConfig, batches, *, steps: int, micro_batches: int,
                    schedule: str = "1f1b", optimizer: str = "adamw", lr: float = 1e-3,
                    weight_decay: float = 0.0, opt_kwargs=None, dtype=np.float32, seed: int = 0,
-                   track_memory: bool = False, keep_params: bool = False, **trainer_kwargs) -> dict:
+                   max_grad_norm: float | None = None, track_memory: bool = False,
+                   keep_params: bool = False, **trainer_kwargs) -> dict:
     """Train ``GPT(config, dtype, seed)`` as a ``comm.size``-stage pipeline; run on every rank, e.g.
     ``launch(train_pipeline, config, batches, steps=20, micro_batches=4, workers=2)``.
 
@@ -496,7 +531,8 @@ def train_pipeline(comm, config: GPTConfig, batches, *, steps: int, micro_batche
     ``GPT(config, dtype, seed)`` with ``build_optimizer(optimizer, model, lr, weight_decay,
     seed=seed)`` and ``Trainer(..., seed=seed)`` follows the same run. ``trainer_kwargs`` go to
     the :class:`~models.training.Trainer` (schedule, eval_batches, eval_every, ...; progress is off
-    by default: SimComm ranks are threads).
+    by default: SimComm ranks are threads). ``max_grad_norm`` clips by the whole model's norm
+    (:func:`clip_grad_norm_pp`) before any ``grad_hooks`` given.
 
     Returns this rank's ``{"stage", "layers", "history", "ops", "peak_stored",
     "peak_activation_bytes", "bytes_per_step"}`` (and ``"params"``, the stage's final arrays, with
@@ -506,7 +542,10 @@ def train_pipeline(comm, config: GPTConfig, batches, *, steps: int, micro_batche
     stage = PipelineStage(comm, config, micro_batches=micro_batches, schedule=schedule, dtype=dtype,
                           seed=seed, track_memory=track_memory)
     opt = build_optimizer(optimizer, stage, lr, weight_decay, seed=seed, extra=opt_kwargs)
-    trainer = Trainer(stage, pipeline_loss, opt, batches, steps=steps, seed=seed,
+    hooks = list(trainer_kwargs.pop("grad_hooks", ()))
+    if max_grad_norm is not None:
+        hooks.insert(0, clip_grad_norm_pp(stage, max_grad_norm))
+    trainer = Trainer(stage, pipeline_loss, opt, batches, steps=steps, seed=seed, grad_hooks=hooks,
                       **{"progress": False, **trainer_kwargs})
     trainer.fit()
     out = {"stage": stage.stage, "layers": stage.layers, "history": trainer.history,
