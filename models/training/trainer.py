@@ -133,7 +133,8 @@ class Trainer:
     save_every   with ``save_dir``: a checkpoint (:meth:`save`, with ``save_meta``) every k steps, so
                  a crash loses at most k steps
     on_step      ``on_step(trainer)`` after every optimizer step; ``on_eval(trainer, val_loss)``
-    progress     a tqdm bar; False prints a line every ``log_every`` steps
+    progress     a tqdm bar; False prints a line every ``log_every`` steps (0: no lines at all,
+                 e.g. on every rank but 0 of a distributed run)
     """
 
     def __init__(self, model, loss_fn, optimizer, batches, *, steps: int, schedule: str = "constant",
@@ -299,7 +300,7 @@ class Trainer:
                     t0 = time.perf_counter()
                     val_loss = self.evaluate()
                     t_eval = time.perf_counter() - t0
-                    if bar is None:
+                    if bar is None and self.log_every:
                         print(f"step {self.step}: val loss {val_loss:.4f}", flush=True)
                 if self.interrupted:
                     break
@@ -324,7 +325,7 @@ class Trainer:
                     bar.update(1)
                     bar.set_postfix_str(f"loss {loss:.3f} val {val_loss:.3f} lr {self.lr:.2e}{speed}",
                                         refresh=False)
-                elif self.step % self.log_every == 0:
+                elif self.log_every and self.step % self.log_every == 0:
                     print(f"step {self.step}: loss {loss:.4f} lr {self.lr:.2e}{speed}", flush=True)
                 if budget and time.perf_counter() - self.start_time > budget - t_eval - self.reserve_seconds:
                     break                               # hard stop: keep the budget's promise
