@@ -1,0 +1,151 @@
+"""Data-parallel training through the one Trainer: the same loop on every rank of a communicator.
+
+:func:`data_parallel_trainer` wires a :class:`Trainer` for rank ``comm.rank``: rank 0's parameters
+are broadcast to all ranks, the gradients are all-reduced by the first gradient hook (or, for a
+``LocalSGD`` optimizer, averaged on its own schedule), each rank trains on its shard of the
+global batch, checkpoints go to ``save_dir/rank{r}`` and only rank 0 reports progress::
+
+    from optim.dist.comm import launch
+
+    def worker(comm, resume=False):
+        model = GPT(cfg, seed=0)
+        opt = build_optimizer("adamw", model, lr=6e-3, weight_decay=0.1)
+        trainer = data_parallel_trainer(comm, model, lm_loss, opt,
+                                        lambda rng: data.get_batch("train", 32, rng),   # n·B rows
+                                        steps=200, save_dir="out", save_every=50)
+        if resume:
+            restore_ranks(trainer, comm, "out")
+        trainer.fit()
+        trainer.save(trainer.save_dir, trainer.save_meta)
+        return trainer.history
+
+    histories = launch(worker, workers=4)     # SimComm(4), or the MPI ranks under mpiexec
+
+Every rank must be given the same ``seed`` and the same arguments: the ranks draw the same global
+batch and keep their own rows of it (``optim.dist.data_parallel.shard_batches``). Each rank's
+history holds the loss of its own shard; their mean is the global batch's loss.
+
+A wall-clock ``time_budget`` is refused: each rank would fit the schedule to its own measured
+speed and the ranks would disagree on the number of steps.
+"""
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+
+from optim.dist.data_parallel import allreduce_grads, broadcast_params, shard_batches
+from optim.dist.local_sgd import LocalSGD
+
+from .checkpoint import CheckpointError, load_checkpoint
+from .optimizers import build_optimizer
+from .trainer import Trainer, clip_grad_norm, lm_loss
+
+__all__ = ["rank_dir", "data_parallel_trainer", "restore_ranks", "train_gpt_data_parallel"]
+
+
+def rank_dir(save_dir, rank: int) -> str:
+    """The checkpoint directory of rank ``rank`` under ``save_dir``: ``save_dir/rank{rank}``."""
+    return os.path.join(os.fspath(save_dir), f"rank{int(rank)}")
+
+
+def data_parallel_trainer(comm, model, loss_fn, optimizer, global_batches, *, grad_hooks=(),
+                          save_dir=None, save_meta=None, progress: bool = True, log_every: int = 50,
+                          **trainer_kwargs) -> Trainer:
+    """A :class:`Trainer` for this rank of a data-parallel run (see the module docstring).
+
+    global_batches  ``batches(rng)`` drawing the GLOBAL batch (n·B rows); rank r trains on rows
+                    r·B .. (r+1)·B - 1
+    optimizer       any optimizer built on ``model``'s arrays: synchronous data parallel (gradients
+                    all-reduced every step, before ``grad_hooks``), or a ``LocalSGD`` wrapper,
+                    whose own ``grad_hook`` goes first instead
+    save_dir        checkpoints in ``save_dir/rank{r}``, with the world size in their meta
+    progress        rank 0's tqdm bar (or its log lines every ``log_every`` steps); the other
+                    ranks print nothing
+    trainer_kwargs  the rest of :class:`Trainer`'s arguments (steps, schedule, seed, ...)
+    """
+    if trainer_kwargs.get("time_budget"):
+        raise ValueError("data_parallel_trainer: a time_budget would let each rank fit the schedule to "
+                         "its own speed and the ranks would disagree on the steps; give steps instead")
+    broadcast_params(comm, {n: p.data for n, p in model.named_parameters()})
+    sync = optimizer.grad_hook if isinstance(optimizer, LocalSGD) else allreduce_grads(comm)
+    lead = comm.rank == 0
+    return Trainer(model, loss_fn, optimizer, shard_batches(global_batches, comm.rank, comm.size),
+                   grad_hooks=[sync, *grad_hooks],
+                   save_dir=None if save_dir is None else rank_dir(save_dir, comm.rank),
+                   save_meta={**(save_meta or {}), "world_size": comm.size, "rank": comm.rank},
+                   progress=progress and lead, log_every=log_every if lead else 0, **trainer_kwargs)
+
+
+def restore_ranks(trainer: Trainer, comm, save_dir, *, target: int | None = None) -> int:
+    """Every rank resumes from its own checkpoint in ``save_dir/rank{r}`` (:meth:`Trainer.restore`);
+    returns the step reached.
+
+    Raises :class:`CheckpointError` on every rank alike when any rank's checkpoint is missing or
+    unusable, was written by a run with another number of ranks, or the ranks' checkpoints are at
+    different steps (a save that was cut short on some ranks)."""
+    path = rank_dir(save_dir, comm.rank)
+    ckpt, problem = None, ""
+    try:
+        ckpt = load_checkpoint(path)
+        if ckpt.meta.get("world_size") != comm.size:
+            problem = f"written by a run on {ckpt.meta.get('world_size')} ranks, this one has {comm.size}"
+    except CheckpointError as e:
+        problem = str(e)
+    failed = comm.allgather(np.array([int(bool(problem))]))[:, 0]
+    if failed.any():
+        raise CheckpointError(f"cannot resume from {os.fspath(save_dir)}: "
+                              + ("; ".join(f"rank {r} failed" for r in np.flatnonzero(failed))
+                                 if not problem else f"rank {comm.rank}: {problem}"))
+    steps = comm.allgather(np.array([ckpt.step]))[:, 0]
+    if (steps != steps[0]).any():
+        raise CheckpointError(f"the checkpoints in {os.fspath(save_dir)} are at different steps ("
+                              + ", ".join(f"rank {r}: {s}" for r, s in enumerate(steps))
+                              + "): a save was cut short on some ranks; restore an older complete set")
+    trainer.restore(ckpt, target=target)
+    return trainer.step
+
+
+def train_gpt_data_parallel(comm, data, *, preset: str = "tiny", steps: int = 50, batch_size=None,
+                            lr: float = 6e-3, optimizer: str = "adamw", weight_decay: float = 0.1,
+                            beta2: float = 0.99, warmup: int = 10, grad_clip: float = 1.0,
+                            eval_every: int = 25, eval_batches: int = 4, seed: int = 1337,
+                            dtype=np.float32, progress: bool = False) -> dict:
+    """Train a GPT data-parallel on ``comm`` (call it on every rank) with the recipe of
+    ``demos/train_gpt.py``: AdamW (weight decay on 2-D parameters), linear warmup then cosine
+    decay to lr/10, gradient clipping at norm ``grad_clip`` after the all-reduce.
+
+    data        a ``models.data.TextData`` (the same on every rank)
+    batch_size  the GLOBAL batch (None: the preset's); a multiple of the number of ranks
+
+    Returns the run's record, the same on every rank: ``train_loss`` (the global batch's loss per
+    step: the ranks' shard losses averaged once at the end), ``val_step`` / ``val_loss``,
+    ``bytes_sent`` (this rank's cumulative bytes after each step), ``seconds`` (the fit on this
+    rank), ``tokens_per_second`` (global tokens / seconds) and ``workers``.
+    """
+    from models.gpt import GPT, preset as gpt_preset
+
+    cfg, preset_batch = gpt_preset(preset, vocab_size=data.vocab_size)
+    batch = preset_batch if batch_size is None else int(batch_size)
+    if batch < comm.size or batch % comm.size:
+        raise ValueError(f"train_gpt_data_parallel: the global batch {batch} does not split into "
+                         f"{comm.size} equal shards; give a multiple of {comm.size}")
+    model = GPT(cfg, dtype=dtype, seed=seed)
+    opt = build_optimizer(optimizer, model, lr, weight_decay=weight_decay, beta2=beta2, seed=seed)
+    sent = []
+    trainer = data_parallel_trainer(
+        comm, model, lm_loss, opt, lambda rng: data.get_batch("train", batch, rng),
+        grad_hooks=[clip_grad_norm(grad_clip)] if grad_clip else [], steps=steps, schedule="cosine",
+        schedule_kwargs={"warmup_steps": warmup, "min_ratio": 0.1}, seed=seed,
+        eval_batches=data.fixed_batches("val", eval_batches, batch, seed=seed + 1),
+        eval_every=eval_every, progress=progress, on_step=lambda tr: sent.append(comm.bytes_sent))
+    start = time.perf_counter()
+    trainer.fit()
+    seconds = time.perf_counter() - start
+    h = trainer.history
+    return {"workers": comm.size, "train_step": list(h["train_step"]),
+            "train_loss": comm.allreduce(np.array(h["train_loss"]), op="mean").tolist(),
+            "val_step": list(h["val_step"]), "val_loss": list(h["val_loss"]),
+            "bytes_sent": sent, "seconds": seconds,
+            "tokens_per_second": steps * batch * cfg.block_size / seconds}

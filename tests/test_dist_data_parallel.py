@@ -1,0 +1,254 @@
+"""Synchronous data parallelism on SimComm: one all-reduce per step, the same parameters on every
+rank, and n workers with batch B equal one worker with batch n·B (float64, to rounding)."""
+import numpy as np
+import pytest
+from hypothesis import given, strategies as st
+
+import optim
+from models.data import TextData
+from models.gpt import GPT, GPTConfig
+from models.training import CheckpointError, Trainer, clip_grad_norm, lm_loss, load_checkpoint
+from models.training.distributed import (data_parallel_trainer, rank_dir, restore_ranks,
+                                         train_gpt_data_parallel)
+from optim.dist.comm import CommError, SimComm, WorkerError, ring_traffic
+from optim.dist.data_parallel import allreduce_grads, broadcast_params, shard_batches
+
+CFG = dict(n_layer=2, n_head=2, n_embd=16, block_size=8, vocab_size=11)
+IDS = np.cumsum(np.random.default_rng(0).choice([1, 1, 1, 2], size=3000)) % CFG["vocab_size"]
+
+
+def global_batches(rows):
+    def draw(rng, T=CFG["block_size"]):
+        starts = rng.integers(0, len(IDS) - T - 1, size=rows)
+        return (np.stack([IDS[s:s + T] for s in starts]), np.stack([IDS[s + 1:s + T + 1] for s in starts]))
+    return draw
+
+
+class CountingComm:
+    """A communicator that counts its all-reduce calls (delegates everything)."""
+
+    def __init__(self, comm):
+        self.comm, self.allreduces = comm, 0
+
+    def allreduce(self, x, op="sum"):
+        self.allreduces += 1
+        return self.comm.allreduce(x, op=op)
+
+    def __getattr__(self, name):
+        return getattr(self.comm, name)
+
+
+def rank_grads(rank):
+    r = np.random.default_rng(rank)
+    return {"w": r.standard_normal((3, 5)), "b": r.standard_normal(7), "frozen": None,
+            "h": r.standard_normal((2, 2, 2))}
+
+
+# ------------------------------------------------------------------ the raw pieces
+@pytest.mark.parametrize("n", [1, 3, 4])
+def test_allreduce_grads_averages_every_gradient_in_one_allreduce(n):
+    def worker(comm):
+        grads = rank_grads(comm.rank)
+        if comm.rank % 2:
+            grads = dict(reversed(grads.items()))        # the dict's order must not matter
+        counting = CountingComm(comm)
+        hook = allreduce_grads(counting)
+        hook(grads)
+        return grads, counting.allreduces, hook.rounds, comm.bytes_sent
+
+    out = SimComm(n).run(worker)
+    every = [rank_grads(r) for r in range(n)]
+    numel = 15 + 7 + 8
+    for r, (grads, calls, rounds, sent) in enumerate(out):
+        assert calls == 1 and rounds == 1
+        assert sent == ring_traffic(numel, n, r)[0] * 8
+        assert grads["frozen"] is None
+        for name in ("w", "b", "h"):
+            np.testing.assert_allclose(grads[name], np.mean([g[name] for g in every], axis=0), rtol=1e-14)
+            np.testing.assert_array_equal(grads[name], out[0][0][name])     # bitwise the same on all
+
+
+def test_allreduce_grads_takes_one_allreduce_per_dtype():
+    def worker(comm):
+        counting = CountingComm(comm)
+        grads = {"a": np.full(4, comm.rank, np.float32), "b": np.full(3, comm.rank, np.float64),
+                 "c": np.full(2, 2.0 * comm.rank, np.float32)}
+        allreduce_grads(counting)(grads)
+        return grads, counting.allreduces
+
+    for grads, calls in SimComm(2).run(worker):
+        assert calls == 2
+        assert grads["a"].dtype == np.float32 and grads["b"].dtype == np.float64
+        np.testing.assert_array_equal(grads["a"], 0.5)
+        np.testing.assert_array_equal(grads["b"], 0.5)
+        np.testing.assert_array_equal(grads["c"], 1.0)
+
+
+def test_mismatched_gradients_across_ranks_are_named():
+    def worker(comm):
+        allreduce_grads(comm)({"w": np.zeros(3 + comm.rank)})
+
+    with pytest.raises(WorkerError) as e:
+        SimComm(2).run(worker)
+    assert isinstance(e.value.error, CommError) and "(3,)" in str(e.value) and "(4,)" in str(e.value)
+
+
+def test_broadcast_params_copies_rank_0_in_place():
+    def worker(comm):
+        params = {"w": np.full((2, 3), float(comm.rank)), "v": np.arange(4.0) * (comm.rank + 1)}
+        before = dict(params)
+        broadcast_params(comm, params)
+        return all(params[k] is before[k] for k in params), params
+
+    for same_arrays, params in SimComm(3).run(worker):
+        assert same_arrays
+        np.testing.assert_array_equal(params["w"], 0.0)
+        np.testing.assert_array_equal(params["v"], np.arange(4.0))
+    with pytest.raises(WorkerError, match="TypeError.*'w' is a list.*p.data"):
+        SimComm(1).run(lambda comm: broadcast_params(comm, {"w": [1.0]}))
+
+
+@given(size=st.integers(1, 5), rows=st.integers(1, 4), seed=st.integers(0, 2**31))
+def test_the_shards_of_all_ranks_are_the_global_batch_in_rank_order(size, rows, seed):
+    draw = lambda rng: {"x": rng.standard_normal((size * rows, 3)), "y": (rng.integers(0, 9, size * rows),)}  # noqa: E731
+    whole = draw(np.random.default_rng(seed))
+    shards = [shard_batches(draw, r, size)(np.random.default_rng(seed)) for r in range(size)]
+    np.testing.assert_array_equal(np.concatenate([s["x"] for s in shards]), whole["x"])
+    np.testing.assert_array_equal(np.concatenate([s["y"][0] for s in shards]), whole["y"][0])
+    assert all(len(s["x"]) == rows for s in shards)
+
+
+def test_shard_batches_refuses_a_batch_that_does_not_split():
+    with pytest.raises(ValueError, match=r"shape \(6, 2\).*4 equal shards"):
+        shard_batches(lambda rng: np.zeros((6, 2)), 0, 4)(None)
+    with pytest.raises(ValueError, match="rank=4, size=4"):
+        shard_batches(lambda rng: np.zeros(8), 4, 4)
+
+
+# ------------------------------------------------------------------ through the Trainer
+def _optimizer(kind, model):
+    params = {n: p.data for n, p in model.named_parameters()}
+    if kind == "adamw":
+        return optim.create("adamw", optim.param_groups_no_decay(params, 0.1), lr=3e-3)
+    return optim.create("sgd", params, lr=0.2, momentum=0.9)
+
+
+def _snapshots(into):
+    return lambda tr: into.append({n: p.data.copy() for n, p in tr.model.named_parameters()})
+
+
+def _run_single(kind, rows, steps, clip):
+    model = GPT(GPTConfig(**CFG), dtype=np.float64, seed=0)
+    seen = []
+    tr = Trainer(model, lm_loss, _optimizer(kind, model), global_batches(rows), steps=steps, seed=5,
+                 schedule="cosine", schedule_kwargs={"warmup_steps": 1}, progress=False, log_every=0,
+                 grad_hooks=[clip_grad_norm(clip)], on_step=_snapshots(seen))
+    tr.fit()
+    return seen, tr.history["train_loss"]
+
+
+def _run_parallel(kind, n, per_rank, steps, clip):
+    def worker(comm):
+        model = GPT(GPTConfig(**CFG), dtype=np.float64, seed=comm.rank)   # rank 0's weights win
+        seen = []
+        tr = data_parallel_trainer(comm, model, lm_loss, _optimizer(kind, model), global_batches(n * per_rank),
+                                   steps=steps, seed=5, schedule="cosine", schedule_kwargs={"warmup_steps": 1},
+                                   progress=False, grad_hooks=[clip_grad_norm(clip)], on_step=_snapshots(seen))
+        tr.fit()
+        return seen, tr.history["train_loss"]
+    return SimComm(n).run(worker)
+
+
+@pytest.mark.parametrize("kind", ["adamw", "sgd"])
+@pytest.mark.parametrize("n", [2, 4])
+def test_data_parallel_on_n_workers_equals_one_worker_with_n_times_the_batch(kind, n):
+    steps, per_rank = 4, 2
+    clip = 0.5                                    # small enough to clip: it must see the global gradient
+    single, single_loss = _run_single(kind, n * per_rank, steps, clip)
+    ranks = _run_parallel(kind, n, per_rank, steps, clip)
+    for step in range(steps):
+        for seen, _ in ranks:                      # identical on every rank, bit for bit
+            for name, p in seen[step].items():
+                np.testing.assert_array_equal(p, ranks[0][0][step][name])
+        for name, p in ranks[0][0][step].items():
+            scale = np.abs(single[step][name]).max() or 1.0
+            assert np.abs(p - single[step][name]).max() <= 1e-12 * scale, (step, name)
+    global_loss = np.mean([loss for _, loss in ranks], axis=0)      # the shards' mean loss
+    np.testing.assert_allclose(global_loss, single_loss, rtol=1e-13)
+    assert not np.allclose(ranks[0][1], ranks[1][1])                # the ranks saw different rows
+
+
+def test_only_rank_0_prints(capsys):
+    def worker(comm):
+        model = GPT(GPTConfig(**CFG), dtype=np.float64)
+        tr = data_parallel_trainer(comm, model, lm_loss, _optimizer("sgd", model), global_batches(4),
+                                   steps=3, progress=False, log_every=1,
+                                   eval_batches=[global_batches(2)(np.random.default_rng(9))], eval_every=2)
+        tr.fit()
+
+    SimComm(2).run(worker)
+    lines = capsys.readouterr().out.splitlines()
+    assert [ln.split(":")[0] for ln in lines] == ["step 0", "step 1", "step 2", "step 2", "step 3"]
+
+
+def test_a_time_budget_is_refused():
+    model = GPT(GPTConfig(**CFG))
+    with pytest.raises(WorkerError, match="ValueError.*time_budget.*disagree"):
+        SimComm(1).run(lambda comm: data_parallel_trainer(comm, model, lm_loss, _optimizer("sgd", model),
+                                                         global_batches(2), steps=3, time_budget=60))
+
+
+# ------------------------------------------------------------------ checkpoints per rank
+def _dp_worker(comm, out, steps, resume_from=None, save_every=None):
+    model = GPT(GPTConfig(**CFG), dtype=np.float64, seed=comm.rank + 10 * (resume_from is not None))
+    tr = data_parallel_trainer(comm, model, lm_loss, _optimizer("adamw", model), global_batches(4),
+                               steps=steps, seed=2, schedule="cosine", progress=False,
+                               save_dir=out, save_every=save_every)
+    if resume_from is not None:
+        assert restore_ranks(tr, comm, resume_from) == 3
+    tr.fit()
+    return tr.history["train_loss"], {n: p.data.copy() for n, p in model.named_parameters()}
+
+
+def test_per_rank_checkpoints_resume_to_the_uninterrupted_run(tmp_path):
+    whole = SimComm(2).run(_dp_worker, None, 6)
+    SimComm(2).run(_dp_worker, tmp_path, 6, save_every=3)        # the checkpoint of step 3 is kept
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rank0", "rank1"]
+    assert [load_checkpoint(rank_dir(tmp_path, r)).meta["world_size"] for r in (0, 1)] == [2, 2]
+    resumed = SimComm(2).run(_dp_worker, None, 6, resume_from=tmp_path)
+    for (loss, params), (loss_w, params_w) in zip(resumed, whole):
+        assert loss == loss_w                                      # bit for bit, history included
+        for name in params:
+            np.testing.assert_array_equal(params[name], params_w[name])
+
+
+def test_resume_refuses_ranks_at_different_steps_or_another_world_size(tmp_path):
+    SimComm(2).run(_dp_worker, tmp_path, 6, save_every=3)
+    SimComm(2).run(_dp_worker, tmp_path / "later", 6, save_every=4)
+    (tmp_path / "rank1").rename(tmp_path / "rank1.old")
+    (tmp_path / "later" / "rank1").rename(tmp_path / "rank1")        # rank 1 at step 4, rank 0 at 3
+    with pytest.raises(WorkerError, match=r"different steps \(rank 0: 3, rank 1: 4\)"):
+        SimComm(2).run(_dp_worker, None, 6, resume_from=tmp_path)
+    with pytest.raises(WorkerError, match="run on 2 ranks, this one has 1"):
+        SimComm(1).run(_dp_worker, None, 6, resume_from=tmp_path)
+    with pytest.raises(WorkerError, match="this one has 3") as e:
+        SimComm(3).run(_dp_worker, None, 6, resume_from=tmp_path)    # and rank2/ does not exist
+    assert isinstance(e.value.error, CheckpointError)
+
+
+# ------------------------------------------------------------------ the demo's function
+def test_train_gpt_data_parallel_sends_one_parameter_allreduce_per_step():
+    text = "".join(chr(97 + (i * 7) % 13) for i in range(6000))
+    data = TextData(text, block_size=64)
+    out = SimComm(2).run(train_gpt_data_parallel, data, steps=3, batch_size=4, eval_every=2,
+                         eval_batches=1, warmup=1)
+    model = GPT(GPTConfig(n_layer=2, n_head=4, n_embd=64, block_size=64, vocab_size=data.vocab_size))
+    numel = sum(p.data.size for p in model.parameters())
+    for r, rec in enumerate(out):
+        assert rec["workers"] == 2 and len(rec["train_loss"]) == 3 and rec["val_step"] == [0, 2, 3]
+        assert rec["train_loss"] == out[0]["train_loss"] and rec["val_loss"] == out[0]["val_loss"]
+        per_step = ring_traffic(numel, 2, r)[0] * 4                 # float32 gradients
+        start = numel * 4 if r == 0 else 0                           # rank 0 broadcast its weights
+        assert np.diff([start, *rec["bytes_sent"]]).tolist() == [per_step] * 3
+    with pytest.raises(WorkerError, match="global batch 6 does not split into 4"):
+        SimComm(4).run(train_gpt_data_parallel, data, steps=1, batch_size=6)
