@@ -26,6 +26,7 @@ exit code instead of the other ranks waiting forever.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import traceback
 from typing import Callable, Sequence
@@ -64,6 +65,7 @@ def abort(error: BaseException) -> None:
     sys.stderr.write(f"rank {MPI.COMM_WORLD.Get_rank()}: {type(error).__name__}: {error}\n")
     sys.stderr.flush()
     MPI.COMM_WORLD.Abort(1)
+    os._exit(1)     # MPICH's Abort may return once the launcher is told; never run on after it
 
 
 def _abort_on_uncaught_exceptions() -> None:
