@@ -97,6 +97,14 @@ def relu(x) -> Tensor:
     return as_tensor(x).relu()
 
 
+def sigmoid(x) -> Tensor:
+    return as_tensor(x).sigmoid()
+
+
+def tanh(x) -> Tensor:
+    return as_tensor(x).tanh()
+
+
 # ================================================================ GELU
 _C = math.sqrt(2.0 / math.pi)
 
@@ -434,6 +442,10 @@ class Attention(Function):
     so a chunk of new queries attends to a KV cache of earlier keys plus itself. With Tq == Tk
     this is the usual lower-triangular mask. The plain version saves the (Tq, Tk) probabilities;
     the flash kernel recomputes them from one log-sum-exp per query row instead.
+
+    `mask` (a boolean array broadcasting to the scores (..., Tq, Tk), True where a query may see
+    a key; see `_attention_mask`) takes the plain path on every backend: the flash kernel knows
+    only the causal mask.
     """
 
     @staticmethod
@@ -443,14 +455,14 @@ class Attention(Function):
         return matmul_flops(q, k[:-2] + (k[-1], k[-2])) + matmul_flops(p, v)  # q·kᵀ, then p·v
 
     @staticmethod
-    def forward(ctx, q, k, v, *, causal, scale):
-        ctx.fused = _fused(q) if _flash_ok(q, k, v) else None
+    def forward(ctx, q, k, v, *, causal, scale, mask=None):
+        ctx.fused = _fused(q) if mask is None and _flash_ok(q, k, v) else None
         if ctx.fused is not None:  # flash-style: saves o and one log-sum-exp per query row
             ctx.flash = dict(causal=causal, scale=scale, causal_offset=k.shape[-2] - q.shape[-2])
             o, lse = ctx.fused.attention_forward(q, k, v, **ctx.flash)
             ctx.save_for_backward(q, k, v, o, lse)
             return o
-        o, p = _plain_attention(q, k, v, causal, scale)
+        o, p = _plain_attention(q, k, v, causal, scale, mask)
         ctx.scale = scale
         ctx.save_for_backward(q, k, v, p)
         return o
@@ -464,14 +476,27 @@ class Attention(Function):
         return unbroadcast(gq, q.shape), unbroadcast(gk, k.shape), unbroadcast(gv, v.shape)
 
 
-def _plain_attention(q, k, v, causal, scale):
-    """The readable O(T²) attention: returns o = p @ v and the probabilities p (B, H, Tq, Tk)."""
+def _plain_attention(q, k, v, causal, scale, mask=None):
+    """The readable O(T²) attention: returns o = p @ v and the probabilities p (B, H, Tq, Tk).
+
+    `mask` (boolean, broadcasting to p): True where a query may see a key. A query that may see
+    no key gets all-zero probabilities, so its output and its gradients are 0 (a softmax over
+    nothing is 0/0), as torch.nn.functional.scaled_dot_product_attention gives since torch 2.5."""
     s = (q @ np.swapaxes(k, -1, -2)) * scale  # (B, H, Tq, Tk)
-    if causal:
-        Tq, Tk = s.shape[-2:]
-        s = np.where(np.tri(Tq, Tk, Tk - Tq, dtype=bool), s, -np.inf)
-    p = np.exp(s - s.max(axis=-1, keepdims=True))
-    p /= p.sum(axis=-1, keepdims=True)
+    Tq, Tk = s.shape[-2:]
+    allowed = np.tri(Tq, Tk, Tk - Tq, dtype=bool) if causal else None
+    if mask is not None:
+        allowed = mask if allowed is None else allowed & mask
+    if allowed is not None:
+        s = np.where(allowed, s, -np.inf)
+    m = s.max(axis=-1, keepdims=True)
+    if mask is not None:  # a row that sees no key has max -inf: shift it by 0, so exp gives zeros
+        m = np.where(np.isneginf(m), 0.0, m)
+    p = np.exp(s - m)
+    total = p.sum(axis=-1, keepdims=True)
+    if mask is not None:
+        total[total == 0] = 1.0
+    p /= total
     return p @ v, p  # (B, H, Tq, Dv)
 
 
@@ -501,14 +526,14 @@ class QKVAttention(Function):
         return 2 * 2 * b * t * t * (c3 // 3)  # q·kᵀ and p·v, T queries × T keys, summed over heads
 
     @staticmethod
-    def forward(ctx, qkv, *, n_head, causal, scale):
+    def forward(ctx, qkv, *, n_head, causal, scale, mask=None):
         ctx.n_head, ctx.causal, ctx.scale = n_head, causal, scale
-        ctx.fused = _fused(qkv)
+        ctx.fused = _fused(qkv) if mask is None else None  # the kernel knows only the causal mask
         if ctx.fused is not None:
             o, lse = ctx.fused.attention_qkv_forward(qkv, n_head, causal=causal, scale=scale)
             ctx.save_for_backward(qkv, o, lse)
             return o
-        o, p = _plain_attention(*_split_qkv(qkv, n_head), causal, scale)
+        o, p = _plain_attention(*_split_qkv(qkv, n_head), causal, scale, mask)
         ctx.save_for_backward(qkv, p)
         return _merge_heads(o)  # (B, T, C)
 
@@ -540,11 +565,14 @@ def _split_qkv(qkv, n_head):
     return [_split_heads(qkv[:, :, i * C:(i + 1) * C], n_head) for i in range(3)]
 
 
-def qkv_attention(qkv, n_head: int, causal: bool = True, scale: float | None = None) -> Tensor:
+def qkv_attention(qkv, n_head: int, causal: bool = True, scale: float | None = None, *,
+                  attn_mask=None, key_padding_mask=None) -> Tensor:
     """Self-attention of the fused projection qkv (B, T, 3C) over n_head heads -> (B, T, C).
 
     qkv holds q | k | v along its last axis, head h of each in columns h*hs:(h+1)*hs with
-    hs = C / n_head; scale defaults to 1/√hs. The output has the heads side by side."""
+    hs = C / n_head; scale defaults to 1/√hs. The output has the heads side by side.
+    `attn_mask` and `key_padding_mask` are those of `scaled_dot_product_attention`, for the
+    scores (B, nh, T, T); with either, the numpy path runs on every backend."""
     qkv = as_tensor(qkv)
     if not isinstance(n_head, (int, np.integer)) or n_head < 1:
         raise ValueError(f"qkv_attention: n_head must be a positive integer, got {n_head!r}")
@@ -558,7 +586,9 @@ def qkv_attention(qkv, n_head: int, causal: bool = True, scale: float | None = N
         raise ValueError(f"qkv_attention: the sequence is empty (qkv shape {qkv.shape}); T must be >= 1")
     hs = qkv.shape[-1] // 3 // n_head
     scale = 1.0 / math.sqrt(hs) if scale is None else float(scale)
-    return QKVAttention.apply(qkv, n_head=int(n_head), causal=bool(causal), scale=scale)
+    B, T = qkv.shape[:2]
+    mask = _attention_mask("qkv_attention", (B, int(n_head), T, T), attn_mask, key_padding_mask)
+    return QKVAttention.apply(qkv, n_head=int(n_head), causal=bool(causal), scale=scale, mask=mask)
 
 
 def _flash_ok(q, k, v) -> bool:
@@ -568,8 +598,55 @@ def _flash_ok(q, k, v) -> bool:
             and q.dtype.kind == "f" and q.dtype == k.dtype == v.dtype)
 
 
-def scaled_dot_product_attention(q, k, v, causal: bool = False, scale: float | None = None) -> Tensor:
-    """Attention of q (..., Tq, D) over k (..., Tk, D) and v (..., Tk, Dv); scale defaults to 1/√D."""
+def _bool_mask(op: str, name: str, mask, meaning: str) -> np.ndarray:
+    arr = mask.data if isinstance(mask, Tensor) else np.asarray(mask)
+    if arr.dtype != np.bool_:
+        raise TypeError(f"{op}: {name} must be boolean ({meaning}), got dtype {arr.dtype}")
+    return arr
+
+
+def _attention_mask(op: str, scores: tuple, attn_mask, key_padding_mask):
+    """One boolean mask, True where a query may see a key, broadcasting to the attention scores
+    of shape `scores` (..., Tq, Tk); None when neither mask is given.
+
+    attn_mask: True = may attend (torch's scaled_dot_product_attention), broadcasting to the
+    scores without enlarging them: (Tq, Tk), (B, 1, Tq, Tk), (B, nh, Tq, Tk), (B, 1, 1, Tk)...
+    key_padding_mask: (B, Tk), True = a padded key that no query sees (torch's
+    nn.MultiheadAttention), B being the first axis of the scores."""
+    allowed = None
+    if attn_mask is not None:
+        allowed = _bool_mask(op, "attn_mask", attn_mask, "True = may attend")
+        fits = allowed.ndim <= len(scores) and all(
+            m in (1, s) for m, s in zip(allowed.shape[::-1], scores[::-1]))
+        if not fits:
+            raise ValueError(
+                f"{op}: attn_mask of shape {allowed.shape} does not broadcast to the attention scores "
+                f"{scores} (..., Tq, Tk); give (Tq, Tk) = {scores[-2:]}, with leading batch axes of "
+                "size 1 or the scores' size if the mask differs across the batch"
+            )
+    if key_padding_mask is not None:
+        pad = _bool_mask(op, "key_padding_mask", key_padding_mask, "True = padded key")
+        if len(scores) < 3 or pad.shape != (scores[0], scores[-1]):
+            raise ValueError(
+                f"{op}: key_padding_mask has shape {pad.shape} but the attention scores are {scores} "
+                "(B, ..., Tq, Tk): it must be (B, Tk), True at padded keys"
+            )
+        sees = ~pad.reshape((pad.shape[0],) + (1,) * (len(scores) - 2) + (pad.shape[1],))
+        allowed = sees if allowed is None else allowed & sees
+    return allowed
+
+
+def scaled_dot_product_attention(q, k, v, causal: bool = False, scale: float | None = None, *,
+                                 attn_mask=None, key_padding_mask=None) -> Tensor:
+    """Attention of q (..., Tq, D) over k (..., Tk, D) and v (..., Tk, Dv); scale defaults to 1/√D.
+
+    Tq and Tk may differ (cross-attention of a decoder over an encoder's outputs). Masks, both
+    boolean, combine with `causal` (a key is seen only if every mask allows it):
+    `attn_mask` is True where a query may attend, broadcasting to the scores (..., Tq, Tk), as in
+    torch's scaled_dot_product_attention; `key_padding_mask` (B, Tk) is True at padded keys, as
+    in torch's nn.MultiheadAttention (the opposite sense), B being the first batch axis. A query
+    that sees no key at all gets output 0 and gradient 0, as torch's scaled_dot_product_attention
+    gives (torch's nn.MultiheadAttention gives NaN)."""
     q, k, v = as_tensor(q), as_tensor(k), as_tensor(v)
     if q.shape[-1] != k.shape[-1] or k.shape[-2] != v.shape[-2]:
         raise ValueError(
@@ -590,4 +667,6 @@ def scaled_dot_product_attention(q, k, v, causal: bool = False, scale: float | N
             f"first {q.shape[-2] - k.shape[-2]} queries would see no key (NaN); pass at least as many keys"
         )
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
-    return Attention.apply(q, k, v, causal=causal, scale=scale)
+    scores = np.broadcast_shapes(q.shape[:-2], k.shape[:-2]) + (q.shape[-2], k.shape[-2])
+    mask = _attention_mask("scaled_dot_product_attention", scores, attn_mask, key_padding_mask)
+    return Attention.apply(q, k, v, causal=causal, scale=scale, mask=mask)

@@ -600,13 +600,15 @@ class Cat(Function):
 
     @staticmethod
     def forward(ctx, *arrays, axis=0):
-        ctx.axis = axis
-        ctx.sizes = [a.shape[axis] for a in arrays]
-        try:
-            return np.concatenate(arrays, axis=axis)
-        except ValueError:
-            shapes = ", ".join(str(a.shape) for a in arrays)
-            raise ValueError(f"cat: shapes {shapes} differ outside axis {axis}") from None
+        shapes = ", ".join(str(a.shape) for a in arrays)
+        nd = arrays[0].ndim
+        if nd == 0 or not -nd <= axis < nd:
+            raise ValueError(f"cat: axis {axis} is out of range for shapes {shapes} (0-d tensors: use stack)")
+        ax = axis % nd
+        if len({a.shape[:ax] + a.shape[ax + 1:] if a.ndim == nd else None for a in arrays}) > 1:
+            raise ValueError(f"cat: shapes {shapes} differ outside axis {axis}")
+        ctx.axis, ctx.sizes = ax, [a.shape[ax] for a in arrays]
+        return np.concatenate(arrays, axis=ax)
 
     @staticmethod
     def backward(ctx, g):
@@ -627,6 +629,28 @@ class Stack(Function):
     @staticmethod
     def backward(ctx, g):
         return tuple(np.moveaxis(g, ctx.axis, 0))
+
+
+def _one_axis(op: str, axis, shape: tuple) -> int:
+    """`axis` (maybe negative) of `shape` as a non-negative int, or an error naming `op`."""
+    nd = len(shape)
+    if not isinstance(axis, (int, np.integer)) or not -nd <= axis < nd:
+        raise ValueError(f"{op}: axis {axis!r} is out of range for shape {shape} (valid: {-nd} to {nd - 1})")
+    return int(axis) % nd
+
+
+def _int_array(op: str, index) -> np.ndarray:
+    index = index.data if isinstance(index, Tensor) else np.asarray(index)
+    if index.dtype.kind not in "iu":
+        raise TypeError(f"{op}: index must hold integers, got dtype {index.dtype}")
+    return index
+
+
+def _check_range(op: str, index: np.ndarray, n: int, axis) -> None:
+    """Every index in [0, n), as torch requires of gather and index_select (no negative ones)."""
+    if index.size and (index.min() < 0 or index.max() >= n):
+        bad = index.min() if index.min() < 0 else index.max()
+        raise IndexError(f"{op}: index {bad} is out of range for axis {axis} of size {n} (valid: 0 to {n - 1})")
 
 
 def _shape_arg(args: tuple) -> tuple:
@@ -1099,6 +1123,82 @@ class Tensor:
         axis = axis % (self.ndim + 1)
         return self.reshape(self.shape[:axis] + (1,) + self.shape[axis:])
 
+    # ------------------------------------------------------------ pieces and lookups
+    # These are indexing, so their gradient is GetItem's: slices write the upstream gradient back
+    # in place, integer indices scatter-add it (a row picked twice gets both gradients).
+    @torch_names
+    def split(self, split_size_or_sections, axis=0) -> tuple:
+        """Pieces along `axis`, as torch.split: an int gives pieces of that size (the last one
+        smaller if the size does not divide the axis); a list gives the size of each piece."""
+        ax = _one_axis("split", axis, self.shape)
+        n = self.shape[ax]
+        if isinstance(split_size_or_sections, (int, np.integer)):
+            size = int(split_size_or_sections)
+            if size < 1:
+                raise ValueError(f"split: split_size must be a positive integer, got {size}")
+            sizes = [size] * (n // size) + ([n % size] if n % size or n == 0 else [])
+        else:
+            sizes = [int(s) for s in split_size_or_sections]
+            if any(s < 0 for s in sizes) or sum(sizes) != n:
+                raise ValueError(
+                    f"split: sections {sizes} must be sizes >= 0 summing to {n}, the length of "
+                    f"axis {axis} of shape {self.shape}"
+                )
+        ends = np.cumsum(sizes)
+        lead = (slice(None),) * ax
+        return tuple(self[lead + (slice(int(e - s), int(e)),)] for s, e in zip(sizes, ends))
+
+    @torch_names
+    def chunk(self, chunks: int, axis=0) -> tuple:
+        """At most `chunks` pieces along `axis` of ceil(n / chunks) elements each (the last one
+        smaller), as torch.chunk: chunk(4) of 5 rows gives 2, 2 and 1 rows (three pieces)."""
+        if not isinstance(chunks, (int, np.integer)) or chunks < 1:
+            raise ValueError(f"chunk: chunks must be a positive integer, got {chunks!r}")
+        n = self.shape[_one_axis("chunk", axis, self.shape)]
+        if n == 0:  # torch gives `chunks` empty pieces
+            return self.split([0] * int(chunks), axis)
+        return self.split(-(-n // int(chunks)), axis)
+
+    @torch_names
+    def gather(self, axis, index) -> "Tensor":
+        """out[i][j][k] = self[index[i][j][k]][j][k] for axis 0 (and so on), as torch.gather:
+        `index` has self's number of dimensions, at most self's size on every other axis, and
+        values in [0, self.shape[axis])."""
+        index = _int_array("gather", index)
+        ax = _one_axis("gather", axis, self.shape)
+        if index.ndim != self.ndim or any(i > n for d, (i, n) in enumerate(zip(index.shape, self.shape)) if d != ax):
+            raise ValueError(
+                f"gather: index of shape {index.shape} does not fit input of shape {self.shape} along "
+                f"axis {axis}: it needs {self.ndim} dimensions, each no larger than the input's except axis {axis}"
+            )
+        _check_range("gather", index, self.shape[ax], axis)
+        # the position of every output element in self: index along `axis`, its own coordinate elsewhere
+        positions = tuple(index if d == ax else np.arange(m).reshape((m,) + (1,) * (index.ndim - d - 1))
+                       for d, m in enumerate(index.shape))
+        return self[positions]
+
+    @torch_names
+    def index_select(self, axis, index) -> "Tensor":
+        """The entries `index` (a 1-D integer array) along `axis`, as torch.index_select."""
+        index = _int_array("index_select", index)
+        if index.ndim > 1:
+            raise ValueError(f"index_select: index must be 1-D, got shape {index.shape}")
+        ax = _one_axis("index_select", axis, self.shape)
+        _check_range("index_select", index, self.shape[ax], axis)
+        return self[(slice(None),) * ax + (index.reshape(-1),)]
+
+    def masked_fill(self, mask, value) -> "Tensor":
+        """`value` where the boolean `mask` is True, self elsewhere; mask broadcasts against self,
+        as torch.masked_fill. `value` is a number or a 0-d tensor (which then gets a gradient)."""
+        mask = mask.data if isinstance(mask, Tensor) else np.asarray(mask)
+        if mask.dtype != np.bool_:
+            raise TypeError(f"masked_fill: mask must be boolean (True = fill), got dtype {mask.dtype}; "
+                            "compare first, e.g. x.masked_fill(ids == pad, 0.0)")
+        if np.ndim(value.data if isinstance(value, Tensor) else value) != 0:
+            raise ValueError(f"masked_fill: value must be a number or a 0-d tensor, got shape {np.shape(value)}")
+        _broadcast_shape("masked_fill", mask.shape, self.shape)
+        return Where.apply(self._other(value), self, cond=mask)
+
 
 # ================================================================ constructors
 def tensor(data, requires_grad: bool = False, dtype=None) -> Tensor:
@@ -1180,6 +1280,35 @@ def stack(tensors, axis=0) -> Tensor:
     if not tensors:
         raise ValueError("stack: expected a non-empty sequence of tensors")
     return Stack.apply(*tensors, axis=axis)
+
+
+@torch_names
+def split(tensor, split_size_or_sections, axis=0) -> tuple:
+    """torch.split: see `Tensor.split`."""
+    return as_tensor(tensor).split(split_size_or_sections, axis)
+
+
+@torch_names
+def chunk(tensor, chunks: int, axis=0) -> tuple:
+    """torch.chunk: see `Tensor.chunk`."""
+    return as_tensor(tensor).chunk(chunks, axis)
+
+
+@torch_names
+def gather(input, axis, index) -> Tensor:
+    """torch.gather: see `Tensor.gather`."""
+    return as_tensor(input).gather(axis, index)
+
+
+@torch_names
+def index_select(input, axis, index) -> Tensor:
+    """torch.index_select: see `Tensor.index_select`."""
+    return as_tensor(input).index_select(axis, index)
+
+
+def masked_fill(input, mask, value) -> Tensor:
+    """torch.masked_fill: see `Tensor.masked_fill`."""
+    return as_tensor(input).masked_fill(mask, value)
 
 
 def where(cond, a, b) -> Tensor:
