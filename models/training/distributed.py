@@ -5,7 +5,7 @@ are broadcast to all ranks, the gradients are all-reduced by the first gradient 
 ``LocalSGD`` optimizer, averaged on its own schedule), each rank trains on its shard of the
 global batch, checkpoints go to ``save_dir/rank{r}`` and only rank 0 reports progress::
 
-    from optim.dist.comm import launch
+    from optim.dist.launcher import launch
 
     def worker(comm, resume=False):
         model = GPT(cfg, seed=0)

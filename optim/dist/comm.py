@@ -11,7 +11,7 @@ Every distributed algorithm in ``optim.dist`` is written once, for one worker, a
         g = local_gradient(comm.rank)
         return comm.allreduce(g, op="mean") # the same array on every rank
 
-    results = launch(worker, workers=4)     # SimComm(4), or MPIComm under mpiexec
+    results = launch(worker, workers=4)     # SimComm(4), or MPIComm under mpiexec (optim.dist.launcher)
 
 The calls (every rank of the communicator makes each collective call, in the same order):
 
@@ -53,17 +53,15 @@ PyTorch's, so ``no_grad`` on one simulated rank leaves the others recording.)
 """
 from __future__ import annotations
 
-import os
 import threading
 from collections import deque
 from typing import Callable, Sequence
 
 import numpy as np
 
-__all__ = ["Communicator", "SimComm", "launch", "CommError", "CommAborted", "DeadlockError",
+__all__ = ["Communicator", "SimComm", "CommError", "CommAborted", "DeadlockError",
            "WorkerError", "ring_bounds", "ring_sum", "ring_traffic", "check_same_arrays",
-           "check_same_calls", "check_graph",
-           "mpi_world_size"]
+           "check_same_calls", "check_graph"]
 
 
 class CommError(RuntimeError):
@@ -480,28 +478,3 @@ class SimRank(Communicator):
             x = world.mail[box].popleft()
         self._count(0, x.nbytes)
         return x
-
-
-# ------------------------------------------------------------------ choosing the backend
-def mpi_world_size() -> int:
-    """The number of ranks when this process was started by ``mpiexec`` (1 otherwise), read from
-    the environment the launcher sets, so mpi4py is imported only when it is needed."""
-    for var in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MPI_LOCALNRANKS", "PMIX_SIZE"):
-        if os.environ.get(var, "").isdigit():
-            return int(os.environ[var])
-    return 1
-
-
-def launch(fn: Callable, *args, workers: int | None = None, **kwargs) -> list:
-    """Run ``fn(comm, *args, **kwargs)`` on every worker and return all ranks' results in rank order.
-
-    Under ``mpiexec -n k`` (k > 1) the ranks are the MPI processes (``workers`` must be None or k)
-    and every process gets the full list; otherwise ``SimComm(workers or 1)`` simulates them."""
-    size = mpi_world_size()
-    if size > 1:
-        if workers is not None and workers != size:
-            raise CommError(f"launch: workers={workers} but mpiexec started {size} ranks; "
-                            f"pass the same number or leave workers unset")
-        from .mpi import MPIComm
-        return MPIComm().run(fn, *args, **kwargs)
-    return SimComm(1 if workers is None else workers).run(fn, *args, **kwargs)

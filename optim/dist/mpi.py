@@ -1,7 +1,7 @@
 """MPIComm: the ``Communicator`` of ``optim.dist.comm`` on MPI processes, through mpi4py.
 
 Start one process per worker with ``mpiexec -n 4 python script.py``; in the script
-``MPIComm()`` is this process's rank of ``MPI.COMM_WORLD`` (``launch`` in ``optim.dist.comm``
+``MPIComm()`` is this process's rank of ``MPI.COMM_WORLD`` (``launch`` in ``optim.dist.launcher``
 builds it for you). Arrays travel only through mpi4py's buffer calls (``Sendrecv``, ``Bcast``,
 ``Allgather``, ``Isend``/``Irecv``), never its pickle-based lowercase ones.
 

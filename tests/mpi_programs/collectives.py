@@ -7,7 +7,8 @@ import sys
 
 import numpy as np
 
-from optim.dist.comm import CommError, launch
+from optim.dist.comm import CommError
+from optim.dist.launcher import launch
 
 SHAPES = [(), (3,), (5, 7), (64,)]          # sizes 1, 3 (< 4 ranks: empty chunks), 35, 64
 DTYPES = ["float64", "float32", "int64"]

@@ -6,7 +6,7 @@ import sys
 
 import numpy as np
 
-from optim.dist.comm import launch
+from optim.dist.launcher import launch
 from optim.dist.mpi import MPIComm
 
 

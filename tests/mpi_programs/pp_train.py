@@ -8,7 +8,7 @@ import numpy as np
 
 from models.gpt import GPTConfig
 from models.parallel.pipeline import SCHEDULES, train_pipeline
-from optim.dist.comm import launch
+from optim.dist.launcher import launch
 
 CONFIG = GPTConfig(n_layer=4, n_head=2, n_embd=32, block_size=8, vocab_size=11)
 

@@ -10,7 +10,7 @@ from models.gpt import GPTConfig
 from models.parallel.tensor import TensorParallelGPT, clip_grad_norm_tp
 from models.training import Trainer, lm_loss
 from models.training.optimizers import build_optimizer
-from optim.dist.comm import launch
+from optim.dist.launcher import launch
 
 CONFIG = GPTConfig(n_layer=2, n_head=4, n_embd=32, block_size=16, vocab_size=11)
 
