@@ -9,7 +9,7 @@ worker sends per step beside the formulas (Lecture 10).
     .venv/bin/python demos/parallel.py --mode single --preset tiny --steps 20            # the same final loss
 
 Modes (``--workers N`` sets the number of simulated workers; under ``mpiexec -n k`` the k ranks
-are the workers, run through ``optim.dist.comm.launch``):
+are the workers, run through ``optim.dist.launcher.launch``):
 
     single  one process: ``models.gpt.GPT`` through ``models.training.Trainer``
     dp      data parallel (``models.training.distributed.data_parallel_trainer``): each worker
@@ -29,7 +29,7 @@ are the workers, run through ``optim.dist.comm.launch``):
 Every mode trains the same model from the same weights on the same batches with the same recipe:
 AdamW (lr ``--lr``, betas (0.9, 0.99), weight decay 0.1 on matrices), warmup then cosine decay to
 lr/10, the gradient clipped at global norm ``--clip`` (each mode computes the single-process norm:
-after the all-reduce in dp; ``clip_grad_norm_tp`` in tp; the stages' squares summed in pp), in
+after the all-reduce in dp; ``clip_grad_norm_tp`` in tp; ``clip_grad_norm_pp`` in pp), in
 float64 by default so that the modes agree to ~1e-12 and their final losses print the same. Each
 mode prints ``final loss <value>`` the same way, on simulated workers and on MPI ranks.
 
@@ -60,14 +60,16 @@ import minigrad  # noqa: E402
 from models import cli  # noqa: E402
 from models.data import DataError, TextData, load_text  # noqa: E402
 from models.gpt import GPT, PRESETS, preset  # noqa: E402
-from models.parallel.pipeline import (PipelineStage, expected_bubble, partition_layers,  # noqa: E402
-                                      pipeline_bytes, pipeline_loss, plot_timeline, simulate)
+from models.parallel.pipeline import (PipelineStage, clip_grad_norm_pp, expected_bubble,  # noqa: E402
+                                      partition_layers, pipeline_bytes, pipeline_loss, plot_timeline,
+                                      simulate)
 from models.parallel.tensor import (TensorParallelGPT, check_tp_degree, clip_grad_norm_tp,  # noqa: E402
                                     tp_bytes_per_step)
 from models.training import Trainer, clip_grad_norm, lm_loss, pyplot, save_figure  # noqa: E402
 from models.training.distributed import data_parallel_trainer  # noqa: E402
 from models.training.optimizers import build_optimizer  # noqa: E402
-from optim.dist.comm import launch, mpi_world_size, ring_traffic  # noqa: E402
+from optim.dist.comm import ring_traffic  # noqa: E402
+from optim.dist.launcher import launch, mpi_world_size  # noqa: E402
 
 MODES = ("single", "dp", "tp", "pp", "dp-tp")
 DEFAULT_WORKERS = {"single": 1, "dp": 2, "tp": 2, "pp": 2, "dp-tp": 4}
@@ -79,22 +81,6 @@ STYLE = {"single": ("black", "-", 3.5), "dp": ("tab:blue", "--", 1.6), "tp": ("t
 
 
 # ============================================================================= one mode on one worker
-def clip_grad_norm_pipeline(stage: PipelineStage, max_norm: float, eps: float = 1e-6):
-    """A gradient hook clipping a pipeline stage's gradients at the whole model's 2-norm: the
-    stages' sums of squares all-reduced, the last stage's copy of the tied ``wte.weight`` (the
-    same gradient as the first stage's) left out so that it counts once."""
-    def hook(grads):
-        mine = sum(float(np.sum(np.square(g.astype(np.float64)))) for n, g in grads.items()
-                   if g is not None and not (n == "wte.weight" and stage.is_last and not stage.is_first))
-        total = math.sqrt(float(stage.comm.allreduce(np.array([mine]))[0]))
-        coef = max_norm / (total + eps)
-        if coef < 1.0:
-            for g in grads.values():
-                if g is not None:
-                    g *= g.dtype.type(coef)
-    return hook
-
-
 class BytesMeter:
     """``on_step``: the bytes this worker sent during each step, summed over its communicators."""
 
@@ -160,7 +146,7 @@ def train_mode(comm, mode, a, cfg, data, batch_size, schedule="1f1b") -> dict:
         model = PipelineStage(comm, cfg, micro_batches=a.micro_batches, schedule=schedule, dtype=dtype,
                               seed=a.seed, track_memory=True)
         trainer = Trainer(model, pipeline_loss, _optimizer(model, a), batches,
-                          grad_hooks=[clip_grad_norm_pipeline(model, a.clip)] if clip else [],
+                          grad_hooks=[clip_grad_norm_pp(model, a.clip)] if clip else [],
                           **_trainer_options(a, lead))
     meter = BytesMeter(comms)
     trainer.on_step = meter

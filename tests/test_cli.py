@@ -76,7 +76,8 @@ DEMOS = {"backprop_by_hand.py": [], "convex_lab.py": [], "memory_costs.py": ["--
          "train_gpt.py": ["--preset", "tiny", "--max-minutes", "0", "--no-progress"],
          "layerwise.py": ["--quick", "--cache-dir", ""],
          "subspace.py": ["--quick", "--cache-dir", ""],
-         "compare_optimizers.py": ["--quick", "--cache-dir", "", "--optimizers", "adamw"]}
+         "compare_optimizers.py": ["--quick", "--cache-dir", "", "--optimizers", "adamw"],
+         "parallel.py": ["--quick", "--cache-dir", ""]}
 
 
 @pytest.mark.parametrize("name", DEMOS)
