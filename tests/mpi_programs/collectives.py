@@ -10,7 +10,7 @@ import numpy as np
 from optim.dist.comm import CommError
 from optim.dist.launcher import launch
 
-SHAPES = [(), (3,), (5, 7), (64,)]          # sizes 1, 3 (< 4 ranks: empty chunks), 35, 64
+SHAPES = [(), (0,), (3,), (5, 7), (64,)]    # sizes 1, 0, 3 (< 4 ranks: empty chunks), 35, 64
 DTYPES = ["float64", "float32", "int64"]
 
 
@@ -56,6 +56,9 @@ def exercise(comm) -> dict[str, np.ndarray]:
     got = comm.neighbor_exchange(inputs(r, (r + 1, 2), "float32"), sources=[left, right], dests=[right, left])
     for i, a in enumerate(got):
         record(f"neighbor_exchange {i}", a)
+    # Peers listed many times (legal: the lists agree as sets) make a header longer than one slot.
+    got = comm.neighbor_exchange(inputs(r, (2,), "float64"), sources=[left] * 40, dests=[right] * 40)
+    record("neighbor_exchange repeated peers", np.stack(got))
 
     # Point to point: two messages to the right, received in the other order (matched by tag).
     comm.send(inputs(r, (4,), "float64"), right, tag=0)
