@@ -670,3 +670,50 @@ def scaled_dot_product_attention(q, k, v, causal: bool = False, scale: float | N
     scores = np.broadcast_shapes(q.shape[:-2], k.shape[:-2]) + (q.shape[-2], k.shape[-2])
     mask = _attention_mask("scaled_dot_product_attention", scores, attn_mask, key_padding_mask)
     return Attention.apply(q, k, v, causal=causal, scale=scale, mask=mask)
+
+
+# ================================================================ recurrent cells
+# One time step each, composed of linear, sigmoid and tanh (their VJPs are proven above), with
+# PyTorch's gate order, so weights move between the two libraries unchanged. nn.RNNCell,
+# LSTMCell, GRUCell and the multi-layer nn.RNN, LSTM, GRU call these. Shapes: x (B, I) or (I,),
+# h and c (B, H) or (H,); W_ih (G·H, I), W_hh (G·H, H) and biases (G·H,) with G gates stacked by rows.
+def rnn_cell(x, h, weight_ih, weight_hh, bias_ih=None, bias_hh=None, nonlinearity: str = "tanh") -> Tensor:
+    """Elman RNN step: h' = act(x W_ih^T + b_ih + h W_hh^T + b_hh), act tanh or relu."""
+    pre = linear(x, weight_ih, bias_ih) + linear(h, weight_hh, bias_hh)
+    if nonlinearity == "tanh":
+        return pre.tanh()
+    if nonlinearity == "relu":
+        return pre.relu()
+    raise ValueError(f"rnn_cell: nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
+
+
+def lstm_cell(x, hx, weight_ih, weight_hh, bias_ih=None, bias_hh=None) -> tuple[Tensor, Tensor]:
+    """LSTM step (Hochreiter & Schmidhuber 1997, with the forget gate of Gers et al. 2000) on
+    hx = (h, c), returning (h', c'). The rows of W_ih and W_hh are the gates i | f | g | o:
+
+        i, f, g, o = chunks of  x W_ih^T + b_ih + h W_hh^T + b_hh
+        c' = σ(f) ⊙ c + σ(i) ⊙ tanh(g)        forget some of the cell, write some of g
+        h' = σ(o) ⊙ tanh(c')                  show some of the cell
+    """
+    h, c = hx
+    gates = linear(x, weight_ih, bias_ih) + linear(h, weight_hh, bias_hh)
+    i, f, g, o = gates.chunk(4, axis=-1)
+    c = f.sigmoid() * c + i.sigmoid() * g.tanh()
+    return o.sigmoid() * c.tanh(), c
+
+
+def gru_cell(x, h, weight_ih, weight_hh, bias_ih=None, bias_hh=None) -> Tensor:
+    """GRU step (Cho et al. 2014, arXiv 1406.1078) as PyTorch and cuDNN compute it; the rows of
+    W_ih and W_hh are r | z | n:
+
+        r = σ(W_ir x + b_ir + W_hr h + b_hr)           reset gate
+        z = σ(W_iz x + b_iz + W_hz h + b_hz)           update gate
+        n = tanh(W_in x + b_in + r ⊙ (W_hn h + b_hn))  candidate (Cho et al. write W_hn (r ⊙ h))
+        h' = (1 - z) ⊙ n + z ⊙ h
+    """
+    i_r, i_z, i_n = linear(x, weight_ih, bias_ih).chunk(3, axis=-1)
+    h_r, h_z, h_n = linear(h, weight_hh, bias_hh).chunk(3, axis=-1)
+    r = (i_r + h_r).sigmoid()
+    z = (i_z + h_z).sigmoid()
+    n = (i_n + r * h_n).tanh()
+    return n + z * (h - n)

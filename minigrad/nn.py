@@ -15,7 +15,7 @@ from typing import ClassVar, Iterator
 import numpy as np
 
 from . import functional as F
-from .tensor import Tensor, as_generator, as_tensor
+from .tensor import Tensor, as_generator, as_tensor, cat, stack
 
 
 class Parameter(Tensor):
@@ -442,3 +442,261 @@ class ModuleList(_Container):
     def append(self, module):
         setattr(self, str(len(self._modules)), module)
         return self
+
+
+# ================================================================ recurrent layers
+# PyTorch's modules, parameter names, shapes, gate orders and initialisation (every weight and
+# bias U(-1/√H, 1/√H)), so a torch state dict loads with load_state_dict(strict=True) and gives
+# the same outputs. Each step is F.rnn_cell / lstm_cell / gru_cell, composed of primitives:
+# backpropagation through time is the tape walking the unrolled loop. A fused kernel for the
+# whole sequence (one Function per layer) is left for later.
+_RECURRENT_ROLES = {"weight_ih": "linear", "weight_hh": "linear", "bias_ih": "bias", "bias_hh": "bias"}
+
+
+def _check_positive(op: str, **sizes) -> None:
+    for name, n in sizes.items():
+        if not isinstance(n, (int, np.integer)) or n < 1:
+            raise ValueError(f"{op}: {name} must be a positive integer, got {n!r}")
+
+
+def _recurrent_weights(rng, bound, gates, hidden_size, input_size, bias, dtype):
+    """(weight_ih, weight_hh, bias_ih, bias_hh) as Parameters drawn U(-bound, bound); biases None without bias."""
+    def draw(*shape):
+        return Parameter(rng.uniform(-bound, bound, shape).astype(dtype))
+
+    rows = gates * hidden_size
+    weight_ih, weight_hh = draw(rows, input_size), draw(rows, hidden_size)
+    if not bias:
+        return weight_ih, weight_hh, None, None
+    return weight_ih, weight_hh, draw(rows), draw(rows)
+
+
+class _RecurrentCell(Module):
+    """One time step over a batch: input (B, input_size) or unbatched (input_size,)."""
+
+    own_param_roles = _RECURRENT_ROLES
+    gates: ClassVar[int]  # rows of hidden_size stacked in weight_ih / weight_hh
+    state_names: ClassVar[tuple[str, ...]]
+
+    def __init__(self, input_size, hidden_size, bias=True, dtype=np.float32, rng=None):
+        super().__init__()
+        _check_positive(type(self).__name__, input_size=input_size, hidden_size=hidden_size)
+        self.input_size, self.hidden_size = int(input_size), int(hidden_size)
+        rng = as_generator(rng)  # None: minigrad.default_generator (see manual_seed)
+        self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh = _recurrent_weights(
+            rng, 1.0 / math.sqrt(hidden_size), self.gates, hidden_size, input_size, bias, dtype)
+
+    def _prepare(self, input, hx):
+        """input as a Tensor and the state as a tuple of Tensors (zeros for None), checked."""
+        name = type(self).__name__
+        x = as_tensor(input)
+        if x.ndim not in (1, 2) or x.shape[-1] != self.input_size:
+            raise ValueError(f"{name}: input must be (B, {self.input_size}) or ({self.input_size},), got shape {x.shape}")
+        want = x.shape[:-1] + (self.hidden_size,)
+        if hx is None:
+            return x, tuple(Tensor(np.zeros(want, dtype=self.weight_hh.dtype)) for _ in self.state_names)
+        parts = (hx,) if len(self.state_names) == 1 else hx
+        if not isinstance(parts, (tuple, list)) or len(parts) != len(self.state_names):
+            raise TypeError(f"{name}: hx must be a tuple ({', '.join(self.state_names)}), got {type(hx).__name__}")
+        parts = tuple(as_tensor(p) for p in parts)
+        for label, p in zip(self.state_names, parts):
+            if p.shape != want:
+                raise ValueError(f"{name}: {label} has shape {p.shape} but input {x.shape} needs {want}")
+        return x, parts
+
+    def extra_repr(self):
+        return f"{self.input_size}, {self.hidden_size}, bias={self.bias_ih is not None}"
+
+
+class RNNCell(_RecurrentCell):
+    """h' = tanh(x W_ih^T + b_ih + h W_hh^T + b_hh) (or relu), as torch.nn.RNNCell."""
+
+    gates, state_names = 1, ("hx",)
+
+    def __init__(self, input_size, hidden_size, bias=True, nonlinearity="tanh", dtype=np.float32, rng=None):
+        if nonlinearity not in ("tanh", "relu"):
+            raise ValueError(f"RNNCell: nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
+        super().__init__(input_size, hidden_size, bias, dtype, rng)
+        self.nonlinearity = nonlinearity
+
+    def forward(self, input, hx=None):
+        x, (h,) = self._prepare(input, hx)
+        return F.rnn_cell(x, h, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh, self.nonlinearity)
+
+
+class LSTMCell(_RecurrentCell):
+    """One LSTM step (see F.lstm_cell; gates i, f, g, o), as torch.nn.LSTMCell: forward(input,
+    (h, c)) returns (h', c')."""
+
+    gates, state_names = 4, ("h", "c")
+
+    def forward(self, input, hx=None):
+        x, state = self._prepare(input, hx)
+        return F.lstm_cell(x, state, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
+
+
+class GRUCell(_RecurrentCell):
+    """One GRU step (see F.gru_cell; gates r, z, n), as torch.nn.GRUCell."""
+
+    gates, state_names = 3, ("hx",)
+
+    def forward(self, input, hx=None):
+        x, (h,) = self._prepare(input, hx)
+        return F.gru_cell(x, h, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
+
+
+class _RecurrentLayers(Module):
+    """Layers of cells run over a sequence, as torch.nn.RNN / LSTM / GRU.
+
+    input: (T, B, input_size), (B, T, input_size) with batch_first, or unbatched (T, input_size).
+    Each state (h0, and c0 for the LSTM) is (num_layers * num_directions, B, hidden_size) —
+    never batch first, as in torch — or (num_layers * num_directions, hidden_size) unbatched;
+    None means zeros. Returns the last layer's h at every step, (T, B, num_directions *
+    hidden_size) (batch first if asked), and each state after the last step, in the layout of h0.
+
+    Layer l > 0 reads layer l-1's outputs, through dropout with probability `dropout` while
+    training (masks from minigrad.default_generator). A bidirectional layer also runs over the
+    sequence backwards (parameters suffixed "_reverse") and concatenates the two directions'
+    outputs at each step. Parameters: weight_ih_l{l}, weight_hh_l{l}, bias_ih_l{l}, bias_hh_l{l}
+    (each "_reverse" too), in torch's order. The arguments after num_layers are keyword-only.
+    """
+
+    gates: ClassVar[int]
+    state_names: ClassVar[tuple[str, ...]]
+
+    def __init__(self, input_size, hidden_size, num_layers=1, *, bias=True, batch_first=False,
+                 dropout=0.0, bidirectional=False, dtype=np.float32, rng=None):
+        super().__init__()
+        name = type(self).__name__
+        _check_positive(name, input_size=input_size, hidden_size=hidden_size, num_layers=num_layers)
+        if not 0.0 <= dropout <= 1.0:
+            raise ValueError(f"{name}: dropout must be in [0, 1], got {dropout}")
+        self.input_size, self.hidden_size, self.num_layers = int(input_size), int(hidden_size), int(num_layers)
+        self.bias, self.batch_first, self.dropout = bias, batch_first, float(dropout)
+        self.num_directions = 2 if bidirectional else 1
+        rng = as_generator(rng)  # None: minigrad.default_generator (see manual_seed)
+        for layer in range(self.num_layers):
+            n_in = self.input_size if layer == 0 else self.num_directions * self.hidden_size
+            for suffix in ("", "_reverse")[:self.num_directions]:
+                weights = _recurrent_weights(rng, 1.0 / math.sqrt(hidden_size), self.gates, self.hidden_size,
+                                             n_in, bias, dtype)
+                for base, p in zip(_RECURRENT_ROLES, weights):
+                    setattr(self, f"{base}_l{layer}{suffix}", p)
+        self.own_param_roles = {n: _RECURRENT_ROLES[n.split("_l")[0]] for n in self._parameters}
+
+    def _cell(self, x, state: tuple, weights: tuple) -> tuple:  # pragma: no cover - abstract
+        """One step of one layer and direction: the new state tuple, its hidden state first."""
+        raise NotImplementedError
+
+    def _weights(self, layer: int, direction: int) -> tuple:
+        suffix = "_reverse" if direction else ""
+        return tuple(getattr(self, f"{base}_l{layer}{suffix}") for base in _RECURRENT_ROLES)
+
+    def _run(self, input, hx) -> tuple:
+        """(output, tuple of final states) for the subclasses' forward."""
+        name = type(self).__name__
+        x = as_tensor(input)
+        batched = x.ndim == 3
+        if batched:
+            x = x.transpose(0, 1) if self.batch_first else x
+        elif x.ndim == 2:
+            x = x.unsqueeze(1)
+        if x.ndim != 3 or x.shape[-1] != self.input_size or x.shape[0] == 0:
+            layout = "(B, T, input_size)" if self.batch_first else "(T, B, input_size)"
+            raise ValueError(
+                f"{name}: input must be {layout} or unbatched (T, input_size) with input_size "
+                f"{self.input_size} and T >= 1, got shape {np.shape(input)}")
+        T, B = x.shape[:2]  # time major from here on
+        n_states = self.num_layers * self.num_directions
+        want = (n_states, B, self.hidden_size) if batched else (n_states, self.hidden_size)
+        if hx is None:
+            zeros = Tensor(np.zeros((n_states, B, self.hidden_size), dtype=self.weight_hh_l0.dtype))
+            parts = (zeros,) * len(self.state_names)
+        else:
+            parts = (hx,) if len(self.state_names) == 1 else hx
+            if not isinstance(parts, (tuple, list)) or len(parts) != len(self.state_names):
+                raise TypeError(f"{name}: hx must be a tuple ({', '.join(self.state_names)}), got {type(hx).__name__}")
+            parts = tuple(as_tensor(p) for p in parts)
+            for label, p in zip(self.state_names, parts):
+                if p.shape != want:
+                    raise ValueError(
+                        f"{name}: {label} has shape {p.shape}, expected {want} (num_layers * "
+                        f"num_directions, {'batch, ' if batched else ''}hidden_size) for input {np.shape(input)}")
+            parts = parts if batched else tuple(p.unsqueeze(1) for p in parts)
+        steps = [x[t] for t in range(T)]  # layer 0's inputs; each later layer reads a list like it
+        finals = []
+        for layer in range(self.num_layers):
+            outputs = []
+            for direction in range(self.num_directions):
+                weights = self._weights(layer, direction)
+                state = tuple(p[layer * self.num_directions + direction] for p in parts)
+                out = [None] * T
+                for t in (reversed(range(T)) if direction else range(T)):
+                    state = self._cell(steps[t], state, weights)
+                    out[t] = state[0]
+                finals.append(state)
+                outputs.append(out)
+            steps = outputs[0] if len(outputs) == 1 else [cat(pair, axis=-1) for pair in zip(*outputs)]
+            if self.dropout and self.training and layer < self.num_layers - 1:
+                steps = [F.dropout(s, self.dropout) for s in steps]
+        output = stack(steps, axis=0)  # (T, B, num_directions * H)
+        states = tuple(stack([s[i] for s in finals], axis=0) for i in range(len(self.state_names)))
+        if not batched:
+            return output.squeeze(1), tuple(s.squeeze(1) for s in states)
+        return (output.transpose(0, 1) if self.batch_first else output), states
+
+    def extra_repr(self):
+        options = [f"num_layers={self.num_layers}"] if self.num_layers != 1 else []
+        options += ["bias=False"] if not self.bias else []
+        options += ["batch_first=True"] if self.batch_first else []
+        options += [f"dropout={self.dropout}"] if self.dropout else []
+        options += ["bidirectional=True"] if self.num_directions == 2 else []
+        return ", ".join([f"{self.input_size}, {self.hidden_size}"] + options)
+
+
+class RNN(_RecurrentLayers):
+    """Elman RNN layers (tanh or relu), as torch.nn.RNN: forward(input, h0=None) returns
+    (output, h_n). See `_RecurrentLayers` for the shapes and options."""
+
+    gates, state_names = 1, ("h0",)
+
+    def __init__(self, input_size, hidden_size, num_layers=1, *, nonlinearity="tanh", **options):
+        if nonlinearity not in ("tanh", "relu"):
+            raise ValueError(f"RNN: nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
+        super().__init__(input_size, hidden_size, num_layers, **options)
+        self.nonlinearity = nonlinearity
+
+    def _cell(self, x, state, weights):
+        return (F.rnn_cell(x, state[0], *weights, nonlinearity=self.nonlinearity),)
+
+    def forward(self, input, hx=None):
+        output, (h_n,) = self._run(input, hx)
+        return output, h_n
+
+
+class LSTM(_RecurrentLayers):
+    """LSTM layers (see F.lstm_cell), as torch.nn.LSTM: forward(input, (h0, c0)=None) returns
+    (output, (h_n, c_n)). See `_RecurrentLayers` for the shapes and options."""
+
+    gates, state_names = 4, ("h0", "c0")
+
+    def _cell(self, x, state, weights):
+        return F.lstm_cell(x, state, *weights)
+
+    def forward(self, input, hx=None):
+        output, (h_n, c_n) = self._run(input, hx)
+        return output, (h_n, c_n)
+
+
+class GRU(_RecurrentLayers):
+    """GRU layers (see F.gru_cell), as torch.nn.GRU: forward(input, h0=None) returns
+    (output, h_n). See `_RecurrentLayers` for the shapes and options."""
+
+    gates, state_names = 3, ("h0",)
+
+    def _cell(self, x, state, weights):
+        return (F.gru_cell(x, state[0], *weights),)
+
+    def forward(self, input, hx=None):
+        output, (h_n,) = self._run(input, hx)
+        return output, h_n
