@@ -103,10 +103,12 @@ class MPIComm(Communicator):
     def run(self, fn: Callable, *args, **kwargs) -> list:
         """``fn(self, *args, **kwargs)`` on this rank; returns every rank's result in rank order
         (gathered with mpi4py's pickle-based ``allgather``: results are any Python objects). A
-        rank whose ``fn`` raises aborts the job (see ``abort``)."""
+        rank whose ``fn`` raises aborts the job (see ``abort``); a lone process just raises."""
         try:
             result = fn(self, *args, **kwargs)
         except BaseException as error:      # noqa: BLE001 -- the whole job must stop, not hang
+            if self._mpi.COMM_WORLD.Get_size() == 1:
+                raise
             abort(error)
         return self._comm.allgather(result)
 
