@@ -292,7 +292,8 @@ class Topology:
     def neighbors(self, rank, k=0) -> Neighbors:
         """Sources, dests and weights of ``rank`` at iteration k, read off ``matrix(k)``: the
         sources are the j != rank with W[rank, j] != 0, the dests the i != rank with W[i, rank] != 0."""
-        if isinstance(rank, bool) or not isinstance(rank, (int, np.integer)) or not 0 <= rank < self.size:
+        if isinstance(rank, bool) or not isinstance(rank, (int, np.integer)) \
+                or not 0 <= rank < self.size:
             raise ValueError(f"Topology {self.name!r}: rank must be in 0..{self.size - 1}, got {rank!r}")
         phase = _check_iteration(k, "Topology.neighbors") % self.period
         key = (int(rank), phase)
@@ -326,9 +327,10 @@ class Topology:
 
 def gossip(comm, x, topology: Topology, k=0) -> np.ndarray:
     """One gossip round for this worker: sum_j W[rank, j] x_j over its neighbours at iteration k,
-    as a new array of x's dtype (a float32 x is weighted and summed in float32). Summed in a fixed order -- its own term first, then the sources'
-    in ascending rank: ((w_ii x_i + w_ij1 x_j1) + w_ij2 x_j2) + ... -- so SimComm and MPIComm give
-    the same bits. Every worker of ``comm`` must call it with the same k."""
+    as a new array of x's dtype (a float32 x is weighted and summed in float32). Summed in a fixed
+    order -- its own term first, then the sources' in ascending rank:
+    ((w_ii x_i + w_ij1 x_j1) + w_ij2 x_j2) + ... -- so SimComm and MPIComm give the same bits.
+    Every worker of ``comm`` must call it with the same k."""
     if topology.size != comm.size:
         raise ValueError(f"gossip: topology {topology!r} is for {topology.size} workers, the "
                          f"communicator has {comm.size}")
