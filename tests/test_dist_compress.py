@@ -267,7 +267,7 @@ def _reduce_once(comm, compressor):
 def test_reducer_mean_is_the_numpy_mean_of_decompressed_payloads(compressor, n):
     results = SimComm(n).run(_reduce_once, compressor)
     own = [r[0] for r in results]
-    assert list(own[0]) == ["w", "b", "h"]              # None entries (frozen) are skipped
+    assert list(own[0]) == ["b", "h", "w"]              # sorted; None entries (frozen) skipped
     for name in own[0]:
         expected = np.mean([o[name] for o in own], axis=0)
         for rank, (_, mean, hooked, _) in enumerate(results):
@@ -303,8 +303,8 @@ def test_bytes_on_the_wire_per_worker(compressor, n):
         if compressor.exchange == "allgather":
             assert sent == (n - 1) * sum(compressor.wire_bytes(compressor.compress(x, rng)) for x in grads.values())
         elif isinstance(compressor, PowerSGD):
-            # rank 2: P of w (4x2) with b (5) in float64 and P of h (3x2) in float32, then the Q's
-            assert sent == (ring_traffic(4 * 2 + 5, n, rank)[0] * 8 + ring_traffic(3 * 2, n, rank)[0] * 4
+            # rank 2: P of h (3x2) in float32, P of w (4x2) with b (5) in float64, then the Q's
+            assert sent == (ring_traffic(3 * 2, n, rank)[0] * 4 + ring_traffic(4 * 2 + 5, n, rank)[0] * 8
                             + ring_traffic(5 * 2, n, rank)[0] * 8 + ring_traffic(4 * 2, n, rank)[0] * 4)
         else:
             kept = {k: (min(3, x.size) if isinstance(compressor, RandK) else x.size) for k, x in grads.items()}
@@ -432,3 +432,49 @@ def test_train_least_squares_checks_its_arguments():
         SimComm(3).run(train_least_squares, problem, TopK(1), lr=0.1, steps=1)
     with pytest.raises(Exception, match="feedback must be None, 'ef14' or 'ef21'"):
         SimComm(2).run(train_least_squares, problem, TopK(1), "ef", lr=0.1, steps=1)
+
+
+# ------------------------------------------------------------------ as a Trainer gradient hook
+def _gpt_run(comm, make_hook, steps=3):
+    """Data-parallel GPT training with ``make_hook(comm, optimizer)`` in place of the plain
+    all-reduce: parameters from rank 0, a shard of the global batch per rank."""
+    import optim
+    from models.gpt import GPT, GPTConfig
+    from models.training import Trainer, lm_loss
+    from optim.dist.data_parallel import broadcast_params, shard_batches
+
+    vocab, block = 11, 8
+    ids = np.cumsum(np.random.default_rng(0).choice([1, 1, 2], size=2000)) % vocab
+
+    def global_batches(rng, rows=4):
+        starts = rng.integers(0, len(ids) - block - 1, size=rows)
+        return (np.stack([ids[s:s + block] for s in starts]), np.stack([ids[s + 1:s + block + 1] for s in starts]))
+
+    model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=8, block_size=block, vocab_size=vocab),
+                dtype=np.float64, seed=comm.rank)
+    params = broadcast_params(comm, {n: p.data for n, p in model.named_parameters()})
+    opt = optim.create("sgd", params, lr=0.3)
+    start = comm.bytes_sent
+    Trainer(model, lm_loss, opt, shard_batches(global_batches, comm.rank, comm.size), steps=steps,
+            seed=3, progress=False, log_every=0, grad_hooks=[make_hook(comm, opt)]).fit()
+    return {n: p.copy() for n, p in params.items()}, comm.bytes_sent - start
+
+
+def test_reducers_plug_into_the_trainer_and_keep_the_ranks_identical():
+    from optim.dist.data_parallel import allreduce_grads
+
+    def lr_of(opt):
+        return lambda: opt.param_groups[0]["lr"]
+
+    plain = SimComm(2).run(_gpt_run, lambda comm, opt: allreduce_grads(comm))
+    identity = SimComm(2).run(_gpt_run, lambda comm, opt: Reducer(comm, Identity()))
+    powersgd = SimComm(2).run(_gpt_run, lambda comm, opt: EF14(Reducer(comm, PowerSGD(1)), lr_of(opt)))
+    topk = SimComm(2).run(_gpt_run, lambda comm, opt: EF21(Reducer(comm, TopK(ratio=0.1))))
+    for run in (identity, powersgd, topk):
+        for name, p in run[0][0].items():
+            np.testing.assert_array_equal(run[1][0][name], p)            # every rank the same
+    for name, p in plain[0][0].items():
+        np.testing.assert_allclose(identity[0][0][name], p, rtol=1e-12, atol=1e-14)
+    moved = sum(np.abs(powersgd[0][0][n] - plain[0][0][n]).max() for n in plain[0][0])
+    assert moved > 1e-6                                                  # it did compress
+    assert powersgd[0][1] < 0.5 * identity[0][1] and topk[0][1] < 0.5 * identity[0][1]

@@ -490,9 +490,9 @@ class Reducer:
 
     ``reduce(arrays) -> (own, mean)``: dicts keyed like ``arrays`` (``None`` entries skipped):
     this worker's decompressed ``C_i(x_i)`` and the mean over workers of the decompressed
-    ``C_j(x_j)`` (the same on every worker). ``reducer(grads)`` is the gradient hook: each entry
-    of ``grads`` becomes the mean. Every worker must pass the same names, shapes and dtypes, in
-    the same order. Randomness: ``rng`` is this worker's own (QSGD's rounding, rand-k without a
+    ``C_j(x_j)`` (the same on every worker), in sorted name order. ``reducer(grads)`` is the
+    gradient hook: each entry of ``grads`` is replaced by the mean. Every worker must pass the
+    same names, shapes and dtypes (a mismatch raises ``CommError``). Randomness: ``rng`` is this worker's own (QSGD's rounding, rand-k without a
     shared seed), ``shared_rng`` the same on every worker (shared rand-k indices, PowerSGD's
     first Q); both derive from ``seed``."""
 
@@ -507,7 +507,8 @@ class Reducer:
         self.rng = np.random.default_rng(own[comm.rank])
 
     def reduce(self, arrays: dict) -> tuple[dict, dict]:
-        tensors = {n: np.asarray(a) for n, a in arrays.items() if a is not None}
+        # sorted, so the payload layout does not depend on the order each rank built its dict in
+        tensors = {n: np.asarray(arrays[n]) for n in sorted(arrays) if arrays[n] is not None}
         return self.compressor.reduce(tensors, self.comm, self.rng, self.shared_rng)
 
     def __call__(self, grads: dict) -> None:
