@@ -130,9 +130,9 @@ def kind(opt) -> str:
 
 
 # ----------------------------------------------------------------------------- one run
-def run_one(name, lr, cfg, data, batch_size, val, args) -> dict:
+def run_one(name, lr, cfg, data, batch_size, val, args) -> dict | None:
     """Train one optimizer at one peak lr; the result (settings, curves, speed, state bytes,
-    diverged or not) as a JSON-ready dict."""
+    diverged or not) as a JSON-ready dict, or None when Ctrl-C / SIGTERM stopped the run."""
     model = GPT(cfg, seed=args.seed)
     opt = build_optimizer(name, model, lr, args.weight_decay, args.beta2, args.seed, options(name, cfg))
     tokens_per_step = batch_size * cfg.block_size
@@ -159,7 +159,8 @@ def run_one(name, lr, cfg, data, batch_size, val, args) -> dict:
     diverged = None
     clock["mark"] = t0 = time.perf_counter()
     try:
-        trainer.fit()
+        if trainer.fit().interrupted:
+            return None                                # Ctrl-C / SIGTERM: not a result, not saved
     except (FloatingPointError, np.linalg.LinAlgError) as e:
         diverged = f"step {trainer.step}: {e}"
     h = trainer.history
@@ -370,6 +371,12 @@ def run(args) -> list:
             print(f"[{i}/{len(plan)}] {name} lr {lr:g}: done before ({_loss(r)}), skipped", flush=True)
         else:
             r = run_one(name, lr, cfg, data, batch_size, val, args)
+            if r is None:
+                if results:
+                    write()
+                print(f"[{i}/{len(plan)}] {name} lr {lr:g}: interrupted, not recorded; run the same "
+                      f"command again to resume from here", flush=True)
+                return 130
             with open(path, "w", encoding="utf-8") as f:
                 json.dump({"settings": want, "result": r}, f, indent=1)
             end = f"diverged ({r['diverged']})" if r["diverged"] else f"val loss {r['final_val_loss']:.4f}"

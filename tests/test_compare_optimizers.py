@@ -84,6 +84,29 @@ def test_a_diverging_lr_is_recorded_as_diverged_not_a_crash(tmp_path, monkeypatc
     assert r["final_val_loss"] is None and "non-finite" in r["diverged"]
 
 
+def test_an_interrupted_run_is_not_recorded_and_the_sweep_resumes_there(tmp_path, monkeypatch, capsys):
+    import os
+    import signal
+
+    class StoppedAtStep2(demo.Trainer):        # what Ctrl-C or `kill` does to the second run
+        def train_step(self, batch=None):
+            out = super().train_step(batch)
+            if self.step == 2 and type(self.optimizer).__name__ == "SGD":
+                os.kill(os.getpid(), signal.SIGINT)
+            return out
+
+    argv = [*SMALL, "--optimizers", "adamw,sgd", "--num-lrs", "1", "--out", str(tmp_path)]
+    monkeypatch.setattr(demo, "Trainer", StoppedAtStep2)
+    assert demo.main(argv) == 130
+    said = capsys.readouterr().out
+    assert "sgd lr" in said and "interrupted, not recorded" in said
+    assert [p.name for p in (tmp_path / "runs").glob("*.json")] == [f"adamw_lr{demo.BASE['adamw'][0]:g}.json"]
+    assert "adamw" in (tmp_path / "results.md").read_text()
+    monkeypatch.undo()
+    assert demo.main(argv) == 0
+    assert "1 runs trained, 1 skipped" in capsys.readouterr().out
+
+
 def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
     out = tmp_path / "o"
     for flags, says in ((("--optimizers", "adamw,nosuch"), "unknown optimizer(s) ['nosuch']"),
