@@ -216,6 +216,11 @@ def main(argv=None) -> None:
     print(f"This machine has {cpus} logical CPUs: up to {cpus} ranks each get a core (with fewer threads "
           f"each); more ranks share the cores (MPICH's waiting ranks also spin), so no speed-up is "
           f"possible beyond {cpus} ranks, and the {max(ranks)}-rank columns measure the sharing.")
+    if os.getloadavg()[0] > cpus or float(load.split()[0]) > cpus:
+        print(f"Other jobs were running (load average {load} before, "
+              f"{' '.join(f'{x:.1f}' for x in os.getloadavg())} after): the kernel shares the CPUs "
+              f"per process, so k ranks take a larger share from the other jobs than one process "
+              f"does, and a speed-up above {cpus}x here is that share, not parallel work.")
 
 
 if __name__ == "__main__":
