@@ -213,9 +213,9 @@ def main(argv=None) -> None:
                   f"{r['tokens_per_second']:,.0f} | {r['tokens_per_second'] / base:.2f}x |")
     cpus = os.cpu_count() or 1
     print()
-    print(f"This machine has {cpus} logical CPUs: up to {cpus} ranks each get a core (with fewer threads "
-          f"each); more ranks share the cores (MPICH's waiting ranks also spin), so no speed-up is "
-          f"possible beyond {cpus} ranks, and the {max(ranks)}-rank columns measure the sharing.")
+    print(f"This machine has {cpus} logical CPUs: at most {cpus} ranks each get a core of their own, so no "
+          f"speed-up is possible beyond {cpus} ranks; more ranks share the cores (and MPICH's waiting "
+          f"ranks spin), so those rows measure the cost of sharing.")
     if os.getloadavg()[0] > cpus or float(load.split()[0]) > cpus:
         print(f"Other jobs were running (load average {load} before, "
               f"{' '.join(f'{x:.1f}' for x in os.getloadavg())} after): the kernel shares the CPUs "
