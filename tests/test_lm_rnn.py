@@ -1,0 +1,120 @@
+"""models/rnn_lm.py: truncated BPTT with the state carried across windows gives the outputs of
+one long unrolled forward; the model's gradient is right (float64 finite differences) for each
+cell; generation with the carried state equals recomputing from the whole prefix; a short run
+learns a periodic text; bad input is refused naming the shapes."""
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import minigrad
+import optim
+from models.rnn_lm import BPTTStreams, RNNLM, RNNLMConfig, detach_state, tbptt_loss
+from models.training import Trainer, clip_grad_norm, evaluate
+
+
+def tiny(cell, layers=1, V=7, seed=0):
+    return RNNLM(RNNLMConfig(cell=cell, vocab_size=V, n_embd=3, hidden_size=4, num_layers=layers),
+                 dtype=np.float64, seed=seed)
+
+
+@given(cell=st.sampled_from(["rnn", "lstm", "gru"]), layers=st.integers(1, 2), seed=st.integers(0, 2**16),
+       cuts=st.lists(st.integers(1, 5), min_size=1, max_size=4))
+def test_windows_with_the_state_carried_equal_one_long_forward(cell, layers, seed, cuts):
+    model = tiny(cell, layers, seed=seed)
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 7, size=(2, sum(cuts)))
+    with minigrad.no_grad():
+        full, _, full_state = model(x)
+        pieces, state, s = [], None, 0
+        for n in cuts:
+            logits, _, state = model(x[:, s:s + n], state=detach_state(state))
+            pieces.append(logits.data)
+            s += n
+    np.testing.assert_allclose(np.concatenate(pieces, axis=1), full.data, rtol=1e-12, atol=1e-14)
+    for a, b in zip(state if cell == "lstm" else (state,), full_state if cell == "lstm" else (full_state,)):
+        np.testing.assert_allclose(a.data, b.data, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+def test_bptt_streams_losses_are_the_long_forwards_per_window(cell):
+    """tbptt_loss over consecutive windows of BPTTStreams (state carried by the streams object)
+    equals the mean per-token loss of one forward over each whole stream, window by window."""
+    model = tiny(cell, 2)
+    ids = np.random.default_rng(1).integers(0, 7, size=3 * 12 + 1)
+    streams = BPTTStreams(ids, batch_size=3, window=4)
+    with minigrad.no_grad():
+        losses = [float(tbptt_loss(model, streams.next_window()).item()) for _ in range(3)]
+        logits, _, _ = model(streams.x)
+    z = logits.data - logits.data.max(-1, keepdims=True)
+    nll = -(np.take_along_axis(z, streams.y[..., None], -1)[..., 0] - np.log(np.exp(z).sum(-1)))
+    np.testing.assert_allclose(losses, nll.reshape(3, 3, 4).mean(axis=(0, 2)), rtol=1e-12)
+    # the pass ends after 3 windows: the next one starts over from the beginning and zeros
+    w = streams.next_window()
+    assert w.first and np.array_equal(w.x, streams.x[:, :4])
+
+
+def test_validation_windows_start_from_zeros_at_every_evaluation():
+    model = tiny("gru")
+    streams = BPTTStreams(np.arange(50) % 7, batch_size=2, window=5)
+    windows = streams.windows(3)
+    assert [w.first for w in windows] == [True, False, False]
+    first = evaluate(model, tbptt_loss, windows)
+    assert evaluate(model, tbptt_loss, windows) == first       # the carried state was reset
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+def test_model_gradcheck_float64(cell):
+    model = tiny(cell, 2)
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(0, 7, (2, 3)), rng.integers(0, 7, (2, 3))
+    state = tuple(minigrad.tensor(rng.normal(size=s)) for s in model.state_shapes(2))
+    state = state if cell == "lstm" else state[0]
+    assert minigrad.gradcheck(lambda *p: model(x, y, state=state)[1], list(model.parameters()))
+
+
+def test_lstm_forget_gate_bias_starts_at_one():
+    model = RNNLM(RNNLMConfig(cell="lstm", vocab_size=5, hidden_size=3, num_layers=2))
+    for layer in range(2):
+        b = getattr(model.rnn, f"bias_hh_l{layer}").data + getattr(model.rnn, f"bias_ih_l{layer}").data
+        np.testing.assert_array_equal(b[3:6], 1.0)                # gates i | f | g | o
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+def test_greedy_generation_with_the_carried_state_equals_recomputing_the_prefix(cell):
+    model = tiny(cell, 2, seed=3)
+    prompt = np.array([[1, 2, 3], [4, 5, 6]])
+    out = model.generate(prompt, 6, temperature=0)
+    assert out.shape == (2, 9) and np.array_equal(out[:, :3], prompt)
+    with minigrad.no_grad():
+        for t in range(3, 9):
+            logits, _, _ = model(out[:, :t])
+            np.testing.assert_array_equal(out[:, t], logits.data[:, -1].argmax(-1))
+    sampled = model.generate(prompt, 5, temperature=1.0, top_k=2, rng=0)
+    assert np.array_equal(sampled, model.generate(prompt, 5, temperature=1.0, top_k=2, rng=0))
+
+
+def test_a_short_run_learns_a_periodic_text():
+    ids = np.tile(np.array([0, 1, 2, 3, 2, 1]), 400)            # the next id depends on the last two
+    model = RNNLM(RNNLMConfig(cell="lstm", vocab_size=4, n_embd=8, hidden_size=16), seed=0)
+    streams = BPTTStreams(ids, batch_size=8, window=12)
+    opt = optim.create("adamw", {n: p.data for n, p in model.named_parameters()}, lr=1e-2)
+    trainer = Trainer(model, tbptt_loss, opt, streams.next_window, steps=150, grad_hooks=[clip_grad_norm(1.0)],
+                      progress=False, log_every=10**9)
+    trainer.fit()
+    assert np.mean(trainer.history["train_loss"][-10:]) < 0.05
+
+
+@pytest.mark.parametrize("make, says", [
+    (lambda: RNNLMConfig(cell="transformer"), "cell='transformer' must be one of rnn, lstm, gru"),
+    (lambda: tiny("gru")(np.array([[1, 9]])), "token ids must be in [0, 7) (the model's vocabulary), got [1, 9]"),
+    (lambda: tiny("gru")(np.array([1, 2])), "idx must be an integer array (B, T) with T >= 1, got int64 (2,)"),
+    (lambda: tiny("gru")(np.array([[1, 2]]), np.array([1, 2])), "targets shape (2,) != idx shape (1, 2)"),
+    (lambda: tiny("lstm")(np.array([[1, 2]]), state=tiny("lstm")(np.zeros((3, 2), int))[2]),
+     "the state has shape(s) [(1, 3, 4), (1, 3, 4)], a batch of 1 needs [(1, 1, 4), (1, 1, 4)]"),
+    (lambda: BPTTStreams(np.arange(20), batch_size=4, window=6), "20 ids in 4 streams give 4 per stream"),
+])
+def test_bad_input_is_one_clear_error(make, says):
+    with pytest.raises(ValueError) as e:
+        make()
+    assert says in str(e.value)
