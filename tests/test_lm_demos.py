@@ -47,3 +47,33 @@ def test_ngram_demo_refuses_bad_input(argv, says, tmp_path, monkeypatch, capsys)
     monkeypatch.chdir(tmp_path)
     (tmp_path / "empty.txt").write_text("")
     assert_refused(load_demo("ngram.py"), argv + ["--out", "ng"], says, capsys, watch=tmp_path)
+
+
+# ------------------------------------------------------------------------------ word2vec
+def test_word2vec_demo_trains_and_writes_neighbours_analogies_and_the_projection(tmp_path, monkeypatch, tiny_text):
+    monkeypatch.chdir(tmp_path)
+    demo = load_demo("word2vec.py")
+    result = demo.run(demo.build_parser().parse_args(
+        ["--data", tiny_text, "--out", "w2v", "--min-count", "1", "--steps", "60", "--minutes", "1",
+         "--dim", "8", "--batch-size", "64", "--subsample", "0", "--no-progress"]))
+    assert files_below(tmp_path / "w2v") == ["ckpt.npz", "manifest.json", "word2vec_loss.png",
+                                             "word2vec_pca.png", "word2vec_results.md"]
+    assert result["steps"] == 60
+    assert result["val_loss"][-1] < result["val_loss"][0]          # the held-out SGNS loss fell
+    assert "romeo" in result["neighbours"] and len(result["neighbours"]["romeo"]) == 8
+    md = (tmp_path / "w2v" / "word2vec_results.md").read_text()
+    assert "| romeo | " in md and "Analogies a : b :: c : ?" in md
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["--dim", "0"], "--dim must be >= 1"),
+    (["--subsample", "1"], "--subsample must be in [0, 1)"),
+    (["--minutes", "0"], "--minutes must be a finite number > 0"),
+    (["--min-count", "1000"], "word(s) seen 1000 times or more; word2vec needs at least 2"),
+    (["--data", "empty.txt"], "--data empty.txt: the file is empty"),
+])
+def test_word2vec_demo_refuses_bad_input(argv, says, tmp_path, monkeypatch, capsys, tiny_text):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "empty.txt").write_text("")
+    data = [] if "--data" in argv else ["--data", tiny_text]
+    assert_refused(load_demo("word2vec.py"), data + argv + ["--out", "w2v"], says, capsys, watch=tmp_path)
