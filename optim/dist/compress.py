@@ -96,13 +96,19 @@ def _floating(x, where: str) -> np.ndarray:
 def _pack_bits(values: np.ndarray, bits: int) -> np.ndarray:
     """Non-negative integers < 2**bits as a fixed-width bit string (least significant bit first
     within each value), packed into ceil(len * bits / 8) bytes."""
-    planes = (values.astype(np.uint64)[:, None] >> np.arange(bits, dtype=np.uint64)) & 1
-    return np.packbits(planes.astype(np.uint8).ravel())
+    v = values.astype(np.min_scalar_type(2**bits - 1))
+    planes = np.empty((v.size, bits), np.uint8)
+    for b in range(bits):
+        planes[:, b] = (v >> b) & 1
+    return np.packbits(planes.ravel())
 
 
 def _unpack_bits(packed: np.ndarray, bits: int, count: int) -> np.ndarray:
-    planes = np.unpackbits(packed, count=count * bits).reshape(count, bits).astype(np.uint64)
-    return (planes << np.arange(bits, dtype=np.uint64)).sum(axis=1)
+    planes = np.unpackbits(packed, count=count * bits).reshape(count, bits)
+    out = np.zeros(count, np.min_scalar_type(2**bits - 1))
+    for b in range(bits):
+        out |= planes[:, b].astype(out.dtype) << b
+    return out
 
 
 def _as_bytes(payloads) -> np.ndarray:
@@ -411,7 +417,7 @@ class PowerSGD(Compressor):
     C_i(M_i) = P^ P^^T M_i (returned as ``own``, what error feedback keeps the rest of). The
     reference code keeps M_i - P^ Q^T instead; both errors have the same sum over workers and
     PowerSGD's output depends on the workers' matrices only through their sum, so the model's
-    iterates are the same. Tensors with fewer than 2 axes are all-reduced uncompressed (with P).
+    iterates are the same up to rounding. Tensors with fewer than 2 axes are all-reduced uncompressed (with P).
     ``warm_start=False`` draws a new Q every step. With a fixed M, warm-started steps are subspace
     iteration and P^ Q^T converges to the best rank-r approximation (the truncated SVD).
 
