@@ -301,13 +301,15 @@ def test_bytes_on_the_wire_per_worker(compressor, n):
     rng = np.random.default_rng(0)
     for rank, (*_, sent) in enumerate(results):
         if compressor.exchange == "allgather":
-            assert sent == (n - 1) * sum(compressor.wire_bytes(compressor.compress(x, rng)) for x in grads.values())
+            payloads = [compressor.compress(x, rng) for x in grads.values()]
+            assert sent == (n - 1) * sum(compressor.wire_bytes(p) for p in payloads)
         elif isinstance(compressor, PowerSGD):
             # rank 2: P of h (3x2) in float32, P of w (4x2) with b (5) in float64, then the Q's
             assert sent == (ring_traffic(3 * 2, n, rank)[0] * 4 + ring_traffic(4 * 2 + 5, n, rank)[0] * 8
                             + ring_traffic(5 * 2, n, rank)[0] * 8 + ring_traffic(4 * 2, n, rank)[0] * 4)
         else:
-            kept = {k: (min(3, x.size) if isinstance(compressor, RandK) else x.size) for k, x in grads.items()}
+            kept = {k: min(3, x.size) if isinstance(compressor, RandK) else x.size
+                    for k, x in grads.items()}
             f64 = kept["w"] + kept["b"]
             assert sent == ring_traffic(f64, n, rank)[0] * 8 + ring_traffic(kept["h"], n, rank)[0] * 4
 
@@ -448,7 +450,8 @@ def _gpt_run(comm, make_hook, steps=3):
 
     def global_batches(rng, rows=4):
         starts = rng.integers(0, len(ids) - block - 1, size=rows)
-        return (np.stack([ids[s:s + block] for s in starts]), np.stack([ids[s + 1:s + block + 1] for s in starts]))
+        return (np.stack([ids[s:s + block] for s in starts]),
+                np.stack([ids[s + 1:s + block + 1] for s in starts]))
 
     model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=8, block_size=block, vocab_size=vocab),
                 dtype=np.float64, seed=comm.rank)

@@ -417,9 +417,10 @@ class PowerSGD(Compressor):
     C_i(M_i) = P^ P^^T M_i (returned as ``own``, what error feedback keeps the rest of). The
     reference code keeps M_i - P^ Q^T instead; both errors have the same sum over workers and
     PowerSGD's output depends on the workers' matrices only through their sum, so the model's
-    iterates are the same up to rounding. Tensors with fewer than 2 axes are all-reduced uncompressed (with P).
-    ``warm_start=False`` draws a new Q every step. With a fixed M, warm-started steps are subspace
-    iteration and P^ Q^T converges to the best rank-r approximation (the truncated SVD).
+    iterates are the same up to rounding. Tensors with fewer than 2 axes are all-reduced
+    uncompressed (with P). ``warm_start=False`` draws a new Q every step. With a fixed M,
+    warm-started steps are subspace iteration and P^ Q^T converges to the best rank-r
+    approximation (the truncated SVD).
 
     Wire: P and Q, (n + m) * r values per matrix (r = min(rank, n, m)), against n * m; 1-D: d.
     As a single-worker compressor, ``compress(x, rng, name)`` keeps the warm start per ``name``."""
@@ -498,9 +499,9 @@ class Reducer:
     this worker's decompressed ``C_i(x_i)`` and the mean over workers of the decompressed
     ``C_j(x_j)`` (the same on every worker), in sorted name order. ``reducer(grads)`` is the
     gradient hook: each entry of ``grads`` is replaced by the mean. Every worker must pass the
-    same names, shapes and dtypes (a mismatch raises ``CommError``). Randomness: ``rng`` is this worker's own (QSGD's rounding, rand-k without a
-    shared seed), ``shared_rng`` the same on every worker (shared rand-k indices, PowerSGD's
-    first Q); both derive from ``seed``."""
+    same names, shapes and dtypes (a mismatch raises ``CommError``). Randomness: ``rng`` is
+    this worker's own (QSGD's rounding, rand-k without a shared seed), ``shared_rng`` the same
+    on every worker (shared rand-k indices, PowerSGD's first Q); both derive from ``seed``."""
 
     def __init__(self, comm: Communicator, compressor: Compressor, *, seed: int = 0):
         if not isinstance(compressor, Compressor):
@@ -609,7 +610,8 @@ class LeastSquares:
         rng = np.random.default_rng(seed)
         scales = rng.uniform(0.5, 2.0, size=(self.workers, 1, dim))
         self.features = rng.standard_normal((self.workers, self.rows, dim)) * scales
-        own = rng.standard_normal(self.shape) + heterogeneity * rng.standard_normal((self.workers, *self.shape))
+        center = rng.standard_normal(self.shape)
+        own = center + heterogeneity * rng.standard_normal((self.workers, *self.shape))
         self.targets = np.stack([a @ w for a, w in zip(self.features, own)])
         # per worker H_i = A_i^T A_i / rows and c_i = A_i^T B_i / rows: a gradient costs d^2 c
         transposed = self.features.transpose(0, 2, 1)
