@@ -15,6 +15,7 @@ each written once for one worker against it:
     compress      QSGD, top-k, rand-k, sign, PowerSGD; error feedback (EF14, EF21)
 """
 from .comm import CommAborted, CommError, Communicator, DeadlockError, SimComm, WorkerError
+from .compress import EF14, EF21, QSGD, PowerSGD, RandK, Reducer, ScaledSign, TopK
 from .data_parallel import allreduce_grads, broadcast_params, shard_batches
 from .decentralized import DecentralizedSGD, GradientTracking, consensus_error
 from .launcher import launch
@@ -24,4 +25,5 @@ from .topology import TOPOLOGIES, Topology, gossip, mixing_matrix, spectral_gap
 __all__ = ["Communicator", "SimComm", "launch", "CommError", "CommAborted", "DeadlockError",
            "WorkerError", "allreduce_grads", "broadcast_params", "shard_batches", "LocalSGD",
            "TOPOLOGIES", "Topology", "mixing_matrix", "spectral_gap", "gossip", "DecentralizedSGD",
-           "GradientTracking", "consensus_error"]
+           "GradientTracking", "consensus_error", "QSGD", "TopK", "RandK", "ScaledSign", "PowerSGD",
+           "Reducer", "EF14", "EF21"]
