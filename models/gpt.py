@@ -12,6 +12,10 @@ Inference", arXiv:2211.05102): each new token runs the network on that one posit
 to the keys/values of all earlier positions, kept per layer: o_t = softmax(q_t·K_{≤t}ᵀ/√d)·V_{≤t}.
 Cached logits equal a full forward (tests/test_gpt.py).
 
+``GPTConfig(attention=..., n_kv_head=...)`` swaps the attention for a variant of
+``models/attention.py``: grouped-query (n_kv_head key/value heads), linear attention, MoBA or
+NSA. The defaults ("mha", n_kv_head = n_head) are the model above, parameter for parameter.
+
 ``param_blocks`` describes the model to name-keyed optimizers: the embeddings, each layer, the
 final norm, with a role per parameter and the fused q/k/v weight split into three matrices.
 
@@ -28,6 +32,9 @@ import minigrad
 import minigrad.functional as F
 from minigrad import nn
 
+from models.attention import (ATTENTIONS, NSA, grouped_query_attention, linear_attention,
+                              linear_attention_recurrent, moba_attention)
+
 __all__ = ["GPTConfig", "GPT", "PRESETS", "preset"]
 
 
@@ -41,16 +48,51 @@ class GPTConfig:
     dropout: float = 0.0
     bias: bool = True
     checkpoint: bool = False    # activation checkpointing of each block in training (minigrad.checkpoint)
+    # attention variant (models/attention.py): "mha" softmax, "linear", "moba" or "nsa"
+    attention: str = "mha"
+    n_kv_head: int | None = None  # key/value heads, dividing n_head (1: multi-query); None = n_head
+    moba_block: int = 16          # MoBA: keys per block
+    moba_topk: int = 3            # MoBA: blocks each query attends, its own included
+    nsa_cmp_block: int = 8        # NSA: keys per compressed block (l)
+    nsa_cmp_stride: int = 4       # NSA: stride between compressed blocks (d <= l)
+    nsa_slc_block: int = 8        # NSA: keys per selection block (l')
+    nsa_slc_topn: int = 4         # NSA: selected blocks per query (n >= 3: initial + 2 local included)
+    nsa_window: int = 32          # NSA: sliding-window length (w)
 
     def __post_init__(self):
-        for name in ("n_layer", "n_head", "n_embd", "block_size", "vocab_size"):
+        sizes = ("n_layer", "n_head", "n_embd", "block_size", "vocab_size", "moba_block", "moba_topk",
+                 "nsa_cmp_block", "nsa_cmp_stride", "nsa_slc_block", "nsa_slc_topn", "nsa_window")
+        for name in sizes + (("n_kv_head",) if self.n_kv_head is not None else ()):
             v = getattr(self, name)
             if not isinstance(v, (int, np.integer)) or v < 1:
                 raise ValueError(f"GPTConfig.{name}={v!r} must be a positive integer")
         if self.n_embd % self.n_head:
             raise ValueError(f"GPTConfig: n_embd={self.n_embd} must be divisible by n_head={self.n_head}")
+        if self.n_kv_head is not None and self.n_head % self.n_kv_head:
+            raise ValueError(f"GPTConfig: n_head={self.n_head} must be divisible by n_kv_head={self.n_kv_head} "
+                             "(each key/value head serves n_head/n_kv_head query heads)")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"GPTConfig.dropout={self.dropout} must be in [0, 1)")
+        if self.attention not in ATTENTIONS:
+            raise ValueError(f"GPTConfig.attention={self.attention!r}; choose one of {', '.join(ATTENTIONS)}")
+        if self.attention == "moba" and self.moba_block >= self.block_size:
+            raise ValueError(f"GPTConfig: moba_block={self.moba_block} must be smaller than block_size="
+                             f"{self.block_size}, or one block holds the whole context (full attention)")
+        if self.attention == "nsa":
+            if self.nsa_cmp_stride > self.nsa_cmp_block:
+                raise ValueError(f"GPTConfig: nsa_cmp_stride={self.nsa_cmp_stride} exceeds nsa_cmp_block="
+                                 f"{self.nsa_cmp_block}: keys between compressed blocks would be skipped")
+            if self.nsa_slc_topn < 3:
+                raise ValueError(f"GPTConfig: nsa_slc_topn={self.nsa_slc_topn} must be >= 3: the initial "
+                                 "block and the 2 local blocks are always selected")
+            if max(self.nsa_cmp_block, self.nsa_slc_block) > self.block_size:
+                raise ValueError(f"GPTConfig: nsa_cmp_block={self.nsa_cmp_block} and nsa_slc_block="
+                                 f"{self.nsa_slc_block} must not exceed block_size={self.block_size}")
+
+    @property
+    def kv_heads(self) -> int:
+        """The number of key/value heads (n_kv_head, or n_head when it is None)."""
+        return self.n_head if self.n_kv_head is None else self.n_kv_head
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -81,63 +123,112 @@ def preset(name: str, **overrides) -> tuple[GPTConfig, int]:
 
 
 class CausalSelfAttention(nn.Module):
+    """Causal self-attention with ``n_kv_head`` key/value heads and the variant
+    ``config.attention`` (models/attention.py).
+
+    ``c_attn`` projects x to q | k | v by rows: the C query rows, then n_kv_head·hs key rows and
+    as many value rows (3C rows when n_kv_head = n_head, the GPT-2 layout). NSA adds the
+    submodule ``nsa`` (its gate and block compressors)."""
+
     def __init__(self, cfg: GPTConfig, dtype, rng):
         super().__init__()
         self.n_head = cfg.n_head
+        self.n_kv_head = cfg.kv_heads
+        self.head_size = cfg.n_embd // cfg.n_head
         self.n_embd = cfg.n_embd
         self.block_size = cfg.block_size
         self.dropout = cfg.dropout
-        self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.bias, dtype=dtype, rng=rng)  # fused q, k, v
+        self.attention = cfg.attention
+        self.moba = dict(block=cfg.moba_block, topk=cfg.moba_topk)
+        kv = self.n_kv_head * self.head_size
+        self.c_attn = nn.Linear(cfg.n_embd, cfg.n_embd + 2 * kv, bias=cfg.bias, dtype=dtype, rng=rng)  # fused q, k, v
         self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias, dtype=dtype, rng=rng)
+        if cfg.attention == "nsa":
+            self.nsa = NSA(cfg.n_embd, cfg.n_head, self.head_size, cmp_block=cfg.nsa_cmp_block,
+                           cmp_stride=cfg.nsa_cmp_stride, slc_block=cfg.nsa_slc_block,
+                           slc_topn=cfg.nsa_slc_topn, window=cfg.nsa_window, bias=cfg.bias, dtype=dtype, rng=rng)
 
     def forward(self, x, cache=None, rng=None):
-        """x: (B, T, C). ``cache`` is None (training) or this layer's KV cache (a dict, see
-        `_attend_cached`), extended in place with this call's keys and values."""
-        qkv = self.c_attn(x)                                         # (B, T, 3C): fused q, k, v
-        if cache is None:
+        """x: (B, T, C). ``cache`` is None (training) or this layer's cache (a dict, see
+        `_attend_cached`), extended in place with this call's positions."""
+        qkv = self.c_attn(x)                                         # (B, T, C + 2·n_kv_head·hs)
+        if cache is not None:
+            y = self._attend_cached(x, qkv, cache)                   # (B, T, C)
+        elif self.attention == "mha" and self.n_kv_head == self.n_head:
             # split into heads, causal attention, merge heads: one op (llm.c's attention_forward)
             y = F.qkv_attention(qkv, self.n_head, causal=True)       # (B, T, C)
         else:
-            y = self._attend_cached(qkv, cache)                      # (B, T, C)
+            y = self._mix(x, *self._split_heads(qkv))                # (B, nh, T, hs)
+            y = y.permute(0, 2, 1, 3).reshape(x.shape)               # merge heads: (B, T, C)
         y = self.c_proj(y)                                           # (B, T, C)
         if self.dropout and self.training:
             y = F.dropout(y, self.dropout, True, rng)
         return y
 
-    def _attend_cached(self, qkv, cache):
-        """Generation: attend to this call's and all earlier positions' keys/values.
+    def _split_heads(self, qkv):
+        """qkv (B, T, ·), a Tensor or an array -> q (B, nh, T, hs), k and v (B, n_kv_head, T, hs)."""
+        B, T, _ = qkv.shape
+        C, kv, hs = self.n_embd, self.n_kv_head * self.head_size, self.head_size
+        parts = ((0, C, self.n_head), (C, C + kv, self.n_kv_head), (C + kv, C + 2 * kv, self.n_kv_head))
+        heads = [qkv[:, :, a:b].reshape(B, T, h, hs) for a, b, h in parts]
+        if isinstance(qkv, minigrad.Tensor):
+            return [x.permute(0, 2, 1, 3) for x in heads]
+        return [x.transpose(0, 2, 1, 3) for x in heads]
 
-        ``cache`` is a dict per layer; the first call allocates k and v buffers (B, nh,
-        block_size, hs) and later calls write their keys/values after the ``n`` filled
-        positions, in place. (The attention kernel still copies the filled part into one
-        contiguous array per call: O(n) per token, small next to the layer's GEMMs.) Inference
-        only: it works on the arrays, outside the graph, so the cached attention is 1 op."""
+    def _mix(self, x, q, k, v):
+        """The variant's attention of q (B, nh, Tq, hs) over k, v (B, n_kv_head, Tk, hs), queries
+        at the last Tq positions; x (B, Tq, C) is the attention input (NSA's gates read it)."""
+        if self.attention == "mha":
+            return grouped_query_attention(q, k, v)
+        if self.attention == "linear":
+            return linear_attention(q, k, v)
+        if self.attention == "moba":
+            return moba_attention(q, k, v, **self.moba)
+        return self.nsa(x, q, k, v)
+
+    def _attend_cached(self, x, qkv, cache):
+        """Generation: attend to this call's and all earlier positions.
+
+        ``cache`` is a dict per layer. Softmax variants (mha, moba, nsa) keep keys and values:
+        the first call allocates k and v buffers (B, n_kv_head, block_size, hs) and later calls
+        write their keys/values after the ``n`` filled positions, in place. (The attention
+        kernel still copies the filled part into one contiguous array per call: O(n) per token,
+        small next to the layer's GEMMs.) Linear attention keeps its recurrent state
+        (S, z) instead, whose size does not grow. Inference only: it works on the arrays,
+        outside the graph, so the cached attention is 1 op for mha."""
         if minigrad.is_grad_enabled():
             raise RuntimeError("GPT: the KV cache is for generation; call it under minigrad.no_grad()")
-        B, T, C3 = qkv.shape
-        C = C3 // 3
-        nh, hs = self.n_head, C // self.n_head
-        q, k, v = (qkv.data[:, :, i * C:(i + 1) * C]                 # each (B, T, C)
-                   .reshape(B, T, nh, hs).transpose(0, 2, 1, 3)       # -> (B, nh, T, hs)
-                   for i in range(3))
-        if "k" not in cache:
-            cache["k"] = np.empty((B, nh, self.block_size, hs), qkv.dtype)
-            cache["v"] = np.empty_like(cache["k"])
-            cache["n"] = 0
-        elif cache["k"].shape[0] != B or cache["k"].dtype != qkv.dtype:
-            raise ValueError(f"GPT: this KV cache holds batch {cache['k'].shape[0]} ({cache['k'].dtype}), "
+        B, T, C = x.shape
+        q, k, v = self._split_heads(qkv.data)                        # (B, heads, T, hs)
+        held = cache["state"][0] if "state" in cache else cache.get("k")
+        if held is not None and (held.shape[0] != B or held.dtype != qkv.dtype):
+            raise ValueError(f"GPT: this KV cache holds batch {held.shape[0]} ({held.dtype}), "
                              f"the input has batch {B} ({qkv.dtype}); start a new cache (a fresh dict per layer)")
-        if cache["n"] + T > self.block_size:
-            raise ValueError(f"GPT: the KV cache holds {cache['n']} positions, {T} more exceed block_size="
+        n = cache.get("n", 0)
+        if self.attention == "linear":
+            y, cache["state"] = linear_attention_recurrent(q, k, v, cache.get("state"))
+            cache["n"] = n + T
+            return minigrad.Tensor(y.transpose(0, 2, 1, 3).reshape(B, T, C))
+        if "k" not in cache:
+            cache["k"] = np.empty((B, self.n_kv_head, self.block_size, self.head_size), qkv.dtype)
+            cache["v"] = np.empty_like(cache["k"])
+        if n + T > self.block_size:
+            raise ValueError(f"GPT: the KV cache holds {n} positions, {T} more exceed block_size="
                              f"{self.block_size}; start a new cache from the last tokens (as generate does)")
-        n = cache["n"]
         cache["k"][:, :, n:n + T] = k                                # append this call's keys
         cache["v"][:, :, n:n + T] = v                                # and values
         cache["n"] = n + T
-        # causal mask aligned bottom-right: new query i sees all cached keys and new keys <= i
-        y = F.scaled_dot_product_attention(q, cache["k"][:, :, :n + T], cache["v"][:, :, :n + T],
-                                           causal=True)              # (B, nh, T, hs)
-        return minigrad.Tensor(y.data.transpose(0, 2, 1, 3).reshape(B, T, C))  # merge heads
+        keys, values = cache["k"][:, :, :n + T], cache["v"][:, :, :n + T]
+        if self.attention == "mha":
+            # query heads grouped over their key/value head; the causal mask aligned
+            # bottom-right: new query i sees all cached keys and new keys <= i
+            G = self.n_head // self.n_kv_head
+            y = F.scaled_dot_product_attention(q.reshape(B, self.n_kv_head, G, T, self.head_size),
+                                               keys[:, :, None], values[:, :, None], causal=True).data
+        else:
+            y = self._mix(x, *(minigrad.Tensor(a) for a in (q, keys, values))).data
+        return minigrad.Tensor(y.reshape(B, self.n_head, T, self.head_size)
+                               .transpose(0, 2, 1, 3).reshape(B, T, C))  # merge heads
 
 
 class MLP(nn.Module):
@@ -248,15 +339,18 @@ class GPT(nn.Module):
 
         Roles (see minigrad.nn.ROLES): "embedding" (wte, wpe), "norm" (LayerNorm weights and
         biases), "bias" (Linear biases), "attn_qkv" (the fused c_attn.weight), "attn_out",
-        "mlp_in", "mlp_out" (`LAYER_MATRIX_ROLES`). Each layer's c_attn.weight (3C, C) is split
-        by rows into "q" [0, C), "k" [C, 2C), "v" [2C, 3C) with roles "attn_q", "attn_k",
-        "attn_v" (views by optim.split_matrices)."""
+        "mlp_in", "mlp_out" (`LAYER_MATRIX_ROLES`). Each layer's c_attn.weight (C + 2·kv, C), with
+        kv = n_kv_head·hs (= C by default), is split by rows into "q" [0, C), "k" [C, C + kv),
+        "v" [C + kv, C + 2·kv) with roles "attn_q", "attn_k", "attn_v" (views by
+        optim.split_matrices). NSA's gate and compressors are "linear", "bias" and "embedding"
+        (the compressors' intra-block position embedding)."""
         roles = nn.layer_roles(self)
         for name in roles:
             if name.startswith("h."):  # "h.0.attn.c_attn.weight" -> "attn.c_attn.weight"
                 roles[name] = LAYER_MATRIX_ROLES.get(name.split(".", 2)[2], roles[name])
         C = self.config.n_embd
-        qkv = tuple((part, f"attn_{part}", (i * C, (i + 1) * C)) for i, part in enumerate("qkv"))
+        kv = self.config.kv_heads * (C // self.config.n_head)
+        qkv = (("q", "attn_q", (0, C)), ("k", "attn_k", (C, C + kv)), ("v", "attn_v", (C + kv, C + 2 * kv)))
 
         def block(name, prefixes, splits=None):
             names = tuple(n for n in roles if n.startswith(prefixes))
