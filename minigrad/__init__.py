@@ -8,7 +8,7 @@ ops, forward beside backward), `functional.py` (fused NN ops), `nn.py` (modules)
 Importing minigrad changes no process-wide state; `configure_runtime()` applies the recommended
 speed settings (malloc, Numba threading; see `minigrad.backend`).
 """
-from . import functional, memory, nn
+from . import functional, lora, memory, nn
 from .autograd import (
     add_saved_listener,
     detect_anomaly,
@@ -48,6 +48,6 @@ __all__ = [
     "manual_seed", "default_generator", "cat", "stack", "split", "chunk", "gather", "index_select",
     "masked_fill", "where", "maximum",
     "no_grad", "enable_grad", "is_grad_enabled", "detect_anomaly", "gradcheck", "GradcheckError",
-    "add_saved_listener", "remove_saved_listener", "functional", "nn", "memory", "checkpoint",
+    "add_saved_listener", "remove_saved_listener", "functional", "nn", "lora", "memory", "checkpoint",
     "set_backend", "get_backend", "use_backend", "configure_runtime",
 ]

@@ -46,6 +46,9 @@ ROLES = {
     "attn_out": "attention's output projection weight (C, C)",
     "mlp_in": "the MLP's expanding weight (4C, C)",
     "mlp_out": "the MLP's contracting weight (C, 4C)",
+    "lora_A": "a low-rank adapter's down-projection A (r, in) (minigrad.lora)",
+    "lora_B": "a low-rank adapter's up-projection B (out, r), zero at the start (minigrad.lora)",
+    "lora_magnitude": "DoRA's per-output-row magnitude m (out,) (minigrad.lora)",
     "other": "a parameter of a module that declares no role for it",
 }
 
