@@ -10,7 +10,9 @@ Need" (Vaswani et al. 2017, arXiv:1706.03762) scaled dot-product attention.
 ``generate`` decodes with a KV cache (as in Pope et al. 2022, "Efficiently Scaling Transformer
 Inference", arXiv:2211.05102): each new token runs the network on that one position and attends
 to the keys/values of all earlier positions, kept per layer: o_t = softmax(q_t·K_{≤t}ᵀ/√d)·V_{≤t}.
-Cached logits equal a full forward (tests/test_gpt.py).
+The cache is an object with a policy (``models/kv_cache.py``: dense, StreamingLLM, Quest, paged,
+linear attention's state) that ``forward(idx, cache=cache)`` takes; it assigns the new tokens'
+positions and does their attention. Dense cached logits equal a full forward (tests/test_gpt.py).
 
 ``GPTConfig(attention=..., n_kv_head=...)`` swaps the attention for a variant of
 ``models/attention.py``: grouped-query (n_kv_head key/value heads), linear attention, MoBA or
@@ -32,8 +34,8 @@ import minigrad
 import minigrad.functional as F
 from minigrad import nn
 
-from models.attention import (ATTENTIONS, NSA, grouped_query_attention, linear_attention,
-                              linear_attention_recurrent, moba_attention)
+from models.attention import ATTENTIONS, NSA, grouped_query_attention, linear_attention, moba_attention
+from models.kv_cache import DenseKVCache, LinearAttentionCache, StreamingLLMCache, cache_for
 
 __all__ = ["GPTConfig", "GPT", "PRESETS", "preset"]
 
@@ -149,8 +151,8 @@ class CausalSelfAttention(nn.Module):
                            slc_topn=cfg.nsa_slc_topn, window=cfg.nsa_window, bias=cfg.bias, dtype=dtype, rng=rng)
 
     def forward(self, x, cache=None, rng=None):
-        """x: (B, T, C). ``cache`` is None (training) or this layer's cache (a dict, see
-        `_attend_cached`), extended in place with this call's positions."""
+        """x: (B, T, C). ``cache`` is None (training) or this layer's handle on a cache object
+        (``models/kv_cache.py``, see `_attend_cached`)."""
         qkv = self.c_attn(x)                                         # (B, T, C + 2·n_kv_head·hs)
         if cache is not None:
             y = self._attend_cached(x, qkv, cache)                   # (B, T, C)
@@ -187,48 +189,19 @@ class CausalSelfAttention(nn.Module):
         return self.nsa(x, q, k, v)
 
     def _attend_cached(self, x, qkv, cache):
-        """Generation: attend to this call's and all earlier positions.
-
-        ``cache`` is a dict per layer. Softmax variants (mha, moba, nsa) keep keys and values:
-        the first call allocates k and v buffers (B, n_kv_head, block_size, hs) and later calls
-        write their keys/values after the ``n`` filled positions, in place. (The attention
-        kernel still copies the filled part into one contiguous array per call: O(n) per token,
-        small next to the layer's GEMMs.) Linear attention keeps its recurrent state
-        (S, z) instead, whose size does not grow. Inference only: it works on the arrays,
-        outside the graph, so the cached attention is 1 op for mha."""
-        if minigrad.is_grad_enabled():
-            raise RuntimeError("GPT: the KV cache is for generation; call it under minigrad.no_grad()")
+        """Generation: this call's positions attend through ``cache``, this layer's handle on a
+        cache object (``models/kv_cache.py``). For softmax attention (any n_kv_head) and linear
+        attention the cache stores the keys and values (or folds them into its recurrent state)
+        and attends by its policy; MoBA and NSA select among every cached key themselves, over
+        the dense cache's views. Inference only: it works on the arrays, outside the graph."""
         B, T, C = x.shape
         q, k, v = self._split_heads(qkv.data)                        # (B, heads, T, hs)
-        held = cache["state"][0] if "state" in cache else cache.get("k")
-        if held is not None and (held.shape[0] != B or held.dtype != qkv.dtype):
-            raise ValueError(f"GPT: this KV cache holds batch {held.shape[0]} ({held.dtype}), "
-                             f"the input has batch {B} ({qkv.dtype}); start a new cache (a fresh dict per layer)")
-        n = cache.get("n", 0)
-        if self.attention == "linear":
-            y, cache["state"] = linear_attention_recurrent(q, k, v, cache.get("state"))
-            cache["n"] = n + T
-            return minigrad.Tensor(y.transpose(0, 2, 1, 3).reshape(B, T, C))
-        if "k" not in cache:
-            cache["k"] = np.empty((B, self.n_kv_head, self.block_size, self.head_size), qkv.dtype)
-            cache["v"] = np.empty_like(cache["k"])
-        if n + T > self.block_size:
-            raise ValueError(f"GPT: the KV cache holds {n} positions, {T} more exceed block_size="
-                             f"{self.block_size}; start a new cache from the last tokens (as generate does)")
-        cache["k"][:, :, n:n + T] = k                                # append this call's keys
-        cache["v"][:, :, n:n + T] = v                                # and values
-        cache["n"] = n + T
-        keys, values = cache["k"][:, :, :n + T], cache["v"][:, :, :n + T]
-        if self.attention == "mha":
-            # query heads grouped over their key/value head; the causal mask aligned
-            # bottom-right: new query i sees all cached keys and new keys <= i
-            G = self.n_head // self.n_kv_head
-            y = F.scaled_dot_product_attention(q.reshape(B, self.n_kv_head, G, T, self.head_size),
-                                               keys[:, :, None], values[:, :, None], causal=True).data
-        else:
+        if self.attention in ("moba", "nsa"):
+            keys, values = cache.append(k, v)                        # (B, n_kv_head, n, hs) views
             y = self._mix(x, *(minigrad.Tensor(a) for a in (q, keys, values))).data
-        return minigrad.Tensor(y.reshape(B, self.n_head, T, self.head_size)
-                               .transpose(0, 2, 1, 3).reshape(B, T, C))  # merge heads
+        else:
+            y = cache.attend(q, k, v)                                # (B, nh, T, hs)
+        return minigrad.Tensor(y.transpose(0, 2, 1, 3).reshape(B, T, C))  # merge heads
 
 
 class MLP(nn.Module):
@@ -293,34 +266,34 @@ class GPT(nn.Module):
             else:
                 p.data[...] = rng.normal(0.0, std, size=p.shape).astype(self.dtype)
 
-    def forward(self, idx, targets=None, caches=None, pos0: int = 0):
+    def forward(self, idx, targets=None, cache=None):
         """idx: int array (B, T) -> logits (B, T, V); loss = mean cross-entropy if targets given.
 
-        ``caches`` (one dict per layer) and ``pos0`` are used by :meth:`generate`."""
+        ``cache`` (an object of ``models/kv_cache.py``, e.g. ``cache_for(model, batch_size=B)``)
+        makes this a generation step, under ``minigrad.no_grad()``: the T tokens come after the
+        positions the cache holds, at the positions it assigns, and attend through it."""
         idx = np.asarray(idx.data if isinstance(idx, minigrad.Tensor) else idx)
         if idx.ndim != 2 or not np.issubdtype(idx.dtype, np.integer):
             raise ValueError(f"GPT.forward: idx must be an integer array (B, T), got {idx.dtype} {idx.shape}")
         B, T = idx.shape
-        if pos0 + T > self.config.block_size:
-            raise ValueError(f"GPT.forward: positions {pos0}..{pos0 + T - 1} exceed block_size="
-                             f"{self.config.block_size}; crop the input to the last {self.config.block_size} tokens")
+        bs = self.config.block_size
+        if cache is None and T > bs:
+            raise ValueError(f"GPT.forward: positions 0..{T - 1} exceed block_size={bs}; crop the input "
+                             f"to the last {bs} tokens")
         if idx.size and (idx.min() < 0 or idx.max() >= self.config.vocab_size):
             raise ValueError(f"GPT.forward: token ids must be in [0, {self.config.vocab_size}), "
                              f"got [{idx.min()}, {idx.max()}]")
-        if caches is not None and caches[0].get("n", 0) != pos0:
-            raise ValueError(f"GPT.forward: pos0={pos0} but the KV cache holds {caches[0].get('n', 0)} "
-                             "positions; pass pos0 equal to the cached length")
-        pos = np.arange(pos0, pos0 + T)
+        pos = np.arange(T) if cache is None else self._cache_positions(cache, B, T)
         tok_emb = F.embedding(idx, self.wte.weight)                  # (B, T, C)
-        pos_emb = F.embedding(pos, self.wpe.weight)                  # (T, C)
+        pos_emb = F.embedding(pos, self.wpe.weight)                  # (T, C), or (B, T, C) per row
         x = tok_emb + pos_emb                                        # (B, T, C)
         if self.config.dropout and self.training:
             x = F.dropout(x, self.config.dropout, True, self.dropout_rng)
         for i, block in enumerate(self.h):
-            if self.config.checkpoint and caches is None and minigrad.is_grad_enabled():
+            if self.config.checkpoint and cache is None and minigrad.is_grad_enabled():
                 x = minigrad.checkpoint(block, x, rng=self.dropout_rng)  # recompute in backward
             else:
-                x = block(x, cache=None if caches is None else caches[i], rng=self.dropout_rng)
+                x = block(x, cache=None if cache is None else cache.layer(i), rng=self.dropout_rng)
         x = self.ln_f(x)                                             # (B, T, C)
         logits = F.linear(x, self.wte.weight)                        # (B, T, V), tied head
         loss = None
@@ -331,6 +304,28 @@ class GPT(nn.Module):
             V = self.config.vocab_size
             loss = F.cross_entropy(logits.reshape(B * T, V), targets.reshape(B * T))
         return logits, loss
+
+    def _cache_positions(self, cache, B, T):
+        """The positions ``cache`` gives the T new tokens of each of the B rows, after checking
+        that it fits this model; (T,) or (B, T)."""
+        if minigrad.is_grad_enabled():
+            raise RuntimeError("GPT: the KV cache is for generation; call it under minigrad.no_grad()")
+        cfg = self.config
+        if cfg.attention not in cache.attentions:
+            raise ValueError(f"GPT: a {type(cache).__name__} serves attention {', '.join(cache.attentions)}; "
+                             f"this model's is {cfg.attention!r}: build its cache with "
+                             "models.kv_cache.cache_for(model, batch_size)")
+        dims = (cache.n_layer, cache.n_kv_head, cache.head_dim, cache.dtype)
+        if dims != (cfg.n_layer, cfg.kv_heads, cfg.n_embd // cfg.n_head, self.dtype):
+            raise ValueError(f"GPT: the cache is for (n_layer, n_kv_head, head_dim, dtype) = {dims}, this "
+                             f"model has {(cfg.n_layer, cfg.kv_heads, cfg.n_embd // cfg.n_head, self.dtype)}; "
+                             "build it with the cache class's for_model(model)")
+        pos = cache.begin(B, T)
+        if pos.max() >= cfg.block_size:
+            raise ValueError(f"GPT.forward: the cache puts these tokens at positions up to {pos.max()}, "
+                             f"beyond block_size={cfg.block_size}; give the cache at most block_size positions "
+                             "(for_model(model) does)")
+        return pos
 
     def param_blocks(self) -> list[nn.ParamBlock]:
         """Blocks, in order: "embeddings" (wte, wpe), one per layer "h.0" ... "h.{L-1}", and
@@ -371,13 +366,16 @@ class GPT(nn.Module):
         return float(loss.item()), {n: p.grad for n, p in self.named_parameters()}
 
     def generate(self, idx, max_new_tokens: int, temperature: float = 1.0, top_k=None, rng=None,
-                 use_cache: bool = True):
+                 use_cache: bool = True, cache=None):
         """Sample ``max_new_tokens`` tokens after ``idx`` (B, T0); returns (B, T0 + max_new_tokens).
 
-        With ``use_cache`` the prompt is run once and then each new token costs one position.
-        When the context reaches ``block_size`` the oldest half is dropped and the cache rebuilt
-        from the rest (positions restart at 0), so each token costs O(block_size) amortised.
-        ``temperature`` 0 means greedy decoding.
+        With ``use_cache`` the prompt is run once and then each new token costs one position,
+        through ``cache``: a cache object of ``models/kv_cache.py`` for batch B (reset first;
+        default ``cache_for(self, B)``: a dense cache of block_size positions, or linear
+        attention's state), e.g. ``StreamingLLMCache.for_model(model, B, window=...)``. When the
+        cache has no room left (a dense cache at block_size), it is reset and refilled from the
+        last half of the context (positions restart at 0), so each token costs O(block_size)
+        amortised; a StreamingLLMCache always has room. ``temperature`` 0 means greedy decoding.
         """
         if rng is None:
             rng = np.random.default_rng()
@@ -386,26 +384,31 @@ class GPT(nn.Module):
             idx = idx[None]
         if idx.shape[1] == 0:
             raise ValueError("GPT.generate: give at least one prompt token")
+        if use_cache and cache is not None and not isinstance(
+                cache, (DenseKVCache, StreamingLLMCache, LinearAttentionCache)):
+            raise TypeError(f"GPT.generate: cache must be one batch's cache (dense, Quest, StreamingLLM or "
+                            f"linear), got {type(cache).__name__}; serve paged sequences with models.serving")
         bs = self.config.block_size
         was_training = self.training
         self.eval()
         out = idx
         try:
             with minigrad.no_grad():
-                caches, n_cached = None, 0
+                if use_cache:
+                    cache = cache_for(self, idx.shape[0]) if cache is None else cache
+                    cache.reset()
+                    pending = out[:, -min(bs, cache.room()):]                  # prefill
                 for _ in range(max_new_tokens):
                     if not use_cache:
                         logits, _ = self(out[:, -bs:])
-                    elif caches is None or n_cached >= bs:
-                        keep = out[:, -(max(1, bs // 2) if caches is not None else bs):]
-                        caches = [{} for _ in self.h]
-                        logits, _ = self(keep, caches=caches, pos0=0)    # prefill
-                        n_cached = keep.shape[1]
                     else:
-                        logits, _ = self(out[:, -1:], caches=caches, pos0=n_cached)
-                        n_cached += 1
+                        if cache.room() == 0:                # full: refill from the last half
+                            cache.reset()
+                            pending = out[:, -min(max(1, bs // 2), cache.room()):]
+                        logits, _ = self(pending, cache=cache)
                     nxt = self._sample(logits.data[:, -1, :], temperature, top_k, rng)
                     out = np.concatenate([out, nxt[:, None]], axis=1)
+                    pending = nxt[:, None]
         finally:
             self.train(was_training)
         return out

@@ -7,6 +7,7 @@ from hypothesis import given, settings, strategies as st
 
 import minigrad
 from models.gpt import GPT, GPTConfig, PRESETS, preset
+from models.kv_cache import DenseKVCache, LinearAttentionCache
 
 MICRO = dict(n_layer=2, n_head=2, n_embd=8, block_size=6, vocab_size=7)
 
@@ -112,11 +113,11 @@ def test_activation_checkpointing_gives_same_gradients():
 
 def _cached_logits(m, idx, n_prompt):
     """Prefill n_prompt tokens, then feed the rest one at a time; return logits (B, T, V)."""
-    caches = [{} for _ in m.h]
+    cache = DenseKVCache.for_model(m, batch_size=idx.shape[0])
     with minigrad.no_grad():
-        out = [m(idx[:, :n_prompt], caches=caches)[0].data]
+        out = [m(idx[:, :n_prompt], cache=cache)[0].data]
         for t in range(n_prompt, idx.shape[1]):
-            out.append(m(idx[:, t:t + 1], caches=caches, pos0=t)[0].data)
+            out.append(m(idx[:, t:t + 1], cache=cache)[0].data)
     return np.concatenate(out, axis=1)
 
 
@@ -125,36 +126,40 @@ def test_kv_cache_misuse_gets_a_clear_error():
     bs = m.config.block_size
     idx = np.zeros((2, bs), np.int64)
     with minigrad.no_grad():
-        caches = [{} for _ in m.h]
-        m(idx[:, :3], caches=caches)
-        with pytest.raises(ValueError, match="pos0=5 but the KV cache holds 3 positions"):
-            m(idx[:, 3:4], caches=caches, pos0=5)
-        with pytest.raises(ValueError, match="holds batch 2 .* the input has batch 1"):
-            m(idx[:1, 3:4], caches=caches, pos0=3)
-        full = [{} for _ in m.h]
-        m(idx[:, :bs], caches=full)
-        with pytest.raises(ValueError, match="exceed block_size"):   # positions and cache both full
-            m(idx[:, :1], caches=full, pos0=bs)
+        cache = DenseKVCache.for_model(m, batch_size=2)
+        m(idx[:, :3], cache=cache)
+        with pytest.raises(ValueError, match="holds a batch of 2, the input has batch 1"):
+            m(idx[:1, 3:4], cache=cache)
+        full = DenseKVCache.for_model(m, batch_size=2)
+        m(idx[:, :bs], cache=full)
+        with pytest.raises(ValueError, match=f"holds {bs} positions; 1 more exceed max_len={bs}"):
+            m(idx[:, :1], cache=full)
+        longer = DenseKVCache.for_model(m, batch_size=2, max_len=bs + 1)   # longer than the model
+        m(idx[:, :bs], cache=longer)
+        with pytest.raises(ValueError, match=f"positions up to {bs}, beyond block_size={bs}"):
+            m(idx[:, :1], cache=longer)
+        with pytest.raises(ValueError, match="serves attention linear"):
+            m(idx[:, :1], cache=LinearAttentionCache.for_model(m, batch_size=2))
     with pytest.raises(RuntimeError, match="no_grad"):
-        m(idx[:, :1], caches=[{} for _ in m.h])
+        m(idx[:, :1], cache=DenseKVCache.for_model(m, batch_size=2))
 
 
-def test_a_cached_decoding_step_is_ten_ops_per_layer_plus_five():
-    """Embeddings (2) and their sum, per layer ln_1, c_attn, the cached attention, c_proj, the
-    residual add, ln_2, c_fc, GELU, c_proj and the add, then ln_f and the head."""
+def test_a_cached_decoding_step_is_nine_ops_per_layer_plus_five():
+    """Embeddings (2) and their sum, per layer ln_1, c_attn, c_proj, the residual add, ln_2,
+    c_fc, GELU, c_proj and the add, then ln_f and the head; the cache attends on arrays."""
     for n_layer in (1, 3):
         m = GPT(GPTConfig(**{**MICRO, "n_layer": n_layer}))
         ops = []
         listener = lambda event, ctx, out: ops.append(ctx.name) if event == "forward" else None  # noqa: E731
         with minigrad.no_grad():
-            caches = [{} for _ in m.h]
-            m(np.zeros((1, 3), np.int64), caches=caches)
+            cache = DenseKVCache.for_model(m)
+            m(np.zeros((1, 3), np.int64), cache=cache)
             minigrad.autograd.add_op_listener(listener)
             try:
-                m(np.zeros((1, 1), np.int64), caches=caches, pos0=3)
+                m(np.zeros((1, 1), np.int64), cache=cache)
             finally:
                 minigrad.autograd.remove_op_listener(listener)
-        assert len(ops) == 10 * n_layer + 5, ops
+        assert len(ops) == 9 * n_layer + 5, ops
 
 
 def test_generate_with_a_block_of_one_token():
