@@ -2,7 +2,7 @@
 pipeline parallel (GPipe and 1F1B) and data x tensor parallel -- equal losses, and the bytes each
 worker sends per step beside the formulas (Lecture 10).
 
-    .venv/bin/python demos/parallel.py                    # every mode on simulated workers (~3 min)
+    .venv/bin/python demos/parallel.py                    # every mode on simulated workers (~3 CPU min)
     .venv/bin/python demos/parallel.py --quick            # a smoke run of every mode (~15 s)
     .venv/bin/python demos/parallel.py --mode tp --steps 20          # one mode, 2 simulated workers
     mpiexec -n 2 .venv/bin/python demos/parallel.py --mode tp --preset tiny --steps 20   # MPI ranks
@@ -182,13 +182,13 @@ def formula_bytes(run, cfg, batch_size, a, n_params) -> tuple[float, str]:
         return tp_bytes_per_step(cfg, b, T, n, s) + norm, "4L · 2(t-1)/t · B·T·C · s"
     if run["mode"] == "pp":
         sent, _ = pipeline_bytes(cfg, b, T, a.micro_batches, n, run["stage"], s)
-        return sent + norm, "m · (B/m)·T·C · s per neighbour + V·C · s (tied wte, ends)"
+        return sent + norm, "B·T·C · s to each neighbour stage + V·C · s (tied wte, first and last)"
     t = a.tp_degree
     d = n // t
     tp_part = tp_bytes_per_step(cfg, b // d, T, t, s) + (ring_traffic(1, t, run["grid"]["tp_rank"])[0] * 8
                                                         if a.clip > 0 else 0)
     return (tp_part + 2 * (d - 1) / d * run["n_local_params"] * s,
-            "4L · 2(t-1)/t · (B/d)·T·C · s + 2(d-1)/d · N/t' · s")
+            "4L · 2(t-1)/t · (B/d)·T·C · s + 2(d-1)/d · N_w · s")
 
 
 def bytes_table(runs, cfg, batch_size, a, n_params) -> str:
@@ -208,10 +208,11 @@ def bytes_table(runs, cfg, batch_size, a, n_params) -> str:
                                                if r["mode"] == "dp-tp" else ""))
             lines.append(f"| {name} | {r['workers']} | {who} | {r['bytes_per_step'][-1]:,} | {want:,.0f} | {text} |")
     t = a.tp_degree
-    lines += ["", "N/t' = the parameters one dp-tp worker holds (its TP shard and the replicated "
-                  "embeddings, norms and biases). tp and dp-tp add the clipping norm's all-reduce of one "
-                  f"float64; pp the stages' norm all-reduce and the loss broadcast from the last stage. "
-                  f"dp-tp: t = {t}, d = workers / t."]
+    held = runs["dp-tp"][0]["n_local_params"] if "dp-tp" in runs else None
+    lines += ["", f"dp-tp: t = {t} ranks per TP group, d = workers / t DP groups; N_w = the parameters one "
+                  f"worker holds (its TP shard and the replicated embeddings, norms and biases"
+                  + (f": {held:,}" if held else "") + "). tp and dp-tp add the clipping norm's all-reduce "
+                  "of one float64; pp the stages' norm all-reduce and the loss the last stage broadcasts."]
     return "\n".join(lines) + "\n"
 
 
@@ -261,9 +262,10 @@ def plot_losses(runs, title, path):
         label = f"{name} ({ranks[0]['workers']} worker{'s' * (ranks[0]['workers'] > 1)})"
         ax[0].plot(steps, loss, color=color, ls=ls, lw=lw, label=label)
         if name != "single":
-            ax[1].semilogy(steps, np.maximum(np.abs(loss - base), 1e-17), color=color, ls=ls, lw=1.4, label=label)
+            gap = np.maximum.accumulate(np.abs(loss - base))
+            ax[1].semilogy(steps, np.maximum(gap, 1e-17), color=color, ls=ls, lw=1.4, label=label)
     ax[0].set_ylabel("training loss of the global batch [nats/token]")
-    ax[1].set_ylabel("abs(loss - single process)  (1e-17: equal)")
+    ax[1].set_ylabel("largest abs(loss - single process) so far\n(1e-17: equal)")
     ax[1].set_ylim(1e-17, 1e-6)
     for x in ax:
         x.set_xlabel("step")
