@@ -1,0 +1,347 @@
+"""KV-cache policies (models/kv_cache.py): each against dense attention or the uncached forward."""
+import tracemalloc
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+import minigrad
+import minigrad.functional as F
+from models.gpt import GPT, GPTConfig
+from models.kv_cache import (DenseKVCache, LinearAttentionCache, PagedKVCache, QuestCache, StreamingLLMCache,
+                             cache_for, page_upper_bound)
+
+
+def _model(seed=0, block_size=24, n_kv_head=None, **kw):
+    cfg = GPTConfig(n_layer=2, n_head=4, n_embd=16, block_size=block_size, vocab_size=11, n_kv_head=n_kv_head, **kw)
+    m = GPT(cfg, dtype=np.float64, seed=seed)
+    prng = np.random.default_rng(seed + 100)
+    for _, p in m.named_parameters():       # sharpen the logits so greedy argmaxes are well separated
+        p.data[...] += prng.normal(0, 0.3, p.shape)
+    m.eval()
+    return m
+
+
+def _decode(m, cache, idx, chunks):
+    """Feed idx (B, T) through ``cache`` in chunks of the given sizes; logits (B, T, V)."""
+    out, t = [], 0
+    with minigrad.no_grad():
+        for n in chunks:
+            out.append(m(idx[:, t:t + n], cache=cache)[0].data)
+            t += n
+    return np.concatenate(out, axis=1)
+
+
+def _chunks(draw_sizes, T):
+    sizes, t = [], 0
+    for n in draw_sizes:
+        if t >= T:
+            break
+        sizes.append(min(n, T - t))
+        t += sizes[-1]
+    return sizes + [1] * (T - t)
+
+
+def _ref_attention(q, k, v, allowed):
+    """Dense attention with a mask through minigrad's op: q (B, nh, T, hs), k, v (B, nkv, S, hs)."""
+    g = q.shape[1] // k.shape[1]
+    return F.scaled_dot_product_attention(q, np.repeat(k, g, 1), np.repeat(v, g, 1), attn_mask=allowed).data
+
+
+# ------------------------------------------------------------------ dense
+@given(n_kv_head=st.sampled_from([None, 2, 1]), B=st.integers(1, 3), T=st.integers(1, 24),
+       sizes=st.lists(st.integers(1, 9), min_size=1, max_size=6), seed=st.integers(0, 100))
+@settings(max_examples=15)
+def test_dense_cached_decoding_equals_the_uncached_forward(n_kv_head, B, T, sizes, seed):
+    """MHA, GQA and MQA; prompts and steps of any length (the causal mask inside a chunk)."""
+    m = _model(seed, n_kv_head=n_kv_head)
+    idx = np.random.default_rng(seed).integers(0, 11, (B, T))
+    with minigrad.no_grad():
+        full = m(idx)[0].data
+    cache = DenseKVCache.for_model(m, batch_size=B)
+    np.testing.assert_allclose(_decode(m, cache, idx, _chunks(sizes, T)), full, rtol=0, atol=1e-10)
+    assert len(cache) == T
+    assert cache.k.shape == (2, B, m.config.kv_heads, 24, 4)          # n_kv_head heads are stored
+
+
+def test_a_dense_decoding_step_copies_nothing_it_has_cached():
+    """The attention reads a view of the filled part: a step at n = 3000 cached positions allocates
+    far less than one layer's cached keys (which a copy of the filled part would need)."""
+    n, nh, hs = 3000, 2, 32
+    cache = DenseKVCache(1, nh, hs, max_len=n + 1, dtype=np.float64)
+    rng = np.random.default_rng(0)
+    cache.begin(1, n)
+    cache.k[0, :, :, :n] = rng.normal(size=(1, nh, n, hs))
+    cache.v[0, :, :, :n] = rng.normal(size=(1, nh, n, hs))
+    q, k, v = (rng.normal(size=(1, nh, 1, hs)) for _ in range(3))
+    filled = cache.k[0, :, :, :n].nbytes
+    cache.begin(1, 1)
+    tracemalloc.start()
+    o = cache.attend(0, q, k, v)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < filled / 8, (peak, filled)
+    np.testing.assert_allclose(o, _ref_attention(q, cache.k[0, :, :, :n + 1], cache.v[0, :, :, :n + 1], None),
+                               atol=1e-12)
+
+
+def test_generate_with_a_dense_cache_equals_recomputation_past_block_size():
+    m = _model(3, block_size=8)
+    prompt = np.array([[1, 2, 3], [4, 5, 6]])
+    a = m.generate(prompt, 20, temperature=0)
+    b = m.generate(prompt, 20, temperature=0, use_cache=False)
+    np.testing.assert_array_equal(a[:, :8], b[:, :8])       # the same context until the first refill
+    c = DenseKVCache.for_model(m, batch_size=2)
+    np.testing.assert_array_equal(m.generate(prompt, 20, temperature=0, cache=c), a)   # a given cache is reset
+
+
+# ------------------------------------------------------------------ StreamingLLM
+@given(n_sink=st.integers(0, 4), T=st.integers(1, 24), sizes=st.lists(st.integers(1, 9), max_size=4),
+       seed=st.integers(0, 100))
+@settings(max_examples=12)
+def test_streaming_with_a_window_covering_the_context_equals_the_dense_cache(n_sink, T, sizes, seed):
+    m = _model(seed, n_kv_head=2)
+    idx = np.random.default_rng(seed).integers(0, 11, (2, T))
+    chunks = _chunks(sizes, T)
+    dense = _decode(m, DenseKVCache.for_model(m, batch_size=2), idx, chunks)
+    stream = StreamingLLMCache.for_model(m, batch_size=2, n_sink=n_sink, window=24 - n_sink)
+    np.testing.assert_allclose(_decode(m, stream, idx, chunks), dense, rtol=0, atol=1e-12)
+
+
+@given(n_sink=st.integers(0, 4), window=st.integers(1, 8), sizes=st.lists(st.integers(1, 8), min_size=1,
+       max_size=12))
+@settings(max_examples=30)
+def test_streaming_keeps_the_sinks_and_the_last_window_at_positions_within_the_cache(n_sink, window, sizes):
+    cache = StreamingLLMCache(1, 1, 2, n_sink=n_sink, window=window)
+    N = 0
+    for T in sizes:
+        T = min(T, cache.room())
+        held = len(cache)
+        pos = cache.begin(1, T)
+        # as the reference: the new tokens follow what is kept after evicting for them
+        kept = held if held + T <= cache.capacity else cache.capacity - T
+        np.testing.assert_array_equal(pos, kept + np.arange(T))
+        N += T
+        expect = np.r_[0:min(n_sink, N), max(n_sink, N - window):N]
+        np.testing.assert_array_equal(cache.kept_tokens(), expect)
+        assert cache.slot_position.max() <= cache.capacity - 1
+
+
+def test_streaming_attends_over_exactly_the_kept_tokens():
+    """After evictions, each query sees the sinks, the kept window and the new tokens up to itself."""
+    rng = np.random.default_rng(1)
+    N, n_sink, window, hs = 24, 2, 5, 4
+    q = rng.normal(size=(1, 2, N, hs))
+    k, v = rng.normal(size=(1, 1, N, hs)), rng.normal(size=(1, 1, N, hs))
+    cache = StreamingLLMCache(1, 1, hs, n_sink=n_sink, window=window, dtype=np.float64)
+    t = 0
+    for T in (4, 3, 1, 5, 2, 1, 1, 4, 2, 1):
+        cache.begin(1, T)
+        o = cache.attend(0, q[:, :, t:t + T], k[:, :, t:t + T], v[:, :, t:t + T])
+        last = t + T                              # tokens 0 .. last-1 seen; the window is the last ones
+        keep = np.zeros((T, last), bool)
+        for i in range(T):
+            keep[i, :min(n_sink, t + i + 1)] = True
+            keep[i, max(n_sink, last - window):t + i + 1] = True
+        np.testing.assert_allclose(o, _ref_attention(q[:, :, t:t + T], k[:, :, :last], v[:, :, :last], keep),
+                                   atol=1e-12)
+        t = last
+    assert t == N
+
+
+def test_streaming_generates_past_block_size_without_refills():
+    m = _model(4, block_size=8)
+    cache = StreamingLLMCache.for_model(m, n_sink=2, window=6)
+    out = m.generate(np.array([[1, 2, 3]]), 30, temperature=0, cache=cache)
+    assert out.shape == (1, 33) and cache.n_seen == 32 and len(cache) == 8
+    np.testing.assert_array_equal(cache.kept_tokens(), np.r_[0:2, 26:32])
+    # within the capacity, streaming and dense generation agree
+    np.testing.assert_array_equal(out[:, :9], m.generate(np.array([[1, 2, 3]]), 6, temperature=0))
+
+
+def test_streaming_bad_input_names_the_numbers():
+    m = _model(0, block_size=8)
+    with pytest.raises(ValueError, match=r"n_sink=4 \+ window=6 = 10 positions exceed the model's block_size=8"):
+        StreamingLLMCache.for_model(m, n_sink=4, window=6)
+    cache = StreamingLLMCache(1, 1, 2, n_sink=2, window=3)
+    cache.begin(1, 5)
+    with pytest.raises(ValueError, match="a forward of 4 tokens does not fit a window of 3"):
+        cache.begin(1, 4)
+
+
+# ------------------------------------------------------------------ Quest
+@given(d=st.integers(1, 8), page=st.integers(1, 6), P=st.integers(1, 5), seed=st.integers(0, 10_000))
+def test_quest_page_bound_is_an_upper_bound_of_every_score_in_the_page(d, page, P, seed):
+    rng = np.random.default_rng(seed)
+    keys = rng.normal(size=(P, page, d)) * rng.uniform(0.1, 3, size=(P, 1, d))
+    q = rng.normal(size=(3, d))
+    bound = page_upper_bound(q, keys.min(axis=1), keys.max(axis=1))            # (3, P)
+    scores = np.einsum("qd,pkd->qpk", q, keys)
+    assert np.all(scores <= bound[..., None] + 1e-12)
+    # and it is tight where one key holds every coordinate's extreme (a page of one key)
+    one = page_upper_bound(q, keys[:, 0], keys[:, 0])
+    np.testing.assert_allclose(one, q @ keys[:, 0].T, atol=1e-12)
+
+
+@given(n_kv_head=st.sampled_from([None, 1]), T=st.integers(1, 24), seed=st.integers(0, 100))
+@settings(max_examples=10)
+def test_quest_with_pages_covering_the_cache_equals_the_dense_cache(n_kv_head, T, seed):
+    m = _model(seed, n_kv_head=n_kv_head)
+    idx = np.random.default_rng(seed).integers(0, 11, (2, T))
+    chunks = _chunks([3], T)
+    dense = _decode(m, DenseKVCache.for_model(m, batch_size=2), idx, chunks)
+    quest = QuestCache.for_model(m, batch_size=2, token_budget=24, page_size=4, dense_layers=0)
+    np.testing.assert_allclose(_decode(m, quest, idx, chunks), dense, rtol=0, atol=1e-12)
+
+
+def test_quest_attends_to_the_pages_with_the_largest_bounds():
+    """With a small budget each query head reads the top-K pages by bound, and the output is dense
+    attention restricted to those pages' keys (the last page's empty slots masked)."""
+    rng = np.random.default_rng(2)
+    n, ps, hs, nkv, nh = 45, 4, 8, 2, 4
+    cache = QuestCache(1, nkv, hs, max_len=64, token_budget=20, page_size=ps, dense_layers=0, dtype=np.float64)
+    k, v = rng.normal(size=(1, nkv, n, hs)), rng.normal(size=(1, nkv, n, hs))
+    cache.begin(1, n - 1)
+    cache.attend(0, rng.normal(size=(1, nh, n - 1, hs)), k[:, :, :-1], v[:, :, :-1])   # prefill
+    q = rng.normal(size=(1, nh, 1, hs))
+    cache.begin(1, 1)
+    o = cache.attend(0, q, k[:, :, -1:], v[:, :, -1:])
+    top = cache.selected_pages(0, q)                                   # (1, nkv, g, K)
+    K, P = 5, 12
+    assert top.shape == (1, nkv, 2, K)
+    g = nh // nkv
+    for h in range(nh):
+        pages = np.pad(k[0, h // g], ((0, P * ps - n), (0, 0)), constant_values=np.nan).reshape(P, ps, hs)
+        bound = page_upper_bound(q[0, h, 0], np.nanmin(pages, axis=1), np.nanmax(pages, axis=1))
+        assert set(top[0, h // g, h % g]) == set(np.argsort(-bound)[:K])
+    allowed = np.zeros((1, nh, 1, n), bool)
+    for h in range(nh):
+        for p in top[0, h // g, h % g]:
+            allowed[0, h, 0, p * ps:(p + 1) * ps] = True
+    np.testing.assert_allclose(o, _ref_attention(q, k, v, allowed), atol=1e-12)
+    assert not np.allclose(o, _ref_attention(q, k, v, None))            # the selection mattered
+
+
+# ------------------------------------------------------------------ paged
+def _dense_greedy(m, tokens, n_new):
+    """Greedy continuation of ``tokens`` by the dense cache: the reference for paged decoding."""
+    return m.generate(np.asarray(tokens)[None], n_new, temperature=0)[0, len(tokens):]
+
+
+def _paged_greedy(m, cache, seqs, first_inputs, n_new):
+    """Run each seq's first input (a prefill, rows one at a time), then n_new batched greedy steps."""
+    nxt = {}
+    with minigrad.no_grad():
+        for s, toks in zip(seqs, first_inputs):
+            nxt[s] = int(m(np.asarray(toks)[None], cache=cache.batch([s]))[0].data[0, -1].argmax())
+        out = {s: [nxt[s]] for s in seqs}
+        for _ in range(n_new - 1):
+            logits = m(np.array([[out[s][-1]] for s in seqs]), cache=cache.batch(seqs))[0].data[:, -1]
+            for s, row in zip(seqs, logits):
+                out[s].append(int(row.argmax()))
+    return out
+
+
+def test_paged_decoding_equals_dense_decoding_with_shared_prefixes_and_copy_on_write():
+    m = _model(5, block_size=40, n_kv_head=2)
+    cache = PagedKVCache.for_model(m, num_blocks=40, block_size=4)
+    rng = np.random.default_rng(0)
+    prefix = rng.integers(0, 11, 10)                 # 2 whole blocks and half of a third
+    a = cache.add_sequence()
+    with minigrad.no_grad():
+        m(prefix[None], cache=cache.batch([a]))       # the shared prefix, computed once
+    third = cache.tables[a][2]
+    b = cache.fork(a)                                 # shares all 3 blocks, the third partly filled
+    c = cache.fork(a, 8)                              # shares the 2 whole blocks
+    d = cache.fork(a, 6)                              # shares a whole block and half of the second
+    assert cache.refcount[cache.tables[a]].tolist() == [4, 4, 2]
+    suffix = {a: rng.integers(0, 11, 3), b: rng.integers(0, 11, 5), c: rng.integers(0, 11, 4),
+              d: rng.integers(0, 11, 2)}
+    start = {a: 10, b: 10, c: 8, d: 6}
+    e = cache.add_sequence()                          # and one sharing nothing
+    suffix[e], start[e] = rng.integers(0, 11, 7), 0
+    full = {s: np.concatenate([prefix[:start[s]], suffix[s]]) if s != e else suffix[e] for s in suffix}
+    seqs = [a, b, c, d, e]
+    out = _paged_greedy(m, cache, seqs, [full[s][start[s]:] for s in seqs], n_new=12)
+    for s in seqs:
+        np.testing.assert_array_equal(out[s], _dense_greedy(m, full[s], 12))
+    # a (the first writer into the shared third block) copied it; b then owned the original
+    assert cache.copies == 2                          # a's third block and d's second block
+    assert cache.tables[b][2] == third and cache.tables[a][2] != third
+    for s in seqs:
+        cache.free(s)
+    assert cache.refcount.sum() == 0 and sorted(cache.free_blocks) == list(range(40))
+
+
+def test_a_shared_block_is_copied_before_a_write_and_the_original_is_untouched():
+    cache = PagedKVCache(1, 1, 2, num_blocks=4, block_size=4, dtype=np.float64)
+    a = cache.add_sequence()
+    batch = cache.batch([a])
+    batch.begin(1, 3)
+    kv = np.arange(6.0).reshape(1, 1, 3, 2)
+    batch.attend(0, kv, kv, kv)
+    before = cache.k[0, 0, cache.tables[a][0]].copy()
+    b = cache.fork(a)
+    assert cache.refcount[cache.tables[a][0]] == 2 and cache.copies == 0
+    batch = cache.batch([b])
+    batch.begin(1, 1)
+    batch.attend(0, -np.ones((1, 1, 1, 2)), -np.ones((1, 1, 1, 2)), -np.ones((1, 1, 1, 2)))
+    assert cache.copies == 1 and cache.tables[a][0] != cache.tables[b][0]
+    np.testing.assert_array_equal(cache.k[0, 0, cache.tables[a][0]], before)       # a's block untouched
+    np.testing.assert_array_equal(cache.k[0, 0, cache.tables[b][0], :3], before[:3])   # copied, then
+    np.testing.assert_array_equal(cache.k[0, 0, cache.tables[b][0], 3], [-1, -1])     # written
+    assert cache.refcount[cache.tables[a][0]] == 1 and cache.refcount[cache.tables[b][0]] == 1
+    cache.free(a)
+    cache.free(b)
+    assert cache.refcount.sum() == 0 and sorted(cache.free_blocks) == [0, 1, 2, 3]
+
+
+def test_paged_waste_is_less_than_a_block_per_sequence():
+    cache = PagedKVCache(1, 1, 2, num_blocks=64, block_size=8)
+    for n in (1, 7, 8, 9, 30):
+        s = cache.add_sequence()
+        cache.batch([s]).begin(1, n)
+        assert len(cache.tables[s]) * 8 - n < 8
+
+
+def test_paged_out_of_blocks_is_one_clear_error_and_changes_nothing():
+    cache = PagedKVCache(1, 1, 2, num_blocks=3, block_size=4)
+    a, b = cache.add_sequence(), cache.add_sequence()
+    cache.batch([a]).begin(1, 9)                     # 3 blocks
+    with pytest.raises(RuntimeError, match=r"out of blocks: 1 sequence\(s\) need 1 more blocks of 4 positions "
+                                           r"for 2 new token\(s\) each, 0 of 3 are free"):
+        cache.batch([b]).begin(1, 2)
+    assert cache.lengths[b] == 0 and cache.tables[b] == [] and len(cache.free_blocks) == 0
+    with pytest.raises(ValueError, match=r"n_tokens=10 must be in \[0, 9\]"):
+        cache.fork(a, 10)
+    with pytest.raises(KeyError, match="no sequence 7"):
+        cache.batch([7])
+    with pytest.raises(ValueError, match="distinct sequence ids"):
+        cache.batch([a, a])
+
+
+# ------------------------------------------------------------------ the model and its caches
+def test_each_cache_reports_its_memory():
+    m = _model(0, block_size=32, n_kv_head=2)
+    item = 8 * 2 * 2 * 2 * 4                          # float64 · K and V · layers · kv heads · head_dim
+    assert DenseKVCache.for_model(m).nbytes == 32 * item
+    assert StreamingLLMCache.for_model(m, n_sink=4, window=12).nbytes == 16 * item
+    assert QuestCache.for_model(m, token_budget=8, page_size=8).nbytes == 32 * item + 4 * item
+    assert PagedKVCache.for_model(m, num_blocks=5, block_size=8).nbytes == 40 * item
+    lin = GPT(GPTConfig(n_layer=2, n_head=4, n_embd=16, block_size=32, vocab_size=11, attention="linear",
+                        n_kv_head=2), dtype=np.float64)
+    assert isinstance(cache_for(lin), LinearAttentionCache)
+    assert cache_for(lin).nbytes == 8 * 2 * 2 * 4 * 5    # layers · kv heads · D(D + 1)
+
+
+def test_the_model_refuses_a_cache_that_does_not_fit_it():
+    m = _model(0)
+    with minigrad.no_grad():
+        with pytest.raises(ValueError, match="this model has"):
+            m(np.zeros((1, 2), np.int64), cache=DenseKVCache(2, 4, 4, max_len=8, dtype=np.float32))
+        with pytest.raises(ValueError, match="serves attention mha; this model's is 'moba'"):
+            moba = GPT(GPTConfig(n_layer=2, n_head=4, n_embd=16, block_size=24, vocab_size=11,
+                                 attention="moba", moba_block=4), dtype=np.float64)
+            moba(np.zeros((1, 2), np.int64), cache=StreamingLLMCache.for_model(moba, window=8))
+    with pytest.raises(TypeError, match="serve paged sequences with models.serving"):
+        m.generate(np.zeros((1, 2), np.int64), 2, cache=PagedKVCache.for_model(m, num_blocks=4))
