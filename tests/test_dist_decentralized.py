@@ -13,12 +13,18 @@ import pytest
 import optim
 from optim.dist.comm import SimComm
 from optim.dist.decentralized import (ALGORITHMS, DecentralizedSGD, GradientTracking,
-                                      consensus_curve, consensus_error, heterogeneous_least_squares,
-                                      least_squares_data)
+                                      consensus_curve, consensus_error, heterogeneous_least_squares)
+from optim.dist.problems import HeterogeneousLeastSquares
 from optim.dist.topology import TOPOLOGIES, Topology
 
 N = 6
 LR = 0.1
+
+
+def _data(workers):
+    """Each worker's (A_i, b_i) of a small heterogeneous least-squares problem."""
+    problem = HeterogeneousLeastSquares(workers, 5, rows=12)
+    return [problem.data(i) for i in range(workers)]
 
 
 def _grad(a, b, x):
@@ -27,7 +33,7 @@ def _grad(a, b, x):
 
 def _run(comm, topology, algorithm, steps, lr=LR, optimizer="sgd", data=None, **opt_kw):
     """Each rank minimizes its own least-squares f_i from x = 0; returns its final x."""
-    a, b = data[comm.rank] if data is not None else least_squares_data(comm.rank, dim=5, rows=12)
+    a, b = (data or _data(comm.size))[comm.rank]
     params = {"x": np.zeros(a.shape[1])}
     local = optim.create(optimizer, params, lr=lr, **opt_kw)
     opt = (GradientTracking(comm, topology, local) if algorithm == "gradient-tracking"
@@ -59,7 +65,7 @@ def _matrix_recursion(topology, algorithm, steps, data):
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
 def test_each_worker_follows_the_matrix_recursion(name, algorithm):
     topo = Topology(name, N)
-    data = [least_squares_data(r, dim=5, rows=12) for r in range(N)]
+    data = _data(N)
     x = np.stack(SimComm(N).run(_run, topo, algorithm, 12, data=data))
     np.testing.assert_allclose(x, _matrix_recursion(topo, algorithm, 12, data), rtol=1e-12, atol=1e-14)
 
@@ -73,7 +79,7 @@ def _centralized_gd(data, steps):
 
 def test_adapt_then_combine_on_the_complete_graph_is_centralized_gd():
     """W = 11^T/n averages the stepped copies: every worker holds x - lr * mean_i grad f_i(x)."""
-    data = [least_squares_data(r, dim=5, rows=12) for r in range(N)]
+    data = _data(N)
     x = np.stack(SimComm(N).run(_run, "complete", "atc", 30, data=data))
     np.testing.assert_allclose(x, np.tile(_centralized_gd(data, 30), (N, 1)), rtol=1e-12, atol=1e-15)
 
@@ -119,7 +125,7 @@ def test_gradient_tracking_converges_to_the_global_optimum(name):
 
 
 def _homogeneous(comm, topology, algorithm, optimizer, steps, **opt_kw):
-    data = [least_squares_data(0, dim=5, rows=12)] * comm.size
+    data = _data(1) * comm.size
     return _run(comm, topology, algorithm, steps, lr=0.05, optimizer=optimizer, data=data, **opt_kw)
 
 
@@ -131,7 +137,7 @@ def test_any_registered_optimizer_on_identical_data_is_the_single_worker_run(opt
     """With the same data everywhere the copies stay equal (W keeps equal rows, up to rounding)
     and the tracker equals the gradient, so each worker retraces the optimizer on one process."""
     x = np.stack(SimComm(4).run(_homogeneous, "ring", algorithm, optimizer, 40, **opt_kw))
-    a, b = least_squares_data(0, dim=5, rows=12)
+    (a, b), = _data(1)
     params = {"x": np.zeros(5)}
     single = optim.create(optimizer, params, lr=0.05, **opt_kw)
     for _ in range(40):
@@ -190,7 +196,7 @@ def test_consensus_curve_reaches_zero_on_exactly_averaging_graphs():
 
 def _resumed(comm, algorithm, split, steps):
     """Run ``split`` steps, checkpoint through flatten/unflatten, rebuild everything, finish."""
-    a, b = least_squares_data(comm.rank, dim=5, rows=12)
+    a, b = _data(comm.size)[comm.rank]
 
     def build(x):
         params = {"x": x}

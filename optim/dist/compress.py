@@ -44,7 +44,7 @@ of the workers' arrays (shared-seed rand-k, PowerSGD) have no such floor: their 
 workers only through the mean gradient, as on one machine. Bytes: an all-reduce sends
 2(n-1)/n of the buffer per worker whatever n is, an allgather (n-1) payloads, so top-k's saving
 over an uncompressed all-reduce shrinks as workers are added. :func:`loss_vs_bytes` measures
-all of this on :class:`LeastSquares`.
+all of this on ``optim.dist.problems.HeterogeneousLeastSquares``.
 """
 from __future__ import annotations
 
@@ -58,10 +58,11 @@ import numpy as np
 
 from .comm import Communicator
 from .launcher import launch
+from .problems import HeterogeneousLeastSquares
 
 __all__ = ["Payload", "Compressor", "Identity", "QSGD", "TopK", "RandK", "ScaledSign", "PowerSGD",
-           "Reducer", "EF14", "EF21", "elias_omega_bits", "LeastSquares", "train_least_squares",
-           "default_runs", "loss_vs_bytes"]
+           "Reducer", "EF14", "EF21", "elias_omega_bits", "train_least_squares", "default_runs",
+           "loss_vs_bytes"]
 
 
 @dataclass
@@ -589,54 +590,9 @@ class EF21:
 
 
 # ------------------------------------------------------------------ the measured experiment
-class LeastSquares:
-    """Heterogeneous least squares over ``workers`` workers, parameter of ``shape`` ((d,) or
-    (d, c)): f(W) = mean_i f_i(W), f_i(W) = ||A_i W - B_i||^2 / (2 rows).
-
-    Worker i's features have their own scales (uniform in [0.5, 2] per column) and its targets
-    come from its own optimum W_i = W_c + heterogeneity * N(0, I), so grad f_i(W*) != 0 at the
-    common optimum W*: what separates EF14 from EF21. ``lipschitz`` is L of f (the largest
-    eigenvalue of H = mean_i A_i^T A_i / rows); ``optimum`` is W*."""
-
-    def __init__(self, workers: int = 8, shape=(200,), *, rows: int | None = None,
-                 heterogeneity: float = 1.0, seed: int = 0):
-        self.workers = _check_count(workers, "LeastSquares: workers")
-        self.shape = tuple(int(s) for s in shape)
-        if len(self.shape) not in (1, 2) or min(self.shape) < 1:
-            raise ValueError(f"LeastSquares: shape must be (d,) or (d, c) with positive sizes, "
-                             f"got {shape!r}")
-        dim = self.shape[0]
-        self.rows = _check_count(2 * dim if rows is None else rows, "LeastSquares: rows")
-        rng = np.random.default_rng(seed)
-        scales = rng.uniform(0.5, 2.0, size=(self.workers, 1, dim))
-        self.features = rng.standard_normal((self.workers, self.rows, dim)) * scales
-        center = rng.standard_normal(self.shape)
-        own = center + heterogeneity * rng.standard_normal((self.workers, *self.shape))
-        self.targets = np.stack([a @ w for a, w in zip(self.features, own)])
-        # per worker H_i = A_i^T A_i / rows and c_i = A_i^T B_i / rows: a gradient costs d^2 c
-        transposed = self.features.transpose(0, 2, 1)
-        self.hessians = transposed @ self.features / self.rows
-        self.moments = np.stack([a @ b for a, b in zip(transposed, self.targets)]) / self.rows
-        self.hessian = self.hessians.mean(axis=0)
-        self.optimum = np.linalg.solve(self.hessian, self.moments.mean(axis=0))
-        self.lipschitz = float(np.linalg.eigvalsh(self.hessian)[-1])
-
-    def gradient(self, worker: int, w: np.ndarray) -> np.ndarray:
-        """grad f_worker(w) = H_i w - c_i."""
-        return self.hessians[worker] @ w - self.moments[worker]
-
-    def loss_gap(self, w: np.ndarray) -> float:
-        """f(w) - f(w*) = (w - w*)^T H (w - w*) / 2, exactly (grad f(w*) = 0), without the
-        cancellation of subtracting two losses."""
-        e = w - self.optimum
-        return float(np.sum(e * (self.hessian @ e)) / 2)
-
-    def relative_error(self, w: np.ndarray) -> float:
-        return float(np.linalg.norm(w - self.optimum) / np.linalg.norm(self.optimum))
-
-
-def train_least_squares(comm: Communicator, problem: LeastSquares, compressor: Compressor,
-                        feedback: str | None = None, *, lr: float, steps: int, seed: int = 0) -> dict:
+def train_least_squares(comm: Communicator, problem: HeterogeneousLeastSquares,
+                        compressor: Compressor, feedback: str | None = None, *, lr: float, steps: int,
+                        seed: int = 0) -> dict:
     """Gradient descent from W = 0 on ``problem``, worker ``comm.rank`` holding f_rank, with the
     gradients averaged through ``Reducer(comm, compressor)`` wrapped in ``feedback`` (None,
     "ef14" or "ef21"). Run on every rank (``launch(train_least_squares, ...)``). Returns arrays
@@ -644,7 +600,8 @@ def train_least_squares(comm: Communicator, problem: LeastSquares, compressor: C
     ``loss`` f(W) - f(W*)."""
     if comm.size != problem.workers:
         raise ValueError(f"train_least_squares: the problem has {problem.workers} workers but the "
-                         f"communicator has {comm.size} ranks; build LeastSquares(workers={comm.size})")
+                         f"communicator has {comm.size} ranks; build "
+                         f"HeterogeneousLeastSquares({comm.size}, ...)")
     steps = _check_count(steps, "train_least_squares: steps")
     if feedback not in (None, "ef14", "ef21"):
         raise ValueError(f"train_least_squares: feedback must be None, 'ef14' or 'ef21', got {feedback!r}")
@@ -665,9 +622,9 @@ def train_least_squares(comm: Communicator, problem: LeastSquares, compressor: C
 
 def default_runs(ratio: float = 0.05) -> list:
     """(label, compressor, feedback, lr as a multiple of 1/L) for :func:`loss_vs_bytes`: each
-    compressor alone and with error feedback, each at an lr it is stable with on
-    :class:`LeastSquares` (EF14 with top-k and sign at 0.1/L, to show its floor; rand-k at
-    ratio/L: a rand-k step moves only k of d coordinates, and EF with larger steps diverges)."""
+    compressor alone and with error feedback, each at an lr it is stable with on heterogeneous
+    least squares (EF14 with top-k and sign at 0.1/L, to show its floor; rand-k at ratio/L: a
+    rand-k step moves only k of d coordinates, and EF with larger steps diverges)."""
     top, rand, sign = TopK(ratio=ratio), RandK(ratio=ratio, scaled=False), ScaledSign()
     return [
         ("uncompressed", Identity(), None, 1.0),
@@ -689,12 +646,12 @@ def default_runs(ratio: float = 0.05) -> list:
 
 def loss_vs_bytes(workers: int = 8, shape=(50, 4), *, steps: int = 1000, runs=None,
                   seed: int = 0) -> dict:
-    """Loss against bytes communicated on :class:`LeastSquares` for each compressor with and
+    """Loss against bytes communicated on heterogeneous least squares for each compressor with and
     without error feedback: ``{label: {"bytes", "error", "loss"}}`` (arrays over the steps, rank
     0's bytes sent; see :func:`train_least_squares`). ``runs`` is a list of
     ``(label, compressor, feedback, lr_factor)`` with lr = lr_factor / L (default
     :func:`default_runs`). Workers are simulated, or the MPI ranks under ``mpiexec``."""
-    problem = LeastSquares(workers, shape, seed=seed)
+    problem = HeterogeneousLeastSquares(workers, shape, seed=seed)
     results = {}
     for label, compressor, feedback, factor in (default_runs() if runs is None else runs):
         ranks = launch(train_least_squares, problem, compressor, feedback, workers=workers,

@@ -39,10 +39,11 @@ from collections.abc import Mapping
 import numpy as np
 
 from ..base import create
+from .problems import HeterogeneousLeastSquares
 from .topology import Topology, gossip
 
 __all__ = ["DecentralizedSGD", "GradientTracking", "consensus_error", "consensus_curve",
-           "least_squares_data", "heterogeneous_least_squares", "ALGORITHMS"]
+           "heterogeneous_least_squares", "ALGORITHMS"]
 
 #: The names ``heterogeneous_least_squares(algorithm=...)`` accepts.
 ALGORITHMS = ("dpsgd", "atc", "gradient-tracking")
@@ -236,37 +237,24 @@ def consensus_curve(comm, topology, steps: int, dim: int = 16, seed: int = 0) ->
     return np.array(errors)
 
 
-def least_squares_data(rank: int, dim: int = 10, rows: int = 40, heterogeneity: float = 1.0,
-                       seed: int = 0) -> tuple:
-    """Worker ``rank``'s least-squares data (A_i, b_i), f_i(x) = ||A_i x - b_i||^2 / (2 rows):
-    A_i ~ N(0, 1) and b_i = A_i (x_true + heterogeneity * u_i) with u_i ~ N(0, I) drawn per rank,
-    so with heterogeneity > 0 each worker's own minimizer differs from the others'."""
-    shared = np.random.default_rng([seed, 2 ** 31])
-    x_true = shared.standard_normal(dim)
-    rng = np.random.default_rng([seed, rank])
-    a = rng.standard_normal((rows, dim))
-    b = a @ (x_true + heterogeneity * rng.standard_normal(dim))
-    return a, b
-
-
 def heterogeneous_least_squares(comm, topology, algorithm: str = "dpsgd", lr: float = 0.05,
                                 steps: int = 500, dim: int = 10, rows: int = 40,
                                 heterogeneity: float = 1.0, seed: int = 0,
                                 optimizer: str = "sgd") -> np.ndarray:
-    """Minimize f(x) = mean_i f_i(x) on ``least_squares_data`` with full local gradients (so any
-    error left is bias, not noise), every worker starting at x = 0. ``algorithm``: "dpsgd", "atc"
-    or "gradient-tracking"; the local step is ``optim.create(optimizer, params, lr=lr)``.
+    """Minimize f(x) = mean_i f_i(x) on ``HeterogeneousLeastSquares(comm.size, dim, rows=rows,
+    heterogeneity=heterogeneity, seed=seed)`` with full local gradients (so any error left is
+    bias, not noise), every worker starting at x = 0. ``algorithm``: "dpsgd", "atc" or
+    "gradient-tracking"; the local step is ``optim.create(optimizer, params, lr=lr)``.
 
     Returns the relative squared distance to the global minimizer x*, mean_i ||x_i - x*||^2 /
-    ||x*||^2, before the first step and after each step: shape (steps + 1,). x* solves
-    (sum_i A_i^T A_i) x = sum_i A_i^T b_i, summed over workers with an all-reduce."""
+    ||x*||^2, before the first step and after each step: shape (steps + 1,)."""
     if algorithm not in ALGORITHMS:
         raise ValueError(f"heterogeneous_least_squares: algorithm must be one of {ALGORITHMS}, "
                          f"got {algorithm!r}")
     topology = _as_topology(comm, topology)
-    a, b = least_squares_data(comm.rank, dim, rows, heterogeneity, seed)
-    normal = comm.allreduce(np.concatenate([(a.T @ a).reshape(-1), a.T @ b]), op="sum")
-    x_star = np.linalg.solve(normal[:dim * dim].reshape(dim, dim), normal[dim * dim:])
+    problem = HeterogeneousLeastSquares(comm.size, dim, rows=rows, heterogeneity=heterogeneity,
+                                        seed=seed)
+    x_star = problem.optimum
     params = {"x": np.zeros(dim)}
     local = create(optimizer, params, lr=lr)
     if algorithm == "gradient-tracking":
@@ -280,6 +268,6 @@ def heterogeneous_least_squares(comm, topology, algorithm: str = "dpsgd", lr: fl
 
     errors = [error()]
     for _ in range(steps):
-        opt.step({"x": a.T @ (a @ params["x"] - b) / rows})
+        opt.step({"x": problem.gradient(comm.rank, params["x"])})
         errors.append(error())
     return np.array(errors)

@@ -32,8 +32,9 @@ import numpy as np
 import optim
 
 from .data_parallel import allreduce_mean_
+from .problems import HeterogeneousLeastSquares
 
-__all__ = ["LocalSGD", "compare_local_steps", "least_squares_workers"]
+__all__ = ["LocalSGD", "compare_local_steps"]
 
 
 class LocalSGD:
@@ -177,36 +178,14 @@ class LocalSGD:
                 f"switch_step={self.switch_step}, size={self.comm.size}, steps={self.steps})")
 
 
-# ------------------------------------------------------------------ a problem to measure it on
-def least_squares_workers(n_workers: int, dim: int = 20, rows: int = 200, heterogeneity: float = 0.5,
-                          noise: float = 0.1, seed: int = 0):
-    """Worker i's data ``(A_i, b_i)``: b_i = A_i (x* + heterogeneity·u_i) + noise, A_i, u_i standard
-    normal. Every rank can build every worker's data from the seed, so the global objective
-    f(x) = mean_i |A_i x - b_i|^2 / (2·rows) is evaluated without communication.
-    Returns ``(data, f, f_star)``."""
-    rng = np.random.default_rng(seed)
-    x_star = rng.standard_normal(dim)
-    data = []
-    for i in range(n_workers):
-        r = np.random.default_rng([seed, i])
-        A = r.standard_normal((rows, dim))
-        b = A @ (x_star + heterogeneity * r.standard_normal(dim)) + noise * r.standard_normal(rows)
-        data.append((A, b))
-    A_all = np.concatenate([A for A, _ in data])
-    b_all = np.concatenate([b for _, b in data])
-
-    def f(x):
-        return float(np.mean((A_all @ x - b_all) ** 2) / 2)
-
-    return data, f, f(np.linalg.lstsq(A_all, b_all, rcond=None)[0])
-
-
+# ------------------------------------------------------------------ the measured experiment
 def compare_local_steps(comm, local_steps=(1, 4, 16), steps: int = 480, lr: float = 0.05,
                         batch_size: int = 4, optimizer: str = "sgd", heterogeneity: float = 0.5,
                         seed: int = 0, **optimizer_kw) -> dict:
-    """Local SGD on heterogeneous least squares (:func:`least_squares_workers`), run on ``comm``
-    (call it on every rank) for each H in ``local_steps``, ``steps`` local steps each, from x = 0,
-    with ``optimizer`` (any registered name; ``optimizer_kw`` are its options) on each worker.
+    """Local SGD on ``HeterogeneousLeastSquares(comm.size, 20, rows=200,
+    heterogeneity=heterogeneity, seed=seed)``, run on ``comm`` (call it on every rank) for each H
+    in ``local_steps``, ``steps`` local steps each, from x = 0, with ``optimizer`` (any
+    registered name; ``optimizer_kw`` are its options) on each worker.
 
     Each local step takes the gradient of ``batch_size`` rows of the worker's own data, drawn with
     replacement (None: all its rows, a deterministic gradient). With deterministic gradients H = 1
@@ -216,20 +195,20 @@ def compare_local_steps(comm, local_steps=(1, 4, 16), steps: int = 480, lr: floa
     Returns ``{H: {"rounds": r, "loss": f(x_r) - f*, "bytes_sent": b}}``, arrays over the
     averaging rounds r = 0 .. steps // H (round 0: the start), ``bytes_sent`` this rank's bytes
     after each round. The same for every rank (the parameters are equal after an average)."""
-    data, f, f_star = least_squares_workers(comm.size, heterogeneity=heterogeneity, seed=seed)
-    A, b = data[comm.rank]
+    problem = HeterogeneousLeastSquares(comm.size, 20, rows=200, heterogeneity=heterogeneity,
+                                        seed=seed)
     out = {}
     for H in local_steps:
-        x = np.zeros(A.shape[1])
+        x = np.zeros(problem.shape)
         opt = LocalSGD(optim.create(optimizer, {"x": x}, lr=lr, **optimizer_kw), comm, local_steps=H)
         rng = np.random.default_rng([seed, comm.rank, 1])
         start = comm.bytes_sent
-        loss, sent = [f(x) - f_star], [0]
+        loss, sent = [problem.loss_gap(x)], [0]
         for _ in range(steps):
-            rows = slice(None) if batch_size is None else rng.integers(0, len(b), size=batch_size)
-            opt.step({"x": A[rows].T @ (A[rows] @ x - b[rows]) / len(b[rows])})
+            rows = None if batch_size is None else rng.integers(0, problem.rows, size=batch_size)
+            opt.step({"x": problem.gradient(comm.rank, x, rows)})
             if opt.steps % H == 0:
-                loss.append(f(x) - f_star)
+                loss.append(problem.loss_gap(x))
                 sent.append(comm.bytes_sent - start)
         out[H] = {"rounds": np.arange(len(loss)), "loss": np.array(loss), "bytes_sent": np.array(sent)}
     return out
