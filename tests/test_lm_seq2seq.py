@@ -1,0 +1,140 @@
+"""models/seq2seq.py: beam search of width 1 is greedy decoding; a beam's score is the model's
+log-probability of its output; a padded batch gives each sequence what it gets alone; attention
+weights are a distribution over the unpadded positions; the gradient is right (float64) for
+both cells and both attentions; the tasks' answers are right; bad input names the shapes."""
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import minigrad
+from models.seq2seq import (BOS, EOS, PAD, VOCAB, Seq2Seq, Seq2SeqConfig, Task, decode, encode, exact_match,
+                            make_batch, seq2seq_loss)
+
+KINDS = [("gru", "bahdanau"), ("gru", "luong"), ("lstm", "bahdanau"), ("lstm", "luong")]
+
+
+def tiny(cell="gru", attention="bahdanau", layers=1, seed=0, dtype=np.float64, scale=1.0, size=5):
+    model = Seq2Seq(Seq2SeqConfig(cell=cell, attention=attention, n_embd=4, hidden_size=size, num_layers=layers),
+                    dtype=dtype, seed=seed)
+    if scale != 1.0:                                  # sharper distributions: decoding choices matter
+        for p in model.parameters():
+            p.data *= scale
+    return model
+
+
+def random_sources(rng, B, max_len=6):
+    pairs = [("".join(rng.choice(list("0123456789+"), size=rng.integers(1, max_len + 1))), "1") for _ in range(B)]
+    return make_batch(pairs)[0]
+
+
+@given(kind=st.sampled_from(KINDS), layers=st.integers(1, 2), seed=st.integers(0, 2**16))
+def test_beam_of_width_one_is_greedy(kind, layers, seed):
+    model = tiny(*kind, layers=layers, seed=seed, scale=3.0)
+    src = random_sources(np.random.default_rng(seed), 4)
+    greedy, _ = model.greedy(src, max_len=7)
+    beam, _ = model.beam_search(src, beam=1, max_len=7)
+    np.testing.assert_array_equal(beam, greedy)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_beams_score_is_the_log_probability_of_its_output(kind):
+    model = tiny(*kind, seed=1, scale=3.0)
+    src = random_sources(np.random.default_rng(1), 3)
+    out, scores = model.beam_search(src, beam=3, max_len=6)
+    for b in range(3):
+        row = [int(t) for t in out[b]]
+        seq = row[:row.index(EOS) + 1] if EOS in row else row     # no EOS: cut at max_len
+        n = int((src[b] != PAD).sum())
+        with minigrad.no_grad():
+            logits, _, _ = model(src[b:b + 1, :n], np.array([[BOS, *seq[:-1]]]))
+        z = logits.data[0].astype(np.float64)
+        logp = z - z.max(-1, keepdims=True)
+        logp -= np.log(np.exp(logp).sum(-1, keepdims=True))
+        assert scores[b] == pytest.approx(logp[np.arange(len(seq)), seq].sum(), rel=1e-9)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_padded_batch_gives_each_sequence_its_own_outputs(kind):
+    model = tiny(*kind, layers=2, seed=2, scale=2.0)
+    pairs = [("12345", "54321"), ("7", "7"), ("98+1", "99")]
+    src, tgt_in, tgt_out = make_batch(pairs)
+    with minigrad.no_grad():
+        logits, _, attn = model(src, tgt_in)
+        for b, (s, t) in enumerate(pairs):
+            one_src, one_in, _ = make_batch([(s, t)])
+            alone, _, alone_attn = model(one_src, one_in)
+            T, S = one_in.shape[1], one_src.shape[1]
+            np.testing.assert_allclose(logits.data[b, :T], alone.data[0], rtol=1e-12, atol=1e-14)
+            np.testing.assert_allclose(attn.data[b, :T, :S], alone_attn.data[0], rtol=1e-12, atol=1e-14)
+            assert not attn.data[b, :, S:].any()                        # no weight on padding
+    np.testing.assert_allclose(attn.data.sum(-1), 1.0, rtol=1e-12)
+
+
+@pytest.mark.parametrize("kind, layers", [(kind, 1) for kind in KINDS] + [(("lstm", "luong"), 2)])
+def test_model_gradcheck_float64(kind, layers):
+    model = tiny(*kind, layers=layers, size=3)
+    src, tgt_in, tgt_out = make_batch([("12", "21"), ("4", "4")])
+    assert minigrad.gradcheck(lambda *p: seq2seq_loss(model, (src, tgt_in, tgt_out)), list(model.parameters()),
+                              max_elements=24)   # 24 elements and one direction through all, per parameter
+
+
+def test_the_loss_ignores_padded_targets():
+    model = tiny()
+    src, tgt_in, tgt_out = make_batch([("123", "321"), ("4", "4")])
+    with minigrad.no_grad():
+        loss = float(model(src, tgt_in, tgt_out)[1].item())
+        logits = model(src, tgt_in)[0].data
+    z = logits - logits.max(-1, keepdims=True)
+    logp = z - np.log(np.exp(z).sum(-1, keepdims=True))
+    scored = tgt_out != PAD
+    b, t = np.nonzero(scored)
+    assert loss == pytest.approx(-logp[b, t, tgt_out[b, t]].mean(), rel=1e-12)
+
+
+def test_teacher_forcing_below_one_feeds_back_the_models_guesses_reproducibly():
+    a, b = (Seq2Seq(Seq2SeqConfig(hidden_size=8, teacher_forcing=0.5), dtype=np.float64, seed=4) for _ in range(2))
+    batch = Task("reverse", 3, 6).batch(np.random.default_rng(0), 8)
+    la, lb = seq2seq_loss(a, batch), seq2seq_loss(b, batch)
+    assert float(la.item()) == float(lb.item())                          # the same seed, the same draws
+    full = Seq2Seq(Seq2SeqConfig(hidden_size=8), dtype=np.float64, seed=4)
+    assert float(seq2seq_loss(full, batch).item()) != float(la.item())
+    a.eval()                                                              # evaluation always teacher-forces
+    assert float(seq2seq_loss(a, batch).item()) == float(seq2seq_loss(full, batch).item())
+
+
+def test_tasks_give_the_right_answers():
+    rng = np.random.default_rng(0)
+    for name, check in [("reverse", lambda s, t: t == s[::-1]), ("sort", lambda s, t: t == "".join(sorted(s))),
+                        ("add", lambda s, t: int(t) == sum(int(x) for x in s.split("+")))]:
+        task = Task(name, 1, 4)
+        for _ in range(50):
+            s, t = task.sample(rng)
+            assert check(s, t) and 1 <= len(s) <= (9 if name == "add" else 4)
+            assert len(t) + 1 <= task.max_target_len
+    src, tgt_in, tgt_out = make_batch([("12", "21"), ("345", "543")])
+    np.testing.assert_array_equal(src, [encode("12") + [PAD], encode("345")])
+    np.testing.assert_array_equal(tgt_in, [[BOS, *encode("21"), PAD], [BOS, *encode("543")]])
+    np.testing.assert_array_equal(tgt_out, [[*encode("21"), EOS, PAD], [*encode("543"), EOS]])
+    assert decode([*encode("9+1"), EOS, *encode("77")]) == "9+1"
+    assert len(VOCAB) == 14
+
+
+def test_an_untrained_model_gets_almost_nothing_right():
+    assert exact_match(tiny(dtype=np.float32), Task("reverse", 5, 8), n=100) < 0.05
+
+
+@pytest.mark.parametrize("make, says", [
+    (lambda: tiny()(np.array([[3, 4]]), np.array([[BOS]]), src_padding_mask=np.zeros((1, 3), bool)),
+     "src_padding_mask has shape (1, 3) (bool) but src is (1, 2): it must be a boolean (B, S) array"),
+    (lambda: tiny()(np.array([[3, 40]]), np.array([[BOS]])), "source ids must be in [0, 14) (the model's vocabulary), got [3, 40]"),
+    (lambda: tiny()(np.array([[PAD, 4]]), np.array([[BOS]])), "a source starts with padding"),
+    (lambda: tiny()(np.array([[3, 4]]), np.array([[BOS], [BOS]])), "tgt_in must be (B, T) = (1, T >= 1) for src (1, 2), got (2, 1)"),
+    (lambda: Seq2SeqConfig(attention="general"), "attention='general' must be one of bahdanau, luong"),
+    (lambda: Task("multiply"), "name must be one of reverse, sort, add"),
+    (lambda: tiny().beam_search(np.array([[3]]), beam=0), "beam must be >= 1"),
+])
+def test_bad_input_is_one_clear_error(make, says):
+    with pytest.raises(ValueError) as e:
+        make()
+    assert says in str(e.value)
