@@ -171,7 +171,7 @@ def train_mode(comm, mode, a, cfg, data, batch_size, schedule="1f1b") -> dict:
 # ============================================================================= the formulas
 def formula_bytes(run, cfg, batch_size, a, n_params) -> tuple[float, str]:
     """(bytes a worker sends per step by the formula, the formula) for a run's rank."""
-    b, T, C, L, s = batch_size, cfg.block_size, cfg.n_embd, cfg.n_layer, np.dtype(a.dtype).itemsize
+    b, T, s = batch_size, cfg.block_size, np.dtype(a.dtype).itemsize
     n = run["workers"]
     norm = ring_traffic(1, n, run["rank"])[0] * 8 if a.clip > 0 else 0       # the clipping norm
     if run["mode"] == "single":

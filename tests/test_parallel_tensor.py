@@ -260,6 +260,10 @@ def test_other_refusals_name_what_is_wrong():
         shard_state_dict(GPT(CONFIG).state_dict(), CONFIG, 2, 2)
     with pytest.raises(ValueError, match="must be an integer >= 1, got 0"):
         check_tp_degree(CONFIG, 0)
+    for variant, says in (({"n_kv_head": 2}, "attention='mha', n_kv_head=2, n_head=4"),
+                          ({"attention": "linear"}, "attention='linear', n_kv_head=None, n_head=4")):
+        with pytest.raises(ValueError, match=f"splits softmax attention with n_kv_head = n_head .*{says}"):
+            check_tp_degree(GPTConfig(**{**CONFIG.to_dict(), **variant}), 2)
 
     def worker(comm):
         model = TensorParallelGPT(CONFIG, comm)

@@ -224,9 +224,14 @@ class ParallelBlock(Block):
 # ================================================================ the model and its shards
 def check_tp_degree(config: GPTConfig, size: int) -> None:
     """Raise ValueError unless ``size`` ranks can split ``config``'s layers evenly: the heads
-    (attention is split by whole heads) and with them n_embd and the MLP's 4·n_embd."""
+    (attention is split by whole heads) and with them n_embd and the MLP's 4·n_embd. The layers
+    split are GPT-2's: softmax attention with a key/value head per query head."""
     if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
         raise ValueError(f"tensor parallel: the degree (communicator size) must be an integer >= 1, got {size!r}")
+    if config.attention != "mha" or config.kv_heads != config.n_head:
+        raise ValueError(f"tensor parallel: splits softmax attention with n_kv_head = n_head (GPT-2's layout); "
+                         f"this config has attention={config.attention!r}, n_kv_head={config.n_kv_head}, "
+                         f"n_head={config.n_head}")
     if config.n_head % size:
         raise ValueError(
             f"tensor parallel: n_head={config.n_head} heads (n_embd={config.n_embd}, MLP hidden size "
