@@ -77,3 +77,31 @@ def test_word2vec_demo_refuses_bad_input(argv, says, tmp_path, monkeypatch, caps
     (tmp_path / "empty.txt").write_text("")
     data = [] if "--data" in argv else ["--data", tiny_text]
     assert_refused(load_demo("word2vec.py"), data + argv + ["--out", "w2v"], says, capsys, watch=tmp_path)
+
+
+# ------------------------------------------------------------------------------- seq2seq
+def test_seq2seq_demo_writes_its_table_and_heat_maps(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    demo = load_demo("seq2seq.py")
+    result = demo.run(demo.build_parser().parse_args(
+        ["--out", "s2s", "--tasks", "reverse,add", "--attention", "luong", "--steps", "20", "--hidden-size", "16",
+         "--max-len", "4", "--add-digits", "2", "--test", "20", "--beam", "2", "--no-progress"]))
+    assert files_below(tmp_path / "s2s") == ["seq2seq_attention.png", "seq2seq_loss.png", "seq2seq_results.md"]
+    assert set(result) == {("reverse", "luong"), ("add", "luong")}
+    for r in result.values():
+        assert r["steps"] == 20 and 0 <= r["greedy"] <= 1 and 0 <= r["beam"] <= 1
+        assert r["history"]["val_loss"][-1] < r["history"]["val_loss"][0]
+    md = (tmp_path / "s2s" / "seq2seq_results.md").read_text()
+    assert "| reverse | luong | 20 |" in md and "| add | luong | 20 |" in md
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["--tasks", "reverse,copy"], "--tasks: unknown ['copy']; choose from reverse, sort, add"),
+    (["--attention", ""], "--attention: unknown empty list"),
+    (["--max-len", "31"], "--max-len must be <= 30"),
+    (["--beam", "0"], "--beam must be >= 1"),
+    (["--teacher-forcing", "1.5"], "--teacher-forcing is out of range: 1.5"),
+])
+def test_seq2seq_demo_refuses_bad_input(argv, says, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert_refused(load_demo("seq2seq.py"), argv + ["--out", "s2s"], says, capsys, watch=tmp_path)
