@@ -276,6 +276,16 @@ def test_save_checkpoint_refuses_meta_keys_it_owns(tmp_path):
         save_checkpoint(tmp_path, _model(), meta={"format_version": 7})
 
 
+def test_save_checkpoint_keeps_named_states_and_refuses_a_name_with_a_slash(tmp_path):
+    states = {"grad_hook0": {"error": {"h.0.w": np.arange(3.0)}, "step": 4}}
+    save_checkpoint(tmp_path, _model(), states=states)
+    ck = load_checkpoint(tmp_path)
+    assert list(ck.states) == ["grad_hook0"] and ck.states["grad_hook0"]["step"] == 4
+    np.testing.assert_array_equal(ck.states["grad_hook0"]["error"]["h.0.w"], np.arange(3.0))
+    with pytest.raises(ValueError, match="states name must be a non-empty str without '/', got 'a/b'"):
+        save_checkpoint(tmp_path, _model(), states={"a/b": {}})
+
+
 def test_the_loop_freezes_what_the_optimizer_leaves_out_and_logs_its_state_bytes():
     """trainable_names() narrows the trainable set each step; a user's own freeze is kept."""
     model = _model()

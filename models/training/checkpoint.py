@@ -5,6 +5,8 @@ A checkpoint directory holds
 * ``ckpt.npz`` -- every array, loaded with ``allow_pickle=False``:
   ``param/<name>`` (the model's parameters and buffers, ``Module.state_dict`` names),
   ``optim/<key>`` (the optimizer's ``state_dict``, flattened by ``optim.flatten_state_dict``),
+  ``state/<name>/<key>`` (other named state dicts flattened the same way, e.g. the error-feedback
+  buffers of a gradient hook),
   ``history/<key>`` (float64 series such as ``train_loss``), and ``meta``: one JSON string with
   the format version, the model's class and config, the step, the RNG states and whatever the
   caller adds (tokenizer, data description, CLI arguments).
@@ -72,7 +74,8 @@ def _json_array(obj) -> np.ndarray:
 
 @dataclass
 class Checkpoint:
-    """What :func:`load_checkpoint` returns. ``meta`` is the JSON dict saved with it."""
+    """What :func:`load_checkpoint` returns. ``meta`` is the JSON dict saved with it, ``states``
+    the state dicts saved with ``save_checkpoint(states=...)``, by name."""
 
     path: str
     params: dict
@@ -80,6 +83,7 @@ class Checkpoint:
     history: dict
     meta: dict
     manifest: dict = field(default_factory=dict)
+    states: dict = field(default_factory=dict)
 
     @property
     def step(self) -> int:
@@ -117,13 +121,14 @@ class Checkpoint:
             raise CheckpointError(f"checkpoint {self.path}: bad tokenizer ({e})") from None
 
 
-def save_checkpoint(out_dir, model, optimizer=None, *, history=None, meta=None) -> str:
+def save_checkpoint(out_dir, model, optimizer=None, *, history=None, meta=None, states=None) -> str:
     """Write ``out_dir/ckpt.npz`` and ``out_dir/manifest.json`` atomically; returns the npz path.
 
     ``model`` needs ``state_dict()`` (and a ``config`` with ``to_dict()`` to be rebuildable);
     ``optimizer`` anything with ``state_dict()`` (an ``optim.Optimizer`` or the mixed-precision
     wrapper); ``history`` a dict of number lists; ``meta`` JSON-serialisable extras (they must
-    not use the keys this function writes: format_version, model)."""
+    not use the keys this function writes: format_version, model); ``states`` a dict name ->
+    state dict of anything else to resume (names without "/")."""
     meta = dict(meta or {})
     for k in ("format_version", "model"):
         if k in meta:
@@ -136,6 +141,11 @@ def save_checkpoint(out_dir, model, optimizer=None, *, history=None, meta=None) 
     if optimizer is not None:
         for k, v in optim.flatten_state_dict(optimizer.state_dict()).items():
             arrays[f"optim/{k}"] = v
+    for name, sd in (states or {}).items():
+        if not isinstance(name, str) or not name or "/" in name:
+            raise ValueError(f"save_checkpoint: a states name must be a non-empty str without '/', "
+                             f"got {name!r}")
+        arrays.update(optim.flatten_state_dict(sd, prefix=f"state/{name}/"))
     history = history or {}
     for k, v in history.items():
         arrays[f"history/{k}"] = np.asarray(v, dtype=np.float64)
@@ -225,6 +235,8 @@ def load_checkpoint(path) -> Checkpoint:
     params = {k[len("param/"):]: v for k, v in arrays.items() if k.startswith("param/")}
     flat = {k[len("optim/"):]: v for k, v in arrays.items() if k.startswith("optim/")}
     ostate = optim.unflatten_state_dict(flat) if flat else None
+    names = {k.split("/")[1] for k in arrays if k.startswith("state/")}
+    states = {n: optim.unflatten_state_dict(arrays, prefix=f"state/{n}/") for n in sorted(names)}
     history = {k[len("history/"):]: v.tolist() for k, v in arrays.items() if k.startswith("history/")}
     return Checkpoint(path=npz, params=params, optimizer_state=ostate, history=history, meta=meta,
-                      manifest=manifest)
+                      manifest=manifest, states=states)

@@ -123,7 +123,9 @@ class Trainer:
                  which is the current horizon (``steps``, or fewer under a time budget). Each
                  group's lr is its base lr (its lr at construction) times the multiplier.
     grad_hooks   callables ``hook(grads)`` run in order between backward and the step; they
-                 change the dict of gradient arrays in place (see :func:`clip_grad_norm`)
+                 change the dict of gradient arrays in place (see :func:`clip_grad_norm`). A hook
+                 with ``state_dict()`` / ``load_state_dict()`` (error feedback's buffers) is
+                 saved in checkpoints and restored with the optimizer
     eval_batches a list of batches for validation (the same every evaluation); None: no eval
     eval_every   validate before steps 0, k, 2k, ... and after the last step
     time_budget  seconds for the whole run counted from ``start_time`` (default: now); the
@@ -385,11 +387,16 @@ class Trainer:
                         **{f"model.{k}": g.bit_generator.state
                            for k, g in module_generators(self.model).items()}}}
 
+    def _stateful_hooks(self) -> dict:
+        """The gradient hooks that keep state between steps, by their checkpoint name."""
+        return {f"grad_hook{i}": h for i, h in enumerate(self.grad_hooks) if hasattr(h, "state_dict")}
+
     def save(self, out_dir, meta=None) -> str:
-        """``save_checkpoint`` of the model, the optimizer, the history and the loop's state
-        (plus ``meta``, e.g. the tokenizer and the CLI's arguments)."""
+        """``save_checkpoint`` of the model, the optimizer, the stateful gradient hooks, the
+        history and the loop's state (plus ``meta``, e.g. the tokenizer and the CLI's arguments)."""
         return save_checkpoint(out_dir, self.model, self.optimizer, history=self.history,
-                               meta={**(meta or {}), "trainer": self.state_meta(), "step": self.step})
+                               meta={**(meta or {}), "trainer": self.state_meta(), "step": self.step},
+                               states={k: h.state_dict() for k, h in self._stateful_hooks().items()})
 
     def restore(self, ckpt: Checkpoint, *, target: int | None = None) -> None:
         """Continue from ``ckpt``: weights, optimizer state, history, step, horizon and RNGs.
@@ -409,6 +416,19 @@ class Trainer:
         except (ValueError, KeyError, TypeError) as e:
             raise CheckpointError(f"checkpoint {ckpt.path}: its optimizer state does not fit "
                                   f"{type(self.optimizer).__name__} ({e})") from None
+        hooks = self._stateful_hooks()
+        saved = {k for k in ckpt.states if k.startswith("grad_hook")}
+        if saved != set(hooks):
+            have = ", ".join(f"{k} = {h!r}" for k, h in hooks.items()) or "none"
+            raise CheckpointError(f"checkpoint {ckpt.path} was saved with stateful gradient hooks "
+                                  f"{', '.join(sorted(saved)) or 'none'}, this trainer has {have}; "
+                                  f"resume with the same gradient hooks")
+        for key, hook in hooks.items():
+            try:
+                hook.load_state_dict(ckpt.states[key])
+            except (ValueError, KeyError, TypeError) as e:
+                raise CheckpointError(f"checkpoint {ckpt.path}: the state of {key} does not fit "
+                                      f"{hook!r} ({e})") from None
         tm = ckpt.meta.get("trainer") or {}
         rng = tm.get("rng") or {}
         try:

@@ -36,6 +36,10 @@ Three layers, each usable alone:
   (Richtarik, Sokolov, Fatkhullin, NeurIPS 2021, arXiv 2106.05203):
   g_i <- g_i + C(grad f_i - g_i); the update direction is g = mean_j g_j.
 
+  Reducers and error feedback carry state from step to step (the generators, PowerSGD's warm
+  start, e_i, g_i and g): ``state_dict()`` / ``load_state_dict()`` save and restore it, and the
+  Trainer keeps it in each rank's checkpoint when they are its gradient hooks.
+
 On heterogeneous workers (different local optima) biased compressors alone stop short of the
 optimum; EF14 with a constant lr reaches a neighbourhood whose size shrinks with lr (each
 worker's error keeps absorbing lr * grad f_i(x*) != 0); EF21 converges like uncompressed GD,
@@ -188,6 +192,16 @@ class Compressor:
             for m in mean.values():
                 m /= comm.size
         return {n: self.decompress(p) for n, p in payloads.items()}, mean
+
+    def state_dict(self) -> dict:
+        """What the compressor carries from one call to the next (PowerSGD's warm start; none
+        for the others), for checkpoints."""
+        return {}
+
+    def load_state_dict(self, sd) -> None:
+        if sd:
+            raise ValueError(f"{type(self).__name__} keeps no state, but the state dict holds "
+                             f"{sorted(sd)}")
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
@@ -424,7 +438,8 @@ class PowerSGD(Compressor):
     approximation (the truncated SVD).
 
     Wire: P and Q, (n + m) * r values per matrix (r = min(rank, n, m)), against n * m; 1-D: d.
-    As a single-worker compressor, ``compress(x, rng, name)`` keeps the warm start per ``name``."""
+    As a single-worker compressor, ``compress(x, rng, name)`` keeps the warm start per ``name``.
+    ``state_dict()`` holds the warm-start Q of every tensor."""
 
     exchange = "allreduce"
 
@@ -447,7 +462,7 @@ class PowerSGD(Compressor):
                              f"start Q has {q.shape[0]} rows); use a new PowerSGD for new shapes")
         return q
 
-    def compress(self, x, rng: np.random.Generator, name=None) -> Payload:
+    def compress(self, x, rng: np.random.Generator, name: str = "") -> Payload:
         x = _floating(x, "PowerSGD.compress")
         if x.ndim < 2:
             return Payload(x.shape, x.dtype, {"values": x.reshape(-1).copy()})
@@ -488,6 +503,12 @@ class PowerSGD(Compressor):
         order = list(tensors)
         return {n: own[n] for n in order}, {n: mean[n] for n in order}
 
+    def state_dict(self) -> dict:
+        return {"queries": {n: q.copy() for n, q in self._queries.items()}}
+
+    def load_state_dict(self, sd) -> None:
+        self._queries = {n: np.array(q) for n, q in sd["queries"].items()}
+
     def __repr__(self) -> str:
         return f"PowerSGD(rank={self.rank}, warm_start={self.warm_start})"
 
@@ -521,6 +542,16 @@ class Reducer:
 
     def __call__(self, grads: dict) -> None:
         grads.update(self.reduce(grads)[1])
+
+    def state_dict(self) -> dict:
+        """This worker's generators and the compressor's state (for a per-rank checkpoint)."""
+        return {"rng": self.rng.bit_generator.state, "shared_rng": self.shared_rng.bit_generator.state,
+                "compressor": self.compressor.state_dict()}
+
+    def load_state_dict(self, sd) -> None:
+        self.compressor.load_state_dict(sd["compressor"])
+        self.rng.bit_generator.state = sd["rng"]
+        self.shared_rng.bit_generator.state = sd["shared_rng"]
 
     def __repr__(self) -> str:
         return f"Reducer({self.compressor!r}, rank {self.comm.rank} of {self.comm.size})"
@@ -558,6 +589,14 @@ class EF14:
             self.error[n] = p - own[n]
             grads[n] = mean[n] / lr
 
+    def state_dict(self) -> dict:
+        """This worker's errors e_i and its reducer's state (for a per-rank checkpoint)."""
+        return {"reducer": self.reducer.state_dict(), "error": {n: e.copy() for n, e in self.error.items()}}
+
+    def load_state_dict(self, sd) -> None:
+        self.reducer.load_state_dict(sd["reducer"])
+        self.error = {n: np.array(e) for n, e in sd["error"].items()}
+
     def __repr__(self) -> str:
         return f"EF14({self.reducer!r}, lr={self.lr!r})"
 
@@ -584,6 +623,17 @@ class EF21:
             self.local[n] = self.local[n] + own[n] if n in self.local else own[n]
             self.average[n] = self.average[n] + mean[n] if n in self.average else mean[n]
             grads[n] = self.average[n].copy()
+
+    def state_dict(self) -> dict:
+        """g_i, g and the reducer's state of this worker (for a per-rank checkpoint)."""
+        return {"reducer": self.reducer.state_dict(),
+                "local": {n: g.copy() for n, g in self.local.items()},
+                "average": {n: g.copy() for n, g in self.average.items()}}
+
+    def load_state_dict(self, sd) -> None:
+        self.reducer.load_state_dict(sd["reducer"])
+        self.local = {n: np.array(g) for n, g in sd["local"].items()}
+        self.average = {n: np.array(g) for n, g in sd["average"].items()}
 
     def __repr__(self) -> str:
         return f"EF21({self.reducer!r})"
