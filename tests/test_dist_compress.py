@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from optim.dist.comm import SimComm, ring_traffic
+from optim.dist.comm import SimComm, WorkerError, ring_traffic
 from optim.dist.compress import (EF14, EF21, QSGD, Identity, PowerSGD, RandK, Reducer, ScaledSign,
                                  TopK, default_runs, elias_omega_bits, loss_vs_bytes,
                                  train_least_squares)
@@ -432,48 +432,96 @@ def test_train_least_squares_checks_its_arguments():
         SimComm(2).run(train_least_squares, problem, TopK(1), "ef", lr=0.1, steps=1)
 
 
-# ------------------------------------------------------------------ as a Trainer gradient hook
-def _gpt_run(comm, make_hook, steps=3):
-    """Data-parallel GPT training with ``make_hook(comm, optimizer)`` in place of the plain
-    all-reduce: parameters from rank 0, a shard of the global batch per rank."""
+# ------------------------------------------------------------------ in data-parallel training
+VOCAB, BLOCK = 11, 8
+IDS = np.cumsum(np.random.default_rng(0).choice([1, 1, 2], size=2000)) % VOCAB
+
+#: name -> make(comm, optimizer): the gradient exchange of a data-parallel run (None: all-reduce)
+EXCHANGES = {
+    "all-reduce": lambda comm, opt: None,
+    "identity": lambda comm, opt: Reducer(comm, Identity()),
+    "powersgd+ef14": lambda comm, opt: EF14(Reducer(comm, PowerSGD(1)), lambda: opt.param_groups[0]["lr"]),
+    "topk+ef21": lambda comm, opt: EF21(Reducer(comm, TopK(ratio=0.1))),
+    "qsgd": lambda comm, opt: Reducer(comm, QSGD(4)),
+}
+
+
+def _global_batches(rng, rows=4):
+    starts = rng.integers(0, len(IDS) - BLOCK - 1, size=rows)
+    return (np.stack([IDS[s:s + BLOCK] for s in starts]),
+            np.stack([IDS[s + 1:s + BLOCK + 1] for s in starts]))
+
+
+def _dp_gpt(comm, exchange, steps=3, save_dir=None, save_every=None, resume_from=None):
+    """Data-parallel GPT training (float64, SGD on a cosine schedule) with ``EXCHANGES[exchange]``
+    as the gradient exchange; returns the parameters, the bytes this rank sent while fitting and
+    the losses."""
     import optim
     from models.gpt import GPT, GPTConfig
-    from models.training import Trainer, lm_loss
-    from optim.dist.data_parallel import broadcast_params, shard_batches
+    from models.training import lm_loss
+    from models.training.distributed import data_parallel_trainer, restore_ranks
 
-    vocab, block = 11, 8
-    ids = np.cumsum(np.random.default_rng(0).choice([1, 1, 2], size=2000)) % vocab
-
-    def global_batches(rng, rows=4):
-        starts = rng.integers(0, len(ids) - block - 1, size=rows)
-        return (np.stack([ids[s:s + block] for s in starts]),
-                np.stack([ids[s + 1:s + block + 1] for s in starts]))
-
-    model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=8, block_size=block, vocab_size=vocab),
+    model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=8, block_size=BLOCK, vocab_size=VOCAB),
                 dtype=np.float64, seed=comm.rank)
-    params = broadcast_params(comm, {n: p.data for n, p in model.named_parameters()})
-    opt = optim.create("sgd", params, lr=0.3)
+    opt = optim.create("sgd", {n: p.data for n, p in model.named_parameters()}, lr=0.3)
+    tr = data_parallel_trainer(comm, model, lm_loss, opt, _global_batches,
+                               reducer=EXCHANGES[exchange](comm, opt), steps=steps, seed=3,
+                               schedule="cosine", progress=False, save_dir=save_dir, save_every=save_every)
+    if resume_from is not None:
+        restore_ranks(tr, comm, resume_from)
     start = comm.bytes_sent
-    Trainer(model, lm_loss, opt, shard_batches(global_batches, comm.rank, comm.size), steps=steps,
-            seed=3, progress=False, log_every=0, grad_hooks=[make_hook(comm, opt)]).fit()
-    return {n: p.copy() for n, p in params.items()}, comm.bytes_sent - start
+    tr.fit()
+    return ({n: p.data.copy() for n, p in model.named_parameters()}, comm.bytes_sent - start,
+            tr.history["train_loss"])
 
 
-def test_reducers_plug_into_the_trainer_and_keep_the_ranks_identical():
-    from optim.dist.data_parallel import allreduce_grads
+def test_compressed_data_parallel_keeps_the_ranks_identical_and_identity_is_the_all_reduce():
+    runs = {name: SimComm(2).run(_dp_gpt, name) for name in EXCHANGES}
+    for name, ranks in runs.items():
+        for param, p in ranks[0][0].items():
+            np.testing.assert_array_equal(ranks[1][0][param], p, err_msg=f"{name} {param}")
+    plain = runs["all-reduce"][0]
+    for param, p in plain[0].items():                       # the same packing and ring all-reduce
+        np.testing.assert_array_equal(runs["identity"][0][0][param], p)
+    assert runs["identity"][0][1] == plain[1]
+    for name in ("powersgd+ef14", "topk+ef21", "qsgd"):
+        params, sent, _ = runs[name][0]
+        assert max(np.abs(params[n] - plain[0][n]).max() for n in plain[0]) > 1e-6, name  # compressed
+        assert sent < 0.5 * plain[1], name
 
-    def lr_of(opt):
-        return lambda: opt.param_groups[0]["lr"]
 
-    plain = SimComm(2).run(_gpt_run, lambda comm, opt: allreduce_grads(comm))
-    identity = SimComm(2).run(_gpt_run, lambda comm, opt: Reducer(comm, Identity()))
-    powersgd = SimComm(2).run(_gpt_run, lambda comm, opt: EF14(Reducer(comm, PowerSGD(1)), lr_of(opt)))
-    topk = SimComm(2).run(_gpt_run, lambda comm, opt: EF21(Reducer(comm, TopK(ratio=0.1))))
-    for run in (identity, powersgd, topk):
-        for name, p in run[0][0].items():
-            np.testing.assert_array_equal(run[1][0][name], p)            # every rank the same
-    for name, p in plain[0][0].items():
-        np.testing.assert_allclose(identity[0][0][name], p, rtol=1e-12, atol=1e-14)
-    moved = sum(np.abs(powersgd[0][0][n] - plain[0][0][n]).max() for n in plain[0][0])
-    assert moved > 1e-6                                                  # it did compress
-    assert powersgd[0][1] < 0.5 * identity[0][1] and topk[0][1] < 0.5 * identity[0][1]
+def test_a_reducer_is_refused_with_local_sgd():
+    import optim
+    from optim.dist.local_sgd import LocalSGD
+    from models.gpt import GPT, GPTConfig
+    from models.training import lm_loss
+    from models.training.distributed import data_parallel_trainer
+
+    def body(comm):
+        model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=8, block_size=BLOCK, vocab_size=VOCAB))
+        opt = LocalSGD(optim.create("sgd", {n: p.data for n, p in model.named_parameters()}, lr=0.1),
+                       comm, local_steps=2)
+        data_parallel_trainer(comm, model, lm_loss, opt, _global_batches, reducer=Reducer(comm, TopK(1)),
+                              steps=2)
+    with pytest.raises(Exception, match="LocalSGD averages the parameters on its own schedule"):
+        SimComm(2).run(body)
+
+
+@pytest.mark.parametrize("exchange", ["powersgd+ef14", "topk+ef21", "qsgd"])
+def test_a_compressed_run_resumes_from_per_rank_checkpoints_bit_for_bit(tmp_path, exchange):
+    """Each rank's checkpoint holds its reducer's state (generators, PowerSGD's warm start, EF
+    buffers) beside the optimizer's: without it the resumed steps would differ."""
+    from models.training import CheckpointError
+
+    whole = SimComm(2).run(_dp_gpt, exchange, steps=6)
+    SimComm(2).run(_dp_gpt, exchange, steps=6, save_dir=tmp_path, save_every=3)   # keeps step 3
+    resumed = SimComm(2).run(_dp_gpt, exchange, steps=6, resume_from=tmp_path)
+    for (params, _, loss), (params_w, _, loss_w) in zip(resumed, whole):
+        assert loss == loss_w
+        for name, p in params.items():
+            np.testing.assert_array_equal(p, params_w[name])
+    with pytest.raises(WorkerError, match="saved with stateful gradient hooks grad_hook0, this trainer "
+                                          "has none") as e:
+        SimComm(2).run(_dp_gpt, "all-reduce", steps=6, resume_from=tmp_path)
+    assert isinstance(e.value.error, CheckpointError)
+

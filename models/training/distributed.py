@@ -1,9 +1,10 @@
 """Data-parallel training through the one Trainer: the same loop on every rank of a communicator.
 
 :func:`data_parallel_trainer` wires a :class:`Trainer` for rank ``comm.rank``: rank 0's parameters
-are broadcast to all ranks, the gradients are all-reduced by the first gradient hook (or, for a
-``LocalSGD`` optimizer, averaged on its own schedule), each rank trains on its shard of the
-global batch, checkpoints go to ``save_dir/rank{r}`` and only rank 0 reports progress::
+are broadcast to all ranks, the gradients are all-reduced by the first gradient hook (or
+exchanged compressed by a ``reducer``, or, for a ``LocalSGD`` optimizer, averaged on its own
+schedule), each rank trains on its shard of the global batch, checkpoints go to
+``save_dir/rank{r}`` and only rank 0 reports progress::
 
     from optim.dist.launcher import launch
 
@@ -50,9 +51,9 @@ def rank_dir(save_dir, rank: int) -> str:
     return os.path.join(os.fspath(save_dir), f"rank{int(rank)}")
 
 
-def data_parallel_trainer(comm, model, loss_fn, optimizer, global_batches, *, grad_hooks=(),
-                          save_dir=None, save_meta=None, progress: bool = True, log_every: int = 50,
-                          **trainer_kwargs) -> Trainer:
+def data_parallel_trainer(comm, model, loss_fn, optimizer, global_batches, *, reducer=None,
+                          grad_hooks=(), save_dir=None, save_meta=None, progress: bool = True,
+                          log_every: int = 50, **trainer_kwargs) -> Trainer:
     """A :class:`Trainer` for this rank of a data-parallel run (see the module docstring).
 
     global_batches  ``batches(rng)`` drawing the GLOBAL batch (n·B rows); rank r trains on rows
@@ -60,6 +61,10 @@ def data_parallel_trainer(comm, model, loss_fn, optimizer, global_batches, *, gr
     optimizer       any optimizer built on ``model``'s arrays: synchronous data parallel (gradients
                     all-reduced every step, before ``grad_hooks``), or a ``LocalSGD`` wrapper,
                     whose own ``grad_hook`` goes first instead
+    reducer         the gradient exchange in place of the plain all-reduce, built on ``comm``:
+                    ``optim.dist.compress.Reducer(comm, compressor)`` or error feedback around it
+                    (``EF14``, ``EF21``); its state (generators, PowerSGD's warm start, error
+                    buffers) goes into each rank's checkpoint. Not with ``LocalSGD``
     save_dir        checkpoints in ``save_dir/rank{r}``, with the world size in their meta
     progress        rank 0's tqdm bar (or its log lines every ``log_every`` steps); the other
                     ranks print nothing
@@ -68,8 +73,17 @@ def data_parallel_trainer(comm, model, loss_fn, optimizer, global_batches, *, gr
     if trainer_kwargs.get("time_budget"):
         raise ValueError("data_parallel_trainer: a time_budget would let each rank fit the schedule to "
                          "its own speed and the ranks would disagree on the steps; give steps instead")
+    if reducer is not None and not callable(reducer):
+        raise TypeError(f"data_parallel_trainer: reducer must be a gradient hook such as "
+                        f"Reducer(comm, TopK(ratio=0.01)), got {type(reducer).__name__}")
+    if reducer is not None and isinstance(optimizer, LocalSGD):
+        raise ValueError("data_parallel_trainer: LocalSGD averages the parameters on its own schedule; "
+                         "a gradient reducer applies to synchronous data parallel only (drop reducer=)")
     broadcast_params(comm, {n: p.data for n, p in model.named_parameters()})
-    sync = optimizer.grad_hook if isinstance(optimizer, LocalSGD) else allreduce_grads(comm)
+    if isinstance(optimizer, LocalSGD):
+        sync = optimizer.grad_hook
+    else:
+        sync = allreduce_grads(comm) if reducer is None else reducer
     lead = comm.rank == 0
     return Trainer(model, loss_fn, optimizer, shard_batches(global_batches, comm.rank, comm.size),
                    grad_hooks=[sync, *grad_hooks],
