@@ -71,15 +71,9 @@ def machine_line(threads: int) -> str:
     import numba
     import numpy as np
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
+    from minigrad.backend import cpu_model
+
+    cpu = cpu_model()
     parts = [f"{cpu}, {os.cpu_count()} logical CPUs, {threads} threads",
              f"Python {platform.python_version()}", f"NumPy {np.__version__}", f"Numba {numba.__version__}"]
     try:

@@ -28,6 +28,12 @@ Writes into --out, rewritten after every finished run:
                                  a table of every lr tried
   loss.png                       validation loss against step and against training seconds
   state.png                      the optimizer state each held (peak of ``state_bytes()``)
+  speed.json                     the speed pass: once every run is done, each optimizer at its
+                                 best lr is timed again for a few steps, in turn with the others
+                                 over a few rounds (median), so that tokens/s compares them under
+                                 the same load; a sweep takes hours and the machine's load changes
+                                 under it. Run the finished command again on an idle machine to
+                                 measure the speeds anew (``--speed-rounds 0`` keeps the last pass).
 
     python demos/compare_optimizers.py --quick                # GPT tiny, 40 steps, 2 lrs: minutes
     python demos/compare_optimizers.py                        # GPT small, 300 steps, 3 lrs: hours
@@ -54,6 +60,7 @@ import optim  # noqa: E402
 from models import cli  # noqa: E402
 from models.data import DataError, TextData, load_text  # noqa: E402
 from models.gpt import GPT, PRESETS, preset  # noqa: E402
+from minigrad.backend import cpu_model  # noqa: E402
 from models.training import Trainer, clip_grad_norm, lm_loss, pyplot, save_figure  # noqa: E402
 from models.training.optimizers import build_optimizer  # noqa: E402
 
@@ -100,9 +107,9 @@ DEFAULT_LR = 1e-3                            # an optimizer registered after thi
 RANKED = ("galore", "golore", "rso", "flora")   # take a rank
 
 QUICK = {"preset": "tiny", "steps": 40, "num_lrs": 2, "eval_every": 10, "eval_batches": 4,
-         "max_chars": 200_000}
+         "max_chars": 200_000, "speed_rounds": 1, "speed_steps": 5}
 FULL = {"preset": "small", "steps": 300, "num_lrs": 3, "eval_every": 50, "eval_batches": 8,
-        "max_chars": None}
+        "max_chars": None, "speed_rounds": 3, "speed_steps": 20}
 
 
 def lr_grid(base, n) -> list:
@@ -130,11 +137,21 @@ def kind(opt) -> str:
 
 
 # ----------------------------------------------------------------------------- one run
+def make_trainer(name, lr, cfg, data, batch_size, args, **kw) -> Trainer:
+    """The one recipe every run follows (the sweep's and the speed pass's): the GPT from the
+    seed, the optimizer at peak ``lr``, warmup + cosine to lr/10 over ``args.steps``, clipping
+    at norm 1. ``kw`` goes to the Trainer (evaluation, callbacks, progress)."""
+    model = GPT(cfg, seed=args.seed)
+    opt = build_optimizer(name, model, lr, args.weight_decay, args.beta2, args.seed, options(name, cfg))
+    return Trainer(model, lm_loss, opt, lambda rng: data.get_batch("train", batch_size, rng),
+                   steps=args.steps, schedule="cosine",
+                   schedule_kwargs={"warmup_steps": max(1, args.steps // 10), "min_ratio": 0.1},
+                   grad_hooks=[clip_grad_norm(1.0)], seed=args.seed + 1, **kw)
+
+
 def run_one(name, lr, cfg, data, batch_size, val, args) -> dict | None:
     """Train one optimizer at one peak lr; the result (settings, curves, speed, state bytes,
     diverged or not) as a JSON-ready dict, or None when Ctrl-C / SIGTERM stopped the run."""
-    model = GPT(cfg, seed=args.seed)
-    opt = build_optimizer(name, model, lr, args.weight_decay, args.beta2, args.seed, options(name, cfg))
     tokens_per_step = batch_size * cfg.block_size
     clock = {"train": 0.0, "mark": 0.0}
     wall = []
@@ -150,12 +167,10 @@ def run_one(name, lr, cfg, data, batch_size, val, args) -> dict | None:
         wall.append(clock["train"])                    # training seconds, evaluations excluded
         clock["mark"] = time.perf_counter()
 
-    trainer = Trainer(model, lm_loss, opt, lambda rng: data.get_batch("train", batch_size, rng),
-                      steps=args.steps, schedule="cosine",
-                      schedule_kwargs={"warmup_steps": max(1, args.steps // 10), "min_ratio": 0.1},
-                      grad_hooks=[clip_grad_norm(1.0)], eval_batches=val, eval_every=args.eval_every,
-                      seed=args.seed + 1, on_step=on_step, on_eval=on_eval,
-                      progress=not args.no_progress, log_every=max(1, args.steps // 4))
+    trainer = make_trainer(name, lr, cfg, data, batch_size, args, eval_batches=val,
+                           eval_every=args.eval_every, on_step=on_step, on_eval=on_eval,
+                           progress=not args.no_progress, log_every=max(1, args.steps // 4))
+    opt = trainer.optimizer
     diverged = None
     clock["mark"] = t0 = time.perf_counter()
     try:
@@ -173,6 +188,41 @@ def run_one(name, lr, cfg, data, batch_size, val, args) -> dict | None:
                 train_seconds=wall, seconds=time.perf_counter() - t0,
                 tokens_per_second=trainer.step * tokens_per_step / max(clock["train"], 1e-9),
                 state_bytes=int(trainer.peak_state_bytes))
+
+
+def measure_speed(best, cfg, data, batch_size, args) -> dict:
+    """Tokens/s of each optimizer at its best lr, measured apart from the sweep.
+
+    A full sweep takes hours and whatever else runs on the machine changes under it, so the
+    sweep's own timings compare runs made under different loads. Here every optimizer takes
+    ``--speed-steps`` timed steps (after two untimed ones: first-call costs) in turn, for
+    ``--speed-rounds`` rounds, and keeps its median: all of them under the same conditions.
+    The steps are the runs' first steps (the same recipe, ``Trainer.train_step``), without
+    evaluations. Ctrl-C stops the pass; nothing of it is kept. Returns {"tokens_per_second": {name: median}, "rounds": {name: [...]},
+    "cpu", "load_average": [before, after], "settings"}."""
+    timed = [r for r in best if r["diverged"] is None]
+    warm = min(2, args.steps - 1)
+    k = min(args.speed_steps, args.steps - warm)       # steps of the recipe, not beyond its end
+    tokens_per_step = batch_size * cfg.block_size
+    rounds = {r["optimizer"]: [] for r in timed}
+    load_before = os.getloadavg()[0]
+    for rnd in range(1, args.speed_rounds + 1):
+        for r in timed:
+            trainer = make_trainer(r["optimizer"], r["lr"], cfg, data, batch_size, args,
+                                   progress=False, log_every=0)
+            for _ in range(warm):
+                trainer.train_step()
+            start = time.perf_counter()
+            for _ in range(k):
+                trainer.train_step()
+            rounds[r["optimizer"]].append(k * tokens_per_step / (time.perf_counter() - start))
+        print(f"speed round {rnd}/{args.speed_rounds}: " + ", ".join(
+            f"{n} {v[-1]:,.0f}" for n, v in rounds.items()) + " tokens/s", flush=True)
+    return {"tokens_per_second": {n: float(np.median(v)) for n, v in rounds.items()}, "rounds": rounds,
+            "cpu": f"{cpu_model()}, {os.cpu_count()} logical CPUs",
+            "load_average": [load_before, os.getloadavg()[0]],
+            "settings": {"steps": k, "rounds": args.speed_rounds, "batch_size": batch_size,
+                         "preset": args.preset, "lrs": {r["optimizer"]: r["lr"] for r in timed}}}
 
 
 # ----------------------------------------------------------------------------- tables and plots
@@ -197,8 +247,9 @@ def _loss(r) -> str:
     return f"{r['final_val_loss']:.4f}" if r["diverged"] is None else "diverged"
 
 
-def tables(results, head) -> str:
+def tables(results, head, speed=None) -> str:
     best = best_runs(results)
+    measured = (speed or {}).get("tokens_per_second", {})
     adamw = next((r for r in results if r["optimizer"] == "adamw"), None)
     lines = [f"# Optimizer leaderboard\n\n{head}\n",
              "| rank | optimizer | kind | best lr | final val loss | best val loss | tokens/s | "
@@ -208,12 +259,22 @@ def tables(results, head) -> str:
         finite = [v for v in r["val_loss"] if v is not None]
         ratio = f"{r['state_bytes'] / adamw['state_bytes']:.2f}×" if adamw and adamw["state_bytes"] else "-"
         lines.append(f"| {i} | {r['optimizer']} | {r['kind']} | {r['lr']:g} | {_loss(r)} | "
-                     f"{min(finite) if finite else float('nan'):.4f} | {r['tokens_per_second']:,.0f} | "
+                     f"{min(finite) if finite else float('nan'):.4f} | "
+                     f"{measured.get(r['optimizer'], r['tokens_per_second']):,.0f} | "
                      f"{_mib(r['state_bytes'])} | {ratio} |")
+    if speed:
+        st = speed["settings"]
+        how = (f"tokens/s: the speed pass after the sweep, {st['rounds']} round(s) of {st['steps']} timed "
+               f"steps per optimizer at its best lr, the optimizers in turn, the median kept; "
+               f"{speed['cpu']}, load average {speed['load_average'][0]:.2f} before and "
+               f"{speed['load_average'][1]:.2f} after")
+    else:
+        how = ("tokens/s: the run's training tokens over its training seconds (evaluations excluded), "
+               "measured during the sweep, so under whatever else ran then")
     lines += ["", "Final val loss: validation loss (nats/token, fixed batches) after the last step at "
-              "the best lr; best val loss: the lowest of any evaluation of that run. tokens/s: "
-              "training tokens over training seconds (evaluations excluded). Optimizer state: the "
-              "peak of `state_bytes()` (moments, factors, projections; not weights or gradients).",
+              f"the best lr; best val loss: the lowest of any evaluation of that run. {how}. Optimizer "
+              "state: the peak of `state_bytes()` (moments, factors, projections; not weights or "
+              "gradients).",
               "", "## Every learning rate tried", "",
               "| optimizer | lr | final val loss | seconds | note |", "|---|---:|---:|---:|---|"]
     for b in best:
@@ -223,22 +284,29 @@ def tables(results, head) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(results, title, out):
+def plot(results, title, out, speed=None, tokens_per_step=None):
+    """loss.png (against step, and against training seconds: at the speed pass's tokens/s when
+    there is one, else as timed in the sweep) and state.png."""
     plt = pyplot()
+    measured = (speed or {}).get("tokens_per_second", {})
 
     best = best_runs(results)
     styles = ["-", "--", ":", "-."]
     fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(16, 7))
     for i, r in enumerate(best):
         steps = [s for s, v in zip(r["val_step"], r["val_loss"]) if v is not None]
-        secs = [s for s, v in zip(r["train_seconds"], r["val_loss"]) if v is not None]
+        if r["optimizer"] in measured:
+            secs = [s * tokens_per_step / measured[r["optimizer"]] for s in steps]
+        else:
+            secs = [s for s, v in zip(r["train_seconds"], r["val_loss"]) if v is not None]
         vals = [v for v in r["val_loss"] if v is not None]
         style = dict(color=plt.cm.tab20(i % 20), ls=styles[(i // 20) % len(styles)], marker=".", lw=1.2)
         label = f"{r['optimizer']} (lr {r['lr']:g}){' diverged' if r['diverged'] else ''}"
         ax0.plot(steps, vals, label=label, **style)
         ax1.plot(secs[: len(vals)], vals, **style)
     finite = [r["final_val_loss"] for r in best if r["diverged"] is None]
-    for ax, xl in ((ax0, "step"), (ax1, "training seconds (evaluations excluded)")):
+    xl = "training seconds at the speed pass's tokens/s" if measured else "training seconds (evaluations excluded)"
+    for ax, xl in ((ax0, "step"), (ax1, xl)):
         ax.set_xlabel(xl)
         ax.set_ylabel("validation loss (nats/token)")
         ax.grid(alpha=0.3)
@@ -278,6 +346,11 @@ def build_parser():
     ap.add_argument("--weight-decay", type=float, default=0.1, help="decoupled, on matrices only")
     ap.add_argument("--beta2", type=float, default=0.99, help="beta2 wherever the optimizer takes betas")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--speed-rounds", type=int, default=None,
+                    help="rounds of the speed pass after the sweep, every optimizer timed in turn "
+                         "in each, the median kept (default 3; --quick 1; 0: keep the last pass)")
+    ap.add_argument("--speed-steps", type=int, default=None,
+                    help="timed steps per optimizer and round (default 20; --quick 5)")
     cli.add_corpus_arguments(ap, max_chars_help="use only the first N characters (--quick 200,000)")
     cli.add_output_arguments(ap, os.path.join("out", "compare_optimizers"),
                              out_help="directory for runs/*.json, results.md, loss.png, state.png",
@@ -301,6 +374,9 @@ def _validate(args):
         v = getattr(args, name)
         if v is not None and v < 1:
             raise cli.UsageError(f"--{name.replace('_', '-')} must be >= 1, got {v}")
+    if args.speed_rounds < 0 or args.speed_steps < 1:
+        raise cli.UsageError(f"--speed-rounds must be >= 0 and --speed-steps >= 1, got "
+                             f"{args.speed_rounds} and {args.speed_steps}")
     if not 1 <= args.num_lrs <= 7:
         raise cli.UsageError(f"--num-lrs must be from 1 to 7, got {args.num_lrs}")
     if not (args.weight_decay >= 0 and math.isfinite(args.weight_decay)):
@@ -326,6 +402,27 @@ def _load(path, want):
     except (OSError, ValueError):
         return None
     return saved["result"] if saved.get("settings") == json.loads(json.dumps(want)) else None
+
+
+def _speed(results, cfg, data, batch_size, args) -> dict | None:
+    """The speed pass's numbers: measured now (``--speed-rounds`` > 0) and saved to speed.json,
+    or the saved ones when they were measured for the same best lrs and batch; else None."""
+    path = os.path.join(args.out, "speed.json")
+    best = best_runs(results)
+    if args.speed_rounds > 0:
+        speed = measure_speed(best, cfg, data, batch_size, args)
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(speed, f, indent=1)
+        return speed
+    try:
+        with open(path, encoding="utf-8") as f:
+            speed = json.load(f)
+    except (OSError, ValueError):
+        return None
+    lrs = {r["optimizer"]: r["lr"] for r in best if r["diverged"] is None}
+    same = (speed["settings"]["lrs"] == lrs and speed["settings"]["batch_size"] == batch_size
+            and speed["settings"]["preset"] == args.preset)
+    return speed if same else None
 
 
 def run(args) -> list:
@@ -356,10 +453,11 @@ def run(args) -> list:
     lm_loss(warm, val[0]).backward()          # (kernel compilation, caches), not the first run
     results, skipped = [], 0
 
-    def write():
+    def write(speed=None):
         with open(os.path.join(args.out, "results.md"), "w", encoding="utf-8") as f:
-            f.write(tables(results, head))
-        plot(results, f"GPT '{args.preset}', {args.steps} steps, best lr each", args.out)
+            f.write(tables(results, head, speed))
+        plot(results, f"GPT '{args.preset}', {args.steps} steps, best lr each", args.out, speed,
+             batch_size * cfg.block_size)
 
     for i, (name, lr) in enumerate(plan, 1):
         want = settings(args, name, lr, batch_size, cfg, data.key)
@@ -385,11 +483,11 @@ def run(args) -> list:
         results.append(r)
         if not skipped_now:
             write()                           # an interrupted sweep leaves its table and plots
-    if skipped_now:
-        write()                               # the last runs were loaded, not trained
-    print("\n" + tables(results, head))
+    speed = _speed(results, cfg, data, batch_size, args)
+    write(speed)
+    print("\n" + tables(results, head, speed))
     print(f"{len(plan) - skipped} runs trained, {skipped} skipped (done before); wrote results.md, "
-          f"loss.png, state.png in {args.out}/")
+          f"loss.png, state.png{', speed.json' if args.speed_rounds else ''} in {args.out}/")
     return results
 
 

@@ -49,7 +49,7 @@ import sys
 from contextlib import contextmanager
 
 __all__ = ["set_backend", "get_backend", "use_backend", "numba_available", "fused_kernels", "BACKENDS",
-           "configure_runtime", "tune_malloc", "OPENBLAS_THREAD_TIMEOUT"]
+           "configure_runtime", "tune_malloc", "OPENBLAS_THREAD_TIMEOUT", "cpu_model"]
 
 BACKENDS = ("numba", "numpy")
 _FLOAT_DTYPES = ("float32", "float64")
@@ -233,3 +233,18 @@ def configure_runtime() -> dict:
     so it is not applied here (module docstring)."""
     return {"malloc": tune_malloc(), "threading_layer": _workqueue_threading_layer(),
             "numba_blas": _single_thread_numba_blas()}
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``, as ``lscpu`` shows it), for the tables that report
+    speed: a ratio measured on one CPU does not hold on another."""
+    import platform
+
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"

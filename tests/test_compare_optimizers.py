@@ -35,7 +35,7 @@ def test_a_sweep_ranks_by_loss_keeps_the_best_lr_and_a_rerun_skips_it(tmp_path, 
     out = tmp_path / "lb"
     names = {f"{m}_lr{lr:g}.json" for m in ("adamw", "mezo", "lisa")
              for lr in demo.lr_grid(demo.BASE[m][0], 2)}
-    assert files_below(tmp_path) == sorted(["lb/loss.png", "lb/results.md", "lb/state.png",
+    assert files_below(tmp_path) == sorted(["lb/loss.png", "lb/results.md", "lb/speed.json", "lb/state.png",
                                             *(f"lb/runs/{n}" for n in names)])
     assert (out / "loss.png").stat().st_size > 10_000 and (out / "state.png").stat().st_size > 5_000
     runs = _saved(out)
@@ -48,7 +48,16 @@ def test_a_sweep_ranks_by_loss_keeps_the_best_lr_and_a_rerun_skips_it(tmp_path, 
     state = {r["optimizer"]: r["state_bytes"] for r in results}
     assert state["mezo"] == 0 < state["lisa"] < state["adamw"]     # LISA holds Adam's moments of some layers
 
-    rows = _leaderboard_rows((out / "results.md").read_text())
+    speed = json.loads((out / "speed.json").read_text())          # the speed pass, one per optimizer
+    assert sorted(speed["rounds"]) == ["adamw", "lisa", "mezo"]
+    assert all(len(v) == 1 and v[0] > 0 for v in speed["rounds"].values())
+    assert speed["settings"]["steps"] == 2                            # of 4 steps: 2 untimed, 2 timed
+    md = (out / "results.md").read_text()
+    assert "the speed pass after the sweep" in md and speed["cpu"] in md
+    for m, v in speed["tokens_per_second"].items():                   # the table shows the pass's numbers
+        assert f"| {m} |" in md and f"{v:,.0f}" in md
+
+    rows = _leaderboard_rows(md)
     assert sorted(m for m, _, _ in rows) == ["adamw", "lisa", "mezo"]
     losses = [loss for _, _, loss in rows]
     assert losses == sorted(losses)                                   # ranked by final loss
@@ -58,10 +67,12 @@ def test_a_sweep_ranks_by_loss_keeps_the_best_lr_and_a_rerun_skips_it(tmp_path, 
     assert rows[-1][0] == "mezo"            # 4 zeroth-order steps barely move the loss
     capsys.readouterr()
 
-    assert demo.main(argv) == 0                                       # same settings: nothing reruns
+    assert demo.main([*argv, "--speed-rounds", "0"]) == 0             # same settings: nothing reruns
     said = capsys.readouterr().out
     assert "0 runs trained, 6 skipped" in said
     assert _saved(out) == runs
+    assert json.loads((out / "speed.json").read_text()) == speed      # --speed-rounds 0 keeps the pass
+    assert f"{speed['tokens_per_second']['adamw']:,.0f}" in (out / "results.md").read_text()
 
     assert demo.main([*argv[:-4], "--optimizers", "mezo", "--weight-decay", "0", "--out", "lb"]) == 0
     assert "2 runs trained, 0 skipped" in capsys.readouterr().out     # a changed setting: run anew
@@ -114,6 +125,8 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
                         (("--steps", "0"), "--steps must be >= 1, got 0"),
                         (("--num-lrs", "9"), "--num-lrs must be from 1 to 7, got 9"),
                         (("--beta2", "1"), "--beta2 must be in [0, 1), got 1.0"),
+                        (("--speed-rounds", "-1"), "--speed-rounds must be >= 0 and --speed-steps >= 1, got -1"),
+                        (("--speed-steps", "0"), "--speed-rounds must be >= 0 and --speed-steps >= 1, got 1 and 0"),
                         (("--weight-decay", "nan"), "--weight-decay must be a finite number >= 0"),
                         (("--batch-size", "100000"), "more than the training split"),
                         (("--preset", "huge"), "argument --preset: invalid choice")):
