@@ -56,7 +56,8 @@ LINEAR_EPS = 1e-6
 def _sizes(op: str, q, k, v):
     """(B, H, Hkv, Tq, Tk) after checking q (B, H, Tq, D), k (B, Hkv, Tk, D), v (B, Hkv, Tk, Dv)."""
     if q.ndim != 4 or k.ndim != 4 or v.ndim != 4:
-        raise ValueError(f"{op}: q, k, v must be (B, heads, T, head_size), got {q.shape}, {k.shape}, {v.shape}")
+        raise ValueError(f"{op}: q, k, v must be (B, heads, T, head_size), got {q.shape}, {k.shape}, "
+                         f"{v.shape}")
     B, H, Tq, D = q.shape
     Hkv, Tk = k.shape[1], k.shape[2]
     if k.shape[0] != B or v.shape[:3] != k.shape[:3] or k.shape[3] != D:

@@ -71,8 +71,8 @@ class GPTConfig:
         if self.n_embd % self.n_head:
             raise ValueError(f"GPTConfig: n_embd={self.n_embd} must be divisible by n_head={self.n_head}")
         if self.n_kv_head is not None and self.n_head % self.n_kv_head:
-            raise ValueError(f"GPTConfig: n_head={self.n_head} must be divisible by n_kv_head={self.n_kv_head} "
-                             "(each key/value head serves n_head/n_kv_head query heads)")
+            raise ValueError(f"GPTConfig: n_head={self.n_head} must be divisible by n_kv_head="
+                             f"{self.n_kv_head} (each key/value head serves n_head/n_kv_head query heads)")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"GPTConfig.dropout={self.dropout} must be in [0, 1)")
         if self.attention not in ATTENTIONS:
@@ -143,12 +143,14 @@ class CausalSelfAttention(nn.Module):
         self.attention = cfg.attention
         self.moba = dict(block=cfg.moba_block, topk=cfg.moba_topk)
         kv = self.n_kv_head * self.head_size
-        self.c_attn = nn.Linear(cfg.n_embd, cfg.n_embd + 2 * kv, bias=cfg.bias, dtype=dtype, rng=rng)  # fused q, k, v
+        # fused q | k | v
+        self.c_attn = nn.Linear(cfg.n_embd, cfg.n_embd + 2 * kv, bias=cfg.bias, dtype=dtype, rng=rng)
         self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias, dtype=dtype, rng=rng)
         if cfg.attention == "nsa":
             self.nsa = NSA(cfg.n_embd, cfg.n_head, self.head_size, cmp_block=cfg.nsa_cmp_block,
                            cmp_stride=cfg.nsa_cmp_stride, slc_block=cfg.nsa_slc_block,
-                           slc_topn=cfg.nsa_slc_topn, window=cfg.nsa_window, bias=cfg.bias, dtype=dtype, rng=rng)
+                           slc_topn=cfg.nsa_slc_topn, window=cfg.nsa_window, bias=cfg.bias,
+                           dtype=dtype, rng=rng)
 
     def forward(self, x, cache=None, rng=None):
         """x: (B, T, C). ``cache`` is None (training) or this layer's handle on a cache object

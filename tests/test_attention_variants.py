@@ -9,8 +9,9 @@ from hypothesis import given, settings, strategies as st
 import minigrad as mg
 import minigrad.functional as F
 import optim
-from models.attention import (BlockCompressor, elu_feature_map, grouped_query_attention, linear_attention,
-                              linear_attention_recurrent, moba_attention, moba_mask, nsa_attention, nsa_select)
+from models.attention import (BlockCompressor, elu_feature_map, grouped_query_attention,
+                              linear_attention, linear_attention_recurrent, moba_attention,
+                              moba_mask, nsa_attention, nsa_select)
 from models.gpt import GPT, GPTConfig
 from models.kv_cache import cache_for
 from models.training import Trainer, lm_loss
@@ -269,7 +270,8 @@ def test_no_future_leakage_and_queries_at_the_end_equal_the_last_rows(variant):
         v2[:, :, t + 1:] += 1.0
         np.testing.assert_allclose(run(q, k2, v2, gates)[:, :, :t + 1], out[:, :, :t + 1], rtol=0, atol=1e-12)
     for n in (1, 4):
-        np.testing.assert_allclose(run(q[:, :, -n:], k, v, gates[:, :, -n:]), out[:, :, -n:], rtol=0, atol=1e-12)
+        np.testing.assert_allclose(run(q[:, :, -n:], k, v, gates[:, :, -n:]), out[:, :, -n:],
+                                   rtol=0, atol=1e-12)
 
 
 # ---------------------------------------------------------------- gradchecks
