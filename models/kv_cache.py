@@ -43,6 +43,7 @@ import math
 
 import numpy as np
 
+import minigrad.functional as F
 from models.attention import linear_attention_recurrent
 
 __all__ = ["KVCache", "DenseKVCache", "StreamingLLMCache", "QuestCache", "PagedKVCache",
@@ -76,6 +77,28 @@ def _attention(q, k, v, allowed=None):
         np.exp(s, out=s)
         s /= s.sum(axis=-1, keepdims=True)                          # probabilities
         out[:, :, :, t0:t1] = (s.reshape(X, Y, g * n, S) @ v).reshape(X, Y, g, n, -1)
+    return out
+
+
+def _causal_attention(q, k, v):
+    """Causal attention of the last T positions' queries q (X, Y, g, T, d) over the keys and
+    values k, v (X, Y, S, d) of all S positions: query t sees keys 0 .. S - T + t.
+
+    One query (decoding) reads k and v in place (:func:`_attention`). More (a prompt) run in
+    chunks through ``F.scaled_dot_product_attention``, whose flash kernel (numba backend)
+    needs contiguous k and v: a copy per chunk, amortised over its queries."""
+    X, Y, g, T, d = q.shape
+    S = k.shape[-2]
+    if T == 1:
+        return _attention(q, k, v)
+    out = np.empty((X, Y, g, T, v.shape[-1]), q.dtype)
+    rows = max(1, SCORES_PER_CHUNK // max(1, X * Y * g * S))
+    for t0 in range(0, T, rows):
+        t1 = min(T, t0 + rows)
+        seen = S - T + t1                                               # keys the chunk's last query sees
+        kc = np.broadcast_to(k[:, :, None, :seen], (X, Y, g, seen, d))
+        vc = np.broadcast_to(v[:, :, None, :seen], (X, Y, g, seen, v.shape[-1]))
+        out[:, :, :, t0:t1] = F.scaled_dot_product_attention(q[:, :, :, t0:t1], kc, vc, causal=True).data
     return out
 
 
@@ -137,6 +160,10 @@ class KVCache:
     def layer(self, i: int) -> _Layer:
         """The handle layer ``i``'s attention calls ``attend(q, k, v)`` on."""
         return self._layers[i]
+
+    def _kv_bytes(self, positions: int, batch: int) -> int:
+        """Bytes of keys and values for ``positions`` positions of ``batch`` rows, all layers."""
+        return 2 * self.n_layer * batch * self.n_kv_head * positions * self.head_dim * self.dtype.itemsize
 
     def _check_begin(self, B, T, batch_size):
         cls = type(self).__name__
@@ -211,7 +238,13 @@ class DenseKVCache(KVCache):
 
     @property
     def nbytes(self) -> int:
+        """Bytes allocated."""
         return self.k.nbytes + self.v.nbytes
+
+    @property
+    def used_bytes(self) -> int:
+        """Bytes holding the positions kept now."""
+        return self._kv_bytes(self.n, self.batch_size)
 
     def room(self) -> int:
         """How many tokens the next forward may bring."""
@@ -247,11 +280,10 @@ class DenseKVCache(KVCache):
         return self._dense(layer, q)
 
     def _dense(self, layer, q):
-        """Causal attention of this forward's queries over the filled part (a view, no copy)."""
-        n, T = self.n, q.shape[2]
-        # query t is position start + t: it sees keys 0 .. start + t
-        allowed = None if T == 1 else np.tri(T, n, self._start, dtype=bool)
-        o = _attention(self._grouped(q), self.k[layer, :, :, :n], self.v[layer, :, :, :n], allowed)
+        """Causal attention of this forward's queries over the filled part (a view: a decoding
+        step copies nothing); query t is position start + t and sees keys 0 .. start + t."""
+        n = self.n
+        o = _causal_attention(self._grouped(q), self.k[layer, :, :, :n], self.v[layer, :, :, :n])
         return o.reshape(q.shape)
 
 
@@ -307,6 +339,10 @@ class StreamingLLMCache(KVCache):
     @property
     def nbytes(self) -> int:
         return self.k.nbytes + self.v.nbytes
+
+    @property
+    def used_bytes(self) -> int:
+        return self._kv_bytes(len(self), self.batch_size)
 
     def reset(self) -> None:
         self.n_seen = 0                                         # tokens of the stream so far
@@ -397,6 +433,10 @@ class QuestCache(DenseKVCache):
     @property
     def nbytes(self) -> int:
         return self.k.nbytes + self.v.nbytes + self.kmin.nbytes + self.kmax.nbytes
+
+    @property
+    def used_bytes(self) -> int:
+        return self._kv_bytes(self.n + -(-self.n // self.page_size), self.batch_size)   # + min and max
 
     def attend(self, layer, q, k, v):
         self._check_attend(layer, q, k, v, self.batch_size)
@@ -499,6 +539,7 @@ class PagedKVCache:
 
     @property
     def used_bytes(self) -> int:
+        """Bytes of the blocks in use (shared blocks once)."""
         return (self.num_blocks - len(self.free_blocks)) * self.block_bytes
 
     def blocks_for(self, n_positions: int) -> int:
@@ -615,7 +656,11 @@ class PagedBatch(KVCache):
         keys = c.k[layer][:, self._table].reshape(c.n_kv_head, B, S, hs)      # gathered blocks
         values = c.v[layer][:, self._table].reshape(c.n_kv_head, B, S, hs)
         qg = self._grouped(q).transpose(1, 0, 2, 3, 4)                        # (nkv, B, g, T, hs)
-        o = _attention(qg, keys, values, self._allowed)
+        if B == 1:                          # one sequence (a prompt): causal over its n + T keys
+            n = c.lengths[self.seq_ids[0]]
+            o = _causal_attention(qg, keys[:, :, :n], values[:, :, :n])
+        else:
+            o = _attention(qg, keys, values, self._allowed)
         return o.transpose(1, 0, 2, 3, 4).reshape(q.shape)
 
 
@@ -647,6 +692,10 @@ class LinearAttentionCache(KVCache):
     def nbytes(self) -> int:
         d = self.head_dim
         return self.n_layer * self.batch_size * self.n_kv_head * d * (d + 1) * self.dtype.itemsize
+
+    @property
+    def used_bytes(self) -> int:
+        return self.nbytes
 
     def room(self) -> int:
         return self.max_len - self.n

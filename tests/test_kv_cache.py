@@ -324,10 +324,22 @@ def test_paged_out_of_blocks_is_one_clear_error_and_changes_nothing():
 def test_each_cache_reports_its_memory():
     m = _model(0, block_size=32, n_kv_head=2)
     item = 8 * 2 * 2 * 2 * 4                          # float64 · K and V · layers · kv heads · head_dim
-    assert DenseKVCache.for_model(m).nbytes == 32 * item
-    assert StreamingLLMCache.for_model(m, n_sink=4, window=12).nbytes == 16 * item
-    assert QuestCache.for_model(m, token_budget=8, page_size=8).nbytes == 32 * item + 4 * item
-    assert PagedKVCache.for_model(m, num_blocks=5, block_size=8).nbytes == 40 * item
+    caches = dict(dense=DenseKVCache.for_model(m), streaming=StreamingLLMCache.for_model(m, n_sink=4, window=12),
+                  quest=QuestCache.for_model(m, token_budget=8, page_size=8),
+                  paged=PagedKVCache.for_model(m, num_blocks=5, block_size=8))
+    assert caches["dense"].nbytes == 32 * item
+    assert caches["streaming"].nbytes == 16 * item
+    assert caches["quest"].nbytes == 32 * item + 4 * item            # + min and max per page of 8
+    assert caches["paged"].nbytes == 40 * item
+    seq = caches["paged"].add_sequence()
+    with minigrad.no_grad():
+        for name, c in caches.items():
+            for _ in range(2):
+                m(np.zeros((1, 10), np.int64), cache=c.batch([seq]) if name == "paged" else c)
+    assert caches["dense"].used_bytes == 20 * item
+    assert caches["streaming"].used_bytes == 16 * item
+    assert caches["quest"].used_bytes == 20 * item + 3 * item        # 3 pages begun
+    assert caches["paged"].used_bytes == 24 * item                   # 3 blocks of 8
     lin = GPT(GPTConfig(n_layer=2, n_head=4, n_embd=16, block_size=32, vocab_size=11, attention="linear",
                         n_kv_head=2), dtype=np.float64)
     assert isinstance(cache_for(lin), LinearAttentionCache)
