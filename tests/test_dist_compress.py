@@ -14,6 +14,7 @@ from optim.dist.compress import (EF14, EF21, QSGD, Identity, PowerSGD, RandK, Re
                                  TopK, default_runs, elias_omega_bits, loss_vs_bytes,
                                  train_least_squares)
 from optim.dist.problems import HeterogeneousLeastSquares
+from strategies import assert_mpiexec_matches_simcomm
 
 finite = st.floats(-1e3, 1e3, allow_nan=False, allow_infinity=False)
 
@@ -525,3 +526,10 @@ def test_a_compressed_run_resumes_from_per_rank_checkpoints_bit_for_bit(tmp_path
         SimComm(2).run(_dp_gpt, "all-reduce", steps=6, resume_from=tmp_path)
     assert isinstance(e.value.error, CheckpointError)
 
+
+
+@pytest.mark.parametrize("n", [2, 4])
+def test_mpiexec_ranks_give_the_simcomm_bits(tmp_path, n):
+    """tests/mpi_programs/compress.py: the reducer with top-k, QSGD, PowerSGD, EF14 and EF21 and
+    compressed gradient descent under ``mpiexec -n n`` equal SimComm(n): outputs and bytes."""
+    assert_mpiexec_matches_simcomm("compress", n, tmp_path)

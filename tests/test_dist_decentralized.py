@@ -1,11 +1,6 @@
 """Decentralized SGD (D-PSGD, adapt-then-combine) and gradient tracking over SimComm, checked
 against the stacked-matrix recursions, centralized gradient descent and the heterogeneity bias."""
 import functools
-import importlib.util
-import os
-import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -16,6 +11,7 @@ from optim.dist.decentralized import (ALGORITHMS, DecentralizedSGD, GradientTrac
                                       consensus_curve, consensus_error, heterogeneous_least_squares)
 from optim.dist.problems import HeterogeneousLeastSquares
 from optim.dist.topology import TOPOLOGIES, Topology
+from strategies import assert_mpiexec_matches_simcomm
 
 N = 6
 LR = 0.1
@@ -249,33 +245,6 @@ def test_bad_input_is_named():
         SimComm(2).run(heterogeneous_least_squares, "ring", "push-sum")
 
 
-def _mpi_program():
-    """The mpiexec beside the interpreter and tests/mpi_programs/decentralized.py loaded as a module,
-    or a one-line skip saying what is missing."""
-    if importlib.util.find_spec("mpi4py") is None:
-        pytest.skip("mpi4py is not installed (pip install -e '.[dist]'); MPI test skipped")
-    beside = os.path.join(os.path.dirname(sys.executable), "mpiexec")
-    mpiexec = beside if os.path.exists(beside) else shutil.which("mpiexec")
-    if mpiexec is None:
-        pytest.skip("no mpiexec beside the Python interpreter or on PATH; MPI test skipped")
-    path = os.path.join(os.path.dirname(__file__), "mpi_programs", "decentralized.py")
-    spec = importlib.util.spec_from_file_location("mpi_programs_decentralized", path)
-    program = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(program)
-    return mpiexec, path, program
-
-
 def test_mpiexec_ranks_give_the_simcomm_bits(tmp_path):
     """Every topology and algorithm under ``mpiexec -n 4`` equals SimComm(4): curves and bytes."""
-    mpiexec, path, program = _mpi_program()
-    n = 4
-    out = str(tmp_path / "decentralized.npz")
-    run = subprocess.run([mpiexec, "-n", str(n), sys.executable, path, out],
-                         capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, run.stderr
-    sim = SimComm(n).run(program.exercise)
-    for rank in range(n):
-        with np.load(program.rank_path(out, rank)) as got:
-            assert sorted(got.files) == sorted(sim[rank])
-            for key, want in sim[rank].items():
-                np.testing.assert_array_equal(got[key], want, err_msg=f"rank {rank} {key}")
+    assert_mpiexec_matches_simcomm("decentralized", 4, tmp_path)
