@@ -303,7 +303,7 @@ def run(a) -> dict:
     if a.init_from is not None:
         ckpt = load_checkpoint(a.init_from)
         base, tokenizer = ckpt.build_model(), ckpt.tokenizer()
-        cfg, name = base.config, ckpt.meta.get("preset")
+        cfg, name = base.config, ckpt.meta.get("preset") or "checkpoint"
         old_path = ckpt.meta.get("args", {}).get("data")      # None: the default corpus
         try:
             old_text, old_desc = load_text(old_path, max_chars=a.max_chars)
