@@ -77,7 +77,8 @@ DEMOS = {"backprop_by_hand.py": [], "convex_lab.py": [], "memory_costs.py": ["--
          "layerwise.py": ["--quick", "--cache-dir", ""],
          "subspace.py": ["--quick", "--cache-dir", ""],
          "compare_optimizers.py": ["--quick", "--cache-dir", "", "--optimizers", "adamw"],
-         "parallel.py": ["--quick", "--cache-dir", ""]}
+         "parallel.py": ["--quick", "--cache-dir", ""],
+         "distributed.py": ["--quick", "--cache-dir", ""]}
 
 
 @pytest.mark.parametrize("name", DEMOS)
