@@ -207,34 +207,43 @@ def assert_refused(demo, argv, says: str, capsys, watch) -> str:
     return err.rstrip("\n")
 
 
-def assert_mpiexec_matches_simcomm(program: str, n: int, tmp_path, timeout: float = 300) -> None:
-    """Run tests/mpi_programs/<program>.py under ``mpiexec -n n`` (each rank saves its
-    ``exercise(comm)`` to ``program.rank_path(OUT, rank)``) and assert that every rank's arrays
-    equal ``SimComm(n).run(program.exercise)`` bit for bit. Skips in one line without mpi4py or
-    an mpiexec (the one beside the interpreter, which the `dist` extra installs, else PATH's)."""
+
+def mpiexec() -> str:
+    """The mpiexec of the MPI library mpi4py uses -- the one beside the interpreter, which the
+    `dist` extra installs, else PATH's -- or a one-line skip saying what is missing."""
     import shutil
+    import sys
+
+    if importlib.util.find_spec("mpi4py") is None:
+        pytest.skip("mpi4py is not installed (pip install -e '.[dist]'); MPI test skipped")
+    beside = os.path.join(os.path.dirname(sys.executable), "mpiexec")
+    found = beside if os.path.exists(beside) else shutil.which("mpiexec")
+    if found is None:
+        pytest.skip("no mpiexec beside the Python interpreter or on PATH; MPI test skipped")
+    return found
+
+
+def assert_mpiexec_matches_simcomm(program: str, n: int, tmp_path, timeout: float = 300) -> None:
+    """Run ``exercise(comm)`` of tests/mpi_programs/<program>.py on ``mpiexec -n n`` ranks
+    (through tests/mpi_programs/exercise.py, which saves each rank's arrays) and assert that they
+    equal ``SimComm(n).run(exercise)`` rank by rank, bit for bit, dtypes included."""
     import subprocess
     import sys
 
     from optim.dist.comm import SimComm
 
-    if importlib.util.find_spec("mpi4py") is None:
-        pytest.skip("mpi4py is not installed (pip install -e '.[dist]'); MPI test skipped")
-    beside = os.path.join(os.path.dirname(sys.executable), "mpiexec")
-    mpiexec = beside if os.path.exists(beside) else shutil.which("mpiexec")
-    if mpiexec is None:
-        pytest.skip("no mpiexec beside the Python interpreter or on PATH; MPI test skipped")
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "mpi_programs", f"{program}.py")
+    programs = os.path.join(os.path.dirname(os.path.abspath(__file__)), "mpi_programs")
+    path = os.path.join(programs, f"{program}.py")
+    out = os.path.join(os.fspath(tmp_path), program + "-rank{rank}.npz")
+    run = subprocess.run([mpiexec(), "-n", str(n), sys.executable, os.path.join(programs, "exercise.py"),
+                          path, out], capture_output=True, text=True, timeout=timeout)
+    assert run.returncode == 0, run.stderr
     spec = importlib.util.spec_from_file_location(f"mpi_programs_{program}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    out = os.path.join(os.fspath(tmp_path), f"{program}.npz")
-    run = subprocess.run([mpiexec, "-n", str(n), sys.executable, path, out],
-                         capture_output=True, text=True, timeout=timeout)
-    assert run.returncode == 0, run.stderr
     sim = SimComm(n).run(module.exercise)
     for rank in range(n):
-        with np.load(module.rank_path(out, rank)) as got:
+        with np.load(out.format(rank=rank)) as got:
             assert sorted(got.files) == sorted(sim[rank])
             for key, want in sim[rank].items():
                 assert got[key].dtype == want.dtype, f"rank {rank} {key}"

@@ -4,7 +4,6 @@ rank stopping the whole job with its rank on stderr. Each test launches small pr
 tests/mpi_programs/ with the mpiexec beside the interpreter (the `dist` extra installs both)."""
 import importlib.util
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -13,19 +12,9 @@ import numpy as np
 import pytest
 
 from optim.dist.comm import SimComm
+from strategies import mpiexec
 
 PROGRAMS = os.path.join(os.path.dirname(__file__), "mpi_programs")
-
-
-def _mpiexec() -> str:
-    """The mpiexec of the MPI library mpi4py uses, or a one-line skip saying what is missing."""
-    if importlib.util.find_spec("mpi4py") is None:
-        pytest.skip("mpi4py is not installed (pip install -e '.[dist]'); MPI tests skipped")
-    beside = os.path.join(os.path.dirname(sys.executable), "mpiexec")
-    found = beside if os.path.exists(beside) else shutil.which("mpiexec")
-    if found is None:
-        pytest.skip("no mpiexec beside the Python interpreter or on PATH; MPI tests skipped")
-    return found
 
 
 def _program(name: str):
@@ -36,7 +25,7 @@ def _program(name: str):
 
 
 def _run(n: int, name: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([_mpiexec(), "-n", str(n), sys.executable, os.path.join(PROGRAMS, f"{name}.py"), *args],
+    return subprocess.run([mpiexec(), "-n", str(n), sys.executable, os.path.join(PROGRAMS, f"{name}.py"), *args],
                           capture_output=True, text=True, timeout=timeout)
 
 

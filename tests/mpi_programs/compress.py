@@ -1,14 +1,10 @@
 """Compressed gradient exchange -- the Reducer with top-k, QSGD (its own generator per rank),
 PowerSGD (the shared one, warm-started), EF14 and EF21 -- and compressed gradient descent on
-heterogeneous least squares, run by tests/test_dist_compress.py on SimComm(n) and as
-``mpiexec -n n python compress.py OUT``: each rank's results go to OUT with ``-rank<r>.npz`` in
-place of ``.npz``, and the two runs must agree bit for bit."""
-import sys
-
+heterogeneous least squares: tests/test_dist_compress.py runs ``exercise`` on SimComm(n) and
+on ``mpiexec -n n`` ranks (through exercise.py), and the two must agree bit for bit."""
 import numpy as np
 
 from optim.dist.compress import EF14, EF21, QSGD, PowerSGD, Reducer, TopK, train_least_squares
-from optim.dist.launcher import launch
 from optim.dist.problems import HeterogeneousLeastSquares
 
 STEPS = 3
@@ -49,15 +45,3 @@ def exercise(comm) -> dict[str, np.ndarray]:
         out.update({f"least squares {label} {k}": v for k, v in run.items()})
     return out
 
-
-def rank_path(out: str, rank: int) -> str:
-    return out[:-len(".npz")] + f"-rank{rank}.npz"
-
-
-if __name__ == "__main__":
-    path = sys.argv[1]
-
-    def worker(comm):
-        np.savez(rank_path(path, comm.rank), **exercise(comm))
-
-    launch(worker)

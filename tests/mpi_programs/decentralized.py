@@ -1,13 +1,9 @@
-"""Gossip, D-PSGD, adapt-then-combine and gradient tracking on every topology, run by
-tests/test_dist_decentralized.py on SimComm(n) and as ``mpiexec -n n python decentralized.py OUT``:
-each rank's results go to OUT with ``-rank<r>.npz`` in place of ``.npz``, and the two runs must
-agree bit for bit."""
-import sys
-
+"""Gossip, D-PSGD, adapt-then-combine and gradient tracking on every topology:
+tests/test_dist_decentralized.py runs ``exercise`` on SimComm(n) and on ``mpiexec -n n`` ranks
+(through exercise.py), and the two must agree bit for bit."""
 import numpy as np
 
 from optim.dist.decentralized import ALGORITHMS, consensus_curve, heterogeneous_least_squares
-from optim.dist.launcher import launch
 from optim.dist.topology import TOPOLOGIES
 
 STEPS = 10
@@ -28,15 +24,3 @@ def exercise(comm) -> dict[str, np.ndarray]:
         out[f"{name} bytes"] = np.array([comm.bytes_sent, comm.bytes_received])
     return out
 
-
-def rank_path(out: str, rank: int) -> str:
-    return out[:-len(".npz")] + f"-rank{rank}.npz"
-
-
-if __name__ == "__main__":
-    path = sys.argv[1]
-
-    def worker(comm):
-        np.savez(rank_path(path, comm.rank), **exercise(comm))
-
-    launch(worker)
