@@ -2,11 +2,9 @@
 of the simulated run of the same command (its whole loss history equal bit for bit); every part's
 quick run shows what the lecture says and writes its figure and table; the other parts run on MPI
 ranks too and write the simulated run's tables; bad input is one line and exit 2."""
-import importlib.util
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 
@@ -14,7 +12,7 @@ import numpy as np
 import pytest
 
 from optim.dist.comm import ring_traffic
-from strategies import assert_refused, files_below, load_demo
+from strategies import assert_refused, files_below, load_demo, mpiexec as _mpiexec
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO = os.path.join(ROOT, "demos", "distributed.py")
@@ -23,17 +21,6 @@ DEMO = os.path.join(ROOT, "demos", "distributed.py")
 @pytest.fixture(scope="module")
 def demo():
     return load_demo("distributed.py")
-
-
-def _mpiexec() -> str:
-    """The mpiexec beside the interpreter (the `dist` extra installs it with mpi4py), or a skip."""
-    if importlib.util.find_spec("mpi4py") is None:
-        pytest.skip("mpi4py is not installed (pip install -e '.[dist]'); MPI test skipped")
-    beside = os.path.join(os.path.dirname(sys.executable), "mpiexec")
-    found = beside if os.path.exists(beside) else shutil.which("mpiexec")
-    if found is None:
-        pytest.skip("no mpiexec beside the Python interpreter or on PATH; MPI test skipped")
-    return found
 
 
 def _final_losses(out: str) -> list:
