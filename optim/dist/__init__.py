@@ -13,6 +13,7 @@ each written once for one worker against it:
     topology      mixing matrices of communication graphs, spectral gaps, gossip
     decentralized D-PSGD, adapt-then-combine, gradient tracking
     compress      QSGD, top-k, rand-k, sign, PowerSGD; error feedback (EF14, EF21)
+    problems      heterogeneous least squares, the problem the demos and tests run them on
 """
 from .comm import CommAborted, CommError, Communicator, DeadlockError, SimComm, WorkerError
 from .compress import EF14, EF21, QSGD, PowerSGD, RandK, Reducer, ScaledSign, TopK
@@ -20,10 +21,11 @@ from .data_parallel import allreduce_grads, broadcast_params, shard_batches
 from .decentralized import DecentralizedSGD, GradientTracking, consensus_error
 from .launcher import launch
 from .local_sgd import LocalSGD
+from .problems import HeterogeneousLeastSquares
 from .topology import TOPOLOGIES, Topology, gossip, mixing_matrix, spectral_gap
 
 __all__ = ["Communicator", "SimComm", "launch", "CommError", "CommAborted", "DeadlockError",
            "WorkerError", "allreduce_grads", "broadcast_params", "shard_batches", "LocalSGD",
            "TOPOLOGIES", "Topology", "mixing_matrix", "spectral_gap", "gossip", "DecentralizedSGD",
            "GradientTracking", "consensus_error", "QSGD", "TopK", "RandK", "ScaledSign", "PowerSGD",
-           "Reducer", "EF14", "EF21"]
+           "Reducer", "EF14", "EF21", "HeterogeneousLeastSquares"]
