@@ -14,9 +14,9 @@ process start to the end of the first `tiny` training step with warm (cached) an
 (empty cache directory) Numba kernels.
 
 A minigrad step is `models.training.Trainer.train_step`, the step every minigrad training run
-takes. Optimizers: minigrad-numba runs the fused `minigrad.kernels.adamw_step` once per step over
-a flat float32 buffer holding every parameter (`FusedAdamW` below); minigrad-numpy runs
-`optim.AdamW` (plain NumPy); PyTorch runs `torch.optim.AdamW` (its CPU default, the for-loop
+takes, with the optimizer a user builds: `optim.create("adamw", params)`, which runs the fused
+kernel `minigrad.kernels.adam_step` per parameter on the numba backend and its NumPy update on
+the numpy backend. PyTorch runs `torch.optim.AdamW` (its CPU default, the for-loop
 implementation). Run by hand, never in CI.
 """
 from __future__ import annotations
@@ -61,69 +61,6 @@ def peak_rss_mb() -> float:
 
 
 # ----------------------------------------------------------------------------- minigrad
-class FusedAdamW:
-    """AdamW as ONE fused kernel call over a flat float32 buffer (llm.c style).
-
-    At construction every parameter's data becomes a view into one flat buffer `flat`; each
-    step copies the gradients into the flat gradient buffer (one memcpy per parameter; a None
-    gradient counts as zero) and runs `minigrad.kernels.adamw_step` once over all P elements:
-    one parallel kernel launch per step instead of one per parameter, and no NumPy temporaries.
-
-    It follows the optimizer step protocol of `optim.base`, so `Trainer` drives it like any
-    optimizer: one param group whose "lr" the trainer's schedule sets, `step(grads)`, no loss
-    scaling, never a skipped step, every parameter trainable, m and v as its state bytes."""
-
-    uses_gradients = True
-    uses_closure = False
-    loss_scale = 1.0
-
-    def __init__(self, named_params, lr=LR, betas=BETAS, eps=EPS, weight_decay=WD):
-        import numpy as np
-
-        self.params = dict(named_params)
-        sizes = [p.data.size for p in self.params.values()]
-        dtype = next(iter(self.params.values())).data.dtype
-        self.flat = np.empty(sum(sizes), dtype)
-        self.gflat = np.zeros_like(self.flat)
-        self.views = {}
-        off = 0
-        for (n, p), size in zip(self.params.items(), sizes):
-            view = self.flat[off:off + size]
-            view[:] = p.data.reshape(-1)
-            p.data = view.reshape(p.data.shape)      # the parameter now lives in the flat buffer
-            self.views[n] = (off, size)
-            off += size
-        self.m = np.zeros_like(self.flat)
-        self.v = np.zeros_like(self.flat)
-        self.param_groups = [{"params": {n: p.data for n, p in self.params.items()}, "lr": lr}]
-        self.hp = (betas[0], betas[1], eps, weight_decay)
-        self.t = 0
-        self.last_step_skipped = False
-
-    def unscale_(self, grads):
-        """No loss scaling: the gradients are the true ones already."""
-
-    def trainable_names(self):
-        """Every parameter trains (the flat buffer is updated as a whole)."""
-        return None
-
-    def state_bytes(self):
-        return self.m.nbytes + self.v.nbytes
-
-    def step(self, grads):
-        from minigrad.kernels import adamw_step
-
-        self.t += 1
-        for n, (off, size) in self.views.items():
-            g = grads[n]
-            if g is None:
-                self.gflat[off:off + size] = 0
-            else:
-                self.gflat[off:off + size] = g.reshape(-1)
-        b1, b2, eps, wd = self.hp
-        adamw_step(self.flat, self.gflat, self.m, self.v, self.param_groups[0]["lr"], b1, b2, eps, wd, self.t)
-
-
 def minigrad_trainer(preset_name: str, backend: str):
     import minigrad as mg
     import optim
@@ -132,11 +69,8 @@ def minigrad_trainer(preset_name: str, backend: str):
 
     cfg, batch = preset(preset_name)
     model = GPT(cfg, seed=0)
-    if backend == "numba":
-        opt = FusedAdamW(model.named_parameters())
-    else:
-        params = {n: p.data for n, p in model.named_parameters()}
-        opt = optim.AdamW(params, lr=LR, betas=BETAS, eps=EPS, weight_decay=WD)
+    params = {n: p.data for n, p in model.named_parameters()}
+    opt = optim.create("adamw", params, lr=LR, betas=BETAS, eps=EPS, weight_decay=WD)
 
     def random_tokens(rng):
         return (rng.integers(0, cfg.vocab_size, (batch, cfg.block_size)),

@@ -20,9 +20,9 @@ import math
 
 import numpy as np
 
-from .base import Optimizer, check_betas, check_eps, check_fraction, register
+from .base import Optimizer, check_betas, check_eps, check_fraction, fused_kernels, register
 
-__all__ = ["AdaGrad", "RMSProp", "Adam", "AdamW"]
+__all__ = ["AdaGrad", "RMSProp", "Adam", "AdamW", "adam_update"]
 
 
 @register("adagrad")
@@ -108,25 +108,61 @@ class RMSProp(Optimizer):
         return p.nbytes * (1 + bool(group["centered"]) + (group["momentum"] > 0))
 
 
+def adam_update(p, g, exp_avg, exp_avg_sq, max_exp_avg_sq=None, *, step, lr, beta1, beta2, eps,
+                weight_decay=0.0, decoupled=False, maximize=False):
+    """One Adam step on one parameter, in place on ``p``, the moments ``exp_avg`` (m) and
+    ``exp_avg_sq`` (v) and, with AMSGrad, ``max_exp_avg_sq`` (None without); ``step`` counts
+    from 1, this step included. ``decoupled`` chooses AdamW's decay over Adam's L2 term.
+
+    The readable NumPy update that ``Adam`` runs on the numpy backend; on the numba backend it
+    runs the fused kernel ``minigrad.kernels.adam_step`` (same signature), which performs these
+    operations in this order in ``p``'s dtype and so equals it bit for bit."""
+    # Python floats: NumPy then computes in p's dtype (a NumPy float64 scalar, as a scheduler or
+    # a loaded checkpoint may leave in a group, would promote float32 arithmetic to float64)
+    lr, beta1, beta2, eps, weight_decay = map(float, (lr, beta1, beta2, eps, weight_decay))
+    if maximize:
+        g = -g
+    if weight_decay:
+        if decoupled:
+            p *= 1.0 - lr * weight_decay
+        else:
+            g = g + weight_decay * p
+    m, v = exp_avg, exp_avg_sq
+    m *= beta1
+    m += (1.0 - beta1) * g
+    v *= beta2
+    v += (1.0 - beta2) * (g * g)
+    if max_exp_avg_sq is not None:
+        np.maximum(max_exp_avg_sq, v, out=max_exp_avg_sq)
+        v = max_exp_avg_sq
+    step_size = lr / (1.0 - beta1 ** step)
+    denom = np.sqrt(v) / math.sqrt(1.0 - beta2 ** step) + eps
+    p -= step_size * (m / denom)
+
+
 @register("adam")
 class Adam(Optimizer):
     """Adam (Kingma & Ba, ICLR 2015, arXiv 1412.6980) in the torch form; ``weight_decay`` is L2
     (coupled).
 
+        g <- -g                                             (maximize only)
         g <- g + wd*theta                                   (Adam only)
         theta <- theta*(1 - lr*wd)                          (AdamW only, before the step)
         m <- b1*m + (1-b1)*g;  v <- b2*v + (1-b2)*g^2;  vmax <- max(vmax, v) if amsgrad
         theta <- theta - (lr/(1-b1^t)) * m / (sqrt(v or vmax)/sqrt(1-b2^t) + eps)
 
     First step: m_hat = g, v_hat = g^2, so every coordinate moves by lr*g/(|g|+eps) ~ lr*sign(g).
+    ``maximize=True`` ascends the objective (torch's flag). Each parameter's update is
+    :func:`adam_update`; on minigrad's numba backend a float32/float64 parameter with contiguous
+    state takes the fused kernel ``minigrad.kernels.adam_step`` instead, bit-identical to it.
     Memory: 2N (3N with amsgrad)."""
 
     decoupled = False
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
-                 amsgrad=False, *, nonfinite="raise"):
+                 amsgrad=False, *, maximize=False, nonfinite="raise"):
         super().__init__(params, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
-                         amsgrad=amsgrad, nonfinite=nonfinite)
+                         amsgrad=amsgrad, maximize=maximize, nonfinite=nonfinite)
 
     def _check_group(self, group):
         super()._check_group(group)
@@ -134,8 +170,6 @@ class Adam(Optimizer):
         check_eps(group["eps"], type(self).__name__)
 
     def _update(self, name, p, g, state, group):
-        b1, b2 = group["betas"]
-        lr, wd = group["lr"], group["weight_decay"]
         if "exp_avg" not in state:
             state["step"] = 0
             state["exp_avg"] = np.zeros_like(p)
@@ -143,23 +177,14 @@ class Adam(Optimizer):
             if group["amsgrad"]:
                 state["max_exp_avg_sq"] = np.zeros_like(p)
         state["step"] += 1
-        t = state["step"]
-        if wd:
-            if self.decoupled:
-                p *= 1.0 - lr * wd
-            else:
-                g = g + wd * p
         m, v = state["exp_avg"], state["exp_avg_sq"]
-        m *= b1
-        m += (1.0 - b1) * g
-        v *= b2
-        v += (1.0 - b2) * (g * g)
-        if group["amsgrad"]:
-            np.maximum(state["max_exp_avg_sq"], v, out=state["max_exp_avg_sq"])
-            v = state["max_exp_avg_sq"]
-        step_size = lr / (1.0 - b1 ** t)
-        denom = np.sqrt(v) / math.sqrt(1.0 - b2 ** t) + group["eps"]
-        p -= step_size * (m / denom)
+        vmax = state["max_exp_avg_sq"] if group["amsgrad"] else None
+        b1, b2 = group["betas"]
+        kernels = fused_kernels(p, g, m, v, vmax)
+        update = kernels.adam_step if kernels is not None else adam_update
+        update(p, g, m, v, vmax, step=state["step"], lr=group["lr"], beta1=b1, beta2=b2,
+               eps=group["eps"], weight_decay=group["weight_decay"], decoupled=self.decoupled,
+               maximize=group["maximize"])
 
     def _state_nbytes(self, p, group):
         return p.nbytes * (3 if group["amsgrad"] else 2)
@@ -174,13 +199,14 @@ class AdamW(Adam):
     decoupled = True
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2,
-                 amsgrad=False, *, nonfinite="raise"):
+                 amsgrad=False, *, maximize=False, nonfinite="raise"):
         super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
-                         amsgrad=amsgrad, nonfinite=nonfinite)
+                         amsgrad=amsgrad, maximize=maximize, nonfinite=nonfinite)
 
 
 @register("amsgrad")
-def _amsgrad(params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, *, nonfinite="raise"):
+def _amsgrad(params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, *, maximize=False,
+             nonfinite="raise"):
     """Adam with amsgrad=True (Reddi, Kale, Kumar, ICLR 2018, arXiv 1904.09237)."""
     return Adam(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=True,
-                nonfinite=nonfinite)
+                maximize=maximize, nonfinite=nonfinite)

@@ -120,6 +120,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from minigrad.backend import fused_kernels as backend_kernels
+
 __all__ = [
     "Optimizer", "register", "create", "available", "accepts",
     "flatten_state_dict", "unflatten_state_dict",
@@ -204,6 +206,23 @@ def check_count(value, what: str) -> None:
     """Raise ValueError unless value is an integer >= 1 (queries, ranks, intervals)."""
     if int(value) != value or value < 1:
         raise ValueError(f"{what} must be an integer >= 1, got {value!r}")
+
+
+def fused_kernels(p, *arrays):
+    """``minigrad.kernels`` when a fused update kernel applies to parameter ``p`` and the other
+    arrays of its update (gradient, state buffers; None for an unused one), else None.
+
+    It applies on minigrad's numba backend, to a float32/float64 ``p``, when every array is
+    C-contiguous with ``p``'s shape and dtype (as the optimizer creates its state). Otherwise the
+    optimizer runs its NumPy update, which the kernel equals bit for bit
+    (tests/test_optim_fused.py); the backend is read at every step (``minigrad.set_backend``)."""
+    kernels = backend_kernels(p)
+    if kernels is None or not p.flags.c_contiguous:
+        return None
+    for a in arrays:
+        if a is not None and (a.dtype != p.dtype or a.shape != p.shape or not a.flags.c_contiguous):
+            return None
+    return kernels
 
 
 def _is_parameter(p) -> bool:

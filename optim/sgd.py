@@ -26,9 +26,9 @@ from numbers import Real
 
 import numpy as np
 
-from .base import Optimizer, check_fraction, register
+from .base import Optimizer, check_fraction, fused_kernels, register
 
-__all__ = ["GD", "SGD", "HeavyBall", "AGD"]
+__all__ = ["GD", "SGD", "HeavyBall", "AGD", "sgd_update"]
 
 
 @register("gd")
@@ -50,21 +50,50 @@ class GD(Optimizer):
         return 0
 
 
+def sgd_update(p, g, momentum_buffer=None, *, first=False, lr, momentum=0.0, dampening=0.0,
+               weight_decay=0.0, nesterov=False, maximize=False):
+    """One SGD step on one parameter in the PyTorch form, in place on ``p`` and, with momentum,
+    on ``momentum_buffer`` (None without), which the first step (``first``) sets to the gradient.
+
+    The readable NumPy update that ``SGD`` runs on the numpy backend; on the numba backend it
+    runs the fused kernel ``minigrad.kernels.sgd_step`` (same signature), which performs these
+    operations in this order in ``p``'s dtype and so equals it bit for bit."""
+    # Python floats: NumPy then computes in p's dtype (see optim.adaptive.adam_update)
+    lr, momentum, dampening, weight_decay = map(float, (lr, momentum, dampening, weight_decay))
+    if maximize:
+        g = -g
+    if weight_decay:
+        g = g + weight_decay * p
+    if momentum:
+        b = momentum_buffer
+        if first:
+            b[...] = g
+        else:
+            b *= momentum
+            b += (1.0 - dampening) * g
+        g = g + momentum * b if nesterov else b
+    p -= lr * g
+
+
 @register("sgd")
 class SGD(Optimizer):
     """SGD with optional momentum in the PyTorch form (torch.optim.SGD semantics, [doc]):
 
+        g <- -g                                (maximize only)
         g <- g + wd*theta                      (L2 weight decay, coupled)
         b <- g                  on the first step, else  b <- mu*b + (1 - dampening)*g
         d <- g + mu*b  if nesterov  else  b
         theta <- theta - lr*d
 
-    Memory: N (the buffer) if momentum > 0, else 0."""
+    Each parameter's update is :func:`sgd_update`; on minigrad's numba backend a float32/float64
+    parameter with a contiguous buffer takes the fused kernel ``minigrad.kernels.sgd_step``
+    instead, bit-identical to it. Memory: N (the buffer) if momentum > 0, else 0."""
 
     def __init__(self, params, lr=1e-2, momentum=0.0, dampening=0.0, weight_decay=0.0,
-                 nesterov=False, *, nonfinite="raise"):
+                 nesterov=False, *, maximize=False, nonfinite="raise"):
         super().__init__(params, lr=lr, momentum=momentum, dampening=dampening,
-                         weight_decay=weight_decay, nesterov=nesterov, nonfinite=nonfinite)
+                         weight_decay=weight_decay, nesterov=nesterov, maximize=maximize,
+                         nonfinite=nonfinite)
 
     def _check_group(self, group):
         super()._check_group(group)
@@ -74,19 +103,17 @@ class SGD(Optimizer):
                              f"{group['momentum']!r}, dampening={group['dampening']!r}")
 
     def _update(self, name, p, g, state, group):
-        mu = group["momentum"]
-        if group["weight_decay"]:
-            g = g + group["weight_decay"] * p
-        if mu:
-            if "momentum_buffer" not in state:
-                state["momentum_buffer"] = g.copy()
-            else:
-                b = state["momentum_buffer"]
-                b *= mu
-                b += (1.0 - group["dampening"]) * g
-            b = state["momentum_buffer"]
-            g = g + mu * b if group["nesterov"] else b
-        p -= group["lr"] * g
+        buf, first = None, False
+        if group["momentum"]:
+            first = "momentum_buffer" not in state
+            if first:
+                state["momentum_buffer"] = np.zeros_like(p)
+            buf = state["momentum_buffer"]
+        kernels = fused_kernels(p, g, buf)
+        update = kernels.sgd_step if kernels is not None else sgd_update
+        update(p, g, buf, first=first, lr=group["lr"], momentum=group["momentum"],
+               dampening=group["dampening"], weight_decay=group["weight_decay"],
+               nesterov=group["nesterov"], maximize=group["maximize"])
 
     def _state_nbytes(self, p, group):
         return p.nbytes if group["momentum"] else 0
@@ -94,17 +121,17 @@ class SGD(Optimizer):
 
 @register("momentum")
 def _momentum(params, lr=1e-2, momentum=0.9, dampening=0.0, weight_decay=0.0, nesterov=False, *,
-              nonfinite="raise"):
+              maximize=False, nonfinite="raise"):
     """SGD with PyTorch-form momentum 0.9 by default."""
     return SGD(params, lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
-               nesterov=nesterov, nonfinite=nonfinite)
+               nesterov=nesterov, maximize=maximize, nonfinite=nonfinite)
 
 
 @register("nesterov")
-def _nesterov(params, lr=1e-2, momentum=0.9, weight_decay=0.0, *, nonfinite="raise"):
+def _nesterov(params, lr=1e-2, momentum=0.9, weight_decay=0.0, *, maximize=False, nonfinite="raise"):
     """SGD with PyTorch-form Nesterov momentum (nesterov=True), momentum 0.9 by default."""
     return SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=True,
-               nonfinite=nonfinite)
+               maximize=maximize, nonfinite=nonfinite)
 
 
 @register("heavyball")

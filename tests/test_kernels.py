@@ -267,23 +267,10 @@ def test_tiled_matmul_matches_twin(seed, m, k, p, tile):
     close32(K.matmul_tiled(a, b, tile=tile), R.matmul_tiled(*up(a, b)), scale=k ** 0.5)
 
 
-# ----------------------------------------------------------------------------- AdamW
-@given(seeds, st.integers(1, 40_000), st.floats(1e-4, 1e-1), st.floats(0.0, 0.2), st.integers(1, 3))
-def test_adamw_matches_twin(seed, n, lr, wd, steps):
-    rng = np.random.default_rng(seed)
-    p = f32(rng, (n,))
-    m, v = np.zeros(n, np.float32), np.zeros(n, np.float32)
-    p_r, m_r, v_r = up(p, m, v)
-    for step in range(1, steps + 1):
-        g = f32(rng, (n,))
-        K.adamw_step(p, g, m, v, lr, 0.9, 0.95, 1e-8, wd, step)
-        R.adamw_step(p_r, g.astype(np.float64), m_r, v_r, lr, 0.9, 0.95, 1e-8, wd, step)
-    close32(m, m_r)
-    close32(v, v_r)
-    close32(p, p_r, scale=lr)
-
-
-def test_adamw_matches_torch_when_available():
+# ----------------------------------------------------------------------------- optimizer updates
+# adam_step and sgd_step equal their twins (the optimizers' NumPy updates) bit for bit:
+# tests/test_optim_fused.py. Here: the float32 kernel against PyTorch.
+def test_adam_step_matches_torch_when_available():
     torch = pytest.importorskip("torch", reason="torch is optional (pip install -e .[bench])")
     rng = np.random.default_rng(3)
     p0 = f32(rng, (1000,))
@@ -292,16 +279,11 @@ def test_adamw_matches_torch_when_available():
     opt = torch.optim.AdamW([tp], lr=3e-3, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1)
     for step in range(1, 4):
         g = f32(rng, (1000,))
-        K.adamw_step(p, g, m, v, 3e-3, 0.9, 0.95, 1e-8, 0.1, step)
+        K.adam_step(p, g, m, v, step=step, lr=3e-3, beta1=0.9, beta2=0.95, eps=1e-8, weight_decay=0.1,
+                    decoupled=True)
         tp.grad = torch.from_numpy(g.copy())
         opt.step()
     np.testing.assert_allclose(p, tp.detach().numpy(), rtol=1e-6, atol=1e-6)
-
-
-def test_adamw_rejects_non_flat_buffers():
-    p = np.zeros((2, 3), np.float32)
-    with pytest.raises(ValueError, match="flat"):
-        K.adamw_step(p, p, p, p, 1e-3, 0.9, 0.999, 1e-8, 0.0, 1)
 
 
 # ----------------------------------------------------------------------------- embedding
@@ -339,9 +321,12 @@ def test_parallel_drivers_match_serial(monkeypatch):
         qkv = q.transpose(1, 2, 0, 3).reshape(1, 70, 56).repeat(3, axis=2)    # (B, T, 3C), 7 heads of 8
         o, lse = K.attention_qkv_forward(qkv, 7)
         out += [o, lse, K.attention_qkv_backward(qkv, o, lse, o[:, ::-1].copy(), 7)]
-        p, m, vv = flat.copy(), np.zeros_like(flat), np.zeros_like(flat)
-        K.adamw_step(p, flat[::-1].copy(), m, vv, 1e-2, 0.9, 0.95, 1e-8, 0.1, 1)
-        return out + [p, m, vv]
+        p, m, vv, vmax = flat.copy(), np.zeros_like(flat), np.zeros_like(flat), np.zeros_like(flat)
+        K.adam_step(p, flat[::-1].copy(), m, vv, vmax, step=1, lr=1e-2, beta1=0.9, beta2=0.95, eps=1e-8,
+                    weight_decay=0.1, decoupled=True)
+        ps, buf = flat.copy(), np.zeros_like(flat)
+        K.sgd_step(ps, flat[::-1].copy(), buf, first=True, lr=1e-2, momentum=0.9, weight_decay=0.1)
+        return out + [p, m, vv, vmax, ps, buf]
 
     monkeypatch.setattr(K, "_parallel", lambda work: False)
     serial = run_all()
@@ -352,7 +337,7 @@ def test_parallel_drivers_match_serial(monkeypatch):
     submit = pool.submit
     monkeypatch.setattr(pool, "submit", lambda fn, *args: ranges.append(args[-2:]) or submit(fn, *args))
     parallel = run_all()
-    assert len(ranges) == 2 * 16 and (0, 12) in ranges    # 16 kernels, 2 pool ranges each
+    assert len(ranges) == 2 * 17 and (0, 12) in ranges    # 17 kernels, 2 pool ranges each
     ln_dw_db = {11, 12}                                    # positions of dw, db in run_all's list
     for i, (a, c) in enumerate(zip(serial, parallel)):
         if i in ln_dw_db:

@@ -70,9 +70,17 @@ def test_kernels_run_with_numba_jit_disabled():
         "K._num_threads = lambda: 2\n"
         "qkv = rng.standard_normal((2, 5, 12)).astype(np.float32)\n"
         "errs.append(abs(K.attention_qkv_forward(qkv, 2)[0] - R.attention_qkv_forward(qkv, 2)[0]).max())\n"
-        "import numba; print(numba.config.DISABLE_JIT, max(errs) < 1e-5)\n"
+        "from optim.adaptive import adam_update\n"
+        "p, gg = (rng.standard_normal(50).astype(np.float32) for _ in range(2))\n"
+        "steps = []\n"
+        "for update in (K.adam_step, adam_update):  # the fused update equals its twin bit for bit\n"
+        "    q, m, v = p.copy(), np.zeros_like(p), np.zeros_like(p)\n"
+        "    update(q, gg, m, v, m.copy(), step=2, lr=1e-2, beta1=0.9, beta2=0.99, eps=1e-8,\n"
+        "           weight_decay=0.1, maximize=True)\n"
+        "    steps.append(q)\n"
+        "import numba; print(numba.config.DISABLE_JIT, max(errs) < 1e-5, np.array_equal(*steps))\n"
     )
-    assert _run(code, NUMBA_DISABLE_JIT="1") == "1 True"
+    assert _run(code, NUMBA_DISABLE_JIT="1") == "1 True True"
 
 
 def test_import_changes_no_process_wide_state():

@@ -3,8 +3,11 @@
 Each public function here validates and reshapes its NumPy inputs, then calls one
 `@njit(cache=True)` kernel from a sibling module; `minigrad.kernels.reference` holds a plain
 NumPy twin with the same signature, and tests/test_kernels*.py hold each kernel to its twin.
+The optimizer updates are the exception: their twins are the optimizers' own NumPy updates in
+`optim/` (which the numpy backend runs; minigrad does not import optim), and
+tests/test_optim_fused.py holds each pair bit-identical.
 
-    module        kernels                                   twin in reference.py
+    module        kernels                                   twin
     matmul.py     bmm (BLAS per batch item), matmul_tiled   bmm, matmul_tiled
                   (matmul_forward/backward route to them)   matmul_forward, matmul_backward
     softmax.py    softmax, log_softmax, cross_entropy       softmax_*, log_softmax_*, cross_entropy_*
@@ -13,7 +16,8 @@ NumPy twin with the same signature, and tests/test_kernels*.py hold each kernel 
     attention.py  flash-style attention fwd/bwd, also       attention_* (naive O(T^2)),
                   straight from a fused qkv (B, T, 3C)      attention_qkv_*
     embedding.py  embedding backward (serial scatter-add)   embedding_backward
-    adamw.py      fused AdamW over flat buffers             adamw_step
+    adam.py       Adam/AdamW update of one parameter        optim.adaptive.adam_update
+    sgd.py        SGD (momentum, Nesterov) update           optim.sgd.sgd_update
 
 Conventions: every kernel is parallel over output elements only (thread-private reductions):
 it works on a range of rows, elements, heads or batch items with the GIL released, and
@@ -28,13 +32,14 @@ threading layer, single-threaded BLAS inside the kernels, malloc tuning).
 """
 from __future__ import annotations
 
+import math
 import os
 from concurrent.futures import wait as futures_wait
 
 import numba
 import numpy as np
 
-from . import adamw as _adamw, attention as _att, gelu as _gelu, layernorm as _ln, softmax as _sm
+from . import adam as _adam, attention as _att, gelu as _gelu, layernorm as _ln, sgd as _sgd, softmax as _sm
 from .embedding import embedding_bwd as _embedding_bwd
 from .matmul import bmm as _bmm, matmul_tiled as _matmul_tiled
 
@@ -43,7 +48,7 @@ __all__ = [
     "log_softmax_backward", "cross_entropy_forward", "cross_entropy_backward",
     "layer_norm_forward", "layer_norm_backward", "gelu_forward", "gelu_backward",
     "attention_forward", "attention_backward", "attention_qkv_forward", "attention_qkv_backward",
-    "embedding_backward", "adamw_step", "ATTN_BLOCK_Q", "ATTN_BLOCK_K",
+    "embedding_backward", "adam_step", "sgd_step", "ATTN_BLOCK_Q", "ATTN_BLOCK_K",
 ]
 
 _FLOATS = (np.float32, np.float64)
@@ -445,19 +450,60 @@ def embedding_backward(idx, g, shape):
     return out
 
 
-# ----------------------------------------------------------------------------- AdamW
-def adamw_step(p, g, m, v, lr, beta1, beta2, eps, weight_decay, step):
-    """One fused AdamW step, in place on flat, C-contiguous arrays of one dtype (usually float32)."""
-    arrays = {"p": p, "g": g, "m": m, "v": v}
-    for name, a in arrays.items():
-        if not isinstance(a, np.ndarray) or a.ndim != 1 or not a.flags.c_contiguous or a.dtype != p.dtype:
-            raise ValueError(f"adamw_step: {name} must be a flat C-contiguous {p.dtype} array "
-                             f"(got {getattr(a, 'shape', None)} {getattr(a, 'dtype', type(a))})")
-        if a.shape != p.shape:
-            raise ValueError(f"adamw_step: {name} has shape {a.shape}, p has {p.shape}")
-    if p.dtype not in _FLOATS:
-        raise TypeError(f"adamw_step: buffers must be float32/float64, got {p.dtype}")
+# ----------------------------------------------------------------------------- optimizer updates
+def _update_arrays(op, p, arrays):
+    """Flat views of parameter `p` and the arrays of one optimizer update (name -> array, None
+    for an unused buffer, which becomes an empty array): all C-contiguous, of p's shape and of
+    one float dtype, as the optimizer keeps them (it falls back to its NumPy update otherwise)."""
+    if not isinstance(p, np.ndarray) or p.dtype not in _FLOATS:
+        raise TypeError(f"{op}: p must be a float32 or float64 ndarray, got "
+                        f"{getattr(p, 'dtype', type(p).__name__)}")
+    out = []
+    for name, a in {"p": p, **arrays}.items():
+        if a is None:
+            out.append(np.empty(0, p.dtype))
+            continue
+        if not isinstance(a, np.ndarray) or a.dtype != p.dtype or a.shape != p.shape or not a.flags.c_contiguous:
+            raise ValueError(f"{op}: {name} must be a C-contiguous {p.dtype} array of p's shape {p.shape}, "
+                             f"got {getattr(a, 'dtype', type(a).__name__)} {getattr(a, 'shape', '')}; "
+                             f"make it with np.ascontiguousarray(x, dtype=p.dtype)")
+        out.append(a.reshape(-1))
+    return out
+
+
+def adam_step(p, g, exp_avg, exp_avg_sq, max_exp_avg_sq=None, *, step, lr, beta1, beta2, eps,
+              weight_decay=0.0, decoupled=False, maximize=False):
+    """One Adam step on one parameter, in place on p, exp_avg, exp_avg_sq and, with AMSGrad,
+    max_exp_avg_sq (None without): L2 weight decay (torch.optim.Adam), or decoupled decay with
+    `decoupled=True` (torch.optim.AdamW). `step` counts from 1, this step included.
+
+    Bit-identical to its NumPy twin `optim.adaptive.adam_update` (same signature), which
+    `optim.Adam`/`AdamW` run on the numpy backend; see adam.py."""
+    arrays = _update_arrays("adam_step", p, {"g": g, "exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq,
+                                             "max_exp_avg_sq": max_exp_avg_sq})
     if step < 1:
-        raise ValueError(f"adamw_step: step counts from 1, got {step}")
-    hp = (float(lr), float(beta1), float(beta2), float(eps), float(weight_decay), int(step))
-    _parallel_for(_adamw.adamw_step, p.size, _parallel(p.size), p, g, m, v, *hp)
+        raise ValueError(f"adam_step: step counts from 1, got {step}")
+    lr, beta1, beta2, eps, wd = float(lr), float(beta1), float(beta2), float(eps), float(weight_decay)
+    decay = 1.0 - lr * wd if decoupled and wd else 1.0
+    l2 = 0.0 if decoupled else wd
+    # the scalars of the twin, computed by the same Python expressions
+    scalars = (bool(maximize), l2, decay, beta1, 1.0 - beta1, beta2, 1.0 - beta2,
+               lr / (1.0 - beta1 ** step), math.sqrt(1.0 - beta2 ** step), eps, max_exp_avg_sq is not None)
+    _parallel_for(_adam.adam_step, p.size, _parallel(p.size), *arrays, *scalars)
+
+
+def sgd_step(p, g, momentum_buffer=None, *, first=False, lr, momentum=0.0, dampening=0.0,
+             weight_decay=0.0, nesterov=False, maximize=False):
+    """One SGD step on one parameter in the torch.optim.SGD form, in place on p and, with
+    momentum > 0, on momentum_buffer (None without momentum), which the first step (`first`)
+    overwrites with the gradient.
+
+    Bit-identical to its NumPy twin `optim.sgd.sgd_update` (same signature), which `optim.SGD`
+    runs on the numpy backend; see sgd.py."""
+    momentum = float(momentum)
+    if momentum and momentum_buffer is None:
+        raise ValueError(f"sgd_step: momentum={momentum} needs a momentum_buffer of p's shape")
+    p1, g1, buf = _update_arrays("sgd_step", p, {"g": g, "momentum_buffer": momentum_buffer if momentum else None})
+    scalars = (bool(maximize), float(weight_decay), momentum, 1.0 - float(dampening), bool(nesterov),
+               bool(first), float(lr))
+    _parallel_for(_sgd.sgd_step, p.size, _parallel(p.size), p1, g1, buf, *scalars)

@@ -151,13 +151,3 @@ def embedding_backward(idx, g, shape):
     np.add.at(out, np.asarray(idx).reshape(-1), g.reshape(-1, shape[1]))
     return out
 
-
-def adamw_step(p, g, m, v, lr, beta1, beta2, eps, weight_decay, step):
-    """In-place AdamW step on flat arrays (torch.optim.AdamW arithmetic)."""
-    p *= 1.0 - lr * weight_decay
-    m *= beta1
-    m += (1.0 - beta1) * g
-    v *= beta2
-    v += (1.0 - beta2) * g * g
-    denom = np.sqrt(v) / np.sqrt(1.0 - beta2 ** step) + eps
-    p -= (lr / (1.0 - beta1 ** step)) * m / denom
