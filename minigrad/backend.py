@@ -11,9 +11,12 @@ takes effect immediately:
     'numpy'
 
 The start-up choice comes from the environment variable ``MINIGRAD_BACKEND`` (``numba`` or
-``numpy``); without it, "numba" is the default whenever Numba imports. ``NUMBA_DISABLE_JIT=1``
-still works: the kernels then run as (slow) plain Python, which lets you step through them in
-a debugger.
+``numpy``); without it, "numba" is the default whenever Numba imports. With
+``MINIGRAD_BACKEND=numpy``, ``import minigrad`` does not import Numba (which takes longer to import
+than minigrad itself); it is imported on first need: `set_backend("numba")`,
+`configure_runtime()` (which sets Numba's threading layer) or an explicit
+``precision.quantize(..., impl="numba")``. ``NUMBA_DISABLE_JIT=1`` still works: the kernels
+then run as (slow) plain Python, which lets you step through them in a debugger.
 
 Runtime settings. Importing minigrad changes no process-wide state (no environment variable, no
 allocator or thread-pool setting). `configure_runtime()` (also `minigrad.configure_runtime()`)
@@ -55,44 +58,49 @@ BACKENDS = ("numba", "numpy")
 _FLOAT_DTYPES = ("float32", "float64")
 OPENBLAS_THREAD_TIMEOUT = "22"  # the value to set before NumPy loads (see the module docstring)
 
-try:  # Numba is a hard dependency in setup.cfg, but the package must still work without it.
-    import numba  # noqa: F401
-
-    _NUMBA_OK = True
-    _NUMBA_ERROR = None
-except Exception as exc:  # pragma: no cover - depends on the installation
-    _NUMBA_OK = False
-    _NUMBA_ERROR = exc
+# Numba is a hard dependency in setup.cfg, but the package must still work without it. It is
+# imported on first need, not with minigrad: importing it takes longer than the rest of
+# minigrad, and the numpy backend never needs it.
+_numba = {"ok": None, "error": None}
 
 
 def numba_available() -> bool:
-    """True when Numba imported (the "numba" backend can be chosen)."""
-    return _NUMBA_OK
+    """True when Numba imports (the "numba" backend can be chosen); the first call imports it."""
+    if _numba["ok"] is None:
+        try:
+            import numba  # noqa: F401
+
+            _numba["ok"] = True
+        except Exception as exc:  # pragma: no cover - depends on the installation
+            _numba.update(ok=False, error=exc)
+    return _numba["ok"]
 
 
 def _validate(name) -> str:
     if not isinstance(name, str) or name.lower() not in BACKENDS:
         raise ValueError(f"minigrad backend must be one of {BACKENDS}, got {name!r}")
     name = name.lower()
-    if name == "numba" and not _NUMBA_OK:
+    if name == "numba" and not numba_available():
         raise RuntimeError(
-            f"the 'numba' backend needs Numba, which failed to import ({_NUMBA_ERROR!r}); "
+            f"the 'numba' backend needs Numba, which failed to import ({_numba['error']!r}); "
             "install it (`pip install numba`) or use set_backend('numpy')")
     return name
 
 
 def _initial_backend() -> str:
+    """MINIGRAD_BACKEND, else "numba" when Numba imports. Numba is imported here only when the
+    numba backend may be chosen (MINIGRAD_BACKEND=numpy does not import it at all)."""
     requested = os.environ.get("MINIGRAD_BACKEND", "").strip().lower()
     if requested:
         if requested not in BACKENDS:
             raise ValueError(f"MINIGRAD_BACKEND must be one of {BACKENDS}, got {requested!r}")
-        if requested == "numba" and not _NUMBA_OK:
+        if requested == "numba" and not numba_available():
             import warnings
-            warnings.warn(f"MINIGRAD_BACKEND=numba but Numba failed to import ({_NUMBA_ERROR!r}); "
+            warnings.warn(f"MINIGRAD_BACKEND=numba but Numba failed to import ({_numba['error']!r}); "
                           "using the numpy backend", RuntimeWarning, stacklevel=2)
             return "numpy"
         return requested
-    return "numba" if _NUMBA_OK else "numpy"
+    return "numba" if numba_available() else "numpy"
 
 
 _BACKEND = _initial_backend()
@@ -211,7 +219,7 @@ def _workqueue_threading_layer() -> str | None:
     Numba picks its layer from `config.THREADING_LAYER` at the first parallel kernel launch, so
     this acts when called before that (only the teaching `kernels.matmul_tiled` is a `prange`
     kernel). Numba re-reads its configuration when a NUMBA_* variable changes later."""
-    if not _NUMBA_OK:
+    if not numba_available():
         return None
     from numba.core import config
 

@@ -76,7 +76,6 @@ zeros for the scale computation (padding never changes a block's amax).
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -279,74 +278,38 @@ def _round_arithmetic(x: np.ndarray, fmt: Format, rounding: str, rng) -> np.ndar
     return np.ldexp(n, q)
 
 
-_IMPLS = {"fast": _round_arithmetic, "bits": _round_significand}
 _RULE_CODE = {"inf": 0, "nan": 1, "saturate": 2}
-
-# 2^k for k in [-1074, 1023] (every power of two float64 holds): the Numba kernel scales by table
-# lookup instead of calling ldexp, which is several times slower per element.
-_POW2_OFFSET = 1074
-_POW2 = np.ldexp(1.0, np.arange(-1074, 1024)).astype(np.float64)
-
-if backend.numba_available():
-    from ._numba_cache import njit
-
-    @njit(nogil=True, cache=True)  # no fastmath: NaN and inf must behave
-    def _round_nb(x, xbits, u, out, emin, man, maxv, rule, pow2, i0, i1):
-        """Elements i0..i1-1 of the "numba" impl (GIL released: `minigrad.kernels._parallel_for`
-        gives each thread its own range of output elements); see `_round_nb_serial`."""
-        _round_nb_serial(x[i0:i1], xbits[i0:i1], u[i0:i1] if u.shape[0] else u, out[i0:i1],
-                         emin, man, maxv, rule, pow2)
-
-    @njit(cache=True)  # no fastmath: NaN and inf must behave
-    def _round_nb_serial(x, xbits, u, out, emin, man, maxv, rule, pow2):
-        """One pass of `_round_arithmetic` + the overflow rules, per element (the "numba" impl).
-
-        x: flat float64; xbits: the same memory viewed as int64 (the exponent field is read from
-        it); u: flat uniforms in [0, 1) for stochastic rounding, or empty for nearest-even; out:
-        flat float32. rule: 0 overflow -> inf, 1 -> NaN, 2 -> saturate at maxv. pow2[k + 1074] = 2^k.
-        Works on |x| and puts the sign back, like the bit-by-bit version. The loop body has no
-        data-dependent branch in the common path (a tie-breaking `if` made it ~25x slower):
-        np.rint rounds half to even, and ±inf / NaN flow through the arithmetic unchanged
-        (inf·2^k = inf, NaN stays NaN). The loop runs from index 0 over (sliced) flat arrays.
-        NumPy twins: `_round_arithmetic` and `_round_significand`.
-        """
-        stochastic = u.shape[0] > 0
-        for i in range(x.shape[0]):
-            a = abs(x[i])
-            efield = (xbits[i] >> 52) & 0x7FF
-            q = max(efield - 1023, emin) - man  # the quantum is 2^q
-            y = a * pow2[_POW2_OFFSET - q]  # exact: a / 2^q
-            if stochastic:
-                f = math.floor(y)
-                f += 1.0 if u[i] < y - f else 0.0  # up with probability = the fraction
-            else:
-                f = np.rint(y)  # nearest, ties to even
-            r = f * pow2[_POW2_OFFSET + q]  # exact: f * 2^q
-            if r > maxv:  # overflow (and inf): rare, so this branch predicts well
-                r = np.inf if rule == 0 else (np.nan if rule == 1 else maxv)
-            out[i] = math.copysign(r, x[i])  # the sign bit back (also gives -0.0)
-    _IMPLS["numba"] = _round_nb
-
-
-def _resolve_impl(impl):
-    if impl == "auto":
-        return "numba" if ("numba" in _IMPLS and backend.get_backend() == "numba") else "fast"
-    if impl not in _IMPLS:
-        raise ValueError(f"quantize: impl must be 'auto', {', '.join(map(repr, _IMPLS))}; got {impl!r}")
-    return impl
 
 
 def _quantize_numba(x, fmt: Format, rounding, rng, saturate) -> np.ndarray:
+    """The "numba" impl: round and apply the overflow rules in one pass (kernels/quantize.py)."""
+    from .kernels import _parallel, _parallel_for
+    from .kernels.quantize import POW2, round_nb
+
     x = np.asarray(x)
     xf = np.ascontiguousarray(x, dtype=np.float64).reshape(-1)
     u = rng.random(xf.size) if rounding == "stochastic" else np.empty(0)
     out = np.empty(xf.size, np.float32)
     rule = _RULE_CODE["saturate" if saturate else fmt.overflow]
-    from .kernels import _parallel, _parallel_for
-
-    _parallel_for(_round_nb, xf.size, _parallel(xf.size), xf, xf.view(np.int64), u, out,
-                  fmt.emin, fmt.man_bits, fmt.max, rule, _POW2)
+    _parallel_for(round_nb, xf.size, _parallel(xf.size), xf, xf.view(np.int64), u, out,
+                  fmt.emin, fmt.man_bits, fmt.max, rule, POW2)
     return out.reshape(x.shape)
+
+
+# impl name -> rounding function; "numba" (minigrad/kernels/quantize.py) also applies the overflow
+# rules itself, so `_quantize_element` calls it apart from the other two. Listed whether or not
+# Numba imports: choosing it imports Numba only when it runs.
+_IMPLS = {"fast": _round_arithmetic, "bits": _round_significand, "numba": _quantize_numba}
+
+
+def _resolve_impl(impl):
+    if impl == "auto":
+        return "numba" if backend.get_backend() == "numba" else "fast"
+    if impl not in _IMPLS:
+        raise ValueError(f"quantize: impl must be 'auto', {', '.join(map(repr, _IMPLS))}; got {impl!r}")
+    if impl == "numba" and not backend.numba_available():
+        raise RuntimeError("quantize: impl='numba' needs Numba, which failed to import; use impl='fast'")
+    return impl
 
 
 def _quantize_element(x, fmt: Format, rounding: str, rng, saturate, impl="auto") -> np.ndarray:
@@ -406,7 +369,7 @@ def quantize(x, fmt: str, rounding: str = "nearest", rng=None, *, saturate: bool
     "ceil" (never saturate an element).
     impl: "bits" runs the bit-by-bit integer version written for reading (`_round_significand`),
     "fast" its NumPy-arithmetic twin (`_round_arithmetic`), "numba" a one-pass Numba kernel
-    (`_round_nb`); "auto" (default) is "numba" under the numba backend, else "fast". Nearest
+    (`kernels.quantize.round_nb`); "auto" (default) is "numba" under the numba backend, else "fast". Nearest
     rounding is identical in all three (tested); stochastic rounding is unbiased in each (the
     random draws differ).
     The output has x's shape; for block formats blocks run along the last axis.

@@ -83,6 +83,28 @@ def test_kernels_run_with_numba_jit_disabled():
     assert _run(code, NUMBA_DISABLE_JIT="1") == "1 True True"
 
 
+def test_the_numpy_backend_does_not_import_numba():
+    """MINIGRAD_BACKEND=numpy: importing minigrad and optim, a forward and backward through the
+    fused ops, an AdamW step and quantize never import Numba (it takes longer to import than
+    minigrad); choosing the numba backend imports it then."""
+    code = (
+        "import sys\n"
+        "import numpy as np\n"
+        "import minigrad as mg, optim\n"
+        "import minigrad.functional as F\n"
+        "from minigrad import precision\n"
+        "x = mg.Tensor(np.random.default_rng(0).standard_normal((4, 8)).astype(np.float32), requires_grad=True)\n"
+        "loss = F.cross_entropy(F.gelu(F.layer_norm(x)), np.arange(4))\n"
+        "loss.backward()\n"
+        "optim.AdamW([x], lr=1e-2).step()\n"
+        "precision.quantize(x.data, 'fp8_e4m3')\n"
+        "print(mg.get_backend(), 'numba' in sys.modules)\n"
+        "mg.set_backend('numba')\n"
+        "print(mg.get_backend(), 'numba' in sys.modules)\n"
+    )
+    assert _run(code, MINIGRAD_BACKEND="numpy").split("\n") == ["numpy False", "numba True"]
+
+
 def test_import_changes_no_process_wide_state():
     """No environment variable is written and glibc's mallopt is not called by importing
     minigrad (or its kernels); configure_runtime() is where mallopt runs."""

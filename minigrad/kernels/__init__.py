@@ -18,6 +18,7 @@ tests/test_optim_fused.py holds each pair bit-identical.
     embedding.py  embedding backward (serial scatter-add)   embedding_backward
     adam.py       Adam/AdamW update of one parameter        optim.adaptive.adam_update
     sgd.py        SGD (momentum, Nesterov) update           optim.sgd.sgd_update
+    quantize.py   rounding to a low-precision format        precision._round_arithmetic
 
 Conventions: every kernel is parallel over output elements only (thread-private reductions):
 it works on a range of rows, elements, heads or batch items with the GIL released, and
