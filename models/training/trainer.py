@@ -325,8 +325,8 @@ class Trainer:
                 speed = f" {self.tokens_per_step / dt:,.0f} tok/s" if self.tokens_per_step else ""
                 if bar is not None:
                     bar.update(1)
-                    bar.set_postfix_str(f"loss {loss:.3f} val {val_loss:.3f} lr {self.lr:.2e}{speed}",
-                                        refresh=False)
+                    val = f" val {val_loss:.3f}" if math.isfinite(val_loss) else ""   # none yet
+                    bar.set_postfix_str(f"loss {loss:.3f}{val} lr {self.lr:.2e}{speed}", refresh=False)
                 elif self.log_every and self.step % self.log_every == 0:
                     print(f"step {self.step}: loss {loss:.4f} lr {self.lr:.2e}{speed}", flush=True)
                 if budget and time.perf_counter() - self.start_time > budget - t_eval - self.reserve_seconds:
