@@ -388,7 +388,8 @@ class AdamMini(_ByRole):
     the official code, zyushun/Adam-mini, matches parameter names instead):
 
     * attn_q, attn_k: one block per head (the rows of a head: the (C, C) weight viewed as
-      (n_head, C*C/n_head)); needs ``n_head``;
+      (n_head, C*C/n_head)); needs ``n_head``, and ``n_kv_head`` for k under grouped-query
+      attention (k has n_kv_head heads; default n_head);
     * attn_qkv (fused, without ``splits``): per head for its q and k rows, per row for v;
     * embedding (per token), attn_v, attn_out, mlp_in, mlp_out, linear: one per output neuron,
       i.e. per row;
@@ -405,10 +406,13 @@ class AdamMini(_ByRole):
     ``optim.param_groups_no_decay`` for that). Memory: N + #blocks (about half of AdamW's 2N)."""
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, *,
-                 n_head=None, roles=None, splits=None, nonfinite="raise"):
+                 n_head=None, n_kv_head=None, roles=None, splits=None, nonfinite="raise"):
         if n_head is not None:
             check_count(n_head, "Adam-mini: n_head")
+        if n_kv_head is not None:
+            check_count(n_kv_head, "Adam-mini: n_kv_head")
         self.n_head = n_head
+        self.n_kv_head = n_head if n_kv_head is None else n_kv_head
         super().__init__(params, roles=roles, splits=splits, lr=lr, betas=tuple(betas), eps=eps,
                          weight_decay=weight_decay, nonfinite=nonfinite)
 
@@ -418,14 +422,15 @@ class AdamMini(_ByRole):
         check_eps(group["eps"], "Adam-mini")
 
     def _heads(self, name, role, rows, cols):
-        """Elements per head of a (rows, cols) q or k block."""
+        """Elements per head of a (rows, cols) q or k block (k: n_kv_head heads)."""
         if self.n_head is None:
             raise ValueError(f"Adam-mini: {name!r} has role {role!r}, whose blocks are the attention "
                              f"heads; pass n_head= (the model's number of heads)")
-        if rows % self.n_head:
+        heads, which = (self.n_kv_head, "n_kv_head") if role == "attn_k" else (self.n_head, "n_head")
+        if rows % heads:
             raise ValueError(f"Adam-mini: {name!r} ({role}) has {rows} rows, not divisible by "
-                             f"n_head={self.n_head}")
-        return rows // self.n_head * cols
+                             f"{which}={heads}")
+        return rows // heads * cols
 
     def _plan_of(self, name, p, parts):
         """Segments (start, stop, block size) of the flattened parameter: [start, stop) is cut
@@ -442,6 +447,9 @@ class AdamMini(_ByRole):
             elif role in ("attn_q", "attn_k"):
                 size = self._heads(name, role, n_rows, row)
             elif role == "attn_qkv" and p.ndim == 2:
+                if self.n_kv_head != self.n_head:
+                    raise ValueError(f"Adam-mini: the fused q/k/v weight {name!r} of grouped-query "
+                                     f"attention needs splits= (its q, k and v rows) to find the heads")
                 if n_rows % 3:
                     raise ValueError(f"Adam-mini: the fused q/k/v weight {name!r} has {n_rows} rows, "
                                      f"not a multiple of 3")

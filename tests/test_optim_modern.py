@@ -366,6 +366,21 @@ def test_adam_mini_blocks_of_a_gpt_layer_follow_the_partition():
     assert fused.blocks("c_attn.weight") == 8
 
 
+def test_adam_mini_on_grouped_query_attention_cuts_k_by_its_own_heads():
+    """A GQA GPT (8 query heads, 2 key/value heads): q gets 8 blocks, k 2 (one per kv head),
+    v one per row -- through build_optimizer, as the train CLI builds it."""
+    from models.gpt import GPT, GPTConfig
+    from models.training.optimizers import build_optimizer
+
+    cfg = GPTConfig(n_layer=1, n_head=8, n_kv_head=2, n_embd=32, block_size=8, vocab_size=11)
+    opt = build_optimizer("adam-mini", GPT(cfg, seed=0), lr=1e-3)
+    kv = 2 * 32 // 8                                        # k and v rows: 2 heads of 4
+    assert opt.blocks("h.0.attn.c_attn.weight") == 8 + 2 + kv
+    with pytest.raises(ValueError, match="grouped-query attention needs splits="):
+        optim.create("adam-mini", {"w": np.zeros((32 + 2 * kv, 32))}, n_head=8, n_kv_head=2,
+                     roles={"w": "attn_qkv"}).blocks("w")
+
+
 def test_adam_mini_per_head_and_per_row_updates_are_the_formula():
     params, roles, splits = gpt_like(C=4)
     kw = dict(lr=1e-2, betas=(0.9, 0.99), eps=1e-8)

@@ -34,7 +34,8 @@ def build_optimizer(name, model, lr, weight_decay=0.0, beta2=0.999, seed=0, extr
         raise UnknownOptionError(name, unknown[0], takes)
     given = {"betas": (0.9, beta2), "seed": seed,
              "blocks": lambda: {b.name: list(b.params) for b in model.param_blocks()},
-             "roles": model.param_roles, "splits": model.param_splits, "n_head": model.config.n_head}
+             "roles": model.param_roles, "splits": model.param_splits, "n_head": lambda: model.config.n_head,
+             "n_kv_head": lambda: model.config.kv_heads}
     kw = {k: (v() if callable(v) else v) for k, v in given.items() if k in takes}
     kw.update(extra or {})
     groups = optim.param_groups_no_decay(params, weight_decay) if "weight_decay" in takes else params
