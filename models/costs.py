@@ -244,6 +244,10 @@ def gpt_costs(config, batch_size: int, *, optimizer="adamw", optimizer_kwargs=No
         raise ValueError(f"gpt_costs: seq_len {s} exceeds block_size {c.block_size}")
     if backend not in ("numpy", "numba"):
         raise ValueError(f"gpt_costs: backend must be 'numpy' or 'numba', got {backend!r}")
+    if getattr(c, "attention", "mha") != "mha" or getattr(c, "kv_heads", c.n_head) != c.n_head:
+        raise ValueError(f"gpt_costs: the formulas are those of multi-head attention (the lecture's "
+                         f"model); this config has attention={c.attention!r}, n_kv_head={c.n_kv_head}. "
+                         f"Measure such a model with minigrad.memory instead")
     l, h, a, V, d = c.n_layer, c.n_embd, c.n_head, c.vocab_size, int(dtype_bytes)
     if d not in (2, 4, 8):
         raise ValueError(f"gpt_costs: dtype_bytes must be 2, 4 or 8 (float16/32/64), got {dtype_bytes!r}")

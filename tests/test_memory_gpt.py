@@ -179,5 +179,8 @@ def test_bad_arguments_are_named():
         gpt_costs(cfg, 1, optimizer=other, optimizer_kwargs={"lr": 1.0})
     with pytest.raises(ValueError, match="block_size"):
         gpt_costs(cfg, 1, seq_len=cfg.block_size + 1)
+    for variant in ({"n_kv_head": 1}, {"attention": "linear"}):      # not the lecture's formulas
+        with pytest.raises(ValueError, match="formulas are those of multi-head attention"):
+            gpt_costs(GPTConfig(**{**CONFIGS[0], **variant}), 1)
     with pytest.raises(TypeError, match="state_bytes"):
         memory.track(optimizer=object())
