@@ -28,22 +28,30 @@ line and exits with code 2, before anything is written.
 """
 from __future__ import annotations
 
-import json
-import math
 import os
 import sys
-import time
 
-import minigrad
-from minigrad import lora
-from minigrad.memory import fmt_bytes
-from models import cli
-from models.data import DataError, TextData, load_text
-from models.gpt import GPT, PRESETS, preset
-from models.tokenizer import CharTokenizer
-from models.training import (CheckpointError, Trainer, clip_grad_norm, evaluate, lm_loss, load_checkpoint, pyplot,
-                             save_figure)
-from models.training.optimizers import build_optimizer
+if __name__ == "__main__":
+    # One OpenBLAS thread unless the environment says otherwise, set before NumPy loads it: the
+    # adapters' thin products ((B*T, C) x (C, r)) took 10x longer with two threads spinning for
+    # a core on a busy 2-core machine (demos/train_gpt.py found the same for its GEMMs).
+    for _var in ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(_var, "1")
+
+import json  # noqa: E402
+import math  # noqa: E402
+import time  # noqa: E402
+
+import minigrad  # noqa: E402
+from minigrad import lora  # noqa: E402
+from minigrad.memory import fmt_bytes  # noqa: E402
+from models import cli  # noqa: E402
+from models.data import DataError, TextData, load_text  # noqa: E402
+from models.gpt import GPT, PRESETS, preset  # noqa: E402
+from models.tokenizer import CharTokenizer  # noqa: E402
+from models.training import (CheckpointError, Trainer, clip_grad_norm, evaluate, lm_loss,  # noqa: E402
+                             load_checkpoint, pyplot, save_figure)
+from models.training.optimizers import build_optimizer  # noqa: E402
 
 TEXTS = ("python-docs", "first-folio")
 MATRICES = "role:attn_qkv,role:attn_out,role:mlp_in,role:mlp_out"
@@ -93,7 +101,7 @@ def known_chars_only(text, tokenizer, what):
 # ----------------------------------------------------------------------------- the base model
 def pretrain(cfg, batch_size, data, a):
     """AdamW on the old text's training split (warmup + cosine), cached as a checkpoint in
-    ``--cache-dir`` keyed by the model, the data and the settings."""
+    ``--cache-dir`` keyed by the model, the data and the settings; None when interrupted."""
     settings = {"steps": a.pretrain_steps, "lr": a.pretrain_lr, "batch_size": batch_size, "seed": a.seed}
     cache = None
     if a.cache_dir:
@@ -114,7 +122,8 @@ def pretrain(cfg, batch_size, data, a):
                       schedule_kwargs={"warmup_steps": min(50, a.pretrain_steps // 5), "min_ratio": 0.1},
                       seed=a.seed, progress=not a.no_progress)
     print(f"[finetune_lora] pretraining: {a.pretrain_steps} AdamW steps on the old text")
-    trainer.fit()
+    if trainer.fit().interrupted:
+        return None                      # not cached: a later run pretrains in full
     if cache is not None:
         trainer.save(cache, meta={"data_key": data.key, "pretrain": settings,
                                   "tokenizer": data.tokenizer.to_dict()})
@@ -158,7 +167,8 @@ class StepClock:
 
 
 def finetune(kind, rank, base, data, eval_new, eval_old, batch_size, a):
-    """One fine-tuning run on a copy of ``base``; returns its measurements."""
+    """One fine-tuning run on a copy of ``base``; returns its measurements (None when Ctrl-C or
+    SIGTERM stopped it)."""
     model = clone(base)
     if kind != "full":
         lora.apply_lora(model, a.targets, r=rank, alpha=a.alpha, dropout=a.lora_dropout, dora=kind == "dora",
@@ -172,7 +182,8 @@ def finetune(kind, rank, base, data, eval_new, eval_old, batch_size, a):
                       grad_hooks=[clip_grad_norm(1.0)], eval_batches=eval_new,
                       eval_every=max(1, a.steps // a.n_evals), seed=a.seed + 1,
                       on_step=clock.on_step, on_eval=clock.on_eval, progress=not a.no_progress)
-    trainer.fit()
+    if trainer.fit().interrupted:
+        return None
     out = {"kind": kind, "rank": rank, "lr": lr, "trainable": int(trainable),
            "state_bytes": int(trainer.peak_state_bytes), "state_formula": 2 * 4 * int(trainable),
            "seconds": clock.seconds, "sec_per_step": clock.seconds / a.steps,
@@ -295,8 +306,9 @@ def _validate(a):
     a.targets = [t.strip() for t in a.targets.split(",") if t.strip()]
 
 
-def run(a) -> dict:
-    """The demo as the parsed arguments ``a`` say; returns the results (also written as JSON)."""
+def run(a):
+    """The demo as the parsed arguments ``a`` say; returns the results (also written as JSON), or
+    130 when interrupted."""
     _validate(a)
     new_text, new_desc = finetune_text(a.data, a.max_chars)
     cache_dir = a.cache_dir or None
@@ -338,6 +350,9 @@ def run(a) -> dict:
     minigrad.configure_runtime()
     if base is None:
         base = pretrain(cfg, batch_size, old, a)
+        if base is None:
+            print("[finetune_lora] pretraining interrupted; no results written")
+            return 130
     eval_new = new.fixed_batches("val", a.eval_batches, batch_size, seed=a.seed + 7)
     eval_old = old.fixed_batches("val", a.eval_batches, batch_size, seed=a.seed + 7)
     base_loss, base_old = evaluate(base, lm_loss, eval_new), evaluate(base, lm_loss, eval_old)
@@ -348,6 +363,9 @@ def run(a) -> dict:
     for label, kind, rank in methods(a):
         print(f"[finetune_lora] {label}: {a.steps} steps")
         runs[label] = finetune(kind, rank, base, new, eval_new, eval_old, batch_size, a)
+        if runs[label] is None:
+            print(f"[finetune_lora] {label}: interrupted; no results written")
+            return 130
     report = table(runs, base_loss, base_old)
     print("\n" + report)
     title = (f"Fine-tuning a GPT '{name}' pretrained on {old_desc.split(' (')[0]} on {new_desc.split(' (')[0]}: "

@@ -123,8 +123,9 @@ class LoRALinear(Linear):
                                    "no gradient; call unmerge_lora(model) before training")
             return F.linear(x, self.weight, self.bias)
         x_adapter = F.dropout(x, self.dropout, self.training, getattr(self, "dropout_rng", None))
-        # s·(x Aᵀ) Bᵀ: two thin products, r·(in + out) per row; B·A (out, in) is never formed
-        update = F.linear(F.linear(x_adapter, self.lora_A), self.lora_B) * self.scaling
+        # (s·x Aᵀ) Bᵀ: two thin products, r·(in + out) per row, scaled where the activation has r
+        # columns, not out; B·A (out, in) is never formed
+        update = F.linear(F.linear(x_adapter, self.lora_A) * self.scaling, self.lora_B)
         if not self.dora:
             return F.linear(x, self.weight, self.bias) + update
         # DoRA: x Vᵀ with V = W0 + s·B·A, each output row then rescaled to length m

@@ -69,3 +69,21 @@ def test_bad_input_is_one_line_and_exit_2_before_writing(tmp_path, monkeypatch, 
     demo = load_demo("finetune_lora.py")
     base = ["--cache-dir", "", "--max-chars", "60000"] + ([] if "--init-from" in argv else ["--quick"])
     assert_refused(demo, base + argv, says, capsys, watch=tmp_path)
+
+
+def test_an_interrupted_run_stops_the_demo_with_130_and_writes_no_results(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    demo = load_demo("finetune_lora.py")
+    calls = []
+
+    class StoppedAtSecondFit(demo.Trainer):
+        def fit(self):                   # the pretraining, then full fine-tuning: Ctrl-C there
+            calls.append(self.target)
+            result = super().fit()
+            result.interrupted = self.interrupted = len(calls) == 2
+            return result
+
+    monkeypatch.setattr(demo, "Trainer", StoppedAtSecondFit)
+    assert demo.main(SMALL + ["--out", "res", "--cache-dir", ""]) == 130
+    assert len(calls) == 2 and "full: interrupted; no results written" in capsys.readouterr().out
+    assert files_below(tmp_path / "res") == []
