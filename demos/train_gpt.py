@@ -21,7 +21,8 @@ The recipe is nanoGPT's (``train.py``): AdamW (weight decay only on 2-D paramete
 warmup then cosine decay to lr/10, gradient clipping at global norm 1, validation on a fixed set
 of batches every ``--eval-every`` steps. ``--max-minutes`` bounds the whole run (start-up,
 evaluation and the final sample included): the trainer fits the schedule's length to the
-measured speed. ``--max-minutes 0`` makes the run deterministic (exactly ``--steps`` steps).
+measured speed, and without ``--steps`` the budget alone sets it, so a faster machine trains
+longer. ``--max-minutes 0`` makes the run deterministic (exactly ``--steps`` steps, default 3000).
 
 Bad input (any flag out of its range, missing/empty/non-UTF-8 ``--data``, a corpus shorter than a
 block, an unknown preset or optimizer, a damaged checkpoint or one of another run, an ``--out``
@@ -85,14 +86,26 @@ from models.training.optimizers import UnknownOptionError, build_optimizer  # no
 # medium: nanoGPT's value for its 6-layer, 384-wide Shakespeare model (not tuned here).
 PRESET_LR = {"tiny": 6e-3, "small": 6e-3, "medium": 1e-3}
 _END_SECONDS = 25.0   # kept free at the end of --max-minutes: sample, plot, checkpoint (~13 s measured on a busy 2-core machine)
+# --steps when not given. Under a time budget the budget alone sets the schedule's length (the
+# trainer fits it to the measured speed, so a faster machine trains longer): BUDGET_STEPS is a
+# bound no 10-minute run comes near, only there to keep the schedule finite. Without a budget
+# (--max-minutes 0) a run of FIXED_STEPS.
+BUDGET_STEPS = 1_000_000
+FIXED_STEPS = 3000
+
+
+def default_steps(max_minutes: float) -> int:
+    """The step target of a fresh run given no --steps (see BUDGET_STEPS)."""
+    return BUDGET_STEPS if max_minutes > 0 else FIXED_STEPS
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = cli.ArgumentParser(prog="train_gpt.py", description="Train a character-level GPT on CPU with minigrad.",
                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--preset", default="small", help=f"model size: {', '.join(PRESETS)}")
-    p.add_argument("--steps", type=int, default=3000,
-                   help="optimizer steps (the schedule's length; fewer if --max-minutes says so)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="optimizer steps (the schedule's length; fewer if --max-minutes says so); None "
+                        f"means as many as --max-minutes fits, or {FIXED_STEPS} with --max-minutes 0")
     p.add_argument("--batch-size", type=int, default=None, help="sequences per step; None means the preset's")
     p.add_argument("--lr", type=float, default=None,
                    help="peak learning rate; None means the preset's (" +
@@ -172,13 +185,13 @@ def _validate(args):
         raise cli.UsageError(f"unknown preset {args.preset!r}; choose one of {', '.join(PRESETS)}")
     if args.optimizer.lower() not in optim.available():
         raise cli.UsageError(f"unknown optimizer {args.optimizer!r}; available: {', '.join(optim.available())}")
-    for dest in ("steps", "eval_every", "eval_batches"):
+    for dest in ("eval_every", "eval_batches"):
         if getattr(args, dest) < 1:
             raise cli.UsageError(f"{_flag(dest)} must be >= 1, got {getattr(args, dest)}")
     for dest in ("warmup", "sample_chars"):
         if getattr(args, dest) < 0:
             raise cli.UsageError(f"{_flag(dest)} must be >= 0, got {getattr(args, dest)}")
-    for dest in ("batch_size", "save_every"):
+    for dest in ("steps", "batch_size", "save_every"):
         if getattr(args, dest) is not None and getattr(args, dest) < 1:
             raise cli.UsageError(f"{_flag(dest)} must be >= 1, got {getattr(args, dest)}")
     if args.lr is None:
@@ -321,6 +334,8 @@ def run(args, on_step=None, explicit=frozenset()) -> int:
             raise cli.UsageError(f"--steps {target} is below the step the checkpoint reached "
                                  f"({ckpt.step}); give more steps to continue, or a fresh --out")
         args.steps = target or saved["target"]
+    elif args.steps is None:
+        args.steps = default_steps(args.max_minutes)
     if args.warmup >= args.steps:
         print(f"warning: --warmup {args.warmup} >= --steps {args.steps}: the learning rate never "
               f"reaches its peak, and the cosine decay never starts", file=sys.stderr)
@@ -380,7 +395,10 @@ def run(args, on_step=None, explicit=frozenset()) -> int:
     with open(os.path.join(args.out, "samples.txt"), "a" if args.resume else "w", encoding="utf-8") as f:
         f.write(f"=== step {trainer.step}, val loss {result.val_loss:.4f} ===\n{sample}\n\n")
     minutes = (time.perf_counter() - t_start) / 60
-    if result.out_of_time:
+    if result.out_of_time and trainer.target == BUDGET_STEPS:    # no --steps: the budget set the length
+        print(f"--max-minutes {args.max_minutes:g} ended the run at step {trainer.step} (the schedule was "
+              f"fitted to the time); train on with --resume --out {args.out} and --max-minutes M or --steps N")
+    elif result.out_of_time:
         print(f"--max-minutes {args.max_minutes:g} ended the run at step {trainer.step} of {trainer.target} "
               f"(the schedule was fitted to the time); continue it with --resume --out {args.out} "
               f"--max-minutes M (0: no limit)")

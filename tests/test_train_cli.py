@@ -398,6 +398,24 @@ def test_resume_keeps_the_runs_time_budget_and_can_extend_a_run_the_budget_cut_s
     assert_refused(train_gpt, ["--resume", "--out", o, "--steps", "4"], "--steps 4 is below the step", capsys, o)
 
 
+def test_without_steps_the_time_budget_sets_the_runs_length(tmp_path, capsys, corpus):
+    """No --steps: under --max-minutes the target is a bound no run reaches (the trainer fits the
+    schedule to the budget, so a faster machine trains longer); without a budget, 3000 steps."""
+    assert train_gpt.default_steps(10) == train_gpt.BUDGET_STEPS >= 100 * 3000
+    assert train_gpt.default_steps(0) == train_gpt.FIXED_STEPS == 3000
+    out = tmp_path / "uncapped"
+    args = _args(corpus, out, "--max-minutes", "0.0001")                      # stops after one step
+    del args[args.index("--steps"):args.index("--steps") + 2]
+    assert train_gpt.main(args) == 0
+    said = capsys.readouterr().out
+    assert "ended the run at step 1 (the schedule was fitted to the time)" in said
+    assert f"--resume --out {out} and --max-minutes M or --steps N" in said
+    meta = json.loads(str(_load(out)["meta"]))
+    assert meta["trainer"]["target"] == train_gpt.BUDGET_STEPS and meta["args"]["steps"] == train_gpt.BUDGET_STEPS
+    assert train_gpt.main(["--resume", "--out", str(out), "--no-progress", "--steps", "5", "--max-minutes", "0"]) == 0
+    assert json.load(open(out / "manifest.json"))["step"] == 5                  # --steps still sets the target
+
+
 def test_a_resumed_fine_tune_needs_not_its_source_and_init_from_takes_the_sources_preset(tmp_path, capsys,
                                                                                         corpus, full_run):
     import shutil
