@@ -1,10 +1,12 @@
 """The language-model demos (demos/ngram.py, word2vec.py, rnn_lm.py, seq2seq.py, bert.py) on tiny
 settings: each writes its table and figures into --out and reports what it measured; bad input is
 one line and exit 2 with nothing written."""
-import os
 import re
 
+import numpy as np
 import pytest
+
+import minigrad
 
 from strategies import assert_refused, files_below, load_demo
 
@@ -105,3 +107,54 @@ def test_seq2seq_demo_writes_its_table_and_heat_maps(tmp_path, monkeypatch):
 def test_seq2seq_demo_refuses_bad_input(argv, says, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     assert_refused(load_demo("seq2seq.py"), argv + ["--out", "s2s"], says, capsys, watch=tmp_path)
+
+
+# -------------------------------------------------------------------------------- rnn_lm
+def test_rnn_lm_demo_puts_every_model_in_one_table(tmp_path, monkeypatch, tiny_text):
+    monkeypatch.chdir(tmp_path)
+    demo = load_demo("rnn_lm.py")
+    result = demo.run(demo.build_parser().parse_args(
+        ["--data", tiny_text, "--out", "rl", "--models", "rnn,lstm,gru,gpt", "--steps", "6", "--minutes", "0",
+         "--hidden-size", "16", "--n-embd", "8", "--batch-size", "4", "--window", "8", "--gpt-preset", "tiny",
+         "--val-chars", "1000", "--ngram-max-order", "4", "--sample-chars", "20", "--cache-dir", "", "--no-progress"]))
+    assert files_below(tmp_path / "rl") == sorted(
+        ["rnn_lm_curves.png", "rnn_lm_results.md"] + [f"{m}/{f}" for m in ("gpt", "gru", "lstm", "rnn")
+                                                      for f in ("ckpt.npz", "manifest.json")])
+    assert set(result["ngram"]) == {2, 3, 4}
+    assert result["best_ngram"][1] == min(result["ngram"].values())
+    for name, r in result["runs"].items():
+        assert r["steps"] == 6 and 0 < r["val"] < 5 and len(r["sample"]) == 20
+    md = (tmp_path / "rl" / "rnn_lm_results.md").read_text()
+    for label in ("Kneser–Ney", "| RNN |", "| LSTM |", "| GRU |", "| GPT |"):
+        assert label in md
+
+
+def test_rnn_lm_demo_measures_the_gpt_once_per_character():
+    """gpt_nats scores every character of the text exactly once (a model that gives every
+    character the same probability scores log V)."""
+    demo = load_demo("rnn_lm.py")
+
+    class Uniform:
+        def eval(self):
+            pass
+
+        def __call__(self, x):
+            return minigrad.Tensor(np.zeros(x.shape + (7,))), None
+
+    assert demo.gpt_nats(Uniform(), np.arange(1000) % 7, block=64) == pytest.approx(np.log(7))
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["--models", "lstm,transformer"], "--models: unknown ['transformer']; choose from rnn, lstm, gru, gpt"),
+    (["--minutes", "0"], "--minutes 0 (no time limit) needs --steps"),
+    (["--gpt-preset", "huge"], "--gpt-preset: unknown 'huge'"),
+    (["--ngram-max-order", "1"], "--ngram-max-order must be in [2, 9]"),
+    (["--window", "5000"], "too short for 32 streams of windows of 5000"),
+    (["--data", "empty.txt"], "--data empty.txt: the file is empty"),
+])
+def test_rnn_lm_demo_refuses_bad_input(argv, says, tmp_path, monkeypatch, capsys, tiny_text):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "empty.txt").write_text("")
+    data = [] if "--data" in argv else ["--data", tiny_text]
+    assert_refused(load_demo("rnn_lm.py"), data + argv + ["--out", "rl", "--cache-dir", ""], says, capsys,
+                   watch=tmp_path)
