@@ -259,7 +259,7 @@ def build_parser():
     p.add_argument("--pretrain-steps", type=int, default=None)
     p.add_argument("--pretrain-lr", type=float, default=3e-3)
     p.add_argument("--steps", type=int, default=None, help="fine-tuning steps of every run")
-    p.add_argument("--full-lr", type=float, default=1e-3, help="peak lr of full fine-tuning")
+    p.add_argument("--full-lr", type=float, default=2e-3, help="peak lr of full fine-tuning")
     p.add_argument("--adapter-lr", type=float, default=1e-2, help="peak lr of the LoRA and DoRA runs")
     p.add_argument("--ranks", default="1,4,16", help="LoRA ranks, comma-separated")
     p.add_argument("--dora-rank", type=int, default=4, help="DoRA's rank (0: no DoRA run)")
