@@ -158,3 +158,53 @@ def test_rnn_lm_demo_refuses_bad_input(argv, says, tmp_path, monkeypatch, capsys
     data = [] if "--data" in argv else ["--data", tiny_text]
     assert_refused(load_demo("rnn_lm.py"), data + argv + ["--out", "rl", "--cache-dir", ""], says, capsys,
                    watch=tmp_path)
+
+
+# ---------------------------------------------------------------------------------- bert
+def bert_argv(tiny_text, *more):
+    return ["--data", tiny_text, "--n-layer", "1", "--n-embd", "16", "--block-size", "32", "--batch-size", "8",
+            "--pretrain-steps", "6", "--finetune-steps", "4", "--test", "100", "--no-progress", *more]
+
+
+def test_bert_demo_pretrains_fine_tunes_and_compares_with_scratch(tmp_path, monkeypatch, tiny_text):
+    monkeypatch.chdir(tmp_path)
+    demo = load_demo("bert.py")
+    result = demo.run(demo.build_parser().parse_args(bert_argv(tiny_text, "--out", "b")))
+    assert files_below(tmp_path / "b") == ["bert_loss.png", "bert_results.md", "pretrained/ckpt.npz",
+                                           "pretrained/manifest.json"]
+    assert result["pretrain_steps"] == 6 and 0 <= result["mlm_accuracy"] <= 1
+    assert set(result["fine_tuned"]) == {"pretrained", "from scratch"}
+    assert all(r["steps"] == 4 for r in result["fine_tuned"].values())
+    assert 0.5 <= result["majority"] < 0.65                                 # balanced classes
+    md = (tmp_path / "b" / "bert_results.md").read_text()
+    assert "| pretrained | 4 |" in md and "| from scratch | 4 |" in md and "majority class" in md
+    # the saved encoder fine-tunes again without pretraining
+    again = demo.run(demo.build_parser().parse_args(bert_argv(tiny_text, "--out", "b2", "--pretrained", "b/pretrained",
+                                                              "--no-scratch")))
+    assert again["pretrain_steps"] == 6 and set(again["fine_tuned"]) == {"pretrained"}
+
+
+def test_bert_demo_refuses_a_checkpoint_of_another_vocabulary(tmp_path, monkeypatch, capsys, tiny_text):
+    monkeypatch.chdir(tmp_path)
+    demo = load_demo("bert.py")
+    demo.run(demo.build_parser().parse_args(bert_argv(tiny_text, "--out", "b", "--finetune-steps", "1",
+                                                      "--no-scratch")))
+    other = tmp_path / "other.txt"
+    other.write_text("zebra quagga xylophone " * 300 + "\n", encoding="utf-8")
+    capsys.readouterr()
+    assert_refused(demo, bert_argv(str(other), "--out", "b3", "--pretrained", "b/pretrained"),
+                   "--pretrained b/pretrained has a vocabulary of", capsys, watch=tmp_path)
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["--block-size", "16"], "--block-size 16 is too short for the task's examples"),
+    (["--n-embd", "30", "--n-head", "4"], "--n-embd 30 must be divisible by --n-head 4"),
+    (["--finetune-minutes", "0"], "--finetune-minutes must be a finite number > 0"),
+    (["--pretrained", "nowhere"], "no checkpoint at nowhere/ckpt.npz"),
+    (["--data", "empty.txt"], "--data empty.txt: the file is empty"),
+])
+def test_bert_demo_refuses_bad_input(argv, says, tmp_path, monkeypatch, capsys, tiny_text):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "empty.txt").write_text("")
+    data = [] if "--data" in argv else ["--data", tiny_text]
+    assert_refused(load_demo("bert.py"), data + argv + ["--out", "b"], says, capsys, watch=tmp_path)
