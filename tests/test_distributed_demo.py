@@ -98,6 +98,7 @@ def test_decentralized_bias_grows_as_the_gap_shrinks_and_gradient_tracking_remov
     for name, f in floor.items():
         assert f["gradient-tracking"] < 1e-6 and f["gradient-tracking"] < 1e-4 * f["dpsgd"], name
         assert f["atc"] < f["dpsgd"], name
+        assert not rows[name]["falling"]["dpsgd"], name                     # D-PSGD has reached its floor
     assert files_below(tmp_path) == ["distributed_heterogeneous.png", "distributed_results.md"]
 
 
