@@ -2,7 +2,7 @@
 gradient tracking, gradient compression with error feedback, data-parallel GPT training and Local
 SGD -- the same code on simulated workers and on ``mpiexec`` ranks.
 
-    .venv/bin/python demos/distributed.py                      # every part, simulated workers (~10 min)
+    .venv/bin/python demos/distributed.py                      # every part, simulated workers (~5-8 min)
     .venv/bin/python demos/distributed.py --quick              # a smoke run of every part (~1 min)
     .venv/bin/python demos/distributed.py --part compression   # one part
     .venv/bin/python demos/distributed.py --preset tiny --steps 50 --workers 4   # GPT data parallel
