@@ -45,6 +45,7 @@ import numpy as np
 
 import minigrad.functional as F
 from models.attention import linear_attention_recurrent
+from models.paged_attention import paged_decode
 
 __all__ = ["KVCache", "DenseKVCache", "StreamingLLMCache", "QuestCache", "PagedKVCache",
            "PagedBatch", "LinearAttentionCache", "cache_for", "page_upper_bound"]
@@ -500,9 +501,9 @@ class PagedKVCache:
     list.
 
     ``batch(seq_ids)`` is the cache object a forward of those sequences takes (rows in that
-    order); their lengths may differ, and each row's tokens get that sequence's positions.
-    Attention gathers each row's blocks through its table (a copy of the blocks it reads; a GPU
-    kernel reads them in place).
+    order); their lengths may differ, and each row's tokens get that sequence's positions. A
+    decoding step reads each row's blocks in place through its table
+    (``models.paged_attention``, on the numba backend); a prompt gathers them into one array.
     """
 
     def __init__(self, n_layer, n_kv_head, head_dim, *, num_blocks, block_size=16, dtype=np.float32):
@@ -637,30 +638,34 @@ class PagedBatch(KVCache):
         tables = [c.tables[s] for s in self.seq_ids]
         width = max(len(t) for t in tables)
         self._table = np.array([t + [0] * (width - len(t)) for t in tables])   # padding is masked
-        positions = old[:, None] + np.arange(T)                      # (B, T)
+        self._positions = old[:, None] + np.arange(T)               # (B, T)
         rows = np.arange(B)[:, None]
-        self._blocks = self._table[rows, positions // c.block_size]
-        self._offsets = positions % c.block_size
-        # row b's query t sees its sequence's keys 0 .. old_b + t: (1, B, 1, T, S) over (nkv, B, g, T, S)
-        keys = np.arange(width * c.block_size)
-        self._allowed = (keys <= positions[..., None])[None, :, None]
-        return positions
+        self._blocks = self._table[rows, self._positions // c.block_size]
+        self._offsets = self._positions % c.block_size
+        return self._positions
 
     def attend(self, layer, q, k, v):
+        """Write each row's keys and values into its blocks, then attend: one query per row (a
+        decoding step) reads the blocks in place (``paged_decode``); a prompt gathers them."""
         c = self.cache
         B, nh, T, hs = q.shape
         self._check_attend(layer, q, k, v, len(self.seq_ids))
         c.k[layer][:, self._blocks, self._offsets] = k.transpose(1, 0, 2, 3)   # (nkv, B, T, hs)
         c.v[layer][:, self._blocks, self._offsets] = v.transpose(1, 0, 2, 3)
+        if T == 1:
+            o = paged_decode(self._grouped(q)[:, :, :, 0], c.k[layer], c.v[layer], self._table,
+                             self._positions[:, 0] + 1)                         # (B, nkv, g, hs)
+            return o.reshape(q.shape)
         S = self._table.shape[1] * c.block_size
         keys = c.k[layer][:, self._table].reshape(c.n_kv_head, B, S, hs)      # gathered blocks
         values = c.v[layer][:, self._table].reshape(c.n_kv_head, B, S, hs)
         qg = self._grouped(q).transpose(1, 0, 2, 3, 4)                        # (nkv, B, g, T, hs)
         if B == 1:                          # one sequence (a prompt): causal over its n + T keys
-            n = c.lengths[self.seq_ids[0]]
+            n = self._positions[0, -1] + 1
             o = _causal_attention(qg, keys[:, :, :n], values[:, :, :n])
-        else:
-            o = _attention(qg, keys, values, self._allowed)
+        else:                               # row b's query t sees its keys 0 .. positions[b, t]
+            allowed = (np.arange(S) <= self._positions[..., None])[None, :, None]   # (1, B, 1, T, S)
+            o = _attention(qg, keys, values, allowed)
         return o.transpose(1, 0, 2, 3, 4).reshape(q.shape)
 
 

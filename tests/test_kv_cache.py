@@ -8,8 +8,10 @@ from hypothesis import given, settings, strategies as st
 import minigrad
 import minigrad.functional as F
 from models.gpt import GPT, GPTConfig
+from minigrad.backend import numba_available
 from models.kv_cache import (DenseKVCache, LinearAttentionCache, PagedKVCache, QuestCache, StreamingLLMCache,
                              cache_for, page_upper_bound)
+from models.paged_attention import paged_decode, paged_decode_numpy
 
 
 def _model(seed=0, block_size=24, n_kv_head=None, **kw):
@@ -271,6 +273,46 @@ def test_paged_decoding_equals_dense_decoding_with_shared_prefixes_and_copy_on_w
     for s in seqs:
         cache.free(s)
     assert cache.refcount.sum() == 0 and sorted(cache.free_blocks) == list(range(40))
+
+
+@pytest.mark.skipif(not numba_available(), reason="numba is not installed")
+@given(B=st.integers(1, 4), g=st.sampled_from([1, 2, 3]), bs=st.integers(1, 5), seed=st.integers(0, 10_000),
+       dtype=st.sampled_from([np.float64, np.float32]))
+@settings(max_examples=15)
+def test_the_paged_decoding_kernel_equals_its_numpy_twin(B, g, bs, seed, dtype):
+    """Rows of different lengths whose tables share blocks (prefixes), padded tables."""
+    rng = np.random.default_rng(seed)
+    nkv, d, NB = 2, 8, 12
+    k_pool, v_pool = (rng.normal(size=(nkv, NB, bs, d)).astype(dtype) for _ in range(2))
+    tables = rng.integers(0, NB, (B, 5))
+    tables[:, 0] = tables[0, 0]
+    lengths = rng.integers(1, 5 * bs + 1, B)
+    q = rng.normal(size=(B, nkv, g, d)).astype(dtype)
+    with minigrad.use_backend("numba"):
+        o = paged_decode(q, k_pool, v_pool, tables, lengths)
+    np.testing.assert_allclose(o, paged_decode_numpy(q, k_pool, v_pool, tables, lengths),
+                               rtol=0, atol=1e-12 if dtype == np.float64 else 2e-6)
+    for b in range(B):               # and both are attention over the row's own positions
+        keys = k_pool[:, tables[b]].reshape(nkv, -1, d)[:, :lengths[b]]
+        values = v_pool[:, tables[b]].reshape(nkv, -1, d)[:, :lengths[b]]
+        ref = _ref_attention(q[b].reshape(1, nkv * g, 1, d).astype(np.float64), keys[None].astype(np.float64),
+                             values[None].astype(np.float64), None)
+        np.testing.assert_allclose(o[b].reshape(-1, d), ref.reshape(-1, d), atol=1e-12 if dtype == np.float64 else 2e-6)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_paged_batched_decoding_equals_dense_on_both_backends(backend):
+    if backend == "numba" and not numba_available():
+        pytest.skip("numba is not installed")
+    m = _model(6, block_size=32)
+    cache = PagedKVCache.for_model(m, num_blocks=20, block_size=4)
+    rng = np.random.default_rng(1)
+    prompts = [rng.integers(0, 11, n) for n in (3, 9, 6)]
+    seqs = [cache.add_sequence() for _ in prompts]
+    with minigrad.use_backend(backend):
+        out = _paged_greedy(m, cache, seqs, prompts, n_new=8)
+    for s, p in zip(seqs, prompts):
+        np.testing.assert_array_equal(out[s], _dense_greedy(m, p, 8))
 
 
 def test_a_shared_block_is_copied_before_a_write_and_the_original_is_untouched():

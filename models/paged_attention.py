@@ -1,0 +1,99 @@
+"""PagedAttention's decoding step: each sequence's query attends over that sequence's keys and
+values, read in place from the block pool through its block table (Kwon et al. 2023, "Efficient
+Memory Management for Large Language Model Serving with PagedAttention", arXiv:2309.06180).
+
+``paged_decode(q, k_pool, v_pool, tables, lengths)`` with q (B, n_kv_head, g, d) (the g query
+heads of each key/value head), k_pool and v_pool (n_kv_head, num_blocks, block_size, d) of one
+layer, tables (B, W) the physical block of each row's logical blocks and lengths (B,) the
+positions each row holds, returns o (B, n_kv_head, g, d).
+
+On the numba backend a compiled kernel walks each row's table block by block with an online
+softmax (running max m, sum l and output o, rescaled by e^(m_old - m_new) when the max grows), so
+a step reads the cache once and copies none of it. On the numpy backend the twin gathers each
+row's blocks into one array and attends over it (a copy of what it reads). Both give the same
+result (tests/test_kv_cache.py).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from minigrad.backend import get_backend, numba_available
+
+__all__ = ["paged_decode", "paged_decode_numpy"]
+
+_kernel = None
+
+
+def paged_decode(q, k_pool, v_pool, tables, lengths):
+    """o (B, n_kv_head, g, d): row b's queries over its first lengths[b] positions (see above)."""
+    if get_backend() == "numba" and numba_available():
+        out = np.empty(q.shape, q.dtype)
+        _compiled()(np.ascontiguousarray(q), k_pool, v_pool, np.ascontiguousarray(tables, np.int64),
+                    np.ascontiguousarray(lengths, np.int64), 1.0 / math.sqrt(q.shape[-1]), out)
+        return out
+    return paged_decode_numpy(q, k_pool, v_pool, tables, lengths)
+
+
+def paged_decode_numpy(q, k_pool, v_pool, tables, lengths):
+    """The NumPy twin: gather each row's blocks (padded to the longest row, masked), then attend."""
+    B, nkv, g, d = q.shape
+    bs = k_pool.shape[2]
+    S = tables.shape[1] * bs
+    keys = k_pool[:, tables].reshape(nkv, B, S, d)                  # (nkv, B, S, d): a copy
+    values = v_pool[:, tables].reshape(nkv, B, S, d)
+    s = (q.transpose(1, 0, 2, 3) * (1.0 / math.sqrt(d))) @ keys.swapaxes(-1, -2)   # (nkv, B, g, S)
+    s = np.where(np.arange(S) < np.asarray(lengths)[:, None, None], s, -np.inf)
+    s -= s.max(axis=-1, keepdims=True)
+    np.exp(s, out=s)
+    s /= s.sum(axis=-1, keepdims=True)
+    return (s @ values).transpose(1, 0, 2, 3)
+
+
+def _compiled():
+    """The numba kernel, compiled (or loaded from the on-disk cache) on first use."""
+    global _kernel
+    if _kernel is None:
+        from minigrad._numba_cache import njit
+
+        # fast-math without nnan/ninf (the running max starts at -inf), and numpy's error model
+        # (no ZeroDivisionError branch), so the loops over d vectorise
+        @njit(cache=True, fastmath={"nsz", "arcp", "contract", "afn", "reassoc"}, error_model="numpy")
+        def kernel(q, k_pool, v_pool, tables, lengths, scale, out):
+            B, nkv, g, d = q.shape
+            bs = k_pool.shape[2]
+            s = np.empty(bs)
+            acc = np.empty(d)
+            for b in range(B):
+                n = lengths[b]
+                for h in range(nkv):
+                    for j in range(g):
+                        m, total = -np.inf, 0.0
+                        acc[:] = 0.0
+                        for ib in range((n + bs - 1) // bs):
+                            blk = tables[b, ib]
+                            end = min(bs, n - ib * bs)
+                            top = -np.inf
+                            for off in range(end):           # the block's scores and their max
+                                dot = 0.0
+                                for i in range(d):
+                                    dot += q[b, h, j, i] * k_pool[h, blk, off, i]
+                                s[off] = dot * scale
+                                top = max(top, s[off])
+                            if top > m:                      # a new max: rescale the sums so far
+                                c = math.exp(m - top)
+                                total *= c
+                                for i in range(d):
+                                    acc[i] *= c
+                                m = top
+                            for off in range(end):
+                                p = math.exp(s[off] - m)
+                                total += p
+                                for i in range(d):
+                                    acc[i] += p * v_pool[h, blk, off, i]
+                        for i in range(d):
+                            out[b, h, j, i] = acc[i] / total
+
+        _kernel = kernel
+    return _kernel
