@@ -3,7 +3,7 @@ and attention variant, perplexity at long context, and continuous batching again
 requests one by one.
 
     python -m bench.generation [--out out/generation] [--quick] [--threads 2] [--clock wall|process]
-                               [--train-steps 600]
+                               [--ctx 256] [--train-steps 1500]
 
 Writes OUT/generation.md (the tables, also printed) and three plots, in three parts:
 
@@ -19,7 +19,7 @@ Writes OUT/generation.md (the tables, also printed) and three plots, in three pa
    sequence in blocks of 16), linear attention (its recurrent state) and, when installed,
    PyTorch's model of the same shape with its ``torch.cat`` cache.
 2. **Perplexity at long context.** `small` models trained ``--train-steps`` AdamW steps of
-   about 2k tokens each on the default corpus at block_size CTX (512; 128 with --quick):
+   about 2k tokens each on the default corpus at block_size CTX (``--ctx``, 256; 128 with --quick):
    softmax (MHA), GQA and linear attention; the checkpoints stay in OUT and are reused.
    Validation windows of 2·CTX + 1 tokens are fed one token at a time, as the StreamingLLM
    reference's ``eval_long_ppl.py`` does, for the perplexity of the first CTX predictions
@@ -217,10 +217,10 @@ def train_or_load(tag, overrides, data, ctx, steps, out, log):
         pass
     batch = max(1, batch * 128 // ctx)                            # about 2k tokens per step
     model = GPT(cfg, seed=0)
-    opt = build_optimizer("adamw", model, 3e-3, weight_decay=0.1, beta2=0.99)
+    opt = build_optimizer("adamw", model, 6e-3, weight_decay=0.1, beta2=0.99)
     val = data.fixed_batches("val", 4, batch)
     trainer = Trainer(model, lm_loss, opt, lambda rng: data.get_batch("train", batch, rng), steps=steps,
-                      schedule="cosine", schedule_kwargs=dict(warmup_steps=min(40, steps // 4), min_ratio=0.1),
+                      schedule="cosine", schedule_kwargs=dict(warmup_steps=min(100, steps // 4), min_ratio=0.1),
                       grad_hooks=[clip_grad_norm(1.0)], eval_batches=val, eval_every=steps,
                       progress=False, log_every=0)
     result = trainer.fit()
@@ -386,7 +386,8 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--decode", type=int, default=None, help="decoded tokens timed per context length")
     ap.add_argument("--rounds", type=int, default=None, help="rounds of the speed part (medians; default 3)")
-    ap.add_argument("--train-steps", type=int, default=None, help="training steps per model (default 600)")
+    ap.add_argument("--train-steps", type=int, default=None, help="training steps per model (default 1500)")
+    ap.add_argument("--ctx", type=int, default=None, help="block_size of the trained models (default 256)")
     ap.add_argument("--clock", choices=("wall", "process"), default="wall",
                     help="process: CPU time of the process (steadier on a shared machine; use with --threads 1)")
     ap.add_argument("--contexts", default=None, help="comma-separated context lengths")
@@ -405,8 +406,8 @@ def main(argv=None):
     contexts = [int(c) for c in (args.contexts or ("128,256,512" if quick else
                                                     "128,256,512,1024,2048,4096,8192")).split(",")]
     decode = args.decode or (8 if quick else 32)
-    steps = args.train_steps or (20 if quick else 600)
-    ctx = 128 if quick else 512
+    steps = args.train_steps or (20 if quick else 1500)
+    ctx = args.ctx or (128 if quick else 256)
     os.makedirs(args.out, exist_ok=True)
     lines = []
 

@@ -35,7 +35,8 @@ cache=cache)``)::
 q is (B, n_head, T, hs), k and v are (B, n_kv_head, T, hs) NumPy arrays and the output is
 (B, n_head, T, hs). With n_kv_head < n_head (grouped-query attention) query head h reads
 key/value head h // (n_head / n_kv_head). Caches work on arrays outside the autograd graph:
-they are for inference. Every cache counts its storage in ``nbytes``.
+they are for inference. Every cache counts its storage: ``nbytes`` allocated, ``used_bytes``
+holding the positions it keeps now.
 """
 from __future__ import annotations
 
