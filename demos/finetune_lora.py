@@ -139,8 +139,9 @@ def clone(model):
 # ----------------------------------------------------------------------------- the runs
 def methods(a):
     """[(name, kind, rank)]: full fine-tuning, LoRA at each rank, DoRA."""
-    runs = [("full", "full", None)] + [(f"LoRA r={r}", "lora", r) for r in a.ranks]
-    return runs + ([(f"DoRA r={a.dora_rank}", "dora", a.dora_rank)] if a.dora_rank else [])
+    emb = " + wte" if a.train_embeddings else ""
+    runs = [("full", "full", None)] + [(f"LoRA r={r}{emb}", "lora", r) for r in a.ranks]
+    return runs + ([(f"DoRA r={a.dora_rank}{emb}", "dora", a.dora_rank)] if a.dora_rank else [])
 
 
 class StepClock:
@@ -173,6 +174,8 @@ def finetune(kind, rank, base, data, eval_new, eval_old, batch_size, a):
     if kind != "full":
         lora.apply_lora(model, a.targets, r=rank, alpha=a.alpha, dropout=a.lora_dropout, dora=kind == "dora",
                         seed=a.seed)
+        if a.train_embeddings:           # rows for characters the pretraining never saw, and the tied head
+            model.wte.weight.requires_grad_(True)
     trainable = sum(p.size for p in model.parameters() if p.requires_grad)
     lr = a.full_lr if kind == "full" else a.adapter_lr
     clock = StepClock()
@@ -265,6 +268,9 @@ def build_parser():
     p.add_argument("--dora-rank", type=int, default=4, help="DoRA's rank (0: no DoRA run)")
     p.add_argument("--alpha", type=float, default=16.0, help="the adapters' scale is alpha / r (alpha fixed over r)")
     p.add_argument("--lora-dropout", type=float, default=0.0)
+    p.add_argument("--train-embeddings", action="store_true",
+                   help="the adapter runs also train the token embedding (tied to the output head), as "
+                        "PEFT's modules_to_save: a new text's new characters need it")
     p.add_argument("--targets", default=MATRICES,
                    help="the Linear layers to adapt, comma-separated (globs, re:..., role:...; see minigrad.lora)")
     p.add_argument("--batch-size", type=int, default=None, help="sequences per step; default: the preset's")
@@ -373,7 +379,7 @@ def run(a):
              f"lr {a.full_lr:g} (full) / {a.adapter_lr:g} (adapters)")
     plot(runs, base_loss, os.path.join(a.out, "finetune_lora.png"), title)
     results = {"preset": name, "source": source, "new_text": new_desc, "old_text": old_desc,
-               "n_params": base.num_parameters(), "batch_size": batch_size, "base_val_loss": base_loss,
+               "n_params": base.num_parameters(), "vocab_size": cfg.vocab_size, "batch_size": batch_size, "base_val_loss": base_loss,
                "base_old_text_loss": base_old, "runs": runs, "table": report,
                "args": {k: v for k, v in vars(a).items()}}
     path = os.path.join(a.out, f"results_{name}.json")

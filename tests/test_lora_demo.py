@@ -39,10 +39,13 @@ def test_quick_run_measures_every_method_and_reuses_its_pretraining(tmp_path, mo
 
     # the pretraining was cached as a checkpoint: reused, and usable as --init-from
     argv = SMALL + ["--ranks", "1", "--dora-rank", "0", "--cache-dir", "cache"]
-    assert demo.main(argv + ["--out", "again"]) == 0
+    assert demo.main(argv + ["--out", "again", "--train-embeddings"]) == 0
     assert "pretrained GPT from cache" in capsys.readouterr().out
     again = json.loads((tmp_path / "again" / "results_tiny.json").read_text())
     assert again["base_val_loss"] == res["base_val_loss"]
+    with_wte = again["runs"]["LoRA r=1 + wte"]                  # + the token embedding (V, 64)
+    assert with_wte["trainable"] == 2 * 1024 + again["vocab_size"] * 64
+    assert with_wte["state_bytes"] == 2 * 4 * with_wte["trainable"]
     ckpt = next(p for p in (tmp_path / "cache").iterdir() if p.name.startswith("finetune_lora_pretrained"))
     no_preset = [a for a in argv if a != "--quick"]
     assert demo.main(no_preset + ["--init-from", str(ckpt), "--out", "init"]) == 0
