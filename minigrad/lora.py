@@ -53,7 +53,7 @@ import numpy as np
 from . import functional as F
 from .autograd import is_grad_enabled
 from .nn import Linear, Module, Parameter
-from .tensor import Tensor
+from .tensor import Tensor, as_generator
 
 __all__ = ["LoRALinear", "apply_lora", "lora_layers", "merge_lora", "unmerge_lora", "lora_state_dict",
            "load_lora_state_dict", "unload_lora"]
@@ -93,7 +93,7 @@ class LoRALinear(Linear):
         self.r, self.alpha, self.dropout = int(r), float(alpha), float(dropout)
         self.scaling = self.alpha / self.r
         self.dora, self.detach_norm = bool(dora), bool(detach_norm)
-        rng = np.random.default_rng(rng)
+        rng = as_generator(rng)          # None: minigrad.default_generator (see manual_seed)
         w = self.weight.data
         if init == "kaiming":
             bound = 1.0 / math.sqrt(self.in_features)
@@ -110,8 +110,8 @@ class LoRALinear(Linear):
                                  f"{np.flatnonzero(~(norm > 0))[:5].tolist()} of the ({w.shape[0]}, "
                                  f"{w.shape[1]}) weight are zero; use LoRA (dora=False) on this layer")
             self.lora_magnitude = Parameter(norm)
-        if self.dropout > 0:
-            self.dropout_rng = dropout_rng if dropout_rng is not None else np.random.default_rng()
+        # masks from this Generator (None: minigrad.default_generator, as nn.Dropout)
+        self.dropout_rng = dropout_rng if self.dropout > 0 else None
         self.merged = False
         self._merged_norm = None     # DoRA: ‖V‖ per row at merge time, needed to undo the merge
 
@@ -122,7 +122,7 @@ class LoRALinear(Linear):
                 raise RuntimeError("LoRALinear: the adapter is merged into the weight, so it would get "
                                    "no gradient; call unmerge_lora(model) before training")
             return F.linear(x, self.weight, self.bias)
-        x_adapter = F.dropout(x, self.dropout, self.training, getattr(self, "dropout_rng", None))
+        x_adapter = F.dropout(x, self.dropout, self.training, self.dropout_rng)
         # (s·x Aᵀ) Bᵀ: two thin products, r·(in + out) per row, scaled where the activation has r
         # columns, not out; B·A (out, in) is never formed
         update = F.linear(F.linear(x_adapter, self.lora_A) * self.scaling, self.lora_B)
