@@ -15,7 +15,7 @@ import optim
 from minigrad import lora, nn
 from minigrad.lora import LoRALinear, apply_lora, merge_lora, unmerge_lora
 from models.gpt import GPT, GPTConfig
-from models.training import Trainer, lm_loss
+from models.training import Trainer, lm_loss, load_checkpoint
 
 CFG = dict(n_layer=2, n_head=2, n_embd=8, block_size=6, vocab_size=11)
 MATRICES = ["role:attn_qkv", "role:attn_out", "role:mlp_in", "role:mlp_out"]
@@ -259,6 +259,28 @@ def test_training_changes_the_adapters_only_and_adamw_keeps_state_for_them_alone
     numbers = sum(3 * (m.in_features + m.out_features) + (m.out_features if m.dora else 0) for m in layers)
     assert trainer.peak_state_bytes == trainer.optimizer.state_bytes() == 2 * 4 * numbers
     assert numbers == sum(a.size for a in lora.lora_state_dict(model).values())
+
+
+def test_a_trainer_checkpoint_of_an_adapted_model_resumes_bit_for_bit(tmp_path):
+    def trainer_for(steps):
+        model = gpt(dtype=np.float32)
+        apply_lora(model, MATRICES, r=2, dropout=0.2, dora=True, seed=3)
+        opt = optim.create("adamw", {n: p.data for n, p in model.named_parameters()}, lr=1e-2)
+        return Trainer(model, lm_loss, opt, lambda rng: tokens(int(rng.integers(1000))), steps=steps,
+                       progress=False, log_every=0)
+
+    straight = trainer_for(4)
+    straight.fit()
+    first = trainer_for(4)
+    first.horizon = 2
+    first.fit()
+    first.save(str(tmp_path))
+    resumed = trainer_for(4)          # the same apply_lora, then the checkpoint: weights, state, RNGs
+    resumed.restore(load_checkpoint(str(tmp_path)), target=4)
+    resumed.fit()
+    assert resumed.history["train_loss"] == straight.history["train_loss"]
+    for (n, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
+        np.testing.assert_array_equal(a, b, err_msg=n)
 
 
 def test_the_adapter_state_dict_alone_restores_the_fine_tuned_model():
