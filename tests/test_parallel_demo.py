@@ -3,7 +3,6 @@ per step per worker equal the formulas, the files are written; one mode prints t
 as --mode single, on simulated workers and under `mpiexec -n 2`; bad input is one line and exit 2."""
 import os
 import re
-import shutil
 import subprocess
 import sys
 
@@ -12,7 +11,7 @@ import pytest
 
 from models.data import TextData, load_text
 from models.gpt import GPT, preset
-from strategies import assert_refused, files_below, load_demo
+from strategies import assert_refused, files_below, load_demo, mpiexec
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = ["--steps", "3", "--batch-size", "8", "--max-chars", "50000", "--cache-dir", "", "--no-progress"]
@@ -75,15 +74,9 @@ def test_one_mode_prints_the_final_loss_of_the_single_process_and_writes_its_his
 
 
 def test_mpiexec_ranks_print_the_final_loss_of_the_simulated_run(demo, tmp_path, capsys):
-    pytest.importorskip("mpi4py", reason="mpi4py is not installed (pip install -e .[dist]); MPI test skipped")
-    mpiexec = os.path.join(os.path.dirname(sys.executable), "mpiexec")
-    if not os.path.exists(mpiexec):
-        mpiexec = shutil.which("mpiexec")
-    if mpiexec is None:
-        pytest.skip("no mpiexec beside the Python interpreter or on PATH; MPI test skipped")
     assert demo.main(SMALL + ["--mode", "single", "--out", str(tmp_path / "sim")]) == 0
     single = _final_loss(capsys.readouterr().out)
-    run = subprocess.run([mpiexec, "-n", "2", sys.executable, os.path.join(ROOT, "demos", "parallel.py"),
+    run = subprocess.run([mpiexec(), "-n", "2", sys.executable, os.path.join(ROOT, "demos", "parallel.py"),
                           "--mode", "tp", *SMALL, "--out", str(tmp_path / "mpi")],
                          capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert run.returncode == 0, run.stderr

@@ -3,11 +3,6 @@ simulated timeline's bubble against (p-1)/(m+p-1) and its stored micro-batches (
 p - s), PP on 2 and 4 simulated stages equal to one process (loss, gradients, parameters and
 validation over several AdamW steps, float64), the ledger's activation bytes per stage, the bytes
 a step sends against the formula, SimComm equal to `mpiexec -n 2` bit for bit, and the refusals."""
-import importlib.util
-import os
-import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -21,8 +16,8 @@ from models.parallel.pipeline import (SCHEDULES, PipelineStage, clip_grad_norm_p
 from models.training import Trainer, clip_grad_norm, evaluate, lm_loss
 from models.training.optimizers import build_optimizer
 from optim.dist.comm import SimComm, WorkerError
+from strategies import assert_mpiexec_matches_simcomm
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = GPTConfig(n_layer=4, n_head=2, n_embd=32, block_size=8, vocab_size=11)
 BATCH, STEPS, LR, WD = 8, 3, 3e-3, 0.1
 TOKENS = np.random.default_rng(0).integers(0, CONFIG.vocab_size, (64, CONFIG.block_size + 1))
@@ -202,33 +197,8 @@ def test_evaluation_runs_only_forwards():
 
 
 # ---------------------------------------------------------------- SimComm == mpiexec
-def _program():
-    """tests/mpi_programs/pp_train.py as a module: the same worker SimComm and mpiexec run."""
-    path = os.path.join(ROOT, "tests", "mpi_programs", "pp_train.py")
-    spec = importlib.util.spec_from_file_location("pp_train_program", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def test_simcomm_and_mpiexec_agree_bit_for_bit(tmp_path):
-    pytest.importorskip("mpi4py", reason="mpi4py is not installed (pip install -e .[dist]); MPI test skipped")
-    mpiexec = os.path.join(os.path.dirname(sys.executable), "mpiexec")
-    if not os.path.exists(mpiexec):
-        mpiexec = shutil.which("mpiexec")
-    if mpiexec is None:
-        pytest.skip("no mpiexec beside the Python interpreter or on PATH; MPI test skipped")
-    program = _program()
-    sim = SimComm(2).run(program.worker)
-    out = str(tmp_path / "pp.npz")
-    run = subprocess.run([mpiexec, "-n", "2", sys.executable, program.__file__, out],
-                         capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, run.stderr
-    for rank, want in enumerate(sim):
-        got = np.load(program.rank_path(out, rank))
-        assert sorted(got.files) == sorted(want)
-        for key in want:
-            np.testing.assert_array_equal(got[key], want[key], err_msg=f"rank {rank} {key}")
+    assert_mpiexec_matches_simcomm("pp_train", 2, tmp_path)
 
 
 # ---------------------------------------------------------------- bad input

@@ -2,11 +2,6 @@
 shards that gather back to the whole model, TP on 2 and 4 simulated workers equal to one process
 (loss, gradients and parameters over several clipped AdamW steps, float64), the bytes a step
 sends against the formula, SimComm equal to `mpiexec -n 2` bit for bit, and the refusals."""
-import importlib.util
-import os
-import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -20,19 +15,10 @@ from models.parallel.tensor import (TensorParallelGPT, check_tp_degree, clip_gra
 from models.training import Trainer, clip_grad_norm, lm_loss
 from models.training.optimizers import build_optimizer
 from optim.dist.comm import SimComm, WorkerError, ring_traffic
+from strategies import assert_mpiexec_matches_simcomm
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = GPTConfig(n_layer=2, n_head=4, n_embd=32, block_size=16, vocab_size=11)
 BATCH = 4
-
-
-def _program():
-    """tests/mpi_programs/tp_train.py as a module: the same worker SimComm and mpiexec run."""
-    path = os.path.join(ROOT, "tests", "mpi_programs", "tp_train.py")
-    spec = importlib.util.spec_from_file_location("tp_train_program", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def _batches(seed=0, vocab=CONFIG.vocab_size, T=CONFIG.block_size):
@@ -224,23 +210,7 @@ def test_activation_checkpointing_recomputes_through_the_all_reduces():
 
 # ---------------------------------------------------------------- SimComm == mpiexec
 def test_simcomm_and_mpiexec_agree_bit_for_bit(tmp_path):
-    pytest.importorskip("mpi4py", reason="mpi4py is not installed (pip install -e .[dist]); MPI test skipped")
-    mpiexec = os.path.join(os.path.dirname(sys.executable), "mpiexec")
-    if not os.path.exists(mpiexec):
-        mpiexec = shutil.which("mpiexec")
-    if mpiexec is None:
-        pytest.skip("no mpiexec beside the Python interpreter or on PATH; MPI test skipped")
-    program = _program()
-    sim = SimComm(2).run(program.worker)
-    out = str(tmp_path / "tp.npz")
-    run = subprocess.run([mpiexec, "-n", "2", sys.executable, program.__file__, out],
-                         capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, run.stderr
-    for rank, want in enumerate(sim):
-        got = np.load(program.rank_path(out, rank))
-        assert sorted(got.files) == sorted(want)
-        for key in want:
-            np.testing.assert_array_equal(got[key], want[key], err_msg=f"rank {rank} {key}")
+    assert_mpiexec_matches_simcomm("tp_train", 2, tmp_path)
 
 
 # ---------------------------------------------------------------- bad input

@@ -1,21 +1,17 @@
-"""Three tensor-parallel training steps of a tiny GPT (float64, clipped AdamW), run by
-tests/test_parallel_tensor.py on SimComm(2) and as ``mpiexec -n 2 python tp_train.py OUT``: each
-rank writes its losses, parameter shards and last gradients to OUT with ``-rank<r>.npz`` in
-place of ``.npz``; the two runs must agree bit for bit."""
-import sys
-
+"""Three tensor-parallel training steps of a tiny GPT (float64, clipped AdamW):
+tests/test_parallel_tensor.py runs ``exercise`` on SimComm(2) and on ``mpiexec -n 2`` ranks
+(through exercise.py), and the two must agree bit for bit."""
 import numpy as np
 
 from models.gpt import GPTConfig
 from models.parallel.tensor import TensorParallelGPT, clip_grad_norm_tp
 from models.training import Trainer, lm_loss
 from models.training.optimizers import build_optimizer
-from optim.dist.launcher import launch
 
 CONFIG = GPTConfig(n_layer=2, n_head=4, n_embd=32, block_size=16, vocab_size=11)
 
 
-def worker(comm) -> dict:
+def exercise(comm) -> dict:
     """{key: array} of this rank after three steps: "loss", "param:<name>", "grad:<name>"."""
     tokens = np.random.default_rng(0).integers(0, CONFIG.vocab_size, (64, CONFIG.block_size + 1))
 
@@ -32,11 +28,3 @@ def worker(comm) -> dict:
             **{f"param:{n}": a for n, a in model.state_dict().items()},
             **{f"grad:{n}": g.copy() for n, g in last.items()}}
 
-
-def rank_path(out: str, rank: int) -> str:
-    return out[:-len(".npz")] + f"-rank{rank}.npz"
-
-
-if __name__ == "__main__":
-    out = sys.argv[1]
-    launch(lambda comm: np.savez(rank_path(out, comm.rank), **worker(comm)))
