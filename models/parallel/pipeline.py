@@ -49,7 +49,6 @@ one process.
 from __future__ import annotations
 
 import contextlib
-import math
 import threading
 from dataclasses import dataclass
 
@@ -62,6 +61,8 @@ from minigrad.memory import MemoryLedger
 from minigrad.tensor import Function, Tensor, no_matmul_flops
 
 from models.gpt import GPT, GPTConfig
+from models.training.trainer import clip_grad_norm_over_ranks
+from optim.dist.comm import ring_bounds
 
 __all__ = ["SCHEDULES", "partition_layers", "stage_ops", "expected_bubble", "simulate", "Timeline",
            "TimedOp", "plot_timeline", "PipelineStage", "pipeline_loss", "clip_grad_norm_pp", "train_pipeline",
@@ -73,19 +74,14 @@ SCHEDULES = ("gpipe", "1f1b")
 # ============================================================================ partition and schedules
 def partition_layers(n_layer: int, stages: int) -> list[tuple[int, int]]:
     """``[start, stop)`` of the transformer blocks of each stage: contiguous, balanced (the first
-    ``n_layer % stages`` stages hold one block more), every stage at least one block."""
+    ``n_layer % stages`` stages hold one block more, as a ring cuts its chunks), every stage at
+    least one block."""
     if isinstance(stages, bool) or not isinstance(stages, (int, np.integer)) or stages < 1:
         raise ValueError(f"pipeline: the number of stages must be an integer >= 1, got {stages!r}")
     if stages > n_layer:
         raise ValueError(f"pipeline: {stages} stages for {n_layer} layers; every stage needs at least "
                          f"one transformer block, so use at most {n_layer} stages (or a deeper model)")
-    base, extra = divmod(n_layer, stages)
-    bounds, start = [], 0
-    for s in range(stages):
-        stop = start + base + (s < extra)
-        bounds.append((start, stop))
-        start = stop
-    return bounds
+    return ring_bounds(n_layer, int(stages))
 
 
 def _check_schedule(schedule: str) -> None:
@@ -479,30 +475,10 @@ def clip_grad_norm_pp(stage: PipelineStage, max_norm: float, norm_type: float = 
     inf-norm), with the tied ``wte.weight`` counted once (on the first stage; the last holds the
     same gradient). Every stage scales by the same min(1, max_norm / (norm + eps)), as torch.
     ``hook.last_norm`` keeps the norm before clipping."""
-    if not (max_norm > 0 and math.isfinite(max_norm)):
-        raise ValueError(f"clip_grad_norm_pp: max_norm must be a finite number > 0, got {max_norm!r}")
-    if not norm_type >= 1:
-        raise ValueError(f"clip_grad_norm_pp: norm_type must be >= 1 (or inf), got {norm_type!r}")
-    comm = stage.comm
-
-    def hook(grads):
-        named = [(n, g) for n, g in grads.items() if g is not None]
-        counted = [g for n, g in named if not (n == "wte.weight" and stage.is_last and not stage.is_first)]
-        if norm_type == math.inf:
-            local = max((float(np.max(np.abs(g))) for g in counted if g.size), default=0.0)
-            total = float(comm.allgather(np.array([local])).max())
-        else:
-            local = sum(float(np.sum(np.abs(g.astype(np.float64)) ** norm_type)) for g in counted)
-            total = float(comm.allreduce(np.array([local]))[0]) ** (1.0 / norm_type)
-        hook.last_norm = total
-        coef = max_norm / (total + eps)
-        if math.isfinite(total) and coef < 1.0:
-            for _, g in named:
-                g *= g.dtype.type(coef)
-
-    hook.last_norm = None
-    hook.__name__ = f"clip_grad_norm_pp({max_norm:g})"
-    return hook
+    tied_copy = stage.is_last and not stage.is_first
+    return clip_grad_norm_over_ranks(
+        stage.comm, lambda n: "elsewhere" if tied_copy and n == "wte.weight" else "split",
+        max_norm, norm_type, eps, name="clip_grad_norm_pp")
 
 
 def pipeline_bytes(config: GPTConfig, batch_size: int, seq_len: int, micro_batches: int, stages: int,

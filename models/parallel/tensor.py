@@ -68,7 +68,6 @@ Generation (the KV cache) is not parallelised: gather the weights into a ``GPT``
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 
 import numpy as np
@@ -77,6 +76,7 @@ import minigrad.functional as F
 from minigrad import nn
 from minigrad.tensor import Function, no_matmul_flops
 from models.gpt import GPT, Block, GPTConfig
+from models.training.trainer import clip_grad_norm_over_ranks
 
 __all__ = ["CopyToTensorParallel", "ReduceFromTensorParallel", "copy_to_tensor_parallel",
            "reduce_from_tensor_parallel", "ColumnParallelLinear", "RowParallelLinear",
@@ -327,11 +327,6 @@ class TensorParallelGPT(GPT):
 
 
 # ================================================================ training helpers
-def _power_sum(grads, p: float) -> float:
-    """sum of |g|^p over the arrays, in float64 (as optim.clip_grad_norm_ sums them)."""
-    return sum(float(np.sum(np.abs(g.astype(np.float64)) ** p)) for g in grads)
-
-
 def clip_grad_norm_tp(model: TensorParallelGPT, max_norm: float, norm_type: float = 2.0, eps: float = 1e-6):
     """A Trainer gradient hook: ``models.training.clip_grad_norm`` for a tensor-parallel model.
 
@@ -340,32 +335,8 @@ def clip_grad_norm_tp(model: TensorParallelGPT, max_norm: float, norm_type: floa
     same on every rank, so they are counted once, not all-reduced. One all-reduce of one number
     per step; every rank gets the same norm and scales by the same factor (torch's
     min(1, max_norm / (norm + eps))). ``hook.last_norm`` keeps the norm before clipping."""
-    if not (max_norm > 0 and math.isfinite(max_norm)):
-        raise ValueError(f"clip_grad_norm_tp: max_norm must be a finite number > 0, got {max_norm!r}")
-    if not (norm_type >= 1):
-        raise ValueError(f"clip_grad_norm_tp: norm_type must be >= 1 (or inf), got {norm_type!r}")
-    comm = model.comm
-
-    def hook(grads):
-        named = [(n, g) for n, g in grads.items() if g is not None]
-        sharded = [g for n, g in named if sharding(n) is not None]
-        replicated = [g for n, g in named if sharding(n) is None]
-        if norm_type == math.inf:
-            local = max((float(np.max(np.abs(g))) for g in sharded if g.size), default=0.0)
-            total = max(float(comm.allgather(np.array(local)).max()),
-                        max((float(np.max(np.abs(g))) for g in replicated if g.size), default=0.0))
-        else:
-            total = (float(comm.allreduce(np.array([_power_sum(sharded, norm_type)]))[0])
-                     + _power_sum(replicated, norm_type)) ** (1.0 / norm_type)
-        hook.last_norm = total
-        coef = max_norm / (total + eps)
-        if math.isfinite(total) and coef < 1.0:
-            for _, g in named:
-                g *= g.dtype.type(coef)
-
-    hook.last_norm = None
-    hook.__name__ = f"clip_grad_norm_tp({max_norm:g})"
-    return hook
+    return clip_grad_norm_over_ranks(model.comm, lambda n: "replicated" if sharding(n) is None else "split",
+                                     max_norm, norm_type, eps, name="clip_grad_norm_tp")
 
 
 def tp_bytes_per_step(config: GPTConfig, batch_size: int, seq_len: int, size: int, itemsize: int) -> float:

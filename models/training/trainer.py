@@ -84,6 +84,49 @@ def clip_grad_norm(max_norm: float, norm_type: float = 2.0):
     return hook
 
 
+def clip_grad_norm_over_ranks(comm, placement, max_norm: float, norm_type: float = 2.0, eps: float = 1e-6, *,
+                              name: str = "clip_grad_norm_over_ranks"):
+    """A gradient hook: :func:`clip_grad_norm` for one model whose gradients are spread over the
+    ranks of ``comm`` (tensor- or pipeline-parallel), by the one-process model's norm.
+
+    ``placement(param_name)`` says how this rank's gradient enters that norm: ``"split"`` (a part
+    no other rank holds: its sum of |g|^p is all-reduced, max for the inf-norm), ``"replicated"``
+    (the same on every rank: counted once, locally) or ``"elsewhere"`` (counted on another rank,
+    such as a tied weight's second copy: left out). One collective of one number per step; every
+    rank scales all its gradients by the same min(1, max_norm / (norm + eps)), as torch.
+    ``hook.last_norm`` keeps the norm before clipping; ``name`` names the hook in errors."""
+    if not (max_norm > 0 and math.isfinite(max_norm)):
+        raise ValueError(f"{name}: max_norm must be a finite number > 0, got {max_norm!r}")
+    if not norm_type >= 1:
+        raise ValueError(f"{name}: norm_type must be >= 1 (or inf), got {norm_type!r}")
+
+    def hook(grads):
+        named = [(n, g) for n, g in grads.items() if g is not None]
+        split = [g for n, g in named if placement(n) == "split"]
+        replicated = [g for n, g in named if placement(n) == "replicated"]
+        if norm_type == math.inf:
+            local = max((float(np.max(np.abs(g))) for g in split if g.size), default=0.0)
+            total = max(float(comm.allgather(np.array([local])).max()),
+                        max((float(np.max(np.abs(g))) for g in replicated if g.size), default=0.0))
+        else:
+            total = (float(comm.allreduce(np.array([_power_sum(split, norm_type)]))[0])
+                     + _power_sum(replicated, norm_type)) ** (1.0 / norm_type)
+        hook.last_norm = total
+        coef = max_norm / (total + eps)
+        if math.isfinite(total) and coef < 1.0:
+            for _, g in named:
+                g *= g.dtype.type(coef)
+
+    hook.last_norm = None
+    hook.__name__ = f"{name}({max_norm:g})"
+    return hook
+
+
+def _power_sum(grads, p: float) -> float:
+    """sum of |g|^p over the arrays, in float64 (as optim.clip_grad_norm_ sums them)."""
+    return sum(float(np.sum(np.abs(g.astype(np.float64)) ** p)) for g in grads)
+
+
 def module_generators(model) -> dict:
     """Every ``np.random.Generator`` attribute of the model's modules, by dotted name
     (a GPT's ``dropout_rng``): their states go into a checkpoint."""
