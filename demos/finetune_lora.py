@@ -53,7 +53,7 @@ from models.data import DataError, TextData, load_text  # noqa: E402
 from models.gpt import GPT, PRESETS, preset  # noqa: E402
 from models.tokenizer import CharTokenizer  # noqa: E402
 from models.training import (CheckpointError, Trainer, clip_grad_norm, evaluate, lm_loss,  # noqa: E402
-                             load_checkpoint, pyplot, save_figure)
+                             load_checkpoint, load_matching_checkpoint, pyplot, save_figure)
 from models.training.optimizers import build_optimizer  # noqa: E402
 
 TEXTS = ("python-docs", "first-folio")
@@ -110,14 +110,10 @@ def pretrain(cfg, batch_size, data, a):
     if a.cache_dir:
         cache = os.path.join(a.cache_dir, f"finetune_lora_pretrained_{cfg.n_layer}x{cfg.n_embd}_"
                                           f"v{cfg.vocab_size}_{a.pretrain_steps}_{a.seed}")
-        try:
-            ckpt = load_checkpoint(cache)
-            if (ckpt.config == cfg.to_dict() and ckpt.meta.get("data_key") == data.key
-                    and ckpt.meta.get("pretrain") == settings):
-                print(f"[finetune_lora] pretrained GPT from {ckpt.path}")
-                return ckpt.build_model()
-        except CheckpointError:
-            pass                         # none yet, or damaged: pretrain (and overwrite it)
+        ckpt = load_matching_checkpoint(cache, cfg.to_dict(), data_key=data.key, pretrain=settings)
+        if ckpt is not None:
+            print(f"[finetune_lora] pretrained GPT from {ckpt.path}")
+            return ckpt.build_model()
     model = GPT(cfg, seed=a.seed)
     opt = build_optimizer("adamw", model, a.pretrain_lr, weight_decay=0.1, beta2=0.99)
     trainer = Trainer(model, lm_loss, opt, lambda rng: data.get_batch("train", batch_size, rng),

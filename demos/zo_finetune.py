@@ -46,7 +46,8 @@ import optim
 from models import cli
 from models.data import DataError, TextData, load_text, windows
 from models.gpt import GPT, PRESETS, preset
-from models.training import CheckpointError, Trainer, lm_loss, load_checkpoint, pyplot, save_figure
+from models.training import (CheckpointError, Trainer, lm_loss, load_checkpoint, load_matching_checkpoint,
+                             pyplot, save_figure)
 from models.training.profile import forward_memory, step_memory
 
 METHODS = ("adamw", "mezo", "lozo")
@@ -95,14 +96,10 @@ def pretrain(cfg, batch_size, data, a):
     if a.cache_dir:
         cache = os.path.join(a.cache_dir, f"zo_finetune_pretrained_{cfg.n_layer}x{cfg.n_embd}_"
                                           f"v{cfg.vocab_size}_{a.pretrain_steps}_{a.seed}")
-        try:
-            ckpt = load_checkpoint(cache)
-            if (ckpt.config == cfg.to_dict() and ckpt.meta.get("data_key") == data.key
-                    and ckpt.meta.get("pretrain") == settings):
-                print(f"[zo_finetune] pretrained GPT from {ckpt.path}")
-                return ckpt.build_model()
-        except CheckpointError:
-            pass                         # none yet, or damaged: pretrain (and overwrite it)
+        ckpt = load_matching_checkpoint(cache, cfg.to_dict(), data_key=data.key, pretrain=settings)
+        if ckpt is not None:
+            print(f"[zo_finetune] pretrained GPT from {ckpt.path}")
+            return ckpt.build_model()
     model = GPT(cfg, seed=a.seed)
     params = {n: p.data for n, p in model.named_parameters()}
     opt = optim.create("adamw", optim.param_groups_no_decay(params, 0.1), lr=a.pretrain_lr, betas=(0.9, 0.95))

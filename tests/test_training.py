@@ -10,7 +10,7 @@ import optim
 from minigrad import amp
 from models.gpt import GPT, GPTConfig
 from models.training import (CheckpointError, Trainer, clip_grad_norm, evaluate, lm_loss,
-                             load_checkpoint, save_checkpoint)
+                             load_checkpoint, load_matching_checkpoint, save_checkpoint)
 
 CFG = dict(n_layer=1, n_head=2, n_embd=16, block_size=8, vocab_size=11)
 
@@ -269,6 +269,20 @@ def test_missing_checkpoint_and_restore_into_the_wrong_optimizer(saved, tmp_path
     tr = _trainer(model, optim.create("sgd", params, lr=0.1), steps=3)
     with pytest.raises(CheckpointError, match="optimizer state does not fit SGD"):
         tr.restore(load_checkpoint(path))
+
+
+def test_a_matching_checkpoint_is_one_of_this_config_and_these_meta_entries(saved, tmp_path):
+    path, model = saved
+    config = model.config.to_dict()
+    tokenizer = {"type": "char", "chars": "abcdefghijk"}
+    assert load_matching_checkpoint(path, config, tokenizer=tokenizer).step == 3
+    assert load_matching_checkpoint(path, config).step == 3
+    assert load_matching_checkpoint(path, {**config, "n_embd": 32}) is None
+    assert load_matching_checkpoint(path, config, tokenizer={"type": "char", "chars": "abc"}) is None
+    assert load_matching_checkpoint(path, config, data_key="absent") is None
+    assert load_matching_checkpoint(tmp_path / "nothing", config) is None
+    open(os.path.join(path, "ckpt.npz"), "wb").write(b"")          # damaged: trained again, not an error
+    assert load_matching_checkpoint(path, config) is None
 
 
 def test_save_checkpoint_refuses_meta_keys_it_owns(tmp_path):

@@ -20,12 +20,12 @@ imports it. The CLIs in ``demos/`` are thin wrappers around it.
     trainer.save("out", meta={"tokenizer": data.tokenizer.to_dict()})
 """
 from .checkpoint import (CKPT, FORMAT_VERSION, MANIFEST, Checkpoint, CheckpointError, checkpoint_path,
-                         load_checkpoint, save_checkpoint)
+                         load_checkpoint, load_matching_checkpoint, save_checkpoint)
 from .plots import plot_history, pyplot, save_figure
 from .profile import StepMemory, forward_memory, step_memory
 from .trainer import FitResult, Trainer, clip_grad_norm, evaluate, lm_loss, module_generators
 
 __all__ = ["Trainer", "FitResult", "lm_loss", "evaluate", "clip_grad_norm", "module_generators",
-           "save_checkpoint", "load_checkpoint", "Checkpoint", "CheckpointError", "checkpoint_path",
+           "save_checkpoint", "load_checkpoint", "load_matching_checkpoint", "Checkpoint", "CheckpointError", "checkpoint_path",
            "FORMAT_VERSION", "CKPT", "MANIFEST", "plot_history", "pyplot", "save_figure", "step_memory", "forward_memory",
            "StepMemory"]

@@ -37,7 +37,8 @@ import numpy as np
 import optim
 
 __all__ = ["FORMAT_VERSION", "CKPT", "MANIFEST", "CheckpointError", "Checkpoint",
-           "save_checkpoint", "load_checkpoint", "checkpoint_path", "model_classes"]
+           "save_checkpoint", "load_checkpoint", "load_matching_checkpoint", "checkpoint_path",
+           "model_classes"]
 
 FORMAT_VERSION = 2
 CKPT = "ckpt.npz"
@@ -240,3 +241,17 @@ def load_checkpoint(path) -> Checkpoint:
     history = {k[len("history/"):]: v.tolist() for k, v in arrays.items() if k.startswith("history/")}
     return Checkpoint(path=npz, params=params, optimizer_state=ostate, history=history, meta=meta,
                       manifest=manifest, states=states)
+
+
+def load_matching_checkpoint(path, config: dict, **meta) -> Checkpoint | None:
+    """The checkpoint at ``path`` when it holds a model of this ``config`` (``cfg.to_dict()``) and
+    its meta has every given entry (such as the data's key and the training settings); None when
+    there is none, it is damaged, or it was made otherwise: the lookup of a cached trained model,
+    which the caller reuses instead of training again (and overwrites when None)."""
+    try:
+        ckpt = load_checkpoint(path)
+    except CheckpointError:
+        return None
+    if ckpt.config != config or any(ckpt.meta.get(k) != v for k, v in meta.items()):
+        return None
+    return ckpt
