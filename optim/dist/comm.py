@@ -60,7 +60,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 __all__ = ["Communicator", "SimComm", "CommError", "CommAborted", "DeadlockError",
-           "WorkerError", "ring_bounds", "ring_sum", "ring_traffic", "check_same_arrays",
+           "WorkerError", "ring_bounds", "ring_sum", "ring_traffic", "per_dtype", "check_same_arrays",
            "check_same_calls", "check_graph"]
 
 
@@ -125,6 +125,25 @@ def ring_traffic(numel: int, size: int, rank: int) -> tuple[int, int]:
     sent = sum(chunk[(rank - s) % size] + chunk[(rank + 1 - s) % size] for s in range(size - 1))
     received = sum(chunk[(rank - s - 1) % size] + chunk[(rank - s) % size] for s in range(size - 1))
     return sent, received
+
+
+def per_dtype(arrays: Sequence[np.ndarray], collective) -> list:
+    """``collective(flat)`` once per dtype instead of once per array: the arrays of a dtype
+    flattened and concatenated in their order, the result cut back into their shapes. The dtypes
+    go in a fixed order (by ``dtype.str``), so every rank makes the same calls when every rank
+    passes the same shapes and dtypes in the same order."""
+    groups: dict = {}
+    for i, a in enumerate(arrays):
+        groups.setdefault(a.dtype.str, []).append(i)
+    out = [None] * len(arrays)
+    for key in sorted(groups):
+        which = groups[key]
+        flat = collective(np.concatenate([arrays[i].reshape(-1) for i in which]))
+        start = 0
+        for i in which:
+            out[i] = flat[start:start + arrays[i].size].reshape(arrays[i].shape)
+            start += arrays[i].size
+    return out
 
 
 def check_same_arrays(op: str, descriptions: Sequence[tuple[tuple, str]]) -> None:

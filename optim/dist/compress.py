@@ -60,7 +60,7 @@ from typing import Callable
 
 import numpy as np
 
-from .comm import Communicator
+from .comm import Communicator, per_dtype
 from .launcher import launch
 from .problems import HeterogeneousLeastSquares
 
@@ -136,17 +136,8 @@ def _from_bytes(row: np.ndarray, templates) -> list:
 
 
 def _allreduce_mean(comm: Communicator, arrays: list) -> list:
-    """The mean over ranks of each array, with one allreduce per dtype (flattened, concatenated)."""
-    out = [None] * len(arrays)
-    for dtype in dict.fromkeys(a.dtype for a in arrays):
-        which = [i for i, a in enumerate(arrays) if a.dtype == dtype]
-        flat = np.concatenate([arrays[i].reshape(-1) for i in which])
-        mean = comm.allreduce(flat, op="mean")
-        offset = 0
-        for i in which:
-            out[i] = mean[offset:offset + arrays[i].size].reshape(arrays[i].shape)
-            offset += arrays[i].size
-    return out
+    """The mean over ranks of each array, with one allreduce per dtype."""
+    return per_dtype(arrays, lambda flat: comm.allreduce(flat, op="mean"))
 
 
 # ------------------------------------------------------------------ compressors

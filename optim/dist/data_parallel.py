@@ -31,41 +31,25 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from .comm import per_dtype
+
 __all__ = ["allreduce_grads", "broadcast_params", "shard_batches", "allreduce_mean_"]
 
 
-def _by_dtype(arrays: Mapping) -> list:
-    """The names of the non-None arrays, grouped by dtype: ``[(dtype, [names sorted])]``, the
-    groups in a fixed order, so every rank packs the same buffers the same way."""
-    groups: dict = {}
-    for name in sorted(arrays):
-        a = arrays[name]
-        if a is not None:
-            groups.setdefault(np.dtype(a.dtype), []).append(name)
-    return sorted(groups.items(), key=lambda kv: kv[0].str)
-
-
-def _pack(arrays: Mapping, names) -> np.ndarray:
-    return np.concatenate([np.ravel(arrays[n]) for n in names])
-
-
-def _unpack_(flat: np.ndarray, arrays: Mapping, names) -> None:
-    """Write consecutive pieces of ``flat`` back into the arrays, in place."""
-    at = 0
-    for n in names:
-        a = arrays[n]
-        a[...] = flat[at:at + a.size].reshape(a.shape)
-        at += a.size
+def _per_dtype_(arrays: Mapping, collective) -> int:
+    """Replace the non-None arrays (in name order, so every rank packs the same buffers) by
+    ``collective``'s result, in place, one call per dtype; returns the number of calls."""
+    names = [n for n in sorted(arrays) if arrays[n] is not None]
+    for name, result in zip(names, per_dtype([arrays[n] for n in names], collective)):
+        arrays[name][...] = result
+    return len({arrays[n].dtype.str for n in names})
 
 
 def allreduce_mean_(comm, arrays: Mapping) -> int:
     """Replace every array of ``arrays`` (a dict name -> ndarray or None) by its mean over the
     ranks, in place: one all-reduce per dtype. Returns the number of all-reduces (0 when every
     entry is None)."""
-    groups = _by_dtype(arrays)
-    for _, names in groups:
-        _unpack_(comm.allreduce(_pack(arrays, names), op="mean"), arrays, names)
-    return len(groups)
+    return _per_dtype_(arrays, lambda flat: comm.allreduce(flat, op="mean"))
 
 
 def allreduce_grads(comm):
@@ -93,8 +77,7 @@ def broadcast_params(comm, params: Mapping, root: int = 0) -> Mapping:
         if not isinstance(a, np.ndarray):
             raise TypeError(f"broadcast_params: parameter {name!r} is a {type(a).__name__}, not an "
                             f"ndarray (pass p.data)")
-    for _, names in _by_dtype(params):
-        _unpack_(comm.broadcast(_pack(params, names), root=root), params, names)
+    _per_dtype_(params, lambda flat: comm.broadcast(flat, root=root))
     return params
 
 

@@ -39,6 +39,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from ..base import create
+from .comm import per_dtype
 from .problems import HeterogeneousLeastSquares
 from .topology import Topology, gossip
 
@@ -61,21 +62,10 @@ def _as_topology(comm, topology) -> Topology:
 
 
 def _gossip_all(comm, arrays: list, topology: Topology, k: int) -> list:
-    """Gossip several arrays with one neighbour exchange per dtype (the arrays of a dtype are
-    concatenated; gossip works element by element, so the result is the same bits as gossiping
-    each array alone). Every rank must pass the same shapes and dtypes in the same order."""
-    groups: dict = {}
-    for i, a in enumerate(arrays):
-        groups.setdefault(a.dtype.str, []).append(i)
-    out = [None] * len(arrays)
-    for key in sorted(groups):
-        idx = groups[key]
-        mixed = gossip(comm, np.concatenate([arrays[i].reshape(-1) for i in idx]), topology, k)
-        start = 0
-        for i in idx:
-            out[i] = mixed[start:start + arrays[i].size].reshape(arrays[i].shape)
-            start += arrays[i].size
-    return out
+    """Gossip several arrays with one neighbour exchange per dtype (gossip works element by
+    element, so the result is the same bits as gossiping each array alone). Every rank must pass
+    the same shapes and dtypes in the same order."""
+    return per_dtype(arrays, lambda flat: gossip(comm, flat, topology, k))
 
 
 class _Decentralized:
