@@ -166,6 +166,29 @@ def close(t, expected, tol=1e-12):
     np.testing.assert_allclose(t.data, expected, rtol=tol, atol=tol)
 
 
+def torch_parity(mg_fn, torch_fn, *arrays_, grad=True, seed=0, rtol=1e-10, atol=1e-12):
+    """Run minigrad's and torch's function on the same float64 inputs: equal outputs and, with
+    ``grad``, equal VJPs of one random covector (an input torch or minigrad leaves without a
+    gradient counts as zeros). Needs torch (the `bench` extra)."""
+    import minigrad as mg
+    import torch
+
+    xs = [mg.Tensor(np.array(a), requires_grad=grad) for a in arrays_]
+    ts = [torch.tensor(np.array(a), dtype=torch.float64, requires_grad=grad) for a in arrays_]
+    out, tout = mg_fn(*xs), torch_fn(*ts)
+    assert out.shape == tuple(tout.shape), (out.shape, tuple(tout.shape))
+    np.testing.assert_allclose(out.data, tout.detach().numpy(), rtol=rtol, atol=atol)
+    if not grad:
+        return
+    v = np.random.default_rng(seed).standard_normal(out.shape)
+    out.backward(v)
+    tout.backward(torch.from_numpy(v))
+    for i, (x, t) in enumerate(zip(xs, ts)):
+        want = np.zeros(x.shape) if t.grad is None else t.grad.numpy()
+        got = np.zeros(x.shape) if x.grad is None else x.grad
+        np.testing.assert_allclose(got, want, rtol=rtol, atol=atol, err_msg=f"gradient of input {i}")
+
+
 def load_demo(filename: str):
     """Import demos/<filename> as a module (the demos are scripts, not a package)."""
     path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "demos", filename)

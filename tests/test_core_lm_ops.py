@@ -15,7 +15,7 @@ from hypothesis import assume, given, settings, strategies as st
 import minigrad as mg
 import minigrad.functional as F
 
-from strategies import arrays, by_backend, close, gc, int_indices, seeds, shapes
+from strategies import arrays, by_backend, close, gc, int_indices, seeds, shapes, torch_parity
 
 try:
     import torch
@@ -23,23 +23,6 @@ try:
 except ImportError:  # the parity checks need the `bench` extra; the gradchecks do not
     torch = None
 needs_torch = pytest.mark.skipif(torch is None, reason="torch (the `bench` extra) is needed for parity")
-RTOL, ATOL = 1e-10, 1e-12
-
-
-def torch_parity(mg_fn, torch_fn, *arrays_, seed=0):
-    """Same float64 inputs to both: equal outputs and equal VJPs of one random covector."""
-    xs = [mg.Tensor(np.array(a), requires_grad=True) for a in arrays_]
-    ts = [torch.tensor(np.array(a), dtype=torch.float64, requires_grad=True) for a in arrays_]
-    out, tout = mg_fn(*xs), torch_fn(*ts)
-    assert out.shape == tuple(tout.shape)
-    np.testing.assert_allclose(out.data, tout.detach().numpy(), rtol=RTOL, atol=ATOL)
-    v = np.random.default_rng(seed).standard_normal(out.shape)
-    out.backward(v)
-    tout.backward(torch.from_numpy(v))
-    for i, (x, t) in enumerate(zip(xs, ts)):
-        want = np.zeros(x.shape) if t.grad is None else t.grad.numpy()
-        got = np.zeros(x.shape) if x.grad is None else x.grad
-        np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL, err_msg=f"gradient of input {i}")
 
 
 def flat(pieces):

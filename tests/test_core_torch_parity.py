@@ -15,30 +15,13 @@ import torch.nn.functional as TF  # noqa: E402
 import minigrad as mg  # noqa: E402
 import minigrad.functional as F  # noqa: E402
 
-from strategies import arrays, broadcastable_shapes, int_indices, matmul_shapes, positive_arrays, shape_and_axis, shapes  # noqa: E402
+from strategies import (arrays, broadcastable_shapes, int_indices, matmul_shapes,  # noqa: E402
+                        positive_arrays, shape_and_axis, shapes, torch_parity)
 torch.set_num_threads(1)  # small tensors; leave the other core to the other tests
 RTOL, ATOL = 1e-10, 1e-12
 # A cross-check, not the proof (gradcheck is): a third of the profile's examples keeps CI quick.
 # The fused ops run on the default backend; test_core_functional.py gradchecks every backend.
 parity_settings = settings(max_examples=max(8, settings().max_examples // 3))
-
-
-def parity(mg_fn, torch_fn, *arrays_, grad=True, seed=0):
-    """Run both on the same float64 inputs; compare outputs and the VJP of a random covector."""
-    xs = [mg.Tensor(np.array(a), requires_grad=grad) for a in arrays_]
-    ts = [torch.tensor(np.array(a), dtype=torch.float64, requires_grad=grad) for a in arrays_]
-    out, tout = mg_fn(*xs), torch_fn(*ts)
-    assert out.shape == tuple(tout.shape), (out.shape, tuple(tout.shape))
-    np.testing.assert_allclose(out.data, tout.detach().numpy(), rtol=RTOL, atol=ATOL)
-    if not grad:
-        return
-    v = np.random.default_rng(seed).standard_normal(out.shape)
-    out.backward(v)
-    tout.backward(torch.from_numpy(v))
-    for i, (x, t) in enumerate(zip(xs, ts)):
-        tg = np.zeros(x.shape) if t.grad is None else t.grad.numpy()
-        mgg = np.zeros(x.shape) if x.grad is None else x.grad
-        np.testing.assert_allclose(mgg, tg, rtol=RTOL, atol=ATOL, err_msg=f"gradient of input {i}")
 
 
 # ================================================================ elementwise binary
@@ -63,7 +46,7 @@ def test_binary(name, data):
     else:
         a = data.draw(positive_arrays(sa) if name == "pow" else arrays(sa))
         b = data.draw(positive_arrays(sb, 0.5, 2.0) if name in ("div", "pow") else arrays(sb))
-    parity(*BINARY[name], a, b)
+    torch_parity(*BINARY[name], a, b)
 
 
 @pytest.mark.parametrize("name", ["add", "sub", "mul", "div", "pow"])
@@ -71,21 +54,21 @@ def test_binary(name, data):
 @given(x=positive_arrays(shapes(), 0.5, 2.0), c=st.floats(0.5, 2.0))
 def test_scalars_on_both_sides(name, x, c):
     op = BINARY[name][0]
-    parity(lambda t: op(t, c), lambda t: op(t, c), x)
-    parity(lambda t: op(c, t), lambda t: op(c, t), x)
+    torch_parity(lambda t: op(t, c), lambda t: op(t, c), x)
+    torch_parity(lambda t: op(c, t), lambda t: op(c, t), x)
 
 
 @parity_settings
 @given(x=positive_arrays(shapes()), p=st.sampled_from([2, 3, -1, 0.5, 2.5, -1.5]))
 def test_pow_scalar(x, p):
-    parity(lambda t: t**p, lambda t: t**p, x)
+    torch_parity(lambda t: t**p, lambda t: t**p, x)
 
 
 @parity_settings
 @given(data=st.data())
 def test_matmul(data):
     sa, sb = data.draw(matmul_shapes())
-    parity(lambda a, b: a @ b, torch.matmul, data.draw(arrays(sa)), data.draw(arrays(sb)))
+    torch_parity(lambda a, b: a @ b, torch.matmul, data.draw(arrays(sa)), data.draw(arrays(sb)))
 
 
 # ================================================================ unary
@@ -106,7 +89,7 @@ UNARY = {
 @given(data=st.data())
 def test_unary(name, data):
     f, tf, kw = UNARY[name]
-    parity(f, tf, data.draw(arrays(shapes(), **kw)))
+    torch_parity(f, tf, data.draw(arrays(shapes(), **kw)))
 
 
 @parity_settings
@@ -116,7 +99,7 @@ def test_clip(data):
     which = data.draw(st.sampled_from(["both", "min", "max"]))
     lo, hi = (lo, hi) if which == "both" else (lo, None) if which == "min" else (None, hi)
     x = data.draw(arrays(shapes(), kinks=tuple(c for c in (lo, hi) if c is not None)))
-    parity(lambda t: t.clip(lo, hi), lambda t: torch.clamp(t, lo, hi), x)
+    torch_parity(lambda t: t.clip(lo, hi), lambda t: torch.clamp(t, lo, hi), x)
 
 
 # ================================================================ reductions
@@ -133,7 +116,7 @@ def test_reductions(name, sa, keepdims, data):
     shape, axis = sa
     x = data.draw(arrays(shape, distinct=name in ("max", "min")))
     tname = {"max": "amax", "min": "amin"}.get(name, name)
-    parity(lambda t: getattr(t, name)(axis=axis, keepdims=keepdims),
+    torch_parity(lambda t: getattr(t, name)(axis=axis, keepdims=keepdims),
            lambda t: getattr(torch, tname)(t, dim=_dims(axis, t.ndim), keepdim=keepdims), x)
 
 
@@ -142,7 +125,7 @@ def test_max_min_ties_split_like_torch_amax(name):
     x = np.array([[1.0, 3.0, 3.0, -1.0], [2.0, 2.0, 2.0, -4.0]]) * (1 if name == "max" else -1)
     tname = {"max": "amax", "min": "amin"}[name]
     for axis in (None, 0, 1):
-        parity(lambda t: getattr(t, name)(axis=axis),
+        torch_parity(lambda t: getattr(t, name)(axis=axis),
                lambda t: getattr(torch, tname)(t, dim=_dims(axis, 2)), x)
 
 
@@ -151,7 +134,7 @@ def test_max_min_ties_split_like_torch_amax(name):
 def test_var(sa, keepdims, correction, data):
     shape, axis = sa
     assume(int(np.prod([shape[i] for i in _dims(axis, len(shape))])) > correction)
-    parity(lambda t: t.var(axis=axis, keepdims=keepdims, correction=correction),
+    torch_parity(lambda t: t.var(axis=axis, keepdims=keepdims, correction=correction),
            lambda t: torch.var(t, dim=_dims(axis, t.ndim), correction=correction, keepdim=keepdims),
            data.draw(arrays(shape)))
 
@@ -163,7 +146,7 @@ def test_std(sa, keepdims, data):
     assume(int(np.prod([shape[i] for i in _dims(axis, len(shape))])) > 1)
     x = data.draw(arrays(shape, distinct=True))
     unbiased = data.draw(st.booleans())
-    parity(lambda t: t.std(dim=axis, unbiased=unbiased, keepdim=keepdims),
+    torch_parity(lambda t: t.std(dim=axis, unbiased=unbiased, keepdim=keepdims),
            lambda t: torch.std(t, dim=_dims(axis, t.ndim), unbiased=unbiased, keepdim=keepdims), x)
 
 
@@ -174,7 +157,7 @@ def test_clamp_on_and_off_the_bounds(data):
     lo, hi = data.draw(st.sampled_from([(-0.5, 0.5), (0.0, None), (None, 1.0), (1.0, -1.0)]))
     shape = data.draw(shapes())
     x = np.round(data.draw(arrays(shape)) * 2) / 2  # a grid holding both bounds
-    parity(lambda t: t.clamp(min=lo, max=hi), lambda t: torch.clamp(t, min=lo, max=hi), x)
+    torch_parity(lambda t: t.clamp(min=lo, max=hi), lambda t: torch.clamp(t, min=lo, max=hi), x)
 
 
 # ================================================================ shapes
@@ -186,17 +169,17 @@ def test_shape_ops(data):
     nd = len(shape)
     i, j = data.draw(st.integers(-nd, nd - 1)), data.draw(st.integers(-nd, nd - 1))
     perm = tuple(data.draw(st.permutations(range(nd))))
-    parity(lambda t: t.transpose(i, j), lambda t: torch.transpose(t, i, j), x)  # both swap two axes
-    parity(lambda t: t.permute(*perm), lambda t: t.permute(*perm), x)
-    parity(lambda t: t.T, lambda t: t.permute(*reversed(range(nd))), x)
-    parity(lambda t: t.reshape(-1, 1), lambda t: t.reshape(-1, 1), x)
-    parity(lambda t: t.reshape(tuple(reversed(shape))), lambda t: t.reshape(tuple(reversed(shape))), x)
-    parity(lambda t: t.squeeze(), lambda t: t.squeeze(), x)
+    torch_parity(lambda t: t.transpose(i, j), lambda t: torch.transpose(t, i, j), x)  # both swap two axes
+    torch_parity(lambda t: t.permute(*perm), lambda t: t.permute(*perm), x)
+    torch_parity(lambda t: t.T, lambda t: t.permute(*reversed(range(nd))), x)
+    torch_parity(lambda t: t.reshape(-1, 1), lambda t: t.reshape(-1, 1), x)
+    torch_parity(lambda t: t.reshape(tuple(reversed(shape))), lambda t: t.reshape(tuple(reversed(shape))), x)
+    torch_parity(lambda t: t.squeeze(), lambda t: t.squeeze(), x)
     ax = data.draw(st.integers(-nd - 1, nd))
-    parity(lambda t: t.unsqueeze(ax), lambda t: t.unsqueeze(ax), x)
+    torch_parity(lambda t: t.unsqueeze(ax), lambda t: t.unsqueeze(ax), x)
     target = (2,) + tuple(3 if s == 1 else s for s in shape)
-    parity(lambda t: t.expand(*target), lambda t: t.expand(*target), x)
-    parity(lambda t: t.expand(2, *([-1] * nd)), lambda t: t.expand(2, *([-1] * nd)), x)
+    torch_parity(lambda t: t.expand(*target), lambda t: t.expand(*target), x)
+    torch_parity(lambda t: t.expand(2, *([-1] * nd)), lambda t: t.expand(2, *([-1] * nd)), x)
 
 
 @parity_settings
@@ -205,14 +188,14 @@ def test_torch_named_shape_ops(data):
     shape = data.draw(shapes(min_dims=2, max_dims=4, max_side=3))
     x = data.draw(arrays(shape))
     nd = len(shape)
-    parity(lambda t: t.mT, lambda t: t.mT, x)
-    parity(lambda t: t.flatten(), lambda t: t.flatten(), x)
+    torch_parity(lambda t: t.mT, lambda t: t.mT, x)
+    torch_parity(lambda t: t.flatten(), lambda t: t.flatten(), x)
     start = data.draw(st.integers(-nd, nd - 1))
     end = data.draw(st.integers(start % nd, nd - 1))
-    parity(lambda t: t.flatten(start, end), lambda t: t.flatten(start, end), x)
+    torch_parity(lambda t: t.flatten(start, end), lambda t: t.flatten(start, end), x)
     matrix = (0,) * (nd - 2)  # the first matrix of the batch
-    parity(lambda t: t[matrix].t(), lambda t: t[matrix].t(), x)
-    parity(lambda t: t.float().double(), lambda t: t.float().double(), x)  # both round to nearest
+    torch_parity(lambda t: t[matrix].t(), lambda t: t[matrix].t(), x)
+    torch_parity(lambda t: t.float().double(), lambda t: t.float().double(), x)  # both round to nearest
 
 
 @st.composite
@@ -240,7 +223,7 @@ def test_getitem(data):
     tindex = tuple(torch.from_numpy(i) if isinstance(i, np.ndarray) else i for i in index)
     x = data.draw(arrays(shape))
     assume(x[index].size > 0)
-    parity(lambda t: t[index], lambda t: t[tindex], x)
+    torch_parity(lambda t: t[index], lambda t: t[tindex], x)
 
 
 @parity_settings
@@ -251,11 +234,11 @@ def test_cat_stack_where(data):
     axis = data.draw(st.integers(-nd, nd - 1))
     s2 = base[: axis % nd] + (data.draw(st.integers(1, 3)),) + base[axis % nd + 1:]
     a, b, c = data.draw(arrays(base)), data.draw(arrays(s2)), data.draw(arrays(base))
-    parity(lambda u, v: mg.cat([u, v], axis=axis), lambda u, v: torch.cat([u, v], dim=axis), a, b)
+    torch_parity(lambda u, v: mg.cat([u, v], axis=axis), lambda u, v: torch.cat([u, v], dim=axis), a, b)
     sax = data.draw(st.integers(-nd - 1, nd))
-    parity(lambda u, v: mg.stack([u, v], axis=sax), lambda u, v: torch.stack([u, v], dim=sax), a, c)
+    torch_parity(lambda u, v: mg.stack([u, v], axis=sax), lambda u, v: torch.stack([u, v], dim=sax), a, c)
     cond = a > c
-    parity(lambda u, v: mg.where(cond, u, v), lambda u, v: torch.where(torch.from_numpy(cond), u, v), a, c)
+    torch_parity(lambda u, v: mg.where(cond, u, v), lambda u, v: torch.where(torch.from_numpy(cond), u, v), a, c)
 
 
 # ================================================================ functional
@@ -267,7 +250,7 @@ def test_linear(data, bias):
     arrs = [data.draw(arrays(lead + (n_in,))), data.draw(arrays((n_out, n_in)))]
     if bias:
         arrs.append(data.draw(arrays((n_out,))))
-    parity(F.linear, TF.linear, *arrs)
+    torch_parity(F.linear, TF.linear, *arrs)
 
 
 @pytest.mark.parametrize("name", ["relu", "gelu_tanh", "gelu_none", "softmax", "log_softmax"])
@@ -284,7 +267,7 @@ def test_activations(name, data):
         "softmax": (lambda t: F.softmax(t, axis=axis), lambda t: TF.softmax(t, dim=axis)),
         "log_softmax": (lambda t: F.log_softmax(t, axis=axis), lambda t: TF.log_softmax(t, dim=axis)),
     }
-    parity(*fns[name], x)
+    torch_parity(*fns[name], x)
 
 
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
@@ -298,7 +281,7 @@ def test_cross_entropy(reduction, data, ignore_index):
         targets = np.where(np.array(data.draw(st.lists(st.booleans(), min_size=n, max_size=n))), -100, targets)
     assume(reduction != "mean" or (targets != ignore_index).any())
     tt = torch.from_numpy(targets)
-    parity(lambda t: F.cross_entropy(t, targets, ignore_index=ignore_index, reduction=reduction),
+    torch_parity(lambda t: F.cross_entropy(t, targets, ignore_index=ignore_index, reduction=reduction),
            lambda t: TF.cross_entropy(t, tt, ignore_index=ignore_index, reduction=reduction), logits)
 
 
@@ -316,7 +299,7 @@ def test_cross_entropy_nd_and_label_smoothing(reduction, data, label_smoothing):
         targets.flat[:: data.draw(st.integers(2, 3))] = -100
     assume(reduction != "mean" or (targets != -100).any())
     tt = torch.from_numpy(targets)
-    parity(lambda t: F.cross_entropy(t, targets, reduction=reduction, label_smoothing=label_smoothing),
+    torch_parity(lambda t: F.cross_entropy(t, targets, reduction=reduction, label_smoothing=label_smoothing),
            lambda t: TF.cross_entropy(t, tt, reduction=reduction, label_smoothing=label_smoothing), logits)
 
 
@@ -325,7 +308,7 @@ def test_cross_entropy_nd_and_label_smoothing(reduction, data, label_smoothing):
 @given(data=st.data())
 def test_mse_loss(reduction, data):
     shape = data.draw(shapes())
-    parity(lambda a, b: F.mse_loss(a, b, reduction=reduction),
+    torch_parity(lambda a, b: F.mse_loss(a, b, reduction=reduction),
            lambda a, b: TF.mse_loss(a, b, reduction=reduction),
            data.draw(arrays(shape)), data.draw(arrays(shape)))
 
@@ -338,7 +321,7 @@ def test_layer_norm(affine, data, eps):
     c = data.draw(st.integers(2, 5))
     arrs = [data.draw(arrays(lead + (c,), distinct=True))]
     arrs += [data.draw(arrays((c,))) for _ in range({"weight_bias": 2, "weight": 1, "none": 0}[affine])]
-    parity(lambda *a: F.layer_norm(*a, eps=eps), lambda x, *wb: TF.layer_norm(x, (c,), *wb, eps=eps), *arrs)
+    torch_parity(lambda *a: F.layer_norm(*a, eps=eps), lambda x, *wb: TF.layer_norm(x, (c,), *wb, eps=eps), *arrs)
 
 
 @parity_settings
@@ -347,7 +330,7 @@ def test_embedding(data):
     num, dim = data.draw(st.integers(1, 5)), data.draw(st.integers(1, 3))
     idx = data.draw(int_indices(num, data.draw(shapes(min_dims=1, max_dims=2, max_side=5))))
     ti = torch.from_numpy(idx)
-    parity(lambda w: F.embedding(idx, w), lambda w: TF.embedding(ti, w), data.draw(arrays((num, dim))))
+    torch_parity(lambda w: F.embedding(idx, w), lambda w: TF.embedding(ti, w), data.draw(arrays((num, dim))))
 
 
 @pytest.mark.parametrize("causal", [False, True])
@@ -359,7 +342,7 @@ def test_attention(causal, data, scale):
     tq = tk if causal else data.draw(st.integers(1, tk))  # torch's is_causal is top-left aligned: Tq == Tk
     d, dv = data.draw(st.integers(1, 3)), data.draw(st.integers(1, 3))
     q, k, v = (data.draw(arrays(lead + s)) for s in ((tq, d), (tk, d), (tk, dv)))
-    parity(lambda a, b, c: F.scaled_dot_product_attention(a, b, c, causal=causal, scale=scale),
+    torch_parity(lambda a, b, c: F.scaled_dot_product_attention(a, b, c, causal=causal, scale=scale),
            lambda a, b, c: TF.scaled_dot_product_attention(a, b, c, is_causal=causal, scale=scale), q, k, v)
 
 
