@@ -90,7 +90,8 @@ def from_checkpoint(path, cfg, preset_name, text, desc, cache_dir):
 
 def pretrain(cfg, batch_size, data, a):
     """AdamW on the training split with the trainer's warmup + cosine schedule, cached as a
-    checkpoint in ``--cache-dir`` keyed by the model, the data and the pretraining settings."""
+    checkpoint in ``--cache-dir`` keyed by the model, the data and the pretraining settings;
+    None when Ctrl-C / SIGTERM stopped it."""
     settings = {"steps": a.pretrain_steps, "lr": a.pretrain_lr, "batch_size": batch_size, "seed": a.seed}
     cache = None
     if a.cache_dir:
@@ -108,7 +109,8 @@ def pretrain(cfg, batch_size, data, a):
                       schedule_kwargs={"warmup_steps": min(50, a.pretrain_steps // 5), "min_ratio": 0.1},
                       seed=a.seed, progress=not a.no_progress)
     print(f"[zo_finetune] pretraining: {a.pretrain_steps} AdamW steps on the training split")
-    trainer.fit()
+    if trainer.fit().interrupted:
+        return None                   # not cached: a later run would take it for the finished model
     if cache is not None:
         trainer.save(cache, meta={"data_key": data.key, "pretrain": settings,
                                   "tokenizer": data.tokenizer.to_dict()})
@@ -165,7 +167,8 @@ def finetune(method, base, ft, eval_batches, batch_size, a):
                       seed=a.seed + 1, on_step=log.on_step, on_eval=log.on_eval,
                       progress=not a.no_progress)
     print(f"[zo_finetune] fine-tuning with {LABELS[method]}: {steps} steps")
-    trainer.fit()
+    if trainer.fit().interrupted:
+        return None
     log.hist["sec_per_step"] = log.train_seconds / steps
     return log.hist
 
@@ -297,8 +300,9 @@ def _validate(a):
         raise cli.UsageError(f"--lozo-momentum must be in [0, 1), got {a.lozo_momentum}")
 
 
-def run(a) -> dict:
-    """The demo as the parsed arguments ``a`` say; returns the results (also written as JSON)."""
+def run(a) -> dict | int:
+    """The demo as the parsed arguments ``a`` say; returns the results (also written as JSON),
+    or 130 when Ctrl-C / SIGTERM stopped it (nothing written then)."""
     _validate(a)
     text, desc = load_text(notice=True, max_chars=a.max_chars)
     cfg, batch_size = preset(a.preset)
@@ -323,6 +327,9 @@ def run(a) -> dict:
     cli.check_out_dir(a.out)             # the inputs are good: from here on we may write
     if base is None:
         base = pretrain(cfg, batch_size, data, a)
+        if base is None:
+            print("[zo_finetune] pretraining interrupted; nothing cached, no results written")
+            return 130
         source = f"{a.pretrain_steps} AdamW steps on the training split"
     n_params = base.num_parameters()
     eval_batches = [ev.batch(batch_size, np.random.default_rng(1000 + i)) for i in range(a.eval_batches)]
@@ -347,6 +354,9 @@ def run(a) -> dict:
         hists = {}
         for method in METHODS:
             hists[method] = h = finetune(method, base, ft, eval_batches, batch_size, a)
+            if h is None:
+                print(f"[zo_finetune] {LABELS[method]} interrupted; the results JSON is not written")
+                return 130
             print(f"{LABELS[method]}: eval loss {h['eval_loss'][0]:.4f} -> {h['eval_loss'][-1]:.4f} in "
                   f"{h['step'][-1]} steps, {h['forward_passes'][-1]} forward passes, "
                   f"{h['sec_per_step']:.3f} s/step")

@@ -44,6 +44,29 @@ def test_quick_run_writes_into_out_and_reuses_the_pretrained_gpt(tmp_path, monke
     assert files_below(tmp_path / "tmp2") == ["results_tiny.json", "zo_finetune_memory.png"]
 
 
+@pytest.mark.parametrize("stop_at, says", [(1, "pretraining interrupted; nothing cached"),
+                                             (2, "interrupted; the results JSON is not written")])
+def test_ctrl_c_stops_the_demo_with_130_caching_no_part_trained_model(tmp_path, monkeypatch, capsys,
+                                                                      stop_at, says):
+    monkeypatch.chdir(tmp_path)
+    demo = load_demo("zo_finetune.py")
+    calls = []
+
+    class Stopped(demo.Trainer):        # fit 1 pretrains, fit 2 fine-tunes: Ctrl-C in one of them
+        def fit(self):
+            calls.append(self.target)
+            result = super().fit()
+            result.interrupted = self.interrupted = len(calls) == stop_at
+            return result
+
+    monkeypatch.setattr(demo, "Trainer", Stopped)
+    assert demo.main(SMALL + ["--out", "res", "--cache-dir", "cache"]) == 130
+    assert len(calls) == stop_at and says in capsys.readouterr().out
+    assert not (tmp_path / "res" / "results_tiny.json").exists()
+    cached = [p for p in files_below(tmp_path / "cache") if "zo_finetune_pretrained" in p]
+    assert bool(cached) == (stop_at == 2)          # only a finished pretraining is cached
+
+
 @pytest.mark.parametrize("argv, says", [
     (["--zo-steps", "0"], "--zo-steps must be >= 1, got 0"),
     (["--mezo-lr", "nan"], "--mezo-lr must be a positive number"),
