@@ -26,8 +26,9 @@ Writes OUT/generation.md (the tables, also printed) and three plots, in three pa
    (inside the trained positions) and of the next CTX (beyond them: a cache with no room left --
    dense, Quest, GQA, linear -- is reset and refilled from the last CTX/2 tokens, sliding-window
    recomputation as ``GPT.generate`` does; StreamingLLM keeps going). On the MHA model: dense,
-   paged (inside only), StreamingLLM (4 sinks + a window, CTX/4 positions in all), window-only
-   (CTX/4 recent positions, no sinks) and Quest (token budget CTX/4).
+   paged (inside only), StreamingLLM (4 sinks + a window, CTX/4 positions in all; positions
+   within the cache as the paper, and each token's stream index, which refills at CTX like the
+   dense cache), window-only (CTX/4 recent positions, no sinks) and Quest (token budget CTX/4).
 3. **Serving.** 8 requests (64-token validation prompts, 128 new tokens each, temperature 0.8,
    each its own seed) through ``models.serving.Server`` with max_batch 8 (continuous batching)
    and max_batch 1 (one by one), and through ``model.generate`` one by one; then 8 prompts with a
@@ -64,6 +65,8 @@ def _cache(name, model, batch=1, ctx=None, budget=None):
         return LinearAttentionCache.for_model(model, batch)
     if name == "StreamingLLM":
         return StreamingLLMCache.for_model(model, batch, n_sink=4, window=ctx - 4)
+    if name == "stream":
+        return StreamingLLMCache.for_model(model, batch, n_sink=4, window=ctx - 4, positions="stream")
     if name == "window":
         return StreamingLLMCache.for_model(model, batch, n_sink=0, window=ctx)
     if name == "Quest":
@@ -266,8 +269,8 @@ def perplexity(data, ctx, steps, n_windows, out, log):
     starts = np.linspace(0, len(val) - 2 * ctx - 2, n_windows).astype(int)
     windows = np.stack([np.asarray(val[s:s + 2 * ctx + 1], np.int64) for s in starts])
     runs = [("dense", "MHA", "dense"), ("paged", "MHA", "paged"), ("StreamingLLM", "MHA", "StreamingLLM"),
-            ("window only", "MHA", "window"), ("Quest", "MHA", "Quest"), ("GQA", "GQA", "GQA"),
-            ("linear", "linear", "linear")]
+            ("StreamingLLM, stream positions", "MHA", "stream"), ("window only", "MHA", "window"),
+            ("Quest", "MHA", "Quest"), ("GQA", "GQA", "GQA"), ("linear", "linear", "linear")]
     rows = []   # (policy, model, val loss of training, ppl inside, ppl beyond or None, KV bytes at ctx)
     for label, tag, policy in runs:
         model, val_loss = models[tag]

@@ -299,25 +299,37 @@ class StreamingLLMCache(KVCache):
     The window is a ring buffer: a new token overwrites the slot of the one it evicts, and the
     kept tokens are never moved (attention over a set does not depend on its order).
 
-    Positions are assigned within the cache, as the paper does: the new tokens get positions
-    ``len(cache) + 0 .. T-1`` counted after eviction, never more than capacity - 1, so a model
-    trained on ``block_size >= capacity`` positions can stream without end. The paper caches
-    keys before the rotary embedding and rotates them to their cache positions 0 .. len-1 at
-    every step. Our GPT adds a learned absolute position embedding to the input instead, so a
-    key's position is baked into every layer's cached key and value and cannot be moved:
-    a kept key keeps the position it was computed at (``slot_position``). Once the cache is full,
-    every new token is at position capacity - 1, so the window's keys all share that position and
-    the model no longer sees their order through positions; the sinks keep 0 .. n_sink-1. The
-    measured perplexity says what that costs (docs/inference.md). With n_sink = 0 this is plain
-    window attention, the paper's failing baseline.
+    ``positions="cache"`` (the default) assigns positions within the cache, as the paper does:
+    the new tokens get positions ``len(cache) + 0 .. T-1`` counted after eviction, never more
+    than capacity - 1, so a model trained on ``block_size >= capacity`` positions can stream
+    without end. The paper caches keys before the rotary embedding and rotates them to their
+    cache positions 0 .. len-1 at every step. Our GPT adds a learned absolute position embedding
+    to the input instead, so a key's position is baked into every layer's cached key and value
+    and cannot be moved: a kept key keeps the position it was computed at (``slot_position``).
+    Once the cache is full, every new token is at position capacity - 1, so the window's keys all
+    share that position and the model no longer sees their order through positions; the sinks
+    keep 0 .. n_sink-1. ``positions="stream"`` gives each token its index in the stream instead
+    (what the dense cache gives), which keeps the order but ends at ``max_position`` (the model's
+    block_size): then ``room()`` is 0 and the stream must start again, as with a dense cache.
+    docs/inference.md measures both. With n_sink = 0 this is plain window attention, the
+    paper's failing baseline.
     """
 
-    def __init__(self, n_layer, n_kv_head, head_dim, *, window, n_sink=4, batch_size=1, dtype=np.float32):
+    def __init__(self, n_layer, n_kv_head, head_dim, *, window, n_sink=4, positions="cache", max_position=None,
+                 batch_size=1, dtype=np.float32):
         super().__init__(n_layer, n_kv_head, head_dim, dtype)
         cls = type(self).__name__
         self.n_sink = _positive_int("n_sink", n_sink, cls, minimum=0)
         self.window = _positive_int("window", window, cls)
         self.capacity = self.n_sink + self.window
+        if positions not in ("cache", "stream"):
+            raise ValueError(f"{cls}: positions={positions!r}; choose 'cache' (the paper's: within the cache) "
+                             "or 'stream' (each token's index in the stream)")
+        if positions == "stream" and max_position is None:
+            raise ValueError(f"{cls}: positions='stream' needs max_position (the model's block_size): stream "
+                             "indices grow without end")
+        self.positions = positions
+        self.max_position = None if max_position is None else _positive_int("max_position", max_position, cls)
         self.batch_size = _positive_int("batch_size", batch_size, cls)
         shape = (self.n_layer, self.batch_size, self.n_kv_head, self.capacity, self.head_dim)
         self.k = np.empty(shape, self.dtype)
@@ -325,7 +337,8 @@ class StreamingLLMCache(KVCache):
         self.reset()
 
     @classmethod
-    def for_model(cls, model, batch_size: int = 1, window: int | None = None, n_sink: int = 4):
+    def for_model(cls, model, batch_size: int = 1, window: int | None = None, n_sink: int = 4,
+                  positions: str = "cache"):
         """A cache for ``model``; the window defaults to fill its block_size with the sinks."""
         bs = model.config.block_size
         window = bs - n_sink if window is None else window
@@ -333,7 +346,8 @@ class StreamingLLMCache(KVCache):
             raise ValueError(f"StreamingLLMCache: n_sink={n_sink} + window={window} = {n_sink + window} "
                              f"positions exceed the model's block_size={bs}; the positions within the cache "
                              f"must have embeddings, so give n_sink + window <= {bs}")
-        return cls(**model_dims(model), batch_size=batch_size, window=window, n_sink=n_sink)
+        return cls(**model_dims(model), batch_size=batch_size, window=window, n_sink=n_sink,
+                   positions=positions, max_position=bs)
 
     def __len__(self) -> int:
         return min(self.n_seen, self.capacity)
@@ -353,8 +367,10 @@ class StreamingLLMCache(KVCache):
         self._slots = None
 
     def room(self) -> int:
-        """How many tokens the next forward may bring: what is free, or a whole window."""
-        return max(self.capacity - len(self), self.window)
+        """How many tokens the next forward may bring: what is free, or a whole window (with
+        stream positions, no more than the positions left)."""
+        room = max(self.capacity - len(self), self.window)
+        return room if self.positions == "cache" else min(room, self.max_position - self.n_seen)
 
     def kept_tokens(self) -> np.ndarray:
         """Stream indices of the kept tokens, ascending."""
@@ -373,7 +389,7 @@ class StreamingLLMCache(KVCache):
                              f"{self.room()} tokens per call")
         t = self.n_seen + np.arange(T)
         self._slots = np.where(t < self.n_sink, t, self.n_sink + (t - self.n_sink) % self.window)
-        positions = kept + np.arange(T)
+        positions = (kept if self.positions == "cache" else self.n_seen) + np.arange(T)
         self.slot_token[self._slots] = t
         self.slot_position[self._slots] = positions
         self._first = self.n_seen

@@ -161,6 +161,22 @@ def test_streaming_generates_past_block_size_without_refills():
     np.testing.assert_array_equal(out[:, :9], m.generate(np.array([[1, 2, 3]]), 6, temperature=0))
 
 
+def test_streaming_with_stream_positions_keeps_each_tokens_index_until_block_size():
+    m = _model(4, block_size=8)
+    cache = StreamingLLMCache.for_model(m, n_sink=1, window=3, positions="stream")
+    with minigrad.no_grad():
+        for n in (2, 3, 1, 2):
+            first = cache.n_seen
+            m(np.ones((1, n), np.int64), cache=cache)
+            np.testing.assert_array_equal(cache.slot_position[cache._slots], first + np.arange(n))
+    assert cache.room() == 0 and cache.kept_tokens().tolist() == [0, 5, 6, 7]
+    out = m.generate(np.array([[1, 2, 3]]), 12, temperature=0, cache=cache)   # refilled at block_size
+    assert out.shape == (1, 15)
+    # while nothing is evicted it is the dense cache; after, attention over the kept tokens
+    dense = m.generate(np.array([[1, 2, 3]]), 1, temperature=0)
+    np.testing.assert_array_equal(out[:, :4], dense)
+
+
 def test_streaming_bad_input_names_the_numbers():
     m = _model(0, block_size=8)
     with pytest.raises(ValueError, match=r"n_sink=4 \+ window=6 = 10 positions exceed the model's block_size=8"):
@@ -169,6 +185,10 @@ def test_streaming_bad_input_names_the_numbers():
     cache.begin(1, 5)
     with pytest.raises(ValueError, match="a forward of 4 tokens does not fit a window of 3"):
         cache.begin(1, 4)
+    with pytest.raises(ValueError, match="positions='stream' needs max_position"):
+        StreamingLLMCache(1, 1, 2, window=3, positions="stream")
+    with pytest.raises(ValueError, match="positions='absolute'; choose 'cache'"):
+        StreamingLLMCache(1, 1, 2, window=3, positions="absolute")
 
 
 # ------------------------------------------------------------------ Quest
