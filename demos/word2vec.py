@@ -72,7 +72,7 @@ def build_parser():
     p.add_argument("--dim", type=int, default=100, help="vector size D")
     p.add_argument("--window", type=int, default=5, help="largest window radius R")
     p.add_argument("--negatives", type=int, default=5, help="noise words K per pair")
-    p.add_argument("--subsample", type=float, default=1e-4, help="subsampling threshold t (0: off)")
+    p.add_argument("--subsample", type=float, default=1e-3, help="subsampling threshold t (0: off)")
     p.add_argument("--min-count", type=int, default=5, help="rarer words are <unk>")
     p.add_argument("--batch-size", type=int, default=1024, help="pairs per step")
     p.add_argument("--lr", type=float, default=None, help="SGD's lr on the batch mean (default 0.025 x batch)")
