@@ -249,17 +249,22 @@ def mpiexec() -> str:
 def assert_mpiexec_matches_simcomm(program: str, n: int, tmp_path, timeout: float = 300) -> None:
     """Run ``exercise(comm)`` of tests/mpi_programs/<program>.py on ``mpiexec -n n`` ranks
     (through tests/mpi_programs/exercise.py, which saves each rank's arrays) and assert that they
-    equal ``SimComm(n).run(exercise)`` rank by rank, bit for bit, dtypes included."""
+    equal ``SimComm(n).run(exercise)`` rank by rank, bit for bit, dtypes included.
+
+    The ranks use this process's backend (``MINIGRAD_BACKEND``): the NumPy reference and the
+    Numba kernels agree to rounding, not bit for bit, so both sides must run the same one."""
     import subprocess
     import sys
 
+    import minigrad
     from optim.dist.comm import SimComm
 
     programs = os.path.join(os.path.dirname(os.path.abspath(__file__)), "mpi_programs")
     path = os.path.join(programs, f"{program}.py")
     out = os.path.join(os.fspath(tmp_path), program + "-rank{rank}.npz")
+    env = dict(os.environ, MINIGRAD_BACKEND=minigrad.get_backend())
     run = subprocess.run([mpiexec(), "-n", str(n), sys.executable, os.path.join(programs, "exercise.py"),
-                          path, out], capture_output=True, text=True, timeout=timeout)
+                          path, out], capture_output=True, text=True, timeout=timeout, env=env)
     assert run.returncode == 0, run.stderr
     spec = importlib.util.spec_from_file_location(f"mpi_programs_{program}", path)
     module = importlib.util.module_from_spec(spec)
