@@ -58,10 +58,11 @@ def build_parser():
     p.add_argument("--block-size", type=int, default=64, help="longest input, [CLS] included")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--pretrain-minutes", type=float, default=None,
-                   help=f"masked-LM pretraining time (default {FULL['pretrain_minutes']:g}; 0: none)")
+                   help=f"masked-LM pretraining time (default {FULL['pretrain_minutes']:g}; 0: no limit)")
     p.add_argument("--finetune-minutes", type=float, default=None,
-                   help=f"time of each fine-tuning run (default {FULL['finetune_minutes']:g})")
-    p.add_argument("--pretrain-steps", type=int, default=20_000, help="pretraining schedule (fewer if the time says so)")
+                   help=f"time of each fine-tuning run (default {FULL['finetune_minutes']:g}; 0: no limit)")
+    p.add_argument("--pretrain-steps", type=int, default=20_000,
+                   help="pretraining schedule, fewer if the time says so (0: no pretraining)")
     p.add_argument("--finetune-steps", type=int, default=3000, help="fine-tuning schedule (fewer if the time says so)")
     p.add_argument("--pretrain-lr", type=float, default=1e-3)
     p.add_argument("--finetune-lr", type=float, default=3e-4)
@@ -80,9 +81,11 @@ def build_parser():
 
 def _validate(a):
     cli.fill_defaults(a, QUICK, FULL)
-    for name in ("n_layer", "n_embd", "n_head", "batch_size", "pretrain_steps", "finetune_steps", "test"):
+    for name in ("n_layer", "n_embd", "n_head", "batch_size", "finetune_steps", "test"):
         if getattr(a, name) < 1:
             raise cli.UsageError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(a, name)}")
+    if a.pretrain_steps < 0:
+        raise cli.UsageError(f"--pretrain-steps must be >= 0 (0: no pretraining), got {a.pretrain_steps}")
     if a.max_chars is not None and a.max_chars < 1:
         raise cli.UsageError(f"--max-chars must be >= 1, got {a.max_chars}")
     if a.n_embd % a.n_head:
@@ -92,23 +95,26 @@ def _validate(a):
                              f"(4 words and more, [CLS] included): give >= 24")
     for name in ("pretrain_minutes", "finetune_minutes"):
         v = getattr(a, name)
-        if not (v >= 0 and math.isfinite(v)) or (name == "finetune_minutes" and v == 0):
-            raise cli.UsageError(f"--{name.replace('_', '-')} must be a finite number {'>=' if 'pre' in name else '>'}"
-                                 f" 0, got {v}")
+        if not (v >= 0 and math.isfinite(v)):
+            raise cli.UsageError(f"--{name.replace('_', '-')} must be a finite number >= 0 (0: no limit), got {v}")
     for name in ("pretrain_lr", "finetune_lr", "scratch_lr"):
         v = getattr(a, name)
         if not (v > 0 and math.isfinite(v)):
             raise cli.UsageError(f"--{name.replace('_', '-')} must be a finite number > 0, got {v}")
 
 
+def _budget(steps, minutes) -> str:
+    return f"{steps:,} steps" + (f" or {minutes:g} min, whichever comes first" if minutes else "")
+
+
 def fit(model, loss_fn, batches, steps, minutes, lr, eval_batches, a):
-    """AdamW with warmup and cosine decay for ``minutes`` (or ``steps``); returns the Trainer."""
+    """AdamW with warmup and cosine decay for ``steps`` or ``minutes`` (0: no limit); returns the Trainer."""
     opt = optim.create("adamw", optim.param_groups_no_decay({n: p.data for n, p in model.named_parameters()}, 0.01),
                        lr=lr)
     trainer = Trainer(model, loss_fn, opt, batches, steps=steps, schedule="cosine",
                       schedule_kwargs={"warmup_steps": min(100, steps // 10), "min_ratio": 0.1},
                       grad_hooks=[clip_grad_norm(1.0)], eval_batches=eval_batches,
-                      eval_every=max(1, steps // 10), time_budget=minutes * 60, reserve_seconds=2.0,
+                      eval_every=max(1, steps // 10), time_budget=minutes * 60 or None, reserve_seconds=2.0,
                       seed=a.seed, progress=not a.no_progress, log_every=100)
     trainer.fit()
     return trainer
@@ -202,8 +208,8 @@ def run(a) -> dict:
     if pretrained is not None:
         model.load_state_dict(pretrained.params, strict=True)
         result["pretrain_steps"] = pretrained.step
-    elif a.pretrain_minutes > 0:
-        print(f"[bert] pretraining (masked LM) for {a.pretrain_minutes:g} min", flush=True)
+    elif a.pretrain_steps > 0:
+        print(f"[bert] pretraining (masked LM) for {_budget(a.pretrain_steps, a.pretrain_minutes)}", flush=True)
         tr = fit(model, mlm_loss, lambda rng: mlm_batch(train_ids, vocab, a.batch_size, cfg.block_size, rng),
                  a.pretrain_steps, a.pretrain_minutes, a.pretrain_lr, mlm_val, a)
         tr.save(os.path.join(a.out, "pretrained"), meta={"tokenizer": data.tokenizer.to_dict(), "args": vars(a)})
@@ -223,7 +229,7 @@ def run(a) -> dict:
     result["majority"] = max(labels.mean(), 1 - labels.mean())
     result["fine_tuned"] = {}
     for name, m, lr in runs:
-        print(f"[bert] fine-tuning the {name} encoder for {a.finetune_minutes:g} min", flush=True)
+        print(f"[bert] fine-tuning the {name} encoder for {_budget(a.finetune_steps, a.finetune_minutes)}", flush=True)
         tr = fit(m, classification_loss, lambda rng: train_task.batch(rng, a.batch_size), a.finetune_steps,
                  a.finetune_minutes, lr, val_cls, a)
         curves[f"fine-tuning, {name}"] = tr.history

@@ -199,7 +199,7 @@ def test_bert_demo_refuses_a_checkpoint_of_another_vocabulary(tmp_path, monkeypa
 @pytest.mark.parametrize("argv, says", [
     (["--block-size", "16"], "--block-size 16 is too short for the task's examples"),
     (["--n-embd", "30", "--n-head", "4"], "--n-embd 30 must be divisible by --n-head 4"),
-    (["--finetune-minutes", "0"], "--finetune-minutes must be a finite number > 0"),
+    (["--finetune-minutes", "-1"], "--finetune-minutes must be a finite number >= 0 (0: no limit)"),
     (["--pretrained", "nowhere"], "no checkpoint at nowhere/ckpt.npz"),
     (["--data", "empty.txt"], "--data empty.txt: the file is empty"),
 ])
