@@ -30,7 +30,6 @@ floating-point rounding in the batched products, which can flip a near-tie).
 """
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -54,8 +53,6 @@ class Request:
     tokens: list = field(default_factory=list)      # generated so far
     seq: int | None = None              # its sequence in the paged cache while running
     shared: int = 0                     # prompt positions taken from another request's blocks
-    submitted: float = 0.0
-    finished: float | None = None
 
     @property
     def cached_tokens(self) -> np.ndarray:
@@ -120,7 +117,7 @@ class Server:
         rid = self._next_id
         self._next_id += 1
         self.waiting.append(Request(rid, prompt, int(max_new_tokens), float(temperature), top_k,
-                                    np.random.default_rng(seed), submitted=time.perf_counter()))
+                                    np.random.default_rng(seed)))
         return rid
 
     def run(self) -> dict[int, np.ndarray]:
@@ -192,7 +189,7 @@ class Server:
         for r in [r for r in self.running if len(r.tokens) == r.max_new_tokens]:
             self.running.remove(r)
             self.cache.free(r.seq)
-            r.seq, r.finished = None, time.perf_counter()
+            r.seq = None
             self.done[r.id] = r
             self.log.append((self.steps, "retire", r.id))
             retired.append(r.id)
