@@ -78,7 +78,9 @@ DEMOS = {"backprop_by_hand.py": [], "convex_lab.py": [], "memory_costs.py": ["--
          "subspace.py": ["--quick", "--cache-dir", ""],
          "compare_optimizers.py": ["--quick", "--cache-dir", "", "--optimizers", "adamw"],
          "parallel.py": ["--quick", "--cache-dir", ""],
-         "distributed.py": ["--quick", "--cache-dir", ""]}
+         "distributed.py": ["--quick", "--cache-dir", ""],
+         "ngram.py": ["--quick"], "word2vec.py": ["--max-chars", "200000"], "seq2seq.py": [],
+         "rnn_lm.py": ["--quick", "--cache-dir", ""], "bert.py": ["--quick"]}
 
 
 @pytest.mark.parametrize("name", DEMOS)
