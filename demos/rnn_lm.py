@@ -53,7 +53,7 @@ MODELS = ("rnn", "lstm", "gru", "gpt")
 LABELS = {"rnn": "RNN", "lstm": "LSTM", "gru": "GRU", "gpt": "GPT"}
 QUICK = {"minutes": 0.25, "hidden_size": 128, "gpt_preset": "tiny", "val_chars": 20_000, "ngram_max_order": 6,
          "max_chars": 1_000_000}
-FULL = {"minutes": 2.0, "hidden_size": 512, "gpt_preset": "small", "val_chars": 100_000, "ngram_max_order": 8,
+FULL = {"minutes": 2.0, "hidden_size": 256, "gpt_preset": "small", "val_chars": 100_000, "ngram_max_order": 8,
         "max_chars": None}
 GPT_LR = {"tiny": 6e-3, "small": 6e-3, "medium": 1e-3}     # demos/train_gpt.py's PRESET_LR
 
