@@ -166,7 +166,9 @@ def _decoder(name, longest, tokens):
 
 def speed(variants, contexts, decode, rounds, log):
     """Rows (variant, context, ms per token, bytes held): per cell the median over ``rounds``
-    rounds (each a fresh model and cache for every variant, in turn) of the median step time."""
+    rounds (fresh models and caches) of the median step time. Within a round every variant's
+    sequence grows to each length together and their decoding steps alternate, so the load of
+    the moment falls on all of them alike."""
     per_round = [_speed_round(variants, contexts, decode, log) for _ in range(rounds)]
     return [(name, n, statistics.median(r[i][2] for r in per_round), held)
             for i, (name, n, _, held) in enumerate(per_round[0])]
@@ -177,28 +179,34 @@ def _speed_round(variants, contexts, decode, log):
 
     import minigrad
 
-    rows = []
     longest = max(contexts)
     tokens = np.random.default_rng(0).integers(0, 65, (1, longest))
-    for name in variants:
-        feed, cache = _decoder(name, longest, tokens)
-        filled = 0
-        with minigrad.no_grad():
-            for n in contexts:
-                while filled < n - decode:                        # grow the sequence to n - decode
-                    T = min(CHUNK, n - decode - filled, cache.room())
-                    feed(tokens[:, filled:filled + T])
-                    filled += T
-                times = []
-                for _ in range(decode):
+    decoders = {name: _decoder(name, longest, tokens) for name in variants}
+    times = {}
+    held = {}
+    filled = 0
+    with minigrad.no_grad():
+        for n in contexts:
+            for feed, cache in decoders.values():                   # grow every sequence to n - decode
+                at = filled
+                while at < n - decode:
+                    T = min(CHUNK, n - decode - at, cache.room())
+                    feed(tokens[:, at:at + T])
+                    at += T
+            filled = n - decode
+            for step in range(decode):
+                names = variants[step % len(variants):] + variants[:step % len(variants)]   # rotate the order
+                for name in names:
+                    feed, _ = decoders[name]
                     t0 = bench_kernels.CLOCK()
                     feed(tokens[:, filled:filled + 1])
-                    times.append(bench_kernels.CLOCK() - t0)
-                    filled += 1
-                ms = statistics.median(times) * 1e3
-                rows.append((name, n, ms, cache.used_bytes))
-                log(f"  {name:>14} n={n:>5}: {ms:6.2f} ms/token, KV {cache.used_bytes / 2**20:7.2f} MiB")
-    return rows
+                    times.setdefault((name, n), []).append(bench_kernels.CLOCK() - t0)
+                filled += 1
+            for name, (_, cache) in decoders.items():
+                held[name, n] = cache.used_bytes
+                log(f"  {name:>14} n={n:>5}: {statistics.median(times[name, n]) * 1e3:6.2f} ms/token, "
+                    f"KV {held[name, n] / 2**20:7.2f} MiB")
+    return [(name, n, statistics.median(times[name, n]) * 1e3, held[name, n]) for name in variants for n in contexts]
 
 
 # ----------------------------------------------------------------------------- 2. perplexity
@@ -247,12 +255,11 @@ def stream_nll(model, cache, windows, ctx):
     cache.reset()
     with minigrad.no_grad():
         for t in range(N - 1):
-            if cache.room() == 0:
+            if cache.room() == 0:                                 # refill, in pieces it can take
                 cache.reset()
-                x = windows[:, t - ctx // 2:t + 1]
-            else:
-                x = windows[:, t:t + 1]
-            logits = model(x, cache=_as_cache(cache))[0].data[:, -1].astype(np.float64)
+                for i in range(t - ctx // 2, t, cache.room()):
+                    model(windows[:, i:min(t, i + cache.room())], cache=_as_cache(cache))
+            logits = model(windows[:, t:t + 1], cache=_as_cache(cache))[0].data[:, -1].astype(np.float64)
             logits -= logits.max(axis=1, keepdims=True)
             logp = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
             nll[:, t] = -logp[rows, windows[:, t + 1]]
