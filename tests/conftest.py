@@ -1,11 +1,22 @@
-"""Shared test setup: hypothesis profiles.
+"""Shared test setup: hypothesis profiles and the process-wide runtime settings.
 
 `ci` (the default) is deterministic and quick; `thorough` draws many more examples.
 Choose with HYPOTHESIS_PROFILE=ci|thorough.
+
+`minigrad.configure_runtime()` runs once here, before any test. The demos call it and several
+tests run a demo in-process, so without this the settings (among them the thread count of the
+BLAS inside the Numba kernels) would change partway through the suite, and a result could depend
+on which tests ran before it: on AVX-512 machines OpenBLAS's GEMM rounds differently with one
+thread than with two. The mpiexec ranks of `strategies.assert_mpiexec_matches_simcomm` apply the
+same settings, so both sides of that bit-for-bit comparison run the same arithmetic.
 """
 import os
 
 from hypothesis import HealthCheck, settings
+
+import minigrad
+
+minigrad.configure_runtime()
 
 settings.register_profile(
     "ci",
