@@ -59,7 +59,7 @@ import minigrad  # noqa: E402
 import optim  # noqa: E402
 from models import cli  # noqa: E402
 from models.data import DataError, TextData, load_text  # noqa: E402
-from models.gpt import GPT, PRESETS, preset  # noqa: E402
+from models.gpt import GPT, PRESETS, GPTConfig, preset  # noqa: E402
 from minigrad.backend import cpu_model  # noqa: E402
 from models.training import Trainer, clip_grad_norm, lm_loss, pyplot, save_figure  # noqa: E402
 from models.training.optimizers import build_optimizer  # noqa: E402
@@ -401,7 +401,11 @@ def _load(path, want):
             saved = json.load(f)
     except (OSError, ValueError):
         return None
-    return saved["result"] if saved.get("settings") == json.loads(json.dumps(want)) else None
+    got = saved.get("settings")
+    if isinstance(got, dict) and isinstance(got.get("config"), dict):
+        # a GPTConfig field added after the run was saved has its default: the model the run trained
+        got = {**got, "config": {**GPTConfig().to_dict(), **got["config"]}}
+    return saved["result"] if got == json.loads(json.dumps(want)) else None
 
 
 def _speed(results, cfg, data, batch_size, args) -> dict | None:
