@@ -254,7 +254,9 @@ def assert_mpiexec_matches_simcomm(program: str, n: int, tmp_path, timeout: floa
     The SimComm side runs in a fresh process too, not in this one: what earlier tests left behind
     in the test process (a thread count of the BLAS inside the Numba kernels, say) must not be what
     the comparison measures. Both use this process's backend (``MINIGRAD_BACKEND``): the NumPy
-    reference and the Numba kernels agree to rounding, not bit for bit."""
+    reference and the Numba kernels agree to rounding, not bit for bit. Both run NumPy's BLAS on
+    one thread: mpiexec may pin each rank to one core, and a BLAS may split (and so round) a
+    product by its thread count, which is not what is compared here."""
     import subprocess
     import sys
 
@@ -263,7 +265,7 @@ def assert_mpiexec_matches_simcomm(program: str, n: int, tmp_path, timeout: floa
     programs = os.path.join(os.path.dirname(os.path.abspath(__file__)), "mpi_programs")
     command = [sys.executable, os.path.join(programs, "exercise.py"), os.path.join(programs, f"{program}.py")]
     out = {side: os.path.join(os.fspath(tmp_path), f"{program}-{side}-rank{{rank}}.npz") for side in ("mpi", "sim")}
-    env = dict(os.environ, MINIGRAD_BACKEND=minigrad.get_backend())
+    env = dict(os.environ, MINIGRAD_BACKEND=minigrad.get_backend(), OPENBLAS_NUM_THREADS="1")
     for side, run in (("mpi", [mpiexec(), "-n", str(n), *command, out["mpi"]]), ("sim", [*command, out["sim"], str(n)])):
         done = subprocess.run(run, capture_output=True, text=True, timeout=timeout, env=env)
         assert done.returncode == 0, f"{side}: {done.stderr}"
