@@ -46,7 +46,7 @@ import numpy as np
 
 import minigrad.functional as F
 from models.attention import linear_attention_recurrent
-from models.paged_attention import paged_decode
+from models.paged_attention import dense_decode, paged_decode
 
 __all__ = ["KVCache", "DenseKVCache", "StreamingLLMCache", "QuestCache", "PagedKVCache",
            "PagedBatch", "LinearAttentionCache", "cache_for", "page_upper_bound"]
@@ -283,10 +283,13 @@ class DenseKVCache(KVCache):
 
     def _dense(self, layer, q):
         """Causal attention of this forward's queries over the filled part (a view: a decoding
-        step copies nothing); query t is position start + t and sees keys 0 .. start + t."""
-        n = self.n
-        o = _causal_attention(self._grouped(q), self.k[layer, :, :, :n], self.v[layer, :, :, :n])
-        return o.reshape(q.shape)
+        step copies nothing); query t is position start + t and sees keys 0 .. start + t.
+        A decoding step (one query per row) goes to `dense_decode`, whose kernel reads the
+        layer's buffer in place with no per-op Python calls."""
+        n, qg = self.n, self._grouped(q)
+        if q.shape[2] == 1:
+            return dense_decode(qg[:, :, :, 0], self.k[layer], self.v[layer], n).reshape(q.shape)
+        return _causal_attention(qg, self.k[layer, :, :, :n], self.v[layer, :, :, :n]).reshape(q.shape)
 
 
 class StreamingLLMCache(KVCache):

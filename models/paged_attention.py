@@ -12,6 +12,13 @@ softmax (running max m, sum l and output o, rescaled by e^(m_old - m_new) when t
 a step reads the cache once and copies none of it. On the numpy backend the twin gathers each
 row's blocks into one array and attends over it (a copy of what it reads). Both give the same
 result (tests/test_kv_cache.py).
+
+``dense_decode(q, k, v, n)`` is the same step over one layer of a dense cache, k and v
+(B, n_kv_head, max_len, d) of which the first n positions are filled. On the numba backend a
+kernel scores each head's queries against the n keys with one GEMM, takes the softmax in place
+and weights the values with a second, reading the cache where it lies, with no NumPy temporaries or per-op Python calls:
+what is left of a step's cost past the weights is the O(n) read itself. Its NumPy twin is the
+same three steps as whole-array operations.
 """
 from __future__ import annotations
 
@@ -21,9 +28,14 @@ import numpy as np
 
 from minigrad.backend import get_backend, numba_available
 
-__all__ = ["paged_decode", "paged_decode_numpy"]
+__all__ = ["paged_decode", "paged_decode_numpy", "dense_decode", "dense_decode_numpy"]
 
 _kernel = None
+_dense_kernel = None
+
+# fast-math without nnan/ninf (a running max starts at -inf), and numpy's error model (no
+# ZeroDivisionError branch), so the loops vectorise
+_FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
 
 
 def paged_decode(q, k_pool, v_pool, tables, lengths):
@@ -57,9 +69,7 @@ def _compiled():
     if _kernel is None:
         from minigrad._numba_cache import njit
 
-        # fast-math without nnan/ninf (the running max starts at -inf), and numpy's error model
-        # (no ZeroDivisionError branch), so the loops over d vectorise
-        @njit(cache=True, fastmath={"nsz", "arcp", "contract", "afn", "reassoc"}, error_model="numpy")
+        @njit(cache=True, fastmath=_FASTMATH, error_model="numpy")
         def kernel(q, k_pool, v_pool, tables, lengths, scale, out):
             B, nkv, g, d = q.shape
             bs = k_pool.shape[2]
@@ -97,3 +107,59 @@ def _compiled():
 
         _kernel = kernel
     return _kernel
+
+
+def dense_decode(q, k, v, n):
+    """o (B, n_kv_head, g, d): the queries q (B, n_kv_head, g, d) of one decoding step over the
+    first ``n`` positions of one layer's dense cache k, v (B, n_kv_head, max_len, d)."""
+    if get_backend() == "numba" and numba_available() and k.flags.c_contiguous and v.flags.c_contiguous:
+        out = np.empty(q.shape, q.dtype)
+        scale = q.dtype.type(1.0 / math.sqrt(q.shape[-1]))          # in q's dtype: float32 stays float32
+        _compiled_dense()(np.ascontiguousarray(q), k, v, n, scale, out)
+        return out
+    return dense_decode_numpy(q, k, v, n)
+
+
+def dense_decode_numpy(q, k, v, n):
+    """The NumPy twin: scores against a view of the filled keys, softmax, weighted values."""
+    s = (q * (1.0 / math.sqrt(q.shape[-1]))) @ k[:, :, :n].swapaxes(-1, -2)      # (B, nkv, g, n)
+    s -= s.max(axis=-1, keepdims=True)
+    np.exp(s, out=s)
+    s /= s.sum(axis=-1, keepdims=True)
+    return s @ v[:, :, :n]
+
+
+def _compiled_dense():
+    """The dense decoding kernel, compiled (or loaded from the on-disk cache) on first use.
+
+    Serial over (row, key/value head): a decoding step has a few of them and each is short, so
+    threads would cost more to start than they save. A head's scores are one GEMM (its g queries
+    against the n keys, read in place), the softmax runs over them in place, and the output is
+    a second GEMM with the values."""
+    global _dense_kernel
+    if _dense_kernel is None:
+        from minigrad._numba_cache import njit
+        from minigrad.kernels._math import fast_exp
+
+        @njit(cache=True, fastmath=_FASTMATH, error_model="numpy")
+        def kernel(q, k, v, n, scale, out):
+            B, nkv, g, d = q.shape
+            for b in range(B):
+                for h in range(nkv):
+                    s = np.dot(q[b, h], k[b, h, :n].T)                   # (g, n) unscaled scores
+                    for j in range(g):
+                        top = s[j, 0]
+                        for t in range(1, n):
+                            top = max(top, s[j, t])
+                        total = 0.0
+                        for t in range(n):                               # scale > 0 keeps the max
+                            e = fast_exp((s[j, t] - top) * scale)
+                            s[j, t] = e
+                            total += e
+                        inv = 1.0 / total
+                        for t in range(n):
+                            s[j, t] *= inv
+                    out[b, h] = np.dot(s, v[b, h, :n])
+
+        _dense_kernel = kernel
+    return _dense_kernel

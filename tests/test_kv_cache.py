@@ -11,7 +11,7 @@ from models.gpt import GPT, GPTConfig
 from minigrad.backend import numba_available
 from models.kv_cache import (DenseKVCache, LinearAttentionCache, PagedKVCache, QuestCache, StreamingLLMCache,
                              cache_for, page_upper_bound)
-from models.paged_attention import paged_decode, paged_decode_numpy
+from models.paged_attention import dense_decode, dense_decode_numpy, paged_decode, paged_decode_numpy
 
 
 def _model(seed=0, block_size=24, n_kv_head=None, **kw):
@@ -79,7 +79,8 @@ def test_a_dense_decoding_step_copies_nothing_it_has_cached():
     filled = cache.k[0, :, :, :n].nbytes
     cache.begin(1, 1)
     tracemalloc.start()
-    o = cache.attend(0, q, k, v)
+    with minigrad.use_backend("numpy"):    # the twin: tracemalloc sees NumPy's allocations, not Numba's
+        o = cache.attend(0, q, k, v)
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     assert peak < filled / 8, (peak, filled)
@@ -318,6 +319,29 @@ def test_the_paged_decoding_kernel_equals_its_numpy_twin(B, g, bs, seed, dtype):
         ref = _ref_attention(q[b].reshape(1, nkv * g, 1, d).astype(np.float64), keys[None].astype(np.float64),
                              values[None].astype(np.float64), None)
         np.testing.assert_allclose(o[b].reshape(-1, d), ref.reshape(-1, d), atol=1e-12 if dtype == np.float64 else 2e-6)
+
+
+@pytest.mark.skipif(not numba_available(), reason="numba is not installed")
+@given(B=st.integers(1, 3), nkv=st.integers(1, 3), g=st.sampled_from([1, 2, 4]), n=st.integers(1, 40),
+       seed=st.integers(0, 10_000), dtype=st.sampled_from([np.float64, np.float32]))
+@settings(max_examples=20)
+def test_the_dense_decoding_kernel_equals_its_numpy_twin_and_attention(B, nkv, g, n, seed, dtype):
+    """One decoding step over the first n positions of a layer's buffer (longer than n: what lies
+    past n must not be read), on the numba kernel and on the NumPy twin."""
+    rng = np.random.default_rng(seed)
+    d, max_len = 8, 48
+    k, v = (rng.normal(size=(B, nkv, max_len, d)).astype(dtype) for _ in range(2))
+    k[:, :, n:], v[:, :, n:] = np.nan, np.nan
+    q = rng.normal(size=(B, nkv, g, d)).astype(dtype)
+    with minigrad.use_backend("numba"):
+        o = dense_decode(q, k, v, n)
+    assert o.dtype == dtype and o.shape == q.shape
+    tol = 1e-12 if dtype == np.float64 else 2e-6
+    np.testing.assert_allclose(o, dense_decode_numpy(q, k, v, n), rtol=0, atol=tol)
+    ref = _ref_attention(q.reshape(B, nkv * g, 1, d).astype(np.float64),
+                         np.repeat(k[:, :, :n], g, axis=1).astype(np.float64),
+                         np.repeat(v[:, :, :n], g, axis=1).astype(np.float64), None)
+    np.testing.assert_allclose(o.reshape(B, nkv * g, 1, d), ref, rtol=0, atol=tol)
 
 
 @pytest.mark.parametrize("backend", ["numpy", "numba"])
