@@ -6,17 +6,28 @@ Choose with HYPOTHESIS_PROFILE=ci|thorough.
 `minigrad.configure_runtime()` runs once here, before any test. The demos call it and several
 tests run a demo in-process, so without this the settings (among them the thread count of the
 BLAS inside the Numba kernels) would change partway through the suite, and a result could depend
-on which tests ran before it: on AVX-512 machines OpenBLAS's GEMM rounds differently with one
-thread than with two. The mpiexec ranks of `strategies.assert_mpiexec_matches_simcomm` apply the
+on which tests ran before it (a BLAS may round a product differently with one thread than with
+two). The mpiexec ranks of `strategies.assert_mpiexec_matches_simcomm` apply the
 same settings, so both sides of that bit-for-bit comparison run the same arithmetic.
 """
 import os
 
+import pytest
 from hypothesis import HealthCheck, settings
 
 import minigrad
 
 minigrad.configure_runtime()
+
+
+@pytest.fixture(autouse=True)
+def _backend_restored():
+    """Fail a test that leaves another backend active than it found: every later test would
+    then run, unnoticed, on the wrong one (the numpy reference instead of the Numba kernels)."""
+    before = minigrad.get_backend()
+    yield
+    after = minigrad.set_backend(before)
+    assert after == before, f"the test left the {after!r} backend active (it found {before!r})"
 
 settings.register_profile(
     "ci",
