@@ -208,6 +208,8 @@ def run(a) -> dict:
     if pretrained is not None:
         model.load_state_dict(pretrained.params, strict=True)
         result["pretrain_steps"] = pretrained.step
+        if pretrained.history.get("val_loss"):   # the loaded encoder's pretraining curve, from its checkpoint
+            curves["pretraining (masked LM)"] = pretrained.history
     elif a.pretrain_steps > 0:
         print(f"[bert] pretraining (masked LM) for {_budget(a.pretrain_steps, a.pretrain_minutes)}", flush=True)
         tr = fit(model, mlm_loss, lambda rng: mlm_batch(train_ids, vocab, a.batch_size, cfg.block_size, rng),

@@ -178,10 +178,13 @@ def test_bert_demo_pretrains_fine_tunes_and_compares_with_scratch(tmp_path, monk
     assert 0.5 <= result["majority"] < 0.65                                 # balanced classes
     md = (tmp_path / "b" / "bert_results.md").read_text()
     assert "| pretrained | 4 |" in md and "| from scratch | 4 |" in md and "majority class" in md
-    # the saved encoder fine-tunes again without pretraining
+    # the saved encoder fine-tunes again without pretraining; its figure shows the loaded pretraining curve
+    plotted = {}
+    monkeypatch.setattr(demo, "plot", lambda curves, path: plotted.update(curves))
     again = demo.run(demo.build_parser().parse_args(bert_argv(tiny_text, "--out", "b2", "--pretrained", "b/pretrained",
                                                               "--no-scratch")))
     assert again["pretrain_steps"] == 6 and set(again["fine_tuned"]) == {"pretrained"}
+    assert plotted["pretraining (masked LM)"]["val_step"][-1] == 6 and "fine-tuning, pretrained" in plotted
 
 
 def test_bert_demo_refuses_a_checkpoint_of_another_vocabulary(tmp_path, monkeypatch, capsys, tiny_text):
