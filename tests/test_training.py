@@ -66,6 +66,15 @@ def test_adamw_trains_and_records_history():
     assert res.val_loss == h["val_loss"][-1] == evaluate(model, lm_loss, VAL)
 
 
+def test_the_log_prints_every_evaluation_the_final_one_included(capsys):
+    model = _model()
+    tr = _trainer(model, _adamw(model), steps=6, log_every=3)
+    tr.fit()
+    said = [line for line in capsys.readouterr().out.splitlines() if "val loss" in line]
+    assert [int(line.split(":")[0].split()[1]) for line in said] == tr.history["val_step"] == [0, 4, 6]
+    assert said[-1].endswith(f"val loss {tr.history['val_loss'][-1]:.4f}")
+
+
 def test_the_schedule_sets_every_groups_lr_from_its_base_lr():
     model = _model()
     params = {n: p.data for n, p in model.named_parameters()}

@@ -376,6 +376,8 @@ class Trainer:
                     break                               # hard stop: keep the budget's promise
             if has_eval and not self.interrupted and not self._evaluated_now():
                 val_loss = self.evaluate()
+                if bar is None and self.log_every:
+                    print(f"step {self.step}: val loss {val_loss:.4f}", flush=True)
         finally:
             if bar is not None:
                 bar.close()
