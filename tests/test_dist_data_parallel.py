@@ -188,7 +188,9 @@ def test_only_rank_0_prints(capsys):
 
     SimComm(2).run(worker)
     lines = capsys.readouterr().out.splitlines()
-    assert [ln.split(":")[0] for ln in lines] == ["step 0", "step 1", "step 2", "step 2", "step 3"]
+    # evaluations at 0, 2 and after the last step; a training-loss line after each step
+    assert [ln.split(":")[0] for ln in lines] == ["step 0", "step 1", "step 2", "step 2", "step 3", "step 3"]
+    assert sum("val loss" in ln for ln in lines) == 3
 
 
 def test_a_time_budget_is_refused():
