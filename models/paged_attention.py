@@ -15,10 +15,10 @@ result (tests/test_kv_cache.py).
 
 ``dense_decode(q, k, v, n)`` is the same step over one layer of a dense cache, k and v
 (B, n_kv_head, max_len, d) of which the first n positions are filled. On the numba backend a
-kernel scores each query against the n keys with one matrix-vector product, takes the softmax in
-place and weights the values with a second, reading the cache where it lies, with no NumPy temporaries or per-op Python calls:
-what is left of a step's cost past the weights is the O(n) read itself. Its NumPy twin is the
-same three steps as whole-array operations.
+kernel scores each query against the n keys with one matrix-vector product, takes the softmax
+in place and weights the values with a second, reading the cache where it lies, with no NumPy
+temporaries or per-op Python calls: what is left of a step's cost past the weights is the O(n)
+read itself. Its NumPy twin is the same three steps as whole-array operations.
 """
 from __future__ import annotations
 

@@ -7,8 +7,8 @@ Choose with HYPOTHESIS_PROFILE=ci|thorough.
 tests run a demo in-process, so without this the settings (among them the thread count of the
 BLAS inside the Numba kernels) would change partway through the suite, and a result could depend
 on which tests ran before it (a BLAS may round a product differently with one thread than with
-two). The mpiexec ranks of `strategies.assert_mpiexec_matches_simcomm` apply the
-same settings, so both sides of that bit-for-bit comparison run the same arithmetic.
+two). The bit-for-bit MPI checks (`strategies.assert_mpiexec_matches_simcomm`) do not rely on
+this: both of their sides run in fresh processes that apply the same settings themselves.
 """
 import os
 

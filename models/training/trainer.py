@@ -333,6 +333,12 @@ class Trainer:
         def say(msg):
             (bar.write if bar is not None else print)(msg)
 
+        def evaluate_and_log():
+            val = self.evaluate()
+            if bar is None and self.log_every:
+                print(f"step {self.step}: val loss {val:.4f}", flush=True)
+            return val
+
         has_eval = self.eval_batches is not None
         val_loss = self.history["val_loss"][-1] if self.history["val_loss"] else float("nan")
         t_eval = 0.0                                   # measured cost of one evaluation
@@ -343,10 +349,8 @@ class Trainer:
             while self.step < self.horizon:
                 if has_eval and self.step % self.eval_every == 0 and not self._evaluated_now():
                     t0 = time.perf_counter()
-                    val_loss = self.evaluate()
+                    val_loss = evaluate_and_log()
                     t_eval = time.perf_counter() - t0
-                    if bar is None and self.log_every:
-                        print(f"step {self.step}: val loss {val_loss:.4f}", flush=True)
                 if self.interrupted:
                     break
                 t0 = time.perf_counter()
@@ -375,9 +379,7 @@ class Trainer:
                 if budget and time.perf_counter() - self.start_time > budget - t_eval - self.reserve_seconds:
                     break                               # hard stop: keep the budget's promise
             if has_eval and not self.interrupted and not self._evaluated_now():
-                val_loss = self.evaluate()
-                if bar is None and self.log_every:
-                    print(f"step {self.step}: val loss {val_loss:.4f}", flush=True)
+                val_loss = evaluate_and_log()
         finally:
             if bar is not None:
                 bar.close()
