@@ -1,0 +1,349 @@
+"""Where one GPT training step spends its time: minigrad-numba beside PyTorch CPU, part by part.
+
+    python -m bench.profile [--presets tiny,small,medium] [--threads 2] [--steps N] [--warmup W] [--markdown]
+
+For each preset (`models.gpt.preset`) the step of `bench.train` (same model, AdamW, random
+tokens) is profiled for minigrad (numba backend) and for PyTorch, each in its own subprocess
+(`python -m bench.profile --worker minigrad|torch PRESET ...`), so that the thread pools of one
+never disturb the other. A worker runs W warm-up steps, times N steps without the profiler
+(their median is the "un-profiled step" row), then profiles N more steps and prints one JSON
+line; the parent prints one table per preset (`--markdown`: markdown tables, for the docs).
+
+Rows: the step's time split into GEMM, attention, layer norm, GELU, cross-entropy, embedding,
+optimizer, other ops and tape + Python overhead, in ms per step (the mean over the profiled
+steps), which add up to the "profiled step" row: the wall time of a step under the profiler.
+Its excess over the un-profiled step is what profiling itself costs. Every time is wall time in
+the thread that runs the step: a kernel that also runs on the pool's threads counts once, from
+its start to the end of the slowest thread, which is what the step waits for.
+
+* minigrad: while profiling, the `forward` and `backward` of every `minigrad.Function` subclass
+  are wrapped with perf_counter timers, and so is the optimizer's `step`. An op's time is its
+  forward's and backward's self time (an op that applies other ops inside counts only its own
+  work), summed by class name and mapped to parts by `MINIGRAD_PARTS`. Linear includes its bias
+  (added in the GEMM's output; its gradient a row sum). Tape + Python overhead = profiled step
+  - ops - optimizer: `Function.apply` (contexts, Tensors), the topological sort and gradient
+  accumulation of backward, zero_grad, drawing the batch, the trainer's Python.
+* PyTorch: `torch.profiler` (CPU activity) records every aten op and autograd node. The
+  optimizer is the total time of its `Optimizer.step#AdamW.step` record, with everything run
+  inside it. Every other aten op contributes its self time to the part of the nearest name,
+  itself first and then its callers, that `TORCH_PARTS` knows (aten::t called by aten::linear
+  is GEMM, aten::fill_ called by nll_loss_backward is cross-entropy); the rest is other ops.
+  Tape + Python overhead = profiled step - all parts: the autograd engine and its nodes,
+  gradient accumulation (AccumulateGrad), the Python of the model and the step, and the
+  dispatcher's time between ops. The profiler's "CPU time" is wall time in the calling thread,
+  like minigrad's timers; the intra-op (OpenMP) threads record no events of their own.
+
+Read a row's difference as where minigrad loses (positive) or gains (negative) against PyTorch.
+The two columns are measured in different processes at different moments: on a shared machine,
+compare the un-profiled rows with `bench.train` before trusting a small difference. Below each
+table, the largest "other ops" of each side are named. Run by hand, never in CI.
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import inspect
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections import defaultdict
+
+PARTS = ["GEMM", "attention", "layer norm", "GELU", "cross-entropy", "embedding", "optimizer",
+         "other ops", "tape + Python overhead"]
+OVERHEAD = "tape + Python overhead"
+PRESET_STEPS = {"tiny": 10, "small": 5, "medium": 3}
+
+# minigrad op (Function subclass) -> part; an op not listed is "other ops" (in GPT: the residual
+# Add, Reshape...). Linear is x @ W^T with its bias, MatMul the plain `@`; QKVAttention is GPT's
+# fused split-heads + causal attention + merge-heads, Attention the separate-q/k/v form.
+MINIGRAD_PARTS = {
+    "Linear": "GEMM", "MatMul": "GEMM",
+    "QKVAttention": "attention", "Attention": "attention",
+    "LayerNorm": "layer norm",
+    "GELU": "GELU",
+    "CrossEntropy": "cross-entropy", "LogSoftmax": "cross-entropy",
+    "Embedding": "embedding",
+}
+
+# PyTorch: a piece of an aten op's or autograd node's name (lower case, underscores removed, so
+# that "gelu_backward" and "GeluBackward0" both contain "gelu") -> part. "mmbackward" is the
+# backward of mm, addmm and bmm. AccumulateGrad and randint are overhead, as minigrad's gradient
+# accumulation and batch drawing are: neither is an op there.
+TORCH_PARTS = {
+    "aten::mm": "GEMM", "aten::addmm": "GEMM", "aten::bmm": "GEMM", "aten::matmul": "GEMM",
+    "aten::linear": "GEMM", "mmbackward": "GEMM",
+    "scaleddotproduct": "attention",
+    "layernorm": "layer norm",
+    "gelu": "GELU",
+    "logsoftmax": "cross-entropy", "nllloss": "cross-entropy", "crossentropy": "cross-entropy",
+    "embedding": "embedding",
+    "accumulategrad": OVERHEAD, "randint": OVERHEAD,
+}
+TORCH_OPTIMIZER = "Optimizer.step#"  # the record_function torch.optim wraps every step in
+
+
+# ----------------------------------------------------------------------------- minigrad
+class Stopwatch:
+    """Self times of nested timed calls: each call's wall time minus that of the timed calls it
+    made, so that nothing is counted twice."""
+
+    def __init__(self):
+        self.seconds = defaultdict(float)
+        self._inner = [0.0]  # per open call: time spent in timed calls it made
+
+    def wrap(self, name, fn):
+        def timed(*args, **kwargs):
+            self._inner.append(0.0)
+            t0 = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                dt = time.perf_counter() - t0
+                self.seconds[name] += dt - self._inner.pop()
+                self._inner[-1] += dt
+        return timed
+
+
+def function_classes(cls):
+    for sub in cls.__subclasses__():
+        yield sub
+        yield from function_classes(sub)
+
+
+def timed_ops(watch):
+    """Wrap forward and backward of every Function subclass defined so far; returns the undo."""
+    from minigrad.tensor import Function
+
+    originals = [(cls, name, cls.__dict__[name]) for cls in set(function_classes(Function))
+                 for name in ("forward", "backward") if name in cls.__dict__]
+    for cls, name, method in originals:
+        setattr(cls, name, staticmethod(watch.wrap(cls.__name__, method.__func__)))
+
+    def undo():
+        for cls, name, method in originals:
+            setattr(cls, name, method)
+    return undo
+
+
+def profile_minigrad(preset, steps, warmup):
+    from bench.train import minigrad_trainer
+
+    step, tokens = minigrad_trainer(preset, "numba")
+    trainer = inspect.getclosurevars(step).nonlocals.get("trainer")
+    if trainer is None:
+        raise RuntimeError("bench.profile: bench.train.minigrad_trainer's step no longer closes over "
+                           "`trainer`; the optimizer cannot be timed apart")
+    step_ms = unprofiled_ms(step, steps, warmup)
+
+    watch = Stopwatch()
+    opt = trainer.optimizer
+    opt.step = watch.wrap("optimizer", opt.step)  # an instance attribute, deleted after
+    undo = timed_ops(watch)
+    try:
+        wall = timed_steps(step, steps)
+    finally:
+        undo()
+        del opt.step
+    parts = dict.fromkeys(PARTS, 0.0)
+    other = defaultdict(float)
+    for name, s in watch.seconds.items():
+        part = "optimizer" if name == "optimizer" else MINIGRAD_PARTS.get(name, "other ops")
+        parts[part] += s
+        if part == "other ops":
+            other[name] += s
+    return result(parts, other, wall, steps, step_ms, tokens)
+
+
+# ----------------------------------------------------------------------------- PyTorch
+def torch_part(event):
+    """The part of the nearest name in the event's call chain (itself first) that TORCH_PARTS
+    knows, or "other ops"."""
+    while event is not None:
+        name = event.name.lower().replace("_", "")
+        for piece, part in TORCH_PARTS.items():
+            if piece in name:
+                return part
+        event = event.cpu_parent
+    return "other ops"
+
+
+def in_optimizer(event):
+    """True for an event run inside the optimizer's step (not for the step's own record)."""
+    event = event.cpu_parent
+    while event is not None:
+        if event.name.startswith(TORCH_OPTIMIZER):
+            return True
+        event = event.cpu_parent
+    return False
+
+
+def profile_torch(preset, steps, warmup):
+    from torch.profiler import ProfilerActivity, profile
+
+    from bench.train import torch_trainer
+
+    step, tokens = torch_trainer(preset)
+    step_ms = unprofiled_ms(step, steps, warmup)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        wall = timed_steps(step, steps)
+
+    # The optimizer's record holds the whole step() (Python loop and ops), its total time counts
+    # once; the ops inside it are skipped so no time is counted twice. Outside it, each aten op
+    # counts its self time: nested aten calls then add up to the outermost op's total.
+    parts = dict.fromkeys(PARTS, 0.0)
+    other = defaultdict(float)
+    for ev in prof.events():
+        if in_optimizer(ev):
+            continue
+        if ev.name.startswith(TORCH_OPTIMIZER):
+            parts["optimizer"] += ev.cpu_time_total * 1e-6
+        elif ev.name.startswith("aten::"):
+            part = torch_part(ev)
+            parts[part] += ev.self_cpu_time_total * 1e-6
+            if part == "other ops":
+                other[ev.name] += ev.self_cpu_time_total * 1e-6
+    return result(parts, other, wall, steps, step_ms, tokens)
+
+
+# ----------------------------------------------------------------------------- worker helpers
+def unprofiled_ms(step, steps, warmup):
+    """Median ms of `step()` over `steps` runs after `warmup` runs (compiles, first touches)."""
+    for _ in range(warmup):
+        step()
+    return statistics.median(timed_steps(step, 1) for _ in range(steps)) * 1e3
+
+
+def timed_steps(step, steps):
+    """Summed wall seconds of `steps` calls of `step()`, each after a gc.collect (not timed)."""
+    total = 0.0
+    for _ in range(steps):
+        gc.collect()
+        t0 = time.perf_counter()
+        step()
+        total += time.perf_counter() - t0
+    return total
+
+
+def result(parts, other, wall, steps, step_ms, tokens):
+    """Per-step ms; the overhead is what the timed parts leave of the profiled step."""
+    parts[OVERHEAD] = wall - sum(s for p, s in parts.items() if p != OVERHEAD)
+    top = sorted(other.items(), key=lambda kv: -kv[1])[:5]
+    return {"step_ms": step_ms, "profiled_ms": wall / steps * 1e3, "tokens": tokens,
+            "parts": {p: s / steps * 1e3 for p, s in parts.items()},
+            "top_other": [(n, s / steps * 1e3) for n, s in top]}
+
+
+def worker(impl, preset, threads, steps, warmup):
+    from bench.kernels import setup_threads
+
+    setup_threads(threads)  # before NumPy, Numba or torch start a pool
+    import numba
+    import numpy as np
+
+    import minigrad
+
+    # as in bench.train, for both sides: glibc malloc settings (the whole process), Numba's
+    # workqueue threading layer (chosen before set_num_threads starts the pool)
+    minigrad.configure_runtime()
+    numba.set_num_threads(threads)
+    versions = {"Python": platform.python_version(), "NumPy": np.__version__, "Numba": numba.__version__}
+    if impl == "torch":
+        import torch
+
+        torch.set_num_threads(threads)
+        versions = {"PyTorch": torch.__version__}
+        out = profile_torch(preset, steps, warmup)
+    else:
+        out = profile_minigrad(preset, steps, warmup)
+    print(json.dumps({**out, "versions": versions}))
+
+
+# ----------------------------------------------------------------------------- parent
+def run_worker(impl, preset, args, steps):
+    cmd = [sys.executable, "-m", "bench.profile", "--worker", impl, preset, "--threads", str(args.threads),
+           "--steps", str(steps), "--warmup", str(args.warmup)]
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=root)
+    if out.returncode != 0:
+        raise RuntimeError(f"bench.profile: the {impl} worker for {preset!r} failed:\n{out.stderr}")
+    # the JSON is the last line: torch's profiler may print its own lines to stdout
+    return json.loads([line for line in out.stdout.splitlines() if line.startswith("{")][-1])
+
+
+def table(rows, markdown):
+    """Rows of cells (the first row the header; columns after the first right-aligned)."""
+    if markdown:
+        lines = ["| " + " | ".join(r) + " |" for r in rows]
+        lines.insert(1, "|---|" + "---:|" * (len(rows[0]) - 1))
+        return "\n".join(lines)
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+                     for r in rows)
+
+
+def preset_table(mg, pt, markdown):
+    def share(res, part):
+        return f"{res['parts'][part] / res['profiled_ms']:.0%}"
+
+    rows = [["part", "minigrad ms", "share", "PyTorch ms", "share", "minigrad - PyTorch ms"]]
+    for part in PARTS:
+        a, b = mg["parts"][part], pt["parts"][part]
+        rows.append([part, f"{a:.2f}", share(mg, part), f"{b:.2f}", share(pt, part), f"{a - b:+.2f}"])
+    for label, key in (("profiled step (sum of the parts)", "profiled_ms"), ("un-profiled step (median)", "step_ms")):
+        a, b = mg[key], pt[key]
+        rows.append([label, f"{a:.2f}", "", f"{b:.2f}", "", f"{a - b:+.2f}"])
+    return table(rows, markdown)
+
+
+def steps_for(args, preset):
+    return args.steps or PRESET_STEPS.get(preset, 3)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--presets", default="tiny,small,medium")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=None,
+                    help="timed and profiled steps per preset (default: " +
+                         ", ".join(f"{k} {v}" for k, v in PRESET_STEPS.items()) + ")")
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--markdown", action="store_true", help="markdown tables (for the docs)")
+    ap.add_argument("--worker", nargs=2, metavar=("IMPL", "PRESET"), help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.worker:
+        worker(*args.worker, args.threads, steps_for(args, args.worker[1]), args.warmup)
+        return
+
+    from minigrad.backend import cpu_model
+
+    load = " ".join(f"{x:.1f}" for x in os.getloadavg())
+    results = {}
+    for preset in args.presets.split(","):
+        for impl in ("minigrad", "torch"):
+            results[preset, impl] = run_worker(impl, preset, args, steps_for(args, preset))
+            print(f"  {preset} {impl}: done", file=sys.stderr, flush=True)
+
+    versions = {}
+    for res in results.values():
+        versions.update(res["versions"])
+    print(f"CPU: {cpu_model()}, {os.cpu_count()} logical CPUs, threads: {args.threads}; "
+          + ", ".join(f"{k} {v}" for k, v in versions.items()))
+    print(f"Command: python -m bench.profile {' '.join(argv if argv is not None else sys.argv[1:])}")
+    print(f"Load average before the run: {load}. minigrad: numba backend, optim.create('adamw'); "
+          "PyTorch: eager, torch.optim.AdamW.")
+    for preset in args.presets.split(","):
+        mg, pt = results[preset, "minigrad"], results[preset, "torch"]
+        print(f"\n{'### ' if args.markdown else ''}`{preset}`: {mg['tokens']} tokens per step, ms per step "
+              f"(mean of {steps_for(args, preset)} profiled steps after {args.warmup} warm-up steps)\n")
+        print(preset_table(mg, pt, args.markdown))
+        for label, res in (("minigrad", mg), ("PyTorch", pt)):
+            names = ", ".join(f"{n} {ms:.2f}" for n, ms in res["top_other"]) or "none"
+            print(f"\nLargest other ops, {label} (ms): {names}")
+
+
+if __name__ == "__main__":
+    main()
