@@ -281,8 +281,9 @@ def table(rows, markdown):
         lines.insert(1, "|---|" + "---:|" * (len(rows[0]) - 1))
         return "\n".join(lines)
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
-                     for r in rows)
+    def line(row):
+        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
+    return "\n".join(line(r) for r in rows)
 
 
 def preset_table(mg, pt, markdown):
@@ -293,7 +294,8 @@ def preset_table(mg, pt, markdown):
     for part in PARTS:
         a, b = mg["parts"][part], pt["parts"][part]
         rows.append([part, f"{a:.2f}", share(mg, part), f"{b:.2f}", share(pt, part), f"{a - b:+.2f}"])
-    for label, key in (("profiled step (sum of the parts)", "profiled_ms"), ("un-profiled step (median)", "step_ms")):
+    totals = (("profiled step (sum of the parts)", "profiled_ms"), ("un-profiled step (median)", "step_ms"))
+    for label, key in totals:
         a, b = mg[key], pt[key]
         rows.append([label, f"{a:.2f}", "", f"{b:.2f}", "", f"{a - b:+.2f}"])
     return table(rows, markdown)
