@@ -1,28 +1,42 @@
 """GPT training and KV-cache generation benchmark: minigrad-numba, minigrad-numpy, PyTorch CPU.
 
-    python -m bench.train [--presets tiny,small,medium] [--threads 2] [--steps N] [--no-startup]
+    python -m bench.train [--presets tiny,small,medium] [--rounds 3] [--threads 2] [--steps N]
+                          [--only numba,numpy,torch] [--clock wall|process] [--no-startup]
 
-For each preset (`models.gpt.preset`: model shape and batch size) every implementation trains
-the same architecture (pre-LN GPT-2 block, GELU(tanh), tied head, causal attention) with AdamW
-(lr 3e-4, betas (0.9, 0.95), weight decay 0.1) on random tokens, all in this one process with
-the same number of threads. Reported: training tokens/s = B*T / median step time (after
-warm-up steps), and the peak resident memory of that implementation's run (Linux: VmHWM,
-reset between runs through /proc/self/clear_refs). Ratios are minigrad-numba / PyTorch
-(higher is better). Then KV-cache generation tokens/s at `small` (batch 1, 16-token prompt,
-100 new tokens, sampling at temperature 1), and start-up times measured in fresh subprocesses:
-process start to the end of the first `tiny` training step with warm (cached) and cold
-(empty cache directory) Numba kernels.
+What is measured. For each preset (`models.gpt.preset`: model shape and batch size) every
+implementation trains the same architecture (pre-LN GPT-2 block, GELU(tanh), tied head, causal
+attention) with AdamW (lr 3e-4, betas (0.9, 0.95), weight decay 0.1) on random tokens: training
+tokens/s = B*T / the median step time over the timed steps after the warm-up steps, and the peak
+resident memory of the process (Linux: VmHWM). Then KV-cache generation at `small` (batch 1,
+16-token prompt, 100 new tokens, sampling at temperature 1): new tokens/s, median of 3 runs after
+one warm-up. A minigrad step is `models.training.Trainer.train_step`, the step every minigrad
+training run takes, with the optimizer a user builds: `optim.create("adamw", params)` (the fused
+kernel `minigrad.kernels.adam_step` per parameter on the numba backend, its NumPy update on the
+numpy backend). PyTorch runs `torch.optim.AdamW` (its CPU default, the for-loop implementation).
 
-A minigrad step is `models.training.Trainer.train_step`, the step every minigrad training run
-takes, with the optimizer a user builds: `optim.create("adamw", params)`, which runs the fused
-kernel `minigrad.kernels.adam_step` per parameter on the numba backend and its NumPy update on
-the numpy backend. PyTorch runs `torch.optim.AdamW` (its CPU default, the for-loop
-implementation). Run by hand, never in CI.
+How. Every (case, implementation) runs in its own fresh process (`--worker IMPL CASE`), which
+sets the thread count of every pool before NumPy or torch loads and imports only what that
+implementation needs: run in one process, PyTorch's OpenMP threads and minigrad's OpenBLAS and
+Numba threads disturb each other (PyTorch `tiny` was measured at 78k tokens/s alone and 65k
+beside minigrad), and the peak memory would count the other library. The cases run in `--rounds`
+rounds (default 3), the implementations' order alternating between rounds (numba, numpy, torch;
+then reversed), so slow drift of a shared machine does not always fall on the same one. The table
+gives the median over the rounds of each implementation, the ratio minigrad-numba / PyTorch of
+those medians (higher is better) and, in brackets, the ratio within each round.
+
+Start-up, in fresh processes, medians over the rounds: the time of the statement `import
+minigrad` with MINIGRAD_BACKEND=numpy (and of that whole process), and process start to the end
+of the first `tiny` training step (numba) with warm (cached) and cold (empty NUMBA_CACHE_DIR)
+Numba kernels.
+
+The output starts with the machine facts: CPU, threads, library versions and builds, the
+OpenBLAS settings in the environment, the load average before and after, the clock, the command.
+Run by hand, never in CI.
 """
 from __future__ import annotations
 
 import argparse
-import gc
+import json
 import os
 import statistics
 import subprocess
@@ -37,17 +51,8 @@ PRESET_STEPS = {"tiny": 30, "small": 12, "medium": 5}
 LR, BETAS, WD, EPS = 3e-4, (0.9, 0.95), 0.1, 1e-8
 
 
-# ----------------------------------------------------------------------------- memory helpers
-def reset_peak_rss() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
 def peak_rss_mb() -> float:
+    """This process's peak resident memory (MB) so far."""
     try:
         with open("/proc/self/status") as f:
             for line in f:
@@ -210,7 +215,31 @@ def torch_generate(new_tokens: int):
     return run
 
 
-# ----------------------------------------------------------------------------- timing
+# ----------------------------------------------------------------------------- one worker
+def worker(impl: str, case: str, args) -> None:
+    """Time `case` ("train:<preset>" or "generate") with `impl` in this fresh process; print one
+    JSON line: tokens/s and the process's peak RSS."""
+    bench_kernels.configure_worker(impl, args.threads)
+    if case == "generate":
+        run = torch_generate(args.gen_tokens) if impl == "torch" else minigrad_generate(impl, args.gen_tokens)
+        tokens, seconds = args.gen_tokens, median_time(run, 3, 1)
+    elif case.startswith("train:"):
+        name = case.removeprefix("train:")
+        step, tokens = torch_trainer(name) if impl == "torch" else minigrad_trainer(name, impl)
+        seconds = median_time(step, args.steps or PRESET_STEPS.get(name, 5), args.warmup)
+    else:
+        raise ValueError(f"bench.train --worker: case must be 'train:<preset>' or 'generate', got {case!r}")
+    print(json.dumps({"tokens_per_s": tokens / seconds, "peak_rss_mb": peak_rss_mb()}))
+
+
+# ----------------------------------------------------------------------------- start-up
+IMPORT_CODE = r"""
+import time
+t0 = time.perf_counter()
+import minigrad
+print(time.perf_counter() - t0)
+"""
+
 STARTUP_CODE = r"""
 import minigrad, minigrad.kernels
 from bench.train import minigrad_trainer
@@ -219,22 +248,43 @@ step()
 """
 
 
-def startup_seconds(cache_dir: str | None) -> float:
-    env = dict(os.environ)
-    if cache_dir is not None:
-        env["NUMBA_CACHE_DIR"] = cache_dir
+def fresh_process(code: str, **env) -> tuple[float, str]:
+    """Wall seconds of `python -c code` (interpreter start included) and its output; the process
+    inherits this one's environment (thread settings included) updated with `env`."""
     t0 = time.perf_counter()
-    out = subprocess.run([sys.executable, "-c", STARTUP_CODE], env=env, capture_output=True, text=True,
-                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    wall = time.perf_counter() - t0  # includes interpreter start
+    out = subprocess.run([sys.executable, "-c", code], env={**os.environ, **env},
+                         capture_output=True, text=True, cwd=bench_kernels.ROOT)
+    wall = time.perf_counter() - t0
     if out.returncode != 0:
         raise RuntimeError(out.stderr)
-    return wall
+    return wall, out.stdout
 
 
+def startup_rows(rounds: int) -> list:
+    """(label, seconds per round, target) of the start-up measurements."""
+    statement, process, warm, cold = [], [], [], []
+    fresh_process(STARTUP_CODE)  # make sure the normal Numba cache is populated
+    for r in range(rounds):
+        wall, out = fresh_process(IMPORT_CODE, MINIGRAD_BACKEND="numpy")
+        statement.append(float(out.split()[-1]))
+        process.append(wall)
+        warm.append(fresh_process(STARTUP_CODE)[0])
+        with tempfile.TemporaryDirectory() as cache:
+            cold.append(fresh_process(STARTUP_CODE, NUMBA_CACHE_DIR=cache)[0])
+        print(f"  round {r + 1}/{rounds} start-up: import {statement[-1]:.2f} s (process {wall:.2f} s), "
+              f"first tiny step warm {warm[-1]:.2f} s, cold {cold[-1]:.2f} s", file=sys.stderr, flush=True)
+    return [("`import minigrad` with MINIGRAD_BACKEND=numpy: the statement", statement, "≤ 0.3"),
+            ("`import minigrad` with MINIGRAD_BACKEND=numpy: the whole process", process, ""),
+            ("process start to the end of the first `tiny` step (numba), warm Numba cache", warm, "≤ 2"),
+            ("the same, cold compile (empty NUMBA_CACHE_DIR)", cold, "")]
+
+
+# ----------------------------------------------------------------------------- the parent
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--presets", default="tiny,small,medium")
+    ap.add_argument("--rounds", type=int, default=3, help="rounds of every case, the order alternating (default 3)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--steps", type=int, default=None, help="timed steps per preset (default per preset)")
     ap.add_argument("--warmup", type=int, default=3)
@@ -243,87 +293,77 @@ def main(argv=None):
     ap.add_argument("--only", default="numba,numpy,torch", help="implementations to run")
     ap.add_argument("--clock", choices=("wall", "process"), default="wall",
                     help="wall: perf_counter (the default, what a user waits); process: CPU time of "
-                         "the whole process, robust when other jobs share the cores (use with "
+                         "the worker process, robust when other jobs share the cores (use with "
                          "--threads 1: with more threads it also counts spin-waiting)")
+    ap.add_argument("--worker", nargs=2, metavar=("IMPL", "CASE"),
+                    help="internal: run CASE (train:<preset> or generate) with IMPL (numba, numpy or "
+                         "torch) in this process and print one JSON line")
     args = ap.parse_args(argv)
     bench_kernels.set_clock(args.clock)
-    bench_kernels.setup_threads(args.threads)
+    bench_kernels.setup_threads(args.threads)  # before NumPy loads; inherited by every subprocess
+    if args.worker:
+        if args.worker[0] not in bench_kernels.IMPLS:
+            ap.error(f"--worker: IMPL must be one of {bench_kernels.IMPLS}, got {args.worker[0]!r}")
+        worker(*args.worker, args)
+        return
 
     load0 = bench_kernels.load_average()
-    import minigrad
-    import numba
-    from bench.kernels import machine_line
-
-    minigrad.configure_runtime()
-    numba.set_num_threads(args.threads)
     impls = args.only.split(",")
-    try:
-        import torch
+    unknown = set(impls) - set(bench_kernels.IMPLS)
+    if unknown:
+        ap.error(f"--only: unknown implementations {sorted(unknown)}; choose from numba, numpy, torch")
+    if "torch" in impls and not bench_kernels.torch_available():
+        print("  PyTorch is not installed: its column is skipped (pip install -e .[bench])", file=sys.stderr)
+        impls.remove("torch")
+    presets = args.presets.split(",")
+    cases = [f"train:{name}" for name in presets] + ["generate"]
+    flags = ["--threads", str(args.threads), "--warmup", str(args.warmup), "--gen-tokens", str(args.gen_tokens),
+             "--clock", args.clock] + (["--steps", str(args.steps)] if args.steps else [])
 
-        torch.set_num_threads(args.threads)
-    except ImportError:
-        torch = None
-        impls = [i for i in impls if i != "torch"]
+    runs = {}  # (case, impl) -> the worker results, one per round
+    for r in range(args.rounds):
+        for case in cases:
+            for impl in bench_kernels.round_order(impls, r):
+                res = bench_kernels.run_worker("bench.train", [impl, case, *flags])
+                runs.setdefault((case, impl), []).append(res)
+                what = "generate small" if case == "generate" else case.replace(":", " ")
+                print(f"  round {r + 1}/{args.rounds} {what} {impl}: {res['tokens_per_s']:,.0f} tokens/s, "
+                      f"peak RSS {res['peak_rss_mb']:,.0f} MB", file=sys.stderr, flush=True)
+    startup = None if args.no_startup else startup_rows(args.rounds)
 
-    results = {}  # (preset, impl) -> (tokens/s, peak MB)
-    for name in args.presets.split(","):
-        steps = args.steps or PRESET_STEPS.get(name, 5)
-        for impl in impls:
-            gc.collect()
-            reset_peak_rss()
-            if impl == "torch":
-                step, tokens = torch_trainer(name)
-            else:
-                step, tokens = minigrad_trainer(name, impl)
-            t = median_time(step, steps, args.warmup)
-            results[(name, impl)] = (tokens / t, peak_rss_mb())
-            print(f"  {name} {impl}: {tokens / t:,.0f} tokens/s", file=sys.stderr, flush=True)
-            del step
-            gc.collect()
+    def values(case, impl, key):
+        return [res[key] for res in runs.get((case, impl), [])]
 
-    gen = {}
-    for impl in impls:
-        run = torch_generate(args.gen_tokens) if impl == "torch" else minigrad_generate(impl, args.gen_tokens)
-        gen[impl] = args.gen_tokens / median_time(run, 3, 1)
-        print(f"  generate {impl}: {gen[impl]:,.0f} tokens/s", file=sys.stderr, flush=True)
+    def cells(case, key):
+        return " | ".join(f"{statistics.median(v):,.0f}" if (v := values(case, impl, key)) else "n/a"
+                          for impl in ("numba", "numpy", "torch"))
 
-    startup = None
-    if not args.no_startup:
-        startup_seconds(None)  # make sure the normal cache is populated
-        warm = statistics.median(startup_seconds(None) for _ in range(3))
-        with tempfile.TemporaryDirectory() as d:
-            cold = startup_seconds(d)
-        startup = (warm, cold)
-
-    def cell(v, fmt):
-        return fmt.format(v) if v is not None else "n/a"
-
+    steps = (f"{args.steps}" if args.steps else
+             ", ".join(f"{name} {PRESET_STEPS.get(name, 5)}" for name in presets))
     print()
-    print(f"Machine: {machine_line(args.threads)}")
-    print(f"Clock: {args.clock}; load average before the run: {load0}")
-    print(f"Training: median step time over timed steps after {args.warmup} warm-up steps; "
-          "ratio = minigrad-numba / PyTorch (higher is better).")
+    print(bench_kernels.header("bench.train", argv, args.threads, args.clock, load0))
+    print(f"Each implementation in its own fresh process per case and round, the order alternating "
+          f"between rounds; medians over {args.rounds} rounds. Training: tokens/s = B*T / median step "
+          f"time over the timed steps ({steps}) after the warm-up steps ({args.warmup}). Generation: "
+          f"{args.gen_tokens} new tokens, median of 3 runs after 1 warm-up. numba / PyTorch: the "
+          "ratio of the medians (higher is better), in brackets the ratio in each round. Peak RSS: "
+          "the whole worker process (interpreter, the libraries that implementation loads, model, "
+          "optimizer state, activations).")
     print()
     print("| case | minigrad-numba | minigrad-numpy | PyTorch CPU | numba / PyTorch |")
     print("|---|---:|---:|---:|---:|")
-    for name in args.presets.split(","):
-        get = lambda impl, i: results.get((name, impl), (None, None))[i]  # noqa: E731
-        nb, npy, tt = get("numba", 0), get("numpy", 0), get("torch", 0)
-        ratio = f"{nb / tt:.2f}x" if nb and tt else "n/a"
-        print(f"| train `{name}` tokens/s | {cell(nb, '{:,.0f}')} | {cell(npy, '{:,.0f}')} | "
-              f"{cell(tt, '{:,.0f}')} | {ratio} |")
-        print(f"| train `{name}` peak RSS (MB) | {cell(get('numba', 1), '{:,.0f}')} | "
-              f"{cell(get('numpy', 1), '{:,.0f}')} | {cell(get('torch', 1), '{:,.0f}')} | |")
-    nb, npy, tt = gen.get("numba"), gen.get("numpy"), gen.get("torch")
-    ratio = f"{nb / tt:.2f}x" if nb and tt else "n/a"
-    print(f"| generate `small` with KV cache, tokens/s | {cell(nb, '{:,.0f}')} | {cell(npy, '{:,.0f}')} | "
-          f"{cell(tt, '{:,.0f}')} | {ratio} |")
+    for case in cases:
+        name = "generate `small` with KV cache" if case == "generate" else f"train `{case[6:]}`"
+        ratio = bench_kernels.ratio_cell(values(case, "numba", "tokens_per_s"), values(case, "torch", "tokens_per_s"))
+        print(f"| {name}, tokens/s | {cells(case, 'tokens_per_s')} | {ratio} |")
+        print(f"| {name}, peak RSS (MB) | {cells(case, 'peak_rss_mb')} | |")
     if startup:
-        print(f"| start to first `tiny` step, warm cache (s) | {startup[0]:.2f} | | | |")
-        print(f"| start to first `tiny` step, cold compile (s) | {startup[1]:.2f} | | | |")
-    print()
-    print("Peak RSS is the process high-water mark during that implementation's run, which includes "
-          "the interpreter and the libraries loaded so far (PyTorch is loaded throughout).")
+        print()
+        print("| start-up, fresh processes | seconds: median (each round) | target (s) |")
+        print("|---|---:|---:|")
+        for label, seconds, target in startup:
+            each = ", ".join(f"{t:.2f}" for t in seconds)
+            print(f"| {label} | {statistics.median(seconds):.2f} ({each}) | {target} |")
 
 
 if __name__ == "__main__":
