@@ -138,7 +138,7 @@ def test_checkpoint_from_another_run(tmp_path, capsys, corpus, full_run):
     shutil.copytree(full_run, out)
     for flags, said in ((("--preset", "small"), "--preset small contradicts"),
                         (("--batch-size", "8"), "--batch-size 8 contradicts"),
-                        (("--optimizer", "sgd"), "trained with --optimizer adamw"),
+                        (("--optimizer", "sgd"), "trained with --optimizer muon"),
                         (("--lr", "0.1"), "--lr 0.1 contradicts")):
         assert "fresh --out" in assert_refused(train_gpt, _args(corpus, out, "--resume", *flags), said, capsys, out)
     other_text = tmp_path / "other.txt"                     # same flags, but the text changed
@@ -348,6 +348,23 @@ def test_sample_cli_bad_input_is_one_line(full_run, tmp_path):
     assert r.returncode == 2 and "--prompt" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     r = _sample("--out", str(full_run), "--tokens", "0")
     assert r.returncode == 2 and "--tokens" in r.stderr
+
+
+def test_default_optimizer_is_muon_with_adamw_at_the_presets_lr():
+    """No --optimizer: Muon at MUON_LR on the hidden matrices, its AdamW part at the preset's AdamW
+    lr with betas (0.9, --beta2); an --opt-arg adamw_kwargs replaces that part, and another
+    optimizer gets the preset's lr and no adamw_kwargs."""
+    parse = train_gpt.build_parser().parse_args
+    args = parse(["--preset", "medium", "--beta2", "0.95"])
+    train_gpt._validate(args)
+    assert args.optimizer == "muon" and args.lr == train_gpt.MUON_LR
+    assert train_gpt.optimizer_options(args) == {
+        "adamw_kwargs": {"lr": train_gpt.PRESET_LR["medium"], "betas": (0.9, 0.95)}}
+    args = parse(["--opt-arg", 'adamw_kwargs={"lr": 0.001}'])
+    assert train_gpt.optimizer_options(args) == {"adamw_kwargs": {"lr": 0.001}}
+    args = parse(["--optimizer", "adamw"])
+    train_gpt._validate(args)
+    assert args.lr == train_gpt.PRESET_LR["small"] and train_gpt.optimizer_options(args) == {}
 
 
 def test_opt_arg_reaches_the_optimizer_and_a_bad_one_is_one_line(tmp_path, capsys, corpus):
