@@ -2,6 +2,7 @@
 refuse to be half-read."""
 import json
 import os
+import time
 
 import numpy as np
 import pytest
@@ -200,6 +201,24 @@ def test_time_budget_stops_early_and_says_so():
                   reserve_seconds=0.0)
     res = tr.fit()
     assert res.out_of_time and 0 < res.step < 10_000
+
+
+def test_the_time_budget_fits_the_steps_that_fit_whatever_the_target():
+    """The schedule's length under a time budget counts the evaluations of the steps that fit,
+    not of the target: a run given a bound no run reaches (1,000,000 steps, as the train CLI
+    without --steps) fits as many steps as one given a target just above what fits."""
+    fitted = {}
+    for target in (3000, 1_000_000):
+        model = _model()
+        tr = _trainer(model, _adamw(model), steps=target, eval_every=250, time_budget=600.0,
+                      reserve_seconds=25.0)
+        tr.start_time = time.perf_counter()            # as if the run had just begun
+        tr._fit_horizon(0.25, 2.0, lambda msg: None, None)
+        fitted[target] = tr.horizon
+    room = 600.0 - 2.0 - 25.0 - 0.05 * 600.0           # the last evaluation, reserve, slack
+    expected = room / (0.25 + 2.0 / 250)
+    assert fitted[3000] == fitted[1_000_000]
+    assert abs(fitted[1_000_000] - expected) <= 0.01 * expected
 
 
 def test_bad_trainer_arguments_name_the_problem():

@@ -396,9 +396,13 @@ class Trainer:
 
     def _fit_horizon(self, per_step, t_eval, say, bar):
         left = self.time_budget - (time.perf_counter() - self.start_time)
-        evals_left = ((self.horizon - self.step) // self.eval_every + 1) if self.eval_batches is not None else 0
-        reserve = evals_left * t_eval + self.reserve_seconds + 0.05 * left   # + save, sample, slack
-        fit = min(self.target, self.step + max(1, int((left - reserve) / per_step)))
+        # Each step costs per_step plus its share of the evaluation every eval_every steps, and
+        # the evaluation after the last step comes on top: counted over the steps that fit, not
+        # over the current horizon (which may be a bound no run reaches).
+        evals = self.eval_batches is not None
+        per_step_all = per_step + (t_eval / self.eval_every if evals else 0.0)
+        room = left - (t_eval if evals else 0.0) - self.reserve_seconds - 0.05 * left   # save, sample, slack
+        fit = min(self.target, self.step + max(1, int(room / per_step_all)))
         if abs(fit - self.horizon) > 0.01 * self.horizon:
             verb = "shortened" if fit < self.horizon else "lengthened"
             self.horizon = fit
