@@ -3,10 +3,11 @@
     python -m bench.kernels [--threads 2] [--repeat 7] [--rounds 3] [--quick] [--attention-only]
 
 Prints the machine facts (CPU, threads, library builds, OpenBLAS settings, load, clock, command)
-and one markdown table: median wall time (ms) of each case after warm-up (Numba compiles and the
-first-touch page faults are excluded), and the ratio minigrad-numba / PyTorch (lower is better;
-<= 1.0 means at least as fast as PyTorch). Every minigrad case goes through the public API
-(Tensors, `minigrad.functional`, `.backward()`), so the autograd overhead counts.
+and one markdown table: median time (ms; wall time, or CPU time with --clock process) of each case
+after warm-up (Numba compiles and the first-touch page faults are excluded), and the ratio
+minigrad-numba / PyTorch (lower is better; <= 1.0 means at least as fast as PyTorch). Every
+minigrad case goes through the public API (Tensors, `minigrad.functional`, `.backward()`), so the
+autograd overhead counts.
 
 The causal attention rows (fwd+bwd at (B, H, T, D) = (16,4,128,32), (8,8,256,64), (4,12,1024,64))
 run each implementation in its own fresh process (`--worker`), so one library's thread pools and
@@ -79,6 +80,28 @@ def torch_available() -> bool:
     return importlib.util.find_spec("torch") is not None
 
 
+def positive_int(text: str) -> int:
+    """argparse `type` of a count that must be at least 1 (--rounds, --threads, --steps...)."""
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
+    return n
+
+
+def check_presets(ap: argparse.ArgumentParser, names: list[str]) -> None:
+    """Stop with a one-line usage error when a name is not a `models.gpt` preset, before any
+    worker starts (a worker would fail with a traceback). Loads minigrad into this process,
+    which only waits for its workers."""
+    from models.gpt import PRESETS
+
+    unknown = [name for name in names if name not in PRESETS]
+    if unknown:
+        ap.error(f"--presets: unknown {', '.join(unknown)}; choose from {', '.join(PRESETS)}")
+
+
 CLOCK = time.perf_counter  # time.process_time with --clock process (set by each bench's main)
 
 
@@ -108,7 +131,6 @@ def median_time(fn, repeat: int, warmup: int = 2) -> float:
 def peak_traced_mb(fn) -> float:
     gc.collect()
     tracemalloc.start()
-    tracemalloc.reset_peak()
     fn()
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
@@ -118,12 +140,13 @@ def peak_traced_mb(fn) -> float:
 # ----------------------------------------------------------------------------- worker processes
 def run_worker(module: str, worker_args: list[str]) -> dict:
     """Run `python -m module --worker *worker_args` in a fresh process (it inherits this process's
-    environment, thread settings included) and return the JSON object of its last output line."""
+    environment, thread settings included) and return the JSON object of its last output line
+    that starts with "{" (a library may print lines of its own, torch's profiler does)."""
     out = subprocess.run([sys.executable, "-m", module, "--worker", *worker_args], cwd=ROOT,
                          capture_output=True, text=True)
     if out.returncode != 0:
         raise RuntimeError(f"python -m {module} --worker {' '.join(worker_args)} failed:\n{out.stderr}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return json.loads([line for line in out.stdout.splitlines() if line.startswith("{")][-1])
 
 
 def round_order(impls, r: int) -> list:
@@ -199,8 +222,9 @@ def machine_line(threads: int) -> str:
 
 
 def header(module: str, argv: list[str], threads: int, clock: str, load_before: str) -> str:
-    """The lines every table of bench.kernels and bench.train starts with: the machine, the
-    OpenBLAS settings in the environment, the clock, the load before and now, the command."""
+    """The lines the tables of bench.kernels, bench.train and bench.profile start with: the
+    machine, the OpenBLAS settings in the environment, the clock, the load before and now, the
+    command."""
     load_after = load_average()
     openblas = ", ".join(f"{var}={os.environ[var]}" if var in os.environ else f"{var} unset"
                          for var in OPENBLAS_ENV)
@@ -280,10 +304,11 @@ def attention_rows(shapes, impls, args) -> list:
 
 def main(argv=None) -> None:
     argv = sys.argv[1:] if argv is None else list(argv)
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--repeat", type=int, default=7)
-    ap.add_argument("--rounds", type=int, default=3, help="rounds of the own-process attention cases")
+    ap = argparse.ArgumentParser(prog="python -m bench.kernels", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--threads", type=positive_int, default=2)
+    ap.add_argument("--repeat", type=positive_int, default=7)
+    ap.add_argument("--rounds", type=positive_int, default=3, help="rounds of the own-process attention cases")
     ap.add_argument("--quick", action="store_true", help="fewer and smaller cases (a smoke run)")
     ap.add_argument("--attention-only", action="store_true", help="only the attention rows")
     ap.add_argument("--clock", choices=("wall", "process"), default="wall",

@@ -27,9 +27,11 @@ its start to the end of the slowest thread, which is what the step waits for.
   optimizer is the total time of its `Optimizer.step#AdamW.step` record, with everything run
   inside it. Every other aten op contributes its self time to the part of the nearest name,
   itself first and then its callers, that `TORCH_PARTS` knows (aten::t called by aten::linear
-  is GEMM, aten::fill_ called by nll_loss_backward is cross-entropy); the rest is other ops.
-  Tape + Python overhead = profiled step - all parts: the autograd engine and its nodes,
-  gradient accumulation (AccumulateGrad), the Python of the model and the step, and the
+  is GEMM, aten::fill_ called by nll_loss_backward is cross-entropy, aten::cat called by
+  SplitBackward0 is attention, as minigrad's QKVAttention splits and merges the heads); the rest
+  is other ops. Tape + Python overhead = profiled step - all parts: the autograd engine and its
+  nodes, gradient accumulation (AccumulateGrad, and the engine's aten::add(_) of two gradients of
+  one tensor, e.g. of the residual stream), the Python of the model and the step, and the
   dispatcher's time between ops. The profiler's "CPU time" is wall time in the calling thread,
   like minigrad's timers; the intra-op (OpenMP) threads record no events of their own.
 
@@ -44,13 +46,11 @@ import argparse
 import gc
 import inspect
 import json
-import os
-import platform
-import statistics
-import subprocess
 import sys
 import time
 from collections import defaultdict
+
+from bench import kernels as bench_kernels
 
 PARTS = ["GEMM", "attention", "layer norm", "GELU", "cross-entropy", "embedding", "optimizer",
          "other ops", "tape + Python overhead"]
@@ -71,12 +71,14 @@ MINIGRAD_PARTS = {
 
 # PyTorch: a piece of an aten op's or autograd node's name (lower case, underscores removed, so
 # that "gelu_backward" and "GeluBackward0" both contain "gelu") -> part. "mmbackward" is the
-# backward of mm, addmm and bmm. AccumulateGrad and randint are overhead, as minigrad's gradient
-# accumulation and batch drawing are: neither is an op there.
+# backward of mm, addmm and bmm. "split" (aten::split, and SplitBackward0's aten::cat) is
+# attention because minigrad's QKVAttention includes splitting qkv into heads. AccumulateGrad and
+# randint are overhead, as minigrad's gradient accumulation and batch drawing are: neither is an
+# op there.
 TORCH_PARTS = {
     "aten::mm": "GEMM", "aten::addmm": "GEMM", "aten::bmm": "GEMM", "aten::matmul": "GEMM",
     "aten::linear": "GEMM", "mmbackward": "GEMM",
-    "scaleddotproduct": "attention",
+    "scaleddotproduct": "attention", "split": "attention",
     "layernorm": "layer norm",
     "gelu": "GELU",
     "logsoftmax": "cross-entropy", "nllloss": "cross-entropy", "crossentropy": "cross-entropy",
@@ -84,6 +86,7 @@ TORCH_PARTS = {
     "accumulategrad": OVERHEAD, "randint": OVERHEAD,
 }
 TORCH_OPTIMIZER = "Optimizer.step#"  # the record_function torch.optim wraps every step in
+TORCH_ENGINE = "autograd::engine::evaluate_function"  # the record around each backward node
 
 
 # ----------------------------------------------------------------------------- minigrad
@@ -161,7 +164,13 @@ def profile_minigrad(preset, steps, warmup):
 # ----------------------------------------------------------------------------- PyTorch
 def torch_part(event):
     """The part of the nearest name in the event's call chain (itself first) that TORCH_PARTS
-    knows, or "other ops"."""
+    knows, or "other ops". An add right under the engine's record of a node is the engine summing
+    two gradients of one tensor (the residual stream's, at the layer norm's node): gradient
+    accumulation, overhead as in minigrad's backward, not the node's part."""
+    parent = event.cpu_parent
+    if (event.name in ("aten::add", "aten::add_") and parent is not None
+            and parent.name.startswith(TORCH_ENGINE)):
+        return OVERHEAD
     while event is not None:
         name = event.name.lower().replace("_", "")
         for piece, part in TORCH_PARTS.items():
@@ -203,6 +212,8 @@ def profile_torch(preset, steps, warmup):
             parts["optimizer"] += ev.cpu_time_total * 1e-6
         elif ev.name.startswith("aten::"):
             part = torch_part(ev)
+            if part == OVERHEAD:
+                continue  # counted in what the other parts leave of the step (result)
             parts[part] += ev.self_cpu_time_total * 1e-6
             if part == "other ops":
                 other[ev.name] += ev.self_cpu_time_total * 1e-6
@@ -212,9 +223,7 @@ def profile_torch(preset, steps, warmup):
 # ----------------------------------------------------------------------------- worker helpers
 def unprofiled_ms(step, steps, warmup):
     """Median ms of `step()` over `steps` runs after `warmup` runs (compiles, first touches)."""
-    for _ in range(warmup):
-        step()
-    return statistics.median(timed_steps(step, 1) for _ in range(steps)) * 1e3
+    return bench_kernels.median_time(step, steps, warmup) * 1e3
 
 
 def timed_steps(step, steps):
@@ -238,42 +247,15 @@ def result(parts, other, wall, steps, step_ms, tokens):
 
 
 def worker(impl, preset, threads, steps, warmup):
-    from bench.kernels import setup_threads
-
-    setup_threads(threads)  # before NumPy, Numba or torch start a pool
-    import numba
-    import numpy as np
-
-    import minigrad
-
-    # as in bench.train, for both sides: glibc malloc settings (the whole process), Numba's
-    # workqueue threading layer (chosen before set_num_threads starts the pool)
-    minigrad.configure_runtime()
-    numba.set_num_threads(threads)
-    versions = {"Python": platform.python_version(), "NumPy": np.__version__, "Numba": numba.__version__}
-    if impl == "torch":
-        import torch
-
-        torch.set_num_threads(threads)
-        versions = {"PyTorch": torch.__version__}
-        out = profile_torch(preset, steps, warmup)
-    else:
-        out = profile_minigrad(preset, steps, warmup)
-    print(json.dumps({**out, "versions": versions}))
+    bench_kernels.setup_threads(threads)  # before NumPy, Numba or torch start a pool
+    # the process settings of bench.train's workers: minigrad's configure_runtime(), or for
+    # PyTorch the same malloc settings without loading Numba or SciPy
+    bench_kernels.configure_worker("torch" if impl == "torch" else "numba", threads)
+    out = profile_torch(preset, steps, warmup) if impl == "torch" else profile_minigrad(preset, steps, warmup)
+    print(json.dumps(out))
 
 
 # ----------------------------------------------------------------------------- parent
-def run_worker(impl, preset, args, steps):
-    cmd = [sys.executable, "-m", "bench.profile", "--worker", impl, preset, "--threads", str(args.threads),
-           "--steps", str(steps), "--warmup", str(args.warmup)]
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    out = subprocess.run(cmd, capture_output=True, text=True, cwd=root)
-    if out.returncode != 0:
-        raise RuntimeError(f"bench.profile: the {impl} worker for {preset!r} failed:\n{out.stderr}")
-    # the JSON is the last line: torch's profiler may print its own lines to stdout
-    return json.loads([line for line in out.stdout.splitlines() if line.startswith("{")][-1])
-
-
 def table(rows, markdown):
     """Rows of cells (the first row the header; columns after the first right-aligned)."""
     if markdown:
@@ -306,10 +288,12 @@ def steps_for(args, preset):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    ap = argparse.ArgumentParser(prog="python -m bench.profile", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--presets", default="tiny,small,medium")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--steps", type=int, default=None,
+    ap.add_argument("--threads", type=bench_kernels.positive_int, default=2)
+    ap.add_argument("--steps", type=bench_kernels.positive_int, default=None,
                     help="timed and profiled steps per preset (default: " +
                          ", ".join(f"{k} {v}" for k, v in PRESET_STEPS.items()) + ")")
     ap.add_argument("--warmup", type=int, default=2)
@@ -320,24 +304,21 @@ def main(argv=None):
         worker(*args.worker, args.threads, steps_for(args, args.worker[1]), args.warmup)
         return
 
-    from minigrad.backend import cpu_model
-
-    load = " ".join(f"{x:.1f}" for x in os.getloadavg())
+    bench_kernels.setup_threads(args.threads)  # as the workers do, so the header shows their settings
+    load0 = bench_kernels.load_average()
+    presets = args.presets.split(",")
+    bench_kernels.check_presets(ap, presets)
     results = {}
-    for preset in args.presets.split(","):
+    for preset in presets:
         for impl in ("minigrad", "torch"):
-            results[preset, impl] = run_worker(impl, preset, args, steps_for(args, preset))
+            steps = str(steps_for(args, preset))
+            results[preset, impl] = bench_kernels.run_worker("bench.profile", [
+                impl, preset, "--threads", str(args.threads), "--steps", steps, "--warmup", str(args.warmup)])
             print(f"  {preset} {impl}: done", file=sys.stderr, flush=True)
 
-    versions = {}
-    for res in results.values():
-        versions.update(res["versions"])
-    print(f"CPU: {cpu_model()}, {os.cpu_count()} logical CPUs, threads: {args.threads}; "
-          + ", ".join(f"{k} {v}" for k, v in versions.items()))
-    print(f"Command: python -m bench.profile {' '.join(argv if argv is not None else sys.argv[1:])}")
-    print(f"Load average before the run: {load}. minigrad: numba backend, optim.create('adamw'); "
-          "PyTorch: eager, torch.optim.AdamW.")
-    for preset in args.presets.split(","):
+    print(bench_kernels.header("bench.profile", argv, args.threads, "wall", load0))
+    print("minigrad: numba backend, optim.create('adamw'); PyTorch: eager, torch.optim.AdamW.")
+    for preset in presets:
         mg, pt = results[preset, "minigrad"], results[preset, "torch"]
         print(f"\n{'### ' if args.markdown else ''}`{preset}`: {mg['tokens']} tokens per step, ms per step "
               f"(mean of {steps_for(args, preset)} profiled steps after {args.warmup} warm-up steps)\n")

@@ -48,6 +48,7 @@ from bench import kernels as bench_kernels
 from bench.kernels import median_time
 
 PRESET_STEPS = {"tiny": 30, "small": 12, "medium": 5}
+PROMPT_TOKENS = 16  # of the generation case
 LR, BETAS, WD, EPS = 3e-4, (0.9, 0.95), 0.1, 1e-8
 
 
@@ -100,7 +101,7 @@ def minigrad_generate(backend: str, new_tokens: int):
 
     cfg, _ = preset("small")
     model = GPT(cfg, seed=0)
-    prompt = np.random.default_rng(0).integers(0, cfg.vocab_size, (1, 16))
+    prompt = np.random.default_rng(0).integers(0, cfg.vocab_size, (1, PROMPT_TOKENS))
 
     def run():
         with mg.use_backend(backend):
@@ -197,7 +198,7 @@ def torch_generate(new_tokens: int):
     cfg, _ = preset("small")
     torch.manual_seed(0)
     model = torch_gpt(cfg).eval()
-    prompt = torch.randint(0, cfg.vocab_size, (1, 16))
+    prompt = torch.randint(0, cfg.vocab_size, (1, PROMPT_TOKENS))
 
     @torch.no_grad()
     def run():
@@ -282,13 +283,16 @@ def startup_rows(rounds: int) -> list:
 # ----------------------------------------------------------------------------- the parent
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog="python -m bench.train", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--presets", default="tiny,small,medium")
-    ap.add_argument("--rounds", type=int, default=3, help="rounds of every case, the order alternating (default 3)")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--steps", type=int, default=None, help="timed steps per preset (default per preset)")
+    ap.add_argument("--rounds", type=bench_kernels.positive_int, default=3,
+                    help="rounds of every case, the order alternating (default 3)")
+    ap.add_argument("--threads", type=bench_kernels.positive_int, default=2)
+    ap.add_argument("--steps", type=bench_kernels.positive_int, default=None,
+                    help="timed steps per preset (default per preset)")
     ap.add_argument("--warmup", type=int, default=3)
-    ap.add_argument("--gen-tokens", type=int, default=100)
+    ap.add_argument("--gen-tokens", type=bench_kernels.positive_int, default=100)
     ap.add_argument("--no-startup", action="store_true", help="skip the start-up subprocess timings")
     ap.add_argument("--only", default="numba,numpy,torch", help="implementations to run")
     ap.add_argument("--clock", choices=("wall", "process"), default="wall",
@@ -316,6 +320,13 @@ def main(argv=None):
         print("  PyTorch is not installed: its column is skipped (pip install -e .[bench])", file=sys.stderr)
         impls.remove("torch")
     presets = args.presets.split(",")
+    bench_kernels.check_presets(ap, presets)
+    from models.gpt import preset
+
+    room = preset("small")[0].block_size - PROMPT_TOKENS  # PyTorch's positional table ends there
+    if args.gen_tokens > room:
+        ap.error(f"--gen-tokens: at most {room} (the `small` context minus the {PROMPT_TOKENS}-token prompt), "
+                 f"got {args.gen_tokens}")
     cases = [f"train:{name}" for name in presets] + ["generate"]
     flags = ["--threads", str(args.threads), "--warmup", str(args.warmup), "--gen-tokens", str(args.gen_tokens),
              "--clock", args.clock] + (["--steps", str(args.steps)] if args.steps else [])
@@ -353,7 +364,8 @@ def main(argv=None):
     print("| case | minigrad-numba | minigrad-numpy | PyTorch CPU | numba / PyTorch |")
     print("|---|---:|---:|---:|---:|")
     for case in cases:
-        name = "generate `small` with KV cache" if case == "generate" else f"train `{case[6:]}`"
+        preset_name = case.removeprefix("train:")
+        name = "generate `small` with KV cache" if case == "generate" else f"train `{preset_name}`"
         ratio = bench_kernels.ratio_cell(values(case, "numba", "tokens_per_s"), values(case, "torch", "tokens_per_s"))
         print(f"| {name}, tokens/s | {cells(case, 'tokens_per_s')} | {ratio} |")
         print(f"| {name}, peak RSS (MB) | {cells(case, 'peak_rss_mb')} | |")
