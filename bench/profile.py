@@ -1,20 +1,28 @@
 """Where one GPT training step spends its time: minigrad-numba beside PyTorch CPU, part by part.
 
-    python -m bench.profile [--presets tiny,small,medium] [--threads 2] [--steps N] [--warmup W] [--markdown]
+    python -m bench.profile [--presets tiny,small,medium] [--rounds 3] [--threads 2] [--steps N]
+                            [--warmup W] [--markdown]
 
 For each preset (`models.gpt.preset`) the step of `bench.train` (same model, AdamW, random
-tokens) is profiled for minigrad (numba backend) and for PyTorch, each in its own subprocess
+tokens) is profiled for minigrad (numba backend) and for PyTorch, each in its own fresh process
 (`python -m bench.profile --worker minigrad|torch PRESET ...`), so that the thread pools of one
 never disturb the other. A worker runs W warm-up steps, times N steps without the profiler
-(their median is the "un-profiled step" row), then profiles N more steps and prints one JSON
-line; the parent prints one table per preset (`--markdown`: markdown tables, for the docs).
+(their median is its un-profiled step), then profiles N more steps and prints one JSON line.
+As in `bench.train`, this runs in `--rounds` rounds (default 3): each round starts one worker
+per side and preset, minigrad first in the first round, PyTorch first in the second, and so on,
+so slow drift of a shared machine does not always fall on the same side. The parent prints one
+table per preset (`--markdown`: markdown tables, for the docs) of medians over the rounds, and
+under it each side's un-profiled step in every round, which shows the spread.
 
 Rows: the step's time split into GEMM, attention, layer norm, GELU, cross-entropy, embedding,
-optimizer, other ops and tape + Python overhead, in ms per step (the mean over the profiled
-steps), which add up to the "profiled step" row: the wall time of a step under the profiler.
-Its excess over the un-profiled step is what profiling itself costs. Every time is wall time in
-the thread that runs the step: a kernel that also runs on the pool's threads counts once, from
-its start to the end of the slowest thread, which is what the step waits for.
+optimizer, other ops and tape + Python overhead, in ms per step. A worker measures each part as
+the mean over its profiled steps; the parts add up to its profiled step: the wall time of a step
+under the profiler. The table gives, for each side, the median over the rounds of each part, of
+the profiled step (the sum of the parts) and of the un-profiled step; the medians of the parts
+need not add up exactly to the median of the sums. The profiled step's excess over the
+un-profiled one is what profiling itself costs. Every time is wall time in the thread that runs
+the step: a kernel that also runs on the pool's threads counts once, from its start to the end
+of the slowest thread, which is what the step waits for.
 
 * minigrad: while profiling, the `forward` and `backward` of every `minigrad.Function` subclass
   are wrapped with perf_counter timers, and so is the optimizer's `step`. An op's time is its
@@ -37,15 +45,16 @@ its start to the end of the slowest thread, which is what the step waits for.
 
 Read a row's difference as where minigrad loses (positive) or gains (negative) against PyTorch.
 The two columns are measured in different processes at different moments: on a shared machine,
-compare the un-profiled rows with `bench.train` before trusting a small difference. Below each
-table, the largest "other ops" of each side are named. Run by hand, never in CI.
+read a small difference against the per-round spread below the table, and compare the
+un-profiled step with `bench.train`. Below each table, the largest "other ops" of each side
+(median ms over the rounds) are named. Run by hand, never in CI.
 """
 from __future__ import annotations
 
 import argparse
 import gc
-import inspect
 import json
+import statistics
 import sys
 import time
 from collections import defaultdict
@@ -135,11 +144,7 @@ def timed_ops(watch):
 def profile_minigrad(preset, steps, warmup):
     from bench.train import minigrad_trainer
 
-    step, tokens = minigrad_trainer(preset, "numba")
-    trainer = inspect.getclosurevars(step).nonlocals.get("trainer")
-    if trainer is None:
-        raise RuntimeError("bench.profile: bench.train.minigrad_trainer's step no longer closes over "
-                           "`trainer`; the optimizer cannot be timed apart")
+    step, tokens, trainer = minigrad_trainer(preset, "numba")
     step_ms = unprofiled_ms(step, steps, warmup)
 
     watch = Stopwatch()
@@ -238,12 +243,12 @@ def timed_steps(step, steps):
 
 
 def result(parts, other, wall, steps, step_ms, tokens):
-    """Per-step ms; the overhead is what the timed parts leave of the profiled step."""
+    """Per-step ms; the overhead is what the timed parts leave of the profiled step. Every "other
+    op" is kept (not only the largest), so the parent can take each one's median over rounds."""
     parts[OVERHEAD] = wall - sum(s for p, s in parts.items() if p != OVERHEAD)
-    top = sorted(other.items(), key=lambda kv: -kv[1])[:5]
     return {"step_ms": step_ms, "profiled_ms": wall / steps * 1e3, "tokens": tokens,
             "parts": {p: s / steps * 1e3 for p, s in parts.items()},
-            "top_other": [(n, s / steps * 1e3) for n, s in top]}
+            "other_ops": {n: s / steps * 1e3 for n, s in other.items()}}
 
 
 def worker(impl, preset, threads, steps, warmup):
@@ -268,7 +273,21 @@ def table(rows, markdown):
     return "\n".join(line(r) for r in rows)
 
 
+def median_result(rounds):
+    """One side's worker results over the rounds -> the medians the table shows: of each part, of
+    the profiled step (each round's sum of the parts), of the un-profiled step, and of each other
+    op (0 in a round where it did not run)."""
+    median = statistics.median
+    names = {name for res in rounds for name in res["other_ops"]}
+    other = {name: median([res["other_ops"].get(name, 0.0) for res in rounds]) for name in names}
+    return {"parts": {part: median([res["parts"][part] for res in rounds]) for part in PARTS},
+            "profiled_ms": median([res["profiled_ms"] for res in rounds]),
+            "step_ms": median([res["step_ms"] for res in rounds]),
+            "top_other": sorted(other.items(), key=lambda kv: -kv[1])[:5]}
+
+
 def preset_table(mg, pt, markdown):
+    """The table of one preset from the two sides' medians (`median_result`)."""
     def share(res, part):
         return f"{res['parts'][part] / res['profiled_ms']:.0%}"
 
@@ -276,7 +295,7 @@ def preset_table(mg, pt, markdown):
     for part in PARTS:
         a, b = mg["parts"][part], pt["parts"][part]
         rows.append([part, f"{a:.2f}", share(mg, part), f"{b:.2f}", share(pt, part), f"{a - b:+.2f}"])
-    totals = (("profiled step (sum of the parts)", "profiled_ms"), ("un-profiled step (median)", "step_ms"))
+    totals = (("profiled step (sum of the parts)", "profiled_ms"), ("un-profiled step", "step_ms"))
     for label, key in totals:
         a, b = mg[key], pt[key]
         rows.append([label, f"{a:.2f}", "", f"{b:.2f}", "", f"{a - b:+.2f}"])
@@ -287,11 +306,16 @@ def steps_for(args, preset):
     return args.steps or PRESET_STEPS.get(preset, 3)
 
 
+SIDES = {"minigrad": "minigrad", "torch": "PyTorch"}  # worker IMPL -> the name in the output
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     ap = argparse.ArgumentParser(prog="python -m bench.profile", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--presets", default="tiny,small,medium")
+    ap.add_argument("--rounds", type=bench_kernels.positive_int, default=3,
+                    help="rounds of every preset, the order of the two sides alternating (default 3)")
     ap.add_argument("--threads", type=bench_kernels.positive_int, default=2)
     ap.add_argument("--steps", type=bench_kernels.positive_int, default=None,
                     help="timed and profiled steps per preset (default: " +
@@ -308,24 +332,36 @@ def main(argv=None):
     load0 = bench_kernels.load_average()
     presets = args.presets.split(",")
     bench_kernels.check_presets(ap, presets)
-    results = {}
-    for preset in presets:
-        for impl in ("minigrad", "torch"):
-            steps = str(steps_for(args, preset))
-            results[preset, impl] = bench_kernels.run_worker("bench.profile", [
-                impl, preset, "--threads", str(args.threads), "--steps", steps, "--warmup", str(args.warmup)])
-            print(f"  {preset} {impl}: done", file=sys.stderr, flush=True)
+    if not bench_kernels.torch_available():
+        ap.error("PyTorch is not installed, and every table compares with it: pip install -e .[bench]")
+
+    runs = {}  # (preset, impl) -> the worker results, one per round
+    for r in range(args.rounds):
+        for preset in presets:
+            for impl in bench_kernels.round_order(tuple(SIDES), r):
+                res = bench_kernels.run_worker("bench.profile", [
+                    impl, preset, "--threads", str(args.threads), "--steps", str(steps_for(args, preset)),
+                    "--warmup", str(args.warmup)])
+                runs.setdefault((preset, impl), []).append(res)
+                print(f"  round {r + 1}/{args.rounds} {preset} {impl}: {res['step_ms']:.1f} ms per step",
+                      file=sys.stderr, flush=True)
 
     print(bench_kernels.header("bench.profile", argv, args.threads, "wall", load0))
-    print("minigrad: numba backend, optim.create('adamw'); PyTorch: eager, torch.optim.AdamW.")
+    print("minigrad: numba backend, optim.create('adamw'); PyTorch: eager, torch.optim.AdamW. Each side "
+          "in its own fresh process per preset and round, the order alternating between rounds.")
     for preset in presets:
-        mg, pt = results[preset, "minigrad"], results[preset, "torch"]
-        print(f"\n{'### ' if args.markdown else ''}`{preset}`: {mg['tokens']} tokens per step, ms per step "
-              f"(mean of {steps_for(args, preset)} profiled steps after {args.warmup} warm-up steps)\n")
-        print(preset_table(mg, pt, args.markdown))
-        for label, res in (("minigrad", mg), ("PyTorch", pt)):
-            names = ", ".join(f"{n} {ms:.2f}" for n, ms in res["top_other"]) or "none"
-            print(f"\nLargest other ops, {label} (ms): {names}")
+        medians = {impl: median_result(runs[preset, impl]) for impl in SIDES}
+        tokens = runs[preset, "minigrad"][0]["tokens"]
+        print(f"\n{'### ' if args.markdown else ''}`{preset}`: {tokens} tokens per step, ms per step: median "
+              f"over {args.rounds} rounds of the mean of {steps_for(args, preset)} profiled steps after "
+              f"{args.warmup} warm-up steps\n")
+        print(preset_table(medians["minigrad"], medians["torch"], args.markdown))
+        per_round = "; ".join(f"{label} " + ", ".join(f"{res['step_ms']:.2f}" for res in runs[preset, impl])
+                              for impl, label in SIDES.items())
+        print(f"\nUn-profiled step in each round (ms): {per_round}")
+        for impl, label in SIDES.items():
+            names = ", ".join(f"{n} {ms:.2f}" for n, ms in medians[impl]["top_other"]) or "none"
+            print(f"\nLargest other ops, {label} (median ms): {names}")
 
 
 if __name__ == "__main__":

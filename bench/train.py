@@ -68,6 +68,8 @@ def peak_rss_mb() -> float:
 
 # ----------------------------------------------------------------------------- minigrad
 def minigrad_trainer(preset_name: str, backend: str):
+    """(step, tokens per step, trainer): `step()` runs one `Trainer.train_step` on `backend`; the
+    `Trainer` is returned too, so that bench.profile can time its optimizer apart."""
     import minigrad as mg
     import optim
     from models.gpt import GPT, preset
@@ -90,7 +92,7 @@ def minigrad_trainer(preset_name: str, backend: str):
         with mg.use_backend(backend):
             return trainer.train_step()
 
-    return step, batch * cfg.block_size
+    return step, batch * cfg.block_size, trainer
 
 
 def minigrad_generate(backend: str, new_tokens: int):
@@ -226,7 +228,10 @@ def worker(impl: str, case: str, args) -> None:
         tokens, seconds = args.gen_tokens, median_time(run, 3, 1)
     elif case.startswith("train:"):
         name = case.removeprefix("train:")
-        step, tokens = torch_trainer(name) if impl == "torch" else minigrad_trainer(name, impl)
+        if impl == "torch":
+            step, tokens = torch_trainer(name)
+        else:
+            step, tokens, _ = minigrad_trainer(name, impl)
         seconds = median_time(step, args.steps or PRESET_STEPS.get(name, 5), args.warmup)
     else:
         raise ValueError(f"bench.train --worker: case must be 'train:<preset>' or 'generate', got {case!r}")
@@ -244,7 +249,7 @@ print(time.perf_counter() - t0)
 STARTUP_CODE = r"""
 import minigrad, minigrad.kernels
 from bench.train import minigrad_trainer
-step, _ = minigrad_trainer("tiny", "numba")
+step, _, _ = minigrad_trainer("tiny", "numba")
 step()
 """
 
