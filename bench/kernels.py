@@ -91,6 +91,17 @@ def positive_int(text: str) -> int:
     return n
 
 
+def add_protocol_args(ap: argparse.ArgumentParser, *, warmup: int, steps_help: str) -> None:
+    """The options bench.train and bench.profile share: the presets, the rounds of the protocol,
+    the threads of every pool, the timed steps and the warm-up steps."""
+    ap.add_argument("--presets", default="tiny,small,medium")
+    ap.add_argument("--rounds", type=positive_int, default=3,
+                    help="rounds of every case, the order of the implementations alternating (default 3)")
+    ap.add_argument("--threads", type=positive_int, default=2)
+    ap.add_argument("--steps", type=positive_int, default=None, help=steps_help)
+    ap.add_argument("--warmup", type=int, default=warmup)
+
+
 def check_presets(ap: argparse.ArgumentParser, names: list[str]) -> None:
     """Stop with a one-line usage error when a name is not a `models.gpt` preset, before any
     worker starts (a worker would fail with a traceback). Loads minigrad into this process,

@@ -313,14 +313,8 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     ap = argparse.ArgumentParser(prog="python -m bench.profile", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--presets", default="tiny,small,medium")
-    ap.add_argument("--rounds", type=bench_kernels.positive_int, default=3,
-                    help="rounds of every preset, the order of the two sides alternating (default 3)")
-    ap.add_argument("--threads", type=bench_kernels.positive_int, default=2)
-    ap.add_argument("--steps", type=bench_kernels.positive_int, default=None,
-                    help="timed and profiled steps per preset (default: " +
-                         ", ".join(f"{k} {v}" for k, v in PRESET_STEPS.items()) + ")")
-    ap.add_argument("--warmup", type=int, default=2)
+    bench_kernels.add_protocol_args(ap, warmup=2, steps_help="timed and profiled steps per preset (default: " +
+                                    ", ".join(f"{k} {v}" for k, v in PRESET_STEPS.items()) + ")")
     ap.add_argument("--markdown", action="store_true", help="markdown tables (for the docs)")
     ap.add_argument("--worker", nargs=2, metavar=("IMPL", "PRESET"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)

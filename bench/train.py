@@ -290,13 +290,7 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     ap = argparse.ArgumentParser(prog="python -m bench.train", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--presets", default="tiny,small,medium")
-    ap.add_argument("--rounds", type=bench_kernels.positive_int, default=3,
-                    help="rounds of every case, the order alternating (default 3)")
-    ap.add_argument("--threads", type=bench_kernels.positive_int, default=2)
-    ap.add_argument("--steps", type=bench_kernels.positive_int, default=None,
-                    help="timed steps per preset (default per preset)")
-    ap.add_argument("--warmup", type=int, default=3)
+    bench_kernels.add_protocol_args(ap, warmup=3, steps_help="timed steps per preset (default per preset)")
     ap.add_argument("--gen-tokens", type=bench_kernels.positive_int, default=100)
     ap.add_argument("--no-startup", action="store_true", help="skip the start-up subprocess timings")
     ap.add_argument("--only", default="numba,numpy,torch", help="implementations to run")
