@@ -61,8 +61,10 @@ def abort(error: BaseException) -> None:
     """Print ``error`` with its traceback and ``rank r: Type: message`` (r the rank in
     ``MPI.COMM_WORLD``) on stderr, then stop every process of the job with ``MPI_Abort``."""
     MPI = _mpi()
-    traceback.print_exception(error, file=sys.stderr)
-    sys.stderr.write(f"rank {MPI.COMM_WORLD.Get_rank()}: {type(error).__name__}: {error}\n")
+    # one write, the rank's line first: the launcher may kill this process before it has
+    # forwarded all of a message written in pieces (then only "Traceback ..." arrived)
+    rank_line = f"rank {MPI.COMM_WORLD.Get_rank()}: {type(error).__name__}: {error}\n"
+    sys.stderr.write(rank_line + "".join(traceback.format_exception(error)) + rank_line)
     sys.stderr.flush()
     MPI.COMM_WORLD.Abort(1)
     os._exit(1)     # MPICH's Abort may return once the launcher is told; never run on after it
