@@ -328,14 +328,15 @@ def test_parallel_drivers_match_serial(monkeypatch):
         K.sgd_step(ps, flat[::-1].copy(), buf, first=True, lr=1e-2, momentum=0.9, weight_decay=0.1)
         return out + [p, m, vv, vmax, ps, buf]
 
-    monkeypatch.setattr(K, "_parallel", lambda work: False)
+    monkeypatch.setattr(K, "_parallel", lambda work, memory_bound=False: False)
     serial = run_all()
-    monkeypatch.setattr(K, "_parallel", lambda work: True)
+    monkeypatch.setattr(K, "_parallel", lambda work, memory_bound=False: True)
     monkeypatch.setattr(K, "_num_threads", lambda: 3)
-    ranges = []
-    pool = K._executor(2)
-    submit = pool.submit
-    monkeypatch.setattr(pool, "submit", lambda fn, *args: ranges.append(args[-2:]) or submit(fn, *args))
+    ranges = []   # the ranges handed to the pool's workers (the caller runs the last one)
+    pool = K.get_pool(2)
+    run = pool.run
+    monkeypatch.setattr(pool, "run", lambda kernel, args, bounds:
+                        ranges.extend(zip(bounds[:-2], bounds[1:-1])) or run(kernel, args, bounds))
     parallel = run_all()
     assert len(ranges) == 2 * 17 and (0, 12) in ranges    # 17 kernels, 2 pool ranges each
     ln_dw_db = {11, 12}                                    # positions of dw, db in run_all's list
@@ -364,3 +365,94 @@ def test_parallel_for_waits_for_every_range_when_one_raises(monkeypatch):
     with pytest.raises(ValueError, match="boom"):
         K._parallel_for(kernel, 2, True, out)
     assert out[0] == 1.0    # the pool's range had finished before the error was raised
+
+
+def test_parallel_for_recovers_after_an_error(monkeypatch):
+    """A range that raised leaves the pool ready: the next call runs every range again."""
+    monkeypatch.setattr(K, "_num_threads", lambda: 2)
+
+    def fails(out, lo, hi):
+        raise ValueError("boom")
+
+    def fills(out, lo, hi):
+        out[lo:hi] = 1.0
+
+    out = np.zeros(10)
+    with pytest.raises(ValueError, match="boom"):
+        K._parallel_for(fails, 10, True, out)
+    K._parallel_for(fills, 10, True, out)
+    assert out.tolist() == [1.0] * 10
+
+
+def test_kernels_called_from_several_threads_at_once_stay_correct():
+    """The simulated ranks of SimComm call kernels from their own threads: while one caller holds
+    the pool's workers, another runs its whole range itself; every result is the serial one."""
+    import threading
+
+    rng = np.random.default_rng(3)
+    xs = [f32(rng, (300_000,)) for _ in range(3)]
+    want = [K.gelu_forward(x) for x in xs]
+    errors = []
+
+    def caller(i):
+        try:
+            for _ in range(20):
+                np.testing.assert_array_equal(K.gelu_forward(xs[i]), want[i])
+        except AssertionError as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=caller, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+
+
+# ----------------------------------------------------------------------------- GEMM on the pool
+@given(m=st.integers(0, 40), k=st.integers(0, 20), n=st.integers(0, 40), ta=st.booleans(),
+       tb=st.booleans(), with_bias=st.booleans(), seed=st.integers(0, 2**16))
+def test_gemm_matches_numpy_split_by_rows_or_columns(m, k, n, ta, tb, with_bias, seed):
+    """`gemm` split over 3 threads (every size, by rows when m >= n, else by columns), on
+    C-contiguous or transposed operands, with and without the fused bias, against the float64
+    product of the same float32 inputs."""
+    rng = np.random.default_rng(seed)
+    a = f32(rng, (k, m)).T if ta else f32(rng, (m, k))
+    b = f32(rng, (n, k)).T if tb else f32(rng, (k, n))
+    bias = f32(rng, (n,)) if with_bias else None
+    want = a.astype(np.float64) @ b + (0.0 if bias is None else bias)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(K, "GEMM_SERIAL_BELOW", 0)
+        mp.setattr(K, "_num_threads", lambda: 3)
+        got = K.gemm(a, b, bias)
+    close32(got, want, scale=max(k, 1) ** 0.5)
+
+
+def test_gemm_keeps_numpy_semantics_for_mixed_dtypes_and_refuses_bad_shapes():
+    a, b = np.ones((4, 3), np.float32), np.ones((3, 5))
+    assert K.gemm(a, b).dtype == np.float64              # promoted as a @ b
+    assert K.gemm(a, b.astype(np.float32), np.ones(5)).dtype == np.float32   # bias cast to the output
+    with pytest.raises(ValueError, match=r"gemm: need a \(M, K\) and b \(K, N\), got \(4, 3\) and \(4, 3\)"):
+        K.gemm(a, a)
+    with pytest.raises(ValueError, match=r"bias must be \(5,\)"):
+        K.gemm(a, b, np.ones(4))
+
+
+def test_linear_op_on_the_pool_matches_the_numpy_backend():
+    """F.linear forward and backward (numba backend: `gemm` on the pool) against the numpy
+    backend, in float64, on a shape large enough to be split."""
+    import minigrad as mg
+    from minigrad import functional as F
+
+    rng = np.random.default_rng(5)
+    x, w, b, g = rng.standard_normal((3, 50, 40)), rng.standard_normal((70, 40)), rng.standard_normal(70), \
+        rng.standard_normal((3, 50, 70))
+    results = {}
+    for backend in ("numpy", "numba"):
+        with mg.use_backend(backend):
+            xt, wt, bt = mg.tensor(x, requires_grad=True), mg.tensor(w, requires_grad=True), mg.tensor(b, requires_grad=True)
+            y = F.linear(xt, wt, bt)
+            y.backward(g)
+            results[backend] = (y.data, xt.grad, wt.grad, bt.grad)
+    for got, want in zip(results["numba"], results["numpy"]):
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)

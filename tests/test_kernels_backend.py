@@ -66,7 +66,7 @@ def test_kernels_run_with_numba_jit_disabled():
         "errs = [abs(o - o2).max()] + [abs(a - b).max() for a, b in zip(g, g2)]\n"
         "errs.append(abs(K.gelu_forward(x) - R.gelu_forward(x)).max())\n"
         "errs.append(abs(K.softmax_forward(x) - R.softmax_forward(x)).max())\n"
-        "K._parallel = lambda work: True  # the head ranges in two threads, as plain Python\n"
+        "K._parallel = lambda work, memory_bound=False: True  # the head ranges in two threads, as plain Python\n"
         "K._num_threads = lambda: 2\n"
         "qkv = rng.standard_normal((2, 5, 12)).astype(np.float32)\n"
         "errs.append(abs(K.attention_qkv_forward(qkv, 2)[0] - R.attention_qkv_forward(qkv, 2)[0]).max())\n"
@@ -186,11 +186,13 @@ def test_attention_thread_pool_works_in_a_forked_child(monkeypatch):
 
     import minigrad.kernels as K
 
-    monkeypatch.setattr(K, "_parallel", lambda work: True)
+    from minigrad.kernels import pool
+
+    monkeypatch.setattr(K, "_parallel", lambda work, memory_bound=False: True)
     monkeypatch.setattr(K, "_num_threads", lambda: 2)     # also on a 1-CPU machine
     qkv = np.random.default_rng(0).standard_normal((2, 9, 12)).astype(np.float32)
     want, _ = K.attention_qkv_forward(qkv, 2)
-    assert K._pool["executor"] is not None and K._pool["pid"] == os.getpid()  # the parent's pool
+    assert pool._pool["pool"] is not None and pool._pool["pid"] == os.getpid()  # the parent's pool
     ctx = multiprocessing.get_context("fork")
     child = ctx.Process(target=_attention_in_child, args=(qkv, want))
     child.start()
@@ -203,11 +205,12 @@ def test_attention_thread_pool_works_in_a_forked_child(monkeypatch):
 
 def _attention_in_child(qkv, want):
     import minigrad.kernels as K
+    from minigrad.kernels import pool
 
-    K._parallel = lambda work: True
+    K._parallel = lambda work, memory_bound=False: True
     K._num_threads = lambda: 2
     got, _ = K.attention_qkv_forward(qkv, 2)
-    assert K._pool["pid"] == os.getpid()   # a pool of the child's own
+    assert pool._pool["pid"] == os.getpid()   # a pool of the child's own
     os._exit(0 if np.array_equal(got, want) else 1)
 
 

@@ -8,6 +8,8 @@ The optimizer updates are the exception: their twins are the optimizers' own Num
 tests/test_optim_fused.py holds each pair bit-identical.
 
     module        kernels                                   twin
+    (here)        gemm: a 2-D GEMM (+ bias) split over the  NumPy's a @ b + bias
+                  pool (Linear, matmul_forward route to it)
     matmul.py     bmm (BLAS per batch item), matmul_tiled   bmm, matmul_tiled
                   (matmul_forward/backward route to them)   matmul_forward, matmul_backward
     softmax.py    softmax, log_softmax, cross_entropy       softmax_*, log_softmax_*, cross_entropy_*
@@ -22,20 +24,21 @@ tests/test_optim_fused.py holds each pair bit-identical.
 
 Conventions: every kernel is parallel over output elements only (thread-private reductions):
 it works on a range of rows, elements, heads or batch items with the GIL released, and
-`_parallel_for` runs one range per thread for large inputs (below SERIAL_BELOW the whole range
-runs in the calling thread). Two exceptions: `embedding_bwd` is serial (repeated ids would
+`_parallel_for` runs one range per thread for large inputs on the one pool of `pool.py`, whose
+workers spin briefly between jobs; GEMMs run there too, as ranges of single-threaded BLAS calls,
+so that no second pool (BLAS's) competes for the cores (below SERIAL_BELOW and its siblings the
+whole range runs in the calling thread). Two exceptions: `embedding_bwd` is serial (repeated ids would
 race) and the teaching `matmul_tiled` shows Numba's own `prange`. Every kernel runs in float32
 or float64 (the dtype of its inputs) and computes exponentials with a vectorisable polynomial
 in float32 (`_math.py`). Importing this package imports Numba and defines the kernels; each is
 compiled at its first call or loaded from Numba's on-disk cache (`minigrad._numba_cache` says
-where). It changes no process-wide setting: `minigrad.configure_runtime()` applies the recommended ones (Numba's
-threading layer, single-threaded BLAS inside the kernels, malloc tuning).
+where). It changes no process-wide setting (`gemm` makes NumPy's BLAS single-threaded in the
+calling thread for the duration of the call only): `minigrad.configure_runtime()` applies the
+recommended ones (Numba's threading layer, single-threaded BLAS inside the kernels, malloc tuning).
 """
 from __future__ import annotations
 
 import math
-import os
-from concurrent.futures import wait as futures_wait
 
 import numba
 import numpy as np
@@ -43,43 +46,34 @@ import numpy as np
 from . import adam as _adam, attention as _att, gelu as _gelu, layernorm as _ln, sgd as _sgd, softmax as _sm
 from .embedding import embedding_bwd as _embedding_bwd
 from .matmul import bmm as _bmm, matmul_tiled as _matmul_tiled
+from .pool import _single_thread_blas, get_pool
 
 __all__ = [
     "bmm", "matmul_tiled", "matmul_forward", "matmul_backward", "softmax_forward", "softmax_backward", "log_softmax_forward",
     "log_softmax_backward", "cross_entropy_forward", "cross_entropy_backward",
     "layer_norm_forward", "layer_norm_backward", "gelu_forward", "gelu_backward",
     "attention_forward", "attention_backward", "attention_qkv_forward", "attention_qkv_backward",
-    "embedding_backward", "adam_step", "sgd_step", "ATTN_BLOCK_Q", "ATTN_BLOCK_K",
+    "embedding_backward", "adam_step", "sgd_step", "gemm", "linear_forward", "linear_backward", "ATTN_BLOCK_Q", "ATTN_BLOCK_K",
 ]
 
 _FLOATS = (np.float32, np.float64)
 
 # Below this much work a kernel runs in the calling thread only. Work counts elements for the row
-# and elementwise kernels and multiply-adds for bmm and attention (B*H*T*S*D), which do more per
-# element. Handing a range to a second thread (`_parallel_for`) was measured at ~0.14 ms median
-# (0.3 ms at the 90th percentile) on this 2-core VM, mostly waking the idle second CPU. Measured
-# break-even: the row and elementwise kernels lost on 2 threads up to (2048, 512), were even at
-# (2048, 1536) and won from ~6*10^6 elements; attention backward at (32, 4, 64, 16) (8*10^6
-# multiply-adds) won, a 100-token prefill (10^6) did not.
-SERIAL_BELOW = 1 << 22
+# and elementwise kernels and multiply-adds for GEMMs, bmm and attention (B*H*T*S*D). The pool's
+# workers spin between jobs (pool.py), so handing over a range costs microseconds while they are
+# awake, not the ~0.14 ms of waking a sleeping thread on the 2-core VM. Measured there, serial
+# against two threads: the compute-bound kernels (GELU's tanh, the exponentials of the softmax
+# family and attention, GEMMs) gained from ~1.3*10^5 elements (GELU backward at (2048, 64): 151
+# -> 95 us); the memory-bound ones (layer norm, the optimizer updates) did not gain below 10^6
+# elements and lost up to there (layer norm backward at (2048, 128): 108 -> 169 us), as a second
+# core adds no memory bandwidth, so they keep the old threshold.
+SERIAL_BELOW = 1 << 16
+MEMORY_SERIAL_BELOW = 1 << 22
+GEMM_SERIAL_BELOW = 1 << 18
 
 
-def _parallel(work: int) -> bool:
-    return work >= SERIAL_BELOW
-
-
-_pool = {"pid": None, "executor": None}
-
-
-def _executor(workers: int):
-    """The thread pool of `_parallel_for`, made again after a fork (threads do not survive one)."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    pool = _pool["executor"]
-    if _pool["pid"] != os.getpid() or pool is None or pool._max_workers < workers:
-        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="minigrad-kernel")
-        _pool.update(pid=os.getpid(), executor=pool)
-    return pool
+def _parallel(work: int, memory_bound: bool = False) -> bool:
+    return work >= (MEMORY_SERIAL_BELOW if memory_bound else SERIAL_BELOW)
 
 
 def _num_threads() -> int:
@@ -91,27 +85,19 @@ def _num_threads() -> int:
 def _parallel_for(kernel, n, parallel, *args):
     """Run `kernel(*args, lo, hi)` over items [0, n) (rows, elements, heads, batch items): in the
     calling thread, or split into one contiguous range per thread (`_num_threads`), the last
-    range in the calling thread. The kernels release the GIL, so the ranges run at once; each
-    writes only its own items' outputs. It returns only when every range has finished, also
-    when one of them raised (so no thread is still writing when the caller sees the error).
+    range in the calling thread and the others on the workers of `pool.get_pool`. The kernels
+    release the GIL, so the ranges run at once; each writes only its own items' outputs. It
+    returns only when every range has finished, also when one of them raised (so no thread is
+    still writing when the caller sees the error).
 
     Why not `prange`: on the 2-core VM a launch on Numba's workqueue layer cost 0.2-0.5 ms (its
-    idle workers poll with short sleeps, which also slowed OpenBLAS), against ~0.14 ms to hand
-    a range to a thread of this pool (see SERIAL_BELOW); and `parallel=True` kernels compile
-    several times slower."""
+    idle workers poll with short sleeps, which also slowed OpenBLAS), and `parallel=True` kernels
+    compile several times slower; the pool's spinning workers take a range in microseconds."""
     threads = min(_num_threads(), n) if parallel else 1
     if threads <= 1:
         kernel(*args, 0, n)
         return
-    bounds = [n * i // threads for i in range(threads + 1)]
-    pool = _executor(threads - 1)
-    futures = [pool.submit(kernel, *args, bounds[i], bounds[i + 1]) for i in range(threads - 1)]
-    try:
-        kernel(*args, bounds[-2], bounds[-1])
-    finally:
-        futures_wait(futures)
-    for f in futures:
-        f.result()  # re-raises a pool thread's exception
+    get_pool(threads - 1).run(kernel, args, [n * i // threads for i in range(threads + 1)])
 
 
 def _float_array(x, name, op):
@@ -165,6 +151,80 @@ def matmul_tiled(a, b, tile=64):
     return out
 
 
+_set_blas_threads = _single_thread_blas()  # NumPy's OpenBLAS, this thread only (None: another BLAS)
+
+
+def _gemm_rows(a, b, bias, out, r0, r1):
+    """out[r0:r1] = a[r0:r1] @ b (+ bias): rows r0..r1-1 of `gemm`, the bias added in cache."""
+    np.matmul(a[r0:r1], b, out=out[r0:r1])
+    if bias is not None:
+        out[r0:r1] += bias
+
+
+def _gemm_cols(a, b, bias, out, c0, c1):
+    """out[:, c0:c1] = a @ b[:, c0:c1] (+ bias[c0:c1]): columns c0..c1-1 of `gemm`."""
+    np.matmul(a, b[:, c0:c1], out=out[:, c0:c1])
+    if bias is not None:
+        out[:, c0:c1] += bias[c0:c1]
+
+
+def gemm(a, b, bias=None):
+    """a (M, K) @ b (K, N) (+ bias (N,)) on the kernel pool: the output's rows (its columns when
+    it has fewer rows than columns) split into one range per thread, each range one
+    single-threaded BLAS GEMM (NumPy's) with the bias added while the range is in cache. a and b
+    may be transposed views (BLAS reads them as they are). The result is the same as
+    `a @ b + bias` up to the order of float additions inside BLAS, which depends on the split.
+
+    Why not let BLAS thread the GEMM itself: its threads are a second pool that spins on the
+    cores the kernels' threads need next (see pool.py); here everything runs on one pool."""
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[0]:
+        raise ValueError(f"gemm: need a (M, K) and b (K, N), got {a.shape} and {b.shape}")
+    m, n = a.shape[0], b.shape[1]
+    if bias is not None and bias.shape != (n,):
+        raise ValueError(f"gemm: bias must be ({n},) for an output with {n} columns, got {bias.shape}")
+    if a.dtype != b.dtype or a.dtype not in _FLOATS:
+        out = a @ b  # mixed or non-float dtypes: NumPy's promotion, as `@` would do
+        if bias is not None:
+            out += bias
+        return out
+    if bias is not None:
+        bias = bias.astype(a.dtype, copy=False)  # added in the output's dtype, as `out += bias`
+    out = np.empty((m, n), a.dtype)
+    if m == 0 or n == 0 or a.shape[1] == 0:
+        out.fill(0)
+        if bias is not None:
+            out += bias
+        return out
+    threads = min(_num_threads(), max(m, n))
+    if m * n * a.shape[1] < GEMM_SERIAL_BELOW or threads <= 1:
+        _gemm_rows(a, b, bias, out, 0, m)  # (BLAS keeps GEMMs this small on one thread itself)
+        return out
+    previous = _set_blas_threads(1) if _set_blas_threads is not None else None
+    try:
+        if m >= n:
+            _parallel_for(_gemm_rows, m, True, a, b, bias, out)
+        else:
+            _parallel_for(_gemm_cols, n, True, a, b, bias, out)
+    finally:
+        if previous is not None:
+            _set_blas_threads(previous)
+    return out
+
+
+def linear_forward(x2, w, b=None):
+    """y = x2 @ w.T (+ b) for x2 (N, in) and w (out, in): `gemm` with its bias fused."""
+    return gemm(x2, w.T, b)
+
+
+def linear_backward(g2, x2, w, need_x=True, need_w=True, need_b=False):
+    """(dx2, dw, db) of y = x2 @ w.T + b from g2 (N, out), each None when not needed:
+    dx2 = g2 @ w and dw = g2.T @ x2 on the pool, db = the column sums of g2."""
+    gx = gemm(g2, w) if need_x else None
+    gw = gemm(g2.T, x2) if need_w else None
+    gb = g2.sum(axis=0) if need_b else None
+    return gx, gw, gb
+
+
 def _bmm_ok(a, b) -> bool:
     """Equal batch dims (3-D and up) and one float dtype: a batch of GEMMs for `bmm`."""
     return a.ndim >= 3 and a.ndim == b.ndim and a.shape[:-2] == b.shape[:-2] and a.dtype == b.dtype \
@@ -173,10 +233,10 @@ def _bmm_ok(a, b) -> bool:
 
 def matmul_forward(a, b):
     """a @ b with NumPy semantics, batched products routed to one GEMM where possible:
-    (..., K) @ (K, P) becomes one 2-D GEMM over all rows of a; equal-batch 3-D+ operands
+    (..., K) @ (K, P) becomes one 2-D `gemm` over all rows of a; equal-batch 3-D+ operands
     go to `bmm` (one single-threaded BLAS GEMM per batch item, items spread over threads)."""
-    if a.ndim >= 3 and b.ndim == 2:
-        return (a.reshape(-1, a.shape[-1]) @ b).reshape(a.shape[:-1] + (b.shape[1],))
+    if a.ndim >= 2 and b.ndim == 2:
+        return gemm(a.reshape(-1, a.shape[-1]), b).reshape(a.shape[:-1] + (b.shape[1],))
     if _bmm_ok(a, b):
         lead = a.shape[:-2]
         out = bmm(a.reshape((-1,) + a.shape[-2:]), b.reshape((-1,) + b.shape[-2:]))
@@ -187,9 +247,9 @@ def matmul_forward(a, b):
 def matmul_backward(a, b, g):
     """(da, db) of y = a @ b for the two batched cases `matmul_forward` speeds up, else None
     (the caller then uses its plain NumPy backward)."""
-    if a.ndim >= 3 and b.ndim == 2:  # db sums over all rows: one GEMM
+    if a.ndim >= 2 and b.ndim == 2:  # db sums over all rows: one GEMM
         a2, g2 = a.reshape(-1, a.shape[-1]), g.reshape(-1, g.shape[-1])
-        return (g2 @ b.T).reshape(a.shape), a2.T @ g2
+        return gemm(g2, b.T).reshape(a.shape), gemm(a2.T, g2)
     if _bmm_ok(a, b):
         return (matmul_forward(g, np.swapaxes(b, -1, -2)),
                 matmul_forward(np.swapaxes(a, -1, -2), g))
@@ -288,7 +348,7 @@ def layer_norm_forward(x, weight, bias, eps=1e-5):
     y = np.empty_like(x)
     mean = np.empty(x2.shape[0], x.dtype)
     rstd = np.empty(x2.shape[0], x.dtype)
-    _parallel_for(_ln.layer_norm_fwd, x2.shape[0], _parallel(x.size),
+    _parallel_for(_ln.layer_norm_fwd, x2.shape[0], _parallel(x.size, memory_bound=True),
                   x2, w, b, float(eps), y.reshape(x2.shape), mean, rstd)
     return y, mean.reshape(x.shape[:-1]), rstd.reshape(x.shape[:-1])
 
@@ -302,7 +362,7 @@ def layer_norm_backward(dy, x, weight, mean, rstd):
     w = np.ones(c, x.dtype) if weight is None else _float_array(weight, "weight", "layer_norm_backward").astype(x.dtype, copy=False)
     x2 = _rows(x, "x", "layer_norm_backward")
     n = x2.shape[0]
-    parallel = _parallel(x.size)
+    parallel = _parallel(x.size, memory_bound=True)
     nchunks = max(1, min(n, 16)) if parallel else 1  # fixed: dw, db do not depend on the thread count
     dw_part = np.empty((nchunks, c), x.dtype)
     db_part = np.empty((nchunks, c), x.dtype)
@@ -490,7 +550,7 @@ def adam_step(p, g, exp_avg, exp_avg_sq, max_exp_avg_sq=None, *, step, lr, beta1
     # the scalars of the twin, computed by the same Python expressions
     scalars = (bool(maximize), l2, decay, beta1, 1.0 - beta1, beta2, 1.0 - beta2,
                lr / (1.0 - beta1 ** step), math.sqrt(1.0 - beta2 ** step), eps, max_exp_avg_sq is not None)
-    _parallel_for(_adam.adam_step, p.size, _parallel(p.size), *arrays, *scalars)
+    _parallel_for(_adam.adam_step, p.size, _parallel(p.size, memory_bound=True), *arrays, *scalars)
 
 
 def sgd_step(p, g, momentum_buffer=None, *, first=False, lr, momentum=0.0, dampening=0.0,
@@ -507,4 +567,4 @@ def sgd_step(p, g, momentum_buffer=None, *, first=False, lr, momentum=0.0, dampe
     p1, g1, buf = _update_arrays("sgd_step", p, {"g": g, "momentum_buffer": momentum_buffer if momentum else None})
     scalars = (bool(maximize), float(weight_decay), momentum, 1.0 - float(dampening), bool(nesterov),
                bool(first), float(lr))
-    _parallel_for(_sgd.sgd_step, p.size, _parallel(p.size), p1, g1, buf, *scalars)
+    _parallel_for(_sgd.sgd_step, p.size, _parallel(p.size, memory_bound=True), p1, g1, buf, *scalars)

@@ -1,0 +1,193 @@
+"""One pool of threads for every parallel kernel and GEMM, whose workers spin briefly between jobs.
+
+Why this exists (measured on a 2-core KVM guest, AMD EPYC): handing a range of work to a sleeping
+thread cost ~0.14 ms, mostly waking the idle second CPU, so kernels below ~4M elements ran in one
+thread. And when NumPy's OpenBLAS ran the GEMMs on its own threads, its worker kept spinning on the
+second core for ~1.7 ms after each GEMM (OPENBLAS_THREAD_TIMEOUT), just when the next kernel's
+second thread needed that core: causal attention backward at GPT `tiny` took 3.6-3.9 ms right
+after a GEMM against 1.9-2.0 ms back to back, no faster than one thread. Two pools were taking
+turns on two cores. Here there is one: the GEMMs of `Linear` are split into row (or column)
+ranges like every other kernel (`minigrad.kernels.gemm`), each range a single-threaded BLAS call,
+and a worker that finishes a job spins for `SPIN_SECONDS` on its job counter before it sleeps, so
+the next job, usually a few microseconds of Python away, starts at once.
+
+Protocol, per worker i (the caller is always one extra thread: it runs the last range itself):
+
+    caller                                   worker i
+    jobs[i] = (fn, args)                     spin until gen[i] changes (SPIN_SECONDS), else
+    under the lock: gen[i] += 1,               sleep on the condition until it does
+      notify if worker i sleeps              run jobs[i]; keep its exception
+    run its own range                        done[i] = gen[i]
+    spin until done[i] == gen[i]; re-raise
+
+The counters are int64 NumPy arrays read with an atomic acquire load inside a nogil Numba loop
+(`_spin_until_changed`), so spinning holds no GIL and the compiler cannot hoist the read out of
+the loop; `pause` tells an x86 core it is a spin-wait. Only one caller at a time uses the
+workers: a second thread that calls a kernel while they are busy (the simulated ranks of
+`optim.dist.SimComm` run in threads) runs its whole range itself instead of waiting. After a
+fork the pool is made again (threads do not survive one). Under NUMBA_DISABLE_JIT=1 nothing spins:
+the workers sleep on the condition between jobs.
+"""
+from __future__ import annotations
+
+import os
+import platform
+import threading
+import time
+
+import numpy as np
+from numba.core import cgutils, config, types
+from numba.extending import intrinsic
+from llvmlite import ir
+
+from .._numba_cache import njit
+
+SPIN_SECONDS = 2e-3   # about OpenBLAS's default spin (2^22 cycles): longer than the Python between ops
+_X86 = platform.machine().lower() in ("x86_64", "amd64")
+
+
+@intrinsic
+def _load_acquire(typingctx, arr, i):
+    """arr[i] of an int64 array as an atomic load with acquire order: read anew at every call."""
+    def codegen(context, builder, sig, args):
+        ary = context.make_array(sig.args[0])(context, builder, args[0])
+        ptr = cgutils.get_item_pointer(context, builder, sig.args[0], ary, [args[1]])
+        return builder.load_atomic(ptr, "acquire", 8)
+    return types.int64(arr, types.intp), codegen
+
+
+@intrinsic
+def _cpu_relax(typingctx):
+    """The x86 `pause` instruction (a spin-wait hint that also saves power); nothing elsewhere."""
+    def codegen(context, builder, sig, args):
+        if _X86:
+            pause = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), []),
+                                                   "llvm.x86.sse2.pause")
+            builder.call(pause, [])
+        return context.get_dummy_value()
+    return types.void(), codegen
+
+
+@njit(nogil=True, cache=True)
+def _spin_until_changed(counters, i, old, max_iter):
+    """True as soon as counters[i] != old, False after max_iter polls. GIL released."""
+    for _ in range(max_iter):
+        if _load_acquire(counters, i) != old:
+            return True
+        _cpu_relax()
+    return _load_acquire(counters, i) != old
+
+
+def _single_thread_blas():
+    """Make NumPy's OpenBLAS single-threaded in the calling thread only (OpenBLAS >= 0.3.27's
+    thread-local setting): a range of a GEMM must not start BLAS threads of its own. Returns the
+    setter (None when NumPy's BLAS has no such call: another BLAS, which then runs as it is)."""
+    import ctypes
+    import glob
+
+    libs = os.path.join(os.path.dirname(os.path.dirname(np.__file__)), "numpy.libs")
+    for path in glob.glob(os.path.join(libs, "libscipy_openblas*.so*")):
+        fn = getattr(ctypes.CDLL(path), "openblas_set_num_threads_local", None)
+        if fn is not None:
+            fn.argtypes, fn.restype = [ctypes.c_int], ctypes.c_int
+            return fn
+    return None
+
+
+class Pool:
+    """`workers` threads that run ranges of a kernel beside the calling thread (module docstring)."""
+
+    def __init__(self, workers: int):
+        self.workers = workers
+        self.gen = np.zeros(workers, np.int64)    # jobs handed to worker i so far
+        self.done = np.zeros(workers, np.int64)   # jobs worker i has finished
+        self.jobs = [None] * workers
+        self.errors = [None] * workers
+        self.sleeping = [False] * workers
+        self.cond = threading.Condition()
+        self.busy = threading.Lock()              # one caller at a time (see run)
+        self.spin_iters = _calibrate_spin() if not config.DISABLE_JIT else 0
+        for i in range(workers):
+            threading.Thread(target=self._loop, args=(i,), daemon=True,
+                             name=f"minigrad-kernel-{i}").start()
+
+    def _loop(self, i):
+        set_blas = _single_thread_blas()
+        if set_blas is not None:
+            set_blas(1)
+        seen = 0
+        while True:
+            if not (self.spin_iters and _spin_until_changed(self.gen, i, seen, self.spin_iters)):
+                with self.cond:
+                    while self.gen[i] == seen:
+                        self.sleeping[i] = True
+                        self.cond.wait()
+                    self.sleeping[i] = False
+            seen = int(self.gen[i])
+            fn, args = self.jobs[i]
+            self.jobs[i] = None
+            try:
+                fn(*args)
+            except BaseException as exc:  # handed to the caller, which re-raises it
+                self.errors[i] = exc
+            self.done[i] = seen
+
+    def run(self, kernel, args, bounds) -> None:
+        """`kernel(*args, bounds[k], bounds[k + 1])` for every k, the last range in the calling
+        thread, the others on the workers; returns when all have finished (also when one raised,
+        then re-raising the first error). With the workers busy (another thread's call), the
+        caller runs every range itself."""
+        n = len(bounds) - 1
+        if n - 1 > self.workers or not self.busy.acquire(blocking=False):
+            kernel(*args, bounds[0], bounds[-1])
+            return
+        try:
+            for i in range(n - 1):
+                self.jobs[i] = (kernel, args + (bounds[i], bounds[i + 1]))
+                with self.cond:
+                    self.gen[i] += 1
+                    if self.sleeping[i]:
+                        self.cond.notify_all()
+            try:
+                kernel(*args, bounds[-2], bounds[-1])
+            finally:
+                for i in range(n - 1):
+                    self._wait(i)
+                errors = [e for e in self.errors[:n - 1] if e is not None]
+                self.errors[:n - 1] = [None] * (n - 1)
+            if errors:  # (an error of the caller's own range is already on its way up)
+                raise errors[0]
+        finally:
+            self.busy.release()
+
+    def _wait(self, i):
+        target = self.gen[i]
+        if config.DISABLE_JIT:
+            while self.done[i] != target:
+                time.sleep(0)
+            return
+        while self.done[i] != target:
+            _spin_until_changed(self.done, i, self.done[i], 1 << 20)
+
+
+def _calibrate_spin() -> int:
+    """Polls of `_spin_until_changed` that take about SPIN_SECONDS here."""
+    probe = np.zeros(1, np.int64)
+    _spin_until_changed(probe, 0, 0, 16)   # compile or load it first
+    n = 20_000
+    t0 = time.perf_counter()
+    _spin_until_changed(probe, 0, 0, n)
+    per_poll = max((time.perf_counter() - t0) / n, 1e-9)
+    return max(1, int(SPIN_SECONDS / per_poll))
+
+
+_pool = {"pid": None, "pool": None}
+
+
+def get_pool(workers: int) -> Pool:
+    """The process's pool with at least `workers` workers (made again after a fork)."""
+    pool = _pool["pool"]
+    if _pool["pid"] != os.getpid() or pool is None or pool.workers < workers:
+        pool = Pool(workers)
+        _pool.update(pid=os.getpid(), pool=pool)
+    return pool
