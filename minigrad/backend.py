@@ -32,6 +32,12 @@ training script or benchmark calls it once at start:
   slow the next OpenBLAS GEMM by up to 7x on a 2-core machine.
 - The BLAS that `np.dot` calls inside the kernels runs single-threaded (see
   `_single_thread_numba_blas`).
+- NumPy's own BLAS runs single-threaded too (`_single_thread_numpy_blas`): on the numba backend
+  the GEMMs run on minigrad's kernel pool (`minigrad/kernels/pool.py`), whose workers spin
+  between jobs; a multi-threaded NumPy product elsewhere (an optimizer's Newton-Schulz, a norm)
+  would start OpenBLAS's threads, and the two pools' spinning workers would fight for the
+  cores (measured: Muon's Newton-Schulz on a (384, 128) matrix 1.3 ms alone, 8-9 ms beside
+  the pool). `minigrad.kernels.gemm(a, b)` runs a large product on the pool instead.
 
 One setting cannot be applied after import: OpenBLAS reads ``OPENBLAS_THREAD_TIMEOUT`` once,
 when NumPy loads it, and `import minigrad` loads NumPy. A command-line program that wants it
@@ -213,6 +219,31 @@ def _single_thread_numba_blas() -> bool:
     return False
 
 
+def _single_thread_numpy_blas() -> bool:
+    """Make NumPy's bundled OpenBLAS single-threaded process-wide (the module docstring says
+    why); True if it worked. MINIGRAD_NUMPY_BLAS_THREADS=n before `configure_runtime()` keeps
+    n threads instead (for a program whose heavy products are its own NumPy ones)."""
+    try:
+        import ctypes
+        import glob
+
+        import numpy as np
+
+        n = int(os.environ.get("MINIGRAD_NUMPY_BLAS_THREADS", "1"))
+        libs = os.path.join(os.path.dirname(os.path.dirname(np.__file__)), "numpy.libs")
+        for path in glob.glob(os.path.join(libs, "libscipy_openblas*.so*")):
+            lib = ctypes.CDLL(path)
+            for name in ("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads",
+                         "openblas_set_num_threads"):
+                fn = getattr(lib, name, None)
+                if fn is not None:
+                    fn(n)
+                    return True
+    except Exception:  # another BLAS build (MKL, Accelerate): left as it is
+        pass
+    return False
+
+
 def _workqueue_threading_layer() -> str | None:
     """Numba's threading layer, set to "workqueue" unless the user chose one; None without Numba.
 
@@ -235,12 +266,13 @@ def configure_runtime() -> dict:
         "malloc"           True when `tune_malloc()` applied glibc's settings
         "threading_layer"  Numba's threading layer after the call (None without Numba)
         "numba_blas"       True when the BLAS inside the kernels was made single-threaded
+        "numpy_blas"       True when NumPy's BLAS was made single-threaded
 
     Call it once, at the start of a training script or benchmark, before the first step; a
     second call changes nothing more. OPENBLAS_THREAD_TIMEOUT must be set before NumPy loads,
     so it is not applied here (module docstring)."""
     return {"malloc": tune_malloc(), "threading_layer": _workqueue_threading_layer(),
-            "numba_blas": _single_thread_numba_blas()}
+            "numba_blas": _single_thread_numba_blas(), "numpy_blas": _single_thread_numpy_blas()}
 
 
 def cpu_model() -> str:

@@ -30,7 +30,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from .base import Optimizer, check_betas, check_count, check_eps, check_fraction, register
+from .base import Optimizer, backend_kernels, check_betas, check_count, check_eps, check_fraction, register
 from .groups import _parts
 
 __all__ = ["Lion", "Adafactor", "Muon", "AdamMini", "newton_schulz", "MUON_ROLES"]
@@ -234,9 +234,13 @@ def newton_schulz(G, steps=5, coefficients=(3.4445, -4.7750, 2.0315), eps=1e-7):
     tall = G.shape[0] > G.shape[1]
     X = G.T if tall else G
     X = X / max(float(np.linalg.norm(X.astype(np.float64))), eps)
+    # numba backend: the products on the kernels' thread pool, as the model's GEMMs (BLAS's own
+    # threads would spin on the cores the pool's workers hold; minigrad/kernels/pool.py)
+    kernels = backend_kernels(X)
+    mm = np.matmul if kernels is None else kernels.gemm
     for _ in range(steps):
-        A = X @ X.T
-        X = a * X + (b * A + c * (A @ A)) @ X
+        A = mm(X, X.T)
+        X = a * X + mm(b * A + c * mm(A, A), X)
     return X.T if tall else X
 
 

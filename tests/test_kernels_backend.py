@@ -1,6 +1,7 @@
 """The backend switch: environment variable, set_backend, NUMBA_DISABLE_JIT, cache directory,
 import without side effects, configure_runtime,
 and that the numba backend's fused ops agree with the numpy backend's on the same inputs."""
+import glob
 import os
 import platform
 import subprocess
@@ -103,6 +104,26 @@ def test_the_numpy_backend_does_not_import_numba():
         "print(mg.get_backend(), 'numba' in sys.modules)\n"
     )
     assert _run(code, MINIGRAD_BACKEND="numpy").split("\n") == ["numpy False", "numba True"]
+
+
+def test_configure_runtime_makes_numpy_blas_single_threaded_unless_told_otherwise():
+    """The kernel pool runs the GEMMs; NumPy's own OpenBLAS threads would fight its spinning
+    workers, so configure_runtime() leaves NumPy one BLAS thread (MINIGRAD_NUMPY_BLAS_THREADS=n
+    keeps n). Importing minigrad alone changes nothing."""
+    code = (
+        "import ctypes, glob, os, numpy as np\n"
+        "lib = ctypes.CDLL(glob.glob(os.path.join(os.path.dirname(np.__file__) + '.libs', "
+        "'libscipy_openblas*.so*'))[0])\n"
+        "threads = lambda: lib.scipy_openblas_get_num_threads64_()\n"
+        "before = threads()\n"
+        "import minigrad, minigrad.kernels\n"
+        "assert threads() == before\n"
+        "print(minigrad.configure_runtime()['numpy_blas'], threads())\n"
+    )
+    if not glob.glob(os.path.join(os.path.dirname(np.__file__) + ".libs", "libscipy_openblas*.so*")):
+        pytest.skip("NumPy is not linked to its bundled scipy-openblas here")
+    assert _run(code, OPENBLAS_NUM_THREADS="2") == "True 1"
+    assert _run(code, OPENBLAS_NUM_THREADS="2", MINIGRAD_NUMPY_BLAS_THREADS="2") == "True 2"
 
 
 def test_import_changes_no_process_wide_state():

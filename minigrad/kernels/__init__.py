@@ -67,9 +67,13 @@ _FLOATS = (np.float32, np.float64)
 # -> 95 us); the memory-bound ones (layer norm, the optimizer updates) did not gain below 10^6
 # elements and lost up to there (layer norm backward at (2048, 128): 108 -> 169 us), as a second
 # core adds no memory bandwidth, so they keep the old threshold.
+# A GEMM pays more: its ranges start in Python (the worker must take the GIL), 0.1-0.2 ms in
+# all, so below 2^23 multiply-adds (~0.25 ms on one core) one thread does it (Muon's
+# Newton-Schulz on a (384, 128) matrix, products of 2-6*10^6 multiply-adds: 1.8 ms in one
+# thread, 3.5 ms on the pool from 2^21).
 SERIAL_BELOW = 1 << 16
 MEMORY_SERIAL_BELOW = 1 << 22
-GEMM_SERIAL_BELOW = 1 << 18
+GEMM_SERIAL_BELOW = 1 << 23
 
 
 def _parallel(work: int, memory_bound: bool = False) -> bool:
@@ -196,12 +200,11 @@ def gemm(a, b, bias=None):
             out += bias
         return out
     threads = min(_num_threads(), max(m, n))
-    if m * n * a.shape[1] < GEMM_SERIAL_BELOW or threads <= 1:
-        _gemm_rows(a, b, bias, out, 0, m)  # (BLAS keeps GEMMs this small on one thread itself)
-        return out
     previous = _set_blas_threads(1) if _set_blas_threads is not None else None
     try:
-        if m >= n:
+        if m * n * a.shape[1] < GEMM_SERIAL_BELOW or threads <= 1:
+            _gemm_rows(a, b, bias, out, 0, m)
+        elif m >= n:
             _parallel_for(_gemm_rows, m, True, a, b, bias, out)
         else:
             _parallel_for(_gemm_cols, n, True, a, b, bias, out)
