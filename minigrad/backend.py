@@ -32,8 +32,8 @@ training script or benchmark calls it once at start:
   slow the next OpenBLAS GEMM by up to 7x on a 2-core machine.
 - The BLAS that `np.dot` calls inside the kernels runs single-threaded (see
   `_single_thread_numba_blas`).
-- NumPy's own BLAS runs single-threaded too (`_single_thread_numpy_blas`): on the numba backend
-  the GEMMs run on minigrad's kernel pool (`minigrad/kernels/pool.py`), whose workers spin
+- On the numba backend, NumPy's own BLAS runs single-threaded too (`_single_thread_numpy_blas`):
+  there the GEMMs run on minigrad's kernel pool (`minigrad/kernels/pool.py`), whose workers spin
   between jobs; a multi-threaded NumPy product elsewhere (an optimizer's Newton-Schulz, a norm)
   would start OpenBLAS's threads, and the two pools' spinning workers would fight for the
   cores (measured: Muon's Newton-Schulz on a (384, 128) matrix 1.3 ms alone, 8-9 ms beside
@@ -266,13 +266,15 @@ def configure_runtime() -> dict:
         "malloc"           True when `tune_malloc()` applied glibc's settings
         "threading_layer"  Numba's threading layer after the call (None without Numba)
         "numba_blas"       True when the BLAS inside the kernels was made single-threaded
-        "numpy_blas"       True when NumPy's BLAS was made single-threaded
+        "numpy_blas"       True when NumPy's BLAS was made single-threaded (on the numba
+                           backend only: the numpy backend's GEMMs are NumPy's, BLAS-threaded)
 
     Call it once, at the start of a training script or benchmark, before the first step; a
     second call changes nothing more. OPENBLAS_THREAD_TIMEOUT must be set before NumPy loads,
     so it is not applied here (module docstring)."""
     return {"malloc": tune_malloc(), "threading_layer": _workqueue_threading_layer(),
-            "numba_blas": _single_thread_numba_blas(), "numpy_blas": _single_thread_numpy_blas()}
+            "numba_blas": _single_thread_numba_blas(),
+            "numpy_blas": _BACKEND == "numba" and _single_thread_numpy_blas()}
 
 
 def cpu_model() -> str:

@@ -107,9 +107,9 @@ def test_the_numpy_backend_does_not_import_numba():
 
 
 def test_configure_runtime_makes_numpy_blas_single_threaded_unless_told_otherwise():
-    """The kernel pool runs the GEMMs; NumPy's own OpenBLAS threads would fight its spinning
-    workers, so configure_runtime() leaves NumPy one BLAS thread (MINIGRAD_NUMPY_BLAS_THREADS=n
-    keeps n). Importing minigrad alone changes nothing."""
+    """On the numba backend the kernel pool runs the GEMMs; NumPy's own OpenBLAS threads would
+    fight its spinning workers, so configure_runtime() leaves NumPy one BLAS thread
+    (MINIGRAD_NUMPY_BLAS_THREADS=n keeps n). Importing minigrad alone changes nothing."""
     code = (
         "import ctypes, glob, os, numpy as np\n"
         "lib = ctypes.CDLL(glob.glob(os.path.join(os.path.dirname(np.__file__) + '.libs', "
@@ -124,6 +124,8 @@ def test_configure_runtime_makes_numpy_blas_single_threaded_unless_told_otherwis
         pytest.skip("NumPy is not linked to its bundled scipy-openblas here")
     assert _run(code, OPENBLAS_NUM_THREADS="2") == "True 1"
     assert _run(code, OPENBLAS_NUM_THREADS="2", MINIGRAD_NUMPY_BLAS_THREADS="2") == "True 2"
+    # the numpy backend has no pool: its GEMMs keep BLAS's threads
+    assert _run(code, OPENBLAS_NUM_THREADS="2", MINIGRAD_BACKEND="numpy") == "False 2"
 
 
 def test_import_changes_no_process_wide_state():
