@@ -328,9 +328,9 @@ def test_parallel_drivers_match_serial(monkeypatch):
         K.sgd_step(ps, flat[::-1].copy(), buf, first=True, lr=1e-2, momentum=0.9, weight_decay=0.1)
         return out + [p, m, vv, vmax, ps, buf]
 
-    monkeypatch.setattr(K, "_parallel", lambda work, memory_bound=False: False)
+    monkeypatch.setattr(K, "_parallel", lambda work, below=None: False)
     serial = run_all()
-    monkeypatch.setattr(K, "_parallel", lambda work, memory_bound=False: True)
+    monkeypatch.setattr(K, "_parallel", lambda work, below=None: True)
     monkeypatch.setattr(K, "_num_threads", lambda: 3)
     ranges = []   # the ranges handed to the pool's workers (the caller runs the last one)
     pool = K.get_pool(2)

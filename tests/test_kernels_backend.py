@@ -67,7 +67,7 @@ def test_kernels_run_with_numba_jit_disabled():
         "errs = [abs(o - o2).max()] + [abs(a - b).max() for a, b in zip(g, g2)]\n"
         "errs.append(abs(K.gelu_forward(x) - R.gelu_forward(x)).max())\n"
         "errs.append(abs(K.softmax_forward(x) - R.softmax_forward(x)).max())\n"
-        "K._parallel = lambda work, memory_bound=False: True  # the head ranges in two threads, as plain Python\n"
+        "K._parallel = lambda work, below=None: True  # the head ranges in two threads, as plain Python\n"
         "K._num_threads = lambda: 2\n"
         "qkv = rng.standard_normal((2, 5, 12)).astype(np.float32)\n"
         "errs.append(abs(K.attention_qkv_forward(qkv, 2)[0] - R.attention_qkv_forward(qkv, 2)[0]).max())\n"
@@ -211,7 +211,7 @@ def test_attention_thread_pool_works_in_a_forked_child(monkeypatch):
 
     from minigrad.kernels import pool
 
-    monkeypatch.setattr(K, "_parallel", lambda work, memory_bound=False: True)
+    monkeypatch.setattr(K, "_parallel", lambda work, below=None: True)
     monkeypatch.setattr(K, "_num_threads", lambda: 2)     # also on a 1-CPU machine
     qkv = np.random.default_rng(0).standard_normal((2, 9, 12)).astype(np.float32)
     want, _ = K.attention_qkv_forward(qkv, 2)
@@ -230,7 +230,7 @@ def _attention_in_child(qkv, want):
     import minigrad.kernels as K
     from minigrad.kernels import pool
 
-    K._parallel = lambda work, memory_bound=False: True
+    K._parallel = lambda work, below=None: True
     K._num_threads = lambda: 2
     got, _ = K.attention_qkv_forward(qkv, 2)
     assert pool._pool["pid"] == os.getpid()   # a pool of the child's own

@@ -32,9 +32,9 @@ race) and the teaching `matmul_tiled` shows Numba's own `prange`. Every kernel r
 or float64 (the dtype of its inputs) and computes exponentials with a vectorisable polynomial
 in float32 (`_math.py`). Importing this package imports Numba and defines the kernels; each is
 compiled at its first call or loaded from Numba's on-disk cache (`minigrad._numba_cache` says
-where). It changes no process-wide setting (`gemm` makes NumPy's BLAS single-threaded in the
-calling thread for the duration of the call only): `minigrad.configure_runtime()` applies the
-recommended ones (Numba's threading layer, single-threaded BLAS inside the kernels, malloc tuning).
+where). It changes no process-wide setting: `minigrad.configure_runtime()` applies the
+recommended ones (Numba's threading layer, single-threaded BLAS inside the kernels and in NumPy,
+malloc tuning).
 """
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ import numpy as np
 from . import adam as _adam, attention as _att, gelu as _gelu, layernorm as _ln, sgd as _sgd, softmax as _sm
 from .embedding import embedding_bwd as _embedding_bwd
 from .matmul import bmm as _bmm, matmul_tiled as _matmul_tiled
-from .pool import _single_thread_blas, get_pool
+from .pool import get_pool
 
 __all__ = [
     "bmm", "matmul_tiled", "matmul_forward", "matmul_backward", "softmax_forward", "softmax_backward", "log_softmax_forward",
@@ -71,13 +71,17 @@ _FLOATS = (np.float32, np.float64)
 # all, so below 2^23 multiply-adds (~0.25 ms on one core) one thread does it (Muon's
 # Newton-Schulz on a (384, 128) matrix, products of 2-6*10^6 multiply-adds: 1.8 ms in one
 # thread, 3.5 ms on the pool from 2^21).
+# Attention and bmm, counted in multiply-adds, split from 2^21: a decode step's attention
+# (1 query, up to 1,024 keys: ~10^5) and a 100-token prefill (~10^6) stay in one thread.
 SERIAL_BELOW = 1 << 16
 MEMORY_SERIAL_BELOW = 1 << 22
+PRODUCT_SERIAL_BELOW = 1 << 21
 GEMM_SERIAL_BELOW = 1 << 23
 
 
-def _parallel(work: int, memory_bound: bool = False) -> bool:
-    return work >= (MEMORY_SERIAL_BELOW if memory_bound else SERIAL_BELOW)
+def _parallel(work: int, below: int | None = None) -> bool:
+    """Whether `work` is worth splitting: from `below` (default SERIAL_BELOW) units on."""
+    return work >= (SERIAL_BELOW if below is None else below)
 
 
 def _num_threads() -> int:
@@ -139,7 +143,7 @@ def bmm(a, b):
     if a.shape[2] == 0:
         out.fill(0)
     elif out.size:
-        _parallel_for(_bmm, a.shape[0], _parallel(out.size * a.shape[2]), a, b, out)
+        _parallel_for(_bmm, a.shape[0], _parallel(out.size * a.shape[2], PRODUCT_SERIAL_BELOW), a, b, out)
     return out
 
 
@@ -153,9 +157,6 @@ def matmul_tiled(a, b, tile=64):
     out = np.empty((a.shape[0], b.shape[1]), dtype)
     _matmul_tiled(a.astype(dtype, copy=False), b.astype(dtype, copy=False), out, int(tile))
     return out
-
-
-_set_blas_threads = _single_thread_blas()  # NumPy's OpenBLAS, this thread only (None: another BLAS)
 
 
 def _gemm_rows(a, b, bias, out, r0, r1):
@@ -174,43 +175,37 @@ def _gemm_cols(a, b, bias, out, c0, c1):
 
 def gemm(a, b, bias=None):
     """a (M, K) @ b (K, N) (+ bias (N,)) on the kernel pool: the output's rows (its columns when
-    it has fewer rows than columns) split into one range per thread, each range one
-    single-threaded BLAS GEMM (NumPy's) with the bias added while the range is in cache. a and b
-    may be transposed views (BLAS reads them as they are). The result is the same as
-    `a @ b + bias` up to the order of float additions inside BLAS, which depends on the split.
+    it has fewer rows than columns) split into one range per thread, each range one BLAS GEMM
+    (NumPy's) with the bias added while the range is in cache. a and b may be transposed views
+    (BLAS reads them as they are). The result is the same as `a @ b + bias` up to the order of
+    float additions inside BLAS, which depends on the split. The pool's workers run their ranges
+    with one BLAS thread; the calling thread's range uses NumPy's BLAS setting, which
+    `minigrad.configure_runtime()` makes single-threaded on this backend (without it, BLAS may
+    start threads of its own for that range).
 
     Why not let BLAS thread the GEMM itself: its threads are a second pool that spins on the
     cores the kernels' threads need next (see pool.py); here everything runs on one pool."""
     if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[0]:
         raise ValueError(f"gemm: need a (M, K) and b (K, N), got {a.shape} and {b.shape}")
-    m, n = a.shape[0], b.shape[1]
+    m, k = a.shape
+    n = b.shape[1]
     if bias is not None and bias.shape != (n,):
         raise ValueError(f"gemm: bias must be ({n},) for an output with {n} columns, got {bias.shape}")
-    if a.dtype != b.dtype or a.dtype not in _FLOATS:
-        out = a @ b  # mixed or non-float dtypes: NumPy's promotion, as `@` would do
+    if m * n * k < GEMM_SERIAL_BELOW or a.dtype != b.dtype or a.dtype not in _FLOATS \
+            or min(_num_threads(), max(m, n)) <= 1:
+        # one thread (a decode step's products take this path: keep it as short as `a @ b`);
+        # mixed or non-float dtypes get NumPy's promotion, as `a @ b` would
+        out = a @ b
         if bias is not None:
             out += bias
         return out
     if bias is not None:
         bias = bias.astype(a.dtype, copy=False)  # added in the output's dtype, as `out += bias`
     out = np.empty((m, n), a.dtype)
-    if m == 0 or n == 0 or a.shape[1] == 0:
-        out.fill(0)
-        if bias is not None:
-            out += bias
-        return out
-    threads = min(_num_threads(), max(m, n))
-    previous = _set_blas_threads(1) if _set_blas_threads is not None else None
-    try:
-        if m * n * a.shape[1] < GEMM_SERIAL_BELOW or threads <= 1:
-            _gemm_rows(a, b, bias, out, 0, m)
-        elif m >= n:
-            _parallel_for(_gemm_rows, m, True, a, b, bias, out)
-        else:
-            _parallel_for(_gemm_cols, n, True, a, b, bias, out)
-    finally:
-        if previous is not None:
-            _set_blas_threads(previous)
+    if m >= n:
+        _parallel_for(_gemm_rows, m, True, a, b, bias, out)
+    else:
+        _parallel_for(_gemm_cols, n, True, a, b, bias, out)
     return out
 
 
@@ -351,7 +346,7 @@ def layer_norm_forward(x, weight, bias, eps=1e-5):
     y = np.empty_like(x)
     mean = np.empty(x2.shape[0], x.dtype)
     rstd = np.empty(x2.shape[0], x.dtype)
-    _parallel_for(_ln.layer_norm_fwd, x2.shape[0], _parallel(x.size, memory_bound=True),
+    _parallel_for(_ln.layer_norm_fwd, x2.shape[0], _parallel(x.size, MEMORY_SERIAL_BELOW),
                   x2, w, b, float(eps), y.reshape(x2.shape), mean, rstd)
     return y, mean.reshape(x.shape[:-1]), rstd.reshape(x.shape[:-1])
 
@@ -365,7 +360,7 @@ def layer_norm_backward(dy, x, weight, mean, rstd):
     w = np.ones(c, x.dtype) if weight is None else _float_array(weight, "weight", "layer_norm_backward").astype(x.dtype, copy=False)
     x2 = _rows(x, "x", "layer_norm_backward")
     n = x2.shape[0]
-    parallel = _parallel(x.size, memory_bound=True)
+    parallel = _parallel(x.size, MEMORY_SERIAL_BELOW)
     nchunks = max(1, min(n, 16)) if parallel else 1  # fixed: dw, db do not depend on the thread count
     dw_part = np.empty((nchunks, c), x.dtype)
     db_part = np.empty((nchunks, c), x.dtype)
@@ -429,7 +424,8 @@ def attention_forward(q, k, v, causal=True, scale=None, causal_offset=0):
     o = np.empty_like(q3)
     lse = np.empty(q3.shape[:2], q3.dtype)
     if o.size:
-        _parallel_for(_att.attention_fwd, q3.shape[0], _parallel(q3.shape[0] * t * k3.shape[1] * d),
+        _parallel_for(_att.attention_fwd, q3.shape[0],
+                      _parallel(q3.shape[0] * t * k3.shape[1] * d, PRODUCT_SERIAL_BELOW),
                       q3, k3, v3, bool(causal), int(causal_offset), scale, ATTN_BLOCK_Q, ATTN_BLOCK_K, o, lse)
     return o.reshape(lead + (t, d)), lse.reshape(lead + (t,))
 
@@ -447,7 +443,7 @@ def attention_backward(q, k, v, o, lse, do, causal=True, scale=None, causal_offs
     dk = np.empty_like(k3)
     dv = np.empty_like(v3)
     if q3.size and s:
-        _parallel_for(_att.attention_bwd, q3.shape[0], _parallel(q3.shape[0] * t * s * d),
+        _parallel_for(_att.attention_bwd, q3.shape[0], _parallel(q3.shape[0] * t * s * d, PRODUCT_SERIAL_BELOW),
                       q3, k3, v3, o3, lse2, do3, bool(causal), int(causal_offset), scale,
                       ATTN_BLOCK_Q, ATTN_BLOCK_K, dq, dk, dv)
     return dq.reshape(lead + (t, d)), dk.reshape(lead + (s, d)), dv.reshape(lead + (s, d))
@@ -475,7 +471,8 @@ def attention_qkv_forward(qkv, n_head, causal=True, scale=None):
     o = np.empty((b, t, c), qkv.dtype)
     lse = np.empty((b, n_head, t), qkv.dtype)
     if o.size:
-        _parallel_for(_att.attention_qkv_fwd, b * n_head, _parallel(b * n_head * t * t * hs),
+        _parallel_for(_att.attention_qkv_fwd, b * n_head,
+                      _parallel(b * n_head * t * t * hs, PRODUCT_SERIAL_BELOW),
                       qkv, int(n_head), bool(causal), scale, ATTN_BLOCK_Q, ATTN_BLOCK_K, o, lse)
     return o, lse
 
@@ -494,7 +491,8 @@ def attention_qkv_backward(qkv, o, lse, do, n_head, causal=True, scale=None):
     scale = 1.0 / np.sqrt(hs) if scale is None else float(scale)
     dqkv = np.empty_like(qkv)
     if qkv.size:
-        _parallel_for(_att.attention_qkv_bwd, b * n_head, _parallel(b * n_head * t * t * hs),
+        _parallel_for(_att.attention_qkv_bwd, b * n_head,
+                      _parallel(b * n_head * t * t * hs, PRODUCT_SERIAL_BELOW),
                       qkv, o, lse, do, int(n_head), bool(causal), scale, ATTN_BLOCK_Q, ATTN_BLOCK_K, dqkv)
     return dqkv
 
@@ -553,7 +551,7 @@ def adam_step(p, g, exp_avg, exp_avg_sq, max_exp_avg_sq=None, *, step, lr, beta1
     # the scalars of the twin, computed by the same Python expressions
     scalars = (bool(maximize), l2, decay, beta1, 1.0 - beta1, beta2, 1.0 - beta2,
                lr / (1.0 - beta1 ** step), math.sqrt(1.0 - beta2 ** step), eps, max_exp_avg_sq is not None)
-    _parallel_for(_adam.adam_step, p.size, _parallel(p.size, memory_bound=True), *arrays, *scalars)
+    _parallel_for(_adam.adam_step, p.size, _parallel(p.size, MEMORY_SERIAL_BELOW), *arrays, *scalars)
 
 
 def sgd_step(p, g, momentum_buffer=None, *, first=False, lr, momentum=0.0, dampening=0.0,
@@ -570,4 +568,4 @@ def sgd_step(p, g, momentum_buffer=None, *, first=False, lr, momentum=0.0, dampe
     p1, g1, buf = _update_arrays("sgd_step", p, {"g": g, "momentum_buffer": momentum_buffer if momentum else None})
     scalars = (bool(maximize), float(weight_decay), momentum, 1.0 - float(dampening), bool(nesterov),
                bool(first), float(lr))
-    _parallel_for(_sgd.sgd_step, p.size, _parallel(p.size, memory_bound=True), p1, g1, buf, *scalars)
+    _parallel_for(_sgd.sgd_step, p.size, _parallel(p.size, MEMORY_SERIAL_BELOW), p1, g1, buf, *scalars)

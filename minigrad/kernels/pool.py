@@ -79,9 +79,9 @@ def _spin_until_changed(counters, i, old, max_iter):
 
 
 def _single_thread_blas():
-    """Make NumPy's OpenBLAS single-threaded in the calling thread only (OpenBLAS >= 0.3.27's
-    thread-local setting): a range of a GEMM must not start BLAS threads of its own. Returns the
-    setter (None when NumPy's BLAS has no such call: another BLAS, which then runs as it is)."""
+    """The setter of NumPy's OpenBLAS thread count for the calling thread only (OpenBLAS >=
+    0.3.27), or None (another BLAS, which then runs as it is). A worker sets 1 once, at its
+    start: a range of a GEMM must not start BLAS threads of its own."""
     import ctypes
     import glob
 
