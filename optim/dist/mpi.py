@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 import traceback
 from typing import Callable, Sequence
 
@@ -52,6 +53,9 @@ def _mpi():
     return MPI
 
 
+ABORT_GRACE_SECONDS = 0.3  # for the launcher to forward a failing rank's last words (abort)
+
+
 def _raw(a: np.ndarray) -> np.ndarray:
     """The bytes of a C-contiguous array, as a 1-D uint8 view MPI can send or fill (any dtype)."""
     return a.reshape(-1).view(np.uint8)
@@ -61,11 +65,13 @@ def abort(error: BaseException) -> None:
     """Print ``error`` with its traceback and ``rank r: Type: message`` (r the rank in
     ``MPI.COMM_WORLD``) on stderr, then stop every process of the job with ``MPI_Abort``."""
     MPI = _mpi()
-    # one write, the rank's line first: the launcher may kill this process before it has
-    # forwarded all of a message written in pieces (then only "Traceback ..." arrived)
+    # one write, the rank's line first, then a pause before the abort: MPICH's launcher kills
+    # the job's processes, its own forwarders of their output included, as soon as Abort is
+    # called, and a message still in the pipe was lost (1 run in 6 arrived cut or empty)
     rank_line = f"rank {MPI.COMM_WORLD.Get_rank()}: {type(error).__name__}: {error}\n"
     sys.stderr.write(rank_line + "".join(traceback.format_exception(error)) + rank_line)
     sys.stderr.flush()
+    time.sleep(ABORT_GRACE_SECONDS)
     MPI.COMM_WORLD.Abort(1)
     os._exit(1)     # MPICH's Abort may return once the launcher is told; never run on after it
 
