@@ -22,28 +22,25 @@ Protocol, per worker i (the caller is always one extra thread: it runs the last 
 
 The counters are int64 NumPy arrays read with an atomic acquire load inside a nogil Numba loop
 (`_spin_until_changed`), so spinning holds no GIL and the compiler cannot hoist the read out of
-the loop; `pause` tells an x86 core it is a spin-wait. Only one caller at a time uses the
+the loop; each poll yields the core to any other runnable thread. Only one caller at a time uses the
 workers: a second thread that calls a kernel while they are busy (the simulated ranks of
 `optim.dist.SimComm` run in threads) runs its whole range itself instead of waiting. After a
-fork the pool is made again (threads do not survive one). Under NUMBA_DISABLE_JIT=1 nothing spins:
-the workers sleep on the condition between jobs.
+fork the pool is made again (threads do not survive one). Under NUMBA_DISABLE_JIT=1 (or without
+`sched_yield`) nothing spins: the workers sleep on the condition between jobs.
 """
 from __future__ import annotations
 
 import os
-import platform
 import threading
 import time
 
 import numpy as np
 from numba.core import cgutils, config, types
 from numba.extending import intrinsic
-from llvmlite import ir
 
 from .._numba_cache import njit
 
 SPIN_SECONDS = 2e-3   # about OpenBLAS's default spin (2^22 cycles): longer than the Python between ops
-_X86 = platform.machine().lower() in ("x86_64", "amd64")
 
 
 @intrinsic
@@ -56,25 +53,19 @@ def _load_acquire(typingctx, arr, i):
     return types.int64(arr, types.intp), codegen
 
 
-@intrinsic
-def _cpu_relax(typingctx):
-    """The x86 `pause` instruction (a spin-wait hint that also saves power); nothing elsewhere."""
-    def codegen(context, builder, sig, args):
-        if _X86:
-            pause = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), []),
-                                                   "llvm.x86.sse2.pause")
-            builder.call(pause, [])
-        return context.get_dummy_value()
-    return types.void(), codegen
+_sched_yield = types.ExternalFunction("sched_yield", types.int32())   # libc, already loaded
 
 
 @njit(nogil=True, cache=True)
 def _spin_until_changed(counters, i, old, max_iter):
-    """True as soon as counters[i] != old, False after max_iter polls. GIL released."""
+    """True as soon as counters[i] != old, False after max_iter polls. GIL released. Each poll
+    yields the core (`sched_yield`): with more runnable threads than cores (4 MPI ranks on 2
+    cores), a `pause`-only spin took the cores the other ranks needed (a 4-rank run: 6-10 s ->
+    17 s)."""
     for _ in range(max_iter):
         if _load_acquire(counters, i) != old:
             return True
-        _cpu_relax()
+        _sched_yield()
     return _load_acquire(counters, i) != old
 
 
@@ -162,7 +153,7 @@ class Pool:
 
     def _wait(self, i):
         target = self.gen[i]
-        if config.DISABLE_JIT:
+        if not self.spin_iters:
             while self.done[i] != target:
                 time.sleep(0)
             return
@@ -171,9 +162,13 @@ class Pool:
 
 
 def _calibrate_spin() -> int:
-    """Polls of `_spin_until_changed` that take about SPIN_SECONDS here."""
+    """Polls of `_spin_until_changed` that take about SPIN_SECONDS here; 0 (no spinning: the
+    workers sleep between jobs) where it cannot be built (no `sched_yield` in the C library)."""
     probe = np.zeros(1, np.int64)
-    _spin_until_changed(probe, 0, 0, 16)   # compile or load it first
+    try:
+        _spin_until_changed(probe, 0, 0, 16)   # compile or load it first
+    except Exception:
+        return 0
     n = 20_000
     t0 = time.perf_counter()
     _spin_until_changed(probe, 0, 0, n)
