@@ -22,11 +22,10 @@ Protocol, per worker i (the caller is always one extra thread: it runs the last 
 
 The counters are int64 NumPy arrays read with an atomic acquire load inside a nogil Numba loop
 (`_spin_until_changed`), so spinning holds no GIL and the compiler cannot hoist the read out of
-the loop; every 32nd poll yields the core to any other runnable thread. Only one caller at a time
-uses the
-workers: a second thread that calls a kernel while they are busy (the simulated ranks of
-`optim.dist.SimComm` run in threads) runs its whole range itself instead of waiting. After a
-fork the pool is made again (threads do not survive one). Under NUMBA_DISABLE_JIT=1 (or without
+the loop; every 32nd poll yields the core to any other runnable thread. Only one caller at a
+time uses the workers: a second thread that calls a kernel while they are busy (the simulated
+ranks of `optim.dist.SimComm` run in threads) runs its whole range itself instead of waiting.
+After a fork the pool is made again (threads do not survive one). Under NUMBA_DISABLE_JIT=1 (or without
 `sched_yield`) nothing spins: the workers sleep on the condition between jobs.
 """
 from __future__ import annotations
