@@ -76,15 +76,13 @@ def _single_thread_blas():
     0.3.27), or None (another BLAS, which then runs as it is). A worker sets 1 once, at its
     start: a range of a GEMM must not start BLAS threads of its own."""
     import ctypes
-    import glob
 
-    libs = os.path.join(os.path.dirname(os.path.dirname(np.__file__)), "numpy.libs")
-    for path in glob.glob(os.path.join(libs, "libscipy_openblas*.so*")):
-        fn = getattr(ctypes.CDLL(path), "openblas_set_num_threads_local", None)
-        if fn is not None:
-            fn.argtypes, fn.restype = [ctypes.c_int], ctypes.c_int
-            return fn
-    return None
+    from ..backend import _numpy_openblas
+
+    fn = getattr(_numpy_openblas(), "openblas_set_num_threads_local", None)
+    if fn is not None:
+        fn.argtypes, fn.restype = [ctypes.c_int], ctypes.c_int
+    return fn
 
 
 class Pool:
