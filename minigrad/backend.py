@@ -219,28 +219,13 @@ def _single_thread_numba_blas() -> bool:
     return False
 
 
-def _numpy_openblas():
-    """NumPy's bundled OpenBLAS (scipy-openblas, in numpy.libs) as a ctypes library, or None
-    (NumPy built on another BLAS: MKL, Accelerate, a system OpenBLAS)."""
-    import ctypes
-    import glob
-
-    import numpy as np
-
-    libs = os.path.join(os.path.dirname(os.path.dirname(np.__file__)), "numpy.libs")
-    for path in glob.glob(os.path.join(libs, "libscipy_openblas*.so*")):
-        try:
-            return ctypes.CDLL(path)
-        except OSError:
-            continue
-    return None
-
-
 def _single_thread_numpy_blas() -> bool:
     """Make NumPy's bundled OpenBLAS single-threaded process-wide (the module docstring says
     why); True if it worked. MINIGRAD_NUMPY_BLAS_THREADS=n before `configure_runtime()` keeps
     n threads instead (for a program whose heavy products are its own NumPy ones)."""
-    lib = _numpy_openblas()
+    from ._blas import numpy_openblas
+
+    lib = numpy_openblas()
     if lib is None:  # another BLAS: left as it is
         return False
     for name in ("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads",

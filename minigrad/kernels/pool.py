@@ -77,9 +77,9 @@ def _single_thread_blas():
     start: a range of a GEMM must not start BLAS threads of its own."""
     import ctypes
 
-    from ..backend import _numpy_openblas
+    from .._blas import numpy_openblas
 
-    fn = getattr(_numpy_openblas(), "openblas_set_num_threads_local", None)
+    fn = getattr(numpy_openblas(), "openblas_set_num_threads_local", None)
     if fn is not None:
         fn.argtypes, fn.restype = [ctypes.c_int], ctypes.c_int
     return fn
