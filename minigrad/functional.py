@@ -42,6 +42,20 @@ def _ints(x, op: str) -> np.ndarray:
 
 
 # ================================================================ linear
+def gemm(a, b, bias=None):
+    """a (M, K) @ b (K, N) (+ bias (N,), added in place in the output's dtype): the numpy
+    backend's GEMM, and the twin of `minigrad.kernels.gemm` (kernels/reference.py)."""
+    out = a @ b
+    if bias is not None:
+        out += bias
+    return out
+
+
+def _gemm_of(ctx):
+    """The GEMM of the backend an op's forward ran on (`ctx.fused`)."""
+    return gemm if ctx.fused is None else ctx.fused.gemm
+
+
 class Linear(Function):
     """y = x @ W^T + b with W of shape (out, in), as torch.nn.functional.linear."""
 
@@ -62,16 +76,10 @@ class Linear(Function):
             x, w = amp.cast_inputs(ctx.amp, x, w)
         ctx.save_for_backward(x, w)
         # one 2-D GEMM over all rows (both backends): (B, T, in) @ (in, out) as a batch of B
-        # GEMMs is ~4x slower. numba backend: ranges of rows on the kernel pool, the bias added
-        # per range; numpy: NumPy's BLAS, the bias added in place (no second temporary).
-        ctx.fused = _fused(x) if x.dtype == w.dtype else None
-        x2 = x.reshape(-1, x.shape[-1])
-        if ctx.fused is not None:
-            y = ctx.fused.linear_forward(x2, w, b)  # (N, out)
-        else:
-            y = x2 @ w.T
-            if b is not None:
-                y += b
+        # GEMMs is ~4x slower. The bias is added in place (no second output-sized temporary);
+        # numba backend: `kernels.gemm`, ranges of rows on the kernel pool, the bias per range.
+        ctx.fused = _fused(x)
+        y = _gemm_of(ctx)(x.reshape(-1, x.shape[-1]), w.T, b)  # (N, out)
         y = y.reshape(x.shape[:-1] + (w.shape[0],))
         return y if ctx.amp is None else amp.cast_output(ctx.amp, y)
 
@@ -81,16 +89,11 @@ class Linear(Function):
         if ctx.amp is not None:  # the incoming gradient is stored in the gradient format
             g = amp.cast_grad(ctx.amp, g)
         g2 = g.reshape(-1, g.shape[-1])  # (N, out)
-        x2 = x.reshape(-1, x.shape[-1])
         needs = ctx.needs_input_grad  # a frozen weight (requires_grad False) costs no GEMM
-        need_b = len(needs) == 3 and needs[2]
-        if ctx.fused is not None and g2.dtype == x.dtype:
-            gx, gw, gb = ctx.fused.linear_backward(g2, x2, w, needs[0], needs[1], need_b)
-        else:
-            gx = g2 @ w if needs[0] else None  # y = x @ W^T  =>  dx = g @ W
-            gw = g2.T @ x2 if needs[1] else None  # dW = g^T @ x, over all rows
-            gb = g2.sum(axis=0) if need_b else None
-        gx = gx.reshape(x.shape) if gx is not None else None
+        mm = _gemm_of(ctx)
+        gx = mm(g2, w).reshape(x.shape) if needs[0] else None  # y = x @ W^T  =>  dx = g @ W
+        gw = mm(g2.T, x.reshape(-1, x.shape[-1])) if needs[1] else None  # dW = g^T @ x, over all rows
+        gb = g2.sum(axis=0) if len(needs) == 3 and needs[2] else None
         return (gx, gw) if len(needs) == 2 else (gx, gw, gb)
 
 

@@ -8,7 +8,7 @@ The optimizer updates are the exception: their twins are the optimizers' own Num
 tests/test_optim_fused.py holds each pair bit-identical.
 
     module        kernels                                   twin
-    (here)        gemm: a 2-D GEMM (+ bias) split over the  NumPy's a @ b + bias
+    (here)        gemm: a 2-D GEMM (+ bias) split over the  gemm (a @ b + bias)
                   pool (Linear, matmul_forward route to it)
     matmul.py     bmm (BLAS per batch item), matmul_tiled   bmm, matmul_tiled
                   (matmul_forward/backward route to them)   matmul_forward, matmul_backward
@@ -53,7 +53,7 @@ __all__ = [
     "log_softmax_backward", "cross_entropy_forward", "cross_entropy_backward",
     "layer_norm_forward", "layer_norm_backward", "gelu_forward", "gelu_backward",
     "attention_forward", "attention_backward", "attention_qkv_forward", "attention_qkv_backward",
-    "embedding_backward", "adam_step", "sgd_step", "gemm", "linear_forward", "linear_backward", "ATTN_BLOCK_Q", "ATTN_BLOCK_K",
+    "embedding_backward", "adam_step", "sgd_step", "gemm", "ATTN_BLOCK_Q", "ATTN_BLOCK_K",
 ]
 
 _FLOATS = (np.float32, np.float64)
@@ -207,20 +207,6 @@ def gemm(a, b, bias=None):
     else:
         _parallel_for(_gemm_cols, n, True, a, b, bias, out)
     return out
-
-
-def linear_forward(x2, w, b=None):
-    """y = x2 @ w.T (+ b) for x2 (N, in) and w (out, in): `gemm` with its bias fused."""
-    return gemm(x2, w.T, b)
-
-
-def linear_backward(g2, x2, w, need_x=True, need_w=True, need_b=False):
-    """(dx2, dw, db) of y = x2 @ w.T + b from g2 (N, out), each None when not needed:
-    dx2 = g2 @ w and dw = g2.T @ x2 on the pool, db = the column sums of g2."""
-    gx = gemm(g2, w) if need_x else None
-    gw = gemm(g2.T, x2) if need_w else None
-    gb = g2.sum(axis=0) if need_b else None
-    return gx, gw, gb
 
 
 def _bmm_ok(a, b) -> bool:
