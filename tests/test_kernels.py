@@ -410,22 +410,71 @@ def test_kernels_called_from_several_threads_at_once_stay_correct():
 
 
 # ----------------------------------------------------------------------------- GEMM on the pool
+@pytest.mark.parametrize("ranges", ["compiled", "python"])
 @given(m=st.integers(0, 40), k=st.integers(0, 20), n=st.integers(0, 40), ta=st.booleans(),
-       tb=st.booleans(), with_bias=st.booleans(), seed=st.integers(0, 2**16))
-def test_gemm_matches_numpy_split_by_rows_or_columns(m, k, n, ta, tb, with_bias, seed):
+       tb=st.booleans(), strided=st.booleans(), with_bias=st.booleans(), seed=st.integers(0, 2**16))
+def test_gemm_matches_numpy_split_by_rows_or_columns(ranges, m, k, n, ta, tb, strided, with_bias, seed):
     """`gemm` split over 3 threads (every size, by rows when m >= n, else by columns), on
-    C-contiguous or transposed operands, with and without the fused bias, against its NumPy
-    twin in float64 on the same float32 inputs."""
+    C-contiguous, transposed or every-other-row operands, with and without the fused bias,
+    against its NumPy twin in float64 on the same float32 inputs; with the ranges as BLAS calls
+    from compiled code (`blas.run_gemm`, NumPy's bundled OpenBLAS) and as `np.matmul` in Python
+    (the path for another BLAS)."""
+    from minigrad.kernels import blas
+
+    if ranges == "compiled" and blas.gemm_functions() is None:
+        pytest.skip("NumPy is not linked to its bundled OpenBLAS: gemm runs its ranges in Python")
     rng = np.random.default_rng(seed)
     a = f32(rng, (k, m)).T if ta else f32(rng, (m, k))
     b = f32(rng, (n, k)).T if tb else f32(rng, (k, n))
+    if strided:  # neither axis of unit stride: BLAS cannot read it, gemm copies it first
+        a = np.repeat(a, 2, axis=0)[::2]
     bias = f32(rng, (n,)) if with_bias else None
     want = R.gemm(a.astype(np.float64), b.astype(np.float64), None if bias is None else bias.astype(np.float64))
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(K, "GEMM_SERIAL_BELOW", 0)
         mp.setattr(K, "_num_threads", lambda: 3)
+        if ranges == "python":
+            mp.setattr(blas, "gemm_functions", lambda: None)
         got = K.gemm(a, b, bias)
     close32(got, want, scale=max(k, 1) ** 0.5)
+
+
+def test_gemm_ranges_run_on_the_workers_in_compiled_code(monkeypatch):
+    """On the compiled path a GEMM hands its ranges to `Pool.run_gemms` (the workers run them in
+    their spin loop, not in Python: no `Pool.run` call), and a float64 product is exact to
+    rounding: the descriptors carry the right addresses, strides and transposes."""
+    from minigrad.kernels import blas
+
+    if blas.gemm_functions() is None or not K.get_pool(1).compiled:
+        pytest.skip("NumPy is not linked to its bundled OpenBLAS, or Numba is disabled")
+    pool = K.get_pool(1)
+    calls = []
+    run_gemms = pool.run_gemms
+    monkeypatch.setattr(pool, "run_gemms", lambda desc: (calls.append(desc.copy()), run_gemms(desc)))
+    monkeypatch.setattr(pool, "run", lambda *args: pytest.fail("a GEMM range ran in Python"))
+    monkeypatch.setattr(K, "GEMM_SERIAL_BELOW", 0)
+    monkeypatch.setattr(K, "_num_threads", lambda: 2)
+    rng = np.random.default_rng(0)
+    a, b, bias = rng.standard_normal((60, 30)), rng.standard_normal((50, 30)).T, rng.standard_normal(50)
+    np.testing.assert_allclose(K.gemm(a, b, bias), a @ b + bias, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(K.gemm(b.T, a.T), b.T @ a.T, rtol=1e-12, atol=1e-12)   # by columns
+    assert len(calls) == 2
+    rows, cols = calls
+    assert rows[:, blas.M].tolist() == [30, 30] and rows[:, blas.N].tolist() == [50, 50]
+    assert rows[:, blas.TRANS_B].tolist() == [blas.TRANS] * 2 and rows[0, blas.BIAS] != 0
+    assert cols[:, blas.N].tolist() == [30, 30] and cols[:, blas.BIAS].tolist() == [0, 0]
+
+
+def test_blas_operand_reads_c_ordered_and_transposed_arrays_and_refuses_the_rest():
+    from minigrad.kernels import blas
+
+    x = np.zeros((6, 4), np.float32)
+    assert blas.operand(x) == (blas.NO_TRANS, 4)
+    assert blas.operand(x.T) == (blas.TRANS, 4)
+    assert blas.operand(x[:, :3]) == (blas.NO_TRANS, 4)          # a column slice keeps its row pitch
+    assert blas.operand(x[::2]) == (blas.NO_TRANS, 8)
+    assert blas.operand(x[:, ::2]) is None                       # no unit stride: must be copied
+    assert blas.operand(x[::-1]) is None                         # negative stride
 
 
 def test_gemm_keeps_numpy_semantics_for_mixed_dtypes_and_refuses_bad_shapes():

@@ -43,7 +43,7 @@ import math
 import numba
 import numpy as np
 
-from . import adam as _adam, attention as _att, gelu as _gelu, layernorm as _ln, sgd as _sgd, softmax as _sm
+from . import adam as _adam, attention as _att, blas, gelu as _gelu, layernorm as _ln, sgd as _sgd, softmax as _sm
 from .embedding import embedding_bwd as _embedding_bwd
 from .matmul import bmm as _bmm, matmul_tiled as _matmul_tiled
 from .pool import get_pool
@@ -67,10 +67,10 @@ _FLOATS = (np.float32, np.float64)
 # -> 95 us); the memory-bound ones (layer norm, the optimizer updates) did not gain below 10^6
 # elements and lost up to there (layer norm backward at (2048, 128): 108 -> 169 us), as a second
 # core adds no memory bandwidth, so they keep the old threshold.
-# A GEMM pays more: its ranges start in Python (the worker must take the GIL), 0.1-0.2 ms in
-# all, so below 2^23 multiply-adds (~0.25 ms on one core) one thread does it (Muon's
-# Newton-Schulz on a (384, 128) matrix, products of 2-6*10^6 multiply-adds: 1.8 ms in one
-# thread, 3.5 ms on the pool from 2^21).
+# A GEMM splits from 2^23 multiply-adds (~0.25 ms on one core): its ranges run on the workers
+# without the GIL (blas.py), but below that two single-threaded BLAS calls gained nothing over one
+# (2-6*10^6 multiply-adds: 61 against 53 us at 128^3, 147 against 143 us at 2048x32x64, 147
+# against 193 us at 512x64x192).
 # Attention and bmm, counted in multiply-adds, split from 2^21: a decode step's attention
 # (1 query, up to 1,024 keys: ~10^5) and a 100-token prefill (~10^6) stay in one thread.
 SERIAL_BELOW = 1 << 16
@@ -173,15 +173,44 @@ def _gemm_cols(a, b, bias, out, c0, c1):
         out[:, c0:c1] += bias[c0:c1]
 
 
+def _gemm_ranges(a, b, bias, out, threads, functions):
+    """`gemm`'s ranges as BLAS descriptors (`blas.py`), one row per thread: row ranges of the
+    output when it has at least as many rows as columns, else column ranges. Built from Python
+    ints in one `np.array` call: column-wise NumPy assignments cost ~40 us here, a tenth of a
+    `tiny` GEMM."""
+    m, n = out.shape
+    k, item = a.shape[1], out.itemsize
+    (trans_a, lda), (trans_b, ldb) = blas.operand(a), blas.operand(b)
+    a_at, b_at, c_at = blas.address(a), blas.address(b), blas.address(out)
+    bias_at = 0 if bias is None else blas.address(bias)
+    head = [blas.GEMM_JOB, functions[item], functions["ilp64"], item, trans_a, trans_b]
+    by_rows = m >= n
+    size = m if by_rows else n
+    rows = []
+    for i in range(threads):
+        lo, hi = size * i // threads, size * (i + 1) // threads
+        if by_rows:   # rows lo..hi of a and out; all of b and the bias
+            at = [hi - lo, n, k, a_at + lo * a.strides[0], lda, b_at, ldb,
+                  c_at + lo * out.strides[0], n, bias_at]
+        else:         # columns lo..hi of b, out and the bias; all of a
+            at = [m, hi - lo, k, a_at, lda, b_at + lo * b.strides[1], ldb, c_at + lo * item, n,
+                  bias_at and bias_at + lo * item]
+        rows.append(head + at)
+    return np.array(rows, np.int64)
+
+
 def gemm(a, b, bias=None):
     """a (M, K) @ b (K, N) (+ bias (N,)) on the kernel pool: the output's rows (its columns when
     it has fewer rows than columns) split into one range per thread, each range one BLAS GEMM
-    (NumPy's) with the bias added while the range is in cache. a and b may be transposed views
-    (BLAS reads them as they are). The result is the same as `a @ b + bias` up to the order of
-    float additions inside BLAS, which depends on the split. The pool's workers run their ranges
-    with one BLAS thread; the calling thread's range uses NumPy's BLAS setting, which
-    `minigrad.configure_runtime()` makes single-threaded on this backend (without it, BLAS may
-    start threads of its own for that range).
+    (NumPy's) that adds the bias to its block (BLAS beta = 1 on the broadcast bias). a and b may
+    be transposed views (BLAS reads them as they are). The result is the same as `a @ b + bias`
+    up to the order of float additions inside BLAS, which depends on the split.
+
+    Where NumPy's BLAS is its bundled OpenBLAS (pip wheels), every range is a BLAS call from
+    compiled code (`blas.py`): the pool's workers run theirs inside their spin loop without the
+    GIL, with one BLAS thread. Elsewhere (another BLAS, NUMBA_DISABLE_JIT=1) the ranges are
+    `np.matmul` calls in Python; the calling thread's range then uses NumPy's BLAS setting, which
+    `minigrad.configure_runtime()` makes single-threaded on this backend.
 
     Why not let BLAS thread the GEMM itself: its threads are a second pool that spins on the
     cores the kernels' threads need next (see pool.py); here everything runs on one pool."""
@@ -191,18 +220,27 @@ def gemm(a, b, bias=None):
     n = b.shape[1]
     if bias is not None and bias.shape != (n,):
         raise ValueError(f"gemm: bias must be ({n},) for an output with {n} columns, got {bias.shape}")
-    if m * n * k < GEMM_SERIAL_BELOW or a.dtype != b.dtype or a.dtype not in _FLOATS \
+    if m * n * k < GEMM_SERIAL_BELOW or m * n * k == 0 or a.dtype != b.dtype or a.dtype not in _FLOATS \
             or min(_num_threads(), max(m, n)) <= 1:
         # one thread (a decode step's products take this path: keep it as short as `a @ b`);
-        # mixed or non-float dtypes get NumPy's promotion, as `a @ b` would
+        # mixed or non-float dtypes get NumPy's promotion, as `a @ b` would; empty products
+        # (zero strides, which BLAS refuses) too
         out = a @ b
         if bias is not None:
             out += bias
         return out
-    if bias is not None:
-        bias = bias.astype(a.dtype, copy=False)  # added in the output's dtype, as `out += bias`
+    if bias is not None:  # added in the output's dtype, as `out += bias`
+        bias = np.ascontiguousarray(bias, a.dtype)
     out = np.empty((m, n), a.dtype)
-    if m >= n:
+    threads = min(_num_threads(), max(m, n))
+    pool, functions = get_pool(threads - 1), blas.gemm_functions()
+    if pool.compiled and functions is not None:
+        if blas.operand(a) is None:
+            a = np.ascontiguousarray(a)
+        if blas.operand(b) is None:
+            b = np.ascontiguousarray(b)
+        pool.run_gemms(_gemm_ranges(a, b, bias, out, threads, functions))
+    elif m >= n:
         _parallel_for(_gemm_rows, m, True, a, b, bias, out)
     else:
         _parallel_for(_gemm_cols, n, True, a, b, bias, out)

@@ -14,19 +14,23 @@ the next job, usually a few microseconds of Python away, starts at once.
 Protocol, per worker i (the caller is always one extra thread: it runs the last range itself):
 
     caller                                   worker i
-    jobs[i] = (fn, args)                     spin until gen[i] changes (SPIN_SECONDS), else
-    under the lock: gen[i] += 1,               sleep on the condition until it does
-      notify if worker i sleeps              run jobs[i]; keep its exception
+    jobs[i] = (fn, args), or desc[i] = a     spin until gen[i] changes (SPIN_SECONDS), else
+      GEMM range (`blas.py`)                   sleep on the condition until it does
+    under the lock: gen[i] += 1,             a GEMM range: run it in the spin loop, no GIL;
+      notify if worker i sleeps                else run jobs[i] in Python, keep its exception
     run its own range                        done[i] = gen[i]
     spin until done[i] == gen[i]; re-raise
 
 The counters are int64 NumPy arrays read with an atomic acquire load inside a nogil Numba loop
-(`_spin_until_changed`), so spinning holds no GIL and the compiler cannot hoist the read out of
-the loop; every 32nd poll yields the core to any other runnable thread. Only one caller at a
-time uses the workers: a second thread that calls a kernel while they are busy (the simulated
-ranks of `optim.dist.SimComm` run in threads) runs its whole range itself instead of waiting.
-After a fork the pool is made again (threads do not survive one). Under NUMBA_DISABLE_JIT=1 (or without
-`sched_yield`) nothing spins: the workers sleep on the condition between jobs.
+(`_serve`, `_spin_until_changed`), so spinning holds no GIL and the compiler cannot hoist the
+read out of the loop; every 32nd poll yields the core to any other runnable thread. A GEMM range
+never touches Python on the worker: a range that starts in Python waits for the GIL, which
+cost 0.1-0.2 ms per GEMM on the VM (the caller holds it until it enters its own range). Only
+one caller at a time uses the workers: a second thread that calls a kernel while they are busy
+(the simulated ranks of `optim.dist.SimComm` run in threads) runs its whole range itself instead
+of waiting. After a fork the pool is made again (threads do not survive one). Under
+NUMBA_DISABLE_JIT=1 (or without `sched_yield`) nothing spins: the workers sleep on the condition
+between jobs, and GEMM ranges run in Python.
 """
 from __future__ import annotations
 
@@ -39,6 +43,7 @@ from numba.core import cgutils, config, types
 from numba.extending import intrinsic
 
 from .._numba_cache import njit
+from .blas import GEMM_JOB, KIND, PYTHON_JOB, SLOTS, run_gemm
 
 SPIN_SECONDS = 2e-3   # about OpenBLAS's default spin (2^22 cycles): longer than the Python between ops
 
@@ -51,6 +56,18 @@ def _load_acquire(typingctx, arr, i):
         ptr = cgutils.get_item_pointer(context, builder, sig.args[0], ary, [args[1]])
         return builder.load_atomic(ptr, "acquire", 8)
     return types.int64(arr, types.intp), codegen
+
+
+@intrinsic
+def _store_release(typingctx, arr, i, value):
+    """arr[i] = value on an int64 array as an atomic store with release order: every write
+    before it (a GEMM range's output) is visible to a thread that then reads arr[i] anew."""
+    def codegen(context, builder, sig, args):
+        ary = context.make_array(sig.args[0])(context, builder, args[0])
+        ptr = cgutils.get_item_pointer(context, builder, sig.args[0], ary, [args[1]])
+        builder.store_atomic(args[2], ptr, "release", 8)
+        return context.get_dummy_value()
+    return types.void(arr, types.intp, types.int64), codegen
 
 
 _sched_yield = types.ExternalFunction("sched_yield", types.int32())   # libc, already loaded
@@ -69,6 +86,28 @@ def _spin_until_changed(counters, i, old, max_iter):
         if k % 32 == 31:
             _sched_yield()
     return _load_acquire(counters, i) != old
+
+
+@njit(nogil=True, cache=True)
+def _serve(gen, done, desc, i, seen, max_iter):
+    """Worker i's spin loop: GEMM ranges (desc[i] of kind GEMM_JOB) run here, without the GIL,
+    as soon as gen[i] moves past `seen`; returns the last job number served when a Python job
+    waits (desc[i] of kind PYTHON_JOB, which the worker's Python loop runs) or when max_iter
+    polls passed with nothing to do. Yields the core every 32nd poll, as `_spin_until_changed`."""
+    polls = 0
+    while polls < max_iter:
+        job = _load_acquire(gen, i)
+        if job != seen:
+            if desc[i, KIND] != GEMM_JOB:
+                return seen
+            run_gemm(desc, i)
+            _store_release(done, i, job)
+            seen, polls = job, 0
+            continue
+        if polls % 32 == 31:
+            _sched_yield()
+        polls += 1
+    return seen
 
 
 def _single_thread_blas():
@@ -93,6 +132,7 @@ class Pool:
         self.gen = np.zeros(workers, np.int64)    # jobs handed to worker i so far
         self.done = np.zeros(workers, np.int64)   # jobs worker i has finished
         self.jobs = [None] * workers
+        self.desc = np.zeros((workers, SLOTS), np.int64)  # worker i's job kind, and a GEMM range
         self.errors = [None] * workers
         self.sleeping = [False] * workers
         self.cond = threading.Condition()
@@ -108,12 +148,16 @@ class Pool:
             set_blas(1)
         seen = 0
         while True:
-            if not (self.spin_iters and _spin_until_changed(self.gen, i, seen, self.spin_iters)):
+            if self.spin_iters:  # runs GEMM ranges until a Python job comes or the spin ends
+                seen = int(_serve(self.gen, self.done, self.desc, i, seen, self.spin_iters))
+            if self.gen[i] == seen:
                 with self.cond:
                     while self.gen[i] == seen:
                         self.sleeping[i] = True
                         self.cond.wait()
                     self.sleeping[i] = False
+            if self.desc[i, KIND] == GEMM_JOB:
+                continue  # woken for a GEMM range: `_serve` runs it
             seen = int(self.gen[i])
             fn, args = self.jobs[i]
             self.jobs[i] = None
@@ -135,10 +179,8 @@ class Pool:
         try:
             for i in range(n - 1):
                 self.jobs[i] = (kernel, args + (bounds[i], bounds[i + 1]))
-                with self.cond:
-                    self.gen[i] += 1
-                    if self.sleeping[i]:
-                        self.cond.notify_all()
+                self.desc[i, KIND] = PYTHON_JOB
+                self._hand_over(i)
             try:
                 kernel(*args, bounds[-2], bounds[-1])
             finally:
@@ -150,6 +192,38 @@ class Pool:
                 raise errors[0]
         finally:
             self.busy.release()
+
+    @property
+    def compiled(self) -> bool:
+        """Whether the workers serve compiled jobs (`run_gemms`) without the GIL: they spin in
+        Numba, so not under NUMBA_DISABLE_JIT or without `sched_yield`."""
+        return self.spin_iters > 0
+
+    def run_gemms(self, desc) -> None:
+        """The GEMM ranges desc[k] (`blas.run_gemm`), the last in the calling thread and the
+        others on the workers, which run them in their spin loop without the GIL; returns when
+        all have finished. Needs `compiled`. With the workers busy, the caller runs them all."""
+        n = len(desc)
+        if n - 1 > self.workers or not self.busy.acquire(blocking=False):
+            for k in range(n):
+                run_gemm(desc, k)
+            return
+        try:
+            self.desc[:n - 1] = desc[:n - 1]  # (KIND = GEMM_JOB in each row)
+            for i in range(n - 1):
+                self._hand_over(i)
+            run_gemm(desc, n - 1)
+            for i in range(n - 1):
+                self._wait(i)
+        finally:
+            self.busy.release()
+
+    def _hand_over(self, i):
+        """Publish worker i's job (jobs[i] and desc[i] are written): bump gen[i], waking it if asleep."""
+        with self.cond:
+            self.gen[i] += 1
+            if self.sleeping[i]:
+                self.cond.notify_all()
 
     def _wait(self, i):
         target = self.gen[i]
