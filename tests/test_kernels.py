@@ -465,6 +465,32 @@ def test_gemm_ranges_run_on_the_workers_in_compiled_code(monkeypatch):
     assert cols[:, blas.N].tolist() == [30, 30] and cols[:, blas.BIAS].tolist() == [0, 0]
 
 
+def test_compiled_gemm_ranges_with_32_bit_blas_integers():
+    """The LP64 call (32-bit integers, as SciPy's bundled OpenBLAS and most system BLAS take them)
+    gives the product too: descriptors for SciPy's OpenBLAS, run by `blas.run_gemm` row by row."""
+    import ctypes
+    import glob
+    import os
+
+    from minigrad.kernels import blas
+
+    scipy = pytest.importorskip("scipy")
+    paths = glob.glob(os.path.join(os.path.dirname(os.path.dirname(scipy.__file__)), "scipy.libs",
+                                   "libscipy_openblas*.so*"))
+    functions = blas.find_gemm(ctypes.CDLL(paths[0])) if paths else None
+    if functions is None or functions["ilp64"] or not K.get_pool(1).compiled:
+        pytest.skip("no LP64 scipy-openblas beside SciPy, or Numba is disabled")
+    rng = np.random.default_rng(1)
+    for dtype in (np.float32, np.float64):
+        a, b, bias = (rng.standard_normal(s).astype(dtype) for s in ((37, 11), (23, 11), (23,)))
+        out = np.empty((37, 23), dtype)
+        desc = K._gemm_ranges(a, b.T, bias, out, 3, functions)
+        for row in range(3):
+            blas.run_gemm(desc, row)
+        np.testing.assert_allclose(out, a.astype(np.float64) @ b.T.astype(np.float64) + bias,
+                                   rtol=1e-5 if dtype == np.float32 else 1e-12, atol=1e-5 if dtype == np.float32 else 1e-12)
+
+
 def test_blas_operand_reads_c_ordered_and_transposed_arrays_and_refuses_the_rest():
     from minigrad.kernels import blas
 

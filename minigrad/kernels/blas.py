@@ -138,17 +138,23 @@ def gemm_functions():
     if "found" not in _functions:
         from .._blas import numpy_openblas
 
-        lib, found = numpy_openblas(), None
-        for names, ilp64 in ((("scipy_cblas_sgemm64_", "scipy_cblas_dgemm64_"), 1),
-                             (("cblas_sgemm64_", "cblas_dgemm64_"), 1), (("cblas_sgemm", "cblas_dgemm"), 0)):
-            try:
-                fns = [ctypes.cast(getattr(lib, name), ctypes.c_void_p).value for name in names]
-            except AttributeError:                          # (also when lib is None)
-                continue
-            found = {4: fns[0], 8: fns[1], "ilp64": ilp64}
-            break
-        _functions["found"] = found
+        _functions["found"] = find_gemm(numpy_openblas())
     return _functions["found"]
+
+
+def find_gemm(lib):
+    """`gemm_functions()` of the ctypes library `lib` (None for no library): the CBLAS GEMMs
+    under the names scipy-openblas exports, with 64-bit integers (ILP64, NumPy's wheels) or
+    32-bit ones (LP64, e.g. SciPy's wheels), or plain CBLAS names."""
+    for names, ilp64 in ((("scipy_cblas_sgemm64_", "scipy_cblas_dgemm64_"), 1),
+                         (("cblas_sgemm64_", "cblas_dgemm64_"), 1),
+                         (("scipy_cblas_sgemm", "scipy_cblas_dgemm"), 0), (("cblas_sgemm", "cblas_dgemm"), 0)):
+        try:
+            fns = [ctypes.cast(getattr(lib, name), ctypes.c_void_p).value for name in names]
+        except AttributeError:                              # (also when lib is None)
+            continue
+        return {4: fns[0], 8: fns[1], "ilp64": ilp64}
+    return None
 
 
 def operand(x):
