@@ -484,7 +484,7 @@ def test_compiled_gemm_ranges_with_32_bit_blas_integers():
     for dtype in (np.float32, np.float64):
         a, b, bias = (rng.standard_normal(s).astype(dtype) for s in ((37, 11), (23, 11), (23,)))
         out = np.empty((37, 23), dtype)
-        desc = K._gemm_ranges(a, b.T, bias, out, 3, functions)
+        desc = K._gemm_ranges(a, b.T, bias, out, 3, functions, (blas.operand(a), blas.operand(b.T)))
         for row in range(3):
             blas.run_gemm(desc, row)
         np.testing.assert_allclose(out, a.astype(np.float64) @ b.T.astype(np.float64) + bias,

@@ -173,14 +173,15 @@ def _gemm_cols(a, b, bias, out, c0, c1):
         out[:, c0:c1] += bias[c0:c1]
 
 
-def _gemm_ranges(a, b, bias, out, threads, functions):
+def _gemm_ranges(a, b, bias, out, threads, functions, layouts):
     """`gemm`'s ranges as BLAS descriptors (`blas.py`), one row per thread: row ranges of the
-    output when it has at least as many rows as columns, else column ranges. Built from Python
+    output when it has at least as many rows as columns, else column ranges. `layouts` are
+    `blas.operand` of a and b. Built from Python
     ints in one `np.array` call: column-wise NumPy assignments cost ~40 us here, a tenth of a
     `tiny` GEMM."""
     m, n = out.shape
     k, item = a.shape[1], out.itemsize
-    (trans_a, lda), (trans_b, ldb) = blas.operand(a), blas.operand(b)
+    (trans_a, lda), (trans_b, ldb) = layouts
     a_at, b_at, c_at = blas.address(a), blas.address(b), blas.address(out)
     bias_at = 0 if bias is None else blas.address(bias)
     head = [blas.GEMM_JOB, functions[item], functions["ilp64"], item, trans_a, trans_b]
@@ -220,8 +221,9 @@ def gemm(a, b, bias=None):
     n = b.shape[1]
     if bias is not None and bias.shape != (n,):
         raise ValueError(f"gemm: bias must be ({n},) for an output with {n} columns, got {bias.shape}")
+    threads = min(_num_threads(), max(m, n))
     if m * n * k < GEMM_SERIAL_BELOW or m * n * k == 0 or a.dtype != b.dtype or a.dtype not in _FLOATS \
-            or min(_num_threads(), max(m, n)) <= 1:
+            or threads <= 1:
         # one thread (a decode step's products take this path: keep it as short as `a @ b`);
         # mixed or non-float dtypes get NumPy's promotion, as `a @ b` would; empty products
         # (zero strides, which BLAS refuses) too
@@ -232,14 +234,13 @@ def gemm(a, b, bias=None):
     if bias is not None:  # added in the output's dtype, as `out += bias`
         bias = np.ascontiguousarray(bias, a.dtype)
     out = np.empty((m, n), a.dtype)
-    threads = min(_num_threads(), max(m, n))
     pool, functions = get_pool(threads - 1), blas.gemm_functions()
     if pool.compiled and functions is not None:
-        if blas.operand(a) is None:
-            a = np.ascontiguousarray(a)
-        if blas.operand(b) is None:
-            b = np.ascontiguousarray(b)
-        pool.run_gemms(_gemm_ranges(a, b, bias, out, threads, functions))
+        layouts = blas.operand(a), blas.operand(b)
+        if None in layouts:  # strides BLAS cannot read: copy (kept alive here until the ranges end)
+            a, b = (np.ascontiguousarray(x) if lay is None else x for x, lay in zip((a, b), layouts))
+            layouts = blas.operand(a), blas.operand(b)
+        pool.run_gemms(_gemm_ranges(a, b, bias, out, threads, functions, layouts))
     elif m >= n:
         _parallel_for(_gemm_rows, m, True, a, b, bias, out)
     else:
