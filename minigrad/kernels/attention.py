@@ -203,21 +203,26 @@ def attention_bwd(q, k, v, o, lse, do, causal, causal_offset, scale, block_q, bl
 @njit(error_model="numpy", cache=True)
 def _gather_head(src, b, c0, hs):
     """Copy the column block src[b, :, c0:c0+hs] into a new C-contiguous (T, hs) array.
-    (Plain loops: `np.ascontiguousarray` of a strided slice took seconds longer to compile.)"""
+    (Plain loops: `np.ascontiguousarray` of a strided slice took seconds longer to compile.)
+    The indices are unsigned: Numba wraps a negative signed index around, and as b and c0 are
+    arguments the compiler cannot rule that out, so the signed loop copied one number at a time
+    (measured at GPT `small`: a layer's q, k, v gathers 0.57 ms signed, 0.30 ms unsigned)."""
     t_n = src.shape[1]
     out = np.empty((t_n, hs), src.dtype)
-    for i in range(t_n):
-        for d in range(hs):
-            out[i, d] = src[b, i, c0 + d]
+    bu, cu = np.uint64(b), np.uint64(c0)
+    for i in range(np.uint64(t_n)):
+        for d in range(np.uint64(hs)):
+            out[i, d] = src[bu, i, cu + d]
     return out
 
 
 @njit(error_model="numpy", cache=True)
 def _scatter_head(head, dst, b, c0):
-    """dst[b, :, c0:c0+hs] = head (T, hs)."""
-    for i in range(head.shape[0]):
-        for d in range(head.shape[1]):
-            dst[b, i, c0 + d] = head[i, d]
+    """dst[b, :, c0:c0+hs] = head (T, hs). Unsigned indices, as in `_gather_head`."""
+    bu, cu = np.uint64(b), np.uint64(c0)
+    for i in range(np.uint64(head.shape[0])):
+        for d in range(np.uint64(head.shape[1])):
+            dst[bu, i, cu + d] = head[i, d]
 
 
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
