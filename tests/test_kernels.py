@@ -8,6 +8,8 @@ quick; Numba compiles each kernel once per process (cached on disk). Small input
 calling thread (below `SERIAL_BELOW` elements of work); the split into one range per thread is
 held to that path by `test_parallel_drivers_match_serial`, on ranges that do not split evenly.
 """
+import contextlib
+
 import numpy as np
 import pytest
 from hypothesis import given, strategies as st
@@ -160,53 +162,77 @@ def test_gelu_propagates_nan():
 
 
 # ----------------------------------------------------------------------------- attention
+@contextlib.contextmanager
+def tile_products(path):
+    """The attention kernels' tile products through NumPy's OpenBLAS ("numpy-blas":
+    `blas.dot_table()`, the default where it is found) or through np.dot ("np.dot": SciPy's
+    OpenBLAS, a zero table)."""
+    from minigrad.kernels import blas
+
+    if path == "numpy-blas" and not blas.dot_table()[0]:
+        pytest.skip("NumPy's bundled OpenBLAS not found, or Numba is disabled: the tiles use np.dot")
+    with pytest.MonkeyPatch.context() as mp:
+        if path == "np.dot":
+            mp.setattr(blas, "dot_table", lambda: np.zeros(3, np.int64))
+        yield
+
+
+TILES = pytest.mark.parametrize("tiles", ["numpy-blas", "np.dot"])
+
+
+@TILES
 @given(seeds, st.integers(1, 2), st.integers(1, 3), st.integers(1, 150), st.integers(0, 70),
        st.integers(1, 40), st.booleans())
-def test_flash_attention_matches_naive_twin(seed, b, h, t, extra_keys, d, causal):
+def test_flash_attention_matches_naive_twin(tiles, seed, b, h, t, extra_keys, d, causal):
     rng = np.random.default_rng(seed)
     s = t + extra_keys                      # S >= T: a KV cache of `extra_keys` earlier keys
     q, do = f32(rng, (b, h, t, d)), f32(rng, (b, h, t, d))
     k, v = f32(rng, (b, h, s, d)), f32(rng, (b, h, s, d))
     kw = dict(causal=causal, scale=None, causal_offset=s - t)
-    o, lse = K.attention_forward(q, k, v, **kw)
-    o_r, lse_r = R.attention_forward(*up(q, k, v), **kw)
-    close32(o, o_r)
-    close32(lse, lse_r, scale=5)
-    grads = K.attention_backward(q, k, v, o, lse, do, **kw)
-    grads_r = R.attention_backward(*up(q, k, v), o_r, lse_r, *up(do), **kw)
-    for got, want in zip(grads, grads_r):
-        close32(got, want, scale=5)
+    with tile_products(tiles):
+        o, lse = K.attention_forward(q, k, v, **kw)
+        o_r, lse_r = R.attention_forward(*up(q, k, v), **kw)
+        close32(o, o_r)
+        close32(lse, lse_r, scale=5)
+        grads = K.attention_backward(q, k, v, o, lse, do, **kw)
+        grads_r = R.attention_backward(*up(q, k, v), o_r, lse_r, *up(do), **kw)
+        for got, want in zip(grads, grads_r):
+            close32(got, want, scale=5)
 
 
+@TILES
 @given(seeds, st.integers(1, 2), st.integers(1, 3), st.integers(1, 150), st.integers(1, 20), st.booleans())
-def test_qkv_attention_matches_twin(seed, b, n_head, t, hs, causal):
+def test_qkv_attention_matches_twin(tiles, seed, b, n_head, t, hs, causal):
     """The fused-layout kernels (q|k|v read from one (B, T, 3C) array, o and dqkv written with the
     heads side by side) against split -> naive attention -> merge, over odd T and head sizes."""
     rng = np.random.default_rng(seed)
     c = n_head * hs
     qkv, do = f32(rng, (b, t, 3 * c)), f32(rng, (b, t, c))
-    o, lse = K.attention_qkv_forward(qkv, n_head, causal=causal)
-    o_r, lse_r = R.attention_qkv_forward(*up(qkv), n_head, causal=causal)
-    close32(o, o_r)
-    close32(lse, lse_r, scale=5)
-    close32(K.attention_qkv_backward(qkv, o, lse, do, n_head, causal=causal),
-            R.attention_qkv_backward(*up(qkv), o_r, lse_r, *up(do), n_head, causal=causal), scale=5)
+    with tile_products(tiles):
+        o, lse = K.attention_qkv_forward(qkv, n_head, causal=causal)
+        o_r, lse_r = R.attention_qkv_forward(*up(qkv), n_head, causal=causal)
+        close32(o, o_r)
+        close32(lse, lse_r, scale=5)
+        close32(K.attention_qkv_backward(qkv, o, lse, do, n_head, causal=causal),
+                R.attention_qkv_backward(*up(qkv), o_r, lse_r, *up(do), n_head, causal=causal), scale=5)
 
 
+@TILES
 @given(seeds, st.integers(1, 100), st.integers(1, 16))
-def test_flash_attention_float64_matches_naive_to_1e10(seed, t, d):
+def test_flash_attention_float64_matches_naive_to_1e10(tiles, seed, t, d):
     # The tiled kernel (FlashAttention, Dao et al. 2022, arXiv 2205.14135) computes the same
     # softmax in another order, with online rescaling: in float64 it equals the naive O(T²)
     # one to 1e-10, also when T is not a multiple of the tile.
     rng = np.random.default_rng(seed)
     q, k, v, do = (rng.standard_normal((1, 2, t, d)) for _ in range(4))
-    o, lse = K.attention_forward(q, k, v, causal=True)
-    o_r, lse_r = R.attention_forward(q, k, v, causal=True)
-    np.testing.assert_allclose(o, o_r, atol=1e-10)
-    np.testing.assert_allclose(lse, lse_r, atol=1e-10)
-    for got, want in zip(K.attention_backward(q, k, v, o, lse, do, causal=True),
-                         R.attention_backward(q, k, v, o_r, lse_r, do, causal=True)):
-        np.testing.assert_allclose(got, want, atol=1e-10)
+    with tile_products(tiles):
+        o, lse = K.attention_forward(q, k, v, causal=True)
+        o_r, lse_r = R.attention_forward(q, k, v, causal=True)
+        np.testing.assert_allclose(o, o_r, atol=1e-10)
+        np.testing.assert_allclose(lse, lse_r, atol=1e-10)
+        for got, want in zip(K.attention_backward(q, k, v, o, lse, do, causal=True),
+                             R.attention_backward(q, k, v, o_r, lse_r, do, causal=True)):
+            np.testing.assert_allclose(got, want, atol=1e-10)
 
 
 def test_flash_attention_first_row_sees_only_itself():
@@ -489,6 +515,26 @@ def test_compiled_gemm_ranges_with_32_bit_blas_integers():
             blas.run_gemm(desc, row)
         np.testing.assert_allclose(out, a.astype(np.float64) @ b.T.astype(np.float64) + bias,
                                    rtol=1e-5 if dtype == np.float32 else 1e-12, atol=1e-5 if dtype == np.float32 else 1e-12)
+
+
+@pytest.mark.parametrize("path", ["numpy-blas", "np.dot"])
+@given(m=st.integers(0, 30), k=st.integers(0, 20), n=st.integers(0, 30), ta=st.booleans(), tb=st.booleans(),
+       dtype=st.sampled_from([np.float32, np.float64]), seed=st.integers(0, 2**16))
+def test_blas_dot_is_a_matmul_on_c_ordered_and_transposed_arrays(path, m, k, n, ta, tb, dtype, seed):
+    """`blas.dot` (the attention kernels' tile product) against a @ b, through NumPy's OpenBLAS
+    and through np.dot, on C-ordered arrays and transposed views, empty ones included."""
+    from minigrad.kernels import blas
+
+    table = blas.dot_table() if path == "numpy-blas" else np.zeros(3, np.int64)
+    if path == "numpy-blas" and not table[0]:
+        pytest.skip("NumPy's bundled OpenBLAS not found, or Numba is disabled")
+    rng = np.random.default_rng(seed)
+    a = rng.standard_normal((k, m)).astype(dtype).T if ta else rng.standard_normal((m, k)).astype(dtype)
+    b = rng.standard_normal((n, k)).astype(dtype).T if tb else rng.standard_normal((k, n)).astype(dtype)
+    out = np.full((m, n), np.nan, dtype)
+    blas.dot(table, a, b, out)
+    tol = 1e-5 * max(k, 1) ** 0.5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(out, a.astype(np.float64) @ b.astype(np.float64), rtol=tol, atol=tol)
 
 
 def test_blas_operand_reads_c_ordered_and_transposed_arrays_and_refuses_the_rest():

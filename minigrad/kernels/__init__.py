@@ -451,7 +451,8 @@ def attention_forward(q, k, v, causal=True, scale=None, causal_offset=0):
     if o.size:
         _parallel_for(_att.attention_fwd, q3.shape[0],
                       _parallel(q3.shape[0] * t * k3.shape[1] * d, PRODUCT_SERIAL_BELOW),
-                      q3, k3, v3, bool(causal), int(causal_offset), scale, ATTN_BLOCK_Q, ATTN_BLOCK_K, o, lse)
+                      q3, k3, v3, bool(causal), int(causal_offset), scale, ATTN_BLOCK_Q, ATTN_BLOCK_K, o, lse,
+                      blas.dot_table())
     return o.reshape(lead + (t, d)), lse.reshape(lead + (t,))
 
 
@@ -470,7 +471,7 @@ def attention_backward(q, k, v, o, lse, do, causal=True, scale=None, causal_offs
     if q3.size and s:
         _parallel_for(_att.attention_bwd, q3.shape[0], _parallel(q3.shape[0] * t * s * d, PRODUCT_SERIAL_BELOW),
                       q3, k3, v3, o3, lse2, do3, bool(causal), int(causal_offset), scale,
-                      ATTN_BLOCK_Q, ATTN_BLOCK_K, dq, dk, dv)
+                      ATTN_BLOCK_Q, ATTN_BLOCK_K, dq, dk, dv, blas.dot_table())
     return dq.reshape(lead + (t, d)), dk.reshape(lead + (s, d)), dv.reshape(lead + (s, d))
 
 
@@ -498,7 +499,8 @@ def attention_qkv_forward(qkv, n_head, causal=True, scale=None):
     if o.size:
         _parallel_for(_att.attention_qkv_fwd, b * n_head,
                       _parallel(b * n_head * t * t * hs, PRODUCT_SERIAL_BELOW),
-                      qkv, int(n_head), bool(causal), scale, ATTN_BLOCK_Q, ATTN_BLOCK_K, o, lse)
+                      qkv, int(n_head), bool(causal), scale, ATTN_BLOCK_Q, ATTN_BLOCK_K, o, lse,
+                      blas.dot_table())
     return o, lse
 
 
@@ -518,7 +520,8 @@ def attention_qkv_backward(qkv, o, lse, do, n_head, causal=True, scale=None):
     if qkv.size:
         _parallel_for(_att.attention_qkv_bwd, b * n_head,
                       _parallel(b * n_head * t * t * hs, PRODUCT_SERIAL_BELOW),
-                      qkv, o, lse, do, int(n_head), bool(causal), scale, ATTN_BLOCK_Q, ATTN_BLOCK_K, dqkv)
+                      qkv, o, lse, do, int(n_head), bool(causal), scale, ATTN_BLOCK_Q, ATTN_BLOCK_K, dqkv,
+                      blas.dot_table())
     return dqkv
 
 

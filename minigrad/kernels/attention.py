@@ -18,7 +18,8 @@ half the work at long T).
 Layout: q (BH, T, D), k and v (BH, S, D), C-contiguous; query i sees key j iff
 j <= i + causal_offset (causal_offset=0 is PyTorch's `is_causal=True`; a decoder that appends
 T new queries after S - T cached keys uses causal_offset = S - T). The tile products are BLAS
-GEMMs (`np.dot` -> SciPy's OpenBLAS). Each driver runs a range of heads h0..h1-1 and releases
+GEMMs: `blas.dot` with the `table` every driver takes (`blas.dot_table()`: NumPy's OpenBLAS,
+called through its address, else `np.dot` -> SciPy's OpenBLAS). Each driver runs a range of heads h0..h1-1 and releases
 the GIL (`nogil=True`); `minigrad.kernels` splits the B*H heads into one range per thread and
 runs them at once, so each thread owns its heads' outputs (dq, dk, dv included: no shared
 writes). Why Python threads rather than `prange`: see `minigrad.kernels._parallel_for` (cheaper
@@ -28,10 +29,11 @@ import numpy as np
 
 from .._numba_cache import njit
 from ._math import FASTMATH, fast_exp, typed
+from .blas import dot
 
 
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
-def _attention_fwd_head(q, k, v, causal, causal_offset, sc, block_q, block_k, o, lse):
+def _attention_fwd_head(q, k, v, causal, causal_offset, sc, block_q, block_k, o, lse, table):
     """One head: q (T, D), k and v (S, D) -> o (T, D), lse (T,). Serial; see attention_fwd."""
     t_n, d_n = q.shape
     s_n = k.shape[0]
@@ -56,7 +58,7 @@ def _attention_fwd_head(q, k, v, causal, causal_offset, sc, block_q, block_k, o,
             j1 = min(j0 + block_k, j_end)
             bc = j1 - j0
             s = sbuf[: br * bc].reshape((br, bc))
-            np.dot(qi, k[j0:j1].T, s)                        # S = Q_i K_j^T
+            dot(table, qi, k[j0:j1].T, s)                        # S = Q_i K_j^T
             for r in range(br):
                 nvis = bc
                 if causal:
@@ -81,7 +83,7 @@ def _attention_fwd_head(q, k, v, causal, causal_offset, sc, block_q, block_k, o,
                 for d in range(d_n):
                     acc[r, d] *= alpha                         # O = e^(m-m') O ...
             pv = pvbuf[: br * d_n].reshape((br, d_n))
-            np.dot(s, v[j0:j1], pv)
+            dot(table, s, v[j0:j1], pv)
             for r in range(br):
                 for d in range(d_n):
                     acc[r, d] += pv[r, d]                      # ... + P V_j
@@ -93,19 +95,19 @@ def _attention_fwd_head(q, k, v, causal, causal_offset, sc, block_q, block_k, o,
 
 
 @njit(error_model="numpy", nogil=True, cache=True)
-def attention_fwd(q, k, v, causal, causal_offset, scale, block_q, block_k, o, lse, h0, h1):
+def attention_fwd(q, k, v, causal, causal_offset, scale, block_q, block_k, o, lse, table, h0, h1):
     """Forward for heads h0..h1-1: writes o (BH, T, D) and lse (BH, T) of those heads only.
     Saves for backward: o and lse only. Releases the GIL: `minigrad.kernels` runs disjoint
     ranges of heads in several threads at once (see `_parallel_for`)."""
     sc = typed(q, scale)
     for bh in range(h0, h1):
         _attention_fwd_head(q[bh], k[bh], v[bh], causal, causal_offset, sc, block_q, block_k,
-                            o[bh], lse[bh])
+                            o[bh], lse[bh], table)
 
 
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
 def _attention_bwd_head(q, k, v, o, lse, do, causal, causal_offset, sc, block_q, block_k,
-                        dq, dk, dv):
+                        dq, dk, dv, table):
     """One head of attention_bwd: q, o, do, dq (T, D); k, v, dk, dv (S, D); lse (T,). Serial."""
     t_n, d_n = q.shape
     s_n = k.shape[0]
@@ -142,7 +144,7 @@ def _attention_bwd_head(q, k, v, o, lse, do, causal, causal_offset, sc, block_q,
             br = i1 - i0
             s = sbuf[: br * bc].reshape((br, bc))
             dp = dpbuf[: br * bc].reshape((br, bc))
-            np.dot(q[i0:i1], kj.T, s)
+            dot(table, q[i0:i1], kj.T, s)
             for r in range(br):
                 nvis = bc
                 if causal:
@@ -152,21 +154,21 @@ def _attention_bwd_head(q, k, v, o, lse, do, causal, causal_offset, sc, block_q,
                     s[r, c] = fast_exp(s[r, c] * sc - li)      # P = exp(S - LSE_i), recomputed
                 for c in range(nvis, bc):
                     s[r, c] = 0.0
-            np.dot(s.T, do[i0:i1], tmp_kd)
+            dot(table, s.T, do[i0:i1], tmp_kd)
             for c in range(bc):
                 for d in range(d_n):
                     dvj[c, d] += tmp_kd[c, d]                  # dV_j += P^T dO_i
-            np.dot(do[i0:i1], vj.T, dp)                        # dP = dO_i V_j^T
+            dot(table, do[i0:i1], vj.T, dp)                        # dP = dO_i V_j^T
             for r in range(br):
                 dl = delta[i0 + r]
                 for c in range(bc):
                     dp[r, c] = s[r, c] * (dp[r, c] - dl) * sc  # dS = P (dP - delta) scale
             tmp_qd = qdbuf[: br * d_n].reshape((br, d_n))
-            np.dot(dp, kj, tmp_qd)
+            dot(table, dp, kj, tmp_qd)
             for r in range(br):
                 for d in range(d_n):
                     dq[i0 + r, d] += tmp_qd[r, d]              # dQ_i += dS K_j
-            np.dot(dp.T, q[i0:i1], tmp_kd)
+            dot(table, dp.T, q[i0:i1], tmp_kd)
             for c in range(bc):
                 for d in range(d_n):
                     dkj[c, d] += tmp_kd[c, d]                  # dK_j += dS^T Q_i
@@ -174,7 +176,7 @@ def _attention_bwd_head(q, k, v, o, lse, do, causal, causal_offset, sc, block_q,
 
 @njit(error_model="numpy", nogil=True, cache=True)
 def attention_bwd(q, k, v, o, lse, do, causal, causal_offset, scale, block_q, block_k, dq, dk, dv,
-                  h0, h1):
+                  table, h0, h1):
     """Backward (FlashAttention-2 order) for heads h0..h1-1: for each key tile j (outer) and
     query tile i (inner),
 
@@ -187,7 +189,7 @@ def attention_bwd(q, k, v, o, lse, do, causal, causal_offset, scale, block_q, bl
     sc = typed(q, scale)
     for bh in range(h0, h1):
         _attention_bwd_head(q[bh], k[bh], v[bh], o[bh], lse[bh], do[bh], causal, causal_offset,
-                            sc, block_q, block_k, dq[bh], dk[bh], dv[bh])
+                            sc, block_q, block_k, dq[bh], dk[bh], dv[bh], table)
 
 
 # ----------------------------------------------------------------------------- fused q/k/v layout
@@ -226,7 +228,7 @@ def _scatter_head(head, dst, b, c0):
 
 
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
-def _qkv_fwd_task(qkv, n_head, causal, sc, block_q, block_k, o, lse, bh):
+def _qkv_fwd_task(qkv, n_head, causal, sc, block_q, block_k, o, lse, table, bh):
     """Head bh = b * n_head + h of attention_qkv_fwd."""
     b, h = bh // n_head, bh % n_head
     c = o.shape[2]
@@ -236,22 +238,22 @@ def _qkv_fwd_task(qkv, n_head, causal, sc, block_q, block_k, o, lse, bh):
     k = _gather_head(qkv, b, c + c0, hs)
     v = _gather_head(qkv, b, 2 * c + c0, hs)
     oh = np.empty_like(q)
-    _attention_fwd_head(q, k, v, causal, 0, sc, block_q, block_k, oh, lse[b, h])
+    _attention_fwd_head(q, k, v, causal, 0, sc, block_q, block_k, oh, lse[b, h], table)
     _scatter_head(oh, o, b, c0)                                        # heads side by side
 
 
 @njit(error_model="numpy", nogil=True, cache=True)
-def attention_qkv_fwd(qkv, n_head, causal, scale, block_q, block_k, o, lse, h0, h1):
+def attention_qkv_fwd(qkv, n_head, causal, scale, block_q, block_k, o, lse, table, h0, h1):
     """Forward from the fused projection for heads h0..h1-1 of the B*nh: qkv (B, T, 3C) ->
     o (B, T, C), lse (B, nh, T). Saves for backward: o and lse (the op keeps qkv, its input).
     Each head writes only its own columns of o and its own row of lse."""
     sc = typed(qkv, scale)
     for bh in range(h0, h1):
-        _qkv_fwd_task(qkv, n_head, causal, sc, block_q, block_k, o, lse, bh)
+        _qkv_fwd_task(qkv, n_head, causal, sc, block_q, block_k, o, lse, table, bh)
 
 
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
-def _qkv_bwd_task(qkv, o, lse, do, n_head, causal, sc, block_q, block_k, dqkv, bh):
+def _qkv_bwd_task(qkv, o, lse, do, n_head, causal, sc, block_q, block_k, dqkv, table, bh):
     """Head bh of attention_qkv_bwd."""
     b, h = bh // n_head, bh % n_head
     c = o.shape[2]
@@ -264,16 +266,16 @@ def _qkv_bwd_task(qkv, o, lse, do, n_head, causal, sc, block_q, block_k, dqkv, b
     dk = np.empty_like(k)
     dv = np.empty_like(v)
     _attention_bwd_head(q, k, v, _gather_head(o, b, c0, hs), lse[b, h], _gather_head(do, b, c0, hs),
-                        causal, 0, sc, block_q, block_k, dq, dk, dv)
+                        causal, 0, sc, block_q, block_k, dq, dk, dv, table)
     _scatter_head(dq, dqkv, b, c0)
     _scatter_head(dk, dqkv, b, c + c0)
     _scatter_head(dv, dqkv, b, 2 * c + c0)
 
 
 @njit(error_model="numpy", nogil=True, cache=True)
-def attention_qkv_bwd(qkv, o, lse, do, n_head, causal, scale, block_q, block_k, dqkv, h0, h1):
+def attention_qkv_bwd(qkv, o, lse, do, n_head, causal, scale, block_q, block_k, dqkv, table, h0, h1):
     """Backward of attention_qkv_fwd for heads h0..h1-1: dqkv (B, T, 3C) from do (B, T, C),
     recomputing scores from q, k and lse. Each head writes only its own columns of dqkv."""
     sc = typed(qkv, scale)
     for bh in range(h0, h1):
-        _qkv_bwd_task(qkv, o, lse, do, n_head, causal, sc, block_q, block_k, dqkv, bh)
+        _qkv_bwd_task(qkv, o, lse, do, n_head, causal, sc, block_q, block_k, dqkv, table, bh)

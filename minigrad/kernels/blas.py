@@ -1,5 +1,6 @@
 """NumPy's own BLAS GEMM called from compiled code, so that a pool worker runs its range of a GEMM
-without taking the GIL.
+without taking the GIL, and so that the attention kernels' tile products use the faster of the
+two OpenBLAS builds a pip install brings (`dot`, at the end).
 
 Why: a range that starts in Python must wait for the GIL, and on the 2-core VM a thread waiting
 for the GIL sleeps on a futex that took tens of microseconds to wake: 0.1-0.2 ms per split GEMM,
@@ -28,8 +29,9 @@ from __future__ import annotations
 import ctypes
 
 import numba
+import numpy as np
 from llvmlite import ir
-from numba.core import types
+from numba.core import config, types
 from numba.extending import intrinsic
 
 from .._numba_cache import njit
@@ -155,6 +157,59 @@ def find_gemm(lib):
             continue
         return {4: fns[0], 8: fns[1], "ilp64": ilp64}
     return None
+
+
+@njit(nogil=True, cache=True)
+def _layout(x):
+    """(trans, ld) of the 2-D array x in row-major CBLAS terms: rows contiguous (as it is) or
+    columns contiguous (the transpose of a row-major array); `dot`'s arrays are one or the other."""
+    if x.strides[1] == x.itemsize or x.shape[1] <= 1:
+        return NO_TRANS, max(x.strides[0] // x.itemsize, x.shape[1], 1)
+    return TRANS, max(x.strides[1] // x.itemsize, x.shape[0], 1)
+
+
+@njit(nogil=True, cache=True)
+def dot(table, a, b, out):
+    """out = a @ b for float32 or float64 2-D arrays whose rows or columns are contiguous (a
+    C-ordered array or its `.T`), through the GEMM of `dot_table()` (NumPy's OpenBLAS), or
+    `np.dot` (SciPy's OpenBLAS, which Numba calls) where the table is zeros.
+
+    Why not always `np.dot`: on the attention kernels' tiles NumPy's OpenBLAS build was faster
+    than SciPy's (measured on the 2-core VM: (64, 16) x (16, 64) in 2.4 against 2.9 us, (64, 32)
+    x (32, 64) in 3.9 against 4.8 us; the call path costs the same), which made causal attention
+    forward + backward in one thread 10-27% faster at GPT `tiny` and `small`."""
+    if table[0] == 0:
+        np.dot(a, b, out)
+        return
+    ta, lda = _layout(a)
+    tb, ldb = _layout(b)
+    m, k, n = a.shape[0], a.shape[1], b.shape[1]
+    if m == 0 or n == 0:
+        return
+    if k == 0:
+        out[:] = 0.0
+        return
+    args = (ta, tb, m, n, k, a.ctypes.data, lda, b.ctypes.data, ldb, 0.0, out.ctypes.data, n)
+    if a.itemsize == 4:
+        if table[2]:
+            _sgemm64(table[0], *args)
+        else:
+            _sgemm32(table[0], *args)
+    elif table[2]:
+        _dgemm64(table[1], *args)
+    else:
+        _dgemm32(table[1], *args)
+
+
+def dot_table():
+    """The int64 table `dot` takes: the addresses of NumPy's cblas_sgemm and cblas_dgemm and 1
+    for 64-bit integers (`gemm_functions()`), or zeros (np.dot) where they are not found or under
+    NUMBA_DISABLE_JIT, where the call through an address cannot run."""
+    if "table" not in _functions:
+        found = None if config.DISABLE_JIT else gemm_functions()
+        _functions["table"] = np.array([0, 0, 0] if found is None else [found[4], found[8], found["ilp64"]],
+                                       np.int64)
+    return _functions["table"]
 
 
 def operand(x):
