@@ -164,7 +164,7 @@ def test_gelu_propagates_nan():
 # ----------------------------------------------------------------------------- attention
 @contextlib.contextmanager
 def tile_products(path):
-    """The attention kernels' tile products through NumPy's OpenBLAS ("numpy-blas":
+    """The attention kernels' tile products (and bmm's) through NumPy's OpenBLAS ("numpy-blas":
     `blas.dot_table()`, the default where it is found) or through np.dot ("np.dot": SciPy's
     OpenBLAS, a zero table)."""
     from minigrad.kernels import blas
@@ -258,11 +258,13 @@ def test_attention_rejects_mismatched_shapes():
 
 
 # ----------------------------------------------------------------------------- matmul
+@TILES
 @given(seeds, st.integers(1, 5), st.integers(1, 40), st.integers(1, 40), st.integers(1, 40))
-def test_bmm_matches_twin(seed, n, m, k, p):
+def test_bmm_matches_twin(tiles, seed, n, m, k, p):
     rng = np.random.default_rng(seed)
     a, b = f32(rng, (n, m, k)), f32(rng, (n, k, p))
-    close32(K.bmm(a, b), R.bmm(*up(a, b)), scale=k ** 0.5)
+    with tile_products(tiles):
+        close32(K.bmm(a, b), R.bmm(*up(a, b)), scale=k ** 0.5)
 
 
 @given(seeds, st.sampled_from(["rows", "batch", "batch4", "broadcast"]), st.integers(1, 3),

@@ -143,7 +143,8 @@ def bmm(a, b):
     if a.shape[2] == 0:
         out.fill(0)
     elif out.size:
-        _parallel_for(_bmm, a.shape[0], _parallel(out.size * a.shape[2], PRODUCT_SERIAL_BELOW), a, b, out)
+        _parallel_for(_bmm, a.shape[0], _parallel(out.size * a.shape[2], PRODUCT_SERIAL_BELOW), a, b, out,
+                      blas.dot_table())
     return out
 
 

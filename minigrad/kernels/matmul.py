@@ -1,25 +1,27 @@
 """Matrix products: batched GEMM calling BLAS per batch item, and a tiled loop GEMM for teaching.
 
-`np.dot` inside a Numba kernel calls SciPy's OpenBLAS (SciPy must be installed); see
+Each product of `bmm` is `blas.dot`: NumPy's OpenBLAS through its address, or `np.dot` (SciPy's
+OpenBLAS, SciPy must be installed) where that is not found; see
 `minigrad.backend._single_thread_numba_blas` (applied by `minigrad.configure_runtime()`) for why
 that BLAS should run single-threaded when our threads call it.
 NumPy twins: `reference.py`.
 """
-import numpy as np
 from numba import prange
 
 from .._numba_cache import njit
 from ._math import FASTMATH
+from .blas import dot
 
 
 @njit(nogil=True, cache=True)
-def bmm(a, b, out, i0, i1):
+def bmm(a, b, out, table, i0, i1):
     """out[i] = a[i] @ b[i] for batch items i0..i1-1; a (N, M, K), b (N, K, P), out (N, M, P).
 
     Each thread gets its own range of batch items (whole output matrices) and the GIL is
-    released; each product is one BLAS GEMM. Saves nothing (the matmul op keeps a and b)."""
+    released; each product is one BLAS GEMM (`blas.dot` with `table`, `blas.dot_table()`).
+    Saves nothing (the matmul op keeps a and b)."""
     for i in range(i0, i1):
-        np.dot(a[i], b[i], out[i])
+        dot(table, a[i], b[i], out[i])
 
 
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
