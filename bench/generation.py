@@ -3,9 +3,11 @@ and attention variant, perplexity at long context, and continuous batching again
 requests one by one.
 
     python -m bench.generation [--out out/generation] [--quick] [--threads 2] [--clock wall|process]
-                               [--ctx 256] [--train-steps 1500]
+                               [--ctx 256] [--train-steps 1500] [--speed-only] [--variants dense,PyTorch]
+                               [--contexts 64,128,256,512,1024] [--decode 32] [--rounds 3]
 
-Writes OUT/generation.md (the tables, also printed) and three plots, in three parts:
+Writes OUT/generation.md (the tables, also printed) and three plots, in three parts (the first
+alone with ``--speed-only``, for the variants ``--variants`` names):
 
 1. **Speed and memory** (random weights: the cost does not depend on them). The `small` shape
    (4 layers, 4 heads, C = 128) with block_size = the longest context. For each variant one
@@ -376,6 +378,8 @@ def plots(out, speed_rows, ppl_rows):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
         paths.append(save_figure(fig, os.path.join(out, name)))
+    if ppl_rows is None:   # --speed-only
+        return paths
     fig, ax = plt.subplots(figsize=(7, 4.2))
     labels = [r[0] for r in ppl_rows]
     x = range(len(labels))
@@ -401,7 +405,14 @@ def main(argv=None):
     ap.add_argument("--clock", choices=("wall", "process"), default="wall",
                     help="process: CPU time of the process (steadier on a shared machine; use with --threads 1)")
     ap.add_argument("--contexts", default=None, help="comma-separated context lengths")
+    ap.add_argument("--speed-only", action="store_true", help="part 1 only (no training, no serving)")
+    ap.add_argument("--variants", default=None,
+                    help="comma-separated variants of part 1 (default all: " + ",".join(SPEED_VARIANTS) + ",PyTorch)")
     args = ap.parse_args(argv)
+    chosen = None if args.variants is None else [v.strip() for v in args.variants.split(",")]
+    unknown = [v for v in chosen or () if v not in SPEED_VARIANTS + ("PyTorch",)]
+    if unknown or chosen == []:
+        ap.error(f"--variants: unknown {unknown or 'empty list'}; choose from {', '.join(SPEED_VARIANTS)}, PyTorch")
     bench_kernels.setup_threads(args.threads)
     bench_kernels.set_clock(args.clock)
     load0 = bench_kernels.load_average()
@@ -426,23 +437,28 @@ def main(argv=None):
 
     t_start = time.perf_counter()
     log("1. decode speed and KV memory against context length")
-    try:
-        import torch
+    variants = tuple(chosen or SPEED_VARIANTS + ("PyTorch",))
+    if "PyTorch" in variants:
+        try:
+            import torch
 
-        torch.set_num_threads(args.threads)
-        variants = SPEED_VARIANTS + ("PyTorch",)
-    except ImportError:
-        variants = SPEED_VARIANTS
+            torch.set_num_threads(args.threads)
+        except ImportError:
+            if chosen is not None:
+                ap.error("--variants: PyTorch is not installed (pip install -e .[bench])")
+            variants = SPEED_VARIANTS
     rounds = args.rounds or (1 if quick else 3)
-    speed_rows = speed(variants, contexts, decode, rounds, log)
-    text, desc = load_text(max_chars=2_000_000 if quick else None)
-    data = TextData(text, block_size=ctx, cache_dir=os.path.join("out", "cache"), description=desc)
-    log(f"2. perplexity at long context ({desc}, block_size {ctx})")
-    n_windows = 2 if quick else 4
-    ppl_rows, mha = perplexity(data, ctx, steps, n_windows, args.out, log)
-    log("3. serving")
-    n_req, prompt_len, new_tokens = (8, 32, 32) if quick else (8, 64, 128)
-    serve_rows, same = serving(mha, data, n_req, prompt_len, new_tokens, log)
+    speed_rows = speed(list(variants), contexts, decode, rounds, log)
+    ppl_rows = serve_rows = None
+    if not args.speed_only:
+        text, desc = load_text(max_chars=2_000_000 if quick else None)
+        data = TextData(text, block_size=ctx, cache_dir=os.path.join("out", "cache"), description=desc)
+        log(f"2. perplexity at long context ({desc}, block_size {ctx})")
+        n_windows = 2 if quick else 4
+        ppl_rows, mha = perplexity(data, ctx, steps, n_windows, args.out, log)
+        log("3. serving")
+        n_req, prompt_len, new_tokens = (8, 32, 32) if quick else (8, 64, 128)
+        serve_rows, same = serving(mha, data, n_req, prompt_len, new_tokens, log)
     load1 = bench_kernels.load_average()
 
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
@@ -462,10 +478,26 @@ def main(argv=None):
             lines.append(f"| {n} | " + " | ".join(
                 fmt.format(cell[v, n][key] / (2**20 if key == 3 else 1)) for v in variants) + " |")
         lines.append("")
-    dense = [r for r in speed_rows if r[0] == "dense"]
-    lines += ["Dense tokens/s: " + ", ".join(f"{r[1]}: {1e3 / r[2]:,.0f}" for r in dense) + "; "
-              f"time per token at {dense[-1][1]} / at {dense[0][1]}: {dense[-1][2] / dense[0][2]:.2f}x.", ""]
-    lines += ["### Perplexity at long context", "",
+    for name in ("dense", "PyTorch"):
+        rows = [r for r in speed_rows if r[0] == name]
+        if rows:
+            lines += [f"{name} tokens/s: " + ", ".join(f"{r[1]}: {1e3 / r[2]:,.0f}" for r in rows) + "; "
+                      f"time per token at {rows[-1][1]} / at {rows[0][1]}: {rows[-1][2] / rows[0][2]:.2f}x.", ""]
+    if ppl_rows is not None:
+        lines += perplexity_and_serving_lines(steps, ctx, desc, n_windows, ppl_rows, n_req, prompt_len,
+                                              new_tokens, same, serve_rows)
+    paths = plots(args.out, speed_rows, ppl_rows)
+    report = "\n".join(lines) + "\n"
+    with open(os.path.join(args.out, "generation.md"), "w") as f:
+        f.write(report)
+    print(report)
+    log("wrote " + ", ".join([os.path.join(args.out, "generation.md")] + paths))
+
+
+def perplexity_and_serving_lines(steps, ctx, desc, n_windows, ppl_rows, n_req, prompt_len, new_tokens, same,
+                                 serve_rows):
+    """The report's tables of parts 2 and 3."""
+    lines = ["### Perplexity at long context", "",
               f"`small` models trained {steps} steps each at block_size {ctx} on {desc}; {n_windows} "
               f"validation windows of {2 * ctx + 1} tokens fed one at a time. Sparse policies keep {ctx // 4} "
               "positions (StreamingLLM: 4 sinks + the rest as window; Quest: token budget, pages of 16, layers "
@@ -480,16 +512,11 @@ def main(argv=None):
               f"the MHA model above; blocks of 16. Continuous batching gave the same tokens as "
               f"`model.generate` alone for {same} of {n_req} requests.", "",
               "| run | seconds | tokens/s | peak blocks | steps |", "|---|---:|---:|---:|---:|"]
-    for label, t, tps, peak, steps in serve_rows:
-        lines.append(f"| {label} | {t:.2f} | {tps:,.0f} | {peak if peak else ''} | {steps if steps else ''} |")
+    for label, t, tps, peak, n_steps in serve_rows:
+        lines.append(f"| {label} | {t:.2f} | {tps:,.0f} | {peak if peak else ''} | {n_steps if n_steps else ''} |")
     lines += ["", f"Continuous batching / one by one: {serve_rows[0][2] / serve_rows[1][2]:.2f}x (Server), "
               f"{serve_rows[0][2] / serve_rows[2][2]:.2f}x (against model.generate)."]
-    paths = plots(args.out, speed_rows, ppl_rows)
-    report = "\n".join(lines) + "\n"
-    with open(os.path.join(args.out, "generation.md"), "w") as f:
-        f.write(report)
-    print(report)
-    log("wrote " + ", ".join([os.path.join(args.out, "generation.md")] + paths))
+    return lines
 
 
 if __name__ == "__main__":
