@@ -99,6 +99,17 @@ def test_cross_entropy_rejects_bad_targets():
         K.cross_entropy_forward(x, np.array([0.0, 1.0, 2.0]))
 
 
+@pytest.mark.parametrize("at", [0, 5, 63, 69])
+def test_cross_entropy_propagates_nan(at):
+    """The row max is compiled with `nnan` so that it vectorises; a NaN logit anywhere in a row
+    (vector lanes and the remainder) must still make that row's loss NaN, and only that row's."""
+    x = np.tile(np.linspace(-3, 3, 70, dtype=np.float32), (3, 1))
+    x[1, at] = np.nan
+    loss, lse = K.cross_entropy_forward(x, np.array([0, 1, 2]))
+    assert np.isnan(loss[1]) and np.isnan(lse[1])
+    assert np.isfinite(loss[[0, 2]]).all() and np.isfinite(lse[[0, 2]]).all()
+
+
 def test_cross_entropy_extreme_logits_stay_finite():
     x = np.array([[1e4, -1e4, 0.0], [-3e4, -3e4, -3e4]], np.float32)
     loss, lse = K.cross_entropy_forward(x, np.array([1, 2]))

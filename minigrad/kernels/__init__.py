@@ -64,7 +64,12 @@ _FLOATS = (np.float32, np.float64)
 # awake, not the ~0.14 ms of waking a sleeping thread on the 2-core VM. Measured there, serial
 # against two threads: the compute-bound kernels (GELU's tanh, the exponentials of the softmax
 # family and attention, GEMMs) gained from ~1.3*10^5 elements (GELU backward at (2048, 64): 151
-# -> 95 us); the memory-bound ones (layer norm, the optimizer updates) did not gain below 10^6
+# -> 95 us, 2026-12-06). Re-measured on 2026-12-07 (serial and split alternated in one process,
+# 300 calls each, two runs), a range handed to a worker as a Python job cost ~50 us (the worker
+# waits for the GIL), and GELU lost at (2048, 64) (forward 118-133 -> 158-190 us, backward
+# 135-165 -> 168-199), tied at (2048, 128) and gained at (2048, 256) (forward 414-473 -> 347-375,
+# backward 507-605 -> 399-438), as did cross-entropy at (2048, 65) lose or tie (173 -> 198, 240
+# -> 237 us): they split from 2^18 elements since. The memory-bound ones (layer norm, the optimizer updates) did not gain below 10^6
 # elements and lost up to there (layer norm backward at (2048, 128): 108 -> 169 us), as a second
 # core adds no memory bandwidth, so they keep the old threshold.
 # A GEMM splits from 2^23 multiply-adds (~0.25 ms on one core): its ranges run on the workers
@@ -73,7 +78,7 @@ _FLOATS = (np.float32, np.float64)
 # against 193 us at 512x64x192).
 # Attention and bmm, counted in multiply-adds, split from 2^21: a decode step's attention
 # (1 query, up to 1,024 keys: ~10^5) and a 100-token prefill (~10^6) stay in one thread.
-SERIAL_BELOW = 1 << 16
+SERIAL_BELOW = 1 << 18
 MEMORY_SERIAL_BELOW = 1 << 22
 PRODUCT_SERIAL_BELOW = 1 << 21
 GEMM_SERIAL_BELOW = 1 << 23
@@ -341,9 +346,12 @@ def cross_entropy_forward(logits, targets, ignore_index=-100):
     if x.ndim != 2:
         raise ValueError(f"cross_entropy: logits must be (N, V), got {x.shape}; reshape first")
     t = _targets(targets, x.shape[0], x.shape[1], ignore_index, "cross_entropy")
-    loss = np.empty(x.shape[0], x.dtype)
-    lse = np.empty(x.shape[0], x.dtype)
-    _parallel_for(_sm.cross_entropy_fwd, x.shape[0], _parallel(x.size), x, t, int(ignore_index), loss, lse)
+    row_max, row_sum, picked = (np.empty(x.shape[0], x.dtype) for _ in range(3))
+    _parallel_for(_sm.cross_entropy_fwd, x.shape[0], _parallel(x.size), x, t, int(ignore_index),
+                  row_max, row_sum, picked)
+    lse = row_max + np.log(row_sum)
+    loss = lse - picked
+    loss[t == ignore_index] = 0.0
     return loss, lse
 
 

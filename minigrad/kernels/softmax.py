@@ -77,35 +77,37 @@ def log_softmax_bwd(y, dy, dx, r0, r1):
             dx[i, j] = dy[i, j] - fast_exp(y[i, j]) * s
 
 
-@njit(fastmath=FASTMATH, error_model="numpy", nogil=True, cache=True)
-def cross_entropy_fwd(logits, targets, ignore_index, loss, lse, r0, r1):
-    """Fused log-softmax + NLL: loss[i] = logsumexp(logits[i]) - logits[i, targets[i]].
+@njit(fastmath=FASTMATH | {"nnan"}, error_model="numpy", cache=True)
+def _row_max(row):
+    """max of a row (-inf for an empty one). Compiled with `nnan`, as LLVM vectorises a max
+    reduction only when no element may be NaN: 33 against 75+ us for 2,048 rows of 65. A NaN in
+    the row still reaches the caller's result, through exp(row - max)."""
+    m = typed(row, -np.inf)
+    for j in range(row.shape[0]):
+        m = max(m, row[j])
+    return m
 
-    One pass over each row of logits with an *online* max/sum (Milakov & Gimelshein 2018),
-    in chunks of 32 so the exponentials vectorise: when a chunk raises the running max m to
-    m', the running sum is rescaled by exp(m - m'). No probabilities are written anywhere.
-    Rows whose target is `ignore_index` get loss 0.
+
+@njit(fastmath=FASTMATH, error_model="numpy", nogil=True, cache=True)
+def cross_entropy_fwd(logits, targets, ignore_index, row_max, row_sum, picked, r0, r1):
+    """The reductions of cross-entropy, row by row: row_max[i] = max logits[i], row_sum[i] =
+    sum_j exp(logits[i, j] - row_max[i]) and picked[i] = logits[i, targets[i]] (0 for a row whose
+    target is `ignore_index`). The wrapper finishes with whole-array NumPy:
+    lse = row_max + log(row_sum), loss = lse - picked (0 for ignored rows): NumPy's log is
+    vectorised, Numba's is one libm call per row (2,048 rows took ~50 us, as long as the max).
+    Two sweeps over a row that sits in L1 (the max, then the exponentials, which vectorise): one
+    pass over memory, and no probabilities written anywhere.
     Saves for backward: lse (one float per row), besides the logits the caller keeps."""
-    n = logits.shape[1]
     for i in range(r0, r1):
-        m = typed(logits, -np.inf)
+        row = logits[i]
+        m = _row_max(row)
         s = typed(logits, 0.0)
-        for c0 in range(0, n, 32):
-            c1 = min(c0 + 32, n)
-            cm = m
-            for j in range(c0, c1):
-                cm = max(cm, logits[i, j])
-            if cm > m:
-                s *= fast_exp(m - cm) if m > -np.inf else typed(logits, 0.0)
-                m = cm
-            for j in range(c0, c1):
-                s += fast_exp(logits[i, j] - m)
-        lse[i] = m + np.log(s)
+        for j in range(row.shape[0]):
+            s += fast_exp(row[j] - m)
+        row_max[i] = m
+        row_sum[i] = s
         t = targets[i]
-        if t == ignore_index:
-            loss[i] = 0.0
-        else:
-            loss[i] = lse[i] - logits[i, t]
+        picked[i] = 0.0 if t == ignore_index else row[t]
 
 
 @njit(fastmath=FASTMATH, error_model="numpy", nogil=True, cache=True)
