@@ -101,8 +101,8 @@ def test_cross_entropy_rejects_bad_targets():
 
 @pytest.mark.parametrize("at", [0, 5, 63, 69])
 def test_cross_entropy_propagates_nan(at):
-    """The row max is compiled with `nnan` so that it vectorises; a NaN logit anywhere in a row
-    (vector lanes and the remainder) must still make that row's loss NaN, and only that row's."""
+    """A NaN logit anywhere in a row (in the vectorised loops' full lanes or their remainder)
+    makes that row's loss and log-sum-exp NaN, and only that row's."""
     x = np.tile(np.linspace(-3, 3, 70, dtype=np.float32), (3, 1))
     x[1, at] = np.nan
     loss, lse = K.cross_entropy_forward(x, np.array([0, 1, 2]))
