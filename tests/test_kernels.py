@@ -558,8 +558,8 @@ def test_blas_operand_reads_c_ordered_and_transposed_arrays_and_refuses_the_rest
     assert blas.operand(x.T) == (blas.TRANS, 4)
     assert blas.operand(x[:, :3]) == (blas.NO_TRANS, 4)          # a column slice keeps its row pitch
     assert blas.operand(x[::2]) == (blas.NO_TRANS, 8)
-    assert blas.operand(x[:, ::2]) is None                       # no unit stride: must be copied
-    assert blas.operand(x[::-1]) is None                         # negative stride
+    assert blas.operand(x[:, ::2]) == (0, 0)                     # no unit stride: must be copied
+    assert blas.operand(x[::-1]) == (0, 0)                       # negative stride
 
 
 def test_gemm_keeps_numpy_semantics_for_mixed_dtypes_and_refuses_bad_shapes():

@@ -243,8 +243,8 @@ def gemm(a, b, bias=None):
     pool, functions = get_pool(threads - 1), blas.gemm_functions()
     if pool.compiled and functions is not None:
         layouts = blas.operand(a), blas.operand(b)
-        if None in layouts:  # strides BLAS cannot read: copy (kept alive here until the ranges end)
-            a, b = (np.ascontiguousarray(x) if lay is None else x for x, lay in zip((a, b), layouts))
+        if 0 in (layouts[0][0], layouts[1][0]):  # strides BLAS cannot read: copy (kept alive until the ranges end)
+            a, b = (np.ascontiguousarray(x) if lay[0] == 0 else x for x, lay in zip((a, b), layouts))
             layouts = blas.operand(a), blas.operand(b)
         pool.run_gemms(_gemm_ranges(a, b, bias, out, threads, functions, layouts))
     elif m >= n:

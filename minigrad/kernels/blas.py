@@ -160,12 +160,21 @@ def find_gemm(lib):
 
 
 @njit(nogil=True, cache=True)
-def _layout(x):
-    """(trans, ld) of the 2-D array x in row-major CBLAS terms: rows contiguous (as it is) or
-    columns contiguous (the transpose of a row-major array); `dot`'s arrays are one or the other."""
-    if x.strides[1] == x.itemsize or x.shape[1] <= 1:
-        return NO_TRANS, max(x.strides[0] // x.itemsize, x.shape[1], 1)
-    return TRANS, max(x.strides[1] // x.itemsize, x.shape[0], 1)
+def operand(x):
+    """(trans, ld) telling CBLAS how to read the 2-D array x in row-major terms: a C-ordered x
+    as it is, a transposed view (F-ordered) as the transpose of a row-major array; (0, 0) when
+    its strides fit neither (negative, or both non-unit), and it must be copied first. Compiled,
+    as `dot` calls it too; `gemm` calls it from Python."""
+    rows, cols = x.shape
+    s0, s1 = x.strides
+    item = x.itemsize
+    if (s1 == item or cols <= 1) and s0 > 0 and s0 % item == 0 and s0 // item >= max(1, cols):
+        return NO_TRANS, s0 // item
+    if (s0 == item or rows <= 1) and s1 > 0 and s1 % item == 0 and s1 // item >= max(1, rows):
+        return TRANS, s1 // item
+    if rows <= 1 and cols <= 1:
+        return NO_TRANS, 1
+    return 0, 0
 
 
 @njit(nogil=True, cache=True)
@@ -178,11 +187,11 @@ def dot(table, a, b, out):
     than SciPy's (measured on the 2-core VM: (64, 16) x (16, 64) in 2.4 against 2.9 us, (64, 32)
     x (32, 64) in 3.9 against 4.8 us; the call path costs the same), which made causal attention
     forward + backward in one thread 10-27% faster at GPT `tiny` and `small`."""
-    if table[0] == 0:
+    ta, lda = operand(a)
+    tb, ldb = operand(b)
+    if table[0] == 0 or ta == 0 or tb == 0:
         np.dot(a, b, out)
         return
-    ta, lda = _layout(a)
-    tb, ldb = _layout(b)
     m, k, n = a.shape[0], a.shape[1], b.shape[1]
     if m == 0 or n == 0:
         return
@@ -210,19 +219,3 @@ def dot_table():
         _functions["table"] = np.array([0, 0, 0] if found is None else [found[4], found[8], found["ilp64"]],
                                        np.int64)
     return _functions["table"]
-
-
-def operand(x):
-    """(trans, ld) telling CBLAS how to read the 2-D array x in row-major terms: a C-ordered x
-    as it is, a transposed view (F-ordered) as the transpose of a row-major array; None when its
-    strides fit neither (negative, or both non-unit), and it must be copied first."""
-    rows, cols = x.shape
-    s0, s1 = x.strides
-    item = x.itemsize
-    if (s1 == item or cols <= 1) and s0 > 0 and s0 % item == 0 and s0 // item >= max(1, cols):
-        return NO_TRANS, s0 // item
-    if (s0 == item or rows <= 1) and s1 > 0 and s1 % item == 0 and s1 // item >= max(1, rows):
-        return TRANS, s1 // item
-    if rows <= 1 and cols <= 1:
-        return NO_TRANS, 1
-    return None
