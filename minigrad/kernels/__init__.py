@@ -68,10 +68,11 @@ _FLOATS = (np.float32, np.float64)
 # 300 calls each, two runs), a range handed to a worker as a Python job cost ~50 us (the worker
 # waits for the GIL), and GELU lost at (2048, 64) (forward 118-133 -> 158-190 us, backward
 # 135-165 -> 168-199), tied at (2048, 128) and gained at (2048, 256) (forward 414-473 -> 347-375,
-# backward 507-605 -> 399-438), as did cross-entropy at (2048, 65) lose or tie (173 -> 198, 240
-# -> 237 us): they split from 2^18 elements since. The memory-bound ones (layer norm, the optimizer updates) did not gain below 10^6
-# elements and lost up to there (layer norm backward at (2048, 128): 108 -> 169 us), as a second
-# core adds no memory bandwidth, so they keep the old threshold.
+# backward 507-605 -> 399-438), and cross-entropy at (2048, 65) lost or tied (173 -> 198 and
+# 240 -> 237 us): they split from 2^18 elements since. The memory-bound ones (layer norm, the
+# optimizer updates) did not gain below 10^6 elements and lost up to there (layer norm backward
+# at (2048, 128): 108 -> 169 us), as a second core adds no memory bandwidth, so they keep the old
+# threshold.
 # A GEMM splits from 2^23 multiply-adds (~0.25 ms on one core): its ranges run on the workers
 # without the GIL (blas.py), but below that two single-threaded BLAS calls gained nothing over one
 # (2-6*10^6 multiply-adds: 61 against 53 us at 128^3, 147 against 143 us at 2048x32x64, 147
@@ -243,7 +244,7 @@ def gemm(a, b, bias=None):
     pool, functions = get_pool(threads - 1), blas.gemm_functions()
     if pool.compiled and functions is not None:
         layouts = blas.operand(a), blas.operand(b)
-        if 0 in (layouts[0][0], layouts[1][0]):  # strides BLAS cannot read: copy (kept alive until the ranges end)
+        if 0 in (layouts[0][0], layouts[1][0]):  # unreadable strides: copy (alive until the ranges end)
             a, b = (np.ascontiguousarray(x) if lay[0] == 0 else x for x, lay in zip((a, b), layouts))
             layouts = blas.operand(a), blas.operand(b)
         pool.run_gemms(_gemm_ranges(a, b, bias, out, threads, functions, layouts))

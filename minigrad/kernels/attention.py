@@ -19,8 +19,8 @@ Layout: q (BH, T, D), k and v (BH, S, D), C-contiguous; query i sees key j iff
 j <= i + causal_offset (causal_offset=0 is PyTorch's `is_causal=True`; a decoder that appends
 T new queries after S - T cached keys uses causal_offset = S - T). The tile products are BLAS
 GEMMs: `blas.dot` with the `table` every driver takes (`blas.dot_table()`: NumPy's OpenBLAS,
-called through its address, else `np.dot` -> SciPy's OpenBLAS). Each driver runs a range of heads h0..h1-1 and releases
-the GIL (`nogil=True`); `minigrad.kernels` splits the B*H heads into one range per thread and
+called through its address, else `np.dot` -> SciPy's OpenBLAS). Each driver runs a range of
+heads h0..h1-1 and releases the GIL (`nogil=True`); `minigrad.kernels` splits the B*H heads into one range per thread and
 runs them at once, so each thread owns its heads' outputs (dq, dk, dv included: no shared
 writes). Why Python threads rather than `prange`: see `minigrad.kernels._parallel_for` (cheaper
 launches; the `parallel=True` versions of these drivers took 15-18 s each to compile).
@@ -58,7 +58,7 @@ def _attention_fwd_head(q, k, v, causal, causal_offset, sc, block_q, block_k, o,
             j1 = min(j0 + block_k, j_end)
             bc = j1 - j0
             s = sbuf[: br * bc].reshape((br, bc))
-            dot(table, qi, k[j0:j1].T, s)                        # S = Q_i K_j^T
+            dot(table, qi, k[j0:j1].T, s)                      # S = Q_i K_j^T
             for r in range(br):
                 nvis = bc
                 if causal:
@@ -158,7 +158,7 @@ def _attention_bwd_head(q, k, v, o, lse, do, causal, causal_offset, sc, block_q,
             for c in range(bc):
                 for d in range(d_n):
                     dvj[c, d] += tmp_kd[c, d]                  # dV_j += P^T dO_i
-            dot(table, do[i0:i1], vj.T, dp)                        # dP = dO_i V_j^T
+            dot(table, do[i0:i1], vj.T, dp)                    # dP = dO_i V_j^T
             for r in range(br):
                 dl = delta[i0 + r]
                 for c in range(bc):
