@@ -37,7 +37,9 @@ import numpy as np
 class _ThreadState(threading.local):
     """The modes, one set per thread, as PyTorch's grad mode is thread-local: `no_grad` entered
     on one thread (a simulated worker of `optim.dist.SimComm`, say) leaves the others recording.
-    A new thread starts with the defaults. Read and written as `_state["grad_enabled"]`."""
+    A new thread starts with the defaults. Read and written as `_state["grad_enabled"]`, or as
+    `_state.grad_enabled` where it runs per op (`Function.apply`): the item form costs a Python
+    call (~0.3 us), three times per op."""
 
     def __init__(self):
         self.grad_enabled = True
@@ -58,7 +60,7 @@ _op_listeners: list[Callable[[str, "Context", Any], None]] = []
 
 # ---------------------------------------------------------------- modes
 def is_grad_enabled() -> bool:
-    return _state["grad_enabled"]
+    return _state.grad_enabled
 
 
 class _Mode(contextlib.ContextDecorator):

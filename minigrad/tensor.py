@@ -78,23 +78,24 @@ class Function:
     @classmethod
     def apply(cls, *inputs, **options):
         # This runs once per op (about 90 times per generated token), so it avoids genexprs and
-        # reads the tape's state (autograd._state, _op_listeners) through names bound at import.
+        # reads the tape's state (autograd._state, _op_listeners) through names bound at import,
+        # as attributes (its `_state["..."]` form is a method call).
         for x in inputs:
             if not isinstance(x, Tensor):
                 inputs = tuple([x if isinstance(x, Tensor) else Tensor(x) for x in inputs])
                 break
         needs = tuple([t.requires_grad for t in inputs])
-        requires = _state["grad_enabled"] and True in needs
+        requires = _state.grad_enabled and True in needs
         ctx = Context(cls, inputs, requires, needs)
         out = cls.forward(ctx, *[t.data for t in inputs], **options)
-        if _state["anomaly"]:
+        if _state.anomaly:
             _check_finite(out, cls.__name__, "forward", inputs)
         for fn in _op_listeners:
             fn("forward", ctx, out)
         result = Tensor(out, requires_grad=requires)
         if requires:
             result._ctx = ctx
-            ctx.inplace_mark = _state["inplace_ops"]  # backward checks nothing saved changed since
+            ctx.inplace_mark = _state.inplace_ops  # backward checks nothing saved changed since
         else:
             ctx.inputs = ()
         return result

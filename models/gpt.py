@@ -36,6 +36,7 @@ from minigrad import nn
 
 from models.attention import ATTENTIONS, NSA, grouped_query_attention, linear_attention, moba_attention
 from models.kv_cache import DenseKVCache, LinearAttentionCache, StreamingLLMCache, cache_for
+from models.textgen import sample_next
 
 __all__ = ["GPTConfig", "GPT", "PRESETS", "preset"]
 
@@ -408,24 +409,9 @@ class GPT(nn.Module):
                             cache.reset()
                             pending = out[:, -min(max(1, bs // 2), cache.room()):]
                         logits, _ = self(pending, cache=cache)
-                    nxt = self._sample(logits.data[:, -1, :], temperature, top_k, rng)
+                    nxt = sample_next(logits.data[:, -1, :], temperature, top_k, rng)
                     out = np.concatenate([out, nxt[:, None]], axis=1)
                     pending = nxt[:, None]
         finally:
             self.train(was_training)
         return out
-
-    @staticmethod
-    def _sample(logits, temperature, top_k, rng):
-        """logits (B, V) -> next ids (B,)."""
-        logits = logits.astype(np.float64)
-        if temperature == 0:
-            return logits.argmax(-1)
-        logits = logits / temperature
-        if top_k is not None:
-            k = min(int(top_k), logits.shape[-1])
-            kth = np.sort(logits, axis=-1)[:, -k][:, None]
-            logits = np.where(logits < kth, -np.inf, logits)
-        p = np.exp(logits - logits.max(-1, keepdims=True))
-        p /= p.sum(-1, keepdims=True)
-        return np.array([rng.choice(p.shape[-1], p=row) for row in p], dtype=np.int64)

@@ -42,6 +42,7 @@ import numpy as np
 import minigrad
 import minigrad.functional as F
 from minigrad import nn
+from models.textgen import sample_next
 
 __all__ = ["RNNLMConfig", "RNNLM", "CELLS", "BPTTStreams", "Window", "tbptt_loss", "detach_state"]
 
@@ -150,17 +151,7 @@ class RNNLM(nn.Module):
             with minigrad.no_grad():
                 logits, _, state = self(idx)
                 for _ in range(max_new_tokens):
-                    z = logits.data[:, -1, :].astype(np.float64)
-                    if temperature == 0:
-                        nxt = z.argmax(axis=-1)
-                    else:
-                        z = z / temperature
-                        if top_k is not None:
-                            kth = np.sort(z, axis=-1)[:, -min(top_k, z.shape[-1])][:, None]
-                            z = np.where(z < kth, -np.inf, z)
-                        p = np.exp(z - z.max(axis=-1, keepdims=True))
-                        p /= p.sum(axis=-1, keepdims=True)
-                        nxt = np.array([rng.choice(len(row), p=row) for row in p])
+                    nxt = sample_next(logits.data[:, -1, :], temperature, top_k, rng)
                     out.append(nxt[:, None])
                     logits, _, state = self(nxt[:, None], state=state)
         finally:

@@ -36,6 +36,7 @@ import numpy as np
 
 import minigrad
 from models.kv_cache import PagedKVCache
+from models.textgen import sample_next
 
 __all__ = ["Request", "Server"]
 
@@ -208,4 +209,4 @@ class Server:
             r.tokens.append(self._sample(r, row))
 
     def _sample(self, r, logits) -> int:
-        return int(self.model._sample(logits[None], r.temperature, r.top_k, r.rng)[0])
+        return int(sample_next(logits[None], r.temperature, r.top_k, r.rng)[0])

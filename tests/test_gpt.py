@@ -8,6 +8,7 @@ from hypothesis import given, settings, strategies as st
 import minigrad
 from models.gpt import GPT, GPTConfig, PRESETS, preset
 from models.kv_cache import DenseKVCache, LinearAttentionCache
+from models.textgen import sample_next
 
 MICRO = dict(n_layer=2, n_head=2, n_embd=8, block_size=6, vocab_size=7)
 
@@ -221,6 +222,32 @@ def test_generate_sampling_seeded_top_k_and_past_block_size():
     # top_k=1 is greedy
     g = m.generate(prompt, 12, temperature=1.0, top_k=1, rng=np.random.default_rng(1))
     assert np.array_equal(g, m.generate(prompt, 12, temperature=0))
+
+
+@settings(max_examples=40)
+@given(rows=st.integers(1, 4), vocab=st.integers(1, 70), temperature=st.sampled_from([0.3, 1.0, 2.5]),
+       top_k=st.one_of(st.none(), st.integers(1, 80)), seed=st.integers(0, 2**32 - 1))
+def test_sample_next_draws_what_rng_choice_draws(rows, vocab, temperature, top_k, seed):
+    """The vectorised draw takes the same numbers from the generator as rng.choice(V, p=row), row
+    by row, and returns the same ids (the per-row form it replaced)."""
+    logits = np.random.default_rng(seed).normal(0.0, 3.0, (rows, vocab)).astype(np.float32)
+    got = sample_next(logits, temperature, top_k, np.random.default_rng(seed))
+    z = logits.astype(np.float64) / temperature
+    if top_k is not None:
+        z = np.where(z < np.sort(z, axis=-1)[:, -min(top_k, vocab)][:, None], -np.inf, z)
+    p = np.exp(z - z.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    rng = np.random.default_rng(seed)
+    want = [rng.choice(vocab, p=row) for row in p]
+    assert got.shape == (rows,) and got.tolist() == want
+    assert np.array_equal(sample_next(logits, 0, top_k, None), logits.argmax(-1))
+
+
+def test_sample_next_refuses_nan_logits():
+    logits = np.zeros((3, 5), np.float32)
+    logits[1, 2] = np.nan
+    with pytest.raises(ValueError, match=r"NaN or inf \(rows \[1\]\)"):
+        sample_next(logits, 1.0, None, np.random.default_rng(0))
 
 
 def test_forward_errors():

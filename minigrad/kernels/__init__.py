@@ -228,12 +228,12 @@ def gemm(a, b, bias=None):
     n = b.shape[1]
     if bias is not None and bias.shape != (n,):
         raise ValueError(f"gemm: bias must be ({n},) for an output with {n} columns, got {bias.shape}")
-    threads = min(_num_threads(), max(m, n))
-    if m * n * k < GEMM_SERIAL_BELOW or m * n * k == 0 or a.dtype != b.dtype or a.dtype not in _FLOATS \
-            or threads <= 1:
-        # one thread (a decode step's products take this path: keep it as short as `a @ b`);
-        # mixed or non-float dtypes get NumPy's promotion, as `a @ b` would; empty products
-        # (zero strides, which BLAS refuses) too
+    # one thread for small products (a decode step's take this path: keep it as short as `a @ b`,
+    # so the thread count, a ~2 us call, is read only for large ones); mixed or non-float dtypes
+    # get NumPy's promotion, as `a @ b` would; empty products (zero strides, which BLAS refuses) too
+    serial = m * n * k < GEMM_SERIAL_BELOW or m * n * k == 0 or a.dtype != b.dtype or a.dtype not in _FLOATS
+    threads = 1 if serial else min(_num_threads(), max(m, n))
+    if threads <= 1:
         out = a @ b
         if bias is not None:
             out += bias
