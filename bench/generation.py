@@ -10,11 +10,12 @@ Writes OUT/generation.md (the tables, also printed) and three plots, in three pa
 alone with ``--speed-only``, for the variants ``--variants`` names):
 
 1. **Speed and memory** (random weights: the cost does not depend on them). The `small` shape
-   (4 layers, 4 heads, C = 128) with block_size = the longest context. For each variant one
-   sequence grows through the context lengths 128 ... 8192 (prompt chunks of 512); at each length
-   ``--decode`` tokens are decoded one at a time and timed. Reported: the median milliseconds
-   per token (median of ``--rounds`` rounds) and the KV bytes the cache holds at that length
-   (``used_bytes``). Variants: dense
+   (4 layers, 4 heads, C = 128) with block_size = the longest context. For each variant and
+   each context length 128 ... 8192 a sequence is grown to that length (prompt chunks of 512);
+   then ``--decode`` tokens are decoded one at a time in every sequence, the sequences taking
+   turns of 8 tokens, and timed. Reported: the median milliseconds per token (median of
+   ``--rounds`` rounds) and the KV bytes the cache holds at that length (``used_bytes``).
+   Variants: dense
    (``DenseKVCache``), dense with a copy of the filled part per token (the cache before it was an
    object), GQA (2 key/value heads for the 4 query heads), StreamingLLM (4 sinks + a window of
    508), Quest (token budget 512, pages of 16, layers 0-1 dense as in the paper), paged (one
@@ -54,6 +55,7 @@ from bench import kernels as bench_kernels
 #: the variants of the speed part ("PyTorch" is added when torch is installed)
 SPEED_VARIANTS = ("dense", "dense, copying", "GQA", "StreamingLLM", "Quest", "paged", "linear")
 CHUNK = 512
+TURN = 8   # decoding steps a sequence takes in a row in the speed part (see `speed`)
 
 
 def _cache(name, model, batch=1, ctx=None, budget=None):
@@ -150,27 +152,38 @@ class TorchDecoder:
         return sum(c["k"].nbytes + c["v"].nbytes for c in self.caches)
 
 
-def _decoder(name, longest, tokens):
-    """(feed(tokens), cache) for one speed variant: ``feed`` runs tokens (1, T) through it."""
+def _decoders(name, contexts, tokens):
+    """{n: (feed(tokens), cache)} for one speed variant, a sequence per context length n: ``feed``
+    runs tokens (1, T) through that sequence's cache. The variant's model is built once (random
+    weights, block_size the longest context) and shared by its sequences."""
     from models.gpt import GPT, preset
 
     overrides = {"GQA": dict(n_kv_head=2), "linear": dict(attention="linear")}.get(name, {})
-    cfg, _ = preset("small", block_size=longest, **overrides)
+    cfg, _ = preset("small", block_size=max(contexts), **overrides)
     if name == "PyTorch":
-        torch_model = TorchDecoder(cfg)
-        return torch_model, torch_model
+        return {n: (d, d) for n, d in ((n, TorchDecoder(cfg)) for n in contexts)}
     model = GPT(cfg, seed=0)
     model.eval()
     model.generate(tokens[:, :8], 4, temperature=0)               # warm-up: kernels compiled
-    cache = copying_dense_cache(model) if name == "dense, copying" else _cache(name, model, ctx=512, budget=512)
-    return (lambda x: model(x, cache=_as_cache(cache))), cache
+    out = {}
+    for n in contexts:
+        cache = copying_dense_cache(model) if name == "dense, copying" else _cache(name, model, ctx=512, budget=512)
+        out[n] = (lambda x, c=cache: model(x, cache=_as_cache(c))), cache
+    return out
 
 
 def speed(variants, contexts, decode, rounds, log):
     """Rows (variant, context, ms per token, bytes held): per cell the median over ``rounds``
-    rounds (fresh models and caches) of the median step time. Within a round every variant's
-    sequence grows to each length together and their decoding steps alternate, so the load of
-    the moment falls on all of them alike."""
+    rounds (fresh caches) of the median step time. Within a round every (variant, context length)
+    has its own sequence, grown to that length first; then the sequences take turns of ``TURN``
+    decoding steps each, the order rotating every turn, so that the load of the moment falls on
+    every variant and every context length alike. (Timing the lengths one after another, as a
+    single growing sequence would, measured the machine's drift: the ratio of 1,024 to 64
+    positions ranged from 0.90 to 1.76 over six runs of the same commit.) A turn of several
+    tokens keeps most steps as they are when one sequence is decoded alone, following a step of
+    the same sequence, whose keys, values and weights the CPU's caches may still hold. (With turns
+    of one token, two runs gave 1.34x and 1.25x for 1,024 against 64 positions; with turns of 8,
+    1.24x and 1.23x.)"""
     per_round = [_speed_round(variants, contexts, decode, log) for _ in range(rounds)]
     return [(name, n, statistics.median(r[i][2] for r in per_round), held)
             for i, (name, n, _, held) in enumerate(per_round[0])]
@@ -181,34 +194,33 @@ def _speed_round(variants, contexts, decode, log):
 
     import minigrad
 
-    longest = max(contexts)
-    tokens = np.random.default_rng(0).integers(0, 65, (1, longest))
-    decoders = {name: _decoder(name, longest, tokens) for name in variants}
-    times = {}
-    held = {}
-    filled = 0
+    tokens = np.random.default_rng(0).integers(0, 65, (1, max(contexts)))
+    cells = [(name, n) for name in variants for n in contexts]
+    decoders = {}
+    for name in variants:
+        for n, decoder in _decoders(name, contexts, tokens).items():
+            decoders[name, n] = decoder
+    times = {cell: [] for cell in cells}
     with minigrad.no_grad():
-        for n in contexts:
-            for feed, cache in decoders.values():                   # grow every sequence to n - decode
-                at = filled
-                while at < n - decode:
-                    T = min(CHUNK, n - decode - at, cache.room())
-                    feed(tokens[:, at:at + T])
-                    at += T
-            filled = n - decode
-            for step in range(decode):
-                names = variants[step % len(variants):] + variants[:step % len(variants)]   # rotate the order
-                for name in names:
-                    feed, _ = decoders[name]
+        for (name, n), (feed, cache) in decoders.items():             # grow each sequence to n - decode
+            at = 0
+            while at < n - decode:
+                T = min(CHUNK, n - decode - at, cache.room())
+                feed(tokens[:, at:at + T])
+                at += T
+        for turn, first in enumerate(range(0, decode, TURN)):
+            k = turn % len(cells)
+            for name, n in cells[k:] + cells[:k]:                    # rotate the order
+                feed, _ = decoders[name, n]
+                for at in range(n - decode + first, n - decode + min(first + TURN, decode)):
                     t0 = bench_kernels.CLOCK()
-                    feed(tokens[:, filled:filled + 1])
-                    times.setdefault((name, n), []).append(bench_kernels.CLOCK() - t0)
-                filled += 1
-            for name, (_, cache) in decoders.items():
-                held[name, n] = cache.used_bytes
-                log(f"  {name:>14} n={n:>5}: {statistics.median(times[name, n]) * 1e3:6.2f} ms/token, "
-                    f"KV {held[name, n] / 2**20:7.2f} MiB")
-    return [(name, n, statistics.median(times[name, n]) * 1e3, held[name, n]) for name in variants for n in contexts]
+                    feed(tokens[:, at:at + 1])
+                    times[name, n].append(bench_kernels.CLOCK() - t0)
+    held = {cell: decoders[cell][1].used_bytes for cell in cells}
+    for name, n in cells:
+        log(f"  {name:>14} n={n:>5}: {statistics.median(times[name, n]) * 1e3:6.2f} ms/token, "
+            f"KV {held[name, n] / 2**20:7.2f} MiB")
+    return [(name, n, statistics.median(times[name, n]) * 1e3, held[name, n]) for name, n in cells]
 
 
 # ----------------------------------------------------------------------------- 2. perplexity
