@@ -51,6 +51,12 @@ def gemm(a, b, bias=None):
     return out
 
 
+def column_sums(g):
+    """g (N, C) -> g.sum(axis=0): a bias gradient, on the numpy backend; the twin of
+    `minigrad.kernels.column_sums` (kernels/reference.py)."""
+    return g.sum(axis=0)
+
+
 def _gemm_of(ctx):
     """The GEMM of the backend an op's forward ran on (`ctx.fused`)."""
     return gemm if ctx.fused is None else ctx.fused.gemm
@@ -93,7 +99,8 @@ class Linear(Function):
         mm = _gemm_of(ctx)
         gx = mm(g2, w).reshape(x.shape) if needs[0] else None  # y = x @ W^T  =>  dx = g @ W
         gw = mm(g2.T, x.reshape(-1, x.shape[-1])) if needs[1] else None  # dW = g^T @ x, over all rows
-        gb = g2.sum(axis=0) if len(needs) == 3 and needs[2] else None
+        sums = column_sums if ctx.fused is None else ctx.fused.column_sums
+        gb = sums(g2) if len(needs) == 3 and needs[2] else None  # db = g summed over all rows
         return (gx, gw) if len(needs) == 2 else (gx, gw, gb)
 
 

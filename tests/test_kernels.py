@@ -562,6 +562,24 @@ def test_blas_operand_reads_c_ordered_and_transposed_arrays_and_refuses_the_rest
     assert blas.operand(x[::-1]) == (0, 0)                       # negative stride
 
 
+@given(n=st.integers(0, 300), c=st.integers(0, 40), transposed=st.booleans(), seed=seeds)
+def test_column_sums_match_the_numpy_twin(n, c, transposed, seed):
+    """The bias gradient as a BLAS product ones @ g, against g.sum(axis=0) in float64 (float32
+    inputs; C-ordered and transposed), and exactly in float64 up to the order of additions."""
+    rng = np.random.default_rng(seed)
+    g = f32(rng, (c, n)).T if transposed else f32(rng, (n, c))
+    close32(K.column_sums(g), R.column_sums(g.astype(np.float64)), scale=max(n, 1) ** 0.5)
+    g64 = g.astype(np.float64)
+    np.testing.assert_allclose(K.column_sums(g64), R.column_sums(g64), rtol=1e-12, atol=1e-12 * max(n, 1))
+
+
+def test_column_sums_refuse_other_ranks_and_keep_integer_sums():
+    with pytest.raises(ValueError, match=r"column_sums: need g \(N, C\), got shape \(2, 3, 4\)"):
+        K.column_sums(np.zeros((2, 3, 4), np.float32))
+    ints = np.arange(12).reshape(4, 3)
+    assert K.column_sums(ints).tolist() == [18, 22, 26]
+
+
 def test_gemm_keeps_numpy_semantics_for_mixed_dtypes_and_refuses_bad_shapes():
     a, b = np.ones((4, 3), np.float32), np.ones((3, 5))
     assert K.gemm(a, b).dtype == np.float64              # promoted as a @ b

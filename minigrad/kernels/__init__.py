@@ -53,7 +53,7 @@ __all__ = [
     "log_softmax_backward", "cross_entropy_forward", "cross_entropy_backward",
     "layer_norm_forward", "layer_norm_backward", "gelu_forward", "gelu_backward",
     "attention_forward", "attention_backward", "attention_qkv_forward", "attention_qkv_backward",
-    "embedding_backward", "adam_step", "sgd_step", "gemm", "ATTN_BLOCK_Q", "ATTN_BLOCK_K",
+    "embedding_backward", "adam_step", "sgd_step", "gemm", "column_sums", "ATTN_BLOCK_Q", "ATTN_BLOCK_K",
 ]
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))  # dtype objects: `x.dtype in` is fastest
@@ -281,6 +281,19 @@ def matmul_forward(a, b):
         out = bmm(a.reshape((-1,) + a.shape[-2:]), b.reshape((-1,) + b.shape[-2:]))
         return out.reshape(lead + out.shape[-2:])
     return a @ b
+
+
+def column_sums(g):
+    """g (N, C) -> g.sum(axis=0) (a bias gradient) as one BLAS matrix-vector product ones(N) @ g,
+    in the calling thread. NumPy's reduction over axis 0 took 2-5x longer on the 2-core VM
+    (2048 rows, one thread: 68 against 14 us for 64 columns, 125 against 61 for 384, 408 against
+    212 for 1,536). BLAS adds the rows in another order, so the result differs from NumPy's
+    pairwise sum by rounding only."""
+    if g.ndim != 2:
+        raise ValueError(f"column_sums: need g (N, C), got shape {g.shape}")
+    if g.dtype not in _FLOATS:
+        return g.sum(axis=0)
+    return np.ones(g.shape[0], g.dtype) @ g
 
 
 def matmul_backward(a, b, g):

@@ -7,8 +7,8 @@ computes the same formulas.
 import numpy as np
 
 # head layout only (views and a transpose), shared with the numpy backend of F.qkv_attention;
-# gemm is the numpy backend's own (F.linear's)
-from ..functional import _merge_heads, _split_heads, _split_qkv, gemm  # noqa: F401
+# gemm and column_sums are the numpy backend's own (F.linear's)
+from ..functional import _merge_heads, _split_heads, _split_qkv, column_sums, gemm  # noqa: F401
 
 
 def bmm(a, b):
