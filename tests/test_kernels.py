@@ -504,6 +504,45 @@ def test_gemm_ranges_run_on_the_workers_in_compiled_code(monkeypatch):
     assert cols[:, blas.N].tolist() == [30, 30] and cols[:, blas.BIAS].tolist() == [0, 0]
 
 
+def test_the_caller_runs_a_gemm_range_its_worker_has_not_started():
+    """A worker that does not wake (here: never notified; on the VM, a core the host lent
+    elsewhere) does not hold up a GEMM: the caller claims its range and runs it, exactly once.
+    When the worker wakes later it finds the range taken and runs nothing; the pool goes on."""
+    import time
+
+    from minigrad.kernels import blas
+    from minigrad.kernels.pool import Pool
+
+    functions = blas.gemm_functions()
+    if functions is None or not K.get_pool(1).compiled:
+        pytest.skip("NumPy is not linked to its bundled OpenBLAS, or Numba is disabled")
+    pool = Pool(1)
+    deadline = time.monotonic() + 5
+    while not pool.sleeping[0] and time.monotonic() < deadline:   # its spin ends, it sleeps
+        time.sleep(0.01)
+    assert pool.sleeping[0]
+    rng = np.random.default_rng(0)
+    a, b, bias = rng.standard_normal((40, 20)), rng.standard_normal((20, 30)), rng.standard_normal(30)
+
+    def product():
+        out = np.full((40, 30), np.nan)
+        pool.run_gemms(K._gemm_ranges(a, b, bias, out, 2, functions, (blas.operand(a), blas.operand(b))))
+        return out
+
+    notify = pool.cond.notify_all
+    pool.cond.notify_all = lambda: None                             # the worker sleeps on
+    try:
+        out = product()
+    finally:
+        pool.cond.notify_all = notify
+    np.testing.assert_allclose(out, a @ b + bias, rtol=1e-12, atol=1e-12)
+    assert pool.claimed[0] == pool.done[0] == pool.gen[0] == 1      # the caller ran range 0
+    with pool.cond:
+        pool.cond.notify_all()                                       # it wakes to a taken range
+    np.testing.assert_allclose(product(), a @ b + bias, rtol=1e-12, atol=1e-12)
+    assert pool.done[0] == pool.gen[0] == 2
+
+
 def test_compiled_gemm_ranges_with_32_bit_blas_integers():
     """The LP64 call (32-bit integers, as SciPy's bundled OpenBLAS and most system BLAS take them)
     gives the product too: descriptors for SciPy's OpenBLAS, run by `blas.run_gemm` row by row."""
