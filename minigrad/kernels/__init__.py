@@ -286,10 +286,9 @@ def matmul_forward(a, b):
 def column_sums(g):
     """g (N, C) -> g.sum(axis=0) (a bias gradient) as one matrix-vector product ones(N) @ g on
     NumPy's BLAS (one thread after `configure_runtime()`). NumPy's reduction over axis 0 took
-    2-5x longer on the 2-core VM
-    (2048 rows, one thread: 68 against 14 us for 64 columns, 125 against 61 for 384, 408 against
-    212 for 1,536). BLAS adds the rows in another order, so the result differs from NumPy's
-    pairwise sum by rounding only."""
+    2-5x longer on the 2-core VM (2048 rows, one thread: 68 against 14 us for 64 columns, 125
+    against 61 for 384, 408 against 212 for 1,536). BLAS adds the rows in another order, so the
+    result differs from NumPy's pairwise sum by rounding only."""
     if g.ndim != 2:
         raise ValueError(f"column_sums: need g (N, C), got shape {g.shape}")
     if g.dtype not in _FLOATS:

@@ -179,9 +179,11 @@ def operand(x):
 
 @njit(nogil=True, cache=True)
 def dot(table, a, b, out):
-    """out = a @ b for float32 or float64 2-D arrays whose rows or columns are contiguous (a
-    C-ordered array or its `.T`), through the GEMM of `dot_table()` (NumPy's OpenBLAS), or
-    `np.dot` (SciPy's OpenBLAS, which Numba calls) where the table is zeros.
+    """out = a @ b for float32 or float64 2-D arrays a and b whose rows or columns are contiguous
+    (a C-ordered array or its `.T`) and a C-contiguous out (both paths need it: BLAS is given
+    ldc = n, and Numba's `np.dot` refuses another out), through the GEMM of `dot_table()`
+    (NumPy's OpenBLAS), or `np.dot` (SciPy's OpenBLAS, which Numba calls) where the table is
+    zeros or a or b has strides BLAS cannot read.
 
     Why not always `np.dot`: on the attention kernels' tiles NumPy's OpenBLAS build was faster
     than SciPy's (measured on the 2-core VM: (64, 16) x (16, 64) in 2.4 against 2.9 us, (64, 32)
