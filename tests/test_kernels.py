@@ -543,6 +543,130 @@ def test_the_caller_runs_a_gemm_range_its_worker_has_not_started():
     assert pool.done[0] == pool.gen[0] == 2
 
 
+def _sleeping_pool():
+    """A private pool of one worker, compiled, whose worker has ended its spin and sleeps."""
+    import time
+
+    from minigrad.kernels.pool import Pool
+
+    if not K.get_pool(1).compiled:
+        pytest.skip("Numba is disabled: the pool runs no compiled jobs")
+    pool = Pool(1)
+    deadline = time.monotonic() + 5
+    while not pool.sleeping[0] and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert pool.sleeping[0]
+    return pool
+
+
+def _settled(pool, job):
+    """Waits (up to 5 s) until worker 0 has finished job number `job`."""
+    import time
+
+    deadline = time.monotonic() + 5
+    while pool.done[0] != job and time.monotonic() < deadline:
+        time.sleep(0.001)
+    assert pool.done[0] == job
+
+
+def test_a_python_job_runs_once_when_its_worker_wakes_late_for_a_claimed_gemm():
+    """The race `python_job` closes: the worker sleeps through a GEMM range the caller claims and
+    runs, then wakes while the caller has written its next (Python) job but not yet published
+    it. It must not run that job early; published, the job runs exactly once."""
+    from minigrad.kernels import blas
+
+    functions = blas.gemm_functions()
+    if functions is None:
+        pytest.skip("NumPy is not linked to its bundled OpenBLAS")
+    pool = _sleeping_pool()
+    rng = np.random.default_rng(1)
+    a, b = rng.standard_normal((40, 20)), rng.standard_normal((20, 30))
+    out = np.full((40, 30), np.nan)
+    notify = pool.cond.notify_all
+    pool.cond.notify_all = lambda: None                                  # it sleeps through the GEMM
+    try:
+        pool.run_gemms(K._gemm_ranges(a, b, None, out, 2, functions, (blas.operand(a), blas.operand(b))))
+    finally:
+        pool.cond.notify_all = notify
+    np.testing.assert_allclose(out, a @ b, rtol=1e-12, atol=1e-12)
+    calls = []
+    pool.jobs[0] = (lambda *args: calls.append(args), ("range",))       # `run`'s first two steps ...
+    pool.python_job[0] = pool.gen[0] + 1
+    with pool.cond:
+        pool.cond.notify_all()                                           # ... and the worker wakes
+    _settled(pool, 1)                                                    # (it saw job 1: taken)
+    assert calls == [] and pool.jobs[0] is not None
+    pool._hand_over(0)                                                   # published: job 2
+    _settled(pool, 2)
+    assert calls == [("range",)] and pool.errors[0] is None
+
+
+def test_prefetch_reads_every_line_of_its_regions_in_the_worker():
+    """`Pool.prefetch` returns at once; worker 0 reads one byte of each 64-byte line of every
+    region (the count and the xor of the bytes read are kept in `touched`), and the next job
+    finds the pool as before."""
+    from minigrad.kernels.pool import LINE
+
+    pool = _sleeping_pool()
+    rng = np.random.default_rng(2)
+    k = rng.integers(0, 256, (3, 2, 100, 16), dtype=np.uint8).view(np.float32)   # (3, 2, 100, 4)
+    v = rng.integers(0, 256, (3, 2, 100, 16), dtype=np.uint8).view(np.float32)
+    views = k[:, :, :37], v[:, :, :37]                   # 6 segments of 37 * 16 bytes each
+    regions = [K._region(x, i) for i, x in enumerate(views)]
+    assert regions[0] == (k.ctypes.data, 6, 37 * 16, 100 * 16)
+    assert pool.prefetch(regions)
+    _settled(pool, 1)
+    expect_bytes, expect_fold = 0, 0
+    for x in views:
+        raw = np.ascontiguousarray(x).view(np.uint8).reshape(6, 37 * 16)
+        expect_bytes += raw[:, ::LINE].size * LINE
+        expect_fold ^= int(np.bitwise_xor.reduce(raw[:, ::LINE], axis=None))
+    assert pool.touched[0].tolist() == [expect_bytes, expect_fold]
+    calls = []
+    pool.run(lambda lo, hi: calls.append((lo, hi)), (), [0, 5, 10])      # the worker is free again
+    assert sorted(calls) == [(0, 5), (5, 10)]
+
+
+def test_a_prefetch_gives_way_to_the_next_job():
+    """`_settle`: a prefetch the worker has not started is dropped (claimed by the caller), and
+    `_touch` stops between segments once told to; on a busy pool `prefetch` declines."""
+    from minigrad.kernels.pool import _touch
+
+    pool = _sleeping_pool()
+    x = np.arange(4096, dtype=np.float32).reshape(8, 512)
+    notify = pool.cond.notify_all
+    pool.cond.notify_all = lambda: None                                  # the worker sleeps on
+    try:
+        assert pool.prefetch([K._region(x, 0)])
+    finally:
+        pool.cond.notify_all = notify
+    calls = []
+    pool.run(lambda lo, hi: calls.append((lo, hi)), (), [0, 1, 2])       # drops it, runs the job
+    assert pool.claimed[0] == 1 and pool.done[0] == pool.gen[0] == 2 and pool.touched[0, 0] == 0
+    assert sorted(calls) == [(0, 1), (1, 2)]
+    table = np.array([K._region(x, 0)], np.int64)
+    stop = np.full(1, -1, np.int64)
+    assert _touch(table, stop, 0, 7)[0] == x.nbytes                      # whole: 8 segments
+    stop[0] = 7
+    assert _touch(table, stop, 0, 7)[0] == 0                             # told to stop at once
+    with pool.busy:                                                      # another thread's call
+        assert not pool.prefetch([K._region(x, 0)])
+
+
+def test_prefetch_regions_follow_the_layout_of_a_view():
+    """`_region`: contiguous trailing axes make one segment, even leading axes the count and
+    stride; axes of length 1 do not matter; other layouts are refused with the fix named."""
+    a = np.zeros((4, 3, 10, 8), np.float32)
+    assert K._region(a, 0) == (a.ctypes.data, 1, a.nbytes, 0)
+    assert K._region(a[:, :, :6], 0) == (a.ctypes.data, 12, 6 * 32, 10 * 32)
+    assert K._region(a[:, :1, :6], 0) == (a.ctypes.data, 4, 6 * 32, 3 * 10 * 32)
+    assert K._region(a[:0], 0) == (0, 0, 0, 0)
+    with pytest.raises(ValueError, match="view 2 .* np.ascontiguousarray"):
+        K._region(a[:, ::2, :6], 2)
+    with pytest.raises(ValueError, match="view 0"):
+        K._region(a.T, 0)
+
+
 def test_compiled_gemm_ranges_with_32_bit_blas_integers():
     """The LP64 call (32-bit integers, as SciPy's bundled OpenBLAS and most system BLAS take them)
     gives the product too: descriptors for SciPy's OpenBLAS, run by `blas.run_gemm` row by row."""

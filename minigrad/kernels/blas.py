@@ -17,7 +17,7 @@ calls, with 64-bit integers (its ILP64 build, symbols `scipy_cblas_?gemm64_`) or
 ranges in Python instead. The addresses are arguments, not constants of the compiled code, so it
 is cached on disk like every kernel and stays right when the library moves.
 
-Descriptor row (all int64): KIND (GEMM), FN (the ?gemm address), ILP64 (1: 64-bit integers),
+Descriptor row (all int64): KIND (GEMM_JOB), FN (the ?gemm address), ILP64 (1: 64-bit integers),
 ITEMSIZE (4 or 8), TRANS_A, TRANS_B (CblasNoTrans 111 / CblasTrans 112), M, N, K, A, LDA, B, LDB,
 C, LDC (addresses and leading dimensions, row-major as CBLAS counts them), BIAS (the address of
 the N bias values of this range's columns, 0 for none). C = op(A) op(B) (+ bias broadcast over
@@ -38,7 +38,7 @@ from .._numba_cache import njit
 
 SLOTS = 16
 KIND, FN, ILP64, ITEMSIZE, TRANS_A, TRANS_B, M, N, K, A, LDA, B, LDB, C, LDC, BIAS = range(SLOTS)
-PYTHON_JOB, GEMM_JOB = 0, 1                                # values of KIND
+GEMM_JOB, TOUCH_JOB = 1, 2       # values of KIND: a GEMM range; a prefetch (`pool.Pool.prefetch`)
 ROW_MAJOR, NO_TRANS, TRANS = 101, 111, 112                 # the CBLAS enums
 
 

@@ -14,14 +14,21 @@ the next job, usually a few microseconds of Python away, starts at once.
 Protocol, per worker i (the caller is always one extra thread: it runs the last range itself):
 
     caller                                   worker i
-    jobs[i] = (fn, args), or desc[i] = a     spin until gen[i] changes (SPIN_SECONDS), else
-      GEMM range (`blas.py`)                   sleep on the condition until it does
-    under the lock: gen[i] += 1,             a GEMM range: claim it, run it in the spin loop,
-      notify if worker i sleeps                no GIL; else run jobs[i] in Python, keep its
-    run its own range                          exception
-    a GEMM range not claimed yet: claim      done[i] = gen[i] (if it ran the job)
+    jobs[i] = (fn, args) and python_job[i]   spin until gen[i] changes (SPIN_SECONDS), else
+      = its number, or desc[i] = a GEMM        sleep on the condition until it does
+      range (`blas.py`)                      python_job[i] == gen[i]: run jobs[i] in Python,
+    under the lock: gen[i] += 1,               keep its exception; else claim the GEMM range
+      notify if worker i sleeps                and run it in the spin loop, no GIL
+    run its own range                        done[i] = gen[i] (if it ran the job)
+    a GEMM range not claimed yet: claim
       it, run it, done[i] = gen[i]
     spin until done[i] == gen[i]; re-raise
+
+A Python job is known by its number, not by a kind written beside it: a worker that wakes late
+for a GEMM range the caller has already run could otherwise read the kind of the next job
+before its number is published, run that job early and then find it gone. One more compiled
+job, a prefetch (`Pool.prefetch`), is handed to worker 0 without waiting for it; the next call
+that needs the worker drops it or stops it first (`Pool._settle`).
 
 The counters are int64 NumPy arrays read with an atomic acquire load inside a nogil Numba loop
 (`_serve`, `_spin_until_changed`), so spinning holds no GIL and the compiler cannot hoist the
@@ -40,14 +47,16 @@ import os
 import threading
 import time
 
+import numba
 import numpy as np
 from numba.core import cgutils, config, types
 from numba.extending import intrinsic
 
 from .._numba_cache import njit
-from .blas import GEMM_JOB, KIND, PYTHON_JOB, SLOTS, run_gemm
+from .blas import GEMM_JOB, KIND, SLOTS, TOUCH_JOB, _pointer_to, run_gemm
 
 SPIN_SECONDS = 2e-3   # about OpenBLAS's default spin (2^22 cycles): longer than the Python between ops
+MAX_REGIONS = 8       # regions of one prefetch (`Pool.prefetch`)
 
 
 @intrinsic
@@ -112,21 +121,52 @@ def _spin_until_changed(counters, i, old, max_iter):
     return _load_acquire(counters, i) != old
 
 
+_u8_pointer = _pointer_to(types.uint8)
+LINE = 64   # bytes per cache line on x86-64 and most ARM cores: one read brings in the whole line
+
+
 @njit(nogil=True, cache=True)
-def _serve(gen, done, claimed, desc, i, seen, max_iter):
-    """Worker i's spin loop: GEMM ranges (desc[i] of kind GEMM_JOB) run here, without the GIL,
-    as soon as gen[i] moves past `seen` (unless the caller has claimed the range first); returns
-    the last job number seen when a Python job waits (desc[i] of kind PYTHON_JOB, which the
-    worker's Python loop runs) or when max_iter polls passed with nothing to do. Yields the core
-    every 32nd poll, as `_spin_until_changed`."""
+def _touch(table, stop, i, job):
+    """Reads one byte of every cache line of the regions in `table`, rows (address, segments,
+    bytes per segment, stride in bytes), segment s of every row before segment s + 1 of any, so
+    that regions consumed in that order arrive in that order; stops early once stop[i] == job
+    (the caller wants the worker back). Returns the bytes of the lines read, and the xor of the
+    bytes read: kept (`Pool.touched`), so that the compiler cannot drop the reads."""
+    most = 0
+    for r in range(table.shape[0]):
+        most = max(most, table[r, 1])
+    lines, fold = 0, 0
+    for seg in range(most):
+        if _load_acquire(stop, i) == job:
+            break
+        for r in range(table.shape[0]):
+            if seg < table[r, 1]:
+                region = numba.carray(_u8_pointer(table[r, 0] + seg * table[r, 3]), table[r, 2])
+                for b in range(0, table[r, 2], LINE):
+                    fold ^= region[b]
+                    lines += 1
+    return lines * LINE, fold
+
+
+@njit(nogil=True, cache=True)
+def _serve(gen, done, claimed, python_job, desc, table, stop, touched, i, seen, max_iter):
+    """Worker i's spin loop. As soon as gen[i] moves past `seen`: a Python job (python_job[i]
+    holds its number) returns its number, for the worker's Python loop to run; a GEMM range
+    (desc[i] of kind GEMM_JOB) runs here, without the GIL, unless the caller has claimed it
+    first; a prefetch (kind TOUCH_JOB) reads `table`'s regions (`_touch`) into touched[i].
+    Returns `seen` after max_iter polls with nothing to do. Yields the core every 32nd poll,
+    as `_spin_until_changed`."""
     polls = 0
     while polls < max_iter:
         job = _load_acquire(gen, i)
         if job != seen:
-            if desc[i, KIND] != GEMM_JOB:
-                return seen
+            if python_job[i] == job:
+                return job
             if _claim(claimed, i, job):
-                run_gemm(desc, i)
+                if desc[i, KIND] == GEMM_JOB:
+                    run_gemm(desc, i)
+                else:
+                    touched[i, 0], touched[i, 1] = _touch(table, stop, i, job)
                 _store_release(done, i, job)
             seen, polls = job, 0
             continue
@@ -157,9 +197,14 @@ class Pool:
         self.workers = workers
         self.gen = np.zeros(workers, np.int64)    # jobs handed to worker i so far
         self.done = np.zeros(workers, np.int64)   # jobs worker i has finished
-        self.claimed = np.zeros(workers, np.int64)  # the last GEMM job of worker i taken (`_claim`)
+        self.claimed = np.zeros(workers, np.int64)  # the last compiled job of worker i taken (`_claim`)
+        self.python_job = np.full(workers, -1, np.int64)  # the number of worker i's last Python job
         self.jobs = [None] * workers
-        self.desc = np.zeros((workers, SLOTS), np.int64)  # worker i's job kind, and a GEMM range
+        self.desc = np.zeros((workers, SLOTS), np.int64)  # worker i's compiled job: kind, a GEMM range
+        self.table = np.zeros((MAX_REGIONS, 4), np.int64)  # worker 0's prefetch regions (`_touch`)
+        self.stop = np.full(workers, -1, np.int64)         # stop[i] == job: end that prefetch early
+        self.touched = np.zeros((workers, 2), np.int64)    # bytes read by worker i's last prefetch
+        self.prefetching = False                   # worker 0 may still run a prefetch (`_settle`)
         self.errors = [None] * workers
         self.sleeping = [False] * workers
         self.cond = threading.Condition()
@@ -175,24 +220,27 @@ class Pool:
             set_blas(1)
         seen = 0
         while True:
-            if self.spin_iters:  # runs GEMM ranges until a Python job comes or the spin ends
-                seen = int(_serve(self.gen, self.done, self.claimed, self.desc, i, seen, self.spin_iters))
-            if self.gen[i] == seen:
+            job = seen
+            if self.spin_iters:  # runs compiled jobs until a Python job comes or the spin ends
+                job = int(_serve(self.gen, self.done, self.claimed, self.python_job, self.desc, self.table,
+                                 self.stop, self.touched, i, seen, self.spin_iters))
+            if job == seen:
                 with self.cond:
                     while self.gen[i] == seen:
                         self.sleeping[i] = True
                         self.cond.wait()
                     self.sleeping[i] = False
-            if self.desc[i, KIND] == GEMM_JOB:
-                continue  # woken for a GEMM range: `_serve` runs it
-            seen = int(self.gen[i])
+                job = int(self.gen[i])
+            if self.python_job[i] != job:
+                continue  # woken for a compiled job: `_serve` runs it
             fn, args = self.jobs[i]
             self.jobs[i] = None
             try:
                 fn(*args)
             except BaseException as exc:  # handed to the caller, which re-raises it
                 self.errors[i] = exc
-            self.done[i] = seen
+            seen = job
+            self.done[i] = job
 
     def run(self, kernel, args, bounds) -> None:
         """`kernel(*args, bounds[k], bounds[k + 1])` for every k, the last range in the calling
@@ -204,9 +252,10 @@ class Pool:
             kernel(*args, bounds[0], bounds[-1])
             return
         try:
+            self._settle()
             for i in range(n - 1):
                 self.jobs[i] = (kernel, args + (bounds[i], bounds[i + 1]))
-                self.desc[i, KIND] = PYTHON_JOB
+                self.python_job[i] = self.gen[i] + 1
                 self._hand_over(i)
             try:
                 kernel(*args, bounds[-2], bounds[-1])
@@ -241,6 +290,7 @@ class Pool:
                 run_gemm(desc, k)
             return
         try:
+            self._settle()
             self.desc[:n - 1] = desc[:n - 1]  # (KIND = GEMM_JOB in each row)
             for i in range(n - 1):
                 self._hand_over(i)
@@ -254,6 +304,47 @@ class Pool:
                     self._wait(i)
         finally:
             self.busy.release()
+
+    def prefetch(self, regions) -> bool:
+        """Has worker 0 read `regions`, rows (address, segments, bytes per segment, stride in
+        bytes), into the CPU's caches (`_touch`), and returns at once, without waiting: True if
+        the worker got the job, False when the pool is busy (another thread's call) or not
+        `compiled`. The next `run` or `run_gemms` ends a prefetch still running (`_settle`).
+
+        Why: a decoding step reads every cached key and value once, and between two steps
+        other work (and, on a shared host, other guests) evicts them, so they come from memory:
+        at GPT `small` and 1,024 positions 4 MiB per token, ~0.1 ms per layer on the 2-core VM
+        against ~35 us from the caches. The worker, idle during decoding, reads them while the
+        caller runs the token's first layers; the caller then finds them in the shared L3
+        cache. A helper thread that runs ahead to prefetch: the idea of "speculative
+        precomputation" (Collins et al., ISCA 2001), here with the addresses known outright."""
+        if len(regions) > MAX_REGIONS:
+            raise ValueError(f"prefetch: at most {MAX_REGIONS} regions, got {len(regions)}")
+        if not self.compiled or not self.busy.acquire(blocking=False):
+            return False
+        try:
+            self._settle()
+            self.table[:] = 0
+            self.table[:len(regions)] = regions
+            self.desc[0, KIND] = TOUCH_JOB
+            self._hand_over(0)
+            self.prefetching = True
+        finally:
+            self.busy.release()
+        return True
+
+    def _settle(self):
+        """Worker 0 free for a new job (called holding `busy`): a prefetch it has not started is
+        dropped (claimed), one it is running is told to stop (`stop`) and waited for."""
+        if not self.prefetching:
+            return
+        self.prefetching = False
+        job = self.gen[0]
+        if _claim(self.claimed, 0, job):
+            self.done[0] = job
+            return
+        self.stop[0] = job
+        self._wait(0)
 
     def _hand_over(self, i):
         """Publish worker i's job (jobs[i] and desc[i] are written): bump gen[i], waking it if asleep."""
