@@ -614,7 +614,7 @@ def test_prefetch_reads_every_line_of_its_regions_in_the_worker():
     views = k[:, :, :37], v[:, :, :37]                   # 6 segments of 37 * 16 bytes each
     regions = [K._region(x, i) for i, x in enumerate(views)]
     assert regions[0] == (k.ctypes.data, 6, 37 * 16, 100 * 16)
-    assert pool.prefetch(regions)
+    assert pool.prefetch(regions, views)
     _settled(pool, 1)
     expect_bytes, expect_fold = 0, 0
     for x in views:
@@ -637,7 +637,7 @@ def test_a_prefetch_gives_way_to_the_next_job():
     notify = pool.cond.notify_all
     pool.cond.notify_all = lambda: None                                  # the worker sleeps on
     try:
-        assert pool.prefetch([K._region(x, 0)])
+        assert pool.prefetch([K._region(x, 0)], [x])
     finally:
         pool.cond.notify_all = notify
     calls = []
@@ -650,7 +650,31 @@ def test_a_prefetch_gives_way_to_the_next_job():
     stop[0] = 7
     assert _touch(table, stop, 0, 7)[0] == 0                             # told to stop at once
     with pool.busy:                                                      # another thread's call
-        assert not pool.prefetch([K._region(x, 0)])
+        assert not pool.prefetch([K._region(x, 0)], [x])
+
+
+def test_a_prefetch_keeps_its_arrays_alive_until_it_has_ended():
+    """The worker reads raw addresses: the pool holds the arrays (here a view, which holds its
+    base) until the job has ended, so dropping them meanwhile cannot free memory under it."""
+    import gc
+    import weakref
+
+    pool = _sleeping_pool()
+    x = np.zeros((64, 1024), np.float32)
+    gone = weakref.ref(x)
+    view = x[:, :10]
+    notify = pool.cond.notify_all
+    pool.cond.notify_all = lambda: None                                  # the job waits, not started
+    try:
+        assert pool.prefetch([K._region(view, 0)], [view])
+    finally:
+        pool.cond.notify_all = notify
+    del x, view
+    gc.collect()
+    assert gone() is not None
+    pool.run(lambda lo, hi: None, (), [0, 1, 2])                         # ends it: dropped
+    gc.collect()
+    assert gone() is None and pool.held is None
 
 
 def test_prefetch_regions_follow_the_layout_of_a_view():

@@ -304,6 +304,8 @@ def prefetch(*views) -> bool:
     worker of the pool and returns at once: True if the worker took the job, False where there
     is none to take it (one thread, NUMBA_DISABLE_JIT, the pool busy with another thread's call).
     The data and the results of every kernel are unchanged; only where the bytes sit changes.
+    The pool holds the arrays until the next call that needs its worker (which ends the job if
+    it is still running), so that the worker never reads memory freed under it.
 
     Each view is read as its segments, the runs of contiguous bytes of its last axes, one after
     another; segment s of every view comes before segment s + 1 of any, so data consumed in that
@@ -315,7 +317,8 @@ def prefetch(*views) -> bool:
     pool = get_pool(1)
     if not pool.compiled:
         return False
-    return pool.prefetch([_region(np.asarray(v), i) for i, v in enumerate(views)])
+    arrays = [np.asarray(v) for v in views]
+    return pool.prefetch([_region(x, i) for i, x in enumerate(arrays)], arrays)
 
 
 def _region(x, i):

@@ -205,6 +205,7 @@ class Pool:
         self.stop = np.full(workers, -1, np.int64)         # stop[i] == job: end that prefetch early
         self.touched = np.zeros((workers, 2), np.int64)    # bytes read by worker i's last prefetch
         self.prefetching = False                   # worker 0 may still run a prefetch (`_settle`)
+        self.held = None                           # that prefetch's arrays: alive until it has ended
         self.errors = [None] * workers
         self.sleeping = [False] * workers
         self.cond = threading.Condition()
@@ -305,11 +306,13 @@ class Pool:
         finally:
             self.busy.release()
 
-    def prefetch(self, regions) -> bool:
+    def prefetch(self, regions, arrays) -> bool:
         """Has worker 0 read `regions`, rows (address, segments, bytes per segment, stride in
         bytes), into the CPU's caches (`_touch`), and returns at once, without waiting: True if
         the worker got the job, False when the pool is busy (another thread's call) or not
-        `compiled`. The next `run` or `run_gemms` ends a prefetch still running (`_settle`).
+        `compiled`. The next `prefetch`, `run` or `run_gemms` ends a prefetch still running
+        (`_settle`); until then the pool holds `arrays`, the objects the regions lie in, so that
+        the worker never reads memory that was freed under it.
 
         Why: a decoding step reads every cached key and value once, and between two steps
         other work (and, on a shared host, other guests) evicts them, so they come from memory:
@@ -327,6 +330,7 @@ class Pool:
             self.table[:] = 0
             self.table[:len(regions)] = regions
             self.desc[0, KIND] = TOUCH_JOB
+            self.held = arrays
             self._hand_over(0)
             self.prefetching = True
         finally:
@@ -335,16 +339,17 @@ class Pool:
 
     def _settle(self):
         """Worker 0 free for a new job (called holding `busy`): a prefetch it has not started is
-        dropped (claimed), one it is running is told to stop (`stop`) and waited for."""
+        dropped (claimed), one it is running is told to stop (`stop`) and waited for; then its
+        arrays are let go."""
         if not self.prefetching:
             return
-        self.prefetching = False
         job = self.gen[0]
         if _claim(self.claimed, 0, job):
             self.done[0] = job
-            return
-        self.stop[0] = job
-        self._wait(0)
+        else:
+            self.stop[0] = job
+            self._wait(0)
+        self.prefetching, self.held = False, None
 
     def _hand_over(self, i):
         """Publish worker i's job (jobs[i] and desc[i] are written): bump gen[i], waking it if asleep."""
