@@ -617,10 +617,13 @@ def test_prefetch_reads_every_line_of_its_regions_in_the_worker():
     assert pool.prefetch(regions, views)
     _settled(pool, 1)
     expect_bytes, expect_fold = 0, 0
-    for x in views:
-        raw = np.ascontiguousarray(x).view(np.uint8).reshape(6, 37 * 16)
-        expect_bytes += raw[:, ::LINE].size * LINE
-        expect_fold ^= int(np.bitwise_xor.reduce(raw[:, ::LINE], axis=None))
+    for x, (address, count, size, stride) in zip(views, regions):
+        raw = np.ascontiguousarray(x).view(np.uint8).reshape(count, size)
+        for seg in range(count):       # its first byte, then the first byte of each later line
+            start = address + seg * stride
+            at = [0] + list(range(LINE - start % LINE, size, LINE))
+            expect_bytes += len(at) * LINE
+            expect_fold ^= int(np.bitwise_xor.reduce(raw[seg, at]))
     assert pool.touched[0].tolist() == [expect_bytes, expect_fold]
     calls = []
     pool.run(lambda lo, hi: calls.append((lo, hi)), (), [0, 5, 10])      # the worker is free again
@@ -629,8 +632,8 @@ def test_prefetch_reads_every_line_of_its_regions_in_the_worker():
 
 def test_a_prefetch_gives_way_to_the_next_job():
     """`_settle`: a prefetch the worker has not started is dropped (claimed by the caller), and
-    `_touch` stops between segments once told to; on a busy pool `prefetch` declines."""
-    from minigrad.kernels.pool import _touch
+    `_touch` stops once told to; on a busy pool `prefetch` declines."""
+    from minigrad.kernels.pool import LINE, _touch
 
     pool = _sleeping_pool()
     x = np.arange(4096, dtype=np.float32).reshape(8, 512)
@@ -646,7 +649,8 @@ def test_a_prefetch_gives_way_to_the_next_job():
     assert sorted(calls) == [(0, 1), (1, 2)]
     table = np.array([K._region(x, 0)], np.int64)
     stop = np.full(1, -1, np.int64)
-    assert _touch(table, stop, 0, 7)[0] == x.nbytes                      # whole: 8 segments
+    lines = -(-(x.ctypes.data % LINE + x.nbytes) // LINE)                # the lines x reaches
+    assert _touch(table, stop, 0, 7)[0] == lines * LINE                  # all of them
     stop[0] = 7
     assert _touch(table, stop, 0, 7)[0] == 0                             # told to stop at once
     with pool.busy:                                                      # another thread's call
@@ -675,6 +679,47 @@ def test_a_prefetch_keeps_its_arrays_alive_until_it_has_ended():
     pool.run(lambda lo, hi: None, (), [0, 1, 2])                         # ends it: dropped
     gc.collect()
     assert gone() is None and pool.held is None
+
+
+def test_a_worker_sleeps_again_after_compiled_jobs():
+    """After a GEMM range or a prefetch the worker spins SPIN_SECONDS, then sleeps on the
+    condition: it must not keep a core busy until the next Python job comes."""
+    import time
+
+    from minigrad.kernels import blas
+
+    functions = blas.gemm_functions()
+    if functions is None:
+        pytest.skip("NumPy is not linked to its bundled OpenBLAS")
+    pool = _sleeping_pool()
+    a, b, out = np.ones((40, 20)), np.ones((20, 30)), np.empty((40, 30))   # (alive: the worker writes out)
+    for job in ("gemm", "prefetch"):
+        if job == "gemm":
+            pool.run_gemms(K._gemm_ranges(a, b, None, out, 2, functions, (blas.operand(a), blas.operand(b))))
+            assert (out == 20).all()
+        else:
+            assert pool.prefetch([K._region(a, 0)], [a])
+        _settled(pool, pool.gen[0])
+        deadline = time.monotonic() + 5
+        while not pool.sleeping[0] and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert pool.sleeping[0], job
+
+
+def test_a_job_is_claimed_once_and_never_after_a_later_one():
+    """`_claim`: claimed[i] only grows, so a worker held up after reading job J cannot take J
+    once the caller has taken J + 1 (it would run whatever desc[i] holds by then)."""
+    from numba.core import config
+
+    from minigrad.kernels.pool import _claim
+
+    if config.DISABLE_JIT:
+        pytest.skip("Numba is disabled: the atomics of `_claim` need the compiler")
+    claimed = np.array([0, 2], np.int64)
+    assert _claim(claimed, 1, 3) and claimed[1] == 3
+    assert not _claim(claimed, 1, 3)                   # taken
+    assert not _claim(claimed, 1, 2) and claimed[1] == 3   # an older job: stale, refused
+    assert _claim(claimed, 0, 1) and claimed.tolist() == [1, 3]
 
 
 def test_prefetch_regions_follow_the_layout_of_a_view():

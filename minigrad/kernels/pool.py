@@ -95,12 +95,22 @@ def _compare_and_swap(typingctx, arr, i, expected, value):
 
 @njit(nogil=True, cache=True)
 def _claim(claimed, i, job):
-    """Take GEMM job number `job` of worker i: True for exactly one of the threads that try (the
-    worker, or the caller when the worker has not started it), which then runs it. claimed[i]
-    only ever moves to the current job's number, so a swap from the value read fails only when
-    the other thread took the job first."""
+    """Take compiled job number `job` of worker i: True for exactly one of the threads that try
+    (the worker, or the caller when the worker has not started it), which then runs it.
+    claimed[i] only ever grows, so a swap from the value read fails when the other thread took
+    this job first, and a worker that read job J, was held up, and tries again after the caller
+    has taken jobs J and J + 1 finds claimed[i] past J and takes nothing (with `!=` it would
+    have run whatever desc[i] held by then)."""
     old = _load_acquire(claimed, i)
-    return old != job and _compare_and_swap(claimed, i, old, job)
+    return old < job and _compare_and_swap(claimed, i, old, job)
+
+
+@njit(nogil=True, cache=True)
+def _publish(gen, i):
+    """gen[i] += 1 as a release store: every write of the job before it (desc, table,
+    python_job, jobs) is visible to the worker that reads the new number (x86 keeps stores in
+    order anyway; ARM does not)."""
+    _store_release(gen, i, gen[i] + 1)
 
 
 _sched_yield = types.ExternalFunction("sched_yield", types.int32())   # libc, already loaded
@@ -130,21 +140,27 @@ def _touch(table, stop, i, job):
     """Reads one byte of every cache line of the regions in `table`, rows (address, segments,
     bytes per segment, stride in bytes), segment s of every row before segment s + 1 of any, so
     that regions consumed in that order arrive in that order; stops early once stop[i] == job
-    (the caller wants the worker back). Returns the bytes of the lines read, and the xor of the
-    bytes read: kept (`Pool.touched`), so that the compiler cannot drop the reads."""
+    (the caller wants the worker back), checked every 64 KiB. Each segment's first byte, then
+    the first byte of each later line it reaches: one read per line whatever the alignment.
+    Returns the bytes of the lines read, and the xor of the bytes read: kept (`Pool.touched`),
+    so that the compiler cannot drop the reads."""
     most = 0
     for r in range(table.shape[0]):
         most = max(most, table[r, 1])
     lines, fold = 0, 0
     for seg in range(most):
-        if _load_acquire(stop, i) == job:
-            break
         for r in range(table.shape[0]):
-            if seg < table[r, 1]:
-                region = numba.carray(_u8_pointer(table[r, 0] + seg * table[r, 3]), table[r, 2])
-                for b in range(0, table[r, 2], LINE):
-                    fold ^= region[b]
-                    lines += 1
+            if seg >= table[r, 1]:
+                continue
+            start, size = table[r, 0] + seg * table[r, 3], table[r, 2]
+            region = numba.carray(_u8_pointer(start), size)
+            b = 0
+            while b < size:
+                if lines % 1024 == 0 and _load_acquire(stop, i) == job:
+                    return lines * LINE, fold
+                fold ^= region[b]
+                lines += 1
+                b += LINE - (start + b) % LINE               # the next line's first byte
     return lines * LINE, fold
 
 
@@ -211,12 +227,12 @@ class Pool:
         self.cond = threading.Condition()
         self.busy = threading.Lock()              # one caller at a time (see run)
         self.spin_iters = _calibrate_spin() if not config.DISABLE_JIT else 0
+        set_blas = _single_thread_blas()   # here, not in the workers: a fork during their import hung
         for i in range(workers):
-            threading.Thread(target=self._loop, args=(i,), daemon=True,
+            threading.Thread(target=self._loop, args=(i, set_blas), daemon=True,
                              name=f"minigrad-kernel-{i}").start()
 
-    def _loop(self, i):
-        set_blas = _single_thread_blas()
+    def _loop(self, i, set_blas):
         if set_blas is not None:
             set_blas(1)
         seen = 0
@@ -225,6 +241,8 @@ class Pool:
             if self.spin_iters:  # runs compiled jobs until a Python job comes or the spin ends
                 job = int(_serve(self.gen, self.done, self.claimed, self.python_job, self.desc, self.table,
                                  self.stop, self.touched, i, seen, self.spin_iters))
+                if self.python_job[i] != job:   # the spin ended: `job` is the last compiled job seen
+                    seen = job
             if job == seen:
                 with self.cond:
                     while self.gen[i] == seen:
@@ -354,7 +372,10 @@ class Pool:
     def _hand_over(self, i):
         """Publish worker i's job (jobs[i] and desc[i] are written): bump gen[i], waking it if asleep."""
         with self.cond:
-            self.gen[i] += 1
+            if config.DISABLE_JIT:   # (no intrinsics; the workers read gen[i] under this lock)
+                self.gen[i] += 1
+            else:
+                _publish(self.gen, i)
             if self.sleeping[i]:
                 self.cond.notify_all()
 
