@@ -722,6 +722,43 @@ def test_a_job_is_claimed_once_and_never_after_a_later_one():
     assert _claim(claimed, 0, 1) and claimed.tolist() == [1, 3]
 
 
+FORK_RIGHT_AFTER_THE_POOL_STARTS = """
+import os, signal, sys, time
+from minigrad.kernels.pool import Pool, get_pool
+Pool(1)                                   # its worker starts, while the process forks
+pid = os.fork()
+if pid == 0:
+    got = []
+    get_pool(1).run(lambda lo, hi: got.append((lo, hi)), (), [0, 1, 2])
+    os._exit(0 if sorted(got) == [(0, 1), (1, 2)] else 1)
+deadline = time.monotonic() + 60
+while time.monotonic() < deadline:
+    done, status = os.waitpid(pid, os.WNOHANG)
+    if done:
+        sys.exit(os.WEXITSTATUS(status))
+    time.sleep(0.05)
+os.kill(pid, signal.SIGKILL)
+sys.exit("the child's pool hung")
+"""
+
+
+def test_a_child_forked_while_the_workers_start_gets_a_pool_that_runs():
+    """A fork while a new pool's workers were still starting (importing the BLAS setter) left the
+    child with a half-imported module; its new worker died on it and the child waited for good.
+    The setter is now looked up before the workers start. Fresh processes, three times."""
+    import os
+    import subprocess
+    import sys
+
+    if not hasattr(os, "fork"):
+        pytest.skip("no fork on this platform")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for _ in range(3):
+        run = subprocess.run([sys.executable, "-c", FORK_RIGHT_AFTER_THE_POOL_STARTS], cwd=root,
+                             capture_output=True, text=True, timeout=120)
+        assert run.returncode == 0, run.stderr[-2000:]
+
+
 def test_prefetch_regions_follow_the_layout_of_a_view():
     """`_region`: contiguous trailing axes make one segment, even leading axes the count and
     stride; axes of length 1 do not matter; other layouts are refused with the fix named."""

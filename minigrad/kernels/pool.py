@@ -227,7 +227,13 @@ class Pool:
         self.cond = threading.Condition()
         self.busy = threading.Lock()              # one caller at a time (see run)
         self.spin_iters = _calibrate_spin() if not config.DISABLE_JIT else 0
-        set_blas = _single_thread_blas()   # here, not in the workers: a fork during their import hung
+        # Everything a worker calls at its start is looked up or compiled here, before it starts:
+        # a fork while a worker held the import lock or Numba's compiler lock left the child with
+        # that lock taken for good, and the child's first kernel waited on it.
+        set_blas = _single_thread_blas()
+        if self.spin_iters:
+            _serve(self.gen, self.done, self.claimed, self.python_job, self.desc, self.table, self.stop,
+                   self.touched, 0, 0, 0)
         for i in range(workers):
             threading.Thread(target=self._loop, args=(i, set_blas), daemon=True,
                              name=f"minigrad-kernel-{i}").start()
