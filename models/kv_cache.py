@@ -45,7 +45,6 @@ import math
 import numpy as np
 
 import minigrad.functional as F
-from minigrad import backend
 from models.attention import linear_attention_recurrent
 from models.paged_attention import dense_decode, paged_decode
 
@@ -55,9 +54,6 @@ __all__ = ["KVCache", "DenseKVCache", "StreamingLLMCache", "QuestCache", "PagedK
 #: the largest block of attention scores one call computes at once (elements): long prompts are
 #: run in chunks of queries, so a prefill of T tokens needs O(T) memory, not O(T²)
 SCORES_PER_CHUNK = 1 << 22
-#: a dense cache holding at least this many bytes of keys and values has them prefetched before
-#: each forward (``DenseKVCache.prefetches``); less stays in a core's own L2 cache between tokens
-PREFETCH_FROM_BYTES = 1 << 20
 
 
 def _attention(q, k, v, allowed=None):
@@ -218,9 +214,6 @@ class DenseKVCache(KVCache):
     """
 
     attentions = ("mha", "moba", "nsa")
-    #: whether ``begin`` has an idle core read the filled keys and values into the CPU's caches
-    #: (``minigrad.kernels.prefetch``): a dense attention reads all of them, layer by layer
-    prefetches = True
 
     def __init__(self, n_layer, n_kv_head, head_dim, *, max_len, batch_size=1, dtype=np.float32):
         super().__init__(n_layer, n_kv_head, head_dim, dtype)
@@ -270,10 +263,6 @@ class DenseKVCache(KVCache):
                              f"{self.max_len}; reset() it and start again from the last tokens (as "
                              "GPT.generate does), or use a StreamingLLMCache")
         self._start, self.n = self.n, self.n + T
-        if self.prefetches and self._kv_bytes(self._start, self.batch_size) >= PREFETCH_FROM_BYTES:
-            kernels = backend.fused_kernels(self.k)      # (None on the numpy backend)
-            if kernels is not None:                      # every layer's filled keys and values
-                kernels.prefetch(self.k[:, :, :, :self._start], self.v[:, :, :, :self._start])
         return np.arange(self._start, self.n)
 
     def _store(self, layer, k, v):
@@ -446,7 +435,6 @@ class QuestCache(DenseKVCache):
     """
 
     attentions = ("mha",)
-    prefetches = False      # a decoding query reads a few pages, not every position
 
     def __init__(self, n_layer, n_kv_head, head_dim, *, max_len, token_budget, page_size=16,
                  dense_layers=2, batch_size=1, dtype=np.float32):

@@ -504,45 +504,6 @@ def test_gemm_ranges_run_on_the_workers_in_compiled_code(monkeypatch):
     assert cols[:, blas.N].tolist() == [30, 30] and cols[:, blas.BIAS].tolist() == [0, 0]
 
 
-def test_the_caller_runs_a_gemm_range_its_worker_has_not_started():
-    """A worker that does not wake (here: never notified; on the VM, a core the host lent
-    elsewhere) does not hold up a GEMM: the caller claims its range and runs it, exactly once.
-    When the worker wakes later it finds the range taken and runs nothing; the pool goes on."""
-    import time
-
-    from minigrad.kernels import blas
-    from minigrad.kernels.pool import Pool
-
-    functions = blas.gemm_functions()
-    if functions is None or not K.get_pool(1).compiled:
-        pytest.skip("NumPy is not linked to its bundled OpenBLAS, or Numba is disabled")
-    pool = Pool(1)
-    deadline = time.monotonic() + 5
-    while not pool.sleeping[0] and time.monotonic() < deadline:   # its spin ends, it sleeps
-        time.sleep(0.01)
-    assert pool.sleeping[0]
-    rng = np.random.default_rng(0)
-    a, b, bias = rng.standard_normal((40, 20)), rng.standard_normal((20, 30)), rng.standard_normal(30)
-
-    def product():
-        out = np.full((40, 30), np.nan)
-        pool.run_gemms(K._gemm_ranges(a, b, bias, out, 2, functions, (blas.operand(a), blas.operand(b))))
-        return out
-
-    notify = pool.cond.notify_all
-    pool.cond.notify_all = lambda: None                             # the worker sleeps on
-    try:
-        out = product()
-    finally:
-        pool.cond.notify_all = notify
-    np.testing.assert_allclose(out, a @ b + bias, rtol=1e-12, atol=1e-12)
-    assert pool.claimed[0] == pool.done[0] == pool.gen[0] == 1      # the caller ran range 0
-    with pool.cond:
-        pool.cond.notify_all()                                       # it wakes to a taken range
-    np.testing.assert_allclose(product(), a @ b + bias, rtol=1e-12, atol=1e-12)
-    assert pool.done[0] == pool.gen[0] == 2
-
-
 def _sleeping_pool():
     """A private pool of one worker, compiled, whose worker has ended its spin and sleeps."""
     import time
@@ -567,6 +528,38 @@ def _settled(pool, job):
     while pool.done[0] != job and time.monotonic() < deadline:
         time.sleep(0.001)
     assert pool.done[0] == job
+
+
+def test_the_caller_runs_a_gemm_range_its_worker_has_not_started():
+    """A worker that does not wake (here: never notified; on the VM, a core the host lent
+    elsewhere) does not hold up a GEMM: the caller claims its range and runs it, exactly once.
+    When the worker wakes later it finds the range taken and runs nothing; the pool goes on."""
+    from minigrad.kernels import blas
+
+    functions = blas.gemm_functions()
+    if functions is None:
+        pytest.skip("NumPy is not linked to its bundled OpenBLAS")
+    pool = _sleeping_pool()
+    rng = np.random.default_rng(0)
+    a, b, bias = rng.standard_normal((40, 20)), rng.standard_normal((20, 30)), rng.standard_normal(30)
+
+    def product():
+        out = np.full((40, 30), np.nan)
+        pool.run_gemms(K._gemm_ranges(a, b, bias, out, 2, functions, (blas.operand(a), blas.operand(b))))
+        return out
+
+    notify = pool.cond.notify_all
+    pool.cond.notify_all = lambda: None                             # the worker sleeps on
+    try:
+        out = product()
+    finally:
+        pool.cond.notify_all = notify
+    np.testing.assert_allclose(out, a @ b + bias, rtol=1e-12, atol=1e-12)
+    assert pool.claimed[0] == pool.done[0] == pool.gen[0] == 1      # the caller ran range 0
+    with pool.cond:
+        pool.cond.notify_all()                                       # it wakes to a taken range
+    np.testing.assert_allclose(product(), a @ b + bias, rtol=1e-12, atol=1e-12)
+    assert pool.done[0] == pool.gen[0] == 2
 
 
 def test_a_python_job_runs_once_when_its_worker_wakes_late_for_a_claimed_gemm():
@@ -601,88 +594,8 @@ def test_a_python_job_runs_once_when_its_worker_wakes_late_for_a_claimed_gemm():
     assert calls == [("range",)] and pool.errors[0] is None
 
 
-def test_prefetch_reads_every_line_of_its_regions_in_the_worker():
-    """`Pool.prefetch` returns at once; worker 0 reads one byte of each 64-byte line of every
-    region (the count and the xor of the bytes read are kept in `touched`), and the next job
-    finds the pool as before."""
-    from minigrad.kernels.pool import LINE
-
-    pool = _sleeping_pool()
-    rng = np.random.default_rng(2)
-    k = rng.integers(0, 256, (3, 2, 100, 16), dtype=np.uint8).view(np.float32)   # (3, 2, 100, 4)
-    v = rng.integers(0, 256, (3, 2, 100, 16), dtype=np.uint8).view(np.float32)
-    views = k[:, :, :37], v[:, :, :37]                   # 6 segments of 37 * 16 bytes each
-    regions = [K._region(x, i) for i, x in enumerate(views)]
-    assert regions[0] == (k.ctypes.data, 6, 37 * 16, 100 * 16)
-    assert pool.prefetch(regions, views)
-    _settled(pool, 1)
-    expect_bytes, expect_fold = 0, 0
-    for x, (address, count, size, stride) in zip(views, regions):
-        raw = np.ascontiguousarray(x).view(np.uint8).reshape(count, size)
-        for seg in range(count):       # its first byte, then the first byte of each later line
-            start = address + seg * stride
-            at = [0] + list(range(LINE - start % LINE, size, LINE))
-            expect_bytes += len(at) * LINE
-            expect_fold ^= int(np.bitwise_xor.reduce(raw[seg, at]))
-    assert pool.touched[0].tolist() == [expect_bytes, expect_fold]
-    calls = []
-    pool.run(lambda lo, hi: calls.append((lo, hi)), (), [0, 5, 10])      # the worker is free again
-    assert sorted(calls) == [(0, 5), (5, 10)]
-
-
-def test_a_prefetch_gives_way_to_the_next_job():
-    """`_settle`: a prefetch the worker has not started is dropped (claimed by the caller), and
-    `_touch` stops once told to; on a busy pool `prefetch` declines."""
-    from minigrad.kernels.pool import LINE, _touch
-
-    pool = _sleeping_pool()
-    x = np.arange(4096, dtype=np.float32).reshape(8, 512)
-    notify = pool.cond.notify_all
-    pool.cond.notify_all = lambda: None                                  # the worker sleeps on
-    try:
-        assert pool.prefetch([K._region(x, 0)], [x])
-    finally:
-        pool.cond.notify_all = notify
-    calls = []
-    pool.run(lambda lo, hi: calls.append((lo, hi)), (), [0, 1, 2])       # drops it, runs the job
-    assert pool.claimed[0] == 1 and pool.done[0] == pool.gen[0] == 2 and pool.touched[0, 0] == 0
-    assert sorted(calls) == [(0, 1), (1, 2)]
-    table = np.array([K._region(x, 0)], np.int64)
-    stop = np.full(1, -1, np.int64)
-    lines = -(-(x.ctypes.data % LINE + x.nbytes) // LINE)                # the lines x reaches
-    assert _touch(table, stop, 0, 7)[0] == lines * LINE                  # all of them
-    stop[0] = 7
-    assert _touch(table, stop, 0, 7)[0] == 0                             # told to stop at once
-    with pool.busy:                                                      # another thread's call
-        assert not pool.prefetch([K._region(x, 0)], [x])
-
-
-def test_a_prefetch_keeps_its_arrays_alive_until_it_has_ended():
-    """The worker reads raw addresses: the pool holds the arrays (here a view, which holds its
-    base) until the job has ended, so dropping them meanwhile cannot free memory under it."""
-    import gc
-    import weakref
-
-    pool = _sleeping_pool()
-    x = np.zeros((64, 1024), np.float32)
-    gone = weakref.ref(x)
-    view = x[:, :10]
-    notify = pool.cond.notify_all
-    pool.cond.notify_all = lambda: None                                  # the job waits, not started
-    try:
-        assert pool.prefetch([K._region(view, 0)], [view])
-    finally:
-        pool.cond.notify_all = notify
-    del x, view
-    gc.collect()
-    assert gone() is not None
-    pool.run(lambda lo, hi: None, (), [0, 1, 2])                         # ends it: dropped
-    gc.collect()
-    assert gone() is None and pool.held is None
-
-
-def test_a_worker_sleeps_again_after_compiled_jobs():
-    """After a GEMM range or a prefetch the worker spins SPIN_SECONDS, then sleeps on the
+def test_a_worker_sleeps_again_after_a_gemm_range():
+    """After a GEMM range (a compiled job) the worker spins SPIN_SECONDS, then sleeps on the
     condition: it must not keep a core busy until the next Python job comes."""
     import time
 
@@ -693,17 +606,13 @@ def test_a_worker_sleeps_again_after_compiled_jobs():
         pytest.skip("NumPy is not linked to its bundled OpenBLAS")
     pool = _sleeping_pool()
     a, b, out = np.ones((40, 20)), np.ones((20, 30)), np.empty((40, 30))   # (alive: the worker writes out)
-    for job in ("gemm", "prefetch"):
-        if job == "gemm":
-            pool.run_gemms(K._gemm_ranges(a, b, None, out, 2, functions, (blas.operand(a), blas.operand(b))))
-            assert (out == 20).all()
-        else:
-            assert pool.prefetch([K._region(a, 0)], [a])
-        _settled(pool, pool.gen[0])
-        deadline = time.monotonic() + 5
-        while not pool.sleeping[0] and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert pool.sleeping[0], job
+    pool.run_gemms(K._gemm_ranges(a, b, None, out, 2, functions, (blas.operand(a), blas.operand(b))))
+    assert (out == 20).all()
+    _settled(pool, 1)
+    deadline = time.monotonic() + 5
+    while not pool.sleeping[0] and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert pool.sleeping[0]
 
 
 def test_a_job_is_claimed_once_and_never_after_a_later_one():
@@ -757,20 +666,6 @@ def test_a_child_forked_while_the_workers_start_gets_a_pool_that_runs():
         run = subprocess.run([sys.executable, "-c", FORK_RIGHT_AFTER_THE_POOL_STARTS], cwd=root,
                              capture_output=True, text=True, timeout=120)
         assert run.returncode == 0, run.stderr[-2000:]
-
-
-def test_prefetch_regions_follow_the_layout_of_a_view():
-    """`_region`: contiguous trailing axes make one segment, even leading axes the count and
-    stride; axes of length 1 do not matter; other layouts are refused with the fix named."""
-    a = np.zeros((4, 3, 10, 8), np.float32)
-    assert K._region(a, 0) == (a.ctypes.data, 1, a.nbytes, 0)
-    assert K._region(a[:, :, :6], 0) == (a.ctypes.data, 12, 6 * 32, 10 * 32)
-    assert K._region(a[:, :1, :6], 0) == (a.ctypes.data, 4, 6 * 32, 3 * 10 * 32)
-    assert K._region(a[:0], 0) == (0, 0, 0, 0)
-    with pytest.raises(ValueError, match="view 2 .* np.ascontiguousarray"):
-        K._region(a[:, ::2, :6], 2)
-    with pytest.raises(ValueError, match="view 0"):
-        K._region(a.T, 0)
 
 
 def test_compiled_gemm_ranges_with_32_bit_blas_integers():

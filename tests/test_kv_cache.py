@@ -88,40 +88,6 @@ def test_a_dense_decoding_step_copies_nothing_it_has_cached():
                                atol=1e-12)
 
 
-@pytest.mark.skipif(not numba_available(), reason="the prefetch runs on the numba backend's pool")
-def test_a_dense_cache_prefetches_its_filled_part_before_each_forward_and_changes_nothing(monkeypatch):
-    """Above PREFETCH_FROM_BYTES (lowered here) `begin` hands every layer's filled keys and values
-    to `minigrad.kernels.prefetch`, then the forward runs as before: the same logits, bit for
-    bit. Not on the numpy backend, and not for Quest, whose queries read a few pages."""
-    import minigrad.kernels as K
-    import models.kv_cache as kv
-
-    seen = []
-    prefetch = K.prefetch
-    monkeypatch.setattr(K, "prefetch", lambda *views: (seen.append(views), prefetch(*views))[1])
-    monkeypatch.setattr(kv, "PREFETCH_FROM_BYTES", 3 * 2 * (2 * 2 * 2 * 4) * 8)   # 3 positions: k and v, (L, B, nkv, hs), fp64
-    m = _model(5, n_kv_head=2)
-    idx = np.random.default_rng(5).integers(0, 11, (2, 9))
-    with minigrad.use_backend("numba"):
-        cache = DenseKVCache.for_model(m, batch_size=2)
-        with_prefetch = _decode(m, cache, idx, [2, 1, 3, 1, 1, 1])
-        assert [v[0].shape[3] for v in seen] == [3, 6, 7, 8]                 # from 3 filled positions on
-        for keys, values in seen:
-            n = keys.shape[3]
-            assert keys.base is cache.k and values.base is cache.v
-            assert keys.shape == (2, 2, 2, n, 4) and np.shares_memory(keys, cache.k[:, :, :, n - 1])
-        monkeypatch.setattr(DenseKVCache, "prefetches", False)
-        without = _decode(m, DenseKVCache.for_model(m, batch_size=2), idx, [2, 1, 3, 1, 1, 1])
-        np.testing.assert_array_equal(with_prefetch, without)
-        monkeypatch.setattr(DenseKVCache, "prefetches", True)
-        seen.clear()
-        _decode(m, QuestCache.for_model(m, batch_size=2, token_budget=4, page_size=2), idx, [6, 1, 1, 1])
-        assert seen == []
-    with minigrad.use_backend("numpy"):
-        _decode(m, DenseKVCache.for_model(m, batch_size=2), idx, [6, 1, 1, 1])
-    assert seen == []
-
-
 def test_generate_with_a_dense_cache_equals_recomputation_past_block_size():
     m = _model(3, block_size=8)
     prompt = np.array([[1, 2, 3], [4, 5, 6]])

@@ -21,8 +21,6 @@ tests/test_optim_fused.py holds each pair bit-identical.
     adam.py       Adam/AdamW update of one parameter        optim.adaptive.adam_update
     sgd.py        SGD (momentum, Nesterov) update           optim.sgd.sgd_update
     quantize.py   rounding to a low-precision format        precision._round_arithmetic
-    pool.py       prefetch: arrays read into the caches     none: it changes no number
-                  on an idle worker (a KV cache, decoding)
 
 Conventions: every kernel is parallel over output elements only (thread-private reductions):
 it works on a range of rows, elements, heads or batch items with the GIL released, and
@@ -55,8 +53,7 @@ __all__ = [
     "log_softmax_backward", "cross_entropy_forward", "cross_entropy_backward",
     "layer_norm_forward", "layer_norm_backward", "gelu_forward", "gelu_backward",
     "attention_forward", "attention_backward", "attention_qkv_forward", "attention_qkv_backward",
-    "embedding_backward", "adam_step", "sgd_step", "gemm", "column_sums", "prefetch", "ATTN_BLOCK_Q",
-    "ATTN_BLOCK_K",
+    "embedding_backward", "adam_step", "sgd_step", "gemm", "column_sums", "ATTN_BLOCK_Q", "ATTN_BLOCK_K",
 ]
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))  # dtype objects: `x.dtype in` is fastest
@@ -203,7 +200,7 @@ def _gemm_ranges(a, b, bias, out, threads, functions, layouts):
     (trans_a, lda), (trans_b, ldb) = layouts
     a_at, b_at, c_at = blas.address(a), blas.address(b), blas.address(out)
     bias_at = 0 if bias is None else blas.address(bias)
-    head = [blas.GEMM_JOB, functions[item], functions["ilp64"], item, trans_a, trans_b]
+    head = [functions[item], functions["ilp64"], item, trans_a, trans_b]
     by_rows = m >= n
     size = m if by_rows else n
     rows = []
@@ -297,46 +294,6 @@ def column_sums(g):
     if g.dtype not in _FLOATS:
         return g.sum(axis=0)
     return np.ones(g.shape[0], g.dtype) @ g
-
-
-def prefetch(*views) -> bool:
-    """Starts reading `views` (NumPy arrays or views of them) into the CPU's caches on an idle
-    worker of the pool and returns at once: True if the worker took the job, False where there
-    is none to take it (one thread, NUMBA_DISABLE_JIT, the pool busy with another thread's call).
-    The data and the results of every kernel are unchanged; only where the bytes sit changes.
-    The pool holds the arrays until the next call that needs its worker (which ends the job if
-    it is still running), so that the worker never reads memory freed under it.
-
-    Each view is read as its segments, the runs of contiguous bytes of its last axes, one after
-    another; segment s of every view comes before segment s + 1 of any, so data consumed in that
-    order arrives in that order (a KV cache's keys and values layer by layer, `DenseKVCache`).
-    The leading axes must step evenly over the segments (a slice of trailing axes of a
-    C-ordered array does). Why and when it pays: `pool.Pool.prefetch`."""
-    if not views or _num_threads() < 2:
-        return False
-    pool = get_pool(1)
-    if not pool.compiled:
-        return False
-    arrays = [np.asarray(v) for v in views]
-    return pool.prefetch([_region(x, i) for i, x in enumerate(arrays)], arrays)
-
-
-def _region(x, i):
-    """(address, segments, bytes per segment, stride in bytes) of view x for `prefetch`."""
-    if x.size == 0:
-        return (0, 0, 0, 0)
-    axes = [(n, st) for n, st in zip(x.shape, x.strides) if n != 1]
-    seg = x.itemsize
-    while axes and axes[-1][1] == seg:           # the contiguous trailing axes: one segment
-        seg *= axes.pop()[0]
-    count, stride = 1, (axes[-1][1] if axes else 0)
-    for n, st in reversed(axes):                 # the leading axes: one even step
-        if st != stride * count or st <= 0:
-            raise ValueError(f"prefetch: view {i} (shape {x.shape}, strides {x.strides}) does not step "
-                             "evenly over runs of its last axes; pass a slice of the trailing axes of a "
-                             "C-ordered array, or np.ascontiguousarray(view)")
-        count *= n
-    return (x.ctypes.data, count, seg, stride)
 
 
 def matmul_backward(a, b, g):

@@ -4,7 +4,7 @@ two OpenBLAS builds a pip install brings (`dot`, at the end).
 
 Why: a range that starts in Python must wait for the GIL, and on the 2-core VM a thread waiting
 for the GIL sleeps on a futex that took tens of microseconds to wake: 0.1-0.2 ms per split GEMM,
-3-4 ms of a GPT `tiny` step. Here a range of `minigrad.kernels.gemm` is a row of 16 int64 numbers
+3-4 ms of a GPT `tiny` step. Here a range of `minigrad.kernels.gemm` is a row of 15 int64 numbers
 (a *descriptor*: the BLAS function's address, the shapes, the operands' addresses and leading
 dimensions), and `run_gemm` is a nogil Numba function that calls `cblas_sgemm`/`cblas_dgemm`
 through that address. The pool's spinning workers (`pool._serve`) run it the moment they see the
@@ -17,7 +17,7 @@ calls, with 64-bit integers (its ILP64 build, symbols `scipy_cblas_?gemm64_`) or
 ranges in Python instead. The addresses are arguments, not constants of the compiled code, so it
 is cached on disk like every kernel and stays right when the library moves.
 
-Descriptor row (all int64): KIND (GEMM_JOB), FN (the ?gemm address), ILP64 (1: 64-bit integers),
+Descriptor row (all int64): FN (the ?gemm address), ILP64 (1: 64-bit integers),
 ITEMSIZE (4 or 8), TRANS_A, TRANS_B (CblasNoTrans 111 / CblasTrans 112), M, N, K, A, LDA, B, LDB,
 C, LDC (addresses and leading dimensions, row-major as CBLAS counts them), BIAS (the address of
 the N bias values of this range's columns, 0 for none). C = op(A) op(B) (+ bias broadcast over
@@ -36,9 +36,8 @@ from numba.extending import intrinsic
 
 from .._numba_cache import njit
 
-SLOTS = 16
-KIND, FN, ILP64, ITEMSIZE, TRANS_A, TRANS_B, M, N, K, A, LDA, B, LDB, C, LDC, BIAS = range(SLOTS)
-GEMM_JOB, TOUCH_JOB = 1, 2       # values of KIND: a GEMM range; a prefetch (`pool.Pool.prefetch`)
+SLOTS = 15
+FN, ILP64, ITEMSIZE, TRANS_A, TRANS_B, M, N, K, A, LDA, B, LDB, C, LDC, BIAS = range(SLOTS)
 ROW_MAJOR, NO_TRANS, TRANS = 101, 111, 112                 # the CBLAS enums
 
 

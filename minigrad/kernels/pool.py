@@ -26,9 +26,7 @@ Protocol, per worker i (the caller is always one extra thread: it runs the last 
 
 A Python job is known by its number, not by a kind written beside it: a worker that wakes late
 for a GEMM range the caller has already run could otherwise read the kind of the next job
-before its number is published, run that job early and then find it gone. One more compiled
-job, a prefetch (`Pool.prefetch`), is handed to worker 0 without waiting for it; the next call
-that needs the worker drops it or stops it first (`Pool._settle`).
+before its number is published, run that job early and then find it gone.
 
 The counters are int64 NumPy arrays read with an atomic acquire load inside a nogil Numba loop
 (`_serve`, `_spin_until_changed`), so spinning holds no GIL and the compiler cannot hoist the
@@ -47,16 +45,14 @@ import os
 import threading
 import time
 
-import numba
 import numpy as np
 from numba.core import cgutils, config, types
 from numba.extending import intrinsic
 
 from .._numba_cache import njit
-from .blas import GEMM_JOB, KIND, SLOTS, TOUCH_JOB, _pointer_to, run_gemm
+from .blas import SLOTS, run_gemm
 
 SPIN_SECONDS = 2e-3   # about OpenBLAS's default spin (2^22 cycles): longer than the Python between ops
-MAX_REGIONS = 8       # regions of one prefetch (`Pool.prefetch`)
 
 
 @intrinsic
@@ -95,7 +91,7 @@ def _compare_and_swap(typingctx, arr, i, expected, value):
 
 @njit(nogil=True, cache=True)
 def _claim(claimed, i, job):
-    """Take compiled job number `job` of worker i: True for exactly one of the threads that try
+    """Take GEMM job number `job` of worker i: True for exactly one of the threads that try
     (the worker, or the caller when the worker has not started it), which then runs it.
     claimed[i] only ever grows, so a swap from the value read fails when the other thread took
     this job first, and a worker that read job J, was held up, and tries again after the caller
@@ -107,8 +103,8 @@ def _claim(claimed, i, job):
 
 @njit(nogil=True, cache=True)
 def _publish(gen, i):
-    """gen[i] += 1 as a release store: every write of the job before it (desc, table,
-    python_job, jobs) is visible to the worker that reads the new number (x86 keeps stores in
+    """gen[i] += 1 as a release store: every write of the job before it (desc, python_job,
+    jobs) is visible to the worker that reads the new number (x86 keeps stores in
     order anyway; ARM does not)."""
     _store_release(gen, i, gen[i] + 1)
 
@@ -131,47 +127,13 @@ def _spin_until_changed(counters, i, old, max_iter):
     return _load_acquire(counters, i) != old
 
 
-_u8_pointer = _pointer_to(types.uint8)
-LINE = 64   # bytes per cache line on x86-64 and most ARM cores: one read brings in the whole line
-
-
 @njit(nogil=True, cache=True)
-def _touch(table, stop, i, job):
-    """Reads one byte of every cache line of the regions in `table`, rows (address, segments,
-    bytes per segment, stride in bytes), segment s of every row before segment s + 1 of any, so
-    that regions consumed in that order arrive in that order; stops early once stop[i] == job
-    (the caller wants the worker back), checked every 64 KiB. Each segment's first byte, then
-    the first byte of each later line it reaches: one read per line whatever the alignment.
-    Returns the bytes of the lines read, and the xor of the bytes read: kept (`Pool.touched`),
-    so that the compiler cannot drop the reads."""
-    most = 0
-    for r in range(table.shape[0]):
-        most = max(most, table[r, 1])
-    lines, fold = 0, 0
-    for seg in range(most):
-        for r in range(table.shape[0]):
-            if seg >= table[r, 1]:
-                continue
-            start, size = table[r, 0] + seg * table[r, 3], table[r, 2]
-            region = numba.carray(_u8_pointer(start), size)
-            b = 0
-            while b < size:
-                if lines % 1024 == 0 and _load_acquire(stop, i) == job:
-                    return lines * LINE, fold
-                fold ^= region[b]
-                lines += 1
-                b += LINE - (start + b) % LINE               # the next line's first byte
-    return lines * LINE, fold
-
-
-@njit(nogil=True, cache=True)
-def _serve(gen, done, claimed, python_job, desc, table, stop, touched, i, seen, max_iter):
+def _serve(gen, done, claimed, python_job, desc, i, seen, max_iter):
     """Worker i's spin loop. As soon as gen[i] moves past `seen`: a Python job (python_job[i]
     holds its number) returns its number, for the worker's Python loop to run; a GEMM range
-    (desc[i] of kind GEMM_JOB) runs here, without the GIL, unless the caller has claimed it
-    first; a prefetch (kind TOUCH_JOB) reads `table`'s regions (`_touch`) into touched[i].
-    Returns `seen` after max_iter polls with nothing to do. Yields the core every 32nd poll,
-    as `_spin_until_changed`."""
+    (desc[i]) runs here, without the GIL, unless the caller has claimed it first. Returns `seen`
+    after max_iter polls with nothing to do. Yields the core every 32nd poll, as
+    `_spin_until_changed`."""
     polls = 0
     while polls < max_iter:
         job = _load_acquire(gen, i)
@@ -179,10 +141,7 @@ def _serve(gen, done, claimed, python_job, desc, table, stop, touched, i, seen, 
             if python_job[i] == job:
                 return job
             if _claim(claimed, i, job):
-                if desc[i, KIND] == GEMM_JOB:
-                    run_gemm(desc, i)
-                else:
-                    touched[i, 0], touched[i, 1] = _touch(table, stop, i, job)
+                run_gemm(desc, i)
                 _store_release(done, i, job)
             seen, polls = job, 0
             continue
@@ -213,15 +172,10 @@ class Pool:
         self.workers = workers
         self.gen = np.zeros(workers, np.int64)    # jobs handed to worker i so far
         self.done = np.zeros(workers, np.int64)   # jobs worker i has finished
-        self.claimed = np.zeros(workers, np.int64)  # the last compiled job of worker i taken (`_claim`)
+        self.claimed = np.zeros(workers, np.int64)  # the last GEMM job of worker i taken (`_claim`)
         self.python_job = np.full(workers, -1, np.int64)  # the number of worker i's last Python job
         self.jobs = [None] * workers
-        self.desc = np.zeros((workers, SLOTS), np.int64)  # worker i's compiled job: kind, a GEMM range
-        self.table = np.zeros((MAX_REGIONS, 4), np.int64)  # worker 0's prefetch regions (`_touch`)
-        self.stop = np.full(workers, -1, np.int64)         # stop[i] == job: end that prefetch early
-        self.touched = np.zeros((workers, 2), np.int64)    # bytes read by worker i's last prefetch
-        self.prefetching = False                   # worker 0 may still run a prefetch (`_settle`)
-        self.held = None                           # that prefetch's arrays: alive until it has ended
+        self.desc = np.zeros((workers, SLOTS), np.int64)  # worker i's GEMM range (`blas.py`)
         self.errors = [None] * workers
         self.sleeping = [False] * workers
         self.cond = threading.Condition()
@@ -232,8 +186,7 @@ class Pool:
         # that lock taken for good, and the child's first kernel waited on it.
         set_blas = _single_thread_blas()
         if self.spin_iters:
-            _serve(self.gen, self.done, self.claimed, self.python_job, self.desc, self.table, self.stop,
-                   self.touched, 0, 0, 0)
+            _serve(self.gen, self.done, self.claimed, self.python_job, self.desc, 0, 0, 0)
         for i in range(workers):
             threading.Thread(target=self._loop, args=(i, set_blas), daemon=True,
                              name=f"minigrad-kernel-{i}").start()
@@ -245,8 +198,8 @@ class Pool:
         while True:
             job = seen
             if self.spin_iters:  # runs compiled jobs until a Python job comes or the spin ends
-                job = int(_serve(self.gen, self.done, self.claimed, self.python_job, self.desc, self.table,
-                                 self.stop, self.touched, i, seen, self.spin_iters))
+                job = int(_serve(self.gen, self.done, self.claimed, self.python_job, self.desc, i, seen,
+                                 self.spin_iters))
                 if self.python_job[i] != job:   # the spin ended: `job` is the last compiled job seen
                     seen = job
             if job == seen:
@@ -277,7 +230,6 @@ class Pool:
             kernel(*args, bounds[0], bounds[-1])
             return
         try:
-            self._settle()
             for i in range(n - 1):
                 self.jobs[i] = (kernel, args + (bounds[i], bounds[i + 1]))
                 self.python_job[i] = self.gen[i] + 1
@@ -315,8 +267,7 @@ class Pool:
                 run_gemm(desc, k)
             return
         try:
-            self._settle()
-            self.desc[:n - 1] = desc[:n - 1]  # (KIND = GEMM_JOB in each row)
+            self.desc[:n - 1] = desc[:n - 1]
             for i in range(n - 1):
                 self._hand_over(i)
             run_gemm(desc, n - 1)
@@ -329,51 +280,6 @@ class Pool:
                     self._wait(i)
         finally:
             self.busy.release()
-
-    def prefetch(self, regions, arrays) -> bool:
-        """Has worker 0 read `regions`, rows (address, segments, bytes per segment, stride in
-        bytes), into the CPU's caches (`_touch`), and returns at once, without waiting: True if
-        the worker got the job, False when the pool is busy (another thread's call) or not
-        `compiled`. The next `prefetch`, `run` or `run_gemms` ends a prefetch still running
-        (`_settle`); until then the pool holds `arrays`, the objects the regions lie in, so that
-        the worker never reads memory that was freed under it.
-
-        Why: a decoding step reads every cached key and value once, and between two steps
-        other work (and, on a shared host, other guests) evicts them, so they come from memory:
-        at GPT `small` and 1,024 positions 4 MiB per token, ~0.1 ms per layer on the 2-core VM
-        against ~35 us from the caches. The worker, idle during decoding, reads them while the
-        caller runs the token's first layers; the caller then finds them in the shared L3
-        cache. A helper thread that runs ahead to prefetch: the idea of "speculative
-        precomputation" (Collins et al., ISCA 2001), here with the addresses known outright."""
-        if len(regions) > MAX_REGIONS:
-            raise ValueError(f"prefetch: at most {MAX_REGIONS} regions, got {len(regions)}")
-        if not self.compiled or not self.busy.acquire(blocking=False):
-            return False
-        try:
-            self._settle()
-            self.table[:] = 0
-            self.table[:len(regions)] = regions
-            self.desc[0, KIND] = TOUCH_JOB
-            self.held = arrays
-            self._hand_over(0)
-            self.prefetching = True
-        finally:
-            self.busy.release()
-        return True
-
-    def _settle(self):
-        """Worker 0 free for a new job (called holding `busy`): a prefetch it has not started is
-        dropped (claimed), one it is running is told to stop (`stop`) and waited for; then its
-        arrays are let go."""
-        if not self.prefetching:
-            return
-        job = self.gen[0]
-        if _claim(self.claimed, 0, job):
-            self.done[0] = job
-        else:
-            self.stop[0] = job
-            self._wait(0)
-        self.prefetching, self.held = False, None
 
     def _hand_over(self, i):
         """Publish worker i's job (jobs[i] and desc[i] are written): bump gen[i], waking it if asleep."""
