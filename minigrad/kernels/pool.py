@@ -197,10 +197,10 @@ class Pool:
         seen = 0
         while True:
             job = seen
-            if self.spin_iters:  # runs compiled jobs until a Python job comes or the spin ends
+            if self.spin_iters:  # runs GEMM ranges until a Python job comes or the spin ends
                 job = int(_serve(self.gen, self.done, self.claimed, self.python_job, self.desc, i, seen,
                                  self.spin_iters))
-                if self.python_job[i] != job:   # the spin ended: `job` is the last compiled job seen
+                if self.python_job[i] != job:   # the spin ended: `job` is the last GEMM range seen
                     seen = job
             if job == seen:
                 with self.cond:
@@ -210,7 +210,7 @@ class Pool:
                     self.sleeping[i] = False
                 job = int(self.gen[i])
             if self.python_job[i] != job:
-                continue  # woken for a compiled job: `_serve` runs it
+                continue  # woken for a GEMM range: `_serve` runs it
             fn, args = self.jobs[i]
             self.jobs[i] = None
             try:
