@@ -126,8 +126,8 @@ def load_average() -> str:
     return " ".join(f"{x:.1f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
 
 
-def median_time(fn, repeat: int, warmup: int = 2) -> float:
-    """Median seconds of `fn()` over `repeat` runs after `warmup` runs, on `CLOCK`."""
+def run_times(fn, repeat: int, warmup: int = 2) -> list:
+    """Seconds of each of `repeat` runs of `fn()` after `warmup` runs, on `CLOCK`."""
     for _ in range(warmup):
         fn()
     times = []
@@ -136,7 +136,12 @@ def median_time(fn, repeat: int, warmup: int = 2) -> float:
         t0 = CLOCK()
         fn()
         times.append(CLOCK() - t0)
-    return statistics.median(times)
+    return times
+
+
+def median_time(fn, repeat: int, warmup: int = 2) -> float:
+    """Median seconds of `fn()` over `repeat` runs after `warmup` runs, on `CLOCK`."""
+    return statistics.median(run_times(fn, repeat, warmup))
 
 
 def peak_traced_mb(fn) -> float:

@@ -6,11 +6,12 @@
 What is measured. For each preset (`models.gpt.preset`: model shape and batch size) every
 implementation trains the same architecture (pre-LN GPT-2 block, GELU(tanh), tied head, causal
 attention) with AdamW (lr 3e-4, betas (0.9, 0.95), weight decay 0.1) on random tokens: training
-tokens/s = B*T / the median step time over the timed steps after the warm-up steps, and the peak
-resident memory of the process (Linux: VmHWM). Then KV-cache generation at `small` (batch 1,
-16-token prompt, 100 new tokens, sampling at temperature 1): new tokens/s, median of 3 runs after
-one warm-up. A minigrad step is `models.training.Trainer.train_step`, the step every minigrad
-training run takes, with the optimizer a user builds: `optim.create("adamw", params)` (the fused
+tokens/s = B*T / the median step time over the timed steps after the warm-up steps (and, in a
+second row, B*T / the mean step time, which counts a step held up by a stalled thread in full),
+and the peak resident memory of the process (Linux: VmHWM). Then KV-cache generation at `small`
+(batch 1, 16-token prompt, 100 new tokens, sampling at temperature 1): new tokens/s, median (and
+mean) of 3 runs after one warm-up. A minigrad step is `models.training.Trainer.train_step`, the
+step every minigrad training run takes, with the optimizer a user builds: `optim.create("adamw", params)` (the fused
 kernel `minigrad.kernels.adam_step` per parameter on the numba backend, its NumPy update on the
 numpy backend). PyTorch runs `torch.optim.AdamW` (its CPU default, the for-loop implementation).
 
@@ -45,7 +46,7 @@ import tempfile
 import time
 
 from bench import kernels as bench_kernels
-from bench.kernels import median_time
+from bench.kernels import run_times
 
 PRESET_STEPS = {"tiny": 30, "small": 12, "medium": 5}
 PROMPT_TOKENS = 16  # of the generation case
@@ -225,17 +226,18 @@ def worker(impl: str, case: str, args) -> None:
     bench_kernels.configure_worker(impl, args.threads)
     if case == "generate":
         run = torch_generate(args.gen_tokens) if impl == "torch" else minigrad_generate(impl, args.gen_tokens)
-        tokens, seconds = args.gen_tokens, median_time(run, 3, 1)
+        tokens, times = args.gen_tokens, run_times(run, 3, 1)
     elif case.startswith("train:"):
         name = case.removeprefix("train:")
         if impl == "torch":
             step, tokens = torch_trainer(name)
         else:
             step, tokens, _ = minigrad_trainer(name, impl)
-        seconds = median_time(step, args.steps or PRESET_STEPS.get(name, 5), args.warmup)
+        times = run_times(step, args.steps or PRESET_STEPS.get(name, 5), args.warmup)
     else:
         raise ValueError(f"bench.train --worker: case must be 'train:<preset>' or 'generate', got {case!r}")
-    print(json.dumps({"tokens_per_s": tokens / seconds, "peak_rss_mb": peak_rss_mb()}))
+    print(json.dumps({"tokens_per_s": tokens / statistics.median(times),
+                      "tokens_per_s_mean": tokens * len(times) / sum(times), "peak_rss_mb": peak_rss_mb()}))
 
 
 # ----------------------------------------------------------------------------- start-up
@@ -354,8 +356,10 @@ def main(argv=None):
     print(bench_kernels.header("bench.train", argv, args.threads, args.clock, load0))
     print(f"Each implementation in its own fresh process per case and round, the order alternating "
           f"between rounds; medians over {args.rounds} rounds. Training: tokens/s = B*T / median step "
-          f"time over the timed steps ({steps}) after the warm-up steps ({args.warmup}). Generation: "
-          f"{args.gen_tokens} new tokens, median of 3 runs after 1 warm-up. numba / PyTorch: the "
+          f"time over the timed steps ({steps}) after the warm-up steps ({args.warmup}); the row under "
+          "it divides by the mean step instead, so a step held up by a stalled thread or the "
+          f"machine counts in full. Generation: {args.gen_tokens} new tokens, median (then mean) of 3 "
+          "runs after 1 warm-up. numba / PyTorch: the "
           "ratio of the medians (higher is better), in brackets the ratio in each round. Peak RSS: "
           "the whole worker process (interpreter, the libraries that implementation loads, model, "
           "optimizer state, activations).")
@@ -367,6 +371,9 @@ def main(argv=None):
         name = "generate `small` with KV cache" if case == "generate" else f"train `{preset_name}`"
         ratio = bench_kernels.ratio_cell(values(case, "numba", "tokens_per_s"), values(case, "torch", "tokens_per_s"))
         print(f"| {name}, tokens/s | {cells(case, 'tokens_per_s')} | {ratio} |")
+        ratio = bench_kernels.ratio_cell(values(case, "numba", "tokens_per_s_mean"),
+                                         values(case, "torch", "tokens_per_s_mean"))
+        print(f"| {name}, tokens/s from the mean step (stalls count) | {cells(case, 'tokens_per_s_mean')} | {ratio} |")
         print(f"| {name}, peak RSS (MB) | {cells(case, 'peak_rss_mb')} | |")
     if startup:
         print()
