@@ -11,6 +11,11 @@ dir, while it decorates that kernel, and puts the setting back afterwards: other
 kernels cache where they would have. A cache directory chosen by the user (NUMBA_CACHE_DIR)
 always wins; with no writable place at all the kernel is compiled at every start.
 
+Numba keys a cached kernel on its own source file only, so a kernel that compiles in a helper of
+another file kept the helper's old code after an edit. While it decorates a kernel, `njit` also
+selects the locators of `minigrad._numba_locators`, whose stamp covers every source file beside
+the kernel and in `minigrad/kernels`.
+
 This module imports only the standard library until a kernel is decorated (a leaf of the
 import graph: `minigrad.kernels` and `minigrad.precision` both use it).
 """
@@ -49,23 +54,25 @@ def _choose_cache_dir(source_dir: str) -> str | None:
 
 
 def njit(**options):
-    """`numba.njit(**options)`; with `cache=True` the kernel caches in a writable place (above)."""
+    """`numba.njit(**options)`; with `cache=True` the kernel caches in a writable place (above),
+    stamped with its neighbours' sources (`minigrad._numba_locators`)."""
     import numba
     from numba.core import config
 
-    if not options.get("cache") or config.CACHE_DIR:
+    if not options.get("cache"):
         return numba.njit(**options)
 
     def decorate(fn):
-        cache_dir = _choose_cache_dir(os.path.dirname(os.path.abspath(inspect.getfile(fn))))
-        if cache_dir == "":
-            return numba.njit(**options)(fn)
+        from ._numba_locators import LOCATORS
+
+        cache_dir = config.CACHE_DIR or _choose_cache_dir(os.path.dirname(os.path.abspath(inspect.getfile(fn))))
         if cache_dir is None:  # nowhere to write: compiled at every start instead
             return numba.njit(**{**options, "cache": False})(fn)
-        config.CACHE_DIR = cache_dir
+        saved = config.CACHE_DIR, config.CACHE_LOCATOR_CLASSES
+        config.CACHE_DIR, config.CACHE_LOCATOR_CLASSES = cache_dir, LOCATORS
         try:
             return numba.njit(**options)(fn)
         finally:
-            config.CACHE_DIR = ""
+            config.CACHE_DIR, config.CACHE_LOCATOR_CLASSES = saved
 
     return decorate

@@ -1,5 +1,5 @@
-"""The backend switch: environment variable, set_backend, NUMBA_DISABLE_JIT, cache directory,
-import without side effects, configure_runtime,
+"""The backend switch: environment variable, set_backend, NUMBA_DISABLE_JIT, cache directory and
+its invalidation, import without side effects, configure_runtime,
 and that the numba backend's fused ops agree with the numpy backend's on the same inputs."""
 import glob
 import os
@@ -191,6 +191,32 @@ def test_kernels_cache_in_the_fallback_dir_and_load_from_it(tmp_path):
     assert runs[0] == ["0", "1", "''"]   # compiled, and written to the fallback directory
     assert runs[1] == ["1", "0", "''"]   # loaded from it
     assert any(f.endswith(".nbi") for _, _, files in os.walk(tmp_path / "minigrad" / "numba") for f in files)
+
+
+def test_an_edited_helper_in_another_file_reaches_the_cached_kernel_that_calls_it(tmp_path):
+    """Numba's cache alone keys a kernel on its own file: after an edit of a helper in another
+    file, the cached caller kept the helper's old code (this printed 10 twice). minigrad's njit
+    stamps a kernel with every source file beside it and in minigrad/kernels, so the second
+    process compiles the caller again, and a third loads that from the cache."""
+    (tmp_path / "helper.py").write_text(
+        "from minigrad._numba_cache import njit\n\n@njit(cache=True)\ndef g():\n    return 1\n")
+    (tmp_path / "caller.py").write_text(
+        "from minigrad._numba_cache import njit\nfrom helper import g\n\n"
+        "@njit(cache=True)\ndef f():\n    return 10 * g()\n\n"
+        "print(f(), sum(f.stats.cache_hits.values()))\n")
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"}
+
+    def run():
+        out = subprocess.run([sys.executable, "caller.py"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                             timeout=300)
+        assert out.returncode == 0, out.stderr
+        return out.stdout.split()
+
+    assert run() == ["10", "0"]       # compiled and cached
+    assert run() == ["10", "1"]       # loaded from the cache
+    (tmp_path / "helper.py").write_text((tmp_path / "helper.py").read_text().replace("return 1", "return 2"))
+    assert run() == ["20", "0"]       # the helper changed: compiled again
+    assert run() == ["20", "1"]
 
 
 def test_configure_runtime_malloc_respects_the_users_choice():

@@ -24,8 +24,10 @@ branch stops LLVM from vectorising any loop that divides (measured: the serial G
 slower than the same loop inside a `parallel=True` kernel, where Numba always uses the NumPy
 model). With it, x/0 gives inf or NaN as in NumPy, which the NaN/inf checks then see.
 
-Caching note: Numba's on-disk cache keys each kernel on its own source file only. After editing
-this file, delete the `__pycache__/*.nbi|*.nbc` files of the kernels (or touch them).
+Caching note: every kernel compiles these helpers in. Numba's on-disk cache alone keys a kernel
+on its own source file, so an edit here would not reach the cached kernels; minigrad's kernels
+cache with a stamp that covers every file of this package (`minigrad._numba_locators`), so they
+are compiled again after an edit here.
 """
 import math
 
