@@ -55,5 +55,8 @@ class UserWideLocator(_Fingerprinted, caching.UserWideCacheLocator):
     """In Numba's user-wide cache directory."""
 
 
-#: the value of Numba's `config.CACHE_LOCATOR_CLASSES` for minigrad's kernels, in Numba's order
-LOCATORS = ",".join(f"{__name__}.{cls.__name__}" for cls in (UserProvidedLocator, InTreeLocator, UserWideLocator))
+#: the value of Numba's `config.CACHE_LOCATOR_CLASSES` for minigrad's kernels, in Numba's order; a
+#: kernel with no source file on disk (a notebook cell, a zip import) takes Numba's own locator
+LOCATORS = ",".join([f"{__name__}.{cls.__name__}" for cls in (UserProvidedLocator, InTreeLocator, UserWideLocator)]
+                    + [f"numba.core.caching.{cls.__name__}"
+                       for cls in (caching.IPythonCacheLocator, caching.ZipCacheLocator)])

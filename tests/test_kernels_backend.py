@@ -219,6 +219,22 @@ def test_an_edited_helper_in_another_file_reaches_the_cached_kernel_that_calls_i
     assert run() == ["20", "1"]
 
 
+def test_a_kernel_imported_from_a_zip_still_caches(tmp_path):
+    """A kernel with no source file on disk takes Numba's own locator (here its zip locator):
+    the stamped locators alone found none, and decorating it raised."""
+    import zipfile
+
+    with zipfile.ZipFile(tmp_path / "kernels.zip", "w") as z:
+        z.writestr("zipped.py", "from minigrad._numba_cache import njit\n\n@njit(cache=True)\ndef f():\n    return 7\n")
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"}
+    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path / "kernels.zip"), env.get("PYTHONPATH", "")])
+    env["XDG_CACHE_HOME"] = str(tmp_path / "cache")      # where Numba's zip locator writes
+    out = subprocess.run([sys.executable, "-c", "import zipped; print(zipped.f())"], env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["7"]
+
+
 def test_configure_runtime_malloc_respects_the_users_choice():
     code = "from minigrad import backend; print(backend.tune_malloc())"
     assert _run(code, MINIGRAD_MALLOC="default") == "False"
