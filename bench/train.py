@@ -373,7 +373,9 @@ def main(argv=None):
         print(f"| {name}, tokens/s | {cells(case, 'tokens_per_s')} | {ratio} |")
         ratio = bench_kernels.ratio_cell(values(case, "numba", "tokens_per_s_mean"),
                                          values(case, "torch", "tokens_per_s_mean"))
-        print(f"| {name}, tokens/s from the mean step (stalls count) | {cells(case, 'tokens_per_s_mean')} | {ratio} |")
+        mean = "run" if case == "generate" else "step"
+        print(f"| {name}, tokens/s from the mean {mean} (stalls count) | {cells(case, 'tokens_per_s_mean')} "
+              f"| {ratio} |")
         print(f"| {name}, peak RSS (MB) | {cells(case, 'peak_rss_mb')} | |")
     if startup:
         print()

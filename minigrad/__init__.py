@@ -51,3 +51,5 @@ __all__ = [
     "add_saved_listener", "remove_saved_listener", "functional", "nn", "lora", "memory", "checkpoint",
     "set_backend", "get_backend", "use_backend", "configure_runtime",
 ]
+
+from . import _import_time  # noqa: E402,F401  (last: the moment minigrad was imported; see that module)

@@ -14,7 +14,9 @@ always wins; with no writable place at all the kernel is compiled at every start
 Numba keys a cached kernel on its own source file only, so a kernel that compiles in a helper of
 another file kept the helper's old code after an edit. While it decorates a kernel, `njit` also
 selects the locators of `minigrad._numba_locators`, whose stamp covers every source file beside
-the kernel and in `minigrad/kernels`.
+the kernel and in `minigrad/kernels` (a user's NUMBA_CACHE_LOCATOR_CLASSES is not used for
+them). Another library's kernel decorated in another thread at that very moment may take these
+settings too: it then caches in minigrad's directory, or is compiled again after an edit here.
 
 This module imports only the standard library until a kernel is decorated (a leaf of the
 import graph: `minigrad.kernels` and `minigrad.precision` both use it).
@@ -24,8 +26,11 @@ from __future__ import annotations
 import inspect
 import os
 import tempfile
+import threading
 
 __all__ = ["njit"]
+
+_CONFIG_LOCK = threading.Lock()   # guards Numba's config while `njit` changes it for one kernel
 
 
 def _writable_dir(path: str) -> bool:
@@ -68,11 +73,12 @@ def njit(**options):
         cache_dir = config.CACHE_DIR or _choose_cache_dir(os.path.dirname(os.path.abspath(inspect.getfile(fn))))
         if cache_dir is None:  # nowhere to write: compiled at every start instead
             return numba.njit(**{**options, "cache": False})(fn)
-        saved = config.CACHE_DIR, config.CACHE_LOCATOR_CLASSES
-        config.CACHE_DIR, config.CACHE_LOCATOR_CLASSES = cache_dir, LOCATORS
-        try:
-            return numba.njit(**options)(fn)
-        finally:
-            config.CACHE_DIR, config.CACHE_LOCATOR_CLASSES = saved
+        with _CONFIG_LOCK:  # two threads that set and restore in turn could leave the setting behind
+            saved = config.CACHE_DIR, config.CACHE_LOCATOR_CLASSES
+            config.CACHE_DIR, config.CACHE_LOCATOR_CLASSES = cache_dir, LOCATORS
+            try:
+                return numba.njit(**options)(fn)
+            finally:
+                config.CACHE_DIR, config.CACHE_LOCATOR_CLASSES = saved
 
     return decorate

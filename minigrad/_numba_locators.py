@@ -8,7 +8,9 @@ of them gave stale and silently wrong results until the caches were deleted by h
 locators are Numba's own, with a stamp that also holds one fingerprint of every `.py` file beside
 the kernel and in `minigrad/kernels`: an edit of any of them recompiles the kernels that could
 depend on it. `minigrad._numba_cache.njit` selects them (Numba's `CACHE_LOCATOR_CLASSES`) while it
-decorates a kernel, so other libraries' kernels cache as they would have.
+decorates a kernel, so other libraries' kernels cache as they would have. Not covered: a kernel
+with no source file on disk (a zip import, a notebook cell) takes Numba's own locators, stamped
+with its own source only.
 """
 from __future__ import annotations
 
@@ -16,31 +18,58 @@ import functools
 import glob
 import hashlib
 import os
+import time
 
 from numba.core import caching
+
+from ._import_time import IMPORTED_AT
 
 KERNELS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "kernels")
 
 
 @functools.lru_cache(maxsize=None)
-def sources_fingerprint(source_dir: str) -> str:
+def _file_hash(path: str, mtime_ns: int, size: int) -> bytes:
+    """SHA-256 of one file, read once per version (its mtime and size are part of the key)."""
+    try:
+        with open(path, "rb") as f:
+            return hashlib.sha256(f.read()).digest()
+    except OSError:                 # unreadable: its name alone counts
+        return b""
+
+
+def sources_fingerprint(source_dir: str) -> str | None:
     """SHA-256 of the name and content of every `.py` file in `source_dir` and in
-    `minigrad/kernels`, in order. Computed once per process and directory: a kernel edited while
-    a process runs is picked up by the next process."""
+    `minigrad/kernels`, in order; None when one of them changed after minigrad was imported.
+
+    Why None: a kernel is compiled from the code this process imported, not from the files on
+    disk. A kernel compiled after an edit (`models/paged_attention.py` compiles its own at the
+    first decoding step) would otherwise be cached under the new sources' fingerprint with the
+    old code. A file that vanished (or a dangling link) is skipped."""
+    now = time.time()
     digest = hashlib.sha256()
     for path in sorted({*glob.glob(os.path.join(source_dir, "*.py")), *glob.glob(os.path.join(KERNELS_DIR, "*.py"))}):
+        try:
+            st = os.stat(path)
+        except OSError:
+            continue
+        if IMPORTED_AT < st.st_mtime <= now:      # (a date in the future is no edit)
+            return None
         digest.update(path.encode())
-        with open(path, "rb") as f:
-            digest.update(hashlib.sha256(f.read()).digest())
+        digest.update(_file_hash(path, st.st_mtime_ns, st.st_size))
     return digest.hexdigest()
 
 
 class _Fingerprinted:
     """Mixin for a source-file locator: the stamp is Numba's (the file's hash) and the fingerprint
-    of its neighbours (`sources_fingerprint`)."""
+    of its neighbours (`sources_fingerprint`). When a neighbour was edited after this process
+    loaded its code, the stamp names this process and moment, so that it matches no cached
+    kernel and no later process loads what this one compiles."""
 
     def get_source_stamp(self):
-        return super().get_source_stamp(), sources_fingerprint(os.path.dirname(os.path.abspath(self._py_file)))
+        fingerprint = sources_fingerprint(os.path.dirname(os.path.abspath(self._py_file)))
+        if fingerprint is None:
+            fingerprint = f"sources edited while process {os.getpid()} ran, at {time.time()}"
+        return super().get_source_stamp(), fingerprint
 
 
 class UserProvidedLocator(_Fingerprinted, caching.UserProvidedCacheLocator):

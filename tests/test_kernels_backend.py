@@ -219,6 +219,59 @@ def test_an_edited_helper_in_another_file_reaches_the_cached_kernel_that_calls_i
     assert run() == ["20", "1"]
 
 
+def test_a_kernel_compiled_after_its_sources_changed_on_disk_is_not_cached_for_later_processes(tmp_path):
+    """A kernel is compiled from the code its process imported. When a source file beside it
+    changes while the process runs (here: after the import, before the kernel's first call and
+    decoration, as `models/paged_attention.py` decorates at the first decoding step), what it
+    compiles must not be stored under the new sources' stamp: the next process printed 10."""
+    (tmp_path / "helper.py").write_text(
+        "from minigrad._numba_cache import njit\n\n@njit(cache=True)\ndef g():\n    return 1\n")
+    (tmp_path / "caller.py").write_text(
+        "from minigrad._numba_cache import njit\nimport helper\n\n\ndef build():\n"
+        "    @njit(cache=True)\n    def f():\n        return 10 * helper.g()\n    return f\n")
+    edit_then_run = ("import pathlib, caller\n"
+                     "p = pathlib.Path('helper.py')\n"
+                     "p.write_text(p.read_text().replace('return 1', 'return 2'))\n"
+                     "print(caller.build()())\n")
+    run = "import caller\nf = caller.build()\nprint(f(), sum(f.stats.cache_hits.values()))\n"
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"}
+
+    def python(code):
+        out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+                             timeout=300)
+        assert out.returncode == 0, out.stderr
+        return out.stdout.split()
+
+    assert python(edit_then_run) == ["10"]      # the code this process imported
+    assert python(run) == ["20", "0"]           # the new sources, compiled anew
+    assert python(run) == ["20", "1"]           # and cached
+
+
+def test_config_is_restored_when_threads_decorate_kernels_at_once(tmp_path):
+    """`njit` sets Numba's cache settings while it decorates a kernel and puts them back; two
+    threads doing so in turn left minigrad's locators set for every later kernel of any library
+    (3 runs of 3 without the lock). A dangling link beside the kernels is skipped by the stamp."""
+    (tmp_path / "gone.py").symlink_to(tmp_path / "missing.py")
+    code = ("import sys, threading\n"
+            "from numba.core import config\n"
+            "from minigrad._numba_cache import njit\n"
+            "sys.setswitchinterval(1e-5)\n"
+            "before = config.CACHE_DIR, config.CACHE_LOCATOR_CLASSES\n"
+            "def make():\n"
+            "    for _ in range(300):\n"
+            "        njit(cache=True)(lambda: 1)\n"
+            "threads = [threading.Thread(target=make) for _ in range(2)]\n"
+            "[t.start() for t in threads]\n"
+            "[t.join() for t in threads]\n"
+            "print((config.CACHE_DIR, config.CACHE_LOCATOR_CLASSES) == before)\n")
+    (tmp_path / "decorate.py").write_text(code)
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"}
+    out = subprocess.run([sys.executable, "decorate.py"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["True"]
+
+
 def test_a_kernel_imported_from_a_zip_still_caches(tmp_path):
     """A kernel with no source file on disk takes Numba's own locator (here its zip locator):
     the stamped locators alone found none, and decorating it raised."""
