@@ -631,6 +631,36 @@ def test_a_job_is_claimed_once_and_never_after_a_later_one():
     assert _claim(claimed, 0, 1) and claimed.tolist() == [1, 3]
 
 
+def test_the_caller_waits_for_the_value_it_compared_not_a_second_read(monkeypatch):
+    """`Pool._wait` replayed at the worst moment: the worker stores its final done[i] just after
+    the caller compared done[i] with the job's number. Reading done[i] again for the spin's
+    "changed from" value gave the final value, and the spin waited for a change that never
+    came, 2^20 polls (~20 ms on the VM, 8% of GPT `tiny` steps). The spin must be given the
+    value that was compared."""
+    from types import SimpleNamespace
+
+    from minigrad.kernels import pool as pool_module
+
+    class WorkerFinishesAfterTheFirstRead:
+        reads = 0
+
+        def __getitem__(self, i):
+            self.reads += 1
+            return 4 if self.reads == 1 else 5          # job 5 done right after the first read
+
+    spun_from = []
+
+    def spin(counters, i, old, max_iter):
+        spun_from.append(old)
+        assert old != 5, "the spin waits for done[i] to leave the job's own number: it never will"
+        return counters[i] != old
+
+    monkeypatch.setattr(pool_module, "_spin_until_changed", spin)
+    pool = SimpleNamespace(gen=[5], done=WorkerFinishesAfterTheFirstRead(), spin_iters=1)
+    pool_module.Pool._wait(pool, 0)
+    assert spun_from == [4]
+
+
 FORK_RIGHT_AFTER_THE_POOL_STARTS = """
 import os, signal, sys, time
 from minigrad.kernels.pool import Pool, get_pool

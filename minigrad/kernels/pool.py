@@ -292,13 +292,18 @@ class Pool:
                 self.cond.notify_all()
 
     def _wait(self, i):
+        """Until worker i has finished its current job. The spin waits for done[i] to move from
+        the value just compared with the target: reading done[i] a second time for it, as this
+        did until 2026-12-07, could read the worker's final store, and the spin then waited for
+        a change that never came until its 2^20 polls ran out, ~20 ms on the 2-core VM (8% of
+        GPT `tiny` steps, which took 40-60 ms instead of ~25)."""
         target = self.gen[i]
         if not self.spin_iters:
             while self.done[i] != target:
                 time.sleep(0)
             return
-        while self.done[i] != target:
-            _spin_until_changed(self.done, i, self.done[i], 1 << 20)
+        while (seen := self.done[i]) != target:
+            _spin_until_changed(self.done, i, seen, 1 << 20)
 
 
 def _calibrate_spin() -> int:
