@@ -296,7 +296,7 @@ class Pool:
         the value just compared with the target: reading done[i] a second time for it, as this
         did until 2026-12-07, could read the worker's final store, and the spin then waited for
         a change that never came until its 2^20 polls ran out, ~20 ms on the 2-core VM (8% of
-        GPT `tiny` steps, which took 40-60 ms instead of ~25)."""
+        GPT `tiny` steps, which took 40-75 ms instead of ~25)."""
         target = self.gen[i]
         if not self.spin_iters:
             while self.done[i] != target:
