@@ -234,7 +234,15 @@ def machine_line(threads: int) -> str:
 
     return "; ".join([f"{cpu_model()}, {os.cpu_count()} logical CPUs, {threads} threads per process",
                       f"Python {platform.python_version()}", f"NumPy {np.__version__} ({numpy_blas()})",
-                      f"SciPy {scipy.__version__}", f"Numba {numba.__version__}", torch_build()])
+                      f"SciPy {scipy.__version__}", f"Numba {numba.__version__} (LLVM target {llvm_target()})",
+                      torch_build()])
+
+
+def llvm_target() -> str:
+    """The CPU that Numba compiles the kernels for (LLVM's name, e.g. znver4)."""
+    import llvmlite.binding as llvm
+
+    return llvm.get_host_cpu_name()
 
 
 def header(module: str, argv: list[str], threads: int, clock: str, load_before: str) -> str:

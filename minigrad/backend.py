@@ -273,16 +273,28 @@ def configure_runtime() -> dict:
             "numpy_blas": _BACKEND == "numba" and _single_thread_numpy_blas()}
 
 
-def cpu_model() -> str:
-    """The CPU's model name (``/proc/cpuinfo``, as ``lscpu`` shows it), for the tables that report
-    speed: a ratio measured on one CPU does not hold on another."""
+def cpu_model(cpuinfo: str = "/proc/cpuinfo") -> str:
+    """The CPU for the tables that report speed (a ratio measured on one CPU does not hold on
+    another): its model name as ``lscpu`` shows it, then the family and model numbers and whether
+    it has AVX-512, e.g. "AMD EPYC (family 25, model 17, AVX-512)". A virtual machine may show
+    a bare "AMD EPYC", and family 25 is both Zen 3 (EPYC 7003 is model 1) and Zen 4 (EPYC 9004
+    is model 17, with AVX-512), which run our kernels and PyTorch's at different speeds: the
+    numbers tell them apart. ``cpuinfo`` is the file to read (a test gives its own)."""
     import platform
 
+    fields = {}
     try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
+        with open(cpuinfo, encoding="utf-8") as f:
             for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+                if not line.strip():
+                    break  # the first processor's block is enough
+                key, _, value = line.partition(":")
+                fields.setdefault(key.strip(), value.strip())
     except OSError:
         pass
-    return platform.processor() or platform.machine() or "unknown CPU"
+    name = fields.get("model name") or platform.processor() or platform.machine() or "unknown CPU"
+    details = [f"{label} {fields[key]}" for label, key in (("family", "cpu family"), ("model", "model"))
+               if key in fields]
+    if "avx512f" in fields.get("flags", "").split():
+        details.append("AVX-512")
+    return f"{name} ({', '.join(details)})" if details else name

@@ -401,3 +401,22 @@ def test_backend_is_fixed_per_op_between_forward_and_backward():
     with mg.use_backend("numpy"):
         y.backward(np.ones((4, 6)))  # saved (x, mean, rstd) are consumed by the numba backward
     assert np.allclose(x.grad, 0.0, atol=1e-12)  # layer norm's rows are shift-invariant
+
+
+def test_cpu_model_names_family_model_and_avx512(tmp_path, monkeypatch):
+    """A VM's bare "AMD EPYC" is both Zen 3 and Zen 4: the speed tables' CPU line carries the
+    family and model numbers and AVX-512, read from the first processor's block only."""
+    from minigrad.backend import cpu_model
+
+    amd = tmp_path / "amd"
+    amd.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 17\n"
+                   "model name\t: AMD EPYC\nflags\t\t: fpu sse2 avx2 avx512f avx512bw\n\n"
+                   "processor\t: 1\ncpu family\t: 25\nmodel\t\t: 1\nmodel name\t: other\n")
+    assert cpu_model(str(amd)) == "AMD EPYC (family 25, model 17, AVX-512)"
+    intel = tmp_path / "intel"
+    intel.write_text("processor\t: 0\ncpu family\t: 6\nmodel\t\t: 158\n"
+                     "model name\t: Intel(R) Core(TM) i7-8700 CPU @ 3.20GHz\nflags\t\t: fma avx2\n")
+    assert cpu_model(str(intel)) == "Intel(R) Core(TM) i7-8700 CPU @ 3.20GHz (family 6, model 158)"
+    monkeypatch.setattr(platform, "processor", lambda: "")
+    monkeypatch.setattr(platform, "machine", lambda: "riscv64")
+    assert cpu_model(str(tmp_path / "absent")) == "riscv64"
