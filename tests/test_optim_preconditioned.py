@@ -241,7 +241,11 @@ def test_anderson_safeguard_rejects_a_point_whose_gradient_grew():
 
 
 def test_anderson_mixes_all_parameters_of_a_group_with_one_gamma():
-    """Two parameters in one group behave as their concatenation."""
+    """Two parameters in one group behave as their concatenation, up to rounding: the split
+    group sums two dot products where the whole one takes one, and the least-squares solve for
+    gamma (condition number up to kappa^2) amplifies that ulp-level difference. Measured 1.3e-12
+    after 15 steps on an AMD Zen 4 (AVX-512 BLAS paths; below 1e-12 elsewhere); a gamma per
+    parameter (two groups) is off by a factor of ~14."""
     h, b = quadratic(d=6, kappa=50.0, seed=3)
     split = {"a": np.zeros(2), "c": np.zeros(4)}
     whole = {"x": np.zeros(6)}
@@ -250,7 +254,7 @@ def test_anderson_mixes_all_parameters_of_a_group_with_one_gamma():
         g = h @ np.concatenate([split["a"], split["c"]]) - b
         o1.step({"a": g[:2], "c": g[2:]})
         o2.step({"x": h @ whole["x"] - b})
-    np.testing.assert_allclose(np.concatenate([split["a"], split["c"]]), whole["x"], rtol=1e-12)
+    np.testing.assert_allclose(np.concatenate([split["a"], split["c"]]), whole["x"], rtol=1e-10)
 
 
 # ----------------------------------------------------------------------------- all three
