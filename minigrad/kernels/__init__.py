@@ -452,7 +452,7 @@ def gelu_backward(x, dy):
 # spilled to L2, and skips more of the masked causal work. fwd+bwd against 64 x 64 on an AMD
 # EPYC Zen 4 (2 threads, three alternated rounds): GPT `tiny` / `small` / `medium` attention
 # (attention_qkv_*) 0.97x / 0.91x / 0.91x the time, (4, 12, 1024, 64) 0.97x; 48 x 48 and
-# 16 x 16 were slower than both (bench/README, fifth session).
+# 16 x 16 were slower than 32 x 32 (bench/README, fifth session).
 ATTN_BLOCK_Q = 32
 ATTN_BLOCK_K = 32
 
