@@ -467,7 +467,8 @@ def gpt_part(a, counts, data, report: Report, backend: str) -> dict:
              f"10 warmup steps then cosine decay to lr/10 (peak lr {a.lr:g}), clipping at norm 1, seed "
              f"{a.seed}. Bytes: what worker 0 sent per step (after the first, which also holds the initial "
              f"broadcast), beside the ring all-reduce's "
-             f"2(n-1)/n · N · {dtype.itemsize}. Wall time is the fit on worker 0 (the first run also "
+             f"2(n-1)/n · N · {dtype.itemsize} and the stop vote's one int64 (the ranks agree before "
+             f"every step whether a Ctrl-C stops them). Wall time is the fit on worker 0 (the first run also "
              f"compiles the kernels)" + (": simulated workers take turns on one core, so it measures no "
                                          "speed-up." if backend == "simulated" else "."), "",
              "| workers | final loss | max over steps of abs(loss - 1 worker) | final val loss | "
@@ -475,7 +476,7 @@ def gpt_part(a, counts, data, report: Report, backend: str) -> dict:
     for n, r in runs.items():
         per_step = np.diff(r["bytes_sent"])
         measured = int(per_step[-1]) if per_step.size else 0
-        formula = ring_traffic(n_params, n, 0)[0] * dtype.itemsize
+        formula = ring_traffic(n_params, n, 0)[0] * dtype.itemsize + ring_traffic(1, n, 0)[0] * 8
         diff = (f"{np.max(np.abs(np.array(r['train_loss']) - reference['train_loss'])):.1e}"
                 if reference is not None else "")
         lines.append(f"| {n} | {r['train_loss'][-1]:.6f} | {diff} | {r['val_loss'][-1]:.4f} | {measured:,} | "

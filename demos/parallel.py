@@ -66,7 +66,7 @@ from models.parallel.pipeline import (PipelineStage, clip_grad_norm_pp, expected
 from models.parallel.tensor import (TensorParallelGPT, check_tp_degree, clip_grad_norm_tp,  # noqa: E402
                                     tp_bytes_per_step)
 from models.training import Trainer, clip_grad_norm, lm_loss, pyplot, save_figure  # noqa: E402
-from models.training.distributed import data_parallel_trainer  # noqa: E402
+from models.training.distributed import any_rank, data_parallel_trainer  # noqa: E402
 from models.training.optimizers import build_optimizer  # noqa: E402
 from optim.dist.comm import ring_traffic  # noqa: E402
 from optim.dist.launcher import launch, mpi_world_size  # noqa: E402
@@ -102,9 +102,11 @@ def _optimizer(model, a):
     return build_optimizer("adamw", model, a.lr, weight_decay=0.1, beta2=0.99, seed=a.seed)
 
 
-def _trainer_options(a, lead: bool) -> dict:
-    """The schedule, seed and reporting every mode shares; only the lead worker reports."""
-    return {"steps": a.steps, "schedule": "cosine",
+def _trainer_options(a, comm) -> dict:
+    """The schedule, seed and reporting every mode shares; only the lead worker reports. With
+    several workers, a Ctrl-C stops all of them before the same step (`any_rank` over the world)."""
+    lead = comm.rank == 0
+    return {"steps": a.steps, "schedule": "cosine", "reduce_stop": any_rank(comm) if comm.size > 1 else None,
             "schedule_kwargs": {"warmup_steps": max(1, a.steps // 10), "min_ratio": 0.1}, "seed": a.seed,
             "progress": lead and not a.no_progress, "log_every": max(1, a.steps // 5) if lead else 0}
 
@@ -121,33 +123,33 @@ def train_mode(comm, mode, a, cfg, data, batch_size, schedule="1f1b") -> dict:
     if mode == "single":
         model = GPT(cfg, dtype=dtype, seed=a.seed)
         trainer = Trainer(model, lm_loss, _optimizer(model, a), batches,
-                          grad_hooks=[clip_grad_norm(a.clip)] if clip else [], **_trainer_options(a, lead))
+                          grad_hooks=[clip_grad_norm(a.clip)] if clip else [], **_trainer_options(a, comm))
     elif mode == "dp":
         model = GPT(cfg, dtype=dtype, seed=a.seed)
         trainer = data_parallel_trainer(comm, model, lm_loss, _optimizer(model, a), batches,
                                         grad_hooks=[clip_grad_norm(a.clip)] if clip else [],
-                                        **_trainer_options(a, lead))
+                                        **_trainer_options(a, comm))
     elif mode == "tp":
         model = TensorParallelGPT(cfg, comm, dtype=dtype, seed=a.seed)
         trainer = Trainer(model, lm_loss, _optimizer(model, a), batches,
                           grad_hooks=[clip_grad_norm_tp(model, a.clip)] if clip else [],
-                          **_trainer_options(a, lead))
+                          **_trainer_options(a, comm))
     elif mode == "dp-tp":
         t = a.tp_degree
         tp = comm.split(comm.rank // t)             # consecutive ranks: one TP group, one model
         dp = comm.split(comm.rank % t)              # the same TP rank of every group: one DP group
-        comms = [tp, dp]
+        comms = [tp, dp, comm]                     # the world carries the stop vote
         model = TensorParallelGPT(cfg, tp, dtype=dtype, seed=a.seed)
         trainer = data_parallel_trainer(dp, model, lm_loss, _optimizer(model, a), batches,
                                         grad_hooks=[clip_grad_norm_tp(model, a.clip)] if clip else [],
-                                        **_trainer_options(a, lead))
+                                        **_trainer_options(a, comm))
         extra["grid"] = {"tp_rank": tp.rank, "dp_rank": dp.rank}
     else:
         model = PipelineStage(comm, cfg, micro_batches=a.micro_batches, schedule=schedule, dtype=dtype,
                               seed=a.seed, track_memory=True)
         trainer = Trainer(model, pipeline_loss, _optimizer(model, a), batches,
                           grad_hooks=[clip_grad_norm_pp(model, a.clip)] if clip else [],
-                          **_trainer_options(a, lead))
+                          **_trainer_options(a, comm))
     meter = BytesMeter(comms)
     trainer.on_step = meter
     start = time.perf_counter()
@@ -155,13 +157,14 @@ def train_mode(comm, mode, a, cfg, data, batch_size, schedule="1f1b") -> dict:
     seconds = time.perf_counter() - start
     loss = np.array(trainer.history["train_loss"])
     if mode in ("dp", "dp-tp"):                     # each DP rank saw its shard: average once
-        loss = (comms[-1] if mode == "dp-tp" else comm).allreduce(loss, op="mean")
+        loss = (comms[1] if mode == "dp-tp" else comm).allreduce(loss, op="mean")
     if mode == "pp":
         extra.update(stage=model.stage, layers=model.layers, ops=model.last_ops, peak_stored=model.peak_stored,
                      peak_activation_bytes=model.peak_activation_bytes)
     name = f"pp {schedule}" if mode == "pp" else mode
     if lead:
-        print(f"[parallel] {name}: {comm.size} worker{'s' * (comm.size > 1)}, {a.steps} steps, {seconds:.1f} s")
+        steps = f"{trainer.step} of {a.steps} steps (stopped by a signal)" if trainer.interrupted else f"{a.steps} steps"
+        print(f"[parallel] {name}: {comm.size} worker{'s' * (comm.size > 1)}, {steps}, {seconds:.1f} s")
         print(f"final loss {loss[-1]:.6f}", flush=True)
     return {"mode": mode, "name": name, "workers": comm.size, "rank": comm.rank, "loss": loss.tolist(),
             "bytes_per_step": meter.per_step, "seconds": seconds, "n_local_params": model.num_parameters(),
@@ -174,21 +177,23 @@ def formula_bytes(run, cfg, batch_size, a, n_params) -> tuple[float, str]:
     b, T, s = batch_size, cfg.block_size, np.dtype(a.dtype).itemsize
     n = run["workers"]
     norm = ring_traffic(1, n, run["rank"])[0] * 8 if a.clip > 0 else 0       # the clipping norm
+    vote = ring_traffic(1, n, run["rank"])[0] * 8                           # the stop vote (any_rank)
     if run["mode"] == "single":
         return 0.0, "0"
     if run["mode"] == "dp":
-        return 2 * (n - 1) / n * n_params * s, "2(n-1)/n · N · s"
+        return 2 * (n - 1) / n * n_params * s + vote, "2(n-1)/n · N · s + vote"
     if run["mode"] == "tp":
-        return tp_bytes_per_step(cfg, b, T, n, s) + norm, "4L · 2(t-1)/t · B·T·C · s"
+        return tp_bytes_per_step(cfg, b, T, n, s) + norm + vote, "4L · 2(t-1)/t · B·T·C · s + vote"
     if run["mode"] == "pp":
         sent, _ = pipeline_bytes(cfg, b, T, a.micro_batches, n, run["stage"], s)
-        return sent + norm, "B·T·C · s to each neighbour stage + V·C · s (tied wte, first and last)"
+        return (sent + norm + vote,
+                "B·T·C · s to each neighbour stage + V·C · s (tied wte, first and last) + vote")
     t = a.tp_degree
     d = n // t
     tp_part = tp_bytes_per_step(cfg, b // d, T, t, s) + (ring_traffic(1, t, run["grid"]["tp_rank"])[0] * 8
                                                         if a.clip > 0 else 0)
-    return (tp_part + 2 * (d - 1) / d * run["n_local_params"] * s,
-            "4L · 2(t-1)/t · (B/d)·T·C · s + 2(d-1)/d · N_w · s")
+    return (tp_part + 2 * (d - 1) / d * run["n_local_params"] * s + vote,
+            "4L · 2(t-1)/t · (B/d)·T·C · s + 2(d-1)/d · N_w · s + vote")
 
 
 def bytes_table(runs, cfg, batch_size, a, n_params) -> str:
@@ -212,7 +217,9 @@ def bytes_table(runs, cfg, batch_size, a, n_params) -> str:
     lines += ["", f"dp-tp: t = {t} ranks per TP group, d = workers / t DP groups; N_w = the parameters one "
                   f"worker holds (its TP shard and the replicated embeddings, norms and biases"
                   + (f": {held:,}" if held else "") + "). tp and dp-tp add the clipping norm's all-reduce "
-                  "of one float64; pp the stages' norm all-reduce and the loss the last stage broadcasts."]
+                  "of one float64; pp the stages' norm all-reduce and the loss the last stage broadcasts. "
+                  "vote: every mode with several workers all-reduces one int64 over all of them before "
+                  "each step, so that a Ctrl-C stops them at the same step (ring: 2(n-1)/n · 8 bytes)."]
     return "\n".join(lines) + "\n"
 
 

@@ -10,7 +10,7 @@ from models.gpt import GPT, GPTConfig
 from models.training import CheckpointError, Trainer, clip_grad_norm, lm_loss, load_checkpoint
 from models.training.distributed import (data_parallel_trainer, rank_dir, restore_ranks,
                                          train_gpt_data_parallel)
-from optim.dist.comm import CommError, SimComm, WorkerError, ring_traffic
+from optim.dist.comm import CommError, DeadlockError, SimComm, WorkerError, ring_traffic
 from optim.dist.data_parallel import allreduce_grads, broadcast_params, shard_batches
 
 CFG = dict(n_layer=2, n_head=2, n_embd=16, block_size=8, vocab_size=11)
@@ -193,6 +193,38 @@ def test_only_rank_0_prints(capsys):
     assert sum("val loss" in ln for ln in lines) == 3
 
 
+def _stop_on_one_rank(vote):
+    """Two ranks; rank 1 alone asks to stop after its second step, as when a Ctrl-C reaches it
+    just after the other rank has passed the check before step 3. Returns (step reached,
+    interrupted) per rank."""
+    def worker(comm):
+        model = GPT(GPTConfig(**CFG), dtype=np.float64)
+
+        def signal_rank_1(tr):
+            if comm.rank == 1 and tr.step == 2:
+                tr.interrupted = True             # what Trainer's SIGINT handler sets
+
+        options = {} if vote else {"reduce_stop": None}
+        tr = data_parallel_trainer(comm, model, lm_loss, _optimizer("sgd", model), global_batches(4),
+                                   steps=6, progress=False, on_step=signal_rank_1, **options)
+        result = tr.fit()
+        return result.step, result.interrupted
+    return SimComm(2).run(worker)
+
+
+def test_a_stop_asked_on_one_rank_stops_every_rank_before_the_same_step():
+    assert _stop_on_one_rank(vote=True) == [(2, True), (2, True)]
+    # without the vote, rank 1 leaves and rank 0 waits for it in step 3's all-reduce
+    with pytest.raises(DeadlockError, match="no rank can go on.*rank 0 waits in allreduce"):
+        _stop_on_one_rank(vote=False)
+
+
+def test_reduce_stop_must_be_callable():
+    model = GPT(GPTConfig(**CFG))
+    with pytest.raises(TypeError, match="reduce_stop must be a callable"):
+        Trainer(model, lm_loss, _optimizer("sgd", model), global_batches(2), steps=1, reduce_stop=True)
+
+
 def test_a_time_budget_is_refused():
     model = GPT(GPTConfig(**CFG))
     with pytest.raises(WorkerError, match="ValueError.*time_budget.*disagree"):
@@ -239,7 +271,7 @@ def test_resume_refuses_ranks_at_different_steps_or_another_world_size(tmp_path)
 
 
 # ------------------------------------------------------------------ the demo's function
-def test_train_gpt_data_parallel_sends_one_parameter_allreduce_per_step():
+def test_train_gpt_data_parallel_sends_one_parameter_allreduce_and_one_stop_vote_per_step():
     text = "".join(chr(97 + (i * 7) % 13) for i in range(6000))
     data = TextData(text, block_size=64)
     out = SimComm(2).run(train_gpt_data_parallel, data, steps=3, batch_size=4, eval_every=2,
@@ -249,7 +281,7 @@ def test_train_gpt_data_parallel_sends_one_parameter_allreduce_per_step():
     for r, rec in enumerate(out):
         assert rec["workers"] == 2 and len(rec["train_loss"]) == 3 and rec["val_step"] == [0, 2, 3]
         assert rec["train_loss"] == out[0]["train_loss"] and rec["val_loss"] == out[0]["val_loss"]
-        per_step = ring_traffic(numel, 2, r)[0] * 4                 # float32 gradients
+        per_step = ring_traffic(numel, 2, r)[0] * 4 + ring_traffic(1, 2, r)[0] * 8   # float32 gradients, int64 vote
         start = numel * 4 if r == 0 else 0                           # rank 0 broadcast its weights
         assert np.diff([start, *rec["bytes_sent"]]).tolist() == [per_step] * 3
     with pytest.raises(WorkerError, match="global batch 6 does not split into 4"):

@@ -27,7 +27,10 @@ batch and keep their own rows of it (``optim.dist.data_parallel.shard_batches``)
 history holds the loss of its own shard; their mean is the global batch's loss.
 
 A wall-clock ``time_budget`` is refused: each rank would fit the schedule to its own measured
-speed and the ranks would disagree on the number of steps.
+speed and the ranks would disagree on the number of steps. For the same reason a Ctrl-C or
+SIGTERM is agreed on: before every step the ranks all-reduce their wish to stop (:func:`any_rank`),
+so that they all stop, and save, at the same step; a rank that stopped alone would leave the
+others waiting in that step's all-reduce.
 """
 from __future__ import annotations
 
@@ -43,12 +46,21 @@ from .checkpoint import CheckpointError, load_checkpoint
 from .optimizers import build_optimizer
 from .trainer import Trainer, clip_grad_norm, lm_loss
 
-__all__ = ["rank_dir", "data_parallel_trainer", "restore_ranks", "train_gpt_data_parallel"]
+__all__ = ["rank_dir", "any_rank", "data_parallel_trainer", "restore_ranks", "train_gpt_data_parallel"]
 
 
 def rank_dir(save_dir, rank: int) -> str:
     """The checkpoint directory of rank ``rank`` under ``save_dir``: ``save_dir/rank{rank}``."""
     return os.path.join(os.fspath(save_dir), f"rank{int(rank)}")
+
+
+def any_rank(comm):
+    """The Trainer's ``reduce_stop`` for the ranks of ``comm``: stop before the next step when any
+    rank asks to (a Ctrl-C or SIGTERM it received), all of them at the same step. One all-reduce
+    of one int64 per step: 2(n-1)/n · 8 bytes sent per rank."""
+    def reduce_stop(flag: bool) -> bool:
+        return bool(comm.allreduce(np.array([int(flag)], np.int64))[0] > 0)
+    return reduce_stop
 
 
 def data_parallel_trainer(comm, model, loss_fn, optimizer, global_batches, *, reducer=None,
@@ -68,7 +80,10 @@ def data_parallel_trainer(comm, model, loss_fn, optimizer, global_batches, *, re
     save_dir        checkpoints in ``save_dir/rank{r}``, with the world size in their meta
     progress        rank 0's tqdm bar (or its log lines every ``log_every`` steps); the other
                     ranks print nothing
-    trainer_kwargs  the rest of :class:`Trainer`'s arguments (steps, schedule, seed, ...)
+    trainer_kwargs  the rest of :class:`Trainer`'s arguments (steps, schedule, seed, ...);
+                    ``reduce_stop`` defaults to ``any_rank(comm)``: a Ctrl-C stops every rank
+                    before the same step (give the world's when ``comm`` is one group of a larger
+                    run, as tensor x data parallel does)
     """
     if trainer_kwargs.get("time_budget"):
         raise ValueError("data_parallel_trainer: a time_budget would let each rank fit the schedule to "
@@ -85,6 +100,7 @@ def data_parallel_trainer(comm, model, loss_fn, optimizer, global_batches, *, re
     else:
         sync = allreduce_grads(comm) if reducer is None else reducer
     lead = comm.rank == 0
+    trainer_kwargs.setdefault("reduce_stop", any_rank(comm))
     return Trainer(model, loss_fn, optimizer, shard_batches(global_batches, comm.rank, comm.size),
                    grad_hooks=[sync, *grad_hooks],
                    save_dir=None if save_dir is None else rank_dir(save_dir, comm.rank),

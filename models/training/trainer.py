@@ -178,6 +178,14 @@ class Trainer:
     save_every   with ``save_dir``: a checkpoint (:meth:`save`, with ``save_meta``) every k steps, so
                  a crash loses at most k steps
     on_step      ``on_step(trainer)`` after every optimizer step; ``on_eval(trainer, val_loss)``
+    reduce_stop  in a run over several processes, ``reduce_stop(flag) -> bool`` turns this
+                 process's wish to stop (a Ctrl-C or SIGTERM it received) into the decision of
+                 all of them, called once before every step on every rank, as Lightning's
+                 ``reduce_boolean_decision``: a signal reaches the ranks at slightly different
+                 moments, and a rank that stopped one step before the others would leave them
+                 waiting in that step's all-reduce. :func:`models.training.distributed.any_rank`
+                 (stop when any rank asks) is what ``data_parallel_trainer`` passes; None: this
+                 process decides alone
     progress     a tqdm bar; False prints a line every ``log_every`` steps (0: no lines at all,
                  e.g. on every rank but 0 of a distributed run)
     """
@@ -186,8 +194,8 @@ class Trainer:
                  schedule_kwargs=None, grad_hooks=(), eval_batches=None, eval_every: int = 250,
                  time_budget: float | None = None, start_time: float | None = None,
                  reserve_seconds: float = 25.0, autocast=None, seed: int = 0, save_every=None,
-                 save_dir=None, save_meta=None, on_step=None, on_eval=None, progress: bool = True,
-                 log_every: int = 50, tokens_per_step=None):
+                 save_dir=None, save_meta=None, on_step=None, on_eval=None, reduce_stop=None,
+                 progress: bool = True, log_every: int = 50, tokens_per_step=None):
         if int(steps) != steps or steps < 1:
             raise ValueError(f"Trainer: steps must be an integer >= 1, got {steps!r}")
         if int(eval_every) != eval_every or eval_every < 1:
@@ -209,6 +217,10 @@ class Trainer:
         self.reserve_seconds = reserve_seconds
         self.autocast = autocast
         self.on_step, self.on_eval = on_step, on_eval
+        if reduce_stop is not None and not callable(reduce_stop):
+            raise TypeError(f"Trainer: reduce_stop must be a callable flag -> bool such as "
+                            f"any_rank(comm), got {type(reduce_stop).__name__}")
+        self.reduce_stop = reduce_stop
         self.save_every, self.save_dir, self.save_meta = save_every, save_dir, save_meta
         self.progress, self.log_every = progress, log_every
         self.tokens_per_step = tokens_per_step
@@ -351,6 +363,8 @@ class Trainer:
                     t0 = time.perf_counter()
                     val_loss = evaluate_and_log()
                     t_eval = time.perf_counter() - t0
+                if self.reduce_stop is not None:     # every rank stops before the same step
+                    self.interrupted = bool(self.reduce_stop(self.interrupted))
                 if self.interrupted:
                     break
                 t0 = time.perf_counter()
