@@ -167,6 +167,7 @@ def train_mode(comm, mode, a, cfg, data, batch_size, schedule="1f1b") -> dict:
         print(f"[parallel] {name}: {comm.size} worker{'s' * (comm.size > 1)}, {steps}, {seconds:.1f} s")
         print(f"final loss {loss[-1]:.6f}", flush=True)
     return {"mode": mode, "name": name, "workers": comm.size, "rank": comm.rank, "loss": loss.tolist(),
+            "steps_done": trainer.step, "interrupted": trainer.interrupted,
             "bytes_per_step": meter.per_step, "seconds": seconds, "n_local_params": model.num_parameters(),
             **extra}
 
@@ -410,7 +411,9 @@ def run(a):
         if _mpi_rank() == 0:                        # every MPI process gets every rank's result
             name = ranks[0]["name"].replace(" ", "-")
             with open(os.path.join(a.out, f"parallel_{name}.json"), "w", encoding="utf-8") as f:
-                json.dump({"mode": a.mode, "preset": a.preset, "steps": a.steps, "batch_size": batch_size,
+                json.dump({"mode": a.mode, "preset": a.preset, "steps": a.steps,
+                           "steps_done": ranks[0]["steps_done"], "interrupted": ranks[0]["interrupted"],
+                           "batch_size": batch_size,
                            "dtype": a.dtype, "workers": len(ranks), "backend": "mpi" if world > 1 else "simulated",
                            "loss": ranks[0]["loss"], "bytes_per_step": [r["bytes_per_step"] for r in ranks]},
                           f, indent=1)

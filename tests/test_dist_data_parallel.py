@@ -193,30 +193,57 @@ def test_only_rank_0_prints(capsys):
     assert sum("val loss" in ln for ln in lines) == 3
 
 
-def _stop_on_one_rank(vote):
-    """Two ranks; rank 1 alone asks to stop after its second step, as when a Ctrl-C reaches it
-    just after the other rank has passed the check before step 3. Returns (step reached,
-    interrupted) per rank."""
+def _stop_on_one_rank(vote=True, at=2, steps=6, **options):
+    """Two ranks; rank 1 alone asks to stop after step ``at``, as when a Ctrl-C reaches it just
+    after the other rank has passed the check before the next step. Returns (step reached,
+    interrupted, validation steps) per rank."""
     def worker(comm):
         model = GPT(GPTConfig(**CFG), dtype=np.float64)
 
         def signal_rank_1(tr):
-            if comm.rank == 1 and tr.step == 2:
-                tr.interrupted = True             # what Trainer's SIGINT handler sets
+            if comm.rank == 1 and tr.step == at:
+                tr.interrupted = True             # a callback's stop; a signal's wish is agreed alike
 
-        options = {} if vote else {"reduce_stop": None}
         tr = data_parallel_trainer(comm, model, lm_loss, _optimizer("sgd", model), global_batches(4),
-                                   steps=6, progress=False, on_step=signal_rank_1, **options)
+                                   steps=steps, progress=False, on_step=signal_rank_1, eval_every=2,
+                                   eval_batches=[global_batches(2)(np.random.default_rng(9))],
+                                   **({} if vote else {"reduce_stop": None}), **options)
         result = tr.fit()
-        return result.step, result.interrupted
+        return result.step, result.interrupted, tr.history["val_step"]
     return SimComm(2).run(worker)
 
 
 def test_a_stop_asked_on_one_rank_stops_every_rank_before_the_same_step():
-    assert _stop_on_one_rank(vote=True) == [(2, True), (2, True)]
+    assert _stop_on_one_rank() == [(2, True, [0, 2])] * 2
     # without the vote, rank 1 leaves and rank 0 waits for it in step 3's all-reduce
     with pytest.raises(DeadlockError, match="no rank can go on.*rank 0 waits in allreduce"):
         _stop_on_one_rank(vote=False)
+
+
+def test_a_stop_asked_in_the_last_step_is_agreed_before_the_final_evaluation():
+    # without the vote after the loop, rank 0 would evaluate at step 6 and rank 1 would not
+    assert _stop_on_one_rank(at=6) == [(6, True, [0, 2, 4])] * 2
+
+
+def test_a_vote_every_h_steps_defers_the_stop_to_the_next_vote():
+    from models.training.distributed import any_rank
+
+    def every_3(comm):
+        return any_rank(comm, every=3)
+    # asked after step 1; the votes come before steps 0, 3, 6: both ranks stop at 3
+    out = SimComm(2).run(lambda comm: _vote_every(comm, every_3(comm)))
+    assert out == [(3, True)] * 2
+    with pytest.raises(ValueError, match="every must be an integer >= 1"):
+        any_rank(None, every=0)
+
+
+def _vote_every(comm, reduce_stop):
+    model = GPT(GPTConfig(**CFG), dtype=np.float64)
+    tr = data_parallel_trainer(comm, model, lm_loss, _optimizer("sgd", model), global_batches(4), steps=6,
+                               progress=False, reduce_stop=reduce_stop,
+                               on_step=lambda t: setattr(t, "interrupted", t.interrupted or (comm.rank == 1 and t.step == 1)))
+    result = tr.fit()
+    return result.step, result.interrupted
 
 
 def test_reduce_stop_must_be_callable():

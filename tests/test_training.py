@@ -426,3 +426,37 @@ def test_a_first_save_stopped_before_its_manifest_still_loads_and_fit_starts_uni
     _save_with_a_power_cut_before_the_manifest(tr, tmp_path, monkeypatch)
     assert not os.path.exists(tmp_path / "manifest.json")
     assert load_checkpoint(tmp_path).step == 3
+
+
+def test_a_rank_told_to_stop_by_the_vote_takes_its_own_late_ctrl_c_as_the_first():
+    """reduce_stop says "stop" although this process had no signal (another rank had one); this
+    process's own Ctrl-C, arriving just after, is its first, not a second one that aborts."""
+    import signal
+
+    model = _model()
+    tr = _trainer(model, _adamw(model), steps=3, eval_batches=None, reduce_stop=lambda flag: True)
+    tr._stop_requested = tr.interrupted = False
+    restore = tr._catch_signals()
+    try:
+        on_signal = signal.getsignal(signal.SIGINT)
+        assert tr._decide_stop()                   # the other ranks' decision
+        on_signal(signal.SIGINT, None)             # with the old handler: KeyboardInterrupt
+        assert tr._stop_requested
+        with pytest.raises(KeyboardInterrupt):     # a second Ctrl-C of its own still aborts
+            on_signal(signal.SIGINT, None)
+    finally:
+        restore()
+
+
+def test_a_stop_the_vote_defers_stands_until_it_is_granted():
+    votes = []
+
+    def grant_from_the_third_vote(flag):
+        votes.append(flag)
+        return flag and len(votes) >= 3
+
+    model = _model()
+    tr = _trainer(model, _adamw(model), steps=6, eval_batches=None, reduce_stop=grant_from_the_third_vote,
+                  on_step=lambda t: setattr(t, "interrupted", t.interrupted or t.step == 1))
+    res = tr.fit()
+    assert res.interrupted and res.step == 2 and votes == [False, True, True]

@@ -507,13 +507,15 @@ def train_pipeline(comm, config: GPTConfig, batches, *, steps: int, micro_batche
     ``GPT(config, dtype, seed)`` with ``build_optimizer(optimizer, model, lr, weight_decay,
     seed=seed)`` and ``Trainer(..., seed=seed)`` follows the same run. ``trainer_kwargs`` go to
     the :class:`~models.training.Trainer` (schedule, eval_batches, eval_every, ...; progress is off
-    by default: SimComm ranks are threads). ``max_grad_norm`` clips by the whole model's norm
+    by default: SimComm ranks are threads; ``reduce_stop`` is ``any_rank(comm)``, so a Ctrl-C
+    stops every stage before the same step). ``max_grad_norm`` clips by the whole model's norm
     (:func:`clip_grad_norm_pp`) before any ``grad_hooks`` given.
 
     Returns this rank's ``{"stage", "layers", "history", "ops", "peak_stored",
     "peak_activation_bytes", "bytes_per_step"}`` (and ``"params"``, the stage's final arrays, with
     ``keep_params``); ``bytes_per_step`` is (sent, received) in the last training batch."""
     from models.training import Trainer
+    from models.training.distributed import any_rank
     from models.training.optimizers import build_optimizer
     stage = PipelineStage(comm, config, micro_batches=micro_batches, schedule=schedule, dtype=dtype,
                           seed=seed, track_memory=track_memory)
@@ -522,7 +524,7 @@ def train_pipeline(comm, config: GPTConfig, batches, *, steps: int, micro_batche
     if max_grad_norm is not None:
         hooks.insert(0, clip_grad_norm_pp(stage, max_grad_norm))
     trainer = Trainer(stage, pipeline_loss, opt, batches, steps=steps, seed=seed, grad_hooks=hooks,
-                      **{"progress": False, **trainer_kwargs})
+                      **{"progress": False, "reduce_stop": any_rank(comm), **trainer_kwargs})
     trainer.fit()
     out = {"stage": stage.stage, "layers": stage.layers, "history": trainer.history,
            "ops": stage.last_ops, "peak_stored": stage.peak_stored,

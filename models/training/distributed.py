@@ -34,6 +34,7 @@ others waiting in that step's all-reduce.
 """
 from __future__ import annotations
 
+import itertools
 import os
 import time
 
@@ -54,11 +55,20 @@ def rank_dir(save_dir, rank: int) -> str:
     return os.path.join(os.fspath(save_dir), f"rank{int(rank)}")
 
 
-def any_rank(comm):
-    """The Trainer's ``reduce_stop`` for the ranks of ``comm``: stop before the next step when any
-    rank asks to (a Ctrl-C or SIGTERM it received), all of them at the same step. One all-reduce
-    of one int64 per step: 2(n-1)/n · 8 bytes sent per rank."""
+def any_rank(comm, every: int = 1):
+    """The Trainer's ``reduce_stop`` for the ranks of ``comm``: stop when any rank asks to (a
+    Ctrl-C or SIGTERM it received), all of them at the same step. It votes at every ``every``-th
+    call (the Trainer calls it before each step and once after the last) with one all-reduce of
+    one int64, 2(n-1)/n · 8 bytes sent per rank, and answers "not yet" in between, so a stop
+    waits for the next vote. ``every`` = H for Local SGD keeps its T/H communication rounds in
+    step (one vote per averaging round)."""
+    if int(every) != every or every < 1:
+        raise ValueError(f"any_rank: every must be an integer >= 1, got {every!r}")
+    calls = itertools.count()
+
     def reduce_stop(flag: bool) -> bool:
+        if next(calls) % every:
+            return False
         return bool(comm.allreduce(np.array([int(flag)], np.int64))[0] > 0)
     return reduce_stop
 
@@ -81,9 +91,10 @@ def data_parallel_trainer(comm, model, loss_fn, optimizer, global_batches, *, re
     progress        rank 0's tqdm bar (or its log lines every ``log_every`` steps); the other
                     ranks print nothing
     trainer_kwargs  the rest of :class:`Trainer`'s arguments (steps, schedule, seed, ...);
-                    ``reduce_stop`` defaults to ``any_rank(comm)``: a Ctrl-C stops every rank
-                    before the same step (give the world's when ``comm`` is one group of a larger
-                    run, as tensor x data parallel does)
+                    ``reduce_stop`` defaults to ``any_rank(comm)`` (``any_rank(comm, every=H)``
+                    with ``LocalSGD``): a Ctrl-C stops every rank before the same step. Give the
+                    world's when ``comm`` is one group of a larger run, as tensor x data parallel
+                    does; None opts out (each rank then stops on its own signal)
     """
     if trainer_kwargs.get("time_budget"):
         raise ValueError("data_parallel_trainer: a time_budget would let each rank fit the schedule to "
@@ -95,12 +106,12 @@ def data_parallel_trainer(comm, model, loss_fn, optimizer, global_batches, *, re
         raise ValueError("data_parallel_trainer: LocalSGD averages the parameters on its own schedule; "
                          "a gradient reducer applies to synchronous data parallel only (drop reducer=)")
     broadcast_params(comm, {n: p.data for n, p in model.named_parameters()})
-    if isinstance(optimizer, LocalSGD):
-        sync = optimizer.grad_hook
+    if isinstance(optimizer, LocalSGD):      # one stop vote per averaging round
+        sync, vote_every = optimizer.grad_hook, optimizer.local_steps
     else:
-        sync = allreduce_grads(comm) if reducer is None else reducer
+        sync, vote_every = (allreduce_grads(comm) if reducer is None else reducer), 1
     lead = comm.rank == 0
-    trainer_kwargs.setdefault("reduce_stop", any_rank(comm))
+    trainer_kwargs.setdefault("reduce_stop", any_rank(comm, vote_every))
     return Trainer(model, loss_fn, optimizer, shard_batches(global_batches, comm.rank, comm.size),
                    grad_hooks=[sync, *grad_hooks],
                    save_dir=None if save_dir is None else rank_dir(save_dir, comm.rank),
@@ -152,7 +163,8 @@ def train_gpt_data_parallel(comm, data, *, preset: str = "tiny", steps: int = 50
     Returns the run's record, the same on every rank: ``train_loss`` (the global batch's loss per
     step: the ranks' shard losses averaged once at the end), ``val_step`` / ``val_loss``,
     ``bytes_sent`` (this rank's cumulative bytes after each step), ``seconds`` (the fit on this
-    rank), ``tokens_per_second`` (global tokens / seconds) and ``workers``.
+    rank), ``tokens_per_second`` (global tokens of the steps done / seconds), ``interrupted``
+    (a Ctrl-C or SIGTERM stopped it, on every rank at the same step) and ``workers``.
     """
     from models.gpt import GPT, preset as gpt_preset
 
@@ -178,4 +190,5 @@ def train_gpt_data_parallel(comm, data, *, preset: str = "tiny", steps: int = 50
             "train_loss": comm.allreduce(np.array(h["train_loss"]), op="mean").tolist(),
             "val_step": list(h["val_step"]), "val_loss": list(h["val_loss"]),
             "bytes_sent": sent, "seconds": seconds,
-            "tokens_per_second": steps * batch * cfg.block_size / seconds}
+            "tokens_per_second": trainer.step * batch * cfg.block_size / seconds,   # steps done
+            "interrupted": trainer.interrupted}

@@ -179,13 +179,15 @@ class Trainer:
                  a crash loses at most k steps
     on_step      ``on_step(trainer)`` after every optimizer step; ``on_eval(trainer, val_loss)``
     reduce_stop  in a run over several processes, ``reduce_stop(flag) -> bool`` turns this
-                 process's wish to stop (a Ctrl-C or SIGTERM it received) into the decision of
-                 all of them, called once before every step on every rank, as Lightning's
-                 ``reduce_boolean_decision``: a signal reaches the ranks at slightly different
-                 moments, and a rank that stopped one step before the others would leave them
-                 waiting in that step's all-reduce. :func:`models.training.distributed.any_rank`
-                 (stop when any rank asks) is what ``data_parallel_trainer`` passes; None: this
-                 process decides alone
+                 process's wish to stop (a Ctrl-C or SIGTERM it received, or ``interrupted`` set
+                 by a callback) into the decision of all of them, as Lightning's
+                 ``reduce_boolean_decision``. It is called on every rank before every step and
+                 once after the last, before the final evaluation: a signal reaches the ranks at
+                 slightly different moments, and a rank that stopped one step before the others
+                 would leave them waiting in that step's all-reduce. A wish it answers with
+                 False ("not yet") stands until it is granted.
+                 :func:`models.training.distributed.any_rank` (stop when any rank asks) is what
+                 ``data_parallel_trainer`` passes; None: this process decides alone
     progress     a tqdm bar; False prints a line every ``log_every`` steps (0: no lines at all,
                  e.g. on every rank but 0 of a distributed run)
     """
@@ -239,6 +241,7 @@ class Trainer:
         self._multiplier(0)                 # bad schedule options fail here, not mid-run
         self.scheduler = LRScheduler(optimizer, self._multiplier)
         self.interrupted = False
+        self._stop_requested = False
         self.last_loss = float("nan")
         # what the user froze stays frozen; the optimizer's trainable set narrows the rest
         self._user_frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
@@ -336,6 +339,7 @@ class Trainer:
         """Train until ``horizon`` steps are done, the time budget is spent or a signal arrives."""
         t_fit = time.perf_counter()
         self.interrupted = False
+        self._stop_requested = False                   # set by a signal; `interrupted` is the decision
         budget = self.time_budget
         bar = None
         if self.progress:
@@ -357,15 +361,15 @@ class Trainer:
         recent = collections.deque(maxlen=200)         # durations of the latest steps
         restore = self._catch_signals()
         self.model.train()
+        decided = False                                # whether the ranks have agreed to stop
         try:
             while self.step < self.horizon:
                 if has_eval and self.step % self.eval_every == 0 and not self._evaluated_now():
                     t0 = time.perf_counter()
                     val_loss = evaluate_and_log()
                     t_eval = time.perf_counter() - t0
-                if self.reduce_stop is not None:     # every rank stops before the same step
-                    self.interrupted = bool(self.reduce_stop(self.interrupted))
-                if self.interrupted:
+                if self._decide_stop():
+                    decided = True
                     break
                 t0 = time.perf_counter()
                 loss = self.train_step()
@@ -392,6 +396,8 @@ class Trainer:
                     print(f"step {self.step}: loss {loss:.4f} lr {self.lr:.2e}{speed}", flush=True)
                 if budget and time.perf_counter() - self.start_time > budget - t_eval - self.reserve_seconds:
                     break                               # hard stop: keep the budget's promise
+            if not decided:                            # a signal in the last step: agreed here too
+                self._decide_stop()
             if has_eval and not self.interrupted and not self._evaluated_now():
                 val_loss = evaluate_and_log()
         finally:
@@ -425,6 +431,15 @@ class Trainer:
             say(f"time budget {self.time_budget / 60:g} min: at {per_step:.3g} s/step the schedule "
                 f"is {verb} to {fit} steps")
 
+    def _decide_stop(self) -> bool:
+        """Whether to stop now: this process's wish (a signal, or ``interrupted`` set by a
+        callback), agreed among the ranks by ``reduce_stop`` when there is one (every rank calls
+        it at the same points, as it is a collective). Sets and returns ``interrupted``."""
+        wish = self._stop_requested or self.interrupted
+        self._stop_requested = wish
+        self.interrupted = bool(self.reduce_stop(wish)) if self.reduce_stop is not None else wish
+        return self.interrupted
+
     def _catch_signals(self):
         """Ctrl-C and SIGTERM finish the current step and stop the loop; a second Ctrl-C aborts
         at once. Returns the function that puts the previous handlers back."""
@@ -432,9 +447,9 @@ class Trainer:
             return lambda: None                       # signals reach only the main thread
 
         def on_signal(signum, frame):
-            if self.interrupted and signum == signal.SIGINT:
+            if self._stop_requested and signum == signal.SIGINT:
                 raise KeyboardInterrupt
-            self.interrupted = True
+            self._stop_requested = True
 
         old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
 
