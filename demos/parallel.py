@@ -158,6 +158,9 @@ def train_mode(comm, mode, a, cfg, data, batch_size, schedule="1f1b") -> dict:
     loss = np.array(trainer.history["train_loss"])
     if mode in ("dp", "dp-tp"):                     # each DP rank saw its shard: average once
         loss = (comms[1] if mode == "dp-tp" else comm).allreduce(loss, op="mean")
+    if mode == "dp-tp":
+        for group in comms[:2]:                     # the two splits: released on every worker
+            group.free()
     if mode == "pp":
         extra.update(stage=model.stage, layers=model.layers, ops=model.last_ops, peak_stored=model.peak_stored,
                      peak_activation_bytes=model.peak_activation_bytes)

@@ -134,6 +134,25 @@ def test_split_makes_independent_groups_ordered_by_parent_rank():
     assert out == [(0, 2, 1.0, 0, 20.0), (1, 2, 1.0, 0, 40.0), (0, 2, 5.0, 1, 20.0), (1, 2, 5.0, 1, 40.0)]
 
 
+def test_a_split_is_freed_by_free_or_a_with_block_and_then_refuses_calls():
+    from optim.dist.comm import CommError
+
+    def worker(c):
+        with c.split(c.rank % 2) as group:
+            total = float(group.allreduce(np.array([c.rank]))[0])
+        refused = []
+        for call in (lambda: group.allreduce(np.zeros(1)), lambda: group.send(np.zeros(1), 0),
+                     lambda: group.recv(0), group.free, c.free):
+            try:
+                call()
+            except CommError as error:
+                refused.append(str(error).split(":")[0])
+        return total, refused
+
+    assert SimComm(4).run(worker) == [(2.0, ["allreduce(sum)", "send", "recv", "free", "free"]),
+                                      (4.0, ["allreduce(sum)", "send", "recv", "free", "free"])] * 2
+
+
 def test_send_is_buffered_and_messages_arrive_in_order_per_tag():
     def worker(c):
         if c.rank == 0:

@@ -102,6 +102,16 @@ def test_split_groups_ranks_by_color_in_parent_order(collectives):
         assert list(mpi[rank]["split negative color"]) == [group.index(rank), len(group), sum(group)]
 
 
+def test_a_freed_split_refuses_calls_and_the_world_is_not_freed(collectives):
+    n, _, mpi, _ = collectives
+    for rank in range(n):                      # the same messages under SimComm (the test above)
+        assert str(mpi[rank]["error freed"]) == ("allreduce(sum): this communicator was freed; split the "
+                                                 "parent again for a new one")
+        assert str(mpi[rank]["error freed twice"]).startswith("free: this communicator was freed")
+        assert str(mpi[rank]["error free the world"]).startswith("free: the world communicator is not ours")
+        assert int(mpi[rank]["split in a with block"]) == sum(r for r in range(n) if r % 2 == rank % 2)
+
+
 def test_a_tag_mpi_cannot_carry_is_refused_with_the_bound(collectives):
     _, _, mpi, _ = collectives
     assert str(mpi[0]["mpi:bad tag"]).startswith("send: tag must be an integer in 0..")

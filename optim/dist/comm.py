@@ -252,6 +252,24 @@ class Communicator:
     def split(self, color: int) -> "Communicator":
         raise NotImplementedError
 
+    def free(self) -> None:
+        """Release a communicator that ``split`` returned, called by every one of its ranks (as
+        MPI's ``Comm_free``); a later call on it raises ``CommError``. The world's is not ours to
+        free. ``with comm.split(color) as group:`` frees the group at the end of the block."""
+        raise NotImplementedError
+
+    def __enter__(self) -> "Communicator":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.free()
+
+    _freed = False
+
+    def _check_open(self, op: str) -> None:
+        if self._freed:
+            raise CommError(f"{op}: this communicator was freed; split the parent again for a new one")
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}(rank={self.rank}, size={self.size})"
 
@@ -393,6 +411,7 @@ class SimRank(Communicator):
 
     # -- the collective machinery: every rank deposits, the first to go on computes for all
     def _collective(self, op: str, payload, compute: Callable[[dict], object]):
+        self._check_open(op)
         world, n = self._world, self.size
         key = (self._key, self._calls)
         self._calls += 1
@@ -472,6 +491,12 @@ class SimRank(Communicator):
     def barrier(self) -> None:
         self._collective("barrier", None, lambda _: None)
 
+    def free(self) -> None:
+        if self._key == ("world",):
+            raise CommError("free: the world communicator is not ours to free; free what split returned")
+        self._check_open("free")
+        self._freed = True
+
     def split(self, color: int) -> "SimRank":
         call = self._calls
         colors = self._collective("split", int(color), lambda entries: dict(entries))
@@ -481,6 +506,7 @@ class SimRank(Communicator):
 
     # -- point to point
     def send(self, x, dest: int, tag: int = 0) -> None:
+        self._check_open("send")
         self._check_peer("send", dest)
         x = np.array(x, copy=True)          # buffered: the caller may reuse x at once
         world = self._world
@@ -489,6 +515,7 @@ class SimRank(Communicator):
         self._count(x.nbytes, 0)
 
     def recv(self, source: int, tag: int = 0) -> np.ndarray:
+        self._check_open("recv")
         self._check_peer("recv", source)
         world = self._world
         box = (self._key, source, self.rank, tag)

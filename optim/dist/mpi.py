@@ -34,7 +34,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .comm import (Communicator, _check_op, check_graph, check_same_arrays, check_same_calls,
+from .comm import (CommError, Communicator, _check_op, check_graph, check_same_arrays, check_same_calls,
                    ring_bounds)
 
 __all__ = ["MPIComm", "abort"]
@@ -124,6 +124,7 @@ class MPIComm(Communicator):
     def _agree(self, label: str, x: np.ndarray | None = None, extra=None) -> list[list]:
         """Every rank's header ``[label, shape, dtype, extra]`` in rank order, after checking that
         all ranks made the same call. It is an Allgather, so it also synchronizes the ranks."""
+        self._check_open(label)
         call, self._calls = self._calls, self._calls + 1
         shape, dtype = (list(x.shape), str(x.dtype)) if x is not None else (None, None)
         text = np.frombuffer(json.dumps([label, shape, dtype, extra]).encode(), np.uint8)
@@ -227,6 +228,17 @@ class MPIComm(Communicator):
     def barrier(self) -> None:
         self._agree("barrier")      # an Allgather returns only once every rank has joined it
 
+    def free(self) -> None:
+        """``MPI_Comm_free`` of a communicator that ``split`` returned, after its pending sends
+        have completed (see ``Communicator.free``)."""
+        if self._comm == self._mpi.COMM_WORLD:
+            raise CommError("free: the world communicator is not ours to free; free what split returned")
+        self._check_open("free")
+        self._mpi.Request.Waitall([request for requests, *_ in self._pending for request in requests])
+        self._pending = []
+        self._comm.Free()
+        self._freed = True
+
     def split(self, color: int) -> "MPIComm":
         color = int(color)
         colors = sorted({h[3] for h in self._agree("split", extra=color)})
@@ -241,6 +253,7 @@ class MPIComm(Communicator):
 
     def send(self, x, dest: int, tag: int = 0) -> None:
         """Buffered: returns at once; the array is copied and kept until MPI has sent it."""
+        self._check_open("send")
         self._check_peer("send", dest)
         wire_tag = self._user_tag("send", tag)
         data = np.array(x, order="C")
@@ -253,6 +266,7 @@ class MPIComm(Communicator):
 
     def recv(self, source: int, tag: int = 0) -> np.ndarray:
         """Blocks until the matching ``send``; the shape and dtype come with the message."""
+        self._check_open("recv")
         self._check_peer("recv", source)
         wire_tag = self._user_tag("recv", tag)
         status = self._mpi.Status()

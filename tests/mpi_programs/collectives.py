@@ -75,6 +75,12 @@ def exercise(comm) -> dict[str, np.ndarray]:
     record("split bytes of the parent", [comm.bytes_sent, comm.bytes_received])
     negative = comm.split(-1 if r < 2 else 7)   # any int is a color
     record("split negative color", [negative.rank, negative.size, negative.allreduce(np.int64(r))])
+    with halves:                                 # freed at the end of the block
+        record("split in a with block", halves.allreduce(np.int64(r)))
+    negative.free()
+    record("error freed", error_message(lambda: negative.allreduce(np.zeros(2))))
+    record("error freed twice", error_message(halves.free))
+    record("error free the world", error_message(comm.free))
 
     # Faults every rank sees: a rank with another shape, another dtype, another call, a bad graph.
     record("error shape", error_message(lambda: comm.allreduce(np.zeros(r + 1))))
