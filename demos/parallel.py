@@ -180,8 +180,8 @@ def formula_bytes(run, cfg, batch_size, a, n_params) -> tuple[float, str]:
     """(bytes a worker sends per step by the formula, the formula) for a run's rank."""
     b, T, s = batch_size, cfg.block_size, np.dtype(a.dtype).itemsize
     n = run["workers"]
-    norm = ring_traffic(1, n, run["rank"])[0] * 8 if a.clip > 0 else 0       # the clipping norm
-    vote = ring_traffic(1, n, run["rank"])[0] * 8                           # the stop vote (any_rank)
+    vote = ring_traffic(1, n, run["rank"])[0] * 8      # one 8-byte all-reduce: the stop vote (any_rank)
+    norm = vote if a.clip > 0 else 0                    # ... and the clipping norm, of the same size
     if run["mode"] == "single":
         return 0.0, "0"
     if run["mode"] == "dp":

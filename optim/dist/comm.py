@@ -193,6 +193,7 @@ class Communicator:
 
     rank: int
     size: int
+    _freed = False                         # set by free(); every call then raises CommError
 
     def __init__(self, rank: int, size: int):
         self.rank, self.size = rank, size
@@ -263,8 +264,6 @@ class Communicator:
 
     def __exit__(self, *exc) -> None:
         self.free()
-
-    _freed = False
 
     def _check_open(self, op: str) -> None:
         if self._freed:
