@@ -141,7 +141,7 @@ def _compiled_dense():
     global _dense_kernel
     if _dense_kernel is None:
         from minigrad._numba_cache import njit
-        from minigrad.kernels._math import fast_exp
+        from minigrad.kernels._math import VECTOR_MAX_FROM, fast_exp, fast_max, typed
 
         @njit(cache=True, fastmath=_FASTMATH, error_model="numpy")
         def kernel(q, k, v, n, scale, out):
@@ -152,15 +152,19 @@ def _compiled_dense():
                     for j in range(g):
                         s = np.dot(keys, q[b, h, j])                     # (n,) unscaled scores
                         top = s[0]
-                        for t in range(1, n):
-                            top = max(top, s[t])
-                        total = 0.0
+                        if n >= VECTOR_MAX_FROM:                         # vectorises (_math.fast_max)
+                            for t in range(1, n):
+                                top = fast_max(top, s[t])
+                        else:
+                            for t in range(1, n):
+                                top = max(top, s[t])
+                        total = typed(s, 0.0)                            # in s's dtype, as s
                         for t in range(n):                               # scale > 0 keeps the max
                             e = fast_exp((s[t] - top) * scale)
                             s[t] = e
                             total += e
                         o = np.dot(s, values)
-                        inv = 1.0 / total
+                        inv = typed(s, 1.0) / total
                         for i in range(d):
                             out[b, h, j, i] = o[i] * inv
 

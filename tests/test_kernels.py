@@ -99,15 +99,46 @@ def test_cross_entropy_rejects_bad_targets():
         K.cross_entropy_forward(x, np.array([0.0, 1.0, 2.0]))
 
 
-@pytest.mark.parametrize("at", [0, 5, 63, 69])
-def test_cross_entropy_propagates_nan(at):
-    """A NaN logit anywhere in a row (in the vectorised loops' full lanes or their remainder)
-    makes that row's loss and log-sum-exp NaN, and only that row's."""
-    x = np.tile(np.linspace(-3, 3, 70, dtype=np.float32), (3, 1))
+@pytest.mark.parametrize("width, at", [(70, 0), (70, 5), (70, 63), (70, 69), (20, 0), (20, 19), (300, 150)])
+def test_cross_entropy_propagates_nan(width, at):
+    """A NaN logit anywhere in a row (in the vectorised loops' full lanes or their remainder, in
+    a row too short for the vectorised max or long enough for it) makes that row's loss and
+    log-sum-exp NaN, and only that row's."""
+    x = np.tile(np.linspace(-3, 3, width, dtype=np.float32), (3, 1))
     x[1, at] = np.nan
     loss, lse = K.cross_entropy_forward(x, np.array([0, 1, 2]))
     assert np.isnan(loss[1]) and np.isnan(lse[1])
     assert np.isfinite(loss[[0, 2]]).all() and np.isfinite(lse[[0, 2]]).all()
+
+
+@pytest.mark.parametrize("op", [K.softmax_forward, K.log_softmax_forward])
+@pytest.mark.parametrize("width, at", [(20, 0), (20, 19), (70, 0), (70, 69), (300, 150)])
+def test_softmax_propagates_nan_and_inf_to_their_row_only(op, width, at):
+    """As NumPy's twin: a NaN makes its whole row NaN, and so does +inf (inf - inf); the other
+    rows stay finite. The max skips a NaN (`fast_max`, from 64 columns on), the sum does not."""
+    for bad in (np.nan, np.inf):
+        x = np.tile(np.linspace(-3, 3, width, dtype=np.float32), (3, 1))
+        x[1, at] = bad
+        y = op(x)
+        assert np.isnan(y[1]).all(), (bad, y[1])
+        assert np.isfinite(y[[0, 2]]).all()
+        np.testing.assert_array_equal(np.isnan(y), np.isnan(getattr(R, op.__name__)(x.astype(np.float64))))
+
+
+def test_fast_max_drops_a_nan_operand_compiled_and_plain():
+    """`fast_max` is LLVM's maxnum: the NaN operand of a pair is dropped, in either position, and
+    the NUMBA_DISABLE_JIT version follows the same rule; the vectorised row max agrees."""
+    import numba
+
+    from minigrad.kernels._math import fast_max
+
+    compiled = numba.njit(lambda a, b: fast_max(a, b))
+    for f in (fast_max, compiled):
+        for a, b, want in [(1.0, 2.0, 2.0), (2.0, 1.0, 2.0), (np.nan, 1.0, 1.0), (1.0, np.nan, 1.0),
+                           (-np.inf, -3.0, -3.0)]:
+            for t in (np.float32, np.float64):
+                assert f(t(a), t(b)) == want, (f, a, b)
+        assert np.isnan(f(np.float32(np.nan), np.float32(np.nan)))
 
 
 def test_cross_entropy_extreme_logits_stay_finite():

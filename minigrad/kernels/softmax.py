@@ -5,13 +5,14 @@ in `minigrad.kernels` reshape. Each kernel works on a range of rows r0..r1-1 and
 GIL; the wrappers run it over all rows in the calling thread, or over one range of rows per
 thread for large inputs (`minigrad.kernels._parallel_for`): a thread owns whole output rows and
 every reduction (max, sum) lives in thread-local scalars, so there are no shared writes.
-Exponentials go through `fast_exp` (vectorisable; see `_math.py`).
+Exponentials go through `fast_exp` and long rows' maxima through `fast_max` (both vectorisable;
+see `_math.py`).
 NumPy twins: `minigrad.kernels.reference`.
 """
 import numpy as np
 
 from .._numba_cache import njit
-from ._math import FASTMATH, fast_exp, typed
+from ._math import FASTMATH, VECTOR_MAX_FROM, fast_exp, fast_max, typed
 
 
 @njit(fastmath=FASTMATH, error_model="numpy", nogil=True, cache=True)
@@ -21,10 +22,15 @@ def softmax_fwd(x, y, r0, r1):
     Fuses max, exp, sum and scale (three sweeps over a row that sits in L1: one pass over
     memory). Saves for backward: y (the caller)."""
     n = x.shape[1]
+    wide = n >= VECTOR_MAX_FROM
     for i in range(r0, r1):
         m = typed(x, -np.inf)
-        for j in range(n):
-            m = max(m, x[i, j])
+        if wide:
+            for j in range(n):
+                m = fast_max(m, x[i, j])
+        else:
+            for j in range(n):
+                m = max(m, x[i, j])
         s = typed(x, 0.0)
         for j in range(n):
             e = fast_exp(x[i, j] - m)
@@ -53,10 +59,15 @@ def log_softmax_fwd(x, y, r0, r1):
     """y[i] = x[i] - logsumexp(x[i]); fused max / sum-exp / subtract.
     Saves for backward: y (softmax is recomputed as exp(y))."""
     n = x.shape[1]
+    wide = n >= VECTOR_MAX_FROM
     for i in range(r0, r1):
         m = typed(x, -np.inf)
-        for j in range(n):
-            m = max(m, x[i, j])
+        if wide:
+            for j in range(n):
+                m = fast_max(m, x[i, j])
+        else:
+            for j in range(n):
+                m = max(m, x[i, j])
         s = typed(x, 0.0)
         for j in range(n):
             s += fast_exp(x[i, j] - m)
@@ -89,11 +100,16 @@ def cross_entropy_fwd(logits, targets, ignore_index, row_max, row_sum, picked, r
     written anywhere. The kernel before this one (an online max and sum in chunks of 32, the log
     inside) took 232 us for (2048, 65) in one thread; this one with the wrapper's log, 173 us.
     Saves for backward: lse (one float per row), besides the logits the caller keeps."""
+    wide = logits.shape[1] >= VECTOR_MAX_FROM
     for i in range(r0, r1):
         row = logits[i]
         m = typed(logits, -np.inf)
-        for j in range(row.shape[0]):
-            m = max(m, row[j])
+        if wide:
+            for j in range(row.shape[0]):
+                m = fast_max(m, row[j])
+        else:
+            for j in range(row.shape[0]):
+                m = max(m, row[j])
         s = typed(logits, 0.0)
         for j in range(row.shape[0]):
             s += fast_exp(row[j] - m)
