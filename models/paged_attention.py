@@ -141,23 +141,18 @@ def _compiled_dense():
     global _dense_kernel
     if _dense_kernel is None:
         from minigrad._numba_cache import njit
-        from minigrad.kernels._math import VECTOR_MAX_FROM, fast_exp, fast_max, typed
+        from minigrad.kernels._math import VECTOR_MAX_FROM, fast_exp, max_scalar, max_vectorised, typed
 
         @njit(cache=True, fastmath=_FASTMATH, error_model="numpy")
         def kernel(q, k, v, n, scale, out):
             B, nkv, g, d = q.shape
+            wide = n >= VECTOR_MAX_FROM
             for b in range(B):
                 for h in range(nkv):
                     keys, values = k[b, h, :n], v[b, h, :n]
                     for j in range(g):
                         s = np.dot(keys, q[b, h, j])                     # (n,) unscaled scores
-                        top = s[0]
-                        if n >= VECTOR_MAX_FROM:                         # vectorises (_math.fast_max)
-                            for t in range(1, n):
-                                top = fast_max(top, s[t])
-                        else:
-                            for t in range(1, n):
-                                top = max(top, s[t])
+                        top = max_vectorised(s) if wide else max_scalar(s)
                         total = typed(s, 0.0)                            # in s's dtype, as s
                         for t in range(n):                               # scale > 0 keeps the max
                             e = fast_exp((s[t] - top) * scale)

@@ -24,11 +24,11 @@ forward at V = 512. `fast_max` is LLVM's `maxnum`, whose NaN rule is fixed (a Na
 dropped, the other returned), and LLVM vectorises a `maxnum` reduction without any fast-math
 assumption: 16 lanes, 4 vectors interleaved, so 64 elements a pass on AVX-512. A shorter row
 never enters that loop, and `maxnum`'s scalar form (a compare and a blend for its NaN rule) is
-slower than `max`'s, so a kernel tests `n >= VECTOR_MAX_FROM` once per call and runs one loop
-or the other. (A helper holding both loops, called per row, ran rows of 8-32 elements 1.2-1.8x
-slower than the plain loop: the test stayed inside the row loop.) A NaN in a row may be skipped
-by the max but is not lost: the kernels' next sweep, exp(x - max), turns it into a NaN sum, as
-NumPy's `x.max()` would.
+slower than `max`'s, so a kernel tests `n >= VECTOR_MAX_FROM` once per call and then takes
+`max_vectorised(row)` or `max_scalar(row)` for every row. (One helper holding both loops and the
+test, called per row, ran rows of 8-32 elements 1.2-1.8x slower than the plain loop.) A NaN in
+a row may be skipped by the max but is not lost: the kernels' next sweep, exp(x - max), turns
+it into a NaN sum, as NumPy's `x.max()` would.
 
 Every serial kernel is compiled with `error_model="numpy"` as well. Numba's default ("python")
 checks each float division for a zero divisor so that it can raise ZeroDivisionError; that
@@ -137,8 +137,27 @@ if not config.DISABLE_JIT:
             return lambda a, b: _maxnum(a, b)
 
 
-#: the shortest row whose `fast_max` loop vectorises (16 lanes x 4 interleaved vectors)
+#: the shortest row whose `max_vectorised` loop vectorises (16 lanes x 4 interleaved vectors)
 VECTOR_MAX_FROM = 64
+
+
+@njit(fastmath=FASTMATH, error_model="numpy")
+def max_vectorised(row):
+    """The max of a 1-D float array through `fast_max` (-inf when empty): for rows of
+    VECTOR_MAX_FROM elements or more."""
+    m = typed(row, -np.inf)
+    for j in range(row.shape[0]):
+        m = fast_max(m, row[j])
+    return m
+
+
+@njit(fastmath=FASTMATH, error_model="numpy")
+def max_scalar(row):
+    """The max of a 1-D float array through `max` (-inf when empty): for shorter rows."""
+    m = typed(row, -np.inf)
+    for j in range(row.shape[0]):
+        m = max(m, row[j])
+    return m
 
 
 def fast_tanh(x):

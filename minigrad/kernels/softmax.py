@@ -5,14 +5,14 @@ in `minigrad.kernels` reshape. Each kernel works on a range of rows r0..r1-1 and
 GIL; the wrappers run it over all rows in the calling thread, or over one range of rows per
 thread for large inputs (`minigrad.kernels._parallel_for`): a thread owns whole output rows and
 every reduction (max, sum) lives in thread-local scalars, so there are no shared writes.
-Exponentials go through `fast_exp` and long rows' maxima through `fast_max` (both vectorisable;
-see `_math.py`).
+Exponentials go through `fast_exp` and long rows' maxima through `max_vectorised` (both
+vectorisable; see `_math.py`).
 NumPy twins: `minigrad.kernels.reference`.
 """
 import numpy as np
 
 from .._numba_cache import njit
-from ._math import FASTMATH, VECTOR_MAX_FROM, fast_exp, fast_max, typed
+from ._math import FASTMATH, VECTOR_MAX_FROM, fast_exp, max_scalar, max_vectorised, typed
 
 
 @njit(fastmath=FASTMATH, error_model="numpy", nogil=True, cache=True)
@@ -24,13 +24,7 @@ def softmax_fwd(x, y, r0, r1):
     n = x.shape[1]
     wide = n >= VECTOR_MAX_FROM
     for i in range(r0, r1):
-        m = typed(x, -np.inf)
-        if wide:
-            for j in range(n):
-                m = fast_max(m, x[i, j])
-        else:
-            for j in range(n):
-                m = max(m, x[i, j])
+        m = max_vectorised(x[i]) if wide else max_scalar(x[i])
         s = typed(x, 0.0)
         for j in range(n):
             e = fast_exp(x[i, j] - m)
@@ -61,13 +55,7 @@ def log_softmax_fwd(x, y, r0, r1):
     n = x.shape[1]
     wide = n >= VECTOR_MAX_FROM
     for i in range(r0, r1):
-        m = typed(x, -np.inf)
-        if wide:
-            for j in range(n):
-                m = fast_max(m, x[i, j])
-        else:
-            for j in range(n):
-                m = max(m, x[i, j])
+        m = max_vectorised(x[i]) if wide else max_scalar(x[i])
         s = typed(x, 0.0)
         for j in range(n):
             s += fast_exp(x[i, j] - m)
@@ -103,13 +91,7 @@ def cross_entropy_fwd(logits, targets, ignore_index, row_max, row_sum, picked, r
     wide = logits.shape[1] >= VECTOR_MAX_FROM
     for i in range(r0, r1):
         row = logits[i]
-        m = typed(logits, -np.inf)
-        if wide:
-            for j in range(row.shape[0]):
-                m = fast_max(m, row[j])
-        else:
-            for j in range(row.shape[0]):
-                m = max(m, row[j])
+        m = max_vectorised(row) if wide else max_scalar(row)
         s = typed(logits, 0.0)
         for j in range(row.shape[0]):
             s += fast_exp(row[j] - m)
