@@ -78,6 +78,22 @@ def test_qsgd_payload_decodes_to_signed_levels_of_the_norm(v, s, seed):
     assert np.all(out * v >= 0)
 
 
+@pytest.mark.parametrize("scale", [1e-30, 1e19])
+def test_qsgd_float32_norm_survives_tiny_and_huge_vectors(scale):
+    """In float32 the sum of squares underflows below ~1e-19 and overflows above ~1e19: the norm
+    is summed in float64, so Q(v) stays unbiased and finite there (it was 0, or NaN)."""
+    v = (np.array([3.0, 0.0, -4.0, 1.0]) * scale).astype(np.float32)
+    q, rng = QSGD(4), np.random.default_rng(0)
+    payload = q.compress(v, rng)
+    assert payload.parts["norm"][0] == np.float32(np.linalg.norm(v.astype(np.float64)))
+    mean = np.mean([q(v, rng) for _ in range(4000)], axis=0)
+    assert np.isfinite(mean).all()
+    # per coordinate at most (||v||/s)^2/4 variance: 5 standard errors over 4000 draws
+    bound = 5 * np.linalg.norm(v.astype(np.float64)) / 4 / 2 / math.sqrt(4000)
+    np.testing.assert_allclose(mean, v, rtol=0, atol=bound)
+    assert q.expected_error(v) > 0
+
+
 @pytest.mark.parametrize("s", [1, 4, 31])
 def test_qsgd_is_unbiased_with_the_exact_variance_statistically(s):
     """N = 4000 draws at d = 1000. Each coordinate's mean must lie within 5.5 standard errors

@@ -232,8 +232,15 @@ class QSGD(Compressor):
         self.levels = _check_count(levels, "QSGD: levels (s)")
         self.bits = self.levels.bit_length()
 
+    @staticmethod
+    def _norm(v: np.ndarray):
+        """||v|| in v's dtype, its squares summed in float64: float32's own sum underflows to 0
+        for elements below ~1e-19 and overflows to inf above ~1e19, and Q(v) was then 0 (biased)
+        or NaN."""
+        return v.dtype.type(np.linalg.norm(v.astype(np.float64, copy=False)))
+
     def _ratios(self, v: np.ndarray) -> np.ndarray:
-        norm = np.linalg.norm(v)
+        norm = self._norm(v)
         if norm == 0:
             return np.zeros_like(v)
         # rounding can put |v_i| s / ||v|| an ulp above s; the level must stay <= s
@@ -245,7 +252,7 @@ class QSGD(Compressor):
         r = self._ratios(v)
         floor = np.floor(r)
         levels = floor + (rng.random(v.size) < r - floor)
-        norm = np.array([np.linalg.norm(v)], dtype=x.dtype)
+        norm = np.array([self._norm(v)], dtype=x.dtype)
         return Payload(x.shape, x.dtype, {"norm": norm, "signs": np.packbits(v < 0),
                                           "levels": _pack_bits(levels, self.bits)})
 
@@ -260,7 +267,7 @@ class QSGD(Compressor):
         """E||Q(x) - x||^2, exactly."""
         v = _floating(x, "QSGD.expected_error").reshape(-1)
         p = self._ratios(v) % 1.0
-        return float((np.linalg.norm(v) / self.levels) ** 2 * np.sum(p * (1 - p)))
+        return (float(self._norm(v)) / self.levels) ** 2 * float(np.sum(p * (1 - p), dtype=np.float64))
 
     def expected_nnz(self, x) -> float:
         """E(number of nonzeros of Q(x)), exactly."""

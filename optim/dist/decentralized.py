@@ -216,8 +216,11 @@ def consensus_error(comm, params) -> float:
 def consensus_curve(comm, topology, steps: int, dim: int = 16, seed: int = 0) -> np.ndarray:
     """Gossip alone, from x_i ~ N(0, I_dim) drawn per rank: the consensus error (see
     ``consensus_error``) before each of ``steps`` rounds and after the last, shape (steps + 1,).
-    It obeys errors[k] <= topology.rate()^(2k) * errors[0] and, for a static graph with a
-    symmetric or circulant W, decays at that rate."""
+    It obeys errors[k] <= topology.rate()^(2k) * errors[0] for k a multiple of
+    ``topology.period`` (every k for a static graph; inside a period of a time-varying graph it
+    can stay above: the one-peer exponential graph on 8 workers has rate 0, exact consensus after
+    its 3 rounds, but errors[1] and errors[2] > 0), and for a static graph with a symmetric or
+    circulant W it decays at that rate."""
     topology = _as_topology(comm, topology)
     x = np.random.default_rng([seed, comm.rank]).standard_normal(dim)
     errors = [consensus_error(comm, x)]
