@@ -466,7 +466,9 @@ class AdamMini(_ByRole):
                 size = stop - start
             if stop > start:
                 segments.append((start, stop, max(size, 1)))
-        return segments
+        # in row order: the update lays the blocks' denominators out one after another from row
+        # 0 (splits may list a parameter's parts in any order, e.g. v before q and k)
+        return sorted(segments)
 
     def blocks(self, name) -> int:
         """The number of second-moment blocks of parameter ``name``."""

@@ -381,8 +381,12 @@ def test_adam_mini_on_grouped_query_attention_cuts_k_by_its_own_heads():
                      roles={"w": "attn_qkv"}).blocks("w")
 
 
-def test_adam_mini_per_head_and_per_row_updates_are_the_formula():
+@pytest.mark.parametrize("order", [(0, 1, 2), (2, 0, 1)])
+def test_adam_mini_per_head_and_per_row_updates_are_the_formula(order):
+    """Also with the fused q/k/v rows' splits listed out of row order (v first): each block's
+    second moment must stay on its own rows."""
     params, roles, splits = gpt_like(C=4)
+    splits = {n: tuple(parts[i] for i in order) for n, parts in splits.items()}
     kw = dict(lr=1e-2, betas=(0.9, 0.99), eps=1e-8)
     start = {n: p.copy() for n, p in params.items()}
     opt = optim.create("adam-mini", params, n_head=2, roles=roles, splits=splits, **kw)
@@ -393,10 +397,12 @@ def test_adam_mini_per_head_and_per_row_updates_are_the_formula():
         opt.step(g)
     args = (kw["lr"], *kw["betas"], kw["eps"])
     q = adam_mini_reference(start["c_attn.weight"][:4], [g["c_attn.weight"][:4] for g in seen], *args, blocks=2)
+    k = adam_mini_reference(start["c_attn.weight"][4:8], [g["c_attn.weight"][4:8] for g in seen], *args, blocks=2)
     v = adam_mini_reference(start["c_attn.weight"][8:], [g["c_attn.weight"][8:] for g in seen], *args, blocks=4)
     fc = adam_mini_reference(start["c_fc.weight"], [g["c_fc.weight"] for g in seen], *args, blocks=16)
     ln = adam_mini_reference(start["ln.weight"], [g["ln.weight"] for g in seen], *args, blocks=1)
     np.testing.assert_allclose(params["c_attn.weight"][:4], q, rtol=1e-10)
+    np.testing.assert_allclose(params["c_attn.weight"][4:8], k, rtol=1e-10)
     np.testing.assert_allclose(params["c_attn.weight"][8:], v, rtol=1e-10)
     np.testing.assert_allclose(params["c_fc.weight"], fc, rtol=1e-10)
     np.testing.assert_allclose(params["ln.weight"], ln, rtol=1e-10)
