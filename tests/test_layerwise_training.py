@@ -99,10 +99,15 @@ def test_the_loop_freezes_the_inactive_blocks_and_only_the_active_set_moves(meth
         if told[-1] is None:                                  # Gauss-Southwell chose this step
             blocks = optim.block_params(model.param_blocks())
             told[-1] = {n for b in opt.global_state["active"] for n in blocks[b]}
+    model.wpe.weight.requires_grad_(False)                    # frozen by the user: stays so
+    flags = {n: p.requires_grad for n, p in model.named_parameters()}
     tr = _trainer(model, opt, 12, on_step=on_step)
     tr.fit()
-    assert moved == told
+    assert moved == [t - {"wpe.weight"} for t in told]
     assert tr.history["val_loss"][-1] < tr.history["val_loss"][0]
+    # fit() hands the model back as it got it: the blocks it froze for the last step are
+    # trainable again, so a later Trainer on it sees only the user's own freeze
+    assert {n: p.requires_grad for n, p in model.named_parameters()} == flags
 
 
 def test_every_lisa_layer_is_sampled_and_trains():

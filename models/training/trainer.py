@@ -404,6 +404,9 @@ class Trainer:
             if bar is not None:
                 bar.close()
             restore()
+            # a block method's last step left its inactive blocks frozen: the model leaves fit()
+            # as it came (a second Trainer would otherwise take them for frozen by the user)
+            self._apply_trainable(None)
         self._recent = recent
         out_of_time = bool(budget) and not self.interrupted and self.step < self.target
         return FitResult(step=self.step, interrupted=self.interrupted, out_of_time=out_of_time,
