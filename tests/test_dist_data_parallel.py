@@ -159,6 +159,58 @@ def _run_parallel(kind, n, per_rank, steps, clip):
     return SimComm(n).run(worker)
 
 
+def _zeroth_order(kind, model, seed):
+    params = {n: p.data for n, p in model.named_parameters()}
+    if kind == "mezo":
+        return optim.create("mezo", params, lr=1e-2, eps=1e-3, weight_decay=0.1, seed=seed)
+    return optim.create("lozo", params, lr=1e-2, eps=1e-3, rank=2, step_interval=2, momentum=0.9, seed=seed)
+
+
+@pytest.mark.parametrize("kind", ["mezo", "lozo"])
+def test_zeroth_order_data_parallel_takes_the_global_batchs_step_on_every_rank(kind):
+    """Each rank evaluates the loss of its shard; the ranks average every loss (one all-reduce of
+    one float64 per evaluation, two a step) and share rank 0's seed (they were given different
+    ones), so every rank draws the same perturbation and takes the step of the global batch's
+    loss: bit-identical on every rank, equal to one worker with the whole batch to rounding.
+    Without the averaging each rank stepped on its own shard and the ranks drifted apart."""
+    n, per_rank, steps = 2, 2, 5
+
+    def worker(comm):
+        model = GPT(GPTConfig(**CFG), dtype=np.float64, seed=comm.rank)
+        seen = []
+        tr = data_parallel_trainer(comm, model, lm_loss, _zeroth_order(kind, model, seed=7 + comm.rank),
+                                   global_batches(n * per_rank), steps=steps, seed=5, progress=False,
+                                   on_step=_snapshots(seen))
+        before = comm.bytes_sent
+        tr.fit()
+        return seen, tr.history["train_loss"], comm.bytes_sent - before
+
+    ranks = SimComm(n).run(worker)
+    model = GPT(GPTConfig(**CFG), dtype=np.float64, seed=0)
+    single = []
+    tr = Trainer(model, lm_loss, _zeroth_order(kind, model, seed=7), global_batches(n * per_rank), steps=steps,
+                 seed=5, progress=False, log_every=0, on_step=_snapshots(single))
+    tr.fit()
+    for step in range(steps):
+        for name, p in ranks[0][0][step].items():
+            np.testing.assert_array_equal(ranks[1][0][step][name], p)
+            assert np.abs(p - single[step][name]).max() <= 1e-10 * np.abs(single[step][name]).max(), (step, name)
+    assert not np.array_equal(ranks[0][0][-1]["wte.weight"], ranks[0][0][0]["wte.weight"])   # it trained
+    np.testing.assert_allclose(ranks[0][1], tr.history["train_loss"], rtol=1e-12)
+    # per step: two losses and one stop vote, each 8 bytes all-reduced (2(n-1)/n of it sent per rank)
+    assert ranks[0][2] == steps * 3 * 8 + 8                          # (+ the vote after the last step)
+
+
+def test_zeroth_order_data_parallel_refuses_gradient_hooks():
+    def worker(comm):
+        model = GPT(GPTConfig(**CFG), seed=0)
+        with pytest.raises(ValueError, match="zeroth-order optimizer computes no gradients"):
+            data_parallel_trainer(comm, model, lm_loss, _zeroth_order("mezo", model, 0), global_batches(4),
+                                  steps=2, grad_hooks=[clip_grad_norm(1.0)])
+        return True
+    assert SimComm(2).run(worker) == [True, True]
+
+
 @pytest.mark.parametrize("kind", ["adamw", "sgd"])
 @pytest.mark.parametrize("n", [2, 4])
 def test_data_parallel_on_n_workers_equals_one_worker_with_n_times_the_batch(kind, n):

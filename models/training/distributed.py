@@ -3,7 +3,8 @@
 :func:`data_parallel_trainer` wires a :class:`Trainer` for rank ``comm.rank``: rank 0's parameters
 are broadcast to all ranks, the gradients are all-reduced by the first gradient hook (or
 exchanged compressed by a ``reducer``, or, for a ``LocalSGD`` optimizer, averaged on its own
-schedule), each rank trains on its shard of the global batch, checkpoints go to
+schedule; a zeroth-order optimizer averages its losses instead), each rank trains on its shard of
+the global batch, checkpoints go to
 ``save_dir/rank{r}`` and only rank 0 reports progress::
 
     from optim.dist.launcher import launch
@@ -47,7 +48,8 @@ from .checkpoint import CheckpointError, load_checkpoint
 from .optimizers import build_optimizer
 from .trainer import Trainer, clip_grad_norm, lm_loss
 
-__all__ = ["rank_dir", "any_rank", "data_parallel_trainer", "restore_ranks", "train_gpt_data_parallel"]
+__all__ = ["rank_dir", "any_rank", "mean_over_ranks", "data_parallel_trainer", "restore_ranks",
+           "train_gpt_data_parallel"]
 
 
 def rank_dir(save_dir, rank: int) -> str:
@@ -73,6 +75,28 @@ def any_rank(comm, every: int = 1):
     return reduce_stop
 
 
+def mean_over_ranks(comm):
+    """The Trainer's ``reduce_loss`` for data-parallel zeroth-order training: the mean over the
+    ranks of each loss a step evaluates, one all-reduce of one float64 per evaluation (MeZO and
+    LoZO evaluate two a step: 2 · 2(n-1)/n · 8 bytes sent per rank). With the same seed on every
+    rank (``data_parallel_trainer`` broadcasts rank 0's), every rank then draws the same
+    perturbation and takes the same step: the step of the global batch's loss."""
+    def reduce_loss(loss: float) -> float:
+        return float(comm.allreduce(np.array([loss], np.float64), op="mean")[0])
+    return reduce_loss
+
+
+def _share_seed(comm, optimizer) -> None:
+    """Rank 0's seed in every rank's zeroth-order optimizer (as its parameters are): the ranks
+    must draw the same perturbations, and ``seed=None`` draws a different one per process."""
+    inner = getattr(optimizer, "optimizer", optimizer)          # the mixed-precision wrapper's
+    state = getattr(inner, "global_state", {})
+    if "seed" not in state:
+        raise TypeError(f"data_parallel_trainer: the zeroth-order optimizer {type(inner).__name__} keeps "
+                        f"no seed in global_state; the ranks could not draw the same perturbations")
+    state["seed"] = int(comm.broadcast(np.array([state["seed"]], np.int64), root=0)[0])
+
+
 def data_parallel_trainer(comm, model, loss_fn, optimizer, global_batches, *, reducer=None,
                           grad_hooks=(), save_dir=None, save_meta=None, progress: bool = True,
                           log_every: int = 50, **trainer_kwargs) -> Trainer:
@@ -82,7 +106,9 @@ def data_parallel_trainer(comm, model, loss_fn, optimizer, global_batches, *, re
                     r·B .. (r+1)·B - 1
     optimizer       any optimizer built on ``model``'s arrays: synchronous data parallel (gradients
                     all-reduced every step, before ``grad_hooks``), or a ``LocalSGD`` wrapper,
-                    whose own ``grad_hook`` goes first instead
+                    whose own ``grad_hook`` goes first instead, or a zeroth-order one (MeZO,
+                    LoZO, ZO-SGD): rank 0's seed is broadcast and each loss it evaluates is
+                    averaged over the ranks (:func:`mean_over_ranks`), so all take one step
     reducer         the gradient exchange in place of the plain all-reduce, built on ``comm``:
                     ``optim.dist.compress.Reducer(comm, compressor)`` or error feedback around it
                     (``EF14``, ``EF21``); its state (generators, PowerSGD's warm start, error
@@ -105,15 +131,23 @@ def data_parallel_trainer(comm, model, loss_fn, optimizer, global_batches, *, re
     if reducer is not None and isinstance(optimizer, LocalSGD):
         raise ValueError("data_parallel_trainer: LocalSGD averages the parameters on its own schedule; "
                          "a gradient reducer applies to synchronous data parallel only (drop reducer=)")
+    zeroth_order = not optimizer.uses_gradients
+    if zeroth_order and (reducer is not None or grad_hooks):
+        raise ValueError("data_parallel_trainer: a zeroth-order optimizer computes no gradients; the ranks "
+                         "agree through their losses (drop reducer= and grad_hooks=)")
     broadcast_params(comm, {n: p.data for n, p in model.named_parameters()})
-    if isinstance(optimizer, LocalSGD):      # one stop vote per averaging round
+    if zeroth_order:
+        _share_seed(comm, optimizer)
+        sync, vote_every = None, 1
+        trainer_kwargs.setdefault("reduce_loss", mean_over_ranks(comm))
+    elif isinstance(optimizer, LocalSGD):    # one stop vote per averaging round
         sync, vote_every = optimizer.grad_hook, optimizer.local_steps
     else:
         sync, vote_every = (allreduce_grads(comm) if reducer is None else reducer), 1
     lead = comm.rank == 0
     trainer_kwargs.setdefault("reduce_stop", any_rank(comm, vote_every))
     return Trainer(model, loss_fn, optimizer, shard_batches(global_batches, comm.rank, comm.size),
-                   grad_hooks=[sync, *grad_hooks],
+                   grad_hooks=[h for h in (sync, *grad_hooks) if h is not None],
                    save_dir=None if save_dir is None else rank_dir(save_dir, comm.rank),
                    save_meta={**(save_meta or {}), "world_size": comm.size, "rank": comm.rank},
                    progress=progress and lead, log_every=log_every if lead else 0, **trainer_kwargs)

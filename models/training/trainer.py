@@ -6,8 +6,8 @@ what it needs, see ``optim.base``)::
     every step: freeze the parameters opt.trainable_names() leaves out (layer-wise methods)
     first-order (opt.uses_gradients):              zeroth-order (not opt.uses_gradients):
       model.zero_grad()                              model.eval()
-      loss = loss_fn(model, batch)  [autocast]       opt.step(closure=lambda: loss_fn(model, batch)
-      (loss * opt.loss_scale).backward()                                      under no_grad)
+      loss = loss_fn(model, batch)  [autocast]       opt.step(closure=lambda: reduce_loss(
+      (loss * opt.loss_scale).backward()                      loss_fn(model, batch) under no_grad))
       grads = {name: p.grad}   (None: frozen)        model.train()
       opt.unscale_(grads)       (mixed precision: true gradients from here on)
       for hook in grad_hooks: hook(grads)            (clipping; later compression, all-reduce)
@@ -188,6 +188,11 @@ class Trainer:
                  False ("not yet") stands until it is granted.
                  :func:`models.training.distributed.any_rank` (stop when any rank asks) is what
                  ``data_parallel_trainer`` passes; None: this process decides alone
+    reduce_loss  zeroth-order optimizers only: ``reduce_loss(loss) -> loss`` applied to every
+                 loss the step's closure evaluates. Data parallel passes the mean over the ranks
+                 (:func:`models.training.distributed.mean_over_ranks`): each rank evaluates its
+                 shard, and all take the step of the global batch's loss, as the gradient
+                 all-reduce does for first-order methods
     progress     a tqdm bar; False prints a line every ``log_every`` steps (0: no lines at all,
                  e.g. on every rank but 0 of a distributed run)
     """
@@ -197,7 +202,7 @@ class Trainer:
                  time_budget: float | None = None, start_time: float | None = None,
                  reserve_seconds: float = 25.0, autocast=None, seed: int = 0, save_every=None,
                  save_dir=None, save_meta=None, on_step=None, on_eval=None, reduce_stop=None,
-                 progress: bool = True, log_every: int = 50, tokens_per_step=None):
+                 reduce_loss=None, progress: bool = True, log_every: int = 50, tokens_per_step=None):
         if int(steps) != steps or steps < 1:
             raise ValueError(f"Trainer: steps must be an integer >= 1, got {steps!r}")
         if int(eval_every) != eval_every or eval_every < 1:
@@ -223,6 +228,11 @@ class Trainer:
             raise TypeError(f"Trainer: reduce_stop must be a callable flag -> bool such as "
                             f"any_rank(comm), got {type(reduce_stop).__name__}")
         self.reduce_stop = reduce_stop
+        if reduce_loss is not None and (not callable(reduce_loss) or optimizer.uses_gradients):
+            raise TypeError(f"Trainer: reduce_loss must be a callable loss -> loss and is for zeroth-order "
+                            f"optimizers only (first-order steps exchange gradients through grad_hooks); "
+                            f"got {type(reduce_loss).__name__} with {type(optimizer).__name__}")
+        self.reduce_loss = reduce_loss
         self.save_every, self.save_dir, self.save_meta = save_every, save_dir, save_meta
         self.progress, self.log_every = progress, log_every
         self.tokens_per_step = tokens_per_step
@@ -283,8 +293,9 @@ class Trainer:
             # same network (no dropout masks), and without a graph (inference memory)
             was = model.training
             model.eval()
+            reduce = self.reduce_loss or (lambda loss: loss)
             try:
-                loss = opt.step(closure=lambda: self._forward_loss(batch))
+                loss = opt.step(closure=lambda: reduce(self._forward_loss(batch)))
             finally:
                 model.train(was)
         self.step += 1
