@@ -159,6 +159,9 @@ class Adam(Optimizer):
 
     decoupled = False
 
+    def decays_decoupled(self, group) -> bool:
+        return self.decoupled
+
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
                  amsgrad=False, *, maximize=False, nonfinite="raise"):
         super().__init__(params, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,

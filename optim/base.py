@@ -446,6 +446,13 @@ class Optimizer:
             else:
                 p.grad.fill(0)
 
+    def decays_decoupled(self, group) -> bool:
+        """Whether ``group``'s weight decay is decoupled, theta <- theta*(1 - lr*wd) apart from the
+        gradient (AdamW's form), rather than the L2 term g <- g + wd*theta (the default here). A
+        method that steps this optimizer on other arrays (GaLore's projected gradients) applies
+        the decay to the full weights itself, and must apply it the same way."""
+        return False
+
     def _begin_step(self, grads):
         """Hook: sees all (validated) gradients before any update. Return False when it has
         done the whole step itself (no per-parameter update runs then)."""

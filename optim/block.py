@@ -197,6 +197,9 @@ class BlockOptimizer(Optimizer):
                                  step=0, period=-1, active=[])
 
     # -- layout ---------------------------------------------------------------------
+    def decays_decoupled(self, group) -> bool:
+        return self._probe.decays_decoupled(group)
+
     def _build(self, units, blocks, always=(), lr_scale=None):
         """Build the inner optimizer.
 

@@ -59,6 +59,9 @@ class Lion(Optimizer):
         super()._check_group(group)
         check_betas(group["betas"], "Lion")
 
+    def decays_decoupled(self, group) -> bool:
+        return True
+
     def _update(self, name, p, g, state, group):
         b1, b2 = group["betas"]
         if "exp_avg" not in state:
@@ -116,6 +119,9 @@ class Adafactor(Optimizer):
         check_eps(eps[1], "Adafactor", "eps[1]")
         if not group["d"] >= 1:
             raise ValueError(f"Adafactor: the clipping threshold d must be >= 1, got {group['d']!r}")
+
+    def decays_decoupled(self, group) -> bool:
+        return True
 
     def _update(self, name, p, g, state, group):
         lr, wd = group["lr"], group["weight_decay"]
@@ -329,6 +335,9 @@ class Muon(_ByRole):
         """Whether parameter ``name`` takes Muon's step (else AdamW's)."""
         return self._plan[name] is not None
 
+    def decays_decoupled(self, group) -> bool:
+        return True
+
     def _update(self, name, p, g, state, group):
         plan = self._plan[name]
         if plan is None:
@@ -473,6 +482,9 @@ class AdamMini(_ByRole):
     def blocks(self, name) -> int:
         """The number of second-moment blocks of parameter ``name``."""
         return sum((stop - start) // size for start, stop, size in self._plan[name])
+
+    def decays_decoupled(self, group) -> bool:
+        return True
 
     def _update(self, name, p, g, state, group):
         b1, b2 = group["betas"]

@@ -243,6 +243,9 @@ class SOAP(Optimizer):
                 gg *= s
                 gg += (1.0 - s) * np.tensordot(g, g, axes=(rest, rest))
 
+    def decays_decoupled(self, group) -> bool:
+        return True
+
     def _update(self, name, p, g, state, group):
         dt, dims = _stat_dtype(p), self._rotated_dims(p, group)
         g = g.astype(dt)

@@ -275,9 +275,10 @@ class _Projected(_Subspace):
     direction, e.g. Adam's m_hat / (sqrt(v_hat) + eps)); that move is projected back and added
     to W. So the inner optimizer's state is r*max(m, n) per array, and any optimizer (SGD,
     momentum, Adam, AdamW, RMSProp, AdaGrad, ...) works inside. Weight decay acts on the full W
-    the way the inner optimizer applies it: decoupled optimizers (AdamW) decay W after the
-    update, W <- W - lr*wd*W (as GaLore's code does), the others add wd*W to G before the
-    projection (L2)."""
+    the way the inner optimizer applies it (its ``decays_decoupled(group)``): decoupled
+    optimizers (AdamW, Lion, Adafactor, SOAP, NAdam/RAdam with decoupled_weight_decay, ...) decay
+    W after the update, W <- W - lr*wd*W (as GaLore's code does), the others add wd*W to G before
+    the projection (L2)."""
 
     def __init__(self, params, *, lr, weight_decay, rank, update_proj_gap, proj, inner,
                  inner_kwargs, roles, splits, seed, nonfinite):
@@ -311,7 +312,6 @@ class _Projected(_Subspace):
         self._probe = probe
         self._inner_name, self._inner_kwargs = inner.lower(), inner_kwargs
         self._unsaved_hparams = probe._unsaved_hparams
-        self._decoupled = bool(getattr(probe, "decoupled", False))
         super().__init__(params, nonfinite=nonfinite, **probe.defaults)
         self._lay_out(roles, splits, rank, seed, where)
         self.update_proj_gap, self.proj = int(update_proj_gap), proj
@@ -321,6 +321,9 @@ class _Projected(_Subspace):
 
     def _check_group(self, group):
         self._probe._check_group(group)
+
+    def decays_decoupled(self, group) -> bool:
+        return self._probe.decays_decoupled(group)
 
     def _low(self, unit):
         return _low_shape(self._sides[unit], self._shape[unit], self.ranks[unit])
@@ -398,7 +401,7 @@ class _Projected(_Subspace):
         """G in the work dtype, with L2 decay added for a coupled-decay inner optimizer."""
         G = g.astype(work_dtype(w.dtype))
         wd = group["weight_decay"]
-        if wd and not self._decoupled:
+        if wd and not self._probe.decays_decoupled(group):
             G += wd * w
         return G
 
@@ -406,7 +409,7 @@ class _Projected(_Subspace):
         """W <- W + delta, then the decoupled decay."""
         w += delta.astype(w.dtype, copy=False)
         wd = group["weight_decay"]
-        if wd and self._decoupled:
+        if wd and self._probe.decays_decoupled(group):
             w -= (group["lr"] * wd) * w
 
     # -- state ------------------------------------------------------------------------
@@ -739,6 +742,9 @@ class Flora(_Subspace):
                          scale_parameter=scale_parameter)
         self._lay_out(roles, splits, rank, seed, where)
         self.update_proj_gap = int(update_proj_gap)
+
+    def decays_decoupled(self, group) -> bool:
+        return True
 
     def _check_group(self, group):
         super()._check_group(group)

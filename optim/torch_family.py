@@ -59,6 +59,9 @@ class NAdam(Optimizer):
         if not group["momentum_decay"] >= 0:
             raise ValueError(f"momentum_decay must be >= 0, got {group['momentum_decay']!r}")
 
+    def decays_decoupled(self, group) -> bool:
+        return bool(group["decoupled_weight_decay"])
+
     def _update(self, name, p, g, state, group):
         b1, b2 = group["betas"]
         lr = group["lr"]
@@ -111,6 +114,9 @@ class RAdam(Optimizer):
         super()._check_group(group)
         check_betas(group["betas"], "RAdam")
         check_eps(group["eps"], "RAdam")
+
+    def decays_decoupled(self, group) -> bool:
+        return bool(group["decoupled_weight_decay"])
 
     def _update(self, name, p, g, state, group):
         b1, b2 = group["betas"]
@@ -305,6 +311,9 @@ class Rprop(Optimizer):
         if not 0.0 <= low <= high:
             raise ValueError(f"step_sizes must be (min, max) with 0 <= min <= max, "
                              f"got {group['step_sizes']!r}")
+
+    def decays_decoupled(self, group) -> bool:
+        return True
 
     def _update(self, name, p, g, state, group):
         etaminus, etaplus = group["etas"]

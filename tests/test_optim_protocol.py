@@ -282,6 +282,59 @@ def test_sgd_checks_nesterov_per_group():
 
 
 # ----------------------------------------------------------------------------- weight decay added
+# options that keep a step's other moves out of the probe below: ASGD's own decay, the perturbed
+# methods' noise
+QUIET = {"asgd": {"lambd": 0.0}, **{n: {"radius": 0.0} for n in ("perturbed_gd", "perturbed_sgd", "pgd")}}
+
+
+@pytest.mark.parametrize("name", [n for n in FIRST_ORDER if "weight_decay" in make(n, make_params()).defaults])
+def test_decays_decoupled_says_how_each_optimizer_decays(name):
+    """``decays_decoupled(group)`` is what GaLore, GoLore and RSO read to decay the full W the way
+    their inner optimizer would (with Lion or NAdamW inside they took the L2 path before and did
+    no decoupled decay at all). Decoupled: a zero gradient moves theta to theta*(1 - lr*wd)
+    exactly. L2: the gradient -wd*theta cancels the term g + wd*theta, and theta stays. Block and
+    subspace methods answer for their inner optimizer (AdamW by default: decoupled). SOAP's
+    first step only builds its preconditioner, so it decays once in two steps."""
+    lr, wd = 1e-2, 0.1
+    p = make_params()
+    start = {n: a.copy() for n, a in p.items()}
+    opt = make(name, p, lr=lr, weight_decay=wd, **QUIET.get(name, {}))
+    decoupled = opt.decays_decoupled(opt.param_groups[0])
+    steps = 2 if name == "soap" else 1
+    for _ in range(steps):
+        grads = {n: np.zeros_like(a) if decoupled else -wd * a for n, a in p.items()}
+        if opt.uses_closure:
+            opt.step(closure=lambda: (0.0, grads))
+        else:
+            opt.step(grads)
+    for n in p:
+        want = start[n] * (1.0 - lr * wd) if decoupled else start[n]
+        np.testing.assert_allclose(p[n], want, rtol=1e-12, atol=1e-15, err_msg=f"{name} {n} decoupled={decoupled}")
+    assert decoupled == (name in {"adamw", "lion", "adafactor", "muon", "adam-mini", "soap", "rprop", "flora",
+                                  "galore", "golore", "rso", "badam", "lisa", "misa"}), name
+
+
+@pytest.mark.parametrize("inner,kw", [("lion", {}), ("nadam", {"decoupled_weight_decay": True}),
+                                      ("radam", {"decoupled_weight_decay": True}), ("adafactor", {})])
+def test_galore_decays_the_full_weights_as_its_decoupled_inner_optimizer_does(inner, kw):
+    """A zero gradient: the inner optimizer alone moves W to W*(1 - lr*wd); GaLore around it must
+    too (it added wd*W to the gradient instead, which these optimizers' sign or normalisation
+    turned into a move ~10x larger)."""
+    lr, wd = 1e-2, 0.1
+    for name, extra in ((inner, kw), ("galore", dict(rank=2, inner=inner, inner_kwargs=kw))):
+        p = make_params()
+        start = {n: a.copy() for n, a in p.items()}
+        opt = optim.create(name, p, lr=lr, weight_decay=wd, **extra)
+        assert opt.decays_decoupled(opt.param_groups[0])
+        opt.step({n: np.zeros_like(a) for n, a in p.items()})
+        for n in p:
+            np.testing.assert_allclose(p[n], start[n] * (1 - lr * wd), rtol=1e-12, err_msg=f"{name} {n}")
+    for flag in (False, True):
+        opt = optim.create(inner, make_params(), weight_decay=wd, **{**kw, **({"decoupled_weight_decay": flag}
+                                                                          if kw else {})})
+        assert opt.decays_decoupled(opt.param_groups[0]) is (flag or not kw)
+
+
 def test_weight_decay_of_ista_agd_fista_is_l2_in_the_gradient():
     x0, g, lr, wd = np.array([1.0, -2.0, 0.5]), np.array([0.3, 0.1, -0.2]), 0.1, 0.5
     x1 = x0 - lr * (g + wd * x0)
