@@ -348,6 +348,8 @@ class _Projected(_Subspace):
         for g in self.inner.param_groups:
             for u in g["params"]:
                 self._inner_group[u] = g
+                if u in self._matrices:    # (built on writable zeros: optimizers refuse read-only arrays)
+                    g["params"][u] = _placeholder(g["params"][u].shape, g["params"][u].dtype)
 
     @staticmethod
     def _options(group, kind):
@@ -485,7 +487,8 @@ class GaLore(_Projected):
         """The basis for the period that starts at the unit's step t (G: its gradient)."""
         U, _, Vh = np.linalg.svd(G, full_matrices=False)
         r = self.ranks[unit]
-        return np.ascontiguousarray(Vh[:r] if self._sides[unit] == "right" else U[:, :r])
+        # a copy: Vh[:r] is contiguous, and as a view it kept all of Vh (min(m, n)^2) alive
+        return (Vh[:r] if self._sides[unit] == "right" else U[:, :r]).copy()
 
     def basis(self, unit):
         """The basis P the matrix ``unit`` is projected with now (None before its first step)."""
@@ -500,14 +503,16 @@ class GaLore(_Projected):
             if self.reproject and "proj" in st:
                 self._reproject(unit, st, st["proj"], P)
             st["proj"] = P
-        shadow = self._inner_group[unit]["params"][unit]
-        shadow.fill(0)   # the inner optimizer's move is measured from 0
+        # the array the inner optimizer moves, from 0, for this step only (see _placeholder)
+        shadow = np.zeros(self._low(unit), self._array(unit).dtype)
+        self._inner_group[unit]["params"][unit] = shadow
         return _down(self._sides[unit], G, st["proj"]).astype(shadow.dtype, copy=False)
 
     def _leave(self, unit, w, group):
         st = self.inner.state[unit]
         shadow = self._inner_group[unit]["params"][unit]
         delta = _up(self._sides[unit], shadow.astype(st["proj"].dtype, copy=False), st["proj"])
+        self._inner_group[unit]["params"][unit] = _placeholder(shadow.shape, shadow.dtype)
         if self.scale != 1.0:
             delta *= self.scale
         self._apply(w, delta, group)
@@ -842,6 +847,14 @@ class Flora(_Subspace):
         self._check_loadable(sd)
         super().load_state_dict({**sd, "state": {}})
         self.state = {u: {k: _copy(v) for k, v in st.items()} for u, st in sd["state"].items()}
+
+
+def _placeholder(shape, dtype):
+    """What the inner optimizer holds as a hidden matrix's low-rank array between steps: a
+    read-only view of one zero with the array's shape and dtype, 0 bytes. GaLore's array exists
+    only during a step (it held r*max(m, n) for good, uncounted, before 2026-12-07); RSO binds
+    its B, which is state."""
+    return np.broadcast_to(np.zeros((), dtype), shape)
 
 
 def _rms(a) -> float:
