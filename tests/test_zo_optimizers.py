@@ -213,6 +213,27 @@ def _assert_mean(D, target, k=K):
         assert np.all(err <= tol), (n, err.max(), tol.min())
 
 
+@pytest.mark.parametrize("make", [lambda P, wd: MeZO(P, lr=0.05, eps=1e-3, weight_decay=wd, seed=3),
+                                  lambda P, wd: LoZO(P, lr=0.05, eps=1e-3, rank=2, momentum=0.9,
+                                                     weight_decay=wd, seed=3),
+                                  lambda P, wd: ZOSGD(P, lr=0.05, eps=1e-3, q=2, momentum=0.9,
+                                                      weight_decay=wd, seed=3)],
+                         ids=["mezo", "lozo", "zo-sgd"])
+def test_weight_decay_is_decoupled_and_scaled_by_lr(make):
+    """theta <- theta - lr*(g_hat + wd*theta) with theta before the step: the losses, and so the
+    estimate, are taken before any decay, so two runs from one seed that differ only in wd
+    differ by exactly -lr*wd*theta_0 after one step (a decay not scaled by lr, or applied after
+    the step, or not at all, breaks it)."""
+    wd, runs = 0.1, []
+    for decay in (0.0, wd):
+        P = make_params(np.float64, scale=1.0)
+        start = {n: p.copy() for n, p in P.items()}
+        make(P, decay).step(closure=quad_closure(P)[0])
+        runs.append(P)
+    for n, p0 in start.items():
+        np.testing.assert_allclose(runs[1][n] - runs[0][n], -0.05 * wd * p0, rtol=1e-9, atol=1e-15)
+
+
 def test_mezo_expected_update_is_minus_lr_times_gradient():
     P0 = small_params()
     lr = 1e-2
