@@ -28,6 +28,15 @@ backward (no gradient flows through the norm), which saves the memory of its gra
 reports, costs no accuracy; `detach_norm=True` (the default) does that, `detach_norm=False`
 differentiates through the norm. Both give the same forward.
 
+With dropout on the adapter's input (training, p > 0) DoRA follows the official code (NVlabs/DoRA
+`dora.py`, PEFT): the frozen product keeps the undropped input and only the dropped one carries
+the rescaling,
+
+    y = x W0ᵀ + (m/‖V‖ − 1) ⊙ dropout(x) W0ᵀ + (m/‖V‖) ⊙ s · dropout(x) Aᵀ Bᵀ + b,
+
+which is the formula above in expectation and exactly when no dropout acts. (Until 2026-12-07
+it was (m/‖V‖) ⊙ (x W0ᵀ + s · dropout(x) Aᵀ Bᵀ) + b: the same mean, another variance.)
+
 Adapters go on Linear layers chosen by `targets` (see `apply_lora`): a glob of the layer's dotted
 name ("h.*.attn.c_attn"), a regular expression ("re:h\\.[01]\\..*") or the role of its weight in
 `model.param_roles()` ("role:attn_qkv"; see `minigrad.nn.ROLES`). Each chosen `nn.Linear` is
@@ -129,7 +138,11 @@ class LoRALinear(Linear):
         if not self.dora:
             return F.linear(x, self.weight, self.bias) + update
         # DoRA: x Vᵀ with V = W0 + s·B·A, each output row then rescaled to length m
-        y = (F.linear(x, self.weight) + update) * (self.lora_magnitude / self.weight_norm())
+        rescale = self.lora_magnitude / self.weight_norm()
+        if x_adapter is x:        # no dropout in effect (eval, p = 0)
+            y = (F.linear(x, self.weight) + update) * rescale
+        else:                     # the official code's form: only the dropped input is rescaled
+            y = F.linear(x, self.weight) + F.linear(x_adapter, self.weight) * (rescale - 1.0) + update * rescale
         return y if self.bias is None else y + self.bias
 
     def weight_norm(self) -> Tensor:

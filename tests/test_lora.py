@@ -214,6 +214,25 @@ def test_dropout_acts_on_the_adapter_input_only_and_only_in_training():
     np.testing.assert_allclose(layer(x).data, base + x.data @ layer.delta_weight().T, rtol=1e-13)
 
 
+def test_dora_with_dropout_is_the_official_codes_formula():
+    """NVlabs/DoRA and PEFT: y = x W0ᵀ + (m/‖V‖ - 1)·drop(x) W0ᵀ + (m/‖V‖)·s·drop(x) Aᵀ Bᵀ + b;
+    without dropout (eval) it is (m/‖V‖)·x Vᵀ + b."""
+    layer = LoRALinear(nn.Linear(6, 4, dtype=np.float64, rng=0), r=2, alpha=2.0, dropout=0.5, rng=1,
+                       dora=True, dropout_rng=np.random.default_rng(3))
+    layer.lora_B.data[...] = np.random.default_rng(4).standard_normal(layer.lora_B.shape)
+    layer.lora_magnitude.data *= 1.5
+    x = mg.Tensor(np.random.default_rng(2).standard_normal((5, 6)))
+    W0, b = layer.weight.data, layer.bias.data
+    V = W0 + layer.delta_weight()
+    rescale = layer.lora_magnitude.data / np.linalg.norm(V, axis=1)
+    dropped = x.data * (np.random.default_rng(3).random(x.shape) >= 0.5) / 0.5   # the layer's mask
+    want = (x.data @ W0.T + (rescale - 1) * (dropped @ W0.T)
+            + rescale * (layer.scaling * dropped @ layer.lora_A.data.T @ layer.lora_B.data.T) + b)
+    np.testing.assert_allclose(layer(x).data, want, rtol=1e-13)
+    layer.eval()
+    np.testing.assert_allclose(layer(x).data, rescale * (x.data @ V.T) + b, rtol=1e-13)
+
+
 def test_activation_checkpointing_replays_the_adapters_dropout_masks():
     grads = []
     for checkpoint in (False, True):
