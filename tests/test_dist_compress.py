@@ -183,6 +183,10 @@ def test_rand_k_inclusion_mean_and_error_statistically(scaled):
     freq = kept.mean(axis=0)
     assert np.max(np.abs(freq - k / d)) < 5 * math.sqrt(k / d * (1 - k / d) / draws)
     assert np.all(kept.sum(axis=1) == k)
+    # each kept coordinate is x_i times exactly d/k (or 1): a scale off by 2% ((d-1)/k) is about
+    # one standard error of the mean below, so the statistical check alone would miss it
+    np.testing.assert_allclose(samples[kept], np.broadcast_to(x, samples.shape)[kept] * (d / k if scaled else 1.0),
+                               rtol=1e-15)
     if scaled:
         sigma = np.abs(x) * math.sqrt(d / k - 1)          # sd of one coordinate of C(x)
         assert np.max(np.abs(samples.mean(axis=0) - x) / (sigma / math.sqrt(draws))) < 5
