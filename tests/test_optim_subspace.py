@@ -110,6 +110,37 @@ def test_reproject_maps_the_first_moment_into_the_new_basis():
                                rtol=1e-12, atol=1e-14)
 
 
+def test_galore_with_adamw_inside_and_weight_decay_equals_the_documented_rule_at_every_step():
+    """GaLore (Zhao et al., ICML 2024, arXiv 2403.03507) with AdamW inside, against a float64
+    reference, 8 steps, T = 3: P from the SVD of G at steps 0, 3, 6 (tall: right side, wide:
+    left), Adam's moments on R kept when P changes, W <- W - lr*alpha*back(N), *then* the
+    decoupled decay W <- W - lr*wd*W; the bias by plain AdamW (decay first). To 1e-12."""
+    lr, wd, alpha, T, r, (b1, b2), eps = 0.05, 0.1, 0.25, 3, 2, (0.9, 0.999), 1e-8
+    p, q = make_params(), make_params()
+    opt = optim.create("galore", p, lr=lr, weight_decay=wd, rank=r, update_proj_gap=T, scale=alpha)
+    ref = {n: {"m": 0.0, "v": 0.0} for n in q}
+    for t in range(8):
+        opt.step(grads_at(p, t))
+        g, k = grads_at(q, t), t + 1
+        for n, w in q.items():
+            s, G, right = ref[n], g[n], w.ndim == 2 and w.shape[0] >= w.shape[1]
+            if w.ndim == 2 and t % T == 0:
+                U, _, Vh = np.linalg.svd(G, full_matrices=False)
+                s["P"] = Vh[:r] if right else U[:, :r]
+            R = G if w.ndim == 1 else G @ s["P"].T if right else s["P"].T @ G
+            s["m"] = b1 * s["m"] + (1 - b1) * R
+            s["v"] = b2 * s["v"] + (1 - b2) * R * R
+            N = (s["m"] / (1 - b1 ** k)) / (np.sqrt(s["v"] / (1 - b2 ** k)) + eps)
+            if w.ndim == 2:
+                w -= lr * alpha * (N @ s["P"] if right else s["P"] @ N)
+                w -= lr * wd * w
+            else:
+                w *= 1 - lr * wd
+                w -= lr * N
+        for n in p:
+            np.testing.assert_allclose(p[n], q[n], rtol=1e-12, atol=1e-14, err_msg=f"{n}, step {t}")
+
+
 # ----------------------------------------------------------------------------- GoLore
 @settings(max_examples=20, deadline=None)
 @given(dim=st.integers(2, 12), data=st.data())
@@ -216,6 +247,44 @@ def test_flora_moves_its_momentum_to_the_new_basis_every_update_proj_gap_steps()
     np.testing.assert_allclose(opt.state["w"]["exp_avg"], expected, rtol=1e-12)
 
 
+def test_flora_clips_the_update_after_the_momentum_when_the_threshold_binds():
+    """clip_threshold d = 0.05 < RMS(u) at every step (checked): u_hat enters the momentum
+    unclipped, u = (1-b1)*u_hat + b1*up(C) (full M for the bias) is divided by RMS(u)/d, and
+    W <- W - lr*u -- the documented rule, as flora_step_. 5 steps, a transfer at step 2, 1e-12."""
+    lr, b1, d, kappa, r = 0.1, 0.9, 0.05, 2, 2
+    p, q = make_params(), make_params()
+    opt = optim.create("flora", p, lr=lr, rank=r, beta1=b1, clip_threshold=d, update_proj_gap=kappa,
+                       seed=5)
+    ref = {n: {} for n in q}
+    for t in range(1, 6):
+        opt.step(grads_at(p, t))
+        g, b2 = grads_at(q, t), 1 - t ** -0.8
+        for n, w in q.items():
+            s, G = ref[n], g[n]
+            S = G * G + 1e-30
+            if w.ndim == 2:
+                right = w.shape[0] >= w.shape[1]
+                up = (lambda C, P: C @ P) if right else (lambda C, P: P @ C)
+                down = (lambda X, P: X @ P.T) if right else (lambda X, P: P.T @ X)
+                s["row"] = b2 * s.get("row", 0.0) + (1 - b2) * S.mean(1)
+                s["col"] = b2 * s.get("col", 0.0) + (1 - b2) * S.mean(0)
+                u_hat = G / np.sqrt(np.outer(s["row"], s["col"]) / s["row"].mean())
+                P = opt.basis(n, (t - 1) // kappa)
+                C = s.get("C", np.zeros((w.shape[0], r) if right else (r, w.shape[1])))
+                u = (1 - b1) * u_hat + b1 * up(C, P)
+                if t % kappa == 0:
+                    C, P = down(up(C, P), opt.basis(n, t // kappa)), opt.basis(n, t // kappa)
+                s["C"] = b1 * C + (1 - b1) * down(u_hat, P)
+            else:
+                s["v"] = b2 * s.get("v", 0.0) + (1 - b2) * S
+                s["M"] = u = b1 * s.get("M", 0.0) + (1 - b1) * G / np.sqrt(s["v"])
+            rms = np.sqrt(np.mean(u * u))
+            assert rms > d, (n, t)                          # the clip binds
+            w -= lr * u / (rms / d)
+        for n in p:
+            np.testing.assert_allclose(p[n], q[n], rtol=1e-12, atol=1e-14, err_msg=f"{n}, step {t}")
+
+
 # ----------------------------------------------------------------------------- RSO
 @pytest.mark.parametrize("projection", ["gaussian", "haar"])
 def test_one_inner_gd_step_of_rso_from_b_zero_is_theta_minus_eta_p_pt_grad(projection):
@@ -263,6 +332,32 @@ def test_rso_steps_one_inner_step_per_call_without_a_closure():
         opt.step(grads_at(p, t))
         periods.append(opt.state["tall"]["period"])
     assert periods == [0, 0, 0, 1, 1, 1, 2]
+
+
+def test_rso_inner_steps_from_a_nonzero_b_follow_the_proximal_gradient():
+    """Inner SGD (lr eta_in), K = 3 inner steps per subproblem, eta = 0.2: each moves B by
+    -eta_in * (G P^T + B/eta) (wide, left side: P^T G + B/eta) and W by that move times P, so
+    from the second inner step on the proximal term pulls B toward 0 (a sizeable pull, checked);
+    step 3 starts a new subproblem, new P, B = 0. W and B agree with the formula to 1e-12."""
+    eta_in, eta, K = 0.1, 0.2, 3
+    p, q = make_params(), make_params()
+    opt = optim.create("rso", p, lr=eta_in, rank=2, update_proj_gap=K, eta=eta, inner="sgd", seed=4)
+    B, pull = {}, 0.0
+    for t in range(5):
+        opt.step(grads_at(p, t))
+        g = grads_at(q, t)
+        q["bias"] -= eta_in * g["bias"]
+        for n, right in (("tall", True), ("wide", False)):
+            P = opt.basis(n, t // K)
+            b = 0.0 if t % K == 0 else B[n]
+            move = -eta_in * ((g[n] @ P.T if right else P.T @ g[n]) + b / eta)
+            B[n] = b + move
+            q[n] += move @ P if right else P @ move
+            pull = max(pull, float(np.max(np.abs(eta_in * b / eta))))
+            np.testing.assert_allclose(opt.state[n]["B"], B[n], rtol=1e-12, atol=1e-14)
+        for n in p:
+            np.testing.assert_allclose(p[n], q[n], rtol=1e-12, atol=1e-14, err_msg=f"{n}, step {t}")
+    assert pull > 1e-2
 
 
 # ----------------------------------------------------------------------------- memory
