@@ -1,7 +1,8 @@
 """Shampoo, SOAP and Anderson acceleration (optim/preconditioned.py): the polar factor of one
-Shampoo step, the reductions to AdaGrad and Adam checked against torch, SOAP's skipped first
-step and rotation equivariance, Anderson's GMRES-like convergence and its safeguard, the state
-bytes, mid-run resumes and refused options."""
+Shampoo step, the reductions to AdaGrad and Adam checked against torch, Shampoo's EMA factors and
+momentum against its documented rule, SOAP's skipped first step, its rotation equivariance and
+its every step against a NumPy transcription of the reference code, Anderson's GMRES-like
+convergence and its safeguard, the state bytes, mid-run resumes and refused options."""
 import numpy as np
 import pytest
 import torch
@@ -86,6 +87,39 @@ def test_shampoo_side_longer_than_max_preconditioner_dim_has_no_factor():
     assert set(opt.state["w"]) == {"step", "L", "L_root"}
     lam, vec = np.linalg.eigh(g @ g.T)                     # one factor: exponent -1/2
     np.testing.assert_allclose(-p["w"], (vec * lam ** -0.5) @ vec.T @ g, rtol=1e-10)
+
+
+def test_shampoo_ema_factors_and_momentum_follow_the_documented_rule():
+    """beta2 < 1 and momentum > 0, against a NumPy transcription of the class docstring:
+    g <- g + wd*theta; L <- b2*L + (1-b2) G G^T, R likewise (a vector: s <- b2*s + (1-b2) g^2);
+    D = (L + eps I)^(-1/4) G (R + eps I)^(-1/4) (a vector: g (s + eps)^(-1/2));
+    buf <- mu*buf + D (heavy ball, not an EMA of D); theta <- theta - lr*buf. Dropping the decay of
+    L, R or s, or damping the momentum by (1-mu), moves the parameters far outside 1e-10."""
+    lr, mu, b2, eps, wd = 0.05, 0.9, 0.8, 1e-4, 0.01
+    rng = np.random.default_rng(14)
+    x0 = {"w": rng.standard_normal((3, 5)), "b": rng.standard_normal(4)}
+    p = {n: v.copy() for n, v in x0.items()}
+    opt = optim.Shampoo(p, lr=lr, momentum=mu, beta2=b2, epsilon=eps, weight_decay=wd)
+
+    def root(a):                                            # (a + eps I)^(-1/4)
+        lam, vec = np.linalg.eigh(a + eps * np.eye(len(a)))
+        return (vec * lam ** -0.25) @ vec.T
+
+    ref = {n: v.copy() for n, v in x0.items()}
+    left, right, diag = np.zeros((3, 3)), np.zeros((5, 5)), np.zeros(4)
+    buf = {n: np.zeros_like(v) for n, v in x0.items()}
+    for _ in range(8):
+        grads = {n: rng.standard_normal(v.shape) for n, v in x0.items()}
+        opt.step(grads)
+        g = {n: grads[n] + wd * ref[n] for n in ref}
+        left = b2 * left + (1 - b2) * g["w"] @ g["w"].T
+        right = b2 * right + (1 - b2) * g["w"].T @ g["w"]
+        diag = b2 * diag + (1 - b2) * g["b"] ** 2
+        d = {"w": root(left) @ g["w"] @ root(right), "b": g["b"] / np.sqrt(diag + eps)}
+        for n in ref:
+            buf[n] = mu * buf[n] + d[n]
+            ref[n] -= lr * buf[n]
+            assert np.linalg.norm(p[n] - ref[n]) <= 1e-10 * np.linalg.norm(ref[n] - x0[n]), n
 
 
 @pytest.mark.parametrize("kw", [{}, {"grafting": "adam", "momentum": 0.9}, {"max_preconditioner_dim": 3}])
@@ -176,6 +210,73 @@ def test_soap_is_rotation_equivariant_and_adamw_is_not(name):
         assert gap < 1e-8       # eigen-solver rounding
     else:
         assert gap > 1e-4
+
+
+def _soap_reference_step(p, g, s, lr, betas, eps, weight_decay, precondition_frequency):
+    """One step of SOAP.step from the reference code (nikhilvyas/SOAP soap.py) in NumPy, every
+    dimension rotated, merge_dims off, shampoo_beta -1 (beta2). Unlike optim.SOAP it keeps exp_avg in the rotated basis and
+    moves it back and forth around each change of Q, as the reference does."""
+    b1, b2 = betas
+
+    def project(x, back=False):                     # torch.tensordot on dim 0, per factor
+        for q in s["Q"]:
+            x = np.tensordot(x, q, axes=([0], [1 if back else 0]))
+        return x
+
+    def update_preconditioner():
+        if s["Q"] is not None:
+            s["exp_avg"] = project(s["exp_avg"], back=True)
+        for i, gg in enumerate(s["GG"]):            # GG.lerp_(outer, 1 - shampoo_beta)
+            rest = [a for a in range(g.ndim) if a != i]
+            gg += (1 - b2) * (np.tensordot(g, g, (rest, rest)) - gg)
+        if s["Q"] is None:                          # get_orthogonal_matrix: eigh, flipped
+            s["Q"] = [np.linalg.eigh(gg + 1e-30 * np.eye(len(gg)))[1][:, ::-1] for gg in s["GG"]]
+        if s["step"] > 0 and s["step"] % precondition_frequency == 0:
+            qs = []                                 # get_orthogonal_matrix_QR
+            for i, (gg, q) in enumerate(zip(s["GG"], s["Q"])):
+                order = np.argsort(-np.diag(q.T @ gg @ q))
+                s["exp_avg_sq"] = np.take(s["exp_avg_sq"], order, axis=i)
+                qs.append(np.linalg.qr(gg @ q[:, order])[0])
+            s["Q"] = qs
+        if s["step"] > 0:
+            s["exp_avg"] = project(s["exp_avg"])
+
+    if not s:
+        s.update(step=0, exp_avg=np.zeros_like(g), exp_avg_sq=np.zeros_like(g), Q=None,
+                 GG=[np.zeros((d, d)) for d in g.shape])
+        update_preconditioner()
+        return
+    gp = project(g)
+    s["step"] += 1
+    s["exp_avg"] = b1 * s["exp_avg"] + (1 - b1) * gp
+    s["exp_avg_sq"] = b2 * s["exp_avg_sq"] + (1 - b2) * gp * gp
+    step_size = lr * np.sqrt(1 - b2 ** s["step"]) / (1 - b1 ** s["step"])
+    p -= step_size * project(s["exp_avg"] / (np.sqrt(s["exp_avg_sq"]) + eps), back=True)
+    p -= lr * weight_decay * p
+    update_preconditioner()
+
+
+@pytest.mark.parametrize("precondition_frequency", [1, 3])
+def test_soap_matches_the_reference_code_step_by_step(precondition_frequency):
+    """Against a NumPy transcription of the reference (Vyas et al., ICLR 2025, arXiv 2409.11321;
+    reference code nikhilvyas/SOAP soap.py), every step: this holds the eigenbasis refresh (power
+    iteration + QR of L and R, re-sorting of the estimated eigenvalues, exp_avg_sq permuted to
+    follow), which rotation equivariance cannot see. Square parameters and random gradients keep
+    every factor full rank from the first step, so its eigenvectors are unique up to sign (which
+    SOAP does not see); with these gradients the eigenvalue order changes at many refreshes."""
+    kw = dict(lr=1e-2, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1,
+              precondition_frequency=precondition_frequency)
+    rng = np.random.default_rng(15)
+    x0 = {"w": rng.standard_normal((6, 6)), "v": rng.standard_normal((4, 4))}
+    p = {n: v.copy() for n, v in x0.items()}
+    ref = {n: v.copy() for n, v in x0.items()}
+    opt, states = optim.SOAP(p, **kw), {n: {} for n in x0}
+    for _ in range(13):                              # the first call only builds the bases
+        grads = {n: rng.standard_normal(v.shape) for n, v in x0.items()}
+        opt.step(grads)
+        for n in x0:
+            _soap_reference_step(ref[n], grads[n], states[n], **kw)
+            assert np.linalg.norm(p[n] - ref[n]) <= 1e-10 * np.linalg.norm(ref[n] - x0[n]), n
 
 
 def test_soap_state_bytes_formula():
