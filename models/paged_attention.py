@@ -141,18 +141,22 @@ def _compiled_dense():
     global _dense_kernel
     if _dense_kernel is None:
         from minigrad._numba_cache import njit
-        from minigrad.kernels._math import VECTOR_MAX_FROM, fast_exp, max_scalar, max_vectorised, typed
+        # the module, not its functions: a closure's cache key pickles what it captures, and a
+        # captured dispatcher pickles differently in every process (the kernel was compiled anew
+        # at every start, 30 MB of peak RSS, until 2026-12-07)
+        from minigrad.kernels import _math
+        from minigrad.kernels._math import fast_exp, typed
 
         @njit(cache=True, fastmath=_FASTMATH, error_model="numpy")
         def kernel(q, k, v, n, scale, out):
             B, nkv, g, d = q.shape
-            wide = n >= VECTOR_MAX_FROM
+            wide = n >= _math.VECTOR_MAX_FROM
             for b in range(B):
                 for h in range(nkv):
                     keys, values = k[b, h, :n], v[b, h, :n]
                     for j in range(g):
                         s = np.dot(keys, q[b, h, j])                     # (n,) unscaled scores
-                        top = max_vectorised(s) if wide else max_scalar(s)
+                        top = _math.max_vectorised(s) if wide else _math.max_scalar(s)
                         total = typed(s, 0.0)                            # in s's dtype, as s
                         for t in range(n):                               # scale > 0 keeps the max
                             e = fast_exp((s[t] - top) * scale)
