@@ -323,12 +323,7 @@ class GPT(nn.Module):
             raise ValueError(f"GPT: the cache is for (n_layer, n_kv_head, head_dim, dtype) = {dims}, this "
                              f"model has {(cfg.n_layer, cfg.kv_heads, cfg.n_embd // cfg.n_head, self.dtype)}; "
                              "build it with the cache class's for_model(model)")
-        pos = cache.begin(B, T)
-        if pos.max() >= cfg.block_size:
-            raise ValueError(f"GPT.forward: the cache puts these tokens at positions up to {pos.max()}, "
-                             f"beyond block_size={cfg.block_size}; give the cache at most block_size positions "
-                             "(for_model(model) does)")
-        return pos
+        return cache.begin(B, T, max_position=cfg.block_size)   # (refuses, unchanged, past block_size)
 
     def param_blocks(self) -> list[nn.ParamBlock]:
         """Blocks, in order: "embeddings" (wte, wpe), one per layer "h.0" ... "h.{L-1}", and

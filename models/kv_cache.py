@@ -28,7 +28,7 @@ NSA run their own selection over every cached key, so they take the dense cache'
 The model talks to a cache in two calls per forward of T new tokens (``GPT.forward(idx,
 cache=cache)``)::
 
-    pos = cache.begin(B, T)                 # positions of the new tokens; room is made for them
+    pos = cache.begin(B, T, block_size)     # positions of the new tokens; room is made for them
     o = cache.layer(i).attend(q, k, v)      # per layer: store k, v, attend q over what is kept
     keys, values = cache.layer(i).append(k, v)   # or (DenseKVCache): store, view every position
 
@@ -143,7 +143,8 @@ class _Layer:
 class KVCache:
     """What every cache policy shares: the dimensions, the per-layer handles and the checks.
 
-    Subclasses implement ``begin(B, T) -> positions`` and ``attend(layer, q, k, v) -> o``."""
+    Subclasses implement ``begin(B, T, max_position=None) -> positions`` (refusing, before any
+    change, positions that reach ``max_position``) and ``attend(layer, q, k, v) -> o``."""
 
     #: the GPTConfig.attention variants this cache serves
     attentions = ("mha",)
@@ -175,6 +176,14 @@ class KVCache:
             raise ValueError(f"{cls}: this cache holds a batch of {batch_size}, the input has batch {B}; "
                              f"build a cache for batch_size={B}")
         self._T = int(T)
+
+    def _check_positions(self, last, max_position):
+        """Refuse, before begin() changes anything, tokens whose positions would reach past the
+        model's ``max_position`` (its block_size): a refused forward leaves the cache as it was."""
+        if max_position is not None and last >= max_position:
+            raise ValueError(f"{type(self).__name__}: these tokens would take positions up to {last}, beyond "
+                             f"the model's block_size={max_position}; give the cache at most block_size "
+                             "positions (for_model(model) does)")
 
     def _check_kv(self, layer, k, v, B):
         """Shapes of one layer's k and v: (B, n_kv_head, T, head_dim), T from begin()."""
@@ -256,12 +265,13 @@ class DenseKVCache(KVCache):
         """Forget every position (the buffers stay allocated)."""
         self.n = self._start = 0
 
-    def begin(self, B, T):
+    def begin(self, B, T, max_position=None):
         self._check_begin(B, T, self.batch_size)
         if self.n + T > self.max_len:
             raise ValueError(f"{type(self).__name__}: holds {self.n} positions; {T} more exceed max_len="
                              f"{self.max_len}; reset() it and start again from the last tokens (as "
                              "GPT.generate does), or use a StreamingLLMCache")
+        self._check_positions(self.n + T - 1, max_position)
         self._start, self.n = self.n, self.n + T
         return np.arange(self._start, self.n)
 
@@ -379,7 +389,7 @@ class StreamingLLMCache(KVCache):
         """Stream indices of the kept tokens, ascending."""
         return np.sort(self.slot_token[self.slot_token >= 0])
 
-    def begin(self, B, T):
+    def begin(self, B, T, max_position=None):
         self._check_begin(B, T, self.batch_size)
         held = len(self)
         if held + T <= self.capacity:
@@ -390,9 +400,10 @@ class StreamingLLMCache(KVCache):
             raise ValueError(f"StreamingLLMCache: a forward of {T} tokens does not fit a window of "
                              f"{self.window} (the cache holds {held} of {self.capacity}); feed at most "
                              f"{self.room()} tokens per call")
+        positions = (kept if self.positions == "cache" else self.n_seen) + np.arange(T)
+        self._check_positions(positions[-1], self.max_position if self.positions == "stream" else max_position)
         t = self.n_seen + np.arange(T)
         self._slots = np.where(t < self.n_sink, t, self.n_sink + (t - self.n_sink) % self.window)
-        positions = (kept if self.positions == "cache" else self.n_seen) + np.arange(T)
         self.slot_token[self._slots] = t
         self.slot_position[self._slots] = positions
         self._first = self.n_seen
@@ -650,10 +661,11 @@ class PagedBatch(KVCache):
         for s in self.seq_ids:
             cache._check_seq(s)
 
-    def begin(self, B, T):
+    def begin(self, B, T, max_position=None):
         self._check_begin(B, T, len(self.seq_ids))
         c = self.cache
         old = np.array([c.lengths[s] for s in self.seq_ids])
+        self._check_positions(old.max() + T - 1, max_position)
         c._writable_blocks(self.seq_ids, T)
         tables = [c.tables[s] for s in self.seq_ids]
         width = max(len(t) for t in tables)
@@ -729,11 +741,12 @@ class LinearAttentionCache(KVCache):
         self.n = 0
         self.state = [None] * self.n_layer
 
-    def begin(self, B, T):
+    def begin(self, B, T, max_position=None):
         self._check_begin(B, T, self.batch_size)
         if self.n + T > self.max_len:
             raise ValueError(f"LinearAttentionCache: holds {self.n} positions; {T} more exceed max_len="
                              f"{self.max_len}; reset() it and start again from the last tokens")
+        self._check_positions(self.n + T - 1, max_position)
         self.n += T
         return np.arange(self.n - T, self.n)
 

@@ -137,8 +137,9 @@ def test_kv_cache_misuse_gets_a_clear_error():
             m(idx[:, :1], cache=full)
         longer = DenseKVCache.for_model(m, batch_size=2, max_len=bs + 1)   # longer than the model
         m(idx[:, :bs], cache=longer)
-        with pytest.raises(ValueError, match=f"positions up to {bs}, beyond block_size={bs}"):
+        with pytest.raises(ValueError, match=f"positions up to {bs}, beyond the model's block_size={bs}"):
             m(idx[:, :1], cache=longer)
+        assert len(longer) == bs                    # a refused forward leaves the cache as it was
         with pytest.raises(ValueError, match="serves attention linear"):
             m(idx[:, :1], cache=LinearAttentionCache.for_model(m, batch_size=2))
     with pytest.raises(RuntimeError, match="no_grad"):

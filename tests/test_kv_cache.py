@@ -174,6 +174,10 @@ def test_streaming_with_stream_positions_keeps_each_tokens_index_until_block_siz
             m(np.ones((1, n), np.int64), cache=cache)
             np.testing.assert_array_equal(cache.slot_position[cache._slots], first + np.arange(n))
     assert cache.room() == 0 and cache.kept_tokens().tolist() == [0, 5, 6, 7]
+    with minigrad.no_grad(), pytest.raises(ValueError, match="positions up to 8, beyond the model's block_size=8"):
+        m(np.ones((1, 1), np.int64), cache=cache)
+    # refused before any change: no token evicted, no slot relabelled (it evicted 5 and took 8's label)
+    assert cache.n_seen == 8 and cache.kept_tokens().tolist() == [0, 5, 6, 7]
     out = m.generate(np.array([[1, 2, 3]]), 12, temperature=0, cache=cache)   # refilled at block_size
     assert out.shape == (1, 15)
     # while nothing is evicted it is the dense cache; after, attention over the kept tokens
