@@ -20,9 +20,12 @@ The three pieces
    float32 (= FP32 accumulation), and round the output to ``policy.compute`` if
    ``policy.round_output``; their backward rounds the incoming gradient to ``policy.grad``. The
    activations they save for backward are therefore their compute-format inputs. Every other op
-   (softmax, layer norm, GELU, the loss, attention) runs in float32, as torch.autocast keeps
-   reductions and normalisations in fp32. The policy is recorded per op at forward time, so a
-   backward called after the ``with`` block still uses it.
+   (softmax, layer norm, GELU, the loss, attention) runs in float32. That is the usual recipe's
+   intent (fp32 for reductions and normalisations), not what torch.autocast does op by op: on
+   CUDA it puts softmax, layer norm and the losses in fp32 but runs GELU in its input's dtype,
+   and on the CPU (torch 2.13) GELU, softmax, layer norm and scaled_dot_product_attention came
+   out in the low format, only cross-entropy in fp32. The policy is recorded per op at forward
+   time, so a backward called after the ``with`` block still uses it.
 2. ``LossScaler`` (static) and ``DynamicLossScaler``: multiply the loss by S before backward,
    divide the gradients by S after; the dynamic one halves S and skips the step on inf/NaN and
    doubles S after ``growth_interval`` clean steps.
@@ -537,6 +540,12 @@ class MixedPrecisionOptimizer:
         (`last_step_skipped`), and a dynamic scaler lowers S. Zeroth-order: ``closure() -> loss``."""
         if not self.uses_gradients:
             return self._zeroth_order_step(grads, closure)
+        if closure is not None and self.uses_closure:
+            raise NotImplementedError(
+                f"MixedPrecisionOptimizer: {type(self.optimizer).__name__} evaluates the loss and gradients "
+                "several times per step (step(closure)), each of which would need the masters written to "
+                "the model and the gradients unscaled and checked; the wrapper does not do that. Train it "
+                "in float32/float64, or drive it with step(grads) (one gradient a step)")
         loss = None
         if grads is None:
             if closure is None:
@@ -564,8 +573,12 @@ class MixedPrecisionOptimizer:
         return loss
 
     def _zeroth_order_step(self, grads, closure):
-        if self.master_weights and callable(closure):
-            def on_model():  # the model must see the masters the optimizer perturbed
+        if callable(closure):
+            # the model must hold low-precision numbers when the loss is evaluated: the masters
+            # the optimizer perturbed, rounded; without masters the optimizer perturbed the model
+            # arrays themselves in full precision, and rounding them in place here is the
+            # low-precision arithmetic being emulated (its drift on restore included)
+            def on_model():
                 self._write_model()
                 return closure()
         else:

@@ -390,6 +390,37 @@ def test_first_order_closure_and_zeroth_order_inner_optimizer():
         zo.step({"w": np.ones((8, 8), np.float32)})
 
 
+def test_zeroth_order_without_masters_evaluates_low_precision_numbers():
+    """Without masters MeZO perturbs the model arrays themselves in float32; each loss must
+    still be taken on fp16 numbers (rounded in place, the arithmetic being emulated). It saw
+    values fp16 cannot hold before (a review session: 0% representable)."""
+    q = {"w": fp16(np.random.default_rng(1).standard_normal((8, 8)).astype(np.float32))}
+    zo = amp.MixedPrecisionOptimizer(optim.create("mezo", q, lr=1e-2, eps=1e-3, seed=0), "fp16",
+                                     master_weights=False)
+    seen = []
+
+    def loss():
+        seen.append(q["w"].copy())
+        return float(np.sum(q["w"].astype(np.float64) ** 2))
+    zo.step(closure=loss)
+    assert len(seen) == 2 and all(np.array_equal(s, fp16(s)) for s in seen)
+    assert np.array_equal(q["w"], fp16(q["w"]))
+
+
+def test_an_optimizer_that_needs_its_closure_is_refused_a_closure_step():
+    """L-BFGS evaluates (loss, grads) several times per step; the wrapper called the closure once
+    and stepped it on that one gradient (1 of its 11 evaluations in the review's example), or
+    raised inside L-BFGS's line search. It refuses with the reason; step(grads) still works."""
+    p = {"w": np.ones(3, np.float32)}
+    mp = amp.MixedPrecisionOptimizer(optim.create("lbfgs", p, lr=0.5), "bf16")
+    assert mp.uses_closure
+    with pytest.raises(NotImplementedError, match="LBFGS evaluates the loss and gradients several times"):
+        mp.step(closure=lambda: (1.0, {"w": np.ones(3, np.float32)}))
+    np.testing.assert_array_equal(p["w"], 1.0)
+    mp.step({"w": np.ones(3, np.float32) * np.float32(mp.loss_scale)})
+    assert not np.array_equal(p["w"], 1.0)
+
+
 @pytest.mark.parametrize("master", [True, False])
 def test_stochastic_rounding_resume_equals_the_uninterrupted_run(master, tmp_path):
     """10 steps vs 5 steps, a checkpoint through .npz (allow_pickle=False), a fresh wrapper with
