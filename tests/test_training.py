@@ -417,6 +417,32 @@ def test_a_save_stopped_between_its_two_renames_still_loads(tmp_path, monkeypatc
     assert load_checkpoint(tmp_path).step == 5                  # ... and they load
 
 
+def test_two_stopped_saves_in_a_row_leave_a_checkpoint_that_loads(tmp_path, monkeypatch):
+    """Save 2 stops between its renames (its pending manifest vouches for ckpt.npz); save 3 stops
+    before its first rename. Save 3 used to write its own manifest.json.tmp over save 2's, and no
+    manifest matched ckpt.npz any more (a review session); now it first finishes save 2's."""
+    import models.training.checkpoint as ck
+
+    model = _model()
+    tr = _trainer(model, _adamw(model), steps=2, eval_batches=None)
+    tr.fit()
+    tr.save(tmp_path)
+    tr.step = 5
+    _save_with_a_power_cut_before_the_manifest(tr, tmp_path, monkeypatch)
+    tr.step = 7
+    real = os.replace
+
+    def cut_before_the_arrays(src, dst):
+        if dst.endswith("ckpt.npz"):
+            raise KeyboardInterrupt("power cut")
+        real(src, dst)
+    monkeypatch.setattr(ck.os, "replace", cut_before_the_arrays)
+    with pytest.raises(KeyboardInterrupt):
+        tr.save(tmp_path)
+    monkeypatch.setattr(ck.os, "replace", real)
+    assert load_checkpoint(tmp_path).step == 5                  # the last save that got its arrays in
+
+
 def test_a_first_save_stopped_before_its_manifest_still_loads_and_fit_starts_uninterrupted(tmp_path, monkeypatch):
     model = _model()
     tr = _trainer(model, _adamw(model), steps=3, eval_batches=None,

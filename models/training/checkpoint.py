@@ -154,8 +154,15 @@ def save_checkpoint(out_dir, model, optimizer=None, *, history=None, meta=None, 
 
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, CKPT)
+    mpath = os.path.join(out_dir, MANIFEST)
+    # A save stopped between its two renames left manifest.json.tmp as the only manifest that
+    # vouches for ckpt.npz. Finish it before this save writes its own .tmp over it: a second
+    # save stopped in its turn would otherwise leave no manifest matching ckpt.npz at all.
+    if os.path.exists(mpath + ".tmp") and os.path.isfile(path) and _pending_manifest(mpath, _sha256(path)):
+        os.replace(mpath + ".tmp", mpath)
     tmp = path + ".tmp.npz"
     np.savez(tmp, **arrays)
+    _fsync(tmp)
     digest = _sha256(tmp)
 
     def last(key):
@@ -173,12 +180,28 @@ def save_checkpoint(out_dir, model, optimizer=None, *, history=None, meta=None, 
     }
     # The new manifest is on disk before the arrays are swapped in: a crash between the two
     # renames leaves manifest.json.tmp vouching for the new ckpt.npz, which load_checkpoint accepts.
-    mpath = os.path.join(out_dir, MANIFEST)
     with open(mpath + ".tmp", "w", encoding="utf-8") as f:
         json.dump(manifest, f, indent=1)
+    _fsync(mpath + ".tmp")
     os.replace(tmp, path)
     os.replace(mpath + ".tmp", mpath)
+    _fsync(out_dir)                                  # the renames themselves
     return path
+
+
+def _fsync(path):
+    """Flush a file's (or a directory's entries') writes to the disk: a rename is only as safe
+    as what it renames, and a power cut may otherwise keep the new name with the old bytes."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:                                  # (a directory on a system that cannot open one)
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def _pending_manifest(mpath, digest):
