@@ -417,6 +417,54 @@ def test_a_save_stopped_between_its_two_renames_still_loads(tmp_path, monkeypatc
     assert load_checkpoint(tmp_path).step == 5                  # ... and they load
 
 
+def _weights(model):
+    return {n: p.data.copy() for n, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("other, match", [
+    (dict(model_kw={"n_head": 4}), r"another model \(n_head: saved 2, this model 4\)"),
+    (dict(dtype=np.float64), "saved as float32, this model holds float64"),
+    (dict(trainer_kw={"schedule_kwargs": {"warmup_steps": 1, "min_ratio": 0.1}}),
+     "schedule .*warmup_steps.: 2.* this trainer has .*warmup_steps.: 1"),
+    (dict(optimizer="sgd"), "optimizer state does not fit SGD"),
+])
+def test_restore_refuses_another_run_and_leaves_everything_as_it_was(tmp_path, other, match):
+    """A checkpoint of another config (same shapes), dtype, schedule or optimizer is refused,
+    and the refusal changes nothing: the weights, the optimizer state and the step stay. It
+    restored another config and schedule silently, and wrote the weights before finding the
+    optimizer state wrong (a review session)."""
+    model = _model()
+    tr = _trainer(model, _adamw(model), steps=3, eval_batches=None)
+    tr.fit()
+    tr.save(tmp_path)
+    dtype = other.get("dtype", np.float32)
+    fresh = GPT(GPTConfig(**{**CFG, **other.get("model_kw", {})}), dtype=dtype, seed=9)
+    params = {n: p.data for n, p in fresh.named_parameters()}
+    opt = optim.create("sgd", params, lr=0.1, momentum=0.9) if other.get("optimizer") else _adamw(fresh)
+    again = _trainer(fresh, opt, steps=3, eval_batches=None, **other.get("trainer_kw", {}))
+    again.fit()                                         # some optimizer state to keep
+    before, state = _weights(fresh), optim.flatten_state_dict(opt.state_dict())
+    with pytest.raises(CheckpointError, match=match):
+        again.restore(load_checkpoint(tmp_path))
+    assert again.step == 3
+    for n, w in _weights(fresh).items():
+        np.testing.assert_array_equal(w, before[n])
+    for k, v in optim.flatten_state_dict(opt.state_dict()).items():
+        np.testing.assert_array_equal(v, state[k])
+
+
+def test_build_model_keeps_the_saved_dtype(tmp_path):
+    """A float64 model comes back float64 (it was rebuilt float32, the weights cast silently)."""
+    model = GPT(GPTConfig(**CFG), dtype=np.float64, seed=0)
+    tr = _trainer(model, _adamw(model), steps=1, eval_batches=None)
+    tr.fit()
+    tr.save(tmp_path)
+    again = load_checkpoint(tmp_path).build_model()
+    assert all(p.data.dtype == np.float64 for p in again.parameters())
+    for n, w in _weights(again).items():
+        np.testing.assert_array_equal(w, _weights(model)[n])
+
+
 def test_two_stopped_saves_in_a_row_leave_a_checkpoint_that_loads(tmp_path, monkeypatch):
     """Save 2 stops between its renames (its pending manifest vouches for ckpt.npz); save 3 stops
     before its first rename. Save 3 used to write its own manifest.json.tmp over save 2's, and no

@@ -104,8 +104,11 @@ class Checkpoint:
             raise CheckpointError(f"checkpoint {self.path}: unknown model class {spec.get('class')!r}; "
                                   f"known: {', '.join(classes)}")
         cls, config_cls = classes[spec["class"]]
+        # in the saved parameters' dtype: load_state_dict would cast them silently (as torch's does)
+        dtype = next(iter(self.params.values())).dtype if self.params else None
         try:
-            model = cls(config_cls.from_dict({**spec["config"], **overrides}))
+            model = cls(config_cls.from_dict({**spec["config"], **overrides}),
+                        **({} if dtype is None else {"dtype": dtype}))
             model.load_state_dict(self.params, strict=True)
         except (KeyError, ValueError, TypeError) as e:
             raise CheckpointError(f"checkpoint {self.path}: cannot rebuild the {spec['class']} ({e})") from None

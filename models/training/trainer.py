@@ -33,7 +33,9 @@ reads, through ``models.training.checkpoint``.
 from __future__ import annotations
 
 import collections
+import copy
 import inspect
+import json
 import math
 import signal
 import threading
@@ -497,8 +499,46 @@ class Trainer:
 
         ``target`` (a new step count, >= the saved step) replaces the saved one and the schedule
         spans it again (also a run a time budget cut short); without it the run finishes where
-        the saved schedule ends. Raises CheckpointError when the checkpoint does not fit this model or
-        optimizer (names, shapes, optimizer kind)."""
+        the saved schedule ends. Raises CheckpointError when the checkpoint does not fit this
+        run: another model config or parameter dtype, another schedule, other names or shapes,
+        another optimizer kind or gradient hooks. A refused checkpoint leaves the trainer, the
+        model and the optimizer as they were."""
+        self._check_same_run(ckpt)
+        weights = {n: p.data.copy() for n, p in self.model.named_parameters()}
+        opt_state = copy.deepcopy(self.optimizer.state_dict())
+        hook_states = {k: copy.deepcopy(h.state_dict()) for k, h in self._stateful_hooks().items()}
+        try:
+            self._restore(ckpt, target)
+        except CheckpointError:
+            for n, p in self.model.named_parameters():
+                p.data[...] = weights[n]
+            self.optimizer.load_state_dict(opt_state)
+            for k, h in self._stateful_hooks().items():
+                h.load_state_dict(hook_states[k])
+            raise
+
+    def _check_same_run(self, ckpt: Checkpoint) -> None:
+        """The checks that need no change: the model's config, its parameters' dtypes and the
+        schedule are the saved ones (names and shapes are load_state_dict's)."""
+        saved = (ckpt.meta.get("model") or {}).get("config")
+        config = getattr(self.model, "config", None)
+        mine = config.to_dict() if hasattr(config, "to_dict") else None
+        if saved is not None and mine is not None and saved != mine:
+            diff = ", ".join(f"{k}: saved {saved.get(k)!r}, this model {mine.get(k)!r}"
+                             for k in sorted(set(saved) | set(mine)) if saved.get(k) != mine.get(k))
+            raise CheckpointError(f"checkpoint {ckpt.path} is of another model ({diff}); resume into the "
+                                  f"model it was saved from (Checkpoint.build_model() rebuilds it)")
+        for n, p in self.model.named_parameters():
+            if n in ckpt.params and ckpt.params[n].dtype != p.data.dtype:
+                raise CheckpointError(f"checkpoint {ckpt.path}: {n} was saved as {ckpt.params[n].dtype}, this "
+                                      f"model holds {p.data.dtype}; build the model with the saved dtype")
+        schedule = (ckpt.meta.get("trainer") or {}).get("schedule")
+        mine = {"name": self.schedule_name, "kwargs": json.loads(json.dumps(self.schedule_kwargs))}
+        if schedule is not None and schedule != mine:
+            raise CheckpointError(f"checkpoint {ckpt.path} was trained with schedule {schedule}, this "
+                                  f"trainer has {mine}; resume with the same schedule")
+
+    def _restore(self, ckpt: Checkpoint, target) -> None:
         try:
             self.model.load_state_dict(ckpt.params, strict=True)
         except (KeyError, ValueError) as e:
