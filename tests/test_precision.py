@@ -81,6 +81,52 @@ def test_encode_matches_ml_dtypes_bits(fmt):
     assert np.array_equal(mine[ok], refbits[ok])
 
 
+NAN_FORMATS = [f for f in P.ELEMENT_FORMATS if P.finfo(f).nan != "none"]  # fp32 fp16 bf16 e4m3 e5m2
+MX_FORMATS = [f for f, (_, _, kind) in P.BLOCK_FORMATS.items() if kind == "e8m0"]
+
+
+@needs_ml_dtypes
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("fmt", NAN_FORMATS)
+def test_nan_encodes_to_a_nan_code(fmt, impl):
+    """encode(NaN) is ml_dtypes' NaN code (the quiet NaN, exponent and top mantissa bit set, of the
+    IEEE formats; S.1111.111 for fp8_e4m3), from float32 and float64 input, saturating or not.
+    encode(-NaN) is a NaN code too: the module and ml_dtypes both decode it to NaN, so it is neither
+    an inf nor a finite code. Its sign bit is left unchecked: the module clears it, ml_dtypes keeps
+    it, and the module's docstring does not say which."""
+    ut = P._uint_for(P.finfo(fmt).bits)
+    for dt in (np.float32, np.float64):
+        x = np.array([np.nan, np.copysign(np.nan, -1.0)], dt)
+        for saturate in (None, True):
+            codes = P.encode(x, fmt, saturate=saturate, impl=impl)
+            assert codes.dtype == ut
+            assert codes[0] == x[:1].astype(ml_type(fmt)).view(ut)[0]
+            assert np.isnan(P.decode(codes, fmt)).all()
+            assert np.isnan(codes.view(ml_type(fmt)).astype(np.float32)).all()
+
+
+@needs_ml_dtypes
+def test_nan_in_scales_and_block_formats():
+    """E8M0's one NaN code is 0xFF (as ml_dtypes' float8_e8m0fnu); an MX block holding a NaN (of
+    either sign) gets that scale, so the whole block decodes to NaN (OCP MX v1.0) and the other
+    blocks are untouched. fp4_e2m1 and nvfp4 have no NaN code: encode refuses NaN."""
+    nan_code = np.array([np.nan], np.float32).astype(ml_dtypes.float8_e8m0fnu).view(np.uint8)[0]
+    assert P.encode_e8m0([np.nan])[0] == nan_code and np.isnan(P.decode_e8m0(nan_code))
+    for fmt in MX_FORMATS:
+        x = np.ones((2, 64), np.float32)
+        x[0, 40] = np.nan
+        x[1, 3] = np.copysign(np.nan, -1.0)
+        enc = P.encode(x, fmt)
+        nan_block = np.array([[False, True], [True, False]])
+        assert np.all(enc.scales[nan_block] == nan_code) and np.all(enc.scales[~nan_block] != nan_code)
+        q = P.decode(enc).reshape(2, 2, 32)
+        assert np.isnan(q[nan_block]).all() and np.all(q[~nan_block] == 1)
+    with pytest.raises(ValueError, match="no NaN"):
+        P.encode([1.0, np.nan], "fp4_e2m1")
+    with pytest.raises(ValueError, match="NaN"):
+        P.encode(np.r_[np.ones(15), np.nan], "nvfp4")
+
+
 @needs_ml_dtypes
 def test_format_constants():
     assert P.finfo("fp16").max == 65504 and P.finfo("fp16").smallest_subnormal == 2.0 ** -24
@@ -273,6 +319,86 @@ def test_block_scales_never_overflow(fmt, rule):
         with np.errstate(divide="ignore", invalid="ignore"):
             ratio = np.where(S[..., None] > 0, np.abs(xb) / S[..., None], 0)
         assert np.all(ratio <= emax * (1 + 1e-6))
+
+
+def bits32(a):
+    return np.asarray(a, np.float32).view(np.uint32)
+
+
+def heavy_tensors(seed=11):
+    """8 tensors of 256 Student-t (2 dof) values with tensor scales 1e-6 .. 1e6 and a factor
+    10^U(-2, 2) per 16 values; tensor 0 starts with 32 zeros (one of them -0), tensor 1 has one
+    outlier 10^4 times its max."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_t(2, (8, 256)) * 10.0 ** np.linspace(-6, 6, 8)[:, None]
+    x *= np.repeat(10.0 ** rng.uniform(-2, 2, (8, 16)), 16, axis=1)
+    x[0, :32] = 0.0
+    x[0, 5] = -0.0
+    x[1, 77] = -1e4 * np.abs(x[1]).max()
+    return x.astype(np.float32)
+
+
+def mx_reference(x, fmt):
+    """OCP MX v1.0 from its formulas, blocks of k along the last axis (a multiple of k here):
+    X = 2^(floor(log2 max|V|) - emax_elem), the exponent clamped to [-127, 127] (so an all-zero
+    block gets 2^-127), stored as E8M0; elements P = elem(V / X), nearest-even and saturating.
+    Elements and scale codes come from ml_dtypes; emax_elem = floor(log2 max_elem)."""
+    elem, k, _ = P.BLOCK_FORMATS[fmt]
+    et = ml_type(elem)
+    vmax = float(ml_dtypes.finfo(et).max)
+    emax = np.frexp(vmax)[1] - 1  # 448 -> 8, 57344 -> 15, 6 -> 2
+    V = x.astype(np.float64).reshape(x.shape[:-1] + (-1, k))
+    amax = np.abs(V).max(-1)
+    e = np.where(amax > 0, np.frexp(amax)[1] - 1, -np.inf)  # floor(log2 amax), exactly
+    X = np.ldexp(1.0, np.clip(e - emax, -127, 127).astype(int))
+    elems = np.clip(V / X[..., None], -vmax, vmax).astype(et).astype(np.float64)
+    q = (elems * X[..., None]).astype(np.float32).reshape(x.shape)
+    return q, X.astype(ml_dtypes.float8_e8m0fnu).view(np.uint8)
+
+
+def nvfp4_reference(x):
+    """NVFP4 from its formulas, in float32 (NVIDIA, arXiv 2509.25149; Transformer Engine's order):
+    s = 448·6 / amax(tensor), s_dec = 1/s; block scale b = e4m3(amax(block) · (s · 1/6)), nearest
+    and saturating; elements e2m1(x · 1/(b · s_dec)), nearest and saturating (0 where b is 0);
+    dequantized e · (b · s_dec), rounded once to float32. Elements and codes come from ml_dtypes."""
+    f32 = np.float32
+    xb = x.reshape(-1, 16)
+    amax = np.abs(x).max()
+    s = f32(448 * 6) / amax if amax > 0 else f32(1)
+    s_dec = f32(1) / s
+    b = np.minimum(np.abs(xb).max(1) * (s * f32(1 / 6)), f32(448)).astype(ml_dtypes.float8_e4m3fn)
+    dec = b.astype(f32) * s_dec
+    enc = np.divide(f32(1), dec, out=np.zeros_like(dec), where=dec > 0)
+    e = np.clip(xb * enc[:, None], -6, 6).astype(ml_dtypes.float4_e2m1fn)
+    q = (e.astype(np.float64) * dec[:, None].astype(np.float64)).astype(f32).reshape(x.shape)
+    return q, b.view(np.uint8), s_dec
+
+
+@needs_ml_dtypes
+@pytest.mark.parametrize("fmt", MX_FORMATS)
+def test_mx_equals_the_spec_formula_bit_for_bit(fmt):
+    """On heavy-tailed data from 1e-6 to 1e6 (plus a copy of one tensor scaled by 1e-33, where
+    the exponent clamp at -127 acts), quantize equals `mx_reference` bit for bit in every impl,
+    and the stored E8M0 scale codes are the reference's."""
+    x = heavy_tensors()
+    x = np.concatenate([x, x[2:3] * np.float32(1e-33)])
+    q, scodes = mx_reference(x, fmt)
+    assert np.array_equal(P.encode(x, fmt).scales, scodes)
+    for impl in IMPLS:
+        assert np.array_equal(bits32(P.quantize(x, fmt, impl=impl)), bits32(q)), impl
+
+
+@needs_ml_dtypes
+def test_nvfp4_equals_the_formula_bit_for_bit():
+    """Each heavy-tailed tensor (1e-6 to 1e6, a zero block, an outlier that pushes its neighbours'
+    block scales into e4m3's subnormals) quantizes to `nvfp4_reference` bit for bit in every impl;
+    the stored e4m3 block scale codes and the fp32 tensor decode scale are the reference's."""
+    for t in heavy_tensors():
+        q, scodes, s_dec = nvfp4_reference(t)
+        enc = P.encode(t, "nvfp4")
+        assert np.array_equal(enc.scales.reshape(-1), scodes) and bits32(enc.tensor_scale) == bits32(s_dec)
+        for impl in IMPLS:
+            assert np.array_equal(bits32(P.quantize(t, "nvfp4", impl=impl)), bits32(q)), impl
 
 
 def test_mx_floor_rule_saturates_blocks_with_large_max_mantissa():
