@@ -128,6 +128,17 @@ def test_dynamic_scaler_torch_defaults_and_growth():
     assert s.scale == 2.0 ** 16 and s.skipped_steps == 1
 
 
+def test_dynamic_scaler_growth_counts_consecutive_clean_steps_only():
+    """As torch's _amp_update_scale_: an overflow resets the count of clean steps, and is not one
+    of them. Interval 3: clean, clean, inf, clean, clean must not grow S; a third clean does."""
+    s = amp.DynamicLossScaler(init_scale=8.0, growth_interval=3)
+    for found_inf in (False, False, True, False, False):
+        s.update(found_inf)
+    assert s.scale == 4.0
+    s.update(False)
+    assert s.scale == 8.0 and s.good_steps == 0
+
+
 # ---------------------------------------------------------------- master weights
 @pytest.mark.parametrize("fmt", ["fp16", "bf16"])
 def test_sub_half_ulp_update_needs_master_weights(fmt):
