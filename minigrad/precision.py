@@ -27,9 +27,12 @@ inf). The defaults match ``ml_dtypes`` (``float16``, ``bfloat16``, ``float8_e4m3
 midpoint. In particular fp8_e4m3 is the "fn" (finite) variant: 448 is its largest value, 464 (the
 midpoint to the would-be 480) ties to even and gives 448, anything above gives NaN, and ±inf gives
 NaN. Pass ``saturate=True`` to clamp overflow (and ±inf) to ±max instead, as the FP8 recipes of
-NVIDIA's Transformer Engine and the OCP MX spec do for scaled data; NaN stays NaN.
+NVIDIA's Transformer Engine and the OCP MX spec do for scaled data; NaN stays NaN. One difference
+from ``ml_dtypes``: a NaN loses its sign here, encoded as the positive quiet NaN code (0x7e00 in
+fp16, 0x7f in fp8_e4m3) where ``ml_dtypes`` keeps the sign bit (0xfe00, 0xff); no rule reads it.
 fp4_e2m1 has no NaN code: ``quantize`` passes a NaN through in the float32 carrier (so a loss scaler
-can still see it) and ``encode`` refuses it with a ValueError (``ml_dtypes`` silently maps NaN to -0).
+can still see it) and ``encode`` refuses it with a ValueError (``ml_dtypes`` maps +NaN to -0 and
+-NaN to +0).
 
 Rounding
 --------
