@@ -38,8 +38,8 @@ from .nn import Parameter
 from .tensor import matmul_flops
 
 __all__ = [
-    "track", "MemoryLedger", "count_flops", "FlopCounter", "matmul_flops", "measure_peak_flops",
-    "fmt_bytes", "CATEGORIES", "LABELS",
+    "track", "MemoryLedger", "optimizer_bytes", "count_flops", "FlopCounter", "matmul_flops",
+    "measure_peak_flops", "fmt_bytes", "CATEGORIES", "LABELS",
 ]
 
 CATEGORIES = ("params", "grads", "optimizer", "activations")
@@ -193,7 +193,7 @@ class MemoryLedger:
         cur = self.current
         cur["params"] = sum(p.data.nbytes for p in self._params.values())
         cur["grads"] = sum(p.grad.nbytes for p in self._params.values() if p.grad is not None)
-        cur["optimizer"] = sum(o.state_bytes() for o in self._optimizers)
+        cur["optimizer"] = sum(optimizer_bytes(o) for o in self._optimizers)
         cur["total"] = sum(cur[c] for c in CATEGORIES)
         for k, v in cur.items():
             if v > self.peak[k]:
@@ -243,12 +243,20 @@ class MemoryLedger:
         return "\n".join(lines)
 
 
+def optimizer_bytes(opt) -> int:
+    """What an optimizer holds beside the parameters: its state, and the FP32 master copies of a
+    mixed-precision wrapper (which its state_bytes() leaves out)."""
+    masters = getattr(opt, "master_bytes", None)
+    return opt.state_bytes() + (masters() if callable(masters) else 0)
+
+
 def track(model=None, optimizer=None, params=None) -> MemoryLedger:
     """Context manager recording live bytes by category and their peaks.
 
     model      an nn.Module whose parameters (and their .grad) are counted; without it the
                ledger counts the Parameters it sees as inputs of recorded ops
-    optimizer  an optim.Optimizer (or a list): its `state_bytes()` is the optimizer category
+    optimizer  an optim.Optimizer (or a list): its `state_bytes()` is the optimizer category,
+               with a mixed-precision wrapper's FP32 master copies (`master_bytes()`)
     params     extra Parameters/Tensors to count as parameters
     """
     return MemoryLedger(model=model, optimizer=optimizer, params=params)

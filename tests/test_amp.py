@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 import minigrad
+import minigrad.memory
 import minigrad.functional as F
 import optim
 from minigrad import amp, nn
@@ -472,3 +473,28 @@ def test_stochastic_rounding_resume_equals_the_uninterrupted_run(master, tmp_pat
                                                                 shapes.items()}), "bf16")
     with pytest.raises(ValueError, match="stochastic rounding"):
         nearest.load_state_dict(mp2.state_dict())
+
+
+@pytest.mark.parametrize("masters", [False, True])
+def test_step_memory_and_the_ledger_count_the_master_copies(masters):
+    """The FP32 masters exist before a measured step starts, so the traced growth never saw
+    them and step_memory's peak left them out (a review session: the RSS peak had them, +111 KB).
+    They count with the optimizer now, in step_memory and in the ledger."""
+    from models.gpt import GPT, GPTConfig
+    from models.training import Trainer, lm_loss
+    from models.training.profile import step_memory
+
+    model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=8, vocab_size=11), seed=0)
+    params = {n: p.data for n, p in model.named_parameters()}
+    mp = amp.MixedPrecisionOptimizer(optim.create("adamw", params, lr=1e-3), "bf16", master_weights=masters)
+    rng = np.random.default_rng(0)
+    batch = (rng.integers(0, 11, (4, 8)), rng.integers(0, 11, (4, 8)))
+    tr = Trainer(model, lm_loss, mp, lambda r: batch, steps=3, progress=False, log_every=0)
+    mem = step_memory(tr, batch, rss=False)
+    held = mp.state_bytes() + mp.master_bytes()
+    assert mp.master_bytes() == (sum(p.nbytes for p in params.values()) if masters else 0)   # FP32 copies
+    assert mem.optimizer_state == held
+    with minigrad.memory.track(model, mp) as ledger:
+        ledger.snapshot()
+    assert ledger.current["optimizer"] == held
+

@@ -43,7 +43,8 @@ __all__ = ["StepMemory", "step_memory", "forward_memory"]
 
 @dataclass
 class StepMemory:
-    """Bytes at the peak of one step: ``peak`` = params + optimizer_state + grads + other."""
+    """Bytes at the peak of one step: ``peak`` = params + optimizer_state + grads + other;
+    ``optimizer_state`` counts a mixed-precision wrapper's FP32 master copies too."""
 
     peak: int
     params: int
@@ -84,7 +85,7 @@ def _measure(model, opt, run, rss) -> StepMemory:
     p_bytes = sum(p.data.nbytes for p in model.parameters())
     run()                              # warm-up: optimizer state, JIT compilation
     model.zero_grad()
-    s_bytes = opt.state_bytes() if opt is not None else 0
+    s_bytes = minigrad.memory.optimizer_bytes(opt) if opt is not None else 0   # (masters held before tracing)
     gc.collect()
     tracemalloc.start()
     try:
