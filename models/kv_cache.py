@@ -437,9 +437,13 @@ class QuestCache(DenseKVCache):
     the elementwise minimum and maximum of the keys, updated as keys arrive. A decoding query
     scores each page with :func:`page_upper_bound`, an upper bound of its score with any key in
     the page, and attends only to the K pages with the largest bounds, K = max(3, token_budget //
-    page_size) as in the reference (each query head chooses its own pages). The last page may be
-    partly filled; its empty slots are masked. As in the paper, prefill (T > 1) and the first
-    ``dense_layers`` layers attend densely, and so does any step where K covers every page.
+    page_size) as in the reference (each query head chooses its own pages). The choice is the
+    plain top K, as in the paper's evaluation code (``evaluation/quest_attention.py``): the page
+    that holds the newest key is not forced in, and since a page with few keys has a tight bound
+    it is often left out (the released CUDA kernels always add the last page; not done here).
+    The last page may be partly filled; its empty slots are masked. As in the paper, prefill
+    (T > 1) and the first ``dense_layers`` layers attend densely, and so does any step where K
+    covers every page.
 
     Memory: the dense cache plus 2 · head_dim numbers per page and head (2/page_size of K + V).
     A decoding step reads the bounds (n / page_size per head) and K · page_size keys.
