@@ -76,6 +76,36 @@ def test_gradcheck_float64():
     minigrad.gradcheck(lambda t: minigrad.checkpoint(lambda u: lin(u).tanh() * u, t), [x])
 
 
+def test_numpys_global_rng_is_rewound_for_recomputation_and_restored_after():
+    """An op drawing from NumPy's legacy global RNG (np.random.*) inside `fn`: backward rewinds
+    that RNG so the recomputation draws the forward's numbers (same gradients), then puts it back
+    where it was, so draws made after the checkpoint (in the forward and after backward)
+    are those of the run without checkpointing."""
+    w = nn.Parameter(np.random.default_rng(1).standard_normal((4, 4)).astype(np.float32))
+    x0 = np.random.default_rng(2).standard_normal((3, 4)).astype(np.float32)
+
+    def f(t):
+        noise = np.random.standard_normal(t.shape).astype(np.float32)
+        return (t @ w).tanh() * minigrad.Tensor(noise)
+
+    def run(ckpt):
+        w.grad = None
+        np.random.seed(7)
+        x = minigrad.Tensor(x0, requires_grad=True)
+        h = minigrad.checkpoint(f, x, params=[w]) if ckpt else f(x)
+        h = h * minigrad.Tensor(np.random.standard_normal(h.shape).astype(np.float32))  # drawn after fn
+        (h * h).sum().backward()
+        return x.grad.copy(), w.grad.copy(), np.random.random()
+
+    saved = np.random.get_state()
+    try:
+        plain, ck = run(False), run(True)
+    finally:
+        np.random.set_state(saved)
+    assert np.array_equal(plain[0], ck[0]) and np.array_equal(plain[1], ck[1])
+    assert plain[2] == ck[2]  # the global RNG continues as without checkpointing
+
+
 def test_recomputation_uses_the_forwards_autocast_policy():
     """Backward runs outside `autocast`; recomputing in fp32 gave gradients of another forward."""
     from minigrad import amp

@@ -30,6 +30,24 @@ def test_ledger_counts_shared_memory_once_and_excludes_parameters():
     assert m.peak["grads"] == w.data.nbytes  # tracked parameters' .grad
 
 
+def test_overlapping_views_of_one_array_count_their_union():
+    """Views x[0:6] and x[3:9] share rows 3-5: the ledger keeps rows 0-8 once (144 B, not 192);
+    a view inside that union adds nothing, and freeing one view leaves the other's rows."""
+    x = minigrad.Tensor(np.ones((10, 4), np.float32), requires_grad=True)  # 16 B a row
+    with memory.track() as m:
+        a = x[0:6] * x[0:6]
+        assert m.current["activations"] == 6 * 16
+        b = x[3:9] * x[3:9]
+        assert m.current["activations"] == 9 * 16
+        c = x[1:2] * x[1:2]         # inside rows 0-8
+        assert m.current["activations"] == 9 * 16
+        del a, c
+        gc.collect()
+        assert m.current["activations"] == 6 * 16  # rows 3-8 of b
+        b.sum().backward()
+    assert m.peak["activations"] == 9 * 16 and m.current["activations"] == 0
+
+
 def test_graph_dropped_without_backward_is_released():
     x = minigrad.randn(8, 8, rng=0, requires_grad=True)
     with memory.track() as m:

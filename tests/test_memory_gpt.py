@@ -66,6 +66,25 @@ def test_activation_bytes_match_saved_array_count_exactly(kw, seq):
     assert led.current["activations"] == 0  # backward freed everything it saved
 
 
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+@pytest.mark.parametrize("kw", [CONFIGS[0], CONFIGS[2]])
+def test_checkpointed_peak_is_the_tail_when_the_logits_dominate(kw, backend):
+    """With a vocabulary large enough, the logits and the other tail arrays alive at the end of
+    the forward outweigh one recomputed block: the checkpointed peak is the block inputs plus the
+    tail, not plus a block (the CONFIGS vocabularies of 7-13 never reach this case)."""
+    kw = {**kw, "vocab_size": 500}
+    b, s = 3, 5
+    x, y = _batch(GPTConfig(**kw), b, s, seed=4)
+    with use_backend(backend):
+        plain = _step(GPT(GPTConfig(**kw)), x, y)
+        ck = _step(GPT(GPTConfig(**kw, checkpoint=True)), x, y)
+    costs = gpt_costs(GPTConfig(**kw), b, seq_len=s, backend=backend)
+    assert b * s * kw["vocab_size"] * 4 > sum(costs.activation_layer_terms.values())  # logits > a block
+    assert plain.peak["activations"] == costs.bytes["activations"]
+    assert ck.peak["activations"] == costs.activations_checkpointed
+    assert ck.current["activations"] == 0
+
+
 @pytest.mark.parametrize("kw", CONFIGS)
 def test_fused_attention_bytes_match_and_the_ledger_shows_the_saving(kw):
     cfg = GPTConfig(**kw)
