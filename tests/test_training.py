@@ -195,6 +195,77 @@ def test_restore_with_a_new_target_extends_the_run(tmp_path):
     assert tr2.fit().step == 9
 
 
+@pytest.mark.parametrize("resume_steps, saved_horizon", [(20, 10), (6, 10), (10, 7)])
+def test_a_resume_without_a_target_finishes_the_saved_schedule_whatever_steps_it_was_built_with(
+        tmp_path, resume_steps, saved_horizon):
+    """restore() without target= takes the saved target and horizon, not the resuming trainer's
+    ``steps`` (more or fewer), and keeps a horizon a time budget shortened (7 of 10): the resumed
+    run ends where the saved schedule ends, with the lrs and losses of the uninterrupted run."""
+    def recorder(lrs, stop_at=None):
+        def on_step(t):
+            lrs.append([g["lr"] for g in t.optimizer.param_groups])
+            if t.step == 4:
+                t.horizon = saved_horizon                       # as a time budget shortens it
+            if t.step == stop_at:
+                t.interrupted = True
+        return on_step
+
+    full_lrs, part_lrs, again_lrs = [], [], []
+    full_model = _model()
+    full = _trainer(full_model, _adamw(full_model), steps=10, on_step=recorder(full_lrs))
+    assert full.fit().step == saved_horizon
+
+    model = _model()
+    part = _trainer(model, _adamw(model), steps=10, on_step=recorder(part_lrs, stop_at=4))
+    assert part.fit().interrupted
+    part.save(tmp_path)
+
+    model2 = _model()
+    again = _trainer(model2, _adamw(model2), steps=resume_steps, on_step=recorder(again_lrs))
+    again.restore(load_checkpoint(tmp_path))
+    assert (again.step, again.target, again.horizon) == (4, 10, saved_horizon)
+    res = again.fit()
+    assert res.step == saved_horizon and not res.interrupted
+    assert part_lrs + again_lrs == full_lrs and len(full_lrs) == saved_horizon
+    assert again.history["train_loss"] == full.history["train_loss"]
+    assert again.history["val_loss"] == full.history["val_loss"]
+    for n, p in full_model.named_parameters():
+        assert np.array_equal(p.data, dict(model2.named_parameters())[n].data), n
+
+
+def test_a_resume_takes_the_saved_hyperparameters_of_every_group(tmp_path):
+    """An optimizer built with other per-group hyperparameters (another weight decay and betas in
+    one group, another base lr in the other) gets the saved ones back from load_state_dict, and
+    the resumed run is the uninterrupted one."""
+    full_model = _model()
+    full = _trainer(full_model, _adamw(full_model), steps=8)
+    full.fit()
+
+    model = _model()
+    opt = _adamw(model)
+    part = _trainer(model, opt, steps=8, on_step=lambda t: setattr(t, "interrupted", t.step == 3 or t.interrupted))
+    assert part.fit().interrupted
+    part.save(tmp_path)
+    saved = [{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups]
+
+    model2 = _model()
+    groups = optim.param_groups_no_decay({n: p.data for n, p in model2.named_parameters()}, 0.5)
+    groups[0]["betas"] = (0.8, 0.99)
+    groups[1]["lr"] = 1e-2
+    opt2 = optim.create("adamw", groups, lr=1e-3)
+    again = _trainer(model2, opt2, steps=8)
+    mine = [{k: v for k, v in g.items() if k != "params"} for g in opt2.param_groups]
+    assert [(g["initial_lr"], g["weight_decay"], g["betas"]) for g in mine] == \
+        [(1e-3, 0.5, (0.8, 0.99)), (1e-2, 0.0, (0.9, 0.999))]      # they did differ
+    again.restore(load_checkpoint(tmp_path))
+    assert [{k: v for k, v in g.items() if k != "params"} for g in opt2.param_groups] == saved
+    again.fit()
+    assert again.history["train_loss"] == full.history["train_loss"]
+    assert again.history["val_loss"] == full.history["val_loss"]
+    for n, p in full_model.named_parameters():
+        assert np.array_equal(p.data, dict(model2.named_parameters())[n].data), n
+
+
 def test_time_budget_stops_early_and_says_so():
     model = _model()
     tr = _trainer(model, _adamw(model), steps=10_000, eval_batches=None, time_budget=0.5,
@@ -444,13 +515,32 @@ def test_restore_refuses_another_run_and_leaves_everything_as_it_was(tmp_path, o
     again = _trainer(fresh, opt, steps=3, eval_batches=None, **other.get("trainer_kw", {}))
     again.fit()                                         # some optimizer state to keep
     before, state = _weights(fresh), optim.flatten_state_dict(opt.state_dict())
+    rng_state = again.rng.bit_generator.state
     with pytest.raises(CheckpointError, match=match):
         again.restore(load_checkpoint(tmp_path))
-    assert again.step == 3
+    assert again.step == 3 and again.rng.bit_generator.state == rng_state
     for n, w in _weights(fresh).items():
         np.testing.assert_array_equal(w, before[n])
     for k, v in optim.flatten_state_dict(opt.state_dict()).items():
         np.testing.assert_array_equal(v, state[k])
+
+
+def test_a_target_behind_the_saved_step_is_refused_and_changes_nothing(tmp_path):
+    """The target is checked after the step is read: the refusal puts back the step, target,
+    horizon, history and RNG states too (they stayed the checkpoint's: a review session)."""
+    model = _model()
+    tr = _trainer(model, _adamw(model), steps=6, eval_batches=None)
+    tr.fit()
+    tr.save(tmp_path)
+    fresh = _model(seed=5)
+    again = _trainer(fresh, _adamw(fresh), steps=6, eval_batches=None)
+    before = (again.step, again.target, again.horizon, again.rng.bit_generator.state, dict(again.history))
+    weights = _weights(fresh)
+    with pytest.raises(CheckpointError, match="a target of 3 steps is behind it"):
+        again.restore(load_checkpoint(tmp_path), target=3)
+    assert (again.step, again.target, again.horizon, again.rng.bit_generator.state, again.history) == before
+    for n, w in _weights(fresh).items():
+        np.testing.assert_array_equal(w, weights[n])
 
 
 def test_build_model_keeps_the_saved_dtype(tmp_path):
@@ -489,6 +579,50 @@ def test_two_stopped_saves_in_a_row_leave_a_checkpoint_that_loads(tmp_path, monk
         tr.save(tmp_path)
     monkeypatch.setattr(ck.os, "replace", real)
     assert load_checkpoint(tmp_path).step == 5                  # the last save that got its arrays in
+
+
+def test_a_pending_manifest_of_another_save_does_not_vouch_for_the_arrays(tmp_path):
+    """With no manifest.json, manifest.json.tmp stands in for it only when it holds ckpt.npz's
+    SHA-256: another save's is refused (as a missing manifest), its own is accepted."""
+    model = _model()
+    tr = _trainer(model, _adamw(model), steps=2, eval_batches=None)
+    tr.fit()
+    a, b = tmp_path / "a", tmp_path / "b"
+    tr.save(a)
+    tr.step = 5
+    tr.save(b)                                                  # other arrays, another digest
+    os.replace(b / "manifest.json", a / "manifest.json.tmp")
+    os.replace(a / "manifest.json", tmp_path / "a_manifest.json")
+    with pytest.raises(CheckpointError, match="has no manifest.json beside it"):
+        load_checkpoint(a)
+    os.replace(tmp_path / "a_manifest.json", a / "manifest.json.tmp")
+    assert load_checkpoint(a).step == 2                         # its own pending manifest vouches
+
+
+def test_a_stale_pending_manifest_is_not_promoted_by_the_next_save(tmp_path, monkeypatch):
+    """Saves 2 and 3 both stop before their arrays are renamed in. Save 3 finishes a pending
+    manifest only when it vouches for ckpt.npz: save 2's (for arrays that never arrived) must
+    not replace save 1's manifest.json, which still vouches for ckpt.npz."""
+    import models.training.checkpoint as ck
+
+    model = _model()
+    tr = _trainer(model, _adamw(model), steps=2, eval_batches=None)
+    tr.fit()
+    tr.save(tmp_path)
+    real = os.replace
+
+    def cut_before_the_arrays(src, dst):
+        if dst.endswith("ckpt.npz"):
+            raise KeyboardInterrupt("power cut")
+        real(src, dst)
+    monkeypatch.setattr(ck.os, "replace", cut_before_the_arrays)
+    for step in (5, 7):
+        tr.step = step
+        with pytest.raises(KeyboardInterrupt):
+            tr.save(tmp_path)
+    monkeypatch.setattr(ck.os, "replace", real)
+    assert json.load(open(tmp_path / "manifest.json"))["step"] == 2
+    assert load_checkpoint(tmp_path).step == 2                  # the last save that got its arrays in
 
 
 def test_a_first_save_stopped_before_its_manifest_still_loads_and_fit_starts_uninterrupted(tmp_path, monkeypatch):

@@ -166,7 +166,8 @@ class Trainer:
     schedule     a name from ``optim.schedules`` ("cosine", "linear", "wsd", "step", "constant")
                  and ``schedule_kwargs`` (e.g. warmup_steps, min_ratio) without total_steps,
                  which is the current horizon (``steps``, or fewer under a time budget). Each
-                 group's lr is its base lr (its lr at construction) times the multiplier.
+                 group's lr is its base lr (its lr at construction, or the saved one after
+                 :meth:`restore`) times the multiplier.
     grad_hooks   callables ``hook(grads)`` run in order between backward and the step; they
                  change the dict of gradient arrays in place (see :func:`clip_grad_norm`). A hook
                  with ``state_dict()`` / ``load_state_dict()`` (error feedback's buffers) is
@@ -495,7 +496,7 @@ class Trainer:
                                states={k: h.state_dict() for k, h in self._stateful_hooks().items()})
 
     def restore(self, ckpt: Checkpoint, *, target: int | None = None) -> None:
-        """Continue from ``ckpt``: weights, optimizer state, history, step, horizon and RNGs.
+        """Continue from ``ckpt``: weights, optimizer state, history, step, target, horizon and RNGs.
 
         ``target`` (a new step count, >= the saved step) replaces the saved one and the schedule
         spans it again (also a run a time budget cut short); without it the run finishes where
@@ -507,6 +508,9 @@ class Trainer:
         weights = {n: p.data.copy() for n, p in self.model.named_parameters()}
         opt_state = copy.deepcopy(self.optimizer.state_dict())
         hook_states = {k: copy.deepcopy(h.state_dict()) for k, h in self._stateful_hooks().items()}
+        generators = {"batches": self.rng, **module_generators(self.model)}
+        rng_states = {k: copy.deepcopy(g.bit_generator.state) for k, g in generators.items()}
+        fields = (self.step, self.target, self.horizon, copy.deepcopy(self.history), self.peak_state_bytes)
         try:
             self._restore(ckpt, target)
         except CheckpointError:
@@ -515,6 +519,9 @@ class Trainer:
             self.optimizer.load_state_dict(opt_state)
             for k, h in self._stateful_hooks().items():
                 h.load_state_dict(hook_states[k])
+            for k, g in generators.items():
+                g.bit_generator.state = rng_states[k]
+            self.step, self.target, self.horizon, self.history, self.peak_state_bytes = fields
             raise
 
     def _check_same_run(self, ckpt: Checkpoint) -> None:
