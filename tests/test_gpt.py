@@ -211,6 +211,31 @@ def test_generate_greedy_matches_uncached_argmax():
     assert np.array_equal(m.generate(prompt, 10, temperature=0, use_cache=False), ref)
 
 
+@pytest.mark.parametrize("block_size, n_prompt", [(8, 3), (7, 2), (7, 10)])
+def test_generate_past_block_size_refills_the_dense_cache_from_the_last_half(block_size, n_prompt):
+    """Past block_size the default (dense) cache is reset and refilled from the last
+    max(1, block_size // 2) tokens at positions 0, 1, ...: every greedy token, not only those
+    before the first refill, equals the argmax of an uncached forward over exactly what the cache
+    holds plus the newest token (the prompt's last block_size tokens at first)."""
+    cfg = GPTConfig(n_layer=2, n_head=2, n_embd=16, block_size=block_size, vocab_size=11)
+    m = GPT(cfg, dtype=np.float64, seed=4)
+    prng = np.random.default_rng(104)
+    for _, p in m.named_parameters():       # sharpen the logits: well separated argmaxes, varied tokens
+        p.data[...] += prng.normal(0, 0.3, p.shape)
+    prompt = np.random.default_rng(n_prompt).integers(0, 11, (2, n_prompt))
+    n_new = 4 * block_size
+    out = m.generate(prompt, n_new, temperature=0)
+    ref, start, refills = prompt.copy(), max(0, n_prompt - block_size), 0
+    with minigrad.no_grad():
+        for _ in range(n_new):
+            if ref.shape[1] - start > block_size:       # no room for the new token: keep the last half
+                start, refills = ref.shape[1] - max(1, block_size // 2), refills + 1
+            nxt = m(ref[:, start:])[0].data[:, -1].argmax(-1)
+            ref = np.concatenate([ref, nxt[:, None]], axis=1)
+    assert refills >= 3
+    np.testing.assert_array_equal(out, ref)
+
+
 def test_generate_sampling_seeded_top_k_and_past_block_size():
     cfg = GPTConfig(n_layer=1, n_head=2, n_embd=8, block_size=8, vocab_size=9)
     m = GPT(cfg, seed=0)

@@ -252,6 +252,48 @@ def test_quest_attends_to_the_pages_with_the_largest_bounds():
     assert not np.allclose(o, _ref_attention(q, k, v, None))            # the selection mattered
 
 
+@pytest.mark.parametrize("ps, n0", [(4, 18), (3, 13), (5, 17)])
+def test_quest_decoding_into_partly_filled_pages_keeps_exact_bounds_and_attends_to_the_top_pages(ps, n0):
+    """After a prefill that ends inside a page, every decoding step keeps each page's kmin/kmax equal
+    to the min/max over all its filled keys (earlier keys of a partly filled page included), and
+    attends exactly over the top-K pages by those bounds: the last page's unfilled slots (here
+    holding 1e3) are never read."""
+    rng = np.random.default_rng(ps * 100 + n0)
+    B, nkv, nh, hs, steps, K = 2, 2, 4, 4, 14, 3
+    g = nh // nkv
+    cache = QuestCache(1, nkv, hs, max_len=64, token_budget=K * ps, page_size=ps, dense_layers=0,
+                       batch_size=B, dtype=np.float64)
+    for buf in (cache.k, cache.v, cache.kmin, cache.kmax):
+        buf[...] = 1e3                                  # what np.empty might hold in unused slots
+    n_all = n0 + steps
+    k, v = rng.normal(size=(B, nkv, n_all, hs)), rng.normal(size=(B, nkv, n_all, hs))
+    cache.begin(B, n0)
+    cache.attend(0, rng.normal(size=(B, nh, n0, hs)), k[:, :, :n0], v[:, :, :n0])      # prefill
+    selection_mattered = False
+    for t in range(n0, n_all):
+        q = rng.normal(size=(B, nh, 1, hs)) * 3
+        cache.begin(B, 1)
+        o = cache.attend(0, q, k[:, :, t:t + 1], v[:, :, t:t + 1])
+        n = t + 1
+        P = -(-n // ps)
+        assert P > K
+        pages = np.pad(k[:, :, :n], ((0, 0), (0, 0), (0, P * ps - n), (0, 0)),
+                       constant_values=np.nan).reshape(B, nkv, P, ps, hs)
+        kmin, kmax = np.nanmin(pages, axis=3), np.nanmax(pages, axis=3)            # (B, nkv, P, hs)
+        np.testing.assert_array_equal(cache.kmin[0, :, :, :P], kmin, err_msg=f"kmin after position {t}")
+        np.testing.assert_array_equal(cache.kmax[0, :, :, :P], kmax, err_msg=f"kmax after position {t}")
+        allowed = np.zeros((B, nh, 1, n), bool)
+        for b in range(B):
+            for h in range(nh):
+                bound = page_upper_bound(q[b, h, 0], kmin[b, h // g], kmax[b, h // g])
+                for p in np.argsort(-bound)[:K]:
+                    allowed[b, h, 0, p * ps:(p + 1) * ps] = True
+        np.testing.assert_allclose(o, _ref_attention(q, k[:, :, :n], v[:, :, :n], allowed), rtol=0, atol=1e-12,
+                                   err_msg=f"decoding position {t}")
+        selection_mattered |= not np.allclose(o, _ref_attention(q, k[:, :, :n], v[:, :, :n], None))
+    assert selection_mattered
+
+
 # ------------------------------------------------------------------ paged
 def _dense_greedy(m, tokens, n_new):
     """Greedy continuation of ``tokens`` by the dense cache: the reference for paged decoding."""
