@@ -371,9 +371,11 @@ class GPT(nn.Module):
         through ``cache``: a cache object of ``models/kv_cache.py`` for batch B (reset first;
         default ``cache_for(self, B)``: a dense cache of block_size positions, or linear
         attention's state), e.g. ``StreamingLLMCache.for_model(model, B, window=...)``. When the
-        cache has no room left (a dense cache at block_size), it is reset and refilled from the
-        last half of the context (positions restart at 0), so each token costs O(block_size)
-        amortised; a StreamingLLMCache always has room. ``temperature`` 0 means greedy decoding.
+        cache has no room left for this model (a dense or linear cache at block_size, even one
+        built longer; a StreamingLLMCache with stream positions at block_size), it is reset and
+        refilled from the last half of the context (positions restart at 0), so each token costs
+        O(block_size) amortised; a StreamingLLMCache with cache positions always has room.
+        ``temperature`` 0 means greedy decoding.
         """
         if rng is None:
             rng = np.random.default_rng()
@@ -395,14 +397,19 @@ class GPT(nn.Module):
                 if use_cache:
                     cache = cache_for(self, idx.shape[0]) if cache is None else cache
                     cache.reset()
-                    pending = out[:, -min(bs, cache.room()):]                  # prefill
+
+                    def room():       # positions count from 0 in a dense or linear cache
+                        if isinstance(cache, (DenseKVCache, LinearAttentionCache)):
+                            return min(cache.room(), bs - len(cache))
+                        return cache.room()
+                    pending = out[:, -min(bs, room()):]                         # prefill
                 for _ in range(max_new_tokens):
                     if not use_cache:
                         logits, _ = self(out[:, -bs:])
                     else:
-                        if cache.room() == 0:                # full: refill from the last half
+                        if room() == 0:                      # full: refill from the last half
                             cache.reset()
-                            pending = out[:, -min(max(1, bs // 2), cache.room()):]
+                            pending = out[:, -min(max(1, bs // 2), room()):]
                         logits, _ = self(pending, cache=cache)
                     nxt = sample_next(logits.data[:, -1, :], temperature, top_k, rng)
                     out = np.concatenate([out, nxt[:, None]], axis=1)

@@ -211,6 +211,16 @@ def test_generate_greedy_matches_uncached_argmax():
     assert np.array_equal(m.generate(prompt, 10, temperature=0, use_cache=False), ref)
 
 
+def test_generate_with_a_dense_cache_longer_than_block_size_refills_at_block_size():
+    """Its room never reaches 0 at block_size: generate counts the model's positions too, and
+    refills there as with the default cache (it raised 'beyond the model's block_size' before)."""
+    m = GPT(GPTConfig(**{**MICRO, "block_size": 8}), seed=4)
+    p = np.array([[1, 2, 3]])
+    want = m.generate(p, 20, temperature=0)
+    np.testing.assert_array_equal(m.generate(p, 20, temperature=0, cache=DenseKVCache.for_model(m, max_len=13)),
+                                  want)
+
+
 @pytest.mark.parametrize("block_size, n_prompt", [(8, 3), (7, 2), (7, 10)])
 def test_generate_past_block_size_refills_the_dense_cache_from_the_last_half(block_size, n_prompt):
     """Past block_size the default (dense) cache is reset and refilled from the last
