@@ -476,6 +476,23 @@ def _save_with_a_power_cut_before_the_manifest(trainer, out, monkeypatch):
     return renamed
 
 
+def _save_with_a_power_cut_before_the_arrays(trainer, out, monkeypatch):
+    """trainer.save(out), stopped just before ckpt.npz is renamed into place (its pending
+    manifest is written, the arrays are not in)."""
+    import models.training.checkpoint as ck
+    real = os.replace
+
+    def power_cut(src, dst):
+        if dst.endswith("ckpt.npz"):
+            raise KeyboardInterrupt("power cut")
+        real(src, dst)
+
+    monkeypatch.setattr(ck.os, "replace", power_cut)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.save(out)
+    monkeypatch.setattr(ck.os, "replace", real)
+
+
 def test_a_save_stopped_between_its_two_renames_still_loads(tmp_path, monkeypatch):
     """The arrays file is swapped in, then the power goes: the pending manifest vouches for it."""
     model = _model()
@@ -559,8 +576,6 @@ def test_two_stopped_saves_in_a_row_leave_a_checkpoint_that_loads(tmp_path, monk
     """Save 2 stops between its renames (its pending manifest vouches for ckpt.npz); save 3 stops
     before its first rename. Save 3 used to write its own manifest.json.tmp over save 2's, and no
     manifest matched ckpt.npz any more (a review session); now it first finishes save 2's."""
-    import models.training.checkpoint as ck
-
     model = _model()
     tr = _trainer(model, _adamw(model), steps=2, eval_batches=None)
     tr.fit()
@@ -568,16 +583,7 @@ def test_two_stopped_saves_in_a_row_leave_a_checkpoint_that_loads(tmp_path, monk
     tr.step = 5
     _save_with_a_power_cut_before_the_manifest(tr, tmp_path, monkeypatch)
     tr.step = 7
-    real = os.replace
-
-    def cut_before_the_arrays(src, dst):
-        if dst.endswith("ckpt.npz"):
-            raise KeyboardInterrupt("power cut")
-        real(src, dst)
-    monkeypatch.setattr(ck.os, "replace", cut_before_the_arrays)
-    with pytest.raises(KeyboardInterrupt):
-        tr.save(tmp_path)
-    monkeypatch.setattr(ck.os, "replace", real)
+    _save_with_a_power_cut_before_the_arrays(tr, tmp_path, monkeypatch)
     assert load_checkpoint(tmp_path).step == 5                  # the last save that got its arrays in
 
 
@@ -603,24 +609,13 @@ def test_a_stale_pending_manifest_is_not_promoted_by_the_next_save(tmp_path, mon
     """Saves 2 and 3 both stop before their arrays are renamed in. Save 3 finishes a pending
     manifest only when it vouches for ckpt.npz: save 2's (for arrays that never arrived) must
     not replace save 1's manifest.json, which still vouches for ckpt.npz."""
-    import models.training.checkpoint as ck
-
     model = _model()
     tr = _trainer(model, _adamw(model), steps=2, eval_batches=None)
     tr.fit()
     tr.save(tmp_path)
-    real = os.replace
-
-    def cut_before_the_arrays(src, dst):
-        if dst.endswith("ckpt.npz"):
-            raise KeyboardInterrupt("power cut")
-        real(src, dst)
-    monkeypatch.setattr(ck.os, "replace", cut_before_the_arrays)
     for step in (5, 7):
         tr.step = step
-        with pytest.raises(KeyboardInterrupt):
-            tr.save(tmp_path)
-    monkeypatch.setattr(ck.os, "replace", real)
+        _save_with_a_power_cut_before_the_arrays(tr, tmp_path, monkeypatch)
     assert json.load(open(tmp_path / "manifest.json"))["step"] == 2
     assert load_checkpoint(tmp_path).step == 2                  # the last save that got its arrays in
 
