@@ -176,6 +176,32 @@ def test_the_clipping_norm_is_the_whole_models(norm_type):
         _assert_close(got, want, f"{norm_type}-norm")
 
 
+def test_each_stage_saves_its_own_layers(tmp_path):
+    """All stages saved into one directory, and the last writer won: one stage's layers were lost
+    (a review session). Each stage now writes save_dir/rank{r}, its layers and the world size."""
+    from models.training import load_checkpoint
+    SimComm(2).run(_pipeline, "1f1b", 2, save_dir=str(tmp_path), save_every=1)
+    names = []
+    for r in range(2):
+        ckpt = load_checkpoint(tmp_path / f"rank{r}")
+        assert ckpt.meta["world_size"] == 2 and ckpt.meta["rank"] == r
+        names.append(set(ckpt.params))
+    assert not names[0] & {"ln_f.weight"} and "ln_f.weight" in names[1]
+    assert {n.split(".")[1] for n in names[0] if n.startswith("h.")} != \
+        {n.split(".")[1] for n in names[1] if n.startswith("h.")}
+
+
+@pytest.mark.parametrize("optimizer", ["bcd", "badam"])
+def test_a_layer_wise_optimizer_is_refused(optimizer):
+    """Each stage would choose its own blocks: the first and last stages disagreed on whether the
+    tied embedding trains, and the exchange of its gradient deadlocked (BCD, switch_every=1)."""
+    def worker(comm):
+        with pytest.raises(ValueError, match="trains a chosen set of blocks per step"):
+            train_pipeline(comm, CONFIG, batches, steps=2, micro_batches=2, optimizer=optimizer)
+        return True
+    assert SimComm(2).run(worker) == [True, True]
+
+
 def test_a_one_stage_pipeline_is_the_model_itself():
     history, _, _ = ONE
     (out,) = SimComm(1).run(_pipeline, "1f1b", 2)

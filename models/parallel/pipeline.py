@@ -509,17 +509,30 @@ def train_pipeline(comm, config: GPTConfig, batches, *, steps: int, micro_batche
     the :class:`~models.training.Trainer` (schedule, eval_batches, eval_every, ...; progress is off
     by default: SimComm ranks are threads; ``reduce_stop`` is ``any_rank(comm)``, so a Ctrl-C
     stops every stage before the same step). ``max_grad_norm`` clips by the whole model's norm
-    (:func:`clip_grad_norm_pp`) before any ``grad_hooks`` given.
+    (:func:`clip_grad_norm_pp`) before any ``grad_hooks`` given. With ``save_dir`` each stage
+    saves its own layers in ``save_dir/rank{r}`` (:func:`models.training.distributed.rank_dir`),
+    the world size in the meta. Layer-wise optimizers (a ``trainable_names()`` that is not None)
+    are refused: each stage would pick its blocks alone, and the two copies of the tied
+    embedding on the first and last stages would disagree on whether they train (a deadlock in
+    the exchange of its gradient).
 
     Returns this rank's ``{"stage", "layers", "history", "ops", "peak_stored",
     "peak_activation_bytes", "bytes_per_step"}`` (and ``"params"``, the stage's final arrays, with
     ``keep_params``); ``bytes_per_step`` is (sent, received) in the last training batch."""
     from models.training import Trainer
-    from models.training.distributed import any_rank
+    from models.training.distributed import any_rank, rank_dir
     from models.training.optimizers import build_optimizer
     stage = PipelineStage(comm, config, micro_batches=micro_batches, schedule=schedule, dtype=dtype,
                           seed=seed, track_memory=track_memory)
     opt = build_optimizer(optimizer, stage, lr, weight_decay, seed=seed, extra=opt_kwargs)
+    if opt.trainable_names() is not None:
+        raise ValueError(f"train_pipeline: {optimizer!r} trains a chosen set of blocks per step; each stage "
+                         f"would choose alone (see the docstring). Use an optimizer that updates every "
+                         f"parameter, or train in one process")
+    if trainer_kwargs.get("save_dir") is not None:      # the stages hold different layers
+        trainer_kwargs["save_meta"] = {**(trainer_kwargs.get("save_meta") or {}), "world_size": comm.size,
+                                       "rank": comm.rank}
+        trainer_kwargs["save_dir"] = rank_dir(trainer_kwargs["save_dir"], comm.rank)
     hooks = list(trainer_kwargs.pop("grad_hooks", ()))
     if max_grad_norm is not None:
         hooks.insert(0, clip_grad_norm_pp(stage, max_grad_norm))

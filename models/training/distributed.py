@@ -113,7 +113,10 @@ def data_parallel_trainer(comm, model, loss_fn, optimizer, global_batches, *, re
                     ``optim.dist.compress.Reducer(comm, compressor)`` or error feedback around it
                     (``EF14``, ``EF21``); its state (generators, PowerSGD's warm start, error
                     buffers) goes into each rank's checkpoint. Not with ``LocalSGD``
-    save_dir        checkpoints in ``save_dir/rank{r}``, with the world size in their meta
+    save_dir        checkpoints in ``save_dir/rank{r}``, r = ``comm.rank``, with the world size in
+                    their meta. When ``comm`` is one group of a larger run (tensor x data
+                    parallel), the ranks of other groups have the same r: give each group its own
+                    directory (e.g. ``rank_dir(out, tp.rank)``), or they overwrite each other
     progress        rank 0's tqdm bar (or its log lines every ``log_every`` steps); the other
                     ranks print nothing
     trainer_kwargs  the rest of :class:`Trainer`'s arguments (steps, schedule, seed, ...);
