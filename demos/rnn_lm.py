@@ -123,12 +123,16 @@ def _budget(a) -> str:
 # ---------------------------------------------------------------------------- measuring
 def gpt_nats(model, ids, block: int, batch: int = 16) -> float:
     """Mean nats/char of ``ids`` under the GPT: windows of ``block`` that overlap by half; each
-    window scores its second half (the first window all of it), so every character is scored
-    once, with at least block/2 characters of context after the first window."""
+    window scores the characters no window before it scored (the first all of its own), so
+    every character is scored once, with at least block/2 characters of context after the first
+    window; a last window ends at the last character."""
     ids = np.asarray(ids, dtype=np.int64)
     half = block // 2
-    starts = list(range(0, max(len(ids) - block - 1, 0) + 1, half))
-    total, count = 0.0, 0
+    last = max(len(ids) - block - 1, 0)
+    starts = list(range(0, last + 1, half))
+    if starts[-1] != last:
+        starts.append(last)
+    total, count, scored_to = 0.0, 0, 0            # targets 1 .. scored_to are scored
     model.eval()
     with minigrad.no_grad():
         for i in range(0, len(starts), batch):
@@ -139,9 +143,10 @@ def gpt_nats(model, ids, block: int, batch: int = 16) -> float:
             z -= z.max(-1, keepdims=True)
             nll = np.log(np.exp(z).sum(-1)) - np.take_along_axis(z, y[..., None], -1)[..., 0]
             for row, s in zip(nll, group):
-                scored = row if s == 0 else row[half:]
+                scored = row[scored_to - s:]          # row[k] is target s + 1 + k
                 total += scored.sum()
                 count += len(scored)
+                scored_to = s + len(row)
     return total / count
 
 

@@ -213,9 +213,9 @@ def mlm_batch(ids, vocab: BERTVocab, batch_size: int, block_size: int, rng, p: f
     """Random windows of ``block_size - 1`` ids after a [CLS], masked: (inputs, labels) (B, T)."""
     ids = np.asarray(ids)
     n = block_size - 1
-    if len(ids) <= n:
+    if len(ids) < n:
         raise ValueError(f"mlm_batch: {len(ids)} ids are fewer than one window of {n}")
-    starts = rng.integers(0, len(ids) - n, size=batch_size)
+    starts = rng.integers(0, len(ids) - n + 1, size=batch_size)      # (no target shift: the last id too)
     windows = np.stack([ids[s:s + n] for s in starts]).astype(np.int64)
     windows = np.concatenate([np.full((batch_size, 1), vocab.cls), windows], axis=1)
     return mask_tokens(windows, vocab, rng, p)

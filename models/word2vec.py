@@ -182,9 +182,10 @@ class SkipGramSampler:
         if subsample > 0:
             keep &= rng.random(len(ids)) < keep_probabilities(self.counts, subsample)[ids]
         self.text = ids[keep]
-        if len(self.text) <= window:
+        if len(self.text) < 2 * window:      # a context past one end is reflected to the other side
             raise ValueError(f"SkipGramSampler: {len(self.text)} words are left after subsampling, fewer "
-                             f"than a window (radius {window}) needs; use a longer text or subsample=0")
+                             f"than a window (radius {window}, 2 x {window} words) needs; use a longer "
+                             f"text or subsample=0")
         w = self.window - np.arange(self.window, dtype=np.float64)  # R - d + 1 for d = 1..R
         self.distance_probs = w / w.sum()
 

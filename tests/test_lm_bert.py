@@ -59,6 +59,18 @@ def test_mlm_batch_starts_with_cls_and_masks_the_windows():
     assert (labels != IGNORE).any() and (inputs == v.mask).any()
 
 
+def test_mlm_batch_windows_reach_the_last_id():
+    """A masked-LM window has no target shift, so its last start is len(ids) - n: the last id was
+    never drawn, and ids of exactly one window were refused (a review session)."""
+    v = vocab()
+    ids = v.encode(TEXT)[:11]
+    inputs, _ = mlm_batch(ids, v, 8, 12, np.random.default_rng(0), p=0.0)    # one window of 11: accepted
+    assert (inputs[:, 1:] == ids).all()
+    ids = v.encode(TEXT)[:14]
+    inputs, _ = mlm_batch(ids, v, 400, 12, np.random.default_rng(1), p=0.0)
+    assert {int(r[-1]) for r in inputs} == set(ids[10:].tolist())         # every start 0..3 drawn
+
+
 def test_a_padded_batch_gives_each_sequence_its_own_outputs():
     model, v = tiny(seed=1)
     a, b = v.encode("to be or"), v.encode("the mind")[:5]

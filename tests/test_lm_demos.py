@@ -143,6 +143,17 @@ def test_rnn_lm_demo_measures_the_gpt_once_per_character():
 
     assert demo.gpt_nats(Uniform(), np.arange(1000) % 7, block=64) == pytest.approx(np.log(7))
 
+    class Fixed(Uniform):                       # -log p[y] differs by character: counts show
+        logp = np.log(np.arange(1, 8) / 28.0)
+
+        def __call__(self, x):
+            return minigrad.Tensor(np.broadcast_to(self.logp, x.shape + (7,)).copy()), None
+
+    ids = np.random.default_rng(0).integers(0, 7, 1000)
+    for block in (64, 50):                      # the last targets were skipped (993..999 at 64)
+        want = -Fixed.logp[ids[1:]].mean()
+        assert demo.gpt_nats(Fixed(), ids, block=block) == pytest.approx(want, rel=1e-12)
+
 
 @pytest.mark.parametrize("argv, says", [
     (["--models", "lstm,transformer"], "--models: unknown ['transformer']; choose from rnn, lstm, gru, gpt"),

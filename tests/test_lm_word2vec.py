@@ -97,6 +97,18 @@ def test_pairs_follow_the_dynamic_window_law():
     assert not np.isin(0, center) and not np.isin(0, negatives)   # <unk> is skipped
 
 
+def test_a_short_text_is_refused_and_a_text_of_two_windows_pairs_within_it():
+    """A context past one end of the text is reflected to the other side, which stays inside the
+    text only from 2R words on: 6 words at R = 5 indexed past the end, 8 wrapped round to a pair
+    at the wrong distance (a review session)."""
+    with pytest.raises(ValueError, match="fewer than a window"):
+        SkipGramSampler(np.arange(1, 10), 10, window=5, subsample=0)
+    text = np.arange(1, 11)                        # 10 distinct words = 2R: ids are positions + 1
+    sampler = SkipGramSampler(text, 11, window=5, negatives=1, subsample=0)
+    center, context, _ = sampler.batch(np.random.default_rng(0), 20_000)
+    assert 1 <= np.abs(context - center).min() and np.abs(context - center).max() <= 5
+
+
 def test_training_puts_words_of_the_same_contexts_together():
     """Two 'topics' that never share a window: after a short run every word's nearest neighbours
     are words of its own topic."""
