@@ -231,7 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 ("--hidden", 16, "H: hidden units"), ("--classes", 3, "C: classes")):
         ap.add_argument(flag, type=int, default=default, help=f"{what}, in [1, {SIZE_MAX}]")
     ap.add_argument("--activation", choices=["tanh", "relu"], default="tanh")
-    ap.add_argument("--seed", type=int, default=0, help=">= 0")
+    ap.add_argument("--seed", type=cli.seed, default=0, help=">= 0")
     ap.add_argument("--tol", type=float, default=1e-10, help="max abs difference allowed (float64), >= 0")
     ap.add_argument("--out", default=os.path.join("out", "backprop_by_hand"),
                     help="directory for backprop_by_hand.png and backprop_by_hand_results.md")
@@ -245,8 +245,6 @@ def _validate(args):
         v = getattr(args, name)
         if not 1 <= v <= SIZE_MAX:
             raise cli.UsageError(f"--{name} must be in [1, {SIZE_MAX}], got {v}")
-    if args.seed < 0:
-        raise cli.UsageError(f"--seed must be >= 0, got {args.seed}")
     if not (args.tol >= 0 and math.isfinite(args.tol)):
         raise cli.UsageError(f"--tol must be a finite number >= 0, got {args.tol}")
     cli.check_out_dir(args.out)

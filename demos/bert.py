@@ -72,7 +72,7 @@ def build_parser():
     p.add_argument("--no-scratch", action="store_true", help="skip the from-scratch fine-tuning")
     p.add_argument("--test", type=int, default=None, help="test examples (from the validation split)")
     p.add_argument("--max-chars", type=int, default=None, help="use only the first N characters")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=cli.seed, default=0)
     cli.add_output_arguments(p, os.path.join("out", "bert"),
                              out_help="directory for the results, the curves and the pretrained checkpoint",
                              quick_help="a 2-layer encoder, 30 s pretraining, 15 s fine-tuning (explicit flags win)")

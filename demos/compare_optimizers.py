@@ -345,7 +345,7 @@ def build_parser():
     ap.add_argument("--eval-batches", type=int, default=None, help="fixed validation batches (default 8; --quick 4)")
     ap.add_argument("--weight-decay", type=float, default=0.1, help="decoupled, on matrices only")
     ap.add_argument("--beta2", type=float, default=0.99, help="beta2 wherever the optimizer takes betas")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=cli.seed, default=0)
     ap.add_argument("--speed-rounds", type=int, default=None,
                     help="rounds of the speed pass after the sweep, every optimizer timed in turn "
                          "in each, the median kept (default 3; --quick 1; 0: keep the last pass)")
@@ -383,8 +383,6 @@ def _validate(args):
         raise cli.UsageError(f"--weight-decay must be a finite number >= 0, got {args.weight_decay}")
     if not 0 <= args.beta2 < 1:
         raise cli.UsageError(f"--beta2 must be in [0, 1), got {args.beta2}")
-    if args.seed < 0:
-        raise cli.UsageError(f"--seed must be >= 0, got {args.seed}")
 
 
 def settings(args, name, lr, batch_size, cfg, data_key) -> dict:

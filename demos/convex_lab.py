@@ -698,14 +698,12 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--quick", action="store_true", help="smaller problems and fewer iterations (~4 s)")
     ap.add_argument("--out", default=os.path.join("out", "convex_lab"),
                     help="directory for the convex_*.png figures and convex_lab_results.md")
-    ap.add_argument("--seed", type=int, default=0, help="seed of the problems and the samplers, >= 0")
+    ap.add_argument("--seed", type=cli.seed, default=0, help="seed of the problems and the samplers, >= 0")
     return ap
 
 
 def run(args) -> dict:
     """The lab as the parsed arguments say; prints and writes the table, returns the summary."""
-    if args.seed < 0:
-        raise cli.UsageError(f"--seed must be >= 0, got {args.seed}")
     cli.check_out_dir(args.out)
     summary = lab(quick=args.quick, seed=args.seed, out=args.out)
     table = results_table(summary)

@@ -547,7 +547,7 @@ def build_parser():
                    help=f"gpt: peak AdamW learning rate (default {GPT_DEFAULTS['lr']})")
     p.add_argument("--dtype", default=None, choices=("float32", "float64"),
                    help="gpt: parameter dtype (default float32; float64 makes 1, 2, 4 workers agree to ~1e-12)")
-    p.add_argument("--seed", type=int, default=0, help="seed of every part")
+    p.add_argument("--seed", type=cli.seed, default=0, help="seed of every part")
     cli.add_corpus_arguments(p)
     cli.add_output_arguments(p, os.path.join("out", "distributed"),
                              out_help="directory for the figures and distributed_results.md",
@@ -576,8 +576,6 @@ def _validate(a, world: int) -> list:
         v = getattr(a, name)
         if v is not None and v < 1:
             raise cli.UsageError(f"--{name.replace('_', '-')} must be >= 1, got {v}")
-    if a.seed < 0:
-        raise cli.UsageError(f"--seed must be >= 0, got {a.seed}")
     if not (a.lr > 0 and math.isfinite(a.lr)):
         raise cli.UsageError(f"--lr must be a positive number, got {a.lr}")
     if world > 1:

@@ -275,7 +275,7 @@ def build_parser():
     p.add_argument("--batch-size", type=int, default=None, help="sequences per step; default: the preset's")
     p.add_argument("--n-evals", type=int, default=6, help="evaluations per run (plus one before)")
     p.add_argument("--eval-batches", type=int, default=4, help="fixed validation batches per evaluation")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=cli.seed, default=0)
     cli.add_corpus_arguments(p, max_chars_help="use only the first N characters of each text",
                              cache_dir_help="token ids and the pretrained GPT are cached here ('' disables)")
     cli.add_output_arguments(p, os.path.join("out", "finetune_lora"),

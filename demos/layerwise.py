@@ -431,7 +431,7 @@ def build_parser():
                    help=f"convex: epochs of block updates (default {FULL['epochs']})")
     p.add_argument("--seeds", type=int, default=None,
                    help=f"convex: runs averaged per random rule (default {FULL['seeds']})")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=cli.seed, default=0)
     cli.add_corpus_arguments(p)
     cli.add_output_arguments(p, os.path.join("out", "layerwise"),
                              out_help="directory for the figures and layerwise_results.md",
@@ -446,8 +446,6 @@ def _validate(a):
     bad = [m for m in a.methods if m not in LABELS]
     if bad or not a.methods:
         raise cli.UsageError(f"unknown method(s) {bad}; choose from {', '.join(LABELS)}")
-    if a.seed < 0:
-        raise cli.UsageError(f"--seed must be >= 0, got {a.seed}")
     for name in ("steps", "eval_batches", "seeds"):
         if getattr(a, name) < 1:
             raise cli.UsageError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(a, name)}")

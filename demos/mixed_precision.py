@@ -252,7 +252,7 @@ def build_parser():
     ap.add_argument("--model", choices=["gpt", "mlp"], default="gpt")
     ap.add_argument("--recipes", default=",".join(DEFAULT),
                     help=f"comma-separated subset of {', '.join(RECIPES)} (default: the first 7)")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=cli.seed, default=0)
     cli.add_corpus_arguments(ap, max_chars_help="use only the first N characters (--quick: 200,000)")
     cli.add_output_arguments(ap, os.path.join("out", "mixed_precision"),
                              out_help="directory for mixed_precision.png, mixed_precision_results.md and .json",

@@ -45,7 +45,7 @@ def build_parser():
     p.add_argument("--word-max-order", type=int, default=None,
                    help=f"word models of orders 1..N, 0: none (default {FULL['word_max_order']})")
     p.add_argument("--sample-chars", type=int, default=400, help="length of the sample of the best model")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=cli.seed, default=0)
     cli.add_output_arguments(p, os.path.join("out", "ngram"),
                              out_help="directory for ngram_results.md, ngram.png and ngram_sample.txt",
                              quick_help="the first 1 M characters, orders <= 6 (explicit flags win)")

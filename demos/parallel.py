@@ -315,7 +315,7 @@ def build_parser():
     p.add_argument("--clip", type=float, default=1.0, help="global gradient-norm clipping (0: off)")
     p.add_argument("--dtype", default="float64", choices=("float64", "float32"),
                    help="float64 (default) makes the modes agree to ~1e-12")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=cli.seed, default=0)
     cli.add_corpus_arguments(p)
     cli.add_output_arguments(p, os.path.join("out", "parallel"),
                              out_help="directory for the figures, parallel_results.md and the runs' JSON",
@@ -333,8 +333,6 @@ def _validate(a, world: int):
         v = getattr(a, name)
         if v is not None and v < 1:
             raise cli.UsageError(f"--{name.replace('_', '-')} must be >= 1, got {v}")
-    if a.seed < 0:
-        raise cli.UsageError(f"--seed must be >= 0, got {a.seed}")
     if not (a.lr > 0 and math.isfinite(a.lr)):
         raise cli.UsageError(f"--lr must be a positive number, got {a.lr}")
     if not (a.clip >= 0 and math.isfinite(a.clip)):

@@ -77,7 +77,7 @@ def build_parser():
     p.add_argument("--grad-clip", type=float, default=1.0, help="global gradient norm of the recurrent networks")
     p.add_argument("--gpt-preset", default=None, help=f"{', '.join(PRESETS)} (default small; --quick tiny)")
     p.add_argument("--sample-chars", type=int, default=200)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=cli.seed, default=0)
     cli.add_corpus_arguments(p, max_chars_help=f"use only the first N characters (default: all; --quick "
                                                f"{QUICK['max_chars']:,})")
     cli.add_output_arguments(p, os.path.join("out", "rnn_lm"),

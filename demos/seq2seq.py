@@ -56,7 +56,7 @@ def build_parser():
     p.add_argument("--teacher-forcing", type=float, default=1.0, help="P(the decoder reads the true previous token)")
     p.add_argument("--beam", type=int, default=4, help="beam width of the second accuracy column")
     p.add_argument("--test", type=int, default=None, help="test examples per run")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=cli.seed, default=0)
     cli.add_output_arguments(p, os.path.join("out", "seq2seq"),
                              out_help="directory for seq2seq_results.md and the figures",
                              quick_help="reversal with Bahdanau attention only, 600 steps or 1 minute (explicit flags win)")

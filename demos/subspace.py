@@ -214,7 +214,7 @@ def build_parser():
     ap.add_argument("--eval-every", type=int, default=None, help="validate every N steps (default 50; --quick 10)")
     ap.add_argument("--eval-batches", type=int, default=8, help="fixed validation batches")
     ap.add_argument("--batch-size", type=int, default=None, help="sequences per step (default: the preset's)")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=cli.seed, default=0)
     cli.add_corpus_arguments(ap, max_chars_help="use only the first N characters (--quick 200,000)")
     cli.add_output_arguments(ap, os.path.join("out", "subspace"),
                              out_help="directory for the figures, subspace_results.md and .json",
@@ -236,8 +236,6 @@ def _validate(args):
         raise cli.UsageError(f"--lr must be a positive number, got {args.lr}")
     if not (args.weight_decay >= 0 and math.isfinite(args.weight_decay)):
         raise cli.UsageError(f"--weight-decay must be a number >= 0, got {args.weight_decay}")
-    if args.seed < 0:
-        raise cli.UsageError(f"--seed must be >= 0, got {args.seed}")
 
 
 def run(args) -> dict:

@@ -154,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vocab-size", type=int, default=512, help="BPE vocabulary size (--tokenizer bpe)")
     p.add_argument("--save-every", type=int, default=None,
                    help="write a checkpoint every N steps; None means at every evaluation")
-    p.add_argument("--seed", type=int, default=1337)
+    p.add_argument("--seed", type=cli.seed, default=1337)
     p.add_argument("--eval-every", type=int, default=250, help="validate every N steps")
     p.add_argument("--eval-batches", type=int, default=20, help="fixed validation batches per evaluation")
     p.add_argument("--max-minutes", type=float, default=10.0,

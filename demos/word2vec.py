@@ -76,7 +76,7 @@ def build_parser():
     p.add_argument("--min-count", type=int, default=5, help="rarer words are <unk>")
     p.add_argument("--batch-size", type=int, default=1024, help="pairs per step")
     p.add_argument("--lr", type=float, default=None, help="SGD's lr on the batch mean (default 0.025 x batch)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=cli.seed, default=0)
     cli.add_output_arguments(p, os.path.join("out", "word2vec"),
                              out_help="directory for the results, figures and checkpoint",
                              quick_help="train for 1 minute and 2,500 steps at most (explicit flags win)")

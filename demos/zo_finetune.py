@@ -274,7 +274,7 @@ def build_parser():
     p.add_argument("--batch-size", type=int, default=None, help="sequences per step; default: the preset's")
     p.add_argument("--n-evals", type=int, default=10)
     p.add_argument("--eval-batches", type=int, default=3)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=cli.seed, default=0)
     p.add_argument("--skip-train", action="store_true", help="memory measurement only")
     cli.add_corpus_arguments(p, cache_dir_help="token ids and the pretrained GPT are cached here ('' disables)")
     cli.add_output_arguments(p, os.path.join("out", "zo_finetune"),

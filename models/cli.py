@@ -45,6 +45,18 @@ class ArgumentParser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
+def seed(text: str) -> int:
+    """The argparse ``type`` of every demo's ``--seed``: an integer >= 0 (NumPy refuses a
+    negative seed, which ended nine demos in a traceback), else a one-line usage error."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0 or str(value) != text.strip().lstrip("+"):
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}")
+    return value
+
+
 def add_output_arguments(parser, out, out_help, quick_help) -> None:
     """The flags of a demo that writes results: ``--out`` (default ``out``), ``--quick`` (a smoke
     run, described by ``quick_help``) and ``--no-progress``."""

@@ -82,7 +82,7 @@ def test_demo_exits_1_on_a_mismatch(tmp_path, capsys):
     (["--inputs", "-2"], "--inputs must be in [1, 1024], got -2"),
     (["--classes", "0"], "--classes must be in [1, 1024], got 0"),
     (["--batch", "two"], "argument --batch: invalid int value: 'two'"),
-    (["--seed", "-1"], "--seed must be >= 0, got -1"),
+    (["--seed", "-1"], "argument --seed: must be an integer >= 0, got '-1'"),
     (["--tol", "nan"], "--tol must be a finite number >= 0, got nan"),
     (["--tol=-1e-3"], "--tol must be a finite number >= 0"),
     (["--activation", "gelu"], "argument --activation: invalid choice: 'gelu'"),

@@ -151,7 +151,7 @@ def test_the_other_parts_on_mpiexec_ranks_write_the_tables_of_the_simulated_run(
     (["--steps", "0"], "--steps must be >= 1, got 0"),
     (["--batch-size", "0"], "--batch-size must be >= 1, got 0"),
     (["--lr", "-1"], "--lr must be a positive number, got -1.0"),
-    (["--seed", "-1"], "--seed must be >= 0, got -1"),
+    (["--seed", "-1"], "argument --seed: must be an integer >= 0, got '-1'"),
 ])
 def test_bad_input_is_one_line_and_exit_2_writing_nothing(demo, argv, says, tmp_path, capsys):
     assert_refused(demo, argv + ["--cache-dir", "", "--out", str(tmp_path / "out")], says, capsys, watch=tmp_path)

@@ -76,8 +76,8 @@ def test_quick_run_writes_the_figures_and_table_into_out(tmp_path, monkeypatch, 
 
 
 @pytest.mark.parametrize("argv, says", [
-    (["--seed", "-3"], "--seed must be >= 0, got -3"),
-    (["--seed", "1.5"], "argument --seed: invalid int value: '1.5'"),
+    (["--seed", "-3"], "argument --seed: must be an integer >= 0, got '-3'"),
+    (["--seed", "1.5"], "argument --seed: must be an integer >= 0, got '1.5'"),
     (["--small"], "unrecognized arguments: --small"),
 ])
 def test_bad_arguments_are_one_line_and_exit_2(tmp_path, monkeypatch, capsys, argv, says):
