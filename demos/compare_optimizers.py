@@ -369,7 +369,8 @@ def _validate(args):
         if bad or not picked:
             raise cli.UsageError(f"--optimizers: unknown optimizer(s) {bad or args.optimizers!r}; "
                                  f"choose from {', '.join(names)}")
-        args.optimizers = list(dict.fromkeys(picked))
+        # an alias runs as its canonical name: its lr sweep and options, one leaderboard row
+        args.optimizers = list(dict.fromkeys(ALIASES.get(m, m) for m in picked))
     for name in ("steps", "eval_every", "eval_batches", "batch_size", "max_chars"):
         v = getattr(args, name)
         if v is not None and v < 1:

@@ -201,6 +201,16 @@ def explicit_flags(argv) -> set:
     return set(vars(shadow.parse_args(argv)))
 
 
+def _gpt_checkpoint(path, flag):
+    """load_checkpoint(path), refused in one line unless it holds a GPT (another demo's model
+    ended in a traceback on its config)."""
+    ckpt = load_checkpoint(path)
+    kind = (ckpt.meta.get("model") or {}).get("class")
+    if kind != "GPT":
+        raise cli.UsageError(f"{flag} {path} holds a {kind or 'model of unknown class'}, not a GPT")
+    return ckpt
+
+
 def _validate(args):
     """Every flag in its range, before anything is read or written."""
     if args.preset not in PRESETS:
@@ -314,13 +324,13 @@ def run(args, on_step=None, explicit=frozenset()) -> int:
     _validate(args)
     ckpt = init = None
     if args.resume:
-        ckpt = load_checkpoint(args.out)
+        ckpt = _gpt_checkpoint(args.out, "--resume --out")
         _adopt_saved_flags(args, explicit, ckpt)
     elif os.path.exists(os.path.join(args.out, CKPT)) and not args.force:
         raise cli.UsageError(f"{args.out} already holds a checkpoint; continue it with --resume, overwrite it "
                          f"with --force, or choose another --out")
     if args.init_from and ckpt is None:                 # a resumed fine-tune has its weights already
-        init = load_checkpoint(args.init_from)
+        init = _gpt_checkpoint(args.init_from, "--init-from")
         if "preset" not in explicit and init.meta.get("preset") in PRESETS:
             args.preset = init.meta["preset"]          # its batch size and lr, unless given
             if "lr" not in explicit:

@@ -112,11 +112,14 @@ def analogy_table(model, vocab, k=5):
 
 
 def pca_plot(model, vocab, path, title):
-    """The words of GROUPS on the first two principal components of their (unit) vectors."""
-    plt = pyplot()
+    """The words of GROUPS on the first two principal components of their (unit) vectors; False
+    (nothing drawn) when the corpus holds fewer than three of them."""
     vecs = model.vectors()
     known = {g: [w for w in ws if w in vocab.stoi] for g, ws in GROUPS.items()}
     names = [w for ws in known.values() for w in ws]
+    if len(names) < 3:                               # (a corpus of other words: no plane to show)
+        return False
+    plt = pyplot()
     x = vecs[[vocab.stoi[w] for w in names]]
     x = x - x.mean(axis=0)
     _, s, vt = np.linalg.svd(x, full_matrices=False)
@@ -194,10 +197,12 @@ def run(a) -> dict:
     markdown = "\n".join(lines) + "\n"
     with open(os.path.join(a.out, "word2vec_results.md"), "w", encoding="utf-8") as f:
         f.write(markdown)
-    pca_plot(model, vocab, os.path.join(a.out, "word2vec_pca.png"),
-             f"word2vec on {desc}: word groups on the first two principal components")
+    drawn = pca_plot(model, vocab, os.path.join(a.out, "word2vec_pca.png"),
+                     f"word2vec on {desc}: word groups on the first two principal components")
     print("\n" + markdown)
-    print(f"[word2vec] wrote word2vec_results.md, word2vec_pca.png, word2vec_loss.png and the checkpoint to {a.out}/")
+    pca = "word2vec_pca.png, " if drawn is not False else ""
+    print(f"[word2vec] wrote word2vec_results.md, {pca}word2vec_loss.png and the checkpoint to {a.out}/"
+          + ("" if pca else " (no PCA plot: the corpus holds fewer than three of the plotted words)"))
     return {"neighbours": neighbours, "analogies": rows, "top1": top1, "top5": top5,
             "val_loss": trainer.history["val_loss"], "steps": trainer.step}
 

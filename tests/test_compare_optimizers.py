@@ -142,3 +142,12 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
                         (("--preset", "huge"), "argument --preset: invalid choice")):
         assert_refused(demo, [*SMALL, *flags, "--out", str(out)], says, capsys, tmp_path)
     assert not out.exists()
+
+
+def test_an_alias_runs_as_its_canonical_name():
+    """pgd and proxgrad ran at the default lr 1e-3 beside perturbed_gd and ista at theirs, four
+    rows for two optimizers (a review session): an alias is its canonical name now."""
+    args = demo.build_parser().parse_args(["--quick", "--optimizers", "pgd,perturbed_gd,proxgrad,ista,adamw"])
+    demo._validate(args)
+    assert args.optimizers == ["perturbed_gd", "ista", "adamw"]
+

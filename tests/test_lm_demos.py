@@ -222,3 +222,17 @@ def test_bert_demo_refuses_bad_input(argv, says, tmp_path, monkeypatch, capsys, 
     (tmp_path / "empty.txt").write_text("")
     data = [] if "--data" in argv else ["--data", tiny_text]
     assert_refused(load_demo("bert.py"), data + argv + ["--out", "b"], says, capsys, watch=tmp_path)
+
+
+def test_word2vec_demo_skips_the_pca_plot_on_a_corpus_without_its_words(tmp_path):
+    """The plot projects the words of its groups (titles, family, ...); a corpus holding fewer
+    than three of them crashed the demo after it had written its results (a review session)."""
+    import types
+
+    from models.word2vec import Word2Vec, Word2VecConfig
+    demo = load_demo("word2vec.py")
+    vocab = types.SimpleNamespace(stoi={"zzz": 0, "king": 1}, itos=["zzz", "king"])
+    path = tmp_path / "pca.png"
+    assert demo.pca_plot(Word2Vec(Word2VecConfig(vocab_size=2, dim=4), seed=0), vocab, str(path), "t") is False
+    assert not path.exists()
+

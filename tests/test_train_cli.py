@@ -456,3 +456,18 @@ def test_sample_without_a_prompt_on_a_text_without_newlines(tmp_path):
     assert train_gpt.main(_args(str(flat), out, "--steps", "2")) == 0
     r = _sample("--out", str(out), "--tokens", "8")
     assert r.returncode == 0 and len(r.stdout.strip()) == 8, r.stderr
+
+
+def test_a_checkpoint_of_another_model_is_refused_in_one_line(tmp_path, capsys, corpus):
+    """--init-from and --resume on another demo's checkpoint (word2vec, an RNN) ended in a
+    traceback on its config (a review session): one line now, naming what the file holds."""
+    import minigrad.nn as nn
+    from models.training import save_checkpoint
+
+    other = tmp_path / "other"
+    save_checkpoint(str(other), nn.Linear(3, 2, rng=0))
+    assert_refused(train_gpt, _args(corpus, tmp_path / "run", "--init-from", str(other)),
+                   f"--init-from {other} holds a Linear, not a GPT", capsys, tmp_path)
+    assert_refused(train_gpt, _args(corpus, other, "--resume"), f"--resume --out {other} holds a Linear, not a GPT",
+                   capsys, tmp_path)
+
