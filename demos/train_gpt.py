@@ -322,6 +322,10 @@ def run(args, on_step=None, explicit=frozenset()) -> int:
     t_start = _T_START if __name__ == "__main__" else time.perf_counter()
     # ---- validate everything before writing anything ----------------------------------------
     _validate(args)
+    given = sorted(f for f in ("tokenizer", "vocab_size") if f in explicit)
+    if args.init_from and given:      # the weights come with their tokenizer
+        raise cli.UsageError(f"--init-from trains on with the checkpoint's tokenizer; drop "
+                             f"{', '.join(_flag(f) for f in given)}")
     ckpt = init = None
     if args.resume:
         ckpt = _gpt_checkpoint(args.out, "--resume --out")

@@ -173,8 +173,13 @@ class TextData:
         """Write the token ids to the cache (if it is not there yet) and read them back by memmap."""
         if self.cache_path is None or isinstance(self.ids, np.memmap):
             return
-        os.makedirs(os.path.dirname(self.cache_path) or ".", exist_ok=True)
-        _atomic_save_npy(self.cache_path, np.asarray(self.ids, dtype=np.uint16))
+        try:
+            os.makedirs(os.path.dirname(self.cache_path) or ".", exist_ok=True)
+            _atomic_save_npy(self.cache_path, np.asarray(self.ids, dtype=np.uint16))
+        except OSError as e:        # a cache is an optimisation: run on without it, and say why
+            print(f"note: the token cache {self.cache_path} was not written ({e.strerror or e}); "
+                  f"the ids stay in memory", file=sys.stderr)
+            return
         self._set_ids(np.load(self.cache_path, mmap_mode="r", allow_pickle=False))
 
     @property

@@ -128,3 +128,14 @@ def test_deferred_cache_write(tmp_path):
     d.save_cache()
     assert os.path.exists(d.cache_path) and isinstance(d.ids, np.memmap)
     assert d.tokenizer.decode(np.concatenate([d.train.ids, d.val.ids])) == TEXT
+
+
+def test_a_cache_that_cannot_be_written_is_a_note_not_a_crash(tmp_path, capsys):
+    """--cache-dir naming a file (or a read-only place) ended the demos in a FileExistsError /
+    PermissionError traceback (a review session): the ids stay in memory, and a note says so."""
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    d = TextData(TEXT, block_size=16, cache_dir=blocker)
+    assert "was not written" in capsys.readouterr().err
+    assert not isinstance(d.ids, np.memmap) and len(d.train.ids) > 0
+

@@ -471,3 +471,10 @@ def test_a_checkpoint_of_another_model_is_refused_in_one_line(tmp_path, capsys, 
     assert_refused(train_gpt, _args(corpus, other, "--resume"), f"--resume --out {other} holds a Linear, not a GPT",
                    capsys, tmp_path)
 
+
+def test_init_from_refuses_a_tokenizer_of_its_own(tmp_path, capsys, corpus, full_run):
+    """--init-from trains on with the checkpoint's tokenizer: a --tokenizer beside it was ignored,
+    yet recorded, so a later --resume refused the run's true tokenizer (a review session)."""
+    assert_refused(train_gpt, _args(corpus, tmp_path / "ft", "--init-from", str(full_run), "--tokenizer", "bpe"),
+                   "--init-from trains on with the checkpoint's tokenizer; drop --tokenizer", capsys, tmp_path)
+
