@@ -113,11 +113,11 @@ def analogy_table(model, vocab, k=5):
 
 def pca_plot(model, vocab, path, title):
     """The words of GROUPS on the first two principal components of their (unit) vectors; False
-    (nothing drawn) when the corpus holds fewer than three of them."""
+    (nothing drawn) when the corpus holds fewer than two of them."""
     vecs = model.vectors()
     known = {g: [w for w in ws if w in vocab.stoi] for g, ws in GROUPS.items()}
     names = [w for ws in known.values() for w in ws]
-    if len(names) < 3:                               # (a corpus of other words: no plane to show)
+    if len(names) < 2:                               # (a corpus of other words: nothing to project)
         return False
     plt = pyplot()
     x = vecs[[vocab.stoi[w] for w in names]]
@@ -202,7 +202,7 @@ def run(a) -> dict:
     print("\n" + markdown)
     pca = "word2vec_pca.png, " if drawn is not False else ""
     print(f"[word2vec] wrote word2vec_results.md, {pca}word2vec_loss.png and the checkpoint to {a.out}/"
-          + ("" if pca else " (no PCA plot: the corpus holds fewer than three of the plotted words)"))
+          + ("" if pca else " (no PCA plot: the corpus holds fewer than two of the plotted words)"))
     return {"neighbours": neighbours, "analogies": rows, "top1": top1, "top5": top5,
             "val_loss": trainer.history["val_loss"], "steps": trainer.step}
 

@@ -226,7 +226,7 @@ def test_bert_demo_refuses_bad_input(argv, says, tmp_path, monkeypatch, capsys, 
 
 def test_word2vec_demo_skips_the_pca_plot_on_a_corpus_without_its_words(tmp_path):
     """The plot projects the words of its groups (titles, family, ...); a corpus holding fewer
-    than three of them crashed the demo after it had written its results (a review session)."""
+    than two of them crashed the demo after it had written its results (a review session)."""
     import types
 
     from models.word2vec import Word2Vec, Word2VecConfig
