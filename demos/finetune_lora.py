@@ -385,7 +385,9 @@ def run(a):
     path = os.path.join(a.out, f"results_{name}.json")
     with open(path, "w", encoding="utf-8") as fh:
         json.dump(results, fh, indent=1)
-    print(f"[finetune_lora] finetune_lora.png and {os.path.basename(path)} in {a.out}/")
+    with open(os.path.join(a.out, f"results_{name}.md"), "w", encoding="utf-8") as fh:
+        fh.write(f"# {title}\n\n{report}\n")
+    print(f"[finetune_lora] finetune_lora.png, {os.path.basename(path)} and results_{name}.md in {a.out}/")
     return results
 
 

@@ -233,21 +233,35 @@ def plot_memory(mem, path, title):
     save_figure(fig, path, dpi=90)
 
 
-def print_memory(mem, ratios):
+def memory_table(mem, ratios) -> str:
+    """Markdown: the peak memory of one step per method, and the two claims checked."""
     mib = 2.0 ** 20
-    print(f"\npeak memory of one step ({minigrad.get_backend()} backend; tracemalloc, and RSS growth):")
-    print("| method | peak MiB | params | grads | opt. state | activations+temps | ledger act. peak |"
-          " RSS-based peak |")
-    print("|---|---|---|---|---|---|---|---|")
+    rows = [f"peak memory of one step ({minigrad.get_backend()} backend; tracemalloc, and RSS growth):", "",
+            "| method | peak MiB | params | grads | opt. state | activations+temps | ledger act. peak |"
+            " RSS-based peak |", "|---|---|---|---|---|---|---|---|"]
     for k in ("forward", "mezo", "lozo", "adamw"):
         m = mem[k]
         rss = f"{m['rss_peak'] / mib:.2f}" if m["rss_peak"] is not None else "n/a"
-        print(f"| {LABELS[k]} | {m['peak'] / mib:.2f} | {m['params'] / mib:.2f} | {m['grads'] / mib:.2f} | "
-              f"{m['optimizer_state'] / mib:.2f} | {m['other'] / mib:.2f} | "
-              f"{m['ledger_activations_peak'] / mib:.2f} | {rss} |")
+        rows.append(f"| {LABELS[k]} | {m['peak'] / mib:.2f} | {m['params'] / mib:.2f} | {m['grads'] / mib:.2f} | "
+                    f"{m['optimizer_state'] / mib:.2f} | {m['other'] / mib:.2f} | "
+                    f"{m['ledger_activations_peak'] / mib:.2f} | {rss} |")
     mf, ma = ratios["mezo/forward"], ratios["mezo/adamw"]
-    print(f"MeZO / forward = {mf:.3f} (claim <= 1.15: {'OK' if mf <= 1.15 else 'FAILS'}); "
-          f"MeZO / AdamW = {ma:.3f} (claim <= 0.5: {'OK' if ma <= 0.5 else 'FAILS'})")
+    rows += ["", f"MeZO / forward = {mf:.3f} (claim <= 1.15: {'OK' if mf <= 1.15 else 'FAILS'}); "
+                 f"MeZO / AdamW = {ma:.3f} (claim <= 0.5: {'OK' if ma <= 0.5 else 'FAILS'})"]
+    return "\n".join(rows)
+
+
+def runs_table(hists) -> str:
+    """Markdown: each method's evaluation loss before and after, steps, forward passes, s/step."""
+    rows = ["| method | eval loss before | after | steps | forward passes | s/step |", "|---|---|---|---|---|---|"]
+    for method, h in hists.items():
+        rows.append(f"| {LABELS[method]} | {h['eval_loss'][0]:.4f} | {h['eval_loss'][-1]:.4f} | {h['step'][-1]} | "
+                    f"{h['forward_passes'][-1]} | {h['sec_per_step']:.3f} |")
+    return "\n".join(rows)
+
+
+def print_memory(mem, ratios):
+    print("\n" + memory_table(mem, ratios))
     print("ratios:", {k: round(v, 3) for k, v in ratios.items()})
 
 
@@ -367,7 +381,10 @@ def run(a) -> dict | int:
     path = os.path.join(a.out, f"results_{a.preset}.json")
     with open(path, "w", encoding="utf-8") as fh:
         json.dump(results, fh, indent=1)
-    print(f"[zo_finetune] figures and {os.path.basename(path)} in {a.out}/")
+    tables = [memory_table(mem, ratios)] + ([runs_table(results["runs"])] if "runs" in results else [])
+    with open(os.path.join(a.out, f"results_{a.preset}.md"), "w", encoding="utf-8") as fh:
+        fh.write(f"# Zeroth-order fine-tuning of GPT '{a.preset}' ({source})\n\n" + "\n\n".join(tables) + "\n")
+    print(f"[zo_finetune] figures, {os.path.basename(path)} and results_{a.preset}.md in {a.out}/")
     return results
 
 

@@ -21,7 +21,8 @@ def test_quick_run_measures_every_method_and_reuses_its_pretraining(tmp_path, mo
     assert demo.main(SMALL + ["--out", "res", "--cache-dir", "cache"]) == 0
     out = capsys.readouterr().out
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "res"]
-    assert files_below(tmp_path / "res") == ["finetune_lora.png", "results_tiny.json"]
+    assert files_below(tmp_path / "res") == ["finetune_lora.png", "results_tiny.json", "results_tiny.md"]
+    assert "| method | val loss (new text) |" in (tmp_path / "res" / "results_tiny.md").read_text()
     assert (tmp_path / "res" / "finetune_lora.png").stat().st_size > 10_000
     res = json.loads((tmp_path / "res" / "results_tiny.json").read_text())
     runs = res["runs"]

@@ -17,7 +17,10 @@ def test_quick_run_writes_into_out_and_reuses_the_pretrained_gpt(tmp_path, monke
     demo = load_demo("zo_finetune.py")
     assert demo.main(SMALL + ["--out", "tmp", "--cache-dir", "cache"]) == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "tmp"]
-    assert files_below(tmp_path / "tmp") == ["results_tiny.json", "zo_finetune_loss.png", "zo_finetune_memory.png"]
+    assert files_below(tmp_path / "tmp") == ["results_tiny.json", "results_tiny.md", "zo_finetune_loss.png",
+                                             "zo_finetune_memory.png"]
+    md = (tmp_path / "tmp" / "results_tiny.md").read_text()
+    assert "| MeZO |" in md and "eval loss before" in md          # the memory and the runs tables
     for png in ("zo_finetune_loss.png", "zo_finetune_memory.png"):
         assert (tmp_path / "tmp" / png).stat().st_size > 10_000
     res = json.loads((tmp_path / "tmp" / "results_tiny.json").read_text())
@@ -41,7 +44,7 @@ def test_quick_run_writes_into_out_and_reuses_the_pretrained_gpt(tmp_path, monke
     # the pretraining was cached as a checkpoint and is loaded instead of repeated
     assert demo.main(SMALL + ["--out", "tmp2", "--cache-dir", "cache", "--skip-train"]) == 0
     assert "pretrained GPT from cache" in capsys.readouterr().out
-    assert files_below(tmp_path / "tmp2") == ["results_tiny.json", "zo_finetune_memory.png"]
+    assert files_below(tmp_path / "tmp2") == ["results_tiny.json", "results_tiny.md", "zo_finetune_memory.png"]
 
 
 @pytest.mark.parametrize("stop_at, says", [(1, "pretraining interrupted; nothing cached"),
