@@ -18,7 +18,7 @@ magnitude per output row (see minigrad/lora.py). This demo
    forgotten), the trainable parameters, the optimizer-state bytes the Trainer measured (with
    the formula 2·4·trainable for float32 AdamW beside it), the wall and CPU time per step, and
    for the adapters that merging them leaves the validation loss unchanged; as a markdown table,
-   ``--out/finetune_lora.png`` and ``--out/results_<preset>.json``.
+   ``--out/finetune_lora.png``, ``--out/results_<preset>.json`` and ``--out/results_<preset>.md``.
 
     .venv/bin/python demos/finetune_lora.py                       # small preset, pretrained here
     .venv/bin/python demos/finetune_lora.py --init-from out       # demos/train_gpt.py's model

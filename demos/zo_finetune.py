@@ -20,7 +20,7 @@ regenerated from a seed, so a training step needs the memory of inference; LoZO 
    of saved activations; ``--out/zo_finetune_memory.png``), and checks the lecture's two claims:
    MeZO step <= 1.15 × forward, and <= 0.5 × an AdamW step.
 
-The numbers go to ``--out/results_<preset>.json``.
+The numbers go to ``--out/results_<preset>.json``, the tables to ``--out/results_<preset>.md``.
 
     .venv/bin/python demos/zo_finetune.py                  # small preset, ~10 min on 2 cores
     .venv/bin/python demos/zo_finetune.py --quick          # tiny preset, a smoke run
