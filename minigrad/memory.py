@@ -23,8 +23,9 @@ parameters, not activations. Views are resolved to the memory they span inside t
 array, and overlapping spans are counted once, so two ops that save the same array (or views of
 one array, like q, k and v sliced from one fused projection) cost its bytes once. Python
 objects count 0; a Python number an op saves as a 0-d array counts its itemsize (the 2.0 of
-x * 2.0 is 4 bytes in float32), as the memory it holds. Not counted: transient buffers inside a forward or backward, and the
-gradients flowing between ops during backward (they live for one op at a time).
+x * 2.0 is 4 bytes in float32), as the memory it holds. Not counted: transient buffers inside a
+forward or backward, and the gradients flowing between ops during backward (they live for one
+op at a time).
 """
 from __future__ import annotations
 

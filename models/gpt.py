@@ -241,6 +241,15 @@ LAYER_MATRIX_ROLES = {"attn.c_attn.weight": "attn_qkv", "attn.c_proj.weight": "a
                       "mlp.c_fc.weight": "mlp_in", "mlp.c_proj.weight": "mlp_out"}
 
 
+def _room(cache, block_size: int) -> int:
+    """Tokens the next forward may bring to ``cache`` for a model of ``block_size`` positions: a
+    dense or linear cache counts positions from 0, so one built longer than the model is full at
+    block_size too."""
+    if isinstance(cache, (DenseKVCache, LinearAttentionCache)):
+        return min(cache.room(), block_size - len(cache))
+    return cache.room()
+
+
 class GPT(nn.Module):
     """``GPT(config, dtype=np.float32, seed=0)``; ``forward(idx, targets=None) -> (logits, loss)``."""
 
@@ -397,19 +406,14 @@ class GPT(nn.Module):
                 if use_cache:
                     cache = cache_for(self, idx.shape[0]) if cache is None else cache
                     cache.reset()
-
-                    def room():       # positions count from 0 in a dense or linear cache
-                        if isinstance(cache, (DenseKVCache, LinearAttentionCache)):
-                            return min(cache.room(), bs - len(cache))
-                        return cache.room()
-                    pending = out[:, -min(bs, room()):]                         # prefill
+                    pending = out[:, -min(bs, _room(cache, bs)):]              # prefill
                 for _ in range(max_new_tokens):
                     if not use_cache:
                         logits, _ = self(out[:, -bs:])
                     else:
-                        if room() == 0:                      # full: refill from the last half
+                        if _room(cache, bs) == 0:            # full: refill from the last half
                             cache.reset()
-                            pending = out[:, -min(max(1, bs // 2), room()):]
+                            pending = out[:, -min(max(1, bs // 2), _room(cache, bs)):]
                         logits, _ = self(pending, cache=cache)
                     nxt = sample_next(logits.data[:, -1, :], temperature, top_k, rng)
                     out = np.concatenate([out, nxt[:, None]], axis=1)
