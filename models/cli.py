@@ -20,6 +20,11 @@ A flag argparse rejects, a :class:`UsageError` raised by the demo and any except
 ``errors`` (e.g. ``models.data.DataError``, ``models.training.CheckpointError``) all end the same
 way: ``<prog>: error: <message>`` on stderr, and :func:`main` returns 2. Every check runs before
 the demo writes anything, so a refused run leaves no files behind.
+
+A run stopped by Ctrl-C or SIGTERM (``Trainer.fit`` returns with ``interrupted`` set) raises
+:class:`Interrupted` naming what it kept and what it did not write; :func:`main` prints
+``<prog>: <message>`` on stderr and returns 130, the shell's code for a run ended by Ctrl-C, so
+that a stopped run is never reported, or scripted on, as a finished one.
 """
 from __future__ import annotations
 
@@ -28,12 +33,18 @@ import os
 import sys
 import tempfile
 
-__all__ = ["UsageError", "ArgumentParser", "add_output_arguments", "add_corpus_arguments", "fill_defaults",
+__all__ = ["UsageError", "Interrupted", "ArgumentParser", "add_output_arguments", "add_corpus_arguments", "fill_defaults",
            "check_out_dir", "main"]
 
 
 class UsageError(Exception):
     """Bad command-line input: printed as one line, exit code 2."""
+
+
+class Interrupted(Exception):
+    """A run stopped by a signal before its end: printed as one line, exit code 130. The message
+    says where it stopped and what was (not) written, e.g. ``interrupted at step 40 of 2000; no
+    results written``."""
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -99,10 +110,14 @@ def main(parser: argparse.ArgumentParser, run, argv=None, errors=()) -> int:
     """Parse ``argv`` (None: ``sys.argv[1:]``) with ``parser`` and return ``run(args)`` as an exit
     status: the int it returns, or 0 when it returns anything else (a summary, None).
     :class:`UsageError` and the exception classes in ``errors`` print ``<parser.prog>: error:
-    <message>`` on stderr and return 2; any other exception propagates."""
+    <message>`` on stderr and return 2; :class:`Interrupted` prints ``<parser.prog>: <message>``
+    and returns 130; any other exception propagates."""
     try:
         status = run(parser.parse_args(argv))
     except (UsageError, *errors) as e:
         print(f"{parser.prog}: error: {e}", file=sys.stderr)
         return 2
+    except Interrupted as e:
+        print(f"{parser.prog}: {e}", file=sys.stderr)
+        return 130
     return status if isinstance(status, int) else 0

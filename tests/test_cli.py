@@ -39,6 +39,14 @@ def test_bad_input_is_one_line_naming_the_program_and_exit_2(capsys, argv, error
     assert captured.err == f"demo.py: error: {says}\n" and captured.out == ""
 
 
+def test_an_interrupted_run_is_one_line_and_exit_130(capsys):
+    def run(args):
+        raise cli.Interrupted("interrupted at step 4 of 9; no results written")
+    assert cli.main(_parser(), run, []) == 130
+    captured = capsys.readouterr()
+    assert captured.err == "demo.py: interrupted at step 4 of 9; no results written\n" and captured.out == ""
+
+
 def test_an_undeclared_exception_propagates(capsys):
     def run(args):
         raise DemoError("a bug, not bad input")
