@@ -140,7 +140,7 @@ def train_mode(comm, mode, a, cfg, data, batch_size, schedule="1f1b") -> dict:
         dp = comm.split(comm.rank % t)              # the same TP rank of every group: one DP group
         comms = [tp, dp, comm]                     # the world carries the stop vote
         model = TensorParallelGPT(cfg, tp, dtype=dtype, seed=a.seed)
-        trainer = data_parallel_trainer(dp, model, lm_loss, _optimizer(model, a), batches,
+        trainer = data_parallel_trainer(dp, model, lm_loss, _optimizer(model, a), batches, world=comm,
                                         grad_hooks=[clip_grad_norm_tp(model, a.clip)] if clip else [],
                                         **_trainer_options(a, comm))
         extra["grid"] = {"tp_rank": tp.rank, "dp_rank": dp.rank}

@@ -335,6 +335,32 @@ def test_per_rank_checkpoints_resume_to_the_uninterrupted_run(tmp_path):
             np.testing.assert_array_equal(params[name], params_w[name])
 
 
+def _grid_worker(world, out, steps, resume=False):
+    """Two data-parallel groups of two ranks (as tensor x data parallel makes them), one save_dir."""
+    dp = world.split(world.rank % 2)
+    model = GPT(GPTConfig(**CFG), dtype=np.float64, seed=world.rank % 2 + 10 * resume)
+    tr = data_parallel_trainer(dp, model, lm_loss, _optimizer("adamw", model), global_batches(4), world=world,
+                               steps=steps, seed=2, progress=False, save_dir=out, save_every=3)
+    if resume:
+        assert restore_ranks(tr, world, out) == 3
+    tr.fit()
+    return tr.history["train_loss"], {n: p.data.copy() for n, p in model.named_parameters()}
+
+
+def test_groups_of_a_larger_run_save_by_their_world_rank_and_resume(tmp_path):
+    """The ranks of two data-parallel groups share their group rank: both groups' rank 0 wrote
+    save_dir/rank0, the last writer won. With world= each rank writes save_dir/rank{world rank}."""
+    whole = SimComm(4).run(_grid_worker, str(tmp_path / "whole"), 6)
+    SimComm(4).run(_grid_worker, str(tmp_path), 6)                 # the checkpoint of step 3 is kept
+    metas = [load_checkpoint(rank_dir(tmp_path, r)).meta for r in range(4)]
+    assert [(m["rank"], m["world_size"]) for m in metas] == [(r, 4) for r in range(4)]
+    resumed = SimComm(4).run(_grid_worker, str(tmp_path), 6, resume=True)
+    for (loss, params), (loss_w, params_w) in zip(resumed, whole):
+        assert loss == loss_w
+        for name in params:
+            np.testing.assert_array_equal(params[name], params_w[name])
+
+
 def test_resume_refuses_ranks_at_different_steps_or_another_world_size(tmp_path):
     SimComm(2).run(_dp_worker, tmp_path, 6, save_every=3)
     SimComm(2).run(_dp_worker, tmp_path / "later", 6, save_every=4)

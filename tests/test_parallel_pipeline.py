@@ -191,6 +191,26 @@ def test_each_stage_saves_its_own_layers(tmp_path):
         {n.split(".")[1] for n in names[1] if n.startswith("h.")}
 
 
+def test_a_stopped_pipeline_resumes_to_the_uninterrupted_run(tmp_path):
+    """A stopped train_pipeline had no way back: it saved only every save_every steps and could
+    not restore. It now saves when it ends or stops, and resume=True goes on from there."""
+    whole = SimComm(2).run(_pipeline, "1f1b", 2)
+    stop_after_1 = lambda tr: setattr(tr, "interrupted", tr.step == 1)   # noqa: E731 -- a Ctrl-C
+    stopped = SimComm(2).run(_pipeline, "1f1b", 2, save_dir=str(tmp_path), on_step=stop_after_1)
+    assert [(o["step"], o["interrupted"]) for o in stopped] == [(1, True), (1, True)]
+    resumed = SimComm(2).run(_pipeline, "1f1b", 2, save_dir=str(tmp_path), resume=True)
+    for got, want in zip(resumed, whole):
+        assert got["step"] == STEPS and not got["interrupted"]
+        assert got["history"] == want["history"]                        # bit for bit, evaluations too
+        for name, a in want["params"].items():
+            np.testing.assert_array_equal(got["params"][name], a)
+
+
+def test_resume_needs_a_save_dir():
+    with pytest.raises(WorkerError, match="resume=True restores each stage from save_dir"):
+        SimComm(2).run(_pipeline, "1f1b", 2, resume=True)
+
+
 @pytest.mark.parametrize("optimizer", ["bcd", "badam"])
 def test_a_layer_wise_optimizer_is_refused(optimizer):
     """Each stage would choose its own blocks: the first and last stages disagreed on whether the

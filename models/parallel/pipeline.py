@@ -498,7 +498,7 @@ def train_pipeline(comm, config: GPTConfig, batches, *, steps: int, micro_batche
                    schedule: str = "1f1b", optimizer: str = "adamw", lr: float = 1e-3,
                    weight_decay: float = 0.0, opt_kwargs=None, dtype=np.float32, seed: int = 0,
                    max_grad_norm: float | None = None, track_memory: bool = False,
-                   keep_params: bool = False, **trainer_kwargs) -> dict:
+                   keep_params: bool = False, resume: bool = False, **trainer_kwargs) -> dict:
     """Train ``GPT(config, dtype, seed)`` as a ``comm.size``-stage pipeline; run on every rank, e.g.
     ``launch(train_pipeline, config, batches, steps=20, micro_batches=4, workers=2)``.
 
@@ -511,16 +511,20 @@ def train_pipeline(comm, config: GPTConfig, batches, *, steps: int, micro_batche
     stops every stage before the same step). ``max_grad_norm`` clips by the whole model's norm
     (:func:`clip_grad_norm_pp`) before any ``grad_hooks`` given. With ``save_dir`` each stage
     saves its own layers in ``save_dir/rank{r}`` (:func:`models.training.distributed.rank_dir`),
-    the world size in the meta. Layer-wise optimizers (a ``trainable_names()`` that is not None)
+    the world size in the meta, every ``save_every`` steps and when the run ends or is stopped;
+    ``resume=True`` first restores every stage from there
+    (:func:`~models.training.distributed.restore_ranks`), so a stopped run goes on to ``steps``
+    as if it had not stopped. Layer-wise optimizers (a ``trainable_names()`` that is not None)
     are refused: each stage would pick its blocks alone, and the two copies of the tied
     embedding on the first and last stages would disagree on whether they train (a deadlock in
     the exchange of its gradient).
 
-    Returns this rank's ``{"stage", "layers", "history", "ops", "peak_stored",
-    "peak_activation_bytes", "bytes_per_step"}`` (and ``"params"``, the stage's final arrays, with
-    ``keep_params``); ``bytes_per_step`` is (sent, received) in the last training batch."""
+    Returns this rank's ``{"stage", "layers", "step", "interrupted", "history", "ops",
+    "peak_stored", "peak_activation_bytes", "bytes_per_step"}`` (and ``"params"``, the stage's
+    final arrays, with ``keep_params``); ``bytes_per_step`` is (sent, received) in the last
+    training batch."""
     from models.training import Trainer
-    from models.training.distributed import any_rank, rank_dir
+    from models.training.distributed import any_rank, rank_dir, restore_ranks
     from models.training.optimizers import build_optimizer
     stage = PipelineStage(comm, config, micro_batches=micro_batches, schedule=schedule, dtype=dtype,
                           seed=seed, track_memory=track_memory)
@@ -529,17 +533,25 @@ def train_pipeline(comm, config: GPTConfig, batches, *, steps: int, micro_batche
         raise ValueError(f"train_pipeline: {optimizer!r} trains a chosen set of blocks per step; each stage "
                          f"would choose alone (see the docstring). Use an optimizer that updates every "
                          f"parameter, or train in one process")
-    if trainer_kwargs.get("save_dir") is not None:      # the stages hold different layers
+    save_dir = trainer_kwargs.get("save_dir")
+    if resume and save_dir is None:
+        raise ValueError("train_pipeline: resume=True restores each stage from save_dir/rank{r}; give save_dir")
+    if save_dir is not None:                           # the stages hold different layers
         trainer_kwargs["save_meta"] = {**(trainer_kwargs.get("save_meta") or {}), "world_size": comm.size,
                                        "rank": comm.rank}
-        trainer_kwargs["save_dir"] = rank_dir(trainer_kwargs["save_dir"], comm.rank)
+        trainer_kwargs["save_dir"] = rank_dir(save_dir, comm.rank)
     hooks = list(trainer_kwargs.pop("grad_hooks", ()))
     if max_grad_norm is not None:
         hooks.insert(0, clip_grad_norm_pp(stage, max_grad_norm))
     trainer = Trainer(stage, pipeline_loss, opt, batches, steps=steps, seed=seed, grad_hooks=hooks,
                       **{"progress": False, "reduce_stop": any_rank(comm), **trainer_kwargs})
+    if resume:
+        restore_ranks(trainer, comm, save_dir, target=steps)
     trainer.fit()
-    out = {"stage": stage.stage, "layers": stage.layers, "history": trainer.history,
+    if save_dir is not None:                           # also when stopped: the point to resume from
+        trainer.save(trainer.save_dir, trainer.save_meta)
+    out = {"stage": stage.stage, "layers": stage.layers, "step": trainer.step,
+           "interrupted": trainer.interrupted, "history": trainer.history,
            "ops": stage.last_ops, "peak_stored": stage.peak_stored,
            "peak_activation_bytes": stage.peak_activation_bytes, "bytes_per_step": stage.last_bytes}
     if keep_params:

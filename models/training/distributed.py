@@ -98,8 +98,8 @@ def _share_seed(comm, optimizer) -> None:
 
 
 def data_parallel_trainer(comm, model, loss_fn, optimizer, global_batches, *, reducer=None,
-                          grad_hooks=(), save_dir=None, save_meta=None, progress: bool = True,
-                          log_every: int = 50, **trainer_kwargs) -> Trainer:
+                          grad_hooks=(), save_dir=None, save_meta=None, world=None,
+                          progress: bool = True, log_every: int = 50, **trainer_kwargs) -> Trainer:
     """A :class:`Trainer` for this rank of a data-parallel run (see the module docstring).
 
     global_batches  ``batches(rng)`` drawing the GLOBAL batch (n·B rows); rank r trains on rows
@@ -113,17 +113,19 @@ def data_parallel_trainer(comm, model, loss_fn, optimizer, global_batches, *, re
                     ``optim.dist.compress.Reducer(comm, compressor)`` or error feedback around it
                     (``EF14``, ``EF21``); its state (generators, PowerSGD's warm start, error
                     buffers) goes into each rank's checkpoint. Not with ``LocalSGD``
-    save_dir        checkpoints in ``save_dir/rank{r}``, r = ``comm.rank``, with the world size in
-                    their meta. When ``comm`` is one group of a larger run (tensor x data
-                    parallel), the ranks of other groups have the same r: give each group its own
-                    directory (e.g. ``rank_dir(out, tp.rank)``), or they overwrite each other
+    save_dir        checkpoints in ``save_dir/rank{r}``, r = this process's rank in the world
+                    (``world.rank``, else ``comm.rank``), with the world size in their meta;
+                    :func:`restore_ranks` on the same world resumes them
+    world           the communicator of the whole run when ``comm`` is one group of it (tensor x
+                    data parallel: ``comm`` is this rank's data-parallel group). It names the
+                    checkpoint directories (the ranks of different groups share their ``comm.rank``
+                    and would overwrite each other) and takes the stop vote. None: ``comm``
     progress        rank 0's tqdm bar (or its log lines every ``log_every`` steps); the other
                     ranks print nothing
     trainer_kwargs  the rest of :class:`Trainer`'s arguments (steps, schedule, seed, ...);
-                    ``reduce_stop`` defaults to ``any_rank(comm)`` (``any_rank(comm, every=H)``
-                    with ``LocalSGD``): a Ctrl-C stops every rank before the same step. Give the
-                    world's when ``comm`` is one group of a larger run, as tensor x data parallel
-                    does; None opts out (each rank then stops on its own signal)
+                    ``reduce_stop`` defaults to ``any_rank(world)`` (``any_rank(world, every=H)``
+                    with ``LocalSGD``): a Ctrl-C stops every rank before the same step; None opts
+                    out (each rank then stops on its own signal)
     """
     if trainer_kwargs.get("time_budget"):
         raise ValueError("data_parallel_trainer: a time_budget would let each rank fit the schedule to "
@@ -147,18 +149,20 @@ def data_parallel_trainer(comm, model, loss_fn, optimizer, global_batches, *, re
         sync, vote_every = optimizer.grad_hook, optimizer.local_steps
     else:
         sync, vote_every = (allreduce_grads(comm) if reducer is None else reducer), 1
-    lead = comm.rank == 0
-    trainer_kwargs.setdefault("reduce_stop", any_rank(comm, vote_every))
+    world = comm if world is None else world
+    lead = world.rank == 0
+    trainer_kwargs.setdefault("reduce_stop", any_rank(world, vote_every))
     return Trainer(model, loss_fn, optimizer, shard_batches(global_batches, comm.rank, comm.size),
                    grad_hooks=[h for h in (sync, *grad_hooks) if h is not None],
-                   save_dir=None if save_dir is None else rank_dir(save_dir, comm.rank),
-                   save_meta={**(save_meta or {}), "world_size": comm.size, "rank": comm.rank},
+                   save_dir=None if save_dir is None else rank_dir(save_dir, world.rank),
+                   save_meta={**(save_meta or {}), "world_size": world.size, "rank": world.rank},
                    progress=progress and lead, log_every=log_every if lead else 0, **trainer_kwargs)
 
 
 def restore_ranks(trainer: Trainer, comm, save_dir, *, target: int | None = None) -> int:
     """Every rank resumes from its own checkpoint in ``save_dir/rank{r}`` (:meth:`Trainer.restore`);
-    returns the step reached.
+    returns the step reached. ``comm`` is the run's world (the ``world`` given to
+    :func:`data_parallel_trainer`, or its ``comm``; a pipeline's stages), called on all its ranks.
 
     Raises :class:`CheckpointError` on every rank alike when any rank's checkpoint is missing or
     unusable, was written by a run with another number of ranks, or the ranks' checkpoints are at
