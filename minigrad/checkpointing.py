@@ -20,8 +20,12 @@ passed in `args`/`kwargs`, or held as an attribute by `fn`'s modules (when `fn` 
 `nn.Module` or a bound method of one), `minigrad.default_generator` (dropout's without an rng)
 and NumPy's global legacy RNG, are snapshotted before the forward; backward rewinds them,
 recomputes, and then puts them back where they were, so the rest of training draws exactly what
-it would have drawn. Any other source of randomness (a generator created inside `fn`, a global
-you mutate, time) makes `fn` non-deterministic: do not checkpoint such a function.
+it would have drawn. Any other source of randomness (a Dropout holding its own generator inside
+a plain function, a generator created inside `fn`, a global you mutate, time) makes `fn`
+non-deterministic, and its gradients would be those of another function. Backward catches it:
+the recomputed output must match the forward's (two float64 sums, kept from the forward, to a
+relative 1e-5; a deterministic `fn` matches bit for bit), else it raises `RuntimeError` saying
+so, instead of returning wrong gradients.
 
 Mixed precision and backends: the `minigrad.amp.autocast` policy and the kernel backend active
 during the forward are restored for the recomputation, since backward usually runs outside the
@@ -104,6 +108,7 @@ class Checkpoint(Function):
         if not isinstance(out, Tensor):
             raise TypeError(f"checkpoint: fn must return one Tensor, got {type(out).__name__}")
         ctx.save_for_backward(*arrays[:n_args])  # the block inputs: all that is kept
+        ctx.fingerprint = _fingerprint(out.data)  # not the output itself: that would be kept too
         return out.data
 
     @staticmethod
@@ -125,6 +130,14 @@ class Checkpoint(Function):
             for gen, st in zip(ctx.gens, now):
                 gen.bit_generator.state = st
             np.random.set_state(np_now)
+        again = _fingerprint(out.data)
+        if not _matches(again, ctx.fingerprint, out.data.size):
+            raise RuntimeError(
+                f"checkpoint: recomputing {getattr(ctx.user_fn, '__name__', type(ctx.user_fn).__name__)} in "
+                f"backward gave another output than its forward (sum {again[0]:.6g} against "
+                f"{ctx.fingerprint[0]:.6g}): it draws randomness checkpoint cannot rewind, e.g. a Dropout "
+                f"with its own generator inside a plain function. Checkpoint the Module itself, pass the "
+                f"generator as an argument, or do not checkpoint this function")
         if out.requires_grad:
             _backward(out, np.asarray(g, dtype=out.dtype))
         grads = tuple(
@@ -132,6 +145,22 @@ class Checkpoint(Function):
             for i, leaf in enumerate(leaves)
         )
         return grads + (None,) * (len(ctx.inputs) - len(saved))
+
+
+def _fingerprint(a) -> tuple[float, float]:
+    """Σx and Σx² in float64: enough to tell a recomputation that drew other dropout masks from
+    the forward, at two passes over the output (its copy in float64 is freed at once)."""
+    x = np.asarray(a, dtype=np.float64).reshape(-1)
+    return float(x.sum()), float(x @ x)
+
+
+def _matches(got, want, n: int, rtol: float = 1e-5) -> bool:
+    """Whether two fingerprints of n values agree: Σx² to ``rtol``, Σx to ``rtol`` of its bound
+    sqrt(n Σx²). A NaN or inf in both counts as agreeing (the forward already had it)."""
+    (s, q), (s0, q0) = got, want
+    if not all(np.isfinite([s, q, s0, q0])):
+        return np.array_equal([s, q], [s0, q0], equal_nan=True)
+    return abs(q - q0) <= rtol * q0 and abs(s - s0) <= rtol * np.sqrt(n * q0)
 
 
 def _needs_grad(x) -> bool:

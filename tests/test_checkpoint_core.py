@@ -69,6 +69,31 @@ def test_closure_with_explicit_params_and_constants():
     assert np.array_equal(g_ck, w.grad)
 
 
+def test_a_recomputation_that_draws_other_masks_is_an_error_not_wrong_gradients():
+    """A Dropout holding its own generator, inside a plain function: checkpoint cannot find the
+    generator, the recomputation drew other masks, and backward returned the gradients of
+    another function silently. Backward now compares the recomputed output with the forward's."""
+    lin = nn.Linear(8, 8, rng=0)
+    drop = nn.Dropout(0.5, rng=1)
+    x = minigrad.Tensor(np.random.default_rng(2).standard_normal((16, 8)).astype(np.float32))
+
+    def block(u):
+        return drop(lin(u))
+
+    y = minigrad.checkpoint(block, x, params=list(lin.parameters()))
+    with pytest.raises(RuntimeError, match=r"recomputing block in backward gave another output.*own generator"):
+        y.sum().backward()
+    lin.zero_grad()
+    drop.rng = np.random.default_rng(1)
+    y = minigrad.checkpoint(drop, lin(x))          # the module itself: its generator is rewound
+    y.sum().backward()
+    g_ck = lin.weight.grad.copy()
+    lin.zero_grad()
+    drop.rng = np.random.default_rng(1)             # the same masks again, without checkpoint
+    drop(lin(x)).sum().backward()
+    assert np.array_equal(g_ck, lin.weight.grad)
+
+
 def test_gradcheck_float64():
     rng = np.random.default_rng(2)
     lin = nn.Linear(3, 3, dtype=np.float64, rng=3)
