@@ -1,4 +1,5 @@
-"""models/seq2seq.py: beam search of width 1 is greedy decoding; a beam's score is the model's
+"""models/seq2seq.py: beam search of width 1 is greedy decoding; a beam as wide as every live
+hypothesis returns the likeliest output found by enumeration; a beam's score is the model's
 log-probability of its output; a padded batch gives each sequence what it gets alone; attention
 weights are a distribution over the unpadded positions; the gradient is right (float64) for
 both cells and both attentions; the tasks' answers are right; bad input names the shapes."""
@@ -52,6 +53,44 @@ def test_a_beams_score_is_the_log_probability_of_its_output(kind):
         logp = z - z.max(-1, keepdims=True)
         logp -= np.log(np.exp(logp).sum(-1, keepdims=True))
         assert scores[b] == pytest.approx(logp[np.arange(len(seq)), seq].sum(), rel=1e-9)
+
+
+def _best_by_enumeration(model, src, L):
+    """The likeliest output of at most L tokens (ending at its first EOS, or cut at L) and its
+    log-probability, found by scoring every one: all V^(L-1) prefixes teacher-forced in a batch."""
+    V = len(VOCAB)
+    pre = np.array(np.meshgrid(*[np.arange(V)] * (L - 1), indexing="ij")).reshape(L - 1, -1).T
+    with minigrad.no_grad():
+        logits, _, _ = model(np.repeat(src, len(pre), 0), np.c_[np.full(len(pre), BOS), pre])
+    z = logits.data.astype(np.float64)
+    logp = z - z.max(-1, keepdims=True)
+    logp -= np.log(np.exp(logp).sum(-1, keepdims=True))                # (V^(L-1), L, V)
+    rows = np.arange(len(pre))[:, None]
+    head = np.c_[np.zeros(len(pre)), np.cumsum(logp[rows, np.arange(L - 1), pre], axis=1)]  # first n tokens
+    open_ = np.c_[np.ones(len(pre), bool), np.cumprod(pre != EOS, axis=1).astype(bool)]    # no EOS in them
+    score = np.full((len(pre), L, V), -np.inf)
+    score[:, :L - 1, EOS] = np.where(open_[:, :L - 1], head[:, :L - 1] + logp[:, np.arange(L - 1), EOS], -np.inf)
+    score[:, L - 1] = np.where(open_[:, L - 1:], head[:, L - 1:] + logp[:, L - 1], -np.inf)  # cut at L
+    row, n, last = np.unravel_index(np.argmax(score), score.shape)
+    return [int(t) for t in pre[row, :n]] + [int(last)], float(score[row, n, last])
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_beam_as_wide_as_every_hypothesis_finds_the_likeliest_output(kind):
+    """Width V^(L-1) keeps every live hypothesis: beam search must return the output that
+    enumeration finds best (of length 1 or L here, greedy often short of it); a narrower beam
+    never beats it."""
+    V, L = len(VOCAB), 4
+    model = tiny(*kind, seed=5, scale=3.0)
+    model.out.bias.data[EOS] -= 2.0                       # so that EOS is not always the best start
+    for b, src in enumerate(random_sources(np.random.default_rng(5), 3)):
+        src = src[None, :int((src != PAD).sum())]
+        want, want_score = _best_by_enumeration(model, src, L)
+        out, scores = model.beam_search(src, beam=V ** (L - 1), max_len=L)
+        assert list(out[0]) == want + [PAD] * (L - len(want)), b
+        assert scores[0] == pytest.approx(want_score, rel=1e-12), b
+        for width in (1, 2, 5):
+            assert model.beam_search(src, beam=width, max_len=L)[1][0] <= want_score + 1e-12
 
 
 @pytest.mark.parametrize("kind", KINDS)
