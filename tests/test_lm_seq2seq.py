@@ -142,6 +142,25 @@ def test_teacher_forcing_below_one_feeds_back_the_models_guesses_reproducibly():
     assert float(seq2seq_loss(a, batch).item()) == float(seq2seq_loss(full, batch).item())
 
 
+@pytest.mark.parametrize("kind", KINDS[::3])
+def test_teacher_forcing_zero_reads_its_own_previous_guess_at_every_step(kind):
+    """teacher_forcing is P(the true token is read): at 0 the decoder must read its own argmax at
+    every step, i.e. equal a teacher-forced run on the inputs it would have guessed itself."""
+    own = tiny(*kind, layers=2, seed=6, scale=2.0)
+    own.config.teacher_forcing = 0.0
+    forced = tiny(*kind, layers=2, seed=6, scale=2.0)                      # the same weights, tf = 1
+    src, tgt_in, tgt_out = Task("reverse", 3, 6).batch(np.random.default_rng(1), 5)
+    guessed = tgt_in.copy()
+    with minigrad.no_grad():
+        for t in range(1, tgt_in.shape[1]):
+            logits, _, _ = forced(src, guessed[:, :t])
+            guessed[:, t] = logits.data[:, -1].argmax(-1)
+        want, _, _ = forced(src, guessed)
+        got, _, _ = own(src, tgt_in)
+    assert (guessed[:, 1:] != tgt_in[:, 1:]).any()                        # the guesses are not the truth
+    np.testing.assert_allclose(got.data, want.data, rtol=1e-12, atol=1e-14)
+
+
 def test_tasks_give_the_right_answers():
     rng = np.random.default_rng(0)
     for name, check in [("reverse", lambda s, t: t == s[::-1]), ("sort", lambda s, t: t == "".join(sorted(s))),
