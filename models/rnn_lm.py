@@ -162,20 +162,30 @@ class RNNLM(nn.Module):
 @dataclass
 class Window:
     """One step of truncated BPTT: ``window`` characters of every stream, and the carrier whose
-    ``state`` holds the streams' hidden state at its start (None, zeros, when ``first``)."""
+    ``state`` holds the streams' hidden state at its start (None, zeros, when ``first``).
+    ``start`` is the state its first evaluation started from, which the evaluations that follow
+    at once (a closure optimizer's, a zeroth-order method's) start from again."""
 
     x: np.ndarray
     y: np.ndarray
     carry: "BPTTStreams"
     first: bool
+    start: object = None
 
 
 def tbptt_loss(model, window: Window):
     """``loss_fn`` for the Trainer: the loss of one window, starting from the state the previous
-    window left, which is then replaced by this window's final state, detached."""
-    state = None if window.first else window.carry.state
-    _, loss, state = model(window.x, window.y, state=state)
-    window.carry.state = detach_state(state)
+    window left, which is then replaced by this window's final state, detached.
+
+    Evaluating the same window again right away (several evaluations in one optimizer step)
+    starts from the same state, so every evaluation sees the same function of the parameters;
+    a list of windows evaluated round after round (``BPTTStreams.windows``) chains afresh in
+    each round."""
+    carry = window.carry
+    if carry.last is not window:            # a new window: it starts where the last one ended
+        window.start = None if window.first else carry.state
+    _, loss, state = model(window.x, window.y, state=window.start)
+    carry.state, carry.last = detach_state(state), window
     return loss
 
 
@@ -200,6 +210,7 @@ class BPTTStreams:
         self.y = ids[1:batch_size * n + 1].reshape(batch_size, n)
         self.pos = 0
         self.state = None
+        self.last = None            # the window whose evaluation left ``state`` (see tbptt_loss)
 
     @property
     def windows_per_pass(self) -> int:

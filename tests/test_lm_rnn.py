@@ -1,7 +1,8 @@
 """models/rnn_lm.py: truncated BPTT with the state carried across windows gives the outputs of
 one long unrolled forward; the model's gradient is right (float64 finite differences) for each
-cell; generation with the carried state equals recomputing from the whole prefix; a short run
-learns a periodic text; bad input is refused naming the shapes."""
+cell; evaluating one window again starts from the same state; generation with the carried
+state equals recomputing from the whole prefix; a short run learns a periodic text; bad input
+is refused naming the shapes."""
 import numpy as np
 import pytest
 from hypothesis import given
@@ -118,3 +119,67 @@ def test_bad_input_is_one_clear_error(make, says):
     with pytest.raises(ValueError) as e:
         make()
     assert says in str(e.value)
+
+
+def _long_forward_losses(model, streams):
+    """The mean loss of each window of ``streams`` within one forward over every whole stream."""
+    with minigrad.no_grad():
+        logits, _, _ = model(streams.x)
+    z = logits.data - logits.data.max(-1, keepdims=True)
+    nll = -(np.take_along_axis(z, streams.y[..., None], -1)[..., 0] - np.log(np.exp(z).sum(-1)))
+    n = streams.windows_per_pass
+    return nll[:, :n * streams.window].reshape(len(nll), n, streams.window).mean(axis=(0, 2))
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_evaluating_one_window_again_starts_from_the_same_state(cell):
+    """A closure optimizer or a zeroth-order method evaluates one window several times in a step:
+    each evaluation starts from the state the previous window left, and the window after it
+    still continues the streams. The second evaluation started from the first one's end state."""
+    model = tiny(cell, 2)
+    streams = BPTTStreams(np.random.default_rng(2).integers(0, 7, size=2 * 20 + 1), batch_size=2, window=5)
+    want = _long_forward_losses(model, streams)
+    with minigrad.no_grad():
+        got = []
+        for _ in range(4):
+            w = streams.next_window()
+            got.append([float(tbptt_loss(model, w).item()) for _ in range(3)])
+    np.testing.assert_allclose(got, np.repeat(want[:, None], 3, axis=1), rtol=1e-12)
+
+
+def test_a_closure_optimizer_sees_one_function_per_window():
+    """Through the Trainer: an optimizer whose step evaluates the closure twice at the same
+    parameters gets the same loss and gradients twice."""
+    seen = []
+
+    class LookTwice(optim.SGD):
+        uses_closure = True
+
+        def step(self, grads=None, closure=None):
+            first, g = closure()
+            g = {n: None if a is None else a.copy() for n, a in g.items()}
+            second, g2 = closure()
+            seen.append((first, second, all(a is None or np.array_equal(a, g2[n]) for n, a in g.items())))
+            super().step(g2)
+            return second
+
+    model = tiny("lstm")
+    streams = BPTTStreams(np.arange(61) % 7, batch_size=2, window=5)
+    opt = LookTwice({n: p.data for n, p in model.named_parameters()}, lr=0.1)
+    Trainer(model, tbptt_loss, opt, streams.next_window, steps=4, progress=False, log_every=0).fit()
+    assert len(seen) == 4 and all(a == b and same for a, b, same in seen)
+
+
+def test_validation_rounds_chain_the_windows_afresh_after_the_model_changed():
+    """The validation windows are built once and evaluated at every round with other weights:
+    each round is the long forward of the weights of that round, window by window."""
+    model = tiny("lstm", seed=4)
+    streams = BPTTStreams(np.random.default_rng(3).integers(0, 7, size=2 * 15 + 1), batch_size=2, window=5)
+    windows = streams.windows()
+    for round_ in range(3):
+        if round_:
+            for p in model.parameters():
+                p.data += 0.1 * np.random.default_rng(round_).normal(size=p.data.shape)
+        with minigrad.no_grad():
+            got = [float(tbptt_loss(model, w).item()) for w in windows]
+        np.testing.assert_allclose(got, _long_forward_losses(model, streams), rtol=1e-12)
