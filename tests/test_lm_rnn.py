@@ -1,8 +1,9 @@
 """models/rnn_lm.py: truncated BPTT with the state carried across windows gives the outputs of
 one long unrolled forward; the model's gradient is right (float64 finite differences) for each
-cell; evaluating one window again starts from the same state; generation with the carried
-state equals recomputing from the whole prefix; a short run learns a periodic text; bad input
-is refused naming the shapes."""
+cell; evaluating one window again starts from the same state; a run resumed from a Trainer
+checkpoint continues the streams bit for bit; generation with the carried state equals
+recomputing from the whole prefix; a short run learns a periodic text; bad input is refused
+naming the shapes."""
 import numpy as np
 import pytest
 from hypothesis import given
@@ -11,7 +12,7 @@ from hypothesis import strategies as st
 import minigrad
 import optim
 from models.rnn_lm import BPTTStreams, RNNLM, RNNLMConfig, detach_state, tbptt_loss
-from models.training import Trainer, clip_grad_norm, evaluate
+from models.training import CheckpointError, Trainer, clip_grad_norm, evaluate, load_checkpoint
 
 
 def tiny(cell, layers=1, V=7, seed=0):
@@ -183,3 +184,64 @@ def test_validation_rounds_chain_the_windows_afresh_after_the_model_changed():
         with minigrad.no_grad():
             got = [float(tbptt_loss(model, w).item()) for w in windows]
         np.testing.assert_allclose(got, _long_forward_losses(model, streams), rtol=1e-12)
+
+
+def _bptt_run(steps, stop_at=None, streams_of=None):
+    """A truncated-BPTT Trainer over a two-layer LSTM (a state of two parts), with clipping."""
+    model = tiny("lstm", 2)
+    streams = BPTTStreams(np.random.default_rng(5).integers(0, 7, size=2 * 40 + 1), batch_size=2, window=5)
+    opt = optim.create("adamw", {n: p.data for n, p in model.named_parameters()}, lr=1e-2)
+    stop = (lambda t: setattr(t, "interrupted", t.step == stop_at)) if stop_at else None
+    batches = streams.next_window if streams_of is None else streams_of(streams)
+    trainer = Trainer(model, tbptt_loss, opt, batches, steps=steps, schedule="cosine",
+                      grad_hooks=[clip_grad_norm(1.0)], on_step=stop, progress=False, log_every=0)
+    return trainer, model, streams
+
+
+def test_a_resumed_bptt_run_equals_the_uninterrupted_one_bit_for_bit(tmp_path):
+    """Stopped after 11 steps (8 windows a pass: the streams wrapped once), saved, restored into a
+    fresh Trainer and run to 20: the same losses and weights as 20 steps at once. The streams
+    restarted at window 0 with zero state (the Trainer did not save them)."""
+    full, full_model, _ = _bptt_run(20)
+    full.fit()
+    part, _, _ = _bptt_run(20, stop_at=11)
+    assert part.fit().step == 11
+    part.save(tmp_path)
+    again, model, streams = _bptt_run(20)
+    again.restore(load_checkpoint(tmp_path))
+    assert streams.pos == 11 - 8 and streams.state is not None
+    again.fit()
+    assert again.history["train_loss"] == full.history["train_loss"]
+    for (n, p), q in zip(full_model.named_parameters(), model.parameters()):
+        assert np.array_equal(p.data, q.data), n
+
+
+def test_a_checkpoint_without_the_streams_state_still_loads_and_leaves_them_as_they_are(tmp_path):
+    tr, _, _ = _bptt_run(3, streams_of=lambda s: lambda rng: s.next_window())   # batches keep no state
+    tr.fit()
+    tr.save(tmp_path)
+    again, _, streams = _bptt_run(3)
+    again.restore(load_checkpoint(tmp_path))
+    assert again.step == 3 and streams.pos == 0 and streams.state is None
+
+
+@pytest.mark.parametrize("other, match", [
+    (lambda s: lambda rng: s.next_window(), "holds the state of a batch source, this trainer's batches keep none"),
+    (lambda s: BPTTStreams(s.x.ravel()[:41], batch_size=2, window=5).next_window,
+     "does not fit this BPTTStreams .*saved for 2 streams of 40 ids read 5 at a time, these are 2 of 20 by 5"),
+])
+def test_a_streams_state_this_run_cannot_take_is_refused_and_changes_nothing(tmp_path, other, match):
+    tr, _, _ = _bptt_run(3)
+    tr.fit()
+    tr.save(tmp_path)
+    again, model, streams = _bptt_run(3, streams_of=other)
+    again.fit()
+    source = getattr(again.batches, "__self__", None)
+    before = (again.step, [p.data.copy() for p in model.parameters()],
+              source and (source.pos, source.state[0].data.copy()))
+    with pytest.raises(CheckpointError, match=match):
+        again.restore(load_checkpoint(tmp_path))
+    assert again.step == before[0]
+    assert all(np.array_equal(p.data, q) for p, q in zip(model.parameters(), before[1]))
+    if source is not None:
+        assert source.pos == before[2][0] and np.array_equal(source.state[0].data, before[2][1])
