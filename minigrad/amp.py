@@ -335,11 +335,21 @@ class DynamicLossScaler(LossScaler):
                 self.scale = min(self.scale * self.growth_factor, self.max_scale)
                 self.good_steps = 0
 
+    _OPTIONS = ("growth_factor", "backoff_factor", "growth_interval", "min_scale", "max_scale")
+
     def state_dict(self):
-        return {**super().state_dict(), "good_steps": self.good_steps}
+        """As torch.amp.GradScaler's: the scale, the growth options and the count of clean steps
+        (``good_steps``, torch's ``_growth_tracker``), plus the bounds torch does not have."""
+        return {**super().state_dict(), **{k: getattr(self, k) for k in self._OPTIONS},
+                "good_steps": self.good_steps}
 
     def load_state_dict(self, sd):
+        """Takes the saved options too, as torch does; a state dict saved without them (before
+        they were saved) keeps this scaler's own."""
         super().load_state_dict(sd)
+        for k in self._OPTIONS:
+            if k in sd:
+                setattr(self, k, type(getattr(self, k))(sd[k]))
         self.good_steps = int(sd["good_steps"])
 
 
