@@ -71,6 +71,34 @@ def test_fp8_policy_uses_tensor_scaling_and_e5m2_grads():
     assert np.all(w.grad != 0)
 
 
+def test_an_inf_gradient_under_the_fp8_policy_reaches_the_scaler_which_skips_the_step():
+    """S·dloss/dy overflows float32 to inf before the fp8 backward casts it; the scaled E5M2 cast
+    saturated it to ±57344, so the weight gradient came out finite and the step was taken."""
+    rng = np.random.default_rng(0)
+    x = minigrad.Tensor(rng.standard_normal((4, 8)).astype(np.float32))
+    w = minigrad.Tensor(rng.standard_normal((3, 8)).astype(np.float32), requires_grad=True)
+    before = w.data.copy()
+    scaler = amp.DynamicLossScaler(init_scale=2.0 ** 126)
+    mp = amp.MixedPrecisionOptimizer(optim.create("sgd", {"w": w.data}, lr=0.1), "fp32", scaler=scaler)
+    with amp.autocast("fp8"):
+        loss = (F.linear(x, w) * 8.0).sum()                       # 8·2^126 > float32 max
+    with np.errstate(over="ignore", invalid="ignore"):           # the overflow is the point
+        mp.backward(loss)
+        mp.step({"w": w.grad})
+    assert mp.last_step_skipped and scaler.scale == 2.0 ** 125
+    np.testing.assert_array_equal(w.data, before)
+
+
+def test_fp8_policy_saturates_forward_operands_but_not_gradients():
+    g = np.array([[1.0, -2.0, np.inf, -np.inf]], np.float32)
+    fp8 = amp.Policy.preset("fp8")
+    np.testing.assert_array_equal(amp.cast_grad(fp8, g)[0, 2:], [np.inf, -np.inf])
+    e4m3_grads = amp.Policy("fp8_e4m3", grad="fp8_e4m3", scaling="tensor")
+    assert np.isnan(amp.cast_grad(e4m3_grads, g)[0, 2:]).all()
+    a, _ = amp.cast_inputs(fp8, g, g)
+    np.testing.assert_array_equal(a[0, 2:], [448.0, -448.0])               # E4M3 saturates
+
+
 # ---------------------------------------------------------------- loss scaling
 def test_loss_scaling_rescues_a_gradient_that_underflows_in_fp16():
     g = np.array([1e-8, 2e-8, 1e-3], np.float32)  # 2^-25 ≈ 2.98e-8 is the rounding threshold
