@@ -93,6 +93,8 @@ class Policy:
     scaling: "none", or "tensor" for the FP8 recipe -- each operand is scaled by max_fmt/amax
              before the cast and unscaled after (current scaling; Transformer Engine's default
              'delayed scaling' uses an amax history instead). Block formats carry their own scales.
+             Scaled inputs and weights saturate (an inf becomes ±max); scaled gradients do not
+             (fp8_e5m2 keeps ±inf, fp8_e4m3 gives NaN), so the loss scaler sees an overflow.
     """
 
     compute: str = "fp32"
@@ -169,11 +171,12 @@ def autocast(policy: Policy | str | None):
             _open -= 1
 
 
-def _cast(x: np.ndarray, fmt: str, scaling: str) -> np.ndarray:
+def _cast(x: np.ndarray, fmt: str, scaling: str, saturate: bool = True) -> np.ndarray:
+    """``x`` in ``fmt``; a tensor-scaled cast saturates unless ``saturate`` is False (gradients)."""
     if fmt == "fp32" and x.dtype == np.float32:
         return x
     if scaling == "tensor" and fmt in P.FORMATS and fmt != "fp32":
-        return P.scaled_quantize(x, fmt)
+        return P.scaled_quantize(x, fmt, saturate=saturate)
     return P.quantize(x, fmt)
 
 
@@ -233,7 +236,9 @@ def cast_grad(policy: Policy, g: np.ndarray) -> np.ndarray:
         _stats.recording.append(np.abs(g).ravel().astype(np.float32))
     if fmt == "fp32":
         return g
-    q = _cast(g, fmt, policy.scaling)
+    # not saturated: an inf gradient (fp8_e5m2 keeps inf, fp8_e4m3 gives NaN) must reach the
+    # loss scaler, which skips the step; clamped to ±max it would pass as a finite gradient
+    q = _cast(g, fmt, policy.scaling, saturate=False)
     nonzero, flushed = _nonzero_and_flushed(g, q)
     _stats.total += g.size
     _stats.nonzero += nonzero
@@ -335,11 +340,21 @@ class DynamicLossScaler(LossScaler):
                 self.scale = min(self.scale * self.growth_factor, self.max_scale)
                 self.good_steps = 0
 
+    _OPTIONS = ("growth_factor", "backoff_factor", "growth_interval", "min_scale", "max_scale")
+
     def state_dict(self):
-        return {**super().state_dict(), "good_steps": self.good_steps}
+        """As torch.amp.GradScaler's: the scale, the growth options and the count of clean steps
+        (``good_steps``, torch's ``_growth_tracker``), plus the bounds torch does not have."""
+        return {**super().state_dict(), **{k: getattr(self, k) for k in self._OPTIONS},
+                "good_steps": self.good_steps}
 
     def load_state_dict(self, sd):
+        """Takes the saved options too, as torch does; a state dict saved without them (before
+        they were saved) keeps this scaler's own."""
         super().load_state_dict(sd)
+        for k in self._OPTIONS:
+            if k in sd:
+                setattr(self, k, type(getattr(self, k))(sd[k]))
         self.good_steps = int(sd["good_steps"])
 
 

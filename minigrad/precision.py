@@ -27,7 +27,11 @@ inf). The defaults match ``ml_dtypes`` (``float16``, ``bfloat16``, ``float8_e4m3
 midpoint. In particular fp8_e4m3 is the "fn" (finite) variant: 448 is its largest value, 464 (the
 midpoint to the would-be 480) ties to even and gives 448, anything above gives NaN, and ±inf gives
 NaN. Pass ``saturate=True`` to clamp overflow (and ±inf) to ±max instead, as the FP8 recipes of
-NVIDIA's Transformer Engine and the OCP MX spec do for scaled data; NaN stays NaN. One difference
+NVIDIA's Transformer Engine and the OCP MX spec do for scaled data; NaN stays NaN. (torch's
+casts, CPU, 2.13: to float8_e5m2 as the default rule, ±inf; to float8_e4m3fn as
+``saturate=True``, ±448.) ``scaled_quantize`` saturates for weights and activations; the
+gradient path of ``minigrad.amp`` keeps the default rule, so an inf gradient reaches the loss
+scaler instead of passing as ±max. One difference
 from ``ml_dtypes``: a NaN loses its sign here, encoded as the positive quiet NaN code (0x7e00 in
 fp16, 0x7f in fp8_e4m3) where ``ml_dtypes`` keeps the sign bit (0xfe00, 0xff); no rule reads it.
 fp4_e2m1 has no NaN code: ``quantize`` passes a NaN through in the float32 carrier (so a loss scaler
@@ -403,9 +407,16 @@ def ulp(x, fmt: str) -> np.ndarray:
 
 
 def scaled_quantize(x, fmt: str, amax: float | None = None, margin: int = 0, rounding="nearest",
-                    rng=None) -> np.ndarray:
+                    rng=None, *, saturate: bool = True) -> np.ndarray:
     """Per-tensor scaled cast, the FP8 recipe (Micikevicius et al. 2022; Transformer Engine):
-    s = max_fmt / amax / 2^margin, x̂ = quantize(x·s, saturate=True) / s.
+    s = max_fmt / amax / 2^margin, x̂ = quantize(x·s, saturate=saturate) / s.
+
+    ``saturate=True`` clamps overflow and ±inf to ±max: the recipe's rule for weights and
+    activations (and what torch's cast to float8_e4m3fn does). ``saturate=False`` keeps the
+    format's own rule -- fp8_e5m2: ±inf, as torch's cast to float8_e5m2; fp8_e4m3: NaN -- which
+    gradients need, so that a loss scaler sees their overflow and skips the step. With the
+    current amax only an inf or NaN in ``x`` can overflow; a given ``amax`` or ``margin`` may
+    leave finite values past the range too.
 
     `amax` defaults to max|x| (current scaling; Transformer Engine's default "delayed scaling"
     takes it from a history of earlier steps instead). A zero or non-finite amax gives s = 1.
@@ -420,7 +431,7 @@ def scaled_quantize(x, fmt: str, amax: float | None = None, margin: int = 0, rou
         amax = float(np.max(np.abs(x))) if x.size else 0.0
     s = f.max / amax / 2.0 ** margin if (amax > 0 and np.isfinite(amax)) else 1.0
     s = np.float32(min(s, float(np.finfo(np.float32).max)))
-    return (quantize(x * s, fmt, rounding, rng, saturate=True) / s).astype(np.float32)
+    return (quantize(x * s, fmt, rounding, rng, saturate=saturate) / s).astype(np.float32)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -23,7 +23,8 @@ stream. The hidden state at the end of a window is the initial state of the next
 sees context from far back, but it is *detached*: gradients stop at the window boundary, so one
 step costs O(window) however long the stream. Running two windows one after the other with the
 state carried gives exactly the outputs of one forward over the two windows joined
-(tests/test_lm_rnn.py); only the gradient is truncated.
+(tests/test_lm_rnn.py); only the gradient is truncated. The streams' position and carried state
+are saved with the Trainer's checkpoints, so a resumed run continues them bit for bit.
 
 The LSTM's forget-gate bias starts at 1 (Gers, Schmidhuber, Cummins 2000; Jozefowicz, Zaremba,
 Sutskever 2015), so the cell remembers by default at the start of training.
@@ -162,20 +163,30 @@ class RNNLM(nn.Module):
 @dataclass
 class Window:
     """One step of truncated BPTT: ``window`` characters of every stream, and the carrier whose
-    ``state`` holds the streams' hidden state at its start (None, zeros, when ``first``)."""
+    ``state`` holds the streams' hidden state at its start (None, zeros, when ``first``).
+    ``start`` is the state its first evaluation started from, which the evaluations that follow
+    at once (a closure optimizer's, a zeroth-order method's) start from again."""
 
     x: np.ndarray
     y: np.ndarray
     carry: "BPTTStreams"
     first: bool
+    start: object = None
 
 
 def tbptt_loss(model, window: Window):
     """``loss_fn`` for the Trainer: the loss of one window, starting from the state the previous
-    window left, which is then replaced by this window's final state, detached."""
-    state = None if window.first else window.carry.state
-    _, loss, state = model(window.x, window.y, state=state)
-    window.carry.state = detach_state(state)
+    window left, which is then replaced by this window's final state, detached.
+
+    Evaluating the same window again right away (several evaluations in one optimizer step)
+    starts from the same state, so every evaluation sees the same function of the parameters;
+    a list of windows evaluated round after round (``BPTTStreams.windows``) chains afresh in
+    each round."""
+    carry = window.carry
+    if carry.last is not window:            # a new window: it starts where the last one ended
+        window.start = None if window.first else carry.state
+    _, loss, state = model(window.x, window.y, state=window.start)
+    carry.state, carry.last = detach_state(state), window
     return loss
 
 
@@ -185,7 +196,8 @@ class BPTTStreams:
     Stream b is ids[b n : (b + 1) n + 1] with n = (len(ids) - 1) // batch_size. :meth:`next_window`
     returns the next window of every stream and wraps to the start (state reset) when a stream
     is used up; :meth:`windows` lists the first ``count`` windows, for validation (the first one
-    resets the state, so every evaluation starts afresh)."""
+    resets the state, so every evaluation starts afresh). :meth:`state_dict` and
+    :meth:`load_state_dict` keep the position and the carried state across a checkpoint."""
 
     def __init__(self, ids, batch_size: int, window: int):
         ids = np.asarray(ids, dtype=np.int64)
@@ -200,6 +212,7 @@ class BPTTStreams:
         self.y = ids[1:batch_size * n + 1].reshape(batch_size, n)
         self.pos = 0
         self.state = None
+        self.last = None            # the window whose evaluation left ``state`` (see tbptt_loss)
 
     @property
     def windows_per_pass(self) -> int:
@@ -221,3 +234,34 @@ class BPTTStreams:
         """The first ``count`` windows (None: all of them), in order."""
         n = self.windows_per_pass if count is None else min(count, self.windows_per_pass)
         return [self._window(i) for i in range(n)]
+
+    def state_dict(self) -> dict:
+        """Where the streams are: the next window and the carried state's arrays (a tuple for the
+        LSTM's (h, c)), with the streams' shape to check against. The Trainer saves it in its
+        checkpoints, so a resumed run reads on from the same window and state."""
+        state = self.state
+        if isinstance(state, tuple):
+            state = tuple(s.data for s in state)
+        elif state is not None:
+            state = state.data
+        return {"pos": self.pos, "streams": len(self.x), "length": self.length, "window": self.window,
+                "state": state}
+
+    def load_state_dict(self, sd: dict) -> None:
+        """Continue from :meth:`state_dict`; ValueError when it is of other streams."""
+        mine = (len(self.x), self.length, self.window)
+        saved = (sd["streams"], sd["length"], sd["window"])
+        if saved != mine:
+            raise ValueError(f"BPTTStreams: saved for {saved[0]} streams of {saved[1]} ids read {saved[2]} "
+                             f"at a time, these are {mine[0]} of {mine[1]} by {mine[2]}")
+        pos, state = int(sd["pos"]), sd["state"]
+        parts = state if isinstance(state, tuple) else () if state is None else (state,)
+        if not 0 <= pos <= self.windows_per_pass:
+            raise ValueError(f"BPTTStreams: the saved position {pos} is not in [0, {self.windows_per_pass}]")
+        if any(a.ndim != 3 or a.shape[1] != mine[0] for a in parts):
+            raise ValueError(f"BPTTStreams: a saved state of shape(s) {[a.shape for a in parts]} is not "
+                             f"(layers, {mine[0]}, hidden)")
+        tensors = tuple(minigrad.tensor(np.array(a)) for a in parts)
+        self.pos = pos
+        self.state = tensors if isinstance(state, tuple) else tensors[0] if tensors else None
+        self.last = None

@@ -7,7 +7,9 @@ Both map a ``str`` to a list of integer ids and back, and save to / load from on
 - :class:`BPETokenizer` - byte-level byte-pair encoding (Sennrich et al., ACL 2016,
   "Neural Machine Translation of Rare Words with Subword Units"; byte-level variant as in
   GPT-2, Radford et al. 2019). Ids 0..255 are the raw UTF-8 bytes, so *every* string can be
-  encoded and ``decode(encode(s)) == s`` holds for all text. Each learned merge
+  encoded and ``decode(encode(s)) == s`` holds for all text; a ``str`` holding a lone
+  surrogate (U+D800..U+DFFF: not text, no UTF-8 bytes) is refused with a TokenizerError that
+  names its position. Each learned merge
   ``(a, b) -> 256 + rank`` joins the two adjacent tokens. Text is first split into chunks
   (words with their leading space, runs of punctuation, runs of white space) and merges never
   cross a chunk boundary, like GPT-2's pre-tokenizer (ours is a simpler ``re`` pattern, since
@@ -38,6 +40,16 @@ _CHUNK_PATTERN = r" ?[^\W_]+| ?[^\s\w]+| ?_+|\s+(?!\S)|\s+"
 
 class TokenizerError(ValueError):
     """A string or file the tokenizer cannot handle (unknown character, bad JSON...)."""
+
+
+def _no_utf8(text: str, who: str) -> TokenizerError:
+    """The error for a ``text`` whose UTF-8 encoding failed: it holds a lone surrogate, which is
+    no Unicode character and has no UTF-8 bytes (so no byte-level ids). Replacing it, as
+    tiktoken does with U+FFFD, would break ``decode(encode(s)) == s`` without a word."""
+    i = re.search(r"[\ud800-\udfff]", text).start()
+    return TokenizerError(f"{who}: the text has a lone surrogate U+{ord(text[i]):04X} at position {i}, "
+                          f"which UTF-8 cannot encode (half of a UTF-16 pair, or a byte kept by "
+                          f"errors='surrogateescape'?); decode the text strictly or clean it first")
 
 
 class _Base:
@@ -170,7 +182,10 @@ class BPETokenizer(_Base):
         if vocab_size > 65536:
             raise TokenizerError(f"BPETokenizer.train: vocab_size={vocab_size} must be <= 65536 (ids are uint16)")
         chunk_counts = Counter(re.findall(_CHUNK_PATTERN, text))
-        words = [list(c.encode("utf-8")) for c in chunk_counts]   # each chunk as a list of ids
+        try:
+            words = [list(c.encode("utf-8")) for c in chunk_counts]   # each chunk as a list of ids
+        except UnicodeEncodeError:
+            raise _no_utf8(text, "BPETokenizer.train") from None
         freq = list(chunk_counts.values())                        # how often each chunk occurs
 
         pair_count: dict[tuple[int, int], int] = defaultdict(int)
@@ -238,9 +253,13 @@ class BPETokenizer(_Base):
         return ids
 
     def encode(self, text: str) -> list[int]:
+        """The ids of ``text``; TokenizerError (naming the position) for a lone surrogate."""
         out: list[int] = []
-        for chunk in self._re.findall(text):
-            out.extend(self._encode_chunk(chunk))
+        try:
+            for chunk in self._re.findall(text):
+                out.extend(self._encode_chunk(chunk))
+        except UnicodeEncodeError:
+            raise _no_utf8(text, "BPETokenizer.encode") from None
         return out
 
     def decode(self, ids) -> str:

@@ -71,6 +71,34 @@ def test_fp8_policy_uses_tensor_scaling_and_e5m2_grads():
     assert np.all(w.grad != 0)
 
 
+def test_an_inf_gradient_under_the_fp8_policy_reaches_the_scaler_which_skips_the_step():
+    """S·dloss/dy overflows float32 to inf before the fp8 backward casts it; the scaled E5M2 cast
+    saturated it to ±57344, so the weight gradient came out finite and the step was taken."""
+    rng = np.random.default_rng(0)
+    x = minigrad.Tensor(rng.standard_normal((4, 8)).astype(np.float32))
+    w = minigrad.Tensor(rng.standard_normal((3, 8)).astype(np.float32), requires_grad=True)
+    before = w.data.copy()
+    scaler = amp.DynamicLossScaler(init_scale=2.0 ** 126)
+    mp = amp.MixedPrecisionOptimizer(optim.create("sgd", {"w": w.data}, lr=0.1), "fp32", scaler=scaler)
+    with amp.autocast("fp8"):
+        loss = (F.linear(x, w) * 8.0).sum()                       # 8·2^126 > float32 max
+    with np.errstate(over="ignore", invalid="ignore"):           # the overflow is the point
+        mp.backward(loss)
+        mp.step({"w": w.grad})
+    assert mp.last_step_skipped and scaler.scale == 2.0 ** 125
+    np.testing.assert_array_equal(w.data, before)
+
+
+def test_fp8_policy_saturates_forward_operands_but_not_gradients():
+    g = np.array([[1.0, -2.0, np.inf, -np.inf]], np.float32)
+    fp8 = amp.Policy.preset("fp8")
+    np.testing.assert_array_equal(amp.cast_grad(fp8, g)[0, 2:], [np.inf, -np.inf])
+    e4m3_grads = amp.Policy("fp8_e4m3", grad="fp8_e4m3", scaling="tensor")
+    assert np.isnan(amp.cast_grad(e4m3_grads, g)[0, 2:]).all()
+    a, _ = amp.cast_inputs(fp8, g, g)
+    np.testing.assert_array_equal(a[0, 2:], [448.0, -448.0])               # E4M3 saturates
+
+
 # ---------------------------------------------------------------- loss scaling
 def test_loss_scaling_rescues_a_gradient_that_underflows_in_fp16():
     g = np.array([1e-8, 2e-8, 1e-3], np.float32)  # 2^-25 ≈ 2.98e-8 is the rounding threshold
@@ -138,6 +166,58 @@ def test_dynamic_scaler_growth_counts_consecutive_clean_steps_only():
     assert s.scale == 4.0
     s.update(False)
     assert s.scale == 8.0 and s.good_steps == 0
+
+
+def test_dynamic_scaler_state_dict_carries_its_options_as_torchs_grad_scaler():
+    """A default scaler loading the state of one with other options continues as that one; the
+    state dict omitted them, so the loaded scaler grew and backed off by its own defaults."""
+    pattern = (False, False, False, True, False, False, True, False, False, False, False)
+    saved = amp.DynamicLossScaler(init_scale=8.0, growth_factor=3.0, backoff_factor=0.25, growth_interval=2,
+                                  min_scale=1.0, max_scale=2.0 ** 10)
+    for found_inf in pattern[:5]:
+        saved.update(found_inf)
+    resumed = amp.DynamicLossScaler()
+    resumed.load_state_dict(saved.state_dict())
+    for found_inf in pattern[5:]:
+        saved.update(found_inf)
+        resumed.update(found_inf)
+        assert resumed.state_dict() == saved.state_dict()
+
+
+def test_dynamic_scaler_state_dict_saved_without_options_still_loads():
+    s = amp.DynamicLossScaler(growth_interval=7)
+    s.load_state_dict({"scale": 4.0, "skipped_steps": 1, "steps": 3, "good_steps": 2})
+    assert (s.scale, s.growth_interval, s.growth_factor, s.good_steps) == (4.0, 7, 2.0, 2)
+
+
+def test_dynamic_scaler_follows_torchs_grad_scaler_through_a_save_and_load():
+    """Against torch.amp.GradScaler: the same scale and clean-step count after every step, the
+    same options in the state dict, and a default scaler of each that loads it goes on alike."""
+    torch = pytest.importorskip("torch", reason="torch is optional (pip install -e .[bench])")
+    opts = dict(init_scale=8.0, growth_factor=3.0, backoff_factor=0.25, growth_interval=2)
+    p = torch.nn.Parameter(torch.zeros(1, dtype=torch.float64))
+    sgd = torch.optim.SGD([p], lr=0.1)
+
+    def torch_step(scaler, found_inf):
+        scaler.scale(torch.ones((), dtype=torch.float64))        # (creates the scale on first use)
+        p.grad = torch.full((1,), float("inf") if found_inf else 1.0, dtype=torch.float64)
+        scaler.step(sgd)
+        scaler.update()
+
+    mine, theirs = amp.DynamicLossScaler(**opts), torch.amp.GradScaler("cpu", **opts)
+    pattern = (False, False, False, True, False, True, True, False, False, False)
+    for i, found_inf in enumerate(pattern):
+        if i == 5:
+            sd_mine, sd_theirs = mine.state_dict(), theirs.state_dict()
+            for k in ("scale", "growth_factor", "backoff_factor", "growth_interval"):
+                assert sd_mine[k] == sd_theirs[k], k
+            assert sd_mine["good_steps"] == sd_theirs["_growth_tracker"]
+            mine, theirs = amp.DynamicLossScaler(), torch.amp.GradScaler("cpu")
+            mine.load_state_dict(sd_mine)
+            theirs.load_state_dict(sd_theirs)
+        mine.update(found_inf)
+        torch_step(theirs, found_inf)
+        assert mine.scale == theirs.get_scale() and mine.good_steps == theirs.state_dict()["_growth_tracker"]
 
 
 # ---------------------------------------------------------------- master weights

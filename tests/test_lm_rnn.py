@@ -1,7 +1,9 @@
 """models/rnn_lm.py: truncated BPTT with the state carried across windows gives the outputs of
 one long unrolled forward; the model's gradient is right (float64 finite differences) for each
-cell; generation with the carried state equals recomputing from the whole prefix; a short run
-learns a periodic text; bad input is refused naming the shapes."""
+cell; evaluating one window again starts from the same state; a run resumed from a Trainer
+checkpoint continues the streams bit for bit; generation with the carried state equals
+recomputing from the whole prefix; a short run learns a periodic text; bad input is refused
+naming the shapes."""
 import numpy as np
 import pytest
 from hypothesis import given
@@ -10,7 +12,7 @@ from hypothesis import strategies as st
 import minigrad
 import optim
 from models.rnn_lm import BPTTStreams, RNNLM, RNNLMConfig, detach_state, tbptt_loss
-from models.training import Trainer, clip_grad_norm, evaluate
+from models.training import CheckpointError, Trainer, clip_grad_norm, evaluate, load_checkpoint
 
 
 def tiny(cell, layers=1, V=7, seed=0):
@@ -118,3 +120,128 @@ def test_bad_input_is_one_clear_error(make, says):
     with pytest.raises(ValueError) as e:
         make()
     assert says in str(e.value)
+
+
+def _long_forward_losses(model, streams):
+    """The mean loss of each window of ``streams`` within one forward over every whole stream."""
+    with minigrad.no_grad():
+        logits, _, _ = model(streams.x)
+    z = logits.data - logits.data.max(-1, keepdims=True)
+    nll = -(np.take_along_axis(z, streams.y[..., None], -1)[..., 0] - np.log(np.exp(z).sum(-1)))
+    n = streams.windows_per_pass
+    return nll[:, :n * streams.window].reshape(len(nll), n, streams.window).mean(axis=(0, 2))
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_evaluating_one_window_again_starts_from_the_same_state(cell):
+    """A closure optimizer or a zeroth-order method evaluates one window several times in a step:
+    each evaluation starts from the state the previous window left, and the window after it
+    still continues the streams. The second evaluation started from the first one's end state."""
+    model = tiny(cell, 2)
+    streams = BPTTStreams(np.random.default_rng(2).integers(0, 7, size=2 * 20 + 1), batch_size=2, window=5)
+    want = _long_forward_losses(model, streams)
+    with minigrad.no_grad():
+        got = []
+        for _ in range(4):
+            w = streams.next_window()
+            got.append([float(tbptt_loss(model, w).item()) for _ in range(3)])
+    np.testing.assert_allclose(got, np.repeat(want[:, None], 3, axis=1), rtol=1e-12)
+
+
+def test_a_closure_optimizer_sees_one_function_per_window():
+    """Through the Trainer: an optimizer whose step evaluates the closure twice at the same
+    parameters gets the same loss and gradients twice."""
+    seen = []
+
+    class LookTwice(optim.SGD):
+        uses_closure = True
+
+        def step(self, grads=None, closure=None):
+            first, g = closure()
+            g = {n: None if a is None else a.copy() for n, a in g.items()}
+            second, g2 = closure()
+            seen.append((first, second, all(a is None or np.array_equal(a, g2[n]) for n, a in g.items())))
+            super().step(g2)
+            return second
+
+    model = tiny("lstm")
+    streams = BPTTStreams(np.arange(61) % 7, batch_size=2, window=5)
+    opt = LookTwice({n: p.data for n, p in model.named_parameters()}, lr=0.1)
+    Trainer(model, tbptt_loss, opt, streams.next_window, steps=4, progress=False, log_every=0).fit()
+    assert len(seen) == 4 and all(a == b and same for a, b, same in seen)
+
+
+def test_validation_rounds_chain_the_windows_afresh_after_the_model_changed():
+    """The validation windows are built once and evaluated at every round with other weights:
+    each round is the long forward of the weights of that round, window by window."""
+    model = tiny("lstm", seed=4)
+    streams = BPTTStreams(np.random.default_rng(3).integers(0, 7, size=2 * 15 + 1), batch_size=2, window=5)
+    windows = streams.windows()
+    for round_ in range(3):
+        if round_:
+            for p in model.parameters():
+                p.data += 0.1 * np.random.default_rng(round_).normal(size=p.data.shape)
+        with minigrad.no_grad():
+            got = [float(tbptt_loss(model, w).item()) for w in windows]
+        np.testing.assert_allclose(got, _long_forward_losses(model, streams), rtol=1e-12)
+
+
+def _bptt_run(steps, stop_at=None, streams_of=None):
+    """A truncated-BPTT Trainer over a two-layer LSTM (a state of two parts), with clipping."""
+    model = tiny("lstm", 2)
+    streams = BPTTStreams(np.random.default_rng(5).integers(0, 7, size=2 * 40 + 1), batch_size=2, window=5)
+    opt = optim.create("adamw", {n: p.data for n, p in model.named_parameters()}, lr=1e-2)
+    stop = (lambda t: setattr(t, "interrupted", t.step == stop_at)) if stop_at else None
+    batches = streams.next_window if streams_of is None else streams_of(streams)
+    trainer = Trainer(model, tbptt_loss, opt, batches, steps=steps, schedule="cosine",
+                      grad_hooks=[clip_grad_norm(1.0)], on_step=stop, progress=False, log_every=0)
+    return trainer, model, streams
+
+
+def test_a_resumed_bptt_run_equals_the_uninterrupted_one_bit_for_bit(tmp_path):
+    """Stopped after 11 steps (8 windows a pass: the streams wrapped once), saved, restored into a
+    fresh Trainer and run to 20: the same losses and weights as 20 steps at once. The streams
+    restarted at window 0 with zero state (the Trainer did not save them)."""
+    full, full_model, _ = _bptt_run(20)
+    full.fit()
+    part, _, _ = _bptt_run(20, stop_at=11)
+    assert part.fit().step == 11
+    part.save(tmp_path)
+    again, model, streams = _bptt_run(20)
+    again.restore(load_checkpoint(tmp_path))
+    assert streams.pos == 11 - 8 and streams.state is not None
+    again.fit()
+    assert again.history["train_loss"] == full.history["train_loss"]
+    for (n, p), q in zip(full_model.named_parameters(), model.parameters()):
+        assert np.array_equal(p.data, q.data), n
+
+
+def test_a_checkpoint_without_the_streams_state_still_loads_and_leaves_them_as_they_are(tmp_path):
+    tr, _, _ = _bptt_run(3, streams_of=lambda s: lambda rng: s.next_window())   # batches keep no state
+    tr.fit()
+    tr.save(tmp_path)
+    again, _, streams = _bptt_run(3)
+    again.restore(load_checkpoint(tmp_path))
+    assert again.step == 3 and streams.pos == 0 and streams.state is None
+
+
+@pytest.mark.parametrize("other, match", [
+    (lambda s: lambda rng: s.next_window(), "holds the state of a batch source, this trainer's batches keep none"),
+    (lambda s: BPTTStreams(s.x.ravel()[:41], batch_size=2, window=5).next_window,
+     "does not fit this BPTTStreams .*saved for 2 streams of 40 ids read 5 at a time, these are 2 of 20 by 5"),
+])
+def test_a_streams_state_this_run_cannot_take_is_refused_and_changes_nothing(tmp_path, other, match):
+    tr, _, _ = _bptt_run(3)
+    tr.fit()
+    tr.save(tmp_path)
+    again, model, streams = _bptt_run(3, streams_of=other)
+    again.fit()
+    source = getattr(again.batches, "__self__", None)
+    before = (again.step, [p.data.copy() for p in model.parameters()],
+              source and (source.pos, source.state[0].data.copy()))
+    with pytest.raises(CheckpointError, match=match):
+        again.restore(load_checkpoint(tmp_path))
+    assert again.step == before[0]
+    assert all(np.array_equal(p.data, q) for p, q in zip(model.parameters(), before[1]))
+    if source is not None:
+        assert source.pos == before[2][0] and np.array_equal(source.state[0].data, before[2][1])

@@ -460,6 +460,32 @@ def test_scaled_quantize_with_a_clamped_scale_round_trips_format_values(fmt):
     assert np.all(np.isfinite(out)) and same(out[x == 0], x[x == 0])
 
 
+def test_fp8_overflow_rules_against_torch():
+    """torch's casts (CPU, torch 2.13): float8_e5m2 rounds overflow and ±inf to ±inf, as the
+    default fp8_e5m2 rule; float8_e4m3fn saturates them to ±448, as ``saturate=True`` (the
+    default fp8_e4m3 rule gives NaN, as ml_dtypes)."""
+    torch = pytest.importorskip("torch", reason="torch is optional (pip install -e .[bench])")
+    x = np.array([1.0, 440.0, 464.0, 500.0, 57344.0, 61439.0, 61440.0, 1e30, np.inf, -np.inf, -7e4, np.nan],
+                 np.float32)
+
+    def cast(dtype):
+        return torch.from_numpy(x).to(dtype).float().numpy()
+
+    assert same(P.quantize(x, "fp8_e5m2"), cast(torch.float8_e5m2))
+    assert same(P.quantize(x, "fp8_e4m3", saturate=True), cast(torch.float8_e4m3fn))
+
+
+@pytest.mark.parametrize("fmt, want", [("fp8_e5m2", [np.inf, -np.inf]), ("fp8_e4m3", [np.nan, np.nan])])
+def test_scaled_quantize_keeps_an_overflow_when_told_not_to_saturate(fmt, want):
+    """The gradient path's cast: an inf stays non-finite (the loss scaler must see it); the
+    saturating default clamps it to ±max, as the forward recipe wants."""
+    x = np.array([0.5, -3.0, np.inf, -np.inf], np.float32)
+    assert same(P.scaled_quantize(x, fmt, saturate=False)[2:], np.array(want, np.float32))
+    assert same(P.scaled_quantize(x, fmt)[2:], np.array([1, -1], np.float32) * np.float32(P.finfo(fmt).max))
+    x = np.array([1.0, 2.0], np.float32)                     # a given amax below max|x|: finite overflow
+    assert not np.isfinite(P.scaled_quantize(x, fmt, amax=0.5, saturate=False)[1])
+
+
 def nvfp4_blocks(amaxes, seed=0):
     """One 16-element block per amax: ±U(0, amax) with one element at ±amax and a quarter zeros."""
     rng = np.random.default_rng(seed)

@@ -136,3 +136,15 @@ def test_bad_inputs():
         BPETokenizer([(300, 1)])
     with pytest.raises(TokenizerError):
         CharTokenizer.train("ab").decode([5])
+
+
+@given(st.text(max_size=20), st.integers(0xD800, 0xDFFF), st.text(max_size=20))
+def test_bpe_refuses_a_lone_surrogate_naming_its_position(bpe, head, surrogate, tail):
+    """A lone surrogate has no UTF-8 bytes: encode and train raise the tokenizer's own error
+    with its position (they let a raw UnicodeEncodeError out)."""
+    text = head + chr(surrogate) + tail
+    says = f"lone surrogate U+{surrogate:04X} at position {len(head)}"
+    with pytest.raises(TokenizerError, match=re.escape(says)):
+        bpe.encode(text)
+    with pytest.raises(TokenizerError, match=re.escape(says)):
+        BPETokenizer.train(text, vocab_size=256 + 5)

@@ -663,3 +663,39 @@ def test_a_stop_the_vote_defers_stands_until_it_is_granted():
                   on_step=lambda t: setattr(t, "interrupted", t.interrupted or t.step == 1))
     res = tr.fit()
     assert res.interrupted and res.step == 2 and votes == [False, True, True]
+
+
+def test_a_batch_source_with_its_own_state_resumes_where_it_was(tmp_path):
+    """``batches`` itself with state_dict / load_state_dict (torchdata's StatefulDataLoader
+    protocol): the Trainer saves its state and restores it, so a resumed run reads the same
+    batches as an uninterrupted one; the source restarted from its first batch before."""
+    class Cursor:
+        def __init__(self):
+            self.pos = 0
+
+        def __call__(self, rng):
+            self.pos += 1
+            return batches(np.random.default_rng(self.pos))       # the batch depends on the position
+
+        def state_dict(self):
+            return {"pos": self.pos}
+
+        def load_state_dict(self, sd):
+            self.pos = int(sd["pos"])
+
+    def run(stop_at=None):
+        model = _model()
+        stop = (lambda t: setattr(t, "interrupted", t.step == stop_at)) if stop_at else None
+        return Trainer(model, lm_loss, _adamw(model), Cursor(), steps=6, eval_batches=None, on_step=stop,
+                       progress=False, log_every=0)
+
+    full = run()
+    full.fit()
+    part = run(stop_at=3)
+    part.fit()
+    part.save(tmp_path)
+    again = run()
+    again.restore(load_checkpoint(tmp_path))
+    assert again.batches.pos == 3
+    again.fit()
+    assert again.history["train_loss"] == full.history["train_loss"]

@@ -26,9 +26,10 @@ speed, a tqdm bar (or log lines), the loss history, callbacks, and Ctrl-C / SIGT
 the current step finishes, :meth:`fit` returns with ``interrupted`` set, and the caller saves.
 
 The state that makes a resumed run bit-identical to an uninterrupted one -- step, schedule
-length, history, the batch generator, every ``np.random.Generator`` held by the model (dropout)
-and the optimizer's state -- is what :meth:`Trainer.save` writes and :meth:`Trainer.restore`
-reads, through ``models.training.checkpoint``.
+length, history, the batch generator, a stateful batch source's state (a stream's position),
+every ``np.random.Generator`` held by the model (dropout) and the optimizer's state -- is what
+:meth:`Trainer.save` writes and :meth:`Trainer.restore` reads, through
+``models.training.checkpoint``.
 """
 from __future__ import annotations
 
@@ -161,7 +162,11 @@ class Trainer:
     optimizer    any registered optimizer built on the model's arrays (``optim.create``), or the
                  mixed-precision wrapper ``minigrad.amp.MixedPrecisionOptimizer``
     batches      ``batches(rng) -> batch``; ``rng`` is the trainer's own Generator (seeded by
-                 ``seed``, saved in checkpoints), so the batch sequence is reproducible
+                 ``seed``, saved in checkpoints), so the batch sequence is reproducible. A
+                 source with a state of its own (a stream's position, as ``BPTTStreams``) has
+                 ``state_dict()`` / ``load_state_dict()``, on ``batches`` or on the object it is
+                 a method of (torchdata's StatefulDataLoader protocol): it is saved in
+                 checkpoints and restored with them
     steps        the schedule's length (the step target)
     schedule     a name from ``optim.schedules`` ("cosine", "linear", "wsd", "step", "constant")
                  and ``schedule_kwargs`` (e.g. warmup_steps, min_ratio) without total_steps,
@@ -488,26 +493,43 @@ class Trainer:
         """The gradient hooks that keep state between steps, by their checkpoint name."""
         return {f"grad_hook{i}": h for i, h in enumerate(self.grad_hooks) if hasattr(h, "state_dict")}
 
+    def _stateful_batches(self):
+        """``batches``, or the object it is a method of, when it keeps a state of its own
+        (``state_dict`` and ``load_state_dict``); else None."""
+        for source in (self.batches, getattr(self.batches, "__self__", None)):
+            if hasattr(source, "state_dict") and hasattr(source, "load_state_dict"):
+                return source
+        return None
+
     def save(self, out_dir, meta=None) -> str:
-        """``save_checkpoint`` of the model, the optimizer, the stateful gradient hooks, the
-        history and the loop's state (plus ``meta``, e.g. the tokenizer and the CLI's arguments)."""
+        """``save_checkpoint`` of the model, the optimizer, the stateful gradient hooks and batch
+        source, the history and the loop's state (plus ``meta``, e.g. the tokenizer and the CLI's
+        arguments)."""
+        states = {k: h.state_dict() for k, h in self._stateful_hooks().items()}
+        source = self._stateful_batches()
+        if source is not None:
+            states["batches"] = source.state_dict()
         return save_checkpoint(out_dir, self.model, self.optimizer, history=self.history,
                                meta={**(meta or {}), "trainer": self.state_meta(), "step": self.step},
-                               states={k: h.state_dict() for k, h in self._stateful_hooks().items()})
+                               states=states)
 
     def restore(self, ckpt: Checkpoint, *, target: int | None = None) -> None:
-        """Continue from ``ckpt``: weights, optimizer state, history, step, target, horizon and RNGs.
+        """Continue from ``ckpt``: weights, optimizer state, history, step, target, horizon, RNGs
+        and the batch source's state (a checkpoint saved without one leaves it as it is).
 
         ``target`` (a new step count, >= the saved step) replaces the saved one and the schedule
         spans it again (also a run a time budget cut short); without it the run finishes where
         the saved schedule ends. Raises CheckpointError when the checkpoint does not fit this
         run: another model config or parameter dtype, another schedule, other names or shapes,
-        another optimizer kind or gradient hooks. A refused checkpoint leaves the trainer, the
-        model and the optimizer as they were."""
+        another optimizer kind or gradient hooks, a batch source's state this one cannot take. A
+        refused checkpoint leaves the trainer, the model, the optimizer and the batch source as
+        they were."""
         self._check_same_run(ckpt)
         weights = {n: p.data.copy() for n, p in self.model.named_parameters()}
         opt_state = copy.deepcopy(self.optimizer.state_dict())
         hook_states = {k: copy.deepcopy(h.state_dict()) for k, h in self._stateful_hooks().items()}
+        source = self._stateful_batches()
+        source_state = None if source is None else copy.deepcopy(source.state_dict())
         generators = {"batches": self.rng, **module_generators(self.model)}
         rng_states = {k: copy.deepcopy(g.bit_generator.state) for k, g in generators.items()}
         fields = (self.step, self.target, self.horizon, copy.deepcopy(self.history), self.peak_state_bytes)
@@ -519,6 +541,8 @@ class Trainer:
             self.optimizer.load_state_dict(opt_state)
             for k, h in self._stateful_hooks().items():
                 h.load_state_dict(hook_states[k])
+            if source is not None:
+                source.load_state_dict(source_state)
             for k, g in generators.items():
                 g.bit_generator.state = rng_states[k]
             self.step, self.target, self.horizon, self.history, self.peak_state_bytes = fields
@@ -545,6 +569,21 @@ class Trainer:
             raise CheckpointError(f"checkpoint {ckpt.path} was trained with schedule {schedule}, this "
                                   f"trainer has {mine}; resume with the same schedule")
 
+    def _restore_batches(self, ckpt: Checkpoint) -> None:
+        """The batch source's saved state into it; a checkpoint from before sources were saved
+        (or of a source without state) has none, and the source stays as it is."""
+        if "batches" not in ckpt.states:
+            return
+        source = self._stateful_batches()
+        if source is None:
+            raise CheckpointError(f"checkpoint {ckpt.path} holds the state of a batch source, this "
+                                  f"trainer's batches keep none; resume with the same batches")
+        try:
+            source.load_state_dict(ckpt.states["batches"])
+        except (ValueError, KeyError, TypeError) as e:
+            raise CheckpointError(f"checkpoint {ckpt.path}: the saved state of the batch source does not "
+                                  f"fit this {type(source).__name__} ({e})") from None
+
     def _restore(self, ckpt: Checkpoint, target) -> None:
         try:
             self.model.load_state_dict(ckpt.params, strict=True)
@@ -570,6 +609,7 @@ class Trainer:
             except (ValueError, KeyError, TypeError) as e:
                 raise CheckpointError(f"checkpoint {ckpt.path}: the state of {key} does not fit "
                                       f"{hook!r} ({e})") from None
+        self._restore_batches(ckpt)
         tm = ckpt.meta.get("trainer") or {}
         rng = tm.get("rng") or {}
         try:
