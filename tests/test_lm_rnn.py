@@ -15,9 +15,9 @@ from models.rnn_lm import BPTTStreams, RNNLM, RNNLMConfig, detach_state, tbptt_l
 from models.training import CheckpointError, Trainer, clip_grad_norm, evaluate, load_checkpoint
 
 
-def tiny(cell, layers=1, V=7, seed=0):
-    return RNNLM(RNNLMConfig(cell=cell, vocab_size=V, n_embd=3, hidden_size=4, num_layers=layers),
-                 dtype=np.float64, seed=seed)
+def tiny(cell, layers=1, V=7, seed=0, dropout=0.0):
+    return RNNLM(RNNLMConfig(cell=cell, vocab_size=V, n_embd=3, hidden_size=4, num_layers=layers,
+                             dropout=dropout), dtype=np.float64, seed=seed)
 
 
 @given(cell=st.sampled_from(["rnn", "lstm", "gru"]), layers=st.integers(1, 2), seed=st.integers(0, 2**16),
@@ -186,9 +186,11 @@ def test_validation_rounds_chain_the_windows_afresh_after_the_model_changed():
         np.testing.assert_allclose(got, _long_forward_losses(model, streams), rtol=1e-12)
 
 
-def _bptt_run(steps, stop_at=None, streams_of=None):
-    """A truncated-BPTT Trainer over a two-layer LSTM (a state of two parts), with clipping."""
-    model = tiny("lstm", 2)
+def _bptt_run(steps, stop_at=None, streams_of=None, dropout=0.0):
+    """A truncated-BPTT Trainer over a two-layer LSTM (a state of two parts), with clipping; the
+    script seeds minigrad's global generator first, as a user's would."""
+    minigrad.manual_seed(0)
+    model = tiny("lstm", 2, dropout=dropout)
     streams = BPTTStreams(np.random.default_rng(5).integers(0, 7, size=2 * 40 + 1), batch_size=2, window=5)
     opt = optim.create("adamw", {n: p.data for n, p in model.named_parameters()}, lr=1e-2)
     stop = (lambda t: setattr(t, "interrupted", t.step == stop_at)) if stop_at else None
@@ -198,16 +200,18 @@ def _bptt_run(steps, stop_at=None, streams_of=None):
     return trainer, model, streams
 
 
-def test_a_resumed_bptt_run_equals_the_uninterrupted_one_bit_for_bit(tmp_path):
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+def test_a_resumed_bptt_run_equals_the_uninterrupted_one_bit_for_bit(tmp_path, dropout):
     """Stopped after 11 steps (8 windows a pass: the streams wrapped once), saved, restored into a
     fresh Trainer and run to 20: the same losses and weights as 20 steps at once. The streams
-    restarted at window 0 with zero state (the Trainer did not save them)."""
-    full, full_model, _ = _bptt_run(20)
+    restarted at window 0 with zero state (the Trainer did not save them); with dropout between
+    the layers, the masks came from minigrad's global generator, which it did not save either."""
+    full, full_model, _ = _bptt_run(20, dropout=dropout)
     full.fit()
-    part, _, _ = _bptt_run(20, stop_at=11)
+    part, _, _ = _bptt_run(20, stop_at=11, dropout=dropout)
     assert part.fit().step == 11
     part.save(tmp_path)
-    again, model, streams = _bptt_run(20)
+    again, model, streams = _bptt_run(20, dropout=dropout)
     again.restore(load_checkpoint(tmp_path))
     assert streams.pos == 11 - 8 and streams.state is not None
     again.fit()

@@ -27,7 +27,8 @@ the current step finishes, :meth:`fit` returns with ``interrupted`` set, and the
 
 The state that makes a resumed run bit-identical to an uninterrupted one -- step, schedule
 length, history, the batch generator, a stateful batch source's state (a stream's position),
-every ``np.random.Generator`` held by the model (dropout) and the optimizer's state -- is what
+every ``np.random.Generator`` held by the model (dropout), minigrad's global generator (dropout
+without one of its own) and the optimizer's state -- is what
 :meth:`Trainer.save` writes and :meth:`Trainer.restore` reads, through
 ``models.training.checkpoint``.
 """
@@ -485,9 +486,14 @@ class Trainer:
         """The loop's own resumable state, as JSON: step, target, horizon, schedule, RNG states."""
         return {"step": self.step, "target": self.target, "horizon": self.horizon,
                 "schedule": {"name": self.schedule_name, "kwargs": self.schedule_kwargs},
-                "rng": {"batches": self.rng.bit_generator.state,
-                        **{f"model.{k}": g.bit_generator.state
-                           for k, g in module_generators(self.model).items()}}}
+                "rng": {k: g.bit_generator.state for k, g in self._generators().items()}}
+
+    def _generators(self) -> dict:
+        """Every generator a step draws from, by its checkpoint name: the batches', the model's
+        own (``model.<name>``) and minigrad's global one (``default``: what dropout without an
+        rng draws, as nn.LSTM's between its layers), whose state torch's trainers save too."""
+        return {"batches": self.rng, "default": minigrad.default_generator,
+                **{f"model.{k}": g for k, g in module_generators(self.model).items()}}
 
     def _stateful_hooks(self) -> dict:
         """The gradient hooks that keep state between steps, by their checkpoint name."""
@@ -530,7 +536,7 @@ class Trainer:
         hook_states = {k: copy.deepcopy(h.state_dict()) for k, h in self._stateful_hooks().items()}
         source = self._stateful_batches()
         source_state = None if source is None else copy.deepcopy(source.state_dict())
-        generators = {"batches": self.rng, **module_generators(self.model)}
+        generators = self._generators()
         rng_states = {k: copy.deepcopy(g.bit_generator.state) for k, g in generators.items()}
         fields = (self.step, self.target, self.horizon, copy.deepcopy(self.history), self.peak_state_bytes)
         try:
@@ -614,9 +620,9 @@ class Trainer:
         rng = tm.get("rng") or {}
         try:
             self.step, self.target, self.horizon = int(tm["step"]), int(tm["target"]), int(tm["horizon"])
-            self.rng.bit_generator.state = rng["batches"]
-            for k, g in module_generators(self.model).items():
-                g.bit_generator.state = rng[f"model.{k}"]
+            for k, g in self._generators().items():
+                if k != "default" or k in rng:         # checkpoints before 2026-12-07 lack it
+                    g.bit_generator.state = rng[k]
         except (KeyError, TypeError, ValueError) as e:
             raise CheckpointError(f"checkpoint {ckpt.path}: incomplete trainer state ({e})") from None
         if target is not None:                         # a new target: the schedule spans it again
