@@ -1,7 +1,10 @@
 """The language-model demos (demos/ngram.py, word2vec.py, rnn_lm.py, seq2seq.py, bert.py) on tiny
 settings: each writes its table and figures into --out and reports what it measured; bad input is
-one line and exit 2 with nothing written."""
+one line and exit 2 with nothing written; a run stopped by Ctrl-C is one line and exit 130 with no
+results written; an earlier run's checkpoint is overwritten only with --force."""
+import os
 import re
+import signal
 
 import numpy as np
 import pytest
@@ -21,6 +24,35 @@ def tiny_text(tmp_path):
     path = tmp_path / "tiny.txt"
     path.write_text("\n".join(lines * 60) + "\n", encoding="utf-8")
     return str(path)
+
+
+def ctrl_c(demo, monkeypatch, run: int, step: int = 2) -> list:
+    """Make ``demo.Trainer``'s ``run``-th trainer (1-based) receive Ctrl-C during its step ``step``;
+    returns the list of the trainers the demo makes."""
+    made = []
+
+    class CtrlC(demo.Trainer):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+        def train_step(self, batch=None):
+            loss = super().train_step(batch)
+            if self.step == step and len(made) >= run and self is made[run - 1]:
+                signal.raise_signal(signal.SIGINT)   # what Ctrl-C does: the step finishes, fit() returns
+            return loss
+
+    monkeypatch.setattr(demo, "Trainer", CtrlC)
+    return made
+
+
+def assert_stopped(demo, argv, says: str, capsys) -> None:
+    """``demo.main(argv)`` ends as a stopped run: exit 130 and one line ``<demo>.py: ...`` holding ``says``."""
+    code = demo.main(argv)
+    err = capsys.readouterr().err
+    assert code == 130, err
+    assert err.count("\n") == 1 and err.startswith(f"{os.path.basename(demo.__file__)}: interrupted"), err
+    assert says in err, err
 
 
 # --------------------------------------------------------------------------------- ngram
@@ -107,6 +139,19 @@ def test_seq2seq_demo_writes_its_table_and_heat_maps(tmp_path, monkeypatch):
 def test_seq2seq_demo_refuses_bad_input(argv, says, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     assert_refused(load_demo("seq2seq.py"), argv + ["--out", "s2s"], says, capsys, watch=tmp_path)
+
+
+def test_seq2seq_demo_stopped_by_ctrl_c_exits_130_and_writes_nothing(tmp_path, monkeypatch, capsys):
+    """The demo keeps no checkpoints, and a table of the runs before the stopped one would pass
+    for the whole run: nothing is written, and no run starts after the stopped one."""
+    monkeypatch.chdir(tmp_path)
+    demo = load_demo("seq2seq.py")
+    made = ctrl_c(demo, monkeypatch, run=2)
+    assert_stopped(demo, ["--out", "s2s", "--tasks", "reverse", "--attention", "luong,bahdanau", "--steps", "20",
+                          "--hidden-size", "16", "--max-len", "4", "--test", "20", "--no-progress"],
+                   "interrupted while training reverse with bahdanau attention at step 2 of 20; no results or "
+                   "figures written", capsys)
+    assert len(made) == 2 and files_below(tmp_path / "s2s") == []
 
 
 # -------------------------------------------------------------------------------- rnn_lm
