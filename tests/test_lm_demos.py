@@ -11,6 +11,7 @@ import pytest
 
 import minigrad
 
+from models.training import load_checkpoint
 from strategies import assert_refused, files_below, load_demo
 
 
@@ -111,6 +112,32 @@ def test_word2vec_demo_refuses_bad_input(argv, says, tmp_path, monkeypatch, caps
     (tmp_path / "empty.txt").write_text("")
     data = [] if "--data" in argv else ["--data", tiny_text]
     assert_refused(load_demo("word2vec.py"), data + argv + ["--out", "w2v"], says, capsys, watch=tmp_path)
+
+
+def w2v_argv(tiny_text, steps):
+    return ["--data", tiny_text, "--out", "w2v", "--min-count", "1", "--steps", str(steps), "--minutes", "1",
+            "--dim", "8", "--batch-size", "64", "--no-progress"]
+
+
+def test_word2vec_demo_stopped_by_ctrl_c_exits_130_and_writes_nothing(tmp_path, monkeypatch, capsys, tiny_text):
+    monkeypatch.chdir(tmp_path)
+    demo = load_demo("word2vec.py")
+    ctrl_c(demo, monkeypatch, run=1, step=3)
+    assert_stopped(demo, w2v_argv(tiny_text, 60), "interrupted at step 3 of 60; no checkpoint, results or figures "
+                                                  "written", capsys)
+    assert files_below(tmp_path / "w2v") == []
+
+
+def test_word2vec_demo_overwrites_an_earlier_checkpoint_only_with_force(tmp_path, monkeypatch, capsys, tiny_text):
+    monkeypatch.chdir(tmp_path)
+    demo = load_demo("word2vec.py")
+    assert demo.main(w2v_argv(tiny_text, 10)) == 0
+    capsys.readouterr()
+    assert_refused(demo, w2v_argv(tiny_text, 20), "w2v/ckpt.npz holds the model of an earlier run; overwrite it "
+                                                  "with --force", capsys, watch=tmp_path)
+    assert load_checkpoint("w2v").step == 10
+    assert demo.main(w2v_argv(tiny_text, 20) + ["--force"]) == 0
+    assert load_checkpoint("w2v").step == 20
 
 
 # ------------------------------------------------------------------------------- seq2seq
