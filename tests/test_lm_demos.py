@@ -233,14 +233,45 @@ def test_rnn_lm_demo_measures_the_gpt_once_per_character():
     (["--gpt-preset", "huge"], "--gpt-preset: unknown 'huge'"),
     (["--ngram-max-order", "1"], "--ngram-max-order must be in [2, 9]"),
     (["--window", "5000"], "too short for 32 streams of windows of 5000"),
+    (["--sample-chars", "-1"], "--sample-chars must be >= 0 (0: no sample), got -1"),
     (["--data", "empty.txt"], "--data empty.txt: the file is empty"),
 ])
 def test_rnn_lm_demo_refuses_bad_input(argv, says, tmp_path, monkeypatch, capsys, tiny_text):
+    """... and writes no token cache either: the default --cache-dir, out/cache, is below tmp_path."""
     monkeypatch.chdir(tmp_path)
     (tmp_path / "empty.txt").write_text("")
     data = [] if "--data" in argv else ["--data", tiny_text]
-    assert_refused(load_demo("rnn_lm.py"), data + argv + ["--out", "rl", "--cache-dir", ""], says, capsys,
-                   watch=tmp_path)
+    assert_refused(load_demo("rnn_lm.py"), data + argv + ["--out", "rl"], says, capsys, watch=tmp_path)
+
+
+def rnn_argv(tiny_text, models, *more):
+    return ["--data", tiny_text, "--out", "rl", "--models", models, "--steps", "6", "--minutes", "0",
+            "--hidden-size", "8", "--n-embd", "4", "--batch-size", "4", "--window", "8", "--gpt-preset", "tiny",
+            "--val-chars", "500", "--ngram-max-order", "2", "--sample-chars", "5", "--no-progress", *more]
+
+
+def test_rnn_lm_demo_stopped_by_ctrl_c_keeps_the_finished_checkpoints_only(tmp_path, monkeypatch, capsys,
+                                                                           tiny_text):
+    monkeypatch.chdir(tmp_path)
+    demo = load_demo("rnn_lm.py")
+    made = ctrl_c(demo, monkeypatch, run=2)
+    assert_stopped(demo, rnn_argv(tiny_text, "rnn,gru,lstm", "--cache-dir", ""),
+                   "interrupted while training GRU at step 2 of 6; no results, curves or GRU checkpoint written "
+                   "(the finished networks' checkpoints are in rl/rnn)", capsys)
+    assert len(made) == 2 and files_below(tmp_path / "rl") == ["rnn/ckpt.npz", "rnn/manifest.json"]
+
+
+def test_rnn_lm_demo_overwrites_earlier_checkpoints_only_with_force(tmp_path, monkeypatch, capsys, tiny_text):
+    monkeypatch.chdir(tmp_path)
+    demo = load_demo("rnn_lm.py")
+    assert demo.main(rnn_argv(tiny_text, "rnn,gru")) == 0
+    capsys.readouterr()
+    assert_refused(demo, rnn_argv(tiny_text, "lstm,gru,rnn", "--steps", "8"),
+                   "--out rl already holds checkpoints of an earlier run (rl/gru, rl/rnn); overwrite them with "
+                   "--force", capsys, watch=tmp_path)
+    assert [load_checkpoint(f"rl/{m}").step for m in ("rnn", "gru")] == [6, 6]
+    assert demo.main(rnn_argv(tiny_text, "lstm,gru,rnn", "--steps", "8", "--force")) == 0
+    assert [load_checkpoint(f"rl/{m}").step for m in ("rnn", "gru", "lstm")] == [8, 8, 8]
 
 
 # ---------------------------------------------------------------------------------- bert
