@@ -275,9 +275,10 @@ def test_rnn_lm_demo_overwrites_earlier_checkpoints_only_with_force(tmp_path, mo
 
 
 # ---------------------------------------------------------------------------------- bert
-def bert_argv(tiny_text, *more):
-    return ["--data", tiny_text, "--n-layer", "1", "--n-embd", "16", "--block-size", "32", "--batch-size", "8",
-            "--pretrain-steps", "6", "--finetune-steps", "4", "--test", "100", "--no-progress", *more]
+def bert_argv(tiny_text, *more, block="32"):
+    return ["--data", tiny_text, "--n-layer", "1", "--n-embd", "16", *(["--block-size", block] if block else []),
+            "--batch-size", "8", "--pretrain-steps", "6", "--finetune-steps", "4", "--test", "100", "--no-progress",
+            *more]
 
 
 def test_bert_demo_pretrains_fine_tunes_and_compares_with_scratch(tmp_path, monkeypatch, tiny_text):
@@ -311,6 +312,23 @@ def test_bert_demo_refuses_a_checkpoint_of_another_vocabulary(tmp_path, monkeypa
     capsys.readouterr()
     assert_refused(demo, bert_argv(str(other), "--out", "b3", "--pretrained", "b/pretrained"),
                    "--pretrained b/pretrained has a vocabulary of", capsys, watch=tmp_path)
+
+
+def test_bert_demo_fine_tunes_a_checkpoint_with_its_block_size_and_refuses_a_longer_one(tmp_path, monkeypatch,
+                                                                                        capsys, tiny_text):
+    """--block-size (default 64) met the checkpoint's 32 positions only in the first forward of
+    the fine-tuning: a traceback after the data was built (a review session)."""
+    monkeypatch.chdir(tmp_path)
+    demo = load_demo("bert.py")
+    assert demo.main(bert_argv(tiny_text, "--out", "b", "--finetune-steps", "1", "--no-scratch", block="32")) == 0
+    capsys.readouterr()
+    assert_refused(demo, bert_argv(tiny_text, "--out", "b2", "--pretrained", "b/pretrained", block="48"),
+                   "--block-size 48 is longer than the 32 positions the encoder in --pretrained b/pretrained has; "
+                   "give --block-size 32 or less", capsys, watch=tmp_path)
+    result = demo.run(demo.build_parser().parse_args(
+        bert_argv(tiny_text, "--out", "b2", "--pretrained", "b/pretrained", "--no-scratch", block=None)))
+    assert result["pretrain_steps"] == 6 and result["fine_tuned"]["pretrained"]["steps"] == 4
+    assert "inputs of up to 32 characters" in (tmp_path / "b2" / "bert_results.md").read_text()
 
 
 @pytest.mark.parametrize("argv, says", [
