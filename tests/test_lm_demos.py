@@ -331,6 +331,45 @@ def test_bert_demo_fine_tunes_a_checkpoint_with_its_block_size_and_refuses_a_lon
     assert "inputs of up to 32 characters" in (tmp_path / "b2" / "bert_results.md").read_text()
 
 
+@pytest.mark.parametrize("run, says, kept", [
+    (1, "interrupted in pretraining at step 2 of 6; the encoder so far is in b/pretrained (fine-tune it with "
+        "--pretrained b/pretrained); no results written", 2),
+    (2, "interrupted while fine-tuning the pretrained encoder at step 2 of 4; no results written; fine-tune the "
+        "pretrained encoder again with --pretrained b/pretrained", 6),
+    (3, "interrupted while fine-tuning the from scratch encoder at step 2 of 4; no results written; fine-tune the "
+        "pretrained encoder again with --pretrained b/pretrained", 6),
+])
+def test_bert_demo_stopped_by_ctrl_c_keeps_only_the_pretrained_encoder(run, says, kept, tmp_path, monkeypatch,
+                                                                       capsys, tiny_text):
+    """The encoder is worth keeping (pretraining is the long part; a stopped one records its steps
+    and fine-tunes later); the table and the figure are not written."""
+    monkeypatch.chdir(tmp_path)
+    demo = load_demo("bert.py")
+    made = ctrl_c(demo, monkeypatch, run=run)
+    assert_stopped(demo, bert_argv(tiny_text, "--out", "b"), says, capsys)
+    assert len(made) == run
+    assert files_below(tmp_path / "b") == ["pretrained/ckpt.npz", "pretrained/manifest.json"]
+    assert load_checkpoint("b/pretrained").step == kept
+    again = load_demo("bert.py")                                # its own Trainer: no Ctrl-C
+    assert again.main(bert_argv(tiny_text, "--out", "b2", "--pretrained", "b/pretrained", "--no-scratch")) == 0
+
+
+def test_bert_demo_overwrites_an_earlier_pretrained_encoder_only_with_force(tmp_path, monkeypatch, capsys,
+                                                                            tiny_text):
+    monkeypatch.chdir(tmp_path)
+    demo = load_demo("bert.py")
+    argv = bert_argv(tiny_text, "--out", "b", "--finetune-steps", "1", "--no-scratch")
+    assert demo.main(argv) == 0
+    capsys.readouterr()
+    assert_refused(demo, argv + ["--pretrain-steps", "8"], "b/pretrained holds the encoder an earlier run pretrained; "
+                   "fine-tune it with --pretrained b/pretrained, overwrite it with --force", capsys, watch=tmp_path)
+    assert load_checkpoint("b/pretrained").step == 6
+    assert demo.main(argv + ["--pretrain-steps", "8", "--force"]) == 0
+    assert load_checkpoint("b/pretrained").step == 8
+    # fine-tuning the saved encoder in the same --out overwrites nothing: no --force needed
+    assert demo.main(bert_argv(tiny_text, "--out", "b", "--pretrained", "b/pretrained", "--no-scratch")) == 0
+
+
 @pytest.mark.parametrize("argv, says", [
     (["--block-size", "16"], "--block-size 16 is too short for the task's examples"),
     (["--n-embd", "30", "--n-head", "4"], "--n-embd 30 must be divisible by --n-head 4"),
