@@ -6,8 +6,11 @@
 
 1. **Pretraining** (``models.bert``): the masked language model on random windows of the
    training split (characters after a [CLS]; 15 % of them chosen, 80/10/10), through
-   ``models.training.Trainer``; the checkpoint goes to ``--out/pretrained``. Reported: the
-   validation MLM loss and the share of masked characters predicted right.
+   ``models.training.Trainer``; the checkpoint goes to ``--out/pretrained`` (an earlier run's is
+   overwritten only with ``--force``). Reported: the validation MLM loss and the share of masked
+   characters predicted right. ``--pretrained DIR`` skips this step and fine-tunes the encoder
+   saved in DIR: its shape (layers, width, heads, positions) is the checkpoint's, and
+   ``--block-size`` is then the checkpoint's unless given smaller.
 2. **Fine-tuning**: a classifier on [CLS] learns the task *real or shuffled?* -- a stretch of
    4..12 consecutive words of the text, or the same words in another order
    (``models.bert.ShuffledWordsTask``; training examples from the training split, test examples
@@ -19,7 +22,10 @@ Writes to ``--out`` (default ``out/bert``): ``bert_results.md`` (the table, mask
 ``bert_loss.png`` (the pretraining curve and both fine-tuning curves), ``pretrained/`` (the MLM
 checkpoint, its tokenizer in the meta). Bad input prints one line and exits with code 2 -- an
 encoder shorter than the task's examples, a ``--pretrained`` checkpoint whose vocabulary is not
-this text's, an empty text.
+this text's or with fewer positions than ``--block-size``, an empty text. A run stopped by Ctrl-C
+or SIGTERM says where in one line and exits with code 130 without results or figure; the
+pretrained encoder is kept (also one whose pretraining was stopped: its checkpoint records the
+steps done), so that ``--pretrained OUT/pretrained`` can fine-tune it later.
 """
 from __future__ import annotations
 
@@ -39,13 +45,14 @@ from models.bert import (BERT, IGNORE, BERTConfig, BERTVocab, ShuffledWordsTask,
                          check_vocabulary, classification_loss, mask_tokens, mlm_batch, mlm_loss)
 from models.data import DataError, TextData, load_text  # noqa: E402
 from models.tokenizer import TokenizerError  # noqa: E402
-from models.training import (CheckpointError, Trainer, clip_grad_norm, load_checkpoint, pyplot,  # noqa: E402
+from models.training import (CKPT, CheckpointError, Trainer, clip_grad_norm, load_checkpoint, pyplot,  # noqa: E402
                              save_figure)
 
 QUICK = {"n_layer": 2, "n_embd": 64, "pretrain_minutes": 0.5, "finetune_minutes": 0.25, "test": 500,
          "max_chars": 1_000_000}
 FULL = {"n_layer": 4, "n_embd": 128, "pretrain_minutes": 6.0, "finetune_minutes": 1.5, "test": 2000,
         "max_chars": None}
+BLOCK = 64                                # --block-size without --pretrained
 EXAMPLES = ["To be, or not to be, that is the question.", "Now is the winter of our discontent"]
 
 
@@ -55,7 +62,8 @@ def build_parser():
     p.add_argument("--n-layer", type=int, default=None, help=f"encoder blocks (default {FULL['n_layer']})")
     p.add_argument("--n-embd", type=int, default=None, help=f"width (default {FULL['n_embd']})")
     p.add_argument("--n-head", type=int, default=4)
-    p.add_argument("--block-size", type=int, default=64, help="longest input, [CLS] included")
+    p.add_argument("--block-size", type=int, default=None,
+                   help=f"longest input, [CLS] included (default {BLOCK}; with --pretrained the checkpoint's)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--pretrain-minutes", type=float, default=None,
                    help=f"masked-LM pretraining time (default {FULL['pretrain_minutes']:g}; 0: no limit)")
@@ -76,6 +84,7 @@ def build_parser():
     cli.add_output_arguments(p, os.path.join("out", "bert"),
                              out_help="directory for the results, the curves and the pretrained checkpoint",
                              quick_help="a 2-layer encoder, 30 s pretraining, 15 s fine-tuning (explicit flags win)")
+    p.add_argument("--force", action="store_true", help="overwrite the pretrained encoder an earlier run left in --out")
     return p
 
 
@@ -90,7 +99,7 @@ def _validate(a):
         raise cli.UsageError(f"--max-chars must be >= 1, got {a.max_chars}")
     if a.n_embd % a.n_head:
         raise cli.UsageError(f"--n-embd {a.n_embd} must be divisible by --n-head {a.n_head}")
-    if a.block_size < 24:
+    if a.block_size is not None and a.block_size < 24:
         raise cli.UsageError(f"--block-size {a.block_size} is too short for the task's examples "
                              f"(4 words and more, [CLS] included): give >= 24")
     for name in ("pretrain_minutes", "finetune_minutes"):
@@ -108,7 +117,8 @@ def _budget(steps, minutes) -> str:
 
 
 def fit(model, loss_fn, batches, steps, minutes, lr, eval_batches, a):
-    """AdamW with warmup and cosine decay for ``steps`` or ``minutes`` (0: no limit); returns the Trainer."""
+    """AdamW with warmup and cosine decay for ``steps`` or ``minutes`` (0: no limit); returns the
+    Trainer (``interrupted`` set when Ctrl-C or SIGTERM stopped it)."""
     opt = optim.create("adamw", optim.param_groups_no_decay({n: p.data for n, p in model.named_parameters()}, 0.01),
                        lr=lr)
     trainer = Trainer(model, loss_fn, opt, batches, steps=steps, schedule="cosine",
@@ -172,32 +182,49 @@ def run(a) -> dict:
     """The demo as the parsed arguments ``a`` say; returns what it measured."""
     _validate(a)
     text, desc = load_text(a.data, notice=True, max_chars=a.max_chars)
+    pretrained = None
+    if a.pretrained:                          # its shape, block size included, is the encoder's
+        pretrained = load_checkpoint(a.pretrained)
+        try:
+            cfg = BERTConfig.from_dict(pretrained.config)
+        except (ValueError, TypeError) as e:
+            raise CheckpointError(str(e)) from None
+        if a.block_size is None:
+            a.block_size = cfg.block_size
+        elif a.block_size > cfg.block_size:
+            raise cli.UsageError(f"--block-size {a.block_size} is longer than the {cfg.block_size} positions the "
+                                 f"encoder in --pretrained {a.pretrained} has; give --block-size {cfg.block_size} "
+                                 f"or less, or leave it out")
+    elif a.block_size is None:
+        a.block_size = BLOCK
     data = TextData(text, block_size=a.block_size, cache_dir=None, description=desc)
     vocab = BERTVocab(data.tokenizer)
-    cfg = BERTConfig(vocab_size=vocab.size, n_layer=a.n_layer, n_head=a.n_head, n_embd=a.n_embd,
-                     block_size=a.block_size)
+    if pretrained is None:
+        cfg = BERTConfig(vocab_size=vocab.size, n_layer=a.n_layer, n_head=a.n_head, n_embd=a.n_embd,
+                         block_size=a.block_size)
     split = len(data.train)
     try:
         train_task = ShuffledWordsTask(text[:split], vocab, a.block_size)
         test_task = ShuffledWordsTask(text[split:], vocab, a.block_size)
     except ValueError as e:
         raise DataError(str(e).replace("ShuffledWordsTask: ", "")) from None
-    pretrained = None
-    if a.pretrained:
-        ckpt = load_checkpoint(a.pretrained)
+    if pretrained is not None:
         try:
-            cfg = BERTConfig.from_dict(ckpt.config)
             check_vocabulary(cfg, vocab, f"--pretrained {a.pretrained}")
-            if ckpt.tokenizer().to_dict() != data.tokenizer.to_dict():
+            if pretrained.tokenizer().to_dict() != data.tokenizer.to_dict():
                 raise ValueError(f"--pretrained {a.pretrained} was trained with other characters than this text's "
                                  f"(the same count, {vocab.n_tokens}); give the text it was pretrained on")
         except (ValueError, TypeError, TokenizerError) as e:
             raise CheckpointError(str(e)) from None
-        pretrained = ckpt
+    saved = os.path.join(a.out, "pretrained")   # where this run's pretraining goes
+    pretrains = pretrained is None and a.pretrain_steps > 0
+    if pretrains and os.path.exists(os.path.join(saved, CKPT)) and not a.force:
+        raise cli.UsageError(f"{saved} holds the encoder an earlier run pretrained; fine-tune it with --pretrained "
+                             f"{saved}, overwrite it with --force, or choose another --out")
     cli.check_out_dir(a.out)                    # the inputs are good: from here on we may write
     minigrad.configure_runtime()
     train_ids, val_ids = np.asarray(data.train.ids), np.asarray(data.val.ids)
-    mlm_val = [mlm_batch(val_ids, vocab, a.batch_size, cfg.block_size, np.random.default_rng(a.seed + 10 + i))
+    mlm_val = [mlm_batch(val_ids, vocab, a.batch_size, a.block_size, np.random.default_rng(a.seed + 10 + i))
                for i in range(8)]
     test = [test_task.batch(np.random.default_rng(a.seed + 100 + i), 100) for i in range(max(1, a.test // 100))]
     val_cls = test[:2]
@@ -210,11 +237,15 @@ def run(a) -> dict:
         result["pretrain_steps"] = pretrained.step
         if pretrained.history.get("val_loss"):   # the loaded encoder's pretraining curve, from its checkpoint
             curves["pretraining (masked LM)"] = pretrained.history
-    elif a.pretrain_steps > 0:
+    elif pretrains:
         print(f"[bert] pretraining (masked LM) for {_budget(a.pretrain_steps, a.pretrain_minutes)}", flush=True)
-        tr = fit(model, mlm_loss, lambda rng: mlm_batch(train_ids, vocab, a.batch_size, cfg.block_size, rng),
+        tr = fit(model, mlm_loss, lambda rng: mlm_batch(train_ids, vocab, a.batch_size, a.block_size, rng),
                  a.pretrain_steps, a.pretrain_minutes, a.pretrain_lr, mlm_val, a)
-        tr.save(os.path.join(a.out, "pretrained"), meta={"tokenizer": data.tokenizer.to_dict(), "args": vars(a)})
+        # saved also when stopped: its steps are in the checkpoint, and a later run can fine-tune it
+        tr.save(saved, meta={"tokenizer": data.tokenizer.to_dict(), "args": vars(a)})
+        if tr.interrupted:
+            raise cli.Interrupted(f"interrupted in pretraining at step {tr.step} of {tr.target}; the encoder so far "
+                                  f"is in {saved} (fine-tune it with --pretrained {saved}); no results written")
         curves["pretraining (masked LM)"] = tr.history
         result["pretrain_steps"] = tr.step
     else:
@@ -234,6 +265,10 @@ def run(a) -> dict:
         print(f"[bert] fine-tuning the {name} encoder for {_budget(a.finetune_steps, a.finetune_minutes)}", flush=True)
         tr = fit(m, classification_loss, lambda rng: train_task.batch(rng, a.batch_size), a.finetune_steps,
                  a.finetune_minutes, lr, val_cls, a)
+        if tr.interrupted:
+            kept = f"; fine-tune the pretrained encoder again with --pretrained {saved}" if pretrains else ""
+            raise cli.Interrupted(f"interrupted while fine-tuning the {name} encoder at step {tr.step} of "
+                                  f"{tr.target}; no results written{kept}")
         curves[f"fine-tuning, {name}"] = tr.history
         acc = accuracy(m, test)
         result["fine_tuned"][name] = {"steps": tr.step, "accuracy": acc}
@@ -241,7 +276,7 @@ def run(a) -> dict:
               flush=True)
     lines = [f"# BERT-style encoder on {desc}\n",
              f"Encoder: {cfg.n_layer} layers, width {cfg.n_embd}, {cfg.n_head} heads, inputs of up to "
-             f"{cfg.block_size} characters, {model.num_parameters():,} parameters."]
+             f"{a.block_size} characters, {model.num_parameters():,} parameters."]
     if result["pretrain_steps"]:
         lines.append(f"Masked-LM pretraining: {result['pretrain_steps']:,} steps of {a.batch_size} windows; "
                      f"validation loss {result['mlm_val_loss']:.3f} nats per masked character, "

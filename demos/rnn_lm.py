@@ -24,8 +24,12 @@ fits the schedule's length to the measured speed, so every network gets the same
 
 Writes to ``--out`` (default ``out/rnn_lm``): ``rnn_lm_results.md`` (the table and a sample of
 each network), ``rnn_lm_curves.png`` (validation loss against wall-clock time, the n-gram as a
-line) and each network's checkpoint in ``<name>/`` (``ckpt.npz`` + ``manifest.json``). Bad input
-prints one line and exits with code 2 before anything is written.
+line) and each network's checkpoint in ``<name>/`` (``ckpt.npz`` + ``manifest.json``); it refuses
+an ``--out`` that already holds the checkpoint of a network it would train unless ``--force`` is
+given. The tokenized corpus is cached in ``--cache-dir``. Bad input prints one line and exits with
+code 2 before anything is written. A run stopped by Ctrl-C or SIGTERM says where in one line and
+exits with code 130: the checkpoints of the networks finished before it stay, the stopped
+network's checkpoint, the table and the curves are not written.
 """
 from __future__ import annotations
 
@@ -46,7 +50,7 @@ from models.data import DataError, TextData, load_text  # noqa: E402
 from models.gpt import GPT, PRESETS, preset  # noqa: E402
 from models.ngram import NGramLM  # noqa: E402
 from models.rnn_lm import CELLS, BPTTStreams, RNNLM, RNNLMConfig, tbptt_loss  # noqa: E402
-from models.training import Trainer, clip_grad_norm, evaluate, lm_loss, pyplot, save_figure  # noqa: E402
+from models.training import CKPT, Trainer, clip_grad_norm, evaluate, lm_loss, pyplot, save_figure  # noqa: E402
 from models.training.optimizers import build_optimizer  # noqa: E402
 
 MODELS = ("rnn", "lstm", "gru", "gpt")
@@ -76,7 +80,7 @@ def build_parser():
     p.add_argument("--rnn-lr", type=float, default=2e-3, help="peak lr of RNN, LSTM and GRU")
     p.add_argument("--grad-clip", type=float, default=1.0, help="global gradient norm of the recurrent networks")
     p.add_argument("--gpt-preset", default=None, help=f"{', '.join(PRESETS)} (default small; --quick tiny)")
-    p.add_argument("--sample-chars", type=int, default=200)
+    p.add_argument("--sample-chars", type=int, default=200, help="characters each network samples (0: none)")
     p.add_argument("--seed", type=cli.seed, default=0)
     cli.add_corpus_arguments(p, max_chars_help=f"use only the first N characters (default: all; --quick "
                                                f"{QUICK['max_chars']:,})")
@@ -84,6 +88,7 @@ def build_parser():
                              out_help="directory for the results, the curves and the checkpoints",
                              quick_help="15 s per network, small networks, the first 1 M characters "
                                         "(explicit flags win)")
+    p.add_argument("--force", action="store_true", help="overwrite the checkpoints an earlier run left in --out")
     return p
 
 
@@ -100,6 +105,8 @@ def _validate(a):
             raise cli.UsageError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(a, name)}")
     if a.max_chars is not None and a.max_chars < 1:
         raise cli.UsageError(f"--max-chars must be >= 1, got {a.max_chars}")
+    if a.sample_chars < 0:
+        raise cli.UsageError(f"--sample-chars must be >= 0 (0: no sample), got {a.sample_chars}")
     if not 2 <= a.ngram_max_order <= 9:
         raise cli.UsageError(f"--ngram-max-order must be in [2, 9], got {a.ngram_max_order}")
     for name in ("rnn_lr", "grad_clip"):
@@ -215,9 +222,11 @@ def train_network(name, data, a, curves):
                       time_budget=budget or None, start_time=t_start, reserve_seconds=1.0, seed=a.seed,
                       progress=not a.no_progress, log_every=max(1, steps // 10), on_eval=on_eval)
     result = trainer.fit()
-    trainer.save(os.path.join(a.out, name), meta={"tokenizer": data.tokenizer.to_dict(), "args": vars(a)})
-    return {"model": model, "steps": trainer.step, "seconds": time.perf_counter() - t_start,
-            "chars": trainer.step * chars_per_step, "params": model.num_parameters()}
+    if not result.interrupted:     # a stopped network's checkpoint would pass for a finished one; none resumes it
+        trainer.save(os.path.join(a.out, name), meta={"tokenizer": data.tokenizer.to_dict(), "args": vars(a)})
+    return {"model": model, "steps": trainer.step, "target": trainer.target, "interrupted": result.interrupted,
+            "seconds": time.perf_counter() - t_start, "chars": trainer.step * chars_per_step,
+            "params": model.num_parameters()}
 
 
 def plot_curves(curves, ngram_best, path, title):
@@ -246,13 +255,19 @@ def run(a) -> dict:
     _validate(a)
     text, desc = load_text(a.data, notice=True, max_chars=a.max_chars)
     block = preset(a.gpt_preset)[0].block_size
-    data = TextData(text, block_size=block, cache_dir=a.cache_dir or None, description=desc)
+    data = TextData(text, block_size=block, cache_dir=a.cache_dir or None, description=desc,
+                    write_cache=False)         # written below, once every input is good
     val = np.asarray(data.val.ids[:a.val_chars], dtype=np.int64)
     if len(val) < max(a.batch_size * (a.window + 1), 2 * block) + 1 or len(data.train) < a.batch_size * (a.window + 1):
         raise DataError(f"the validation text has {len(val):,} characters and the training text {len(data.train):,}: "
                         f"too short for {a.batch_size} streams of windows of {a.window} (and a GPT block of "
                         f"{block}); use a longer text, or a smaller --batch-size / --window")
+    earlier = [os.path.join(a.out, m) for m in a.models if os.path.exists(os.path.join(a.out, m, CKPT))]
+    if earlier and not a.force:
+        raise cli.UsageError(f"--out {a.out} already holds checkpoints of an earlier run ({', '.join(earlier)}); "
+                             f"overwrite them with --force, or choose another --out")
     cli.check_out_dir(a.out)                    # the inputs are good: from here on we may write
+    data.save_cache()
     minigrad.configure_runtime()
     train = np.asarray(data.train.ids, dtype=np.int64)
     print(f"[rnn_lm] {desc}: {len(data.ids):,} characters (vocab {data.vocab_size}), train {len(train):,}; "
@@ -265,6 +280,11 @@ def run(a) -> dict:
     for name in a.models:
         print(f"[rnn_lm] training {LABELS[name]} for {_budget(a)}", flush=True)
         r = runs[name] = train_network(name, data, a, curves)
+        if r["interrupted"]:
+            kept = [os.path.join(a.out, m) for m in runs if m != name]
+            raise cli.Interrupted(f"interrupted while training {LABELS[name]} at step {r['steps']} of {r['target']}; "
+                                  f"no results, curves or {LABELS[name]} checkpoint written"
+                                  + (f" (the finished networks' checkpoints are in {', '.join(kept)})" if kept else ""))
         model = r["model"]
         t0 = time.perf_counter()
         r["val"] = gpt_nats(model, val, block) if name == "gpt" else rnn_nats(model, val, window=a.window)

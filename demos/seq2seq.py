@@ -13,7 +13,9 @@ and with beam search (``--beam``).
 Writes to ``--out`` (default ``out/seq2seq``): ``seq2seq_results.md`` (the table and sample
 outputs), ``seq2seq_attention.png`` (each run's attention weights on one example: a row per
 output token, a column per source token; reversal draws the anti-diagonal), ``seq2seq_loss.png``
-(validation loss of every run). Bad input prints one line and exits with code 2.
+(validation loss of every run). Bad input prints one line and exits with code 2. A run stopped
+by Ctrl-C or SIGTERM says where in one line and exits with code 130, writing nothing: the demo
+keeps no checkpoints, and a table of the runs finished so far would pass for the whole run.
 """
 from __future__ import annotations
 
@@ -99,6 +101,9 @@ def train_one(task, attention, a):
                       time_budget=a.minutes * 60, reserve_seconds=3.0, seed=a.seed,
                       progress=not a.no_progress, log_every=200)
     result = trainer.fit()
+    if result.interrupted:                    # before the test: a stopped run measures nothing
+        raise cli.Interrupted(f"interrupted while training {task.name} with {attention} attention at step "
+                              f"{trainer.step} of {trainer.target}; no results or figures written")
     t0 = time.perf_counter()
     greedy = exact_match(model, task, a.test, seed=a.seed + 7)
     beam = exact_match(model, task, min(a.test, 500), seed=a.seed + 7, beam=a.beam)

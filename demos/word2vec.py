@@ -17,7 +17,10 @@ top-5 accuracy; random vectors of the same size score ~0), and the SGNS loss on 
 validation split. ``word2vec_pca.png`` projects groups of words (titles, family, pronouns, body,
 places, time, numbers) onto the first two principal components of their vectors;
 ``word2vec_loss.png`` is the loss curve; ``ckpt.npz`` + ``manifest.json`` the trained model
-(its vocabulary in the checkpoint's meta). Bad input prints one line and exits with code 2.
+(its vocabulary in the checkpoint's meta). An ``--out`` that already holds a checkpoint is refused
+unless ``--force`` is given. Bad input prints one line and exits with code 2. A run stopped by
+Ctrl-C or SIGTERM says at which step in one line and exits with code 130, writing nothing: the demo
+cannot resume a run, and a checkpoint or results of the stopped one would pass for a finished one.
 """
 from __future__ import annotations
 
@@ -34,7 +37,7 @@ import optim  # noqa: E402
 from models import cli  # noqa: E402
 from models.data import DataError, load_text  # noqa: E402
 from models.ngram import WordVocab, words  # noqa: E402
-from models.training import Trainer, plot_history, pyplot, save_figure  # noqa: E402
+from models.training import CKPT, Trainer, plot_history, pyplot, save_figure  # noqa: E402
 from models.word2vec import SkipGramSampler, Word2Vec, Word2VecConfig, sgns_loss  # noqa: E402
 
 QUICK = {"minutes": 1.0, "steps": 2500}
@@ -80,6 +83,7 @@ def build_parser():
     cli.add_output_arguments(p, os.path.join("out", "word2vec"),
                              out_help="directory for the results, figures and checkpoint",
                              quick_help="train for 1 minute and 2,500 steps at most (explicit flags win)")
+    p.add_argument("--force", action="store_true", help="overwrite the checkpoint an earlier run left in --out")
     return p
 
 
@@ -158,6 +162,9 @@ def run(a) -> dict:
         val_pairs = SkipGramSampler(val_ids, vocab.vocab_size, a.window, a.negatives, a.subsample, seed=a.seed + 1)
     except ValueError as e:
         raise DataError(str(e).replace("SkipGramSampler: ", "")) from None
+    if os.path.exists(os.path.join(a.out, CKPT)) and not a.force:
+        raise cli.UsageError(f"{os.path.join(a.out, CKPT)} holds the model of an earlier run; overwrite it with "
+                             f"--force, or choose another --out")
     cli.check_out_dir(a.out)                          # the inputs are good: from here on we may write
     print(f"[word2vec] {desc}: {len(train_words):,} training words, vocabulary {vocab.vocab_size:,} "
           f"(seen >= {a.min_count} times), {len(pairs.text):,} left after subsampling (t = {a.subsample:g}); "
@@ -171,6 +178,9 @@ def run(a) -> dict:
                       time_budget=a.minutes * 60,
                       reserve_seconds=5.0, seed=a.seed, progress=not a.no_progress, log_every=500)
     result = trainer.fit()
+    if result.interrupted:
+        raise cli.Interrupted(f"interrupted at step {trainer.step} of {trainer.target}; no checkpoint, results or "
+                              f"figures written")
     trainer.save(a.out, meta={"vocab": vocab.to_dict(), "args": vars(a)})
     plot_history(trainer.history, a.out, f"word2vec (SGNS, D = {a.dim}) on {desc}", name="word2vec_loss.png")
 

@@ -1,13 +1,17 @@
 """The language-model demos (demos/ngram.py, word2vec.py, rnn_lm.py, seq2seq.py, bert.py) on tiny
 settings: each writes its table and figures into --out and reports what it measured; bad input is
-one line and exit 2 with nothing written."""
+one line and exit 2 with nothing written; a run stopped by Ctrl-C is one line and exit 130 with no
+results written; an earlier run's checkpoint is overwritten only with --force."""
+import os
 import re
+import signal
 
 import numpy as np
 import pytest
 
 import minigrad
 
+from models.training import load_checkpoint
 from strategies import assert_refused, files_below, load_demo
 
 
@@ -21,6 +25,35 @@ def tiny_text(tmp_path):
     path = tmp_path / "tiny.txt"
     path.write_text("\n".join(lines * 60) + "\n", encoding="utf-8")
     return str(path)
+
+
+def ctrl_c(demo, monkeypatch, run: int, step: int = 2) -> list:
+    """Make ``demo.Trainer``'s ``run``-th trainer (1-based) receive Ctrl-C during its step ``step``;
+    returns the list of the trainers the demo makes."""
+    made = []
+
+    class CtrlC(demo.Trainer):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+        def train_step(self, batch=None):
+            loss = super().train_step(batch)
+            if self.step == step and len(made) >= run and self is made[run - 1]:
+                signal.raise_signal(signal.SIGINT)   # what Ctrl-C does: the step finishes, fit() returns
+            return loss
+
+    monkeypatch.setattr(demo, "Trainer", CtrlC)
+    return made
+
+
+def assert_stopped(demo, argv, says: str, capsys) -> None:
+    """``demo.main(argv)`` ends as a stopped run: exit 130 and one line ``<demo>.py: ...`` holding ``says``."""
+    code = demo.main(argv)
+    err = capsys.readouterr().err
+    assert code == 130, err
+    assert err.count("\n") == 1 and err.startswith(f"{os.path.basename(demo.__file__)}: interrupted"), err
+    assert says in err, err
 
 
 # --------------------------------------------------------------------------------- ngram
@@ -81,6 +114,32 @@ def test_word2vec_demo_refuses_bad_input(argv, says, tmp_path, monkeypatch, caps
     assert_refused(load_demo("word2vec.py"), data + argv + ["--out", "w2v"], says, capsys, watch=tmp_path)
 
 
+def w2v_argv(tiny_text, steps):
+    return ["--data", tiny_text, "--out", "w2v", "--min-count", "1", "--steps", str(steps), "--minutes", "1",
+            "--dim", "8", "--batch-size", "64", "--no-progress"]
+
+
+def test_word2vec_demo_stopped_by_ctrl_c_exits_130_and_writes_nothing(tmp_path, monkeypatch, capsys, tiny_text):
+    monkeypatch.chdir(tmp_path)
+    demo = load_demo("word2vec.py")
+    ctrl_c(demo, monkeypatch, run=1, step=3)
+    assert_stopped(demo, w2v_argv(tiny_text, 60), "interrupted at step 3 of 60; no checkpoint, results or figures "
+                                                  "written", capsys)
+    assert files_below(tmp_path / "w2v") == []
+
+
+def test_word2vec_demo_overwrites_an_earlier_checkpoint_only_with_force(tmp_path, monkeypatch, capsys, tiny_text):
+    monkeypatch.chdir(tmp_path)
+    demo = load_demo("word2vec.py")
+    assert demo.main(w2v_argv(tiny_text, 10)) == 0
+    capsys.readouterr()
+    assert_refused(demo, w2v_argv(tiny_text, 20), "w2v/ckpt.npz holds the model of an earlier run; overwrite it "
+                                                  "with --force", capsys, watch=tmp_path)
+    assert load_checkpoint("w2v").step == 10
+    assert demo.main(w2v_argv(tiny_text, 20) + ["--force"]) == 0
+    assert load_checkpoint("w2v").step == 20
+
+
 # ------------------------------------------------------------------------------- seq2seq
 def test_seq2seq_demo_writes_its_table_and_heat_maps(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -107,6 +166,19 @@ def test_seq2seq_demo_writes_its_table_and_heat_maps(tmp_path, monkeypatch):
 def test_seq2seq_demo_refuses_bad_input(argv, says, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     assert_refused(load_demo("seq2seq.py"), argv + ["--out", "s2s"], says, capsys, watch=tmp_path)
+
+
+def test_seq2seq_demo_stopped_by_ctrl_c_exits_130_and_writes_nothing(tmp_path, monkeypatch, capsys):
+    """The demo keeps no checkpoints, and a table of the runs before the stopped one would pass
+    for the whole run: nothing is written, and no run starts after the stopped one."""
+    monkeypatch.chdir(tmp_path)
+    demo = load_demo("seq2seq.py")
+    made = ctrl_c(demo, monkeypatch, run=2)
+    assert_stopped(demo, ["--out", "s2s", "--tasks", "reverse", "--attention", "luong,bahdanau", "--steps", "20",
+                          "--hidden-size", "16", "--max-len", "4", "--test", "20", "--no-progress"],
+                   "interrupted while training reverse with bahdanau attention at step 2 of 20; no results or "
+                   "figures written", capsys)
+    assert len(made) == 2 and files_below(tmp_path / "s2s") == []
 
 
 # -------------------------------------------------------------------------------- rnn_lm
@@ -161,20 +233,52 @@ def test_rnn_lm_demo_measures_the_gpt_once_per_character():
     (["--gpt-preset", "huge"], "--gpt-preset: unknown 'huge'"),
     (["--ngram-max-order", "1"], "--ngram-max-order must be in [2, 9]"),
     (["--window", "5000"], "too short for 32 streams of windows of 5000"),
+    (["--sample-chars", "-1"], "--sample-chars must be >= 0 (0: no sample), got -1"),
     (["--data", "empty.txt"], "--data empty.txt: the file is empty"),
 ])
 def test_rnn_lm_demo_refuses_bad_input(argv, says, tmp_path, monkeypatch, capsys, tiny_text):
+    """... and writes no token cache either: the default --cache-dir, out/cache, is below tmp_path."""
     monkeypatch.chdir(tmp_path)
     (tmp_path / "empty.txt").write_text("")
     data = [] if "--data" in argv else ["--data", tiny_text]
-    assert_refused(load_demo("rnn_lm.py"), data + argv + ["--out", "rl", "--cache-dir", ""], says, capsys,
-                   watch=tmp_path)
+    assert_refused(load_demo("rnn_lm.py"), data + argv + ["--out", "rl"], says, capsys, watch=tmp_path)
+
+
+def rnn_argv(tiny_text, models, *more):
+    return ["--data", tiny_text, "--out", "rl", "--models", models, "--steps", "6", "--minutes", "0",
+            "--hidden-size", "8", "--n-embd", "4", "--batch-size", "4", "--window", "8", "--gpt-preset", "tiny",
+            "--val-chars", "500", "--ngram-max-order", "2", "--sample-chars", "5", "--no-progress", *more]
+
+
+def test_rnn_lm_demo_stopped_by_ctrl_c_keeps_the_finished_checkpoints_only(tmp_path, monkeypatch, capsys,
+                                                                           tiny_text):
+    monkeypatch.chdir(tmp_path)
+    demo = load_demo("rnn_lm.py")
+    made = ctrl_c(demo, monkeypatch, run=2)
+    assert_stopped(demo, rnn_argv(tiny_text, "rnn,gru,lstm", "--cache-dir", ""),
+                   "interrupted while training GRU at step 2 of 6; no results, curves or GRU checkpoint written "
+                   "(the finished networks' checkpoints are in rl/rnn)", capsys)
+    assert len(made) == 2 and files_below(tmp_path / "rl") == ["rnn/ckpt.npz", "rnn/manifest.json"]
+
+
+def test_rnn_lm_demo_overwrites_earlier_checkpoints_only_with_force(tmp_path, monkeypatch, capsys, tiny_text):
+    monkeypatch.chdir(tmp_path)
+    demo = load_demo("rnn_lm.py")
+    assert demo.main(rnn_argv(tiny_text, "rnn,gru")) == 0
+    capsys.readouterr()
+    assert_refused(demo, rnn_argv(tiny_text, "lstm,gru,rnn", "--steps", "8"),
+                   "--out rl already holds checkpoints of an earlier run (rl/gru, rl/rnn); overwrite them with "
+                   "--force", capsys, watch=tmp_path)
+    assert [load_checkpoint(f"rl/{m}").step for m in ("rnn", "gru")] == [6, 6]
+    assert demo.main(rnn_argv(tiny_text, "lstm,gru,rnn", "--steps", "8", "--force")) == 0
+    assert [load_checkpoint(f"rl/{m}").step for m in ("rnn", "gru", "lstm")] == [8, 8, 8]
 
 
 # ---------------------------------------------------------------------------------- bert
-def bert_argv(tiny_text, *more):
-    return ["--data", tiny_text, "--n-layer", "1", "--n-embd", "16", "--block-size", "32", "--batch-size", "8",
-            "--pretrain-steps", "6", "--finetune-steps", "4", "--test", "100", "--no-progress", *more]
+def bert_argv(tiny_text, *more, block="32"):
+    return ["--data", tiny_text, "--n-layer", "1", "--n-embd", "16", *(["--block-size", block] if block else []),
+            "--batch-size", "8", "--pretrain-steps", "6", "--finetune-steps", "4", "--test", "100", "--no-progress",
+            *more]
 
 
 def test_bert_demo_pretrains_fine_tunes_and_compares_with_scratch(tmp_path, monkeypatch, tiny_text):
@@ -208,6 +312,62 @@ def test_bert_demo_refuses_a_checkpoint_of_another_vocabulary(tmp_path, monkeypa
     capsys.readouterr()
     assert_refused(demo, bert_argv(str(other), "--out", "b3", "--pretrained", "b/pretrained"),
                    "--pretrained b/pretrained has a vocabulary of", capsys, watch=tmp_path)
+
+
+def test_bert_demo_fine_tunes_a_checkpoint_with_its_block_size_and_refuses_a_longer_one(tmp_path, monkeypatch,
+                                                                                        capsys, tiny_text):
+    """--block-size (default 64) met the checkpoint's 32 positions only in the first forward of
+    the fine-tuning: a traceback after the data was built (a review session)."""
+    monkeypatch.chdir(tmp_path)
+    demo = load_demo("bert.py")
+    assert demo.main(bert_argv(tiny_text, "--out", "b", "--finetune-steps", "1", "--no-scratch", block="32")) == 0
+    capsys.readouterr()
+    assert_refused(demo, bert_argv(tiny_text, "--out", "b2", "--pretrained", "b/pretrained", block="48"),
+                   "--block-size 48 is longer than the 32 positions the encoder in --pretrained b/pretrained has; "
+                   "give --block-size 32 or less", capsys, watch=tmp_path)
+    result = demo.run(demo.build_parser().parse_args(
+        bert_argv(tiny_text, "--out", "b2", "--pretrained", "b/pretrained", "--no-scratch", block=None)))
+    assert result["pretrain_steps"] == 6 and result["fine_tuned"]["pretrained"]["steps"] == 4
+    assert "inputs of up to 32 characters" in (tmp_path / "b2" / "bert_results.md").read_text()
+
+
+@pytest.mark.parametrize("run, says, kept", [
+    (1, "interrupted in pretraining at step 2 of 6; the encoder so far is in b/pretrained (fine-tune it with "
+        "--pretrained b/pretrained); no results written", 2),
+    (2, "interrupted while fine-tuning the pretrained encoder at step 2 of 4; no results written; fine-tune the "
+        "pretrained encoder again with --pretrained b/pretrained", 6),
+    (3, "interrupted while fine-tuning the from scratch encoder at step 2 of 4; no results written; fine-tune the "
+        "pretrained encoder again with --pretrained b/pretrained", 6),
+])
+def test_bert_demo_stopped_by_ctrl_c_keeps_only_the_pretrained_encoder(run, says, kept, tmp_path, monkeypatch,
+                                                                       capsys, tiny_text):
+    """The encoder is worth keeping (pretraining is the long part; a stopped one records its steps
+    and fine-tunes later); the table and the figure are not written."""
+    monkeypatch.chdir(tmp_path)
+    demo = load_demo("bert.py")
+    made = ctrl_c(demo, monkeypatch, run=run)
+    assert_stopped(demo, bert_argv(tiny_text, "--out", "b"), says, capsys)
+    assert len(made) == run
+    assert files_below(tmp_path / "b") == ["pretrained/ckpt.npz", "pretrained/manifest.json"]
+    assert load_checkpoint("b/pretrained").step == kept
+    again = load_demo("bert.py")                                # its own Trainer: no Ctrl-C
+    assert again.main(bert_argv(tiny_text, "--out", "b2", "--pretrained", "b/pretrained", "--no-scratch")) == 0
+
+
+def test_bert_demo_overwrites_an_earlier_pretrained_encoder_only_with_force(tmp_path, monkeypatch, capsys,
+                                                                            tiny_text):
+    monkeypatch.chdir(tmp_path)
+    demo = load_demo("bert.py")
+    argv = bert_argv(tiny_text, "--out", "b", "--finetune-steps", "1", "--no-scratch")
+    assert demo.main(argv) == 0
+    capsys.readouterr()
+    assert_refused(demo, argv + ["--pretrain-steps", "8"], "b/pretrained holds the encoder an earlier run pretrained; "
+                   "fine-tune it with --pretrained b/pretrained, overwrite it with --force", capsys, watch=tmp_path)
+    assert load_checkpoint("b/pretrained").step == 6
+    assert demo.main(argv + ["--pretrain-steps", "8", "--force"]) == 0
+    assert load_checkpoint("b/pretrained").step == 8
+    # fine-tuning the saved encoder in the same --out overwrites nothing: no --force needed
+    assert demo.main(bert_argv(tiny_text, "--out", "b", "--pretrained", "b/pretrained", "--no-scratch")) == 0
 
 
 @pytest.mark.parametrize("argv, says", [
