@@ -29,7 +29,9 @@ loss scaling, master weights), so a run is slower than fp32, not faster.
     python demos/mixed_precision.py --recipes fp32,fp16_master_dynamic,bf16
     python demos/mixed_precision.py --out docs           # redraw docs/mixed_precision.png
 
-Bad input prints one line and exits with code 2.
+Bad input prints one line and exits with code 2, writing nothing (not even the token cache);
+Ctrl-C or SIGTERM stops the recipe's run after the current step with one line saying where
+(exit code 130) and writes no table, JSON or figure.
 """
 from __future__ import annotations
 
@@ -151,7 +153,9 @@ def train(recipe, make_model, data, args, batch_size, block):
                       autocast=policy, seed=args.seed + 1, on_step=on_step, progress=not args.no_progress)
     t0 = time.perf_counter()
     stats.reset()
-    trainer.fit()
+    if trainer.fit().interrupted:
+        raise cli.Interrupted(f"interrupted in recipe {recipe} at step {trainer.step} of {args.steps}; "
+                              f"no table, JSON or figure written to {args.out}")
     val = evaluate(model, lm_loss, data.fixed_batches("val", 4, batch_size, seed=123, block_size=block),
                    autocast=policy)
     return dict(label=label, losses=np.array(trainer.history["train_loss"]), val=val,
@@ -280,12 +284,14 @@ def run(args) -> dict:
     """The demo as the parsed arguments say; returns the runs by recipe."""
     _validate(args)
     text, desc = load_text(notice=False, max_chars=args.max_chars)
-    data = TextData(text, block_size=64, cache_dir=args.cache_dir or None, description=desc)
+    data = TextData(text, block_size=64, cache_dir=args.cache_dir or None, description=desc,
+                    write_cache=False)     # written below, once every input is good
     make_model, block, bs = build(args, data.vocab_size)
     batch_size = args.batch_size or bs
     title = f"GPT '{args.preset}'" if args.model == "gpt" else "char-MLP"
     print(f"{title} on {desc}: {args.steps} steps x batch {batch_size} x T={block}")
     cli.check_out_dir(args.out)          # the inputs are good: from here on we may write
+    data.save_cache()
 
     hist_batch = data.get_batch("train", batch_size, np.random.default_rng(args.seed + 1), block)
     par, act = gradient_histogram(make_model(), hist_batch)
