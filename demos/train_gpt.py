@@ -11,8 +11,8 @@ A thin command line over the training layer (``models.training``): it validates 
 builds the data, the GPT and the optimizer, and hands them to ``Trainer``. Writes to ``--out``:
 ``ckpt.npz`` + ``manifest.json`` (``models.training.checkpoint``), ``loss.png``, ``samples.txt``;
 token ids are cached in ``--out/cache``. A checkpoint is written every ``--save-every`` steps
-(default: at every evaluation); Ctrl-C or SIGTERM finishes the step, saves and exits with code
-130. ``--resume --out DIR`` alone continues a run with the settings saved in it (a flag that
+(default: at every evaluation); Ctrl-C or SIGTERM finishes the step, saves the checkpoint and
+``loss.png`` (no sample) and exits with code 130 after one line on stderr saying where it stopped. ``--resume --out DIR`` alone continues a run with the settings saved in it (a flag that
 contradicts them is refused; ``--steps N`` extends the run to N steps), and the losses then equal
 those of an uninterrupted run bit for bit. A fresh run refuses an ``--out`` that already holds a
 checkpoint unless ``--force`` is given.
@@ -419,10 +419,9 @@ def run(args, on_step=None, explicit=frozenset()) -> int:
     path = trainer.save(args.out, meta=meta)
     plot = plot_history(trainer.history, args.out,
                         f"GPT {args.preset} on {os.path.basename(str(args.data or 'Shakespeare'))}")
-    if result.interrupted:
-        print(f"interrupted at step {trainer.step}: checkpoint saved to {path}; "
-              f"continue with --resume --out {args.out}")
-        return 130
+    if result.interrupted:                             # kept: the checkpoint and loss.png; no sample
+        raise cli.Interrupted(f"interrupted at step {trainer.step} of {trainer.horizon}: checkpoint saved "
+                              f"to {path}, no sample written; continue with --resume --out {args.out}")
     try:
         sample = sample_text(model, data.tokenizer, args.sample_chars, seed=args.seed)
     except TokenizerError:                             # a corpus without newlines: start from token 0
