@@ -14,7 +14,9 @@ token ids are cached in ``--out/cache``. A checkpoint is written every ``--save-
 (default: at every evaluation); Ctrl-C or SIGTERM finishes the step, saves the checkpoint and
 ``loss.png`` (no sample) and exits with code 130 after one line on stderr saying where it stopped. ``--resume --out DIR`` alone continues a run with the settings saved in it (a flag that
 contradicts them is refused; ``--steps N`` extends the run to N steps), and the losses then equal
-those of an uninterrupted run bit for bit. A fresh run refuses an ``--out`` that already holds a
+those of an uninterrupted run bit for bit. A run given no ``--steps`` takes its length from its
+time budget, so ``--resume --max-minutes 0`` of it is refused unless ``--steps N`` says how far
+to go (``--max-minutes M`` gives it M more minutes). A fresh run refuses an ``--out`` that already holds a
 checkpoint unless ``--force`` is given.
 
 The recipe is nanoGPT's (``train.py``) with Muon in place of AdamW: Muon (Jordan et al. 2024)
@@ -364,6 +366,13 @@ def run(args, on_step=None, explicit=frozenset()) -> int:
         saved = ckpt.meta["trainer"]
         if "steps" in explicit:                        # ... unless --steps sets a new one
             target = args.steps
+        elif args.max_minutes == 0 and saved["target"] == BUDGET_STEPS:
+            # its budget set its length: without one, BUDGET_STEPS would be a 1,000,000-step run
+            fitted = (f"; its budget fitted the schedule to {saved['horizon']} steps, --steps "
+                      f"{saved['horizon']} finishes that schedule" if saved["horizon"] < BUDGET_STEPS else "")
+            raise cli.UsageError(f"--max-minutes 0: the run in {args.out} had no --steps, its time budget set "
+                                 f"its length; give --steps N (N > {ckpt.step}) to train on without a "
+                                 f"budget{fitted}")
         elif "max_minutes" in explicit and saved["horizon"] < saved["target"]:
             target = saved["target"]                   # a run the old budget cut short goes on
         if target is not None and target < ckpt.step:

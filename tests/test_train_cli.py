@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import sys
+import types
 
 import numpy as np
 import pytest
@@ -432,6 +433,13 @@ def test_without_steps_the_time_budget_sets_the_runs_length(tmp_path, capsys, co
     assert f"--resume --out {out} and --max-minutes M or --steps N" in said
     meta = json.loads(str(_load(out)["meta"]))
     assert meta["trainer"]["target"] == train_gpt.BUDGET_STEPS and meta["args"]["steps"] == train_gpt.BUDGET_STEPS
+    # without a budget nothing bounds it: not a 1,000,000-step run, a question for --steps
+    # (stopped at step 3 should it start training anyway)
+    ctrl_c_at_3 = types.SimpleNamespace(__file__=train_gpt.__file__, main=lambda argv: train_gpt.main(
+        argv, on_step=lambda step: step == 3 and signal.raise_signal(signal.SIGINT)))
+    assert_refused(ctrl_c_at_3, ["--resume", "--out", str(out), "--no-progress", "--max-minutes", "0"],
+                   f"--max-minutes 0: the run in {out} had no --steps, its time budget set its length; give "
+                   f"--steps N (N > 1) to train on without a budget", capsys, str(out))
     assert train_gpt.main(["--resume", "--out", str(out), "--no-progress", "--steps", "5", "--max-minutes", "0"]) == 0
     assert json.load(open(out / "manifest.json"))["step"] == 5                  # --steps still sets the target
 
