@@ -140,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--optimizer", default=DEFAULT_OPTIMIZER,
                    help="any name in optim.available(); muon trains the embeddings, head, norms and "
                         "biases with AdamW")
-    p.add_argument("--opt-arg", action="append", default=[], metavar="KEY=VALUE",
+    p.add_argument("--opt-arg", action="append", default=[], metavar="NAME=VALUE",
                    help="an option of the optimizer, e.g. --opt-arg momentum=0.9 (repeatable; "
                         "values are read as JSON where they parse, else as strings)")
     p.add_argument("--data", default=None, help="a UTF-8 text file; None means Shakespeare's works")
@@ -176,7 +176,8 @@ def parse_opt_args(pairs) -> dict:
     for pair in pairs:
         key, sep, text = pair.partition("=")
         if not sep or not key.isidentifier():
-            raise cli.UsageError(f"--opt-arg {pair!r}: expected KEY=VALUE with KEY a Python name")
+            raise cli.UsageError(f"--opt-arg {pair!r}: expected name=value (e.g. momentum=0.9), the name an "
+                                 f"option of the optimizer")
         try:
             out[key] = json.loads(text)
         except ValueError:
@@ -256,7 +257,9 @@ def _adopt_saved_flags(args, explicit, ckpt):
     optimizer options parsed). The time budget is taken too, but may be changed."""
     saved = ckpt.meta.get("args") or {}
     resolved = {"batch_size": (args.batch_size, ckpt.meta.get("batch_size")),
-                "opt_arg": (parse_opt_args(args.opt_arg), parse_opt_args(saved.get("opt_arg", [])))}
+                "opt_arg": (parse_opt_args(args.opt_arg), parse_opt_args(saved.get("opt_arg", []))),
+                # the run accepted its name in any case (optim.available() is lower case)
+                "optimizer": (args.optimizer.lower(), str(saved.get("optimizer")).lower())}
     for dest in RUN_FLAGS:
         if dest not in saved:
             continue
@@ -381,9 +384,6 @@ def run(args, on_step=None, explicit=frozenset()) -> int:
         args.steps = target or saved["target"]
     elif args.steps is None:
         args.steps = default_steps(args.max_minutes)
-    if args.warmup >= args.steps:
-        print(f"warning: --warmup {args.warmup} >= --steps {args.steps}: the learning rate never "
-              f"reaches its peak, and the cosine decay never starts", file=sys.stderr)
 
     minigrad.configure_runtime()
     model = GPT(config, seed=args.seed)
@@ -394,12 +394,23 @@ def run(args, on_step=None, explicit=frozenset()) -> int:
                               optimizer_options(args))
     except UnknownOptionError as e:
         raise cli.UsageError(f"--opt-arg {e}") from None
-    except (ValueError, TypeError) as e:
+    except TypeError as e:
+        if not args.opt_arg:
+            raise cli.UsageError(f"--optimizer {args.optimizer}: {e}") from None
+        # a value of the wrong type (momentum=abc is the string 'abc'): the optimizer's message
+        # ('<=' not supported between 'float' and 'str') names neither the flag nor the item
+        raise cli.UsageError(f"--opt-arg {', '.join(args.opt_arg)}: {args.optimizer} refused a value of the "
+                             f"wrong type ({e}); give name=value with the value as JSON (0.9, true, [1, 2]), "
+                             f"else it is read as a string") from None
+    except ValueError as e:
         raise cli.UsageError(f"--optimizer {args.optimizer}: {e}") from None
 
     # ---- inputs are good: from here on we may write ---------------------------------------------
     cli.check_out_dir(args.out)
     data.save_cache()
+    if args.warmup >= args.steps:                      # after the checks: a refused run says one line
+        print(f"warning: --warmup {args.warmup} >= --steps {args.steps}: the learning rate never "
+              f"reaches its peak, and the cosine decay never starts", file=sys.stderr)
     meta = {"optimizer": args.optimizer, "preset": args.preset, "batch_size": batch_size,
             "tokenizer": data.tokenizer.to_dict(), "data": data_desc, "data_key": data.key,
             "args": vars(args)}

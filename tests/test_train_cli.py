@@ -382,8 +382,15 @@ def test_opt_arg_reaches_the_optimizer_and_a_bad_one_is_one_line(tmp_path, capsy
     o = str(tmp_path / "o")
     for flags, said in ((("--opt-arg", "momentun=0.9"), "--opt-arg momentun: optimizer 'sgd' takes none such"),
                         (("--opt-arg", "momentum=1.5"), "--optimizer sgd: momentum must be in [0, 1), got 1.5"),
-                        (("--opt-arg", "momentum"), "expected KEY=VALUE")):
+                        (("--opt-arg", "momentum"), "--opt-arg 'momentum': expected name=value (e.g. momentum=0.9)"),
+                        # not JSON, so the string 'abc': SGD's '<=' between float and str named neither
+                        # the flag nor the item; --steps 2 < --warmup 3 warned before the refusal too
+                        (("--opt-arg", "momentum=abc", "--steps", "2"),
+                         "--opt-arg momentum=abc: sgd refused a value of the wrong type")):
         assert_refused(train_gpt, _args(corpus, o, "--optimizer", "sgd", *flags), said, capsys, o)
+    # the optimizer's name is taken in any case, also where --resume compares it with the saved one
+    assert train_gpt.main(["--resume", "--out", str(out), "--optimizer", "SGD", "--steps", "3", "--no-progress"]) == 0
+    assert json.load(open(out / "manifest.json"))["step"] == 3
 
 
 def test_layerwise_optimizers_get_the_models_blocks(tmp_path, capsys, corpus):
