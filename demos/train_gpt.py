@@ -2,6 +2,7 @@
 """Train a character-level GPT on the CPU - the demo that ``make demo`` runs.
 
     python demos/train_gpt.py                       # small preset, Shakespeare, <= 10 minutes
+    python demos/train_gpt.py --quick               # a smoke run: tiny preset, 60 steps, into out/quick
     python demos/train_gpt.py --data my.txt --out out/mine --preset tiny --steps 500
     python demos/train_gpt.py --out out --resume    # continue the run saved in out/ (its settings)
     python demos/train_gpt.py --init-from out --data other.txt --out out/ft   # fine-tune its weights
@@ -101,6 +102,10 @@ _END_SECONDS = 25.0   # kept free at the end of --max-minutes: sample, plot, che
 # (--max-minutes 0) a run of FIXED_STEPS.
 BUDGET_STEPS = 1_000_000
 FIXED_STEPS = 3000
+# --quick: a smoke run of about a minute (the flags given explicitly win); its own --out, so that
+# it neither meets a real run's checkpoint in out/ nor leaves one there for the other demos
+QUICK = {"preset": "tiny", "steps": 60, "max_minutes": 0.0, "warmup": 10, "eval_every": 20,
+         "eval_batches": 4, "sample_chars": 100, "out": os.path.join("out", "quick")}
 
 
 def default_lr(optimizer: str, preset: str) -> float:
@@ -164,6 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sample-chars", type=int, default=300, help="length of the final sample")
     p.add_argument("--dropout", type=float, default=0.0)
     p.add_argument("--no-progress", action="store_true", help="no tqdm bar (log lines instead)")
+    p.add_argument("--quick", action="store_true",
+                   help="a smoke run: " + ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in QUICK.items())
+                        + " (flags given explicitly win)")
     p.add_argument("--blas-threads", type=int, default=1,
                    help="OpenBLAS threads when run as a script (0: the library's default; "
                         "an already set OPENBLAS_NUM_THREADS wins)")
@@ -223,7 +231,7 @@ def _validate(args):
     for dest in ("eval_every", "eval_batches"):
         if getattr(args, dest) < 1:
             raise cli.UsageError(f"{_flag(dest)} must be >= 1, got {getattr(args, dest)}")
-    for dest in ("warmup", "sample_chars"):
+    for dest in ("warmup", "sample_chars", "blas_threads"):
         if getattr(args, dest) < 0:
             raise cli.UsageError(f"{_flag(dest)} must be >= 0, got {getattr(args, dest)}")
     for dest in ("steps", "batch_size", "save_every"):
@@ -248,6 +256,8 @@ def _validate(args):
         raise cli.UsageError("--resume continues the run in --out; --init-from starts a new one: give one")
     if args.resume and args.force:
         raise cli.UsageError("--force starts afresh and --resume continues: give one")
+    if args.resume and args.quick:
+        raise cli.UsageError("--quick starts a smoke run and --resume continues the run in --out: give one")
 
 
 def _adopt_saved_flags(args, explicit, ckpt):
@@ -326,6 +336,10 @@ def run(args, on_step=None, explicit=frozenset()) -> int:
     ``on_step(step)`` (tests) is called after every optimizer step."""
     t_start = _T_START if __name__ == "__main__" else time.perf_counter()
     # ---- validate everything before writing anything ----------------------------------------
+    if args.quick and not args.resume:
+        for dest, value in QUICK.items():
+            if dest not in explicit:
+                setattr(args, dest, value)
     _validate(args)
     given = sorted(f for f in ("tokenizer", "vocab_size") if f in explicit)
     if args.init_from and given:      # the weights come with their tokenizer
@@ -344,6 +358,9 @@ def run(args, on_step=None, explicit=frozenset()) -> int:
             args.preset = init.meta["preset"]          # its batch size and lr, unless given
             if "lr" not in explicit:
                 args.lr = default_lr(args.optimizer, args.preset)
+    if "vocab_size" in explicit and args.tokenizer != "bpe":
+        raise cli.UsageError(f"--vocab-size is the size of a BPE vocabulary; the {args.tokenizer} tokenizer "
+                             f"has one entry per character of the text: add --tokenizer bpe or drop it")
     try:
         config, preset_batch = preset(args.preset, dropout=args.dropout)
     except ValueError as e:

@@ -131,8 +131,26 @@ def test_bad_options(tmp_path, capsys, corpus):
                         (("--optimizer", "sgdd"), "unknown optimizer 'sgdd'"),
                         (("--steps", "0"), "--steps"),
                         (("--steps", "many"), "invalid int"),
-                        (("--resume",), "no checkpoint")):
+                        (("--resume",), "no checkpoint"),
+                        (("--resume", "--quick"), "--quick starts a smoke run and --resume continues"),
+                        (("--vocab-size", "300"), "--vocab-size is the size of a BPE vocabulary"),   # ignored
+                        (("--blas-threads", "-2"), "--blas-threads must be >= 0, got -2")):
         assert_refused(train_gpt, _args(corpus, out, *flags), said, capsys, out)
+
+
+def test_quick_is_a_short_run_of_the_tiny_preset_into_its_own_out(tmp_path, monkeypatch, capsys, corpus):
+    """--quick: the tiny preset, QUICK's steps without a time budget, into out/quick (not the
+    out/ of a real run); a flag given explicitly wins."""
+    monkeypatch.chdir(tmp_path)
+    assert train_gpt.main(["--quick", "--data", corpus, "--batch-size", "4", "--eval-batches", "1",
+                           "--no-progress"]) == 0
+    assert "model: tiny 2 layers" in capsys.readouterr().out
+    man = json.load(open(tmp_path / "out" / "quick" / "manifest.json"))
+    assert man["step"] == train_gpt.QUICK["steps"] == 60 and not (tmp_path / "out" / "ckpt.npz").exists()
+    ck = _load(tmp_path / "out" / "quick")
+    assert ck["history/val_step"].tolist() == [0, 20, 40, 60]              # --eval-every 20
+    args = json.loads(str(ck["meta"]))["args"]
+    assert args["max_minutes"] == 0 and args["warmup"] == 10 and args["eval_batches"] == 1   # explicit wins
 
 
 def test_checkpoint_from_another_run(tmp_path, capsys, corpus, full_run):
@@ -464,6 +482,18 @@ def test_a_resumed_fine_tune_needs_not_its_source_and_init_from_takes_the_source
     shutil.rmtree(source)
     assert train_gpt.main(["--resume", "--out", str(out), "--no-progress"]) == 0
     assert json.load(open(out / "manifest.json"))["step"] == 6
+
+
+def test_sample_quick_prints_100_tokens_of_the_model_train_gpt_quick_saves(tmp_path, monkeypatch, capsys, full_run):
+    import shutil
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(full_run, tmp_path / "out" / "quick")          # where train_gpt.py --quick saves
+    sample = load_demo("sample.py")
+    assert sample.main(["--quick"]) == 0
+    assert len(capsys.readouterr().out) == len("\n") + 100 + len("\n")   # the prompt, 100 characters
+    assert sample.main(["--quick", "--tokens", "7", "--prompt", "a"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith("a") and len(printed) == 1 + 7 + 1             # --tokens given wins
 
 
 def test_sample_without_a_prompt_on_a_text_without_newlines(tmp_path):
