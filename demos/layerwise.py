@@ -7,9 +7,10 @@ BAdam, MISA and BCD against AdamW on a GPT (Lecture 7).
     .venv/bin/python demos/layerwise.py --steps 2000  # longer GPT runs
 
 Writes to --out: layerwise_convex.png, layerwise_gpt.png, layerwise_memory.png and
-layerwise_results.md (the tables it prints), all once every part is done. Bad input prints one
-line and exits with code 2, writing nothing; Ctrl-C or SIGTERM stops the GPT runs after the
-current step with one line saying where (exit code 130) and writes no figures or tables.
+layerwise_results.md (the tables it prints), all once every part is done. Bad input (also a
+flag of the part --part leaves out) prints one line and exits with code 2, writing nothing;
+Ctrl-C or SIGTERM stops the GPT runs after the current step with one line saying where (exit
+code 130) and writes no figures or tables.
 
 (a) Convex. f(x) = 1/2 x^T A x - b^T x on n = 8 blocks of 5 coordinates. Each diagonal block
     A_ii has its eigenvalues spread geometrically from 0.5 to a stiffness s_i (six blocks at 1,
@@ -443,7 +444,16 @@ def build_parser():
     return p
 
 
+# the flags only one part reads
+GPT_FLAGS = ("methods", "preset", "n_layer", "steps", "batch_size", "lr", "sgd_lr", "misa_eta", "eval_batches",
+             "max_chars")
+CONVEX_FLAGS = ("epochs", "seeds")
+
+
 def _validate(a):
+    if a.part != "all":
+        cli.refuse_unused(build_parser(), a, GPT_FLAGS if a.part == "convex" else CONVEX_FLAGS,
+                          f"--part {a.part} runs no {'GPT' if a.part == 'convex' else 'convex'} part")
     cli.fill_defaults(a, QUICK, FULL)
     a.methods = [m.strip() for m in a.methods.split(",") if m.strip()]
     bad = [m for m in a.methods if m not in LABELS]

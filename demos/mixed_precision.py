@@ -29,9 +29,9 @@ loss scaling, master weights), so a run is slower than fp32, not faster.
     python demos/mixed_precision.py --recipes fp32,fp16_master_dynamic,bf16
     python demos/mixed_precision.py --out docs           # redraw docs/mixed_precision.png
 
-Bad input prints one line and exits with code 2, writing nothing (not even the token cache);
-Ctrl-C or SIGTERM stops the recipe's run after the current step with one line saying where
-(exit code 130) and writes no table, JSON or figure.
+Bad input (also --preset with --model mlp) prints one line and exits with code 2, writing nothing
+(not even the token cache); Ctrl-C or SIGTERM stops the recipe's run after the current step with
+one line saying where (exit code 130) and writes no table, JSON or figure.
 """
 from __future__ import annotations
 
@@ -73,8 +73,8 @@ RECIPES = {
 DEFAULT = ["fp32", "fp16_nomaster", "fp16_master", "fp16_master_dynamic", "bf16", "fp8", "nvfp4"]
 STOCHASTIC = {"bf16_nomaster_sr"}
 # step count and corpus slice with and without --quick (flags given explicitly win)
-QUICK = {"steps": 20, "max_chars": 200_000}
-FULL = {"steps": 120}
+QUICK = {"steps": 20, "max_chars": 200_000, "preset": "tiny"}
+FULL = {"steps": 120, "preset": "tiny"}
 
 
 class CharMLP(nn.Module):
@@ -252,7 +252,7 @@ def build_parser():
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--min-lr-ratio", type=float, default=0.1, help="cosine schedule floor (x lr)")
     ap.add_argument("--batch-size", type=int, default=None)
-    ap.add_argument("--preset", default="tiny", choices=list(PRESETS))
+    ap.add_argument("--preset", default=None, choices=list(PRESETS), help="GPT size (default tiny)")
     ap.add_argument("--model", choices=["gpt", "mlp"], default="gpt")
     ap.add_argument("--recipes", default=",".join(DEFAULT),
                     help=f"comma-separated subset of {', '.join(RECIPES)} (default: the first 7)")
@@ -265,6 +265,8 @@ def build_parser():
 
 
 def _validate(args):
+    if args.model == "mlp":
+        cli.refuse_unused(build_parser(), args, ("preset",), "--model mlp trains no GPT")
     cli.fill_defaults(args, QUICK, FULL)
     args.recipes = [r.strip() for r in args.recipes.split(",") if r.strip()]
     bad = [r for r in args.recipes if r not in RECIPES]

@@ -28,9 +28,9 @@ tables it prints) and subspace_results.json (the curves), all once both parts ar
     python demos/subspace.py --part a      # the counterexample only (seconds)
     python demos/subspace.py --out docs    # redraw the figures of docs/subspace.md
 
-Bad input prints one line and exits with code 2, writing nothing; Ctrl-C or SIGTERM stops a GPT
-run after the current step with one line saying where (exit code 130) and writes no figures or
-results.
+Bad input (also a flag of the part --part leaves out) prints one line and exits with code 2,
+writing nothing; Ctrl-C or SIGTERM stops a GPT run after the current step with one line saying
+where (exit code 130) and writes no figures or results.
 """
 from __future__ import annotations
 
@@ -227,7 +227,16 @@ def build_parser():
     return ap
 
 
+# the flags only one part reads
+GPT_FLAGS = ("steps", "preset", "methods", "rank", "lr", "weight_decay", "eval_every", "eval_batches",
+             "batch_size", "max_chars")
+CE_FLAGS = ("ce_steps",)
+
+
 def _validate(args):
+    if args.part != "both":
+        cli.refuse_unused(build_parser(), args, GPT_FLAGS if args.part == "a" else CE_FLAGS,
+                          f"--part {args.part} runs no {'GPT comparison' if args.part == 'a' else 'counterexample'}")
     cli.fill_defaults(args, QUICK, DEFAULTS)
     args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     bad = [m for m in args.methods if m not in GPT_METHODS]

@@ -28,9 +28,10 @@ The numbers go to ``--out/results_<preset>.json``, the tables to ``--out/results
 
 Counting: a MeZO/LoZO step is 2 forward passes; an AdamW step is 1 forward + 1 backward (the
 backward costs about 2 forwards, which the wall-time panel shows). Bad input prints one line
-and exits with code 2, writing nothing (not even the token cache). Ctrl-C or SIGTERM stops the
-demo after the current step with one line saying where (exit code 130): no results are written
-and a part-trained pretraining is not cached.
+and exits with code 2, writing nothing (not even the token cache); so does a flag the run would
+ignore (the fine-tuning flags with --skip-train, the pretraining ones with --ckpt). Ctrl-C or
+SIGTERM stops the demo after the current step with one line saying where (exit code 130): no
+results are written and a part-trained pretraining is not cached.
 """
 from __future__ import annotations
 
@@ -303,6 +304,11 @@ def build_parser():
 
 
 def _validate(a):
+    if a.skip_train:
+        cli.refuse_unused(build_parser(), a, ("adamw_steps", "zo_steps", "n_evals", "eval_batches"),
+                          "--skip-train runs no fine-tuning")
+    if a.ckpt is not None:
+        cli.refuse_unused(build_parser(), a, ("pretrain_steps", "pretrain_lr"), "--ckpt gives the pretrained model")
     cli.fill_defaults(a, QUICK, FULL)
     for name in ("pretrain_steps", "adamw_steps", "zo_steps", "rank", "nu", "n_evals", "eval_batches"):
         if getattr(a, name) < 1:

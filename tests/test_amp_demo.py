@@ -38,6 +38,7 @@ def test_demo_runs_on_the_gpt_and_writes_into_out(tmp_path, monkeypatch, capsys)
     (["--steps", "0"], "--steps must be >= 1, got 0"),
     (["--preset", "huge"], "invalid choice: 'huge'"),
     (["--lr", "-1"], "--lr must be a positive number"),
+    (["--model", "mlp", "--preset", "small"], "--preset: --model mlp trains no GPT, so it would be ignored"),
 ])
 def test_bad_arguments_are_one_line_and_exit_2(tmp_path, monkeypatch, capsys, argv, says):
     monkeypatch.chdir(tmp_path)

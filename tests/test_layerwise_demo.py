@@ -91,6 +91,10 @@ def test_importance_sampling_speedup_is_near_n_lmax_over_sum_l(quick_run):
     (["--sgd-lr", "-1"], "--sgd-lr must be a positive number"),
     (["--misa-eta", "inf"], "--misa-eta must be a finite number >= 0"),
     (["--quick", "--n-layer", "1", "--methods", "lisa2"], "LISA: layers=2 must be an integer from 1"),
+    # flags the part asked for does not read: refused, not ignored
+    (["--part", "convex", "--steps", "10"], "--steps: --part convex runs no GPT part, so it would be ignored"),
+    (["--part", "gpt", "--epochs", "20", "--seeds", "3"],
+     "--epochs, --seeds: --part gpt runs no convex part, so they would be ignored; drop them"),
 ])
 def test_bad_arguments_are_one_line_and_exit_2(tmp_path, monkeypatch, capsys, argv, says):
     monkeypatch.chdir(tmp_path)

@@ -67,6 +67,9 @@ def test_galore_and_golore_hold_at_most_half_of_adamws_state_on_gpt_tiny(tmp_pat
      "--rank 65 is larger than the smallest side of the GPT's matrices, n_embd = 64"),
     (["--lr", "nan"], "--lr must be a positive number"),
     (["--part", "c"], "invalid choice: 'c'"),
+    (["--part", "a", "--steps", "10", "--preset", "tiny"],
+     "--steps, --preset: --part a runs no GPT comparison, so they would be ignored"),
+    (["--part", "b", "--ce-steps", "100"], "--ce-steps: --part b runs no counterexample, so it would be ignored"),
 ])
 def test_bad_arguments_are_one_line_and_exit_2(tmp_path, monkeypatch, capsys, argv, says):
     monkeypatch.chdir(tmp_path)

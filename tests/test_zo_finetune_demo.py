@@ -76,6 +76,9 @@ def test_ctrl_c_stops_the_demo_with_130_caching_no_part_trained_model(tmp_path, 
     (["--mezo-lr", "nan"], "--mezo-lr must be a positive number"),
     (["--docs", "x"], "unrecognized arguments: --docs x"),
     (["--ckpt", "missing"], "no checkpoint at missing"),
+    (["--skip-train", "--zo-steps", "5"], "--zo-steps: --skip-train runs no fine-tuning, so it would be ignored"),
+    (["--ckpt", "out", "--pretrain-steps", "5"],
+     "--pretrain-steps: --ckpt gives the pretrained model, so it would be ignored"),
 ])
 def test_bad_arguments_are_one_line_and_exit_2(tmp_path, monkeypatch, capsys, argv, says):
     monkeypatch.chdir(tmp_path)
