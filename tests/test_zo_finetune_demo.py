@@ -42,7 +42,9 @@ def test_quick_run_writes_into_out_and_reuses_the_pretrained_gpt(tmp_path, monke
     capsys.readouterr()
 
     # the pretraining was cached as a checkpoint and is loaded instead of repeated
-    assert demo.main(SMALL + ["--out", "tmp2", "--cache-dir", "cache", "--skip-train"]) == 0
+    pretrain_only = ["--quick", "--pretrain-steps", "4", "--batch-size", "4", "--max-chars", "200000",
+                     "--no-progress"]               # --skip-train refuses the fine-tuning flags
+    assert demo.main(pretrain_only + ["--out", "tmp2", "--cache-dir", "cache", "--skip-train"]) == 0
     assert "pretrained GPT from cache" in capsys.readouterr().out
     assert files_below(tmp_path / "tmp2") == ["results_tiny.json", "results_tiny.md", "zo_finetune_memory.png"]
 
