@@ -26,7 +26,8 @@ magnitude per output row (see minigrad/lora.py). This demo
     .venv/bin/python demos/finetune_lora.py --data my.txt --ranks 2,8 --dora-rank 0
 
 Every run sees the same batches and evaluates on the same fixed batches. Bad input prints one
-line and exits with code 2, before anything is written; Ctrl-C or SIGTERM stops the demo after
+line and exits with code 2, before anything is written (also --pretrain-steps or --pretrain-lr
+with --init-from, which they would not affect); Ctrl-C or SIGTERM stops the demo after
 the current step with one line saying where (exit code 130), without results. docs/lora.md has
 the measured numbers.
 """
@@ -293,6 +294,9 @@ def _validate(a):
     if a.init_from is not None and a.preset is not None:
         raise cli.UsageError("--preset sets the size of a model pretrained here; with --init-from the model is "
                              "the checkpoint's: give one of them")
+    if a.init_from is not None:
+        cli.refuse_unused(build_parser(), a, ("pretrain_steps", "pretrain_lr"),
+                          "--init-from gives the pretrained model")
     cli.fill_defaults(a, QUICK, FULL)
     for name in ("pretrain_steps", "steps", "n_evals", "eval_batches"):
         if getattr(a, name) < 1:
