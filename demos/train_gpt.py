@@ -13,12 +13,14 @@ builds the data, the GPT and the optimizer, and hands them to ``Trainer``. Write
 ``ckpt.npz`` + ``manifest.json`` (``models.training.checkpoint``), ``loss.png``, ``samples.txt``;
 token ids are cached in ``--out/cache``. A checkpoint is written every ``--save-every`` steps
 (default: at every evaluation); Ctrl-C or SIGTERM finishes the step, saves the checkpoint and
-``loss.png`` (no sample) and exits with code 130 after one line on stderr saying where it stopped. ``--resume --out DIR`` alone continues a run with the settings saved in it (a flag that
+``loss.png`` (no sample) and exits with code 130 after one line on stderr saying where it
+stopped. ``--resume --out DIR`` alone continues a run with the settings saved in it (a flag that
 contradicts them is refused; ``--steps N`` extends the run to N steps), and the losses then equal
 those of an uninterrupted run bit for bit. A run given no ``--steps`` takes its length from its
 time budget, so ``--resume --max-minutes 0`` of it is refused unless ``--steps N`` says how far
-to go (``--max-minutes M`` gives it M more minutes). A fresh run refuses an ``--out`` that already holds a
-checkpoint unless ``--force`` is given.
+to go (``--max-minutes M`` gives it M more minutes). A fresh run refuses an ``--out`` that
+already holds a checkpoint unless ``--force`` is given. ``--quick`` is a smoke run of about a
+minute (``QUICK``: the tiny preset, 60 steps, no time budget) into ``out/quick``.
 
 The recipe is nanoGPT's (``train.py``) with Muon in place of AdamW: Muon (Jordan et al. 2024)
 on the hidden matrices and AdamW on the embeddings, head, norms and biases (weight decay only on
@@ -336,7 +338,7 @@ def run(args, on_step=None, explicit=frozenset()) -> int:
     ``on_step(step)`` (tests) is called after every optimizer step."""
     t_start = _T_START if __name__ == "__main__" else time.perf_counter()
     # ---- validate everything before writing anything ----------------------------------------
-    if args.quick and not args.resume:
+    if args.quick:                                     # (_validate refuses it with --resume)
         for dest, value in QUICK.items():
             if dest not in explicit:
                 setattr(args, dest, value)
@@ -457,8 +459,9 @@ def run(args, on_step=None, explicit=frozenset()) -> int:
     plot = plot_history(trainer.history, args.out,
                         f"GPT {args.preset} on {os.path.basename(str(args.data or 'Shakespeare'))}")
     if result.interrupted:                             # kept: the checkpoint and loss.png; no sample
-        raise cli.Interrupted(f"interrupted at step {trainer.step} of {trainer.horizon}: checkpoint saved "
-                              f"to {path}, no sample written; continue with --resume --out {args.out}")
+        of = f" of {trainer.horizon}" if trainer.horizon < BUDGET_STEPS else ""   # not an unfitted bound
+        raise cli.Interrupted(f"interrupted at step {trainer.step}{of}: checkpoint saved to {path}, no "
+                              f"sample written; continue with --resume --out {args.out}")
     try:
         sample = sample_text(model, data.tokenizer, args.sample_chars, seed=args.seed)
     except TokenizerError:                             # a corpus without newlines: start from token 0
