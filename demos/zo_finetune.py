@@ -171,9 +171,9 @@ def finetune(method, base, ft, eval_batches, batch_size, a):
                       seed=a.seed + 1, on_step=log.on_step, on_eval=log.on_eval,
                       progress=not a.no_progress)
     print(f"[zo_finetune] fine-tuning with {LABELS[method]}: {steps} steps")
-    if trainer.fit().interrupted:     # the memory figure is written; the results are not
-        raise cli.Interrupted(f"{LABELS[method]} interrupted at step {trainer.step} of {steps}; "
-                              f"results_{a.preset}.json and .md not written to {a.out}")
+    if trainer.fit().interrupted:
+        raise cli.Interrupted(f"{LABELS[method]} interrupted at step {trainer.step} of {steps}; no figures "
+                              f"and no results_{a.preset}.json or .md written to {a.out}")
     log.hist["sec_per_step"] = log.train_seconds / steps
     return log.hist
 
@@ -370,8 +370,6 @@ def run(a) -> dict:
                        "rss mezo/adamw": mem["mezo"]["rss_peak"] / mem["adamw"]["rss_peak"]})
     results["ratios"] = ratios
     print_memory(mem, ratios)
-    plot_memory(mem, os.path.join(a.out, "zo_finetune_memory.png"),
-                f"GPT '{a.preset}' ({n_params / 1e6:.2f}M params), batch {batch_size}×{cfg.block_size}")
 
     if not a.skip_train:
         hists = {}
@@ -384,6 +382,9 @@ def run(a) -> dict:
         plot_loss(hists, os.path.join(a.out, "zo_finetune_loss.png"),
                   f"Fine-tuning a pretrained '{a.preset}' GPT on held-out text "
                   f"(MeZO lr {a.mezo_lr:g}, LoZO lr {a.lozo_lr:g} r={a.rank} ν={a.nu}, ε={a.eps:g})")
+    # drawn after the runs: a run stopped by Ctrl-C leaves no new figure beside an older run's results
+    plot_memory(mem, os.path.join(a.out, "zo_finetune_memory.png"),
+                f"GPT '{a.preset}' ({n_params / 1e6:.2f}M params), batch {batch_size}×{cfg.block_size}")
     path = os.path.join(a.out, f"results_{a.preset}.json")
     with open(path, "w", encoding="utf-8") as fh:
         json.dump(results, fh, indent=1)
