@@ -472,12 +472,12 @@ def run(args) -> list:
             print(f"[{i}/{len(plan)}] {name} lr {lr:g}: done before ({_loss(r)}), skipped", flush=True)
         else:
             r = run_one(name, lr, cfg, data, batch_size, val, args)
-            if r is None:
+            if r is None:                     # the finished runs are saved; this one is not
                 if results:
                     write()
-                print(f"[{i}/{len(plan)}] {name} lr {lr:g}: interrupted, not recorded; run the same "
-                      f"command again to resume from here", flush=True)
-                return 130
+                kept = f"results.md and the plots hold the {len(results)} finished" if results else "no"
+                raise cli.Interrupted(f"interrupted in run {i}/{len(plan)} ({name} lr {lr:g}), not recorded; "
+                                      f"{kept} run(s); run the same command again to resume from here")
             with open(path, "w", encoding="utf-8") as f:
                 json.dump({"settings": want, "result": r}, f, indent=1)
             end = f"diverged ({r['diverged']})" if r["diverged"] else f"val loss {r['final_val_loss']:.4f}"
@@ -486,7 +486,11 @@ def run(args) -> list:
         results.append(r)
         if not skipped_now:
             write()                           # an interrupted sweep leaves its table and plots
-    speed = _speed(results, cfg, data, batch_size, args)
+    try:
+        speed = _speed(results, cfg, data, batch_size, args)
+    except KeyboardInterrupt:                 # no Trainer here to catch Ctrl-C: a traceback otherwise
+        raise cli.Interrupted(f"interrupted in the speed pass; speed.json not written, results.md and the "
+                              f"plots hold all {len(results)} runs without it") from None
     write(speed)
     print("\n" + tables(results, head, speed))
     print(f"{len(plan) - skipped} runs trained, {skipped} skipped (done before); wrote results.md, "

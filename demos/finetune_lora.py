@@ -26,8 +26,10 @@ magnitude per output row (see minigrad/lora.py). This demo
     .venv/bin/python demos/finetune_lora.py --data my.txt --ranks 2,8 --dora-rank 0
 
 Every run sees the same batches and evaluates on the same fixed batches. Bad input prints one
-line and exits with code 2, before anything is written; Ctrl-C or SIGTERM stops the demo (exit
-130) without results. docs/lora.md has the measured numbers.
+line and exits with code 2, before anything is written (also --pretrain-steps or --pretrain-lr
+with --init-from, which they would not affect); Ctrl-C or SIGTERM stops the demo after
+the current step with one line saying where (exit code 130), without results. docs/lora.md has
+the measured numbers.
 """
 from __future__ import annotations
 
@@ -104,7 +106,8 @@ def known_chars_only(text, tokenizer, what):
 # ----------------------------------------------------------------------------- the base model
 def pretrain(cfg, batch_size, data, a):
     """AdamW on the old text's training split (warmup + cosine), cached as a checkpoint in
-    ``--cache-dir`` keyed by the model, the data and the settings; None when interrupted."""
+    ``--cache-dir`` keyed by the model, the data and the settings. Raises cli.Interrupted when
+    Ctrl-C / SIGTERM stopped it."""
     settings = {"steps": a.pretrain_steps, "lr": a.pretrain_lr, "batch_size": batch_size, "seed": a.seed}
     cache = None
     if a.cache_dir:
@@ -121,8 +124,9 @@ def pretrain(cfg, batch_size, data, a):
                       schedule_kwargs={"warmup_steps": min(50, a.pretrain_steps // 5), "min_ratio": 0.1},
                       seed=a.seed, progress=not a.no_progress)
     print(f"[finetune_lora] pretraining: {a.pretrain_steps} AdamW steps on the old text")
-    if trainer.fit().interrupted:
-        return None                      # not cached: a later run pretrains in full
+    if trainer.fit().interrupted:        # not cached: a later run pretrains in full
+        raise cli.Interrupted(f"pretraining interrupted at step {trainer.step} of {a.pretrain_steps}; "
+                              f"nothing cached, no results written to {a.out}")
     if cache is not None:
         trainer.save(cache, meta={"data_key": data.key, "pretrain": settings,
                                   "tokenizer": data.tokenizer.to_dict()})
@@ -166,9 +170,9 @@ class StepClock:
         self._mark = (time.perf_counter(), time.process_time())
 
 
-def finetune(kind, rank, base, data, eval_new, eval_old, batch_size, a):
-    """One fine-tuning run on a copy of ``base``; returns its measurements (None when Ctrl-C or
-    SIGTERM stopped it)."""
+def finetune(label, kind, rank, base, data, eval_new, eval_old, batch_size, a):
+    """One fine-tuning run on a copy of ``base``; returns its measurements. Raises
+    cli.Interrupted when Ctrl-C or SIGTERM stopped it."""
     model = clone(base)
     if kind != "full":
         lora.apply_lora(model, a.targets, r=rank, alpha=a.alpha, dropout=a.lora_dropout, dora=kind == "dora",
@@ -185,7 +189,8 @@ def finetune(kind, rank, base, data, eval_new, eval_old, batch_size, a):
                       eval_every=max(1, a.steps // a.n_evals), seed=a.seed + 1,
                       on_step=clock.on_step, on_eval=clock.on_eval, progress=not a.no_progress)
     if trainer.fit().interrupted:
-        return None
+        raise cli.Interrupted(f"{label}: interrupted at step {trainer.step} of {a.steps}; "
+                              f"no results written to {a.out}")
     out = {"kind": kind, "rank": rank, "lr": lr, "trainable": int(trainable),
            "state_bytes": int(trainer.peak_state_bytes), "state_formula": 2 * 4 * int(trainable),
            "seconds": clock.seconds, "sec_per_step": clock.seconds / a.steps,
@@ -289,6 +294,9 @@ def _validate(a):
     if a.init_from is not None and a.preset is not None:
         raise cli.UsageError("--preset sets the size of a model pretrained here; with --init-from the model is "
                              "the checkpoint's: give one of them")
+    if a.init_from is not None:
+        cli.refuse_unused(build_parser(), a, ("pretrain_steps", "pretrain_lr"),
+                          "--init-from gives the pretrained model")
     cli.fill_defaults(a, QUICK, FULL)
     for name in ("pretrain_steps", "steps", "n_evals", "eval_batches"):
         if getattr(a, name) < 1:
@@ -312,8 +320,8 @@ def _validate(a):
 
 
 def run(a):
-    """The demo as the parsed arguments ``a`` say; returns the results (also written as JSON), or
-    130 when interrupted."""
+    """The demo as the parsed arguments ``a`` say; returns the results (also written as JSON).
+    Ctrl-C / SIGTERM raises cli.Interrupted: no results written."""
     _validate(a)
     new_text, new_desc = finetune_text(a.data, a.max_chars)
     cache_dir = a.cache_dir or None
@@ -355,9 +363,6 @@ def run(a):
     minigrad.configure_runtime()
     if base is None:
         base = pretrain(cfg, batch_size, old, a)
-        if base is None:
-            print("[finetune_lora] pretraining interrupted; no results written")
-            return 130
     eval_new = new.fixed_batches("val", a.eval_batches, batch_size, seed=a.seed + 7)
     eval_old = old.fixed_batches("val", a.eval_batches, batch_size, seed=a.seed + 7)
     base_loss, base_old = evaluate(base, lm_loss, eval_new), evaluate(base, lm_loss, eval_old)
@@ -367,10 +372,7 @@ def run(a):
     runs = {}
     for label, kind, rank in methods(a):
         print(f"[finetune_lora] {label}: {a.steps} steps")
-        runs[label] = finetune(kind, rank, base, new, eval_new, eval_old, batch_size, a)
-        if runs[label] is None:
-            print(f"[finetune_lora] {label}: interrupted; no results written")
-            return 130
+        runs[label] = finetune(label, kind, rank, base, new, eval_new, eval_old, batch_size, a)
     report = table(runs, base_loss, base_old)
     print("\n" + report)
     title = (f"Fine-tuning a GPT '{name}' pretrained on {old_desc.split(' (')[0]} on {new_desc.split(' (')[0]}: "

@@ -7,8 +7,10 @@ BAdam, MISA and BCD against AdamW on a GPT (Lecture 7).
     .venv/bin/python demos/layerwise.py --steps 2000  # longer GPT runs
 
 Writes to --out: layerwise_convex.png, layerwise_gpt.png, layerwise_memory.png and
-layerwise_results.md (the tables it prints). Bad input prints one line and exits with code 2,
-writing nothing.
+layerwise_results.md (the tables it prints), all once every part is done. Bad input (also a
+flag of the part --part leaves out) prints one line and exits with code 2, writing nothing;
+Ctrl-C or SIGTERM stops the GPT runs after the current step with one line saying where (exit
+code 130) and writes no figures or tables.
 
 (a) Convex. f(x) = 1/2 x^T A x - b^T x on n = 8 blocks of 5 coordinates. Each diagonal block
     A_ii has its eigenvalues spread geometrically from 0.5 to a stiffness s_i (six blocks at 1,
@@ -325,7 +327,9 @@ def train(method, cfg, data, eval_batches, batch_size, a) -> dict:
                       grad_hooks=[clip_grad_norm(1.0)], eval_batches=eval_batches,
                       eval_every=max(1, a.steps // 10), seed=a.seed + 1, on_step=log.on_step,
                       on_eval=log.on_eval, progress=not a.no_progress)
-    trainer.fit()
+    if trainer.fit().interrupted:
+        raise cli.Interrupted(f"interrupted in {LABELS[method]} at step {trainer.step} of {a.steps}; "
+                              f"no figures and no layerwise_results.md written to {a.out}")
     return {"label": LABELS[method], "call": call, "val": log.val, "final_val": log.val["loss"][-1],
             "peak_state_bytes": trainer.peak_state_bytes, "state_bytes": trainer.history["state_bytes"],
             "updated_per_step": float(np.mean(log.changed)), "n_params": model.num_parameters(),
@@ -440,7 +444,16 @@ def build_parser():
     return p
 
 
+# the flags only one part reads
+GPT_FLAGS = ("methods", "preset", "n_layer", "steps", "batch_size", "lr", "sgd_lr", "misa_eta", "eval_batches",
+             "max_chars")
+CONVEX_FLAGS = ("epochs", "seeds")
+
+
 def _validate(a):
+    if a.part != "all":
+        cli.refuse_unused(build_parser(), a, GPT_FLAGS if a.part == "convex" else CONVEX_FLAGS,
+                          f"--part {a.part} runs no {'GPT' if a.part == 'convex' else 'convex'} part")
     cli.fill_defaults(a, QUICK, FULL)
     a.methods = [m.strip() for m in a.methods.split(",") if m.strip()]
     bad = [m for m in a.methods if m not in LABELS]
@@ -471,7 +484,8 @@ def run(a) -> dict:
         text, desc = load_text(notice=True, max_chars=a.max_chars)
         cfg, batch_size = preset(a.preset, **({"n_layer": a.n_layer} if a.n_layer else {}))
         batch_size = a.batch_size or batch_size
-        data = TextData(text, block_size=cfg.block_size, cache_dir=a.cache_dir or None, description=desc)
+        data = TextData(text, block_size=cfg.block_size, cache_dir=a.cache_dir or None, description=desc,
+                        write_cache=False)     # written below, once every input is good
         cfg.vocab_size = data.vocab_size
         probe = GPT(cfg, seed=a.seed)
         for m in a.methods:                 # an option a method refuses fails here, not mid-run
@@ -484,9 +498,9 @@ def run(a) -> dict:
         res = convex_part(a)
         results["convex"] = res
         tables.append("## (a) Block coordinate descent on a quadratic\n\n" + convex_table(res, a))
-        plot_convex(res, a, os.path.join(a.out, "layerwise_convex.png"))
         print("\n" + tables[-1])
     if gpt:
+        data.save_cache()
         eval_batches = data.fixed_batches("val", a.eval_batches, batch_size)
         n_params = GPT(cfg, seed=a.seed).num_parameters()
         title = (f"GPT '{a.preset}'{f' with {cfg.n_layer} layers' if a.n_layer else ''} "
@@ -504,11 +518,15 @@ def run(a) -> dict:
         check = memory_check(runs)
         tables.append("## (b) Layer-wise training of a GPT\n\n" + gpt_table(runs, title)
                       + "".join(f"\n{line}\n" for line in check))
+        print("\n" + tables[-1])
+    # the files last: a run stopped by Ctrl-C in (b) leaves no figure of (a) beside old ones of (b)
+    if "convex" in results:
+        plot_convex(results["convex"], a, os.path.join(a.out, "layerwise_convex.png"))
+    if gpt:
         plot_gpt(runs, title, os.path.join(a.out, "layerwise_gpt.png"))
         plot_memory(runs, f"GPT '{a.preset}'{f' with {cfg.n_layer} layers' if a.n_layer else ''}: "
                           f"peak optimizer state per method",
                     os.path.join(a.out, "layerwise_memory.png"))
-        print("\n" + tables[-1])
     path = os.path.join(a.out, "layerwise_results.md")
     with open(path, "w", encoding="utf-8") as f:
         f.write("\n".join(tables))

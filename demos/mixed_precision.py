@@ -29,7 +29,9 @@ loss scaling, master weights), so a run is slower than fp32, not faster.
     python demos/mixed_precision.py --recipes fp32,fp16_master_dynamic,bf16
     python demos/mixed_precision.py --out docs           # redraw docs/mixed_precision.png
 
-Bad input prints one line and exits with code 2.
+Bad input (also --preset with --model mlp) prints one line and exits with code 2, writing nothing
+(not even the token cache); Ctrl-C or SIGTERM stops the recipe's run after the current step with
+one line saying where (exit code 130) and writes no table, JSON or figure.
 """
 from __future__ import annotations
 
@@ -71,8 +73,8 @@ RECIPES = {
 DEFAULT = ["fp32", "fp16_nomaster", "fp16_master", "fp16_master_dynamic", "bf16", "fp8", "nvfp4"]
 STOCHASTIC = {"bf16_nomaster_sr"}
 # step count and corpus slice with and without --quick (flags given explicitly win)
-QUICK = {"steps": 20, "max_chars": 200_000}
-FULL = {"steps": 120}
+QUICK = {"steps": 20, "max_chars": 200_000, "preset": "tiny"}
+FULL = {"steps": 120, "preset": "tiny"}
 
 
 class CharMLP(nn.Module):
@@ -151,7 +153,9 @@ def train(recipe, make_model, data, args, batch_size, block):
                       autocast=policy, seed=args.seed + 1, on_step=on_step, progress=not args.no_progress)
     t0 = time.perf_counter()
     stats.reset()
-    trainer.fit()
+    if trainer.fit().interrupted:
+        raise cli.Interrupted(f"interrupted in recipe {recipe} at step {trainer.step} of {args.steps}; "
+                              f"no table, JSON or figure written to {args.out}")
     val = evaluate(model, lm_loss, data.fixed_batches("val", 4, batch_size, seed=123, block_size=block),
                    autocast=policy)
     return dict(label=label, losses=np.array(trainer.history["train_loss"]), val=val,
@@ -248,7 +252,7 @@ def build_parser():
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--min-lr-ratio", type=float, default=0.1, help="cosine schedule floor (x lr)")
     ap.add_argument("--batch-size", type=int, default=None)
-    ap.add_argument("--preset", default="tiny", choices=list(PRESETS))
+    ap.add_argument("--preset", default=None, choices=list(PRESETS), help="GPT size (default tiny)")
     ap.add_argument("--model", choices=["gpt", "mlp"], default="gpt")
     ap.add_argument("--recipes", default=",".join(DEFAULT),
                     help=f"comma-separated subset of {', '.join(RECIPES)} (default: the first 7)")
@@ -261,6 +265,8 @@ def build_parser():
 
 
 def _validate(args):
+    if args.model == "mlp":
+        cli.refuse_unused(build_parser(), args, ("preset",), "--model mlp trains no GPT")
     cli.fill_defaults(args, QUICK, FULL)
     args.recipes = [r.strip() for r in args.recipes.split(",") if r.strip()]
     bad = [r for r in args.recipes if r not in RECIPES]
@@ -280,12 +286,14 @@ def run(args) -> dict:
     """The demo as the parsed arguments say; returns the runs by recipe."""
     _validate(args)
     text, desc = load_text(notice=False, max_chars=args.max_chars)
-    data = TextData(text, block_size=64, cache_dir=args.cache_dir or None, description=desc)
+    data = TextData(text, block_size=64, cache_dir=args.cache_dir or None, description=desc,
+                    write_cache=False)     # written below, once every input is good
     make_model, block, bs = build(args, data.vocab_size)
     batch_size = args.batch_size or bs
     title = f"GPT '{args.preset}'" if args.model == "gpt" else "char-MLP"
     print(f"{title} on {desc}: {args.steps} steps x batch {batch_size} x T={block}")
     cli.check_out_dir(args.out)          # the inputs are good: from here on we may write
+    data.save_cache()
 
     hist_batch = data.get_batch("train", batch_size, np.random.default_rng(args.seed + 1), block)
     par, act = gradient_histogram(make_model(), hist_batch)

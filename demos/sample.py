@@ -2,6 +2,7 @@
 """Print text from a saved model.
 
     python demos/sample.py --out out --prompt "ROMEO:" --tokens 500 --temperature 0.8 --top-k 40 --seed 0
+    python demos/sample.py --quick      # 100 tokens from out/quick, the model of train_gpt.py --quick
 
 Reads the checkpoint that ``demos/train_gpt.py`` wrote to ``--out`` (``ckpt.npz`` and its
 ``manifest.json``, or give the ``.npz`` itself), rebuilds the model and its tokenizer from it,
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 
 from models import cli
@@ -20,22 +22,33 @@ from models.textgen import sample_text
 from models.tokenizer import TokenizerError
 from models.training import CheckpointError, load_checkpoint
 
+# --quick reads the smoke run of `train_gpt.py --quick` and prints less (flags given explicitly win)
+QUICK = {"out": os.path.join("out", "quick"), "tokens": 100}
+FULL = {"out": "out", "tokens": 500}
+
 
 def build_parser():
     p = cli.ArgumentParser(prog="sample.py",
                            description="Print text sampled from a checkpoint of demos/train_gpt.py.",
                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--out", default="out", help="the training run's output directory (or its ckpt.npz)")
+    p.add_argument("--out", default=None,
+                   help=f"the training run's output directory (or its ckpt.npz); None means {FULL['out']} "
+                        f"({QUICK['out']} with --quick)")
     p.add_argument("--prompt", default=None, help="text to continue (default: a newline, or nothing if the model has none)")
-    p.add_argument("--tokens", type=int, default=500, help="tokens to generate")
+    p.add_argument("--tokens", type=int, default=None,
+                   help=f"tokens to generate; None means {FULL['tokens']} ({QUICK['tokens']} with --quick)")
     p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
     p.add_argument("--top-k", type=int, default=None, help="sample only among the k likeliest tokens")
     p.add_argument("--seed", type=cli.seed, default=0)
+    p.add_argument("--quick", action="store_true",
+                   help=f"a smoke check: {QUICK['tokens']} tokens from {QUICK['out']}, where "
+                        f"`train_gpt.py --quick` saves")
     return p
 
 
 def run(args) -> None:
     """Print the prompt and the text sampled after it, as the parsed arguments say."""
+    cli.fill_defaults(args, QUICK, FULL)
     if args.tokens < 1:
         raise cli.UsageError(f"--tokens must be >= 1, got {args.tokens}")
     if not (args.temperature >= 0 and math.isfinite(args.temperature)):

@@ -21,14 +21,16 @@ GaLore, GoLore, Flora and RSO beside AdamW (Lecture 8).
     AdamW's.
 
 Writes into --out: subspace_counterexample.png, subspace_gpt.png, subspace_results.md (the
-tables it prints) and subspace_results.json (the curves).
+tables it prints) and subspace_results.json (the curves), all once both parts are done.
 
     python demos/subspace.py               # (a) 20k steps + (b) GPT small, 400 steps a method: ~11 min on 2 cores
     python demos/subspace.py --quick       # (a) 5k steps + (b) GPT tiny, 30 steps, a slice of the corpus
     python demos/subspace.py --part a      # the counterexample only (seconds)
     python demos/subspace.py --out docs    # redraw the figures of docs/subspace.md
 
-Bad input prints one line and exits with code 2.
+Bad input (also a flag of the part --part leaves out) prints one line and exits with code 2,
+writing nothing; Ctrl-C or SIGTERM stops a GPT run after the current step with one line saying
+where (exit code 130) and writes no figures or results.
 """
 from __future__ import annotations
 
@@ -152,6 +154,9 @@ def train_gpt(method, cfg, data, batch_size, val, args) -> dict:
                       on_eval=lambda tr, v: wall.append(time.perf_counter() - t0),
                       progress=not args.no_progress, log_every=max(1, args.steps // 4))
     fit = trainer.fit()
+    if fit.interrupted:
+        raise cli.Interrupted(f"interrupted in {LABELS[method]} at step {fit.step} of {args.steps}; no "
+                              f"figures, subspace_results.md or .json written to {args.out}")
     h = trainer.history
     return dict(label=LABELS[method], lr=opts["lr"], val_step=list(h["val_step"]),
                 val_loss=list(h["val_loss"]), wall=wall, train_loss=list(h["train_loss"]),
@@ -222,7 +227,16 @@ def build_parser():
     return ap
 
 
+# the flags only one part reads
+GPT_FLAGS = ("steps", "preset", "methods", "rank", "lr", "weight_decay", "eval_every", "eval_batches",
+             "batch_size", "max_chars")
+CE_FLAGS = ("ce_steps",)
+
+
 def _validate(args):
+    if args.part != "both":
+        cli.refuse_unused(build_parser(), args, GPT_FLAGS if args.part == "a" else CE_FLAGS,
+                          f"--part {args.part} runs no {'GPT comparison' if args.part == 'a' else 'counterexample'}")
     cli.fill_defaults(args, QUICK, DEFAULTS)
     args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     bad = [m for m in args.methods if m not in GPT_METHODS]
@@ -266,8 +280,6 @@ def run(args) -> dict:
         table = ce_table(curves, args.ce_steps)
         print("\n" + table)
         md.append(f"## (a) GoLore's counterexample, {args.ce_steps} steps, seed {args.seed}\n\n{table}")
-        plot_counterexample(curves, args, os.path.join(args.out, "subspace_counterexample.png"))
-        written.append("subspace_counterexample.png")
         summary["counterexample"] = {m: {"first": float(v[0]), "last": float(v[-1]),
                                          "tail_mean": float(v[-max(1, len(v) // 10):].mean())}
                                      for m, v in curves.items()}
@@ -298,10 +310,15 @@ def run(args) -> dict:
         for line in checks:
             print(line)
         md.append(f"## (b) {head}\n\n{table}" + "".join(f"\n{c}" for c in checks) + ("\n" if checks else ""))
-        plot_gpt(runs, f"GPT '{args.preset}', {args.steps} steps", os.path.join(args.out, "subspace_gpt.png"))
-        written.append("subspace_gpt.png")
         summary["gpt"] = runs
 
+    # the files last: a run stopped by Ctrl-C in (b) leaves no figure of (a) beside old ones of (b)
+    if do_a:
+        plot_counterexample(curves, args, os.path.join(args.out, "subspace_counterexample.png"))
+        written.append("subspace_counterexample.png")
+    if do_b:
+        plot_gpt(runs, f"GPT '{args.preset}', {args.steps} steps", os.path.join(args.out, "subspace_gpt.png"))
+        written.append("subspace_gpt.png")
     with open(os.path.join(args.out, "subspace_results.md"), "w", encoding="utf-8") as f:
         f.write("\n".join(md))
     with open(os.path.join(args.out, "subspace_results.json"), "w", encoding="utf-8") as f:

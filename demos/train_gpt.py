@@ -2,6 +2,7 @@
 """Train a character-level GPT on the CPU - the demo that ``make demo`` runs.
 
     python demos/train_gpt.py                       # small preset, Shakespeare, <= 10 minutes
+    python demos/train_gpt.py --quick               # a smoke run: tiny preset, 60 steps, into out/quick
     python demos/train_gpt.py --data my.txt --out out/mine --preset tiny --steps 500
     python demos/train_gpt.py --out out --resume    # continue the run saved in out/ (its settings)
     python demos/train_gpt.py --init-from out --data other.txt --out out/ft   # fine-tune its weights
@@ -11,11 +12,15 @@ A thin command line over the training layer (``models.training``): it validates 
 builds the data, the GPT and the optimizer, and hands them to ``Trainer``. Writes to ``--out``:
 ``ckpt.npz`` + ``manifest.json`` (``models.training.checkpoint``), ``loss.png``, ``samples.txt``;
 token ids are cached in ``--out/cache``. A checkpoint is written every ``--save-every`` steps
-(default: at every evaluation); Ctrl-C or SIGTERM finishes the step, saves and exits with code
-130. ``--resume --out DIR`` alone continues a run with the settings saved in it (a flag that
+(default: at every evaluation); Ctrl-C or SIGTERM finishes the step, saves the checkpoint and
+``loss.png`` (no sample) and exits with code 130 after one line on stderr saying where it
+stopped. ``--resume --out DIR`` alone continues a run with the settings saved in it (a flag that
 contradicts them is refused; ``--steps N`` extends the run to N steps), and the losses then equal
-those of an uninterrupted run bit for bit. A fresh run refuses an ``--out`` that already holds a
-checkpoint unless ``--force`` is given.
+those of an uninterrupted run bit for bit. A run given no ``--steps`` takes its length from its
+time budget, so ``--resume --max-minutes 0`` of it is refused unless ``--steps N`` says how far
+to go (``--max-minutes M`` gives it M more minutes). A fresh run refuses an ``--out`` that
+already holds a checkpoint unless ``--force`` is given. ``--quick`` is a smoke run of about a
+minute (``QUICK``: the tiny preset, 60 steps, no time budget) into ``out/quick``.
 
 The recipe is nanoGPT's (``train.py``) with Muon in place of AdamW: Muon (Jordan et al. 2024)
 on the hidden matrices and AdamW on the embeddings, head, norms and biases (weight decay only on
@@ -99,6 +104,10 @@ _END_SECONDS = 25.0   # kept free at the end of --max-minutes: sample, plot, che
 # (--max-minutes 0) a run of FIXED_STEPS.
 BUDGET_STEPS = 1_000_000
 FIXED_STEPS = 3000
+# --quick: a smoke run of about a minute (the flags given explicitly win); its own --out, so that
+# it neither meets a real run's checkpoint in out/ nor leaves one there for the other demos
+QUICK = {"preset": "tiny", "steps": 60, "max_minutes": 0.0, "warmup": 10, "eval_every": 20,
+         "eval_batches": 4, "sample_chars": 100, "out": os.path.join("out", "quick")}
 
 
 def default_lr(optimizer: str, preset: str) -> float:
@@ -138,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--optimizer", default=DEFAULT_OPTIMIZER,
                    help="any name in optim.available(); muon trains the embeddings, head, norms and "
                         "biases with AdamW")
-    p.add_argument("--opt-arg", action="append", default=[], metavar="KEY=VALUE",
+    p.add_argument("--opt-arg", action="append", default=[], metavar="NAME=VALUE",
                    help="an option of the optimizer, e.g. --opt-arg momentum=0.9 (repeatable; "
                         "values are read as JSON where they parse, else as strings)")
     p.add_argument("--data", default=None, help="a UTF-8 text file; None means Shakespeare's works")
@@ -162,6 +171,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sample-chars", type=int, default=300, help="length of the final sample")
     p.add_argument("--dropout", type=float, default=0.0)
     p.add_argument("--no-progress", action="store_true", help="no tqdm bar (log lines instead)")
+    p.add_argument("--quick", action="store_true",
+                   help="a smoke run: " + ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in QUICK.items())
+                        + " (flags given explicitly win)")
     p.add_argument("--blas-threads", type=int, default=1,
                    help="OpenBLAS threads when run as a script (0: the library's default; "
                         "an already set OPENBLAS_NUM_THREADS wins)")
@@ -174,7 +186,8 @@ def parse_opt_args(pairs) -> dict:
     for pair in pairs:
         key, sep, text = pair.partition("=")
         if not sep or not key.isidentifier():
-            raise cli.UsageError(f"--opt-arg {pair!r}: expected KEY=VALUE with KEY a Python name")
+            raise cli.UsageError(f"--opt-arg {pair!r}: expected name=value (e.g. momentum=0.9), the name an "
+                                 f"option of the optimizer")
         try:
             out[key] = json.loads(text)
         except ValueError:
@@ -220,7 +233,7 @@ def _validate(args):
     for dest in ("eval_every", "eval_batches"):
         if getattr(args, dest) < 1:
             raise cli.UsageError(f"{_flag(dest)} must be >= 1, got {getattr(args, dest)}")
-    for dest in ("warmup", "sample_chars"):
+    for dest in ("warmup", "sample_chars", "blas_threads"):
         if getattr(args, dest) < 0:
             raise cli.UsageError(f"{_flag(dest)} must be >= 0, got {getattr(args, dest)}")
     for dest in ("steps", "batch_size", "save_every"):
@@ -245,6 +258,8 @@ def _validate(args):
         raise cli.UsageError("--resume continues the run in --out; --init-from starts a new one: give one")
     if args.resume and args.force:
         raise cli.UsageError("--force starts afresh and --resume continues: give one")
+    if args.resume and args.quick:
+        raise cli.UsageError("--quick starts a smoke run and --resume continues the run in --out: give one")
 
 
 def _adopt_saved_flags(args, explicit, ckpt):
@@ -254,7 +269,9 @@ def _adopt_saved_flags(args, explicit, ckpt):
     optimizer options parsed). The time budget is taken too, but may be changed."""
     saved = ckpt.meta.get("args") or {}
     resolved = {"batch_size": (args.batch_size, ckpt.meta.get("batch_size")),
-                "opt_arg": (parse_opt_args(args.opt_arg), parse_opt_args(saved.get("opt_arg", [])))}
+                "opt_arg": (parse_opt_args(args.opt_arg), parse_opt_args(saved.get("opt_arg", []))),
+                # the run accepted its name in any case (optim.available() is lower case)
+                "optimizer": (args.optimizer.lower(), str(saved.get("optimizer")).lower())}
     for dest in RUN_FLAGS:
         if dest not in saved:
             continue
@@ -321,6 +338,10 @@ def run(args, on_step=None, explicit=frozenset()) -> int:
     ``on_step(step)`` (tests) is called after every optimizer step."""
     t_start = _T_START if __name__ == "__main__" else time.perf_counter()
     # ---- validate everything before writing anything ----------------------------------------
+    if args.quick:                                     # (_validate refuses it with --resume)
+        for dest, value in QUICK.items():
+            if dest not in explicit:
+                setattr(args, dest, value)
     _validate(args)
     given = sorted(f for f in ("tokenizer", "vocab_size") if f in explicit)
     if args.init_from and given:      # the weights come with their tokenizer
@@ -339,6 +360,9 @@ def run(args, on_step=None, explicit=frozenset()) -> int:
             args.preset = init.meta["preset"]          # its batch size and lr, unless given
             if "lr" not in explicit:
                 args.lr = default_lr(args.optimizer, args.preset)
+    if "vocab_size" in explicit and args.tokenizer != "bpe":
+        raise cli.UsageError(f"--vocab-size is the size of a BPE vocabulary; the {args.tokenizer} tokenizer "
+                             f"has one entry per character of the text: add --tokenizer bpe or drop it")
     try:
         config, preset_batch = preset(args.preset, dropout=args.dropout)
     except ValueError as e:
@@ -364,6 +388,13 @@ def run(args, on_step=None, explicit=frozenset()) -> int:
         saved = ckpt.meta["trainer"]
         if "steps" in explicit:                        # ... unless --steps sets a new one
             target = args.steps
+        elif args.max_minutes == 0 and saved["target"] == BUDGET_STEPS:
+            # its budget set its length: without one, BUDGET_STEPS would be a 1,000,000-step run
+            fitted = (f"; its budget fitted the schedule to {saved['horizon']} steps, --steps "
+                      f"{saved['horizon']} finishes that schedule" if saved["horizon"] < BUDGET_STEPS else "")
+            raise cli.UsageError(f"--max-minutes 0: the run in {args.out} had no --steps, its time budget set "
+                                 f"its length; give --steps N (N > {ckpt.step}) to train on without a "
+                                 f"budget{fitted}")
         elif "max_minutes" in explicit and saved["horizon"] < saved["target"]:
             target = saved["target"]                   # a run the old budget cut short goes on
         if target is not None and target < ckpt.step:
@@ -372,9 +403,6 @@ def run(args, on_step=None, explicit=frozenset()) -> int:
         args.steps = target or saved["target"]
     elif args.steps is None:
         args.steps = default_steps(args.max_minutes)
-    if args.warmup >= args.steps:
-        print(f"warning: --warmup {args.warmup} >= --steps {args.steps}: the learning rate never "
-              f"reaches its peak, and the cosine decay never starts", file=sys.stderr)
 
     minigrad.configure_runtime()
     model = GPT(config, seed=args.seed)
@@ -385,12 +413,23 @@ def run(args, on_step=None, explicit=frozenset()) -> int:
                               optimizer_options(args))
     except UnknownOptionError as e:
         raise cli.UsageError(f"--opt-arg {e}") from None
-    except (ValueError, TypeError) as e:
+    except TypeError as e:
+        if not args.opt_arg:
+            raise cli.UsageError(f"--optimizer {args.optimizer}: {e}") from None
+        # a value of the wrong type (momentum=abc is the string 'abc'): the optimizer's message
+        # ('<=' not supported between 'float' and 'str') names neither the flag nor the item
+        raise cli.UsageError(f"--opt-arg {', '.join(args.opt_arg)}: {args.optimizer} refused a value of the "
+                             f"wrong type ({e}); give name=value with the value as JSON (0.9, true, [1, 2]), "
+                             f"else it is read as a string") from None
+    except ValueError as e:
         raise cli.UsageError(f"--optimizer {args.optimizer}: {e}") from None
 
     # ---- inputs are good: from here on we may write ---------------------------------------------
     cli.check_out_dir(args.out)
     data.save_cache()
+    if args.warmup >= args.steps:                      # after the checks: a refused run says one line
+        print(f"warning: --warmup {args.warmup} >= --steps {args.steps}: the learning rate never "
+              f"reaches its peak, and the cosine decay never starts", file=sys.stderr)
     meta = {"optimizer": args.optimizer, "preset": args.preset, "batch_size": batch_size,
             "tokenizer": data.tokenizer.to_dict(), "data": data_desc, "data_key": data.key,
             "args": vars(args)}
@@ -419,10 +458,10 @@ def run(args, on_step=None, explicit=frozenset()) -> int:
     path = trainer.save(args.out, meta=meta)
     plot = plot_history(trainer.history, args.out,
                         f"GPT {args.preset} on {os.path.basename(str(args.data or 'Shakespeare'))}")
-    if result.interrupted:
-        print(f"interrupted at step {trainer.step}: checkpoint saved to {path}; "
-              f"continue with --resume --out {args.out}")
-        return 130
+    if result.interrupted:                             # kept: the checkpoint and loss.png; no sample
+        of = f" of {trainer.horizon}" if trainer.horizon < BUDGET_STEPS else ""   # not an unfitted bound
+        raise cli.Interrupted(f"interrupted at step {trainer.step}{of}: checkpoint saved to {path}, no "
+                              f"sample written; continue with --resume --out {args.out}")
     try:
         sample = sample_text(model, data.tokenizer, args.sample_chars, seed=args.seed)
     except TokenizerError:                             # a corpus without newlines: start from token 0

@@ -28,7 +28,10 @@ The numbers go to ``--out/results_<preset>.json``, the tables to ``--out/results
 
 Counting: a MeZO/LoZO step is 2 forward passes; an AdamW step is 1 forward + 1 backward (the
 backward costs about 2 forwards, which the wall-time panel shows). Bad input prints one line
-and exits with code 2.
+and exits with code 2, writing nothing (not even the token cache); so does a flag the run would
+ignore (the fine-tuning flags with --skip-train, the pretraining ones with --ckpt). Ctrl-C or
+SIGTERM stops the demo after the current step with one line saying where (exit code 130): no
+results are written and a part-trained pretraining is not cached.
 """
 from __future__ import annotations
 
@@ -82,7 +85,7 @@ def from_checkpoint(path, cfg, preset_name, text, desc, cache_dir):
                               f"differ); pass the --preset it was trained with")
     try:
         data = TextData(text, tokenizer=ckpt.tokenizer(), block_size=cfg.block_size, cache_dir=cache_dir,
-                        description=desc)
+                        description=desc, write_cache=False)     # run() saves it once all inputs are good
     except DataError as e:
         raise DataError(f"checkpoint {ckpt.path}: its tokenizer does not fit this corpus ({e})") from None
     return ckpt.build_model(), data, f"the checkpoint {ckpt.path} (step {ckpt.step})"
@@ -90,8 +93,8 @@ def from_checkpoint(path, cfg, preset_name, text, desc, cache_dir):
 
 def pretrain(cfg, batch_size, data, a):
     """AdamW on the training split with the trainer's warmup + cosine schedule, cached as a
-    checkpoint in ``--cache-dir`` keyed by the model, the data and the pretraining settings;
-    None when Ctrl-C / SIGTERM stopped it."""
+    checkpoint in ``--cache-dir`` keyed by the model, the data and the pretraining settings.
+    Raises cli.Interrupted when Ctrl-C / SIGTERM stopped it."""
     settings = {"steps": a.pretrain_steps, "lr": a.pretrain_lr, "batch_size": batch_size, "seed": a.seed}
     cache = None
     if a.cache_dir:
@@ -109,8 +112,9 @@ def pretrain(cfg, batch_size, data, a):
                       schedule_kwargs={"warmup_steps": min(50, a.pretrain_steps // 5), "min_ratio": 0.1},
                       seed=a.seed, progress=not a.no_progress)
     print(f"[zo_finetune] pretraining: {a.pretrain_steps} AdamW steps on the training split")
-    if trainer.fit().interrupted:
-        return None                   # not cached: a later run would take it for the finished model
+    if trainer.fit().interrupted:     # not cached: a later run would take it for the finished model
+        raise cli.Interrupted(f"pretraining interrupted at step {trainer.step} of {a.pretrain_steps}; "
+                              f"nothing cached, no results written to {a.out}")
     if cache is not None:
         trainer.save(cache, meta={"data_key": data.key, "pretrain": settings,
                                   "tokenizer": data.tokenizer.to_dict()})
@@ -168,7 +172,8 @@ def finetune(method, base, ft, eval_batches, batch_size, a):
                       progress=not a.no_progress)
     print(f"[zo_finetune] fine-tuning with {LABELS[method]}: {steps} steps")
     if trainer.fit().interrupted:
-        return None
+        raise cli.Interrupted(f"{LABELS[method]} interrupted at step {trainer.step} of {steps}; no figures "
+                              f"and no results_{a.preset}.json or .md written to {a.out}")
     log.hist["sec_per_step"] = log.train_seconds / steps
     return log.hist
 
@@ -299,6 +304,11 @@ def build_parser():
 
 
 def _validate(a):
+    if a.skip_train:
+        cli.refuse_unused(build_parser(), a, ("adamw_steps", "zo_steps", "n_evals", "eval_batches"),
+                          "--skip-train runs no fine-tuning")
+    if a.ckpt is not None:
+        cli.refuse_unused(build_parser(), a, ("pretrain_steps", "pretrain_lr"), "--ckpt gives the pretrained model")
     cli.fill_defaults(a, QUICK, FULL)
     for name in ("pretrain_steps", "adamw_steps", "zo_steps", "rank", "nu", "n_evals", "eval_batches"):
         if getattr(a, name) < 1:
@@ -314,9 +324,9 @@ def _validate(a):
         raise cli.UsageError(f"--lozo-momentum must be in [0, 1), got {a.lozo_momentum}")
 
 
-def run(a) -> dict | int:
-    """The demo as the parsed arguments ``a`` say; returns the results (also written as JSON),
-    or 130 when Ctrl-C / SIGTERM stopped it (nothing written then)."""
+def run(a) -> dict:
+    """The demo as the parsed arguments ``a`` say; returns the results (also written as JSON).
+    Ctrl-C / SIGTERM raises cli.Interrupted: no results written, no part-trained model cached."""
     _validate(a)
     text, desc = load_text(notice=True, max_chars=a.max_chars)
     cfg, batch_size = preset(a.preset)
@@ -333,17 +343,16 @@ def run(a) -> dict | int:
     if loaded is not None:
         base, data, source = loaded
     else:
-        base, data = None, TextData(text, block_size=cfg.block_size, cache_dir=cache_dir, description=desc)
+        base, data = None, TextData(text, block_size=cfg.block_size, cache_dir=cache_dir, description=desc,
+                                    write_cache=False)           # saved below, once all inputs are good
         cfg.vocab_size = data.vocab_size
     val = np.asarray(data.val.ids)
     cut = int(0.8 * len(val))
     ft, ev = Windows(val[:cut], cfg.block_size), Windows(val[cut:], cfg.block_size)
     cli.check_out_dir(a.out)             # the inputs are good: from here on we may write
+    data.save_cache()
     if base is None:
         base = pretrain(cfg, batch_size, data, a)
-        if base is None:
-            print("[zo_finetune] pretraining interrupted; nothing cached, no results written")
-            return 130
         source = f"{a.pretrain_steps} AdamW steps on the training split"
     n_params = base.num_parameters()
     eval_batches = [ev.batch(batch_size, np.random.default_rng(1000 + i)) for i in range(a.eval_batches)]
@@ -361,16 +370,11 @@ def run(a) -> dict | int:
                        "rss mezo/adamw": mem["mezo"]["rss_peak"] / mem["adamw"]["rss_peak"]})
     results["ratios"] = ratios
     print_memory(mem, ratios)
-    plot_memory(mem, os.path.join(a.out, "zo_finetune_memory.png"),
-                f"GPT '{a.preset}' ({n_params / 1e6:.2f}M params), batch {batch_size}×{cfg.block_size}")
 
     if not a.skip_train:
         hists = {}
         for method in METHODS:
             hists[method] = h = finetune(method, base, ft, eval_batches, batch_size, a)
-            if h is None:
-                print(f"[zo_finetune] {LABELS[method]} interrupted; the results JSON is not written")
-                return 130
             print(f"{LABELS[method]}: eval loss {h['eval_loss'][0]:.4f} -> {h['eval_loss'][-1]:.4f} in "
                   f"{h['step'][-1]} steps, {h['forward_passes'][-1]} forward passes, "
                   f"{h['sec_per_step']:.3f} s/step")
@@ -378,6 +382,9 @@ def run(a) -> dict | int:
         plot_loss(hists, os.path.join(a.out, "zo_finetune_loss.png"),
                   f"Fine-tuning a pretrained '{a.preset}' GPT on held-out text "
                   f"(MeZO lr {a.mezo_lr:g}, LoZO lr {a.lozo_lr:g} r={a.rank} ν={a.nu}, ε={a.eps:g})")
+    # drawn after the runs: a run stopped by Ctrl-C leaves no new figure beside an older run's results
+    plot_memory(mem, os.path.join(a.out, "zo_finetune_memory.png"),
+                f"GPT '{a.preset}' ({n_params / 1e6:.2f}M params), batch {batch_size}×{cfg.block_size}")
     path = os.path.join(a.out, f"results_{a.preset}.json")
     with open(path, "w", encoding="utf-8") as fh:
         json.dump(results, fh, indent=1)

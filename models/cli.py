@@ -92,6 +92,17 @@ def fill_defaults(args, quick: dict, full: dict) -> None:
             setattr(args, key, value)
 
 
+def refuse_unused(parser, args, names, why) -> None:
+    """Raise :class:`UsageError` if a flag among ``names`` (argument names) was given a value other
+    than its default, which this run would silently ignore; ``why`` says why, e.g. "--part convex
+    runs no GPT part". Call it before :func:`fill_defaults` fills the defaults left None."""
+    given = [n for n in names if getattr(args, n) != parser.get_default(n)]
+    if given:
+        flags = ", ".join("--" + n.replace("_", "-") for n in given)
+        raise UsageError(f"{flags}: {why}, so {'they would be' if len(given) > 1 else 'it would be'} "
+                         f"ignored; drop {'them' if len(given) > 1 else 'it'}")
+
+
 def check_out_dir(path) -> None:
     """Make the output directory ``path`` (given as ``--out``) and check that a file can be
     created in it; raises :class:`UsageError` naming it otherwise. It creates the directory, so

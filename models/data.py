@@ -156,9 +156,11 @@ class TextData:
         n_train = n - n_val
         need = self.block_size + 1
         if n_train < need or n_val < need:       # checked before anything is written
+            # no flag named: not every caller has --preset (ngram's block is 1 token)
+            shorter = f" or a model with a context shorter than {self.block_size}" if self.block_size > 1 else ""
             raise DataError(
                 f"corpus too short: {n:,} tokens give {n_train:,} train / {n_val:,} val tokens, but each "
-                f"split needs at least block_size+1 = {need}; use a longer text or a smaller --preset")
+                f"split needs at least block_size+1 = {need}; use a longer text{shorter}")
         self._n_train = n_train
         self._set_ids(ids)
         if fresh and write_cache:

@@ -38,7 +38,38 @@ def test_demo_runs_on_the_gpt_and_writes_into_out(tmp_path, monkeypatch, capsys)
     (["--steps", "0"], "--steps must be >= 1, got 0"),
     (["--preset", "huge"], "invalid choice: 'huge'"),
     (["--lr", "-1"], "--lr must be a positive number"),
+    (["--model", "mlp", "--preset", "small"], "--preset: --model mlp trains no GPT, so it would be ignored"),
 ])
 def test_bad_arguments_are_one_line_and_exit_2(tmp_path, monkeypatch, capsys, argv, says):
     monkeypatch.chdir(tmp_path)
     assert_refused(load_demo("mixed_precision.py"), argv, says, capsys, watch=tmp_path)
+
+
+def test_a_refused_out_leaves_no_token_cache(tmp_path, monkeypatch, capsys):
+    """The --out check comes after the corpus is tokenized: the cache (default out/cache) must not
+    be written by a run that is then refused."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a_file").write_text("")
+    assert_refused(load_demo("mixed_precision.py"), ["--quick", "--max-chars", "50000", "--out", "a_file"],
+                   "--out a_file is a file", capsys, watch=tmp_path)
+
+
+def test_an_interrupted_run_is_one_line_exit_130_and_writes_no_results(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    demo = load_demo("mixed_precision.py")
+    calls = []
+
+    class StoppedAtSecondFit(demo.Trainer):      # Ctrl-C during the second recipe
+        def fit(self):
+            calls.append(self.target)
+            result = super().fit()
+            result.interrupted = self.interrupted = len(calls) == 2
+            return result
+
+    monkeypatch.setattr(demo, "Trainer", StoppedAtSecondFit)
+    assert demo.main(["--quick", "--steps", "2", "--batch-size", "2", "--recipes", "fp32,bf16,fp8",
+                      "--out", "mp", "--cache-dir", "", "--no-progress"]) == 130
+    err = capsys.readouterr().err
+    assert err == "mixed_precision.py: interrupted in recipe bf16 at step 2 of 2; no table, JSON or figure " \
+                  "written to mp\n"
+    assert len(calls) == 2 and files_below(tmp_path) == []

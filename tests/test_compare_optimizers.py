@@ -119,13 +119,25 @@ def test_an_interrupted_run_is_not_recorded_and_the_sweep_resumes_there(tmp_path
     argv = [*SMALL, "--optimizers", "adamw,sgd", "--num-lrs", "1", "--out", str(tmp_path)]
     monkeypatch.setattr(demo, "Trainer", StoppedAtStep2)
     assert demo.main(argv) == 130
-    said = capsys.readouterr().out
-    assert "sgd lr" in said and "interrupted, not recorded" in said
+    assert capsys.readouterr().err == ("compare_optimizers.py: interrupted in run 2/2 (sgd lr "
+                                       f"{demo.BASE['sgd'][0]:g}), not recorded; results.md and the plots hold "
+                                       "the 1 finished run(s); run the same command again to resume from here\n")
     assert [p.name for p in (tmp_path / "runs").glob("*.json")] == [f"adamw_lr{demo.BASE['adamw'][0]:g}.json"]
     assert "adamw" in (tmp_path / "results.md").read_text()
     monkeypatch.undo()
     assert demo.main(argv) == 0
     assert "1 runs trained, 1 skipped" in capsys.readouterr().out
+
+
+def test_ctrl_c_in_the_speed_pass_is_one_line_and_exit_130_keeping_the_runs(tmp_path, monkeypatch, capsys):
+    def ctrl_c(*args):                         # the speed pass has no Trainer.fit to catch it
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(demo, "measure_speed", ctrl_c)
+    assert demo.main([*SMALL, "--optimizers", "adamw", "--num-lrs", "1", "--out", str(tmp_path)]) == 130
+    assert capsys.readouterr().err == ("compare_optimizers.py: interrupted in the speed pass; speed.json not "
+                                       "written, results.md and the plots hold all 1 runs without it\n")
+    assert not (tmp_path / "speed.json").exists() and "adamw" in (tmp_path / "results.md").read_text()
 
 
 def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys):

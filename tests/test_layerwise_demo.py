@@ -91,8 +91,48 @@ def test_importance_sampling_speedup_is_near_n_lmax_over_sum_l(quick_run):
     (["--sgd-lr", "-1"], "--sgd-lr must be a positive number"),
     (["--misa-eta", "inf"], "--misa-eta must be a finite number >= 0"),
     (["--quick", "--n-layer", "1", "--methods", "lisa2"], "LISA: layers=2 must be an integer from 1"),
+    # flags the part asked for does not read: refused, not ignored
+    (["--part", "convex", "--steps", "10"], "--steps: --part convex runs no GPT part, so it would be ignored"),
+    (["--part", "gpt", "--epochs", "20", "--seeds", "3"],
+     "--epochs, --seeds: --part gpt runs no convex part, so they would be ignored; drop them"),
 ])
 def test_bad_arguments_are_one_line_and_exit_2(tmp_path, monkeypatch, capsys, argv, says):
     monkeypatch.chdir(tmp_path)
     assert_refused(load_demo("layerwise.py"), argv + ["--cache-dir", ""], says, capsys, watch=tmp_path)
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["--n-layer", "1", "--methods", "lisa2"], "LISA: layers=2 must be an integer from 1"),
+    (["--out", "a_file"], "--out a_file is a file"),
+])
+def test_a_refused_run_leaves_no_token_cache(tmp_path, monkeypatch, capsys, argv, says):
+    """Both checks come after the corpus is tokenized: the cache (default out/cache) must wait."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a_file").write_text("")
+    assert_refused(load_demo("layerwise.py"), ["--quick", "--max-chars", "50000"] + argv, says, capsys,
+                   watch=tmp_path)
+
+
+def test_an_interrupted_run_is_one_line_exit_130_and_writes_no_results(tmp_path, monkeypatch, capsys):
+    """Ctrl-C in the GPT part after the convex part finished: no convex figure either, which
+    beside the figures of an older run in --out would pass for a finished one."""
+    monkeypatch.chdir(tmp_path)
+    demo = load_demo("layerwise.py")
+    calls = []
+
+    class StoppedAtSecondFit(demo.Trainer):
+        def fit(self):
+            calls.append(self.target)
+            result = super().fit()
+            result.interrupted = self.interrupted = len(calls) == 2
+            return result
+
+    monkeypatch.setattr(demo, "Trainer", StoppedAtSecondFit)
+    assert demo.main(["--quick", "--steps", "2", "--batch-size", "2", "--eval-batches", "1", "--epochs", "10",
+                      "--seeds", "1", "--max-chars", "50000", "--methods", "adamw,badam,bcd", "--out", "lw",
+                      "--cache-dir", "", "--no-progress"]) == 130
+    err = capsys.readouterr().err
+    assert err == "layerwise.py: interrupted in BAdam at step 2 of 2; no figures and no layerwise_results.md " \
+                  "written to lw\n"
+    assert len(calls) == 2 and files_below(tmp_path) == []
 

@@ -77,11 +77,15 @@ def test_ngram_demo_writes_its_tables_and_the_best_model_is_kneser_ney(tmp_path,
     (["--word-max-order", "5"], "--word-max-order must be in [0, 4]"),
     (["--data", "missing.txt"], "--data missing.txt: no such file"),
     (["--data", "empty.txt"], "--data empty.txt: the file is empty"),
+    (["--data", "short.txt"], "corpus too short: 10 tokens give 9 train / 1 val tokens, but each split needs "
+                              "at least block_size+1 = 2; use a longer text"),
 ])
 def test_ngram_demo_refuses_bad_input(argv, says, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "empty.txt").write_text("")
-    assert_refused(load_demo("ngram.py"), argv + ["--out", "ng"], says, capsys, watch=tmp_path)
+    (tmp_path / "short.txt").write_text("abcdefghij")
+    line = assert_refused(load_demo("ngram.py"), argv + ["--out", "ng"], says, capsys, watch=tmp_path)
+    assert "--preset" not in line              # a hint names only flags the demo has
 
 
 # ------------------------------------------------------------------------------ word2vec

@@ -49,6 +49,7 @@ def test_quick_run_measures_every_method_and_reuses_its_pretraining(tmp_path, mo
     assert with_wte["state_bytes"] == 2 * 4 * with_wte["trainable"]
     ckpt = next(p for p in (tmp_path / "cache").iterdir() if p.name.startswith("finetune_lora_pretrained"))
     no_preset = [a for a in argv if a != "--quick"]
+    del no_preset[no_preset.index("--pretrain-steps"):no_preset.index("--pretrain-steps") + 2]   # refused
     assert demo.main(no_preset + ["--init-from", str(ckpt), "--out", "init"]) == 0
     loaded = json.loads((tmp_path / "init" / "results_checkpoint.json").read_text())
     assert loaded["base_val_loss"] == res["base_val_loss"] and "the checkpoint" in loaded["source"]
@@ -64,6 +65,8 @@ def test_quick_run_measures_every_method_and_reuses_its_pretraining(tmp_path, mo
     (["--data", "missing.txt"], "--data missing.txt: no such file"),
     (["--init-from", "missing"], "no checkpoint at missing"),
     (["--init-from", "missing", "--preset", "tiny"], "with --init-from the model is the checkpoint's"),
+    (["--init-from", "missing", "--pretrain-steps", "9"],
+     "--pretrain-steps: --init-from gives the pretrained model, so it would be ignored"),
     (["--out", "a_file"], "--out a_file is a file, not a directory"),
     (["--out", "a_file/sub"], "--out a_file/sub is not writable"),
 ])
@@ -89,5 +92,6 @@ def test_an_interrupted_run_stops_the_demo_with_130_and_writes_no_results(tmp_pa
 
     monkeypatch.setattr(demo, "Trainer", StoppedAtSecondFit)
     assert demo.main(SMALL + ["--out", "res", "--cache-dir", ""]) == 130
-    assert len(calls) == 2 and "full: interrupted; no results written" in capsys.readouterr().out
+    assert len(calls) == 2
+    assert capsys.readouterr().err == "finetune_lora.py: full: interrupted at step 2 of 2; no results written to res\n"
     assert files_below(tmp_path / "res") == []

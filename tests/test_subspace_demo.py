@@ -67,6 +67,9 @@ def test_galore_and_golore_hold_at_most_half_of_adamws_state_on_gpt_tiny(tmp_pat
      "--rank 65 is larger than the smallest side of the GPT's matrices, n_embd = 64"),
     (["--lr", "nan"], "--lr must be a positive number"),
     (["--part", "c"], "invalid choice: 'c'"),
+    (["--part", "a", "--steps", "10", "--preset", "tiny"],
+     "--steps, --preset: --part a runs no GPT comparison, so they would be ignored"),
+    (["--part", "b", "--ce-steps", "100"], "--ce-steps: --part b runs no counterexample, so it would be ignored"),
 ])
 def test_bad_arguments_are_one_line_and_exit_2(tmp_path, monkeypatch, capsys, argv, says):
     monkeypatch.chdir(tmp_path)
@@ -78,3 +81,26 @@ def test_an_out_that_is_a_file_is_refused_before_anything_is_written(tmp_path, m
     (tmp_path / "taken").write_text("x")
     assert_refused(demo, ["--part", "a", "--ce-steps", "10", "--out", "taken"], "--out taken is a file",
                    capsys, watch=tmp_path)
+
+
+def test_an_interrupted_run_is_one_line_exit_130_and_writes_no_results(tmp_path, monkeypatch, capsys):
+    """Ctrl-C in (b) after (a) finished: no figure of (a) either, which beside the figures of an
+    older run in --out would pass for a finished one."""
+    monkeypatch.chdir(tmp_path)
+    calls = []
+
+    class StoppedAtSecondFit(demo.Trainer):
+        def fit(self):
+            calls.append(self.target)
+            result = super().fit()
+            result.interrupted = self.interrupted = len(calls) == 2
+            return result
+
+    monkeypatch.setattr(demo, "Trainer", StoppedAtSecondFit)
+    assert demo.main(["--quick", "--ce-steps", "200", "--steps", "2", "--eval-every", "2", "--eval-batches", "1",
+                      "--batch-size", "2", "--max-chars", "50000", "--methods", "adamw,galore,golore",
+                      "--cache-dir", "", "--out", "sub", "--no-progress"]) == 130
+    err = capsys.readouterr().err
+    assert err == "subspace.py: interrupted in GaLore at step 2 of 2; no figures, subspace_results.md " \
+                  "or .json written to sub\n"
+    assert len(calls) == 2 and files_below(tmp_path) == []

@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import sys
+import types
 
 import numpy as np
 import pytest
@@ -72,7 +73,9 @@ def test_interrupt_then_resume_equals_uninterrupted(corpus, full_run, tmp_path, 
 
     before = signal.getsignal(signal.SIGINT)   # SIG_IGN when the suite runs as a background job
     assert train_gpt.main(_args(corpus, out), on_step=ctrl_c_at_5) == 130
-    assert "interrupted at step 5" in capsys.readouterr().out
+    assert capsys.readouterr().err == (f"train_gpt.py: interrupted at step 5 of 12: checkpoint saved to "
+                                       f"{out / 'ckpt.npz'}, no sample written; continue with --resume --out {out}\n")
+    assert not (out / "samples.txt").exists()
     part = _load(out)
     assert json.loads(str(part["meta"]))["step"] == 5
     assert signal.getsignal(signal.SIGINT) is before                      # handler restored
@@ -103,7 +106,7 @@ def test_real_ctrl_c_in_a_subprocess(corpus, tmp_path):
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 130, stderr
-    assert "Traceback" not in stderr and "checkpoint saved" in stdout
+    assert stderr.startswith("train_gpt.py: interrupted at step ") and "checkpoint saved" in stderr, stderr
     meta = json.loads(str(_load(out)["meta"]))
     assert meta["step"] >= 4
 
@@ -128,8 +131,26 @@ def test_bad_options(tmp_path, capsys, corpus):
                         (("--optimizer", "sgdd"), "unknown optimizer 'sgdd'"),
                         (("--steps", "0"), "--steps"),
                         (("--steps", "many"), "invalid int"),
-                        (("--resume",), "no checkpoint")):
+                        (("--resume",), "no checkpoint"),
+                        (("--resume", "--quick"), "--quick starts a smoke run and --resume continues"),
+                        (("--vocab-size", "300"), "--vocab-size is the size of a BPE vocabulary"),   # ignored
+                        (("--blas-threads", "-2"), "--blas-threads must be >= 0, got -2")):
         assert_refused(train_gpt, _args(corpus, out, *flags), said, capsys, out)
+
+
+def test_quick_is_a_short_run_of_the_tiny_preset_into_its_own_out(tmp_path, monkeypatch, capsys, corpus):
+    """--quick: the tiny preset, QUICK's steps without a time budget, into out/quick (not the
+    out/ of a real run); a flag given explicitly wins."""
+    monkeypatch.chdir(tmp_path)
+    assert train_gpt.main(["--quick", "--data", corpus, "--batch-size", "4", "--eval-batches", "1",
+                           "--no-progress"]) == 0
+    assert "model: tiny 2 layers" in capsys.readouterr().out
+    man = json.load(open(tmp_path / "out" / "quick" / "manifest.json"))
+    assert man["step"] == train_gpt.QUICK["steps"] == 60 and not (tmp_path / "out" / "ckpt.npz").exists()
+    ck = _load(tmp_path / "out" / "quick")
+    assert ck["history/val_step"].tolist() == [0, 20, 40, 60]              # --eval-every 20
+    args = json.loads(str(ck["meta"]))["args"]
+    assert args["max_minutes"] == 0 and args["warmup"] == 10 and args["eval_batches"] == 1   # explicit wins
 
 
 def test_checkpoint_from_another_run(tmp_path, capsys, corpus, full_run):
@@ -213,7 +234,7 @@ def test_sigterm_and_ctrl_c_then_resume_with_only_out_equals_the_uninterrupted_r
     out = str(tmp_path / "stopped")
     argv = _args(corpus, out, "--steps", "60")
     code, stdout, stderr = _signalled_run(argv, "step 4:", signal.SIGTERM)
-    assert code == 130 and "Traceback" not in stderr and "checkpoint saved" in stdout, stderr
+    assert code == 130 and "Traceback" not in stderr and "checkpoint saved" in stderr, stderr
     first = json.load(open(os.path.join(out, "manifest.json")))["step"]
     assert 4 <= first < 60
     code, stdout, stderr = _signalled_run(["--resume", "--out", out, "--no-progress"], f"step {first + 4 - first % 4}:",
@@ -379,8 +400,15 @@ def test_opt_arg_reaches_the_optimizer_and_a_bad_one_is_one_line(tmp_path, capsy
     o = str(tmp_path / "o")
     for flags, said in ((("--opt-arg", "momentun=0.9"), "--opt-arg momentun: optimizer 'sgd' takes none such"),
                         (("--opt-arg", "momentum=1.5"), "--optimizer sgd: momentum must be in [0, 1), got 1.5"),
-                        (("--opt-arg", "momentum"), "expected KEY=VALUE")):
+                        (("--opt-arg", "momentum"), "--opt-arg 'momentum': expected name=value (e.g. momentum=0.9)"),
+                        # not JSON, so the string 'abc': SGD's '<=' between float and str named neither
+                        # the flag nor the item; --steps 2 < --warmup 3 warned before the refusal too
+                        (("--opt-arg", "momentum=abc", "--steps", "2"),
+                         "--opt-arg momentum=abc: sgd refused a value of the wrong type")):
         assert_refused(train_gpt, _args(corpus, o, "--optimizer", "sgd", *flags), said, capsys, o)
+    # the optimizer's name is taken in any case, also where --resume compares it with the saved one
+    assert train_gpt.main(["--resume", "--out", str(out), "--optimizer", "SGD", "--steps", "3", "--no-progress"]) == 0
+    assert json.load(open(out / "manifest.json"))["step"] == 3
 
 
 def test_layerwise_optimizers_get_the_models_blocks(tmp_path, capsys, corpus):
@@ -430,6 +458,13 @@ def test_without_steps_the_time_budget_sets_the_runs_length(tmp_path, capsys, co
     assert f"--resume --out {out} and --max-minutes M or --steps N" in said
     meta = json.loads(str(_load(out)["meta"]))
     assert meta["trainer"]["target"] == train_gpt.BUDGET_STEPS and meta["args"]["steps"] == train_gpt.BUDGET_STEPS
+    # without a budget nothing bounds it: not a 1,000,000-step run, a question for --steps
+    # (stopped at step 3 should it start training anyway)
+    ctrl_c_at_3 = types.SimpleNamespace(__file__=train_gpt.__file__, main=lambda argv: train_gpt.main(
+        argv, on_step=lambda step: step == 3 and signal.raise_signal(signal.SIGINT)))
+    assert_refused(ctrl_c_at_3, ["--resume", "--out", str(out), "--no-progress", "--max-minutes", "0"],
+                   f"--max-minutes 0: the run in {out} had no --steps, its time budget set its length; give "
+                   f"--steps N (N > 1) to train on without a budget", capsys, str(out))
     assert train_gpt.main(["--resume", "--out", str(out), "--no-progress", "--steps", "5", "--max-minutes", "0"]) == 0
     assert json.load(open(out / "manifest.json"))["step"] == 5                  # --steps still sets the target
 
@@ -447,6 +482,18 @@ def test_a_resumed_fine_tune_needs_not_its_source_and_init_from_takes_the_source
     shutil.rmtree(source)
     assert train_gpt.main(["--resume", "--out", str(out), "--no-progress"]) == 0
     assert json.load(open(out / "manifest.json"))["step"] == 6
+
+
+def test_sample_quick_prints_100_tokens_of_the_model_train_gpt_quick_saves(tmp_path, monkeypatch, capsys, full_run):
+    import shutil
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(full_run, tmp_path / "out" / "quick")          # where train_gpt.py --quick saves
+    sample = load_demo("sample.py")
+    assert sample.main(["--quick"]) == 0
+    assert len(capsys.readouterr().out) == len("\n") + 100 + len("\n")   # the prompt, 100 characters
+    assert sample.main(["--quick", "--tokens", "7", "--prompt", "a"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith("a") and len(printed) == 1 + 7 + 1             # --tokens given wins
 
 
 def test_sample_without_a_prompt_on_a_text_without_newlines(tmp_path):

@@ -42,13 +42,17 @@ def test_quick_run_writes_into_out_and_reuses_the_pretrained_gpt(tmp_path, monke
     capsys.readouterr()
 
     # the pretraining was cached as a checkpoint and is loaded instead of repeated
-    assert demo.main(SMALL + ["--out", "tmp2", "--cache-dir", "cache", "--skip-train"]) == 0
+    pretrain_only = ["--quick", "--pretrain-steps", "4", "--batch-size", "4", "--max-chars", "200000",
+                     "--no-progress"]               # --skip-train refuses the fine-tuning flags
+    assert demo.main(pretrain_only + ["--out", "tmp2", "--cache-dir", "cache", "--skip-train"]) == 0
     assert "pretrained GPT from cache" in capsys.readouterr().out
     assert files_below(tmp_path / "tmp2") == ["results_tiny.json", "results_tiny.md", "zo_finetune_memory.png"]
 
 
-@pytest.mark.parametrize("stop_at, says", [(1, "pretraining interrupted; nothing cached"),
-                                             (2, "interrupted; the results JSON is not written")])
+@pytest.mark.parametrize("stop_at, says", [
+    (1, "zo_finetune.py: pretraining interrupted at step 4 of 4; nothing cached, no results written to res\n"),
+    (2, "zo_finetune.py: AdamW (backprop) interrupted at step 3 of 3; no figures and no results_tiny.json or .md "
+        "written to res\n")])
 def test_ctrl_c_stops_the_demo_with_130_caching_no_part_trained_model(tmp_path, monkeypatch, capsys,
                                                                       stop_at, says):
     monkeypatch.chdir(tmp_path)
@@ -64,8 +68,8 @@ def test_ctrl_c_stops_the_demo_with_130_caching_no_part_trained_model(tmp_path, 
 
     monkeypatch.setattr(demo, "Trainer", Stopped)
     assert demo.main(SMALL + ["--out", "res", "--cache-dir", "cache"]) == 130
-    assert len(calls) == stop_at and says in capsys.readouterr().out
-    assert not (tmp_path / "res" / "results_tiny.json").exists()
+    assert len(calls) == stop_at and capsys.readouterr().err == says
+    assert files_below(tmp_path / "res") == []
     cached = [p for p in files_below(tmp_path / "cache") if "zo_finetune_pretrained" in p]
     assert bool(cached) == (stop_at == 2)          # only a finished pretraining is cached
 
@@ -75,7 +79,18 @@ def test_ctrl_c_stops_the_demo_with_130_caching_no_part_trained_model(tmp_path, 
     (["--mezo-lr", "nan"], "--mezo-lr must be a positive number"),
     (["--docs", "x"], "unrecognized arguments: --docs x"),
     (["--ckpt", "missing"], "no checkpoint at missing"),
+    (["--skip-train", "--zo-steps", "5"], "--zo-steps: --skip-train runs no fine-tuning, so it would be ignored"),
+    (["--ckpt", "out", "--pretrain-steps", "5"],
+     "--pretrain-steps: --ckpt gives the pretrained model, so it would be ignored"),
 ])
 def test_bad_arguments_are_one_line_and_exit_2(tmp_path, monkeypatch, capsys, argv, says):
     monkeypatch.chdir(tmp_path)
     assert_refused(load_demo("zo_finetune.py"), ["--quick", "--cache-dir", ""] + argv, says, capsys, watch=tmp_path)
+
+
+def test_a_refused_out_leaves_no_token_cache(tmp_path, monkeypatch, capsys):
+    """--out is checked after the corpus is tokenized: the cache must wait for it."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a_file").write_text("")
+    assert_refused(load_demo("zo_finetune.py"), SMALL + ["--cache-dir", "cache", "--out", "a_file"],
+                   "--out a_file is a file", capsys, watch=tmp_path)
