@@ -33,8 +33,8 @@ import os
 import sys
 import tempfile
 
-__all__ = ["UsageError", "Interrupted", "ArgumentParser", "add_output_arguments", "add_corpus_arguments", "fill_defaults",
-           "check_out_dir", "main"]
+__all__ = ["UsageError", "Interrupted", "ArgumentParser", "seed", "add_output_arguments", "add_corpus_arguments",
+           "fill_defaults", "refuse_unused", "check_out_dir", "main"]
 
 
 class UsageError(Exception):
