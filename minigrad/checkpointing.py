@@ -22,10 +22,11 @@ and NumPy's global legacy RNG, are snapshotted before the forward; backward rewi
 recomputes, and then puts them back where they were, so the rest of training draws exactly what
 it would have drawn. Any other source of randomness (a Dropout holding its own generator inside
 a plain function, a generator created inside `fn`, a global you mutate, time) makes `fn`
-non-deterministic, and its gradients would be those of another function. Backward catches it:
-the recomputed output must match the forward's (two float64 sums, kept from the forward, to a
-relative 1e-5; a deterministic `fn` matches bit for bit), else it raises `RuntimeError` saying
-so, instead of returning wrong gradients.
+non-deterministic, and its gradients would be those of another function. Backward checks for
+it: the recomputed output must match the forward's (three float64 sums kept from the forward,
+one of them weighted by position, to a relative 1e-5; a deterministic `fn` matches bit for bit),
+else it raises `RuntimeError` saying so. Randomness that leaves the output unchanged goes unseen
+(a LoRA adapter's dropout while its B is still zero changes only the gradients).
 
 Mixed precision and backends: the `minigrad.amp.autocast` policy and the kernel backend active
 during the forward are restored for the recomputation, since backward usually runs outside the
@@ -134,8 +135,8 @@ class Checkpoint(Function):
         if not _matches(again, ctx.fingerprint, out.data.size):
             raise RuntimeError(
                 f"checkpoint: recomputing {getattr(ctx.user_fn, '__name__', type(ctx.user_fn).__name__)} in "
-                f"backward gave another output than its forward (sum {again[0]:.6g} against "
-                f"{ctx.fingerprint[0]:.6g}): it draws randomness checkpoint cannot rewind, e.g. a Dropout "
+                f"backward gave another output than its forward (sums {_show(again)} against "
+                f"{_show(ctx.fingerprint)}): it draws randomness checkpoint cannot rewind, e.g. a Dropout "
                 f"with its own generator inside a plain function. Checkpoint the Module itself, pass the "
                 f"generator as an argument, or do not checkpoint this function")
         if out.requires_grad:
@@ -147,20 +148,37 @@ class Checkpoint(Function):
         return grads + (None,) * (len(ctx.inputs) - len(saved))
 
 
-def _fingerprint(a) -> tuple[float, float]:
-    """Σx and Σx² in float64: enough to tell a recomputation that drew other dropout masks from
-    the forward, at two passes over the output (its copy in float64 is freed at once)."""
+_weights: dict = {}        # n -> the fixed random weights of the positional sum (a few sizes)
+
+
+def _fingerprint(a) -> tuple[float, float, float]:
+    """Σx, Σx² and Σwx in float64, w fixed N(0, 1) weights per position: a recomputation that drew
+    other dropout masks moves the last one even where the first two cannot move (a LayerNorm
+    after the dropout fixes every row's mean and variance). One output-sized float64 vector of
+    weights is kept per output size (a few sizes at most)."""
     x = np.asarray(a, dtype=np.float64).reshape(-1)
-    return float(x.sum()), float(x @ x)
+    w = _weights.get(x.size)
+    if w is None:
+        if len(_weights) >= 4:
+            _weights.pop(next(iter(_weights)))
+        w = _weights[x.size] = np.random.default_rng(0).standard_normal(x.size)
+    with np.errstate(invalid="ignore"):              # inf - inf in an output that has both
+        return float(x.sum()), float(x @ x), float(w @ x)
+
+
+def _show(fingerprint) -> str:
+    return "Σx, Σx², Σwx = " + ", ".join(f"{v:.6g}" for v in fingerprint)
 
 
 def _matches(got, want, n: int, rtol: float = 1e-5) -> bool:
-    """Whether two fingerprints of n values agree: Σx² to ``rtol``, Σx to ``rtol`` of its bound
-    sqrt(n Σx²). A NaN or inf in both counts as agreeing (the forward already had it)."""
-    (s, q), (s0, q0) = got, want
-    if not all(np.isfinite([s, q, s0, q0])):
-        return np.array_equal([s, q], [s0, q0], equal_nan=True)
-    return abs(q - q0) <= rtol * q0 and abs(s - s0) <= rtol * np.sqrt(n * q0)
+    """Whether two fingerprints of n values agree: Σx² to ``rtol``, Σx and Σwx to ``rtol`` of
+    their bound sqrt(n Σx²) (Cauchy-Schwarz; |w|² ~ n). A NaN or inf in both counts as agreeing
+    (the forward already had it: a loss scaler deals with it, not this check)."""
+    if not np.isfinite([*got, *want]).all():
+        return np.array_equal(got, want, equal_nan=True)
+    (s, q, p), (s0, q0, p0) = got, want
+    bound = rtol * np.sqrt(n * q0)
+    return abs(q - q0) <= rtol * q0 and abs(s - s0) <= bound and abs(p - p0) <= bound
 
 
 def _needs_grad(x) -> bool:

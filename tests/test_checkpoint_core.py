@@ -94,6 +94,33 @@ def test_a_recomputation_that_draws_other_masks_is_an_error_not_wrong_gradients(
     assert np.array_equal(g_ck, lin.weight.grad)
 
 
+def test_other_masks_under_a_layer_norm_are_caught_too():
+    """After a LayerNorm every row has mean 0 and variance ~1 whatever the masks: Σx and Σx² of
+    the output cannot tell the recomputation from the forward (a review session), the sum
+    weighted by position can."""
+    lin, ln, drop = nn.Linear(32, 32, rng=0), nn.LayerNorm(32), nn.Dropout(0.1, rng=1)
+    x = minigrad.Tensor(np.random.default_rng(2).standard_normal((16, 32)).astype(np.float32))
+
+    def post_ln(u):
+        return ln(u + drop(lin(u)))
+
+    y = minigrad.checkpoint(post_ln, x, params=list(lin.parameters()) + list(ln.parameters()))
+    with pytest.raises(RuntimeError, match="recomputing post_ln in backward gave another output"):
+        y.sum().backward()
+
+
+@pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan])
+def test_an_output_with_inf_or_nan_recomputed_alike_is_no_error(bad):
+    """A non-finite output (an fp16 overflow, which a loss scaler then skips) is recomputed with
+    the same non-finite sums: backward must go through, not report a mismatch."""
+    lin = nn.Linear(4, 4, rng=0)
+    x = minigrad.Tensor(np.array([[1.0, bad, 0.0, 2.0]], np.float32))
+    y = minigrad.checkpoint(lin, x)
+    assert not np.isfinite(y.data).all()
+    y.backward(np.ones_like(y.data))
+    assert lin.weight.grad is not None
+
+
 def test_gradcheck_float64():
     rng = np.random.default_rng(2)
     lin = nn.Linear(3, 3, dtype=np.float64, rng=3)

@@ -361,6 +361,22 @@ def test_groups_of_a_larger_run_save_by_their_world_rank_and_resume(tmp_path):
             np.testing.assert_array_equal(params[name], params_w[name])
 
 
+def test_a_stop_on_one_rank_of_the_world_stops_every_group_and_only_world_rank_0_reports(capsys):
+    """With world=, the stop vote and the progress lines are the world's: a Ctrl-C seen by world
+    rank 0 alone stops both data-parallel groups at the same step (with tensor parallel across
+    the groups, a group that ran on would wait forever); each group's rank 0 printed before."""
+    def worker(world):
+        dp = world.split(world.rank % 2)
+        model = GPT(GPTConfig(**CFG), dtype=np.float64, seed=0)
+        stop = lambda t: setattr(t, "interrupted", t.interrupted or (world.rank == 0 and t.step == 1))  # noqa: E731
+        tr = data_parallel_trainer(dp, model, lm_loss, _optimizer("adamw", model), global_batches(4), world=world,
+                                   steps=4, seed=2, progress=False, log_every=1, on_step=stop)
+        tr.fit()
+        return tr.step, tr.interrupted
+    assert SimComm(4).run(worker) == [(1, True)] * 4
+    assert capsys.readouterr().out.count("step 1: loss") == 1
+
+
 def test_resume_refuses_ranks_at_different_steps_or_another_world_size(tmp_path):
     SimComm(2).run(_dp_worker, tmp_path, 6, save_every=3)
     SimComm(2).run(_dp_worker, tmp_path / "later", 6, save_every=4)

@@ -229,6 +229,18 @@ def test_a_checkpoint_without_the_streams_state_still_loads_and_leaves_them_as_t
     assert again.step == 3 and streams.pos == 0 and streams.state is None
 
 
+def test_a_restore_refused_after_the_streams_were_loaded_puts_them_back(tmp_path):
+    """A target behind the saved step is refused last, after the streams took the saved state:
+    the rollback must give them theirs back (the refusals above come before they are touched)."""
+    tr, _, _ = _bptt_run(3)
+    tr.fit()
+    tr.save(tmp_path)
+    again, _, streams = _bptt_run(5)
+    with pytest.raises(CheckpointError, match="a target of 1 steps is behind it"):
+        again.restore(load_checkpoint(tmp_path), target=1)
+    assert streams.pos == 0 and streams.state is None and again.step == 0
+
+
 @pytest.mark.parametrize("other, match", [
     (lambda s: lambda rng: s.next_window(), "holds the state of a batch source, this trainer's batches keep none"),
     (lambda s: BPTTStreams(s.x.ravel()[:41], batch_size=2, window=5).next_window,
