@@ -9,8 +9,9 @@
    ``models.training.Trainer``; the checkpoint goes to ``--out/pretrained`` (an earlier run's is
    overwritten only with ``--force``). Reported: the validation MLM loss and the share of masked
    characters predicted right. ``--pretrained DIR`` skips this step and fine-tunes the encoder
-   saved in DIR: its shape (layers, width, heads, positions) is the checkpoint's, and
-   ``--block-size`` is then the checkpoint's unless given smaller.
+   saved in DIR: its shape (layers, width, heads, positions) is the checkpoint's (the shape and
+   pretraining flags are refused beside it), and ``--block-size`` is then the checkpoint's unless
+   given smaller.
 2. **Fine-tuning**: a classifier on [CLS] learns the task *real or shuffled?* -- a stretch of
    4..12 consecutive words of the text, or the same words in another order
    (``models.bert.ShuffledWordsTask``; training examples from the training split, test examples
@@ -89,6 +90,10 @@ def build_parser():
 
 
 def _validate(a):
+    if a.pretrained:
+        cli.refuse_unused(build_parser(), a, ("n_layer", "n_embd", "n_head", "pretrain_minutes", "pretrain_steps",
+                                              "pretrain_lr"),
+                          "--pretrained fine-tunes a saved encoder of its own shape and pretrains nothing")
     cli.fill_defaults(a, QUICK, FULL)
     for name in ("n_layer", "n_embd", "n_head", "batch_size", "finetune_steps", "test"):
         if getattr(a, name) < 1:

@@ -280,9 +280,10 @@ def test_rnn_lm_demo_overwrites_earlier_checkpoints_only_with_force(tmp_path, mo
 
 # ---------------------------------------------------------------------------------- bert
 def bert_argv(tiny_text, *more, block="32"):
-    return ["--data", tiny_text, "--n-layer", "1", "--n-embd", "16", *(["--block-size", block] if block else []),
-            "--batch-size", "8", "--pretrain-steps", "6", "--finetune-steps", "4", "--test", "100", "--no-progress",
-            *more]
+    """A small encoder's run; fine-tuning a --pretrained one takes its shape and pretrains nothing."""
+    shape = [] if "--pretrained" in more else ["--n-layer", "1", "--n-embd", "16", "--pretrain-steps", "6"]
+    return ["--data", tiny_text, *shape, *(["--block-size", block] if block else []),
+            "--batch-size", "8", "--finetune-steps", "4", "--test", "100", "--no-progress", *more]
 
 
 def test_bert_demo_pretrains_fine_tunes_and_compares_with_scratch(tmp_path, monkeypatch, tiny_text):
@@ -379,6 +380,9 @@ def test_bert_demo_overwrites_an_earlier_pretrained_encoder_only_with_force(tmp_
     (["--n-embd", "30", "--n-head", "4"], "--n-embd 30 must be divisible by --n-head 4"),
     (["--finetune-minutes", "-1"], "--finetune-minutes must be a finite number >= 0 (0: no limit)"),
     (["--pretrained", "nowhere"], "no checkpoint at nowhere/ckpt.npz"),
+    (["--pretrained", "nowhere", "--n-layer", "2", "--pretrain-lr", "0.1"],
+     "--n-layer, --pretrain-lr: --pretrained fine-tunes a saved encoder of its own shape and pretrains nothing, "
+     "so they would be ignored; drop them"),
     (["--data", "empty.txt"], "--data empty.txt: the file is empty"),
 ])
 def test_bert_demo_refuses_bad_input(argv, says, tmp_path, monkeypatch, capsys, tiny_text):
