@@ -231,7 +231,8 @@ def run(a) -> dict:
     train_ids, val_ids = np.asarray(data.train.ids), np.asarray(data.val.ids)
     mlm_val = [mlm_batch(val_ids, vocab, a.batch_size, a.block_size, np.random.default_rng(a.seed + 10 + i))
                for i in range(8)]
-    test = [test_task.batch(np.random.default_rng(a.seed + 100 + i), 100) for i in range(max(1, a.test // 100))]
+    sizes = [100] * (a.test // 100) + [a.test % 100] * bool(a.test % 100)       # --test examples exactly
+    test = [test_task.batch(np.random.default_rng(a.seed + 100 + i), n) for i, n in enumerate(sizes)]
     val_cls = test[:2]
     curves, result = {}, {}
     model = BERT(cfg, seed=a.seed)

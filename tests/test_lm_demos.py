@@ -331,9 +331,12 @@ def test_bert_demo_fine_tunes_a_checkpoint_with_its_block_size_and_refuses_a_lon
                    "--block-size 48 is longer than the 32 positions the encoder in --pretrained b/pretrained has; "
                    "give --block-size 32 or less", capsys, watch=tmp_path)
     result = demo.run(demo.build_parser().parse_args(
-        bert_argv(tiny_text, "--out", "b2", "--pretrained", "b/pretrained", "--no-scratch", block=None)))
+        bert_argv(tiny_text, "--out", "b2", "--pretrained", "b/pretrained", "--no-scratch", "--test", "150",
+                  block=None)))
     assert result["pretrain_steps"] == 6 and result["fine_tuned"]["pretrained"]["steps"] == 4
-    assert "inputs of up to 32 characters" in (tmp_path / "b2" / "bert_results.md").read_text()
+    md = (tmp_path / "b2" / "bert_results.md").read_text()
+    assert "inputs of up to 32 characters" in md
+    assert "150 test examples" in md                    # --test 150 tested 100 (whole hundreds only)
 
 
 @pytest.mark.parametrize("run, says, kept", [
