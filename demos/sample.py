@@ -20,7 +20,7 @@ import sys
 from models import cli
 from models.textgen import sample_text
 from models.tokenizer import TokenizerError
-from models.training import CheckpointError, load_checkpoint
+from models.training import CKPT, CheckpointError, load_checkpoint
 
 # --quick reads the smoke run of `train_gpt.py --quick` and prints less (flags given explicitly win)
 QUICK = {"out": os.path.join("out", "quick"), "tokens": 100}
@@ -55,6 +55,9 @@ def run(args) -> None:
         raise cli.UsageError(f"--temperature must be a finite number >= 0, got {args.temperature}")
     if args.top_k is not None and args.top_k < 1:
         raise cli.UsageError(f"--top-k must be >= 1, got {args.top_k}")
+    if args.quick and not os.path.exists(os.path.join(args.out, CKPT)):
+        raise cli.UsageError(f"no checkpoint at {args.out}: --quick samples the model that "
+                             f"`python demos/train_gpt.py --quick` trains there; run that first")
     ckpt = load_checkpoint(args.out)
     tokenizer = ckpt.tokenizer()
     model = ckpt.build_model()

@@ -20,7 +20,8 @@ those of an uninterrupted run bit for bit. A run given no ``--steps`` takes its 
 time budget, so ``--resume --max-minutes 0`` of it is refused unless ``--steps N`` says how far
 to go (``--max-minutes M`` gives it M more minutes). A fresh run refuses an ``--out`` that
 already holds a checkpoint unless ``--force`` is given. ``--quick`` is a smoke run of about a
-minute (``QUICK``: the tiny preset, 60 steps, no time budget) into ``out/quick``.
+minute (``QUICK``: the tiny preset, 60 steps, no time budget) into ``out/quick``, which every
+``--quick`` run replaces (with ``--out`` given, ``--force`` as for any run).
 
 The recipe is nanoGPT's (``train.py``) with Muon in place of AdamW: Muon (Jordan et al. 2024)
 on the hidden matrices and AdamW on the embeddings, head, norms and biases (weight decay only on
@@ -342,6 +343,8 @@ def run(args, on_step=None, explicit=frozenset()) -> int:
         for dest, value in QUICK.items():
             if dest not in explicit:
                 setattr(args, dest, value)
+        if "out" not in explicit:                      # out/quick is the smoke run's own: replaced
+            args.force = True
     _validate(args)
     given = sorted(f for f in ("tokenizer", "vocab_size") if f in explicit)
     if args.init_from and given:      # the weights come with their tokenizer
@@ -352,8 +355,9 @@ def run(args, on_step=None, explicit=frozenset()) -> int:
         ckpt = _gpt_checkpoint(args.out, "--resume --out")
         _adopt_saved_flags(args, explicit, ckpt)
     elif os.path.exists(os.path.join(args.out, CKPT)) and not args.force:
-        raise cli.UsageError(f"{args.out} already holds a checkpoint; continue it with --resume, overwrite it "
-                         f"with --force, or choose another --out")
+        resume = "" if args.quick else "continue it with --resume, "       # --quick cannot resume
+        raise cli.UsageError(f"{args.out} already holds a checkpoint; {resume}overwrite it "
+                             f"with --force, or choose another --out")
     if args.init_from and ckpt is None:                 # a resumed fine-tune has its weights already
         init = _gpt_checkpoint(args.init_from, "--init-from")
         if "preset" not in explicit and init.meta.get("preset") in PRESETS:
@@ -426,6 +430,8 @@ def run(args, on_step=None, explicit=frozenset()) -> int:
 
     # ---- inputs are good: from here on we may write ---------------------------------------------
     cli.check_out_dir(args.out)
+    if not args.resume and os.path.exists(os.path.join(args.out, "samples.txt")):
+        os.remove(os.path.join(args.out, "samples.txt"))   # an earlier run's, not this one's
     data.save_cache()
     if args.warmup >= args.steps:                      # after the checks: a refused run says one line
         print(f"warning: --warmup {args.warmup} >= --steps {args.steps}: the learning rate never "

@@ -1,5 +1,6 @@
 """The training CLI: resume == uninterrupted, Ctrl-C saves, outputs, and bad input -> one line, exit 2."""
 import json
+import shutil
 import re
 import os
 import signal
@@ -153,9 +154,42 @@ def test_quick_is_a_short_run_of_the_tiny_preset_into_its_own_out(tmp_path, monk
     assert args["max_minutes"] == 0 and args["warmup"] == 10 and args["eval_batches"] == 1   # explicit wins
 
 
+def test_quick_runs_again_and_replaces_its_own_smoke_run_only(tmp_path, monkeypatch, capsys, corpus):
+    """A second --quick was refused ('already holds a checkpoint; continue it with --resume'),
+    and --quick --resume is refused too: the documented smoke command ran once (a review
+    session). out/quick is the smoke run's own and each --quick replaces it; an --out given
+    explicitly keeps the rule of every run, without a --resume hint --quick cannot take."""
+    monkeypatch.chdir(tmp_path)
+    quick = ["--quick", "--data", corpus, "--batch-size", "4", "--eval-batches", "1", "--no-progress",
+             "--steps", "4", "--eval-every", "2"]
+    assert train_gpt.main(quick) == 0 and train_gpt.main(quick + ["--seed", "3"]) == 0
+    assert json.loads(str(_load(tmp_path / "out" / "quick")["meta"]))["args"]["seed"] == 3
+    capsys.readouterr()
+    shutil.copytree(tmp_path / "out" / "quick", tmp_path / "mine")
+    assert_refused(train_gpt, quick + ["--out", "mine"], "mine already holds a checkpoint; overwrite it with "
+                   "--force, or choose another --out", capsys, str(tmp_path / "mine"))
+
+
+def test_a_fresh_run_stopped_early_leaves_no_sample_of_the_run_it_replaced(tmp_path, capsys, corpus, full_run):
+    """--force over a finished run, stopped by Ctrl-C before its sample: the old run's samples.txt
+    stayed beside the new checkpoint (and a --resume appended to it). A run the budget sizes
+    names no step count in its stop line (its target is an unfitted bound)."""
+    out = tmp_path / "again"
+    shutil.copytree(full_run, out)
+    args = [a for a in _args(corpus, out, "--force") if a not in ("--steps", "12", "--max-minutes", "0")]
+    assert train_gpt.main(args, on_step=lambda s: s == 2 and signal.raise_signal(signal.SIGINT)) == 130
+    assert capsys.readouterr().err.startswith("train_gpt.py: interrupted at step 2: checkpoint saved to ")
+    assert not (out / "samples.txt").exists() and json.load(open(out / "manifest.json"))["step"] == 2
+
+
+def test_sample_quick_without_the_smoke_run_says_what_to_run(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert_refused(load_demo("sample.py"), ["--quick"], "no checkpoint at out/quick: --quick samples the model "
+                   "that `python demos/train_gpt.py --quick` trains there; run that first", capsys, str(tmp_path))
+
+
 def test_checkpoint_from_another_run(tmp_path, capsys, corpus, full_run):
     out = tmp_path / "other"
-    import shutil
     shutil.copytree(full_run, out)
     for flags, said in ((("--preset", "small"), "--preset small contradicts"),
                         (("--batch-size", "8"), "--batch-size 8 contradicts"),
@@ -170,7 +204,6 @@ def test_checkpoint_from_another_run(tmp_path, capsys, corpus, full_run):
 
 
 def test_a_fresh_run_never_replaces_a_checkpoint(tmp_path, capsys, corpus, full_run):
-    import shutil
     out = tmp_path / "taken"
     shutil.copytree(full_run, out)
     line = assert_refused(train_gpt, _args(corpus, out), "already holds a checkpoint", capsys, out)
@@ -180,7 +213,6 @@ def test_a_fresh_run_never_replaces_a_checkpoint(tmp_path, capsys, corpus, full_
 
 
 def test_resume_with_new_steps_extends_the_run(tmp_path, capsys, corpus, full_run):
-    import shutil
     out = tmp_path / "longer"
     shutil.copytree(full_run, out)
     assert train_gpt.main(["--resume", "--out", str(out), "--steps", "16", "--no-progress"]) == 0
@@ -354,7 +386,6 @@ def test_sample_cli_prints_text_from_a_checkpoint(full_run):
 
 
 def test_sample_cli_bad_input_is_one_line(full_run, tmp_path):
-    import shutil
     cases = {"missing": (str(tmp_path / "nowhere"), "no checkpoint")}
     bad = tmp_path / "corrupt"
     shutil.copytree(full_run, bad)
@@ -471,7 +502,6 @@ def test_without_steps_the_time_budget_sets_the_runs_length(tmp_path, capsys, co
 
 def test_a_resumed_fine_tune_needs_not_its_source_and_init_from_takes_the_sources_preset(tmp_path, capsys,
                                                                                         corpus, full_run):
-    import shutil
     source = tmp_path / "source"
     shutil.copytree(full_run, source)
     out = tmp_path / "ft"
@@ -485,7 +515,6 @@ def test_a_resumed_fine_tune_needs_not_its_source_and_init_from_takes_the_source
 
 
 def test_sample_quick_prints_100_tokens_of_the_model_train_gpt_quick_saves(tmp_path, monkeypatch, capsys, full_run):
-    import shutil
     monkeypatch.chdir(tmp_path)
     shutil.copytree(full_run, tmp_path / "out" / "quick")          # where train_gpt.py --quick saves
     sample = load_demo("sample.py")
