@@ -6,7 +6,8 @@ regenerated from a seed, so a training step needs the memory of inference; LoZO 
 2025, arXiv 2410.07698) perturbs each matrix by a rank-r U·Vᵀ instead. This demo
 
 1. loads a pretrained GPT (``--ckpt``: a checkpoint of demos/train_gpt.py; by default its
-   ``out/ckpt.npz`` when that is the preset asked for) or pretrains one itself on the training
+   ``out/ckpt.npz`` when that is the preset asked for and neither ``--pretrain-steps`` nor
+   ``--pretrain-lr`` is given) or pretrains one itself on the training
    split for ``--pretrain-steps`` AdamW steps (warmup + cosine; cached as a checkpoint in
    ``--cache-dir``);
 2. fine-tunes copies of it on *held-out* text -- the corpus's validation split, whose first 80%
@@ -277,8 +278,8 @@ def build_parser():
                    help=f"model size (default {FULL['preset']}; --quick: {QUICK['preset']})")
     p.add_argument("--ckpt", default=None,
                    help=f"pretrained GPT from demos/train_gpt.py (its {os.path.basename(TRAIN_GPT_CKPT)} or "
-                        f"--out directory); default: {TRAIN_GPT_CKPT} if it is usable (not with --quick), "
-                        f"else pretrain one here")
+                        f"--out directory); default: {TRAIN_GPT_CKPT} if it is usable (not with --quick, "
+                        f"--pretrain-steps or --pretrain-lr), else pretrain one here")
     p.add_argument("--pretrain-steps", type=int, default=None)
     p.add_argument("--pretrain-lr", type=float, default=3e-3)
     p.add_argument("--adamw-steps", type=int, default=None)
@@ -309,6 +310,8 @@ def _validate(a):
                           "--skip-train runs no fine-tuning")
     if a.ckpt is not None:
         cli.refuse_unused(build_parser(), a, ("pretrain_steps", "pretrain_lr"), "--ckpt gives the pretrained model")
+    parser = build_parser()                  # given explicitly, they ask for a pretraining here
+    a.pretrain_asked = any(getattr(a, n) != parser.get_default(n) for n in ("pretrain_steps", "pretrain_lr"))
     cli.fill_defaults(a, QUICK, FULL)
     for name in ("pretrain_steps", "adamw_steps", "zo_steps", "rank", "nu", "n_evals", "eval_batches"):
         if getattr(a, name) < 1:
@@ -335,6 +338,8 @@ def run(a) -> dict:
     loaded = None
     if a.ckpt is not None:               # asked for: it must be usable
         loaded = from_checkpoint(a.ckpt, cfg, a.preset, text, desc, cache_dir)
+    elif a.pretrain_asked and os.path.exists(TRAIN_GPT_CKPT):
+        print(f"[zo_finetune] --pretrain-steps/--pretrain-lr given: pretraining here, not taking {TRAIN_GPT_CKPT}")
     elif not a.quick and os.path.exists(TRAIN_GPT_CKPT):
         try:
             loaded = from_checkpoint(TRAIN_GPT_CKPT, cfg, a.preset, text, desc, cache_dir)

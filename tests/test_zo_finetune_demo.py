@@ -49,6 +49,25 @@ def test_quick_run_writes_into_out_and_reuses_the_pretrained_gpt(tmp_path, monke
     assert files_below(tmp_path / "tmp2") == ["results_tiny.json", "results_tiny.md", "zo_finetune_memory.png"]
 
 
+def test_pretraining_flags_given_pretrain_here_instead_of_taking_train_gpts_checkpoint(tmp_path, monkeypatch,
+                                                                                       capsys):
+    """Without --ckpt or --quick the demo takes out/ckpt.npz when it fits, and an explicit
+    --pretrain-steps or --pretrain-lr was silently ignored there (a review session): given, they
+    now mean a pretraining here."""
+    monkeypatch.chdir(tmp_path)
+    assert load_demo("train_gpt.py").main(["--preset", "tiny", "--steps", "1", "--max-minutes", "0", "--batch-size",
+                                           "2", "--eval-batches", "1", "--sample-chars", "1", "--no-progress"]) == 0
+    demo = load_demo("zo_finetune.py")
+    base = ["--preset", "tiny", "--skip-train", "--batch-size", "4", "--max-chars", "200000", "--cache-dir", "",
+            "--no-progress"]
+    capsys.readouterr()
+    assert demo.main(base + ["--out", "a"]) == 0
+    assert "the checkpoint out/ckpt.npz (step 1)" in capsys.readouterr().out
+    assert demo.main(base + ["--out", "b", "--pretrain-steps", "2"]) == 0
+    said = capsys.readouterr().out
+    assert "pretraining here, not taking out/ckpt.npz" in said and "the checkpoint out/ckpt.npz" not in said
+
+
 @pytest.mark.parametrize("stop_at, says", [
     (1, "zo_finetune.py: pretraining interrupted at step 4 of 4; nothing cached, no results written to res\n"),
     (2, "zo_finetune.py: AdamW (backprop) interrupted at step 3 of 3; no figures and no results_tiny.json or .md "
