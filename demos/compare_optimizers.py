@@ -486,11 +486,15 @@ def run(args) -> list:
         results.append(r)
         if not skipped_now:
             write()                           # an interrupted sweep leaves its table and plots
+    if skipped == len(plan):
+        write()                               # all done before: the table and plots are redrawn here
     try:
         speed = _speed(results, cfg, data, batch_size, args)
     except KeyboardInterrupt:                 # no Trainer here to catch Ctrl-C: a traceback otherwise
-        raise cli.Interrupted(f"interrupted in the speed pass; speed.json not written, results.md and the "
-                              f"plots hold all {len(results)} runs without it") from None
+        earlier = os.path.exists(os.path.join(args.out, "speed.json"))
+        raise cli.Interrupted(f"interrupted in the speed pass; results.md and the plots hold all {len(results)} "
+                              f"runs without speeds, speed.json is "
+                              f"{'an earlier pass' if earlier else 'not written'}") from None
     write(speed)
     print("\n" + tables(results, head, speed))
     print(f"{len(plan) - skipped} runs trained, {skipped} skipped (done before); wrote results.md, "

@@ -133,11 +133,22 @@ def test_ctrl_c_in_the_speed_pass_is_one_line_and_exit_130_keeping_the_runs(tmp_
     def ctrl_c(*args):                         # the speed pass has no Trainer.fit to catch it
         raise KeyboardInterrupt
 
+    argv = [*SMALL, "--optimizers", "adamw", "--num-lrs", "1", "--out", str(tmp_path)]
+    measure_speed = demo.measure_speed
     monkeypatch.setattr(demo, "measure_speed", ctrl_c)
-    assert demo.main([*SMALL, "--optimizers", "adamw", "--num-lrs", "1", "--out", str(tmp_path)]) == 130
-    assert capsys.readouterr().err == ("compare_optimizers.py: interrupted in the speed pass; speed.json not "
-                                       "written, results.md and the plots hold all 1 runs without it\n")
+    assert demo.main(argv) == 130
+    assert capsys.readouterr().err == ("compare_optimizers.py: interrupted in the speed pass; results.md and the "
+                                       "plots hold all 1 runs without speeds, speed.json is not written\n")
     assert not (tmp_path / "speed.json").exists() and "adamw" in (tmp_path / "results.md").read_text()
+    # a finished sweep run again re-measures (every run skipped): stopped there, the table and the
+    # plots are redrawn without speeds and the earlier speed.json is named as such (a review session:
+    # the message said so while the earlier results.md, with its speeds, stayed)
+    monkeypatch.setattr(demo, "measure_speed", measure_speed)
+    assert demo.main(argv) == 0 and "the speed pass after the sweep" in (tmp_path / "results.md").read_text()
+    monkeypatch.setattr(demo, "measure_speed", ctrl_c)
+    assert demo.main(argv) == 130
+    assert capsys.readouterr().err.endswith("without speeds, speed.json is an earlier pass\n")
+    assert "the speed pass after the sweep" not in (tmp_path / "results.md").read_text()
 
 
 def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
