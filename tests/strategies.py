@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import signal
 
 import numpy as np
 import pytest
@@ -215,6 +216,36 @@ def snapshot(root) -> dict:
             with open(path, "rb") as f:
                 snap[path] = (os.stat(path).st_mtime_ns, f.read())
     return snap
+
+
+def ctrl_c(demo, monkeypatch, run: int, step: int = 2) -> list:
+    """Make the ``run``-th ``demo.Trainer.fit`` (1-based) receive Ctrl-C during its step ``step``
+    (a real SIGINT: the step finishes and fit() returns with ``interrupted`` set); returns the list
+    of the trainers the demo fits. Trainers used without fit (a memory probe's) do not count."""
+    fits = []
+
+    class CtrlC(demo.Trainer):
+        def fit(self):
+            fits.append(self)
+            return super().fit()
+
+        def train_step(self, batch=None):
+            loss = super().train_step(batch)
+            if self.step == step and len(fits) == run and self is fits[-1]:
+                signal.raise_signal(signal.SIGINT)   # what Ctrl-C does
+            return loss
+
+    monkeypatch.setattr(demo, "Trainer", CtrlC)
+    return fits
+
+
+def assert_stopped(demo, argv, says: str, capsys) -> None:
+    """``demo.main(argv)`` ends as a stopped run: exit 130 and one line ``<demo>.py: ...`` holding ``says``."""
+    code = demo.main(argv)
+    err = capsys.readouterr().err
+    assert code == 130, err
+    assert err.count("\n") == 1 and err.startswith(f"{os.path.basename(demo.__file__)}: interrupted"), err
+    assert says in err, err
 
 
 def assert_refused(demo, argv, says: str, capsys, watch) -> str:

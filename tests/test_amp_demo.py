@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from strategies import assert_refused, files_below, load_demo
+from strategies import assert_refused, ctrl_c, files_below, load_demo
 
 
 def test_demo_runs_on_the_gpt_and_writes_into_out(tmp_path, monkeypatch, capsys):
@@ -57,19 +57,10 @@ def test_a_refused_out_leaves_no_token_cache(tmp_path, monkeypatch, capsys):
 def test_an_interrupted_run_is_one_line_exit_130_and_writes_no_results(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     demo = load_demo("mixed_precision.py")
-    calls = []
-
-    class StoppedAtSecondFit(demo.Trainer):      # Ctrl-C during the second recipe
-        def fit(self):
-            calls.append(self.target)
-            result = super().fit()
-            result.interrupted = self.interrupted = len(calls) == 2
-            return result
-
-    monkeypatch.setattr(demo, "Trainer", StoppedAtSecondFit)
+    made = ctrl_c(demo, monkeypatch, run=2)          # Ctrl-C during the second recipe
     assert demo.main(["--quick", "--steps", "2", "--batch-size", "2", "--recipes", "fp32,bf16,fp8",
                       "--out", "mp", "--cache-dir", "", "--no-progress"]) == 130
     err = capsys.readouterr().err
     assert err == "mixed_precision.py: interrupted in recipe bf16 at step 2 of 2; no table, JSON or figure " \
                   "written to mp\n"
-    assert len(calls) == 2 and files_below(tmp_path) == []
+    assert len(made) == 2 and files_below(tmp_path) == []

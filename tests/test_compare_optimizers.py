@@ -5,7 +5,7 @@ input is one line and exit 2."""
 import json
 import math
 
-from strategies import assert_refused, files_below, load_demo
+from strategies import assert_refused, ctrl_c, files_below, load_demo
 
 demo = load_demo("compare_optimizers.py")
 
@@ -106,18 +106,8 @@ def test_a_diverging_lr_is_recorded_as_diverged_not_a_crash(tmp_path, monkeypatc
 
 
 def test_an_interrupted_run_is_not_recorded_and_the_sweep_resumes_there(tmp_path, monkeypatch, capsys):
-    import os
-    import signal
-
-    class StoppedAtStep2(demo.Trainer):        # what Ctrl-C or `kill` does to the second run
-        def train_step(self, batch=None):
-            out = super().train_step(batch)
-            if self.step == 2 and type(self.optimizer).__name__ == "SGD":
-                os.kill(os.getpid(), signal.SIGINT)
-            return out
-
     argv = [*SMALL, "--optimizers", "adamw,sgd", "--num-lrs", "1", "--out", str(tmp_path)]
-    monkeypatch.setattr(demo, "Trainer", StoppedAtStep2)
+    ctrl_c(demo, monkeypatch, run=2)           # what Ctrl-C or `kill` does to the second run, sgd's
     assert demo.main(argv) == 130
     assert capsys.readouterr().err == ("compare_optimizers.py: interrupted in run 2/2 (sgd lr "
                                        f"{demo.BASE['sgd'][0]:g}), not recorded; results.md and the plots hold "

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from strategies import assert_refused, files_below, load_demo
+from strategies import assert_refused, ctrl_c, files_below, load_demo
 
 DEMO = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "demos", "layerwise.py")
 FILES = ["lw/layerwise_convex.png", "lw/layerwise_gpt.png", "lw/layerwise_memory.png",
@@ -118,21 +118,12 @@ def test_an_interrupted_run_is_one_line_exit_130_and_writes_no_results(tmp_path,
     beside the figures of an older run in --out would pass for a finished one."""
     monkeypatch.chdir(tmp_path)
     demo = load_demo("layerwise.py")
-    calls = []
-
-    class StoppedAtSecondFit(demo.Trainer):
-        def fit(self):
-            calls.append(self.target)
-            result = super().fit()
-            result.interrupted = self.interrupted = len(calls) == 2
-            return result
-
-    monkeypatch.setattr(demo, "Trainer", StoppedAtSecondFit)
+    made = ctrl_c(demo, monkeypatch, run=2)
     assert demo.main(["--quick", "--steps", "2", "--batch-size", "2", "--eval-batches", "1", "--epochs", "10",
                       "--seeds", "1", "--max-chars", "50000", "--methods", "adamw,badam,bcd", "--out", "lw",
                       "--cache-dir", "", "--no-progress"]) == 130
     err = capsys.readouterr().err
     assert err == "layerwise.py: interrupted in BAdam at step 2 of 2; no figures and no layerwise_results.md " \
                   "written to lw\n"
-    assert len(calls) == 2 and files_below(tmp_path) == []
+    assert len(made) == 2 and files_below(tmp_path) == []
 

@@ -4,7 +4,6 @@ one line and exit 2 with nothing written; a run stopped by Ctrl-C is one line an
 results written; an earlier run's checkpoint is overwritten only with --force."""
 import os
 import re
-import signal
 
 import numpy as np
 import pytest
@@ -12,7 +11,7 @@ import pytest
 import minigrad
 
 from models.training import load_checkpoint
-from strategies import assert_refused, files_below, load_demo
+from strategies import assert_refused, assert_stopped, ctrl_c, files_below, load_demo
 
 
 @pytest.fixture
@@ -25,35 +24,6 @@ def tiny_text(tmp_path):
     path = tmp_path / "tiny.txt"
     path.write_text("\n".join(lines * 60) + "\n", encoding="utf-8")
     return str(path)
-
-
-def ctrl_c(demo, monkeypatch, run: int, step: int = 2) -> list:
-    """Make ``demo.Trainer``'s ``run``-th trainer (1-based) receive Ctrl-C during its step ``step``;
-    returns the list of the trainers the demo makes."""
-    made = []
-
-    class CtrlC(demo.Trainer):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            made.append(self)
-
-        def train_step(self, batch=None):
-            loss = super().train_step(batch)
-            if self.step == step and len(made) >= run and self is made[run - 1]:
-                signal.raise_signal(signal.SIGINT)   # what Ctrl-C does: the step finishes, fit() returns
-            return loss
-
-    monkeypatch.setattr(demo, "Trainer", CtrlC)
-    return made
-
-
-def assert_stopped(demo, argv, says: str, capsys) -> None:
-    """``demo.main(argv)`` ends as a stopped run: exit 130 and one line ``<demo>.py: ...`` holding ``says``."""
-    code = demo.main(argv)
-    err = capsys.readouterr().err
-    assert code == 130, err
-    assert err.count("\n") == 1 and err.startswith(f"{os.path.basename(demo.__file__)}: interrupted"), err
-    assert says in err, err
 
 
 # --------------------------------------------------------------------------------- ngram

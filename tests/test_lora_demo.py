@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from strategies import assert_refused, files_below, load_demo
+from strategies import assert_refused, ctrl_c, files_below, load_demo
 
 SMALL = ["--quick", "--pretrain-steps", "3", "--steps", "2", "--n-evals", "1", "--eval-batches", "1",
          "--batch-size", "2", "--max-chars", "60000", "--ranks", "1,2", "--dora-rank", "1", "--no-progress"]
@@ -81,17 +81,8 @@ def test_bad_input_is_one_line_and_exit_2_before_writing(tmp_path, monkeypatch, 
 def test_an_interrupted_run_stops_the_demo_with_130_and_writes_no_results(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     demo = load_demo("finetune_lora.py")
-    calls = []
-
-    class StoppedAtSecondFit(demo.Trainer):
-        def fit(self):                   # the pretraining, then full fine-tuning: Ctrl-C there
-            calls.append(self.target)
-            result = super().fit()
-            result.interrupted = self.interrupted = len(calls) == 2
-            return result
-
-    monkeypatch.setattr(demo, "Trainer", StoppedAtSecondFit)
+    made = ctrl_c(demo, monkeypatch, run=2)          # the pretraining, then full fine-tuning: Ctrl-C there
     assert demo.main(SMALL + ["--out", "res", "--cache-dir", ""]) == 130
-    assert len(calls) == 2
+    assert len(made) == 2
     assert capsys.readouterr().err == "finetune_lora.py: full: interrupted at step 2 of 2; no results written to res\n"
     assert files_below(tmp_path / "res") == []

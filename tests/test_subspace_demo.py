@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from strategies import assert_refused, files_below, load_demo
+from strategies import assert_refused, ctrl_c, files_below, load_demo
 
 demo = load_demo("subspace.py")
 
@@ -87,20 +87,11 @@ def test_an_interrupted_run_is_one_line_exit_130_and_writes_no_results(tmp_path,
     """Ctrl-C in (b) after (a) finished: no figure of (a) either, which beside the figures of an
     older run in --out would pass for a finished one."""
     monkeypatch.chdir(tmp_path)
-    calls = []
-
-    class StoppedAtSecondFit(demo.Trainer):
-        def fit(self):
-            calls.append(self.target)
-            result = super().fit()
-            result.interrupted = self.interrupted = len(calls) == 2
-            return result
-
-    monkeypatch.setattr(demo, "Trainer", StoppedAtSecondFit)
+    made = ctrl_c(demo, monkeypatch, run=2)
     assert demo.main(["--quick", "--ce-steps", "200", "--steps", "2", "--eval-every", "2", "--eval-batches", "1",
                       "--batch-size", "2", "--max-chars", "50000", "--methods", "adamw,galore,golore",
                       "--cache-dir", "", "--out", "sub", "--no-progress"]) == 130
     err = capsys.readouterr().err
     assert err == "subspace.py: interrupted in GaLore at step 2 of 2; no figures, subspace_results.md " \
                   "or .json written to sub\n"
-    assert len(calls) == 2 and files_below(tmp_path) == []
+    assert len(made) == 2 and files_below(tmp_path) == []

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from strategies import assert_refused, files_below, load_demo
+from strategies import assert_refused, ctrl_c, files_below, load_demo
 
 SMALL = ["--quick", "--pretrain-steps", "4", "--adamw-steps", "3", "--zo-steps", "4", "--n-evals", "2",
          "--eval-batches", "1", "--batch-size", "4", "--max-chars", "200000", "--no-progress"]
@@ -76,18 +76,9 @@ def test_ctrl_c_stops_the_demo_with_130_caching_no_part_trained_model(tmp_path, 
                                                                       stop_at, says):
     monkeypatch.chdir(tmp_path)
     demo = load_demo("zo_finetune.py")
-    calls = []
-
-    class Stopped(demo.Trainer):        # fit 1 pretrains, fit 2 fine-tunes: Ctrl-C in one of them
-        def fit(self):
-            calls.append(self.target)
-            result = super().fit()
-            result.interrupted = self.interrupted = len(calls) == stop_at
-            return result
-
-    monkeypatch.setattr(demo, "Trainer", Stopped)
+    made = ctrl_c(demo, monkeypatch, run=stop_at, step=(4, 3)[stop_at - 1])   # 1 pretrains, 2 fine-tunes
     assert demo.main(SMALL + ["--out", "res", "--cache-dir", "cache"]) == 130
-    assert len(calls) == stop_at and capsys.readouterr().err == says
+    assert len(made) == stop_at and capsys.readouterr().err == says
     assert files_below(tmp_path / "res") == []
     cached = [p for p in files_below(tmp_path / "cache") if "zo_finetune_pretrained" in p]
     assert bool(cached) == (stop_at == 2)          # only a finished pretraining is cached
