@@ -21,6 +21,10 @@ A flag argparse rejects, a :class:`UsageError` raised by the demo and any except
 way: ``<prog>: error: <message>`` on stderr, and :func:`main` returns 2. Every check runs before
 the demo writes anything, so a refused run leaves no files behind.
 
+A run that diverges (``models.training.Diverged``, a ``FloatingPointError``: non-finite gradients
+or losses, usually a learning rate too large) prints ``<prog>: error: <message>`` and returns 1:
+not bad input, but no traceback either.
+
 A run stopped by Ctrl-C or SIGTERM (``Trainer.fit`` returns with ``interrupted`` set) raises
 :class:`Interrupted` naming what it kept and what it did not write; :func:`main` prints
 ``<prog>: <message>`` on stderr and returns 130, the shell's code for a run ended by Ctrl-C, so
@@ -122,7 +126,8 @@ def main(parser: argparse.ArgumentParser, run, argv=None, errors=()) -> int:
     status: the int it returns, or 0 when it returns anything else (a summary, None).
     :class:`UsageError` and the exception classes in ``errors`` print ``<parser.prog>: error:
     <message>`` on stderr and return 2; :class:`Interrupted` prints ``<parser.prog>: <message>``
-    and returns 130; any other exception propagates."""
+    and returns 130; a ``FloatingPointError`` (a diverged run) prints ``<parser.prog>: error:
+    <message>`` and returns 1; any other exception propagates."""
     try:
         status = run(parser.parse_args(argv))
     except (UsageError, *errors) as e:
@@ -131,4 +136,8 @@ def main(parser: argparse.ArgumentParser, run, argv=None, errors=()) -> int:
     except Interrupted as e:
         print(f"{parser.prog}: {e}", file=sys.stderr)
         return 130
+    except FloatingPointError as e:                   # models.training.Diverged among them
+        hint = "" if "lr" in str(e) else "; a smaller learning rate may train"
+        print(f"{parser.prog}: error: {e}{hint}", file=sys.stderr)
+        return 1
     return status if isinstance(status, int) else 0

@@ -47,6 +47,16 @@ def test_an_interrupted_run_is_one_line_and_exit_130(capsys):
     assert captured.err == "demo.py: interrupted at step 4 of 9; no results written\n" and captured.out == ""
 
 
+def test_a_diverged_run_is_one_line_and_exit_1(capsys):
+    """Non-finite gradients at a huge --lr ended five demos in a traceback (a review session)."""
+    def run(args):
+        raise FloatingPointError("training diverged in step 3 of 9: gradient of 'w' has 4 non-finite value(s)")
+    assert cli.main(_parser(), run, []) == 1
+    captured = capsys.readouterr()
+    assert captured.err == ("demo.py: error: training diverged in step 3 of 9: gradient of 'w' has 4 non-finite "
+                            "value(s); a smaller learning rate may train\n") and captured.out == ""
+
+
 def test_an_undeclared_exception_propagates(capsys):
     def run(args):
         raise DemoError("a bug, not bad input")

@@ -182,6 +182,14 @@ def test_a_fresh_run_stopped_early_leaves_no_sample_of_the_run_it_replaced(tmp_p
     assert not (out / "samples.txt").exists() and json.load(open(out / "manifest.json"))["step"] == 2
 
 
+def test_a_diverging_run_is_one_line_and_exit_1(tmp_path, capsys, corpus):
+    """--lr 1e9: non-finite gradients ended the demo in a traceback (a review session)."""
+    assert train_gpt.main(_args(corpus, tmp_path / "d", "--lr", "1e9", "--optimizer", "adamw")) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and re.match(r"train_gpt.py: error: training diverged in step \d+ of 12: gradient "
+                                              r"of '.+' has \d+ non-finite value\(s\).*a smaller learning rate", err)
+
+
 def test_sample_quick_without_the_smoke_run_says_what_to_run(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     assert_refused(load_demo("sample.py"), ["--quick"], "no checkpoint at out/quick: --quick samples the model "

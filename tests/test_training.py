@@ -10,7 +10,7 @@ import pytest
 import optim
 from minigrad import amp
 from models.gpt import GPT, GPTConfig
-from models.training import (CheckpointError, Trainer, clip_grad_norm, evaluate, lm_loss,
+from models.training import (CheckpointError, Diverged, Trainer, clip_grad_norm, evaluate, lm_loss,
                              load_checkpoint, load_matching_checkpoint, save_checkpoint)
 
 CFG = dict(n_layer=1, n_head=2, n_embd=16, block_size=8, vocab_size=11)
@@ -264,6 +264,19 @@ def test_a_resume_takes_the_saved_hyperparameters_of_every_group(tmp_path):
     assert again.history["val_loss"] == full.history["val_loss"]
     for n, p in full_model.named_parameters():
         assert np.array_equal(p.data, dict(model2.named_parameters())[n].data), n
+
+
+@pytest.mark.parametrize("kind", ["adamw", "mezo"])
+def test_a_diverging_run_names_its_step(kind):
+    """Non-finite gradients (or a zeroth-order method's non-finite loss) at a huge lr: fit raises
+    Diverged, a FloatingPointError naming the step, with nothing of that step in the history."""
+    model = _model()
+    opt = optim.create(kind, {n: p.data for n, p in model.named_parameters()}, lr=1e12)
+    tr = _trainer(model, opt, steps=50, eval_batches=None)
+    with pytest.raises(Diverged, match=r"^training diverged in step (\d+) of 50: ") as e:
+        tr.fit()
+    step = int(e.value.args[0].split()[4])
+    assert isinstance(e.value, FloatingPointError) and tr.step == step - 1 == len(tr.history["train_loss"])
 
 
 def test_time_budget_stops_early_and_says_so():

@@ -23,9 +23,9 @@ from .checkpoint import (CKPT, FORMAT_VERSION, MANIFEST, Checkpoint, CheckpointE
                          load_checkpoint, load_matching_checkpoint, save_checkpoint)
 from .plots import plot_history, pyplot, save_figure
 from .profile import StepMemory, forward_memory, step_memory
-from .trainer import FitResult, Trainer, clip_grad_norm, evaluate, lm_loss, module_generators
+from .trainer import Diverged, FitResult, Trainer, clip_grad_norm, evaluate, lm_loss, module_generators
 
-__all__ = ["Trainer", "FitResult", "lm_loss", "evaluate", "clip_grad_norm", "module_generators",
+__all__ = ["Trainer", "FitResult", "Diverged", "lm_loss", "evaluate", "clip_grad_norm", "module_generators",
            "save_checkpoint", "load_checkpoint", "load_matching_checkpoint", "Checkpoint", "CheckpointError", "checkpoint_path",
            "FORMAT_VERSION", "CKPT", "MANIFEST", "plot_history", "pyplot", "save_figure", "step_memory", "forward_memory",
            "StepMemory"]

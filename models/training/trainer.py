@@ -53,7 +53,7 @@ from optim.schedules import LRScheduler, clip_grad_norm_
 
 from .checkpoint import Checkpoint, CheckpointError, save_checkpoint
 
-__all__ = ["Trainer", "FitResult", "lm_loss", "evaluate", "clip_grad_norm", "module_generators"]
+__all__ = ["Trainer", "FitResult", "Diverged", "lm_loss", "evaluate", "clip_grad_norm", "module_generators"]
 
 
 def lm_loss(model, batch):
@@ -140,6 +140,12 @@ def module_generators(model) -> dict:
             if isinstance(v, np.random.Generator):
                 found[f"{mname}.{attr}" if mname else attr] = v
     return found
+
+
+class Diverged(FloatingPointError):
+    """Raised by :meth:`Trainer.fit` when a step met non-finite numbers it was told not to skip
+    (an optimizer's ``nonfinite="raise"``, a zeroth-order method's non-finite loss): the message
+    names the step and what was found. A ``FloatingPointError``, so code catching that still does."""
 
 
 @dataclass
@@ -392,7 +398,10 @@ class Trainer:
                     decided = True
                     break
                 t0 = time.perf_counter()
-                loss = self.train_step()
+                try:
+                    loss = self.train_step()
+                except FloatingPointError as e:        # the step the history and the bar lack
+                    raise Diverged(f"training diverged in step {self.step + 1} of {self.horizon}: {e}") from None
                 dt = time.perf_counter() - t0
                 self.history["train_step"].append(self.step)
                 self.history["train_loss"].append(loss)
