@@ -226,7 +226,7 @@ def plot(r, sweep, tol, title, path):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = cli.ArgumentParser(prog="backprop_by_hand.py", description=__doc__.split("\n")[0])
+    ap = cli.ArgumentParser(prog="backprop_by_hand.py", description=__doc__)
     for flag, default, what in (("--batch", 8, "B: examples in the batch"), ("--inputs", 5, "D: input features"),
                                 ("--hidden", 16, "H: hidden units"), ("--classes", 3, "C: classes")):
         ap.add_argument(flag, type=int, default=default, help=f"{what}, in [1, {SIZE_MAX}]")

@@ -58,7 +58,7 @@ EXAMPLES = ["To be, or not to be, that is the question.", "Now is the winter of 
 
 
 def build_parser():
-    p = cli.ArgumentParser(prog="bert.py", description=__doc__.split("\n")[0])
+    p = cli.ArgumentParser(prog="bert.py", description=__doc__)
     p.add_argument("--data", default=None, help="a UTF-8 text file; None means Shakespeare's works")
     p.add_argument("--n-layer", type=int, default=None, help=f"encoder blocks (default {FULL['n_layer']})")
     p.add_argument("--n-embd", type=int, default=None, help=f"width (default {FULL['n_embd']})")

@@ -333,7 +333,7 @@ def plot(results, title, out, speed=None, tokens_per_step=None):
 
 # ----------------------------------------------------------------------------- command line
 def build_parser():
-    ap = cli.ArgumentParser(prog="compare_optimizers.py", description=__doc__.split("\n")[0])
+    ap = cli.ArgumentParser(prog="compare_optimizers.py", description=__doc__)
     ap.add_argument("--optimizers", default=None,
                     help="comma-separated names from optim.available() (default: all of them)")
     ap.add_argument("--steps", type=int, default=None, help="steps per run (default 300; --quick 40)")

@@ -694,7 +694,7 @@ def results_table(s) -> str:
 
 # ----------------------------------------------------------------------------- command line
 def build_parser() -> argparse.ArgumentParser:
-    ap = cli.ArgumentParser(prog="convex_lab.py", description=__doc__.split("\n")[0])
+    ap = cli.ArgumentParser(prog="convex_lab.py", description=__doc__)
     ap.add_argument("--quick", action="store_true", help="smaller problems and fewer iterations (~4 s)")
     ap.add_argument("--out", default=os.path.join("out", "convex_lab"),
                     help="directory for the convex_*.png figures and convex_lab_results.md")

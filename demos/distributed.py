@@ -530,7 +530,7 @@ def local_sgd_part(a, n: int, report: Report) -> dict:
 
 # ============================================================================= CLI
 def build_parser():
-    p = cli.ArgumentParser(prog="distributed.py", description=__doc__.split("\n")[0])
+    p = cli.ArgumentParser(prog="distributed.py", description=__doc__)
     p.add_argument("--part", default=None, choices=PARTS + ("all",),
                    help="what to run (default: all; gpt when a GPT flag is given)")
     p.add_argument("--workers", type=int, default=None,

@@ -255,7 +255,7 @@ def table(runs, base_loss, base_old) -> str:
 
 # ----------------------------------------------------------------------------- main
 def build_parser():
-    p = cli.ArgumentParser(prog="finetune_lora.py", description=__doc__.split("\n")[0])
+    p = cli.ArgumentParser(prog="finetune_lora.py", description=__doc__)
     p.add_argument("--preset", default=None, choices=list(PRESETS),
                    help=f"model size when pretraining here (default {FULL['preset']}; --quick: {QUICK['preset']})")
     p.add_argument("--init-from", default=None, metavar="CKPT",

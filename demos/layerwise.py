@@ -416,7 +416,7 @@ def plot_memory(runs, title, path):
 
 # ============================================================================= CLI
 def build_parser():
-    p = cli.ArgumentParser(prog="layerwise.py", description=__doc__.split("\n")[0])
+    p = cli.ArgumentParser(prog="layerwise.py", description=__doc__)
     p.add_argument("--part", choices=("all", "convex", "gpt"), default="all", help="what to run")
     p.add_argument("--methods", default=",".join(LABELS),
                    help=f"comma-separated GPT methods, from {', '.join(LABELS)} (default: all)")

@@ -208,7 +208,7 @@ def activations_vs_seq(name, seqs, b, path, progress=True):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = cli.ArgumentParser(prog="memory_costs.py", description=__doc__.split("\n")[0])
+    ap = cli.ArgumentParser(prog="memory_costs.py", description=__doc__)
     ap.add_argument("--peak-gflops", type=float, default=None,
                     help="peak GFLOP/s for MFU, > 0 (default: the best 1024³ float32 matmul measured here)")
     cli.add_output_arguments(ap, os.path.join("out", "memory_costs"),

@@ -247,7 +247,7 @@ def results_table(runs) -> str:
 
 
 def build_parser():
-    ap = cli.ArgumentParser(prog="mixed_precision.py", description=__doc__.split("\n")[0])
+    ap = cli.ArgumentParser(prog="mixed_precision.py", description=__doc__)
     ap.add_argument("--steps", type=int, default=None, help="optimizer steps per recipe (default 120; --quick: 20)")
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--min-lr-ratio", type=float, default=0.1, help="cosine schedule floor (x lr)")

@@ -36,7 +36,7 @@ K_VALUES = (1.0, 0.1, 0.01)
 
 
 def build_parser():
-    p = cli.ArgumentParser(prog="ngram.py", description=__doc__.split("\n")[0])
+    p = cli.ArgumentParser(prog="ngram.py", description=__doc__)
     p.add_argument("--data", default=None, help="a UTF-8 text file; None means Shakespeare's works")
     p.add_argument("--max-chars", type=int, default=None,
                    help=f"use only the first N characters (default: all; --quick {QUICK['max_chars']:,})")

@@ -298,7 +298,7 @@ def plot_timelines(schedule, m, path):
 
 # ============================================================================= CLI
 def build_parser():
-    p = cli.ArgumentParser(prog="parallel.py", description=__doc__.split("\n")[0])
+    p = cli.ArgumentParser(prog="parallel.py", description=__doc__)
     p.add_argument("--mode", default="all", choices=("all",) + MODES, help="what to train (default: all)")
     p.add_argument("--schedule", default="1f1b", choices=("gpipe", "1f1b"), help="pipeline schedule of --mode pp")
     p.add_argument("--workers", type=int, default=None,
@@ -325,6 +325,10 @@ def build_parser():
 
 def _validate(a, world: int):
     """Every check of the input, before anything is computed or written."""
+    if a.mode not in ("all", "pp"):
+        cli.refuse_unused(build_parser(), a, ("schedule", "micro_batches"), f"--mode {a.mode} runs no pipeline")
+    if a.mode not in ("all", "dp-tp"):
+        cli.refuse_unused(build_parser(), a, ("tp_degree",), f"--mode {a.mode} has no data x tensor grid")
     cli.fill_defaults(a, QUICK, FULL)
     for name in ("steps", "tp_degree", "micro_batches"):
         if getattr(a, name) < 1:
@@ -379,7 +383,8 @@ def _check_mode(a, mode, cfg, batch_size):
                 raise ValueError(f"the batch of {batch_size} sequences does not split over {d} "
                                  f"data-parallel groups; give a --batch-size divisible by {d}")
     except ValueError as e:
-        raise cli.UsageError(f"--mode {mode}: {e}") from None
+        given = f" --workers {n}" if a.workers is not None and a.mode != "all" else ""
+        raise cli.UsageError(f"--mode {mode}{given}: {e}") from None
 
 
 def _mpi_rank() -> int:

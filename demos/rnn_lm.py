@@ -63,7 +63,7 @@ GPT_LR = {"tiny": 6e-3, "small": 6e-3, "medium": 1e-3}     # demos/train_gpt.py'
 
 
 def build_parser():
-    p = cli.ArgumentParser(prog="rnn_lm.py", description=__doc__.split("\n")[0])
+    p = cli.ArgumentParser(prog="rnn_lm.py", description=__doc__)
     p.add_argument("--models", default=",".join(MODELS), help=f"comma-separated, from {', '.join(MODELS)}")
     p.add_argument("--minutes", type=float, default=None,
                    help=f"training time of each network (default {FULL['minutes']:g}; --quick {QUICK['minutes']:g})")

@@ -41,7 +41,7 @@ EXAMPLE = {"reverse": "3141592653", "sort": "3141592653", "add": "957+68"}
 
 
 def build_parser():
-    p = cli.ArgumentParser(prog="seq2seq.py", description=__doc__.split("\n")[0])
+    p = cli.ArgumentParser(prog="seq2seq.py", description=__doc__)
     p.add_argument("--tasks", default=None, help=f"comma-separated, from {', '.join(TASKS)} (default: all)")
     p.add_argument("--attention", default=None,
                    help=f"comma-separated, from {', '.join(ATTENTIONS)} (default: both; --quick bahdanau)")

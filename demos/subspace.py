@@ -205,7 +205,7 @@ def plot_gpt(runs, title, path):
 
 # ----------------------------------------------------------------------------- command line
 def build_parser():
-    ap = cli.ArgumentParser(prog="subspace.py", description=__doc__.split("\n")[0])
+    ap = cli.ArgumentParser(prog="subspace.py", description=__doc__)
     ap.add_argument("--part", choices=("a", "b", "both"), default="both",
                     help="a: the counterexample; b: the GPT comparison; both (default)")
     ap.add_argument("--ce-steps", type=int, default=None, help="counterexample steps (default 20000; --quick 5000)")

@@ -64,7 +64,7 @@ GROUPS = {"titles": ["king", "queen", "prince", "duke", "lord", "lady", "earl", 
 
 
 def build_parser():
-    p = cli.ArgumentParser(prog="word2vec.py", description=__doc__.split("\n")[0])
+    p = cli.ArgumentParser(prog="word2vec.py", description=__doc__)
     p.add_argument("--data", default=None, help="a UTF-8 text file; None means Shakespeare's works")
     p.add_argument("--max-chars", type=int, default=None, help="use only the first N characters")
     p.add_argument("--minutes", type=float, default=None,

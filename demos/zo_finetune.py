@@ -273,7 +273,7 @@ def print_memory(mem, ratios):
 
 # ----------------------------------------------------------------------------- main
 def build_parser():
-    p = cli.ArgumentParser(prog="zo_finetune.py", description=__doc__.split("\n")[0])
+    p = cli.ArgumentParser(prog="zo_finetune.py", description=__doc__)
     p.add_argument("--preset", default=None, choices=list(PRESETS),
                    help=f"model size (default {FULL['preset']}; --quick: {QUICK['preset']})")
     p.add_argument("--ckpt", default=None,

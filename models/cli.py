@@ -54,7 +54,13 @@ class Interrupted(Exception):
 class ArgumentParser(argparse.ArgumentParser):
     """``argparse.ArgumentParser`` whose errors raise :class:`UsageError` instead of printing the
     usage and exiting, so that they end as one line, like the demo's own checks. Give ``prog``:
-    it names the demo in every error message, also when ``main`` is called from a test."""
+    it names the demo in every error message, also when ``main`` is called from a test. A
+    ``description`` (the demo's module docstring) is cut to its first paragraph, on one line."""
+
+    def __init__(self, *args, description=None, **kwargs):
+        if description:                     # its first line alone stopped mid-sentence in --help
+            description = " ".join(description.strip().split("\n\n")[0].split())
+        super().__init__(*args, description=description, **kwargs)
 
     def error(self, message):
         raise UsageError(message)

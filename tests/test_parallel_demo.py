@@ -85,9 +85,12 @@ def test_mpiexec_ranks_print_the_final_loss_of_the_simulated_run(demo, tmp_path,
 
 
 @pytest.mark.parametrize("argv, says", [
-    (["--mode", "tp", "--workers", "3"], "--mode tp: tensor parallel: n_head=4 heads (n_embd=64, MLP hidden "
-                                         "size 4*n_embd=256) do not split evenly over 3 ranks"),
-    (["--mode", "pp", "--workers", "3"], "--mode pp: pipeline: 3 stages for 2 layers"),
+    (["--mode", "tp", "--workers", "3"], "--mode tp --workers 3: tensor parallel: n_head=4 heads (n_embd=64, MLP "
+                                         "hidden size 4*n_embd=256) do not split evenly over 3 ranks"),
+    (["--mode", "pp", "--workers", "3"], "--mode pp --workers 3: pipeline: 3 stages for 2 layers"),
+    (["--mode", "tp", "--schedule", "gpipe"], "--schedule: --mode tp runs no pipeline, so it would be ignored"),
+    (["--mode", "dp", "--micro-batches", "2", "--tp-degree", "4"], "--micro-batches: --mode dp runs no pipeline"),
+    (["--mode", "pp", "--tp-degree", "4"], "--tp-degree: --mode pp has no data x tensor grid"),
     (["--mode", "pp", "--micro-batches", "3"], "the batch of 8 sequences does not split into 3 micro-batches"),
     (["--mode", "dp", "--workers", "3"], "the batch of 8 sequences does not split over 3 data-parallel workers"),
     (["--mode", "dp-tp", "--workers", "6"], "the batch of 8 sequences does not split over 3 data-parallel groups"),
