@@ -594,8 +594,9 @@ def _validate(a, world: int) -> list:
         batch = a.batch_size or preset(a.preset)[1]
         for n in _gpt_counts(a):
             if batch % n:
-                raise cli.UsageError(f"--part gpt: the global batch of {batch} sequences does not split over "
-                                     f"{n} workers; give a --batch-size divisible by {n}")
+                given = f"--workers {n}" if a.workers is not None else f"{n} workers"
+                raise cli.UsageError(f"{given}: the GPT part's global batch of {batch} sequences does not split "
+                                     f"over them; give a --batch-size divisible by {n}")
     return parts
 
 

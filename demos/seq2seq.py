@@ -83,10 +83,11 @@ def _validate(a):
     if a.max_len > 30 or a.add_digits > 15:
         raise cli.UsageError(f"--max-len must be <= 30 and --add-digits <= 15 (the decoder loops per token), "
                              f"got {a.max_len} and {a.add_digits}")
-    for name, ok in (("lr", a.lr > 0), ("minutes", a.minutes > 0), ("teacher_forcing", 0 <= a.teacher_forcing <= 1)):
+    for name, ok, want in (("lr", a.lr > 0, "a number > 0"), ("minutes", a.minutes > 0, "a number > 0"),
+                           ("teacher_forcing", 0 <= a.teacher_forcing <= 1, "in [0, 1]")):
         v = getattr(a, name)
         if not (ok and math.isfinite(v)):
-            raise cli.UsageError(f"--{name.replace('_', '-')} is out of range: {v}")
+            raise cli.UsageError(f"--{name.replace('_', '-')} must be {want}, got {v}")
 
 
 def train_one(task, attention, a):

@@ -145,8 +145,8 @@ def test_the_other_parts_on_mpiexec_ranks_write_the_tables_of_the_simulated_run(
     (["--workers", "0"], "--workers must be >= 1, got 0"),
     (["--part", "consensus", "--workers", "1"], "--part consensus needs at least 2 workers to communicate, got "
                                                 "--workers 1"),
-    (["--preset", "tiny", "--workers", "3"], "--part gpt: the global batch of 32 sequences does not split over "
-                                             "3 workers; give a --batch-size divisible by 3"),
+    (["--preset", "tiny", "--workers", "3"], "--workers 3: the GPT part's global batch of 32 sequences does not "
+                                             "split over them; give a --batch-size divisible by 3"),
     (["--part", "compression", "--steps", "5"], "--steps set the gpt part, but --part compression does not run it"),
     (["--steps", "0"], "--steps must be >= 1, got 0"),
     (["--batch-size", "0"], "--batch-size must be >= 1, got 0"),

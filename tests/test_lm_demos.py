@@ -135,7 +135,8 @@ def test_seq2seq_demo_writes_its_table_and_heat_maps(tmp_path, monkeypatch):
     (["--attention", ""], "--attention: unknown empty list"),
     (["--max-len", "31"], "--max-len must be <= 30"),
     (["--beam", "0"], "--beam must be >= 1"),
-    (["--teacher-forcing", "1.5"], "--teacher-forcing is out of range: 1.5"),
+    (["--teacher-forcing", "1.5"], "--teacher-forcing must be in [0, 1], got 1.5"),
+    (["--lr", "nan"], "--lr must be a number > 0, got nan"),
 ])
 def test_seq2seq_demo_refuses_bad_input(argv, says, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
