@@ -305,6 +305,21 @@ def test_the_time_budget_fits_the_steps_that_fit_whatever_the_target():
     assert abs(fitted[1_000_000] - expected) <= 0.01 * expected
 
 
+def test_the_budget_replans_quietly_unless_the_plan_moves_by_a_tenth():
+    """Re-planned every 100 steps on a noisy machine, the length went back and forth by a few
+    percent and each move printed a line (5-8 a run). The horizon follows every re-plan; the
+    message comes once, then only when the plan moved by 10% since it was last said."""
+    model = _model()
+    tr = _trainer(model, _adamw(model), steps=1_000_000, eval_batches=None, time_budget=600.0, reserve_seconds=0.0)
+    said, horizons = [], []
+    for per_step in (0.100, 0.103, 0.098, 0.104, 0.080, 0.082):
+        tr.start_time = time.perf_counter()
+        tr._fit_horizon(per_step, 0.0, said.append, None)
+        horizons.append(tr.horizon)
+    assert len(set(horizons)) == 6                      # every re-plan moved the schedule
+    assert [m.split(" s/step")[0].split("at ")[1] for m in said] == ["0.1", "0.08"]
+
+
 def test_bad_trainer_arguments_name_the_problem():
     model = _model()
     with pytest.raises(ValueError, match="steps"):

@@ -265,6 +265,7 @@ class Trainer:
         self._curve = (None, None)          # (horizon, multiplier) built for that horizon
         self._multiplier(0)                 # bad schedule options fail here, not mid-run
         self.scheduler = LRScheduler(optimizer, self._multiplier)
+        self._said_horizon = None
         self.interrupted = False
         self._stop_requested = False
         self.last_loss = float("nan")
@@ -366,6 +367,7 @@ class Trainer:
         t_fit = time.perf_counter()
         self.interrupted = False
         self._stop_requested = False                   # set by a signal; `interrupted` is the decision
+        self._said_horizon = None                      # the last plan the budget's message gave
         budget = self.time_budget
         bar = None
         if self.progress:
@@ -460,8 +462,13 @@ class Trainer:
             self.horizon = fit
             if bar is not None:
                 bar.total = fit
-            say(f"time budget {self.time_budget / 60:g} min: at {per_step:.3g} s/step the schedule "
-                f"is {verb} to {fit} steps")
+            # said once, then only when the plan moves by 10% since it was last said: on a noisy
+            # machine the re-plans every 100 steps go back and forth by a few percent
+            said = self._said_horizon
+            if said is None or abs(fit - said) > 0.1 * said:
+                self._said_horizon = fit
+                say(f"time budget {self.time_budget / 60:g} min: at {per_step:.3g} s/step the schedule "
+                    f"is {verb} to {fit} steps")
 
     def _decide_stop(self) -> bool:
         """Whether to stop now: this process's wish (a signal, or ``interrupted`` set by a
