@@ -189,6 +189,10 @@ def run(a) -> dict:
     text, desc = load_text(a.data, notice=True, max_chars=a.max_chars)
     pretrained = None
     if a.pretrained:                          # its shape, block size included, is the encoder's
+        inner = os.path.join(a.pretrained, "pretrained")
+        if not os.path.exists(os.path.join(a.pretrained, CKPT)) and os.path.exists(os.path.join(inner, CKPT)):
+            raise cli.UsageError(f"no checkpoint at {a.pretrained}; the encoder a run with --out {a.pretrained} "
+                                 f"pretrained is in {inner}: give --pretrained {inner}")
         pretrained = load_checkpoint(a.pretrained)
         try:
             cfg = BERTConfig.from_dict(pretrained.config)

@@ -298,6 +298,9 @@ def test_bert_demo_fine_tunes_a_checkpoint_with_its_block_size_and_refuses_a_lon
     demo = load_demo("bert.py")
     assert demo.main(bert_argv(tiny_text, "--out", "b", "--finetune-steps", "1", "--no-scratch", block="32")) == 0
     capsys.readouterr()
+    assert_refused(demo, bert_argv(tiny_text, "--out", "b2", "--pretrained", "b"),       # its --out, not pretrained/
+                   "no checkpoint at b; the encoder a run with --out b pretrained is in b/pretrained: give "
+                   "--pretrained b/pretrained", capsys, watch=tmp_path)
     assert_refused(demo, bert_argv(tiny_text, "--out", "b2", "--pretrained", "b/pretrained", block="48"),
                    "--block-size 48 is longer than the 32 positions the encoder in --pretrained b/pretrained has; "
                    "give --block-size 32 or less", capsys, watch=tmp_path)
