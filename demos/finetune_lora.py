@@ -85,7 +85,10 @@ def finetune_text(spec, max_chars):
         text = "\n\n".join(p.read_text(encoding="utf-8") for p in files)
         desc = f"Shakespeare's First Folio spelling ({len(files)} plays)"
     else:
-        text, desc = load_text(spec)
+        try:
+            text, desc = load_text(spec)
+        except DataError as e:            # a misspelt name reads as a missing file: name the choices
+            raise DataError(f"{e}; the named texts are {' and '.join(TEXTS)}") from None
     return (text[:max_chars] if max_chars else text), desc
 
 

@@ -67,8 +67,9 @@ def run(args) -> None:
     try:
         text = sample_text(model, tokenizer, args.tokens, prompt=prompt,
                            temperature=args.temperature, top_k=args.top_k, seed=args.seed)
-    except TokenizerError as e:
-        raise cli.UsageError(f"--prompt: {e}") from None
+    except TokenizerError as e:           # the library's advice names a class; a CLI user has a flag
+        advice = str(e).replace("use BPETokenizer", "train with `train_gpt.py --tokenizer bpe`")
+        raise cli.UsageError(f"--prompt: {advice}") from None
     print(prompt + text)
 
 

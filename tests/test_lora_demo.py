@@ -62,7 +62,7 @@ def test_quick_run_measures_every_method_and_reuses_its_pretraining(tmp_path, mo
     (["--adapter-lr", "nan"], "--adapter-lr must be a positive number"),
     (["--targets", "h.*.q_proj"], "--targets: apply_lora: target 'h.*.q_proj' matches no Linear layer"),
     (["--targets", "role:attn_q"], "target 'role:attn_qkv'"),
-    (["--data", "missing.txt"], "--data missing.txt: no such file"),
+    (["--data", "missing.txt"], "--data missing.txt: no such file; the named texts are python-docs and first-folio"),
     (["--init-from", "missing"], "no checkpoint at missing"),
     (["--init-from", "missing", "--preset", "tiny"], "with --init-from the model is the checkpoint's"),
     (["--init-from", "missing", "--pretrain-steps", "9"],

@@ -406,6 +406,7 @@ def test_sample_cli_bad_input_is_one_line(full_run, tmp_path):
         assert len(lines) == 1 and lines[0].startswith("sample.py: error:") and what in lines[0], r.stderr
     r = _sample("--out", str(full_run), "--prompt", "\u00e9\u00e9\u00e9\u4e2d")
     assert r.returncode == 2 and "--prompt" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert "train with `train_gpt.py --tokenizer bpe`" in r.stderr      # a flag, not a class name
     r = _sample("--out", str(full_run), "--tokens", "0")
     assert r.returncode == 2 and "--tokens" in r.stderr
 
