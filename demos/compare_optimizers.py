@@ -353,7 +353,7 @@ def build_parser():
                     help="timed steps per optimizer and round (default 20; --quick 5)")
     cli.add_corpus_arguments(ap, max_chars_help="use only the first N characters (--quick 200,000)")
     cli.add_output_arguments(ap, os.path.join("out", "compare_optimizers"),
-                             out_help="directory for runs/*.json, results.md, loss.png, state.png",
+                             out_help="directory for runs/*.json, results.md, loss.png, state.png and speed.json",
                              quick_help="GPT tiny, 40 steps, 2 lrs per optimizer")
     return ap
 

@@ -5,7 +5,7 @@
     .venv/bin/python demos/convex_lab.py --out docs   # redraw the figures of docs/optimizers.md
 
 Writes to --out: convex_least_squares.png, convex_logistic_regression.png, convex_lasso.png,
-convex_saddle.png and convex_lab_results.md (the table it prints: each method's last value
+convex_saddle.png, convex_stability.png and convex_lab_results.md (the table it prints: each method's last value
 against its bound). Bad input prints one line and exits with code 2, writing nothing.
 
 Problems on generated data, each solved to high accuracy first (x*):

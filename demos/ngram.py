@@ -1,6 +1,6 @@
 """Count-based n-gram language models on the default corpus: the baseline of lecture 3.
 
-    .venv/bin/python demos/ngram.py               # ~1 min: characters up to order 8, words up to 4
+    .venv/bin/python demos/ngram.py               # ~25 s of CPU: characters up to order 8, words up to 4
     .venv/bin/python demos/ngram.py --quick       # ~10 s: the first 1 M characters, orders <= 6
     .venv/bin/python demos/ngram.py --data my.txt --out out/mine
 
@@ -43,7 +43,8 @@ def build_parser():
     p.add_argument("--max-order", type=int, default=None,
                    help=f"character models of orders 1..N (default {FULL['max_order']}; --quick {QUICK['max_order']})")
     p.add_argument("--word-max-order", type=int, default=None,
-                   help=f"word models of orders 1..N, 0: none (default {FULL['word_max_order']})")
+                   help=f"word models of orders 1..N, 0: none (default {FULL['word_max_order']}; --quick "
+                        f"{QUICK['word_max_order']})")
     p.add_argument("--sample-chars", type=int, default=400, help="length of the sample of the best model")
     p.add_argument("--seed", type=cli.seed, default=0)
     cli.add_output_arguments(p, os.path.join("out", "ngram"),

@@ -236,6 +236,8 @@ def loss_table(runs) -> str:
         loss = np.array(ranks[0]["loss"])
         lines.append(f"| {name} | {ranks[0]['workers']} | {loss[-1]:.6f} | {np.max(np.abs(loss - base)):.1e} | "
                      f"{max(r['seconds'] for r in ranks):.1f} |")
+    lines.append("\nWall time: the slowest worker's fit. The first mode run also compiles the kernels, and "
+                 "simulated workers take turns on the cores: the times compare no speeds.")
     return "\n".join(lines) + "\n"
 
 

@@ -71,7 +71,8 @@ def build_parser():
                    help="optimizer steps of each network (default: as many as fit in --minutes, measured)")
     p.add_argument("--data", default=None, help="a UTF-8 text file; None means Shakespeare's works")
     p.add_argument("--val-chars", type=int, default=None,
-                   help=f"validation characters every model is measured on (default {FULL['val_chars']:,})")
+                   help=f"validation characters every model is measured on (default {FULL['val_chars']:,}; "
+                        f"--quick {QUICK['val_chars']:,})")
     p.add_argument("--ngram-max-order", type=int, default=None, help="Kneser-Ney orders 2..N (default 8)")
     p.add_argument("--hidden-size", type=int, default=None, help=f"RNN/LSTM/GRU units (default {FULL['hidden_size']})")
     p.add_argument("--n-embd", type=int, default=64, help="character embedding size of the recurrent networks")
