@@ -30,13 +30,13 @@ FULL = {"out": "out", "tokens": 500}
 def build_parser():
     p = cli.ArgumentParser(prog="sample.py",
                            description="Print text sampled from a checkpoint of demos/train_gpt.py.",
-                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                           formatter_class=cli.DefaultsHelpFormatter)
     p.add_argument("--out", default=None,
-                   help=f"the training run's output directory (or its ckpt.npz); None means {FULL['out']} "
+                   help=f"the training run's output directory (or its ckpt.npz); default: {FULL['out']} "
                         f"({QUICK['out']} with --quick)")
     p.add_argument("--prompt", default=None, help="text to continue (default: a newline, or nothing if the model has none)")
     p.add_argument("--tokens", type=int, default=None,
-                   help=f"tokens to generate; None means {FULL['tokens']} ({QUICK['tokens']} with --quick)")
+                   help=f"tokens to generate; default: {FULL['tokens']} ({QUICK['tokens']} with --quick)")
     p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
     p.add_argument("--top-k", type=int, default=None, help="sample only among the k likeliest tokens")
     p.add_argument("--seed", type=cli.seed, default=0)

@@ -131,14 +131,14 @@ def default_steps(max_minutes: float) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = cli.ArgumentParser(prog="train_gpt.py", description="Train a character-level GPT on CPU with minigrad.",
-                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--preset", default="small", help=f"model size: {', '.join(PRESETS)}")
+                           formatter_class=cli.DefaultsHelpFormatter)
+    p.add_argument("--preset", default="small", choices=list(PRESETS), help="model size")
     p.add_argument("--steps", type=int, default=None,
                    help="optimizer steps (the schedule's length; fewer if --max-minutes says so); None "
                         f"means as many as --max-minutes fits, or {FIXED_STEPS} with --max-minutes 0")
-    p.add_argument("--batch-size", type=int, default=None, help="sequences per step; None means the preset's")
+    p.add_argument("--batch-size", type=int, default=None, help="sequences per step; default: the preset's")
     p.add_argument("--lr", type=float, default=None,
-                   help=f"peak learning rate; None means {MUON_LR:g} for muon, else the preset's (" +
+                   help=f"peak learning rate; default: {MUON_LR:g} for muon, else the preset's (" +
                         ", ".join(f"{k} {v:g}" for k, v in PRESET_LR.items()) + ")")
     p.add_argument("--min-lr-ratio", type=float, default=0.1, help="final lr = lr * this")
     p.add_argument("--warmup", type=int, default=60, help="linear warmup steps")
@@ -151,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--opt-arg", action="append", default=[], metavar="NAME=VALUE",
                    help="an option of the optimizer, e.g. --opt-arg momentum=0.9 (repeatable; "
                         "values are read as JSON where they parse, else as strings)")
-    p.add_argument("--data", default=None, help="a UTF-8 text file; None means Shakespeare's works")
+    p.add_argument("--data", default=None, help="a UTF-8 text file; default: Shakespeare's works")
     p.add_argument("--out", default="out", help="output directory")
     p.add_argument("--resume", action="store_true",
                    help=f"continue the run in --out/{CKPT} with its saved settings")
@@ -163,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="char: one token per character; bpe: byte-level BPE trained on the text")
     p.add_argument("--vocab-size", type=int, default=512, help="BPE vocabulary size (--tokenizer bpe)")
     p.add_argument("--save-every", type=int, default=None,
-                   help="write a checkpoint every N steps; None means at every evaluation")
+                   help="write a checkpoint every N steps; default: at every evaluation")
     p.add_argument("--seed", type=cli.seed, default=1337)
     p.add_argument("--eval-every", type=int, default=250, help="validate every N steps")
     p.add_argument("--eval-batches", type=int, default=20, help="fixed validation batches per evaluation")
@@ -485,7 +485,7 @@ def run(args, on_step=None, explicit=frozenset()) -> int:
               f"--max-minutes M (0: no limit)")
     per_step = trainer.seconds_per_step()
     speed = f", {per_step:.2f} s/step recently" if per_step else ""
-    print(f"step {trainer.step}: val loss {result.val_loss:.4f} nats/token after {minutes:.1f} min{speed}; "
+    print(f"done: {trainer.step} steps, val loss {result.val_loss:.4f} nats/token after {minutes:.1f} min{speed}; "
           f"optimizer state {fmt_bytes(trainer.peak_state_bytes)} at its peak ({args.optimizer}); "
           f"wrote {path}, {plot}, {os.path.join(args.out, 'samples.txt')}")
     print("-" * 60)

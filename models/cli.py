@@ -37,7 +37,7 @@ import os
 import sys
 import tempfile
 
-__all__ = ["UsageError", "Interrupted", "ArgumentParser", "seed", "add_output_arguments", "add_corpus_arguments",
+__all__ = ["UsageError", "Interrupted", "ArgumentParser", "DefaultsHelpFormatter", "seed", "add_output_arguments", "add_corpus_arguments",
            "fill_defaults", "refuse_unused", "check_out_dir", "main"]
 
 
@@ -64,6 +64,16 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def error(self, message):
         raise UsageError(message)
+
+
+class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` with each flag's default, but not for a default of None (the flag's help says
+    what None means) or of a switch that is off: "(default: None)" only confused."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
 
 
 def seed(text: str) -> int:

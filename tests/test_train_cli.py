@@ -128,7 +128,7 @@ def test_bad_data_files(tmp_path, capsys, corpus):
 
 def test_bad_options(tmp_path, capsys, corpus):
     out = str(tmp_path / "o")
-    for flags, said in ((("--preset", "huge"), "unknown preset 'huge'"),
+    for flags, said in ((("--preset", "huge"), "argument --preset: invalid choice: 'huge' (choose from 'tiny', 'small', 'medium')"),
                         (("--optimizer", "sgdd"), "unknown optimizer 'sgdd'"),
                         (("--steps", "0"), "--steps"),
                         (("--steps", "many"), "invalid int"),
