@@ -61,7 +61,7 @@ from models import cli  # noqa: E402
 from models.data import DataError, TextData, load_text  # noqa: E402
 from models.gpt import GPT, PRESETS, GPTConfig, preset  # noqa: E402
 from minigrad.backend import cpu_model  # noqa: E402
-from models.training import Trainer, clip_grad_norm, lm_loss, pyplot, save_figure  # noqa: E402
+from models.training import Diverged, Trainer, clip_grad_norm, lm_loss, pyplot, save_figure  # noqa: E402
 from models.training.optimizers import build_optimizer  # noqa: E402
 
 # Names registered for an optimizer that is already run under another name.
@@ -176,6 +176,8 @@ def run_one(name, lr, cfg, data, batch_size, val, args) -> dict | None:
     try:
         if trainer.fit().interrupted:
             return None                                # Ctrl-C / SIGTERM: not a result, not saved
+    except Diverged as e:                              # it names the step itself
+        diverged = str(e)
     except (FloatingPointError, np.linalg.LinAlgError) as e:
         diverged = f"step {trainer.step}: {e}"
     h = trainer.history
@@ -486,8 +488,7 @@ def run(args) -> list:
         results.append(r)
         if not skipped_now:
             write()                           # an interrupted sweep leaves its table and plots
-    if skipped == len(plan):
-        write()                               # all done before: the table and plots are redrawn here
+    write()                                   # every run, skipped ones too, before the speed pass
     try:
         speed = _speed(results, cfg, data, batch_size, args)
     except KeyboardInterrupt:                 # no Trainer here to catch Ctrl-C: a traceback otherwise

@@ -88,6 +88,8 @@ def finetune_text(spec, max_chars):
         try:
             text, desc = load_text(spec)
         except DataError as e:            # a misspelt name reads as a missing file: name the choices
+            if "no such file" not in str(e):
+                raise
             raise DataError(f"{e}; the named texts are {' and '.join(TEXTS)}") from None
     return (text[:max_chars] if max_chars else text), desc
 

@@ -134,8 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
                            formatter_class=cli.DefaultsHelpFormatter)
     p.add_argument("--preset", default="small", choices=list(PRESETS), help="model size")
     p.add_argument("--steps", type=int, default=None,
-                   help="optimizer steps (the schedule's length; fewer if --max-minutes says so); None "
-                        f"means as many as --max-minutes fits, or {FIXED_STEPS} with --max-minutes 0")
+                   help="optimizer steps (the schedule's length; fewer if --max-minutes says so); default: "
+                        f"as many as --max-minutes fits, or {FIXED_STEPS} with --max-minutes 0")
     p.add_argument("--batch-size", type=int, default=None, help="sequences per step; default: the preset's")
     p.add_argument("--lr", type=float, default=None,
                    help=f"peak learning rate; default: {MUON_LR:g} for muon, else the preset's (" +

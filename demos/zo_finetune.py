@@ -55,6 +55,7 @@ from models.training import (CheckpointError, Trainer, lm_loss, load_checkpoint,
 from models.training.profile import forward_memory, step_memory
 
 METHODS = ("adamw", "mezo", "lozo")
+PRETRAIN_LR = 3e-3
 TRAIN_GPT_CKPT = os.path.join("out", "ckpt.npz")    # where demos/train_gpt.py saves by default
 # step counts of a full run and of --quick (flags given explicitly win over both)
 FULL = {"preset": "small", "pretrain_steps": 300, "adamw_steps": 100, "zo_steps": 500}
@@ -281,7 +282,7 @@ def build_parser():
                         f"--out directory); default: {TRAIN_GPT_CKPT} if it is usable (not with --quick, "
                         f"--pretrain-steps or --pretrain-lr), else pretrain one here")
     p.add_argument("--pretrain-steps", type=int, default=None)
-    p.add_argument("--pretrain-lr", type=float, default=3e-3)
+    p.add_argument("--pretrain-lr", type=float, default=None, help=f"default {PRETRAIN_LR:g}")
     p.add_argument("--adamw-steps", type=int, default=None)
     p.add_argument("--zo-steps", type=int, default=None)
     p.add_argument("--adamw-lr", type=float, default=1e-3)
@@ -310,9 +311,11 @@ def _validate(a):
                           "--skip-train runs no fine-tuning")
     if a.ckpt is not None:
         cli.refuse_unused(build_parser(), a, ("pretrain_steps", "pretrain_lr"), "--ckpt gives the pretrained model")
-    parser = build_parser()                  # given explicitly, they ask for a pretraining here
-    a.pretrain_asked = any(getattr(a, n) != parser.get_default(n) for n in ("pretrain_steps", "pretrain_lr"))
+    # given at all (their defaults are None), they ask for a pretraining here
+    a.pretrain_asked = a.pretrain_steps is not None or a.pretrain_lr is not None
     cli.fill_defaults(a, QUICK, FULL)
+    if a.pretrain_lr is None:
+        a.pretrain_lr = PRETRAIN_LR
     for name in ("pretrain_steps", "adamw_steps", "zo_steps", "rank", "nu", "n_evals", "eval_batches"):
         if getattr(a, name) < 1:
             raise cli.UsageError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(a, name)}")

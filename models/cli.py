@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import tempfile
 
@@ -153,7 +154,9 @@ def main(parser: argparse.ArgumentParser, run, argv=None, errors=()) -> int:
         print(f"{parser.prog}: {e}", file=sys.stderr)
         return 130
     except FloatingPointError as e:                   # models.training.Diverged among them
-        hint = "" if "lr" in str(e) else "; a smaller learning rate may train"
-        print(f"{parser.prog}: error: {e}{hint}", file=sys.stderr)
+        # the optimizers' advice names a Python argument (nonfinite='skip'): not a flag here
+        msg = re.sub(r"(;| or) use nonfinite='skip'[^;]*", "", str(e))
+        hint = "" if re.search(r"\blr\b|learning rate", msg) else "; a smaller learning rate may train"
+        print(f"{parser.prog}: error: {msg}{hint}", file=sys.stderr)
         return 1
     return status if isinstance(status, int) else 0

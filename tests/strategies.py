@@ -222,16 +222,17 @@ def ctrl_c(demo, monkeypatch, run: int, step: int = 2) -> list:
     """Make the ``run``-th ``demo.Trainer.fit`` (1-based) receive Ctrl-C during its step ``step``
     (a real SIGINT: the step finishes and fit() returns with ``interrupted`` set); returns the list
     of the trainers the demo fits. Trainers used without fit (a memory probe's) do not count."""
-    fits = []
+    fits, first = [], {}
 
     class CtrlC(demo.Trainer):
         def fit(self):
             fits.append(self)
+            first[len(fits)] = self.step                 # steps count from this fit's start
             return super().fit()
 
         def train_step(self, batch=None):
             loss = super().train_step(batch)
-            if self.step == step and len(fits) == run and self is fits[-1]:
+            if len(fits) == run and self is fits[-1] and self.step - first[run] == step:
                 signal.raise_signal(signal.SIGINT)   # what Ctrl-C does
             return loss
 

@@ -39,6 +39,20 @@ def test_bad_input_is_one_line_naming_the_program_and_exit_2(capsys, argv, error
     assert captured.err == f"demo.py: error: {says}\n" and captured.out == ""
 
 
+def test_help_shows_the_docstrings_first_paragraph_and_no_default_of_none(capsys):
+    """--help printed the docstring's first line, cut mid-sentence, and "(default: None)" beside
+    help that says what None means (a new-user walkthrough)."""
+    ap = cli.ArgumentParser(prog="demo.py", description="A demo that does\nsomething useful.\n\nMore detail.",
+                            formatter_class=cli.DefaultsHelpFormatter)
+    ap.add_argument("--steps", type=int, default=None, help="steps; default: the preset's")
+    ap.add_argument("--lr", type=float, default=0.1, help="learning rate")
+    ap.add_argument("--quick", action="store_true", help="a smoke run")
+    help_text = " ".join(ap.format_help().split())
+    assert "A demo that does something useful." in help_text and "More detail" not in help_text
+    assert "learning rate (default: 0.1)" in help_text and "(default: None)" not in help_text
+    assert "(default: False)" not in help_text
+
+
 def test_an_interrupted_run_is_one_line_and_exit_130(capsys):
     def run(args):
         raise cli.Interrupted("interrupted at step 4 of 9; no results written")
@@ -55,6 +69,20 @@ def test_a_diverged_run_is_one_line_and_exit_1(capsys):
     captured = capsys.readouterr()
     assert captured.err == ("demo.py: error: training diverged in step 3 of 9: gradient of 'w' has 4 non-finite "
                             "value(s); a smaller learning rate may train\n") and captured.out == ""
+
+
+def test_a_diverged_runs_line_drops_the_api_advice_and_keeps_its_own_lr_hint(capsys):
+    def run(args):
+        raise FloatingPointError("training diverged in step 2: gradient of 'w' has 3 non-finite value(s) (NaN/inf); "
+                                 "use nonfinite='skip' to skip such steps")
+    assert cli.main(_parser(), run, []) == 1
+    assert capsys.readouterr().err == ("demo.py: error: training diverged in step 2: gradient of 'w' has 3 "
+                                       "non-finite value(s) (NaN/inf); a smaller learning rate may train\n")
+
+    def zo(args):
+        raise FloatingPointError("MeZO: non-finite loss (nan, nan) at step 1; lower eps/lr or use nonfinite='skip'")
+    assert cli.main(_parser(), zo, []) == 1
+    assert capsys.readouterr().err == "demo.py: error: MeZO: non-finite loss (nan, nan) at step 1; lower eps/lr\n"
 
 
 def test_an_undeclared_exception_propagates(capsys):

@@ -318,6 +318,9 @@ def test_the_budget_replans_quietly_unless_the_plan_moves_by_a_tenth():
         horizons.append(tr.horizon)
     assert len(set(horizons)) == 6                      # every re-plan moved the schedule
     assert [m.split(" s/step")[0].split("at ")[1] for m in said] == ["0.1", "0.08"]
+    tr.step = tr.horizon                                # a later fit says its first plan again
+    tr.fit()
+    assert tr._said_horizon is None
 
 
 def test_bad_trainer_arguments_name_the_problem():

@@ -66,6 +66,8 @@ def test_pretraining_flags_given_pretrain_here_instead_of_taking_train_gpts_chec
     assert demo.main(base + ["--out", "b", "--pretrain-steps", "2"]) == 0
     said = capsys.readouterr().out
     assert "pretraining here, not taking out/ckpt.npz" in said and "the checkpoint out/ckpt.npz" not in said
+    assert demo.main(base + ["--out", "c", "--pretrain-lr", "3e-3", "--pretrain-steps", "2"]) == 0   # its default,
+    assert "pretraining here" in capsys.readouterr().out                                         # but given
 
 
 @pytest.mark.parametrize("stop_at, says", [

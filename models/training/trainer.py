@@ -403,7 +403,8 @@ class Trainer:
                 try:
                     loss = self.train_step()
                 except FloatingPointError as e:        # the step the history and the bar lack
-                    raise Diverged(f"training diverged in step {self.step + 1} of {self.horizon}: {e}") from None
+                    of = "" if budget else f" of {self.horizon}"   # under a budget the length is a plan
+                    raise Diverged(f"training diverged in step {self.step + 1}{of}: {e}") from e
                 dt = time.perf_counter() - t0
                 self.history["train_step"].append(self.step)
                 self.history["train_loss"].append(loss)
