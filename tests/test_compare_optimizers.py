@@ -140,6 +140,11 @@ def test_ctrl_c_in_the_speed_pass_is_one_line_and_exit_130_keeping_the_runs(tmp_
     assert demo.main(argv) == 130
     assert capsys.readouterr().err.endswith("without speeds, speed.json is an earlier pass\n")
     assert "the speed pass after the sweep" not in (tmp_path / "results.md").read_text()
+    # a new run first, the one done before after it: the table written after the new run lacked
+    # the skipped one, which the line said it held
+    assert demo.main([*SMALL, "--optimizers", "sgd,adamw", "--num-lrs", "1", "--out", str(tmp_path)]) == 130
+    table = (tmp_path / "results.md").read_text()
+    assert "| sgd |" in table and "| adamw |" in table
 
 
 def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
