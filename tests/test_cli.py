@@ -80,9 +80,9 @@ def test_a_diverged_runs_line_drops_the_api_advice_and_keeps_its_own_lr_hint(cap
                                        "non-finite value(s) (NaN/inf); a smaller learning rate may train\n")
 
     def zo(args):
-        raise FloatingPointError("MeZO: non-finite loss (nan, nan) at step 1; lower eps/lr or use nonfinite='skip'")
+        raise FloatingPointError("MeZO: non-finite loss (nan, nan) in its step 1; lower eps/lr or use nonfinite='skip'")
     assert cli.main(_parser(), zo, []) == 1
-    assert capsys.readouterr().err == "demo.py: error: MeZO: non-finite loss (nan, nan) at step 1; lower eps/lr\n"
+    assert capsys.readouterr().err == "demo.py: error: MeZO: non-finite loss (nan, nan) in its step 1; lower eps/lr\n"
 
 
 def test_an_undeclared_exception_propagates(capsys):

@@ -158,8 +158,8 @@ class ZerothOrderOptimizer(Optimizer):
             self.skipped_steps += 1
             self.global_state["step"] += 1
             return
-        raise FloatingPointError(f"{type(self).__name__}: non-finite loss {losses} at step "
-                                 f"{self.global_state['step']} (parameters were restored); lower eps/lr "
+        raise FloatingPointError(f"{type(self).__name__}: non-finite loss {losses} in its step "
+                                 f"{self.global_state['step'] + 1} (parameters were restored); lower eps/lr "
                                  f"or use nonfinite='skip'")
 
     # -- in-place helpers ---------------------------------------------------------
