@@ -244,7 +244,7 @@ def test_a_restore_refused_after_the_streams_were_loaded_puts_them_back(tmp_path
 @pytest.mark.parametrize("other, match", [
     (lambda s: lambda rng: s.next_window(), "holds the state of a batch source, this trainer's batches keep none"),
     (lambda s: BPTTStreams(s.x.ravel()[:41], batch_size=2, window=5).next_window,
-     "does not fit this BPTTStreams .*saved for 2 streams of 40 ids read 5 at a time, these are 2 of 20 by 5"),
+     "saved state of batches does not fit this BPTTStreams .*saved for 2 streams of 40 ids read 5 at a time, these are 2 of 20 by 5"),
 ])
 def test_a_streams_state_this_run_cannot_take_is_refused_and_changes_nothing(tmp_path, other, match):
     tr, _, _ = _bptt_run(3)

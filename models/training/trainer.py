@@ -512,26 +512,23 @@ class Trainer:
         return {"batches": self.rng, "default": minigrad.default_generator,
                 **{f"model.{k}": g for k, g in module_generators(self.model).items()}}
 
-    def _stateful_hooks(self) -> dict:
-        """The gradient hooks that keep state between steps, by their checkpoint name."""
-        return {f"grad_hook{i}": h for i, h in enumerate(self.grad_hooks) if hasattr(h, "state_dict")}
-
-    def _stateful_batches(self):
-        """``batches``, or the object it is a method of, when it keeps a state of its own
-        (``state_dict`` and ``load_state_dict``); else None."""
+    def _stateful(self) -> dict:
+        """What keeps state between steps besides the model and the optimizer, by checkpoint
+        name: the gradient hooks with ``state_dict()`` (``grad_hook{i}``) and a batch source with
+        ``state_dict``/``load_state_dict`` on ``batches`` or the object it is a method of
+        (``batches``)."""
+        parts = {f"grad_hook{i}": h for i, h in enumerate(self.grad_hooks) if hasattr(h, "state_dict")}
         for source in (self.batches, getattr(self.batches, "__self__", None)):
             if hasattr(source, "state_dict") and hasattr(source, "load_state_dict"):
-                return source
-        return None
+                parts["batches"] = source
+                break
+        return parts
 
     def save(self, out_dir, meta=None) -> str:
         """``save_checkpoint`` of the model, the optimizer, the stateful gradient hooks and batch
         source, the history and the loop's state (plus ``meta``, e.g. the tokenizer and the CLI's
         arguments)."""
-        states = {k: h.state_dict() for k, h in self._stateful_hooks().items()}
-        source = self._stateful_batches()
-        if source is not None:
-            states["batches"] = source.state_dict()
+        states = {k: part.state_dict() for k, part in self._stateful().items()}
         return save_checkpoint(out_dir, self.model, self.optimizer, history=self.history,
                                meta={**(meta or {}), "trainer": self.state_meta(), "step": self.step},
                                states=states)
@@ -550,9 +547,8 @@ class Trainer:
         self._check_same_run(ckpt)
         weights = {n: p.data.copy() for n, p in self.model.named_parameters()}
         opt_state = copy.deepcopy(self.optimizer.state_dict())
-        hook_states = {k: copy.deepcopy(h.state_dict()) for k, h in self._stateful_hooks().items()}
-        source = self._stateful_batches()
-        source_state = None if source is None else copy.deepcopy(source.state_dict())
+        parts = self._stateful()
+        part_states = {k: copy.deepcopy(part.state_dict()) for k, part in parts.items()}
         generators = self._generators()
         rng_states = {k: copy.deepcopy(g.bit_generator.state) for k, g in generators.items()}
         fields = (self.step, self.target, self.horizon, copy.deepcopy(self.history), self.peak_state_bytes)
@@ -562,10 +558,8 @@ class Trainer:
             for n, p in self.model.named_parameters():
                 p.data[...] = weights[n]
             self.optimizer.load_state_dict(opt_state)
-            for k, h in self._stateful_hooks().items():
-                h.load_state_dict(hook_states[k])
-            if source is not None:
-                source.load_state_dict(source_state)
+            for k, part in parts.items():
+                part.load_state_dict(part_states[k])
             for k, g in generators.items():
                 g.bit_generator.state = rng_states[k]
             self.step, self.target, self.horizon, self.history, self.peak_state_bytes = fields
@@ -592,21 +586,6 @@ class Trainer:
             raise CheckpointError(f"checkpoint {ckpt.path} was trained with schedule {schedule}, this "
                                   f"trainer has {mine}; resume with the same schedule")
 
-    def _restore_batches(self, ckpt: Checkpoint) -> None:
-        """The batch source's saved state into it; a checkpoint from before sources were saved
-        (or of a source without state) has none, and the source stays as it is."""
-        if "batches" not in ckpt.states:
-            return
-        source = self._stateful_batches()
-        if source is None:
-            raise CheckpointError(f"checkpoint {ckpt.path} holds the state of a batch source, this "
-                                  f"trainer's batches keep none; resume with the same batches")
-        try:
-            source.load_state_dict(ckpt.states["batches"])
-        except (ValueError, KeyError, TypeError) as e:
-            raise CheckpointError(f"checkpoint {ckpt.path}: the saved state of the batch source does not "
-                                  f"fit this {type(source).__name__} ({e})") from None
-
     def _restore(self, ckpt: Checkpoint, target) -> None:
         try:
             self.model.load_state_dict(ckpt.params, strict=True)
@@ -619,20 +598,25 @@ class Trainer:
         except (ValueError, KeyError, TypeError) as e:
             raise CheckpointError(f"checkpoint {ckpt.path}: its optimizer state does not fit "
                                   f"{type(self.optimizer).__name__} ({e})") from None
-        hooks = self._stateful_hooks()
+        parts = self._stateful()
+        hooks = {k: h for k, h in parts.items() if k.startswith("grad_hook")}
         saved = {k for k in ckpt.states if k.startswith("grad_hook")}
         if saved != set(hooks):
             have = ", ".join(f"{k} = {h!r}" for k, h in hooks.items()) or "none"
             raise CheckpointError(f"checkpoint {ckpt.path} was saved with stateful gradient hooks "
                                   f"{', '.join(sorted(saved)) or 'none'}, this trainer has {have}; "
                                   f"resume with the same gradient hooks")
-        for key, hook in hooks.items():
+        if "batches" in ckpt.states and "batches" not in parts:
+            raise CheckpointError(f"checkpoint {ckpt.path} holds the state of a batch source, this "
+                                  f"trainer's batches keep none; resume with the same batches")
+        for key, part in parts.items():
+            if key not in ckpt.states:     # a batch source saved before sources were: it stays as it is
+                continue
             try:
-                hook.load_state_dict(ckpt.states[key])
+                part.load_state_dict(ckpt.states[key])
             except (ValueError, KeyError, TypeError) as e:
-                raise CheckpointError(f"checkpoint {ckpt.path}: the state of {key} does not fit "
-                                      f"{hook!r} ({e})") from None
-        self._restore_batches(ckpt)
+                raise CheckpointError(f"checkpoint {ckpt.path}: the saved state of {key} does not fit "
+                                      f"this {type(part).__name__} ({e})") from None
         tm = ckpt.meta.get("trainer") or {}
         rng = tm.get("rng") or {}
         try:
