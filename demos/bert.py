@@ -227,9 +227,8 @@ def run(a) -> dict:
             raise CheckpointError(str(e)) from None
     saved = os.path.join(a.out, "pretrained")   # where this run's pretraining goes
     pretrains = pretrained is None and a.pretrain_steps > 0
-    if pretrains and os.path.exists(os.path.join(saved, CKPT)) and not a.force:
-        raise cli.UsageError(f"{saved} holds the encoder an earlier run pretrained; fine-tune it with --pretrained "
-                             f"{saved}, overwrite it with --force, or choose another --out")
+    if pretrains:
+        cli.refuse_overwrite([saved], a.force, instead=f"fine-tune it with --pretrained {saved}")
     cli.check_out_dir(a.out)                    # the inputs are good: from here on we may write
     minigrad.configure_runtime()
     train_ids, val_ids = np.asarray(data.train.ids), np.asarray(data.val.ids)

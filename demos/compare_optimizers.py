@@ -488,7 +488,8 @@ def run(args) -> list:
         results.append(r)
         if not skipped_now:
             write()                           # an interrupted sweep leaves its table and plots
-    write()                                   # every run, skipped ones too, before the speed pass
+    if skipped_now:
+        write()                               # the runs skipped since the last write, before the speed pass
     try:
         speed = _speed(results, cfg, data, batch_size, args)
     except KeyboardInterrupt:                 # no Trainer here to catch Ctrl-C: a traceback otherwise

@@ -50,7 +50,7 @@ from models.data import DataError, TextData, load_text  # noqa: E402
 from models.gpt import GPT, PRESETS, preset  # noqa: E402
 from models.ngram import NGramLM  # noqa: E402
 from models.rnn_lm import CELLS, BPTTStreams, RNNLM, RNNLMConfig, tbptt_loss  # noqa: E402
-from models.training import CKPT, Trainer, clip_grad_norm, evaluate, lm_loss, pyplot, save_figure  # noqa: E402
+from models.training import Trainer, clip_grad_norm, evaluate, lm_loss, pyplot, save_figure  # noqa: E402
 from models.training.optimizers import build_optimizer  # noqa: E402
 
 MODELS = ("rnn", "lstm", "gru", "gpt")
@@ -263,10 +263,7 @@ def run(a) -> dict:
         raise DataError(f"the validation text has {len(val):,} characters and the training text {len(data.train):,}: "
                         f"too short for {a.batch_size} streams of windows of {a.window} (and a GPT block of "
                         f"{block}); use a longer text, or a smaller --batch-size / --window")
-    earlier = [os.path.join(a.out, m) for m in a.models if os.path.exists(os.path.join(a.out, m, CKPT))]
-    if earlier and not a.force:
-        raise cli.UsageError(f"--out {a.out} already holds checkpoints of an earlier run ({', '.join(earlier)}); "
-                             f"overwrite them with --force, or choose another --out")
+    cli.refuse_overwrite([os.path.join(a.out, m) for m in a.models], a.force)
     cli.check_out_dir(a.out)                    # the inputs are good: from here on we may write
     data.save_cache()
     minigrad.configure_runtime()

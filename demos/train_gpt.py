@@ -354,10 +354,8 @@ def run(args, on_step=None, explicit=frozenset()) -> int:
     if args.resume:
         ckpt = _gpt_checkpoint(args.out, "--resume --out")
         _adopt_saved_flags(args, explicit, ckpt)
-    elif os.path.exists(os.path.join(args.out, CKPT)) and not args.force:
-        resume = "" if args.quick else "continue it with --resume, "       # --quick cannot resume
-        raise cli.UsageError(f"{args.out} already holds a checkpoint; {resume}overwrite it "
-                             f"with --force, or choose another --out")
+    else:                                              # --quick cannot resume
+        cli.refuse_overwrite([args.out], args.force, instead="" if args.quick else "continue it with --resume")
     if args.init_from and ckpt is None:                 # a resumed fine-tune has its weights already
         init = _gpt_checkpoint(args.init_from, "--init-from")
         if "preset" not in explicit and init.meta.get("preset") in PRESETS:

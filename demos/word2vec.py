@@ -37,7 +37,7 @@ import optim  # noqa: E402
 from models import cli  # noqa: E402
 from models.data import DataError, load_text  # noqa: E402
 from models.ngram import WordVocab, words  # noqa: E402
-from models.training import CKPT, Trainer, plot_history, pyplot, save_figure  # noqa: E402
+from models.training import Trainer, plot_history, pyplot, save_figure  # noqa: E402
 from models.word2vec import SkipGramSampler, Word2Vec, Word2VecConfig, sgns_loss  # noqa: E402
 
 QUICK = {"minutes": 1.0, "steps": 2500}
@@ -162,9 +162,7 @@ def run(a) -> dict:
         val_pairs = SkipGramSampler(val_ids, vocab.vocab_size, a.window, a.negatives, a.subsample, seed=a.seed + 1)
     except ValueError as e:
         raise DataError(str(e).replace("SkipGramSampler: ", "")) from None
-    if os.path.exists(os.path.join(a.out, CKPT)) and not a.force:
-        raise cli.UsageError(f"{os.path.join(a.out, CKPT)} holds the model of an earlier run; overwrite it with "
-                             f"--force, or choose another --out")
+    cli.refuse_overwrite([a.out], a.force)
     cli.check_out_dir(a.out)                          # the inputs are good: from here on we may write
     print(f"[word2vec] {desc}: {len(train_words):,} training words, vocabulary {vocab.vocab_size:,} "
           f"(seen >= {a.min_count} times), {len(pairs.text):,} left after subsampling (t = {a.subsample:g}); "

@@ -39,7 +39,7 @@ import sys
 import tempfile
 
 __all__ = ["UsageError", "Interrupted", "ArgumentParser", "DefaultsHelpFormatter", "seed", "add_output_arguments", "add_corpus_arguments",
-           "fill_defaults", "refuse_unused", "check_out_dir", "main"]
+           "fill_defaults", "refuse_unused", "refuse_overwrite", "check_out_dir", "main"]
 
 
 class UsageError(Exception):
@@ -122,6 +122,19 @@ def refuse_unused(parser, args, names, why) -> None:
         flags = ", ".join("--" + n.replace("_", "-") for n in given)
         raise UsageError(f"{flags}: {why}, so {'they would be' if len(given) > 1 else 'it would be'} "
                          f"ignored; drop {'them' if len(given) > 1 else 'it'}")
+
+
+def refuse_overwrite(dirs, force: bool, instead: str = "") -> None:
+    """Raise :class:`UsageError` when a directory among ``dirs`` holds the checkpoint of an
+    earlier run, unless ``force`` (``--force``): a run overwrites a trained model only when asked.
+    ``instead`` offers another way on, e.g. "continue it with --resume"."""
+    from models.training.checkpoint import CKPT
+    found = [os.fspath(d) for d in dirs if os.path.exists(os.path.join(d, CKPT))]
+    if found and not force:
+        one = len(found) == 1
+        raise UsageError(f"{', '.join(found)} already {'holds a checkpoint' if one else 'hold checkpoints'} of an "
+                         f"earlier run; {instead + ', ' if instead else ''}overwrite {'it' if one else 'them'} "
+                         f"with --force, or choose another --out")
 
 
 def check_out_dir(path) -> None:

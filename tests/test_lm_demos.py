@@ -107,8 +107,8 @@ def test_word2vec_demo_overwrites_an_earlier_checkpoint_only_with_force(tmp_path
     demo = load_demo("word2vec.py")
     assert demo.main(w2v_argv(tiny_text, 10)) == 0
     capsys.readouterr()
-    assert_refused(demo, w2v_argv(tiny_text, 20), "w2v/ckpt.npz holds the model of an earlier run; overwrite it "
-                                                  "with --force", capsys, watch=tmp_path)
+    assert_refused(demo, w2v_argv(tiny_text, 20), "w2v already holds a checkpoint of an earlier run; "
+                                                  "overwrite it with --force", capsys, watch=tmp_path)
     assert load_checkpoint("w2v").step == 10
     assert demo.main(w2v_argv(tiny_text, 20) + ["--force"]) == 0
     assert load_checkpoint("w2v").step == 20
@@ -242,8 +242,7 @@ def test_rnn_lm_demo_overwrites_earlier_checkpoints_only_with_force(tmp_path, mo
     assert demo.main(rnn_argv(tiny_text, "rnn,gru")) == 0
     capsys.readouterr()
     assert_refused(demo, rnn_argv(tiny_text, "lstm,gru,rnn", "--steps", "8"),
-                   "--out rl already holds checkpoints of an earlier run (rl/gru, rl/rnn); overwrite them with "
-                   "--force", capsys, watch=tmp_path)
+                   "rl/gru, rl/rnn already hold checkpoints of an earlier run; overwrite them with --force", capsys, watch=tmp_path)
     assert [load_checkpoint(f"rl/{m}").step for m in ("rnn", "gru")] == [6, 6]
     assert demo.main(rnn_argv(tiny_text, "lstm,gru,rnn", "--steps", "8", "--force")) == 0
     assert [load_checkpoint(f"rl/{m}").step for m in ("rnn", "gru", "lstm")] == [8, 8, 8]
@@ -343,8 +342,8 @@ def test_bert_demo_overwrites_an_earlier_pretrained_encoder_only_with_force(tmp_
     argv = bert_argv(tiny_text, "--out", "b", "--finetune-steps", "1", "--no-scratch")
     assert demo.main(argv) == 0
     capsys.readouterr()
-    assert_refused(demo, argv + ["--pretrain-steps", "8"], "b/pretrained holds the encoder an earlier run pretrained; "
-                   "fine-tune it with --pretrained b/pretrained, overwrite it with --force", capsys, watch=tmp_path)
+    assert_refused(demo, argv + ["--pretrain-steps", "8"], "b/pretrained already holds a checkpoint of an earlier "
+                   "run; fine-tune it with --pretrained b/pretrained, overwrite it with --force", capsys, watch=tmp_path)
     assert load_checkpoint("b/pretrained").step == 6
     assert demo.main(argv + ["--pretrain-steps", "8", "--force"]) == 0
     assert load_checkpoint("b/pretrained").step == 8

@@ -166,7 +166,7 @@ def test_quick_runs_again_and_replaces_its_own_smoke_run_only(tmp_path, monkeypa
     assert json.loads(str(_load(tmp_path / "out" / "quick")["meta"]))["args"]["seed"] == 3
     capsys.readouterr()
     shutil.copytree(tmp_path / "out" / "quick", tmp_path / "mine")
-    assert_refused(train_gpt, quick + ["--out", "mine"], "mine already holds a checkpoint; overwrite it with "
+    assert_refused(train_gpt, quick + ["--out", "mine"], "mine already holds a checkpoint of an earlier run; overwrite it with "
                    "--force, or choose another --out", capsys, str(tmp_path / "mine"))
 
 
