@@ -219,6 +219,9 @@ class DenseKVCache(KVCache):
     the filled part: a decoding step reads the cache but copies none of it, so its cost beyond
     the network's GEMMs is the attention's O(n) reads, not an O(n) copy as well.
 
+    ``k`` and ``v`` are (n_layer, batch, n_kv_head, max_len, head_dim) views of buffers stored
+    position-minor (head_dim before max_len), the layout the decoding kernel reads fastest.
+
     Memory: 2 · n_layer · batch · n_kv_head · max_len · head_dim · itemsize bytes, allocated once.
     """
 
@@ -229,9 +232,12 @@ class DenseKVCache(KVCache):
         cls = type(self).__name__
         self.max_len = _positive_int("max_len", max_len, cls)
         self.batch_size = _positive_int("batch_size", batch_size, cls)
-        shape = (self.n_layer, self.batch_size, self.n_kv_head, self._storage_len(), self.head_dim)
-        self.k = np.empty(shape, self.dtype)
-        self.v = np.empty(shape, self.dtype)
+        # stored position-minor, (..., head_dim, positions), so the decoding kernel's loops run
+        # along positions; k and v are (..., positions, head_dim) views of it, the layout every
+        # reader indexes
+        shape = (self.n_layer, self.batch_size, self.n_kv_head, self.head_dim, self._storage_len())
+        self.k = np.empty(shape, self.dtype).swapaxes(-1, -2)
+        self.v = np.empty(shape, self.dtype).swapaxes(-1, -2)
         self.n = 0              # positions filled
         self._start = 0         # where this forward's tokens begin
 

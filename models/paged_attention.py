@@ -15,10 +15,12 @@ result (tests/test_kv_cache.py).
 
 ``dense_decode(q, k, v, n)`` is the same step over one layer of a dense cache, k and v
 (B, n_kv_head, max_len, d) of which the first n positions are filled. On the numba backend a
-kernel scores each query against the n keys with one matrix-vector product, takes the softmax
-in place and weights the values with a second, reading the cache where it lies, with no NumPy
-temporaries or per-op Python calls: what is left of a step's cost past the weights is the O(n)
-read itself. Its NumPy twin is the same three steps as whole-array operations.
+kernel reads them where they lie, with no NumPy temporaries or per-op Python calls, when they are
+views of position-minor buffers (B, n_kv_head, d, max_len), as :class:`DenseKVCache` stores
+them: the scores are then d passes of q_i · K[i, :n], each over n contiguous keys, and the output
+d dot products of the probabilities with V[i, :n], so every loop runs along positions, 16 lanes
+at a time, and no 32-element row needs a horizontal sum per position. Other layouts, and the
+numpy backend, take the NumPy twin: the same three steps as whole-array operations.
 """
 from __future__ import annotations
 
@@ -112,10 +114,11 @@ def _compiled():
 def dense_decode(q, k, v, n):
     """o (B, n_kv_head, g, d): the queries q (B, n_kv_head, g, d) of one decoding step over the
     first ``n`` positions of one layer's dense cache k, v (B, n_kv_head, max_len, d)."""
-    if get_backend() == "numba" and numba_available() and k.flags.c_contiguous and v.flags.c_contiguous:
+    kt, vt = k.swapaxes(-1, -2), v.swapaxes(-1, -2)                 # (B, n_kv_head, d, max_len)
+    if get_backend() == "numba" and numba_available() and kt.flags.c_contiguous and vt.flags.c_contiguous:
         out = np.empty(q.shape, q.dtype)
         scale = q.dtype.type(1.0 / math.sqrt(q.shape[-1]))          # in q's dtype: float32 stays float32
-        _compiled_dense()(np.ascontiguousarray(q), k, v, n, scale, out)
+        _compiled_dense()(np.ascontiguousarray(q), kt, vt, n, scale, out)
         return out
     return dense_decode_numpy(q, k, v, n)
 
@@ -132,12 +135,12 @@ def dense_decode_numpy(q, k, v, n):
 def _compiled_dense():
     """The dense decoding kernel, compiled (or loaded from the on-disk cache) on first use.
 
-    Serial over (row, key/value head): a decoding step has a few of them and each is short, so
-    threads would cost more to start than they save. Each query's scores are one matrix-vector
-    product with the n keys, read in place; the softmax runs over them in place; the output is a
-    second product with the values. Grouped queries take a product each, not one GEMM of g
-    rows: OpenBLAS packs the whole key block for a GEMM of 2 rows (measured: 3x slower than two
-    matrix-vector products at n = 1,024), while the second product reads keys still in cache."""
+    Reads keys and values position-minor, kt and vt (B, n_kv_head, d, max_len): every loop runs
+    along the n positions. Keys stored (max_len, d) made each score a 32-element dot product
+    ending in a horizontal sum; OpenBLAS's matrix-vector products on them took ~2.3x the time of
+    reading the keys and values, this ~1.4x (bench/README.md, eighth session). Serial over
+    (row, key/value head): a decoding step has a few of them and each is short, so threads would
+    cost more to start than they save (measured: a second core took 20% off, not half)."""
     global _dense_kernel
     if _dense_kernel is None:
         from minigrad._numba_cache import njit
@@ -148,24 +151,35 @@ def _compiled_dense():
         from minigrad.kernels._math import fast_exp, typed
 
         @njit(cache=True, fastmath=_FASTMATH, error_model="numpy")
-        def kernel(q, k, v, n, scale, out):
+        def kernel(q, kt, vt, n, scale, out):
             B, nkv, g, d = q.shape
             wide = n >= _math.VECTOR_MAX_FROM
+            s = np.empty(n, q.dtype)                                     # one query's scores
             for b in range(B):
                 for h in range(nkv):
-                    keys, values = k[b, h, :n], v[b, h, :n]
                     for j in range(g):
-                        s = np.dot(keys, q[b, h, j])                     # (n,) unscaled scores
+                        qi = q[b, h, j, 0] * scale                       # s = (q · scale) K[:, :n]
+                        keys = kt[b, h, 0]
+                        for t in range(n):
+                            s[t] = qi * keys[t]
+                        for i in range(1, d):
+                            qi = q[b, h, j, i] * scale
+                            keys = kt[b, h, i]
+                            for t in range(n):
+                                s[t] += qi * keys[t]
                         top = _math.max_vectorised(s) if wide else _math.max_scalar(s)
                         total = typed(s, 0.0)                            # in s's dtype, as s
-                        for t in range(n):                               # scale > 0 keeps the max
-                            e = fast_exp((s[t] - top) * scale)
+                        for t in range(n):
+                            e = fast_exp(s[t] - top)
                             s[t] = e
                             total += e
-                        o = np.dot(s, values)
                         inv = typed(s, 1.0) / total
-                        for i in range(d):
-                            out[b, h, j, i] = o[i] * inv
+                        for i in range(d):                               # o_i = p · V[i, :n]
+                            values = vt[b, h, i]
+                            acc = typed(s, 0.0)
+                            for t in range(n):
+                                acc += s[t] * values[t]
+                            out[b, h, j, i] = acc * inv
 
         _dense_kernel = kernel
     return _dense_kernel

@@ -69,6 +69,25 @@ def test_dense_cached_decoding_equals_the_uncached_forward(n_kv_head, B, T, size
     assert cache.k.shape == (2, B, m.config.kv_heads, 24, 4)          # n_kv_head heads are stored
 
 
+@pytest.mark.skipif(not numba_available(), reason="numba is not installed")
+def test_a_dense_cache_decodes_through_the_kernel_not_the_twin(monkeypatch):
+    """The cache's buffers are in the kernel's layout, so a decoding step never falls back to the
+    NumPy twin (a silent fallback would be right, and several times slower)."""
+    import models.paged_attention as pa
+
+    def refuse(*args):
+        raise AssertionError("the decoding step took the NumPy twin")
+
+    monkeypatch.setattr(pa, "dense_decode_numpy", refuse)
+    m = _model(0, n_kv_head=1)
+    cache = DenseKVCache.for_model(m)
+    idx = np.random.default_rng(0).integers(0, 11, (1, 6))
+    with minigrad.no_grad(), minigrad.use_backend("numba"):
+        m(idx[:, :5], cache=cache)
+        m(idx[:, 5:], cache=cache)
+    assert len(cache) == 6
+
+
 def test_a_dense_decoding_step_copies_nothing_it_has_cached():
     """The attention reads a view of the filled part: a step at n = 3000 cached positions allocates
     far less than one layer's cached keys (which a copy of the filled part would need)."""
@@ -375,9 +394,13 @@ def test_the_dense_decoding_kernel_loads_from_the_cache_in_a_second_process(tmp_
     """The kernel is built inside a function; Numba keys a closure's cache entry on what it
     captures, and a captured Numba function pickles differently in every process: it captured
     two and was compiled anew at every start (30 MB more peak RSS in generation) until this."""
+    from numba.core import config
+
+    if config.DISABLE_JIT:
+        pytest.skip("Numba is disabled: there is no compiled kernel to cache")
     code = ("import numpy as np, minigrad\n"
             "from models.paged_attention import dense_decode, _compiled_dense\n"
-            "q, k = np.ones((1, 2, 1, 8), np.float32), np.ones((1, 2, 100, 8), np.float32)\n"
+            "q, k = np.ones((1, 2, 1, 8), np.float32), np.ones((1, 2, 8, 100), np.float32).swapaxes(-1, -2)\n"
             "with minigrad.use_backend('numba'):\n"
             "    dense_decode(q, k, k, 80)\n"
             "s = _compiled_dense().stats\n"
@@ -400,10 +423,11 @@ def test_the_dense_decoding_kernel_loads_from_the_cache_in_a_second_process(tmp_
 def test_the_dense_decoding_kernel_equals_its_numpy_twin_and_attention(B, nkv, g, n, seed, dtype):
     """One decoding step over the first n positions of a layer's buffer (longer than n: what lies
     past n must not be read), on the numba kernel and on the NumPy twin. n reaches past
-    VECTOR_MAX_FROM (64), where the kernel's max takes its vectorised loop."""
+    VECTOR_MAX_FROM (64), where the kernel's max takes its vectorised loop. k and v are views of
+    position-minor buffers, as DenseKVCache stores them (the kernel's layout)."""
     rng = np.random.default_rng(seed)
     d, max_len = 8, 160
-    k, v = (rng.normal(size=(B, nkv, max_len, d)).astype(dtype) for _ in range(2))
+    k, v = (rng.normal(size=(B, nkv, d, max_len)).astype(dtype).swapaxes(-1, -2) for _ in range(2))
     k[:, :, n:], v[:, :, n:] = np.nan, np.nan
     q = rng.normal(size=(B, nkv, g, d)).astype(dtype)
     with minigrad.use_backend("numba"):
