@@ -113,7 +113,9 @@ def _compiled():
 
 def dense_decode(q, k, v, n):
     """o (B, n_kv_head, g, d): the queries q (B, n_kv_head, g, d) of one decoding step over the
-    first ``n`` positions of one layer's dense cache k, v (B, n_kv_head, max_len, d)."""
+    first ``n`` positions of one layer's dense cache k, v (B, n_kv_head, max_len, d). The kernel
+    runs when k and v are views of position-minor buffers (``DenseKVCache.k[layer]`` is); any
+    other layout gets the same result from the NumPy twin."""
     kt, vt = k.swapaxes(-1, -2), v.swapaxes(-1, -2)                 # (B, n_kv_head, d, max_len)
     if get_backend() == "numba" and numba_available() and kt.flags.c_contiguous and vt.flags.c_contiguous:
         out = np.empty(q.shape, q.dtype)
