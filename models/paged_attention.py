@@ -14,13 +14,21 @@ row's blocks into one array and attends over it (a copy of what it reads). Both 
 result (tests/test_kv_cache.py).
 
 ``dense_decode(q, k, v, n)`` is the same step over one layer of a dense cache, k and v
-(B, n_kv_head, max_len, d) of which the first n positions are filled. On the numba backend a
-kernel reads them where they lie, with no NumPy temporaries or per-op Python calls, when they are
-views of position-minor buffers (B, n_kv_head, d, max_len), as :class:`DenseKVCache` stores
-them: the scores are then d passes of q_i · K[i, :n], each over n contiguous keys, and the output
-d dot products of the probabilities with V[i, :n], so every loop runs along positions, 16 lanes
-at a time, and no 32-element row needs a horizontal sum per position. Other layouts, and the
-numpy backend, take the NumPy twin: the same three steps as whole-array operations.
+(B, n_kv_head, max_len, d) of which the first n positions are filled, read where they lie with no
+NumPy temporaries or per-op Python calls. The numba backend has a kernel for each of the dense
+cache's two storage layouts (``DenseKVCache(layout=...)``):
+
+- ``"positions"`` (k and v views of (B, n_kv_head, d, max_len) buffers): the scores are d passes
+  of q_i · K[i, :n], each over n contiguous keys, and the output d dot products of the
+  probabilities with V[i, :n]; every loop runs along positions, 16 float32 lanes at a time.
+- ``"rows"`` ((B, n_kv_head, max_len, d) buffers): the scores are one matrix-vector product with
+  the n key rows and the output a second one with the values. Each score is a d-element dot
+  product ending in a horizontal sum: at n = 1,024 this took ~2.3x the time of reading the keys
+  and values, against ~1.4x for the other (bench/README.md, eighth session). Rows keep each
+  position's d numbers together, which is what a reader that gathers blocks of positions wants.
+
+Any other layout, and the numpy backend, take the NumPy twin: the same three steps as
+whole-array operations.
 """
 from __future__ import annotations
 
@@ -33,7 +41,8 @@ from minigrad.backend import get_backend, numba_available
 __all__ = ["paged_decode", "paged_decode_numpy", "dense_decode", "dense_decode_numpy"]
 
 _kernel = None
-_dense_kernel = None
+_dense_positions = None
+_dense_rows = None
 
 # fast-math without nnan/ninf (a running max starts at -inf), and numpy's error model (no
 # ZeroDivisionError branch), so the loops vectorise
@@ -113,14 +122,19 @@ def _compiled():
 
 def dense_decode(q, k, v, n):
     """o (B, n_kv_head, g, d): the queries q (B, n_kv_head, g, d) of one decoding step over the
-    first ``n`` positions of one layer's dense cache k, v (B, n_kv_head, max_len, d). The kernel
-    runs when k and v are views of position-minor buffers (``DenseKVCache.k[layer]`` is); any
-    other layout gets the same result from the NumPy twin."""
-    kt, vt = k.swapaxes(-1, -2), v.swapaxes(-1, -2)                 # (B, n_kv_head, d, max_len)
-    if get_backend() == "numba" and numba_available() and kt.flags.c_contiguous and vt.flags.c_contiguous:
+    first ``n`` positions of one layer's dense cache k, v (B, n_kv_head, max_len, d), stored in
+    either of the cache's layouts (see above); others get the same result from the twin."""
+    if get_backend() == "numba" and numba_available():
+        kt, vt = k.swapaxes(-1, -2), v.swapaxes(-1, -2)             # (B, n_kv_head, d, max_len)
+        if kt.flags.c_contiguous and vt.flags.c_contiguous:
+            kernel, k, v = _compiled_dense_positions(), kt, vt
+        elif k.flags.c_contiguous and v.flags.c_contiguous:
+            kernel = _compiled_dense_rows()
+        else:
+            return dense_decode_numpy(q, k, v, n)
         out = np.empty(q.shape, q.dtype)
         scale = q.dtype.type(1.0 / math.sqrt(q.shape[-1]))          # in q's dtype: float32 stays float32
-        _compiled_dense()(np.ascontiguousarray(q), kt, vt, n, scale, out)
+        kernel(np.ascontiguousarray(q), k, v, n, scale, out)
         return out
     return dense_decode_numpy(q, k, v, n)
 
@@ -134,21 +148,18 @@ def dense_decode_numpy(q, k, v, n):
     return s @ v[:, :, :n]
 
 
-def _compiled_dense():
-    """The dense decoding kernel, compiled (or loaded from the on-disk cache) on first use.
+# Both kernels: serial over (row, key/value head), since a decoding step has a few of them and
+# each is short: threads cost more to start than they save (measured: a second core took 20% off,
+# not half). Both reach the helpers through their module, not as captured functions: a closure's
+# cache key pickles what it captures, and a captured dispatcher pickles differently in every
+# process (the kernel was compiled anew at every start, 30 MB of peak RSS, until 2026-12-07).
 
-    Reads keys and values position-minor, kt and vt (B, n_kv_head, d, max_len): every loop runs
-    along the n positions. Keys stored (max_len, d) made each score a 32-element dot product
-    ending in a horizontal sum; OpenBLAS's matrix-vector products on them took ~2.3x the time of
-    reading the keys and values, this ~1.4x (bench/README.md, eighth session). Serial over
-    (row, key/value head): a decoding step has a few of them and each is short, so threads would
-    cost more to start than they save (measured: a second core took 20% off, not half)."""
-    global _dense_kernel
-    if _dense_kernel is None:
+def _compiled_dense_positions():
+    """The decoding kernel over position-minor kt, vt (B, n_kv_head, d, max_len), compiled (or
+    loaded from the on-disk cache) on first use: every loop runs along the n positions."""
+    global _dense_positions
+    if _dense_positions is None:
         from minigrad._numba_cache import njit
-        # the module, not its functions: a closure's cache key pickles what it captures, and a
-        # captured dispatcher pickles differently in every process (the kernel was compiled anew
-        # at every start, 30 MB of peak RSS, until 2026-12-07)
         from minigrad.kernels import _math
         from minigrad.kernels._math import fast_exp, typed
 
@@ -183,5 +194,42 @@ def _compiled_dense():
                                 acc += s[t] * values[t]
                             out[b, h, j, i] = acc * inv
 
-        _dense_kernel = kernel
-    return _dense_kernel
+        _dense_positions = kernel
+    return _dense_positions
+
+
+def _compiled_dense_rows():
+    """The decoding kernel over row-stored k, v (B, n_kv_head, max_len, d), compiled (or loaded
+    from the on-disk cache) on first use. Each query's scores are one matrix-vector product with
+    the n keys, read in place; the softmax runs over them in place; the output is a second
+    product with the values. Grouped queries take a product each, not one GEMM of g rows:
+    OpenBLAS packs the whole key block for a GEMM of 2 rows (measured: 3x slower than two
+    matrix-vector products at n = 1,024), while the second product reads keys still in cache."""
+    global _dense_rows
+    if _dense_rows is None:
+        from minigrad._numba_cache import njit
+        from minigrad.kernels import _math
+        from minigrad.kernels._math import fast_exp, typed
+
+        @njit(cache=True, fastmath=_FASTMATH, error_model="numpy")
+        def kernel(q, k, v, n, scale, out):
+            B, nkv, g, d = q.shape
+            wide = n >= _math.VECTOR_MAX_FROM
+            for b in range(B):
+                for h in range(nkv):
+                    keys, values = k[b, h, :n], v[b, h, :n]
+                    for j in range(g):
+                        s = np.dot(keys, q[b, h, j])                     # (n,) unscaled scores
+                        top = _math.max_vectorised(s) if wide else _math.max_scalar(s)
+                        total = typed(s, 0.0)                            # in s's dtype, as s
+                        for t in range(n):                               # scale > 0 keeps the max
+                            e = fast_exp((s[t] - top) * scale)
+                            s[t] = e
+                            total += e
+                        o = np.dot(s, values)
+                        inv = typed(s, 1.0) / total
+                        for i in range(d):
+                            out[b, h, j, i] = o[i] * inv
+
+        _dense_rows = kernel
+    return _dense_rows

@@ -70,9 +70,10 @@ def test_dense_cached_decoding_equals_the_uncached_forward(n_kv_head, B, T, size
 
 
 @pytest.mark.skipif(not numba_available(), reason="numba is not installed")
-def test_a_dense_cache_decodes_through_the_kernel_not_the_twin(monkeypatch):
-    """The cache's buffers are in the kernel's layout, so a decoding step never falls back to the
-    NumPy twin (a silent fallback would be right, and several times slower)."""
+@pytest.mark.parametrize("make", ["dense", "dense rows", "Quest"])
+def test_a_dense_cache_decodes_through_the_kernel_of_its_layout_not_the_twin(make, monkeypatch):
+    """Each layout has its kernel, so a decoding step never falls back to the NumPy twin (a silent
+    fallback would be right, and several times slower)."""
     import models.paged_attention as pa
 
     def refuse(*args):
@@ -80,12 +81,32 @@ def test_a_dense_cache_decodes_through_the_kernel_not_the_twin(monkeypatch):
 
     monkeypatch.setattr(pa, "dense_decode_numpy", refuse)
     m = _model(0, n_kv_head=1)
-    cache = DenseKVCache.for_model(m)
+    if make == "Quest":     # a budget covering every page: its dense step
+        cache = QuestCache.for_model(m, token_budget=64, page_size=4)
+    else:
+        cache = DenseKVCache.for_model(m, **({"layout": "rows"} if make == "dense rows" else {}))
+    assert cache.layout == ("positions" if make == "dense" else "rows")
     idx = np.random.default_rng(0).integers(0, 11, (1, 6))
     with minigrad.no_grad(), minigrad.use_backend("numba"):
+        full = m(idx)[0].data
         m(idx[:, :5], cache=cache)
-        m(idx[:, 5:], cache=cache)
-    assert len(cache) == 6
+        last = m(idx[:, 5:], cache=cache)[0].data
+    np.testing.assert_allclose(last[:, -1], full[:, -1], rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("attention", ["moba", "nsa"])
+def test_for_model_stores_rows_for_attentions_that_gather_blocks_of_positions(attention):
+    """MoBA and NSA read the cache's k and v views themselves, gathering blocks of positions:
+    rows keep a position's numbers together (position-minor made NSA's step 1.8x slower)."""
+    m = _model(0, attention=attention)
+    cache = DenseKVCache.for_model(m)
+    assert cache.layout == "rows" and cache.k.flags.c_contiguous and cache.v.flags.c_contiguous
+    assert DenseKVCache.for_model(m, layout="positions").layout == "positions"     # asked for
+
+
+def test_a_dense_cache_refuses_an_unknown_layout():
+    with pytest.raises(ValueError, match="layout must be 'positions' or 'rows', got 'columns'"):
+        DenseKVCache(1, 1, 4, max_len=8, layout="columns")
 
 
 def test_a_dense_decoding_step_copies_nothing_it_has_cached():
@@ -399,12 +420,13 @@ def test_the_dense_decoding_kernel_loads_from_the_cache_in_a_second_process(tmp_
     if config.DISABLE_JIT:
         pytest.skip("Numba is disabled: there is no compiled kernel to cache")
     code = ("import numpy as np, minigrad\n"
-            "from models.paged_attention import dense_decode, _compiled_dense\n"
-            "q, k = np.ones((1, 2, 1, 8), np.float32), np.ones((1, 2, 8, 100), np.float32).swapaxes(-1, -2)\n"
+            "from models.paged_attention import dense_decode, _compiled_dense_positions, _compiled_dense_rows\n"
+            "q, k = np.ones((1, 2, 1, 8), np.float32), np.ones((1, 2, 8, 100), np.float32)\n"
             "with minigrad.use_backend('numba'):\n"
-            "    dense_decode(q, k, k, 80)\n"
-            "s = _compiled_dense().stats\n"
-            "print(sum(s.cache_hits.values()), sum(s.cache_misses.values()))\n")
+            "    dense_decode(q, k.swapaxes(-1, -2), k.swapaxes(-1, -2), 80)\n"
+            "    dense_decode(q, k.reshape(1, 2, 100, 8), k.reshape(1, 2, 100, 8), 80)\n"
+            "for s in (_compiled_dense_positions().stats, _compiled_dense_rows().stats):\n"
+            "    print(sum(s.cache_hits.values()), sum(s.cache_misses.values()))\n")
     env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path)}
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     runs = []
@@ -413,21 +435,25 @@ def test_the_dense_decoding_kernel_loads_from_the_cache_in_a_second_process(tmp_
                              timeout=300)
         assert out.returncode == 0, out.stderr
         runs.append(out.stdout.split())
-    assert runs == [["0", "1"], ["1", "0"]]         # compiled and saved, then loaded
+    assert runs == [["0", "1"] * 2, ["1", "0"] * 2]         # both compiled and saved, then loaded
 
 
 @pytest.mark.skipif(not numba_available(), reason="numba is not installed")
 @given(B=st.integers(1, 3), nkv=st.integers(1, 3), g=st.sampled_from([1, 2, 4]), n=st.integers(1, 150),
-       seed=st.integers(0, 10_000), dtype=st.sampled_from([np.float64, np.float32]))
-@settings(max_examples=30)
-def test_the_dense_decoding_kernel_equals_its_numpy_twin_and_attention(B, nkv, g, n, seed, dtype):
+       seed=st.integers(0, 10_000), dtype=st.sampled_from([np.float64, np.float32]),
+       layout=st.sampled_from(["positions", "rows"]))
+@settings(max_examples=40)
+def test_the_dense_decoding_kernels_equal_their_numpy_twin_and_attention(B, nkv, g, n, seed, dtype, layout):
     """One decoding step over the first n positions of a layer's buffer (longer than n: what lies
     past n must not be read), on the numba kernel and on the NumPy twin. n reaches past
-    VECTOR_MAX_FROM (64), where the kernel's max takes its vectorised loop. k and v are views of
-    position-minor buffers, as DenseKVCache stores them (the kernel's layout)."""
+    VECTOR_MAX_FROM (64), where the kernel's max takes its vectorised loop. k and v are stored in
+    rows or position-minor, DenseKVCache's two layouts, each with its own kernel."""
     rng = np.random.default_rng(seed)
     d, max_len = 8, 160
-    k, v = (rng.normal(size=(B, nkv, d, max_len)).astype(dtype).swapaxes(-1, -2) for _ in range(2))
+    if layout == "rows":
+        k, v = (rng.normal(size=(B, nkv, max_len, d)).astype(dtype) for _ in range(2))
+    else:
+        k, v = (rng.normal(size=(B, nkv, d, max_len)).astype(dtype).swapaxes(-1, -2) for _ in range(2))
     k[:, :, n:], v[:, :, n:] = np.nan, np.nan
     q = rng.normal(size=(B, nkv, g, d)).astype(dtype)
     with minigrad.use_backend("numba"):
