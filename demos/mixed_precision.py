@@ -172,6 +172,15 @@ def smooth(v, k=10):
     return (c[i] - c[lo]) / (i - lo)
 
 
+def legend_or_note(ax, note, **kw):
+    """The legend of ``ax``'s labelled curves, or ``note`` in its middle when it has none
+    (matplotlib warns about a legend of nothing, and an empty panel should say why)."""
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(**kw)
+    else:
+        ax.text(0.5, 0.5, note, transform=ax.transAxes, ha="center", va="center", color="0.4")
+
+
 def plot(par, act, runs, args, title, path):
     plt = pyplot()
 
@@ -216,7 +225,7 @@ def plot(par, act, runs, args, title, path):
     ax2.set_xlabel("step")
     ax2.set_title("(3) gap to fp32")
     ax2.grid(alpha=0.3)
-    ax2.legend(fontsize=7)
+    legend_or_note(ax2, "nothing to compare: needs fp32 and another recipe", fontsize=7)
 
     for key, r in runs.items():
         if r["stalled"] is not None and len(r["stalled"]):
@@ -226,7 +235,7 @@ def plot(par, act, runs, args, title, path):
     ax3.set_ylabel("% of updated weights whose stored value did not change")
     ax3.set_title("(4) updates below half an ulp of the stored weight")
     ax3.grid(alpha=0.3)
-    ax3.legend(fontsize=7)
+    legend_or_note(ax3, "no low-precision weights updated\n(fp32 only, or every step skipped)", fontsize=7)
     fig.tight_layout()
     save_figure(fig, path, dpi=72)
 

@@ -428,8 +428,6 @@ def run(args, on_step=None, explicit=frozenset()) -> int:
 
     # ---- inputs are good: from here on we may write ---------------------------------------------
     cli.check_out_dir(args.out)
-    if not args.resume and os.path.exists(os.path.join(args.out, "samples.txt")):
-        os.remove(os.path.join(args.out, "samples.txt"))   # an earlier run's, not this one's
     data.save_cache()
     if args.warmup >= args.steps:                      # after the checks: a refused run says one line
         print(f"warning: --warmup {args.warmup} >= --steps {args.steps}: the learning rate never "
@@ -437,6 +435,14 @@ def run(args, on_step=None, explicit=frozenset()) -> int:
     meta = {"optimizer": args.optimizer, "preset": args.preset, "batch_size": batch_size,
             "tokenizer": data.tokenizer.to_dict(), "data": data_desc, "data_key": data.key,
             "args": vars(args)}
+    samples = os.path.join(args.out, "samples.txt")
+
+    def drop_stale_samples(trainer, path):
+        # an earlier run's samples go with its checkpoint, which this save has just replaced:
+        # removed sooner, a run that diverges or is killed first would leave that run without them
+        if os.path.exists(samples):
+            os.remove(samples)
+
     trainer = Trainer(
         model, lm_loss, opt, lambda rng: data.get_batch("train", batch_size, rng),
         steps=args.steps, schedule="cosine",
@@ -447,6 +453,7 @@ def run(args, on_step=None, explicit=frozenset()) -> int:
         reserve_seconds=_END_SECONDS, seed=args.seed, progress=not args.no_progress,
         save_every=args.save_every or args.eval_every, save_dir=args.out, save_meta=meta,
         on_step=None if on_step is None else (lambda tr: on_step(tr.step)),
+        on_save=None if args.resume else drop_stale_samples,      # a resumed run appends to its own
         tokens_per_step=batch_size * config.block_size)
     if ckpt is not None:
         trainer.restore(ckpt, target=target)
@@ -471,7 +478,7 @@ def run(args, on_step=None, explicit=frozenset()) -> int:
     except TokenizerError:                             # a corpus without newlines: start from token 0
         sample = sample_text(model, data.tokenizer, args.sample_chars, prompt="", seed=args.seed)
     # a fresh run starts samples.txt anew; a resumed one appends to it
-    with open(os.path.join(args.out, "samples.txt"), "a" if args.resume else "w", encoding="utf-8") as f:
+    with open(samples, "a" if args.resume else "w", encoding="utf-8") as f:
         f.write(f"=== step {trainer.step}, val loss {result.val_loss:.4f} ===\n{sample}\n\n")
     minutes = (time.perf_counter() - t_start) / 60
     if result.out_of_time and trainer.target == BUDGET_STEPS:    # no --steps: the budget set the length

@@ -3,6 +3,7 @@ the markdown table and the per-step losses into --out; bad input is one line and
 
 import json
 import math
+import warnings
 
 import pytest
 
@@ -31,6 +32,32 @@ def test_demo_runs_on_the_gpt_and_writes_into_out(tmp_path, monkeypatch, capsys)
     assert [row.split(" | ")[0][2:] for row in rows] == [r["label"] for r in runs.values()]
     printed = capsys.readouterr().out
     assert all(row in printed for row in rows)      # the same table is printed
+
+
+@pytest.mark.parametrize("argv, notes, diverges", [
+    (["--recipes", "bf16", "--lr", "1e9"], ["nothing to compare"], True),       # and no fp32 to compare with
+    (["--recipes", "fp32"], ["nothing to compare", "no low-precision weights updated"], False),
+])
+def test_a_panel_with_no_curves_says_why_instead_of_a_legend_warning(tmp_path, monkeypatch, argv, notes,
+                                                                     diverges):
+    """A panel with nothing to draw called legend(): matplotlib warned "No artists with labels"."""
+    monkeypatch.chdir(tmp_path)
+    demo = load_demo("mixed_precision.py")
+    texts, save = [], demo.save_figure
+
+    def save_figure(fig, path, dpi):                  # the notes drawn in the panels, then the file
+        texts.extend(t.get_text() for ax in fig.axes for t in ax.texts)
+        return save(fig, path, dpi)
+
+    monkeypatch.setattr(demo, "save_figure", save_figure)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert demo.main(["--quick", "--steps", "3", "--batch-size", "2", "--max-chars", "50000", *argv,
+                          "--out", "mp", "--cache-dir", "", "--no-progress"]) == 0
+    assert not [w for w in caught if "No artists with labels" in str(w.message)]
+    assert [n for n in notes if any(t.startswith(n) for t in texts)] == notes
+    runs = json.loads((tmp_path / "mp" / "mixed_precision_results.json").read_text())
+    assert [not math.isfinite(r["val"]) for r in runs.values()] == [diverges]
 
 
 @pytest.mark.parametrize("argv, says", [

@@ -182,6 +182,26 @@ def test_a_fresh_run_stopped_early_leaves_no_sample_of_the_run_it_replaced(tmp_p
     assert not (out / "samples.txt").exists() and json.load(open(out / "manifest.json"))["step"] == 2
 
 
+def test_a_forced_run_takes_the_earlier_runs_samples_away_with_its_checkpoint_not_before(
+        tmp_path, capsys, corpus, full_run):
+    """--force removed the earlier run's samples.txt at its start: a run that then diverged (or
+    was killed) before its first checkpoint left that run's checkpoint without its samples."""
+    out = tmp_path / "kept"
+    shutil.copytree(full_run, out)
+    before = {n: (out / n).read_bytes() for n in ("ckpt.npz", "manifest.json", "samples.txt")}
+    assert train_gpt.main(_args(corpus, out, "--force", "--lr", "1e9", "--optimizer", "adamw")) == 1
+    assert re.search(r"diverged in step [1-4] ", capsys.readouterr().err)   # before the save at step 4
+    assert {n: (out / n).read_bytes() for n in before} == before            # the earlier run, whole
+
+    def crash_at_5(step):
+        if step == 5:
+            raise RuntimeError("power cut")
+
+    with pytest.raises(RuntimeError, match="power cut"):                    # after the save at step 4
+        train_gpt.main(_args(corpus, out, "--force"), on_step=crash_at_5)
+    assert json.load(open(out / "manifest.json"))["step"] == 4 and not (out / "samples.txt").exists()
+
+
 def test_a_diverging_run_is_one_line_and_exit_1(tmp_path, capsys, corpus):
     """--lr 1e9: non-finite gradients ended the demo in a traceback (a review session)."""
     assert train_gpt.main(_args(corpus, tmp_path / "d", "--lr", "1e9", "--optimizer", "adamw")) == 1
@@ -218,6 +238,7 @@ def test_a_fresh_run_never_replaces_a_checkpoint(tmp_path, capsys, corpus, full_
     assert "--resume" in line and "--force" in line
     assert train_gpt.main(_args(corpus, out, "--force", "--steps", "3")) == 0
     assert json.load(open(out / "manifest.json"))["step"] == 3
+    assert re.findall(r"=== step \d+", (out / "samples.txt").read_text(encoding="utf-8")) == ["=== step 3"]
 
 
 def test_resume_with_new_steps_extends_the_run(tmp_path, capsys, corpus, full_run):
@@ -226,6 +247,8 @@ def test_resume_with_new_steps_extends_the_run(tmp_path, capsys, corpus, full_ru
     assert train_gpt.main(["--resume", "--out", str(out), "--steps", "16", "--no-progress"]) == 0
     assert json.load(open(out / "manifest.json"))["step"] == 16
     assert "resuming at step 12 of 16" in capsys.readouterr().out
+    headers = re.findall(r"=== step \d+", (out / "samples.txt").read_text(encoding="utf-8"))
+    assert headers == ["=== step 12", "=== step 16"]                     # appended to the run's own
 
 
 def test_periodic_checkpoints_survive_a_crash(tmp_path, corpus):

@@ -195,6 +195,21 @@ def test_restore_with_a_new_target_extends_the_run(tmp_path):
     assert tr2.fit().step == 9
 
 
+def test_on_save_follows_every_checkpoint_once_it_is_on_disk(tmp_path):
+    """train_gpt removes an earlier run's files there: only a checkpoint written may replace them."""
+    seen = []
+
+    def on_save(tr, path):
+        seen.append((tr.step, load_checkpoint(tmp_path).step, path))
+
+    model = _model()
+    tr = _trainer(model, _adamw(model), steps=9, eval_batches=None, save_every=4, save_dir=tmp_path,
+                  on_save=on_save)
+    tr.fit()
+    path = tr.save(tmp_path)
+    assert seen == [(4, 4, path), (8, 8, path), (9, 9, path)]
+
+
 @pytest.mark.parametrize("resume_steps, saved_horizon", [(20, 10), (6, 10), (10, 7)])
 def test_a_resume_without_a_target_finishes_the_saved_schedule_whatever_steps_it_was_built_with(
         tmp_path, resume_steps, saved_horizon):

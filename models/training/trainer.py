@@ -193,6 +193,9 @@ class Trainer:
     save_every   with ``save_dir``: a checkpoint (:meth:`save`, with ``save_meta``) every k steps, so
                  a crash loses at most k steps
     on_step      ``on_step(trainer)`` after every optimizer step; ``on_eval(trainer, val_loss)``
+                 after every evaluation; ``on_save(trainer, path)`` after every checkpoint
+                 :meth:`save` writes (files of an earlier run that go with the checkpoint it
+                 replaced can go then, not before)
     reduce_stop  in a run over several processes, ``reduce_stop(flag) -> bool`` turns this
                  process's wish to stop (a Ctrl-C or SIGTERM it received, or ``interrupted`` set
                  by a callback) into the decision of all of them, as Lightning's
@@ -216,8 +219,8 @@ class Trainer:
                  schedule_kwargs=None, grad_hooks=(), eval_batches=None, eval_every: int = 250,
                  time_budget: float | None = None, start_time: float | None = None,
                  reserve_seconds: float = 25.0, autocast=None, seed: int = 0, save_every=None,
-                 save_dir=None, save_meta=None, on_step=None, on_eval=None, reduce_stop=None,
-                 reduce_loss=None, progress: bool = True, log_every: int = 50, tokens_per_step=None):
+                 save_dir=None, save_meta=None, on_step=None, on_eval=None, on_save=None,
+                 reduce_stop=None, reduce_loss=None, progress: bool = True, log_every: int = 50, tokens_per_step=None):
         if int(steps) != steps or steps < 1:
             raise ValueError(f"Trainer: steps must be an integer >= 1, got {steps!r}")
         if int(eval_every) != eval_every or eval_every < 1:
@@ -238,7 +241,7 @@ class Trainer:
         self.start_time = time.perf_counter() if start_time is None else start_time
         self.reserve_seconds = reserve_seconds
         self.autocast = autocast
-        self.on_step, self.on_eval = on_step, on_eval
+        self.on_step, self.on_eval, self.on_save = on_step, on_eval, on_save
         if reduce_stop is not None and not callable(reduce_stop):
             raise TypeError(f"Trainer: reduce_stop must be a callable flag -> bool such as "
                             f"any_rank(comm), got {type(reduce_stop).__name__}")
@@ -529,9 +532,12 @@ class Trainer:
         source, the history and the loop's state (plus ``meta``, e.g. the tokenizer and the CLI's
         arguments)."""
         states = {k: part.state_dict() for k, part in self._stateful().items()}
-        return save_checkpoint(out_dir, self.model, self.optimizer, history=self.history,
+        path = save_checkpoint(out_dir, self.model, self.optimizer, history=self.history,
                                meta={**(meta or {}), "trainer": self.state_meta(), "step": self.step},
                                states=states)
+        if self.on_save is not None:
+            self.on_save(self, path)
+        return path
 
     def restore(self, ckpt: Checkpoint, *, target: int | None = None) -> None:
         """Continue from ``ckpt``: weights, optimizer state, history, step, target, horizon, RNGs
