@@ -36,7 +36,10 @@ rank 0 prints and writes. A GPT run prints ``final loss <value>`` the same way o
 
 Writes to ``--out``: ``distributed_<part>.png`` for each part run, ``distributed_results.md``
 with the tables printed and ``distributed_gpt.json`` (the GPT runs' losses and bytes). Bad input
-prints one line and exits with code 2, writing nothing.
+prints one line and exits with code 2, writing nothing. A Ctrl-C or SIGTERM to a rank stops the GPT
+part's ranks at the same step; the demo then says in one line where and exits with code 130,
+without the GPT part's files and ``distributed_results.md`` (simulated workers are threads, which
+no signal reaches: there Ctrl-C is Python's ``KeyboardInterrupt``).
 
 References: Lian et al. (2017), D-PSGD, arXiv 1705.09056; Chen & Sayed (2012), diffusion
 (adapt-then-combine), arXiv 1111.0034; Nedic, Olshevsky, Shi (2017), DIGing, arXiv 1607.03218;
@@ -112,6 +115,7 @@ class Report:
     def __init__(self, out: str, lead: bool):
         self.out, self.lead = out, lead
         self.sections: list[str] = []
+        self.written: list[str] = []      # the files written so far: what a stopped run keeps
 
     def say(self, text: str) -> None:
         if self.lead:
@@ -120,6 +124,7 @@ class Report:
     def figure(self, fig, name: str) -> None:
         if self.lead:
             save_figure(fig, os.path.join(self.out, name), dpi=80)
+            self.written.append(name)
         else:
             pyplot().close(fig)
 
@@ -429,6 +434,11 @@ def gpt_part(a, counts, data, report: Report, backend: str) -> dict:
         record = launch(train_gpt_data_parallel, data, preset=a.preset, steps=a.steps, batch_size=batch,
                         lr=a.lr, seed=a.seed, dtype=dtype, progress=not a.no_progress,
                         workers=n)[0]
+        if record["interrupted"]:      # the same on every rank: they voted to stop at the same step
+            kept = f"; kept {', '.join(report.written)}" if report.written else ""
+            raise cli.Interrupted(f"interrupted in the gpt part on {n} worker{'s' * (n > 1)} at step "
+                                  f"{len(record['train_loss'])} of {a.steps}; no distributed_gpt.json, "
+                                  f"distributed_gpt.png or distributed_results.md written{kept}")
         runs[n] = record
         report.say(f"[distributed] gpt: {n} worker{'s' * (n > 1)}, {a.steps} steps, {record['seconds']:.1f} s")
         report.say(f"final loss {record['train_loss'][-1]:.6f}")

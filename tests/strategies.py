@@ -18,6 +18,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import signal
+import threading
 
 import numpy as np
 import pytest
@@ -221,7 +222,13 @@ def snapshot(root) -> dict:
 def ctrl_c(demo, monkeypatch, run: int, step: int = 2) -> list:
     """Make the ``run``-th ``demo.Trainer.fit`` (1-based) receive Ctrl-C during its step ``step``
     (a real SIGINT: the step finishes and fit() returns with ``interrupted`` set); returns the list
-    of the trainers the demo fits. Trainers used without fit (a memory probe's) do not count."""
+    of the trainers the demo fits. Trainers used without fit (a memory probe's) do not count.
+
+    ``demo`` is any module whose ``Trainer`` builds the trainers (``models.training.distributed``
+    for data-parallel runs). Each simulated rank's fit counts: a ``SimComm(n)`` run is n fits, in
+    the order the ranks start them. A rank is a thread, which no signal reaches, so it is stopped
+    as a signal to that rank's process stops it under mpiexec: it wishes to stop
+    (``interrupted``), and the ranks' stop vote stops all of them at the same step."""
     fits, first = [], {}
 
     class CtrlC(demo.Trainer):
@@ -232,8 +239,11 @@ def ctrl_c(demo, monkeypatch, run: int, step: int = 2) -> list:
 
         def train_step(self, batch=None):
             loss = super().train_step(batch)
-            if len(fits) == run and self is fits[-1] and self.step - first[run] == step:
-                signal.raise_signal(signal.SIGINT)   # what Ctrl-C does
+            if len(fits) >= run and self is fits[run - 1] and self.step - first[run] == step:
+                if threading.current_thread() is threading.main_thread():
+                    signal.raise_signal(signal.SIGINT)   # what Ctrl-C does
+                else:
+                    self.interrupted = True
             return loss
 
     monkeypatch.setattr(demo, "Trainer", CtrlC)

@@ -312,9 +312,28 @@ def test_a_time_budget_is_refused():
 
 
 # ------------------------------------------------------------------ checkpoints per rank
-def _dp_worker(comm, out, steps, resume_from=None, save_every=None):
+class Cursor:
+    """A stateful global batch source (torchdata's state_dict protocol): each batch depends on the
+    Trainer's generator and on how many batches the source drew before."""
+
+    def __init__(self):
+        self.drawn = 0
+
+    def __call__(self, rng):
+        self.drawn += 1
+        x, y = global_batches(4)(rng)
+        return (x + self.drawn) % CFG["vocab_size"], (y + self.drawn) % CFG["vocab_size"]
+
+    def state_dict(self):
+        return {"drawn": self.drawn}
+
+    def load_state_dict(self, state):
+        self.drawn = int(state["drawn"])
+
+
+def _dp_worker(comm, out, steps, resume_from=None, save_every=None, source=lambda: global_batches(4)):
     model = GPT(GPTConfig(**CFG), dtype=np.float64, seed=comm.rank + 10 * (resume_from is not None))
-    tr = data_parallel_trainer(comm, model, lm_loss, _optimizer("adamw", model), global_batches(4),
+    tr = data_parallel_trainer(comm, model, lm_loss, _optimizer("adamw", model), source(),
                                steps=steps, seed=2, schedule="cosine", progress=False,
                                save_dir=out, save_every=save_every)
     if resume_from is not None:
@@ -333,6 +352,31 @@ def test_per_rank_checkpoints_resume_to_the_uninterrupted_run(tmp_path):
         assert loss == loss_w                                      # bit for bit, history included
         for name in params:
             np.testing.assert_array_equal(params[name], params_w[name])
+
+
+def test_a_stateful_batch_source_keeps_its_state_through_the_shards_and_resumes(tmp_path):
+    """Each rank's checkpoint holds its source's state, so a resumed run draws the batches of the
+    uninterrupted one; a shard that hid the state restarted the source from its first batch."""
+    whole = SimComm(2).run(_dp_worker, None, 6, source=Cursor)
+    SimComm(2).run(_dp_worker, tmp_path, 6, save_every=3, source=Cursor)    # the checkpoint of step 3
+    assert [int(load_checkpoint(rank_dir(tmp_path, r)).states["batches"]["drawn"]) for r in (0, 1)] == [3, 3]
+    resumed = SimComm(2).run(_dp_worker, None, 6, resume_from=tmp_path, source=Cursor)
+    for (loss, params), (loss_w, params_w) in zip(resumed, whole):
+        assert loss == loss_w                                      # bit for bit, history included
+        for name in params:
+            np.testing.assert_array_equal(params[name], params_w[name])
+
+
+def test_a_shard_has_a_state_only_when_its_source_has_one():
+    """The Trainer saves a batch source's state when it has one: the shard of a plain function
+    has none, the shard of a stateful source's bound method has its object's."""
+    assert not hasattr(shard_batches(global_batches(4), 0, 2), "state_dict")
+    cursor = Cursor()
+    shard = shard_batches(cursor.__call__, 1, 2)
+    shard(np.random.default_rng(0))
+    assert shard.state_dict() == {"drawn": 1}
+    shard.load_state_dict({"drawn": 5})
+    assert cursor.drawn == 5
 
 
 def _grid_worker(world, out, steps, resume=False):

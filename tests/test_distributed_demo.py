@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from optim.dist.comm import ring_traffic
-from strategies import assert_refused, files_below, load_demo, mpiexec as _mpiexec
+from strategies import assert_refused, assert_stopped, ctrl_c, files_below, load_demo, mpiexec as _mpiexec
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO = os.path.join(ROOT, "demos", "distributed.py")
@@ -71,6 +71,21 @@ def test_gpt_on_1_and_2_workers_has_the_same_losses_and_sends_the_ring_all_reduc
     assert set(per_step) == {ring_traffic(GPT(cfg).num_parameters(), 2, 0)[0] * 8 + vote}
     assert np.all(np.diff(runs[1]["bytes_sent"]) == 0)
     assert files_below(tmp_path) == ["distributed_gpt.json", "distributed_gpt.png", "distributed_results.md"]
+
+
+def test_a_stop_in_the_gpt_part_exits_130_keeping_only_the_earlier_parts_figures(demo, tmp_path, monkeypatch,
+                                                                                   capsys):
+    """A Ctrl-C or SIGTERM on one rank of the 2-worker run (after the 1-worker run) stops both
+    ranks at the same step; the run must not then write the GPT results, or the tables, as if it
+    had finished. The consensus part before it keeps its figure."""
+    from models.training import distributed
+    monkeypatch.setattr(demo, "PARTS", ("consensus", "gpt"))        # --part all: consensus, then gpt
+    made = ctrl_c(distributed, monkeypatch, run=2)
+    assert_stopped(demo, ["--quick", "--cache-dir", "", "--no-progress", "--out", str(tmp_path)],
+                   "interrupted in the gpt part on 2 workers at step 2 of 5; no distributed_gpt.json, "
+                   "distributed_gpt.png or distributed_results.md written; kept distributed_consensus.png", capsys)
+    assert [t.step for t in made] == [5, 2, 2] and [t.interrupted for t in made] == [False, True, True]
+    assert files_below(tmp_path) == ["distributed_consensus.png"]
 
 
 def test_consensus_decays_within_rho_and_the_one_peer_graph_averages_exactly(demo, tmp_path):

@@ -99,19 +99,59 @@ def _shard(part, rank: int, size: int):
                     f"is an ndarray or a tuple/list/dict of them")
 
 
+class _Shard:
+    """``batches(rng)`` for rank ``rank`` of ``size``: rank ``rank``'s rows of the global batch
+    that ``global_batches(rng)`` draws (see :func:`shard_batches`)."""
+
+    def __init__(self, global_batches, rank: int, size: int):
+        self.global_batches, self.rank, self.size = global_batches, int(rank), int(size)
+
+    def __call__(self, rng):
+        return _shard(self.global_batches(rng), self.rank, self.size)
+
+
+class _StatefulShard(_Shard):
+    """:class:`_Shard` of a stateful source: ``state_dict()`` / ``load_state_dict()``
+    are its own, so the Trainer saves and restores the source's state through the shard."""
+
+    def __init__(self, global_batches, rank: int, size: int, source):
+        super().__init__(global_batches, rank, size)
+        self.source = source
+
+    def state_dict(self):
+        return self.source.state_dict()
+
+    def load_state_dict(self, state) -> None:
+        self.source.load_state_dict(state)
+
+
+def _stateful_source(batches):
+    """What holds the state of ``batches``, as the Trainer looks for it: ``batches`` itself or the
+    object it is a bound method of, with ``state_dict``/``load_state_dict``; None if neither."""
+    for source in (batches, getattr(batches, "__self__", None)):
+        if hasattr(source, "state_dict") and hasattr(source, "load_state_dict"):
+            return source
+    return None
+
+
 def shard_batches(global_batches, rank: int, size: int):
     """``batches(rng)`` for rank ``rank`` of ``size``: draws the global batch with
     ``global_batches(rng)`` and keeps rows ``rank·B .. (rank+1)·B - 1`` of every array in it (a
     batch is an ndarray or a tuple/list/dict of them, all with n·B rows).
 
     The ranks' generators must be seeded alike (the Trainer's ``seed``) so that they draw the same
-    global batch; then n ranks with batch B see exactly what one worker with batch n·B sees."""
+    global batch; then n ranks with batch B see exactly what one worker with batch n·B sees.
+
+    A stateful source (``state_dict``/``load_state_dict`` on ``global_batches`` or on the object
+    it is a bound method of: torchdata's protocol, which the Trainer saves and restores) stays
+    one: the shard delegates both to it, so each rank's checkpoint holds its source's state and
+    a resumed data-parallel run reads the batches of an uninterrupted one."""
     if not callable(global_batches):
         raise TypeError(f"shard_batches: global_batches must be a callable batches(rng), got "
                         f"{type(global_batches).__name__}")
     if int(size) != size or size < 1 or int(rank) != rank or not 0 <= rank < size:
         raise ValueError(f"shard_batches: need 0 <= rank < size, got rank={rank!r}, size={size!r}")
-
-    def batches(rng):
-        return _shard(global_batches(rng), int(rank), int(size))
-    return batches
+    source = _stateful_source(global_batches)
+    if source is None:           # no state_dict on the shard: the Trainer then saves none for it
+        return _Shard(global_batches, rank, size)
+    return _StatefulShard(global_batches, rank, size, source)
