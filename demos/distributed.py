@@ -37,9 +37,9 @@ rank 0 prints and writes. A GPT run prints ``final loss <value>`` the same way o
 Writes to ``--out``: ``distributed_<part>.png`` for each part run, ``distributed_results.md``
 with the tables printed and ``distributed_gpt.json`` (the GPT runs' losses and bytes). Bad input
 prints one line and exits with code 2, writing nothing. A Ctrl-C or SIGTERM to a rank stops the GPT
-part's ranks at the same step; the demo then says in one line where and exits with code 130,
-without the GPT part's files and ``distributed_results.md`` (simulated workers are threads, which
-no signal reaches: there Ctrl-C is Python's ``KeyboardInterrupt``).
+part's ranks at the same step (simulated workers too: ``SimComm`` passes the signal on to their
+stop vote); the demo then says in one line where and exits with code 130, without the GPT part's
+files and ``distributed_results.md``.
 
 References: Lian et al. (2017), D-PSGD, arXiv 1705.09056; Chen & Sayed (2012), diffusion
 (adapt-then-combine), arXiv 1111.0034; Nedic, Olshevsky, Shi (2017), DIGing, arXiv 1607.03218;

@@ -226,9 +226,10 @@ def ctrl_c(demo, monkeypatch, run: int, step: int = 2) -> list:
 
     ``demo`` is any module whose ``Trainer`` builds the trainers (``models.training.distributed``
     for data-parallel runs). Each simulated rank's fit counts: a ``SimComm(n)`` run is n fits, in
-    the order the ranks start them. A rank is a thread, which no signal reaches, so it is stopped
-    as a signal to that rank's process stops it under mpiexec: it wishes to stop
-    (``interrupted``), and the ranks' stop vote stops all of them at the same step."""
+    the order the ranks start them. A rank is a thread: it is stopped as a signal to that rank's
+    process stops it under mpiexec, by its wish to stop (``interrupted``), so that the chosen
+    rank and step decide it; the ranks' stop vote stops all of them at the same step. (A real
+    signal reaches simulated ranks through ``SimComm``'s ``stop_requested``: tests/test_dist_comm.py.)"""
     fits, first = [], {}
 
     class CtrlC(demo.Trainer):

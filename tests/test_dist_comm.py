@@ -1,6 +1,8 @@
 """SimComm: each collective against its NumPy definition, the ring order and byte model, splits,
 point to point, determinism, and the faults (a raising rank, a deadlock, mismatched arrays)."""
+import signal
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -245,3 +247,47 @@ def test_launch_without_mpiexec_simulates(monkeypatch):
         monkeypatch.delenv(var, raising=False)
     assert launch(lambda c, k: (c.rank, c.size, k), 3, workers=2) == [(0, 2, 3), (1, 2, 3)]
     assert launch(lambda c: c.size) == [1]
+
+
+def _wait_for(condition, seconds=10.0):
+    """Spin until ``condition()`` (a signal's Python handler runs in the main thread, a moment
+    after the signal)."""
+    end = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < end, "the main thread never ran the signal handler"
+        time.sleep(0.001)
+
+
+def test_a_signal_during_a_simcomm_run_asks_every_rank_to_stop_and_the_stop_vote_hears_it():
+    """Simulated ranks are threads, which no signal reaches: SimComm.run's handler in the main
+    thread sets stop_requested on every rank's communicator (split ones too), any_rank counts it
+    as a wish to stop, and the handlers are put back when the run ends."""
+    from models.training.distributed import any_rank
+
+    before = signal.getsignal(signal.SIGINT)
+
+    def worker(comm):
+        vote = any_rank(comm)
+        first = vote(False)
+        if comm.rank == 1:
+            signal.raise_signal(signal.SIGINT)                   # what Ctrl-C does
+            _wait_for(lambda: comm.stop_requested)
+        return first, vote(False), comm.split(0).stop_requested
+
+    assert SimComm(2).run(worker) == [(False, True, True)] * 2
+    assert signal.getsignal(signal.SIGINT) is before
+    assert SimComm(2).run(lambda comm: comm.stop_requested) == [False, False]      # a new run starts afresh
+
+
+def test_a_second_ctrl_c_aborts_a_simcomm_run():
+    def worker(comm):
+        if comm.rank == 0:
+            signal.raise_signal(signal.SIGINT)
+            _wait_for(lambda: comm.stop_requested)
+            signal.raise_signal(signal.SIGINT)                   # the impatient second press
+        time.sleep(0.5)                                          # the main thread aborts meanwhile
+
+    before = signal.getsignal(signal.SIGINT)
+    with pytest.raises(KeyboardInterrupt):
+        SimComm(2).run(worker)
+    assert signal.getsignal(signal.SIGINT) is before

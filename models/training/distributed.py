@@ -59,7 +59,8 @@ def rank_dir(save_dir, rank: int) -> str:
 
 def any_rank(comm, every: int = 1):
     """The Trainer's ``reduce_stop`` for the ranks of ``comm``: stop when any rank asks to (a
-    Ctrl-C or SIGTERM it received), all of them at the same step. It votes at every ``every``-th
+    Ctrl-C or SIGTERM it received, or ``comm.stop_requested``: a signal to the process of
+    simulated ranks), all of them at the same step. It votes at every ``every``-th
     call (the Trainer calls it before each step and once after the last) with one all-reduce of
     one int64, 2(n-1)/n · 8 bytes sent per rank, and answers "not yet" in between, so a stop
     waits for the next vote. ``every`` = H for Local SGD keeps its T/H communication rounds in
@@ -71,7 +72,8 @@ def any_rank(comm, every: int = 1):
     def reduce_stop(flag: bool) -> bool:
         if next(calls) % every:
             return False
-        return bool(comm.allreduce(np.array([int(flag)], np.int64))[0] > 0)
+        wish = flag or comm.stop_requested          # a signal to the process (simulated ranks)
+        return bool(comm.allreduce(np.array([int(wish)], np.int64))[0] > 0)
     return reduce_stop
 
 

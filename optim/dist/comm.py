@@ -50,9 +50,17 @@ message), then hands the turn to the next rank in rank order that can go on. The
 deterministic, no two ranks ever execute NumPy or Numba code at once, and shared state such as a
 global random generator is consumed in a fixed order. (minigrad's grad mode is thread-local, as
 PyTorch's, so ``no_grad`` on one simulated rank leaves the others recording.)
+
+Stopping. A signal reaches a process's main thread only, so a simulated rank never sees one:
+while ``SimComm.run`` waits for its ranks, a Ctrl-C or SIGTERM sets ``stop_requested`` on every
+rank's communicator, which the Trainer's stop vote (``models.training.distributed.any_rank``)
+counts as that rank's wish, so the ranks finish their step and stop together, as ``mpiexec``
+ranks do on a signal; a second Ctrl-C aborts the run with ``KeyboardInterrupt``. Code that does
+not look at ``stop_requested`` runs on until that second Ctrl-C.
 """
 from __future__ import annotations
 
+import signal
 import threading
 from collections import deque
 from typing import Callable, Sequence
@@ -194,6 +202,9 @@ class Communicator:
     rank: int
     size: int
     _freed = False                         # set by free(); every call then raises CommError
+    #: a stop asked of every rank of this process at once (SimComm: a signal to the process,
+    #: which its ranks, threads, do not receive); MPI ranks receive their own signals
+    stop_requested = False
 
     def __init__(self, rank: int, size: int):
         self.rank, self.size = rank, size
@@ -287,6 +298,7 @@ class _World:
         self.failure: tuple[int, BaseException] | None = None
         self.slots: dict = {}          # (communicator key, call number) -> one collective
         self.mail: dict = {}           # (communicator key, source, dest, tag) -> deque of arrays
+        self.stop_requested = False    # a Ctrl-C or SIGTERM while run() waited (see Stopping)
 
     def _runnable(self, r: int) -> bool:
         return not self.done[r] and (self.ready[r] is None or self.ready[r]())
@@ -377,17 +389,21 @@ class SimComm:
 
         threads = [threading.Thread(target=body, args=(r,), name=f"SimComm rank {r}", daemon=True)
                    for r in range(self.n)]
+        restore = _catch_signals(world)
         for t in threads:
             t.start()
         try:
             for t in threads:
-                t.join()
+                while t.is_alive():     # in short waits: a signal delivered to a rank's thread
+                    t.join(0.05)        # runs its Python handler only when this thread wakes
         except KeyboardInterrupt:
             with world.cv:
                 if world.failure is None:
                     world.failure = (-1, KeyboardInterrupt())
                 world.cv.notify_all()
             raise
+        finally:
+            restore()
         if world.failure is not None:
             rank, error = world.failure
             if isinstance(error, DeadlockError):
@@ -399,8 +415,32 @@ class SimComm:
         return f"SimComm({self.n})"
 
 
+def _catch_signals(world: _World):
+    """While the ranks run: the first Ctrl-C or SIGTERM asks every rank to stop, a second Ctrl-C
+    aborts. Returns the function that puts the previous handlers back (nothing to do off the
+    main thread, where Python cannot install handlers: a nested run leaves them to its caller)."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+
+    def on_signal(signum, frame):
+        if world.stop_requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        world.stop_requested = True
+
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    def restore():
+        for s, h in old.items():
+            signal.signal(s, h)
+    return restore
+
+
 class SimRank(Communicator):
     """One simulated rank of a ``SimComm`` run (or of a communicator split from it)."""
+
+    @property
+    def stop_requested(self) -> bool:
+        return self._world.stop_requested
 
     def __init__(self, world: _World, key: tuple, members: tuple[int, ...], rank: int):
         super().__init__(rank, len(members))
