@@ -220,30 +220,41 @@ class DenseKVCache(KVCache):
     the network's GEMMs is the attention's O(n) reads, not an O(n) copy as well.
 
     ``k`` and ``v`` are (n_layer, batch, n_kv_head, max_len, head_dim) arrays, or views of them,
-    whatever the storage ``layout``; it decides what is contiguous, so it follows the reader:
+    whatever the storage ``layout``; it decides what lies together in memory, and so which reads
+    are fast:
 
     - ``"positions"`` (head_dim before max_len): each of a key's head_dim numbers lies along the
-      positions, so the decoding kernel's loops run along positions, 16 float32 lanes at a time,
-      at ~1.4x the time of reading the keys and values (~2.3x for rows);
-    - ``"rows"`` (max_len before head_dim): each position's head_dim numbers together, what a
-      reader that gathers blocks of positions needs (QuestCache's pages, MoBA's blocks, NSA's
-      selection): from position-minor buffers their gathers made NSA's decoding step 1.8x slower.
+      positions, so the decoding kernel's loops run along positions, 16 float32 lanes at a time.
+      From the CPU's caches it takes ~0.6x the time of the rows kernel at 1,024 positions. From
+      DRAM, reading the first n numbers of each of head_dim long rows is slow: with max_len
+      4,096 and n = 1,024, 2.2-2.7x the rows kernel's time (bench/README.md, eighth session).
+    - ``"rows"`` (max_len before head_dim): the n positions a step reads are one contiguous
+      block per head, and each position's numbers lie together, which readers that gather
+      blocks of positions need (QuestCache's pages, MoBA's blocks, NSA's selection; from
+      position-minor views NSA's decoding step took 1.8x the time).
 
-    ``for_model`` takes ``"rows"`` for MoBA and NSA models, else ``"positions"``.
+    With ``layout=None`` a cache takes ``"positions"`` while one row of it, max_len · itemsize
+    bytes, fits in a 4 KiB page (max_len <= 1,024 in float32), and ``"rows"`` beyond;
+    ``for_model`` gives MoBA and NSA models ``"rows"``, and QuestCache always stores rows.
 
     Memory: 2 · n_layer · batch · n_kv_head · max_len · head_dim · itemsize bytes, allocated once.
     """
 
     attentions = ("mha", "moba", "nsa")
-    #: the storage layout when none is given
-    default_layout = "positions"
+    #: the storage layout when none is given; None: chosen by the row length (see above)
+    default_layout = None
+    #: the longest position-minor row the default takes, in bytes: one page
+    POSITION_ROW_BYTES = 4096
 
     def __init__(self, n_layer, n_kv_head, head_dim, *, max_len, batch_size=1, dtype=np.float32, layout=None):
         super().__init__(n_layer, n_kv_head, head_dim, dtype)
         cls = type(self).__name__
         self.max_len = _positive_int("max_len", max_len, cls)
         self.batch_size = _positive_int("batch_size", batch_size, cls)
-        self.layout = self.default_layout if layout is None else layout
+        layout = self.default_layout if layout is None else layout
+        if layout is None:
+            layout = "positions" if self.max_len * self.dtype.itemsize <= self.POSITION_ROW_BYTES else "rows"
+        self.layout = layout
         if self.layout not in ("positions", "rows"):
             raise ValueError(f"{cls}: layout must be 'positions' or 'rows', got {layout!r}")
         shape = (self.n_layer, self.batch_size, self.n_kv_head, self._storage_len(), self.head_dim)

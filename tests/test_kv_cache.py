@@ -104,6 +104,17 @@ def test_for_model_stores_rows_for_attentions_that_gather_blocks_of_positions(at
     assert DenseKVCache.for_model(m, layout="positions").layout == "positions"     # asked for
 
 
+@pytest.mark.parametrize("max_len, dtype, layout", [(1024, np.float32, "positions"), (1025, np.float32, "rows"),
+                                                     (512, np.float64, "positions"), (513, np.float64, "rows")])
+def test_a_dense_cache_stores_positions_while_a_row_fits_a_page_else_rows(max_len, dtype, layout):
+    """The default layout: position-minor rows read from DRAM are slow once they are long, so
+    positions only while max_len · itemsize <= 4 KiB; either way k and v index the same."""
+    cache = DenseKVCache(2, 2, 4, max_len=max_len, dtype=dtype)
+    assert cache.layout == layout and cache.k.shape == cache.v.shape == (2, 1, 2, max_len, 4)
+    assert cache.k.strides[-1] == (max_len * cache.k.itemsize if layout == "positions" else cache.k.itemsize)
+    assert cache.nbytes == 2 * 2 * 2 * max_len * 4 * cache.k.itemsize
+
+
 def test_a_dense_cache_refuses_an_unknown_layout():
     with pytest.raises(ValueError, match="layout must be 'positions' or 'rows', got 'columns'"):
         DenseKVCache(1, 1, 4, max_len=8, layout="columns")
