@@ -115,7 +115,7 @@ class Report:
     def __init__(self, out: str, lead: bool):
         self.out, self.lead = out, lead
         self.sections: list[str] = []
-        self.written: list[str] = []      # the files written so far: what a stopped run keeps
+        self.written: list[str] = []      # the files the lead wrote so far: what a stopped run keeps
 
     def say(self, text: str) -> None:
         if self.lead:
@@ -124,9 +124,9 @@ class Report:
     def figure(self, fig, name: str) -> None:
         if self.lead:
             save_figure(fig, os.path.join(self.out, name), dpi=80)
-            self.written.append(name)
         else:
             pyplot().close(fig)
+        self.written.append(name)     # on every rank, so that each rank's stop message is the same
 
     def json(self, record: dict, name: str) -> None:
         if self.lead:

@@ -104,9 +104,10 @@ def _optimizer(model, a):
 
 def _trainer_options(a, comm) -> dict:
     """The schedule, seed and reporting every mode shares; only the lead worker reports. With
-    several workers, a Ctrl-C stops all of them before the same step (`any_rank` over the world)."""
+    several workers, a Ctrl-C stops all of them before the same step (`any_rank` over the world);
+    one simulated worker is a thread too, which hears a signal only through its vote."""
     lead = comm.rank == 0
-    return {"steps": a.steps, "schedule": "cosine", "reduce_stop": any_rank(comm) if comm.size > 1 else None,
+    return {"steps": a.steps, "schedule": "cosine", "reduce_stop": any_rank(comm),
             "schedule_kwargs": {"warmup_steps": max(1, a.steps // 10), "min_ratio": 0.1}, "seed": a.seed,
             "progress": lead and not a.no_progress, "log_every": max(1, a.steps // 5) if lead else 0}
 

@@ -437,11 +437,13 @@ def run(args, on_step=None, explicit=frozenset()) -> int:
             "args": vars(args)}
     samples = os.path.join(args.out, "samples.txt")
 
-    def drop_stale_samples(trainer, path):
-        # an earlier run's samples go with its checkpoint, which this save has just replaced:
-        # removed sooner, a run that diverges or is killed first would leave that run without them
-        if os.path.exists(samples):
-            os.remove(samples)
+    def drop_stale_outputs(trainer, path):
+        # an earlier run's samples and loss plot go with its checkpoint, which this save has just
+        # replaced: removed sooner, a run that diverges or is killed first would leave that run
+        # without them; kept, they would describe another run than the checkpoint beside them
+        for name in (samples, os.path.join(args.out, "loss.png")):
+            if os.path.exists(name):
+                os.remove(name)
 
     trainer = Trainer(
         model, lm_loss, opt, lambda rng: data.get_batch("train", batch_size, rng),
@@ -453,7 +455,7 @@ def run(args, on_step=None, explicit=frozenset()) -> int:
         reserve_seconds=_END_SECONDS, seed=args.seed, progress=not args.no_progress,
         save_every=args.save_every or args.eval_every, save_dir=args.out, save_meta=meta,
         on_step=None if on_step is None else (lambda tr: on_step(tr.step)),
-        on_save=None if args.resume else drop_stale_samples,      # a resumed run appends to its own
+        on_save=None if args.resume else drop_stale_outputs,      # a resumed run appends to its own
         tokens_per_step=batch_size * config.block_size)
     if ckpt is not None:
         trainer.restore(ckpt, target=target)

@@ -235,7 +235,7 @@ class DenseKVCache(KVCache):
 
     With ``layout=None`` a cache takes ``"positions"`` while one row of it, max_len · itemsize
     bytes, fits in a 4 KiB page (max_len <= 1,024 in float32), and ``"rows"`` beyond;
-    ``for_model`` gives MoBA and NSA models ``"rows"``, and QuestCache always stores rows.
+    ``for_model`` gives MoBA and NSA models ``"rows"``, and QuestCache stores rows by default.
 
     Memory: 2 · n_layer · batch · n_kv_head · max_len · head_dim · itemsize bytes, allocated once.
     """

@@ -1,6 +1,9 @@
 """SimComm: each collective against its NumPy definition, the ring order and byte model, splits,
 point to point, determinism, and the faults (a raising rank, a deadlock, mismatched arrays)."""
+import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -280,7 +283,10 @@ def test_a_signal_during_a_simcomm_run_asks_every_rank_to_stop_and_the_stop_vote
 
 
 def test_a_second_ctrl_c_aborts_a_simcomm_run():
+    """The first press asks the listening ranks to stop (the test above: run() returns); the
+    second raises KeyboardInterrupt, as a Trainer's second Ctrl-C does."""
     def worker(comm):
+        comm.listen_for_stop()
         if comm.rank == 0:
             signal.raise_signal(signal.SIGINT)
             _wait_for(lambda: comm.stop_requested)
@@ -291,3 +297,82 @@ def test_a_second_ctrl_c_aborts_a_simcomm_run():
     with pytest.raises(KeyboardInterrupt):
         SimComm(2).run(worker)
     assert signal.getsignal(signal.SIGINT) is before
+
+
+def test_a_ctrl_c_that_no_rank_listens_for_interrupts_at_once():
+    """Ranks that never vote (a plain loop) cannot stop when asked: the signal does what it does
+    without SimComm, so Ctrl-C is not swallowed."""
+    def worker(comm):
+        if comm.rank == 1:
+            signal.raise_signal(signal.SIGINT)
+        time.sleep(0.5)
+        return comm.stop_requested
+
+    with pytest.raises(KeyboardInterrupt):
+        SimComm(2).run(worker)
+
+
+@pytest.mark.parametrize("listen", [False, True])
+def test_sigterm_to_a_simcomm_run_ends_the_process_unless_its_ranks_stop_when_asked(listen):
+    """In a process of its own: SIGTERM that no rank listens for ends the process as it would
+    without SimComm (exit by the signal); with listening ranks the first one stops them."""
+    code = ("import signal, time\n"
+            "from optim.dist.comm import SimComm\n"
+            "def worker(comm):\n"
+            f"    if {listen}: comm.listen_for_stop()\n"
+            "    if comm.rank == 0: signal.raise_signal(signal.SIGTERM)\n"
+            "    end = time.monotonic() + 5\n"
+            "    while not comm.stop_requested and time.monotonic() < end: time.sleep(0.01)\n"
+            "    return comm.stop_requested\n"
+            "print(SimComm(2).run(worker))\n")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120)
+    if listen:
+        assert (out.returncode, out.stdout) == (0, "[True, True]\n"), out.stderr
+    else:
+        assert out.returncode == -signal.SIGTERM and out.stdout == "", (out.returncode, out.stdout, out.stderr)
+
+
+def test_a_nested_simcomm_run_hears_the_stop_of_the_run_that_started_it():
+    """A run started by a rank (no handlers of its own: off the main thread) sees the outer
+    run's stop, and its listening ranks make the outer run pass the signal on."""
+    from models.training.distributed import any_rank
+
+    def inner(comm):
+        vote = any_rank(comm)
+        if comm.rank == 0:
+            signal.raise_signal(signal.SIGINT)
+            _wait_for(lambda: comm.stop_requested)
+        return vote(False)
+
+    assert SimComm(1).run(lambda comm: SimComm(2).run(inner)) == [[True, True]]
+
+
+def test_simcomm_puts_the_signal_handlers_back_when_a_rank_cannot_start(monkeypatch):
+    before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    started = []
+    real_start = threading.Thread.start
+
+    def start(self):
+        if started:
+            raise RuntimeError("can't start new thread")
+        started.append(self)
+        real_start(self)
+
+    monkeypatch.setattr(threading.Thread, "start", start)
+    with pytest.raises(RuntimeError, match="can't start new thread"):
+        SimComm(2).run(lambda comm: None)
+    assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before
+
+
+def test_any_rank_takes_a_communicator_without_the_stop_attributes():
+    """Any object with allreduce votes (the stop signal is SimComm's extra)."""
+    from models.training.distributed import any_rank
+
+    class OneRank:
+        rank, size = 0, 1
+
+        def allreduce(self, x, op="sum"):
+            return x
+
+    assert any_rank(OneRank())(True) and not any_rank(OneRank())(False)

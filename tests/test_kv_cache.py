@@ -120,11 +120,12 @@ def test_a_dense_cache_refuses_an_unknown_layout():
         DenseKVCache(1, 1, 4, max_len=8, layout="columns")
 
 
-def test_a_dense_decoding_step_copies_nothing_it_has_cached():
+@pytest.mark.parametrize("layout", ["rows", "positions"])
+def test_a_dense_decoding_step_copies_nothing_it_has_cached(layout):
     """The attention reads a view of the filled part: a step at n = 3000 cached positions allocates
     far less than one layer's cached keys (which a copy of the filled part would need)."""
     n, nh, hs = 3000, 2, 32
-    cache = DenseKVCache(1, nh, hs, max_len=n + 1, dtype=np.float64)
+    cache = DenseKVCache(1, nh, hs, max_len=n + 1, dtype=np.float64, layout=layout)
     rng = np.random.default_rng(0)
     cache.begin(1, n)
     cache.k[0, :, :, :n] = rng.normal(size=(1, nh, n, hs))

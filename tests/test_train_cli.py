@@ -185,10 +185,11 @@ def test_a_fresh_run_stopped_early_leaves_no_sample_of_the_run_it_replaced(tmp_p
 def test_a_forced_run_takes_the_earlier_runs_samples_away_with_its_checkpoint_not_before(
         tmp_path, capsys, corpus, full_run):
     """--force removed the earlier run's samples.txt at its start: a run that then diverged (or
-    was killed) before its first checkpoint left that run's checkpoint without its samples."""
+    was killed) before its first checkpoint left that run's checkpoint without its samples; and
+    its loss.png stayed beside the new run's checkpoint."""
     out = tmp_path / "kept"
     shutil.copytree(full_run, out)
-    before = {n: (out / n).read_bytes() for n in ("ckpt.npz", "manifest.json", "samples.txt")}
+    before = {n: (out / n).read_bytes() for n in ("ckpt.npz", "manifest.json", "samples.txt", "loss.png")}
     assert train_gpt.main(_args(corpus, out, "--force", "--lr", "1e9", "--optimizer", "adamw")) == 1
     assert re.search(r"diverged in step [1-4] ", capsys.readouterr().err)   # before the save at step 4
     assert {n: (out / n).read_bytes() for n in before} == before            # the earlier run, whole
@@ -199,7 +200,8 @@ def test_a_forced_run_takes_the_earlier_runs_samples_away_with_its_checkpoint_no
 
     with pytest.raises(RuntimeError, match="power cut"):                    # after the save at step 4
         train_gpt.main(_args(corpus, out, "--force"), on_step=crash_at_5)
-    assert json.load(open(out / "manifest.json"))["step"] == 4 and not (out / "samples.txt").exists()
+    assert json.load(open(out / "manifest.json"))["step"] == 4
+    assert not (out / "samples.txt").exists() and not (out / "loss.png").exists()   # another run's
 
 
 def test_a_diverging_run_is_one_line_and_exit_1(tmp_path, capsys, corpus):

@@ -60,7 +60,8 @@ def rank_dir(save_dir, rank: int) -> str:
 def any_rank(comm, every: int = 1):
     """The Trainer's ``reduce_stop`` for the ranks of ``comm``: stop when any rank asks to (a
     Ctrl-C or SIGTERM it received, or ``comm.stop_requested``: a signal to the process of
-    simulated ranks), all of them at the same step. It votes at every ``every``-th
+    simulated ranks, which listen through ``comm.listen_for_stop()``), all of them at the same
+    step. It votes at every ``every``-th
     call (the Trainer calls it before each step and once after the last) with one all-reduce of
     one int64, 2(n-1)/n · 8 bytes sent per rank, and answers "not yet" in between, so a stop
     waits for the next vote. ``every`` = H for Local SGD keeps its T/H communication rounds in
@@ -68,11 +69,14 @@ def any_rank(comm, every: int = 1):
     if int(every) != every or every < 1:
         raise ValueError(f"any_rank: every must be an integer >= 1, got {every!r}")
     calls = itertools.count()
+    listen = getattr(comm, "listen_for_stop", None)     # any object with allreduce will do
+    if listen is not None:
+        listen()
 
     def reduce_stop(flag: bool) -> bool:
         if next(calls) % every:
             return False
-        wish = flag or comm.stop_requested          # a signal to the process (simulated ranks)
+        wish = flag or getattr(comm, "stop_requested", False)   # a signal to the process (simulated ranks)
         return bool(comm.allreduce(np.array([int(wish)], np.int64))[0] > 0)
     return reduce_stop
 

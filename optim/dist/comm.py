@@ -51,12 +51,13 @@ deterministic, no two ranks ever execute NumPy or Numba code at once, and shared
 global random generator is consumed in a fixed order. (minigrad's grad mode is thread-local, as
 PyTorch's, so ``no_grad`` on one simulated rank leaves the others recording.)
 
-Stopping. A signal reaches a process's main thread only, so a simulated rank never sees one:
-while ``SimComm.run`` waits for its ranks, a Ctrl-C or SIGTERM sets ``stop_requested`` on every
-rank's communicator, which the Trainer's stop vote (``models.training.distributed.any_rank``)
-counts as that rank's wish, so the ranks finish their step and stop together, as ``mpiexec``
-ranks do on a signal; a second Ctrl-C aborts the run with ``KeyboardInterrupt``. Code that does
-not look at ``stop_requested`` runs on until that second Ctrl-C.
+Stopping. A signal reaches a process's main thread only, so a simulated rank never sees one.
+A rank that can stop when asked says so with ``comm.listen_for_stop()`` (the Trainer's stop vote,
+``models.training.distributed.any_rank``, does). While ``SimComm.run`` waits for ranks that
+listen, a Ctrl-C or SIGTERM sets ``stop_requested`` on every rank's communicator (nested runs'
+too), the vote counts it as a wish to stop, and the ranks finish their step and stop together, as
+``mpiexec`` ranks do on a signal. A second signal, or one while no rank listens, does what it
+would do without SimComm: Ctrl-C raises ``KeyboardInterrupt``, SIGTERM ends the process.
 """
 from __future__ import annotations
 
@@ -206,6 +207,10 @@ class Communicator:
     #: which its ranks, threads, do not receive); MPI ranks receive their own signals
     stop_requested = False
 
+    def listen_for_stop(self) -> None:
+        """Say that this rank stops when ``stop_requested`` is set (see Stopping in the module
+        docstring); nothing to do where each rank receives its own signals."""
+
     def __init__(self, rank: int, size: int):
         self.rank, self.size = rank, size
         self.bytes_sent = 0
@@ -288,8 +293,9 @@ class Communicator:
 class _World:
     """The threads of one ``SimComm.run`` and the turn they pass: one runs, the rest wait."""
 
-    def __init__(self, n: int):
+    def __init__(self, n: int, parent: _World | None = None):
         self.n = n
+        self.parent = parent           # the run whose rank started this one, if nested
         self.cv = threading.Condition()
         self.turn = 0
         self.ready: list[Callable[[], bool] | None] = [None] * n   # None: can run
@@ -298,7 +304,18 @@ class _World:
         self.failure: tuple[int, BaseException] | None = None
         self.slots: dict = {}          # (communicator key, call number) -> one collective
         self.mail: dict = {}           # (communicator key, source, dest, tag) -> deque of arrays
-        self.stop_requested = False    # a Ctrl-C or SIGTERM while run() waited (see Stopping)
+        self.stop_asked = False        # a Ctrl-C or SIGTERM while run() waited (see Stopping)
+        self.listening = False         # a rank said it stops when asked
+
+    @property
+    def stop_requested(self) -> bool:
+        return self.stop_asked or (self.parent is not None and self.parent.stop_requested)
+
+    def listen(self) -> None:
+        world = self
+        while world is not None:       # the outermost run is the one that holds the handlers
+            world.listening = True
+            world = world.parent
 
     def _runnable(self, r: int) -> bool:
         return not self.done[r] and (self.ready[r] is None or self.ready[r]())
@@ -374,13 +391,14 @@ class SimComm:
         self.n = int(n)
 
     def run(self, fn: Callable, *args, **kwargs) -> list:
-        world = _World(self.n)
+        world = _World(self.n, getattr(_running, "world", None))
         members = tuple(range(self.n))
         results: list = [None] * self.n
 
         def body(r: int) -> None:
             error = None
             try:
+                _running.world = world
                 world.wait_turn(r)
                 results[r] = fn(SimRank(world, ("world",), members, r), *args, **kwargs)
             except BaseException as e:      # noqa: BLE001 -- reported by run() with its rank
@@ -389,10 +407,11 @@ class SimComm:
 
         threads = [threading.Thread(target=body, args=(r,), name=f"SimComm rank {r}", daemon=True)
                    for r in range(self.n)]
-        restore = _catch_signals(world)
-        for t in threads:
-            t.start()
+        restore = _no_handlers
         try:
+            restore = _catch_signals(world)
+            for t in threads:
+                t.start()
             for t in threads:
                 while t.is_alive():     # in short waits: a signal delivered to a rank's thread
                     t.join(0.05)        # runs its Python handler only when this thread wakes
@@ -415,23 +434,38 @@ class SimComm:
         return f"SimComm({self.n})"
 
 
+_running = threading.local()           # .world: the run a rank thread belongs to (for nesting)
+
+
+def _no_handlers() -> None:
+    pass
+
+
 def _catch_signals(world: _World):
-    """While the ranks run: the first Ctrl-C or SIGTERM asks every rank to stop, a second Ctrl-C
-    aborts. Returns the function that puts the previous handlers back (nothing to do off the
-    main thread, where Python cannot install handlers: a nested run leaves them to its caller)."""
+    """While the ranks run: the first Ctrl-C or SIGTERM asks every rank to stop if one listens;
+    a second, or one nobody listens for, goes to the handler SimComm replaced. Returns the
+    function that puts the previous handlers back (nothing to do off the main thread, where
+    Python cannot install handlers: a nested run leaves them to the run that started it)."""
     if threading.current_thread() is not threading.main_thread():
-        return lambda: None
-
-    def on_signal(signum, frame):
-        if world.stop_requested and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        world.stop_requested = True
-
-    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        return _no_handlers
+    old = {}
 
     def restore():
         for s, h in old.items():
             signal.signal(s, h)
+
+    def on_signal(signum, frame):
+        if world.listening and not world.stop_asked:
+            world.stop_asked = True
+            return
+        restore()                          # from here on, as if SimComm had not been there
+        handler = old[signum]
+        if callable(handler):
+            handler(signum, frame)         # Python's SIGINT handler: KeyboardInterrupt
+        elif handler == signal.SIG_DFL:
+            signal.raise_signal(signum)    # SIGTERM's default: the process ends
+
+    old.update({s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)})
     return restore
 
 
@@ -441,6 +475,9 @@ class SimRank(Communicator):
     @property
     def stop_requested(self) -> bool:
         return self._world.stop_requested
+
+    def listen_for_stop(self) -> None:
+        self._world.listen()
 
     def __init__(self, world: _World, key: tuple, members: tuple[int, ...], rank: int):
         super().__init__(rank, len(members))

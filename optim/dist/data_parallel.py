@@ -145,7 +145,9 @@ def shard_batches(global_batches, rank: int, size: int):
     A stateful source (``state_dict``/``load_state_dict`` on ``global_batches`` or on the object
     it is a bound method of: torchdata's protocol, which the Trainer saves and restores) stays
     one: the shard delegates both to it, so each rank's checkpoint holds its source's state and
-    a resumed data-parallel run reads the batches of an uninterrupted one."""
+    a resumed data-parallel run reads the batches of an uninterrupted one. Each rank needs a
+    source object of its own (as each MPI process has): simulated ranks sharing one would advance
+    it once per rank and draw different global batches."""
     if not callable(global_batches):
         raise TypeError(f"shard_batches: global_batches must be a callable batches(rng), got "
                         f"{type(global_batches).__name__}")
