@@ -41,8 +41,7 @@ from minigrad.backend import get_backend, numba_available
 __all__ = ["paged_decode", "paged_decode_numpy", "dense_decode", "dense_decode_numpy"]
 
 _kernel = None
-_dense_positions = None
-_dense_rows = None
+_dense_kernels = {}          # layout -> compiled decoding kernel
 
 # fast-math without nnan/ninf (a running max starts at -inf), and numpy's error model (no
 # ZeroDivisionError branch), so the loops vectorise
@@ -127,9 +126,9 @@ def dense_decode(q, k, v, n):
     if get_backend() == "numba" and numba_available():
         kt, vt = k.swapaxes(-1, -2), v.swapaxes(-1, -2)             # (B, n_kv_head, d, max_len)
         if kt.flags.c_contiguous and vt.flags.c_contiguous:
-            kernel, k, v = _compiled_dense_positions(), kt, vt
+            kernel, k, v = _compiled_dense("positions"), kt, vt
         elif k.flags.c_contiguous and v.flags.c_contiguous:
-            kernel = _compiled_dense_rows()
+            kernel = _compiled_dense("rows")
         else:
             return dense_decode_numpy(q, k, v, n)
         out = np.empty(q.shape, q.dtype)
@@ -148,88 +147,80 @@ def dense_decode_numpy(q, k, v, n):
     return s @ v[:, :, :n]
 
 
-# Both kernels: serial over (row, key/value head), since a decoding step has a few of them and
-# each is short: threads cost more to start than they save (measured: a second core took 20% off,
-# not half). Both reach the helpers through their module, not as captured functions: a closure's
-# cache key pickles what it captures, and a captured dispatcher pickles differently in every
-# process (the kernel was compiled anew at every start, 30 MB of peak RSS, until 2026-12-07).
+def _compiled_dense(layout):
+    """The decoding kernel of ``layout``, compiled (or loaded from the on-disk cache) on first use.
 
-def _compiled_dense_positions():
-    """The decoding kernel over position-minor kt, vt (B, n_kv_head, d, max_len), compiled (or
-    loaded from the on-disk cache) on first use: every loop runs along the n positions."""
-    global _dense_positions
-    if _dense_positions is None:
+    Both are serial over (row, key/value head): a decoding step has a few of them and each is
+    short, so threads cost more to start than they save (measured: a second core took 20% off,
+    not half). They reach the helpers through their module, not as captured functions: a
+    closure's cache key pickles what it captures, and a captured dispatcher pickles differently
+    in every process (the kernel was compiled anew at every start, 30 MB of peak RSS, until
+    2026-12-07).
+
+    ``"positions"``, over kt, vt (B, n_kv_head, d, max_len): every loop runs along the n
+    positions. ``"rows"``, over k, v (B, n_kv_head, max_len, d): each query's scores are one
+    matrix-vector product with the n keys, read in place; the softmax runs over them in place;
+    the output is a second product with the values. Grouped queries take a product each, not
+    one GEMM of g rows: OpenBLAS packs the whole key block for a GEMM of 2 rows (measured: 3x
+    slower than two matrix-vector products at n = 1,024), while the second product reads keys
+    still in cache."""
+    if layout not in _dense_kernels:
         from minigrad._numba_cache import njit
         from minigrad.kernels import _math
         from minigrad.kernels._math import fast_exp, typed
 
-        @njit(cache=True, fastmath=_FASTMATH, error_model="numpy")
-        def kernel(q, kt, vt, n, scale, out):
-            B, nkv, g, d = q.shape
-            wide = n >= _math.VECTOR_MAX_FROM
-            s = np.empty(n, q.dtype)                                     # one query's scores
-            for b in range(B):
-                for h in range(nkv):
-                    for j in range(g):
-                        qi = q[b, h, j, 0] * scale                       # s = (q · scale) K[:, :n]
-                        keys = kt[b, h, 0]
-                        for t in range(n):
-                            s[t] = qi * keys[t]
-                        for i in range(1, d):
-                            qi = q[b, h, j, i] * scale
-                            keys = kt[b, h, i]
+        jit = njit(cache=True, fastmath=_FASTMATH, error_model="numpy")
+        if layout == "positions":
+            @jit
+            def kernel(q, kt, vt, n, scale, out):
+                B, nkv, g, d = q.shape
+                wide = n >= _math.VECTOR_MAX_FROM
+                s = np.empty(n, q.dtype)                                     # one query's scores
+                for b in range(B):
+                    for h in range(nkv):
+                        for j in range(g):
+                            qi = q[b, h, j, 0] * scale                       # s = (q · scale) K[:, :n]
+                            keys = kt[b, h, 0]
                             for t in range(n):
-                                s[t] += qi * keys[t]
-                        top = _math.max_vectorised(s) if wide else _math.max_scalar(s)
-                        total = typed(s, 0.0)                            # in s's dtype, as s
-                        for t in range(n):
-                            e = fast_exp(s[t] - top)
-                            s[t] = e
-                            total += e
-                        inv = typed(s, 1.0) / total
-                        for i in range(d):                               # o_i = p · V[i, :n]
-                            values = vt[b, h, i]
-                            acc = typed(s, 0.0)
+                                s[t] = qi * keys[t]
+                            for i in range(1, d):
+                                qi = q[b, h, j, i] * scale
+                                keys = kt[b, h, i]
+                                for t in range(n):
+                                    s[t] += qi * keys[t]
+                            top = _math.max_vectorised(s) if wide else _math.max_scalar(s)
+                            total = typed(s, 0.0)                            # in s's dtype, as s
                             for t in range(n):
-                                acc += s[t] * values[t]
-                            out[b, h, j, i] = acc * inv
+                                e = fast_exp(s[t] - top)
+                                s[t] = e
+                                total += e
+                            inv = typed(s, 1.0) / total
+                            for i in range(d):                               # o_i = p · V[i, :n]
+                                values = vt[b, h, i]
+                                acc = typed(s, 0.0)
+                                for t in range(n):
+                                    acc += s[t] * values[t]
+                                out[b, h, j, i] = acc * inv
+        else:
+            @jit
+            def kernel(q, k, v, n, scale, out):
+                B, nkv, g, d = q.shape
+                wide = n >= _math.VECTOR_MAX_FROM
+                for b in range(B):
+                    for h in range(nkv):
+                        keys, values = k[b, h, :n], v[b, h, :n]
+                        for j in range(g):
+                            s = np.dot(keys, q[b, h, j])                     # (n,) unscaled scores
+                            top = _math.max_vectorised(s) if wide else _math.max_scalar(s)
+                            total = typed(s, 0.0)                            # in s's dtype, as s
+                            for t in range(n):                               # scale > 0 keeps the max
+                                e = fast_exp((s[t] - top) * scale)
+                                s[t] = e
+                                total += e
+                            o = np.dot(s, values)
+                            inv = typed(s, 1.0) / total
+                            for i in range(d):
+                                out[b, h, j, i] = o[i] * inv
 
-        _dense_positions = kernel
-    return _dense_positions
-
-
-def _compiled_dense_rows():
-    """The decoding kernel over row-stored k, v (B, n_kv_head, max_len, d), compiled (or loaded
-    from the on-disk cache) on first use. Each query's scores are one matrix-vector product with
-    the n keys, read in place; the softmax runs over them in place; the output is a second
-    product with the values. Grouped queries take a product each, not one GEMM of g rows:
-    OpenBLAS packs the whole key block for a GEMM of 2 rows (measured: 3x slower than two
-    matrix-vector products at n = 1,024), while the second product reads keys still in cache."""
-    global _dense_rows
-    if _dense_rows is None:
-        from minigrad._numba_cache import njit
-        from minigrad.kernels import _math
-        from minigrad.kernels._math import fast_exp, typed
-
-        @njit(cache=True, fastmath=_FASTMATH, error_model="numpy")
-        def kernel(q, k, v, n, scale, out):
-            B, nkv, g, d = q.shape
-            wide = n >= _math.VECTOR_MAX_FROM
-            for b in range(B):
-                for h in range(nkv):
-                    keys, values = k[b, h, :n], v[b, h, :n]
-                    for j in range(g):
-                        s = np.dot(keys, q[b, h, j])                     # (n,) unscaled scores
-                        top = _math.max_vectorised(s) if wide else _math.max_scalar(s)
-                        total = typed(s, 0.0)                            # in s's dtype, as s
-                        for t in range(n):                               # scale > 0 keeps the max
-                            e = fast_exp((s[t] - top) * scale)
-                            s[t] = e
-                            total += e
-                        o = np.dot(s, values)
-                        inv = typed(s, 1.0) / total
-                        for i in range(d):
-                            out[b, h, j, i] = o[i] * inv
-
-        _dense_rows = kernel
-    return _dense_rows
+        _dense_kernels[layout] = kernel
+    return _dense_kernels[layout]

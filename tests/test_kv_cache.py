@@ -432,12 +432,12 @@ def test_the_dense_decoding_kernel_loads_from_the_cache_in_a_second_process(tmp_
     if config.DISABLE_JIT:
         pytest.skip("Numba is disabled: there is no compiled kernel to cache")
     code = ("import numpy as np, minigrad\n"
-            "from models.paged_attention import dense_decode, _compiled_dense_positions, _compiled_dense_rows\n"
+            "from models.paged_attention import dense_decode, _compiled_dense\n"
             "q, k = np.ones((1, 2, 1, 8), np.float32), np.ones((1, 2, 8, 100), np.float32)\n"
             "with minigrad.use_backend('numba'):\n"
             "    dense_decode(q, k.swapaxes(-1, -2), k.swapaxes(-1, -2), 80)\n"
             "    dense_decode(q, k.reshape(1, 2, 100, 8), k.reshape(1, 2, 100, 8), 80)\n"
-            "for s in (_compiled_dense_positions().stats, _compiled_dense_rows().stats):\n"
+            "for s in (_compiled_dense('positions').stats, _compiled_dense('rows').stats):\n"
             "    print(sum(s.cache_hits.values()), sum(s.cache_misses.values()))\n")
     env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path)}
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
