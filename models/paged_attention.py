@@ -48,9 +48,17 @@ _dense_kernels = {}          # layout -> compiled decoding kernel
 _FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
 
 
+def _compiles(*arrays) -> bool:
+    """Whether the kernels take these arrays: the numba backend, and one dtype that Numba
+    computes in (a float16 cache, which Numba cannot type, takes the NumPy twin)."""
+    dtypes = {a.dtype for a in arrays}
+    return (get_backend() == "numba" and numba_available() and len(dtypes) == 1
+            and dtypes <= {np.dtype(np.float32), np.dtype(np.float64)})
+
+
 def paged_decode(q, k_pool, v_pool, tables, lengths):
     """o (B, n_kv_head, g, d): row b's queries over its first lengths[b] positions (see above)."""
-    if get_backend() == "numba" and numba_available():
+    if _compiles(q, k_pool, v_pool):
         out = np.empty(q.shape, q.dtype)
         _compiled()(np.ascontiguousarray(q), k_pool, v_pool, np.ascontiguousarray(tables, np.int64),
                     np.ascontiguousarray(lengths, np.int64), 1.0 / math.sqrt(q.shape[-1]), out)
@@ -123,7 +131,7 @@ def dense_decode(q, k, v, n):
     """o (B, n_kv_head, g, d): the queries q (B, n_kv_head, g, d) of one decoding step over the
     first ``n`` positions of one layer's dense cache k, v (B, n_kv_head, max_len, d), stored in
     either of the cache's layouts (see above); others get the same result from the twin."""
-    if get_backend() == "numba" and numba_available():
+    if _compiles(q, k, v):
         kt, vt = k.swapaxes(-1, -2), v.swapaxes(-1, -2)             # (B, n_kv_head, d, max_len)
         if kt.flags.c_contiguous and vt.flags.c_contiguous:
             kernel, k, v = _compiled_dense("positions"), kt, vt

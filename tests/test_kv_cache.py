@@ -578,3 +578,28 @@ def test_the_model_refuses_a_cache_that_does_not_fit_it():
             moba(np.zeros((1, 2), np.int64), cache=StreamingLLMCache.for_model(moba, window=8))
     with pytest.raises(TypeError, match="serve paged sequences with models.serving"):
         m.generate(np.zeros((1, 2), np.int64), 2, cache=PagedKVCache.for_model(m, num_blocks=4))
+
+
+@pytest.mark.parametrize("make", ["dense rows", "dense positions", "Quest", "paged"])
+def test_a_float16_cache_decodes_on_the_numba_backend_through_the_twin(make):
+    """Numba cannot type float16: a float16 cache's step takes the NumPy twin instead of failing
+    with NotImplementedError, and gives what the numpy backend gives."""
+    rng = np.random.default_rng(0)
+    prompt = [rng.normal(size=(1, 2, 10, 4)).astype(np.float16) for _ in range(3)]
+    step = [rng.normal(size=(1, 2, 1, 4)).astype(np.float16) for _ in range(3)]
+    outs = []
+    for backend in ("numba", "numpy"):
+        if make == "paged":
+            pool = PagedKVCache(1, 2, 4, num_blocks=4, block_size=4, dtype=np.float16)
+            cache = pool.batch([pool.add_sequence()])
+        elif make == "Quest":
+            cache = QuestCache(1, 2, 4, max_len=16, token_budget=8, page_size=4, dense_layers=0, dtype=np.float16)
+        else:
+            cache = DenseKVCache(1, 2, 4, max_len=16, dtype=np.float16, layout=make.split()[1])
+        with minigrad.use_backend(backend):
+            cache.begin(1, 10)
+            cache.attend(0, *prompt)
+            cache.begin(1, 1)
+            outs.append(cache.attend(0, *step))
+    assert outs[0].dtype == np.float16
+    np.testing.assert_array_equal(outs[0], outs[1])
