@@ -122,7 +122,9 @@ def test_softmax_propagates_nan_and_inf_to_their_row_only(op, width, at):
         y = op(x)
         assert np.isnan(y[1]).all(), (bad, y[1])
         assert np.isfinite(y[[0, 2]]).all()
-        np.testing.assert_array_equal(np.isnan(y), np.isnan(getattr(R, op.__name__)(x.astype(np.float64))))
+        with np.errstate(invalid="ignore"):                  # inf - inf in the twin: the point here
+            want = getattr(R, op.__name__)(x.astype(np.float64))
+        np.testing.assert_array_equal(np.isnan(y), np.isnan(want))
 
 
 def test_fast_max_drops_a_nan_operand_compiled_and_plain():
