@@ -13,6 +13,7 @@ random reshuffling it is unbiased over an epoch, not per step).
   (Needell, Srebro, Ward 2014).
 
 Samplers carry their RNG state in ``state_dict`` (ndarray/str only) for exact resumes.
+``stateful_source(batches)`` finds what holds a batch source's state, for whoever saves it.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ import json
 
 import numpy as np
 
-__all__ = ["WithReplacement", "RandomReshuffling", "ImportanceSampling", "make_sampler"]
+__all__ = ["WithReplacement", "RandomReshuffling", "ImportanceSampling", "make_sampler", "stateful_source"]
 
 
 class _Sampler:
@@ -102,3 +103,14 @@ def make_sampler(kind, n, batch_size=1, seed=0, probs=None):
             raise ValueError("importance sampling needs probs")
         return ImportanceSampling(probs, batch_size, seed)
     raise ValueError(f"unknown sampler {kind!r}; use replacement, reshuffle or importance")
+
+
+def stateful_source(batches):
+    """What holds the state of a batch source ``batches(rng)``: ``batches`` itself or the object
+    it is a bound method of, whichever has ``state_dict`` and ``load_state_dict`` (torchdata's
+    protocol); None if neither. The Trainer saves and restores it; a data-parallel shard passes
+    it on."""
+    for source in (batches, getattr(batches, "__self__", None)):
+        if hasattr(source, "state_dict") and hasattr(source, "load_state_dict"):
+            return source
+    return None

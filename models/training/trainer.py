@@ -49,6 +49,7 @@ import numpy as np
 import minigrad
 from minigrad import amp
 import optim
+from optim.sampling import stateful_source
 from optim.schedules import LRScheduler, clip_grad_norm_
 
 from .checkpoint import Checkpoint, CheckpointError, save_checkpoint
@@ -521,10 +522,9 @@ class Trainer:
         ``state_dict``/``load_state_dict`` on ``batches`` or the object it is a method of
         (``batches``)."""
         parts = {f"grad_hook{i}": h for i, h in enumerate(self.grad_hooks) if hasattr(h, "state_dict")}
-        for source in (self.batches, getattr(self.batches, "__self__", None)):
-            if hasattr(source, "state_dict") and hasattr(source, "load_state_dict"):
-                parts["batches"] = source
-                break
+        source = stateful_source(self.batches)
+        if source is not None:
+            parts["batches"] = source
         return parts
 
     def save(self, out_dir, meta=None) -> str:

@@ -31,6 +31,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from ..sampling import stateful_source
 from .comm import per_dtype
 
 __all__ = ["allreduce_grads", "broadcast_params", "shard_batches", "allreduce_mean_"]
@@ -125,15 +126,6 @@ class _StatefulShard(_Shard):
         self.source.load_state_dict(state)
 
 
-def _stateful_source(batches):
-    """What holds the state of ``batches``, as the Trainer looks for it: ``batches`` itself or the
-    object it is a bound method of, with ``state_dict``/``load_state_dict``; None if neither."""
-    for source in (batches, getattr(batches, "__self__", None)):
-        if hasattr(source, "state_dict") and hasattr(source, "load_state_dict"):
-            return source
-    return None
-
-
 def shard_batches(global_batches, rank: int, size: int):
     """``batches(rng)`` for rank ``rank`` of ``size``: draws the global batch with
     ``global_batches(rng)`` and keeps rows ``rank·B .. (rank+1)·B - 1`` of every array in it (a
@@ -153,7 +145,7 @@ def shard_batches(global_batches, rank: int, size: int):
                         f"{type(global_batches).__name__}")
     if int(size) != size or size < 1 or int(rank) != rank or not 0 <= rank < size:
         raise ValueError(f"shard_batches: need 0 <= rank < size, got rank={rank!r}, size={size!r}")
-    source = _stateful_source(global_batches)
+    source = stateful_source(global_batches)
     if source is None:           # no state_dict on the shard: the Trainer then saves none for it
         return _Shard(global_batches, rank, size)
     return _StatefulShard(global_batches, rank, size, source)
