@@ -16,7 +16,7 @@ alone with ``--speed-only``, for the variants ``--variants`` names):
    turns of 8 tokens, and timed. Reported: the median milliseconds per token (median of
    ``--rounds`` rounds) and the KV bytes the cache holds at that length (``used_bytes``).
    Variants: dense
-   (``DenseKVCache``), dense with a copy of the filled part per token (the cache before it was an
+   (``DenseKVCache``), dense float16 (the same, keeping its keys and values in float16), dense with a copy of the filled part per token (the cache before it was an
    object), GQA (2 key/value heads for the 4 query heads), StreamingLLM (4 sinks + a window of
    508), Quest (token budget 512, pages of 16, layers 0-1 dense as in the paper), paged (one
    sequence in blocks of 16), linear attention (its recurrent state) and, when installed,
@@ -53,18 +53,22 @@ import time
 from bench import kernels as bench_kernels
 
 #: the variants of the speed part ("PyTorch" is added when torch is installed)
-SPEED_VARIANTS = ("dense", "dense, copying", "GQA", "StreamingLLM", "Quest", "paged", "linear")
+SPEED_VARIANTS = ("dense", "dense float16", "dense, copying", "GQA", "StreamingLLM", "Quest", "paged", "linear")
 CHUNK = 512
 TURN = 8   # decoding steps a sequence takes in a row in the speed part (see `speed`)
 
 
 def _cache(name, model, batch=1, ctx=None, budget=None):
     """A one-batch cache of policy ``name`` for ``model`` (ctx/budget size the sparse ones)."""
+    import numpy as np
+
     from models.kv_cache import (DenseKVCache, LinearAttentionCache, PagedKVCache, QuestCache,
                                  StreamingLLMCache)
 
     if name in ("dense", "GQA"):
         return DenseKVCache.for_model(model, batch)
+    if name == "dense float16":
+        return DenseKVCache.for_model(model, batch, dtype=np.float16)
     if name == "linear":
         return LinearAttentionCache.for_model(model, batch)
     if name == "StreamingLLM":
@@ -490,7 +494,7 @@ def main(argv=None):
             lines.append(f"| {n} | " + " | ".join(
                 fmt.format(cell[v, n][key] / (2**20 if key == 3 else 1)) for v in variants) + " |")
         lines.append("")
-    for name in ("dense", "PyTorch"):
+    for name in ("dense", "dense float16", "PyTorch"):
         rows = [r for r in speed_rows if r[0] == name]
         if rows:
             lines += [f"{name} tokens/s: " + ", ".join(f"{r[1]}: {1e3 / r[2]:,.0f}" for r in rows) + "; "

@@ -327,11 +327,13 @@ class GPT(nn.Module):
             raise ValueError(f"GPT: a {type(cache).__name__} serves attention {', '.join(cache.attentions)}; "
                              f"this model's is {cfg.attention!r}: build its cache with "
                              "models.kv_cache.cache_for(model, batch_size)")
-        dims = (cache.n_layer, cache.n_kv_head, cache.head_dim, cache.dtype)
-        if dims != (cfg.n_layer, cfg.kv_heads, cfg.n_embd // cfg.n_head, self.dtype):
-            raise ValueError(f"GPT: the cache is for (n_layer, n_kv_head, head_dim, dtype) = {dims}, this "
-                             f"model has {(cfg.n_layer, cfg.kv_heads, cfg.n_embd // cfg.n_head, self.dtype)}; "
-                             "build it with the cache class's for_model(model)")
+        dims = (cache.n_layer, cache.n_kv_head, cache.head_dim)
+        if dims != (cfg.n_layer, cfg.kv_heads, cfg.n_embd // cfg.n_head) or cache.dtype not in (
+                self.dtype, *((np.float16,) if isinstance(cache, DenseKVCache) else ())):
+            raise ValueError(f"GPT: the cache is for (n_layer, n_kv_head, head_dim, dtype) = {(*dims, cache.dtype)}, "
+                             f"this model has {(cfg.n_layer, cfg.kv_heads, cfg.n_embd // cfg.n_head, self.dtype)}; "
+                             "build it with the cache class's for_model(model) (a dense cache may also "
+                             "hold float16)")
         return cache.begin(B, T, max_position=cfg.block_size)   # (refuses, unchanged, past block_size)
 
     def param_blocks(self) -> list[nn.ParamBlock]:

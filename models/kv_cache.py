@@ -237,6 +237,11 @@ class DenseKVCache(KVCache):
     bytes, fits in a 4 KiB page (max_len <= 1,024 in float32), and ``"rows"`` beyond;
     ``for_model`` gives MoBA and NSA models ``"rows"``, and QuestCache stores rows by default.
 
+    ``dtype`` is the model's (``for_model``) or float16: half the bytes to keep and, at long
+    contexts, half the time of a decoding step's read of the cache; each key and value is rounded
+    to float16 as it is stored (a relative error of at most 2^-11, and values beyond ±65,504 become
+    inf), and the attention computes in the queries' dtype.
+
     Memory: 2 · n_layer · batch · n_kv_head · max_len · head_dim · itemsize bytes, allocated once.
     """
 
@@ -267,12 +272,17 @@ class DenseKVCache(KVCache):
         self._start = 0         # where this forward's tokens begin
 
     @classmethod
-    def for_model(cls, model, batch_size: int = 1, max_len: int | None = None, **policy):
-        """A cache shaped for ``model`` (a GPT); ``max_len`` defaults to its block_size, the
-        layout to rows for MoBA and NSA (which gather blocks of positions)."""
+    def for_model(cls, model, batch_size: int = 1, max_len: int | None = None, dtype=None, **policy):
+        """A cache shaped for ``model`` (a GPT); ``max_len`` defaults to its block_size, ``dtype``
+        to the model's (float16 halves the bytes kept and read, and rounds each key and value to
+        float16 as it is stored), the layout to rows for MoBA and NSA (which gather blocks of
+        positions)."""
         if model.config.attention in ("moba", "nsa"):
             policy.setdefault("layout", "rows")
-        return cls(**model_dims(model), batch_size=batch_size,
+        dims = model_dims(model)
+        if dtype is not None:
+            dims["dtype"] = dtype
+        return cls(**dims, batch_size=batch_size,
                    max_len=model.config.block_size if max_len is None else max_len, **policy)
 
     def _storage_len(self) -> int:

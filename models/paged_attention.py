@@ -16,11 +16,11 @@ result (tests/test_kv_cache.py).
 ``dense_decode(q, k, v, n)`` is the same step over one layer of a dense cache, k and v
 (B, n_kv_head, max_len, d) of which the first n positions are filled, read where they lie with no
 NumPy temporaries or per-op Python calls. The numba backend has a kernel for each of the dense
-cache's two storage layouts (``DenseKVCache(layout=...)``):
+cache's two storage layouts (``DenseKVCache(layout=...)``), in `minigrad.kernels.decode`; the
+cache may hold the queries' dtype or float16 (read as its bits and widened exactly):
 
-- ``"positions"`` (k and v views of (B, n_kv_head, d, max_len) buffers): the scores are d passes
-  of q_i · K[i, :n], each over n contiguous keys, and the output d dot products of the
-  probabilities with V[i, :n]; every loop runs along positions, 16 float32 lanes at a time.
+- ``"positions"`` (k and v views of (B, n_kv_head, d, max_len) buffers): every loop runs along
+  the n contiguous positions of a row of keys or values, 16 float32 lanes at a time.
 - ``"rows"`` ((B, n_kv_head, max_len, d) buffers): the scores are one matrix-vector product with
   the n key rows and the output a second one with the values. Each score is a d-element dot
   product ending in a horizontal sum: at n = 1,024 this took ~2.3x the time of reading the keys
@@ -41,7 +41,7 @@ from minigrad.backend import get_backend, numba_available
 __all__ = ["paged_decode", "paged_decode_numpy", "dense_decode", "dense_decode_numpy"]
 
 _kernel = None
-_dense_kernels = {}          # layout -> compiled decoding kernel
+_decode_module = None
 
 # fast-math without nnan/ninf (a running max starts at -inf), and numpy's error model (no
 # ZeroDivisionError branch), so the loops vectorise
@@ -50,7 +50,8 @@ _FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
 
 def _compiles(*arrays) -> bool:
     """Whether the kernels take these arrays: the numba backend, and one dtype that Numba
-    computes in (a float16 cache, which Numba cannot type, takes the NumPy twin)."""
+    computes in (a float16 cache, which Numba cannot type, takes the NumPy twin in
+    `paged_decode`; `dense_decode` reads one as its bits)."""
     dtypes = {a.dtype for a in arrays}
     return (get_backend() == "numba" and numba_available() and len(dtypes) == 1
             and dtypes <= {np.dtype(np.float32), np.dtype(np.float64)})
@@ -127,22 +128,32 @@ def _compiled():
     return _kernel
 
 
+def _decode():
+    """`minigrad.kernels.decode`, imported on first use (it imports Numba)."""
+    global _decode_module
+    if _decode_module is None:
+        from minigrad.kernels import decode
+
+        _decode_module = decode
+    return _decode_module
+
+
 def dense_decode(q, k, v, n):
     """o (B, n_kv_head, g, d): the queries q (B, n_kv_head, g, d) of one decoding step over the
     first ``n`` positions of one layer's dense cache k, v (B, n_kv_head, max_len, d), stored in
-    either of the cache's layouts (see above); others get the same result from the twin."""
-    if _compiles(q, k, v):
+    either of the cache's layouts (see above), in q's dtype or float16; others get the same
+    result from the twin."""
+    if _compiles(q) and k.dtype == v.dtype and k.dtype in (q.dtype, np.float16):
         kt, vt = k.swapaxes(-1, -2), v.swapaxes(-1, -2)             # (B, n_kv_head, d, max_len)
         if kt.flags.c_contiguous and vt.flags.c_contiguous:
-            kernel, k, v = _compiled_dense("positions"), kt, vt
+            layout, k, v = "positions", kt, vt
         elif k.flags.c_contiguous and v.flags.c_contiguous:
-            kernel = _compiled_dense("rows")
+            layout = "rows"
         else:
             return dense_decode_numpy(q, k, v, n)
-        out = np.empty(q.shape, q.dtype)
-        scale = q.dtype.type(1.0 / math.sqrt(q.shape[-1]))          # in q's dtype: float32 stays float32
-        kernel(np.ascontiguousarray(q), k, v, n, scale, out)
-        return out
+        if k.dtype == np.float16:                                    # its bits: Numba cannot type halves
+            k, v = k.view(np.uint16), v.view(np.uint16)
+        return _decode().attend(np.ascontiguousarray(q), k, v, n, layout)
     return dense_decode_numpy(q, k, v, n)
 
 
@@ -153,82 +164,3 @@ def dense_decode_numpy(q, k, v, n):
     np.exp(s, out=s)
     s /= s.sum(axis=-1, keepdims=True)
     return s @ v[:, :, :n]
-
-
-def _compiled_dense(layout):
-    """The decoding kernel of ``layout``, compiled (or loaded from the on-disk cache) on first use.
-
-    Both are serial over (row, key/value head): a decoding step has a few of them and each is
-    short, so threads cost more to start than they save (measured: a second core took 20% off,
-    not half). They reach the helpers through their module, not as captured functions: a
-    closure's cache key pickles what it captures, and a captured dispatcher pickles differently
-    in every process (the kernel was compiled anew at every start, 30 MB of peak RSS, until
-    2026-12-07).
-
-    ``"positions"``, over kt, vt (B, n_kv_head, d, max_len): every loop runs along the n
-    positions. ``"rows"``, over k, v (B, n_kv_head, max_len, d): each query's scores are one
-    matrix-vector product with the n keys, read in place; the softmax runs over them in place;
-    the output is a second product with the values. Grouped queries take a product each, not
-    one GEMM of g rows: OpenBLAS packs the whole key block for a GEMM of 2 rows (measured: 3x
-    slower than two matrix-vector products at n = 1,024), while the second product reads keys
-    still in cache."""
-    if layout not in _dense_kernels:
-        from minigrad._numba_cache import njit
-        from minigrad.kernels import _math
-        from minigrad.kernels._math import fast_exp, typed
-
-        jit = njit(cache=True, fastmath=_FASTMATH, error_model="numpy")
-        if layout == "positions":
-            @jit
-            def kernel(q, kt, vt, n, scale, out):
-                B, nkv, g, d = q.shape
-                wide = n >= _math.VECTOR_MAX_FROM
-                s = np.empty(n, q.dtype)                                     # one query's scores
-                for b in range(B):
-                    for h in range(nkv):
-                        for j in range(g):
-                            qi = q[b, h, j, 0] * scale                       # s = (q · scale) K[:, :n]
-                            keys = kt[b, h, 0]
-                            for t in range(n):
-                                s[t] = qi * keys[t]
-                            for i in range(1, d):
-                                qi = q[b, h, j, i] * scale
-                                keys = kt[b, h, i]
-                                for t in range(n):
-                                    s[t] += qi * keys[t]
-                            top = _math.max_vectorised(s) if wide else _math.max_scalar(s)
-                            total = typed(s, 0.0)                            # in s's dtype, as s
-                            for t in range(n):
-                                e = fast_exp(s[t] - top)
-                                s[t] = e
-                                total += e
-                            inv = typed(s, 1.0) / total
-                            for i in range(d):                               # o_i = p · V[i, :n]
-                                values = vt[b, h, i]
-                                acc = typed(s, 0.0)
-                                for t in range(n):
-                                    acc += s[t] * values[t]
-                                out[b, h, j, i] = acc * inv
-        else:
-            @jit
-            def kernel(q, k, v, n, scale, out):
-                B, nkv, g, d = q.shape
-                wide = n >= _math.VECTOR_MAX_FROM
-                for b in range(B):
-                    for h in range(nkv):
-                        keys, values = k[b, h, :n], v[b, h, :n]
-                        for j in range(g):
-                            s = np.dot(keys, q[b, h, j])                     # (n,) unscaled scores
-                            top = _math.max_vectorised(s) if wide else _math.max_scalar(s)
-                            total = typed(s, 0.0)                            # in s's dtype, as s
-                            for t in range(n):                               # scale > 0 keeps the max
-                                e = fast_exp((s[t] - top) * scale)
-                                s[t] = e
-                                total += e
-                            o = np.dot(s, values)
-                            inv = typed(s, 1.0) / total
-                            for i in range(d):
-                                out[b, h, j, i] = o[i] * inv
-
-        _dense_kernels[layout] = kernel
-    return _dense_kernels[layout]

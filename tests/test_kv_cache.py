@@ -94,6 +94,50 @@ def test_a_dense_cache_decodes_through_the_kernel_of_its_layout_not_the_twin(mak
     np.testing.assert_allclose(last[:, -1], full[:, -1], rtol=0, atol=1e-10)
 
 
+@pytest.mark.skipif(not numba_available(), reason="numba is not installed")
+@pytest.mark.parametrize("layout", ["positions", "rows"])
+def test_a_float16_cache_decodes_on_its_kernel_as_the_twin_does(layout, monkeypatch):
+    """``for_model(dtype=np.float16)`` keeps halves, a quarter of a float64 model's bytes. A
+    decoding step reads them on the compiled kernel (it used to take the NumPy twin, ~35x slower
+    at 1,024 positions: bench/README.md) and gives the twin's result on the same cache, up to the
+    order of float64 additions; the logits stay within float16's rounding of the keys and values
+    of the uncached forward's."""
+    import models.paged_attention as pa
+
+    m = _model(0)
+    idx = np.random.default_rng(0).integers(0, 11, (2, 9))
+    last = {}
+    for backend in ("numpy", "numba"):
+        cache = DenseKVCache.for_model(m, batch_size=2, dtype=np.float16, layout=layout)
+        assert cache.k.dtype == cache.v.dtype == np.float16
+        assert cache.nbytes * 4 == DenseKVCache.for_model(m, batch_size=2).nbytes
+        with monkeypatch.context() as patch, minigrad.no_grad(), minigrad.use_backend(backend):
+            if backend == "numba":
+                patch.setattr(pa, "dense_decode_numpy", lambda *a: pytest.fail("the step took the NumPy twin"))
+            m(idx[:, :6], cache=cache)
+            last[backend] = np.concatenate([m(idx[:, t:t + 1], cache=cache)[0].data for t in range(6, 9)], axis=1)
+    np.testing.assert_allclose(last["numba"], last["numpy"], rtol=0, atol=1e-12)
+    with minigrad.no_grad():
+        full = m(idx)[0].data[:, 6:]
+    assert 0 < np.abs(last["numba"] - full).max() < 0.05
+
+
+def test_a_model_takes_a_cache_of_its_dtype_or_a_dense_one_of_float16():
+    """A float64 model decodes through a float16 dense cache; a cache of another dtype, or a
+    float16 cache of another kind (a rolling window that would keep its rounding errors just
+    as well, but has no float16 kernel), is refused with the dimensions it has and needs."""
+    m = _model(0)
+    idx = np.random.default_rng(0).integers(0, 11, (1, 5))
+    with minigrad.no_grad():
+        m(idx, cache=DenseKVCache.for_model(m, dtype=np.float16))
+        for cache in (DenseKVCache.for_model(m, dtype=np.float32),
+                      StreamingLLMCache(2, 4, 4, window=8, n_sink=2, dtype=np.float16)):
+            dtype = cache.dtype.name
+            with pytest.raises(ValueError, match=rf"dtype\) = \(2, 4, 4, dtype\('{dtype}'\)\), this model has "
+                                                 r"\(2, 4, 4, dtype\('float64'\)\).*may also hold float16"):
+                m(idx, cache=cache)
+
+
 @pytest.mark.parametrize("attention", ["moba", "nsa"])
 def test_for_model_stores_rows_for_attentions_that_gather_blocks_of_positions(attention):
     """MoBA and NSA read the cache's k and v views themselves, gathering blocks of positions:
@@ -105,7 +149,8 @@ def test_for_model_stores_rows_for_attentions_that_gather_blocks_of_positions(at
 
 
 @pytest.mark.parametrize("max_len, dtype, layout", [(1024, np.float32, "positions"), (1025, np.float32, "rows"),
-                                                     (512, np.float64, "positions"), (513, np.float64, "rows")])
+                                                     (512, np.float64, "positions"), (513, np.float64, "rows"),
+                                                     (2048, np.float16, "positions"), (2049, np.float16, "rows")])
 def test_a_dense_cache_stores_positions_while_a_row_fits_a_page_else_rows(max_len, dtype, layout):
     """The default layout: position-minor rows read from DRAM are slow once they are long, so
     positions only while max_len · itemsize <= 4 KiB; either way k and v index the same."""
@@ -423,21 +468,25 @@ def test_the_paged_decoding_kernel_equals_its_numpy_twin(B, g, bs, seed, dtype):
 
 
 @pytest.mark.skipif(not numba_available(), reason="numba is not installed")
-def test_the_dense_decoding_kernel_loads_from_the_cache_in_a_second_process(tmp_path):
-    """The kernel is built inside a function; Numba keys a closure's cache entry on what it
-    captures, and a captured Numba function pickles differently in every process: it captured
-    two and was compiled anew at every start (30 MB more peak RSS in generation) until this."""
+def test_the_dense_decoding_kernels_load_from_the_cache_in_a_second_process(tmp_path):
+    """Both layouts' kernels, for a float32 and a float16 cache, are saved on the first run and
+    loaded on the second. (They were once built inside a function that captured Numba functions,
+    which pickle differently in every process: they were compiled anew at every start, 30 MB more
+    peak RSS in generation.)"""
     from numba.core import config
 
     if config.DISABLE_JIT:
         pytest.skip("Numba is disabled: there is no compiled kernel to cache")
     code = ("import numpy as np, minigrad\n"
-            "from models.paged_attention import dense_decode, _compiled_dense\n"
+            "from models.paged_attention import dense_decode\n"
+            "from minigrad.kernels import decode\n"
             "q, k = np.ones((1, 2, 1, 8), np.float32), np.ones((1, 2, 8, 100), np.float32)\n"
             "with minigrad.use_backend('numba'):\n"
             "    dense_decode(q, k.swapaxes(-1, -2), k.swapaxes(-1, -2), 80)\n"
             "    dense_decode(q, k.reshape(1, 2, 100, 8), k.reshape(1, 2, 100, 8), 80)\n"
-            "for s in (_compiled_dense('positions').stats, _compiled_dense('rows').stats):\n"
+            "    h = k.astype(np.float16).swapaxes(-1, -2)\n"
+            "    dense_decode(q, h, h, 80)\n"
+            "for s in (decode.positions.stats, decode.rows.stats):\n"
             "    print(sum(s.cache_hits.values()), sum(s.cache_misses.values()))\n")
     env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path)}
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -447,25 +496,28 @@ def test_the_dense_decoding_kernel_loads_from_the_cache_in_a_second_process(tmp_
                              timeout=300)
         assert out.returncode == 0, out.stderr
         runs.append(out.stdout.split())
-    assert runs == [["0", "1"] * 2, ["1", "0"] * 2]         # both compiled and saved, then loaded
+    assert runs == [["0", "2", "0", "1"], ["2", "0", "1", "0"]]   # compiled and saved, then loaded
 
 
 @pytest.mark.skipif(not numba_available(), reason="numba is not installed")
 @given(B=st.integers(1, 3), nkv=st.integers(1, 3), g=st.sampled_from([1, 2, 4]), n=st.integers(1, 150),
        seed=st.integers(0, 10_000), dtype=st.sampled_from([np.float64, np.float32]),
-       layout=st.sampled_from(["positions", "rows"]))
-@settings(max_examples=40)
-def test_the_dense_decoding_kernels_equal_their_numpy_twin_and_attention(B, nkv, g, n, seed, dtype, layout):
+       layout=st.sampled_from(["positions", "rows"]), half=st.booleans())
+@settings(max_examples=60)
+def test_the_dense_decoding_kernels_equal_their_numpy_twin_and_attention(B, nkv, g, n, seed, dtype, layout, half):
     """One decoding step over the first n positions of a layer's buffer (longer than n: what lies
     past n must not be read), on the numba kernel and on the NumPy twin. n reaches past
     VECTOR_MAX_FROM (64), where the kernel's max takes its vectorised loop. k and v are stored in
-    rows or position-minor, DenseKVCache's two layouts, each with its own kernel."""
+    rows or position-minor, DenseKVCache's two layouts, each with its own kernel, in the queries'
+    dtype or in float16 (which the kernels read as its bits and widen exactly: the reference
+    attends over the same halves in float64)."""
     rng = np.random.default_rng(seed)
     d, max_len = 8, 160
+    store = np.float16 if half else dtype
     if layout == "rows":
-        k, v = (rng.normal(size=(B, nkv, max_len, d)).astype(dtype) for _ in range(2))
+        k, v = (rng.normal(size=(B, nkv, max_len, d)).astype(store) for _ in range(2))
     else:
-        k, v = (rng.normal(size=(B, nkv, d, max_len)).astype(dtype).swapaxes(-1, -2) for _ in range(2))
+        k, v = (rng.normal(size=(B, nkv, d, max_len)).astype(store).swapaxes(-1, -2) for _ in range(2))
     k[:, :, n:], v[:, :, n:] = np.nan, np.nan
     q = rng.normal(size=(B, nkv, g, d)).astype(dtype)
     with minigrad.use_backend("numba"):
