@@ -2,6 +2,7 @@
 """Print text from a saved model.
 
     python demos/sample.py --out out --prompt "ROMEO:" --tokens 500 --temperature 0.8 --top-k 40 --seed 0
+    python demos/sample.py --kv-dtype float16     # the KV cache in float16: half its memory
     python demos/sample.py --quick      # 100 tokens from out/quick, the model of train_gpt.py --quick
 
 Reads the checkpoint that ``demos/train_gpt.py`` wrote to ``--out`` (``ckpt.npz`` and its
@@ -17,7 +18,10 @@ import math
 import os
 import sys
 
+import numpy as np
+
 from models import cli
+from models.kv_cache import DenseKVCache
 from models.textgen import sample_text
 from models.tokenizer import TokenizerError
 from models.training import CKPT, CheckpointError, load_checkpoint
@@ -40,6 +44,9 @@ def build_parser():
     p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
     p.add_argument("--top-k", type=int, default=None, help="sample only among the k likeliest tokens")
     p.add_argument("--seed", type=cli.seed, default=0)
+    p.add_argument("--kv-dtype", choices=("model", "float16"), default="model",
+                   help="what the KV cache stores: the model's dtype, or float16 (half the memory; "
+                        "keys and values rounded to float16)")
     p.add_argument("--quick", action="store_true",
                    help=f"a smoke check: {QUICK['tokens']} tokens from {QUICK['out']}, where "
                         f"`train_gpt.py --quick` saves")
@@ -64,9 +71,15 @@ def run(args) -> None:
     prompt = args.prompt
     if prompt is None:                                 # a newline, if the text had any
         prompt = "\n" if _encodes(tokenizer, "\n") else ""
+    cache = None
+    if args.kv_dtype == "float16":
+        if model.config.attention not in DenseKVCache.attentions:
+            raise cli.UsageError(f"--kv-dtype float16: this model's attention is {model.config.attention!r}, "
+                                 "whose cache has no float16 form; leave --kv-dtype at model")
+        cache = DenseKVCache.for_model(model, dtype=np.float16)
     try:
-        text = sample_text(model, tokenizer, args.tokens, prompt=prompt,
-                           temperature=args.temperature, top_k=args.top_k, seed=args.seed)
+        text = sample_text(model, tokenizer, args.tokens, prompt=prompt, temperature=args.temperature,
+                           top_k=args.top_k, seed=args.seed, cache=cache)
     except TokenizerError as e:           # the library's advice names a class; a CLI user has a flag
         advice = str(e).replace("use BPETokenizer", "train with `train_gpt.py --tokenizer bpe`")
         raise cli.UsageError(f"--prompt: {advice}") from None

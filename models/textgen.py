@@ -36,12 +36,13 @@ def sample_next(logits, temperature: float, top_k: int | None, rng) -> np.ndarra
 
 
 def sample_text(model, tokenizer, n_tokens: int, prompt: str = "\n", temperature: float = 0.8,
-                top_k: int | None = None, seed: int = 0) -> str:
+                top_k: int | None = None, seed: int = 0, cache=None) -> str:
     """``n_tokens`` new tokens after ``prompt``, decoded (the prompt itself is not repeated).
 
-    ``temperature`` 0 is greedy decoding; ``top_k`` keeps the k likeliest tokens. Raises
+    ``temperature`` 0 is greedy decoding; ``top_k`` keeps the k likeliest tokens; ``cache`` is
+    `GPT.generate`'s (default: a dense cache of the model's dtype). Raises
     ``models.tokenizer.TokenizerError`` when the prompt holds a character the tokenizer lacks."""
     ids = tokenizer.encode(prompt) or [0]
     out = model.generate(np.array([ids]), max_new_tokens=n_tokens, temperature=temperature,
-                         top_k=top_k, rng=np.random.default_rng(seed))
+                         top_k=top_k, rng=np.random.default_rng(seed), cache=cache)
     return tokenizer.decode(out[0, len(ids):].tolist())

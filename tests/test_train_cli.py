@@ -418,6 +418,27 @@ def test_sample_cli_prints_text_from_a_checkpoint(full_run):
     assert other.stdout != first.stdout
 
 
+def test_sample_kv_dtype_float16_decodes_through_a_float16_dense_cache(full_run, monkeypatch, capsys):
+    """--kv-dtype float16 hands `sample_text` a dense cache of float16 for the model (the default
+    passes none: the model's own); a model whose attention has no dense cache is refused in one
+    line naming the flag."""
+    sample = load_demo("sample.py")
+    seen = []
+
+    def record(model, tokenizer, n, **kw):
+        seen.append(kw["cache"])
+        return "x" * n
+    monkeypatch.setattr(sample, "sample_text", record)
+    for argv in (["--kv-dtype", "float16"], []):
+        assert sample.main(["--out", str(full_run), "--tokens", "5", *argv]) == 0
+    cache, default = seen
+    assert type(cache).__name__ == "DenseKVCache" and cache.k.dtype == np.float16 and default is None
+    monkeypatch.setattr(sample.DenseKVCache, "attentions", ("linear",))
+    assert sample.main(["--out", str(full_run), "--tokens", "5", "--kv-dtype", "float16"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("sample.py: error: --kv-dtype float16: this model's attention is 'mha'")
+
+
 def test_sample_cli_bad_input_is_one_line(full_run, tmp_path):
     cases = {"missing": (str(tmp_path / "nowhere"), "no checkpoint")}
     bad = tmp_path / "corrupt"
