@@ -110,6 +110,15 @@ def _positive_int(name, value, cls, minimum=1):
     return int(value)
 
 
+def _refuse_half_overflow(cls, layer, k, v):
+    """Raise for keys or values a float16 cache stored as inf: every later step's attention would
+    be NaN, with nothing to say why."""
+    top = max(float(np.abs(k).max(initial=0)), float(np.abs(v).max(initial=0)))
+    raise OverflowError(f"{cls}: layer {layer}'s keys or values reach |x| = {top:.4g}, beyond float16's "
+                        f"largest finite 65,504; keep this model's cache in its own dtype (leave "
+                        f"for_model's dtype unset), then reset() this one")
+
+
 def model_dims(model) -> dict:
     """The cache dimensions of a GPT: n_layer, n_kv_head, head_dim and dtype."""
     cfg = model.config
@@ -239,8 +248,8 @@ class DenseKVCache(KVCache):
 
     ``dtype`` is the model's (``for_model``) or float16: half the bytes to keep and, at long
     contexts, half the time of a decoding step's read of the cache; each key and value is rounded
-    to float16 as it is stored (a relative error of at most 2^-11, and values beyond ±65,504 become
-    inf), and the attention computes in the queries' dtype.
+    to float16 as it is stored (a relative error of at most 2^-11; a key or value beyond ±65,504, which
+    would become inf, raises OverflowError), and the attention computes in the queries' dtype.
 
     Memory: 2 · n_layer · batch · n_kv_head · max_len · head_dim · itemsize bytes, allocated once.
     """
@@ -321,8 +330,16 @@ class DenseKVCache(KVCache):
 
     def _store(self, layer, k, v):
         self._check_kv(layer, k, v, self.batch_size)
-        self.k[layer, :, :, self._start:self.n] = k
-        self.v[layer, :, :, self._start:self.n] = v
+        if self.dtype != np.float16:
+            self.k[layer, :, :, self._start:self.n] = k
+            self.v[layer, :, :, self._start:self.n] = v
+            return
+        try:         # NumPy only warns when a cast to float16 overflows (~1 us, a check 5 us)
+            with np.errstate(over="raise"):
+                self.k[layer, :, :, self._start:self.n] = k
+                self.v[layer, :, :, self._start:self.n] = v
+        except FloatingPointError:
+            _refuse_half_overflow(type(self).__name__, layer, k, v)
 
     def append(self, layer, k, v):
         """Store this forward's keys and values; return views (B, n_kv_head, n, head_dim) of every

@@ -122,6 +122,23 @@ def test_a_float16_cache_decodes_on_its_kernel_as_the_twin_does(layout, monkeypa
     assert 0 < np.abs(last["numba"] - full).max() < 0.05
 
 
+def test_a_float16_cache_refuses_keys_it_would_store_as_inf():
+    """NumPy turns 1e5 into float16 inf with a warning only, and every later step's attention
+    would be NaN: the cache raises instead, naming the layer, the magnitude and the fix."""
+    cache = DenseKVCache(2, 1, 4, max_len=8, dtype=np.float16)
+    k = np.ones((1, 1, 3, 4))
+    cache.begin(1, 3)
+    cache.attend(0, k, k, k)                                     # in range: stored
+    big = k.copy()
+    big[0, 0, 1, 2] = -1e5
+    with pytest.raises(OverflowError, match=r"layer 1's keys or values reach \|x\| = 1e\+05, beyond float16's "
+                                            r"largest finite 65,504; keep this model's cache in its own dtype"):
+        cache.attend(1, k, k, big)
+    float32 = DenseKVCache(2, 1, 4, max_len=8)
+    float32.begin(1, 3)
+    float32.attend(1, k, k, big)                                 # only float16 has the limit
+
+
 def test_a_model_takes_a_cache_of_its_dtype_or_a_dense_one_of_float16():
     """A float64 model decodes through a float16 dense cache; a cache of another dtype, or a
     float16 cache of another kind (a rolling window that would keep its rounding errors just
