@@ -583,6 +583,9 @@ class QuestCache(DenseKVCache):
         values = self.v[layer, :, :, :n_pages * ps].reshape(paged)[b, h, top]
         S = top.shape[-1] * ps
         visible = (top[..., None] * ps + np.arange(ps)) < self.n      # empty slots of the last page
+        # (gathered copies) what lies in the empty slots may be NaN or inf, and a zero probability
+        # times NaN is NaN
+        keys[~visible] = values[~visible] = 0
         o = _attention(q.reshape(B, nh, 1, 1, hs), keys.reshape(B, nh, S, hs), values.reshape(B, nh, S, hs),
                        visible.reshape(B, nh, 1, 1, S))
         return o.reshape(q.shape)
