@@ -83,6 +83,8 @@ def run(args) -> None:
     except TokenizerError as e:           # the library's advice names a class; a CLI user has a flag
         advice = str(e).replace("use BPETokenizer", "train with `train_gpt.py --tokenizer bpe`")
         raise cli.UsageError(f"--prompt: {advice}") from None
+    except OverflowError as e:            # a float16 cache met a key or value beyond its range
+        raise cli.UsageError(f"--kv-dtype float16: {str(e).split(', so ')[0]}; use --kv-dtype model") from None
     print(prompt + text)
 
 

@@ -115,8 +115,8 @@ def _refuse_half_overflow(cls, layer, k, v):
     be NaN, with nothing to say why."""
     top = max(float(np.abs(k).max(initial=0)), float(np.abs(v).max(initial=0)))
     raise OverflowError(f"{cls}: layer {layer}'s keys or values reach |x| = {top:.4g}, beyond float16's "
-                        f"largest finite 65,504; keep this model's cache in its own dtype (leave "
-                        f"for_model's dtype unset), then reset() this one")
+                        f"largest finite 65,504, so this forward's positions were not kept; use a cache "
+                        f"of the model's dtype (for_model without dtype)") from None
 
 
 def model_dims(model) -> dict:
@@ -255,6 +255,8 @@ class DenseKVCache(KVCache):
     """
 
     attentions = ("mha", "moba", "nsa")
+    #: whether a model may keep this cache in float16 whatever its own dtype (see ``dtype`` above)
+    float16_storage = True
     #: the storage layout when none is given; None: chosen by the row length (see above)
     default_layout = None
     #: the longest position-minor row the default takes, in bytes: one page
@@ -339,6 +341,7 @@ class DenseKVCache(KVCache):
                 self.k[layer, :, :, self._start:self.n] = k
                 self.v[layer, :, :, self._start:self.n] = v
         except FloatingPointError:
+            self.n = self._start            # this forward's positions are not kept
             _refuse_half_overflow(type(self).__name__, layer, k, v)
 
     def append(self, layer, k, v):
@@ -515,6 +518,8 @@ class QuestCache(DenseKVCache):
     #: head_dim pieces each in position-minor storage (a layer's page gather took 3.6x the
     #: time, the step 1.1-1.3x)
     default_layout = "rows"
+    #: its page selection and gather run in NumPy, which would convert every page it reads
+    float16_storage = False
 
     def __init__(self, n_layer, n_kv_head, head_dim, *, max_len, token_budget, page_size=16,
                  dense_layers=2, batch_size=1, dtype=np.float32, layout=None):

@@ -3,6 +3,7 @@ import os
 import subprocess
 import sys
 import tracemalloc
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from models.gpt import GPT, GPTConfig
 from minigrad.backend import numba_available
 from models.kv_cache import (DenseKVCache, LinearAttentionCache, PagedKVCache, QuestCache, StreamingLLMCache,
                              cache_for, page_upper_bound)
+import models.paged_attention as pa
 from models.paged_attention import dense_decode, dense_decode_numpy, paged_decode, paged_decode_numpy
 
 
@@ -25,6 +27,10 @@ def _model(seed=0, block_size=24, n_kv_head=None, **kw):
         p.data[...] += prng.normal(0, 0.3, p.shape)
     m.eval()
     return m
+
+
+def _refuse_the_twin(*args):
+    raise AssertionError("the decoding step took the NumPy twin, not its kernel")
 
 
 def _decode(m, cache, idx, chunks):
@@ -74,12 +80,7 @@ def test_dense_cached_decoding_equals_the_uncached_forward(n_kv_head, B, T, size
 def test_a_dense_cache_decodes_through_the_kernel_of_its_layout_not_the_twin(make, monkeypatch):
     """Each layout has its kernel, so a decoding step never falls back to the NumPy twin (a silent
     fallback would be right, and several times slower)."""
-    import models.paged_attention as pa
-
-    def refuse(*args):
-        raise AssertionError("the decoding step took the NumPy twin")
-
-    monkeypatch.setattr(pa, "dense_decode_numpy", refuse)
+    monkeypatch.setattr(pa, "dense_decode_numpy", _refuse_the_twin)
     m = _model(0, n_kv_head=1)
     if make == "Quest":     # a budget covering every page: its dense step
         cache = QuestCache.for_model(m, token_budget=64, page_size=4)
@@ -102,8 +103,6 @@ def test_a_float16_cache_decodes_on_its_kernel_as_the_twin_does(layout, monkeypa
     at 1,024 positions: bench/README.md) and gives the twin's result on the same cache, up to the
     order of float64 additions; the logits stay within float16's rounding of the keys and values
     of the uncached forward's."""
-    import models.paged_attention as pa
-
     m = _model(0)
     idx = np.random.default_rng(0).integers(0, 11, (2, 9))
     last = {}
@@ -113,7 +112,7 @@ def test_a_float16_cache_decodes_on_its_kernel_as_the_twin_does(layout, monkeypa
         assert cache.nbytes * 4 == DenseKVCache.for_model(m, batch_size=2).nbytes
         with monkeypatch.context() as patch, minigrad.no_grad(), minigrad.use_backend(backend):
             if backend == "numba":
-                patch.setattr(pa, "dense_decode_numpy", lambda *a: pytest.fail("the step took the NumPy twin"))
+                patch.setattr(pa, "dense_decode_numpy", _refuse_the_twin)
             m(idx[:, :6], cache=cache)
             last[backend] = np.concatenate([m(idx[:, t:t + 1], cache=cache)[0].data for t in range(6, 9)], axis=1)
     np.testing.assert_allclose(last["numba"], last["numpy"], rtol=0, atol=1e-12)
@@ -124,16 +123,26 @@ def test_a_float16_cache_decodes_on_its_kernel_as_the_twin_does(layout, monkeypa
 
 def test_a_float16_cache_refuses_keys_it_would_store_as_inf():
     """NumPy turns 1e5 into float16 inf with a warning only, and every later step's attention
-    would be NaN: the cache raises instead, naming the layer, the magnitude and the fix."""
+    would be NaN: the cache raises instead, naming the layer, the magnitude and the fix, and
+    keeps none of that forward's positions, so a caller that goes on reads only finite keys."""
     cache = DenseKVCache(2, 1, 4, max_len=8, dtype=np.float16)
     k = np.ones((1, 1, 3, 4))
     cache.begin(1, 3)
-    cache.attend(0, k, k, k)                                     # in range: stored
+    for layer in (0, 1):
+        cache.attend(layer, k, k, k)                             # in range: stored
     big = k.copy()
     big[0, 0, 1, 2] = -1e5
+    cache.begin(1, 3)
+    cache.attend(0, k, k, k)
     with pytest.raises(OverflowError, match=r"layer 1's keys or values reach \|x\| = 1e\+05, beyond float16's "
-                                            r"largest finite 65,504; keep this model's cache in its own dtype"):
+                                            r"largest finite 65,504, so this forward's positions were not kept; "
+                                            r"use a cache of the model's dtype") as err:
         cache.attend(1, k, k, big)
+    assert err.value.__context__ is None or err.value.__suppress_context__
+    assert cache.n == 3
+    cache.begin(1, 1)
+    out = cache.attend(1, k[:, :, :1], k[:, :, :1], k[:, :, :1])
+    assert np.isfinite(out).all() and np.isfinite(cache.k[1, :, :, :cache.n]).all()
     float32 = DenseKVCache(2, 1, 4, max_len=8)
     float32.begin(1, 3)
     float32.attend(1, k, k, big)                                 # only float16 has the limit
@@ -141,17 +150,18 @@ def test_a_float16_cache_refuses_keys_it_would_store_as_inf():
 
 def test_a_model_takes_a_cache_of_its_dtype_or_a_dense_one_of_float16():
     """A float64 model decodes through a float16 dense cache; a cache of another dtype, or a
-    float16 cache of another kind (a rolling window that would keep its rounding errors just
-    as well, but has no float16 kernel), is refused with the dimensions it has and needs."""
+    float16 cache of another kind (a rolling window, Quest's pages: no float16 kernel reads
+    them), is refused with the dimensions it has and needs."""
     m = _model(0)
     idx = np.random.default_rng(0).integers(0, 11, (1, 5))
     with minigrad.no_grad():
         m(idx, cache=DenseKVCache.for_model(m, dtype=np.float16))
         for cache in (DenseKVCache.for_model(m, dtype=np.float32),
-                      StreamingLLMCache(2, 4, 4, window=8, n_sink=2, dtype=np.float16)):
+                      StreamingLLMCache(2, 4, 4, window=8, n_sink=2, dtype=np.float16),
+                      QuestCache.for_model(m, token_budget=8, page_size=4, dtype=np.float16)):
             dtype = cache.dtype.name
             with pytest.raises(ValueError, match=rf"dtype\) = \(2, 4, 4, dtype\('{dtype}'\)\), this model has "
-                                                 r"\(2, 4, 4, dtype\('float64'\)\).*may also hold float16"):
+                                                 r"\(2, 4, 4, dtype\('float64'\)\).*a DenseKVCache may also hold float16"):
                 m(idx, cache=cache)
 
 
@@ -502,8 +512,9 @@ def test_the_dense_decoding_kernels_load_from_the_cache_in_a_second_process(tmp_
             "with minigrad.use_backend('numba'):\n"
             "    dense_decode(q, k.swapaxes(-1, -2), k.swapaxes(-1, -2), 80)\n"
             "    dense_decode(q, k.reshape(1, 2, 100, 8), k.reshape(1, 2, 100, 8), 80)\n"
-            "    h = k.astype(np.float16).swapaxes(-1, -2)\n"
-            "    dense_decode(q, h, h, 80)\n"
+            "    h = k.astype(np.float16)\n"
+            "    dense_decode(q, h.swapaxes(-1, -2), h.swapaxes(-1, -2), 80)\n"
+            "    dense_decode(q, h.reshape(1, 2, 100, 8), h.reshape(1, 2, 100, 8), 80)\n"
             "for s in (decode.positions.stats, decode.rows.stats):\n"
             "    print(sum(s.cache_hits.values()), sum(s.cache_misses.values()))\n")
     env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path)}
@@ -514,7 +525,7 @@ def test_the_dense_decoding_kernels_load_from_the_cache_in_a_second_process(tmp_
                              timeout=300)
         assert out.returncode == 0, out.stderr
         runs.append(out.stdout.split())
-    assert runs == [["0", "2", "0", "1"], ["2", "0", "1", "0"]]   # compiled and saved, then loaded
+    assert runs == [["0", "2", "0", "2"], ["2", "0", "2", "0"]]   # compiled and saved, then loaded
 
 
 @pytest.mark.skipif(not numba_available(), reason="numba is not installed")
@@ -538,7 +549,7 @@ def test_the_dense_decoding_kernels_equal_their_numpy_twin_and_attention(B, nkv,
         k, v = (rng.normal(size=(B, nkv, d, max_len)).astype(store).swapaxes(-1, -2) for _ in range(2))
     k[:, :, n:], v[:, :, n:] = np.nan, np.nan
     q = rng.normal(size=(B, nkv, g, d)).astype(dtype)
-    with minigrad.use_backend("numba"):
+    with minigrad.use_backend("numba"), mock.patch.object(pa, "dense_decode_numpy", _refuse_the_twin):
         o = dense_decode(q, k, v, n)
     assert o.dtype == dtype and o.shape == q.shape
     tol = 1e-12 if dtype == np.float64 else 2e-6
@@ -651,9 +662,10 @@ def test_the_model_refuses_a_cache_that_does_not_fit_it():
 
 
 @pytest.mark.parametrize("make", ["dense rows", "dense positions", "Quest", "paged"])
-def test_a_float16_cache_decodes_on_the_numba_backend_through_the_twin(make):
-    """Numba cannot type float16: a float16 cache's step takes the NumPy twin instead of failing
-    with NotImplementedError, and gives what the numpy backend gives."""
+def test_float16_queries_decode_on_the_numba_backend_through_the_twin(make):
+    """Numba cannot type float16: a step whose queries are float16 too (the kernels compute in the
+    queries' dtype) takes the NumPy twin instead of failing with NotImplementedError, and gives
+    what the numpy backend gives."""
     rng = np.random.default_rng(0)
     prompt = [rng.normal(size=(1, 2, 10, 4)).astype(np.float16) for _ in range(3)]
     step = [rng.normal(size=(1, 2, 1, 4)).astype(np.float16) for _ in range(3)]

@@ -433,10 +433,30 @@ def test_sample_kv_dtype_float16_decodes_through_a_float16_dense_cache(full_run,
         assert sample.main(["--out", str(full_run), "--tokens", "5", *argv]) == 0
     cache, default = seen
     assert type(cache).__name__ == "DenseKVCache" and cache.k.dtype == np.float16 and default is None
+    capsys.readouterr()
+
+    def overflow(*args, **kw):
+        raise OverflowError("DenseKVCache: layer 2's keys or values reach |x| = 7e+04, beyond float16's largest "
+                            "finite 65,504, so this forward's positions were not kept; use a cache of ...")
+    monkeypatch.setattr(sample, "sample_text", overflow)
+    assert sample.main(["--out", str(full_run), "--tokens", "5", "--kv-dtype", "float16"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["sample.py: error: --kv-dtype float16: DenseKVCache: layer 2's keys or values reach "
+                   "|x| = 7e+04, beyond float16's largest finite 65,504; use --kv-dtype model"]
     monkeypatch.setattr(sample.DenseKVCache, "attentions", ("linear",))
     assert sample.main(["--out", str(full_run), "--tokens", "5", "--kv-dtype", "float16"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("sample.py: error: --kv-dtype float16: this model's attention is 'mha'")
+
+
+def test_sample_cli_decodes_through_a_float16_kv_cache(full_run):
+    """A real run through a float16 cache prints the prompt and as many tokens as one through the
+    model's own. (Not the same text: this 12-step model's logits are too close together for the
+    rounding not to move an argmax; tests/test_kv_cache.py bounds the logits themselves.)"""
+    runs = [_sample("--out", str(full_run), "--prompt", "The ", "--tokens", "30", "--seed", "3",
+                    "--kv-dtype", kv) for kv in ("float16", "model")]
+    assert [r.returncode for r in runs] == [0, 0], runs[0].stderr
+    assert runs[0].stdout.startswith("The ") and len(runs[0].stdout) == len(runs[1].stdout) == len("The ") + 31
 
 
 def test_sample_cli_bad_input_is_one_line(full_run, tmp_path):

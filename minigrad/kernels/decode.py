@@ -39,9 +39,6 @@ from .._numba_cache import njit
 from . import _math
 from ._math import fast_exp, typed
 
-# fast-math without nnan/ninf (a running max starts at -inf), and numpy's error model (no
-# ZeroDivisionError branch), so the loops vectorise
-_FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
 
 
 def widened(x):
@@ -69,47 +66,27 @@ def _widened_ov(x):
         return lambda x: x
 
 
-def _row_scores(keys, qv):
-    """keys (n, d) @ qv (d,), in qv's dtype (plain-Python version)."""
-    return keys.view(np.float16).astype(qv.dtype) @ qv if keys.dtype == np.uint16 else np.dot(keys, qv)
+def _floats(block, like):
+    """`block` in `like`'s dtype: a float block as it is (no copy), a float16 block passed as its
+    bits widened into a new array (plain-Python version; compiled code takes the overload)."""
+    return block.view(np.float16).astype(like.dtype) if block.dtype == np.uint16 else block
 
 
-@overload(_row_scores)
-def _row_scores_ov(keys, qv):
-    if keys.dtype != types.uint16:
-        return lambda keys, qv: np.dot(keys, qv)
+@overload(_floats)
+def _floats_ov(block, like):
+    if block.dtype != types.uint16:
+        return lambda block, like: block
 
-    def loop(keys, qv):      # no BLAS for halves: a dot product per position, summed in q's dtype
-        s = np.empty(keys.shape[0], qv.dtype)
-        for t in range(keys.shape[0]):
-            acc = typed(s, 0.0)
-            for i in range(keys.shape[1]):
-                acc += qv[i] * widened(keys[t, i])
-            s[t] = acc
-        return s
-    return loop
+    def widen(block, like):          # (a cache's rows are contiguous: one flat loop that vectorises)
+        bits = np.ascontiguousarray(block).reshape(-1)
+        out = np.empty(bits.size, like.dtype)
+        for t in range(bits.size):
+            out[t] = widened(bits[t])
+        return out.reshape(block.shape)
+    return widen
 
 
-def _row_mix(p, values):
-    """p (n,) @ values (n, d), in p's dtype (plain-Python version)."""
-    return p @ values.view(np.float16).astype(p.dtype) if values.dtype == np.uint16 else np.dot(p, values)
-
-
-@overload(_row_mix)
-def _row_mix_ov(p, values):
-    if values.dtype != types.uint16:
-        return lambda p, values: np.dot(p, values)
-
-    def loop(p, values):
-        o = np.zeros(values.shape[1], p.dtype)
-        for t in range(values.shape[0]):
-            for i in range(values.shape[1]):
-                o[i] += p[t] * widened(values[t, i])
-        return o
-    return loop
-
-
-@njit(cache=True, fastmath=_FASTMATH, error_model="numpy")
+@njit(cache=True, fastmath=_math.FASTMATH, error_model="numpy")  # (numpy's: no ZeroDivisionError branch)
 def positions(q, kt, vt, n, out):
     """out = the step of q over the first n positions of a position-minor cache kt, vt
     (B, n_kv_head, d, max_len) (module docstring)."""
@@ -139,7 +116,7 @@ def positions(q, kt, vt, n, out):
                     out[b, h, j, i] = acc * inv
 
 
-@njit(cache=True, fastmath=_FASTMATH, error_model="numpy")
+@njit(cache=True, fastmath=_math.FASTMATH, error_model="numpy")
 def rows(q, k, v, n, out):
     """out = the step of q over the first n positions of a cache of rows k, v
     (B, n_kv_head, max_len, d) (module docstring). Grouped queries take a matrix-vector product
@@ -151,16 +128,16 @@ def rows(q, k, v, n, out):
     wide = n >= _math.VECTOR_MAX_FROM
     for b in range(B):
         for h in range(nkv):
-            keys, values = k[b, h, :n], v[b, h, :n]
+            keys, values = _floats(k[b, h, :n], q), _floats(v[b, h, :n], q)   # float16: widened once
             for j in range(g):
-                s = _row_scores(keys, q[b, h, j])                        # (n,) unscaled scores
+                s = np.dot(keys, q[b, h, j])                             # (n,) unscaled scores
                 top = _math.max_vectorised(s) if wide else _math.max_scalar(s)
                 total = typed(s, 0.0)                                    # in s's dtype, as s
                 for t in range(n):                                       # scale > 0 keeps the max
                     e = fast_exp((s[t] - top) * scale)
                     s[t] = e
                     total += e
-                o = _row_mix(s, values)
+                o = np.dot(s, values)
                 inv = typed(s, 1.0) / total
                 for i in range(d):
                     out[b, h, j, i] = o[i] * inv
