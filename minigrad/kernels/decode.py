@@ -27,6 +27,12 @@ The cache may hold the queries' dtype, or float16 (half the bytes to read: a ste
 positions is mostly the read of its keys and values). Numba cannot type float16, so such a cache
 comes as its bits (a uint16 view) and every element read is widened exactly (`widened`: LLVM's
 half-to-float conversion, one instruction on a CPU with F16C); the arithmetic is in q's dtype.
+In the positions layout that is all it takes. In rows, BLAS cannot read halves, so the two
+products become loops: a float16 cache of rows decodes faster than float32 from DRAM and a
+little slower from the CPU's caches (GPT `small`, block_size 8,192, tokens/s float16 against
+float32: 982-1,112 against 872-1,031 at 4,096 positions, 1,701-1,832 against 1,837-1,937 at
+1,024). Widening each head's block into a float array once, for BLAS, was slower at every length
+(the extra pass writes twice the bytes it reads: 859-905 tokens/s at 4,096).
 """
 from __future__ import annotations
 
@@ -66,24 +72,44 @@ def _widened_ov(x):
         return lambda x: x
 
 
-def _floats(block, like):
-    """`block` in `like`'s dtype: a float block as it is (no copy), a float16 block passed as its
-    bits widened into a new array (plain-Python version; compiled code takes the overload)."""
-    return block.view(np.float16).astype(like.dtype) if block.dtype == np.uint16 else block
+def _row_scores(keys, qv):
+    """keys (n, d) @ qv (d,), in qv's dtype (plain-Python version)."""
+    return keys.view(np.float16).astype(qv.dtype) @ qv if keys.dtype == np.uint16 else np.dot(keys, qv)
 
 
-@overload(_floats)
-def _floats_ov(block, like):
-    if block.dtype != types.uint16:
-        return lambda block, like: block
+@overload(_row_scores)
+def _row_scores_ov(keys, qv):
+    if keys.dtype != types.uint16:
+        return lambda keys, qv: np.dot(keys, qv)
 
-    def widen(block, like):          # (a cache's rows are contiguous: one flat loop that vectorises)
-        bits = np.ascontiguousarray(block).reshape(-1)
-        out = np.empty(bits.size, like.dtype)
-        for t in range(bits.size):
-            out[t] = widened(bits[t])
-        return out.reshape(block.shape)
-    return widen
+    def loop(keys, qv):      # no BLAS for halves: a dot product per position, summed in q's dtype
+        s = np.empty(keys.shape[0], qv.dtype)
+        for t in range(keys.shape[0]):
+            acc = typed(s, 0.0)
+            for i in range(keys.shape[1]):
+                acc += qv[i] * widened(keys[t, i])
+            s[t] = acc
+        return s
+    return loop
+
+
+def _row_mix(p, values):
+    """p (n,) @ values (n, d), in p's dtype (plain-Python version)."""
+    return p @ values.view(np.float16).astype(p.dtype) if values.dtype == np.uint16 else np.dot(p, values)
+
+
+@overload(_row_mix)
+def _row_mix_ov(p, values):
+    if values.dtype != types.uint16:
+        return lambda p, values: np.dot(p, values)
+
+    def loop(p, values):
+        o = np.zeros(values.shape[1], p.dtype)
+        for t in range(values.shape[0]):
+            for i in range(values.shape[1]):
+                o[i] += p[t] * widened(values[t, i])
+        return o
+    return loop
 
 
 @njit(cache=True, fastmath=_math.FASTMATH, error_model="numpy")  # (numpy's: no ZeroDivisionError branch)
@@ -128,16 +154,16 @@ def rows(q, k, v, n, out):
     wide = n >= _math.VECTOR_MAX_FROM
     for b in range(B):
         for h in range(nkv):
-            keys, values = _floats(k[b, h, :n], q), _floats(v[b, h, :n], q)   # float16: widened once
+            keys, values = k[b, h, :n], v[b, h, :n]
             for j in range(g):
-                s = np.dot(keys, q[b, h, j])                             # (n,) unscaled scores
+                s = _row_scores(keys, q[b, h, j])                        # (n,) unscaled scores
                 top = _math.max_vectorised(s) if wide else _math.max_scalar(s)
                 total = typed(s, 0.0)                                    # in s's dtype, as s
                 for t in range(n):                                       # scale > 0 keeps the max
                     e = fast_exp((s[t] - top) * scale)
                     s[t] = e
                     total += e
-                o = np.dot(s, values)
+                o = _row_mix(s, values)
                 inv = typed(s, 1.0) / total
                 for i in range(d):
                     out[b, h, j, i] = o[i] * inv
