@@ -246,8 +246,8 @@ class DenseKVCache(KVCache):
     bytes, fits in a 4 KiB page (max_len <= 1,024 in float32), and ``"rows"`` beyond;
     ``for_model`` gives MoBA and NSA models ``"rows"``, and QuestCache stores rows by default.
 
-    ``dtype`` is the model's (``for_model``) or float16: half the bytes to keep and, at long
-    contexts, half the time of a decoding step's read of the cache; each key and value is rounded
+    ``dtype`` is the model's (``for_model``) or float16: half the bytes to keep and to read, so a
+    decoding step at long contexts takes less time (docs/inference.md); each key and value is rounded
     to float16 as it is stored (a relative error of at most 2^-11; a key or value beyond ±65,504, which
     would become inf, raises OverflowError), and the attention computes in the queries' dtype.
 
