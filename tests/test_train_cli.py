@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import types
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -50,7 +51,7 @@ def test_outputs_of_a_run(full_run, capsys):
     names = set(os.listdir(full_run))
     assert {"ckpt.npz", "manifest.json", "loss.png", "samples.txt", "cache"} <= names
     assert not [n for n in names if ".tmp" in n]
-    man = json.load(open(os.path.join(full_run, "manifest.json")))
+    man = json.loads(Path(os.path.join(full_run, "manifest.json")).read_text())
     assert man["step"] == 12 and man["config"]["n_layer"] == 2 and man["last_val_loss"] > 0
     ck = _load(full_run)
     meta = json.loads(str(ck["meta"]))
@@ -58,7 +59,7 @@ def test_outputs_of_a_run(full_run, capsys):
     assert ck["history/val_step"].tolist() == [0, 4, 8, 12]
     assert len(ck["history/train_loss"]) == 12
     assert any(k.startswith("optim/") for k in ck)
-    assert "=== step 12" in open(os.path.join(full_run, "samples.txt"), encoding="utf-8").read()
+    assert "=== step 12" in Path(full_run, "samples.txt").read_text(encoding="utf-8")
     with open(os.path.join(full_run, "loss.png"), "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     # training made progress on the fixed validation batches
@@ -146,7 +147,7 @@ def test_quick_is_a_short_run_of_the_tiny_preset_into_its_own_out(tmp_path, monk
     assert train_gpt.main(["--quick", "--data", corpus, "--batch-size", "4", "--eval-batches", "1",
                            "--no-progress"]) == 0
     assert "model: tiny 2 layers" in capsys.readouterr().out
-    man = json.load(open(tmp_path / "out" / "quick" / "manifest.json"))
+    man = json.loads(Path(tmp_path / "out" / "quick" / "manifest.json").read_text())
     assert man["step"] == train_gpt.QUICK["steps"] == 60 and not (tmp_path / "out" / "ckpt.npz").exists()
     ck = _load(tmp_path / "out" / "quick")
     assert ck["history/val_step"].tolist() == [0, 20, 40, 60]              # --eval-every 20
@@ -179,7 +180,7 @@ def test_a_fresh_run_stopped_early_leaves_no_sample_of_the_run_it_replaced(tmp_p
     args = [a for a in _args(corpus, out, "--force") if a not in ("--steps", "12", "--max-minutes", "0")]
     assert train_gpt.main(args, on_step=lambda s: s == 2 and signal.raise_signal(signal.SIGINT)) == 130
     assert capsys.readouterr().err.startswith("train_gpt.py: interrupted at step 2: checkpoint saved to ")
-    assert not (out / "samples.txt").exists() and json.load(open(out / "manifest.json"))["step"] == 2
+    assert not (out / "samples.txt").exists() and json.loads(Path(out / "manifest.json").read_text())["step"] == 2
 
 
 def test_a_forced_run_takes_the_earlier_runs_samples_away_with_its_checkpoint_not_before(
@@ -200,7 +201,7 @@ def test_a_forced_run_takes_the_earlier_runs_samples_away_with_its_checkpoint_no
 
     with pytest.raises(RuntimeError, match="power cut"):                    # after the save at step 4
         train_gpt.main(_args(corpus, out, "--force"), on_step=crash_at_5)
-    assert json.load(open(out / "manifest.json"))["step"] == 4
+    assert json.loads(Path(out / "manifest.json").read_text())["step"] == 4
     assert not (out / "samples.txt").exists() and not (out / "loss.png").exists()   # another run's
 
 
@@ -227,7 +228,7 @@ def test_checkpoint_from_another_run(tmp_path, capsys, corpus, full_run):
                         (("--lr", "0.1"), "--lr 0.1 contradicts")):
         assert "fresh --out" in assert_refused(train_gpt, _args(corpus, out, "--resume", *flags), said, capsys, out)
     other_text = tmp_path / "other.txt"                     # same flags, but the text changed
-    other_text.write_text(open(corpus, encoding="utf-8").read()[:-500], encoding="utf-8")
+    other_text.write_text(Path(corpus).read_text(encoding="utf-8")[:-500], encoding="utf-8")
     assert_refused(train_gpt, _args(str(other_text), out, "--resume"), "the data differ", capsys, out)
     (out / "ckpt.npz").write_bytes(b"not a checkpoint")
     assert_refused(train_gpt, _args(corpus, out, "--resume"), "does not match its manifest.json", capsys, out)
@@ -239,7 +240,7 @@ def test_a_fresh_run_never_replaces_a_checkpoint(tmp_path, capsys, corpus, full_
     line = assert_refused(train_gpt, _args(corpus, out), "already holds a checkpoint", capsys, out)
     assert "--resume" in line and "--force" in line
     assert train_gpt.main(_args(corpus, out, "--force", "--steps", "3")) == 0
-    assert json.load(open(out / "manifest.json"))["step"] == 3
+    assert json.loads(Path(out / "manifest.json").read_text())["step"] == 3
     assert re.findall(r"=== step \d+", (out / "samples.txt").read_text(encoding="utf-8")) == ["=== step 3"]
 
 
@@ -247,7 +248,7 @@ def test_resume_with_new_steps_extends_the_run(tmp_path, capsys, corpus, full_ru
     out = tmp_path / "longer"
     shutil.copytree(full_run, out)
     assert train_gpt.main(["--resume", "--out", str(out), "--steps", "16", "--no-progress"]) == 0
-    assert json.load(open(out / "manifest.json"))["step"] == 16
+    assert json.loads(Path(out / "manifest.json").read_text())["step"] == 16
     assert "resuming at step 12 of 16" in capsys.readouterr().out
     headers = re.findall(r"=== step \d+", (out / "samples.txt").read_text(encoding="utf-8"))
     assert headers == ["=== step 12", "=== step 16"]                     # appended to the run's own
@@ -262,7 +263,7 @@ def test_periodic_checkpoints_survive_a_crash(tmp_path, corpus):
 
     with pytest.raises(RuntimeError, match="power cut"):
         train_gpt.main(_args(corpus, out, "--save-every", "4"), on_step=crash_at_9)
-    assert json.load(open(out / "manifest.json"))["step"] == 8           # lost one step, not nine
+    assert json.loads(Path(out / "manifest.json").read_text())["step"] == 8           # lost one step, not nine
 
 
 def _wait_for(proc, prefix):
@@ -300,7 +301,7 @@ def test_sigterm_and_ctrl_c_then_resume_with_only_out_equals_the_uninterrupted_r
     argv = _args(corpus, out, "--steps", "60")
     code, stdout, stderr = _signalled_run(argv, "step 4:", signal.SIGTERM)
     assert code == 130 and "Traceback" not in stderr and "checkpoint saved" in stderr, stderr
-    first = json.load(open(os.path.join(out, "manifest.json")))["step"]
+    first = json.loads(Path(os.path.join(out, "manifest.json")).read_text())["step"]
     assert 4 <= first < 60
     code, stdout, stderr = _signalled_run(["--resume", "--out", out, "--no-progress"], f"step {first + 4 - first % 4}:",
                                           signal.SIGINT)
@@ -357,7 +358,7 @@ def test_warmup_longer_than_the_run_warns(tmp_path, capsys, corpus):
 
 def test_init_from_starts_a_new_run_from_the_weights(tmp_path, capsys, corpus, full_run):
     part = tmp_path / "part.txt"                       # other text, the same characters
-    part.write_text(open(corpus, encoding="utf-8").read()[5000:], encoding="utf-8")
+    part.write_text(Path(corpus).read_text(encoding="utf-8")[5000:], encoding="utf-8")
     out = tmp_path / "ft"
     assert train_gpt.main(_args(str(part), out, "--init-from", str(full_run), "--steps", "2",
                                 "--lr", "1e-9", "--optimizer", "sgd")) == 0
@@ -514,7 +515,7 @@ def test_opt_arg_reaches_the_optimizer_and_a_bad_one_is_one_line(tmp_path, capsy
         assert_refused(train_gpt, _args(corpus, o, "--optimizer", "sgd", *flags), said, capsys, o)
     # the optimizer's name is taken in any case, also where --resume compares it with the saved one
     assert train_gpt.main(["--resume", "--out", str(out), "--optimizer", "SGD", "--steps", "3", "--no-progress"]) == 0
-    assert json.load(open(out / "manifest.json"))["step"] == 3
+    assert json.loads(Path(out / "manifest.json").read_text())["step"] == 3
 
 
 def test_layerwise_optimizers_get_the_models_blocks(tmp_path, capsys, corpus):
@@ -541,10 +542,10 @@ def test_resume_keeps_the_runs_time_budget_and_can_extend_a_run_the_budget_cut_s
     said = capsys.readouterr().out
     assert "ended the run at step 1 of 12" in said and f"--resume --out {out} --max-minutes M" in said
     assert train_gpt.main(["--resume", "--out", str(out), "--no-progress"]) == 0   # keeps its budget ...
-    assert json.load(open(out / "manifest.json"))["step"] == 2                     # ... so one more step
+    assert json.loads(Path(out / "manifest.json").read_text())["step"] == 2                     # ... so one more step
     capsys.readouterr()
     assert train_gpt.main(["--resume", "--out", str(out), "--no-progress", "--max-minutes", "0"]) == 0
-    assert json.load(open(out / "manifest.json"))["step"] == 12                    # the full target
+    assert json.loads(Path(out / "manifest.json").read_text())["step"] == 12                    # the full target
     assert json.loads(str(_load(out)["meta"]))["args"]["max_minutes"] == 0
     o = str(out)
     assert_refused(train_gpt, ["--resume", "--out", o, "--steps", "4"], "--steps 4 is below the step", capsys, o)
@@ -572,7 +573,7 @@ def test_without_steps_the_time_budget_sets_the_runs_length(tmp_path, capsys, co
                    f"--max-minutes 0: the run in {out} had no --steps, its time budget set its length; give "
                    f"--steps N (N > 1) to train on without a budget", capsys, str(out))
     assert train_gpt.main(["--resume", "--out", str(out), "--no-progress", "--steps", "5", "--max-minutes", "0"]) == 0
-    assert json.load(open(out / "manifest.json"))["step"] == 5                  # --steps still sets the target
+    assert json.loads(Path(out / "manifest.json").read_text())["step"] == 5                  # --steps still sets the target
 
 
 def test_a_resumed_fine_tune_needs_not_its_source_and_init_from_takes_the_sources_preset(tmp_path, capsys,
@@ -586,7 +587,7 @@ def test_a_resumed_fine_tune_needs_not_its_source_and_init_from_takes_the_source
     assert "model: tiny 2 layers" in capsys.readouterr().out   # the source's preset, not the default 'small'
     shutil.rmtree(source)
     assert train_gpt.main(["--resume", "--out", str(out), "--no-progress"]) == 0
-    assert json.load(open(out / "manifest.json"))["step"] == 6
+    assert json.loads(Path(out / "manifest.json").read_text())["step"] == 6
 
 
 def test_sample_quick_prints_100_tokens_of_the_model_train_gpt_quick_saves(tmp_path, monkeypatch, capsys, full_run):

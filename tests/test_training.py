@@ -3,6 +3,7 @@ refuse to be half-read."""
 import json
 import os
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -366,7 +367,7 @@ def test_checkpoint_round_trip_rebuilds_the_model(saved):
     for n, p in model.named_parameters():
         assert np.array_equal(dict(rebuilt.named_parameters())[n].data, p.data)
     assert ck.tokenizer().vocab_size == 11
-    man = json.load(open(os.path.join(path, "manifest.json")))
+    man = json.loads(Path(os.path.join(path, "manifest.json")).read_text())
     assert man["format_version"] == 2 and len(man["sha256"]) == 64 and man["step"] == 3
     assert not [f for f in os.listdir(path) if ".tmp" in f]
 
@@ -376,27 +377,27 @@ def test_checkpoint_round_trip_rebuilds_the_model(saved):
 def test_a_damaged_checkpoint_is_one_clear_error(saved, damage):
     path, _ = saved
     npz, man = os.path.join(path, "ckpt.npz"), os.path.join(path, "manifest.json")
-    data = open(npz, "rb").read()
+    data = Path(npz).read_bytes()
     if damage == "truncated":
-        open(npz, "wb").write(data[: len(data) // 2])
+        Path(npz).write_bytes(data[: len(data) // 2])
     elif damage == "zero bytes":
-        open(npz, "wb").write(b"")
+        Path(npz).write_bytes(b"")
     elif damage == "bit flip":
         b = bytearray(data)
         b[len(b) // 3] ^= 0x10
-        open(npz, "wb").write(bytes(b))
+        Path(npz).write_bytes(bytes(b))
     elif damage == "foreign":
         np.savez(npz, x=np.zeros(3))
     elif damage == "no manifest":
         os.remove(man)
     elif damage == "edited manifest":
-        m = json.load(open(man))
+        m = json.loads(Path(man).read_text())
         m["sha256"] = "0" * 64
-        json.dump(m, open(man, "w"))
+        Path(man).write_text(json.dumps(m))
     elif damage == "other version":
-        m = json.load(open(man))
+        m = json.loads(Path(man).read_text())
         m["format_version"] = 1
-        json.dump(m, open(man, "w"))
+        Path(man).write_text(json.dumps(m))
     with pytest.raises(CheckpointError) as e:
         load_checkpoint(path)
     msg = str(e.value)
@@ -426,7 +427,7 @@ def test_a_matching_checkpoint_is_one_of_this_config_and_these_meta_entries(save
     assert load_matching_checkpoint(path, config, tokenizer={"type": "char", "chars": "abc"}) is None
     assert load_matching_checkpoint(path, config, data_key="absent") is None
     assert load_matching_checkpoint(tmp_path / "nothing", config) is None
-    open(os.path.join(path, "ckpt.npz"), "wb").write(b"")          # damaged: trained again, not an error
+    Path(path, "ckpt.npz").write_bytes(b"")              # damaged: trained again, not an error
     assert load_matching_checkpoint(path, config) is None
 
 
@@ -662,7 +663,7 @@ def test_a_stale_pending_manifest_is_not_promoted_by_the_next_save(tmp_path, mon
     for step in (5, 7):
         tr.step = step
         _save_with_a_power_cut_before_the_arrays(tr, tmp_path, monkeypatch)
-    assert json.load(open(tmp_path / "manifest.json"))["step"] == 2
+    assert json.loads(Path(tmp_path / "manifest.json").read_text())["step"] == 2
     assert load_checkpoint(tmp_path).step == 2                  # the last save that got its arrays in
 
 
