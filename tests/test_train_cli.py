@@ -573,7 +573,7 @@ def test_without_steps_the_time_budget_sets_the_runs_length(tmp_path, capsys, co
                    f"--max-minutes 0: the run in {out} had no --steps, its time budget set its length; give "
                    f"--steps N (N > 1) to train on without a budget", capsys, str(out))
     assert train_gpt.main(["--resume", "--out", str(out), "--no-progress", "--steps", "5", "--max-minutes", "0"]) == 0
-    assert json.loads(Path(out / "manifest.json").read_text())["step"] == 5                  # --steps still sets the target
+    assert json.loads(Path(out / "manifest.json").read_text())["step"] == 5    # --steps still sets the target
 
 
 def test_a_resumed_fine_tune_needs_not_its_source_and_init_from_takes_the_sources_preset(tmp_path, capsys,
