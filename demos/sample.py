@@ -21,7 +21,7 @@ import sys
 import numpy as np
 
 from models import cli
-from models.kv_cache import DenseKVCache
+from models.kv_cache import DenseKVCache, HalfOverflow
 from models.textgen import sample_text
 from models.tokenizer import TokenizerError
 from models.training import CKPT, CheckpointError, load_checkpoint
@@ -83,8 +83,9 @@ def run(args) -> None:
     except TokenizerError as e:           # the library's advice names a class; a CLI user has a flag
         advice = str(e).replace("use BPETokenizer", "train with `train_gpt.py --tokenizer bpe`")
         raise cli.UsageError(f"--prompt: {advice}") from None
-    except OverflowError as e:            # a float16 cache met a key or value beyond its range
-        raise cli.UsageError(f"--kv-dtype float16: {str(e).split(', so ')[0]}; use --kv-dtype model") from None
+    except HalfOverflow as e:             # the library's advice names a constructor; a CLI user has a flag
+        raise cli.UsageError(f"--kv-dtype float16: layer {e.layer}'s keys or values reach |x| = {e.magnitude:.4g}, "
+                             "beyond float16's largest finite 65,504; use --kv-dtype model") from None
     print(prompt + text)
 
 

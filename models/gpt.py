@@ -329,7 +329,7 @@ class GPT(nn.Module):
                              "models.kv_cache.cache_for(model, batch_size)")
         dims = (cache.n_layer, cache.n_kv_head, cache.head_dim)
         if dims != (cfg.n_layer, cfg.kv_heads, cfg.n_embd // cfg.n_head) or cache.dtype not in (
-                self.dtype, *((np.float16,) if getattr(cache, "float16_storage", False) else ())):
+                self.dtype, *((np.float16,) if cache.float16_storage else ())):
             raise ValueError(f"GPT: the cache is for (n_layer, n_kv_head, head_dim, dtype) = {(*dims, cache.dtype)}, "
                              f"this model has {(cfg.n_layer, cfg.kv_heads, cfg.n_embd // cfg.n_head, self.dtype)}; "
                              "build it with the cache class's for_model(model) (a DenseKVCache may also "

@@ -49,7 +49,7 @@ from models.attention import linear_attention_recurrent
 from models.paged_attention import dense_decode, paged_decode
 
 __all__ = ["KVCache", "DenseKVCache", "StreamingLLMCache", "QuestCache", "PagedKVCache",
-           "PagedBatch", "LinearAttentionCache", "cache_for", "page_upper_bound"]
+           "PagedBatch", "LinearAttentionCache", "HalfOverflow", "cache_for", "page_upper_bound"]
 
 #: the largest block of attention scores one call computes at once (elements): long prompts are
 #: run in chunks of queries, so a prefill of T tokens needs O(T) memory, not O(T²)
@@ -110,13 +110,17 @@ def _positive_int(name, value, cls, minimum=1):
     return int(value)
 
 
-def _refuse_half_overflow(cls, layer, k, v):
-    """Raise for keys or values a float16 cache stored as inf: every later step's attention would
-    be NaN, with nothing to say why."""
-    top = max(float(np.abs(k).max(initial=0)), float(np.abs(v).max(initial=0)))
-    raise OverflowError(f"{cls}: layer {layer}'s keys or values reach |x| = {top:.4g}, beyond float16's "
-                        f"largest finite 65,504, so this forward's positions were not kept; use a cache "
-                        f"of the model's dtype (for_model without dtype)") from None
+class HalfOverflow(OverflowError):
+    """Keys or values a float16 cache would store as inf (every later step's attention NaN, with
+    nothing to say why): ``layer`` and ``magnitude`` (the largest |x| given) for a caller's own
+    message."""
+
+    def __init__(self, cls, layer, k, v):
+        self.layer = layer
+        self.magnitude = max(float(np.abs(k).max(initial=0)), float(np.abs(v).max(initial=0)))
+        super().__init__(f"{cls}: layer {layer}'s keys or values reach |x| = {self.magnitude:.4g}, beyond "
+                         f"float16's largest finite 65,504, so this forward's positions were not kept; use "
+                         f"a cache of the model's dtype (for_model without dtype)")
 
 
 def model_dims(model) -> dict:
@@ -157,6 +161,8 @@ class KVCache:
 
     #: the GPTConfig.attention variants this cache serves
     attentions = ("mha",)
+    #: whether a model may keep this cache in float16 whatever its own dtype (a kernel reads it)
+    float16_storage = False
 
     def __init__(self, n_layer, n_kv_head, head_dim, dtype):
         cls = type(self).__name__
@@ -255,8 +261,7 @@ class DenseKVCache(KVCache):
     """
 
     attentions = ("mha", "moba", "nsa")
-    #: whether a model may keep this cache in float16 whatever its own dtype (see ``dtype`` above)
-    float16_storage = True
+    float16_storage = True      # (see ``dtype`` above)
     #: the storage layout when none is given; None: chosen by the row length (see above)
     default_layout = None
     #: the longest position-minor row the default takes, in bytes: one page
@@ -342,7 +347,7 @@ class DenseKVCache(KVCache):
                 self.v[layer, :, :, self._start:self.n] = v
         except FloatingPointError:
             self.n = self._start            # this forward's positions are not kept
-            _refuse_half_overflow(type(self).__name__, layer, k, v)
+            raise HalfOverflow(type(self).__name__, layer, k, v) from None
 
     def append(self, layer, k, v):
         """Store this forward's keys and values; return views (B, n_kv_head, n, head_dim) of every

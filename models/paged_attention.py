@@ -41,11 +41,6 @@ from minigrad.backend import get_backend, numba_available
 __all__ = ["paged_decode", "paged_decode_numpy", "dense_decode", "dense_decode_numpy"]
 
 _kernel = None
-_decode_module = None
-
-# fast-math without nnan/ninf (a running max starts at -inf), and numpy's error model (no
-# ZeroDivisionError branch), so the loops vectorise
-_FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
 
 
 def _compiles(*arrays) -> bool:
@@ -87,8 +82,10 @@ def _compiled():
     global _kernel
     if _kernel is None:
         from minigrad._numba_cache import njit
+        from minigrad.kernels import _math
 
-        @njit(cache=True, fastmath=_FASTMATH, error_model="numpy")
+        # numpy's error model: no ZeroDivisionError branch, so the loops vectorise
+        @njit(cache=True, fastmath=_math.FASTMATH, error_model="numpy")
         def kernel(q, k_pool, v_pool, tables, lengths, scale, out):
             B, nkv, g, d = q.shape
             bs = k_pool.shape[2]
@@ -128,16 +125,6 @@ def _compiled():
     return _kernel
 
 
-def _decode():
-    """`minigrad.kernels.decode`, imported on first use (it imports Numba)."""
-    global _decode_module
-    if _decode_module is None:
-        from minigrad.kernels import decode
-
-        _decode_module = decode
-    return _decode_module
-
-
 def dense_decode(q, k, v, n):
     """o (B, n_kv_head, g, d): the queries q (B, n_kv_head, g, d) of one decoding step over the
     first ``n`` positions of one layer's dense cache k, v (B, n_kv_head, max_len, d), stored in
@@ -153,7 +140,9 @@ def dense_decode(q, k, v, n):
             return dense_decode_numpy(q, k, v, n)
         if k.dtype == np.float16:                                    # its bits: Numba cannot type halves
             k, v = k.view(np.uint16), v.view(np.uint16)
-        return _decode().attend(np.ascontiguousarray(q), k, v, n, layout)
+        from minigrad.kernels import decode          # (here: it imports Numba)
+
+        return decode.attend(np.ascontiguousarray(q), k, v, n, layout)
     return dense_decode_numpy(q, k, v, n)
 
 

@@ -13,8 +13,8 @@ import minigrad
 import minigrad.functional as F
 from models.gpt import GPT, GPTConfig
 from minigrad.backend import numba_available
-from models.kv_cache import (DenseKVCache, LinearAttentionCache, PagedKVCache, QuestCache, StreamingLLMCache,
-                             cache_for, page_upper_bound)
+from models.kv_cache import (DenseKVCache, HalfOverflow, LinearAttentionCache, PagedKVCache, QuestCache,
+                             StreamingLLMCache, cache_for, page_upper_bound)
 import models.paged_attention as pa
 from models.paged_attention import dense_decode, dense_decode_numpy, paged_decode, paged_decode_numpy
 
@@ -27,6 +27,32 @@ def _model(seed=0, block_size=24, n_kv_head=None, **kw):
         p.data[...] += prng.normal(0, 0.3, p.shape)
     m.eval()
     return m
+
+
+@pytest.mark.skipif(not numba_available(), reason="numba is not installed")
+def test_widened_turns_every_float16_bit_pattern_into_numpys_float32():
+    """The decoding kernels read a float16 cache as its bits: `widened` (an LLVM half-to-float
+    conversion when compiled, a NumPy view without Numba) must give NumPy's float16 -> float32
+    for all 65,536 patterns, subnormals, infinities and NaNs included."""
+    from numba import njit
+
+    from minigrad.kernels.decode import widened
+
+    bits = np.arange(2**16, dtype=np.uint32).astype(np.uint16)
+    want = bits.view(np.float16).astype(np.float32)
+
+    @njit
+    def widen_all(b):
+        out = np.empty(b.size, np.float32)
+        for i in range(b.size):
+            out[i] = widened(b[i])
+        return out
+
+    for got in (widen_all(bits), np.array([widened(b) for b in bits[::97]], np.float32)):
+        ref = want if got.size == want.size else want[::97]
+        np.testing.assert_array_equal(np.isnan(got), np.isnan(ref))
+        np.testing.assert_array_equal(got[~np.isnan(got)], ref[~np.isnan(ref)])
+    assert widened(np.float32(1.5)) == 1.5 and widened(2.0) == 2.0      # floats pass as they are
 
 
 def _refuse_the_twin(*args):
@@ -134,11 +160,12 @@ def test_a_float16_cache_refuses_keys_it_would_store_as_inf():
     big[0, 0, 1, 2] = -1e5
     cache.begin(1, 3)
     cache.attend(0, k, k, k)
-    with pytest.raises(OverflowError, match=r"layer 1's keys or values reach \|x\| = 1e\+05, beyond float16's "
+    with pytest.raises(HalfOverflow, match=r"layer 1's keys or values reach \|x\| = 1e\+05, beyond float16's "
                                             r"largest finite 65,504, so this forward's positions were not kept; "
                                             r"use a cache of the model's dtype") as err:
         cache.attend(1, k, k, big)
-    assert err.value.__context__ is None or err.value.__suppress_context__
+    assert err.value.__suppress_context__ and isinstance(err.value, OverflowError)
+    assert (err.value.layer, err.value.magnitude) == (1, 1e5)
     assert cache.n == 3
     cache.begin(1, 1)
     out = cache.attend(1, k[:, :, :1], k[:, :, :1], k[:, :, :1])

@@ -437,12 +437,11 @@ def test_sample_kv_dtype_float16_decodes_through_a_float16_dense_cache(full_run,
     capsys.readouterr()
 
     def overflow(*args, **kw):
-        raise OverflowError("DenseKVCache: layer 2's keys or values reach |x| = 7e+04, beyond float16's largest "
-                            "finite 65,504, so this forward's positions were not kept; use a cache of ...")
+        raise sample.HalfOverflow("DenseKVCache", 2, np.ones(3), np.array([1.0, -7e4]))
     monkeypatch.setattr(sample, "sample_text", overflow)
     assert sample.main(["--out", str(full_run), "--tokens", "5", "--kv-dtype", "float16"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["sample.py: error: --kv-dtype float16: DenseKVCache: layer 2's keys or values reach "
+    assert err == ["sample.py: error: --kv-dtype float16: layer 2's keys or values reach "
                    "|x| = 7e+04, beyond float16's largest finite 65,504; use --kv-dtype model"]
     monkeypatch.setattr(sample.DenseKVCache, "attentions", ("linear",))
     assert sample.main(["--out", str(full_run), "--tokens", "5", "--kv-dtype", "float16"]) == 2

@@ -46,7 +46,6 @@ from . import _math
 from ._math import fast_exp, typed
 
 
-
 def widened(x):
     """x as a float: an element of a float16 cache passed as its bits (uint16) is converted
     exactly to float32; floats are returned as they are. (The plain-Python version, used with
