@@ -27,14 +27,19 @@ def _stat_dtype(p):
 
 
 def _inverse_root(a, root, eps):
-    """(a + eps*I)^(-1/root) of a symmetric PSD matrix by eigendecomposition. Eigenvalues at the
-    rounding level of the largest one (or below) count as zero: their directions get weight 0, a
-    pseudo-inverse, so a rank-deficient factor does not blow up directions the gradient never had."""
+    """(a + eps*I)^(-1/root) of a symmetric PSD matrix by eigendecomposition. An eigenvalue below
+    the rounding level of the largest one (lambda_max * n * the dtype's eps) is not known better
+    than that level (it may even come out negative), so it is raised to it. Its direction gets a
+    bounded weight, cut^(-1/root), not lambda^(-1/root) of a rounding error (or of eps = 1e-12:
+    a weight of 1,000 on noise), and not 0, which froze every direction of a float32 gradient
+    whose singular value was below ~sqrt(n * 1.2e-7) of the largest (5 of 16 directions of a
+    gradient with singular values from 1 to 1e-4). A direction the statistics have not seen yet
+    (roots refreshed every k > 1 steps) gets that weight too."""
     w, v = np.linalg.eigh(a + eps * np.eye(len(a), dtype=a.dtype))
     cut = max(w.max(), 0.0) * len(a) * np.finfo(a.dtype).eps
-    scale = np.zeros_like(w)
-    np.power(w, -1.0 / root, out=scale, where=w > cut)
-    return (v * scale) @ v.T
+    if cut == 0.0:                      # a zero statistic (no gradient yet, eps = 0): no step
+        return np.zeros_like(a)
+    return (v * np.maximum(w, cut) ** (-1.0 / root)) @ v.T
 
 
 @register("shampoo")
@@ -54,7 +59,9 @@ class Shampoo(Optimizer):
 
     The paper starts from L_0 = eps*I; adding eps*I at the root is the same when beta2 = 1.
     With eps -> 0 the first step is lr*U V^T for G = U S V^T (the polar factor, as Muon's update):
-    (G G^T)^(-1/4) G (G^T G)^(-1/4) = U V^T. A tensor with ndim > 2 is preconditioned as the matrix
+    (G G^T)^(-1/4) G (G^T G)^(-1/4) = U V^T, for the singular values above the statistics'
+    rounding level (``_inverse_root``; in float32 the others step by sigma / sqrt(n * 1.2e-7),
+    relative to the largest). A tensor with ndim > 2 is preconditioned as the matrix
     (shape[0], -1). A side longer than ``max_preconditioner_dim`` gets no factor, and the other
     side's root becomes -1/2 (the exponent is -1/(2k) for k factors, as for an order-k tensor in
     the paper). A 1-D parameter (or a matrix with both sides too long) uses the diagonal of its

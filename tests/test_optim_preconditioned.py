@@ -31,6 +31,24 @@ def test_shampoo_first_step_is_the_polar_factor(m, n, seed):
     np.testing.assert_allclose(p["w"], -0.5 * polar(g), atol=1e-8)
 
 
+def test_shampoo_in_float32_steps_along_directions_below_the_rounding_level():
+    """Eigenvalues of the float32 statistics below lambda_max * n * eps32 are raised to that level,
+    not dropped: the first step's singular values are 1 above it (the polar factor) and
+    sigma / sqrt(cut) below it, never 0."""
+    n = 8
+    sigma = np.array([1.0, 0.5, 0.2, 0.1, 0.03, 3e-4, 1e-4, 3e-5])
+    rng = np.random.default_rng(0)
+    u, _ = np.linalg.qr(rng.standard_normal((n, n)))
+    v, _ = np.linalg.qr(rng.standard_normal((n, n)))
+    g = ((u * sigma) @ v.T).astype(np.float32)
+    p = {"w": np.zeros((n, n), np.float32)}
+    optim.Shampoo(p, lr=1.0).step({"w": g})
+    cut = n * np.finfo(np.float32).eps               # lambda_max = sigma_max^2 = 1
+    expected = np.minimum(1.0, sigma / np.sqrt(cut))
+    np.testing.assert_allclose(np.linalg.svd(-p["w"].astype(np.float64), compute_uv=False), expected,
+                               rtol=2e-3)
+
+
 def test_shampoo_constant_gradient_steps_shrink_as_one_over_sqrt_t():
     g = np.random.default_rng(1).standard_normal((4, 3))
     p = {"w": np.zeros((4, 3))}
