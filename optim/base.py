@@ -453,6 +453,13 @@ class Optimizer:
         the decay to the full weights itself, and must apply it the same way."""
         return False
 
+    def reads_parameters(self, group) -> bool:
+        """Whether ``group``'s step reads the parameters' values beyond weight decay (a step size
+        relative to the parameter, an average or history of iterates, a proximal map). A method
+        that steps this optimizer on stand-in arrays (GaLore's low-rank arrays, which start at 0
+        every step) refuses those: their step would be computed from the stand-in."""
+        return False
+
     def _begin_step(self, grads):
         """Hook: sees all (validated) gradients before any update. Return False when it has
         done the whole step itself (no per-parameter update runs then)."""

@@ -123,6 +123,9 @@ class Adafactor(Optimizer):
     def decays_decoupled(self, group) -> bool:
         return True
 
+    def reads_parameters(self, group) -> bool:
+        return True                                    # alpha_t scales with RMS(theta)
+
     def _update(self, name, p, g, state, group):
         lr, wd = group["lr"], group["weight_decay"]
         eps1, eps2 = group["eps"]

@@ -354,6 +354,9 @@ class Anderson(Optimizer):
         if not group["regularization"] >= 0:
             raise ValueError(f"Anderson regularization must be >= 0, got {group['regularization']!r}")
 
+    def reads_parameters(self, group) -> bool:
+        return True                                    # it mixes its history of iterates
+
     def _begin_step(self, grads):
         groups = self.global_state["groups"]
         groups += [self._fresh() for _ in range(len(self.param_groups) - len(groups))]

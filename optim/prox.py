@@ -219,6 +219,9 @@ class _ProxGradBase(Optimizer):
     def __init__(self, params, lr=1e-2, prox=None, weight_decay=0.0, *, nonfinite="raise"):
         super().__init__(params, lr=lr, prox=prox, weight_decay=weight_decay, nonfinite=nonfinite)
 
+    def reads_parameters(self, group) -> bool:
+        return group["prox"] is not None               # prox_{lr h}(x - lr g) depends on x
+
     def _forward_backward(self, group, p, g):
         """prox_{lr h}(p - lr*(g + wd*p)), in p's dtype (some prox maps promote)."""
         if group["weight_decay"]:

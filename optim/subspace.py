@@ -268,13 +268,14 @@ class _Projected(_Subspace):
     """An inner optimizer run on the projected gradients of the hidden matrices and on the full
     gradients of everything else (GaLore, GoLore, RSO).
 
-    The inner optimizer (any registered first-order optimizer that steps its parameter itself)
-    is built once on the units: the other parameters as they are, and for each hidden matrix an
+    The inner optimizer (a registered first-order optimizer that steps its parameter itself from
+    one gradient per step, and whose step does not read the parameter's value: not Adafactor,
+    ASGD, Anderson, ISTA with a prox, L-BFGS) is built once on the units: the other parameters as they are, and for each hidden matrix an
     array of the projected shape. For a hidden matrix the step is: the projected gradient R goes
     to the inner optimizer, which moves the low-rank array by -lr * N(R) (N: its normalised
     direction, e.g. Adam's m_hat / (sqrt(v_hat) + eps)); that move is projected back and added
-    to W. So the inner optimizer's state is r*max(m, n) per array, and any optimizer (SGD,
-    momentum, Adam, AdamW, RMSProp, AdaGrad, ...) works inside. Weight decay acts on the full W
+    to W. So the inner optimizer's state is r*max(m, n) per array, and SGD, momentum, Adam,
+    AdamW, RMSProp, AdaGrad, Lion, Muon, ... work inside. Weight decay acts on the full W
     the way the inner optimizer applies it (its ``decays_decoupled(group)``): decoupled
     optimizers (AdamW, Lion, Adafactor, SOAP, NAdam/RAdam with decoupled_weight_decay, ...) decay
     W after the update, W <- W - lr*wd*W (as GaLore's code does), the others add wd*W to G before
@@ -309,6 +310,10 @@ class _Projected(_Subspace):
             raise ValueError(f"{where}: inner={inner!r} keeps its iterate apart from the parameter "
                              f"(extrapolation); the low-rank arrays are reset every step, which it "
                              f"cannot follow. Use 'sgd' with nesterov=True instead")
+        if probe.uses_closure:
+            raise ValueError(f"{where}: inner={inner!r} evaluates the gradient several times per step "
+                             f"(step(closure)); {where} gives its inner optimizer one projected "
+                             f"gradient per step. Use e.g. 'adamw' or 'sgd'")
         self._probe = probe
         self._inner_name, self._inner_kwargs = inner.lower(), inner_kwargs
         self._unsaved_hparams = probe._unsaved_hparams
@@ -321,6 +326,12 @@ class _Projected(_Subspace):
 
     def _check_group(self, group):
         self._probe._check_group(group)
+        if self._probe.reads_parameters(group):
+            raise ValueError(f"{type(self).__name__}: inner={self._inner_name!r} computes its step from "
+                             f"its parameters' values (with these options), but here it moves a "
+                             f"low-rank array that starts at 0 every step, so that step would be "
+                             f"wrong. Use an inner optimizer whose step depends on the gradients "
+                             f"only, e.g. 'adamw' or 'sgd'")
 
     def decays_decoupled(self, group) -> bool:
         return self._probe.decays_decoupled(group)

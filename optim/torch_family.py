@@ -257,6 +257,9 @@ class ASGD(Optimizer):
             if not group[key] >= 0:
                 raise ValueError(f"{key} must be >= 0, got {group[key]!r}")
 
+    def reads_parameters(self, group) -> bool:
+        return True                                    # theta*(1 - lambd*eta) and the average ax
+
     def _update(self, name, p, g, state, group):
         lr, lambd = group["lr"], group["lambd"]
         if "ax" not in state:

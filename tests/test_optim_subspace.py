@@ -458,6 +458,56 @@ def test_inner_options_go_to_the_inner_optimizer():
                                        "proj", "roles", "splits", "reproject"}
 
 
+def _inner_is_accepted(name):
+    try:
+        optim.create("galore", {"w": np.zeros((6, 4))}, rank=4, inner=name)
+    except ValueError:
+        return False
+    return True
+
+
+ACCEPTED_INNER = [n for n in sorted(set(optim.available())) if _inner_is_accepted(n)]
+
+
+def test_the_usual_inner_optimizers_are_accepted():
+    assert {"sgd", "momentum", "adam", "adamw", "rmsprop", "adagrad", "lion", "muon", "ista"} <= set(ACCEPTED_INNER)
+
+
+@pytest.mark.parametrize("name", ACCEPTED_INNER)
+def test_every_inner_optimizer_galore_accepts_runs_as_it_runs_alone(name):
+    """A first gradient with a signed identity for its SVD basis, full rank, scale 1, the basis
+    kept: GaLore(inner=X) must step W exactly as X does. An optimizer whose step reads its
+    parameter would read GaLore's zero low-rank array instead: it must be refused (below)."""
+    rng = np.random.default_rng(0)
+    w0 = rng.standard_normal((6, 4)) * 0.7
+    g0 = np.zeros((6, 4))
+    g0[np.arange(4), np.arange(4)] = [4.0, 3.0, 2.0, 1.0]
+    grads = [g0] + [rng.standard_normal((6, 4)) for _ in range(5)]
+    no_decay = {"weight_decay": 0.0} if "weight_decay" in optim.accepts(name) else {}
+    alone, inside = {"w": w0.copy()}, {"w": w0.copy()}
+    plain = optim.create(name, alone, lr=1e-2, **no_decay)
+    galore = optim.create("galore", inside, lr=1e-2, weight_decay=0.0, rank=4, scale=1.0, inner=name,
+                          update_proj_gap=10**6)
+    for g in grads:
+        plain.step({"w": g.copy()})
+        galore.step({"w": g.copy()})
+    np.testing.assert_allclose(inside["w"], alone["w"], rtol=0, atol=1e-12 * np.abs(alone["w"] - w0).max())
+
+
+@pytest.mark.parametrize("method", ["galore", "golore", "rso"])
+@pytest.mark.parametrize("inner,kw,pattern", [
+    ("adafactor", {}, "computes its step from its parameters' values"),
+    ("anderson", {}, "computes its step from its parameters' values"),
+    ("asgd", {}, "computes its step from its parameters' values"),
+    ("ista", {"prox": optim.prox.L1(0.1)}, "computes its step from its parameters' values"),
+    ("lbfgs", {}, r"several times per step \(step\(closure\)\)"),
+])
+def test_inner_optimizers_that_read_their_parameters_or_need_a_closure_are_refused(method, inner, kw,
+                                                                                   pattern):
+    with pytest.raises(ValueError, match=pattern):
+        optim.create(method, make_params(), rank=2, inner=inner, inner_kwargs=kw or None)
+
+
 # ----------------------------------------------------------------------------- roles and splits
 CFG = dict(n_layer=2, n_head=2, n_embd=16, block_size=8, vocab_size=11)
 
