@@ -315,7 +315,7 @@ def test_decays_decoupled_says_how_each_optimizer_decays(name):
 
 
 @pytest.mark.parametrize("inner,kw", [("lion", {}), ("nadam", {"decoupled_weight_decay": True}),
-                                      ("radam", {"decoupled_weight_decay": True}), ("adafactor", {})])
+                                      ("radam", {"decoupled_weight_decay": True}), ("muon", {})])
 def test_galore_decays_the_full_weights_as_its_decoupled_inner_optimizer_does(inner, kw):
     """A zero gradient: the inner optimizer alone moves W to W*(1 - lr*wd); GaLore around it must
     too (it added wd*W to the gradient instead, which these optimizers' sign or normalisation
