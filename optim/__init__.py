@@ -5,8 +5,8 @@ See optim/base.py for the interface and how to write a new optimizer.
 lists them and ``optim.accepts(name)`` gives the keyword arguments one takes. Modules that
 register optimizers are imported below.
 """
-from .base import (Optimizer, accepts, available, create, flatten_state_dict, register,
-                   unflatten_state_dict)
+from .base import (Optimizer, accepts, available, create, flatten_state_dict, option_default,
+                   register, unflatten_state_dict)
 from .groups import param_groups, param_groups_no_decay, split_matrices, split_roles
 from .sgd import AGD, GD, SGD, HeavyBall
 from .adaptive import AdaGrad, Adam, AdamW, RMSProp

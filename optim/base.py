@@ -123,7 +123,7 @@ import numpy as np
 from minigrad.backend import fused_kernels as backend_kernels
 
 __all__ = [
-    "Optimizer", "register", "create", "available", "accepts",
+    "Optimizer", "register", "create", "available", "accepts", "option_default",
     "flatten_state_dict", "unflatten_state_dict",
 ]
 
@@ -178,6 +178,14 @@ def accepts(name) -> frozenset:
                         f"keywords it accepts are unknown; give it an explicit signature")
     return frozenset(n for n, p in sig.parameters.items()
                      if n != "params" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
+
+
+def option_default(name, option):
+    """The default of keyword ``option`` of ``optim.create(name, ...)`` (one of ``accepts(name)``),
+    e.g. the inner optimizer GaLore runs unless told: ``option_default("galore", "inner")``."""
+    if option not in accepts(name):
+        raise ValueError(f"optimizer {name!r} takes no option {option!r}")
+    return inspect.signature(_lookup(name)).parameters[option].default
 
 
 # ----------------------------------------------------------------------------- helpers

@@ -110,6 +110,22 @@ def test_grad_hooks_run_in_order_on_the_gradients_the_optimizer_then_uses():
     assert calls[1][1] == pytest.approx(1e-3, rel=1e-4) and calls[3][1] == pytest.approx(1e-3, rel=1e-4)
 
 
+@pytest.mark.parametrize("name,extra,want", [
+    ("adamw", None, (0.9, 0.95)),
+    ("galore", None, (0.9, 0.95)),                           # its default inner AdamW
+    ("rso", {"inner_kwargs": {"eps": 1e-6}}, (0.9, 0.95)),   # other inner options kept beside
+    ("golore", {"inner_kwargs": {"betas": (0.8, 0.9)}}, (0.8, 0.9)),   # the user's own win
+    ("galore", {"inner": "sgd"}, None),                     # an inner optimizer without betas
+])
+def test_build_optimizer_gives_beta2_to_the_optimizer_or_to_its_inner_one(name, extra, want):
+    from models.training.optimizers import build_optimizer
+    opt = build_optimizer(name, _model(), 1e-3, 0.1, beta2=0.95, extra=extra)
+    groups = (opt.inner if hasattr(opt, "inner") else opt).param_groups
+    assert all(g.get("betas") == want for g in groups), [g.get("betas") for g in groups]
+    if extra and "eps" in extra.get("inner_kwargs", {}):
+        assert all(g["eps"] == 1e-6 for g in groups)
+
+
 @pytest.mark.parametrize("kind", ["adamw", "mezo", "amp-adamw", "sgd"])
 def test_every_kind_of_optimizer_runs_through_the_same_call(kind):
     """First-order, zeroth-order and the mixed-precision wrapper: the same Trainer(...).fit()."""

@@ -2,7 +2,8 @@
 
 ``build_optimizer`` asks the optimizer what it takes (``optim.accepts``) and passes what the
 model and the run can give: weight decay on 2-D parameters only (nanoGPT's groups), betas
-(0.9, beta2), the run's seed (zeroth-order noise, layer sampling, random subspaces), the model's
+(0.9, beta2) (to the inner optimizer of a method that runs one, GaLore's AdamW, unless
+``extra``'s ``inner_kwargs`` sets them), the run's seed (zeroth-order noise, layer sampling, random subspaces), the model's
 blocks, roles, fused-matrix splits and head count (layer-wise, subspace and per-head methods),
 then ``extra`` on top.
 """
@@ -38,5 +39,9 @@ def build_optimizer(name, model, lr, weight_decay=0.0, beta2=0.999, seed=0, extr
              "n_kv_head": lambda: model.config.kv_heads}
     kw = {k: (v() if callable(v) else v) for k, v in given.items() if k in takes}
     kw.update(extra or {})
+    if "inner_kwargs" in takes:
+        inner = kw.get("inner", optim.option_default(name, "inner"))
+        if isinstance(inner, str) and "betas" in optim.accepts(inner):
+            kw["inner_kwargs"] = {"betas": (0.9, beta2), **(kw.get("inner_kwargs") or {})}
     groups = optim.param_groups_no_decay(params, weight_decay) if "weight_decay" in takes else params
     return optim.create(name, groups, lr=lr, **kw)
