@@ -611,7 +611,9 @@ class MISA(BlockOptimizer):
     are drawn so that their parameters are at most ``delta`` (in (0, 1]) of all parameters:
     first every module not yet trained, then the ``revisit`` least recently trained ones, each
     taken if it still fits; then modules drawn one at a time with probabilities p among those
-    left (without replacement), each taken if it fits, until none is left. The state of a
+    left (without replacement), each taken if it fits, until none is left. The default delta = 1
+    fits every module, so it trains everything every period (AdamW); give the budget you want
+    (the paper's value for it was not read [unverified]). The state of a
     module that stays active is kept, that of the others freed.
 
     Checked against the paper (Algorithm 1: P^1 uniform, G^0 = 0, modules sampled by P^n under
@@ -674,10 +676,12 @@ class MISA(BlockOptimizer):
         self.budget = delta * total
         smallest = int(np.argmin(self._size))
         if self._size[smallest] > self.budget:
-            raise ValueError(f"{where}: delta={delta} allows {self.budget:.0f} of the {total} parameters "
-                             f"per period, fewer than the smallest module {list(modules)[smallest]!r} "
-                             f"({self._size[smallest]}); raise delta to at least "
-                             f"{self._size[smallest] / total:.3g}")
+            need = self._size[smallest] / total           # rounded up, so that the advice is enough
+            digits = 10.0 ** (math.floor(math.log10(need)) - 2)
+            raise ValueError(f"{where}: delta={delta} allows {math.floor(self.budget)} of the {total} "
+                             f"parameters per period, fewer than the smallest module "
+                             f"{list(modules)[smallest]!r} ({self._size[smallest]}); raise delta to at "
+                             f"least {math.ceil(need / digits) * digits:.3g}")
         self.delta, self.granularity, self.eta = float(delta), granularity, float(eta)
         self.score_decay, self.score_clip, self.revisit = float(score_decay), float(score_clip), int(revisit)
         B = len(modules)

@@ -455,8 +455,20 @@ def test_misa_trains_every_module_once_before_sampling_by_score():
         trained |= set(opt.active_blocks())
         opt.step(grads_at(p, t))
     assert trained == set(opt.module_probabilities())            # all five within four periods
-    with pytest.raises(ValueError, match=r"delta=0.05 allows 2 of the 44 parameters.*at least 0.0909"):
+    with pytest.raises(ValueError, match=r"delta=0.05 allows 2 of the 44 parameters.*at least 0.091$"):
         optim.create("misa", p, blocks=MISA_BLOCKS, splits=QKV, delta=0.05)
+
+
+@pytest.mark.parametrize("other", [81047, 40, 5000, 12345])
+def test_misa_accepts_the_delta_its_error_advises(other):
+    """The advised delta is the smallest module's share rounded up to three digits (rounded to
+    nearest, 49 of 81,100 gave 0.000604, which allowed 48.98 parameters: the same error again)."""
+    p = {"emb": np.zeros(3), "a": np.zeros((7, 7)), "b": np.zeros(other), "head": np.zeros(1)}
+    blocks = {"e": ["emb"], "A": ["a"], "B": ["b"], "h": ["head"]}
+    with pytest.raises(ValueError, match="raise delta to at least") as e:
+        optim.create("misa", p, blocks=blocks, delta=1e-6)
+    advised = float(str(e.value).rsplit(" ", 1)[1])
+    optim.create("misa", p, blocks=blocks, delta=advised)
 
 
 def misa_run(eta, periods, scale, delta=0.25, switch_every=2, seed=0, revisit=0, granularity="module",
