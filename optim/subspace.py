@@ -465,7 +465,11 @@ class GaLore(_Projected):
     optimizer (``inner``, default "adamw", with ``inner_kwargs``) steps on R = G P^T (or P^T G)
     and the matrix moves by ``scale`` = alpha times its move projected back:
     W <- W - lr * alpha * N(R) P (or P N(R)). See the module docstring for the sides and the
-    parameters that are not projected.
+    parameters that are not projected. The inner AdamW is ``optim.AdamW`` as it is (eps 1e-8,
+    added to the bias-corrected sqrt(v), torch's form); the reference's GaLoreAdamW adds eps 1e-6
+    to the uncorrected sqrt(v), which differs where the projected gradients are small (early
+    steps, or |R| near 1e-5): ``inner_kwargs={"eps": 1e-6}`` comes close after the first hundred
+    steps. The reference also decays the unprojected parameters after their step, AdamW before.
 
     At a refresh the inner optimizer's moments stay as they are, now read in the new basis (as
     in the reference; GaLore issue #54 [unverified]). ``reproject=True`` maps the first moments
