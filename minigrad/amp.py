@@ -488,6 +488,13 @@ class MixedPrecisionOptimizer:
     def _round(self, a: np.ndarray) -> np.ndarray:
         return P.quantize(a, self.param_format, self.rounding, self.rng)
 
+    def sync_model_(self) -> None:
+        """Rewrite the model's arrays from the masters (round them in place without masters) after
+        something other than ``step`` changed the arrays the optimizer holds, e.g. LocalSGD's
+        average of the workers' masters; otherwise the model would keep its own values until the
+        next step."""
+        self._write_model()
+
     def _write_model(self):
         """Model arrays <- param_format(master) (or <- param_format(themselves) without masters)."""
         if self.rng is not None:  # kept so that a resumed run can redo this very rounding

@@ -126,6 +126,26 @@ def test_shard_batches_refuses_a_batch_that_does_not_split():
 
 
 # ------------------------------------------------------------------ through the Trainer
+def test_a_mixed_precision_optimizers_masters_start_from_rank_0s_weights_too():
+    """data_parallel_trainer broadcasts rank 0's weights into the model; a MixedPrecisionOptimizer
+    built before holds FP32 masters copied from each rank's own weights, and its first step wrote
+    them back over the broadcast: every rank then stepped a different point."""
+    from minigrad import amp
+
+    def worker(comm):
+        model = GPT(GPTConfig(**CFG), seed=comm.rank)
+        opt = amp.MixedPrecisionOptimizer(optim.create("sgd", {n: p.data for n, p in model.named_parameters()},
+                                                       lr=0.1), "bf16")
+        data_parallel_trainer(comm, model, lm_loss, opt, global_batches(4), steps=3, seed=0,
+                              progress=False).fit()
+        return {n: p.data.copy() for n, p in model.named_parameters()}, dict(opt.masters)
+
+    (model0, masters0), (model1, masters1) = SimComm(2).run(worker)
+    for n in model0:
+        np.testing.assert_array_equal(model0[n], model1[n], err_msg=n)
+        np.testing.assert_array_equal(masters0[n], masters1[n], err_msg=n)
+
+
 def _optimizer(kind, model):
     params = {n: p.data for n, p in model.named_parameters()}
     if kind == "adamw":

@@ -100,6 +100,31 @@ def test_post_local_sgd_is_data_parallel_until_the_switch_then_local():
     assert (wrapper.gradient_rounds, wrapper.averaging_rounds, wrapper.comm_rounds) == (4, 2, 6)
 
 
+@pytest.mark.parametrize("master_weights", [True, False])
+def test_the_average_reaches_the_model_through_a_mixed_precision_optimizer(master_weights):
+    """LocalSGD around amp.MixedPrecisionOptimizer averages the arrays the optimizer moves (its FP32
+    masters); the model's low-precision arrays must hold the rounded average right after, on every
+    rank, not each rank's own weights (with masters) or the unrounded average (without)."""
+    from minigrad import amp
+    from minigrad import precision
+
+    def worker(comm):
+        x = np.zeros(4, np.float32)
+        mp = amp.MixedPrecisionOptimizer(optim.create("sgd", {"x": x}, lr=0.1), "fp16",
+                                         master_weights=master_weights)
+        opt = LocalSGD(mp, comm, local_steps=1)
+        opt.step({"x": np.full(4, 1.0 + comm.rank, np.float32)})
+        return x.copy()
+
+    models = SimComm(2).run(worker)
+    steps = [np.full(4, -0.1 * (1 + r), np.float32) for r in range(2)]   # x - lr * g on each rank
+    if not master_weights:                   # the optimizer moved the rounded model arrays
+        steps = [precision.quantize(s, "fp16") for s in steps]
+    rounded = precision.quantize((steps[0] + steps[1]) / 2, "fp16")
+    for x in models:
+        np.testing.assert_array_equal(x, rounded)
+
+
 def test_the_optimizer_state_stays_local():
     out = SimComm(2).run(gpt_worker, 4, local_steps=2, kind="adamw")
     (seen0, _, w0), (seen1, _, w1) = out

@@ -146,7 +146,13 @@ def data_parallel_trainer(comm, model, loss_fn, optimizer, global_batches, *, re
     if zeroth_order and (reducer is not None or grad_hooks):
         raise ValueError("data_parallel_trainer: a zeroth-order optimizer computes no gradients; the ranks "
                          "agree through their losses (drop reducer= and grad_hooks=)")
-    broadcast_params(comm, {n: p.data for n, p in model.named_parameters()})
+    # the model's arrays and those the optimizer moves, when apart (a mixed-precision wrapper's
+    # FP32 masters, copied from each rank's own initial weights): both start from rank 0's
+    arrays = {n: p.data for n, p in model.named_parameters()}
+    seen = {id(a) for a in arrays.values()}
+    arrays.update((f"optimizer's {n}", a) for g in optimizer.param_groups for n, a in g["params"].items()
+                  if id(a) not in seen)
+    broadcast_params(comm, arrays)
     if zeroth_order:
         _share_seed(comm, optimizer)
         sync, vote_every = None, 1

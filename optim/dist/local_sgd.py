@@ -92,8 +92,13 @@ class LocalSGD:
             self._grads_reduced = True
 
     def average_parameters(self) -> None:
-        """Replace every worker's parameters by their mean over the workers (one all-reduce)."""
+        """Replace every worker's parameters by their mean over the workers (one all-reduce). A
+        wrapped optimizer that keeps the model's arrays apart from the ones it moves (the FP32
+        masters of ``amp.MixedPrecisionOptimizer``) rewrites the model from the average."""
         allreduce_mean_(self.comm, self.params)
+        sync_model = getattr(self.optimizer, "sync_model_", None)
+        if sync_model is not None:
+            sync_model()
         self.averaging_rounds += 1
 
     @property
