@@ -93,6 +93,57 @@ def test_mismatched_gradients_across_ranks_are_named():
     assert isinstance(e.value.error, CommError) and "(3,)" in str(e.value) and "(4,)" in str(e.value)
 
 
+def _layer_wise_grads(rank):
+    """Rank 0 has the gradient of layer 2, rank 1 of layer 3: the same length, different names."""
+    grads = {"h.2.w": None, "h.3.w": None}
+    grads[f"h.{2 + rank}.w"] = np.full(4, 2.0)
+    return grads
+
+
+@pytest.mark.parametrize("entry", ["allreduce_grads", "Reducer", "LocalSGD", "broadcast_params"])
+def test_arrays_of_the_same_length_under_different_names_are_refused_on_every_rank(entry):
+    """Packed into one buffer per dtype, they used to be averaged with each other silently."""
+    from optim.dist.compress import Identity, Reducer
+    from optim.dist.local_sgd import LocalSGD
+
+    def worker(comm):
+        grads = _layer_wise_grads(comm.rank)
+        try:
+            if entry == "allreduce_grads":
+                allreduce_grads(comm)(grads)
+            elif entry == "Reducer":
+                Reducer(comm, Identity())(grads)
+            elif entry == "LocalSGD":
+                LocalSGD(optim.create("sgd", {"w": np.zeros(3)}), comm, local_steps=2,
+                         switch_step=1).grad_hook(grads)
+            else:
+                broadcast_params(comm, {f"layer{comm.rank}": np.zeros((2, 3) if comm.rank else (3, 2))})
+        except CommError as e:
+            return str(e)
+
+    for message in SimComm(2).run(worker):
+        assert message is not None and "the ranks passed different arrays" in message
+        if entry == "broadcast_params":
+            assert "layer0: rank 0 (3, 2) float64, rank 1 absent" in message
+        else:
+            assert "h.2.w: rank 0 (4,) float64, rank 1 None" in message
+
+
+def test_the_layout_is_checked_again_only_when_it_changes():
+    def worker(comm):
+        hook = allreduce_grads(comm)
+        gathered = []
+        real = comm.allgather
+        comm.allgather = lambda x: gathered.append(x) or real(x)
+        for grads in ({"a": np.ones(2), "b": None}, {"a": np.ones(2), "b": None}, {"a": None, "b": np.ones(2)}):
+            hook(grads)
+        return len(gathered), comm.bytes_sent
+
+    for checks, sent in SimComm(2).run(worker):
+        assert checks == 2                                  # the first call and the change
+        assert sent == 3 * ring_traffic(2, 2, 0)[0] * 8     # the checksums are not counted
+
+
 def test_broadcast_params_copies_rank_0_in_place():
     def worker(comm):
         params = {"w": np.full((2, 3), float(comm.rank)), "v": np.arange(4.0) * (comm.rank + 1)}

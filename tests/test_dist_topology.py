@@ -50,6 +50,7 @@ def test_weights_of_each_graph():
     assert (ring(2) == 0.5).all() and (ring(1) == 1).all()
     assert set(np.unique(torus(9))) == {0, 0.2}           # 3 x 3: 4 neighbours, weight 1/5
     assert set(np.unique(torus(8))) == {0, 0.25}          # 2 x 4: the side of 2 gives 3 neighbours
+    assert set(np.unique(torus(4))) == {0, 1 / 3}         # 2 x 2: two sides of 2 give 2 neighbours
     assert (exponential(8)[0] == [0.25, 0.25, 0.25, 0, 0.25, 0, 0, 0]).all()   # 0 <- 0, 1, 2, 4
     assert (exponential(6)[0] == [0.25, 0.25, 0.25, 0, 0.25, 0]).all()         # tau = ceil(log2 6) = 3
     assert (one_peer_exponential(8, 2)[3] == [0, 0, 0, 0.5, 0, 0, 0, 0.5]).all()  # 3 <- 3, 3 + 4

@@ -37,6 +37,9 @@ under one wire model, the same in both backends:
     neighbor_exchange   nbytes to each dest; what arrives from each source
     send, recv  the array's nbytes;  barrier, split: 0
 
+(``agree_on_layout``'s checksums are not counted: they check the caller and are no part of the
+algorithm whose traffic the counters measure.)
+
 Faults. Every rank must give a collective the same shape and dtype (``neighbor_exchange`` and
 point-to-point excepted); otherwise each rank raises ``CommError`` naming every rank's shape and
 dtype. In SimComm a rank that raises makes the others raise ``CommAborted`` at their next call and
@@ -61,16 +64,19 @@ would do without SimComm: Ctrl-C raises ``KeyboardInterrupt``, SIGTERM ends the 
 """
 from __future__ import annotations
 
+import ast
 import signal
 import threading
+import zlib
 from collections import deque
-from typing import Callable, Sequence
+from contextlib import contextmanager
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
 __all__ = ["Communicator", "SimComm", "CommError", "CommAborted", "DeadlockError",
            "WorkerError", "ring_bounds", "ring_sum", "ring_traffic", "per_dtype", "check_same_arrays",
-           "check_same_calls", "check_graph"]
+           "check_same_calls", "check_graph", "agree_on_layout"]
 
 
 class CommError(RuntimeError):
@@ -163,6 +169,44 @@ def check_same_arrays(op: str, descriptions: Sequence[tuple[tuple, str]]) -> Non
                         f"the same shape and dtype")
 
 
+def agree_on_layout(comm, arrays: Mapping, op: str, last=None):
+    """Raise ``CommError`` on every rank, naming what differs, unless all ranks pass the same names,
+    shapes and dtypes in ``arrays`` (dict name -> ndarray or None) and leave out (None) the same
+    names. Returns the layout; given back as ``last``, it costs nothing while the layout stays (an
+    allgather of one checksum when it changes, so every rank must call it at the same points).
+    Not counted in the bytes (``Communicator.uncounted``).
+
+    Collectives over per-dtype buffers (``per_dtype``) check only each buffer's length: without
+    this, rank 0's gradient of layer 2 would be averaged with rank 1's of layer 3 whenever a
+    layer-wise optimizer, seeded differently, picked layers of the same size."""
+    layout = tuple((n, None if a is None else (tuple(np.shape(a)), np.asarray(a).dtype.str))
+                   for n, a in sorted(arrays.items()))
+    if layout == last:
+        return layout
+    mine = repr(layout).encode()
+    with comm.uncounted():
+        checksums = comm.allgather(np.array([zlib.crc32(mine)], np.int64))[:, 0]
+        if np.all(checksums == checksums[0]):
+            return layout
+        # every rank saw the mismatch: all take part in gathering the layouts to name it
+        longest = int(comm.allgather(np.array([len(mine)], np.int64)).max())
+        padded = np.zeros(longest, np.uint8)
+        padded[:len(mine)] = np.frombuffer(mine, np.uint8)
+        every = [dict(ast.literal_eval(bytes(row).rstrip(b"\0").decode()))
+                 for row in comm.allgather(padded)]
+    names = sorted(set().union(*every))
+    differ = [n for n in names if len({repr(lay.get(n, "absent")) for lay in every}) > 1]
+
+    def entry(lay, n):
+        d = lay.get(n, "absent")
+        return d if d in ("absent", None) else f"{d[0]} {np.dtype(d[1]).name}"
+    shown = "; ".join(f"{n}: " + ", ".join(f"rank {r} {entry(lay, n)}" for r, lay in enumerate(every))
+                      for n in differ[:4])
+    raise CommError(f"{op}: the ranks passed different arrays ({shown}{'; ...' if len(differ) > 4 else ''}); "
+                    f"every rank must pass the same names, shapes and dtypes and leave out (None) "
+                    f"the same ones (seed a layer-wise optimizer the same on every rank)")
+
+
 def check_same_calls(call: int, labels: Sequence[str]) -> None:
     """Raise ``CommError`` unless every rank made the same collective call (labels in rank order)."""
     if any(label != labels[0] for label in labels):
@@ -215,6 +259,16 @@ class Communicator:
         self.rank, self.size = rank, size
         self.bytes_sent = 0
         self.bytes_received = 0
+
+    @contextmanager
+    def uncounted(self):
+        """Collectives inside leave ``bytes_sent``/``bytes_received`` as they were: traffic that
+        checks the caller (``agree_on_layout``), not the algorithm's, which the counters measure."""
+        counted = self.bytes_sent, self.bytes_received
+        try:
+            yield
+        finally:
+            self.bytes_sent, self.bytes_received = counted
 
     def reset_counters(self) -> None:
         self.bytes_sent = self.bytes_received = 0

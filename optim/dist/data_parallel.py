@@ -17,7 +17,9 @@ ranks together see exactly the examples one worker with batch n·B sees.
 
 All ranks must call these functions with the same parameter names, shapes and dtypes (a layer-wise
 optimizer must also leave out the same gradients, as ``None``, on every rank: seed it the same);
-the communicator raises ``CommError`` naming the shapes when they differ. Arrays are packed in
+``allreduce_grads`` and ``broadcast_params`` raise ``CommError`` on every rank when they differ
+(``comm.agree_on_layout``: one allgather of a checksum whenever a rank's names, shapes or None
+entries change; ``allreduce_mean_`` alone checks only each buffer's length). Arrays are packed in
 sorted name order into one flat buffer per dtype, so one step is one all-reduce (not one per
 tensor) and the reduction order does not depend on dict order. A NaN or inf on one rank reaches
 every rank through the average, so an optimizer with ``nonfinite="skip"`` skips the step on all of
@@ -32,7 +34,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from ..sampling import stateful_source
-from .comm import per_dtype
+from .comm import agree_on_layout, per_dtype
 
 __all__ = ["allreduce_grads", "broadcast_params", "shard_batches", "allreduce_mean_"]
 
@@ -61,9 +63,10 @@ def allreduce_grads(comm):
     def hook(grads):
         if not isinstance(grads, Mapping):
             raise TypeError(f"allreduce_grads: expected a dict name -> gradient, got {type(grads).__name__}")
+        hook.layout = agree_on_layout(comm, grads, "allreduce_grads", hook.layout)
         if allreduce_mean_(comm, grads):
             hook.rounds += 1
-    hook.rounds = 0
+    hook.rounds, hook.layout = 0, None
     hook.__name__ = f"allreduce_grads(size={comm.size})"
     return hook
 
@@ -78,6 +81,7 @@ def broadcast_params(comm, params: Mapping, root: int = 0) -> Mapping:
         if not isinstance(a, np.ndarray):
             raise TypeError(f"broadcast_params: parameter {name!r} is a {type(a).__name__}, not an "
                             f"ndarray (pass p.data)")
+    agree_on_layout(comm, params, "broadcast_params")
     _per_dtype_(params, lambda flat: comm.broadcast(flat, root=root))
     return params
 

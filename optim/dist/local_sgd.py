@@ -31,6 +31,7 @@ import numpy as np
 
 import optim
 
+from .comm import agree_on_layout
 from .data_parallel import allreduce_mean_
 from .problems import HeterogeneousLeastSquares
 
@@ -71,6 +72,7 @@ class LocalSGD:
         self.averaging_rounds = 0
         self.gradient_rounds = 0
         self._grads_reduced = False     # the hook averaged this step's gradients
+        self._layouts = {}              # what agree_on_layout last checked, per collective
 
     # -- the schedule of communication ------------------------------------------------------
     @property
@@ -87,6 +89,8 @@ class LocalSGD:
         """Gradient hook: averages the gradients across workers in the synchronous phase (in
         place), does nothing in the local phase."""
         if self.synchronous:
+            self._layouts["grads"] = agree_on_layout(self.comm, grads, "LocalSGD.grad_hook",
+                                                     self._layouts.get("grads"))
             allreduce_mean_(self.comm, grads)
             self.gradient_rounds += 1
             self._grads_reduced = True
@@ -95,7 +99,10 @@ class LocalSGD:
         """Replace every worker's parameters by their mean over the workers (one all-reduce). A
         wrapped optimizer that keeps the model's arrays apart from the ones it moves (the FP32
         masters of ``amp.MixedPrecisionOptimizer``) rewrites the model from the average."""
-        allreduce_mean_(self.comm, self.params)
+        params = self.params
+        self._layouts["params"] = agree_on_layout(self.comm, params, "LocalSGD.average_parameters",
+                                                  self._layouts.get("params"))
+        allreduce_mean_(self.comm, params)
         sync_model = getattr(self.optimizer, "sync_model_", None)
         if sync_model is not None:
             sync_model()

@@ -22,8 +22,10 @@ Topologies (n workers; the papers give the weights):
                 n = 1: W = [[1]].
     torus       2-D rows x cols grid with wrap-around, each node linked to 4 neighbours, weights
                 1/5; gap O(1/n). ``rows`` defaults to the largest divisor of n that is <= sqrt(n)
-                (n = 12: 3 x 4; n = 8: 2 x 4). A side of 2 gives 3 distinct neighbours, weights
-                1/4 (Metropolis-Hastings, below). n prime has no such grid and is refused.
+                (n = 12: 3 x 4; n = 8: 2 x 4). A side of 2 (its two wrap-around neighbours are
+                one node) gives 3 distinct neighbours, weights 1/4, and both sides of 2 (n = 4)
+                give 2, weights 1/3 (Metropolis-Hastings, below). n prime has no such grid and
+                is refused.
     exponential static exponential graph: node i averages with i + 2^0, i + 2^1, ...,
                 i + 2^(tau-1) (mod n), tau = ceil(log2 n), uniform weights 1/(tau + 1). Directed:
                 doubly stochastic but NOT symmetric. For n a power of two 1 - rho = 2/(1 + log2 n)
