@@ -36,7 +36,7 @@ from minigrad import nn
 
 from models.attention import ATTENTIONS, NSA, grouped_query_attention, linear_attention, moba_attention
 from models.kv_cache import DenseKVCache, LinearAttentionCache, StreamingLLMCache, cache_for
-from models.textgen import sample_next
+from models.textgen import check_sampling, sample_next
 
 __all__ = ["GPTConfig", "GPT", "PRESETS", "preset"]
 
@@ -395,6 +395,7 @@ class GPT(nn.Module):
             idx = idx[None]
         if idx.shape[1] == 0:
             raise ValueError("GPT.generate: give at least one prompt token")
+        check_sampling(temperature, top_k, "GPT.generate")
         if use_cache and cache is not None and not isinstance(
                 cache, (DenseKVCache, StreamingLLMCache, LinearAttentionCache)):
             raise TypeError(f"GPT.generate: cache must be one batch's cache (dense, Quest, StreamingLLM or "

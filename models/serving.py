@@ -36,7 +36,7 @@ import numpy as np
 
 import minigrad
 from models.kv_cache import PagedKVCache
-from models.textgen import sample_next
+from models.textgen import check_sampling, sample_next
 
 __all__ = ["Request", "Server"]
 
@@ -88,7 +88,7 @@ class Server:
         self.running: list[Request] = []
         self.done: dict[int, Request] = {}
         self.steps = 0
-        self.log: list[tuple[int, str, int]] = []       # (step, "admit" | "retire", request id)
+        self.log: list[tuple[int, str, int]] = []       # (step, "admit" | "retire" | "dropped", request id)
         self._next_id = 0
 
     def submit(self, prompt, max_new_tokens: int, temperature: float = 0.0, top_k: int | None = None,
@@ -113,8 +113,7 @@ class Server:
             raise ValueError(f"Server.submit: a prompt of {prompt.size} tokens and {max_new_tokens} new ones "
                              f"need {c.blocks_for(length)} blocks of {c.block_size} positions, the cache has "
                              f"num_blocks={c.num_blocks}")
-        if not temperature >= 0:
-            raise ValueError(f"Server.submit: temperature must be >= 0, got {temperature!r}")
+        check_sampling(temperature, top_k, "Server.submit")
         rid = self._next_id
         self._next_id += 1
         self.waiting.append(Request(rid, prompt, int(max_new_tokens), float(temperature), top_k,
@@ -166,8 +165,12 @@ class Server:
             r.shared = shared
             self.running.append(r)
             self.log.append((self.steps, "admit", r.id))
-            logits = self._forward([r], r.prompt[None, shared:])      # prefill
-            r.tokens.append(self._sample(r, logits[0]))
+            try:
+                logits = self._forward([r], r.prompt[None, shared:])      # prefill
+                r.tokens.append(self._sample(r, logits[0]))
+            except Exception as e:
+                self._drop([r], e)
+                raise
 
     def _shared_prefix(self, prompt):
         """(running request, positions) of the longest whole-block prefix of ``prompt`` whose
@@ -204,9 +207,32 @@ class Server:
 
     def _decode(self, requests):
         last = np.array([[r.tokens[-1]] for r in requests], np.int64)
-        logits = self._forward(requests, last)
+        try:
+            logits = self._forward(requests, last)
+        except Exception as e:           # the cache may hold this position for some rows only
+            self._drop(requests, e)
+            raise
+        failed, error = [], None
         for r, row in zip(requests, logits):
-            r.tokens.append(self._sample(r, row))
+            try:
+                r.tokens.append(self._sample(r, row))
+            except Exception as e:       # its cache holds a position no token follows
+                failed.append(r)
+                error = error or e
+        if failed:
+            self._drop(failed, error)
+            raise error
+
+    def _drop(self, requests, error) -> None:
+        """Take ``requests`` out of the running ones and free their blocks (a request whose forward
+        or sampling raised: its cache no longer matches its tokens), saying so on ``error``."""
+        for r in requests:
+            self.running.remove(r)
+            self.cache.free(r.seq)
+            r.seq = None
+            self.log.append((self.steps, "dropped", r.id))
+        error.add_note(f"Server: request(s) {[r.id for r in requests]} dropped, their blocks freed; "
+                       f"the other requests go on at the next step()")
 
     def _sample(self, r, logits) -> int:
         return int(sample_next(logits[None], r.temperature, r.top_k, r.rng)[0])

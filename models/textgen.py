@@ -2,9 +2,24 @@
 ``model.generate`` -> text."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
-__all__ = ["sample_next", "sample_text"]
+__all__ = ["sample_next", "sample_text", "check_sampling"]
+
+
+def check_sampling(temperature, top_k, where: str = "sample_next") -> None:
+    """Raise ValueError, naming ``where``, unless ``temperature`` is a finite number >= 0 and
+    ``top_k`` is None or an integer >= 1 (a top_k of 0 or below used to index the sorted logits
+    from the wrong end: -1 dropped the least likely token, -4 kept only the likeliest)."""
+    if isinstance(temperature, (bool, np.bool_)) or not (
+            isinstance(temperature, (int, float, np.integer, np.floating)) and temperature >= 0
+            and math.isfinite(temperature)):
+        raise ValueError(f"{where}: temperature must be a finite number >= 0 (0: greedy), got {temperature!r}")
+    if top_k is not None and (isinstance(top_k, (bool, np.bool_)) or not isinstance(top_k, (int, np.integer))
+                              or top_k < 1):
+        raise ValueError(f"{where}: top_k must be an integer >= 1, or None for every token, got {top_k!r}")
 
 
 def sample_next(logits, temperature: float, top_k: int | None, rng) -> np.ndarray:
@@ -16,10 +31,16 @@ def sample_next(logits, temperature: float, top_k: int | None, rng) -> np.ndarra
     the CDF normalised by its last entry, one ``rng.random()`` per row, the first entry above it),
     done for all rows at once: the per-row call cost ~25 us, more than the rest of a decoding
     step's sampling."""
+    check_sampling(temperature, top_k)
     logits = np.asarray(logits, dtype=np.float64)
     if temperature == 0:
         return logits.argmax(-1)
-    logits = logits / temperature
+    with np.errstate(over="ignore"):
+        scaled = logits / temperature
+    if not np.isfinite(scaled).all() and np.isfinite(logits).all():
+        raise ValueError(f"sample_next: temperature {temperature!r} is so small that logits / temperature "
+                         f"overflow; use 0 for greedy decoding")
+    logits = scaled
     if top_k is not None:
         k = min(int(top_k), logits.shape[-1])
         kth = np.sort(logits, axis=-1)[:, -k][:, None]

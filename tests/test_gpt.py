@@ -286,6 +286,24 @@ def test_sample_next_refuses_nan_logits():
         sample_next(logits, 1.0, None, np.random.default_rng(0))
 
 
+@pytest.mark.parametrize("temperature,top_k,pattern", [
+    (1.0, 0, "top_k must be an integer >= 1"),          # indexed the sort from its far end
+    (1.0, -1, "top_k must be an integer >= 1"),
+    (1.0, 2.5, "top_k must be an integer >= 1"),
+    (-1.0, None, "temperature must be a finite number >= 0"),   # inverted the distribution
+    (float("nan"), None, "temperature must be a finite number >= 0"),
+    (1e-320, None, "temperature 1e-320 is so small that logits / temperature overflow"),
+])
+def test_sampling_options_that_mean_nothing_are_refused_everywhere(temperature, top_k, pattern):
+    logits = np.array([[2.0, 1.0, 0.5, 0.0, -3.0]])
+    with pytest.raises(ValueError, match=f"sample_next: {pattern}"):
+        sample_next(logits, temperature, top_k, np.random.default_rng(0))
+    if "overflow" not in pattern:                       # refused before any forward
+        m = GPT(GPTConfig(**MICRO))
+        with pytest.raises(ValueError, match=f"GPT.generate: {pattern}"):
+            m.generate(np.zeros((1, 2), np.int64), 3, temperature=temperature, top_k=top_k)
+
+
 def test_forward_errors():
     cfg = GPTConfig(**MICRO)
     m = GPT(cfg)

@@ -97,6 +97,42 @@ def test_bad_requests_are_one_clear_error_naming_the_numbers():
         server.submit([], 2)
     with pytest.raises(ValueError, match="max_new_tokens must be an integer >= 1"):
         server.submit([1], 0)
+    with pytest.raises(ValueError, match="Server.submit: top_k must be an integer >= 1"):
+        server.submit([1], 2, temperature=1.0, top_k=0)
+    with pytest.raises(ValueError, match="Server.submit: temperature must be a finite number >= 0"):
+        server.submit([1], 2, temperature=-0.5)
     linear = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=8, block_size=8, vocab_size=5, attention="linear"))
     with pytest.raises(ValueError, match="serves softmax attention"):
         Server(linear, num_blocks=4)
+
+
+@pytest.mark.parametrize("fails_at", ["prefill", "decode"])
+def test_a_request_whose_sampling_raises_is_dropped_with_its_blocks_and_the_others_go_on(fails_at, monkeypatch):
+    """A failed step left the request running without tokens (every later step raised IndexError)
+    and its blocks, and those of anything admitted after, were never freed."""
+    import models.serving as serving
+    m = _model(0)
+    server = Server(m, num_blocks=12, block_size=4)
+    bad = server.submit([1, 2, 3], 6, temperature=0.5, seed=1)
+    good = server.submit([4, 5], 6)
+    real = serving.sample_next
+    calls = {"bad": 0}
+
+    def flaky(logits, temperature, top_k, rng):
+        if temperature == 0.5:
+            calls["bad"] += 1
+            if fails_at == "prefill" or calls["bad"] == 3:
+                raise ValueError("the logits hold NaN or inf")
+        return real(logits, temperature, top_k, rng)
+
+    monkeypatch.setattr(serving, "sample_next", flaky)
+    with pytest.raises(ValueError, match="NaN or inf") as e:
+        while True:
+            server.step()
+    assert any(f"request(s) [{bad}] dropped" in note for note in e.value.__notes__)
+    assert calls["bad"] == (1 if fails_at == "prefill" else 3)
+    assert bad not in [r.id for r in server.running] and bad not in server.done
+    outputs = server.run()                              # the other request finishes
+    assert set(outputs) == {good} and len(outputs[good]) == 6
+    np.testing.assert_array_equal(outputs[good], m.generate(np.array([[4, 5]]), 6, temperature=0)[0, 2:])
+    assert len(server.cache.free_blocks) == server.cache.num_blocks     # nothing leaked
