@@ -247,6 +247,8 @@ def _room(cache, block_size: int) -> int:
     block_size too."""
     if isinstance(cache, (DenseKVCache, LinearAttentionCache)):
         return min(cache.room(), block_size - len(cache))
+    if isinstance(cache, StreamingLLMCache) and cache.positions == "stream":   # built longer: block_size
+        return min(cache.room(), block_size - cache.n_seen)
     return cache.room()
 
 
@@ -332,8 +334,8 @@ class GPT(nn.Module):
                 self.dtype, *((np.float16,) if cache.float16_storage else ())):
             raise ValueError(f"GPT: the cache is for (n_layer, n_kv_head, head_dim, dtype) = {(*dims, cache.dtype)}, "
                              f"this model has {(cfg.n_layer, cfg.kv_heads, cfg.n_embd // cfg.n_head, self.dtype)}; "
-                             "build it with the cache class's for_model(model) (a DenseKVCache may also "
-                             "hold float16)")
+                             "build it with the cache class's for_model(model) (float16 instead of the "
+                             "model's dtype: DenseKVCache only, not its subclass QuestCache nor other kinds)")
         return cache.begin(B, T, max_position=cfg.block_size)   # (refuses, unchanged, past block_size)
 
     def param_blocks(self) -> list[nn.ParamBlock]:

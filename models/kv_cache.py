@@ -254,8 +254,8 @@ class DenseKVCache(KVCache):
 
     ``dtype`` is the model's (``for_model``) or float16: half the bytes to keep and to read, so a
     decoding step at long contexts takes less time (docs/inference.md); each key and value is rounded
-    to float16 as it is stored (a relative error of at most 2^-11; a key or value beyond ±65,504, which
-    would become inf, raises OverflowError), and the attention computes in the queries' dtype.
+    to float16 as it is stored (a relative error of at most 2^-11; a key or value float16 would round
+    to inf, |x| >= 65,520, raises OverflowError), and the attention computes in the queries' dtype.
 
     Memory: 2 · n_layer · batch · n_kv_head · max_len · head_dim · itemsize bytes, allocated once.
     """
@@ -470,7 +470,10 @@ class StreamingLLMCache(KVCache):
                              f"{self.window} (the cache holds {held} of {self.capacity}); feed at most "
                              f"{self.room()} tokens per call")
         positions = (kept if self.positions == "cache" else self.n_seen) + np.arange(T)
-        self._check_positions(positions[-1], self.max_position if self.positions == "stream" else max_position)
+        limit = max_position
+        if self.positions == "stream":      # its own bound, and the model's when that is smaller
+            limit = self.max_position if max_position is None else min(self.max_position, max_position)
+        self._check_positions(positions[-1], limit)
         t = self.n_seen + np.arange(T)
         self._slots = np.where(t < self.n_sink, t, self.n_sink + (t - self.n_sink) % self.window)
         self.slot_token[self._slots] = t
@@ -514,7 +517,7 @@ class QuestCache(DenseKVCache):
     (T > 1) and the first ``dense_layers`` layers attend densely, and so does any step where K
     covers every page.
 
-    Memory: the dense cache plus 2 · head_dim numbers per page and head (2/page_size of K + V).
+    Memory: the dense cache plus 2 · head_dim numbers per page and head (1/page_size of K + V).
     A decoding step reads the bounds (n / page_size per head) and K · page_size keys.
     """
 

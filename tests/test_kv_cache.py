@@ -188,7 +188,8 @@ def test_a_model_takes_a_cache_of_its_dtype_or_a_dense_one_of_float16():
                       QuestCache.for_model(m, token_budget=8, page_size=4, dtype=np.float16)):
             dtype = cache.dtype.name
             with pytest.raises(ValueError, match=rf"dtype\) = \(2, 4, 4, dtype\('{dtype}'\)\), this model has "
-                                                 r"\(2, 4, 4, dtype\('float64'\)\).*a DenseKVCache may also hold float16"):
+                                                 r"\(2, 4, 4, dtype\('float64'\)\).*float16 instead of the model's dtype: "
+                                                 r"DenseKVCache only, not its subclass QuestCache"):
                 m(idx, cache=cache)
 
 
@@ -334,6 +335,26 @@ def test_streaming_with_stream_positions_keeps_each_tokens_index_until_block_siz
     # while nothing is evicted it is the dense cache; after, attention over the kept tokens
     dense = m.generate(np.array([[1, 2, 3]]), 1, temperature=0)
     np.testing.assert_array_equal(out[:, :4], dense)
+
+
+def test_stream_positions_stop_at_the_models_block_size_in_a_cache_built_longer():
+    """A StreamingLLMCache built with max_position past the model's block_size handed out positions
+    the model has no embedding for: the forward raised IndexError after the cache had moved on."""
+    m = _model(4, block_size=8)
+    dims = dict(n_layer=2, n_kv_head=4, head_dim=4, dtype=np.float64)
+    cache = StreamingLLMCache(**dims, n_sink=1, window=3, positions="stream", max_position=1000)
+    with minigrad.no_grad():
+        m(np.ones((1, 8), np.int64)[:, :4], cache=cache)
+        for _ in range(4):
+            m(np.ones((1, 1), np.int64), cache=cache)
+        with pytest.raises(ValueError, match="positions up to 8, beyond the model's block_size=8"):
+            m(np.ones((1, 1), np.int64), cache=cache)
+    assert cache.n_seen == 8                                # refused before any change
+    longer = StreamingLLMCache(**dims, n_sink=1, window=3, positions="stream", max_position=1000)
+    out = m.generate(np.array([[1, 2, 3]]), 12, temperature=0, cache=longer)     # refills at block_size
+    same = m.generate(np.array([[1, 2, 3]]), 12, temperature=0,
+                      cache=StreamingLLMCache.for_model(m, n_sink=1, window=3, positions="stream"))
+    np.testing.assert_array_equal(out, same)
 
 
 def test_streaming_bad_input_names_the_numbers():
