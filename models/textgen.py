@@ -35,17 +35,13 @@ def sample_next(logits, temperature: float, top_k: int | None, rng) -> np.ndarra
     logits = np.asarray(logits, dtype=np.float64)
     if temperature == 0:
         return logits.argmax(-1)
-    with np.errstate(over="ignore"):
-        scaled = logits / temperature
-    if not np.isfinite(scaled).all() and np.isfinite(logits).all():
-        raise ValueError(f"sample_next: temperature {temperature!r} is so small that logits / temperature "
-                         f"overflow; use 0 for greedy decoding")
-    logits = scaled
-    if top_k is not None:
-        k = min(int(top_k), logits.shape[-1])
+    z = logits - logits.max(-1, keepdims=True)         # <= 0, so dividing by a tiny temperature
+    if top_k is not None:                              # overflows only to -inf: probability 0,
+        k = min(int(top_k), logits.shape[-1])          # the limit of softmax as temperature -> 0
         kth = np.sort(logits, axis=-1)[:, -k][:, None]
-        logits = np.where(logits < kth, -np.inf, logits)
-    p = np.exp(logits - logits.max(-1, keepdims=True))
+        z = np.where(logits < kth, -np.inf, z)
+    with np.errstate(over="ignore"):
+        p = np.exp(z / temperature)
     p /= p.sum(-1, keepdims=True)
     cdf = p.cumsum(-1)
     cdf /= cdf[:, -1:]
