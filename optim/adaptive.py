@@ -39,6 +39,12 @@ class AdaGrad(Optimizer):
         super().__init__(params, lr=lr, lr_decay=lr_decay, weight_decay=weight_decay,
                          initial_accumulator_value=initial_accumulator_value, eps=eps, nonfinite=nonfinite)
 
+    def _check_group(self, group):
+        super()._check_group(group)
+        check_eps(group["eps"], "AdaGrad")
+        for key in ("lr_decay", "initial_accumulator_value"):   # a negative G: sqrt of < 0
+            check_eps(group[key], "AdaGrad", key)
+
     def _update(self, name, p, g, state, group):
         if "sum" not in state:
             state["step"] = 0
@@ -73,6 +79,8 @@ class RMSProp(Optimizer):
     def _check_group(self, group):
         super()._check_group(group)
         check_fraction(group["alpha"], "alpha")
+        check_eps(group["eps"], "RMSProp")
+        check_eps(group["momentum"], "RMSProp", "momentum")     # < 0 ran silently without momentum
 
     def _update(self, name, p, g, state, group):
         a = group["alpha"]

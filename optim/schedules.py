@@ -171,14 +171,20 @@ def _gradients(grads, where):
 def global_grad_norm(grads, norm_type=2.0):
     """Norm of all gradients concatenated (None entries ignored), computed in float64.
     ``grads`` as for :func:`clip_grad_norm_`."""
+    _check_norm_type(norm_type, "global_grad_norm")
     return _total_norm([g for _, g in _gradients(grads, "global_grad_norm")], norm_type)
+
+
+def _check_norm_type(norm_type, where):
+    if not (isinstance(norm_type, (int, float, np.integer, np.floating)) and norm_type > 0):
+        raise ValueError(f"{where}: norm_type must be a number > 0 or math.inf, got {norm_type!r}")
 
 
 def _total_norm(gs, norm_type):
     if not gs:
         return 0.0
-    if norm_type == math.inf:
-        return max(float(np.max(np.abs(g))) if g.size else 0.0 for g in gs)
+    if norm_type == math.inf:                  # np.max keeps a NaN; Python's max drops one not first
+        return float(np.max([np.max(np.abs(g)) for g in gs if g.size], initial=0.0))
     return float(sum(float(np.sum(np.abs(g.astype(np.float64)) ** norm_type)) for g in gs)
                  ** (1.0 / norm_type))
 
@@ -193,6 +199,7 @@ def clip_grad_norm_(grads, max_norm, norm_type=2.0, error_if_nonfinite=False, ep
     the NaN or zero coefficient)."""
     if max_norm < 0:
         raise ValueError(f"max_norm must be >= 0, got {max_norm}")
+    _check_norm_type(norm_type, "clip_grad_norm_")
     named = _gradients(grads, "clip_grad_norm_")
     total = _total_norm([g for _, g in named], norm_type)
     if not math.isfinite(total):

@@ -119,10 +119,21 @@ def test_bad_lr_rejected_at_construction_and_at_step(lr):
     lambda p: optim.AGD(p, momentum="strong"),   # refused at construction, not at the first step
     lambda p: optim.AGD(p, momentum=-0.1),
     lambda p: optim.SGD(p, momentum=1.0),
+    lambda p: optim.RMSProp(p, momentum=-0.5),          # ran silently without momentum
 ])
 def test_bad_momentum_rejected_at_construction(make):
     with pytest.raises(ValueError, match="(beta|momentum) must be"):
         make(make_params())
+
+
+@pytest.mark.parametrize("name,kw", [
+    ("adagrad", {"initial_accumulator_value": -1.0}),    # moved x from 1 to -1e8 in one step
+    ("adagrad", {"lr_decay": -0.1}), ("adagrad", {"eps": -1e-10}), ("rmsprop", {"eps": -1e-8}),
+])
+def test_adagrad_and_rmsprop_refuse_negative_options_as_torch(name, kw):
+    key = next(iter(kw))
+    with pytest.raises(ValueError, match=f"{key} must be a number >= 0, got {kw[key]}"):
+        optim.create(name, make_params(), **kw)
 
 
 def test_nonfinite_skip_option_skips_whole_step():

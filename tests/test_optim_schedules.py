@@ -85,11 +85,26 @@ def test_clip_grad_norm(seed, max_norm):
         assert g[k].dtype == orig[k].dtype
 
 
-def test_clip_nonfinite():
-    g = {"a": np.array([1.0, np.nan])}
-    assert math.isnan(schedules.clip_grad_norm_(g, 1.0))
-    with pytest.raises(FloatingPointError, match="'a'"):
-        schedules.clip_grad_norm_(g, 1.0, error_if_nonfinite=True)
+@pytest.mark.parametrize("norm_type", [2.0, math.inf])
+@pytest.mark.parametrize("where", [0, 1])
+def test_clip_nonfinite(norm_type, where):
+    """A NaN in any tensor makes the norm NaN (the inf-norm took Python's max, which keeps a NaN
+    only when it comes first: one in the second tensor was dropped and the gradients scaled)."""
+    g = {"a": np.array([4.0, -3.0]), "b": np.array([0.5, 0.25])}
+    g["ab"[where]][1] = np.nan
+    before = {n: a.copy() for n, a in g.items()}
+    assert math.isnan(schedules.clip_grad_norm_(g, 1.0, norm_type=norm_type))
+    assert math.isnan(schedules.global_grad_norm(g, norm_type=norm_type))
+    for n in g:                                           # left alone
+        np.testing.assert_array_equal(g[n], before[n])
+    with pytest.raises(FloatingPointError, match=f"'{'ab'[where]}'"):
+        schedules.clip_grad_norm_(g, 1.0, norm_type=norm_type, error_if_nonfinite=True)
+
+
+@pytest.mark.parametrize("norm_type", [0, -1.0, -math.inf, "fro"])
+def test_clip_refuses_a_norm_type_that_is_no_norm(norm_type):
+    with pytest.raises(ValueError, match="norm_type must be a number > 0 or math.inf"):
+        schedules.clip_grad_norm_({"a": np.ones(3)}, 1.0, norm_type=norm_type)
 
 
 def test_random_reshuffling_visits_each_index_once_per_epoch():

@@ -126,6 +126,44 @@ def test_build_optimizer_gives_beta2_to_the_optimizer_or_to_its_inner_one(name, 
         assert all(g["eps"] == 1e-6 for g in groups)
 
 
+@pytest.mark.parametrize("norm_type", [2.0, float("inf")])
+@pytest.mark.parametrize("placement", ["split", "replicated"])
+def test_the_clip_over_ranks_keeps_a_nan_in_any_gradient(norm_type, placement):
+    """The inf-norm took Python's max, which drops a NaN unless it comes first: a NaN in a second
+    gradient gave a finite norm and the gradients were scaled as if nothing were wrong."""
+    from models.training.trainer import clip_grad_norm_over_ranks
+    from optim.dist.comm import SimComm
+
+    def worker(comm):
+        hook = clip_grad_norm_over_ranks(comm, lambda n: placement, max_norm=1.0, norm_type=norm_type)
+        grads = {"a": np.array([4.0, -3.0]), "b": np.array([np.nan, 0.25])}
+        hook(grads)
+        return hook.last_norm, grads["a"].copy()
+
+    for norm, a in SimComm(2).run(worker):
+        assert np.isnan(norm)
+        np.testing.assert_array_equal(a, [4.0, -3.0])          # left alone, as clip_grad_norm_
+
+
+def test_a_zeroth_order_step_skipped_for_a_nonfinite_loss_is_recorded_as_one():
+    """MeZO with nonfinite="skip" returned None for a skipped step and the Trainer's float(loss)
+    raised TypeError; a first-order skip records nan and goes on."""
+    model = _model()
+    params = {n: p.data for n, p in model.named_parameters()}
+    opt = optim.create("mezo", params, lr=1e-3, eps=1e-3, seed=0, nonfinite="skip")
+    calls = {"n": 0}
+
+    def loss_fn(model, batch):
+        calls["n"] += 1
+        loss = lm_loss(model, batch)
+        return loss * float("inf") if calls["n"] <= 2 else loss      # the first step's two losses
+
+    tr = Trainer(model, loss_fn, opt, batches, steps=3, progress=False, seed=3)
+    tr.fit()
+    assert opt.skipped_steps == 1 and np.isinf(tr.history["train_loss"][0])
+    assert np.all(np.isfinite(tr.history["train_loss"][1:]))
+
+
 @pytest.mark.parametrize("kind", ["adamw", "mezo", "amp-adamw", "sgd"])
 def test_every_kind_of_optimizer_runs_through_the_same_call(kind):
     """First-order, zeroth-order and the mixed-precision wrapper: the same Trainer(...).fit()."""

@@ -110,9 +110,10 @@ def clip_grad_norm_over_ranks(comm, placement, max_norm: float, norm_type: float
         split = [g for n, g in named if placement(n) == "split"]
         replicated = [g for n, g in named if placement(n) == "replicated"]
         if norm_type == math.inf:
-            local = max((float(np.max(np.abs(g))) for g in split if g.size), default=0.0)
-            total = max(float(comm.allgather(np.array([local])).max()),
-                        max((float(np.max(np.abs(g))) for g in replicated if g.size), default=0.0))
+            # np.max keeps a NaN, where Python's max drops one that does not come first
+            local = np.max([np.max(np.abs(g)) for g in split if g.size], initial=0.0)
+            rest = np.max([np.max(np.abs(g)) for g in replicated if g.size], initial=0.0)
+            total = float(np.max([comm.allgather(np.array([local])).max(), rest]))
         else:
             total = (float(comm.allreduce(np.array([_power_sum(split, norm_type)]))[0])
                      + _power_sum(replicated, norm_type)) ** (1.0 / norm_type)

@@ -153,11 +153,13 @@ class ZerothOrderOptimizer(Optimizer):
         return lp, lm
 
     def _bad_loss(self, *losses):
-        """Called with non-finite losses after the parameters were restored."""
+        """Called with non-finite losses after the parameters were restored. A skipped step returns
+        their mean (non-finite), as a step returns its loss: a loop records it (it returned None,
+        and the Trainer's float(loss) raised TypeError)."""
         if self.nonfinite == "skip":
             self.skipped_steps += 1
             self.global_state["step"] += 1
-            return
+            return float(np.mean(losses))
         raise FloatingPointError(f"{type(self).__name__}: non-finite loss {losses} in its step "
                                  f"{self.global_state['step'] + 1} (parameters were restored); lower eps/lr "
                                  f"or use nonfinite='skip'")

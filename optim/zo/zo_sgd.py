@@ -20,7 +20,8 @@ covariance / q (optim/zo/estimators.py), so ZO-SGD needs about d/q times more st
 Like MeZO, the directions are regenerated tensor by tensor from (seed, t, name, k) rather than
 stored (the sphere normalisation first regenerates them once to get ‖z_k‖). Memory:
 parameters + the momentum buffer (d floats, only when β > 0) + two tensor-sized temporaries.
-With q = 1, direction="gaussian", kind="central", β = 0 this is exactly MeZO.
+With q = 1, direction="gaussian", kind="central", β = 0 this is MeZO: the same z, but the update
+rounds fl(fl(z·c)·lr) where MeZO rounds fl(z·(lr·c)), so equal up to rounding.
 """
 from __future__ import annotations
 
