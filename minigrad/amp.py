@@ -637,13 +637,26 @@ class MixedPrecisionOptimizer:
         rng = None if self._rng_before_write is None else json.dumps(self._rng_before_write)
         return {"optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
                 "masters": {n: m.copy() for n, m in self.masters.items()},
-                "steps": self.steps, "skipped_steps": self.skipped_steps, "rng": rng}
+                "steps": self.steps, "skipped_steps": self.skipped_steps, "rng": rng,
+                "options": self._options()}
+
+    def _options(self) -> dict:
+        """What a saved state must have been saved with (the scaler by kind: a dynamic scaler's
+        state in a static one kept the saved scale for good)."""
+        return {"param_format": self.param_format, "grad_format": self.grad_format,
+                "master_weights": self.master_weights, "scaler": type(self.scaler).__name__}
 
     def load_state_dict(self, sd):
+        where = "MixedPrecisionOptimizer.load_state_dict"
         if (sd.get("rng") is None) != (self.rng is None):
-            raise ValueError(f"MixedPrecisionOptimizer.load_state_dict: the state_dict was saved with "
+            raise ValueError(f"{where}: the state_dict was saved with "
                              f"{'nearest' if sd.get('rng') is None else 'stochastic'} rounding, this "
                              f"wrapper uses {self.rounding!r}")
+        mine = self._options()
+        for k, saved in (sd.get("options") or {}).items():      # (none before 2026-12-07)
+            if saved != mine.get(k):
+                raise ValueError(f"{where}: the state_dict was saved with {k}={saved!r}, this wrapper has "
+                                 f"{k}={mine.get(k)!r}; build it with the saved options")
         self.optimizer.load_state_dict(sd["optimizer"])
         self.scaler.load_state_dict(sd["scaler"])
         for n, m in sd["masters"].items():

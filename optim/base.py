@@ -296,6 +296,9 @@ class Optimizer:
     #: methods whose parameters hold an extrapolated point (AGD, FISTA) keep the iterate x_k in
     #: ``state[name][_iterate_key]``; for all others the parameter is the iterate.
     _iterate_key: str | None = None
+    #: options the method keeps as attributes rather than in ``param_groups`` (MeZO's eps, LoZO's
+    #: rank): ``state_dict`` records them and ``load_state_dict`` refuses a state saved with others
+    _saved_options: tuple = ()
 
     def __init__(self, params, *, nonfinite="raise", **defaults):
         if nonfinite not in ("raise", "skip"):
@@ -528,10 +531,24 @@ class Optimizer:
         return {"state": {n: {k: _copy(v) for k, v in st.items()} for n, st in self.state.items()},
                 "param_groups": groups,
                 "global_state": {k: _copy(v) for k, v in self.global_state.items()},
-                "skipped_steps": self.skipped_steps}
+                "skipped_steps": self.skipped_steps,
+                "kind": type(self).__name__,
+                "options": {k: copy.deepcopy(getattr(self, k)) for k in self._saved_options}}
 
     def load_state_dict(self, sd):
-        """Restore a ``state_dict``; the parameter names and groups must match exactly."""
+        """Restore a ``state_dict``; it must be of this class, saved with the same options kept
+        outside the groups (``_saved_options``), and the parameter names and groups must match
+        exactly. (A state_dict saved before 2026-12-07 names no class and no options.)"""
+        where = f"{type(self).__name__}.load_state_dict"
+        kind = sd.get("kind")
+        if kind is not None and kind != type(self).__name__:
+            raise ValueError(f"{where}: the state_dict was saved by {kind}, not {type(self).__name__}; load "
+                             f"it into the optimizer it was saved by")
+        for k, saved in (sd.get("options") or {}).items():
+            mine = getattr(self, k, None)
+            if saved != mine:
+                raise ValueError(f"{where}: the state_dict was saved with {k}={saved!r}, this optimizer "
+                                 f"has {k}={mine!r}; build it with the saved options")
         groups = sd["param_groups"]
         if len(groups) != len(self.param_groups):
             raise ValueError(f"state_dict has {len(groups)} param groups, optimizer has "

@@ -293,6 +293,8 @@ class Muon(_ByRole):
     AdamW. Muon on the embedding or the head trains worse (Muon issue #13), hence the roles.
     Memory: mn per Muon matrix (the momentum), 2N per AdamW parameter."""
 
+    _saved_options = ("adamw_kwargs",)
+
     def __init__(self, params, lr=1e-3, weight_decay=0.1, momentum=0.95, nesterov=True,
                  ns_coefficients=(3.4445, -4.7750, 2.0315), eps=1e-7, ns_steps=5, adjust_lr_fn=None,
                  *, roles=None, splits=None, adamw_kwargs=None, nonfinite="raise"):

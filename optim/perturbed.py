@@ -54,6 +54,8 @@ class PerturbedGD(Optimizer):
     (``last_step_skipped`` is False: the parameters moved). The thresholds, radius, noise mode
     and seed are per optimizer (a param group cannot set them). Memory: 0 (plus the RNG state)."""
 
+    _saved_options = ("g_thres", "radius", "t_thres", "noise")
+
     def __init__(self, params, lr=1e-2, g_thres=1e-3, radius=1e-2, t_thres=10, noise="threshold",
                  seed=0, weight_decay=0.0, *, nonfinite="raise"):
         if noise not in ("threshold", "always"):

@@ -281,6 +281,8 @@ class _Projected(_Subspace):
     W after the update, W <- W - lr*wd*W (as GaLore's code does), the others add wd*W to G before
     the projection (L2)."""
 
+    _saved_options = ("proj", "_inner_name")
+
     def __init__(self, params, *, lr, weight_decay, rank, update_proj_gap, proj, inner,
                  inner_kwargs, roles, splits, seed, nonfinite):
         where = type(self).__name__
@@ -484,6 +486,8 @@ class GaLore(_Projected):
     2r*max(m, n) for Adam(W). The SVD costs O(mn min(m, n)) every T steps."""
 
     method = "galore"
+
+    _saved_options = ("scale", "reproject", "proj", "_inner_name")
 
     def __init__(self, params, lr=1e-3, weight_decay=0.0, *, rank=None, update_proj_gap=200,
                  scale=0.25, proj="std", inner="adamw", inner_kwargs=None, reproject=False,

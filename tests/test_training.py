@@ -471,6 +471,48 @@ def test_missing_checkpoint_and_restore_into_the_wrong_optimizer(saved, tmp_path
         tr.restore(load_checkpoint(path))
 
 
+def _sgd_like(kind, params):
+    return {"adamw": lambda: optim.create("adamw", params, lr=1e-3),
+            "adam": lambda: optim.create("adam", params, lr=1e-3),
+            "mezo": lambda: optim.create("mezo", params, lr=1e-3, eps=1e-3, seed=0),
+            "mezo eps 0.1": lambda: optim.create("mezo", params, lr=1e-3, eps=0.1, seed=0),
+            "lozo rank 1": lambda: optim.create("lozo", params, lr=1e-3, rank=1, seed=0),
+            "lozo rank 2": lambda: optim.create("lozo", params, lr=1e-3, rank=2, seed=0),
+            "muon": lambda: optim.create("muon", params, lr=1e-3),
+            "muon adamw lr": lambda: optim.create("muon", params, lr=1e-3, adamw_kwargs={"lr": 0.01}),
+            "fp16": lambda: amp.MixedPrecisionOptimizer(optim.create("sgd", params, lr=0.1), "fp16"),
+            "bf16": lambda: amp.MixedPrecisionOptimizer(optim.create("sgd", params, lr=0.1), "bf16"),
+            "dynamic": lambda: amp.MixedPrecisionOptimizer(optim.create("sgd", params, lr=0.1), "fp16",
+                                                           scaler=amp.DynamicLossScaler()),
+            }[kind]()
+
+
+@pytest.mark.parametrize("saved_with,resumed_with,pattern", [
+    ("adamw", "adam", "the state_dict was saved by AdamW, not Adam"),   # decoupled decay became L2
+    ("mezo eps 0.1", "mezo", "saved with eps=0.1, this optimizer has eps=0.001"),
+    ("lozo rank 1", "lozo rank 2", "saved with rank=1, this optimizer has rank=2"),   # a matmul error later
+    ("muon adamw lr", "muon", "saved with adamw_kwargs="),
+    ("bf16", "fp16", "saved with param_format='bf16', this wrapper has param_format='fp16'"),
+    ("dynamic", "fp16", "saved with scaler='DynamicLossScaler', this wrapper has scaler='LossScaler'"),
+])
+def test_restore_refuses_another_optimizer_or_one_built_with_other_options(saved_with, resumed_with, pattern,
+                                                                           tmp_path):
+    """Only the group count and names were compared: another optimizer's state loaded (and copied
+    its group options over), and options kept outside the groups silently took the new values."""
+    model = _model()
+    params = {n: p.data for n, p in model.named_parameters()}
+    first = _trainer(model, _sgd_like(saved_with, params), steps=2, eval_batches=None)
+    first.fit()
+    first.save(tmp_path)
+    model2 = _model(seed=1)
+    params2 = {n: p.data for n, p in model2.named_parameters()}
+    tr = _trainer(model2, _sgd_like(resumed_with, params2), steps=4, eval_batches=None)
+    before = {n: p.data.copy() for n, p in model2.named_parameters()}
+    with pytest.raises(CheckpointError, match=f"does not fit .*{pattern}"):
+        tr.restore(load_checkpoint(tmp_path))
+    assert tr.step == 0 and all(np.array_equal(p.data, before[n]) for n, p in model2.named_parameters())
+
+
 def test_a_matching_checkpoint_is_one_of_this_config_and_these_meta_entries(saved, tmp_path):
     path, model = saved
     config = model.config.to_dict()

@@ -548,7 +548,9 @@ class Trainer:
         spans it again (also a run a time budget cut short); without it the run finishes where
         the saved schedule ends. Raises CheckpointError when the checkpoint does not fit this
         run: another model config or parameter dtype, another schedule, other names or shapes,
-        another optimizer kind or gradient hooks, a batch source's state this one cannot take. A
+        another optimizer class or one built with other options than its groups hold (MeZO's eps,
+        LoZO's rank, a mixed-precision format or scaler), other gradient hooks, a batch source's
+        state this one cannot take (the saved groups' hyperparameters, lr and betas, are taken). A
         refused checkpoint leaves the trainer, the model, the optimizer and the batch source as
         they were."""
         self._check_same_run(ckpt)
