@@ -68,6 +68,10 @@ def run(args) -> None:
     ckpt = load_checkpoint(args.out)
     tokenizer = ckpt.tokenizer()
     model = ckpt.build_model()
+    bad = [n for n, p in model.named_parameters() if not np.isfinite(p.data).all()]
+    if bad:                           # a run whose last step diverged (saved before that was caught)
+        raise cli.UsageError(f"the checkpoint in {args.out} (step {ckpt.step}) holds non-finite weights "
+                             f"({', '.join(bad[:3])}): its run diverged; train again with a lower --lr")
     prompt = args.prompt
     if prompt is None:                                 # a newline, if the text had any
         prompt = "\n" if _encodes(tokenizer, "\n") else ""

@@ -477,6 +477,21 @@ def test_sample_cli_bad_input_is_one_line(full_run, tmp_path):
     assert r.returncode == 2 and "--tokens" in r.stderr
 
 
+def test_sample_cli_refuses_a_checkpoint_with_non_finite_weights_in_one_line(full_run, tmp_path):
+    """A run whose last step diverged was saved (before fit caught that) and sample.py ended in a
+    traceback from the sampler: 'the logits hold NaN or inf'."""
+    from models.training import load_checkpoint, save_checkpoint
+    ck = load_checkpoint(full_run)
+    model = ck.build_model()
+    next(iter(model.named_parameters()))[1].data[0] = np.nan
+    meta = {k: v for k, v in ck.meta.items() if k not in ("format_version", "model")}
+    save_checkpoint(tmp_path, model, meta=meta)
+    r = _sample("--out", str(tmp_path))
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1, r.stderr
+    assert "holds non-finite weights" in lines[0] and "its run diverged" in lines[0]
+
+
 def test_default_optimizer_is_muon_with_adamw_at_the_presets_lr():
     """No --optimizer: Muon at MUON_LR on the hidden matrices, its AdamW part at the preset's AdamW
     lr with betas (0.9, --beta2); an --opt-arg adamw_kwargs replaces that part, and another

@@ -349,6 +349,32 @@ def test_a_diverging_run_names_its_step(kind):
     assert isinstance(e.value, FloatingPointError) and tr.step == step - 1 == len(tr.history["train_loss"])
 
 
+@pytest.mark.parametrize("evaluated", [False, True])
+def test_a_last_step_that_breaks_the_model_is_divergence_too(evaluated):
+    """A step's gradients are checked by the next step, so the last step's update went unchecked:
+    fit returned, the caller saved NaN weights (or a NaN validation loss) and sampled from them."""
+    model = _model()
+    opt = optim.create("sgd", {n: p.data for n, p in model.named_parameters()}, lr=0.1)
+    tr = _trainer(model, opt, steps=3, eval_batches=VAL if evaluated else None, eval_every=100)
+    real = opt.step
+
+    def step(grads=None, closure=None):
+        out = real(grads, closure=closure)
+        if tr.step == 2:                                # the last step (counted from 0)
+            if evaluated:                               # finite weights, activations overflow
+                for a in opt.params.values():
+                    a[...] = 1e30
+            else:
+                next(iter(opt.params.values()))[...] = np.nan
+        return out
+
+    opt.step = step
+    pattern = (r"training diverged by step 3: the validation loss is nan" if evaluated else
+               r"training diverged in step 3: its update left non-finite weights in ")
+    with np.errstate(over="ignore", invalid="ignore"), pytest.raises(Diverged, match=pattern):
+        tr.fit()
+
+
 def test_time_budget_stops_early_and_says_so():
     model = _model()
     tr = _trainer(model, _adamw(model), steps=10_000, eval_batches=None, time_budget=0.5,

@@ -370,6 +370,7 @@ class Trainer:
     def fit(self) -> FitResult:
         """Train until ``horizon`` steps are done, the time budget is spent or a signal arrives."""
         t_fit = time.perf_counter()
+        first_step = self.step
         self.interrupted = False
         self._stop_requested = False                   # set by a signal; `interrupted` is the decision
         self._said_horizon = None                      # the last plan the budget's message gave
@@ -435,8 +436,17 @@ class Trainer:
                     break                               # hard stop: keep the budget's promise
             if not decided:                            # a signal in the last step: agreed here too
                 self._decide_stop()
+            # a step's gradients are checked by the next one; the last one's update is checked here
+            bad = [n for n, p in self.model.named_parameters()
+                   if not np.isfinite(p.data).all()] if self.step > first_step else []
+            if bad:
+                raise Diverged(f"training diverged in step {self.step}: its update left non-finite "
+                               f"weights in {', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}")
             if has_eval and not self.interrupted and not self._evaluated_now():
                 val_loss = evaluate_and_log()
+            if self.step > first_step and self._evaluated_now() and not math.isfinite(val_loss):
+                raise Diverged(f"training diverged by step {self.step}: the validation loss is {val_loss} "
+                               f"(the weights are finite, the activations overflow)")
         finally:
             if bar is not None:
                 bar.close()
