@@ -1,6 +1,7 @@
 """The training layer: one loop for every optimizer, resumable bit for bit, and checkpoints that
 refuse to be half-read."""
 import json
+import math
 import os
 import time
 from pathlib import Path
@@ -373,6 +374,24 @@ def test_a_last_step_that_breaks_the_model_is_divergence_too(evaluated):
                r"training diverged in step 3: its update left non-finite weights in ")
     with np.errstate(over="ignore", invalid="ignore"), pytest.raises(Diverged, match=pattern):
         tr.fit()
+
+
+def test_a_signal_during_the_final_evaluation_is_reported_not_lost():
+    """The stop was decided before the final evaluation and a SIGTERM during it was only noted:
+    fit returned interrupted=False and a demo training several models went on to the next."""
+    import signal
+    model = _model()
+    tr = None
+
+    def loss_fn(m, batch):
+        if not m.training and tr.step == 3:            # the final evaluation
+            signal.raise_signal(signal.SIGTERM)
+        return lm_loss(m, batch)
+
+    tr = Trainer(model, loss_fn, _adamw(model), batches, steps=3, eval_batches=VAL, eval_every=100,
+                 progress=False, seed=3)
+    res = tr.fit()
+    assert res.step == 3 and res.interrupted and math.isfinite(res.val_loss)
 
 
 def test_time_budget_stops_early_and_says_so():

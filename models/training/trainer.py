@@ -444,6 +444,9 @@ class Trainer:
                                f"weights in {', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}")
             if has_eval and not self.interrupted and not self._evaluated_now():
                 val_loss = evaluate_and_log()
+                # a signal during it was only noted: the run is complete, but the caller (a demo
+                # that trains several models) must hear it
+                self._decide_stop()
             if self.step > first_step and self._evaluated_now() and not math.isfinite(val_loss):
                 raise Diverged(f"training diverged by step {self.step}: the validation loss is {val_loss} "
                                f"(the weights are finite, the activations overflow)")
