@@ -307,7 +307,9 @@ def build_parser():
 
 def _validate(a):
     if a.skip_train:
-        cli.refuse_unused(build_parser(), a, ("adamw_steps", "zo_steps", "n_evals", "eval_batches"),
+        # (rank and lozo_momentum size LoZO's state, which the memory part measures)
+        cli.refuse_unused(build_parser(), a, ("adamw_steps", "zo_steps", "n_evals", "eval_batches", "adamw_lr",
+                                              "mezo_lr", "lozo_lr", "eps", "nu"),
                           "--skip-train runs no fine-tuning")
     if a.ckpt is not None:
         cli.refuse_unused(build_parser(), a, ("pretrain_steps", "pretrain_lr"), "--ckpt gives the pretrained model")

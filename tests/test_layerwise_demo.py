@@ -93,6 +93,9 @@ def test_importance_sampling_speedup_is_near_n_lmax_over_sum_l(quick_run):
     (["--quick", "--n-layer", "1", "--methods", "lisa2"], "LISA: layers=2 must be an integer from 1"),
     # flags the part asked for does not read: refused, not ignored
     (["--part", "convex", "--steps", "10"], "--steps: --part convex runs no GPT part, so it would be ignored"),
+    (["--methods", "adamw", "--sgd-lr", "0.1"], "--sgd-lr: --methods adamw trains none of bcd, so it would be ignored"),
+    (["--methods", "bcd", "--misa-eta", "3"], "--misa-eta: --methods bcd trains none of misa"),
+    (["--methods", "bcd", "--lr", "0.01"], "--lr: --methods bcd trains none of adamw, lisa1, lisa2, badam, misa"),
     (["--part", "gpt", "--epochs", "20", "--seeds", "3"],
      "--epochs, --seeds: --part gpt runs no convex part, so they would be ignored; drop them"),
 ])

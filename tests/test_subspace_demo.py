@@ -70,6 +70,8 @@ def test_galore_and_golore_hold_at_most_half_of_adamws_state_on_gpt_tiny(tmp_pat
     (["--part", "a", "--steps", "10", "--preset", "tiny"],
      "--steps, --preset: --part a runs no GPT comparison, so they would be ignored"),
     (["--part", "b", "--ce-steps", "100"], "--ce-steps: --part b runs no counterexample, so it would be ignored"),
+    (["--methods", "galore,golore", "--lr", "0.5"], "--lr: --methods galore,golore trains none of adamw, flora, rso"),
+    (["--methods", "adamw", "--rank", "4"], "--rank: --methods adamw trains none of galore, golore, flora, rso"),
 ])
 def test_bad_arguments_are_one_line_and_exit_2(tmp_path, monkeypatch, capsys, argv, says):
     monkeypatch.chdir(tmp_path)

@@ -92,6 +92,7 @@ def test_ctrl_c_stops_the_demo_with_130_caching_no_part_trained_model(tmp_path, 
     (["--docs", "x"], "unrecognized arguments: --docs x"),
     (["--ckpt", "missing"], "no checkpoint at missing"),
     (["--skip-train", "--zo-steps", "5"], "--zo-steps: --skip-train runs no fine-tuning, so it would be ignored"),
+    (["--skip-train", "--mezo-lr", "0.5", "--eps", "0.1"], "--mezo-lr, --eps: --skip-train runs no fine-tuning"),
     (["--ckpt", "out", "--pretrain-steps", "5"],
      "--pretrain-steps: --ckpt gives the pretrained model, so it would be ignored"),
 ])
