@@ -483,13 +483,15 @@ def run(args, on_step=None, explicit=frozenset()) -> int:
     with open(samples, "a" if args.resume else "w", encoding="utf-8") as f:
         f.write(f"=== step {trainer.step}, val loss {result.val_loss:.4f} ===\n{sample}\n\n")
     minutes = (time.perf_counter() - t_start) / 60
+    # the schedule is fitted to the time after 40 timed steps; a budget spent before that cut it
+    how = ("the schedule was fitted to the time" if trainer.horizon < trainer.target else
+           "spent before the schedule could be fitted to it: the learning rate never decayed")
     if result.out_of_time and trainer.target == BUDGET_STEPS:    # no --steps: the budget set the length
-        print(f"--max-minutes {args.max_minutes:g} ended the run at step {trainer.step} (the schedule was "
-              f"fitted to the time); train on with --resume --out {args.out} and --max-minutes M or --steps N")
+        print(f"--max-minutes {args.max_minutes:g} ended the run at step {trainer.step} ({how}); train on "
+              f"with --resume --out {args.out} and --max-minutes M or --steps N")
     elif result.out_of_time:
         print(f"--max-minutes {args.max_minutes:g} ended the run at step {trainer.step} of {trainer.target} "
-              f"(the schedule was fitted to the time); continue it with --resume --out {args.out} "
-              f"--max-minutes M (0: no limit)")
+              f"({how}); continue it with --resume --out {args.out} --max-minutes M (0: no limit)")
     per_step = trainer.seconds_per_step()
     speed = f", {per_step:.2f} s/step recently" if per_step else ""
     print(f"done: {trainer.step} steps, val loss {result.val_loss:.4f} nats/token after {minutes:.1f} min{speed}; "
