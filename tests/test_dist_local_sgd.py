@@ -125,6 +125,29 @@ def test_the_average_reaches_the_model_through_a_mixed_precision_optimizer(maste
         np.testing.assert_array_equal(x, rounded)
 
 
+@pytest.mark.parametrize("H", [1, 2, 4])
+def test_a_stop_asked_during_the_final_evaluation_reaches_every_rank_whatever_h(H):
+    """any_rank(every=H) votes every H-th call; after the final evaluation no later vote comes, so
+    the Trainer votes through its `final` (the stop was lost for H > 1)."""
+    def worker(comm):
+        model = GPT(GPTConfig(**CFG), dtype=np.float64, seed=0)
+        opt = LocalSGD(optim.create("sgd", {n: p.data for n, p in model.named_parameters()}, lr=0.1),
+                       comm, local_steps=H)
+        box = {}
+
+        def loss_fn(m, batch):
+            if not m.training and box["tr"].step == 4 and comm.rank == 1:    # the final evaluation
+                box["tr"]._stop_requested = True         # what a SIGTERM's handler sets
+            return lm_loss(m, batch)
+
+        box["tr"] = data_parallel_trainer(comm, model, loss_fn, opt, global_batches, steps=4,
+                                          eval_batches=[global_batches(np.random.default_rng(9))],
+                                          eval_every=100, seed=0, progress=False)
+        return box["tr"].fit().interrupted
+
+    assert SimComm(2).run(worker) == [True, True]
+
+
 def test_the_optimizer_state_stays_local():
     out = SimComm(2).run(gpt_worker, 4, local_steps=2, kind="adamw")
     (seen0, _, w0), (seen1, _, w1) = out

@@ -376,6 +376,20 @@ def test_a_last_step_that_breaks_the_model_is_divergence_too(evaluated):
         tr.fit()
 
 
+def test_a_frozen_parameter_may_hold_inf_without_the_last_step_check_calling_it_divergence():
+    """The check of the last step's update looks at what the steps train: a frozen parameter the
+    user keeps at -inf (an additive mask) is no divergence."""
+    from minigrad import nn
+    model = _model()
+    mask = np.zeros(11, np.float32)
+    mask[3] = -np.inf
+    model.vocab_mask = nn.Parameter(mask)
+    model.vocab_mask.requires_grad_(False)
+    opt = optim.create("adamw", {n: p.data for n, p in model.named_parameters()}, lr=1e-3)   # frozen: grad None
+    res = _trainer(model, opt, steps=3, eval_batches=None).fit()
+    assert res.step == 3 and np.isneginf(model.vocab_mask.data[3])
+
+
 def test_a_signal_during_the_final_evaluation_is_reported_not_lost():
     """The stop was decided before the final evaluation and a SIGTERM during it was only noted:
     fit returned interrupted=False and a demo training several models went on to the next."""

@@ -62,10 +62,11 @@ def any_rank(comm, every: int = 1):
     Ctrl-C or SIGTERM it received, or ``comm.stop_requested``: a signal to the process of
     simulated ranks, which listen through ``comm.listen_for_stop()``), all of them at the same
     step. It votes at every ``every``-th
-    call (the Trainer calls it before each step and once after the last) with one all-reduce of
-    one int64, 2(n-1)/n · 8 bytes sent per rank, and answers "not yet" in between, so a stop
-    waits for the next vote. ``every`` = H for Local SGD keeps its T/H communication rounds in
-    step (one vote per averaging round)."""
+    call (the Trainer calls it before each step) with one all-reduce of one int64, 2(n-1)/n · 8
+    bytes sent per rank, and answers "not yet" in between, so a stop waits for the next vote.
+    ``every`` = H for Local SGD keeps its T/H communication rounds in step (one vote per
+    averaging round). After the last step and after the final evaluation, where no later vote
+    comes, the Trainer calls its ``final``, which always votes."""
     if int(every) != every or every < 1:
         raise ValueError(f"any_rank: every must be an integer >= 1, got {every!r}")
     calls = itertools.count()
@@ -73,11 +74,13 @@ def any_rank(comm, every: int = 1):
     if listen is not None:
         listen()
 
-    def reduce_stop(flag: bool) -> bool:
-        if next(calls) % every:
-            return False
+    def vote(flag: bool) -> bool:
         wish = flag or getattr(comm, "stop_requested", False)   # a signal to the process (simulated ranks)
         return bool(comm.allreduce(np.array([int(wish)], np.int64))[0] > 0)
+
+    def reduce_stop(flag: bool) -> bool:
+        return False if next(calls) % every else vote(flag)
+    reduce_stop.final = vote
     return reduce_stop
 
 

@@ -201,11 +201,13 @@ class Trainer:
     reduce_stop  in a run over several processes, ``reduce_stop(flag) -> bool`` turns this
                  process's wish to stop (a Ctrl-C or SIGTERM it received, or ``interrupted`` set
                  by a callback) into the decision of all of them, as Lightning's
-                 ``reduce_boolean_decision``. It is called on every rank before every step and
-                 once after the last, before the final evaluation: a signal reaches the ranks at
-                 slightly different moments, and a rank that stopped one step before the others
-                 would leave them waiting in that step's all-reduce. A wish it answers with
-                 False ("not yet") stands until it is granted.
+                 ``reduce_boolean_decision``. It is called on every rank before every step, once
+                 after the last and once after the final evaluation: a signal reaches the ranks
+                 at slightly different moments, and a rank that stopped one step before the
+                 others would leave them waiting in that step's all-reduce. A wish it answers with
+                 False ("not yet") stands until it is granted; after the last step, where no later
+                 call comes, ``reduce_stop.final(flag)`` is called instead when it has one (a
+                 vote that is always taken).
                  :func:`models.training.distributed.any_rank` (stop when any rank asks) is what
                  ``data_parallel_trainer`` passes; None: this process decides alone
     reduce_loss  zeroth-order optimizers only: ``reduce_loss(loss) -> loss`` applied to every
@@ -435,10 +437,11 @@ class Trainer:
                 if budget and time.perf_counter() - self.start_time > budget - t_eval - self.reserve_seconds:
                     break                               # hard stop: keep the budget's promise
             if not decided:                            # a signal in the last step: agreed here too
-                self._decide_stop()
+                self._decide_stop(final=True)
             # a step's gradients are checked by the next one; the last one's update is checked here
+            # (on what the steps train: a frozen parameter may hold -inf on purpose, a mask)
             bad = [n for n, p in self.model.named_parameters()
-                   if not np.isfinite(p.data).all()] if self.step > first_step else []
+                   if n not in self._user_frozen and not np.isfinite(p.data).all()] if self.step > first_step else []
             if bad:
                 raise Diverged(f"training diverged in step {self.step}: its update left non-finite "
                                f"weights in {', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}")
@@ -446,7 +449,7 @@ class Trainer:
                 val_loss = evaluate_and_log()
                 # a signal during it was only noted: the run is complete, but the caller (a demo
                 # that trains several models) must hear it
-                self._decide_stop()
+                self._decide_stop(final=True)
             if self.step > first_step and self._evaluated_now() and not math.isfinite(val_loss):
                 raise Diverged(f"training diverged by step {self.step}: the validation loss is {val_loss} "
                                f"(the weights are finite, the activations overflow)")
@@ -489,13 +492,18 @@ class Trainer:
                 say(f"time budget {self.time_budget / 60:g} min: at {per_step:.3g} s/step the schedule "
                     f"is {verb} to {fit} steps")
 
-    def _decide_stop(self) -> bool:
+    def _decide_stop(self, final: bool = False) -> bool:
         """Whether to stop now: this process's wish (a signal, or ``interrupted`` set by a
         callback), agreed among the ranks by ``reduce_stop`` when there is one (every rank calls
-        it at the same points, as it is a collective). Sets and returns ``interrupted``."""
+        it at the same points, as it is a collective). ``final``: after the last step, where no
+        later vote comes, so a ``reduce_stop`` that votes only now and then (``any_rank(every=H)``)
+        votes through its ``final``. Sets and returns ``interrupted``."""
         wish = self._stop_requested or self.interrupted
         self._stop_requested = wish
-        self.interrupted = bool(self.reduce_stop(wish)) if self.reduce_stop is not None else wish
+        reduce = self.reduce_stop
+        if reduce is not None and final:
+            reduce = getattr(reduce, "final", reduce)
+        self.interrupted = bool(reduce(wish)) if reduce is not None else wish
         return self.interrupted
 
     def _catch_signals(self):
