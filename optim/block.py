@@ -676,12 +676,15 @@ class MISA(BlockOptimizer):
         self.budget = delta * total
         smallest = int(np.argmin(self._size))
         if self._size[smallest] > self.budget:
-            need = self._size[smallest] / total           # rounded up, so that the advice is enough
+            need = self._size[smallest] / total
             digits = 10.0 ** (math.floor(math.log10(need)) - 2)
+            advice = float(f"{math.ceil(need / digits) * digits:.3g}")   # rounded up, to 3 digits
+            while advice * total < self._size[smallest]:                 # 0.29 * 100 < 29 in floats
+                advice = float(f"{advice + digits:.3g}")
             raise ValueError(f"{where}: delta={delta} allows {math.floor(self.budget)} of the {total} "
                              f"parameters per period, fewer than the smallest module "
                              f"{list(modules)[smallest]!r} ({self._size[smallest]}); raise delta to at "
-                             f"least {math.ceil(need / digits) * digits:.3g}")
+                             f"least {advice:g}")
         self.delta, self.granularity, self.eta = float(delta), granularity, float(eta)
         self.score_decay, self.score_clip, self.revisit = float(score_decay), float(score_clip), int(revisit)
         B = len(modules)

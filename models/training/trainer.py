@@ -376,6 +376,7 @@ class Trainer:
         self.interrupted = False
         self._stop_requested = False                   # set by a signal; `interrupted` is the decision
         self._said_horizon = None                      # the last plan the budget's message gave
+        self.schedule_fitted = False                   # whether the time budget planned the horizon
         budget = self.time_budget
         bar = None
         if self.progress:
@@ -471,6 +472,7 @@ class Trainer:
         return sum(recent) / len(recent) if recent else None
 
     def _fit_horizon(self, per_step, t_eval, say, bar):
+        self.schedule_fitted = True
         left = self.time_budget - (time.perf_counter() - self.start_time)
         # Each step costs per_step plus its share of the evaluation every eval_every steps, and
         # the evaluation after the last step comes on top: counted over the steps that fit, not

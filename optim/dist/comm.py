@@ -173,8 +173,10 @@ def agree_on_layout(comm, arrays: Mapping, op: str, last=None):
     """Raise ``CommError`` on every rank, naming what differs, unless all ranks pass the same names,
     shapes and dtypes in ``arrays`` (dict name -> ndarray or None) and leave out (None) the same
     names. Returns the layout; given back as ``last``, it costs nothing while the layout stays (an
-    allgather of one checksum when it changes, so every rank must call it at the same points).
-    Not counted in the bytes (``Communicator.uncounted``).
+    allgather of one checksum when it changes). When only some ranks' layouts change, those ranks
+    gather while the others go on to the collective itself: the communicator's check of the calls
+    raises CommError on every rank then, without the names. Not counted in the bytes
+    (``Communicator.uncounted``).
 
     Collectives over per-dtype buffers (``per_dtype``) check only each buffer's length: without
     this, rank 0's gradient of layer 2 would be averaged with rank 1's of layer 3 whenever a
