@@ -13,7 +13,8 @@
    pretraining flags are refused beside it), and ``--block-size`` is then the checkpoint's unless
    given smaller.
 2. **Fine-tuning**: a classifier on [CLS] learns the task *real or shuffled?* -- a stretch of
-   4..12 consecutive words of the text, or the same words in another order
+   4..12 consecutive words of the text (fewer, down to 2, where they exceed the block), or the
+   same words in another order
    (``models.bert.ShuffledWordsTask``; training examples from the training split, test examples
    from the validation split). The classes are balanced, so the majority-class baseline is 50 %.
 3. **The same fine-tuning from scratch** (a randomly initialized encoder, the same steps): what
@@ -106,7 +107,7 @@ def _validate(a):
         raise cli.UsageError(f"--n-embd {a.n_embd} must be divisible by --n-head {a.n_head}")
     if a.block_size is not None and a.block_size < 24:
         raise cli.UsageError(f"--block-size {a.block_size} is too short for the task's examples "
-                             f"(4 words and more, [CLS] included): give >= 24")
+                             f"(2 to 12 words, [CLS] included): give >= 24")
     for name in ("pretrain_minutes", "finetune_minutes"):
         v = getattr(a, name)
         if not (v >= 0 and math.isfinite(v)):

@@ -257,7 +257,7 @@ class ShuffledWordsTask:
 
     An example is ``min_words..max_words`` consecutive words of the text (split at white space,
     joined by single spaces, so the layout gives nothing away) that fit in ``block_size - 1``
-    characters; half the examples have their words permuted (always into another order). The
+    characters (the last dropped until they do, down to 2), two of them different; half the examples have their words permuted (always into another order). The
     classes are balanced, so the majority-class baseline is 50 %. Inputs are [CLS] + characters,
     padded with [PAD] to the longest example of the batch."""
 
@@ -268,6 +268,35 @@ class ShuffledWordsTask:
         if len(self.words) < self.max_words + 1:
             raise ValueError(f"ShuffledWordsTask: the text has {len(self.words)} words, fewer than "
                              f"max_words + 1 = {self.max_words + 1}")
+        if not self._has_an_example():                # else sample() would draw for ever
+            raise ValueError(f"ShuffledWordsTask: no stretch of 2 to {self.max_words} words of this text "
+                             f"holds two different words in block_size - 1 = {self.block_size - 1} "
+                             f"characters; give a text of shorter, varied words or a larger block_size")
+
+    def _has_an_example(self) -> bool:
+        """Whether some start sample() draws leads to an example: its first k words, k the fewest
+        that hold two different words (at least 2, at most max_words), fit in block_size - 1."""
+        W, room = self.words, self.block_size - 1
+        for s in range(min(len(W) - self.max_words, 1000)):      # most texts: one of the first
+            width = len(W[s])
+            for j in range(s + 1, s + self.max_words):
+                width += 1 + len(W[j])
+                if width > room:
+                    break
+                if W[j] != W[s]:
+                    return True
+        s = np.arange(len(self.words) - self.max_words)          # the starts sample() draws
+        _, ids = np.unique(self.words, return_inverse=True)
+        ids = ids.ravel()
+        chars = np.concatenate([[0], np.cumsum([len(w) + 1 for w in self.words])])   # word + a space
+        change = np.flatnonzero(ids[1:] != ids[:-1]) + 1          # a word unlike the one before it
+        i = np.searchsorted(change, s, side="right")               # the first such word after s
+        found = i < len(change)
+        s, first = s[found], change[i[found]]
+        k = np.maximum(2, first - s + 1)                           # words s .. first
+        s, k = s[k <= self.max_words], k[k <= self.max_words]
+        width = chars[s + k] - chars[s] - 1                        # their characters, spaces between
+        return bool((width <= self.block_size - 1).any())
 
     def sample(self, rng) -> tuple[str, int]:
         while True:

@@ -147,9 +147,44 @@ def test_a_shuffled_example_is_its_words_in_another_order():
      f"checkpoint out/bert has a vocabulary of 90 tokens (86 + 4 specials) but this text needs {vocab().size}"),
     (lambda m, v: BERTConfig(n_embd=10, n_head=3), "n_embd=10 must be divisible by n_head=3"),
     (lambda m, v: ShuffledWordsTask("a b c", v, 10), "the text has 3 words, fewer than max_words + 1 = 13"),
+    # texts with no example: sample() drew for ever (the demo hung before printing anything)
+    (lambda m, v: ShuffledWordsTask("la " * 3000, v, 64), "no stretch of 2 to 12 words of this text holds two "
+                                                           "different words in block_size - 1 = 63 characters"),
+    (lambda m, v: ShuffledWordsTask(("a" * 36 + " " + "b" * 36 + " ") * 800, v, 64), "no stretch of 2 to 12"),
 ])
 def test_bad_input_is_one_clear_error(make, says):
     model, v = tiny()
     with pytest.raises(ValueError) as e:
         make(model, v)
     assert says in str(e.value)
+
+
+def test_the_check_for_an_example_agrees_with_the_rule_sample_uses():
+    """Brute force over small random texts (after 1,000 starts of one long repeated word, so the
+    vectorised scan decides, not the quick look at the first starts): an example exists exactly
+    when some start's first words up to two different ones fit in block_size - 1 characters."""
+    rng = np.random.default_rng(0)
+    kinds = ["a", "bb", "ccc", "dddddddd", "e" * 20]
+
+    def brute(words, room, max_words=12):
+        for s in range(1000 - max_words, len(words) - max_words):   # before: twelve f's, one word
+            for k in range(2, max_words + 1):
+                if len(set(words[s:s + k])) > 1:
+                    if len(" ".join(words[s:s + k])) <= room:
+                        return True
+                    break
+        return False
+
+    seen = set()
+    for _ in range(300):
+        body = [kinds[i] for i in rng.choice(5, rng.integers(13, 40), p=rng.dirichlet(np.full(5, 0.3)))]
+        text = " ".join(["f" * 30] * 1000 + body)
+        block = int(rng.integers(4, 40))
+        try:
+            ShuffledWordsTask(text, vocab(), block)
+            found = True
+        except ValueError:
+            found = False
+        assert found == brute(text.split(), block - 1)
+        seen.add(found)
+    assert seen == {True, False}
