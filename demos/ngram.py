@@ -27,7 +27,7 @@ import numpy as np
 
 from models import cli
 from models.data import DataError, TextData, load_text
-from models.ngram import NGramLM, WordVocab, words
+from models.ngram import NGramLM, WordVocab, max_order, words
 from models.training import pyplot, save_figure
 
 QUICK = {"max_chars": 1_000_000, "max_order": 6, "word_max_order": 3}
@@ -54,6 +54,8 @@ def build_parser():
 
 
 def _validate(a):
+    # (a default order gives way to what the vocabulary allows; one given is refused beyond it)
+    a.explicit_order = a.max_order is not None
     cli.fill_defaults(a, QUICK, FULL)
     if a.max_chars is not None and a.max_chars < 1:
         raise cli.UsageError(f"--max-chars must be >= 1, got {a.max_chars}")
@@ -63,6 +65,19 @@ def _validate(a):
         raise cli.UsageError(f"--word-max-order must be in [0, 4], got {a.word_max_order}")
     if a.sample_chars < 0:
         raise cli.UsageError(f"--sample-chars must be >= 0, got {a.sample_chars}")
+
+
+def _orders_that_fit(order, vocab_size, what, flag, explicit) -> int:
+    """``order``, or the highest NGramLM takes for ``vocab_size`` tokens (a note says so), or a
+    one-line refusal when the order was given explicitly."""
+    most = max_order(vocab_size)
+    if order <= most:
+        return order
+    if explicit:
+        raise cli.UsageError(f"{flag} {order}: this text's {vocab_size:,} {what} allow orders up to {most} "
+                             f"(an n-gram is one int64 code, vocab^order < 2^63)")
+    print(f"[ngram] this text's {vocab_size:,} {what} allow orders up to {most}: {flag} {most}")
+    return most
 
 
 def char_models(train, val, vocab_size, max_order):
@@ -83,13 +98,15 @@ def char_models(train, val, vocab_size, max_order):
     return results
 
 
-def word_models(train_text, val_text, max_order):
+def word_models(train_text, val_text, top):
     """{order: {"kneser_ney": nats/word, ...}}, the vocabulary and the <unk> rate of validation."""
     train_words, val_words = words(train_text), words(val_text)
     vocab = WordVocab.build(train_words, min_count=2)
+    # (known only now, after the character models: beyond it, the orders that fit, with a note)
+    top = _orders_that_fit(top, vocab.vocab_size, "words", "--word-max-order", explicit=False)
     train, val = vocab.encode(train_words), vocab.encode(val_words)
     results = {}
-    for n in range(1, max_order + 1):
+    for n in range(1, top + 1):
         row = {"kneser_ney": NGramLM(n, vocab.vocab_size, "kneser_ney").fit(train).nats_per_token(val)}
         for k in K_VALUES:
             row[f"add_k={k:g}"] = NGramLM(n, vocab.vocab_size, "add_k", k=k).fit(train).nats_per_token(val)
@@ -140,6 +157,10 @@ def run(a) -> dict:
     _validate(a)
     text, desc = load_text(a.data, notice=True, max_chars=a.max_chars)
     data = TextData(text, block_size=1, cache_dir=None, description=desc)
+    a.max_order = _orders_that_fit(a.max_order, data.vocab_size, "characters", "--max-order", a.explicit_order)
+    if not words(text[len(data.train):]) and a.word_max_order:
+        raise DataError(f"the validation part of {desc} (its last 10%) holds no words to score the word "
+                        f"models on; give a longer text, or --word-max-order 0")
     cli.check_out_dir(a.out)                # the inputs are good: from here on we may write
     train, val = np.asarray(data.train.ids), np.asarray(data.val.ids)
     print(f"[ngram] {desc}: {len(data.ids):,} characters (vocab {data.vocab_size}), "

@@ -48,7 +48,7 @@ import optim  # noqa: E402
 from models import cli  # noqa: E402
 from models.data import DataError, TextData, load_text  # noqa: E402
 from models.gpt import GPT, PRESETS, preset  # noqa: E402
-from models.ngram import NGramLM  # noqa: E402
+from models.ngram import NGramLM, max_order  # noqa: E402
 from models.rnn_lm import CELLS, BPTTStreams, RNNLM, RNNLMConfig, tbptt_loss  # noqa: E402
 from models.training import Trainer, clip_grad_norm, evaluate, lm_loss, pyplot, save_figure  # noqa: E402
 from models.training.optimizers import build_optimizer  # noqa: E402
@@ -93,7 +93,22 @@ def build_parser():
     return p
 
 
+def _ngram_orders(a, vocab_size) -> int:
+    """--ngram-max-order, or the highest order NGramLM takes for this vocabulary: a default gives
+    way to it with a note, an order given is refused beyond it."""
+    most = max_order(vocab_size)
+    if a.ngram_max_order <= most:
+        return a.ngram_max_order
+    if a.explicit_ngram_order:
+        raise cli.UsageError(f"--ngram-max-order {a.ngram_max_order}: this text's {vocab_size:,} characters "
+                             f"allow orders up to {most} (an n-gram is one int64 code, vocab^order < 2^63)")
+    print(f"[rnn_lm] this text's {vocab_size:,} characters allow n-gram orders up to {most}: "
+          f"--ngram-max-order {most}")
+    return most
+
+
 def _validate(a):
+    a.explicit_ngram_order = a.ngram_max_order is not None
     cli.fill_defaults(a, QUICK, FULL)
     a.models = [m.strip() for m in a.models.split(",") if m.strip()]
     bad = [m for m in a.models if m not in MODELS]
@@ -158,7 +173,10 @@ def gpt_nats(model, ids, block: int, batch: int = 16) -> float:
     return total / count
 
 
-def rnn_nats(model, ids, batch: int = 16, window: int = 64) -> float:
+EVAL_STREAMS = 16                       # the streams rnn_nats reads the validation text with
+
+
+def rnn_nats(model, ids, batch: int = EVAL_STREAMS, window: int = 64) -> float:
     """Mean nats/char of ``ids`` under a recurrent LM, read by ``batch`` streams with the state
     carried across windows from zeros at the start."""
     streams = BPTTStreams(ids, batch_size=batch, window=window)
@@ -259,10 +277,15 @@ def run(a) -> dict:
     data = TextData(text, block_size=block, cache_dir=a.cache_dir or None, description=desc,
                     write_cache=False)         # written below, once every input is good
     val = np.asarray(data.val.ids[:a.val_chars], dtype=np.int64)
-    if len(val) < max(a.batch_size * (a.window + 1), 2 * block) + 1 or len(data.train) < a.batch_size * (a.window + 1):
+    # validation is read by EVAL_STREAMS streams whatever --batch-size: a smaller batch passed this
+    # check and the evaluation failed after training, its checkpoint written
+    if (len(val) < max(max(a.batch_size, EVAL_STREAMS) * (a.window + 1), 2 * block) + 1
+            or len(data.train) < a.batch_size * (a.window + 1)):
         raise DataError(f"the validation text has {len(val):,} characters and the training text {len(data.train):,}: "
-                        f"too short for {a.batch_size} streams of windows of {a.window} (and a GPT block of "
-                        f"{block}); use a longer text, or a smaller --batch-size / --window")
+                        f"too short for {a.batch_size} training and {EVAL_STREAMS} validation streams of windows "
+                        f"of {a.window} (and a GPT block of {block}); use a longer text or --val-chars, or a "
+                        f"smaller --batch-size / --window")
+    a.ngram_max_order = _ngram_orders(a, data.vocab_size)
     cli.refuse_overwrite([os.path.join(a.out, m) for m in a.models], a.force)
     cli.check_out_dir(a.out)                    # the inputs are good: from here on we may write
     data.save_cache()

@@ -44,7 +44,13 @@ from collections import Counter
 
 import numpy as np
 
-__all__ = ["NGramLM", "WordVocab", "words", "SMOOTHINGS"]
+__all__ = ["NGramLM", "WordVocab", "words", "SMOOTHINGS", "max_order"]
+
+
+def max_order(vocab_size: int) -> int:
+    """The highest order NGramLM takes for ``vocab_size`` tokens: an n-gram is kept as one int64
+    code, vocab_size^order < 2^63 (9 for a few dozen characters, 5 for 3,000)."""
+    return max(1, math.ceil(63 / math.log2(max(vocab_size, 2))) - 1)
 
 SMOOTHINGS = ("kneser_ney", "add_k")
 
@@ -72,9 +78,9 @@ class NGramLM:
             raise ValueError(f"NGramLM: k must be a finite number > 0, got {k!r}")
         if discount is not None and not 0 < discount <= 1:
             raise ValueError(f"NGramLM: discount must be in (0, 1], got {discount!r}")
-        if order * math.log2(max(vocab_size, 2)) >= 63:
+        if order > max_order(vocab_size):
             raise ValueError(f"NGramLM: vocab_size^order = {vocab_size}^{order} does not fit in an int64 "
-                             f"code; use order <= {int(62.99 // math.log2(max(vocab_size, 2)))}")
+                             f"code; use order <= {max_order(vocab_size)}")
         self.order, self.vocab_size = int(order), int(vocab_size)
         self.smoothing, self.k, self.fixed_discount = smoothing, float(k), discount
         self.tables = None

@@ -26,6 +26,22 @@ def tiny_text(tmp_path):
     return str(path)
 
 
+def wide_text(n_chars=600, length=6000):
+    """A text of ``n_chars`` distinct characters (CJK ideographs), too many for order 7 n-grams."""
+    rng = np.random.default_rng(0)
+    return "".join(chr(0x4E00 + i) for i in np.r_[np.arange(n_chars), rng.integers(0, n_chars, length)])
+
+
+def test_ngram_demo_sweeps_the_orders_a_wide_vocabulary_allows_by_default(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "wide.txt").write_text(wide_text(), encoding="utf-8")
+    demo = load_demo("ngram.py")
+    result = demo.run(demo.build_parser().parse_args(["--data", "wide.txt", "--out", "ng", "--word-max-order", "0",
+                                                      "--sample-chars", "5"]))
+    assert list(result["chars"]) == [1, 2, 3, 4, 5, 6]        # the default, 8, gave way to 6
+    assert "this text's 600 characters allow orders up to 6: --max-order 6" in capsys.readouterr().out
+
+
 # --------------------------------------------------------------------------------- ngram
 def test_ngram_demo_writes_its_tables_and_the_best_model_is_kneser_ney(tmp_path, monkeypatch, tiny_text):
     monkeypatch.chdir(tmp_path)
@@ -49,11 +65,16 @@ def test_ngram_demo_writes_its_tables_and_the_best_model_is_kneser_ney(tmp_path,
     (["--data", "empty.txt"], "--data empty.txt: the file is empty"),
     (["--data", "short.txt"], "corpus too short: 10 tokens give 9 train / 1 val tokens, but each split needs "
                               "at least block_size+1 = 2; use a longer text"),
+    # vocab^order must fit an int64: NGramLM's ValueError ended the run in a traceback
+    (["--data", "wide.txt", "--max-order", "7"], "--max-order 7: this text's 600 characters allow orders up to 6"),
+    (["--data", "blank_tail.txt"], "the validation part of blank_tail.txt"),
 ])
 def test_ngram_demo_refuses_bad_input(argv, says, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "empty.txt").write_text("")
     (tmp_path / "short.txt").write_text("abcdefghij")
+    (tmp_path / "wide.txt").write_text(wide_text(), encoding="utf-8")
+    (tmp_path / "blank_tail.txt").write_text("some words here " * 50 + " " * 200)
     line = assert_refused(load_demo("ngram.py"), argv + ["--out", "ng"], says, capsys, watch=tmp_path)
     assert "--preset" not in line              # a hint names only flags the demo has
 
@@ -207,7 +228,11 @@ def test_rnn_lm_demo_measures_the_gpt_once_per_character():
     (["--minutes", "0"], "--minutes 0 (no time limit) needs --steps"),
     (["--gpt-preset", "huge"], "--gpt-preset: unknown 'huge'"),
     (["--ngram-max-order", "1"], "--ngram-max-order must be in [2, 9]"),
-    (["--window", "5000"], "too short for 32 streams of windows of 5000"),
+    (["--window", "5000"], "too short for 32 training and 16 validation streams of windows of 5000"),
+    # validation reads 16 streams whatever the batch: it failed after training, checkpoint written
+    (["--batch-size", "1", "--val-chars", "300"], "too short for 1 training and 16 validation streams"),
+    (["--data", "wide.txt", "--window", "8", "--ngram-max-order", "7"],
+     "--ngram-max-order 7: this text's 600 characters allow orders up to 6"),
     (["--sample-chars", "-1"], "--sample-chars must be >= 0 (0: no sample), got -1"),
     (["--data", "empty.txt"], "--data empty.txt: the file is empty"),
 ])
@@ -215,6 +240,7 @@ def test_rnn_lm_demo_refuses_bad_input(argv, says, tmp_path, monkeypatch, capsys
     """... and writes no token cache either: the default --cache-dir, out/cache, is below tmp_path."""
     monkeypatch.chdir(tmp_path)
     (tmp_path / "empty.txt").write_text("")
+    (tmp_path / "wide.txt").write_text(wide_text(), encoding="utf-8")
     data = [] if "--data" in argv else ["--data", tiny_text]
     assert_refused(load_demo("rnn_lm.py"), data + argv + ["--out", "rl"], says, capsys, watch=tmp_path)
 
