@@ -157,6 +157,12 @@ def run(a) -> dict:
         raise DataError(f"the training text has {vocab.vocab_size - 1} word(s) seen {a.min_count} times or more; "
                         f"word2vec needs at least 2: use a longer text or a smaller --min-count")
     train_ids, val_ids = vocab.encode(train_words), vocab.encode(val_words)
+    if not len(val_words):
+        raise DataError("the validation text (the last 10%) holds no words; use a longer text")
+    if not (np.asarray(val_ids) > 0).any():    # (0 is <unk>, which the sampler skips)
+        raise DataError(f"the validation text (the last 10%) holds no word seen {a.min_count} times or more in "
+                        f"training (its {len(val_words):,} words are all <unk>); use a longer text or a smaller "
+                        f"--min-count")
     try:
         pairs = SkipGramSampler(train_ids, vocab.vocab_size, a.window, a.negatives, a.subsample, seed=a.seed)
         val_pairs = SkipGramSampler(val_ids, vocab.vocab_size, a.window, a.negatives, a.subsample, seed=a.seed + 1)

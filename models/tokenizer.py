@@ -132,10 +132,10 @@ class CharTokenizer(_Base):
         return self._ids_sorted[pos_c]
 
     def decode(self, ids) -> str:
-        try:
-            return "".join(self.chars[int(i)] for i in ids)
-        except IndexError:
-            raise TokenizerError(f"CharTokenizer.decode: id out of range [0, {self.vocab_size})") from None
+        ids = [int(i) for i in ids]
+        if any(not 0 <= i < self.vocab_size for i in ids):      # (a negative one indexed from the end)
+            raise TokenizerError(f"CharTokenizer.decode: id out of range [0, {self.vocab_size})")
+        return "".join(self.chars[i] for i in ids)
 
     def to_dict(self) -> dict:
         return {"type": "char", "version": 1, "chars": "".join(self.chars)}
@@ -264,11 +264,10 @@ class BPETokenizer(_Base):
 
     def decode(self, ids) -> str:
         """Join the tokens' bytes; invalid UTF-8 (possible mid-generation) becomes U+FFFD."""
-        try:
-            data = b"".join(self.vocab[int(i)] for i in ids)
-        except IndexError:
-            raise TokenizerError(f"BPETokenizer.decode: id out of range [0, {self.vocab_size})") from None
-        return data.decode("utf-8", errors="replace")
+        ids = [int(i) for i in ids]
+        if any(not 0 <= i < self.vocab_size for i in ids):      # (a negative one indexed from the end)
+            raise TokenizerError(f"BPETokenizer.decode: id out of range [0, {self.vocab_size})")
+        return b"".join(self.vocab[i] for i in ids).decode("utf-8", errors="replace")
 
     def to_dict(self) -> dict:
         return {"type": "bpe", "version": 1, "pattern": self.pattern,

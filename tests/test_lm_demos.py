@@ -101,10 +101,13 @@ def test_word2vec_demo_trains_and_writes_neighbours_analogies_and_the_projection
     (["--minutes", "0"], "--minutes must be a finite number > 0"),
     (["--min-count", "1000"], "word(s) seen 1000 times or more; word2vec needs at least 2"),
     (["--data", "empty.txt"], "--data empty.txt: the file is empty"),
+    # the sampler's 'every count is 0; the corpus holds no words' blamed a text full of words
+    (["--data", "blank_tail.txt", "--min-count", "1"], "the validation text (the last 10%) holds no words"),
 ])
 def test_word2vec_demo_refuses_bad_input(argv, says, tmp_path, monkeypatch, capsys, tiny_text):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "empty.txt").write_text("")
+    (tmp_path / "blank_tail.txt").write_text("some words here and there " * 50 + " " * 400)
     data = [] if "--data" in argv else ["--data", tiny_text]
     assert_refused(load_demo("word2vec.py"), data + argv + ["--out", "w2v"], says, capsys, watch=tmp_path)
 

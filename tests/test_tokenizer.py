@@ -148,3 +148,12 @@ def test_bpe_refuses_a_lone_surrogate_naming_its_position(bpe, head, surrogate, 
         bpe.encode(text)
     with pytest.raises(TokenizerError, match=re.escape(says)):
         BPETokenizer.train(text, vocab_size=256 + 5)
+
+
+@pytest.mark.parametrize("make", [lambda: CharTokenizer.train("abc"), lambda: BPETokenizer.train("abcabc " * 20, 260)])
+@pytest.mark.parametrize("bad", [-1, -3, 10_000])
+def test_decode_refuses_ids_out_of_range_negative_ones_too(make, bad):
+    """A negative id indexed the table from its end: -1 decoded as the last character or merge."""
+    tok = make()
+    with pytest.raises(TokenizerError, match=r"decode: id out of range \[0, "):
+        tok.decode([0, bad])
