@@ -33,9 +33,15 @@ __all__ = ["gpt_costs", "GPTCosts", "gpt_param_shapes"]
 
 def gpt_param_shapes(config) -> dict:
     """{parameter name: shape} of `models.gpt.GPT(config)`, in `named_parameters()` order,
-    without building the model (the head is tied to wte.weight, so it has no entry)."""
+    without building the model (the head is tied to wte.weight, so it has no entry). Grouped-query
+    attention's fused projection is (h + 2 * n_kv_head * head_dim, h); NSA's own parameters are
+    not listed (refused: build the model)."""
     c = config
     h = c.n_embd
+    if getattr(c, "attention", "mha") == "nsa":
+        raise ValueError("gpt_param_shapes: NSA adds compression and gate parameters these shapes do not "
+                         "list; count GPT(config).named_parameters() instead")
+    qkv = h + 2 * getattr(c, "kv_heads", c.n_head) * (h // c.n_head)       # q, then k and v
     shapes = {"wte.weight": (c.vocab_size, h), "wpe.weight": (c.block_size, h)}
 
     def norm(name):
@@ -50,7 +56,7 @@ def gpt_param_shapes(config) -> dict:
 
     for i in range(c.n_layer):
         norm(f"h.{i}.ln_1")
-        linear(f"h.{i}.attn.c_attn", h, 3 * h)
+        linear(f"h.{i}.attn.c_attn", h, qkv)
         linear(f"h.{i}.attn.c_proj", h, h)
         norm(f"h.{i}.ln_2")
         linear(f"h.{i}.mlp.c_fc", h, 4 * h)

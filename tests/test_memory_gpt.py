@@ -141,10 +141,17 @@ def test_report_sets_lecture_terms_beside_the_measurement():
     assert "Linear" in text and "Attention" in text  # by-op breakdown at the peak
 
 
-@pytest.mark.parametrize("kw", CONFIGS[:2])
+@pytest.mark.parametrize("kw", CONFIGS[:2] + [
+    {**CONFIGS[0], "n_kv_head": 1}, {**CONFIGS[1], "n_kv_head": 2},     # (was (3h, h) whatever n_kv_head)
+    {**CONFIGS[0], "attention": "linear"}])
 def test_param_shapes_are_the_models(kw):
     cfg = GPTConfig(**kw)
-    assert gpt_param_shapes(cfg) == {n: p.shape for n, p in GPT(cfg).named_parameters()}
+    assert list(gpt_param_shapes(cfg).items()) == [(n, p.shape) for n, p in GPT(cfg).named_parameters()]
+
+
+def test_param_shapes_refuse_nsa_whose_own_parameters_they_do_not_list():
+    with pytest.raises(ValueError, match="gpt_param_shapes: NSA adds compression and gate parameters"):
+        gpt_param_shapes(GPTConfig(**{**CONFIGS[0], "attention": "nsa"}))
 
 
 @pytest.mark.parametrize("name,kw,mult", [
