@@ -3,9 +3,10 @@
 Four panels in one PNG, ``--out/mixed_precision.png``:
 
 1. Histogram of log2 |gradient| of the GPT at initialisation (fp32): parameter gradients and the
-   activation gradients entering every linear layer in backward, with fp16's limits marked. The
-   fraction below 2^-24 (fp16's smallest subnormal) is what fp16 would flush to zero without loss
-   scaling; a scale S moves every value up by log2 S.
+   activation gradients entering every linear layer in backward, with fp16's limits marked.
+   Below 2^-24 (fp16's smallest subnormal) fp16 keeps no digit: up to 2^-25 a value rounds to
+   zero, above it to 2^-24 (the printout gives both fractions) -- without loss scaling; a scale S
+   moves every value up by log2 S.
 2. Training curves (same seed, same batches; AdamW with warmup + cosine decay) for
      fp32 | fp16 without master weights and without loss scaling | fp16 + fp32 master weights, no
      loss scaling | fp16 + master + dynamic loss scaling | bf16 + master | fp8 (E4M3 forward, E5M2
@@ -104,8 +105,8 @@ class CharMLP(nn.Module):
 def build(args, vocab):
     if args.model == "gpt":
         cfg, bs = preset(args.preset, vocab_size=vocab)
-        return (lambda: GPT(cfg, seed=args.seed)), cfg.block_size, bs
-    return (lambda: CharMLP(vocab, seed=args.seed)), 64, 32
+        return (lambda: GPT(cfg, seed=args.seed)), cfg.block_size, bs, cfg
+    return (lambda: CharMLP(vocab, seed=args.seed)), 64, 32, None
 
 
 def gradient_histogram(model, batch):
@@ -280,7 +281,8 @@ def _validate(args):
     args.recipes = [r.strip() for r in args.recipes.split(",") if r.strip()]
     bad = [r for r in args.recipes if r not in RECIPES]
     if bad or not args.recipes:
-        raise cli.UsageError(f"unknown recipe(s) {bad}; choose from {', '.join(RECIPES)}")
+        raise cli.UsageError(f"--recipes: {f'unknown recipe(s) {bad}' if bad else 'no recipe given'}; choose "
+                             f"from {', '.join(RECIPES)}")
     for name in ("steps", "batch_size", "max_chars"):
         v = getattr(args, name)
         if v is not None and v < 1:
@@ -297,8 +299,10 @@ def run(args) -> dict:
     text, desc = load_text(notice=False, max_chars=args.max_chars)
     data = TextData(text, block_size=64, cache_dir=args.cache_dir or None, description=desc,
                     write_cache=False)     # written below, once every input is good
-    make_model, block, bs = build(args, data.vocab_size)
+    make_model, block, bs, config = build(args, data.vocab_size)
     batch_size = args.batch_size or bs
+    if config is not None:                   # (the kernel killed a batch of 100,000 without a word)
+        cli.check_gpt_step_fits(config, batch_size, data)
     title = f"GPT '{args.preset}'" if args.model == "gpt" else "char-MLP"
     print(f"{title} on {desc}: {args.steps} steps x batch {batch_size} x T={block}")
     cli.check_out_dir(args.out)          # the inputs are good: from here on we may write

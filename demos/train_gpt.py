@@ -79,7 +79,6 @@ import minigrad  # noqa: E402
 import optim  # noqa: E402
 from minigrad.memory import fmt_bytes  # noqa: E402
 from models import cli  # noqa: E402
-from models.costs import gpt_costs  # noqa: E402
 from models.data import DataError, TextData, load_text  # noqa: E402
 from models.gpt import GPT, PRESETS, GPTConfig, preset  # noqa: E402
 from models.textgen import sample_text  # noqa: E402
@@ -299,30 +298,6 @@ def _check_same_run(ckpt, config, data, batch_size):
         raise cli.UsageError(f"checkpoint {path} is from another run ({what}); use a fresh --out")
 
 
-def _check_fits(config, batch_size, data, optimizer):
-    """A batch must fit in the training split and, with the model, in the memory available."""
-    need = batch_size * config.block_size
-    if need > len(data.train):
-        raise cli.UsageError(f"--batch-size {batch_size} x block {config.block_size} = {need:,} tokens is more "
-                         f"than the whole training split ({len(data.train):,} tokens); use a smaller batch")
-    costs = gpt_costs(config, batch_size, optimizer=optimizer.lower())
-    avail = available_memory()
-    if avail is not None and costs.total_bytes > 0.8 * avail:
-        raise cli.UsageError(f"--batch-size {batch_size} needs about {fmt_bytes(costs.total_bytes)} for one "
-                         f"training step (models.costs.gpt_costs), more than 80% of the "
-                         f"{fmt_bytes(avail)} available; use a smaller batch")
-
-
-def available_memory():
-    """Bytes the kernel says a new process could use now (Linux MemAvailable), or None."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
 
 
 def _tokenizer_for(args, text, ckpt):
@@ -384,7 +359,7 @@ def run(args, on_step=None, explicit=frozenset()) -> int:
     config.vocab_size = data.vocab_size
     if ckpt is not None:
         _check_same_run(ckpt, config, data, batch_size)
-    _check_fits(config, batch_size, data, args.optimizer)
+    cli.check_gpt_step_fits(config, batch_size, data, args.optimizer)
     target = None                                      # a resumed run keeps its saved target ...
     if ckpt is not None:
         saved = ckpt.meta["trainer"]

@@ -173,3 +173,34 @@ def main(parser: argparse.ArgumentParser, run, argv=None, errors=()) -> int:
         print(f"{parser.prog}: error: {msg}{hint}", file=sys.stderr)
         return 1
     return status if isinstance(status, int) else 0
+
+
+def available_memory():
+    """Bytes the kernel says a new process could use now (Linux MemAvailable), or None."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def check_gpt_step_fits(config, batch_size, data, optimizer="adamw") -> None:
+    """Raise :class:`UsageError` unless ``batch_size`` rows of the GPT's block fit in the training
+    split of ``data`` and one training step (``models.costs.gpt_costs``: weights, gradients, the
+    optimizer's state, activations) in 80% of the memory available: a batch too large for the
+    machine is one line, not a process the kernel kills."""
+    from minigrad.memory import fmt_bytes
+    from models.costs import gpt_costs
+    need = batch_size * config.block_size
+    if need > len(data.train):
+        raise UsageError(f"--batch-size {batch_size} x block {config.block_size} = {need:,} tokens is more "
+                         f"than the whole training split ({len(data.train):,} tokens); use a smaller batch")
+    costs = gpt_costs(config, batch_size, optimizer=optimizer.lower())
+    avail = available_memory()
+    if avail is not None and costs.total_bytes > 0.8 * avail:
+        raise UsageError(f"--batch-size {batch_size} needs about {fmt_bytes(costs.total_bytes)} for one "
+                         f"training step (models.costs.gpt_costs), more than 80% of the "
+                         f"{fmt_bytes(avail)} available; use a smaller batch")

@@ -61,7 +61,8 @@ def test_a_panel_with_no_curves_says_why_instead_of_a_legend_warning(tmp_path, m
 
 
 @pytest.mark.parametrize("argv, says", [
-    (["--recipes", "fp32,fp17"], "unknown recipe(s) ['fp17']"),
+    (["--recipes", "fp32,fp17"], "--recipes: unknown recipe(s) ['fp17']"),
+    (["--recipes", ","], "--recipes: no recipe given"),
     (["--steps", "0"], "--steps must be >= 1, got 0"),
     (["--preset", "huge"], "invalid choice: 'huge'"),
     (["--lr", "-1"], "--lr must be a positive number"),
@@ -70,6 +71,16 @@ def test_a_panel_with_no_curves_says_why_instead_of_a_legend_warning(tmp_path, m
 def test_bad_arguments_are_one_line_and_exit_2(tmp_path, monkeypatch, capsys, argv, says):
     monkeypatch.chdir(tmp_path)
     assert_refused(load_demo("mixed_precision.py"), argv, says, capsys, watch=tmp_path)
+
+
+def test_a_batch_the_machine_cannot_hold_is_one_line_not_a_killed_process(tmp_path, monkeypatch, capsys):
+    from models import cli
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(cli, "available_memory", lambda: 10_000_000)       # a 10 MB machine
+    assert_refused(load_demo("mixed_precision.py"), ["--quick", "--max-chars", "50000", "--batch-size", "64"],
+                   "more than 80% of the 9.54 MiB available", capsys, watch=tmp_path)
+    assert_refused(load_demo("mixed_precision.py"), ["--quick", "--max-chars", "50000", "--batch-size", "100000"],
+                   "more than the whole training split", capsys, watch=tmp_path)
 
 
 def test_a_refused_out_leaves_no_token_cache(tmp_path, monkeypatch, capsys):

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from models import cli
 from strategies import assert_refused, load_demo
 
 
@@ -345,7 +346,7 @@ def test_out_that_cannot_be_written_and_a_batch_that_cannot_fit(tmp_path, capsys
     blocker = tmp_path / "a_file"
     blocker.write_text("x")
     assert_refused(train_gpt, _args(corpus, blocker / "sub"), "is not writable", capsys, tmp_path)
-    monkeypatch.setattr(train_gpt, "available_memory", lambda: 10_000_000)   # a 10 MB machine
+    monkeypatch.setattr(cli, "available_memory", lambda: 10_000_000)   # a 10 MB machine
     out = str(tmp_path / "o")
     assert_refused(train_gpt, _args(corpus, out, "--batch-size", "64"), "more than 80% of the 9.54 MiB available",
                    capsys, out)
