@@ -90,7 +90,7 @@ def preset_table(names, peak_flops, progress=True):
             pc = f"{costs.params:,} / {costs.lecture['params']:,}" if i == 0 else ""
             rows.append(f"| {label} | {pc} | {c} | {mib(led.peak[c])} | {mib(costs.bytes[c])} | "
                         f"{mib(costs.lecture['bytes'][c])} | {mib(ck.peak[c])} |")
-        rows.append(f"| | | **peak of the sum** (measured) / sum (exact, lecture) | "
+        rows.append(f"| | | **peak of the sum** (measured) / sum (exact) / the lecture's formula, without v·h | "
                     f"{mib(led.peak['total'])} | {mib(costs.total_bytes)} | {mib(costs.lecture['total_bytes'])} | "
                     f"{mib(ck.peak['total'])} |")
     return head + "\n" + "\n".join(rows), results

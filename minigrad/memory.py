@@ -234,8 +234,10 @@ class MemoryLedger:
         columns = expected.ledger_columns() if expected is not None else {}
         lines = [f"{'category':<18}{'end':>13}{'peak':>13}" + "".join(f"{t:>13}" for t in columns)]
         for c in CATEGORIES + ("total",):
-            lines.append(f"{LABELS.get(c, 'total (peak sum)'):<18}{fmt_bytes(self.current[c]):>13}"
+            lines.append(f"{LABELS.get(c, 'total'):<18}{fmt_bytes(self.current[c]):>13}"
                          f"{fmt_bytes(self.peak[c]):>13}" + "".join(f"{fmt_bytes(v[c]):>13}" for v in columns.values()))
+        lines.append("(total: measured, the sum at the end and its peak over time"
+                     + (f"; {', '.join(columns)}: as each column defines it)" if columns else ")"))
         if self.peak_by_op:
             lines += ["", "activations at their peak, by the op that saved them:"]
             for op, n in sorted(self.peak_by_op.items(), key=lambda kv: -kv[1]):

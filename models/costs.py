@@ -135,7 +135,8 @@ class GPTCosts:
             out.append(f"{LABELS[cat]:<18}{fmt_bytes(self.bytes[cat]):>14}"
                        f"{fmt_bytes(lec['bytes'][cat]):>14}")
         out.append(f"{'total':<18}{fmt_bytes(self.total_bytes):>14}{fmt_bytes(lec['total_bytes']):>14}"
-                   "   (lecture: (48·l·h² + b·l·(2s²a + 14sh))×4, no v·h)")
+                   f"   (lecture: its formula (48·l·h² + b·l·(2s²a + 14sh))×{self.dtype_bytes}, without the "
+                   f"v·h of the rows above)")
         out += ["", f"parameters: exact {self.params:,} vs lecture 12·l·h² + v·h = {lec['params']:,}"]
         for name, n in self.params_terms.items():
             out.append(f"  {name:<58}{n:>12,}")
@@ -160,8 +161,8 @@ class GPTCosts:
         """The prediction and the lecture's formula as extra columns of a memory ledger's table
         (`minigrad.memory.MemoryLedger.report(expected=...)`)."""
         lec = self.lecture
-        return {"predicted": {**self.bytes, "total": self.total_bytes},
-                "lecture": {**lec["bytes"], "total": lec["total_bytes"]}}
+        return {"predicted": {**self.bytes, "total": self.total_bytes},      # the sum of its rows
+                "lecture": {**lec["bytes"], "total": lec["total_bytes"]}}    # its formula: no v·h
 
     def ledger_lines(self) -> list:
         """Text a memory ledger's report prints after its table: the per-layer terms."""

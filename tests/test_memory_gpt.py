@@ -210,3 +210,12 @@ def test_bad_arguments_are_named():
             gpt_costs(GPTConfig(**{**CONFIGS[0], **variant}), 1)
     with pytest.raises(TypeError, match="state_bytes"):
         memory.track(optimizer=object())
+
+
+@pytest.mark.parametrize("dtype_bytes", [4, 8])
+def test_the_lecture_total_is_labelled_as_what_it_is(dtype_bytes):
+    """Its label said x4 whatever the float size, and its total left out the v·h its rows hold."""
+    costs = gpt_costs(GPTConfig(**CONFIGS[0]), 2, dtype_bytes=dtype_bytes)
+    lec = costs.lecture
+    assert sum(lec["bytes"].values()) - lec["total_bytes"] == 4 * CONFIGS[0]["vocab_size"] * 16 * dtype_bytes
+    assert f"×{dtype_bytes}, without the v·h of the rows above" in costs.report()
