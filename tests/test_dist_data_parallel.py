@@ -314,6 +314,8 @@ def test_only_rank_0_prints(capsys):
     # evaluations at 0, 2 and after the last step; a training-loss line after each step
     assert [ln.split(":")[0] for ln in lines] == ["step 0", "step 1", "step 2", "step 2", "step 3", "step 3"]
     assert sum("val loss" in ln for ln in lines) == 3
+    # the training lines show rank 0's part of the batch, and say so (the final mean differed)
+    assert sum(": shard loss " in ln for ln in lines) == 3
 
 
 def _stop_on_one_rank(vote=True, at=2, steps=6, **options):

@@ -164,6 +164,8 @@ def data_parallel_trainer(comm, model, loss_fn, optimizer, global_batches, *, re
         sync, vote_every = optimizer.grad_hook, optimizer.local_steps
     else:
         sync, vote_every = (allreduce_grads(comm) if reducer is None else reducer), 1
+    if not zeroth_order and comm.size > 1:   # its lines show rank 0's part, not the global batch's
+        trainer_kwargs.setdefault("loss_label", "shard loss")
     world = comm if world is None else world
     lead = world.rank == 0
     trainer_kwargs.setdefault("reduce_stop", any_rank(world, vote_every))

@@ -217,6 +217,8 @@ class Trainer:
                  all-reduce does for first-order methods
     progress     a tqdm bar; False prints a line every ``log_every`` steps (0: no lines at all,
                  e.g. on every rank but 0 of a distributed run)
+    loss_label   what the bar and the lines call the step's loss ("loss"; data parallel: "shard
+                 loss", the rank's part of the global batch, which ``history`` keeps as well)
     """
 
     def __init__(self, model, loss_fn, optimizer, batches, *, steps: int, schedule: str = "constant",
@@ -224,7 +226,8 @@ class Trainer:
                  time_budget: float | None = None, start_time: float | None = None,
                  reserve_seconds: float = 25.0, autocast=None, seed: int = 0, save_every=None,
                  save_dir=None, save_meta=None, on_step=None, on_eval=None, on_save=None,
-                 reduce_stop=None, reduce_loss=None, progress: bool = True, log_every: int = 50, tokens_per_step=None):
+                 reduce_stop=None, reduce_loss=None, progress: bool = True, log_every: int = 50, tokens_per_step=None,
+                 loss_label: str = "loss"):
         if int(steps) != steps or steps < 1:
             raise ValueError(f"Trainer: steps must be an integer >= 1, got {steps!r}")
         if int(eval_every) != eval_every or eval_every < 1:
@@ -256,7 +259,7 @@ class Trainer:
                             f"got {type(reduce_loss).__name__} with {type(optimizer).__name__}")
         self.reduce_loss = reduce_loss
         self.save_every, self.save_dir, self.save_meta = save_every, save_dir, save_meta
-        self.progress, self.log_every = progress, log_every
+        self.progress, self.log_every, self.loss_label = progress, log_every, loss_label
         self.tokens_per_step = tokens_per_step
         self.target = int(steps)          # the step count asked for
         self.horizon = int(steps)         # the schedule's current length (<= target under a budget)
@@ -432,9 +435,9 @@ class Trainer:
                 if bar is not None:
                     bar.update(1)
                     val = f" val {val_loss:.3f}" if math.isfinite(val_loss) else ""   # none yet
-                    bar.set_postfix_str(f"loss {loss:.3f}{val} lr {self.lr:.2e}{speed}", refresh=False)
+                    bar.set_postfix_str(f"{self.loss_label} {loss:.3f}{val} lr {self.lr:.2e}{speed}", refresh=False)
                 elif self.log_every and self.step % self.log_every == 0:
-                    print(f"step {self.step}: loss {loss:.4f} lr {self.lr:.2e}{speed}", flush=True)
+                    print(f"step {self.step}: {self.loss_label} {loss:.4f} lr {self.lr:.2e}{speed}", flush=True)
                 if budget and time.perf_counter() - self.start_time > budget - t_eval - self.reserve_seconds:
                     break                               # hard stop: keep the budget's promise
             if not decided:                            # a signal in the last step: agreed here too
