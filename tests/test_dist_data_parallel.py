@@ -491,7 +491,7 @@ def test_a_stop_on_one_rank_of_the_world_stops_every_group_and_only_world_rank_0
         tr.fit()
         return tr.step, tr.interrupted
     assert SimComm(4).run(worker) == [(1, True)] * 4
-    assert capsys.readouterr().out.count("step 1: loss") == 1
+    assert capsys.readouterr().out.count("step 1: shard loss") == 1
 
 
 def test_resume_refuses_ranks_at_different_steps_or_another_world_size(tmp_path):
