@@ -14,7 +14,8 @@ demos/train_gpt.py) and is measured on the same stretch of the validation split
   embeddings, truncated BPTT over ``--window`` characters of ``--batch-size`` contiguous streams
   with the hidden state carried from window to window, AdamW (lr ``--rnn-lr``, no weight decay),
   warmup then cosine decay, gradient clipping at global norm ``--grad-clip``; measured by
-  running the validation text through the carried state;
+  running the validation text through the carried state, as 16 streams of whole windows (the
+  last partial window of each is left out: 19,456 of the 20,000 characters with --quick);
 * the **GPT** (models/gpt.py, ``--gpt-preset``) with demos/train_gpt.py's recipe; measured with
   windows of its block size that overlap by half, each character scored once with at least half
   a block of context.
@@ -292,7 +293,8 @@ def run(a) -> dict:
     minigrad.configure_runtime()
     train = np.asarray(data.train.ids, dtype=np.int64)
     print(f"[rnn_lm] {desc}: {len(data.ids):,} characters (vocab {data.vocab_size}), train {len(train):,}; "
-          f"every model is measured on the first {len(val):,} validation characters")
+          f"every model is measured on the first {len(val):,} validation characters (the recurrent "
+          f"ones on the whole windows of {EVAL_STREAMS} streams in them)")
     ngram, ngram_seconds = ngram_baseline(train, val, data.vocab_size, a.ngram_max_order)
     best_order = min(ngram, key=ngram.get)
     print("[rnn_lm] Kneser-Ney: " + ", ".join(f"{n}-gram {v:.4f}" for n, v in ngram.items())

@@ -40,6 +40,14 @@ FULL = {"tasks": ",".join(TASKS), "attention": ",".join(ATTENTIONS), "steps": 12
 EXAMPLE = {"reverse": "3141592653", "sort": "3141592653", "add": "957+68"}
 
 
+def example(task) -> str:
+    """The heat map's source, cut to what the task was trained on (a 10-digit example for a model
+    trained on 3 digits was longer than anything it had seen)."""
+    if task.name == "add":
+        return "+".join(n[:task.max_len] for n in EXAMPLE["add"].split("+"))
+    return EXAMPLE[task.name][:task.max_len]
+
+
 def build_parser():
     p = cli.ArgumentParser(prog="seq2seq.py", description=__doc__)
     p.add_argument("--tasks", default=None, help=f"comma-separated, from {', '.join(TASKS)} (default: all)")
@@ -119,7 +127,7 @@ def heat_maps(runs, path):
     rows = math.ceil(n / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.8 * rows), dpi=100, squeeze=False)
     for ax, ((task, attention), r) in zip(axes.flat, runs.items()):
-        src_text = EXAMPLE[task.name]
+        src_text = example(task)
         src, _, _ = make_batch([(src_text, "0")])
         r["model"].eval()
         out, attn = r["model"].greedy(src, task.max_target_len + 1)
@@ -167,7 +175,10 @@ def run(a) -> dict:
                   f"{r['val_loss']:.4f}, exact match {r['greedy']:.1%} greedy, {r['beam']:.1%} beam {a.beam}",
                   flush=True)
     lines = [f"# seq2seq with attention ({a.cell.upper()}, hidden {a.hidden_size}, embeddings {a.n_embd})\n",
-             f"Sources: reverse and sort 1..{a.max_len} digits, add two numbers of 1..{a.add_digits} digits. "
+             "Sources: " + "; ".join(
+                 {"reverse": f"reverse 1..{a.max_len} digits", "sort": f"sort 1..{a.max_len} digits",
+                  "add": f"add two numbers of 1..{a.add_digits} digits"}[t.name]
+                 for t in dict.fromkeys(t for t, _ in runs)) + ". "
              f"Exact match on {a.test} new examples (greedy) and {min(a.test, 500)} (beam {a.beam}).\n",
              f"| task | attention | steps | train time | val loss | exact match, greedy | exact match, beam {a.beam} |",
              "|---|---|---:|---:|---:|---:|---:|"]

@@ -76,6 +76,15 @@ def decode(ids) -> str:
     return "".join(out)
 
 
+def _before_eos(ids) -> list[int]:
+    out = []
+    for i in ids:
+        if int(i) == EOS:
+            break
+        out.append(int(i))
+    return out
+
+
 @dataclass
 class Seq2SeqConfig:
     cell: str = "gru"
@@ -410,7 +419,9 @@ def exact_match(model, task: Task, n: int = 1000, seed: int = 12345, beam: int =
                 out, _ = model.greedy(src, task.max_target_len + 1)
             else:
                 out, _ = model.beam_search(src, beam, task.max_target_len + 1)
-            right += sum(decode(o) == t for o, (_, t) in zip(out, pairs))
+            # the tokens before EOS, all of them: decode() drops a PAD or BOS inside an answer
+            # for display, which made "3 <bos> 5" an exact "35"
+            right += sum(_before_eos(o) == encode(t) for o, (_, t) in zip(out, pairs))
     finally:
         model.train(was)
     return right / n

@@ -196,3 +196,25 @@ def test_bad_input_is_one_clear_error(make, says):
     with pytest.raises(ValueError) as e:
         make()
     assert says in str(e.value)
+
+
+def test_exact_match_counts_a_pad_or_bos_inside_an_answer_as_wrong():
+    """decode() drops PAD and BOS for display, so "3 <bos> 5 <eos>" used to count as an exact "35"."""
+    class Fixed:
+        training = False
+
+        def eval(self):
+            pass
+
+        def train(self, mode=True):
+            pass
+
+        def greedy(self, src, steps):
+            B = src.shape[0]
+            answer = [encode("3")[0], BOS, encode("5")[0], EOS]
+            return np.tile(answer, (B, 1)), None
+
+    task = Task("sort", 2, 2)
+    assert decode(Fixed().greedy(np.zeros((1, 2), np.int64), 4)[0][0]) == "35"      # shown without it
+    # among two-digit sources, sorted "35" is the answer of "35" and "53": a lenient count finds some
+    assert exact_match(Fixed(), task, n=200) == 0.0
