@@ -213,11 +213,14 @@ def run(a) -> dict:
         cfg = BERTConfig(vocab_size=vocab.size, n_layer=a.n_layer, n_head=a.n_head, n_embd=a.n_embd,
                          block_size=a.block_size)
     split = len(data.train)
-    try:
-        train_task = ShuffledWordsTask(text[:split], vocab, a.block_size)
-        test_task = ShuffledWordsTask(text[split:], vocab, a.block_size)
-    except ValueError as e:
-        raise DataError(str(e).replace("ShuffledWordsTask: ", "")) from None
+    tasks = []
+    for part, piece in (("training part", text[:split]), ("validation part (the last 10%)", text[split:])):
+        try:
+            tasks.append(ShuffledWordsTask(piece, vocab, a.block_size))
+        except ValueError as e:
+            raise DataError(f"the {part}: " + str(e).replace("ShuffledWordsTask: ", "").replace(
+                "this text", "it").replace("a larger block_size", "a larger --block-size")) from None
+    train_task, test_task = tasks
     if pretrained is not None:
         try:
             check_vocabulary(cfg, vocab, f"--pretrained {a.pretrained}")

@@ -302,7 +302,7 @@ def run(args) -> dict:
     make_model, block, bs, config = build(args, data.vocab_size)
     batch_size = args.batch_size or bs
     if config is not None:                   # (the kernel killed a batch of 100,000 without a word)
-        cli.check_gpt_step_fits(config, batch_size, data)
+        cli.check_gpt_step_fits(config, batch_size)   # (its batches are random windows: they may overlap)
     title = f"GPT '{args.preset}'" if args.model == "gpt" else "char-MLP"
     print(f"{title} on {desc}: {args.steps} steps x batch {batch_size} x T={block}")
     cli.check_out_dir(args.out)          # the inputs are good: from here on we may write

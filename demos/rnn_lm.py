@@ -280,12 +280,13 @@ def run(a) -> dict:
     val = np.asarray(data.val.ids[:a.val_chars], dtype=np.int64)
     # validation is read by EVAL_STREAMS streams whatever --batch-size: a smaller batch passed this
     # check and the evaluation failed after training, its checkpoint written
-    if (len(val) < max(max(a.batch_size, EVAL_STREAMS) * (a.window + 1), 2 * block) + 1
+    streams = max(a.batch_size, EVAL_STREAMS) if set(a.models) - {"gpt"} else a.batch_size
+    if (len(val) < max(streams * (a.window + 1), 2 * block) + 1
             or len(data.train) < a.batch_size * (a.window + 1)):
+        also = f" and {EVAL_STREAMS} validation" if streams > a.batch_size else ""
         raise DataError(f"the validation text has {len(val):,} characters and the training text {len(data.train):,}: "
-                        f"too short for {a.batch_size} training and {EVAL_STREAMS} validation streams of windows "
-                        f"of {a.window} (and a GPT block of {block}); use a longer text or --val-chars, or a "
-                        f"smaller --batch-size / --window")
+                        f"too short for {a.batch_size} training{also} streams of windows of {a.window} (and a GPT "
+                        f"block of {block}); use a longer text or --val-chars, or a smaller --batch-size / --window")
     a.ngram_max_order = _ngram_orders(a, data.vocab_size)
     cli.refuse_overwrite([os.path.join(a.out, m) for m in a.models], a.force)
     cli.check_out_dir(a.out)                    # the inputs are good: from here on we may write

@@ -460,7 +460,7 @@ def run(args, on_step=None, explicit=frozenset()) -> int:
     minutes = (time.perf_counter() - t_start) / 60
     # the schedule is fitted to the time after 40 timed steps; a budget spent before that cut it
     how = ("the schedule was fitted to the time" if trainer.schedule_fitted else
-           "spent before the schedule could be fitted to it: the learning rate never decayed")
+           "spent before the schedule could be fitted to it, which takes 40 timed steps")
     if result.out_of_time and trainer.target == BUDGET_STEPS:    # no --steps: the budget set the length
         print(f"--max-minutes {args.max_minutes:g} ended the run at step {trainer.step} ({how}); train on "
               f"with --resume --out {args.out} and --max-minutes M or --steps N")

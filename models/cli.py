@@ -187,18 +187,22 @@ def available_memory():
     return None
 
 
-def check_gpt_step_fits(config, batch_size, data, optimizer="adamw") -> None:
+def check_gpt_step_fits(config, batch_size, data=None, optimizer="adamw") -> None:
     """Raise :class:`UsageError` unless ``batch_size`` rows of the GPT's block fit in the training
-    split of ``data`` and one training step (``models.costs.gpt_costs``: weights, gradients, the
-    optimizer's state, activations) in 80% of the memory available: a batch too large for the
-    machine is one line, not a process the kernel kills."""
+    split of ``data`` (when given) and one training step (``models.costs.gpt_costs``: weights,
+    gradients, the optimizer's state, activations) in 80% of the memory available: a batch too
+    large for the machine is one line, not a process the kernel kills. A model gpt_costs has no
+    formulas for (grouped-query or other attention) gets no memory estimate."""
     from minigrad.memory import fmt_bytes
     from models.costs import gpt_costs
     need = batch_size * config.block_size
-    if need > len(data.train):
+    if data is not None and need > len(data.train):
         raise UsageError(f"--batch-size {batch_size} x block {config.block_size} = {need:,} tokens is more "
                          f"than the whole training split ({len(data.train):,} tokens); use a smaller batch")
-    costs = gpt_costs(config, batch_size, optimizer=optimizer.lower())
+    try:
+        costs = gpt_costs(config, batch_size, optimizer=optimizer.lower())
+    except ValueError:                       # its formulas are multi-head attention's
+        return
     avail = available_memory()
     if avail is not None and costs.total_bytes > 0.8 * avail:
         raise UsageError(f"--batch-size {batch_size} needs about {fmt_bytes(costs.total_bytes)} for one "

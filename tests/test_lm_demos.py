@@ -4,6 +4,7 @@ one line and exit 2 with nothing written; a run stopped by Ctrl-C is one line an
 results written; an earlier run's checkpoint is overwritten only with --force."""
 import os
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -231,7 +232,7 @@ def test_rnn_lm_demo_measures_the_gpt_once_per_character():
     (["--minutes", "0"], "--minutes 0 (no time limit) needs --steps"),
     (["--gpt-preset", "huge"], "--gpt-preset: unknown 'huge'"),
     (["--ngram-max-order", "1"], "--ngram-max-order must be in [2, 9]"),
-    (["--window", "5000"], "too short for 32 training and 16 validation streams of windows of 5000"),
+    (["--window", "5000"], "too short for 32 training streams of windows of 5000"),
     # validation reads 16 streams whatever the batch: it failed after training, checkpoint written
     (["--batch-size", "1", "--val-chars", "300"], "too short for 1 training and 16 validation streams"),
     (["--data", "wide.txt", "--window", "8", "--ngram-max-order", "7"],
@@ -389,10 +390,15 @@ def test_bert_demo_overwrites_an_earlier_pretrained_encoder_only_with_force(tmp_
      "--n-layer, --pretrain-lr: --pretrained fine-tunes a saved encoder of its own shape and pretrains nothing, "
      "so they would be ignored; drop them"),
     (["--data", "empty.txt"], "--data empty.txt: the file is empty"),
+    # it drew for ever: the demo hung before printing anything
+    (["--data", "oneword.txt"], "the training part: no stretch of 2 to 12 words of it holds two different words"),
+    (["--data", "tail.txt"], "the validation part (the last 10%): no stretch of 2 to 12 words of it"),
 ])
 def test_bert_demo_refuses_bad_input(argv, says, tmp_path, monkeypatch, capsys, tiny_text):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "empty.txt").write_text("")
+    (tmp_path / "oneword.txt").write_text("la " * 3000)
+    (tmp_path / "tail.txt").write_text(Path(tiny_text).read_text() + "x " * 3000)
     data = [] if "--data" in argv else ["--data", tiny_text]
     assert_refused(load_demo("bert.py"), data + argv + ["--out", "b"], says, capsys, watch=tmp_path)
 
@@ -409,3 +415,11 @@ def test_word2vec_demo_skips_the_pca_plot_on_a_corpus_without_its_words(tmp_path
     assert demo.pca_plot(Word2Vec(Word2VecConfig(vocab_size=2, dim=4), seed=0), vocab, str(path), "t") is False
     assert not path.exists()
 
+
+
+def test_rnn_lm_demo_asks_for_the_16_validation_streams_only_when_a_recurrent_network_runs(tmp_path, monkeypatch,
+                                                                                        tiny_text):
+    """500 validation characters hold no 16 windows of 64, which only the recurrent networks read."""
+    monkeypatch.chdir(tmp_path)
+    demo = load_demo("rnn_lm.py")
+    assert demo.main(rnn_argv(tiny_text, "gpt", "--window", "64")) == 0

@@ -352,6 +352,17 @@ def test_out_that_cannot_be_written_and_a_batch_that_cannot_fit(tmp_path, capsys
                    capsys, out)
 
 
+def test_the_fit_check_gives_no_estimate_for_a_model_gpt_costs_has_no_formulas_for(monkeypatch):
+    """gpt_costs refuses grouped-query attention; the check let its ValueError through, and
+    train_gpt.py --init-from such a checkpoint ended in a traceback."""
+    from models.gpt import GPTConfig
+    monkeypatch.setattr(cli, "available_memory", lambda: 10_000)       # nothing fits: no estimate made
+    cfg = dict(n_layer=2, n_head=4, n_embd=32, block_size=16, vocab_size=11)
+    cli.check_gpt_step_fits(GPTConfig(**cfg, n_kv_head=1), 8)
+    with pytest.raises(cli.UsageError, match="more than 80% of the"):
+        cli.check_gpt_step_fits(GPTConfig(**cfg), 8)
+
+
 def test_warmup_longer_than_the_run_warns(tmp_path, capsys, corpus):
     assert train_gpt.main(_args(corpus, tmp_path / "w", "--warmup", "20")) == 0
     assert "warning: --warmup 20 >= --steps 12" in capsys.readouterr().err
@@ -577,7 +588,7 @@ def test_without_steps_the_time_budget_sets_the_runs_length(tmp_path, capsys, co
     assert train_gpt.main(args) == 0
     said = capsys.readouterr().out
     # one step is too few to fit the schedule (it fits after 40): the message must not say it did
-    assert "ended the run at step 1 (spent before the schedule could be fitted to it" in said
+    assert "ended the run at step 1 (spent before the schedule could be fitted to it, which takes 40" in said
     assert f"--resume --out {out} and --max-minutes M or --steps N" in said
     meta = json.loads(str(_load(out)["meta"]))
     assert meta["trainer"]["target"] == train_gpt.BUDGET_STEPS and meta["args"]["steps"] == train_gpt.BUDGET_STEPS
