@@ -6,10 +6,10 @@ the default corpus through ``models.training.Trainer``: the same initial weights
 batches, the same token budget (``--steps`` x batch x block), warmup + cosine decay to lr/10,
 gradient clipping at global norm 1 (first-order methods; zeroth-order ones use no gradient),
 decoupled weight decay 0.1 on matrices only and betas (0.9, 0.99) wherever the optimizer (or the
-one it runs inside) takes them (``models.training.optimizers.build_optimizer``, as the train CLI). Each optimizer runs at
-``--num-lrs`` peak learning rates spaced by half a decade around its default (``BASE``: the
-torch or paper default scaled to this model, see the comments there); the best final
-validation loss is kept and every run is shown. The zeroth-order methods (mezo, lozo, zo-sgd)
+one it runs inside) takes them (``models.training.optimizers.build_optimizer``, as the train
+CLI). Each optimizer runs at ``--num-lrs`` peak learning rates spaced by half a decade around
+its default (``BASE``: the torch or paper default scaled to this model, see the comments
+there); the best final validation loss is kept and every run is shown. The zeroth-order methods (mezo, lozo, zo-sgd)
 get the same steps as everyone else although they usually need far more (one loss difference
 per step instead of a gradient): the leaderboard compares equal steps and tokens, not equal
 progress.
@@ -346,7 +346,8 @@ def build_parser():
     ap.add_argument("--eval-every", type=int, default=None, help="validate every N steps (default 50; --quick 10)")
     ap.add_argument("--eval-batches", type=int, default=None, help="fixed validation batches (default 8; --quick 4)")
     ap.add_argument("--weight-decay", type=float, default=0.1, help="decoupled, on matrices only")
-    ap.add_argument("--beta2", type=float, default=0.99, help="beta2 wherever the optimizer (or the one it runs inside, GaLore's AdamW) takes betas")
+    ap.add_argument("--beta2", type=float, default=0.99,
+                    help="beta2 wherever the optimizer (or the one it runs inside, GaLore's AdamW) takes betas")
     ap.add_argument("--seed", type=cli.seed, default=0)
     ap.add_argument("--speed-rounds", type=int, default=None,
                     help="rounds of the speed pass after the sweep, every optimizer timed in turn "

@@ -459,12 +459,9 @@ def _validate(a):
     bad = [m for m in a.methods if m not in LABELS]
     if bad or not a.methods:
         raise cli.UsageError(f"unknown method(s) {bad}; choose from {', '.join(LABELS)}")
-    chosen = f"--methods {','.join(a.methods)}"
-    if a.part != "convex":                   # the flags of methods this run does not train
-        for flag, users in (("lr", ("adamw", "lisa1", "lisa2", "badam", "misa")), ("sgd_lr", ("bcd",)),
-                            ("misa_eta", ("misa",))):
-            if not set(users) & set(a.methods):
-                cli.refuse_unused(build_parser(), a, (flag,), f"{chosen} trains none of {', '.join(users)}")
+    if a.part != "convex":
+        cli.refuse_flags_of_untrained(build_parser(), a, a.methods, {
+            "lr": ("adamw", "lisa1", "lisa2", "badam", "misa"), "sgd_lr": ("bcd",), "misa_eta": ("misa",)})
     for name in ("steps", "eval_batches", "seeds"):
         if getattr(a, name) < 1:
             raise cli.UsageError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(a, name)}")

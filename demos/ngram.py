@@ -27,7 +27,7 @@ import numpy as np
 
 from models import cli
 from models.data import DataError, TextData, load_text
-from models.ngram import NGramLM, WordVocab, max_order, words
+from models.ngram import NGramLM, WordVocab, words
 from models.training import pyplot, save_figure
 
 QUICK = {"max_chars": 1_000_000, "max_order": 6, "word_max_order": 3}
@@ -67,19 +67,6 @@ def _validate(a):
         raise cli.UsageError(f"--sample-chars must be >= 0, got {a.sample_chars}")
 
 
-def _orders_that_fit(order, vocab_size, what, flag, explicit) -> int:
-    """``order``, or the highest NGramLM takes for ``vocab_size`` tokens (a note says so), or a
-    one-line refusal when the order was given explicitly."""
-    most = max_order(vocab_size)
-    if order <= most:
-        return order
-    if explicit:
-        raise cli.UsageError(f"{flag} {order}: this text's {vocab_size:,} {what} allow orders up to {most} "
-                             f"(an n-gram is one int64 code, vocab^order < 2^63)")
-    print(f"[ngram] this text's {vocab_size:,} {what} allow orders up to {most}: {flag} {most}")
-    return most
-
-
 def char_models(train, val, vocab_size, max_order):
     """{order: {"kneser_ney": nats/char, "add_k=1": ...}} and the seconds the fits took."""
     results = {}
@@ -103,7 +90,8 @@ def word_models(train_text, val_text, top):
     train_words, val_words = words(train_text), words(val_text)
     vocab = WordVocab.build(train_words, min_count=2)
     # (known only now, after the character models: beyond it, the orders that fit, with a note)
-    top = _orders_that_fit(top, vocab.vocab_size, "words", "--word-max-order", explicit=False)
+    top = cli.ngram_orders_that_fit(top, vocab.vocab_size, "--word-max-order", explicit=False, what="words",
+                                    tag="[ngram] ")
     train, val = vocab.encode(train_words), vocab.encode(val_words)
     results = {}
     for n in range(1, top + 1):
@@ -157,7 +145,8 @@ def run(a) -> dict:
     _validate(a)
     text, desc = load_text(a.data, notice=True, max_chars=a.max_chars)
     data = TextData(text, block_size=1, cache_dir=None, description=desc)
-    a.max_order = _orders_that_fit(a.max_order, data.vocab_size, "characters", "--max-order", a.explicit_order)
+    a.max_order = cli.ngram_orders_that_fit(a.max_order, data.vocab_size, "--max-order", a.explicit_order,
+                                            tag="[ngram] ")
     if not words(text[len(data.train):]) and a.word_max_order:
         raise DataError(f"the validation part of {desc} (its last 10%) holds no words to score the word "
                         f"models on; give a longer text, or --word-max-order 0")

@@ -49,7 +49,7 @@ import optim  # noqa: E402
 from models import cli  # noqa: E402
 from models.data import DataError, TextData, load_text  # noqa: E402
 from models.gpt import GPT, PRESETS, preset  # noqa: E402
-from models.ngram import NGramLM, max_order  # noqa: E402
+from models.ngram import NGramLM  # noqa: E402
 from models.rnn_lm import CELLS, BPTTStreams, RNNLM, RNNLMConfig, tbptt_loss  # noqa: E402
 from models.training import Trainer, clip_grad_norm, evaluate, lm_loss, pyplot, save_figure  # noqa: E402
 from models.training.optimizers import build_optimizer  # noqa: E402
@@ -92,20 +92,6 @@ def build_parser():
                                         "(explicit flags win)")
     p.add_argument("--force", action="store_true", help="overwrite the checkpoints an earlier run left in --out")
     return p
-
-
-def _ngram_orders(a, vocab_size) -> int:
-    """--ngram-max-order, or the highest order NGramLM takes for this vocabulary: a default gives
-    way to it with a note, an order given is refused beyond it."""
-    most = max_order(vocab_size)
-    if a.ngram_max_order <= most:
-        return a.ngram_max_order
-    if a.explicit_ngram_order:
-        raise cli.UsageError(f"--ngram-max-order {a.ngram_max_order}: this text's {vocab_size:,} characters "
-                             f"allow orders up to {most} (an n-gram is one int64 code, vocab^order < 2^63)")
-    print(f"[rnn_lm] this text's {vocab_size:,} characters allow n-gram orders up to {most}: "
-          f"--ngram-max-order {most}")
-    return most
 
 
 def _validate(a):
@@ -287,7 +273,8 @@ def run(a) -> dict:
         raise DataError(f"the validation text has {len(val):,} characters and the training text {len(data.train):,}: "
                         f"too short for {a.batch_size} training{also} streams of windows of {a.window} (and a GPT "
                         f"block of {block}); use a longer text or --val-chars, or a smaller --batch-size / --window")
-    a.ngram_max_order = _ngram_orders(a, data.vocab_size)
+    a.ngram_max_order = cli.ngram_orders_that_fit(a.ngram_max_order, data.vocab_size, "--ngram-max-order",
+                                                  a.explicit_ngram_order, tag="[rnn_lm] ")
     cli.refuse_overwrite([os.path.join(a.out, m) for m in a.models], a.force)
     cli.check_out_dir(a.out)                    # the inputs are good: from here on we may write
     data.save_cache()

@@ -242,11 +242,9 @@ def _validate(args):
     bad = [m for m in args.methods if m not in GPT_METHODS]
     if bad or not args.methods:
         raise cli.UsageError(f"--methods: unknown method(s) {bad}; choose from {', '.join(GPT_METHODS)}")
-    if args.part != "a":                     # the flags of methods this run does not train
-        chosen = f"--methods {','.join(args.methods)}"
-        for flag, users in (("lr", ("adamw", "flora", "rso")), ("rank", ("galore", "golore", "flora", "rso"))):
-            if not set(users) & set(args.methods):
-                cli.refuse_unused(build_parser(), args, (flag,), f"{chosen} trains none of {', '.join(users)}")
+    if args.part != "a":
+        cli.refuse_flags_of_untrained(build_parser(), args, args.methods, {
+            "lr": ("adamw", "flora", "rso"), "rank": ("galore", "golore", "flora", "rso")})
     for name in ("ce_steps", "steps", "eval_every", "eval_batches", "batch_size", "max_chars", "rank"):
         v = getattr(args, name)
         if v is not None and v < 1:

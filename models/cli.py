@@ -124,6 +124,30 @@ def refuse_unused(parser, args, names, why) -> None:
                          f"ignored; drop {'them' if len(given) > 1 else 'it'}")
 
 
+def refuse_flags_of_untrained(parser, args, methods, readers) -> None:
+    """:func:`refuse_unused` for flags that only some methods read: ``readers`` maps a flag
+    (argument name) to the methods that read it; one given while ``methods`` holds none of them
+    is refused in one line."""
+    for flag, users in readers.items():
+        if not set(users) & set(methods):
+            refuse_unused(parser, args, (flag,), f"--methods {','.join(methods)} trains none of {', '.join(users)}")
+
+
+def ngram_orders_that_fit(order, vocab_size, flag, explicit, what="characters", tag="") -> int:
+    """``order``, or the highest order ``models.ngram.NGramLM`` takes for ``vocab_size`` tokens
+    (an n-gram is one int64 code, vocab^order < 2^63): a default order gives way to it with a note
+    (``tag`` starts it), one given (``explicit``) is refused in one line beyond it."""
+    from models.ngram import max_order
+    most = max_order(vocab_size)
+    if order <= most:
+        return order
+    if explicit:
+        raise UsageError(f"{flag} {order}: this text's {vocab_size:,} {what} allow orders up to {most} "
+                         f"(an n-gram is one int64 code, vocab^order < 2^63)")
+    print(f"{tag}this text's {vocab_size:,} {what} allow orders up to {most}: {flag} {most}")
+    return most
+
+
 def refuse_overwrite(dirs, force: bool, instead: str = "") -> None:
     """Raise :class:`UsageError` when a directory among ``dirs`` holds the checkpoint of an
     earlier run, unless ``force`` (``--force``): a run overwrites a trained model only when asked.

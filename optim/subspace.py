@@ -270,8 +270,8 @@ class _Projected(_Subspace):
 
     The inner optimizer (a registered first-order optimizer that steps its parameter itself from
     one gradient per step, and whose step does not read the parameter's value: not Adafactor,
-    ASGD, Anderson, ISTA with a prox, L-BFGS) is built once on the units: the other parameters as they are, and for each hidden matrix an
-    array of the projected shape. For a hidden matrix the step is: the projected gradient R goes
+    ASGD, Anderson, ISTA with a prox, L-BFGS) is built once on the units: the other parameters
+    as they are, and for each hidden matrix an array of the projected shape. For a hidden matrix the step is: the projected gradient R goes
     to the inner optimizer, which moves the low-rank array by -lr * N(R) (N: its normalised
     direction, e.g. Adam's m_hat / (sqrt(v_hat) + eps)); that move is projected back and added
     to W. So the inner optimizer's state is r*max(m, n) per array, and SGD, momentum, Adam,
@@ -487,7 +487,7 @@ class GaLore(_Projected):
 
     method = "galore"
 
-    _saved_options = ("scale", "reproject", "proj", "_inner_name")
+    _saved_options = _Projected._saved_options + ("scale", "reproject")
 
     def __init__(self, params, lr=1e-3, weight_decay=0.0, *, rank=None, update_proj_gap=200,
                  scale=0.25, proj="std", inner="adamw", inner_kwargs=None, reproject=False,

@@ -200,14 +200,14 @@ def test_bad_input_is_one_clear_error(make, says):
 
 def test_exact_match_counts_a_pad_or_bos_inside_an_answer_as_wrong():
     """decode() drops PAD and BOS for display, so "3 <bos> 5 <eos>" used to count as an exact "35"."""
-    class Fixed:
+    class Fixed:                         # answers "3 <bos> 5 <eos>" to every source
         training = False
 
         def eval(self):
-            pass
+            self.training = False
 
         def train(self, mode=True):
-            pass
+            self.training = mode
 
         def greedy(self, src, steps):
             B = src.shape[0]

@@ -3,9 +3,9 @@
 ``build_optimizer`` asks the optimizer what it takes (``optim.accepts``) and passes what the
 model and the run can give: weight decay on 2-D parameters only (nanoGPT's groups), betas
 (0.9, beta2) (to the inner optimizer of a method that runs one, GaLore's AdamW, unless
-``extra``'s ``inner_kwargs`` sets them), the run's seed (zeroth-order noise, layer sampling, random subspaces), the model's
-blocks, roles, fused-matrix splits and head count (layer-wise, subspace and per-head methods),
-then ``extra`` on top.
+``extra``'s ``inner_kwargs`` sets them), the run's seed (zeroth-order noise, layer sampling,
+random subspaces), the model's blocks, roles, fused-matrix splits and head count (layer-wise,
+subspace and per-head methods), then ``extra`` on top.
 """
 from __future__ import annotations
 

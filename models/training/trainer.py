@@ -444,8 +444,10 @@ class Trainer:
                 self._decide_stop(final=True)
             # a step's gradients are checked by the next one; the last one's update is checked here
             # (on what the steps train: a frozen parameter may hold -inf on purpose, a mask)
-            bad = [n for n, p in self.model.named_parameters()
-                   if n not in self._user_frozen and not np.isfinite(p.data).all()] if self.step > first_step else []
+            bad = []
+            if self.step > first_step:
+                bad = [n for n, p in self.model.named_parameters()
+                       if n not in self._user_frozen and not np.isfinite(p.data).all()]
             if bad:
                 raise Diverged(f"training diverged in step {self.step}: its update left non-finite "
                                f"weights in {', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}")

@@ -76,7 +76,7 @@ import numpy as np
 
 __all__ = ["Communicator", "SimComm", "CommError", "CommAborted", "DeadlockError",
            "WorkerError", "ring_bounds", "ring_sum", "ring_traffic", "per_dtype", "check_same_arrays",
-           "check_same_calls", "check_graph", "agree_on_layout"]
+           "check_same_calls", "check_graph", "agree_on_layout", "LayoutCheck"]
 
 
 class CommError(RuntimeError):
@@ -169,14 +169,25 @@ def check_same_arrays(op: str, descriptions: Sequence[tuple[tuple, str]]) -> Non
                         f"the same shape and dtype")
 
 
+class LayoutCheck:
+    """``agree_on_layout`` for one collective that runs again and again (a gradient hook): called
+    with each step's arrays, it checks only when this rank's layout changed since its last call."""
+
+    def __init__(self, comm, op: str):
+        self.comm, self.op, self.last = comm, op, None
+
+    def __call__(self, arrays: Mapping) -> None:
+        self.last = agree_on_layout(self.comm, arrays, self.op, self.last)
+
+
 def agree_on_layout(comm, arrays: Mapping, op: str, last=None):
     """Raise ``CommError`` on every rank, naming what differs, unless all ranks pass the same names,
     shapes and dtypes in ``arrays`` (dict name -> ndarray or None) and leave out (None) the same
-    names. Returns the layout; given back as ``last``, it costs nothing while the layout stays (an
-    allgather of one checksum when it changes). When only some ranks' layouts change, those ranks
-    gather while the others go on to the collective itself: the communicator's check of the calls
-    raises CommError on every rank then, without the names. Not counted in the bytes
-    (``Communicator.uncounted``).
+    names. Returns the layout; given back as ``last`` (``LayoutCheck`` keeps it), it costs nothing
+    while the layout stays (an allgather of one checksum when it changes). When only some ranks'
+    layouts change, those ranks gather while the others go on to the collective itself: the
+    communicator's check of the calls raises CommError on every rank then, without the names.
+    Not counted in the bytes (``Communicator.uncounted``).
 
     Collectives over per-dtype buffers (``per_dtype``) check only each buffer's length: without
     this, rank 0's gradient of layer 2 would be averaged with rank 1's of layer 3 whenever a

@@ -60,7 +60,7 @@ from typing import Callable
 
 import numpy as np
 
-from .comm import Communicator, agree_on_layout, per_dtype
+from .comm import Communicator, LayoutCheck, per_dtype
 from .launcher import launch
 from .problems import HeterogeneousLeastSquares
 
@@ -520,7 +520,7 @@ class Reducer:
     ``C_j(x_j)`` (the same on every worker), in sorted name order. ``reducer(grads)`` is the
     gradient hook: each entry of ``grads`` is replaced by the mean. Every worker must pass the
     same names, shapes and dtypes (a mismatch raises ``CommError`` on every worker:
-    ``comm.agree_on_layout``, an allgather of a checksum when the layout changes). Randomness: ``rng`` is
+    ``comm.LayoutCheck``, an allgather of a checksum when the layout changes). Randomness: ``rng`` is
     this worker's own (QSGD's rounding, rand-k without a shared seed), ``shared_rng`` the same
     on every worker (shared rand-k indices, PowerSGD's first Q); both derive from ``seed``."""
 
@@ -533,10 +533,10 @@ class Reducer:
         shared, *own = np.random.SeedSequence(seed).spawn(1 + comm.size)
         self.shared_rng = np.random.default_rng(shared)
         self.rng = np.random.default_rng(own[comm.rank])
-        self._layout = None              # what agree_on_layout last checked
+        self._check_layout = LayoutCheck(comm, "Reducer")
 
     def reduce(self, arrays: dict) -> tuple[dict, dict]:
-        self._layout = agree_on_layout(self.comm, arrays, "Reducer", self._layout)
+        self._check_layout(arrays)
         # sorted, so the payload layout does not depend on the order each rank built its dict in
         tensors = {n: np.asarray(arrays[n]) for n in sorted(arrays) if arrays[n] is not None}
         return self.compressor.reduce(tensors, self.comm, self.rng, self.shared_rng)

@@ -34,7 +34,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from ..sampling import stateful_source
-from .comm import agree_on_layout, per_dtype
+from .comm import LayoutCheck, agree_on_layout, per_dtype
 
 __all__ = ["allreduce_grads", "broadcast_params", "shard_batches", "allreduce_mean_"]
 
@@ -63,10 +63,11 @@ def allreduce_grads(comm):
     def hook(grads):
         if not isinstance(grads, Mapping):
             raise TypeError(f"allreduce_grads: expected a dict name -> gradient, got {type(grads).__name__}")
-        hook.layout = agree_on_layout(comm, grads, "allreduce_grads", hook.layout)
+        check_layout(grads)
         if allreduce_mean_(comm, grads):
             hook.rounds += 1
-    hook.rounds, hook.layout = 0, None
+    check_layout = LayoutCheck(comm, "allreduce_grads")
+    hook.rounds = 0
     hook.__name__ = f"allreduce_grads(size={comm.size})"
     return hook
 

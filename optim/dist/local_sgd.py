@@ -31,7 +31,7 @@ import numpy as np
 
 import optim
 
-from .comm import agree_on_layout
+from .comm import LayoutCheck
 from .data_parallel import allreduce_mean_
 from .problems import HeterogeneousLeastSquares
 
@@ -72,7 +72,8 @@ class LocalSGD:
         self.averaging_rounds = 0
         self.gradient_rounds = 0
         self._grads_reduced = False     # the hook averaged this step's gradients
-        self._layouts = {}              # what agree_on_layout last checked, per collective
+        self._check_grads = LayoutCheck(comm, "LocalSGD.grad_hook")
+        self._check_params = LayoutCheck(comm, "LocalSGD.average_parameters")
 
     # -- the schedule of communication ------------------------------------------------------
     @property
@@ -89,8 +90,7 @@ class LocalSGD:
         """Gradient hook: averages the gradients across workers in the synchronous phase (in
         place), does nothing in the local phase."""
         if self.synchronous:
-            self._layouts["grads"] = agree_on_layout(self.comm, grads, "LocalSGD.grad_hook",
-                                                     self._layouts.get("grads"))
+            self._check_grads(grads)
             allreduce_mean_(self.comm, grads)
             self.gradient_rounds += 1
             self._grads_reduced = True
@@ -100,8 +100,7 @@ class LocalSGD:
         wrapped optimizer that keeps the model's arrays apart from the ones it moves (the FP32
         masters of ``amp.MixedPrecisionOptimizer``) rewrites the model from the average."""
         params = self.params
-        self._layouts["params"] = agree_on_layout(self.comm, params, "LocalSGD.average_parameters",
-                                                  self._layouts.get("params"))
+        self._check_params(params)
         allreduce_mean_(self.comm, params)
         sync_model = getattr(self.optimizer, "sync_model_", None)
         if sync_model is not None:

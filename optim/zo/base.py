@@ -79,6 +79,7 @@ class ZerothOrderOptimizer(Optimizer):
     """
 
     uses_gradients = False
+    _saved_options = ("eps",)
 
     def __init__(self, params, *, eps, seed=None, nonfinite="raise", **defaults):
         super().__init__(params, nonfinite=nonfinite, **defaults)

@@ -63,7 +63,7 @@ class LoZO(ZerothOrderOptimizer):
     "loss_minus", "forward_passes". Per matrix, ``state[name]["V"]`` (and "N" for LoZO-M).
     """
 
-    _saved_options = ("eps", "rank", "step_interval", "momentum", "normalize")
+    _saved_options = ZerothOrderOptimizer._saved_options + ("rank", "step_interval", "momentum", "normalize")
 
     def __init__(self, params, lr=1e-6, eps=1e-3, rank=2, step_interval=50, momentum=0.0,
                  weight_decay=0.0, normalize=False, seed=None, nonfinite="raise"):

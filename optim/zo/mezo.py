@@ -49,8 +49,6 @@ class MeZO(ZerothOrderOptimizer):
     counts closure calls.
     """
 
-    _saved_options = ("eps",)
-
     def __init__(self, params, lr=1e-6, eps=1e-3, weight_decay=0.0, seed=None, nonfinite="raise"):
         super().__init__(params, eps=eps, seed=seed, nonfinite=nonfinite, lr=lr,
                          weight_decay=weight_decay)

@@ -41,7 +41,7 @@ class ZOSGD(ZerothOrderOptimizer):
     direction="gaussian", kind="central", momentum=0.0, seed=0)``). See the module docstring.
     ``step(closure=fn)`` returns f(θ) (forward kind) or the mean of the 2q evaluations."""
 
-    _saved_options = ("eps", "q", "direction", "kind", "momentum")
+    _saved_options = ZerothOrderOptimizer._saved_options + ("q", "direction", "kind", "momentum")
 
     def __init__(self, params, lr=1e-3, eps=1e-3, q=1, direction="gaussian", kind="central",
                  momentum=0.0, weight_decay=0.0, seed=None, nonfinite="raise"):
