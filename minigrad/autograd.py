@@ -21,8 +21,9 @@ leaves' `.grad`. This module needs no Tensor class: it only follows `tensor._ctx
 In-place writes (`x += y` under `no_grad`, see minigrad/tensor.py) could change an array an op
 saved, and its backward would silently be wrong. Instead of torch's per-tensor version counters,
 one counter `_state["inplace_ops"]` numbers the writes: each op remembers its value at forward,
-each written Tensor the number of its last write, and backward raises, naming the op, when a
-tensor written after the op ran shares memory with what the op saved. Not seen: writes to
+each written Tensor the number of its last write (shared with the tensors `detach()` made of it,
+which hold the same array), and backward raises, naming the op, when a tensor written after the
+op ran shares memory with what the op saved. Not seen: writes to
 `.data` itself (the caller's responsibility, as `.data` is in torch) and, unlike torch, a write
 to `x` when the op saved a tensor that views `x` (basic indexing such as `x[1:]` gives a view).
 """
@@ -66,15 +67,19 @@ def is_grad_enabled() -> bool:
 class _Mode(contextlib.ContextDecorator):
     """Set `_state[key] = value` inside the block and restore the previous value after it.
 
-    Previous values are kept on a stack, not in one slot: a decorator instance is entered again
-    by every call of the function it wraps, so a recursive call would otherwise overwrite the
-    outer call's saved value (and leave the mode switched on after the outermost call)."""
+    As a decorator, every call of the wrapped function enters a fresh instance
+    (`_recreate_cm`): the modes are per thread, and calls on two threads sharing one instance
+    would restore each other's saved mode. Previous values are kept on a stack, so one instance
+    entered again inside itself (`with m: with m:`) restores each level."""
 
     key: str
     value: bool
 
     def __init__(self):
         self._prev: list[bool] = []
+
+    def _recreate_cm(self):
+        return type(self)()
 
     def __enter__(self):
         self._prev.append(_state[self.key])
@@ -201,7 +206,8 @@ def _check_saved_unmodified(ctx, output) -> None:
     shares memory with an array the op saved for backward (torch's version-counter check)."""
     saved = list(saved_arrays(ctx.saved))
     for i, t in enumerate((*ctx.inputs, output)):
-        if t._modified_at > ctx.inplace_mark and any(np.may_share_memory(a, t.data) for a in saved):
+        last = t._modified_at if t._writes is None else t._writes[0]  # (or through a detach)
+        if last > ctx.inplace_mark and any(np.may_share_memory(a, t.data) for a in saved):
             what = "its output" if t is output else f"input {i}"
             raise RuntimeError(
                 f"one of the variables needed for gradient computation has been modified by an "

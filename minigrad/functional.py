@@ -16,6 +16,7 @@ from .tensor import (
     Function,
     Tensor,
     as_generator,
+    as_rows,
     as_tensor,
     matmul_flops,
     no_matmul_flops,
@@ -85,7 +86,7 @@ class Linear(Function):
         # GEMMs is ~4x slower. The bias is added in place (no second output-sized temporary);
         # numba backend: `kernels.gemm`, ranges of rows on the kernel pool, the bias per range.
         ctx.fused = _fused(x)
-        y = _gemm_of(ctx)(x.reshape(-1, x.shape[-1]), w.T, b)  # (N, out)
+        y = _gemm_of(ctx)(as_rows(x), w.T, b)  # (N, out)
         y = y.reshape(x.shape[:-1] + (w.shape[0],))
         return y if ctx.amp is None else amp.cast_output(ctx.amp, y)
 
@@ -94,11 +95,11 @@ class Linear(Function):
         x, w = ctx.saved
         if ctx.amp is not None:  # the incoming gradient is stored in the gradient format
             g = amp.cast_grad(ctx.amp, g)
-        g2 = g.reshape(-1, g.shape[-1])  # (N, out)
+        g2 = as_rows(g)  # (N, out)
         needs = ctx.needs_input_grad  # a frozen weight (requires_grad False) costs no GEMM
         mm = _gemm_of(ctx)
         gx = mm(g2, w).reshape(x.shape) if needs[0] else None  # y = x @ W^T  =>  dx = g @ W
-        gw = mm(g2.T, x.reshape(-1, x.shape[-1])) if needs[1] else None  # dW = g^T @ x, over all rows
+        gw = mm(g2.T, as_rows(x)) if needs[1] else None  # dW = g^T @ x, over all rows
         sums = column_sums if ctx.fused is None else ctx.fused.column_sums
         gb = sums(g2) if len(needs) == 3 and needs[2] else None  # db = g summed over all rows
         return (gx, gw) if len(needs) == 2 else (gx, gw, gb)
@@ -259,7 +260,8 @@ class CrossEntropy(Function):
         if reduction == "none":
             return loss
         total = loss.sum()
-        return np.asarray(total if reduction == "sum" else total / ctx.count, dtype=logits.dtype)
+        with np.errstate(invalid="ignore"):  # no target kept: the mean is 0/0 = NaN, as torch's
+            return np.asarray(total if reduction == "sum" else total / ctx.count, dtype=logits.dtype)
 
     @staticmethod
     def backward(ctx, g):
@@ -267,7 +269,9 @@ class CrossEntropy(Function):
         if ctx.reduction == "none":
             scale = (g * keep)[:, None]
         else:
-            scale = (g / ctx.count if ctx.reduction == "mean" else g) * keep[:, None]
+            # (a batch whose every target is ignored has a NaN mean loss and, as in torch, a zero
+            # gradient: its keep mask is all zero, so any finite divisor gives it)
+            scale = (g / max(ctx.count, 1) if ctx.reduction == "mean" else g) * keep[:, None]
         eps = ctx.label_smoothing
         if ctx.fused is not None:  # writes scale * (softmax - onehot) in one pass
             grad = ctx.fused.cross_entropy_backward(logits, safe, lse[:, 0], scale[:, 0])

@@ -111,6 +111,17 @@ class Module:
     def __setattr__(self, name, value):
         if "_parameters" not in self.__dict__:
             raise AttributeError(f"{type(self).__name__}: call super().__init__() before assigning attributes")
+        if name in self._parameters and not isinstance(value, (Parameter, type(None))):
+            raise TypeError(f"{type(self).__name__}.{name} is a parameter: assign an nn.Parameter "
+                            f"(or None to remove it), not a {type(value).__name__}; to change its "
+                            f"values in place, write into .data")
+        if name in self._buffers and isinstance(value, np.ndarray):  # a new value, still a buffer
+            self._buffers[name] = value
+            object.__setattr__(self, name, value)
+            return
+        if name in self._buffers and value is not None:
+            raise TypeError(f"{type(self).__name__}.{name} is a buffer: assign a NumPy array "
+                            f"(or None to remove it), not a {type(value).__name__}")
         for registry in (self._parameters, self._modules, self._buffers):
             registry.pop(name, None)
         if isinstance(value, Parameter):

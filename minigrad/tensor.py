@@ -21,6 +21,7 @@ as torch does with version counters, backward then raises naming the op (see `au
 from __future__ import annotations
 
 import functools
+import math
 import numbers
 
 import numpy as np
@@ -39,6 +40,12 @@ def unbroadcast(grad: np.ndarray, shape: tuple) -> np.ndarray:
         i + extra for i, n in enumerate(shape) if n == 1 and grad.shape[i + extra] != 1
     )
     return grad.sum(axis=axes, keepdims=True).reshape(shape)
+
+
+def as_rows(a: np.ndarray) -> np.ndarray:
+    """a (..., K) as a 2-D (N, K) view over its last axis. Unlike reshape(-1, K) it also takes
+    an empty array (NumPy cannot infer -1 from size 0 when K is 0)."""
+    return a.reshape(math.prod(a.shape[:-1]), a.shape[-1])
 
 
 def _broadcast_shape(op: str, *shapes) -> tuple:
@@ -196,10 +203,19 @@ class Pow(Function):
     @staticmethod
     def backward(ctx, g):
         a, b, out = ctx.saved
-        ga = unbroadcast(g * b * a ** (b - 1), a.shape) if ctx.needs_input_grad[0] else None
+        ga = unbroadcast(g * _pow_slope(a, b), a.shape) if ctx.needs_input_grad[0] else None
         # d(a^b)/db = a^b log a, defined only for a > 0
         gb = unbroadcast(g * out * np.log(np.where(a > 0, a, 1.0)), b.shape) if ctx.needs_input_grad[1] else None
         return ga, gb
+
+
+def _pow_slope(a, p):
+    """d(a^p)/da = p * a^(p-1), and 0 where p == 0 (a^0 is constant; the formula would give
+    0 * 0^-1 = NaN at a = 0). As torch's pow backward."""
+    if np.ndim(p) == 0:
+        return p * a ** (p - 1) if p != 0 else np.zeros_like(a)
+    with np.errstate(divide="ignore", invalid="ignore"):  # the masked entries' 0^-1
+        return np.where(p == 0, 0, p * a ** (p - 1))
 
 
 class PowScalar(Function):
@@ -214,7 +230,7 @@ class PowScalar(Function):
     @staticmethod
     def backward(ctx, g):
         (a,) = ctx.saved
-        return (g * ctx.p * a ** (ctx.p - 1),)
+        return (g * _pow_slope(a, ctx.p),)
 
 
 class Maximum(Function):
@@ -502,6 +518,32 @@ class Mean(Function):
         return (np.broadcast_to(g / ctx.count, ctx.shape).copy(),)
 
 
+class Std(Function):
+    """Standard deviation over axes with Bessel's `correction`: out = sqrt(sum(d^2) / dof), with
+    d = a - mean(a) and dof = n - correction. Its own op rather than var().sqrt(): on a constant
+    slice the chain rule through sqrt gives 0 * 1/(2*0) = NaN, and torch defines the gradient
+    there as 0."""
+
+    flops = staticmethod(no_matmul_flops)
+
+    @staticmethod
+    def forward(ctx, a, *, axis=None, keepdims=False, correction=1):
+        ctx.axes, ctx.keepdims = _norm_axis(axis, a.ndim), keepdims
+        ctx.dof = max(int(np.prod([a.shape[i] for i in ctx.axes])) - correction, 0)
+        d = a - a.mean(axis=ctx.axes, keepdims=True)
+        out = np.sqrt((d * d).sum(axis=ctx.axes, keepdims=True) / ctx.dof)
+        ctx.save_for_backward(d, out)
+        return out if keepdims else np.squeeze(out, axis=ctx.axes)
+
+    @staticmethod
+    def backward(ctx, g):
+        d, out = ctx.saved
+        g = _expand_reduced(g, ctx.axes, ctx.keepdims)
+        # out = sqrt(sum(d^2) / dof)  =>  da = g * d / (dof * out)  (the mean's term sums to 0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return (np.where(out == 0, 0, g * d / (ctx.dof * out)),)
+
+
 class Max(Function):
     """max over axes; when several elements tie for the max they share the gradient equally."""
 
@@ -743,6 +785,7 @@ class Tensor:
     __array_priority__ = 100  # make `ndarray + Tensor` call Tensor.__radd__
     __hash__ = object.__hash__  # == compares elementwise (as in torch); hashing stays by identity
     _modified_at = 0  # autograd._state["inplace_ops"] when += and friends last wrote .data
+    _writes = None  # [number of the last write] shared with the tensors `detach` made of it
 
     def __init__(self, data, requires_grad: bool = False, dtype=None):
         # every op output passes here: skip _as_array's isinstance chain for a plain ndarray
@@ -802,7 +845,14 @@ class Tensor:
         return self.data
 
     def detach(self) -> "Tensor":
-        return Tensor(self.data)
+        """The same array, cut from the graph. A write into it in place is a write into this
+        tensor's data: the two share one record of their last write, so the saved-tensor check
+        sees it (as torch's shared version counter)."""
+        out = Tensor(self.data)
+        if self._writes is None:
+            self._writes = [self._modified_at]
+        out._writes = self._writes
+        return out
 
     def to(self, dtype) -> "Tensor":
         """This tensor in `dtype` (np.float32, "float64", ...), itself if already so (as torch).
@@ -936,6 +986,8 @@ class Tensor:
             ) from None
         _state["inplace_ops"] += 1
         self._modified_at = _state["inplace_ops"]
+        if self._writes is not None:
+            self._writes[0] = self._modified_at
         return self
 
     def __iadd__(self, x): return self._inplace(x, "+=")
@@ -944,8 +996,9 @@ class Tensor:
     def __itruediv__(self, x): return self._inplace(x, "/=")
 
     def __pow__(self, x):
-        if isinstance(x, (int, float)):
-            return PowScalar.apply(self, p=x)
+        if isinstance(x, (int, float)):  # NumPy scalars too, as Python numbers: a np.float64
+            # exponent would promote a float32 tensor to float64 (x * np.float64(2) does not)
+            return PowScalar.apply(self, p=float(x) if isinstance(x, float) else int(x))
         return Pow.apply(self, self._other(x))
 
     def __rpow__(self, x):
@@ -1008,9 +1061,10 @@ class Tensor:
 
     @torch_names
     def std(self, axis=None, *, keepdims=False, correction=None, unbiased=None):
-        """Standard deviation: the square root of `var` (same arguments)."""
+        """Standard deviation: the square root of `var` (same arguments); its gradient is 0
+        where a slice is constant, as torch's."""
         correction = _correction("std", correction, unbiased)
-        return self.var(axis=axis, keepdims=keepdims, correction=correction).sqrt()
+        return Std.apply(self, axis=axis, keepdims=keepdims, correction=correction)
 
     # no gradient: integer indices and booleans
     @torch_names

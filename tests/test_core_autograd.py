@@ -272,6 +272,40 @@ def test_no_grad_decorator_and_nesting_restore_the_mode():
     assert mg.is_grad_enabled()  # was left False: the inner call overwrote the saved mode
 
 
+def test_a_decorated_function_running_on_two_threads_restores_each_threads_mode():
+    # the modes are per thread; one decorator instance kept one stack of saved modes, so two
+    # threads inside the same function popped each other's (A left grad on inside its no_grad)
+    import threading
+
+    a_in, b_in, a_out = threading.Event(), threading.Event(), threading.Event()
+
+    @mg.no_grad()
+    def work(me_in, wait_for, after=None):
+        me_in.set()
+        assert wait_for.wait(10)
+        if after:
+            after.set()
+
+    seen = {}
+
+    def a():
+        with mg.no_grad():
+            work(a_in, b_in, a_out)
+            seen["a"] = mg.is_grad_enabled()
+
+    def b():
+        assert a_in.wait(10)
+        work(b_in, a_out)
+        seen["b"] = mg.is_grad_enabled()
+
+    threads = [threading.Thread(target=a), threading.Thread(target=b)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert seen == {"a": False, "b": True}
+
+
 # ---------------------------------------------------------------- detect_anomaly
 def test_detect_anomaly_forward_names_the_op():
     x = mg.Tensor(np.array([-1.0, 1.0]), requires_grad=True)

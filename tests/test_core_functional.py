@@ -122,6 +122,33 @@ def test_cross_entropy(bk, reduction, lt):
 
 
 @by_backend
+def test_cross_entropy_mean_over_no_kept_target_is_nan_with_a_zero_gradient(bk):
+    # as torch: an all-padding batch must not put NaN into every parameter's gradient
+    with mg.use_backend(bk):
+        x = mg.Tensor(np.zeros((2, 3), np.float32), requires_grad=True)
+        loss = F.cross_entropy(x, np.array([-100, -100]))
+        loss.backward()
+    assert np.isnan(loss.data)
+    assert np.array_equal(x.grad, np.zeros((2, 3), np.float32))
+
+
+@by_backend
+@pytest.mark.parametrize("x_shape, w_shape", [((3, 0), (5, 0)), ((3, 4), (0, 4)), ((2, 0, 4), (5, 4))])
+def test_linear_with_an_empty_axis_gives_zeros_or_empty_results(bk, x_shape, w_shape):
+    x, w, b = np.ones(x_shape), np.ones(w_shape), np.ones(w_shape[0])
+    with mg.use_backend(bk):
+        tx, tw, tb = (mg.Tensor(v, requires_grad=True) for v in (x, w, b))
+        y = F.linear(tx, tw, tb)
+        (y * 2).sum().backward()
+    g = 2 * np.ones(x_shape[:-1] + (w_shape[0],))
+    close(y, x @ w.T + b)
+    close(tx.grad, g @ w)
+    lead = list(range(x.ndim - 1))
+    close(tw.grad, np.tensordot(g, x, axes=(lead, lead)))  # summed over every row
+    close(tb.grad, g.sum(axis=tuple(lead)))
+
+
+@by_backend
 @given(lt=logits_and_targets(allow_ignored=False), data=st.data())
 def test_cross_entropy_custom_ignore_index_and_single_row(bk, lt, data):
     logits, targets = lt

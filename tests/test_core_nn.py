@@ -119,6 +119,27 @@ def test_state_dict_includes_buffers():
     assert fresh.steps[0] == 3.0
 
 
+def test_assigning_over_a_parameter_or_buffer_keeps_it_registered_or_is_refused():
+    # a plain Tensor assigned over a parameter silently left named_parameters, the optimizer and
+    # the state dict; a new array for a buffer dropped the buffer from the state dict
+    m = nn.Linear(2, 3, rng=0)
+    with pytest.raises(TypeError, match=r"Linear.weight is a parameter: assign an nn.Parameter"):
+        m.weight = mg.Tensor(np.zeros((3, 2), np.float32), requires_grad=True)
+    assert [n for n, _ in m.named_parameters()] == ["weight", "bias"]
+    m.weight = nn.Parameter(np.zeros((3, 2), np.float32))  # a Parameter replaces it
+    assert np.array_equal(m.state_dict()["weight"], np.zeros((3, 2)))
+    m.bias = None  # None removes it, as in torch
+    assert [n for n, _ in m.named_parameters()] == ["weight"]
+
+    m.register_buffer("steps", np.zeros(1))
+    m.steps = m.steps + 1  # the usual way to update a buffer
+    assert m.state_dict()["steps"][0] == 1.0
+    with pytest.raises(TypeError, match=r"Linear.steps is a buffer: assign a NumPy array"):
+        m.steps = 2.0
+    m.steps = None
+    assert "steps" not in m.state_dict()
+
+
 def test_load_state_dict_wrong_shape_names_the_key_and_both_shapes_and_writes_nothing():
     m = TinyLM()
     before = {n: p.data.copy() for n, p in m.named_parameters()}

@@ -262,6 +262,59 @@ def test_var(sa, keepdims, correction, data):
            np.var(x, axis=axis, keepdims=keepdims, ddof=correction))
 
 
+@pytest.mark.parametrize("correction", [0, 1])
+def test_std_of_a_constant_slice_has_a_zero_gradient_and_the_others_their_formula(correction):
+    # through sqrt(var) the chain rule gives 0 * 1/(2*0) = NaN on the constant row; torch
+    # defines it as 0. Elsewhere d std / d x_i = (x_i - mean) / (dof * std).
+    x = np.array([[1.0, 1.0, 1.0], [1.0, 2.0, 4.0]])
+    t = mg.Tensor(x, requires_grad=True)
+    out = t.std(axis=1, correction=correction)
+    out.sum().backward()
+    d = x[1] - x[1].mean()
+    assert np.array_equal(t.grad[0], np.zeros(3))
+    close(t.grad[1], d / ((3 - correction) * np.sqrt((d * d).sum() / (3 - correction))))
+    close(out, np.std(x, axis=1, ddof=correction))
+
+
+def test_a_zero_exponent_has_a_zero_gradient_also_at_zero():
+    # d(x^0)/dx = 0 everywhere; the formula p * x^(p-1) would give 0 * 0^-1 = NaN at x = 0
+    x = mg.Tensor(np.array([0.0, 1.0, 2.0]), requires_grad=True)
+    (x**0).sum().backward()
+    assert np.array_equal(x.grad, np.zeros(3))
+    x = mg.Tensor(np.array([0.0, 0.0, 3.0]), requires_grad=True)
+    p = mg.Tensor(np.array([0.0, 2.0, 0.0]))
+    (x**p).sum().backward()
+    assert np.array_equal(x.grad, np.array([0.0, 0.0, 0.0]))  # 2 * 0^1 = 0 in the middle
+    x = mg.Tensor(np.array([3.0]), requires_grad=True)
+    (x**mg.Tensor(np.array([2.0]))).sum().backward()
+    assert np.array_equal(x.grad, np.array([6.0]))
+
+
+def test_a_numpy_float_exponent_keeps_a_float32_tensor_float32():
+    x = mg.Tensor(np.ones(3, np.float32), requires_grad=True)
+    for p in (np.float64(2.0), np.sqrt(4.0), np.float32(2.0), 2.0, 2, np.int64(2)):
+        y = x**p
+        assert y.dtype == np.float32, (type(p), y.dtype)
+    y.sum().backward()
+    assert x.grad.dtype == np.float32
+
+
+@by_backend
+@pytest.mark.parametrize("sa, sb", [((3, 0), (0, 5)), ((2, 3, 0), (0, 4)), ((2, 3, 4), (4, 0)),
+                                    ((0, 3), (3, 2))])
+def test_matmul_with_an_empty_axis_gives_numpys_result_and_gradients(bk, sa, sb):
+    a, b = np.ones(sa), np.ones(sb)
+    with mg.use_backend(bk):
+        ta, tb = mg.Tensor(a, requires_grad=True), mg.Tensor(b, requires_grad=True)
+        y = ta @ tb
+        (y * 2).sum().backward()
+    g = 2 * np.ones((a @ b).shape)
+    close(y, a @ b)  # a K of 0 gives zeros, not an empty array
+    close(ta.grad, g @ b.T)
+    lead = list(range(a.ndim - 1))
+    close(tb.grad, np.tensordot(a, g, axes=(lead, lead)))  # summed over every row of a
+
+
 # ================================================================ shape ops
 @given(data=st.data())
 def test_reshape(data):

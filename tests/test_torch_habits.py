@@ -344,6 +344,29 @@ def test_modifying_a_tensor_saved_for_backward_is_caught_at_backward():
             ty.backward()
 
 
+def test_a_write_through_detach_into_a_saved_tensor_is_caught():
+    # detach() shares the array: d += 1 rewrote x's data after Mul saved it, and backward gave
+    # 2 * (x + 1) = 4 instead of raising (torch: a shared version counter)
+    x = mg.Tensor(np.ones(3), requires_grad=True)
+    y = (x * x).sum()
+    d = x.detach()
+    d += 1.0
+    with pytest.raises(RuntimeError, match=r"Mul saved input 0"):
+        y.backward()
+    x = mg.Tensor(np.ones(3), requires_grad=True)  # written before the op ran: nothing to catch
+    d = x.detach().detach()
+    d += 1.0
+    (x * x).sum().backward()
+    assert np.array_equal(x.grad, np.full(3, 4.0))
+    if torch is not None:
+        tx = T([1.0, 1.0, 1.0], True)
+        ty = (tx * tx).sum()
+        td = tx.detach()
+        td += 1.0
+        with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+            ty.backward()
+
+
 def test_an_op_output_saved_for_backward_and_modified_under_no_grad_is_caught():
     x = mg.Tensor(np.array([1.0, 2.0]), requires_grad=True)
     y = x.exp()  # Exp saves its output
