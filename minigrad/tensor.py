@@ -474,12 +474,15 @@ def _norm_axis(axis, ndim):
     if axis is None:
         return tuple(range(ndim))
     axes = (axis,) if isinstance(axis, (int, np.integer)) else tuple(axis)
-    if ndim == 0:  # a 0-d tensor reduces over nothing, whatever axis is named (as in PyTorch)
-        return ()
-    for a in axes:
-        if not -ndim <= a < ndim:
+    for a in axes:  # a 0-d tensor takes axis 0 or -1 and reduces over nothing (as in PyTorch)
+        if not -max(ndim, 1) <= a < max(ndim, 1):
             raise ValueError(f"axis {a} is out of range for a tensor with {ndim} dimensions")
-    return tuple(sorted({a % ndim for a in axes}))
+    if ndim == 0:
+        return ()
+    unique = tuple(sorted({a % ndim for a in axes}))
+    if len(unique) != len(axes):
+        raise ValueError(f"axis {axis} names an axis twice")
+    return unique
 
 
 def _expand_reduced(g, axes, keepdims):
@@ -601,7 +604,11 @@ class Expand(Function):
     @staticmethod
     def forward(ctx, a, *, shape):
         ctx.shape = a.shape
-        _broadcast_shape("expand", a.shape, shape)
+        if _broadcast_shape("expand", a.shape, shape) != tuple(shape):
+            raise ValueError(
+                f"expand: cannot expand shape {a.shape} to {tuple(shape)}: each axis keeps its size "
+                "or grows from 1, and new axes go in front (to shrink an axis, index or sum it)"
+            )
         return np.broadcast_to(a, shape)
 
     @staticmethod
@@ -1257,7 +1264,10 @@ class Tensor:
 
 # ================================================================ constructors
 def tensor(data, requires_grad: bool = False, dtype=None) -> Tensor:
-    return Tensor(data, requires_grad=requires_grad, dtype=dtype)
+    """A new tensor holding a copy of `data`, as torch.tensor: a later write into the caller's
+    array does not reach it, nor its own writes (an optimizer step) the caller's array.
+    `Tensor(array)` and `as_tensor` share the array instead."""
+    return Tensor(_as_array(data, dtype).copy(), requires_grad=requires_grad)
 
 
 def as_tensor(x) -> Tensor:

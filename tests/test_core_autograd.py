@@ -386,6 +386,9 @@ def test_shape_errors_of_matmul_reshape_cat_stack_expand_squeeze():
         a.transpose(0, 2)
     with pytest.raises(ValueError, match=r"unsqueeze: axis 3 is out of range .*-3 to 2"):
         a.unsqueeze(3)
+    for target in ((2, 1), (3,), (1, 3)):  # a smaller axis, fewer axes: numpy's remapping error
+        with pytest.raises(ValueError, match=r"expand: cannot expand shape \(2, 3\) to"):
+            a.expand(*target)
     with pytest.raises(ValueError, match=r"expand: -1 .* new leading axis"):
         a.expand(-1, 2, 3)  # used to read a size from the wrong end of the shape
 
@@ -415,6 +418,10 @@ def test_constructors_and_accessors():
     t = mg.tensor([[1.0, 2.0]], requires_grad=True)
     assert t.requires_grad and t.is_leaf and not (t * 2).is_leaf
     assert mg.tensor(np.array(3.5)).item() == 3.5
+    src = np.ones(2)
+    copied = mg.tensor(src)  # a copy, as torch.tensor; Tensor(src) shares it
+    src[0] = 5.0
+    assert copied.data[0] == 1.0 and mg.Tensor(src).data[0] == 5.0
     d = (t * 2).detach()
     assert not d.requires_grad and d._ctx is None
     assert isinstance(t.numpy(), np.ndarray)
@@ -452,5 +459,11 @@ def test_reduction_axis_as_list_and_out_of_range():
     np.testing.assert_array_equal(x.max(axis=[0, -1]).data, x.data.max(axis=(0, 2)))
     with pytest.raises(ValueError, match="axis 3 is out of range"):
         x.sum(axis=3)
+    with pytest.raises(ValueError, match=r"axis \(0, -3\) names an axis twice"):
+        x.mean(axis=(0, -3))  # was the mean over axis 0 alone; torch refuses it
+    s = mg.Tensor(np.array(2.0))
+    assert s.sum(axis=0).item() == s.sum(axis=-1).item() == 2.0  # a 0-d tensor: 0 or -1
+    with pytest.raises(ValueError, match="axis 5 is out of range for a tensor with 0 dimensions"):
+        s.sum(axis=5)
     with pytest.raises(ValueError, match="non-empty"):
         mg.stack([])
