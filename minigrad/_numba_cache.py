@@ -7,7 +7,7 @@ a `cache=True` function raises, which would make `import minigrad` fail on a rea
 with a read-only home. So when the `__pycache__` beside a kernel's source is not writable,
 `njit` points Numba's `config.CACHE_DIR` (read when a kernel is decorated) at
 `$XDG_CACHE_HOME/minigrad/numba` (default ~/.cache/...), else at a directory in the system temp
-dir, while it decorates that kernel, and puts the setting back afterwards: other libraries'
+dir that only this user owns and can write (mode 0o700), while it decorates that kernel, and puts the setting back afterwards: other libraries'
 kernels cache where they would have. A cache directory chosen by the user (NUMBA_CACHE_DIR)
 always wins; with no writable place at all the kernel is compiled at every start.
 
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import stat
 import tempfile
 import threading
 
@@ -44,6 +45,22 @@ def _writable_dir(path: str) -> bool:
         return False
 
 
+def _private_dir(path: str) -> bool:
+    """True when `path` is a writable directory that this user owns and no one else may write
+    (created with mode 0o700 when missing). For the shared temp dir: Numba unpickles its cache
+    index, so a directory another user made first under the predictable name could plant code."""
+    try:
+        os.makedirs(path, mode=0o700, exist_ok=True)
+        st = os.lstat(path)
+    except OSError:
+        return False
+    if not stat.S_ISDIR(st.st_mode) or st.st_mode & 0o022:
+        return False
+    if hasattr(os, "getuid") and st.st_uid != os.getuid():
+        return False
+    return _writable_dir(path)
+
+
 def _choose_cache_dir(source_dir: str) -> str | None:
     """Where Numba should cache the kernels defined in `source_dir`: "" for Numba's default (the
     `__pycache__` beside them is writable), None when no candidate is writable."""
@@ -51,11 +68,10 @@ def _choose_cache_dir(source_dir: str) -> str | None:
         return ""
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     user = os.getuid() if hasattr(os, "getuid") else "user"
-    for candidate in (os.path.join(base, "minigrad", "numba"),
-                      os.path.join(tempfile.gettempdir(), f"minigrad-numba-{user}")):
-        if _writable_dir(candidate):
-            return candidate
-    return None
+    if _writable_dir(os.path.join(base, "minigrad", "numba")):
+        return os.path.join(base, "minigrad", "numba")
+    shared = os.path.join(tempfile.gettempdir(), f"minigrad-numba-{user}")
+    return shared if _private_dir(shared) else None
 
 
 def njit(**options):

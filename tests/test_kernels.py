@@ -174,6 +174,23 @@ def test_layer_norm_matches_twin(seed, n, c, affine, shift):
     close32(db, db_r, scale=n)
 
 
+def test_row_kernels_refuse_saved_arrays_of_the_wrong_length():
+    # the compiled loops index weight, mean, rstd and lse without bounds checks: a short array
+    # was read past its end (a silently wrong gradient), where the twin raised
+    rng = np.random.default_rng(0)
+    x = f32(rng, (4, 6))
+    _, mean, rstd = K.layer_norm_forward(x, None, None)
+    dy = np.ones_like(x)
+    with pytest.raises(ValueError, match=r"layer_norm_backward: weight \(3,\) must be \(6,\)"):
+        K.layer_norm_backward(dy, x, np.ones(3, np.float32), mean, rstd)
+    with pytest.raises(ValueError, match=r"mean \(2,\), rstd \(2,\) one per row"):
+        K.layer_norm_backward(dy, x, None, mean[:2], rstd[:2])
+    logits = f32(rng, (4, 5))
+    _, lse = K.cross_entropy_forward(logits, np.arange(4))
+    with pytest.raises(ValueError, match=r"cross_entropy_backward: lse \(3,\) must be \(4,\)"):
+        K.cross_entropy_backward(logits, np.arange(4), lse[:3], np.ones(4, np.float32))
+
+
 def test_layer_norm_keeps_leading_axes():
     rng = np.random.default_rng(0)
     x = f32(rng, (2, 3, 5))
@@ -192,17 +209,25 @@ def test_gelu_matches_twin(seed, n, scale):
     close32(K.gelu_backward(x, dy), R.gelu_backward(*up(x, dy)))
 
 
-def test_gelu_saturates_without_overflow():
-    x = np.array([-1e6, -100, -10, 0, 10, 100, 1e6], np.float32)
+@pytest.mark.parametrize("dtype, huge", [(np.float32, [3e13, 1e18]), (np.float64, [1e103, 1e150])])
+def test_gelu_saturates_without_overflow(dtype, huge):
+    # at |x| >= 1.5e13 (float32) fast-math regrouped the backward's x (1 - t^2)(1 + k x^2) into
+    # x^3 * ...: inf * 0 = NaN where the twin and torch give 0 or 1
+    big = np.array(huge)
+    x = np.concatenate([-big[::-1], [-1e6, -100, -10, 0, 10, 100, 1e6], big]).astype(dtype)
     y = K.gelu_forward(x)
     assert np.isfinite(y).all()
-    np.testing.assert_allclose(y, R.gelu_forward(x.astype(np.float64)), rtol=1e-6, atol=1e-6)
-    np.testing.assert_allclose(K.gelu_backward(x, np.ones_like(x)), [0, 0, 0, 0.5, 1, 1, 1], atol=1e-6)
+    with np.errstate(over="ignore"):  # the twin's x**3 is inf there, and its tanh 1
+        np.testing.assert_allclose(y, R.gelu_forward(x.astype(np.float64)), rtol=1e-6, atol=1e-6)
+    want = [0, 0, 0, 0, 0, 0.5, 1, 1, 1, 1, 1]
+    np.testing.assert_allclose(K.gelu_backward(x, np.ones_like(x)), want, atol=1e-6)
 
 
 def test_gelu_propagates_nan():
-    y = K.gelu_forward(np.array([np.nan, 1.0], np.float32))
-    assert np.isnan(y[0]) and np.isfinite(y[1])
+    x = np.array([np.nan, 1.0, -np.nan], np.float32)
+    y, dx = K.gelu_forward(x), K.gelu_backward(x, np.ones_like(x))
+    assert np.isnan(y[0]) and np.isfinite(y[1]) and np.isnan(y[2])
+    assert np.isnan(dx[0]) and np.isfinite(dx[1]) and np.isnan(dx[2])
 
 
 # ----------------------------------------------------------------------------- attention
@@ -292,6 +317,14 @@ def test_flash_attention_first_row_sees_only_itself():
     np.testing.assert_array_equal(o[..., :65, :], o2[..., :65, :])
 
 
+def test_attention_with_no_queries_gives_empty_results_as_the_twin():
+    q = np.zeros((2, 0, 4), np.float32)
+    k = v = np.ones((2, 3, 4), np.float32)
+    o, lse = K.attention_forward(q, k, v, causal=False)
+    o2, lse2 = R.attention_forward(q, k, v, causal=False)
+    assert o.shape == o2.shape == (2, 0, 4) and lse.shape == lse2.shape == (2, 0)
+
+
 def test_attention_rejects_mismatched_shapes():
     q = np.zeros((1, 2, 4, 8), np.float32)
     with pytest.raises(ValueError, match="attention"):
@@ -337,6 +370,13 @@ def test_tiled_matmul_matches_twin(seed, m, k, p, tile):
     rng = np.random.default_rng(seed)
     a, b = f32(rng, (m, k)), f32(rng, (k, p))
     close32(K.matmul_tiled(a, b, tile=tile), R.matmul_tiled(*up(a, b)), scale=k ** 0.5)
+
+
+@pytest.mark.parametrize("tile", [0, -1, 2.5, True])
+def test_tiled_matmul_refuses_a_tile_that_is_not_a_positive_integer(tile):
+    # tile -1 gave a prange of negative length: the uninitialised output came back as the product
+    with pytest.raises(ValueError, match="matmul_tiled: tile must be a positive integer"):
+        K.matmul_tiled(np.ones((2, 2), np.float32), np.ones((2, 2), np.float32), tile=tile)
 
 
 # ----------------------------------------------------------------------------- optimizer updates
@@ -487,7 +527,7 @@ def test_kernels_called_from_several_threads_at_once_stay_correct():
        tb=st.booleans(), strided=st.booleans(), with_bias=st.booleans(), seed=st.integers(0, 2**16))
 def test_gemm_matches_numpy_split_by_rows_or_columns(ranges, m, k, n, ta, tb, strided, with_bias, seed):
     """`gemm` split over 3 threads (every size, by rows when m >= n, else by columns), on
-    C-contiguous, transposed or every-other-row operands, with and without the fused bias,
+    C-contiguous, transposed or every-other-element operands, with and without the fused bias,
     against its NumPy twin in float64 on the same float32 inputs; with the ranges as BLAS calls
     from compiled code (`blas.run_gemm`, NumPy's bundled OpenBLAS) and as `np.matmul` in Python
     (the path for another BLAS)."""
@@ -499,7 +539,8 @@ def test_gemm_matches_numpy_split_by_rows_or_columns(ranges, m, k, n, ta, tb, st
     a = f32(rng, (k, m)).T if ta else f32(rng, (m, k))
     b = f32(rng, (n, k)).T if tb else f32(rng, (k, n))
     if strided:  # neither axis of unit stride: BLAS cannot read it, gemm copies it first
-        a = np.repeat(a, 2, axis=0)[::2]
+        a = np.repeat(np.repeat(a, 2, axis=0), 2, axis=1)[::2, ::2]
+        assert blas.operand(a) == (0, 0) or min(m, k) <= 1  # (every-other-row alone BLAS reads)
     bias = f32(rng, (n,)) if with_bias else None
     want = R.gemm(a.astype(np.float64), b.astype(np.float64), None if bias is None else bias.astype(np.float64))
     with pytest.MonkeyPatch.context() as mp:

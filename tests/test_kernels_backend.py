@@ -166,6 +166,27 @@ def test_cache_dir_falls_back_to_user_cache(monkeypatch, tmp_path):
     assert _numba_cache._choose_cache_dir(kernels_dir) is None
 
 
+def test_cache_dir_in_the_shared_temp_dir_is_private_or_not_used(monkeypatch, tmp_path):
+    # the last fallback has a predictable name in the shared temp dir; Numba unpickles its cache
+    # index, so a directory someone else could write must not be used
+    real = _numba_cache._writable_dir
+    kernels_dir = os.path.dirname(K.__file__)
+    user_cache = os.path.join(str(tmp_path / "home"), "minigrad", "numba")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(_numba_cache.tempfile, "gettempdir", lambda: str(tmp_path))
+    monkeypatch.setattr(_numba_cache, "_writable_dir",
+                        lambda p: not p.endswith("__pycache__") and p != user_cache and real(p))
+    shared = os.path.join(str(tmp_path), f"minigrad-numba-{os.getuid()}")
+    assert _numba_cache._choose_cache_dir(kernels_dir) == shared  # made here, private
+    assert os.stat(shared).st_mode & 0o777 == 0o700
+    os.chmod(shared, 0o777)  # as if another user had made it first, open to all
+    assert _numba_cache._choose_cache_dir(kernels_dir) is None
+    os.chmod(shared, 0o700)
+    if os.getuid() == 0:  # root can hand the directory to another owner
+        os.chown(shared, 65534, 65534)
+        assert _numba_cache._choose_cache_dir(kernels_dir) is None
+
+
 def test_kernels_cache_in_the_fallback_dir_and_load_from_it(tmp_path):
     """With the kernels' __pycache__ read-only (simulated), the first process compiles into
     $XDG_CACHE_HOME/minigrad/numba and a second process loads from there (a warm start); Numba's
@@ -394,13 +415,24 @@ def test_attention_with_kv_cache_offsets_uses_bottom_right_mask():
         np.testing.assert_allclose(gt, r, rtol=1e-10, atol=1e-12)
 
 
-def test_backend_is_fixed_per_op_between_forward_and_backward():
-    x = mg.Tensor(np.random.default_rng(0).standard_normal((4, 6)), requires_grad=True)
+def test_backend_is_fixed_per_op_between_forward_and_backward(monkeypatch):
+    # an op recorded on the numba backend runs its numba backward (it consumes what the numba
+    # forward saved), whatever backend is active when backward runs
+    rng = np.random.default_rng(0)
+    data, dy = rng.standard_normal((4, 6)), rng.standard_normal((4, 6))
+    calls = []
+    real = K.layer_norm_backward
+    monkeypatch.setattr(K, "layer_norm_backward", lambda *args: calls.append(1) or real(*args))
+    x = mg.Tensor(data, requires_grad=True)
     with mg.use_backend("numba"):
         y = F.layer_norm(x)
     with mg.use_backend("numpy"):
-        y.backward(np.ones((4, 6)))  # saved (x, mean, rstd) are consumed by the numba backward
-    assert np.allclose(x.grad, 0.0, atol=1e-12)  # layer norm's rows are shift-invariant
+        y.backward(dy)
+    assert calls == [1]
+    ref = mg.Tensor(data, requires_grad=True)
+    with mg.use_backend("numpy"):
+        F.layer_norm(ref).backward(dy)
+    np.testing.assert_allclose(x.grad, ref.grad, rtol=1e-10, atol=1e-12)
 
 
 def test_cpu_model_names_family_model_and_avx512(tmp_path, monkeypatch):

@@ -90,6 +90,21 @@ def test_hyperparameters_given_as_numpy_scalars_give_the_same_update():
     assert all(q.dtype == np.float32 and np.array_equal(q, out[0]) for q in out)
 
 
+def test_amsgrad_keeps_a_nan_in_its_running_max_as_the_twin_does():
+    # the kernel's max(vmax, v) dropped a NaN v (Python's max), the twin's np.maximum keeps it
+    p0 = np.array([1.0, 2.0, 3.0], np.float32)
+    g = np.array([0.5, np.nan, -0.5], np.float32)
+    out = []
+    for update in (adam_update, K.adam_step):
+        q, m, v, vmax = p0.copy(), np.zeros(3, np.float32), np.zeros(3, np.float32), np.full(3, 0.25, np.float32)
+        update(q, g, m, v, vmax, step=1, lr=1e-2, beta1=0.9, beta2=0.99, eps=1e-8)
+        out.append((q, vmax))
+    (q0, vmax0), (q1, vmax1) = out
+    assert np.isnan(vmax0[1]) and np.isnan(vmax1[1])
+    np.testing.assert_array_equal(q0, q1)  # (assert_array_equal counts NaN as equal to NaN)
+    np.testing.assert_array_equal(vmax0, vmax1)
+
+
 @pytest.mark.parametrize("make", [lambda p: optim.AdamW(p, lr=1e-2), lambda p: optim.Adam(p, amsgrad=True),
                                   lambda p: optim.SGD(p, lr=0.1, momentum=0.9)], ids=["adamw", "adam", "sgd"])
 def test_the_public_classes_take_the_kernel_where_it_applies(monkeypatch, make):

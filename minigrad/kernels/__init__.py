@@ -170,6 +170,8 @@ def matmul_tiled(a, b, tile=64):
     b = _float_array(b, "b", "matmul_tiled")
     if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[0]:
         raise ValueError(f"matmul_tiled: need a (M, K) and b (K, P), got {a.shape} and {b.shape}")
+    if isinstance(tile, bool) or not isinstance(tile, (int, np.integer)) or tile < 1:
+        raise ValueError(f"matmul_tiled: tile must be a positive integer, got {tile!r}")
     dtype = np.result_type(a, b)
     out = np.empty((a.shape[0], b.shape[1]), dtype)
     _matmul_tiled(a.astype(dtype, copy=False), b.astype(dtype, copy=False), out, int(tile))
@@ -384,6 +386,9 @@ def cross_entropy_backward(logits, targets, lse, row_grad, ignore_index=-100):
     x = _float_array(logits, "logits", "cross_entropy_backward")
     t = _targets(targets, x.shape[0], x.shape[1], ignore_index, "cross_entropy_backward")
     lse = _float_array(lse, "lse", "cross_entropy_backward").astype(x.dtype, copy=False)
+    if lse.shape != (x.shape[0],):  # the kernel reads lse[i] for every row i, unchecked
+        raise ValueError(f"cross_entropy_backward: lse {lse.shape} must be ({x.shape[0]},), one per row "
+                         f"of logits {x.shape}")
     g = np.ascontiguousarray(np.broadcast_to(np.asarray(row_grad, x.dtype), (x.shape[0],)))
     d = np.empty_like(x)
     _parallel_for(_sm.cross_entropy_bwd, x.shape[0], _parallel(x.size), x, t, int(ignore_index), lse, g, d)
@@ -418,6 +423,10 @@ def layer_norm_backward(dy, x, weight, mean, rstd):
     w = _row_param(weight, 1, c, x.dtype, "weight", "layer_norm_backward")
     x2 = _rows(x, "x", "layer_norm_backward")
     n = x2.shape[0]
+    # the kernel reads w[j], mean[i] and rstd[i] unchecked: a short array would be read past its end
+    if w.shape != (c,) or np.size(mean) != n or np.size(rstd) != n:
+        raise ValueError(f"layer_norm_backward: weight {w.shape} must be ({c},) and mean "
+                         f"{np.shape(mean)}, rstd {np.shape(rstd)} one per row ({x.shape[:-1]}) of x {x.shape}")
     parallel = _parallel(x.size, MEMORY_SERIAL_BELOW)
     nchunks = max(1, min(n, 16)) if parallel else 1  # fixed: dw, db do not depend on the thread count
     dw_part = np.empty((nchunks, c), x.dtype)
@@ -473,7 +482,8 @@ def _attn_inputs(q, k, v, op):
     s = k.shape[-2]
     if s == 0:  # (checked before the reshape, which cannot infer -1 from an empty array)
         raise ValueError(f"{op}: k and v have no keys (S = 0)")
-    return (q.reshape(-1, t, d), k.reshape(-1, s, d), v.reshape(-1, s, d), lead)
+    n = math.prod(lead)  # (not -1: NumPy cannot infer it from an empty array)
+    return (q.reshape(n, t, d), k.reshape(n, s, d), v.reshape(n, s, d), lead)
 
 
 def attention_forward(q, k, v, causal=True, scale=None, causal_offset=0):

@@ -43,8 +43,8 @@ def _adam_serial(p, g, m, v, vmax, maximize, l2, decay, beta1, one_minus_beta1, 
         vi = v[i] * b2 + omb2 * (gi * gi)
         m[i] = mi
         v[i] = vi
-        if amsgrad:
-            vi = max(vmax[i], vi)
+        if amsgrad:  # np.maximum's rule: a NaN on either side is kept (Python's max drops one)
+            vi = vi if vi != vi or vi > vmax[i] else vmax[i]
             vmax[i] = vi
         p[i] = pi - lr_t * (mi / (np.sqrt(vi) / bc2 + e))
 

@@ -44,10 +44,16 @@ def _gelu_bwd_serial(x, dy, dx):
     k3 = typed(x, 3.0 * 0.044715)
     half = typed(x, 0.5)
     one = typed(x, 1.0)
+    lim = typed(x, 30.0)  # beyond, t == 1 exactly (float32 and float64): 1 - t^2 is 0
     for i in range(x.shape[0]):
         v = x[i]
         t = fast_tanh(k0 * (v + k1 * v * v * v))
-        dx[i] = dy[i] * (half * (one + t) + half * v * (one - t * t) * k0 * (one + k3 * v * v))
+        # the second term's x clamped to +-30: fast-math may regroup it as x^3 * ..., which
+        # overflows to inf for |x| >= 1.5e13 in float32 (0 * inf = NaN; the twin gives 0 or 1).
+        # The clamp changes no result (the term is 0 there) and NaN still reaches dx through t.
+        c = v if v < lim else lim
+        c = c if c > -lim else -lim
+        dx[i] = dy[i] * (half * (one + t) + half * c * (one - t * t) * k0 * (one + k3 * c * c))
 
 
 @njit(nogil=True, cache=True)
