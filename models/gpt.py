@@ -260,8 +260,13 @@ class GPT(nn.Module):
         self.config = config
         self.dtype = np.dtype(dtype)
         rng = np.random.default_rng(seed)
-        self.wte = nn.Embedding(config.vocab_size, config.n_embd, dtype=dtype)   # tied with the head
-        self.wpe = nn.Embedding(config.block_size, config.n_embd, dtype=dtype)
+        # The GPT-2 init below replaces the embeddings' own N(0, 1) draws. Those come from a
+        # generator of their own: without one they would advance minigrad.default_generator (a
+        # seeded model must not change what unseeded code draws next), and drawn from `rng` they
+        # would shift every weight a seed gives.
+        discarded = np.random.default_rng(0)
+        self.wte = nn.Embedding(config.vocab_size, config.n_embd, dtype=dtype, rng=discarded)  # tied with the head
+        self.wpe = nn.Embedding(config.block_size, config.n_embd, dtype=dtype, rng=discarded)
         self.h = nn.ModuleList([Block(config, dtype, rng) for _ in range(config.n_layer)])
         self.ln_f = nn.LayerNorm(config.n_embd, bias=config.bias, dtype=dtype)
         # dropout masks come from this generator; its state is part of a checkpoint

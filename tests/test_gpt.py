@@ -69,6 +69,51 @@ def test_init_statistics():
     assert loss.item() == pytest.approx(math.log(50), abs=0.1)
 
 
+def _gpt2_init_by_hand(cfg, seed):
+    """The weights GPT(cfg, seed) (MHA, bias=True) has, re-derived from its seed: the layers'
+    Linears draw their U(-1/√in, 1/√in) weight then bias from the seeded generator as they are
+    built, layer by layer (c_attn, attn c_proj, c_fc, mlp c_proj); then the GPT-2 init draws
+    N(0, 0.02) (N(0, 0.02/√(2L)) for the c_proj weights) in parameter order, and sets biases to
+    0 and LayerNorm gains to 1. The embeddings draw nothing from it."""
+    C, L = cfg.n_embd, cfg.n_layer
+    rng = np.random.default_rng(seed)
+    for _ in range(L):
+        for n_out, n_in in ((3 * C, C), (C, C), (4 * C, C), (C, 4 * C)):
+            bound = 1 / math.sqrt(n_in)
+            rng.uniform(-bound, bound, (n_out, n_in)), rng.uniform(-bound, bound, n_out)
+    normal = lambda std, *shape: rng.normal(0.0, std, shape).astype(np.float32)  # noqa: E731
+    want = {"wte.weight": normal(0.02, cfg.vocab_size, C), "wpe.weight": normal(0.02, cfg.block_size, C)}
+    residual = 0.02 / math.sqrt(2 * L)
+    for i in range(L):
+        h = f"h.{i}."
+        want.update({h + "ln_1.weight": np.ones(C), h + "ln_1.bias": np.zeros(C),
+                     h + "attn.c_attn.weight": normal(0.02, 3 * C, C), h + "attn.c_attn.bias": np.zeros(3 * C),
+                     h + "attn.c_proj.weight": normal(residual, C, C), h + "attn.c_proj.bias": np.zeros(C),
+                     h + "ln_2.weight": np.ones(C), h + "ln_2.bias": np.zeros(C),
+                     h + "mlp.c_fc.weight": normal(0.02, 4 * C, C), h + "mlp.c_fc.bias": np.zeros(4 * C),
+                     h + "mlp.c_proj.weight": normal(residual, C, 4 * C), h + "mlp.c_proj.bias": np.zeros(C)})
+    want.update({"ln_f.weight": np.ones(C), "ln_f.bias": np.zeros(C)})
+    return want
+
+
+def test_a_seeded_gpt_keeps_its_weights_and_leaves_the_global_generator_alone():
+    """Building GPT(cfg, seed) gives the weights its seed always gave (the docs' measured runs
+    start from them) and draws nothing from minigrad.default_generator: the next unseeded draw
+    (dropout masks and layers built without rng) is the one it would be without the model."""
+    cfg = GPTConfig(**MICRO)
+    minigrad.manual_seed(0)
+    undisturbed = minigrad.default_generator.random(4)
+    minigrad.manual_seed(0)
+    m = GPT(cfg, seed=3)
+    after_gpt = minigrad.default_generator.random(4)
+    got = m.state_dict()
+    want = _gpt2_init_by_hand(cfg, seed=3)
+    assert list(got) == list(want)
+    for name in want:
+        np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+    np.testing.assert_array_equal(after_gpt, undisturbed)
+
+
 @pytest.mark.parametrize("bias", [True, False])
 def test_gradcheck_float64(bias):
     cfg = GPTConfig(**MICRO, bias=bias)
