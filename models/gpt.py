@@ -74,8 +74,18 @@ class GPTConfig:
         if self.n_kv_head is not None and self.n_head % self.n_kv_head:
             raise ValueError(f"GPTConfig: n_head={self.n_head} must be divisible by n_kv_head="
                              f"{self.n_kv_head} (each key/value head serves n_head/n_kv_head query heads)")
+        # bool is an int: dropout=True would pass as 1; a string, None or a truthy "no" for the
+        # flags would fail later or build what was not asked for
+        number = isinstance(self.dropout, (int, float, np.integer, np.floating))
+        if not number or isinstance(self.dropout, (bool, np.bool_)):
+            raise ValueError(f"GPTConfig.dropout={self.dropout!r} must be a number in [0, 1), "
+                             f"not a {type(self.dropout).__name__}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"GPTConfig.dropout={self.dropout} must be in [0, 1)")
+        for name in ("bias", "checkpoint"):
+            v = getattr(self, name)
+            if not isinstance(v, (bool, np.bool_)):
+                raise ValueError(f"GPTConfig.{name}={v!r} must be True or False, not a {type(v).__name__}")
         if self.attention not in ATTENTIONS:
             raise ValueError(f"GPTConfig.attention={self.attention!r}; choose one of {', '.join(ATTENTIONS)}")
         if self.attention == "moba" and self.moba_block >= self.block_size:

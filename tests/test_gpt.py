@@ -36,6 +36,21 @@ def test_config_validation_and_roundtrip():
     assert GPTConfig.from_dict(cfg.to_dict()) == cfg
 
 
+@pytest.mark.parametrize("field, value", [("bias", "no"), ("bias", None), ("bias", 1), ("checkpoint", "no"),
+                                          ("dropout", "0.1"), ("dropout", None), ("dropout", True)])
+def test_config_refuses_flags_that_are_not_bools_and_a_dropout_that_is_not_a_number(field, value):
+    """bias="no" is truthy and built biases; dropout="0.1" failed in a comparison with a
+    TypeError that named no field."""
+    with pytest.raises(ValueError, match=f"GPTConfig.{field}={value!r} must be"):
+        GPTConfig(**MICRO, **{field: value})
+
+
+def test_config_takes_numpy_bools_and_numbers():
+    cfg = GPTConfig(**MICRO, bias=np.bool_(False), checkpoint=np.bool_(True), dropout=np.float32(0.25))
+    assert GPT(cfg).h[0].attn.c_attn.bias is None
+    assert GPTConfig(**MICRO, dropout=0).dropout == 0
+
+
 def test_shapes_tying_and_param_count():
     cfg = GPTConfig(**MICRO)
     m = GPT(cfg)
