@@ -305,6 +305,9 @@ class GPT(nn.Module):
         if idx.ndim != 2 or not np.issubdtype(idx.dtype, np.integer):
             raise ValueError(f"GPT.forward: idx must be an integer array (B, T), got {idx.dtype} {idx.shape}")
         B, T = idx.shape
+        if B == 0 or T == 0:     # (MoBA would fail in a reshape, the loss would be a mean of nothing: NaN)
+            raise ValueError(f"GPT.forward: idx of shape {idx.shape} is empty; give at least one sequence "
+                             "of at least one token")
         bs = self.config.block_size
         if cache is None and T > bs:
             raise ValueError(f"GPT.forward: positions 0..{T - 1} exceed block_size={bs}; crop the input "
@@ -407,7 +410,10 @@ class GPT(nn.Module):
         """
         if rng is None:
             rng = np.random.default_rng()
-        idx = np.asarray(idx, dtype=np.int64)
+        idx = np.asarray(idx)
+        if idx.size and not np.issubdtype(idx.dtype, np.integer):   # as forward: a cast would truncate
+            raise ValueError(f"GPT.generate: the prompt must hold integer token ids, got {idx.dtype}")
+        idx = idx.astype(np.int64)
         if idx.ndim == 1:
             idx = idx[None]
         if idx.shape[1] == 0:

@@ -386,6 +386,26 @@ def test_forward_errors():
         m(np.zeros((1, 3)))
 
 
+@pytest.mark.parametrize("attention, extra", [("mha", {}), ("moba", dict(moba_block=3, moba_topk=2))])
+@pytest.mark.parametrize("shape", [(0, 3), (2, 0)])
+def test_forward_refuses_an_empty_batch_at_its_door(attention, extra, shape):
+    """MoBA failed in a reshape deep inside; MHA returned a NaN loss (a mean over no tokens)."""
+    m = GPT(GPTConfig(**MICRO, attention=attention, **extra))
+    empty = np.zeros(shape, dtype=np.int64)
+    for targets in (None, empty):
+        with pytest.raises(ValueError, match=rf"GPT.forward: idx of shape \({shape[0]}, {shape[1]}\) is empty"):
+            m(empty, targets)
+
+
+@pytest.mark.parametrize("prompt", [np.array([[1.7, 2.2]]), [1.0, 2.0], np.array([True, False])])
+def test_generate_refuses_a_prompt_that_is_not_integer_ids(prompt):
+    """forward refuses float ids; generate cast them to int64 and decoded from 1 and 2."""
+    m = GPT(GPTConfig(**MICRO))
+    with pytest.raises(ValueError, match="GPT.generate: the prompt must hold integer token ids"):
+        m.generate(prompt, 1, temperature=0)
+    assert m.generate(np.array([1, 2], dtype=np.uint16), 1, temperature=0).shape == (1, 3)
+
+
 def test_dropout_train_vs_eval():
     cfg = GPTConfig(**{**MICRO, "dropout": 0.5})
     m = GPT(cfg, seed=0)
