@@ -300,7 +300,13 @@ def nsa_attention(q, k, v, gates, compress_k, compress_v, *, cmp_block: int, cmp
 
 class NSA(nn.Module):
     """NSA's parameters in a layer: ``gate`` (Linear(C, 3H): g_cmp | g_slc | g_win, each H
-    columns, through a sigmoid) and the compressors ``compress_k``, ``compress_v``."""
+    columns, through a sigmoid) and the compressors ``compress_k``, ``compress_v``.
+
+    ``compress_k.proj.bias`` b has no effect: it adds q·b to every compressed score of a query,
+    and the softmax over them (and so the selection scores) ignores a shift, so its gradient is
+    zero up to rounding. It is kept as GPT-2 keeps the key rows of its c_attn bias (``bias=False``
+    drops both): both compressors stay one module, and NSA's parameter count and seeded init stay
+    as measured in docs/attention.md."""
 
     def __init__(self, n_embd: int, n_head: int, head_size: int, *, cmp_block: int, cmp_stride: int,
                  slc_block: int, slc_topn: int, window: int, bias=True, dtype=np.float32, rng=None):

@@ -193,16 +193,33 @@ class TextData:
             raise ValueError(f"split must be 'train' or 'val', got {name!r}")
         return self.train if name == "train" else self.val
 
+    def _split_and_block(self, split: str, block_size) -> tuple[Split, int]:
+        """The split and the window length T (default: self.block_size), which must leave room
+        for a window's T + 1 tokens in the split."""
+        s = self.split(split)
+        T = self.block_size if block_size is None else int(block_size)
+        if not 1 <= T < len(s):
+            raise DataError(f"block_size={T} does not fit the {s.name} split of {len(s):,} tokens: a window "
+                            f"holds block_size+1 tokens, so block_size must be in [1, {len(s) - 1:,}]")
+        return s, T
+
     def get_batch(self, split: str, batch_size: int, rng: np.random.Generator, block_size=None):
         """Random windows: x[b] = ids[i_b : i_b+T], y[b] = ids[i_b+1 : i_b+T+1], int64 (B, T)."""
-        T = self.block_size if block_size is None else int(block_size)
-        ids = self.split(split).ids
-        starts = rng.integers(0, len(ids) - T, size=batch_size)
+        s, T = self._split_and_block(split, block_size)
+        starts = rng.integers(0, len(s) - T, size=batch_size)
         return self.batch_at(split, starts, T)
 
     def batch_at(self, split: str, starts, block_size=None):
-        T = self.block_size if block_size is None else int(block_size)
-        return windows(self.split(split).ids, starts, T)
+        """The windows of get_batch at the given starts, each in [0, len(split) - T - 1]."""
+        s, T = self._split_and_block(split, block_size)
+        starts = np.asarray(starts)
+        last = len(s) - T - 1
+        # numpy would take a negative start from the end (a window the caller did not ask for)
+        if starts.size and (not np.issubdtype(starts.dtype, np.integer) or starts.min() < 0 or starts.max() > last):
+            shown = starts.dtype if not np.issubdtype(starts.dtype, np.integer) else f"[{starts.min()}, {starts.max()}]"
+            raise DataError(f"batch_at: starts must be integers in [0, {last:,}] for windows of block_size+1 = "
+                            f"{T + 1} tokens in the {s.name} split of {len(s):,} tokens, got {shown}")
+        return windows(s.ids, starts, T)
 
     def fixed_batches(self, split: str, n_batches: int, batch_size: int, seed: int = 1234, block_size=None):
         """The same ``n_batches`` batches every call (for comparable validation losses)."""

@@ -74,8 +74,18 @@ class GPTConfig:
         if self.n_kv_head is not None and self.n_head % self.n_kv_head:
             raise ValueError(f"GPTConfig: n_head={self.n_head} must be divisible by n_kv_head="
                              f"{self.n_kv_head} (each key/value head serves n_head/n_kv_head query heads)")
+        # bool is an int: dropout=True would pass as 1; a string, None or a truthy "no" for the
+        # flags would fail later or build what was not asked for
+        number = isinstance(self.dropout, (int, float, np.integer, np.floating))
+        if not number or isinstance(self.dropout, (bool, np.bool_)):
+            raise ValueError(f"GPTConfig.dropout={self.dropout!r} must be a number in [0, 1), "
+                             f"not a {type(self.dropout).__name__}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"GPTConfig.dropout={self.dropout} must be in [0, 1)")
+        for name in ("bias", "checkpoint"):
+            v = getattr(self, name)
+            if not isinstance(v, (bool, np.bool_)):
+                raise ValueError(f"GPTConfig.{name}={v!r} must be True or False, not a {type(v).__name__}")
         if self.attention not in ATTENTIONS:
             raise ValueError(f"GPTConfig.attention={self.attention!r}; choose one of {', '.join(ATTENTIONS)}")
         if self.attention == "moba" and self.moba_block >= self.block_size:
@@ -260,8 +270,13 @@ class GPT(nn.Module):
         self.config = config
         self.dtype = np.dtype(dtype)
         rng = np.random.default_rng(seed)
-        self.wte = nn.Embedding(config.vocab_size, config.n_embd, dtype=dtype)   # tied with the head
-        self.wpe = nn.Embedding(config.block_size, config.n_embd, dtype=dtype)
+        # The GPT-2 init below replaces the embeddings' own N(0, 1) draws. Those come from a
+        # generator of their own: without one they would advance minigrad.default_generator (a
+        # seeded model must not change what unseeded code draws next), and drawn from `rng` they
+        # would shift every weight a seed gives.
+        discarded = np.random.default_rng(0)
+        self.wte = nn.Embedding(config.vocab_size, config.n_embd, dtype=dtype, rng=discarded)  # tied with the head
+        self.wpe = nn.Embedding(config.block_size, config.n_embd, dtype=dtype, rng=discarded)
         self.h = nn.ModuleList([Block(config, dtype, rng) for _ in range(config.n_layer)])
         self.ln_f = nn.LayerNorm(config.n_embd, bias=config.bias, dtype=dtype)
         # dropout masks come from this generator; its state is part of a checkpoint
@@ -290,6 +305,9 @@ class GPT(nn.Module):
         if idx.ndim != 2 or not np.issubdtype(idx.dtype, np.integer):
             raise ValueError(f"GPT.forward: idx must be an integer array (B, T), got {idx.dtype} {idx.shape}")
         B, T = idx.shape
+        if B == 0 or T == 0:     # (MoBA would fail in a reshape, the loss would be a mean of nothing: NaN)
+            raise ValueError(f"GPT.forward: idx of shape {idx.shape} is empty; give at least one sequence "
+                             "of at least one token")
         bs = self.config.block_size
         if cache is None and T > bs:
             raise ValueError(f"GPT.forward: positions 0..{T - 1} exceed block_size={bs}; crop the input "
@@ -392,7 +410,10 @@ class GPT(nn.Module):
         """
         if rng is None:
             rng = np.random.default_rng()
-        idx = np.asarray(idx, dtype=np.int64)
+        idx = np.asarray(idx)
+        if idx.size and not np.issubdtype(idx.dtype, np.integer):   # as forward: a cast would truncate
+            raise ValueError(f"GPT.generate: the prompt must hold integer token ids, got {idx.dtype}")
+        idx = idx.astype(np.int64)
         if idx.ndim == 1:
             idx = idx[None]
         if idx.shape[1] == 0:

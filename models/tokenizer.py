@@ -52,6 +52,21 @@ def _no_utf8(text: str, who: str) -> TokenizerError:
                           f"errors='surrogateescape'?); decode the text strictly or clean it first")
 
 
+def _checked_ids(ids, vocab_size: int, who: str) -> list[int]:
+    """``ids`` as a list of ints, each an integer in [0, vocab_size). A float or a bool would be
+    cut to an int (1.9 -> 1, True -> 1) and a negative id would index the table from its end,
+    each decoding a token nobody asked for."""
+    ids = ids.tolist() if isinstance(ids, np.ndarray) else list(ids)   # an array's items as Python scalars
+    for pos, i in enumerate(ids):
+        if isinstance(i, bool) or not isinstance(i, (int, np.integer)):
+            raise TokenizerError(f"{who}: ids must be integers, got {i!r} ({type(i).__name__}) at position "
+                                 f"{pos}; give the token ids as ints, not floats or bools")
+    ids = [int(i) for i in ids]
+    if any(not 0 <= i < vocab_size for i in ids):
+        raise TokenizerError(f"{who}: id out of range [0, {vocab_size}), got {min(ids)}..{max(ids)}")
+    return ids
+
+
 class _Base:
     @property
     def vocab_size(self) -> int:
@@ -132,9 +147,7 @@ class CharTokenizer(_Base):
         return self._ids_sorted[pos_c]
 
     def decode(self, ids) -> str:
-        ids = [int(i) for i in ids]
-        if any(not 0 <= i < self.vocab_size for i in ids):      # (a negative one indexed from the end)
-            raise TokenizerError(f"CharTokenizer.decode: id out of range [0, {self.vocab_size})")
+        ids = _checked_ids(ids, self.vocab_size, "CharTokenizer.decode")
         return "".join(self.chars[i] for i in ids)
 
     def to_dict(self) -> dict:
@@ -264,9 +277,7 @@ class BPETokenizer(_Base):
 
     def decode(self, ids) -> str:
         """Join the tokens' bytes; invalid UTF-8 (possible mid-generation) becomes U+FFFD."""
-        ids = [int(i) for i in ids]
-        if any(not 0 <= i < self.vocab_size for i in ids):      # (a negative one indexed from the end)
-            raise TokenizerError(f"BPETokenizer.decode: id out of range [0, {self.vocab_size})")
+        ids = _checked_ids(ids, self.vocab_size, "BPETokenizer.decode")
         return b"".join(self.vocab[i] for i in ids).decode("utf-8", errors="replace")
 
     def to_dict(self) -> dict:

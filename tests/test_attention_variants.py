@@ -305,7 +305,34 @@ def test_gradcheck_nsa_through_all_branches_gates_and_compressors(s):
     weights = [*ck.parameters(), *cv.parameters()]
     fn = lambda q, k, v, g, *_: nsa_attention(q, k, v, g, ck, cv, **NSA_SIZES)  # noqa: E731
     assert mg.gradcheck(fn, [q, k, v, gates, *weights])
-    assert all(p.grad is not None and np.abs(p.grad).sum() > 0 for p in weights)
+
+
+def test_every_compressor_weight_reaches_nsa_output_but_the_key_compressors_output_bias():
+    """The key compressor's output bias b adds q·b to all compressed scores of a query, which
+    its softmax (and so the selection scores) ignores, as it ignores the key rows of GPT-2's
+    c_attn bias: moving b leaves the output as it was, and its gradient is zero up to rounding.
+    Every other weight's gradient is of the size of the largest. (Weights of std 0.5 keep the
+    GELUs and softmaxes off saturation, where a real gradient can be tiny too.)"""
+    rng = np.random.default_rng(0)
+    T = 16                                      # 7 compressed blocks, 6 selection blocks
+    q, k, v, gates = _leaves(*_qkv(rng, 2, 4, 2, T, T, 3), rng.random((2, 4, T, 3)))
+    ck, cv = _compressors(3, 0)
+    for p in (*ck.parameters(), *cv.parameters()):
+        p.data[...] = 0.5 * rng.standard_normal(p.shape)
+    out = nsa_attention(q, k, v, gates, ck, cv, **NSA_SIZES)
+    (out * mg.tensor(rng.standard_normal(out.shape))).sum().backward()
+    grads = {f"{which}.{n}": p.grad for which, c in (("compress_k", ck), ("compress_v", cv))
+             for n, p in c.named_parameters()}
+    largest = max(np.abs(g).max() for g in grads.values())
+    assert np.abs(grads.pop("compress_k.proj.bias")).max() <= 1e-13 * largest
+    for name, g in grads.items():
+        assert np.abs(g).max() > 1e-3 * largest, name
+    with mg.no_grad():
+        ck.proj.bias.data += 5.0
+        np.testing.assert_allclose(nsa_attention(q, k, v, gates, ck, cv, **NSA_SIZES).data, out.data,
+                                   rtol=0, atol=1e-12)
+        cv.proj.bias.data += 5.0                # the value compressor's is no such shift
+        assert np.abs(nsa_attention(q, k, v, gates, ck, cv, **NSA_SIZES).data - out.data).max() > 1e-2
 
 
 # ---------------------------------------------------------------- the GPT with each variant

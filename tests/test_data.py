@@ -122,6 +122,30 @@ def test_every_start_reachable_including_last():
     assert firsts == set(val[: len(val) - 8].tolist())
 
 
+def test_a_block_size_the_split_cannot_hold_is_refused_naming_the_split():
+    """get_batch failed in rng.integers with numpy's 'high <= 0'."""
+    d = TextData("".join(chr(0x100 + i) for i in range(400)), block_size=8)
+    n_val = len(d.val)
+    assert d.get_batch("val", 2, np.random.default_rng(0), block_size=n_val - 1)[0].shape == (2, n_val - 1)
+    for T in (n_val, 200, 0):
+        with pytest.raises(DataError, match=rf"block_size={T} does not fit the val split of {n_val} tokens: "
+                                            rf".* must be in \[1, {n_val - 1}\]"):
+            d.get_batch("val", 2, np.random.default_rng(0), block_size=T)
+
+
+def test_batch_at_refuses_starts_outside_the_split():
+    """A negative start took a window from the end of the split; one past the last window failed
+    in numpy's indexing."""
+    d = TextData("".join(chr(0x100 + i) for i in range(400)), block_size=8)
+    last = len(d.train) - 9
+    x, y = d.batch_at("train", [0, last])
+    assert np.array_equal(y[1], np.asarray(d.train.ids[-8:]))      # the last window ends the split
+    for starts in ([-1], [0, last + 1], [1.0]):
+        with pytest.raises(DataError, match=rf"batch_at: starts must be integers in \[0, {last}\] for windows "
+                                            rf"of block_size\+1 = 9 tokens in the train split of {len(d.train)} tokens"):
+            d.batch_at("train", starts)
+
+
 def test_deferred_cache_write(tmp_path):
     d = TextData(TEXT, block_size=16, cache_dir=tmp_path / "c", write_cache=False)
     assert not (tmp_path / "c").exists()

@@ -36,6 +36,21 @@ def test_config_validation_and_roundtrip():
     assert GPTConfig.from_dict(cfg.to_dict()) == cfg
 
 
+@pytest.mark.parametrize("field, value", [("bias", "no"), ("bias", None), ("bias", 1), ("checkpoint", "no"),
+                                          ("dropout", "0.1"), ("dropout", None), ("dropout", True)])
+def test_config_refuses_flags_that_are_not_bools_and_a_dropout_that_is_not_a_number(field, value):
+    """bias="no" is truthy and built biases; dropout="0.1" failed in a comparison with a
+    TypeError that named no field."""
+    with pytest.raises(ValueError, match=f"GPTConfig.{field}={value!r} must be"):
+        GPTConfig(**MICRO, **{field: value})
+
+
+def test_config_takes_numpy_bools_and_numbers():
+    cfg = GPTConfig(**MICRO, bias=np.bool_(False), checkpoint=np.bool_(True), dropout=np.float32(0.25))
+    assert GPT(cfg).h[0].attn.c_attn.bias is None
+    assert GPTConfig(**MICRO, dropout=0).dropout == 0
+
+
 def test_shapes_tying_and_param_count():
     cfg = GPTConfig(**MICRO)
     m = GPT(cfg)
@@ -67,6 +82,51 @@ def test_init_statistics():
     idx = _ids(rng, cfg, 4, 32)
     _, loss = m(idx, _ids(rng, cfg, 4, 32))
     assert loss.item() == pytest.approx(math.log(50), abs=0.1)
+
+
+def _gpt2_init_by_hand(cfg, seed):
+    """The weights GPT(cfg, seed) (MHA, bias=True) has, re-derived from its seed: the layers'
+    Linears draw their U(-1/√in, 1/√in) weight then bias from the seeded generator as they are
+    built, layer by layer (c_attn, attn c_proj, c_fc, mlp c_proj); then the GPT-2 init draws
+    N(0, 0.02) (N(0, 0.02/√(2L)) for the c_proj weights) in parameter order, and sets biases to
+    0 and LayerNorm gains to 1. The embeddings draw nothing from it."""
+    C, L = cfg.n_embd, cfg.n_layer
+    rng = np.random.default_rng(seed)
+    for _ in range(L):
+        for n_out, n_in in ((3 * C, C), (C, C), (4 * C, C), (C, 4 * C)):
+            bound = 1 / math.sqrt(n_in)
+            rng.uniform(-bound, bound, (n_out, n_in)), rng.uniform(-bound, bound, n_out)
+    normal = lambda std, *shape: rng.normal(0.0, std, shape).astype(np.float32)  # noqa: E731
+    want = {"wte.weight": normal(0.02, cfg.vocab_size, C), "wpe.weight": normal(0.02, cfg.block_size, C)}
+    residual = 0.02 / math.sqrt(2 * L)
+    for i in range(L):
+        h = f"h.{i}."
+        want.update({h + "ln_1.weight": np.ones(C), h + "ln_1.bias": np.zeros(C),
+                     h + "attn.c_attn.weight": normal(0.02, 3 * C, C), h + "attn.c_attn.bias": np.zeros(3 * C),
+                     h + "attn.c_proj.weight": normal(residual, C, C), h + "attn.c_proj.bias": np.zeros(C),
+                     h + "ln_2.weight": np.ones(C), h + "ln_2.bias": np.zeros(C),
+                     h + "mlp.c_fc.weight": normal(0.02, 4 * C, C), h + "mlp.c_fc.bias": np.zeros(4 * C),
+                     h + "mlp.c_proj.weight": normal(residual, C, 4 * C), h + "mlp.c_proj.bias": np.zeros(C)})
+    want.update({"ln_f.weight": np.ones(C), "ln_f.bias": np.zeros(C)})
+    return want
+
+
+def test_a_seeded_gpt_keeps_its_weights_and_leaves_the_global_generator_alone():
+    """Building GPT(cfg, seed) gives the weights its seed always gave (the docs' measured runs
+    start from them) and draws nothing from minigrad.default_generator: the next unseeded draw
+    (dropout masks and layers built without rng) is the one it would be without the model."""
+    cfg = GPTConfig(**MICRO)
+    minigrad.manual_seed(0)
+    undisturbed = minigrad.default_generator.random(4)
+    minigrad.manual_seed(0)
+    m = GPT(cfg, seed=3)
+    after_gpt = minigrad.default_generator.random(4)
+    got = m.state_dict()
+    want = _gpt2_init_by_hand(cfg, seed=3)
+    assert list(got) == list(want)
+    for name in want:
+        np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+    np.testing.assert_array_equal(after_gpt, undisturbed)
 
 
 @pytest.mark.parametrize("bias", [True, False])
@@ -324,6 +384,26 @@ def test_forward_errors():
         m(np.zeros((1, 3), dtype=np.int64), np.zeros((1, 2), dtype=np.int64))
     with pytest.raises(ValueError, match="integer"):
         m(np.zeros((1, 3)))
+
+
+@pytest.mark.parametrize("attention, extra", [("mha", {}), ("moba", dict(moba_block=3, moba_topk=2))])
+@pytest.mark.parametrize("shape", [(0, 3), (2, 0)])
+def test_forward_refuses_an_empty_batch_at_its_door(attention, extra, shape):
+    """MoBA failed in a reshape deep inside; MHA returned a NaN loss (a mean over no tokens)."""
+    m = GPT(GPTConfig(**MICRO, attention=attention, **extra))
+    empty = np.zeros(shape, dtype=np.int64)
+    for targets in (None, empty):
+        with pytest.raises(ValueError, match=rf"GPT.forward: idx of shape \({shape[0]}, {shape[1]}\) is empty"):
+            m(empty, targets)
+
+
+@pytest.mark.parametrize("prompt", [np.array([[1.7, 2.2]]), [1.0, 2.0], np.array([True, False])])
+def test_generate_refuses_a_prompt_that_is_not_integer_ids(prompt):
+    """forward refuses float ids; generate cast them to int64 and decoded from 1 and 2."""
+    m = GPT(GPTConfig(**MICRO))
+    with pytest.raises(ValueError, match="GPT.generate: the prompt must hold integer token ids"):
+        m.generate(prompt, 1, temperature=0)
+    assert m.generate(np.array([1, 2], dtype=np.uint16), 1, temperature=0).shape == (1, 3)
 
 
 def test_dropout_train_vs_eval():

@@ -151,6 +151,19 @@ def test_bpe_refuses_a_lone_surrogate_naming_its_position(bpe, head, surrogate, 
 
 
 @pytest.mark.parametrize("make", [lambda: CharTokenizer.train("abc"), lambda: BPETokenizer.train("abcabc " * 20, 260)])
+@pytest.mark.parametrize("ids, shown", [([0, 1.9], "1.9 (float) at position 1"), ([True], "True (bool) at position 0"),
+                                        (np.array([0.0, 1.0]), "0.0 (float) at position 0"),
+                                        (np.array([1, 0], dtype=bool), "True (bool) at position 0"),
+                                        ([0, np.float32(1)], "np.float32(1.0) (float32) at position 1")])
+def test_decode_refuses_ids_that_are_not_integers(make, ids, shown):
+    """decode cut them with int(): 1.9 and True decoded as the token 1."""
+    tok = make()
+    with pytest.raises(TokenizerError, match=re.escape(f"decode: ids must be integers, got {shown}")):
+        tok.decode(ids)
+    assert tok.decode(np.array([0, 1], dtype=np.uint16)) == tok.decode([0, 1]) == tok.decode([np.int64(0), 1])
+
+
+@pytest.mark.parametrize("make", [lambda: CharTokenizer.train("abc"), lambda: BPETokenizer.train("abcabc " * 20, 260)])
 @pytest.mark.parametrize("bad", [-1, -3, 10_000])
 def test_decode_refuses_ids_out_of_range_negative_ones_too(make, bad):
     """A negative id indexed the table from its end: -1 decoded as the last character or merge."""
