@@ -47,7 +47,6 @@ from . import adam as _adam, attention as _att, blas, gelu as _gelu, layernorm a
 from .embedding import embedding_bwd as _embedding_bwd
 from .matmul import bmm as _bmm, matmul_tiled as _matmul_tiled
 from .pool import get_pool
-from ..tensor import as_rows
 
 __all__ = [
     "bmm", "matmul_tiled", "matmul_forward", "matmul_backward", "softmax_forward", "softmax_backward", "log_softmax_forward",
@@ -137,7 +136,7 @@ def _rows(x, name, op):
     """A validated array (see `_float_array`) as 2-D rows over its last axis (a view)."""
     if x.ndim == 0:
         raise ValueError(f"{op}: {name} must have at least one axis, got a scalar")
-    return as_rows(x)
+    return x.reshape(math.prod(x.shape[:-1]), x.shape[-1])  # (-1 cannot be inferred from size 0)
 
 
 def _same_shape(a, b, names, op):
@@ -278,7 +277,7 @@ def matmul_forward(a, b):
     (..., K) @ (K, P) becomes one 2-D `gemm` over all rows of a; equal-batch 3-D+ operands
     go to `bmm` (one single-threaded BLAS GEMM per batch item, items spread over threads)."""
     if a.ndim >= 2 and b.ndim == 2:
-        return gemm(as_rows(a), b).reshape(a.shape[:-1] + (b.shape[1],))
+        return gemm(_rows(a, "a", "matmul"), b).reshape(a.shape[:-1] + (b.shape[1],))
     if _bmm_ok(a, b):
         lead = a.shape[:-2]
         out = bmm(a.reshape((-1,) + a.shape[-2:]), b.reshape((-1,) + b.shape[-2:]))
@@ -303,7 +302,7 @@ def matmul_backward(a, b, g):
     """(da, db) of y = a @ b for the two batched cases `matmul_forward` speeds up, else None
     (the caller then uses its plain NumPy backward)."""
     if a.ndim >= 2 and b.ndim == 2:  # db sums over all rows: one GEMM
-        a2, g2 = as_rows(a), as_rows(g)
+        a2, g2 = _rows(a, "a", "matmul"), _rows(g, "g", "matmul")
         return gemm(g2, b.T).reshape(a.shape), gemm(a2.T, g2)
     if _bmm_ok(a, b):
         return (matmul_forward(g, np.swapaxes(b, -1, -2)),
