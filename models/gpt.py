@@ -67,8 +67,8 @@ class GPTConfig:
                  "nsa_cmp_block", "nsa_cmp_stride", "nsa_slc_block", "nsa_slc_topn", "nsa_window")
         for name in sizes + (("n_kv_head",) if self.n_kv_head is not None else ()):
             v = getattr(self, name)
-            if not isinstance(v, (int, np.integer)) or v < 1:
-                raise ValueError(f"GPTConfig.{name}={v!r} must be a positive integer")
+            if not isinstance(v, (int, np.integer)) or isinstance(v, (bool, np.bool_)) or v < 1:
+                raise ValueError(f"GPTConfig.{name}={v!r} must be a positive integer")  # (True is an int)
         if self.n_embd % self.n_head:
             raise ValueError(f"GPTConfig: n_embd={self.n_embd} must be divisible by n_head={self.n_head}")
         if self.n_kv_head is not None and self.n_head % self.n_kv_head:

@@ -32,6 +32,8 @@ def test_config_validation_and_roundtrip():
         GPTConfig(n_embd=10, n_head=3)
     with pytest.raises(ValueError, match="vocab_size"):
         GPTConfig(vocab_size=0)
+    with pytest.raises(ValueError, match=r"GPTConfig.n_layer=True must be a positive integer"):
+        GPTConfig(**{**MICRO, "n_layer": True})  # a bool is an int: it built one layer
     cfg = GPTConfig(**MICRO, checkpoint=True)
     assert GPTConfig.from_dict(cfg.to_dict()) == cfg
 
