@@ -469,7 +469,7 @@ def main(argv=None):
     ppl_rows = serve_rows = None
     if not args.speed_only:
         text, desc = load_text(max_chars=2_000_000 if quick else None)
-        data = TextData(text, block_size=ctx, cache_dir=os.path.join("out", "cache"), description=desc)
+        data = TextData(text, block_size=ctx, cache_dir=os.path.join(args.out, "cache"), description=desc)
         log(f"2. perplexity at long context ({desc}, block_size {ctx})")
         n_windows = 2 if quick else 4
         ppl_rows, mha = perplexity(data, ctx, steps, n_windows, args.out, log)

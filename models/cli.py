@@ -100,9 +100,10 @@ def add_output_arguments(parser, out, out_help, quick_help) -> None:
 def add_corpus_arguments(parser, max_chars_help="use only the first N characters of the corpus",
                          cache_dir_help="where the tokenized corpus is cached ('' disables)") -> None:
     """The flags of a demo that trains on the default corpus: ``--max-chars`` (None: all of it)
-    and ``--cache-dir`` (default ``out/cache``)."""
+    and ``--cache-dir``, by default ``<--out>/cache`` (set by :func:`main`): a demo writes inside
+    its --out, never into an ``out/`` of whatever directory it was started from."""
     parser.add_argument("--max-chars", type=int, default=None, help=max_chars_help)
-    parser.add_argument("--cache-dir", default=os.path.join("out", "cache"), help=cache_dir_help)
+    parser.add_argument("--cache-dir", default=None, help=cache_dir_help + "; default: <--out>/cache")
 
 
 def fill_defaults(args, quick: dict, full: dict) -> None:
@@ -183,7 +184,10 @@ def main(parser: argparse.ArgumentParser, run, argv=None, errors=()) -> int:
     and returns 130; a ``FloatingPointError`` (a diverged run) prints ``<parser.prog>: error:
     <message>`` and returns 1; any other exception propagates."""
     try:
-        status = run(parser.parse_args(argv))
+        args = parser.parse_args(argv)
+        if getattr(args, "cache_dir", "") is None:            # add_corpus_arguments' default
+            args.cache_dir = os.path.join(args.out, "cache")
+        status = run(args)
     except (UsageError, *errors) as e:
         print(f"{parser.prog}: error: {e}", file=sys.stderr)
         return 2

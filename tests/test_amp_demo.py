@@ -81,6 +81,16 @@ def test_a_batch_the_machine_cannot_hold_is_one_line_not_a_killed_process(tmp_pa
                    "more than 80% of the 9.54 MiB available", capsys, watch=tmp_path)
 
 
+def test_the_token_cache_goes_inside_out_by_default(tmp_path, monkeypatch):
+    # it went to ./out/cache of whatever directory the demo was started from, whatever --out said
+    monkeypatch.chdir(tmp_path)
+    demo = load_demo("mixed_precision.py")
+    assert demo.main(["--quick", "--steps", "1", "--batch-size", "2", "--recipes", "fp32",
+                      "--max-chars", "50000", "--out", "mp", "--no-progress"]) == 0
+    cached = [f for f in files_below(tmp_path) if not f.startswith("mp/mixed_precision")]
+    assert len(cached) == 1 and cached[0].startswith("mp/cache/tokens-"), files_below(tmp_path)
+
+
 def test_a_refused_out_leaves_no_token_cache(tmp_path, monkeypatch, capsys):
     """The --out check comes after the corpus is tokenized: the cache (default out/cache) must not
     be written by a run that is then refused."""
