@@ -163,6 +163,8 @@ class GELU(Function):
 
 
 def gelu(x, approximate: str = "tanh") -> Tensor:
+    """GELU (see `GELU`). The default is GPT-2's tanh form, where torch's F.gelu and nn.GELU
+    default to the exact one ("none")."""
     if approximate not in ("tanh", "none"):
         raise ValueError(f"gelu: approximate must be 'tanh' or 'none', got {approximate!r}")
     return GELU.apply(as_tensor(x), approximate=approximate)
@@ -666,7 +668,10 @@ def scaled_dot_product_attention(q, k, v, causal: bool = False, scale: float | N
                                  attn_mask=None, key_padding_mask=None) -> Tensor:
     """Attention of q (..., Tq, D) over k (..., Tk, D) and v (..., Tk, Dv); scale defaults to 1/√D.
 
-    Tq and Tk may differ (cross-attention of a decoder over an encoder's outputs). Masks, both
+    Tq and Tk may differ (cross-attention of a decoder over an encoder's outputs). With `causal`
+    the mask is aligned to the bottom right, query i seeing keys j <= i + Tk - Tq (the last Tq
+    positions of a KV cache), where torch's is_causal aligns it top left (j <= i); Tq > Tk is
+    refused. Masks, both
     boolean, combine with `causal` (a key is seen only if every mask allows it):
     `attn_mask` is True where a query may attend, broadcasting to the scores (..., Tq, Tk), as in
     torch's scaled_dot_product_attention; `key_padding_mask` (B, Tk) is True at padded keys, as

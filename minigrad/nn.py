@@ -330,6 +330,11 @@ class LayerNorm(Module):
 
     def __init__(self, dim, eps=1e-5, bias=True, dtype=np.float32):
         super().__init__()
+        if isinstance(dim, (tuple, list)):  # torch's normalized_shape of one axis, as (C,) or [C]
+            if len(dim) != 1:
+                raise ValueError(f"LayerNorm: normalizes over the last axis only; got normalized_shape "
+                                 f"{tuple(dim)} (give its last size, e.g. LayerNorm({dim[-1]}))")
+            dim = dim[0]
         self.eps = eps
         self.weight = Parameter(np.ones(dim, dtype=dtype))
         self.bias = Parameter(np.zeros(dim, dtype=dtype)) if bias else None

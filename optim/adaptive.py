@@ -35,9 +35,10 @@ class AdaGrad(Optimizer):
     Memory: N."""
 
     def __init__(self, params, lr=1e-2, lr_decay=0.0, weight_decay=0.0,
-                 initial_accumulator_value=0.0, eps=1e-10, *, nonfinite="raise"):
+                 initial_accumulator_value=0.0, eps=1e-10, *, maximize=False, nonfinite="raise"):
         super().__init__(params, lr=lr, lr_decay=lr_decay, weight_decay=weight_decay,
-                         initial_accumulator_value=initial_accumulator_value, eps=eps, nonfinite=nonfinite)
+                         initial_accumulator_value=initial_accumulator_value, eps=eps, maximize=maximize,
+                         nonfinite=nonfinite)
 
     def _check_group(self, group):
         super()._check_group(group)
@@ -46,6 +47,7 @@ class AdaGrad(Optimizer):
             check_eps(group[key], "AdaGrad", key)
 
     def _update(self, name, p, g, state, group):
+        g = -g if group["maximize"] else g          # ascend (torch's maximize)
         if "sum" not in state:
             state["step"] = 0
             state["sum"] = np.full_like(p, group["initial_accumulator_value"])
@@ -72,9 +74,9 @@ class RMSProp(Optimizer):
     Memory: N (+N centered, +N momentum)."""
 
     def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0,
-                 centered=False, *, nonfinite="raise"):
+                 centered=False, *, maximize=False, nonfinite="raise"):
         super().__init__(params, lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay,
-                         momentum=momentum, centered=centered, nonfinite=nonfinite)
+                         momentum=momentum, centered=centered, maximize=maximize, nonfinite=nonfinite)
 
     def _check_group(self, group):
         super()._check_group(group)
@@ -83,6 +85,7 @@ class RMSProp(Optimizer):
         check_eps(group["momentum"], "RMSProp", "momentum")     # < 0 ran silently without momentum
 
     def _update(self, name, p, g, state, group):
+        g = -g if group["maximize"] else g          # ascend (torch's maximize)
         a = group["alpha"]
         if "square_avg" not in state:
             state["step"] = 0

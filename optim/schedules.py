@@ -17,6 +17,10 @@ Multipliers (``warmup`` = linear ramp from 1/warmup_steps to 1 over the first wa
 * ``wsd(total_steps, warmup_steps, decay_frac, min_ratio)``  warmup-stable-decay (Hu et al.,
   MiniCPM 2024): warmup, constant, then linear decay to min_ratio over the last decay_frac.
 * ``linear(total_steps, warmup_steps, end_ratio)``   warmup, then linear to end_ratio
+
+Past total_steps cosine, wsd and linear hold their last value (torch's CosineAnnealingLR rises
+again); up to it they equal torch's StepLR, CosineAnnealingLR, LinearLR and, with warmup,
+SequentialLR(LinearLR, ...) (tests/test_optim_schedules.py).
 """
 from __future__ import annotations
 

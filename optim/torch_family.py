@@ -1,8 +1,9 @@
 """The rest of torch.optim: NAdam, RAdam, Adamax, Adadelta, ASGD, Rprop and L-BFGS.
 
 Each one follows ``torch.optim.X`` (its single-tensor, ``foreach=False`` code path) step for
-step, with the same argument names and defaults; the tests compare 25 float64 steps with torch's
-own to a relative 1e-10. Where torch has no ``weight_decay`` (Rprop, L-BFGS) it is added here,
+step, with the same argument names and defaults (``maximize`` too; not torch's ``foreach``,
+``capturable``, ``differentiable``, which choose how it runs, not what it computes); the tests
+compare 25 float64 steps with torch's own to a relative 1e-10. Where torch has no ``weight_decay`` (Rprop, L-BFGS) it is added here,
 default 0 giving torch exactly: decoupled for Rprop (``theta <- theta*(1 - lr*wd)``, since an L2
 term in the gradient acts only when it flips a sign), and L2 on the objective for L-BFGS.
 """
@@ -47,10 +48,12 @@ class NAdam(Optimizer):
     mu's is kept per parameter (``mu_product``), as torch does. Memory: 2N."""
 
     def __init__(self, params, lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
-                 momentum_decay=4e-3, decoupled_weight_decay=False, *, nonfinite="raise"):
+                 momentum_decay=4e-3, decoupled_weight_decay=False, *, maximize=False,
+                 nonfinite="raise"):
         super().__init__(params, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
                          momentum_decay=momentum_decay,
-                         decoupled_weight_decay=decoupled_weight_decay, nonfinite=nonfinite)
+                         decoupled_weight_decay=decoupled_weight_decay, maximize=maximize,
+                         nonfinite=nonfinite)
 
     def _check_group(self, group):
         super()._check_group(group)
@@ -63,6 +66,7 @@ class NAdam(Optimizer):
         return bool(group["decoupled_weight_decay"])
 
     def _update(self, name, p, g, state, group):
+        g = -g if group["maximize"] else g          # ascend (torch's maximize)
         b1, b2 = group["betas"]
         lr = group["lr"]
         if "exp_avg" not in state:
@@ -106,9 +110,10 @@ class RAdam(Optimizer):
     on the uncorrected sqrt(v) here, unlike torch's Adam. Memory: 2N."""
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
-                 decoupled_weight_decay=False, *, nonfinite="raise"):
+                 decoupled_weight_decay=False, *, maximize=False, nonfinite="raise"):
         super().__init__(params, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
-                         decoupled_weight_decay=decoupled_weight_decay, nonfinite=nonfinite)
+                         decoupled_weight_decay=decoupled_weight_decay, maximize=maximize,
+                         nonfinite=nonfinite)
 
     def _check_group(self, group):
         super()._check_group(group)
@@ -119,6 +124,7 @@ class RAdam(Optimizer):
         return bool(group["decoupled_weight_decay"])
 
     def _update(self, name, p, g, state, group):
+        g = -g if group["maximize"] else g          # ascend (torch's maximize)
         b1, b2 = group["betas"]
         lr = group["lr"]
         if "exp_avg" not in state:
@@ -160,9 +166,9 @@ class Adamax(Optimizer):
     eps sits inside the max, so u > 0 from the first step. Memory: 2N."""
 
     def __init__(self, params, lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, *,
-                 nonfinite="raise"):
+                 maximize=False, nonfinite="raise"):
         super().__init__(params, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
-                         nonfinite=nonfinite)
+                         maximize=maximize, nonfinite=nonfinite)
 
     def _check_group(self, group):
         super()._check_group(group)
@@ -170,6 +176,7 @@ class Adamax(Optimizer):
         check_eps(group["eps"], "Adamax")
 
     def _update(self, name, p, g, state, group):
+        g = -g if group["maximize"] else g          # ascend (torch's maximize)
         b1, b2 = group["betas"]
         if "exp_avg" not in state:
             state["step"] = 0
@@ -200,9 +207,10 @@ class Adadelta(Optimizer):
     The paper has no learning rate (lr = 1, torch's default); the first step moves each
     coordinate by about sqrt(eps/(1-rho)) = 3.2e-3 in the direction of -g (eps = 1e-6). Memory: 2N."""
 
-    def __init__(self, params, lr=1.0, rho=0.9, eps=1e-6, weight_decay=0.0, *, nonfinite="raise"):
+    def __init__(self, params, lr=1.0, rho=0.9, eps=1e-6, weight_decay=0.0, *, maximize=False,
+                 nonfinite="raise"):
         super().__init__(params, lr=lr, rho=rho, eps=eps, weight_decay=weight_decay,
-                         nonfinite=nonfinite)
+                         maximize=maximize, nonfinite=nonfinite)
 
     def _check_group(self, group):
         super()._check_group(group)
@@ -211,6 +219,7 @@ class Adadelta(Optimizer):
         check_eps(group["eps"], "Adadelta")
 
     def _update(self, name, p, g, state, group):
+        g = -g if group["maximize"] else g          # ascend (torch's maximize)
         rho, eps = group["rho"], group["eps"]
         if "square_avg" not in state:
             state["step"] = 0
@@ -247,9 +256,9 @@ class ASGD(Optimizer):
     torch. Memory: N."""
 
     def __init__(self, params, lr=1e-2, lambd=1e-4, alpha=0.75, t0=1e6, weight_decay=0.0, *,
-                 nonfinite="raise"):
+                 maximize=False, nonfinite="raise"):
         super().__init__(params, lr=lr, lambd=lambd, alpha=alpha, t0=t0,
-                         weight_decay=weight_decay, nonfinite=nonfinite)
+                         weight_decay=weight_decay, maximize=maximize, nonfinite=nonfinite)
 
     def _check_group(self, group):
         super()._check_group(group)
@@ -261,6 +270,7 @@ class ASGD(Optimizer):
         return True                                    # theta*(1 - lambd*eta) and the average ax
 
     def _update(self, name, p, g, state, group):
+        g = -g if group["maximize"] else g          # ascend (torch's maximize)
         lr, lambd = group["lr"], group["lambd"]
         if "ax" not in state:
             state["step"] = 0
@@ -300,9 +310,9 @@ class Rprop(Optimizer):
     full-batch problems only. Memory: 2N."""
 
     def __init__(self, params, lr=1e-2, etas=(0.5, 1.2), step_sizes=(1e-6, 50.0),
-                 weight_decay=0.0, *, nonfinite="raise"):
+                 weight_decay=0.0, *, maximize=False, nonfinite="raise"):
         super().__init__(params, lr=lr, etas=tuple(etas), step_sizes=tuple(step_sizes),
-                         weight_decay=weight_decay, nonfinite=nonfinite)
+                         weight_decay=weight_decay, maximize=maximize, nonfinite=nonfinite)
 
     def _check_group(self, group):
         super()._check_group(group)
@@ -319,6 +329,7 @@ class Rprop(Optimizer):
         return True
 
     def _update(self, name, p, g, state, group):
+        g = -g if group["maximize"] else g          # ascend (torch's maximize)
         etaminus, etaplus = group["etas"]
         low, high = group["step_sizes"]
         if "prev" not in state:

@@ -119,6 +119,14 @@ def test_state_dict_includes_buffers():
     assert fresh.steps[0] == 3.0
 
 
+def test_layer_norm_takes_torchs_one_axis_shape_and_refuses_more_axes_when_built():
+    # LayerNorm((3, 4)) was built and failed at its first call with a broadcasting error
+    assert nn.LayerNorm((4,)).weight.shape == nn.LayerNorm([4]).weight.shape == (4,)
+    with pytest.raises(ValueError, match=r"LayerNorm: normalizes over the last axis only; got "
+                                         r"normalized_shape \(3, 4\)"):
+        nn.LayerNorm((3, 4))
+
+
 def test_assigning_over_a_parameter_or_buffer_keeps_it_registered_or_is_refused():
     # a plain Tensor assigned over a parameter silently left named_parameters, the optimizer and
     # the state dict; a new array for a buffer dropped the buffer from the state dict

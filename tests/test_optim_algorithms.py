@@ -292,15 +292,22 @@ TORCH_CASES = [
      "Adagrad"),
     ("rmsprop", dict(lr=0.01, alpha=0.9, momentum=0.5, centered=True, weight_decay=0.01),
      "RMSprop"),
+    ("adam", dict(lr=1e-2, betas=(0.8, 0.9), eps=1e-3, amsgrad=True, maximize=True), "Adam"),
+    ("sgd", dict(lr=0.05, momentum=0.9, maximize=True, weight_decay=0.01), "SGD"),
+    ("adagrad", dict(lr=0.05, eps=1e-3, maximize=True), "Adagrad"),
+    ("rmsprop", dict(lr=0.01, eps=1e-3), "RMSprop"),
+    ("rmsprop", dict(lr=0.01, alpha=0.8, eps=1e-3, centered=True, maximize=True), "RMSprop"),
 ]
 
 
 @pytest.mark.skipif(torch is None, reason="torch not installed: reference-step tests skipped")
 @pytest.mark.parametrize("name,kw,tname", TORCH_CASES, ids=[f"{c[0]}-{i}" for i, c in enumerate(TORCH_CASES)])
 def test_matches_torch_optim_for_10_steps(name, kw, tname):
+    # float64 and a relative 1e-10: where eps sits (outside the root, on the corrected moment)
+    # moves a step by ~1e-6, which a float32 comparison at 1e-6 could not see
     rng = np.random.default_rng(0)
     shapes = {"w": (5, 4), "b": (4,)}
-    p = {n: rng.standard_normal(s).astype(np.float32) for n, s in shapes.items()}
+    p = {n: rng.standard_normal(s) for n, s in shapes.items()}
     tp = {n: torch.tensor(v.copy(), requires_grad=True) for n, v in p.items()}
     groups = optim.param_groups_no_decay(p, kw.get("weight_decay", 0.0))
     opt = optim.create(name, groups, **kw)
@@ -308,10 +315,10 @@ def test_matches_torch_optim_for_10_steps(name, kw, tname):
                for g in groups]
     topt = getattr(torch.optim, tname)(tgroups, **{k: v for k, v in kw.items() if k != "weight_decay"})
     for _ in range(10):
-        g = {n: rng.standard_normal(s).astype(np.float32) for n, s in shapes.items()}
+        g = {n: rng.standard_normal(s) for n, s in shapes.items()}
         opt.step(g)
         for n in tp:
             tp[n].grad = torch.tensor(g[n])
         topt.step()
         for n in p:
-            np.testing.assert_allclose(p[n], tp[n].detach().numpy(), atol=1e-6, rtol=1e-6)
+            np.testing.assert_allclose(p[n], tp[n].detach().numpy(), atol=0, rtol=1e-10)

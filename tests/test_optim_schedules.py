@@ -150,3 +150,50 @@ def test_sampler_state_round_trip():
         b = make_sampler(kind, 9, 2, seed=99, probs=np.arange(1, 10))
         b.load_state_dict(sd)
         assert all(np.array_equal(x, b.next()[0]) for x in rest)
+
+
+# ----------------------------------------------------------------------------- against torch
+def _torch_lrs(make, n, base=0.1):
+    torch = pytest.importorskip("torch", reason="optional: pip install -e .[bench] (make test installs it)")
+    opt = torch.optim.SGD([torch.zeros(2, dtype=torch.float64, requires_grad=True)], lr=base)
+    sched = make(torch.optim.lr_scheduler, opt)
+    out = []
+    for _ in range(n):
+        out.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    return out
+
+
+@pytest.mark.parametrize("name, kw, make", [
+    ("step", dict(step_size=7, gamma=0.5), lambda S, o: S.StepLR(o, step_size=7, gamma=0.5)),
+    ("cosine", dict(total_steps=40, min_ratio=0.1),
+     lambda S, o: S.CosineAnnealingLR(o, T_max=40, eta_min=0.01)),
+    ("linear", dict(total_steps=30, end_ratio=0.2),
+     lambda S, o: S.LinearLR(o, start_factor=1.0, end_factor=0.2, total_iters=30)),
+    ("cosine", dict(total_steps=40, warmup_steps=5, min_ratio=0.1),      # warmup (t+1)/W, then cosine
+     lambda S, o: S.SequentialLR(o, [S.LinearLR(o, start_factor=0.2, end_factor=1.0, total_iters=4),
+                                     S.CosineAnnealingLR(o, T_max=35, eta_min=0.01)], milestones=[5])),
+], ids=["step_decay", "cosine", "linear", "warmup_cosine"])
+def test_schedules_equal_torchs_lr_schedulers(name, kw, make):
+    # up to the schedule's end: past it ours holds min_ratio where CosineAnnealingLR rises again
+    n = kw["total_steps"] if "total_steps" in kw else 30
+    np.testing.assert_allclose(lrs(name, n, **kw), _torch_lrs(make, n), rtol=1e-12, atol=1e-15)
+
+
+def test_lr_scheduler_equals_lambda_lr_through_a_resume():
+    f = lambda t: 0.9 ** t + 0.01 * (t % 3)                              # noqa: E731
+    torch_lrs = _torch_lrs(lambda S, o: S.LambdaLR(o, f), 20)
+    p = {"x": np.zeros(2)}
+    opt = optim.SGD(p, lr=0.1)
+    sched = schedules.LRScheduler(opt, f)
+    ours = []
+    for t in range(20):
+        ours.append(opt.param_groups[0]["lr"])
+        if t == 9:                                                        # resume from a state dict
+            sd = sched.state_dict()
+            opt = optim.SGD(p, lr=0.1)
+            sched = schedules.LRScheduler(opt, f)
+            sched.load_state_dict(sd)
+        sched.step()
+    np.testing.assert_allclose(ours, torch_lrs, rtol=1e-12, atol=0)

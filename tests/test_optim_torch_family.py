@@ -3,10 +3,11 @@
 problems, with and without the strong-Wolfe line search); mid-run resumes; option errors."""
 import numpy as np
 import pytest
-import torch
 
 import optim
 from optim_helpers import grads_at
+
+torch = pytest.importorskip("torch", reason="optional: pip install -e .[bench] (make test installs it)")
 
 STEPS = 25
 
@@ -63,7 +64,10 @@ CASES = [
     ("asgd", "ASGD", {"lr": 0.05, "lambd": 0.01, "alpha": 0.5, "t0": 10, "weight_decay": 0.1}),
     ("rprop", "Rprop", {}),
     ("rprop", "Rprop", {"lr": 0.1, "etas": (0.3, 1.5), "step_sizes": (1e-3, 0.2)}),
-]
+] + [(name, tname, {**kw, "maximize": True}) for name, tname, kw in [   # ascent, as torch's flag
+    ("nadam", "NAdam", {"lr": 0.05, "weight_decay": 0.1}), ("radam", "RAdam", {"lr": 0.05}),
+    ("adamax", "Adamax", {"weight_decay": 0.1}), ("adadelta", "Adadelta", {"weight_decay": 0.1}),
+    ("asgd", "ASGD", {"lr": 0.05, "t0": 10}), ("rprop", "Rprop", {})]]
 
 
 @pytest.mark.parametrize("name,tname,kw", CASES, ids=[f"{c[0]}-{i}" for i, c in enumerate(CASES)])
