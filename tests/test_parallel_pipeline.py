@@ -147,6 +147,30 @@ def test_pp_equals_one_process(schedule, p, m):
     assert held == {name: 1 + (name == "wte.weight") for name in params}
 
 
+@pytest.mark.parametrize("p", [2, 3])
+def test_two_backwards_without_zero_grad_accumulate_as_a_gpts_do(p):
+    """The stages swapped wte's whole p.grad, so a second run() without zero_grad sent the first
+    batch's tied gradient again and counted it twice (relative error 0.75 against a GPT; a
+    review). Each call now exchanges only its own batch's gradients and adds them onto p.grad."""
+    two = [batches(np.random.default_rng(50 + i)) for i in range(2)]
+    gpt = GPT(CONFIG, dtype=np.float64, seed=0)
+    for idx, tgt in two:
+        gpt(idx, tgt)[1].backward()
+    want = {n: q.grad for n, q in gpt.named_parameters()}
+
+    def worker(comm):
+        stage = PipelineStage(comm, CONFIG, micro_batches=2, dtype=np.float64)
+        for idx, tgt in two:
+            stage.run(idx, tgt).backward()
+        return {n: q.grad for n, q in stage.named_parameters()}
+    held = set()
+    for s, grads in enumerate(SimComm(p).run(worker)):
+        for name, g in grads.items():
+            _assert_close(g, want[name], f"stage {s} {name}")
+            held.add(name)
+    assert held == set(want)
+
+
 def test_1f1b_holds_p_minus_s_of_gpipes_m_micro_batches_of_activation_bytes():
     p, m = 4, 4
     gpipe = SimComm(p).run(_pipeline, "gpipe", m, track_memory=True)
