@@ -64,7 +64,7 @@ from models.parallel.pipeline import (PipelineStage, clip_grad_norm_pp, expected
                                       partition_layers, pipeline_bytes, pipeline_loss, plot_timeline,
                                       simulate)
 from models.parallel.tensor import (TensorParallelGPT, check_tp_degree, clip_grad_norm_tp,  # noqa: E402
-                                    tp_bytes_per_step)
+                                    tp_all_reduces_per_layer, tp_bytes_per_step)
 from models.training import Trainer, clip_grad_norm, lm_loss, pyplot, save_figure  # noqa: E402
 from models.training.distributed import any_rank, data_parallel_trainer  # noqa: E402
 from models.training.optimizers import build_optimizer  # noqa: E402
@@ -183,12 +183,13 @@ def formula_bytes(run, cfg, batch_size, a, n_params) -> tuple[float, str]:
     n = run["workers"]
     vote = ring_traffic(1, n, run["rank"])[0] * 8      # one 8-byte all-reduce: the stop vote (any_rank)
     norm = vote if a.clip > 0 else 0                    # ... and the clipping norm, of the same size
+    k = tp_all_reduces_per_layer(cfg)                   # 4 (6 with activation checkpointing)
     if run["mode"] == "single":
         return 0.0, "0"
     if run["mode"] == "dp":
         return 2 * (n - 1) / n * n_params * s + vote, "2(n-1)/n · N · s + vote"
     if run["mode"] == "tp":
-        return tp_bytes_per_step(cfg, b, T, n, s) + norm + vote, "4L · 2(t-1)/t · B·T·C · s + vote"
+        return tp_bytes_per_step(cfg, b, T, n, s) + norm + vote, f"{k}L · 2(t-1)/t · B·T·C · s + vote"
     if run["mode"] == "pp":
         sent, _ = pipeline_bytes(cfg, b, T, a.micro_batches, n, run["stage"], s)
         return (sent + norm + vote,
@@ -198,7 +199,7 @@ def formula_bytes(run, cfg, batch_size, a, n_params) -> tuple[float, str]:
     tp_part = tp_bytes_per_step(cfg, b // d, T, t, s) + (ring_traffic(1, t, run["grid"]["tp_rank"])[0] * 8
                                                         if a.clip > 0 else 0)
     return (tp_part + 2 * (d - 1) / d * run["n_local_params"] * s + vote,
-            "4L · 2(t-1)/t · (B/d)·T·C · s + 2(d-1)/d · N_w · s + vote")
+            f"{k}L · 2(t-1)/t · (B/d)·T·C · s + 2(d-1)/d · N_w · s + vote")
 
 
 def bytes_table(runs, cfg, batch_size, a, n_params) -> str:

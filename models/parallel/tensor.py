@@ -36,7 +36,9 @@ backward (the f's), each of the (B, T, C) activation, so a training step sends p
 
     4 · n_layer · 2(t-1)/t · B·T·C values      (ring all-reduce)
 
-and nothing else but one scalar for the gradient norm (``clip_grad_norm_tp``).
+and nothing else but one scalar for the gradient norm (``clip_grad_norm_tp``). With activation
+checkpointing (``config.checkpoint``) the backward recomputes each layer's forward, g's and all:
+6 · n_layer all-reduces instead of 4.
 
 Gradients of the replicated parameters need no all-reduce: the g's give every rank the same
 activations bit for bit (the ring all-reduce of ``optim.dist.comm`` adds in one order and hands
@@ -81,7 +83,7 @@ from models.training.trainer import clip_grad_norm_over_ranks
 __all__ = ["CopyToTensorParallel", "ReduceFromTensorParallel", "copy_to_tensor_parallel",
            "reduce_from_tensor_parallel", "ColumnParallelLinear", "RowParallelLinear",
            "TensorParallelGPT", "check_tp_degree", "sharding", "shard_state_dict", "gather_state_dict",
-           "clip_grad_norm_tp", "tp_bytes_per_step"]
+           "clip_grad_norm_tp", "tp_all_reduces_per_layer", "tp_bytes_per_step"]
 
 
 # ================================================================ the f and g operators
@@ -339,8 +341,16 @@ def clip_grad_norm_tp(model: TensorParallelGPT, max_norm: float, norm_type: floa
                                      max_norm, norm_type, eps, name="clip_grad_norm_tp")
 
 
+def tp_all_reduces_per_layer(config: GPTConfig) -> int:
+    """All-reduces of the (B, T, C) activation per layer and training step: 2 in forward (the g's)
+    and 2 in backward (the f's), and with ``config.checkpoint`` 2 more, as the backward recomputes
+    each layer's forward, g's included."""
+    return 6 if config.checkpoint else 4
+
+
 def tp_bytes_per_step(config: GPTConfig, batch_size: int, seq_len: int, size: int, itemsize: int) -> float:
-    """Bytes each rank sends in one training step by the formula: 4 ring all-reduces per layer
-    (2 in forward, 2 in backward) of the (B, T, C) activation, 2(t-1)/t of it each (the clipping
-    norm's one number left out)."""
-    return 4 * config.n_layer * 2 * (size - 1) / size * batch_size * seq_len * config.n_embd * itemsize
+    """Bytes each rank sends in one training step by the formula: ``tp_all_reduces_per_layer``
+    (4, or 6 with activation checkpointing) ring all-reduces per layer of the (B, T, C)
+    activation, 2(t-1)/t of it each (the clipping norm's one number left out)."""
+    k = tp_all_reduces_per_layer(config)
+    return k * config.n_layer * 2 * (size - 1) / size * batch_size * seq_len * config.n_embd * itemsize
