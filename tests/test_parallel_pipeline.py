@@ -92,6 +92,14 @@ def test_the_timeline_prints_which_stage_does_which_micro_batch_when():
     assert "bubble 0.3333 (formula (p-1)/(m+p-1) = 0.3333)" in text
 
 
+def test_the_docs_print_the_timelines_as_timeline_text_does():
+    """docs/parallel.md pasted the 4-stage timelines when their header line read otherwise (a review)."""
+    from pathlib import Path
+    page = (Path(__file__).resolve().parent.parent / "docs" / "parallel.md").read_text(encoding="utf-8")
+    for schedule in SCHEDULES:
+        assert simulate(schedule, 4, 4).text() in page, schedule
+
+
 def test_the_timeline_figure_is_written(tmp_path):
     pytest.importorskip("matplotlib")
     path = plot_timeline(simulate("gpipe", 4, 4), str(tmp_path / "timeline.png"))
