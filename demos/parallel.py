@@ -8,8 +8,8 @@ worker sends per step beside the formulas (Lecture 10).
     mpiexec -n 2 .venv/bin/python demos/parallel.py --mode tp --preset tiny --steps 20   # MPI ranks
     .venv/bin/python demos/parallel.py --mode single --preset tiny --steps 20            # the same final loss
 
-Modes (``--workers N`` sets the number of simulated workers; under ``mpiexec -n k`` the k ranks
-are the workers, run through ``optim.dist.launcher.launch``):
+Modes (``--workers N`` sets the number of simulated workers of one mode, ``all`` refuses it; under
+``mpiexec -n k`` the k ranks are the workers, run through ``optim.dist.launcher.launch``):
 
     single  one process: ``models.gpt.GPT`` through ``models.training.Trainer``
     dp      data parallel (``models.training.distributed.data_parallel_trainer``): each worker
@@ -306,7 +306,7 @@ def build_parser():
     p.add_argument("--mode", default="all", choices=("all",) + MODES, help="what to train (default: all)")
     p.add_argument("--schedule", default="1f1b", choices=("gpipe", "1f1b"), help="pipeline schedule of --mode pp")
     p.add_argument("--workers", type=int, default=None,
-                   help="simulated workers (default: dp, tp, pp 2; dp-tp 4); under mpiexec the ranks")
+                   help="simulated workers of one --mode (default: dp, tp, pp 2; dp-tp 4); under mpiexec the ranks")
     p.add_argument("--tp-degree", type=int, default=2, help="dp-tp: the ranks of one TP group")
     p.add_argument("--micro-batches", type=int, default=4, help="pp: micro-batches per batch")
     p.add_argument("--preset", default="tiny", choices=[k for k in PRESETS if k != "medium"], help="GPT size")
@@ -333,6 +333,9 @@ def _validate(a, world: int):
         cli.refuse_unused(build_parser(), a, ("schedule", "micro_batches"), f"--mode {a.mode} runs no pipeline")
     if a.mode not in ("all", "dp-tp"):
         cli.refuse_unused(build_parser(), a, ("tp_degree",), f"--mode {a.mode} has no data x tensor grid")
+    if a.mode == "all":             # its comparison fixes the workers of each mode (DEFAULT_WORKERS)
+        cli.refuse_unused(build_parser(), a, ("workers",),
+                          "--mode all runs every mode on its own number of workers (dp, tp, pp 2; dp-tp 4)")
     cli.fill_defaults(a, QUICK, FULL)
     for name in ("steps", "tp_degree", "micro_batches"):
         if getattr(a, name) < 1:
@@ -360,7 +363,7 @@ def _validate(a, world: int):
 
 
 def _workers(a, mode):
-    return a.workers if a.workers is not None and a.mode != "all" else DEFAULT_WORKERS[mode]
+    return DEFAULT_WORKERS[mode] if a.workers is None else a.workers
 
 
 def _check_mode(a, mode, cfg, batch_size):
@@ -387,7 +390,7 @@ def _check_mode(a, mode, cfg, batch_size):
                 raise ValueError(f"the batch of {batch_size} sequences does not split over {d} "
                                  f"data-parallel groups; give a --batch-size divisible by {d}")
     except ValueError as e:
-        given = f" --workers {n}" if a.workers is not None and a.mode != "all" else ""
+        given = f" --workers {n}" if a.workers is not None else ""
         raise cli.UsageError(f"--mode {mode}{given}: {e}") from None
 
 

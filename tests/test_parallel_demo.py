@@ -96,6 +96,8 @@ def test_mpiexec_ranks_print_the_final_loss_of_the_simulated_run(demo, tmp_path,
     (["--mode", "dp-tp", "--workers", "6"], "the batch of 8 sequences does not split over 3 data-parallel groups"),
     (["--mode", "dp-tp", "--workers", "3"], "3 workers do not form a grid of TP groups of --tp-degree 2"),
     (["--mode", "single", "--workers", "2"], "--mode single runs on 1 worker, got --workers 2"),
+    (["--workers", "4"], "--workers: --mode all runs every mode on its own number of workers (dp, tp, pp 2; "
+                         "dp-tp 4), so it would be ignored; drop it"),
     (["--steps", "0"], "--steps must be >= 1, got 0"),
     (["--clip", "-1"], "--clip must be a finite number >= 0 (0: off), got -1.0"),
     (["--mode", "mp"], "argument --mode: invalid choice: 'mp'"),
