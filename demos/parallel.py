@@ -38,7 +38,11 @@ single process), parallel_timeline_gpipe.png and parallel_timeline_1f1b.png (whi
 which micro-batch when, p = 2 and 4) and parallel_results.md (the tables printed: final losses,
 bytes per step per worker measured by the communicators beside the formulas, the pipeline's
 bubble and peak stored micro-batches). A single mode writes ``parallel_<mode>.json`` (its loss
-history and bytes). Bad input prints one line and exits with code 2, writing nothing.
+history and bytes). Bad input prints one line and exits with code 2, writing nothing. A Ctrl-C
+(or SIGTERM) stops every worker of the mode in progress at the same step and no later mode
+starts: ``all`` writes its tables and figures for the modes that finished (nothing if none did), a
+single mode its JSON with the steps done, and the demo prints one line saying so and exits with
+code 130 (no "final loss" is printed for a stopped mode).
 
 References: Shoeybi et al. (2019), Megatron-LM, arXiv 1909.08053; Huang et al. (2019), GPipe,
 arXiv 1811.06965; Narayanan et al. (2021), PipeDream-Flush / 1F1B, arXiv 2104.04473.
@@ -168,8 +172,9 @@ def train_mode(comm, mode, a, cfg, data, batch_size, schedule="1f1b") -> dict:
     name = f"pp {schedule}" if mode == "pp" else mode
     if lead:
         steps = f"{trainer.step} of {a.steps} steps (stopped by a signal)" if trainer.interrupted else f"{a.steps} steps"
-        print(f"[parallel] {name}: {comm.size} worker{'s' * (comm.size > 1)}, {steps}, {seconds:.1f} s")
-        print(f"final loss {loss[-1]:.6f}", flush=True)
+        print(f"[parallel] {name}: {comm.size} worker{'s' * (comm.size > 1)}, {steps}, {seconds:.1f} s", flush=True)
+        if not trainer.interrupted:                 # a stopped run has no final loss to compare
+            print(f"final loss {loss[-1]:.6f}", flush=True)
     return {"mode": mode, "name": name, "workers": comm.size, "rank": comm.rank, "loss": loss.tolist(),
             "steps_done": trainer.step, "interrupted": trainer.interrupted,
             "bytes_per_step": meter.per_step, "seconds": seconds, "n_local_params": model.num_parameters(),
@@ -421,8 +426,8 @@ def run(a):
     minigrad.configure_runtime()
     if a.mode != "all":
         ranks = _run(a, a.mode, cfg, data, batch_size, a.schedule)
+        name = ranks[0]["name"].replace(" ", "-")
         if _mpi_rank() == 0:                        # every MPI process gets every rank's result
-            name = ranks[0]["name"].replace(" ", "-")
             with open(os.path.join(a.out, f"parallel_{name}.json"), "w", encoding="utf-8") as f:
                 json.dump({"mode": a.mode, "preset": a.preset, "steps": a.steps,
                            "steps_done": ranks[0]["steps_done"], "interrupted": ranks[0]["interrupted"],
@@ -430,17 +435,42 @@ def run(a):
                            "dtype": a.dtype, "workers": len(ranks), "backend": "mpi" if world > 1 else "simulated",
                            "loss": ranks[0]["loss"], "bytes_per_step": [r["bytes_per_step"] for r in ranks]},
                           f, indent=1)
+        if ranks[0]["interrupted"]:                 # the same on every rank: they voted to stop together
+            raise cli.Interrupted(f"{_stopped(ranks, a)}; parallel_{name}.json holds the "
+                                  f"{ranks[0]['steps_done']} steps done")
         return {ranks[0]["name"]: ranks}
 
     n_params = GPT(cfg).num_parameters()
     title = (f"GPT '{a.preset}' ({n_params / 1e6:.2f} M parameters) on {desc}: {a.steps} steps × batch "
              f"{batch_size} × {cfg.block_size} tokens, {a.dtype}, seed {a.seed}")
     print(f"[parallel] {title}")
-    runs = {}
-    for mode in MODES:
-        for schedule in (("gpipe", "1f1b") if mode == "pp" else ("1f1b",)):
-            ranks = _run(a, mode, cfg, data, batch_size, schedule)
-            runs[ranks[0]["name"]] = ranks
+    runs, stopped = {}, None
+    plan = [(mode, schedule) for mode in MODES for schedule in (("gpipe", "1f1b") if mode == "pp" else ("1f1b",))]
+    for mode, schedule in plan:
+        ranks = _run(a, mode, cfg, data, batch_size, schedule)
+        if ranks[0]["interrupted"]:                 # a Ctrl-C: no later mode, compare what finished
+            stopped = ranks
+            break
+        runs[ranks[0]["name"]] = ranks
+    if runs:
+        write_results(runs, title, cfg, batch_size, a, n_params)
+    if stopped is not None:
+        kept = (f"parallel_results.md and the figures hold the {len(runs)} finished mode(s) ({', '.join(runs)})"
+                if runs else "no mode finished; no results written")
+        raise cli.Interrupted(f"{_stopped(stopped, a)}; {kept}")
+    return runs
+
+
+def _stopped(ranks, a) -> str:
+    """Where a signal stopped a mode, for the one line of ``cli.Interrupted``."""
+    n = len(ranks)
+    return (f"interrupted in {ranks[0]['name']} on {n} worker{'s' * (n > 1)} at step {ranks[0]['steps_done']} "
+            f"of {a.steps}")
+
+
+def write_results(runs, title, cfg, batch_size, a, n_params) -> None:
+    """Print the tables of the finished ``runs`` and write them, the loss figure and the
+    timelines into ``a.out``."""
     tables = ["## Final losses\n\n" + title + "\n\n" + loss_table(runs),
               "## Bytes sent per step per worker\n\n" + bytes_table(runs, cfg, batch_size, a, n_params),
               "## Pipeline: bubble and stored micro-batches\n\n" + pipeline_table(runs, a)]
@@ -453,7 +483,6 @@ def run(a):
     with open(path, "w", encoding="utf-8") as f:
         f.write("\n".join(tables))
     print(f"[parallel] figures and {os.path.basename(path)} in {a.out}/")
-    return runs
 
 
 def main(argv=None) -> int:
