@@ -12,7 +12,8 @@ from models.gpt import GPT, GPTConfig
 from models.parallel.tensor import (TensorParallelGPT, check_tp_degree, clip_grad_norm_tp,
                                     copy_to_tensor_parallel, gather_state_dict, reduce_from_tensor_parallel,
                                     shard_state_dict, sharding, tp_bytes_per_step)
-from models.training import Trainer, clip_grad_norm, lm_loss
+from models.training import CheckpointError, Trainer, clip_grad_norm, lm_loss, load_checkpoint
+from models.training.distributed import any_rank, rank_dir, restore_ranks
 from models.training.optimizers import build_optimizer
 from optim.dist.comm import SimComm, WorkerError, ring_traffic
 from strategies import assert_mpiexec_matches_simcomm
@@ -210,6 +211,74 @@ def test_activation_checkpointing_recomputes_through_the_all_reduces():
         assert tp_loss == pytest.approx(loss, rel=1e-10)
         for name in grads:
             _assert_close(tp_grads[name], grads[name], name)
+
+
+# ---------------------------------------------------------------- checkpoints
+DROPOUT = GPTConfig(**{**CONFIG.to_dict(), "dropout": 0.1})     # its generator is saved and restored too
+
+
+def _tp_trainer(comm, save_dir=None, **kw):
+    """The docs' way: every rank its own directory, rank_dir(save_dir, rank), with the world size."""
+    model = TensorParallelGPT(DROPOUT, comm, dtype=np.float64, seed=2)
+    return model, Trainer(model, lm_loss, build_optimizer("adamw", model, lr=3e-3, weight_decay=0.1), _batches(),
+                          steps=3, grad_hooks=[clip_grad_norm_tp(model, 0.5)], progress=False, seed=3,
+                          reduce_stop=any_rank(comm),
+                          save_dir=None if save_dir is None else rank_dir(save_dir, comm.rank),
+                          save_meta={"world_size": comm.size, "rank": comm.rank}, **kw)
+
+
+def _tp_run(comm, save_dir=None, resume=False, **kw):
+    model, trainer = _tp_trainer(comm, save_dir, **kw)
+    if resume:
+        restore_ranks(trainer, comm, save_dir)
+    trainer.fit()
+    if save_dir is not None:
+        trainer.save(trainer.save_dir, trainer.save_meta)
+    return trainer.step, trainer.interrupted, trainer.history, model.state_dict()
+
+
+def test_each_rank_resumes_its_own_shard_to_the_uninterrupted_run(tmp_path):
+    whole = SimComm(2).run(_tp_run)
+    stop_after_1 = lambda tr: setattr(tr, "interrupted", tr.step == 1)   # noqa: E731 -- a Ctrl-C
+    stopped = SimComm(2).run(_tp_run, str(tmp_path), on_step=stop_after_1)
+    assert [(step, stop) for step, stop, _, _ in stopped] == [(1, True), (1, True)]
+    for r, (_, _, _, params) in enumerate(stopped):
+        ckpt = load_checkpoint(tmp_path / f"rank{r}")
+        assert ckpt.meta["model"]["shard"] == {"tp_rank": r, "tp_size": 2}
+        for name, a in params.items():
+            np.testing.assert_array_equal(ckpt.params[name], a)           # this rank's shard, not the other's
+    resumed = SimComm(2).run(_tp_run, str(tmp_path), resume=True)
+    for (step, stop, history, params), (_, _, want_history, want) in zip(resumed, whole):
+        assert step == 3 and not stop and history == want_history
+        for name, a in want.items():
+            np.testing.assert_array_equal(params[name], a)
+
+
+def test_a_restore_into_another_ranks_shard_is_refused_naming_both(tmp_path):
+    """All ranks saved into one directory and the last writer won; a restore then put that shard
+    on every rank without a word (a review). The checkpoint now says which shard it holds."""
+    def shared(comm):                                  # one save_dir for both ranks: the mistake
+        model, trainer = _tp_trainer(comm)
+        trainer.fit()
+        if comm.rank == 1:                             # the last writer: its shard is what is left
+            trainer.save(tmp_path / "one")
+        comm.barrier()
+        _, fresh = _tp_trainer(comm)
+        try:
+            fresh.restore(load_checkpoint(tmp_path / "one"))
+        except CheckpointError as e:
+            return str(e)
+        return None
+    refused, accepted = SimComm(2).run(shared)
+    assert accepted is None
+    assert "holds tp_rank=1, tp_size=2, this model is tp_rank=0, tp_size=2" in refused, refused
+    assert "rank_dir" in refused and "restore_ranks" in refused
+
+    single = GPT(DROPOUT, dtype=np.float64)            # a whole model is no shard either
+    trainer = Trainer(single, lm_loss, build_optimizer("adamw", single, lr=1e-3), _batches(), steps=1,
+                      progress=False)
+    with pytest.raises(CheckpointError, match="holds tp_rank=1, tp_size=2, this model is the whole model"):
+        trainer.restore(load_checkpoint(tmp_path / "one"))
 
 
 # ---------------------------------------------------------------- SimComm == mpiexec

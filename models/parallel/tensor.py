@@ -66,6 +66,12 @@ are not equal to one process here.
         return gather_state_dict(model.state_dict(), comm)                 # loads into a GPT
     SimComm(2).run(worker)
 
+Checkpoints: every rank holds another shard under the same names and shapes, so each rank saves
+into its own directory, ``rank_dir(save_dir, comm.rank)`` with ``save_meta={"world_size":
+comm.size, "rank": comm.rank}``, and resumes with ``restore_ranks(trainer, comm, save_dir)``
+(``models.training.distributed``), as a pipeline's stages do. The checkpoint records the shard
+(``shard_meta()``: tp_rank, tp_size) and a restore into another rank's model is refused.
+
 Generation (the KV cache) is not parallelised: gather the weights into a ``GPT`` to sample.
 """
 from __future__ import annotations
@@ -319,6 +325,11 @@ class TensorParallelGPT(GPT):
         if state_dict is None:
             state_dict = GPT(config, dtype=dtype, seed=seed).state_dict()
         self.load_state_dict(shard_state_dict(state_dict, config, comm.rank, comm.size))
+
+    def shard_meta(self) -> dict:
+        """Which shard this is, recorded in its checkpoints: a restore into another rank's model
+        is refused (the shards have the same names and shapes on every rank)."""
+        return {"tp_rank": int(self.comm.rank), "tp_size": int(self.comm.size)}
 
     def param_blocks(self) -> list[nn.ParamBlock]:
         """GPT's blocks, with each layer's fused q/k/v shard split into its q, k and v rows."""
