@@ -13,7 +13,8 @@ from models.parallel.tensor import (TensorParallelGPT, check_tp_degree, clip_gra
                                     copy_to_tensor_parallel, gather_state_dict, reduce_from_tensor_parallel,
                                     shard_state_dict, sharding, tp_bytes_per_step)
 from models.training import CheckpointError, Trainer, clip_grad_norm, lm_loss, load_checkpoint
-from models.training.distributed import any_rank, rank_dir, restore_ranks
+from models.training.distributed import (any_rank, data_parallel_trainer, rank_dir, restore_ranks,
+                                         seed_model_generators)
 from models.training.optimizers import build_optimizer
 from optim.dist.comm import SimComm, WorkerError, ring_traffic
 from strategies import assert_mpiexec_matches_simcomm
@@ -211,6 +212,37 @@ def test_activation_checkpointing_recomputes_through_the_all_reduces():
         assert tp_loss == pytest.approx(loss, rel=1e-10)
         for name in grads:
             _assert_close(tp_grads[name], grads[name], name)
+
+
+# ---------------------------------------------------------------- data x tensor parallel
+def test_the_data_parallel_groups_of_a_grid_draw_their_own_dropout_masks():
+    """Every rank seeded dropout_rng with seed + 1, so both data-parallel groups of a 2 x 2 grid
+    drew the same masks for their different rows (a review). Each DP rank now has its own stream
+    (seed_model_generators), the same on the two ranks of a TP group, as TP needs: each group's
+    shard loss is a one-process GPT's with that stream."""
+    config = GPTConfig(**{**CONFIG.to_dict(), "dropout": 0.5})
+    row = np.random.default_rng(0).integers(0, config.vocab_size, (1, config.block_size + 1))
+
+    def same_row_twice(rng):                           # the global batch: one row per DP group
+        rows = np.repeat(row, 2, axis=0)
+        return rows[:, :-1], rows[:, 1:]
+
+    def worker(comm):
+        tp, dp = comm.split(comm.rank // 2), comm.split(comm.rank % 2)
+        model = TensorParallelGPT(config, tp, dtype=np.float64, seed=4)
+        trainer = data_parallel_trainer(dp, model, lm_loss, build_optimizer("sgd", model, 0.0), same_row_twice,
+                                        world=comm, steps=1, progress=False)
+        trainer.fit()
+        return trainer.history["train_loss"][0]
+    losses = SimComm(4).run(worker)                    # world ranks 0, 1: DP group 0; 2, 3: DP group 1
+    assert losses[0] == losses[1] and losses[2] == losses[3]            # a TP group: the same masks
+    assert losses[0] != losses[2]
+    for dp_rank, got in ((0, losses[0]), (1, losses[2])):
+        gpt = GPT(config, dtype=np.float64, seed=4)
+        seed_model_generators(gpt, dp_rank)
+        gpt.train()
+        want = float(gpt(row[:, :-1], row[:, 1:])[1].item())
+        assert got == pytest.approx(want, rel=1e-12), dp_rank
 
 
 # ---------------------------------------------------------------- checkpoints
