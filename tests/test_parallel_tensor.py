@@ -214,6 +214,34 @@ def test_activation_checkpointing_recomputes_through_the_all_reduces():
             _assert_close(tp_grads[name], grads[name], name)
 
 
+ROW_PARALLEL = ("attn.c_proj.weight", "mlp.c_proj.weight")
+
+
+@pytest.mark.parametrize("size", [2, 4])
+def test_adam_mini_cuts_a_shards_q_and_k_into_its_own_heads(size):
+    """build_optimizer gave Adam-mini the config's n_head, but a shard holds n_head / t heads, so
+    its per-head blocks were fractions of heads (a review). With the shard's heads, one step
+    equals one process's on every parameter but the row-parallel weights, whose per-row blocks
+    span the input columns the ranks split (docs/parallel.md: not equal there)."""
+    batch = _batches()(np.random.default_rng(2))
+    single = GPT(CONFIG, dtype=np.float64, seed=7)
+    opt = build_optimizer("adam-mini", single, 1e-2)
+    opt.step(single.loss_and_grads(*batch)[1])
+
+    def worker(comm):
+        model = TensorParallelGPT(CONFIG, comm, dtype=np.float64, seed=7)
+        tp_opt = build_optimizer("adam-mini", model, 1e-2)
+        tp_opt.step(model.loss_and_grads(*batch)[1])
+        return gather_state_dict(model.state_dict(), comm), tp_opt.blocks("h.0.attn.c_attn.weight")
+    for params, blocks in SimComm(size).run(worker):
+        assert blocks == opt.blocks("h.0.attn.c_attn.weight") // size     # q, k: nh/t heads; v: rows
+        for name, want in single.state_dict().items():
+            if name.endswith(ROW_PARALLEL):
+                assert not np.allclose(params[name], want, rtol=1e-10, atol=0), name
+            else:
+                _assert_close(params[name], want, name)
+
+
 # ---------------------------------------------------------------- data x tensor parallel
 def test_the_data_parallel_groups_of_a_grid_draw_their_own_dropout_masks():
     """Every rank seeded dropout_rng with seed + 1, so both data-parallel groups of a 2 x 2 grid

@@ -56,8 +56,10 @@ those rows of the full matrix, weight decay included (a shard of a matrix is sti
 ``param_groups_no_decay`` puts it in the same group). What needs the whole tensor does not:
 gradient clipping needs the global norm, and ``clip_grad_norm_tp`` computes it (the sharded
 parameters' squares all-reduced, the replicated ones counted once); optimizers that look at a
-whole matrix (Muon, Shampoo, Adam-mini's blocks, LAMB's trust ratio) would see only a shard and
-are not equal to one process here.
+whole matrix (Muon, Shampoo, LAMB's trust ratio) would see only a shard and are not equal to one
+process here. Adam-mini cuts q and k into the shard's n_head/t heads (``heads_held``, which
+``build_optimizer`` reads), so its blocks are one process's except the row-parallel c_proj
+weights' per-row blocks, whose input columns the ranks split: not equal either.
 
     from optim.dist.comm import SimComm
     def worker(comm):
@@ -325,6 +327,13 @@ class TensorParallelGPT(GPT):
         if state_dict is None:
             state_dict = GPT(config, dtype=dtype, seed=seed).state_dict()
         self.load_state_dict(shard_state_dict(state_dict, config, comm.rank, comm.size))
+
+    def heads_held(self) -> tuple[int, int]:
+        """(query heads, key/value heads) in this rank's shard: n_head / t of each. Adam-mini's
+        per-head blocks of q and k are cut by these (with the config's n_head a block was a
+        fraction of a head)."""
+        heads = self.config.n_head // self.comm.size
+        return heads, heads
 
     def shard_meta(self) -> dict:
         """Which shard this is, recorded in its checkpoints: a restore into another rank's model
