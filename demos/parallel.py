@@ -8,8 +8,8 @@ worker sends per step beside the formulas (Lecture 10).
     mpiexec -n 2 .venv/bin/python demos/parallel.py --mode tp --preset tiny --steps 20   # MPI ranks
     .venv/bin/python demos/parallel.py --mode single --preset tiny --steps 20            # the same final loss
 
-Modes (``--workers N`` sets the number of simulated workers; under ``mpiexec -n k`` the k ranks
-are the workers, run through ``optim.dist.launcher.launch``):
+Modes (``--workers N`` sets the number of simulated workers of one mode, ``all`` refuses it; under
+``mpiexec -n k`` the k ranks are the workers, run through ``optim.dist.launcher.launch``):
 
     single  one process: ``models.gpt.GPT`` through ``models.training.Trainer``
     dp      data parallel (``models.training.distributed.data_parallel_trainer``): each worker
@@ -38,7 +38,11 @@ single process), parallel_timeline_gpipe.png and parallel_timeline_1f1b.png (whi
 which micro-batch when, p = 2 and 4) and parallel_results.md (the tables printed: final losses,
 bytes per step per worker measured by the communicators beside the formulas, the pipeline's
 bubble and peak stored micro-batches). A single mode writes ``parallel_<mode>.json`` (its loss
-history and bytes). Bad input prints one line and exits with code 2, writing nothing.
+history and bytes). Bad input prints one line and exits with code 2, writing nothing. A Ctrl-C
+(or SIGTERM) stops every worker of the mode in progress at the same step and no later mode
+starts: ``all`` writes its tables and figures for the modes that finished (nothing if none did), a
+single mode its JSON with the steps done, and the demo prints one line saying so and exits with
+code 130 (no "final loss" is printed for a stopped mode).
 
 References: Shoeybi et al. (2019), Megatron-LM, arXiv 1909.08053; Huang et al. (2019), GPipe,
 arXiv 1811.06965; Narayanan et al. (2021), PipeDream-Flush / 1F1B, arXiv 2104.04473.
@@ -64,7 +68,7 @@ from models.parallel.pipeline import (PipelineStage, clip_grad_norm_pp, expected
                                       partition_layers, pipeline_bytes, pipeline_loss, plot_timeline,
                                       simulate)
 from models.parallel.tensor import (TensorParallelGPT, check_tp_degree, clip_grad_norm_tp,  # noqa: E402
-                                    tp_bytes_per_step)
+                                    tp_all_reduces_per_layer, tp_bytes_per_step)
 from models.training import Trainer, clip_grad_norm, lm_loss, pyplot, save_figure  # noqa: E402
 from models.training.distributed import any_rank, data_parallel_trainer  # noqa: E402
 from models.training.optimizers import build_optimizer  # noqa: E402
@@ -168,8 +172,9 @@ def train_mode(comm, mode, a, cfg, data, batch_size, schedule="1f1b") -> dict:
     name = f"pp {schedule}" if mode == "pp" else mode
     if lead:
         steps = f"{trainer.step} of {a.steps} steps (stopped by a signal)" if trainer.interrupted else f"{a.steps} steps"
-        print(f"[parallel] {name}: {comm.size} worker{'s' * (comm.size > 1)}, {steps}, {seconds:.1f} s")
-        print(f"final loss {loss[-1]:.6f}", flush=True)
+        print(f"[parallel] {name}: {comm.size} worker{'s' * (comm.size > 1)}, {steps}, {seconds:.1f} s", flush=True)
+        if not trainer.interrupted:                 # a stopped run has no final loss to compare
+            print(f"final loss {loss[-1]:.6f}", flush=True)
     return {"mode": mode, "name": name, "workers": comm.size, "rank": comm.rank, "loss": loss.tolist(),
             "steps_done": trainer.step, "interrupted": trainer.interrupted,
             "bytes_per_step": meter.per_step, "seconds": seconds, "n_local_params": model.num_parameters(),
@@ -183,12 +188,13 @@ def formula_bytes(run, cfg, batch_size, a, n_params) -> tuple[float, str]:
     n = run["workers"]
     vote = ring_traffic(1, n, run["rank"])[0] * 8      # one 8-byte all-reduce: the stop vote (any_rank)
     norm = vote if a.clip > 0 else 0                    # ... and the clipping norm, of the same size
+    k = tp_all_reduces_per_layer(cfg)                   # 4 (6 with activation checkpointing)
     if run["mode"] == "single":
         return 0.0, "0"
     if run["mode"] == "dp":
         return 2 * (n - 1) / n * n_params * s + vote, "2(n-1)/n · N · s + vote"
     if run["mode"] == "tp":
-        return tp_bytes_per_step(cfg, b, T, n, s) + norm + vote, "4L · 2(t-1)/t · B·T·C · s + vote"
+        return tp_bytes_per_step(cfg, b, T, n, s) + norm + vote, f"{k}L · 2(t-1)/t · B·T·C · s + vote"
     if run["mode"] == "pp":
         sent, _ = pipeline_bytes(cfg, b, T, a.micro_batches, n, run["stage"], s)
         return (sent + norm + vote,
@@ -198,7 +204,7 @@ def formula_bytes(run, cfg, batch_size, a, n_params) -> tuple[float, str]:
     tp_part = tp_bytes_per_step(cfg, b // d, T, t, s) + (ring_traffic(1, t, run["grid"]["tp_rank"])[0] * 8
                                                         if a.clip > 0 else 0)
     return (tp_part + 2 * (d - 1) / d * run["n_local_params"] * s + vote,
-            "4L · 2(t-1)/t · (B/d)·T·C · s + 2(d-1)/d · N_w · s + vote")
+            f"{k}L · 2(t-1)/t · (B/d)·T·C · s + 2(d-1)/d · N_w · s + vote")
 
 
 def bytes_table(runs, cfg, batch_size, a, n_params) -> str:
@@ -305,7 +311,7 @@ def build_parser():
     p.add_argument("--mode", default="all", choices=("all",) + MODES, help="what to train (default: all)")
     p.add_argument("--schedule", default="1f1b", choices=("gpipe", "1f1b"), help="pipeline schedule of --mode pp")
     p.add_argument("--workers", type=int, default=None,
-                   help="simulated workers (default: dp, tp, pp 2; dp-tp 4); under mpiexec the ranks")
+                   help="simulated workers of one --mode (default: dp, tp, pp 2; dp-tp 4); under mpiexec the ranks")
     p.add_argument("--tp-degree", type=int, default=2, help="dp-tp: the ranks of one TP group")
     p.add_argument("--micro-batches", type=int, default=4, help="pp: micro-batches per batch")
     p.add_argument("--preset", default="tiny", choices=[k for k in PRESETS if k != "medium"], help="GPT size")
@@ -332,6 +338,9 @@ def _validate(a, world: int):
         cli.refuse_unused(build_parser(), a, ("schedule", "micro_batches"), f"--mode {a.mode} runs no pipeline")
     if a.mode not in ("all", "dp-tp"):
         cli.refuse_unused(build_parser(), a, ("tp_degree",), f"--mode {a.mode} has no data x tensor grid")
+    if a.mode == "all":             # its comparison fixes the workers of each mode (DEFAULT_WORKERS)
+        cli.refuse_unused(build_parser(), a, ("workers",),
+                          "--mode all runs every mode on its own number of workers (dp, tp, pp 2; dp-tp 4)")
     cli.fill_defaults(a, QUICK, FULL)
     for name in ("steps", "tp_degree", "micro_batches"):
         if getattr(a, name) < 1:
@@ -359,7 +368,7 @@ def _validate(a, world: int):
 
 
 def _workers(a, mode):
-    return a.workers if a.workers is not None and a.mode != "all" else DEFAULT_WORKERS[mode]
+    return DEFAULT_WORKERS[mode] if a.workers is None else a.workers
 
 
 def _check_mode(a, mode, cfg, batch_size):
@@ -386,7 +395,7 @@ def _check_mode(a, mode, cfg, batch_size):
                 raise ValueError(f"the batch of {batch_size} sequences does not split over {d} "
                                  f"data-parallel groups; give a --batch-size divisible by {d}")
     except ValueError as e:
-        given = f" --workers {n}" if a.workers is not None and a.mode != "all" else ""
+        given = f" --workers {n}" if a.workers is not None else ""
         raise cli.UsageError(f"--mode {mode}{given}: {e}") from None
 
 
@@ -417,8 +426,8 @@ def run(a):
     minigrad.configure_runtime()
     if a.mode != "all":
         ranks = _run(a, a.mode, cfg, data, batch_size, a.schedule)
+        name = ranks[0]["name"].replace(" ", "-")
         if _mpi_rank() == 0:                        # every MPI process gets every rank's result
-            name = ranks[0]["name"].replace(" ", "-")
             with open(os.path.join(a.out, f"parallel_{name}.json"), "w", encoding="utf-8") as f:
                 json.dump({"mode": a.mode, "preset": a.preset, "steps": a.steps,
                            "steps_done": ranks[0]["steps_done"], "interrupted": ranks[0]["interrupted"],
@@ -426,17 +435,42 @@ def run(a):
                            "dtype": a.dtype, "workers": len(ranks), "backend": "mpi" if world > 1 else "simulated",
                            "loss": ranks[0]["loss"], "bytes_per_step": [r["bytes_per_step"] for r in ranks]},
                           f, indent=1)
+        if ranks[0]["interrupted"]:                 # the same on every rank: they voted to stop together
+            raise cli.Interrupted(f"{_stopped(ranks, a)}; parallel_{name}.json holds the "
+                                  f"{ranks[0]['steps_done']} steps done")
         return {ranks[0]["name"]: ranks}
 
     n_params = GPT(cfg).num_parameters()
     title = (f"GPT '{a.preset}' ({n_params / 1e6:.2f} M parameters) on {desc}: {a.steps} steps × batch "
              f"{batch_size} × {cfg.block_size} tokens, {a.dtype}, seed {a.seed}")
     print(f"[parallel] {title}")
-    runs = {}
-    for mode in MODES:
-        for schedule in (("gpipe", "1f1b") if mode == "pp" else ("1f1b",)):
-            ranks = _run(a, mode, cfg, data, batch_size, schedule)
-            runs[ranks[0]["name"]] = ranks
+    runs, stopped = {}, None
+    plan = [(mode, schedule) for mode in MODES for schedule in (("gpipe", "1f1b") if mode == "pp" else ("1f1b",))]
+    for mode, schedule in plan:
+        ranks = _run(a, mode, cfg, data, batch_size, schedule)
+        if ranks[0]["interrupted"]:                 # a Ctrl-C: no later mode, compare what finished
+            stopped = ranks
+            break
+        runs[ranks[0]["name"]] = ranks
+    if runs:
+        write_results(runs, title, cfg, batch_size, a, n_params)
+    if stopped is not None:
+        kept = (f"parallel_results.md and the figures hold the {len(runs)} finished mode(s) ({', '.join(runs)})"
+                if runs else "no mode finished; no results written")
+        raise cli.Interrupted(f"{_stopped(stopped, a)}; {kept}")
+    return runs
+
+
+def _stopped(ranks, a) -> str:
+    """Where a signal stopped a mode, for the one line of ``cli.Interrupted``."""
+    n = len(ranks)
+    return (f"interrupted in {ranks[0]['name']} on {n} worker{'s' * (n > 1)} at step {ranks[0]['steps_done']} "
+            f"of {a.steps}")
+
+
+def write_results(runs, title, cfg, batch_size, a, n_params) -> None:
+    """Print the tables of the finished ``runs`` and write them, the loss figure and the
+    timelines into ``a.out``."""
     tables = ["## Final losses\n\n" + title + "\n\n" + loss_table(runs),
               "## Bytes sent per step per worker\n\n" + bytes_table(runs, cfg, batch_size, a, n_params),
               "## Pipeline: bubble and stored micro-batches\n\n" + pipeline_table(runs, a)]
@@ -449,7 +483,6 @@ def run(a):
     with open(path, "w", encoding="utf-8") as f:
         f.write("\n".join(tables))
     print(f"[parallel] figures and {os.path.basename(path)} in {a.out}/")
-    return runs
 
 
 def main(argv=None) -> int:

@@ -356,6 +356,11 @@ class GPT(nn.Module):
                              "model's dtype: DenseKVCache only, not its subclass QuestCache nor other kinds)")
         return cache.begin(B, T, max_position=cfg.block_size)   # (refuses, unchanged, past block_size)
 
+    def heads_held(self) -> tuple[int, int]:
+        """(query heads, key/value heads) in this model's attention weights, which per-head
+        optimizers (Adam-mini) cut q and k into: the config's (a tensor-parallel shard holds fewer)."""
+        return self.config.n_head, self.config.kv_heads
+
     def param_blocks(self) -> list[nn.ParamBlock]:
         """Blocks, in order: "embeddings" (wte, wpe), one per layer "h.0" ... "h.{L-1}", and
         "head" (ln_f). The output head has no weight of its own: it is tied to wte, so it trains,

@@ -9,7 +9,7 @@ from models.data import TextData
 from models.gpt import GPT, GPTConfig
 from models.training import CheckpointError, Trainer, clip_grad_norm, lm_loss, load_checkpoint
 from models.training.distributed import (data_parallel_trainer, rank_dir, restore_ranks,
-                                         train_gpt_data_parallel)
+                                         seed_model_generators, train_gpt_data_parallel)
 from optim.dist.comm import CommError, DeadlockError, SimComm, WorkerError, ring_traffic
 from optim.dist.data_parallel import allreduce_grads, broadcast_params, shard_batches
 
@@ -299,6 +299,39 @@ def test_data_parallel_on_n_workers_equals_one_worker_with_n_times_the_batch(kin
     global_loss = np.mean([loss for _, loss in ranks], axis=0)      # the shards' mean loss
     np.testing.assert_allclose(global_loss, single_loss, rtol=1e-13)
     assert not np.allclose(ranks[0][1], ranks[1][1])                # the ranks saw different rows
+
+
+def test_each_rank_draws_its_own_dropout_masks_and_the_gradient_averages_theirs():
+    """Every rank built its GPT from the same seed and so drew the same dropout masks for its
+    different rows (a review). Rank r's generators now have their own stream; the gradient is the
+    mean of what two one-process GPTs draw with rank 0's and rank 1's streams on those rows."""
+    cfg = GPTConfig(**CFG, dropout=0.5)
+    row = IDS[:cfg.block_size + 1][None]
+
+    def same_row_twice(rng):
+        rows = np.repeat(row, 2, axis=0)
+        return rows[:, :-1], rows[:, 1:]
+
+    def worker(comm):
+        model = GPT(cfg, dtype=np.float64, seed=0)
+        seen = {}
+        trainer = data_parallel_trainer(comm, model, lm_loss, optim.SGD(
+            {n: p.data for n, p in model.named_parameters()}, lr=0.0), same_row_twice, steps=1, progress=False,
+            grad_hooks=[lambda g: seen.update((n, a.copy()) for n, a in g.items())])
+        trainer.fit()
+        return trainer.history["train_loss"][0], seen
+    (loss0, grads), (loss1, _) = SimComm(2).run(worker)
+    assert loss0 != loss1                                # the same row, other masks
+    want = []
+    for rank, got in ((0, loss0), (1, loss1)):
+        gpt = GPT(cfg, dtype=np.float64, seed=0)
+        seed_model_generators(gpt, rank)
+        gpt.train()
+        loss, g = gpt.loss_and_grads(row[:, :-1], row[:, 1:])
+        assert got == pytest.approx(loss, rel=1e-12)
+        want.append(g)
+    for name, g in grads.items():
+        np.testing.assert_allclose(g, (want[0][name] + want[1][name]) / 2, rtol=1e-10, atol=1e-14, err_msg=name)
 
 
 def test_only_rank_0_prints(capsys):

@@ -1,6 +1,7 @@
 """demos/parallel.py end to end: every mode's loss equals the single process's, the measured bytes
 per step per worker equal the formulas, the files are written; one mode prints the same final loss
 as --mode single, on simulated workers and under `mpiexec -n 2`; bad input is one line and exit 2."""
+import json
 import os
 import re
 import subprocess
@@ -11,7 +12,7 @@ import pytest
 
 from models.data import TextData, load_text
 from models.gpt import GPT, preset
-from strategies import assert_refused, files_below, load_demo, mpiexec
+from strategies import assert_refused, assert_stopped, ctrl_c, files_below, load_demo, mpiexec
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = ["--steps", "3", "--batch-size", "8", "--max-chars", "50000", "--cache-dir", "", "--no-progress"]
@@ -84,6 +85,42 @@ def test_mpiexec_ranks_print_the_final_loss_of_the_simulated_run(demo, tmp_path,
     assert files_below(tmp_path / "mpi") == ["parallel_tp.json"]
 
 
+def test_a_stop_during_all_writes_the_finished_modes_and_exits_130(demo, tmp_path, monkeypatch, capsys):
+    """A Ctrl-C stopped only the mode in progress: the later modes still trained, and then the loss
+    table subtracted histories of different lengths (a traceback, no results; a review). Now no
+    later mode starts, the tables and figures hold the modes that finished, and one line says so."""
+    made = ctrl_c(demo, monkeypatch, run=2)                # demo.Trainer: single, then tp's 2 ranks
+    out = tmp_path / "out"
+    assert_stopped(demo, SMALL + ["--out", str(out)],
+                   "interrupted in tp on 2 workers at step 2 of 3; parallel_results.md and the figures hold "
+                   "the 2 finished mode(s) (single, dp)", capsys)
+    assert [(t.step, t.interrupted) for t in made] == [(3, False), (2, True), (2, True)]   # no pp started
+    assert files_below(out) == ["parallel_loss.png", "parallel_results.md", "parallel_timeline_1f1b.png",
+                                "parallel_timeline_gpipe.png"]
+    results = (out / "parallel_results.md").read_text()
+    assert "| dp | 2 |" in results and "| tp |" not in results
+
+
+def test_a_stop_in_the_first_mode_of_all_writes_nothing(demo, tmp_path, monkeypatch, capsys):
+    ctrl_c(demo, monkeypatch, run=1)
+    assert_stopped(demo, SMALL + ["--out", str(tmp_path / "out")],
+                   "interrupted in single on 1 worker at step 2 of 3; no mode finished; no results written", capsys)
+    assert files_below(tmp_path) == []
+
+
+def test_a_stopped_mode_prints_no_final_loss_and_exits_130_keeping_its_history(demo, tmp_path, monkeypatch, capsys):
+    """One stopped mode printed "final loss" of the unfinished run and exited 0 (a review)."""
+    ctrl_c(demo, monkeypatch, run=1)
+    code = demo.main(SMALL + ["--mode", "tp", "--out", str(tmp_path)])
+    captured = capsys.readouterr()
+    assert code == 130, captured.err
+    assert captured.err == ("parallel.py: interrupted in tp on 2 workers at step 2 of 3; parallel_tp.json holds "
+                            "the 2 steps done\n")
+    assert "final loss" not in captured.out
+    record = json.loads((tmp_path / "parallel_tp.json").read_text())
+    assert record["interrupted"] and record["steps_done"] == 2 and len(record["loss"]) == 2
+
+
 @pytest.mark.parametrize("argv, says", [
     (["--mode", "tp", "--workers", "3"], "--mode tp --workers 3: tensor parallel: n_head=4 heads (n_embd=64, MLP "
                                          "hidden size 4*n_embd=256) do not split evenly over 3 ranks"),
@@ -96,6 +133,8 @@ def test_mpiexec_ranks_print_the_final_loss_of_the_simulated_run(demo, tmp_path,
     (["--mode", "dp-tp", "--workers", "6"], "the batch of 8 sequences does not split over 3 data-parallel groups"),
     (["--mode", "dp-tp", "--workers", "3"], "3 workers do not form a grid of TP groups of --tp-degree 2"),
     (["--mode", "single", "--workers", "2"], "--mode single runs on 1 worker, got --workers 2"),
+    (["--workers", "4"], "--workers: --mode all runs every mode on its own number of workers (dp, tp, pp 2; "
+                         "dp-tp 4), so it would be ignored; drop it"),
     (["--steps", "0"], "--steps must be >= 1, got 0"),
     (["--clip", "-1"], "--clip must be a finite number >= 0 (0: off), got -1.0"),
     (["--mode", "mp"], "argument --mode: invalid choice: 'mp'"),

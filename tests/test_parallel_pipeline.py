@@ -92,6 +92,14 @@ def test_the_timeline_prints_which_stage_does_which_micro_batch_when():
     assert "bubble 0.3333 (formula (p-1)/(m+p-1) = 0.3333)" in text
 
 
+def test_the_docs_print_the_timelines_as_timeline_text_does():
+    """docs/parallel.md pasted the 4-stage timelines when their header line read otherwise (a review)."""
+    from pathlib import Path
+    page = (Path(__file__).resolve().parent.parent / "docs" / "parallel.md").read_text(encoding="utf-8")
+    for schedule in SCHEDULES:
+        assert simulate(schedule, 4, 4).text() in page, schedule
+
+
 def test_the_timeline_figure_is_written(tmp_path):
     pytest.importorskip("matplotlib")
     path = plot_timeline(simulate("gpipe", 4, 4), str(tmp_path / "timeline.png"))
@@ -145,6 +153,30 @@ def test_pp_equals_one_process(schedule, p, m):
         assert out["bytes_per_step"] == pipeline_bytes(CONFIG, BATCH, CONFIG.block_size, m, p, s, 8)
     # every parameter lives on exactly one stage, but the tied wte on the first and the last
     assert held == {name: 1 + (name == "wte.weight") for name in params}
+
+
+@pytest.mark.parametrize("p", [2, 3])
+def test_two_backwards_without_zero_grad_accumulate_as_a_gpts_do(p):
+    """The stages swapped wte's whole p.grad, so a second run() without zero_grad sent the first
+    batch's tied gradient again and counted it twice (relative error 0.75 against a GPT; a
+    review). Each call now exchanges only its own batch's gradients and adds them onto p.grad."""
+    two = [batches(np.random.default_rng(50 + i)) for i in range(2)]
+    gpt = GPT(CONFIG, dtype=np.float64, seed=0)
+    for idx, tgt in two:
+        gpt(idx, tgt)[1].backward()
+    want = {n: q.grad for n, q in gpt.named_parameters()}
+
+    def worker(comm):
+        stage = PipelineStage(comm, CONFIG, micro_batches=2, dtype=np.float64)
+        for idx, tgt in two:
+            stage.run(idx, tgt).backward()
+        return {n: q.grad for n, q in stage.named_parameters()}
+    held = set()
+    for s, grads in enumerate(SimComm(p).run(worker)):
+        for name, g in grads.items():
+            _assert_close(g, want[name], f"stage {s} {name}")
+            held.add(name)
+    assert held == set(want)
 
 
 def test_1f1b_holds_p_minus_s_of_gpipes_m_micro_batches_of_activation_bytes():

@@ -12,7 +12,9 @@ from models.gpt import GPT, GPTConfig
 from models.parallel.tensor import (TensorParallelGPT, check_tp_degree, clip_grad_norm_tp,
                                     copy_to_tensor_parallel, gather_state_dict, reduce_from_tensor_parallel,
                                     shard_state_dict, sharding, tp_bytes_per_step)
-from models.training import Trainer, clip_grad_norm, lm_loss
+from models.training import CheckpointError, Trainer, clip_grad_norm, lm_loss, load_checkpoint
+from models.training.distributed import (any_rank, data_parallel_trainer, rank_dir, restore_ranks,
+                                         seed_model_generators)
 from models.training.optimizers import build_optimizer
 from optim.dist.comm import SimComm, WorkerError, ring_traffic
 from strategies import assert_mpiexec_matches_simcomm
@@ -176,19 +178,23 @@ def test_clip_grad_norm_tp_is_the_single_process_norm_for_other_norms(norm_type)
             _assert_close(clipped[name], grads[name], name)
 
 
-def test_a_step_sends_four_all_reduces_of_the_activation_per_layer_and_the_norm():
+@pytest.mark.parametrize("checkpoint, per_layer", [(False, 4), (True, 6)])
+def test_a_step_sends_four_all_reduces_of_the_activation_per_layer_and_the_norm(checkpoint, per_layer):
+    """With activation checkpointing the recomputed forward repeats the two g's: 6 all-reduces per
+    layer, where the formula said 4 (measured 24576 bytes against 16384; a review)."""
+    config = GPTConfig(**{**CONFIG.to_dict(), "checkpoint": checkpoint})
     batch = _batches()(np.random.default_rng(0))
     B, T = batch[0].shape
 
     def worker(comm):
-        model = TensorParallelGPT(CONFIG, comm, dtype=np.float64)
+        model = TensorParallelGPT(config, comm, dtype=np.float64)
         comm.reset_counters()
         _, grads = model.loss_and_grads(*batch)
         clip_grad_norm_tp(model, 1.0)(grads)
         return comm.bytes_sent
     for size in (2, 4):
-        formula = tp_bytes_per_step(CONFIG, B, T, size, 8)
-        assert formula == 4 * CONFIG.n_layer * 2 * (size - 1) / size * B * T * CONFIG.n_embd * 8
+        formula = tp_bytes_per_step(config, B, T, size, 8)
+        assert formula == per_layer * config.n_layer * 2 * (size - 1) / size * B * T * config.n_embd * 8
         for rank, sent in enumerate(SimComm(size).run(worker)):
             assert sent == formula + ring_traffic(1, size, rank)[0] * 8
 
@@ -206,6 +212,133 @@ def test_activation_checkpointing_recomputes_through_the_all_reduces():
         assert tp_loss == pytest.approx(loss, rel=1e-10)
         for name in grads:
             _assert_close(tp_grads[name], grads[name], name)
+
+
+ROW_PARALLEL = ("attn.c_proj.weight", "mlp.c_proj.weight")
+
+
+@pytest.mark.parametrize("size", [2, 4])
+def test_adam_mini_cuts_a_shards_q_and_k_into_its_own_heads(size):
+    """build_optimizer gave Adam-mini the config's n_head, but a shard holds n_head / t heads, so
+    its per-head blocks were fractions of heads (a review). With the shard's heads, one step
+    equals one process's on every parameter but the row-parallel weights, whose per-row blocks
+    span the input columns the ranks split (docs/parallel.md: not equal there)."""
+    batch = _batches()(np.random.default_rng(2))
+    single = GPT(CONFIG, dtype=np.float64, seed=7)
+    opt = build_optimizer("adam-mini", single, 1e-2)
+    opt.step(single.loss_and_grads(*batch)[1])
+
+    def worker(comm):
+        model = TensorParallelGPT(CONFIG, comm, dtype=np.float64, seed=7)
+        tp_opt = build_optimizer("adam-mini", model, 1e-2)
+        tp_opt.step(model.loss_and_grads(*batch)[1])
+        return gather_state_dict(model.state_dict(), comm), tp_opt.blocks("h.0.attn.c_attn.weight")
+    for params, blocks in SimComm(size).run(worker):
+        assert blocks == opt.blocks("h.0.attn.c_attn.weight") // size     # q, k: nh/t heads; v: rows
+        for name, want in single.state_dict().items():
+            if name.endswith(ROW_PARALLEL):
+                assert not np.allclose(params[name], want, rtol=1e-10, atol=0), name
+            else:
+                _assert_close(params[name], want, name)
+
+
+# ---------------------------------------------------------------- data x tensor parallel
+def test_the_data_parallel_groups_of_a_grid_draw_their_own_dropout_masks():
+    """Every rank seeded dropout_rng with seed + 1, so both data-parallel groups of a 2 x 2 grid
+    drew the same masks for their different rows (a review). Each DP rank now has its own stream
+    (seed_model_generators), the same on the two ranks of a TP group, as TP needs: each group's
+    shard loss is a one-process GPT's with that stream."""
+    config = GPTConfig(**{**CONFIG.to_dict(), "dropout": 0.5})
+    row = np.random.default_rng(0).integers(0, config.vocab_size, (1, config.block_size + 1))
+
+    def same_row_twice(rng):                           # the global batch: one row per DP group
+        rows = np.repeat(row, 2, axis=0)
+        return rows[:, :-1], rows[:, 1:]
+
+    def worker(comm):
+        tp, dp = comm.split(comm.rank // 2), comm.split(comm.rank % 2)
+        model = TensorParallelGPT(config, tp, dtype=np.float64, seed=4)
+        trainer = data_parallel_trainer(dp, model, lm_loss, build_optimizer("sgd", model, 0.0), same_row_twice,
+                                        world=comm, steps=1, progress=False)
+        trainer.fit()
+        return trainer.history["train_loss"][0]
+    losses = SimComm(4).run(worker)                    # world ranks 0, 1: DP group 0; 2, 3: DP group 1
+    assert losses[0] == losses[1] and losses[2] == losses[3]            # a TP group: the same masks
+    assert losses[0] != losses[2]
+    for dp_rank, got in ((0, losses[0]), (1, losses[2])):
+        gpt = GPT(config, dtype=np.float64, seed=4)
+        seed_model_generators(gpt, dp_rank)
+        gpt.train()
+        want = float(gpt(row[:, :-1], row[:, 1:])[1].item())
+        assert got == pytest.approx(want, rel=1e-12), dp_rank
+
+
+# ---------------------------------------------------------------- checkpoints
+DROPOUT = GPTConfig(**{**CONFIG.to_dict(), "dropout": 0.1})     # its generator is saved and restored too
+
+
+def _tp_trainer(comm, save_dir=None, **kw):
+    """The docs' way: every rank its own directory, rank_dir(save_dir, rank), with the world size."""
+    model = TensorParallelGPT(DROPOUT, comm, dtype=np.float64, seed=2)
+    return model, Trainer(model, lm_loss, build_optimizer("adamw", model, lr=3e-3, weight_decay=0.1), _batches(),
+                          steps=3, grad_hooks=[clip_grad_norm_tp(model, 0.5)], progress=False, seed=3,
+                          reduce_stop=any_rank(comm),
+                          save_dir=None if save_dir is None else rank_dir(save_dir, comm.rank),
+                          save_meta={"world_size": comm.size, "rank": comm.rank}, **kw)
+
+
+def _tp_run(comm, save_dir=None, resume=False, **kw):
+    model, trainer = _tp_trainer(comm, save_dir, **kw)
+    if resume:
+        restore_ranks(trainer, comm, save_dir)
+    trainer.fit()
+    if save_dir is not None:
+        trainer.save(trainer.save_dir, trainer.save_meta)
+    return trainer.step, trainer.interrupted, trainer.history, model.state_dict()
+
+
+def test_each_rank_resumes_its_own_shard_to_the_uninterrupted_run(tmp_path):
+    whole = SimComm(2).run(_tp_run)
+    stop_after_1 = lambda tr: setattr(tr, "interrupted", tr.step == 1)   # noqa: E731 -- a Ctrl-C
+    stopped = SimComm(2).run(_tp_run, str(tmp_path), on_step=stop_after_1)
+    assert [(step, stop) for step, stop, _, _ in stopped] == [(1, True), (1, True)]
+    for r, (_, _, _, params) in enumerate(stopped):
+        ckpt = load_checkpoint(tmp_path / f"rank{r}")
+        assert ckpt.meta["model"]["shard"] == {"tp_rank": r, "tp_size": 2}
+        for name, a in params.items():
+            np.testing.assert_array_equal(ckpt.params[name], a)           # this rank's shard, not the other's
+    resumed = SimComm(2).run(_tp_run, str(tmp_path), resume=True)
+    for (step, stop, history, params), (_, _, want_history, want) in zip(resumed, whole):
+        assert step == 3 and not stop and history == want_history
+        for name, a in want.items():
+            np.testing.assert_array_equal(params[name], a)
+
+
+def test_a_restore_into_another_ranks_shard_is_refused_naming_both(tmp_path):
+    """All ranks saved into one directory and the last writer won; a restore then put that shard
+    on every rank without a word (a review). The checkpoint now says which shard it holds."""
+    def shared(comm):                                  # one save_dir for both ranks: the mistake
+        model, trainer = _tp_trainer(comm)
+        trainer.fit()
+        if comm.rank == 1:                             # the last writer: its shard is what is left
+            trainer.save(tmp_path / "one")
+        comm.barrier()
+        _, fresh = _tp_trainer(comm)
+        try:
+            fresh.restore(load_checkpoint(tmp_path / "one"))
+        except CheckpointError as e:
+            return str(e)
+        return None
+    refused, accepted = SimComm(2).run(shared)
+    assert accepted is None
+    assert "holds tp_rank=1, tp_size=2, this model is tp_rank=0, tp_size=2" in refused, refused
+    assert "rank_dir" in refused and "restore_ranks" in refused
+
+    single = GPT(DROPOUT, dtype=np.float64)            # a whole model is no shard either
+    trainer = Trainer(single, lm_loss, build_optimizer("adamw", single, lr=1e-3), _batches(), steps=1,
+                      progress=False)
+    with pytest.raises(CheckpointError, match="holds tp_rank=1, tp_size=2, this model is the whole model"):
+        trainer.restore(load_checkpoint(tmp_path / "one"))
 
 
 # ---------------------------------------------------------------- SimComm == mpiexec

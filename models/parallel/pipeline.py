@@ -371,13 +371,24 @@ class PipelineStage(nn.Module):
     def run(self, idx, targets) -> Tensor:
         """The schedule on one batch: the mean loss over it (the same on every stage), as a Tensor.
 
-        With grad enabled, every forward and backward runs and the returned loss's backward puts
-        the batch gradients in ``p.grad``; under ``no_grad``, only the forwards (evaluation)."""
+        With grad enabled, every forward and backward runs and the returned loss's backward adds
+        the batch gradients to ``p.grad`` (onto what is there, as a GPT's backward does: two calls
+        without ``zero_grad`` accumulate both batches); under ``no_grad``, only the forwards
+        (evaluation)."""
         idx, targets = self._check_batch(idx, targets)
         m, b = self.micro_batches, len(idx) // self.micro_batches
         micro = [(idx[i * b:(i + 1) * b], targets[i * b:(i + 1) * b]) for i in range(m)]
         training = minigrad.is_grad_enabled()
         ops = self.ops if training else [("F", i) for i in range(m)]
+        params = [p for p in self.parameters() if p.requires_grad]
+        # The micro-batch backwards accumulate into p.grad, and the tied wte's gradient is then
+        # swapped with the peer stage: start them from None so that only this batch's gradients
+        # are summed and exchanged (a gradient left from an earlier call, not zeroed, would be sent
+        # to the peer and counted twice). The earlier gradients go back before returning, and the
+        # loss's backward adds this batch's onto them, as a GPT's second backward does.
+        earlier = [p.grad for p in params] if training else []
+        for p in params if training else ():
+            p.grad = None
         sent, received = self.comm.bytes_sent, self.comm.bytes_received
         ledger = _StageLedger(self) if training and self.track_memory else contextlib.nullcontext()
         with ledger:
@@ -392,12 +403,11 @@ class PipelineStage(nn.Module):
             return Tensor(np.asarray(loss, dtype=self.dtype))
         self._sum_tied_gradient(m)
         self.last_bytes = (self.comm.bytes_sent - sent, self.comm.bytes_received - received)
-        params = [p for p in self.parameters() if p.requires_grad]
         if not params:      # a stage the optimizer froze this step: nothing to hand back
             return Tensor(np.asarray(loss, dtype=self.dtype), requires_grad=True)
-        grads = [p.grad for p in params]
-        for p in params:
-            p.grad = None   # handed back by the loss's backward
+        grads = [p.grad for p in params]        # this batch's alone: handed back by the loss's backward
+        for p, g in zip(params, earlier):
+            p.grad = g
         return _StageGradients.apply(*params, loss=loss, grads=grads)
 
     def _execute(self, ops, micro, training) -> list[float]:
@@ -451,7 +461,8 @@ class PipelineStage(nn.Module):
             self.comm.send(inp.grad, self.stage - 1, tag=_tag("B", i))
 
     def _sum_tied_gradient(self, m):
-        """First and last stage swap their parts of wte's gradient and both add embedding + head."""
+        """First and last stage swap their parts of wte's gradient from this batch (``run`` starts
+        it from None) and both add embedding + head."""
         if self.stages == 1 or not (self.is_first or self.is_last) or not self.wte.weight.requires_grad:
             return
         peer = self.stages - 1 if self.is_first else 0

@@ -36,7 +36,9 @@ backward (the f's), each of the (B, T, C) activation, so a training step sends p
 
     4 · n_layer · 2(t-1)/t · B·T·C values      (ring all-reduce)
 
-and nothing else but one scalar for the gradient norm (``clip_grad_norm_tp``).
+and nothing else but one scalar for the gradient norm (``clip_grad_norm_tp``). With activation
+checkpointing (``config.checkpoint``) the backward recomputes each layer's forward, g's and all:
+6 · n_layer all-reduces instead of 4.
 
 Gradients of the replicated parameters need no all-reduce: the g's give every rank the same
 activations bit for bit (the ring all-reduce of ``optim.dist.comm`` adds in one order and hands
@@ -54,8 +56,10 @@ those rows of the full matrix, weight decay included (a shard of a matrix is sti
 ``param_groups_no_decay`` puts it in the same group). What needs the whole tensor does not:
 gradient clipping needs the global norm, and ``clip_grad_norm_tp`` computes it (the sharded
 parameters' squares all-reduced, the replicated ones counted once); optimizers that look at a
-whole matrix (Muon, Shampoo, Adam-mini's blocks, LAMB's trust ratio) would see only a shard and
-are not equal to one process here.
+whole matrix (Muon, Shampoo, LAMB's trust ratio) would see only a shard and are not equal to one
+process here. Adam-mini cuts q and k into the shard's n_head/t heads (``heads_held``, which
+``build_optimizer`` reads), so its blocks are one process's except the row-parallel c_proj
+weights' per-row blocks, whose input columns the ranks split: not equal either.
 
     from optim.dist.comm import SimComm
     def worker(comm):
@@ -63,6 +67,12 @@ are not equal to one process here.
         ...train with models.training.Trainer, grad_hooks=[clip_grad_norm_tp(model, 1.0)]...
         return gather_state_dict(model.state_dict(), comm)                 # loads into a GPT
     SimComm(2).run(worker)
+
+Checkpoints: every rank holds another shard under the same names and shapes, so each rank saves
+into its own directory, ``rank_dir(save_dir, comm.rank)`` with ``save_meta={"world_size":
+comm.size, "rank": comm.rank}``, and resumes with ``restore_ranks(trainer, comm, save_dir)``
+(``models.training.distributed``), as a pipeline's stages do. The checkpoint records the shard
+(``shard_meta()``: tp_rank, tp_size) and a restore into another rank's model is refused.
 
 Generation (the KV cache) is not parallelised: gather the weights into a ``GPT`` to sample.
 """
@@ -81,7 +91,7 @@ from models.training.trainer import clip_grad_norm_over_ranks
 __all__ = ["CopyToTensorParallel", "ReduceFromTensorParallel", "copy_to_tensor_parallel",
            "reduce_from_tensor_parallel", "ColumnParallelLinear", "RowParallelLinear",
            "TensorParallelGPT", "check_tp_degree", "sharding", "shard_state_dict", "gather_state_dict",
-           "clip_grad_norm_tp", "tp_bytes_per_step"]
+           "clip_grad_norm_tp", "tp_all_reduces_per_layer", "tp_bytes_per_step"]
 
 
 # ================================================================ the f and g operators
@@ -318,6 +328,18 @@ class TensorParallelGPT(GPT):
             state_dict = GPT(config, dtype=dtype, seed=seed).state_dict()
         self.load_state_dict(shard_state_dict(state_dict, config, comm.rank, comm.size))
 
+    def heads_held(self) -> tuple[int, int]:
+        """(query heads, key/value heads) in this rank's shard: n_head / t of each. Adam-mini's
+        per-head blocks of q and k are cut by these (with the config's n_head a block was a
+        fraction of a head)."""
+        heads = self.config.n_head // self.comm.size
+        return heads, heads
+
+    def shard_meta(self) -> dict:
+        """Which shard this is, recorded in its checkpoints: a restore into another rank's model
+        is refused (the shards have the same names and shapes on every rank)."""
+        return {"tp_rank": int(self.comm.rank), "tp_size": int(self.comm.size)}
+
     def param_blocks(self) -> list[nn.ParamBlock]:
         """GPT's blocks, with each layer's fused q/k/v shard split into its q, k and v rows."""
         c = self.config.n_embd // self.comm.size
@@ -339,8 +361,16 @@ def clip_grad_norm_tp(model: TensorParallelGPT, max_norm: float, norm_type: floa
                                      max_norm, norm_type, eps, name="clip_grad_norm_tp")
 
 
+def tp_all_reduces_per_layer(config: GPTConfig) -> int:
+    """All-reduces of the (B, T, C) activation per layer and training step: 2 in forward (the g's)
+    and 2 in backward (the f's), and with ``config.checkpoint`` 2 more, as the backward recomputes
+    each layer's forward, g's included."""
+    return 6 if config.checkpoint else 4
+
+
 def tp_bytes_per_step(config: GPTConfig, batch_size: int, seq_len: int, size: int, itemsize: int) -> float:
-    """Bytes each rank sends in one training step by the formula: 4 ring all-reduces per layer
-    (2 in forward, 2 in backward) of the (B, T, C) activation, 2(t-1)/t of it each (the clipping
-    norm's one number left out)."""
-    return 4 * config.n_layer * 2 * (size - 1) / size * batch_size * seq_len * config.n_embd * itemsize
+    """Bytes each rank sends in one training step by the formula: ``tp_all_reduces_per_layer``
+    (4, or 6 with activation checkpointing) ring all-reduces per layer of the (B, T, C)
+    activation, 2(t-1)/t of it each (the clipping norm's one number left out)."""
+    k = tp_all_reduces_per_layer(config)
+    return k * config.n_layer * 2 * (size - 1) / size * batch_size * seq_len * config.n_embd * itemsize

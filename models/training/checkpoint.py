@@ -8,8 +8,9 @@ A checkpoint directory holds
   ``state/<name>/<key>`` (other named state dicts flattened the same way, e.g. the error-feedback
   buffers of a gradient hook),
   ``history/<key>`` (float64 series such as ``train_loss``), and ``meta``: one JSON string with
-  the format version, the model's class and config, the step, the RNG states and whatever the
-  caller adds (tokenizer, data description, CLI arguments).
+  the format version, the model's class and config (and, for one rank's part of a model split
+  over ranks, its ``shard_meta()``, e.g. ``{"tp_rank": 1, "tp_size": 2}``), the step, the RNG
+  states and whatever the caller adds (tokenizer, data description, CLI arguments).
 * ``manifest.json`` -- human-readable: format version, step, config, last losses, the shape and
   dtype of every array, and the SHA-256 of ``ckpt.npz``. Loading checks that hash, so a
   truncated, bit-flipped or swapped arrays file is refused instead of half-read.
@@ -141,6 +142,11 @@ def save_checkpoint(out_dir, model, optimizer=None, *, history=None, meta=None, 
     meta["format_version"] = FORMAT_VERSION
     meta["model"] = {"class": type(model).__name__,
                      "config": config.to_dict() if hasattr(config, "to_dict") else None}
+    # which part of a model split over ranks this is (a tensor-parallel shard: tp_rank of
+    # tp_size); a restore refuses another part, whose arrays may have the very same shapes
+    shard = model.shard_meta() if hasattr(model, "shard_meta") else None
+    if shard is not None:
+        meta["model"]["shard"] = shard
     arrays = {f"param/{n}": a for n, a in model.state_dict().items()}
     if optimizer is not None:
         for k, v in optim.flatten_state_dict(optimizer.state_dict()).items():

@@ -24,7 +24,9 @@ the global batch, checkpoints go to
     histories = launch(worker, workers=4)     # SimComm(4), or the MPI ranks under mpiexec
 
 Every rank must be given the same ``seed`` and the same arguments: the ranks draw the same global
-batch and keep their own rows of it (``optim.dist.data_parallel.shard_batches``). Each rank's
+batch and keep their own rows of it (``optim.dist.data_parallel.shard_batches``). The model's own
+generators (dropout) are reseeded per rank (:func:`seed_model_generators`): each rank draws its
+own masks for its own rows, as one process draws independent masks for all of them. Each rank's
 history holds the loss of its own shard; their mean is the global batch's loss.
 
 A wall-clock ``time_budget`` is refused: each rank would fit the schedule to its own measured
@@ -35,6 +37,7 @@ others waiting in that step's all-reduce.
 """
 from __future__ import annotations
 
+import copy
 import itertools
 import os
 import time
@@ -46,9 +49,10 @@ from optim.dist.local_sgd import LocalSGD
 
 from .checkpoint import CheckpointError, load_checkpoint
 from .optimizers import build_optimizer
-from .trainer import Trainer, clip_grad_norm, lm_loss
+from .trainer import Trainer, clip_grad_norm, lm_loss, module_generators
 
-__all__ = ["rank_dir", "any_rank", "mean_over_ranks", "data_parallel_trainer", "restore_ranks",
+__all__ = ["rank_dir", "any_rank", "mean_over_ranks", "seed_model_generators", "data_parallel_trainer",
+           "restore_ranks",
            "train_gpt_data_parallel"]
 
 
@@ -106,6 +110,26 @@ def _share_seed(comm, optimizer) -> None:
     state["seed"] = int(comm.broadcast(np.array([state["seed"]], np.int64), root=0)[0])
 
 
+def seed_model_generators(model, rank: int) -> None:
+    """Give data-parallel rank ``rank`` its own stream in each of the model's generators (a GPT's
+    ``dropout_rng``): rank 0 keeps the stream its seed gives, rank r > 0 is reseeded in place with
+    ``SeedSequence([k, r])``, k drawn from a copy of the generator (so the seed still decides it
+    and the generator's own state is not advanced).
+
+    Every rank builds its model from the same seed, so without this every rank drew the same
+    dropout masks for its different rows. One process with the global batch draws an independent
+    mask for every row; with a stream per rank the ranks do too, so the averaged gradient has the
+    distribution of one process's (not its bits: those masks come from one draw over all rows).
+    The ranks of one tensor-parallel group share their data-parallel rank and so keep drawing the
+    same masks, which tensor parallelism needs (the masks act on replicated activations)."""
+    if rank == 0:
+        return
+    for g in module_generators(model).values():
+        bits = g.bit_generator
+        k = int(np.random.Generator(copy.deepcopy(bits)).integers(2 ** 63))
+        bits.state = type(bits)(np.random.SeedSequence([k, int(rank)])).state
+
+
 def data_parallel_trainer(comm, model, loss_fn, optimizer, global_batches, *, reducer=None,
                           grad_hooks=(), save_dir=None, save_meta=None, world=None,
                           progress: bool = True, log_every: int = 50, **trainer_kwargs) -> Trainer:
@@ -156,6 +180,7 @@ def data_parallel_trainer(comm, model, loss_fn, optimizer, global_batches, *, re
     arrays.update((f"optimizer's {n}", a) for g in optimizer.param_groups for n, a in g["params"].items()
                   if id(a) not in seen)
     broadcast_params(comm, arrays)
+    seed_model_generators(model, comm.rank)     # each rank its own dropout masks for its own rows
     if zeroth_order:
         _share_seed(comm, optimizer)
         sync, vote_every = None, 1

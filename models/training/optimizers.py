@@ -5,7 +5,8 @@ model and the run can give: weight decay on 2-D parameters only (nanoGPT's group
 (0.9, beta2) (to the inner optimizer of a method that runs one, GaLore's AdamW, unless
 ``extra``'s ``inner_kwargs`` sets them), the run's seed (zeroth-order noise, layer sampling,
 random subspaces), the model's blocks, roles, fused-matrix splits and head count (layer-wise,
-subspace and per-head methods), then ``extra`` on top.
+subspace and per-head methods; the heads its weights hold, ``model.heads_held()``, when it says:
+a tensor-parallel shard holds n_head / t), then ``extra`` on top.
 """
 from __future__ import annotations
 
@@ -33,10 +34,13 @@ def build_optimizer(name, model, lr, weight_decay=0.0, beta2=0.999, seed=0, extr
     unknown = sorted(set(extra or {}) - takes)
     if unknown:
         raise UnknownOptionError(name, unknown[0], takes)
+    # the heads the model's q and k weights hold: a tensor-parallel shard's are n_head / t
+    heads = (lambda: model.heads_held()) if hasattr(model, "heads_held") else \
+        (lambda: (model.config.n_head, model.config.kv_heads))
     given = {"betas": (0.9, beta2), "seed": seed,
              "blocks": lambda: {b.name: list(b.params) for b in model.param_blocks()},
-             "roles": model.param_roles, "splits": model.param_splits, "n_head": lambda: model.config.n_head,
-             "n_kv_head": lambda: model.config.kv_heads}
+             "roles": model.param_roles, "splits": model.param_splits, "n_head": lambda: heads()[0],
+             "n_kv_head": lambda: heads()[1]}
     kw = {k: (v() if callable(v) else v) for k, v in given.items() if k in takes}
     kw.update(extra or {})
     if "inner_kwargs" in takes:

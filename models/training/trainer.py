@@ -575,7 +575,8 @@ class Trainer:
         ``target`` (a new step count, >= the saved step) replaces the saved one and the schedule
         spans it again (also a run a time budget cut short); without it the run finishes where
         the saved schedule ends. Raises CheckpointError when the checkpoint does not fit this
-        run: another model config or parameter dtype, another schedule, other names or shapes,
+        run: another model config or parameter dtype, another rank's shard of a split model
+        (``shard_meta()``), another schedule, other names or shapes,
         another optimizer class or one built with other options than its groups hold (MeZO's eps,
         LoZO's rank, a mixed-precision format or scaler), other gradient hooks, a batch source's
         state this one cannot take (the saved groups' hyperparameters, lr and betas, are taken). A
@@ -603,8 +604,9 @@ class Trainer:
             raise
 
     def _check_same_run(self, ckpt: Checkpoint) -> None:
-        """The checks that need no change: the model's config, its parameters' dtypes and the
-        schedule are the saved ones (names and shapes are load_state_dict's)."""
+        """The checks that need no change: the model's config, the part of a split model it is
+        (``shard_meta()``), its parameters' dtypes and the schedule are the saved ones (names and
+        shapes are load_state_dict's)."""
         saved = (ckpt.meta.get("model") or {}).get("config")
         config = getattr(self.model, "config", None)
         mine = config.to_dict() if hasattr(config, "to_dict") else None
@@ -613,6 +615,18 @@ class Trainer:
                              for k in sorted(set(saved) | set(mine)) if saved.get(k) != mine.get(k))
             raise CheckpointError(f"checkpoint {ckpt.path} is of another model ({diff}); resume into the "
                                   f"model it was saved from (Checkpoint.build_model() rebuilds it)")
+        # A tensor-parallel shard has the same names and shapes on every rank: only the recorded
+        # part tells rank 1's checkpoint from rank 0's (all ranks saving into one directory
+        # left the last writer's shard, which a restore then put on every rank).
+        saved = (ckpt.meta.get("model") or {}).get("shard")
+        mine = self.model.shard_meta() if hasattr(self.model, "shard_meta") else None
+        if saved != mine:
+            def part(shard):
+                return "the whole model" if shard is None else ", ".join(f"{k}={v}" for k, v in shard.items())
+            raise CheckpointError(f"checkpoint {ckpt.path} holds {part(saved)}, this model is {part(mine)}; "
+                                  f"each rank resumes from its own checkpoint (save into "
+                                  f"models.training.distributed.rank_dir(save_dir, rank) and resume with "
+                                  f"restore_ranks)")
         for n, p in self.model.named_parameters():
             if n in ckpt.params and ckpt.params[n].dtype != p.data.dtype:
                 raise CheckpointError(f"checkpoint {ckpt.path}: {n} was saved as {ckpt.params[n].dtype}, this "
