@@ -7,9 +7,10 @@ a `cache=True` function raises, which would make `import minigrad` fail on a rea
 with a read-only home. So when the `__pycache__` beside a kernel's source is not writable,
 `njit` points Numba's `config.CACHE_DIR` (read when a kernel is decorated) at
 `$XDG_CACHE_HOME/minigrad/numba` (default ~/.cache/...), else at a directory in the system temp
-dir that only this user owns and can write (mode 0o700), while it decorates that kernel, and puts the setting back afterwards: other libraries'
-kernels cache where they would have. A cache directory chosen by the user (NUMBA_CACHE_DIR)
-always wins; with no writable place at all the kernel is compiled at every start.
+dir that only this user owns and can write (mode 0o700), while it decorates that kernel, and
+puts the setting back afterwards: other libraries' kernels cache where they would have. A cache
+directory chosen by the user (NUMBA_CACHE_DIR) always wins; with no writable place at all the
+kernel is compiled at every start.
 
 Numba keys a cached kernel on its own source file only, so a kernel that compiles in a helper of
 another file kept the helper's old code after an edit. While it decorates a kernel, `njit` also
@@ -46,18 +47,24 @@ def _writable_dir(path: str) -> bool:
 
 
 def _private_dir(path: str) -> bool:
-    """True when `path` is a writable directory that this user owns and no one else may write
-    (created with mode 0o700 when missing). For the shared temp dir: Numba unpickles its cache
-    index, so a directory another user made first under the predictable name could plant code."""
+    """True when `path` is a writable directory that this user owns and others cannot write
+    (created with mode 0o700 when missing; a group-writable one of ours is set to 0o700). For
+    the shared temp dir: Numba unpickles its cache index, so a directory another user made first
+    under the predictable name, or one anyone could write, could plant code."""
     try:
         os.makedirs(path, mode=0o700, exist_ok=True)
         st = os.lstat(path)
     except OSError:
         return False
-    if not stat.S_ISDIR(st.st_mode) or st.st_mode & 0o022:
+    if not stat.S_ISDIR(st.st_mode) or (hasattr(os, "getuid") and st.st_uid != os.getuid()):
         return False
-    if hasattr(os, "getuid") and st.st_uid != os.getuid():
+    if st.st_mode & 0o002:  # anyone could have written into it
         return False
+    if st.st_mode & 0o020:  # ours, group-writable as an older minigrad made it (umask 002): closed
+        try:
+            os.chmod(path, 0o700)
+        except OSError:
+            return False
     return _writable_dir(path)
 
 

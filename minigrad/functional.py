@@ -417,7 +417,7 @@ class Embedding(Function):
         if ctx.fused is not None:  # a compiled scatter-add loop instead of np.add.at
             return (ctx.fused.embedding_backward(idx, g, ctx.shape),)
         gw = np.zeros(ctx.shape, dtype=g.dtype)
-        np.add.at(gw, idx.ravel(), g.reshape(-1, ctx.shape[1]))  # repeated tokens add up
+        np.add.at(gw, idx.ravel(), g.reshape(idx.size, ctx.shape[1]))  # repeated tokens add up
         return (gw,)
 
 

@@ -298,7 +298,7 @@ class Linear(Module):
     def __init__(self, in_features, out_features, bias=True, dtype=np.float32, rng=None):
         super().__init__()
         rng = as_generator(rng)  # None: minigrad.default_generator (see manual_seed)
-        bound = 1.0 / math.sqrt(in_features)
+        bound = 1.0 / math.sqrt(in_features) if in_features else 0.0  # (torch's, for an empty input)
         self.in_features, self.out_features = in_features, out_features
         self.weight = Parameter(rng.uniform(-bound, bound, (out_features, in_features)).astype(dtype))
         self.bias = Parameter(rng.uniform(-bound, bound, out_features).astype(dtype)) if bias else None

@@ -1037,7 +1037,9 @@ class Tensor:
         min <= x <= max, bounds included, as in torch. torch.clip is the same op."""
         if min is None and max is None:
             raise ValueError("clamp: give min, max or both (both None would change nothing)")
-        return Clip.apply(self, lo=min, hi=max)
+        # NumPy scalars as Python numbers: a np.float64 bound would make a float32 tensor float64
+        lo, hi = (b.item() if isinstance(b, np.generic) else b for b in (min, max))
+        return Clip.apply(self, lo=lo, hi=hi)
 
     clip = clamp
 

@@ -162,12 +162,24 @@ def refuse_overwrite(dirs, force: bool, instead: str = "") -> None:
                          f"with --force, or choose another --out")
 
 
+def _refuse_unusable_out(path) -> None:
+    """The refusals of :func:`check_out_dir` that need nothing made: ``path`` is a file, or its
+    nearest existing ancestor is a file or a directory this user cannot write."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise UsageError(f"--out {path} is a file, not a directory")
+    above = os.path.abspath(path)
+    while not os.path.exists(above):
+        above = os.path.dirname(above)
+    if not os.path.isdir(above) or not os.access(above, os.W_OK | os.X_OK):
+        why = "Not a directory" if not os.path.isdir(above) else "Permission denied"
+        raise UsageError(f"--out {path} is not writable ({why}); choose another directory")
+
+
 def check_out_dir(path) -> None:
     """Make the output directory ``path`` (given as ``--out``) and check that a file can be
     created in it; raises :class:`UsageError` naming it otherwise. It creates the directory, so
     call it after every other check of the input."""
-    if os.path.exists(path) and not os.path.isdir(path):
-        raise UsageError(f"--out {path} is a file, not a directory")
+    _refuse_unusable_out(path)
     try:
         os.makedirs(path, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
@@ -186,6 +198,7 @@ def main(parser: argparse.ArgumentParser, run, argv=None, errors=()) -> int:
     try:
         args = parser.parse_args(argv)
         if getattr(args, "cache_dir", "") is None:            # add_corpus_arguments' default
+            _refuse_unusable_out(args.out)    # (before the cache in it is tried: one line, not two)
             args.cache_dir = os.path.join(args.out, "cache")
         status = run(args)
     except (UsageError, *errors) as e:

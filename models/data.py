@@ -215,10 +215,12 @@ class TextData:
         starts = np.asarray(starts)
         last = len(s) - T - 1
         # numpy would take a negative start from the end (a window the caller did not ask for)
-        if starts.size and (not np.issubdtype(starts.dtype, np.integer) or starts.min() < 0 or starts.max() > last):
-            shown = starts.dtype if not np.issubdtype(starts.dtype, np.integer) else f"[{starts.min()}, {starts.max()}]"
-            raise DataError(f"batch_at: starts must be integers in [0, {last:,}] for windows of block_size+1 = "
-                            f"{T + 1} tokens in the {s.name} split of {len(s):,} tokens, got {shown}")
+        integers = np.issubdtype(starts.dtype, np.integer)
+        if starts.size and (not integers or starts.min() < 0 or starts.max() > last):
+            shown = f"[{starts.min()}, {starts.max()}]" if integers else starts.dtype
+            raise DataError(f"batch_at: starts must be integers in [0, {last:,}] for windows of "
+                            f"block_size+1 = {T + 1} tokens in the {s.name} split of {len(s):,} tokens, "
+                            f"got {shown}")
         return windows(s.ids, starts, T)
 
     def fixed_batches(self, split: str, n_batches: int, batch_size: int, seed: int = 1234, block_size=None):

@@ -275,7 +275,8 @@ class GPT(nn.Module):
         # seeded model must not change what unseeded code draws next), and drawn from `rng` they
         # would shift every weight a seed gives.
         discarded = np.random.default_rng(0)
-        self.wte = nn.Embedding(config.vocab_size, config.n_embd, dtype=dtype, rng=discarded)  # tied with the head
+        self.wte = nn.Embedding(config.vocab_size, config.n_embd, dtype=dtype,
+                                rng=discarded)                              # tied with the head
         self.wpe = nn.Embedding(config.block_size, config.n_embd, dtype=dtype, rng=discarded)
         self.h = nn.ModuleList([Block(config, dtype, rng) for _ in range(config.n_layer)])
         self.ln_f = nn.LayerNorm(config.n_embd, bias=config.bias, dtype=dtype)

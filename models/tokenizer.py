@@ -56,6 +56,10 @@ def _checked_ids(ids, vocab_size: int, who: str) -> list[int]:
     """``ids`` as a list of ints, each an integer in [0, vocab_size). A float or a bool would be
     cut to an int (1.9 -> 1, True -> 1) and a negative id would index the table from its end,
     each decoding a token nobody asked for."""
+    if isinstance(ids, np.ndarray) and ids.dtype.kind in "iu":     # the usual case: one vectorised check
+        if ids.size and (ids.min() < 0 or ids.max() >= vocab_size):
+            raise TokenizerError(f"{who}: id out of range [0, {vocab_size}), got {ids.min()}..{ids.max()}")
+        return ids.ravel().tolist()
     ids = ids.tolist() if isinstance(ids, np.ndarray) else list(ids)   # an array's items as Python scalars
     for pos, i in enumerate(ids):
         if isinstance(i, bool) or not isinstance(i, (int, np.integer)):

@@ -3,9 +3,10 @@
 Each one follows ``torch.optim.X`` (its single-tensor, ``foreach=False`` code path) step for
 step, with the same argument names and defaults (``maximize`` too; not torch's ``foreach``,
 ``capturable``, ``differentiable``, which choose how it runs, not what it computes); the tests
-compare 25 float64 steps with torch's own to a relative 1e-10. Where torch has no ``weight_decay`` (Rprop, L-BFGS) it is added here,
-default 0 giving torch exactly: decoupled for Rprop (``theta <- theta*(1 - lr*wd)``, since an L2
-term in the gradient acts only when it flips a sign), and L2 on the objective for L-BFGS.
+compare 25 float64 steps with torch's own to a relative 1e-10. Where torch has no
+``weight_decay`` (Rprop, L-BFGS) it is added here, default 0 giving torch exactly: decoupled for
+Rprop (``theta <- theta*(1 - lr*wd)``, since an L2 term in the gradient acts only when it flips a
+sign), and L2 on the objective for L-BFGS.
 """
 from __future__ import annotations
 

@@ -129,14 +129,27 @@ DEMOS = {"backprop_by_hand.py": [], "convex_lab.py": [], "memory_costs.py": ["--
          "rnn_lm.py": ["--quick", "--cache-dir", ""], "bert.py": ["--quick"]}
 
 
-@pytest.mark.parametrize("name", DEMOS)
+def _cache_in_out(flags):
+    """The flags without `--cache-dir ''`: the token cache goes to its default, <--out>/cache."""
+    i = flags.index("--cache-dir")
+    return flags[:i] + flags[i + 2:]
+
+
+# each demo as above, and each corpus demo again with its cache in --out: tokenizing then tried
+# to write the cache first (a note that it was not written, then the refusal: two lines)
+OUT_CASES = [(n, f) for n, f in DEMOS.items()] + \
+    [(n, _cache_in_out(f)) for n, f in DEMOS.items() if "--cache-dir" in f]
+
+
+@pytest.mark.parametrize("name, flags", OUT_CASES, ids=[
+    n + (" cache in --out" if "--cache-dir" in DEMOS[n] and "--cache-dir" not in f else "") for n, f in OUT_CASES])
 @pytest.mark.parametrize("out, says", [("a_file", "--out a_file is a file, not a directory"),
                                        ("a_file/sub", "--out a_file/sub is not writable")])
-def test_every_demo_refuses_an_out_it_cannot_write_before_writing_anything(name, out, says, tmp_path,
+def test_every_demo_refuses_an_out_it_cannot_write_before_writing_anything(name, flags, out, says, tmp_path,
                                                                             monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "a_file").write_text("")
-    assert_refused(load_demo(name), DEMOS[name] + ["--out", out], says, capsys, watch=tmp_path)
+    assert_refused(load_demo(name), flags + ["--out", out], says, capsys, watch=tmp_path)
 
 
 SEEDED_DEMOS = sorted(f for f in os.listdir(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),

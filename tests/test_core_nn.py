@@ -7,6 +7,8 @@ import minigrad as mg
 import minigrad.functional as F
 from minigrad import nn
 
+from strategies import BACKENDS
+
 
 class Block(nn.Module):
     def __init__(self, dim, rng):
@@ -117,6 +119,20 @@ def test_state_dict_includes_buffers():
     fresh.register_buffer("steps", np.array([0.0]))
     fresh.load_state_dict(sd)
     assert fresh.steps[0] == 3.0
+
+
+@pytest.mark.parametrize("bk", BACKENDS)
+def test_modules_with_an_empty_axis_build_and_backpropagate(bk):
+    # nn.Linear(0, n) divided by sqrt(0) when built; Embedding(5, 0)'s backward reshaped with -1
+    with mg.use_backend(bk):
+        lin = nn.Linear(0, 3, rng=0)
+        y = lin(mg.Tensor(np.ones((2, 0), np.float32)))
+        (y * 2).sum().backward()
+        emb = nn.Embedding(5, 0, rng=0)
+        emb(np.array([[1, 2]])).sum().backward()
+    np.testing.assert_array_equal(y.data, np.zeros((2, 3)))      # the bias, 0 (torch's bound is 0)
+    np.testing.assert_array_equal(lin.bias.grad, np.full(3, 4.0))
+    assert lin.weight.grad.shape == (3, 0) and emb.weight.grad.shape == (5, 0)
 
 
 def test_layer_norm_takes_torchs_one_axis_shape_and_refuses_more_axes_when_built():

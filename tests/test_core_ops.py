@@ -297,6 +297,7 @@ def test_a_numpy_float_exponent_keeps_a_float32_tensor_float32():
         assert y.dtype == np.float32, (type(p), y.dtype)
     y.sum().backward()
     assert x.grad.dtype == np.float32
+    assert x.clamp(np.float64(-1), np.float64(1)).dtype == np.float32  # (was float64 too)
 
 
 @by_backend

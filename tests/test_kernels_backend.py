@@ -179,9 +179,11 @@ def test_cache_dir_in_the_shared_temp_dir_is_private_or_not_used(monkeypatch, tm
     shared = os.path.join(str(tmp_path), f"minigrad-numba-{os.getuid()}")
     assert _numba_cache._choose_cache_dir(kernels_dir) == shared  # made here, private
     assert os.stat(shared).st_mode & 0o777 == 0o700
-    os.chmod(shared, 0o777)  # as if another user had made it first, open to all
+    os.chmod(shared, 0o777)  # open to all: anyone could have planted a cache index
     assert _numba_cache._choose_cache_dir(kernels_dir) is None
-    os.chmod(shared, 0o700)
+    os.chmod(shared, 0o775)  # group-writable, as the code before made it under umask 002: closed
+    assert _numba_cache._choose_cache_dir(kernels_dir) == shared
+    assert os.stat(shared).st_mode & 0o777 == 0o700
     if os.getuid() == 0:  # root can hand the directory to another owner
         os.chown(shared, 65534, 65534)
         assert _numba_cache._choose_cache_dir(kernels_dir) is None

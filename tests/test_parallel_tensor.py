@@ -341,6 +341,28 @@ def test_a_restore_into_another_ranks_shard_is_refused_naming_both(tmp_path):
         trainer.restore(load_checkpoint(tmp_path / "one"))
 
 
+def test_a_checkpoint_saved_before_shards_were_recorded_resumes_by_its_rank_or_is_refused(tmp_path):
+    """Older TP checkpoints hold no shard record: one saved the docs' way (a directory per rank,
+    save_meta with rank and world_size) resumes on its rank, another rank's is refused (a review:
+    every older checkpoint was refused as 'the whole model')."""
+    with pytest.MonkeyPatch.context() as mp:               # save as the code before the record did
+        mp.delattr(TensorParallelGPT, "shard_meta")
+        SimComm(2).run(_tp_run, str(tmp_path))
+    assert "shard" not in load_checkpoint(tmp_path / "rank1").meta["model"]
+
+    def resume(comm, swap=False):
+        _, trainer = _tp_trainer(comm)
+        try:
+            trainer.restore(load_checkpoint(tmp_path / f"rank{1 - comm.rank if swap else comm.rank}"))
+        except CheckpointError as e:
+            return str(e)
+        return trainer.step
+    assert SimComm(2).run(resume) == [3, 3]
+    refused = SimComm(2).run(resume, True)
+    assert all("saved before shards were recorded" in e for e in refused), refused
+    assert "rank=1, world_size=2); this model is tp_rank=0, tp_size=2" in refused[0]
+
+
 # ---------------------------------------------------------------- SimComm == mpiexec
 def test_simcomm_and_mpiexec_agree_bit_for_bit(tmp_path):
     assert_mpiexec_matches_simcomm("tp_train", 2, tmp_path)

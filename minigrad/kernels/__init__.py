@@ -425,7 +425,8 @@ def layer_norm_backward(dy, x, weight, mean, rstd):
     # the kernel reads w[j], mean[i] and rstd[i] unchecked: a short array would be read past its end
     if w.shape != (c,) or np.size(mean) != n or np.size(rstd) != n:
         raise ValueError(f"layer_norm_backward: weight {w.shape} must be ({c},) and mean "
-                         f"{np.shape(mean)}, rstd {np.shape(rstd)} one per row ({x.shape[:-1]}) of x {x.shape}")
+                         f"{np.shape(mean)}, rstd {np.shape(rstd)} one per row ({x.shape[:-1]}) "
+                         f"of x {x.shape}")
     parallel = _parallel(x.size, MEMORY_SERIAL_BELOW)
     nchunks = max(1, min(n, 16)) if parallel else 1  # fixed: dw, db do not depend on the thread count
     dw_part = np.empty((nchunks, c), x.dtype)
@@ -577,10 +578,11 @@ def attention_qkv_backward(qkv, o, lse, do, n_head, causal=True, scale=None):
 def embedding_backward(idx, g, shape):
     """Gradient (num, dim) of `weight[idx]` given the output gradient g (idx.shape + (dim,))."""
     num, dim = shape
-    g2 = _float_array(g, "g", "embedding_backward").reshape(-1, dim)
+    g2 = _rows(_float_array(g, "g", "embedding_backward"), "g", "embedding_backward")
     i = np.asarray(idx).reshape(-1).astype(np.int64, copy=False)
-    if i.shape[0] != g2.shape[0]:
-        raise ValueError(f"embedding_backward: {i.shape[0]} indices but {g2.shape[0]} gradient rows")
+    if i.shape[0] != g2.shape[0] or g2.shape[1] != dim:
+        raise ValueError(f"embedding_backward: {i.shape[0]} indices and a table of {dim} columns, but "
+                         f"gradient rows {g2.shape}")
     if i.size and (i.min() < 0 or i.max() >= num):
         raise IndexError(f"embedding_backward: index out of range for a table of {num} rows")
     out = np.zeros((num, dim), g2.dtype)

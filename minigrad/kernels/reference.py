@@ -149,6 +149,7 @@ def attention_qkv_backward(qkv, o, lse, do, n_head, causal=True, scale=None):
 def embedding_backward(idx, g, shape):
     """Scatter-add rows of g into a zero (num, dim) table at idx (repeated ids add up)."""
     out = np.zeros(shape, g.dtype)
-    np.add.at(out, np.asarray(idx).reshape(-1), g.reshape(-1, shape[1]))
+    idx = np.asarray(idx).reshape(-1)
+    np.add.at(out, idx, g.reshape(idx.size, shape[1]))
     return out
 

@@ -620,6 +620,8 @@ class Trainer:
         # left the last writer's shard, which a restore then put on every rank).
         saved = (ckpt.meta.get("model") or {}).get("shard")
         mine = self.model.shard_meta() if hasattr(self.model, "shard_meta") else None
+        if saved is None and mine is not None:
+            saved = self._shard_of_an_older_checkpoint(ckpt, mine)
         if saved != mine:
             def part(shard):
                 return "the whole model" if shard is None else ", ".join(f"{k}={v}" for k, v in shard.items())
@@ -636,6 +638,20 @@ class Trainer:
         if schedule is not None and schedule != mine:
             raise CheckpointError(f"checkpoint {ckpt.path} was trained with schedule {schedule}, this "
                                   f"trainer has {mine}; resume with the same schedule")
+
+    def _shard_of_an_older_checkpoint(self, ckpt: Checkpoint, mine: dict) -> dict:
+        """The shard of a checkpoint of this model's class saved before shards were recorded: its
+        save_meta's rank and world_size say which, when they are this model's tensor-parallel ones
+        (the documented per-rank save); else a CheckpointError saying it cannot be told."""
+        model = ckpt.meta.get("model") or {}
+        rank, size = ckpt.meta.get("rank"), ckpt.meta.get("world_size")
+        if model.get("class") == type(self.model).__name__ and list(mine.values()) == [rank, size]:
+            return mine
+        raise CheckpointError(f"checkpoint {ckpt.path} of a {model.get('class', 'model')} was saved before "
+                              f"shards were recorded and does not say which shard it holds (its save_meta: "
+                              f"rank={rank}, world_size={size}); this model is "
+                              + ", ".join(f"{k}={v}" for k, v in mine.items())
+                              + "; resume each rank from the checkpoint it saved itself")
 
     def _restore(self, ckpt: Checkpoint, target) -> None:
         try:
