@@ -1,0 +1,100 @@
+"""The benchmarks under bench/ compare like with like: PyTorch's GPT of bench.train is minigrad's GPT
+(float64, same weights: logits, loss, gradients), the generation case runs as many forwards on
+both sides, the minigrad-numpy column gets NumPy's BLAS at --threads, and the command lines refuse
+counts that would measure something else. No timing is asserted; the benchmarks themselves are
+not run (only their setup, with the timed parts replaced)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import bench.distributed as bench_distributed
+import bench.generation as bench_generation
+import bench.kernels as bench_kernels
+import bench.train as bench_train
+from models.gpt import GPT, preset
+from models.training import lm_loss
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TORCH_REASON = "optional: pip install -e .[bench] (make test installs it)"
+
+# the thread count of NumPy's bundled OpenBLAS, read without bench's helpers; "none" without it
+READ_NUMPY_BLAS_THREADS = r"""
+def numpy_blas_threads():
+    from minigrad._blas import numpy_openblas
+    lib = numpy_openblas()
+    names = ("scipy_openblas_get_num_threads64_", "scipy_openblas_get_num_threads", "openblas_get_num_threads")
+    get = None if lib is None else next((getattr(lib, n) for n in names if hasattr(lib, n)), None)
+    return "none" if get is None else int(get())
+"""
+
+
+def run_python(code: str, *args: str) -> str:
+    """stdout of `python -c code args` in a fresh process at the repository root, without the
+    settings of minigrad's environment that would change what is tested."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("MINIGRAD_BACKEND", "MINIGRAD_NUMPY_BLAS_THREADS", "OPENBLAS_NUM_THREADS")}
+    out = subprocess.run([sys.executable, "-c", code, *args], cwd=ROOT, env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out.stdout.strip().splitlines()[-1]
+
+
+def need_two_cpus_and_openblas(result):
+    if (os.cpu_count() or 1) < 2:
+        pytest.skip("one logical CPU: OpenBLAS runs 1 thread whatever is asked")
+    if result == "none":
+        pytest.skip("NumPy is not on its bundled OpenBLAS: its thread count cannot be read")
+
+
+# ----------------------------------------------------------------------------- NumPy's BLAS threads
+WORKER = READ_NUMPY_BLAS_THREADS + r"""
+import sys
+from bench import kernels as bk
+impl = sys.argv[1]
+bk.setup_threads(2)
+bk.configure_worker(impl, 2)
+print(numpy_blas_threads())
+"""
+
+
+def test_numpy_worker_runs_numpy_blas_on_its_threads():
+    """A minigrad-numpy worker (`configure_worker("numpy", n)`) leaves NumPy's BLAS at n threads:
+    its GEMMs are NumPy's. The numba worker's is single-threaded, as configure_runtime intends
+    there (the kernel pool runs its GEMMs)."""
+    numpy_worker = run_python(WORKER, "numpy")
+    need_two_cpus_and_openblas(numpy_worker)
+    assert numpy_worker == "2"
+    assert run_python(WORKER, "numba") == "1"
+
+
+SAME_PROCESS = READ_NUMPY_BLAS_THREADS + r"""
+import argparse, json
+from bench import kernels as bk
+bk.setup_threads(2)
+import minigrad
+seen = []
+def median_time(fn, repeat, warmup=2):     # records instead of timing
+    seen.append([minigrad.get_backend(), numpy_blas_threads()])
+    return 1.0
+bk.median_time = median_time
+bk.same_process_rows(argparse.Namespace(threads=2, repeat=1, quick=True))
+seen.append(["after", numpy_blas_threads()])
+print(json.dumps(seen))
+"""
+
+
+def test_same_process_rows_time_the_numpy_backend_on_its_threads():
+    """The minigrad-numpy column of bench.kernels' same-process rows runs NumPy's BLAS at
+    --threads, as its worker would; the numba column (and the process afterwards) keeps
+    configure_runtime's single thread."""
+    seen = json.loads(run_python(SAME_PROCESS))
+    need_two_cpus_and_openblas(seen[-1][1])
+    numpy_calls = [threads for backend, threads in seen if backend == "numpy"]
+    assert numpy_calls and set(numpy_calls) == {2}, seen
+    assert {threads for backend, threads in seen if backend != "numpy"} == {1}, seen
