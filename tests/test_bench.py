@@ -98,3 +98,93 @@ def test_same_process_rows_time_the_numpy_backend_on_its_threads():
     numpy_calls = [threads for backend, threads in seen if backend == "numpy"]
     assert numpy_calls and set(numpy_calls) == {2}, seen
     assert {threads for backend, threads in seen if backend != "numpy"} == {1}, seen
+
+
+# ----------------------------------------------------------------------------- bench.train's models
+def copied_torch_gpt(model, cfg):
+    """bench.train's PyTorch GPT in float64 with `model`'s weights; its parameter names mapped to
+    minigrad's."""
+    import torch
+
+    names = {"c_attn": "attn.c_attn", "attn_proj": "attn.c_proj", "c_fc": "mlp.c_fc", "mlp_proj": "mlp.c_proj"}
+
+    def ours(name):
+        parts = name.split(".")
+        return ".".join(names.get(p, p) if i == 2 else p for i, p in enumerate(parts))
+
+    net = bench_train.torch_gpt(cfg).double()
+    params = dict(model.named_parameters())
+    mapping = {name: ours(name) for name, _ in net.named_parameters()}
+    assert sorted(mapping.values()) == sorted(params)        # every weight once (the head is tied)
+    with torch.no_grad():
+        for name, p in net.named_parameters():
+            src = params[mapping[name]].data
+            assert tuple(p.shape) == src.shape, name
+            p.copy_(torch.from_numpy(np.array(src)))
+    return net, mapping
+
+
+def test_torch_gpt_is_minigrads_gpt():
+    """Same weights, float64: the logits, the loss and every gradient agree to rounding, so the
+    training rows time the same computation on both sides; and the PyTorch model's KV-cache path
+    (the generation case) gives its full forward's logits."""
+    torch = pytest.importorskip("torch", reason=TORCH_REASON)
+    import minigrad
+
+    cfg, _ = preset("tiny")
+    model = GPT(cfg, seed=0, dtype=np.float64)
+    net, mapping = copied_torch_gpt(model, cfg)
+    rng = np.random.default_rng(0)
+    x, y = (rng.integers(0, cfg.vocab_size, (2, cfg.block_size)) for _ in range(2))
+
+    with minigrad.use_backend("numpy"):
+        logits, _ = model(x)
+        loss = lm_loss(model, (x, y))
+        loss.backward()
+    t_logits = net(torch.from_numpy(x))
+    t_loss = torch.nn.functional.cross_entropy(t_logits.view(-1, cfg.vocab_size), torch.from_numpy(y).view(-1))
+    t_loss.backward()
+    np.testing.assert_allclose(logits.data, t_logits.detach().numpy(), rtol=0, atol=1e-12)
+    assert abs(float(loss.data) - t_loss.item()) < 1e-12
+    params = dict(model.named_parameters())
+    for name, p in net.named_parameters():
+        np.testing.assert_allclose(params[mapping[name]].grad, p.grad.numpy(), rtol=0, atol=1e-12, err_msg=name)
+
+    with torch.no_grad():          # the cache path: 5 positions, then 3 more one at a time
+        caches = [{} for _ in range(cfg.n_layer)]
+        steps = [net(torch.from_numpy(x[:1, :5]), caches)[:, -1]]
+        steps += [net(torch.from_numpy(x[:1, t:t + 1]), caches, pos0=t)[:, -1] for t in range(5, 8)]
+        full = net(torch.from_numpy(x[:1, :8]))
+    np.testing.assert_allclose(torch.stack(steps, 1).numpy(), full[:, 4:8].numpy(), rtol=0, atol=1e-12)
+
+
+def test_generation_case_runs_as_many_forwards_on_both_sides(monkeypatch):
+    """For N new tokens both sides run the prompt, then N - 1 single tokens: N forwards each, of
+    the same shapes (PyTorch used to run one more, whose logits went unused)."""
+    pytest.importorskip("torch", reason=TORCH_REASON)
+    calls = {"torch": [], "minigrad": []}
+    make = bench_train.torch_gpt
+
+    def counting_torch_gpt(cfg):
+        net = make(cfg)
+        forward = net.forward
+
+        def counted(idx, caches=None, pos0=0):
+            calls["torch"].append(tuple(idx.shape))
+            return forward(idx, caches, pos0)
+        net.forward = counted
+        return net
+
+    forward = GPT.forward
+
+    def counted(self, idx, *args, **kwargs):
+        calls["minigrad"].append(tuple(np.shape(idx)))
+        return forward(self, idx, *args, **kwargs)
+
+    monkeypatch.setattr(bench_train, "torch_gpt", counting_torch_gpt)
+    monkeypatch.setattr(GPT, "forward", counted)
+    out = bench_train.torch_generate(5)()
+    bench_train.minigrad_generate("numpy", 5)()
+    prompt = (1, bench_train.PROMPT_TOKENS)
+    assert calls["torch"] == calls["minigrad"] == [prompt] + [(1, 1)] * 4
+    assert tuple(out.shape) == (1, bench_train.PROMPT_TOKENS + 5)
