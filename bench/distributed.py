@@ -35,6 +35,8 @@ import time
 
 import numpy as np
 
+from bench.kernels import positive_int
+
 MB = 2**20
 
 
@@ -62,6 +64,16 @@ def allreduce_worker(sizes_mb: list[int], repeat: int) -> None:
         print(json.dumps(rows))
 
 
+def timed_steps(stamps, warmup: int) -> np.ndarray:
+    """The step times after ``warmup`` untimed steps, from ``stamps``: the clock at the end of
+    each step (what ``on_step`` sees). The first step has no start stamp, so it is always a
+    warm-up step: ``warmup`` must be at least 1, and of the steps 2, 3, ... the first
+    ``warmup - 1`` are dropped too."""
+    if warmup < 1:
+        raise ValueError(f"warmup must be >= 1 (the first step's start is not stamped), got {warmup}")
+    return np.diff(stamps)[warmup - 1:]
+
+
 def dp_tokens_per_second(comm, preset: str, steps: int, warmup: int) -> dict:
     """Data-parallel GPT training on this rank of ``comm``; the record is the same on every rank."""
     import minigrad
@@ -83,7 +95,7 @@ def dp_tokens_per_second(comm, preset: str, steps: int, warmup: int) -> dict:
     trainer = data_parallel_trainer(comm, model, lm_loss, optimizer, batches, steps=warmup + steps,
                                     progress=False, on_step=lambda _: stamps.append(time.perf_counter()))
     trainer.fit()
-    step = statistics.median(np.diff(stamps)[warmup - 1:])
+    step = statistics.median(timed_steps(stamps, warmup))
     step = float(comm.allreduce(np.array(step), op="mean"))      # the ranks' medians, averaged
     return {"ranks": comm.size, "global_batch": global_batch, "block_size": cfg.block_size,
             "seconds_per_step": step, "tokens_per_second": global_batch * cfg.block_size / step}
@@ -149,12 +161,14 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes-mb", default="1,4,16,64", help="all-reduce sizes in MiB (float32 arrays)")
     ap.add_argument("--ranks", default="2,4", help="numbers of ranks for the all-reduce")
-    ap.add_argument("--repeat", type=int, default=5, help="timed calls per all-reduce size")
+    ap.add_argument("--repeat", type=positive_int, default=5, help="timed calls per all-reduce size")
     ap.add_argument("--dp-ranks", default="1,2,4", help="numbers of ranks for data-parallel training ('' skips it)")
     ap.add_argument("--dp-preset", default="tiny")
-    ap.add_argument("--dp-steps", type=int, default=20, help="timed training steps")
-    ap.add_argument("--dp-warmup", type=int, default=3, help="untimed first steps (Numba, first touch)")
-    ap.add_argument("--threads", type=int, default=None,
+    ap.add_argument("--dp-steps", type=positive_int, default=20, help="timed training steps")
+    ap.add_argument("--dp-warmup", type=positive_int, default=3,
+                    help="untimed first steps (Numba, first touch); at least 1, as a step is timed "
+                         "from the end of the one before")
+    ap.add_argument("--threads", type=positive_int, default=None,
                     help="threads per training rank (default: logical CPUs / ranks, at least 1; "
                          "1 is steadier when other jobs share the machine)")
     ap.add_argument("--worker", choices=("allreduce", "dp"), help=argparse.SUPPRESS)

@@ -188,3 +188,32 @@ def test_generation_case_runs_as_many_forwards_on_both_sides(monkeypatch):
     prompt = (1, bench_train.PROMPT_TOKENS)
     assert calls["torch"] == calls["minigrad"] == [prompt] + [(1, 1)] * 4
     assert tuple(out.shape) == (1, bench_train.PROMPT_TOKENS + 5)
+
+
+# ----------------------------------------------------------------------------- command lines
+class Started(Exception):
+    """Raised where a benchmark would start measuring: the arguments were accepted."""
+
+
+def _started(*args, **kwargs):
+    raise Started
+
+
+def test_dp_step_times_drop_exactly_the_warmup_steps():
+    """Stamps at the end of each of warmup + steps steps: `steps` step times remain, and the first
+    step (no start stamp) can only be a warm-up step."""
+    stamps = [1.0, 2.0, 4.0, 7.0, 11.0, 16.0]          # 6 steps; the last five took 1, 2, 3, 4, 5
+    assert list(bench_distributed.timed_steps(stamps, 1)) == [1.0, 2.0, 3.0, 4.0, 5.0]
+    assert list(bench_distributed.timed_steps(stamps, 3)) == [3.0, 4.0, 5.0]
+    with pytest.raises(ValueError, match="warmup must be >= 1"):
+        bench_distributed.timed_steps(stamps, 0)
+
+
+@pytest.mark.parametrize("flag", ["--dp-warmup", "--dp-steps", "--repeat", "--threads"])
+def test_distributed_refuses_counts_below_one(monkeypatch, capsys, flag):
+    """--dp-warmup 0 used to give the median of one step; the other counts meant nothing at 0."""
+    monkeypatch.setattr(bench_distributed, "run_ranks", _started)
+    with pytest.raises(SystemExit) as stop:
+        bench_distributed.main([flag, "0"])
+    assert stop.value.code == 2
+    assert f"{flag}: must be an integer >= 1" in capsys.readouterr().err
