@@ -199,6 +199,30 @@ def _started(*args, **kwargs):
     raise Started
 
 
+@pytest.mark.parametrize("argv, message", [
+    (["--decode", "0"], "--decode: must be an integer >= 1"),
+    (["--rounds", "0"], "--rounds: must be an integer >= 1"),
+    (["--threads", "0"], "--threads: must be an integer >= 1"),
+    (["--contexts", "64,128", "--decode", "65"], "--decode: at most the shortest context, 64, got 65"),
+    (["--contexts", "64,x"], "--contexts: each length must be an integer >= 1, got 'x'"),
+])
+def test_generation_refuses_counts_that_would_mislead_or_crash(monkeypatch, capsys, argv, message):
+    """bench.generation stops with a one-line usage error (exit 2) before any work: a zero count
+    used to fall back to the default silently, a --decode above the shortest context crashed in
+    the middle of the run."""
+    monkeypatch.setattr(bench_kernels, "setup_threads", _started)
+    with pytest.raises(SystemExit) as stop:
+        bench_generation.main(argv)
+    assert stop.value.code == 2
+    assert message in capsys.readouterr().err.splitlines()[-1]
+
+
+def test_generation_accepts_decode_up_to_the_shortest_context(monkeypatch):
+    monkeypatch.setattr(bench_kernels, "setup_threads", _started)
+    with pytest.raises(Started):
+        bench_generation.main(["--contexts", "64,128", "--decode", "64"])
+
+
 def test_dp_step_times_drop_exactly_the_warmup_steps():
     """Stamps at the end of each of warmup + steps steps: `steps` step times remain, and the first
     step (no start stamp) can only be a warm-up step."""
