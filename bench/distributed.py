@@ -35,7 +35,7 @@ import time
 
 import numpy as np
 
-from bench.kernels import positive_int
+from bench.kernels import environment_line, positive_int
 
 MB = 2**20
 
@@ -119,13 +119,25 @@ def find_mpiexec() -> str:
     return found
 
 
+def rank_threads(k: int) -> int:
+    """The threads per rank of k ranks without --threads: the logical CPUs divided by k, at least 1."""
+    return max(1, (os.cpu_count() or 1) // k)
+
+
+def rank_environment(threads) -> dict:
+    """The environment of every rank: this one's, with `threads` threads in every pool and
+    OPENBLAS_THREAD_TIMEOUT (minigrad.backend) unless it is set."""
+    env = {**os.environ, **{v: str(threads) for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+                                                       "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")}}
+    env.setdefault("OPENBLAS_THREAD_TIMEOUT", "22")
+    return env
+
+
 def run_ranks(k: int, worker_args: list[str], threads: int | None = None):
     """Start ``mpiexec -n k`` on this module in a worker role, each rank with ``threads`` threads
     (None: the logical CPUs divided by k, at least 1); its rank 0's JSON line, and the threads."""
-    threads = str(threads or max(1, (os.cpu_count() or 1) // k))
-    env = {**os.environ, **{v: threads for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
-                                                  "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")}}
-    env.setdefault("OPENBLAS_THREAD_TIMEOUT", "22")
+    threads = str(threads or rank_threads(k))
+    env = rank_environment(threads)
     cmd = [find_mpiexec(), "-n", str(k), sys.executable, "-m", "bench.distributed", *worker_args]
     run = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if run.returncode != 0:
@@ -145,7 +157,8 @@ def memcpy_seconds(nbytes: int, repeat: int) -> float:
     return statistics.median(times)
 
 
-def machine() -> str:
+def machine(threads: str) -> str:
+    """CPU, ``threads`` (the threads per rank, in words), MPI and library versions on one line."""
     from minigrad.backend import cpu_model
 
     cpu = cpu_model()
@@ -153,7 +166,7 @@ def machine() -> str:
     mpi4py.rc.initialize = False      # the library's version is readable without starting MPI here
     from mpi4py import MPI
     library = MPI.Get_library_version().splitlines()[0].strip()
-    return (f"{cpu}, {os.cpu_count()} logical CPUs; {library}; mpi4py {mpi4py.__version__}; "
+    return (f"{cpu}, {os.cpu_count()} logical CPUs, {threads}; {library}; mpi4py {mpi4py.__version__}; "
             f"Python {sys.version.split()[0]}; NumPy {np.__version__}")
 
 
@@ -196,7 +209,12 @@ def main(argv=None) -> None:
         dp.append({**record, "threads": threads})
 
     print()
-    print(f"Machine: {machine()}")
+    threads = "threads per rank (all-reduce: " + ", ".join(f"{k} ranks {rank_threads(k)}" for k in ranks)
+    if dp:
+        threads += "; training: " + ", ".join(f"{r['ranks']} rank{'s' * (r['ranks'] > 1)} {r['threads']}" for r in dp)
+        threads += " by --threads" if args.threads else ""
+    print(f"Machine: {machine(threads + ')')}")
+    print(environment_line(rank_environment(args.threads or rank_threads(1))))  # as the ranks had it
     print(f"Command: {command.strip()}; load average before the run: {load}")
     print()
     print("All-reduce (sum, float32) throughput in GB/s = array bytes / time of the slowest rank, median of "

@@ -487,7 +487,7 @@ def main(argv=None):
 
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     cmd = "python -m bench.generation " + " ".join(argv if argv is not None else sys.argv[1:])
-    lines += [f"Machine: {bench_kernels.machine_line(args.threads)}",
+    lines += [f"Machine: {bench_kernels.machine_line(args.threads)}", bench_kernels.environment_line(),
               f"Command: `{cmd.strip()}` at commit {commit or 'n/a'}; clock: {args.clock}; "
               f"load average before {load0}, after {load1} ({time.perf_counter() - t_start:.0f} s in all)", ""]
     lines += ["### Decode time per token and KV memory against context length",

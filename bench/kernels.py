@@ -266,15 +266,21 @@ def llvm_target() -> str:
     return llvm.get_host_cpu_name()
 
 
+def environment_line(environ=None) -> str:
+    """'Environment: ' and the OpenBLAS settings (OPENBLAS_ENV) in `environ` (default: this
+    process's environment, which the workers inherit)."""
+    environ = os.environ if environ is None else environ
+    return "Environment: " + ", ".join(f"{var}={environ[var]}" if var in environ else f"{var} unset"
+                                       for var in OPENBLAS_ENV)
+
+
 def header(module: str, argv: list[str], threads: int, clock: str, load_before: str) -> str:
     """The lines the tables of bench.kernels, bench.train and bench.profile start with: the
     machine, the OpenBLAS settings in the environment, the clock, the load before and now, the
     command."""
     load_after = load_average()
-    openblas = ", ".join(f"{var}={os.environ[var]}" if var in os.environ else f"{var} unset"
-                         for var in OPENBLAS_ENV)
     return "\n".join([f"Machine: {machine_line(threads)}",
-                      f"Environment: {openblas}",
+                      environment_line(),
                       f"Clock: {clock}; load average (1, 5, 15 min) before the run {load_before}, "
                       f"after {load_after}",
                       f"Command: python -m {module} {shlex.join(argv)}".rstrip()])

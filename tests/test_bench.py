@@ -223,6 +223,28 @@ def test_generation_accepts_decode_up_to_the_shortest_context(monkeypatch):
         bench_generation.main(["--contexts", "64,128", "--decode", "64"])
 
 
+def test_generation_report_states_the_openblas_environment(monkeypatch, tmp_path, capsys):
+    """The report starts as the other benchmarks' tables do: machine (with the threads), then the
+    OpenBLAS settings line of bench.kernels.header."""
+    import numba
+
+    import minigrad
+
+    monkeypatch.setattr(bench_kernels, "setup_threads", lambda n: None)   # the test process keeps its own
+    monkeypatch.setattr(minigrad, "configure_runtime", lambda: {})
+    monkeypatch.setattr(numba, "set_num_threads", lambda n: None)
+    monkeypatch.setattr(bench_generation, "speed", lambda variants, contexts, decode, rounds, log:
+                        [("dense", n, 1.0, 1024) for n in contexts])
+    monkeypatch.setattr(bench_generation, "plots", lambda *args: [])
+    bench_generation.main(["--speed-only", "--variants", "dense", "--contexts", "16,32", "--decode", "4",
+                           "--threads", "1", "--out", str(tmp_path)])
+    lines = (tmp_path / "generation.md").read_text().splitlines()
+    assert lines[0].startswith("Machine: ") and "1 threads per process" in lines[0]
+    assert lines[1].startswith("Environment: OPENBLAS_THREAD_TIMEOUT")
+    assert lines[1] == bench_kernels.environment_line()
+    capsys.readouterr()
+
+
 def test_dp_step_times_drop_exactly_the_warmup_steps():
     """Stamps at the end of each of warmup + steps steps: `steps` step times remain, and the first
     step (no start stamp) can only be a warm-up step."""
@@ -241,3 +263,21 @@ def test_distributed_refuses_counts_below_one(monkeypatch, capsys, flag):
         bench_distributed.main([flag, "0"])
     assert stop.value.code == 2
     assert f"{flag}: must be an integer >= 1" in capsys.readouterr().err
+
+
+def test_distributed_report_states_threads_and_openblas_environment(monkeypatch, capsys):
+    pytest.importorskip("mpi4py", reason="optional: pip install -e '.[dist]'")
+
+    def ranks(k, worker_args, threads=None):
+        if worker_args[1] == "allreduce":
+            return [{"mb": 1, "algorithm": a, "seconds": 1e-3} for a in ("ring", "native")], 1
+        return {"ranks": k, "global_batch": 32 * k, "block_size": 64, "seconds_per_step": 0.1,
+                "tokens_per_second": 2048.0 * k}, threads or 1
+
+    monkeypatch.setattr(bench_distributed, "run_ranks", ranks)
+    monkeypatch.setattr(bench_distributed, "memcpy_seconds", lambda nbytes, repeat: 1e-4)
+    bench_distributed.main(["--sizes-mb", "1", "--ranks", "2", "--dp-ranks", "1,2", "--threads", "1"])
+    lines = capsys.readouterr().out.splitlines()
+    machine = next(line for line in lines if line.startswith("Machine: "))
+    assert "threads per rank (all-reduce: 2 ranks " in machine and "training: 1 rank 1, 2 ranks 1" in machine
+    assert lines[lines.index(machine) + 1].startswith("Environment: OPENBLAS_THREAD_TIMEOUT")
