@@ -35,6 +35,8 @@ import time
 
 import numpy as np
 
+from bench.kernels import environment_line, positive_int
+
 MB = 2**20
 
 
@@ -62,6 +64,16 @@ def allreduce_worker(sizes_mb: list[int], repeat: int) -> None:
         print(json.dumps(rows))
 
 
+def timed_steps(stamps, warmup: int) -> np.ndarray:
+    """The step times after ``warmup`` untimed steps, from ``stamps``: the clock at the end of
+    each step (what ``on_step`` sees). The first step has no start stamp, so it is always a
+    warm-up step: ``warmup`` must be at least 1, and of the steps 2, 3, ... the first
+    ``warmup - 1`` are dropped too."""
+    if warmup < 1:
+        raise ValueError(f"warmup must be >= 1 (the first step's start is not stamped), got {warmup}")
+    return np.diff(stamps)[warmup - 1:]
+
+
 def dp_tokens_per_second(comm, preset: str, steps: int, warmup: int) -> dict:
     """Data-parallel GPT training on this rank of ``comm``; the record is the same on every rank."""
     import minigrad
@@ -83,7 +95,7 @@ def dp_tokens_per_second(comm, preset: str, steps: int, warmup: int) -> dict:
     trainer = data_parallel_trainer(comm, model, lm_loss, optimizer, batches, steps=warmup + steps,
                                     progress=False, on_step=lambda _: stamps.append(time.perf_counter()))
     trainer.fit()
-    step = statistics.median(np.diff(stamps)[warmup - 1:])
+    step = statistics.median(timed_steps(stamps, warmup))
     step = float(comm.allreduce(np.array(step), op="mean"))      # the ranks' medians, averaged
     return {"ranks": comm.size, "global_batch": global_batch, "block_size": cfg.block_size,
             "seconds_per_step": step, "tokens_per_second": global_batch * cfg.block_size / step}
@@ -107,13 +119,25 @@ def find_mpiexec() -> str:
     return found
 
 
+def rank_threads(k: int) -> int:
+    """The threads per rank of k ranks without --threads: the logical CPUs divided by k, at least 1."""
+    return max(1, (os.cpu_count() or 1) // k)
+
+
+def rank_environment(threads) -> dict:
+    """The environment of every rank: this one's, with `threads` threads in every pool and
+    OPENBLAS_THREAD_TIMEOUT (minigrad.backend) unless it is set."""
+    env = {**os.environ, **{v: str(threads) for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+                                                       "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")}}
+    env.setdefault("OPENBLAS_THREAD_TIMEOUT", "22")
+    return env
+
+
 def run_ranks(k: int, worker_args: list[str], threads: int | None = None):
     """Start ``mpiexec -n k`` on this module in a worker role, each rank with ``threads`` threads
     (None: the logical CPUs divided by k, at least 1); its rank 0's JSON line, and the threads."""
-    threads = str(threads or max(1, (os.cpu_count() or 1) // k))
-    env = {**os.environ, **{v: threads for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
-                                                  "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")}}
-    env.setdefault("OPENBLAS_THREAD_TIMEOUT", "22")
+    threads = str(threads or rank_threads(k))
+    env = rank_environment(threads)
     cmd = [find_mpiexec(), "-n", str(k), sys.executable, "-m", "bench.distributed", *worker_args]
     run = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if run.returncode != 0:
@@ -133,7 +157,8 @@ def memcpy_seconds(nbytes: int, repeat: int) -> float:
     return statistics.median(times)
 
 
-def machine() -> str:
+def machine(threads: str) -> str:
+    """CPU, ``threads`` (the threads per rank, in words), MPI and library versions on one line."""
     from minigrad.backend import cpu_model
 
     cpu = cpu_model()
@@ -141,7 +166,7 @@ def machine() -> str:
     mpi4py.rc.initialize = False      # the library's version is readable without starting MPI here
     from mpi4py import MPI
     library = MPI.Get_library_version().splitlines()[0].strip()
-    return (f"{cpu}, {os.cpu_count()} logical CPUs; {library}; mpi4py {mpi4py.__version__}; "
+    return (f"{cpu}, {os.cpu_count()} logical CPUs, {threads}; {library}; mpi4py {mpi4py.__version__}; "
             f"Python {sys.version.split()[0]}; NumPy {np.__version__}")
 
 
@@ -149,12 +174,14 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes-mb", default="1,4,16,64", help="all-reduce sizes in MiB (float32 arrays)")
     ap.add_argument("--ranks", default="2,4", help="numbers of ranks for the all-reduce")
-    ap.add_argument("--repeat", type=int, default=5, help="timed calls per all-reduce size")
+    ap.add_argument("--repeat", type=positive_int, default=5, help="timed calls per all-reduce size")
     ap.add_argument("--dp-ranks", default="1,2,4", help="numbers of ranks for data-parallel training ('' skips it)")
     ap.add_argument("--dp-preset", default="tiny")
-    ap.add_argument("--dp-steps", type=int, default=20, help="timed training steps")
-    ap.add_argument("--dp-warmup", type=int, default=3, help="untimed first steps (Numba, first touch)")
-    ap.add_argument("--threads", type=int, default=None,
+    ap.add_argument("--dp-steps", type=positive_int, default=20, help="timed training steps")
+    ap.add_argument("--dp-warmup", type=positive_int, default=3,
+                    help="untimed first steps (Numba, first touch); at least 1, as a step is timed "
+                         "from the end of the one before")
+    ap.add_argument("--threads", type=positive_int, default=None,
                     help="threads per training rank (default: logical CPUs / ranks, at least 1; "
                          "1 is steadier when other jobs share the machine)")
     ap.add_argument("--worker", choices=("allreduce", "dp"), help=argparse.SUPPRESS)
@@ -182,7 +209,12 @@ def main(argv=None) -> None:
         dp.append({**record, "threads": threads})
 
     print()
-    print(f"Machine: {machine()}")
+    threads = "threads per rank (all-reduce: " + ", ".join(f"{k} ranks {rank_threads(k)}" for k in ranks)
+    if dp:
+        threads += "; training: " + ", ".join(f"{r['ranks']} rank{'s' * (r['ranks'] > 1)} {r['threads']}" for r in dp)
+        threads += " by --threads" if args.threads else ""
+    print(f"Machine: {machine(threads + ')')}")
+    print(environment_line(rank_environment(args.threads or rank_threads(1))))  # as the ranks had it
     print(f"Command: {command.strip()}; load average before the run: {load}")
     print()
     print("All-reduce (sum, float32) throughput in GB/s = array bytes / time of the slowest rank, median of "

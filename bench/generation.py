@@ -414,11 +414,13 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=os.path.join("out", "generation"))
     ap.add_argument("--quick", action="store_true", help="short contexts, 128-token models, 20 training steps")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--decode", type=int, default=None, help="decoded tokens timed per context length")
-    ap.add_argument("--rounds", type=int, default=None, help="rounds of the speed part (medians; default 3)")
-    ap.add_argument("--train-steps", type=int, default=None, help="training steps per model (default 1500)")
-    ap.add_argument("--ctx", type=int, default=None, help="block_size of the trained models (default 256)")
+    positive_int = bench_kernels.positive_int
+    ap.add_argument("--threads", type=positive_int, default=2)
+    ap.add_argument("--decode", type=positive_int, default=None,
+                    help="decoded tokens timed per context length, at most the shortest context (default 32)")
+    ap.add_argument("--rounds", type=positive_int, default=None, help="rounds of the speed part (medians; default 3)")
+    ap.add_argument("--train-steps", type=positive_int, default=None, help="training steps per model (default 1500)")
+    ap.add_argument("--ctx", type=positive_int, default=None, help="block_size of the trained models (default 256)")
     ap.add_argument("--clock", choices=("wall", "process"), default="wall",
                     help="process: CPU time of the process (steadier on a shared machine; use with --threads 1)")
     ap.add_argument("--contexts", default=None, help="comma-separated context lengths")
@@ -430,6 +432,15 @@ def main(argv=None):
     unknown = [v for v in chosen or () if v not in SPEED_VARIANTS + ("PyTorch",)]
     if unknown or chosen == []:
         ap.error(f"--variants: unknown {unknown or 'empty list'}; choose from {', '.join(SPEED_VARIANTS)}, PyTorch")
+    quick = args.quick
+    try:
+        contexts = [positive_int(c) for c in (args.contexts or ("128,256,512" if quick else
+                                                                 "128,256,512,1024,2048,4096,8192")).split(",")]
+    except argparse.ArgumentTypeError as exc:
+        ap.error(f"--contexts: each length {exc}")
+    decode = args.decode or (8 if quick else 32)
+    if decode > min(contexts):   # each sequence is grown to n - decode tokens, then decodes the rest
+        ap.error(f"--decode: at most the shortest context, {min(contexts)}, got {decode}")
     bench_kernels.setup_threads(args.threads)
     bench_kernels.set_clock(args.clock)
     load0 = bench_kernels.load_average()
@@ -440,10 +451,6 @@ def main(argv=None):
 
     minigrad.configure_runtime()
     numba.set_num_threads(args.threads)
-    quick = args.quick
-    contexts = [int(c) for c in (args.contexts or ("128,256,512" if quick else
-                                                    "128,256,512,1024,2048,4096,8192")).split(",")]
-    decode = args.decode or (8 if quick else 32)
     steps = args.train_steps or (20 if quick else 1500)
     ctx = args.ctx or (128 if quick else 256)
     os.makedirs(args.out, exist_ok=True)
@@ -480,7 +487,7 @@ def main(argv=None):
 
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     cmd = "python -m bench.generation " + " ".join(argv if argv is not None else sys.argv[1:])
-    lines += [f"Machine: {bench_kernels.machine_line(args.threads)}",
+    lines += [f"Machine: {bench_kernels.machine_line(args.threads)}", bench_kernels.environment_line(),
               f"Command: `{cmd.strip()}` at commit {commit or 'n/a'}; clock: {args.clock}; "
               f"load average before {load0}, after {load1} ({time.perf_counter() - t_start:.0f} s in all)", ""]
     lines += ["### Decode time per token and KV memory against context length",

@@ -57,7 +57,9 @@ def configure_worker(impl: str, threads: int) -> None:
     CPU tensors as it serves NumPy's arrays, so tuning it on one side only would measure the
     allocator, not the implementation. The rest of `configure_runtime()` (Numba's threading layer,
     single-threaded SciPy BLAS) concerns libraries PyTorch does not use and would load them, and
-    their threads, into its process."""
+    their threads, into its process. minigrad's backend is set to `impl` before
+    `configure_runtime()`, which makes NumPy's BLAS single-threaded on the numba backend only: on
+    the numpy backend NumPy's BLAS does the GEMMs and keeps its `threads` threads."""
     if impl == "torch":
         # `models.gpt.preset` (the shapes) and `tune_malloc` import minigrad: without Numba
         os.environ["MINIGRAD_BACKEND"] = "numpy"
@@ -72,8 +74,27 @@ def configure_worker(impl: str, threads: int) -> None:
 
         import minigrad
 
+        minigrad.set_backend(impl)
         minigrad.configure_runtime()
         numba.set_num_threads(threads)
+
+
+def numpy_blas_threads(n: int | None = None) -> int | None:
+    """The thread count of NumPy's bundled OpenBLAS, after setting it to `n` (process-wide) when
+    given; None when NumPy runs on another BLAS (nothing is set then)."""
+    from minigrad._blas import numpy_openblas
+
+    lib = numpy_openblas()
+    if lib is None:
+        return None
+    suffixes = ("scipy_openblas_{}_num_threads64_", "scipy_openblas_{}_num_threads", "openblas_{}_num_threads")
+    get = next((getattr(lib, f.format("get")) for f in suffixes if hasattr(lib, f.format("get"))), None)
+    put = next((getattr(lib, f.format("set")) for f in suffixes if hasattr(lib, f.format("set"))), None)
+    if get is None or put is None:
+        return None
+    if n is not None:
+        put(int(n))
+    return int(get())
 
 
 def torch_available() -> bool:
@@ -245,15 +266,21 @@ def llvm_target() -> str:
     return llvm.get_host_cpu_name()
 
 
+def environment_line(environ=None) -> str:
+    """'Environment: ' and the OpenBLAS settings (OPENBLAS_ENV) in `environ` (default: this
+    process's environment, which the workers inherit)."""
+    environ = os.environ if environ is None else environ
+    return "Environment: " + ", ".join(f"{var}={environ[var]}" if var in environ else f"{var} unset"
+                                       for var in OPENBLAS_ENV)
+
+
 def header(module: str, argv: list[str], threads: int, clock: str, load_before: str) -> str:
     """The lines the tables of bench.kernels, bench.train and bench.profile start with: the
     machine, the OpenBLAS settings in the environment, the clock, the load before and now, the
     command."""
     load_after = load_average()
-    openblas = ", ".join(f"{var}={os.environ[var]}" if var in os.environ else f"{var} unset"
-                         for var in OPENBLAS_ENV)
     return "\n".join([f"Machine: {machine_line(threads)}",
-                      f"Environment: {openblas}",
+                      environment_line(),
                       f"Clock: {clock}; load average (1, 5, 15 min) before the run {load_before}, "
                       f"after {load_after}",
                       f"Command: python -m {module} {shlex.join(argv)}".rstrip()])
@@ -392,11 +419,18 @@ def same_process_rows(args) -> list:
     rng = np.random.default_rng(0)
     rows = []  # (case, numba_s, numpy_s, torch_s, ratio, note)
 
+    numba_blas = numpy_blas_threads()  # what configure_runtime left for the numba backend (1)
+
     def both_backends(run):
+        """Medians of `run` on either backend, each with NumPy's BLAS threads as its worker process
+        would have them (`configure_worker`): the numba backend's setting from `configure_runtime`,
+        `--threads` on the numpy backend, whose GEMMs are NumPy's."""
         res = {}
         for name in ("numba", "numpy"):
+            numpy_blas_threads(args.threads if name == "numpy" else numba_blas)
             with mg.use_backend(name):
                 res[name] = median_time(run, args.repeat)
+        numpy_blas_threads(numba_blas)
         return res["numba"], res["numpy"]
 
     def fwd_bwd(arrays, mg_fn, torch_fn):

@@ -205,15 +205,16 @@ def torch_generate(new_tokens: int):
 
     @torch.no_grad()
     def run():
+        # the loop of minigrad's GPT.generate: a forward of the pending tokens (the prompt, then
+        # the last token) before each sample, new_tokens forwards in all, no logits left unused
         caches = [{} for _ in range(cfg.n_layer)]
-        logits = model(prompt, caches)
-        out, n = prompt, prompt.shape[1]
+        out, pending, n = prompt, prompt, 0
         for _ in range(new_tokens):
+            logits = model(pending, caches, pos0=n)
+            n += pending.shape[1]
             p = torch.softmax(logits[:, -1, :], dim=-1)
-            nxt = torch.multinomial(p, 1)
-            out = torch.cat([out, nxt], dim=1)
-            logits = model(nxt, caches, pos0=n)
-            n += 1
+            pending = torch.multinomial(p, 1)
+            out = torch.cat([out, pending], dim=1)
         return out
 
     return run
