@@ -35,7 +35,7 @@ import time
 
 import numpy as np
 
-from bench.kernels import environment_line, positive_int
+from bench.kernels import environment_line, positive_int, positive_ints
 
 MB = 2**20
 
@@ -172,10 +172,12 @@ def machine(threads: str) -> str:
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sizes-mb", default="1,4,16,64", help="all-reduce sizes in MiB (float32 arrays)")
-    ap.add_argument("--ranks", default="2,4", help="numbers of ranks for the all-reduce")
+    ap.add_argument("--sizes-mb", type=positive_ints, default="1,4,16,64",
+                    help="all-reduce sizes in MiB (float32 arrays)")
+    ap.add_argument("--ranks", type=positive_ints, default="2,4", help="numbers of ranks for the all-reduce")
     ap.add_argument("--repeat", type=positive_int, default=5, help="timed calls per all-reduce size")
-    ap.add_argument("--dp-ranks", default="1,2,4", help="numbers of ranks for data-parallel training ('' skips it)")
+    ap.add_argument("--dp-ranks", type=lambda t: positive_ints(t) if t else [], default="1,2,4",
+                    help="numbers of ranks for data-parallel training ('' skips it)")
     ap.add_argument("--dp-preset", default="tiny")
     ap.add_argument("--dp-steps", type=positive_int, default=20, help="timed training steps")
     ap.add_argument("--dp-warmup", type=positive_int, default=3,
@@ -186,7 +188,7 @@ def main(argv=None) -> None:
                          "1 is steadier when other jobs share the machine)")
     ap.add_argument("--worker", choices=("allreduce", "dp"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    sizes = [int(s) for s in args.sizes_mb.split(",")]
+    sizes = args.sizes_mb
     if args.worker == "allreduce":
         return allreduce_worker(sizes, args.repeat)
     if args.worker == "dp":
@@ -194,14 +196,15 @@ def main(argv=None) -> None:
 
     command = "python -m bench.distributed " + " ".join(argv if argv is not None else sys.argv[1:])
     load = " ".join(f"{x:.1f}" for x in os.getloadavg())
-    ranks = [int(k) for k in args.ranks.split(",")]
+    ranks = args.ranks
     allreduce = {}
     for k in ranks:
         print(f"  all-reduce on {k} ranks ...", file=sys.stderr, flush=True)
-        rows, _ = run_ranks(k, ["--worker", "allreduce", "--sizes-mb", args.sizes_mb, "--repeat", str(args.repeat)])
+        rows, _ = run_ranks(k, ["--worker", "allreduce", "--sizes-mb", ",".join(map(str, sizes)),
+                                "--repeat", str(args.repeat)])
         allreduce.update({(k, r["mb"], r["algorithm"]): r["seconds"] for r in rows})
     dp = []
-    for k in [int(k) for k in args.dp_ranks.split(",") if k]:
+    for k in args.dp_ranks:
         print(f"  data-parallel {args.dp_preset} on {k} ranks ...", file=sys.stderr, flush=True)
         record, threads = run_ranks(k, ["--worker", "dp", "--dp-preset", args.dp_preset,
                                         "--dp-steps", str(args.dp_steps), "--dp-warmup", str(args.dp_warmup)],

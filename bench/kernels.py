@@ -112,6 +112,25 @@ def positive_int(text: str) -> int:
     return n
 
 
+def positive_ints(text: str) -> list[int]:
+    """argparse `type` of a comma-separated list of counts, each at least 1 (--ranks 2,4)."""
+    try:
+        return [positive_int(part) for part in text.split(",")]
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"must be integers >= 1 separated by commas, got {text!r}") from None
+
+
+def non_negative_int(text: str) -> int:
+    """argparse `type` of a count that may be 0 (--warmup)."""
+    try:
+        n = int(text)
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}")
+    return n
+
+
 def add_protocol_args(ap: argparse.ArgumentParser, *, warmup: int, steps_help: str) -> None:
     """The options bench.train and bench.profile share: the presets, the rounds of the protocol,
     the threads of every pool, the timed steps and the warm-up steps."""
@@ -120,7 +139,7 @@ def add_protocol_args(ap: argparse.ArgumentParser, *, warmup: int, steps_help: s
                     help="rounds of every case, the order of the implementations alternating (default 3)")
     ap.add_argument("--threads", type=positive_int, default=2)
     ap.add_argument("--steps", type=positive_int, default=None, help=steps_help)
-    ap.add_argument("--warmup", type=int, default=warmup)
+    ap.add_argument("--warmup", type=non_negative_int, default=warmup)
 
 
 def check_presets(ap: argparse.ArgumentParser, names: list[str]) -> None:

@@ -5,6 +5,7 @@ counts that would measure something else. No timing is asserted; the benchmarks 
 not run (only their setup, with the timed parts replaced)."""
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -263,6 +264,25 @@ def test_distributed_refuses_counts_below_one(monkeypatch, capsys, flag):
         bench_distributed.main([flag, "0"])
     assert stop.value.code == 2
     assert f"{flag}: must be an integer >= 1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag, value", [("--ranks", "2,0"), ("--sizes-mb", "x"), ("--dp-ranks", "1,-2")])
+def test_distributed_refuses_lists_of_counts_below_one(monkeypatch, capsys, flag, value):
+    # bare int() on each part: a traceback for "x", a run of 0 ranks for "0"
+    monkeypatch.setattr(bench_distributed, "run_ranks", _started)
+    with pytest.raises(SystemExit) as stop:
+        bench_distributed.main([flag, value])
+    assert stop.value.code == 2
+    assert f"{flag}: must be integers >= 1 separated by commas, got '{value}'" in capsys.readouterr().err
+
+
+def test_warmup_may_be_zero_but_not_negative(capsys):
+    ap = argparse.ArgumentParser(prog="bench.train")
+    bench_kernels.add_protocol_args(ap, warmup=2, steps_help="")
+    assert ap.parse_args(["--warmup", "0"]).warmup == 0
+    with pytest.raises(SystemExit):
+        ap.parse_args(["--warmup", "-1"])
+    assert "--warmup: must be an integer >= 0, got '-1'" in capsys.readouterr().err
 
 
 def test_distributed_report_states_threads_and_openblas_environment(monkeypatch, capsys):
