@@ -38,6 +38,8 @@ pass them with `params=[...]`.
 """
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 from . import amp, backend
@@ -222,5 +224,11 @@ def checkpoint(fn, *args, params=None, **kwargs):
     extra = list(params) if params is not None else (list(mod.parameters()) if mod is not None else [])
     ids = {id(t) for t in tensors}
     extra = [p for p in extra if id(p) not in ids and p.requires_grad]
+    if not extra and not any(t.requires_grad for t in tensors):
+        # the result is a constant: the parameters of a closure (a lambda over a module's layers)
+        # would get no gradient, without a word (torch warns here too)
+        warnings.warn("checkpoint: no input requires grad and no parameters were found, so the "
+                      "result gets no gradient; for a closure over a module's layers pass "
+                      "params=module.parameters()", stacklevel=2)
     return Checkpoint.apply(*tensors, *extra, fn=fn, template=template, kwargs=kwargs,
                             n_args=len(tensors), gens=_generators(mod, args, kwargs))

@@ -42,6 +42,15 @@ def gradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-4, seed=0, max_elements=2
         with no_grad():
             return float(np.sum(v * fn(*inputs).data))
 
+    # the differences are taken without recording: an fn whose recorded forward computes
+    # something else (a checkpoint, a mode switch) would have its backward held to the wrong
+    # function, so the two outputs must agree first
+    with no_grad():
+        plain = fn(*inputs).data
+    if not np.allclose(plain, out.data, rtol=1e-12, atol=1e-12, equal_nan=True):
+        worst = float(np.max(np.abs(np.asarray(plain, np.float64) - out.data)))
+        raise GradcheckError(f"gradcheck: fn gives another output under no_grad than when recorded "
+                             f"(max difference {worst:.3g}); finite differences would not check its backward")
     out.backward(v)
     for i, x in enumerate(inputs):
         if not x.requires_grad:

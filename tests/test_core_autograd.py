@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import minigrad as mg
-from minigrad.tensor import Exp
+from minigrad.tensor import Exp, Function
 
 
 # ---------------------------------------------------------------- regressions
@@ -42,6 +42,38 @@ def test_gradcheck_catches_a_backward_that_ignores_its_upstream_gradient():
     x = mg.Tensor(np.linspace(-1, 1, 6).reshape(2, 3), requires_grad=True)
     with pytest.raises(mg.GradcheckError, match=r"input 0 \(shape \(2, 3\)\) element \(0, 0\): analytic .* vs numeric"):
         mg.gradcheck(_ForgetsUpstream.apply, [x])
+
+
+class _RecordsAnotherFunction(Function):
+    """Records 3x but computes 2x without recording; its backward is 2x's: the finite differences
+    (taken under no_grad) agreed with it, while the recorded forward is another function."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x * (3.0 if mg.is_grad_enabled() else 2.0)
+
+    @staticmethod
+    def backward(ctx, g):
+        return (2.0 * g,)
+
+
+def test_gradcheck_refuses_an_fn_whose_recorded_output_differs_from_its_probes():
+    x = mg.Tensor(np.linspace(-1, 1, 4), requires_grad=True)
+    with pytest.raises(mg.GradcheckError, match=r"another output under no_grad than when recorded \(max "
+                                                r"difference 1\)"):
+        mg.gradcheck(_RecordsAnotherFunction.apply, [x])
+
+
+def test_checkpoint_warns_when_its_result_can_get_no_gradient():
+    # a lambda over a module's layers with a constant input: the layers got no gradient, silently
+    lin = mg.nn.Linear(3, 2, dtype=np.float64, rng=0)
+    x = mg.Tensor(np.ones((4, 3)))
+    with pytest.warns(UserWarning, match=r"checkpoint: no input requires grad .* params=module.parameters\(\)"):
+        out = mg.checkpoint(lambda u: lin(u).tanh(), x)
+    assert not out.requires_grad
+    out = mg.checkpoint(lambda u: lin(u).tanh(), x, params=lin.parameters())   # the way the warning names
+    out.sum().backward()
+    assert lin.weight.grad is not None and np.abs(lin.weight.grad).sum() > 0
 
 
 def test_gradcheck_accepts_noncontiguous_inputs_and_restores_them():
