@@ -126,7 +126,8 @@ def test_model_gradcheck_float64(kind, layers, pairs, seed):
     params = list(model.parameters())
     # up to 6 elements and one direction through all, per parameter
     assert minigrad.gradcheck(lambda *p: seq2seq_loss(model, (src, tgt_in, tgt_out)), params, max_elements=6)
-    assert minigrad.gradcheck(lambda *p: model(src, tgt_in)[2], params, max_elements=6)
+    if src.shape[1] >= 2:               # (over one source position the weights are constant 1)
+        assert minigrad.gradcheck(lambda *p: model(src, tgt_in)[2], params, max_elements=6)
 
 
 def test_the_loss_ignores_padded_targets():
