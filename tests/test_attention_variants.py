@@ -15,6 +15,7 @@ from models.attention import (BlockCompressor, elu_feature_map, grouped_query_at
 from models.gpt import GPT, GPTConfig
 from models.kv_cache import cache_for
 from models.training import Trainer, lm_loss
+from strategies import as_noncontiguous
 
 VARIANTS = dict(mha={}, linear={}, moba=dict(moba_block=3, moba_topk=2),
                 nsa=dict(nsa_cmp_block=4, nsa_cmp_stride=2, nsa_slc_block=3, nsa_slc_topn=3, nsa_window=4))
@@ -275,31 +276,51 @@ def test_no_future_leakage_and_queries_at_the_end_equal_the_last_rows(variant):
 
 
 # ---------------------------------------------------------------- gradchecks
-grad_sizes = st.tuples(st.sampled_from([(2, 1), (2, 2)]), st.integers(2, 7), st.integers(0, 2**32 - 1))
+@st.composite
+def grad_case(draw, min_tk=1, max_tk=7):
+    """Float64 q (B, H, Tq, D), k, v (B, Hkv, Tk, D) and a rng: B in 1..2, grouped, multi-query
+    and multi-head layouts, Tq in 1..Tk (Tq < Tk: a chunk of queries after cached keys), D in
+    1..3, and the arrays maybe non-contiguous (a drawn axis order and a step-2 slice)."""
+    B = draw(st.integers(1, 2))
+    H, Hkv = draw(st.sampled_from([(1, 1), (2, 1), (2, 2), (4, 2), (3, 1)]))
+    Tk = draw(st.integers(min_tk, max_tk))
+    Tq, D = draw(st.integers(1, Tk)), draw(st.integers(1, 3))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    arrays = _qkv(rng, B, H, Hkv, Tq, Tk, D)
+    if draw(st.booleans()):
+        arrays = tuple(draw(as_noncontiguous(a)) for a in arrays)
+    return arrays, rng
 
 
 def _leaves(*arrays):
     return [mg.Tensor(a, requires_grad=True) for a in arrays]
 
 
-@given(grad_sizes)
-@settings(max_examples=8)
-def test_gradcheck_gqa_linear_and_moba(s):
-    (H, Hkv), T, seed = s
-    q, k, v = _leaves(*_qkv(np.random.default_rng(seed), 1, H, Hkv, T, T, 2))
+@given(grad_case(min_tk=2), st.integers(1, 3), st.integers(1, 3))  # (over one key q, k get no gradient)
+@settings(max_examples=12)
+def test_gradcheck_gqa_linear_and_moba(case, block, topk):
+    arrays, _ = case
+    Tq, Tk = arrays[0].shape[2], arrays[1].shape[2]
+    q, k, v = _leaves(*arrays)
     assert mg.gradcheck(grouped_query_attention, [q, k, v])
     assert mg.gradcheck(linear_attention, [q, k, v])
-    assert mg.gradcheck(lambda q, k, v: moba_attention(q, k, v, block=2, topk=2), [q, k, v])
+    assert mg.gradcheck(lambda q, k, v: moba_attention(q, k, v, block=block, topk=topk), [q, k, v])
+    # the chunk's rows are the last Tq rows of the full forward over all Tk queries (the cache case)
+    if Tq < Tk:
+        full_q = np.concatenate([np.random.default_rng(0).standard_normal(q.shape[:2] + (Tk - Tq, q.shape[3])),
+                                 q.data], axis=2)
+        for fn in (grouped_query_attention, linear_attention):
+            np.testing.assert_allclose(fn(q, k, v).data, fn(mg.tensor(full_q), k, v).data[:, :, -Tq:],
+                                       rtol=1e-12, atol=1e-12)
 
 
-@given(grad_sizes)
-@settings(max_examples=6)
-def test_gradcheck_nsa_through_all_branches_gates_and_compressors(s):
-    (H, Hkv), T, seed = s
-    rng = np.random.default_rng(seed)
-    T = T + 4                                   # at least one complete compressed block
-    q, k, v, gates = _leaves(*_qkv(rng, 1, H, Hkv, T, T, 2), rng.random((1, H, T, 3)))
-    ck, cv = _compressors(2, seed)
+@given(grad_case(min_tk=6, max_tk=9))   # two compressed blocks at least: over one, the key compressor gets none
+@settings(max_examples=8)
+def test_gradcheck_nsa_through_all_branches_gates_and_compressors(case):
+    (q, k, v), rng = case
+    B, H, Tq, D = q.shape
+    q, k, v, gates = _leaves(q, k, v, rng.random((B, H, Tq, 3)))
+    ck, cv = _compressors(D, int(rng.integers(2**16)))
     for p in (*ck.parameters(), *cv.parameters()):
         p.data[...] = rng.standard_normal(p.shape)
     weights = [*ck.parameters(), *cv.parameters()]

@@ -68,8 +68,11 @@ def test_gelu(bk, approximate, x):
 @pytest.mark.parametrize("name", ["softmax", "log_softmax"])
 @given(data=st.data())
 def test_softmax_log_softmax(bk, name, data):
-    shape = data.draw(shapes(min_dims=1))
+    shape = list(data.draw(shapes(min_dims=1)))
     axis = data.draw(st.integers(-len(shape), len(shape) - 1))
+    # the softmax axis has >= 2 entries: over one entry softmax is 1 and log_softmax 0, whose
+    # gradient is identically zero and would pass any backward (test_degenerate_... checks it)
+    shape[axis] = data.draw(st.integers(2, 4))
     x = data.draw(arrays(shape, lo=-5.0, hi=5.0))
     fn = getattr(F, name)
     with mg.use_backend(bk):
@@ -92,11 +95,15 @@ def test_softmax_is_shift_invariant_and_stable(bk):
 
 @st.composite
 def logits_and_targets(draw, allow_ignored=True):
-    n, v = draw(st.integers(1, 5)), draw(st.integers(1, 5))
+    """(N, V) logits and N targets, some maybe ignored (-100). V >= 2 and at least one target
+    kept: with one class or no kept row the loss's gradient is identically zero, which any
+    backward passes (those cases are checked directly in test_degenerate_losses_have_zero_gradient)."""
+    n, v = draw(st.integers(1, 5)), draw(st.integers(2, 5))
     logits = draw(arrays((n, v), lo=-4.0, hi=4.0))
     targets = draw(int_indices(v, (n,)))
     if allow_ignored:
         ignored = np.array(draw(st.lists(st.booleans(), min_size=n, max_size=n)))
+        assume(not ignored.all())
         targets = np.where(ignored, -100, targets)
     return logits, targets
 
@@ -188,12 +195,14 @@ def test_cross_entropy_label_smoothing(bk, reduction, lt, eps):
 
 @st.composite
 def nd_logits_and_targets(draw):
-    """torch's layout: logits (N, V, d1, ..., dk) and targets (N, d1, ..., dk), some ignored."""
-    n, v = draw(st.integers(1, 3)), draw(st.integers(1, 4))
+    """torch's layout: logits (N, V, d1, ..., dk) and targets (N, d1, ..., dk), some ignored
+    (V >= 2 and one target kept at least, as logits_and_targets)."""
+    n, v = draw(st.integers(1, 3)), draw(st.integers(2, 4))
     rest = draw(shapes(min_dims=1, max_dims=2, max_side=3))
     logits = draw(arrays((n, v) + rest, lo=-4.0, hi=4.0))
     targets = draw(int_indices(v, (n,) + rest))
     ignored = np.array(draw(st.lists(st.booleans(), min_size=targets.size, max_size=targets.size)))
+    assume(not ignored.all())
     return logits, np.where(ignored.reshape(targets.shape), -100, targets)
 
 
@@ -218,10 +227,56 @@ def test_cross_entropy_class_axis_1_of_nd_logits(bk, reduction, lt, eps):
 def test_mse_loss(reduction, data):
     shape = data.draw(shapes())
     x, y = data.draw(arrays(shape)), data.draw(arrays(shape))
+    assume(not np.array_equal(x, y))  # at x == y the gradient is identically zero
     tx, ty = gc(lambda a, b: F.mse_loss(a, b, reduction=reduction), x, y)
     ref = (x - y) ** 2
     close(F.mse_loss(tx, ty, reduction=reduction), {"none": ref, "sum": ref.sum(), "mean": ref.mean()}[reduction])
     gc(lambda a: F.mse_loss(a, y, reduction=reduction), x)  # an ndarray target
+
+
+@by_backend
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_degenerate_losses_have_zero_gradient(bk, reduction):
+    """The cases the strategies above leave out, where the gradient is exactly zero whatever the
+    input: softmax/log_softmax over an axis of one entry (constant 1 / 0), cross-entropy over one
+    class (log_softmax is 0), with every target ignored (sum/none: no row counts; mean is NaN,
+    test_cross_entropy_mean_over_no_kept_target_is_nan_with_a_zero_gradient) and mse at x == y."""
+    rng = np.random.default_rng(0)
+
+    def grads(fn, *arrays_):
+        xs = [mg.Tensor(a, requires_grad=True) for a in arrays_]
+        out = fn(*xs)
+        out.backward(rng.standard_normal(out.shape))  # a random covector, not a plain .sum()
+        return out, [x.grad for x in xs]
+
+    with mg.use_backend(bk):
+        for name in ("softmax", "log_softmax"):
+            x = rng.standard_normal((3, 1, 2))
+            out, (g,) = grads(lambda a: getattr(F, name)(a, axis=1), x)
+            close(out, np.ones_like(x) if name == "softmax" else np.zeros_like(x))
+            assert g is not None and g.shape == x.shape and not g.any(), name
+        one_class = rng.standard_normal((4, 1))
+        out, (g,) = grads(lambda a: F.cross_entropy(a, np.zeros(4, int), reduction=reduction), one_class)
+        close(out, np.zeros(4) if reduction == "none" else 0.0)
+        assert g is not None and not g.any()
+        for eps in (0.0, 0.3):
+            _, (g,) = grads(lambda a: F.cross_entropy(a, np.zeros(4, int), reduction=reduction,
+                                                      label_smoothing=eps), one_class)
+            # (1 - eps) + eps / 1 need not round to 1: zero to rounding, not exactly
+            assert g is not None and np.abs(g).max() <= 1e-15, (eps, g)
+        if reduction != "mean":
+            logits = rng.standard_normal((3, 4))
+            out, (g,) = grads(lambda a: F.cross_entropy(a, np.full(3, -100), reduction=reduction), logits)
+            close(out, np.zeros(3) if reduction == "none" else 0.0)
+            assert g is not None and g.shape == logits.shape and not g.any()
+            nd = rng.standard_normal((2, 3, 2))
+            _, (g,) = grads(lambda a: F.cross_entropy(a, np.full((2, 2), -100), reduction=reduction,
+                                                      label_smoothing=0.2), nd)
+            assert g is not None and not g.any()
+    x = rng.standard_normal((2, 3))
+    out, (gx, gy) = grads(lambda a, b: F.mse_loss(a, b, reduction=reduction), x, x.copy())
+    close(out, np.zeros_like(x) if reduction == "none" else 0.0)
+    assert not gx.any() and not gy.any()
 
 
 # ================================================================ layer norm

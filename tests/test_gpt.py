@@ -3,12 +3,13 @@ import math
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import assume, given, settings, strategies as st
 
 import minigrad
 from models.gpt import GPT, GPTConfig, PRESETS, preset
 from models.kv_cache import DenseKVCache, LinearAttentionCache
 from models.textgen import sample_next
+from strategies import by_backend
 
 MICRO = dict(n_layer=2, n_head=2, n_embd=8, block_size=6, vocab_size=7)
 
@@ -146,6 +147,40 @@ def test_gradcheck_float64(bias):
     # per parameter: up to 12 random elements plus one random direction through all of them
     minigrad.gradcheck(lambda *ps: m(idx)[0], params, atol=1e-6, rtol=1e-5, max_elements=12)  # logits
     minigrad.gradcheck(lambda *ps: m(idx, tgt)[1], params, atol=1e-6, rtol=1e-5, max_elements=12)  # loss
+
+
+GC_VARIANTS = dict(mha={}, linear={}, moba=dict(moba_block=2, moba_topk=2),
+                  nsa=dict(nsa_cmp_block=3, nsa_cmp_stride=2, nsa_slc_block=2, nsa_slc_topn=3, nsa_window=3))
+
+
+@by_backend
+@settings(max_examples=14)      # each example is ~500 forwards of the model
+@given(attention=st.sampled_from(list(GC_VARIANTS)),
+       heads=st.sampled_from([(1, None), (2, None), (2, 1), (3, 1), (4, 2), (3, 3)]),
+       head_size=st.sampled_from([1, 2, 3]), n_layer=st.integers(1, 2), B=st.integers(1, 2),
+       T=st.integers(1, 6), bias=st.booleans(), seed=st.integers(0, 2**16))
+def test_gradcheck_float64_over_attention_variants_head_layouts_and_lengths(
+        bk, attention, heads, head_size, n_layer, B, T, bias, seed):
+    """float64 gradcheck of the whole GPT (logits and loss) with respect to every parameter, for
+    each attention variant, multi-head, grouped-query (n_kv_head < n_head) and multi-query heads
+    of odd sizes, T from 1 to block_size, with and without biases, on each backend. The weights
+    are moved off their init (zero biases, unit LayerNorm gains) so every path carries gradient."""
+    n_head, n_kv_head = heads
+    # (n_embd = 1 is degenerate: a LayerNorm over one channel outputs its bias, so nothing before
+    # the final one gets a gradient and, without biases, the logits are identically 0)
+    assume(n_head * head_size >= 2)
+    cfg = GPTConfig(n_layer=n_layer, n_head=n_head, n_kv_head=n_kv_head, n_embd=n_head * head_size,
+                    block_size=6, vocab_size=5, bias=bias, attention=attention, **GC_VARIANTS[attention])
+    m = GPT(cfg, dtype=np.float64, seed=seed)
+    rng = np.random.default_rng(seed)
+    for p in m.parameters():
+        p.data[...] += rng.normal(0, 0.3, p.shape)
+    idx, tgt = _ids(rng, cfg, B, T), _ids(rng, cfg, B, T)
+    params = list(m.parameters())
+    with minigrad.use_backend(bk):
+        # per parameter: up to 6 random elements plus one random direction through all of them
+        minigrad.gradcheck(lambda *ps: m(idx)[0], params, atol=1e-6, rtol=1e-5, max_elements=6)
+        minigrad.gradcheck(lambda *ps: m(idx, tgt)[1], params, atol=1e-6, rtol=1e-5, max_elements=6)
 
 
 def test_loss_and_grads_matches_backward():

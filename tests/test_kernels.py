@@ -151,6 +151,79 @@ def test_cross_entropy_extreme_logits_stay_finite():
     np.testing.assert_allclose(loss, [2e4, np.log(3.0)], rtol=1e-6, atol=4e-3)
 
 
+# ----------------------------------------------------------------------------- float64 twins
+# The float32 checks above hold the kernels to ~1e-5, loose enough to hide a float64-only slip
+# (a float32 accumulator or constant, a wrong term of size 1e-7). In float64 a kernel is the
+# twin's formula in another order, so it is held to 1e-12, at widths up to 300 that are not
+# multiples of any unrolling or SIMD width.
+F64_TOL = 1e-12
+wide = st.integers(1, 300) | st.sampled_from([17, 65, 129, 255, 257, 299, 300])
+
+
+def close64(got, want, scale=1.0):
+    assert got.dtype == np.float64, got.dtype
+    assert got.shape == np.shape(want)
+    np.testing.assert_allclose(got, want, rtol=F64_TOL, atol=F64_TOL * scale)
+
+
+def f64(rng, shape, scale=1.0):
+    return rng.standard_normal(shape) * scale
+
+
+@given(seeds, rows, wide, st.floats(0.1, 30.0))
+def test_softmax_and_log_softmax_float64_match_twin_to_1e12(seed, n, v, scale):
+    rng = np.random.default_rng(seed)
+    x, dy = f64(rng, (n, v), scale), f64(rng, (n, v))
+    y = K.softmax_forward(x)
+    close64(y, R.softmax_forward(x))
+    close64(K.softmax_backward(y, dy), R.softmax_backward(y, dy), scale=np.abs(dy).max())
+    ly = K.log_softmax_forward(x)
+    close64(ly, R.log_softmax_forward(x), scale=scale * 5)
+    close64(K.log_softmax_backward(ly, dy), R.log_softmax_backward(ly, dy), scale=np.abs(dy).sum(-1).max())
+
+
+@given(seeds, st.integers(1, 40), wide, st.floats(0.1, 30.0), st.booleans())
+def test_cross_entropy_float64_matches_twin_to_1e12(seed, n, v, scale, with_ignored):
+    rng = np.random.default_rng(seed)
+    x = f64(rng, (n, v), scale)
+    t = rng.integers(0, v, n)
+    if with_ignored:
+        t[rng.random(n) < 0.3] = -100
+    loss, lse = K.cross_entropy_forward(x, t)
+    loss_r, lse_r = R.cross_entropy_forward(x, t)
+    close64(lse, lse_r, scale=scale * 5)
+    close64(loss, loss_r, scale=scale * 5)
+    g = f64(rng, (n,))
+    close64(K.cross_entropy_backward(x, t, lse, g), R.cross_entropy_backward(x, t, lse_r, g),
+            scale=np.abs(g).max())
+
+
+@given(seeds, st.integers(1, 40), wide, st.booleans(), st.floats(-3, 3))
+def test_layer_norm_float64_matches_twin_to_1e12(seed, n, c, affine, shift):
+    rng = np.random.default_rng(seed)
+    x, dy = f64(rng, (n, c)) + shift, f64(rng, (n, c))
+    w, b = (f64(rng, (c,)), f64(rng, (c,))) if affine else (None, None)
+    y, mean, rstd = K.layer_norm_forward(x, w, b, 1e-5)
+    wr = np.ones(c) if w is None else w
+    br = np.zeros(c) if b is None else b
+    y_r, mean_r, rstd_r = R.layer_norm_forward(x, wr, br, 1e-5)
+    close64(mean, mean_r, scale=4)
+    close64(rstd, rstd_r, scale=float(rstd_r.max()))
+    close64(y, y_r, scale=10)
+    for got, want, scale in zip(K.layer_norm_backward(dy, x, w, mean, rstd),
+                                R.layer_norm_backward(dy, x, wr, mean_r, rstd_r),
+                                (10 * float(rstd_r.max()), n, n)):
+        close64(got, want, scale=scale)
+
+
+@given(seeds, st.integers(1, 20_000), st.floats(0.1, 20.0))
+def test_gelu_float64_matches_twin_to_1e12(seed, n, scale):
+    rng = np.random.default_rng(seed)
+    x, dy = f64(rng, (n,), scale), f64(rng, (n,))
+    close64(K.gelu_forward(x), R.gelu_forward(x), scale=scale)
+    close64(K.gelu_backward(x, dy), R.gelu_backward(x, dy), scale=np.abs(dy).max())
+
+
 # ----------------------------------------------------------------------------- layer norm
 @given(seeds, st.integers(1, 70), st.integers(1, 200), st.booleans(), st.floats(-3, 3))
 def test_layer_norm_matches_twin(seed, n, c, affine, shift):

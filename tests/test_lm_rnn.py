@@ -6,7 +6,7 @@ recomputing from the whole prefix; a short run learns a periodic text; bad input
 naming the shapes."""
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import minigrad
@@ -65,14 +65,32 @@ def test_validation_windows_start_from_zeros_at_every_evaluation():
     assert evaluate(model, tbptt_loss, windows) == first       # the carried state was reset
 
 
-@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
-def test_model_gradcheck_float64(cell):
-    model = tiny(cell, 2)
-    rng = np.random.default_rng(0)
-    x, y = rng.integers(0, 7, (2, 3)), rng.integers(0, 7, (2, 3))
-    state = tuple(minigrad.tensor(rng.normal(size=s)) for s in model.state_shapes(2))
-    state = state if cell == "lstm" else state[0]
-    assert minigrad.gradcheck(lambda *p: model(x, y, state=state)[1], list(model.parameters()))
+@settings(max_examples=15)
+@given(cell=st.sampled_from(["rnn", "lstm", "gru"]), layers=st.integers(1, 2), B=st.integers(1, 3),
+       T=st.integers(1, 4), with_state=st.booleans(), seed=st.integers(0, 2**16))
+def test_model_gradcheck_float64(cell, layers, B, T, with_state, seed):
+    """float64 gradcheck of the loss, and of the logits and final state, with respect to every
+    parameter (moved off its init) and, when one is given, the initial state (h, or (h, c))."""
+    model = tiny(cell, layers, seed=seed)
+    rng = np.random.default_rng(seed)
+    for p in model.parameters():
+        p.data[...] += rng.normal(0, 0.3, p.shape)
+    x, y = rng.integers(0, 7, (B, T)), rng.integers(0, 7, (B, T))
+    params = list(model.parameters())
+    states = [minigrad.Tensor(rng.normal(size=s), requires_grad=True) for s in model.state_shapes(B)]
+    states = states if with_state else []
+    n = len(states)
+
+    def as_state(parts):
+        return None if not parts else tuple(parts) if cell == "lstm" else parts[0]
+
+    def logits_and_state(*a):
+        logits, _, new = model(x, state=as_state(a[:n]))
+        new = new if isinstance(new, tuple) else (new,)
+        return minigrad.cat([logits.reshape(-1)] + [s.reshape(-1) for s in new])
+
+    assert minigrad.gradcheck(lambda *a: model(x, y, state=as_state(a[:n]))[1], states + params, max_elements=12)
+    assert minigrad.gradcheck(logits_and_state, states + params, max_elements=12)
 
 
 def test_lstm_forget_gate_bias_starts_at_one():

@@ -5,7 +5,7 @@ weights are a distribution over the unpadded positions; the gradient is right (f
 both cells and both attentions; the tasks' answers are right; bad input names the shapes."""
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import minigrad
@@ -110,12 +110,24 @@ def test_a_padded_batch_gives_each_sequence_its_own_outputs(kind):
     np.testing.assert_allclose(attn.data.sum(-1), 1.0, rtol=1e-12)
 
 
-@pytest.mark.parametrize("kind, layers", [(kind, 1) for kind in KINDS] + [(("lstm", "luong"), 2)])
-def test_model_gradcheck_float64(kind, layers):
-    model = tiny(*kind, layers=layers, size=3)
-    src, tgt_in, tgt_out = make_batch([("12", "21"), ("4", "4")])
-    assert minigrad.gradcheck(lambda *p: seq2seq_loss(model, (src, tgt_in, tgt_out)), list(model.parameters()),
-                              max_elements=24)   # 24 elements and one direction through all, per parameter
+@settings(max_examples=8)       # each example is ~500 forwards of the model
+@given(kind=st.sampled_from(KINDS), layers=st.integers(1, 2),
+       pairs=st.lists(st.tuples(st.text("0123456789+", min_size=1, max_size=4), st.text("0123456789", min_size=1, max_size=3)),
+                      min_size=1, max_size=3),
+       seed=st.integers(0, 2**16))
+def test_model_gradcheck_float64(kind, layers, pairs, seed):
+    """float64 gradcheck of the loss and of the attention weights with respect to every parameter
+    (moved off its init), over batches of 1-3 pairs whose drawn lengths pad sources and targets."""
+    model = tiny(*kind, layers=layers, size=3, seed=seed)
+    rng = np.random.default_rng(seed)
+    for p in model.parameters():
+        p.data[...] += rng.normal(0, 0.3, p.shape)
+    src, tgt_in, tgt_out = make_batch(pairs)
+    params = list(model.parameters())
+    # up to 6 elements and one direction through all, per parameter
+    assert minigrad.gradcheck(lambda *p: seq2seq_loss(model, (src, tgt_in, tgt_out)), params, max_elements=6)
+    if src.shape[1] >= 2:               # (over one source position the weights are constant 1)
+        assert minigrad.gradcheck(lambda *p: model(src, tgt_in)[2], params, max_elements=6)
 
 
 def test_the_loss_ignores_padded_targets():

@@ -8,7 +8,7 @@ gradients of a constant norm; training changes the adapters only, and an AdamW's
 """
 import numpy as np
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import assume, given, strategies as st
 
 import minigrad as mg
 import optim
@@ -162,6 +162,28 @@ def test_gradcheck_of_the_adapted_layer(case, kind):
     layer = make_layer(n_in, n_out, r, bias, seed, dora=kind != "lora", detach_norm=False)
     x = mg.Tensor(np.random.default_rng(seed + 1).standard_normal(lead + (n_in,)), requires_grad=True)
     mg.gradcheck(lambda x, *params: layer(x), [x, *layer.parameters()])
+
+
+@given(layer_case(), st.sampled_from(["lora", "dora-full-norm"]), st.sampled_from([0.2, 0.5, 0.8]),
+       st.integers(0, 2**16))
+def test_gradcheck_of_the_adapted_layer_in_training_with_dropout(case, kind, p, mask_seed):
+    """Training mode with dropout > 0, where DoRA takes its own branch (only the dropped input is
+    rescaled): an int dropout_rng draws the same mask at every call, so the layer is a fixed
+    function that gradcheck can difference, x and every parameter included."""
+    n_in, n_out, r, lead, bias, seed = case
+    layer = make_layer(n_in, n_out, r, bias, seed, dora=kind != "lora", detach_norm=False,
+                       dropout=p, dropout_rng=mask_seed)
+    layer.train()
+    x = mg.Tensor(np.random.default_rng(seed + 1).standard_normal(lead + (n_in,)), requires_grad=True)
+    keep = mg.functional.dropout(mg.Tensor(np.ones(x.shape)), p, True, mask_seed).data  # the layer's mask
+    assume(keep.any())                  # (all dropped: A and B get no gradient)
+    np.testing.assert_array_equal(layer(x).data, layer(x).data)       # one mask, every call
+    mg.gradcheck(lambda x, *params: layer(x), [x, *layer.parameters()])
+    # the training branch ran: where the mask drops an entry, the output is not eval's
+    if not keep.all():
+        train_out = layer(x).data
+        layer.eval()
+        assert np.abs(train_out - layer(x).data).max() > 1e-9
 
 
 def dora_reference(x, w, b, a, bb, m, s, norm):

@@ -328,6 +328,46 @@ def test_inplace_in_a_graph_gives_torchs_gradients():
         np.testing.assert_allclose(ours, theirs.detach().numpy(), rtol=RTOL, atol=ATOL)
 
 
+@given(data=st.data(), ops=st.lists(st.sampled_from(list(INPLACE)), min_size=1, max_size=3),
+       target=st.sampled_from(["op output", "constant accumulator"]),
+       other=st.sampled_from(["tensor", "constant tensor", "ndarray", "scalar"]))
+def test_inplace_ops_in_grad_mode_pass_gradcheck(data, ops, target, other):
+    """x op= y in grad mode on a tensor that is not a leaf requiring grad (an op's output, or a
+    constant accumulator fed a tensor that requires grad) is recorded out of place: its backward
+    is gradchecked in float64 over chains of +=, -=, *=, /= with y a tensor requiring grad, a
+    constant tensor, an array or a Python number broadcast into x's shape (non-contiguous arrays
+    drawn); the tensor it was called on is not written (its data may be saved for a backward)."""
+    sx, sw = data.draw(broadcastable_shapes(2, max_dims=3, max_side=3))
+    full = np.broadcast_shapes(sx, sw)
+    x = data.draw(arrays(full, kinks=(0.0,), margin=0.4))      # x * w may divide: both off 0
+    w = data.draw(arrays(sw, kinks=(0.0,), margin=0.4))
+    c = data.draw(arrays(full, kinks=(0.0,), margin=0.4))
+
+    def fn(tx, tw):
+        y = tx * 1.5 if target == "op output" else mg.tensor(c.copy())
+        rhs = {"tensor": tw, "constant tensor": mg.tensor(w.copy()), "ndarray": w.copy(), "scalar": -0.7}[other]
+        if target == "constant accumulator":
+            rhs = tx * rhs                       # the accumulator gets its gradient through rhs
+        before, first = y.data.copy(), y
+        for op in ops:
+            y = INPLACE[op](y, rhs)
+        if mg.is_grad_enabled():                 # (gradcheck's probes run under no_grad)
+            assert y is not first and np.array_equal(first.data, before)  # out of place
+            assert y.shape == full and y.requires_grad
+        return y
+
+    tx, tw = mg.Tensor(x, requires_grad=True), mg.Tensor(w, requires_grad=other == "tensor")
+    with np.errstate(all="raise"):
+        assert mg.gradcheck(fn, [tx, tw])
+    # the forward is what NumPy's in-place ufuncs compute
+    y = x * 1.5 if target == "op output" else c.copy()
+    rhs = -0.7 if other == "scalar" else w
+    rhs = x * rhs if target == "constant accumulator" else rhs
+    for op in ops:
+        y = INPLACE[op](y, rhs)
+    np.testing.assert_allclose(fn(tx, tw).data, y, rtol=1e-13, atol=1e-13)
+
+
 def test_modifying_a_tensor_saved_for_backward_is_caught_at_backward():
     x = mg.Tensor(np.array([1.0, 2.0]), requires_grad=True)
     c = mg.tensor(np.array([3.0, 4.0]))
