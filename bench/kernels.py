@@ -79,24 +79,6 @@ def configure_worker(impl: str, threads: int) -> None:
         numba.set_num_threads(threads)
 
 
-def numpy_blas_threads(n: int | None = None) -> int | None:
-    """The thread count of NumPy's bundled OpenBLAS, after setting it to `n` (process-wide) when
-    given; None when NumPy runs on another BLAS (nothing is set then)."""
-    from minigrad._blas import numpy_openblas
-
-    lib = numpy_openblas()
-    if lib is None:
-        return None
-    suffixes = ("scipy_openblas_{}_num_threads64_", "scipy_openblas_{}_num_threads", "openblas_{}_num_threads")
-    get = next((getattr(lib, f.format("get")) for f in suffixes if hasattr(lib, f.format("get"))), None)
-    put = next((getattr(lib, f.format("set")) for f in suffixes if hasattr(lib, f.format("set"))), None)
-    if get is None or put is None:
-        return None
-    if n is not None:
-        put(int(n))
-    return int(get())
-
-
 def torch_available() -> bool:
     return importlib.util.find_spec("torch") is not None
 
@@ -437,6 +419,8 @@ def same_process_rows(args) -> list:
 
     rng = np.random.default_rng(0)
     rows = []  # (case, numba_s, numpy_s, torch_s, ratio, note)
+
+    from minigrad._blas import numpy_blas_threads
 
     numba_blas = numpy_blas_threads()  # what configure_runtime left for the numba backend (1)
 

@@ -20,3 +20,19 @@ def numpy_openblas():
         except OSError:
             continue
     return None
+
+
+def numpy_blas_threads(n: int | None = None) -> int | None:
+    """The thread count of NumPy's bundled OpenBLAS, after setting it to `n` (process-wide) when
+    given; None when NumPy runs on another BLAS (nothing is set then)."""
+    lib = numpy_openblas()
+    if lib is None:
+        return None
+    prefixes = ("scipy_openblas_{}_num_threads64_", "scipy_openblas_{}_num_threads", "openblas_{}_num_threads")
+    put, get = (next((getattr(lib, p.format(verb)) for p in prefixes if hasattr(lib, p.format(verb))), None)
+                for verb in ("set", "get"))
+    if put is None:
+        return None
+    if n is not None:
+        put(int(n))
+    return int(get()) if get is not None else n

@@ -226,18 +226,10 @@ def _single_thread_numpy_blas() -> bool:
     """Make NumPy's bundled OpenBLAS single-threaded process-wide (the module docstring says
     why); True if it worked. MINIGRAD_NUMPY_BLAS_THREADS=n before `configure_runtime()` keeps
     n threads instead (for a program whose heavy products are its own NumPy ones)."""
-    from ._blas import numpy_openblas
+    from ._blas import numpy_blas_threads
 
-    lib = numpy_openblas()
-    if lib is None:  # another BLAS: left as it is
-        return False
-    for name in ("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads",
-                 "openblas_set_num_threads"):
-        fn = getattr(lib, name, None)
-        if fn is not None:
-            fn(int(os.environ.get("MINIGRAD_NUMPY_BLAS_THREADS", "1")))
-            return True
-    return False
+    # (another BLAS is left as it is)
+    return numpy_blas_threads(int(os.environ.get("MINIGRAD_NUMPY_BLAS_THREADS", "1"))) is not None
 
 
 def _workqueue_threading_layer() -> str | None:

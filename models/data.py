@@ -206,8 +206,7 @@ class TextData:
     def get_batch(self, split: str, batch_size: int, rng: np.random.Generator, block_size=None):
         """Random windows: x[b] = ids[i_b : i_b+T], y[b] = ids[i_b+1 : i_b+T+1], int64 (B, T)."""
         s, T = self._split_and_block(split, block_size)
-        starts = rng.integers(0, len(s) - T, size=batch_size)
-        return self.batch_at(split, starts, T)
+        return windows(s.ids, rng.integers(0, len(s) - T, size=batch_size), T)   # (valid starts)
 
     def batch_at(self, split: str, starts, block_size=None):
         """The windows of get_batch at the given starts, each in [0, len(split) - T - 1]."""

@@ -35,8 +35,7 @@ def build_optimizer(name, model, lr, weight_decay=0.0, beta2=0.999, seed=0, extr
     if unknown:
         raise UnknownOptionError(name, unknown[0], takes)
     # the heads the model's q and k weights hold: a tensor-parallel shard's are n_head / t
-    heads = (lambda: model.heads_held()) if hasattr(model, "heads_held") else \
-        (lambda: (model.config.n_head, model.config.kv_heads))
+    heads = getattr(model, "heads_held", lambda: (model.config.n_head, model.config.kv_heads))
     given = {"betas": (0.9, beta2), "seed": seed,
              "blocks": lambda: {b.name: list(b.params) for b in model.param_blocks()},
              "roles": model.param_roles, "splits": model.param_splits, "n_head": lambda: heads()[0],
