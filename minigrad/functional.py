@@ -145,7 +145,8 @@ class GELU(Function):
         if ctx.fused is not None:
             return ctx.fused.gelu_forward(x)
         if approximate == "tanh":
-            return 0.5 * x * (1 + np.tanh(_C * (x + 0.044715 * x**3)))
+            # x * x * x, not x**3: NumPy hands a float32 cube to libm's powf, ~300x slower here
+            return 0.5 * x * (1 + np.tanh(_C * (x + 0.044715 * (x * x * x))))
         return (0.5 * x * (1 + _erf(x / math.sqrt(2)))).astype(x.dtype)
 
     @staticmethod
@@ -154,7 +155,7 @@ class GELU(Function):
         if ctx.fused is not None:
             return (ctx.fused.gelu_backward(x, g),)
         if ctx.approximate == "tanh":
-            t = np.tanh(_C * (x + 0.044715 * x**3))
+            t = np.tanh(_C * (x + 0.044715 * (x * x * x)))
             dt = (1 - t * t) * _C * (1 + 3 * 0.044715 * x * x)
             return (g * (0.5 * (1 + t) + 0.5 * x * dt),)
         cdf = 0.5 * (1 + _erf(x / math.sqrt(2)))

@@ -96,11 +96,11 @@ _K0 = np.sqrt(2.0 / np.pi)
 
 def gelu_forward(x):
     """GELU, tanh approximation."""
-    return 0.5 * x * (1.0 + np.tanh(_K0 * (x + 0.044715 * x ** 3)))
+    return 0.5 * x * (1.0 + np.tanh(_K0 * (x + 0.044715 * (x * x * x))))
 
 
 def gelu_backward(x, dy):
-    t = np.tanh(_K0 * (x + 0.044715 * x ** 3))
+    t = np.tanh(_K0 * (x + 0.044715 * (x * x * x)))
     return dy * (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * _K0 * (1.0 + 3 * 0.044715 * x * x))
 
 
