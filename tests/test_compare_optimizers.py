@@ -4,6 +4,7 @@ finished runs and a changed setting reruns them; a diverging lr is recorded as d
 input is one line and exit 2."""
 import json
 import math
+import re
 
 from strategies import assert_refused, ctrl_c, files_below, load_demo
 
@@ -97,8 +98,10 @@ def test_a_diverging_lr_is_recorded_as_diverged_not_a_crash(tmp_path, monkeypatc
     assert demo.main([*SMALL, "--optimizers", "adamw,sgd,mezo", "--num-lrs", "1",
                       "--out", str(tmp_path)]) == 0
     said = capsys.readouterr().out
-    assert "sgd lr 1e+09: diverged (training diverged in step 2 of 4: gradient of" in said
-    assert "mezo lr 1e+09: diverged (training diverged in step 2 of 4: MeZO: non-finite loss" in said
+    # which step first overflows depends on the backend (step 2 on numba, SGD's step 3 on numpy)
+    assert re.search(r"sgd lr 1e\+09: diverged \(training diverged in step [1-4] of 4: gradient of", said)
+    assert re.search(r"mezo lr 1e\+09: diverged \(training diverged in step [1-4] of 4: MeZO: non-finite loss",
+                     said)
     rows = _leaderboard_rows((tmp_path / "results.md").read_text())
     assert rows[0][0] == "adamw" and rows[0][2] is not None
     assert {m for m, _, loss in rows[1:]} == {"sgd", "mezo"} and all(loss is None for _, _, loss in rows[1:])
