@@ -4,6 +4,11 @@ beside its backward.
 Broadcasting: binary ops broadcast like NumPy; their backward sums the gradient back to each
 input's shape with `unbroadcast`, so every gradient has its input's shape.
 
+Dtypes: the operators `+ - * / ** @` give torch's result dtype (`result_dtype`), not NumPy's: an
+integer tensor with a float32 one, or with a Python float, is float32 (NumPy: float64), a float32
+tensor with a float64 0-d tensor stays float32, and `/` of integers is float32. The operand cast
+to that dtype is cast by a recorded `Cast`, so its gradient comes back in its own dtype.
+
 Names: NumPy's and PyTorch's both work where they differ. Reductions and axis arguments take
 `axis=`/`keepdims=` or `dim=`/`keepdim=` (`torch_names`); `t.size` is NumPy's element count and
 `t.size()` / `t.size(d)` torch's shape; `t.T`, `.t()`, `.mT`, `.clip`/`.clamp` all exist.
@@ -783,6 +788,36 @@ def _as_array(data, dtype=None) -> np.ndarray:
     return arr
 
 
+_CATEGORY = {"b": 0, "u": 1, "i": 1, "f": 2, "c": 3}  # bool < integer < floating < complex
+DEFAULT_FLOAT = np.dtype(np.float32)  # what Python floats and integer division give, as torch's default
+
+
+def result_dtype(*tensors) -> np.dtype:
+    """torch's type promotion (docs: "Tensor Attributes, type promotion"). The operands with at
+    least one axis decide, unless a 0-d operand is of a higher category (bool < integer <
+    floating < complex); among the deciding operands those of the highest category give the
+    smallest dtype that holds them. So int64 with float32 is float32 where NumPy says float64,
+    float16 with a float64 0-d tensor stays float16, and int64 with a float64 0-d tensor is
+    float64."""
+    cat = lambda t: _CATEGORY[t.dtype.kind]  # noqa: E731
+    dims = [t for t in tensors if t.ndim] or list(tensors)
+    top = max(map(cat, dims))
+    zero_dim = [t for t in tensors if not t.ndim and cat(t) > top]
+    deciding = zero_dim or dims
+    top = max(map(cat, deciding))
+    return np.result_type(*[t.dtype for t in deciding if cat(t) == top])
+
+
+def _promoted(a, b, *, true_divide=False):
+    """a, b cast to their `result_dtype` (to the default float for `/` of integers)."""
+    if a.dtype == b.dtype and (not true_divide or a.dtype.kind in "fc"):
+        return a, b  # the usual case, at the cost of one comparison
+    dtype = result_dtype(a, b)
+    if true_divide and dtype.kind not in "fc":
+        dtype = DEFAULT_FLOAT
+    return a.to(dtype), b.to(dtype)
+
+
 class Tensor:
     """An n-d array that remembers how it was computed, so gradients can flow back to it.
 
@@ -925,23 +960,44 @@ class Tensor:
     # ------------------------------------------------------------ operators
     def _other(self, x):
         """A constant operand as a Tensor. It takes a float tensor's dtype (so `x * 0.5` stays
-        float32); next to an integer tensor it is promoted instead, so `int_t * 0.5` is not
-        truncated to 0."""
+        float32). Next to an integer or bool tensor a Python or NumPy number is weak, as in
+        torch: an int keeps the tensor's dtype (bool + 1 is int64), a float gives the default
+        float32, so `int_t * 0.5` is neither truncated to 0 nor float64; an array keeps its own
+        dtype for `result_dtype`."""
         if isinstance(x, Tensor):
             return x
-        dtype = self.dtype if self.dtype.kind in "fc" else np.result_type(self.dtype, x)
-        return Tensor(_as_array(x, dtype))
+        if self.dtype.kind in "fc":
+            return Tensor(_as_array(x, self.dtype))
+        if isinstance(x, (numbers.Number, np.generic)) and not isinstance(x, (bool, np.bool_)):
+            kind = np.asarray(x).dtype.kind
+            if kind == "f":
+                return Tensor(_as_array(x, DEFAULT_FLOAT))
+            if kind == "c":
+                return Tensor(_as_array(x, np.complex64))
+            return Tensor(_as_array(x, np.result_type(self.dtype, x)))
+        return Tensor(_as_array(x))
 
-    def __add__(self, x): return Add.apply(self, self._other(x))
-    def __radd__(self, x): return Add.apply(self._other(x), self)
-    def __sub__(self, x): return Sub.apply(self, self._other(x))
-    def __rsub__(self, x): return Sub.apply(self._other(x), self)
-    def __mul__(self, x): return Mul.apply(self, self._other(x))
-    def __rmul__(self, x): return Mul.apply(self._other(x), self)
-    def __truediv__(self, x): return Div.apply(self, self._other(x))
-    def __rtruediv__(self, x): return Div.apply(self._other(x), self)
-    def __matmul__(self, x): return MatMul.apply(self, self._other(x))
-    def __rmatmul__(self, x): return MatMul.apply(self._other(x), self)
+    def _binary(self, op, x, *, reflected=False, true_divide=False):
+        other = self._other(x)
+        a, b = (other, self) if reflected else (self, other)
+        if op is Sub and (np.bool_ in (a.dtype, b.dtype) or isinstance(x, (bool, np.bool_))):
+            raise TypeError("x - y: subtraction with a bool is not supported (as in torch); to invert "
+                            "a mask use ~mask or mask.logical_not(), else convert it first (mask.to(np.int64))")
+        if op is Pow and a.dtype == b.dtype == np.bool_:
+            raise TypeError("x ** y: a bool tensor to a bool tensor's power is not supported (as in torch); "
+                            "convert one first (y.to(np.int64))")
+        return op.apply(*_promoted(a, b, true_divide=true_divide))
+
+    def __add__(self, x): return self._binary(Add, x)
+    def __radd__(self, x): return self._binary(Add, x, reflected=True)
+    def __sub__(self, x): return self._binary(Sub, x)
+    def __rsub__(self, x): return self._binary(Sub, x, reflected=True)
+    def __mul__(self, x): return self._binary(Mul, x)
+    def __rmul__(self, x): return self._binary(Mul, x, reflected=True)
+    def __truediv__(self, x): return self._binary(Div, x, true_divide=True)
+    def __rtruediv__(self, x): return self._binary(Div, x, reflected=True, true_divide=True)
+    def __matmul__(self, x): return self._binary(MatMul, x)
+    def __rmatmul__(self, x): return self._binary(MatMul, x, reflected=True)
     def __neg__(self): return Neg.apply(self)
 
     # comparisons: elementwise, a bool tensor, no gradient (as in torch)
@@ -953,6 +1009,17 @@ class Tensor:
         # a Python number stays one, so NumPy compares in the tensor's dtype (as torch does)
         _broadcast_shape(symbol, self.shape, np.shape(x))
         return Tensor(ufunc(self.data, x))
+
+    def __invert__(self):
+        """~t: logical not of a bool tensor, bitwise not of an integer one (as torch); no gradient."""
+        if self.dtype.kind not in "biu":
+            raise TypeError(f"~x: x must be a bool or integer tensor, got {self.dtype}; "
+                            f"for a mask of x use x == 0 or x.logical_not()")
+        return Tensor(~self.data)
+
+    def logical_not(self):
+        """A bool tensor, True where this one is 0 or False (torch.logical_not); no gradient."""
+        return Tensor(np.logical_not(self.data))
 
     def __eq__(self, x): return self._compare(x, np.equal, "==")
     def __ne__(self, x): return self._compare(x, np.not_equal, "!=")
@@ -987,7 +1054,7 @@ class Tensor:
             ufunc(self.data, other.data, out=self.data)
         except TypeError:  # NumPy's UFuncTypeError: the result would not fit x's dtype
             raise TypeError(
-                f"x {symbol} y: the result is {np.result_type(self.data, other.data)} and cannot be "
+                f"x {symbol} y: the result is {result_dtype(self, other)} and cannot be "
                 f"written into x's {self.dtype} in place; write x = x {symbol[0]} y, or convert x "
                 "first (x.to(np.float32))"
             ) from None
@@ -1005,11 +1072,18 @@ class Tensor:
     def __pow__(self, x):
         if isinstance(x, (int, float)):  # NumPy scalars too, as Python numbers: a np.float64
             # exponent would promote a float32 tensor to float64 (x * np.float64(2) does not)
-            return PowScalar.apply(self, p=float(x) if isinstance(x, float) else int(x))
-        return Pow.apply(self, self._other(x))
+            base = self  # torch: int ** float is the default float; bool ** int is int64, ** bool bool
+            if isinstance(x, float) and self.dtype.kind not in "fc":
+                base = self.to(DEFAULT_FLOAT)
+            elif self.dtype == np.bool_:
+                if isinstance(x, bool):
+                    return Tensor(self.data.copy() if x else np.ones_like(self.data))
+                base = self.to(np.int64)
+            return PowScalar.apply(base, p=float(x) if isinstance(x, float) else int(x))
+        return self._binary(Pow, x)
 
     def __rpow__(self, x):
-        return Pow.apply(self._other(x), self)
+        return self._binary(Pow, x, reflected=True)
 
     def pow(self, exponent):
         return self**exponent

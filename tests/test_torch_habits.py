@@ -6,6 +6,7 @@ Results are compared with torch in float64 where torch is installed. The gradien
 differentiable ops are proven by gradcheck in test_core_ops.py / test_core_functional.py and
 compared with torch's in test_core_torch_parity.py.
 """
+import itertools
 import operator
 
 import numpy as np
@@ -442,7 +443,7 @@ def test_inplace_on_a_tensor_no_op_saved_is_fine_as_in_torch():
 
 def test_inplace_errors_name_the_dtypes_or_shapes():
     t = mg.tensor([1, 2])  # int64
-    with pytest.raises(TypeError, match=r"x \+= y: .*float64.*int64.*x = x \+ y"):
+    with pytest.raises(TypeError, match=r"x \+= y: .*float32.*int64.*x = x \+ y"):  # torch's dtype
         t += 0.5
     u = mg.zeros(3)
     with pytest.raises(ValueError, match=r"x \+= y: .*\(2, 3\).*\(3,\)"):
@@ -450,6 +451,96 @@ def test_inplace_errors_name_the_dtypes_or_shapes():
     v = mg.zeros(3).expand(2, 3)  # a read-only broadcast view
     with pytest.raises(ValueError, match=r"x \*= y: .*read-only"):
         v *= 2.0
+
+
+# ----------------------------------------------------------------- result dtypes of the operators
+PROMO_DTYPES = ["bool", "uint8", "int8", "int32", "int64", "float16", "float32", "float64"]
+OPERATORS = {"+": operator.add, "-": operator.sub, "*": operator.mul, "/": operator.truediv, "**": operator.pow}
+
+
+def _operand(dtype, zero_dim):
+    """The same small tensor for minigrad and torch: 0-d, or two elements (one of them 0 for bool)."""
+    v = (np.array(True if dtype == "bool" else 2, dtype) if zero_dim
+         else np.array([True, False] if dtype == "bool" else [1, 3], dtype))
+    return mg.Tensor(v), torch.tensor(v)
+
+
+def _as_torch_does(f, ours, theirs, case):
+    """f gives torch's dtype and values on our operands, or a TypeError where torch refuses."""
+    try:
+        want = f(*theirs)
+    except RuntimeError:
+        with pytest.raises(TypeError):
+            f(*ours)
+        return
+    with np.errstate(divide="ignore", invalid="ignore"):
+        got = f(*ours)
+    assert str(got.dtype) == str(want.dtype).removeprefix("torch."), case
+    np.testing.assert_allclose(got.data.astype(np.float64), want.numpy().astype(np.float64), rtol=1e-3,
+                               err_msg=case)
+
+
+@needs_torch
+@pytest.mark.parametrize("symbol", list(OPERATORS))
+def test_operators_give_torchs_dtype_for_every_pair_of_dtypes_and_of_0d_or_not(symbol):
+    """NumPy's promotion made int64 + float32 float64 and float32 + a float64 0-d tensor float64;
+    torch's (minigrad's now) gives float32 for both, and int / int is float32."""
+    op = OPERATORS[symbol]
+    for (da, za), (db, zb) in itertools.product(itertools.product(PROMO_DTYPES, (False, True)), repeat=2):
+        (a, ta), (b, tb) = _operand(da, za), _operand(db, zb)
+        _as_torch_does(op, (a, b), (ta, tb), f"{da}{'' if za else '[2]'} {symbol} {db}{'' if zb else '[2]'}")
+
+
+@needs_torch
+@pytest.mark.parametrize("symbol", list(OPERATORS))
+def test_operators_with_a_python_number_give_torchs_dtype(symbol):
+    """A Python number is weak: int_t * 0.5 is float32 (NumPy: float64), int32_t + 2 int32."""
+    op = OPERATORS[symbol]
+    for dtype, zero_dim, number, left in itertools.product(PROMO_DTYPES, (False, True), (True, 2, 0.5), (False, True)):
+        (x, tx) = _operand(dtype, zero_dim)
+        f = (lambda t: op(number, t)) if left else (lambda t: op(t, number))
+        _as_torch_does(f, (x,), (tx,), f"{number!r} {symbol} {dtype}" if left else f"{dtype} {symbol} {number!r}")
+
+
+@needs_torch
+def test_a_promoted_operand_gets_its_gradient_in_its_own_dtype():
+    w = mg.Tensor(np.array([0.5, -1.5], np.float16), requires_grad=True)
+    s = mg.Tensor(np.array(3.0), requires_grad=True)                        # float64, 0-d
+    idx = mg.tensor([1, 2])                                                 # int64, no gradient
+    y = ((w * s) * idx).sum()
+    assert (w * s).dtype == np.float16 and y.dtype == np.float16           # torch: float16
+    y.backward()
+    tw = torch.tensor([0.5, -1.5], dtype=torch.float16, requires_grad=True)
+    ts = torch.tensor(3.0, dtype=torch.float64, requires_grad=True)
+    ((tw * ts) * torch.tensor([1, 2])).sum().backward()
+    assert w.grad.dtype == np.float16 and s.grad.dtype == np.float64
+    np.testing.assert_array_equal(w.grad, tw.grad.numpy())
+    np.testing.assert_allclose(s.grad, ts.grad.numpy(), rtol=1e-3)
+
+
+def test_a_float_tensor_keeps_its_dtype_beside_numpy_scalars_and_arrays():
+    x = mg.tensor([1.0, 2.0])
+    assert (x * np.float64(2)).dtype == (x + np.array([1.0, 2.0])).dtype == (x ** np.float64(2)).dtype == np.float32
+    assert (mg.tensor([1, 2]) * np.float32(0.5)).dtype == np.float32
+
+
+def test_subtracting_a_bool_says_what_to_do_instead():
+    mask = mg.tensor([True, False])
+    for f in (lambda: 1 - mask, lambda: mask - mask, lambda: mg.tensor([1.0]) - True):
+        with pytest.raises(TypeError, match=r"~mask or mask.logical_not\(\)"):
+            f()
+
+
+@needs_torch
+def test_invert_and_logical_not_match_torch():
+    for v in (np.array([True, False]), np.array([0, 3, -2]), np.array([0.0, 1.5], np.float32)):
+        t, tt = mg.Tensor(v), torch.tensor(v)
+        np.testing.assert_array_equal(t.logical_not().data, torch.logical_not(tt).numpy())
+        if v.dtype.kind == "f":
+            with pytest.raises(TypeError, match="bool or integer tensor, got float32"):
+                ~t
+        else:
+            np.testing.assert_array_equal((~t).data, (~tt).numpy())
 
 
 # ================================================================ nn
