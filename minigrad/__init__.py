@@ -27,6 +27,8 @@ from .tensor import (
     cat,
     chunk,
     default_generator,
+    full,
+    full_like,
     gather,
     index_select,
     manual_seed,
@@ -44,7 +46,8 @@ from .tensor import (
 )
 
 __all__ = [
-    "Tensor", "tensor", "as_tensor", "zeros", "ones", "zeros_like", "ones_like", "arange", "randn",
+    "Tensor", "tensor", "as_tensor", "zeros", "ones", "zeros_like", "ones_like", "full", "full_like",
+    "arange", "randn",
     "manual_seed", "default_generator", "cat", "stack", "split", "chunk", "gather", "index_select",
     "masked_fill", "where", "maximum",
     "no_grad", "enable_grad", "is_grad_enabled", "detect_anomaly", "gradcheck", "GradcheckError",

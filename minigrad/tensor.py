@@ -4,9 +4,10 @@ beside its backward.
 Broadcasting: binary ops broadcast like NumPy; their backward sums the gradient back to each
 input's shape with `unbroadcast`, so every gradient has its input's shape.
 
-Dtypes: the operators `+ - * / ** @` give torch's result dtype (`result_dtype`), not NumPy's: an
-integer tensor with a float32 one, or with a Python float, is float32 (NumPy: float64), a float32
-tensor with a float64 0-d tensor stays float32, and `/` of integers is float32. The operand cast
+Dtypes: the operators `+ - * / ** @`, `where`, `maximum`, `cat` and `stack` give torch's result
+dtype (`result_dtype`), not NumPy's: an integer tensor with a float32 one, or with a Python float,
+is float32 (NumPy: float64), a float32 tensor with a float64 0-d tensor stays float32, and `/` of
+integers is float32, as are exp, log, sqrt, tanh and sigmoid of an integer tensor. An operand cast
 to that dtype is cast by a recorded `Cast`, so its gradient comes back in its own dtype.
 
 Names: NumPy's and PyTorch's both work where they differ. Reductions and axis arguments take
@@ -1098,11 +1099,16 @@ class Tensor:
         return GetItem.apply(self, index=index)
 
     # ------------------------------------------------------------ math
-    def exp(self): return Exp.apply(self)
-    def log(self): return Log.apply(self)
-    def sqrt(self): return Sqrt.apply(self)
-    def tanh(self): return Tanh.apply(self)
-    def sigmoid(self): return Sigmoid.apply(self)
+    def _floating(self):
+        """Itself if floating (or complex), else in the default float: torch's exp of an integer
+        tensor is float32 (NumPy's float64)."""
+        return self if self.dtype.kind in "fc" else self.to(DEFAULT_FLOAT)
+
+    def exp(self): return Exp.apply(self._floating())
+    def log(self): return Log.apply(self._floating())
+    def sqrt(self): return Sqrt.apply(self._floating())
+    def tanh(self): return Tanh.apply(self._floating())
+    def sigmoid(self): return Sigmoid.apply(self._floating())
     def relu(self): return Relu.apply(self)
     def abs(self): return Abs.apply(self)
 
@@ -1113,7 +1119,8 @@ class Tensor:
             raise ValueError("clamp: give min, max or both (both None would change nothing)")
         # NumPy scalars as Python numbers: a np.float64 bound would make a float32 tensor float64
         lo, hi = (b.item() if isinstance(b, np.generic) else b for b in (min, max))
-        return Clip.apply(self, lo=lo, hi=hi)
+        x = self._floating() if isinstance(lo, float) or isinstance(hi, float) else self  # torch's dtype
+        return Clip.apply(x, lo=lo, hi=hi)
 
     clip = clamp
 
@@ -1372,6 +1379,23 @@ def ones_like(x, dtype=None, requires_grad=False) -> Tensor:
     return Tensor(np.ones(x.shape, dtype=x.dtype if dtype is None else dtype), requires_grad=requires_grad)
 
 
+def full(shape, fill_value, *, dtype=None, requires_grad=False) -> Tensor:
+    """`shape` filled with `fill_value`, as torch.full: without `dtype` bool for a bool, int64
+    for an integer, float32 for a float."""
+    shape = _shape_arg(shape if isinstance(shape, tuple) else (shape,))
+    if dtype is None:
+        dtype = np.bool_ if isinstance(fill_value, (bool, np.bool_)) else (
+            np.int64 if isinstance(fill_value, numbers.Integral) else DEFAULT_FLOAT)
+    return Tensor(np.full(shape, fill_value, dtype=dtype), requires_grad=requires_grad)
+
+
+def full_like(x, fill_value, *, dtype=None, requires_grad=False) -> Tensor:
+    """`fill_value` in `x`'s shape and (unless `dtype` is given) dtype (torch.full_like)."""
+    x = x.data if isinstance(x, Tensor) else np.asarray(x)
+    return Tensor(np.full(x.shape, fill_value, dtype=x.dtype if dtype is None else dtype),
+                  requires_grad=requires_grad)
+
+
 def arange(start, end=None, step=1, *, dtype=None, requires_grad=False) -> Tensor:
     """start, start + step, ... below `end` (arange(n): 0..n-1), as torch.arange: int64 from
     integer arguments, float32 when any is a float (unless `dtype` says otherwise)."""
@@ -1413,14 +1437,23 @@ def randn(*shape, rng=None, dtype=np.float32, requires_grad=False) -> Tensor:
 def cat(tensors, axis=0) -> Tensor:
     if not tensors:
         raise ValueError("cat: expected a non-empty sequence of tensors")
-    return Cat.apply(*tensors, axis=axis)
+    return Cat.apply(*_all_promoted(tensors), axis=axis)
 
 
 @torch_names
 def stack(tensors, axis=0) -> Tensor:
     if not tensors:
         raise ValueError("stack: expected a non-empty sequence of tensors")
-    return Stack.apply(*tensors, axis=axis)
+    return Stack.apply(*_all_promoted(tensors), axis=axis)
+
+
+def _all_promoted(tensors):
+    """The tensors (arrays taken as constants) in their `result_dtype`, as torch.cat/stack."""
+    tensors = [as_tensor(t) for t in tensors]
+    if all(t.dtype == tensors[0].dtype for t in tensors):
+        return tensors
+    dtype = result_dtype(*tensors)
+    return [t.to(dtype) for t in tensors]
 
 
 @torch_names
@@ -1455,9 +1488,9 @@ def masked_fill(input, mask, value) -> Tensor:
 def where(cond, a, b) -> Tensor:
     cond = cond.data if isinstance(cond, Tensor) else np.asarray(cond)
     a = as_tensor(a)
-    return Where.apply(a, a._other(b), cond=cond.astype(bool))
+    return Where.apply(*_promoted(a, a._other(b)), cond=cond.astype(bool))
 
 
 def maximum(a, b) -> Tensor:
     a = as_tensor(a)
-    return Maximum.apply(a, a._other(b))
+    return Maximum.apply(*_promoted(a, a._other(b)))

@@ -503,6 +503,44 @@ def test_operators_with_a_python_number_give_torchs_dtype(symbol):
 
 
 @needs_torch
+@pytest.mark.parametrize("dtype", PROMO_DTYPES)
+def test_float_functions_of_integer_tensors_and_mixed_where_maximum_cat_stack_clamp_are_torchs(dtype):
+    """exp of an int64 tensor was float64 (NumPy); torch's, and minigrad's now, is float32; where,
+    maximum, cat and stack promote their operands as the operators do."""
+    for zero_dim in (False, True):
+        x, tx = _operand(dtype, zero_dim)
+        for name in ("exp", "log", "sqrt", "tanh", "sigmoid", "abs", "relu"):
+            if dtype == "bool" and name in ("abs", "relu"):
+                continue  # torch has no abs / relu of bools; NumPy's are defined: not a dtype question
+            _as_torch_does(lambda t: getattr(t, name)(), (x,), (tx,), f"{dtype} {name}")
+        _as_torch_does(lambda t: t.clamp(0.5, 2.5), (x,), (tx,), f"{dtype} clamp(0.5, 2.5)")
+        for other in PROMO_DTYPES:
+            (y, ty) = _operand(other, False)
+            cond = np.array([True, False])
+            case = f"{dtype}{'' if zero_dim else '[2]'}, {other}[2]"
+            _as_torch_does(lambda a, b: (mg if isinstance(a, mg.Tensor) else torch).where(
+                mg.tensor(cond) if isinstance(a, mg.Tensor) else torch.tensor(cond), a, b), (x, y), (tx, ty),
+                "where " + case)
+            if "bool" not in (dtype, other):  # torch.maximum of bools is defined, but not a promotion case
+                _as_torch_does(lambda a, b: (mg if isinstance(a, mg.Tensor) else torch).maximum(a, b), (x, y),
+                               (tx, ty), "maximum " + case)
+            if not zero_dim:
+                for fn in ("cat", "stack"):
+                    _as_torch_does(lambda a, b: getattr(mg if isinstance(a, mg.Tensor) else torch, fn)([a, b]),
+                                   (x, y), (tx, ty), f"{fn} {case}")
+
+
+@needs_torch
+@pytest.mark.parametrize("fill", [True, 3, 2.5])
+def test_full_and_full_like_take_torchs_dtype_from_the_fill_value(fill):
+    assert str(mg.full((2, 3), fill).dtype) == str(torch.full((2, 3), fill).dtype).removeprefix("torch.")
+    np.testing.assert_array_equal(mg.full([2, 3], fill).data, torch.full((2, 3), fill).numpy())
+    like = mg.full_like(mg.tensor([1, 2]), fill)
+    assert like.dtype == np.int64 and like.shape == (2,)                       # x's dtype, as torch's
+    assert mg.full_like(mg.zeros(2), fill, dtype=np.float64).dtype == np.float64
+
+
+@needs_torch
 def test_a_promoted_operand_gets_its_gradient_in_its_own_dtype():
     w = mg.Tensor(np.array([0.5, -1.5], np.float16), requires_grad=True)
     s = mg.Tensor(np.array(3.0), requires_grad=True)                        # float64, 0-d
