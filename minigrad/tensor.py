@@ -7,8 +7,10 @@ input's shape with `unbroadcast`, so every gradient has its input's shape.
 Dtypes: the operators `+ - * / ** @`, `where`, `maximum`, `cat` and `stack` give torch's result
 dtype (`result_dtype`), not NumPy's: an integer tensor with a float32 one, or with a Python float,
 is float32 (NumPy: float64), a float32 tensor with a float64 0-d tensor stays float32, and `/` of
-integers is float32, as are exp, log, sqrt, tanh and sigmoid of an integer tensor. An operand cast
-to that dtype is cast by a recorded `Cast`, so its gradient comes back in its own dtype.
+integers is float32, as are exp, log, sqrt, tanh and sigmoid of an integer tensor. In place
+(`+=` ...) the result keeps x's dtype, and a result of a higher category (a float into an integer
+tensor) is refused, as in torch. A number beside a tensor is weak (it takes the tensor's dtype,
+or float32 for a float beside an integer tensor), and so is an array beside a float tensor.
 
 Names: NumPy's and PyTorch's both work where they differ. Reductions and axis arguments take
 `axis=`/`keepdims=` or `dim=`/`keepdim=` (`torch_names`); `t.size` is NumPy's element count and
@@ -793,30 +795,56 @@ _CATEGORY = {"b": 0, "u": 1, "i": 1, "f": 2, "c": 3}  # bool < integer < floatin
 DEFAULT_FLOAT = np.dtype(np.float32)  # what Python floats and integer division give, as torch's default
 
 
+def _promote_types(a: np.dtype, b: np.dtype) -> np.dtype:
+    """torch.promote_types: within a category (and between floating and complex) NumPy's answer
+    (uint8 + int8 = int16, complex64 + float64 = complex128); across categories the higher one in
+    its own width (int64 + float32 = float32 where NumPy says float64)."""
+    ca, cb = _CATEGORY[a.kind], _CATEGORY[b.kind]
+    if ca == cb or min(ca, cb) >= 2:
+        return np.result_type(a, b)
+    return a if ca > cb else b
+
+
 def result_dtype(*tensors) -> np.dtype:
-    """torch's type promotion (docs: "Tensor Attributes, type promotion"). The operands with at
-    least one axis decide, unless a 0-d operand is of a higher category (bool < integer <
-    floating < complex); among the deciding operands those of the highest category give the
-    smallest dtype that holds them. So int64 with float32 is float32 where NumPy says float64,
-    float16 with a float64 0-d tensor stays float16, and int64 with a float64 0-d tensor is
-    float64."""
-    cat = lambda t: _CATEGORY[t.dtype.kind]  # noqa: E731
-    dims = [t for t in tensors if t.ndim] or list(tensors)
-    top = max(map(cat, dims))
-    zero_dim = [t for t in tensors if not t.ndim and cat(t) > top]
-    deciding = zero_dim or dims
-    top = max(map(cat, deciding))
-    return np.result_type(*[t.dtype for t in deciding if cat(t) == top])
+    """torch's type promotion (torch docs, "Tensor Attributes", type promotion; ATen's
+    `combine_categories`). The operands with at least one axis give one dtype, the 0-d ones
+    another (`_promote_types` within each group); the 0-d one counts only where it is of a higher
+    category (bool < integer < floating < complex). So float16 with a float64 0-d tensor stays
+    float16, int64 with a float64 0-d tensor is float64, and float64 with a complex64 0-d tensor
+    is complex128."""
+    dims = [t.dtype for t in tensors if t.ndim]
+    zeros = [t.dtype for t in tensors if not t.ndim]
+    if not dims or not zeros:
+        return functools.reduce(_promote_types, dims or zeros)
+    high, low = functools.reduce(_promote_types, dims), functools.reduce(_promote_types, zeros)
+    ch, cl = _CATEGORY[high.kind], _CATEGORY[low.kind]
+    if cl <= ch:
+        return high
+    return np.result_type(high, np.complex64) if (ch, cl) == (2, 3) else low  # complex of the floats' width
 
 
 def _promoted(a, b, *, true_divide=False):
     """a, b cast to their `result_dtype` (to the default float for `/` of integers)."""
     if a.dtype == b.dtype and (not true_divide or a.dtype.kind in "fc"):
         return a, b  # the usual case, at the cost of one comparison
-    dtype = result_dtype(a, b)
-    if true_divide and dtype.kind not in "fc":
-        dtype = DEFAULT_FLOAT
+    dtype = _op_dtype(a, b, true_divide)
     return a.to(dtype), b.to(dtype)
+
+
+def _op_dtype(a, b, true_divide=False) -> np.dtype:
+    dtype = result_dtype(a, b)
+    return DEFAULT_FLOAT if true_divide and dtype.kind not in "fc" else dtype
+
+
+def _refuse_bool_operands(op, a, b, given):
+    """torch refuses a bool in a subtraction (`given`: the operand as passed, a Python bool
+    included) and a bool to a bool's power; say what to do instead."""
+    if op is Sub and (np.bool_ in (a.dtype, b.dtype) or isinstance(given, (bool, np.bool_))):
+        raise TypeError("x - y: subtraction with a bool is not supported (as in torch); to invert "
+                        "a mask use ~mask or mask.logical_not(), else convert it first (mask.to(np.int64))")
+    if op is Pow and a.dtype == b.dtype == np.bool_:
+        raise TypeError("x ** y: a bool tensor to a bool tensor's power is not supported (as in torch); "
+                        "convert one first (y.to(np.int64))")
 
 
 class Tensor:
@@ -959,34 +987,34 @@ class Tensor:
         autograd.backward(self, grad, retain_graph=retain_graph)
 
     # ------------------------------------------------------------ operators
-    def _other(self, x):
-        """A constant operand as a Tensor. It takes a float tensor's dtype (so `x * 0.5` stays
-        float32). Next to an integer or bool tensor a Python or NumPy number is weak, as in
-        torch: an int keeps the tensor's dtype (bool + 1 is int64), a float gives the default
-        float32, so `int_t * 0.5` is neither truncated to 0 nor float64; an array keeps its own
+    def _other(self, x, true_divide=False):
+        """A constant operand as a Tensor. Next to a float tensor it takes the tensor's dtype (so
+        `x * 0.5` and `x + a float64 array` stay float32). Next to an integer or bool tensor a
+        number is weak, as in torch: an integer takes the tensor's dtype (wrapping around, as
+        torch: uint8 + 300 adds 44; bool + 1 is int64; divided by, the default float32), a float
+        the default float32, a complex complex64; an array (a bool array included) keeps its own
         dtype for `result_dtype`."""
         if isinstance(x, Tensor):
             return x
         if self.dtype.kind in "fc":
+            if isinstance(x, np.ndarray) and x.dtype.kind in "bc":
+                return Tensor(x)  # bool stays bool (for the subtraction check), complex complex
+            if isinstance(x, complex) and self.dtype.kind == "f":  # the complex of x's width
+                return Tensor(_as_array(x, np.result_type(self.dtype, np.complex64)))
             return Tensor(_as_array(x, self.dtype))
         if isinstance(x, (numbers.Number, np.generic)) and not isinstance(x, (bool, np.bool_)):
             kind = np.asarray(x).dtype.kind
-            if kind == "f":
-                return Tensor(_as_array(x, DEFAULT_FLOAT))
-            if kind == "c":
-                return Tensor(_as_array(x, np.complex64))
-            return Tensor(_as_array(x, np.result_type(self.dtype, x)))
+            if kind in "fc" or true_divide:
+                return Tensor(_as_array(x, np.complex64 if kind == "c" else DEFAULT_FLOAT))
+            return Tensor(np.asarray(x).astype(self.dtype if self.dtype.kind != "b" else np.int64))
         return Tensor(_as_array(x))
 
     def _binary(self, op, x, *, reflected=False, true_divide=False):
-        other = self._other(x)
+        if type(x) is Tensor and x.data.dtype == self.data.dtype and self.data.dtype.kind in "fc":
+            return op.apply(x, self) if reflected else op.apply(self, x)  # the common case, quickly
+        other = self._other(x, true_divide)
         a, b = (other, self) if reflected else (self, other)
-        if op is Sub and (np.bool_ in (a.dtype, b.dtype) or isinstance(x, (bool, np.bool_))):
-            raise TypeError("x - y: subtraction with a bool is not supported (as in torch); to invert "
-                            "a mask use ~mask or mask.logical_not(), else convert it first (mask.to(np.int64))")
-        if op is Pow and a.dtype == b.dtype == np.bool_:
-            raise TypeError("x ** y: a bool tensor to a bool tensor's power is not supported (as in torch); "
-                            "convert one first (y.to(np.int64))")
+        _refuse_bool_operands(op, a, b, x)
         return op.apply(*_promoted(a, b, true_divide=true_divide))
 
     def __add__(self, x): return self._binary(Add, x)
@@ -1032,7 +1060,14 @@ class Tensor:
     # in place (the rule is in the module docstring)
     def _inplace(self, x, symbol):
         op, ufunc = _INPLACE[symbol]
-        other = self._other(x)
+        other = self._other(x, symbol == "/=")
+        _refuse_bool_operands(op, self, other, x)
+        dtype = _op_dtype(self, other, true_divide=symbol == "/=")
+        if _CATEGORY[dtype.kind] > _CATEGORY[self.dtype.kind]:  # torch: float into int, complex into float
+            raise TypeError(
+                f"x {symbol} y: the result is {dtype} and cannot be written into x's {self.dtype} in place; "
+                f"write x = x {symbol[0]} y, or convert x first (x.to(np.float32))"
+            )
         if _state["grad_enabled"] and (self.requires_grad or other.requires_grad):
             if self.requires_grad and self.is_leaf:
                 raise RuntimeError(
@@ -1040,7 +1075,8 @@ class Tensor:
                     f"(x {symbol} y on shape {self.shape}): wrap an update of a parameter in "
                     f"`with minigrad.no_grad():`, or write x = x {symbol[0]} y for a new tensor"
                 )
-            return op.apply(self, other)  # recorded out of place; Python rebinds the name to it
+            # recorded out of place (Python rebinds the name to it), in x's dtype as in place
+            return op.apply(*_promoted(self, other, true_divide=symbol == "/=")).to(self.dtype)
         if _broadcast_shape(symbol, self.shape, other.shape) != self.shape:
             raise ValueError(
                 f"x {symbol} y: y of shape {other.shape} would make x of shape {self.shape} larger; "
@@ -1051,14 +1087,8 @@ class Tensor:
                 f"x {symbol} y: x (shape {self.shape}) is a read-only view, e.g. from expand; "
                 f"copy it first or write x = x {symbol[0]} y"
             )
-        try:
-            ufunc(self.data, other.data, out=self.data)
-        except TypeError:  # NumPy's UFuncTypeError: the result would not fit x's dtype
-            raise TypeError(
-                f"x {symbol} y: the result is {result_dtype(self, other)} and cannot be "
-                f"written into x's {self.dtype} in place; write x = x {symbol[0]} y, or convert x "
-                "first (x.to(np.float32))"
-            ) from None
+        # the category check above is torch's rule; NumPy's "same_kind" would refuse uint8 += int8
+        ufunc(self.data, other.data, out=self.data, casting="unsafe")
         _state["inplace_ops"] += 1
         self._modified_at = _state["inplace_ops"]
         if self._writes is not None:
@@ -1384,8 +1414,9 @@ def full(shape, fill_value, *, dtype=None, requires_grad=False) -> Tensor:
     for an integer, float32 for a float."""
     shape = _shape_arg(shape if isinstance(shape, tuple) else (shape,))
     if dtype is None:
-        dtype = np.bool_ if isinstance(fill_value, (bool, np.bool_)) else (
-            np.int64 if isinstance(fill_value, numbers.Integral) else DEFAULT_FLOAT)
+        dtype = (np.bool_ if isinstance(fill_value, (bool, np.bool_)) else
+                 np.int64 if isinstance(fill_value, numbers.Integral) else
+                 DEFAULT_FLOAT if isinstance(fill_value, numbers.Real) else np.complex64)
     return Tensor(np.full(shape, fill_value, dtype=dtype), requires_grad=requires_grad)
 
 
@@ -1449,7 +1480,8 @@ def stack(tensors, axis=0) -> Tensor:
 
 def _all_promoted(tensors):
     """The tensors (arrays taken as constants) in their `result_dtype`, as torch.cat/stack."""
-    tensors = [as_tensor(t) for t in tensors]
+    ref = next((t for t in tensors if isinstance(t, Tensor)), None)
+    tensors = [as_tensor(t) if ref is None else ref._other(t) for t in tensors]
     if all(t.dtype == tensors[0].dtype for t in tensors):
         return tensors
     dtype = result_dtype(*tensors)
@@ -1487,10 +1519,18 @@ def masked_fill(input, mask, value) -> Tensor:
 
 def where(cond, a, b) -> Tensor:
     cond = cond.data if isinstance(cond, Tensor) else np.asarray(cond)
-    a = as_tensor(a)
-    return Where.apply(*_promoted(a, a._other(b)), cond=cond.astype(bool))
+    a, b = _operands(a, b)
+    return Where.apply(*_promoted(a, b), cond=cond.astype(bool))
 
 
 def maximum(a, b) -> Tensor:
+    return Maximum.apply(*_promoted(*_operands(a, b)))
+
+
+def _operands(a, b):
+    """Two operands as Tensors, a number or array beside a Tensor converted as the operators do
+    (`Tensor._other`): where(c, 0.5, float16_t) is float16, as torch's."""
+    if not isinstance(a, Tensor) and isinstance(b, Tensor):
+        return b._other(a), b
     a = as_tensor(a)
-    return Maximum.apply(*_promoted(a, a._other(b)))
+    return a, a._other(b)
