@@ -989,7 +989,8 @@ class Tensor:
     # ------------------------------------------------------------ operators
     def _other(self, x, true_divide=False):
         """A constant operand as a Tensor. Next to a float tensor it takes the tensor's dtype (so
-        `x * 0.5` and `x + a float64 array` stay float32). Next to an integer or bool tensor a
+        `x * 0.5` and `x + a float64 array` stay float32), unless it is complex (a complex number:
+        the complex of the tensor's width) or a bool array (kept). Next to an integer or bool tensor a
         number is weak, as in torch: an integer takes the tensor's dtype (wrapping around, as
         torch: uint8 + 300 adds 44; bool + 1 is int64; divided by, the default float32), a float
         the default float32, a complex complex64; an array (a bool array included) keeps its own
