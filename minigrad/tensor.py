@@ -811,7 +811,8 @@ def result_dtype(*tensors) -> np.dtype:
     another (`_promote_types` within each group); the 0-d one counts only where it is of a higher
     category (bool < integer < floating < complex). So float16 with a float64 0-d tensor stays
     float16, int64 with a float64 0-d tensor is float64, and float64 with a complex64 0-d tensor
-    is complex128."""
+    is complex128. One difference: float16 with a complex operand is complex64 here, complex32 in
+    torch (NumPy has no complex32)."""
     dims = [t.dtype for t in tensors if t.ndim]
     zeros = [t.dtype for t in tensors if not t.ndim]
     if not dims or not zeros:
