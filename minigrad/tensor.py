@@ -824,16 +824,17 @@ def result_dtype(*tensors) -> np.dtype:
     return np.result_type(high, np.complex64) if (ch, cl) == (2, 3) else low  # complex of the floats' width
 
 
-def _promoted(a, b, *, true_divide=False):
-    """a, b cast to their `result_dtype` (to the default float for `/` of integers)."""
-    if a.dtype == b.dtype and (not true_divide or a.dtype.kind in "fc"):
-        return a, b  # the usual case, at the cost of one comparison
-    dtype = _op_dtype(a, b, true_divide)
-    return a.to(dtype), b.to(dtype)
+def _promoted(*tensors, true_divide=False):
+    """The tensors cast to their `result_dtype` (to the default float for `/` of integers)."""
+    first = tensors[0].dtype
+    if all(t.dtype == first for t in tensors) and (not true_divide or first.kind in "fc"):
+        return tensors  # the usual case, at the cost of the comparisons
+    dtype = _op_dtype(*tensors, true_divide=true_divide)
+    return [t.to(dtype) for t in tensors]
 
 
-def _op_dtype(a, b, true_divide=False) -> np.dtype:
-    dtype = result_dtype(a, b)
+def _op_dtype(*tensors, true_divide=False) -> np.dtype:
+    dtype = result_dtype(*tensors)
     return DEFAULT_FLOAT if true_divide and dtype.kind not in "fc" else dtype
 
 
@@ -1078,7 +1079,7 @@ class Tensor:
                     f"`with minigrad.no_grad():`, or write x = x {symbol[0]} y for a new tensor"
                 )
             # recorded out of place (Python rebinds the name to it), in x's dtype as in place
-            return op.apply(*_promoted(self, other, true_divide=symbol == "/=")).to(self.dtype)
+            return op.apply(self.to(dtype), other.to(dtype)).to(self.dtype)
         if _broadcast_shape(symbol, self.shape, other.shape) != self.shape:
             raise ValueError(
                 f"x {symbol} y: y of shape {other.shape} would make x of shape {self.shape} larger; "
@@ -1470,24 +1471,21 @@ def randn(*shape, rng=None, dtype=np.float32, requires_grad=False) -> Tensor:
 def cat(tensors, axis=0) -> Tensor:
     if not tensors:
         raise ValueError("cat: expected a non-empty sequence of tensors")
-    return Cat.apply(*_all_promoted(tensors), axis=axis)
+    return Cat.apply(*_promoted(*_operands(tensors)), axis=axis)
 
 
 @torch_names
 def stack(tensors, axis=0) -> Tensor:
     if not tensors:
         raise ValueError("stack: expected a non-empty sequence of tensors")
-    return Stack.apply(*_all_promoted(tensors), axis=axis)
+    return Stack.apply(*_promoted(*_operands(tensors)), axis=axis)
 
 
-def _all_promoted(tensors):
-    """The tensors (arrays taken as constants) in their `result_dtype`, as torch.cat/stack."""
-    ref = next((t for t in tensors if isinstance(t, Tensor)), None)
-    tensors = [as_tensor(t) if ref is None else ref._other(t) for t in tensors]
-    if all(t.dtype == tensors[0].dtype for t in tensors):
-        return tensors
-    dtype = result_dtype(*tensors)
-    return [t.to(dtype) for t in tensors]
+def _operands(items):
+    """The items of cat, stack, where or maximum as Tensors, an array or number beside a Tensor
+    converted as the operators do (`Tensor._other`): where(c, 0.5, float16_t) is float16, as torch's."""
+    ref = next((t for t in items if isinstance(t, Tensor)), None)
+    return [as_tensor(t) if ref is None else ref._other(t) for t in items]
 
 
 @torch_names
@@ -1521,18 +1519,8 @@ def masked_fill(input, mask, value) -> Tensor:
 
 def where(cond, a, b) -> Tensor:
     cond = cond.data if isinstance(cond, Tensor) else np.asarray(cond)
-    a, b = _operands(a, b)
-    return Where.apply(*_promoted(a, b), cond=cond.astype(bool))
+    return Where.apply(*_promoted(*_operands([a, b])), cond=cond.astype(bool))
 
 
 def maximum(a, b) -> Tensor:
-    return Maximum.apply(*_promoted(*_operands(a, b)))
-
-
-def _operands(a, b):
-    """Two operands as Tensors, a number or array beside a Tensor converted as the operators do
-    (`Tensor._other`): where(c, 0.5, float16_t) is float16, as torch's."""
-    if not isinstance(a, Tensor) and isinstance(b, Tensor):
-        return b._other(a), b
-    a = as_tensor(a)
-    return a, a._other(b)
+    return Maximum.apply(*_promoted(*_operands([a, b])))
